@@ -1,0 +1,128 @@
+"""Every error Conveyor raises, in one tree.
+
+::
+
+    ConveyorError                   anything Conveyor raises on purpose
+    ├── ConfigurationError          a bad URL, option or setting; fix the call
+    │   └── InvalidURL
+    ├── ValidationError             bad input at enqueue; nothing was written
+    │   ├── InvalidName             queue name, job id or key
+    │   ├── SerializationError      an argument or result the codec cannot encode
+    │   └── PayloadTooLarge         the encoded job is over the size cap
+    ├── BrokerError                 the broker failed; redis.* and sqlite3.* never leak
+    │   └── BrokerUnavailable       cannot reach the broker (after retries)
+    ├── JobNotFound                 no job with that id (or its record expired)
+    ├── TaskFailed                  the task raised; carries the remote type, message, traceback
+    ├── JobCancelled                the job was cancelled before it finished
+    ├── JobDead                     the job was dead-lettered; carries the reason
+    ├── LockError
+    │   ├── LockTimeout             could not acquire within ``timeout``
+    │   └── LockLost                released or extended after the TTL ran out
+    ├── TransactionConflict         ``store.update`` kept conflicting; retries exhausted
+    ├── UntrustedTask               (worker side) a payload named code the worker does not trust
+    └── SoftTimeLimit               raised inside a task that ran past its ``timeout``
+
+``TimeoutError`` (the builtin, which ``concurrent.futures.TimeoutError`` aliases) is what
+``Job.result(timeout=...)`` raises when the job is still running: the standard future contract.
+"""
+
+from __future__ import annotations
+
+
+class ConveyorError(Exception):
+    """Base of every error Conveyor raises on purpose."""
+
+
+class ConfigurationError(ConveyorError):
+    """A bad URL, option or setting."""
+
+
+class InvalidURL(ConfigurationError):
+    """The broker URL cannot be used."""
+
+
+class ValidationError(ConveyorError):
+    """Bad input at enqueue; nothing was written."""
+
+
+class InvalidName(ValidationError):
+    """A queue name, job id or key that is not allowed."""
+
+
+class SerializationError(ValidationError):
+    """A value the codec cannot encode or decode."""
+
+
+class PayloadTooLarge(ValidationError):
+    """The encoded job is larger than the configured cap."""
+
+
+class BrokerError(ConveyorError):
+    """The broker failed an operation."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker cannot be reached."""
+
+
+class JobNotFound(ConveyorError):
+    """No job has this id, or its record has expired."""
+
+
+class TaskFailed(ConveyorError):
+    """The task raised an exception in the worker.
+
+    ``remote_type`` is the qualified name of the exception type in the worker,
+    ``remote_message`` its message and ``remote_traceback`` the formatted traceback.
+    The remote exception is never re-created from its name: that would let a payload
+    choose code to run.
+    """
+
+    def __init__(
+        self, remote_type: str, remote_message: str, remote_traceback: str = "", job_id: str = ""
+    ) -> None:
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback
+        self.job_id = job_id
+        super().__init__(f"{remote_type}: {remote_message}")
+
+
+class JobCancelled(ConveyorError):
+    """The job was cancelled before it finished."""
+
+
+class JobDead(ConveyorError):
+    """The job was moved to the dead-letter queue; ``reason`` says why."""
+
+    def __init__(self, reason: str, job_id: str = "") -> None:
+        self.reason = reason
+        self.job_id = job_id
+        super().__init__(
+            f"job {job_id} was dead-lettered: {reason}. "
+            "Inspect it with `conveyor jobs dead`, fix the cause, then `conveyor requeue ID`."
+        )
+
+
+class LockError(ConveyorError):
+    """A distributed lock operation failed."""
+
+
+class LockTimeout(LockError):
+    """The lock could not be acquired within the timeout."""
+
+
+class LockLost(LockError):
+    """The lock is no longer held by this holder (its TTL ran out and someone may hold it)."""
+
+
+class TransactionConflict(ConveyorError):
+    """An optimistic transaction kept conflicting with concurrent writers."""
+
+
+class UntrustedTask(ConveyorError):
+    """A payload named a task or callable the worker does not trust."""
+
+
+class SoftTimeLimit(ConveyorError):
+    """Raised inside a task that ran past its time limit."""

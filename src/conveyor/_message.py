@@ -1,0 +1,178 @@
+"""The job envelope and the records around it: pure data, no I/O.
+
+A ``Message`` is what the producer encodes and the worker decodes. Brokers never decode it:
+they move opaque ``payload`` bytes plus the few fields they route on (``Envelope``), so a
+garbage payload written straight into the broker reaches the worker, which dead-letters it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+import secrets
+import time
+from typing import Any
+
+import msgspec
+
+from ._errors import InvalidName
+
+DEFAULT_QUEUE = "default"
+MIN_PRIORITY = 0
+MAX_PRIORITY = 9
+
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+
+
+class JobStatus(str, enum.Enum):
+    QUEUED = "queued"
+    SCHEDULED = "scheduled"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DEAD = "dead"
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+    def __str__(self) -> str:
+        return self.value
+
+
+_TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD})
+
+
+def validate_queue(name: str) -> str:
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise InvalidName(
+            f"bad queue name {name!r}: use 1-64 characters from letters, digits, '_', '.', '-'"
+        )
+    return name
+
+
+def validate_job_id(job_id: str) -> str:
+    if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
+        raise InvalidName(
+            f"bad job id {job_id!r}: use 1-128 characters from letters, digits, '_', '.', '-'"
+        )
+    return job_id
+
+
+def validate_priority(priority: int) -> int:
+    if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise InvalidName(f"bad priority {priority!r}: use an integer from 0 (low) to 9 (high)")
+    return priority
+
+
+def new_job_id() -> str:
+    """A 26-character id that sorts by creation time (ms clock + randomness)."""
+    return f"{int(time.time() * 1000):012x}{secrets.token_hex(7)}"
+
+
+class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
+    """What the worker needs to run one job."""
+
+    id: str
+    task: str
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    queue: str = DEFAULT_QUEUE
+    priority: int = 0
+    attempt: int = 0  # 0 for the first run, n for the n-th retry
+    retries: int = 0  # how many retries are allowed
+    retry_on: list[str] = []  # qualified exception type names; empty means "any Exception"
+    backoff: float = 1.0  # base delay in seconds of the exponential backoff
+    timeout: float | None = None
+    result_ttl: int = 86400
+    enqueued_at: float = 0.0
+    key: str | None = None  # uniqueness key
+    links: list[bytes] = []  # encoded follow-up messages (workflows); opaque here
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    """What a broker routes on: the job id, where it goes, when, and the opaque payload."""
+
+    id: str
+    queue: str
+    payload: bytes
+    priority: int = 0
+    eta: float | None = None  # wall-clock time before which the job is not delivered
+    key: str | None = None  # uniqueness key: a second enqueue while pending returns the first
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """One job handed to one worker under a lease.
+
+    ``token`` fences this delivery: finishing, renewing, retrying or releasing with a stale
+    token is refused. ``deliveries`` counts how many times the job has been handed out, this
+    one included (the worker dead-letters a job past its bound).
+    """
+
+    id: str
+    queue: str
+    payload: bytes
+    token: str
+    deliveries: int
+    priority: int = 0
+
+
+class JobRecord(msgspec.Struct):
+    """A job's state as the broker keeps it, for ``Job`` handles and ``conveyor info``."""
+
+    id: str
+    status: JobStatus
+    queue: str
+    result: bytes | None = None  # encoded Outcome once terminal
+    progress: float | None = None
+    progress_note: str | None = None
+    updated_at: float = 0.0
+
+
+class RemoteError(msgspec.Struct):
+    type: str
+    message: str
+    traceback: str = ""
+
+
+class Outcome(msgspec.Struct, omit_defaults=True):
+    """The stored result of a finished job: a value, an error, or a reason it went dead."""
+
+    value: Any = None
+    error: RemoteError | None = None
+    reason: str | None = None  # why it was cancelled or dead-lettered
+
+
+class JobEntry(msgspec.Struct):
+    """A failed or dead-lettered job kept with its payload, so it can be inspected and requeued."""
+
+    id: str
+    queue: str
+    payload: bytes
+    status: JobStatus
+    reason: str
+    at: float
+
+
+class QueueStats(msgspec.Struct):
+    queue: str
+    queued: int = 0
+    scheduled: int = 0
+    running: int = 0
+    failed: int = 0
+    dead: int = 0
+    succeeded: int = 0
+
+
+class WorkerInfo(msgspec.Struct):
+    id: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    pool: str
+    started_at: float
+    seen_at: float = 0.0
+    processed: int = 0

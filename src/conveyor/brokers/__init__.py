@@ -1,0 +1,48 @@
+"""Brokers and the URL factory: the one place (besides the CLI) that names a concrete adapter."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from .._clock import Clock, SystemClock
+from .._errors import InvalidURL
+from ._port import Broker, Finish, LeaseState
+
+__all__ = ["Broker", "Finish", "LeaseState", "open_broker"]
+
+DEFAULT_URL = "sqlite:///./conveyor.db"
+_REDIS_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"}
+
+
+def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor") -> Broker:
+    """Open the broker a URL names.
+
+    ``memory://`` (one process), ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``,
+    ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
+    ``redis+sentinel://host:port/service_name``, ``redis+cluster://host:port``.
+    """
+    if not isinstance(url, str) or "://" not in url:
+        raise InvalidURL(
+            f"bad broker URL {url!r}: use memory://, sqlite:///path/to/jobs.db or "
+            "redis://host:6379/0"
+        )
+    scheme = urlsplit(url).scheme.lower()
+    clock = clock or SystemClock()
+    if scheme == "memory":
+        from .memory import MemoryBroker
+
+        return MemoryBroker(clock=clock)
+    if scheme == "sqlite":
+        from .sqlite import SQLiteBroker, sqlite_path
+
+        return SQLiteBroker(sqlite_path(url), clock=clock)
+    if scheme in _REDIS_SCHEMES:
+        try:
+            from .redis import RedisBroker
+        except ImportError as exc:  # pragma: no cover - the redis adapter is part of the package
+            raise InvalidURL(f"the redis broker is not available: {exc}") from exc
+        return RedisBroker(url, prefix=prefix, clock=clock)
+    raise InvalidURL(
+        f"unknown broker scheme {scheme!r} in {url!r}: use memory://, sqlite:///path.db, "
+        "redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+    )

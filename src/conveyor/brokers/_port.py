@@ -1,0 +1,169 @@
+"""The broker port: the one interface the worker, the app and the tools drive.
+
+Adapters: ``memory`` (the reference semantics), ``sqlite`` (embedded default), ``redis``
+(Streams). ``conveyor.testing.conformance`` checks an adapter against this contract.
+
+Contract, in short:
+
+* ``enqueue`` writes jobs atomically (all of a batch or none) and records each as ``queued``
+  (or ``scheduled`` when its ``eta`` is in the future). A job whose ``key`` matches a job that
+  is still pending (queued, scheduled or running) is not written; the existing id is returned.
+* ``fetch`` hands out up to ``count`` jobs from the given queues under a lease of ``lease``
+  seconds: higher priority first, FIFO within a priority, due scheduled jobs included, and
+  jobs whose lease expired (their worker died) reclaimed. Each delivery gets a fresh
+  ``token``; ``deliveries`` counts hand-outs. It blocks up to ``block`` seconds when there is
+  nothing to hand out, without spinning.
+* ``renew``, ``finish``, ``release`` and ``progress`` are *fenced*: they take effect only if
+  the delivery's token is still the job's current token (the lease was not taken over), and
+  report per delivery whether they did. A stale finish changes nothing.
+* ``finish`` is one atomic step per delivery: remove from the queue, store the state and
+  the encoded result with its TTL, wake waiters, and, for a retry, put the job back as
+  ``scheduled`` with its new payload; for ``failed`` and ``dead``, keep the payload for
+  inspection and requeue.
+* ``release`` hands a job back for immediate redelivery (graceful shutdown); it does not
+  count as a delivery.
+* ``wait`` blocks until the job is terminal (or the timeout passes) without a sleep loop;
+  a result written before ``wait`` starts is returned at once.
+* Nothing from ``redis`` or ``sqlite3`` leaves an adapter: errors become ``BrokerError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+
+import msgspec
+
+from .._message import (
+    Delivery,
+    Envelope,
+    JobEntry,
+    JobRecord,
+    JobStatus,
+    QueueStats,
+    WorkerInfo,
+)
+from ..stores._port import KeyValue
+
+
+class LeaseState(str, enum.Enum):
+    OK = "ok"  # still ours, lease extended
+    LOST = "lost"  # taken over or finished elsewhere: stop caring about this job
+    CANCELLED = "cancelled"  # still ours, but cancel() was called: stop the job
+
+
+class Finish(msgspec.Struct, frozen=True):
+    """How one delivery ends.
+
+    ``status`` is terminal (succeeded, failed, cancelled, dead), or ``scheduled`` for a retry,
+    in which case ``retry`` is the envelope to put back (same job id, new payload and eta).
+    ``result`` is the encoded ``Outcome``; ``reason`` is kept with failed and dead jobs.
+    """
+
+    delivery: Delivery
+    status: JobStatus
+    result: bytes | None = None
+    result_ttl: float = 86400.0
+    retry: Envelope | None = None
+    reason: str = ""
+
+
+class Broker(ABC):
+    """Abstract broker; see the module docstring for the contract."""
+
+    url: str = ""
+
+    @property
+    @abstractmethod
+    def kv(self) -> KeyValue:
+        """The key-value store on the same backend (results, locks, cache build on it)."""
+
+    # -- producing -------------------------------------------------------------------------
+
+    @abstractmethod
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        """Write jobs; return each job's id (the existing one when deduplicated by key)."""
+
+    async def enqueue_async(self, envelopes: Sequence[Envelope]) -> list[str]:
+        return await asyncio.to_thread(self.enqueue, envelopes)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    @abstractmethod
+    def fetch(
+        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
+    ) -> list[Delivery]:
+        """Hand out up to ``count`` jobs under a lease; block up to ``block`` s if none."""
+
+    @abstractmethod
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+        """Extend leases still owned by these deliveries."""
+
+    @abstractmethod
+    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+        """Record outcomes, fenced; True where the delivery still owned the job."""
+
+    @abstractmethod
+    def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Hand jobs back for immediate redelivery, fenced."""
+
+    @abstractmethod
+    def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
+        """Record a running job's progress, fenced."""
+
+    # -- job records -----------------------------------------------------------------------
+
+    @abstractmethod
+    def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        """Current records; None for an unknown (or expired) id."""
+
+    @abstractmethod
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """Block until the job is terminal; None if the timeout passes first.
+
+        Raises ``JobNotFound`` for an unknown id.
+        """
+
+    async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        return await asyncio.to_thread(self.wait, job_id, timeout)
+
+    @abstractmethod
+    def cancel(self, job_id: str) -> JobStatus:
+        """Cancel a job: a pending one is removed at once, a running one is flagged so its
+        worker stops it (seen at the next lease renewal). Returns the status afterwards.
+        Raises ``JobNotFound`` for an unknown id."""
+
+    # -- operations ------------------------------------------------------------------------
+
+    @abstractmethod
+    def stats(self) -> list[QueueStats]:
+        """Depth per known queue."""
+
+    @abstractmethod
+    def entries(self, status: JobStatus, queue: str | None, limit: int) -> list[JobEntry]:
+        """Failed or dead jobs kept with their payloads, newest first."""
+
+    @abstractmethod
+    def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:
+        """Put failed or dead jobs back on their queue (all of them when ``job_ids`` is None)."""
+
+    @abstractmethod
+    def purge(self, queue: str) -> int:
+        """Delete every queued and scheduled job of a queue; returns how many."""
+
+    @abstractmethod
+    def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+        """Announce a live worker; it disappears from ``workers()`` ``ttl`` s after the last."""
+
+    @abstractmethod
+    def workers(self) -> list[WorkerInfo]:
+        """Live workers."""
+
+    @abstractmethod
+    def forget_worker(self, worker_id: str) -> None:
+        """Remove a worker's announcement (clean stop)."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections and files."""

@@ -1,0 +1,406 @@
+"""The in-memory broker: the reference semantics of the port, for one process and for tests.
+
+Everything sits behind one ``threading.Condition``: simple enough to be obviously right, which
+is what a reference adapter is for. Time comes from the injected ``Clock``, so tests drive
+delays, leases and TTLs without sleeping.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import secrets
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .._clock import Clock, SystemClock
+from .._errors import JobNotFound
+from .._message import (
+    Delivery,
+    Envelope,
+    JobEntry,
+    JobRecord,
+    JobStatus,
+    QueueStats,
+    WorkerInfo,
+)
+from ..stores.memory import MemoryKV
+from ._port import Broker, Finish, LeaseState
+
+_PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
+_IDLE_WAKE = 0.05  # longest real sleep while a lease or eta may come due on an injected clock
+
+
+@dataclass
+class _Job:
+    envelope: Envelope
+    status: JobStatus
+    seq: int
+    token: str = ""
+    deliveries: int = 0
+    lease_until: float = 0.0
+    result: bytes | None = None
+    expires_at: float | None = None
+    cancel_requested: bool = False
+    progress: float | None = None
+    progress_note: str | None = None
+    updated_at: float = 0.0
+    reason: str = ""
+
+
+@dataclass
+class _State:
+    jobs: dict[str, _Job] = field(default_factory=dict)
+    ready: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
+    scheduled: list[tuple[float, int, str]] = field(default_factory=list)
+    keys: dict[str, str] = field(default_factory=dict)
+    workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)
+
+
+class MemoryBroker(Broker):
+    def __init__(self, clock: Clock | None = None) -> None:
+        self.url = "memory://"
+        self._clock = clock or SystemClock()
+        self._cond = threading.Condition()
+        self._s = _State()
+        self._seq = itertools.count()
+        self._kv = MemoryKV(self._clock)
+
+    @property
+    def kv(self) -> MemoryKV:
+        return self._kv
+
+    # -- internals (call with the condition held) -------------------------------------------
+
+    def _push_ready(self, job: _Job) -> None:
+        job.status = JobStatus.QUEUED
+        job.seq = next(self._seq)
+        heap = self._s.ready.setdefault(job.envelope.queue, [])
+        heapq.heappush(heap, (-job.envelope.priority, job.seq, job.envelope.id))
+
+    def _place(self, job: _Job, now: float) -> None:
+        eta = job.envelope.eta
+        if eta is not None and eta > now:
+            job.status = JobStatus.SCHEDULED
+            job.seq = next(self._seq)
+            heapq.heappush(self._s.scheduled, (eta, job.seq, job.envelope.id))
+        else:
+            self._push_ready(job)
+
+    def _live(self, job_id: str, now: float) -> _Job | None:
+        job = self._s.jobs.get(job_id)
+        if job is not None and job.expires_at is not None and job.expires_at <= now:
+            del self._s.jobs[job_id]
+            return None
+        return job
+
+    def _promote(self, now: float) -> None:
+        sched = self._s.scheduled
+        while sched and sched[0][0] <= now:
+            _, seq, job_id = heapq.heappop(sched)
+            job = self._s.jobs.get(job_id)
+            if job is not None and job.status is JobStatus.SCHEDULED and job.seq == seq:
+                self._push_ready(job)
+        for job in self._s.jobs.values():
+            if job.status is JobStatus.RUNNING and job.lease_until <= now:
+                job.token = ""
+                self._push_ready(job)
+
+    def _pop(self, queues: Sequence[str]) -> _Job | None:
+        best: tuple[int, int, str] | None = None
+        best_queue = ""
+        for q in queues:
+            heap = self._s.ready.get(q)
+            while heap:
+                prio, seq, job_id = heap[0]
+                job = self._s.jobs.get(job_id)
+                if job is None or job.status is not JobStatus.QUEUED or job.seq != seq:
+                    heapq.heappop(heap)  # stale heap entry
+                    continue
+                if best is None or (prio, seq) < best[:2]:
+                    best, best_queue = (prio, seq, job_id), q
+                break
+        if best is None:
+            return None
+        heapq.heappop(self._s.ready[best_queue])
+        return self._s.jobs[best[2]]
+
+    def _owned(self, delivery: Delivery) -> _Job | None:
+        job = self._s.jobs.get(delivery.id)
+        if job is None or job.status is not JobStatus.RUNNING or job.token != delivery.token:
+            return None
+        return job
+
+    def _next_event(self) -> float | None:
+        times = [t for t, _, _ in self._s.scheduled[:1]]
+        times += [j.lease_until for j in self._s.jobs.values() if j.status is JobStatus.RUNNING]
+        return min(times) if times else None
+
+    # -- producing -------------------------------------------------------------------------
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        ids: list[str] = []
+        with self._cond:
+            now = self._clock.time()
+            for env in envelopes:
+                if env.key is not None:
+                    existing = self._s.keys.get(env.key)
+                    other = self._live(existing, now) if existing else None
+                    if other is not None and other.status in _PENDING:
+                        ids.append(other.envelope.id)
+                        continue
+                job = _Job(envelope=env, status=JobStatus.QUEUED, seq=0, updated_at=now)
+                self._s.jobs[env.id] = job
+                if env.key is not None:
+                    self._s.keys[env.key] = env.id
+                self._place(job, now)
+                ids.append(env.id)
+            self._cond.notify_all()
+        return ids
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def fetch(
+        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
+    ) -> list[Delivery]:
+        out: list[Delivery] = []
+        with self._cond:
+            waited = 0.0
+            while True:
+                now = self._clock.time()
+                self._promote(now)
+                while len(out) < count:
+                    job = self._pop(queues)
+                    if job is None:
+                        break
+                    job.status = JobStatus.RUNNING
+                    job.token = secrets.token_hex(8)
+                    job.deliveries += 1
+                    job.lease_until = now + lease
+                    job.cancel_requested = False
+                    job.updated_at = now
+                    env = job.envelope
+                    out.append(
+                        Delivery(
+                            id=env.id,
+                            queue=env.queue,
+                            payload=env.payload,
+                            token=job.token,
+                            deliveries=job.deliveries,
+                            priority=env.priority,
+                        )
+                    )
+                if out or waited >= block:
+                    return out
+                step = block - waited
+                nxt = self._next_event()
+                if nxt is not None:
+                    step = min(step, max(nxt - now, 0.001), _IDLE_WAKE)
+                self._cond.wait(step)
+                waited += step
+
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+        states: list[LeaseState] = []
+        with self._cond:
+            now = self._clock.time()
+            for d in deliveries:
+                job = self._owned(d)
+                if job is None:
+                    states.append(LeaseState.LOST)
+                    continue
+                job.lease_until = now + lease
+                states.append(LeaseState.CANCELLED if job.cancel_requested else LeaseState.OK)
+        return states
+
+    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+        done: list[bool] = []
+        with self._cond:
+            now = self._clock.time()
+            for f in outcomes:
+                job = self._owned(f.delivery)
+                if job is None:
+                    done.append(False)
+                    continue
+                job.token = ""
+                job.updated_at = now
+                job.cancel_requested = False
+                if f.retry is not None:
+                    job.envelope = f.retry
+                    job.deliveries = 0
+                    job.result = f.result
+                    self._place(job, now)
+                else:
+                    job.status = f.status
+                    job.result = f.result
+                    job.reason = f.reason
+                    job.expires_at = now + f.result_ttl
+                    key = job.envelope.key
+                    if key is not None and self._s.keys.get(key) == job.envelope.id:
+                        del self._s.keys[key]
+                done.append(True)
+            self._cond.notify_all()
+        return done
+
+    def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        done: list[bool] = []
+        with self._cond:
+            for d in deliveries:
+                job = self._owned(d)
+                if job is None:
+                    done.append(False)
+                    continue
+                job.token = ""
+                job.deliveries = max(job.deliveries - 1, 0)
+                self._push_ready(job)
+                done.append(True)
+            self._cond.notify_all()
+        return done
+
+    def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
+        with self._cond:
+            job = self._owned(delivery)
+            if job is None:
+                return False
+            job.progress, job.progress_note = value, note
+            job.updated_at = self._clock.time()
+            return True
+
+    # -- job records -----------------------------------------------------------------------
+
+    def _record(self, job: _Job) -> JobRecord:
+        return JobRecord(
+            id=job.envelope.id,
+            status=job.status,
+            queue=job.envelope.queue,
+            result=job.result if job.status.terminal else None,
+            progress=job.progress,
+            progress_note=job.progress_note,
+            updated_at=job.updated_at,
+        )
+
+    def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        with self._cond:
+            now = self._clock.time()
+            return [
+                self._record(job) if (job := self._live(i, now)) is not None else None
+                for i in job_ids
+            ]
+
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        with self._cond:
+            job = self._live(job_id, self._clock.time())
+            if job is None:
+                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+            finished = self._cond.wait_for(lambda: job.status.terminal, timeout)
+            return self._record(job) if finished else None
+
+    def cancel(self, job_id: str) -> JobStatus:
+        with self._cond:
+            now = self._clock.time()
+            job = self._live(job_id, now)
+            if job is None:
+                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+            if job.status is JobStatus.RUNNING:
+                job.cancel_requested = True
+            elif job.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+                job.status = JobStatus.CANCELLED
+                job.updated_at = now
+                job.expires_at = now + 86400.0
+                key = job.envelope.key
+                if key is not None and self._s.keys.get(key) == job_id:
+                    del self._s.keys[key]
+                self._cond.notify_all()
+            return job.status
+
+    # -- operations ------------------------------------------------------------------------
+
+    def stats(self) -> list[QueueStats]:
+        with self._cond:
+            now = self._clock.time()
+            by_queue: dict[str, QueueStats] = {}
+            for job_id in list(self._s.jobs):
+                job = self._live(job_id, now)
+                if job is None:
+                    continue
+                st = by_queue.setdefault(job.envelope.queue, QueueStats(job.envelope.queue))
+                name = job.status.value
+                if hasattr(st, name) and name != "queue":
+                    setattr(st, name, getattr(st, name) + 1)
+            return sorted(by_queue.values(), key=lambda s: s.queue)
+
+    def entries(self, status: JobStatus, queue: str | None, limit: int) -> list[JobEntry]:
+        with self._cond:
+            now = self._clock.time()
+            found = [
+                JobEntry(
+                    id=j.envelope.id,
+                    queue=j.envelope.queue,
+                    payload=j.envelope.payload,
+                    status=j.status,
+                    reason=j.reason,
+                    at=j.updated_at,
+                )
+                for i in list(self._s.jobs)
+                if (j := self._live(i, now)) is not None
+                and j.status is status
+                and (queue is None or j.envelope.queue == queue)
+            ]
+        found.sort(key=lambda e: e.at, reverse=True)
+        return found[:limit]
+
+    def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:
+        n = 0
+        with self._cond:
+            now = self._clock.time()
+            ids = list(self._s.jobs) if job_ids is None else list(job_ids)
+            for i in ids:
+                job = self._live(i, now)
+                if job is None or job.status is not status:
+                    continue
+                job.expires_at = None
+                job.result = None
+                job.reason = ""
+                job.deliveries = 0
+                job.updated_at = now
+                job.envelope = Envelope(
+                    id=job.envelope.id,
+                    queue=job.envelope.queue,
+                    payload=job.envelope.payload,
+                    priority=job.envelope.priority,
+                )
+                self._push_ready(job)
+                n += 1
+            self._cond.notify_all()
+        return n
+
+    def purge(self, queue: str) -> int:
+        with self._cond:
+            doomed = [
+                i
+                for i, j in self._s.jobs.items()
+                if j.envelope.queue == queue
+                and j.status in (JobStatus.QUEUED, JobStatus.SCHEDULED)
+            ]
+            for i in doomed:
+                job = self._s.jobs.pop(i)
+                key = job.envelope.key
+                if key is not None and self._s.keys.get(key) == i:
+                    del self._s.keys[key]
+            self._s.ready.pop(queue, None)
+            return len(doomed)
+
+    def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+        with self._cond:
+            now = self._clock.time()
+            info.seen_at = now
+            self._s.workers[info.id] = (info, now + ttl)
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._cond:
+            now = self._clock.time()
+            return [w for w, until in self._s.workers.values() if until > now]
+
+    def forget_worker(self, worker_id: str) -> None:
+        with self._cond:
+            self._s.workers.pop(worker_id, None)

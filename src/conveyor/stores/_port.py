@@ -1,0 +1,69 @@
+"""The key-value port: a narrow set of primitives that results' neighbours build on.
+
+Locks, the cache, ``app.store``, rate limits, unique keys and cron de-duplication are all
+built from these few operations, so every broker offers all of them by implementing this.
+
+Values are opaque bytes (the app's codec encodes them). Keys are validated by ``check_key``.
+Expiry is in seconds (float); ``None`` means no expiry. Every operation is atomic.
+"""
+
+from __future__ import annotations
+
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+
+from .._errors import InvalidName
+
+_KEY = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
+
+Updater = Callable[[bytes | None], bytes | None]
+
+
+def check_key(key: str) -> str:
+    if not isinstance(key, str) or not _KEY.match(key):
+        raise InvalidName(
+            f"bad key {key!r}: use 1-512 printable characters (no control characters)"
+        )
+    return key
+
+
+class KeyValue(ABC):
+    @abstractmethod
+    def get(self, key: str) -> bytes | None:
+        """The value, or None if absent or expired."""
+
+    @abstractmethod
+    def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+        """Store a value; with ``nx`` only if the key is absent. True if written."""
+
+    @abstractmethod
+    def delete(self, key: str) -> bool:
+        """Remove a key; True if it existed."""
+
+    @abstractmethod
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        """Add to an integer counter (absent counts as 0); ``ttl`` applies when it is created."""
+
+    @abstractmethod
+    def ttl(self, key: str) -> float | None:
+        """Seconds left before the key expires; None if it has no expiry or does not exist."""
+
+    @abstractmethod
+    def update(self, key: str, fn: Updater, ttl: float | None = None, retries: int = 50) -> bytes | None:
+        """Optimistic transaction: read, ``fn(old) -> new``, write only if nobody wrote in
+        between, else retry (up to ``retries``, then ``TransactionConflict``). ``new`` None
+        deletes the key. ``fn`` may run more than once. Returns the value written."""
+
+    @abstractmethod
+    def lock_acquire(self, name: str, token: str, ttl: float) -> int | None:
+        """Take the lock if free: store ``token`` with ``ttl`` and return a fencing token that
+        grows on every grant of this name. None if someone else holds it."""
+
+    @abstractmethod
+    def lock_release(self, name: str, token: str) -> bool:
+        """Release only if ``token`` still holds the lock; False if it was lost."""
+
+    @abstractmethod
+    def lock_extend(self, name: str, token: str, ttl: float) -> bool:
+        """Reset the TTL only if ``token`` still holds the lock; False if it was lost."""
