@@ -109,7 +109,7 @@ class Codec:
         try:
             if is_pickle:
                 obj = pickle.loads(body)  # signature verified above
-                return msgspec.convert(obj, type_) if type_ is not object else obj  # type: ignore[no-any-return]
+                return msgspec.convert(obj, type_) if type_ is not object else obj
             return decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise SerializationError(f"cannot decode payload: {exc}") from exc

@@ -25,7 +25,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
-class JobStatus(str, enum.Enum):
+class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     SCHEDULED = "scheduled"
     RUNNING = "running"
@@ -38,8 +38,6 @@ class JobStatus(str, enum.Enum):
     def terminal(self) -> bool:
         return self in _TERMINAL
 
-    def __str__(self) -> str:
-        return self.value
 
 
 _TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD})

@@ -48,7 +48,7 @@ from .._message import (
 from ..stores._port import KeyValue
 
 
-class LeaseState(str, enum.Enum):
+class LeaseState(enum.StrEnum):
     OK = "ok"  # still ours, lease extended
     LOST = "lost"  # taken over or finished elsewhere: stop caring about this job
     CANCELLED = "cancelled"  # still ours, but cancel() was called: stop the job

@@ -50,7 +50,9 @@ class KeyValue(ABC):
         """Seconds left before the key expires; None if it has no expiry or does not exist."""
 
     @abstractmethod
-    def update(self, key: str, fn: Updater, ttl: float | None = None, retries: int = 50) -> bytes | None:
+    def update(
+        self, key: str, fn: Updater, ttl: float | None = None, retries: int = 50
+    ) -> bytes | None:
         """Optimistic transaction: read, ``fn(old) -> new``, write only if nobody wrote in
         between, else retry (up to ``retries``, then ``TransactionConflict``). ``new`` None
         deletes the key. ``fn`` may run more than once. Returns the value written."""

@@ -1,0 +1,1 @@
+"""Conveyor: a Python task queue that never loses a job."""
