@@ -1,1 +1,63 @@
-"""Conveyor: a Python task queue that never loses a job."""
+"""Conveyor: a Python task queue that never loses a job.
+
+The public API is exactly what ``__all__`` lists; everything else is private.
+"""
+
+from ._app import Conveyor as Conveyor
+from ._context import CurrentJob as CurrentJob
+from ._context import current_job as current_job
+from ._errors import BrokerError as BrokerError
+from ._errors import BrokerUnavailable as BrokerUnavailable
+from ._errors import ConfigurationError as ConfigurationError
+from ._errors import ConveyorError as ConveyorError
+from ._errors import InvalidName as InvalidName
+from ._errors import InvalidURL as InvalidURL
+from ._errors import JobCancelled as JobCancelled
+from ._errors import JobDead as JobDead
+from ._errors import JobNotFound as JobNotFound
+from ._errors import LockError as LockError
+from ._errors import LockLost as LockLost
+from ._errors import LockTimeout as LockTimeout
+from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import SerializationError as SerializationError
+from ._errors import SoftTimeLimit as SoftTimeLimit
+from ._errors import TaskFailed as TaskFailed
+from ._errors import TransactionConflict as TransactionConflict
+from ._errors import UntrustedTask as UntrustedTask
+from ._errors import ValidationError as ValidationError
+from ._job import Job as Job
+from ._message import JobStatus as JobStatus
+from ._task import Signature as Signature
+from ._task import Task as Task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BrokerError",
+    "BrokerUnavailable",
+    "ConfigurationError",
+    "Conveyor",
+    "ConveyorError",
+    "CurrentJob",
+    "InvalidName",
+    "InvalidURL",
+    "Job",
+    "JobCancelled",
+    "JobDead",
+    "JobNotFound",
+    "JobStatus",
+    "LockError",
+    "LockLost",
+    "LockTimeout",
+    "PayloadTooLarge",
+    "SerializationError",
+    "Signature",
+    "SoftTimeLimit",
+    "Task",
+    "TaskFailed",
+    "TransactionConflict",
+    "UntrustedTask",
+    "ValidationError",
+    "__version__",
+    "current_job",
+]

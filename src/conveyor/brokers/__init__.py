@@ -8,10 +8,26 @@ from .._clock import Clock, SystemClock
 from .._errors import InvalidURL
 from ._port import Broker, Finish, LeaseState
 
-__all__ = ["Broker", "Finish", "LeaseState", "open_broker"]
+__all__ = ["DEFAULT_URL", "Broker", "Finish", "LeaseState", "check_url", "open_broker"]
 
 DEFAULT_URL = "sqlite:///./conveyor.db"
 _REDIS_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"}
+
+
+def check_url(url: str) -> str:
+    """The URL's scheme, or ``InvalidURL`` saying what to write instead."""
+    if not isinstance(url, str) or "://" not in url:
+        raise InvalidURL(
+            f"bad broker URL {url!r}: use memory://, sqlite:///path/to/jobs.db or "
+            "redis://host:6379/0"
+        )
+    scheme = urlsplit(url).scheme.lower()
+    if scheme not in _REDIS_SCHEMES | {"memory", "sqlite"}:
+        raise InvalidURL(
+            f"unknown broker scheme {scheme!r} in {url!r}: use memory://, sqlite:///path.db, "
+            "redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+        )
+    return scheme
 
 
 def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor") -> Broker:
@@ -21,12 +37,7 @@ def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor
     ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
     ``redis+sentinel://host:port/service_name``, ``redis+cluster://host:port``.
     """
-    if not isinstance(url, str) or "://" not in url:
-        raise InvalidURL(
-            f"bad broker URL {url!r}: use memory://, sqlite:///path/to/jobs.db or "
-            "redis://host:6379/0"
-        )
-    scheme = urlsplit(url).scheme.lower()
+    scheme = check_url(url)
     clock = clock or SystemClock()
     if scheme == "memory":
         from .memory import MemoryBroker
@@ -36,13 +47,6 @@ def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor
         from .sqlite import SQLiteBroker, sqlite_path
 
         return SQLiteBroker(sqlite_path(url), clock=clock)
-    if scheme in _REDIS_SCHEMES:
-        try:
-            from .redis import RedisBroker
-        except ImportError as exc:  # pragma: no cover - the redis adapter is part of the package
-            raise InvalidURL(f"the redis broker is not available: {exc}") from exc
-        return RedisBroker(url, prefix=prefix, clock=clock)
-    raise InvalidURL(
-        f"unknown broker scheme {scheme!r} in {url!r}: use memory://, sqlite:///path.db, "
-        "redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
-    )
+    from .redis import RedisBroker
+
+    return RedisBroker(url, prefix=prefix, clock=clock)

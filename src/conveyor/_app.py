@@ -1,0 +1,248 @@
+"""``Conveyor``: the composition root. It owns the registry, the codec and the broker; there
+are no module-level globals, so two apps in one process never see each other's tasks."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from types import TracebackType
+from typing import Any, ParamSpec, TypeVar, overload
+
+from ._clock import Clock, SystemClock
+from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
+from ._errors import ConfigurationError, JobNotFound, ValidationError
+from ._job import Job
+from ._message import Envelope, Message, new_job_id, validate_job_id
+from ._task import Options, Signature, Task, callable_name
+from .brokers import DEFAULT_URL, Broker, check_url, open_broker
+from .stores._port import check_key
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+class _Sender:
+    """``app.options(...)``: the RQ-style ``enqueue`` with options bound."""
+
+    def __init__(self, app: Conveyor, opts: Options) -> None:
+        self._app = app
+        self._opts = opts
+
+    def enqueue(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        return self._app._send([self._app._signature(fn, args, kwargs, self._opts)])[0]
+
+    async def enqueue_async(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]:
+        sig = self._app._signature(fn, args, kwargs, self._opts)
+        return (await self._app._send_async([sig]))[0]
+
+
+class Conveyor:
+    """A task queue application.
+
+    ``url`` picks the broker: the argument, else ``CONVEYOR_URL``, else
+    ``sqlite:///./conveyor.db``. ``trust`` names extra top-level packages whose callables a
+    worker may run by name (see ``app.enqueue``).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        trust: Sequence[str] = (),
+        serializer: Serializer = "json",
+        secret: bytes | str | None = None,
+        max_payload: int = DEFAULT_MAX_PAYLOAD,
+        prefix: str = "conveyor",
+        clock: Clock | None = None,
+        broker: Broker | None = None,
+    ) -> None:
+        self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        self.trust = tuple(trust)
+        self.prefix = prefix
+        self.clock: Clock = clock or SystemClock()
+        self.codec = Codec(serializer, secret, max_payload)
+        self.registry: dict[str, Task[Any, Any]] = {}
+        self.defaults = Options()
+        self._broker = broker
+        self._broker_lock = threading.Lock()
+        if broker is None:
+            # Parse now so a bad URL fails where the app is made, not at the first job.
+            check_url(self.url)
+
+    def __repr__(self) -> str:
+        return f"<Conveyor {self.url}>"
+
+    # -- resources -------------------------------------------------------------------------
+
+    @property
+    def broker(self) -> Broker:
+        """The broker, opened on first use (importing a tasks module opens nothing)."""
+        if self._broker is None:
+            with self._broker_lock:
+                if self._broker is None:
+                    self._broker = open_broker(self.url, clock=self.clock, prefix=self.prefix)
+        return self._broker
+
+    def close(self) -> None:
+        if self._broker is not None:
+            self._broker.close()
+            self._broker = None
+
+    def __enter__(self) -> Conveyor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Conveyor:
+        return self
+
+    async def __aexit__(
+        self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    # -- defining tasks --------------------------------------------------------------------
+
+    @overload
+    def task(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def task(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    @overload
+    def task(
+        self,
+        *,
+        name: str | None = None,
+        queue: str = ...,
+        priority: int = ...,
+        retries: int = ...,
+        retry_on: type[BaseException] | Sequence[type[BaseException]] = ...,
+        backoff: float = ...,
+        timeout: float | None = ...,
+        result_ttl: float = ...,
+        key: str | None = ...,
+    ) -> _TaskDecorator: ...
+    def task(  # type: ignore[misc]  # mypy cannot match the keywords against **options
+        self,
+        fn: Callable[..., Any] | None = None,
+        /,
+        *,
+        name: str | None = None,
+        **options: Any,
+    ) -> Task[Any, Any] | _TaskDecorator:
+        """Register a function as a task: ``@app.task`` or ``@app.task(queue=..., retries=...)``.
+
+        Options: queue, priority, retries, retry_on, backoff, timeout, result_ttl, key.
+        """
+        decorator = _TaskDecorator(self, name, self.defaults.merge(**options))
+        return decorator(fn) if fn is not None else decorator
+
+    def _register(self, fn: Callable[..., Any], name: str | None, opts: Options) -> Task[Any, Any]:
+        # Registered tasks resolve by name through the registry, so unlike plain callables
+        # they may live in __main__ (a worker running in the same script finds them).
+        task_name = name or f"{fn.__module__}:{fn.__qualname__}"
+        existing = self.registry.get(task_name)
+        if existing is not None and existing.fn is not fn:
+            raise ConfigurationError(
+                f"two different functions are registered as task {task_name!r}; "
+                "give one of them @app.task(name=...)"
+            )
+        task: Task[Any, Any] = Task(self, fn, task_name, opts)
+        self.registry[task_name] = task
+        return task
+
+    # -- sending jobs ----------------------------------------------------------------------
+
+    def options(self, **opts: Any) -> _Sender:
+        """Options for the next RQ-style ``enqueue``: ``app.options(queue="slow").enqueue(f)``."""
+        return _Sender(self, self.defaults.merge(**opts))
+
+    def enqueue(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Queue a call of any importable callable; the function need not know Conveyor."""
+        return self._send([self._signature(fn, args, kwargs, None)])[0]
+
+    async def enqueue_async(
+        self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
+    ) -> Job[R]:
+        return (await self._send_async([self._signature(fn, args, kwargs, None)]))[0]
+
+    def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[Job[R]]:
+        """Queue many jobs in one broker round trip; all are written or none."""
+        return self._send(list(signatures))
+
+    async def enqueue_many_async(self, signatures: Iterable[Signature[R]]) -> list[Job[R]]:
+        return await self._send_async(list(signatures))
+
+    def job(self, job_id: str) -> Job[Any]:
+        """A handle on an existing job; raises ``JobNotFound`` for an unknown id."""
+        validate_job_id(job_id)
+        record = self.broker.get([job_id])[0]
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or its result expired)")
+        return Job(self, job_id, record)
+
+    def _signature(
+        self,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        opts: Options | None,
+    ) -> Signature[Any]:
+        if isinstance(fn, Task):
+            return Signature(self, fn.name, args, kwargs, opts or fn.opts)
+        if not callable(fn):
+            raise ValidationError(f"enqueue takes a callable, got {fn!r}")
+        return Signature(self, callable_name(fn), args, kwargs, opts or self.defaults)
+
+    def envelope(self, sig: Signature[Any]) -> Envelope:
+        """Encode one call into what the broker stores; raises before anything is written."""
+        o = sig.opts
+        now = self.clock.time()
+        job_id = validate_job_id(o.job_id) if o.job_id else new_job_id()
+        if o.key is not None:
+            check_key(o.key)
+        eta = o.eta if o.eta is not None else (now + o.delay if o.delay else None)
+        message = Message(
+            id=job_id,
+            task=sig.name,
+            args=list(sig.args),
+            kwargs=sig.kwargs,
+            queue=o.queue,
+            priority=o.priority,
+            retries=o.retries,
+            retry_on=[f"{t.__module__}.{t.__qualname__}" for t in o.retry_on],
+            backoff=o.backoff,
+            timeout=o.timeout,
+            result_ttl=o.result_ttl,
+            enqueued_at=now,
+            key=o.key,
+        )
+        payload = self.codec.encode_message(message)
+        return Envelope(job_id, o.queue, payload, o.priority, eta, o.key)
+
+    def _send(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
+        envelopes = [self.envelope(s) for s in sigs]
+        return [Job(self, i) for i in self.broker.enqueue(envelopes)] if envelopes else []
+
+    async def _send_async(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
+        envelopes = [self.envelope(s) for s in sigs]
+        if not envelopes:
+            return []
+        return [Job(self, i) for i in await self.broker.enqueue_async(envelopes)]
+
+
+class _TaskDecorator:
+    def __init__(self, app: Conveyor, name: str | None, opts: Options) -> None:
+        self._app = app
+        self._name = name
+        self._opts = opts
+
+    @overload
+    def __call__(self, fn: Callable[P, Coroutine[Any, Any, R]], /) -> Task[P, R]: ...
+    @overload
+    def __call__(self, fn: Callable[P, R], /) -> Task[P, R]: ...
+    def __call__(self, fn: Callable[..., Any], /) -> Task[Any, Any]:
+        return self._app._register(fn, self._name, self._opts)

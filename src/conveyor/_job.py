@@ -1,0 +1,135 @@
+"""``Job[R]``: a handle on one job, with the ``concurrent.futures.Future`` contract.
+
+Waiting goes through ``Broker.wait``, which blocks on the broker's own notification, so a
+result reaches the caller within milliseconds of being stored and nothing sleeps in a loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable, Generator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from ._errors import JobCancelled, JobDead, JobNotFound, TaskFailed
+from ._message import JobRecord, JobStatus
+
+if TYPE_CHECKING:
+    from ._app import Conveyor
+
+R = TypeVar("R")
+
+
+class Job(Generic[R]):
+    __slots__ = ("_app", "_record", "id")
+
+    def __init__(self, app: Conveyor, job_id: str, record: JobRecord | None = None) -> None:
+        self._app = app
+        self.id = job_id
+        self._record = record if record is not None and record.status.terminal else None
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id}>"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Job) and other.id == self.id
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def _fresh(self) -> JobRecord:
+        if self._record is not None:
+            return self._record
+        record = self._app.broker.get([self.id])[0]
+        if record is None:
+            raise JobNotFound(f"no job with id {self.id!r} (unknown, purged or its result expired)")
+        if record.status.terminal:
+            self._record = record
+        return record
+
+    @property
+    def status(self) -> JobStatus:
+        return self._fresh().status
+
+    @property
+    def progress(self) -> tuple[float | None, str | None]:
+        """The last progress the running task reported: (fraction, note)."""
+        record = self._fresh()
+        return record.progress, record.progress_note
+
+    def done(self) -> bool:
+        return self._fresh().status.terminal
+
+    def _wait(self, timeout: float | None) -> JobRecord:
+        if self._record is None:
+            record = self._app.broker.wait(self.id, timeout)
+            if record is None:
+                raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
+            self._record = record
+        return self._record
+
+    async def _wait_async(self, timeout: float | None) -> JobRecord:
+        if self._record is None:
+            record = await self._app.broker.wait_async(self.id, timeout)
+            if record is None:
+                raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
+            self._record = record
+        return self._record
+
+    def _unpack(self, record: JobRecord) -> R:
+        error = self._error(record)
+        if error is not None:
+            raise error
+        outcome = self._app.codec.decode_outcome(record.result) if record.result else None
+        return cast(R, outcome.value if outcome is not None else None)
+
+    def _error(self, record: JobRecord) -> Exception | None:
+        if record.status is JobStatus.SUCCEEDED:
+            return None
+        outcome = self._app.codec.decode_outcome(record.result) if record.result else None
+        reason = (outcome.reason if outcome else None) or ""
+        if record.status is JobStatus.CANCELLED:
+            return JobCancelled(f"job {self.id} was cancelled{': ' + reason if reason else ''}")
+        if record.status is JobStatus.DEAD:
+            return JobDead(reason or "unknown reason", job_id=self.id)
+        err = outcome.error if outcome else None
+        if err is None:
+            return TaskFailed("UnknownError", reason or "no error recorded", job_id=self.id)
+        return TaskFailed(err.type, err.message, err.traceback, job_id=self.id)
+
+    def result(self, timeout: float | None = None) -> R:
+        """The task's return value; raises ``TaskFailed``, ``JobCancelled``, ``JobDead`` or
+        ``TimeoutError`` (the job is still pending after ``timeout`` seconds)."""
+        return self._unpack(self._wait(timeout))
+
+    def exception(self, timeout: float | None = None) -> Exception | None:
+        """The error the job ended with, or None if it succeeded."""
+        return self._error(self._wait(timeout))
+
+    async def result_async(self, timeout: float | None = None) -> R:
+        return self._unpack(await self._wait_async(timeout))
+
+    def __await__(self) -> Generator[Any, None, R]:
+        return self.result_async().__await__()
+
+    def cancel(self) -> bool:
+        """Cancel the job. A queued or scheduled job is removed at once; a running one is
+        stopped by its worker at its next lease renewal. True unless it had already ended."""
+        if self._record is not None:
+            return self._record.status is JobStatus.CANCELLED
+        status = self._app.broker.cancel(self.id)
+        return status in (JobStatus.CANCELLED, JobStatus.RUNNING)
+
+    def add_done_callback(self, fn: Callable[[Job[R]], object]) -> None:
+        """Call ``fn(job)`` once the job has ended (at once if it already has), from a
+        background thread."""
+        if self._record is not None:
+            fn(self)
+            return
+
+        def waiter() -> None:
+            with contextlib.suppress(JobNotFound):
+                self._wait(None)
+            fn(self)
+
+        threading.Thread(target=waiter, name=f"conveyor-callback-{self.id}", daemon=True).start()
