@@ -7,7 +7,7 @@ import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
-from typing import Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
@@ -18,8 +18,14 @@ from ._task import Options, Signature, Task, callable_name
 from .brokers import DEFAULT_URL, Broker, check_url, open_broker
 from .stores._port import check_key
 
+if TYPE_CHECKING:
+    from .cache import Cached
+    from .locks import Lock
+    from .stores import Store
+
 P = ParamSpec("P")
 R = TypeVar("R")
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 class _Sender:
@@ -104,6 +110,39 @@ class Conveyor:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+    # -- primitives next to the queue (every broker) ---------------------------------------
+
+    def lock(
+        self,
+        name: str,
+        ttl: float,
+        *,
+        timeout: float | None = None,
+        auto_renew: bool = False,
+    ) -> Lock:
+        """A distributed lock: ``with app.lock("invoice:42", ttl=30, timeout=5) as lk:``.
+
+        ``ttl`` is mandatory; ``timeout`` is how long acquiring may wait (None: forever,
+        0: try once). ``lk.fence`` is a fencing token that grows with every grant."""
+        from .locks import Lock
+
+        return Lock(self.broker.kv, name, ttl, timeout=timeout, auto_renew=auto_renew)
+
+    def cached(
+        self, ttl: float, *, key: Callable[..., str] | None = None, name: str | None = None
+    ) -> Callable[[F], Cached[F]]:
+        """Cache a function's results for ``ttl`` seconds; one computation per key at a time."""
+        from .cache import cached
+
+        return cached(self.broker.kv, self.codec, ttl, key=key, name=name)
+
+    @property
+    def store(self) -> Store:
+        """A small key-value store on the broker: get, set with TTL, delete, incr, update."""
+        from .stores import Store
+
+        return Store(self.broker.kv, self.codec)
 
     # -- defining tasks --------------------------------------------------------------------
 
