@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 from .._clock import Clock, SystemClock
 from .._errors import InvalidURL
 from ._port import Broker, Finish, LeaseState
 
-__all__ = ["DEFAULT_URL", "Broker", "Finish", "LeaseState", "check_url", "open_broker"]
+__all__ = [
+    "DEFAULT_URL",
+    "Broker",
+    "Finish",
+    "LeaseState",
+    "check_url",
+    "open_broker",
+    "redact_url",
+]
 
 DEFAULT_URL = "sqlite:///./conveyor.db"
 _REDIS_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"}
@@ -50,3 +58,15 @@ def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor
     from .redis import RedisBroker
 
     return RedisBroker(url, prefix=prefix, clock=clock)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password masked, for logs and tables."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
