@@ -1,0 +1,74 @@
+"""The codec: JSON by default, pickle only signed, a size cap, tampering refused."""
+
+from __future__ import annotations
+
+import datetime as dt
+import pickle
+
+import pytest
+
+from conveyor import ConfigurationError, PayloadTooLarge, SerializationError
+from conveyor._codec import Codec
+from conveyor._message import Message, Outcome, RemoteError
+
+
+def test_json_round_trip_of_a_message() -> None:
+    codec = Codec()
+    msg = Message(id="j1", task="m:f", args=[1, "a", [2.5]], kwargs={"k": None}, queue="q")
+    data = codec.encode_message(msg)
+    assert data.startswith(b"{")
+    assert codec.decode_message(data) == msg
+
+
+def test_outcome_round_trip() -> None:
+    codec = Codec()
+    out = Outcome(error=RemoteError("ValueError", "bad", "tb"))
+    assert codec.decode_outcome(codec.encode_outcome(out)) == out
+    when = dt.datetime(2026, 1, 2, tzinfo=dt.UTC)
+    assert codec.decode_value(codec.encode_value({"at": when})) == {"at": "2026-01-02T00:00:00Z"}
+
+
+def test_unserializable_argument_is_a_typed_error_that_says_what_to_do() -> None:
+    with pytest.raises(SerializationError, match="JSON-compatible"):
+        Codec().encode_message(Message(id="j", task="m:f", args=[object()]))
+
+
+def test_pickle_without_a_secret_is_refused() -> None:
+    with pytest.raises(ConfigurationError, match="secret"):
+        Codec("pickle")
+
+
+def test_signed_pickle_round_trip_and_tampering_refused() -> None:
+    codec = Codec("pickle", secret="s3cret")
+    data = codec.encode_message(Message(id="j", task="m:f", args=[{1, 2}]))
+    assert codec.decode_message(data).args == [{1, 2}]
+    tampered = data[:-1] + bytes([data[-1] ^ 1])
+    with pytest.raises(SerializationError, match="signature"):
+        codec.decode_message(tampered)
+    with pytest.raises(SerializationError, match="signature"):
+        Codec("pickle", secret="other").decode_message(data)
+
+
+def test_unsigned_pickle_gadget_is_never_unpickled() -> None:
+    class Gadget:
+        def __reduce__(self) -> tuple[object, tuple[str]]:
+            return (print, ("pwned",))
+
+    gadget = pickle.dumps(Gadget())
+    codec = Codec("pickle", secret="k")
+    with pytest.raises(SerializationError, match="not signed"):
+        codec.decode_message(gadget)
+    with pytest.raises(SerializationError):
+        Codec().decode_message(gadget)
+
+
+def test_payload_cap() -> None:
+    codec = Codec(max_payload=100)
+    with pytest.raises(PayloadTooLarge, match="max_payload"):
+        codec.encode_message(Message(id="j", task="m:f", args=["x" * 200]))
+
+
+def test_garbage_is_a_serialization_error() -> None:
+    for garbage in (b"", b"\xff\xfe", b"{not json", b'{"id": 1}', b"[]"):
+        with pytest.raises(SerializationError):
+            Codec().decode_message(garbage)

@@ -1,0 +1,90 @@
+"""The public surface is exactly ``__all__``; module layering points one way."""
+
+from __future__ import annotations
+
+import ast
+import pathlib
+
+import conveyor
+
+SRC = pathlib.Path(conveyor.__file__).parent
+
+
+def test_all_lists_exactly_the_public_names() -> None:
+    public = {n for n in dir(conveyor) if not n.startswith("_")} | {"__version__"}
+    modules = {"brokers", "stores", "cli", "worker", "testing", "locks", "cache"}
+    assert set(conveyor.__all__) == public - modules
+    for name in conveyor.__all__:
+        assert getattr(conveyor, name) is not None
+
+
+def test_every_error_derives_from_conveyor_error() -> None:
+    errors = [getattr(conveyor, n) for n in conveyor.__all__ if n.endswith(("Error", "Failed"))]
+    errors += [conveyor.JobNotFound, conveyor.JobCancelled, conveyor.JobDead, conveyor.LockLost]
+    for err in errors:
+        assert issubclass(err, conveyor.ConveyorError), err
+
+
+def _imports(path: pathlib.Path) -> set[str]:
+    """Absolute module names a file imports (relative imports resolved)."""
+    rel = path.relative_to(SRC.parent).with_suffix("")
+    package = list(rel.parts[:-1])
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - node.level + 1]
+                mod = ".".join(base + ([node.module] if node.module else []))
+            else:
+                mod = node.module or ""
+            found.add(mod)
+            found.update(f"{mod}.{a.name}" for a in node.names)
+    return found
+
+
+def _files(sub: str) -> list[pathlib.Path]:
+    target = SRC / sub
+    if target.is_dir():
+        return sorted(target.rglob("*.py"))
+    return [target] if target.exists() else []
+
+
+ADAPTERS = ("conveyor.brokers.memory", "conveyor.brokers.sqlite", "conveyor.brokers.redis")
+
+
+def test_worker_drives_the_port_only() -> None:
+    for path in _files("worker"):
+        names = _imports(path)
+        assert not any(n.startswith(ADAPTERS) for n in names), path
+        assert not any(n == "redis" or n.startswith(("redis.", "sqlite3")) for n in names), path
+
+
+def test_only_the_factory_cli_and_testing_name_a_concrete_adapter() -> None:
+    allowed = ("brokers", "cli", "testing", "stores")
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] in allowed:
+            continue
+        names = _imports(path)
+        assert not any(n.startswith(ADAPTERS) for n in names), rel
+
+
+def test_leaves_import_no_upper_layer() -> None:
+    upper = ("conveyor._app", "conveyor._task", "conveyor._job", "conveyor.worker", "conveyor.cli")
+    for leaf in ("_message.py", "_codec.py", "_errors.py", "_clock.py", "_backoff.py", "_cron.py"):
+        if (SRC / leaf).exists():
+            names = _imports(SRC / leaf)
+            assert not any(n.startswith(upper) for n in names), leaf
+
+
+def test_no_forbidden_redis_commands_in_the_package() -> None:
+    """No KEYS, CONFIG or FLUSH*: they need admin rights and stall a busy server."""
+    redis_files = [*_files("brokers/redis"), *_files("stores/redis.py")]
+    redis_files += sorted((SRC / "brokers" / "redis").glob("*.lua"))
+    for path in redis_files:
+        text = path.read_text().lower()
+        for command in ("flushall", "flushdb", "config_set", "config_get", ".keys(", "'keys'"):
+            assert command not in text, (path, command)
+        assert '"keys"' not in text, path
