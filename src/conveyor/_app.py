@@ -3,6 +3,7 @@ are no module-level globals, so two apps in one process never see each other's t
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Sequence
@@ -21,6 +22,7 @@ from .stores._port import check_key
 if TYPE_CHECKING:
     from .cache import Cached
     from .locks import Lock
+    from .scheduler import Schedule
     from .stores import Store
 
 P = ParamSpec("P")
@@ -72,6 +74,7 @@ class Conveyor:
         self.codec = Codec(serializer, secret, max_payload)
         self.registry: dict[str, Task[Any, Any]] = {}
         self.defaults = Options()
+        self.schedules: list[Schedule] = []  # filled by @app.periodic; workers run them
         self._broker = broker
         self._broker_lock = threading.Lock()
         if broker is None:
@@ -143,6 +146,26 @@ class Conveyor:
         from .stores import Store
 
         return Store(self.broker.kv, self.codec)
+
+    def periodic(
+        self,
+        *,
+        cron: str | None = None,
+        every: float | dt.timedelta | None = None,
+        name: str | None = None,
+        overlap: str = "skip",
+        catch_up: int = 1,
+        **options: Any,
+    ) -> Callable[[Callable[[], R]], Task[[], R]]:
+        """Run a task on a schedule: ``@app.periodic(cron="*/5 * * * *")`` or
+        ``every=timedelta(minutes=5)``. Workers run the schedule; each tick runs once however
+        many workers there are. ``overlap="skip"`` skips a tick while the previous run is still
+        pending; ``catch_up`` bounds how many missed ticks run after downtime."""
+        from .scheduler import periodic
+
+        return periodic(
+            self, cron=cron, every=every, name=name, overlap=overlap, catch_up=catch_up, **options
+        )
 
     # -- defining tasks --------------------------------------------------------------------
 
@@ -258,6 +281,8 @@ class Conveyor:
             result_ttl=o.result_ttl,
             enqueued_at=now,
             key=o.key,
+            rate=o.rate,
+            rate_key=o.rate_key,
         )
         payload = self.codec.encode_message(message)
         return Envelope(job_id, o.queue, payload, o.priority, eta, o.key)

@@ -87,7 +87,9 @@ class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     result_ttl: int = 86400
     enqueued_at: float = 0.0
     key: str | None = None  # uniqueness key
-    links: list[bytes] = []  # encoded follow-up messages (workflows); opaque here
+    rate: str | None = None  # rate limit, e.g. "100/m", shared by every job of the task
+    rate_key: str | None = None  # limit per key instead (one tenant cannot starve others)
+    workflow: dict[str, Any] | None = None  # what happens after this step (workflows.py)
 
 
 class Envelope(msgspec.Struct, frozen=True):

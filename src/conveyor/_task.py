@@ -38,6 +38,8 @@ class Options:
     eta: float | None = None
     key: str | None = None
     job_id: str | None = None
+    rate: str | None = None
+    rate_key: str | None = None
 
     def merge(self, **changes: Any) -> Options:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}

@@ -6,8 +6,12 @@ Adapters: ``memory`` (the reference semantics), ``sqlite`` (embedded default), `
 Contract, in short:
 
 * ``enqueue`` writes jobs atomically (all of a batch or none) and records each as ``queued``
-  (or ``scheduled`` when its ``eta`` is in the future). A job whose ``key`` matches a job that
-  is still pending (queued, scheduled or running) is not written; the existing id is returned.
+  (or ``scheduled`` when its ``eta`` is in the future). It is idempotent on the job id: a job
+  whose id already exists is not written again (a producer retrying after a timeout cannot
+  queue a job twice). A job whose ``key`` matches a job that is still pending (queued,
+  scheduled or running) is not written; the existing id is returned. An ``eta`` of
+  ``PARKED`` (infinity) keeps the job ``scheduled`` until ``promote`` makes it due: workflows
+  park their later steps this way.
 * ``fetch`` hands out up to ``count`` jobs from the given queues under a lease of ``lease``
   seconds: higher priority first, FIFO within a priority, due scheduled jobs included, and
   jobs whose lease expired (their worker died) reclaimed. Each delivery gets a fresh
@@ -31,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -46,6 +51,9 @@ from .._message import (
     WorkerInfo,
 )
 from ..stores._port import KeyValue
+
+
+PARKED = math.inf  # the eta of a job that waits for ``promote``
 
 
 class LeaseState(enum.StrEnum):
@@ -108,6 +116,11 @@ class Broker(ABC):
     @abstractmethod
     def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Hand jobs back for immediate redelivery, fenced."""
+
+    @abstractmethod
+    def promote(self, job_id: str, payload: bytes) -> bool:
+        """Make a parked job due now with a new payload (a workflow step whose inputs are
+        ready). False, changing nothing, if the job is not parked: promoting twice is safe."""
 
     @abstractmethod
     def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:

@@ -26,7 +26,7 @@ from .._message import (
     WorkerInfo,
 )
 from ..stores.memory import MemoryKV
-from ._port import Broker, Finish, LeaseState
+from ._port import PARKED, Broker, Finish, LeaseState
 
 _PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
 _IDLE_WAKE = 0.05  # longest real sleep while a lease or eta may come due on an injected clock
@@ -144,6 +144,9 @@ class MemoryBroker(Broker):
         with self._cond:
             now = self._clock.time()
             for env in envelopes:
+                if self._live(env.id, now) is not None:
+                    ids.append(env.id)  # idempotent: already written
+                    continue
                 if env.key is not None:
                     existing = self._s.keys.get(env.key)
                     other = self._live(existing, now) if existing else None
@@ -256,6 +259,19 @@ class MemoryBroker(Broker):
                 done.append(True)
             self._cond.notify_all()
         return done
+
+    def promote(self, job_id: str, payload: bytes) -> bool:
+        with self._cond:
+            job = self._live(job_id, self._clock.time())
+            if job is None or job.status is not JobStatus.SCHEDULED:
+                return False
+            if job.envelope.eta != PARKED:
+                return False
+            env = job.envelope
+            job.envelope = Envelope(env.id, env.queue, payload, env.priority, None, env.key)
+            self._push_ready(job)
+            self._cond.notify_all()
+            return True
 
     def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
         with self._cond:
