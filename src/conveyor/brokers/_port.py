@@ -52,7 +52,6 @@ from .._message import (
 )
 from ..stores._port import KeyValue
 
-
 PARKED = math.inf  # the eta of a job that waits for ``promote``
 
 
