@@ -53,7 +53,7 @@ from .._message import (
     WorkerInfo,
     new_job_id,
 )
-from ..brokers._port import Broker, Finish, LeaseState
+from ..brokers._port import PARKED, Broker, Finish, LeaseState
 from ..stores._port import KeyValue
 
 __all__ = ["BrokerConformance", "KeyValueConformance", "Timeline"]
@@ -224,6 +224,22 @@ class BrokerConformance:
         assert broker.get([e.id for e in good]) == [None, None]
         assert fetch(broker) == []
 
+    def test_enqueue_is_idempotent_on_the_job_id(self, broker: Broker) -> None:
+        env = envelope()
+        again = Envelope(env.id, env.queue, b"a retried producer's copy", priority=9)
+        assert broker.enqueue([env, again]) == [env.id, env.id]
+        assert broker.enqueue([again]) == [env.id]
+        [d] = fetch(broker)
+        assert (d.id, d.payload, d.priority) == (env.id, env.payload, 0)
+        assert broker.enqueue([again]) == [env.id]  # while running
+        assert fetch(broker) == []
+        assert finish(broker, d, result=b"once")
+        assert broker.enqueue([again]) == [env.id]  # once finished
+        assert fetch(broker) == []
+        [record] = broker.get([env.id])
+        assert record is not None
+        assert (record.status, record.result) == (JobStatus.SUCCEEDED, b"once")
+
     # -- fetch -----------------------------------------------------------------------------
 
     def test_fetch_hands_out_a_delivery_under_a_token(self, broker: Broker) -> None:
@@ -313,6 +329,34 @@ class BrokerConformance:
         broker.enqueue([env])
         assert status(broker, env.id) is JobStatus.QUEUED
         assert [d.id for d in fetch(broker)] == [env.id]
+
+    def test_parked_job_waits_for_promote(self, broker: Broker, timeline: Timeline) -> None:
+        parked = Envelope(new_job_id(), DEFAULT_QUEUE, b"no inputs yet", eta=PARKED)
+        assert broker.enqueue([parked]) == [parked.id]
+        assert status(broker, parked.id) is JobStatus.SCHEDULED
+        timeline.advance(6)
+        assert fetch(broker) == []
+        assert broker.promote(parked.id, b"inputs ready")
+        assert status(broker, parked.id) is JobStatus.QUEUED
+        assert not broker.promote(parked.id, b"promoted twice")
+        [d] = fetch(broker)
+        assert (d.id, d.payload, d.deliveries) == (parked.id, b"inputs ready", 1)
+        assert not broker.promote(parked.id, b"while running")
+        assert finish(broker, d)
+        assert not broker.promote(parked.id, b"once finished")
+
+    def test_promote_refuses_jobs_that_are_not_parked(
+        self, broker: Broker, timeline: Timeline
+    ) -> None:
+        queued, delayed = envelope(), envelope(eta=timeline.now + timeline.span(5))
+        broker.enqueue([queued, delayed])
+        assert not broker.promote(new_job_id(), b"unknown")
+        assert not broker.promote(queued.id, b"queued")
+        assert not broker.promote(delayed.id, b"delayed")
+        assert status(broker, delayed.id) is JobStatus.SCHEDULED
+        assert [(d.id, d.payload) for d in fetch(broker)] == [(queued.id, queued.payload)]
+        timeline.advance(6)
+        assert [(d.id, d.payload) for d in fetch(broker)] == [(delayed.id, delayed.payload)]
 
     # -- leases ----------------------------------------------------------------------------
 
