@@ -1,0 +1,273 @@
+"""The SQLite storage: every table, its migrations, and how a connection to it is opened.
+
+One file holds everything (the broker's and the key-value store's tables), so one
+``sqlite:///jobs.db`` URL is the whole deployment. One table per concern:
+
+``meta(name, value)``
+    ``schema_version``: the last migration applied (see ``MIGRATIONS``).
+    ``seq``: a counter; every job gets the next value whenever it is (re)queued, which is
+    the FIFO order within a priority. ``kv_version``: a counter stamped on every key-value
+    write, so ``update``'s compare-and-set cannot mistake a delete-and-recreate for "no
+    change" (a per-row counter would restart at 1 and fall for that ABA case).
+
+``jobs`` -- one row per job, whatever its state:
+    ``id`` (primary key), ``queue``, ``payload`` (opaque bytes), ``priority`` (0..9),
+    ``status`` (a ``JobStatus`` value), ``seq`` (see meta), ``eta`` (scheduled: not before),
+    ``key`` (uniqueness key; it only counts while the job is queued, scheduled or running),
+    ``token`` (the current delivery's fencing token, '' when none), ``deliveries``,
+    ``lease_until`` (running: reclaimable from then on), ``cancel_requested`` (0/1, read by
+    renew), ``result`` (the encoded Outcome), ``reason`` (kept with failed and dead jobs),
+    ``progress``, ``progress_note``, ``updated_at``, ``expires_at`` (terminal jobs: the row
+    is invisible from then on and deleted lazily).
+    The ``rowid`` keeps first-insertion order (re-enqueueing an id updates the row in place),
+    which breaks ties the way the reference adapter's dict does.
+
+``kv(key, value, expires_at, version)`` -- the ``KeyValue`` store. Locks live here too, as
+    ``lock:<name>`` (holder's token, with the lock's TTL) and ``fence:<name>`` (the fencing
+    counter, never expiring), exactly the keys the memory adapter uses.
+
+``workers(id, info, expires_at)`` -- heartbeats: ``info`` is the ``WorkerInfo`` as JSON.
+
+Connections: WAL, so readers never block the writer and one writer runs beside them;
+``synchronous=NORMAL``: in WAL mode a commit is then durable against a crash of the process
+(the OS has the WAL pages) but the last commits may be lost if the *machine* loses power
+before the next checkpoint -- never corruption. ``FULL`` fsyncs the WAL on every commit,
+which costs one disk flush per enqueue/finish (about 10x fewer jobs per second on ordinary
+disks). A task queue that already runs jobs at least once accepts that trade; a deployment
+that cannot should use Redis with AOF ``always``. ``busy_timeout`` makes a writer wait for
+another process's write transaction instead of failing at once.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from .._errors import BrokerError, ConfigurationError
+
+# RETURNING (3.35) claims a batch in one statement; UPDATE ... FROM (3.33) promotes in one.
+MIN_SQLITE = (3, 35, 0)
+
+_V1 = (
+    """CREATE TABLE jobs (
+        id TEXT PRIMARY KEY,
+        queue TEXT NOT NULL,
+        payload BLOB NOT NULL,
+        priority INTEGER NOT NULL DEFAULT 0,
+        status TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        eta REAL,
+        key TEXT,
+        token TEXT NOT NULL DEFAULT '',
+        deliveries INTEGER NOT NULL DEFAULT 0,
+        lease_until REAL,
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        result BLOB,
+        reason TEXT NOT NULL DEFAULT '',
+        progress REAL,
+        progress_note TEXT,
+        updated_at REAL NOT NULL,
+        expires_at REAL
+    )""",
+    # The claim: per queue, highest priority first, then FIFO.
+    "CREATE INDEX jobs_ready ON jobs(queue, priority DESC, seq) WHERE status = 'queued'",
+    "CREATE INDEX jobs_scheduled ON jobs(eta) WHERE status = 'scheduled'",
+    "CREATE INDEX jobs_leased ON jobs(lease_until) WHERE status = 'running'",
+    "CREATE INDEX jobs_key ON jobs(key) WHERE key IS NOT NULL",
+    "CREATE INDEX jobs_expiry ON jobs(expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE INDEX jobs_kept ON jobs(status, updated_at)",
+    """CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value BLOB NOT NULL,
+        expires_at REAL,
+        version INTEGER NOT NULL
+    )""",
+    "CREATE INDEX kv_expiry ON kv(expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE TABLE workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, expires_at REAL NOT NULL)",
+    "INSERT INTO meta(name, value) VALUES ('seq', 0), ('kv_version', 0)",
+)
+
+# Numbered migrations; each is applied once, all pending ones in one transaction. Append,
+# never edit a released one.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
+
+
+def check_sqlite_version(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
+    if version < MIN_SQLITE:
+        have = ".".join(map(str, version))
+        raise ConfigurationError(
+            f"the SQLite broker needs SQLite >= 3.35 (this Python links {have}): "
+            "use a newer Python build, or redis:// instead"
+        )
+
+
+def migrate(conn: sqlite3.Connection, path: str) -> int:
+    """Bring the file to ``SCHEMA_VERSION`` in one write transaction; return the old version.
+
+    Several processes may open a new file at once: ``BEGIN IMMEDIATE`` makes them take
+    turns, and the later ones find the work done.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.execute(_META)
+        row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+        old = int(row[0]) if row else 0
+        if old > SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"{path} has schema version {old}, but this Conveyor knows versions up to "
+                f"{SCHEMA_VERSION}: it was written by a newer Conveyor. Upgrade conveyor on "
+                "this machine (or point it at another database file)"
+            )
+        for statements in MIGRATIONS[old:]:
+            for sql in statements:
+                conn.execute(sql)
+        conn.execute(
+            "INSERT INTO meta(name, value) VALUES ('schema_version', ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+            (SCHEMA_VERSION,),
+        )
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return old
+
+
+def broker_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> BrokerError:
+    """Say what happened and what to do; sqlite3 errors never leave the adapter."""
+    text = str(exc)
+    if "locked" in text or "busy" in text:
+        return BrokerError(
+            f"the SQLite database {path} stayed locked for more than {busy_timeout:g} s: "
+            "another process holds a long write transaction. Close any tool holding it "
+            "(sqlite3 shell, backup), or, with many busy writers, use redis:// instead"
+        )
+    if "readonly" in text:
+        return BrokerError(
+            f"cannot write the SQLite database {path}: make the file and its directory "
+            "writable by this user (SQLite creates -wal and -shm files next to it)"
+        )
+    if "unable to open" in text:
+        return BrokerError(
+            f"cannot open the SQLite database {path}: check that the directory exists and "
+            "is writable"
+        )
+    return BrokerError(f"SQLite error on {path}: {text}")
+
+
+@dataclass
+class _ProcessConnections:
+    """The connections of one process. A forked child must not touch its parent's."""
+
+    pid: int
+    local: threading.local = field(default_factory=threading.local)
+    write_lock: threading.Lock = field(default_factory=threading.Lock)
+    opened: list[sqlite3.Connection] = field(default_factory=list)
+
+
+class Database:
+    """Connections to one SQLite file: one per thread, opened lazily, never shared across fork.
+
+    Write transactions of one process take turns on a mutex before ``BEGIN IMMEDIATE``:
+    threads then queue in the kernel and wake at once, instead of in SQLite's busy handler,
+    which sleeps in steps of up to 100 ms. Other processes still meet ``busy_timeout``.
+    Reads need no mutex: in WAL mode they see the last commit and never wait.
+    """
+
+    def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
+        check_sqlite_version()
+        self.path = path
+        self.busy_timeout = busy_timeout
+        self._mutex = threading.Lock()
+        self._procs = _ProcessConnections(os.getpid())
+        # Connections inherited over fork are kept referenced and never closed: closing
+        # them in the child could checkpoint or unlock the parent's WAL.
+        self._inherited: list[sqlite3.Connection] = []
+        with self._translate():
+            conn = self._connect()
+            try:
+                self._prepare(conn)
+            except BaseException:
+                self.close()
+                raise
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        if str(mode).lower() != "wal":
+            raise ConfigurationError(
+                f"{self.path} cannot use SQLite's WAL mode (journal mode stays {mode!r}): "
+                "put the database on a local disk, not a network share"
+            )
+        migrate(conn, self.path)
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path,
+            timeout=self.busy_timeout,
+            isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
+            check_same_thread=False,  # only so close() may run on another thread
+        )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout * 1000)}")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        procs = self._current()
+        procs.local.conn = conn
+        with self._mutex:
+            procs.opened.append(conn)
+        return conn
+
+    def _current(self) -> _ProcessConnections:
+        procs = self._procs
+        if procs.pid != os.getpid():
+            with self._mutex:
+                if self._procs.pid != os.getpid():
+                    self._inherited.extend(self._procs.opened)
+                    self._procs = _ProcessConnections(os.getpid())
+                procs = self._procs
+        return procs
+
+    def _conn(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._current().local, "conn", None)
+        return conn if conn is not None else self._connect()
+
+    @contextmanager
+    def _translate(self) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.Error as exc:
+            raise broker_error(exc, self.path, self.busy_timeout) from exc
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """A connection for reads; each statement sees the latest commit."""
+        with self._translate():
+            yield self._conn()
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction (``BEGIN IMMEDIATE``): all of the block or none of it."""
+        with self._translate(), self._current().write_lock:
+            conn = self._conn()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+                conn.execute("COMMIT")
+            except BaseException:
+                # SQLite rolls back by itself on some errors (disk full, I/O).
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+
+    def close(self) -> None:
+        procs = self._current()
+        with self._mutex:
+            conns, procs.opened = procs.opened, []
+        for conn in conns:
+            conn.close()
+        procs.local = threading.local()

@@ -1,0 +1,628 @@
+"""The embedded SQLite broker: the default (``sqlite:///./conveyor.db``), for several worker
+processes and threads on one machine.
+
+The tables, pragmas and migrations are in ``_sqlite_schema``. Here:
+
+* **Atomic steps.** Every multi-step operation is one ``BEGIN IMMEDIATE`` transaction:
+  fetch (promote due scheduled jobs + reclaim expired leases + claim a batch with one
+  ``UPDATE ... WHERE id IN (SELECT ... ORDER BY priority DESC, seq LIMIT n) RETURNING``),
+  finish, release, requeue, cancel, enqueue. Nothing is checked in Python in one
+  transaction and acted on in another.
+* **Fencing.** renew, finish, release and progress match ``id``, ``status = 'running'`` and
+  the delivery's ``token`` in the same ``UPDATE`` that changes the row.
+* **Waking without polling.** SQLite cannot notify another process, so we do it beside the
+  file: in ``<db>.notify/`` every blocked ``fetch`` binds a unix datagram socket named
+  ``f.<random>`` and every ``wait(job_id)`` one named ``j.<hash of id>.<random>``. After a
+  commit that makes work available (enqueue, retry, release, requeue) the writer sends one
+  byte to every ``f.*`` socket; after a job ends, to that job's ``j.*`` sockets only. A socket
+  whose process died refuses the datagram and is removed. A waiter binds *before* its last
+  look at the table, so a commit cannot slip between the look and the sleep. It still looks
+  again every ``_SAFETY_NET`` s (a lost datagram, a full buffer) and when a scheduled job or
+  a lease comes due, which the table tells it. Alternatives were worse: polling the file's
+  mtime or ``PRAGMA data_version`` is a sleep loop; inotify is Linux-only and not in the
+  standard library; FIFOs behave the same but need the O_RDWR trick to avoid EOF spins.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import secrets
+import socket
+import sqlite3
+import tempfile
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
+from urllib.parse import unquote
+
+import msgspec
+
+from .._clock import Clock, SystemClock
+from .._errors import BrokerError, InvalidURL, JobNotFound
+from .._message import (
+    Delivery,
+    Envelope,
+    JobEntry,
+    JobRecord,
+    JobStatus,
+    QueueStats,
+    WorkerInfo,
+)
+from ..stores.sqlite import SQLiteKV
+from ._port import PARKED, Broker, Finish, LeaseState
+from ._sqlite_schema import Database
+
+_SAFETY_NET = 0.5  # longest sleep without looking at the table
+_INJECTED_CLOCK_RECHECK = 0.05  # an injected clock's due times do not map to real time
+_SWEEP_EVERY = 30.0  # clock seconds between lazy deletions of expired rows
+_CANCELLED_TTL = 86400.0
+_LIVE = "(expires_at IS NULL OR expires_at > ?)"
+_RECORD = "id, status, queue, result, progress, progress_note, updated_at"
+_CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+
+
+def sqlite_path(url: str) -> str:
+    """The file path in a ``sqlite://`` URL (three slashes: relative; four: absolute)."""
+    scheme, sep, rest = url.partition("://") if isinstance(url, str) else ("", "", "")
+    how = "write sqlite:///relative/path.db (three slashes) or sqlite:////absolute/path.db (four)"
+    if not sep or scheme.lower() != "sqlite":
+        raise InvalidURL(f"bad SQLite URL {url!r}: {how}")
+    if rest.lstrip("/") == ":memory:":
+        raise InvalidURL(
+            f"{url!r}: an in-memory SQLite database cannot be shared with worker processes; "
+            "use memory:// for one process (tests), or a file such as sqlite:///./conveyor.db"
+        )
+    if not rest.startswith("/"):
+        raise InvalidURL(f"bad SQLite URL {url!r}: a host is not allowed; {how}")
+    path = unquote(rest[1:])
+    if any(c in rest for c in "?#") or "\x00" in path:
+        raise InvalidURL(f"bad SQLite URL {url!r}: options are not supported; {how}")
+    if not path or path.endswith("/"):
+        raise InvalidURL(f"bad SQLite URL {url!r}: name a database file; {how}")
+    return path
+
+
+# -- wake-ups across processes -----------------------------------------------------------------
+
+_FETCHERS = "f."
+
+
+def _job_waiters(job_id: str) -> str:
+    # Hashed: job ids may be 128 characters and a socket path must stay under ~100 bytes.
+    return "j." + hashlib.blake2b(job_id.encode(), digest_size=8).hexdigest() + "."
+
+
+class _Listener:
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def wait(self, timeout: float) -> None:
+        """Sleep until a datagram arrives or ``timeout`` s pass; swallow every pending one."""
+        self._sock.settimeout(max(timeout, 0.001))
+        try:
+            self._sock.recv(16)
+        except (TimeoutError, BlockingIOError):
+            return
+        self._sock.setblocking(False)  # with a timeout set, Python would wait for more
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while True:
+                self._sock.recv(16)
+
+
+class _Notifier:
+    """Unix datagram sockets in ``<db>.notify/``; see the module docstring."""
+
+    _LONGEST_NAME = 40
+
+    def __init__(self, db_path: str) -> None:
+        self.dir = db_path + ".notify"
+        self._dirfd: int | None = None
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            self._base = self._address_base()
+        except OSError as exc:
+            raise BrokerError(
+                f"cannot create {self.dir} (wake-ups for waiting workers): make the "
+                f"database's directory writable ({exc})"
+            ) from exc
+        self._sender: tuple[int, socket.socket] | None = None
+
+    def _address_base(self) -> str:
+        """Where sockets are addressed; a unix socket path is limited to about 100 bytes."""
+        if len(os.fsencode(self.dir)) + self._LONGEST_NAME < 100:
+            return self.dir
+        if os.path.isdir("/proc/self/fd"):
+            # Linux: reach the same directory through a short path to an open descriptor.
+            self._dirfd = os.open(self.dir, os.O_RDONLY)
+            return f"/proc/self/fd/{self._dirfd}"
+        # Elsewhere: a short directory named after the database (processes must share /tmp).
+        digest = hashlib.blake2b(os.fsencode(self.dir), digest_size=10).hexdigest()
+        self.dir = os.path.join(tempfile.gettempdir(), f"conveyor-{digest}.notify")
+        os.makedirs(self.dir, exist_ok=True)
+        return self.dir
+
+    def _socket(self) -> socket.socket:
+        if self._sender is None or self._sender[0] != os.getpid():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            sock.setblocking(False)
+            self._sender = (os.getpid(), sock)
+        return self._sender[1]
+
+    def wake(self, prefix: str) -> None:
+        """Send one byte to every socket whose name starts with ``prefix``."""
+        try:
+            names = [n for n in os.listdir(self.dir) if n.startswith(prefix)]
+        except OSError:
+            return  # no directory, so nobody is waiting
+        sock = self._socket()
+        for name in names:
+            try:
+                sock.sendto(b"!", f"{self._base}/{name}")
+            except ConnectionRefusedError:
+                self._remove(name)  # its process died without cleaning up
+            except OSError:
+                pass  # already gone, or its buffer is full (so it is awake anyway)
+
+    def sweep(self) -> None:
+        """Remove sockets left by dead processes (connecting to one is refused)."""
+        with contextlib.suppress(OSError):
+            for name in os.listdir(self.dir):
+                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
+                    try:
+                        probe.connect(f"{self._base}/{name}")
+                    except ConnectionRefusedError:
+                        self._remove(name)
+                    except OSError:
+                        pass
+
+    def _remove(self, name: str) -> None:
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(self.dir, name))
+
+    @contextlib.contextmanager
+    def listen(self, prefix: str) -> Iterator[_Listener]:
+        name = prefix + secrets.token_hex(6)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            if self._dirfd is None:
+                os.makedirs(self.dir, exist_ok=True)  # someone may have cleaned it up
+            sock.bind(f"{self._base}/{name}")
+        except OSError as exc:
+            sock.close()
+            raise BrokerError(f"cannot listen for wake-ups in {self.dir}: {exc}") from exc
+        try:
+            yield _Listener(sock)
+        finally:
+            self._remove(name)
+            sock.close()
+
+    def close(self) -> None:
+        if self._sender is not None and self._sender[0] == os.getpid():
+            self._sender[1].close()
+        self._sender = None
+        if self._dirfd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._dirfd)
+            self._dirfd = None
+
+
+# -- the broker ----------------------------------------------------------------------------------
+
+_UPSERT = """
+INSERT INTO jobs(id, queue, payload, priority, status, seq, eta, key, updated_at)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT(id) DO UPDATE SET
+    queue = excluded.queue, payload = excluded.payload, priority = excluded.priority,
+    status = excluded.status, seq = excluded.seq, eta = excluded.eta, key = excluded.key,
+    token = '', deliveries = 0, lease_until = NULL, cancel_requested = 0, result = NULL,
+    reason = '', progress = NULL, progress_note = NULL, updated_at = excluded.updated_at,
+    expires_at = NULL
+"""
+# Due scheduled jobs, then expired leases, go to the back of their queue in that order.
+_PROMOTE = """
+UPDATE jobs SET status = 'queued', seq = ? + due.n
+FROM (SELECT id, row_number() OVER (ORDER BY eta, seq) AS n
+      FROM jobs WHERE status = 'scheduled' AND eta <= ?) AS due
+WHERE jobs.id = due.id
+"""
+# A job cancelled while it ran is not run again once its worker is gone: it ends cancelled.
+_ABANDONED = f"""
+    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+    expires_at = CASE WHEN cancel_requested THEN ? + {_CANCELLED_TTL} END,
+    updated_at = CASE WHEN cancel_requested THEN ? ELSE updated_at END,
+    token = '', lease_until = NULL
+"""
+_RECLAIM = f"""
+UPDATE jobs SET {_ABANDONED}, seq = ? + due.n
+FROM (SELECT id, row_number() OVER (ORDER BY rowid) AS n
+      FROM jobs WHERE status = 'running' AND lease_until <= ?) AS due
+WHERE jobs.id = due.id
+RETURNING id, status
+"""
+_CLAIM = """
+UPDATE jobs SET status = 'running', token = lower(hex(randomblob(8))),
+    deliveries = deliveries + 1, lease_until = ?, updated_at = ?
+WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND queue IN ({queues})
+             ORDER BY priority DESC, seq LIMIT ?)
+RETURNING id, queue, payload, token, deliveries, priority, seq
+"""
+_PROBE = """
+SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND queue IN ({queues})),
+       (SELECT min(eta) FROM jobs WHERE status = 'scheduled'),
+       (SELECT min(lease_until) FROM jobs WHERE status = 'running')
+"""
+_PROMOTE_PARKED = f"""
+UPDATE jobs SET status = 'queued', payload = ?, eta = NULL, seq = ?
+WHERE id = ? AND status = 'scheduled' AND eta = ? AND {_LIVE}
+"""
+_OWNED = "id = ? AND status = 'running' AND token = ?"
+_FINISH = f"""
+UPDATE jobs SET status = ?, result = ?, reason = ?, expires_at = ?, token = '',
+    lease_until = NULL, cancel_requested = 0, updated_at = ?
+WHERE {_OWNED}
+"""
+# A retry keeps the row's uniqueness key: the job is still pending under it.
+_RETRY = f"""
+UPDATE jobs SET status = ?, queue = ?, payload = ?, priority = ?, eta = ?, seq = ?,
+    result = ?, deliveries = 0, token = '', lease_until = NULL, cancel_requested = 0,
+    updated_at = ?
+WHERE {_OWNED}
+"""
+_RELEASE = f"""
+UPDATE jobs SET {_ABANDONED}, seq = ?, deliveries = max(deliveries - 1, 0)
+WHERE {_OWNED}
+RETURNING status
+"""
+_REQUEUE = f"""
+UPDATE jobs SET status = 'queued', seq = ?, eta = NULL, key = NULL, token = '',
+    lease_until = NULL, expires_at = NULL, result = NULL, reason = '', deliveries = 0,
+    cancel_requested = 0, updated_at = ?
+WHERE id = ? AND status = ? AND {_LIVE}
+"""
+
+
+def _marks(n: int) -> str:
+    return ", ".join("?" * n)
+
+
+def _take_seq(conn: sqlite3.Connection, n: int) -> int:
+    """Reserve ``n`` queue positions; returns the one before the first."""
+    row = conn.execute(
+        "UPDATE meta SET value = value + ? WHERE name = 'seq' RETURNING value - ?", (n, n)
+    ).fetchone()
+    return int(row[0])
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    job_id, status, queue, result, progress, note, updated_at = row
+    state = JobStatus(status)
+    return JobRecord(
+        id=str(job_id),
+        status=state,
+        queue=str(queue),
+        result=bytes(result) if state.terminal and isinstance(result, bytes) else None,
+        progress=None if progress is None else float(progress),
+        progress_note=None if note is None else str(note),
+        updated_at=float(updated_at),
+    )
+
+
+class SQLiteBroker(Broker):
+    def __init__(self, path: str, clock: Clock | None = None, *, busy_timeout: float = 5.0):
+        self.path = os.path.abspath(path)  # threads open connections later, maybe elsewhere
+        self.url = "sqlite:///" + path
+        self._clock = clock or SystemClock()
+        self._real_time = isinstance(self._clock, SystemClock)
+        self._db = Database(self.path, busy_timeout)
+        self._notify = _Notifier(self.path)
+        self._kv = SQLiteKV(self._db, self._clock)
+        self._next_sweep = 0.0
+
+    @property
+    def kv(self) -> SQLiteKV:
+        return self._kv
+
+    # -- producing -------------------------------------------------------------------------
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        ids: list[str] = []
+        with self._db.write() as conn:
+            now = self._clock.time()
+            for env in envelopes:
+                ids.append(self._enqueue_one(conn, env, now))
+        if envelopes:
+            self._notify.wake(_FETCHERS)
+        return ids
+
+    def _enqueue_one(self, conn: sqlite3.Connection, env: Envelope, now: float) -> str:
+        sql = f"SELECT 1 FROM jobs WHERE id = ? AND {_LIVE}"
+        if conn.execute(sql, (env.id, now)).fetchone() is not None:
+            return env.id  # idempotent: a producer retried a batch that was written
+        if env.key is not None:
+            row = conn.execute(
+                "SELECT id FROM jobs WHERE key = ? "
+                "AND status IN ('queued', 'scheduled', 'running') LIMIT 1",
+                (env.key,),
+            ).fetchone()
+            if row is not None:
+                return str(row[0])
+        status = JobStatus.SCHEDULED if env.eta is not None and env.eta > now else JobStatus.QUEUED
+        seq = _take_seq(conn, 1) + 1
+        conn.execute(
+            _UPSERT,
+            (env.id, env.queue, env.payload, env.priority, status, seq, env.eta, env.key, now),
+        )
+        return env.id
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def fetch(
+        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
+    ) -> list[Delivery]:
+        queues = list(queues)
+        out = self._claim(queues, count, lease)
+        if out or block <= 0:
+            return out
+        deadline = time.monotonic() + block
+        with self._notify.listen(_FETCHERS) as listener:
+            while True:
+                ready, due = self._probe(queues)
+                if ready and (out := self._claim(queues, count, lease)):
+                    return out
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                listener.wait(self._pause(due, remaining))
+
+    def _probe(self, queues: list[str]) -> tuple[bool, float | None]:
+        """Is there something to claim now (read only, no write lock)? When is the next due?"""
+        with self._db.read() as conn:
+            queued, eta, lease = conn.execute(
+                _PROBE.format(queues=_marks(len(queues))), queues
+            ).fetchone()
+        # A parked job (eta PARKED, infinity) is never due: it waits for promote.
+        due = min((t for t in (eta, lease) if t is not None and t != PARKED), default=None)
+        return bool(queued) or (due is not None and due <= self._clock.time()), due
+
+    def _pause(self, due: float | None, remaining: float) -> float:
+        pause = min(remaining, _SAFETY_NET)
+        if due is None:
+            return pause
+        if not self._real_time:
+            return min(pause, _INJECTED_CLOCK_RECHECK)
+        return min(pause, max(due - self._clock.time(), 0.001))
+
+    def _claim(self, queues: list[str], count: int, lease: float) -> list[Delivery]:
+        with self._db.write() as conn:
+            now = self._clock.time()
+            swept = self._sweep(conn, now)
+            base = _take_seq(conn, 0)
+            moved = conn.execute(_PROMOTE, (base, now)).rowcount
+            reclaimed = conn.execute(_RECLAIM, (now, now, base + moved, now)).fetchall()
+            _take_seq(conn, moved + len(reclaimed))
+            rows = conn.execute(
+                _CLAIM.format(queues=_marks(len(queues))), (now + lease, now, *queues, count)
+            ).fetchall()
+        if swept:
+            self._notify.sweep()
+        self._wake_ended(i for i, st in reclaimed if st == JobStatus.CANCELLED)
+        # RETURNING gives no order: restore the claim's.
+        rows.sort(key=lambda r: (-r[5], r[6]))
+        return [
+            Delivery(id=i, queue=q, payload=bytes(p), token=t, deliveries=d, priority=pr)
+            for i, q, p, t, d, pr, _ in rows
+        ]
+
+    def _sweep(self, conn: sqlite3.Connection, now: float) -> bool:
+        """Delete expired rows now and then; every read already treats them as absent."""
+        if now < self._next_sweep:
+            return False
+        self._next_sweep = now + _SWEEP_EVERY
+        conn.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,))
+        conn.execute("DELETE FROM workers WHERE expires_at <= ?", (now,))
+        self._kv.sweep(conn, now)
+        return True
+
+    def _wake_ended(self, job_ids: Iterable[str]) -> None:
+        for job_id in dict.fromkeys(job_ids):
+            self._notify.wake(_job_waiters(job_id))
+
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+        states: list[LeaseState] = []
+        with self._db.write() as conn:
+            until = self._clock.time() + lease
+            for d in deliveries:
+                row = conn.execute(
+                    f"UPDATE jobs SET lease_until = ? WHERE {_OWNED} RETURNING cancel_requested",
+                    (until, d.id, d.token),
+                ).fetchone()
+                if row is None:
+                    states.append(LeaseState.LOST)
+                else:
+                    states.append(LeaseState.CANCELLED if row[0] else LeaseState.OK)
+        return states
+
+    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+        done: list[bool] = []
+        with self._db.write() as conn:
+            now = self._clock.time()
+            for f in outcomes:
+                done.append(self._finish_one(conn, f, now))
+        self._wake_ended(f.delivery.id for f, ok in zip(outcomes, done, strict=True) if ok)
+        if any(ok and f.retry is not None for f, ok in zip(outcomes, done, strict=True)):
+            self._notify.wake(_FETCHERS)
+        return done
+
+    def _finish_one(self, conn: sqlite3.Connection, f: Finish, now: float) -> bool:
+        d, env = f.delivery, f.retry
+        if env is None:
+            ended = (f.status, f.result, f.reason, now + f.result_ttl, now)
+            return conn.execute(_FINISH, (*ended, d.id, d.token)).rowcount == 1
+        later = env.eta is not None and env.eta > now
+        status = JobStatus.SCHEDULED if later else JobStatus.QUEUED
+        seq = _take_seq(conn, 1) + 1
+        args = (status, env.queue, env.payload, env.priority, env.eta, seq, f.result, now)
+        return conn.execute(_RETRY, (*args, d.id, d.token)).rowcount == 1
+
+    def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        with self._db.write() as conn:
+            now = self._clock.time()
+            base = _take_seq(conn, len(deliveries))
+            states = [
+                conn.execute(_RELEASE, (now, now, base + i, d.id, d.token)).fetchone()
+                for i, d in enumerate(deliveries, 1)
+            ]
+        if any(st is not None and st[0] == JobStatus.QUEUED for st in states):
+            self._notify.wake(_FETCHERS)
+        ended = (d.id for d, st in zip(deliveries, states, strict=True) if st and st[0] != "queued")
+        self._wake_ended(ended)
+        return [st is not None for st in states]
+
+    def promote(self, job_id: str, payload: bytes) -> bool:
+        with self._db.write() as conn:
+            now = self._clock.time()
+            seq = _take_seq(conn, 1) + 1
+            done = conn.execute(_PROMOTE_PARKED, (payload, seq, job_id, PARKED, now)).rowcount
+        if done:
+            self._notify.wake(_FETCHERS)
+        return done == 1
+
+    def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
+        with self._db.write() as conn:
+            cur = conn.execute(
+                f"UPDATE jobs SET progress = ?, progress_note = ?, updated_at = ? WHERE {_OWNED}",
+                (value, note, self._clock.time(), delivery.id, delivery.token),
+            )
+            return cur.rowcount == 1
+
+    # -- job records -----------------------------------------------------------------------
+
+    def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        found: dict[str, JobRecord] = {}
+        with self._db.read() as conn:
+            now = self._clock.time()
+            for start in range(0, len(job_ids), _CHUNK):
+                chunk = list(job_ids[start : start + _CHUNK])
+                sql = f"SELECT {_RECORD} FROM jobs WHERE id IN ({_marks(len(chunk))}) AND {_LIVE}"
+                for row in conn.execute(sql, (*chunk, now)):
+                    found[row[0]] = _record(row)
+        return [found.get(i) for i in job_ids]
+
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        record = self.get([job_id])[0]
+        if record is None:
+            raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+        if record.status.terminal:
+            return record
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._notify.listen(_job_waiters(job_id)) as listener:
+            while True:
+                record = self.get([job_id])[0]
+                if record is not None and record.status.terminal:
+                    return record
+                pause = _SAFETY_NET
+                if deadline is not None:
+                    pause = min(pause, deadline - time.monotonic())
+                    if pause <= 0:
+                        return None
+                listener.wait(pause)
+
+    def cancel(self, job_id: str) -> JobStatus:
+        with self._db.write() as conn:
+            now = self._clock.time()
+            row = conn.execute(
+                f"SELECT status FROM jobs WHERE id = ? AND {_LIVE}", (job_id, now)
+            ).fetchone()
+            if row is None:
+                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+            status = JobStatus(row[0])
+            if status is JobStatus.RUNNING:
+                conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
+            elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+                status = JobStatus.CANCELLED
+                conn.execute(
+                    "UPDATE jobs SET status = ?, updated_at = ?, expires_at = ? WHERE id = ?",
+                    (status, now, now + _CANCELLED_TTL, job_id),
+                )
+        if status is JobStatus.CANCELLED:
+            self._wake_ended([job_id])
+        return status
+
+    # -- operations ------------------------------------------------------------------------
+
+    def stats(self) -> list[QueueStats]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                f"SELECT queue, status, count(*) FROM jobs WHERE {_LIVE} GROUP BY queue, status",
+                (self._clock.time(),),
+            ).fetchall()
+        by_queue: dict[str, QueueStats] = {}
+        for queue, status, n in rows:
+            st = by_queue.setdefault(queue, QueueStats(queue))
+            if status != "queue" and hasattr(st, status):  # cancelled has no column
+                setattr(st, status, getattr(st, status) + n)
+        return sorted(by_queue.values(), key=lambda s: s.queue)
+
+    def entries(self, status: JobStatus, queue: str | None, limit: int) -> list[JobEntry]:
+        sql = (
+            f"SELECT id, queue, payload, status, reason, updated_at FROM jobs "
+            f"WHERE status = ? AND (? IS NULL OR queue = ?) AND {_LIVE} "
+            f"ORDER BY updated_at DESC, rowid LIMIT ?"
+        )
+        with self._db.read() as conn:
+            rows = conn.execute(sql, (status, queue, queue, self._clock.time(), limit))
+            return [
+                JobEntry(id=i, queue=q, payload=bytes(p), status=JobStatus(s), reason=r, at=at)
+                for i, q, p, s, r, at in rows
+            ]
+
+    def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:
+        with self._db.write() as conn:
+            now = self._clock.time()
+            if job_ids is None:
+                sql = f"SELECT id FROM jobs WHERE status = ? AND {_LIVE} ORDER BY rowid"
+                job_ids = [r[0] for r in conn.execute(sql, (status, now))]
+            base = _take_seq(conn, len(job_ids))
+            n = sum(
+                conn.execute(_REQUEUE, (base + i, now, job_id, status, now)).rowcount
+                for i, job_id in enumerate(job_ids, 1)
+            )
+        if n:
+            self._notify.wake(_FETCHERS)
+        return n
+
+    def purge(self, queue: str) -> int:
+        with self._db.write() as conn:
+            return conn.execute(
+                "DELETE FROM jobs WHERE queue = ? AND status IN ('queued', 'scheduled')",
+                (queue,),
+            ).rowcount
+
+    def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+        with self._db.write() as conn:
+            now = self._clock.time()
+            info.seen_at = now
+            conn.execute(
+                "INSERT INTO workers(id, info, expires_at) VALUES (?, ?, ?) "
+                "ON CONFLICT(id) DO UPDATE SET info = excluded.info, "
+                "expires_at = excluded.expires_at",
+                (info.id, msgspec.json.encode(info).decode(), now + ttl),
+            )
+
+    def workers(self) -> list[WorkerInfo]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT info FROM workers WHERE expires_at > ? ORDER BY rowid",
+                (self._clock.time(),),
+            ).fetchall()
+        return [msgspec.json.decode(r[0], type=WorkerInfo) for r in rows]
+
+    def forget_worker(self, worker_id: str) -> None:
+        with self._db.write() as conn:
+            conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    def close(self) -> None:
+        self._db.close()
+        self._notify.close()
