@@ -1,0 +1,395 @@
+"""What only the SQLite adapter promises, beyond the conformance suite: its URL, its schema
+versions, several processes on one file, wake-ups across processes, errors translated."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor._clock import FakeClock
+from conveyor._errors import BrokerError, ConfigurationError, InvalidURL
+from conveyor._message import Envelope, JobStatus, new_job_id
+from conveyor.brokers import Finish, LeaseState, open_broker
+from conveyor.brokers import _sqlite_schema as schema
+from conveyor.brokers.sqlite import SQLiteBroker, sqlite_path
+
+PROMPT = 0.25  # a wake-up must beat the 0.5 s safety net by a clear margin
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    return str(tmp_path / "jobs.db")
+
+
+@pytest.fixture
+def broker(db: str) -> Iterator[SQLiteBroker]:
+    b = SQLiteBroker(db)
+    yield b
+    b.close()
+
+
+def env(queue: str = "default", **kw: object) -> Envelope:
+    return Envelope(id=new_job_id(), queue=queue, payload=b"\x00p", **kw)  # type: ignore[arg-type]
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "path"),
+    [
+        ("sqlite:///./x.db", "./x.db"),
+        ("sqlite:///x.db", "x.db"),
+        ("sqlite:///sub/dir/x.db", "sub/dir/x.db"),
+        ("sqlite:////abs/x.db", "/abs/x.db"),
+        ("SQLite:////abs/my%20jobs.db", "/abs/my jobs.db"),
+    ],
+)
+def test_url_names_a_relative_or_absolute_file(url: str, path: str) -> None:
+    assert sqlite_path(url) == path
+
+
+@pytest.mark.parametrize(
+    ("url", "hint"),
+    [
+        ("sqlite://:memory:", "memory://"),
+        ("sqlite:///:memory:", "memory://"),
+        ("sqlite://host/x.db", "sqlite:///relative/path.db"),
+        ("sqlite:///", "name a database file"),
+        ("sqlite:///dir/", "name a database file"),
+        ("sqlite:///x.db?mode=ro", "options are not supported"),
+        ("sqlite:x.db", "sqlite:///relative/path.db"),
+        ("redis://localhost/0", "sqlite:////absolute/path.db"),
+    ],
+)
+def test_bad_url_says_what_to_write(url: str, hint: str) -> None:
+    with pytest.raises(InvalidURL, match=hint.replace("?", r"\?")):
+        sqlite_path(url)
+
+
+def test_the_factory_opens_a_relative_url_from_the_working_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    b = open_broker("sqlite:///./conveyor.db")
+    try:
+        assert isinstance(b, SQLiteBroker)
+        b.enqueue([env()])
+        monkeypatch.chdir("/")  # threads opening connections later must find the same file
+        got = threading.Thread(target=lambda: assert_one(b))
+        got.start()
+        got.join()
+    finally:
+        b.close()
+    assert (tmp_path / "conveyor.db").exists()
+
+
+def assert_one(b: SQLiteBroker) -> None:
+    assert len(b.fetch(["default"], "c", 10, 30.0, 0.0)) == 1
+
+
+# -- the schema ------------------------------------------------------------------------------
+
+
+def _meta(db: str) -> dict[str, int]:
+    with sqlite3.connect(db) as conn:
+        return dict(conn.execute("SELECT name, value FROM meta").fetchall())
+
+
+def test_a_new_file_gets_the_current_schema_in_wal_mode(db: str, broker: SQLiteBroker) -> None:
+    assert _meta(db)["schema_version"] == schema.SCHEMA_VERSION
+    with sqlite3.connect(db) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert {"meta", "jobs", "kv", "workers"} <= tables
+
+
+def test_reopening_keeps_the_data_and_migrates_nothing(db: str) -> None:
+    first = SQLiteBroker(db)
+    job = env()
+    first.enqueue([job])
+    first.kv.set("k", b"v")
+    first.close()
+    again = SQLiteBroker(db)
+    try:
+        assert [d.id for d in again.fetch(["default"], "c", 10, 30.0, 0.0)] == [job.id]
+        assert again.kv.get("k") == b"v"
+    finally:
+        again.close()
+    assert _meta(db)["schema_version"] == schema.SCHEMA_VERSION
+
+
+def test_a_file_from_a_newer_conveyor_is_refused_clearly(db: str) -> None:
+    SQLiteBroker(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE meta SET value = 99 WHERE name = 'schema_version'")
+    with pytest.raises(ConfigurationError, match=r"newer Conveyor.*Upgrade conveyor"):
+        SQLiteBroker(db)
+
+
+def test_migrations_apply_in_order_and_all_or_nothing(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    SQLiteBroker(db).close()
+    v1 = schema.MIGRATIONS[0]
+    v2 = ("CREATE TABLE extra (x INTEGER)", "INSERT INTO extra VALUES (1)")
+    broken_v3 = ("CREATE TABLE extra3 (x INTEGER)", "THIS IS NOT SQL")
+    monkeypatch.setattr(schema, "MIGRATIONS", (v1, v2, broken_v3))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 3)
+    with pytest.raises(BrokerError, match="syntax error"):
+        SQLiteBroker(db)
+    with sqlite3.connect(db) as conn:  # v2 rolled back together with the broken v3
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    assert "extra" not in tables
+    assert _meta(db)["schema_version"] == 1
+
+    monkeypatch.setattr(schema, "MIGRATIONS", (v1, v2))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 2)
+    SQLiteBroker(db).close()
+    assert _meta(db)["schema_version"] == 2
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT x FROM extra").fetchall() == [(1,)]
+
+
+# -- errors ----------------------------------------------------------------------------------
+
+
+def test_a_held_write_lock_becomes_a_broker_error_saying_what_to_do(db: str) -> None:
+    b = SQLiteBroker(db, busy_timeout=0.2)
+    holder = sqlite3.connect(db, isolation_level=None)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        with pytest.raises(BrokerError, match=r"stayed locked.*another process"):
+            b.enqueue([env()])
+        holder.execute("ROLLBACK")
+        assert len(b.enqueue([env()])) == 1
+    finally:
+        holder.close()
+        b.close()
+
+
+def test_a_file_that_is_not_a_database_is_a_broker_error(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"this is not an SQLite file" * 100)
+    with pytest.raises(BrokerError, match=r"junk\.db"):
+        SQLiteBroker(str(junk))
+
+
+def test_a_missing_directory_is_a_broker_error(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError):
+        SQLiteBroker(str(tmp_path / "no" / "such" / "dir" / "x.db"))
+
+
+# -- leases and fencing on a fake clock ------------------------------------------------------
+
+
+def test_expired_lease_is_reclaimed_and_the_stale_token_fenced_off(db: str) -> None:
+    clock = FakeClock()
+    b = SQLiteBroker(db, clock=clock)
+    try:
+        job = env()
+        b.enqueue([job])
+        [stale] = b.fetch(["default"], "w1", 1, 5.0, 0.0)
+        clock.advance(4)
+        assert b.fetch(["default"], "w2", 1, 5.0, 0.0) == []  # still leased
+        clock.advance(2)  # w1 died: its lease ran out
+        [live] = b.fetch(["default"], "w2", 1, 5.0, 0.0)
+        assert (live.id, live.deliveries) == (job.id, 2)
+        assert live.token != stale.token
+
+        assert b.renew([stale], 5.0) == [LeaseState.LOST]
+        assert not b.progress(stale, 0.5, "zombie")
+        assert b.release([stale]) == [False]
+        assert b.finish([Finish(stale, JobStatus.SUCCEEDED, b"zombie")]) == [False]
+        assert b.finish([Finish(live, JobStatus.SUCCEEDED, b"live")]) == [True]
+        [record] = b.get([job.id])
+        assert record is not None
+        assert (record.status, record.result) == (JobStatus.SUCCEEDED, b"live")
+    finally:
+        b.close()
+
+
+def test_expired_rows_are_deleted_lazily(db: str) -> None:
+    clock = FakeClock()
+    b = SQLiteBroker(db, clock=clock)
+    try:
+        job = env()
+        b.enqueue([job])
+        [d] = b.fetch(["default"], "w", 1, 5.0, 0.0)
+        b.finish([Finish(d, JobStatus.SUCCEEDED, b"r", result_ttl=10.0)])
+        b.kv.set("k", b"v", ttl=10.0)
+        clock.advance(60)
+        assert b.get([job.id]) == [None]
+        b.fetch(["default"], "w", 1, 5.0, 0.0)  # a fetch sweeps now and then
+        with sqlite3.connect(db) as conn:
+            assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
+            assert conn.execute("SELECT count(*) FROM kv").fetchone() == (0,)
+    finally:
+        b.close()
+
+
+# -- several processes on one file -----------------------------------------------------------
+
+_CONSUMER = """
+import json, sys, time
+from conveyor.brokers import Finish
+from conveyor.brokers.sqlite import SQLiteBroker
+from conveyor._message import JobStatus
+b = SQLiteBroker(sys.argv[1])
+print("ready", flush=True)
+got = []
+while True:
+    batch = b.fetch(["default"], sys.argv[2], 7, 60.0, 0.2)
+    if not batch and b.kv.get("stop"):
+        break
+    got += [d.id for d in batch]
+    assert b.finish([Finish(d, JobStatus.SUCCEEDED, b"ok") for d in batch]) == [True] * len(batch)
+print(json.dumps(got), flush=True)
+"""
+
+
+def _python(code: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+
+
+def _ready(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+
+
+def _last_line(proc: subprocess.Popen[str]) -> str:
+    out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0
+    return out.strip().splitlines()[-1]
+
+
+def test_processes_fetching_one_file_get_every_job_exactly_once(
+    db: str, broker: SQLiteBroker
+) -> None:
+    procs = [_python(_CONSUMER, db, f"consumer-{n}") for n in range(4)]
+    for p in procs:
+        _ready(p)
+    jobs = [env() for _ in range(500)]
+    for i in range(0, len(jobs), 50):  # while they are fetching, to make them race
+        broker.enqueue(jobs[i : i + 50])
+    for job in jobs:
+        record = broker.wait(job.id, 20.0)
+        assert record is not None
+        assert record.status is JobStatus.SUCCEEDED
+    broker.kv.set("stop", b"1")
+    per_process = [json.loads(_last_line(p)) for p in procs]
+    assert sum(1 for got in per_process if got) >= 2, "the processes did not race"
+    times = Counter(i for got in per_process for i in got)
+    assert set(times) == {j.id for j in jobs}
+    assert set(times.values()) == {1}
+
+
+_WAITER = """
+import sys, time
+from conveyor.brokers.sqlite import SQLiteBroker
+b = SQLiteBroker(sys.argv[1])
+print("ready", flush=True)
+if sys.argv[2] == "wait":
+    record = b.wait(sys.argv[3], 10.0)
+    print(time.time(), record.status if record else None, flush=True)
+else:
+    got = b.fetch(["default"], "c", 1, 60.0, 10.0)
+    print(time.time(), got[0].id if got else None, flush=True)
+"""
+
+
+def test_wait_wakes_promptly_when_another_process_finishes(db: str, broker: SQLiteBroker) -> None:
+    job = env()
+    broker.enqueue([job])
+    [d] = broker.fetch(["default"], "c", 1, 60.0, 0.0)
+    proc = _python(_WAITER, db, "wait", job.id)
+    _ready(proc)
+    time.sleep(0.15)  # it is blocked in wait by now
+    finished_at = time.time()
+    assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r")]) == [True]
+    returned_at, status = _last_line(proc).split()
+    assert status == "succeeded"
+    assert float(returned_at) - finished_at < PROMPT
+
+
+def test_blocked_fetch_wakes_promptly_when_another_process_enqueues(
+    db: str, broker: SQLiteBroker
+) -> None:
+    proc = _python(_WAITER, db, "fetch")
+    _ready(proc)
+    time.sleep(0.15)
+    job = env()
+    enqueued_at = time.time()
+    broker.enqueue([job])
+    returned_at, job_id = _last_line(proc).split()
+    assert job_id == job.id
+    assert float(returned_at) - enqueued_at < PROMPT
+
+
+_UPDATER = """
+import sys, threading
+from conveyor.brokers.sqlite import SQLiteBroker
+b = SQLiteBroker(sys.argv[1])
+print("ready", flush=True)
+def work():
+    for _ in range(50):
+        b.kv.update("n", lambda old: str(int(old or b"0") + 1).encode())
+threads = [threading.Thread(target=work) for _ in range(4)]
+for t in threads: t.start()
+for t in threads: t.join()
+print("done", flush=True)
+"""
+
+
+def test_kv_update_loses_nothing_under_threads_and_processes(broker: SQLiteBroker) -> None:
+    proc = _python(_UPDATER, broker.path)
+    _ready(proc)  # it is incrementing now: race it
+
+    def work() -> None:
+        for _ in range(50):
+            broker.kv.update("n", lambda old: str(int(old or b"0") + 1).encode())
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert _last_line(proc) == "done"
+    assert broker.kv.get("n") == b"600"  # 8 threads here and 4 there, 50 each
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_opens_its_own_connections(broker: SQLiteBroker) -> None:
+    broker.enqueue([env()])  # the parent has a connection open
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the child reports through its exit code
+        ok = False
+        try:
+            ok = len(broker.fetch(["default"], "child", 1, 60.0, 0.0)) == 1
+            broker.enqueue([env()])
+        finally:
+            os._exit(0 if ok else 1)
+    _, code = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(code) == 0
+    assert [s.queued for s in broker.stats()] == [1]
+
+
+def test_sockets_left_by_dead_waiters_are_removed(broker: SQLiteBroker) -> None:
+    notify = Path(broker.path + ".notify")
+    dead = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dead.bind(f"{broker._notify._base}/f.deadbeef0000")  # short enough for a socket path
+    dead.close()  # a process killed in fetch leaves its socket file behind
+    assert (notify / "f.deadbeef0000").exists()
+    broker.enqueue([env()])
+    assert not (notify / "f.deadbeef0000").exists()
