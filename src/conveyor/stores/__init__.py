@@ -1,0 +1,6 @@
+"""Key-value storage: the port every broker implements, and ``Store`` (``app.store``) on it."""
+
+from ._port import KeyValue, Updater, check_key
+from ._store import Store
+
+__all__ = ["KeyValue", "Store", "Updater", "check_key"]
