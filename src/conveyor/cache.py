@@ -1,0 +1,205 @@
+"""``@app.cached(ttl=...)``: a cache in front of a slow source, on the key-value port.
+
+A call's key is ``cache:<name>:<digest>``: the function's qualified name (or ``name=``) and a
+SHA-256 of its arguments as the app's codec encodes them (after binding them to the
+signature, so ``f(1)``, ``f(x=1)`` and a defaulted ``f()`` share an entry), or what the
+``key=`` function returns. Values are stored through the same codec as jobs.
+
+Under a stampede (many callers missing the same key at once) one caller computes: it takes a
+short lock on the key, renewed while it computes, and the others poll for the value with a
+small backoff. If the computing caller dies, its lock runs out after ``_COMPUTE_TTL`` seconds
+and a waiter computes instead. The cache is not a source of truth: an entry may be evicted,
+expire or be invalidated at any time, and ``invalidate`` cannot stop a computation already
+under way from storing its (older) result right after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import inspect
+import logging
+import math
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
+
+from ._errors import ConfigurationError, SerializationError, ValidationError
+from .locks import Lock, backoff
+from .stores._port import KeyValue, check_key
+
+if TYPE_CHECKING:
+    from ._codec import Codec
+
+__all__ = ["Cached", "cached"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+log = logging.getLogger("conveyor.cache")
+
+# The lock one caller holds while it computes a missing value; renewed while it runs, so
+# this bounds only how long waiters wait for a caller that died mid-computation.
+_COMPUTE_TTL = 5.0
+_MISS: Any = object()
+
+
+def cached(
+    kv: KeyValue,
+    codec: Codec,
+    ttl: float,
+    *,
+    key: Callable[..., str] | None = None,
+    name: str | None = None,
+) -> Callable[[F], Cached[F]]:
+    """The decorator behind ``app.cached``: results of the decorated function are kept for
+    ``ttl`` seconds. ``key(*args, **kwargs) -> str`` replaces the digest of the arguments;
+    ``name`` replaces the function's qualified name in the key."""
+    if (
+        isinstance(ttl, bool)
+        or not isinstance(ttl, int | float)
+        or not math.isfinite(ttl)
+        or ttl <= 0
+    ):
+        raise ConfigurationError(
+            f"cached(ttl=...) needs a positive number of seconds, got {ttl!r}: a cache entry "
+            "that never expires would serve stale data forever"
+        )
+    if key is not None and not callable(key):
+        raise ConfigurationError(f"cached(key=...) must be a function returning a str, got {key!r}")
+    if name is not None and (not isinstance(name, str) or not name):
+        raise ConfigurationError(f"cached(name=...) must be a non-empty str, got {name!r}")
+
+    def decorate(fn: F) -> Cached[F]:
+        return Cached(kv, codec, fn, float(ttl), key=key, name=name)
+
+    return decorate
+
+
+class Cached(Generic[F]):
+    """A cached function: call it like the original (same signature, sync or async), plus
+    ``invalidate(*args, **kwargs)`` and ``cache_key(*args, **kwargs)``."""
+
+    def __init__(
+        self,
+        kv: KeyValue,
+        codec: Codec,
+        fn: F,
+        ttl: float,
+        *,
+        key: Callable[..., str] | None = None,
+        name: str | None = None,
+    ) -> None:
+        if not callable(fn):
+            raise ConfigurationError(f"@app.cached decorates a function, got {fn!r}")
+        self.name = name or f"{fn.__module__}.{fn.__qualname__}"
+        self.ttl = ttl
+        self._kv = kv
+        self._codec = codec
+        self._fn = fn
+        self._key_fn = key
+        self._prefix = f"cache:{self.name}:"
+        check_key(self._prefix)
+        try:
+            self._signature: inspect.Signature | None = inspect.signature(fn)
+        except (TypeError, ValueError):  # some builtins have none: key on the raw arguments
+            self._signature = None
+        wrapper = self._async_call if inspect.iscoroutinefunction(fn) else self._sync_call
+        self._call = cast(F, wrapper)
+        functools.update_wrapper(self, fn, updated=())
+
+    def __repr__(self) -> str:
+        return f"<Cached {self.name} ttl={self.ttl:g}>"
+
+    @property
+    def __call__(self) -> F:
+        # A property, so type checkers see F's own signature; Python looks ``__call__`` up
+        # on the type and honours descriptors, so calling the instance calls the wrapper.
+        return self._call
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        """The key-value key these arguments are cached under."""
+        if self._key_fn is not None:
+            part = self._key_fn(*args, **kwargs)
+            if not isinstance(part, str):
+                raise ValidationError(
+                    f"the key function of cached {self.name} returned {part!r}; it must "
+                    "return a str"
+                )
+            return check_key(self._prefix + part)
+        if self._signature is not None:
+            bound = self._signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            args, kwargs = bound.args, bound.kwargs
+        try:
+            encoded = self._codec.encode_value([list(args), sorted(kwargs.items())])
+        except SerializationError as exc:
+            raise SerializationError(
+                f"cannot make a cache key for {self.name} from its arguments ({exc}); pass "
+                "@app.cached(ttl, key=lambda ...: '...') to build the key yourself"
+            ) from exc
+        return self._prefix + hashlib.sha256(encoded).hexdigest()
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        """Forget the value cached for these arguments; True if there was one."""
+        return self._kv.delete(self.cache_key(*args, **kwargs))
+
+    # -- calls -----------------------------------------------------------------------------
+
+    def _sync_call(self, *args: Any, **kwargs: Any) -> Any:
+        key = self.cache_key(*args, **kwargs)
+        value = self._lookup(key)
+        if value is not _MISS:
+            return value
+        lock = Lock(self._kv, key, _COMPUTE_TTL, auto_renew=True)
+        for delay in backoff(first=0.001, cap=0.05):
+            if lock._try_acquire():
+                try:
+                    value = self._lookup(key)  # filled between our miss and our grant?
+                    if value is _MISS:
+                        value = self._fn(*args, **kwargs)
+                        self._store(key, value)
+                    return value
+                finally:
+                    lock._release_quietly()
+            time.sleep(delay)
+            value = self._lookup(key)
+            if value is not _MISS:
+                return value
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _async_call(self, *args: Any, **kwargs: Any) -> Any:
+        key = self.cache_key(*args, **kwargs)
+        value = await asyncio.to_thread(self._lookup, key)
+        if value is not _MISS:
+            return value
+        lock = Lock(self._kv, key, _COMPUTE_TTL, auto_renew=True)
+        for delay in backoff(first=0.001, cap=0.05):
+            if await lock._try_acquire_async():
+                try:
+                    value = await asyncio.to_thread(self._lookup, key)
+                    if value is _MISS:
+                        value = await self._fn(*args, **kwargs)
+                        await asyncio.to_thread(self._store, key, value)
+                    return value
+                finally:
+                    await asyncio.shield(asyncio.to_thread(lock._release_quietly))
+            await asyncio.sleep(delay)
+            value = await asyncio.to_thread(self._lookup, key)
+            if value is not _MISS:
+                return value
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _lookup(self, key: str) -> Any:
+        raw = self._kv.get(key)
+        if raw is None:
+            return _MISS
+        try:
+            return self._codec.decode_value(raw)
+        except SerializationError as exc:
+            # e.g. written under another secret: a cache can recompute and overwrite it.
+            log.warning("cached %s: ignoring an entry that does not decode: %s", self.name, exc)
+            return _MISS
+
+    def _store(self, key: str, value: Any) -> None:
+        self._kv.set(key, self._codec.encode_value(value), self.ttl)
