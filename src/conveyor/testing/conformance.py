@@ -185,7 +185,7 @@ def worker_info(worker_id: str, now: float) -> WorkerInfo:
 class BrokerConformance:
     """The ``Broker`` port's contract (see ``conveyor.brokers._port``)."""
 
-    real_time_unit: ClassVar[float] = 0.2
+    real_time_unit: ClassVar[float] = 0.1
 
     @pytest.fixture
     def timeline(self, clock: FakeClock | None) -> Timeline:
@@ -829,7 +829,7 @@ class BrokerConformance:
 class KeyValueConformance:
     """The ``KeyValue`` port's contract (see ``conveyor.stores._port``), on ``broker.kv``."""
 
-    real_time_unit: ClassVar[float] = 0.2
+    real_time_unit: ClassVar[float] = 0.1
 
     @pytest.fixture
     def timeline(self, clock: FakeClock | None) -> Timeline:
