@@ -80,6 +80,11 @@ class Cached(Generic[F]):
     """A cached function: call it like the original (same signature, sync or async), plus
     ``invalidate(*args, **kwargs)`` and ``cache_key(*args, **kwargs)``."""
 
+    # Copied from the function by functools.update_wrapper.
+    __name__: str
+    __qualname__: str
+    __wrapped__: F
+
     def __init__(
         self,
         kv: KeyValue,

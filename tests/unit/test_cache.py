@@ -1,0 +1,258 @@
+"""app.cached: hits and misses, TTL, invalidation, async, one computation under a stampede."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, assert_type
+
+import pytest
+
+from conveyor import ConfigurationError, Conveyor, InvalidName, SerializationError
+from conveyor._clock import FakeClock
+
+_SQLITE = importlib.util.find_spec("conveyor.brokers.sqlite") is not None
+BROKERS = [
+    pytest.param("memory", id="memory"),
+    pytest.param(
+        "sqlite",
+        id="sqlite",
+        marks=pytest.mark.skipif(not _SQLITE, reason="conveyor.brokers.sqlite is not written yet"),
+    ),
+]
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture(params=BROKERS)
+def app(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Conveyor]:
+    """An app on each broker whose TTLs run on ``clock``."""
+    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/conveyor.db"
+    with Conveyor(url, clock=clock) as a:
+        yield a
+
+
+class Source:
+    """A slow source that counts how often it is asked."""
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.delay = delay
+        self._mutex = threading.Lock()
+
+    def fetch(self, sku: str, qty: int) -> dict[str, Any]:
+        with self._mutex:
+            self.calls += 1
+        time.sleep(self.delay)
+        return {"sku": sku, "total": 2.5 * qty}
+
+
+def test_a_hit_returns_the_stored_value_without_calling(app: Conveyor) -> None:
+    source = Source()
+
+    @app.cached(ttl=60)
+    def price(sku: str, qty: int = 1) -> dict[str, Any]:
+        return source.fetch(sku, qty)
+
+    assert price("a") == {"sku": "a", "total": 2.5}
+    assert assert_type(price("a"), dict[str, Any]) == {"sku": "a", "total": 2.5}
+    assert price("a", 1) == price(sku="a") == price(qty=1, sku="a")
+    assert source.calls == 1
+    assert price("a", 2) == {"sku": "a", "total": 5.0}
+    assert price("b") == {"sku": "b", "total": 2.5}
+    assert source.calls == 3
+
+
+def test_entries_expire_after_the_ttl(app: Conveyor, clock: FakeClock) -> None:
+    source = Source()
+
+    @app.cached(ttl=60)
+    def price(sku: str) -> dict[str, Any]:
+        return source.fetch(sku, 1)
+
+    price("a")
+    clock.advance(59)
+    price("a")
+    assert source.calls == 1
+    clock.advance(2)
+    price("a")
+    assert source.calls == 2
+
+
+def test_invalidate_forgets_one_entry(app: Conveyor) -> None:
+    source = Source()
+
+    @app.cached(ttl=60)
+    def price(sku: str, qty: int = 1) -> dict[str, Any]:
+        return source.fetch(sku, qty)
+
+    price("a")
+    price("b")
+    assert price.invalidate(sku="a", qty=1) is True
+    assert price.invalidate("a") is False
+    price("a")
+    price("b")
+    assert source.calls == 3
+
+
+def test_none_is_cached_but_exceptions_are_not(app: Conveyor) -> None:
+    calls = 0
+
+    @app.cached(ttl=60)
+    def lookup(x: int) -> int | None:
+        nonlocal calls
+        calls += 1
+        if x < 0:
+            raise ValueError("negative")
+        return None
+
+    assert lookup(1) is None
+    assert lookup(1) is None
+    assert calls == 1
+    for _ in range(2):
+        with pytest.raises(ValueError, match="negative"):
+            lookup(-1)
+    assert calls == 3
+
+
+def test_a_hundred_threads_missing_at_once_compute_once(app: Conveyor) -> None:
+    source = Source(delay=0.3)
+
+    @app.cached(ttl=60)
+    def price(sku: str) -> dict[str, Any]:
+        return source.fetch(sku, 1)
+
+    start = threading.Barrier(100)
+    results: list[dict[str, Any]] = []
+
+    def caller() -> None:
+        start.wait()
+        results.append(price("hot"))
+
+    threads = [threading.Thread(target=caller) for _ in range(100)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert source.calls == 1
+    assert results == [{"sku": "hot", "total": 2.5}] * 100
+
+
+def test_waiters_compute_themselves_when_the_computing_caller_died(
+    app: Conveyor, clock: FakeClock
+) -> None:
+    @app.cached(ttl=60)
+    def square(x: int) -> int:
+        return x * x
+
+    # What a caller that crashed mid-computation leaves behind: the key's computing lock,
+    # held by nobody alive. The clock is fake, so move it past that lock's TTL meanwhile.
+    app.lock(square.cache_key(7), ttl=5).acquire()
+    threading.Timer(0.2, clock.advance, args=(6,)).start()
+    assert square(7) == 49
+
+
+def test_async_functions_are_cached_and_stampedes_compute_once(app: Conveyor) -> None:
+    calls = 0
+
+    @app.cached(ttl=60)
+    async def fetch(user: int) -> list[int]:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.2)
+        return [user, user + 1]
+
+    async def main() -> list[list[int]]:
+        return await asyncio.gather(*(fetch(5) for _ in range(100)))
+
+    assert asyncio.run(main()) == [[5, 6]] * 100
+    assert asyncio.run(main()) == [[5, 6]] * 100
+    assert calls == 1
+    assert fetch.invalidate(5)
+    asyncio.run(main())
+    assert calls == 2
+
+
+def test_a_key_function_names_the_entry(app: Conveyor) -> None:
+    calls = 0
+
+    @app.cached(ttl=60, key=lambda user, **_: f"user:{user['id']}", name="profile")
+    def profile(user: dict[str, Any], verbose: bool = False) -> str:
+        nonlocal calls
+        calls += 1
+        return f"profile {user['id']}"
+
+    assert profile.cache_key({"id": 3}) == "cache:profile:user:3"
+    assert profile({"id": 3}) == profile({"id": 3}, verbose=True) == "profile 3"
+    assert calls == 1
+
+
+def test_keys_differ_per_function_and_per_argument(app: Conveyor) -> None:
+    @app.cached(ttl=60)
+    def a(x: int) -> int:
+        return x
+
+    @app.cached(ttl=60)
+    def b(x: int) -> int:
+        return -x
+
+    assert a(1) == 1 and b(1) == -1
+    assert a.cache_key(1) != b.cache_key(1)
+    assert a.cache_key(1) != a.cache_key(2)
+    assert a.cache_key(1) == a.cache_key(x=1)
+    assert "test_cache" in a.cache_key(1)
+
+
+def test_arguments_the_codec_cannot_encode_ask_for_a_key_function(app: Conveyor) -> None:
+    @app.cached(ttl=60)
+    def f(x: object) -> int:
+        return 1
+
+    with pytest.raises(SerializationError, match="key="):
+        f(object())
+
+
+def test_a_signed_codec_caches_too(tmp_path: Path) -> None:
+    with Conveyor("memory://", secret="s3cret") as app:
+        calls = 0
+
+        @app.cached(ttl=60)
+        def f(x: int) -> dict[str, int]:
+            nonlocal calls
+            calls += 1
+            return {"x": x}
+
+        assert f(1) == f(1) == {"x": 1}
+        assert calls == 1
+
+
+def test_the_wrapper_keeps_the_functions_name_and_doc(app: Conveyor) -> None:
+    @app.cached(ttl=60)
+    def documented(x: int) -> int:
+        """Doubles."""
+        return 2 * x
+
+    assert documented.__name__ == "documented"
+    assert documented.__doc__ == "Doubles."
+    assert documented.__wrapped__(2) == 4
+
+
+@pytest.mark.parametrize("ttl", [0, -5, float("nan"), None, True])
+def test_ttl_must_be_positive(app: Conveyor, ttl: object) -> None:
+    with pytest.raises(ConfigurationError, match="ttl"):
+        app.cached(ttl=ttl)  # type: ignore[arg-type]
+
+
+def test_a_bad_name_is_refused(app: Conveyor) -> None:
+    with pytest.raises(InvalidName):
+
+        @app.cached(ttl=1, name="bad\nname")
+        def f() -> int:
+            return 1
