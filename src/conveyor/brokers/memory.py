@@ -104,8 +104,7 @@ class MemoryBroker(Broker):
                 self._push_ready(job)
         for job in self._s.jobs.values():
             if job.status is JobStatus.RUNNING and job.lease_until <= now:
-                job.token = ""
-                self._push_ready(job)
+                self._hand_back(job, now)
 
     def _pop(self, queues: Sequence[str]) -> _Job | None:
         best: tuple[int, int, str] | None = None
@@ -126,6 +125,31 @@ class MemoryBroker(Broker):
         heapq.heappop(self._s.ready[best_queue])
         return self._s.jobs[best[2]]
 
+    def _hand_back(self, job: _Job, now: float) -> None:
+        """A running job whose worker let go: queue it again, unless it was being cancelled."""
+        job.token = ""
+        if job.cancel_requested:
+            self._end(job, JobStatus.CANCELLED, None, "", expires=now + 86400.0, now=now)
+        else:
+            self._push_ready(job)
+
+    def _end(
+        self,
+        job: _Job,
+        status: JobStatus,
+        result: bytes | None,
+        reason: str,
+        *,
+        expires: float,
+        now: float,
+    ) -> None:
+        job.status, job.result, job.reason = status, result, reason
+        job.expires_at, job.updated_at = expires, now
+        job.cancel_requested = False
+        key = job.envelope.key
+        if key is not None and self._s.keys.get(key) == job.envelope.id:
+            del self._s.keys[key]
+
     def _owned(self, delivery: Delivery) -> _Job | None:
         job = self._s.jobs.get(delivery.id)
         if job is None or job.status is not JobStatus.RUNNING or job.token != delivery.token:
@@ -141,6 +165,9 @@ class MemoryBroker(Broker):
 
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         ids: list[str] = []
+        for env in envelopes:  # check the whole batch first: all of it is written or none
+            if not isinstance(env, Envelope):
+                raise TypeError(f"enqueue takes Envelope objects, got {env!r}")
         with self._cond:
             now = self._clock.time()
             for env in envelopes:
@@ -181,7 +208,6 @@ class MemoryBroker(Broker):
                     job.token = secrets.token_hex(8)
                     job.deliveries += 1
                     job.lease_until = now + lease
-                    job.cancel_requested = False
                     job.updated_at = now
                     env = job.envelope
                     out.append(
@@ -234,13 +260,7 @@ class MemoryBroker(Broker):
                     job.result = f.result
                     self._place(job, now)
                 else:
-                    job.status = f.status
-                    job.result = f.result
-                    job.reason = f.reason
-                    job.expires_at = now + f.result_ttl
-                    key = job.envelope.key
-                    if key is not None and self._s.keys.get(key) == job.envelope.id:
-                        del self._s.keys[key]
+                    self._end(job, f.status, f.result, f.reason, expires=now + f.result_ttl, now=now)
                 done.append(True)
             self._cond.notify_all()
         return done
@@ -253,9 +273,8 @@ class MemoryBroker(Broker):
                 if job is None:
                     done.append(False)
                     continue
-                job.token = ""
                 job.deliveries = max(job.deliveries - 1, 0)
-                self._push_ready(job)
+                self._hand_back(job, self._clock.time())
                 done.append(True)
             self._cond.notify_all()
         return done
@@ -308,7 +327,11 @@ class MemoryBroker(Broker):
             job = self._live(job_id, self._clock.time())
             if job is None:
                 raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
-            finished = self._cond.wait_for(lambda: job.status.terminal, timeout)
+            finished = self._cond.wait_for(
+                lambda: job.status.terminal or self._s.jobs.get(job_id) is not job, timeout
+            )
+            if self._s.jobs.get(job_id) is not job:
+                raise JobNotFound(f"job {job_id!r} was purged while waiting for it")
             return self._record(job) if finished else None
 
     def cancel(self, job_id: str) -> JobStatus:
@@ -320,12 +343,7 @@ class MemoryBroker(Broker):
             if job.status is JobStatus.RUNNING:
                 job.cancel_requested = True
             elif job.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
-                job.status = JobStatus.CANCELLED
-                job.updated_at = now
-                job.expires_at = now + 86400.0
-                key = job.envelope.key
-                if key is not None and self._s.keys.get(key) == job_id:
-                    del self._s.keys[key]
+                self._end(job, JobStatus.CANCELLED, None, "", expires=now + 86400.0, now=now)
                 self._cond.notify_all()
             return job.status
 
@@ -384,7 +402,10 @@ class MemoryBroker(Broker):
                     queue=job.envelope.queue,
                     payload=job.envelope.payload,
                     priority=job.envelope.priority,
+                    key=job.envelope.key,
                 )
+                if job.envelope.key is not None:
+                    self._s.keys[job.envelope.key] = job.envelope.id
                 self._push_ready(job)
                 n += 1
             self._cond.notify_all()
@@ -404,6 +425,7 @@ class MemoryBroker(Broker):
                 if key is not None and self._s.keys.get(key) == i:
                     del self._s.keys[key]
             self._s.ready.pop(queue, None)
+            self._cond.notify_all()
             return len(doomed)
 
     def heartbeat(self, info: WorkerInfo, ttl: float) -> None:

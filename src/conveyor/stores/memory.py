@@ -8,8 +8,9 @@ from .._clock import Clock, SystemClock
 from .._errors import InvalidName
 from ._port import KeyValue, Updater, check_key
 
-_LOCK = "lock:"
-_FENCE = "fence:"
+# Control characters are refused in user keys, so these prefixes cannot collide with them.
+_LOCK = "\x00lock:"
+_FENCE = "\x00fence:"
 
 
 class MemoryKV(KeyValue):
@@ -92,7 +93,9 @@ class MemoryKV(KeyValue):
             if self._read(_LOCK + name) is not None:
                 return None
             self._write(_LOCK + name, token.encode(), ttl)
-            return self.incr(_FENCE + name)
+            fence = int(self._read(_FENCE + name) or b"0") + 1
+            self._write(_FENCE + name, str(fence).encode(), None)
+            return fence
 
     def lock_release(self, name: str, token: str) -> bool:
         check_key(name)
