@@ -260,7 +260,8 @@ class MemoryBroker(Broker):
                     job.result = f.result
                     self._place(job, now)
                 else:
-                    self._end(job, f.status, f.result, f.reason, expires=now + f.result_ttl, now=now)
+                    expires = now + f.result_ttl
+                    self._end(job, f.status, f.result, f.reason, expires=expires, now=now)
                 done.append(True)
             self._cond.notify_all()
         return done
