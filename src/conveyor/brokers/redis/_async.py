@@ -1,0 +1,58 @@
+"""The asyncio producer path: enqueue and wait on ``redis.asyncio``, no thread hop.
+
+The same scripts and keys as the sync path; only the client differs (one per event loop,
+created lazily by ``RedisCore._aclient``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+from ..._errors import JobNotFound
+from ..._message import Envelope, JobRecord
+from . import _connect
+from ._core import RECORD_FIELDS, RedisCore, text
+
+
+class AsyncMixin(RedisCore):
+    async def enqueue_async(self, envelopes: Sequence[Envelope]) -> list[str]:
+        from .broker import enqueue_args  # the one place arguments are built
+
+        args = [enqueue_args(env) for env in envelopes]
+        if not args:
+            return []
+        client, scripts = self._aclient()
+        async with _connect.translate_async():
+            pipe = client.pipeline(transaction=True)
+            head = self._head()
+            for env, own in zip(envelopes, args, strict=True):
+                keys = self._keys.job_keys(env.id, [env.queue])
+                await scripts["enqueue"](keys=keys, args=head + own, client=pipe)
+            return [text(i) for i in await pipe.execute()]
+
+    async def _read_record_async(self, job_id: str) -> JobRecord | None:
+        client, _ = self._aclient()
+        async with _connect.translate_async():
+            row = await client.hmget(self._keys.job(job_id), RECORD_FIELDS)
+        return self._decode_record(job_id, row)
+
+    async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """As ``wait``: read the record, then block on the job's done list (never missed)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        client, _ = self._aclient()
+        done = self._keys.done(job_id)
+        while True:
+            record = await self._read_record_async(job_id)
+            if record is None:
+                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+            if record.status.terminal:
+                return record
+            wait = _connect.block_slice(client)
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+            async with _connect.translate_async():
+                await client.blmove(  # Redis takes fractional seconds
+                    done, done, max(wait, 0.01), "RIGHT", "LEFT")  # type: ignore[arg-type]

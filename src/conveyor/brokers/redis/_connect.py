@@ -1,0 +1,156 @@
+"""Connections from a URL, and the boundary where ``redis.*`` errors become Conveyor errors.
+
+``redis://``, ``rediss://`` (TLS) and ``unix://`` go through redis-py's ``from_url`` (user and
+password in the URL, query options such as ``?socket_timeout=2``).
+``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`` asks the
+sentinels for the current master. hiredis is used by redis-py when installed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import redis
+import redis.asyncio
+import redis.asyncio.sentinel
+import redis.sentinel
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+from ..._errors import BrokerError, BrokerUnavailable, InvalidURL
+
+SCHEMES = {"redis", "rediss", "unix", "redis+sentinel"}
+DEFAULT_SOCKET_TIMEOUT = 10.0
+# Blocking reads are cut into slices shorter than the socket timeout; each slice re-checks.
+MAX_BLOCK_SLICE = 4.0
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str
+    sentinels: tuple[tuple[str, int], ...] = ()
+    service: str = ""
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.options)
+
+
+def parse(url: str) -> Target:
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme == "redis+cluster":
+        raise InvalidURL(
+            "redis+cluster:// is not supported yet: Conveyor keeps a prefix in one hash slot, "
+            "so point redis:// at the shard (see docs/redis.md)"
+        )
+    if scheme not in SCHEMES:
+        raise InvalidURL(f"bad redis URL {url!r}: use redis://, rediss://, unix:// or "
+                         "redis+sentinel://host:port/service")
+    if scheme != "redis+sentinel":
+        return Target(url=url)
+    hosts = []
+    for item in parts.netloc.rpartition("@")[2].split(","):
+        host, _, port = item.partition(":")
+        try:
+            hosts.append((host or "localhost", int(port or 26379)))
+        except ValueError as exc:
+            raise InvalidURL(f"bad sentinel address {item!r} in {url!r}") from exc
+    path = [p for p in parts.path.split("/") if p]
+    if not path:
+        raise InvalidURL(f"bad sentinel URL {url!r}: name the service, e.g. "
+                         "redis+sentinel://host:26379/mymaster")
+    opts: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
+    if parts.username:
+        opts["username"] = unquote(parts.username)
+    if parts.password:
+        opts["password"] = unquote(parts.password)
+    opts.update(parse_qsl(parts.query))
+    return Target(url=url, sentinels=tuple(hosts), service=path[0],
+                  options=tuple(sorted(opts.items())))
+
+
+def _common() -> dict[str, Any]:
+    # Retrying is safe for every command we send: enqueue is idempotent on the job id and
+    # every other write is fenced by a token or idempotent by construction.
+    return {
+        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
+        "socket_connect_timeout": 5.0,
+        "health_check_interval": 15,
+    }
+
+
+def _with_timeout(target: Target) -> dict[str, Any]:
+    kwargs = _common()
+    if "socket_timeout" not in urlsplit(target.url).query:
+        kwargs["socket_timeout"] = DEFAULT_SOCKET_TIMEOUT
+    return kwargs
+
+
+def connect(target: Target) -> redis.Redis:
+    with translate():
+        if not target.sentinels:
+            return redis.Redis.from_url(target.url, **_with_timeout(target))
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), socket_timeout=2.0)
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+            target.service, socket_timeout=DEFAULT_SOCKET_TIMEOUT, **_common(), **target.kwargs
+        )
+        return master
+
+
+def connect_async(target: Target) -> redis.asyncio.Redis:
+    with translate():
+        if not target.sentinels:
+            return redis.asyncio.Redis.from_url(target.url, **_with_timeout(target))
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+            list(target.sentinels), socket_timeout=2.0)
+        master: redis.asyncio.Redis = sentinel.master_for(
+            target.service, socket_timeout=DEFAULT_SOCKET_TIMEOUT, **_common(), **target.kwargs
+        )
+        return master
+
+
+def block_slice(client: redis.Redis | redis.asyncio.Redis) -> float:
+    """The longest blocking read that stays clear of the client's socket timeout."""
+    timeout = client.connection_pool.connection_kwargs.get("socket_timeout")
+    if timeout is None:
+        return MAX_BLOCK_SLICE
+    return max(0.05, min(MAX_BLOCK_SLICE, float(timeout) / 2))
+
+
+# Socket-level errors redis-py sometimes lets through unwrapped (asyncio timeouts, resets).
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, TimeoutError, ConnectionError)
+
+
+def _convert(exc: Exception) -> BrokerError:
+    if isinstance(exc, _UNAVAILABLE):
+        return BrokerUnavailable(
+            f"cannot reach Redis ({exc}); check the URL, the network and that the server runs"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError):
+        return BrokerError(f"Redis refused a command ({exc}); grant the ACL user the commands "
+                           "and keys listed in docs/redis.md")
+    return BrokerError(f"Redis failed: {exc}")
+
+
+@contextlib.contextmanager
+def translate() -> Iterator[None]:
+    """Nothing from redis leaves the adapter: its errors become BrokerError."""
+    try:
+        yield
+    except (redis.RedisError, TimeoutError, ConnectionError) as exc:
+        raise _convert(exc) from exc
+
+
+@contextlib.asynccontextmanager
+async def translate_async() -> AsyncIterator[None]:
+    try:
+        yield
+    except (redis.RedisError, TimeoutError, ConnectionError) as exc:
+        raise _convert(exc) from exc

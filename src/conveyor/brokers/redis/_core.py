@@ -1,0 +1,124 @@
+"""Shared state of the Redis broker: clients, keys, scripts, the clock, record decoding."""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from asyncio import AbstractEventLoop, get_running_loop
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from ..._clock import Clock, SystemClock
+from ..._errors import InvalidName
+from ..._message import JobRecord, JobStatus, validate_queue
+from . import _connect
+from ._keys import Keys
+from ._scripts import Scripts
+
+RECORD_FIELDS = ("status", "queue", "result", "progress", "note", "updated_at", "expires_at")
+
+
+def to_ms(seconds: float) -> int:
+    return round(seconds * 1000)
+
+
+def text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def check_prefix(prefix: str) -> str:
+    # The prefix becomes a hash tag: braces or odd characters would move keys between slots.
+    try:
+        return validate_queue(prefix)
+    except InvalidName as exc:
+        raise InvalidName(f"bad key prefix {prefix!r}: {exc}") from None
+
+
+class RedisCore:
+    def __init__(self, url: str, *, prefix: str = "conveyor", clock: Clock | None = None,
+                 sweep_idle: float | None = None) -> None:
+        self.url = url
+        self.prefix = check_prefix(prefix)
+        self._target = _connect.parse(url)
+        self._clock = clock or SystemClock()
+        self._keys = Keys(self.prefix)
+        self._client = _connect.connect(self._target)
+        self._scripts = Scripts(self._client)
+        self._sweep_idle = sweep_idle
+        self._async: weakref.WeakKeyDictionary[
+            AbstractEventLoop, tuple[redis.asyncio.Redis, Scripts]
+        ] = weakref.WeakKeyDictionary()
+        self._async_lock = threading.Lock()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _now(self) -> int:
+        return to_ms(self._clock.time())
+
+    def _head(self, now: int | None = None) -> list[Any]:
+        """The ARGV every script starts with (see common.lua)."""
+        k = self._keys
+        return [self._now() if now is None else now, "conveyor", k.job_prefix, k.done_prefix]
+
+    @property
+    def _real_time(self) -> bool:
+        # Only a real clock lets blocking reads sleep until the next lease or eta comes due.
+        return isinstance(self._clock, SystemClock)
+
+    def _aclient(self) -> tuple[redis.asyncio.Redis, Scripts]:
+        """The asyncio client of the running loop, created on first use (one per loop:
+        redis.asyncio connections belong to the loop that opened them)."""
+        loop = get_running_loop()
+        with self._async_lock:
+            found = self._async.get(loop)
+            if found is None:
+                client = _connect.connect_async(self._target)
+                found = (client, Scripts(client))
+                self._async[loop] = found
+            return found
+
+    def _decode_record(self, job_id: str, row: Sequence[Any]) -> JobRecord | None:
+        status, queue, result, progress, note, updated, expires = row
+        if status is None:
+            return None
+        if expires and int(expires) <= self._now():
+            return None
+        state = JobStatus(text(status))
+        return JobRecord(
+            id=job_id,
+            status=state,
+            queue=text(queue or b""),
+            result=bytes(result) if result and state.terminal else None,
+            progress=float(progress) if progress else None,
+            progress_note=text(note) if note is not None else None,
+            updated_at=int(updated or 0) / 1000,
+        )
+
+    def _read_records(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        with _connect.translate():
+            pipe = self._client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
+            rows = pipe.execute()
+        return [self._decode_record(i, row) for i, row in zip(job_ids, rows, strict=True)]
+
+    def _by_id(self, script: str, job_id: str, own: list[Any], moved: Any) -> Any:
+        """Run a script on a job known by id alone: read its queue (for the queue keys),
+        then run; the script answers ``moved`` if the queue changed in between."""
+        for _ in range(5):
+            with _connect.translate():
+                queue = self._client.hget(self._keys.job(job_id), "queue")
+                if queue is None:
+                    return None
+                keys = self._keys.job_keys(job_id, [text(queue)])
+                res = self._scripts[script](keys=keys, args=[*self._head(), text(queue), *own])
+            if res != moved:
+                return res
+        return None
+
+    def close(self) -> None:
+        with _connect.translate():
+            self._client.close()

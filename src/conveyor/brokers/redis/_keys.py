@@ -1,0 +1,141 @@
+"""Every Redis key Conveyor uses, built here and nowhere else. This docstring is the schema.
+
+``P`` is the prefix (``conveyor`` by default); ``{P}`` is a Redis Cluster hash tag, so every
+broker key lives in ONE slot. ``<q>`` is a validated queue name, ``<id>`` a validated job id,
+``<p>`` a priority 0..9, ``<w>`` a worker id.
+
+Broker keys (all under the ``{P}`` tag)::
+
+    {P}:queues              SET     names of every queue ever written to (stats, requeue --all)
+    {P}:keys                HASH    unique key (Envelope.key) -> id of the pending job holding it
+    {P}:job:<id>            HASH    the job: status token deliveries payload queue priority sid
+                                    consumer lease_until cancel key result reason progress note
+                                    eta updated_at expires_at (times in ms of the injected clock)
+    {P}:done:<id>           LIST    completion signal: one element pushed when the job ends;
+                                    waiters BLMOVE it onto itself (non-destructive, wakes all)
+    {P}:q:<q>:s<p>          STREAM  ready jobs of priority <p>: entries ``job <id>``; consumer
+                                    group ``conveyor``; pending entries = leased jobs
+    {P}:q:<q>:queued        ZSET    id -> enqueue time: jobs in a stream, not yet delivered
+    {P}:q:<q>:scheduled     ZSET    id -> eta: delayed jobs and retries waiting for their time
+    {P}:q:<q>:running       ZSET    id -> lease expiry: leased jobs (reclaimed once expired)
+    {P}:q:<q>:succeeded     ZSET    id -> record expiry (also failed, dead, cancelled): finished
+    {P}:q:<q>:sweep         STRING  marker (real-time PX) rate-limiting the XAUTOCLAIM sweep
+    {P}:workers             ZSET    worker id -> announcement expiry
+    {P}:worker:<w>          STRING  the worker's WorkerInfo (JSON)
+
+Key-value store keys (``conveyor.stores.redis``): one tag per key, so they spread over a
+cluster; a lock and its fencing counter share their tag::
+
+    {P:kv:<key>}            HASH    v = value, x = expiry (ms of the injected clock)
+    {P:kv:lock:<name>}      HASH    the lock: v = owner token, x = expiry
+    {P:kv:lock:<name>}:fence STRING fencing counter, INCRed in the same script as the grant
+
+Why one tag for the broker and not one per queue: a job is addressed by its id alone
+(``app.job(id)`` does not know the queue), a unique key is unique across queues, a worker on
+several queues takes the highest priority across all of them, and finish must ack the stream
+entry, store the result and signal waiters in one atomic step. All four need the job hash and
+the queue keys in one slot, and only a queue-independent tag gives that without a second,
+non-atomic locator write. The price: on Redis Cluster a Conveyor prefix lives on one shard
+(correct, atomic, but not spread); run hot queues under their own prefix to spread them.
+
+Times stored in hashes and sorted sets are milliseconds of the broker's injected ``Clock``:
+the clock decides leases, etas and expiry. Real Redis TTLs (``PEXPIRE``) are set a little
+longer than the logical expiry, as garbage collection only.
+
+Scripts compute job keys inside Lua from the ``{P}:job:`` prefix passed as an argument (the
+ids come out of stream entries, so they cannot be declared up front); the shared tag keeps
+them in the slot of the declared keys.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ..._message import MAX_PRIORITY, MIN_PRIORITY
+
+GROUP = "conveyor"
+PRIORITIES = range(MIN_PRIORITY, MAX_PRIORITY + 1)
+# Order of a queue's keys in a script's KEYS; the Lua side (common.lua ``qkeys``) mirrors it.
+QUEUE_KEY_SUFFIXES = (
+    *(f"s{p}" for p in PRIORITIES),
+    "queued",
+    "scheduled",
+    "running",
+    "succeeded",
+    "failed",
+    "dead",
+    "cancelled",
+    "sweep",
+)
+TERMINAL_INDEXES = ("succeeded", "failed", "dead", "cancelled")
+
+
+class Keys:
+    """Builds broker keys for one prefix. Names are validated before they get here."""
+
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.tag = "{" + prefix + "}"
+
+    @property
+    def queues(self) -> str:
+        return f"{self.tag}:queues"
+
+    @property
+    def unique(self) -> str:
+        return f"{self.tag}:keys"
+
+    @property
+    def job_prefix(self) -> str:
+        return f"{self.tag}:job:"
+
+    @property
+    def done_prefix(self) -> str:
+        return f"{self.tag}:done:"
+
+    def job(self, job_id: str) -> str:
+        return self.job_prefix + job_id
+
+    def done(self, job_id: str) -> str:
+        return self.done_prefix + job_id
+
+    def queue(self, queue: str, suffix: str) -> str:
+        return f"{self.tag}:q:{queue}:{suffix}"
+
+    def stream(self, queue: str, priority: int) -> str:
+        return self.queue(queue, f"s{priority}")
+
+    def streams(self, queue: str) -> list[str]:
+        return [self.stream(queue, p) for p in PRIORITIES]
+
+    def queue_keys(self, queue: str) -> list[str]:
+        """A queue's keys in the fixed order scripts expect."""
+        return [self.queue(queue, s) for s in QUEUE_KEY_SUFFIXES]
+
+    def job_keys(self, job_id: str, queues: Sequence[str]) -> list[str]:
+        """The common KEYS head of per-job scripts, then each queue's keys."""
+        keys = [self.job(job_id), self.done(job_id), self.unique, self.queues]
+        for q in queues:
+            keys += self.queue_keys(q)
+        return keys
+
+    @property
+    def workers(self) -> str:
+        return f"{self.tag}:workers"
+
+    def worker(self, worker_id: str) -> str:
+        return f"{self.tag}:worker:{worker_id}"
+
+
+def kv_key(prefix: str, key: str) -> str:
+    return "{" + f"{prefix}:kv:{key}" + "}"
+
+
+def lock_key(prefix: str, name: str) -> str:
+    # Same key as the value "lock:<name>", as in the memory reference store.
+    return kv_key(prefix, "lock:" + name)
+
+
+def fence_key(prefix: str, name: str) -> str:
+    # Shares the lock's tag (everything up to the first "}"), so one script can touch both.
+    return lock_key(prefix, name) + ":fence"

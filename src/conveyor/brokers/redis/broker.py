@@ -1,0 +1,222 @@
+"""The Redis Streams broker: producing, consuming and job records.
+
+One stream per queue and priority (0..9) with one consumer group; leases are our own (a
+per-delivery token and an expiry on the injected clock, kept in the job hash and the
+queue's ``running`` set), and the pending-entries list records who holds each entry.
+Every state change is one Lua script (see the ``.lua`` files); the key schema is in
+``_keys.py``. Blocking is a plain ``XREAD BLOCK`` on the streams' last ids, so waiting for
+work never delivers anything outside a script and never spins.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from ..._clock import Clock
+from ..._errors import JobNotFound
+from ..._message import (
+    Delivery,
+    Envelope,
+    JobRecord,
+    JobStatus,
+    validate_job_id,
+    validate_priority,
+    validate_queue,
+)
+from ...stores._port import KeyValue
+from .._port import PARKED, Broker, Finish, LeaseState
+from . import _connect
+from ._admin import AdminMixin
+from ._async import AsyncMixin
+from ._core import text, to_ms
+
+log = logging.getLogger("conveyor.redis")
+
+_IDLE_WAKE = 0.05  # longest block while a lease or eta may come due on an injected clock
+_LEASE_STATES = {0: LeaseState.LOST, 1: LeaseState.OK, 2: LeaseState.CANCELLED}
+
+
+def enqueue_args(env: Envelope) -> list[Any]:
+    """A validated envelope as the enqueue script's own arguments (after the common head)."""
+    validate_job_id(env.id)
+    validate_queue(env.queue)
+    validate_priority(env.priority)
+    eta: str | int = ""
+    if env.eta == PARKED:
+        eta = "parked"
+    elif env.eta is not None:
+        eta = to_ms(env.eta)
+    return [env.id, env.queue, env.payload, env.priority, eta, env.key or ""]
+
+
+class RedisBroker(AdminMixin, AsyncMixin, Broker):
+    """``Conveyor("redis://...")``: the production broker on Redis Streams (Redis >= 6.2).
+
+    ``sweep_idle`` is how long (real seconds) a pending entry must sit idle before the
+    XAUTOCLAIM sweep takes it over; by default twice the lease of the fetch that sweeps.
+    """
+
+    def __init__(self, url: str, *, prefix: str = "conveyor", clock: Clock | None = None,
+                 sweep_idle: float | None = None) -> None:
+        # Imported here: conveyor.stores.redis imports this package's key and error helpers.
+        from ...stores.redis import RedisKV
+
+        super().__init__(url, prefix=prefix, clock=clock, sweep_idle=sweep_idle)
+        self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
+
+    @property
+    def kv(self) -> KeyValue:
+        return self._kv
+
+    # -- producing -------------------------------------------------------------------------
+
+    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        args = [enqueue_args(env) for env in envelopes]
+        if not args:
+            return []
+        with _connect.translate():
+            # MULTI/EXEC: a batch is written whole or not at all.
+            pipe = self._client.pipeline(transaction=True)
+            head = self._head()
+            for env, own in zip(envelopes, args, strict=True):
+                keys = self._keys.job_keys(env.id, [env.queue])
+                self._scripts["enqueue"](keys=keys, args=head + own, client=pipe)
+            return [text(i) for i in pipe.execute()]
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def fetch(
+        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
+    ) -> list[Delivery]:
+        queues = [validate_queue(q) for q in dict.fromkeys(queues)]
+        if not queues:
+            return []
+        deadline = time.monotonic() + max(block, 0.0)
+        while True:
+            now = self._now()
+            out, next_event, last_ids = self._fetch_once(queues, consumer, count, lease, now)
+            remaining = deadline - time.monotonic()
+            if out or remaining <= 0 or count <= 0:
+                return out
+            wait = min(remaining, _connect.block_slice(self._client))
+            if next_event >= 0:
+                wait = min(wait, max((next_event - now) / 1000, 0.001))
+                if not self._real_time:
+                    wait = min(wait, _IDLE_WAKE)
+            self._block(queues, last_ids, wait)
+
+    def _fetch_once(
+        self, queues: list[str], consumer: str, count: int, lease: float, now: int
+    ) -> tuple[list[Delivery], int, list[str]]:
+        keys: list[str] = []
+        for q in queues:
+            keys += self._keys.queue_keys(q)
+        keys.append(self._keys.unique)
+        sweep = to_ms(self._sweep_idle if self._sweep_idle is not None else 2 * lease)
+        tokens = [secrets.token_hex(8) for _ in range(max(count, 0))]
+        args = [*self._head(now), consumer, max(count, 0), to_ms(lease), max(sweep, 1),
+                len(queues), *queues, *tokens]
+        with _connect.translate():
+            out, next_event, recreated, last_ids = self._scripts["fetch"](keys=keys, args=args)
+        if recreated:
+            log.warning(
+                "conveyor: %d consumer group(s) were missing on queues %s and were recreated "
+                "from the start of their streams. Redis lost its data (restart without "
+                "persistence, or eviction: set maxmemory-policy noeviction) or a stream was "
+                "written by hand; entries may be delivered again.", recreated, queues)
+        deliveries = [
+            Delivery(id=text(i), queue=text(q), payload=bytes(p), token=text(t),
+                     deliveries=int(n), priority=int(pr))
+            for i, q, p, t, n, pr in out
+        ]
+        return deliveries, int(next_event), [text(s) for s in last_ids]
+
+    def _block(self, queues: list[str], last_ids: list[str], wait: float) -> None:
+        """Sleep in Redis until any of the queues' streams gets a new entry, or ``wait``
+        passes. A plain XREAD from the last ids the script saw: nothing is delivered here,
+        and an entry added since the script ran wakes us at once (no lost wake-up)."""
+        streams = [s for q in queues for s in self._keys.streams(q)]
+        with _connect.translate():
+            self._client.xread(dict(zip(streams, last_ids, strict=True)), count=1,
+                               block=max(1, to_ms(wait)))
+
+    def _fenced(self, script: str, items: Sequence[tuple[str, str, list[Any]]]) -> list[int]:
+        """Run a per-delivery script for each (job id, queue, args) in one round trip."""
+        if not items:
+            return []
+        with _connect.translate():
+            pipe = self._client.pipeline(transaction=False)
+            head = self._head()
+            for job_id, queue, own in items:
+                keys = self._keys.job_keys(job_id, [queue])
+                self._scripts[script](keys=keys, args=head + own, client=pipe)
+            return [int(r) for r in pipe.execute()]
+
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+        items = [(d.id, d.queue, [d.token, to_ms(lease)]) for d in deliveries]
+        return [_LEASE_STATES[r] for r in self._fenced("renew", items)]
+
+    def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        return [r == 1 for r in self._fenced("release", [(d.id, d.queue, [d.token])
+                                                          for d in deliveries])]
+
+    def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
+        own = [delivery.token, repr(float(value)), note or "", "0" if note is None else "1"]
+        return self._fenced("progress", [(delivery.id, delivery.queue, own)]) == [1]
+
+    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+        if not outcomes:
+            return []
+        with _connect.translate():
+            pipe = self._client.pipeline(transaction=False)
+            head = self._head()
+            for f in outcomes:
+                d = f.delivery
+                retry = f.retry
+                own: list[Any] = [d.token, f.status.value, f.result or b"",
+                                  max(to_ms(f.result_ttl), 1), f.reason]
+                if retry is not None:
+                    own += ["1", *enqueue_args(retry)[2:], retry.queue]
+                else:
+                    own += ["0", "", 0, "", "", d.queue]
+                keys = self._keys.job_keys(d.id, [d.queue, own[-1]])
+                self._scripts["finish"](keys=keys, args=head + own, client=pipe)
+            return [int(r) == 1 for r in pipe.execute()]
+
+    # -- job records -----------------------------------------------------------------------
+
+    def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        return self._read_records(list(job_ids))
+
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        done = self._keys.done(job_id)
+        while True:
+            record = self._read_records([job_id])[0]
+            if record is None:
+                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+            if record.status.terminal:
+                return record
+            wait = _connect.block_slice(self._client)
+            if deadline is not None:
+                wait = min(wait, deadline - time.monotonic())
+                if wait <= 0:
+                    return None
+            # Moving the list onto itself pops nothing: every waiter wakes, and a signal
+            # pushed between our read and this call is already there (no lost wake-up).
+            with _connect.translate():
+                self._client.blmove(  # Redis takes fractional seconds
+                    done, done, max(wait, 0.01), "RIGHT", "LEFT")  # type: ignore[arg-type]
+
+    def cancel(self, job_id: str) -> JobStatus:
+        res = self._by_id("cancel", job_id, [], b"moved")
+        if res is None or res == b"missing":
+            raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+        return JobStatus(text(res))
+
+    def promote(self, job_id: str, payload: bytes) -> bool:
+        return bool(self._by_id("promote", job_id, [payload], -1) == 1)

@@ -1,0 +1,27 @@
+-- Cancel a job. KEYS: job, done, unique, queues, then its queue's 18 keys. ARGV[5]: queue
+-- the caller read from the job (the keys it passed). A pending job is removed at once; a
+-- running one is flagged (its worker sees it at the next renewal).
+-- Returns the status afterwards, 'missing', or 'moved' (queue changed: read it again).
+local key = KEYS[1]
+local q = qkeys(5)
+local job = load_job(key)
+if not job then return 'missing' end
+if job.queue ~= ARGV[5] then return 'moved' end
+local id = string.sub(key, #JOB_PREFIX + 1)
+if job.status == 'running' then
+  redis.call('HSET', key, 'cancel', '1')
+  return 'running'
+end
+if job.status == 'queued' then
+  -- Never delivered, so not pending: deleting the entry is enough.
+  redis.call('XDEL', q.s[tonumber(job.priority)], job.sid)
+  redis.call('ZREM', q.queued, id)
+elseif job.status == 'scheduled' then
+  redis.call('ZREM', q.scheduled, id)
+else
+  return job.status
+end
+redis.call('HSET', key, 'sid', '')
+terminate(q, key, job, id, 'cancelled', 86400000)
+release_key(KEYS[3], job, id)
+return 'cancelled'

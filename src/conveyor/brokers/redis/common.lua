@@ -1,0 +1,115 @@
+-- Shared prelude of every broker script (prepended by _scripts.py).
+-- Convention: ARGV[1] now (ms of the injected clock), ARGV[2] consumer group,
+-- ARGV[3] job hash prefix "{P}:job:", ARGV[4] done list prefix "{P}:done:".
+-- A queue's keys come as 18 consecutive KEYS in the order of _keys.QUEUE_KEY_SUFFIXES.
+local NOW = tonumber(ARGV[1])
+local GROUP = ARGV[2]
+local JOB_PREFIX = ARGV[3]
+local DONE_PREFIX = ARGV[4]
+local QK = 18
+local GC_GRACE_MS = 60000  -- real TTLs outlive logical expiry: they only collect garbage
+local NOTIFY_TTL_MS = 300000
+local TERMINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
+
+local function qkeys(base)
+  local q = {s = {}}
+  for p = 0, 9 do q.s[p] = KEYS[base + p] end
+  q.queued = KEYS[base + 10]
+  q.scheduled = KEYS[base + 11]
+  q.running = KEYS[base + 12]
+  q.succeeded = KEYS[base + 13]
+  q.failed = KEYS[base + 14]
+  q.dead = KEYS[base + 15]
+  q.cancelled = KEYS[base + 16]
+  q.sweep = KEYS[base + 17]
+  return q
+end
+
+-- The job as a table, or nil when absent or logically expired.
+local function load_job(key)
+  local flat = redis.call('HGETALL', key)
+  if #flat == 0 then return nil end
+  local job = {}
+  for i = 1, #flat, 2 do job[flat[i]] = flat[i + 1] end
+  if job.expires_at and job.expires_at ~= '' and tonumber(job.expires_at) <= NOW then
+    return nil
+  end
+  return job
+end
+
+local function ensure_group(stream)
+  if redis.call('EXISTS', stream) == 0 then
+    redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
+  end
+end
+
+-- Put a job at the tail of its priority stream as queued (a new entry, a new place in line).
+local function push_ready(q, key, id, prio)
+  local stream = q.s[tonumber(prio)]
+  ensure_group(stream)
+  local sid = redis.call('XADD', stream, '*', 'job', id)
+  redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'token', '', 'lease_until', '')
+  redis.call('ZADD', q.queued, NOW, id)
+end
+
+-- Queued now, or scheduled until eta ('parked': until promote; scored +inf, never due).
+local function place(q, key, id, prio, eta)
+  if eta == 'parked' then
+    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', eta)
+    redis.call('ZADD', q.scheduled, '+inf', id)
+  elseif eta ~= '' and tonumber(eta) > NOW then
+    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', eta)
+    redis.call('ZADD', q.scheduled, eta, id)
+  else
+    redis.call('HSET', key, 'eta', '')
+    push_ready(q, key, id, prio)
+  end
+end
+
+-- Remove a delivered entry: ack it (out of the pending list) and delete it from the stream.
+local function drop_entry(stream, sid)
+  if sid and sid ~= '' then
+    redis.call('XACK', stream, GROUP, sid)
+    redis.call('XDEL', stream, sid)
+  end
+end
+
+local function notify(id)
+  local done = DONE_PREFIX .. id
+  redis.call('LPUSH', done, '1')
+  redis.call('PEXPIRE', done, NOTIFY_TTL_MS)
+end
+
+-- Make a job terminal: record, expiry (logical, plus a later real one), index, signal.
+local function terminate(q, key, job, id, status, ttl_ms)
+  local expires = NOW + ttl_ms
+  redis.call('HSET', key, 'status', status, 'expires_at', expires, 'token', '',
+    'updated_at', NOW, 'cancel', '0', 'lease_until', '')
+  redis.call('PEXPIRE', key, ttl_ms + GC_GRACE_MS)
+  if TERMINAL[status] then
+    redis.call('ZREMRANGEBYSCORE', q[status], '-inf', NOW)
+    redis.call('ZADD', q[status], expires, id)
+  end
+  notify(id)
+end
+
+local function release_key(unique, job, id)
+  if job.key and job.key ~= '' and redis.call('HGET', unique, job.key) == id then
+    redis.call('HDEL', unique, job.key)
+  end
+end
+
+-- The delivery is still the job's current lease holder.
+local function owned(job, token)
+  return job ~= nil and job.status == 'running' and job.token ~= '' and job.token == token
+end
+
+-- A running job whose cancel was requested and whose worker is gone (lease expired) or
+-- handed it back: it ends here, cancelled, rather than run again.
+local function end_cancelled(q, key, job, id, unique)
+  drop_entry(q.s[tonumber(job.priority)], job.sid)
+  redis.call('ZREM', q.running, id)
+  redis.call('HSET', key, 'sid', '', 'reason', 'cancelled')
+  terminate(q, key, job, id, 'cancelled', 86400000)
+  release_key(unique, job, id)
+end

