@@ -1,0 +1,199 @@
+"""Cron expressions, pure: ``parse_cron(expr)`` and ``next_fire(expr, after)``, in UTC.
+
+Five fields, ``minute hour day-of-month month day-of-week``, each a ``*`` or a list of
+``n``, ``a-b``, ``*/n``, ``a-b/n`` and ``n/s`` (from ``n`` to the field's end, every ``s``).
+Months and weekdays take names (``jan``..``dec``, ``sun``..``sat``); weekday 0 and 7 are both
+Sunday. As in Vixie cron, when both day fields are restricted (neither starts with ``*``) a day
+matches if *either* does: ``0 0 1 * mon`` fires on the 1st and on every Monday. Aliases:
+``@hourly @daily @midnight @weekly @monthly @yearly @annually``.
+
+Nothing here reads a clock: the scheduler passes the time in, so tests need no sleeping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from dataclasses import dataclass
+
+from ._errors import ConfigurationError
+
+_ALIASES = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@midnight": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@yearly": "0 0 1 1 *",
+    "@annually": "0 0 1 1 *",
+}
+_MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
+_DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
+_MAX_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # Feb 29 happens
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    low: int
+    high: int
+    names: tuple[str, ...] = ()
+    name_base: int = 0  # the number the first name stands for
+
+
+_FIELDS = (
+    _Field("minute", 0, 59),
+    _Field("hour", 0, 23),
+    _Field("day-of-month", 1, 31),
+    _Field("month", 1, 12, _MONTHS, 1),
+    _Field("day-of-week", 0, 7, _DAYS, 0),
+)
+
+
+@dataclass(frozen=True)
+class CronSpec:
+    """A parsed expression: the allowed values of each field."""
+
+    expr: str
+    minutes: tuple[int, ...]
+    hours: tuple[int, ...]
+    days: frozenset[int]
+    months: frozenset[int]
+    weekdays: frozenset[int]  # 0 = Sunday
+    day_star: bool  # day-of-month starts with '*' (unrestricted)
+    weekday_star: bool
+
+    def day_matches(self, day: dt.date) -> bool:
+        if day.month not in self.months:
+            return False
+        dom = day.day in self.days
+        dow = day.isoweekday() % 7 in self.weekdays
+        if self.day_star or self.weekday_star:
+            # One side unrestricted: the other decides (both '*': every day).
+            return dom and dow
+        return dom or dow
+
+    def next_after(self, after: dt.datetime) -> dt.datetime:
+        """The first fire time strictly after ``after`` (naive times are taken as UTC)."""
+        if after.tzinfo is None:
+            after = after.replace(tzinfo=dt.UTC)
+        start = after.astimezone(dt.UTC).replace(second=0, microsecond=0)
+        start += dt.timedelta(minutes=1)
+        day = start.date()
+        # parse_cron refuses expressions that never fire, so a match comes within a leap cycle
+        # (Feb 29 on a chosen weekday can take 28 years; 40 covers the century rule).
+        for _ in range(366 * 40):
+            if self.day_matches(day):
+                found = self._time_in(day, start)
+                if found is not None:
+                    return found
+            day += dt.timedelta(days=1)
+        raise ConfigurationError(f"cron expression {self.expr!r} does not fire in 40 years")
+
+    def _time_in(self, day: dt.date, start: dt.datetime) -> dt.datetime | None:
+        first_hour, first_minute = (start.hour, start.minute) if day == start.date() else (0, 0)
+        for hour in self.hours:
+            if hour < first_hour:
+                continue
+            floor = first_minute if hour == first_hour else 0
+            for minute in self.minutes:
+                if minute >= floor:
+                    return dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=dt.UTC)
+        return None
+
+
+def _bad(expr: str, field: _Field, text: str, why: str) -> ConfigurationError:
+    return ConfigurationError(
+        f"bad cron expression {expr!r}: {field.name} field {text!r} {why} "
+        f"(allowed {field.low}-{field.high}; format: minute hour day-of-month month day-of-week)"
+    )
+
+
+def _number(expr: str, field: _Field, text: str, whole: str) -> int:
+    low = text.lower()
+    if field.names and low in field.names:
+        return field.names.index(low) + field.name_base
+    if not text.isdigit():
+        raise _bad(expr, field, whole, f"has {text!r}, which is not a number")
+    value = int(text)
+    if not field.low <= value <= field.high:
+        raise _bad(expr, field, whole, f"has {value}, out of range")
+    return value
+
+
+def _parse_field(expr: str, field: _Field, text: str) -> set[int]:
+    values: set[int] = set()
+    for part in text.split(","):
+        if not part:
+            raise _bad(expr, field, text, "has an empty list item")
+        base, _, step_text = part.partition("/")
+        step = 1
+        if step_text or part.endswith("/"):
+            if not step_text.isdigit() or int(step_text) == 0:
+                raise _bad(expr, field, text, f"has step {step_text!r}; use a positive number")
+            step = int(step_text)
+        if base == "*":
+            low, high = field.low, field.high
+        elif "-" in base:
+            a, _, b = base.partition("-")
+            low, high = _number(expr, field, a, text), _number(expr, field, b, text)
+            if low > high:
+                raise _bad(expr, field, text, f"has the range {base!r}, which runs backwards")
+        else:
+            low = _number(expr, field, base, text)
+            high = field.high if step_text else low
+        values.update(range(low, high + 1, step))
+    return values
+
+
+@functools.lru_cache(maxsize=256)
+def parse_cron(expr: str) -> CronSpec:
+    """Parse and check an expression; ``ConfigurationError`` names the bad field."""
+    if not isinstance(expr, str):
+        raise ConfigurationError(f"a cron expression is a string, got {expr!r}")
+    text = expr.strip()
+    if text.startswith("@"):
+        if text.lower() not in _ALIASES:
+            raise ConfigurationError(
+                f"bad cron expression {expr!r}: unknown alias; use one of " + ", ".join(_ALIASES)
+            )
+        text = _ALIASES[text.lower()]
+    parts = text.split()
+    if len(parts) != 5:
+        raise ConfigurationError(
+            f"bad cron expression {expr!r}: {len(parts)} fields, need 5 "
+            "(minute hour day-of-month month day-of-week), e.g. '*/5 * * * *'"
+        )
+    sets = [_parse_field(expr, f, p) for f, p in zip(_FIELDS, parts, strict=True)]
+    weekdays = frozenset(d % 7 for d in sets[4])
+    spec = CronSpec(
+        expr=expr,
+        minutes=tuple(sorted(sets[0])),
+        hours=tuple(sorted(sets[1])),
+        days=frozenset(sets[2]),
+        months=frozenset(sets[3]),
+        weekdays=weekdays,
+        day_star=parts[2].startswith("*"),
+        weekday_star=parts[4].startswith("*"),
+    )
+    _check_fires(spec, parts)
+    return spec
+
+
+def _check_fires(spec: CronSpec, parts: list[str]) -> None:
+    """Refuse a day-of-month that no chosen month has (``0 0 30 2 *``): it would never fire."""
+    if spec.day_star or not spec.weekday_star:
+        return  # '*' days include the 1st; a restricted weekday always comes round
+    if any(d <= _MAX_DAYS[m - 1] for m in spec.months for d in spec.days):
+        return
+    raise ConfigurationError(
+        f"bad cron expression {spec.expr!r}: day-of-month field {parts[2]!r} never occurs in "
+        f"month field {parts[3]!r}, so it would never fire"
+    )
+
+
+def next_fire(expr: str, after: dt.datetime) -> dt.datetime:
+    """The first time strictly after ``after`` that ``expr`` fires, as an aware UTC datetime.
+
+    A naive ``after`` is taken as UTC."""
+    return parse_cron(expr).next_after(after)

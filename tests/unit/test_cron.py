@@ -1,0 +1,145 @@
+"""Cron parsing and ``next_fire``: pure, checked against a minute-by-minute oracle."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conveyor import ConfigurationError
+from conveyor._cron import next_fire, parse_cron
+
+UTC = dt.UTC
+
+
+def at(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, sec: int = 0
+) -> dt.datetime:
+    return dt.datetime(year, month, day, hour, minute, sec, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("expr", "after", "expected"),
+    [
+        ("* * * * *", at(2024, 1, 1, 0, 0), at(2024, 1, 1, 0, 1)),
+        ("*/5 * * * *", at(2024, 1, 1, 0, 4, 59), at(2024, 1, 1, 0, 5)),
+        ("*/5 * * * *", at(2024, 1, 1, 0, 5), at(2024, 1, 1, 0, 10)),  # strictly after
+        ("0 * * * *", at(2024, 1, 1, 23, 30), at(2024, 1, 2, 0, 0)),
+        ("15,45 9-17 * * *", at(2024, 1, 1, 17, 46), at(2024, 1, 2, 9, 15)),
+        ("0 9-17/4 * * *", at(2024, 1, 1, 13, 1), at(2024, 1, 1, 17, 0)),
+        ("10/20 * * * *", at(2024, 1, 1, 0, 31), at(2024, 1, 1, 0, 50)),
+        ("0 0 31 * *", at(2024, 2, 1), at(2024, 3, 31)),  # skips months without a 31st
+        ("0 0 29 feb *", at(2024, 3, 1), at(2028, 2, 29)),  # leap day
+        ("0 12 * * mon-fri", at(2024, 1, 5, 12, 0), at(2024, 1, 8, 12, 0)),  # Fri -> Mon
+        ("0 0 * * 0", at(2024, 1, 1), at(2024, 1, 7)),  # Sunday as 0
+        ("0 0 * * 7", at(2024, 1, 1), at(2024, 1, 7)),  # ... and as 7
+        ("0 0 * * SUN", at(2024, 1, 1), at(2024, 1, 7)),
+        ("0 0 1 JAN,Jul *", at(2024, 1, 2), at(2024, 7, 1)),
+        # Both day fields restricted: either matches (1st of the month OR a Friday).
+        ("0 0 1 * fri", at(2024, 1, 1), at(2024, 1, 5)),
+        ("0 0 1 * fri", at(2024, 1, 26), at(2024, 2, 1)),
+        # '*/n' in day-of-month counts as unrestricted: both must match.
+        ("0 0 */2 * mon", at(2024, 1, 1), at(2024, 1, 15)),
+        ("@hourly", at(2024, 1, 1, 5, 0), at(2024, 1, 1, 6, 0)),
+        ("@daily", at(2024, 1, 1, 5, 0), at(2024, 1, 2)),
+        ("@weekly", at(2024, 1, 1), at(2024, 1, 7)),
+        ("@monthly", at(2024, 1, 31, 23, 59), at(2024, 2, 1)),
+        ("@yearly", at(2024, 6, 1), at(2025, 1, 1)),
+        ("@annually", at(2024, 6, 1), at(2025, 1, 1)),
+        ("59 23 31 12 *", at(2024, 12, 31, 23, 59), at(2025, 12, 31, 23, 59)),
+    ],
+)
+def test_next_fire(expr: str, after: dt.datetime, expected: dt.datetime) -> None:
+    assert next_fire(expr, after) == expected
+
+
+def test_naive_is_utc_and_other_zones_are_converted() -> None:
+    assert next_fire("0 * * * *", dt.datetime(2024, 1, 1, 5, 30)) == at(2024, 1, 1, 6)
+    paris = dt.timezone(dt.timedelta(hours=1))
+    assert next_fire("0 * * * *", dt.datetime(2024, 1, 1, 5, 30, tzinfo=paris)) == at(2024, 1, 1, 5)
+
+
+@pytest.mark.parametrize(
+    ("expr", "field"),
+    [
+        ("60 * * * *", "minute"),
+        ("* 24 * * *", "hour"),
+        ("* * 0 * *", "day-of-month"),
+        ("* * * 13 *", "month"),
+        ("* * * * 8", "day-of-week"),
+        ("* * * foo *", "month"),
+        ("* * * * mon-sux", "day-of-week"),
+        ("*/0 * * * *", "minute"),
+        ("5-1 * * * *", "minute"),
+        ("1,,2 * * * *", "minute"),
+        ("*/x * * * *", "minute"),
+        ("0 0 30 2 *", "day-of-month"),  # never fires
+    ],
+)
+def test_bad_field_is_named(expr: str, field: str) -> None:
+    with pytest.raises(ConfigurationError, match=field):
+        parse_cron(expr)
+
+
+@pytest.mark.parametrize("expr", ["* * * *", "* * * * * *", "", "@often"])
+def test_bad_shape(expr: str) -> None:
+    with pytest.raises(ConfigurationError, match="cron expression"):
+        parse_cron(expr)
+
+
+# -- oracle: walk minute by minute and test each field the slow, obvious way ----------------
+
+
+def _matches(expr: str, t: dt.datetime) -> bool:
+    spec = parse_cron(expr)
+    fields = expr.split()
+    dom, dow = t.day in spec.days, t.isoweekday() % 7 in spec.weekdays
+    restricted = not fields[2].startswith("*") and not fields[4].startswith("*")
+    day = (dom or dow) if restricted else (dom and dow)
+    return t.minute in spec.minutes and t.hour in spec.hours and t.month in spec.months and day
+
+
+def _field(values: list[int], low: int, high: int) -> st.SearchStrategy[str]:
+    number = st.sampled_from(values)
+    rng = st.tuples(number, number).map(lambda ab: f"{min(ab)}-{max(ab)}")
+    step = st.integers(1, max(1, (high - low) // 2))
+    return st.one_of(
+        st.just("*"),
+        number.map(str),
+        rng,
+        step.map(lambda s: f"*/{s}"),
+        st.tuples(rng, step).map(lambda rs: f"{rs[0]}/{rs[1]}"),
+        st.lists(number, min_size=1, max_size=3).map(lambda xs: ",".join(map(str, xs))),
+    )
+
+
+expressions = st.tuples(
+    _field(list(range(60)), 0, 59),
+    _field(list(range(24)), 0, 23),
+    _field(list(range(1, 29)), 1, 28),
+    _field(list(range(1, 13)), 1, 12),
+    _field(list(range(8)), 0, 7),
+).map(" ".join)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    expressions, st.datetimes(min_value=dt.datetime(2000, 1, 1), max_value=dt.datetime(2090, 1, 1))
+)
+def test_next_fire_agrees_with_the_definition(expr: str, after: dt.datetime) -> None:
+    got = next_fire(expr, after)
+    start = after.replace(tzinfo=UTC, second=0, microsecond=0)
+    assert got > after.replace(tzinfo=UTC)
+    assert got.second == 0 and _matches(expr, got)
+    # Nothing between: check every minute for a bounded stretch (and sample beyond it).
+    t = start + dt.timedelta(minutes=1)
+    checked = 0
+    while t < got and checked < 3000:
+        assert not _matches(expr, t), (expr, after, t, got)
+        t += dt.timedelta(minutes=1)
+        checked += 1
+    while t < got:
+        assert not _matches(expr, t), (expr, after, t, got)
+        t += dt.timedelta(minutes=97)
