@@ -1,0 +1,118 @@
+"""Rate limits shared by every worker, counted in the broker's key-value store.
+
+``@app.task(rate="100/m")`` limits how often a task *starts*, across all workers; add
+``rate_key=`` (per call: ``send.options(rate="10/s", rate_key=f"tenant:{tid}")``) and the
+limit applies to that key instead, so one tenant's backlog cannot starve the others. Jobs
+sharing a ``rate_key`` share one budget even across tasks (give them the same ``rate``).
+
+Rates are ``"<n>/<unit>"`` or ``"<n>/<k><unit>"`` with unit ``s``, ``m`` or ``h``:
+``"100/m"``, ``"5/s"``, ``"1000/h"``, ``"10/30s"``.
+
+Algorithm: a **sliding window counter**. Time is cut into fixed windows of the rate's period;
+each window has a counter (``kv.incr`` with a TTL of two periods). A job may start when::
+
+    current + previous * (share of the previous window still inside the sliding window) < n
+
+Burst behaviour: an idle key admits up to ``n`` jobs at once; steady demand is held to ``n``
+per period. The previous window is assumed to have been spread evenly, so in the worst case
+(all of it at its very end) a period-long window can hold up to ``2 n`` starts — never more,
+and steady traffic stays within a few percent of ``n``. A job that is refused gives its count
+back. Cost: two key-value round trips for a rate-limited job (``incr`` and ``get``), one more
+when it is refused; tasks without a rate cost nothing.
+
+``acquire`` does not wait: it returns how long to wait, and the worker puts the job back with
+that delay (not counting an attempt). Refused jobs are spread out by their order of arrival
+within the window, so a backlog does not return all at once; the order among them is not FIFO.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ._errors import ConfigurationError
+from ._message import Message
+from .stores._port import check_key
+
+if TYPE_CHECKING:
+    from ._app import Conveyor
+
+__all__ = ["Rate", "acquire", "parse_rate"]
+
+_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
+_MIN_WAIT = 0.01  # never ask for a zero delay on refusal: the worker would spin
+_PREFIX = "conveyor:rate:"
+_EPSILON = 1e-6  # float slack, so waiting exactly the time returned is enough
+
+
+@dataclass(frozen=True)
+class Rate:
+    limit: int  # jobs per period
+    period: float  # seconds
+
+    def __str__(self) -> str:
+        return f"{self.limit}/{self.period:g}s"
+
+
+@functools.lru_cache(maxsize=1024)
+def parse_rate(text: str) -> Rate:
+    """``"100/m"`` -> ``Rate(100, 60.0)``; ``ConfigurationError`` for anything else.
+
+    Call it where options are checked so a bad rate fails at task definition."""
+    match = _RATE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ConfigurationError(
+            f"bad rate {text!r}: write '<count>/<unit>' with unit s, m or h, "
+            "e.g. '100/m', '5/s', '10/30s'"
+        )
+    count, multiple, unit = int(match[1]), int(match[2] or 1), match[3]
+    if count < 1 or multiple < 1:
+        raise ConfigurationError(f"bad rate {text!r}: the count and period must be positive")
+    return Rate(count, multiple * _UNITS[unit])
+
+
+def _bucket(message: Message, rate: Rate) -> str:
+    name = message.rate_key if message.rate_key is not None else f"task:{message.task}"
+    return check_key(f"{_PREFIX}{name}:{rate.period:g}")
+
+
+def acquire(app: Conveyor, message: Message) -> float:
+    """0.0 if the job may start now (and count it), else the seconds to wait before asking
+    again. Jobs without ``rate`` always get 0.0 and touch nothing."""
+    if message.rate is None:
+        return 0.0
+    rate = parse_rate(message.rate)
+    kv = app.broker.kv
+    now = app.clock.time()
+    window = math.floor(now / rate.period)
+    elapsed = (now - window * rate.period) / rate.period  # share of this window gone, [0, 1)
+    base = _bucket(message, rate)
+    ttl = 2 * rate.period  # the counter is "previous" for one more window, then dies
+    current = kv.incr(f"{base}:{window}", 1, ttl)
+    previous = int(kv.get(f"{base}:{window - 1}") or b"0")
+    if current + previous * (1.0 - elapsed) <= rate.limit + _EPSILON:
+        return 0.0
+    kv.incr(f"{base}:{window}", -1, ttl)  # refused: give the slot back
+    refused = kv.incr(f"{base}:{window}:refused", 1, ttl)
+    wait = _free_in(rate, current - 1, previous, elapsed)
+    # The k-th refusal in this window waits k-1 slots longer, spreading the backlog out.
+    return max(wait + (refused - 1) * rate.period / rate.limit, _MIN_WAIT)
+
+
+def _free_in(rate: Rate, current: int, previous: int, elapsed: float) -> float:
+    """Seconds until one more start fits, if nothing else starts meanwhile."""
+    room = rate.limit - current - 1  # what the previous window's weight must shrink to
+    if room >= 0 and previous > 0:
+        # previous * (1 - e) <= room  <=>  e >= 1 - room / previous
+        return max(0.0, (1.0 - room / previous) - elapsed) * rate.period
+    # The current window alone is full: wait for the next one, where this window's count is
+    # the weighted "previous" and needs (1 - e') * current <= limit - 1.
+    until_next = (1.0 - elapsed) * rate.period
+    if current <= 0:
+        return until_next
+    shrink = max(0.0, 1.0 - (rate.limit - 1) / current)
+    return until_next + shrink * rate.period
