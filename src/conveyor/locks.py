@@ -272,8 +272,9 @@ class Lock:
             if left < _MIN_VALIDITY:
                 return False
             # The port has no read-only ownership check. Re-asserting the validity we
-            # already count on is one: it succeeds only for our token, and sets the
-            # broker's expiry to where it was (give or take a round trip), never later.
+            # already count on is one: it succeeds only for our token, and leaves the
+            # broker's expiry where the grant put it, give or take one network delay
+            # (never compounding: ``_valid_until`` does not move).
             if self._kv.lock_extend(self.name, self.token, left):
                 return True
             self._lost = "its ttl ran out"

@@ -326,7 +326,7 @@ def test_timeout_zero_tries_once_and_a_timeout_waits_that_long(app: Conveyor) ->
         t0 = time.monotonic()
         with pytest.raises(LockTimeout, match="timeout="):
             app.lock("held", ttl=5, timeout=0).acquire()
-        assert time.monotonic() - t0 < 0.1
+        assert time.monotonic() - t0 < 0.5
         t0 = time.monotonic()
         with pytest.raises(LockTimeout):
             app.lock("held", ttl=5).acquire(timeout=0.3)
