@@ -1,0 +1,98 @@
+"""``conveyor worker MODULE``: run jobs until SIGTERM (exit 0) — the Procfile line."""
+
+from __future__ import annotations
+
+import click
+
+from ..worker import Worker
+from ..worker._pools import POOLS
+from ._load import load_app
+
+
+def _names(values: tuple[str, ...]) -> list[str]:
+    """Repeatable options that also take comma lists: ``-q a,b -q c`` -> [a, b, c]."""
+    return [n.strip() for v in values for n in v.split(",") if n.strip()]
+
+
+@click.command()
+@click.argument("module")
+@click.option(
+    "-q",
+    "--queues",
+    multiple=True,
+    default=("default",),
+    show_default=True,
+    metavar="Q[,Q...]",
+    help="Queues to take jobs from (comma list or repeated).",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Jobs run at once.",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    default="threads",
+    show_default=True,
+    help="Sync tasks on threads or in child processes; async favours async def tasks.",
+)
+@click.option(
+    "--lease",
+    type=click.FloatRange(min=0.1),
+    default=30.0,
+    show_default=True,
+    help="Seconds a job stays ours between renewals; a dead worker's jobs return after it.",
+)
+@click.option(
+    "--grace",
+    type=click.FloatRange(min=0),
+    default=25.0,
+    show_default=True,
+    help="Seconds running jobs get to finish on SIGTERM before they are handed back.",
+)
+@click.option(
+    "--trust",
+    multiple=True,
+    metavar="PKG[,PKG...]",
+    help="Also run callables enqueued by name from this top-level package.",
+)
+@click.option(
+    "--max-deliveries",
+    type=click.IntRange(min=1),
+    default=5,
+    show_default=True,
+    help="Dead-letter a job delivered more often than this without finishing.",
+)
+def worker(
+    *,
+    module: str,
+    queues: tuple[str, ...],
+    concurrency: int,
+    pool: str,
+    lease: float,
+    grace: float,
+    trust: tuple[str, ...],
+    max_deliveries: int,
+) -> None:
+    """Run jobs from MODULE's app (``myapp.tasks`` or ``myapp.tasks:app``).
+
+    SIGTERM or Ctrl-C stops fetching and lets running jobs finish within --grace; a second
+    one hands them back at once. Either way no job is lost, and the exit code is 0.
+    """
+    app, module_name = load_app(module)
+    spec = module if ":" in module else module_name
+    Worker(
+        app,
+        _names(queues),
+        concurrency=concurrency,
+        pool=pool,
+        lease=lease,
+        grace=grace,
+        trust=_names(trust),
+        max_deliveries=max_deliveries,
+        module=spec,
+    ).run()

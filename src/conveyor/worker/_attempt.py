@@ -1,0 +1,165 @@
+"""One delivery being worked on, and what running it produced.
+
+An ``Attempt`` moves ``running -> completed -> (finished)`` or ``running -> released``; the
+moves happen under the in-flight lock (``_inflight.py``), so a job finishing exactly while a
+shutdown hands it back is either finished or released, never both.
+
+Results are small picklable dataclasses because the process pool sends them over a pipe.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+
+from .._codec import Codec
+from .._context import CurrentJob, set_current_job
+from .._errors import SerializationError
+from .._message import Delivery, Message, Outcome, RemoteError
+
+RUNNING = "running"
+COMPLETED = "completed"
+RELEASED = "released"
+
+CANCEL = "cancel"  # cancel() was called on the running job
+TIMEOUT = "timeout"  # the job ran past message.timeout
+SHUTDOWN = "shutdown"  # the grace period ended; the job is handed back
+
+
+@dataclasses.dataclass(frozen=True)
+class Returned:
+    """The task returned; ``result`` is the encoded ``Outcome``."""
+
+    result: bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class Raised:
+    """The task raised. ``types`` are the qualified names of the type and its bases."""
+
+    error: RemoteError
+    types: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Stopped:
+    """The worker stopped the job (cancel or shutdown) before it ended by itself."""
+
+    why: str
+
+
+Result = Returned | Raised | Stopped
+
+
+class Interrupted(BaseException):  # raised into a task, like KeyboardInterrupt
+    """Raised inside a thread-pool task to stop it (cancel or shutdown).
+
+    A ``BaseException`` so that a task's ``except Exception`` does not swallow it.
+    """
+
+
+@dataclasses.dataclass(eq=False)
+class Attempt:
+    delivery: Delivery
+    message: Message | None = None
+    fn: Callable[..., Any] | None = None
+    is_async: bool = False
+    state: str = RUNNING
+    stop: str | None = None  # why the worker wants the job stopped, first reason wins
+    lost: bool = False  # renew said the lease is gone; our finish will be refused
+    started: float = dataclasses.field(default_factory=time.monotonic)
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    # Set by the pool running the job: the thread, the asyncio task, or the child process.
+    handle: Any = None
+
+    @property
+    def name(self) -> str:
+        return self.message.task if self.message is not None else "?"
+
+    @property
+    def job_id(self) -> str:
+        return self.delivery.id
+
+
+def qualified(t: type) -> str:
+    return f"{t.__module__}.{t.__qualname__}"
+
+
+def raised(exc: BaseException) -> Raised:
+    """Describe an exception for the result store: type, message, formatted traceback."""
+    tb = "".join(traceback.format_exception(exc))
+    error = RemoteError(type=qualified(type(exc)), message=str(exc), traceback=tb)
+    return Raised(error, tuple(qualified(t) for t in type(exc).__mro__))
+
+
+def synthetic(exc_type: type[BaseException], message: str) -> Raised:
+    """A failure the worker observed rather than caught (a child process died or was killed)."""
+    error = RemoteError(type=qualified(exc_type), message=message)
+    return Raised(error, tuple(qualified(t) for t in exc_type.__mro__))
+
+
+def returned(codec: Codec, value: Any) -> Result:
+    """Encode a return value; a value the codec cannot encode fails the job instead."""
+    try:
+        return Returned(codec.encode_outcome(Outcome(value=value)))
+    except SerializationError as exc:
+        wrapped = SerializationError(
+            f"the task returned a value that cannot be stored as its result: {exc}"
+        )
+        return raised(wrapped)
+
+
+def make_current_job(
+    message: Message, delivery: Delivery, report: Callable[[float, str | None], None]
+) -> CurrentJob:
+    return CurrentJob(
+        job_id=message.id,
+        task=message.task,
+        queue=message.queue,
+        attempt=message.attempt,
+        deliveries=delivery.deliveries,
+        report=report,
+    )
+
+
+def call(fn: Callable[..., Any], message: Message, job: CurrentJob, codec: Codec) -> Result:
+    """Run a sync task in this thread with ``current_job`` set. ``Interrupted`` propagates."""
+    set_current_job(job)
+    try:
+        value = fn(*message.args, **message.kwargs)
+    except Interrupted:
+        raise
+    except BaseException as exc:  # SystemExit in a task is that task's failure, not ours
+        return raised(exc)
+    finally:
+        set_current_job(None)
+    return returned(codec, value)
+
+
+async def acall(fn: Callable[..., Any], message: Message, job: CurrentJob, codec: Codec) -> Result:
+    """Await an async task with ``current_job`` set (in the task's own context).
+    ``CancelledError`` propagates: the caller knows why it cancelled."""
+    set_current_job(job)
+    try:
+        value = await fn(*message.args, **message.kwargs)
+    except asyncio.CancelledError:
+        raise
+    except BaseException as exc:
+        return raised(exc)
+    return returned(codec, value)
+
+
+def timed_out(result: Result, timeout: float | None, hard: bool = False) -> Result:
+    """Give a time-limit failure a message that says what happened."""
+    if isinstance(result, Raised) and not result.error.message:
+        what = "the process running it was killed" if hard else "SoftTimeLimit was raised in it"
+        text = f"the job ran past its time limit of {timeout} s; {what}"
+        return Raised(msgspec.structs.replace(result.error, message=text), result.types)
+    return result

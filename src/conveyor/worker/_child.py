@@ -1,0 +1,83 @@
+"""The main function of a process-pool child (runs in a fresh interpreter)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import os
+import queue
+import signal
+import threading
+from multiprocessing.connection import Connection
+from typing import Any
+
+from .._app import Conveyor
+from .._errors import ConfigurationError
+from .._message import Delivery
+from ._attempt import Result, acall, call, make_current_job, raised
+from ._resolve import Resolver
+
+
+def import_app(spec: str) -> Conveyor:
+    """``module`` or ``module:attribute``, found the way ``conveyor worker`` finds it."""
+    module_name, _, attr = spec.partition(":")
+    module = importlib.import_module(module_name)
+    found: Any = getattr(module, attr or "app", None)
+    if isinstance(found, Conveyor):
+        return found
+    apps = [v for v in vars(module).values() if isinstance(v, Conveyor)]
+    if attr or len(apps) != 1:
+        raise ConfigurationError(f"cannot find the Conveyor application in {spec!r}")
+    return apps[0]
+
+
+def child_main(conn: Connection, spec: str, trusted: frozenset[str]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        app = import_app(spec)
+    except BaseException as exc:
+        conn.send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    resolver = Resolver(app.registry, trusted)
+    jobs: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
+    threading.Thread(target=_listen, args=(conn, jobs), daemon=True).start()
+    send_lock = threading.Lock()
+
+    def send(message: tuple[Any, ...]) -> None:
+        with send_lock:
+            conn.send(message)
+
+    send(("ready", None))
+    while (job := jobs.get()) is not None:
+        payload, deliveries = job
+        send(("done", _run(app, resolver, payload, deliveries, send)))
+
+
+def _listen(conn: Connection, jobs: queue.SimpleQueue[tuple[bytes, int] | None]) -> None:
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            os._exit(0)  # the parent is gone; its jobs come back by lease expiry
+        jobs.put(job)
+        if job is None:
+            return
+
+
+def _run(app: Conveyor, resolver: Resolver, payload: bytes, deliveries: int, send: Any) -> Result:
+    try:
+        message = app.codec.decode_message(payload)
+        fn = resolver.resolve(message.task).fn
+    except Exception as exc:  # the parent checked both already; only a race gets here
+        return raised(exc)
+    delivery = Delivery(message.id, message.queue, b"", "", deliveries)
+    job = make_current_job(message, delivery, lambda v, n: send(("progress", v, n)))
+    if inspect.iscoroutinefunction(fn):
+        try:
+            return asyncio.run(acall(fn, message, job, app.codec))
+        except BaseException as exc:
+            return raised(exc)
+    return call(fn, message, job, app.codec)

@@ -1,0 +1,179 @@
+"""The fetch loop: fill free slots from the broker, vet each delivery, hand it to a pool.
+
+Every delivery ends in exactly one ``Finish`` or ``release``. A delivery that must not run
+(delivered too often, undecodable, unknown or untrusted task) is dead-lettered on the spot
+with a reason and the loop moves on; nothing it names is imported.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from .._backoff import Backoff
+from .._clock import Clock
+from .._codec import Codec
+from .._errors import BrokerError, UntrustedTask
+from .._message import Delivery, JobStatus
+from ..brokers._port import Broker, Finish
+from ._attempt import Attempt, Result
+from ._deadlines import Deadlines
+from ._finisher import Finisher
+from ._inflight import Inflight
+from ._outcome import Outcomes
+from ._pools import Executor
+from ._resolve import Resolver, UnknownTask
+
+log = logging.getLogger("conveyor.worker")
+
+
+class _Dead(Exception):
+    """Control flow: this delivery goes to the dead-letter queue, with this reason."""
+
+
+class Consumer:
+    def __init__(
+        self,
+        *,
+        broker: Broker,
+        queues: Sequence[str],
+        name: str,
+        lease: float,
+        max_deliveries: int,
+        codec: Codec,
+        clock: Clock,
+        resolver: Resolver,
+        outcomes: Outcomes,
+        inflight: Inflight,
+        backoff: Backoff,
+        pause: Callable[[float], object],
+    ) -> None:
+        self.broker = broker
+        self.queues = list(queues)
+        self.name = name
+        self.lease = lease
+        self.max_deliveries = max_deliveries
+        self.codec = codec
+        self.clock = clock
+        self.resolver = resolver
+        self.outcomes = outcomes
+        self.inflight = inflight
+        self.backoff = backoff
+        self.pause = pause  # sleeps, but wakes early when the worker is told to stop
+        # Set for each run or drain (they are rebuilt each time):
+        self.executor: Executor | None = None
+        self.finisher: Finisher | None = None
+        self.deadlines: Deadlines | None = None
+
+    # -- fetching --------------------------------------------------------------------------
+
+    def fetch(self, count: int, block: float) -> list[Delivery] | None:
+        """Up to ``count`` deliveries; None after a broker error (already backed off)."""
+        try:
+            deliveries = self.broker.fetch(self.queues, self.name, count, self.lease, block)
+        except BrokerError as exc:
+            delay = self.backoff.next()
+            log.warning("cannot fetch from the broker, retrying in %.1f s: %s", delay, exc)
+            self.pause(delay)
+            return None
+        except Exception:  # an adapter bug must not end the worker, nor spin it
+            delay = self.backoff.next()
+            log.exception("fetch failed unexpectedly; retrying in %.1f s", delay)
+            self.pause(delay)
+            return None
+        if self.backoff.failures:
+            log.info("the broker is reachable again")
+        self.backoff.reset()
+        return deliveries
+
+    def release(self, attempts: Sequence[Attempt]) -> None:
+        """Hand running jobs back for immediate redelivery (what a stopping worker does)."""
+        self.hand_back([a.delivery for a in attempts])
+        self.inflight.drop(list(attempts))
+
+    def hand_back(self, deliveries: Sequence[Delivery]) -> None:
+        if not deliveries:
+            return
+        try:
+            self.broker.release(deliveries)
+            log.info("handed back %d unfinished job(s) for redelivery", len(deliveries))
+        except Exception as exc:
+            log.warning(
+                "cannot hand back %d job(s) (%s); they return when their lease expires",
+                len(deliveries),
+                exc,
+            )
+
+    # -- dispatch --------------------------------------------------------------------------
+
+    def dispatch(self, delivery: Delivery) -> None:
+        assert self.executor is not None and self.finisher is not None
+        attempt = Attempt(delivery)
+        self.inflight.add(attempt)
+        try:
+            self._vet(attempt)
+        except _Dead as dead:
+            reason = str(dead)
+            self.inflight.complete(attempt)
+            self.finisher.put(attempt, self.outcomes.dead(delivery, reason, attempt.message))
+            return
+        message = attempt.message
+        assert message is not None
+        if message.timeout and self.deadlines is not None:
+            self.deadlines.add(attempt, message.timeout)
+        self.executor.submit(attempt)
+
+    def _vet(self, attempt: Attempt) -> None:
+        delivery = attempt.delivery
+        if delivery.deliveries > self.max_deliveries:
+            raise _Dead(
+                f"delivered {delivery.deliveries} times without finishing; "
+                "it may be crashing the worker"
+            )
+        try:
+            attempt.message = message = self.codec.decode_message(delivery.payload)
+        except Exception as exc:
+            raise _Dead(f"undecodable payload: {exc}") from exc
+        try:
+            found = self.resolver.resolve(message.task)
+        except (UnknownTask, UntrustedTask) as exc:
+            raise _Dead(str(exc)) from exc
+        except Exception as exc:  # the trusted module itself failed to import
+            raise _Dead(f"cannot load task {message.task!r}: {exc!r}") from exc
+        attempt.fn, attempt.is_async = found.fn, found.is_async
+
+    # -- callbacks from the pools ----------------------------------------------------------
+
+    def complete(self, attempt: Attempt, result: Result) -> None:
+        """A run ended (in a pool thread): turn it into a Finish for the finisher."""
+        assert self.finisher is not None
+        if not self.inflight.complete(attempt):
+            return  # handed back during shutdown; another worker runs it again
+        try:
+            finish = self.outcomes.finish(attempt, result)
+        except Exception as exc:
+            log.exception("job %s: cannot record its outcome", attempt.job_id)
+            finish = Finish(attempt.delivery, JobStatus.FAILED, reason=f"worker error: {exc!r}")
+        if finish.status is JobStatus.SCHEDULED:
+            self._log_retry(attempt, finish)
+        self.finisher.put(attempt, finish)
+
+    def _log_retry(self, attempt: Attempt, finish: Finish) -> None:
+        message = attempt.message
+        eta = finish.retry.eta if finish.retry is not None else None
+        if message is None or eta is None:
+            return
+        log.info(
+            "job %s (%s) failed; retry %d of %d in %.1f s",
+            attempt.job_id,
+            attempt.name,
+            message.attempt + 1,
+            message.retries,
+            max(eta - self.clock.time(), 0.0),
+        )
+
+    def progress(self, attempt: Attempt, value: float, note: str | None) -> None:
+        try:
+            self.broker.progress(attempt.delivery, value, note)
+        except Exception as exc:  # progress is advisory: never fail the job over it
+            log.warning("job %s: progress not recorded: %s", attempt.job_id, exc)

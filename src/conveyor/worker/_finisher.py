@@ -1,0 +1,128 @@
+"""Writes outcomes in batches from one thread.
+
+Completed jobs queue their ``Finish`` here; the thread takes everything queued and writes it
+in one ``broker.finish`` call. Batching comes from the broker's own latency, not from a
+timer: while one call is in flight the next batch gathers, so a lone job's result is written
+at once and a flood of tiny jobs costs one round trip per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .._backoff import Backoff
+from .._errors import BrokerError
+from ..brokers._port import Broker, Finish
+from ._attempt import Attempt
+from ._inflight import Inflight
+
+log = logging.getLogger("conveyor.worker")
+
+MAX_BATCH = 500
+
+
+class Finisher:
+    def __init__(self, broker: Broker, inflight: Inflight, backoff: Backoff) -> None:
+        self._broker = broker
+        self._inflight = inflight
+        self._backoff = backoff
+        self._cond = threading.Condition()
+        self._queue: list[tuple[Attempt, Finish]] = []
+        self._stopping = False
+        self._give_up_at: float | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stopping = False
+        self._give_up_at = None
+        self._thread = threading.Thread(target=self._run, name="conveyor-finish", daemon=True)
+        self._thread.start()
+
+    def put(self, attempt: Attempt, finish: Finish) -> None:
+        with self._cond:
+            self._queue.append((attempt, finish))
+            self._cond.notify()
+
+    def stop(self, timeout: float) -> None:
+        """Write what is queued (retrying a failing broker for up to ``timeout`` s), then end."""
+        with self._cond:
+            self._stopping = True
+            self._give_up_at = time.monotonic() + timeout
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout + 1.0)
+
+    def _take(self) -> list[tuple[Attempt, Finish]] | None:
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
+            return batch
+
+    def _run(self) -> None:
+        while (batch := self._take()) is not None:
+            self._write(batch)
+
+    def _write(self, batch: list[tuple[Attempt, Finish]]) -> None:
+        while True:
+            try:
+                written = self._broker.finish([f for _, f in batch])
+            except BrokerError as exc:
+                if self._gave_up(exc, batch):
+                    return
+                continue
+            except Exception:  # a broken adapter must not kill the thread that owns results
+                log.exception("finishing %d job(s) failed unexpectedly", len(batch))
+                if self._gave_up(None, batch):
+                    return
+                continue
+            break
+        self._backoff.reset()
+        for (attempt, finish), ok in zip(batch, written, strict=True):
+            self._report(attempt, finish, ok)
+            self._inflight.remove(attempt)
+
+    def _gave_up(self, exc: BrokerError | None, batch: list[tuple[Attempt, Finish]]) -> bool:
+        delay = self._backoff.next()
+        if exc is not None:
+            log.warning(
+                "cannot record %d result(s), retrying in %.1f s: %s", len(batch), delay, exc
+            )
+        give_up_at = self._give_up_at
+        if give_up_at is not None and time.monotonic() + delay > give_up_at:
+            # Shutting down and the broker is still away: the leases will expire and the
+            # jobs run again elsewhere (at-least-once), so nothing is lost.
+            log.error("giving up on %d unrecorded result(s); they will be redelivered", len(batch))
+            self._inflight.drop([a for a, _ in batch])
+            return True
+        with self._cond:
+            # Sleep out the delay, but wake when a stop starts (to re-check the deadline).
+            stopping = self._stopping
+            self._cond.wait_for(lambda: self._stopping != stopping, delay)
+        return False
+
+    def _report(self, attempt: Attempt, finish: Finish, ok: bool) -> None:
+        ms = (time.monotonic() - attempt.started) * 1000
+        if not ok:
+            log.warning(
+                "job %s (%s): the %s outcome was refused: its lease was lost and another "
+                "worker owns the job now",
+                attempt.job_id,
+                attempt.name,
+                finish.status,
+            )
+        elif finish.reason and finish.status in ("dead", "failed"):
+            log.info(
+                "job %s (%s) %s after %.0f ms: %s",
+                attempt.job_id,
+                attempt.name,
+                finish.status,
+                ms,
+                finish.reason,
+            )
+        else:
+            log.debug("job %s (%s) %s in %.1f ms", attempt.job_id, attempt.name, finish.status, ms)

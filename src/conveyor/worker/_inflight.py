@@ -1,0 +1,101 @@
+"""The deliveries this worker holds, from fetch until the broker has their outcome.
+
+A slot is taken at fetch and given back only when the finish (or release) is recorded, so
+a slow or unreachable broker makes the worker fetch less, never run more than
+``concurrency`` jobs or hold results nobody has written.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from ._attempt import COMPLETED, RELEASED, RUNNING, Attempt
+
+
+class Inflight:
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._cond = threading.Condition()
+        self._attempts: dict[str, Attempt] = {}  # by delivery token
+        self.processed = 0
+        self._closed = False
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._attempts)
+
+    def add(self, attempt: Attempt) -> None:
+        with self._cond:
+            self._attempts[attempt.delivery.token] = attempt
+
+    def free(self) -> int:
+        with self._cond:
+            return self.capacity - len(self._attempts)
+
+    def wait_free(self, timeout: float) -> int:
+        """Block until a slot is free (or ``wake()``, or the timeout); return free slots."""
+        with self._cond:
+            if len(self._attempts) >= self.capacity and not self._closed:
+                self._cond.wait(timeout)
+            return self.capacity - len(self._attempts)
+
+    def wait_change(self, timeout: float) -> None:
+        """Block until something finishes (or ``wake()``, or the timeout)."""
+        with self._cond:
+            if not self._closed:
+                self._cond.wait(timeout)
+
+    def wait_empty(self, timeout: float) -> bool:
+        """Block until every delivery is finished; False if time (or patience) ran out."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while self._attempts and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return not self._attempts
+
+    def wake(self, close: bool = False) -> None:
+        """Wake every waiter; ``close=True`` also makes later waits return at once."""
+        with self._cond:
+            self._closed = self._closed or close
+            self._cond.notify_all()
+
+    def reopen(self) -> None:
+        with self._cond:
+            self._closed = False
+
+    def complete(self, attempt: Attempt) -> bool:
+        """The run ended; False if the job was handed back meanwhile (drop the result)."""
+        with self._cond:
+            if attempt.state != RUNNING:
+                return False
+            attempt.state = COMPLETED
+            return True
+
+    def remove(self, attempt: Attempt, processed: bool = True) -> None:
+        with self._cond:
+            if self._attempts.pop(attempt.delivery.token, None) is not None and processed:
+                self.processed += 1
+            self._cond.notify_all()
+
+    def holding(self) -> list[Attempt]:
+        """Deliveries whose lease still matters: running, or completed but not yet written."""
+        with self._cond:
+            return [a for a in self._attempts.values() if not a.lost]
+
+    def take_running(self) -> list[Attempt]:
+        """Mark every still-running attempt released and return them (for ``release``)."""
+        with self._cond:
+            taken = [a for a in self._attempts.values() if a.state == RUNNING]
+            for a in taken:
+                a.state = RELEASED
+            return taken
+
+    def drop(self, attempts: list[Attempt]) -> None:
+        with self._cond:
+            for a in attempts:
+                self._attempts.pop(a.delivery.token, None)
+            self._cond.notify_all()

@@ -1,0 +1,106 @@
+"""The keeper thread: renews every held lease in one call, and announces the worker.
+
+It runs apart from the jobs, so a task that hogs its thread, blocks the event loop or
+spins in C cannot make its own lease lapse; only a dead or frozen worker process can.
+Renewal answers per delivery: ``lost`` (another worker has the job now; whatever we write
+will be refused by the fence) or ``cancelled`` (stop the job).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+from .._errors import BrokerError
+from .._message import WorkerInfo
+from ..brokers._port import Broker, LeaseState
+from ._attempt import CANCEL, RUNNING, Attempt
+from ._inflight import Inflight
+
+log = logging.getLogger("conveyor.worker")
+
+HEARTBEAT_EVERY = 5.0
+_RETRY_AFTER_ERROR = 1.0
+
+
+class Keeper:
+    def __init__(
+        self,
+        broker: Broker,
+        inflight: Inflight,
+        lease: float,
+        *,
+        interrupt: Callable[[Attempt, str], None],
+        info: Callable[[], WorkerInfo],
+        heartbeat_every: float = HEARTBEAT_EVERY,
+    ) -> None:
+        self._broker = broker
+        self._inflight = inflight
+        self._lease = lease
+        self._interrupt = interrupt
+        self._info = info
+        self._every = heartbeat_every
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="conveyor-lease", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5.0)
+
+    def _run(self) -> None:
+        interval = self._lease / 3
+        next_renew = time.monotonic() + interval
+        next_beat = time.monotonic()
+        while True:
+            now = time.monotonic()
+            if now >= next_beat:
+                next_beat = now + (self._every if self.heartbeat() else _RETRY_AFTER_ERROR)
+            if now >= next_renew:
+                ok = self.renew()
+                next_renew = now + (interval if ok else min(interval, _RETRY_AFTER_ERROR))
+            if self._stop.wait(max(min(next_renew, next_beat) - time.monotonic(), 0.0)):
+                return
+
+    def renew(self) -> bool:
+        held = self._inflight.holding()
+        if not held:
+            return True
+        try:
+            states = self._broker.renew([a.delivery for a in held], self._lease)
+        except BrokerError as exc:
+            log.warning("cannot renew %d lease(s), retrying: %s", len(held), exc)
+            return False
+        except Exception:
+            log.exception("renewing %d lease(s) failed unexpectedly", len(held))
+            return False
+        for attempt, state in zip(held, states, strict=True):
+            if state is LeaseState.CANCELLED:
+                if attempt.stop is not None or attempt.state != RUNNING:
+                    continue
+                log.info("job %s (%s) was cancelled; stopping it", attempt.job_id, attempt.name)
+                self._interrupt(attempt, CANCEL)
+            elif state is LeaseState.LOST and attempt.state == RUNNING:
+                attempt.lost = True
+                log.warning(
+                    "job %s (%s): its lease was lost (the worker stalled past the lease, or "
+                    "the job was handed to another worker); its result will be refused",
+                    attempt.job_id,
+                    attempt.name,
+                )
+        return True
+
+    def heartbeat(self) -> bool:
+        try:
+            self._broker.heartbeat(self._info(), self._every * 3)
+        except Exception as exc:  # the heartbeat is advisory; the loop reports broker trouble
+            log.debug("heartbeat failed: %s", exc)
+            return False
+        return True

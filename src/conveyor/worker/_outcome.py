@@ -1,0 +1,74 @@
+"""From what a run produced to the ``Finish`` the broker records: success, retry, failure,
+cancellation, or the dead-letter queue."""
+
+from __future__ import annotations
+
+import msgspec
+
+from .._backoff import Rand, full_jitter
+from .._clock import Clock
+from .._codec import Codec
+from .._errors import ConveyorError
+from .._message import Delivery, Envelope, JobStatus, Message, Outcome
+from ..brokers._port import Finish
+from ._attempt import Attempt, Raised, Result, Returned, Stopped
+
+RETRY_CAP = 3600.0  # the longest backoff between two attempts, in seconds
+_ANY = ("builtins.Exception",)
+
+
+def should_retry(message: Message, failure: Raised) -> bool:
+    if message.attempt >= message.retries:
+        return False
+    wanted = message.retry_on or _ANY
+    return any(t in wanted for t in failure.types)
+
+
+class Outcomes:
+    def __init__(self, codec: Codec, clock: Clock, rand: Rand) -> None:
+        self._codec = codec
+        self._clock = clock
+        self._rand = rand
+
+    def dead(self, delivery: Delivery, reason: str, message: Message | None = None) -> Finish:
+        ttl = float(message.result_ttl) if message is not None else 86400.0
+        result = self._codec.encode_outcome(Outcome(reason=reason))
+        return Finish(delivery, JobStatus.DEAD, result, result_ttl=ttl, reason=reason)
+
+    def finish(self, attempt: Attempt, result: Result) -> Finish:
+        message = attempt.message
+        assert message is not None, "only decoded jobs run"
+        delivery = attempt.delivery
+        ttl = float(message.result_ttl)
+        if isinstance(result, Returned):
+            return Finish(delivery, JobStatus.SUCCEEDED, result.result, result_ttl=ttl)
+        if isinstance(result, Stopped):
+            reason = f"cancelled while running ({result.why})"
+            encoded = self._codec.encode_outcome(Outcome(reason=reason))
+            return Finish(delivery, JobStatus.CANCELLED, encoded, result_ttl=ttl, reason=reason)
+        if should_retry(message, result):
+            retry = self._retry(delivery, message)
+            if retry is not None:
+                return Finish(delivery, JobStatus.SCHEDULED, retry=retry, result_ttl=ttl)
+        reason = f"{result.error.type}: {result.error.message}"
+        encoded = self._codec.encode_outcome(Outcome(error=result.error))
+        return Finish(delivery, JobStatus.FAILED, encoded, result_ttl=ttl, reason=reason[:1000])
+
+    def delay(self, message: Message) -> float:
+        return full_jitter(message.attempt, message.backoff, RETRY_CAP, self._rand)
+
+    def _retry(self, delivery: Delivery, message: Message) -> Envelope | None:
+        again = msgspec.structs.replace(message, attempt=message.attempt + 1)
+        try:
+            payload = self._codec.encode_message(again)
+        except ConveyorError:
+            return None  # cannot happen for a payload that was encodable a moment ago
+        eta = self._clock.time() + self.delay(message)
+        return Envelope(
+            id=delivery.id,
+            queue=delivery.queue,
+            payload=payload,
+            priority=delivery.priority,
+            eta=eta,
+            key=message.key,
+        )

@@ -1,0 +1,96 @@
+"""Where a job runs, by pool mode and task kind.
+
+=========== ============================== ==========================================
+pool        sync tasks                     ``async def`` tasks
+=========== ============================== ==========================================
+threads     ``concurrency`` threads        one event loop thread (started on first use)
+async       a few threads (<= 32)          one event loop thread: ``concurrency``
+                                           coroutines at once, so it can be large
+processes   ``concurrency`` child processes, one job each; async tasks run in the child
+            under ``asyncio.run``
+=========== ============================== ==========================================
+
+Time limits are soft with threads and the event loop (``SoftTimeLimit`` or a cancellation
+raised in the task) and hard with processes (the child is killed and replaced).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from .._backoff import Backoff
+from .._codec import Codec
+from .._errors import ConfigurationError
+from ._attempt import Attempt
+from ._loop import LoopRunner
+from ._threads import Done, Report, ThreadRunner
+
+POOLS = ("threads", "processes", "async")
+ASYNC_POOL_THREADS = 32
+
+
+class Runner(Protocol):
+    def start(self) -> None: ...
+    def submit(self, attempt: Attempt) -> None: ...
+    def interrupt(self, attempt: Attempt, why: str) -> None: ...
+    def shutdown(self) -> None: ...
+
+
+class Executor:
+    def __init__(
+        self,
+        pool: str,
+        concurrency: int,
+        codec: Codec,
+        done: Done,
+        report: Report,
+        *,
+        spec: str | None,
+        trusted: frozenset[str],
+        backoff: Backoff,
+    ) -> None:
+        if pool not in POOLS:
+            raise ConfigurationError(f"unknown pool {pool!r}: use threads, processes or async")
+        self.pool = pool
+        self._procs: Runner | None = None
+        self._threads: Runner | None = None
+        self._loop: LoopRunner | None = None
+        if pool == "processes":
+            if not spec:
+                raise ConfigurationError(
+                    "the processes pool needs the app's module, so each child can import it: "
+                    "Worker(app, pool='processes', module='myapp.tasks')"
+                )
+            from ._processes import ProcessRunner
+
+            self._procs = ProcessRunner(
+                concurrency, spec, trusted, done=done, report=report, backoff=backoff
+            )
+        else:
+            size = concurrency if pool == "threads" else min(concurrency, ASYNC_POOL_THREADS)
+            self._threads = ThreadRunner(size, codec, done, report)
+            self._loop = LoopRunner(codec, done, report)
+
+    def _runner(self, attempt: Attempt) -> Runner:
+        if self._procs is not None:
+            return self._procs
+        assert self._threads is not None and self._loop is not None
+        return self._loop if attempt.is_async else self._threads
+
+    def start(self) -> None:
+        for runner in (self._procs, self._threads):
+            if runner is not None:
+                runner.start()
+        if self.pool == "async" and self._loop is not None:
+            self._loop.start()
+
+    def submit(self, attempt: Attempt) -> None:
+        self._runner(attempt).submit(attempt)
+
+    def interrupt(self, attempt: Attempt, why: str) -> None:
+        self._runner(attempt).interrupt(attempt, why)
+
+    def shutdown(self) -> None:
+        for runner in (self._procs, self._threads, self._loop):
+            if runner is not None:
+                runner.shutdown()

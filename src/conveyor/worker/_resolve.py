@@ -1,0 +1,103 @@
+"""From a task name in a payload to the function to run, without importing untrusted code.
+
+A registered task (``@app.task``) always runs. A ``module:qualname`` callable (RQ-style
+``app.enqueue(fn)``) runs only if its module's top-level package is trusted: the package of
+the module the worker was started with, ``Conveyor(trust=[...])`` and ``--trust``. The check
+is on the *name* before anything is imported, and again on the object found, so
+``myapp.tasks:os.system`` (``os`` imported into a trusted module) is refused too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from .._errors import ConveyorError, UntrustedTask
+from .._task import Task
+
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_QUALNAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+
+
+class UnknownTask(ConveyorError):
+    """A payload named a task this worker does not have."""
+
+
+def top_package(module: str) -> str:
+    return module.partition(":")[0].split(".")[0]
+
+
+def trusted_packages(module: str | None, *groups: Iterable[str]) -> frozenset[str]:
+    """The top-level packages a worker trusts; entries may be comma lists or dotted names."""
+    found = {top_package(module)} if module else set()
+    for group in groups:
+        for entry in group:
+            found.update(top_package(p.strip()) for p in entry.split(",") if p.strip())
+    return frozenset(found)
+
+
+class Resolved:
+    __slots__ = ("fn", "is_async")
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.is_async = inspect.iscoroutinefunction(fn)
+
+
+class Resolver:
+    """Names to functions; caches what it found. Raises ``UnknownTask`` or ``UntrustedTask``
+    whose message is the dead-letter reason."""
+
+    def __init__(self, registry: Mapping[str, Task[Any, Any]], trusted: frozenset[str]) -> None:
+        self._registry = registry
+        self.trusted = trusted
+        self._cache: dict[str, Resolved] = {}
+
+    def resolve(self, name: str) -> Resolved:
+        task = self._registry.get(name)
+        if task is not None:
+            return Resolved(task.fn)
+        hit = self._cache.get(name)
+        if hit is None:
+            hit = self._cache[name] = Resolved(self._import(name))
+        return hit
+
+    def _import(self, name: str) -> Callable[..., Any]:
+        module, sep, qualname = name.partition(":")
+        if not sep or not _MODULE.match(module) or not _QUALNAME.match(qualname):
+            raise UnknownTask(
+                f"unknown task {name!r}: no task is registered under that name; start the "
+                "worker with the module that defines it (conveyor worker MODULE)"
+            )
+        if top_package(module) not in self.trusted:
+            raise UntrustedTask(self._untrusted(name, module))
+        if any(part.startswith("__") for part in qualname.split(".")):
+            raise UntrustedTask(f"untrusted callable {name!r}: dunder attributes are refused")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in qualname.split("."):
+                obj = getattr(obj, part)
+        except (ImportError, AttributeError) as exc:
+            raise UnknownTask(f"unknown task {name!r}: {exc}") from exc
+        if isinstance(obj, Task):
+            obj = obj.fn
+        if not callable(obj):
+            kind = type(obj).__name__
+            raise UnknownTask(f"unknown task {name!r}: it names a {kind}, not a function")
+        home = getattr(obj, "__module__", None) or ""
+        if top_package(home) not in self.trusted:
+            # e.g. ``myapp.tasks:os.system`` when myapp.tasks did ``import os``
+            raise UntrustedTask(self._untrusted(name, home or "an unknown module"))
+        return obj  # type: ignore[no-any-return]
+
+    def _untrusted(self, name: str, module: str) -> str:
+        package = top_package(module)
+        trusted = ", ".join(sorted(self.trusted)) or "none"
+        return (
+            f"untrusted callable {name!r}: {package!r} is not a trusted package "
+            f"(trusted: {trusted}); if it is your code, start the worker with "
+            f"--trust {package} or pass Conveyor(trust=[{package!r}])"
+        )

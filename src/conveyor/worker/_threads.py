@@ -1,0 +1,116 @@
+"""Sync tasks on a fixed set of threads, stoppable from outside.
+
+A thread cannot be killed, so cancel, the soft time limit and shutdown raise an exception
+*inside* the task's thread with ``PyThreadState_SetAsyncExc``: ``SoftTimeLimit`` (which the
+task may catch to clean up) or ``Interrupted`` (a ``BaseException``). The exception arrives at
+the next bytecode the thread runs, so a task blocked inside one long C call (``time.sleep``,
+a socket read without a timeout) sees it only when that call returns; a time limit that must
+hold regardless needs ``--pool processes``.
+
+The exception is aimed only while the task runs: the target thread is recorded under the
+attempt's lock just before the call and cleared just after, and clearing also cancels an
+exception that was set but not yet raised, so it can never hit the next job on that thread.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from .._codec import Codec
+from .._errors import SoftTimeLimit
+from ._attempt import (
+    TIMEOUT,
+    Attempt,
+    Interrupted,
+    Result,
+    Stopped,
+    call,
+    make_current_job,
+    raised,
+    timed_out,
+)
+
+log = logging.getLogger("conveyor.worker")
+
+Done = Callable[[Attempt, Result], None]
+Report = Callable[[Attempt, float, str | None], None]
+
+
+def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
+    # exc=None clears a pending exception (the C API takes NULL, which ctypes passes for None)
+    arg = ctypes.py_object(exc) if exc is not None else None
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), arg)
+
+
+class ThreadRunner:
+    def __init__(self, size: int, codec: Codec, done: Done, report: Report) -> None:
+        self._size = size
+        self._codec = codec
+        self._done = done
+        self._report = report
+        self._queue: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> None:
+        for i in range(self._size):
+            t = threading.Thread(target=self._work, name=f"conveyor-job-{i}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def submit(self, attempt: Attempt) -> None:
+        self._queue.put(attempt)
+
+    def interrupt(self, attempt: Attempt, why: str) -> None:
+        with attempt.lock:
+            if attempt.stop is not None:
+                return
+            attempt.stop = why
+            if isinstance(attempt.handle, int):
+                _set_async_exc(attempt.handle, SoftTimeLimit if why == TIMEOUT else Interrupted)
+
+    def shutdown(self) -> None:
+        for _ in self._threads:
+            self._queue.put(None)
+        # Threads still running a job are daemons, and their jobs were handed back already:
+        # they are not waited for.
+        self._threads.clear()
+
+    def _work(self) -> None:
+        while (attempt := self._queue.get()) is not None:
+            try:
+                result = self._execute(attempt)
+            except BaseException as exc:  # a bug here must not cost the pool a thread
+                log.exception("job %s: the thread pool failed to run it", attempt.job_id)
+                result = raised(exc)
+            self._done(attempt, result)
+
+    def _execute(self, attempt: Attempt) -> Result:
+        assert attempt.fn is not None and attempt.message is not None
+        ident = threading.get_ident()
+        message = attempt.message
+        job = make_current_job(message, attempt.delivery, lambda v, n: self._report(attempt, v, n))
+        try:
+            with attempt.lock:
+                if attempt.stop == TIMEOUT:  # it waited for a thread past its deadline
+                    return timed_out(raised(SoftTimeLimit()), message.timeout)
+                if attempt.stop is not None:
+                    return Stopped(attempt.stop)
+                attempt.handle = ident
+            try:
+                result = call(attempt.fn, message, job, self._codec)
+            finally:
+                with attempt.lock:
+                    attempt.handle = None
+                    if attempt.stop is not None:
+                        _set_async_exc(ident, None)
+        except Interrupted:
+            return Stopped(attempt.stop or "interrupted")
+        except SoftTimeLimit as exc:  # raised in the instant between return and clear
+            result = raised(exc)
+        if attempt.stop == TIMEOUT:
+            return timed_out(result, message.timeout)
+        return result

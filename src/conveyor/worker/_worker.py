@@ -1,0 +1,324 @@
+"""``Worker``: runs jobs from some queues, at least once, until told to stop.
+
+Threads of a running worker:
+
+* the **consumer** (``run``'s caller, or a thread of its own when ``run`` is called from
+  the main thread, which then only waits and handles signals): fetches into free slots;
+* the **pool** (threads, an event loop, or child processes) runs the jobs;
+* the **finisher** writes outcomes in batches;
+* the **keeper** renews every held lease each ``lease / 3`` s and sends the heartbeat;
+* the **deadline watchdog** enforces time limits.
+
+Stopping (DESIGN §2): ``stop()`` (or the first SIGTERM/SIGINT) stops fetching at once, lets
+running jobs finish for up to ``grace`` seconds, then hands back the rest with ``release``
+for immediate redelivery. ``stop(graceful=False)`` (or a second signal) skips the wait.
+Anything not handed back, because the process died or the broker was away, returns when
+its lease expires: nothing is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from .._backoff import Backoff
+from .._errors import BrokerError, ConfigurationError
+from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
+from ..brokers import redact_url
+from ._attempt import SHUTDOWN
+from ._consumer import Consumer
+from ._deadlines import Deadlines
+from ._finisher import Finisher
+from ._inflight import Inflight
+from ._lease import Keeper
+from ._outcome import Outcomes
+from ._pools import POOLS, Executor
+from ._resolve import Resolver, trusted_packages
+from ._signals import in_main_thread, stop_signals
+
+if TYPE_CHECKING:
+    from .._app import Conveyor
+
+log = logging.getLogger("conveyor.worker")
+
+FETCH_BLOCK = 1.0  # longest a fetch blocks; a stop is noticed within this
+BROKER_RETRY_CAP = 5.0  # longest pause between attempts while the broker is away
+_FINISH_PATIENCE = 5.0  # how long a stopping worker keeps trying to write results
+
+
+class Worker:
+    """Run jobs from ``queues`` of ``app``.
+
+    ``pool``: ``threads`` (default), ``processes`` or ``async`` (see ``_pools``). ``lease``:
+    seconds a job stays ours without renewal. ``grace``: seconds running jobs get to finish
+    on stop. ``trust``: extra top-level packages whose callables may run by name, besides
+    the package of ``module`` and ``app.trust``. A job delivered more than
+    ``max_deliveries`` times without finishing is dead-lettered. ``rand`` (tests) draws the
+    jitter of backoffs.
+    """
+
+    def __init__(
+        self,
+        app: Conveyor,
+        queues: Sequence[str] = (DEFAULT_QUEUE,),
+        *,
+        concurrency: int = 8,
+        pool: str = "threads",
+        lease: float = 30.0,
+        grace: float = 25.0,
+        trust: Sequence[str] = (),
+        max_deliveries: int = 5,
+        module: str | None = None,
+        rand: Callable[[], float] | None = None,
+    ) -> None:
+        _check(
+            queues,
+            concurrency=concurrency,
+            pool=pool,
+            lease=lease,
+            grace=grace,
+            deliveries=max_deliveries,
+        )
+        self.app = app
+        self.queues = [validate_queue(q) for q in queues]
+        self.concurrency = concurrency
+        self.pool = pool
+        self.lease = float(lease)
+        self.grace = float(grace)
+        self.module = module
+        self.trusted = trusted_packages(module, app.trust, trust)
+        self.id = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
+        self.started_at = 0.0
+        self._rand = rand or random.random
+        self._stopping = threading.Event()
+        self._hard = threading.Event()
+        self._inflight = Inflight(concurrency)
+        self._consumer = Consumer(
+            broker=app.broker,
+            queues=self.queues,
+            name=self.id,
+            lease=self.lease,
+            max_deliveries=max_deliveries,
+            codec=app.codec,
+            clock=app.clock,
+            resolver=Resolver(app.registry, self.trusted),
+            outcomes=Outcomes(app.codec, app.clock, self._rand),
+            inflight=self._inflight,
+            backoff=self._backoff(),
+            pause=self._stopping.wait,
+        )
+        self._keeper: Keeper | None = None
+
+    def __repr__(self) -> str:
+        return f"<Worker {self.id} {','.join(self.queues)} {self.pool}x{self.concurrency}>"
+
+    @property
+    def processed(self) -> int:
+        """Jobs this worker has finished (any outcome) since it was made."""
+        return self._inflight.processed
+
+    # -- public ----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run until ``stop()`` or SIGTERM/SIGINT (handled only when called in the main thread)."""
+        if not in_main_thread():
+            self._session(until_idle=False, deadline=None)
+            return
+        errors: list[BaseException] = []
+
+        def body() -> None:
+            try:
+                self._session(until_idle=False, deadline=None)
+            except BaseException as exc:
+                errors.append(exc)
+
+        with stop_signals(self._on_signal):
+            thread = threading.Thread(target=body, name="conveyor-worker")
+            thread.start()
+            thread.join()  # signal handlers run here, holding none of the worker's locks
+        if errors:
+            raise errors[0]
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop fetching; running jobs get ``grace`` seconds unless ``graceful`` is False."""
+        self._stopping.set()
+        if not graceful:
+            self._hard.set()
+        self._inflight.wake(close=not graceful)
+
+    def drain(self, timeout: float | None = None) -> int:
+        """Run jobs in the calling thread's worker until ``queues`` have nothing queued or
+        running; return how many jobs finished. Jobs scheduled for later are left alone.
+        Raises ``TimeoutError`` (after handing back what still runs) if ``timeout`` passes."""
+        before = self.processed
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._session(until_idle=True, deadline=deadline)
+        return self.processed - before
+
+    # -- one session: start, loop, shut down ------------------------------------------------
+
+    def _session(self, until_idle: bool, deadline: float | None) -> None:
+        self._start(announce=not until_idle)
+        try:
+            self._loop(until_idle, deadline)
+        except BaseException:
+            self._hard.set()  # a timed-out drain or a crash: hand back at once
+            raise
+        finally:
+            self._shutdown()
+            self._stopping.clear()
+            self._hard.clear()
+            self._inflight.reopen()
+
+    def _start(self, announce: bool) -> None:
+        app, consumer = self.app, self._consumer
+        self.started_at = app.clock.time()
+        executor = Executor(
+            self.pool,
+            self.concurrency,
+            app.codec,
+            consumer.complete,
+            consumer.progress,
+            spec=self.module,
+            trusted=self.trusted,
+            backoff=self._backoff(),
+        )
+        executor.start()
+        consumer.executor = executor
+        consumer.finisher = Finisher(app.broker, self._inflight, self._backoff())
+        consumer.deadlines = Deadlines(app.clock, executor.interrupt)
+        self._keeper = Keeper(
+            app.broker, self._inflight, self.lease, interrupt=executor.interrupt, info=self._info
+        )
+        consumer.finisher.start()
+        consumer.deadlines.start()
+        self._keeper.start()
+        if announce:
+            self._banner()
+
+    def _loop(self, until_idle: bool, deadline: float | None) -> None:
+        consumer, inflight = self._consumer, self._inflight
+        while not self._stopping.is_set():
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"drain: the queues {self.queues} did not empty in time")
+            free = inflight.wait_free(FETCH_BLOCK)
+            if free <= 0 or self._stopping.is_set():
+                continue
+            deliveries = consumer.fetch(free, 0.0 if until_idle else FETCH_BLOCK)
+            if deliveries is None:
+                continue
+            if self._stopping.is_set():
+                consumer.hand_back(deliveries)  # fetched while the stop arrived
+                return
+            for delivery in deliveries:
+                consumer.dispatch(delivery)
+            if until_idle and not deliveries:
+                if self._idle():
+                    return
+                inflight.wait_change(0.05)
+
+    def _idle(self) -> bool:
+        if len(self._inflight):
+            return False
+        try:
+            stats = {s.queue: s for s in self.app.broker.stats()}
+        except BrokerError:
+            return False
+        return all(stats[q].queued + stats[q].running == 0 for q in self.queues if q in stats)
+
+    def _shutdown(self) -> None:
+        consumer, inflight = self._consumer, self._inflight
+        assert consumer.executor is not None and consumer.finisher is not None
+        if not self._hard.is_set() and len(inflight):
+            log.info("waiting up to %.0f s for %d running job(s)", self.grace, len(inflight))
+            inflight.wait_empty(self.grace)
+        remaining = inflight.take_running()
+        for attempt in remaining:
+            consumer.executor.interrupt(attempt, SHUTDOWN)
+        consumer.release(remaining)
+        consumer.finisher.stop(1.0 if self._hard.is_set() else _FINISH_PATIENCE)
+        if self._keeper is not None:
+            self._keeper.stop()
+        if consumer.deadlines is not None:
+            consumer.deadlines.stop()
+        try:
+            self.app.broker.forget_worker(self.id)
+        except Exception as exc:
+            log.debug("cannot remove the worker's announcement: %s", exc)
+        consumer.executor.shutdown()
+        log.debug("worker %s stopped after %d job(s)", self.id, self.processed)
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _on_signal(self, signum: int, count: int) -> None:
+        name = signal.Signals(signum).name
+        if count == 1:
+            log.info(
+                "%s: stopping; running jobs have %.0f s to finish (send it again to stop now)",
+                name,
+                self.grace,
+            )
+            self.stop(graceful=True)
+        else:
+            log.warning("%s again: handing back the running jobs and stopping now", name)
+            self.stop(graceful=False)
+
+    def _backoff(self) -> Backoff:
+        return Backoff(0.1, BROKER_RETRY_CAP, self._rand)
+
+    def _info(self) -> WorkerInfo:
+        return WorkerInfo(
+            id=self.id,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=self.queues,
+            concurrency=self.concurrency,
+            pool=self.pool,
+            started_at=self.started_at,
+            processed=self.processed,
+        )
+
+    def _banner(self) -> None:
+        log.info(
+            "conveyor worker %s: queues %s, pool %s, concurrency %d, lease %.0f s, "
+            "grace %.0f s, trusted packages %s, broker %s",
+            self.id,
+            ",".join(self.queues),
+            self.pool,
+            self.concurrency,
+            self.lease,
+            self.grace,
+            ",".join(sorted(self.trusted)) or "(none)",
+            redact_url(self.app.broker.url or self.app.url),
+        )
+
+
+def _check(
+    queues: Sequence[str],
+    *,
+    concurrency: int,
+    pool: str,
+    lease: float,
+    grace: float,
+    deliveries: int,
+) -> None:
+    if isinstance(queues, str) or not queues:
+        raise ConfigurationError("queues takes a non-empty list of queue names")
+    if concurrency < 1:
+        raise ConfigurationError("concurrency must be at least 1")
+    if pool not in POOLS:
+        raise ConfigurationError(f"unknown pool {pool!r}: use threads, processes or async")
+    if lease <= 0:
+        raise ConfigurationError("lease must be a positive number of seconds")
+    if grace < 0:
+        raise ConfigurationError("grace must be zero or more seconds")
+    if deliveries < 1:
+        raise ConfigurationError("max_deliveries must be at least 1")
