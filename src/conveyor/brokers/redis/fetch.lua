@@ -78,27 +78,37 @@ local function deliver(q, p, sid, flat)
   return {id, job.queue, job.payload, token, n, p}
 end
 
+-- One claimed entry: back to a live owner, or delivered here (an orphan).
+local function adopt(q, p, stream, sid)
+  local entry = redis.call('XRANGE', stream, sid, sid)[1]
+  local job = entry and load_job(JOB_PREFIX .. (fields_of(entry[2]).job or ''))
+  if not entry then
+    redis.call('XACK', stream, GROUP, sid)
+  elseif job and job.status == 'running' and job.sid == sid
+      and tonumber(job.lease_until) > NOW then
+    -- A live lease whose worker has not renewed lately: give the entry straight back.
+    redis.call('XCLAIM', stream, GROUP, job.consumer, 0, sid, 'JUSTID')
+  else
+    local d = deliver(q, p, sid, entry[2])
+    if d then table.insert(out, d) end
+  end
+end
+
+local SWEEP_CALLS = 10  -- bounds one sweep's work; the cursor walks past live entries
 local function sweep(q)
   if redis.call('SET', q.sweep, '1', 'NX', 'PX', SWEEP_MS) == false then return end
   for p = 9, 0, -1 do
     local stream = q.s[p]
-    if #out < COUNT and redis.call('EXISTS', stream) == 1 then
+    local cursor = '0-0'
+    local calls = 0
+    while #out < COUNT and calls < SWEEP_CALLS and redis.call('EXISTS', stream) == 1 do
+      calls = calls + 1
       local ok, res = pcall(redis.call, 'XAUTOCLAIM', stream, GROUP, CONSUMER, SWEEP_MS,
-        '0-0', 'COUNT', COUNT - #out, 'JUSTID')
-      for _, sid in ipairs(ok and res[2] or {}) do
-        local entry = redis.call('XRANGE', stream, sid, sid)[1]
-        local job = entry and load_job(JOB_PREFIX .. (fields_of(entry[2]).job or ''))
-        if not entry then
-          redis.call('XACK', stream, GROUP, sid)
-        elseif job and job.status == 'running' and job.sid == sid
-            and tonumber(job.lease_until) > NOW then
-          -- A live lease: give the entry straight back to its owner.
-          redis.call('XCLAIM', stream, GROUP, job.consumer, 0, sid, 'JUSTID')
-        else
-          local d = deliver(q, p, sid, entry[2])
-          if d then table.insert(out, d) end
-        end
-      end
+        cursor, 'COUNT', COUNT - #out, 'JUSTID')
+      if not ok then break end
+      for _, sid in ipairs(res[2]) do adopt(q, p, stream, sid) end
+      cursor = res[1]
+      if cursor == '0-0' then break end
     end
   end
 end

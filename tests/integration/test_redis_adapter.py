@@ -1,0 +1,335 @@
+"""What only the Redis adapter has: its key schema, stream entries, restarts, ACLs, sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+import redis.crc
+
+from conveyor._errors import BrokerError, BrokerUnavailable, InvalidName, InvalidURL
+from conveyor._message import Delivery, Envelope, JobStatus, new_job_id
+from conveyor.brokers import Finish, open_broker
+from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.redis._connect import parse
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from redis_server import (
+    RedisServer,
+    fresh_redis_server,
+    redis_server,
+    unique_prefix,
+)
+
+pytestmark = pytest.mark.redis
+__all__ = ["fresh_redis_server", "redis_server"]  # fixtures, imported so pytest finds them
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "conveyor"
+
+
+@pytest.fixture
+def prefix() -> str:
+    return unique_prefix()
+
+
+@pytest.fixture
+def broker(redis_server: RedisServer, prefix: str) -> Iterator[RedisBroker]:
+    b = RedisBroker(redis_server.url, prefix=prefix)
+    yield b
+    b.close()
+
+
+@pytest.fixture
+def raw(redis_server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis_server.client()
+    yield client
+    client.close()
+
+
+def env(queue: str = "default", **kw: object) -> Envelope:
+    job_id = new_job_id()
+    return Envelope(job_id, queue, b"payload " + job_id.encode(), **kw)  # type: ignore[arg-type]
+
+
+def ours(raw: redis.Redis, prefix: str) -> list[str]:
+    """Every key of this test's prefix (SCAN is fine in a test, never in src)."""
+    return sorted(k.decode() for k in raw.scan_iter(match=f"*{prefix}*", count=1000))
+
+
+def fetch(b: RedisBroker, consumer: str = "c1", *, count: int = 10, lease: float = 60.0,
+          block: float = 0.0, queues: tuple[str, ...] = ("default",)) -> list[Delivery]:
+    return b.fetch(list(queues), consumer, count, lease, block)
+
+
+# -- key schema --------------------------------------------------------------------------
+
+
+def test_every_key_is_under_the_prefix_and_broker_keys_share_one_slot(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    broker.enqueue([env(), env("images", priority=7), env(eta=time.time() + 60, key="u")])
+    [d, *_] = fetch(broker, queues=("default", "images"))
+    broker.finish([Finish(d, JobStatus.FAILED, b"r", reason="x")])
+    broker.kv.set("cache:a", b"1")
+    assert broker.kv.lock_acquire("inv", "tok", 30) == 1
+    keys = ours(raw, prefix)
+    broker_keys = [k for k in keys if k.startswith("{" + prefix + "}:")]
+    kv_keys = [k for k in keys if k.startswith("{" + prefix + ":kv:")]
+    assert sorted(broker_keys + kv_keys) == keys
+    assert len({redis.crc.key_slot(k.encode()) for k in broker_keys}) == 1
+    assert "{" + prefix + "}:q:images:s7" in broker_keys
+    lock = "{" + prefix + ":kv:lock:inv}"
+    assert {lock, lock + ":fence"} <= set(kv_keys)
+    assert redis.crc.key_slot(lock.encode()) == redis.crc.key_slot((lock + ":fence").encode())
+
+
+def test_src_never_sends_keys_config_or_flushall() -> None:
+    sources = [*(SRC / "brokers" / "redis").glob("*.*"), SRC / "stores" / "redis.py"]
+    banned = re.compile(
+        r"""['"](KEYS|CONFIG|FLUSHALL|FLUSHDB)['"]|\.(keys|config_\w+|flushall)\(""",
+        re.IGNORECASE,
+    )
+    for path in sources:
+        if path.suffix in (".py", ".lua"):
+            assert not banned.search(path.read_text()), path
+
+
+def test_bad_prefix_and_cluster_url_are_refused(redis_server: RedisServer) -> None:
+    with pytest.raises(InvalidURL):
+        RedisBroker("redis+cluster://127.0.0.1:7000")
+    with pytest.raises(InvalidName, match="prefix"):
+        RedisBroker(redis_server.url, prefix="a{b}")
+
+
+def test_sentinel_url_is_parsed() -> None:
+    t = parse("redis+sentinel://app:s%40cret@s1:26379,s2/mymaster/2")
+    assert t.sentinels == (("s1", 26379), ("s2", 26379))
+    assert (t.service, t.kwargs) == ("mymaster", {"db": 2, "username": "app",
+                                                  "password": "s@cret"})
+
+
+def test_open_broker_builds_it_from_the_url(redis_server: RedisServer, prefix: str) -> None:
+    b = open_broker(redis_server.url, prefix=prefix)
+    assert isinstance(b, RedisBroker)
+    b.close()
+
+
+# -- enqueue -----------------------------------------------------------------------------
+
+
+def test_a_retried_enqueue_writes_one_stream_entry(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    e = env()
+    for _ in range(3):  # what redis-py's retry does after a timeout the server had applied
+        assert broker.enqueue([e]) == [e.id]
+    assert raw.xlen("{" + prefix + "}:q:default:s0") == 1
+    assert [d.id for d in fetch(broker)] == [e.id]
+
+
+# -- stream entries ----------------------------------------------------------------------
+
+
+def test_garbage_entry_is_delivered_raw_and_the_consumer_goes_on(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    stream = "{" + prefix + "}:q:default:s0"
+    broker.enqueue([good := env()])
+    raw.xadd(stream, {"payload": b"\x00not a message"})
+    raw.xadd(stream, {"some": "thing"})
+    got = fetch(broker)
+    assert got[0].id == good.id
+    garbage = got[1:]
+    assert [d.payload for d in garbage] == [b"\x00not a message", b'["some","thing"]']
+    assert all(d.id.startswith("raw-") and d.deliveries == 1 for d in garbage)
+    # The worker dead-letters them; they are kept with their raw payload.
+    oks = broker.finish([Finish(d, JobStatus.DEAD, None, reason="undecodable") for d in got])
+    assert oks == [True, True, True]
+    dead = broker.entries(JobStatus.DEAD, "default", 10)
+    assert {e.payload for e in dead} >= {b"\x00not a message"}
+    assert raw.xlen(stream) == 0
+    broker.enqueue([after := env()])
+    assert [d.id for d in fetch(broker)] == [after.id]
+
+
+def test_stale_finish_leaves_the_live_entry_pending(
+    redis_server: RedisServer, raw: redis.Redis, prefix: str
+) -> None:
+    b = RedisBroker(redis_server.url, prefix=prefix)
+    b.enqueue([e := env()])
+    [stale] = fetch(b, "zombie", lease=0.05)
+    time.sleep(0.1)
+    [live] = fetch(b, "live")
+    assert b.finish([Finish(stale, JobStatus.SUCCEEDED, b"zombie")]) == [False]
+    assert b.renew([stale], 60) == [b.renew([live], 60)[0].LOST]
+    pending = raw.xpending_range("{" + prefix + "}:q:default:s0", "conveyor", "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b"live"]  # the stale renew did not steal it
+    assert b.finish([Finish(live, JobStatus.SUCCEEDED, b"live")]) == [True]
+    [record] = b.get([e.id])
+    assert record is not None and record.result == b"live"
+    b.close()
+
+
+# -- reclaim -----------------------------------------------------------------------------
+
+
+def _race(brokers: list[RedisBroker], total: int, lease: float) -> list[Delivery]:
+    got: list[Delivery] = []
+    mutex = threading.Lock()
+    deadline = time.monotonic() + 10
+
+    def reclaimer(n: int) -> None:
+        while time.monotonic() < deadline:
+            with mutex:
+                if len(got) >= total:
+                    return
+            batch = fetch(brokers[n], f"reclaimer-{n}", count=3, lease=lease, block=0.05)
+            with mutex:
+                got.extend(batch)
+
+    threads = [threading.Thread(target=reclaimer, args=(n,)) for n in range(len(brokers))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return got
+
+
+@pytest.fixture
+def eight(redis_server: RedisServer, prefix: str) -> Iterator[list[RedisBroker]]:
+    brokers = [RedisBroker(redis_server.url, prefix=prefix, sweep_idle=0.2) for _ in range(8)]
+    yield brokers
+    for b in brokers:
+        b.close()
+
+
+def test_expired_leases_go_to_exactly_one_of_eight_reclaimers(
+    eight: list[RedisBroker],
+) -> None:
+    envs = [env() for _ in range(40)]
+    eight[0].enqueue(envs)
+    assert len(fetch(eight[0], "dies", count=40, lease=0.2)) == 40
+    time.sleep(0.3)
+    got = _race(eight, 40, lease=60)
+    assert Counter(d.id for d in got) == Counter(e.id for e in envs)
+    assert {d.deliveries for d in got} == {2}
+
+
+def test_xautoclaim_sweep_hands_orphans_to_exactly_one_of_eight(
+    eight: list[RedisBroker], raw: redis.Redis, prefix: str
+) -> None:
+    envs = [env() for _ in range(30)]
+    eight[0].enqueue(envs)
+    # A reader that died between XREADGROUP and its bookkeeping: pending, no lease.
+    raw.xreadgroup("conveyor", "ghost", {"{" + prefix + "}:q:default:s0": ">"}, count=30)
+    assert fetch(eight[0], count=30) == []
+    time.sleep(0.3)
+    got = _race(eight, 30, lease=60)
+    assert Counter(d.id for d in got) == Counter(e.id for e in envs)
+    pending = raw.xpending("{" + prefix + "}:q:default:s0", "conveyor")
+    assert pending["pending"] == 30
+    assert b"ghost" not in {c["name"] for c in pending["consumers"]}
+
+
+def test_purge_works_through_big_queues_in_chunks(broker: RedisBroker) -> None:
+    broker.enqueue([env() for _ in range(2500)])
+    assert broker.purge("default") == 2500
+    assert fetch(broker) == []
+
+
+# -- restarts, errors, ACL ---------------------------------------------------------------
+
+
+def test_restart_empty_recreates_the_group_loudly_and_goes_on(
+    fresh_redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = fresh_redis_server
+    b = RedisBroker(server.url, prefix=prefix)
+    b.enqueue([env()])
+    assert len(fetch(b)) == 1
+    server.restart(empty=True)
+    # A stream written without its group (by hand, or by a peer after the wipe).
+    server.client().xadd("{" + prefix + "}:q:default:s0", {"payload": b"orphan"})
+    with caplog.at_level(logging.WARNING, logger="conveyor.redis"):
+        [d] = fetch(b)  # reconnects, reloads scripts (NOSCRIPT), recreates the group
+    assert d.payload == b"orphan"
+    assert "consumer group" in caplog.text
+    b.enqueue([e := env()])
+    assert [x.id for x in fetch(b)] == [e.id]
+    b.close()
+
+
+def test_errors_are_conveyor_errors(fresh_redis_server: RedisServer, prefix: str) -> None:
+    b = RedisBroker(fresh_redis_server.url, prefix=prefix)
+    fresh_redis_server.kill()
+    with pytest.raises(BrokerUnavailable):
+        b.enqueue([env()])
+    with pytest.raises(BrokerUnavailable):
+        b.kv.get("k")
+    fresh_redis_server.start()
+    assert b.enqueue([e := env()]) == [e.id]  # back without a new broker
+    b.close()
+
+
+def test_least_privilege_acl_user_with_password_in_the_url(
+    tmp_path: Path, prefix: str
+) -> None:
+    server = RedisServer(tmp_path / "acl")
+    try:
+        server.client().acl_setuser(
+            "app", enabled=True, passwords=["+s3cret"],
+            keys=["{" + prefix + "}:*", "{" + prefix + ":*"],
+            commands=["+@all", "-@dangerous", "-keys", "-config", "-flushall", "-flushdb"],
+        )
+        b = RedisBroker(f"redis://app:s3cret@127.0.0.1:{server.port}/0", prefix=prefix)
+        b.enqueue([e := env(key="u"), env(eta=time.time() + 60)])
+        [d] = fetch(b)
+        assert b.renew([d], 60)[0].value == "ok"
+        assert b.finish([Finish(d, JobStatus.SUCCEEDED, b"ok")]) == [True]
+        assert b.wait(e.id, 1) is not None
+        assert b.stats() and b.kv.lock_acquire("l", "t", 5) == 1
+        b.close()
+        with pytest.raises(BrokerError):  # a key outside the prefix is refused, translated
+            RedisBroker(server.url.replace("//", "//app:s3cret@"), prefix="other").enqueue(
+                [env()])
+    finally:
+        server.stop()
+
+
+# -- asyncio -----------------------------------------------------------------------------
+
+
+def test_async_enqueue_and_wait(broker: RedisBroker) -> None:
+    async def main() -> tuple[list[str], float, bytes | None]:
+        e = env()
+        ids = await broker.enqueue_async([e])
+
+        def work() -> None:
+            time.sleep(0.1)
+            [d] = fetch(broker)
+            broker.finish([Finish(d, JobStatus.SUCCEEDED, b"async result")])
+
+        worker = threading.Thread(target=work)
+        worker.start()
+        waited = asyncio.create_task(broker.wait_async(e.id, 5))
+        ticks = 0
+        while not waited.done():  # the loop stays free while waiting
+            ticks += 1
+            await asyncio.sleep(0.01)
+        record = await waited
+        worker.join()
+        return ids, ticks, record.result if record else None
+
+    ids, ticks, result = asyncio.run(main())
+    assert len(ids) == 1
+    assert ticks >= 5
+    assert result == b"async result"
