@@ -393,3 +393,11 @@ def test_sockets_left_by_dead_waiters_are_removed(broker: SQLiteBroker) -> None:
     assert (notify / "f.deadbeef0000").exists()
     broker.enqueue([env()])
     assert not (notify / "f.deadbeef0000").exists()
+
+
+def test_connections_of_finished_threads_are_closed(broker: SQLiteBroker) -> None:
+    for _ in range(20):  # e.g. a job's own thread reporting progress, then gone
+        t = threading.Thread(target=lambda: broker.get(["x"]))
+        t.start()
+        t.join()
+    assert len(broker._db._procs.opened) <= 2  # this thread's, and the last one's

@@ -19,12 +19,16 @@ One file holds everything (the broker's and the key-value store's tables), so on
     renew), ``result`` (the encoded Outcome), ``reason`` (kept with failed and dead jobs),
     ``progress``, ``progress_note``, ``updated_at``, ``expires_at`` (terminal jobs: the row
     is invisible from then on and deleted lazily).
-    The ``rowid`` keeps first-insertion order (re-enqueueing an id updates the row in place),
-    which breaks ties the way the reference adapter's dict does.
+    ``rowid`` is insertion order (a row is only ever inserted once; an expired one is
+    deleted before its id is reused), which breaks ties the way the memory adapter's dict
+    does. The ``workers`` table keeps that order too (a heartbeat updates in place).
 
-``kv(key, value, expires_at, version)`` -- the ``KeyValue`` store. Locks live here too, as
-    ``lock:<name>`` (holder's token, with the lock's TTL) and ``fence:<name>`` (the fencing
-    counter, never expiring), exactly the keys the memory adapter uses.
+``kv(key, value, expires_at, version)`` -- the ``KeyValue`` store's values and counters.
+
+``locks(name, token, expires_at, fence)`` -- one row per lock name ever taken, so its
+    fencing counter ``fence`` outlives every holder: a grant sets ``token`` and
+    ``expires_at`` and adds one to ``fence`` in one statement; a release clears ``token``.
+    A separate table keeps locks apart from user keys, as the port requires.
 
 ``workers(id, info, expires_at)`` -- heartbeats: ``info`` is the ``WorkerInfo`` as JSON.
 
@@ -73,10 +77,11 @@ _V1 = (
         updated_at REAL NOT NULL,
         expires_at REAL
     )""",
-    # The claim: per queue, highest priority first, then FIFO.
-    "CREATE INDEX jobs_ready ON jobs(queue, priority DESC, seq) WHERE status = 'queued'",
-    "CREATE INDEX jobs_scheduled ON jobs(eta) WHERE status = 'scheduled'",
-    "CREATE INDEX jobs_leased ON jobs(lease_until) WHERE status = 'running'",
+    # The claim reads one queue in hand-out order: highest priority first, then FIFO.
+    "CREATE INDEX jobs_ready ON jobs(status, queue, priority DESC, seq)",
+    # What comes due next: scheduled jobs by eta, running jobs by lease expiry.
+    "CREATE INDEX jobs_scheduled ON jobs(status, eta)",
+    "CREATE INDEX jobs_leased ON jobs(status, lease_until)",
     "CREATE INDEX jobs_key ON jobs(key) WHERE key IS NOT NULL",
     "CREATE INDEX jobs_expiry ON jobs(expires_at) WHERE expires_at IS NOT NULL",
     "CREATE INDEX jobs_kept ON jobs(status, updated_at)",
@@ -87,6 +92,12 @@ _V1 = (
         version INTEGER NOT NULL
     )""",
     "CREATE INDEX kv_expiry ON kv(expires_at) WHERE expires_at IS NOT NULL",
+    """CREATE TABLE locks (
+        name TEXT PRIMARY KEY,
+        token TEXT,
+        expires_at REAL,
+        fence INTEGER NOT NULL
+    )""",
     "CREATE TABLE workers (id TEXT PRIMARY KEY, info TEXT NOT NULL, expires_at REAL NOT NULL)",
     "INSERT INTO meta(name, value) VALUES ('seq', 0), ('kv_version', 0)",
 )
@@ -169,7 +180,9 @@ class _ProcessConnections:
     pid: int
     local: threading.local = field(default_factory=threading.local)
     write_lock: threading.Lock = field(default_factory=threading.Lock)
-    opened: list[sqlite3.Connection] = field(default_factory=list)
+    # Strong references, per thread: a connection must never be closed by the garbage
+    # collector in a forked child (see Database._current).
+    opened: dict[threading.Thread, sqlite3.Connection] = field(default_factory=dict)
 
 
 class Database:
@@ -219,17 +232,20 @@ class Database:
         procs = self._current()
         procs.local.conn = conn
         with self._mutex:
-            procs.opened.append(conn)
+            # Threads come and go (pools, per-job threads): close what the dead ones opened.
+            for thread in [t for t in procs.opened if not t.is_alive()]:
+                procs.opened.pop(thread).close()
+            procs.opened[threading.current_thread()] = conn
         return conn
 
     def _current(self) -> _ProcessConnections:
         procs = self._procs
         if procs.pid != os.getpid():
-            with self._mutex:
-                if self._procs.pid != os.getpid():
-                    self._inherited.extend(self._procs.opened)
-                    self._procs = _ProcessConnections(os.getpid())
-                procs = self._procs
+            # A forked child. No lock taken: another thread of the parent may have held it
+            # at the fork. Two child threads racing here at worst open one extra connection.
+            self._inherited.extend(procs.opened.values())
+            self._mutex = threading.Lock()
+            self._procs = procs = _ProcessConnections(os.getpid())
         return procs
 
     def _conn(self) -> sqlite3.Connection:
@@ -267,7 +283,7 @@ class Database:
     def close(self) -> None:
         procs = self._current()
         with self._mutex:
-            conns, procs.opened = procs.opened, []
-        for conn in conns:
+            conns, procs.opened = procs.opened, {}
+        for conn in conns.values():
             conn.close()
         procs.local = threading.local()

@@ -87,11 +87,12 @@ def sqlite_path(url: str) -> str:
 # -- wake-ups across processes -----------------------------------------------------------------
 
 _FETCHERS = "f."
+_ANY_JOB = "j."
 
 
 def _job_waiters(job_id: str) -> str:
     # Hashed: job ids may be 128 characters and a socket path must stay under ~100 bytes.
-    return "j." + hashlib.blake2b(job_id.encode(), digest_size=8).hexdigest() + "."
+    return _ANY_JOB + hashlib.blake2b(job_id.encode(), digest_size=8).hexdigest() + "."
 
 
 class _Listener:
@@ -210,15 +211,9 @@ class _Notifier:
 
 # -- the broker ----------------------------------------------------------------------------------
 
-_UPSERT = """
+_INSERT = """
 INSERT INTO jobs(id, queue, payload, priority, status, seq, eta, key, updated_at)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
-ON CONFLICT(id) DO UPDATE SET
-    queue = excluded.queue, payload = excluded.payload, priority = excluded.priority,
-    status = excluded.status, seq = excluded.seq, eta = excluded.eta, key = excluded.key,
-    token = '', deliveries = 0, lease_until = NULL, cancel_requested = 0, result = NULL,
-    reason = '', progress = NULL, progress_note = NULL, updated_at = excluded.updated_at,
-    expires_at = NULL
 """
 # Due scheduled jobs, then expired leases, go to the back of their queue in that order.
 _PROMOTE = """
@@ -232,7 +227,9 @@ _ABANDONED = f"""
     status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
     expires_at = CASE WHEN cancel_requested THEN ? + {_CANCELLED_TTL} END,
     updated_at = CASE WHEN cancel_requested THEN ? ELSE updated_at END,
-    token = '', lease_until = NULL
+    result = CASE WHEN cancel_requested THEN NULL ELSE result END,
+    reason = CASE WHEN cancel_requested THEN '' ELSE reason END,
+    token = '', lease_until = NULL, cancel_requested = 0
 """
 _RECLAIM = f"""
 UPDATE jobs SET {_ABANDONED}, seq = ? + due.n
@@ -241,11 +238,14 @@ FROM (SELECT id, row_number() OVER (ORDER BY rowid) AS n
 WHERE jobs.id = due.id
 RETURNING id, status
 """
+# Each queue's head comes from its index in order; merging a few heads beats sorting
+# every queued job of several queues.
+_HEAD = """SELECT * FROM (SELECT id, priority, seq FROM jobs WHERE status = 'queued'
+    AND queue = ? ORDER BY priority DESC, seq LIMIT ?)"""
 _CLAIM = """
 UPDATE jobs SET status = 'running', token = lower(hex(randomblob(8))),
     deliveries = deliveries + 1, lease_until = ?, updated_at = ?
-WHERE id IN (SELECT id FROM jobs WHERE status = 'queued' AND queue IN ({queues})
-             ORDER BY priority DESC, seq LIMIT ?)
+WHERE id IN (SELECT id FROM ({heads}) ORDER BY priority DESC, seq LIMIT ?)
 RETURNING id, queue, payload, token, deliveries, priority, seq
 """
 _PROBE = """
@@ -276,7 +276,7 @@ WHERE {_OWNED}
 RETURNING status
 """
 _REQUEUE = f"""
-UPDATE jobs SET status = 'queued', seq = ?, eta = NULL, key = NULL, token = '',
+UPDATE jobs SET status = 'queued', seq = ?, eta = NULL, token = '',
     lease_until = NULL, expires_at = NULL, result = NULL, reason = '', deliveries = 0,
     cancel_requested = 0, updated_at = ?
 WHERE id = ? AND status = ? AND {_LIVE}
@@ -327,6 +327,9 @@ class SQLiteBroker(Broker):
     # -- producing -------------------------------------------------------------------------
 
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+        for env in envelopes:  # before the transaction, so a bad batch costs no write lock
+            if not isinstance(env, Envelope):
+                raise TypeError(f"enqueue takes Envelope objects, got {env!r}")
         ids: list[str] = []
         with self._db.write() as conn:
             now = self._clock.time()
@@ -342,16 +345,19 @@ class SQLiteBroker(Broker):
             return env.id  # idempotent: a producer retried a batch that was written
         if env.key is not None:
             row = conn.execute(
+                # A requeued job may share its key with a newer one: the later one wins.
                 "SELECT id FROM jobs WHERE key = ? "
-                "AND status IN ('queued', 'scheduled', 'running') LIMIT 1",
+                "AND status IN ('queued', 'scheduled', 'running') ORDER BY seq DESC LIMIT 1",
                 (env.key,),
             ).fetchone()
             if row is not None:
                 return str(row[0])
         status = JobStatus.SCHEDULED if env.eta is not None and env.eta > now else JobStatus.QUEUED
         seq = _take_seq(conn, 1) + 1
+        # An expired row under this id makes way: the new job is a new row (and rowid).
+        conn.execute("DELETE FROM jobs WHERE id = ?", (env.id,))
         conn.execute(
-            _UPSERT,
+            _INSERT,
             (env.id, env.queue, env.payload, env.priority, status, seq, env.eta, env.key, now),
         )
         return env.id
@@ -402,9 +408,9 @@ class SQLiteBroker(Broker):
             moved = conn.execute(_PROMOTE, (base, now)).rowcount
             reclaimed = conn.execute(_RECLAIM, (now, now, base + moved, now)).fetchall()
             _take_seq(conn, moved + len(reclaimed))
-            rows = conn.execute(
-                _CLAIM.format(queues=_marks(len(queues))), (now + lease, now, *queues, count)
-            ).fetchall()
+            heads = " UNION ALL ".join([_HEAD] * len(queues))
+            args = [now + lease, now, *(x for q in queues for x in (q, count)), count]
+            rows = conn.execute(_CLAIM.format(heads=heads), args).fetchall()
         if swept:
             self._notify.sweep()
         self._wake_ended(i for i, st in reclaimed if st == JobStatus.CANCELLED)
@@ -520,7 +526,9 @@ class SQLiteBroker(Broker):
         with self._notify.listen(_job_waiters(job_id)) as listener:
             while True:
                 record = self.get([job_id])[0]
-                if record is not None and record.status.terminal:
+                if record is None:
+                    raise JobNotFound(f"job {job_id!r} was purged while waiting for it")
+                if record.status.terminal:
                     return record
                 pause = _SAFETY_NET
                 if deadline is not None:
@@ -543,7 +551,8 @@ class SQLiteBroker(Broker):
             elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
                 status = JobStatus.CANCELLED
                 conn.execute(
-                    "UPDATE jobs SET status = ?, updated_at = ?, expires_at = ? WHERE id = ?",
+                    "UPDATE jobs SET status = ?, updated_at = ?, expires_at = ?, result = NULL, "
+                    "reason = '', cancel_requested = 0 WHERE id = ?",
                     (status, now, now + _CANCELLED_TTL, job_id),
                 )
         if status is JobStatus.CANCELLED:
@@ -595,10 +604,13 @@ class SQLiteBroker(Broker):
 
     def purge(self, queue: str) -> int:
         with self._db.write() as conn:
-            return conn.execute(
+            n = conn.execute(
                 "DELETE FROM jobs WHERE queue = ? AND status IN ('queued', 'scheduled')",
                 (queue,),
             ).rowcount
+        if n:
+            self._notify.wake(_ANY_JOB)  # their waiters learn the jobs are gone
+        return n
 
     def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
         with self._db.write() as conn:

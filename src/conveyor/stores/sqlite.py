@@ -19,9 +19,6 @@ from .._clock import Clock, SystemClock
 from .._errors import InvalidName, TransactionConflict
 from ._port import KeyValue, Updater, check_key
 
-_LOCK = "lock:"
-_FENCE = "fence:"
-
 _READ = "SELECT value, expires_at, version FROM kv WHERE key = ?"
 _WRITE = (
     "INSERT INTO kv(key, value, expires_at, version) VALUES (?, ?, ?, ?) "
@@ -29,6 +26,15 @@ _WRITE = (
     "expires_at = excluded.expires_at, version = excluded.version"
 )
 _NEXT_VERSION = "UPDATE meta SET value = value + 1 WHERE name = 'kv_version' RETURNING value"
+# One statement: take a free (never taken, released or expired) lock and count the grant.
+_LOCK_ACQUIRE = """
+INSERT INTO locks(name, token, expires_at, fence) VALUES (?, ?, ?, 1)
+ON CONFLICT(name) DO UPDATE SET
+    token = excluded.token, expires_at = excluded.expires_at, fence = fence + 1
+WHERE locks.token IS NULL OR locks.expires_at <= ?
+RETURNING fence
+"""
+_HELD = "name = ? AND token = ? AND expires_at > ?"
 
 # A row: (value, expires_at, version), or None when there is no row.
 _Row = tuple[bytes, float | None, int]
@@ -147,31 +153,26 @@ class SQLiteKV(KeyValue):
 
     def lock_acquire(self, name: str, token: str, ttl: float) -> int | None:
         check_key(name)
+        now = self._clock.time()
         with self._db.write() as conn:
-            if self._row(conn, _LOCK + name) is not None:
-                return None
-            self._put(conn, _LOCK + name, token.encode(), self._expiry(ttl))
-            # In the same transaction as the grant: no two grants can share a fence.
-            return self._incr(conn, _FENCE + name, 1, None)
+            row = conn.execute(_LOCK_ACQUIRE, (name, token, now + ttl, now)).fetchone()
+        return None if row is None else int(row[0])
 
     def lock_release(self, name: str, token: str) -> bool:
         check_key(name)
+        now = self._clock.time()
         with self._db.write() as conn:
-            row = self._row(conn, _LOCK + name)
-            if row is None or bytes(row[0]) != token.encode():
-                return False
-            conn.execute("DELETE FROM kv WHERE key = ?", (_LOCK + name,))
-            return True
+            sql = f"UPDATE locks SET token = NULL, expires_at = NULL WHERE {_HELD}"
+            return conn.execute(sql, (name, token, now)).rowcount == 1
 
     def lock_extend(self, name: str, token: str, ttl: float) -> bool:
         check_key(name)
+        now = self._clock.time()
         with self._db.write() as conn:
-            row = self._row(conn, _LOCK + name)
-            if row is None or bytes(row[0]) != token.encode():
-                return False
-            self._put(conn, _LOCK + name, token.encode(), self._expiry(ttl))
-            return True
+            sql = f"UPDATE locks SET expires_at = ? WHERE {_HELD}"
+            return conn.execute(sql, (now + ttl, name, token, now)).rowcount == 1
 
     def sweep(self, conn: sqlite3.Connection, now: float) -> None:
-        """Delete expired keys (they already read as absent); the broker calls this lazily."""
+        """Delete expired keys (they already read as absent); the broker calls this lazily.
+        Lock rows stay: they carry the fencing counters."""
         conn.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
