@@ -1,0 +1,65 @@
+"""``conveyor worker``: options reach the Worker; the app module's package is trusted."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+
+from conveyor.cli import cli
+from conveyor.worker import Worker
+
+
+@pytest.fixture
+def captured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[Worker]:
+    (tmp_path / "shopapp").mkdir()
+    (tmp_path / "shopapp" / "__init__.py").write_text("")
+    (tmp_path / "shopapp" / "tasks.py").write_text(
+        "from conveyor import Conveyor\napp = Conveyor('memory://', trust=['billing'])\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    seen: list[Worker] = []
+
+    def fake_run(self: Worker) -> None:
+        seen.append(self)
+
+    monkeypatch.setattr(Worker, "run", fake_run)
+    return seen
+
+
+def _invoke(*args: str) -> Any:
+    result = CliRunner().invoke(cli, ["worker", *args], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def test_defaults(captured: list[Worker]) -> None:
+    _invoke("shopapp.tasks")
+    (w,) = captured
+    assert (w.queues, w.concurrency, w.pool, w.lease, w.grace) == (
+        ["default"], 8, "threads", 30.0, 25.0,
+    )  # fmt: skip
+    assert w.trusted == frozenset({"shopapp", "billing"})
+    assert w.module == "shopapp.tasks"
+
+
+def test_every_option(captured: list[Worker]) -> None:
+    _invoke(
+        "shopapp.tasks:app", "-q", "default,images", "-q", "slow", "-c", "3",
+        "--pool", "async", "--lease", "12", "--grace", "5",
+        "--trust", "reports,ledger", "--trust", "extra", "--max-deliveries", "2",
+    )  # fmt: skip
+    (w,) = captured
+    assert w.queues == ["default", "images", "slow"]
+    assert (w.concurrency, w.pool, w.lease, w.grace) == (3, "async", 12.0, 5.0)
+    assert w.trusted == frozenset({"shopapp", "billing", "reports", "ledger", "extra"})
+    assert w.module == "shopapp.tasks:app"
+    assert w._consumer.max_deliveries == 2
+
+
+def test_bad_pool_is_a_usage_error(captured: list[Worker]) -> None:
+    result = CliRunner().invoke(cli, ["worker", "shopapp.tasks", "--pool", "fibers"])
+    assert result.exit_code == 2
+    assert "fibers" in result.output

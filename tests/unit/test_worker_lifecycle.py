@@ -1,0 +1,291 @@
+"""How the worker starts, stops, batches, renews leases and rides out broker trouble."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import pytest
+
+from conveyor import BrokerUnavailable, Conveyor, JobStatus
+from conveyor._clock import FakeClock
+from conveyor._message import Delivery
+from conveyor.brokers import Finish
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.worker import Worker
+
+
+class Recording(MemoryBroker):
+    """The memory broker, counting calls and failing or slowing them on demand."""
+
+    def __init__(self, clock: FakeClock | None = None) -> None:
+        super().__init__(clock)
+        self.fetch_counts: list[int] = []
+        self.finish_sizes: list[int] = []
+        self.fail_fetches = 0
+        self.fail_finishes = 0
+        self.finish_delay = 0.0
+
+    def fetch(
+        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
+    ) -> list[Delivery]:
+        self.fetch_counts.append(count)
+        if self.fail_fetches:
+            self.fail_fetches -= 1
+            raise BrokerUnavailable("connection refused (the broker is restarting)")
+        return super().fetch(queues, consumer, count, lease, block)
+
+    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+        if self.fail_finishes:
+            self.fail_finishes -= 1
+            raise BrokerUnavailable("connection reset")
+        time.sleep(self.finish_delay)
+        self.finish_sizes.append(len(outcomes))
+        return super().finish(outcomes)
+
+
+@pytest.fixture
+def broker() -> Recording:
+    return Recording()
+
+
+@pytest.fixture
+def app(broker: Recording) -> Conveyor:
+    return Conveyor(broker=broker)
+
+
+@contextmanager
+def background(worker: Worker) -> Iterator[threading.Thread]:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield thread
+    finally:
+        worker.stop(graceful=False)
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+# -- stopping --------------------------------------------------------------------------------
+
+
+def test_graceful_stop_lets_running_jobs_finish(app: Conveyor) -> None:
+    started = threading.Event()
+
+    @app.task
+    def short() -> str:
+        started.set()
+        time.sleep(0.5)
+        return "finished"
+
+    job = short.delay()
+    worker = Worker(app, grace=10)
+    with background(worker) as thread:
+        assert started.wait(5)
+        worker.stop()
+        thread.join(5)
+        assert not thread.is_alive()
+    assert job.result(timeout=0) == "finished"
+    assert app.broker.workers() == []  # forget_worker on the way out
+
+
+def test_jobs_outlasting_the_grace_period_are_handed_back(app: Conveyor) -> None:
+    started, gate = threading.Event(), threading.Event()
+
+    @app.task
+    def long() -> None:
+        started.set()
+        gate.wait(10)
+
+    job = long.delay()
+    worker = Worker(app, grace=0.3)
+    with background(worker) as thread:
+        assert started.wait(5)
+        began = time.monotonic()
+        worker.stop()
+        thread.join(5)
+        assert time.monotonic() - began < 2.5  # grace + at most one fetch wait
+    gate.set()
+    assert job.status is JobStatus.QUEUED
+    (again,) = app.broker.fetch(["default"], "next-worker", 1, 30, 0)
+    assert again.id == job.id and again.deliveries == 1  # a release is not a delivery
+
+
+def test_a_hard_stop_hands_back_at_once(app: Conveyor) -> None:
+    started, gate = threading.Event(), threading.Event()
+
+    @app.task
+    def long() -> None:
+        started.set()
+        gate.wait(10)
+
+    job = long.delay()
+    worker = Worker(app, grace=30)
+    with background(worker) as thread:
+        assert started.wait(5)
+        began = time.monotonic()
+        worker.stop(graceful=False)
+        thread.join(5)
+        assert time.monotonic() - began < 2
+    gate.set()
+    assert job.status is JobStatus.QUEUED
+
+
+def test_sigterm_then_a_second_signal(app: Conveyor) -> None:
+    started, gate = threading.Event(), threading.Event()
+
+    @app.task
+    def long() -> None:
+        started.set()
+        gate.wait(20)
+
+    job = long.delay()
+    before = signal.getsignal(signal.SIGTERM)
+
+    def signal_twice() -> None:
+        assert started.wait(5)
+        os.kill(os.getpid(), signal.SIGTERM)  # graceful: waits for the 30 s grace...
+        time.sleep(0.3)
+        os.kill(os.getpid(), signal.SIGINT)  # ...until the second signal
+
+    threading.Thread(target=signal_twice, daemon=True).start()
+    began = time.monotonic()
+    Worker(app, grace=30).run()  # the main thread: signal handlers are installed
+    assert time.monotonic() - began < 5
+    gate.set()
+    assert job.status is JobStatus.QUEUED
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_stop_is_not_signal_based_off_the_main_thread(app: Conveyor) -> None:
+    worker = Worker(app)
+    before = signal.getsignal(signal.SIGTERM)
+    with background(worker):
+        time.sleep(0.2)
+        assert signal.getsignal(signal.SIGTERM) is before
+
+
+# -- batching --------------------------------------------------------------------------------
+
+
+def test_fetches_fill_free_slots_and_finishes_are_batched(app: Conveyor, broker: Recording) -> None:
+    @app.task
+    def tiny(n: int) -> int:
+        return n
+
+    broker.finish_delay = 0.02  # a broker round trip: outcomes gather meanwhile
+    jobs = app.enqueue_many([tiny.s(i) for i in range(200)])
+    with background(Worker(app, concurrency=8)):
+        assert [j.result(timeout=10) for j in jobs] == list(range(200))
+    assert broker.fetch_counts[0] == 8
+    assert max(broker.fetch_counts) <= 8
+    assert sum(broker.finish_sizes) == 200
+    assert len(broker.finish_sizes) < 60, broker.finish_sizes  # not one call per job
+
+
+# -- broker trouble --------------------------------------------------------------------------
+
+
+def test_fetch_errors_back_off_and_the_worker_keeps_going(
+    app: Conveyor, broker: Recording, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task
+    def ok() -> str:
+        return "ok"
+
+    broker.fail_fetches = 4
+    job = ok.delay()
+    began = time.monotonic()
+    with caplog.at_level(logging.WARNING, "conveyor.worker"), background(Worker(app)):
+        assert job.result(timeout=10) == "ok"
+    assert time.monotonic() - began > 0.3  # it waited between attempts: no hot loop
+    assert "cannot fetch from the broker" in caplog.text
+
+
+def test_finish_errors_are_retried_until_the_result_is_written(
+    app: Conveyor, broker: Recording
+) -> None:
+    @app.task
+    def ok() -> str:
+        return "ok"
+
+    broker.fail_finishes = 3
+    job = ok.delay()
+    with background(Worker(app)):
+        assert job.result(timeout=10) == "ok"
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def test_a_long_job_keeps_its_lease_and_runs_once() -> None:
+    app = Conveyor("memory://")  # real time: the lease really runs out without renewal
+    runs: list[float] = []
+
+    @app.task
+    def long() -> str:
+        runs.append(time.monotonic())
+        time.sleep(1.6)  # 4x the lease
+        return "once"
+
+    job = long.delay()
+    with background(Worker(app, lease=0.4)):
+        time.sleep(0.8)
+        assert app.broker.fetch(["default"], "thief", 1, 10, 0) == []
+        assert job.result(timeout=5) == "once"
+    assert len(runs) == 1
+
+
+def test_a_lost_lease_means_the_result_is_refused(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+    stolen: list[Delivery] = []
+
+    @app.task
+    def stalls() -> str:
+        clock.advance(100)  # the worker "froze" past its lease...
+        stolen.extend(app.broker.fetch(["default"], "other-worker", 1, 30, 0))  # ...reclaimed
+        return "zombie result"
+
+    job = stalls.delay()
+    with caplog.at_level(logging.WARNING, "conveyor.worker"), background(Worker(app, lease=30)):
+        deadline = time.monotonic() + 5
+        while "was refused" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(stolen) == 1 and stolen[0].deliveries == 2
+    assert job.status is JobStatus.RUNNING  # the live attempt, untouched by the zombie
+    assert "was refused" in caplog.text
+
+
+def test_heartbeat_announces_the_worker(app: Conveyor) -> None:
+    worker = Worker(app, queues=["default", "images"], concurrency=3, pool="async")
+    with background(worker):
+        deadline = time.monotonic() + 5
+        while not app.broker.workers() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        (info,) = app.broker.workers()
+    assert info.id == worker.id and info.pid == os.getpid()
+    assert (info.queues, info.concurrency, info.pool) == (["default", "images"], 3, "async")
+    assert app.broker.workers() == []
+
+
+def test_bad_settings_are_refused(app: Conveyor) -> None:
+    from conveyor import ConfigurationError, InvalidName
+
+    with pytest.raises(ConfigurationError, match="pool"):
+        Worker(app, pool="fibers")
+    with pytest.raises(ConfigurationError, match="concurrency"):
+        Worker(app, concurrency=0)
+    with pytest.raises(ConfigurationError, match="queues"):
+        Worker(app, queues="default")
+    with pytest.raises(InvalidName):
+        Worker(app, queues=["no spaces"])
+    with pytest.raises(ConfigurationError, match="module"):
+        Worker(app, pool="processes").drain(timeout=1)

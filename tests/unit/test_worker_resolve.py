@@ -1,0 +1,83 @@
+"""Task resolution: registered names always, callables only from trusted packages."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor, UntrustedTask
+from conveyor.worker._resolve import Resolver, UnknownTask, trusted_packages
+
+
+@pytest.fixture
+def pkg(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    root = tmp_path / "acme"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    (root / "jobs.py").write_text(
+        "import os\nfrom os import system\n\n"
+        "VALUE = 3\n\n"
+        "class Report:\n    @staticmethod\n    def build(year):\n        return year\n\n"
+        "async def fetch():\n    return 1\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "acme"
+
+
+def test_trusted_packages_are_top_levels_from_every_source() -> None:
+    found = trusted_packages("myapp.tasks:app", ["reports", "a.b, c"], ("d",))
+    assert found == frozenset({"myapp", "reports", "a", "c", "d"})
+    assert trusted_packages(None) == frozenset()
+
+
+def test_registered_tasks_resolve_whatever_their_name() -> None:
+    app = Conveyor("memory://")
+
+    @app.task(name="os:system")  # a registered name is the app's own choice
+    def mine() -> str:
+        return "mine"
+
+    resolver = Resolver(app.registry, frozenset())
+    assert resolver.resolve("os:system").fn is mine.fn
+
+
+def test_callables_from_a_trusted_package(pkg: str) -> None:
+    resolver = Resolver({}, frozenset({pkg}))
+    assert resolver.resolve("acme.jobs:Report.build").fn(2024) == 2024
+    assert resolver.resolve("acme.jobs:fetch").is_async
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "os:system",
+        "builtins:eval",
+        "subprocess:run",
+        "acme.jobs:system",  # imported into a trusted module, but it is os.system
+        "acme.jobs:os.system",
+        "acme.jobs:__builtins__.eval",
+    ],
+)
+def test_untrusted_callables_are_refused(pkg: str, name: str) -> None:
+    with pytest.raises(UntrustedTask, match="untrusted callable"):
+        Resolver({}, frozenset({pkg})).resolve(name)
+
+
+def test_untrusted_modules_are_not_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "sideeffect.py").write_text("raise RuntimeError('imported')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(UntrustedTask):
+        Resolver({}, frozenset({"acme"})).resolve("sideeffect:anything")
+    assert "sideeffect" not in sys.modules
+
+
+@pytest.mark.parametrize(
+    "name", ["nothing_registered", "acme.jobs:missing", "acme.nope:f", "acme.jobs:VALUE", "a b:c"]
+)
+def test_unknown_names(pkg: str, name: str) -> None:
+    with pytest.raises(UnknownTask, match="unknown task"):
+        Resolver({}, frozenset({pkg})).resolve(name)
