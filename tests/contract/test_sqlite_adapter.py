@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conveyor._clock import FakeClock
-from conveyor._errors import BrokerError, ConfigurationError, InvalidURL
+from conveyor._errors import BrokerError, ConfigurationError, InvalidURL, JobNotFound
 from conveyor._message import Envelope, JobStatus, new_job_id
 from conveyor.brokers import Finish, LeaseState, open_broker
 from conveyor.brokers import _sqlite_schema as schema
@@ -401,3 +401,24 @@ def test_connections_of_finished_threads_are_closed(broker: SQLiteBroker) -> Non
         t.start()
         t.join()
     assert len(broker._db._procs.opened) <= 2  # this thread's, and the last one's
+
+
+def test_a_purge_wakes_the_waiters_of_the_purged_jobs(broker: SQLiteBroker) -> None:
+    job = env()
+    broker.enqueue([job])
+    caught: list[BaseException] = []
+
+    def wait() -> None:
+        try:
+            broker.wait(job.id, 5.0)
+        except JobNotFound as exc:
+            caught.append(exc)
+
+    waiter = threading.Thread(target=wait)
+    waiter.start()
+    time.sleep(0.1)
+    purged_at = time.monotonic()
+    assert broker.purge("default") == 1
+    waiter.join(5.0)
+    assert time.monotonic() - purged_at < PROMPT
+    assert len(caught) == 1

@@ -13,14 +13,21 @@ The tables, pragmas and migrations are in ``_sqlite_schema``. Here:
 * **Waking without polling.** SQLite cannot notify another process, so we do it beside the
   file: in ``<db>.notify/`` every blocked ``fetch`` binds a unix datagram socket named
   ``f.<random>`` and every ``wait(job_id)`` one named ``j.<hash of id>.<random>``. After a
-  commit that makes work available (enqueue, retry, release, requeue) the writer sends one
-  byte to every ``f.*`` socket; after a job ends, to that job's ``j.*`` sockets only. A socket
-  whose process died refuses the datagram and is removed. A waiter binds *before* its last
-  look at the table, so a commit cannot slip between the look and the sleep. It still looks
-  again every ``_SAFETY_NET`` s (a lost datagram, a full buffer) and when a scheduled job or
-  a lease comes due, which the table tells it. Alternatives were worse: polling the file's
-  mtime or ``PRAGMA data_version`` is a sleep loop; inotify is Linux-only and not in the
-  standard library; FIFOs behave the same but need the O_RDWR trick to avoid EOF spins.
+  commit that makes work available (enqueue, retry, release, requeue, promote) the writer
+  sends one byte to every ``f.*`` socket; after a job ends, to that job's ``j.*`` sockets
+  only (after a purge, to every ``j.*``). A socket whose process died refuses the datagram
+  and is removed. A waiter binds *before* its last look at the table, so a commit cannot
+  slip between the look and the sleep. It still looks again every ``_SAFETY_NET`` s (a lost
+  datagram, a full buffer) and when a scheduled job or a lease comes due, which the table
+  tells it. Measured: a blocked fetch in another process returns with the job about 1 ms
+  after the enqueue commits (worst of 20: 5 ms).
+  Alternatives were worse: polling the file's mtime or ``PRAGMA data_version`` is a sleep
+  loop; inotify is Linux-only and not in the standard library; FIFOs behave the same but
+  need the O_RDWR trick to avoid EOF spins.
+* **Connections** (``_sqlite_schema.Database``): one per thread, and one write transaction
+  at a time per process behind a mutex. Measured with 8 threads enqueue+fetch+finish on one
+  broker: with the mutex every thread progresses (276-337 cycles each, worst wait 0.1 s);
+  without it SQLite's sleeping busy handler starved one thread to a single cycle in 2 s.
 """
 
 from __future__ import annotations
@@ -316,7 +323,11 @@ class SQLiteBroker(Broker):
         self._clock = clock or SystemClock()
         self._real_time = isinstance(self._clock, SystemClock)
         self._db = Database(self.path, busy_timeout)
-        self._notify = _Notifier(self.path)
+        try:
+            self._notify = _Notifier(self.path)
+        except BrokerError:
+            self._db.close()
+            raise
         self._kv = SQLiteKV(self._db, self._clock)
         self._next_sweep = 0.0
 
@@ -330,13 +341,14 @@ class SQLiteBroker(Broker):
         for env in envelopes:  # before the transaction, so a bad batch costs no write lock
             if not isinstance(env, Envelope):
                 raise TypeError(f"enqueue takes Envelope objects, got {env!r}")
+        if not envelopes:
+            return []
         ids: list[str] = []
         with self._db.write() as conn:
             now = self._clock.time()
             for env in envelopes:
                 ids.append(self._enqueue_one(conn, env, now))
-        if envelopes:
-            self._notify.wake(_FETCHERS)
+        self._notify.wake(_FETCHERS)
         return ids
 
     def _enqueue_one(self, conn: sqlite3.Connection, env: Envelope, now: float) -> str:
