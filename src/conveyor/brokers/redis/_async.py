@@ -23,12 +23,15 @@ class AsyncMixin(RedisCore):
         if not args:
             return []
         client, scripts = self._aclient()
+        head = self._head()
+        calls = [(self._keys.job_keys(env.id, [env.queue]), head + own)
+                 for env, own in zip(envelopes, args, strict=True)]
         async with _connect.translate_async():
+            if len(calls) == 1:  # atomic on its own; a pipeline would add SCRIPT EXISTS
+                return [text(await scripts["enqueue"](keys=calls[0][0], args=calls[0][1]))]
             pipe = client.pipeline(transaction=True)
-            head = self._head()
-            for env, own in zip(envelopes, args, strict=True):
-                keys = self._keys.job_keys(env.id, [env.queue])
-                await scripts["enqueue"](keys=keys, args=head + own, client=pipe)
+            for keys, argv in calls:
+                await scripts["enqueue"](keys=keys, args=argv, client=pipe)
             return [text(i) for i in await pipe.execute()]
 
     async def _read_record_async(self, job_id: str) -> JobRecord | None:

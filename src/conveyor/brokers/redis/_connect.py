@@ -27,6 +27,8 @@ SCHEMES = {"redis", "rediss", "unix", "redis+sentinel"}
 DEFAULT_SOCKET_TIMEOUT = 10.0
 # Blocking reads are cut into slices shorter than the socket timeout; each slice re-checks.
 MAX_BLOCK_SLICE = 4.0
+MAX_CONNECTIONS = 128  # per client; override with ?max_connections=N in the URL
+POOL_WAIT = 30.0
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,9 @@ def _common() -> dict[str, Any]:
 
 
 def _with_timeout(target: Target) -> dict[str, Any]:
-    kwargs = _common()
+    # A blocking pool: past max_connections a caller waits for a free connection (up to
+    # POOL_WAIT) instead of failing, so a burst of producers or waiters queues up.
+    kwargs = {**_common(), "max_connections": MAX_CONNECTIONS, "timeout": POOL_WAIT}
     if "socket_timeout" not in urlsplit(target.url).query:
         kwargs["socket_timeout"] = DEFAULT_SOCKET_TIMEOUT
     return kwargs
@@ -95,7 +99,8 @@ def _with_timeout(target: Target) -> dict[str, Any]:
 def connect(target: Target) -> redis.Redis:
     with translate():
         if not target.sentinels:
-            return redis.Redis.from_url(target.url, **_with_timeout(target))
+            pool = redis.BlockingConnectionPool.from_url(target.url, **_with_timeout(target))
+            return redis.Redis(connection_pool=pool)
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(target.sentinels), socket_timeout=2.0)
         master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
@@ -107,7 +112,9 @@ def connect(target: Target) -> redis.Redis:
 def connect_async(target: Target) -> redis.asyncio.Redis:
     with translate():
         if not target.sentinels:
-            return redis.asyncio.Redis.from_url(target.url, **_with_timeout(target))
+            apool = redis.asyncio.BlockingConnectionPool.from_url(
+                target.url, **_with_timeout(target))
+            return redis.asyncio.Redis(connection_pool=apool)
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(target.sentinels), socket_timeout=2.0)
         master: redis.asyncio.Redis = sentinel.master_for(

@@ -78,13 +78,16 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         args = [enqueue_args(env) for env in envelopes]
         if not args:
             return []
+        head = self._head()
+        calls = [(self._keys.job_keys(env.id, [env.queue]), head + own)
+                 for env, own in zip(envelopes, args, strict=True)]
         with _connect.translate():
+            if len(calls) == 1:  # one script call is atomic on its own: save the MULTI
+                return [text(self._scripts["enqueue"](keys=calls[0][0], args=calls[0][1]))]
             # MULTI/EXEC: a batch is written whole or not at all.
             pipe = self._client.pipeline(transaction=True)
-            head = self._head()
-            for env, own in zip(envelopes, args, strict=True):
-                keys = self._keys.job_keys(env.id, [env.queue])
-                self._scripts["enqueue"](keys=keys, args=head + own, client=pipe)
+            for keys, argv in calls:
+                self._scripts["enqueue"](keys=keys, args=argv, client=pipe)
             return [text(i) for i in pipe.execute()]
 
     # -- consuming -------------------------------------------------------------------------
@@ -146,15 +149,20 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
 
     def _fenced(self, script: str, items: Sequence[tuple[str, str, list[Any]]]) -> list[int]:
         """Run a per-delivery script for each (job id, queue, args) in one round trip."""
-        if not items:
-            return []
+        head = self._head()
+        calls = [(self._keys.job_keys(job_id, [queue]), head + own)
+                 for job_id, queue, own in items]
+        return [int(r) for r in self._run_each(script, calls)]
+
+    def _run_each(self, script: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
+        """Each call atomic on its own, all sent in one round trip (no MULTI)."""
         with _connect.translate():
+            if len(calls) <= 1:  # a pipeline would add a SCRIPT EXISTS round trip
+                return [self._scripts[script](keys=k, args=a) for k, a in calls]
             pipe = self._client.pipeline(transaction=False)
-            head = self._head()
-            for job_id, queue, own in items:
-                keys = self._keys.job_keys(job_id, [queue])
-                self._scripts[script](keys=keys, args=head + own, client=pipe)
-            return [int(r) for r in pipe.execute()]
+            for keys, argv in calls:
+                self._scripts[script](keys=keys, args=argv, client=pipe)
+            return list(pipe.execute())
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         items = [(d.id, d.queue, [d.token, to_ms(lease)]) for d in deliveries]
@@ -169,23 +177,18 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         return self._fenced("progress", [(delivery.id, delivery.queue, own)]) == [1]
 
     def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
-        if not outcomes:
-            return []
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=False)
-            head = self._head()
-            for f in outcomes:
-                d = f.delivery
-                retry = f.retry
-                own: list[Any] = [d.token, f.status.value, f.result or b"",
-                                  max(to_ms(f.result_ttl), 1), f.reason]
-                if retry is not None:
-                    own += ["1", *enqueue_args(retry)[2:], retry.queue]
-                else:
-                    own += ["0", "", 0, "", "", d.queue]
-                keys = self._keys.job_keys(d.id, [d.queue, own[-1]])
-                self._scripts["finish"](keys=keys, args=head + own, client=pipe)
-            return [int(r) == 1 for r in pipe.execute()]
+        head = self._head()
+        calls = []
+        for f in outcomes:
+            d, retry = f.delivery, f.retry
+            own: list[Any] = [d.token, f.status.value, f.result or b"",
+                              max(to_ms(f.result_ttl), 1), f.reason]
+            if retry is not None:
+                own += ["1", *enqueue_args(retry)[2:], retry.queue]
+            else:
+                own += ["0", "", 0, "", "", d.queue]
+            calls.append((self._keys.job_keys(d.id, [d.queue, own[-1]]), head + own))
+        return [int(r) == 1 for r in self._run_each("finish", calls)]
 
     # -- job records -----------------------------------------------------------------------
 
