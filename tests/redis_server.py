@@ -130,10 +130,12 @@ def _announce(config: pytest.Config, server: RedisServer) -> None:
     """Say which binary runs, past pytest's output capture."""
     line = f"private redis-server on 127.0.0.1:{server.port}: {server.binary}"
     reporter = config.pluginmanager.get_plugin("terminalreporter")
-    if reporter is not None:
-        reporter.write_line(f"\n[tests] {line}")
-    else:
+    capture = config.pluginmanager.get_plugin("capturemanager")
+    if reporter is None or capture is None:
         sys.stderr.write(line + "\n")
+        return
+    with capture.global_and_fixture_disabled():
+        reporter.write_line(f"\n[tests] {line}")
 
 
 @pytest.fixture(scope="session")
