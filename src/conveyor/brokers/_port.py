@@ -25,9 +25,13 @@ Contract, in short:
   ``scheduled`` with its new payload; for ``failed`` and ``dead``, keep the payload for
   inspection and requeue.
 * ``release`` hands a job back for immediate redelivery (graceful shutdown); it does not
-  count as a delivery.
+  count as a delivery. A job whose cancel was requested while it ran ends ``cancelled``
+  instead when it is released or its lease expires.
+* ``cancel`` keeps the cancelled record for a day, like a result.
 * ``wait`` blocks until the job is terminal (or the timeout passes) without a sleep loop;
   a result written before ``wait`` starts is returned at once.
+* Time: ``eta``, leases and TTLs are read on the injected clock; ``block`` and ``timeout``
+  are real seconds a caller waits. ``fetch`` with ``count=0`` returns at once.
 * Nothing from ``redis`` or ``sqlite3`` leaves an adapter: errors become ``BrokerError``.
 """
 

@@ -195,6 +195,8 @@ class MemoryBroker(Broker):
         self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
     ) -> list[Delivery]:
         out: list[Delivery] = []
+        if count <= 0:
+            return out
         with self._cond:
             waited = 0.0
             while True:

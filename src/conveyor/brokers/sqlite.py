@@ -380,6 +380,8 @@ class SQLiteBroker(Broker):
         self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
     ) -> list[Delivery]:
         queues = list(queues)
+        if count <= 0:
+            return []
         out = self._claim(queues, count, lease)
         if out or block <= 0:
             return out
