@@ -13,6 +13,7 @@ class CurrentJob:
 
     def __init__(
         self,
+        *,
         job_id: str,
         task: str,
         queue: str,
