@@ -77,7 +77,7 @@ def demo(count: int, concurrency: int, url: str) -> None:
     sample = Table(title="A sample of results")
     for column in ("job", "result"):
         sample.add_column(column)
-    for job, result in list(zip(jobs, results, strict=True))[:: max(count // 5, 1)][:5]:
+    for job, result in list(zip(jobs, results, strict=True))[:: count // 5 + 1][:5]:
         sample.add_row(job.id, str(result))
     console.print(sample)
     console.print("Next: `conveyor info` shows the queues; see README.md to write your own tasks.")
