@@ -1,0 +1,1 @@
+"""One adapter module per peer library; see ``driver.py`` for the contract."""

@@ -1,0 +1,57 @@
+"""Huey: ``RedisHuey`` (blocking reads), or ``SqliteHuey`` for the embedded workload (W5);
+one consumer process with worker threads."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from huey import RedisHuey, SqliteHuey
+
+import probe
+from peers import _env
+
+DIST = "huey"
+
+if _env.BACKEND == "sqlite":
+    huey = SqliteHuey("bench", filename=_env.SQLITE_PATH)
+else:
+    huey = RedisHuey("bench", url=_env.REDIS_URL)
+
+
+@huey.task(name="noop")
+def noop(i: int) -> int:
+    probe.hit()
+    return i
+
+
+@huey.task(name="sleep")
+def sleep(i: int) -> int:
+    began = time.time()
+    time.sleep(0.01)
+    probe.hit(began)
+    return i
+
+
+@huey.task(name="latency")
+def latency(t: float) -> float:
+    probe.started(t)
+    return t
+
+
+TASKS = {"noop": noop, "sleep": sleep, "latency": latency}
+
+
+def worker_argv(workload: str) -> list[str] | None:
+    return [
+        _env.tool("huey_consumer"), "peers.huey.huey", "--workers", str(_env.CONCURRENCY),
+        "--worker-type", "thread", "--no-periodic", "--quiet",
+    ]  # fmt: skip
+
+
+class Client:
+    def enqueue(self, kind: str, arg: Any) -> Any:
+        return TASKS[kind](arg)
+
+    def result(self, handle: Any, timeout: float) -> Any:
+        return handle.get(blocking=True, timeout=timeout)

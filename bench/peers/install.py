@@ -1,0 +1,85 @@
+"""Install each peer into its own virtual environment under ``bench/.venv-peers/<peer>``.
+
+    python bench/peers/install.py [--root bench/.venv-peers] [--only celery,rq]
+
+``requirements.txt`` has one section per peer (``# == name ==``), every line an exact pin.
+The peers cannot share one environment: their redis-py ranges do not overlap (arq 0.28 needs
+redis<6, SAQ's redis extra <8, taskiq-redis >=8). A peer that fails to install is written to
+``status.json`` with pip's last lines and shown as such in the benchmark table; the others
+are installed regardless. A section whose pins have not changed is not reinstalled.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def sections(path: str) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    with open(path) as f:
+        for raw in f:
+            line = raw.strip()
+            if line.startswith("# ==") and line.endswith("=="):
+                current = found.setdefault(line.strip("# =").strip(), [])
+            elif line and not line.startswith("#") and current is not None:
+                current.append(line)
+    return found
+
+
+def install(root: str, peer: str, pins: list[str]) -> str:
+    venv = os.path.join(root, peer)
+    stamp = os.path.join(venv, ".pins")
+    wanted = "\n".join(pins) + "\n"
+    if os.path.exists(stamp):
+        with open(stamp) as f:
+            if f.read() == wanted:
+                return "ok"
+    shutil.rmtree(venv, ignore_errors=True)
+    python = os.path.join(venv, "bin", "python")
+    steps = [
+        [sys.executable, "-m", "venv", venv],
+        [python, "-m", "pip", "install", "-q", "--disable-pip-version-check", *pins],
+    ]
+    for argv in steps:
+        proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+            return "install failed: " + " | ".join(tail)
+    with open(stamp, "w") as f:
+        f.write(wanted)
+    return "ok"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--root", default=os.path.join(os.path.dirname(HERE), ".venv-peers"))
+    p.add_argument("--requirements", default=os.path.join(HERE, "requirements.txt"))
+    p.add_argument("--only", default="", help="comma-separated peers (default: all)")
+    args = p.parse_args()
+    os.makedirs(args.root, exist_ok=True)
+    status_path = os.path.join(args.root, "status.json")
+    status: dict[str, str] = {}
+    if os.path.exists(status_path):
+        with open(status_path) as f:
+            status = json.load(f)
+    only = {x for x in args.only.split(",") if x}
+    for peer, pins in sections(args.requirements).items():
+        if only and peer not in only:
+            continue
+        status[peer] = install(args.root, peer, pins)
+        print(f"{peer:<10} {status[peer]}", flush=True)
+        with open(status_path, "w") as f:
+            json.dump(status, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""SAQ: Redis queue (BLMOVE, pub/sub for job updates), one worker process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from saq import Queue
+
+import probe
+from peers import _env
+
+DIST = "saq"
+NA_REASON = {"w5": "no SQLite broker"}
+
+_env.use_uvloop()
+queue = Queue.from_url(_env.REDIS_URL)
+
+
+async def noop(ctx: dict[str, Any], *, i: int) -> int:
+    probe.hit()
+    return i
+
+
+async def sleep(ctx: dict[str, Any], *, i: int) -> int:
+    began = time.time()
+    await asyncio.sleep(0.01)
+    probe.hit(began)
+    return i
+
+
+async def latency(ctx: dict[str, Any], *, i: float) -> float:
+    probe.started(i)
+    return i
+
+
+settings = {
+    "queue": queue,
+    "functions": [noop, sleep, latency],
+    "concurrency": _env.CONCURRENCY,
+}
+
+
+def worker_argv(workload: str) -> list[str] | None:
+    if workload == "w5":
+        return None
+    return [_env.tool("saq"), "peers.saq.settings", "--quiet"]
+
+
+class Client:
+    async def open(self) -> None:
+        await queue.connect()
+
+    async def enqueue(self, kind: str, arg: Any) -> Any:
+        return await queue.enqueue(kind, i=arg)
+
+    async def result(self, handle: Any, timeout: float) -> Any:
+        await handle.refresh(until_complete=timeout)
+        return handle.result
+
+    async def close(self) -> None:
+        await queue.disconnect()

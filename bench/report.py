@@ -1,0 +1,242 @@
+"""Turn the run's records into one Markdown table (median, min–max, ratios, targets)."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
+COLUMNS = ["conveyor", "raw", *PEERS]
+W4_IDEAL = 5000.0  # 50 slots x 100 jobs/s each (10 ms jobs)
+
+
+@dataclass(frozen=True)
+class Metric:
+    workload: str
+    key: str
+    label: str
+    higher_better: bool = True
+    limit: str = ""  # "raw": the raw Redis row; "ideal": W4's 5,000/s
+    target: str = ""
+    # target check: (conveyor, best peer, limit) -> met?
+    check: Callable[[float, float | None, float | None], bool] | None = None
+
+
+def _ratio_ok(best_min: float | None = None, limit_min: float | None = None) -> Any:
+    def check(c: float, best: float | None, limit: float | None) -> bool:
+        ok = True
+        if best_min is not None:
+            ok = ok and best is not None and c / best >= best_min
+        if limit_min is not None:
+            ok = ok and limit is not None and c / limit >= limit_min
+        return ok
+
+    return check
+
+
+def _at_most(ms: float) -> Any:
+    return lambda c, _best, _limit: c <= ms
+
+
+METRICS = [
+    Metric("w1", "rate", "W1 enqueue, one at a time (jobs/s)", limit="raw",
+           target="≥ 0.8 × raw, ≥ 2 × best peer", check=_ratio_ok(2, 0.8)),
+    Metric("w1b", "rate", "W1b bulk enqueue (jobs/s)", limit="raw",
+           target="≥ 0.6 × raw, ≥ 5 × best peer", check=_ratio_ok(5, 0.6)),
+    Metric("w2", "rate", "W2 drain, no-op, 1 worker process (jobs/s)", limit="raw",
+           target="≥ 10 × best peer, ≥ 0.25 × raw", check=_ratio_ok(10, 0.25)),
+    Metric("w2", "cpu_us", "W2 worker CPU per job (µs)", higher_better=False),
+    Metric("w2", "rss_mb", "W2 worker peak RSS (MB)", higher_better=False),
+    Metric("w3", "start_p50", "W3 enqueue→start p50 (ms)", False, target="≤ 1 ms",
+           check=_at_most(1)),
+    Metric("w3", "start_p95", "W3 enqueue→start p95 (ms)", False),
+    Metric("w3", "start_p99", "W3 enqueue→start p99 (ms)", False, target="≤ 5 ms",
+           check=_at_most(5)),
+    Metric("w3", "result_p50", "W3 enqueue→result in caller p50 (ms)", False,
+           target="≤ 2 ms", check=_at_most(2)),
+    Metric("w3", "result_p95", "W3 enqueue→result in caller p95 (ms)", False),
+    Metric("w3", "result_p99", "W3 enqueue→result in caller p99 (ms)", False),
+    Metric("w4", "rate", "W4 I/O-bound, 10 ms sleeps, 50 slots (jobs/s)", limit="ideal",
+           target="≥ 0.95 × ideal", check=_ratio_ok(None, 0.95)),
+    Metric("w5", "rate", "W5 drain on SQLite (jobs/s)",
+           target="≥ 5 × Huey SqliteHuey", check=_ratio_ok(5, None)),
+    Metric("w5", "cpu_us", "W5 worker CPU per job (µs)", higher_better=False),
+]  # fmt: skip
+
+
+class Cells:
+    """Per (workload, key, lib): the values over repetitions, or why there are none."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = records
+
+    def values(self, m: Metric, lib: str) -> list[float]:
+        return [
+            float(r[m.key])
+            for r in self.records
+            if r["workload"] == m.workload and r["lib"] == lib and r.get(m.key) is not None
+        ]
+
+    def median(self, m: Metric, lib: str) -> float | None:
+        vals = self.values(m, lib)
+        return statistics.median(vals) if vals else None
+
+    def status(self, m: Metric, lib: str) -> str:
+        runs = [r for r in self.records if r["workload"] == m.workload and r["lib"] == lib]
+        if not runs:
+            return "—"
+        if any("error" in r for r in runs):
+            return "error" if all("error" in r for r in runs) else "partial"
+        if any("na" in r for r in runs):
+            return "n/a"
+        return "—"
+
+    def cell(self, m: Metric, lib: str) -> str:
+        vals = self.values(m, lib)
+        if not vals:
+            return self.status(m, lib)
+        text = f"{num(statistics.median(vals))} ({num(min(vals))}–{num(max(vals))})"
+        runs = [r for r in self.records if r["workload"] == m.workload and r["lib"] == lib]
+        errors = sum(1 for r in runs if "error" in r)
+        flagged = any(r.get("result_problem") for r in runs)
+        return text + (f" +{errors} failed" if errors else "") + (" †" if flagged else "")
+
+
+def num(v: float) -> str:
+    if v >= 100_000:
+        return f"{v / 1000:.0f}k"
+    if v >= 10_000:
+        return f"{v / 1000:.1f}k"
+    if v >= 1000:
+        return f"{v:,.0f}"
+    if v >= 100:
+        return f"{v:.0f}"
+    if v >= 10:
+        return f"{v:.1f}"
+    return f"{v:.2f}"
+
+
+def best_peer(cells: Cells, m: Metric) -> tuple[str, float] | None:
+    found = [(lib, v) for lib in PEERS if (v := cells.median(m, lib)) is not None]
+    if not found:
+        return None
+    pick = max if m.higher_better else min
+    return pick(found, key=lambda x: x[1])
+
+
+def limit_of(cells: Cells, m: Metric) -> float | None:
+    if m.limit == "raw":
+        return cells.median(m, "raw")
+    if m.limit == "ideal":
+        return W4_IDEAL
+    return None
+
+
+def table(cells: Cells) -> list[str]:
+    head = ["workload / metric", *[_title(c) for c in COLUMNS], "best peer",
+            "Conveyor ÷ best peer", "Conveyor ÷ limit", "target", "met"]  # fmt: skip
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in METRICS:
+        row = [m.label]
+        for lib in COLUMNS:
+            if lib == "raw" and m.limit == "ideal":
+                row.append(f"ideal {num(W4_IDEAL)}")
+            else:
+                row.append(cells.cell(m, lib))
+        conv = cells.median(m, "conveyor")
+        best = best_peer(cells, m)
+        limit = limit_of(cells, m)
+        row.append(f"{best[0]} {num(best[1])}" if best else "—")
+        row.append(f"{conv / best[1]:.2f}×" if conv is not None and best and best[1] else "—")
+        row.append(f"{conv / limit:.2f}×" if conv is not None and limit else "—")
+        row.append(m.target or "")
+        if m.check is None:
+            met = ""
+        elif conv is None:
+            met = "no data"
+        else:
+            met = "yes" if m.check(conv, best[1] if best else None, limit) else "**no**"
+        row.append(met)
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _title(lib: str) -> str:
+    return {"conveyor": "**Conveyor**", "raw": "raw Redis limit"}.get(lib, lib)
+
+
+def notes(records: list[dict[str, Any]]) -> list[str]:
+    """Why a cell is n/a or failed, once per (library, workload, reason)."""
+    seen: dict[tuple[str, str, str], int] = {}
+    for r in records:
+        if "na" in r:
+            key = (r["lib"], r["workload"], "n/a: " + r["na"])
+        elif "error" in r:
+            key = (r["lib"], r["workload"], "failed: " + r["error"].splitlines()[0][:200])
+        elif r.get("result_problem"):
+            key = (r["lib"], r["workload"], "† result check: " + r["result_problem"][:300])
+        else:
+            continue
+        seen[key] = seen.get(key, 0) + 1
+    return [
+        f"- {lib} {w.upper()}: {why}" + (f" ({k} runs)" if k > 1 else "")
+        for (lib, w, why), k in sorted(seen.items())
+    ]
+
+
+def versions(records: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "| library | version | Redis client and speedups in its environment |",
+        "|---|---|---|",
+    ]
+    for lib in COLUMNS:
+        found = next((r["versions"] for r in records if r["lib"] == lib and "versions" in r), None)
+        if found is None:
+            failed = next((r["error"] for r in records if r["lib"] == lib and "error" in r), "")
+            lines.append(f"| {lib} | not run | {failed[:120]} |")
+            continue
+        dist = {"conveyor": "conveyor", "raw": "redis"}.get(lib, lib)
+        own = found.get(dist, "?")
+        rest = ", ".join(f"{k} {v}" for k, v in found.items() if k != dist)
+        lines.append(f"| {lib} | {own} | {rest} |")
+    return lines
+
+
+def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    cells = Cells(records)
+    la, lb = meta["load_before"], meta["load_after"]
+    sizes = ", ".join(f"{k.upper()} {v:,}" for k, v in meta["sizes"].items())
+    out = [
+        "# Benchmarks",
+        "",
+        "Written by `bench/run.py`; how each figure is measured is in `bench/README.md`.",
+        f"Run: **{meta['mode']}**, {meta['reps']} repetitions per cell, interleaved; each cell "
+        "is the median (min–max). Higher is better for jobs/s, lower for ms, µs and MB.",
+        "",
+        *table(cells),
+        "",
+        "Conveyor ÷ limit: ÷ the raw Redis row (W1, W1b, W2) or ÷ the ideal 5,000 jobs/s (W4).",
+        "",
+    ]
+    if note_lines := notes(records):
+        out += ["Cells without figures:", "", *note_lines, ""]
+    out += [
+        "## Machine",
+        "",
+        f"- CPU: {meta['cpu']}, {meta['cores']} cores; RAM {meta['ram']}; {meta['os']}",
+        f"- Python: {meta['python']}; Redis: {meta['redis']}",
+        f"- Load average (1/5/15 min): {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} before, "
+        f"{lb[0]:.2f} / {lb[1]:.2f} / {lb[2]:.2f} after",
+        f"- Started {meta['started']}, took {meta['minutes']:.1f} min; Conveyor at "
+        f"{meta['commit']}",
+        f"- Sizes: {sizes}",
+        f"- Command: `{meta['command']}`",
+        "",
+        "## Versions",
+        "",
+        *versions(records),
+        "",
+    ]
+    return "\n".join(out)

@@ -1,0 +1,227 @@
+"""Benchmark Conveyor against its peers and the raw Redis limit, in one interleaved run.
+
+    .venv/bin/python bench/run.py            # full run, writes docs/benchmarks.md
+    .venv/bin/python bench/run.py --quick    # ~1/10 size smoke run, writes bench/.results/
+
+Every (repetition, workload, library) is one fresh driver process (``driver.py``) in that
+library's interpreter: the project's for Conveyor and the raw limit, ``bench/.venv-peers/<peer>``
+for each peer. Libraries take turns within each workload and the order rotates with each
+repetition, so slow drifts of the machine spread over everyone. See ``bench/README.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Any
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import machine  # noqa: E402
+import report  # noqa: E402
+from redis_server import private_redis  # noqa: E402
+
+PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
+LIBS = ["conveyor", "raw", *PEERS]
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    n: int  # full size; --quick takes a tenth
+    concurrency: int
+    libs: tuple[str, ...]
+    backend: str = "redis"
+
+
+WORKLOADS = [
+    Workload("w1", 10_000, 0, tuple(LIBS)),
+    Workload("w1b", 10_000, 0, tuple(LIBS)),
+    Workload("w2", 10_000, 32, tuple(LIBS)),
+    Workload("w3", 300, 32, ("conveyor", *PEERS)),
+    Workload("w4", 2_000, 50, ("conveyor", *PEERS)),
+    Workload("w5", 10_000, 32, ("conveyor", "huey"), backend="sqlite"),
+]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="a tenth of the sizes (smoke run)")
+    p.add_argument("--reps", type=int, default=3, help="repetitions per workload (median)")
+    p.add_argument("--libs", default=",".join(LIBS), help="comma-separated subset")
+    p.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
+    p.add_argument("--peers-venv", default=os.path.join(HERE, ".venv-peers"))
+    p.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    p.add_argument("--out", default=None, help="markdown file to write")
+    args = p.parse_args(argv)
+    args.libs = [x for x in args.libs.split(",") if x]
+    args.workloads = [w for w in WORKLOADS if w.name in args.workloads.split(",")]
+    if args.out is None:
+        args.out = (
+            os.path.join(HERE, ".results", "benchmarks-quick.md")
+            if args.quick
+            else os.path.join(ROOT, "docs", "benchmarks.md")
+        )
+    if args.timeout is None:
+        args.timeout = 60.0 if args.quick else 240.0
+    return args
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, redis_url: str) -> None:
+        self.args = args
+        self.redis_url = redis_url
+        status_file = os.path.join(args.peers_venv, "status.json")
+        self.install_status: dict[str, str] = {}
+        if os.path.exists(status_file):
+            with open(status_file) as f:
+                self.install_status = json.load(f)
+
+    def python_for(self, lib: str) -> str | None:
+        if lib in ("conveyor", "raw"):
+            return sys.executable
+        python = os.path.join(self.args.peers_venv, lib, "bin", "python")
+        ok = self.install_status.get(lib, "ok" if os.path.exists(python) else "missing") == "ok"
+        return python if ok and os.path.exists(python) else None
+
+    def run_one(self, w: Workload, lib: str) -> dict[str, Any]:
+        python = self.python_for(lib)
+        if python is None:
+            why = self.install_status.get(lib, "peer venv missing (run `make bench`)")
+            return {"error": f"not installed: {why}"}
+        n = max(w.n // 10, 30) if self.args.quick else w.n
+        with tempfile.TemporaryDirectory(prefix=f"bench-{w.name}-{lib}-") as tmp:
+            probe_dir = os.path.join(tmp, "probe")
+            os.mkdir(probe_dir)
+            cfg = {
+                "lib": lib,
+                "workload": w.name,
+                "n": n,
+                "timeout": self.args.timeout,
+                "probe_dir": probe_dir,
+                "log": os.path.join(tmp, "worker.log"),
+                "out": os.path.join(tmp, "out.json"),
+                "env": {
+                    "BENCH_REDIS_URL": self.redis_url,
+                    "BENCH_BACKEND": w.backend,
+                    "BENCH_SQLITE_PATH": os.path.join(tmp, "jobs.db"),
+                    "BENCH_CONCURRENCY": str(w.concurrency or 1),
+                },
+            }
+            cfg_path = os.path.join(tmp, "config.json")
+            with open(cfg_path, "w") as f:
+                json.dump(cfg, f)
+            try:
+                proc = subprocess.run(
+                    [python, os.path.join(HERE, "driver.py"), cfg_path],
+                    cwd=HERE,
+                    capture_output=True,
+                    check=False,
+                    text=True,
+                    timeout=self.args.timeout + 120,
+                )
+            except subprocess.TimeoutExpired:
+                return {"error": "timeout: the driver did not return"}
+            try:
+                with open(cfg["out"]) as f:
+                    result: dict[str, Any] = json.load(f)
+            except (OSError, ValueError):
+                tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-3:]
+                return {"error": f"driver crashed (exit {proc.returncode}): {' | '.join(tail)}"}
+            if "error" in result:
+                result["worker_log"] = _tail(cfg["log"])
+            return result
+
+
+def _tail(path: str, lines: int = 15) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def describe(result: dict[str, Any]) -> str:
+    if "error" in result:
+        return "ERROR " + result["error"].splitlines()[0][:120]
+    if "na" in result:
+        return "n/a: " + result["na"]
+    if "rate" in result and result["rate"] is not None:
+        extra = f", {result['cpu_us']:.0f} µs CPU/job" if result.get("cpu_us") else ""
+        return f"{result['rate']:,.0f} jobs/s{extra}"
+    if "start_p50" in result:
+        return (
+            f"start p50 {result['start_p50']:.2f} ms p99 {result['start_p99']:.2f} ms, "
+            f"result p50 {result['result_p50']:.2f} ms"
+        )
+    return json.dumps(result)[:120]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = dt.datetime.now(dt.UTC)
+    load_before = machine.loadavg()
+    records: list[dict[str, Any]] = []
+    with private_redis() as server:
+        runner = Runner(args, server.url)
+        facts = machine.facts(ROOT, server.info())
+        print(f"private redis-server {facts['redis']} on {server.url}", flush=True)
+        for rep in range(args.reps):
+            for w in args.workloads:
+                libs = [lib for lib in w.libs if lib in args.libs]
+                shift = rep % len(libs) if libs else 0
+                for lib in libs[shift:] + libs[:shift]:
+                    server.flush()
+                    t0 = time.monotonic()
+                    result = runner.run_one(w, lib)
+                    took = time.monotonic() - t0
+                    records.append({"rep": rep, "workload": w.name, "lib": lib, **result})
+                    print(
+                        f"[rep {rep + 1}/{args.reps}] {w.name:<3} {lib:<9} {describe(result)}"
+                        f"  ({took:.1f} s)",
+                        flush=True,
+                    )
+    finished = dt.datetime.now(dt.UTC)
+    meta = {
+        **facts,
+        "started": started.strftime("%Y-%m-%d %H:%M UTC"),
+        "minutes": (finished - started).total_seconds() / 60,
+        "load_before": load_before,
+        "load_after": machine.loadavg(),
+        "mode": "quick (a tenth of the sizes)" if args.quick else "full",
+        "reps": args.reps,
+        "command": _command(argv),
+        "sizes": {w.name: (max(w.n // 10, 30) if args.quick else w.n) for w in WORKLOADS},
+    }
+    text = report.render(records, meta)
+    print()
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        f.write(text)
+    raw_path = os.path.join(HERE, ".results", f"{started:%Y%m%dT%H%M%S}.json")
+    os.makedirs(os.path.dirname(raw_path), exist_ok=True)
+    with open(raw_path, "w") as f:
+        json.dump({"meta": meta, "records": records}, f, indent=1)
+    print(f"\nwrote {os.path.relpath(args.out, ROOT)} and {os.path.relpath(raw_path, ROOT)}")
+    return 0
+
+
+def _command(argv: list[str] | None) -> str:
+    rest = sys.argv[1:] if argv is None else argv
+    if not rest:
+        return "make bench  (= .venv/bin/python bench/run.py)"
+    return " ".join([".venv/bin/python bench/run.py", *rest])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
