@@ -388,6 +388,8 @@ class MemoryBroker(Broker):
 
     def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:
         n = 0
+        if status not in (JobStatus.FAILED, JobStatus.DEAD):
+            return 0
         with self._cond:
             now = self._clock.time()
             ids = list(self._s.jobs) if job_ids is None else list(job_ids)
