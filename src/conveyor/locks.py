@@ -55,10 +55,10 @@ def _check_ttl(name: str, ttl: object) -> float:
         isinstance(ttl, bool)
         or not isinstance(ttl, int | float)
         or not math.isfinite(ttl)
-        or ttl <= 0
+        or ttl < _MIN_VALIDITY
     ):
         raise ConfigurationError(
-            f"lock {name!r} needs a positive, finite ttl in seconds (got {ttl!r}): a lock "
+            f"lock {name!r} needs a finite ttl of at least {_MIN_VALIDITY} s (got {ttl!r}): a lock "
             "without one would stay held forever once its holder crashed. Pick a ttl longer "
             "than the work, or a short one with auto_renew=True"
         )

@@ -361,7 +361,7 @@ def test_a_waiter_gets_the_lock_soon_after_release(app: Conveyor) -> None:
         assert time.monotonic() - t0 < 1.0
 
 
-@pytest.mark.parametrize("ttl", [0, -1, None, float("nan"), float("inf"), True, "30"])
+@pytest.mark.parametrize("ttl", [0, 0.0001, -1, None, float("nan"), float("inf"), True, "30"])
 def test_a_ttl_is_mandatory_and_positive(app: Conveyor, ttl: object) -> None:
     with pytest.raises(ConfigurationError, match="ttl"):
         app.lock("x", ttl=ttl)  # type: ignore[arg-type]
