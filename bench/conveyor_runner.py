@@ -35,7 +35,7 @@ def noop(i: int) -> int:
 
 @app.task(name="sleep")
 def sleep(i: int) -> int:
-    began = time.time()
+    began = probe.begin()
     time.sleep(0.01)
     probe.hit(began)
     return i
@@ -55,7 +55,7 @@ async def anoop(i: int) -> int:
 
 @app.task(name="asleep")
 async def asleep(i: int) -> int:
-    began = time.time()
+    began = probe.begin()
     await asyncio.sleep(0.01)
     probe.hit(began)
     return i

@@ -177,12 +177,16 @@ class Driver:
         finally:
             self.stop_worker(proc)
         span = state["last"] - state["first"]
+        slots = int(os.environ.get("BENCH_CONCURRENCY", "0"))
+        if kind == "sleep" and slots and state["max_running"] > slots:
+            problem = f"{state['max_running']} jobs ran at once, concurrency was {slots}"
         return {
             "rate": self.n / span if span > 0 else None,
             "cpu_us": state["cpu"] * 1e6 / self.n if state["cpu"] is not None else None,
             "rss_mb": state["rss_kb"] / 1024 if state["rss_kb"] else None,
             "span": span,
-            "result_problem": problem,
+            "max_running": state["max_running"] or None,
+            "problem": problem,
         }
 
     async def w3(self) -> dict[str, Any]:
@@ -252,6 +256,7 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
     rss = [s["rss_kb"] for s in live if s["rss_kb"]]
     return {
         "first": min(s["first"] for s in live),
+        "max_running": max(s.get("max_running", 0) for s in live),
         "last": max(s["last"] for s in live),
         "cpu": sum(cpus) if cpus else None,
         "rss_kb": sum(rss) if rss else None,

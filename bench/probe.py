@@ -6,7 +6,8 @@ counts calls and keeps, in the process that runs the tasks:
 - the wall time of the first start and the last call (drain rate = jobs / (last - first));
 - the process CPU time and peak RSS at the first and at the N-th call (N from
   ``BENCH_PROBE_N``), so CPU per job excludes the worker's start-up;
-- for latency jobs, ``now - t_enqueued`` per call.
+- for latency jobs, ``now - t_enqueued`` per call;
+- for jobs bracketed by ``begin()`` and ``hit(began)``, the most that ran at once.
 
 A daemon thread writes the state as JSON to ``$BENCH_PROBE_DIR/<pid>.json`` every 10 ms,
 and ``hit()`` writes it at once when the N-th call lands. The harness polls those files: no
@@ -38,14 +39,25 @@ class _Probe:
         self.cpu1 = 0.0
         self.rss_kb = 0
         self.latencies: list[float] = []
+        self.running = 0
+        self.max_running = 0
         self.dirty = False
         if self.dir:
             threading.Thread(target=self._report, name="bench-probe", daemon=True).start()
 
+    def begin(self) -> float:
+        with self.lock:
+            self.running += 1
+            self.max_running = max(self.max_running, self.running)
+        return time.time()
+
     def hit(self, began: float | None = None, t_enqueued: float | None = None) -> None:
         now = time.time()
-        began = now if began is None else began
         with self.lock:
+            if began is None:
+                began = now
+            else:
+                self.running -= 1
             if self.count == 0:
                 self.first = began
                 self.cpu0 = time.process_time()
@@ -74,6 +86,7 @@ class _Probe:
                 "cpu": self.cpu1 - self.cpu0 if self.cpu1 else None,
                 "rss_kb": self.rss_kb or None,
                 "latencies": list(self.latencies),
+                "max_running": self.max_running,
             }
 
     def write(self) -> None:
@@ -111,9 +124,14 @@ def _get() -> _Probe:
     return probe
 
 
+def begin() -> float:
+    """Mark the start of a job that does something (the 10 ms sleep) before ``hit(began)``;
+    returns the start time and tracks how many such jobs run at once."""
+    return _get().begin()
+
+
 def hit(began: float | None = None) -> None:
-    """Count one job (drain and I/O workloads); ``began`` is the job's own start time when
-    the task did something before calling (the 10 ms sleep), else now."""
+    """Count one job (drain and I/O workloads); ``began`` is what ``begin()`` returned."""
     _get().hit(began)
 
 

@@ -100,7 +100,7 @@ class Cells:
         text = f"{num(statistics.median(vals))} ({num(min(vals))}–{num(max(vals))})"
         runs = [r for r in self.records if r["workload"] == m.workload and r["lib"] == lib]
         errors = sum(1 for r in runs if "error" in r)
-        flagged = any(r.get("result_problem") for r in runs)
+        flagged = any(r.get("problem") for r in runs)
         return text + (f" +{errors} failed" if errors else "") + (" †" if flagged else "")
 
 
@@ -175,8 +175,8 @@ def notes(records: list[dict[str, Any]]) -> list[str]:
             key = (r["lib"], r["workload"], "n/a: " + r["na"])
         elif "error" in r:
             key = (r["lib"], r["workload"], "failed: " + r["error"].splitlines()[0][:200])
-        elif r.get("result_problem"):
-            key = (r["lib"], r["workload"], "† result check: " + r["result_problem"][:300])
+        elif r.get("problem"):
+            key = (r["lib"], r["workload"], "† " + r["problem"][:300])
         else:
             continue
         seen[key] = seen.get(key, 0) + 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, ClassVar
 
 from arq import create_pool
@@ -25,7 +24,7 @@ async def noop(ctx: dict[str, Any], i: int) -> int:
 
 
 async def sleep(ctx: dict[str, Any], i: int) -> int:
-    began = time.time()
+    began = probe.begin()
     await asyncio.sleep(0.01)
     probe.hit(began)
     return i

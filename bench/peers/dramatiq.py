@@ -29,7 +29,7 @@ def noop(i: int) -> int:
 
 @dramatiq.actor(actor_name="sleep", store_results=True)
 def sleep(i: int) -> int:
-    began = time.time()
+    began = probe.begin()
     time.sleep(0.01)
     probe.hit(began)
     return i

@@ -27,7 +27,7 @@ def noop(i: int) -> int:
 
 @huey.task(name="sleep")
 def sleep(i: int) -> int:
-    began = time.time()
+    began = probe.begin()
     time.sleep(0.01)
     probe.hit(began)
     return i

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import anyio
@@ -30,7 +29,7 @@ async def noop(i: int) -> int:
 
 @worker.task(name="sleep")
 async def sleep(i: int) -> int:
-    began = time.time()
+    began = probe.begin()
     await anyio.sleep(0.01)
     probe.hit(began)
     return i

@@ -4,7 +4,6 @@ process (``--workers 1``) with ``--max-async-tasks`` = concurrency."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
@@ -30,7 +29,7 @@ async def noop(i: int) -> int:
 
 @broker.task(task_name="sleep")
 async def sleep(i: int) -> int:
-    began = time.time()
+    began = probe.begin()
     await asyncio.sleep(0.01)
     probe.hit(began)
     return i
