@@ -5,6 +5,8 @@ built from these few operations, so every broker offers all of them by implement
 
 Values are opaque bytes (the app's codec encodes them). Keys are validated by ``check_key``.
 Expiry is in seconds (float); ``None`` means no expiry. Every operation is atomic.
+Locks live in a namespace of their own: no ``get``/``set``/``delete`` of any key can reach a
+lock or its fencing counter.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ class KeyValue(ABC):
         self, key: str, fn: Updater, ttl: float | None = None, retries: int = 50
     ) -> bytes | None:
         """Optimistic transaction: read, ``fn(old) -> new``, write only if nobody wrote in
-        between, else retry (up to ``retries``, then ``TransactionConflict``). ``new`` None
+        between, else retry: at most ``retries + 1`` attempts, then ``TransactionConflict``.
+        ``new`` None
         deletes the key. ``fn`` may run more than once. Returns the value written."""
 
     @abstractmethod
