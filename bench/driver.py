@@ -44,6 +44,7 @@ BULK_BATCH = 1000
 WARMUP_JOBS = 5
 RESULT_SAMPLES = 20
 LATENCY_RATE = 50.0  # jobs per second in W3
+RESULT_WAIT = 10.0  # seconds a W3 caller waits for one result
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
@@ -114,11 +115,9 @@ class Driver:
 
     @staticmethod
     def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(3)
-        with contextlib.suppress(ProcessLookupError):  # what the worker left in its group
+        """Kill the worker's whole process group: the figures are in, and a graceful stop
+        would only cost time (each run starts on a flushed Redis anyway)."""
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
@@ -196,14 +195,17 @@ class Driver:
             return {"na": getattr(self.adapter, "NA_REASON", {}).get("w3", "unsupported")}
         proc = self.start_worker("w3", WARMUP_JOBS + self.n)
         waits: list[Any] = []
-        pool = ThreadPoolExecutor(16)
+        pool = ThreadPoolExecutor(64)  # more than can be pending at 50/s
         loop = asyncio.get_running_loop()
 
-        async def waiter(handle: Any, t0: float) -> float:
-            if self.is_async:
-                await self.client.result(handle, 30)
-            else:
-                await loop.run_in_executor(pool, self.client.result, handle, 30)
+        async def waiter(handle: Any, t0: float) -> float | str:
+            try:
+                if self.is_async:
+                    await self.client.result(handle, RESULT_WAIT)
+                else:
+                    await loop.run_in_executor(pool, self.client.result, handle, RESULT_WAIT)
+            except Exception as exc:
+                return f"{type(exc).__name__}: {exc}"
             return time.time() - t0
 
         try:
@@ -220,15 +222,22 @@ class Driver:
                 t0 = time.time()
                 handle = await self.call("enqueue", "latency", t0)
                 waits.append(asyncio.ensure_future(waiter(handle, t0)))
-            result_lat = await asyncio.wait_for(asyncio.gather(*waits), self.cfg["timeout"])
+            outcomes = await asyncio.gather(*waits)
             state = await self.wait_probe(proc, WARMUP_JOBS + self.n, 30)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
             self.stop_worker(proc)
+        result_lat = [x for x in outcomes if isinstance(x, float)]
+        failed = [x for x in outcomes if isinstance(x, str)]
         out: dict[str, Any] = {}
         for name, values in (("start", state["latencies"]), ("result", result_lat)):
             for p in (50, 95, 99):
-                out[f"{name}_p{p}"] = percentile(values, p) * 1000
+                out[f"{name}_p{p}"] = percentile(values, p) * 1000 if values else None
+        if failed:
+            out["problem"] = (
+                f"{len(failed)} of {self.n} result waits failed (left out of the "
+                f"percentiles), e.g. {failed[0]}"
+            )[:300]
         return out
 
     async def run(self) -> dict[str, Any]:

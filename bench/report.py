@@ -104,6 +104,10 @@ class Cells:
         return text + (f" +{errors} failed" if errors else "") + (" †" if flagged else "")
 
 
+def wname(workload: str) -> str:
+    return "W" + workload[1:]  # w1b -> W1b
+
+
 def num(v: float) -> str:
     if v >= 100_000:
         return f"{v / 1000:.0f}k"
@@ -181,7 +185,7 @@ def notes(records: list[dict[str, Any]]) -> list[str]:
             continue
         seen[key] = seen.get(key, 0) + 1
     return [
-        f"- {lib} {w.upper()}: {why}" + (f" ({k} runs)" if k > 1 else "")
+        f"- {lib} {wname(w)}: {why}" + (f" ({k} runs)" if k > 1 else "")
         for (lib, w, why), k in sorted(seen.items())
     ]
 
@@ -207,7 +211,7 @@ def versions(records: list[dict[str, Any]]) -> list[str]:
 def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cells = Cells(records)
     la, lb = meta["load_before"], meta["load_after"]
-    sizes = ", ".join(f"{k.upper()} {v:,}" for k, v in meta["sizes"].items())
+    sizes = ", ".join(f"{wname(k)} {v:,}" for k, v in meta["sizes"].items())
     out = [
         "# Benchmarks",
         "",
@@ -221,7 +225,7 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
     ]
     if note_lines := notes(records):
-        out += ["Cells without figures:", "", *note_lines, ""]
+        out += ["Notes on cells (n/a, failures, † marks):", "", *note_lines, ""]
     out += [
         "## Machine",
         "",

@@ -159,11 +159,16 @@ def describe(result: dict[str, Any]) -> str:
         extra = f", {result['cpu_us']:.0f} µs CPU/job" if result.get("cpu_us") else ""
         return f"{result['rate']:,.0f} jobs/s{extra}"
     if "start_p50" in result:
+        ms = {k: f"{v:.2f}" if v is not None else "?" for k, v in result.items() if "_p" in k}
         return (
-            f"start p50 {result['start_p50']:.2f} ms p99 {result['start_p99']:.2f} ms, "
-            f"result p50 {result['result_p50']:.2f} ms"
+            f"start p50 {ms['start_p50']} ms p99 {ms['start_p99']} ms, "
+            f"result p50 {ms['result_p50']} ms"
         )
     return json.dumps(result)[:120]
+
+
+def flag(result: dict[str, Any]) -> str:
+    return f"  † {result['problem']}" if result.get("problem") else ""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -187,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
                     records.append({"rep": rep, "workload": w.name, "lib": lib, **result})
                     print(
                         f"[rep {rep + 1}/{args.reps}] {w.name:<3} {lib:<9} {describe(result)}"
-                        f"  ({took:.1f} s)",
+                        f"  ({took:.1f} s){flag(result)}",
                         flush=True,
                     )
     finished = dt.datetime.now(dt.UTC)
