@@ -1,0 +1,314 @@
+"""Periodic jobs: ``@app.periodic(cron=... | every=...)`` and the ``Scheduler`` workers run.
+
+Any number of schedulers (one per worker) may run against one broker; each tick is enqueued
+once. How:
+
+* **Fire times are deterministic.** Cron ticks come from ``_cron.next_fire`` (UTC); ``every``
+  ticks are the multiples of the interval since the epoch, so every scheduler computes the
+  same instants whatever time it started.
+* **One claim per tick.** The scheduler that wins ``kv.set(claim, nx=True, ttl=CLAIM_TTL)``
+  for (schedule, fire time) enqueues it; the others move on.
+* **One job id per tick.** The job id is derived from (schedule, fire time) and enqueue is
+  idempotent on the id, so even a scheduler that claims a tick again after a crash (its claim
+  expired before it could record progress) cannot queue it twice while the first job's record
+  lives (``result_ttl``).
+* **Where it was.** The latest fire time handled is kept in the key-value store and only moves
+  forward, so a restarted scheduler resumes there. On the very first start a schedule begins
+  at the current time: nothing in the past is run.
+* **Bounded catch-up.** Of the ticks that came due since then, the latest ``catch_up`` run
+  and the older ones are skipped and logged.
+* **Overlap.** ``overlap="skip"`` (the default) gives the jobs a uniqueness key, so a tick
+  that comes while the previous run is queued, running or waiting for a retry is skipped
+  (logged); ``"allow"`` enqueues regardless.
+
+Key-value keys::
+
+    conveyor:periodic:<name>:last         latest fire time handled, integer milliseconds
+    conveyor:periodic:<name>:claim:<ms>   who enqueues the tick at <ms> (expires, CLAIM_TTL)
+    conveyor:periodic:<name>              the uniqueness key of its jobs (overlap="skip")
+
+Job ids: ``periodic.<name, sanitized>.<hash of name>.<fire time in ms>``.
+"""
+
+from __future__ import annotations
+
+import collections
+import datetime as dt
+import hashlib
+import logging
+import math
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
+
+from ._cron import next_fire, parse_cron
+from ._errors import ConfigurationError
+from ._job import Job
+from ._message import Envelope
+from ._task import Signature, Task
+
+if TYPE_CHECKING:
+    from ._app import Conveyor
+    from .stores._port import KeyValue
+
+__all__ = ["CLAIM_TTL", "Schedule", "Scheduler", "periodic"]
+
+R = TypeVar("R")
+log = logging.getLogger("conveyor.scheduler")
+
+CLAIM_TTL = 300.0  # a claimer that dies before enqueueing delays its tick by at most this
+_PREFIX = "conveyor:periodic:"
+_NOT_ID = re.compile(r"[^A-Za-z0-9_.\-]")
+_SCAN_LIMIT = 2000  # cron ticks walked one by one before looking back from `now` instead
+_CRON_WINDOWS = (3600, 86400, 32 * 86400, 400 * 86400, 10 * 366 * 86400)  # seconds
+_FORBIDDEN = ("delay", "eta", "job_id")
+
+
+def _ms(seconds: float) -> int:
+    return math.floor(seconds * 1000)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """One periodic task. ``name`` is the task's registered name and the schedule's id."""
+
+    name: str
+    cron: str | None = None
+    every: float | None = None  # seconds
+    overlap: Literal["skip", "allow"] = "skip"
+    catch_up: int = 1
+
+    def next_after(self, t: float) -> float:
+        """The first fire time strictly after ``t`` (epoch seconds)."""
+        return self._next_ms(_ms(t)) / 1000
+
+    def _next_ms(self, t: int) -> int:
+        if self.every is not None:
+            step = _ms(self.every)
+            return (t // step + 1) * step
+        assert self.cron is not None
+        after = dt.datetime.fromtimestamp(t / 1000, dt.UTC)
+        return _ms(next_fire(self.cron, after).timestamp())
+
+    def due(self, last: int, now: int) -> tuple[list[int], int | None]:
+        """Fire times in ``(last, now]`` (ms) to run, the latest ``catch_up`` of them, and how
+        many older ones are skipped (None: some, not counted)."""
+        if self.every is not None:
+            step = _ms(self.every)
+            first, latest = (last // step + 1) * step, (now // step) * step
+            if first > latest:
+                return [], 0
+            count = (latest - first) // step + 1
+            run = [latest - i * step for i in reversed(range(min(count, self.catch_up)))]
+            return run, count - len(run)
+        # Cron cannot be walked backwards. Walk forward from `last`; after a long downtime
+        # (too many ticks to walk) look back from `now` over growing windows instead.
+        kept, count, complete = self._scan(last, now, _SCAN_LIMIT)
+        if complete:
+            return kept, count - len(kept)
+        for window in _CRON_WINDOWS:
+            kept, _, _ = self._scan(max(last, now - window * 1000), now, None)
+            if len(kept) == self.catch_up:
+                break
+        return kept, None
+
+    def _scan(self, start: int, now: int, limit: int | None) -> tuple[list[int], int, bool]:
+        """The latest ``catch_up`` fire times in ``(start, now]``, how many there are, and
+        whether the walk got to ``now`` within ``limit`` steps."""
+        kept: collections.deque[int] = collections.deque(maxlen=self.catch_up)
+        count, t = 0, self._next_ms(start)
+        while t <= now:
+            if limit is not None and count >= limit:
+                return list(kept), count, False
+            kept.append(t)
+            count += 1
+            t = self._next_ms(t)
+        return list(kept), count, True
+
+    def job_id(self, fire: int) -> str:
+        digest = hashlib.sha1(self.name.encode(), usedforsecurity=False).hexdigest()[:8]
+        return f"periodic.{_NOT_ID.sub('_', self.name)[:60]}.{digest}.{fire}"
+
+    @property
+    def unique_key(self) -> str:
+        return _PREFIX + self.name
+
+
+def _every_seconds(every: float | dt.timedelta) -> float:
+    seconds = every.total_seconds() if isinstance(every, dt.timedelta) else every
+    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0.001:
+        raise ConfigurationError(
+            f"every takes a positive number of seconds or a timedelta, got {every!r}"
+        )
+    return float(seconds)
+
+
+def periodic(
+    app: Conveyor,
+    *,
+    cron: str | None = None,
+    every: float | dt.timedelta | None = None,
+    name: str | None = None,
+    overlap: str = "skip",
+    catch_up: int = 1,
+    **options: Any,
+) -> Callable[[Callable[[], R]], Task[[], R]]:
+    """The decorator behind ``@app.periodic``: registers the task and its schedule."""
+    if (cron is None) == (every is None):
+        raise ConfigurationError("periodic takes exactly one of cron= or every=")
+    if cron is not None:
+        parse_cron(cron)
+    seconds = _every_seconds(every) if every is not None else None
+    if overlap not in ("skip", "allow"):
+        raise ConfigurationError(f"overlap must be 'skip' or 'allow', got {overlap!r}")
+    if isinstance(catch_up, bool) or not isinstance(catch_up, int) or catch_up < 1:
+        raise ConfigurationError(
+            f"catch_up must be an integer >= 1 (how many missed ticks to run), got {catch_up!r}"
+        )
+    bad = [k for k in _FORBIDDEN if k in options]
+    if overlap == "skip" and "key" in options:
+        bad.append("key")
+    if bad:
+        raise ConfigurationError(
+            f"periodic tasks cannot take {', '.join(bad)}: the scheduler sets when they run, "
+            "their job id and (with overlap='skip') their uniqueness key"
+        )
+    opts = app.defaults.merge(**options)
+    mode: Literal["skip", "allow"] = "skip" if overlap == "skip" else "allow"
+
+    def decorator(fn: Callable[[], R]) -> Task[[], R]:
+        task_name = name or f"{fn.__module__}:{fn.__qualname__}"
+        if any(s.name == task_name for s in app.schedules):
+            raise ConfigurationError(
+                f"a schedule named {task_name!r} already exists; pass @app.periodic(name=...)"
+            )
+        task: Task[[], R] = app._register(fn, task_name, opts)
+        app.schedules.append(Schedule(task.name, cron, seconds, mode, catch_up))
+        return task
+
+    return decorator
+
+
+@dataclass
+class _Plan:
+    schedule: Schedule
+    fires: list[int]  # claimed by this scheduler
+    envelopes: list[Envelope]
+    latest: int  # the latest due tick, run or skipped: where the schedule now stands
+
+
+class Scheduler:
+    """Enqueues the app's periodic jobs when they come due; run one per worker."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+        self._next: dict[str, int] = {}  # a lower bound on each schedule's next due tick (ms)
+
+    def tick(self, now: float | None = None) -> list[Job[Any]]:
+        """Enqueue every tick due at ``now`` (default: the app's clock) that no other
+        scheduler has; return the jobs this call enqueued."""
+        now_ms = _ms(self.app.clock.time() if now is None else now)
+        kv = self.app.broker.kv
+        plans = [
+            plan
+            for s in list(self.app.schedules)
+            if now_ms >= self._next.get(s.name, 0) and (plan := self._plan(kv, s, now_ms))
+        ]
+        envelopes = [e for p in plans for e in p.envelopes]
+        try:
+            ids = self.app.broker.enqueue(envelopes) if envelopes else []
+        except Exception:
+            for p in plans:  # let the next tick (ours or another scheduler's) retry them
+                self._next.pop(p.schedule.name, None)
+                for fire in p.fires:
+                    kv.delete(self._claim_key(p.schedule, fire))
+            raise
+        jobs: list[Job[Any]] = []
+        got = iter(ids)
+        for p in plans:
+            for env in p.envelopes:
+                job_id = next(got)
+                if job_id == env.id:
+                    jobs.append(Job(self.app, job_id))
+                else:
+                    log.info(
+                        "skipped tick %s of %s: its previous run %s is still pending "
+                        "(overlap='skip')",
+                        env.id,
+                        p.schedule.name,
+                        job_id,
+                    )
+            self._advance(kv, p.schedule, p.latest)
+        return jobs
+
+    def run(self, stop: threading.Event, interval: float = 1.0) -> None:
+        """Tick until ``stop`` is set, at least every ``interval`` seconds (a worker thread)."""
+        while not stop.is_set():
+            try:
+                self.tick()
+            except Exception:
+                log.exception("scheduler tick failed; trying again in %.1f s", interval)
+            stop.wait(self._pause(interval))
+
+    def _pause(self, interval: float) -> float:
+        if not self._next:
+            return interval
+        gap = (min(self._next.values()) - _ms(self.app.clock.time())) / 1000
+        return min(interval, max(gap, 0.05))
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _plan(self, kv: KeyValue, s: Schedule, now: int) -> _Plan | None:
+        last = self._last(kv, s, now)
+        run, skipped = s.due(last, now)
+        if not run:
+            self._next[s.name] = s._next_ms(max(last, now))
+            return None
+        self._next[s.name] = s._next_ms(run[-1])
+        claimed = [f for f in run if kv.set(self._claim_key(s, f), b"1", CLAIM_TTL, nx=True)]
+        if not claimed:
+            return None  # another scheduler has these ticks
+        if skipped != 0:
+            log.warning(
+                "schedule %s missed %s tick(s) between %s and %s (downtime?); "
+                "running the latest %d (catch_up=%d), skipping the rest",
+                s.name,
+                "some" if skipped is None else skipped,
+                _iso(last),
+                _iso(run[0]),
+                len(run),
+                s.catch_up,
+            )
+        return _Plan(s, claimed, [self._envelope(s, f) for f in claimed], run[-1])
+
+    def _last(self, kv: KeyValue, s: Schedule, now: int) -> int:
+        key = f"{_PREFIX}{s.name}:last"
+        raw = kv.get(key)
+        if raw is None:  # first start ever: begin now, run nothing from the past
+            kv.set(key, str(now).encode(), nx=True)
+            raw = kv.get(key) or str(now).encode()
+        return int(raw)
+
+    def _advance(self, kv: KeyValue, s: Schedule, fire: int) -> None:
+        def forward(old: bytes | None) -> bytes:
+            return str(max(int(old or b"0"), fire)).encode()
+
+        kv.update(f"{_PREFIX}{s.name}:last", forward)
+
+    def _claim_key(self, s: Schedule, fire: int) -> str:
+        return f"{_PREFIX}{s.name}:claim:{fire}"
+
+    def _envelope(self, s: Schedule, fire: int) -> Envelope:
+        task = self.app.registry.get(s.name)
+        base = task.opts if task is not None else self.app.defaults
+        changes: dict[str, Any] = {"job_id": s.job_id(fire)}
+        if s.overlap == "skip":
+            changes["key"] = s.unique_key
+        sig: Signature[Any] = Signature(self.app, s.name, (), {}, base.merge(**changes))
+        return self.app.envelope(sig)
+
+
+def _iso(ms: int) -> str:
+    return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()

@@ -1,0 +1,278 @@
+"""Periodic jobs on a fake clock: each tick once across schedulers, overlap, catch-up, restart."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import threading
+from typing import Any
+
+import pytest
+
+from conveyor import ConfigurationError, Conveyor, JobStatus
+from conveyor._clock import FakeClock
+from conveyor._message import JobStatus as Status
+from conveyor._message import Outcome
+from conveyor.brokers._port import Finish
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.scheduler import CLAIM_TTL, Schedule, Scheduler
+
+START = 1_699_999_200.0  # 2023-11-14 22:00:00 UTC, on the hour
+QUEUED = (Status.QUEUED, Status.SCHEDULED, Status.RUNNING)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock(start=START)
+
+
+@pytest.fixture
+def broker(clock: FakeClock) -> MemoryBroker:
+    return MemoryBroker(clock)
+
+
+@pytest.fixture
+def app(clock: FakeClock, broker: MemoryBroker) -> Conveyor:
+    return Conveyor("memory://", clock=clock, broker=broker)
+
+
+def pending(app: Conveyor) -> int:
+    return sum(s.queued + s.scheduled + s.running for s in app.broker.stats())
+
+
+def run_all(app: Conveyor) -> list[str]:
+    """Run every queued job (a stand-in for the worker): fetch, call, finish."""
+    ran: list[str] = []
+    codec = app.codec
+    while deliveries := app.broker.fetch(["default"], "test", 10, 30, 0):
+        for d in deliveries:
+            msg = codec.decode_message(d.payload)
+            value = app.registry[msg.task].fn(*msg.args, **msg.kwargs)
+            result = codec.encode_outcome(Outcome(value=value))
+            app.broker.finish([Finish(d, JobStatus.SUCCEEDED, result)])
+            ran.append(d.id)
+    return ran
+
+
+def test_periodic_registers_the_task_and_its_schedule(app: Conveyor) -> None:
+    @app.periodic(cron="*/5 * * * *", queue="default", retries=2)
+    def cleanup() -> int:
+        return 1
+
+    @app.periodic(every=dt.timedelta(minutes=1), name="beat", overlap="allow", catch_up=3)
+    def beat() -> None: ...
+
+    assert cleanup() == 1  # still a plain callable
+    assert app.registry[cleanup.name] is cleanup and cleanup.opts.retries == 2
+    assert app.schedules == [
+        Schedule(cleanup.name, cron="*/5 * * * *"),
+        Schedule("beat", every=60.0, overlap="allow", catch_up=3),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({}, "exactly one of cron= or every="),
+        ({"cron": "* * * * *", "every": 5}, "exactly one"),
+        ({"cron": "* 25 * * *"}, "hour field"),
+        ({"every": 0}, "every takes"),
+        ({"every": "5m"}, "every takes"),
+        ({"cron": "@daily", "overlap": "queue"}, "overlap"),
+        ({"cron": "@daily", "catch_up": 0}, "catch_up"),
+        ({"cron": "@daily", "key": "k"}, "key"),
+        ({"cron": "@daily", "delay": 5}, "delay"),
+    ],
+)
+def test_bad_schedule_is_refused_at_definition(
+    app: Conveyor, kwargs: dict[str, Any], match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        app.periodic(**kwargs)(lambda: None)
+    assert app.schedules == []
+
+
+def test_a_schedule_name_is_unique(app: Conveyor) -> None:
+    app.periodic(cron="@daily", name="x")(lambda: None)
+    with pytest.raises(ConfigurationError, match="already exists"):
+        app.periodic(cron="@hourly", name="x")(lambda: None)
+
+
+def test_each_tick_once_and_on_time(app: Conveyor, clock: FakeClock) -> None:
+    @app.periodic(cron="*/5 * * * *")
+    def job() -> str:
+        return "done"
+
+    sched = Scheduler(app)
+    assert sched.tick() == []  # first start: nothing from the past
+    clock.advance(299)
+    assert sched.tick() == []
+    clock.advance(1)  # 22:05:00
+    (first,) = sched.tick()
+    assert first.id.endswith(f".{int((START + 300) * 1000)}")
+    assert sched.tick() == [] and sched.tick(clock.time() + 60) == []
+    assert run_all(app) == [first.id] and first.result(timeout=0) == "done"
+    clock.advance(300)
+    (second,) = sched.tick()
+    assert second.id != first.id
+
+
+def test_many_schedulers_in_many_processes_enqueue_each_tick_once(
+    broker: MemoryBroker, clock: FakeClock
+) -> None:
+    """Eight 'processes' (apps sharing one broker), each with a scheduler thread, tick
+    together on every second of 20 minutes: exactly one job per fire time."""
+
+    def make() -> Conveyor:
+        app = Conveyor("memory://", clock=clock, broker=broker)
+        app.periodic(cron="* * * * *", name="minutely", overlap="allow")(lambda: None)
+        app.periodic(every=90, name="ninety", overlap="allow", catch_up=5)(lambda: None)
+        return app
+
+    schedulers = [Scheduler(make()) for _ in range(8)]
+    created: list[str] = []
+    lock = threading.Lock()
+    for _ in range(20 * 60):
+        barrier = threading.Barrier(len(schedulers))
+
+        def go(s: Scheduler, barrier: threading.Barrier) -> None:
+            barrier.wait()
+            jobs = s.tick()
+            with lock:
+                created.extend(j.id for j in jobs)
+
+        threads = [threading.Thread(target=go, args=(s, barrier)) for s in schedulers]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        clock.advance(1)
+    assert len(created) == len(set(created))
+    # The first start is on the hour and runs nothing from the past: 19 minutes, 13 x 90 s.
+    assert sum(".minutely." in i for i in created) == 19
+    assert sum(".ninety." in i for i in created) == 13
+    assert pending(schedulers[0].app) == len(created)
+
+
+def test_overlap_skip_waits_for_the_previous_run(
+    app: Conveyor, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.periodic(every=60, name="slow")(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(60)
+    (first,) = sched.tick()
+    clock.advance(60)
+    with caplog.at_level(logging.INFO, "conveyor.scheduler"):
+        assert sched.tick() == []  # the first run is still pending
+    assert "still pending" in caplog.text
+    assert pending(app) == 1
+    run_all(app)
+    clock.advance(60)
+    (third,) = sched.tick()
+    assert third.id != first.id
+
+
+def test_overlap_allow_runs_ticks_side_by_side(app: Conveyor, clock: FakeClock) -> None:
+    app.periodic(every=60, name="fast", overlap="allow")(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    for _ in range(3):
+        clock.advance(60)
+        assert len(sched.tick()) == 1
+    assert pending(app) == 3
+
+
+def test_catch_up_after_downtime_is_bounded(
+    app: Conveyor, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.periodic(every=60, name="every", overlap="allow", catch_up=3)(lambda: None)
+    app.periodic(cron="*/10 * * * *", name="cron", overlap="allow", catch_up=2)(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(3600 + 30)  # down for an hour
+    with caplog.at_level(logging.WARNING, "conveyor.scheduler"):
+        jobs = sched.tick()
+    every = sorted(int(j.id.rsplit(".", 1)[1]) for j in jobs if ".every." in j.id)
+    now_ms = int(clock.time() * 1000)
+    assert every == [now_ms - 30_000 - 120_000, now_ms - 30_000 - 60_000, now_ms - 30_000]
+    assert sum(".cron." in j.id for j in jobs) == 2
+    assert "missed 57 tick(s)" in caplog.text  # 60 due, 3 run
+    assert "missed 4 tick(s)" in caplog.text  # 6 due, 2 run
+
+
+def test_long_downtime_of_a_frequent_cron_is_cheap(app: Conveyor, clock: FakeClock) -> None:
+    app.periodic(cron="* * * * *", name="m")(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(3 * 365 * 86400)  # three years, 1.5 million missed minutes
+    (job,) = sched.tick()
+    assert job.id.endswith(f".{int(clock.time() // 60 * 60_000)}")
+
+
+def test_a_restarted_scheduler_resumes_where_it_was(app: Conveyor, clock: FakeClock) -> None:
+    app.periodic(every=60, name="r", overlap="allow", catch_up=10)(lambda: None)
+    Scheduler(app).tick()
+    clock.advance(60)
+    assert len(Scheduler(app).tick()) == 1
+    assert Scheduler(app).tick() == []  # a fresh scheduler knows that tick was done
+    clock.advance(180)
+    assert len(Scheduler(app).tick()) == 3  # ... and which ones it missed
+
+
+def test_a_failed_enqueue_is_retried_by_the_next_tick(
+    app: Conveyor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.periodic(every=60, name="f")(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(60)
+    real = app.broker.enqueue
+
+    def down(envelopes: object) -> list[str]:
+        raise ConnectionError("broker down")
+
+    monkeypatch.setattr(app.broker, "enqueue", down)
+    with pytest.raises(ConnectionError):
+        sched.tick()
+    monkeypatch.setattr(app.broker, "enqueue", real)
+    clock.advance(1)
+    (job,) = Scheduler(app).tick()  # another scheduler can take the tick: the claim is gone
+    assert job.id.endswith(f".{int((clock.time() - 1) * 1000)}")
+
+
+def test_a_claim_whose_owner_died_expires(app: Conveyor, clock: FakeClock) -> None:
+    schedule = Schedule("d", every=60.0, overlap="allow", catch_up=10)
+    app.periodic(every=60, name="d", overlap="allow", catch_up=10)(lambda: None)
+    Scheduler(app).tick()
+    clock.advance(60)
+    fire = int(clock.time() * 1000)
+    app.broker.kv.set(f"conveyor:periodic:d:claim:{fire}", b"1", CLAIM_TTL, nx=True)  # died
+    assert Scheduler(app).tick() == []
+    clock.advance(CLAIM_TTL)
+    ids = {j.id for j in Scheduler(app).tick()}
+    assert schedule.job_id(fire) in ids
+
+
+def test_next_after_and_job_ids_are_deterministic() -> None:
+    s = Schedule("myapp.tasks:clean up!", every=300.0)
+    assert s.next_after(START) == START + 300
+    assert s.next_after(START + 1) == START + 300
+    assert s.job_id(1) == Schedule("myapp.tasks:clean up!").job_id(1)
+    assert s.job_id(1).startswith("periodic.myapp.tasks_clean_up_.")
+    assert Schedule("a", cron="0 0 * * *").next_after(START) == 1_700_006_400.0
+
+
+def test_run_ticks_in_a_thread_until_stopped(app: Conveyor, clock: FakeClock) -> None:
+    app.periodic(every=1, name="bg", overlap="allow")(lambda: None)
+    stop = threading.Event()
+    thread = threading.Thread(target=Scheduler(app).run, args=(stop, 0.01))
+    thread.start()
+    try:
+        clock.advance(1)
+        # fetch blocks on the broker's condition, no sleep loop, until the job arrives
+        assert app.broker.fetch(["default"], "t", 1, 30, block=5.0)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+    assert not thread.is_alive()
