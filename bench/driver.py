@@ -41,6 +41,7 @@ from typing import Any
 import probe
 
 BULK_BATCH = 1000
+SOAK_BACKLOG = 20_000  # the soak's producer stays at most this far ahead of the worker
 WARMUP_JOBS = 5
 RESULT_SAMPLES = 20
 LATENCY_RATE = 50.0  # jobs per second in W3
@@ -240,6 +241,37 @@ class Driver:
             )[:300]
         return out
 
+    async def soak(self) -> dict[str, Any]:
+        """The worker runs while a producer keeps a bounded backlog, n jobs in all; the
+        probe samples the worker's RSS every n/20 jobs."""
+        proc = self.start_worker("soak", self.n)
+        bulk = hasattr(self.client, "enqueue_bulk")
+        try:
+            sent = 0
+            while sent < self.n:
+                if sent - self.done_count() > SOAK_BACKLOG:
+                    if proc.poll() is not None:
+                        raise RuntimeError(f"worker exited with code {proc.returncode}")
+                    await asyncio.sleep(0.05)
+                    continue
+                args = list(range(sent, min(self.n, sent + BULK_BATCH)))
+                await (self.enqueue_bulk if bulk else self.enqueue_each)("noop", args)
+                sent += len(args)
+            state = await self.wait_probe(proc, self.n, self.cfg["timeout"])
+        finally:
+            self.stop_worker(proc)
+        curve = [(n, kb / 1024) for n, kb in state["rss_curve"]]
+        span = state["last"] - state["first"]
+        return {
+            "rate": self.n / span if span > 0 else None,
+            "cpu_us": state["cpu"] * 1e6 / self.n if state["cpu"] is not None else None,
+            "rss_mb": state["rss_kb"] / 1024 if state["rss_kb"] else None,
+            "rss_curve": curve,
+        }
+
+    def done_count(self) -> int:
+        return sum(int(s["count"]) for s in probe.read_all(self.cfg["probe_dir"]))
+
     async def run(self) -> dict[str, Any]:
         workload = self.cfg["workload"]
         custom = getattr(self.adapter, "run_custom", None)
@@ -253,6 +285,8 @@ class Driver:
                 return await self.w1b()
             if workload == "w3":
                 return await self.w3()
+            if workload == "soak":
+                return await self.soak()
             kind = "sleep" if workload == "w4" else "noop"
             return await self.drain(workload, kind)
         finally:
@@ -270,6 +304,7 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
         "cpu": sum(cpus) if cpus else None,
         "rss_kb": sum(rss) if rss else None,
         "latencies": [x for s in live for x in s["latencies"]],
+        "rss_curve": sorted(p for s in live for p in s.get("rss_curve", [])),
     }
 
 

@@ -7,9 +7,10 @@ counts calls and keeps, in the process that runs the tasks:
 - the process CPU time and peak RSS at the first and at the N-th call (N from
   ``BENCH_PROBE_N``), so CPU per job excludes the worker's start-up;
 - for latency jobs, ``now - t_enqueued`` per call;
-- for jobs bracketed by ``begin()`` and ``hit(began)``, the most that ran at once.
+- for jobs bracketed by ``begin()`` and ``hit(began)``, the most that ran at once;
+- the current RSS every N/20 jobs (the soak's memory curve).
 
-A daemon thread writes the state as JSON to ``$BENCH_PROBE_DIR/<pid>.json`` every 10 ms,
+A daemon thread writes the state as JSON to ``$BENCH_PROBE_DIR/<pid>.json`` every 25 ms,
 and ``hit()`` writes it at once when the N-th call lands. The harness polls those files: no
 library's result API and no extra Redis round trip is involved in detecting completion.
 """
@@ -22,7 +23,7 @@ import resource
 import threading
 import time
 
-_INTERVAL = 0.01
+_INTERVAL = 0.025
 
 
 class _Probe:
@@ -38,6 +39,8 @@ class _Probe:
         self.cpu0 = 0.0
         self.cpu1 = 0.0
         self.rss_kb = 0
+        self.rss_every = max(self.target // 20, 1)
+        self.rss_curve: list[tuple[int, int]] = []  # (jobs done, current RSS kB)
         self.latencies: list[float] = []
         self.running = 0
         self.max_running = 0
@@ -68,6 +71,8 @@ class _Probe:
             if t_enqueued is not None and t_enqueued > 0:
                 self.latencies.append(now - t_enqueued)
             self.dirty = True
+            if self.count % self.rss_every == 0:
+                self.rss_curve.append((self.count, _current_rss_kb()))
             done = self.count == self.target
             if done:
                 self.cpu1 = time.process_time()
@@ -87,6 +92,7 @@ class _Probe:
                 "rss_kb": self.rss_kb or None,
                 "latencies": list(self.latencies),
                 "max_running": self.max_running,
+                "rss_curve": list(self.rss_curve),
             }
 
     def write(self) -> None:
@@ -105,6 +111,14 @@ class _Probe:
                     self.write()
                 except OSError:  # the harness removed the directory: the run is over
                     return
+
+
+def _current_rss_kb() -> int:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * (os.sysconf("SC_PAGE_SIZE") // 1024)
+    except OSError:  # not Linux: the peak is the best we have
+        return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 
 
 _probe: _Probe | None = None

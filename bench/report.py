@@ -208,6 +208,30 @@ def versions(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def soak(records: list[dict[str, Any]]) -> list[str]:
+    """RSS of one Conveyor worker along a long run (``run.py --soak N``)."""
+    runs = [r for r in records if r["workload"] == "soak" and r.get("rss_curve")]
+    if not runs:
+        return []
+    out = [
+        "## Soak: Conveyor worker memory over a long run",
+        "",
+        "| run | jobs | jobs/s | CPU µs/job | RSS at 5% | 25% | 50% | 75% | 100% "
+        "| growth 5%→100% |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in runs:
+        curve = r["rss_curve"]
+        at = [curve[min(len(curve) - 1, round(len(curve) * f) - 1)][1] for f in
+              (0.05, 0.25, 0.5, 0.75, 1.0)]  # fmt: skip
+        cells = " | ".join(f"{mb:.1f} MB" for mb in at)
+        out.append(
+            f"| {r['rep'] + 1} | {curve[-1][0]:,} | {num(r['rate'])} | {r['cpu_us']:.0f} | "
+            f"{cells} | {at[-1] - at[0]:+.1f} MB |"
+        )
+    return [*out, ""]
+
+
 def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cells = Cells(records)
     la, lb = meta["load_before"], meta["load_after"]
@@ -226,6 +250,7 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     if note_lines := notes(records):
         out += ["Notes on cells (n/a, failures, † marks):", "", *note_lines, ""]
+    out += soak(records)
     out += [
         "## Machine",
         "",

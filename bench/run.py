@@ -41,6 +41,11 @@ class Workload:
     concurrency: int
     libs: tuple[str, ...]
     backend: str = "redis"
+    scaled: bool = True  # --quick takes a tenth
+
+
+def size(w: Workload, quick: bool) -> int:
+    return max(w.n // 10, 30) if quick and w.scaled else w.n
 
 
 WORKLOADS = [
@@ -62,9 +67,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peers-venv", default=os.path.join(HERE, ".venv-peers"))
     p.add_argument("--timeout", type=float, default=None, help="seconds per run")
     p.add_argument("--out", default=None, help="markdown file to write")
+    p.add_argument(
+        "--soak", type=int, default=0, metavar="N",
+        help="also drain N jobs through one Conveyor worker with a producer running "
+        "alongside, sampling its RSS (e.g. 1000000; off by default)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     args.libs = [x for x in args.libs.split(",") if x]
     args.workloads = [w for w in WORKLOADS if w.name in args.workloads.split(",")]
+    if args.soak:
+        args.workloads.append(Workload("soak", args.soak, 32, ("conveyor",), scaled=False))
     if args.out is None:
         args.out = (
             os.path.join(HERE, ".results", "benchmarks-quick.md")
@@ -98,7 +110,7 @@ class Runner:
         if python is None:
             why = self.install_status.get(lib, "peer venv missing (run `make bench`)")
             return {"error": f"not installed: {why}"}
-        n = max(w.n // 10, 30) if self.args.quick else w.n
+        n = size(w, self.args.quick)
         with tempfile.TemporaryDirectory(prefix=f"bench-{w.name}-{lib}-") as tmp:
             probe_dir = os.path.join(tmp, "probe")
             os.mkdir(probe_dir)
@@ -127,7 +139,7 @@ class Runner:
                     capture_output=True,
                     check=False,
                     text=True,
-                    timeout=self.args.timeout + 120,
+                    timeout=self.args.timeout + 120 + (n / 500 if w.name == "soak" else 0),
                 )
             except subprocess.TimeoutExpired:
                 return {"error": "timeout: the driver did not return"}
@@ -182,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"private redis-server {facts['redis']} on {server.url}", flush=True)
         for rep in range(args.reps):
             for w in args.workloads:
+                if w.name == "soak" and rep > 0:
+                    continue  # one long soak is enough; it is not a median
                 libs = [lib for lib in w.libs if lib in args.libs]
                 shift = rep % len(libs) if libs else 0
                 for lib in libs[shift:] + libs[:shift]:
@@ -205,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         "mode": "quick (a tenth of the sizes)" if args.quick else "full",
         "reps": args.reps,
         "command": _command(argv),
-        "sizes": {w.name: (max(w.n // 10, 30) if args.quick else w.n) for w in WORKLOADS},
+        "sizes": {w.name: size(w, args.quick) for w in args.workloads},
     }
     text = report.render(records, meta)
     print()
