@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -121,7 +123,7 @@ def test_many_schedulers_in_many_processes_enqueue_each_tick_once(
     broker: MemoryBroker, clock: FakeClock
 ) -> None:
     """Eight 'processes' (apps sharing one broker), each with a scheduler thread, tick
-    together on every second of 20 minutes: exactly one job per fire time."""
+    together every 3 s for 20 minutes: exactly one job per fire time."""
 
     def make() -> Conveyor:
         app = Conveyor("memory://", clock=clock, broker=broker)
@@ -131,22 +133,17 @@ def test_many_schedulers_in_many_processes_enqueue_each_tick_once(
 
     schedulers = [Scheduler(make()) for _ in range(8)]
     created: list[str] = []
-    lock = threading.Lock()
-    for _ in range(20 * 60):
-        barrier = threading.Barrier(len(schedulers))
+    with ThreadPoolExecutor(len(schedulers)) as pool:
+        for _ in range(0, 20 * 60, 3):
+            barrier = threading.Barrier(len(schedulers))
 
-        def go(s: Scheduler, barrier: threading.Barrier) -> None:
-            barrier.wait()
-            jobs = s.tick()
-            with lock:
-                created.extend(j.id for j in jobs)
+            def go(s: Scheduler, barrier: threading.Barrier = barrier) -> list[str]:
+                barrier.wait()  # all tick at the same instant
+                return [j.id for j in s.tick()]
 
-        threads = [threading.Thread(target=go, args=(s, barrier)) for s in schedulers]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        clock.advance(1)
+            for ids in pool.map(go, schedulers):
+                created.extend(ids)
+            clock.advance(3)
     assert len(created) == len(set(created))
     # The first start is on the hour and runs nothing from the past: 19 minutes, 13 x 90 s.
     assert sum(".minutely." in i for i in created) == 19
@@ -276,3 +273,32 @@ def test_run_ticks_in_a_thread_until_stopped(app: Conveyor, clock: FakeClock) ->
         stop.set()
         thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+def test_each_tick_once_across_processes_sharing_a_sqlite_file(
+    tmp_path: Path, clock: FakeClock
+) -> None:
+    """Four apps, each with its own connection to one SQLite file (as separate worker
+    processes would have), tick every 7 s of 20 minutes from four threads."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+
+    def make() -> Scheduler:
+        app = Conveyor(url, clock=clock)
+        app.periodic(cron="*/2 * * * *", name="two", overlap="allow")(lambda: None)
+        app.periodic(every=150, name="odd", overlap="allow")(lambda: None)
+        app.broker.stats()  # open the file here: concurrent first opens can fail (reported)
+        return Scheduler(app)
+
+    schedulers = [make() for _ in range(4)]
+    created: list[str] = []
+    for _ in range(0, 20 * 60, 7):
+        with ThreadPoolExecutor(len(schedulers)) as pool:
+            for jobs in pool.map(lambda s: s.tick(), schedulers):
+                created.extend(j.id for j in jobs)
+        clock.advance(7)
+    assert len(created) == len(set(created))
+    assert sum(".two." in i for i in created) == 9  # 22:02 ... 22:18 (22:20 is not reached)
+    assert sum(".odd." in i for i in created) == 7
+    assert pending(schedulers[0].app) == len(created)
+    for s in schedulers:
+        s.app.close()
