@@ -10,6 +10,7 @@ import contextlib
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
@@ -75,6 +76,20 @@ class RedisServer:
     def info(self) -> dict[str, object]:
         with redis.Redis(port=self.port) as client:
             return dict(client.info())
+
+    def ping_ms(self, gap: float, n: int = 200) -> float:
+        """Median PING round trip through redis-py, hot (gap 0) or after ``gap`` s idle:
+        on a VM the idle one shows what waking a sleeping process costs."""
+        times = []
+        with redis.Redis(port=self.port) as client:
+            client.ping()
+            for _ in range(n):
+                if gap:
+                    time.sleep(gap)
+                t0 = time.perf_counter()
+                client.ping()
+                times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1000
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -256,6 +256,9 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         "",
         f"- CPU: {meta['cpu']}, {meta['cores']} cores; RAM {meta['ram']}; {meta['os']}",
         f"- Python: {meta['python']}; Redis: {meta['redis']}",
+        f"- Redis PING round trip (redis-py, median): {meta['rtt'][0]:.3f} ms back to back, "
+        f"{meta['rtt'][1]:.3f} ms after 20 ms idle (the cost of waking sleeping processes, "
+        "which every W3 hop pays)",
         f"- Load average (1/5/15 min): {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} before, "
         f"{lb[0]:.2f} / {lb[1]:.2f} / {lb[2]:.2f} after",
         f"- Started {meta['started']}, took {meta['minutes']:.1f} min; Conveyor at "

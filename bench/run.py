@@ -191,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     with private_redis() as server:
         runner = Runner(args, server.url)
         facts = machine.facts(ROOT, server.info())
+        facts["rtt"] = (server.ping_ms(0), server.ping_ms(0.02, n=100))
         print(f"private redis-server {facts['redis']} on {server.url}", flush=True)
         for rep in range(args.reps):
             for w in args.workloads:
