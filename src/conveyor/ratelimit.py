@@ -11,7 +11,7 @@ Rates are ``"<n>/<unit>"`` or ``"<n>/<k><unit>"`` with unit ``s``, ``m`` or ``h`
 Algorithm: a **sliding window counter**. Time is cut into fixed windows of the rate's period;
 each window has a counter (``kv.incr`` with a TTL of two periods). A job may start when::
 
-    current + previous * (share of the previous window still inside the sliding window) < n
+    current (this job included) + previous * (share of it still in the last period) <= n
 
 Burst behaviour: an idle key admits up to ``n`` jobs at once; steady demand is held to ``n``
 per period. The previous window is assumed to have been spread evenly, so in the worst case
