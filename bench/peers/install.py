@@ -51,8 +51,9 @@ def install(root: str, peer: str, pins: list[str]) -> str:
     for argv in steps:
         proc = subprocess.run(argv, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
-            tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-            return "install failed: " + " | ".join(tail)
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            errors = [ln[:160] for ln in lines if not ln.startswith("WARNING")] or lines
+            return "install failed: " + " | ".join(errors[-2:])
     with open(stamp, "w") as f:
         f.write(wanted)
     return "ok"
