@@ -16,7 +16,14 @@ import pytest
 import redis
 import redis.crc
 
-from conveyor._errors import BrokerError, BrokerUnavailable, InvalidName, InvalidURL
+from conveyor._errors import (
+    BrokerError,
+    BrokerUnavailable,
+    InvalidName,
+    InvalidURL,
+    TransactionConflict,
+    ValidationError,
+)
 from conveyor._message import Delivery, Envelope, JobStatus, new_job_id
 from conveyor.brokers import Finish, open_broker
 from conveyor.brokers.redis import RedisBroker
@@ -244,6 +251,36 @@ def test_purge_works_through_big_queues_in_chunks(broker: RedisBroker) -> None:
     broker.enqueue([env() for _ in range(2500)])
     assert broker.purge("default") == 2500
     assert fetch(broker) == []
+
+
+# -- the key-value store -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("retries", [0, 3])
+def test_update_makes_retries_plus_one_attempts(broker: RedisBroker, retries: int) -> None:
+    kv = broker.kv
+    calls: list[bytes | None] = []
+
+    def meddle(old: bytes | None) -> bytes:
+        calls.append(old)
+        kv.set("hot", str(len(calls)).encode())  # another writer, every time
+        return b"mine"
+
+    with pytest.raises(TransactionConflict):
+        kv.update("hot", meddle, retries=retries)
+    assert len(calls) == retries + 1
+    assert kv.get("hot") == str(retries + 1).encode()
+
+
+@pytest.mark.parametrize("value", [b"abc", b"1.5", b"1e3", b"0x10", b""])
+def test_incr_of_a_value_that_is_not_an_integer_is_a_validation_error(
+    broker: RedisBroker, value: bytes
+) -> None:
+    broker.kv.set("n", value)
+    with pytest.raises(ValidationError, match="not an integer") as info:
+        broker.kv.incr("n")
+    assert not isinstance(info.value, InvalidName)  # the key is fine; its value is not
+    assert broker.kv.get("n") == value
 
 
 # -- restarts, errors, ACL ---------------------------------------------------------------

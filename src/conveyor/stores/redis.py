@@ -14,7 +14,7 @@ from typing import Any
 import redis
 
 from .._clock import Clock, SystemClock
-from .._errors import BrokerError, InvalidName, TransactionConflict
+from .._errors import BrokerError, TransactionConflict, ValidationError
 from ..brokers.redis import _connect
 from ..brokers.redis._keys import fence_key, kv_key, lock_key
 from ._port import KeyValue, Updater, check_key
@@ -55,8 +55,8 @@ return 0""",
 local v, x = live(KEYS[1])
 local cur = 0
 if v then
+  if not string.match(v, '^[+-]?%d+$') then return redis.error_reply('NOTINT not a counter') end
   cur = tonumber(v)
-  if not cur or cur ~= math.floor(cur) then return redis.error_reply('NOTINT not a counter') end
 end
 local new = cur + tonumber(ARGV[2])
 local s = string.format('%d', new)
@@ -122,7 +122,9 @@ class RedisKV(KeyValue):
             return int(self._run("incr", [self._key(key)], int(amount), _ttl_arg(ttl)))
         except BrokerError as exc:
             if "NOTINT" in str(exc):
-                raise InvalidName(f"key {key!r} does not hold an integer counter") from None
+                raise ValidationError(
+                    f"store key {key!r} holds a value that is not an integer, so incr cannot "
+                    "add to it; delete it or use another key for the counter") from None
             raise
 
     def ttl(self, key: str) -> float | None:
@@ -133,14 +135,15 @@ class RedisKV(KeyValue):
         self, key: str, fn: Updater, ttl: float | None = None, retries: int = 50
     ) -> bytes | None:
         k = self._key(key)
-        for _ in range(max(retries, 1)):
+        attempts = max(retries, 0) + 1
+        for _ in range(attempts):
             with _connect.translate(), self._client.pipeline() as pipe:
                 try:
                     return self._update_once(pipe, k, fn, ttl)
                 except redis.WatchError:
                     continue
         raise TransactionConflict(
-            f"store.update({key!r}) conflicted {retries} times with concurrent writers; "
+            f"store.update({key!r}) conflicted {attempts} times with concurrent writers; "
             "retry later, or raise `retries` for a hot key"
         )
 
