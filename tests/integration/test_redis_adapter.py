@@ -91,11 +91,13 @@ def test_every_key_is_under_the_prefix_and_broker_keys_share_one_slot(
     keys = ours(raw, prefix)
     broker_keys = [k for k in keys if k.startswith("{" + prefix + "}:")]
     kv_keys = [k for k in keys if k.startswith("{" + prefix + ":kv:")]
-    assert sorted(broker_keys + kv_keys) == keys
+    lock_keys = [k for k in keys if k.startswith("{" + prefix + ":lock:")]
+    assert sorted(broker_keys + kv_keys + lock_keys) == keys
     assert len({redis.crc.key_slot(k.encode()) for k in broker_keys}) == 1
     assert "{" + prefix + "}:q:images:s7" in broker_keys
-    lock = "{" + prefix + ":kv:lock:inv}"
-    assert {lock, lock + ":fence"} <= set(kv_keys)
+    assert kv_keys == ["{" + prefix + ":kv:cache:a}"]
+    lock = "{" + prefix + ":lock:inv}"
+    assert lock_keys == [lock, lock + ":fence"]
     assert redis.crc.key_slot(lock.encode()) == redis.crc.key_slot((lock + ":fence").encode())
 
 
@@ -254,6 +256,28 @@ def test_purge_works_through_big_queues_in_chunks(broker: RedisBroker) -> None:
 
 
 # -- the key-value store -----------------------------------------------------------------
+
+
+def test_store_keys_cannot_reach_a_lock_or_its_fence(broker: RedisBroker) -> None:
+    kv = broker.kv
+    fence = kv.lock_acquire("x", "holder", 30)
+    assert fence is not None
+    for key in ("lock:x", "x", "fence:x", "lock:x:fence", "lock:x}:fence", "x:fence"):
+        assert kv.get(key) is None, key
+        assert not kv.delete(key), key
+        assert kv.set(key, b"intruder"), key
+        assert kv.delete(key), key
+        assert kv.incr(key) == 1, key
+        assert kv.update(key, lambda old: None) is None, key
+    assert kv.lock_acquire("x", "other", 30) is None  # still held by "holder"
+    assert kv.lock_extend("x", "holder", 30)
+    assert kv.lock_release("x", "holder")
+    assert kv.lock_acquire("x", "other", 30) == fence + 1  # the fence went on counting
+    # And the other way round: a lock does not touch the value of the same name.
+    kv.set("y", b"value")
+    assert kv.lock_acquire("y", "t", 30) is not None
+    assert kv.lock_release("y", "t")
+    assert kv.get("y") == b"value"
 
 
 @pytest.mark.parametrize("retries", [0, 3])

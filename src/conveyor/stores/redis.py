@@ -2,9 +2,10 @@
 
 Each key is a hash ``{P:kv:<key>}`` with ``v`` (the value) and ``x`` (expiry in ms of the
 injected clock), so expiry follows the same clock as the rest of Conveyor (a test's fake
-clock included); a real ``PEXPIRE`` a minute longer collects the garbage. Every operation
-is one Lua script on one key (a lock and its fencing counter share a hash tag), and
-``update`` is ``WATCH``/``MULTI``/``EXEC`` retried. See ``brokers/redis/_keys.py``.
+clock included); a real ``PEXPIRE`` a minute longer collects the garbage. Locks live apart,
+in ``{P:lock:<name>}`` (and their fencing counters beside them), so no value key can reach a
+lock. Every operation is one Lua script on one key (a lock and its fencing counter share
+a hash tag), and ``update`` is ``WATCH``/``MULTI``/``EXEC`` retried. See ``brokers/redis/_keys.py``.
 """
 
 from __future__ import annotations

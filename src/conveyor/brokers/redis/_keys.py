@@ -24,11 +24,17 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:worker:<w>          STRING  the worker's WorkerInfo (JSON)
 
 Key-value store keys (``conveyor.stores.redis``): one tag per key, so they spread over a
-cluster; a lock and its fencing counter share their tag::
+cluster. Values and locks live in separate namespaces (the ``kv`` and ``lock`` segments right
+after the prefix, inside the tag), so no store key, whatever its characters, can name a lock
+or a fencing counter; a lock and its fencing counter share their tag::
 
-    {P:kv:<key>}            HASH    v = value, x = expiry (ms of the injected clock)
-    {P:kv:lock:<name>}      HASH    the lock: v = owner token, x = expiry
-    {P:kv:lock:<name>}:fence STRING fencing counter, INCRed in the same script as the grant
+    {P:kv:<key>}            HASH    v = value, x = expiry (ms)
+    {P:lock:<name>}         HASH    the lock: v = owner token, x = expiry (ms)
+    {P:lock:<name>}:fence   STRING  fencing counter, INCRed in the same script as the grant
+
+A store key ``lock:x`` is ``{P:kv:lock:x}``: a value like any other, unrelated to lock ``x``.
+The prefix has no ``:`` (it is validated like a queue name), so ``{P:kv:`` and ``{P:lock:``
+can come from one prefix only.
 
 Why one tag for the broker and not one per queue: a job is addressed by its id alone
 (``app.job(id)`` does not know the queue), a unique key is unique across queues, a worker on
@@ -132,8 +138,8 @@ def kv_key(prefix: str, key: str) -> str:
 
 
 def lock_key(prefix: str, name: str) -> str:
-    # Same key as the value "lock:<name>", as in the memory reference store.
-    return kv_key(prefix, "lock:" + name)
+    # Its own segment: kv_key always starts "{P:kv:", so no store key can produce this.
+    return "{" + f"{prefix}:lock:{name}" + "}"
 
 
 def fence_key(prefix: str, name: str) -> str:
