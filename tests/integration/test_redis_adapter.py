@@ -16,6 +16,7 @@ import pytest
 import redis
 import redis.crc
 
+from conveyor._clock import SystemClock
 from conveyor._errors import (
     BrokerError,
     BrokerUnavailable,
@@ -24,10 +25,11 @@ from conveyor._errors import (
     TransactionConflict,
     ValidationError,
 )
-from conveyor._message import Delivery, Envelope, JobStatus, new_job_id
+from conveyor._message import Delivery, Envelope, JobStatus, WorkerInfo, new_job_id
 from conveyor.brokers import Finish, open_broker
 from conveyor.brokers.redis import RedisBroker
 from conveyor.brokers.redis._connect import parse
+from conveyor.stores.redis import RedisKV
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from redis_server import (
@@ -253,6 +255,63 @@ def test_purge_works_through_big_queues_in_chunks(broker: RedisBroker) -> None:
     broker.enqueue([env() for _ in range(2500)])
     assert broker.purge("default") == 2500
     assert fetch(broker) == []
+
+
+# -- time: the server's clock, not the clients' --------------------------------------------
+
+
+class Skewed(SystemClock):
+    """A real clock that is ``offset`` seconds off, as on a host without NTP."""
+
+    def __init__(self, offset: float) -> None:
+        self.offset = offset
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+
+def test_clients_with_skewed_clocks_never_both_hold_a_lock(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    client = redis_server.client()
+    on_time = RedisKV(client, prefix=prefix, clock=Skewed(0))
+    ahead = RedisKV(client, prefix=prefix, clock=Skewed(10))
+    behind = RedisKV(client, prefix=prefix, clock=Skewed(-10))
+    assert on_time.lock_acquire("x", "a", 5) == 1
+    assert ahead.lock_acquire("x", "b", 5) is None  # its clock says a's ttl ran out
+    assert ahead.lock_acquire("y", "b", 5) == 1
+    assert behind.lock_acquire("y", "c", 5) is None
+    assert not behind.lock_extend("y", "c", 5)
+    assert behind.set("v", b"1", ttl=5)
+    for kv in (on_time, ahead, behind):  # all read the same expiry
+        left = kv.ttl("v")
+        assert left is not None and 4 < left <= 5
+        assert kv.get("v") == b"1"
+    assert not ahead.set("v", b"2", nx=True)
+    client.close()
+
+
+def test_a_worker_whose_clock_runs_ahead_does_not_reclaim_a_live_lease(
+    redis_server: RedisServer, prefix: str
+) -> None:
+    on_time = RedisBroker(redis_server.url, prefix=prefix, clock=Skewed(0))
+    ahead = RedisBroker(redis_server.url, prefix=prefix, clock=Skewed(10))
+    try:
+        on_time.enqueue([e := env()])
+        [d] = fetch(on_time, "w1", lease=5)
+        assert fetch(ahead, "w2", lease=5) == []  # the lease is still live on the server
+        assert on_time.renew([d], 5)[0].value == "ok"
+        assert on_time.finish([Finish(d, JobStatus.SUCCEEDED, b"r", result_ttl=5)]) == [True]
+        # The result's 5 s are the server's: a reader 10 s ahead still sees it.
+        [record] = ahead.get([e.id])
+        assert record is not None and record.result == b"r"
+        assert ahead.wait(e.id, 1) is not None
+        on_time.heartbeat(WorkerInfo(id="w1", host="h", pid=1, queues=["default"],
+                                     concurrency=1, pool="threads", started_at=0.0), 5)
+        assert [w.id for w in ahead.workers()] == ["w1"]
+    finally:
+        on_time.close()
+        ahead.close()
 
 
 # -- the key-value store -----------------------------------------------------------------

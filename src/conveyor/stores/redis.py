@@ -1,11 +1,14 @@
 """The key-value port on Redis: values, counters, optimistic updates and fenced locks.
 
-Each key is a hash ``{P:kv:<key>}`` with ``v`` (the value) and ``x`` (expiry in ms of the
-injected clock), so expiry follows the same clock as the rest of Conveyor (a test's fake
-clock included); a real ``PEXPIRE`` a minute longer collects the garbage. Locks live apart,
-in ``{P:lock:<name>}`` (and their fencing counters beside them), so no value key can reach a
-lock. Every operation is one Lua script on one key (a lock and its fencing counter share
-a hash tag), and ``update`` is ``WATCH``/``MULTI``/``EXEC`` retried. See ``brokers/redis/_keys.py``.
+Each key is a hash ``{P:kv:<key>}`` with ``v`` (the value) and ``x`` (expiry in ms); a real
+``PEXPIRE`` a minute longer collects the garbage. Locks live apart, in ``{P:lock:<name>}``
+(and their fencing counters beside them), so no value key can reach a lock. Every operation
+is one Lua script on one key (a lock and its fencing counter share a hash tag), and
+``update`` is ``WATCH``/``MULTI``/``EXEC`` retried. See ``brokers/redis/_keys.py``.
+
+Time: with the real clock (``SystemClock``) expiry is decided by the server's ``TIME``, so
+clients whose clocks disagree still agree on who holds a lock; with an injected fake clock
+(tests) the client passes its ``now`` instead.
 """
 
 from __future__ import annotations
@@ -21,8 +24,17 @@ from ..brokers.redis._keys import fence_key, kv_key, lock_key
 from ._port import KeyValue, Updater, check_key
 
 _GRACE_MS = 60000
-_LIVE = """
-local NOW = tonumber(ARGV[1])
+# ARGV[1] is the injected clock's now in ms, or '' for the server's own TIME.
+_NOW = """
+local NOW
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  NOW = tonumber(ARGV[1])
+end
+"""
+_LIVE = _NOW + """
 local function live(k)
   local r = redis.call('HMGET', k, 'v', 'x')
   if not r[1] then return nil end
@@ -84,6 +96,13 @@ if live(KEYS[1]) ~= ARGV[2] then return 0 end
 write(KEYS[1], ARGV[2], ARGV[3])
 return 1""",
 }
+# update's read, after WATCH: the live value (or nil) and the time it was judged by. Read-only:
+# a write here would trip our own WATCH.
+_READ = _NOW + """
+local r = redis.call('HMGET', KEYS[1], 'v', 'x')
+if r[1] and r[2] and r[2] ~= '' and tonumber(r[2]) <= NOW then r[1] = false end
+return {r[1], NOW}
+"""
 
 
 def _ttl_arg(ttl: float | None) -> str:
@@ -98,7 +117,10 @@ class RedisKV(KeyValue):
         self._clock = clock or SystemClock()
         self._scripts = {n: client.register_script(_LIVE + s) for n, s in _SCRIPTS.items()}
 
-    def _now(self) -> int:
+    def _now(self) -> int | str:
+        """NOW for a script: '' (the server's TIME) on the real clock, else the fake one's."""
+        if isinstance(self._clock, SystemClock):
+            return ""
         return round(self._clock.time() * 1000)
 
     def _run(self, name: str, keys: list[str], *args: Any) -> Any:
@@ -149,11 +171,9 @@ class RedisKV(KeyValue):
         )
 
     def _update_once(self, pipe: Any, k: str, fn: Updater, ttl: float | None) -> bytes | None:
-        now = self._now()
         pipe.watch(k)
-        value, expires = pipe.hmget(k, "v", "x")
-        live = value is not None and not (expires and int(expires) <= now)
-        new = fn(bytes(value) if live else None)
+        value, now = pipe.eval(_READ, 1, k, self._now())
+        new = fn(None if value is None else bytes(value))
         pipe.multi()
         pipe.delete(k)
         if new is not None:

@@ -45,10 +45,9 @@ class AdminMixin(RedisCore):
                                   failed=failed, dead=dead, succeeded=succeeded))
         return out
 
-    def _index_members(self, status: JobStatus, queues: Sequence[str], limit: int | None
-                       ) -> list[str]:
+    def _index_members(self, status: JobStatus, queues: Sequence[str], limit: int | None,
+                       now: int) -> list[str]:
         """Job ids in a status index, newest first for terminal ones (score = expiry)."""
-        now = self._now()
         stop = -1 if limit is None else limit - 1
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)
@@ -65,8 +64,8 @@ class AdminMixin(RedisCore):
         queues = [validate_queue(queue)] if queue is not None else self._known_queues()
         if limit <= 0 or not queues:
             return []
-        ids = self._index_members(status, queues, limit)
         now = self._now()
+        ids = self._index_members(status, queues, limit, now)
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)
             for i in ids:
@@ -84,7 +83,7 @@ class AdminMixin(RedisCore):
 
     def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:
         if job_ids is None:
-            job_ids = self._index_members(status, self._known_queues(), None)
+            job_ids = self._index_members(status, self._known_queues(), None, self._now())
         n = 0
         for job_id in job_ids:
             n += self._requeue_one(job_id, status)
@@ -105,14 +104,14 @@ class AdminMixin(RedisCore):
         return total
 
     def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
-        now = self._clock.time()
-        info.seen_at = now
+        now = self._now()
+        info.seen_at = now / 1000
         with _connect.translate():
             pipe = self._client.pipeline(transaction=True)
             pipe.set(self._keys.worker(info.id), msgspec.json.encode(info),
                      ex=int(ttl) + _GC_GRACE)
-            pipe.zadd(self._keys.workers, {info.id: to_ms(now + ttl)})
-            pipe.zremrangebyscore(self._keys.workers, "-inf", to_ms(now))
+            pipe.zadd(self._keys.workers, {info.id: now + to_ms(ttl)})
+            pipe.zremrangebyscore(self._keys.workers, "-inf", now)
             pipe.execute()
 
     def workers(self) -> list[WorkerInfo]:

@@ -37,8 +37,11 @@ class AsyncMixin(RedisCore):
     async def _read_record_async(self, job_id: str) -> JobRecord | None:
         client, _ = self._aclient()
         async with _connect.translate_async():
-            row = await client.hmget(self._keys.job(job_id), RECORD_FIELDS)
-        return self._decode_record(job_id, row)
+            pipe = client.pipeline(transaction=False)
+            pipe.time()
+            pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
+            server_time, row = await pipe.execute()
+        return self._decode_record(job_id, row, self._now(server_time))
 
     async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """As ``wait``: read the record, then block on the job's done list (never missed)."""

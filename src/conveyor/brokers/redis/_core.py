@@ -1,4 +1,10 @@
-"""Shared state of the Redis broker: clients, keys, scripts, the clock, record decoding."""
+"""Shared state of the Redis broker: clients, keys, scripts, the clock, record decoding.
+
+Time: on the real clock (``SystemClock``) every decision is made on the Redis server's
+``TIME`` (scripts read it themselves when ARGV ``now`` is ''; Python reads it in the same
+pipeline), so workers and producers whose clocks disagree still agree on leases and expiry.
+An injected fake clock (tests) is passed to the scripts as ``now`` instead.
+"""
 
 from __future__ import annotations
 
@@ -23,6 +29,12 @@ RECORD_FIELDS = ("status", "queue", "result", "progress", "note", "updated_at", 
 
 def to_ms(seconds: float) -> int:
     return round(seconds * 1000)
+
+
+def time_ms(reply: Any) -> int:
+    """A ``TIME`` reply (seconds, microseconds) in ms."""
+    seconds, micros = reply
+    return int(seconds) * 1000 + int(micros) // 1000
 
 
 def text(value: Any) -> str:
@@ -55,18 +67,30 @@ class RedisCore:
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _now(self) -> int:
-        return to_ms(self._clock.time())
-
-    def _head(self, now: int | None = None) -> list[Any]:
-        """The ARGV every script starts with (see common.lua)."""
-        k = self._keys
-        return [self._now() if now is None else now, "conveyor", k.job_prefix, k.done_prefix]
-
     @property
     def _real_time(self) -> bool:
-        # Only a real clock lets blocking reads sleep until the next lease or eta comes due.
+        """The real clock: time comes from the server. Also, only a real clock lets blocking
+        reads sleep until the next lease or eta comes due."""
         return isinstance(self._clock, SystemClock)
+
+    def _script_now(self) -> int | str:
+        """ARGV ``now`` of a script: '' (the server's TIME) on the real clock."""
+        return "" if self._real_time else to_ms(self._clock.time())
+
+    def _now(self, server_time: Any = None) -> int:
+        """Now in ms: the server's on the real clock (from a ``TIME`` reply sent in the same
+        pipeline as the read it judges, or a round trip of its own), else the fake clock's."""
+        if not self._real_time:
+            return to_ms(self._clock.time())
+        if server_time is None:
+            with _connect.translate():
+                server_time = self._client.time()
+        return time_ms(server_time)
+
+    def _head(self) -> list[Any]:
+        """The ARGV every script starts with (see common.lua)."""
+        k = self._keys
+        return [self._script_now(), "conveyor", k.job_prefix, k.done_prefix]
 
     def _aclient(self) -> tuple[redis.asyncio.Redis, Scripts]:
         """The asyncio client of the running loop, created on first use (one per loop:
@@ -80,11 +104,11 @@ class RedisCore:
                 self._async[loop] = found
             return found
 
-    def _decode_record(self, job_id: str, row: Sequence[Any]) -> JobRecord | None:
+    def _decode_record(self, job_id: str, row: Sequence[Any], now: int) -> JobRecord | None:
         status, queue, result, progress, note, updated, expires = row
         if status is None:
             return None
-        if expires and int(expires) <= self._now():
+        if expires and int(expires) <= now:
             return None
         state = JobStatus(text(status))
         return JobRecord(
@@ -100,10 +124,12 @@ class RedisCore:
     def _read_records(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)
+            pipe.time()
             for job_id in job_ids:
                 pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
-            rows = pipe.execute()
-        return [self._decode_record(i, row) for i, row in zip(job_ids, rows, strict=True)]
+            server_time, *rows = pipe.execute()
+        now = self._now(server_time)
+        return [self._decode_record(i, row, now) for i, row in zip(job_ids, rows, strict=True)]
 
     def _by_id(self, script: str, job_id: str, own: list[Any], moved: Any) -> Any:
         """Run a script on a job known by id alone: read its queue (for the queue keys),

@@ -10,7 +10,7 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:keys                HASH    unique key (Envelope.key) -> id of the pending job holding it
     {P}:job:<id>            HASH    the job: status token deliveries payload queue priority sid
                                     consumer lease_until cancel key result reason progress note
-                                    eta updated_at expires_at (times in ms of the injected clock)
+                                    eta updated_at expires_at (times in ms, see "Times" below)
     {P}:done:<id>           LIST    completion signal: one element pushed when the job ends;
                                     waiters BLMOVE it onto itself (non-destructive, wakes all)
     {P}:q:<q>:s<p>          STREAM  ready jobs of priority <p>: entries ``job <id>``; consumer
@@ -44,9 +44,11 @@ the queue keys in one slot, and only a queue-independent tag gives that without 
 non-atomic locator write. The price: on Redis Cluster a Conveyor prefix lives on one shard
 (correct, atomic, but not spread); run hot queues under their own prefix to spread them.
 
-Times stored in hashes and sorted sets are milliseconds of the broker's injected ``Clock``:
-the clock decides leases, etas and expiry. Real Redis TTLs (``PEXPIRE``) are set a little
-longer than the logical expiry, as garbage collection only.
+Times stored in hashes and sorted sets are milliseconds since the epoch. With the real
+clock (``SystemClock``) they are the Redis server's ``TIME``, read inside each script (ARGV
+``now`` is ''), so clients whose clocks disagree still agree on leases, etas and expiry; with
+an injected fake clock (tests) the client passes its ``now``. Real Redis TTLs (``PEXPIRE``)
+are set a little longer than the logical expiry, as garbage collection only.
 
 Scripts compute job keys inside Lua from the ``{P}:job:`` prefix passed as an argument (the
 ids come out of stream entries, so they cannot be declared up front); the shared tag keeps

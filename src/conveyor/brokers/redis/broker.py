@@ -1,8 +1,8 @@
 """The Redis Streams broker: producing, consuming and job records.
 
 One stream per queue and priority (0..9) with one consumer group; leases are our own (a
-per-delivery token and an expiry on the injected clock, kept in the job hash and the
-queue's ``running`` set), and the pending-entries list records who holds each entry.
+per-delivery token and an expiry, on the server's clock, see ``_core``, kept in the job hash
+and the queue's ``running`` set), and the pending-entries list records who holds each entry.
 Every state change is one Lua script (see the ``.lua`` files); the key schema is in
 ``_keys.py``. Blocking is a plain ``XREAD BLOCK`` on the streams' last ids, so waiting for
 work never delivers anything outside a script and never spins.
@@ -100,20 +100,19 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
             return []
         deadline = time.monotonic() + max(block, 0.0)
         while True:
-            now = self._now()
-            out, next_event, last_ids = self._fetch_once(queues, consumer, count, lease, now)
+            out, next_event, last_ids = self._fetch_once(queues, consumer, count, lease)
             remaining = deadline - time.monotonic()
             if out or remaining <= 0 or count <= 0:
                 return out
             wait = min(remaining, _connect.block_slice(self._client))
-            if next_event >= 0:
-                wait = min(wait, max((next_event - now) / 1000, 0.001))
+            if next_event >= 0:  # ms until the next eta or lease expiry
+                wait = min(wait, max(next_event / 1000, 0.001))
                 if not self._real_time:
                     wait = min(wait, _IDLE_WAKE)
             self._block(queues, last_ids, wait)
 
     def _fetch_once(
-        self, queues: list[str], consumer: str, count: int, lease: float, now: int
+        self, queues: list[str], consumer: str, count: int, lease: float
     ) -> tuple[list[Delivery], int, list[str]]:
         keys: list[str] = []
         for q in queues:
@@ -121,7 +120,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         keys.append(self._keys.unique)
         sweep = to_ms(self._sweep_idle if self._sweep_idle is not None else 2 * lease)
         tokens = [secrets.token_hex(8) for _ in range(max(count, 0))]
-        args = [*self._head(now), consumer, max(count, 0), to_ms(lease), max(sweep, 1),
+        args = [*self._head(), consumer, max(count, 0), to_ms(lease), max(sweep, 1),
                 len(queues), *queues, *tokens]
         with _connect.translate():
             out, next_event, recreated, last_ids = self._scripts["fetch"](keys=keys, args=args)

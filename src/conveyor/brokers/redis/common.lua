@@ -1,8 +1,15 @@
 -- Shared prelude of every broker script (prepended by _scripts.py).
--- Convention: ARGV[1] now (ms of the injected clock), ARGV[2] consumer group,
--- ARGV[3] job hash prefix "{P}:job:", ARGV[4] done list prefix "{P}:done:".
+-- Convention: ARGV[1] now (ms of the injected clock; '' on the real clock: the server's
+-- TIME, so every client agrees), ARGV[2] consumer group, ARGV[3] job hash prefix
+-- "{P}:job:", ARGV[4] done list prefix "{P}:done:".
 -- A queue's keys come as 18 consecutive KEYS in the order of _keys.QUEUE_KEY_SUFFIXES.
-local NOW = tonumber(ARGV[1])
+local NOW
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  NOW = tonumber(ARGV[1])
+end
 local GROUP = ARGV[2]
 local JOB_PREFIX = ARGV[3]
 local DONE_PREFIX = ARGV[4]

@@ -7,8 +7,8 @@
 --    across the queues.
 -- KEYS: 18 keys per queue, then the unique-key hash. ARGV[5..]: consumer, count, lease (ms), sweep idle (ms),
 -- number of queues, the queue names, then `count` fresh tokens.
--- Returns {deliveries, next event (ms or -1), groups recreated, last entry ids or {}};
--- a delivery is {id, queue, payload, token, deliveries, priority}.
+-- Returns {deliveries, ms until the next event (or -1), groups recreated, last entry ids
+-- or {}}; a delivery is {id, queue, payload, token, deliveries, priority}.
 local CONSUMER, COUNT, LEASE = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local SWEEP_MS, NQ = tonumber(ARGV[8]), tonumber(ARGV[9])
 local TOKEN_BASE = 9 + NQ
@@ -171,7 +171,8 @@ local function next_event()
       if first[2] and first[2] ~= 'inf' and (best < 0 or tonumber(first[2]) < best) then best = tonumber(first[2]) end
     end
   end
-  return best
+  if best < 0 then return -1 end
+  return math.max(best - NOW, 0)
 end
 
 for i = 1, NQ do promote(Q[i]); reclaim(Q[i]) end
