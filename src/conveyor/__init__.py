@@ -29,6 +29,10 @@ from ._job import Job as Job
 from ._message import JobStatus as JobStatus
 from ._task import Signature as Signature
 from ._task import Task as Task
+from .workflows import Workflow as Workflow
+from .workflows import chain as chain
+from .workflows import chord as chord
+from .workflows import group as group
 
 __version__ = "0.1.0"
 
@@ -58,6 +62,10 @@ __all__ = [
     "TransactionConflict",
     "UntrustedTask",
     "ValidationError",
+    "Workflow",
     "__version__",
+    "chain",
+    "chord",
     "current_job",
+    "group",
 ]

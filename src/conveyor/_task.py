@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from ._errors import ConfigurationError, ValidationError
 from ._message import DEFAULT_QUEUE, validate_priority, validate_queue
+from .ratelimit import parse_rate
+from .stores._port import check_key
 
 if TYPE_CHECKING:
     from ._app import Conveyor
@@ -56,6 +58,10 @@ class Options:
 
     def check(self) -> None:
         validate_queue(self.queue)
+        if self.rate is not None:
+            parse_rate(self.rate)
+        if self.rate_key is not None:
+            check_key(self.rate_key)
         validate_priority(self.priority)
         if self.retries < 0:
             raise ConfigurationError("retries must be >= 0")
@@ -148,7 +154,9 @@ class Task(Generic[P, R]):
     def __call__(self, *args: P.args, **kwargs: P.kwargs) -> Any:
         return self.fn(*args, **kwargs)
 
-    def s(self, *args: P.args, **kwargs: P.kwargs) -> Signature[R]:
+    def s(self, *args: Any, **kwargs: Any) -> Signature[R]:
+        """A call to send later. Its arguments may be partial: in a chain, the previous
+        step's result is prepended; in a chord, the group's list is."""
         return Signature(self.app, self.name, args, dict(kwargs), self.opts)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
