@@ -366,6 +366,53 @@ def test_incr_of_a_value_that_is_not_an_integer_is_a_validation_error(
     assert broker.kv.get("n") == value
 
 
+# -- consumer names ----------------------------------------------------------------------
+
+
+def consumers(raw: redis.Redis, prefix: str, queue: str, priority: int = 0) -> dict[str, int]:
+    """Consumer name -> pending count in a stream's group."""
+    stream = "{" + prefix + "}:q:" + queue + ":s" + str(priority)
+    return {c["name"].decode(): c["pending"] for c in raw.xinfo_consumers(stream, "conveyor")}
+
+
+def test_forget_worker_drops_its_consumer_only_where_nothing_is_pending(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    broker.enqueue([env(), env("other"), env("other", priority=5), env("other")])
+    [held] = fetch(broker, "w1")
+    done = fetch(broker, "w1", count=2, queues=("other",))
+    broker.finish([Finish(d, JobStatus.SUCCEEDED, b"") for d in done])
+    [peer] = fetch(broker, "w2", queues=("other",))
+    assert consumers(raw, prefix, "other", 5) == {"w1": 0}
+    assert consumers(raw, prefix, "other") == {"w1": 0, "w2": 1}
+    broker.forget_worker("w1")
+    assert consumers(raw, prefix, "default") == {"w1": 1}  # still holds a job: kept
+    assert consumers(raw, prefix, "other", 5) == {}
+    assert consumers(raw, prefix, "other") == {"w2": 1}
+    assert broker.renew([held], 60)[0].value == "ok"
+    assert broker.finish([Finish(held, JobStatus.SUCCEEDED, b"")]) == [True]
+    broker.forget_worker("w1")
+    broker.forget_worker("never-seen")
+    assert consumers(raw, prefix, "default") == {}
+    assert consumers(raw, prefix, "other") == {"w2": 1}
+    assert broker.finish([Finish(peer, JobStatus.SUCCEEDED, b"")]) == [True]
+
+
+def test_fetch_reaps_consumers_idle_with_nothing_pending(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    broker.reap_every, broker.reap_idle = 0.1, 0.1
+    broker.enqueue([env(), env()])
+    [done] = fetch(broker, "stopped", count=1)
+    broker.finish([Finish(done, JobStatus.SUCCEEDED, b"")])
+    [held] = fetch(broker, "killed", count=1)  # died holding a job: its entry must stay pending
+    assert consumers(raw, prefix, "default") == {"stopped": 0, "killed": 1}
+    time.sleep(0.2)
+    assert fetch(broker, "live") == []
+    assert consumers(raw, prefix, "default") == {"killed": 1}
+    assert broker.finish([Finish(held, JobStatus.SUCCEEDED, b"")]) == [True]
+
+
 # -- restarts, errors, ACL ---------------------------------------------------------------
 
 

@@ -16,6 +16,7 @@ from ._core import RedisCore, text, to_ms
 from ._keys import TERMINAL_INDEXES
 
 _PURGE_CHUNK = 1000
+_FORGET_CHUNK = 100  # queues per forget script call (ten streams each)
 _GC_GRACE = 60  # seconds a worker's record outlives its announcement (garbage collection)
 _ENTRY_FIELDS = ("payload", "reason", "updated_at", "status", "queue", "expires_at")
 
@@ -123,8 +124,16 @@ class AdminMixin(RedisCore):
         return [msgspec.json.decode(r, type=WorkerInfo) for r in raw if r is not None]
 
     def forget_worker(self, worker_id: str) -> None:
+        """Drop the announcement, and the worker's consumer (named by its id, as the worker
+        fetches) from every group where it holds nothing pending; where it still holds
+        entries (a hard stop) it stays, and the lease reclaim or sweep deals with them."""
         with _connect.translate():
             pipe = self._client.pipeline(transaction=True)
             pipe.zrem(self._keys.workers, worker_id)
             pipe.delete(self._keys.worker(worker_id))
             pipe.execute()
+        queues = self._known_queues()
+        for i in range(0, len(queues), _FORGET_CHUNK):
+            streams = [s for q in queues[i:i + _FORGET_CHUNK] for s in self._keys.streams(q)]
+            with _connect.translate():
+                self._scripts["forget"](keys=streams, args=[*self._head(), worker_id])

@@ -20,6 +20,8 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:q:<q>:running       ZSET    id -> lease expiry: leased jobs (reclaimed once expired)
     {P}:q:<q>:succeeded     ZSET    id -> record expiry (also failed, dead, cancelled): finished
     {P}:q:<q>:sweep         STRING  marker (real-time PX) rate-limiting the XAUTOCLAIM sweep
+    {P}:q:<q>:reap          STRING  marker (real-time PX) rate-limiting the removal of idle
+                                    consumers (nothing pending) from the queue's groups
     {P}:workers             ZSET    worker id -> announcement expiry
     {P}:worker:<w>          STRING  the worker's WorkerInfo (JSON)
 
@@ -74,6 +76,7 @@ QUEUE_KEY_SUFFIXES = (
     "dead",
     "cancelled",
     "sweep",
+    "reap",
 )
 TERMINAL_INDEXES = ("succeeded", "failed", "dead", "cancelled")
 

@@ -12,7 +12,7 @@ from importlib import resources
 from typing import Any
 
 NAMES = ("enqueue", "fetch", "renew", "finish", "release", "promote", "progress", "cancel",
-         "requeue", "purge")
+         "requeue", "purge", "forget")
 
 
 @cache

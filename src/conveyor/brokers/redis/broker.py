@@ -58,7 +58,14 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
 
     ``sweep_idle`` is how long (real seconds) a pending entry must sit idle before the
     XAUTOCLAIM sweep takes it over; by default twice the lease of the fetch that sweeps.
+
+    Consumer names of stopped workers are removed from the groups: by ``forget_worker`` on
+    a clean stop, and by ``fetch`` (at most every ``reap_every`` real seconds per queue) for
+    consumers idle ``reap_idle`` seconds with nothing pending, e.g. of killed workers.
     """
+
+    reap_every: float = 3600.0
+    reap_idle: float = 86400.0
 
     def __init__(self, url: str, *, prefix: str = "conveyor", clock: Clock | None = None,
                  sweep_idle: float | None = None) -> None:
@@ -121,7 +128,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         sweep = to_ms(self._sweep_idle if self._sweep_idle is not None else 2 * lease)
         tokens = [secrets.token_hex(8) for _ in range(max(count, 0))]
         args = [*self._head(), consumer, max(count, 0), to_ms(lease), max(sweep, 1),
-                len(queues), *queues, *tokens]
+                to_ms(self.reap_every), to_ms(self.reap_idle), len(queues), *queues, *tokens]
         with _connect.translate():
             out, next_event, recreated, last_ids = self._scripts["fetch"](keys=keys, args=args)
         if recreated:

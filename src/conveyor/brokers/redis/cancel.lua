@@ -1,4 +1,4 @@
--- Cancel a job. KEYS: job, done, unique, queues, then its queue's 18 keys. ARGV[5]: queue
+-- Cancel a job. KEYS: job, done, unique, queues, then its queue's 19 keys. ARGV[5]: queue
 -- the caller read from the job (the keys it passed). A pending job is removed at once; a
 -- running one is flagged (its worker sees it at the next renewal).
 -- Returns the status afterwards, 'missing', or 'moved' (queue changed: read it again).

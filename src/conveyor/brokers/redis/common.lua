@@ -2,7 +2,7 @@
 -- Convention: ARGV[1] now (ms of the injected clock; '' on the real clock: the server's
 -- TIME, so every client agrees), ARGV[2] consumer group, ARGV[3] job hash prefix
 -- "{P}:job:", ARGV[4] done list prefix "{P}:done:".
--- A queue's keys come as 18 consecutive KEYS in the order of _keys.QUEUE_KEY_SUFFIXES.
+-- A queue's keys come as 19 consecutive KEYS in the order of _keys.QUEUE_KEY_SUFFIXES.
 local NOW
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -13,7 +13,7 @@ end
 local GROUP = ARGV[2]
 local JOB_PREFIX = ARGV[3]
 local DONE_PREFIX = ARGV[4]
-local QK = 18
+local QK = 19
 local GC_GRACE_MS = 60000  -- real TTLs outlive logical expiry: they only collect garbage
 local NOTIFY_TTL_MS = 300000
 local TERMINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
@@ -29,7 +29,34 @@ local function qkeys(base)
   q.dead = KEYS[base + 15]
   q.cancelled = KEYS[base + 16]
   q.sweep = KEYS[base + 17]
+  q.reap = KEYS[base + 18]
   return q
+end
+
+local function fields_of(flat)
+  local f = {}
+  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
+  return f
+end
+
+-- Delete consumers of the group that hold no pending entry and sat idle at least
+-- `min_idle` ms: only `only` when given, else all. Checked and deleted in this one script,
+-- so an entry cannot be handed to a consumer between the check and XGROUP DELCONSUMER
+-- (which would drop it from the pending list). Returns how many were deleted.
+local function drop_idle_consumers(stream, only, min_idle)
+  if redis.call('EXISTS', stream) == 0 then return 0 end
+  local ok, consumers = pcall(redis.call, 'XINFO', 'CONSUMERS', stream, GROUP)
+  if not ok then return 0 end  -- no group on this stream
+  local n = 0
+  for _, c in ipairs(consumers) do
+    local info = fields_of(c)
+    if (only == nil or info.name == only) and tonumber(info.pending) == 0
+        and tonumber(info.idle) >= min_idle then
+      redis.call('XGROUP', 'DELCONSUMER', stream, GROUP, info.name)
+      n = n + 1
+    end
+  end
+  return n
 end
 
 -- The job as a table, or nil when absent or logically expired.

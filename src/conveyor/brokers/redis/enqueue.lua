@@ -1,4 +1,4 @@
--- Enqueue one job. KEYS: job, done, unique, queues, then the queue's 18 keys.
+-- Enqueue one job. KEYS: job, done, unique, queues, then the queue's 19 keys.
 -- ARGV[5..]: id, queue, payload, priority, eta ('' or ms), unique key ('' or key).
 -- Returns the job id: the existing one when an equal unique key is still pending.
 -- Idempotent on the id: a retried command (timeout after the server applied it) that

@@ -5,19 +5,23 @@
 --    reading and bookkeeping, or state restored from disk) and hands them out;
 -- 3. XREADGROUP from the priority streams, highest priority first, oldest entry first
 --    across the queues.
--- KEYS: 18 keys per queue, then the unique-key hash. ARGV[5..]: consumer, count, lease (ms), sweep idle (ms),
+-- Besides, at most once per reap period per queue, consumers idle at least the reap idle
+-- time with nothing pending are deleted from the queue's groups (stopped workers' names).
+-- KEYS: 19 keys per queue, then the unique-key hash. ARGV[5..]: consumer, count,
+-- lease (ms), sweep idle (ms), reap period (ms, 0: never), reap idle (ms),
 -- number of queues, the queue names, then `count` fresh tokens.
 -- Returns {deliveries, ms until the next event (or -1), groups recreated, last entry ids
 -- or {}}; a delivery is {id, queue, payload, token, deliveries, priority}.
 local CONSUMER, COUNT, LEASE = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
-local SWEEP_MS, NQ = tonumber(ARGV[8]), tonumber(ARGV[9])
-local TOKEN_BASE = 9 + NQ
+local SWEEP_MS, REAP_EVERY, REAP_IDLE = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
+local NQ = tonumber(ARGV[11])
+local TOKEN_BASE = 11 + NQ
 local MOVE_LIMIT = 1000
 local UNIQUE = KEYS[NQ * QK + 1]
 local recreated = 0
 local out = {}
 local Q = {}
-for i = 1, NQ do Q[i] = qkeys(1 + (i - 1) * QK); Q[i].name = ARGV[9 + i] end
+for i = 1, NQ do Q[i] = qkeys(1 + (i - 1) * QK); Q[i].name = ARGV[11 + i] end
 
 local function promote(q)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', NOW, 'LIMIT', 0, MOVE_LIMIT)) do
@@ -42,12 +46,6 @@ local function reclaim(q)
       push_ready(q, key, id, job.priority)
     end
   end
-end
-
-local function fields_of(flat)
-  local f = {}
-  for i = 1, #flat, 2 do f[flat[i]] = flat[i + 1] end
-  return f
 end
 
 -- Bookkeeping for one entry this consumer now holds; nil (entry dropped) when stale.
@@ -92,6 +90,15 @@ local function adopt(q, p, stream, sid)
     local d = deliver(q, p, sid, entry[2])
     if d then table.insert(out, d) end
   end
+end
+
+-- Stopped or dead workers leave their consumer names in every group; drop the idle ones
+-- that hold nothing (a consumer with pending entries is never deleted: that would drop the
+-- entries from the pending list).
+local function reap(q)
+  if REAP_EVERY <= 0 then return end
+  if redis.call('SET', q.reap, '1', 'NX', 'PX', REAP_EVERY) == false then return end
+  for p = 0, 9 do drop_idle_consumers(q.s[p], nil, REAP_IDLE) end
 end
 
 local SWEEP_CALLS = 10  -- bounds one sweep's work; the cursor walks past live entries
@@ -175,7 +182,7 @@ local function next_event()
   return math.max(best - NOW, 0)
 end
 
-for i = 1, NQ do promote(Q[i]); reclaim(Q[i]) end
+for i = 1, NQ do promote(Q[i]); reclaim(Q[i]); reap(Q[i]) end
 if COUNT > 0 then
   for i = 1, NQ do sweep(Q[i]) end
 end

@@ -1,7 +1,7 @@
 -- Record how one delivery ended, in one atomic step, refused for a stale token: ack and
 -- delete the stream entry, store status and result with their TTL, signal waiters; for a
 -- retry put the job back (scheduled or queued) with its new payload instead.
--- KEYS: job, done, unique, queues, the delivery queue's 18 keys, the retry queue's 18 keys.
+-- KEYS: job, done, unique, queues, the delivery queue's 19 keys, the retry queue's 19 keys.
 -- ARGV[5..]: token, status, result, ttl (ms), reason, has_retry,
 --            retry payload, retry priority, retry eta ('' or ms), retry key, retry queue.
 local key = KEYS[1]

@@ -1,5 +1,5 @@
 -- Delete up to ARGV[5] queued and scheduled jobs of one queue (the client loops, so a huge
--- queue never blocks Redis in one long script). KEYS: the queue's 18 keys, then unique.
+-- queue never blocks Redis in one long script). KEYS: the queue's 19 keys, then unique.
 -- Returns {deleted, 1 if more may remain else 0}.
 local q = qkeys(1)
 local unique = KEYS[QK + 1]
