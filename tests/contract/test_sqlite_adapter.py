@@ -422,3 +422,28 @@ def test_a_purge_wakes_the_waiters_of_the_purged_jobs(broker: SQLiteBroker) -> N
     waiter.join(5.0)
     assert time.monotonic() - purged_at < PROMPT
     assert len(caught) == 1
+
+
+def _open_together(path: str, openers: int) -> list[BaseException]:
+    barrier = threading.Barrier(openers)
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        barrier.wait()
+        try:
+            SQLiteBroker(path).close()
+        except BaseException as exc:  # pragma: no cover - the failure being tested
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(openers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def test_several_openers_of_a_new_file_at_once_all_succeed(tmp_path: Path) -> None:
+    """Switching a fresh file to WAL clashes between openers; each must wait its turn."""
+    for run in range(30):
+        assert _open_together(str(tmp_path / f"race{run}.db"), 4) == []

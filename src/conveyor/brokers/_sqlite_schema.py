@@ -45,8 +45,10 @@ another process's write transaction instead of failing at once.
 from __future__ import annotations
 
 import os
+import random
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -212,7 +214,18 @@ class Database:
                 raise
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+        # Switching a new file to WAL takes an exclusive lock, and SQLite reports a clash
+        # with another process doing the same at once as "locked" without calling the busy
+        # handler: retry that step ourselves, within the same busy_timeout.
+        deadline = time.monotonic() + self.busy_timeout
+        while True:
+            try:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.005 + random.random() * 0.02)
         if str(mode).lower() != "wal":
             raise ConfigurationError(
                 f"{self.path} cannot use SQLite's WAL mode (journal mode stays {mode!r}): "
