@@ -15,9 +15,10 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from .._errors import InvalidName
+from .._errors import InvalidName, ValidationError
 
 _KEY = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
+_COUNTER = re.compile(rb"^[+-]?[0-9]+$")
 
 Updater = Callable[[bytes | None], bytes | None]
 
@@ -28,6 +29,18 @@ def check_key(key: str) -> str:
             f"bad key {key!r}: use 1-512 printable characters (no control characters)"
         )
     return key
+
+
+def parse_counter(key: str, raw: bytes | None) -> int:
+    """The integer a counter key holds (absent is 0), read the same way on every adapter."""
+    if raw is None:
+        return 0
+    if not _COUNTER.match(raw):
+        raise ValidationError(
+            f"store key {key!r} holds a value that is not an integer, so incr cannot add to "
+            "it; delete it or use another key for the counter"
+        )
+    return int(raw)
 
 
 class KeyValue(ABC):

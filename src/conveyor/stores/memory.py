@@ -5,8 +5,7 @@ from __future__ import annotations
 import threading
 
 from .._clock import Clock, SystemClock
-from .._errors import InvalidName
-from ._port import KeyValue, Updater, check_key
+from ._port import KeyValue, Updater, check_key, parse_counter
 
 # Control characters are refused in user keys, so these prefixes cannot collide with them.
 _LOCK = "\x00lock:"
@@ -56,10 +55,7 @@ class MemoryKV(KeyValue):
         check_key(key)
         with self._mutex:
             old = self._read(key)
-            try:
-                value = int(old or b"0") + amount
-            except ValueError as exc:
-                raise InvalidName(f"key {key!r} does not hold an integer counter") from exc
+            value = parse_counter(key, old) + amount
             expires = self._data[key][1] if old is not None else None
             if old is None and ttl is not None:
                 expires = self._clock.time() + ttl

@@ -16,8 +16,8 @@ from contextlib import AbstractContextManager
 from typing import Protocol
 
 from .._clock import Clock, SystemClock
-from .._errors import InvalidName, TransactionConflict
-from ._port import KeyValue, Updater, check_key
+from .._errors import TransactionConflict
+from ._port import KeyValue, Updater, check_key, parse_counter
 
 _READ = "SELECT value, expires_at, version FROM kv WHERE key = ?"
 _WRITE = (
@@ -73,10 +73,7 @@ class SQLiteKV(KeyValue):
 
     def _incr(self, conn: sqlite3.Connection, key: str, amount: int, ttl: float | None) -> int:
         row = self._row(conn, key)
-        try:
-            value = int(row[0] if row and row[0] else b"0") + amount
-        except ValueError as exc:
-            raise InvalidName(f"key {key!r} does not hold an integer counter") from exc
+        value = parse_counter(key, bytes(row[0]) if row is not None else None) + amount
         # ttl applies when the counter is created; an existing counter keeps its expiry.
         expires = row[1] if row is not None else self._expiry(ttl)
         self._put(conn, key, str(value).encode(), expires)
