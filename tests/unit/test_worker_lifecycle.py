@@ -255,7 +255,9 @@ def test_a_lost_lease_means_the_result_is_refused(
         return "zombie result"
 
     job = stalls.delay()
-    with caplog.at_level(logging.WARNING, "conveyor.worker"), background(Worker(app, lease=30)):
+    # One slot: the worker cannot fetch (and itself reclaim) the job while it runs.
+    worker = Worker(app, lease=30, concurrency=1)
+    with caplog.at_level(logging.WARNING, "conveyor.worker"), background(worker):
         deadline = time.monotonic() + 5
         while "was refused" not in caplog.text and time.monotonic() < deadline:
             time.sleep(0.02)

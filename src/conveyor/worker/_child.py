@@ -1,4 +1,9 @@
-"""The main function of a process-pool child (runs in a fresh interpreter)."""
+"""A process-pool child: ``python -m conveyor.worker._child FD`` (a fresh interpreter).
+
+It reads ``(sys.path, app spec, trusted packages)`` from the socket ``FD``, imports the app,
+answers ``ready``, then runs one job per message until it reads ``None``. A closed socket
+means the parent is gone: the child exits at once.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,7 @@ import inspect
 import os
 import queue
 import signal
+import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
@@ -17,6 +23,8 @@ from .._errors import ConfigurationError
 from .._message import Delivery
 from ._attempt import Result, acall, call, make_current_job, raised
 from ._resolve import Resolver
+
+Job = tuple[bytes, int] | None
 
 
 def import_app(spec: str) -> Conveyor:
@@ -32,17 +40,20 @@ def import_app(spec: str) -> Conveyor:
     return apps[0]
 
 
-def child_main(conn: Connection, spec: str, trusted: frozenset[str]) -> None:
+def main(fd: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the parent blocked them to start us
+    conn = Connection(fd)
     try:
+        path, spec, trusted = conn.recv()
+        sys.path[:] = path
         app = import_app(spec)
     except BaseException as exc:
         conn.send(("error", f"{type(exc).__name__}: {exc}"))
         return
     resolver = Resolver(app.registry, trusted)
-    jobs: queue.SimpleQueue[tuple[bytes, int] | None] = queue.SimpleQueue()
+    jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
     threading.Thread(target=_listen, args=(conn, jobs), daemon=True).start()
     send_lock = threading.Lock()
 
@@ -56,7 +67,7 @@ def child_main(conn: Connection, spec: str, trusted: frozenset[str]) -> None:
         send(("done", _run(app, resolver, payload, deliveries, send)))
 
 
-def _listen(conn: Connection, jobs: queue.SimpleQueue[tuple[bytes, int] | None]) -> None:
+def _listen(conn: Connection, jobs: queue.SimpleQueue[Job]) -> None:
     while True:
         try:
             job = conn.recv()
@@ -81,3 +92,7 @@ def _run(app: Conveyor, resolver: Resolver, payload: bytes, deliveries: int, sen
         except BaseException as exc:
             return raised(exc)
     return call(fn, message, job, app.codec)
+
+
+if __name__ == "__main__":
+    main(int(sys.argv[1]))

@@ -107,9 +107,20 @@ class Consumer:
     # -- dispatch --------------------------------------------------------------------------
 
     def dispatch(self, delivery: Delivery) -> None:
-        assert self.executor is not None and self.finisher is not None
         attempt = Attempt(delivery)
         self.inflight.add(attempt)
+        try:
+            self._start(attempt)
+        except Exception:
+            # A bug of ours, not the job's. Let go of it without a verdict: its lease
+            # expires, it is delivered again, and max_deliveries bounds a repeat.
+            log.exception("job %s: cannot start it; it returns when its lease expires", delivery.id)
+            attempt.lost = True
+            self.inflight.drop([attempt])
+
+    def _start(self, attempt: Attempt) -> None:
+        assert self.executor is not None and self.finisher is not None
+        delivery = attempt.delivery
         try:
             self._vet(attempt)
         except _Dead as dead:

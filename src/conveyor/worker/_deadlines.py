@@ -15,6 +15,7 @@ from .._clock import Clock
 from ._attempt import RUNNING, TIMEOUT, Attempt
 
 _WAKE = 0.25
+_PRUNE_MIN = 1024
 
 
 class Deadlines:
@@ -25,6 +26,7 @@ class Deadlines:
         self._heap: list[tuple[float, int, Attempt]] = []
         self._seq = itertools.count()
         self._stopping = False
+        self._prune_at = _PRUNE_MIN
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -41,6 +43,12 @@ class Deadlines:
 
     def add(self, attempt: Attempt, seconds: float) -> None:
         with self._cond:
+            if len(self._heap) >= self._prune_at:
+                # Finished jobs stay in the heap until their deadline; with long limits and
+                # many short jobs that adds up, so drop them now and then (amortised O(1)).
+                self._heap = [e for e in self._heap if e[2].state == RUNNING]
+                heapq.heapify(self._heap)
+                self._prune_at = max(_PRUNE_MIN, 2 * len(self._heap))
             heapq.heappush(self._heap, (self._clock.time() + seconds, next(self._seq), attempt))
             self._cond.notify_all()
 

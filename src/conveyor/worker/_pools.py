@@ -16,6 +16,7 @@ raised in the task) and hard with processes (the child is killed and replaced).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Protocol
 
 from .._backoff import Backoff
@@ -48,6 +49,7 @@ class Executor:
         spec: str | None,
         trusted: frozenset[str],
         backoff: Backoff,
+        halted: Callable[[], bool],
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}: use threads, processes or async")
@@ -64,7 +66,13 @@ class Executor:
             from ._processes import ProcessRunner
 
             self._procs = ProcessRunner(
-                concurrency, spec, trusted, done=done, report=report, backoff=backoff
+                concurrency,
+                spec,
+                trusted,
+                done=done,
+                report=report,
+                backoff=backoff,
+                halted=halted,
             )
         else:
             size = concurrency if pool == "threads" else min(concurrency, ASYNC_POOL_THREADS)

@@ -1,41 +1,49 @@
 """Jobs in child processes: real parallelism for CPU-bound tasks, and hard time limits.
 
-Children are started with ``spawn`` (never ``fork`` of this threaded parent) and import the
-app module themselves; they never touch the broker. Each runs one job at a time, sent over a
-pipe; progress and the result come back over it. The parent kills a child to enforce a time
-limit, cancel a job or stop at the end of the grace period, and starts a replacement.
+Each child is a fresh interpreter (``python -m conveyor.worker._child``: fork and exec at
+once, never a bare ``fork`` of this threaded parent) that imports the app module itself and
+never touches the broker. It runs one job at a time, sent over a socket pair; progress and
+the result come back over it. The parent kills a child to enforce a time limit, cancel a
+job or stop at the end of the grace period, and starts a replacement.
+
+Children are ``subprocess.Popen`` objects rather than ``multiprocessing.Process``: several
+threads here wait for, poll and kill them, and ``subprocess`` serialises its ``waitpid``
+calls, so a child reaped by one thread is never mistaken for a live one (and its pid never
+signalled after reuse) by another.
 
 Children ignore SIGINT and SIGTERM: Heroku and a terminal's Ctrl-C signal the whole process
 group, and the parent decides what happens to the jobs. A child whose parent dies sees its
-pipe close and exits at once, abandoning its job to lease expiry like any crashed worker.
+socket close and exits at once, abandoning its job to lease expiry like any crashed worker.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import multiprocessing
 import queue
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 
 from .._backoff import Backoff
 from .._errors import ConfigurationError
 from ._attempt import CANCEL, SHUTDOWN, TIMEOUT, Attempt, Result, Stopped, synthetic, timed_out
-from ._child import child_main
 from ._threads import Done, Report
 
 log = logging.getLogger("conveyor.worker")
 
 _READY_TIMEOUT = 120.0  # importing a big app in a fresh interpreter can take a while
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 class _Child:
-    def __init__(self, process: BaseProcess, conn: Connection) -> None:
-        self.process = process
+    def __init__(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
+        self.proc = proc
         self.conn = conn
         self.attempt: Attempt | None = None
         self.killed: str | None = None  # why the parent killed it
@@ -51,6 +59,7 @@ class ProcessRunner:
         done: Done,
         report: Report,
         backoff: Backoff,
+        halted: Callable[[], bool],
     ) -> None:
         self._size = size
         self._spec = spec
@@ -58,7 +67,7 @@ class ProcessRunner:
         self._done = done
         self._report = report
         self._backoff = backoff
-        self._ctx = multiprocessing.get_context("spawn")
+        self._halted = halted
         self._idle: queue.Queue[_Child] = queue.Queue()
         self._lock = threading.Lock()
         self._children: set[_Child] = set()
@@ -85,28 +94,32 @@ class ProcessRunner:
                 child.conn.send(None)  # finish up and exit
         deadline = time.monotonic() + 3.0
         for child in children:
-            child.process.join(max(deadline - time.monotonic(), 0.0))
-            if child.process.is_alive():
-                child.process.kill()
-                child.process.join(1.0)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(max(deadline - time.monotonic(), 0.0))
+        with self._lock:
+            children = list(self._children)  # and any replacement started meanwhile
+        for child in children:
+            child.proc.kill()  # a no-op for a child already reaped
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(2.0)
 
     def _spawn(self) -> _Child:
-        parent_end, child_end = self._ctx.Pipe()
-        process = self._ctx.Process(
-            target=child_main,
-            args=(child_end, self._spec, self._trusted),
-            name="conveyor-child",
-            daemon=True,
-        )
-        # Block the stop signals while starting so a signal cannot reach the child before it
-        # has set them to ignored (the blocked mask is inherited, and pending ones discarded).
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        ours, theirs = socket.socketpair()
+        cmd = [sys.executable, "-m", "conveyor.worker._child", str(theirs.fileno())]
+        # Block the stop signals while starting, so one sent to the process group cannot
+        # reach the child before it has set them to ignored (the mask survives exec; a
+        # signal pending when the child ignores it is discarded).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
-            process.start()
+            proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        child_end.close()
-        child = _Child(process, parent_end)
+            theirs.close()
+        conn = Connection(ours.detach())
+        with contextlib.suppress(OSError):  # if it died at once, _await_ready says so
+            conn.send((list(sys.path), self._spec, self._trusted))
+        log.debug("started worker process %s", proc.pid)
+        child = _Child(proc, conn)
         with self._lock:
             self._children.add(child)
         return child
@@ -115,11 +128,12 @@ class ProcessRunner:
         """None once the child has imported the app; else why it could not."""
         try:
             if not child.conn.poll(_READY_TIMEOUT):
-                child.process.kill()
+                child.proc.kill()
                 return f"no answer within {_READY_TIMEOUT:.0f} s"
             kind, detail = child.conn.recv()
         except (EOFError, OSError):
-            return f"it exited with code {child.process.exitcode} while starting"
+            code = child.proc.wait()
+            return f"it exited with code {code} while starting"
         return None if kind == "ready" else str(detail)
 
     def _adopt(self, child: _Child) -> None:
@@ -131,7 +145,9 @@ class ProcessRunner:
     # -- jobs ------------------------------------------------------------------------------
 
     def submit(self, attempt: Attempt) -> None:
-        child = self._idle.get()  # a slot was free, so a child is free or being replaced
+        child = self._take_idle()
+        if child is None:
+            return  # stopping, and no child came free: the shutdown hands the job back
         with self._lock:
             stop = attempt.stop
             if stop is None:
@@ -145,6 +161,16 @@ class ProcessRunner:
         with contextlib.suppress(OSError):
             child.conn.send((attempt.delivery.payload, attempt.delivery.deliveries))
 
+    def _take_idle(self) -> _Child | None:
+        # A slot was free, so a child is free or being replaced; but if replacements keep
+        # failing (a deploy broke the app's import) the worker must still be able to stop.
+        while True:
+            try:
+                return self._idle.get(timeout=0.5)
+            except queue.Empty:
+                if self._halted():
+                    return None
+
     def interrupt(self, attempt: Attempt, why: str) -> None:
         with self._lock:
             if attempt.stop is not None:
@@ -154,7 +180,7 @@ class ProcessRunner:
             if not isinstance(child, _Child) or child.attempt is not attempt:
                 return
             child.killed = why
-        child.process.kill()
+        child.proc.kill()
 
     def _read(self, child: _Child) -> None:
         while True:
@@ -180,15 +206,20 @@ class ProcessRunner:
             self._done(attempt, result)
 
     def _died(self, child: _Child) -> None:
-        child.process.join(5.0)
+        try:
+            child.proc.wait(5.0)
+        except subprocess.TimeoutExpired:  # it closed its end but lingers: make sure
+            child.proc.kill()
+            child.proc.wait()
+        log.debug("worker process %s ended (%s)", child.proc.pid, child.proc.returncode)
         with self._lock:
             attempt, child.attempt = child.attempt, None
             self._children.discard(child)
-            closing = self._closing
+            replace = not self._closing and child.killed != SHUTDOWN
         child.conn.close()
         if attempt is not None:
             self._done(attempt, self._death(attempt, child))
-        if not closing:
+        if replace:
             self._replace()
 
     def _death(self, attempt: Attempt, child: _Child) -> Result:
@@ -198,7 +229,7 @@ class ProcessRunner:
             return timed_out(synthetic(TimeoutError, ""), timeout, hard=True)
         if why in (CANCEL, SHUTDOWN):
             return Stopped(why)
-        code = child.process.exitcode
+        code = child.proc.returncode
         log.warning(
             "job %s (%s): its process died with exit code %s", attempt.job_id, attempt.name, code
         )
@@ -212,12 +243,18 @@ class ProcessRunner:
         while not self._closing:
             child = self._spawn()
             error = self._await_ready(child)
+            with self._lock:
+                closing = self._closing
+                if error is not None or closing:
+                    self._children.discard(child)
+            if closing:  # the pool shut down while this child started
+                child.proc.kill()
+                child.proc.wait()
+                return
             if error is None:
                 self._backoff.reset()
                 self._adopt(child)
                 return
-            with self._lock:
-                self._children.discard(child)
             delay = self._backoff.next()
             log.error("cannot start a worker process (%s); retrying in %.1f s", error, delay)
             time.sleep(delay)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -96,8 +97,10 @@ class Resolver:
     def _untrusted(self, name: str, module: str) -> str:
         package = top_package(module)
         trusted = ", ".join(sorted(self.trusted)) or "none"
-        return (
+        reason = (
             f"untrusted callable {name!r}: {package!r} is not a trusted package "
-            f"(trusted: {trusted}); if it is your code, start the worker with "
-            f"--trust {package} or pass Conveyor(trust=[{package!r}])"
+            f"(trusted: {trusted})"
         )
+        if package in sys.stdlib_module_names or package == "builtins":
+            return reason
+        return f"{reason}; if it is your code, start the worker with --trust {package}"

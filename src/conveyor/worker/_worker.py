@@ -51,7 +51,7 @@ log = logging.getLogger("conveyor.worker")
 
 FETCH_BLOCK = 1.0  # longest a fetch blocks; a stop is noticed within this
 BROKER_RETRY_CAP = 5.0  # longest pause between attempts while the broker is away
-_FINISH_PATIENCE = 5.0  # how long a stopping worker keeps trying to write results
+_FINISH_PATIENCE = 2.0  # how long a stopping worker keeps trying to write results
 
 
 class Worker:
@@ -100,6 +100,7 @@ class Worker:
         self._rand = rand or random.random
         self._stopping = threading.Event()
         self._hard = threading.Event()
+        self._stop_requested = 0.0
         self._inflight = Inflight(concurrency)
         self._consumer = Consumer(
             broker=app.broker,
@@ -149,6 +150,8 @@ class Worker:
 
     def stop(self, graceful: bool = True) -> None:
         """Stop fetching; running jobs get ``grace`` seconds unless ``graceful`` is False."""
+        if not self._stopping.is_set():
+            self._stop_requested = time.monotonic()
         self._stopping.set()
         if not graceful:
             self._hard.set()
@@ -190,6 +193,7 @@ class Worker:
             spec=self.module,
             trusted=self.trusted,
             backoff=self._backoff(),
+            halted=self._stopping.is_set,
         )
         executor.start()
         consumer.executor = executor
@@ -238,8 +242,10 @@ class Worker:
         consumer, inflight = self._consumer, self._inflight
         assert consumer.executor is not None and consumer.finisher is not None
         if not self._hard.is_set() and len(inflight):
-            log.info("waiting up to %.0f s for %d running job(s)", self.grace, len(inflight))
-            inflight.wait_empty(self.grace)
+            # The grace period counts from the stop request, not from when fetching ended.
+            left = self.grace - (time.monotonic() - self._stop_requested)
+            log.info("waiting up to %.1f s for %d running job(s)", left, len(inflight))
+            inflight.wait_empty(left)
         remaining = inflight.take_running()
         for attempt in remaining:
             consumer.executor.interrupt(attempt, SHUTDOWN)
