@@ -1,0 +1,131 @@
+"""Helpers to run ``conveyor worker`` as real subprocesses on a SQLite file in ``tmp_path``.
+
+``project`` writes a small tasks module (``jobs_app``) into a fresh folder; its tasks append
+one line per start and end to ``runs.log`` so a test can count how often a job really ran.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+TASKS = '''
+import os, pathlib, time
+from conveyor import Conveyor
+
+app = Conveyor()  # CONVEYOR_URL, set by the test
+LOG = pathlib.Path(__file__).with_name("runs.log")
+
+
+def mark(event, tag):
+    with open(LOG, "a") as f:  # one short append per line: lines never interleave
+        f.write(f"{event} {tag} {os.getpid()}\\n")
+
+
+@app.task
+def slow(tag: str, seconds: float) -> str:
+    mark("start", tag)
+    time.sleep(seconds)
+    mark("end", tag)
+    return tag
+
+
+@app.task
+def double(x: int) -> int:
+    return x * 2
+'''
+
+
+class WorkerProcess:
+    """One ``conveyor worker`` subprocess; its output goes to a file, not a pipe."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.proc = proc
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        wait_for(lambda: "conveyor worker" in self.output(), timeout, self.output)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+
+class Project:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.url = f"sqlite:///{root / 'jobs.db'}"
+        self.runs_log = root / "runs.log"
+        self.workers: list[WorkerProcess] = []
+        (root / "jobs_app.py").write_text(textwrap.dedent(TASKS))
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ, CONVEYOR_URL=self.url, PYTHONPATH=str(self.root))
+        env.pop("PYTHONWARNINGS", None)
+        return env
+
+    def worker(self, *args: str, ready: bool = True) -> WorkerProcess:
+        """Start ``conveyor worker jobs_app ARGS`` with the project folder as cwd."""
+        log = self.root / f"worker-{len(self.workers)}.log"
+        cmd = [sys.executable, "-m", "conveyor", "worker", "jobs_app", *args]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                cmd, cwd=self.root, env=self.env(), stdout=out, stderr=subprocess.STDOUT
+            )
+        worker = WorkerProcess(proc, log)
+        self.workers.append(worker)
+        if ready:
+            worker.wait_ready()
+        return worker
+
+    def runs(self) -> list[tuple[str, str, int]]:
+        """(event, tag, pid) per line of the runs log."""
+        if not self.runs_log.exists():
+            return []
+        lines = self.runs_log.read_text().splitlines()
+        return [(e, t, int(p)) for e, t, p in (line.split() for line in lines)]
+
+    def started(self, tag: str) -> list[int]:
+        return [pid for event, t, pid in self.runs() if event == "start" and t == tag]
+
+    def cleanup(self) -> None:
+        for w in self.workers:
+            if w.proc.poll() is None:
+                w.proc.send_signal(signal.SIGKILL)
+                w.proc.wait(10)
+
+
+def wait_for(
+    condition: Callable[[], bool], timeout: float, describe: Callable[[], str] = str
+) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s\n{describe()}")
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Iterator[Project]:
+    p = Project(tmp_path)
+    try:
+        yield p
+    finally:
+        p.cleanup()
