@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-TASKS = '''
+TASKS = """
 import os, pathlib, time
 from conveyor import Conveyor
 
@@ -41,7 +41,7 @@ def slow(tag: str, seconds: float) -> str:
 @app.task
 def double(x: int) -> int:
     return x * 2
-'''
+"""
 
 
 class WorkerProcess:

@@ -159,7 +159,7 @@ async def acall(fn: Callable[..., Any], message: Message, job: CurrentJob, codec
 def timed_out(result: Result, timeout: float | None, hard: bool = False) -> Result:
     """Give a time-limit failure a message that says what happened."""
     if isinstance(result, Raised) and not result.error.message:
-        what = "the process running it was killed" if hard else "SoftTimeLimit was raised in it"
+        what = "the process running it was killed" if hard else "it was interrupted"
         text = f"the job ran past its time limit of {timeout} s; {what}"
         return Raised(msgspec.structs.replace(result.error, message=text), result.types)
     return result

@@ -43,9 +43,9 @@ def trusted_packages(module: str | None, *groups: Iterable[str]) -> frozenset[st
 class Resolved:
     __slots__ = ("fn", "is_async")
 
-    def __init__(self, fn: Callable[..., Any]) -> None:
+    def __init__(self, fn: Callable[..., Any], is_async: bool | None = None) -> None:
         self.fn = fn
-        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_async = inspect.iscoroutinefunction(fn) if is_async is None else is_async
 
 
 class Resolver:
@@ -60,7 +60,7 @@ class Resolver:
     def resolve(self, name: str) -> Resolved:
         task = self._registry.get(name)
         if task is not None:
-            return Resolved(task.fn)
+            return Resolved(task.fn, task.is_async)
         hit = self._cache.get(name)
         if hit is None:
             hit = self._cache[name] = Resolved(self._import(name))

@@ -158,9 +158,9 @@ class Worker:
         self._inflight.wake(close=not graceful)
 
     def drain(self, timeout: float | None = None) -> int:
-        """Run jobs in the calling thread's worker until ``queues`` have nothing queued or
-        running; return how many jobs finished. Jobs scheduled for later are left alone.
-        Raises ``TimeoutError`` (after handing back what still runs) if ``timeout`` passes."""
+        """Run jobs, from the calling thread, until ``queues`` have nothing queued or running;
+        return how many jobs finished. Jobs scheduled for later are left alone. Raises
+        ``TimeoutError`` (after handing back what still runs) if ``timeout`` passes."""
         before = self.processed
         deadline = None if timeout is None else time.monotonic() + timeout
         self._session(until_idle=True, deadline=deadline)
