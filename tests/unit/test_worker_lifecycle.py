@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
+import msgspec
 import pytest
 
 from conveyor import BrokerUnavailable, Conveyor, JobStatus
@@ -239,6 +241,37 @@ def test_a_long_job_keeps_its_lease_and_runs_once() -> None:
         assert app.broker.fetch(["default"], "thief", 1, 10, 0) == []
         assert job.result(timeout=5) == "once"
     assert len(runs) == 1
+
+
+class BatchTokens(MemoryBroker):
+    """One token per fetched batch, as the Redis adapter hands out: unique per job only."""
+
+    def fetch(
+        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
+    ) -> list[Delivery]:
+        got = super().fetch(queues, consumer, count, lease, block)
+        token = secrets.token_hex(4)
+        with self._cond:
+            for d in got:
+                self._s.jobs[d.id].token = token
+        return [msgspec.structs.replace(d, token=token) for d in got]
+
+
+def test_leases_are_kept_when_a_batch_shares_one_token(caplog: pytest.LogCaptureFixture) -> None:
+    app = Conveyor(broker=BatchTokens())
+    runs: list[str] = []
+
+    @app.task
+    def work(tag: str, seconds: float) -> str:
+        runs.append(tag)
+        time.sleep(seconds)
+        return tag
+
+    jobs = [work.delay("slow", 1.2)] + [work.delay(f"quick{i}", 0) for i in range(7)]
+    with caplog.at_level(logging.WARNING, "conveyor.worker"), background(Worker(app, lease=0.4)):
+        assert [j.result(timeout=10) for j in jobs] == ["slow"] + [f"quick{i}" for i in range(7)]
+    assert runs.count("slow") == 1, runs
+    assert "refused" not in caplog.text
 
 
 def test_a_lost_lease_means_the_result_is_refused(

@@ -17,7 +17,9 @@ class Inflight:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._cond = threading.Condition()
-        self._attempts: dict[str, Attempt] = {}  # by delivery token
+        # By (job id, token): a token is only unique per job (an adapter may hand out one
+        # token per fetched batch).
+        self._attempts: dict[tuple[str, str], Attempt] = {}
         self.processed = 0
         self._closed = False
 
@@ -27,7 +29,7 @@ class Inflight:
 
     def add(self, attempt: Attempt) -> None:
         with self._cond:
-            self._attempts[attempt.delivery.token] = attempt
+            self._attempts[_key(attempt)] = attempt
 
     def free(self) -> int:
         with self._cond:
@@ -77,7 +79,7 @@ class Inflight:
 
     def remove(self, attempt: Attempt, processed: bool = True) -> None:
         with self._cond:
-            if self._attempts.pop(attempt.delivery.token, None) is not None and processed:
+            if self._attempts.pop(_key(attempt), None) is not None and processed:
                 self.processed += 1
             self._cond.notify_all()
 
@@ -97,5 +99,9 @@ class Inflight:
     def drop(self, attempts: list[Attempt]) -> None:
         with self._cond:
             for a in attempts:
-                self._attempts.pop(a.delivery.token, None)
+                self._attempts.pop(_key(a), None)
             self._cond.notify_all()
+
+
+def _key(attempt: Attempt) -> tuple[str, str]:
+    return attempt.delivery.id, attempt.delivery.token
