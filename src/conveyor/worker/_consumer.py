@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
+from .. import ratelimit, workflows
 from .._backoff import Backoff
 from .._clock import Clock
 from .._codec import Codec
-from .._errors import BrokerError, UntrustedTask
-from .._message import Delivery, JobStatus
+from .._errors import BrokerError, ConfigurationError, UntrustedTask
+from .._message import Delivery, Envelope, JobStatus, Outcome
 from ..brokers._port import Broker, Finish
 from ._attempt import Attempt, Result
 from ._deadlines import Deadlines
@@ -24,6 +26,9 @@ from ._outcome import Outcomes
 from ._pools import Executor
 from ._resolve import Resolver, UnknownTask
 
+if TYPE_CHECKING:
+    from .._app import Conveyor
+
 log = logging.getLogger("conveyor.worker")
 
 
@@ -31,10 +36,19 @@ class _Dead(Exception):
     """Control flow: this delivery goes to the dead-letter queue, with this reason."""
 
 
+class _Settled(Exception):
+    """Control flow: a workflow step whose outcome is known without running it."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__("settled")
+        self.outcome = outcome
+
+
 class Consumer:
     def __init__(
         self,
         *,
+        app: Conveyor,
         broker: Broker,
         queues: Sequence[str],
         name: str,
@@ -48,6 +62,7 @@ class Consumer:
         backoff: Backoff,
         pause: Callable[[float], object],
     ) -> None:
+        self.app = app  # for the workflow and rate-limit hooks, which work on the ports
         self.broker = broker
         self.queues = list(queues)
         self.name = name
@@ -119,20 +134,69 @@ class Consumer:
             self.inflight.drop([attempt])
 
     def _start(self, attempt: Attempt) -> None:
-        assert self.executor is not None and self.finisher is not None
+        assert self.executor is not None
         delivery = attempt.delivery
         try:
             self._vet(attempt)
+            wait = self._rate_limit(attempt)
         except _Dead as dead:
-            reason = str(dead)
             self.inflight.complete(attempt)
-            self.finisher.put(attempt, self.outcomes.dead(delivery, reason, attempt.message))
+            self._record(attempt, self.outcomes.dead(delivery, str(dead), attempt.message))
+            return
+        except _Settled as settled:
+            self.inflight.complete(attempt)
+            self._record(attempt, self._settle(attempt, settled.outcome))
             return
         message = attempt.message
         assert message is not None
+        if wait > 0:
+            self.inflight.complete(attempt)
+            self._record(attempt, self._postpone(attempt, wait))
+            return
         if message.timeout and self.deadlines is not None:
             self.deadlines.add(attempt, message.timeout)
         self.executor.submit(attempt)
+
+    def _rate_limit(self, attempt: Attempt) -> float:
+        """Seconds the job must wait for its rate limit (0: run it now)."""
+        assert attempt.message is not None
+        try:
+            return ratelimit.acquire(self.app, attempt.message)
+        except ConfigurationError as exc:
+            raise _Dead(f"bad rate limit: {exc}") from exc
+
+    def _settle(self, attempt: Attempt, outcome: Outcome) -> Finish:
+        assert attempt.message is not None
+        status = JobStatus.SUCCEEDED if outcome.error is None else JobStatus.FAILED
+        result = self.codec.encode_outcome(outcome)
+        ttl = float(attempt.message.result_ttl)
+        reason = "" if outcome.error is None else f"{outcome.error.type}: {outcome.error.message}"
+        return Finish(attempt.delivery, status, result, result_ttl=ttl, reason=reason)
+
+    def _postpone(self, attempt: Attempt, wait: float) -> Finish:
+        """Put a rate-limited job back for later, with its payload as it was (no attempt
+        is counted)."""
+        d, message = attempt.delivery, attempt.message
+        assert message is not None
+        eta = self.clock.time() + wait
+        again = Envelope(d.id, d.queue, d.payload, d.priority, eta=eta, key=message.key)
+        log.debug("job %s: rate limited, back in %.2f s", d.id, wait)
+        return Finish(d, JobStatus.SCHEDULED, retry=again)
+
+    def _record(self, attempt: Attempt, finish: Finish) -> None:
+        """Hand an outcome to the finisher, after the workflow it belongs to has moved on
+        (before, so a crash in between repeats the idempotent advance, never skips it)."""
+        assert self.finisher is not None
+        if finish.status.terminal and attempt.message is not None:
+            try:
+                workflows.advance(self.app, attempt.message, finish.status, finish.result)
+            except BrokerError as exc:
+                log.warning("job %s: cannot advance its workflow (%s); handing it back",
+                            attempt.job_id, exc)  # fmt: skip
+                self.hand_back([attempt.delivery])
+                self.inflight.drop([attempt])
+                return
+        self.finisher.put(attempt, finish)
 
     def _vet(self, attempt: Attempt) -> None:
         delivery = attempt.delivery
@@ -145,6 +209,9 @@ class Consumer:
             attempt.message = message = self.codec.decode_message(delivery.payload)
         except Exception as exc:
             raise _Dead(f"undecodable payload: {exc}") from exc
+        settled = workflows.short_circuit(message)
+        if settled is not None:
+            raise _Settled(settled)
         try:
             found = self.resolver.resolve(message.task)
         except (UnknownTask, UntrustedTask) as exc:
@@ -157,7 +224,6 @@ class Consumer:
 
     def complete(self, attempt: Attempt, result: Result) -> None:
         """A run ended (in a pool thread): turn it into a Finish for the finisher."""
-        assert self.finisher is not None
         if not self.inflight.complete(attempt):
             return  # handed back during shutdown; another worker runs it again
         try:
@@ -167,7 +233,7 @@ class Consumer:
             finish = Finish(attempt.delivery, JobStatus.FAILED, reason=f"worker error: {exc!r}")
         if finish.status is JobStatus.SCHEDULED:
             self._log_retry(attempt, finish)
-        self.finisher.put(attempt, finish)
+        self._record(attempt, finish)
 
     def _log_retry(self, attempt: Attempt, finish: Finish) -> None:
         message = attempt.message

@@ -33,6 +33,7 @@ from .._backoff import Backoff
 from .._errors import BrokerError, ConfigurationError
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
+from ..scheduler import Scheduler
 from ._attempt import SHUTDOWN
 from ._consumer import Consumer
 from ._deadlines import Deadlines
@@ -103,6 +104,7 @@ class Worker:
         self._stop_requested = 0.0
         self._inflight = Inflight(concurrency)
         self._consumer = Consumer(
+            app=app,
             broker=app.broker,
             queues=self.queues,
             name=self.id,
@@ -117,6 +119,7 @@ class Worker:
             pause=self._stopping.wait,
         )
         self._keeper: Keeper | None = None
+        self._scheduler: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} {','.join(self.queues)} {self.pool}x{self.concurrency}>"
@@ -207,6 +210,20 @@ class Worker:
         self._keeper.start()
         if announce:
             self._banner()
+            self._start_scheduler()
+
+    def _start_scheduler(self) -> None:
+        """Every worker runs the app's periodic schedules; each tick runs once however many
+        workers do (the scheduler claims ticks in the broker)."""
+        if not self.app.schedules:
+            return
+        self._scheduler = threading.Thread(
+            target=Scheduler(self.app).run,
+            args=(self._stopping,),
+            name="conveyor-scheduler",
+            daemon=True,
+        )
+        self._scheduler.start()
 
     def _loop(self, until_idle: bool, deadline: float | None) -> None:
         consumer, inflight = self._consumer, self._inflight
@@ -253,6 +270,9 @@ class Worker:
         consumer.finisher.stop(1.0 if self._hard.is_set() else _FINISH_PATIENCE)
         if self._keeper is not None:
             self._keeper.stop()
+        if self._scheduler is not None:
+            self._scheduler.join(5.0)  # it watches the stopping event
+            self._scheduler = None
         if consumer.deadlines is not None:
             consumer.deadlines.stop()
         try:
