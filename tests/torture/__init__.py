@@ -1,0 +1,1 @@
+"""The torture suite: faults, races, kills and restarts, checked by ``checker.check``."""
