@@ -1,0 +1,103 @@
+"""Every example runs as the README says: a `conveyor worker` and the producer, on SQLite."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+
+def _env(folder: Path) -> dict[str, str]:
+    env = dict(os.environ, CONVEYOR_URL=f"sqlite:///{folder}/conveyor.db", PYTHONPATH=str(folder))
+    env.pop("PYTHONSAFEPATH", None)
+    return env
+
+
+def _copy(name: str, tmp_path: Path) -> Path:
+    target = tmp_path / name
+    shutil.copytree(EXAMPLES / name, target)
+    return target
+
+
+def _run_with_worker(folder: Path, module: str, *scripts: str) -> str:
+    env = _env(folder)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "worker", module, "-c", "4"],
+        cwd=folder,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        out = ""
+        for script in scripts:
+            done = subprocess.run(
+                [sys.executable, script],
+                check=False,
+                cwd=folder,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=90,
+            )
+            assert done.returncode == 0, done.stderr
+            out += done.stdout
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        code = worker.wait(timeout=30)
+    log = worker.stdout.read().decode() if worker.stdout else ""
+    assert code == 0, log
+    return out
+
+
+@pytest.mark.timeout(120)
+def test_thumbnails(tmp_path: Path) -> None:
+    out = _run_with_worker(
+        _copy("thumbnails", tmp_path), "tasks", "producer.py", "async_producer.py"
+    )
+    assert "cat_320w.webp" in out
+    assert "photo0_640w.webp" in out
+    assert "late_100w.webp" in out
+    assert "awaited 5 jobs" in out
+
+
+@pytest.mark.timeout(120)
+def test_rq_style(tmp_path: Path) -> None:
+    out = _run_with_worker(_copy("rq_style", tmp_path), "queue_app", "producer.py")
+    assert "'region': 'emea'" in out
+    assert "'year': 2025" in out
+
+
+@pytest.mark.timeout(120)
+def test_workflows(tmp_path: Path) -> None:
+    out = _run_with_worker(_copy("workflows", tmp_path), "tasks", "producer.py")
+    assert "chain: 5.0 C" in out
+    assert "group: [5.0, 7.0, 8.0, 5.0]" in out
+    assert "chord: 8.0" in out
+
+
+@pytest.mark.timeout(60)
+def test_primitives(tmp_path: Path) -> None:
+    shutil.copy(EXAMPLES / "primitives.py", tmp_path)
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "primitives.py"],
+        check=False,
+        cwd=tmp_path,
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=50,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "fencing token 1" in done.stdout
+    assert "visits: 3" in done.stdout
+    assert time.monotonic() - started < 50
