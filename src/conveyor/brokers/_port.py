@@ -15,7 +15,8 @@ Contract, in short:
 * ``fetch`` hands out up to ``count`` jobs from the given queues under a lease of ``lease``
   seconds: higher priority first, FIFO within a priority, due scheduled jobs included, and
   jobs whose lease expired (their worker died) reclaimed. Each delivery gets a fresh
-  ``token``; ``deliveries`` counts hand-outs. It blocks up to ``block`` seconds when there is
+  ``token``, unique for that job (an adapter may share one token across a fetched batch, so
+  a delivery is identified by job id and token together); ``deliveries`` counts hand-outs. It blocks up to ``block`` seconds when there is
   nothing to hand out, without spinning.
 * ``renew``, ``finish``, ``release`` and ``progress`` are *fenced*: they take effect only if
   the delivery's token is still the job's current token (the lease was not taken over), and

@@ -55,6 +55,7 @@ class _State:
     ready: dict[str, list[tuple[int, int, str]]] = field(default_factory=dict)
     scheduled: list[tuple[float, int, str]] = field(default_factory=list)
     keys: dict[str, str] = field(default_factory=dict)
+    running: set[str] = field(default_factory=set)  # ids last seen running (pruned lazily)
     workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)
 
 
@@ -102,9 +103,20 @@ class MemoryBroker(Broker):
             job = self._s.jobs.get(job_id)
             if job is not None and job.status is JobStatus.SCHEDULED and job.seq == seq:
                 self._push_ready(job)
-        for job in self._s.jobs.values():
-            if job.status is JobStatus.RUNNING and job.lease_until <= now:
+        for job in self._running():
+            if job.lease_until <= now:
                 self._hand_back(job, now)
+
+    def _running(self) -> list[_Job]:
+        """Running jobs, found through the running index rather than a scan of every job."""
+        found = []
+        for job_id in list(self._s.running):
+            job = self._s.jobs.get(job_id)
+            if job is None or job.status is not JobStatus.RUNNING:
+                self._s.running.discard(job_id)
+            else:
+                found.append(job)
+        return found
 
     def _pop(self, queues: Sequence[str]) -> _Job | None:
         best: tuple[int, int, str] | None = None
@@ -158,7 +170,7 @@ class MemoryBroker(Broker):
 
     def _next_event(self) -> float | None:
         times = [t for t, _, _ in self._s.scheduled[:1]]
-        times += [j.lease_until for j in self._s.jobs.values() if j.status is JobStatus.RUNNING]
+        times += [j.lease_until for j in self._running()]
         return min(times) if times else None
 
     # -- producing -------------------------------------------------------------------------
@@ -207,6 +219,7 @@ class MemoryBroker(Broker):
                     if job is None:
                         break
                     job.status = JobStatus.RUNNING
+                    self._s.running.add(job.envelope.id)
                     job.token = secrets.token_hex(8)
                     job.deliveries += 1
                     job.lease_until = now + lease
