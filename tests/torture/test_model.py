@@ -94,10 +94,11 @@ class BrokerModel(RuleBasedStateMachine):
         self.broker, self._cleanup = self.build(self.clock)
         self.jobs: dict[str, ModelJob] = {}
         self.held: dict[int, Held] = {}  # by a handle in fetch order (replayable draws)
-        self.runs: dict[str, tuple[str, int]] = {}  # token -> (job id, attempt)
+        self.runs: dict[tuple[str, str], int] = {}  # (job id, token) -> attempt
         self.completed: list[str] = []
-        self.faults: set[str] = set()  # tokens whose lease ran out before they finished
-        self.tokens: dict[str, str] = {}  # every token handed out -> its job id
+        # Deliveries (job id, token) whose lease ran out before they finished.
+        self.faults: set[tuple[str, str]] = set()
+        self.tokens: dict[str, set[str]] = {}  # job id -> every token it was handed out with
         self.restarts = 0
         self._ids = 0
         self._handles = 0
@@ -112,7 +113,7 @@ class BrokerModel(RuleBasedStateMachine):
         now = self.clock.time()
         for job in self.jobs.values():
             if job.status is RUNNING and job.lease_until <= now:
-                self.faults.add(job.token)
+                self.faults.add((job.envelope.id, job.token))
 
     def _fetch(self, consumer: str, count: int) -> list[Delivery]:
         now = self.clock.time()
@@ -137,15 +138,15 @@ class BrokerModel(RuleBasedStateMachine):
                 f"now {now}): two live deliveries")
             assert d.payload == job.envelope.payload
             assert d.deliveries == job.deliveries + 1
-            assert d.token and d.token not in self.tokens, (
-                f"{d.id} was delivered under token {d.token}, already given to "
-                f"{self.tokens[d.token]}: every delivery must get a fresh token")
-            self.tokens[d.token] = d.id
+            # Fresh for this job; the port lets one token serve a whole fetched batch.
+            seen = self.tokens.setdefault(d.id, set())
+            assert d.token and d.token not in seen, f"{d.id} got token {d.token} again"
+            seen.add(d.token)
             job.status, job.token = RUNNING, d.token
             job.lease_until, job.deliveries = now + LEASE, job.deliveries + 1
             self._handles += 1
             self.held[self._handles] = Held(consumer, d)
-            self.runs[d.token] = (d.id, job.attempt)
+            self.runs[d.id, d.token] = job.attempt
         return got
 
     def _outcome(self, d: Delivery, outcome: str) -> Finish:
@@ -238,7 +239,7 @@ class BrokerModel(RuleBasedStateMachine):
         for d in mine:
             if self._current(d):
                 self.jobs[d.id].lease_until = self.clock.time() + LEASE
-                self.faults.discard(d.token)  # renewed in time after all
+                self.faults.discard((d.id, d.token))  # renewed in time after all
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
@@ -249,7 +250,7 @@ class BrokerModel(RuleBasedStateMachine):
             job = self.jobs[d.id]
             job.status, job.token = QUEUED, ""
             job.deliveries = max(job.deliveries - 1, 0)
-            del self.runs[d.token]  # handed back unrun: not a run
+            del self.runs[d.id, d.token]  # handed back unrun: not a run
         assert self.broker.release([d]) == [expected]
 
     @precondition(lambda self: self.held)
@@ -259,7 +260,7 @@ class BrokerModel(RuleBasedStateMachine):
         for h in [h for h, x in self.held.items() if x.consumer == consumer]:
             d = self.held.pop(h).delivery
             if self._current(d):
-                self.faults.add(d.token)
+                self.faults.add((d.id, d.token))
 
     @rule(seconds=st.sampled_from([0.5, 1.0, LEASE / 2, LEASE - 0.5, LEASE, LEASE + 1, 3 * LEASE]))
     def advance(self, seconds: float) -> None:
@@ -325,7 +326,8 @@ class BrokerModel(RuleBasedStateMachine):
                 del self.held[h]
             expected = [self._apply_finish(f) for f in finishes]
             assert self.broker.finish(finishes) == expected
-        report = check(acknowledged=self.jobs, executed=self.runs.values(),
+        report = check(acknowledged=self.jobs,
+                       executed=[(i, attempt) for (i, _), attempt in self.runs.items()],
                        completed=self.completed)
         report.assert_ok(max_duplicates=len(self.faults))
         assert all(j.status.terminal for j in self.jobs.values())
