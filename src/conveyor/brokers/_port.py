@@ -16,8 +16,8 @@ Contract, in short:
   seconds: higher priority first, FIFO within a priority, due scheduled jobs included, and
   jobs whose lease expired (their worker died) reclaimed. Each delivery gets a fresh
   ``token``, unique for that job (an adapter may share one token across a fetched batch, so
-  a delivery is identified by job id and token together); ``deliveries`` counts hand-outs. It blocks up to ``block`` seconds when there is
-  nothing to hand out, without spinning.
+  a delivery is identified by job id and token together); ``deliveries`` counts hand-outs.
+  It blocks up to ``block`` seconds when there is nothing to hand out, without spinning.
 * ``renew``, ``finish``, ``release`` and ``progress`` are *fenced*: they take effect only if
   the delivery's token is still the job's current token (the lease was not taken over), and
   report per delivery whether they did. A stale finish changes nothing.
@@ -160,7 +160,8 @@ class Broker(ABC):
 
     @abstractmethod
     def entries(self, status: JobStatus, queue: str | None, limit: int) -> list[JobEntry]:
-        """Failed or dead jobs kept with their payloads, newest first."""
+        """Jobs in a status with their payloads, newest first: failed and dead jobs (kept for
+        inspection and requeue) and running ones (``conveyor info``)."""
 
     @abstractmethod
     def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:

@@ -64,6 +64,8 @@ def info(app_spec: str | None, url: str | None) -> None:
     if not stats:
         queues.caption = "no jobs yet"
     console.print(queues)
+    if any(s.running for s in stats):
+        console.print(_running_table(app))
 
     workers = Table(title="Workers")
     for column in ("worker", "pid", "queues", "pool", "concurrency", "processed", "seen"):
@@ -81,6 +83,27 @@ def info(app_spec: str | None, url: str | None) -> None:
     if not workers.row_count:
         workers.caption = "no live workers: start one with `conveyor worker MODULE`"
     console.print(workers)
+
+
+def _running_table(app: Conveyor, limit: int = 10) -> Table:
+    """The newest running jobs with the progress their tasks reported."""
+    entries = app.broker.entries(JobStatus.RUNNING, None, limit)
+    records = app.broker.get([e.id for e in entries])
+    table = Table(title="Running jobs")
+    for column in ("id", "queue", "task", "progress", "note"):
+        table.add_column(column)
+    for entry, record in zip(entries, records, strict=True):
+        if record is None or record.status is not JobStatus.RUNNING:
+            continue  # finished between the two reads
+        done = "" if record.progress is None else f"{record.progress:.0%}"
+        table.add_row(
+            entry.id,
+            entry.queue,
+            _task_name(app, entry.payload),
+            done,
+            record.progress_note or "",
+        )
+    return table
 
 
 @click.command()

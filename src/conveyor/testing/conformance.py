@@ -578,6 +578,17 @@ class BrokerConformance:
         assert record is not None
         assert (record.progress, record.progress_note) == (0.5, None)
 
+    def test_running_jobs_are_listed(self, broker: Broker) -> None:
+        running, waiting = envelope(), envelope()
+        broker.enqueue([running, waiting])
+        delivery = fetch_one(broker)
+        assert delivery.id == running.id
+        listed = broker.entries(JobStatus.RUNNING, None, 10)
+        assert [(e.id, e.queue, e.payload, e.status) for e in listed] == [
+            (running.id, running.queue, running.payload, JobStatus.RUNNING)
+        ]
+        assert broker.entries(JobStatus.RUNNING, "images", 10) == []
+
     # -- cancel ----------------------------------------------------------------------------
 
     def test_cancel_of_pending_jobs_removes_them(self, broker: Broker, timeline: Timeline) -> None:
