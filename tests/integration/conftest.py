@@ -1,11 +1,16 @@
-"""Helpers to run ``conveyor worker`` as real subprocesses on a SQLite file in ``tmp_path``.
+"""Helpers to run ``conveyor worker`` as real subprocesses, on SQLite and on Redis.
 
 ``project`` writes a small tasks module (``jobs_app``) into a fresh folder; its tasks append
 one line per start and end to ``runs.log`` so a test can count how often a job really ran.
+It is parametrized over the brokers: ``sqlite`` is a file in ``tmp_path``; ``redis`` is the
+session's private ``redis-server`` (``tests/redis_server.py``, never the shared one on 6379)
+with a key prefix of the test's own, which the worker subprocess gets through
+``JOBS_PREFIX`` (read by ``jobs_app``), so tests never see each other's keys.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import subprocess
@@ -17,11 +22,18 @@ from pathlib import Path
 
 import pytest
 
+from conveyor import Conveyor
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from redis_server import SERVER_BINARY, RedisServer, redis_server, unique_prefix
+
+__all__ = ["redis_server"]  # a fixture, imported so pytest finds it
+
 TASKS = """
 import os, pathlib, time
 from conveyor import Conveyor
 
-app = Conveyor()  # CONVEYOR_URL, set by the test
+app = Conveyor(prefix=os.environ["JOBS_PREFIX"])  # and CONVEYOR_URL, set by the test
 LOG = pathlib.Path(__file__).with_name("runs.log")
 
 
@@ -69,17 +81,26 @@ class WorkerProcess:
 
 
 class Project:
-    def __init__(self, root: Path) -> None:
+    """A folder with ``jobs_app.py`` and its workers, on ``url`` (SQLite in the folder if
+    not given) under the key ``prefix`` (only Redis uses it)."""
+
+    def __init__(self, root: Path, url: str | None = None, prefix: str = "conveyor") -> None:
         self.root = root
-        self.url = f"sqlite:///{root / 'jobs.db'}"
+        self.url = url or f"sqlite:///{root / 'jobs.db'}"
+        self.prefix = prefix
         self.runs_log = root / "runs.log"
         self.workers: list[WorkerProcess] = []
         (root / "jobs_app.py").write_text(textwrap.dedent(TASKS))
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, CONVEYOR_URL=self.url, PYTHONPATH=str(self.root))
+        env = dict(os.environ, CONVEYOR_URL=self.url, JOBS_PREFIX=self.prefix,
+                   PYTHONPATH=str(self.root))
         env.pop("PYTHONWARNINGS", None)
         return env
+
+    def app(self) -> Conveyor:
+        """A producer on the project's broker (this process never imports ``jobs_app``)."""
+        return Conveyor(self.url, prefix=self.prefix)
 
     def worker(self, *args: str, ready: bool = True) -> WorkerProcess:
         """Start ``conveyor worker jobs_app ARGS`` with the project folder as cwd."""
@@ -122,9 +143,40 @@ def wait_for(
         time.sleep(0.05)
 
 
+BROKERS = [
+    pytest.param(
+        "sqlite",
+        id="sqlite",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("conveyor.brokers.sqlite") is None,
+            reason="conveyor.brokers.sqlite is not written yet",
+        ),
+    ),
+    pytest.param(
+        "redis",
+        id="redis",
+        marks=[
+            pytest.mark.redis,
+            pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
+        ],
+    ),
+]
+
+
+@pytest.fixture(params=BROKERS)
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
+
+
 @pytest.fixture
-def project(tmp_path: Path) -> Iterator[Project]:
-    p = Project(tmp_path)
+def project(tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest) -> Iterator[Project]:
+    """A project on each broker in turn (the redis server starts only if a test needs it)."""
+    if broker_kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        p = Project(tmp_path, server.url, unique_prefix())
+    else:
+        p = Project(tmp_path)
     try:
         yield p
     finally:

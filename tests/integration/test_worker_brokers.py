@@ -1,4 +1,5 @@
-"""``conveyor worker`` subprocesses on one SQLite file: crashes, long jobs, SIGTERM, bad input.
+"""``conveyor worker`` subprocesses on each broker (SQLite, Redis): crashes, long jobs,
+SIGTERM, bad input. The ``project`` fixture (conftest) runs every test once per broker.
 
 Every job's runs are counted from an append-only log the tasks write, so "exactly once"
 and "nothing lost" are checked on what really happened, not on what the broker says.
@@ -6,7 +7,6 @@ and "nothing lost" are checked on what really happened, not on what the broker s
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import time
 from typing import Any
@@ -17,17 +17,11 @@ from conftest import Project, wait_for
 from conveyor import Conveyor, JobDead, Signature
 from conveyor._message import Envelope, Message, new_job_id
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        importlib.util.find_spec("conveyor.brokers.sqlite") is None,
-        reason="conveyor.brokers.sqlite is not written yet",
-    ),
-]
+pytestmark = pytest.mark.slow
 
 
 def _app(project: Project) -> Conveyor:
-    return Conveyor(project.url)
+    return project.app()
 
 
 def _send(app: Conveyor, task: str, *args: Any) -> Any:
