@@ -105,7 +105,7 @@ class Cells:
 
 
 def wname(workload: str) -> str:
-    return "W" + workload[1:]  # w1b -> W1b
+    return "W" + workload[1:] if workload[:1] == "w" else workload  # w1b -> W1b
 
 
 def num(v: float) -> str:
@@ -232,6 +232,21 @@ def soak(records: list[dict[str, Any]]) -> list[str]:
     return [*out, ""]
 
 
+def load_range(records: list[dict[str, Any]]) -> str:
+    loads = sorted(r["load1"] for r in records if "load1" in r)
+    if not loads:
+        return "not recorded"
+    by_rep: dict[int, list[float]] = {}
+    for r in records:
+        if "load1" in r:
+            by_rep.setdefault(r["rep"], []).append(r["load1"])
+    reps = ", ".join(
+        f"rep {rep + 1} median {statistics.median(v):.2f} (max {max(v):.2f})"
+        for rep, v in sorted(by_rep.items())
+    )
+    return f"median {statistics.median(loads):.2f}, max {loads[-1]:.2f}; {reps}"
+
+
 def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cells = Cells(records)
     la, lb = meta["load_before"], meta["load_after"]
@@ -260,7 +275,8 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"{meta['rtt'][1]:.3f} ms after 20 ms idle (the cost of waking sleeping processes, "
         "which every W3 hop pays)",
         f"- Load average (1/5/15 min): {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} before, "
-        f"{lb[0]:.2f} / {lb[1]:.2f} / {lb[2]:.2f} after",
+        f"{lb[0]:.2f} / {lb[1]:.2f} / {lb[2]:.2f} after; 1-min load at the start of each "
+        f"run: {load_range(records)}",
         f"- Started {meta['started']}, took {meta['minutes']:.1f} min; Conveyor at "
         f"{meta['commit']}",
         f"- Sizes: {sizes}",

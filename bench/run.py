@@ -201,10 +201,13 @@ def main(argv: list[str] | None = None) -> int:
                 shift = rep % len(libs) if libs else 0
                 for lib in libs[shift:] + libs[:shift]:
                     server.flush()
+                    load1 = machine.loadavg()[0]
                     t0 = time.monotonic()
                     result = runner.run_one(w, lib)
                     took = time.monotonic() - t0
-                    records.append({"rep": rep, "workload": w.name, "lib": lib, **result})
+                    records.append(
+                        {"rep": rep, "workload": w.name, "lib": lib, "load1": load1, **result}
+                    )
                     print(
                         f"[rep {rep + 1}/{args.reps}] {w.name:<3} {lib:<9} {describe(result)}"
                         f"  ({took:.1f} s){flag(result)}",
