@@ -206,7 +206,7 @@ class Driver:
                 else:
                     await loop.run_in_executor(pool, self.client.result, handle, RESULT_WAIT)
             except Exception as exc:
-                return f"{type(exc).__name__}: {exc}"
+                return f"{type(exc).__name__}: {exc}".rstrip(": ")
             return time.time() - t0
 
         try:
