@@ -50,7 +50,13 @@ pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
 LEASE = 30.0
 QUEUE = "default"
-SCRIPT_EXISTS_REPLY = len(b"*1\r\n:1\r\n")  # a pipeline asks SCRIPT EXISTS before MULTI
+
+
+def _replies_before_exec(batch: int) -> int:
+    """Bytes a batch enqueue receives before EXEC's own reply: SCRIPT EXISTS (a pipeline
+    asks it first), then +OK for MULTI and +QUEUED per script call. Cutting after them
+    drops exactly the reply to a transaction the server has run."""
+    return len(b"*1\r\n:1\r\n") + len(b"+OK\r\n") + batch * len(b"+QUEUED\r\n")
 
 
 @pytest.fixture
@@ -121,7 +127,7 @@ def test_reset_during_enqueue_writes_each_job_exactly_once(
     ids = [e.id for e in envs]
     reset_command_stats(plain_server)
     if fault == "reply dropped":
-        proxy.cut("down", 0 if batch == 1 else SCRIPT_EXISTS_REPLY)
+        proxy.cut("down", 0 if batch == 1 else _replies_before_exec(batch))
     elif fault == "request cut":
         proxy.cut("up", 20)
     else:
