@@ -93,8 +93,9 @@ class Project:
         (root / "jobs_app.py").write_text(textwrap.dedent(TASKS))
 
     def env(self) -> dict[str, str]:
-        env = dict(os.environ, CONVEYOR_URL=self.url, JOBS_PREFIX=self.prefix,
-                   PYTHONPATH=str(self.root))
+        env = dict(
+            os.environ, CONVEYOR_URL=self.url, JOBS_PREFIX=self.prefix, PYTHONPATH=str(self.root)
+        )
         env.pop("PYTHONWARNINGS", None)
         return env
 
