@@ -188,7 +188,9 @@ def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goe
     ``redis-cli`` binary exists): invalid bytes, no ``job``/``payload`` field at all, a JSON
     message naming ``os:system``, one naming an unknown task. Each is dead-lettered under
     ``raw-<entry id>`` with its raw payload and a reason, ``os:system`` never runs, and a
-    normal job enqueued after them succeeds. Entries that name a job id (``job <id>``) are
+    normal job enqueued after them succeeds; one XADDed to a priority stream that did not
+    exist yet gets its consumer group created, with a warning, and is dead-lettered too.
+    Entries that name a job id (``job <id>``) are
     the broker's own format: one naming no job, or a job already finished, is dropped."""
     project = own_project
     app = project.app()
@@ -211,13 +213,14 @@ def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goe
         "unknown": _xadd(own_server, stream, b"payload", unknown),
         "no_job": _xadd(own_server, stream, b"job", b"no-such-job"),
         "finished": _xadd(own_server, stream, b"job", first.id.encode()),
+        # A stream no job has used yet: XADD creates it without the consumer group.
+        "new_stream": _xadd(own_server, stream[:-1] + "5", b"payload", b"\x00"),
     }
     after = _send(app, "double", 21)
     assert after.result(timeout=20) == 42
 
-    dead_ids = {
-        f"raw-{sids[k]}": k for k in ("invalid", "invalid_field", "missing", "system", "unknown")
-    }
+    kinds = ("invalid", "invalid_field", "missing", "system", "unknown", "new_stream")
+    dead_ids = {f"raw-{sids[k]}": k for k in kinds}
     broker = app.broker
 
     def all_dead() -> bool:
@@ -234,6 +237,9 @@ def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goe
     assert b"\xff\xfe" in entry["invalid_field"].payload
     assert entry["invalid"].reason.startswith("undecodable payload")
     assert entry["invalid_field"].reason.startswith("undecodable payload")
+    assert entry["new_stream"].payload == b"\x00"
+    assert entry["new_stream"].reason.startswith("undecodable payload")
+    assert "consumer group(s) were missing" in worker.output()  # said loudly
     assert entry["missing"].reason.startswith("undecodable payload")
     assert entry["system"].reason.startswith("untrusted callable 'os:system'")
     assert entry["unknown"].reason.startswith("unknown task 'jobs_app:no_such_task'")
@@ -257,8 +263,9 @@ def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goe
     assert first.result(timeout=1) == "first"
     assert len(project.started("first")) == 1
     raw = own_server.client()
-    assert raw.xlen(stream) == 0
-    assert raw.xpending(stream, "conveyor")["pending"] == 0
+    for s in (stream, stream[:-1] + "5"):
+        assert raw.xlen(s) == 0
+        assert raw.xpending(s, "conveyor")["pending"] == 0
     raw.close()
     assert worker.proc.poll() is None, worker.output()
     assert "Traceback" not in worker.output()
