@@ -84,9 +84,12 @@ def stream_entries(server: RedisServer, prefix: str, queue: str = "default") -> 
     """Job ids of the entries in a queue's ten priority streams (undelivered and pending)."""
     client: redis.Redis = server.client()
     try:
-        return [fields[b"job"].decode()
-                for stream in Keys(prefix).streams(queue)
-                for _, fields in client.xrange(stream)]
+        ids = []
+        for stream in Keys(prefix).streams(queue):
+            for _, fields in client.xrange(stream) or []:
+                job = (fields or {})[b"job"]
+                ids.append(job.decode() if isinstance(job, bytes) else job)
+        return ids
     finally:
         client.close()
 

@@ -304,7 +304,7 @@ def test_default_client_settings_bound_every_blocking_call() -> None:
         assert timeout == _connect.DEFAULT_SOCKET_TIMEOUT
         assert _connect.block_slice(client) < timeout
         retry = client.connection_pool.connection_kwargs["retry"]
-        assert 0 < retry.get_retries() <= 3  # type: ignore[attr-defined]
+        assert 0 < retry.get_retries() <= 3
     finally:
         client.close()
 
