@@ -20,7 +20,9 @@ Contract, in short:
   It blocks up to ``block`` seconds when there is nothing to hand out, without spinning.
 * ``renew``, ``finish``, ``release`` and ``progress`` are *fenced*: they take effect only if
   the delivery's token is still the job's current token (the lease was not taken over), and
-  report per delivery whether they did. A stale finish changes nothing.
+  report per delivery whether they did. A stale finish changes nothing. A repeat of a
+  finish or release by the same delivery (a client retrying after a lost reply) changes
+  nothing and reports True: that delivery's outcome is the one recorded.
 * ``finish`` is one atomic step per delivery: remove from the queue, store the state and
   the encoded result with its TTL, wake waiters, and, for a retry, put the job back as
   ``scheduled`` with its new payload; for ``failed`` and ``dead``, keep the payload for

@@ -47,6 +47,7 @@ class _Job:
     progress_note: str | None = None
     updated_at: float = 0.0
     reason: str = ""
+    settled_by: str = ""  # token of the delivery that finished or released it last
 
 
 @dataclass
@@ -168,6 +169,15 @@ class MemoryBroker(Broker):
             return None
         return job
 
+    def _settled(self, delivery: Delivery) -> bool:
+        """This very delivery already finished or released the job (a repeated call)."""
+        job = self._live(delivery.id, self._clock.time())
+        return (
+            job is not None
+            and job.settled_by == delivery.token
+            and job.status is not JobStatus.RUNNING
+        )
+
     def _next_event(self) -> float | None:
         times = [t for t, _, _ in self._s.scheduled[:1]]
         times += [j.lease_until for j in self._running()]
@@ -264,8 +274,9 @@ class MemoryBroker(Broker):
             for f in outcomes:
                 job = self._owned(f.delivery)
                 if job is None:
-                    done.append(False)
+                    done.append(self._settled(f.delivery))
                     continue
+                job.settled_by = f.delivery.token
                 job.token = ""
                 job.updated_at = now
                 job.cancel_requested = False
@@ -287,8 +298,9 @@ class MemoryBroker(Broker):
             for d in deliveries:
                 job = self._owned(d)
                 if job is None:
-                    done.append(False)
+                    done.append(self._settled(d))
                     continue
+                job.settled_by = d.token
                 job.deliveries = max(job.deliveries - 1, 0)
                 self._hand_back(job, self._clock.time())
                 done.append(True)

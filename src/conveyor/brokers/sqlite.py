@@ -265,20 +265,23 @@ UPDATE jobs SET status = 'queued', payload = ?, eta = NULL, seq = ?
 WHERE id = ? AND status = 'scheduled' AND eta = ? AND {_LIVE}
 """
 _OWNED = "id = ? AND status = 'running' AND token = ?"
+# Finish and release keep the delivery's token on the row (fencing looks at running jobs
+# only), so a repeat of the same call is recognised as already settled (_SETTLED).
 _FINISH = f"""
-UPDATE jobs SET status = ?, result = ?, reason = ?, expires_at = ?, token = '',
+UPDATE jobs SET status = ?, result = ?, reason = ?, expires_at = ?,
     lease_until = NULL, cancel_requested = 0, updated_at = ?
 WHERE {_OWNED}
 """
+_SETTLED = f"SELECT 1 FROM jobs WHERE id = ? AND token = ? AND status != 'running' AND {_LIVE}"
 # A retry keeps the row's uniqueness key: the job is still pending under it.
 _RETRY = f"""
 UPDATE jobs SET status = ?, queue = ?, payload = ?, priority = ?, eta = ?, seq = ?,
-    result = ?, deliveries = 0, token = '', lease_until = NULL, cancel_requested = 0,
+    result = ?, deliveries = 0, lease_until = NULL, cancel_requested = 0,
     updated_at = ?
 WHERE {_OWNED}
 """
 _RELEASE = f"""
-UPDATE jobs SET {_ABANDONED}, seq = ?, deliveries = max(deliveries - 1, 0)
+UPDATE jobs SET {_ABANDONED}, seq = ?, deliveries = max(deliveries - 1, 0), token = ?
 WHERE {_OWNED}
 RETURNING status
 """
@@ -479,26 +482,39 @@ class SQLiteBroker(Broker):
         d, env = f.delivery, f.retry
         if env is None:
             ended = (f.status, f.result, f.reason, now + f.result_ttl, now)
-            return conn.execute(_FINISH, (*ended, d.id, d.token)).rowcount == 1
-        later = env.eta is not None and env.eta > now
-        status = JobStatus.SCHEDULED if later else JobStatus.QUEUED
-        seq = _take_seq(conn, 1) + 1
-        args = (status, env.queue, env.payload, env.priority, env.eta, seq, f.result, now)
-        return conn.execute(_RETRY, (*args, d.id, d.token)).rowcount == 1
+            if conn.execute(_FINISH, (*ended, d.id, d.token)).rowcount == 1:
+                return True
+        else:
+            later = env.eta is not None and env.eta > now
+            status = JobStatus.SCHEDULED if later else JobStatus.QUEUED
+            seq = _take_seq(conn, 1) + 1
+            args = (status, env.queue, env.payload, env.priority, env.eta, seq, f.result, now)
+            if conn.execute(_RETRY, (*args, d.id, d.token)).rowcount == 1:
+                return True
+        return self._settled(conn, d, now)
+
+    @staticmethod
+    def _settled(conn: sqlite3.Connection, d: Delivery, now: float) -> bool:
+        """This very delivery already finished or released the job (a repeated call)."""
+        return conn.execute(_SETTLED, (d.id, d.token, now)).fetchone() is not None
 
     def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
         with self._db.write() as conn:
             now = self._clock.time()
             base = _take_seq(conn, len(deliveries))
             states = [
-                conn.execute(_RELEASE, (now, now, base + i, d.id, d.token)).fetchone()
+                conn.execute(_RELEASE, (now, now, base + i, d.token, d.id, d.token)).fetchone()
                 for i, d in enumerate(deliveries, 1)
+            ]
+            repeated = [
+                st is None and self._settled(conn, d, now)
+                for st, d in zip(states, deliveries, strict=True)
             ]
         if any(st is not None and st[0] == JobStatus.QUEUED for st in states):
             self._notify.wake(_FETCHERS)
         ended = (d.id for d, st in zip(deliveries, states, strict=True) if st and st[0] != "queued")
         self._wake_ended(ended)
-        return [st is not None for st in states]
+        return [st is not None or again for st, again in zip(states, repeated, strict=True)]
 
     def promote(self, job_id: str, payload: bytes) -> bool:
         with self._db.write() as conn:

@@ -437,7 +437,15 @@ class BrokerConformance:
         other = fetch_one(broker)
         outcomes = [Finish(d, JobStatus.SUCCEEDED, b"r") for d in (stale, live, other)]
         assert broker.finish(outcomes) == [False, True, True]
-        assert broker.finish(outcomes[1:]) == [False, False]  # finished already
+        # A repeat of the same call (a client retrying after a lost reply) is told it took
+        # effect, and changes nothing.
+        again = [Finish(d, JobStatus.FAILED, b"other") for d in (stale, live, other)]
+        assert broker.finish(again) == [False, True, True]
+        records = broker.get([live.id, other.id])
+        assert [(r.status, r.result) for r in records if r is not None] == [
+            (JobStatus.SUCCEEDED, b"r"),
+            (JobStatus.SUCCEEDED, b"r"),
+        ]
 
     # -- results ---------------------------------------------------------------------------
 
