@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, assert_type
 
@@ -14,29 +12,6 @@ import pytest
 
 from conveyor import ConfigurationError, Conveyor, InvalidName, SerializationError
 from conveyor._clock import FakeClock
-
-_SQLITE = importlib.util.find_spec("conveyor.brokers.sqlite") is not None
-BROKERS = [
-    pytest.param("memory", id="memory"),
-    pytest.param(
-        "sqlite",
-        id="sqlite",
-        marks=pytest.mark.skipif(not _SQLITE, reason="conveyor.brokers.sqlite is not written yet"),
-    ),
-]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=BROKERS)
-def app(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Conveyor]:
-    """An app on each broker whose TTLs run on ``clock``."""
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/conveyor.db"
-    with Conveyor(url, clock=clock) as a:
-        yield a
 
 
 class Source:

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,28 +17,6 @@ from conveyor import (
 )
 from conveyor._clock import FakeClock
 from conveyor.stores import Store
-
-_SQLITE = importlib.util.find_spec("conveyor.brokers.sqlite") is not None
-BROKERS = [
-    pytest.param("memory", id="memory"),
-    pytest.param(
-        "sqlite",
-        id="sqlite",
-        marks=pytest.mark.skipif(not _SQLITE, reason="conveyor.brokers.sqlite is not written yet"),
-    ),
-]
-
-
-@pytest.fixture
-def clock() -> FakeClock:
-    return FakeClock()
-
-
-@pytest.fixture(params=BROKERS)
-def app(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Conveyor]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/conveyor.db"
-    with Conveyor(url, clock=clock) as a:
-        yield a
 
 
 @pytest.fixture
