@@ -1,0 +1,179 @@
+"""Faults done to ``conveyor worker`` processes, on SQLite and on a private Redis.
+
+* A zombie worker (SIGSTOPped past its lease, then SIGCONTed): another worker takes the job
+  over, and the zombie's late result is refused.
+* A job that SIGKILLs its own worker every time: dead-lettered after ``--max-deliveries``,
+  and the worker that survives it does not spin.
+* SIGTERM with three short jobs and one long one in flight: the short ones finish, the long
+  one is handed back and redelivered at once, exit 0 within the grace.
+* The Heroku sequence: TERM to the whole process group of a ``--pool processes`` worker, a
+  second TERM, then KILL: nothing is lost.
+
+Runs are counted from the log the tasks write (``workers.py``) and checked by ``checker``.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import JobDead
+from redis_server import SERVER_BINARY, unique_prefix
+
+from .checker import check
+from .workers import Cluster, send, wait_for
+
+pytestmark = pytest.mark.slow
+
+BROKERS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=[
+        pytest.mark.redis,
+        pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
+    ]),
+]
+
+
+@pytest.fixture(params=BROKERS)
+def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
+    if request.param == "redis":
+        server = request.getfixturevalue("plain_server")
+        c = Cluster(tmp_path / "app", server.url, unique_prefix())
+    else:
+        c = Cluster(tmp_path / "app")
+    try:
+        yield c
+    finally:
+        c.cleanup()
+
+
+@pytest.mark.timeout(60)
+def test_a_zombie_workers_late_result_is_refused(cluster: Cluster) -> None:
+    app = cluster.app()
+    a = cluster.worker("A", "--lease", "1")
+    job = send(app, "sleepy", "z", 3.0)
+    wait_for(lambda: cluster.started("z") == ["A"], 30, cluster.outputs)
+    a.signal(signal.SIGSTOP)  # its renewal thread stops too: the lease runs out
+    try:
+        b = cluster.worker("B", "--lease", "1")
+        wait_for(lambda: cluster.started("z") == ["A", "B"], 20, cluster.outputs)
+    finally:
+        a.signal(signal.SIGCONT)  # its 3 s sleep is over: it tries to finish at once
+    wait_for(lambda: ("end", "z", "A", a.pid) in cluster.runs(), 10, cluster.outputs)
+    assert job.result(timeout=20) == "B", cluster.outputs()
+    time.sleep(0.5)
+    assert job.result(timeout=1) == "B"  # A's late write did not land after B's either
+    assert a.alive() and b.alive()
+    report = check(acknowledged=["z"], executed=cluster.executed(), completed=["z"])
+    report.assert_ok(max_duplicates=1)  # one stop past the lease: one rerun
+    assert report.duplicate_runs == 1
+    app.close()
+
+
+@pytest.mark.timeout(90)
+def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_without_a_hot_loop(
+    cluster: Cluster,
+) -> None:
+    app = cluster.app()
+    args = ("--lease", "1", "--max-deliveries", "3")
+    job = send(app, "suicide", "poison")
+    restarts = 0
+    worker = cluster.worker(f"w{restarts}", *args)
+    deadline = time.monotonic() + 60
+    while not job.done():  # restart the worker each time the job kills it
+        assert time.monotonic() < deadline, cluster.outputs()
+        if not worker.alive():
+            restarts += 1
+            worker = cluster.worker(f"w{restarts}", *args)
+        time.sleep(0.05)
+    with pytest.raises(JobDead) as info:
+        job.result(timeout=1)
+    assert info.value.reason.startswith("delivered 4 times without finishing"), info.value
+    assert len(cluster.started("poison")) == 3
+    assert restarts == 3
+
+    # The last worker survives it, and idles without spinning.
+    survivor = worker
+    assert survivor.alive()
+    before = survivor.cpu_seconds()
+    time.sleep(2.0)
+    used = survivor.cpu_seconds() - before
+    assert used < 0.5, f"the worker spun: {used:.2f} s of CPU in 2 s"
+    # ...and goes on with other work. (These come after the poison: with the thread pool,
+    # jobs running beside it die with the process and count deliveries too.)
+    ok = {f"ok{i}": send(app, "sleepy", f"ok{i}", 0.0) for i in range(5)}
+    assert {t: j.result(timeout=20) for t, j in ok.items()} == dict.fromkeys(ok, survivor.name)
+    report = check(acknowledged=[*ok, "poison"], executed=cluster.executed(),
+                   completed=[*ok, "poison"])  # dead-lettered is an end too
+    report.assert_ok(max_duplicates=2)  # the poison's 2 reruns, and no other
+    assert report.duplicated == {"poison": 2}
+    app.close()
+
+
+@pytest.mark.timeout(60)
+def test_sigterm_finishes_short_jobs_and_hands_the_long_one_back_at_once(
+    cluster: Cluster,
+) -> None:
+    app = cluster.app()
+    a = cluster.worker("A", "--grace", "2", "--lease", "30", "-c", "4")
+    short = {f"s{i}": send(app, "sleepy", f"s{i}", 1.0) for i in range(3)}
+    long = send(app, "sleepy", "long", 4.0)
+    tags = [*short, "long"]
+    wait_for(lambda: all(cluster.started(t) == ["A"] for t in tags), 30, cluster.outputs)
+    # B waits idle; with a 30 s lease, only a hand-back can bring it the long job soon.
+    b = cluster.worker("B", "--lease", "30", "-c", "4")
+
+    began = time.monotonic()
+    a.signal(signal.SIGTERM)
+    assert a.wait(2 + 5) == 0, a.output()
+    took = time.monotonic() - began
+    assert took < 2 + 3, f"exit took {took:.1f} s"
+    assert "handed back 1 unfinished job" in a.output()
+    for tag, job in short.items():
+        assert job.result(timeout=5) == "A", tag
+        assert cluster.started(tag) == ["A"]
+    wait_for(lambda: cluster.started("long") == ["A", "B"], 3, cluster.outputs)
+    assert long.result(timeout=20) == "B"
+    assert b.alive()
+    report = check(acknowledged=tags, executed=cluster.executed(), completed=tags)
+    report.assert_ok(max_duplicates=1)  # the handed-back job runs once more
+    assert report.duplicated == {"long": 1}
+    app.close()
+
+
+@pytest.mark.timeout(90)
+def test_the_heroku_sequence_term_the_group_term_again_then_kill_loses_nothing(
+    cluster: Cluster,
+) -> None:
+    app = cluster.app()
+    concurrency = 4
+    a = cluster.worker("A", "--pool", "processes", "-c", str(concurrency), "--grace", "20",
+                       "--lease", "1", new_session=True)
+    tags = [f"j{i}" for i in range(12)]
+    jobs = {t: send(app, "sleepy", t, 2.0) for t in tags}
+    wait_for(lambda: len(set(cluster.executed())) >= concurrency, 30, cluster.outputs)
+
+    a.signal_group(signal.SIGTERM)  # the platform signals every process in the dyno
+    time.sleep(0.5)
+    a.signal_group(signal.SIGTERM)  # the second: hand back and stop now
+    try:
+        code: int | None = a.wait(3)
+    except Exception:
+        code = None
+    if a.alive():
+        a.signal_group(signal.SIGKILL)
+        a.wait(10)
+
+    b = cluster.worker("B", "--lease", "1", "-c", "4")
+    results = {t: j.result(timeout=40) for t, j in jobs.items()}
+    assert set(results) == set(tags)
+    report = check(acknowledged=tags, executed=cluster.executed(), completed=tags)
+    print(report)
+    report.assert_ok(max_duplicates=concurrency)  # only the jobs in flight run again
+    assert code == 0, f"the worker did not exit 0 on the second TERM:\n{a.output()}"
+    assert b.alive()
+    app.close()

@@ -1,0 +1,173 @@
+"""``conveyor worker`` subprocesses for the torture suite, on SQLite or a private Redis.
+
+``Cluster`` writes a tasks module (``torture_app``) into a fresh folder and starts workers on
+it. Every task appends ``start|end TAG NAME PID`` to ``runs.log`` (one short append per
+line, so lines never interleave), where NAME is the worker's ``--name`` given through
+``TORTURE_WORKER`` and TAG identifies the job: the checker counts runs from that log, i.e.
+from what really ran, not from what the broker says. Tasks return the worker's NAME, so a
+job's recorded result says which worker's completion was accepted.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from conveyor import Conveyor, Signature
+
+TASKS = """
+import os, pathlib, time
+from conveyor import Conveyor
+
+app = Conveyor(prefix=os.environ["TORTURE_PREFIX"])  # and CONVEYOR_URL, set by the test
+LOG = pathlib.Path(__file__).with_name("runs.log")
+NAME = os.environ.get("TORTURE_WORKER", "?")
+
+
+def mark(event, tag):
+    with open(LOG, "a") as f:
+        f.write(f"{event} {tag} {NAME} {os.getpid()}\\n")
+
+
+@app.task
+def sleepy(tag: str, seconds: float) -> str:
+    mark("start", tag)
+    time.sleep(seconds)
+    mark("end", tag)
+    return NAME
+
+
+@app.task
+def suicide(tag: str) -> str:
+    mark("start", tag)
+    os.kill(os.getpid(), 9)
+    time.sleep(60)
+    return NAME
+"""
+
+
+def wait_for(condition: Callable[[], bool], timeout: float,
+             describe: Callable[[], str] = str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s\n{describe()}")
+        time.sleep(0.05)
+
+
+class Worker:
+    """One ``conveyor worker`` subprocess; its output goes to a file."""
+
+    def __init__(self, name: str, proc: subprocess.Popen[bytes], log: Path) -> None:
+        self.name = name
+        self.proc = proc
+        self.log = log
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        wait_for(lambda: "conveyor worker" in self.output() or not self.alive(), timeout,
+                 self.output)
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def signal_group(self, signum: int) -> None:
+        """To the worker's whole process group (it was started in a session of its own)."""
+        os.killpg(self.proc.pid, signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.proc.wait(timeout)
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time so far (Linux /proc)."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Cluster:
+    """A folder with ``torture_app.py`` and its workers, on ``url`` (an SQLite file in the
+    folder if not given) under the key ``prefix`` (only Redis uses it)."""
+
+    def __init__(self, root: Path, url: str | None = None, prefix: str = "conveyor") -> None:
+        self.root = root
+        self.url = url or f"sqlite:///{root / 'jobs.db'}"
+        self.prefix = prefix
+        self.runs_log = root / "runs.log"
+        self.workers: list[Worker] = []
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "torture_app.py").write_text(textwrap.dedent(TASKS))
+
+    def env(self, name: str = "") -> dict[str, str]:
+        env = dict(os.environ, CONVEYOR_URL=self.url, TORTURE_PREFIX=self.prefix,
+                   TORTURE_WORKER=name, PYTHONPATH=str(self.root))
+        env.pop("PYTHONWARNINGS", None)
+        return env
+
+    def app(self) -> Conveyor:
+        """A producer on the cluster's broker (this process never imports ``torture_app``)."""
+        return Conveyor(self.url, prefix=self.prefix)
+
+    def worker(self, name: str, *args: str, ready: bool = True,
+               new_session: bool = False) -> Worker:
+        """Start ``conveyor worker torture_app ARGS`` named ``name``."""
+        log = self.root / f"worker-{len(self.workers)}-{name}.log"
+        cmd = [sys.executable, "-m", "conveyor", "worker", "torture_app", *args]
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(cmd, cwd=self.root, env=self.env(name), stdout=out,
+                                    stderr=subprocess.STDOUT, start_new_session=new_session)
+        w = Worker(name, proc, log)
+        self.workers.append(w)
+        if ready:
+            w.wait_ready()
+        return w
+
+    def runs(self) -> list[tuple[str, str, str, int]]:
+        """(event, tag, worker name, pid) per line of the runs log."""
+        if not self.runs_log.exists():
+            return []
+        lines = self.runs_log.read_text().splitlines()
+        return [(e, t, n, int(p)) for e, t, n, p in (line.split() for line in lines)]
+
+    def started(self, tag: str) -> list[str]:
+        """Names of the workers that started ``tag``, in order."""
+        return [n for e, t, n, _ in self.runs() if e == "start" and t == tag]
+
+    def executed(self) -> list[str]:
+        return [t for e, t, _, _ in self.runs() if e == "start"]
+
+    def outputs(self) -> str:
+        return "\n".join(f"--- {w.name} ({w.pid})\n{w.output()[-3000:]}" for w in self.workers)
+
+    def cleanup(self) -> None:
+        for w in self.workers:
+            if w.alive():
+                try:
+                    if w.proc.pid == os.getpgid(w.proc.pid):
+                        os.killpg(w.proc.pid, signal.SIGKILL)
+                    else:
+                        w.proc.send_signal(signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                w.proc.wait(10)
+
+
+def send(app: Conveyor, task: str, *args: Any) -> Any:
+    """Enqueue a ``torture_app`` task by name."""
+    (job,) = app.enqueue_many([Signature(app, f"torture_app:{task}", args, {}, app.defaults)])
+    return job
