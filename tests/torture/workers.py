@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from conveyor import Conveyor, Signature
+from conveyor import Conveyor, Job, Signature
 
 TASKS = """
 import os, pathlib, time
@@ -167,7 +167,8 @@ class Cluster:
                 w.proc.wait(10)
 
 
-def send(app: Conveyor, task: str, *args: Any) -> Any:
+def send(app: Conveyor, task: str, *args: Any) -> Job[Any]:
     """Enqueue a ``torture_app`` task by name."""
+    job: Job[Any]
     (job,) = app.enqueue_many([Signature(app, f"torture_app:{task}", args, {}, app.defaults)])
     return job
