@@ -3,7 +3,8 @@
 * A zombie worker (SIGSTOPped past its lease, then SIGCONTed): another worker takes the job
   over, and the zombie's late result is refused.
 * A job that SIGKILLs its own worker every time: dead-lettered after ``--max-deliveries``,
-  and the worker that survives it does not spin.
+  and the worker that survives it does not spin; with ``--pool processes`` only the child
+  dies, and the job fails once.
 * SIGTERM with three short jobs and one long one in flight: the short ones finish, the long
   one is handed back and redelivered at once, exit 0 within the grace.
 * The Heroku sequence: TERM to the whole process group of a ``--pool processes`` worker, a
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import JobDead
+from conveyor import JobDead, TaskFailed
 from redis_server import SERVER_BINARY, unique_prefix
 
 from .checker import check
@@ -176,4 +177,30 @@ def test_the_heroku_sequence_term_the_group_term_again_then_kill_loses_nothing(
     report.assert_ok(max_duplicates=concurrency)  # only the jobs in flight run again
     assert code == 0, f"the worker did not exit 0 on the second TERM:\n{a.output()}"
     assert b.alive()
+    app.close()
+
+
+@pytest.mark.timeout(60)
+def test_with_the_process_pool_a_self_killing_job_fails_once_and_the_worker_survives(
+    cluster: Cluster,
+) -> None:
+    """With ``--pool processes`` only the child dies: the parent sees it and records the job
+    as failed (``ChildProcessError``), once, without redelivering it; no restarts needed."""
+    app = cluster.app()
+    worker = cluster.worker("P", "--pool", "processes", "-c", "2", "--lease", "1",
+                            "--max-deliveries", "3")
+    job = send(app, "suicide", "poison")
+    with pytest.raises(TaskFailed) as info:
+        job.result(timeout=40)
+    assert "ChildProcessError" in str(info.value) and "exit code -9" in str(info.value)
+    assert worker.alive(), worker.output()
+    assert cluster.started("poison") == ["P"]
+    after = {f"ok{i}": send(app, "sleepy", f"ok{i}", 0.0) for i in range(4)}
+    assert {t: j.result(timeout=20) for t, j in after.items()} == dict.fromkeys(after, "P")
+    before = worker.cpu_seconds()
+    time.sleep(2.0)
+    assert worker.cpu_seconds() - before < 0.5, "the worker spun"
+    report = check(acknowledged=[*after, "poison"], executed=cluster.executed(),
+                   completed=[*after, "poison"])
+    report.assert_ok()
     app.close()
