@@ -16,6 +16,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import redis.exceptions
+
 from ..._clock import Clock
 from ..._errors import JobNotFound
 from ..._message import (
@@ -92,10 +94,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
             if len(calls) == 1:  # one script call is atomic on its own: save the MULTI
                 return [text(self._scripts["enqueue"](keys=calls[0][0], args=calls[0][1]))]
             # MULTI/EXEC: a batch is written whole or not at all.
-            pipe = self._client.pipeline(transaction=True)
-            for keys, argv in calls:
-                self._scripts["enqueue"](keys=keys, args=argv, client=pipe)
-            return [text(i) for i in pipe.execute()]
+            return [text(i) for i in self._pipelined("enqueue", calls, transaction=True)]
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -165,10 +164,25 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         with _connect.translate():
             if len(calls) <= 1:  # a pipeline would add a SCRIPT EXISTS round trip
                 return [self._scripts[script](keys=k, args=a) for k, a in calls]
-            pipe = self._client.pipeline(transaction=False)
+            return self._pipelined(script, calls, transaction=False)
+
+    def _pipelined(self, script: str, calls: list[tuple[list[str], list[Any]]], *,
+                   transaction: bool) -> list[Any]:
+        """Send the calls in one pipeline. redis-py checks the scripts once, before sending;
+        a server restarted in between (its retry reconnects) has an empty script cache and
+        answers NOSCRIPT to every call, so no call ran there: send them again, and the new
+        pipeline loads the scripts first. (Every script sent this way is idempotent for a
+        repeat, so a call that did run before the restart is safe to repeat too.)"""
+        for again in (False, True):
+            pipe = self._client.pipeline(transaction=transaction)
             for keys, argv in calls:
                 self._scripts[script](keys=keys, args=argv, client=pipe)
-            return list(pipe.execute())
+            try:
+                return list(pipe.execute())
+            except redis.exceptions.NoScriptError:
+                if again:
+                    raise
+        raise AssertionError("unreachable")
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         items = [(d.id, d.queue, [d.token, to_ms(lease)]) for d in deliveries]
