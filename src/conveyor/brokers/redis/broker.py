@@ -39,6 +39,7 @@ from ._core import text, to_ms
 log = logging.getLogger("conveyor.redis")
 
 _IDLE_WAKE = 0.05  # longest block while a lease or eta may come due on an injected clock
+FINISH_CHUNK = 200  # outcomes per finish script call (a call blocks Redis while it runs)
 _LEASE_STATES = {0: LeaseState.LOST, 1: LeaseState.OK, 2: LeaseState.CANCELLED}
 
 
@@ -197,18 +198,28 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         return self._fenced("progress", [(delivery.id, delivery.queue, own)]) == [1]
 
     def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+        """One script call per ``FINISH_CHUNK`` outcomes (each call atomic; the chunks go in
+        one round trip): the queue keys are declared once per call, not once per job."""
         head = self._head()
         calls = []
-        for f in outcomes:
-            d, retry = f.delivery, f.retry
-            own: list[Any] = [d.token, f.status.value, f.result or b"",
-                              max(to_ms(f.result_ttl), 1), f.reason]
-            if retry is not None:
-                own += ["1", *enqueue_args(retry)[2:], retry.queue]
-            else:
-                own += ["0", "", 0, "", "", d.queue]
-            calls.append((self._keys.job_keys(d.id, [d.queue, own[-1]]), head + own))
-        return [int(r) == 1 for r in self._run_each("finish", calls)]
+        for at in range(0, len(outcomes), FINISH_CHUNK):
+            queues: dict[str, int] = {}
+            own: list[Any] = []
+            for f in outcomes[at:at + FINISH_CHUNK]:
+                d, retry = f.delivery, f.retry
+                dq = queues.setdefault(d.queue, len(queues) + 1)
+                own += [d.id, d.token, f.status.value, f.result or b"",
+                        max(to_ms(f.result_ttl), 1), f.reason]
+                if retry is not None:
+                    rq = queues.setdefault(retry.queue, len(queues) + 1)
+                    own += ["1", *enqueue_args(retry)[2:], dq, rq]
+                else:
+                    own += ["0", "", 0, "", "", dq, dq]
+            keys = [self._keys.unique, self._keys.queues]
+            for q in queues:
+                keys += self._keys.queue_keys(q)
+            calls.append((keys, [*head, len(queues), *queues, *own]))
+        return [int(r) == 1 for reply in self._run_each("finish", calls) for r in reply]
 
     # -- job records -----------------------------------------------------------------------
 
