@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+import time
 from typing import Any
 
 
@@ -57,3 +58,43 @@ def facts(root: str, redis_info: dict[str, Any]) -> dict[str, Any]:
         "redis": f"{redis_info.get('redis_version', '?')} (private, loopback TCP, no persistence)",
         "commit": commit + (" (src has uncommitted changes)" if dirty not in ("", "?") else ""),
     }
+
+
+def cpu_busy(interval: float = 0.5) -> float:
+    """Fraction of all CPUs busy over ``interval`` seconds (every process on the machine)."""
+
+    def sample() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(interval)
+    total1, idle1 = sample()
+    spent = total1 - total0
+    return 1.0 - (idle1 - idle0) / spent if spent else 0.0
+
+
+class QuietGate:
+    """Before each run, wait (within a total budget) until the rest of the machine is quiet.
+
+    Between runs the harness itself is idle (its worker was killed, its Redis is empty), so
+    what keeps the CPUs busy then is somebody else: a shared machine's test suites. Waiting
+    for them keeps their load out of the figures; the budget keeps a busy machine from
+    stalling the benchmark, and each run records how busy the machine was when it started.
+    """
+
+    def __init__(self, threshold: float, budget: float) -> None:
+        self.threshold = threshold
+        self.budget = budget
+        self.waited = 0.0
+
+    def wait(self) -> float:
+        """Block until quiet (or out of budget); return the busy fraction at the start."""
+        while True:
+            busy = cpu_busy()
+            if busy <= self.threshold or self.waited >= self.budget:
+                return busy
+            time.sleep(2.0)
+            self.waited += 2.5

@@ -232,6 +232,17 @@ def soak(records: list[dict[str, Any]]) -> list[str]:
     return [*out, ""]
 
 
+def busy_range(records: list[dict[str, Any]], threshold: float) -> str:
+    busy = sorted(r["busy"] for r in records if "busy" in r)
+    if not busy:
+        return "not recorded"
+    over = sum(1 for b in busy if b > threshold)
+    return (
+        f"median {statistics.median(busy):.0%}, max {busy[-1]:.0%}; "
+        f"{over} of {len(busy)} runs started above {threshold:.0%}"
+    )
+
+
 def load_range(records: list[dict[str, Any]]) -> str:
     loads = sorted(r["load1"] for r in records if "load1" in r)
     if not loads:
@@ -250,6 +261,7 @@ def load_range(records: list[dict[str, Any]]) -> str:
 def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     cells = Cells(records)
     la, lb = meta["load_before"], meta["load_after"]
+    gate = meta.get("gate", (0.0, 0.0, 0.0))
     sizes = ", ".join(f"{wname(k)} {v:,}" for k, v in meta["sizes"].items())
     out = [
         "# Benchmarks",
@@ -277,6 +289,9 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"- Load average (1/5/15 min): {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} before, "
         f"{lb[0]:.2f} / {lb[1]:.2f} / {lb[2]:.2f} after; 1-min load at the start of each "
         f"run: {load_range(records)}",
+        f"- Quiet gate: each run waited until the machine's CPUs were at most "
+        f"{gate[0]:.0%} busy (total waiting {gate[1]:.0f} s of a {gate[2]:.0f} s budget); "
+        f"CPU busy at the start of the runs: {busy_range(records, gate[0])}",
         f"- Started {meta['started']}, took {meta['minutes']:.1f} min; Conveyor at "
         f"{meta['commit']}",
         f"- Sizes: {sizes}",

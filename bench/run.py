@@ -68,6 +68,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=None, help="seconds per run")
     p.add_argument("--out", default=None, help="markdown file to write")
     p.add_argument(
+        "--quiet-below",
+        type=float,
+        default=0.25,
+        metavar="FRACTION",
+        help="before each run, wait until the machine's CPUs are at most this busy",
+    )
+    p.add_argument(
+        "--quiet-budget", type=float, default=600, metavar="SECONDS",
+        help="total time all those waits may take (0: never wait)",
+    )  # fmt: skip
+    p.add_argument(
         "--soak", type=int, default=0, metavar="N",
         help="also drain N jobs through one Conveyor worker with a producer running "
         "alongside, sampling its RSS (e.g. 1000000; off by default)",
@@ -190,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     records: list[dict[str, Any]] = []
     with private_redis() as server:
         runner = Runner(args, server.url)
+        gate = machine.QuietGate(args.quiet_below, args.quiet_budget)
         facts = machine.facts(ROOT, server.info())
         facts["rtt"] = (server.ping_ms(0), server.ping_ms(0.02, n=100))
         print(f"private redis-server {facts['redis']} on {server.url}", flush=True)
@@ -201,12 +213,14 @@ def main(argv: list[str] | None = None) -> int:
                 shift = rep % len(libs) if libs else 0
                 for lib in libs[shift:] + libs[:shift]:
                     server.flush()
+                    busy = gate.wait()
                     load1 = machine.loadavg()[0]
                     t0 = time.monotonic()
                     result = runner.run_one(w, lib)
                     took = time.monotonic() - t0
                     records.append(
-                        {"rep": rep, "workload": w.name, "lib": lib, "load1": load1, **result}
+                        {"rep": rep, "workload": w.name, "lib": lib, "load1": load1, "busy": busy}
+                        | result
                     )
                     print(
                         f"[rep {rep + 1}/{args.reps}] {w.name:<3} {lib:<9} {describe(result)}"
@@ -220,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "minutes": (finished - started).total_seconds() / 60,
         "load_before": load_before,
         "load_after": machine.loadavg(),
+        "gate": (args.quiet_below, gate.waited, args.quiet_budget),
         "mode": "quick (a tenth of the sizes)" if args.quick else "full",
         "reps": args.reps,
         "command": _command(argv),
