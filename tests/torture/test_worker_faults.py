@@ -1,5 +1,6 @@
 """Faults done to ``conveyor worker`` processes, on SQLite and on a private Redis.
 
+* A job running 5x its lease (renewed from a thread) runs once, beside an idle worker.
 * A zombie worker (SIGSTOPped past its lease, then SIGCONTed): another worker takes the job
   over, and the zombie's late result is refused.
 * A job that SIGKILLs its own worker every time: dead-lettered after ``--max-deliveries``,
@@ -50,6 +51,23 @@ def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]
         yield c
     finally:
         c.cleanup()
+
+
+@pytest.mark.timeout(60)
+def test_a_job_five_times_longer_than_its_lease_runs_once_beside_an_idle_worker(
+    cluster: Cluster,
+) -> None:
+    app = cluster.app()
+    a = cluster.worker("A", "--lease", "1")
+    job = send(app, "sleepy", "long", 5.0)
+    wait_for(lambda: cluster.started("long") == ["A"], 30, cluster.outputs)
+    b = cluster.worker("B", "--lease", "1")  # idle, fetching: it would take a lapsed lease
+    assert job.result(timeout=30) == "A", cluster.outputs()
+    time.sleep(1.5)  # one more lease: a wrongful reclaim would have started by now
+    assert cluster.started("long") == ["A"], cluster.outputs()
+    assert a.alive() and b.alive()
+    check(acknowledged=["long"], executed=cluster.executed(), completed=["long"]).assert_ok()
+    app.close()
 
 
 @pytest.mark.timeout(60)
