@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench lint typecheck clean
+.PHONY: demo test bench chaos lint typecheck clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -25,6 +25,12 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/peers/install.py
 	$(BIN)/python bench/run.py
+
+# Not part of CI: 100,000 jobs while workers are SIGKILLed at random and a private Redis is
+# killed and restarted; prints lost / duplicated / unexpected and the time taken.
+chaos: $(STAMP)
+	$(BIN)/python -m tests.torture.chaos --jobs 100000 --workers 3 --broker redis
+	$(BIN)/python -m tests.torture.chaos --jobs 20000 --workers 3 --broker sqlite
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
