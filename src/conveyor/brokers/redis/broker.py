@@ -126,7 +126,8 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
             keys += self._keys.queue_keys(q)
         keys.append(self._keys.unique)
         sweep = to_ms(self._sweep_idle if self._sweep_idle is not None else 2 * lease)
-        tokens = [secrets.token_hex(8) for _ in range(max(count, 0))]
+        raw = secrets.token_hex(8 * max(count, 0))  # one urandom call, not one per token
+        tokens = [raw[i:i + 16] for i in range(0, len(raw), 16)]
         args = [*self._head(), consumer, max(count, 0), to_ms(lease), max(sweep, 1),
                 to_ms(self.reap_every), to_ms(self.reap_idle), len(queues), *queues, *tokens]
         with _connect.translate():

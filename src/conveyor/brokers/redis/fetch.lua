@@ -141,9 +141,30 @@ local function sid_less(a, b)
   return tonumber(as) < tonumber(bs)
 end
 
+-- One queue: XREADGROUP hands out its oldest undelivered entries itself, so the peek and
+-- the merge below are not needed. Returns entries read, or nil when the group is missing
+-- (the general path below recreates it and reports it).
+local function read_single(p, want)
+  local stream = Q[1].s[p]
+  if redis.call('EXISTS', stream) == 0 then return 0 end
+  local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', want,
+    'STREAMS', stream, '>')
+  if not ok then return nil end
+  local entries = res and res[1][2] or {}
+  for _, e in ipairs(entries) do
+    local d = deliver(Q[1], p, e[1], e[2])
+    if d then table.insert(out, d) end
+  end
+  return #entries
+end
+
 -- One round at priority p: peek the oldest undelivered entries of every queue, take the
 -- oldest `want` overall, and read exactly those with XREADGROUP. Returns entries read.
 local function read_level(p, want)
+  if NQ == 1 then
+    local n = read_single(p, want)
+    if n ~= nil then return n end
+  end
   local cands = {}
   for i = 1, NQ do
     local last = last_delivered(Q[i].s[p])
