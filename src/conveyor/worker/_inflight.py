@@ -1,8 +1,11 @@
 """The deliveries this worker holds, from fetch until the broker has their outcome.
 
-A slot is taken at fetch and given back only when the finish (or release) is recorded, so
-a slow or unreachable broker makes the worker fetch less, never run more than
-``concurrency`` jobs or hold results nobody has written.
+A run slot is taken at fetch and given back when the run ends, so the next job can be
+fetched while the finisher is still writing this one's outcome (otherwise every slot sits
+idle for a finish round trip plus a fetch round trip per job). A delivery stays *held* (its
+lease renewed) until the finish (or release) is recorded, and at most ``2 * capacity`` are
+held at once: a slow or unreachable broker makes the worker fetch less, never run more than
+``concurrency`` jobs or pile up results nobody has written.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ class Inflight:
         # By (job id, token): a token is only unique per job (an adapter may hand out one
         # token per fetched batch).
         self._attempts: dict[tuple[str, str], Attempt] = {}
+        self._running = 0  # attempts in state RUNNING (each takes a run slot)
         self.processed = 0
         self._closed = False
 
@@ -29,18 +33,26 @@ class Inflight:
 
     def add(self, attempt: Attempt) -> None:
         with self._cond:
+            old = self._attempts.get(_key(attempt))
+            if old is not None and old.state == RUNNING:
+                self._running -= 1
             self._attempts[_key(attempt)] = attempt
+            if attempt.state == RUNNING:
+                self._running += 1
+
+    def _free(self) -> int:
+        return min(self.capacity - self._running, 2 * self.capacity - len(self._attempts))
 
     def free(self) -> int:
         with self._cond:
-            return self.capacity - len(self._attempts)
+            return self._free()
 
     def wait_free(self, timeout: float) -> int:
         """Block until a slot is free (or ``wake()``, or the timeout); return free slots."""
         with self._cond:
-            if len(self._attempts) >= self.capacity and not self._closed:
+            if self._free() <= 0 and not self._closed:
                 self._cond.wait(timeout)
-            return self.capacity - len(self._attempts)
+            return self._free()
 
     def wait_change(self, timeout: float) -> None:
         """Block until something finishes (or ``wake()``, or the timeout)."""
@@ -75,11 +87,20 @@ class Inflight:
             if attempt.state != RUNNING:
                 return False
             attempt.state = COMPLETED
+            if self._attempts.get(_key(attempt)) is attempt:
+                self._running -= 1
+                self._cond.notify_all()  # a run slot is free: fetch the next job now
             return True
+
+    def _pop(self, attempt: Attempt) -> Attempt | None:
+        held = self._attempts.pop(_key(attempt), None)
+        if held is not None and held.state == RUNNING:
+            self._running -= 1
+        return held
 
     def remove(self, attempt: Attempt, processed: bool = True) -> None:
         with self._cond:
-            if self._attempts.pop(_key(attempt), None) is not None and processed:
+            if self._pop(attempt) is not None and processed:
                 self.processed += 1
             self._cond.notify_all()
 
@@ -94,12 +115,13 @@ class Inflight:
             taken = [a for a in self._attempts.values() if a.state == RUNNING]
             for a in taken:
                 a.state = RELEASED
+            self._running -= len(taken)
             return taken
 
     def drop(self, attempts: list[Attempt]) -> None:
         with self._cond:
             for a in attempts:
-                self._attempts.pop(_key(a), None)
+                self._pop(a)
             self._cond.notify_all()
 
 
