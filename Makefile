@@ -20,11 +20,13 @@ test: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-# Not part of CI: peers in their own venvs under bench/.venv-peers, then the full run
+# Not part of CI: peers in their own pinned venvs under bench/.venv-peers, then the full run
 # (15-20 minutes on 2 cores) written to docs/benchmarks.md. Run it on a quiet machine.
+# BENCH_ARGS="--quick" for a ~1/10 smoke run, "--soak 1000000" to add the 1M-job RSS soak.
+BENCH_ARGS ?=
 bench: $(STAMP)
-	$(BIN)/python bench/peers/install.py
-	$(BIN)/python bench/run.py
+	$(BIN)/python bench/peers/install.py --root bench/.venv-peers
+	$(BIN)/python bench/run.py $(BENCH_ARGS)
 
 # Not part of CI: 100,000 jobs while workers are SIGKILLed at random and a private Redis is
 # killed and restarted; prints lost / duplicated / unexpected and the time taken.
@@ -39,4 +41,4 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/.venv-peers
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/.venv-peers bench/.results
