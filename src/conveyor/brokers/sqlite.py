@@ -32,15 +32,10 @@ The tables, pragmas and migrations are in ``_sqlite_schema``. Here:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import os
-import secrets
-import socket
 import sqlite3
-import tempfile
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 from urllib.parse import unquote
 
@@ -59,6 +54,7 @@ from .._message import (
 )
 from ..stores.sqlite import SQLiteKV
 from ._port import PARKED, Broker, Finish, LeaseState
+from ._sqlite_notify import ANY_JOB, FETCHERS, Notifier, job_waiters
 from ._sqlite_schema import Database
 
 _SAFETY_NET = 0.5  # longest sleep without looking at the table
@@ -89,131 +85,6 @@ def sqlite_path(url: str) -> str:
     if not path or path.endswith("/"):
         raise InvalidURL(f"bad SQLite URL {url!r}: name a database file; {how}")
     return path
-
-
-# -- wake-ups across processes -----------------------------------------------------------------
-
-_FETCHERS = "f."
-_ANY_JOB = "j."
-
-
-def _job_waiters(job_id: str) -> str:
-    # Hashed: job ids may be 128 characters and a socket path must stay under ~100 bytes.
-    return _ANY_JOB + hashlib.blake2b(job_id.encode(), digest_size=8).hexdigest() + "."
-
-
-class _Listener:
-    def __init__(self, sock: socket.socket) -> None:
-        self._sock = sock
-
-    def wait(self, timeout: float) -> None:
-        """Sleep until a datagram arrives or ``timeout`` s pass; swallow every pending one."""
-        self._sock.settimeout(max(timeout, 0.001))
-        try:
-            self._sock.recv(16)
-        except (TimeoutError, BlockingIOError):
-            return
-        self._sock.setblocking(False)  # with a timeout set, Python would wait for more
-        with contextlib.suppress(BlockingIOError, InterruptedError):
-            while True:
-                self._sock.recv(16)
-
-
-class _Notifier:
-    """Unix datagram sockets in ``<db>.notify/``; see the module docstring."""
-
-    _LONGEST_NAME = 40
-
-    def __init__(self, db_path: str) -> None:
-        self.dir = db_path + ".notify"
-        self._dirfd: int | None = None
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-            self._base = self._address_base()
-        except OSError as exc:
-            raise BrokerError(
-                f"cannot create {self.dir} (wake-ups for waiting workers): make the "
-                f"database's directory writable ({exc})"
-            ) from exc
-        self._sender: tuple[int, socket.socket] | None = None
-
-    def _address_base(self) -> str:
-        """Where sockets are addressed; a unix socket path is limited to about 100 bytes."""
-        if len(os.fsencode(self.dir)) + self._LONGEST_NAME < 100:
-            return self.dir
-        if os.path.isdir("/proc/self/fd"):
-            # Linux: reach the same directory through a short path to an open descriptor.
-            self._dirfd = os.open(self.dir, os.O_RDONLY)
-            return f"/proc/self/fd/{self._dirfd}"
-        # Elsewhere: a short directory named after the database (processes must share /tmp).
-        digest = hashlib.blake2b(os.fsencode(self.dir), digest_size=10).hexdigest()
-        self.dir = os.path.join(tempfile.gettempdir(), f"conveyor-{digest}.notify")
-        os.makedirs(self.dir, exist_ok=True)
-        return self.dir
-
-    def _socket(self) -> socket.socket:
-        if self._sender is None or self._sender[0] != os.getpid():
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            sock.setblocking(False)
-            self._sender = (os.getpid(), sock)
-        return self._sender[1]
-
-    def wake(self, prefix: str) -> None:
-        """Send one byte to every socket whose name starts with ``prefix``."""
-        try:
-            names = [n for n in os.listdir(self.dir) if n.startswith(prefix)]
-        except OSError:
-            return  # no directory, so nobody is waiting
-        sock = self._socket()
-        for name in names:
-            try:
-                sock.sendto(b"!", f"{self._base}/{name}")
-            except ConnectionRefusedError:
-                self._remove(name)  # its process died without cleaning up
-            except OSError:
-                pass  # already gone, or its buffer is full (so it is awake anyway)
-
-    def sweep(self) -> None:
-        """Remove sockets left by dead processes (connecting to one is refused)."""
-        with contextlib.suppress(OSError):
-            for name in os.listdir(self.dir):
-                with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
-                    try:
-                        probe.connect(f"{self._base}/{name}")
-                    except ConnectionRefusedError:
-                        self._remove(name)
-                    except OSError:
-                        pass
-
-    def _remove(self, name: str) -> None:
-        with contextlib.suppress(OSError):
-            os.unlink(os.path.join(self.dir, name))
-
-    @contextlib.contextmanager
-    def listen(self, prefix: str) -> Iterator[_Listener]:
-        name = prefix + secrets.token_hex(6)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        try:
-            if self._dirfd is None:
-                os.makedirs(self.dir, exist_ok=True)  # someone may have cleaned it up
-            sock.bind(f"{self._base}/{name}")
-        except OSError as exc:
-            sock.close()
-            raise BrokerError(f"cannot listen for wake-ups in {self.dir}: {exc}") from exc
-        try:
-            yield _Listener(sock)
-        finally:
-            self._remove(name)
-            sock.close()
-
-    def close(self) -> None:
-        if self._sender is not None and self._sender[0] == os.getpid():
-            self._sender[1].close()
-        self._sender = None
-        if self._dirfd is not None:
-            with contextlib.suppress(OSError):
-                os.close(self._dirfd)
-            self._dirfd = None
 
 
 # -- the broker ----------------------------------------------------------------------------------
@@ -327,7 +198,7 @@ class SQLiteBroker(Broker):
         self._real_time = isinstance(self._clock, SystemClock)
         self._db = Database(self.path, busy_timeout)
         try:
-            self._notify = _Notifier(self.path)
+            self._notify = Notifier(self.path)
         except BrokerError:
             self._db.close()
             raise
@@ -351,7 +222,7 @@ class SQLiteBroker(Broker):
             now = self._clock.time()
             for env in envelopes:
                 ids.append(self._enqueue_one(conn, env, now))
-        self._notify.wake(_FETCHERS)
+        self._notify.wake(FETCHERS)
         return ids
 
     def _enqueue_one(self, conn: sqlite3.Connection, env: Envelope, now: float) -> str:
@@ -389,7 +260,7 @@ class SQLiteBroker(Broker):
         if out or block <= 0:
             return out
         deadline = time.monotonic() + block
-        with self._notify.listen(_FETCHERS) as listener:
+        with self._notify.listen(FETCHERS) as listener:
             while True:
                 ready, due = self._probe(queues)
                 if ready and (out := self._claim(queues, count, lease)):
@@ -450,7 +321,7 @@ class SQLiteBroker(Broker):
 
     def _wake_ended(self, job_ids: Iterable[str]) -> None:
         for job_id in dict.fromkeys(job_ids):
-            self._notify.wake(_job_waiters(job_id))
+            self._notify.wake(job_waiters(job_id))
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         states: list[LeaseState] = []
@@ -475,7 +346,7 @@ class SQLiteBroker(Broker):
                 done.append(self._finish_one(conn, f, now))
         self._wake_ended(f.delivery.id for f, ok in zip(outcomes, done, strict=True) if ok)
         if any(ok and f.retry is not None for f, ok in zip(outcomes, done, strict=True)):
-            self._notify.wake(_FETCHERS)
+            self._notify.wake(FETCHERS)
         return done
 
     def _finish_one(self, conn: sqlite3.Connection, f: Finish, now: float) -> bool:
@@ -511,7 +382,7 @@ class SQLiteBroker(Broker):
                 for st, d in zip(states, deliveries, strict=True)
             ]
         if any(st is not None and st[0] == JobStatus.QUEUED for st in states):
-            self._notify.wake(_FETCHERS)
+            self._notify.wake(FETCHERS)
         ended = (d.id for d, st in zip(deliveries, states, strict=True) if st and st[0] != "queued")
         self._wake_ended(ended)
         return [st is not None or again for st, again in zip(states, repeated, strict=True)]
@@ -522,7 +393,7 @@ class SQLiteBroker(Broker):
             seq = _take_seq(conn, 1) + 1
             done = conn.execute(_PROMOTE_PARKED, (payload, seq, job_id, PARKED, now)).rowcount
         if done:
-            self._notify.wake(_FETCHERS)
+            self._notify.wake(FETCHERS)
         return done == 1
 
     def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
@@ -553,7 +424,7 @@ class SQLiteBroker(Broker):
         if record.status.terminal:
             return record
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._notify.listen(_job_waiters(job_id)) as listener:
+        with self._notify.listen(job_waiters(job_id)) as listener:
             while True:
                 record = self.get([job_id])[0]
                 if record is None:
@@ -629,7 +500,7 @@ class SQLiteBroker(Broker):
                 for i, job_id in enumerate(job_ids, 1)
             )
         if n:
-            self._notify.wake(_FETCHERS)
+            self._notify.wake(FETCHERS)
         return n
 
     def purge(self, queue: str) -> int:
@@ -639,7 +510,7 @@ class SQLiteBroker(Broker):
                 (queue,),
             ).rowcount
         if n:
-            self._notify.wake(_ANY_JOB)  # their waiters learn the jobs are gone
+            self._notify.wake(ANY_JOB)  # their waiters learn the jobs are gone
         return n
 
     def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
