@@ -138,6 +138,18 @@ local function owned(job, token)
   return job ~= nil and job.status == 'running' and job.token ~= '' and job.token == token
 end
 
+-- The fence of finish and release: 'owned' (go on; this delivery is marked as the one that
+-- settles the job), 'again' (this very delivery settled it already: a call resent after a
+-- lost reply took effect the first time) or 'refused'.
+local function settle(key, job, token)
+  if job and token ~= '' and job.settled_by == token and job.status ~= 'running' then
+    return 'again'
+  end
+  if not owned(job, token) then return 'refused' end
+  redis.call('HSET', key, 'settled_by', token)
+  return 'owned'
+end
+
 -- A running job whose cancel was requested and whose worker is gone (lease expired) or
 -- handed it back: it ends here, cancelled, rather than run again.
 local function end_cancelled(q, key, job, id, unique)

@@ -19,13 +19,8 @@ local function finish_one(a)
   local token = ARGV[a + 1]
   local key = JOB_PREFIX .. id
   local job = load_job(key)
-  -- A retry of this very call (its reply was lost and the client sent it again) took
-  -- effect the first time: say so, rather than report a refusal.
-  if job and token ~= '' and job.settled_by == token and job.status ~= 'running' then
-    return 1
-  end
-  if not owned(job, token) then return 0 end
-  redis.call('HSET', key, 'settled_by', token)
+  local fence = settle(key, job, token)
+  if fence ~= 'owned' then return fence == 'again' and 1 or 0 end
   local q = Q[tonumber(ARGV[a + 11])]
   local status, result, ttl_ms, reason = ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
   drop_entry(q.s[tonumber(job.priority)], job.sid)

@@ -3,13 +3,8 @@
 local key = KEYS[1]
 local q = qkeys(5)
 local job = load_job(key)
--- A retry of this very call (its reply was lost and the client sent it again) took effect
--- the first time: say so, rather than report a refusal.
-if job and ARGV[5] ~= '' and job.settled_by == ARGV[5] and job.status ~= 'running' then
-  return 1
-end
-if not owned(job, ARGV[5]) then return 0 end
-redis.call('HSET', key, 'settled_by', ARGV[5])
+local fence = settle(key, job, ARGV[5])
+if fence ~= 'owned' then return fence == 'again' and 1 or 0 end
 local id = string.sub(key, #JOB_PREFIX + 1)
 if job.cancel == '1' then
   end_cancelled(q, key, job, id, KEYS[3])
