@@ -17,7 +17,7 @@ the result prepended to the arguments, or marked to fail with the step's error.
 
 Worker hooks (plain data in; nothing kept between calls)::
 
-    short_circuit(message) -> Outcome | None
+    short_circuit(app, message) -> Outcome | None
         After decoding a delivery, before resolving, trusting or rate-limiting its task. If
         not None, do not run the task: record this outcome (succeeded if ``outcome.error``
         is None, else failed, with no retry) and call ``advance`` as for any finished job.
@@ -321,8 +321,11 @@ def _unpack(blob: bytes) -> list[bytes]:
 # -- the worker's hooks ------------------------------------------------------------------------
 
 
-def short_circuit(message: Message) -> Outcome | None:
-    """The outcome of a step that must not run (see the module docstring), or None."""
+def short_circuit(app: Conveyor, message: Message) -> Outcome | None:
+    """The outcome of a step that must not run (see the module docstring), or None.
+
+    ``app`` gives access to the ports, for checks that must read the broker."""
+    del app  # not needed by the checks so far
     failed = (message.workflow or {}).get("upstream_failed")
     if failed is not None:
         try:

@@ -37,7 +37,7 @@ class Driver:
         self.lock = threading.Lock()
 
     def outcome(self, msg: Message) -> tuple[JobStatus, bytes]:
-        outcome = short_circuit(msg)
+        outcome = short_circuit(self.app, msg)
         if outcome is None:
             with self.lock:
                 self.ran.append(msg.task)
@@ -368,8 +368,8 @@ def test_a_dead_or_cancelled_step_fails_the_rest(
 
 
 def test_short_circuit_leaves_ordinary_jobs_alone(app: Conveyor) -> None:
-    assert short_circuit(Message(id="j", task="add", args=[1, 2])) is None
-    assert short_circuit(Message(id="j", task=COLLECT, args=[[1, 2]])) == Outcome(value=[1, 2])
+    assert short_circuit(app, Message(id="j", task="add", args=[1, 2])) is None
+    assert short_circuit(app, Message(id="j", task=COLLECT, args=[[1, 2]])) == Outcome(value=[1, 2])
     advance(app, Message(id="j", task="add"), JobStatus.SUCCEEDED, None)  # a no-op
 
 

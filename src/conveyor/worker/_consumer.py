@@ -209,7 +209,7 @@ class Consumer:
             attempt.message = message = self.codec.decode_message(delivery.payload)
         except Exception as exc:
             raise _Dead(f"undecodable payload: {exc}") from exc
-        settled = workflows.short_circuit(message)
+        settled = workflows.short_circuit(self.app, message)
         if settled is not None:
             raise _Settled(settled)
         try:
