@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
-import secrets
 import signal
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
-import msgspec
 import pytest
 
 from conveyor import BrokerUnavailable, Conveyor, JobStatus
@@ -20,6 +18,8 @@ from conveyor._message import Delivery
 from conveyor.brokers import Finish
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.worker import Worker
+
+from .test_worker_concurrency import BatchTokens
 
 
 class Recording(MemoryBroker):
@@ -241,20 +241,6 @@ def test_a_long_job_keeps_its_lease_and_runs_once() -> None:
         assert app.broker.fetch(["default"], "thief", 1, 10, 0) == []
         assert job.result(timeout=5) == "once"
     assert len(runs) == 1
-
-
-class BatchTokens(MemoryBroker):
-    """One token per fetched batch, as the Redis adapter hands out: unique per job only."""
-
-    def fetch(
-        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
-    ) -> list[Delivery]:
-        got = super().fetch(queues, consumer, count, lease, block)
-        token = secrets.token_hex(4)
-        with self._cond:
-            for d in got:
-                self._s.jobs[d.id].token = token
-        return [msgspec.structs.replace(d, token=token) for d in got]
 
 
 def test_leases_are_kept_when_a_batch_shares_one_token(caplog: pytest.LogCaptureFixture) -> None:

@@ -6,6 +6,12 @@ idle for a finish round trip plus a fetch round trip per job). A delivery stays 
 lease renewed) until the finish (or release) is recorded, and at most ``2 * capacity`` are
 held at once: a slow or unreachable broker makes the worker fetch less, never run more than
 ``concurrency`` jobs or pile up results nobody has written.
+
+Deliveries are tracked by the ``Attempt`` object itself, never by a broker-made key: an
+adapter may hand out one token for a whole fetched batch (tokens are unique per job only),
+and a worker that keyed its deliveries by token once counted a batch of 50 as one and ran
+201 jobs at once with ``--pool async -c 50``. Each attempt takes its run slot when added
+and gives it back on its own move out of ``running``, whatever other attempts look like.
 """
 
 from __future__ import annotations
@@ -20,9 +26,7 @@ class Inflight:
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self._cond = threading.Condition()
-        # By (job id, token): a token is only unique per job (an adapter may hand out one
-        # token per fetched batch).
-        self._attempts: dict[tuple[str, str], Attempt] = {}
+        self._attempts: set[Attempt] = set()  # by identity (Attempt has eq=False)
         self._running = 0  # attempts in state RUNNING (each takes a run slot)
         self.processed = 0
         self._closed = False
@@ -33,10 +37,9 @@ class Inflight:
 
     def add(self, attempt: Attempt) -> None:
         with self._cond:
-            old = self._attempts.get(_key(attempt))
-            if old is not None and old.state == RUNNING:
-                self._running -= 1
-            self._attempts[_key(attempt)] = attempt
+            if attempt in self._attempts:
+                return
+            self._attempts.add(attempt)
             if attempt.state == RUNNING:
                 self._running += 1
 
@@ -87,32 +90,34 @@ class Inflight:
             if attempt.state != RUNNING:
                 return False
             attempt.state = COMPLETED
-            if self._attempts.get(_key(attempt)) is attempt:
+            if attempt in self._attempts:
                 self._running -= 1
                 self._cond.notify_all()  # a run slot is free: fetch the next job now
             return True
 
-    def _pop(self, attempt: Attempt) -> Attempt | None:
-        held = self._attempts.pop(_key(attempt), None)
-        if held is not None and held.state == RUNNING:
+    def _pop(self, attempt: Attempt) -> bool:
+        if attempt not in self._attempts:
+            return False
+        self._attempts.remove(attempt)
+        if attempt.state == RUNNING:
             self._running -= 1
-        return held
+        return True
 
     def remove(self, attempt: Attempt, processed: bool = True) -> None:
         with self._cond:
-            if self._pop(attempt) is not None and processed:
+            if self._pop(attempt) and processed:
                 self.processed += 1
             self._cond.notify_all()
 
     def holding(self) -> list[Attempt]:
         """Deliveries whose lease still matters: running, or completed but not yet written."""
         with self._cond:
-            return [a for a in self._attempts.values() if not a.lost]
+            return [a for a in self._attempts if not a.lost]
 
     def take_running(self) -> list[Attempt]:
         """Mark every still-running attempt released and return them (for ``release``)."""
         with self._cond:
-            taken = [a for a in self._attempts.values() if a.state == RUNNING]
+            taken = [a for a in self._attempts if a.state == RUNNING]
             for a in taken:
                 a.state = RELEASED
             self._running -= len(taken)
@@ -123,7 +128,3 @@ class Inflight:
             for a in attempts:
                 self._pop(a)
             self._cond.notify_all()
-
-
-def _key(attempt: Attempt) -> tuple[str, str]:
-    return attempt.delivery.id, attempt.delivery.token
