@@ -5,7 +5,8 @@
   over, and the zombie's late result is refused.
 * A job that SIGKILLs its own worker every time: dead-lettered after ``--max-deliveries``,
   and the worker that survives it does not spin; with ``--pool processes`` only the child
-  dies, and the job fails once.
+  dies, which counts as a delivery exactly the same (the job is dead-lettered after
+  ``--max-deliveries``, one lease apart), and the worker needs no restart.
 * SIGTERM with three short jobs and one long one in flight: the short ones finish, the long
   one is handed back and redelivered at once, exit 0 within the grace.
 * The Heroku sequence: TERM to the whole process group of a ``--pool processes`` worker, a
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import JobDead, TaskFailed
+from conveyor import JobDead
 from redis_server import SERVER_BINARY, unique_prefix
 
 from .checker import check
@@ -199,26 +200,32 @@ def test_the_heroku_sequence_term_the_group_term_again_then_kill_loses_nothing(
 
 
 @pytest.mark.timeout(60)
-def test_with_the_process_pool_a_self_killing_job_fails_once_and_the_worker_survives(
+def test_with_the_process_pool_a_self_killing_job_counts_deliveries_and_the_worker_survives(
     cluster: Cluster,
 ) -> None:
-    """With ``--pool processes`` only the child dies: the parent sees it and records the job
-    as failed (``ChildProcessError``), once, without redelivering it; no restarts needed."""
+    """With ``--pool processes`` only the child dies, and that is a delivery, as if the
+    worker had died: no outcome, the lease lapses, the job comes back (to the same worker,
+    which replaced its child) and is dead-lettered once delivered more than
+    ``--max-deliveries`` times. Never recorded as a task failure; no restarts needed."""
     app = cluster.app()
     worker = cluster.worker("P", "--pool", "processes", "-c", "2", "--lease", "1",
                             "--max-deliveries", "3")
     job = send(app, "suicide", "poison")
-    with pytest.raises(TaskFailed) as info:
+    with pytest.raises(JobDead) as info:
         job.result(timeout=40)
-    assert "ChildProcessError" in str(info.value) and "exit code -9" in str(info.value)
+    assert info.value.reason.startswith("delivered 4 times without finishing"), info.value
     assert worker.alive(), worker.output()
-    assert cluster.started("poison") == ["P"]
+    assert cluster.started("poison") == ["P", "P", "P"]
+    pids = {pid for e, t, _, pid in cluster.runs() if e == "start" and t == "poison"}
+    assert len(pids) == 3  # each delivery in a fresh child
+    assert "its process died (killed by SIGKILL)" in worker.output()
     after = {f"ok{i}": send(app, "sleepy", f"ok{i}", 0.0) for i in range(4)}
     assert {t: j.result(timeout=20) for t, j in after.items()} == dict.fromkeys(after, "P")
     before = worker.cpu_seconds()
     time.sleep(2.0)
     assert worker.cpu_seconds() - before < 0.5, "the worker spun"
     report = check(acknowledged=[*after, "poison"], executed=cluster.executed(),
-                   completed=[*after, "poison"])
-    report.assert_ok()
+                   completed=[*after, "poison"])  # dead-lettered is an end too
+    report.assert_ok(max_duplicates=2)  # the poison's 2 reruns, and no other
+    assert report.duplicated == {"poison": 2}
     app.close()

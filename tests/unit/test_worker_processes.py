@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import logging
 import os
 import signal
 import sys
@@ -15,19 +16,45 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+from click.testing import CliRunner
 
-from conveyor import JobCancelled, JobStatus, TaskFailed
+from conveyor import ConfigurationError, JobCancelled, JobDead, JobStatus, TaskFailed
+from conveyor.cli import cli
 from conveyor.worker import Worker
 
 TASKS = """
-import asyncio, os, time
+import asyncio, os, signal, time
 from conveyor import Conveyor, current_job
 
 app = Conveyor("memory://")
+HOARD = []
 
 @app.task
 def pid() -> int:
     return os.getpid()
+
+@app.task
+def tally(path: str) -> int:
+    with open(path, "a") as f:  # one short append per run: counts what really ran
+        f.write(f"{os.getpid()}\\n")
+    return os.getpid()
+
+@app.task
+def hoard(mib: int) -> int:
+    HOARD.append(b"x" * (mib * 1024 * 1024))  # written, so resident; kept after the job
+    return os.getpid()
+
+@app.task
+def sigkill(path: str) -> None:
+    with open(path, "a") as f:
+        f.write(f"{os.getpid()}\\n")
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@app.task(retries=1, backoff=0.01)
+def flaky() -> int:
+    if current_job().attempt == 0:
+        raise ValueError("first attempt fails")
+    return current_job().attempt
 
 @app.task
 def report() -> str:
@@ -124,15 +151,37 @@ def test_hard_time_limit_kills_the_child_and_a_new_one_takes_over(tasks: ModuleT
     assert "process running it was killed" in info.value.remote_message
 
 
-def test_a_crashing_child_fails_its_job_only(tasks: ModuleType) -> None:
-    crashed = tasks.crash.delay()
+def test_a_child_that_dies_mid_job_counts_a_delivery_not_a_failure(
+    tasks: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SIGKILLed under its job (what the out-of-memory killer does): as if the worker had
+    died. The job gets no outcome, comes back when its lease lapses, and is dead-lettered
+    once delivered more than max_deliveries times; the jobs after it run."""
+    caplog.set_level(logging.WARNING, logger="conveyor.worker")
+    runs = tmp_path / "runs"
+    killed = tasks.sigkill.delay(str(runs))
     after = tasks.pid.delay()
-    with pool(tasks):
-        with pytest.raises(TaskFailed) as info:
-            crashed.result(timeout=30)
+    with pool(tasks, lease=0.6, max_deliveries=2):
         assert after.result(timeout=30) > 0
-    assert info.value.remote_type == "builtins.ChildProcessError"
-    assert "exit code 9" in info.value.remote_message
+        with pytest.raises(JobDead) as info:
+            killed.result(timeout=30)
+    assert info.value.reason.startswith("delivered 3 times without finishing")
+    assert len(runs.read_text().split()) == 2  # each delivery ran once, in a fresh child
+    assert "its process died (killed by SIGKILL) on delivery 1" in caplog.text
+    assert "returns when its lease expires" in caplog.text
+
+
+def test_a_child_exiting_mid_job_is_treated_the_same(tasks: ModuleType) -> None:
+    crashed = tasks.crash.delay()  # os._exit(9)
+    with pool(tasks, lease=0.6, max_deliveries=1), pytest.raises(JobDead) as info:
+        crashed.result(timeout=30)
+    assert info.value.reason.startswith("delivered 2 times without finishing")
+
+
+def test_a_raising_job_in_a_child_follows_its_retry_policy(tasks: ModuleType) -> None:
+    job = tasks.flaky.delay()
+    with pool(tasks):
+        assert job.result(timeout=30) == 1  # failed once, retried once, no delivery lost
 
 
 def test_cancel_kills_the_child_running_the_job(tasks: ModuleType) -> None:
@@ -170,3 +219,91 @@ def test_shutdown_hands_back_jobs_running_in_children(tasks: ModuleType) -> None
     assert job.status is JobStatus.QUEUED
     assert not alive(running)
     tasks.app.broker.purge("default")
+
+
+def _groups(values: list[int]) -> list[int]:
+    """Lengths of the runs of equal consecutive values: [7, 7, 8] -> [2, 1]."""
+    sizes: list[int] = []
+    for i, v in enumerate(values):
+        if i and v == values[i - 1]:
+            sizes[-1] += 1
+        else:
+            sizes.append(1)
+    return sizes
+
+
+def test_a_child_is_recycled_after_max_jobs_per_child(
+    tasks: ModuleType, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="conveyor.worker")
+    runs = tmp_path / "runs"
+    jobs = [tasks.tally.delay(str(runs)) for _ in range(10)]
+    with pool(tasks, max_jobs_per_child=3):
+        pids = [j.result(timeout=60) for j in jobs]
+        assert not any(alive(p) for p in sorted(set(pids))[:-1] if p != pids[-1])
+    # One slot, FIFO: each child runs three jobs, the fourth runs the last one.
+    assert len(set(pids)) == 4 and _groups(pids) == [3, 3, 3, 1]
+    assert [int(p) for p in runs.read_text().split()] == pids  # each job ran once
+    assert caplog.text.count("(max_jobs_per_child=3)") == 3
+    assert "recycling worker process" in caplog.text
+
+
+def test_a_child_above_max_child_memory_after_a_job_is_recycled(
+    tasks: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="conveyor.worker")
+    fat = tasks.hoard.delay(60)  # keeps ~60 MB after it returns
+    then = [tasks.pid.delay() for _ in range(2)]
+    with pool(tasks, max_child_memory=50):
+        hoarder = fat.result(timeout=60)
+        fresh = [j.result(timeout=60) for j in then]
+    assert fresh[0] != hoarder  # the next job got a new child
+    assert fresh[1] == fresh[0]  # which is under the limit, so it stays
+    assert "its resident memory is" in caplog.text
+    assert "(max_child_memory=50 MiB)" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_jobs_per_child": 0}, "max_jobs_per_child must be a positive whole number"),
+        ({"max_jobs_per_child": "3"}, "max_jobs_per_child must be a positive whole number"),
+        ({"max_jobs_per_child": True}, "max_jobs_per_child must be a positive whole number"),
+        ({"max_child_memory": -5}, "max_child_memory must be a positive whole number of MiB"),
+        ({"max_child_memory": 1.5}, "max_child_memory must be a positive whole number of MiB"),
+        ({"max_jobs_per_child": 3, "pool": "threads"}, "add --pool processes"),
+        ({"max_child_memory": 256, "pool": "async"}, "add --pool processes"),
+    ],
+)
+def test_recycling_options_are_checked(
+    tasks: ModuleType, options: dict[str, object], message: str
+) -> None:
+    kwargs: dict[str, object] = {"pool": "processes", "module": "proc_tasks", **options}
+    with pytest.raises(ConfigurationError, match=message):
+        Worker(tasks.app, **kwargs)  # type: ignore[arg-type]
+
+
+def test_the_cli_options_reach_the_worker(
+    tasks: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seen: list[Worker] = []
+
+    def run(self: Worker) -> None:  # the options are what is tested, not a run
+        seen.append(self)
+
+    monkeypatch.setattr(Worker, "run", run)
+    args = ["worker", "proc_tasks", "--pool", "processes"]
+    result = CliRunner().invoke(
+        cli, [*args, "--max-jobs-per-child", "100", "--max-child-memory", "512"]
+    )
+    assert result.exit_code == 0, result.output
+    (w,) = seen
+    assert (w.max_jobs_per_child, w.max_child_memory) == (100, 512)
+    result = CliRunner().invoke(cli, [*args])
+    assert result.exit_code == 0, result.output
+    assert (seen[1].max_jobs_per_child, seen[1].max_child_memory) == (None, None)
+    result = CliRunner().invoke(cli, [*args, "--max-jobs-per-child", "0"])
+    assert result.exit_code == 2 and "--max-jobs-per-child" in result.output
+    result = CliRunner().invoke(cli, ["worker", "proc_tasks", "--max-child-memory", "512"])
+    assert isinstance(result.exception, ConfigurationError)  # `conveyor` prints it, exit 1
+    assert "add --pool processes" in str(result.exception)

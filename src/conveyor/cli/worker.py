@@ -67,6 +67,21 @@ def _names(values: tuple[str, ...]) -> list[str]:
     show_default=True,
     help="Dead-letter a job delivered more often than this without finishing.",
 )
+@click.option(
+    "--max-jobs-per-child",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="With --pool processes: replace a child process by a fresh one after N jobs.",
+)
+@click.option(
+    "--max-child-memory",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="MIB",
+    help="With --pool processes: replace a child whose resident memory is above MIB "
+    "mebibytes after a job.",
+)
 def worker(
     *,
     module: str,
@@ -77,6 +92,8 @@ def worker(
     grace: float,
     trust: tuple[str, ...],
     max_deliveries: int,
+    max_jobs_per_child: int | None,
+    max_child_memory: int | None,
 ) -> None:
     """Run jobs from MODULE's app (``myapp.tasks`` or ``myapp.tasks:app``).
 
@@ -95,4 +112,6 @@ def worker(
         trust=_names(trust),
         max_deliveries=max_deliveries,
         module=spec,
+        max_jobs_per_child=max_jobs_per_child,
+        max_child_memory=max_child_memory,
     ).run()

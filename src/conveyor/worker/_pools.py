@@ -12,6 +12,10 @@ processes   ``concurrency`` child processes, one job each; async tasks run in th
 
 Time limits are soft with threads and the event loop (``SoftTimeLimit`` or a cancellation
 raised in the task) and hard with processes (the child is killed and replaced).
+
+Only the processes pool has children to recycle (``max_jobs_per_child``,
+``max_child_memory``) and a job whose process can die under it (``abandon``: the job is let
+go as if the worker had died; see ``_processes``).
 """
 
 from __future__ import annotations
@@ -25,6 +29,8 @@ from .._errors import ConfigurationError
 from ._attempt import Attempt
 from ._loop import LoopRunner
 from ._threads import Done, Report, ThreadRunner
+
+Abandon = Callable[[Attempt], None]
 
 POOLS = ("threads", "processes", "async")
 ASYNC_POOL_THREADS = 32
@@ -50,6 +56,9 @@ class Executor:
         trusted: frozenset[str],
         backoff: Backoff,
         halted: Callable[[], bool],
+        abandon: Abandon,
+        max_jobs_per_child: int | None = None,
+        max_child_memory: int | None = None,
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}: use threads, processes or async")
@@ -63,7 +72,7 @@ class Executor:
                     "the processes pool needs the app's module, so each child can import it: "
                     "Worker(app, pool='processes', module='myapp.tasks')"
                 )
-            from ._processes import ProcessRunner
+            from ._processes import MiB, ProcessRunner
 
             self._procs = ProcessRunner(
                 concurrency,
@@ -71,8 +80,11 @@ class Executor:
                 trusted,
                 done=done,
                 report=report,
+                abandon=abandon,
                 backoff=backoff,
                 halted=halted,
+                max_jobs=max_jobs_per_child,
+                max_memory=None if max_child_memory is None else max_child_memory * MiB,
             )
         else:
             size = concurrency if pool == "threads" else min(concurrency, ASYNC_POOL_THREADS)
@@ -102,3 +114,20 @@ class Executor:
         for runner in (self._procs, self._threads, self._loop):
             if runner is not None:
                 runner.shutdown()
+
+
+def check_recycling(
+    pool: str, max_jobs_per_child: int | None, max_child_memory: int | None
+) -> None:
+    """``ConfigurationError`` for recycling options that are invalid or would do nothing."""
+    if max_jobs_per_child is None and max_child_memory is None:
+        return
+    from ._processes import check_recycling as check_limits
+
+    check_limits(max_jobs_per_child, max_child_memory)
+    if pool != "processes":
+        raise ConfigurationError(
+            "max_jobs_per_child and max_child_memory recycle child processes, which only "
+            f"the processes pool has (this worker uses {pool!r}): add --pool processes, or "
+            "drop the option"
+        )

@@ -14,12 +14,25 @@ signalled after reuse) by another.
 Children ignore SIGINT and SIGTERM: Heroku and a terminal's Ctrl-C signal the whole process
 group, and the parent decides what happens to the jobs. A child whose parent dies sees its
 socket close and exits at once, abandoning its job to lease expiry like any crashed worker.
+
+A child that dies by itself in the middle of a job (SIGKILL from the out-of-memory killer, a
+segfault, ``os._exit``) is treated exactly like a worker that died: the job gets no outcome,
+its lease is left to lapse (``abandon``), and its next delivery counts, so ``max_deliveries``
+dead-letters a job that keeps killing its process, one lease apart (never a hot loop). A job
+that merely raises follows its retry policy as everywhere else.
+
+Recycling (Celery's ``worker_max_tasks_per_child`` / ``worker_max_memory_per_child``): after
+``max_jobs`` jobs, or when its resident memory is above ``max_memory`` bytes after a job, a
+child is told to exit once that job's result is handed on; its replacement is started and
+has imported the app before it is given a job. Nothing is lost or run twice by recycling:
+the child holds no job when it goes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import queue
 import signal
 import socket
@@ -39,6 +52,40 @@ log = logging.getLogger("conveyor.worker")
 
 _READY_TIMEOUT = 120.0  # importing a big app in a fresh interpreter can take a while
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+MiB = 1024 * 1024
+
+Abandon = Callable[[Attempt], None]
+
+
+def resident_memory(pid: int) -> int | None:
+    """Resident set size of ``pid`` in bytes (Linux ``/proc``); None where unknown."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def check_recycling(max_jobs: int | None, max_memory: int | None) -> None:
+    """Raise ``ConfigurationError`` unless both limits are None or positive integers (MiB
+    for ``max_memory``), and the memory of a child can be read here."""
+    for name, value, unit in (
+        ("max_jobs_per_child", max_jobs, "jobs"),
+        ("max_child_memory", max_memory, "MiB"),
+    ):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(
+                f"{name} must be a positive whole number of {unit} (or None for no limit), "
+                f"not {value!r}"
+            )
+    if max_memory is not None and resident_memory(os.getpid()) is None:
+        raise ConfigurationError(
+            "max_child_memory needs /proc/<pid>/statm to read a child's memory, which this "
+            "system does not have; use max_jobs_per_child to recycle children instead"
+        )
 
 
 class _Child:
@@ -47,6 +94,7 @@ class _Child:
         self.conn = conn
         self.attempt: Attempt | None = None
         self.killed: str | None = None  # why the parent killed it
+        self.jobs = 0  # jobs it has run to the end
 
 
 class ProcessRunner:
@@ -58,14 +106,20 @@ class ProcessRunner:
         *,
         done: Done,
         report: Report,
+        abandon: Abandon,
         backoff: Backoff,
         halted: Callable[[], bool],
+        max_jobs: int | None = None,
+        max_memory: int | None = None,
     ) -> None:
         self._size = size
         self._spec = spec
         self._trusted = trusted
         self._done = done
         self._report = report
+        self._abandon = abandon
+        self._max_jobs = max_jobs
+        self._max_memory = max_memory  # bytes
         self._backoff = backoff
         self._halted = halted
         self._idle: queue.Queue[_Child] = queue.Queue()
@@ -195,15 +249,34 @@ class ProcessRunner:
         self._died(child)
 
     def _finished(self, child: _Child, result: Result) -> None:
+        child.jobs += 1
+        retire = self._retirement(child)
         with self._lock:
             attempt, child.attempt = child.attempt, None
             if attempt is not None:
                 attempt.handle = None
             alive = child.killed is None and not self._closing
-        if alive:
+        if alive and retire is None:
             self._idle.put(child)
         if attempt is not None:
             self._done(attempt, result)
+        if alive and retire is not None:
+            log.info("recycling worker process %s: %s", child.proc.pid, retire)
+            with contextlib.suppress(OSError):  # it exits; _died starts the replacement
+                child.conn.send(None)
+
+    def _retirement(self, child: _Child) -> str | None:
+        """Why ``child`` must be replaced now that a job ended (None: it goes on)."""
+        if self._max_jobs is not None and child.jobs >= self._max_jobs:
+            return f"it ran {child.jobs} jobs (max_jobs_per_child={self._max_jobs})"
+        if self._max_memory is not None:
+            rss = resident_memory(child.proc.pid)
+            if rss is not None and rss > self._max_memory:
+                return (
+                    f"its resident memory is {rss / MiB:.0f} MiB after a job "
+                    f"(max_child_memory={self._max_memory // MiB} MiB)"
+                )
+        return None
 
     def _died(self, child: _Child) -> None:
         try:
@@ -214,30 +287,34 @@ class ProcessRunner:
         log.debug("worker process %s ended (%s)", child.proc.pid, child.proc.returncode)
         with self._lock:
             attempt, child.attempt = child.attempt, None
+            if attempt is not None:
+                attempt.handle = None
             self._children.discard(child)
             replace = not self._closing and child.killed != SHUTDOWN
         child.conn.close()
         if attempt is not None:
-            self._done(attempt, self._death(attempt, child))
+            self._ended(attempt, child)
         if replace:
             self._replace()
 
-    def _death(self, attempt: Attempt, child: _Child) -> Result:
+    def _ended(self, attempt: Attempt, child: _Child) -> None:
+        """The child running ``attempt`` is gone without a result."""
         why = child.killed
         if why == TIMEOUT:
             timeout = attempt.message.timeout if attempt.message else None
-            return timed_out(synthetic(TimeoutError, ""), timeout, hard=True)
-        if why in (CANCEL, SHUTDOWN):
-            return Stopped(why)
-        code = child.proc.returncode
-        log.warning(
-            "job %s (%s): its process died with exit code %s", attempt.job_id, attempt.name, code
-        )
-        return synthetic(
-            ChildProcessError,
-            f"the process running the job died (exit code {code}); it may have crashed "
-            "the interpreter (a segfault, os._exit or the out-of-memory killer)",
-        )
+            self._done(attempt, timed_out(synthetic(TimeoutError, ""), timeout, hard=True))
+        elif why in (CANCEL, SHUTDOWN):
+            self._done(attempt, Stopped(why))
+        else:
+            log.warning(
+                "job %s (%s): its process died (%s) on delivery %d; as with a worker that "
+                "dies, the job gets no outcome and returns when its lease expires",
+                attempt.job_id,
+                attempt.name,
+                _describe_exit(child.proc.returncode),
+                attempt.delivery.deliveries,
+            )
+            self._abandon(attempt)
 
     def _replace(self) -> None:
         while not self._closing:
@@ -258,3 +335,10 @@ class ProcessRunner:
             delay = self._backoff.next()
             log.error("cannot start a worker process (%s); retrying in %.1f s", error, delay)
             time.sleep(delay)
+
+
+def _describe_exit(code: int | None) -> str:
+    if code is not None and code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by {signal.Signals(-code).name}"
+    return f"exit code {code}"

@@ -34,14 +34,14 @@ from .._errors import BrokerError, ConfigurationError
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
 from ..scheduler import Scheduler
-from ._attempt import SHUTDOWN
+from ._attempt import SHUTDOWN, Attempt
 from ._consumer import Consumer
 from ._deadlines import Deadlines
 from ._finisher import Finisher
 from ._inflight import Inflight
 from ._lease import Keeper
 from ._outcome import Outcomes
-from ._pools import POOLS, Executor
+from ._pools import POOLS, Executor, check_recycling
 from ._resolve import Resolver, trusted_packages
 from ._signals import in_main_thread, stop_signals
 
@@ -62,7 +62,9 @@ class Worker:
     seconds a job stays ours without renewal. ``grace``: seconds running jobs get to finish
     on stop. ``trust``: extra top-level packages whose callables may run by name, besides
     the package of ``module`` and ``app.trust``. A job delivered more than
-    ``max_deliveries`` times without finishing is dead-lettered. ``rand`` (tests) draws the
+    ``max_deliveries`` times without finishing is dead-lettered. With ``pool="processes"``,
+    a child process is replaced by a fresh one after ``max_jobs_per_child`` jobs, or when its
+    resident memory is above ``max_child_memory`` MiB after a job. ``rand`` (tests) draws the
     jitter of backoffs.
     """
 
@@ -78,6 +80,8 @@ class Worker:
         trust: Sequence[str] = (),
         max_deliveries: int = 5,
         module: str | None = None,
+        max_jobs_per_child: int | None = None,
+        max_child_memory: int | None = None,
         rand: Callable[[], float] | None = None,
     ) -> None:
         _check(
@@ -88,6 +92,9 @@ class Worker:
             grace=grace,
             deliveries=max_deliveries,
         )
+        check_recycling(pool, max_jobs_per_child, max_child_memory)
+        self.max_jobs_per_child = max_jobs_per_child
+        self.max_child_memory = max_child_memory
         self.app = app
         self.queues = [validate_queue(q) for q in queues]
         self.concurrency = concurrency
@@ -197,6 +204,9 @@ class Worker:
             trusted=self.trusted,
             backoff=self._backoff(),
             halted=self._stopping.is_set,
+            abandon=self._abandon,
+            max_jobs_per_child=self.max_jobs_per_child,
+            max_child_memory=self.max_child_memory,
         )
         executor.start()
         consumer.executor = executor
@@ -283,6 +293,14 @@ class Worker:
         log.debug("worker %s stopped after %d job(s)", self.id, self.processed)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _abandon(self, attempt: Attempt) -> None:
+        """Let a job go without an outcome, as if this worker had died (its pool process
+        did): its lease lapses, it is delivered again, and that delivery counts, so
+        ``max_deliveries`` ends a job that keeps killing its process."""
+        if self._inflight.complete(attempt):  # False: handed back by a shutdown already
+            attempt.lost = True  # no more renewals
+            self._inflight.remove(attempt, processed=False)
 
     def _on_signal(self, signum: int, count: int) -> None:
         name = signal.Signals(signum).name
