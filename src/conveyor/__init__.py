@@ -10,6 +10,8 @@ from ._errors import BrokerError as BrokerError
 from ._errors import BrokerUnavailable as BrokerUnavailable
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ConveyorError as ConveyorError
+from ._errors import DependencyFailed as DependencyFailed
+from ._errors import DependencyNotFound as DependencyNotFound
 from ._errors import InvalidName as InvalidName
 from ._errors import InvalidURL as InvalidURL
 from ._errors import JobCancelled as JobCancelled
@@ -43,6 +45,8 @@ __all__ = [
     "Conveyor",
     "ConveyorError",
     "CurrentJob",
+    "DependencyFailed",
+    "DependencyNotFound",
     "InvalidName",
     "InvalidURL",
     "Job",

@@ -12,7 +12,10 @@
     ├── BrokerError                 the broker failed; redis.* and sqlite3.* never leak
     │   └── BrokerUnavailable       cannot reach the broker (after retries)
     ├── JobNotFound                 no job with that id (or its record expired)
+    │   └── DependencyNotFound      (also a ValidationError) ``depends_on=`` names no job;
+    │                               nothing was written
     ├── TaskFailed                  the task raised; carries the remote type, message, traceback
+    │   └── DependencyFailed        a job it depends on failed, was dead-lettered or cancelled
     ├── JobCancelled                the job was cancelled before it finished
     ├── JobDead                     the job was dead-lettered; carries the reason
     ├── LockError
@@ -86,6 +89,16 @@ class TaskFailed(ConveyorError):
         self.remote_traceback = remote_traceback
         self.job_id = job_id
         super().__init__(f"{remote_type}: {remote_message}")
+
+
+class DependencyNotFound(JobNotFound, ValidationError):
+    """``depends_on=`` names a job the broker does not know (never enqueued, or its record
+    expired after its result TTL); nothing was enqueued."""
+
+
+class DependencyFailed(TaskFailed):
+    """The job did not run: a job it depends on did not succeed (failed, dead-lettered or
+    cancelled). ``remote_message`` names that job and how it ended."""
 
 
 class JobCancelled(ConveyorError):

@@ -90,6 +90,8 @@ class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False):
     rate: str | None = None  # rate limit, e.g. "100/m", shared by every job of the task
     rate_key: str | None = None  # limit per key instead (one tenant cannot starve others)
     workflow: dict[str, Any] | None = None  # what happens after this step (workflows.py)
+    depends_on: list[str] = []  # ids of jobs that must end first (their outcome is checked)
+    allow_failed_dependencies: bool = False  # run even if one of them did not succeed
 
 
 class Envelope(msgspec.Struct, frozen=True):
@@ -101,6 +103,9 @@ class Envelope(msgspec.Struct, frozen=True):
     priority: int = 0
     eta: float | None = None  # wall-clock time before which the job is not delivered
     key: str | None = None  # uniqueness key: a second enqueue while pending returns the first
+    # Ids of jobs this one waits for: while any of them is not terminal, the job is parked
+    # and becomes due when the last one ends (see the broker contract in brokers/_port.py).
+    depends_on: tuple[str, ...] = ()
 
 
 class Delivery(msgspec.Struct, frozen=True):

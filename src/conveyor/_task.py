@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 from ._errors import ConfigurationError, ValidationError
-from ._message import DEFAULT_QUEUE, validate_priority, validate_queue
+from ._message import DEFAULT_QUEUE, validate_job_id, validate_priority, validate_queue
 from .ratelimit import parse_rate
 from .stores._port import check_key
 
@@ -42,6 +42,9 @@ class Options:
     job_id: str | None = None
     rate: str | None = None
     rate_key: str | None = None
+    # Jobs (or their ids) that must end before this one runs; see docs/workflows.md.
+    depends_on: tuple[str, ...] = ()
+    allow_failed_dependencies: bool = False
 
     def merge(self, **changes: Any) -> Options:
         unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
@@ -69,6 +72,11 @@ class Options:
             raise ConfigurationError("timeout must be a positive number of seconds")
         if self.result_ttl <= 0:
             raise ConfigurationError("result_ttl must be a positive number of seconds")
+        if self.depends_on and (self.delay or self.eta is not None):
+            raise ConfigurationError(
+                "depends_on= cannot be combined with delay= or eta=: a job with dependencies "
+                "runs when the last of them ends; delay the dependencies instead"
+            )
         for exc_type in self.retry_on:
             if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
                 raise ConfigurationError(f"retry_on takes exception types, got {exc_type!r}")
@@ -94,11 +102,33 @@ def _normalize(name: str, value: Any) -> Any:
         if value.tzinfo is None:
             raise ConfigurationError("eta must be timezone-aware (e.g. datetime.now(UTC))")
         return value.timestamp()
+    if name == "depends_on":
+        return _job_ids(value)
     if name == "retry_on":
         if isinstance(value, type):
             return (value,)
         return tuple(value) if isinstance(value, Sequence) else value
     return value
+
+
+def _job_ids(value: Any) -> tuple[str, ...]:
+    """``depends_on=``: one ``Job`` or id, or an iterable of them, as unique ids in order."""
+    if value is None:
+        return ()
+    items = [value] if isinstance(value, str) or hasattr(value, "id") else value
+    try:
+        found = list(items)
+    except TypeError:
+        found = [value]
+    ids: dict[str, None] = {}
+    for item in found:
+        job_id = item if isinstance(item, str) else getattr(item, "id", None)
+        if not isinstance(job_id, str):
+            raise ConfigurationError(
+                f"depends_on takes Job objects or job ids (one or a list), got {item!r}"
+            )
+        ids[validate_job_id(job_id)] = None
+    return tuple(ids)
 
 
 def callable_name(fn: Callable[..., Any]) -> str:

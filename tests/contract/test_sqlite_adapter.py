@@ -15,6 +15,7 @@ from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from conveyor._clock import FakeClock
@@ -141,8 +142,10 @@ def test_a_file_from_a_newer_conveyor_is_refused_clearly(db: str) -> None:
 def test_migrations_apply_in_order_and_all_or_nothing(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    SQLiteBroker(db).close()
     v1 = schema.MIGRATIONS[0]
+    monkeypatch.setattr(schema, "MIGRATIONS", (v1,))
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 1)
+    SQLiteBroker(db).close()
     v2 = ("CREATE TABLE extra (x INTEGER)", "INSERT INTO extra VALUES (1)")
     broken_v3 = ("CREATE TABLE extra3 (x INTEGER)", "THIS IS NOT SQL")
     monkeypatch.setattr(schema, "MIGRATIONS", (v1, v2, broken_v3))
@@ -160,6 +163,35 @@ def test_migrations_apply_in_order_and_all_or_nothing(
     assert _meta(db)["schema_version"] == 2
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT x FROM extra").fetchall() == [(1,)]
+
+
+def test_a_version_1_file_gains_dependencies_and_keeps_its_jobs(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:  # a file written before depends_on existed
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+        m.setattr(schema, "SCHEMA_VERSION", 1)
+        SQLiteBroker(db).close()
+    parent = env()
+    with sqlite3.connect(db) as conn:  # a queued job, as version 1 wrote it
+        conn.execute(
+            "INSERT INTO jobs(id, queue, payload, priority, status, seq, updated_at) "
+            "VALUES (?, 'default', ?, 0, 'queued', 1, 0)",
+            (parent.id, parent.payload),
+        )
+    assert _meta(db)["schema_version"] == 1
+    b = SQLiteBroker(db)
+    try:
+        assert _meta(db)["schema_version"] == schema.SCHEMA_VERSION == 2
+        child = msgspec.structs.replace(env(), depends_on=(parent.id,))
+        b.enqueue([child])
+        assert b.get([child.id])[0].status is JobStatus.SCHEDULED  # type: ignore[union-attr]
+        [d] = b.fetch(["default"], "c", 10, 30.0, 0.0)
+        assert d.id == parent.id
+        assert b.finish([Finish(d, JobStatus.SUCCEEDED, b"r")]) == [True]
+        assert [x.id for x in b.fetch(["default"], "c", 10, 30.0, 0.0)] == [child.id]
+    finally:
+        b.close()
 
 
 # -- errors ----------------------------------------------------------------------------------

@@ -12,6 +12,19 @@ Contract, in short:
   scheduled or running) is not written; the existing id is returned. An ``eta`` of
   ``PARKED`` (infinity) keeps the job ``scheduled`` until ``promote`` makes it due: workflows
   park their later steps this way.
+* **Dependencies** (``Envelope.depends_on``), in the same atomic step as the enqueue: each
+  id must name a job the broker knows, else ``DependencyNotFound`` is raised and nothing
+  of the batch is written (a job may depend on jobs earlier in the same batch, not later
+  ones). For each dependency that is not terminal yet, the new job's id is added to that
+  job's *dependents* and counted; a job with a count above 0 is stored parked (``scheduled``,
+  eta ``PARKED``) with that count, else it is placed as usual. Whenever a job becomes
+  terminal -- a fenced ``finish`` with a terminal status, ``cancel`` of a queued or
+  scheduled job, a cancelled job ending on ``release`` or lease expiry -- the same atomic
+  step takes its dependents, counts each one down and makes it due (``queued``) when its
+  count reaches 0. A job without dependents pays one key or indexed-row lookup for this.
+  A repeated finish (the fence's "already settled") counts nothing down again; a cancelled
+  dependent is skipped. Brokers do not judge outcomes: a dependent is released whatever its
+  dependencies ended as, and its worker reads their records (``workflows.short_circuit``).
 * ``fetch`` hands out up to ``count`` jobs from the given queues under a lease of ``lease``
   seconds: higher priority first, FIFO within a priority, due scheduled jobs included, and
   jobs whose lease expired (their worker died) reclaimed. Each delivery gets a fresh
@@ -30,7 +43,8 @@ Contract, in short:
 * ``release`` hands a job back for immediate redelivery (graceful shutdown); it does not
   count as a delivery. A job whose cancel was requested while it ran ends ``cancelled``
   instead when it is released or its lease expires.
-* ``cancel`` keeps the cancelled record for a day, like a result.
+* ``cancel`` keeps the cancelled record (and its payload, for ``payload``) for a day, like a
+  result.
 * ``wait`` blocks until the job is terminal (or the timeout passes) without a sleep loop;
   a result written before ``wait`` starts is returned at once.
 * Time: ``eta``, leases and TTLs are read on the injected clock; ``block`` and ``timeout``
@@ -48,6 +62,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from .._errors import DependencyNotFound
 from .._message import (
     Delivery,
     Envelope,
@@ -60,6 +75,18 @@ from .._message import (
 from ..stores._port import KeyValue
 
 PARKED = math.inf  # the eta of a job that waits for ``promote``
+
+
+def unknown_dependency(job_id: str, dependency: str) -> DependencyNotFound:
+    """The error every adapter raises for a ``depends_on`` id it does not know.
+
+    Not "already done": a record that expired after its result TTL and a typo look the same,
+    and running a job whose prerequisite may have failed is the worse surprise."""
+    return DependencyNotFound(
+        f"job {job_id} depends on {dependency!r}, which is not a known job (never enqueued, "
+        "or its record expired after its result TTL); nothing was enqueued. Enqueue the "
+        "dependency first, or keep its result longer (result_ttl=)"
+    )
 
 
 class LeaseState(enum.StrEnum):
@@ -147,6 +174,12 @@ class Broker(ABC):
 
     async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
         return await asyncio.to_thread(self.wait, job_id, timeout)
+
+    def payload(self, job_id: str) -> bytes | None:
+        """The job's current payload, whatever its status; None for an unknown (or expired)
+        id. Cancelling a workflow step reads it to learn what follows the step."""
+        del job_id
+        return None  # an adapter without it: cancelling a step does not end its workflow
 
     @abstractmethod
     def cancel(self, job_id: str) -> JobStatus:

@@ -18,10 +18,17 @@ One file holds everything (the broker's and the key-value store's tables), so on
     ``lease_until`` (running: reclaimable from then on), ``cancel_requested`` (0/1, read by
     renew), ``result`` (the encoded Outcome), ``reason`` (kept with failed and dead jobs),
     ``progress``, ``progress_note``, ``updated_at``, ``expires_at`` (terminal jobs: the row
-    is invisible from then on and deleted lazily).
+    is invisible from then on and deleted lazily), ``waiting`` (v2: how many of the job's
+    ``depends_on`` have not ended; a job above 0 is ``scheduled`` with a NULL ``eta``, so
+    nothing but the last of them ending makes it due).
     ``rowid`` is insertion order (a row is only ever inserted once; an expired one is
     deleted before its id is reused), which breaks ties the way the memory adapter's dict
     does. The ``workers`` table keeps that order too (a heartbeat updates in place).
+
+``dependents(parent, child)`` -- v2: ``child`` waits for ``parent`` to end (``depends_on``).
+    Rows are written by the child's enqueue and deleted, all of a parent's at once, by the
+    transaction that makes the parent terminal, which counts each child's ``waiting`` down.
+    The primary key makes "does this job have dependents?" one index lookup.
 
 ``kv(key, value, expires_at, version)`` -- the ``KeyValue`` store's values and counters.
 
@@ -106,7 +113,16 @@ _V1 = (
 
 # Numbered migrations; each is applied once, all pending ones in one transaction. Append,
 # never edit a released one.
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+_V2 = (
+    "ALTER TABLE jobs ADD COLUMN waiting INTEGER NOT NULL DEFAULT 0",
+    """CREATE TABLE dependents (
+        parent TEXT NOT NULL,
+        child TEXT NOT NULL,
+        PRIMARY KEY (parent, child)
+    ) WITHOUT ROWID""",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"

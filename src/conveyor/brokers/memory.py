@@ -26,7 +26,7 @@ from .._message import (
     WorkerInfo,
 )
 from ..stores.memory import MemoryKV
-from ._port import PARKED, Broker, Finish, LeaseState
+from ._port import PARKED, Broker, Finish, LeaseState, unknown_dependency
 
 _PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
 _IDLE_WAKE = 0.05  # longest real sleep while a lease or eta may come due on an injected clock
@@ -48,6 +48,8 @@ class _Job:
     updated_at: float = 0.0
     reason: str = ""
     settled_by: str = ""  # token of the delivery that finished or released it last
+    waiting: int = 0  # dependencies not ended yet; parked (scheduled) while above 0
+    dependents: list[str] | None = None  # ids of jobs counting this one among theirs
 
 
 @dataclass
@@ -162,6 +164,44 @@ class MemoryBroker(Broker):
         key = job.envelope.key
         if key is not None and self._s.keys.get(key) == job.envelope.id:
             del self._s.keys[key]
+        if job.dependents:
+            self._release_dependents(job)
+
+    def _release_dependents(self, job: _Job) -> None:
+        """A job ended: count it off each dependent's wait; the last one makes it due."""
+        for child_id in job.dependents or ():
+            child = self._s.jobs.get(child_id)
+            if child is None or child.status is not JobStatus.SCHEDULED or child.waiting <= 0:
+                continue  # cancelled or gone meanwhile
+            child.waiting -= 1
+            if child.waiting == 0:
+                self._push_ready(child)
+        job.dependents = None
+
+    def _check_dependencies(self, envelopes: Sequence[Envelope], now: float) -> None:
+        """Every dependency names a known job or one earlier in the batch (before any write)."""
+        earlier: set[str] = set()
+        for env in envelopes:
+            for dep in env.depends_on:
+                if dep not in earlier and self._live(dep, now) is None:
+                    raise unknown_dependency(env.id, dep)
+            earlier.add(env.id)
+
+    def _wait_for_dependencies(self, job: _Job, now: float) -> bool:
+        """Register the job with each dependency not ended yet; True if there was one."""
+        for dep in job.envelope.depends_on:
+            parent = self._live(dep, now)
+            if parent is None or parent.status.terminal:
+                continue
+            if parent.dependents is None:
+                parent.dependents = []
+            parent.dependents.append(job.envelope.id)
+            job.waiting += 1
+        if not job.waiting:
+            return False
+        job.status = JobStatus.SCHEDULED  # parked: no heap entry, nothing makes it due but this
+        job.seq = next(self._seq)
+        return True
 
     def _owned(self, delivery: Delivery) -> _Job | None:
         job = self._s.jobs.get(delivery.id)
@@ -192,6 +232,8 @@ class MemoryBroker(Broker):
                 raise TypeError(f"enqueue takes Envelope objects, got {env!r}")
         with self._cond:
             now = self._clock.time()
+            if any(env.depends_on for env in envelopes):
+                self._check_dependencies(envelopes, now)
             for env in envelopes:
                 if self._live(env.id, now) is not None:
                     ids.append(env.id)  # idempotent: already written
@@ -206,7 +248,8 @@ class MemoryBroker(Broker):
                 self._s.jobs[env.id] = job
                 if env.key is not None:
                     self._s.keys[env.key] = env.id
-                self._place(job, now)
+                if not (env.depends_on and self._wait_for_dependencies(job, now)):
+                    self._place(job, now)
                 ids.append(env.id)
             self._cond.notify_all()
         return ids
@@ -361,6 +404,11 @@ class MemoryBroker(Broker):
             if self._s.jobs.get(job_id) is not job:
                 raise JobNotFound(f"job {job_id!r} was purged while waiting for it")
             return self._record(job) if finished else None
+
+    def payload(self, job_id: str) -> bytes | None:
+        with self._cond:
+            job = self._live(job_id, self._clock.time())
+            return None if job is None else job.envelope.payload
 
     def cancel(self, job_id: str) -> JobStatus:
         with self._cond:

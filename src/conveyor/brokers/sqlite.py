@@ -53,7 +53,7 @@ from .._message import (
     WorkerInfo,
 )
 from ..stores.sqlite import SQLiteKV
-from ._port import PARKED, Broker, Finish, LeaseState
+from ._port import PARKED, Broker, Finish, LeaseState, unknown_dependency
 from ._sqlite_notify import ANY_JOB, FETCHERS, Notifier, job_waiters
 from ._sqlite_schema import Database
 
@@ -90,8 +90,18 @@ def sqlite_path(url: str) -> str:
 # -- the broker ----------------------------------------------------------------------------------
 
 _INSERT = """
-INSERT INTO jobs(id, queue, payload, priority, status, seq, eta, key, updated_at)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO jobs(id, queue, payload, priority, status, seq, eta, key, updated_at, waiting)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+# A job that ended takes its dependents along (one primary-key lookup when it has none);
+# each is counted down, and the last count makes it due.
+_TAKE_DEPENDENTS = "DELETE FROM dependents WHERE parent = ? RETURNING child"
+_COUNT_DOWN = """
+UPDATE jobs SET waiting = waiting - 1,
+    status = CASE WHEN waiting = 1 THEN 'queued' ELSE status END,
+    seq = CASE WHEN waiting = 1 THEN ? ELSE seq END
+WHERE id = ? AND status = 'scheduled' AND waiting > 0
+RETURNING waiting
 """
 # Due scheduled jobs, then expired leases, go to the back of their queue in that order.
 _PROMOTE = """
@@ -218,12 +228,39 @@ class SQLiteBroker(Broker):
         if not envelopes:
             return []
         ids: list[str] = []
-        with self._db.write() as conn:
+        with self._db.write() as conn:  # an unknown dependency raises: all rolled back
             now = self._clock.time()
             for env in envelopes:
                 ids.append(self._enqueue_one(conn, env, now))
         self._notify.wake(FETCHERS)
         return ids
+
+    @staticmethod
+    def _wait_for_dependencies(conn: sqlite3.Connection, env: Envelope, now: float) -> int:
+        """Register the job as a dependent of each dependency not ended yet; how many."""
+        waiting = 0
+        for dep in env.depends_on:
+            row = conn.execute(
+                f"SELECT status FROM jobs WHERE id = ? AND {_LIVE}", (dep, now)
+            ).fetchone()
+            if row is None:
+                raise unknown_dependency(env.id, dep)
+            if not JobStatus(row[0]).terminal:
+                waiting += conn.execute(
+                    "INSERT OR IGNORE INTO dependents(parent, child) VALUES (?, ?)", (dep, env.id)
+                ).rowcount
+        return waiting
+
+    def _release_dependents(self, conn: sqlite3.Connection, job_id: str) -> int:
+        """The job just ended (same transaction): count its dependents down; how many are
+        due now."""
+        children = conn.execute(_TAKE_DEPENDENTS, (job_id,)).fetchall()
+        due = 0
+        for (child,) in children:
+            seq = _take_seq(conn, 1) + 1
+            row = conn.execute(_COUNT_DOWN, (seq, child)).fetchone()
+            due += row is not None and row[0] == 0
+        return due
 
     def _enqueue_one(self, conn: sqlite3.Connection, env: Envelope, now: float) -> str:
         sql = f"SELECT 1 FROM jobs WHERE id = ? AND {_LIVE}"
@@ -239,12 +276,15 @@ class SQLiteBroker(Broker):
             if row is not None:
                 return str(row[0])
         status = JobStatus.SCHEDULED if env.eta is not None and env.eta > now else JobStatus.QUEUED
+        eta, waiting = env.eta, 0
+        if env.depends_on and (waiting := self._wait_for_dependencies(conn, env, now)):
+            status, eta = JobStatus.SCHEDULED, None  # parked until the last one ends
         seq = _take_seq(conn, 1) + 1
         # An expired row under this id makes way: the new job is a new row (and rowid).
         conn.execute("DELETE FROM jobs WHERE id = ?", (env.id,))
         conn.execute(
             _INSERT,
-            (env.id, env.queue, env.payload, env.priority, status, seq, env.eta, env.key, now),
+            (env.id, env.queue, env.payload, env.priority, status, seq, eta, env.key, now, waiting),
         )
         return env.id
 
@@ -296,6 +336,9 @@ class SQLiteBroker(Broker):
             moved = conn.execute(_PROMOTE, (base, now)).rowcount
             reclaimed = conn.execute(_RECLAIM, (now, now, base + moved, now)).fetchall()
             _take_seq(conn, moved + len(reclaimed))
+            for job_id, st in reclaimed:
+                if st == JobStatus.CANCELLED:  # due dependents are claimed right below
+                    self._release_dependents(conn, job_id)
             heads = " UNION ALL ".join([_HEAD] * len(queues))
             args = [now + lease, now, *(x for q in queues for x in (q, count)), count]
             rows = conn.execute(_CLAIM.format(heads=heads), args).fetchall()
@@ -340,20 +383,23 @@ class SQLiteBroker(Broker):
 
     def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
         done: list[bool] = []
+        due = [0]  # dependents made due
         with self._db.write() as conn:
             now = self._clock.time()
             for f in outcomes:
-                done.append(self._finish_one(conn, f, now))
+                done.append(self._finish_one(conn, f, now, due))
         self._wake_ended(f.delivery.id for f, ok in zip(outcomes, done, strict=True) if ok)
-        if any(ok and f.retry is not None for f, ok in zip(outcomes, done, strict=True)):
+        if due[0] or any(ok and f.retry is not None for f, ok in zip(outcomes, done, strict=True)):
             self._notify.wake(FETCHERS)
         return done
 
-    def _finish_one(self, conn: sqlite3.Connection, f: Finish, now: float) -> bool:
+    def _finish_one(self, conn: sqlite3.Connection, f: Finish, now: float, due: list[int]) -> bool:
         d, env = f.delivery, f.retry
         if env is None:
             ended = (f.status, f.result, f.reason, now + f.result_ttl, now)
             if conn.execute(_FINISH, (*ended, d.id, d.token)).rowcount == 1:
+                if f.status.terminal:
+                    due[0] += self._release_dependents(conn, d.id)
                 return True
         else:
             later = env.eta is not None and env.eta > now
@@ -381,7 +427,12 @@ class SQLiteBroker(Broker):
                 st is None and self._settled(conn, d, now)
                 for st, d in zip(states, deliveries, strict=True)
             ]
-        if any(st is not None and st[0] == JobStatus.QUEUED for st in states):
+            due = sum(
+                self._release_dependents(conn, d.id)
+                for st, d in zip(states, deliveries, strict=True)
+                if st is not None and st[0] == JobStatus.CANCELLED
+            )
+        if due or any(st is not None and st[0] == JobStatus.QUEUED for st in states):
             self._notify.wake(FETCHERS)
         ended = (d.id for d, st in zip(deliveries, states, strict=True) if st and st[0] != "queued")
         self._wake_ended(ended)
@@ -439,6 +490,7 @@ class SQLiteBroker(Broker):
                 listener.wait(pause)
 
     def cancel(self, job_id: str) -> JobStatus:
+        due = 0
         with self._db.write() as conn:
             now = self._clock.time()
             row = conn.execute(
@@ -453,12 +505,22 @@ class SQLiteBroker(Broker):
                 status = JobStatus.CANCELLED
                 conn.execute(
                     "UPDATE jobs SET status = ?, updated_at = ?, expires_at = ?, result = NULL, "
-                    "reason = '', cancel_requested = 0 WHERE id = ?",
+                    "reason = '', cancel_requested = 0, waiting = 0 WHERE id = ?",
                     (status, now, now + _CANCELLED_TTL, job_id),
                 )
+                due = self._release_dependents(conn, job_id)
+        if due:
+            self._notify.wake(FETCHERS)
         if status is JobStatus.CANCELLED:
             self._wake_ended([job_id])
         return status
+
+    def payload(self, job_id: str) -> bytes | None:
+        with self._db.read() as conn:
+            row = conn.execute(
+                f"SELECT payload FROM jobs WHERE id = ? AND {_LIVE}", (job_id, self._clock.time())
+            ).fetchone()
+        return None if row is None else bytes(row[0])
 
     # -- operations ------------------------------------------------------------------------
 
