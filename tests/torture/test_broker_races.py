@@ -29,10 +29,10 @@ from conveyor._message import Delivery, Envelope, JobStatus
 from conveyor.brokers._port import Broker, Finish, LeaseState
 from conveyor.brokers.redis import RedisBroker, _scripts
 from conveyor.testing.conformance import envelope
-from redis_server import RedisServer, unique_prefix
+from redis_server import RedisServer, private_redis, unique_prefix
 
 from .checker import Report, check
-from .conftest import pending_count, private_redis, stream_entries
+from .conftest import pending_count, stream_entries
 
 QUEUE = "default"
 RECLAIMERS = 8
@@ -87,7 +87,7 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
     elif request.param == "sqlite":
         b = _sqlite_backend(tmp_path)
     else:
-        b = _redis_backend(request.getfixturevalue("plain_server"))
+        b = _redis_backend(request.getfixturevalue("fresh_redis_server"))
     try:
         yield b
     finally:
@@ -230,13 +230,13 @@ def test_a_delayed_job_whose_delay_exceeds_the_lease_runs_once(backend: Backend)
 @pytest.mark.redis
 @pytest.mark.timeout(30)
 def test_a_delayed_job_longer_than_the_lease_runs_once_on_the_redis_servers_clock(
-    plain_server: RedisServer,
+    fresh_redis_server: RedisServer,
 ) -> None:
     """The real clock: etas and leases follow the server's TIME. Due after 1 s under a 0.3 s
     lease; two consumers block-fetch for 2.5 s; the holder renews every 0.1 s."""
     prefix = unique_prefix()
     lease = 0.3
-    producer = RedisBroker(plain_server.url, prefix=prefix)
+    producer = RedisBroker(fresh_redis_server.url, prefix=prefix)
     env = Envelope("delayed", QUEUE, b"later", eta=time.time() + 1.0)
     producer.enqueue([env])
     seen: list[tuple[str, Delivery]] = []
@@ -245,7 +245,7 @@ def test_a_delayed_job_longer_than_the_lease_runs_once_on_the_redis_servers_cloc
     stop = time.monotonic() + 2.5
 
     def consume(name: str) -> None:
-        broker = RedisBroker(plain_server.url, prefix=prefix)
+        broker = RedisBroker(fresh_redis_server.url, prefix=prefix)
         try:
             while time.monotonic() < stop:
                 for d in broker.fetch([QUEUE], name, 1, lease, 0.2):
@@ -434,12 +434,12 @@ def test_the_redis_adapter_never_trims_its_streams() -> None:
 @pytest.mark.redis
 @pytest.mark.timeout(60)
 def test_streams_hold_exactly_the_pending_jobs_and_empty_once_all_finish(
-    plain_server: RedisServer,
+    fresh_redis_server: RedisServer,
 ) -> None:
     """Through deliveries, releases, retries and expired leases, the streams hold one entry
     per job still queued or running (none dropped, none left behind), and none at the end."""
     prefix, clock, lease = unique_prefix(), FakeClock(), 10.0
-    broker = RedisBroker(plain_server.url, prefix=prefix, clock=clock)
+    broker = RedisBroker(fresh_redis_server.url, prefix=prefix, clock=clock)
     try:
         envs = [envelope(QUEUE, priority=i % 3) for i in range(30)]
         broker.enqueue(envs)
@@ -448,11 +448,11 @@ def test_streams_hold_exactly_the_pending_jobs_and_empty_once_all_finish(
         def entries_match() -> None:
             live = {r.id for r in broker.get(ids)
                     if r is not None and r.status in (JobStatus.QUEUED, JobStatus.RUNNING)}
-            in_streams = stream_entries(plain_server, prefix)
+            in_streams = stream_entries(fresh_redis_server, prefix)
             assert sorted(in_streams) == sorted(live)  # one entry per pending job
             running = sum(r is not None and r.status is JobStatus.RUNNING
                           for r in broker.get(ids))
-            assert pending_count(plain_server, prefix) == running
+            assert pending_count(fresh_redis_server, prefix) == running
 
         entries_match()
         first = broker.fetch([QUEUE], "a", 12, lease, 0.0)
@@ -470,7 +470,7 @@ def test_streams_hold_exactly_the_pending_jobs_and_empty_once_all_finish(
         assert _finish_all(broker, second) == [d.id for d in second]
         assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"x") for d in first]) == [False] * 12
         entries_match()
-        assert stream_entries(plain_server, prefix) == []
-        assert pending_count(plain_server, prefix) == 0
+        assert stream_entries(fresh_redis_server, prefix) == []
+        assert pending_count(fresh_redis_server, prefix) == 0
     finally:
         broker.close()

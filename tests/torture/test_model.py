@@ -50,10 +50,9 @@ from hypothesis.stateful import (
 from conveyor._clock import FakeClock
 from conveyor._message import Delivery, Envelope, JobStatus
 from conveyor.brokers._port import Broker, Finish, LeaseState
-from redis_server import RedisServer, unique_prefix
+from redis_server import RedisServer, private_redis, unique_prefix
 
 from .checker import check
-from .conftest import private_redis
 
 LEASE = 10.0
 QUEUE = "default"

@@ -81,12 +81,12 @@ class Rig:
 
 
 @pytest.fixture
-def rig(proxy: FaultProxy, plain_server: RedisServer, prefix: str,
+def rig(proxy: FaultProxy, fresh_redis_server: RedisServer, prefix: str,
         clock: FakeClock) -> Iterator[Rig]:
     b = RedisBroker(proxy.url, prefix=prefix, clock=clock)
     _warm(b)
     try:
-        yield Rig(b, proxy, plain_server, prefix, clock)
+        yield Rig(b, proxy, fresh_redis_server, prefix, clock)
     finally:
         b.close()
 
@@ -122,10 +122,10 @@ def _drain(broker: RedisBroker, clock: FakeClock | None = None) -> tuple[list[st
 def test_reset_during_enqueue_writes_each_job_exactly_once(
     rig: Rig, fault: str, batch: int
 ) -> None:
-    broker, proxy, plain_server, prefix = rig.broker, rig.proxy, rig.server, rig.prefix
+    broker, proxy, fresh_redis_server, prefix = rig.broker, rig.proxy, rig.server, rig.prefix
     envs = [envelope(QUEUE) for _ in range(batch)]
     ids = [e.id for e in envs]
-    reset_command_stats(plain_server)
+    reset_command_stats(fresh_redis_server)
     if fault == "reply dropped":
         proxy.cut("down", 0 if batch == 1 else _replies_before_exec(batch))
     elif fault == "request cut":
@@ -141,17 +141,17 @@ def test_reset_during_enqueue_writes_each_job_exactly_once(
         unknown = ids
         assert broker.enqueue(envs) == ids  # the producer's retry: the same envelopes
     assert proxy.stats.cuts + proxy.stats.resets == 1, "the fault was not injected"
-    calls = command_calls(plain_server)
+    calls = command_calls(fresh_redis_server)
     if fault == "reply dropped":  # the write reached the server, then was sent again
         assert calls.get("exec" if batch > 1 else "evalsha", 0) == 2, calls
 
-    assert sorted(stream_entries(plain_server, prefix)) == sorted(ids)  # one entry per job
+    assert sorted(stream_entries(fresh_redis_server, prefix)) == sorted(ids)  # one entry per job
     records = broker.get(ids)
     assert all(r is not None and r.status is JobStatus.QUEUED for r in records)
     executed, completed = _drain(broker)
     report = check(acknowledged=ids, unknown=unknown, executed=executed, completed=completed)
     report.assert_ok(max_duplicates=0)
-    assert stream_entries(plain_server, prefix) == []
+    assert stream_entries(fresh_redis_server, prefix) == []
 
 
 # -- reset during finish ---------------------------------------------------------------------
@@ -328,16 +328,16 @@ def _idle_calls(server: RedisServer, broker: RedisBroker, seconds: float) -> dic
 
 
 def test_restarted_empty_the_broker_recovers_without_a_hot_loop(
-    plain_server: RedisServer, prefix: str,
+    fresh_redis_server: RedisServer, prefix: str,
 ) -> None:
-    broker = RedisBroker(plain_server.url, prefix=prefix)
+    broker = RedisBroker(fresh_redis_server.url, prefix=prefix)
     try:
         before = [envelope(QUEUE) for _ in range(3)]
         broker.enqueue(before)
         (held,) = broker.fetch([QUEUE], "c1", 1, LEASE, 0.0)
-        plain_server.restart(empty=True)  # no persistence: everything is gone
+        fresh_redis_server.restart(empty=True)  # no persistence: everything is gone
 
-        calls = _idle_calls(plain_server, broker, 2.0)
+        calls = _idle_calls(fresh_redis_server, broker, 2.0)
         assert sum(calls.values()) <= 20, f"hot loop: {calls}"
         assert broker.finish([Finish(held, JobStatus.SUCCEEDED, b"r")]) == [False]
         assert broker.get([e.id for e in before]) == [None, None, None]  # lost with Redis
@@ -352,15 +352,15 @@ def test_restarted_empty_the_broker_recovers_without_a_hot_loop(
 
 
 def test_a_lost_consumer_group_is_recreated_loudly_and_its_entries_delivered(
-    plain_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture,
+    fresh_redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture,
 ) -> None:
     """NOGROUP: the stream survived but its group did not (a stream restored or written
     without it). fetch recreates the group from the start of the stream and warns."""
-    broker = RedisBroker(plain_server.url, prefix=prefix)
+    broker = RedisBroker(fresh_redis_server.url, prefix=prefix)
     try:
         envs = [envelope(QUEUE) for _ in range(2)]
         broker.enqueue(envs)
-        client = plain_server.client()
+        client = fresh_redis_server.client()
         stream = Keys(prefix).stream(QUEUE, 0)
         assert client.xgroup_destroy(stream, GROUP) == 1
         client.close()
@@ -370,16 +370,16 @@ def test_a_lost_consumer_group_is_recreated_loudly_and_its_entries_delivered(
         assert any("consumer group" in r.getMessage() for r in caplog.records)
         done = broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r") for d in got])
         assert done == [True, True]
-        calls = _idle_calls(plain_server, broker, 2.0)
+        calls = _idle_calls(fresh_redis_server, broker, 2.0)
         assert sum(calls.values()) <= 20, f"hot loop: {calls}"
     finally:
         broker.close()
 
 
 def test_a_fetch_blocked_while_redis_restarts_empty_returns_and_the_broker_works(
-    plain_server: RedisServer, prefix: str,
+    fresh_redis_server: RedisServer, prefix: str,
 ) -> None:
-    broker = RedisBroker(plain_server.url, prefix=prefix)
+    broker = RedisBroker(fresh_redis_server.url, prefix=prefix)
     try:
         broker.enqueue([envelope(QUEUE)])
         broker.fetch([QUEUE], "c1", 1, LEASE, 0.0)
@@ -394,7 +394,7 @@ def test_a_fetch_blocked_while_redis_restarts_empty_returns_and_the_broker_works
         thread = threading.Thread(target=blocked, daemon=True)
         thread.start()
         time.sleep(0.3)
-        plain_server.restart(empty=True)
+        fresh_redis_server.restart(empty=True)
         thread.join(15)
         assert not thread.is_alive()
         assert outcome == [[]] or isinstance(outcome[0], BrokerUnavailable), outcome

@@ -29,7 +29,7 @@ pytestmark = pytest.mark.redis
 
 @pytest.fixture
 def restart_after_script_check(
-    aof_always_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+    aof_redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RedisServer]:
     """Restart the server (from its AOF) right after the next pipeline's script check."""
     original = redis.client.Pipeline.load_scripts
@@ -39,23 +39,23 @@ def restart_after_script_check(
         original(self)  # type: ignore[no-untyped-call]
         if armed[0]:
             armed[0] = False
-            aof_always_server.restart()
+            aof_redis_server.restart()
 
     monkeypatch.setattr(redis.client.Pipeline, "load_scripts", load_scripts)
-    yield aof_always_server
+    yield aof_redis_server
 
 
 @pytest.mark.timeout(30)
 def test_a_batch_enqueued_across_a_redis_restart_is_written_once(
-    aof_always_server: RedisServer, restart_after_script_check: RedisServer, tmp_path: Path
+    aof_redis_server: RedisServer, restart_after_script_check: RedisServer, tmp_path: Path
 ) -> None:
     prefix = unique_prefix()
-    broker = RedisBroker(aof_always_server.url, prefix=prefix)
+    broker = RedisBroker(aof_redis_server.url, prefix=prefix)
     try:
         batch = [envelope("default") for _ in range(3)]
         ids = broker.enqueue(batch)  # NOSCRIPT from the retried EXEC, unless handled
         assert ids == [e.id for e in batch]
-        written = stream_entries(aof_always_server, prefix)
+        written = stream_entries(aof_redis_server, prefix)
         report = check(acknowledged=ids, completed=written)
         report.assert_ok()
         assert sorted(written) == sorted(ids)  # once each

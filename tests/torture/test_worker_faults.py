@@ -44,7 +44,7 @@ BROKERS = [
 @pytest.fixture(params=BROKERS)
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     if request.param == "redis":
-        server = request.getfixturevalue("plain_server")
+        server = request.getfixturevalue("fresh_redis_server")
         c = Cluster(tmp_path / "app", server.url, unique_prefix())
     else:
         c = Cluster(tmp_path / "app")
