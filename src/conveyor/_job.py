@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
-from ._errors import JobCancelled, JobDead, JobNotFound, TaskFailed
+from ._errors import DependencyFailed, JobCancelled, JobDead, JobNotFound, TaskFailed
 from ._message import JobRecord, JobStatus
 
 if TYPE_CHECKING:
@@ -20,13 +20,27 @@ if TYPE_CHECKING:
 R = TypeVar("R")
 
 
-class Job(Generic[R]):
-    __slots__ = ("_app", "_record", "id")
+_DEPENDENCY_FAILED = f"{DependencyFailed.__module__}.{DependencyFailed.__qualname__}"
 
-    def __init__(self, app: Conveyor, job_id: str, record: JobRecord | None = None) -> None:
+
+class Job(Generic[R]):
+    """A handle on one job. A workflow's ``delay()`` returns the handle of its last step,
+    which also knows every step (``steps``), so ``cancel`` ends the whole workflow."""
+
+    __slots__ = ("_app", "_record", "id", "steps")
+
+    def __init__(
+        self,
+        app: Conveyor,
+        job_id: str,
+        record: JobRecord | None = None,
+        *,
+        steps: tuple[str, ...] = (),
+    ) -> None:
         self._app = app
         self.id = job_id
         self._record = record if record is not None and record.status.terminal else None
+        self.steps = steps
 
     def __repr__(self) -> str:
         return f"<Job {self.id}>"
@@ -95,7 +109,8 @@ class Job(Generic[R]):
         err = outcome.error if outcome else None
         if err is None:
             return TaskFailed("UnknownError", reason or "no error recorded", job_id=self.id)
-        return TaskFailed(err.type, err.message, err.traceback, job_id=self.id)
+        kind = DependencyFailed if err.type == _DEPENDENCY_FAILED else TaskFailed
+        return kind(err.type, err.message, err.traceback, job_id=self.id)
 
     def result(self, timeout: float | None = None) -> R:
         """The task's return value; raises ``TaskFailed``, ``JobCancelled``, ``JobDead`` or
@@ -114,11 +129,32 @@ class Job(Generic[R]):
 
     def cancel(self) -> bool:
         """Cancel the job. A queued or scheduled job is removed at once; a running one is
-        stopped by its worker at its next lease renewal. True unless it had already ended."""
+        stopped by its worker at its next lease renewal. True unless it had already ended.
+
+        A workflow step's cancel ends the rest of its workflow (later steps of its chain
+        fail with ``JobCancelled``; its chord's callback gets the error). The handle a
+        workflow's ``delay()`` returns cancels every step that has not ended, last first."""
+        if self.steps:
+            return self._cancel_steps()
         if self._record is not None:
             return self._record.status is JobStatus.CANCELLED
-        status = self._app.broker.cancel(self.id)
+        return self._cancel(self.id)
+
+    def _cancel(self, job_id: str) -> bool:
+        from . import workflows  # workflows builds Jobs: imported late
+
+        status = self._app.broker.cancel(job_id)
+        if status is JobStatus.CANCELLED:
+            workflows.cancelled(self._app, job_id)
         return status in (JobStatus.CANCELLED, JobStatus.RUNNING)
+
+    def _cancel_steps(self) -> bool:
+        # Last first: a step ending meanwhile then finds what follows it already cancelled.
+        hit = False
+        for job_id in reversed(self.steps):
+            with contextlib.suppress(JobNotFound):  # ended long ago: its record expired
+                hit = self._cancel(job_id) or hit
+        return hit
 
     def add_done_callback(self, fn: Callable[[Job[R]], object]) -> None:
         """Call ``fn(job)`` once the job has ended (at once if it already has), from a

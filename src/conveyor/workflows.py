@@ -21,7 +21,8 @@ Worker hooks (plain data in; nothing kept between calls)::
         After decoding a delivery, before resolving, trusting or rate-limiting its task. If
         not None, do not run the task: record this outcome (succeeded if ``outcome.error``
         is None, else failed, with no retry) and call ``advance`` as for any finished job.
-        It covers steps whose upstream failed, and ``group``'s built-in collector.
+        It covers steps whose upstream failed, ``group``'s built-in collector, and jobs
+        whose ``depends_on`` did not all succeed (``_depends.check``: one broker read).
 
     advance(app, message, status, result) -> None
         Once a job's terminal outcome is known (succeeded; failed with no retry left;
@@ -29,6 +30,13 @@ Worker hooks (plain data in; nothing kept between calls)::
         is that ``JobStatus``, ``result`` the encoded ``Outcome`` about to be recorded. A
         no-op outside workflows; idempotent, so a redelivered job may call it again. Raises
         only ``BrokerError``: then record nothing, and retry it or release the job.
+
+App hook::
+
+    cancelled(app, job_id) -> None
+        After ``Job.cancel()`` cancelled a queued or scheduled job (no worker will ever
+        see it): reads its payload and calls ``advance`` as a worker would have, so the
+        rest of its chain fails and its chord's callback runs with the error.
 
 Key-value keys (no TTL; deleted once used)::
 
@@ -50,6 +58,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
 
+from . import _depends
 from ._errors import (
     BrokerError,
     ConfigurationError,
@@ -68,7 +77,7 @@ if TYPE_CHECKING:
     from ._app import Conveyor
 
 __all__ = ["COLLECT", "Chain", "Chord", "Group", "Workflow"]
-__all__ += ["advance", "chain", "chord", "group", "short_circuit"]
+__all__ += ["advance", "cancelled", "chain", "chord", "group", "short_circuit"]
 
 R = TypeVar("R")
 log = logging.getLogger("conveyor.workflows")
@@ -117,7 +126,7 @@ class Workflow(Generic[R]):
             raise
         if ids != [e.id for e in envelopes]:  # fresh ids and no keys: cannot be deduplicated
             raise BrokerError("the broker did not write every workflow step as given")
-        return Job(self.app, node.exit.message.id)
+        return Job(self.app, node.exit.message.id, steps=tuple(ids))
 
     async def delay_async(self) -> Job[R]:
         return await asyncio.to_thread(self.delay)
@@ -244,10 +253,10 @@ class _Builder:
                 f"step {sig!r}: key= and job_id= cannot be used inside a workflow "
                 "(its job ids are chosen up front)"
             )
-        if parked and (o.delay or o.eta is not None):
+        if parked and (o.delay or o.eta is not None or o.depends_on):
             raise ConfigurationError(
-                f"step {sig!r}: delay= and eta= work on the first steps of a workflow only; "
-                "a later step starts when the step before it ends"
+                f"step {sig!r}: delay=, eta= and depends_on= work on the first steps of a "
+                "workflow only; a later step starts when the step before it ends"
             )
         envelope = self.app.envelope(sig)  # validates, encodes, picks the job id
         job = _Job(self.app.codec.decode_message(envelope.payload), envelope, parked)
@@ -294,7 +303,7 @@ class _Builder:
             payload = self.app.codec.encode_message(job.message)
             payloads[env.id] = payload
             eta = PARKED if job.parked else env.eta
-            envelopes.append(Envelope(env.id, env.queue, payload, env.priority, eta, env.key))
+            envelopes.append(msgspec.structs.replace(env, payload=payload, eta=eta))
         links = {k: _pack([payloads[j.message.id] for j in js]) for k, js in self.links.items()}
         return envelopes, links
 
@@ -325,7 +334,6 @@ def short_circuit(app: Conveyor, message: Message) -> Outcome | None:
     """The outcome of a step that must not run (see the module docstring), or None.
 
     ``app`` gives access to the ports, for checks that must read the broker."""
-    del app  # not needed by the checks so far
     failed = (message.workflow or {}).get("upstream_failed")
     if failed is not None:
         try:
@@ -334,7 +342,23 @@ def short_circuit(app: Conveyor, message: Message) -> Outcome | None:
             return Outcome(error=RemoteError(_qualified(TaskFailed), "an earlier step failed"))
     if message.task == COLLECT:
         return Outcome(value=message.args[0] if message.args else [])
+    if message.depends_on:
+        return _depends.check(app, message)
     return None
+
+
+def cancelled(app: Conveyor, job_id: str) -> None:
+    """A queued or scheduled job was cancelled: end what follows it (module docstring)."""
+    payload = app.broker.payload(job_id)
+    if payload is None:
+        return
+    try:
+        message = app.codec.decode_message(payload)
+    except ConveyorError:
+        return  # not a message Conveyor wrote: no workflow to end
+    if message.workflow:
+        result = app.codec.encode_outcome(Outcome(reason="cancelled before it ran"))
+        advance(app, message, JobStatus.CANCELLED, result)
 
 
 def advance(app: Conveyor, message: Message, status: JobStatus, result: bytes | None) -> None:

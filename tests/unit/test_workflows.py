@@ -16,6 +16,7 @@ import pytest
 from conveyor import (
     ConfigurationError,
     Conveyor,
+    JobCancelled,
     JobStatus,
     PayloadTooLarge,
     TaskFailed,
@@ -385,9 +386,77 @@ def test_bad_workflows_are_refused_when_built(app: Conveyor) -> None:
         chain(add.s(1, 1), other_add.s(1))
     with pytest.raises(ConfigurationError, match="key= and job_id="):
         chain(add.s(1, 1), add.options(key="k").s(1)).delay()
-    with pytest.raises(ConfigurationError, match="delay= and eta="):
+    with pytest.raises(ConfigurationError, match="delay=, eta= and depends_on="):
         chain(add.s(1, 1), add.options(delay=5).s(1)).delay()
     assert settled(app)
     # delay on a first step is honoured
     job = chain(add.options(delay=5).s(1, 1), add.s(1)).delay()
     assert app.job(job.id).status is JobStatus.SCHEDULED
+
+
+# -- cancelling inside a workflow ------------------------------------------------------------
+
+
+def statuses(app: Conveyor, ids: tuple[str, ...]) -> list[JobStatus]:
+    return [r.status if r else JobStatus.QUEUED for r in app.broker.get(list(ids))]
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+def test_cancelling_a_step_fails_the_rest_of_its_chain(app: Conveyor, which: int) -> None:
+    add = t(app, "add")
+    driver = Driver(app)
+    job = chain(add.s(1, 1), add.s(1), add.s(2), add.s(3)).delay()
+    assert app.job(job.steps[which]).cancel()  # queued (the first) or parked
+    driver.drain()
+    assert driver.ran == ["add"] * which
+    after = [JobStatus.FAILED] * (3 - which)
+    assert statuses(app, job.steps) == [JobStatus.SUCCEEDED] * which + [JobStatus.CANCELLED] + after
+    with pytest.raises(TaskFailed, match="ended cancelled: cancelled before it ran") as info:
+        job.result(timeout=0)
+    assert info.value.remote_type.endswith("JobCancelled")
+    assert job.steps[which] in str(info.value)
+    assert settled(app) and no_links_left(app)
+
+
+def test_cancelling_a_chord_member_runs_the_callback_with_the_error(app: Conveyor) -> None:
+    add, total = t(app, "add"), t(app, "total")
+    driver = Driver(app)
+    job = chord([add.s(i, 1) for i in range(3)], total.s()).delay()
+    assert app.job(job.steps[1]).cancel()
+    driver.drain()
+    assert driver.ran == ["add", "add"]  # the callback never ran: it got the error
+    with pytest.raises(TaskFailed, match=r"JobCancelled.*ended cancelled"):
+        job.result(timeout=0)
+    assert settled(app) and no_links_left(app)
+
+
+def test_cancelling_a_workflow_cancels_every_step(app: Conveyor) -> None:
+    add, total = t(app, "add"), t(app, "total")
+    driver = Driver(app)
+    job = chain(add.s(1, 1), chord([add.s(2), add.s(3)], total.s()), add.s(4)).delay()
+    assert len(job.steps) == 5
+    assert job.cancel()
+    driver.drain()
+    assert driver.ran == []
+    assert statuses(app, job.steps) == [JobStatus.CANCELLED] * 5
+    with pytest.raises(JobCancelled):
+        job.result(timeout=0)
+    assert settled(app) and no_links_left(app)
+    assert job.cancel()  # again: still cancelled, nothing changes
+    assert statuses(app, job.steps) == [JobStatus.CANCELLED] * 5
+
+
+def test_cancelling_a_workflow_midway_keeps_what_ran(app: Conveyor) -> None:
+    add, mul = t(app, "add"), t(app, "mul")
+    driver = Driver(app)
+    job = group(add.s(1, 1), chain(mul.s(2, 3), add.s(1))).delay()
+    first = app.broker.fetch(["default"], "driver", 1, 30, 0)
+    driver.step(first[0])  # one member's first step ended before the cancel
+    assert job.cancel()
+    driver.drain()
+    assert len(driver.ran) == 1
+    done = statuses(app, job.steps)
+    assert done.count(JobStatus.SUCCEEDED) == 1 and done.count(JobStatus.CANCELLED) == 3
+    with pytest.raises(JobCancelled):
+        job.result(timeout=0)
+    assert settled(app) and no_links_left(app)
