@@ -5,7 +5,8 @@ it. Every task appends ``start|end TAG NAME PID`` to ``runs.log`` (one short app
 line, so lines never interleave), where NAME is the worker's ``--name`` given through
 ``TORTURE_WORKER`` and TAG identifies the job: the checker counts runs from that log, i.e.
 from what really ran, not from what the broker says. Tasks return the worker's NAME, so a
-job's recorded result says which worker's completion was accepted.
+job's recorded result says which worker's completion was accepted. A cluster made with a
+``secret`` runs an app with pickle and that signing secret (``TORTURE_SECRET``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,9 @@ TASKS = """
 import os, pathlib, time
 from conveyor import Conveyor
 
-app = Conveyor(prefix=os.environ["TORTURE_PREFIX"])  # and CONVEYOR_URL, set by the test
+SECRET = os.environ.get("TORTURE_SECRET")
+SIGNED = {"serializer": "pickle", "secret": SECRET} if SECRET else {}
+app = Conveyor(prefix=os.environ["TORTURE_PREFIX"], **SIGNED)  # CONVEYOR_URL: from the test
 LOG = pathlib.Path(__file__).with_name("runs.log")
 NAME = os.environ.get("TORTURE_WORKER", "?")
 
@@ -104,10 +107,12 @@ class Cluster:
     """A folder with ``torture_app.py`` and its workers, on ``url`` (an SQLite file in the
     folder if not given) under the key ``prefix`` (only Redis uses it)."""
 
-    def __init__(self, root: Path, url: str | None = None, prefix: str = "conveyor") -> None:
+    def __init__(self, root: Path, url: str | None = None, prefix: str = "conveyor",
+                 secret: str | None = None) -> None:
         self.root = root
         self.url = url or f"sqlite:///{root / 'jobs.db'}"
         self.prefix = prefix
+        self.secret = secret
         self.runs_log = root / "runs.log"
         self.workers: list[Worker] = []
         root.mkdir(parents=True, exist_ok=True)
@@ -117,10 +122,15 @@ class Cluster:
         env = dict(os.environ, CONVEYOR_URL=self.url, TORTURE_PREFIX=self.prefix,
                    TORTURE_WORKER=name, PYTHONPATH=str(self.root))
         env.pop("PYTHONWARNINGS", None)
+        if self.secret is not None:
+            env["TORTURE_SECRET"] = self.secret
         return env
 
     def app(self) -> Conveyor:
         """A producer on the cluster's broker (this process never imports ``torture_app``)."""
+        if self.secret is not None:
+            return Conveyor(self.url, prefix=self.prefix, serializer="pickle",
+                            secret=self.secret)
         return Conveyor(self.url, prefix=self.prefix)
 
     def worker(self, name: str, *args: str, ready: bool = True,

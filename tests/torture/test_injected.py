@@ -1,0 +1,247 @@
+"""Forged payloads written straight into a running worker's queue, on Redis and on SQLite.
+
+Someone who can write to the broker (a compromised producer, a mistyped ``redis-cli``, a
+script poking the SQLite file) queues jobs without going through Conveyor: on Redis a job
+hash and its ``job <id>`` stream entry exactly as ``brokers/redis/_keys.py`` describes them
+(written by one script, so the worker never sees half a job); on SQLite a row INSERTed into
+``jobs`` (``brokers/_sqlite_schema.py``). The payloads:
+
+* undecodable bytes; a JSON message without its required ``task``;
+* an unknown task; ``os.system`` and ``os:system`` with ``["touch <marker>"]``;
+* a pickle gadget (unpickling it runs ``os.system("touch <marker>")``): raw, framed as an
+  unsigned pickle body, and framed as a signed pickle with a key that is not the app's.
+
+Each runs against a ``conveyor worker`` subprocess whose app has NO secret (JSON) and one
+whose app HAS a secret (pickle, signed): every forged job is dead-lettered with a reason
+that says why, its raw bytes kept; no marker file ever appears; the worker keeps running and
+still runs a good job queued after them; the runs log shows only the good jobs ran.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import pickle
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from conveyor import JobDead
+from conveyor._message import JobStatus
+from conveyor.brokers.redis._keys import GROUP, Keys
+from redis_server import SERVER_BINARY, RedisServer, unique_prefix
+
+from .workers import Cluster, send, wait_for
+
+pytestmark = pytest.mark.slow
+
+SECRET = "the-apps-own-secret"
+WRONG = b"a-key-the-forger-made-up"
+
+Inject = Callable[[str, bytes], None]
+
+
+class Gadget:
+    """Unpickling this runs ``os.system("touch <path>")``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self) -> tuple[Callable[[str], int], tuple[str]]:
+        return os.system, (f"touch {self.path}",)
+
+
+# -- writing into the brokers --------------------------------------------------------------
+
+# The broker's own job format (enqueue.lua + push_ready in common.lua), in one atomic step.
+_REDIS_INJECT = """
+local job, stream, queued, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local id, payload, group = ARGV[1], ARGV[2], ARGV[3]
+local t = redis.call('TIME')
+local now = t[1] * 1000 + math.floor(t[2] / 1000)
+if redis.call('EXISTS', stream) == 0 then
+  redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
+end
+redis.call('HSET', job, 'queue', 'default', 'payload', payload, 'priority', 0, 'key', '',
+  'deliveries', 0, 'cancel', '0', 'updated_at', now, 'expires_at', '', 'result', '',
+  'reason', '', 'eta', '')
+local sid = redis.call('XADD', stream, '*', 'job', id)
+redis.call('HSET', job, 'status', 'queued', 'sid', sid, 'token', '', 'lease_until', '')
+redis.call('ZADD', queued, now, id)
+redis.call('SADD', queues, 'default')
+return sid
+"""
+
+
+def redis_injector(server: RedisServer, prefix: str) -> Inject:
+    keys = Keys(prefix)
+
+    def inject(job_id: str, payload: bytes) -> None:
+        client = server.client()
+        try:
+            sid = client.eval(_REDIS_INJECT, 4, keys.job(job_id), keys.stream("default", 0),
+                              keys.queue("default", "queued"), keys.queues,
+                              job_id, payload, GROUP)
+        finally:
+            client.close()
+        assert b"-" in sid, sid  # a stream entry id
+
+    return inject
+
+
+def sqlite_injector(db: Path) -> Inject:
+    def inject(job_id: str, payload: bytes) -> None:
+        conn = sqlite3.connect(db, timeout=30, isolation_level=None)
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            (seq,) = conn.execute(
+                "UPDATE meta SET value = value + 1 WHERE name = 'seq' RETURNING value"
+            ).fetchone()
+            conn.execute(
+                "INSERT INTO jobs(id, queue, payload, priority, status, seq, updated_at) "
+                "VALUES (?, 'default', ?, 0, 'queued', ?, ?)",
+                (job_id, payload, seq, time.time()),
+            )
+            conn.execute("COMMIT")
+        finally:
+            conn.close()
+
+    return inject
+
+
+# -- the forged payloads -------------------------------------------------------------------
+
+
+def _json(job_id: str, **fields: object) -> bytes:
+    return json.dumps({"id": job_id, **fields}).encode()
+
+
+def _signed_with(key: bytes, body: bytes) -> bytes:
+    """The codec's signed framing (``_codec.py``): b"CV1" + HMAC-SHA256(body) + body."""
+    return b"CV1" + hmac.digest(key, body, hashlib.sha256) + body
+
+
+def forgeries(markers: Path) -> dict[str, bytes]:
+    """Forged payloads by name; each names its own marker file, which must never appear."""
+
+    def gadget(name: str) -> bytes:
+        message = {"id": f"forged-{name}", "task": "torture_app:sleepy",
+                   "args": [Gadget(markers / name), 0.0]}
+        return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+    return {
+        "garbage": b"\xff\xfe\x00\x80 not a message at all",
+        "no-task": _json("forged-no-task", args=[1, 2]),
+        "unknown": _json("forged-unknown", task="torture_app:no_such_task"),
+        "os-dot-system": _json("forged-os-dot-system", task="os.system",
+                               args=[f"touch {markers / 'os-dot-system'}"]),
+        "os-system": _json("forged-os-system", task="os:system",
+                           args=[f"touch {markers / 'os-system'}"]),
+        "pickle-raw": gadget("pickle-raw"),
+        "pickle-body": b"P" + gadget("pickle-body"),
+        "pickle-wrong-key": _signed_with(WRONG, b"P" + gadget("pickle-wrong-key")),
+    }
+
+
+# Why each is refused: by an app without a secret, and by one with a secret (which refuses
+# anything not signed with it before looking any further).
+_UNDECODABLE = "undecodable payload: "
+_UNSIGNED = _UNDECODABLE + "payload is not signed; refusing to decode it"
+EXPECTED: dict[str, tuple[str, str]] = {
+    "garbage": (_UNDECODABLE, _UNSIGNED),
+    "no-task": (_UNDECODABLE + "cannot decode payload: Object missing required field `task`",
+                _UNSIGNED),
+    "unknown": ("unknown task 'torture_app:no_such_task'", _UNSIGNED),
+    "os-dot-system": ("unknown task 'os.system'", _UNSIGNED),
+    "os-system": ("untrusted callable 'os:system'", _UNSIGNED),
+    "pickle-raw": (_UNDECODABLE, _UNSIGNED),
+    "pickle-body": (_UNDECODABLE, _UNSIGNED),
+    "pickle-wrong-key": (_UNDECODABLE + "signed payload but this app has no secret configured",
+                         _UNDECODABLE + "payload signature does not match"),
+}
+
+# -- the scenario --------------------------------------------------------------------------
+
+BROKERS = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("redis", id="redis", marks=[
+        pytest.mark.redis,
+        pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
+    ]),
+]
+
+
+@pytest.fixture(params=[None, SECRET], ids=["no-secret", "secret"])
+def secret(request: pytest.FixtureRequest) -> str | None:
+    value: str | None = request.param
+    return value
+
+
+@pytest.fixture(params=BROKERS)
+def rig(request: pytest.FixtureRequest, tmp_path: Path,
+        secret: str | None) -> Iterator[tuple[Cluster, Inject]]:
+    if request.param == "redis":
+        server: RedisServer = request.getfixturevalue("fresh_redis_server")
+        cluster = Cluster(tmp_path / "app", server.url, unique_prefix(), secret=secret)
+        inject = redis_injector(server, cluster.prefix)
+    else:
+        cluster = Cluster(tmp_path / "app", secret=secret)
+        inject = sqlite_injector(tmp_path / "app" / "jobs.db")
+    try:
+        yield cluster, inject
+    finally:
+        cluster.cleanup()
+
+
+def test_the_gadget_is_live(tmp_path: Path) -> None:
+    """Unpickled anywhere else, the gadget does create its file: so a marker that never
+    appears below means it was never unpickled, not that it was harmless."""
+    probe = tmp_path / "probe"
+    pickle.loads(pickle.dumps(Gadget(probe)))  # the point of the test
+    assert probe.exists()
+
+
+@pytest.mark.timeout(120)
+def test_forged_payloads_are_dead_lettered_and_never_run(
+    rig: tuple[Cluster, Inject], secret: str | None, tmp_path: Path
+) -> None:
+    cluster, inject = rig
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    app = cluster.app()
+    worker = cluster.worker("W", "--lease", "5")
+    before = send(app, "sleepy", "before", 0.0)
+    assert before.result(timeout=30) == "W"  # tables, stream and group exist now
+
+    forged = forgeries(markers)
+    for name, payload in forged.items():
+        inject(f"forged-{name}", payload)
+    after = send(app, "sleepy", "after", 0.0)  # queued behind every forged job
+
+    assert after.result(timeout=30) == "W", worker.output()
+    reasons = {}
+    for name in forged:
+        with pytest.raises(JobDead) as info:
+            app.job(f"forged-{name}").result(timeout=30)
+        reasons[name] = info.value.reason
+    which = 0 if secret is None else 1
+    for name, reason in reasons.items():
+        assert reason.startswith(EXPECTED[name][which]), (name, reason)
+
+    dead = {e.id: e for e in app.broker.entries(JobStatus.DEAD, "default", 100)}
+    for name, payload in forged.items():
+        assert dead[f"forged-{name}"].payload == payload  # kept raw, for inspection
+
+    assert sorted(p.name for p in markers.iterdir()) == []  # nothing was executed
+    assert cluster.executed() == ["before", "after"]  # only the good jobs ran
+    wait_for(lambda: "forged-pickle-wrong-key" in worker.output(), 10, worker.output)
+    assert worker.alive(), worker.output()
+    assert "Traceback" not in worker.output()
+    again = send(app, "sleepy", "again", 0.0)  # and it goes on
+    assert again.result(timeout=30) == "W"
+    app.close()
