@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from tasks import average, describe, fetch, hottest
+from tasks import average, describe, fetch, hottest, warmer
 
 from conveyor import chain, chord, group
 
@@ -19,6 +19,10 @@ def main() -> None:
     # A chord's callback gets the group's list.
     job = chord(group(chain(fetch.s(c), average.s()) for c in CITIES), hottest.s()).delay()
     print("chord:", job.result(30))
+
+    # depends_on: a job that waits until other jobs have ended (results are not passed on).
+    oslo, lima = fetch.delay("Oslo"), fetch.delay("Lima")
+    print("depends_on:", warmer.options(depends_on=[oslo, lima]).delay(oslo.id, lima.id).result(30))
 
 
 if __name__ == "__main__":

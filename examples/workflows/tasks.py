@@ -27,3 +27,11 @@ def describe(value: float, unit: str = "C") -> str:
 @app.task
 def hottest(values: list[float]) -> float:
     return max(values)
+
+
+@app.task
+def warmer(first_id: str, second_id: str) -> str:
+    """Runs once both jobs have ended (``depends_on``); it reads their results itself."""
+    first, second = app.job(first_id).result(), app.job(second_id).result()
+    hotter = first if average(first) >= average(second) else second
+    return str(hotter["city"])
