@@ -93,9 +93,9 @@ _INSERT = """
 INSERT INTO jobs(id, queue, payload, priority, status, seq, eta, key, updated_at, waiting)
 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
-# A job that ended takes its dependents along (one primary-key lookup when it has none);
-# each is counted down, and the last count makes it due.
-_TAKE_DEPENDENTS = "DELETE FROM dependents WHERE parent = ? RETURNING child"
+# Jobs that ended take their dependents along (one primary-key lookup per job, one
+# statement per finished batch); each is counted down, and the last count makes it due.
+_TAKE_DEPENDENTS = "DELETE FROM dependents WHERE parent IN ({marks}) RETURNING child"
 _COUNT_DOWN = """
 UPDATE jobs SET waiting = waiting - 1,
     status = CASE WHEN waiting = 1 THEN 'queued' ELSE status END,
@@ -251,10 +251,14 @@ class SQLiteBroker(Broker):
                 ).rowcount
         return waiting
 
-    def _release_dependents(self, conn: sqlite3.Connection, job_id: str) -> int:
-        """The job just ended (same transaction): count its dependents down; how many are
-        due now."""
-        children = conn.execute(_TAKE_DEPENDENTS, (job_id,)).fetchall()
+    def _release_dependents(self, conn: sqlite3.Connection, job_ids: Sequence[str]) -> int:
+        """These jobs just ended (same transaction): count their dependents down; how many
+        are due now."""
+        children = []
+        for start in range(0, len(job_ids), _CHUNK):
+            chunk = job_ids[start : start + _CHUNK]
+            sql = _TAKE_DEPENDENTS.format(marks=_marks(len(chunk)))
+            children += conn.execute(sql, chunk).fetchall()
         due = 0
         for (child,) in children:
             seq = _take_seq(conn, 1) + 1
@@ -336,9 +340,8 @@ class SQLiteBroker(Broker):
             moved = conn.execute(_PROMOTE, (base, now)).rowcount
             reclaimed = conn.execute(_RECLAIM, (now, now, base + moved, now)).fetchall()
             _take_seq(conn, moved + len(reclaimed))
-            for job_id, st in reclaimed:
-                if st == JobStatus.CANCELLED:  # due dependents are claimed right below
-                    self._release_dependents(conn, job_id)
+            if cancelled := [i for i, st in reclaimed if st == JobStatus.CANCELLED]:
+                self._release_dependents(conn, cancelled)  # claimed right below if due
             heads = " UNION ALL ".join([_HEAD] * len(queues))
             args = [now + lease, now, *(x for q in queues for x in (q, count)), count]
             rows = conn.execute(_CLAIM.format(heads=heads), args).fetchall()
@@ -383,23 +386,26 @@ class SQLiteBroker(Broker):
 
     def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
         done: list[bool] = []
-        due = [0]  # dependents made due
+        ended: list[str] = []  # jobs this call made terminal
         with self._db.write() as conn:
             now = self._clock.time()
             for f in outcomes:
-                done.append(self._finish_one(conn, f, now, due))
+                done.append(self._finish_one(conn, f, now, ended))
+            due = self._release_dependents(conn, ended) if ended else 0
         self._wake_ended(f.delivery.id for f, ok in zip(outcomes, done, strict=True) if ok)
-        if due[0] or any(ok and f.retry is not None for f, ok in zip(outcomes, done, strict=True)):
+        if due or any(ok and f.retry is not None for f, ok in zip(outcomes, done, strict=True)):
             self._notify.wake(FETCHERS)
         return done
 
-    def _finish_one(self, conn: sqlite3.Connection, f: Finish, now: float, due: list[int]) -> bool:
+    def _finish_one(
+        self, conn: sqlite3.Connection, f: Finish, now: float, ended: list[str]
+    ) -> bool:
         d, env = f.delivery, f.retry
         if env is None:
-            ended = (f.status, f.result, f.reason, now + f.result_ttl, now)
-            if conn.execute(_FINISH, (*ended, d.id, d.token)).rowcount == 1:
+            record = (f.status, f.result, f.reason, now + f.result_ttl, now)
+            if conn.execute(_FINISH, (*record, d.id, d.token)).rowcount == 1:
                 if f.status.terminal:
-                    due[0] += self._release_dependents(conn, d.id)
+                    ended.append(d.id)
                 return True
         else:
             later = env.eta is not None and env.eta > now
@@ -427,11 +433,12 @@ class SQLiteBroker(Broker):
                 st is None and self._settled(conn, d, now)
                 for st, d in zip(states, deliveries, strict=True)
             ]
-            due = sum(
-                self._release_dependents(conn, d.id)
+            cancelled = [
+                d.id
                 for st, d in zip(states, deliveries, strict=True)
                 if st is not None and st[0] == JobStatus.CANCELLED
-            )
+            ]
+            due = self._release_dependents(conn, cancelled) if cancelled else 0
         if due or any(st is not None and st[0] == JobStatus.QUEUED for st in states):
             self._notify.wake(FETCHERS)
         ended = (d.id for d, st in zip(deliveries, states, strict=True) if st and st[0] != "queued")
@@ -508,7 +515,7 @@ class SQLiteBroker(Broker):
                     "reason = '', cancel_requested = 0, waiting = 0 WHERE id = ?",
                     (status, now, now + _CANCELLED_TTL, job_id),
                 )
-                due = self._release_dependents(conn, job_id)
+                due = self._release_dependents(conn, [job_id])
         if due:
             self._notify.wake(FETCHERS)
         if status is JobStatus.CANCELLED:
