@@ -10,13 +10,18 @@
 * SIGTERM with three short jobs and one long one in flight: the short ones finish, the long
   one is handed back and redelivered at once, exit 0 within the grace.
 * The Heroku sequence: TERM to the whole process group of a ``--pool processes`` worker, a
-  second TERM, then KILL: nothing is lost.
+  second TERM, then KILL: nothing is lost. Twice: compressed (second TERM at 0.5 s, KILL at
+  3 s: the second TERM stops at once), and in real time (KILL 30 s after the first TERM,
+  graces below 30 s: the grace and the second TERM each hand back what still runs before
+  the KILL comes; ~35 s).
 
 Runs are counted from the log the tasks write (``workers.py``) and checked by ``checker``.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import time
 from collections.abc import Iterator
@@ -228,4 +233,81 @@ def test_with_the_process_pool_a_self_killing_job_counts_deliveries_and_the_work
                    completed=[*after, "poison"])  # dead-lettered is an end too
     report.assert_ok(max_duplicates=2)  # the poison's 2 reruns, and no other
     assert report.duplicated == {"poison": 2}
+    app.close()
+
+
+def _group_is_gone(pgid: int) -> bool:
+    """True if no process is left in process group ``pgid`` (signal 0 reaches none)."""
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+@pytest.mark.timeout(150)
+@pytest.mark.parametrize("cluster", BROKERS[1:], indirect=True)  # Redis only: see below
+def test_the_heroku_sequence_in_real_time_kill_30_s_after_the_first_term(
+    cluster: Cluster,
+) -> None:
+    """The platform's real timing; this test takes ~35 s of CI time on purpose, so it runs
+    on Redis only (dynos share no disk: on Heroku the broker is Redis; the compressed
+    variant above covers SQLite too).
+
+    Two ``--pool processes`` workers in process groups of their own (a dyno each), both with
+    the default 30 s lease, so only a hand-back (never a lease expiry) can bring a job to
+    another worker before the KILL. Each runs three short jobs and one long one:
+
+    * A (grace 20 s) gets TERM, then, once its short jobs have finished and while it still
+      waits for its long one, a second TERM: it hands the long job back at once, exits 0.
+    * C (grace 8 s) gets only the TERM: its long job outlasts the grace, which hands it back
+      at 8 s and exits 0, long before the KILL.
+    * 30 s after the first TERM both groups get KILL, as the platform does: by then nothing
+      is left in either group (no child process outlived its worker).
+
+    Every short job finished on its own worker, each long job ran once more on B, nothing
+    was lost.
+    """
+    app = cluster.app()
+    common = ("--pool", "processes", "-c", "4")  # the default lease: 30 s
+    a = cluster.worker("A", *common, "-q", "dyno-a", "--grace", "20", new_session=True)
+    c = cluster.worker("C", *common, "-q", "dyno-c", "--grace", "8", new_session=True)
+    jobs = {f"a{i}": send(app, "sleepy", f"a{i}", 3.0, queue="dyno-a") for i in range(3)}
+    jobs["a-long"] = send(app, "sleepy", "a-long", 14.0, queue="dyno-a")
+    jobs |= {f"c{i}": send(app, "sleepy", f"c{i}", 2.0, queue="dyno-c") for i in range(3)}
+    jobs["c-long"] = send(app, "sleepy", "c-long", 16.0, queue="dyno-c")
+    on = {t: t[0].upper() for t in jobs}  # the worker that starts each job
+    wait_for(lambda: all(cluster.started(t) == [on[t]] for t in jobs), 30, cluster.outputs)
+    b = cluster.worker("B", "-c", "4", "-q", "dyno-a,dyno-c")  # the dyno that stays
+
+    first_term = time.monotonic()
+    a.signal_group(signal.SIGTERM)
+    c.signal_group(signal.SIGTERM)
+
+    def a_short_ended() -> bool:
+        ends = {t for e, t, _, _ in cluster.runs() if e == "end"}
+        return ends >= {"a0", "a1", "a2"}
+
+    wait_for(a_short_ended, 15, cluster.outputs)
+    assert a.alive(), a.output()  # the first TERM did not stop it: it waits for a-long
+    a.signal_group(signal.SIGTERM)  # the second: hand back and stop now
+    assert a.wait(10) == 0, a.output()
+    assert c.wait(max(first_term + 8 + 10 - time.monotonic(), 1.0)) == 0, c.output()
+    assert "handed back 1 unfinished job" in a.output()
+    assert "handed back 1 unfinished job" in c.output()
+
+    time.sleep(max(first_term + 30 - time.monotonic(), 0.0))
+    for worker in (a, c):  # the KILL at 30 s finds no process of either dyno
+        assert _group_is_gone(worker.pid), f"processes of {worker.name} outlived it"
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(worker.pid, signal.SIGKILL)
+
+    results = {t: j.result(timeout=30) for t, j in jobs.items()}
+    assert results == {t: ("B" if "long" in t else on[t]) for t in jobs}, cluster.outputs()
+    for t in jobs:
+        assert cluster.started(t) == ([on[t], "B"] if "long" in t else [on[t]]), t
+    assert b.alive()
+    report = check(acknowledged=list(jobs), executed=cluster.executed(), completed=list(jobs))
+    report.assert_ok(max_duplicates=2)  # each long job ran once more, nothing else
+    assert report.duplicated == {"a-long": 1, "c-long": 1}
     app.close()

@@ -11,6 +11,7 @@ job's recorded result says which worker's completion was accepted. A cluster mad
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -177,8 +178,9 @@ class Cluster:
                 w.proc.wait(10)
 
 
-def send(app: Conveyor, task: str, *args: Any) -> Job[Any]:
-    """Enqueue a ``torture_app`` task by name."""
+def send(app: Conveyor, task: str, *args: Any, queue: str | None = None) -> Job[Any]:
+    """Enqueue a ``torture_app`` task by name (on ``queue``, else the default queue)."""
+    opts = app.defaults if queue is None else dataclasses.replace(app.defaults, queue=queue)
     job: Job[Any]
-    (job,) = app.enqueue_many([Signature(app, f"torture_app:{task}", args, {}, app.defaults)])
+    (job,) = app.enqueue_many([Signature(app, f"torture_app:{task}", args, {}, opts)])
     return job
