@@ -1,6 +1,7 @@
 """Drain N queued jobs through one in-process Conveyor worker on a private redis-server and
-print jobs/s and worker CPU µs per job: the figure behind "Where a job's time goes" in
-docs/architecture.md. Not part of bench/run.py (which compares against the peers).
+print jobs/s, the worker's CPU µs per job and the redis-server's CPU µs per job: the figures
+behind "Where a job's time goes" in docs/architecture.md. Not part of bench/run.py (which
+compares against the peers).
 
     .venv/bin/python bench/profile_drain.py                      # W2-like: 10,000 no-ops, 32 slots
     .venv/bin/python bench/profile_drain.py --sleep 0.01 -n 2000 -c 50   # W4-like
@@ -36,9 +37,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) that process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 class Probe:
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, server_pid: int) -> None:
         self.n = n
+        self.server_pid = server_pid
+        self.server0 = 0.0
+        self.server1 = 0.0
         self.lock = threading.Lock()
         self.count = 0
         self.first = 0.0
@@ -52,16 +66,20 @@ class Probe:
             if self.count == 0:
                 self.first = time.perf_counter()
                 self.cpu0 = time.process_time()
+                self.server0 = process_cpu(self.server_pid)
             self.count += 1
             if self.count == self.n:
                 self.last = time.perf_counter()
                 self.cpu1 = time.process_time()
+                self.server1 = process_cpu(self.server_pid)
                 self.done.set()
 
 
-def one_run(url: str, n: int, concurrency: int, sleep: float) -> tuple[float, float]:
+def one_run(
+    url: str, server_pid: int, n: int, concurrency: int, sleep: float
+) -> tuple[float, float, float]:
     app = Conveyor(url)
-    probe = Probe(n)
+    probe = Probe(n, server_pid)
 
     @app.task(name="noop")
     def noop(i: int) -> int:
@@ -86,7 +104,7 @@ def one_run(url: str, n: int, concurrency: int, sleep: float) -> tuple[float, fl
         assert jobs[i].result(timeout=5) == i, f"job {i}: wrong result"
     wall = probe.last - probe.first
     app.close()
-    return n / wall, (probe.cpu1 - probe.cpu0) / n * 1e6
+    return n / wall, (probe.cpu1 - probe.cpu0) / n * 1e6, (probe.server1 - probe.server0) / n * 1e6
 
 
 def main() -> None:
@@ -111,17 +129,22 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        rates, cpus = [], []
+        rates, cpus, servers = [], [], []
         for _ in range(args.reps):
-            rate, cpu = one_run(url, args.n, args.concurrency, args.sleep)
+            rate, cpu, on_server = one_run(url, server.pid, args.n, args.concurrency, args.sleep)
             rates.append(rate)
             cpus.append(cpu)
-            print(f"  {rate:,.0f} jobs/s, {cpu:.1f} µs CPU/job", flush=True)
+            servers.append(on_server)
+            print(
+                f"  {rate:,.0f} jobs/s, {cpu:.1f} µs CPU/job, redis-server {on_server:.1f} µs/job",
+                flush=True,
+            )
         print(
             f"median of {args.reps}: {statistics.median(rates):,.0f} jobs/s "
             f"({min(rates):,.0f}-{max(rates):,.0f}), "
-            f"{statistics.median(cpus):.1f} µs CPU/job; n={args.n} c={args.concurrency} "
-            f"sleep={args.sleep}"
+            f"{statistics.median(cpus):.1f} µs CPU/job, "
+            f"redis-server {statistics.median(servers):.1f} µs CPU/job; "
+            f"n={args.n} c={args.concurrency} sleep={args.sleep}"
         )
     finally:
         server.terminate()

@@ -96,6 +96,30 @@ def test_graceful_stop_lets_running_jobs_finish(app: Conveyor) -> None:
     assert app.broker.workers() == []  # forget_worker on the way out
 
 
+def test_buffered_jobs_are_handed_back_at_stop_not_run(app: Conveyor, broker: Recording) -> None:
+    started = threading.Event()
+    runs: list[str] = []
+
+    @app.task
+    def step(tag: str) -> str:
+        runs.append(tag)
+        started.set()
+        time.sleep(0.5)
+        return tag
+
+    first, second = step.delay("first"), step.delay("second")
+    worker = Worker(app, concurrency=1, grace=10)
+    with background(worker) as thread:
+        assert started.wait(5)
+        assert broker.fetch_counts[0] == 2  # one run slot, one buffered
+        worker.stop()
+        thread.join(5)
+        assert not thread.is_alive()
+    assert first.result(timeout=0) == "first"
+    assert runs == ["first"]
+    assert second.status == JobStatus.QUEUED  # handed back for immediate redelivery
+
+
 def test_jobs_outlasting_the_grace_period_are_handed_back(app: Conveyor) -> None:
     started, gate = threading.Event(), threading.Event()
 
@@ -175,7 +199,9 @@ def test_stop_is_not_signal_based_off_the_main_thread(app: Conveyor) -> None:
 # -- batching --------------------------------------------------------------------------------
 
 
-def test_fetches_fill_free_slots_and_finishes_are_batched(app: Conveyor, broker: Recording) -> None:
+def test_fetches_fill_slots_and_buffer_and_finishes_are_batched(
+    app: Conveyor, broker: Recording
+) -> None:
     @app.task
     def tiny(n: int) -> int:
         return n
@@ -184,8 +210,8 @@ def test_fetches_fill_free_slots_and_finishes_are_batched(app: Conveyor, broker:
     jobs = app.enqueue_many([tiny.s(i) for i in range(200)])
     with background(Worker(app, concurrency=8)):
         assert [j.result(timeout=10) for j in jobs] == list(range(200))
-    assert broker.fetch_counts[0] == 8
-    assert max(broker.fetch_counts) <= 8
+    assert broker.fetch_counts[0] == 16  # 8 run slots and 8 buffered
+    assert max(broker.fetch_counts) <= 16
     assert sum(broker.finish_sizes) == 200
     assert len(broker.finish_sizes) < 60, broker.finish_sizes  # not one call per job
 
@@ -241,6 +267,26 @@ def test_a_long_job_keeps_its_lease_and_runs_once() -> None:
         assert app.broker.fetch(["default"], "thief", 1, 10, 0) == []
         assert job.result(timeout=5) == "once"
     assert len(runs) == 1
+
+
+def test_a_buffered_job_keeps_its_lease_and_runs_once(caplog: pytest.LogCaptureFixture) -> None:
+    app = Conveyor("memory://")  # real time: the lease really runs out without renewal
+    runs: list[str] = []
+
+    @app.task
+    def work(tag: str, seconds: float) -> str:
+        runs.append(tag)
+        time.sleep(seconds)
+        return tag
+
+    slow, waiting = work.delay("slow", 1.6), work.delay("waiting", 0)  # 4x the lease
+    worker = Worker(app, concurrency=1, lease=0.4)
+    with caplog.at_level(logging.WARNING, "conveyor.worker"), background(worker):
+        time.sleep(0.8)
+        assert app.broker.fetch(["default"], "thief", 1, 10, 0) == []
+        assert [slow.result(timeout=5), waiting.result(timeout=5)] == ["slow", "waiting"]
+    assert runs == ["slow", "waiting"]
+    assert "refused" not in caplog.text
 
 
 def test_leases_are_kept_when_a_batch_shares_one_token(caplog: pytest.LogCaptureFixture) -> None:

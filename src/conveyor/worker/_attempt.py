@@ -74,6 +74,7 @@ class Attempt:
     state: str = RUNNING
     stop: str | None = None  # why the worker wants the job stopped, first reason wins
     lost: bool = False  # renew said the lease is gone; our finish will be refused
+    slot: bool = False  # holds one of the worker's run slots (``_inflight.py``)
     started: float = dataclasses.field(default_factory=time.monotonic)
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     # Set by the pool running the job: the thread, the asyncio task, or the child process.

@@ -75,6 +75,7 @@ class Consumer:
         self.inflight = inflight
         self.backoff = backoff
         self.pause = pause  # sleeps, but wakes early when the worker is told to stop
+        inflight.start = self._launch  # a buffered job that got a freed slot
         # Set for each run or drain (they are rebuilt each time):
         self.executor: Executor | None = None
         self.finisher: Finisher | None = None
@@ -127,11 +128,14 @@ class Consumer:
         try:
             self._start(attempt)
         except Exception:
-            # A bug of ours, not the job's. Let go of it without a verdict: its lease
-            # expires, it is delivered again, and max_deliveries bounds a repeat.
-            log.exception("job %s: cannot start it; it returns when its lease expires", delivery.id)
-            attempt.lost = True
-            self.inflight.drop([attempt])
+            self._let_go(attempt)
+
+    def _let_go(self, attempt: Attempt) -> None:
+        """A bug of ours, not the job's. Let go of it without a verdict: its lease
+        expires, it is delivered again, and max_deliveries bounds a repeat."""
+        log.exception("job %s: cannot start it; it returns when its lease expires", attempt.job_id)
+        attempt.lost = True
+        self.inflight.drop([attempt])
 
     def _start(self, attempt: Attempt) -> None:
         assert self.executor is not None
@@ -153,9 +157,18 @@ class Consumer:
             self.inflight.complete(attempt)
             self._record(attempt, self._postpone(attempt, wait))
             return
-        if message.timeout and self.deadlines is not None:
-            self.deadlines.add(attempt, message.timeout)
-        self.executor.submit(attempt)
+        if self.inflight.admit(attempt):
+            self._launch(attempt)
+
+    def _launch(self, attempt: Attempt) -> None:
+        """Hand a job that holds a run slot to its pool; its time limit starts now."""
+        assert self.executor is not None and attempt.message is not None
+        try:
+            if attempt.message.timeout and self.deadlines is not None:
+                self.deadlines.add(attempt, attempt.message.timeout)
+            self.executor.submit(attempt)
+        except Exception:
+            self._let_go(attempt)
 
     def _rate_limit(self, attempt: Attempt) -> float:
         """Seconds the job must wait for its rate limit (0: run it now)."""

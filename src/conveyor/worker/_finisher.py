@@ -84,7 +84,7 @@ class Finisher:
         self._backoff.reset()
         for (attempt, finish), ok in zip(batch, written, strict=True):
             self._report(attempt, finish, ok)
-            self._inflight.remove(attempt)
+        self._inflight.remove([a for a, _ in batch])
 
     def _gave_up(self, exc: BrokerError | None, batch: list[tuple[Attempt, Finish]]) -> bool:
         delay = self._backoff.next()

@@ -1,61 +1,104 @@
 """The deliveries this worker holds, from fetch until the broker has their outcome.
 
-A run slot is taken at fetch and given back when the run ends, so the next job can be
-fetched while the finisher is still writing this one's outcome (otherwise every slot sits
-idle for a finish round trip plus a fetch round trip per job). A delivery stays *held* (its
-lease renewed) until the finish (or release) is recorded, and at most ``2 * capacity`` are
-held at once: a slow or unreachable broker makes the worker fetch less, never run more than
-``concurrency`` jobs or pile up results nobody has written.
+A held delivery is, in turn:
+
+* **buffered** — fetched and vetted, waiting for a run slot (at most ``prefetch`` of them);
+* **active** — given a run slot and handed to a pool (at most ``capacity``);
+* **completed** — its run ended; the finisher is writing its outcome.
+
+All of them keep their lease (the keeper renews everything held). A run slot frees when the
+run ends, not when its outcome is written, and the thread that ends a run starts the next
+buffered delivery itself (``start``), so a freed slot is refilled from memory at once instead
+of after a fetch round trip. The consumer is woken to fetch only when it is worth it: at
+once when nothing is buffered, else when half the buffer has room, so a steady stream of
+completions costs one fetch per batch, not one per job.
+
+At most ``2 * capacity + prefetch`` deliveries are held at once: a slow or unreachable
+broker makes the worker fetch less, never run more than ``capacity`` jobs or pile up
+results nobody has written.
 
 Deliveries are tracked by the ``Attempt`` object itself, never by a broker-made key: an
 adapter may hand out one token for a whole fetched batch (tokens are unique per job only),
 and a worker that keyed its deliveries by token once counted a batch of 50 as one and ran
-201 jobs at once with ``--pool async -c 50``. Each attempt takes its run slot when added
-and gives it back on its own move out of ``running``, whatever other attempts look like.
+201 jobs at once with ``--pool async -c 50``. Each attempt holds its own ``slot`` flag.
+
+Once ``halt()`` is called (the worker is stopping) no buffered delivery starts any more:
+``take_running`` hands them back with whatever still runs.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
+from collections.abc import Callable, Iterable
 
 from ._attempt import COMPLETED, RELEASED, RUNNING, Attempt
 
+Start = Callable[[Attempt], None]
+
 
 class Inflight:
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, prefetch: int = 0) -> None:
         self.capacity = capacity
+        self.prefetch = prefetch
+        self._batch = max(1, prefetch // 2)  # room worth a fetch while jobs are buffered
         self._cond = threading.Condition()
         self._attempts: set[Attempt] = set()  # by identity (Attempt has eq=False)
-        self._running = 0  # attempts in state RUNNING (each takes a run slot)
+        self._ready: deque[Attempt] = deque()  # buffered, oldest first
+        self._active = 0  # attempts holding a run slot
         self.processed = 0
         self._closed = False
+        self._halted = False
+        # Starts an attempt that got a slot on completion of another (set by the consumer;
+        # called outside the lock, in the thread that completed the other one).
+        self.start: Start | None = None
 
     def __len__(self) -> int:
         with self._cond:
             return len(self._attempts)
 
+    @property
+    def active(self) -> int:
+        return self._active
+
     def add(self, attempt: Attempt) -> None:
         with self._cond:
-            if attempt in self._attempts:
-                return
             self._attempts.add(attempt)
-            if attempt.state == RUNNING:
-                self._running += 1
 
-    def _free(self) -> int:
-        return min(self.capacity - self._running, 2 * self.capacity - len(self._attempts))
+    def admit(self, attempt: Attempt) -> bool:
+        """A vetted attempt wants to run: True if it took a run slot (start it now), False
+        if it waits in the buffer (a completing run starts it) or is no longer running."""
+        with self._cond:
+            if attempt.state != RUNNING or attempt not in self._attempts:
+                return False
+            if self._active < self.capacity and not self._halted:
+                self._active += 1
+                attempt.slot = True
+                return True
+            self._ready.append(attempt)
+            return False
+
+    def _room(self) -> int:
+        """How many more deliveries may be fetched now."""
+        unstarted = self.capacity + self.prefetch - self._active - len(self._ready)
+        return min(unstarted, 2 * self.capacity + self.prefetch - len(self._attempts))
+
+    def _worth_fetching(self) -> bool:
+        room = self._room()
+        return room >= self._batch or (room > 0 and not self._ready)
 
     def free(self) -> int:
         with self._cond:
-            return self._free()
+            return self._room()
 
     def wait_free(self, timeout: float) -> int:
-        """Block until a slot is free (or ``wake()``, or the timeout); return free slots."""
+        """Block until a fetch is worth it (or ``wake()``, or the timeout); return how many
+        deliveries may be fetched."""
         with self._cond:
-            if self._free() <= 0 and not self._closed:
+            if not self._worth_fetching() and not self._closed:
                 self._cond.wait(timeout)
-            return self._free()
+            return self._room()
 
     def wait_change(self, timeout: float) -> None:
         """Block until something finishes (or ``wake()``, or the timeout)."""
@@ -64,15 +107,25 @@ class Inflight:
                 self._cond.wait(timeout)
 
     def wait_empty(self, timeout: float) -> bool:
-        """Block until every delivery is finished; False if time (or patience) ran out."""
+        """Block until nothing runs or awaits its write (buffered deliveries that will not
+        start are left for ``take_running``); False if time (or patience) ran out."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._attempts and not self._closed:
+            while self._busy() and not self._closed:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(left)
-            return not self._attempts
+            return not self._busy()
+
+    def _busy(self) -> bool:
+        return len(self._attempts) > (len(self._ready) if self._halted else 0)
+
+    def halt(self) -> None:
+        """The worker is stopping: start no buffered delivery any more."""
+        with self._cond:
+            self._halted = True
+            self._cond.notify_all()
 
     def wake(self, close: bool = False) -> None:
         """Wake every waiter; ``close=True`` also makes later waits return at once."""
@@ -83,48 +136,81 @@ class Inflight:
     def reopen(self) -> None:
         with self._cond:
             self._closed = False
+            self._halted = False
 
     def complete(self, attempt: Attempt) -> bool:
-        """The run ended; False if the job was handed back meanwhile (drop the result)."""
+        """The run ended; False if the job was handed back meanwhile (drop the result).
+        Buffered deliveries that get the freed slot are started here."""
         with self._cond:
             if attempt.state != RUNNING:
                 return False
             attempt.state = COMPLETED
-            if attempt in self._attempts:
-                self._running -= 1
-                self._cond.notify_all()  # a run slot is free: fetch the next job now
-            return True
+            self._unslot(attempt)
+            starting = self._fill()
+            if self._worth_fetching():
+                self._cond.notify_all()
+        if starting:
+            self._start(starting)
+        return True
+
+    def _unslot(self, attempt: Attempt) -> None:
+        if attempt.slot:
+            attempt.slot = False
+            self._active -= 1
+
+    def _fill(self) -> list[Attempt]:
+        """Give free run slots to buffered deliveries, oldest first."""
+        starting = []
+        while self._ready and self._active < self.capacity and not self._halted:
+            attempt = self._ready.popleft()
+            attempt.slot = True
+            self._active += 1
+            starting.append(attempt)
+        return starting
+
+    def _start(self, attempts: list[Attempt]) -> None:
+        start = self.start
+        assert start is not None, "a consumer sets start before anything is buffered"
+        for attempt in attempts:
+            start(attempt)
 
     def _pop(self, attempt: Attempt) -> bool:
         if attempt not in self._attempts:
             return False
         self._attempts.remove(attempt)
-        if attempt.state == RUNNING:
-            self._running -= 1
+        if attempt.slot:
+            self._unslot(attempt)
+        elif attempt.state == RUNNING and attempt in self._ready:
+            self._ready.remove(attempt)
         return True
 
-    def remove(self, attempt: Attempt, processed: bool = True) -> None:
+    def remove(self, attempts: Iterable[Attempt], processed: bool = True) -> None:
+        """Outcomes written (or given up): the deliveries are no longer held."""
         with self._cond:
-            if self._pop(attempt) and processed:
-                self.processed += 1
+            for attempt in attempts:
+                if self._pop(attempt) and processed:
+                    self.processed += 1
+            starting = self._fill()
             self._cond.notify_all()
+        if starting:
+            self._start(starting)
 
     def holding(self) -> list[Attempt]:
-        """Deliveries whose lease still matters: running, or completed but not yet written."""
+        """Deliveries whose lease still matters: buffered, running, or not yet written."""
         with self._cond:
             return [a for a in self._attempts if not a.lost]
 
     def take_running(self) -> list[Attempt]:
-        """Mark every still-running attempt released and return them (for ``release``)."""
+        """Mark every buffered or still-running attempt released and return them (for
+        ``release``)."""
         with self._cond:
             taken = [a for a in self._attempts if a.state == RUNNING]
             for a in taken:
                 a.state = RELEASED
-            self._running -= len(taken)
+                a.slot = False
+            self._active = 0
+            self._ready.clear()
             return taken
 
     def drop(self, attempts: list[Attempt]) -> None:
-        with self._cond:
-            for a in attempts:
-                self._pop(a)
-            self._cond.notify_all()
+        self.remove(attempts, processed=False)

@@ -109,7 +109,9 @@ class Worker:
         self._stopping = threading.Event()
         self._hard = threading.Event()
         self._stop_requested = 0.0
-        self._inflight = Inflight(concurrency)
+        # Buffered jobs start from memory when a slot frees (not for child processes,
+        # whose jobs are long enough that a fetch round trip does not matter).
+        self._inflight = Inflight(concurrency, prefetch=0 if pool == "processes" else concurrency)
         self._consumer = Consumer(
             app=app,
             broker=app.broker,
@@ -165,6 +167,7 @@ class Worker:
         self._stopping.set()
         if not graceful:
             self._hard.set()
+        self._inflight.halt()  # buffered jobs do not start; they are handed back
         self._inflight.wake(close=not graceful)
 
     def drain(self, timeout: float | None = None) -> int:
@@ -300,7 +303,7 @@ class Worker:
         ``max_deliveries`` ends a job that keeps killing its process."""
         if self._inflight.complete(attempt):  # False: handed back by a shutdown already
             attempt.lost = True  # no more renewals
-            self._inflight.remove(attempt, processed=False)
+            self._inflight.drop([attempt])
 
     def _on_signal(self, signum: int, count: int) -> None:
         name = signal.Signals(signum).name
