@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 import sys
@@ -16,7 +17,7 @@ import pytest
 import redis
 import redis.crc
 
-from conveyor._clock import SystemClock
+from conveyor._clock import FakeClock, SystemClock
 from conveyor._errors import (
     BrokerError,
     BrokerUnavailable,
@@ -28,7 +29,8 @@ from conveyor._errors import (
 from conveyor._message import Delivery, Envelope, JobStatus, WorkerInfo, new_job_id
 from conveyor.brokers import Finish, open_broker
 from conveyor.brokers.redis import RedisBroker
-from conveyor.brokers.redis._connect import parse
+from conveyor.brokers.redis._connect import Pinned, parse
+from conveyor.brokers.redis.broker import ENQUEUE_CHUNK
 from conveyor.stores.redis import RedisKV
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -145,6 +147,88 @@ def test_a_retried_enqueue_writes_one_stream_entry(
         assert broker.enqueue([e]) == [e.id]
     assert raw.xlen("{" + prefix + "}:q:default:s0") == 1
     assert [d.id for d in fetch(broker)] == [e.id]
+
+
+def test_a_batch_over_several_chunks_and_queues_is_written_whole_and_in_order(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    n = ENQUEUE_CHUNK * 2 + 7  # three script calls in one MULTI
+    batch = [env("a" if i % 3 else "b", priority=i % 2) for i in range(n)]
+    assert broker.enqueue(batch) == [e.id for e in batch]
+    tag = "{" + prefix + "}"
+    lengths = {q: raw.xlen(f"{tag}:q:{q}:s0") + raw.xlen(f"{tag}:q:{q}:s1") for q in "ab"}
+    assert lengths == {"a": sum(e.queue == "a" for e in batch),
+                       "b": sum(e.queue == "b" for e in batch)}
+    assert raw.smembers(f"{tag}:queues") == {b"a", b"b"}
+    got = [d.id for d in fetch(broker, count=n, queues=("a", "b"))]
+    # Priority 1 first, then 0; FIFO within each queue and priority. (Across queues the
+    # order is the entries' millisecond, which a batch mostly shares.)
+    high = {e.id for e in batch if e.priority == 1}
+    assert set(got[:len(high)]) == high
+    for q in "ab":
+        for level in (0, 1):
+            mine = [e.id for e in batch if e.queue == q and e.priority == level]
+            assert [i for i in got if i in set(mine)] == mine
+    assert [r and r.status for r in broker.get([e.id for e in batch])] == [JobStatus.RUNNING] * n
+
+
+def test_a_batch_repeating_an_id_or_a_unique_key_writes_each_once(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    first, other = env(), env(key="report:1")
+    same_key = env(key="report:1")
+    ids = broker.enqueue([first, other, first, same_key])
+    assert ids == [first.id, other.id, first.id, other.id]
+    assert raw.xlen("{" + prefix + "}:q:default:s0") == 2
+    assert broker.get([same_key.id]) == [None]
+
+
+def test_a_new_job_on_the_id_of_an_expired_one_starts_afresh(
+    redis_server: RedisServer, raw: redis.Redis, prefix: str
+) -> None:
+    clock = FakeClock()
+    broker = RedisBroker(redis_server.url, prefix=prefix, clock=clock)
+    e = env()
+    broker.enqueue([e])
+    [d] = fetch(broker)
+    broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r", result_ttl=10)])
+    clock.advance(11)  # the record is logically expired; its hash and signal are still there
+    assert broker.get([e.id]) == [None]
+    assert broker.enqueue([e]) == [e.id]
+    assert raw.llen("{" + prefix + "}:done:" + e.id) == 0  # no stale wake-up for waiters
+    [record] = broker.get([e.id])
+    assert record is not None
+    assert record.status is JobStatus.QUEUED and record.result is None
+    assert [x.id for x in fetch(broker)] == [e.id]
+    broker.close()
+
+
+def test_held_connections_are_bounded_and_go_back_to_the_pool_with_their_thread(
+    broker: RedisBroker,
+) -> None:
+    client = broker._client
+    pinned = Pinned(limit=2)
+    inside = threading.Barrier(5)
+    replies: list[object] = []
+
+    def call() -> None:
+        replies.append(pinned.call(client, "ECHO", "hi"))
+        inside.wait(timeout=10)  # all four threads are alive at once here
+        inside.wait(timeout=10)
+
+    threads = [threading.Thread(target=call) for _ in range(4)]
+    for t in threads:
+        t.start()
+    inside.wait(timeout=10)
+    held = pinned._count
+    inside.wait(timeout=10)
+    for t in threads:
+        t.join(timeout=10)
+    gc.collect()
+    assert replies == [b"hi"] * 4
+    assert held == 2  # two threads hold one each; the other two went through the pool
+    assert pinned._count == 0
+    assert not client.connection_pool._get_in_use_connections()  # type: ignore[no-untyped-call]
 
 
 # -- stream entries ----------------------------------------------------------------------
@@ -432,6 +516,11 @@ def test_restart_empty_recreates_the_group_loudly_and_goes_on(
     assert "consumer group" in caplog.text
     b.enqueue([e := env()])
     assert [x.id for x in fetch(b)] == [e.id]
+    server.restart(empty=True)
+    # A batch of several script calls in one MULTI: NOSCRIPT, loaded, sent again, once.
+    batch = [env() for _ in range(ENQUEUE_CHUNK + 1)]
+    assert b.enqueue(batch) == [x.id for x in batch]
+    assert server.client().xlen("{" + prefix + "}:q:default:s0") == len(batch)
     b.close()
 
 

@@ -17,22 +17,21 @@ from ._core import RECORD_FIELDS, RedisCore, text
 
 class AsyncMixin(RedisCore):
     async def enqueue_async(self, envelopes: Sequence[Envelope]) -> list[str]:
-        from .broker import enqueue_args  # the one place arguments are built
+        from .broker import enqueue_calls  # the one place arguments are built
 
-        args = [enqueue_args(env) for env in envelopes]
-        if not args:
+        if not envelopes:
             return []
         client, scripts = self._aclient()
-        head = self._head()
-        calls = [(self._keys.job_keys(env.id, [env.queue]), head + own)
-                 for env, own in zip(envelopes, args, strict=True)]
+        calls = enqueue_calls(self._keys, self._head(), envelopes)
         async with _connect.translate_async():
             if len(calls) == 1:  # atomic on its own; a pipeline would add SCRIPT EXISTS
-                return [text(await scripts["enqueue"](keys=calls[0][0], args=calls[0][1]))]
-            pipe = client.pipeline(transaction=True)
-            for keys, argv in calls:
-                await scripts["enqueue"](keys=keys, args=argv, client=pipe)
-            return [text(i) for i in await pipe.execute()]
+                replies = [await scripts["enqueue"](keys=calls[0][0], args=calls[0][1])]
+            else:  # MULTI/EXEC, as the sync path
+                pipe = client.pipeline(transaction=True)
+                for keys, argv in calls:
+                    await scripts["enqueue"](keys=keys, args=argv, client=pipe)
+                replies = await pipe.execute()
+        return [text(i) for reply in replies for i in reply]
 
     async def _read_record_async(self, job_id: str) -> JobRecord | None:
         client, _ = self._aclient()

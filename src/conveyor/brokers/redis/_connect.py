@@ -9,6 +9,9 @@ sentinels for the current master. hiredis is used by redis-py when installed.
 from __future__ import annotations
 
 import contextlib
+import os
+import threading
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +25,11 @@ from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from ..._errors import BrokerError, BrokerUnavailable, InvalidURL
+
+try:  # redis-py's own packing goes through a Python loop over the arguments first
+    from hiredis import pack_command
+except ImportError:  # hiredis is optional
+    pack_command = None  # type: ignore[assignment]
 
 SCHEMES = {"redis", "rediss", "unix", "redis+sentinel"}
 DEFAULT_SOCKET_TIMEOUT = 10.0
@@ -129,6 +137,91 @@ def block_slice(client: redis.Redis | redis.asyncio.Redis) -> float:
     if timeout is None:
         return MAX_BLOCK_SLICE
     return max(0.05, min(MAX_BLOCK_SLICE, float(timeout) / 2))
+
+
+_fork_generation = 0  # bumped in a forked child: connections held before belong to the parent
+
+
+def _forked() -> None:
+    global _fork_generation
+    _fork_generation += 1
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+MAX_HELD = 16  # threads per client that keep a connection of their own (see Pinned)
+
+
+class _Held:
+    """A connection checked out of a pool for one thread; handed back when the thread ends
+    (its thread-local slot is dropped then, and this object with it)."""
+
+    def __init__(self, conn: Any, handback: Any) -> None:
+        self.conn = conn
+        self.generation = _fork_generation
+        self.handback = weakref.finalize(self, handback, conn, self.generation)
+
+
+_SHARED = object()  # this thread found MAX_HELD connections held: it uses the pool
+
+
+class Pinned:
+    """A connection per thread kept between calls, for the hot single-command paths
+    (enqueue, fetch, one finish). The ordinary ``execute_command`` checks a connection out
+    of the pool and back in on every call (each checks the process id: a system call) and
+    wraps the call in redis-py's retry and metrics layers; here a call is one send and one
+    read. At most ``limit`` threads hold one (a producer with hundreds of threads must not
+    empty the pool); the others, and any call after a connection or timeout error, take
+    the ordinary path, which reconnects and retries: use this only for commands that are
+    safe to send twice."""
+
+    def __init__(self, limit: int = MAX_HELD) -> None:
+        self._local = threading.local()
+        self._lock = threading.Lock()
+        self._limit = limit
+        self._count = 0
+        self._generation = _fork_generation
+
+    def _hold(self, pool: Any) -> _Held | None:
+        with self._lock:
+            if self._generation != _fork_generation:  # a forked child holds nothing yet
+                self._count, self._generation = 0, _fork_generation
+            if self._count >= self._limit:
+                return None
+            self._count += 1
+        try:
+            return _Held(pool.get_connection(), lambda conn, gen: self._handback(pool, conn, gen))
+        except BaseException:
+            self._handback(pool, None, _fork_generation)
+            raise
+
+    def _handback(self, pool: Any, conn: Any, generation: int) -> None:
+        with self._lock:
+            if generation == self._generation:
+                self._count -= 1
+        if conn is not None:
+            pool.release(conn)
+
+    def call(self, client: redis.Redis, *args: Any) -> Any:
+        held: Any = getattr(self._local, "held", None)
+        if held is None or (held is not _SHARED and held.generation != _fork_generation):
+            if held is not None:  # the parent's socket: leave it alone
+                held.handback.detach()
+            held = self._hold(client.connection_pool) or _SHARED
+            self._local.held = held
+        if held is _SHARED:
+            return client.execute_command(*args)  # type: ignore[no-untyped-call]
+        conn = held.conn
+        try:
+            if pack_command is not None:
+                conn.send_packed_command([pack_command(args)])
+            else:
+                conn.send_command(*args)
+            return conn.read_response()
+        except (redis.ConnectionError, redis.TimeoutError):
+            conn.disconnect()
+            return client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 # Socket-level errors redis-py sometimes lets through unwrapped (asyncio timeouts, resets).

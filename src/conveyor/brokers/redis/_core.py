@@ -16,6 +16,7 @@ from typing import Any
 
 import redis
 import redis.asyncio
+import redis.exceptions
 
 from ..._clock import Clock, SystemClock
 from ..._errors import InvalidName
@@ -59,6 +60,7 @@ class RedisCore:
         self._keys = Keys(self.prefix)
         self._client = _connect.connect(self._target)
         self._scripts = Scripts(self._client)
+        self._pinned = _connect.Pinned()
         self._sweep_idle = sweep_idle
         self._async: weakref.WeakKeyDictionary[
             AbstractEventLoop, tuple[redis.asyncio.Redis, Scripts]
@@ -91,6 +93,19 @@ class RedisCore:
         """The ARGV every script starts with (see common.lua)."""
         k = self._keys
         return [self._script_now(), "conveyor", k.job_prefix, k.done_prefix]
+
+    def _eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """One script call: EVALSHA on this thread's held connection (see
+        ``_connect.Pinned``; redis-py's ``Script.__call__`` would also copy keys and
+        arguments into new tuples and go through two more layers). A server that lost its
+        script cache (restart, failover) answers NOSCRIPT before running anything: load
+        the script and send it again."""
+        found = self._scripts[script]
+        try:
+            return self._pinned.call(self._client, "EVALSHA", found.sha, len(keys), *keys, *args)
+        except redis.exceptions.NoScriptError:
+            found.sha = self._client.script_load(found.script)
+            return self._pinned.call(self._client, "EVALSHA", found.sha, len(keys), *keys, *args)
 
     def _aclient(self) -> tuple[redis.asyncio.Redis, Scripts]:
         """The asyncio client of the running loop, created on first use (one per loop:
@@ -140,7 +155,7 @@ class RedisCore:
                 if queue is None:
                     return None
                 keys = self._keys.job_keys(job_id, [text(queue)])
-                res = self._scripts[script](keys=keys, args=[*self._head(), text(queue), *own])
+                res = self._eval(script, keys, [*self._head(), text(queue), *own])
             if res != moved:
                 return res
         return None

@@ -10,7 +10,9 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:keys                HASH    unique key (Envelope.key) -> id of the pending job holding it
     {P}:job:<id>            HASH    the job: status token deliveries payload queue priority sid
                                     consumer lease_until cancel key result reason progress note
-                                    eta updated_at expires_at (times in ms, see "Times" below)
+                                    eta updated_at expires_at (times in ms, see "Times" below);
+                                    a field not written yet reads as empty (enqueue leaves
+                                    out key cancel expires_at result reason)
     {P}:done:<id>           LIST    completion signal: one element pushed when the job ends;
                                     waiters BLMOVE it onto itself (non-destructive, wakes all)
     {P}:q:<q>:s<p>          STREAM  ready jobs of priority <p>: entries ``job <id>``; consumer
@@ -87,6 +89,7 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.tag = "{" + prefix + "}"
+        self._queue_keys: dict[str, tuple[str, ...]] = {}
 
     @property
     def queues(self) -> str:
@@ -119,9 +122,14 @@ class Keys:
     def streams(self, queue: str) -> list[str]:
         return [self.stream(queue, p) for p in PRIORITIES]
 
-    def queue_keys(self, queue: str) -> list[str]:
-        """A queue's keys in the fixed order scripts expect."""
-        return [self.queue(queue, s) for s in QUEUE_KEY_SUFFIXES]
+    def queue_keys(self, queue: str) -> tuple[str, ...]:
+        """A queue's keys in the fixed order scripts expect (built once per queue: every
+        enqueue and fetch declares them)."""
+        found = self._queue_keys.get(queue)
+        if found is None:
+            found = tuple(self.queue(queue, s) for s in QUEUE_KEY_SUFFIXES)
+            self._queue_keys[queue] = found
+        return found
 
     def job_keys(self, job_id: str, queues: Sequence[str]) -> list[str]:
         """The common KEYS head of per-job scripts, then each queue's keys."""

@@ -35,11 +35,13 @@ from . import _connect
 from ._admin import AdminMixin
 from ._async import AsyncMixin
 from ._core import RECORD_FIELDS, text, to_ms
+from ._keys import Keys
 
 log = logging.getLogger("conveyor.redis")
 
 _IDLE_WAKE = 0.05  # longest block while a lease or eta may come due on an injected clock
 FINISH_CHUNK = 200  # outcomes per finish script call (a call blocks Redis while it runs)
+ENQUEUE_CHUNK = 200  # jobs per enqueue script call (likewise)
 _LEASE_STATES = {0: LeaseState.LOST, 1: LeaseState.OK, 2: LeaseState.CANCELLED}
 
 
@@ -54,6 +56,26 @@ def enqueue_args(env: Envelope) -> list[Any]:
     elif env.eta is not None:
         eta = to_ms(env.eta)
     return [env.id, env.queue, env.payload, env.priority, eta, env.key or ""]
+
+
+def enqueue_calls(keys: Keys, head: list[Any],
+                  envelopes: Sequence[Envelope]) -> list[tuple[list[str], list[Any]]]:
+    """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes, each
+    declaring the keys of the queues its jobs use once. Every envelope is validated before
+    the first call is built, so a bad one writes nothing."""
+    calls = []
+    for at in range(0, len(envelopes), ENQUEUE_CHUNK):
+        queues: dict[str, int] = {}
+        own: list[Any] = []
+        for env in envelopes[at:at + ENQUEUE_CHUNK]:
+            job_id, queue, payload, priority, eta, key = enqueue_args(env)
+            own += (job_id, queues.setdefault(queue, len(queues) + 1), payload, priority,
+                    eta, key)
+        declared = [keys.unique, keys.queues]
+        for q in queues:
+            declared += keys.queue_keys(q)
+        calls.append((declared, [*head, len(queues), *queues, *own]))
+    return calls
 
 
 class RedisBroker(AdminMixin, AsyncMixin, Broker):
@@ -85,17 +107,15 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
     # -- producing -------------------------------------------------------------------------
 
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
-        args = [enqueue_args(env) for env in envelopes]
-        if not args:
+        if not envelopes:
             return []
-        head = self._head()
-        calls = [(self._keys.job_keys(env.id, [env.queue]), head + own)
-                 for env, own in zip(envelopes, args, strict=True)]
+        calls = enqueue_calls(self._keys, self._head(), envelopes)
         with _connect.translate():
             if len(calls) == 1:  # one script call is atomic on its own: save the MULTI
-                return [text(self._scripts["enqueue"](keys=calls[0][0], args=calls[0][1]))]
-            # MULTI/EXEC: a batch is written whole or not at all.
-            return [text(i) for i in self._pipelined("enqueue", calls, transaction=True)]
+                replies = [self._eval("enqueue", *calls[0])]
+            else:  # MULTI/EXEC: a batch is written whole or not at all.
+                replies = self._pipelined("enqueue", calls, transaction=True)
+        return [text(i) for reply in replies for i in reply]
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -131,7 +151,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         args = [*self._head(), consumer, max(count, 0), to_ms(lease), max(sweep, 1),
                 to_ms(self.reap_every), to_ms(self.reap_idle), len(queues), *queues, *tokens]
         with _connect.translate():
-            out, next_event, recreated, last_ids = self._scripts["fetch"](keys=keys, args=args)
+            out, next_event, recreated, last_ids = self._eval("fetch", keys, args)
         if recreated:
             log.warning(
                 "conveyor: %d consumer group(s) were missing on queues %s and were recreated "
@@ -165,25 +185,28 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         """Each call atomic on its own, all sent in one round trip (no MULTI)."""
         with _connect.translate():
             if len(calls) <= 1:  # a pipeline would add a SCRIPT EXISTS round trip
-                return [self._scripts[script](keys=k, args=a) for k, a in calls]
+                return [self._eval(script, k, a) for k, a in calls]
             return self._pipelined(script, calls, transaction=False)
 
     def _pipelined(self, script: str, calls: list[tuple[list[str], list[Any]]], *,
                    transaction: bool) -> list[Any]:
-        """Send the calls in one pipeline. redis-py checks the scripts once, before sending;
-        a server restarted in between (its retry reconnects) has an empty script cache and
-        answers NOSCRIPT to every call, so no call ran there: send them again, and the new
-        pipeline loads the scripts first. (Every script sent this way is idempotent for a
-        repeat, so a call that did run before the restart is safe to repeat too.)"""
+        """Send the calls in one pipeline, as plain EVALSHA (a pipeline of ``Script`` calls
+        would first ask SCRIPT EXISTS, one more round trip). A server that lost its script
+        cache (restart, failover) answers NOSCRIPT to every call, so none ran there: load
+        the script and send them again. (Every script sent this way is idempotent for a
+        repeat, so a call that did run before a restart is safe to repeat too.)"""
+        found = self._scripts[script]
         for again in (False, True):
             pipe = self._client.pipeline(transaction=transaction)
             for keys, argv in calls:
-                self._scripts[script](keys=keys, args=argv, client=pipe)
+                pipe.execute_command(  # type: ignore[no-untyped-call]
+                    "EVALSHA", found.sha, len(keys), *keys, *argv)
             try:
                 return list(pipe.execute())
             except redis.exceptions.NoScriptError:
                 if again:
                     raise
+                found.sha = self._client.script_load(found.script)
         raise AssertionError("unreachable")
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:

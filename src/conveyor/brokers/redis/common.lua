@@ -71,32 +71,38 @@ local function load_job(key)
   return job
 end
 
-local function ensure_group(stream)
-  if redis.call('EXISTS', stream) == 0 then
+-- Append a job's entry to a priority stream; the first entry creates the stream and its
+-- consumer group (NOMKSTREAM: one call in the usual case, where both exist).
+local function add_entry(stream, id)
+  local sid = redis.call('XADD', stream, 'NOMKSTREAM', '*', 'job', id)
+  if not sid then
     redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
+    sid = redis.call('XADD', stream, '*', 'job', id)
   end
+  return sid
 end
 
 -- Put a job at the tail of its priority stream as queued (a new entry, a new place in line).
-local function push_ready(q, key, id, prio)
-  local stream = q.s[tonumber(prio)]
-  ensure_group(stream)
-  local sid = redis.call('XADD', stream, '*', 'job', id)
-  redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'token', '', 'lease_until', '')
+-- `fields` (optional): more job hash fields, written in the same HSET.
+local function push_ready(q, key, id, prio, fields)
+  local sid = add_entry(q.s[tonumber(prio)], id)
+  redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'token', '', 'lease_until', '',
+    unpack(fields or {}))
   redis.call('ZADD', q.queued, NOW, id)
 end
 
 -- Queued now, or scheduled until eta ('parked': until promote; scored +inf, never due).
-local function place(q, key, id, prio, eta)
-  if eta == 'parked' then
-    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', eta)
-    redis.call('ZADD', q.scheduled, '+inf', id)
-  elseif eta ~= '' and tonumber(eta) > NOW then
-    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', eta)
-    redis.call('ZADD', q.scheduled, eta, id)
+-- `fields` (optional): more job hash fields, written in the same HSET as the status.
+local function place(q, key, id, prio, eta, fields)
+  fields = fields or {}
+  if eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
+    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', eta,
+      unpack(fields))
+    redis.call('ZADD', q.scheduled, eta == 'parked' and '+inf' or eta, id)
   else
-    redis.call('HSET', key, 'eta', '')
-    push_ready(q, key, id, prio)
+    table.insert(fields, 'eta')
+    table.insert(fields, '')
+    push_ready(q, key, id, prio, fields)
   end
 end
 

@@ -1,27 +1,69 @@
--- Enqueue one job. KEYS: job, done, unique, queues, then the queue's 19 keys.
--- ARGV[5..]: id, queue, payload, priority, eta ('' or ms), unique key ('' or key).
--- Returns the job id: the existing one when an equal unique key is still pending.
+-- Enqueue a batch of jobs (one or many), in order, in one atomic step.
+-- KEYS: unique, queues, then the 19 keys of each queue the batch uses.
+-- ARGV[5]: number of queues n; ARGV[6..5+n]: their names (in the order of their KEYS);
+-- then 6 values per job: id, queue index (1..n), payload, priority, eta ('', ms or
+-- 'parked'), unique key ('' or the key).
+-- Returns the job ids, in order: the existing one where an equal unique key is pending.
 -- Idempotent on the id: a retried command (timeout after the server applied it) that
 -- finds the job already there writes nothing, so a job is never enqueued twice.
-local id, queue, payload, prio, eta, ukey = ARGV[5], ARGV[6], ARGV[7], ARGV[8], ARGV[9], ARGV[10]
-local key = KEYS[1]
-local q = qkeys(5)
-if load_job(key) then return id end
-if ukey ~= '' then
-  local other = redis.call('HGET', KEYS[3], ukey)
-  if other then
-    local ojob = load_job(JOB_PREFIX .. other)
-    if ojob and (ojob.status == 'queued' or ojob.status == 'scheduled'
-        or ojob.status == 'running') then
-      return other
-    end
-  end
-  redis.call('HSET', KEYS[3], ukey, id)
+local UNIQUE, QUEUES = KEYS[1], KEYS[2]
+local NQ = tonumber(ARGV[5])
+local Q = {}
+for i = 1, NQ do Q[i] = qkeys(3 + (i - 1) * QK); Q[i].name = ARGV[5 + i] end
+local BASE = 6 + NQ
+local PER_JOB = 6
+local N = (#ARGV - BASE + 1) / PER_JOB
+
+-- One EXISTS over the whole batch: a new job (the usual case) needs no lookup of its own.
+local probe = {}
+for j = 0, N - 1 do
+  local id = ARGV[BASE + j * PER_JOB]
+  probe[#probe + 1] = JOB_PREFIX .. id
+  probe[#probe + 1] = DONE_PREFIX .. id
 end
-redis.call('DEL', key, KEYS[2])
-redis.call('HSET', key, 'queue', queue, 'payload', payload, 'priority', prio, 'key', ukey,
-  'deliveries', 0, 'cancel', '0', 'updated_at', NOW, 'expires_at', '', 'result', '',
-  'reason', '')
-redis.call('SADD', KEYS[4], queue)
-place(q, key, id, prio, eta)
-return id
+local any_exist = redis.call('EXISTS', unpack(probe)) > 0
+local written = {}  -- ids written by this call (an id repeated in the batch is written once)
+local listed = {}   -- queues added to the QUEUES set by this call
+
+local function enqueue_one(id, q, payload, prio, eta, ukey)
+  local key, done = JOB_PREFIX .. id, DONE_PREFIX .. id
+  if written[id] then return id end
+  if any_exist and redis.call('EXISTS', key, done) > 0 then
+    if load_job(key) then return id end
+    redis.call('DEL', key, done)  -- an expired record, or a signal of one: start afresh
+  end
+  if ukey ~= '' then
+    local other = redis.call('HGET', UNIQUE, ukey)
+    if other then
+      local ojob = load_job(JOB_PREFIX .. other)
+      if ojob and (ojob.status == 'queued' or ojob.status == 'scheduled'
+          or ojob.status == 'running') then
+        return other
+      end
+    end
+    redis.call('HSET', UNIQUE, ukey, id)
+  end
+  written[id] = true
+  -- A new hash: fields with nothing in them yet (key, cancel, expires_at, result, reason)
+  -- are left out; every reader takes a missing field as empty.
+  local fields = {'queue', q.name, 'payload', payload, 'priority', prio, 'deliveries', 0,
+    'updated_at', NOW}
+  if ukey ~= '' then
+    fields[#fields + 1] = 'key'
+    fields[#fields + 1] = ukey
+  end
+  place(q, key, id, prio, eta, fields)
+  if not listed[q.name] then
+    redis.call('SADD', QUEUES, q.name)
+    listed[q.name] = true
+  end
+  return id
+end
+
+local out = {}
+for j = 0, N - 1 do
+  local a = BASE + j * PER_JOB
+  out[j + 1] = enqueue_one(ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
+    ARGV[a + 4], ARGV[a + 5])
+end
+return out
