@@ -75,7 +75,8 @@ class Attempt:
     stop: str | None = None  # why the worker wants the job stopped, first reason wins
     lost: bool = False  # renew said the lease is gone; our finish will be refused
     slot: bool = False  # holds one of the worker's run slots (``_inflight.py``)
-    started: float = dataclasses.field(default_factory=time.monotonic)
+    started: float = dataclasses.field(default_factory=time.monotonic)  # fetched
+    began: float = 0.0  # handed to a pool (time.monotonic())
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     # Set by the pool running the job: the thread, the asyncio task, or the child process.
     handle: Any = None

@@ -3,11 +3,20 @@
 Every delivery ends in exactly one ``Finish`` or ``release``. A delivery that must not run
 (delivered too often, undecodable, unknown or untrusted task) is dead-lettered on the spot
 with a reason and the loop moves on; nothing it names is imported.
+
+An idle worker runs a lone tiny job in the consumer's own thread: when a fetch brought one
+delivery, nothing else runs, the pool is ``threads``, and the task is sync and its last
+``QUICK_RUNS`` runs each took under ``QUICK`` seconds. That saves waking a pool thread
+between a delivery arriving and the task starting. The job is held, renewed, cancelled and
+time-limited exactly as on a pool thread (``_threads.run_here``); the cost of a task that
+turns slow is that the consumer fetches nothing until it returns (once: a slow run makes
+the task "not quick" again). A busy worker never does it, so batching is unchanged.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -25,11 +34,15 @@ from ._inflight import Inflight
 from ._outcome import Outcomes
 from ._pools import Executor
 from ._resolve import Resolver, UnknownTask
+from ._threads import run_here
 
 if TYPE_CHECKING:
     from .._app import Conveyor
 
 log = logging.getLogger("conveyor.worker")
+
+QUICK = 0.001  # seconds: a run this short is tiny
+QUICK_RUNS = 3  # consecutive tiny runs before a task may run in the consumer's thread
 
 
 class _Dead(Exception):
@@ -76,6 +89,7 @@ class Consumer:
         self.backoff = backoff
         self.pause = pause  # sleeps, but wakes early when the worker is told to stop
         inflight.start = self._launch  # a buffered job that got a freed slot
+        self._quick: dict[str, int] = {}  # task -> how many of its last runs were tiny
         # Set for each run or drain (they are rebuilt each time):
         self.executor: Executor | None = None
         self.finisher: Finisher | None = None
@@ -122,13 +136,18 @@ class Consumer:
 
     # -- dispatch --------------------------------------------------------------------------
 
-    def dispatch(self, delivery: Delivery) -> None:
-        attempt = Attempt(delivery)
-        self.inflight.add(attempt)
-        try:
-            self._start(attempt)
-        except Exception:
-            self._let_go(attempt)
+    def dispatch(self, deliveries: Sequence[Delivery]) -> None:
+        """Hold every delivery of a fetch (so all their leases are renewed), then start or
+        buffer each in turn."""
+        attempts = [Attempt(d) for d in deliveries]
+        for attempt in attempts:
+            self.inflight.add(attempt)
+        alone = len(attempts) == 1
+        for attempt in attempts:
+            try:
+                self._start(attempt, alone)
+            except Exception:
+                self._let_go(attempt)
 
     def _let_go(self, attempt: Attempt) -> None:
         """A bug of ours, not the job's. Let go of it without a verdict: its lease
@@ -137,7 +156,7 @@ class Consumer:
         attempt.lost = True
         self.inflight.drop([attempt])
 
-    def _start(self, attempt: Attempt) -> None:
+    def _start(self, attempt: Attempt, alone: bool = False) -> None:
         assert self.executor is not None
         delivery = attempt.delivery
         try:
@@ -158,15 +177,30 @@ class Consumer:
             self._record(attempt, self._postpone(attempt, wait))
             return
         if self.inflight.admit(attempt):
-            self._launch(attempt)
+            self._launch(attempt, here=alone and self._runs_here(attempt))
 
-    def _launch(self, attempt: Attempt) -> None:
-        """Hand a job that holds a run slot to its pool; its time limit starts now."""
+    def _runs_here(self, attempt: Attempt) -> bool:
+        """Whether this job runs in the consumer's thread (see the module docstring)."""
+        assert self.executor is not None
+        return (
+            self.executor.pool == "threads"
+            and not attempt.is_async
+            and self.inflight.active == 1
+            and self._quick.get(attempt.name, 0) >= QUICK_RUNS
+        )
+
+    def _launch(self, attempt: Attempt, here: bool = False) -> None:
+        """Hand a job that holds a run slot to its pool (or run it ``here``); its time
+        limit starts now."""
         assert self.executor is not None and attempt.message is not None
         try:
             if attempt.message.timeout and self.deadlines is not None:
                 self.deadlines.add(attempt, attempt.message.timeout)
-            self.executor.submit(attempt)
+            attempt.began = time.monotonic()
+            if here:
+                run_here(attempt, self.codec, self.complete, self.progress)
+            else:
+                self.executor.submit(attempt)
         except Exception:
             self._let_go(attempt)
 
@@ -209,7 +243,8 @@ class Consumer:
                 self.hand_back([attempt.delivery])
                 self.inflight.drop([attempt])
                 return
-        self.finisher.put(attempt, finish)
+        # Nothing else runs: write it from this thread, without waking the finisher's.
+        self.finisher.put(attempt, finish, alone=self.inflight.active == 0)
 
     def _vet(self, attempt: Attempt) -> None:
         delivery = attempt.delivery
@@ -237,6 +272,8 @@ class Consumer:
 
     def complete(self, attempt: Attempt, result: Result) -> None:
         """A run ended (in a pool thread): turn it into a Finish for the finisher."""
+        ran = time.monotonic() - attempt.began
+        self._quick[attempt.name] = self._quick.get(attempt.name, 0) + 1 if ran < QUICK else 0
         if not self.inflight.complete(attempt):
             return  # handed back during shutdown; another worker runs it again
         try:

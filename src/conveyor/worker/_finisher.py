@@ -4,6 +4,10 @@ Completed jobs queue their ``Finish`` here; the thread takes everything queued a
 in one ``broker.finish`` call. Batching comes from the broker's own latency, not from a
 timer: while one call is in flight the next batch gathers, so a lone job's result is written
 at once and a flood of tiny jobs costs one round trip per batch.
+
+A lone outcome (``put(..., alone=True)``: nothing else runs) while the thread is idle is
+written by the caller itself, which saves waking the thread on an idle worker's result path;
+if that write fails, the thread takes it over and retries as usual.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ class Finisher:
         self._cond = threading.Condition()
         self._queue: list[tuple[Attempt, Finish]] = []
         self._stopping = False
+        self._idle = False  # the thread waits for work, no write of its own in flight
         self._give_up_at: float | None = None
         self._thread: threading.Thread | None = None
 
@@ -40,10 +45,18 @@ class Finisher:
         self._thread = threading.Thread(target=self._run, name="conveyor-finish", daemon=True)
         self._thread.start()
 
-    def put(self, attempt: Attempt, finish: Finish) -> None:
+    def put(self, attempt: Attempt, finish: Finish, alone: bool = False) -> None:
         with self._cond:
-            self._queue.append((attempt, finish))
-            self._cond.notify()
+            if not (alone and self._idle and not self._queue and not self._stopping):
+                self._queue.append((attempt, finish))
+                self._cond.notify()
+                return
+        try:
+            written = self._broker.finish([finish])
+        except Exception:  # the thread retries it, with backoff and logging
+            self.put(attempt, finish)
+            return
+        self._done([(attempt, finish)], written)
 
     def stop(self, timeout: float) -> None:
         """Write what is queued (retrying a failing broker for up to ``timeout`` s), then end."""
@@ -56,8 +69,10 @@ class Finisher:
 
     def _take(self) -> list[tuple[Attempt, Finish]] | None:
         with self._cond:
+            self._idle = True
             while not self._queue and not self._stopping:
                 self._cond.wait()
+            self._idle = False
             if not self._queue:
                 return None
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
@@ -82,6 +97,9 @@ class Finisher:
                 continue
             break
         self._backoff.reset()
+        self._done(batch, written)
+
+    def _done(self, batch: list[tuple[Attempt, Finish]], written: list[bool]) -> None:
         for (attempt, finish), ok in zip(batch, written, strict=True):
             self._report(attempt, finish, ok)
         self._inflight.remove([a for a, _ in batch])

@@ -10,6 +10,9 @@ hold regardless needs ``--pool processes``.
 The exception is aimed only while the task runs: the target thread is recorded under the
 attempt's lock just before the call and cleared just after, and clearing also cancels an
 exception that was set but not yet raised, so it can never hit the next job on that thread.
+The same holds for ``run_here``: the consumer runs a tiny job in its own thread that way
+when the worker is otherwise idle (``_consumer.py``), and cancel and time limits reach it
+exactly as they reach a pool thread.
 """
 
 from __future__ import annotations
@@ -81,36 +84,42 @@ class ThreadRunner:
 
     def _work(self) -> None:
         while (attempt := self._queue.get()) is not None:
-            try:
-                result = self._execute(attempt)
-            except BaseException as exc:  # a bug here must not cost the pool a thread
-                log.exception("job %s: the thread pool failed to run it", attempt.job_id)
-                result = raised(exc)
-            self._done(attempt, result)
+            run_here(attempt, self._codec, self._done, self._report)
 
-    def _execute(self, attempt: Attempt) -> Result:
-        assert attempt.fn is not None and attempt.message is not None
-        ident = threading.get_ident()
-        message = attempt.message
-        job = make_current_job(message, attempt.delivery, lambda v, n: self._report(attempt, v, n))
+
+def run_here(attempt: Attempt, codec: Codec, done: Done, report: Report) -> None:
+    """Run a sync job in the calling thread, then report how it ended to ``done``."""
+    try:
+        result = _execute(attempt, codec, report)
+    except BaseException as exc:  # a bug here must not cost the pool a thread
+        log.exception("job %s: the thread pool failed to run it", attempt.job_id)
+        result = raised(exc)
+    done(attempt, result)
+
+
+def _execute(attempt: Attempt, codec: Codec, report: Report) -> Result:
+    assert attempt.fn is not None and attempt.message is not None
+    ident = threading.get_ident()
+    message = attempt.message
+    job = make_current_job(message, attempt.delivery, lambda v, n: report(attempt, v, n))
+    try:
+        with attempt.lock:
+            if attempt.stop == TIMEOUT:  # it waited for a thread past its deadline
+                return timed_out(raised(SoftTimeLimit()), message.timeout)
+            if attempt.stop is not None:
+                return Stopped(attempt.stop)
+            attempt.handle = ident
         try:
+            result = call(attempt.fn, message, job, codec)
+        finally:
             with attempt.lock:
-                if attempt.stop == TIMEOUT:  # it waited for a thread past its deadline
-                    return timed_out(raised(SoftTimeLimit()), message.timeout)
+                attempt.handle = None
                 if attempt.stop is not None:
-                    return Stopped(attempt.stop)
-                attempt.handle = ident
-            try:
-                result = call(attempt.fn, message, job, self._codec)
-            finally:
-                with attempt.lock:
-                    attempt.handle = None
-                    if attempt.stop is not None:
-                        _set_async_exc(ident, None)
-        except Interrupted:
-            return Stopped(attempt.stop or "interrupted")
-        except SoftTimeLimit as exc:  # raised in the instant between return and clear
-            result = raised(exc)
-        if attempt.stop == TIMEOUT:
-            return timed_out(result, message.timeout)
-        return result
+                    _set_async_exc(ident, None)
+    except Interrupted:
+        return Stopped(attempt.stop or "interrupted")
+    except SoftTimeLimit as exc:  # raised in the instant between return and clear
+        result = raised(exc)
+    if attempt.stop == TIMEOUT:
+        return timed_out(result, message.timeout)
+    return result

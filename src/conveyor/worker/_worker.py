@@ -252,8 +252,7 @@ class Worker:
             if self._stopping.is_set():
                 consumer.hand_back(deliveries)  # fetched while the stop arrived
                 return
-            for delivery in deliveries:
-                consumer.dispatch(delivery)
+            consumer.dispatch(deliveries)
             if until_idle and not deliveries:
                 if self._idle():
                     return

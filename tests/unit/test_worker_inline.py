@@ -1,0 +1,136 @@
+"""An idle worker runs a lone tiny job in its consumer's thread and writes a lone result from
+the thread that ran it (fewer thread wake-ups between a delivery and its result); the job is
+still cancelled, time-limited and handed back like any other."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
+import pytest
+
+from conveyor import Conveyor, JobCancelled, JobStatus, TaskFailed
+from conveyor.worker import Worker, _consumer
+
+from .test_worker_lifecycle import Recording
+
+CONSUMER = "consumer-under-test"
+
+
+@pytest.fixture(autouse=True)
+def lenient_quick(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A loaded test machine must not make a trivial run look slow.
+    monkeypatch.setattr(_consumer, "QUICK", 0.5)
+
+
+@contextmanager
+def consuming(worker: Worker) -> Iterator[None]:
+    """Run ``worker`` in a thread named ``CONSUMER`` (``run`` off the main thread consumes in
+    the calling thread)."""
+    thread = threading.Thread(target=worker.run, name=CONSUMER, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop(graceful=False)
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def warm_up(run: Callable[[], str]) -> None:
+    """Run quick jobs one at a time until one runs in the consumer's thread."""
+    for _ in range(20):
+        if run() == CONSUMER:
+            return
+    pytest.fail("a lone quick job never ran in the consumer's thread")
+
+
+def test_a_lone_quick_job_runs_in_the_consumer_thread() -> None:
+    app = Conveyor("memory://")
+    threads: list[str] = []
+
+    @app.task
+    def where() -> str:
+        threads.append(threading.current_thread().name)
+        return threading.current_thread().name
+
+    with consuming(Worker(app, concurrency=8)):
+        warm_up(lambda: where.delay().result(timeout=5))
+        jobs = app.enqueue_many([where.s() for _ in range(30)])
+        names = [j.result(timeout=5) for j in jobs]
+    assert threads[0].startswith("conveyor-job-")  # a task not yet known quick: the pool
+    assert CONSUMER not in names[:16]  # the first fetch (8 slots, 8 buffered): the pool
+
+
+def test_a_quick_task_turned_slow_is_cancelled_in_the_consumer_thread() -> None:
+    app = Conveyor("memory://")  # real time: the keeper renews (and hears of the cancel)
+    started = threading.Event()
+    slow_in: list[str] = []
+
+    @app.task
+    def step(forever: bool) -> str:
+        if forever:
+            slow_in.append(threading.current_thread().name)
+            started.set()
+            while True:
+                time.sleep(0.01)
+        return threading.current_thread().name
+
+    with consuming(Worker(app, lease=0.3)):
+        warm_up(lambda: step.delay(False).result(timeout=5))
+        job = step.delay(True)
+        assert started.wait(5)
+        assert job.cancel()
+        with pytest.raises(JobCancelled):
+            job.result(timeout=5)
+        assert job.status is JobStatus.CANCELLED
+        assert slow_in == [CONSUMER]
+        assert step.delay(False).result(timeout=5)  # the worker goes on
+
+
+def test_a_quick_task_turned_slow_meets_its_time_limit_in_the_consumer_thread() -> None:
+    app = Conveyor("memory://")
+
+    slow_in: list[str] = []
+
+    @app.task(timeout=0.3)
+    def step(seconds: float) -> str:
+        if seconds:
+            slow_in.append(threading.current_thread().name)
+        for _ in range(int(seconds / 0.01)):
+            time.sleep(0.01)
+        return threading.current_thread().name
+
+    with consuming(Worker(app)):
+        warm_up(lambda: step.delay(0).result(timeout=5))
+        job = step.delay(10)
+        with pytest.raises(TaskFailed) as info:
+            job.result(timeout=5)
+    assert info.value.remote_type == "conveyor._errors.SoftTimeLimit"
+    assert slow_in == [CONSUMER]
+
+
+def test_a_lone_result_is_written_by_the_thread_that_ran_the_job() -> None:
+    broker = Recording()
+    app = Conveyor(broker=broker)
+    writers: list[str] = []
+    finish = broker.finish
+
+    def recorded(outcomes: object) -> list[bool]:
+        writers.append(threading.current_thread().name)
+        return finish(outcomes)  # type: ignore[arg-type]
+
+    broker.finish = recorded  # type: ignore[method-assign]
+
+    @app.task
+    def one() -> int:
+        return 1
+
+    with consuming(Worker(app)):
+        for _ in range(5):
+            assert one.delay().result(timeout=5) == 1
+            time.sleep(0.05)  # the finisher is idle again
+    assert "conveyor-finish" not in writers
+    assert len(writers) == 5
