@@ -43,7 +43,9 @@ class Inflight:
         self.capacity = capacity
         self.prefetch = prefetch
         self._batch = max(1, prefetch // 2)  # room worth a fetch while jobs are buffered
-        self._cond = threading.Condition()
+        lock = threading.Lock()
+        self._cond = threading.Condition(lock)  # something finished (drain and stop wait)
+        self._fetch = threading.Condition(lock)  # a fetch became worth it (the consumer)
         self._attempts: set[Attempt] = set()  # by identity (Attempt has eq=False)
         self._ready: deque[Attempt] = deque()  # buffered, oldest first
         self._active = 0  # attempts holding a run slot
@@ -97,7 +99,7 @@ class Inflight:
         deliveries may be fetched."""
         with self._cond:
             if not self._worth_fetching() and not self._closed:
-                self._cond.wait(timeout)
+                self._fetch.wait(timeout)
             return self._room()
 
     def wait_change(self, timeout: float) -> None:
@@ -126,12 +128,14 @@ class Inflight:
         with self._cond:
             self._halted = True
             self._cond.notify_all()
+            self._fetch.notify_all()
 
     def wake(self, close: bool = False) -> None:
         """Wake every waiter; ``close=True`` also makes later waits return at once."""
         with self._cond:
             self._closed = self._closed or close
             self._cond.notify_all()
+            self._fetch.notify_all()
 
     def reopen(self) -> None:
         with self._cond:
@@ -148,7 +152,7 @@ class Inflight:
             self._unslot(attempt)
             starting = self._fill()
             if self._worth_fetching():
-                self._cond.notify_all()
+                self._fetch.notify()
         if starting:
             self._start(starting)
         return True
@@ -192,6 +196,8 @@ class Inflight:
                     self.processed += 1
             starting = self._fill()
             self._cond.notify_all()
+            if self._worth_fetching():
+                self._fetch.notify()
         if starting:
             self._start(starting)
 
