@@ -50,8 +50,14 @@ class LoopRunner:
 
     def submit(self, attempt: Attempt) -> None:
         self.start()
-        assert self._loop is not None
-        asyncio.run_coroutine_threadsafe(self._run(attempt), self._loop)
+        loop = self._loop
+        assert loop is not None
+        if self._thread is threading.current_thread():
+            # A job that ended on the loop handed its slot to a buffered one: no wake-up
+            # through the loop's self-pipe, no cross-thread future.
+            loop.create_task(self._run(attempt))
+        else:
+            asyncio.run_coroutine_threadsafe(self._run(attempt), loop)
 
     def interrupt(self, attempt: Attempt, why: str) -> None:
         with attempt.lock:
