@@ -1,10 +1,11 @@
 """Drain N queued jobs through one in-process Conveyor worker on a private redis-server and
-print jobs/s, the worker's CPU µs per job and the redis-server's CPU µs per job: the figures
-behind "Where a job's time goes" in docs/architecture.md. Not part of bench/run.py (which
-compares against the peers).
+print jobs/s and CPU µs per job of the worker (in all, and per thread: consumer, finisher,
+job threads or event loop) and of the redis-server: the figures behind "Where a job's time
+goes" in docs/architecture.md. Not part of bench/run.py (which compares against the peers).
 
     .venv/bin/python bench/profile_drain.py                      # W2-like: 10,000 no-ops, 32 slots
     .venv/bin/python bench/profile_drain.py --sleep 0.01 -n 2000 -c 50   # W4-like
+    .venv/bin/python bench/profile_drain.py --sleep 0.01 -n 2000 -c 50 --pool async
     .venv/bin/py-spy record -r 500 -f raw -o /tmp/drain.txt -- \\
         .venv/bin/python bench/profile_drain.py --reps 1 -n 30000          # where the time goes
 
@@ -15,6 +16,7 @@ the enqueue of the backlog are excluded. CPU is this process's (all threads) ove
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import shutil
 import socket
@@ -40,44 +42,85 @@ def free_port() -> int:
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) that process ``pid`` has used so far."""
-    with open(f"/proc/{pid}/stat") as f:
+def _cpu_of(stat_path: str) -> float:
+    with open(stat_path) as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system) that process ``pid`` has used so far."""
+    return _cpu_of(f"/proc/{pid}/stat")
+
+
+def thread_cpu() -> dict[int, tuple[str, float]]:
+    """CPU seconds of each of this process's threads, by native id, with the thread's role."""
+    names = {t.native_id: t.name for t in threading.enumerate()}
+    out = {}
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            cpu = _cpu_of(f"/proc/self/task/{tid}/stat")
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[int(tid)] = (_role(names.get(int(tid), "")), cpu)
+    return out
+
+
+def _role(name: str) -> str:
+    if name.startswith("conveyor-job-"):
+        return "job threads"
+    return {"conveyor-finish": "finisher", "conveyor-asyncio": "event loop"}.get(name, name)
 
 
 class Probe:
     def __init__(self, n: int, server_pid: int) -> None:
         self.n = n
         self.server_pid = server_pid
-        self.server0 = 0.0
-        self.server1 = 0.0
         self.lock = threading.Lock()
         self.count = 0
         self.first = 0.0
         self.last = 0.0
-        self.cpu0 = 0.0
-        self.cpu1 = 0.0
+        self.cpu = [0.0, 0.0]
+        self.server = [0.0, 0.0]
+        self.threads: list[dict[int, tuple[str, float]]] = []
         self.done = threading.Event()
 
     def hit(self) -> None:
         with self.lock:
             if self.count == 0:
                 self.first = time.perf_counter()
-                self.cpu0 = time.process_time()
-                self.server0 = process_cpu(self.server_pid)
+                self._mark(0)
             self.count += 1
             if self.count == self.n:
                 self.last = time.perf_counter()
-                self.cpu1 = time.process_time()
-                self.server1 = process_cpu(self.server_pid)
+                self._mark(1)
                 self.done.set()
+
+    def _mark(self, i: int) -> None:
+        self.cpu[i] = time.process_time()
+        self.server[i] = process_cpu(self.server_pid)
+        self.threads.append(thread_cpu())
+
+    def per_job(self) -> dict[str, float]:
+        """µs of CPU per job: the whole process, the redis-server, and each thread role.
+        Per-thread times tick in 1/CLK_TCK s, too coarse for dozens of job threads that
+        each run little, so "job threads" is the process total minus the other roles."""
+        us = 1e6 / self.n
+        total = self.cpu[1] - self.cpu[0]
+        roles: dict[str, float] = {}
+        before, after = self.threads
+        for tid, (role, cpu) in after.items():
+            if role != "job threads":
+                roles[role] = roles.get(role, 0.0) + cpu - before.get(tid, (role, 0.0))[1]
+        roles["job threads"] = total - sum(roles.values())
+        out = {"worker": total * us, "redis-server": (self.server[1] - self.server[0]) * us}
+        out.update((role, cpu * us) for role, cpu in roles.items() if cpu > 0)
+        return out
 
 
 def one_run(
-    url: str, server_pid: int, n: int, concurrency: int, sleep: float
-) -> tuple[float, float, float]:
+    url: str, server_pid: int, n: int, *, concurrency: int, sleep: float, pool: str
+) -> tuple[float, dict[str, float]]:
     app = Conveyor(url)
     probe = Probe(n, server_pid)
 
@@ -88,12 +131,20 @@ def one_run(
         probe.hit()
         return i
 
+    @app.task(name="anoop")
+    async def anoop(i: int) -> int:
+        if sleep:
+            await asyncio.sleep(sleep)
+        probe.hit()
+        return i
+
+    task = anoop if pool == "async" else noop
     app.broker._client.flushall()  # type: ignore[attr-defined]
     jobs = []
     for start in range(0, n, 1000):
-        jobs += app.enqueue_many([noop.s(i) for i in range(start, min(start + 1000, n))])
-    worker = Worker(app, concurrency=concurrency)
-    thread = threading.Thread(target=worker.run)
+        jobs += app.enqueue_many([task.s(i) for i in range(start, min(start + 1000, n))])
+    worker = Worker(app, concurrency=concurrency, pool=pool)
+    thread = threading.Thread(target=worker.run, name="consumer")
     thread.start()
     if not probe.done.wait(120):
         worker.stop(graceful=False)
@@ -102,9 +153,8 @@ def one_run(
     thread.join()
     for i in (0, n // 2, n - 1):  # results stay on: spot-check a few
         assert jobs[i].result(timeout=5) == i, f"job {i}: wrong result"
-    wall = probe.last - probe.first
     app.close()
-    return n / wall, (probe.cpu1 - probe.cpu0) / n * 1e6, (probe.server1 - probe.server0) / n * 1e6
+    return n / (probe.last - probe.first), probe.per_job()
 
 
 def main() -> None:
@@ -113,6 +163,8 @@ def main() -> None:
     ap.add_argument("-c", "--concurrency", type=int, default=32)
     ap.add_argument("--sleep", type=float, default=0.0, help="seconds each job sleeps")
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--pool", choices=("threads", "async"), default="threads",
+                    help="async: async def tasks (asyncio.sleep) on --pool async")  # fmt: skip
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="conveyor-prof-")
     port = free_port()
@@ -129,27 +181,33 @@ def main() -> None:
                 break
             except OSError:
                 time.sleep(0.05)
-        rates, cpus, servers = [], [], []
+        rates, cpus = [], []
         for _ in range(args.reps):
-            rate, cpu, on_server = one_run(url, server.pid, args.n, args.concurrency, args.sleep)
+            rate, cpu = one_run(
+                url,
+                server.pid,
+                args.n,
+                concurrency=args.concurrency,
+                sleep=args.sleep,
+                pool=args.pool,
+            )
             rates.append(rate)
             cpus.append(cpu)
-            servers.append(on_server)
-            print(
-                f"  {rate:,.0f} jobs/s, {cpu:.1f} µs CPU/job, redis-server {on_server:.1f} µs/job",
-                flush=True,
-            )
+            print(f"  {rate:,.0f} jobs/s; CPU µs/job: {_cpus(cpu)}", flush=True)
+        medians = {k: statistics.median(c.get(k, 0.0) for c in cpus) for k in cpus[0]}
         print(
             f"median of {args.reps}: {statistics.median(rates):,.0f} jobs/s "
-            f"({min(rates):,.0f}-{max(rates):,.0f}), "
-            f"{statistics.median(cpus):.1f} µs CPU/job, "
-            f"redis-server {statistics.median(servers):.1f} µs CPU/job; "
-            f"n={args.n} c={args.concurrency} sleep={args.sleep}"
+            f"({min(rates):,.0f}-{max(rates):,.0f}); CPU µs/job: {_cpus(medians)}; "
+            f"n={args.n} c={args.concurrency} sleep={args.sleep} pool={args.pool}"
         )
     finally:
         server.terminate()
         server.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _cpus(cpu: dict[str, float]) -> str:
+    return ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
 
 
 if __name__ == "__main__":
