@@ -12,10 +12,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from conveyor import BrokerUnavailable, Conveyor, JobStatus
+from conveyor import BrokerUnavailable, Conveyor, JobStatus, current_job
 from conveyor._clock import FakeClock
 from conveyor._message import Delivery
-from conveyor.brokers import Finish
+from conveyor.brokers import Finish, LeaseState
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.worker import Worker
 
@@ -287,6 +287,38 @@ def test_a_buffered_job_keeps_its_lease_and_runs_once(caplog: pytest.LogCaptureF
         assert [slow.result(timeout=5), waiting.result(timeout=5)] == ["slow", "waiting"]
     assert runs == ["slow", "waiting"]
     assert "refused" not in caplog.text
+
+
+class LosesFirstLease(MemoryBroker):
+    """Renewal answers "lost" for the first delivery of the job whose argument is
+    ``"lapsing"``, and only that: the others' leases stay ours."""
+
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+        states = super().renew(deliveries, lease)
+        return [
+            LeaseState.LOST if d.deliveries == 1 and b'"lapsing"' in d.payload else s
+            for d, s in zip(deliveries, states, strict=True)
+        ]
+
+
+def test_a_buffered_job_whose_lease_was_lost_does_not_run() -> None:
+    app = Conveyor(broker=LosesFirstLease())  # real time: the lost lease lapses
+    runs: list[tuple[str, int]] = []
+
+    @app.task
+    def work(tag: str, seconds: float) -> str:
+        job = current_job()
+        assert job is not None
+        runs.append((tag, job.deliveries))
+        time.sleep(seconds)
+        return tag
+
+    first, lapsing = work.delay("first", 0.6), work.delay("lapsing", 0)
+    with background(Worker(app, concurrency=1, lease=0.3)):
+        assert [first.result(timeout=5), lapsing.result(timeout=5)] == ["first", "lapsing"]
+    # Its first delivery waited in the buffer while the keeper heard it was lost: it never
+    # ran; the job ran once, from its second delivery.
+    assert runs == [("first", 1), ("lapsing", 2)]
 
 
 def test_leases_are_kept_when_a_batch_shares_one_token(caplog: pytest.LogCaptureFixture) -> None:

@@ -193,6 +193,11 @@ class Consumer:
         """Hand a job that holds a run slot to its pool (or run it ``here``); its time
         limit starts now."""
         assert self.executor is not None and attempt.message is not None
+        if attempt.lost:
+            # Its lease lapsed while it waited in the buffer (the keeper could not renew
+            # it): another worker may run it now, and our result would be refused.
+            self.inflight.drop([attempt])
+            return
         try:
             if attempt.message.timeout and self.deadlines is not None:
                 self.deadlines.add(attempt, attempt.message.timeout)
