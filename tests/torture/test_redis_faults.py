@@ -7,7 +7,8 @@ What the faults show:
   or the pooled connection reset beforehand): redis-py retries the command itself (the
   adapter's client has ``Retry(3)``); where the call still raises ``BrokerUnavailable`` the
   producer re-sends the same envelopes. Either way enqueue is idempotent on the job id:
-  exactly one stream entry per job.
+  exactly one stream entry per job. For one job, a batch that fits one script call
+  (``ENQUEUE_CHUNK``) and a batch of several calls in a MULTI/EXEC.
 * **Reset during finish** (ack + result in one script): the job ends exactly once, is never
   delivered again, its waiters are signalled once.
 * **Reset during fetch**: the jobs of a lost reply stay leased to nobody and come back after
@@ -39,6 +40,7 @@ from conveyor._message import Delivery, Envelope, JobStatus
 from conveyor.brokers._port import Finish
 from conveyor.brokers.redis import RedisBroker, _connect
 from conveyor.brokers.redis._keys import GROUP, Keys
+from conveyor.brokers.redis.broker import ENQUEUE_CHUNK
 from conveyor.testing.conformance import envelope
 from redis_server import RedisServer, unique_prefix
 
@@ -52,11 +54,11 @@ LEASE = 30.0
 QUEUE = "default"
 
 
-def _replies_before_exec(batch: int) -> int:
-    """Bytes a batch enqueue receives before EXEC's own reply: SCRIPT EXISTS (a pipeline
-    asks it first), then +OK for MULTI and +QUEUED per script call. Cutting after them
-    drops exactly the reply to a transaction the server has run."""
-    return len(b"*1\r\n:1\r\n") + len(b"+OK\r\n") + batch * len(b"+QUEUED\r\n")
+def _replies_before_exec(calls: int) -> int:
+    """Bytes a batch enqueue of ``calls`` script calls receives before EXEC's own reply:
+    SCRIPT EXISTS (a pipeline asks it first), then +OK for MULTI and +QUEUED per call.
+    Cutting after them drops exactly the reply to a transaction the server has run."""
+    return len(b"*1\r\n:1\r\n") + len(b"+OK\r\n") + calls * len(b"+QUEUED\r\n")
 
 
 @pytest.fixture
@@ -117,7 +119,8 @@ def _drain(broker: RedisBroker, clock: FakeClock | None = None) -> tuple[list[st
 # -- reset during enqueue --------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("batch", [1, 20])
+# One job; a batch that is one script call; a batch of three calls in a MULTI/EXEC.
+@pytest.mark.parametrize("batch", [1, 20, 2 * ENQUEUE_CHUNK + 50])
 @pytest.mark.parametrize("fault", ["reply dropped", "request cut", "reset before"])
 def test_reset_during_enqueue_writes_each_job_exactly_once(
     rig: Rig, fault: str, batch: int
@@ -125,9 +128,10 @@ def test_reset_during_enqueue_writes_each_job_exactly_once(
     broker, proxy, fresh_redis_server, prefix = rig.broker, rig.proxy, rig.server, rig.prefix
     envs = [envelope(QUEUE) for _ in range(batch)]
     ids = [e.id for e in envs]
+    calls = -(-batch // ENQUEUE_CHUNK)  # enqueue script calls the batch takes
     reset_command_stats(fresh_redis_server)
     if fault == "reply dropped":
-        proxy.cut("down", 0 if batch == 1 else _replies_before_exec(batch))
+        proxy.cut("down", _replies_before_exec(calls) if calls > 1 else 0)
     elif fault == "request cut":
         proxy.cut("up", 20)
     else:
@@ -141,9 +145,9 @@ def test_reset_during_enqueue_writes_each_job_exactly_once(
         unknown = ids
         assert broker.enqueue(envs) == ids  # the producer's retry: the same envelopes
     assert proxy.stats.cuts + proxy.stats.resets == 1, "the fault was not injected"
-    calls = command_calls(fresh_redis_server)
+    sent = command_calls(fresh_redis_server)
     if fault == "reply dropped":  # the write reached the server, then was sent again
-        assert calls.get("exec" if batch > 1 else "evalsha", 0) == 2, calls
+        assert sent.get("exec" if calls > 1 else "evalsha", 0) == 2, sent
 
     assert sorted(stream_entries(fresh_redis_server, prefix)) == sorted(ids)  # one entry per job
     records = broker.get(ids)
