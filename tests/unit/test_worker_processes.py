@@ -45,6 +45,12 @@ def hoard(mib: int) -> int:
     return os.getpid()
 
 @app.task
+def linger() -> int:
+    import threading  # a non-daemon thread: the interpreter cannot exit while it runs
+    threading.Thread(target=time.sleep, args=(3600,)).start()
+    return os.getpid()
+
+@app.task
 def sigkill(path: str) -> None:
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\\n")
@@ -262,6 +268,20 @@ def test_a_child_above_max_child_memory_after_a_job_is_recycled(
     assert fresh[1] == fresh[0]  # which is under the limit, so it stays
     assert "its resident memory is" in caplog.text
     assert "(max_child_memory=50 MiB)" in caplog.text
+
+
+def test_a_recycled_child_that_does_not_exit_is_killed(
+    tasks: ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("conveyor.worker._processes.RETIRE_PATIENCE", 0.5)
+    caplog.set_level(logging.WARNING, logger="conveyor.worker")
+    stuck = tasks.linger.delay()
+    then = tasks.pid.delay()
+    with pool(tasks, max_jobs_per_child=1):
+        first = stuck.result(timeout=30)
+        assert then.result(timeout=30) != first  # the pool did not shrink to nothing
+        assert not alive(first)
+    assert f"worker process {first} did not exit within 0.5 s of being recycled" in caplog.text
 
 
 @pytest.mark.parametrize(

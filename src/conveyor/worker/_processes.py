@@ -51,6 +51,9 @@ from ._threads import Done, Report
 log = logging.getLogger("conveyor.worker")
 
 _READY_TIMEOUT = 120.0  # importing a big app in a fresh interpreter can take a while
+# How long a retired child may take to exit (atexit handlers, threads a task left running)
+# before it is killed: it holds no job by then, and its replacement waits for its exit.
+RETIRE_PATIENCE = 10.0
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MiB = 1024 * 1024
@@ -264,6 +267,22 @@ class ProcessRunner:
             log.info("recycling worker process %s: %s", child.proc.pid, retire)
             with contextlib.suppress(OSError):  # it exits; _died starts the replacement
                 child.conn.send(None)
+            threading.Thread(
+                target=self._see_out, args=(child,), name="conveyor-child-retire", daemon=True
+            ).start()
+
+    def _see_out(self, child: _Child) -> None:
+        """Kill a retired child that does not exit in time (a thread its tasks started
+        keeps the interpreter alive, say), so the pool does not shrink by one for ever."""
+        try:
+            child.proc.wait(RETIRE_PATIENCE)
+        except subprocess.TimeoutExpired:
+            log.warning(
+                "worker process %s did not exit within %g s of being recycled; killing it",
+                child.proc.pid,
+                RETIRE_PATIENCE,
+            )
+            child.proc.kill()  # it holds no job; _died starts the replacement
 
     def _retirement(self, child: _Child) -> str | None:
         """Why ``child`` must be replaced now that a job ended (None: it goes on)."""
