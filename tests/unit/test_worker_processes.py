@@ -267,7 +267,7 @@ def test_a_child_above_max_child_memory_after_a_job_is_recycled(
     assert fresh[0] != hoarder  # the next job got a new child
     assert fresh[1] == fresh[0]  # which is under the limit, so it stays
     assert "its resident memory is" in caplog.text
-    assert "(max_child_memory=50 MiB)" in caplog.text
+    assert "(max_child_memory=50 MiB); that was its first job" in caplog.text
 
 
 def test_a_recycled_child_that_does_not_exit_is_killed(

@@ -291,10 +291,13 @@ class ProcessRunner:
         if self._max_memory is not None:
             rss = resident_memory(child.proc.pid)
             if rss is not None and rss > self._max_memory:
-                return (
+                why = (
                     f"its resident memory is {rss / MiB:.0f} MiB after a job "
                     f"(max_child_memory={self._max_memory // MiB} MiB)"
                 )
+                if child.jobs == 1:  # every job will pay for a fresh interpreter
+                    why += "; that was its first job: if most jobs need this much, raise the limit"
+                return why
         return None
 
     def _died(self, child: _Child) -> None:
