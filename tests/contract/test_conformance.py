@@ -6,18 +6,10 @@ import pytest
 
 from conveyor._errors import ConveyorError, InvalidName, ValidationError
 from conveyor._message import validate_job_id, validate_queue
-from conveyor.testing.conformance import (
-    BrokerConformance,
-    DependencyConformance,
-    KeyValueConformance,
-)
+from conveyor.testing.conformance import BrokerConformance, KeyValueConformance
 
 
 class TestBroker(BrokerConformance):
-    pass
-
-
-class TestDependencies(DependencyConformance):
     pass
 
 

@@ -175,11 +175,10 @@ class Broker(ABC):
     async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
         return await asyncio.to_thread(self.wait, job_id, timeout)
 
+    @abstractmethod
     def payload(self, job_id: str) -> bytes | None:
         """The job's current payload, whatever its status; None for an unknown (or expired)
         id. Cancelling a workflow step reads it to learn what follows the step."""
-        del job_id
-        return None  # an adapter without it: cancelling a step does not end its workflow
 
     @abstractmethod
     def cancel(self, job_id: str) -> JobStatus:

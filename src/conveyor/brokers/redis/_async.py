@@ -12,12 +12,12 @@ from collections.abc import Sequence
 from ..._errors import JobNotFound
 from ..._message import Envelope, JobRecord
 from . import _connect
-from ._core import RECORD_FIELDS, RedisCore, text
+from ._core import RECORD_FIELDS, RedisCore
 
 
 class AsyncMixin(RedisCore):
     async def enqueue_async(self, envelopes: Sequence[Envelope]) -> list[str]:
-        from .broker import enqueue_calls  # the one place arguments are built
+        from .broker import enqueue_calls, enqueue_ids  # the one place they are built
 
         if not envelopes:
             return []
@@ -31,7 +31,7 @@ class AsyncMixin(RedisCore):
                 for keys, argv in calls:
                     await scripts["enqueue"](keys=keys, args=argv, client=pipe)
                 replies = await pipe.execute()
-        return [text(i) for reply in replies for i in reply]
+        return enqueue_ids(replies)
 
     async def _read_record_async(self, job_id: str) -> JobRecord | None:
         client, _ = self._aclient()

@@ -11,6 +11,15 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:job:<id>            HASH    the job: status token deliveries payload queue priority sid
                                     consumer lease_until cancel key result reason progress note
                                     eta updated_at expires_at (times in ms, see "Times" below);
+                                    deps '1' once a job waits for this one (depends_on);
+                                    waiting: how many of its own dependencies have not ended
+                                    (status scheduled, eta 'waiting', scored +inf: promote
+                                    and the eta sweep leave it; its last dependency ending
+                                    queues it)
+    {P}:deps:<id>           SET     ids of jobs waiting for job <id> (depends_on), written by
+                                    their enqueue; the step that makes <id> terminal (finish,
+                                    cancel, a cancelled job released or reclaimed) counts
+                                    each one down and deletes the set;
                                     a field not written yet reads as empty (enqueue leaves
                                     out key cancel expires_at result reason)
     {P}:done:<id>           LIST    completion signal: one element pushed when the job ends;
@@ -56,7 +65,9 @@ are set a little longer than the logical expiry, as garbage collection only.
 
 Scripts compute job keys inside Lua from the ``{P}:job:`` prefix passed as an argument (the
 ids come out of stream entries, so they cannot be declared up front); the shared tag keeps
-them in the slot of the declared keys.
+them in the slot of the declared keys. Likewise ``{P}:deps:<id>`` and, when a job's end
+makes a dependent due, the dependent's queue keys (``{P}:q:<q>:...``, ``common.lua``
+``release_dependent``): a dependent may sit in a queue the finishing script never named.
 """
 
 from __future__ import annotations

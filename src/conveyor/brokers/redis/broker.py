@@ -30,7 +30,7 @@ from ..._message import (
     validate_queue,
 )
 from ...stores._port import KeyValue
-from .._port import PARKED, Broker, Finish, LeaseState
+from .._port import PARKED, Broker, Finish, LeaseState, unknown_dependency
 from . import _connect
 from ._admin import AdminMixin
 from ._async import AsyncMixin
@@ -62,20 +62,34 @@ def enqueue_calls(keys: Keys, head: list[Any],
                   envelopes: Sequence[Envelope]) -> list[tuple[list[str], list[Any]]]:
     """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes, each
     declaring the keys of the queues its jobs use once. Every envelope is validated before
-    the first call is built, so a bad one writes nothing."""
+    the first call is built, so a bad one writes nothing. A batch with dependencies is one
+    call whatever its size: the script checks them all before writing anything."""
     calls = []
-    for at in range(0, len(envelopes), ENQUEUE_CHUNK):
+    chunk = ENQUEUE_CHUNK
+    if any(env.depends_on for env in envelopes):
+        chunk = len(envelopes)
+    for at in range(0, len(envelopes), chunk):
         queues: dict[str, int] = {}
         own: list[Any] = []
-        for env in envelopes[at:at + ENQUEUE_CHUNK]:
+        for env in envelopes[at:at + chunk]:
             job_id, queue, payload, priority, eta, key = enqueue_args(env)
+            deps = ",".join(validate_job_id(d) for d in env.depends_on)
             own += (job_id, queues.setdefault(queue, len(queues) + 1), payload, priority,
-                    eta, key)
+                    eta, key, deps)
         declared = [keys.unique, keys.queues]
         for q in queues:
             declared += keys.queue_keys(q)
         calls.append((declared, [*head, len(queues), *queues, *own]))
     return calls
+
+
+def enqueue_ids(replies: Sequence[Any]) -> list[str]:
+    """The ids the enqueue calls answered; raises ``DependencyNotFound`` if the script
+    refused an unknown dependency (it wrote nothing)."""
+    ids = [text(i) for reply in replies for i in reply]
+    if ids and ids[0] == "!missing":
+        raise unknown_dependency(ids[1], ids[2])
+    return ids
 
 
 class RedisBroker(AdminMixin, AsyncMixin, Broker):
@@ -115,7 +129,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
                 replies = [self._eval("enqueue", *calls[0])]
             else:  # MULTI/EXEC: a batch is written whole or not at all.
                 replies = self._pipelined("enqueue", calls, transaction=True)
-        return [text(i) for reply in replies for i in reply]
+        return enqueue_ids(replies)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -249,6 +263,16 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
 
     def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         return self._read_records(list(job_ids))
+
+    def payload(self, job_id: str) -> bytes | None:
+        with _connect.translate():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.time()
+            pipe.hmget(self._keys.job(job_id), ["payload", "expires_at"])
+            server_time, (payload, expires) = pipe.execute()
+        if payload is None or (expires and int(expires) <= self._now(server_time)):
+            return None
+        return bytes(payload)
 
     def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
         deadline = None if timeout is None else time.monotonic() + timeout

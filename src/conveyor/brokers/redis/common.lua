@@ -120,7 +120,36 @@ local function notify(id)
   redis.call('PEXPIRE', done, NOTIFY_TTL_MS)
 end
 
--- Make a job terminal: record, expiry (logical, plus a later real one), index, signal.
+-- Keys beyond the declared ones, under the broker's tag "{P}:" (so in the slot of every
+-- declared key), computed here as job keys are: a job's dependents are not known up front.
+local TAG = string.sub(JOB_PREFIX, 1, #JOB_PREFIX - 4)
+local DEPS_PREFIX = TAG .. 'deps:'
+
+-- A dependency of `child` ended: count it off; the last one makes the child due, in its own
+-- queue (whose keys this script may not have declared: they are computed, same tag).
+local function release_dependent(child)
+  local ckey = JOB_PREFIX .. child
+  local c = redis.call('HMGET', ckey, 'status', 'eta', 'queue', 'priority')
+  if c[1] ~= 'scheduled' or c[2] ~= 'waiting' then return end  -- cancelled meanwhile
+  if redis.call('HINCRBY', ckey, 'waiting', -1) > 0 then return end
+  local base = TAG .. 'q:' .. c[3] .. ':'
+  local cq = {s = {}, queued = base .. 'queued'}
+  for p = 0, 9 do cq.s[p] = base .. 's' .. p end
+  redis.call('ZREM', base .. 'scheduled', child)
+  push_ready(cq, ckey, child, c[4], {'eta', ''})
+end
+
+-- A job that ended takes its dependents (depends_on) along. Its hash says whether it has
+-- any (field deps, set by their enqueue), so a job without dependents costs no command.
+local function release_dependents(job, id)
+  if job.deps ~= '1' then return end
+  local dkey = DEPS_PREFIX .. id
+  for _, child in ipairs(redis.call('SMEMBERS', dkey)) do release_dependent(child) end
+  redis.call('DEL', dkey)
+end
+
+-- Make a job terminal: record, expiry (logical, plus a later real one), index, signal,
+-- and its dependents counted down.
 local function terminate(q, key, job, id, status, ttl_ms)
   local expires = NOW + ttl_ms
   redis.call('HSET', key, 'status', status, 'expires_at', expires, 'token', '',
@@ -129,6 +158,7 @@ local function terminate(q, key, job, id, status, ttl_ms)
   if TERMINAL[status] then
     redis.call('ZREMRANGEBYSCORE', q[status], '-inf', NOW)
     redis.call('ZADD', q[status], expires, id)
+    release_dependents(job, id)
   end
   notify(id)
 end

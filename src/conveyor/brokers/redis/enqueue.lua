@@ -1,9 +1,12 @@
 -- Enqueue a batch of jobs (one or many), in order, in one atomic step.
 -- KEYS: unique, queues, then the 19 keys of each queue the batch uses.
 -- ARGV[5]: number of queues n; ARGV[6..5+n]: their names (in the order of their KEYS);
--- then 6 values per job: id, queue index (1..n), payload, priority, eta ('', ms or
--- 'parked'), unique key ('' or the key).
--- Returns the job ids, in order: the existing one where an equal unique key is pending.
+-- then 7 values per job: id, queue index (1..n), payload, priority, eta ('', ms or
+-- 'parked'), unique key ('' or the key), depends_on (ids joined by ',', or '').
+-- Returns the job ids, in order: the existing one where an equal unique key is pending;
+-- or {'!missing', job id, dependency id}, having written nothing, when a dependency names
+-- no live job and no job earlier in the call (the client sends a batch with dependencies
+-- as one call, so that is all of it).
 -- Idempotent on the id: a retried command (timeout after the server applied it) that
 -- finds the job already there writes nothing, so a job is never enqueued twice.
 local UNIQUE, QUEUES = KEYS[1], KEYS[2]
@@ -11,8 +14,31 @@ local NQ = tonumber(ARGV[5])
 local Q = {}
 for i = 1, NQ do Q[i] = qkeys(3 + (i - 1) * QK); Q[i].name = ARGV[5 + i] end
 local BASE = 6 + NQ
-local PER_JOB = 6
+local PER_JOB = 7
 local N = (#ARGV - BASE + 1) / PER_JOB
+
+-- The status of a live job, or nil.
+local function live_status(id)
+  local f = redis.call('HMGET', JOB_PREFIX .. id, 'status', 'expires_at')
+  if not f[1] then return nil end
+  if f[2] and f[2] ~= '' and tonumber(f[2]) <= NOW then return nil end
+  return f[1]
+end
+
+-- Every dependency must be known before anything is written.
+for j = 0, N - 1 do
+  if ARGV[BASE + j * PER_JOB + 6] ~= '' then
+    local earlier = {}
+    for k = 0, N - 1 do
+      local a = BASE + k * PER_JOB
+      for dep in string.gmatch(ARGV[a + 6], '[^,]+') do
+        if not earlier[dep] and not live_status(dep) then return {'!missing', ARGV[a], dep} end
+      end
+      earlier[ARGV[a]] = true
+    end
+    break
+  end
+end
 
 -- One EXISTS over the whole batch: a new job (the usual case) needs no lookup of its own.
 local probe = {}
@@ -25,7 +51,20 @@ local any_exist = redis.call('EXISTS', unpack(probe)) > 0
 local written = {}  -- ids written by this call (an id repeated in the batch is written once)
 local listed = {}   -- queues added to the QUEUES set by this call
 
-local function enqueue_one(id, q, payload, prio, eta, ukey)
+-- Register the job with each dependency that has not ended; how many there were.
+local function wait_for(id, deps)
+  local waiting = 0
+  for dep in string.gmatch(deps, '[^,]+') do
+    local status = live_status(dep)
+    if status and not TERMINAL[status] then
+      waiting = waiting + redis.call('SADD', DEPS_PREFIX .. dep, id)
+      redis.call('HSET', JOB_PREFIX .. dep, 'deps', '1')
+    end
+  end
+  return waiting
+end
+
+local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
   local key, done = JOB_PREFIX .. id, DONE_PREFIX .. id
   if written[id] then return id end
   if any_exist and redis.call('EXISTS', key, done) > 0 then
@@ -52,7 +91,14 @@ local function enqueue_one(id, q, payload, prio, eta, ukey)
     fields[#fields + 1] = 'key'
     fields[#fields + 1] = ukey
   end
-  place(q, key, id, prio, eta, fields)
+  local waiting = deps ~= '' and wait_for(id, deps) or 0
+  if waiting > 0 then  -- parked (eta 'waiting': promote leaves it) until the last one ends
+    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', 'waiting',
+      'waiting', waiting, unpack(fields))
+    redis.call('ZADD', q.scheduled, '+inf', id)
+  else
+    place(q, key, id, prio, eta, fields)
+  end
   if not listed[q.name] then
     redis.call('SADD', QUEUES, q.name)
     listed[q.name] = true
@@ -64,6 +110,6 @@ local out = {}
 for j = 0, N - 1 do
   local a = BASE + j * PER_JOB
   out[j + 1] = enqueue_one(ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
-    ARGV[a + 4], ARGV[a + 5])
+    ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
 end
 return out
