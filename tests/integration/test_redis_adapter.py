@@ -497,6 +497,36 @@ def test_fetch_reaps_consumers_idle_with_nothing_pending(
     assert broker.finish([Finish(held, JobStatus.SUCCEEDED, b"")]) == [True]
 
 
+def test_fetch_finds_a_priority_level_that_came_into_use_or_went_since_its_last_call(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    broker.enqueue([first := env()])
+    assert [d.id for d in fetch(broker)] == [first.id]  # the broker now knows level 0 only
+    broker.enqueue([high := env(priority=7)])
+    assert [d.id for d in fetch(broker)] == [high.id]
+    raw.delete("{" + prefix + "}:q:default:s0")  # a level it knew is gone (by hand)
+    assert fetch(broker) == []
+    broker.enqueue([again := env()])
+    assert [d.id for d in fetch(broker)] == [again.id]
+
+
+def test_a_blocked_fetch_wakes_for_a_job_on_a_level_never_used_before(
+    broker: RedisBroker, redis_server: RedisServer, prefix: str
+) -> None:
+    broker.enqueue([env()])
+    fetch(broker)  # level 0 known; the others do not exist
+    got: list[Delivery] = []
+    t = threading.Thread(target=lambda: got.extend(fetch(broker, block=30.0)))
+    t.start()
+    time.sleep(0.2)  # let it block (if it has not yet, it finds the job at once: same result)
+    producer = RedisBroker(redis_server.url, prefix=prefix)
+    producer.enqueue([e := env(priority=3)])
+    t.join(timeout=10)  # far below the 30 s block: it was woken, not timed out
+    assert not t.is_alive()
+    assert [d.id for d in got] == [e.id]
+    producer.close()
+
+
 # -- restarts, errors, ACL ---------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
@@ -172,9 +172,11 @@ class Pinned:
     of the pool and back in on every call (each checks the process id: a system call) and
     wraps the call in redis-py's retry and metrics layers; here a call is one send and one
     read. At most ``limit`` threads hold one (a producer with hundreds of threads must not
-    empty the pool); the others, and any call after a connection or timeout error, take
-    the ordinary path, which reconnects and retries: use this only for commands that are
-    safe to send twice."""
+    empty the pool); the others take the ordinary path. A call that meets a connection
+    error (reset, refused, a restarted server) is sent again on the ordinary path, which
+    reconnects and retries: use this only for commands that are safe to send twice. A
+    timeout is raised at once: the server did not answer within the socket timeout, and
+    each of the ordinary path's retries would wait as long again."""
 
     def __init__(self, limit: int = MAX_HELD) -> None:
         self._local = threading.local()
@@ -203,25 +205,72 @@ class Pinned:
         if conn is not None:
             pool.release(conn)
 
-    def call(self, client: redis.Redis, *args: Any) -> Any:
+    def _conn(self, client: redis.Redis) -> Any:
+        """This thread's connection, or None: use the ordinary path."""
         held: Any = getattr(self._local, "held", None)
         if held is None or (held is not _SHARED and held.generation != _fork_generation):
             if held is not None:  # the parent's socket: leave it alone
                 held.handback.detach()
             held = self._hold(client.connection_pool) or _SHARED
             self._local.held = held
-        if held is _SHARED:
-            return client.execute_command(*args)  # type: ignore[no-untyped-call]
-        conn = held.conn
-        try:
-            if pack_command is not None:
-                conn.send_packed_command([pack_command(args)])
+        return None if held is _SHARED else held.conn
+
+    def call(self, client: redis.Redis, *args: Any) -> Any:
+        conn = self._conn(client)
+        if conn is not None:
+            try:
+                if pack_command is not None:
+                    conn.send_packed_command([pack_command(args)])
+                else:
+                    conn.send_command(*args)
+                return conn.read_response()
+            except redis.TimeoutError:
+                conn.disconnect()
+                raise
+            except redis.ConnectionError:
+                conn.disconnect()
+        return client.execute_command(*args)  # type: ignore[no-untyped-call]
+
+    def pipeline(self, client: redis.Redis, *commands: Sequence[Any],
+                 transaction: bool = False) -> list[Any]:
+        """Several commands sent at once (in MULTI/EXEC with ``transaction``), their replies
+        read in order. Redis runs them one after the other, so a command queued behind a
+        blocking one runs the moment that one returns, in the same round trip. An error
+        reply is raised once every reply is read (the connection stays in step)."""
+        conn = self._conn(client)
+        if conn is not None:
+            framed = [("MULTI",), *commands, ("EXEC",)] if transaction else list(commands)
+            try:
+                if pack_command is not None:
+                    conn.send_packed_command([pack_command(tuple(c)) for c in framed])
+                else:
+                    conn.send_packed_command(conn.pack_commands(framed))
+                replies: list[Any] = []
+                for _ in framed:
+                    try:
+                        replies.append(conn.read_response())
+                    except redis.ResponseError as exc:  # the reply is read: still in step
+                        replies.append(exc)
+            except redis.TimeoutError:
+                conn.disconnect()
+                raise
+            except redis.ConnectionError:
+                conn.disconnect()
             else:
-                conn.send_command(*args)
-            return conn.read_response()
-        except (redis.ConnectionError, redis.TimeoutError):
-            conn.disconnect()
-            return client.execute_command(*args)  # type: ignore[no-untyped-call]
+                if transaction:  # OK, QUEUED per command (or its error), then EXEC's list
+                    *queued, done = replies
+                    for reply in queued:
+                        if isinstance(reply, redis.ResponseError):
+                            raise reply
+                    replies = done if isinstance(done, list) else [done]
+                for reply in replies:
+                    if isinstance(reply, redis.ResponseError):
+                        raise reply
+                return replies
+        pipe = client.pipeline(transaction=transaction)
+        for c in commands:
+            pipe.execute_command(*c)  # type: ignore[no-untyped-call]
+        return list(pipe.execute())
 
 
 # Socket-level errors redis-py sometimes lets through unwrapped (asyncio timeouts, resets).

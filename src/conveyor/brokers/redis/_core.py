@@ -104,8 +104,14 @@ class RedisCore:
         try:
             return self._pinned.call(self._client, "EVALSHA", found.sha, len(keys), *keys, *args)
         except redis.exceptions.NoScriptError:
-            found.sha = self._client.script_load(found.script)
+            self._load(script)
             return self._pinned.call(self._client, "EVALSHA", found.sha, len(keys), *keys, *args)
+
+    def _load(self, script: str) -> None:
+        """Load a script into the server's cache (on this thread's connection, like the
+        calls that need it)."""
+        found = self._scripts[script]
+        found.sha = text(self._pinned.call(self._client, "SCRIPT", "LOAD", found.script))
 
     def _aclient(self) -> tuple[redis.asyncio.Redis, Scripts]:
         """The asyncio client of the running loop, created on first use (one per loop:

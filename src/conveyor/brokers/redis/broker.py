@@ -5,7 +5,8 @@ per-delivery token and an expiry, on the server's clock, see ``_core``, kept in 
 and the queue's ``running`` set), and the pending-entries list records who holds each entry.
 Every state change is one Lua script (see the ``.lua`` files); the key schema is in
 ``_keys.py``. Blocking is a plain ``XREAD BLOCK`` on the streams' last ids, so waiting for
-work never delivers anything outside a script and never spins.
+work never delivers anything outside a script and never spins; the fetch script is
+pipelined right behind it, so a job reaching an idle worker is delivered in one round trip.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.exceptions
@@ -113,6 +114,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
 
         super().__init__(url, prefix=prefix, clock=clock, sweep_idle=sweep_idle)
         self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
+        self._levels: dict[str, str] = {}  # queue -> its priority streams last seen (fetch.lua)
 
     @property
     def kv(self) -> KeyValue:
@@ -140,8 +142,10 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         if not queues:
             return []
         deadline = time.monotonic() + max(block, 0.0)
+        with _connect.translate():
+            reply = self._eval("fetch", *self._fetch_call(queues, consumer, count, lease))
         while True:
-            out, next_event, last_ids = self._fetch_once(queues, consumer, count, lease)
+            out, next_event, last_ids = self._fetch_reply(queues, reply)
             remaining = deadline - time.monotonic()
             if out or remaining <= 0 or count <= 0:
                 return out
@@ -150,11 +154,11 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
                 wait = min(wait, max(next_event / 1000, 0.001))
                 if not self._real_time:
                     wait = min(wait, _IDLE_WAKE)
-            self._block(queues, last_ids, wait)
+            reply = self._block_then_fetch(queues, last_ids, wait, lambda: self._fetch_call(
+                queues, consumer, count, lease, woken=self._real_time))
 
-    def _fetch_once(
-        self, queues: list[str], consumer: str, count: int, lease: float
-    ) -> tuple[list[Delivery], int, list[str]]:
+    def _fetch_call(self, queues: list[str], consumer: str, count: int, lease: float, *,
+                    woken: bool = False) -> tuple[list[str], list[Any]]:
         keys: list[str] = []
         for q in queues:
             keys += self._keys.queue_keys(q)
@@ -162,10 +166,17 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         sweep = to_ms(self._sweep_idle if self._sweep_idle is not None else 2 * lease)
         raw = secrets.token_hex(8 * max(count, 0))  # one urandom call, not one per token
         tokens = [raw[i:i + 16] for i in range(0, len(raw), 16)]
+        levels = self._levels.get(queues[0], "") if len(queues) == 1 else ""
         args = [*self._head(), consumer, max(count, 0), to_ms(lease), max(sweep, 1),
-                to_ms(self.reap_every), to_ms(self.reap_idle), len(queues), *queues, *tokens]
-        with _connect.translate():
-            out, next_event, recreated, last_ids = self._eval("fetch", keys, args)
+                to_ms(self.reap_every), to_ms(self.reap_idle), len(queues), *queues, levels,
+                "1" if woken else "0", *tokens]
+        return keys, args
+
+    def _fetch_reply(self, queues: list[str],
+                     reply: Any) -> tuple[list[Delivery], int, list[str]]:
+        out, next_event, recreated, last_ids, levels = reply
+        if len(queues) == 1:  # the queue's priority levels in use, for the next call
+            self._levels[queues[0]] = text(levels)
         if recreated:
             log.warning(
                 "conveyor: %d consumer group(s) were missing on queues %s and were recreated "
@@ -179,14 +190,30 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         ]
         return deliveries, int(next_event), [text(s) for s in last_ids]
 
-    def _block(self, queues: list[str], last_ids: list[str], wait: float) -> None:
+    def _block_then_fetch(self, queues: list[str], last_ids: list[str], wait: float,
+                          fetch_call: Callable[[], tuple[list[str], list[Any]]]) -> Any:
         """Sleep in Redis until any of the queues' streams gets a new entry, or ``wait``
-        passes. A plain XREAD from the last ids the script saw: nothing is delivered here,
-        and an entry added since the script ran wakes us at once (no lost wake-up)."""
+        passes, then fetch. The sleep is a plain XREAD from the last ids the script saw:
+        nothing is delivered by it, and an entry added since the script ran wakes it at
+        once (no lost wake-up). On the real clock the fetch script is sent right behind it
+        in the same round trip, and Redis runs it the moment the XREAD returns: a job
+        reaching an idle worker is delivered without a second round trip. (On an injected
+        clock the script's ``now`` must be read after the sleep, so it is sent after.)"""
         streams = [s for q in queues for s in self._keys.streams(q)]
+        xread = ["XREAD", "COUNT", 1, "BLOCK", max(1, to_ms(wait)), "STREAMS",
+                 *streams, *last_ids]
         with _connect.translate():
-            self._client.xread(dict(zip(streams, last_ids, strict=True)), count=1,
-                               block=max(1, to_ms(wait)))
+            if not self._real_time:
+                self._pinned.call(self._client, *xread)
+                return self._eval("fetch", *fetch_call())
+            keys, args = fetch_call()
+            script = self._scripts["fetch"]
+            try:
+                _, reply = self._pinned.pipeline(
+                    self._client, xread, ["EVALSHA", script.sha, len(keys), *keys, *args])
+            except redis.exceptions.NoScriptError:  # the script cache was lost: load it
+                reply = self._eval("fetch", keys, args)
+            return reply
 
     def _fenced(self, script: str, items: Sequence[tuple[str, str, list[Any]]]) -> list[int]:
         """Run a per-delivery script for each (job id, queue, args) in one round trip."""
@@ -204,23 +231,23 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
 
     def _pipelined(self, script: str, calls: list[tuple[list[str], list[Any]]], *,
                    transaction: bool) -> list[Any]:
-        """Send the calls in one pipeline, as plain EVALSHA (a pipeline of ``Script`` calls
-        would first ask SCRIPT EXISTS, one more round trip). A server that lost its script
-        cache (restart, failover) answers NOSCRIPT to every call, so none ran there: load
-        the script and send them again. (Every script sent this way is idempotent for a
-        repeat, so a call that did run before a restart is safe to repeat too.)"""
+        """Send the calls in one pipeline, as plain EVALSHA on this thread's connection (a
+        redis-py pipeline of ``Script`` calls would first ask SCRIPT EXISTS, one more round
+        trip). A server that lost its script cache (restart, failover) answers NOSCRIPT to
+        every call, so none ran there: load the script and send them again. (Every script
+        sent this way is idempotent for a repeat, so a call that did run before a restart
+        is safe to repeat too.)"""
         found = self._scripts[script]
         for again in (False, True):
-            pipe = self._client.pipeline(transaction=transaction)
-            for keys, argv in calls:
-                pipe.execute_command(  # type: ignore[no-untyped-call]
-                    "EVALSHA", found.sha, len(keys), *keys, *argv)
+            commands = [("EVALSHA", found.sha, len(keys), *keys, *argv) for keys, argv in calls]
             try:
-                return list(pipe.execute())
+                replies = self._pinned.pipeline(self._client, *commands, transaction=transaction)
             except redis.exceptions.NoScriptError:
                 if again:
                     raise
-                found.sha = self._client.script_load(found.script)
+                self._load(script)
+            else:
+                return replies
         raise AssertionError("unreachable")
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:

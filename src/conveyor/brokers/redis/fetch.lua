@@ -9,13 +9,23 @@
 -- time with nothing pending are deleted from the queue's groups (stopped workers' names).
 -- KEYS: 19 keys per queue, then the unique-key hash. ARGV[5..]: consumer, count,
 -- lease (ms), sweep idle (ms), reap period (ms, 0: never), reap idle (ms),
--- number of queues, the queue names, then `count` fresh tokens.
--- Returns {deliveries, ms until the next event (or -1), groups recreated, last entry ids
--- or {}}; a delivery is {id, queue, payload, token, deliveries, priority}.
+-- number of queues, the queue names, the levels hint (below), woken ('1': see "Woken"
+-- below, else '0'), then `count` fresh tokens.
+-- Returns {deliveries, ms until the next event (-1: none, or jobs were delivered), groups
+-- recreated, last entry ids or {}, levels}; a delivery is {id, queue, payload, token,
+-- deliveries, priority}.
+-- Every command a script sends costs the server a few µs more than the command itself
+-- (much more when the server sat idle: caches gone), so the usual calls are kept few.
+-- Levels: with one queue, which priority streams exist, one '0' or '1' per priority
+-- (0..9); the caller passes back what the last call returned ('' when it has none), so
+-- a level in use is read without an EXISTS of its own, and one EXISTS over the other
+-- streams tells whether any came into use since.
 local CONSUMER, COUNT, LEASE = ARGV[5], tonumber(ARGV[6]), tonumber(ARGV[7])
 local SWEEP_MS, REAP_EVERY, REAP_IDLE = tonumber(ARGV[8]), tonumber(ARGV[9]), tonumber(ARGV[10])
 local NQ = tonumber(ARGV[11])
-local TOKEN_BASE = 11 + NQ
+local HINT = ARGV[12 + NQ]
+local WOKEN = ARGV[13 + NQ] == '1'
+local TOKEN_BASE = 13 + NQ
 local MOVE_LIMIT = 1000
 local UNIQUE = KEYS[NQ * QK + 1]
 local recreated = 0
@@ -49,9 +59,15 @@ local function reclaim(q)
 end
 
 -- Bookkeeping for one entry this consumer now holds; nil (entry dropped) when stale.
+-- (Lean on purpose: every table and string a script makes costs the server about a
+-- microsecond when it sat idle, so the usual entry ["job", id] is read in place and the
+-- job hash by HMGET of the fields used, not HGETALL.)
 local function deliver(q, p, sid, flat)
-  local f = fields_of(flat)
-  local id = f.job
+  local id, f = flat[1] == 'job' and #flat == 2 and flat[2], nil
+  if not id then
+    f = fields_of(flat)
+    id = f.job
+  end
   if not id then
     -- Written straight into the stream: hand it out raw; the worker dead-letters it.
     id = 'raw-' .. sid
@@ -61,19 +77,22 @@ local function deliver(q, p, sid, flat)
       'key', '', 'cancel', '0', 'updated_at', NOW, 'expires_at', '', 'result', '', 'reason', '')
   end
   local key = JOB_PREFIX .. id
-  local job = load_job(key)
-  if not job or job.sid ~= sid or (job.status ~= 'queued' and job.status ~= 'running') then
+  local job = redis.call('HMGET', key, 'status', 'sid', 'queue', 'payload', 'deliveries',
+    'expires_at')
+  local status, expires = job[1], job[6]
+  if not status or (expires and expires ~= '' and tonumber(expires) <= NOW) or job[2] ~= sid
+      or (status ~= 'queued' and status ~= 'running') then
     drop_entry(q.s[p], sid)
     return nil
   end
   local token = ARGV[TOKEN_BASE + #out + 1]
-  local n = tonumber(job.deliveries) + 1
+  local n = tonumber(job[5]) + 1
   local until_ms = NOW + LEASE
   redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', n,
     'consumer', CONSUMER, 'lease_until', until_ms, 'updated_at', NOW)
   redis.call('ZREM', q.queued, id)
   redis.call('ZADD', q.running, until_ms, id)
-  return {id, job.queue, job.payload, token, n, p}
+  return {id, job[3], job[4], token, n, p}
 end
 
 -- One claimed entry: back to a live owner, or delivered here (an orphan).
@@ -95,15 +114,15 @@ end
 -- Stopped or dead workers leave their consumer names in every group; drop the idle ones
 -- that hold nothing (a consumer with pending entries is never deleted: that would drop the
 -- entries from the pending list).
-local function reap(q)
-  if REAP_EVERY <= 0 then return end
+local function reap(q, marked)
+  if REAP_EVERY <= 0 or marked then return end
   if redis.call('SET', q.reap, '1', 'NX', 'PX', REAP_EVERY) == false then return end
   for p = 0, 9 do drop_idle_consumers(q.s[p], nil, REAP_IDLE) end
 end
 
 local SWEEP_CALLS = 10  -- bounds one sweep's work; the cursor walks past live entries
-local function sweep(q)
-  if redis.call('SET', q.sweep, '1', 'NX', 'PX', SWEEP_MS) == false then return end
+local function sweep(q, marked)
+  if marked or redis.call('SET', q.sweep, '1', 'NX', 'PX', SWEEP_MS) == false then return end
   for p = 9, 0, -1 do
     local stream = q.s[p]
     local cursor = '0-0'
@@ -141,15 +160,39 @@ local function sid_less(a, b)
   return tonumber(as) < tonumber(bs)
 end
 
+-- The single queue's priority levels whose stream exists (see "Levels" above), found
+-- after promote and reclaim (which may create a stream).
+local LEVELS = {}
+local function find_levels()
+  local others, streams = {}, {}
+  for p = 0, 9 do
+    if string.sub(HINT, p + 1, p + 1) == '1' then
+      LEVELS[p] = true
+    else
+      others[#others + 1] = p
+      streams[#streams + 1] = Q[1].s[p]
+    end
+  end
+  if #streams > 0 and redis.call('EXISTS', unpack(streams)) > 0 then
+    for _, p in ipairs(others) do LEVELS[p] = redis.call('EXISTS', Q[1].s[p]) == 1 end
+  end
+end
+
 -- One queue: XREADGROUP hands out its oldest undelivered entries itself, so the peek and
 -- the merge below are not needed. Returns entries read, or nil when the group is missing
 -- (the general path below recreates it and reports it).
 local function read_single(p, want)
   local stream = Q[1].s[p]
-  if redis.call('EXISTS', stream) == 0 then return 0 end
+  if not LEVELS[p] then return 0 end
   local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', want,
     'STREAMS', stream, '>')
-  if not ok then return nil end
+  if not ok then
+    if redis.call('EXISTS', stream) == 0 then  -- gone since the hint
+      LEVELS[p] = false
+      return 0
+    end
+    return nil
+  end
   local entries = res and res[1][2] or {}
   for _, e in ipairs(entries) do
     local d = deliver(Q[1], p, e[1], e[2])
@@ -203,20 +246,46 @@ local function next_event()
   return math.max(best - NOW, 0)
 end
 
-for i = 1, NQ do promote(Q[i]); reclaim(Q[i]); reap(Q[i]) end
+-- Woken: sent right behind the XREAD a worker sleeps in, so it runs the moment an entry
+-- arrives. With one queue, the levels known to be in use are read first, and when that
+-- delivers, the rest (promote, reclaim, reap, sweep) is left to the worker's next fetch,
+-- which always begins with a full call: the job reaches the worker sooner.
+if WOKEN and NQ == 1 and COUNT > 0 then
+  for p = 9, 0, -1 do
+    LEVELS[p] = string.sub(HINT, p + 1, p + 1) == '1'
+    if LEVELS[p] and #out < COUNT then read_single(p, COUNT - #out) end
+  end
+  if #out > 0 then return {out, -1, recreated, {}, HINT} end
+end
+
+local marks = {}  -- per queue: {sweep marker, reap marker}, one MGET
+for i = 1, NQ do
+  marks[i] = redis.call('MGET', Q[i].sweep, Q[i].reap)
+  promote(Q[i]); reclaim(Q[i]); reap(Q[i], marks[i][2])
+end
 if COUNT > 0 then
-  for i = 1, NQ do sweep(Q[i]) end
+  for i = 1, NQ do sweep(Q[i], marks[i][1]) end
 end
+if NQ == 1 then find_levels() end
 for p = 9, 0, -1 do
-  while #out < COUNT and read_level(p, COUNT - #out) > 0 do end
-end
-local last_ids = {}
-if #out == 0 then
-  for i = 1, NQ do
-    for p = 0, 9 do
-      local top = redis.call('XREVRANGE', Q[i].s[p], '+', '-', 'COUNT', 1)[1]
-      table.insert(last_ids, top and top[1] or '0-0')
-    end
+  while #out < COUNT do
+    local want = COUNT - #out
+    if read_level(p, want) < want then break end  -- fewer than asked: the level is empty
   end
 end
-return {out, next_event(), recreated, last_ids}
+local levels = ''
+if NQ == 1 then
+  for p = 0, 9 do levels = levels .. (LEVELS[p] and '1' or '0') end
+end
+if #out > 0 then return {out, -1, recreated, {}, levels} end
+local last_ids = {}
+for i = 1, NQ do
+  for p = 0, 9 do
+    local top = nil
+    if NQ > 1 or LEVELS[p] then  -- a stream that does not exist: from the start
+      top = redis.call('XREVRANGE', Q[i].s[p], '+', '-', 'COUNT', 1)[1]
+    end
+    table.insert(last_ids, top and top[1] or '0-0')
+  end
+end
+return {out, next_event(), recreated, last_ids, levels}
