@@ -96,6 +96,21 @@ def test_graceful_stop_lets_running_jobs_finish(app: Conveyor) -> None:
     assert app.broker.workers() == []  # forget_worker on the way out
 
 
+def test_jobs_that_run_long_are_not_buffered(app: Conveyor, broker: Recording) -> None:
+    @app.task
+    def slowish(n: int) -> int:
+        time.sleep(0.15)  # 2 slots x PREFETCH_WINDOW (0.02 s) / 0.15 s: no buffer at all
+        return n
+
+    jobs = app.enqueue_many([slowish.s(i) for i in range(8)])
+    with background(Worker(app, concurrency=2)):
+        assert [j.result(timeout=10) for j in jobs] == list(range(8))
+    assert broker.fetch_counts[0] == 4  # run times unknown yet: the slots and a full buffer
+    # Once runs are known to be long, a fetch asks for free slots only (a buffered job
+    # started while the broker is away would run into the outage too).
+    assert max(broker.fetch_counts[1:]) <= 2
+
+
 def test_buffered_jobs_are_handed_back_at_stop_not_run(app: Conveyor, broker: Recording) -> None:
     started = threading.Event()
     runs: list[str] = []

@@ -2,7 +2,8 @@
 
 A held delivery is, in turn:
 
-* **buffered** — fetched and vetted, waiting for a run slot (at most ``prefetch`` of them);
+* **buffered** — fetched and vetted, waiting for a run slot (at most ``prefetch`` of them,
+  fewer for jobs that run long: see ``PREFETCH_WINDOW``);
 * **active** — given a run slot and handed to a pool (at most ``capacity``);
 * **completed** — its run ended; the finisher is writing its outcome.
 
@@ -37,12 +38,22 @@ from ._attempt import COMPLETED, RELEASED, RUNNING, Attempt
 
 Start = Callable[[Attempt], None]
 
+# The buffer holds what the run slots will ask for in about this many seconds (several fetch
+# round trips), at most ``prefetch``: a full buffer for short jobs, none for jobs that run
+# long compared with a fetch. A buffered job started while the broker is away runs into
+# the outage too (its result cannot be written before its lease lapses, so it runs again),
+# so the buffer is kept to what a fetch round trip actually needs.
+PREFETCH_WINDOW = 0.02
+_RUN_WEIGHT = 0.1  # weight of the latest run in the moving average of run times
+
 
 class Inflight:
     def __init__(self, capacity: int, prefetch: int = 0) -> None:
         self.capacity = capacity
-        self.prefetch = prefetch
+        self.prefetch = prefetch  # the most ever buffered
+        self._buffer = prefetch  # buffered now at most (PREFETCH_WINDOW of runs)
         self._batch = max(1, prefetch // 2)  # room worth a fetch while jobs are buffered
+        self._run_avg: float | None = None  # seconds, moving average of run times
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # something finished (drain and stop wait)
         self._fetch = threading.Condition(lock)  # a fetch became worth it (the consumer)
@@ -83,7 +94,7 @@ class Inflight:
 
     def _room(self) -> int:
         """How many more deliveries may be fetched now."""
-        unstarted = self.capacity + self.prefetch - self._active - len(self._ready)
+        unstarted = self.capacity + self._buffer - self._active - len(self._ready)
         return min(unstarted, 2 * self.capacity + self.prefetch - len(self._attempts))
 
     def _worth_fetching(self) -> bool:
@@ -149,6 +160,8 @@ class Inflight:
             if attempt.state != RUNNING:
                 return False
             attempt.state = COMPLETED
+            if attempt.slot and self.prefetch:
+                self._ran(time.monotonic() - attempt.began)
             self._unslot(attempt)
             starting = self._fill()
             if self._worth_fetching():
@@ -156,6 +169,14 @@ class Inflight:
         if starting:
             self._start(starting)
         return True
+
+    def _ran(self, seconds: float) -> None:
+        avg = self._run_avg
+        avg = seconds if avg is None else avg + (seconds - avg) * _RUN_WEIGHT
+        self._run_avg = avg
+        wanted = self.capacity * PREFETCH_WINDOW / avg if avg > 0 else self.prefetch
+        self._buffer = min(self.prefetch, int(wanted))
+        self._batch = max(1, self._buffer // 2)
 
     def _unslot(self, attempt: Attempt) -> None:
         if attempt.slot:
