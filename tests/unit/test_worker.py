@@ -441,3 +441,51 @@ def test_drain_times_out_and_hands_back_what_runs(app: Conveyor) -> None:
         Worker(app).drain(timeout=0.3)
     gate.set()
     assert job.status is JobStatus.QUEUED  # released for the next worker
+
+
+# -- a fetch whose reply comes late ----------------------------------------------------------
+
+
+def _slow_fetch(app: Conveyor, clock: FakeClock, steal: bool) -> list[str]:
+    """The first fetch that delivers takes 1.2 s (a stopped process, a stalled network):
+    longer than the worker's block plus a third of its 0.3 s lease. With ``steal``, the lease
+    runs out meanwhile and another worker takes the job. Returns what the worker ran."""
+    ran: list[str] = []
+
+    @app.task
+    def note(tag: str) -> None:
+        ran.append(tag)
+
+    real = app.broker.fetch
+    slowed = threading.Event()
+
+    def fetch(*args: object, **kwargs: object) -> object:
+        deliveries = real(*args, **kwargs)  # type: ignore[arg-type]
+        if deliveries and not slowed.is_set():
+            slowed.set()
+            if steal:
+                clock.advance(1.0)
+                assert real(["default"], "thief", 1, 30.0, 0.0)
+            time.sleep(1.2)
+        return deliveries
+
+    app.broker.fetch = fetch  # type: ignore[method-assign]
+    job = note.delay("late")
+    with running(Worker(app, lease=0.3, concurrency=1)):
+        assert slowed.wait(5)
+        if steal:
+            time.sleep(1.2 + 0.5)  # the reply, then time to run it if it were run
+            assert app.job(job.id).status == JobStatus.RUNNING  # the thief's, untouched
+        else:
+            job.result(timeout=5)
+    return ran
+
+
+def test_a_late_fetch_reply_whose_lease_was_taken_over_is_not_run(
+    app: Conveyor, clock: FakeClock
+) -> None:
+    assert _slow_fetch(app, clock, steal=True) == []
+
+
+def test_a_late_fetch_reply_still_ours_runs(app: Conveyor, clock: FakeClock) -> None:
+    assert _slow_fetch(app, clock, steal=False) == ["late"]

@@ -26,7 +26,7 @@ from .._clock import Clock
 from .._codec import Codec
 from .._errors import BrokerError, ConfigurationError, UntrustedTask
 from .._message import Delivery, Envelope, JobStatus, Outcome
-from ..brokers._port import Broker, Finish
+from ..brokers._port import Broker, Finish, LeaseState
 from ._attempt import Attempt, Result
 from ._deadlines import Deadlines
 from ._finisher import Finisher
@@ -99,6 +99,7 @@ class Consumer:
 
     def fetch(self, count: int, block: float) -> list[Delivery] | None:
         """Up to ``count`` deliveries; None after a broker error (already backed off)."""
+        sent = time.monotonic()
         try:
             deliveries = self.broker.fetch(self.queues, self.name, count, self.lease, block)
         except BrokerError as exc:
@@ -114,7 +115,25 @@ class Consumer:
         if self.backoff.failures:
             log.info("the broker is reachable again")
         self.backoff.reset()
+        if deliveries and time.monotonic() - sent > block + self.lease / 3:
+            return self._still_ours(deliveries)
         return deliveries
+
+    def _still_ours(self, deliveries: list[Delivery]) -> list[Delivery]:
+        """Deliveries from a fetch that took far longer than its block (this process was
+        stopped, or the network stalled): the broker may have granted their leases long ago,
+        and another worker may run them now. Renew first; run only those still ours."""
+        try:
+            states = self.broker.renew(deliveries, self.lease)
+        except Exception as exc:
+            log.warning("a slow fetch's %d job(s) could not be renewed (%s); "
+                        "they return when their lease expires", len(deliveries), exc)  # fmt: skip
+            return []
+        kept = [d for d, state in zip(deliveries, states, strict=True) if state != LeaseState.LOST]
+        if len(kept) < len(deliveries):
+            log.info("a slow fetch: %d of its job(s) were no longer ours; not running them",
+                     len(deliveries) - len(kept))  # fmt: skip
+        return kept
 
     def release(self, attempts: Sequence[Attempt]) -> None:
         """Hand running jobs back for immediate redelivery (what a stopping worker does)."""
