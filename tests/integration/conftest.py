@@ -25,9 +25,7 @@ import pytest
 from conveyor import Conveyor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from redis_server import SERVER_BINARY, RedisServer, redis_server, unique_prefix
-
-__all__ = ["redis_server"]  # a fixture, imported so pytest finds it
+from redis_server import SERVER_BINARY, RedisServer, unique_prefix
 
 TASKS = """
 import os, pathlib, time

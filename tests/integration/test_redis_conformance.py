@@ -20,10 +20,9 @@ from conveyor.brokers.redis import RedisBroker  # noqa: E402
 from conveyor.testing.conformance import BrokerConformance, KeyValueConformance  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from redis_server import RedisServer, redis_server, unique_prefix  # noqa: E402
+from redis_server import RedisServer, unique_prefix  # noqa: E402
 
 pytestmark = pytest.mark.redis
-__all__ = ["redis_server"]  # the session fixture, imported so pytest finds it here
 
 
 def _broker(server: RedisServer, clock: FakeClock | None) -> Iterator[RedisBroker]:
