@@ -274,6 +274,86 @@ def test_stale_finish_leaves_the_live_entry_pending(
     b.close()
 
 
+def test_one_finish_call_over_queues_and_priorities_acks_each_entry_and_fences_each_job(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    """The finish script acks, deletes, un-indexes and indexes per stream and per index for
+    the whole call: each job still ends on its own terms."""
+    jobs = [env(queue, priority=prio) for queue in ("fa", "fb") for prio in (0, 5) for _ in "ab"]
+    broker.enqueue(jobs)
+    got = fetch(broker, count=20, queues=("fa", "fb"))
+    assert len(got) == 8
+    stale = got[0]
+    broker.release([stale])  # its token is now stale
+    [again] = fetch(broker, "c2", queues=(stale.queue,), count=1)
+    assert again.id == stale.id
+    rest = got[1:]
+    retry = rest[0]
+    outcomes = [Finish(stale, JobStatus.SUCCEEDED, b"stale")]
+    outcomes += [Finish(d, JobStatus.FAILED if i % 2 else JobStatus.SUCCEEDED, b"r" + d.id.encode(),
+                        reason="boom" if i % 2 else "")
+                 for i, d in enumerate(rest[1:])]
+    outcomes += [Finish(retry, JobStatus.SCHEDULED, b"", retry=Envelope(retry.id, "fc", b"again")),
+                 Finish(rest[1], JobStatus.SUCCEEDED, b"repeat")]  # a repeat: the truth
+    assert broker.finish(outcomes) == [False] + [True] * (len(outcomes) - 1)
+    records = {r.id: r for r in broker.get([d.id for d in got]) if r is not None}
+    assert records[stale.id].status == JobStatus.RUNNING  # the live delivery still holds it
+    for i, d in enumerate(rest[1:]):
+        assert records[d.id].status == (JobStatus.FAILED if i % 2 else JobStatus.SUCCEEDED)
+        assert records[d.id].result == b"r" + d.id.encode()  # the first finish stands
+    assert records[retry.id].status == JobStatus.QUEUED and records[retry.id].queue == "fc"
+    for queue in ("fa", "fb"):
+        for prio in (0, 5):
+            stream = "{" + prefix + "}:q:" + queue + ":s" + str(prio)
+            live = int(again.queue == queue and again.priority == prio)
+            assert raw.xlen(stream) == live  # every finished entry deleted
+            assert raw.xpending(stream, "conveyor")["pending"] == live  # and acked
+        running = raw.zrange("{" + prefix + "}:q:" + queue + ":running", 0, -1)
+        assert running == ([stale.id.encode()] if stale.queue == queue else [])
+    ended = {d.id for d in rest[1:]}
+    listed = {m.decode() for q in ("fa", "fb") for status in ("succeeded", "failed")
+              for m in raw.zrange("{" + prefix + "}:q:" + q + ":" + status, 0, -1)}
+    assert listed == ended
+    assert raw.sismember("{" + prefix + "}:queues", "fc")
+    assert [d.id for d in fetch(broker, queues=("fc",))] == [retry.id]
+    assert broker.finish([Finish(again, JobStatus.SUCCEEDED, b"live")]) == [True]
+
+
+def test_a_queue_is_listed_once_its_first_job_is_written_whichever_way(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    """enqueue lists a queue only when its job did not go into a stream that exists (a stream
+    exists only for a listed queue): a scheduled job, a first job, a stream a worker's group
+    creation did not make."""
+    queues = "{" + prefix + "}:queues"
+    broker.enqueue([env("later", eta=time.time() + 60)])
+    assert raw.smembers(queues) == {b"later"}
+    fetch(broker, queues=("first",))  # a worker on a queue nobody wrote to yet
+    broker.enqueue([env("first")])
+    broker.enqueue([env("first")])
+    assert raw.smembers(queues) == {b"later", b"first"}
+
+
+def test_async_enqueue_reloads_scripts_the_server_lost(
+    fresh_redis_server: RedisServer, prefix: str
+) -> None:
+    server = fresh_redis_server
+    b = RedisBroker(server.url, prefix=prefix)
+    admin = server.client()
+
+    async def main() -> None:
+        assert await b.enqueue_async([e := env()]) == [e.id]
+        admin.script_flush()  # as after a restart or failover
+        assert await b.enqueue_async([e := env()]) == [e.id]  # NOSCRIPT: loaded, sent again
+        admin.script_flush()
+        batch = [env() for _ in range(ENQUEUE_CHUNK + 1)]  # several calls in one MULTI
+        assert await b.enqueue_async(batch) == [x.id for x in batch]
+
+    asyncio.run(main())
+    assert admin.xlen("{" + prefix + "}:q:default:s0") == ENQUEUE_CHUNK + 3  # each once
+    b.close()
+
+
 # -- reclaim -----------------------------------------------------------------------------
 
 

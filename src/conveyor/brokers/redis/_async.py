@@ -1,13 +1,17 @@
 """The asyncio producer path: enqueue and wait on ``redis.asyncio``, no thread hop.
 
 The same scripts and keys as the sync path; only the client differs (one per event loop,
-created lazily by ``RedisCore._aclient``).
+created lazily by ``RedisCore._aclient``). Enqueue sends plain EVALSHA, as the sync path
+does: a redis-py ``Script`` call would first ask SCRIPT EXISTS inside a pipeline and copy
+keys and arguments through more layers.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+
+import redis
 
 from ..._errors import JobNotFound
 from ..._message import Envelope, JobRecord
@@ -23,15 +27,29 @@ class AsyncMixin(RedisCore):
             return []
         client, scripts = self._aclient()
         calls = enqueue_calls(self._keys, self._head(), envelopes)
+        script = scripts["enqueue"]
         async with _connect.translate_async():
-            if len(calls) == 1:  # atomic on its own; a pipeline would add SCRIPT EXISTS
-                replies = [await scripts["enqueue"](keys=calls[0][0], args=calls[0][1])]
-            else:  # MULTI/EXEC, as the sync path
-                pipe = client.pipeline(transaction=True)
-                for keys, argv in calls:
-                    await scripts["enqueue"](keys=keys, args=argv, client=pipe)
-                replies = await pipe.execute()
-        return enqueue_ids(replies)
+            for again in (False, True):
+                commands = [("EVALSHA", script.sha, len(keys), *keys, *argv)
+                            for keys, argv in calls]
+                try:
+                    if len(commands) == 1:  # atomic on its own: no MULTI
+                        replies = [await client.execute_command(  # type: ignore[no-untyped-call]
+                            *commands[0])]
+                    else:  # MULTI/EXEC, as the sync path
+                        pipe = client.pipeline(transaction=True)
+                        for command in commands:
+                            pipe.execute_command(*command)
+                        replies = await pipe.execute()
+                except redis.exceptions.NoScriptError:
+                    # The server lost its script cache (restart, failover): every call
+                    # answered NOSCRIPT, none ran. Load the script and send them again.
+                    if again:
+                        raise
+                    await client.script_load(script.script)
+                else:
+                    return enqueue_ids(replies)
+        raise AssertionError("unreachable")
 
     async def _read_record_async(self, job_id: str) -> JobRecord | None:
         client, _ = self._aclient()

@@ -1,12 +1,18 @@
 """The Lua scripts, read from the ``.lua`` files beside this module.
 
 Each script is ``common.lua`` (shared helpers and argument conventions) followed by its own
-file. redis-py ``Script`` objects run them by SHA and reload them on ``NOSCRIPT`` (a restarted
-or failed-over server), also inside pipelines.
+file, with only the helpers it uses: the head of ``common.lua`` (the argument conventions,
+up to its first ``local function``) always, then each top-level definition (``local
+function NAME`` or ``local NAME =``, with the comment lines above it) that the script, or a
+helper already taken, names. Defining a closure the script never calls costs the server
+time on every call (all of common.lua's helpers: about 3 µs per call, as much as a small
+script's own work). redis-py ``Script`` objects run them by SHA and reload them on
+``NOSCRIPT`` (a restarted or failed-over server), also inside pipelines.
 """
 
 from __future__ import annotations
 
+import re
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -14,12 +20,58 @@ from typing import Any
 NAMES = ("enqueue", "fetch", "renew", "finish", "release", "promote", "progress", "cancel",
          "requeue", "purge", "forget")
 
+_DEFINES = re.compile(r"local (?:function )?([A-Za-z_]\w*)")
+
+
+def _blocks(common: str) -> tuple[str, list[tuple[str, str]]]:
+    """common.lua as its head and its top-level definitions, (name, text), in order."""
+    lines = common.splitlines(keepends=True)
+    first = next(i for i, line in enumerate(lines) if line.startswith("local function "))
+    while first > 0 and lines[first - 1].startswith("--"):
+        first -= 1
+    head, blocks = "".join(lines[:first]), []
+    start = first
+    for i in range(first, len(lines) + 1):
+        if i < len(lines) and not (lines[i].startswith("local ") and i > start):
+            continue
+        # A definition starts here: the comment lines just above belong to it.
+        cut = i
+        while i < len(lines) and cut > start and lines[cut - 1].startswith("--"):
+            cut -= 1
+        text = "".join(lines[start:cut])
+        found = _DEFINES.match(text.lstrip("-\n ").split("\n", 1)[0]) or _DEFINES.search(text)
+        if text.strip():
+            blocks.append((found.group(1) if found else "", text))
+        start = cut
+    return head, blocks
+
+
+def _names(text: str) -> set[str]:
+    return set(re.findall(r"[A-Za-z_]\w*", re.sub(r"--[^\n]*", "", text)))
+
+
+def prelude(body: str, common: str) -> str:
+    """The part of ``common`` that ``body`` needs: its head and the definitions it uses,
+    directly or through another one, in their original order."""
+    head, blocks = _blocks(common)
+    wanted = _names(body)
+    taken = [False] * len(blocks)
+    grew = True
+    while grew:
+        grew = False
+        for i in reversed(range(len(blocks))):  # a helper names only those above it
+            if not taken[i] and blocks[i][0] in wanted:
+                taken[i] = grew = True
+                wanted |= _names(blocks[i][1])
+    return head + "".join(text for (_, text), used in zip(blocks, taken, strict=True) if used)
+
 
 @cache
 def source(name: str) -> str:
     folder = resources.files(__package__ or "conveyor.brokers.redis")
     common = folder.joinpath("common.lua").read_text(encoding="utf-8")
-    return common + "\n" + folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return prelude(body, common) + "\n" + body
 
 
 class Scripts:

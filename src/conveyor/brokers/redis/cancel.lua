@@ -21,7 +21,6 @@ elseif job.status == 'scheduled' then
 else
   return job.status
 end
-redis.call('HSET', key, 'sid', '')
-terminate(q, key, job, id, 'cancelled', 86400000)
+terminate(q, key, job, id, 'cancelled', 86400000, {'sid', ''})
 release_key(KEYS[3], job, id)
 return 'cancelled'

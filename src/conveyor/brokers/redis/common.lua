@@ -72,38 +72,43 @@ local function load_job(key)
 end
 
 -- Append a job's entry to a priority stream; the first entry creates the stream and its
--- consumer group (NOMKSTREAM: one call in the usual case, where both exist).
+-- consumer group (NOMKSTREAM: one call in the usual case, where both exist). Returns the
+-- entry id, and true when the stream existed already. Streams are created here only, by
+-- scripts that list the job's queue in {P}:queues in the same step (no script removes a
+-- queue from that set): so a stream that exists is of a listed queue.
 local function add_entry(stream, id)
   local sid = redis.call('XADD', stream, 'NOMKSTREAM', '*', 'job', id)
-  if not sid then
-    redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
-    sid = redis.call('XADD', stream, '*', 'job', id)
-  end
-  return sid
+  if sid then return sid, true end
+  redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
+  return redis.call('XADD', stream, '*', 'job', id), false
 end
 
 -- Put a job at the tail of its priority stream as queued (a new entry, a new place in line).
--- `fields` (optional): more job hash fields, written in the same HSET.
+-- `fields` (optional): more job hash fields, written in the same HSET. Returns true when
+-- the stream existed already (add_entry).
 local function push_ready(q, key, id, prio, fields)
-  local sid = add_entry(q.s[tonumber(prio)], id)
+  local sid, existed = add_entry(q.s[tonumber(prio)], id)
   redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'token', '', 'lease_until', '',
     unpack(fields or {}))
   redis.call('ZADD', q.queued, NOW, id)
+  return existed
 end
 
 -- Queued now, or scheduled until eta ('parked': until promote; scored +inf, never due).
 -- `fields` (optional): more job hash fields, written in the same HSET as the status.
+-- Returns true when the job went into a stream that existed already (so its queue is
+-- listed in {P}:queues: see add_entry), false otherwise.
 local function place(q, key, id, prio, eta, fields)
   fields = fields or {}
   if eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
     redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', eta,
       unpack(fields))
     redis.call('ZADD', q.scheduled, eta == 'parked' and '+inf' or eta, id)
-  else
-    table.insert(fields, 'eta')
-    table.insert(fields, '')
-    push_ready(q, key, id, prio, fields)
+    return false
   end
+  table.insert(fields, 'eta')
+  table.insert(fields, '')
+  return push_ready(q, key, id, prio, fields)
 end
 
 -- Remove a delivered entry: ack it (out of the pending list) and delete it from the stream.
@@ -149,18 +154,36 @@ local function release_dependents(job, id)
 end
 
 -- Make a job terminal: record, expiry (logical, plus a later real one), index, signal,
--- and its dependents counted down.
-local function terminate(q, key, job, id, status, ttl_ms)
+-- and its dependents counted down. `fields` (optional): more job hash fields, written in the
+-- same HSET. `later` (optional): a batch's index additions (index key -> {score, id, ...}),
+-- added by add_indexed after one trim per index, instead of a trim and ZADD per job.
+local function terminate(q, key, job, id, status, ttl_ms, fields, later)
   local expires = NOW + ttl_ms
   redis.call('HSET', key, 'status', status, 'expires_at', expires, 'token', '',
-    'updated_at', NOW, 'cancel', '0', 'lease_until', '')
+    'updated_at', NOW, 'cancel', '0', 'lease_until', '', unpack(fields or {}))
   redis.call('PEXPIRE', key, ttl_ms + GC_GRACE_MS)
   if TERMINAL[status] then
-    redis.call('ZREMRANGEBYSCORE', q[status], '-inf', NOW)
-    redis.call('ZADD', q[status], expires, id)
+    local index = q[status]
+    if later then
+      local add = later[index]
+      if not add then add = {}; later[index] = add end
+      add[#add + 1] = expires
+      add[#add + 1] = id
+    else
+      redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW)
+      redis.call('ZADD', index, expires, id)
+    end
     release_dependents(job, id)
   end
   notify(id)
+end
+
+-- The index additions `terminate` put off: per index, expired entries out, then all in.
+local function add_indexed(later)
+  for index, add in pairs(later) do
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW)
+    redis.call('ZADD', index, unpack(add))
+  end
 end
 
 local function release_key(unique, job, id)
@@ -174,24 +197,29 @@ local function owned(job, token)
   return job ~= nil and job.status == 'running' and job.token ~= '' and job.token == token
 end
 
--- The fence of finish and release: 'owned' (go on; this delivery is marked as the one that
--- settles the job), 'again' (this very delivery settled it already: a call resent after a
--- lost reply took effect the first time) or 'refused'.
-local function settle(key, job, token)
+-- The fence of finish and release: 'owned' (go on; the caller marks this delivery as the
+-- one that settles the job, field settled_by = token, in the HSET it writes anyway),
+-- 'again' (this very delivery settled it already: a call resent after a lost reply took
+-- effect the first time) or 'refused'.
+local function settle(job, token)
   if job and token ~= '' and job.settled_by == token and job.status ~= 'running' then
     return 'again'
   end
   if not owned(job, token) then return 'refused' end
-  redis.call('HSET', key, 'settled_by', token)
   return 'owned'
 end
 
 -- A running job whose cancel was requested and whose worker is gone (lease expired) or
--- handed it back: it ends here, cancelled, rather than run again.
-local function end_cancelled(q, key, job, id, unique)
+-- handed it back: it ends here, cancelled, rather than run again. `fields` (optional): more
+-- job hash fields, written in the same HSET.
+local function end_cancelled(q, key, job, id, unique, fields)
   drop_entry(q.s[tonumber(job.priority)], job.sid)
   redis.call('ZREM', q.running, id)
-  redis.call('HSET', key, 'sid', '', 'reason', 'cancelled')
-  terminate(q, key, job, id, 'cancelled', 86400000)
+  fields = fields or {}
+  table.insert(fields, 'sid')
+  table.insert(fields, '')
+  table.insert(fields, 'reason')
+  table.insert(fields, 'cancelled')
+  terminate(q, key, job, id, 'cancelled', 86400000, fields)
   release_key(unique, job, id)
 end

@@ -41,15 +41,20 @@ for j = 0, N - 1 do
 end
 
 -- One EXISTS over the whole batch: a new job (the usual case) needs no lookup of its own.
-local probe = {}
-for j = 0, N - 1 do
-  local id = ARGV[BASE + j * PER_JOB]
-  probe[#probe + 1] = JOB_PREFIX .. id
-  probe[#probe + 1] = DONE_PREFIX .. id
+local any_exist
+if N == 1 then  -- a single job: no batch tables
+  any_exist = redis.call('EXISTS', JOB_PREFIX .. ARGV[BASE], DONE_PREFIX .. ARGV[BASE]) > 0
+else
+  local probe = {}
+  for j = 0, N - 1 do
+    local id = ARGV[BASE + j * PER_JOB]
+    probe[#probe + 1] = JOB_PREFIX .. id
+    probe[#probe + 1] = DONE_PREFIX .. id
+  end
+  any_exist = redis.call('EXISTS', unpack(probe)) > 0
 end
-local any_exist = redis.call('EXISTS', unpack(probe)) > 0
 local written = {}  -- ids written by this call (an id repeated in the batch is written once)
-local listed = {}   -- queues added to the QUEUES set by this call
+local listed = {}   -- queues known to be in the QUEUES set in this call
 
 -- Register the job with each dependency that has not ended; how many there were.
 local function wait_for(id, deps)
@@ -92,15 +97,16 @@ local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
     fields[#fields + 1] = ukey
   end
   local waiting = deps ~= '' and wait_for(id, deps) or 0
+  local existed = false  -- went into a stream that existed: the queue is listed (add_entry)
   if waiting > 0 then  -- parked (eta 'waiting': promote leaves it) until the last one ends
     redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', 'waiting',
       'waiting', waiting, unpack(fields))
     redis.call('ZADD', q.scheduled, '+inf', id)
   else
-    place(q, key, id, prio, eta, fields)
+    existed = place(q, key, id, prio, eta, fields)
   end
   if not listed[q.name] then
-    redis.call('SADD', QUEUES, q.name)
+    if not existed then redis.call('SADD', QUEUES, q.name) end
     listed[q.name] = true
   end
   return id

@@ -14,32 +14,67 @@ local FIELDS = 13
 local Q = {}
 for i = 1, NQ do Q[i] = qkeys(3 + (i - 1) * QK); Q[i].name = ARGV[5 + i] end
 
+-- Only the fields the fence and the ending read (HMGET, not the whole hash).
+local WANTED = {'status', 'token', 'settled_by', 'expires_at', 'priority', 'sid', 'key', 'deps'}
+local function load_fenced(key)
+  local f = redis.call('HMGET', key, unpack(WANTED))
+  if not f[1] then return nil end
+  if f[4] and f[4] ~= '' and tonumber(f[4]) <= NOW then return nil end
+  local job = {}
+  for i, name in ipairs(WANTED) do job[name] = f[i] or nil end
+  return job
+end
+
+-- Put off to the end, once per key for the whole batch (nothing in this script reads them
+-- meanwhile; a job named twice in one call is refused or 'again' the second time, by its
+-- hash, which is written at once): XACK and XDEL per stream, ZREM per running index, the
+-- trim and ZADD of the status indexes.
+local dropped = {}  -- stream -> entry ids
+local stopped = {}  -- running index -> job ids
+local later = {}    -- status index -> {score, id, ...}
+local listed = {}   -- queues known to be in the QUEUES set in this call
+
+local function put_off(into, key, value)
+  local list = into[key]
+  if not list then list = {}; into[key] = list end
+  list[#list + 1] = value
+end
+
 local function finish_one(a)
   local id = ARGV[a]
   local token = ARGV[a + 1]
   local key = JOB_PREFIX .. id
-  local job = load_job(key)
-  local fence = settle(key, job, token)
+  local job = load_fenced(key)
+  local fence = settle(job, token)
   if fence ~= 'owned' then return fence == 'again' and 1 or 0 end
   local q = Q[tonumber(ARGV[a + 11])]
   local status, result, ttl_ms, reason = ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
-  drop_entry(q.s[tonumber(job.priority)], job.sid)
-  redis.call('ZREM', q.running, id)
+  if job.sid and job.sid ~= '' then put_off(dropped, q.s[tonumber(job.priority)], job.sid) end
+  put_off(stopped, q.running, id)
   if ARGV[a + 6] == '1' then
     local rq = Q[tonumber(ARGV[a + 12])]
-    redis.call('HSET', key, 'payload', ARGV[a + 7], 'priority', ARGV[a + 8], 'key', ARGV[a + 10],
-      'queue', rq.name, 'deliveries', 0, 'result', result, 'reason', reason,
-      'updated_at', NOW, 'cancel', '0', 'lease_until', '')
-    redis.call('SADD', QUEUES, rq.name)
-    place(rq, key, id, ARGV[a + 8], ARGV[a + 9])
+    local existed = place(rq, key, id, ARGV[a + 8], ARGV[a + 9], {'settled_by', token,
+      'payload', ARGV[a + 7], 'priority', ARGV[a + 8], 'key', ARGV[a + 10], 'queue', rq.name,
+      'deliveries', 0, 'result', result, 'reason', reason, 'updated_at', NOW, 'cancel', '0',
+      'lease_until', ''})
+    if not listed[rq.name] then  -- a queue whose stream exists is listed (add_entry)
+      if not existed then redis.call('SADD', QUEUES, rq.name) end
+      listed[rq.name] = true
+    end
     return 1
   end
-  redis.call('HSET', key, 'result', result, 'reason', reason, 'sid', '')
-  terminate(q, key, job, id, status, ttl_ms)
+  terminate(q, key, job, id, status, ttl_ms,
+    {'settled_by', token, 'result', result, 'reason', reason, 'sid', ''}, later)
   release_key(UNIQUE, job, id)
   return 1
 end
 
 local out = {}
 for a = 6 + NQ, #ARGV, FIELDS do table.insert(out, finish_one(a)) end
+for stream, sids in pairs(dropped) do
+  redis.call('XACK', stream, GROUP, unpack(sids))
+  redis.call('XDEL', stream, unpack(sids))
+end
+for running, ids in pairs(stopped) do redis.call('ZREM', running, unpack(ids)) end
+add_indexed(later)
 return out

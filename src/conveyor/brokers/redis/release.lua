@@ -3,17 +3,17 @@
 local key = KEYS[1]
 local q = qkeys(5)
 local job = load_job(key)
-local fence = settle(key, job, ARGV[5])
+local token = ARGV[5]
+local fence = settle(job, token)
 if fence ~= 'owned' then return fence == 'again' and 1 or 0 end
 local id = string.sub(key, #JOB_PREFIX + 1)
 if job.cancel == '1' then
-  end_cancelled(q, key, job, id, KEYS[3])
+  end_cancelled(q, key, job, id, KEYS[3], {'settled_by', token})
   return 1
 end
 local prio = tonumber(job.priority)
 drop_entry(q.s[prio], job.sid)
 redis.call('ZREM', q.running, id)
 local deliveries = math.max(tonumber(job.deliveries) - 1, 0)
-redis.call('HSET', key, 'deliveries', deliveries, 'updated_at', NOW)
-push_ready(q, key, id, prio)
+push_ready(q, key, id, prio, {'deliveries', deliveries, 'updated_at', NOW, 'settled_by', token})
 return 1
