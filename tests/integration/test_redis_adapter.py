@@ -334,7 +334,7 @@ def test_a_queue_is_listed_once_its_first_job_is_written_whichever_way(
     assert raw.smembers(queues) == {b"later", b"first"}
 
 
-def test_async_enqueue_reloads_scripts_the_server_lost(
+def test_async_enqueue_reloads_scripts_the_server_lost_and_reconnects(
     fresh_redis_server: RedisServer, prefix: str
 ) -> None:
     server = fresh_redis_server
@@ -348,9 +348,12 @@ def test_async_enqueue_reloads_scripts_the_server_lost(
         admin.script_flush()
         batch = [env() for _ in range(ENQUEUE_CHUNK + 1)]  # several calls in one MULTI
         assert await b.enqueue_async(batch) == [x.id for x in batch]
+        assert admin.xlen("{" + prefix + "}:q:default:s0") == ENQUEUE_CHUNK + 3  # each once
+        server.restart(empty=True)  # the pooled connection is dead, the scripts gone
+        assert await b.enqueue_async([e := env()]) == [e.id]  # reconnected, loaded, sent
+        assert admin.xlen("{" + prefix + "}:q:default:s0") == 1
 
     asyncio.run(main())
-    assert admin.xlen("{" + prefix + "}:q:default:s0") == ENQUEUE_CHUNK + 3  # each once
     b.close()
 
 

@@ -10,13 +10,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import redis
+import redis.asyncio
 
 from ..._errors import JobNotFound
 from ..._message import Envelope, JobRecord
 from . import _connect
 from ._core import RECORD_FIELDS, RedisCore
+
+
+async def _call(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> Any:
+    """One command on a pooled connection, packed by hiredis when it is installed
+    (redis.asyncio packs in a Python loop over the arguments: ~20% of an enqueue_async).
+    A connection error sends it again on the ordinary path (reconnect, retries), which is
+    safe for every script (enqueue is idempotent on the id), as in ``_connect.Pinned``."""
+    if _connect.pack_command is None:
+        return await client.execute_command(*args)
+    pool = client.connection_pool
+    conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await conn.send_packed_command([_connect.pack_command(args)])
+        return await conn.read_response()
+    except redis.TimeoutError:
+        await conn.disconnect()
+        raise
+    except redis.ConnectionError:
+        await conn.disconnect()
+    finally:
+        await pool.release(conn)
+    return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
 class AsyncMixin(RedisCore):
@@ -34,8 +58,7 @@ class AsyncMixin(RedisCore):
                             for keys, argv in calls]
                 try:
                     if len(commands) == 1:  # atomic on its own: no MULTI
-                        replies = [await client.execute_command(  # type: ignore[no-untyped-call]
-                            *commands[0])]
+                        replies = [await _call(client, commands[0])]
                     else:  # MULTI/EXEC, as the sync path
                         pipe = client.pipeline(transaction=True)
                         for command in commands:

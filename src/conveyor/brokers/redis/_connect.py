@@ -27,7 +27,7 @@ from redis.retry import Retry
 from ..._errors import BrokerError, BrokerUnavailable, InvalidURL
 
 try:  # redis-py's own packing goes through a Python loop over the arguments first
-    from hiredis import pack_command
+    from hiredis import pack_command as pack_command  # noqa: PLC0414 - re-exported to _async
 except ImportError:  # hiredis is optional
     pack_command = None  # type: ignore[assignment]
 
