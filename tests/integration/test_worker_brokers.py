@@ -12,8 +12,8 @@ import time
 from typing import Any
 
 import pytest
-from conftest import Project, wait_for
 
+from conftest import Project, wait_for
 from conveyor import Conveyor, JobDead, Signature
 from conveyor._message import Envelope, Message, new_job_id
 
