@@ -168,6 +168,14 @@ class Consumer:
             except Exception:
                 self._let_go(attempt)
 
+    def abandon(self, attempt: Attempt) -> None:
+        """Let a job go without an outcome, as if this worker had died (its pool process
+        did): its lease lapses, it is delivered again, and that delivery counts, so
+        ``max_deliveries`` ends a job that keeps killing its process."""
+        if self.inflight.complete(attempt):  # False: handed back by a shutdown already
+            attempt.lost = True  # no more renewals
+            self.inflight.drop([attempt])
+
     def _let_go(self, attempt: Attempt) -> None:
         """A bug of ours, not the job's. Let go of it without a verdict: its lease
         expires, it is delivered again, and max_deliveries bounds a repeat."""
@@ -297,8 +305,9 @@ class Consumer:
     def complete(self, attempt: Attempt, result: Result) -> None:
         """A run ended (in a pool thread): turn it into a Finish for the finisher."""
         ran = time.monotonic() - attempt.began
-        self._quick[attempt.name] = self._quick.get(attempt.name, 0) + 1 if ran < QUICK else 0
-        if not self.inflight.complete(attempt):
+        if not attempt.is_async:  # only sync jobs may run in the consumer's thread
+            self._quick[attempt.name] = self._quick.get(attempt.name, 0) + 1 if ran < QUICK else 0
+        if not self.inflight.complete(attempt, ran):
             return  # handed back during shutdown; another worker runs it again
         try:
             finish = self.outcomes.finish(attempt, result)

@@ -29,6 +29,7 @@ Once ``halt()`` is called (the worker is stopping) no buffered delivery starts a
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -86,8 +87,7 @@ class Inflight:
             if attempt.state != RUNNING or attempt not in self._attempts:
                 return False
             if self._active < self.capacity and not self._halted:
-                self._active += 1
-                attempt.slot = True
+                self._slot(attempt)
                 return True
             self._ready.append(attempt)
             return False
@@ -153,15 +153,16 @@ class Inflight:
             self._closed = False
             self._halted = False
 
-    def complete(self, attempt: Attempt) -> bool:
-        """The run ended; False if the job was handed back meanwhile (drop the result).
-        Buffered deliveries that get the freed slot are started here."""
+    def complete(self, attempt: Attempt, ran: float | None = None) -> bool:
+        """The run ended (after ``ran`` seconds, if it ran); False if the job was handed
+        back meanwhile (drop the result). Buffered deliveries that get the freed slot are
+        started here."""
         with self._cond:
             if attempt.state != RUNNING:
                 return False
             attempt.state = COMPLETED
-            if attempt.slot and self.prefetch:
-                self._ran(time.monotonic() - attempt.began)
+            if ran is not None and attempt.slot and self.prefetch:
+                self._ran(ran)
             self._unslot(attempt)
             starting = self._fill()
             if self._worth_fetching():
@@ -178,6 +179,10 @@ class Inflight:
         self._buffer = min(self.prefetch, int(wanted))
         self._batch = max(1, self._buffer // 2)
 
+    def _slot(self, attempt: Attempt) -> None:
+        attempt.slot = True
+        self._active += 1
+
     def _unslot(self, attempt: Attempt) -> None:
         if attempt.slot:
             attempt.slot = False
@@ -188,8 +193,7 @@ class Inflight:
         starting = []
         while self._ready and self._active < self.capacity and not self._halted:
             attempt = self._ready.popleft()
-            attempt.slot = True
-            self._active += 1
+            self._slot(attempt)
             starting.append(attempt)
         return starting
 
@@ -205,8 +209,9 @@ class Inflight:
         self._attempts.remove(attempt)
         if attempt.slot:
             self._unslot(attempt)
-        elif attempt.state == RUNNING and attempt in self._ready:
-            self._ready.remove(attempt)
+        elif attempt.state == RUNNING:
+            with contextlib.suppress(ValueError):  # not buffered
+                self._ready.remove(attempt)
         return True
 
     def remove(self, attempts: Iterable[Attempt], processed: bool = True) -> None:

@@ -28,9 +28,7 @@ from .._codec import Codec
 from .._errors import ConfigurationError
 from ._attempt import Attempt
 from ._loop import LoopRunner
-from ._threads import Done, Report, ThreadRunner
-
-Abandon = Callable[[Attempt], None]
+from ._threads import Abandon, Done, Report, ThreadRunner
 
 POOLS = ("threads", "processes", "async")
 ASYNC_POOL_THREADS = 32

@@ -46,7 +46,7 @@ from multiprocessing.connection import Connection
 from .._backoff import Backoff
 from .._errors import ConfigurationError
 from ._attempt import CANCEL, SHUTDOWN, TIMEOUT, Attempt, Result, Stopped, synthetic, timed_out
-from ._threads import Done, Report
+from ._threads import Abandon, Done, Report
 
 log = logging.getLogger("conveyor.worker")
 
@@ -57,8 +57,6 @@ RETIRE_PATIENCE = 10.0
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 _PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 MiB = 1024 * 1024
-
-Abandon = Callable[[Attempt], None]
 
 
 def resident_memory(pid: int) -> int | None:

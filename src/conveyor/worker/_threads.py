@@ -41,6 +41,7 @@ log = logging.getLogger("conveyor.worker")
 
 Done = Callable[[Attempt, Result], None]
 Report = Callable[[Attempt, float, str | None], None]
+Abandon = Callable[[Attempt], None]  # a job let go without an outcome
 
 
 def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:

@@ -34,7 +34,7 @@ from .._errors import BrokerError, ConfigurationError
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
 from ..scheduler import Scheduler
-from ._attempt import SHUTDOWN, Attempt
+from ._attempt import SHUTDOWN
 from ._consumer import Consumer
 from ._deadlines import Deadlines
 from ._finisher import Finisher
@@ -207,7 +207,7 @@ class Worker:
             trusted=self.trusted,
             backoff=self._backoff(),
             halted=self._stopping.is_set,
-            abandon=self._abandon,
+            abandon=consumer.abandon,
             max_jobs_per_child=self.max_jobs_per_child,
             max_child_memory=self.max_child_memory,
         )
@@ -295,14 +295,6 @@ class Worker:
         log.debug("worker %s stopped after %d job(s)", self.id, self.processed)
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _abandon(self, attempt: Attempt) -> None:
-        """Let a job go without an outcome, as if this worker had died (its pool process
-        did): its lease lapses, it is delivered again, and that delivery counts, so
-        ``max_deliveries`` ends a job that keeps killing its process."""
-        if self._inflight.complete(attempt):  # False: handed back by a shutdown already
-            attempt.lost = True  # no more renewals
-            self._inflight.drop([attempt])
 
     def _on_signal(self, signum: int, count: int) -> None:
         name = signal.Signals(signum).name
