@@ -287,10 +287,8 @@ class Conveyor:
         if o.depends_on:  # only jobs with dependencies pay for them
             message.depends_on = list(o.depends_on)
             message.allow_failed_dependencies = o.allow_failed_dependencies
-            payload = self.codec.encode_message(message)
-            return Envelope(job_id, o.queue, payload, o.priority, eta, o.key, o.depends_on)
         payload = self.codec.encode_message(message)
-        return Envelope(job_id, o.queue, payload, o.priority, eta, o.key)
+        return Envelope(job_id, o.queue, payload, o.priority, eta, o.key, o.depends_on)
 
     def _send(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
         envelopes = [self.envelope(s) for s in sigs]

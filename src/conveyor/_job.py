@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from ._depends import DEPENDENCY_FAILED
 from ._errors import DependencyFailed, JobCancelled, JobDead, JobNotFound, TaskFailed
 from ._message import JobRecord, JobStatus
 
@@ -18,9 +19,6 @@ if TYPE_CHECKING:
     from ._app import Conveyor
 
 R = TypeVar("R")
-
-
-_DEPENDENCY_FAILED = f"{DependencyFailed.__module__}.{DependencyFailed.__qualname__}"
 
 
 class Job(Generic[R]):
@@ -109,7 +107,7 @@ class Job(Generic[R]):
         err = outcome.error if outcome else None
         if err is None:
             return TaskFailed("UnknownError", reason or "no error recorded", job_id=self.id)
-        kind = DependencyFailed if err.type == _DEPENDENCY_FAILED else TaskFailed
+        kind = DependencyFailed if err.type == DEPENDENCY_FAILED else TaskFailed
         return kind(err.type, err.message, err.traceback, job_id=self.id)
 
     def result(self, timeout: float | None = None) -> R:

@@ -260,9 +260,9 @@ class SQLiteBroker(Broker):
             sql = _TAKE_DEPENDENTS.format(marks=_marks(len(chunk)))
             children += conn.execute(sql, chunk).fetchall()
         due = 0
-        for (child,) in children:
-            seq = _take_seq(conn, 1) + 1
-            row = conn.execute(_COUNT_DOWN, (seq, child)).fetchone()
+        base = _take_seq(conn, len(children)) if children else 0
+        for i, (child,) in enumerate(children, 1):
+            row = conn.execute(_COUNT_DOWN, (base + i, child)).fetchone()
             due += row is not None and row[0] == 0
         return due
 
