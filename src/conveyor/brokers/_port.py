@@ -177,8 +177,11 @@ class Broker(ABC):
 
     @abstractmethod
     def payload(self, job_id: str) -> bytes | None:
-        """The job's current payload, whatever its status; None for an unknown (or expired)
-        id. Cancelling a workflow step reads it to learn what follows the step."""
+        """The job's current payload while it is pending or running, and after it failed,
+        died or was cancelled; None for an unknown (or expired) id. A succeeded job's
+        record keeps its result; an adapter may drop its payload then (Redis does: it rides
+        in the stream entry, deleted at the end). Cancelling a workflow step reads it to
+        learn what follows the step."""
 
     @abstractmethod
     def cancel(self, job_id: str) -> JobStatus:

@@ -12,13 +12,13 @@ import msgspec
 
 from ..._message import JobEntry, JobStatus, QueueStats, WorkerInfo, validate_queue
 from . import _connect
-from ._core import RedisCore, text, to_ms
+from ._core import PAYLOAD_FIELDS, RedisCore, text, to_ms
 from ._keys import TERMINAL_INDEXES
 
 _PURGE_CHUNK = 1000
 _FORGET_CHUNK = 100  # queues per forget script call (ten streams each)
 _GC_GRACE = 60  # seconds a worker's record outlives its announcement (garbage collection)
-_ENTRY_FIELDS = ("payload", "reason", "updated_at", "status", "queue", "expires_at")
+_ENTRY_FIELDS = (*PAYLOAD_FIELDS, "reason", "updated_at", "status", "expires_at")
 
 
 class AdminMixin(RedisCore):
@@ -72,11 +72,13 @@ class AdminMixin(RedisCore):
             for i in ids:
                 pipe.hmget(self._keys.job(i), _ENTRY_FIELDS)
             rows = pipe.execute()
+        payloads = self._payloads([row[:4] for row in rows])
         found = []
-        for job_id, (payload, reason, updated, st, q, expires) in zip(ids, rows, strict=True):
+        for job_id, row, payload in zip(ids, rows, payloads, strict=True):
+            _, _, q, _, reason, updated, st, expires = row
             if st is None or text(st) != status.value or (expires and int(expires) <= now):
                 continue
-            found.append(JobEntry(id=job_id, queue=text(q), payload=bytes(payload or b""),
+            found.append(JobEntry(id=job_id, queue=text(q), payload=payload or b"",
                                   status=status, reason=text(reason or b""),
                                   at=int(updated or 0) / 1000))
         found.sort(key=lambda e: e.at, reverse=True)

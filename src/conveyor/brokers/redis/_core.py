@@ -26,6 +26,9 @@ from ._keys import Keys
 from ._scripts import Scripts
 
 RECORD_FIELDS = ("status", "queue", "result", "progress", "note", "updated_at", "expires_at")
+# Where a job's payload is: the hash's field, else the stream entry ``sid`` of the queue's
+# priority stream (a job due at enqueue carries it there; see _keys.py).
+PAYLOAD_FIELDS = ("payload", "sid", "queue", "priority")
 
 
 def to_ms(seconds: float) -> int:
@@ -112,6 +115,23 @@ class RedisCore:
         calls that need it)."""
         found = self._scripts[script]
         found.sha = text(self._pinned.call(self._client, "SCRIPT", "LOAD", found.script))
+
+    def _payloads(self, rows: Sequence[Sequence[Any]]) -> list[bytes | None]:
+        """The payloads of jobs read with ``PAYLOAD_FIELDS``: the hash's, else the one
+        their stream entry carries (read in one pipeline for all that need it)."""
+        out = [None if p is None else bytes(p) for p, *_ in rows]
+        wanted = [(i, row) for i, row in enumerate(rows) if row[0] is None and row[1]]
+        if wanted:
+            with _connect.translate():
+                pipe = self._client.pipeline(transaction=False)
+                for _, (_, sid, queue, priority) in wanted:
+                    pipe.xrange(self._keys.stream(text(queue), int(priority)), sid, sid)
+                entries = pipe.execute()
+            for (i, _), found in zip(wanted, entries, strict=True):
+                if found:
+                    payload = found[0][1].get(b"payload")
+                    out[i] = None if payload is None else bytes(payload)
+        return out
 
     def _aclient(self) -> tuple[redis.asyncio.Redis, Scripts]:
         """The asyncio client of the running loop, created on first use (one per loop:

@@ -11,6 +11,12 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:job:<id>            HASH    the job: status token deliveries payload queue priority sid
                                     consumer lease_until cancel key result reason progress note
                                     eta updated_at expires_at (times in ms, see "Times" below);
+                                    payload: absent while the job's stream entry carries it
+                                    (a job due at enqueue: the hash stays a few short fields,
+                                    which Redis stores compactly); written here when the job
+                                    is scheduled, retried or promoted, and moved here from the
+                                    entry when the entry goes and the job lives on (handed
+                                    back, reclaimed) or ends other than succeeded;
                                     deps '1' once a job waits for this one (depends_on);
                                     waiting: how many of its own dependencies have not ended
                                     (status scheduled, eta 'waiting', scored +inf: promote
@@ -21,11 +27,12 @@ Broker keys (all under the ``{P}`` tag)::
                                     cancel, a cancelled job released or reclaimed) counts
                                     each one down and deletes the set;
                                     a field not written yet reads as empty (enqueue leaves
-                                    out key cancel expires_at result reason)
+                                    out token lease_until eta cancel expires_at result reason)
     {P}:done:<id>           LIST    completion signal: one element pushed when the job ends;
                                     waiters BLMOVE it onto itself (non-destructive, wakes all)
-    {P}:q:<q>:s<p>          STREAM  ready jobs of priority <p>: entries ``job <id>``; consumer
-                                    group ``conveyor``; pending entries = leased jobs
+    {P}:q:<q>:s<p>          STREAM  ready jobs of priority <p>: entries ``job <id> payload <p>``
+                                    (enqueue) or ``job <id>`` (the payload is in the hash);
+                                    consumer group ``conveyor``; pending entries = leased jobs
     {P}:q:<q>:queued        ZSET    id -> enqueue time: jobs in a stream, not yet delivered
     {P}:q:<q>:scheduled     ZSET    id -> eta: delayed jobs and retries waiting for their time
     {P}:q:<q>:running       ZSET    id -> lease expiry: leased jobs (reclaimed once expired)

@@ -35,7 +35,7 @@ from .._port import PARKED, Broker, Finish, LeaseState, unknown_dependency
 from . import _connect
 from ._admin import AdminMixin
 from ._async import AsyncMixin
-from ._core import RECORD_FIELDS, text, to_ms
+from ._core import PAYLOAD_FIELDS, RECORD_FIELDS, text, to_ms
 from ._keys import Keys
 
 log = logging.getLogger("conveyor.redis")
@@ -62,7 +62,7 @@ def enqueue_args(env: Envelope) -> list[Any]:
 def enqueue_calls(keys: Keys, head: list[Any],
                   envelopes: Sequence[Envelope]) -> list[tuple[list[str], list[Any]]]:
     """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes, each
-    declaring the keys of the queues its jobs use once. Every envelope is validated before
+    naming the queues its jobs use once. Every envelope is validated before
     the first call is built, so a bad one writes nothing. A batch with dependencies is one
     call whatever its size: the script checks them all before writing anything."""
     calls = []
@@ -77,10 +77,9 @@ def enqueue_calls(keys: Keys, head: list[Any],
             deps = ",".join(validate_job_id(d) for d in env.depends_on)
             own += (job_id, queues.setdefault(queue, len(queues) + 1), payload, priority,
                     eta, key, deps)
-        declared = [keys.unique, keys.queues]
-        for q in queues:
-            declared += keys.queue_keys(q)
-        calls.append((declared, [*head, len(queues), *queues, *own]))
+        # Two keys (the script computes each queue's own, in the same slot): a lone job
+        # costs little to send and to unpack.
+        calls.append(([keys.unique, keys.queues], [*head, len(queues), *queues, *own]))
     return calls
 
 
@@ -295,11 +294,12 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)
             pipe.time()
-            pipe.hmget(self._keys.job(job_id), ["payload", "expires_at"])
-            server_time, (payload, expires) = pipe.execute()
-        if payload is None or (expires and int(expires) <= self._now(server_time)):
+            pipe.hmget(self._keys.job(job_id), [*PAYLOAD_FIELDS, "expires_at"])
+            server_time, row = pipe.execute()
+        payload, sid, *_, expires = row
+        if (payload is None and not sid) or (expires and int(expires) <= self._now(server_time)):
             return None
-        return bytes(payload)
+        return self._payloads([row[:-1]])[0]
 
     def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
         deadline = None if timeout is None else time.monotonic() + timeout

@@ -13,8 +13,8 @@ if job.status == 'running' then
   return 'running'
 end
 if job.status == 'queued' then
-  -- Never delivered, so not pending: deleting the entry is enough.
-  redis.call('XDEL', q.s[tonumber(job.priority)], job.sid)
+  -- Never delivered (not pending); its payload, if the entry carries it, stays on record.
+  drop_entry(q.s[tonumber(job.priority)], job.sid, key)
   redis.call('ZREM', q.queued, id)
 elseif job.status == 'scheduled' then
   redis.call('ZREM', q.scheduled, id)

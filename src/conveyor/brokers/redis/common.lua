@@ -72,14 +72,22 @@ local function load_job(key)
 end
 
 -- Append a job's entry to a priority stream; the first entry creates the stream and its
--- consumer group (NOMKSTREAM: one call in the usual case, where both exist). Returns the
--- entry id, and true when the stream existed already. Streams are created here only, by
--- scripts that list the job's queue in {P}:queues in the same step (no script removes a
--- queue from that set): so a stream that exists is of a listed queue.
-local function add_entry(stream, id)
-  local sid = redis.call('XADD', stream, 'NOMKSTREAM', '*', 'job', id)
+-- consumer group (NOMKSTREAM: one call in the usual case, where both exist). `payload`
+-- (optional) rides in the entry (enqueue of a job due now: the job hash then holds no
+-- payload, see _keys.py). Returns the entry id, and true when the stream existed already.
+-- Streams are created here only, by scripts that list the job's queue in {P}:queues in the
+-- same step (no script removes a queue from that set): so a stream that exists is of a
+-- listed queue.
+local function add_entry(stream, id, payload)
+  local sid
+  if payload then
+    sid = redis.call('XADD', stream, 'NOMKSTREAM', '*', 'job', id, 'payload', payload)
+  else
+    sid = redis.call('XADD', stream, 'NOMKSTREAM', '*', 'job', id)
+  end
   if sid then return sid, true end
   redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
+  if payload then return redis.call('XADD', stream, '*', 'job', id, 'payload', payload), false end
   return redis.call('XADD', stream, '*', 'job', id), false
 end
 
@@ -111,9 +119,24 @@ local function place(q, key, id, prio, eta, fields)
   return push_ready(q, key, id, prio, fields)
 end
 
+-- The payload a stream entry carries (enqueue writes a due job's payload there, not in the
+-- job hash: see _keys.py), or nil (an entry of a job that has its payload in the hash).
+local function entry_payload(stream, sid)
+  local entry = redis.call('XRANGE', stream, sid, sid)[1]
+  local f = entry and entry[2]
+  if f and f[3] == 'payload' then return f[4] end
+  return nil
+end
+
 -- Remove a delivered entry: ack it (out of the pending list) and delete it from the stream.
-local function drop_entry(stream, sid)
+-- `key` (optional): the job lives on (handed back, reclaimed, cancelled): a payload the
+-- entry carries moves into the job hash first, so it is not lost with the entry.
+local function drop_entry(stream, sid, key)
   if sid and sid ~= '' then
+    if key then
+      local payload = entry_payload(stream, sid)
+      if payload then redis.call('HSET', key, 'payload', payload) end
+    end
     redis.call('XACK', stream, GROUP, sid)
     redis.call('XDEL', stream, sid)
   end
@@ -130,6 +153,20 @@ end
 local TAG = string.sub(JOB_PREFIX, 1, #JOB_PREFIX - 4)
 local DEPS_PREFIX = TAG .. 'deps:'
 
+-- A queue's keys from its name, for scripts that do not declare them (a dependent's queue;
+-- enqueue, whose KEYS stay two so a lone job costs little to send and unpack): its
+-- streams by priority, made on first use, and the sets a job enters on the way in.
+local STREAMS_OF = {__index = function(s, p)
+  local k = s.prefix .. p
+  rawset(s, p, k)
+  return k
+end}
+local function queue_named(name)
+  local base = TAG .. 'q:' .. name .. ':'
+  return {name = name, s = setmetatable({prefix = base .. 's'}, STREAMS_OF),
+    queued = base .. 'queued', scheduled = base .. 'scheduled'}
+end
+
 -- A dependency of `child` ended: count it off; the last one makes the child due, in its own
 -- queue (whose keys this script may not have declared: they are computed, same tag).
 local function release_dependent(child)
@@ -137,10 +174,8 @@ local function release_dependent(child)
   local c = redis.call('HMGET', ckey, 'status', 'eta', 'queue', 'priority')
   if c[1] ~= 'scheduled' or c[2] ~= 'waiting' then return end  -- cancelled meanwhile
   if redis.call('HINCRBY', ckey, 'waiting', -1) > 0 then return end
-  local base = TAG .. 'q:' .. c[3] .. ':'
-  local cq = {s = {}, queued = base .. 'queued'}
-  for p = 0, 9 do cq.s[p] = base .. 's' .. p end
-  redis.call('ZREM', base .. 'scheduled', child)
+  local cq = queue_named(c[3])
+  redis.call('ZREM', cq.scheduled, child)
   push_ready(cq, ckey, child, c[4], {'eta', ''})
 end
 
@@ -213,7 +248,7 @@ end
 -- handed it back: it ends here, cancelled, rather than run again. `fields` (optional): more
 -- job hash fields, written in the same HSET.
 local function end_cancelled(q, key, job, id, unique, fields)
-  drop_entry(q.s[tonumber(job.priority)], job.sid)
+  drop_entry(q.s[tonumber(job.priority)], job.sid, key)
   redis.call('ZREM', q.running, id)
   fields = fields or {}
   table.insert(fields, 'sid')

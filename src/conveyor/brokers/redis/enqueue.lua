@@ -1,18 +1,20 @@
 -- Enqueue a batch of jobs (one or many), in order, in one atomic step.
--- KEYS: unique, queues, then the 19 keys of each queue the batch uses.
--- ARGV[5]: number of queues n; ARGV[6..5+n]: their names (in the order of their KEYS);
--- then 7 values per job: id, queue index (1..n), payload, priority, eta ('', ms or
--- 'parked'), unique key ('' or the key), depends_on (ids joined by ',', or '').
+-- KEYS: unique, queues (the queues' own keys are computed: common.lua queue_named).
+-- ARGV[5]: number of queues n; ARGV[6..5+n]: their names; then 7 values per job: id, queue
+-- index (1..n), payload, priority, eta ('', ms or 'parked'), unique key ('' or the key),
+-- depends_on (ids joined by ',', or '').
 -- Returns the job ids, in order: the existing one where an equal unique key is pending;
 -- or {'!missing', job id, dependency id}, having written nothing, when a dependency names
 -- no live job and no job earlier in the call (the client sends a batch with dependencies
 -- as one call, so that is all of it).
 -- Idempotent on the id: a retried command (timeout after the server applied it) that
 -- finds the job already there writes nothing, so a job is never enqueued twice.
+-- A job due now has its payload in its stream entry and a small job hash (a few short
+-- fields: Redis keeps it compact); a scheduled or waiting one keeps it in the hash.
 local UNIQUE, QUEUES = KEYS[1], KEYS[2]
 local NQ = tonumber(ARGV[5])
 local Q = {}
-for i = 1, NQ do Q[i] = qkeys(3 + (i - 1) * QK); Q[i].name = ARGV[5 + i] end
+for i = 1, NQ do Q[i] = queue_named(ARGV[5 + i]) end
 local BASE = 6 + NQ
 local PER_JOB = 7
 local N = (#ARGV - BASE + 1) / PER_JOB
@@ -88,22 +90,25 @@ local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
     redis.call('HSET', UNIQUE, ukey, id)
   end
   written[id] = true
-  -- A new hash: fields with nothing in them yet (key, cancel, expires_at, result, reason)
-  -- are left out; every reader takes a missing field as empty.
-  local fields = {'queue', q.name, 'payload', payload, 'priority', prio, 'deliveries', 0,
-    'updated_at', NOW}
-  if ukey ~= '' then
-    fields[#fields + 1] = 'key'
-    fields[#fields + 1] = ukey
-  end
+  -- A new hash: fields with nothing in them yet (token lease_until eta cancel expires_at
+  -- result reason) are left out; every reader takes a missing field as empty.
   local waiting = deps ~= '' and wait_for(id, deps) or 0
   local existed = false  -- went into a stream that existed: the queue is listed (add_entry)
   if waiting > 0 then  -- parked (eta 'waiting': promote leaves it) until the last one ends
-    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', 'waiting',
-      'waiting', waiting, unpack(fields))
+    redis.call('HSET', key, 'status', 'scheduled', 'eta', 'waiting', 'waiting', waiting,
+      'queue', q.name, 'payload', payload, 'priority', prio, 'deliveries', 0,
+      'updated_at', NOW, 'key', ukey)
     redis.call('ZADD', q.scheduled, '+inf', id)
-  else
-    existed = place(q, key, id, prio, eta, fields)
+  elseif eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
+    redis.call('HSET', key, 'status', 'scheduled', 'eta', eta, 'queue', q.name,
+      'payload', payload, 'priority', prio, 'deliveries', 0, 'updated_at', NOW, 'key', ukey)
+    redis.call('ZADD', q.scheduled, eta == 'parked' and '+inf' or eta, id)
+  else  -- due now: the payload rides in the stream entry
+    local sid
+    sid, existed = add_entry(q.s[tonumber(prio)], id, payload)
+    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', q.name,
+      'priority', prio, 'deliveries', 0, 'updated_at', NOW, 'key', ukey)
+    redis.call('ZADD', q.queued, NOW, id)
   end
   if not listed[q.name] then
     if not existed then redis.call('SADD', QUEUES, q.name) end

@@ -52,7 +52,7 @@ local function reclaim(q)
     if job and job.status == 'running' and job.cancel == '1' then
       end_cancelled(q, key, job, id, UNIQUE)
     elseif job and job.status == 'running' then
-      drop_entry(q.s[tonumber(job.priority)], job.sid)
+      drop_entry(q.s[tonumber(job.priority)], job.sid, key)
       push_ready(q, key, id, job.priority)
     end
   end
@@ -60,10 +60,13 @@ end
 
 -- Bookkeeping for one entry this consumer now holds; nil (entry dropped) when stale.
 -- (Lean on purpose: every table and string a script makes costs the server about a
--- microsecond when it sat idle, so the usual entry ["job", id] is read in place and the
--- job hash by HMGET of the fields used, not HGETALL.)
+-- microsecond when it sat idle, so the usual entry ["job", id, "payload", p] is read in
+-- place and the job hash by HMGET of the fields used, not HGETALL.) The payload is the
+-- entry's when it carries one, else the job hash's (a job that was scheduled, retried,
+-- handed back or promoted: see _keys.py).
 local function deliver(q, p, sid, flat)
-  local id, f = flat[1] == 'job' and #flat == 2 and flat[2], nil
+  local id, f = flat[1] == 'job' and (#flat == 2 or (#flat == 4 and flat[3] == 'payload'))
+    and flat[2], nil
   if not id then
     f = fields_of(flat)
     id = f.job
@@ -92,7 +95,7 @@ local function deliver(q, p, sid, flat)
     'consumer', CONSUMER, 'lease_until', until_ms, 'updated_at', NOW)
   redis.call('ZREM', q.queued, id)
   redis.call('ZADD', q.running, until_ms, id)
-  return {id, job[3], job[4], token, n, p}
+  return {id, job[3], (not f and flat[4]) or job[4], token, n, p}
 end
 
 -- One claimed entry: back to a live owner, or delivered here (an orphan).

@@ -2,7 +2,9 @@
 -- many jobs, so a flood of tiny jobs costs one round trip and one argument list per batch).
 -- Per delivery, refused for a stale token: ack and delete the stream entry, store status
 -- and result with their TTL, signal waiters; for a retry put the job back (scheduled or
--- queued) with its new payload instead.
+-- queued) with its new payload instead. A job that ends other than succeeded keeps its
+-- payload (moved into its hash from the entry, where enqueue put it); a succeeded one
+-- keeps its result only.
 -- KEYS: unique, queues, then 19 keys for each queue named in ARGV.
 -- ARGV[5] number of queues NQ, ARGV[6..5+NQ] their names, then per delivery FIELDS values:
 --   job id, token, status, result, ttl (ms), reason, has_retry, retry payload,
@@ -63,8 +65,16 @@ local function finish_one(a)
     end
     return 1
   end
-  terminate(q, key, job, id, status, ttl_ms,
-    {'settled_by', token, 'result', result, 'reason', reason, 'sid', ''}, later)
+  local fields = {'settled_by', token, 'result', result, 'reason', reason, 'sid', ''}
+  if status ~= 'succeeded' and job.sid and job.sid ~= '' then
+    -- Kept for inspection and requeue: a payload the entry carries moves into the hash.
+    local payload = entry_payload(q.s[tonumber(job.priority)], job.sid)
+    if payload then
+      fields[#fields + 1] = 'payload'
+      fields[#fields + 1] = payload
+    end
+  end
+  terminate(q, key, job, id, status, ttl_ms, fields, later)
   release_key(UNIQUE, job, id)
   return 1
 end

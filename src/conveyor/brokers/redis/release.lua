@@ -12,7 +12,7 @@ if job.cancel == '1' then
   return 1
 end
 local prio = tonumber(job.priority)
-drop_entry(q.s[prio], job.sid)
+drop_entry(q.s[prio], job.sid, key)
 redis.call('ZREM', q.running, id)
 local deliveries = math.max(tonumber(job.deliveries) - 1, 0)
 push_ready(q, key, id, prio, {'deliveries', deliveries, 'updated_at', NOW, 'settled_by', token})
