@@ -418,6 +418,46 @@ def test_xautoclaim_sweep_hands_orphans_to_exactly_one_of_eight(
     assert b"ghost" not in {c["name"] for c in pending["consumers"]}
 
 
+def test_queued_jobs_are_counted_listed_and_purged_from_the_streams(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    low = [env(priority=0) for _ in range(3)]
+    high = [env(priority=7) for _ in range(2)]
+    broker.enqueue([*low, *high])
+    running = fetch(broker, count=2)  # the two of priority 7
+    assert {d.id for d in running} == {e.id for e in high}
+    raw.xadd("{" + prefix + "}:q:default:s0", {"some": "thing"})  # counts as queued, raw
+    (stats,) = broker.stats()
+    assert (stats.queued, stats.running) == (4, 2)
+    listed = broker.entries(JobStatus.QUEUED, "default", 10)
+    assert [e.id for e in listed if not e.id.startswith("raw-")] == [e.id for e in low][::-1]
+    assert {e.payload for e in listed} >= {e.payload for e in low}
+    assert [e.payload for e in broker.entries(JobStatus.RUNNING, None, 10)] != []
+    assert broker.purge("default") == 4
+    (stats,) = broker.stats()
+    assert (stats.queued, stats.running) == (0, 2)
+    assert broker.get([e.id for e in low]) == [None, None, None]
+    assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r") for d in running]) == [True] * 2
+
+
+def test_the_payload_moves_from_the_entry_to_the_hash_when_the_job_outlives_its_entry(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    jobs = [env() for _ in range(4)]
+    broker.enqueue(jobs)
+    assert raw.hget("{" + prefix + "}:job:" + jobs[0].id, "payload") is None  # in the entry
+    assert [broker.payload(e.id) for e in jobs] == [e.payload for e in jobs]
+    d0, d1, d2, d3 = fetch(broker, count=4)
+    broker.finish([Finish(d0, JobStatus.SUCCEEDED, b"r"), Finish(d1, JobStatus.FAILED, None),
+                   Finish(d2, JobStatus.DEAD, None)])
+    assert broker.release([d3]) == [True]
+    # A succeeded job keeps its result only; the others keep their payload, in the hash.
+    assert [broker.payload(e.id) for e in jobs] == [None, *(e.payload for e in jobs[1:])]
+    assert [d.payload for d in fetch(broker)] == [jobs[3].payload]
+    assert broker.requeue([jobs[1].id], JobStatus.FAILED) == 1
+    assert [d.payload for d in fetch(broker)] == [jobs[1].payload]
+
+
 def test_purge_works_through_big_queues_in_chunks(broker: RedisBroker) -> None:
     broker.enqueue([env() for _ in range(2500)])
     assert broker.purge("default") == 2500

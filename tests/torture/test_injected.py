@@ -58,21 +58,18 @@ class Gadget:
 
 # -- writing into the brokers --------------------------------------------------------------
 
-# The broker's own job format (enqueue.lua + push_ready in common.lua), in one atomic step.
+# The broker's own job format (enqueue.lua, a job due now), in one atomic step.
 _REDIS_INJECT = """
-local job, stream, queued, queues = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local job, stream, queues = KEYS[1], KEYS[2], KEYS[3]
 local id, payload, group = ARGV[1], ARGV[2], ARGV[3]
 local t = redis.call('TIME')
 local now = t[1] * 1000 + math.floor(t[2] / 1000)
 if redis.call('EXISTS', stream) == 0 then
   redis.call('XGROUP', 'CREATE', stream, group, '0', 'MKSTREAM')
 end
-redis.call('HSET', job, 'queue', 'default', 'payload', payload, 'priority', 0, 'key', '',
-  'deliveries', 0, 'cancel', '0', 'updated_at', now, 'expires_at', '', 'result', '',
-  'reason', '', 'eta', '')
-local sid = redis.call('XADD', stream, '*', 'job', id)
-redis.call('HSET', job, 'status', 'queued', 'sid', sid, 'token', '', 'lease_until', '')
-redis.call('ZADD', queued, now, id)
+local sid = redis.call('XADD', stream, '*', 'job', id, 'payload', payload)
+redis.call('HSET', job, 'status', 'queued', 'sid', sid, 'queue', 'default', 'priority', 0,
+  'deliveries', 0, 'updated_at', now, 'key', '')
 redis.call('SADD', queues, 'default')
 return sid
 """
@@ -84,9 +81,8 @@ def redis_injector(server: RedisServer, prefix: str) -> Inject:
     def inject(job_id: str, payload: bytes) -> None:
         client = server.client()
         try:
-            sid = client.eval(_REDIS_INJECT, 4, keys.job(job_id), keys.stream("default", 0),
-                              keys.queue("default", "queued"), keys.queues,
-                              job_id, payload, GROUP)
+            sid = client.eval(_REDIS_INJECT, 3, keys.job(job_id), keys.stream("default", 0),
+                              keys.queues, job_id, payload, GROUP)
         finally:
             client.close()
         assert b"-" in sid, sid  # a stream entry id

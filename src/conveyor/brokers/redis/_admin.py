@@ -16,6 +16,7 @@ from ._core import PAYLOAD_FIELDS, RedisCore, text, to_ms
 from ._keys import TERMINAL_INDEXES
 
 _PURGE_CHUNK = 1000
+_QUEUED_CHUNK = 100  # queues per queued script call (ten streams each)
 _FORGET_CHUNK = 100  # queues per forget script call (ten streams each)
 _GC_GRACE = 60  # seconds a worker's record outlives its announcement (garbage collection)
 _ENTRY_FIELDS = (*PAYLOAD_FIELDS, "reason", "updated_at", "status", "expires_at")
@@ -32,23 +33,41 @@ class AdminMixin(RedisCore):
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)
             for q in queues:
-                for name in ("queued", "scheduled", "running"):
+                for name in ("scheduled", "running"):
                     pipe.zcard(self._keys.queue(q, name))
                 for name in TERMINAL_INDEXES:
                     pipe.zcount(self._keys.queue(q, name), f"({now}", "+inf")
             counts = pipe.execute()
+        depths, _ = self._queued(queues, 0)
         out = []
         for i, q in enumerate(queues):
-            queued, scheduled, running, succeeded, failed, dead, cancelled = counts[i * 7:i * 7 + 7]
+            scheduled, running, succeeded, failed, dead, cancelled = counts[i * 6:i * 6 + 6]
+            queued = depths[i]
             if queued + scheduled + running + succeeded + failed + dead + cancelled == 0:
                 continue
             out.append(QueueStats(queue=q, queued=queued, scheduled=scheduled, running=running,
                                   failed=failed, dead=dead, succeeded=succeeded))
         return out
 
+    def _queued(self, queues: Sequence[str], limit: int) -> tuple[list[int], list[str]]:
+        """How many jobs each queue has waiting in its streams, and up to ``limit`` of
+        their ids, newest first (queued.lua: queued jobs have no index of their own)."""
+        depths: list[int] = []
+        newest: list[str] = []
+        for at in range(0, len(queues), _QUEUED_CHUNK):
+            streams = [s for q in queues[at:at + _QUEUED_CHUNK] for s in self._keys.streams(q)]
+            with _connect.translate():
+                counts, ids = self._eval("queued", streams, [*self._head(), limit])
+            depths += [int(n) for n in counts]
+            newest += [text(i) for i in ids]
+        return depths, newest[:limit]
+
     def _index_members(self, status: JobStatus, queues: Sequence[str], limit: int | None,
                        now: int) -> list[str]:
-        """Job ids in a status index, newest first for terminal ones (score = expiry)."""
+        """Job ids in a status index, newest first for terminal ones (score = expiry);
+        queued ones from the streams."""
+        if status is JobStatus.QUEUED:
+            return self._queued(queues, 1_000_000 if limit is None else limit)[1]
         stop = -1 if limit is None else limit - 1
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)

@@ -32,8 +32,10 @@ Broker keys (all under the ``{P}`` tag)::
                                     waiters BLMOVE it onto itself (non-destructive, wakes all)
     {P}:q:<q>:s<p>          STREAM  ready jobs of priority <p>: entries ``job <id> payload <p>``
                                     (enqueue) or ``job <id>`` (the payload is in the hash);
-                                    consumer group ``conveyor``; pending entries = leased jobs
-    {P}:q:<q>:queued        ZSET    id -> enqueue time: jobs in a stream, not yet delivered
+                                    consumer group ``conveyor``; pending entries = leased jobs;
+                                    entries after the group's last delivered id = queued jobs
+                                    (every script that acks an entry deletes it, so nothing
+                                    else is there: queued = XLEN - pending; queued.lua)
     {P}:q:<q>:scheduled     ZSET    id -> eta: delayed jobs and retries waiting for their time
     {P}:q:<q>:running       ZSET    id -> lease expiry: leased jobs (reclaimed once expired)
     {P}:q:<q>:succeeded     ZSET    id -> record expiry (also failed, dead, cancelled): finished
@@ -88,7 +90,6 @@ PRIORITIES = range(MIN_PRIORITY, MAX_PRIORITY + 1)
 # Order of a queue's keys in a script's KEYS; the Lua side (common.lua ``qkeys``) mirrors it.
 QUEUE_KEY_SUFFIXES = (
     *(f"s{p}" for p in PRIORITIES),
-    "queued",
     "scheduled",
     "running",
     "succeeded",

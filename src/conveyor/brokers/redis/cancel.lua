@@ -1,4 +1,4 @@
--- Cancel a job. KEYS: job, done, unique, queues, then its queue's 19 keys. ARGV[5]: queue
+-- Cancel a job. KEYS: job, done, unique, queues, then its queue's 18 keys. ARGV[5]: queue
 -- the caller read from the job (the keys it passed). A pending job is removed at once; a
 -- running one is flagged (its worker sees it at the next renewal).
 -- Returns the status afterwards, 'missing', or 'moved' (queue changed: read it again).
@@ -15,7 +15,6 @@ end
 if job.status == 'queued' then
   -- Never delivered (not pending); its payload, if the entry carries it, stays on record.
   drop_entry(q.s[tonumber(job.priority)], job.sid, key)
-  redis.call('ZREM', q.queued, id)
 elseif job.status == 'scheduled' then
   redis.call('ZREM', q.scheduled, id)
 else

@@ -2,7 +2,7 @@
 -- Convention: ARGV[1] now (ms of the injected clock; '' on the real clock: the server's
 -- TIME, so every client agrees), ARGV[2] consumer group, ARGV[3] job hash prefix
 -- "{P}:job:", ARGV[4] done list prefix "{P}:done:".
--- A queue's keys come as 19 consecutive KEYS in the order of _keys.QUEUE_KEY_SUFFIXES.
+-- A queue's keys come as 18 consecutive KEYS in the order of _keys.QUEUE_KEY_SUFFIXES.
 local NOW
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -13,7 +13,7 @@ end
 local GROUP = ARGV[2]
 local JOB_PREFIX = ARGV[3]
 local DONE_PREFIX = ARGV[4]
-local QK = 19
+local QK = 18
 local GC_GRACE_MS = 60000  -- real TTLs outlive logical expiry: they only collect garbage
 local NOTIFY_TTL_MS = 300000
 local TERMINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
@@ -21,15 +21,14 @@ local TERMINAL = {succeeded = true, failed = true, dead = true, cancelled = true
 local function qkeys(base)
   local q = {s = {}}
   for p = 0, 9 do q.s[p] = KEYS[base + p] end
-  q.queued = KEYS[base + 10]
-  q.scheduled = KEYS[base + 11]
-  q.running = KEYS[base + 12]
-  q.succeeded = KEYS[base + 13]
-  q.failed = KEYS[base + 14]
-  q.dead = KEYS[base + 15]
-  q.cancelled = KEYS[base + 16]
-  q.sweep = KEYS[base + 17]
-  q.reap = KEYS[base + 18]
+  q.scheduled = KEYS[base + 10]
+  q.running = KEYS[base + 11]
+  q.succeeded = KEYS[base + 12]
+  q.failed = KEYS[base + 13]
+  q.dead = KEYS[base + 14]
+  q.cancelled = KEYS[base + 15]
+  q.sweep = KEYS[base + 16]
+  q.reap = KEYS[base + 17]
   return q
 end
 
@@ -57,6 +56,26 @@ local function drop_idle_consumers(stream, only, min_idle)
     end
   end
   return n
+end
+
+-- The consumer group's XINFO GROUPS entry on a stream (a table: pending, last-delivered-id,
+-- ...), or nil when the stream or the group does not exist.
+local function group_info(stream)
+  if redis.call('EXISTS', stream) == 0 then return nil end
+  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
+    local info = fields_of(g)
+    if info.name == GROUP then return info end
+  end
+  return nil
+end
+
+-- Stream entry ids in order (ms, then sequence).
+local function sid_less(a, b)
+  local am, as = string.match(a, '(%d+)-(%d+)')
+  local bm, bs = string.match(b, '(%d+)-(%d+)')
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then return am < bm end
+  return tonumber(as) < tonumber(bs)
 end
 
 -- The job as a table, or nil when absent or logically expired.
@@ -98,7 +117,6 @@ local function push_ready(q, key, id, prio, fields)
   local sid, existed = add_entry(q.s[tonumber(prio)], id)
   redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'token', '', 'lease_until', '',
     unpack(fields or {}))
-  redis.call('ZADD', q.queued, NOW, id)
   return existed
 end
 
@@ -155,7 +173,7 @@ local DEPS_PREFIX = TAG .. 'deps:'
 
 -- A queue's keys from its name, for scripts that do not declare them (a dependent's queue;
 -- enqueue, whose KEYS stay two so a lone job costs little to send and unpack): its
--- streams by priority, made on first use, and the sets a job enters on the way in.
+-- streams by priority, made on first use, and its scheduled set.
 local STREAMS_OF = {__index = function(s, p)
   local k = s.prefix .. p
   rawset(s, p, k)
@@ -164,7 +182,7 @@ end}
 local function queue_named(name)
   local base = TAG .. 'q:' .. name .. ':'
   return {name = name, s = setmetatable({prefix = base .. 's'}, STREAMS_OF),
-    queued = base .. 'queued', scheduled = base .. 'scheduled'}
+    scheduled = base .. 'scheduled'}
 end
 
 -- A dependency of `child` ended: count it off; the last one makes the child due, in its own

@@ -108,7 +108,6 @@ local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
     sid, existed = add_entry(q.s[tonumber(prio)], id, payload)
     redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', q.name,
       'priority', prio, 'deliveries', 0, 'updated_at', NOW, 'key', ukey)
-    redis.call('ZADD', q.queued, NOW, id)
   end
   if not listed[q.name] then
     if not existed then redis.call('SADD', QUEUES, q.name) end

@@ -7,7 +7,7 @@
 --    across the queues.
 -- Besides, at most once per reap period per queue, consumers idle at least the reap idle
 -- time with nothing pending are deleted from the queue's groups (stopped workers' names).
--- KEYS: 19 keys per queue, then the unique-key hash. ARGV[5..]: consumer, count,
+-- KEYS: 18 keys per queue, then the unique-key hash. ARGV[5..]: consumer, count,
 -- lease (ms), sweep idle (ms), reap period (ms, 0: never), reap idle (ms),
 -- number of queues, the queue names, the levels hint (below), woken ('1': see "Woken"
 -- below, else '0'), then `count` fresh tokens.
@@ -93,7 +93,6 @@ local function deliver(q, p, sid, flat)
   local until_ms = NOW + LEASE
   redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', n,
     'consumer', CONSUMER, 'lease_until', until_ms, 'updated_at', NOW)
-  redis.call('ZREM', q.queued, id)
   redis.call('ZADD', q.running, until_ms, id)
   return {id, job[3], (not f and flat[4]) or job[4], token, n, p}
 end
@@ -146,21 +145,11 @@ end
 -- one, or Redis lost it) from the start, reported so the client warns loudly.
 local function last_delivered(stream)
   if redis.call('EXISTS', stream) == 0 then return nil end
-  for _, g in ipairs(redis.call('XINFO', 'GROUPS', stream)) do
-    local info = fields_of(g)
-    if info.name == GROUP then return info['last-delivered-id'] end
-  end
+  local info = group_info(stream)
+  if info then return info['last-delivered-id'] end
   redis.call('XGROUP', 'CREATE', stream, GROUP, '0')
   recreated = recreated + 1
   return '0-0'
-end
-
-local function sid_less(a, b)
-  local am, as = string.match(a, '(%d+)-(%d+)')
-  local bm, bs = string.match(b, '(%d+)-(%d+)')
-  am, bm = tonumber(am), tonumber(bm)
-  if am ~= bm then return am < bm end
-  return tonumber(as) < tonumber(bs)
 end
 
 -- The single queue's priority levels whose stream exists (see "Levels" above), found

@@ -5,7 +5,7 @@
 -- queued) with its new payload instead. A job that ends other than succeeded keeps its
 -- payload (moved into its hash from the entry, where enqueue put it); a succeeded one
 -- keeps its result only.
--- KEYS: unique, queues, then 19 keys for each queue named in ARGV.
+-- KEYS: unique, queues, then 18 keys for each queue named in ARGV.
 -- ARGV[5] number of queues NQ, ARGV[6..5+NQ] their names, then per delivery FIELDS values:
 --   job id, token, status, result, ttl (ms), reason, has_retry, retry payload,
 --   retry priority, retry eta ('' or ms), retry key, delivery queue #, retry queue # (1-based).

@@ -1,5 +1,5 @@
 -- Make a parked job due now with a new payload (a workflow step whose inputs are ready).
--- KEYS: job, done, unique, queues, then its queue's 19 keys. ARGV[5..]: queue the caller
+-- KEYS: job, done, unique, queues, then its queue's 18 keys. ARGV[5..]: queue the caller
 -- read, new payload. Returns 1 promoted, 0 not parked (nothing changed), -1 moved.
 local key = KEYS[1]
 local q = qkeys(5)

@@ -1,24 +1,39 @@
 -- Delete up to ARGV[5] queued and scheduled jobs of one queue (the client loops, so a huge
--- queue never blocks Redis in one long script). KEYS: the queue's 19 keys, then unique.
+-- queue never blocks Redis in one long script). KEYS: the queue's 18 keys, then unique.
+-- Queued jobs are the entries after each stream's last delivered id (see queued.lua).
 -- Returns {deleted, 1 if more may remain else 0}.
 local q = qkeys(1)
 local unique = KEYS[QK + 1]
 local limit = tonumber(ARGV[5])
 local deleted = 0
 local seen = 0
-for _, index in ipairs({q.queued, q.scheduled}) do
-  for _, id in ipairs(redis.call('ZRANGE', index, 0, limit - seen - 1)) do
-    seen = seen + 1
-    redis.call('ZREM', index, id)
-    local key = JOB_PREFIX .. id
-    local job = load_job(key)
-    if job and (job.status == 'queued' or job.status == 'scheduled') then
-      if job.status == 'queued' then redis.call('XDEL', q.s[tonumber(job.priority)], job.sid) end
-      release_key(unique, job, id)
-      redis.call('DEL', key, DONE_PREFIX .. id)
-      deleted = deleted + 1
-    end
+
+local function drop(id, status, sid)
+  local key = JOB_PREFIX .. id
+  local job = load_job(key)
+  if job and job.status == status and (sid == nil or job.sid == sid) then
+    release_key(unique, job, id)
+    redis.call('DEL', key, DONE_PREFIX .. id)
+    deleted = deleted + 1
   end
-  if seen >= limit then return {deleted, 1} end
 end
-return {deleted, 0}
+
+for p = 0, 9 do
+  local info = group_info(q.s[p])
+  if info or redis.call('EXISTS', q.s[p]) == 1 then
+    local from = info and '(' .. info['last-delivered-id'] or '-'
+    for _, e in ipairs(redis.call('XRANGE', q.s[p], from, '+', 'COUNT', limit - seen)) do
+      seen = seen + 1
+      redis.call('XDEL', q.s[p], e[1])  -- never delivered: not pending
+      local f = e[2]
+      if f[1] == 'job' then drop(f[2], 'queued', e[1]) else deleted = deleted + 1 end
+    end
+    if seen >= limit then return {deleted, 1} end
+  end
+end
+for _, id in ipairs(redis.call('ZRANGE', q.scheduled, 0, limit - seen - 1)) do
+  seen = seen + 1
+  redis.call('ZREM', q.scheduled, id)
+  drop(id, 'scheduled', nil)
+end
+return {deleted, seen >= limit and 1 or 0}

@@ -1,5 +1,5 @@
 -- Extend a lease only while the delivery still owns the job.
--- KEYS: job, done, unique, queues, then the queue's 19 keys. ARGV[5..]: token, lease (ms).
+-- KEYS: job, done, unique, queues, then the queue's 18 keys. ARGV[5..]: token, lease (ms).
 -- Returns 0 lost, 1 ok, 2 ok but cancel() was called.
 local key = KEYS[1]
 local q = qkeys(5)

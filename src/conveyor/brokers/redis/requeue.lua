@@ -1,5 +1,5 @@
 -- Put a failed or dead job back on its queue. KEYS: job, done, unique, queues, then its
--- queue's 19 keys. ARGV[5..]: queue the caller read, expected status.
+-- queue's 18 keys. ARGV[5..]: queue the caller read, expected status.
 -- Returns 1 requeued, 0 not in that status (or gone), -1 moved (read the queue again).
 local key = KEYS[1]
 local q = qkeys(5)
