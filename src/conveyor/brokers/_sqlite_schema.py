@@ -56,7 +56,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -127,6 +127,10 @@ SCHEMA_VERSION = len(MIGRATIONS)
 
 _META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"
 
+# A writer waiting for another process's write transaction tries again after a random pause
+# that doubles from the first value up to the last (see Database._begin).
+_POLL_FIRST, _POLL_MAX = 0.001, 0.01
+
 
 def check_sqlite_version(version: tuple[int, int, int] = sqlite3.sqlite_version_info) -> None:
     if version < MIN_SQLITE:
@@ -137,23 +141,55 @@ def check_sqlite_version(version: tuple[int, int, int] = sqlite3.sqlite_version_
         )
 
 
-def migrate(conn: sqlite3.Connection, path: str) -> int:
-    """Bring the file to ``SCHEMA_VERSION`` in one write transaction; return the old version.
+def schema_version(conn: sqlite3.Connection) -> int:
+    """The file's schema version, 0 for a new file; a plain read, so it takes no write lock.
 
-    Several processes may open a new file at once: ``BEGIN IMMEDIATE`` makes them take
-    turns, and the later ones find the work done.
+    In WAL mode a read never waits for a writer: a process opening an up-to-date file
+    starts while others hold the write lock (a producer beside busy workers).
     """
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
+    except sqlite3.OperationalError as exc:
+        if "no such table" not in str(exc):
+            raise
+        return 0
+    return int(row[0]) if row else 0
+
+
+def _refuse_newer(version: int, path: str) -> None:
+    if version > SCHEMA_VERSION:
+        raise ConfigurationError(
+            f"{path} has schema version {version}, but this Conveyor knows versions up to "
+            f"{SCHEMA_VERSION}: it was written by a newer Conveyor. Upgrade conveyor on "
+            "this machine (or point it at another database file)"
+        )
+
+
+def _begin_immediate(conn: sqlite3.Connection) -> None:
     conn.execute("BEGIN IMMEDIATE")
+
+
+def migrate(
+    conn: sqlite3.Connection,
+    path: str,
+    begin: Callable[[sqlite3.Connection], None] = _begin_immediate,
+) -> int:
+    """Bring the file to ``SCHEMA_VERSION``; return the version it had.
+
+    A current file is only read. Otherwise all pending migrations run in one write
+    transaction, opened by ``begin`` (``BEGIN IMMEDIATE``): several processes may open a new
+    (or old) file at once, the write lock makes them take turns, and the version is read
+    again inside it, so the later ones find the work done.
+    """
+    old = schema_version(conn)
+    _refuse_newer(old, path)
+    if old == SCHEMA_VERSION:
+        return old
+    begin(conn)
     try:
         conn.execute(_META)
-        row = conn.execute("SELECT value FROM meta WHERE name = 'schema_version'").fetchone()
-        old = int(row[0]) if row else 0
-        if old > SCHEMA_VERSION:
-            raise ConfigurationError(
-                f"{path} has schema version {old}, but this Conveyor knows versions up to "
-                f"{SCHEMA_VERSION}: it was written by a newer Conveyor. Upgrade conveyor on "
-                "this machine (or point it at another database file)"
-            )
+        old = schema_version(conn)
+        _refuse_newer(old, path)
         for statements in MIGRATIONS[old:]:
             for sql in statements:
                 conn.execute(sql)
@@ -208,8 +244,10 @@ class Database:
 
     Write transactions of one process take turns on a mutex before ``BEGIN IMMEDIATE``:
     threads then queue in the kernel and wake at once, instead of in SQLite's busy handler,
-    which sleeps in steps of up to 100 ms. Other processes still meet ``busy_timeout``.
-    Reads need no mutex: in WAL mode they see the last commit and never wait.
+    which sleeps in steps of up to 100 ms. A write transaction of another process is waited
+    for in ``_begin``, up to ``busy_timeout``. Reads need no mutex: in WAL mode they see the
+    last commit and never wait (but for rare cases, such as recovering the WAL after a
+    crash, where SQLite's busy handler waits for them).
     """
 
     def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
@@ -232,11 +270,14 @@ class Database:
     def _prepare(self, conn: sqlite3.Connection) -> None:
         # Switching a new file to WAL takes an exclusive lock, and SQLite reports a clash
         # with another process doing the same at once as "locked" without calling the busy
-        # handler: retry that step ourselves, within the same busy_timeout.
+        # handler: retry that step ourselves, within the same busy_timeout. A file already
+        # in WAL mode is only asked (a read), so opening it never needs the write lock.
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                mode = conn.execute("PRAGMA journal_mode").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
                 break
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
@@ -247,7 +288,7 @@ class Database:
                 f"{self.path} cannot use SQLite's WAL mode (journal mode stays {mode!r}): "
                 "put the database on a local disk, not a network share"
             )
-        migrate(conn, self.path)
+        migrate(conn, self.path, self._begin)
 
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
@@ -260,6 +301,7 @@ class Database:
         conn.execute("PRAGMA synchronous = NORMAL")
         procs = self._current()
         procs.local.conn = conn
+        procs.local.busy_handler = True
         with self._mutex:
             # Threads come and go (pools, per-job threads): close what the dead ones opened.
             for thread in [t for t in procs.opened if not t.is_alive()]:
@@ -288,18 +330,56 @@ class Database:
         except sqlite3.Error as exc:
             raise broker_error(exc, self.path, self.busy_timeout) from exc
 
+    def _busy_handler(self, conn: sqlite3.Connection, on: bool) -> None:
+        """Let SQLite's busy handler wait (for up to ``busy_timeout``) or not, on this thread's
+        connection; a pragma only when that changes, so a run of writes or reads costs none."""
+        local = self._current().local
+        if local.busy_handler != on:
+            ms = int(self.busy_timeout * 1000) if on else 0
+            conn.execute(f"PRAGMA busy_timeout = {ms}")
+            local.busy_handler = on
+
+    def _begin(self, conn: sqlite3.Connection) -> None:
+        """``BEGIN IMMEDIATE``, waiting up to ``busy_timeout`` for other processes' writes.
+
+        Not in SQLite's busy handler: it tries again after fixed steps of up to 100 ms, so
+        beside a process that takes the write lock periodically (150 ms in every 200) its
+        tries can keep falling while the lock is held, and other writers take every free
+        moment, for longer than any ``busy_timeout`` (a producer failed to enqueue beside
+        busy workers that way). Here a try comes every few ms, at random moments.
+        """
+        self._busy_handler(conn, False)
+        deadline: float | None = None
+        pause = _POLL_FIRST
+        while True:
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                now = time.monotonic()
+                if deadline is None:
+                    deadline = now + self.busy_timeout
+                elif now >= deadline:
+                    raise
+            time.sleep(random.uniform(pause / 2, pause))
+            pause = min(pause * 2, _POLL_MAX)
+
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A connection for reads; each statement sees the latest commit."""
         with self._translate():
-            yield self._conn()
+            conn = self._conn()
+            self._busy_handler(conn, True)
+            yield conn
 
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``): all of the block or none of it."""
         with self._translate(), self._current().write_lock:
             conn = self._conn()
-            conn.execute("BEGIN IMMEDIATE")
+            self._begin(conn)
             try:
                 yield conn
                 conn.execute("COMMIT")
