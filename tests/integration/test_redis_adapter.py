@@ -458,6 +458,28 @@ def test_the_payload_moves_from_the_entry_to_the_hash_when_the_job_outlives_its_
     assert [d.payload for d in fetch(broker)] == [jobs[1].payload]
 
 
+def test_only_a_job_somebody_waits_for_pushes_a_completion_signal(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    alone, watched = env(), env()
+    broker.enqueue([alone, watched])
+    d_alone, d_watched = fetch(broker, count=2)
+    waiter = threading.Thread(target=broker.wait, args=(watched.id, 5))
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while raw.hget("{" + prefix + "}:job:" + watched.id, "waited") is None:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    broker.finish([Finish(d_alone, JobStatus.SUCCEEDED, b"a"),
+                   Finish(d_watched, JobStatus.SUCCEEDED, b"w")])
+    waiter.join(5)
+    assert not waiter.is_alive()
+    done = "{" + prefix + "}:done:"
+    assert (raw.exists(done + alone.id), raw.exists(done + watched.id)) == (0, 1)
+    record = broker.wait(alone.id, 1)  # ended before anyone waited: in the record
+    assert record is not None and record.result == b"a"
+
+
 def test_purge_works_through_big_queues_in_chunks(broker: RedisBroker) -> None:
     broker.enqueue([env() for _ in range(2500)])
     assert broker.purge("default") == 2500

@@ -184,6 +184,7 @@ def _deliver_one(broker: RedisBroker) -> tuple[Envelope, Delivery]:
 def test_reset_during_finish_ends_the_job_exactly_once(rig: Rig, outcome: str) -> None:
     broker, proxy, clock = rig.broker, rig.proxy, rig.clock
     env, d = _deliver_one(broker)
+    assert broker.wait(env.id, 0.05) is None  # somebody waits: its end is signalled
     if outcome == "succeeded":
         f = Finish(d, JobStatus.SUCCEEDED, b"r")
     else:

@@ -74,14 +74,13 @@ class AsyncMixin(RedisCore):
                     return enqueue_ids(replies)
         raise AssertionError("unreachable")
 
-    async def _read_record_async(self, job_id: str) -> JobRecord | None:
-        client, _ = self._aclient()
+    async def _watch_async(self, job_id: str) -> JobRecord | None:
+        """As ``_watch``: read the record and mark the job as waited for, in one step."""
+        _, scripts = self._aclient()
         async with _connect.translate_async():
-            pipe = client.pipeline(transaction=False)
-            pipe.time()
-            pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
-            server_time, row = await pipe.execute()
-        return self._decode_record(job_id, row, self._now(server_time))
+            now, row = await scripts["watch"](keys=[self._keys.job(job_id)],
+                                              args=[*self._head(), *RECORD_FIELDS])
+        return self._decode_record(job_id, row, int(now))
 
     async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """As ``wait``: read the record, then block on the job's done list (never missed)."""
@@ -89,7 +88,7 @@ class AsyncMixin(RedisCore):
         client, _ = self._aclient()
         done = self._keys.done(job_id)
         while True:
-            record = await self._read_record_async(job_id)
+            record = await self._watch_async(job_id)
             if record is None:
                 raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
             if record.status.terminal:

@@ -162,6 +162,14 @@ class RedisCore:
             updated_at=int(updated or 0) / 1000,
         )
 
+    def _watch(self, job_id: str) -> JobRecord | None:
+        """A waiter's first read of a record: marks the job as waited for in the same step
+        (watch.lua), so its end pushes the completion signal (none is pushed otherwise)."""
+        with _connect.translate():
+            now, row = self._eval("watch", [self._keys.job(job_id)],
+                                  [*self._head(), *RECORD_FIELDS])
+        return self._decode_record(job_id, row, int(now))
+
     def _read_records(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)

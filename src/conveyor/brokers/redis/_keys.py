@@ -28,7 +28,9 @@ Broker keys (all under the ``{P}`` tag)::
                                     each one down and deletes the set;
                                     a field not written yet reads as empty (enqueue leaves
                                     out token lease_until eta cancel expires_at result reason)
-    {P}:done:<id>           LIST    completion signal: one element pushed when the job ends;
+    {P}:done:<id>           LIST    completion signal: one element pushed when the job ends,
+                                    if somebody waits for it (job field waited, set by a
+                                    waiter's first read in the same step: watch.lua);
                                     waiters BLMOVE it onto itself (non-destructive, wakes all)
     {P}:q:<q>:s<p>          STREAM  ready jobs of priority <p>: entries ``job <id> payload <p>``
                                     (enqueue) or ``job <id>`` (the payload is in the hash);

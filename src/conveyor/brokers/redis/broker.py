@@ -304,7 +304,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
     def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
         deadline = None if timeout is None else time.monotonic() + timeout
         done = self._keys.done(job_id)
-        record = self._read_records([job_id])[0]
+        record = self._watch(job_id)
         while True:
             if record is None:
                 raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")

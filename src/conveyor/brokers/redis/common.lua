@@ -206,8 +206,9 @@ local function release_dependents(job, id)
   redis.call('DEL', dkey)
 end
 
--- Make a job terminal: record, expiry (logical, plus a later real one), index, signal,
--- and its dependents counted down. `fields` (optional): more job hash fields, written in the
+-- Make a job terminal: record, expiry (logical, plus a later real one), index, the
+-- completion signal if somebody waits for it (field waited: watch.lua), and its dependents
+-- counted down. `fields` (optional): more job hash fields, written in the
 -- same HSET. `later` (optional): a batch's index additions (index key -> {score, id, ...}),
 -- added by add_indexed after one trim per index, instead of a trim and ZADD per job.
 local function terminate(q, key, job, id, status, ttl_ms, fields, later)
@@ -228,7 +229,7 @@ local function terminate(q, key, job, id, status, ttl_ms, fields, later)
     end
     release_dependents(job, id)
   end
-  notify(id)
+  if job.waited then notify(id) end
 end
 
 -- The index additions `terminate` put off: per index, expired entries out, then all in.

@@ -17,7 +17,8 @@ local Q = {}
 for i = 1, NQ do Q[i] = qkeys(3 + (i - 1) * QK); Q[i].name = ARGV[5 + i] end
 
 -- Only the fields the fence and the ending read (HMGET, not the whole hash).
-local WANTED = {'status', 'token', 'settled_by', 'expires_at', 'priority', 'sid', 'key', 'deps'}
+local WANTED = {'status', 'token', 'settled_by', 'expires_at', 'priority', 'sid', 'key', 'deps',
+  'waited'}
 local function load_fenced(key)
   local f = redis.call('HMGET', key, unpack(WANTED))
   if not f[1] then return nil end
