@@ -30,6 +30,7 @@ local MOVE_LIMIT = 1000
 local UNIQUE = KEYS[NQ * QK + 1]
 local recreated = 0
 local out = {}
+local leased = {}  -- running index -> {lease expiry, id, ...}: one ZADD per index (lease_all)
 local Q = {}
 for i = 1, NQ do Q[i] = qkeys(1 + (i - 1) * QK); Q[i].name = ARGV[11 + i] end
 
@@ -93,8 +94,17 @@ local function deliver(q, p, sid, flat)
   local until_ms = NOW + LEASE
   redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', n,
     'consumer', CONSUMER, 'lease_until', until_ms, 'updated_at', NOW)
-  redis.call('ZADD', q.running, until_ms, id)
+  local add = leased[q.running]
+  if not add then add = {}; leased[q.running] = add end
+  add[#add + 1] = until_ms
+  add[#add + 1] = id
   return {id, job[3], (not f and flat[4]) or job[4], token, n, p}
+end
+
+-- The running-index entries deliver put off, added once per index before the script ends
+-- (nothing in this script reads them meanwhile).
+local function lease_all()
+  for running, add in pairs(leased) do redis.call('ZADD', running, unpack(add)) end
 end
 
 -- One claimed entry: back to a live owner, or delivered here (an orphan).
@@ -247,7 +257,10 @@ if WOKEN and NQ == 1 and COUNT > 0 then
     LEVELS[p] = string.sub(HINT, p + 1, p + 1) == '1'
     if LEVELS[p] and #out < COUNT then read_single(p, COUNT - #out) end
   end
-  if #out > 0 then return {out, -1, recreated, {}, HINT} end
+  if #out > 0 then
+    lease_all()
+    return {out, -1, recreated, {}, HINT}
+  end
 end
 
 local marks = {}  -- per queue: {sweep marker, reap marker}, one MGET
@@ -269,7 +282,10 @@ local levels = ''
 if NQ == 1 then
   for p = 0, 9 do levels = levels .. (LEVELS[p] and '1' or '0') end
 end
-if #out > 0 then return {out, -1, recreated, {}, levels} end
+if #out > 0 then
+  lease_all()
+  return {out, -1, recreated, {}, levels}
+end
 local last_ids = {}
 for i = 1, NQ do
   for p = 0, 9 do
