@@ -19,12 +19,13 @@ Contract, in short:
   job's *dependents* and counted; a job with a count above 0 is stored parked (``scheduled``,
   eta ``PARKED``) with that count, else it is placed as usual. Whenever a job becomes
   terminal -- a fenced ``finish`` with a terminal status, ``cancel`` of a queued or
-  scheduled job, a cancelled job ending on ``release`` or lease expiry -- the same atomic
-  step takes its dependents, counts each one down and makes it due (``queued``) when its
-  count reaches 0. A job without dependents pays one key or indexed-row lookup for this.
-  A repeated finish (the fence's "already settled") counts nothing down again; a cancelled
-  dependent is skipped. Brokers do not judge outcomes: a dependent is released whatever its
-  dependencies ended as, and its worker reads their records (``workflows.short_circuit``).
+  scheduled job, a cancelled job ending on ``release`` or lease expiry -- or is deleted by
+  ``purge``, the same atomic step takes its dependents, counts each one down and makes it
+  due (``queued``) when its count reaches 0. A job without dependents pays one key or
+  indexed-row lookup for this. A repeated finish (the fence's "already settled") counts
+  nothing down again; a cancelled dependent is skipped. Brokers do not judge outcomes: a
+  dependent is released whatever its dependencies ended as, and its worker reads their
+  records (``workflows.short_circuit``).
 * ``fetch`` hands out up to ``count`` jobs from the given queues under a lease of ``lease``
   seconds: higher priority first, FIFO within a priority, due scheduled jobs included, and
   jobs whose lease expired (their worker died) reclaimed. Each delivery gets a fresh
@@ -206,7 +207,13 @@ class Broker(ABC):
 
     @abstractmethod
     def purge(self, queue: str) -> int:
-        """Delete every queued and scheduled job of a queue; returns how many."""
+        """Delete every queued and scheduled job of a queue; returns how many.
+
+        Each deleted job's dependents are counted down as its ending would (same atomic
+        step on SQLite; on Redis per script call, the calls looping until nothing is left):
+        one whose count reaches 0 becomes due, and its worker then finds the dependency
+        without a record. A dependent in the purged queue itself is deleted by the same
+        purge (and counted), whether or not it was released first."""
 
     @abstractmethod
     def heartbeat(self, info: WorkerInfo, ttl: float) -> None:

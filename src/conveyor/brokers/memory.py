@@ -502,6 +502,9 @@ class MemoryBroker(Broker):
                 key = job.envelope.key
                 if key is not None and self._s.keys.get(key) == i:
                     del self._s.keys[key]
+                # Gone like an ended job: its dependents are counted down. One in this
+                # queue is doomed too (popped already, or later in this loop).
+                self._release_dependents(job)
             self._s.ready.pop(queue, None)
             self._cond.notify_all()
             return len(doomed)

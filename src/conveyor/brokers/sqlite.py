@@ -574,13 +574,22 @@ class SQLiteBroker(Broker):
 
     def purge(self, queue: str) -> int:
         with self._db.write() as conn:
-            n = conn.execute(
-                "DELETE FROM jobs WHERE queue = ? AND status IN ('queued', 'scheduled')",
-                (queue,),
-            ).rowcount
-        if n:
+            gone = [
+                row[0]
+                for row in conn.execute(
+                    "DELETE FROM jobs WHERE queue = ? AND status IN ('queued', 'scheduled') "
+                    "RETURNING id",
+                    (queue,),
+                )
+            ]
+            # Gone like ended jobs: their dependents are counted down. A dependent in this
+            # queue was queued or scheduled, so it went in the same DELETE.
+            due = self._release_dependents(conn, gone) if gone else 0
+        if gone:
             self._notify.wake(ANY_JOB)  # their waiters learn the jobs are gone
-        return n
+        if due:
+            self._notify.wake(FETCHERS)
+        return len(gone)
 
     def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
         with self._db.write() as conn:

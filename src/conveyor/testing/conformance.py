@@ -410,6 +410,47 @@ class DependencyConformance:
         assert not broker.promote(b.id, b"not a workflow step")
         assert status(broker, b.id) is JobStatus.SCHEDULED
 
+    def test_purge_releases_the_dependents_of_what_it_deletes(self, broker: Broker) -> None:
+        # Deleted, not ended: the dependent runs into a dependency without a record.
+        a = envelope("a")
+        b = dependent(a.id, queue="b")
+        broker.enqueue([a, b])
+        assert broker.purge("a") == 1
+        assert broker.get([a.id]) == [None]
+        assert status(broker, b.id) is JobStatus.QUEUED
+        assert [d.id for d in fetch(broker, ["b"])] == [b.id]
+
+    def _enqueue_again_waits(self, broker: Broker, jobs: Sequence[Envelope]) -> None:
+        """Ids a purge deleted start afresh: every job after the first waits again."""
+        assert broker.enqueue(list(jobs)) == [e.id for e in jobs]
+        assert [status(broker, e.id) for e in jobs[1:]] == [JobStatus.SCHEDULED] * (
+            len(jobs) - 1
+        )
+        assert [d.id for d in fetch(broker, [jobs[0].queue])] == [jobs[0].id]
+
+    def test_purge_deletes_a_dependent_in_the_same_queue(self, broker: Broker) -> None:
+        a = envelope("doomed")
+        b = dependent(a.id, queue="doomed")
+        broker.enqueue([a, b])
+        assert broker.purge("doomed") == 2
+        assert broker.get([a.id, b.id]) == [None, None]
+        assert fetch(broker, ["doomed"]) == []
+        assert broker.purge("doomed") == 0
+        left = [(s.queued, s.scheduled) for s in broker.stats() if s.queue == "doomed"]
+        assert left in ([], [(0, 0)])
+        self._enqueue_again_waits(broker, [a, b])  # nothing of the purged ones is left
+
+    def test_purge_deletes_a_chain_in_the_same_queue(self, broker: Broker) -> None:
+        a = envelope("doomed")
+        b = dependent(a.id, queue="doomed")
+        c = dependent(b.id, queue="doomed")
+        broker.enqueue([a, b, c])
+        assert broker.purge("doomed") == 3
+        assert broker.get([a.id, b.id, c.id]) == [None, None, None]
+        assert fetch(broker, ["doomed"]) == []
+        assert broker.purge("doomed") == 0
+        self._enqueue_again_waits(broker, [a, b, c])
+
     def test_payload_is_kept_whatever_the_status(self, broker: Broker) -> None:
         a, b = envelope(), envelope()
         broker.enqueue([a, b])

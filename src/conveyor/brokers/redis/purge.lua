@@ -1,18 +1,26 @@
 -- Delete up to ARGV[5] queued and scheduled jobs of one queue (the client loops, so a huge
 -- queue never blocks Redis in one long script). KEYS: the queue's 18 keys, then unique.
 -- Queued jobs are the entries after each stream's last delivered id (see queued.lua).
+-- A deleted job's dependents are counted down as if it had ended (release_dependents); one
+-- released into this queue's streams after the loop below passed them is deleted by the
+-- next call, so a call that released any says more may remain.
 -- Returns {deleted, 1 if more may remain else 0}.
 local q = qkeys(1)
 local unique = KEYS[QK + 1]
 local limit = tonumber(ARGV[5])
 local deleted = 0
 local seen = 0
+local released = false
 
 local function drop(id, status, sid)
   local key = JOB_PREFIX .. id
   local job = load_job(key)
   if job and job.status == status and (sid == nil or job.sid == sid) then
     release_key(unique, job, id)
+    if job.deps == '1' then
+      release_dependents(job, id)
+      released = true
+    end
     redis.call('DEL', key, DONE_PREFIX .. id)
     deleted = deleted + 1
   end
@@ -36,4 +44,4 @@ for _, id in ipairs(redis.call('ZRANGE', q.scheduled, 0, limit - seen - 1)) do
   redis.call('ZREM', q.scheduled, id)
   drop(id, 'scheduled', nil)
 end
-return {deleted, seen >= limit and 1 or 0}
+return {deleted, (seen >= limit or released) and 1 or 0}
