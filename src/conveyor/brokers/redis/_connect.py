@@ -216,20 +216,8 @@ class Pinned:
         return None if held is _SHARED else held.conn
 
     def call(self, client: redis.Redis, *args: Any) -> Any:
-        conn = self._conn(client)
-        if conn is not None:
-            try:
-                if pack_command is not None:
-                    conn.send_packed_command([pack_command(args)])
-                else:
-                    conn.send_command(*args)
-                return conn.read_response()
-            except redis.TimeoutError:
-                conn.disconnect()
-                raise
-            except redis.ConnectionError:
-                conn.disconnect()
-        return client.execute_command(*args)  # type: ignore[no-untyped-call]
+        """One command (see ``pipeline``)."""
+        return self.pipeline(client, args)[0]
 
     def pipeline(self, client: redis.Redis, *commands: Sequence[Any],
                  transaction: bool = False) -> list[Any]:
@@ -267,6 +255,8 @@ class Pinned:
                     if isinstance(reply, redis.ResponseError):
                         raise reply
                 return replies
+        if len(commands) == 1 and not transaction:
+            return [client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
         pipe = client.pipeline(transaction=transaction)
         for c in commands:
             pipe.execute_command(*c)  # type: ignore[no-untyped-call]

@@ -98,17 +98,29 @@ class RedisCore:
         return [self._script_now(), "conveyor", k.job_prefix, k.done_prefix]
 
     def _eval(self, script: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """One script call: EVALSHA on this thread's held connection (see
-        ``_connect.Pinned``; redis-py's ``Script.__call__`` would also copy keys and
-        arguments into new tuples and go through two more layers). A server that lost its
-        script cache (restart, failover) answers NOSCRIPT before running anything: load
-        the script and send it again."""
+        """One script call (see ``_run``)."""
+        return self._run(script, [(keys, args)])[0]
+
+    def _run(self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], *,
+             transaction: bool = False) -> list[Any]:
+        """Script calls (keys, args) sent at once as plain EVALSHA on this thread's held
+        connection (``_connect.Pinned``), in MULTI/EXEC with ``transaction``; their replies
+        in order. (redis-py's ``Script`` objects would first ask SCRIPT EXISTS inside a
+        pipeline, one more round trip, and copy keys and arguments through more layers.)
+        A server that lost its script cache (restart, failover) answers NOSCRIPT to every
+        call, so none ran there: load the script and send them again. (Every script sent
+        this way is idempotent for a repeat, so a call that did run before a restart is
+        safe to repeat too.)"""
         found = self._scripts[script]
-        try:
-            return self._pinned.call(self._client, "EVALSHA", found.sha, len(keys), *keys, *args)
-        except redis.exceptions.NoScriptError:
-            self._load(script)
-            return self._pinned.call(self._client, "EVALSHA", found.sha, len(keys), *keys, *args)
+        for again in (False, True):
+            commands = [("EVALSHA", found.sha, len(keys), *keys, *args) for keys, args in calls]
+            try:
+                return self._pinned.pipeline(self._client, *commands, transaction=transaction)
+            except redis.exceptions.NoScriptError:
+                if again:
+                    raise
+                self._load(script)
+        raise AssertionError("unreachable")
 
     def _load(self, script: str) -> None:
         """Load a script into the server's cache (on this thread's connection, like the

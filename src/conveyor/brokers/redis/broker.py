@@ -15,7 +15,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.exceptions
 
@@ -44,6 +44,7 @@ _IDLE_WAKE = 0.05  # longest block while a lease or eta may come due on an injec
 FINISH_CHUNK = 200  # outcomes per finish script call (a call blocks Redis while it runs)
 ENQUEUE_CHUNK = 200  # jobs per enqueue script call (likewise)
 _LEASE_STATES = {0: LeaseState.LOST, 1: LeaseState.OK, 2: LeaseState.CANCELLED}
+T = TypeVar("T")
 
 
 def enqueue_args(env: Envelope) -> list[Any]:
@@ -59,28 +60,45 @@ def enqueue_args(env: Envelope) -> list[Any]:
     return [env.id, env.queue, env.payload, env.priority, eta, env.key or ""]
 
 
-def enqueue_calls(keys: Keys, head: list[Any],
-                  envelopes: Sequence[Envelope]) -> list[tuple[list[str], list[Any]]]:
-    """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes, each
-    naming the queues its jobs use once. Every envelope is validated before
-    the first call is built, so a bad one writes nothing. A batch with dependencies is one
-    call whatever its size: the script checks them all before writing anything."""
+Call = tuple[list[str], list[Any]]
+
+
+def batch_calls(head: list[Any], items: Sequence[T], chunk: int,
+                encode: Callable[[T, Callable[[str], int]], Sequence[Any]],
+                declare: Callable[[list[str]], list[str]]) -> list[Call]:
+    """Script calls for a batch, one per ``chunk`` items, each naming the queues its items
+    use once: ARGV is ``head``, the number of queues, their names, then each item's values
+    as ``encode(item, place)`` gives them (``place(queue)``: the queue's 1-based place in
+    that list); KEYS are ``declare(queues)``."""
     calls = []
-    chunk = ENQUEUE_CHUNK
-    if any(env.depends_on for env in envelopes):
-        chunk = len(envelopes)
-    for at in range(0, len(envelopes), chunk):
+    for at in range(0, len(items), chunk):
         queues: dict[str, int] = {}
+
+        def place(queue: str, queues: dict[str, int] = queues) -> int:
+            return queues.setdefault(queue, len(queues) + 1)
+
         own: list[Any] = []
-        for env in envelopes[at:at + chunk]:
-            job_id, queue, payload, priority, eta, key = enqueue_args(env)
-            deps = ",".join(validate_job_id(d) for d in env.depends_on)
-            own += (job_id, queues.setdefault(queue, len(queues) + 1), payload, priority,
-                    eta, key, deps)
-        # Two keys (the script computes each queue's own, in the same slot): a lone job
-        # costs little to send and to unpack.
-        calls.append(([keys.unique, keys.queues], [*head, len(queues), *queues, *own]))
+        for item in items[at:at + chunk]:
+            own += encode(item, place)
+        calls.append((declare(list(queues)), [*head, len(queues), *queues, *own]))
     return calls
+
+
+def _enqueue_values(env: Envelope, place: Callable[[str], int]) -> tuple[Any, ...]:
+    job_id, queue, payload, priority, eta, key = enqueue_args(env)
+    deps = ",".join(validate_job_id(d) for d in env.depends_on)
+    return job_id, place(queue), payload, priority, eta, key, deps
+
+
+def enqueue_calls(keys: Keys, head: list[Any], envelopes: Sequence[Envelope]) -> list[Call]:
+    """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes. Every
+    envelope is validated before the first call is sent, so a bad one writes nothing. A
+    batch with dependencies is one call whatever its size: the script checks them all
+    before writing anything. Two keys per call (the script computes each queue's own, in
+    the same slot): a lone job costs little to send and to unpack."""
+    chunk = len(envelopes) if any(env.depends_on for env in envelopes) else ENQUEUE_CHUNK
+    declared = [keys.unique, keys.queues]
+    return batch_calls(head, envelopes, chunk, _enqueue_values, lambda _: declared)
 
 
 def enqueue_ids(replies: Sequence[Any]) -> list[str]:
@@ -90,6 +108,17 @@ def enqueue_ids(replies: Sequence[Any]) -> list[str]:
     if ids and ids[0] == "!missing":
         raise unknown_dependency(ids[1], ids[2])
     return ids
+
+
+def _finish_values(f: Finish, place: Callable[[str], int]) -> list[Any]:
+    d, retry = f.delivery, f.retry
+    dq = place(d.queue)
+    own = [d.id, d.token, f.status.value, f.result or b"", max(to_ms(f.result_ttl), 1), f.reason]
+    if retry is not None:
+        own += ["1", *enqueue_args(retry)[2:], dq, place(retry.queue)]
+    else:
+        own += ["0", "", 0, "", "", dq, dq]
+    return own
 
 
 class RedisBroker(AdminMixin, AsyncMixin, Broker):
@@ -126,10 +155,9 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
             return []
         calls = enqueue_calls(self._keys, self._head(), envelopes)
         with _connect.translate():
-            if len(calls) == 1:  # one script call is atomic on its own: save the MULTI
-                replies = [self._eval("enqueue", *calls[0])]
-            else:  # MULTI/EXEC: a batch is written whole or not at all.
-                replies = self._pipelined("enqueue", calls, transaction=True)
+            # One script call is atomic on its own; several go in MULTI/EXEC: a batch is
+            # written whole or not at all.
+            replies = self._run("enqueue", calls, transaction=len(calls) > 1)
         return enqueue_ids(replies)
 
     # -- consuming -------------------------------------------------------------------------
@@ -219,35 +247,8 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         head = self._head()
         calls = [(self._keys.job_keys(job_id, [queue]), head + own)
                  for job_id, queue, own in items]
-        return [int(r) for r in self._run_each(script, calls)]
-
-    def _run_each(self, script: str, calls: list[tuple[list[str], list[Any]]]) -> list[Any]:
-        """Each call atomic on its own, all sent in one round trip (no MULTI)."""
-        with _connect.translate():
-            if len(calls) <= 1:  # a pipeline would add a SCRIPT EXISTS round trip
-                return [self._eval(script, k, a) for k, a in calls]
-            return self._pipelined(script, calls, transaction=False)
-
-    def _pipelined(self, script: str, calls: list[tuple[list[str], list[Any]]], *,
-                   transaction: bool) -> list[Any]:
-        """Send the calls in one pipeline, as plain EVALSHA on this thread's connection (a
-        redis-py pipeline of ``Script`` calls would first ask SCRIPT EXISTS, one more round
-        trip). A server that lost its script cache (restart, failover) answers NOSCRIPT to
-        every call, so none ran there: load the script and send them again. (Every script
-        sent this way is idempotent for a repeat, so a call that did run before a restart
-        is safe to repeat too.)"""
-        found = self._scripts[script]
-        for again in (False, True):
-            commands = [("EVALSHA", found.sha, len(keys), *keys, *argv) for keys, argv in calls]
-            try:
-                replies = self._pinned.pipeline(self._client, *commands, transaction=transaction)
-            except redis.exceptions.NoScriptError:
-                if again:
-                    raise
-                self._load(script)
-            else:
-                return replies
-        raise AssertionError("unreachable")
+        with _connect.translate():  # each call atomic on its own, all in one round trip
+            return [int(r) for r in self._run(script, calls)] if calls else []
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         items = [(d.id, d.queue, [d.token, to_ms(lease)]) for d in deliveries]
@@ -264,26 +265,17 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
     def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
         """One script call per ``FINISH_CHUNK`` outcomes (each call atomic; the chunks go in
         one round trip): the queue keys are declared once per call, not once per job."""
-        head = self._head()
-        calls = []
-        for at in range(0, len(outcomes), FINISH_CHUNK):
-            queues: dict[str, int] = {}
-            own: list[Any] = []
-            for f in outcomes[at:at + FINISH_CHUNK]:
-                d, retry = f.delivery, f.retry
-                dq = queues.setdefault(d.queue, len(queues) + 1)
-                own += [d.id, d.token, f.status.value, f.result or b"",
-                        max(to_ms(f.result_ttl), 1), f.reason]
-                if retry is not None:
-                    rq = queues.setdefault(retry.queue, len(queues) + 1)
-                    own += ["1", *enqueue_args(retry)[2:], dq, rq]
-                else:
-                    own += ["0", "", 0, "", "", dq, dq]
+
+        def declare(queues: list[str]) -> list[str]:
             keys = [self._keys.unique, self._keys.queues]
             for q in queues:
                 keys += self._keys.queue_keys(q)
-            calls.append((keys, [*head, len(queues), *queues, *own]))
-        return [int(r) == 1 for reply in self._run_each("finish", calls) for r in reply]
+            return keys
+
+        calls = batch_calls(self._head(), outcomes, FINISH_CHUNK, _finish_values, declare)
+        with _connect.translate():
+            replies = self._run("finish", calls) if calls else []
+        return [int(r) == 1 for reply in replies for r in reply]
 
     # -- job records -----------------------------------------------------------------------
 
