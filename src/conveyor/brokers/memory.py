@@ -505,6 +505,11 @@ class MemoryBroker(Broker):
                 # Gone like an ended job: its dependents are counted down. One in this
                 # queue is doomed too (popped already, or later in this loop).
                 self._release_dependents(job)
+                # And its own dependencies forget it: the id may be enqueued again.
+                for dep in job.envelope.depends_on:
+                    parent = self._s.jobs.get(dep)
+                    if parent is not None and parent.dependents:
+                        parent.dependents = [c for c in parent.dependents if c != i]
             self._s.ready.pop(queue, None)
             self._cond.notify_all()
             return len(doomed)

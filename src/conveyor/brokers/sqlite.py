@@ -585,6 +585,12 @@ class SQLiteBroker(Broker):
             # Gone like ended jobs: their dependents are counted down. A dependent in this
             # queue was queued or scheduled, so it went in the same DELETE.
             due = self._release_dependents(conn, gone) if gone else 0
+            # And their own dependencies forget them: an id may be enqueued again.
+            for start in range(0, len(gone), _CHUNK):
+                chunk = gone[start : start + _CHUNK]
+                conn.execute(
+                    f"DELETE FROM dependents WHERE child IN ({_marks(len(chunk))})", chunk
+                )
         if gone:
             self._notify.wake(ANY_JOB)  # their waiters learn the jobs are gone
         if due:

@@ -420,6 +420,20 @@ class DependencyConformance:
         assert status(broker, b.id) is JobStatus.QUEUED
         assert [d.id for d in fetch(broker, ["b"])] == [b.id]
 
+    def test_a_purged_dependent_is_forgotten_by_its_dependencies(self, broker: Broker) -> None:
+        a, other = envelope(), envelope("c")
+        b = dependent(a.id, queue="b")
+        broker.enqueue([a, other, b])
+        assert broker.purge("b") == 1
+        assert broker.enqueue([b]) == [b.id]  # the same id, the same dependency: waits again
+        assert status(broker, b.id) is JobStatus.SCHEDULED
+        assert broker.purge("b") == 1
+        again = msgspec.structs.replace(b, depends_on=(other.id,))  # now waits for another
+        assert broker.enqueue([again]) == [b.id]
+        self._run(broker, a.id)
+        assert status(broker, b.id) is JobStatus.SCHEDULED  # a's end is not its own any more
+        assert fetch(broker, ["b"]) == []
+
     def _enqueue_again_waits(self, broker: Broker, jobs: Sequence[Envelope]) -> None:
         """Ids a purge deleted start afresh: every job after the first waits again."""
         assert broker.enqueue(list(jobs)) == [e.id for e in jobs]

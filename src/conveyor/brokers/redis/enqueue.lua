@@ -112,7 +112,7 @@ local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
   local existed = false  -- went into a stream that existed: the queue is listed (add_entry)
   if waiting > 0 then  -- parked (eta 'waiting': promote leaves it) until the last one ends
     redis.call('HSET', key, 'status', 'scheduled', 'eta', 'waiting', 'waiting', waiting,
-      'queue', q.name, 'payload', payload, 'priority', prio, 'deliveries', 0,
+      'after', deps, 'queue', q.name, 'payload', payload, 'priority', prio, 'deliveries', 0,
       'updated_at', NOW, 'key', ukey)
     redis.call('ZADD', q.scheduled, '+inf', id)
   elseif eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
