@@ -480,6 +480,60 @@ def test_only_a_job_somebody_waits_for_pushes_a_completion_signal(
     assert record is not None and record.result == b"a"
 
 
+def test_a_fetch_of_thousands_leases_every_delivery(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # The leases go into the running index in slices: Lua's unpack takes ~8,000 values.
+    n = 4100
+    broker.enqueue([env() for _ in range(n)])
+    assert len(fetch(broker, count=n)) == n
+    assert raw.zcard("{" + prefix + "}:q:default:running") == n
+
+
+def test_a_batch_with_dependencies_of_thousands_is_one_call_that_works(
+    broker: RedisBroker,
+) -> None:
+    first = env()
+    rest = [env(depends_on=(first.id,)) for _ in range(4100)]
+    assert broker.enqueue([first, *rest]) == [e.id for e in [first, *rest]]
+    (stats,) = broker.stats()
+    assert (stats.queued, stats.scheduled) == (1, 4100)
+
+
+def test_a_succeeded_job_is_not_requeued_and_a_job_without_payload_goes_out_empty(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    e = env()
+    broker.enqueue([e])
+    [d] = fetch(broker)
+    assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r")]) == [True]
+    assert broker.requeue([e.id], JobStatus.SUCCEEDED) == 0  # it kept its result only
+    assert fetch(broker) == []
+    # A job whose payload is nowhere (written by hand) does not break the reply it is in.
+    bare, good = env(), env()
+    broker.enqueue([bare, good])
+    raw.xadd("{" + prefix + "}:q:default:s0", {"job": bare.id})  # a second, bare entry
+    raw.hset("{" + prefix + "}:job:" + bare.id, "sid",
+             raw.xrevrange("{" + prefix + "}:q:default:s0", count=1)[0][0])
+    got = {d.id: d.payload for d in fetch(broker)}
+    assert got == {bare.id: b"", good.id: good.payload}
+
+
+def test_payload_of_a_job_whose_entry_goes_during_the_read(broker: RedisBroker) -> None:
+    # The entry goes (handed back) between the hash read and the entry read: read again.
+    e = env()
+    broker.enqueue([e])
+    [d] = fetch(broker)
+    original = broker._payloads
+
+    def entry_goes_first(rows: list[list[object]]) -> list[bytes | None]:
+        assert broker.release([d]) == [True]  # the payload moves into the hash
+        return original(rows)
+
+    broker._payloads = entry_goes_first  # type: ignore[method-assign,assignment]
+    assert broker.payload(e.id) == e.payload
+
+
 def test_purge_works_through_big_queues_in_chunks(broker: RedisBroker) -> None:
     broker.enqueue([env() for _ in range(2500)])
     assert broker.purge("default") == 2500

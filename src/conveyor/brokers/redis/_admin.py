@@ -50,8 +50,9 @@ class AdminMixin(RedisCore):
         return out
 
     def _queued(self, queues: Sequence[str], limit: int) -> tuple[list[int], list[str]]:
-        """How many jobs each queue has waiting in its streams, and up to ``limit`` of
-        their ids, newest first (queued.lua: queued jobs have no index of their own)."""
+        """How many jobs each queue has waiting in its streams, and the ids of up to
+        ``limit`` of the newest in each chunk of queues (queued.lua: queued jobs have no
+        index of their own; ``entries`` orders them all by time and keeps ``limit``)."""
         depths: list[int] = []
         newest: list[str] = []
         for at in range(0, len(queues), _QUEUED_CHUNK):
@@ -60,7 +61,7 @@ class AdminMixin(RedisCore):
                 counts, ids = self._eval("queued", streams, [*self._head(), limit])
             depths += [int(n) for n in counts]
             newest += [text(i) for i in ids]
-        return depths, newest[:limit]
+        return depths, newest
 
     def _index_members(self, status: JobStatus, queues: Sequence[str], limit: int | None,
                        now: int) -> list[str]:

@@ -23,13 +23,15 @@ Broker keys (all under the ``{P}`` tag)::
                                     waiting: how many of its own dependencies have not ended
                                     (status scheduled, eta 'waiting', scored +inf: promote
                                     and the eta sweep leave it; its last dependency ending
-                                    queues it)
+                                    queues it);
+                                    waited '1' once somebody waits for the job (watch.lua);
+                                    a field not written yet reads as empty (enqueue leaves
+                                    out token lease_until cancel expires_at result reason,
+                                    and sid and eta as they do not apply)
     {P}:deps:<id>           SET     ids of jobs waiting for job <id> (depends_on), written by
                                     their enqueue; the step that makes <id> terminal (finish,
-                                    cancel, a cancelled job released or reclaimed) counts
-                                    each one down and deletes the set;
-                                    a field not written yet reads as empty (enqueue leaves
-                                    out token lease_until eta cancel expires_at result reason)
+                                    cancel, purge, a cancelled job released or reclaimed)
+                                    counts each one down and deletes the set
     {P}:done:<id>           LIST    completion signal: one element pushed when the job ends,
                                     if somebody waits for it (job field waited, set by a
                                     waiter's first read in the same step: watch.lua);

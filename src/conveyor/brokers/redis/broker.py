@@ -283,15 +283,20 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         return self._read_records(list(job_ids))
 
     def payload(self, job_id: str) -> bytes | None:
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=False)
-            pipe.time()
-            pipe.hmget(self._keys.job(job_id), [*PAYLOAD_FIELDS, "expires_at"])
-            server_time, row = pipe.execute()
-        payload, sid, *_, expires = row
-        if (payload is None and not sid) or (expires and int(expires) <= self._now(server_time)):
-            return None
-        return self._payloads([row[:-1]])[0]
+        for _ in range(5):  # the entry may go between the two reads, its payload moved
+            with _connect.translate():
+                pipe = self._client.pipeline(transaction=False)
+                pipe.time()
+                pipe.hmget(self._keys.job(job_id), [*PAYLOAD_FIELDS, "expires_at"])
+                server_time, row = pipe.execute()
+            payload, sid, *_, expires = row
+            if (payload is None and not sid) or (
+                    expires and int(expires) <= self._now(server_time)):
+                return None
+            found = self._payloads([row[:-1]])[0]
+            if found is not None or payload is not None:
+                return found
+        return None
 
     def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
         deadline = None if timeout is None else time.monotonic() + timeout

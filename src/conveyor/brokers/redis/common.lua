@@ -17,6 +17,8 @@ local QK = 18
 local GC_GRACE_MS = 60000  -- real TTLs outlive logical expiry: they only collect garbage
 local NOTIFY_TTL_MS = 300000
 local TERMINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
+-- Values passed at once with unpack() (Lua's stack takes ~8,000): more go in slices.
+local UNPACK_MAX = 1000
 
 local function qkeys(base)
   local q = {s = {}}

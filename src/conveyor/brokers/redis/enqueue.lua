@@ -69,7 +69,13 @@ else
     probe[#probe + 1] = JOB_PREFIX .. id
     probe[#probe + 1] = DONE_PREFIX .. id
   end
-  any_exist = redis.call('EXISTS', unpack(probe)) > 0
+  any_exist = false
+  for i = 1, #probe, UNPACK_MAX do  -- a batch with dependencies is one call, any size
+    if redis.call('EXISTS', unpack(probe, i, math.min(i + UNPACK_MAX - 1, #probe))) > 0 then
+      any_exist = true
+      break
+    end
+  end
 end
 local written = {}  -- ids written by this call (an id repeated in the batch is written once)
 local listed = {}   -- queues known to be in the QUEUES set in this call

@@ -98,13 +98,19 @@ local function deliver(q, p, sid, flat)
   if not add then add = {}; leased[q.running] = add end
   add[#add + 1] = until_ms
   add[#add + 1] = id
-  return {id, job[3], (not f and flat[4]) or job[4], token, n, p}
+  -- (A job without payload anywhere, e.g. written by hand, goes out empty: the worker
+  -- dead-letters it, and the rest of the reply is not lost with it.)
+  return {id, job[3], (not f and flat[4]) or job[4] or '', token, n, p}
 end
 
 -- The running-index entries deliver put off, added once per index before the script ends
 -- (nothing in this script reads them meanwhile).
 local function lease_all()
-  for running, add in pairs(leased) do redis.call('ZADD', running, unpack(add)) end
+  for running, add in pairs(leased) do
+    for i = 1, #add, UNPACK_MAX do
+      redis.call('ZADD', running, unpack(add, i, math.min(i + UNPACK_MAX - 1, #add)))
+    end
+  end
 end
 
 -- One claimed entry: back to a live owner, or delivered here (an orphan).

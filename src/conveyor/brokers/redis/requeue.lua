@@ -4,7 +4,10 @@
 local key = KEYS[1]
 local q = qkeys(5)
 local job = load_job(key)
-if not job or job.status ~= ARGV[6] or not TERMINAL[job.status] then return 0 end
+-- Failed and dead jobs only: they keep their payload (a succeeded one keeps its result).
+if not job or job.status ~= ARGV[6] or (job.status ~= 'failed' and job.status ~= 'dead') then
+  return 0
+end
 if job.queue ~= ARGV[5] then return -1 end
 local id = string.sub(key, #JOB_PREFIX + 1)
 redis.call('ZREM', q[job.status], id)
