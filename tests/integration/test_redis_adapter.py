@@ -534,6 +534,15 @@ def test_payload_of_a_job_whose_entry_goes_during_the_read(broker: RedisBroker) 
     assert broker.payload(e.id) == e.payload
 
 
+def test_a_fetch_over_several_queues_gives_each_delivery_its_own_token(
+    broker: RedisBroker,
+) -> None:
+    broker.enqueue([env("a"), env("b"), env("a"), env("b")])
+    got = fetch(broker, count=4, queues=("a", "b"))
+    assert len(got) == 4
+    assert len({d.token for d in got}) == 4
+
+
 def test_purge_works_through_big_queues_in_chunks(broker: RedisBroker) -> None:
     broker.enqueue([env() for _ in range(2500)])
     assert broker.purge("default") == 2500

@@ -29,6 +29,7 @@ local TOKEN_BASE = 13 + NQ
 local MOVE_LIMIT = 1000
 local UNIQUE = KEYS[NQ * QK + 1]
 local recreated = 0
+local given = 0  -- deliveries made so far (tokens used)
 local out = {}
 local leased = {}  -- running index -> {lease expiry, id, ...}: one ZADD per index (lease_all)
 local Q = {}
@@ -89,7 +90,8 @@ local function deliver(q, p, sid, flat)
     drop_entry(q.s[p], sid)
     return nil
   end
-  local token = ARGV[TOKEN_BASE + #out + 1]
+  given = given + 1  -- a token of its own (a multi-queue round collects before `out`)
+  local token = ARGV[TOKEN_BASE + given]
   local n = tonumber(job[5]) + 1
   local until_ms = NOW + LEASE
   redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', n,
