@@ -178,6 +178,14 @@ class MemoryBroker(Broker):
                 self._push_ready(child)
         job.dependents = None
 
+    def _forget_dependencies(self, job: _Job) -> None:
+        """A job leaves before its dependencies ended (purged, cancelled): they forget it,
+        so its id, enqueued again later, is counted once and only for what it waits for."""
+        for dep in job.envelope.depends_on:
+            parent = self._s.jobs.get(dep)
+            if parent is not None and parent.dependents:
+                parent.dependents = [c for c in parent.dependents if c != job.envelope.id]
+
     def _check_dependencies(self, envelopes: Sequence[Envelope], now: float) -> None:
         """Every dependency names a known job or one earlier in the batch (before any write)."""
         earlier: set[str] = set()
@@ -419,6 +427,7 @@ class MemoryBroker(Broker):
             if job.status is JobStatus.RUNNING:
                 job.cancel_requested = True
             elif job.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+                self._forget_dependencies(job)
                 self._end(job, JobStatus.CANCELLED, None, "", expires=now + 86400.0, now=now)
                 self._cond.notify_all()
             return job.status
@@ -505,11 +514,7 @@ class MemoryBroker(Broker):
                 # Gone like an ended job: its dependents are counted down. One in this
                 # queue is doomed too (popped already, or later in this loop).
                 self._release_dependents(job)
-                # And its own dependencies forget it: the id may be enqueued again.
-                for dep in job.envelope.depends_on:
-                    parent = self._s.jobs.get(dep)
-                    if parent is not None and parent.dependents:
-                        parent.dependents = [c for c in parent.dependents if c != i]
+                self._forget_dependencies(job)
             self._s.ready.pop(queue, None)
             self._cond.notify_all()
             return len(doomed)

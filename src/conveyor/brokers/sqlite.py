@@ -266,6 +266,13 @@ class SQLiteBroker(Broker):
             due += row is not None and row[0] == 0
         return due
 
+    def _forget_dependencies(self, conn: sqlite3.Connection, job_ids: Sequence[str]) -> None:
+        """These jobs left before their dependencies ended (purged, cancelled): the
+        dependencies forget them, so an id enqueued again is counted once, in time."""
+        for start in range(0, len(job_ids), _CHUNK):
+            chunk = job_ids[start : start + _CHUNK]
+            conn.execute(f"DELETE FROM dependents WHERE child IN ({_marks(len(chunk))})", chunk)
+
     def _enqueue_one(self, conn: sqlite3.Connection, env: Envelope, now: float) -> str:
         sql = f"SELECT 1 FROM jobs WHERE id = ? AND {_LIVE}"
         if conn.execute(sql, (env.id, now)).fetchone() is not None:
@@ -516,6 +523,7 @@ class SQLiteBroker(Broker):
                     (status, now, now + _CANCELLED_TTL, job_id),
                 )
                 due = self._release_dependents(conn, [job_id])
+                self._forget_dependencies(conn, [job_id])
         if due:
             self._notify.wake(FETCHERS)
         if status is JobStatus.CANCELLED:
@@ -585,12 +593,7 @@ class SQLiteBroker(Broker):
             # Gone like ended jobs: their dependents are counted down. A dependent in this
             # queue was queued or scheduled, so it went in the same DELETE.
             due = self._release_dependents(conn, gone) if gone else 0
-            # And their own dependencies forget them: an id may be enqueued again.
-            for start in range(0, len(gone), _CHUNK):
-                chunk = gone[start : start + _CHUNK]
-                conn.execute(
-                    f"DELETE FROM dependents WHERE child IN ({_marks(len(chunk))})", chunk
-                )
+            self._forget_dependencies(conn, gone)
         if gone:
             self._notify.wake(ANY_JOB)  # their waiters learn the jobs are gone
         if due:

@@ -434,6 +434,21 @@ class DependencyConformance:
         assert status(broker, b.id) is JobStatus.SCHEDULED  # a's end is not its own any more
         assert fetch(broker, ["b"]) == []
 
+    def test_a_cancelled_dependent_is_forgotten_by_its_dependencies(
+        self, broker: Broker, clock: FakeClock | None
+    ) -> None:
+        if clock is None:  # the same adapter runs this on its fake clock
+            pytest.skip("a cancelled record is kept a day: only a fake clock gets past it")
+        a, other = envelope(), envelope("c")
+        b = dependent(a.id, queue="b")
+        broker.enqueue([a, other, b])
+        assert broker.cancel(b.id) is JobStatus.CANCELLED
+        clock.advance(2 * 86400)  # the cancelled record expired; a and other still wait
+        again = msgspec.structs.replace(b, depends_on=(other.id,))  # the id, another wait
+        assert broker.enqueue([again]) == [b.id]
+        self._run(broker, a.id)
+        assert status(broker, b.id) is JobStatus.SCHEDULED  # a's end is not its own any more
+
     def _enqueue_again_waits(self, broker: Broker, jobs: Sequence[Envelope]) -> None:
         """Ids a purge deleted start afresh: every job after the first waits again."""
         assert broker.enqueue(list(jobs)) == [e.id for e in jobs]

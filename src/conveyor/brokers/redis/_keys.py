@@ -18,8 +18,8 @@ Broker keys (all under the ``{P}`` tag)::
                                     entry when the entry goes and the job lives on (handed
                                     back, reclaimed) or ends other than succeeded;
                                     deps '1' once a job waits for this one (depends_on);
-                                    after: the ids it waits for, joined by ',' (purge
-                                    takes it out of their {P}:deps sets);
+                                    after: the ids it waits for, joined by ',' (purge and
+                                    cancel take it out of their {P}:deps sets);
                                     waiting: how many of its own dependencies have not ended
                                     (status scheduled, eta 'waiting', scored +inf: promote
                                     and the eta sweep leave it; its last dependency ending

@@ -17,6 +17,7 @@ if job.status == 'queued' then
   drop_entry(q.s[tonumber(job.priority)], job.sid, key)
 elseif job.status == 'scheduled' then
   redis.call('ZREM', q.scheduled, id)
+  forget_dependencies(job, id)
 else
   return job.status
 end

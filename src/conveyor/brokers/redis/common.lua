@@ -199,6 +199,14 @@ local function release_dependent(child)
   push_ready(cq, ckey, child, c[4], {'eta', ''})
 end
 
+-- A job that leaves before its dependencies ended (purged, cancelled): they forget it
+-- (its field after lists them: enqueue.lua), so its id, enqueued again, is counted once.
+local function forget_dependencies(job, id)
+  for dep in string.gmatch(job.after or '', '[^,]+') do
+    redis.call('SREM', DEPS_PREFIX .. dep, id)
+  end
+end
+
 -- A job that ended takes its dependents (depends_on) along. Its hash says whether it has
 -- any (field deps, set by their enqueue), so a job without dependents costs no command.
 local function release_dependents(job, id)

@@ -21,10 +21,7 @@ local function drop(id, status, sid)
       release_dependents(job, id)
       released = true
     end
-    -- Its own dependencies forget it (field after: enqueue.lua): the id may come again.
-    for dep in string.gmatch(job.after or '', '[^,]+') do
-      redis.call('SREM', DEPS_PREFIX .. dep, id)
-    end
+    forget_dependencies(job, id)
     redis.call('DEL', key, DONE_PREFIX .. id)
     deleted = deleted + 1
   end
