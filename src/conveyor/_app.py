@@ -16,7 +16,7 @@ from ._errors import ConfigurationError, JobNotFound, ValidationError
 from ._job import Job
 from ._message import Envelope, Message, new_job_id, validate_job_id
 from ._task import Options, Signature, Task, callable_name
-from .brokers import DEFAULT_URL, Broker, check_url, open_broker
+from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker
 from .stores._port import check_key
 
 if TYPE_CHECKING:
@@ -78,8 +78,9 @@ class Conveyor:
         self._broker = broker
         self._broker_lock = threading.Lock()
         if broker is None:
-            # Parse now so a bad URL fails where the app is made, not at the first job.
-            check_url(self.url)
+            # Parse now so a bad URL fails where the app is made, not at the first job; and
+            # import its adapter (opening nothing) so the first job does not pay for that.
+            load_adapter(self.url)
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.url}>"

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import os.path
+import subprocess
+import sys
 
 import pytest
 
@@ -197,3 +199,19 @@ async def test_async_producer_path(app: Conveyor) -> None:
     assert len(jobs) == 2
     async with Conveyor("memory://") as other:
         assert other.url == "memory://"
+
+
+def test_an_app_on_redis_imports_its_adapter_when_made_and_opens_nothing() -> None:
+    # In a fresh interpreter: the first job must not pay for importing redis-py (~55 ms),
+    # and making the app connects nowhere (port 1 has no server).
+    code = (
+        "import sys\n"
+        "from conveyor import Conveyor\n"
+        "assert 'redis' not in sys.modules\n"
+        "app = Conveyor('redis://127.0.0.1:1/0')\n"
+        "assert 'conveyor.brokers.redis' in sys.modules and app._broker is None\n"
+        "Conveyor('memory://')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr

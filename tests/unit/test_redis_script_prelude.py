@@ -61,3 +61,20 @@ def test_every_script_defines_each_helper_it_calls_and_no_other() -> None:
         called = {h for h in helpers if re.search(rf"(?<!function ){h}\b", code)}
         assert called == have, name
     assert len(re.findall(r"^local function", _scripts.source("progress"), re.M)) == 2
+
+
+def test_scripts_are_built_on_first_use_only() -> None:
+    class Client:
+        def __init__(self) -> None:
+            self.registered: list[str] = []
+
+        def register_script(self, source: str) -> str:
+            self.registered.append(source)
+            return source
+
+    client = Client()
+    scripts = _scripts.Scripts(client)
+    assert client.registered == []
+    assert scripts["enqueue"] == _scripts.source("enqueue")
+    assert scripts["enqueue"] is scripts["enqueue"]
+    assert client.registered == [_scripts.source("enqueue")]

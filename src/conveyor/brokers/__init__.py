@@ -38,6 +38,15 @@ def check_url(url: str) -> str:
     return scheme
 
 
+def load_adapter(url: str) -> None:
+    """Import the adapter a URL names, without opening anything: an app made at import time
+    pays for its client library there (redis-py takes ~55 ms to import), not in its first
+    job, and a missing one fails where the app is made."""
+    scheme = check_url(url)
+    if scheme in _REDIS_SCHEMES:
+        from . import redis  # noqa: F401
+
+
 def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor") -> Broker:
     """Open the broker a URL names.
 
