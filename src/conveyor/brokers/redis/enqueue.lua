@@ -17,17 +17,25 @@ local BASE = 6 + NQ
 local PER_JOB = 7
 local N = (#ARGV - BASE + 1) / PER_JOB
 
+-- A job due now: its entry, carrying the payload, and its small hash. Returns true when the
+-- stream existed already (add_entry).
+local function enter(stream, key, id, name, prio, payload, ukey)
+  local sid, existed = add_entry(stream, id, payload)
+  redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
+    'deliveries', 0, 'updated_at', NOW, 'key', ukey)
+  return existed
+end
+
 -- The usual call, `task.delay()`: one new job due now, without unique key or dependencies.
--- Straight through, with none of the batch's tables (each costs the server time per call);
--- the same writes as enqueue_one's last branch below.
+-- Straight through, with none of the batch's tables (each costs the server time per call).
 if N == 1 and ARGV[BASE + 4] == '' and ARGV[BASE + 5] == '' and ARGV[BASE + 6] == '' then
   local id, name, prio = ARGV[BASE], ARGV[6], ARGV[BASE + 3]
   local key = JOB_PREFIX .. id
   if redis.call('EXISTS', key, DONE_PREFIX .. id) == 0 then
-    local sid, existed = add_entry(TAG .. 'q:' .. name .. ':s' .. prio, id, ARGV[BASE + 2])
-    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
-      'deliveries', 0, 'updated_at', NOW, 'key', '')
-    if not existed then redis.call('SADD', QUEUES, name) end
+    if not enter(TAG .. 'q:' .. name .. ':s' .. prio, key, id, name, prio, ARGV[BASE + 2], '')
+    then
+      redis.call('SADD', QUEUES, name)
+    end
     return {id}
   end
 end
@@ -115,21 +123,16 @@ local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
   -- A new hash: fields with nothing in them yet (token lease_until eta cancel expires_at
   -- result reason) are left out; every reader takes a missing field as empty.
   local waiting = deps ~= '' and wait_for(id, deps) or 0
+  -- Waiting for dependencies: parked (eta 'waiting': promote leaves it) until the last ends.
+  if waiting > 0 then eta = 'waiting' end
   local existed = false  -- went into a stream that existed: the queue is listed (add_entry)
-  if waiting > 0 then  -- parked (eta 'waiting': promote leaves it) until the last one ends
-    redis.call('HSET', key, 'status', 'scheduled', 'eta', 'waiting', 'waiting', waiting,
+  if eta == 'waiting' or eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
+    redis.call('HSET', key, 'status', 'scheduled', 'eta', eta, 'waiting', waiting,
       'after', deps, 'queue', q.name, 'payload', payload, 'priority', prio, 'deliveries', 0,
       'updated_at', NOW, 'key', ukey)
-    redis.call('ZADD', q.scheduled, '+inf', id)
-  elseif eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
-    redis.call('HSET', key, 'status', 'scheduled', 'eta', eta, 'queue', q.name,
-      'payload', payload, 'priority', prio, 'deliveries', 0, 'updated_at', NOW, 'key', ukey)
-    redis.call('ZADD', q.scheduled, eta == 'parked' and '+inf' or eta, id)
+    redis.call('ZADD', q.scheduled, (eta == 'waiting' or eta == 'parked') and '+inf' or eta, id)
   else  -- due now: the payload rides in the stream entry
-    local sid
-    sid, existed = add_entry(q.s[tonumber(prio)], id, payload)
-    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', q.name,
-      'priority', prio, 'deliveries', 0, 'updated_at', NOW, 'key', ukey)
+    existed = enter(q.s[tonumber(prio)], key, id, q.name, prio, payload, ukey)
   end
   if not listed[q.name] then
     if not existed then redis.call('SADD', QUEUES, q.name) end

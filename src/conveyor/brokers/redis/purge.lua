@@ -28,17 +28,15 @@ local function drop(id, status, sid)
 end
 
 for p = 0, 9 do
-  local info = group_info(q.s[p])
-  if info or redis.call('EXISTS', q.s[p]) == 1 then
-    local from = info and '(' .. info['last-delivered-id'] or '-'
-    for _, e in ipairs(redis.call('XRANGE', q.s[p], from, '+', 'COUNT', limit - seen)) do
-      seen = seen + 1
-      redis.call('XDEL', q.s[p], e[1])  -- never delivered: not pending
-      local f = e[2]
-      if f[1] == 'job' then drop(f[2], 'queued', e[1]) else deleted = deleted + 1 end
-    end
-    if seen >= limit then return {deleted, 1} end
+  local info = group_info(q.s[p])  -- nil: no stream (XRANGE finds nothing) or no group
+  local from = info and '(' .. info['last-delivered-id'] or '-'
+  for _, e in ipairs(redis.call('XRANGE', q.s[p], from, '+', 'COUNT', limit - seen)) do
+    seen = seen + 1
+    redis.call('XDEL', q.s[p], e[1])  -- never delivered: not pending
+    local f = e[2]
+    if f[1] == 'job' then drop(f[2], 'queued', e[1]) else deleted = deleted + 1 end
   end
+  if seen >= limit then return {deleted, 1} end
 end
 for _, id in ipairs(redis.call('ZRANGE', q.scheduled, 0, limit - seen - 1)) do
   seen = seen + 1
