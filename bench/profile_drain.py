@@ -6,6 +6,7 @@ goes" in docs/architecture.md. Not part of bench/run.py (which compares against 
     .venv/bin/python bench/profile_drain.py                      # W2-like: 10,000 no-ops, 32 slots
     .venv/bin/python bench/profile_drain.py --sleep 0.01 -n 2000 -c 50   # W4-like
     .venv/bin/python bench/profile_drain.py --sleep 0.01 -n 2000 -c 50 --pool async
+    .venv/bin/python bench/profile_drain.py --commandstats   # + the server's commands per job
     .venv/bin/py-spy record -r 500 -f raw -o /tmp/drain.txt -- \\
         .venv/bin/python bench/profile_drain.py --reps 1 -n 30000          # where the time goes
 
@@ -119,7 +120,14 @@ class Probe:
 
 
 def one_run(
-    url: str, server_pid: int, n: int, *, concurrency: int, sleep: float, pool: str
+    url: str,
+    server_pid: int,
+    n: int,
+    *,
+    concurrency: int,
+    sleep: float,
+    pool: str,
+    commandstats: bool = False,
 ) -> tuple[float, dict[str, float]]:
     app = Conveyor(url)
     probe = Probe(n, server_pid)
@@ -143,6 +151,9 @@ def one_run(
     jobs = []
     for start in range(0, n, 1000):
         jobs += app.enqueue_many([task.s(i) for i in range(start, min(start + 1000, n))])
+    client = app.broker._client  # type: ignore[attr-defined]
+    if commandstats:
+        client.config_resetstat()
     worker = Worker(app, concurrency=concurrency, pool=pool)
     thread = threading.Thread(target=worker.run, name="consumer")
     thread.start()
@@ -151,10 +162,26 @@ def one_run(
         raise SystemExit(f"only {probe.count} of {n} jobs ran in 120 s")
     worker.stop()
     thread.join()
+    if commandstats:
+        print_commandstats(client.info("commandstats"), n)
     for i in (0, n // 2, n - 1):  # results stay on: spot-check a few
         assert jobs[i].result(timeout=5) == i, f"job {i}: wrong result"
     app.close()
     return n / (probe.last - probe.first), probe.per_job()
+
+
+def print_commandstats(stats: dict[str, dict[str, float]], n: int) -> None:
+    """The drain's server commands (those the worker sent, and those its scripts ran),
+    per job: calls and µs, most costly first."""
+    rows = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])
+    print(f"    {'command':<24} {'calls/job':>10} {'µs/job':>8} {'µs/call':>8}")
+    for name, st in rows:
+        if name.startswith("cmdstat_config") or name.startswith("cmdstat_info"):
+            continue
+        print(
+            f"    {name.removeprefix('cmdstat_'):<24} {st['calls'] / n:>10.3f} "
+            f"{st['usec'] / n:>8.2f} {st['usec_per_call']:>8.2f}"
+        )
 
 
 def main() -> None:
@@ -165,6 +192,8 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--pool", choices=("threads", "async"), default="threads",
                     help="async: async def tasks (asyncio.sleep) on --pool async")  # fmt: skip
+    ap.add_argument("--commandstats", action="store_true",
+                    help="print each run's server commands per job (INFO commandstats)")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="conveyor-prof-")
     port = free_port()
@@ -190,6 +219,7 @@ def main() -> None:
                 concurrency=args.concurrency,
                 sleep=args.sleep,
                 pool=args.pool,
+                commandstats=args.commandstats,
             )
             rates.append(rate)
             cpus.append(cpu)
