@@ -25,6 +25,9 @@ Broker keys (all under the ``{P}`` tag)::
                                     and the eta sweep leave it; its last dependency ending
                                     queues it);
                                     waited '1' once somebody waits for the job (watch.lua);
+                                    token consumer lease_until cancel are the lease's: read
+                                    only while status is running, so an ended job keeps
+                                    its last ones (finish writes no field nobody reads);
                                     a field not written yet reads as empty (enqueue leaves
                                     out token lease_until cancel expires_at result reason,
                                     and sid and eta as they do not apply)

@@ -113,11 +113,12 @@ def enqueue_ids(replies: Sequence[Any]) -> list[str]:
 def _finish_values(f: Finish, place: Callable[[str], int]) -> list[Any]:
     d, retry = f.delivery, f.retry
     dq = place(d.queue)
-    own = [d.id, d.token, f.status.value, f.result or b"", max(to_ms(f.result_ttl), 1), f.reason]
-    if retry is not None:
-        own += ["1", *enqueue_args(retry)[2:], dq, place(retry.queue)]
+    own = [d.id, d.token, f.status.value, f.result or b"", max(to_ms(f.result_ttl), 1), f.reason,
+           dq]
+    if retry is None:  # the usual outcome: 8 values (finish.lua reads 13 after a "1")
+        own.append("0")
     else:
-        own += ["0", "", 0, "", "", dq, dq]
+        own += ["1", *enqueue_args(retry)[2:], place(retry.queue)]
     return own
 
 

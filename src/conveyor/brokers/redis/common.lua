@@ -223,8 +223,8 @@ end
 -- added by add_indexed after one trim per index, instead of a trim and ZADD per job.
 local function terminate(q, key, job, id, status, ttl_ms, fields, later)
   local expires = NOW + ttl_ms
-  redis.call('HSET', key, 'status', status, 'expires_at', expires, 'token', '',
-    'updated_at', NOW, 'cancel', '0', 'lease_until', '', unpack(fields or {}))
+  redis.call('HSET', key, 'status', status, 'expires_at', expires, 'updated_at', NOW,
+    unpack(fields or {}))
   redis.call('PEXPIRE', key, ttl_ms + GC_GRACE_MS)
   if TERMINAL[status] then
     local index = q[status]

@@ -82,9 +82,8 @@ local function deliver(q, p, sid, flat)
       'key', '', 'cancel', '0', 'updated_at', NOW, 'expires_at', '', 'result', '', 'reason', '')
   end
   local key = JOB_PREFIX .. id
-  local job = redis.call('HMGET', key, 'status', 'sid', 'queue', 'payload', 'deliveries',
-    'expires_at')
-  local status, expires = job[1], job[6]
+  local job = redis.call('HMGET', key, 'status', 'sid', 'deliveries', 'expires_at', 'payload')
+  local status, expires = job[1], job[4]
   if not status or (expires and expires ~= '' and tonumber(expires) <= NOW) or job[2] ~= sid
       or (status ~= 'queued' and status ~= 'running') then
     drop_entry(q.s[p], sid)
@@ -92,7 +91,7 @@ local function deliver(q, p, sid, flat)
   end
   given = given + 1  -- a token of its own (a multi-queue round collects before `out`)
   local token = ARGV[TOKEN_BASE + given]
-  local n = tonumber(job[5]) + 1
+  local n = tonumber(job[3]) + 1
   local until_ms = NOW + LEASE
   redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', n,
     'consumer', CONSUMER, 'lease_until', until_ms, 'updated_at', NOW)
@@ -102,7 +101,7 @@ local function deliver(q, p, sid, flat)
   add[#add + 1] = id
   -- (A job without payload anywhere, e.g. written by hand, goes out empty: the worker
   -- dead-letters it, and the rest of the reply is not lost with it.)
-  return {id, job[3], (not f and flat[4]) or job[4] or '', token, n, p}
+  return {id, q.name, (not f and flat[4]) or job[5] or '', token, n, p}
 end
 
 -- The running-index entries deliver put off, added once per index before the script ends

@@ -6,26 +6,26 @@
 -- payload (moved into its hash from the entry, where enqueue put it); a succeeded one
 -- keeps its result only.
 -- KEYS: unique, queues, then 18 keys for each queue named in ARGV.
--- ARGV[5] number of queues NQ, ARGV[6..5+NQ] their names, then per delivery FIELDS values:
---   job id, token, status, result, ttl (ms), reason, has_retry, retry payload,
---   retry priority, retry eta ('' or ms), retry key, delivery queue #, retry queue # (1-based).
+-- ARGV[5] number of queues NQ, ARGV[6..5+NQ] their names, then per delivery 8 values:
+--   job id, token, status, result, ttl (ms), reason, delivery queue # (1-based), has_retry;
+-- and after a has_retry '1', 5 more: retry payload, retry priority, retry eta ('' or ms),
+--   retry key, retry queue #. (A record as short as its outcome: every argument costs the
+--   server time to read, and most outcomes are no retry.)
 -- Returns one 1 (recorded) or 0 (refused: the lease is lost) per delivery.
 local UNIQUE, QUEUES = KEYS[1], KEYS[2]
 local NQ = tonumber(ARGV[5])
-local FIELDS = 13
 local Q = {}
 for i = 1, NQ do Q[i] = qkeys(3 + (i - 1) * QK); Q[i].name = ARGV[5 + i] end
 
 -- Only the fields the fence and the ending read (HMGET, not the whole hash).
-local WANTED = {'status', 'token', 'settled_by', 'expires_at', 'priority', 'sid', 'key', 'deps',
-  'waited'}
+-- (No expiry check: only an ended job has one, and an ended job is refused, or, ended by
+-- this very delivery, answered 'again', which holds as well after its record expired.)
 local function load_fenced(key)
-  local f = redis.call('HMGET', key, unpack(WANTED))
+  local f = redis.call('HMGET', key, 'status', 'token', 'settled_by', 'priority', 'sid', 'key',
+    'deps', 'waited')
   if not f[1] then return nil end
-  if f[4] and f[4] ~= '' and tonumber(f[4]) <= NOW then return nil end
-  local job = {}
-  for i, name in ipairs(WANTED) do job[name] = f[i] or nil end
-  return job
+  return {status = f[1], token = f[2] or nil, settled_by = f[3] or nil, priority = f[4] or nil,
+    sid = f[5] or nil, key = f[6] or nil, deps = f[7] or nil, waited = f[8] or nil}
 end
 
 -- Put off to the end, once per key for the whole batch (nothing in this script reads them
@@ -50,14 +50,14 @@ local function finish_one(a)
   local job = load_fenced(key)
   local fence = settle(job, token)
   if fence ~= 'owned' then return fence == 'again' and 1 or 0 end
-  local q = Q[tonumber(ARGV[a + 11])]
+  local q = Q[tonumber(ARGV[a + 6])]
   local status, result, ttl_ms, reason = ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
   if job.sid and job.sid ~= '' then put_off(dropped, q.s[tonumber(job.priority)], job.sid) end
   put_off(stopped, q.running, id)
-  if ARGV[a + 6] == '1' then
+  if ARGV[a + 7] == '1' then
     local rq = Q[tonumber(ARGV[a + 12])]
-    local existed = place(rq, key, id, ARGV[a + 8], ARGV[a + 9], {'settled_by', token,
-      'payload', ARGV[a + 7], 'priority', ARGV[a + 8], 'key', ARGV[a + 10], 'queue', rq.name,
+    local existed = place(rq, key, id, ARGV[a + 9], ARGV[a + 10], {'settled_by', token,
+      'payload', ARGV[a + 8], 'priority', ARGV[a + 9], 'key', ARGV[a + 11], 'queue', rq.name,
       'deliveries', 0, 'result', result, 'reason', reason, 'updated_at', NOW, 'cancel', '0',
       'lease_until', ''})
     if not listed[rq.name] then  -- a queue whose stream exists is listed (add_entry)
@@ -81,7 +81,11 @@ local function finish_one(a)
 end
 
 local out = {}
-for a = 6 + NQ, #ARGV, FIELDS do table.insert(out, finish_one(a)) end
+local a, last = 6 + NQ, #ARGV
+while a <= last do
+  out[#out + 1] = finish_one(a)
+  a = a + (ARGV[a + 7] == '1' and 13 or 8)
+end
 for stream, sids in pairs(dropped) do
   redis.call('XACK', stream, GROUP, unpack(sids))
   redis.call('XDEL', stream, unpack(sids))
