@@ -7,6 +7,7 @@ goes" in docs/architecture.md. Not part of bench/run.py (which compares against 
     .venv/bin/python bench/profile_drain.py --sleep 0.01 -n 2000 -c 50   # W4-like
     .venv/bin/python bench/profile_drain.py --sleep 0.01 -n 2000 -c 50 --pool async
     .venv/bin/python bench/profile_drain.py --commandstats   # + the server's commands per job
+    .venv/bin/python bench/profile_drain.py --calls    # + the worker's fetch and finish calls
     .venv/bin/py-spy record -r 500 -f raw -o /tmp/drain.txt -- \\
         .venv/bin/python bench/profile_drain.py --reps 1 -n 30000          # where the time goes
 
@@ -73,6 +74,54 @@ def _role(name: str) -> str:
     return {"conveyor-finish": "finisher", "conveyor-asyncio": "event loop"}.get(name, name)
 
 
+class Calls:
+    """Times every ``fetch`` and ``finish`` call of the worker's broker during a run: how
+    many, how big, how long, and how much of the run each kind (and both) had one in
+    flight. Two calls in flight wait for each other at the server, which runs one script
+    at a time."""
+
+    def __init__(self, broker: object) -> None:
+        self.log: list[tuple[str, float, float, int]] = []
+        self._lock = threading.Lock()
+        for name in ("fetch", "finish"):
+            self._wrap(broker, name)
+
+    def _wrap(self, broker: object, name: str) -> None:
+        orig = getattr(broker, name)
+
+        def timed(*args: object, **kwargs: object) -> object:
+            began = time.perf_counter()
+            out = orig(*args, **kwargs)
+            jobs = len(out) if isinstance(out, list) else 0
+            with self._lock:
+                self.log.append((name, began, time.perf_counter(), jobs))
+            return out
+
+        setattr(broker, name, timed)
+
+    def report(self, first: float, last: float) -> None:
+        span = last - first
+        calls = [c for c in self.log if c[2] > first and c[1] < last and c[3] > 0]
+        for name in ("fetch", "finish"):
+            mine = [c for c in calls if c[0] == name]
+            if not mine:
+                continue
+            busy = sum(min(c[2], last) - max(c[1], first) for c in mine)
+            print(f"    {name:6s} {len(mine):5d} calls, {sum(c[3] for c in mine) / len(mine):5.1f} "
+                  f"jobs and {busy / len(mine) * 1e6:6.0f} µs each; in flight {busy / span:4.0%} "
+                  "of the run")  # fmt: skip
+        events = sorted([(max(c[1], first), 1, c[0]) for c in calls]
+                        + [(min(c[2], last), -1, c[0]) for c in calls])  # fmt: skip
+        open_ = {"fetch": 0, "finish": 0}
+        both = at = 0.0
+        for t, step, name in events:
+            if open_["fetch"] and open_["finish"]:
+                both += t - at
+            open_[name] += step
+            at = t
+        print(f"    both in flight {both / span:4.0%} of the run")
+
+
 class Probe:
     def __init__(self, n: int, server_pid: int) -> None:
         self.n = n
@@ -128,6 +177,7 @@ def one_run(
     sleep: float,
     pool: str,
     commandstats: bool = False,
+    calls: bool = False,
 ) -> tuple[float, dict[str, float]]:
     app = Conveyor(url)
     probe = Probe(n, server_pid)
@@ -154,6 +204,7 @@ def one_run(
     client = app.broker._client  # type: ignore[attr-defined]
     if commandstats:
         client.config_resetstat()
+    traced = Calls(app.broker) if calls else None
     worker = Worker(app, concurrency=concurrency, pool=pool)
     thread = threading.Thread(target=worker.run, name="consumer")
     thread.start()
@@ -164,6 +215,8 @@ def one_run(
     thread.join()
     if commandstats:
         print_commandstats(client.info("commandstats"), n)
+    if traced is not None:
+        traced.report(probe.first, probe.last)
     for i in (0, n // 2, n - 1):  # results stay on: spot-check a few
         assert jobs[i].result(timeout=5) == i, f"job {i}: wrong result"
     app.close()
@@ -194,6 +247,8 @@ def main() -> None:
                     help="async: async def tasks (asyncio.sleep) on --pool async")  # fmt: skip
     ap.add_argument("--commandstats", action="store_true",
                     help="print each run's server commands per job (INFO commandstats)")
+    ap.add_argument("--calls", action="store_true",
+                    help="time the worker's fetch and finish calls of each run")
     args = ap.parse_args()
     tmp = tempfile.mkdtemp(prefix="conveyor-prof-")
     port = free_port()
@@ -220,6 +275,7 @@ def main() -> None:
                 sleep=args.sleep,
                 pool=args.pool,
                 commandstats=args.commandstats,
+                calls=args.calls,
             )
             rates.append(rate)
             cpus.append(cpu)
