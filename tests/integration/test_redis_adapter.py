@@ -274,6 +274,23 @@ def test_stale_finish_leaves_the_live_entry_pending(
     b.close()
 
 
+def test_the_sweep_gives_an_idle_entry_of_a_live_lease_back_to_its_owner(
+    redis_server: RedisServer, raw: redis.Redis, prefix: str
+) -> None:
+    """The sweep claims entries idle longer than sweep_idle; one whose job still holds a live
+    lease (its expiry: the job's score in the running index) goes straight back to the
+    lease holder, and is not delivered again."""
+    b = RedisBroker(redis_server.url, prefix=prefix, sweep_idle=0.1)
+    b.enqueue([env()])
+    [held] = fetch(b, "owner", lease=60.0)
+    time.sleep(0.25)  # idle past sweep_idle, but the lease runs for a minute
+    assert fetch(b, "sweeper") == []
+    pending = raw.xpending_range("{" + prefix + "}:q:default:s0", "conveyor", "-", "+", 10)
+    assert [p["consumer"] for p in pending] == [b"owner"]
+    assert b.finish([Finish(held, JobStatus.SUCCEEDED, b"r")]) == [True]
+    b.close()
+
+
 def test_one_finish_call_over_queues_and_priorities_acks_each_entry_and_fences_each_job(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:
@@ -453,6 +470,10 @@ def test_the_payload_moves_from_the_entry_to_the_hash_when_the_job_outlives_its_
     assert broker.release([d3]) == [True]
     # A succeeded job keeps its result only; the others keep their payload, in the hash.
     assert [broker.payload(e.id) for e in jobs] == [None, *(e.payload for e in jobs[1:])]
+    # Its hash keeps the id of the entry that went (finish writes no field nobody reads):
+    # an ended job is not looked for in the stream.
+    assert raw.hget("{" + prefix + "}:job:" + jobs[0].id, "sid")
+    assert [e.payload for e in broker.entries(JobStatus.SUCCEEDED, None, 10)] == [b""]
     assert [d.payload for d in fetch(broker)] == [jobs[3].payload]
     assert broker.requeue([jobs[1].id], JobStatus.FAILED) == 1
     assert [d.payload for d in fetch(broker)] == [jobs[1].payload]

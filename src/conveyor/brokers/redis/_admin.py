@@ -19,7 +19,7 @@ _PURGE_CHUNK = 1000
 _QUEUED_CHUNK = 100  # queues per queued script call (ten streams each)
 _FORGET_CHUNK = 100  # queues per forget script call (ten streams each)
 _GC_GRACE = 60  # seconds a worker's record outlives its announcement (garbage collection)
-_ENTRY_FIELDS = (*PAYLOAD_FIELDS, "reason", "updated_at", "status", "expires_at")
+_ENTRY_FIELDS = (*PAYLOAD_FIELDS, "reason", "updated_at", "status")
 
 
 class AdminMixin(RedisCore):
@@ -92,10 +92,10 @@ class AdminMixin(RedisCore):
             for i in ids:
                 pipe.hmget(self._keys.job(i), _ENTRY_FIELDS)
             rows = pipe.execute()
-        payloads = self._payloads([row[:4] for row in rows])
+        payloads = self._payloads([row[:5] for row in rows])
         found = []
         for job_id, row, payload in zip(ids, rows, payloads, strict=True):
-            _, _, q, _, reason, updated, st, expires = row
+            _, _, q, _, expires, reason, updated, st = row
             if st is None or text(st) != status.value or (expires and int(expires) <= now):
                 continue
             found.append(JobEntry(id=job_id, queue=text(q), payload=payload or b"",

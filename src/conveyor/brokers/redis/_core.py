@@ -28,7 +28,7 @@ from ._scripts import Scripts
 RECORD_FIELDS = ("status", "queue", "result", "progress", "note", "updated_at", "expires_at")
 # Where a job's payload is: the hash's field, else the stream entry ``sid`` of the queue's
 # priority stream (a job due at enqueue carries it there; see _keys.py).
-PAYLOAD_FIELDS = ("payload", "sid", "queue", "priority")
+PAYLOAD_FIELDS = ("payload", "sid", "queue", "priority", "expires_at")
 
 
 def to_ms(seconds: float) -> int:
@@ -130,13 +130,16 @@ class RedisCore:
 
     def _payloads(self, rows: Sequence[Sequence[Any]]) -> list[bytes | None]:
         """The payloads of jobs read with ``PAYLOAD_FIELDS``: the hash's, else the one
-        their stream entry carries (read in one pipeline for all that need it)."""
+        their stream entry carries (read in one pipeline for all that need it). An ended
+        job (``expires_at`` set) has its payload in the hash or none: its entry is gone,
+        and the ``sid`` it kept names nothing."""
         out = [None if p is None else bytes(p) for p, *_ in rows]
-        wanted = [(i, row) for i, row in enumerate(rows) if row[0] is None and row[1]]
+        wanted = [(i, row) for i, row in enumerate(rows) if row[0] is None and row[1]
+                  and not row[4]]  # fmt: skip
         if wanted:
             with _connect.translate():
                 pipe = self._client.pipeline(transaction=False)
-                for _, (_, sid, queue, priority) in wanted:
+                for _, (_, sid, queue, priority, _) in wanted:
                     pipe.xrange(self._keys.stream(text(queue), int(priority)), sid, sid)
                 entries = pipe.execute()
             for (i, _), found in zip(wanted, entries, strict=True):

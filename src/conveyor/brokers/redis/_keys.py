@@ -9,7 +9,7 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:queues              SET     names of every queue ever written to (stats, requeue --all)
     {P}:keys                HASH    unique key (Envelope.key) -> id of the pending job holding it
     {P}:job:<id>            HASH    the job: status token deliveries payload queue priority sid
-                                    consumer lease_until cancel key result reason progress note
+                                    consumer cancel key result reason progress note
                                     eta updated_at expires_at (times in ms, see "Times" below);
                                     payload: absent while the job's stream entry carries it
                                     (a job due at enqueue: the hash stays a few short fields,
@@ -25,12 +25,15 @@ Broker keys (all under the ``{P}`` tag)::
                                     and the eta sweep leave it; its last dependency ending
                                     queues it);
                                     waited '1' once somebody waits for the job (watch.lua);
-                                    token consumer lease_until cancel are the lease's: read
-                                    only while status is running, so an ended job keeps
-                                    its last ones (finish writes no field nobody reads);
+                                    token consumer cancel are the lease's: read only while
+                                    status is running, so a job that is not keeps its last
+                                    ones (no script writes a field nobody reads: each one
+                                    costs the server time); the lease's expiry is the job's
+                                    score in the running index;
                                     a field not written yet reads as empty (enqueue leaves
-                                    out token lease_until cancel expires_at result reason,
-                                    and sid and eta as they do not apply)
+                                    out token cancel expires_at result reason, deliveries
+                                    (read as 0) and key when there is none, and sid and eta
+                                    as they do not apply)
     {P}:deps:<id>           SET     ids of jobs waiting for job <id> (depends_on), written by
                                     their enqueue; the step that makes <id> terminal (finish,
                                     cancel, purge, a cancelled job released or reclaimed)

@@ -288,13 +288,13 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
             with _connect.translate():
                 pipe = self._client.pipeline(transaction=False)
                 pipe.time()
-                pipe.hmget(self._keys.job(job_id), [*PAYLOAD_FIELDS, "expires_at"])
+                pipe.hmget(self._keys.job(job_id), PAYLOAD_FIELDS)
                 server_time, row = pipe.execute()
             payload, sid, *_, expires = row
             if (payload is None and not sid) or (
                     expires and int(expires) <= self._now(server_time)):
                 return None
-            found = self._payloads([row[:-1]])[0]
+            found = self._payloads([row])[0]
             if found is not None or payload is not None:
                 return found
         return None

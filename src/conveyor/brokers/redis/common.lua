@@ -117,8 +117,7 @@ end
 -- the stream existed already (add_entry).
 local function push_ready(q, key, id, prio, fields)
   local sid, existed = add_entry(q.s[tonumber(prio)], id)
-  redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'token', '', 'lease_until', '',
-    unpack(fields or {}))
+  redis.call('HSET', key, 'status', 'queued', 'sid', sid, unpack(fields or {}))
   return existed
 end
 

@@ -58,15 +58,15 @@ local function finish_one(a)
     local rq = Q[tonumber(ARGV[a + 12])]
     local existed = place(rq, key, id, ARGV[a + 9], ARGV[a + 10], {'settled_by', token,
       'payload', ARGV[a + 8], 'priority', ARGV[a + 9], 'key', ARGV[a + 11], 'queue', rq.name,
-      'deliveries', 0, 'result', result, 'reason', reason, 'updated_at', NOW, 'cancel', '0',
-      'lease_until', ''})
+      'deliveries', 0, 'result', result, 'reason', reason, 'updated_at', NOW, 'cancel', '0'})
     if not listed[rq.name] then  -- a queue whose stream exists is listed (add_entry)
       if not existed then redis.call('SADD', QUEUES, rq.name) end
       listed[rq.name] = true
     end
     return 1
   end
-  local fields = {'settled_by', token, 'result', result, 'reason', reason, 'sid', ''}
+  -- (Its sid stays: the entry goes below, and nothing reads an ended job's sid.)
+  local fields = {'settled_by', token, 'result', result, 'reason', reason}
   if status ~= 'succeeded' and job.sid and job.sid ~= '' then
     -- Kept for inspection and requeue: a payload the entry carries moves into the hash.
     local payload = entry_payload(q.s[tonumber(job.priority)], job.sid)

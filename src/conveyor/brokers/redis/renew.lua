@@ -7,7 +7,6 @@ local job = load_job(key)
 if not owned(job, ARGV[5]) then return 0 end
 local id = string.sub(key, #JOB_PREFIX + 1)
 local until_ms = NOW + tonumber(ARGV[6])
-redis.call('HSET', key, 'lease_until', until_ms)
 redis.call('ZADD', q.running, until_ms, id)
 -- Reset the entry's idle time for the owner only (never a blind XCLAIM that could steal
 -- it back), so the XAUTOCLAIM sweep leaves a renewed job alone.
