@@ -51,6 +51,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 FETCH_BLOCK = 1.0  # longest a fetch blocks; a stop is noticed within this
+PREFETCH_SLOTS = 4  # the most a worker buffers, per run slot (see Inflight)
 BROKER_RETRY_CAP = 5.0  # longest pause between attempts while the broker is away
 _FINISH_PATIENCE = 2.0  # how long a stopping worker keeps trying to write results
 
@@ -110,8 +111,12 @@ class Worker:
         self._hard = threading.Event()
         self._stop_requested = 0.0
         # Buffered jobs start from memory when a slot frees (not for child processes,
-        # whose jobs are long enough that a fetch round trip does not matter).
-        self._inflight = Inflight(concurrency, prefetch=0 if pool == "processes" else concurrency)
+        # whose jobs are long enough that a fetch round trip does not matter). The buffer
+        # holds about PREFETCH_WINDOW of runs, at most PREFETCH_SLOTS per slot: for tiny
+        # jobs, fetches and finishes of ~70 instead of ~32 at -c 32 (server and worker
+        # ~2 µs less CPU per job each, bench/profile_drain.py --calls).
+        prefetch = 0 if pool == "processes" else PREFETCH_SLOTS * concurrency
+        self._inflight = Inflight(concurrency, prefetch=prefetch)
         self._consumer = Consumer(
             app=app,
             broker=app.broker,
