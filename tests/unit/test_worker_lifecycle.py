@@ -225,8 +225,9 @@ def test_fetches_fill_slots_and_buffer_and_finishes_are_batched(
     jobs = app.enqueue_many([tiny.s(i) for i in range(200)])
     with background(Worker(app, concurrency=8)):
         assert [j.result(timeout=10) for j in jobs] == list(range(200))
-    assert broker.fetch_counts[0] == 16  # 8 run slots and 8 buffered
-    assert max(broker.fetch_counts) <= 16
+    assert broker.fetch_counts[0] == 16  # 8 run slots and 8 buffered: no run time known yet
+    # Known to be tiny, runs may buffer up to 4 per slot.
+    assert max(broker.fetch_counts) <= 8 + 4 * 8
     assert sum(broker.finish_sizes) == 200
     assert len(broker.finish_sizes) < 60, broker.finish_sizes  # not one call per job
 

@@ -3,7 +3,8 @@
 A held delivery is, in turn:
 
 * **buffered** — fetched and vetted, waiting for a run slot (at most ``prefetch`` of them,
-  fewer for jobs that run long: see ``PREFETCH_WINDOW``);
+  fewer for jobs that run long: see ``PREFETCH_WINDOW``, and one per slot until a run
+  time is known);
 * **active** — given a run slot and handed to a pool (at most ``capacity``);
 * **completed** — its run ended; the finisher is writing its outcome.
 
@@ -52,8 +53,10 @@ class Inflight:
     def __init__(self, capacity: int, prefetch: int = 0) -> None:
         self.capacity = capacity
         self.prefetch = prefetch  # the most ever buffered
-        self._buffer = prefetch  # buffered now at most (PREFETCH_WINDOW of runs)
-        self._batch = max(1, prefetch // 2)  # room worth a fetch while jobs are buffered
+        # Buffered now at most (PREFETCH_WINDOW of runs); one per slot until a run time is
+        # known, so a fresh worker does not take a long job's full buffer from its peers.
+        self._buffer = min(prefetch, capacity)
+        self._batch = max(1, self._buffer // 2)  # room worth a fetch while jobs are buffered
         self._run_avg: float | None = None  # seconds, moving average of run times
         lock = threading.Lock()
         self._cond = threading.Condition(lock)  # something finished (drain and stop wait)
