@@ -27,13 +27,15 @@ Broker keys (all under the ``{P}`` tag)::
                                     waited '1' once somebody waits for the job (watch.lua);
                                     token consumer cancel are the lease's: read only while
                                     status is running, so a job that is not keeps its last
-                                    ones (no script writes a field nobody reads: each one
-                                    costs the server time); the lease's expiry is the job's
-                                    score in the running index;
+                                    ones, and an ended job its last sid (its entry is gone;
+                                    readers take its payload from the hash only): no script
+                                    writes a field nobody reads, each one costs the server
+                                    time; the lease's expiry is the job's score in the
+                                    running index;
                                     a field not written yet reads as empty (enqueue leaves
-                                    out token cancel expires_at result reason, deliveries
-                                    (read as 0) and key when there is none, and sid and eta
-                                    as they do not apply)
+                                    out token cancel expires_at result reason, and sid and
+                                    eta as they do not apply; for a job due at once also
+                                    deliveries, read as 0, and key when there is none)
     {P}:deps:<id>           SET     ids of jobs waiting for job <id> (depends_on), written by
                                     their enqueue; the step that makes <id> terminal (finish,
                                     cancel, purge, a cancelled job released or reclaimed)

@@ -294,6 +294,8 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
             if (payload is None and not sid) or (
                     expires and int(expires) <= self._now(server_time)):
                 return None
+            if expires:  # ended: its payload is in the hash or nowhere (see _payloads)
+                return None if payload is None else bytes(payload)
             found = self._payloads([row])[0]
             if found is not None or payload is not None:
                 return found

@@ -128,8 +128,7 @@ end
 local function place(q, key, id, prio, eta, fields)
   fields = fields or {}
   if eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
-    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'token', '', 'eta', eta,
-      unpack(fields))
+    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'eta', eta, unpack(fields))
     redis.call('ZADD', q.scheduled, eta == 'parked' and '+inf' or eta, id)
     return false
   end
