@@ -291,6 +291,41 @@ def test_the_sweep_gives_an_idle_entry_of_a_live_lease_back_to_its_owner(
     b.close()
 
 
+class _OffClock(SystemClock):
+    """The real clock of a machine whose clock is off by ``skew`` seconds."""
+
+    def __init__(self, skew: float) -> None:
+        self.skew = skew
+
+    def time(self) -> float:
+        return time.time() + self.skew
+
+
+@pytest.mark.parametrize("skew", [3600.0, -3600.0])
+def test_a_delay_is_kept_on_the_servers_clock_whatever_the_senders_clock_says(
+    redis_server: RedisServer, prefix: str, skew: float
+) -> None:
+    """Leases and expiry run on the server's clock; so do etas: a producer (or a worker
+    retrying) whose clock is an hour off still delays a job by what it asked, not by an
+    hour more or not at all."""
+    producer = RedisBroker(redis_server.url, prefix=prefix, clock=_OffClock(skew))
+    worker = RedisBroker(redis_server.url, prefix=prefix)
+    clock = producer._clock
+    producer.enqueue([env(eta=clock.time() + 0.4)])
+    assert fetch(worker) == []  # not due yet, even on a clock an hour behind
+    time.sleep(0.6)
+    [d] = fetch(worker)
+    # A retry from a worker whose clock is off: the same.
+    off = RedisBroker(redis_server.url, prefix=prefix, clock=_OffClock(skew))
+    again = Envelope(d.id, d.queue, d.payload, eta=off._clock.time() + 0.4)
+    assert off.finish([Finish(d, JobStatus.SCHEDULED, retry=again)]) == [True]
+    assert fetch(worker) == []
+    time.sleep(0.6)
+    assert [r.id for r in fetch(worker)] == [d.id]
+    for b in (producer, worker, off):
+        b.close()
+
+
 def test_one_finish_call_over_queues_and_priorities_acks_each_entry_and_fences_each_job(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

@@ -18,7 +18,7 @@ import redis.asyncio
 from ..._errors import JobNotFound
 from ..._message import Envelope, JobRecord
 from . import _connect
-from ._core import RECORD_FIELDS, RedisCore
+from ._core import RECORD_FIELDS, RedisCore, to_ms
 
 
 async def _call(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> Any:
@@ -50,7 +50,7 @@ class AsyncMixin(RedisCore):
         if not envelopes:
             return []
         client, scripts = self._aclient()
-        calls = enqueue_calls(self._keys, self._head(), envelopes)
+        calls = enqueue_calls(self._keys, self._head(), envelopes, to_ms(self._clock.time()))
         script = scripts["enqueue"]
         async with _connect.translate_async():
             for again in (False, True):

@@ -47,16 +47,21 @@ _LEASE_STATES = {0: LeaseState.LOST, 1: LeaseState.OK, 2: LeaseState.CANCELLED}
 T = TypeVar("T")
 
 
-def enqueue_args(env: Envelope) -> list[Any]:
-    """A validated envelope as the enqueue script's own arguments (after the common head)."""
+def enqueue_args(env: Envelope, now_ms: int) -> list[Any]:
+    """A validated envelope as the enqueue script's own arguments (after the common head).
+
+    An eta goes as the time left until it on the sender's clock (``now_ms``), ``+<ms>``, and
+    the script adds it to its own now (common.lua ``eta_at``): a producer or worker whose
+    clock is off still delays a job by what it asked, on the clock leases and expiry use.
+    """
     validate_job_id(env.id)
     validate_queue(env.queue)
     validate_priority(env.priority)
-    eta: str | int = ""
+    eta = ""
     if env.eta == PARKED:
         eta = "parked"
-    elif env.eta is not None:
-        eta = to_ms(env.eta)
+    elif env.eta is not None and (left := to_ms(env.eta) - now_ms) > 0:
+        eta = f"+{left}"
     return [env.id, env.queue, env.payload, env.priority, eta, env.key or ""]
 
 
@@ -84,13 +89,8 @@ def batch_calls(head: list[Any], items: Sequence[T], chunk: int,
     return calls
 
 
-def _enqueue_values(env: Envelope, place: Callable[[str], int]) -> tuple[Any, ...]:
-    job_id, queue, payload, priority, eta, key = enqueue_args(env)
-    deps = ",".join(validate_job_id(d) for d in env.depends_on)
-    return job_id, place(queue), payload, priority, eta, key, deps
-
-
-def enqueue_calls(keys: Keys, head: list[Any], envelopes: Sequence[Envelope]) -> list[Call]:
+def enqueue_calls(keys: Keys, head: list[Any], envelopes: Sequence[Envelope],
+                  now_ms: int) -> list[Call]:
     """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes. Every
     envelope is validated before the first call is sent, so a bad one writes nothing. A
     batch with dependencies is one call whatever its size: the script checks them all
@@ -98,7 +98,13 @@ def enqueue_calls(keys: Keys, head: list[Any], envelopes: Sequence[Envelope]) ->
     the same slot): a lone job costs little to send and to unpack."""
     chunk = len(envelopes) if any(env.depends_on for env in envelopes) else ENQUEUE_CHUNK
     declared = [keys.unique, keys.queues]
-    return batch_calls(head, envelopes, chunk, _enqueue_values, lambda _: declared)
+
+    def values(env: Envelope, place: Callable[[str], int]) -> tuple[Any, ...]:
+        job_id, queue, payload, priority, eta, key = enqueue_args(env, now_ms)
+        deps = ",".join(validate_job_id(d) for d in env.depends_on)
+        return job_id, place(queue), payload, priority, eta, key, deps
+
+    return batch_calls(head, envelopes, chunk, values, lambda _: declared)
 
 
 def enqueue_ids(replies: Sequence[Any]) -> list[str]:
@@ -110,7 +116,7 @@ def enqueue_ids(replies: Sequence[Any]) -> list[str]:
     return ids
 
 
-def _finish_values(f: Finish, place: Callable[[str], int]) -> list[Any]:
+def _finish_values(f: Finish, place: Callable[[str], int], now_ms: int) -> list[Any]:
     d, retry = f.delivery, f.retry
     dq = place(d.queue)
     own = [d.id, d.token, f.status.value, f.result or b"", max(to_ms(f.result_ttl), 1), f.reason,
@@ -118,7 +124,7 @@ def _finish_values(f: Finish, place: Callable[[str], int]) -> list[Any]:
     if retry is None:  # the usual outcome: 8 values (finish.lua reads 13 after a "1")
         own.append("0")
     else:
-        own += ["1", *enqueue_args(retry)[2:], place(retry.queue)]
+        own += ["1", *enqueue_args(retry, now_ms)[2:], place(retry.queue)]
     return own
 
 
@@ -154,7 +160,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
     def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
         if not envelopes:
             return []
-        calls = enqueue_calls(self._keys, self._head(), envelopes)
+        calls = enqueue_calls(self._keys, self._head(), envelopes, to_ms(self._clock.time()))
         with _connect.translate():
             # One script call is atomic on its own; several go in MULTI/EXEC: a batch is
             # written whole or not at all.
@@ -273,7 +279,12 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
                 keys += self._keys.queue_keys(q)
             return keys
 
-        calls = batch_calls(self._head(), outcomes, FINISH_CHUNK, _finish_values, declare)
+        now_ms = to_ms(self._clock.time())  # a retry's eta is sent as time left (enqueue_args)
+
+        def values(f: Finish, place: Callable[[str], int]) -> list[Any]:
+            return _finish_values(f, place, now_ms)
+
+        calls = batch_calls(self._head(), outcomes, FINISH_CHUNK, values, declare)
         with _connect.translate():
             replies = self._run("finish", calls) if calls else []
         return [int(r) == 1 for reply in replies for r in reply]

@@ -121,11 +121,20 @@ local function push_ready(q, key, id, prio, fields)
   return existed
 end
 
+-- An eta as a client sends it: '' (due now), 'parked', or '+' and the ms left until it on the
+-- sender's clock, made absolute here on this script's NOW (the clock leases and expiry use),
+-- so a client whose clock is off still delays a job by what it asked.
+local function eta_at(eta)
+  if string.sub(eta, 1, 1) ~= '+' then return eta end
+  return NOW + tonumber(string.sub(eta, 2))
+end
+
 -- Queued now, or scheduled until eta ('parked': until promote; scored +inf, never due).
 -- `fields` (optional): more job hash fields, written in the same HSET as the status.
 -- Returns true when the job went into a stream that existed already (so its queue is
 -- listed in {P}:queues: see add_entry), false otherwise.
 local function place(q, key, id, prio, eta, fields)
+  eta = eta_at(eta)
   fields = fields or {}
   if eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
     redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'eta', eta, unpack(fields))

@@ -1,8 +1,8 @@
 -- Enqueue a batch of jobs (one or many), in order, in one atomic step.
 -- KEYS: unique, queues (the queues' own keys are computed: common.lua queue_named).
 -- ARGV[5]: number of queues n; ARGV[6..5+n]: their names; then 7 values per job: id, queue
--- index (1..n), payload, priority, eta ('', ms or 'parked'), unique key ('' or the key),
--- depends_on (ids joined by ',', or '').
+-- index (1..n), payload, priority, eta ('', '+' ms from now, or 'parked'), unique key ('' or
+-- the key), depends_on (ids joined by ',', or '').
 -- Returns the job ids, in order: the existing one where an equal unique key is pending;
 -- or {'!missing', job id, dependency id}, having written nothing, when a dependency names
 -- no live job and no job earlier in the call (the client sends a batch with dependencies
@@ -109,6 +109,7 @@ local function wait_for(id, deps)
 end
 
 local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
+  eta = eta_at(eta)
   local key, done = JOB_PREFIX .. id, DONE_PREFIX .. id
   if written[id] then return id end
   if any_exist and redis.call('EXISTS', key, done) > 0 then

@@ -8,7 +8,7 @@
 -- KEYS: unique, queues, then 18 keys for each queue named in ARGV.
 -- ARGV[5] number of queues NQ, ARGV[6..5+NQ] their names, then per delivery 8 values:
 --   job id, token, status, result, ttl (ms), reason, delivery queue # (1-based), has_retry;
--- and after a has_retry '1', 5 more: retry payload, retry priority, retry eta ('' or ms),
+-- and after a has_retry '1', 5 more: retry payload, retry priority, retry eta ('', '+' ms from now),
 --   retry key, retry queue #. (A record as short as its outcome: every argument costs the
 --   server time to read, and most outcomes are no retry.)
 -- Returns one 1 (recorded) or 0 (refused: the lease is lost) per delivery.
