@@ -1,0 +1,35 @@
+"""``BrokerConformance``: the whole ``Broker`` contract, composed of its parts."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import pytest
+
+from ..._clock import FakeClock
+from ._cancel_wait import _CancelWaitTests
+from ._dependencies import DependencyConformance
+from ._enqueue import _EnqueueTests
+from ._helpers import Timeline
+from ._leases import _LeaseTests
+from ._operations import _OperationsTests
+
+
+# pytest collects a class's tests base by base in reverse MRO order, so the parts are listed
+# last first: the suite runs in the order it always has (dependencies, enqueue, fetch,
+# delays, leases, ..., operations, concurrency).
+class BrokerConformance(
+    _OperationsTests,
+    _CancelWaitTests,
+    _LeaseTests,
+    _EnqueueTests,
+    DependencyConformance,
+):
+    """The ``Broker`` port's contract (see ``conveyor.brokers._port``), dependencies
+    included."""
+
+    real_time_unit: ClassVar[float] = 0.1
+
+    @pytest.fixture
+    def timeline(self, clock: FakeClock | None) -> Timeline:
+        return Timeline(clock, self.real_time_unit)
