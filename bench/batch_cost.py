@@ -23,11 +23,7 @@ from conveyor._message import Envelope, JobStatus  # noqa: E402
 from conveyor.brokers._port import Finish  # noqa: E402
 from conveyor.brokers.redis import RedisBroker  # noqa: E402
 
-from redis_server import private_redis  # noqa: E402
-
-
-def evalsha_usec(admin: redis.Redis) -> float:
-    return float(admin.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
+from redis_server import evalsha_usec, private_redis  # noqa: E402
 
 
 def main() -> None:

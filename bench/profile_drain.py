@@ -20,26 +20,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import shutil
-import socket
 import statistics
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 from conveyor import Conveyor
 from conveyor.worker import Worker
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
+from redis_server import private_redis
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -250,26 +242,13 @@ def main() -> None:
     ap.add_argument("--calls", action="store_true",
                     help="time the worker's fetch and finish calls of each run")
     args = ap.parse_args()
-    tmp = tempfile.mkdtemp(prefix="conveyor-prof-")
-    port = free_port()
-    server = subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", tmp],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        url = f"redis://127.0.0.1:{port}/0"
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), 0.1).close()
-                break
-            except OSError:
-                time.sleep(0.05)
+    with private_redis() as server:
+        assert server.proc is not None
         rates, cpus = [], []
         for _ in range(args.reps):
             rate, cpu = one_run(
-                url,
-                server.pid,
+                server.url,
+                server.proc.pid,
                 args.n,
                 concurrency=args.concurrency,
                 sleep=args.sleep,
@@ -286,10 +265,6 @@ def main() -> None:
             f"({min(rates):,.0f}-{max(rates):,.0f}); CPU µs/job: {_cpus(medians)}; "
             f"n={args.n} c={args.concurrency} sleep={args.sleep} pool={args.pool}"
         )
-    finally:
-        server.terminate()
-        server.wait()
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _cpus(cpu: dict[str, float]) -> str:

@@ -102,6 +102,11 @@ class RedisServer:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def evalsha_usec(client: redis.Redis) -> float:
+    """Microseconds the server has spent in ``EVALSHA`` so far (``INFO commandstats``)."""
+    return float(client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
+
+
 @contextlib.contextmanager
 def private_redis() -> Iterator[RedisServer]:
     server = RedisServer()

@@ -30,7 +30,7 @@ from conveyor._message import Envelope, JobStatus  # noqa: E402
 from conveyor.brokers._port import Finish  # noqa: E402
 from conveyor.brokers.redis import RedisBroker, _scripts  # noqa: E402
 
-from redis_server import private_redis  # noqa: E402
+from redis_server import evalsha_usec, private_redis  # noqa: E402
 
 
 def old_source(src: Path, name: str) -> str:
@@ -56,15 +56,11 @@ class Versions:
             script.sha = admin.script_load(script.script)
         self.usec: dict[str, float] = {"old": 0.0, "new": 0.0}
 
-    def _used(self) -> float:
-        stats = self.admin.info("commandstats")
-        return float(stats.get("cmdstat_evalsha", {}).get("usec", 0))
-
     def run(self, which: str, call: object) -> object:
         self.broker._scripts = self.old if which == "old" else self.new
-        before = self._used()
+        before = evalsha_usec(self.admin)
         out = call()  # type: ignore[operator]
-        self.usec[which] += self._used() - before
+        self.usec[which] += evalsha_usec(self.admin) - before
         return out
 
 
