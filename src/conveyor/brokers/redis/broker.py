@@ -302,14 +302,14 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
                 pipe.hmget(self._keys.job(job_id), PAYLOAD_FIELDS)
                 server_time, row = pipe.execute()
             payload, sid, *_, expires = row
-            if (payload is None and not sid) or (
-                    expires and int(expires) <= self._now(server_time)):
+            if expires and int(expires) <= self._now(server_time):
                 return None
-            if expires:  # ended: its payload is in the hash or nowhere (see _payloads)
+            if payload is not None or not sid or expires:  # no entry to look in (_payloads)
                 return None if payload is None else bytes(payload)
             found = self._payloads([row])[0]
-            if found is not None or payload is not None:
+            if found is not None:
                 return found
+            # The entry went between the two reads: its payload moved into the hash.
         return None
 
     def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
