@@ -51,8 +51,10 @@ def main() -> None:
             app.broker.finish([Finish(d, JobStatus.SUCCEEDED, b"\x90") for d in got])
             done += len(got)
         finished = used()
-        print(f"{n:,} jobs: queued {(queued - before) / n:,.0f} B/job, "
-              f"finished (result kept) {(finished - before) / n:,.0f} B/job")
+        print(
+            f"{n:,} jobs: queued {(queued - before) / n:,.0f} B/job, "
+            f"finished (result kept) {(finished - before) / n:,.0f} B/job"
+        )
         app.close()
     finally:
         server.stop()

@@ -237,10 +237,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--pool", choices=("threads", "async"), default="threads",
                     help="async: async def tasks (asyncio.sleep) on --pool async")  # fmt: skip
-    ap.add_argument("--commandstats", action="store_true",
-                    help="print each run's server commands per job (INFO commandstats)")
-    ap.add_argument("--calls", action="store_true",
-                    help="time the worker's fetch and finish calls of each run")
+    ap.add_argument(
+        "--commandstats",
+        action="store_true",
+        help="print each run's server commands per job (INFO commandstats)",
+    )
+    ap.add_argument(
+        "--calls", action="store_true", help="time the worker's fetch and finish calls of each run"
+    )
     args = ap.parse_args()
     with private_redis() as server:
         assert server.proc is not None

@@ -52,8 +52,9 @@ def main() -> None:
 
         def server_usec() -> int:
             stats = client.info("commandstats")
-            return sum(int(v["usec"]) for k, v in stats.items()
-                       if k in ("cmdstat_evalsha", "cmdstat_xadd"))  # EXEC counts its own
+            return sum(
+                int(v["usec"]) for k, v in stats.items() if k in ("cmdstat_evalsha", "cmdstat_xadd")
+            )  # EXEC counts its own
 
         raw_fields = [{"m": payload(i)} for i in range(n)]
 
@@ -82,7 +83,7 @@ def main() -> None:
         def raw_pipelined() -> None:
             for at in range(0, n, PIPE_BATCH):
                 pipe = client.pipeline(transaction=False)
-                for f in raw_fields[at:at + PIPE_BATCH]:
+                for f in raw_fields[at : at + PIPE_BATCH]:
                     pipe.xadd("raw:jobs", f)
                 pipe.execute()
 
@@ -120,8 +121,7 @@ def report(rows: dict[str, list[tuple[float, float, float]]], n: int, rounds: in
         best = min(v[0] for v in vals)
         cpu = statistics.median(v[1] for v in vals)
         srv = statistics.median(v[2] for v in vals)
-        print(f"| {name} | {wall:.1f} | {best:.1f} | {cpu:.1f} | {srv:.1f} | "
-              f"{1e6 / wall:,.0f} |")
+        print(f"| {name} | {wall:.1f} | {best:.1f} | {cpu:.1f} | {srv:.1f} | {1e6 / wall:,.0f} |")
 
 
 if __name__ == "__main__":

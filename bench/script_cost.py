@@ -85,21 +85,35 @@ def run_once(n: int, old_src: Path) -> dict[str, tuple[float, float]]:
             return lambda: broker.enqueue(envs)
 
         def singles(at: int) -> object:  # 50 calls of one job, booked together
-            return lambda: [broker.enqueue([Envelope(f"a{at}-{j}", "q", b"x")])
-                            for j in range(50)]
+            return lambda: [broker.enqueue([Envelope(f"a{at}-{j}", "q", b"x")]) for j in range(50)]
 
         phase("enqueue single", n, [(side(i), singles(i)) for i in range(n // 50)])
-        phase("enqueue batch", n, [(side(i), enqueue([Envelope(f"b{i}-{j}", "q", b"x")
-                                                      for j in range(200)]))
-                                   for i in range(n // 200)])
-        batches = phase("fetch (100)", 2 * n, [(side(i), lambda: broker.fetch(
-            ["q"], "c", 100, 60.0, 0.0)) for i in range(2 * n // 100)])
+        phase(
+            "enqueue batch",
+            n,
+            [
+                (side(i), enqueue([Envelope(f"b{i}-{j}", "q", b"x") for j in range(200)]))
+                for i in range(n // 200)
+            ],
+        )
+        batches = phase(
+            "fetch (100)",
+            2 * n,
+            [
+                (side(i), lambda: broker.fetch(["q"], "c", 100, 60.0, 0.0))
+                for i in range(2 * n // 100)
+            ],
+        )
         fetched = [d for batch in batches for d in batch]  # type: ignore[attr-defined]
+
         def finish(ds: list) -> object:
             return lambda: broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r") for d in ds])
 
-        phase("finish (100)", len(fetched), [(side(i // 100), finish(fetched[i:i + 100]))
-                                             for i in range(0, len(fetched), 100)])
+        phase(
+            "finish (100)",
+            len(fetched),
+            [(side(i // 100), finish(fetched[i : i + 100])) for i in range(0, len(fetched), 100)],
+        )
         broker.close()
     return out
 

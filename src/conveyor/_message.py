@@ -39,7 +39,6 @@ class JobStatus(enum.StrEnum):
         return self in _TERMINAL
 
 
-
 _TERMINAL = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED, JobStatus.DEAD})
 
 

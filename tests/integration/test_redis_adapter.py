@@ -76,8 +76,15 @@ def ours(raw: redis.Redis, prefix: str) -> list[str]:
     return sorted(k.decode() for k in raw.scan_iter(match=f"*{prefix}*", count=1000))
 
 
-def fetch(b: RedisBroker, consumer: str = "c1", *, count: int = 10, lease: float = 60.0,
-          block: float = 0.0, queues: tuple[str, ...] = ("default",)) -> list[Delivery]:
+def fetch(
+    b: RedisBroker,
+    consumer: str = "c1",
+    *,
+    count: int = 10,
+    lease: float = 60.0,
+    block: float = 0.0,
+    queues: tuple[str, ...] = ("default",),
+) -> list[Delivery]:
     return b.fetch(list(queues), consumer, count, lease, block)
 
 
@@ -126,8 +133,7 @@ def test_bad_prefix_and_cluster_url_are_refused(redis_server: RedisServer) -> No
 def test_sentinel_url_is_parsed() -> None:
     t = parse("redis+sentinel://app:s%40cret@s1:26379,s2/mymaster/2")
     assert t.sentinels == (("s1", 26379), ("s2", 26379))
-    assert (t.service, t.kwargs) == ("mymaster", {"db": 2, "username": "app",
-                                                  "password": "s@cret"})
+    assert (t.service, t.kwargs) == ("mymaster", {"db": 2, "username": "app", "password": "s@cret"})
 
 
 def test_open_broker_builds_it_from_the_url(redis_server: RedisServer, prefix: str) -> None:
@@ -157,14 +163,16 @@ def test_a_batch_over_several_chunks_and_queues_is_written_whole_and_in_order(
     assert broker.enqueue(batch) == [e.id for e in batch]
     tag = "{" + prefix + "}"
     lengths = {q: raw.xlen(f"{tag}:q:{q}:s0") + raw.xlen(f"{tag}:q:{q}:s1") for q in "ab"}
-    assert lengths == {"a": sum(e.queue == "a" for e in batch),
-                       "b": sum(e.queue == "b" for e in batch)}
+    assert lengths == {
+        "a": sum(e.queue == "a" for e in batch),
+        "b": sum(e.queue == "b" for e in batch),
+    }
     assert raw.smembers(f"{tag}:queues") == {b"a", b"b"}
     got = [d.id for d in fetch(broker, count=n, queues=("a", "b"))]
     # Priority 1 first, then 0; FIFO within each queue and priority. (Across queues the
     # order is the entries' millisecond, which a batch mostly shares.)
     high = {e.id for e in batch if e.priority == 1}
-    assert set(got[:len(high)]) == high
+    assert set(got[: len(high)]) == high
     for q in "ab":
         for level in (0, 1):
             mine = [e.id for e in batch if e.queue == q and e.priority == level]
@@ -342,11 +350,19 @@ def test_one_finish_call_over_queues_and_priorities_acks_each_entry_and_fences_e
     rest = got[1:]
     retry = rest[0]
     outcomes = [Finish(stale, JobStatus.SUCCEEDED, b"stale")]
-    outcomes += [Finish(d, JobStatus.FAILED if i % 2 else JobStatus.SUCCEEDED, b"r" + d.id.encode(),
-                        reason="boom" if i % 2 else "")
-                 for i, d in enumerate(rest[1:])]
-    outcomes += [Finish(retry, JobStatus.SCHEDULED, b"", retry=Envelope(retry.id, "fc", b"again")),
-                 Finish(rest[1], JobStatus.SUCCEEDED, b"repeat")]  # a repeat: the truth
+    outcomes += [
+        Finish(
+            d,
+            JobStatus.FAILED if i % 2 else JobStatus.SUCCEEDED,
+            b"r" + d.id.encode(),
+            reason="boom" if i % 2 else "",
+        )
+        for i, d in enumerate(rest[1:])
+    ]
+    outcomes += [
+        Finish(retry, JobStatus.SCHEDULED, b"", retry=Envelope(retry.id, "fc", b"again")),
+        Finish(rest[1], JobStatus.SUCCEEDED, b"repeat"),
+    ]  # a repeat: the truth
     assert broker.finish(outcomes) == [False] + [True] * (len(outcomes) - 1)
     records = {r.id: r for r in broker.get([d.id for d in got]) if r is not None}
     assert records[stale.id].status == JobStatus.RUNNING  # the live delivery still holds it
@@ -363,8 +379,12 @@ def test_one_finish_call_over_queues_and_priorities_acks_each_entry_and_fences_e
         running = raw.zrange("{" + prefix + "}:q:" + queue + ":running", 0, -1)
         assert running == ([stale.id.encode()] if stale.queue == queue else [])
     ended = {d.id for d in rest[1:]}
-    listed = {m.decode() for q in ("fa", "fb") for status in ("succeeded", "failed")
-              for m in raw.zrange("{" + prefix + "}:q:" + q + ":" + status, 0, -1)}
+    listed = {
+        m.decode()
+        for q in ("fa", "fb")
+        for status in ("succeeded", "failed")
+        for m in raw.zrange("{" + prefix + "}:q:" + q + ":" + status, 0, -1)
+    }
     assert listed == ended
     assert raw.sismember("{" + prefix + "}:queues", "fc")
     assert [d.id for d in fetch(broker, queues=("fc",))] == [retry.id]
@@ -500,8 +520,13 @@ def test_the_payload_moves_from_the_entry_to_the_hash_when_the_job_outlives_its_
     assert raw.hget("{" + prefix + "}:job:" + jobs[0].id, "payload") is None  # in the entry
     assert [broker.payload(e.id) for e in jobs] == [e.payload for e in jobs]
     d0, d1, d2, d3 = fetch(broker, count=4)
-    broker.finish([Finish(d0, JobStatus.SUCCEEDED, b"r"), Finish(d1, JobStatus.FAILED, None),
-                   Finish(d2, JobStatus.DEAD, None)])
+    broker.finish(
+        [
+            Finish(d0, JobStatus.SUCCEEDED, b"r"),
+            Finish(d1, JobStatus.FAILED, None),
+            Finish(d2, JobStatus.DEAD, None),
+        ]
+    )
     assert broker.release([d3]) == [True]
     # A succeeded job keeps its result only; the others keep their payload, in the hash.
     assert [broker.payload(e.id) for e in jobs] == [None, *(e.payload for e in jobs[1:])]
@@ -526,8 +551,9 @@ def test_only_a_job_somebody_waits_for_pushes_a_completion_signal(
     while raw.hget("{" + prefix + "}:job:" + watched.id, "waited") is None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    broker.finish([Finish(d_alone, JobStatus.SUCCEEDED, b"a"),
-                   Finish(d_watched, JobStatus.SUCCEEDED, b"w")])
+    broker.finish(
+        [Finish(d_alone, JobStatus.SUCCEEDED, b"a"), Finish(d_watched, JobStatus.SUCCEEDED, b"w")]
+    )
     waiter.join(5)
     assert not waiter.is_alive()
     done = "{" + prefix + "}:done:"
@@ -569,8 +595,11 @@ def test_a_succeeded_job_is_not_requeued_and_a_job_without_payload_goes_out_empt
     bare, good = env(), env()
     broker.enqueue([bare, good])
     raw.xadd("{" + prefix + "}:q:default:s0", {"job": bare.id})  # a second, bare entry
-    raw.hset("{" + prefix + "}:job:" + bare.id, "sid",
-             raw.xrevrange("{" + prefix + "}:q:default:s0", count=1)[0][0])
+    raw.hset(
+        "{" + prefix + "}:job:" + bare.id,
+        "sid",
+        raw.xrevrange("{" + prefix + "}:q:default:s0", count=1)[0][0],
+    )
     got = {d.id: d.payload for d in fetch(broker)}
     assert got == {bare.id: b"", good.id: good.payload}
 
@@ -654,8 +683,18 @@ def test_a_worker_whose_clock_runs_ahead_does_not_reclaim_a_live_lease(
         [record] = ahead.get([e.id])
         assert record is not None and record.result == b"r"
         assert ahead.wait(e.id, 1) is not None
-        on_time.heartbeat(WorkerInfo(id="w1", host="h", pid=1, queues=["default"],
-                                     concurrency=1, pool="threads", started_at=0.0), 5)
+        on_time.heartbeat(
+            WorkerInfo(
+                id="w1",
+                host="h",
+                pid=1,
+                queues=["default"],
+                concurrency=1,
+                pool="threads",
+                started_at=0.0,
+            ),
+            5,
+        )
         assert [w.id for w in ahead.workers()] == ["w1"]
     finally:
         on_time.close()
@@ -830,13 +869,13 @@ def test_errors_are_conveyor_errors(fresh_redis_server: RedisServer, prefix: str
     b.close()
 
 
-def test_least_privilege_acl_user_with_password_in_the_url(
-    tmp_path: Path, prefix: str
-) -> None:
+def test_least_privilege_acl_user_with_password_in_the_url(tmp_path: Path, prefix: str) -> None:
     server = RedisServer(tmp_path / "acl")
     try:
         server.client().acl_setuser(
-            "app", enabled=True, passwords=["+s3cret"],
+            "app",
+            enabled=True,
+            passwords=["+s3cret"],
             keys=["{" + prefix + "}:*", "{" + prefix + ":*"],
             commands=["+@all", "-@dangerous", "-keys", "-config", "-flushall", "-flushdb"],
         )
@@ -849,8 +888,7 @@ def test_least_privilege_acl_user_with_password_in_the_url(
         assert b.stats() and b.kv.lock_acquire("l", "t", 5) == 1
         b.close()
         with pytest.raises(BrokerError):  # a key outside the prefix is refused, translated
-            RedisBroker(server.url.replace("//", "//app:s3cret@"), prefix="other").enqueue(
-                [env()])
+            RedisBroker(server.url.replace("//", "//app:s3cret@"), prefix="other").enqueue([env()])
     finally:
         server.stop()
 

@@ -70,13 +70,16 @@ class Producer(threading.Thread):
             for attempt in range(100):
                 batch = [t if attempt == 0 else f"{t}r{attempt}" for t in tags]
                 sigs: list[Signature[Any]] = [
-                    Signature(app, "torture_app:sleepy", (t, 0.0), {}, app.defaults)
-                    for t in batch]
+                    Signature(app, "torture_app:sleepy", (t, 0.0), {}, app.defaults) for t in batch
+                ]
                 try:
                     jobs = app.enqueue_many(sigs)
                 except (BrokerError, ConnectionError, OSError) as exc:
-                    print(f"  enqueue: {type(exc).__name__}: {exc}; outcome unknown, "
-                          "enqueueing the batch again", flush=True)
+                    print(
+                        f"  enqueue: {type(exc).__name__}: {exc}; outcome unknown, "
+                        "enqueueing the batch again",
+                        flush=True,
+                    )
                     self.unknown += batch
                     time.sleep(0.5)
                     continue
@@ -93,11 +96,13 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one script, re
     ap.add_argument("--broker", choices=["redis", "sqlite"], default="redis")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--lease", type=float, default=2.0)
-    ap.add_argument("--kill-every", type=float, default=2.0,
-                    help="mean seconds between worker SIGKILLs")
+    ap.add_argument(
+        "--kill-every", type=float, default=2.0, help="mean seconds between worker SIGKILLs"
+    )
     ap.add_argument("--redis-restarts", type=int, default=3)
-    ap.add_argument("--redis-every", type=float, default=4.0,
-                    help="seconds between Redis kill -9 / restarts")
+    ap.add_argument(
+        "--redis-every", type=float, default=4.0, help="seconds between Redis kill -9 / restarts"
+    )
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the working folder")
@@ -108,17 +113,30 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one script, re
     work = Path(tempfile.mkdtemp(prefix="conveyor-chaos-"))
     server: RedisServer | None = None
     if args.broker == "redis":
-        server = RedisServer(work / "redis", appendonly=True,
-                             extra=("--appendfsync", "always",
-                                    "--auto-aof-rewrite-percentage", "0"))
+        server = RedisServer(
+            work / "redis",
+            appendonly=True,
+            extra=("--appendfsync", "always", "--auto-aof-rewrite-percentage", "0"),
+        )
         cluster = Cluster(work / "app", server.url, unique_prefix())
     else:
         cluster = Cluster(work / "app")
-    print(f"chaos: {args.jobs} jobs, {args.workers} workers x {args.concurrency} threads, "
-          f"lease {args.lease} s, broker {args.broker}, seed {seed}, in {work}", flush=True)
+    print(
+        f"chaos: {args.jobs} jobs, {args.workers} workers x {args.concurrency} threads, "
+        f"lease {args.lease} s, broker {args.broker}, seed {seed}, in {work}",
+        flush=True,
+    )
 
-    wargs = ("--lease", str(args.lease), "-c", str(args.concurrency),
-             "--max-deliveries", "50", "--grace", "1")
+    wargs = (
+        "--lease",
+        str(args.lease),
+        "-c",
+        str(args.concurrency),
+        "--max-deliveries",
+        "50",
+        "--grace",
+        "1",
+    )
     kills = restarts = 0
     began = time.monotonic()
     give_up = began + args.timeout
@@ -159,20 +177,26 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one script, re
                 workers[i] = cluster.worker(f"w{i}k{kills}", *wargs, ready=False)
                 next_kill = now + rand.expovariate(1 / args.kill_every)
             if server is not None and restarts < args.redis_restarts and now >= next_redis:
-                print(f"  kill -9 redis-server and restart it from its AOF ({len(ended)} "
-                      "jobs ended so far)", flush=True)
+                print(
+                    f"  kill -9 redis-server and restart it from its AOF ({len(ended)} "
+                    "jobs ended so far)",
+                    flush=True,
+                )
                 server.restart()
                 restarts += 1
                 next_redis = now + args.redis_every
             for i, w in enumerate(workers):  # a worker may exit on its own: say so, restart
                 if not w.alive():
-                    print(f"  worker {w.name} exited {w.proc.returncode}; restarting it",
-                          flush=True)
+                    print(
+                        f"  worker {w.name} exited {w.proc.returncode}; restarting it", flush=True
+                    )
                     workers[i] = cluster.worker(f"{w.name}x", *wargs, ready=False)
             if now - last_report > 10:
-                print(f"  {now - began:6.0f} s: {len(producer.acked)} enqueued, "
-                      f"{len(ended)} ended, {kills} kills, {restarts} redis restarts",
-                      flush=True)
+                print(
+                    f"  {now - began:6.0f} s: {len(producer.acked)} enqueued, "
+                    f"{len(ended)} ended, {kills} kills, {restarts} redis restarts",
+                    flush=True,
+                )
                 last_report = now
             time.sleep(0.2)
         ran_for = time.monotonic() - began
@@ -190,16 +214,24 @@ def main(argv: list[str] | None = None) -> int:  # noqa: PLR0915 (one script, re
                     dead.append(tag)
         app.close()
         runs = [t for e, t, _, _ in cluster.runs() if e == "start"]
-        report = check(acknowledged=producer.acked, unknown=producer.unknown,
-                       executed=runs, completed=completed)
+        report = check(
+            acknowledged=producer.acked,
+            unknown=producer.unknown,
+            executed=runs,
+            completed=completed,
+        )
         rate = len(ids) / ran_for if ran_for else 0.0
-        print(f"chaos: broker {args.broker}, {args.jobs} jobs, {args.workers} workers, "
-              f"{kills} worker SIGKILLs, {restarts} Redis kill -9/restarts, seed {seed}")
-        print(f"  lost {len(report.lost)}, duplicated {report.duplicate_runs} run(s) of "
-              f"{len(report.duplicated)} job(s), unexpected {len(report.unexpected)}, "
-              f"completed twice {len(report.completed_twice)}, recovered "
-              f"{len(report.recovered)} of {report.unknown} unknown, not succeeded "
-              f"{len(dead)}")
+        print(
+            f"chaos: broker {args.broker}, {args.jobs} jobs, {args.workers} workers, "
+            f"{kills} worker SIGKILLs, {restarts} Redis kill -9/restarts, seed {seed}"
+        )
+        print(
+            f"  lost {len(report.lost)}, duplicated {report.duplicate_runs} run(s) of "
+            f"{len(report.duplicated)} job(s), unexpected {len(report.unexpected)}, "
+            f"completed twice {len(report.completed_twice)}, recovered "
+            f"{len(report.recovered)} of {report.unknown} unknown, not succeeded "
+            f"{len(dead)}"
+        )
         print(f"  time {ran_for:.1f} s (enqueue {producer.took:.1f} s), {rate:.0f} jobs/s")
         print(f"  {report}")
         bad = report.lost or report.unexpected or report.completed_twice or dead

@@ -68,12 +68,15 @@ class Report:
         if self.unexpected:
             found.append(f"unexpected {len(self.unexpected)}: {_sample(self.unexpected)}")
         if self.completed_twice:
-            found.append(f"completed twice {len(self.completed_twice)}: "
-                         f"{_sample(self.completed_twice)}")
+            found.append(
+                f"completed twice {len(self.completed_twice)}: {_sample(self.completed_twice)}"
+            )
         if not self.within(max_duplicates):
-            found.append(f"duplicated {self.duplicate_runs} run(s) of {len(self.duplicated)} "
-                         f"job(s), over the bound of {max_duplicates}: "
-                         f"{_sample(self.duplicated)}")
+            found.append(
+                f"duplicated {self.duplicate_runs} run(s) of {len(self.duplicated)} "
+                f"job(s), over the bound of {max_duplicates}: "
+                f"{_sample(self.duplicated)}"
+            )
         return found
 
     def assert_ok(self, max_duplicates: int = 0) -> None:

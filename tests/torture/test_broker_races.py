@@ -136,8 +136,10 @@ def _race_reclaimers(backend: Backend) -> dict[str, Claimed]:
     if backend.name == "sqlite":  # processes: each with its own connection and notifier
         ctx = multiprocessing.get_context("spawn")
         barrier, out = ctx.Barrier(RECLAIMERS), ctx.Queue()
-        procs = [ctx.Process(target=_reclaimer_process, args=(backend.path, n, barrier, out))
-                 for n in names]
+        procs = [
+            ctx.Process(target=_reclaimer_process, args=(backend.path, n, barrier, out))
+            for n in names
+        ]
         for p in procs:
             p.start()
         for _ in procs:
@@ -187,8 +189,11 @@ def test_eight_reclaimers_racing_on_expired_leases_each_get_distinct_jobs(
     again = [Delivery(i, QUEUE, by_id[i].payload, token, k) for i, token, k in claimed]
     assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"late") for d in doomed]) == [False] * n
     completed = _finish_all(broker, again)
-    report = check(acknowledged=[e.id for e in envs],
-                   executed=[d.id for d in doomed] + ids, completed=completed)
+    report = check(
+        acknowledged=[e.id for e in envs],
+        executed=[d.id for d in doomed] + ids,
+        completed=completed,
+    )
     report.assert_ok(max_duplicates=n)  # each expired lease may run once more, no more
     assert report.duplicate_runs == n
 
@@ -223,8 +228,9 @@ def test_a_delayed_job_whose_delay_exceeds_the_lease_runs_once(backend: Backend)
     assert [(t, d.id) for t, _, d in deliveries] == [(delay, "delayed")]
     record = broker.get([env.id])[0]
     assert record is not None and record.status is JobStatus.SUCCEEDED
-    check(acknowledged=[env.id], executed=[d.id for _, _, d in deliveries],
-          completed=completed).assert_ok()
+    check(
+        acknowledged=[env.id], executed=[d.id for _, _, d in deliveries], completed=completed
+    ).assert_ok()
 
 
 @pytest.mark.redis
@@ -266,8 +272,7 @@ def test_a_delayed_job_longer_than_the_lease_runs_once_on_the_redis_servers_cloc
     producer.close()
     assert [d.id for _, d in seen] == ["delayed"], seen
     assert renewals and set(renewals) == {LeaseState.OK}
-    check(acknowledged=[env.id], executed=[d.id for _, d in seen],
-          completed=completed).assert_ok()
+    check(acknowledged=[env.id], executed=[d.id for _, d in seen], completed=completed).assert_ok()
 
 
 # -- kill -9 Redis under load ----------------------------------------------------------------
@@ -348,8 +353,10 @@ def _kill_under_load(server: RedisServer, *, kill_after: int, total: int) -> tup
     producer = RedisBroker(server.url, prefix=prefix)
     consumer = RedisBroker(server.url, prefix=prefix)
     load = Load()
-    threads = [threading.Thread(target=_produce, args=(producer, load, total)),
-               threading.Thread(target=_consume, args=(consumer, load, lease))]
+    threads = [
+        threading.Thread(target=_produce, args=(producer, load, total)),
+        threading.Thread(target=_consume, args=(consumer, load, lease)),
+    ]
     try:
         for t in threads:
             t.start()
@@ -365,12 +372,21 @@ def _kill_under_load(server: RedisServer, *, kill_after: int, total: int) -> tup
         load.stop_consuming.set()
         threads[1].join(30)
         ids = load.acknowledged + load.unknown
-        completed = [i for i, r in zip(ids, producer.get(ids), strict=True)
-                     if r is not None and r.status.terminal]
-        report = check(acknowledged=load.acknowledged, unknown=load.unknown,
-                       executed=load.executed, completed=completed)
-        print(f"kill -9 after {acked_at_kill} acknowledged enqueues: {report}; "
-              f"client errors {load.errors}, unsure finishes {load.unsure}")
+        completed = [
+            i
+            for i, r in zip(ids, producer.get(ids), strict=True)
+            if r is not None and r.status.terminal
+        ]
+        report = check(
+            acknowledged=load.acknowledged,
+            unknown=load.unknown,
+            executed=load.executed,
+            completed=completed,
+        )
+        print(
+            f"kill -9 after {acked_at_kill} acknowledged enqueues: {report}; "
+            f"client errors {load.errors}, unsure finishes {load.unsure}"
+        )
         # Fenced completion, whatever the faults: no job's outcome accepted twice.
         assert len(load.accepted) == len(set(load.accepted))
         _assert_recovers(producer, consumer)
@@ -446,21 +462,29 @@ def test_streams_hold_exactly_the_pending_jobs_and_empty_once_all_finish(
         ids = [e.id for e in envs]
 
         def entries_match() -> None:
-            live = {r.id for r in broker.get(ids)
-                    if r is not None and r.status in (JobStatus.QUEUED, JobStatus.RUNNING)}
+            live = {
+                r.id
+                for r in broker.get(ids)
+                if r is not None and r.status in (JobStatus.QUEUED, JobStatus.RUNNING)
+            }
             in_streams = stream_entries(fresh_redis_server, prefix)
             assert sorted(in_streams) == sorted(live)  # one entry per pending job
-            running = sum(r is not None and r.status is JobStatus.RUNNING
-                          for r in broker.get(ids))
+            running = sum(r is not None and r.status is JobStatus.RUNNING for r in broker.get(ids))
             assert pending_count(fresh_redis_server, prefix) == running
 
         entries_match()
         first = broker.fetch([QUEUE], "a", 12, lease, 0.0)
         entries_match()
         broker.release(first[:4])
-        retry = [Finish(d, JobStatus.SCHEDULED, b"again",
-                        retry=Envelope(d.id, QUEUE, b"attempt 1", d.priority))
-                 for d in first[4:8]]
+        retry = [
+            Finish(
+                d,
+                JobStatus.SCHEDULED,
+                b"again",
+                retry=Envelope(d.id, QUEUE, b"attempt 1", d.priority),
+            )
+            for d in first[4:8]
+        ]
         assert broker.finish(retry) == [True] * 4
         entries_match()
         clock.advance(lease)  # first[8:] are abandoned: their leases run out

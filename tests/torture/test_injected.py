@@ -81,8 +81,16 @@ def redis_injector(server: RedisServer, prefix: str) -> Inject:
     def inject(job_id: str, payload: bytes) -> None:
         client = server.client()
         try:
-            sid = client.eval(_REDIS_INJECT, 3, keys.job(job_id), keys.stream("default", 0),
-                              keys.queues, job_id, payload, GROUP)
+            sid = client.eval(
+                _REDIS_INJECT,
+                3,
+                keys.job(job_id),
+                keys.stream("default", 0),
+                keys.queues,
+                job_id,
+                payload,
+                GROUP,
+            )
         finally:
             client.close()
         assert b"-" in sid, sid  # a stream entry id
@@ -126,18 +134,23 @@ def forgeries(markers: Path) -> dict[str, bytes]:
     """Forged payloads by name; each names its own marker file, which must never appear."""
 
     def gadget(name: str) -> bytes:
-        message = {"id": f"forged-{name}", "task": "torture_app:sleepy",
-                   "args": [Gadget(markers / name), 0.0]}
+        message = {
+            "id": f"forged-{name}",
+            "task": "torture_app:sleepy",
+            "args": [Gadget(markers / name), 0.0],
+        }
         return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
 
     return {
         "garbage": b"\xff\xfe\x00\x80 not a message at all",
         "no-task": _json("forged-no-task", args=[1, 2]),
         "unknown": _json("forged-unknown", task="torture_app:no_such_task"),
-        "os-dot-system": _json("forged-os-dot-system", task="os.system",
-                               args=[f"touch {markers / 'os-dot-system'}"]),
-        "os-system": _json("forged-os-system", task="os:system",
-                           args=[f"touch {markers / 'os-system'}"]),
+        "os-dot-system": _json(
+            "forged-os-dot-system", task="os.system", args=[f"touch {markers / 'os-dot-system'}"]
+        ),
+        "os-system": _json(
+            "forged-os-system", task="os:system", args=[f"touch {markers / 'os-system'}"]
+        ),
         "pickle-raw": gadget("pickle-raw"),
         "pickle-body": b"P" + gadget("pickle-body"),
         "pickle-wrong-key": _signed_with(WRONG, b"P" + gadget("pickle-wrong-key")),
@@ -150,25 +163,33 @@ _UNDECODABLE = "undecodable payload: "
 _UNSIGNED = _UNDECODABLE + "payload is not signed; refusing to decode it"
 EXPECTED: dict[str, tuple[str, str]] = {
     "garbage": (_UNDECODABLE, _UNSIGNED),
-    "no-task": (_UNDECODABLE + "cannot decode payload: Object missing required field `task`",
-                _UNSIGNED),
+    "no-task": (
+        _UNDECODABLE + "cannot decode payload: Object missing required field `task`",
+        _UNSIGNED,
+    ),
     "unknown": ("unknown task 'torture_app:no_such_task'", _UNSIGNED),
     "os-dot-system": ("unknown task 'os.system'", _UNSIGNED),
     "os-system": ("untrusted callable 'os:system'", _UNSIGNED),
     "pickle-raw": (_UNDECODABLE, _UNSIGNED),
     "pickle-body": (_UNDECODABLE, _UNSIGNED),
-    "pickle-wrong-key": (_UNDECODABLE + "signed payload but this app has no secret configured",
-                         _UNDECODABLE + "payload signature does not match"),
+    "pickle-wrong-key": (
+        _UNDECODABLE + "signed payload but this app has no secret configured",
+        _UNDECODABLE + "payload signature does not match",
+    ),
 }
 
 # -- the scenario --------------------------------------------------------------------------
 
 BROKERS = [
     pytest.param("sqlite", id="sqlite"),
-    pytest.param("redis", id="redis", marks=[
-        pytest.mark.redis,
-        pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
-    ]),
+    pytest.param(
+        "redis",
+        id="redis",
+        marks=[
+            pytest.mark.redis,
+            pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
+        ],
+    ),
 ]
 
 
@@ -179,8 +200,9 @@ def secret(request: pytest.FixtureRequest) -> str | None:
 
 
 @pytest.fixture(params=BROKERS)
-def rig(request: pytest.FixtureRequest, tmp_path: Path,
-        secret: str | None) -> Iterator[tuple[Cluster, Inject]]:
+def rig(
+    request: pytest.FixtureRequest, tmp_path: Path, secret: str | None
+) -> Iterator[tuple[Cluster, Inject]]:
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("fresh_redis_server")
         cluster = Cluster(tmp_path / "app", server.url, unique_prefix(), secret=secret)

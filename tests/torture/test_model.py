@@ -118,8 +118,7 @@ class BrokerModel(RuleBasedStateMachine):
         now = self.clock.time()
         # What the broker must do first: due scheduled jobs and expired leases come back.
         for job in self.jobs.values():
-            if (job.status is SCHEDULED and job.envelope.eta is not None
-                    and job.envelope.eta <= now):
+            if job.status is SCHEDULED and job.envelope.eta is not None and job.envelope.eta <= now:
                 job.status = QUEUED
             elif job.status is RUNNING and job.lease_until <= now:
                 job.status, job.token = QUEUED, ""
@@ -127,14 +126,16 @@ class BrokerModel(RuleBasedStateMachine):
         due = [i for i, j in self.jobs.items() if j.status is QUEUED]
         got = self.broker.fetch([QUEUE], consumer, count, LEASE, 0.0)
         assert len(got) == min(count, len(due)), (
-            f"fetch({count}) returned {len(got)} with {len(due)} due: {due}")
+            f"fetch({count}) returned {len(got)} with {len(due)} due: {due}"
+        )
         for d in got:
             assert d.id in self.jobs, f"unexpected: delivered {d.id!r}, never enqueued"
             job = self.jobs[d.id]
             assert not job.status.terminal, f"{d.id} delivered again after it ended"
             assert job.status is QUEUED, (
                 f"{d.id} delivered while {job.status} (lease until {job.lease_until}, "
-                f"now {now}): two live deliveries")
+                f"now {now}): two live deliveries"
+            )
             assert d.payload == job.envelope.payload
             assert d.deliveries == job.deliveries + 1
             # Fresh for this job; the port lets one token serve a whole fetched batch.
@@ -154,8 +155,9 @@ class BrokerModel(RuleBasedStateMachine):
         job = self.jobs[d.id]
         eta = None if outcome == "retry_now" else self.clock.time() + 2 * LEASE
         env = job.envelope
-        retry = Envelope(env.id, env.queue, f"{env.id} attempt {job.attempt + 1}".encode(),
-                         env.priority, eta)
+        retry = Envelope(
+            env.id, env.queue, f"{env.id} attempt {job.attempt + 1}".encode(), env.priority, eta
+        )
         return Finish(d, SCHEDULED, result=b"failed once", retry=retry)
 
     def _apply_finish(self, f: Finish) -> bool:
@@ -176,22 +178,33 @@ class BrokerModel(RuleBasedStateMachine):
         return True
 
     def _handle(self, data: st.DataObject, consumer: str | None = None) -> int:
-        handles = sorted(h for h, x in self.held.items()
-                         if consumer is None or x.consumer == consumer)
+        handles = sorted(
+            h for h, x in self.held.items() if consumer is None or x.consumer == consumer
+        )
         return data.draw(st.sampled_from(handles))
 
     # -- rules ----------------------------------------------------------------------------
 
-    @rule(n=st.integers(1, 3), priority=st.integers(0, 2),
-          delay=st.sampled_from([0.0, 0.0, 5.0, 2 * LEASE]))
+    @rule(
+        n=st.integers(1, 3),
+        priority=st.integers(0, 2),
+        delay=st.sampled_from([0.0, 0.0, 5.0, 2 * LEASE]),
+    )
     def enqueue(self, n: int, priority: int, delay: float) -> None:
         now = self.clock.time()
         envs = []
         for _ in range(n):
             self._ids += 1
             job_id = f"j{self._ids}"
-            envs.append(Envelope(job_id, QUEUE, f"{job_id} attempt 0".encode(), priority,
-                                 now + delay if delay else None))
+            envs.append(
+                Envelope(
+                    job_id,
+                    QUEUE,
+                    f"{job_id} attempt 0".encode(),
+                    priority,
+                    now + delay if delay else None,
+                )
+            )
         assert self.broker.enqueue(envs) == [e.id for e in envs]
         for e in envs:
             self.jobs[e.id] = ModelJob(e, e, SCHEDULED if delay else QUEUED)
@@ -214,7 +227,8 @@ class BrokerModel(RuleBasedStateMachine):
         f = self._outcome(held.delivery, outcome)
         expected = self._apply_finish(f)
         assert self.broker.finish([f]) == [expected], (
-            f"finish of {held.delivery.id} ({'current' if expected else 'stale'} token)")
+            f"finish of {held.delivery.id} ({'current' if expected else 'stale'} token)"
+        )
 
     @precondition(lambda self: self.held)
     @rule(data=st.data())
@@ -223,8 +237,10 @@ class BrokerModel(RuleBasedStateMachine):
         consumer = self.held[self._handle(data)].consumer
         handles = sorted(h for h, x in self.held.items() if x.consumer == consumer)
         outcomes = [data.draw(st.sampled_from(OUTCOMES)) for _ in handles]
-        finishes = [self._outcome(self.held.pop(h).delivery, o)
-                    for h, o in zip(handles, outcomes, strict=True)]
+        finishes = [
+            self._outcome(self.held.pop(h).delivery, o)
+            for h, o in zip(handles, outcomes, strict=True)
+        ]
         expected = [self._apply_finish(f) for f in finishes]
         assert self.broker.finish(finishes) == expected
 
@@ -266,8 +282,10 @@ class BrokerModel(RuleBasedStateMachine):
         self.clock.advance(seconds)
         self._mark_expired()
 
-    @rule(consumer=st.sampled_from(CONSUMERS),
-          seconds=st.sampled_from([LEASE - 0.5, LEASE, LEASE + 1]))
+    @rule(
+        consumer=st.sampled_from(CONSUMERS),
+        seconds=st.sampled_from([LEASE - 0.5, LEASE, LEASE + 1]),
+    )
     def reclaim(self, consumer: str, seconds: float) -> None:
         """About one lease later a consumer fetches: leases that ran out (not one a tick
         early) come back to it."""
@@ -292,7 +310,8 @@ class BrokerModel(RuleBasedStateMachine):
         for job_id, record in zip(ids, self.broker.get(ids), strict=True):
             assert record is not None, f"lost: {job_id} is gone from the broker"
             assert record.status == self.jobs[job_id].status, (
-                f"{job_id}: broker says {record.status}, model {self.jobs[job_id].status}")
+                f"{job_id}: broker says {record.status}, model {self.jobs[job_id].status}"
+            )
 
     @invariant()
     def stats_agree(self) -> None:
@@ -325,9 +344,11 @@ class BrokerModel(RuleBasedStateMachine):
                 del self.held[h]
             expected = [self._apply_finish(f) for f in finishes]
             assert self.broker.finish(finishes) == expected
-        report = check(acknowledged=self.jobs,
-                       executed=[(i, attempt) for (i, _), attempt in self.runs.items()],
-                       completed=self.completed)
+        report = check(
+            acknowledged=self.jobs,
+            executed=[(i, attempt) for (i, _), attempt in self.runs.items()],
+            completed=self.completed,
+        )
         report.assert_ok(max_duplicates=len(self.faults))
         assert all(j.status.terminal for j in self.jobs.values())
 
@@ -381,14 +402,19 @@ EXAMPLES = {"memory": 100, "sqlite": 100, "redis": 100}
 
 
 def _run(name: str, build: Build, server: RedisServer | None = None) -> None:
-    machine = type(f"{name.title()}Model", (BrokerModel,), {"build": staticmethod(build),
-                                                           "server": server})
+    machine = type(
+        f"{name.title()}Model", (BrokerModel,), {"build": staticmethod(build), "server": server}
+    )
     started = time.monotonic()
     run_state_machine_as_test(
         machine,
-        settings=settings(max_examples=EXAMPLES[name], stateful_step_count=30, deadline=None,
-                          suppress_health_check=[HealthCheck.too_slow],
-                          database=None),
+        settings=settings(
+            max_examples=EXAMPLES[name],
+            stateful_step_count=30,
+            deadline=None,
+            suppress_health_check=[HealthCheck.too_slow],
+            database=None,
+        ),
     )
     print(f"model {name}: {EXAMPLES[name]} examples in {time.monotonic() - started:.1f} s")
 
@@ -431,8 +457,7 @@ def test_checker_counts_each_class() -> None:
 
 
 def test_checker_bounds_duplicates_by_the_faults() -> None:
-    report = check(acknowledged=["a", "b"], executed=["a", "a", "a", "b"],
-                   completed=["a", "b"])
+    report = check(acknowledged=["a", "b"], executed=["a", "a", "a", "b"], completed=["a", "b"])
     assert report.duplicate_runs == 2 and report.within(2) and not report.within(1)
     report.assert_ok(max_duplicates=2)
     with pytest.raises(AssertionError, match="over the bound of 1"):

@@ -83,8 +83,9 @@ class Rig:
 
 
 @pytest.fixture
-def rig(proxy: FaultProxy, fresh_redis_server: RedisServer, prefix: str,
-        clock: FakeClock) -> Iterator[Rig]:
+def rig(
+    proxy: FaultProxy, fresh_redis_server: RedisServer, prefix: str, clock: FakeClock
+) -> Iterator[Rig]:
     b = RedisBroker(proxy.url, prefix=prefix, clock=clock)
     _warm(b)
     try:
@@ -251,8 +252,11 @@ def test_reset_during_fetch_delays_jobs_by_one_lease_and_loses_none(rig: Rig) ->
     assert sorted(d.id for d in got) == sorted(ids)
     assert {d.deliveries for d in got} == {2}
     done = broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r") for d in got])
-    report = check(acknowledged=ids, executed=[d.id for d in got],
-                   completed=[d.id for d, ok in zip(got, done, strict=True) if ok])
+    report = check(
+        acknowledged=ids,
+        executed=[d.id for d in got],
+        completed=[d.id for d, ok in zip(got, done, strict=True) if ok],
+    )
     report.assert_ok(max_duplicates=0)
 
 
@@ -260,7 +264,8 @@ def test_reset_during_fetch_delays_jobs_by_one_lease_and_loses_none(rig: Rig) ->
 
 
 def test_blackhole_during_blocking_fetch_gives_up_in_bounded_time_then_heals(
-    proxy: FaultProxy, prefix: str,
+    proxy: FaultProxy,
+    prefix: str,
 ) -> None:
     socket_timeout = 1.0
     broker = RedisBroker(f"{proxy.url}?socket_timeout={socket_timeout:g}", prefix=prefix)
@@ -333,7 +338,8 @@ def _idle_calls(server: RedisServer, broker: RedisBroker, seconds: float) -> dic
 
 
 def test_restarted_empty_the_broker_recovers_without_a_hot_loop(
-    fresh_redis_server: RedisServer, prefix: str,
+    fresh_redis_server: RedisServer,
+    prefix: str,
 ) -> None:
     broker = RedisBroker(fresh_redis_server.url, prefix=prefix)
     try:
@@ -357,7 +363,9 @@ def test_restarted_empty_the_broker_recovers_without_a_hot_loop(
 
 
 def test_a_lost_consumer_group_is_recreated_loudly_and_its_entries_delivered(
-    fresh_redis_server: RedisServer, prefix: str, caplog: pytest.LogCaptureFixture,
+    fresh_redis_server: RedisServer,
+    prefix: str,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """NOGROUP: the stream survived but its group did not (a stream restored or written
     without it). fetch recreates the group from the start of the stream and warns."""
@@ -382,7 +390,8 @@ def test_a_lost_consumer_group_is_recreated_loudly_and_its_entries_delivered(
 
 
 def test_a_fetch_blocked_while_redis_restarts_empty_returns_and_the_broker_works(
-    fresh_redis_server: RedisServer, prefix: str,
+    fresh_redis_server: RedisServer,
+    prefix: str,
 ) -> None:
     broker = RedisBroker(fresh_redis_server.url, prefix=prefix)
     try:

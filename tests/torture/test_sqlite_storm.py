@@ -79,9 +79,13 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 
 def _script(cluster: Cluster, source: str, *args: str) -> subprocess.Popen[bytes]:
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(source), *args],
-                            cwd=cluster.root, env=cluster.env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(source), *args],
+        cwd=cluster.root,
+        env=cluster.env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
 
 
 @pytest.mark.timeout(90)
@@ -90,18 +94,20 @@ def test_a_busy_lock_storm_with_a_worker_killed_loses_nothing_and_corrupts_nothi
 ) -> None:
     db = str(cluster.root / "jobs.db")
     app = cluster.app()  # creates the schema before anyone else opens the file
-    workers = [cluster.worker(f"w{i}", "--lease", "1", "-c", str(CONCURRENCY))
-               for i in range(WORKERS)]
+    workers = [
+        cluster.worker(f"w{i}", "--lease", "1", "-c", str(CONCURRENCY)) for i in range(WORKERS)
+    ]
     reader = _script(cluster, READER, db, "8")
     assert reader.stdout is not None and reader.stdout.readline() == b"reading\n"
     locker = _script(cluster, LOCKER, db, "6")
     acked = cluster.root / "acked.txt"
-    producers = [_script(cluster, PRODUCER, cluster.url, f"p{k}", str(PER_PRODUCER),
-                         str(BATCH), str(acked)) for k in range(PRODUCERS)]
+    producers = [
+        _script(cluster, PRODUCER, cluster.url, f"p{k}", str(PER_PRODUCER), str(BATCH), str(acked))
+        for k in range(PRODUCERS)
+    ]
 
     victim = workers[0]
-    wait_for(lambda: any(n == victim.name for _, _, n, _ in cluster.runs()), 30,
-             cluster.outputs)
+    wait_for(lambda: any(n == victim.name for _, _, n, _ in cluster.runs()), 30, cluster.outputs)
     time.sleep(0.5)
     victim.signal(signal.SIGKILL)  # mid-run: it holds up to CONCURRENCY leases
     victim.wait(10)
@@ -118,8 +124,9 @@ def test_a_busy_lock_storm_with_a_worker_killed_loses_nothing_and_corrupts_nothi
         app.job(job_id).result(timeout=max(1.0, deadline - time.monotonic()))
         completed.append(tag)
 
-    report = check(acknowledged=[t for t, _ in lines], executed=cluster.executed(),
-                   completed=completed)
+    report = check(
+        acknowledged=[t for t, _ in lines], executed=cluster.executed(), completed=completed
+    )
     print(report)
     # Reruns come from the killed worker's leases (up to CONCURRENCY) and from leases that
     # lapse while a worker waits over a second for the write lock the locker keeps taking

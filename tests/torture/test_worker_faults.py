@@ -39,10 +39,14 @@ pytestmark = pytest.mark.slow
 
 BROKERS = [
     pytest.param("sqlite", id="sqlite"),
-    pytest.param("redis", id="redis", marks=[
-        pytest.mark.redis,
-        pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
-    ]),
+    pytest.param(
+        "redis",
+        id="redis",
+        marks=[
+            pytest.mark.redis,
+            pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
+        ],
+    ),
 ]
 
 
@@ -132,8 +136,9 @@ def test_a_job_that_kills_its_worker_every_time_is_dead_lettered_without_a_hot_l
     # jobs running beside it die with the process and count deliveries too.)
     ok = {f"ok{i}": send(app, "sleepy", f"ok{i}", 0.0) for i in range(5)}
     assert {t: j.result(timeout=20) for t, j in ok.items()} == dict.fromkeys(ok, survivor.name)
-    report = check(acknowledged=[*ok, "poison"], executed=cluster.executed(),
-                   completed=[*ok, "poison"])  # dead-lettered is an end too
+    report = check(
+        acknowledged=[*ok, "poison"], executed=cluster.executed(), completed=[*ok, "poison"]
+    )  # dead-lettered is an end too
     report.assert_ok(max_duplicates=2)  # the poison's 2 reruns, and no other
     assert report.duplicated == {"poison": 2}
     app.close()
@@ -176,8 +181,18 @@ def test_the_heroku_sequence_term_the_group_term_again_then_kill_loses_nothing(
 ) -> None:
     app = cluster.app()
     concurrency = 4
-    a = cluster.worker("A", "--pool", "processes", "-c", str(concurrency), "--grace", "20",
-                       "--lease", "1", new_session=True)
+    a = cluster.worker(
+        "A",
+        "--pool",
+        "processes",
+        "-c",
+        str(concurrency),
+        "--grace",
+        "20",
+        "--lease",
+        "1",
+        new_session=True,
+    )
     tags = [f"j{i}" for i in range(12)]
     jobs = {t: send(app, "sleepy", t, 2.0) for t in tags}
     wait_for(lambda: len(set(cluster.executed())) >= concurrency, 30, cluster.outputs)
@@ -213,8 +228,9 @@ def test_with_the_process_pool_a_self_killing_job_counts_deliveries_and_the_work
     which replaced its child) and is dead-lettered once delivered more than
     ``--max-deliveries`` times. Never recorded as a task failure; no restarts needed."""
     app = cluster.app()
-    worker = cluster.worker("P", "--pool", "processes", "-c", "2", "--lease", "1",
-                            "--max-deliveries", "3")
+    worker = cluster.worker(
+        "P", "--pool", "processes", "-c", "2", "--lease", "1", "--max-deliveries", "3"
+    )
     job = send(app, "suicide", "poison")
     with pytest.raises(JobDead) as info:
         job.result(timeout=40)
@@ -229,8 +245,9 @@ def test_with_the_process_pool_a_self_killing_job_counts_deliveries_and_the_work
     before = worker.cpu_seconds()
     time.sleep(2.0)
     assert worker.cpu_seconds() - before < 0.5, "the worker spun"
-    report = check(acknowledged=[*after, "poison"], executed=cluster.executed(),
-                   completed=[*after, "poison"])  # dead-lettered is an end too
+    report = check(
+        acknowledged=[*after, "poison"], executed=cluster.executed(), completed=[*after, "poison"]
+    )  # dead-lettered is an end too
     report.assert_ok(max_duplicates=2)  # the poison's 2 reruns, and no other
     assert report.duplicated == {"poison": 2}
     app.close()

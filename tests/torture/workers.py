@@ -57,8 +57,9 @@ def suicide(tag: str) -> str:
 """
 
 
-def wait_for(condition: Callable[[], bool], timeout: float,
-             describe: Callable[[], str] = str) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout: float, describe: Callable[[], str] = str
+) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -85,8 +86,9 @@ class Worker:
         return self.proc.poll() is None
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        wait_for(lambda: "conveyor worker" in self.output() or not self.alive(), timeout,
-                 self.output)
+        wait_for(
+            lambda: "conveyor worker" in self.output() or not self.alive(), timeout, self.output
+        )
 
     def signal(self, signum: int) -> None:
         self.proc.send_signal(signum)
@@ -108,8 +110,13 @@ class Cluster:
     """A folder with ``torture_app.py`` and its workers, on ``url`` (an SQLite file in the
     folder if not given) under the key ``prefix`` (only Redis uses it)."""
 
-    def __init__(self, root: Path, url: str | None = None, prefix: str = "conveyor",
-                 secret: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        url: str | None = None,
+        prefix: str = "conveyor",
+        secret: str | None = None,
+    ) -> None:
         self.root = root
         self.url = url or f"sqlite:///{root / 'jobs.db'}"
         self.prefix = prefix
@@ -120,8 +127,13 @@ class Cluster:
         (root / "torture_app.py").write_text(textwrap.dedent(TASKS))
 
     def env(self, name: str = "") -> dict[str, str]:
-        env = dict(os.environ, CONVEYOR_URL=self.url, TORTURE_PREFIX=self.prefix,
-                   TORTURE_WORKER=name, PYTHONPATH=str(self.root))
+        env = dict(
+            os.environ,
+            CONVEYOR_URL=self.url,
+            TORTURE_PREFIX=self.prefix,
+            TORTURE_WORKER=name,
+            PYTHONPATH=str(self.root),
+        )
         env.pop("PYTHONWARNINGS", None)
         if self.secret is not None:
             env["TORTURE_SECRET"] = self.secret
@@ -130,18 +142,24 @@ class Cluster:
     def app(self) -> Conveyor:
         """A producer on the cluster's broker (this process never imports ``torture_app``)."""
         if self.secret is not None:
-            return Conveyor(self.url, prefix=self.prefix, serializer="pickle",
-                            secret=self.secret)
+            return Conveyor(self.url, prefix=self.prefix, serializer="pickle", secret=self.secret)
         return Conveyor(self.url, prefix=self.prefix)
 
-    def worker(self, name: str, *args: str, ready: bool = True,
-               new_session: bool = False) -> Worker:
+    def worker(
+        self, name: str, *args: str, ready: bool = True, new_session: bool = False
+    ) -> Worker:
         """Start ``conveyor worker torture_app ARGS`` named ``name``."""
         log = self.root / f"worker-{len(self.workers)}-{name}.log"
         cmd = [sys.executable, "-m", "conveyor", "worker", "torture_app", *args]
         with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, cwd=self.root, env=self.env(name), stdout=out,
-                                    stderr=subprocess.STDOUT, start_new_session=new_session)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=self.root,
+                env=self.env(name),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=new_session,
+            )
         w = Worker(name, proc, log)
         self.workers.append(w)
         if ready:

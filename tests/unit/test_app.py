@@ -212,6 +212,7 @@ def test_an_app_on_redis_imports_its_adapter_when_made_and_opens_nothing() -> No
         "assert 'conveyor.brokers.redis' in sys.modules and app._broker is None\n"
         "Conveyor('memory://')\n"
     )
-    done = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True,
-                          text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=60
+    )
     assert done.returncode == 0, done.stderr

@@ -165,8 +165,9 @@ def _refuse_newer(version: int, path: str) -> None:
         )
 
 
-def migrate(conn: sqlite3.Connection, path: str,
-            begin: Callable[[sqlite3.Connection], None]) -> int:
+def migrate(
+    conn: sqlite3.Connection, path: str, begin: Callable[[sqlite3.Connection], None]
+) -> int:
     """Bring the file to ``SCHEMA_VERSION``; return the version it had.
 
     A current file is only read. Otherwise all pending migrations run in one write

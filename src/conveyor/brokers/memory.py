@@ -503,8 +503,7 @@ class MemoryBroker(Broker):
             doomed = [
                 i
                 for i, j in self._s.jobs.items()
-                if j.envelope.queue == queue
-                and j.status in (JobStatus.QUEUED, JobStatus.SCHEDULED)
+                if j.envelope.queue == queue and j.status in (JobStatus.QUEUED, JobStatus.SCHEDULED)
             ]
             for i in doomed:
                 job = self._s.jobs.pop(i)

@@ -112,9 +112,7 @@ def _running_table(app: Conveyor, limit: int = 10) -> Table:
 @click.option("--limit", default=20, show_default=True, help="How many to show.")
 @_app_option
 @_url_option
-def jobs(
-    status: str, queue: str | None, limit: int, app_spec: str | None, url: str | None
-) -> None:
+def jobs(status: str, queue: str | None, limit: int, app_spec: str | None, url: str | None) -> None:
     """List failed or dead-lettered jobs, newest first."""
     app = app_for(app_spec, url)
     if queue:
@@ -165,4 +163,3 @@ def purge(queue: str, yes: bool, app_spec: str | None, url: str | None) -> None:
         click.confirm(f"Delete every queued and scheduled job in {queue!r}?", abort=True)
     app = app_for(app_spec, url)
     click.echo(f"purged {app.broker.purge(queue)} job(s) from {queue}")
-

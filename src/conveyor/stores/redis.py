@@ -34,7 +34,9 @@ else
   NOW = tonumber(ARGV[1])
 end
 """
-_LIVE = _NOW + """
+_LIVE = (
+    _NOW
+    + """
 local function live(k)
   local r = redis.call('HMGET', k, 'v', 'x')
   if not r[1] then return nil end
@@ -53,6 +55,7 @@ local function write(k, v, ttl)
   end
 end
 """
+)
 _SCRIPTS = {
     "get": "return (live(KEYS[1]))",
     "set": """
@@ -98,11 +101,14 @@ return 1""",
 }
 # update's read, after WATCH: the live value (or nil) and the time it was judged by. Read-only:
 # a write here would trip our own WATCH.
-_READ = _NOW + """
+_READ = (
+    _NOW
+    + """
 local r = redis.call('HMGET', KEYS[1], 'v', 'x')
 if r[1] and r[2] and r[2] ~= '' and tonumber(r[2]) <= NOW then r[1] = false end
 return {r[1], NOW}
 """
+)
 
 
 def _ttl_arg(ttl: float | None) -> str:
@@ -110,8 +116,9 @@ def _ttl_arg(ttl: float | None) -> str:
 
 
 class RedisKV(KeyValue):
-    def __init__(self, client: redis.Redis, *, prefix: str = "conveyor",
-                 clock: Clock | None = None) -> None:
+    def __init__(
+        self, client: redis.Redis, *, prefix: str = "conveyor", clock: Clock | None = None
+    ) -> None:
         self._client = client
         self._prefix = prefix
         self._clock = clock or SystemClock()
@@ -147,7 +154,8 @@ class RedisKV(KeyValue):
             if "NOTINT" in str(exc):
                 raise ValidationError(
                     f"store key {key!r} holds a value that is not an integer, so incr cannot "
-                    "add to it; delete it or use another key for the counter") from None
+                    "add to it; delete it or use another key for the counter"
+                ) from None
             raise
 
     def ttl(self, key: str) -> float | None:
@@ -197,5 +205,4 @@ class RedisKV(KeyValue):
 
     def lock_extend(self, name: str, token: str, ttl: float) -> bool:
         check_key(name)
-        return bool(self._run("lock_extend", [lock_key(self._prefix, name)], token,
-                              _ttl_arg(ttl)))
+        return bool(self._run("lock_extend", [lock_key(self._prefix, name)], token, _ttl_arg(ttl)))

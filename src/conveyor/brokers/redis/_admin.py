@@ -41,12 +41,21 @@ class AdminMixin(RedisCore):
         depths, _ = self._queued(queues, 0)
         out = []
         for i, q in enumerate(queues):
-            scheduled, running, succeeded, failed, dead, cancelled = counts[i * 6:i * 6 + 6]
+            scheduled, running, succeeded, failed, dead, cancelled = counts[i * 6 : i * 6 + 6]
             queued = depths[i]
             if queued + scheduled + running + succeeded + failed + dead + cancelled == 0:
                 continue
-            out.append(QueueStats(queue=q, queued=queued, scheduled=scheduled, running=running,
-                                  failed=failed, dead=dead, succeeded=succeeded))
+            out.append(
+                QueueStats(
+                    queue=q,
+                    queued=queued,
+                    scheduled=scheduled,
+                    running=running,
+                    failed=failed,
+                    dead=dead,
+                    succeeded=succeeded,
+                )
+            )
         return out
 
     def _queued(self, queues: Sequence[str], limit: int) -> tuple[list[int], list[str]]:
@@ -56,15 +65,16 @@ class AdminMixin(RedisCore):
         depths: list[int] = []
         newest: list[str] = []
         for at in range(0, len(queues), _QUEUED_CHUNK):
-            streams = [s for q in queues[at:at + _QUEUED_CHUNK] for s in self._keys.streams(q)]
+            streams = [s for q in queues[at : at + _QUEUED_CHUNK] for s in self._keys.streams(q)]
             with _connect.translate():
                 counts, ids = self._eval("queued", streams, [*self._head(), limit])
             depths += [int(n) for n in counts]
             newest += [text(i) for i in ids]
         return depths, newest
 
-    def _index_members(self, status: JobStatus, queues: Sequence[str], limit: int | None,
-                       now: int) -> list[str]:
+    def _index_members(
+        self, status: JobStatus, queues: Sequence[str], limit: int | None, now: int
+    ) -> list[str]:
         """Job ids in a status index, newest first for terminal ones (score = expiry);
         queued ones from the streams."""
         if status is JobStatus.QUEUED:
@@ -75,8 +85,9 @@ class AdminMixin(RedisCore):
             for q in queues:
                 key = self._keys.queue(q, status.value)
                 if status.value in TERMINAL_INDEXES:
-                    pipe.zrevrangebyscore(key, "+inf", f"({now}", start=0,
-                                          num=-1 if limit is None else limit)
+                    pipe.zrevrangebyscore(
+                        key, "+inf", f"({now}", start=0, num=-1 if limit is None else limit
+                    )
                 else:
                     pipe.zrevrange(key, 0, stop)
             return [text(i) for ids in pipe.execute() for i in ids]
@@ -98,9 +109,16 @@ class AdminMixin(RedisCore):
             _, _, q, _, expires, reason, updated, st = row
             if st is None or text(st) != status.value or (expires and int(expires) <= now):
                 continue
-            found.append(JobEntry(id=job_id, queue=text(q), payload=payload or b"",
-                                  status=status, reason=text(reason or b""),
-                                  at=int(updated or 0) / 1000))
+            found.append(
+                JobEntry(
+                    id=job_id,
+                    queue=text(q),
+                    payload=payload or b"",
+                    status=status,
+                    reason=text(reason or b""),
+                    at=int(updated or 0) / 1000,
+                )
+            )
         found.sort(key=lambda e: e.at, reverse=True)
         return found[:limit]
 
@@ -122,7 +140,8 @@ class AdminMixin(RedisCore):
         while more:
             with _connect.translate():
                 deleted, more = self._scripts["purge"](
-                    keys=keys, args=[*self._head(), _PURGE_CHUNK])
+                    keys=keys, args=[*self._head(), _PURGE_CHUNK]
+                )
             total += int(deleted)
         return total
 
@@ -131,8 +150,7 @@ class AdminMixin(RedisCore):
         info.seen_at = now / 1000
         with _connect.translate():
             pipe = self._client.pipeline(transaction=True)
-            pipe.set(self._keys.worker(info.id), msgspec.json.encode(info),
-                     ex=int(ttl) + _GC_GRACE)
+            pipe.set(self._keys.worker(info.id), msgspec.json.encode(info), ex=int(ttl) + _GC_GRACE)
             pipe.zadd(self._keys.workers, {info.id: now + to_ms(ttl)})
             pipe.zremrangebyscore(self._keys.workers, "-inf", now)
             pipe.execute()
@@ -156,6 +174,6 @@ class AdminMixin(RedisCore):
             pipe.execute()
         queues = self._known_queues()
         for i in range(0, len(queues), _FORGET_CHUNK):
-            streams = [s for q in queues[i:i + _FORGET_CHUNK] for s in self._keys.streams(q)]
+            streams = [s for q in queues[i : i + _FORGET_CHUNK] for s in self._keys.streams(q)]
             with _connect.translate():
                 self._scripts["forget"](keys=streams, args=[*self._head(), worker_id])

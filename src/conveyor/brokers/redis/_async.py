@@ -54,8 +54,9 @@ class AsyncMixin(RedisCore):
         script = scripts["enqueue"]
         async with _connect.translate_async():
             for again in (False, True):
-                commands = [("EVALSHA", script.sha, len(keys), *keys, *argv)
-                            for keys, argv in calls]
+                commands = [
+                    ("EVALSHA", script.sha, len(keys), *keys, *argv) for keys, argv in calls
+                ]
                 try:
                     if len(commands) == 1:  # atomic on its own: no MULTI
                         replies = [await _call(client, commands[0])]
@@ -78,8 +79,9 @@ class AsyncMixin(RedisCore):
         """As ``_watch``: read the record and mark the job as waited for, in one step."""
         _, scripts = self._aclient()
         async with _connect.translate_async():
-            now, row = await scripts["watch"](keys=[self._keys.job(job_id)],
-                                              args=[*self._head(), *RECORD_FIELDS])
+            now, row = await scripts["watch"](
+                keys=[self._keys.job(job_id)], args=[*self._head(), *RECORD_FIELDS]
+            )
         return self._decode_record(job_id, row, int(now))
 
     async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
@@ -100,4 +102,5 @@ class AsyncMixin(RedisCore):
                     return None
             async with _connect.translate_async():
                 await client.blmove(  # Redis takes fractional seconds
-                    done, done, max(wait, 0.01), "RIGHT", "LEFT")  # type: ignore[arg-type]
+                    done, done, max(wait, 0.01), "RIGHT", "LEFT"
+                )  # type: ignore[arg-type]

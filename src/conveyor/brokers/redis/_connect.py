@@ -60,8 +60,10 @@ def parse(url: str) -> Target:
             "so point redis:// at the shard (see docs/redis.md)"
         )
     if scheme not in SCHEMES:
-        raise InvalidURL(f"bad redis URL {url!r}: use redis://, rediss://, unix:// or "
-                         "redis+sentinel://host:port/service")
+        raise InvalidURL(
+            f"bad redis URL {url!r}: use redis://, rediss://, unix:// or "
+            "redis+sentinel://host:port/service"
+        )
     if scheme != "redis+sentinel":
         return Target(url=url)
     hosts = []
@@ -73,16 +75,18 @@ def parse(url: str) -> Target:
             raise InvalidURL(f"bad sentinel address {item!r} in {url!r}") from exc
     path = [p for p in parts.path.split("/") if p]
     if not path:
-        raise InvalidURL(f"bad sentinel URL {url!r}: name the service, e.g. "
-                         "redis+sentinel://host:26379/mymaster")
+        raise InvalidURL(
+            f"bad sentinel URL {url!r}: name the service, e.g. redis+sentinel://host:26379/mymaster"
+        )
     opts: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
     if parts.username:
         opts["username"] = unquote(parts.username)
     if parts.password:
         opts["password"] = unquote(parts.password)
     opts.update(parse_qsl(parts.query))
-    return Target(url=url, sentinels=tuple(hosts), service=path[0],
-                  options=tuple(sorted(opts.items())))
+    return Target(
+        url=url, sentinels=tuple(hosts), service=path[0], options=tuple(sorted(opts.items()))
+    )
 
 
 def _common() -> dict[str, Any]:
@@ -109,9 +113,10 @@ def connect(target: Target) -> redis.Redis:
         if not target.sentinels:
             pool = redis.BlockingConnectionPool.from_url(target.url, **_with_timeout(target))
             return redis.Redis(connection_pool=pool)
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            list(target.sentinels), socket_timeout=2.0)
-        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call]
+        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
+            list(target.sentinels), socket_timeout=2.0
+        )
+        master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
             target.service, socket_timeout=DEFAULT_SOCKET_TIMEOUT, **_common(), **target.kwargs
         )
         return master
@@ -121,10 +126,12 @@ def connect_async(target: Target) -> redis.asyncio.Redis:
     with translate():
         if not target.sentinels:
             apool = redis.asyncio.BlockingConnectionPool.from_url(
-                target.url, **_with_timeout(target))
+                target.url, **_with_timeout(target)
+            )
             return redis.asyncio.Redis(connection_pool=apool)
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
-            list(target.sentinels), socket_timeout=2.0)
+        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
+            list(target.sentinels), socket_timeout=2.0
+        )
         master: redis.asyncio.Redis = sentinel.master_for(
             target.service, socket_timeout=DEFAULT_SOCKET_TIMEOUT, **_common(), **target.kwargs
         )
@@ -219,8 +226,9 @@ class Pinned:
         """One command (see ``pipeline``)."""
         return self.pipeline(client, args)[0]
 
-    def pipeline(self, client: redis.Redis, *commands: Sequence[Any],
-                 transaction: bool = False) -> list[Any]:
+    def pipeline(
+        self, client: redis.Redis, *commands: Sequence[Any], transaction: bool = False
+    ) -> list[Any]:
         """Several commands sent at once (in MULTI/EXEC with ``transaction``), their replies
         read in order. Redis runs them one after the other, so a command queued behind a
         blocking one runs the moment that one returns, in the same round trip. An error
@@ -256,10 +264,10 @@ class Pinned:
                         raise reply
                 return replies
         if len(commands) == 1 and not transaction:
-            return [client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
+            return [client.execute_command(*commands[0])]  # type: ignore[no-untyped-call,unused-ignore]
         pipe = client.pipeline(transaction=transaction)
         for c in commands:
-            pipe.execute_command(*c)  # type: ignore[no-untyped-call]
+            pipe.execute_command(*c)  # type: ignore[no-untyped-call,unused-ignore]
         return list(pipe.execute())
 
 
@@ -273,8 +281,10 @@ def _convert(exc: Exception) -> BrokerError:
             f"cannot reach Redis ({exc}); check the URL, the network and that the server runs"
         )
     if isinstance(exc, redis.exceptions.NoPermissionError):
-        return BrokerError(f"Redis refused a command ({exc}); grant the ACL user the commands "
-                           "and keys listed in docs/redis.md")
+        return BrokerError(
+            f"Redis refused a command ({exc}); grant the ACL user the commands "
+            "and keys listed in docs/redis.md"
+        )
     return BrokerError(f"Redis failed: {exc}")
 
 

@@ -54,8 +54,14 @@ def check_prefix(prefix: str) -> str:
 
 
 class RedisCore:
-    def __init__(self, url: str, *, prefix: str = "conveyor", clock: Clock | None = None,
-                 sweep_idle: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "conveyor",
+        clock: Clock | None = None,
+        sweep_idle: float | None = None,
+    ) -> None:
         self.url = url
         self.prefix = check_prefix(prefix)
         self._target = _connect.parse(url)
@@ -101,8 +107,13 @@ class RedisCore:
         """One script call (see ``_run``)."""
         return self._run(script, [(keys, args)])[0]
 
-    def _run(self, script: str, calls: Sequence[tuple[Sequence[str], Sequence[Any]]], *,
-             transaction: bool = False) -> list[Any]:
+    def _run(
+        self,
+        script: str,
+        calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
+        *,
+        transaction: bool = False,
+    ) -> list[Any]:
         """Script calls (keys, args) sent at once as plain EVALSHA on this thread's held
         connection (``_connect.Pinned``), in MULTI/EXEC with ``transaction``; their replies
         in order. (redis-py's ``Script`` objects would first ask SCRIPT EXISTS inside a
@@ -181,8 +192,9 @@ class RedisCore:
         """A waiter's first read of a record: marks the job as waited for in the same step
         (watch.lua), so its end pushes the completion signal (none is pushed otherwise)."""
         with _connect.translate():
-            now, row = self._eval("watch", [self._keys.job(job_id)],
-                                  [*self._head(), *RECORD_FIELDS])
+            now, row = self._eval(
+                "watch", [self._keys.job(job_id)], [*self._head(), *RECORD_FIELDS]
+            )
         return self._decode_record(job_id, row, int(now))
 
     def _read_records(self, job_ids: Sequence[str]) -> list[JobRecord | None]:

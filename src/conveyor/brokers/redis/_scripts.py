@@ -17,8 +17,21 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
-NAMES = ("enqueue", "fetch", "renew", "finish", "release", "promote", "progress", "cancel",
-         "requeue", "purge", "forget", "queued", "watch")
+NAMES = (
+    "enqueue",
+    "fetch",
+    "renew",
+    "finish",
+    "release",
+    "promote",
+    "progress",
+    "cancel",
+    "requeue",
+    "purge",
+    "forget",
+    "queued",
+    "watch",
+)
 
 _DEFINES = re.compile(r"local (?:function )?([A-Za-z_]\w*)")
 

@@ -68,9 +68,13 @@ def enqueue_args(env: Envelope, now_ms: int) -> list[Any]:
 Call = tuple[list[str], list[Any]]
 
 
-def batch_calls(head: list[Any], items: Sequence[T], chunk: int,
-                encode: Callable[[T, Callable[[str], int]], Sequence[Any]],
-                declare: Callable[[list[str]], list[str]]) -> list[Call]:
+def batch_calls(
+    head: list[Any],
+    items: Sequence[T],
+    chunk: int,
+    encode: Callable[[T, Callable[[str], int]], Sequence[Any]],
+    declare: Callable[[list[str]], list[str]],
+) -> list[Call]:
     """Script calls for a batch, one per ``chunk`` items, each naming the queues its items
     use once: ARGV is ``head``, the number of queues, their names, then each item's values
     as ``encode(item, place)`` gives them (``place(queue)``: the queue's 1-based place in
@@ -83,14 +87,15 @@ def batch_calls(head: list[Any], items: Sequence[T], chunk: int,
             return queues.setdefault(queue, len(queues) + 1)
 
         own: list[Any] = []
-        for item in items[at:at + chunk]:
+        for item in items[at : at + chunk]:
             own += encode(item, place)
         calls.append((declare(list(queues)), [*head, len(queues), *queues, *own]))
     return calls
 
 
-def enqueue_calls(keys: Keys, head: list[Any], envelopes: Sequence[Envelope],
-                  now_ms: int) -> list[Call]:
+def enqueue_calls(
+    keys: Keys, head: list[Any], envelopes: Sequence[Envelope], now_ms: int
+) -> list[Call]:
     """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes. Every
     envelope is validated before the first call is sent, so a bad one writes nothing. A
     batch with dependencies is one call whatever its size: the script checks them all
@@ -119,8 +124,15 @@ def enqueue_ids(replies: Sequence[Any]) -> list[str]:
 def _finish_values(f: Finish, place: Callable[[str], int], now_ms: int) -> list[Any]:
     d, retry = f.delivery, f.retry
     dq = place(d.queue)
-    own = [d.id, d.token, f.status.value, f.result or b"", max(to_ms(f.result_ttl), 1), f.reason,
-           dq]
+    own = [
+        d.id,
+        d.token,
+        f.status.value,
+        f.result or b"",
+        max(to_ms(f.result_ttl), 1),
+        f.reason,
+        dq,
+    ]
     if retry is None:  # the usual outcome: 8 values (finish.lua reads 13 after a "1")
         own.append("0")
     else:
@@ -142,8 +154,14 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
     reap_every: float = 3600.0
     reap_idle: float = 86400.0
 
-    def __init__(self, url: str, *, prefix: str = "conveyor", clock: Clock | None = None,
-                 sweep_idle: float | None = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "conveyor",
+        clock: Clock | None = None,
+        sweep_idle: float | None = None,
+    ) -> None:
         # Imported here: conveyor.stores.redis imports this package's key and error helpers.
         from ...stores.redis import RedisKV
 
@@ -188,26 +206,41 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
                 wait = min(wait, max(next_event / 1000, 0.001))
                 if not self._real_time:
                     wait = min(wait, _IDLE_WAKE)
-            reply = self._block_then_fetch(queues, last_ids, wait, lambda: self._fetch_call(
-                queues, consumer, count, lease, woken=self._real_time))
+            reply = self._block_then_fetch(
+                queues,
+                last_ids,
+                wait,
+                lambda: self._fetch_call(queues, consumer, count, lease, woken=self._real_time),
+            )
 
-    def _fetch_call(self, queues: list[str], consumer: str, count: int, lease: float, *,
-                    woken: bool = False) -> tuple[list[str], list[Any]]:
+    def _fetch_call(
+        self, queues: list[str], consumer: str, count: int, lease: float, *, woken: bool = False
+    ) -> tuple[list[str], list[Any]]:
         keys: list[str] = []
         for q in queues:
             keys += self._keys.queue_keys(q)
         keys.append(self._keys.unique)
         sweep = to_ms(self._sweep_idle if self._sweep_idle is not None else 2 * lease)
         raw = secrets.token_hex(8 * max(count, 0))  # one urandom call, not one per token
-        tokens = [raw[i:i + 16] for i in range(0, len(raw), 16)]
+        tokens = [raw[i : i + 16] for i in range(0, len(raw), 16)]
         levels = self._levels.get(queues[0], "") if len(queues) == 1 else ""
-        args = [*self._head(), consumer, max(count, 0), to_ms(lease), max(sweep, 1),
-                to_ms(self.reap_every), to_ms(self.reap_idle), len(queues), *queues, levels,
-                "1" if woken else "0", *tokens]
+        args = [
+            *self._head(),
+            consumer,
+            max(count, 0),
+            to_ms(lease),
+            max(sweep, 1),
+            to_ms(self.reap_every),
+            to_ms(self.reap_idle),
+            len(queues),
+            *queues,
+            levels,
+            "1" if woken else "0",
+            *tokens,
+        ]
         return keys, args
 
-    def _fetch_reply(self, queues: list[str],
-                     reply: Any) -> tuple[list[Delivery], int, list[str]]:
+    def _fetch_reply(self, queues: list[str], reply: Any) -> tuple[list[Delivery], int, list[str]]:
         out, next_event, recreated, last_ids, levels = reply
         if len(queues) == 1:  # the queue's priority levels in use, for the next call
             self._levels[queues[0]] = text(levels)
@@ -216,16 +249,30 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
                 "conveyor: %d consumer group(s) were missing on queues %s and were recreated "
                 "from the start of their streams. Redis lost its data (restart without "
                 "persistence, or eviction: set maxmemory-policy noeviction) or a stream was "
-                "written by hand; entries may be delivered again.", recreated, queues)
+                "written by hand; entries may be delivered again.",
+                recreated,
+                queues,
+            )
         deliveries = [
-            Delivery(id=text(i), queue=text(q), payload=bytes(p), token=text(t),
-                     deliveries=int(n), priority=int(pr))
+            Delivery(
+                id=text(i),
+                queue=text(q),
+                payload=bytes(p),
+                token=text(t),
+                deliveries=int(n),
+                priority=int(pr),
+            )
             for i, q, p, t, n, pr in out
         ]
         return deliveries, int(next_event), [text(s) for s in last_ids]
 
-    def _block_then_fetch(self, queues: list[str], last_ids: list[str], wait: float,
-                          fetch_call: Callable[[], tuple[list[str], list[Any]]]) -> Any:
+    def _block_then_fetch(
+        self,
+        queues: list[str],
+        last_ids: list[str],
+        wait: float,
+        fetch_call: Callable[[], tuple[list[str], list[Any]]],
+    ) -> Any:
         """Sleep in Redis until any of the queues' streams gets a new entry, or ``wait``
         passes, then fetch. The sleep is a plain XREAD from the last ids the script saw:
         nothing is delivered by it, and an entry added since the script ran wakes it at
@@ -234,8 +281,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         reaching an idle worker is delivered without a second round trip. (On an injected
         clock the script's ``now`` must be read after the sleep, so it is sent after.)"""
         streams = [s for q in queues for s in self._keys.streams(q)]
-        xread = ["XREAD", "COUNT", 1, "BLOCK", max(1, to_ms(wait)), "STREAMS",
-                 *streams, *last_ids]
+        xread = ["XREAD", "COUNT", 1, "BLOCK", max(1, to_ms(wait)), "STREAMS", *streams, *last_ids]
         with _connect.translate():
             if not self._real_time:
                 self._pinned.call(self._client, *xread)
@@ -244,7 +290,8 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
             script = self._scripts["fetch"]
             try:
                 _, reply = self._pinned.pipeline(
-                    self._client, xread, ["EVALSHA", script.sha, len(keys), *keys, *args])
+                    self._client, xread, ["EVALSHA", script.sha, len(keys), *keys, *args]
+                )
             except redis.exceptions.NoScriptError:  # the script cache was lost: load it
                 reply = self._eval("fetch", keys, args)
             return reply
@@ -252,8 +299,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
     def _fenced(self, script: str, items: Sequence[tuple[str, str, list[Any]]]) -> list[int]:
         """Run a per-delivery script for each (job id, queue, args) in one round trip."""
         head = self._head()
-        calls = [(self._keys.job_keys(job_id, [queue]), head + own)
-                 for job_id, queue, own in items]
+        calls = [(self._keys.job_keys(job_id, [queue]), head + own) for job_id, queue, own in items]
         with _connect.translate():  # each call atomic on its own, all in one round trip
             return [int(r) for r in self._run(script, calls)] if calls else []
 
@@ -262,8 +308,10 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         return [_LEASE_STATES[r] for r in self._fenced("renew", items)]
 
     def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
-        return [r == 1 for r in self._fenced("release", [(d.id, d.queue, [d.token])
-                                                          for d in deliveries])]
+        return [
+            r == 1
+            for r in self._fenced("release", [(d.id, d.queue, [d.token]) for d in deliveries])
+        ]
 
     def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
         own = [delivery.token, repr(float(value)), note or "", "0" if note is None else "1"]
@@ -333,7 +381,8 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
             with _connect.translate():
                 pipe = self._client.pipeline(transaction=False)
                 pipe.blmove(  # Redis takes fractional seconds
-                    done, done, max(wait, 0.01), "RIGHT", "LEFT")  # type: ignore[arg-type]
+                    done, done, max(wait, 0.01), "RIGHT", "LEFT"
+                )  # type: ignore[arg-type]
                 pipe.time()
                 pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
                 _, server_time, row = pipe.execute()

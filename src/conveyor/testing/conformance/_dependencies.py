@@ -280,9 +280,7 @@ class DependencyConformance:
     def _enqueue_again_waits(self, broker: Broker, jobs: Sequence[Envelope]) -> None:
         """Ids a purge deleted start afresh: every job after the first waits again."""
         assert broker.enqueue(list(jobs)) == [e.id for e in jobs]
-        assert [status(broker, e.id) for e in jobs[1:]] == [JobStatus.SCHEDULED] * (
-            len(jobs) - 1
-        )
+        assert [status(broker, e.id) for e in jobs[1:]] == [JobStatus.SCHEDULED] * (len(jobs) - 1)
         assert [d.id for d in fetch(broker, [jobs[0].queue])] == [jobs[0].id]
 
     def test_purge_deletes_a_dependent_in_the_same_queue(self, broker: Broker) -> None:
