@@ -1,24 +1,62 @@
-# Every target creates the virtual environment it needs by itself.
+# Every target creates the virtual environment it needs by itself, from the lock files in
+# requirements/ (exact versions with hashes), so a fresh clone installs what CI tested.
+#   make lock    re-resolve the locks on purpose (newest versions the ranges allow)
+#   make floor   run the tests on the lowest versions pyproject.toml declares
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-dev
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+PIP := $(BIN)/pip install -q --disable-pip-version-check
+UV_COMPILE := $(BIN)/uv pip compile -q --generate-hashes --universal --python-version 3.11
 
-.PHONY: demo test bench chaos lint typecheck clean
+.PHONY: demo test bench chaos lint typecheck format lock floor clean
 
-$(STAMP): pyproject.toml
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
-	touch $(STAMP)
+# The runtime dependencies only: what `make demo` needs.
+$(RUNTIME_STAMP): requirements/runtime.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) --require-hashes --no-deps -r requirements/runtime.txt
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $@
 
-demo: $(STAMP)
-	cd $$(mktemp -d) && $(CURDIR)/$(BIN)/conveyor demo
+# Runtime plus the test and lint tools.
+$(STAMP): requirements/dev.txt pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(PIP) --require-hashes --no-deps -r requirements/dev.txt
+	$(PIP) --no-deps --no-build-isolation -e .
+	touch $@ $(RUNTIME_STAMP)
+
+# The demo's database lives in .conveyor-demo/, so the command it suggests next finds it.
+demo: $(RUNTIME_STAMP)
+	$(BIN)/conveyor demo --url sqlite:///$(CURDIR)/.conveyor-demo/demo.db
 
 test: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+format: $(STAMP)
+	$(BIN)/ruff format src tests bench examples
+	$(BIN)/ruff check --fix src tests bench examples
+
+# Upgrade on purpose: re-resolve both locks to the newest versions pyproject.toml allows,
+# then run `make test` and commit requirements/ with what it changed.
+lock: $(STAMP)
+	$(UV_COMPILE) --upgrade pyproject.toml requirements/build.in -o requirements/runtime.txt
+	$(UV_COMPILE) --upgrade pyproject.toml requirements/build.in --extra dev -o requirements/dev.txt
+
+# The declared floor is honest: resolve the runtime dependencies at their lowest allowed
+# versions (uv's lowest-direct: the floors in pyproject.toml, the newest of what they need),
+# install them in .venv-floor next to the locked dev tools, and run the tests there.
+floor: $(STAMP)
+	rm -rf .venv-floor && $(PY) -m venv .venv-floor
+	$(UV_COMPILE) --resolution lowest-direct pyproject.toml requirements/build.in --extra dev \
+		-o .venv-floor/requirements.txt
+	.venv-floor/bin/pip install -q --require-hashes --no-deps -r .venv-floor/requirements.txt
+	.venv-floor/bin/pip install -q --no-deps --no-build-isolation -e .
+	.venv-floor/bin/pip list 2>/dev/null | grep -iE '^(redis|msgspec|click|rich|hiredis) '
+	.venv-floor/bin/pytest -q
 
 # Not part of CI: peers in their own pinned venvs under bench/.venv-peers, then the full run
 # (15-20 minutes on 2 cores) written to docs/benchmarks.md. Run it on a quiet machine.
@@ -35,10 +73,12 @@ chaos: $(STAMP)
 	$(BIN)/python -m tests.torture.chaos --jobs 20000 --workers 3 --broker sqlite
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench examples
+	$(BIN)/ruff format --check src tests bench examples
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache bench/.venv-peers bench/.results
+	rm -rf $(VENV) .venv-floor .mypy_cache .ruff_cache .pytest_cache bench/.venv-peers \
+		bench/.results .conveyor-demo
