@@ -9,9 +9,10 @@ Threads of a running worker:
 * the **keeper** renews every held lease each ``lease / 3`` s and sends the heartbeat;
 * the **deadline watchdog** enforces time limits.
 
-Stopping (DESIGN §2): ``stop()`` (or the first SIGTERM/SIGINT) stops fetching at once, lets
-running jobs finish for up to ``grace`` seconds, then hands back the rest with ``release``
-for immediate redelivery. ``stop(graceful=False)`` (or a second signal) skips the wait.
+Stopping (docs/reliability.md, "Graceful stop"): ``stop()`` (or the first SIGTERM/SIGINT)
+stops fetching at once, lets running jobs finish for up to ``grace`` seconds, then hands
+back the rest with ``release`` for immediate redelivery. ``stop(graceful=False)`` (or a
+second signal) skips the wait.
 Anything not handed back, because the process died or the broker was away, returns when
 its lease expires: nothing is lost.
 """
