@@ -169,7 +169,8 @@ def formatter(fmt: str) -> logging.Formatter:
 def configure(level: str | int, fmt: str) -> None:
     """Log to stderr in ``fmt`` (``"text"`` or ``"json"``): Conveyor's loggers, and those
     of the packages a worker runs tasks from, at ``level`` (a name such as ``"INFO"`` or
-    ``"debug"``, or a number); every other logger at WARNING or above. Calling it again
+    ``"debug"``, or a number); every other logger at WARNING or above; Python warnings as
+    lines of the ``py.warnings`` logger. Calling it again
     replaces the previous setup; handlers of your own are left alone. Raises
     ``ConfigurationError`` for a level or format it does not know, changing nothing."""
     number = parse_level(level)
@@ -182,6 +183,7 @@ def configure(level: str | int, fmt: str) -> None:
         root.addHandler(handler)
     handler.setFormatter(chosen)
     root.setLevel(max(number, _QUIET))
+    logging.captureWarnings(True)  # a library's warning is a line in the format too
     _setup.level = number
     for name in ("conveyor", *sorted(_setup.packages)):
         logging.getLogger(name).setLevel(number)
