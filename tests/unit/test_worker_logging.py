@@ -5,14 +5,10 @@ ERROR with its reason."""
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import sys
-import textwrap
 import threading
-from collections.abc import Iterator
-from pathlib import Path
+from collections.abc import Callable
 from types import ModuleType
 
 import pytest
@@ -189,14 +185,8 @@ async def wait(n: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def chatty(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    folder: Path = tmp_path_factory.mktemp("chatty")
-    (folder / "chatty_tasks.py").write_text(textwrap.dedent(TASKS))
-    sys.path.insert(0, str(folder))  # spawned children inherit sys.path
-    try:
-        yield importlib.import_module("chatty_tasks")
-    finally:
-        sys.path.remove(str(folder))
+def chatty(write_module: Callable[[str, str], ModuleType]) -> ModuleType:
+    return write_module("chatty_tasks", TASKS)
 
 
 def test_pool_process_lines_reach_the_parent_with_their_job(
