@@ -253,10 +253,12 @@ def portable(record: logging.LogRecord) -> dict[str, Any]:
 
 
 def forward(send: Callable[[tuple[Any, ...]], None], parent_levels: dict[str, int]) -> None:
-    """In a pool process: send every record at the parent's levels as ``("log", fields)``."""
+    """In a pool process: send every record at the parent's levels as ``("log", fields)``,
+    Python warnings included, so nothing but a crash writes to stderr directly."""
     for name, number in parent_levels.items():
         logging.getLogger(name or None).setLevel(number)
     logging.getLogger().addHandler(_Forward(send))
+    logging.captureWarnings(True)
 
 
 def replay(fields: dict[str, Any]) -> None:

@@ -153,7 +153,7 @@ def test_successes_log_at_debug_only(app: Conveyor, caplog: pytest.LogCaptureFix
 # -- pool processes --------------------------------------------------------------------------
 
 TASKS = """
-import logging, os
+import logging, os, warnings
 from conveyor import Conveyor
 
 app = Conveyor("memory://")
@@ -164,6 +164,7 @@ log.warning("imported in %s", os.getpid())
 @app.task(queue="cpu")
 def crunch(n: int) -> int:
     log.info("crunching %d in %s", n, os.getpid())
+    warnings.warn("crunching is deprecated", UserWarning, stacklevel=1)
     logging.getLogger("thirdparty").debug("below the parent's level: never sent")
     return n * 2
 
@@ -216,6 +217,8 @@ def test_pool_process_lines_reach_the_parent_with_their_job(
     assert logged.levelno == logging.ERROR and job_of(logged)[0] == explode.id
     assert logged.exc_text is not None and logged.exc_text.endswith("KeyError: 'missing'")
     assert not lines(caplog, "thirdparty")
+    (warned,) = lines(caplog, "py.warnings")  # a warning too, not a stray line on stderr
+    assert "crunching is deprecated" in warned.getMessage() and job_of(warned)[0] == crunch.id
     failed = [r for r in lines(caplog, "conveyor.worker") if r.levelno == logging.WARNING]
     assert [job_of(r)[0] for r in failed] == [explode.id]
     assert (failed[0].exc_text or "").endswith("RuntimeError: exploded")
