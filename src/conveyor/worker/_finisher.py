@@ -141,21 +141,18 @@ class Finisher:
                 status,
             )
             return
-        level = _LEVELS.get(status, logging.DEBUG)
-        if not log.isEnabledFor(level):  # the success of every job comes this way
-            return
-        ms = (time.monotonic() - attempt.started) * 1000
         if status is JobStatus.DEAD:
-            log_job(level, attempt, "job %s (%s) was dead-lettered after %.0f ms: %s",
-                    attempt.job_id, attempt.name, ms, finish.reason)  # fmt: skip
+            log_job(logging.ERROR, attempt, "job %s (%s) was dead-lettered after %.0f ms: %s",
+                    attempt.job_id, attempt.name, _ms(attempt), finish.reason)  # fmt: skip
         elif status is JobStatus.FAILED:
             error = attempt.error
-            log_job(level, attempt, "job %s (%s) failed after %.0f ms: %s",
-                    attempt.job_id, attempt.name, ms, finish.reason,
+            log_job(logging.WARNING, attempt, "job %s (%s) failed after %.0f ms: %s",
+                    attempt.job_id, attempt.name, _ms(attempt), finish.reason,
                     traceback=error.traceback if error is not None else "")  # fmt: skip
-        else:
-            log_job(level, attempt, "job %s (%s) %s in %.1f ms",
-                    attempt.job_id, attempt.name, status, ms)  # fmt: skip
+        elif log.isEnabledFor(logging.DEBUG):  # the success of every job comes this way
+            log_job(logging.DEBUG, attempt, "job %s (%s) %s in %.1f ms",
+                    attempt.job_id, attempt.name, status, _ms(attempt))  # fmt: skip
 
 
-_LEVELS = {JobStatus.DEAD: logging.ERROR, JobStatus.FAILED: logging.WARNING}
+def _ms(attempt: Attempt) -> float:
+    return (time.monotonic() - attempt.started) * 1000
