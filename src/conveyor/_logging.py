@@ -170,9 +170,9 @@ def configure(level: str | int, fmt: str) -> None:
     """Log to stderr in ``fmt`` (``"text"`` or ``"json"``): Conveyor's loggers, and those
     of the packages a worker runs tasks from, at ``level`` (a name such as ``"INFO"`` or
     ``"debug"``, or a number); every other logger at WARNING or above; Python warnings as
-    lines of the ``py.warnings`` logger. Calling it again
-    replaces the previous setup; handlers of your own are left alone. Raises
-    ``ConfigurationError`` for a level or format it does not know, changing nothing."""
+    lines of the ``py.warnings`` logger. Calling it again replaces the previous setup;
+    handlers of your own are left alone. Raises ``ConfigurationError`` for a level or
+    format it does not know, changing nothing."""
     number = parse_level(level)
     chosen = formatter(fmt)
     root = logging.getLogger()
