@@ -293,7 +293,7 @@ def test_a_job_that_enqueues_itself_forever_stops_at_max_jobs() -> None:
         again.delay(n + 1)
 
     again.delay(0)
-    with pytest.raises(DrainIncomplete, match=r"max_jobs=50\).*drain\(app, max_jobs=N\)"):
+    with pytest.raises(DrainIncomplete, match=r"over max_jobs=50 .*drain\(app, max_jobs=N\)"):
         drain(app, max_jobs=50)
 
 

@@ -148,14 +148,13 @@ class _Drain:
     # -- one round ---------------------------------------------------------------------------
 
     def _round(self) -> None:
-        self.rounds += 1
-        if self.rounds > self.max_rounds:
+        if self.rounds == self.max_rounds:
             self._stop(
-                f"it emptied the queues {self.max_rounds} times (max_rounds={self.max_rounds}) "
-                "and jobs kept coming due (a task that schedules itself again, or periodic "
-                "ticks that keep failing and retrying)",
+                f"that is max_rounds={self.max_rounds} and jobs keep coming due (a task that "
+                "schedules itself again, or periodic ticks that keep failing and retrying)",
                 f"pass drain(app, max_rounds=N) with a larger N{self._until_hint()}",
             )
+        self.rounds += 1
         if self.scheduler is not None:
             self.scheduler.tick()
         worker = self._worker()
@@ -164,8 +163,8 @@ class _Drain:
         self.ran += worker.processed - before
         if tripped == "jobs":
             self._stop(
-                f"it ran {self.ran} attempts (max_jobs={self.max_jobs}) and the queues did "
-                "not empty (a task that enqueues another job every time it runs never drains)",
+                f"that is over max_jobs={self.max_jobs} and the queues did not empty (a task "
+                "that enqueues another job every time it runs never drains)",
                 "pass drain(app, max_jobs=N) with a larger N, or fix the loop",
             )
         if tripped == "time":
@@ -276,9 +275,9 @@ class _Drain:
         if rest is None:
             rest = left(self.app.broker, self._queues())
         raise DrainIncomplete(
-            f"drain stopped: {why}. Ran {self.ran} attempt(s) in {self.rounds} round(s); left "
-            f"in {', '.join(self._queues())}: {rest.describe(self.app.clock.time())}. To go "
-            f"on: {fix}."
+            f"drain stopped after {self.ran} attempt(s) in {self.rounds} round(s): {why}. "
+            f"Left in {', '.join(self._queues())}: {rest.describe(self.app.clock.time())}. "
+            f"To go on: {fix}."
         )
 
 
