@@ -176,13 +176,17 @@ def _change(
     return dt.datetime.fromtimestamp(high, dt.UTC)
 
 
-@functools.lru_cache(maxsize=64)
 def time_zone(name: str) -> dt.tzinfo:
     """The ``tzinfo`` of an IANA zone name; ``ConfigurationError`` naming a bad one."""
     if not isinstance(name, str):
         raise ConfigurationError(
             f"tz takes an IANA time zone name such as 'Europe/Paris', got {name!r}"
         )
+    return _zone(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> dt.tzinfo:
     if name == "UTC":
         return dt.UTC
     try:

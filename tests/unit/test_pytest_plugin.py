@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 TASKS = """
-import threading
 from conveyor import Conveyor
 
 app = Conveyor("sqlite:///production.db")   # never opened in the tests

@@ -125,5 +125,7 @@ def test_a_zone_is_a_name_and_only_for_cron() -> None:
     app = Conveyor("memory://")
     with pytest.raises(ConfigurationError, match="IANA time zone name"):
         app.periodic(cron="0 9 * * *", tz=PARIS)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="IANA time zone name"):
+        app.periodic(cron="0 9 * * *", tz=["Europe/Paris"])  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="applies to cron= schedules"):
         app.periodic(every=3600, tz="Europe/Paris")
