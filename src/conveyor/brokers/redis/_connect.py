@@ -7,6 +7,9 @@ handed to redis-py's own URL parser, so what was checked is what connects.
 ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`` asks the
 sentinels for the current master (``?sentinel_password=`` when the sentinels have one of
 their own). hiredis is used by redis-py when installed.
+
+A refused login or a missing ACL permission is ``BrokerAuthError``: retrying cannot help,
+so neither redis-py's retry nor the worker's retries it.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -23,11 +26,10 @@ import redis.asyncio
 import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.sentinel
-from redis.asyncio.retry import Retry as AsyncRetry
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from ..._errors import BrokerError, BrokerUnavailable
+from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable
 from .._url import RedisURL, parse_redis_url
 
 try:  # redis-py's own packing goes through a Python loop over the arguments first
@@ -59,6 +61,50 @@ T = TypeVar("T")
 def parse(url: str) -> RedisURL:
     """The URL read and checked; ``InvalidURL`` (without its password) when it is bad."""
     return parse_redis_url(url)
+
+
+class _Refused(Exception):
+    """Carries a refused login through redis-py's retry loop, which retries every
+    ``ConnectionError`` (``AuthenticationError`` is one)."""
+
+    def __init__(self, error: redis.AuthenticationError) -> None:
+        super().__init__()
+        self.error = error
+
+
+class _Retry(Retry):
+    """redis-py's retry with backoff, except for a refused login: the same credentials are
+    refused again, and each attempt would only make the caller wait."""
+
+    def call_with_retry(self, do: Callable[[], T], fail: Any, *args: Any, **kwargs: Any) -> T:
+        def attempt() -> T:
+            try:
+                return do()
+            except redis.AuthenticationError as exc:
+                raise _Refused(exc) from exc
+
+        try:
+            return super().call_with_retry(attempt, fail, *args, **kwargs)
+        except _Refused as refused:
+            raise refused.error from None
+
+
+class _AsyncRetry(redis.asyncio.retry.Retry):
+    """``_Retry`` for redis.asyncio."""
+
+    async def call_with_retry(  # type: ignore[override,unused-ignore]
+        self, do: Callable[[], Awaitable[T]], fail: Any, *args: Any, **kwargs: Any
+    ) -> T:
+        async def attempt() -> T:
+            try:
+                return await do()
+            except redis.AuthenticationError as exc:
+                raise _Refused(exc) from exc
+
+        try:
+            return await super().call_with_retry(attempt, fail, *args, **kwargs)
+        except _Refused as refused:
+            raise refused.error from None
 
 
 def _connection(target: RedisURL, retry: Any) -> dict[str, Any]:
@@ -122,15 +168,15 @@ def connect(target: RedisURL) -> redis.Redis:
     with translate():
         if target.scheme != "redis+sentinel":
             pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call,unused-ignore]
-                **_pool(target, Retry(_backoff(), 3), redis.SSLConnection,
+                **_pool(target, _Retry(_backoff(), 3), redis.SSLConnection,
                         redis.UnixDomainSocketConnection)
             )  # fmt: skip
             return redis.Redis(connection_pool=pool)
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
-            list(target.hosts), sentinel_kwargs=_sentinel(target, Retry(_backoff(), 1))
+            list(target.hosts), sentinel_kwargs=_sentinel(target, _Retry(_backoff(), 1))
         )
         master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
-            target.service, **_master(target, Retry(_backoff(), 3))
+            target.service, **_master(target, _Retry(_backoff(), 3))
         )
         return master
 
@@ -139,16 +185,15 @@ def connect_async(target: RedisURL) -> redis.asyncio.Redis:
     with translate():
         if target.scheme != "redis+sentinel":
             apool = redis.asyncio.BlockingConnectionPool(
-                **_pool(target, AsyncRetry(_backoff(), 3), redis.asyncio.SSLConnection,
+                **_pool(target, _AsyncRetry(_backoff(), 3), redis.asyncio.SSLConnection,
                         redis.asyncio.UnixDomainSocketConnection)
             )  # fmt: skip
             return redis.asyncio.Redis(connection_pool=apool)
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
-            list(target.hosts),
-            sentinel_kwargs=_sentinel(target, AsyncRetry(_backoff(), 1)),
+            list(target.hosts), sentinel_kwargs=_sentinel(target, _AsyncRetry(_backoff(), 1))
         )
         master: redis.asyncio.Redis = sentinel.master_for(
-            target.service, **_master(target, AsyncRetry(_backoff(), 3))
+            target.service, **_master(target, _AsyncRetry(_backoff(), 3))
         )
         return master
 
@@ -288,17 +333,60 @@ class Pinned:
 
 # Socket-level errors redis-py sometimes lets through unwrapped (asyncio timeouts, resets).
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, TimeoutError, ConnectionError)
+# Redis's words for a login it never got, and for a missing ACL permission (a command
+# refused inside a script comes back as a plain ERR).
+_NO_LOGIN = ("authentication required", "must be called with the client already authenticated")
+_NOT_PERMITTED = ("noperm", "no permissions", "the user executing the script can't")
+_GRANT = (
+    "grant it the commands and keys docs/redis.md lists "
+    "(ACL SETUSER NAME on >PASSWORD ~{PREFIX}:* ~{PREFIX:* +@all -@dangerous)"
+)
+
+
+def _refusal(exc: Exception) -> BrokerAuthError | None:
+    """The credentials or the ACL user's rights were refused (retrying cannot help), else
+    None. Redis's messages never hold the password; neither do ours."""
+    text = str(exc)
+    lowered = text.lower()
+    if isinstance(exc, redis.exceptions.AuthenticationWrongNumberOfArgsError):
+        return BrokerAuthError(
+            "Redis refused the login: the server has no ACL users (Redis before 6); "
+            "give only the password, redis://:PASSWORD@host:6379/0"
+        )
+    if isinstance(exc, redis.AuthenticationError):
+        if any(words in lowered for words in _NO_LOGIN):
+            return BrokerAuthError(
+                "Redis needs a password and the broker URL gives none: write "
+                "redis://:PASSWORD@host:6379/0 (requirepass) or "
+                "redis://USER:PASSWORD@host:6379/0 (an ACL user)"
+            )
+        return BrokerAuthError(
+            f"Redis refused the login ({text}): check the user name and password in the "
+            "broker URL (percent-encode @ : / ? # % in them), and that the ACL user exists "
+            "and is on (ACL SETUSER NAME on)"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.ResponseError) and any(w in lowered for w in _NOT_PERMITTED)
+    ):
+        return BrokerAuthError(
+            f"the Redis ACL user may not run a command or use a key Conveyor needs ({text}); "
+            + _GRANT
+        )
+    if isinstance(exc, redis.sentinel.MasterNotFoundError) and "AuthenticationError" in text:
+        return BrokerAuthError(
+            "the sentinels refused the login: give their own password in the broker URL "
+            "as ?sentinel_password=PASSWORD (and ?sentinel_username=USER for an ACL user)"
+        )
+    return None
 
 
 def _convert(exc: Exception) -> BrokerError:
+    refused = _refusal(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, _UNAVAILABLE):
         return BrokerUnavailable(
             f"cannot reach Redis ({exc}); check the URL, the network and that the server runs"
-        )
-    if isinstance(exc, redis.exceptions.NoPermissionError):
-        return BrokerError(
-            f"Redis refused a command ({exc}); grant the ACL user the commands "
-            "and keys listed in docs/redis.md"
         )
     return BrokerError(f"Redis failed: {exc}")
 
