@@ -188,6 +188,34 @@ def _fractions(text: str) -> list[float]:
     return values
 
 
+def _fault_options(
+    ap: argparse.ArgumentParser,
+    kind: str,
+    *,
+    least: str,
+    what: str,
+    at: list[float],
+    every: float,
+    how: str = "",
+) -> None:
+    """``--KIND-at``, ``--KIND-every`` and ``--LEAST`` for one kind of fault."""
+    ap.add_argument(
+        f"--{kind}-at",
+        type=_fractions,
+        default=at,
+        help=f"{what} when these fractions of the jobs have ended",
+    )
+    ap.add_argument(
+        f"--{kind}-every",
+        type=float,
+        default=every,
+        help=f"and every this many seconds{how} (0: never by time)",
+    )
+    ap.add_argument(
+        f"--{least}", type=int, default=None, help=f"least {what} (default: one per point)"
+    )
+
+
 def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--jobs", type=int, default=100_000)
@@ -196,39 +224,14 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--lease", type=float, default=2.0)
     ap.add_argument("--job-seconds", type=float, default=0.0, help="how long each job sleeps")
-    ap.add_argument(
-        "--kill-at",
-        type=_fractions,
-        default=[0.1, 0.3, 0.6],
-        help="SIGKILL a worker when these fractions of the jobs have ended",
-    )
-    ap.add_argument(
-        "--kill-every",
-        type=float,
-        default=2.0,
-        help="and every this many seconds on average (0: never by time)",
-    )
-    ap.add_argument(
-        "--kills", type=int, default=None, help="least worker SIGKILLs (default: --kill-at's)"
-    )
-    ap.add_argument(
-        "--redis-at",
-        type=_fractions,
-        default=[0.2, 0.5, 0.8],
-        help="kill -9 and restart Redis when these fractions of the jobs have ended",
-    )
-    ap.add_argument(
-        "--redis-every",
-        type=float,
-        default=15.0,
-        help="and every this many seconds (0: never by time)",
-    )
-    ap.add_argument(
-        "--redis-restarts",
-        type=int,
-        default=None,
-        help="least Redis kill -9/restarts (default: --redis-at's)",
-    )
+    _fault_options(
+        ap, "kill", least="kills", what="worker SIGKILLs", at=[0.1, 0.3, 0.6], every=2.0,
+        how=" on average",
+    )  # fmt: skip
+    _fault_options(
+        ap, "redis", least="redis-restarts", what="Redis kill -9/restarts", at=[0.2, 0.5, 0.8],
+        every=15.0,
+    )  # fmt: skip
     ap.add_argument("--timeout", type=float, default=3600.0)
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--keep", action="store_true", help="keep the working folder")
