@@ -13,7 +13,7 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from conveyor import Conveyor, InvalidURL
-from conveyor.brokers import redact_url
+from conveyor.brokers import open_broker, redact_url
 from conveyor.brokers._url import parse_redis_url
 from conveyor.brokers.redis import _connect
 
@@ -166,6 +166,13 @@ def test_a_bad_url_says_what_is_wrong_and_what_to_write(url: str, says: str) -> 
     with pytest.raises(InvalidURL) as caught:
         Conveyor(url)
     assert says in str(caught.value)
+
+
+def test_a_sqlite_url_error_shows_it_redacted() -> None:
+    with pytest.raises(InvalidURL, match="options are not supported") as caught:
+        open_broker("sqlite:///jobs.db?password=hunter2hunter2")
+    assert "hunter2" not in str(caught.value)
+    assert "sqlite:///jobs.db?password=***" in str(caught.value)
 
 
 def test_a_url_that_is_not_a_str_is_refused() -> None:
