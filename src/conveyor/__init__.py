@@ -6,6 +6,7 @@ The public API is exactly what ``__all__`` lists; everything else is private.
 from ._app import Conveyor as Conveyor
 from ._context import CurrentJob as CurrentJob
 from ._context import current_job as current_job
+from ._errors import BrokerAuthError as BrokerAuthError
 from ._errors import BrokerError as BrokerError
 from ._errors import BrokerUnavailable as BrokerUnavailable
 from ._errors import ConfigurationError as ConfigurationError
@@ -40,6 +41,7 @@ from .workflows import group as group
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrokerAuthError",
     "BrokerError",
     "BrokerUnavailable",
     "ConfigurationError",

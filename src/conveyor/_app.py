@@ -16,7 +16,7 @@ from ._errors import ConfigurationError, JobNotFound, ValidationError
 from ._job import Job
 from ._message import Envelope, Message, new_job_id, validate_job_id
 from ._task import Options, Signature, Task, callable_name
-from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker
+from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker, redact_url
 from .stores._port import check_key
 
 if TYPE_CHECKING:
@@ -83,7 +83,7 @@ class Conveyor:
             load_adapter(self.url)
 
     def __repr__(self) -> str:
-        return f"<Conveyor {self.url}>"
+        return f"<Conveyor {redact_url(self.url)}>"
 
     # -- resources -------------------------------------------------------------------------
 

@@ -10,7 +10,9 @@
     │   ├── SerializationError      an argument or result the codec cannot encode
     │   └── PayloadTooLarge         the encoded job is over the size cap
     ├── BrokerError                 the broker failed; redis.* and sqlite3.* never leak
-    │   └── BrokerUnavailable       cannot reach the broker (after retries)
+    │   ├── BrokerUnavailable       cannot reach the broker (after retries)
+    │   └── BrokerAuthError         the broker refused the login or an ACL permission;
+    │                               retrying cannot help (a worker stops on it)
     ├── JobNotFound                 no job with that id (or its record expired)
     │   └── DependencyNotFound      (also a ValidationError) ``depends_on=`` names no job;
     │                               nothing was written
@@ -68,6 +70,12 @@ class BrokerError(ConveyorError):
 
 class BrokerUnavailable(BrokerError):
     """The broker cannot be reached."""
+
+
+class BrokerAuthError(BrokerError):
+    """The broker refused the credentials (a wrong password, none given, a disabled ACL
+    user) or a permission the ACL user lacks. Retrying cannot help: fix the URL or the
+    user's rights. The message says which, and never holds the password."""
 
 
 class JobNotFound(ConveyorError):

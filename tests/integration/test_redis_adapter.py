@@ -132,8 +132,9 @@ def test_bad_prefix_and_cluster_url_are_refused(redis_server: RedisServer) -> No
 
 def test_sentinel_url_is_parsed() -> None:
     t = parse("redis+sentinel://app:s%40cret@s1:26379,s2/mymaster/2")
-    assert t.sentinels == (("s1", 26379), ("s2", 26379))
-    assert (t.service, t.kwargs) == ("mymaster", {"db": 2, "username": "app", "password": "s@cret"})
+    assert t.hosts == (("s1", 26379), ("s2", 26379))
+    assert (t.service, t.db, t.username, t.password) == ("mymaster", 2, "app", "s@cret")
+    assert "s@cret" not in repr(t) and "s%40cret" not in repr(t)
 
 
 def test_open_broker_builds_it_from_the_url(redis_server: RedisServer, prefix: str) -> None:

@@ -151,7 +151,11 @@ class Worker:
     # -- public ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run until ``stop()`` or SIGTERM/SIGINT (handled only when called in the main thread)."""
+        """Run until ``stop()`` or SIGTERM/SIGINT (handled only when called in the main thread).
+
+        A broker that is away is waited for; one that refuses the credentials or a permission
+        (``BrokerAuthError``) is not: running jobs are handed back and the error is raised
+        (``conveyor worker`` exits 1 with its message)."""
         if not in_main_thread():
             self._session(until_idle=False, deadline=None)
             return
