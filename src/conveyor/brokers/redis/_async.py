@@ -101,6 +101,5 @@ class AsyncMixin(RedisCore):
                 if wait <= 0:
                     return None
             async with _connect.translate_async():
-                await client.blmove(  # Redis takes fractional seconds
-                    done, done, max(wait, 0.01), "RIGHT", "LEFT"
-                )  # type: ignore[arg-type]
+                seconds: Any = max(wait, 0.01)  # Redis takes fractional seconds (redis-py: int)
+                await client.blmove(done, done, seconds, "RIGHT", "LEFT")
