@@ -40,13 +40,14 @@ local leased = {}  -- running index -> {lease expiry, id, ...}: one ZADD per ind
 local Q = {}
 for i = 1, NQ do Q[i] = qkeys(1 + (i - 1) * QK); Q[i].name = ARGV[11 + i] end
 
--- Paused queues: one small read per call. ANY_PAUSED: some are (the resume signal's last
--- id goes back); LIVE: how many are not (none: no stream is read).
+-- Paused queues: one small read per call (several queues: which ones only when some queue
+-- is paused). ANY_PAUSED: some of ours are (the resume signal's last id goes back); LIVE:
+-- how many are not (none: no stream is read).
 local ANY_PAUSED, LIVE = false, NQ
 if NQ == 1 then
   ANY_PAUSED = redis.call('SISMEMBER', PAUSED, Q[1].name) == 1
   Q[1].paused = ANY_PAUSED
-else
+elseif redis.call('SCARD', PAUSED) > 0 then
   local names = {}
   for i = 1, NQ do names[i] = Q[i].name end
   for i, flag in ipairs(redis.call('SMISMEMBER', PAUSED, unpack(names))) do
