@@ -11,8 +11,9 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:paused              SET     names of the paused queues (pause): fetch reads it once per
                                     call (SISMEMBER, or SMISMEMBER for several queues) and
                                     hands out none of their jobs
-    {P}:resumed             STREAM  resume signal, entries ``queue <q>`` (MAXLEN 1: only its
-                                    last id matters): a fetch that found a queue paused and
+    {P}:resumed             STREAM  resume signal, entries ``queue <q>``, capped at one (only
+                                    its last id matters; no group, so nothing is ever pending
+                                    in it): a fetch that found a queue paused and
                                     nothing to hand out blocks on it too, from the last id the
                                     script saw, so resume wakes it at once
     {P}:job:<id>            HASH    the job: status token deliveries payload queue priority sid
