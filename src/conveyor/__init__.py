@@ -17,6 +17,7 @@ from ._errors import InvalidName as InvalidName
 from ._errors import InvalidURL as InvalidURL
 from ._errors import JobCancelled as JobCancelled
 from ._errors import JobDead as JobDead
+from ._errors import JobNotEnded as JobNotEnded
 from ._errors import JobNotFound as JobNotFound
 from ._errors import LockError as LockError
 from ._errors import LockLost as LockLost
@@ -55,6 +56,7 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobDead",
+    "JobNotEnded",
     "JobNotFound",
     "JobStatus",
     "LockError",

@@ -16,6 +16,7 @@
     ├── JobNotFound                 no job with that id (or its record expired)
     │   └── DependencyNotFound      (also a ValidationError) ``depends_on=`` names no job;
     │                               nothing was written
+    ├── JobNotEnded                 requeue of a job that is not failed, dead or cancelled
     ├── TaskFailed                  the task raised; carries the remote type, message, traceback
     │   └── DependencyFailed        a job it depends on failed, was dead-lettered or cancelled
     ├── JobCancelled                the job was cancelled before it finished
@@ -80,6 +81,24 @@ class BrokerAuthError(BrokerError):
 
 class JobNotFound(ConveyorError):
     """No job has this id, or its record has expired."""
+
+
+class JobNotEnded(ConveyorError):
+    """``app.requeue`` names a job that has not ended (queued, scheduled, running) or that
+    succeeded: only a failed, dead or cancelled job goes back on its queue. ``job_id`` and
+    ``status`` say which and how it stands."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        if status == "succeeded":
+            what = "to run it again, enqueue the task anew"
+        else:
+            what = "it has not ended yet: cancel it first, or wait for it to end"
+        super().__init__(
+            f"job {job_id} is {status}: only a failed, dead or cancelled job can be "
+            f"requeued ({what}); nothing was requeued"
+        )
 
 
 class TaskFailed(ConveyorError):

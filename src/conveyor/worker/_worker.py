@@ -186,8 +186,9 @@ class Worker:
 
     def drain(self, timeout: float | None = None) -> int:
         """Run jobs, from the calling thread, until ``queues`` have nothing queued or running;
-        return how many jobs finished. Jobs scheduled for later are left alone. Raises
-        ``TimeoutError`` (after handing back what still runs) if ``timeout`` passes."""
+        return how many jobs finished. Jobs scheduled for later, and those of a paused
+        queue, are left alone. Raises ``TimeoutError`` (after handing back what still runs)
+        if ``timeout`` passes."""
         before = self.processed
         deadline = None if timeout is None else time.monotonic() + timeout
         self._session(until_idle=True, deadline=deadline)
@@ -279,7 +280,12 @@ class Worker:
             stats = {s.queue: s for s in self.app.broker.stats()}
         except BrokerError:
             return False
-        return all(stats[q].queued + stats[q].running == 0 for q in self.queues if q in stats)
+        # A paused queue's queued jobs wait for resume, as scheduled ones for their time.
+        return all(
+            stats[q].running == 0 and (stats[q].paused or stats[q].queued == 0)
+            for q in self.queues
+            if q in stats
+        )
 
     def _shutdown(self) -> None:
         consumer, inflight = self._consumer, self._inflight
