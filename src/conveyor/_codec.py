@@ -6,6 +6,10 @@ carries an HMAC-SHA256 over its body, and a payload whose signature is missing o
 refused before a single byte is unpickled. A secret may also be used with JSON, so that only
 producers holding it can enqueue.
 
+Values are checked before they are encoded: with JSON, ``_values.check`` refuses what would
+not arrive as it was sent (NaN, bytes, sets, datetimes, int keys, ...); with pickle, what
+pickle refuses is reported with the path of the part it refused (``args[1]["x"]``).
+
 Wire format::
 
     JSON, unsigned:  <json>
@@ -18,12 +22,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
+import sys
+from collections.abc import Iterator
 from typing import Any, Literal, TypeVar
 
 import msgspec
 
 from ._errors import ConfigurationError, PayloadTooLarge, SerializationError
 from ._message import Message, Outcome
+from ._values import MAX_DEPTH, Trail, check, path, root
 
 T = TypeVar("T")
 
@@ -32,14 +39,6 @@ _SIGNED = b"CV1"
 _MAC_LEN = 32
 
 Serializer = Literal["json", "pickle"]
-
-
-def _enc_hook(obj: Any) -> Any:
-    raise NotImplementedError(
-        f"cannot serialize {type(obj).__qualname__}; pass JSON-compatible values "
-        "(str, int, float, bool, None, list, dict, datetime, UUID, dataclass) "
-        "or enable pickle with a signing secret"
-    )
 
 
 class Codec:
@@ -60,7 +59,7 @@ class Codec:
         self.serializer: Serializer = serializer
         self._key = secret.encode() if isinstance(secret, str) else secret
         self.max_payload = max_payload
-        self._encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+        self._encoder = msgspec.json.Encoder()
         self._msg_decoder = msgspec.json.Decoder(Message)
         self._outcome_decoder = msgspec.json.Decoder(Outcome)
         self._any_decoder = msgspec.json.Decoder()
@@ -68,15 +67,25 @@ class Codec:
     # -- framing ---------------------------------------------------------------------------
 
     def _body(self, obj: Any) -> bytes:
-        try:
-            if self.serializer == "pickle":
-                return b"P" + pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-            data = self._encoder.encode(obj)
-        except (NotImplementedError, TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(str(exc)) from exc
-        except (pickle.PicklingError, AttributeError) as exc:
-            raise SerializationError(f"cannot pickle value: {exc}") from exc
+        if self.serializer == "pickle":
+            return b"P" + _pickled(obj)
+        data = self._json(obj)
         return b"J" + data if self._key else data
+
+    def _json(self, obj: Any) -> bytes:
+        for trail, value in _parts(obj):
+            check(value, trail)  # refuses what JSON would not bring back as it was
+        try:
+            return self._encoder.encode(obj)
+        except RecursionError as exc:  # within MAX_DEPTH, but called from deep in a stack
+            raise SerializationError(
+                f"cannot encode {_what(obj)} as JSON: nested too deeply for the stack left "
+                f"at this call (values may nest up to {MAX_DEPTH} levels); flatten it"
+            ) from exc
+        except Exception as exc:
+            for trail, value in _parts(obj):
+                check(value, trail, text=True)  # says where, if it is a str's fault
+            raise SerializationError(f"cannot encode {_what(obj)} as JSON: {exc}") from exc
 
     def _frame(self, obj: Any) -> bytes:
         body = self._body(obj)
@@ -113,6 +122,10 @@ class Codec:
             return decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise SerializationError(f"cannot decode payload: {exc}") from exc
+        except RecursionError as exc:
+            raise SerializationError(
+                f"cannot decode payload: it is nested too deeply ({exc})"
+            ) from exc
         except Exception as exc:
             raise SerializationError(f"cannot decode payload: {exc!r}") from exc
 
@@ -142,3 +155,67 @@ class Codec:
 
     def decode_value(self, data: bytes) -> Any:
         return self._decode(data, self._any_decoder, object)
+
+
+_ARGS, _KWARGS, _RESULT, _VALUE = root("args"), root("kwargs"), root("result"), root("value")
+
+
+def _parts(obj: Any) -> Iterator[tuple[Trail, Any]]:
+    """The user's values in what is encoded, each with where an error says it is."""
+    if type(obj) is Message:
+        for i, arg in enumerate(obj.args):
+            yield (_ARGS, i), arg
+        for name, arg in obj.kwargs.items():
+            yield (_KWARGS, name), arg
+    elif type(obj) is Outcome:
+        yield _RESULT, obj.value
+    else:
+        yield _VALUE, obj
+
+
+def _what(obj: Any) -> str:
+    return "the job's arguments" if type(obj) is Message else path(next(_parts(obj))[0])
+
+
+def _pickled(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # PicklingError, TypeError, AttributeError, RecursionError, ...
+        raise SerializationError(_unpicklable(obj, exc)) from exc
+
+
+def _unpicklable(obj: Any, error: Exception) -> str:
+    """Which part of ``obj`` pickle refused, and why: the deepest list item or dict value
+    that fails on its own."""
+    for trail, value in _parts(obj):
+        try:
+            pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except RecursionError:
+            return (
+                f"cannot pickle {path(trail)}: it is nested deeper than pickle can follow "
+                f"(Python's recursion limit is {sys.getrecursionlimit()}); flatten it"
+            )
+        except Exception as exc:
+            where, why = _deepest(value, trail, exc)
+            return f"cannot pickle {path(where)}: {why}; {_PICKLABLE}"
+    return f"cannot pickle {_what(obj)}: {error}; {_PICKLABLE}"
+
+
+def _deepest(value: Any, trail: Trail, error: Exception) -> tuple[Trail, Exception]:
+    while isinstance(value, list | tuple | dict):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            try:
+                pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                value, trail, error = item, (trail, key), exc
+                break
+        else:
+            break
+    return trail, error
+
+
+_PICKLABLE = (
+    "pickle carries instances of module-level classes and module-level functions, not "
+    "lambdas, local classes, locks, files, sockets or generators"
+)
