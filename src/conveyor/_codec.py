@@ -4,7 +4,8 @@ JSON (msgspec) is the default: fast, and decoding it cannot run code. Pickle is 
 only when the application asks for it *and* gives a signing secret: every payload then
 carries an HMAC-SHA256 over its body, and a payload whose signature is missing or wrong is
 refused before a single byte is unpickled. A secret may also be used with JSON, so that only
-producers holding it can enqueue.
+producers holding it can enqueue. Either way an app decodes only its own serializer: a
+pickle body reaching a JSON app is refused, signed or not.
 
 Values are checked before they are encoded: with JSON, ``_values.check`` refuses what would
 not arrive as it was sent (NaN, bytes, sets, datetimes, int keys, ...); with pickle, what
@@ -94,29 +95,39 @@ class Codec:
         mac = hmac.digest(self._key, body, hashlib.sha256)
         return _SIGNED + mac + body
 
-    def _unframe(self, data: bytes) -> tuple[bool, bytes]:
-        """Return (is_pickle, body) after checking the signature when one is required."""
+    def _unframe(self, data: bytes) -> bytes:
+        """The body, after checking the signature when one is required and that it is in
+        the app's own format: an app decodes only the serializer it is configured for."""
         if not self._key:
             if data.startswith(_SIGNED):
                 raise SerializationError("signed payload but this app has no secret configured")
-            return False, data
+            if data.startswith(_PICKLE_MAGIC):
+                raise SerializationError(self._foreign("pickle"))
+            return data
         if not data.startswith(_SIGNED) or len(data) < len(_SIGNED) + _MAC_LEN + 1:
             raise SerializationError("payload is not signed; refusing to decode it")
         mac = data[len(_SIGNED) : len(_SIGNED) + _MAC_LEN]
         body = data[len(_SIGNED) + _MAC_LEN :]
         if not hmac.compare_digest(mac, hmac.digest(self._key, body, hashlib.sha256)):
             raise SerializationError("payload signature does not match; refusing to decode it")
-        kind, rest = body[:1], body[1:]
-        if kind == b"P":
-            return True, rest
-        if kind == b"J":
-            return False, rest
-        raise SerializationError("unknown payload body kind")
+        kind = _KINDS.get(body[:1])
+        if kind is None:
+            raise SerializationError("unknown payload body kind")
+        if kind != self.serializer:
+            raise SerializationError(self._foreign(kind))
+        return body[1:]
+
+    def _foreign(self, kind: str) -> str:
+        return (
+            f"payload is {kind}, but this app is configured for {self.serializer}: refusing "
+            "to decode it (an app decodes only its own serializer; give the producer and the "
+            "worker the same Conveyor(serializer=...))"
+        )
 
     def _decode(self, data: bytes, decoder: msgspec.json.Decoder[T], type_: type[T]) -> T:
-        is_pickle, body = self._unframe(data)
+        body = self._unframe(data)
         try:
-            if is_pickle:
+            if self.serializer == "pickle":
                 obj = pickle.loads(body)  # signature verified above
                 return msgspec.convert(obj, type_) if type_ is not object else obj
             return decoder.decode(body)
@@ -155,6 +166,10 @@ class Codec:
 
     def decode_value(self, data: bytes) -> Any:
         return self._decode(data, self._any_decoder, object)
+
+
+_KINDS: dict[bytes, Serializer] = {b"J": "json", b"P": "pickle"}
+_PICKLE_MAGIC = b"\x80"  # the PROTO opcode that starts every pickle since protocol 2
 
 
 _ARGS, _KWARGS, _RESULT, _VALUE = root("args"), root("kwargs"), root("result"), root("value")

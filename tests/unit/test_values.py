@@ -1,7 +1,7 @@
 """What travels: JSON keeps a value exactly, converts it as documented, or refuses it at the
 boundary with its path; pickle keeps what it can pickle; nothing comes back changed
-silently; no depth of nesting escapes as a RecursionError (docs/reliability.md, "What
-travels")."""
+silently; no depth of nesting escapes as a RecursionError; a payload in the other
+serializer's format is never decoded (docs/reliability.md, "What travels")."""
 
 from __future__ import annotations
 
@@ -13,10 +13,12 @@ import enum
 import fractions
 import json
 import math
+import pickle
 import sys
 import threading
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import msgspec
@@ -29,7 +31,7 @@ from conveyor._codec import Codec
 from conveyor._message import Envelope, Message, Outcome, new_job_id
 from conveyor._values import MAX_DEPTH
 from conveyor.testing import drain
-from conveyor.testing.conformance._values import json_values, pickle_values, same
+from conveyor.testing.conformance._values import Gadget, json_values, pickle_values, same
 
 SETTINGS = settings(max_examples=150, deadline=None)
 CODECS = {
@@ -420,3 +422,50 @@ def test_a_tuple_result_arrives_as_a_list(app: Conveyor) -> None:
     job = pair.delay()
     drain(app, timeout=30)
     assert same(job.result(timeout=5), [1, ["a", -0.0]])
+
+
+# -- an app decodes only its own serializer -------------------------------------------------
+
+
+def test_a_json_app_with_a_secret_never_unpickles_a_signed_pickle(tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    message = Message("j", "m:f", args=[Gadget(marker)])
+    forged = _signed(b"P" + pickle.dumps(message), b"shared")
+    for codec in (Codec(secret="shared"), Codec()):
+        for decode in (codec.decode_message, codec.decode_outcome, codec.decode_value):
+            with pytest.raises(SerializationError, match="payload is pickle, but this app is"):
+                decode(forged if codec._key else pickle.dumps(message))
+    assert not marker.exists()
+    pickle.loads(pickle.dumps(Gadget(marker)))
+    assert marker.exists()  # the gadget is live: had it been unpickled, the file would be
+
+
+def test_a_pickle_app_refuses_a_signed_json_payload() -> None:
+    json_payload = Codec(secret="shared").encode_message(Message("j", "m:f", args=[1]))
+    with pytest.raises(SerializationError) as caught:
+        Codec("pickle", secret="shared").decode_message(json_payload)
+    assert str(caught.value).startswith(
+        "payload is json, but this app is configured for pickle: refusing to decode it"
+    )
+
+
+def test_through_the_public_api_a_json_worker_dead_letters_a_pickled_job(tmp_path: Path) -> None:
+    marker = tmp_path / "unpickled"
+    json_app = Conveyor("memory://", secret="shared")
+    pickle_app = Conveyor(broker=json_app.broker, serializer="pickle", secret="shared")
+    ran: list[Any] = []
+
+    def run(x: Any) -> None:
+        ran.append(x)
+
+    for app in (json_app, pickle_app):
+        app.task(name="values.run")(run)
+    pickled = pickle_app.registry["values.run"].delay(Gadget(marker))
+    after = json_app.registry["values.run"].delay("after")
+    drain(json_app, timeout=30)
+    assert after.result(timeout=5) is None and ran == ["after"]
+    with pytest.raises(JobDead) as caught:
+        json_app.job(pickled.id).result(timeout=5)
+    assert "payload is pickle, but this app is configured for json" in caught.value.reason
+    assert not marker.exists()
+    json_app.close()

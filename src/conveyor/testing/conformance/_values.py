@@ -10,8 +10,9 @@ one broker:
   and with signed pickle;
 * what the codec refuses never reaches the broker, nor does the good rest of an
   ``enqueue_many`` batch that holds it;
-* a payload a worker cannot decode (nested 100,000 deep) is dead-lettered with its
-  reason, never run, and the worker goes on.
+* a payload a worker cannot decode (nested 100,000 deep) or must not (the other
+  serializer's format, however well signed) is dead-lettered with its reason, never run,
+  and the worker goes on.
 
 Use it like ``BrokerConformance``: a test module that provides the fixtures ``broker`` and
 ``clock`` and subclasses ``ValueConformance``. Needs pytest and hypothesis.
@@ -33,7 +34,7 @@ from hypothesis import strategies as st
 from ..._app import Conveyor
 from ..._clock import FakeClock
 from ..._errors import JobDead, PayloadTooLarge, SerializationError
-from ..._message import DEFAULT_QUEUE, Envelope, Outcome, new_job_id
+from ..._message import DEFAULT_QUEUE, Envelope, JobStatus, Outcome, new_job_id
 from ..._task import Signature
 from ...brokers._port import Broker
 from ...worker import drain
@@ -281,3 +282,25 @@ class ValueConformance:
         assert caught.value.reason.startswith(
             "undecodable payload: cannot decode payload: it is nested too deeply"
         )
+
+    @pytest.mark.timeout(60)
+    @pytest.mark.parametrize(("sender", "worker"), [("pickle", "signed"), ("signed", "pickle")])
+    def test_a_payload_in_the_other_serializers_format_is_dead_lettered_unread(
+        self, apps: dict[str, Conveyor], tmp_path: pathlib.Path, sender: str, worker: str
+    ) -> None:
+        marker = tmp_path / "unpickled"
+        producer, consumer = apps[sender], apps[worker]
+        arg: Any = Gadget(marker) if sender == "pickle" else "json"
+        foreign = producer.registry["conformance.echo"].delay(arg)
+        after = consumer.registry["conformance.echo"].delay("after")
+        drain(consumer, timeout=30)
+        assert after.result(timeout=10) == ["after"]
+        assert foreign.status is JobStatus.DEAD
+        with pytest.raises(JobDead) as caught:
+            consumer.job(foreign.id).result(timeout=10)
+        own = "json" if worker == "signed" else "pickle"
+        other = "pickle" if own == "json" else "json"
+        assert caught.value.reason.startswith(
+            f"undecodable payload: payload is {other}, but this app is configured for {own}"
+        )
+        assert not marker.exists()  # the signed pickle was never unpickled
