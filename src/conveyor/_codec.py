@@ -29,6 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import msgspec
 
+from ._checks import whole
 from ._errors import ConfigurationError, PayloadTooLarge, SerializationError
 from ._message import Message, Outcome
 from ._values import MAX_DEPTH, Trail, check, path, root
@@ -59,7 +60,7 @@ class Codec:
             )
         self.serializer: Serializer = serializer
         self._key = secret.encode() if isinstance(secret, str) else secret
-        self.max_payload = max_payload
+        self.max_payload = whole("max_payload", max_payload, 1, 2**40, "max_payload=2**20")
         self._encoder = msgspec.json.Encoder()
         self._msg_decoder = msgspec.json.Decoder(Message)
         self._outcome_decoder = msgspec.json.Decoder(Outcome)

@@ -33,7 +33,7 @@ from hypothesis import strategies as st
 
 from ..._app import Conveyor
 from ..._clock import FakeClock
-from ..._errors import JobDead, PayloadTooLarge, SerializationError
+from ..._errors import JobDead, PayloadTooLarge, SerializationError, ValidationError
 from ..._message import DEFAULT_QUEUE, Envelope, JobStatus, Outcome, new_job_id
 from ..._task import Signature
 from ...brokers._port import Broker
@@ -219,9 +219,8 @@ class ValueConformance:
         self._round_trip(apps["pickle"], args, kwargs)
 
     def _round_trip(self, app: Conveyor, args: list[Any], kwargs: dict[str, Any]) -> None:
-        [job] = app.enqueue_many(
-            [Signature(app, "conformance.echo", tuple(args), kwargs, app.defaults)]
-        )
+        sig: Signature[Any] = Signature(app, "conformance.echo", tuple(args), kwargs, app.defaults)
+        [job] = app.enqueue_many([sig])
         [delivery] = fetch(app.broker)
         message = app.codec.decode_message(delivery.payload)
         assert same(message.args, args), (message.args, args)
@@ -257,6 +256,17 @@ class ValueConformance:
             app.enqueue_many(batch)
         assert "args[1]" in str(caught.value) or isinstance(caught.value, PayloadTooLarge)
         self._nothing_written(app.broker, first, last)
+
+    def test_an_item_that_is_not_a_signature_writes_nothing_of_its_batch(
+        self, apps: dict[str, Conveyor]
+    ) -> None:
+        app = apps["json"]
+        echo = app.registry["conformance.echo"]
+        first = new_job_id()
+        batch: list[Any] = [echo.options(job_id=first).s(1), echo]  # a task, not a call of it
+        with pytest.raises(ValidationError, match="enqueue_many takes signatures"):
+            app.enqueue_many(batch)
+        self._nothing_written(app.broker, first)
 
     def _nothing_written(self, broker: Broker, *ids: str) -> None:
         assert broker.get(list(ids)) == [None] * len(ids)
