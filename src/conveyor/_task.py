@@ -8,8 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
+import importlib
 import inspect
 import math
+import re
+import sys
+import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
@@ -182,22 +187,76 @@ _RULES: dict[str, Callable[[Any], Any]] = {
 
 
 def callable_name(fn: Callable[..., Any]) -> str:
-    """``module:qualname``, the name a worker imports a callable by."""
+    """``module:qualname``, the name a worker imports a callable by. A callable that name
+    does not lead back to (a lambda, a closure, a bound method, a ``partial``, ...) is
+    refused here, with the reason, rather than run as something else or dead-lettered."""
     if isinstance(fn, Task):
         return fn.name
+    why = _not_importable(fn)
+    if why is not None:
+        raise ValidationError(f"cannot enqueue {_shown(fn)}: {why}")
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")  # what a worker resolves
+_MODULE_LEVEL = "define it with def at module level (or register it with @app.task)"
+
+
+def _not_importable(fn: Any) -> str | None:
+    """Why a worker importing ``fn`` by its name would not find ``fn``; None if it would."""
+    if isinstance(fn, functools.partial):
+        return (
+            "a functools.partial has no name a worker can import; enqueue its function "
+            "with all the arguments: app.enqueue(p.func, *p.args, **p.keywords)"
+        )
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, type | types.ModuleType):
+        return (
+            f"it is a method bound to an object ({type(owner).__qualname__}), which a worker "
+            "would not have; enqueue a module-level function that takes (or loads) what the "
+            "method needs"
+        )
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
-    if not module or not qualname or "<" in qualname:
-        raise ValidationError(
-            f"cannot enqueue {fn!r}: pass a module-level function or method a worker can "
-            "import (not a lambda, closure or builtin bound to an object)"
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        kind = type(fn).__qualname__
+        return f"an object of type {kind} has no name a worker can import; {_MODULE_LEVEL}"
+    if "<lambda>" in qualname:
+        return f"a lambda has no name a worker can import; {_MODULE_LEVEL}"
+    if "<locals>" in qualname:
+        return (
+            f"{qualname} is defined inside a function, where a worker cannot import it; "
+            f"{_MODULE_LEVEL}"
         )
     if module == "__main__":
-        raise ValidationError(
-            f"cannot enqueue {qualname} from __main__: a worker cannot import your script; "
-            "move the function into a module, or register it with @app.task(name=...)"
+        return (
+            "it is defined in __main__, and a worker cannot import your script; move the "
+            "function into a module, or register it with @app.task(name=...)"
         )
-    return f"{module}:{qualname}"
+    parts = qualname.split(".")
+    if (
+        not _DOTTED.match(module)
+        or not _DOTTED.match(qualname)
+        or any(p.startswith("__") for p in parts)
+    ):
+        return f"{module}:{qualname} is not a name a worker resolves; {_MODULE_LEVEL}"
+    try:
+        found: Any = sys.modules.get(module) or importlib.import_module(module)
+        for part in parts:
+            found = getattr(found, part)
+    except Exception:
+        found = None
+    if found is fn or (isinstance(found, Task) and found.fn is fn) or found == fn:
+        return None
+    return (
+        f"its name {module}:{qualname} leads to {_shown(found)}, not to it, so a worker "
+        "would run something else; enqueue what the module itself holds under that name"
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Signature(Generic[R]):
