@@ -24,6 +24,7 @@ import datetime as dt
 import enum
 import pathlib
 import struct
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -267,6 +268,55 @@ class ValueConformance:
         with pytest.raises(ValidationError, match="enqueue_many takes signatures"):
             app.enqueue_many(batch)
         self._nothing_written(app.broker, first)
+
+    @pytest.mark.parametrize(
+        "bad",
+        [
+            {"priority": True},
+            {"retries": 1.5},
+            {"backoff": float("nan")},
+            {"timeout": float("inf")},
+            {"result_ttl": 0},
+            {"delay": -1},
+            {"eta": "tomorrow"},
+            {"queue": "a b"},
+            {"key": ""},
+            {"allow_failed_dependencies": "yes"},
+        ],
+        ids=lambda bad: "-".join(map(str, bad)),
+    )
+    def test_a_bad_option_is_refused_before_anything_is_written(
+        self, apps: dict[str, Conveyor], bad: dict[str, Any]
+    ) -> None:
+        app = apps["json"]
+        echo = app.registry["conformance.echo"]
+        first = new_job_id()
+        with pytest.raises(ValidationError, match=f"bad {next(iter(bad))}"):
+            app.enqueue_many([echo.options(job_id=first).s(1), echo.options(**bad).s(2)])
+        self._nothing_written(app.broker, first)
+
+    def test_options_at_the_edges_of_their_range_make_jobs_that_arrive_as_set(
+        self, apps: dict[str, Conveyor], clock: FakeClock | None
+    ) -> None:
+        app = apps["json"]
+        echo = app.registry["conformance.echo"]
+        now = clock.time() if clock is not None else time.time()
+        edges: list[dict[str, Any]] = [
+            {"priority": 9, "retries": 0, "backoff": 0, "result_ttl": 1, "timeout": 1e-3},
+            {"priority": 0, "retries": 10_000, "backoff": dt.timedelta(hours=1)},
+            {"eta": now - 3600, "delay": None},  # already due: runs now
+            {"delay": 0, "result_ttl": dt.timedelta(days=3650)},
+        ]
+        sent = {echo.options(**options).delay(i).id: options for i, options in enumerate(edges)}
+        got = {d.id: d for d in fetch(app.broker)}
+        assert set(got) == set(sent)  # all due at once
+        fields = ("priority", "retries", "backoff", "timeout", "result_ttl")
+        for job_id, options in sent.items():
+            want = echo.options(**options).opts
+            message = app.codec.decode_message(got[job_id].payload)
+            assert [getattr(message, f) for f in fields] == [getattr(want, f) for f in fields]
+            assert got[job_id].priority == want.priority
+            assert finish(app.broker, got[job_id])
 
     def _nothing_written(self, broker: Broker, *ids: str) -> None:
         assert broker.get(list(ids)) == [None] * len(ids)
