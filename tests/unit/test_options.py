@@ -18,6 +18,7 @@ from conveyor import (
     ConfigurationError,
     Conveyor,
     ConveyorError,
+    CurrentJob,
     InvalidName,
     InvalidOption,
     ValidationError,
@@ -267,3 +268,32 @@ def test_a_good_worker_setting_is_kept(app: Conveyor, data: st.DataObject, optio
     if option in ("lease", "grace"):
         expected = value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
         assert getattr(worker, option) == expected
+
+
+# -- what a running task reports ------------------------------------------------------------
+
+
+@SETTINGS
+@given(
+    value=st.floats().filter(lambda v: not 0.0 <= v <= 1.0)
+    | st.booleans()
+    | st.text(max_size=3)
+    | st.none(),
+    note=st.none() | st.text(max_size=5),
+)
+def test_bad_progress_is_an_invalid_option_and_reports_nothing(value: Any, note: Any) -> None:
+    reported: list[tuple[float, str | None]] = []
+    job = CurrentJob(
+        job_id="j",
+        task="t",
+        queue="q",
+        attempt=0,
+        deliveries=1,
+        report=lambda *a: reported.append(a),
+    )
+    with pytest.raises(InvalidOption, match=r"bad progress=.*: progress takes a fraction"):
+        job.progress(value, note)
+    with pytest.raises(InvalidOption, match="bad note=5: a progress note is a str or None"):
+        job.progress(0.5, 5)  # type: ignore[arg-type]
+    job.progress(1, note)
+    assert reported == [(1.0, note)]
