@@ -297,3 +297,19 @@ def test_bad_progress_is_an_invalid_option_and_reports_nothing(value: Any, note:
         job.progress(0.5, 5)  # type: ignore[arg-type]
     job.progress(1, note)
     assert reported == [(1.0, note)]
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("timeout", [NAN, INF, -1, "5", True, [1]])
+async def test_a_bad_result_timeout_is_refused_not_a_wait_forever(
+    app: Conveyor, timeout: Any
+) -> None:
+    job = app.options(queue="unworked").enqueue(_noop)
+    for wait in (job.result, job.exception):
+        with pytest.raises(InvalidOption, match=r"bad timeout=.*: timeout takes .*seconds"):
+            wait(timeout=timeout)
+    with pytest.raises(InvalidOption, match="write timeout=30, or timeout=None"):
+        await job.result_async(timeout=timeout)
+    for fine in (0, 0.01, dt.timedelta(milliseconds=5)):
+        with pytest.raises(TimeoutError):
+            job.result(timeout=fine)  # type: ignore[arg-type]
