@@ -30,7 +30,7 @@ from typing import Any, Literal, TypeVar
 import msgspec
 
 from ._checks import whole
-from ._errors import ConfigurationError, PayloadTooLarge, SerializationError
+from ._errors import ConfigurationError, InvalidOption, PayloadTooLarge, SerializationError
 from ._message import Message, Outcome
 from ._values import MAX_DEPTH, Trail, check, path, root
 
@@ -52,6 +52,7 @@ class Codec:
     ) -> None:
         if serializer not in ("json", "pickle"):
             raise ConfigurationError(f"unknown serializer {serializer!r}: use 'json' or 'pickle'")
+        _check_secret(secret)
         if serializer == "pickle" and not secret:
             raise ConfigurationError(
                 "pickle needs a signing secret: Conveyor(..., serializer='pickle', "
@@ -167,6 +168,22 @@ class Codec:
 
     def decode_value(self, data: bytes) -> Any:
         return self._decode(data, self._any_decoder, object)
+
+
+def _check_secret(secret: object) -> None:
+    """A secret is a non-empty str or bytes, or None; its value is never shown."""
+    if secret is None:
+        return
+    if not isinstance(secret, str | bytes):
+        raise InvalidOption(
+            f"bad secret (of type {type(secret).__name__}): a signing secret is a str or bytes; "
+            "write secret=os.environ['CONVEYOR_SECRET']"
+        )
+    if not secret:
+        raise InvalidOption(
+            f"bad secret={secret!r}: an empty secret would leave payloads unsigned without a "
+            "word; give a non-empty one, or secret=None for no signing"
+        )
 
 
 _KINDS: dict[bytes, Serializer] = {b"J": "json", b"P": "pickle"}

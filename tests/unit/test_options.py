@@ -219,12 +219,18 @@ def test_a_bad_task_name_is_refused(app: Conveyor) -> None:
             app.task(name=name)(_noop)  # type: ignore[arg-type]
 
 
-def test_an_app_with_a_bad_trust_or_max_payload_is_refused() -> None:
+def test_an_app_with_a_bad_trust_max_payload_or_secret_is_refused() -> None:
     with pytest.raises(InvalidOption, match=r"bad trust='myapp': trust takes a list of names"):
         Conveyor("memory://", trust="myapp")
     for cap in (0, -1, 1.5, True, NAN, None):
         with pytest.raises(InvalidOption, match="bad max_payload="):
             Conveyor("memory://", max_payload=cap)  # type: ignore[arg-type]
+    for empty in ("", b""):  # e.g. an unset environment variable: it would not sign at all
+        with pytest.raises(InvalidOption, match="an empty secret would leave payloads unsigned"):
+            Conveyor("memory://", secret=empty)
+    with pytest.raises(InvalidOption, match=r"bad secret \(of type int\)") as caught:
+        Conveyor("memory://", secret=987654321)  # type: ignore[arg-type]
+    assert "987654321" not in str(caught.value)  # a secret is never shown
 
 
 # -- the worker's settings, by the same rules -----------------------------------------------
