@@ -192,6 +192,14 @@ def callable_name(fn: Callable[..., Any]) -> str:
     refused here, with the reason, rather than run as something else or dead-lettered."""
     if isinstance(fn, Task):
         return fn.name
+    try:
+        return _importable_name(fn)
+    except TypeError:  # unhashable: checked without the cache
+        return _importable_name.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=1024)  # by identity: a function's name is resolved once
+def _importable_name(fn: Callable[..., Any]) -> str:
     why = _not_importable(fn)
     if why is not None:
         raise ValidationError(f"cannot enqueue {_shown(fn)}: {why}")
@@ -265,6 +273,16 @@ class Signature(Generic[R]):
     def __init__(
         self, app: Conveyor, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
     ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"bad task name {name!r}: a task's name is a non-empty str")
+        if not isinstance(args, tuple | list):
+            raise ValidationError(f"bad arguments {args!r} for {name}: pass a tuple or a list")
+        if not isinstance(kwargs, dict) or (kwargs and not all(type(k) is str for k in kwargs)):
+            raise ValidationError(
+                f"bad keyword arguments {kwargs!r} for {name}: pass a dict with str keys"
+            )
+        if not isinstance(opts, Options):
+            raise ValidationError(f"bad options {opts!r} for {name}: pass app.defaults")
         self.app = app
         self.name = name
         self.args = args

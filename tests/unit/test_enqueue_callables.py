@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, Task, ValidationError
+from conveyor import Conveyor, Signature, Task, ValidationError
 from conveyor._clock import FakeClock
 from conveyor.worker._resolve import Resolver, top_package
 
@@ -153,3 +153,23 @@ def test_a_registered_tasks_own_function_travels_as_the_task(app: Conveyor) -> N
         assert app.codec.decode_message(delivery.payload).task == "callables_probe:job"
     finally:
         del sys.modules["callables_probe"]
+
+
+@pytest.mark.parametrize(
+    ("name", "args", "kwargs", "says"),
+    [
+        (42, (), {}, "bad task name 42"),
+        ("", (), {}, "bad task name ''"),
+        ("m:f", "ab", {}, "bad arguments 'ab' for m:f: pass a tuple or a list"),
+        ("m:f", (), {1: "x"}, "bad keyword arguments {1: 'x'} for m:f: pass a dict with str keys"),
+        ("m:f", (), [("a", 1)], "pass a dict with str keys"),
+    ],
+)
+def test_a_signature_built_by_hand_is_checked_when_made(
+    app: Conveyor, name: Any, args: Any, kwargs: Any, says: str
+) -> None:
+    with pytest.raises(ValidationError) as caught:
+        Signature(app, name, args, kwargs, app.defaults)
+    assert says in str(caught.value)
+    with pytest.raises(ValidationError, match=r"pass app\.defaults"):
+        Signature(app, "m:f", (), {}, {"queue": "q"})  # type: ignore[arg-type]
