@@ -32,7 +32,7 @@ import msgspec
 from ._checks import whole
 from ._errors import ConfigurationError, InvalidOption, PayloadTooLarge, SerializationError
 from ._message import Message, Outcome
-from ._values import MAX_DEPTH, Trail, check, path, root
+from ._values import MAX_DEPTH, PLAIN, Trail, check, path, root
 
 T = TypeVar("T")
 
@@ -76,8 +76,9 @@ class Codec:
         return b"J" + data if self._key else data
 
     def _json(self, obj: Any) -> bytes:
-        for trail, value in _parts(obj):
-            check(value, trail)  # refuses what JSON would not bring back as it was
+        if not _all_plain(obj):
+            for trail, value in _parts(obj):
+                check(value, trail)  # refuses what JSON would not bring back as it was
         try:
             return self._encoder.encode(obj)
         except RecursionError as exc:  # within MAX_DEPTH, but called from deep in a stack
@@ -204,6 +205,20 @@ def _parts(obj: Any) -> Iterator[tuple[Trail, Any]]:
         yield _RESULT, obj.value
     else:
         yield _VALUE, obj
+
+
+def _all_plain(obj: Any) -> bool:
+    """True if the user's values in ``obj`` are all None, bool, int or str: most calls, so
+    they skip the walk (the types are looked at in C)."""
+    if type(obj) is not Message:
+        return type(obj.value if type(obj) is Outcome else obj) in PLAIN
+    for arg in obj.args:  # a loop beats set and map tricks for a few arguments
+        if type(arg) not in PLAIN:
+            return False
+    for arg in obj.kwargs.values():  # noqa: SIM110
+        if type(arg) not in PLAIN:
+            return False
+    return True
 
 
 def _what(obj: Any) -> str:

@@ -30,8 +30,8 @@ from ._errors import SerializationError
 
 MAX_DEPTH = 200  # levels of lists and dicts within one value; the C encoder recurses
 
-_PLAIN = frozenset({str, int, bool, type(None)})
-_PLAIN_BUT_STR = _PLAIN - {str}
+PLAIN = frozenset({str, int, bool, type(None)})
+_PLAIN_BUT_STR = PLAIN - {str}
 _CONTAINERS = frozenset({list, tuple, dict})
 _STR = frozenset({str})
 _NUMBERS = frozenset({int, bool, float})
@@ -49,7 +49,7 @@ def check(value: Any, trail: Trail, *, text: bool = False) -> None:
     be encoded as UTF-8); that costs a pass over non-ASCII text, so the codec asks for it
     only after the encoder failed, to say where.
     """
-    plain = _PLAIN_BUT_STR if text else _PLAIN
+    plain = _PLAIN_BUT_STR if text else PLAIN
     kind = type(value)
     if kind in plain or (kind is float and value - value == 0.0):
         return
