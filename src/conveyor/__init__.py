@@ -14,6 +14,7 @@ from ._errors import ConveyorError as ConveyorError
 from ._errors import DependencyFailed as DependencyFailed
 from ._errors import DependencyNotFound as DependencyNotFound
 from ._errors import InvalidName as InvalidName
+from ._errors import InvalidOption as InvalidOption
 from ._errors import InvalidURL as InvalidURL
 from ._errors import JobCancelled as JobCancelled
 from ._errors import JobDead as JobDead
@@ -52,6 +53,7 @@ __all__ = [
     "DependencyFailed",
     "DependencyNotFound",
     "InvalidName",
+    "InvalidOption",
     "InvalidURL",
     "Job",
     "JobCancelled",

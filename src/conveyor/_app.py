@@ -10,15 +10,15 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from ._checks import names
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
-from ._errors import ConfigurationError, JobNotFound, ValidationError
+from ._errors import ConfigurationError, InvalidOption, JobNotFound, ValidationError
 from ._job import Job
 from ._message import Envelope, JobStatus, Message, new_job_id, validate_job_id, validate_queue
 from ._requeue import requeue, requeue_all
 from ._task import Options, Signature, Task, callable_name
 from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker, redact_url
-from .stores._port import check_key
 
 if TYPE_CHECKING:
     from .cache import Cached
@@ -69,7 +69,7 @@ class Conveyor:
         broker: Broker | None = None,
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
-        self.trust = tuple(trust)
+        self.trust = names("trust", trust, "trust=['myapp', 'shared']")
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
         self.codec = Codec(serializer, secret, max_payload)
@@ -217,6 +217,8 @@ class Conveyor:
     def _register(self, fn: Callable[..., Any], name: str | None, opts: Options) -> Task[Any, Any]:
         # Registered tasks resolve by name through the registry, so unlike plain callables
         # they may live in __main__ (a worker running in the same script finds them).
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidOption(f"bad name={name!r}: a task's name is a non-empty str")
         task_name = name or f"{fn.__module__}:{fn.__qualname__}"
         existing = self.registry.get(task_name)
         if existing is not None and existing.fn is not fn:
@@ -303,11 +305,14 @@ class Conveyor:
 
     def envelope(self, sig: Signature[Any]) -> Envelope:
         """Encode one call into what the broker stores; raises before anything is written."""
-        o = sig.opts
+        if not isinstance(sig, Signature):
+            raise ValidationError(
+                f"cannot enqueue {sig!r}: enqueue_many takes signatures, e.g. "
+                "app.enqueue_many(task.s(x) for x in items)"
+            )
+        o = sig.opts  # checked when they were given (Options.merge)
         now = self.clock.time()
-        job_id = validate_job_id(o.job_id) if o.job_id else new_job_id()
-        if o.key is not None:
-            check_key(o.key)
+        job_id = o.job_id or new_job_id()
         eta = o.eta if o.eta is not None else (now + o.delay if o.delay else None)
         message = Message(
             id=job_id,

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 
+from ._checks import refuse
 from ._errors import ConveyorError
 
 
@@ -31,10 +32,15 @@ class CurrentJob:
     def progress(self, value: float, note: str | None = None) -> None:
         """Report how far the job is, from 0.0 to 1.0, with an optional note.
 
-        Callers see it on ``job.progress`` and in ``conveyor info``."""
-        if not 0.0 <= value <= 1.0:
-            raise ValueError("progress takes a fraction from 0.0 to 1.0")
-        self._report(value, note)
+        Callers see it on ``job.progress`` and in ``conveyor info``; a value out of range, or
+        a note that is not a str, is an ``InvalidOption``."""
+        example = "current_job().progress(0.5, 'halfway')"
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (number and 0.0 <= value <= 1.0):  # NaN is not
+            raise refuse("progress", value, "progress takes a fraction from 0.0 to 1.0", example)
+        if note is not None and not isinstance(note, str):
+            raise refuse("note", note, "a progress note is a str or None", example)
+        self._report(float(value), note)
 
 
 _current: ContextVar[CurrentJob | None] = ContextVar("conveyor_current_job", default=None)

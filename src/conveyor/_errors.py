@@ -4,7 +4,10 @@
 
     ConveyorError                   anything Conveyor raises on purpose
     ├── ConfigurationError          a bad URL, option or setting; fix the call
-    │   └── InvalidURL
+    │   ├── InvalidURL
+    │   └── InvalidOption           (also a ValidationError) an option of the wrong type or
+    │                               range: names it, the value and what to write; nothing
+    │                               was written
     ├── ValidationError             bad input at enqueue; nothing was written
     │   ├── InvalidName             queue name, job id or key
     │   ├── SerializationError      an argument or result the codec cannot encode
@@ -59,6 +62,13 @@ class InvalidName(ValidationError):
 
 class SerializationError(ValidationError):
     """A value the codec cannot encode or decode."""
+
+
+class InvalidOption(ConfigurationError, ValidationError):
+    """An option of a task, a call or a worker with a value of the wrong type or out of
+    range (``backoff=nan``, ``retries=True``, ``delay=-5``); the message names the option,
+    the value and what to write instead. Raised where the option is given, so nothing was
+    written."""
 
 
 class PayloadTooLarge(ValidationError):

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING
 
 from .. import _logging
 from .._backoff import Backoff
-from .._errors import BrokerError, ConfigurationError
+from .._checks import names, refuse, seconds, whole
+from .._errors import BrokerError
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
 from ..scheduler import Scheduler
@@ -87,13 +88,16 @@ class Worker:
         max_child_memory: int | None = None,
         rand: Callable[[], float] | None = None,
     ) -> None:
-        _check(
+        lease, grace = _check(
             queues,
             concurrency=concurrency,
             pool=pool,
             lease=lease,
             grace=grace,
             deliveries=max_deliveries,
+            trust=trust,
+            module=module,
+            rand=rand,
         )
         check_recycling(pool, max_jobs_per_child, max_child_memory)
         self.max_jobs_per_child = max_jobs_per_child
@@ -102,8 +106,8 @@ class Worker:
         self.queues = [validate_queue(q) for q in queues]
         self.concurrency = concurrency
         self.pool = pool
-        self.lease = float(lease)
-        self.grace = float(grace)
+        self.lease = lease
+        self.grace = grace
         self.module = module
         self.trusted = trusted_packages(module, app.trust, trust)
         self.id = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
@@ -359,6 +363,11 @@ class Worker:
         )
 
 
+MIN_LEASE = 0.1  # seconds; the keeper renews every lease / 3, so shorter is a busy loop
+MAX_CONCURRENCY = 10_000
+MAX_DELIVERIES = 10_000
+
+
 def _check(
     queues: Sequence[str],
     *,
@@ -367,16 +376,25 @@ def _check(
     lease: float,
     grace: float,
     deliveries: int,
-) -> None:
-    if isinstance(queues, str) or not queues:
-        raise ConfigurationError("queues takes a non-empty list of queue names")
-    if concurrency < 1:
-        raise ConfigurationError("concurrency must be at least 1")
-    if pool not in POOLS:
-        raise ConfigurationError(f"unknown pool {pool!r}: use threads, processes or async")
-    if lease <= 0:
-        raise ConfigurationError("lease must be a positive number of seconds")
-    if grace < 0:
-        raise ConfigurationError("grace must be zero or more seconds")
-    if deliveries < 1:
-        raise ConfigurationError("max_deliveries must be at least 1")
+    trust: Sequence[str],
+    module: str | None,
+    rand: Callable[[], float] | None,
+) -> tuple[float, float]:
+    """Every setting's type and range, with the rules options of jobs follow (``_checks``);
+    returns the lease and the grace period in seconds."""
+    if names("queues", queues, "queues=['default', 'images']") == ():
+        raise refuse("queues", queues, "queues takes a non-empty list", "queues=['default']")
+    whole("concurrency", concurrency, 1, MAX_CONCURRENCY, "concurrency=8")
+    if not isinstance(pool, str) or pool not in POOLS:
+        raise refuse(
+            "pool", pool, "unknown pool: use threads, processes or async", "pool='threads'"
+        )
+    lease = seconds("lease", lease, least=MIN_LEASE, example="lease=30")
+    grace = seconds("grace", grace, example="grace=25")
+    whole("max_deliveries", deliveries, 1, MAX_DELIVERIES, "max_deliveries=5")
+    names("trust", trust, "trust=['myapp']")
+    if module is not None and not isinstance(module, str):
+        raise refuse("module", module, "module takes a module name", "module='myapp.tasks'")
+    if rand is not None and not callable(rand):
+        raise refuse("rand", rand, "rand takes a function returning [0, 1)", "rand=random.random")
+    return lease, grace
