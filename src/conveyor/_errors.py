@@ -8,6 +8,7 @@
     ├── ValidationError             bad input at enqueue; nothing was written
     │   ├── InvalidName             queue name, job id or key
     │   ├── SerializationError      an argument or result the codec cannot encode
+    │   │   └── ResultTooLarge      (worker side) a task's encoded result is over the cap
     │   └── PayloadTooLarge         the encoded job is over the size cap
     ├── BrokerError                 the broker failed; redis.* and sqlite3.* never leak
     │   └── BrokerUnavailable       cannot reach the broker (after retries)
@@ -54,6 +55,11 @@ class InvalidName(ValidationError):
 
 class SerializationError(ValidationError):
     """A value the codec cannot encode or decode."""
+
+
+class ResultTooLarge(SerializationError):
+    """A task's encoded result is over ``Conveyor(max_result=...)``: the job fails with it
+    (the caller sees ``TaskFailed`` naming this type) and nothing is stored."""
 
 
 class PayloadTooLarge(ValidationError):

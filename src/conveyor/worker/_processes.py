@@ -42,11 +42,13 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 from .. import _logging
 from .._backoff import Backoff
 from .._errors import ConfigurationError
 from ._attempt import CANCEL, SHUTDOWN, TIMEOUT, Attempt, Result, Stopped, synthetic, timed_out
+from ._describe import text_of
 from ._joblog import log_job
 from ._threads import Abandon, Done, Report
 
@@ -249,13 +251,25 @@ class ProcessRunner:
                 kind, *rest = child.conn.recv()
             except (EOFError, OSError):
                 break
-            if kind == "progress" and child.attempt is not None:
-                self._report(child.attempt, rest[0], rest[1])
-            elif kind == "done":
-                self._finished(child, rest[0])
-            elif kind == "log":
-                _logging.replay(rest[0])
+            except Exception as exc:  # read whole, so the next message is still in step
+                log.warning("worker process %s sent a message that cannot be read here "
+                            "(a log record's extra= value?): %s", child.proc.pid,
+                            text_of(exc))  # fmt: skip
+                continue
+            try:
+                self._handle(child, kind, rest)
+            except Exception:  # this thread is the only reader of the child's results
+                log.exception("worker process %s: cannot handle its %r message",
+                              child.proc.pid, kind)  # fmt: skip
         self._died(child)
+
+    def _handle(self, child: _Child, kind: str, rest: list[Any]) -> None:
+        if kind == "progress" and child.attempt is not None:
+            self._report(child.attempt, rest[0], rest[1])
+        elif kind == "done":
+            self._finished(child, rest[0])
+        elif kind == "log":
+            _logging.replay(rest[0])
 
     def _finished(self, child: _Child, result: Result) -> None:
         child.jobs += 1
