@@ -18,7 +18,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from hypothesis import strategies as st
+
+from conveyor import Conveyor, JobStatus, TaskFailed
 
 TASKS = """
 import asyncio, datetime, threading, time
@@ -168,7 +171,8 @@ def recurse(n):
 
 @app.task
 def leave_thread(name):
-    threading.Thread(target=time.sleep, args=(3600,), name=name).start()
+    # Not a daemon (a thread started from a pool thread would inherit daemon=True).
+    threading.Thread(target=time.sleep, args=(3600,), name=name, daemon=False).start()
     return name
 
 
@@ -219,3 +223,18 @@ def unprintable(spec: dict[str, Any]) -> bool:
     if how is not None:
         return how[0] in ("raise", "raise_self", "recurse", "nonstr")
     return "args" in spec  # BaseException.__str__ calls str() on its one argument
+
+
+def failure(job: Any) -> TaskFailed:
+    """What ``job`` failed with; it must have failed."""
+    with pytest.raises(TaskFailed) as caught:
+        job.result(timeout=30)
+    assert job.status is JobStatus.FAILED
+    return caught.value
+
+
+def stored(app: Conveyor, job: Any) -> int:
+    """The size of the outcome the broker keeps for ``job``."""
+    (record,) = app.broker.get([job.id])
+    assert record is not None and record.result is not None
+    return len(record.result)

@@ -24,8 +24,6 @@ from hypothesis import strategies as st
 from conveyor import (
     ConfigurationError,
     Conveyor,
-    JobStatus,
-    TaskFailed,
 )
 from conveyor._codec import Codec
 from conveyor._context import NOTE_CAP, CurrentJob
@@ -34,7 +32,7 @@ from conveyor.worker import Worker
 from conveyor.worker._attempt import Raised, Results, raised
 from conveyor.worker._describe import MESSAGE_CAP, NAME_CAP, TRACEBACK_CAP, clip
 from conveyor.worker._leftovers import let_go, lingering
-from hostile import TASKS, exception_specs, unprintable
+from hostile import TASKS, exception_specs, failure, stored, unprintable
 
 CAP = 4096  # the test app's max_result, small so that the boundary is cheap to cross
 MODULE = "hostile_tasks"
@@ -88,19 +86,6 @@ def pool(request: pytest.FixtureRequest, tasks: ModuleType) -> Iterator[str]:
         worker.stop(graceful=False)
         thread.join(20)
         assert not thread.is_alive(), "the worker did not stop"
-
-
-def failure(job: Any) -> TaskFailed:
-    with pytest.raises(TaskFailed) as caught:
-        job.result(timeout=30)
-    assert job.status is JobStatus.FAILED
-    return caught.value
-
-
-def stored(app: Conveyor, job: Any) -> bytes:
-    (record,) = app.broker.get([job.id])
-    assert record is not None and record.result is not None
-    return record.result
 
 
 def short(spec: dict[str, Any]) -> str:
@@ -219,7 +204,7 @@ def test_a_hostile_exception_fails_its_job_and_the_slot_lives_on(
     assert ("in afail" if is_async else "in fail") in error.remote_traceback or (
         "characters cut" in error.remote_traceback
     )
-    assert len(stored(tasks.app, job)) < ERROR_BOUND
+    assert stored(tasks.app, job) < ERROR_BOUND
     assert tasks.fine.delay(1).result(timeout=30) == 1
 
 
@@ -258,7 +243,7 @@ def test_a_result_that_cannot_be_stored_fails_its_job(
     error = failure(job)
     assert error.remote_type.endswith(f".{remote_type}")
     assert expected in error.remote_message, error.remote_message
-    assert len(stored(tasks.app, job)) < ERROR_BOUND
+    assert stored(tasks.app, job) < ERROR_BOUND
     assert tasks.fine.delay(2).result(timeout=30) == 2
 
 
@@ -279,7 +264,7 @@ def test_an_oversized_result_names_its_size_the_cap_and_how_to_raise_it(
         "on results; store large results elsewhere (a file, object store or app.store) and "
         "return their key, or raise Conveyor(max_result=...)"
     )
-    assert len(stored(tasks.app, job)) < 10 * CAP  # the result itself was not stored
+    assert stored(tasks.app, job) < 10 * CAP  # the result itself was not stored
 
 
 @settings(max_examples=15, deadline=None)

@@ -100,6 +100,7 @@ class _Child:
         self.attempt: Attempt | None = None
         self.killed: str | None = None  # why the parent killed it
         self.jobs = 0  # jobs it has run to the end
+        self.reader: threading.Thread | None = None
 
 
 class ProcessRunner:
@@ -161,6 +162,10 @@ class ProcessRunner:
             child.proc.kill()  # a no-op for a child already reaped
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.proc.wait(2.0)
+        deadline = time.monotonic() + 2.0
+        for child in children:  # what a child said last (its leftover threads) gets written
+            if child.reader is not None:
+                child.reader.join(max(deadline - time.monotonic(), 0.0))
 
     def _spawn(self) -> _Child:
         ours, theirs = socket.socketpair()
@@ -200,9 +205,10 @@ class ProcessRunner:
             return f"it exited with code {code} while starting"
 
     def _adopt(self, child: _Child) -> None:
-        threading.Thread(
+        child.reader = threading.Thread(
             target=self._read, args=(child,), name="conveyor-child-reader", daemon=True
-        ).start()
+        )
+        child.reader.start()
         self._idle.put(child)
 
     # -- jobs ------------------------------------------------------------------------------
