@@ -44,7 +44,7 @@ app = Conveyor("memory://", max_result={CAP})
 
 
 def explode():
-    raise RuntimeError("cannot be rebuilt here")
+    raise SystemExit("cannot be rebuilt here")
 
 
 class Exploding:  # pickles in a pool process; unpickling it in the worker raises

@@ -257,14 +257,15 @@ class ProcessRunner:
                 kind, *rest = child.conn.recv()
             except (EOFError, OSError):
                 break
-            except Exception as exc:  # read whole, so the next message is still in step
+            except BaseException as exc:  # read whole, so the next message is in step
                 log.warning("worker process %s sent a message that cannot be read here "
                             "(a log record's extra= value?): %s", child.proc.pid,
                             text_of(exc))  # fmt: skip
                 continue
             try:
                 self._handle(child, kind, rest)
-            except Exception:  # this thread is the only reader of the child's results
+            except BaseException:  # the only reader of the child's results (and log
+                # handlers, which are the app's code, replay its records here)
                 log.exception("worker process %s: cannot handle its %r message",
                               child.proc.pid, kind)  # fmt: skip
         self._died(child)
