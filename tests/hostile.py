@@ -11,7 +11,7 @@ and ``KeyboardInterrupt`` included) and what is hostile about it: a ``__str__`` 
 a huge string, a lone surrogate, a ``str`` subclass or no ``str`` at all; ``args`` whose
 own ``__str__`` raises; a metaclass whose name lookups raise; a huge ``__qualname__``; a
 ``__module__`` that is not a string; ``__notes__`` that are not a list; a ``__traceback__``
-property that raises; and a ``__cause__`` that is itself hostile.
+or ``__class__`` property that raises; and a ``__cause__`` that is itself hostile.
 """
 
 from __future__ import annotations
@@ -79,7 +79,7 @@ def behaviour(how):
     return method
 
 
-def _raise_tb(self): raise RuntimeError("no traceback for you")
+def _raise_tb(self): raise RuntimeError("not for you")
 
 
 def build(spec):
@@ -91,6 +91,7 @@ def build(spec):
     if spec.get("tb_property"): ns["__traceback__"] = property(_raise_tb)
     if spec.get("module") == "nonstr": ns["__module__"] = Unprintable()
     if spec.get("qualname"): ns["__qualname__"] = "Q" * spec["qualname"]
+    if spec.get("klass"): ns["__class__"] = property(_raise_tb)  # isinstance() asks it
     meta = Meta if spec.get("meta") else type
     cls = meta("Hostile", (BASES[spec["base"]],), ns)
     exc = cls(Unprintable(spec["args"]) if spec.get("args") else "plain message")
@@ -114,6 +115,12 @@ class TZ(datetime.tzinfo):
     def dst(self, dt): return None
 
 
+class HostileTZ(datetime.tzinfo):
+    def utcoffset(self, dt):
+        raise build({"base": "Exception", "klass": True, "str": ["raise", "SystemExit"]})
+    def dst(self, dt): return None
+
+
 async def later():
     return 1
 
@@ -122,6 +129,7 @@ def value(kind, n):
     if kind == "weird": return Weird()
     if kind == "hostile_list": return Hostile([1, 2])
     if kind == "tz": return datetime.datetime(2020, 1, 1, tzinfo=TZ())
+    if kind == "hostile_tz": return datetime.datetime(2020, 1, 1, tzinfo=HostileTZ())
     if kind == "huge_int": return 10 ** 5000
     if kind == "self_ref":
         loop = []
@@ -207,6 +215,7 @@ def _spec(cause: st.SearchStrategy[dict[str, Any] | None]) -> st.SearchStrategy[
             "tb_property": st.booleans(),
             "module": st.just("nonstr"),
             "qualname": st.integers(1, 5000),
+            "klass": st.booleans(),
             "cause": cause,
         },
     )

@@ -150,6 +150,7 @@ def test_clip_keeps_head_and_tail_and_says_how_much_was_cut() -> None:
 UNSTORABLE = [  # kind, n, what the failure says with JSON, and with pickle (None: stored)
     ("weird", 0, "cannot serialize Weird", None),
     ("tz", 0, "encoding it raised builtins.SystemExit: from utcoffset", None),
+    ("hostile_tz", 0, "encoding it raised hostile_tasks.Hostile: <unprintable Hostile", None),
     ("self_ref", 0, "encoding it raised builtins.RecursionError", None),
     ("deep", 0, "encoding it raised builtins.RecursionError", "builtins.RecursionError"),
     ("big", CAP, "-byte cap on results", "-byte cap on results"),
@@ -223,6 +224,7 @@ def test_a_task_raising_a_base_exception_fails_its_job_and_the_worker_goes_on(
 UNSTORED_IN_A_WORKER = [  # kind, the failure's type, and what its message says
     ("weird", "SerializationError", "cannot be stored as its result: cannot serialize Weird"),
     ("tz", "SerializationError", "encoding it raised builtins.SystemExit: from utcoffset"),
+    ("hostile_tz", "SerializationError", "raised hostile_tasks.Hostile: <unprintable Hostile"),
     ("huge_int", "SerializationError", "Exceeds the limit (4300 digits)"),
     ("self_ref", "SerializationError", "encoding it raised builtins.RecursionError"),
     ("deep", "SerializationError", "encoding it raised builtins.RecursionError"),

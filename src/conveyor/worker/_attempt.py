@@ -127,7 +127,7 @@ class Results:
 
 
 def _unstorable(exc: BaseException) -> Raised:
-    if isinstance(exc, SerializationError):
+    if issubclass(type(exc), SerializationError):  # not isinstance: that reads __class__
         why = describe(exc)[0].message
     else:  # the value's own code raised while being encoded (__iter__, __reduce__, ...)
         error = describe(exc)[0]

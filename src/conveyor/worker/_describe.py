@@ -70,8 +70,8 @@ def name_of(t: type) -> str:
         raise
     except BaseException:
         return "<unnamed type>"
-    qual = plain(qualname, NAME_CAP) if isinstance(qualname, str) else "<unnamed type>"
-    if isinstance(module, str):
+    qual = plain(qualname, NAME_CAP) if _is_str(qualname) else "<unnamed type>"
+    if _is_str(module):
         return plain(f"{plain(module, NAME_CAP)}.{qual}", NAME_CAP)
     return qual
 
@@ -84,7 +84,13 @@ def short_name(t: type) -> str:
         raise
     except BaseException:
         qualname = None
-    return plain(qualname, NAME_CAP) if isinstance(qualname, str) else "<unnamed type>"
+    return plain(qualname, NAME_CAP) if _is_str(qualname) else "<unnamed type>"
+
+
+def _is_str(obj: object) -> bool:
+    # Not isinstance(), which asks obj.__class__ (a property that may raise) when the
+    # real type is not str.
+    return issubclass(type(obj), str)
 
 
 def text_of(obj: object, cap: int = MESSAGE_CAP) -> str:
