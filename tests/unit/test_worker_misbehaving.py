@@ -417,3 +417,35 @@ def test_a_thread_pool_a_task_left_running_is_let_go_too(
         release.set()
         executor.shutdown()
     assert "'forgotten_0'" in caplog.text
+
+
+# -- a failure to record an outcome ---------------------------------------------------------
+
+
+def test_an_outcome_that_cannot_be_recorded_lets_the_job_go_to_run_again(
+    tasks: ModuleType, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor import workflows
+
+    calls: list[str] = []
+    advance = workflows.advance
+
+    def once_broken(*args: Any) -> None:
+        calls.append("advance")
+        if len(calls) == 1:
+            raise RuntimeError("a bug of ours")
+        advance(*args)
+
+    monkeypatch.setattr("conveyor.worker._consumer.workflows.advance", once_broken)
+    caplog.set_level(logging.ERROR, logger="conveyor.worker")
+    worker = Worker(tasks.app, ["solo"], concurrency=1, lease=0.5)
+    job = tasks.fine.options(queue="solo").delay("again")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:  # not held (and renewed) for ever: its lease lapses and it is delivered again
+        assert job.result(timeout=30) == "again"
+    finally:
+        worker.stop(graceful=False)
+        thread.join(10)
+    assert len(calls) == 2
+    assert "cannot record its outcome; it returns when its lease expires" in caplog.text

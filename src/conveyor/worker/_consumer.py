@@ -183,14 +183,15 @@ class Consumer:
             attempt.lost = True  # no more renewals
             self.inflight.drop([attempt])
 
-    def _let_go(self, attempt: Attempt) -> None:
+    def _let_go(self, attempt: Attempt, what: str = "start it") -> None:
         """A bug of ours, not the job's. Let go of it without a verdict: its lease
         expires, it is delivered again, and max_deliveries bounds a repeat."""
         log_job(
             logging.ERROR,
             attempt,
-            "job %s: cannot start it; it returns when its lease expires",
+            "job %s: cannot %s; it returns when its lease expires",
             attempt.job_id,
+            what,
             exc_info=True,
         )
         attempt.lost = True
@@ -334,7 +335,10 @@ class Consumer:
             finish = Finish(attempt.delivery, JobStatus.FAILED, reason=f"worker error: {exc!r}")
         if finish.status is JobStatus.SCHEDULED:
             self._log_retry(attempt, finish)
-        self._record(attempt, finish)
+        try:
+            self._record(attempt, finish)
+        except Exception:  # not held for ever with its lease renewed: it runs again
+            self._let_go(attempt, "record its outcome")
 
     def _log_retry(self, attempt: Attempt, finish: Finish) -> None:
         message, error = attempt.message, attempt.error
