@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import inspect
 import threading
 import time
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any
 
 import msgspec
@@ -108,7 +108,7 @@ class Results:
         """Encode a return value. A value that cannot be stored (not encodable, its encoding
         raised, over the cap, a coroutine nobody awaited) fails the job instead; never
         raises, except ``Interrupted``."""
-        if inspect.iscoroutine(value):
+        if type(value) is CoroutineType:  # not subclassable: the exact check is complete
             return _coroutine(task, value)
         try:
             data = self.codec.encode_outcome(Outcome(value=value))
