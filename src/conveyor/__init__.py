@@ -24,6 +24,7 @@ from ._errors import LockError as LockError
 from ._errors import LockLost as LockLost
 from ._errors import LockTimeout as LockTimeout
 from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import ResultTooLarge as ResultTooLarge
 from ._errors import SerializationError as SerializationError
 from ._errors import SoftTimeLimit as SoftTimeLimit
 from ._errors import TaskFailed as TaskFailed
@@ -65,6 +66,7 @@ __all__ = [
     "LockLost",
     "LockTimeout",
     "PayloadTooLarge",
+    "ResultTooLarge",
     "SerializationError",
     "Signature",
     "SoftTimeLimit",

@@ -30,6 +30,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
 
+DEFAULT_MAX_RESULT = 1024 * 1024  # bytes of an encoded result, like DEFAULT_MAX_PAYLOAD
+
 
 class _Sender:
     """``app.options(...)``: the RQ-style ``enqueue`` with options bound."""
@@ -53,7 +55,9 @@ class Conveyor:
 
     ``url`` picks the broker: the argument, else ``CONVEYOR_URL``, else
     ``sqlite:///./conveyor.db``. ``trust`` names extra top-level packages whose callables a
-    worker may run by name (see ``app.enqueue``).
+    worker may run by name (see ``app.enqueue``). ``max_payload`` caps an encoded job and
+    ``max_result`` a task's encoded result, in bytes (1 MiB each by default); a result over
+    its cap fails the job with ``ResultTooLarge`` (docs/reliability.md).
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class Conveyor:
         serializer: Serializer = "json",
         secret: bytes | str | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_result: int = DEFAULT_MAX_RESULT,
         prefix: str = "conveyor",
         clock: Clock | None = None,
         broker: Broker | None = None,
@@ -73,6 +78,11 @@ class Conveyor:
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
         self.codec = Codec(serializer, secret, max_payload)
+        if isinstance(max_result, bool) or not isinstance(max_result, int) or max_result < 1:
+            raise ConfigurationError(
+                f"max_result is a size in bytes, a positive whole number, not {max_result!r}"
+            )
+        self.max_result = max_result  # checked by the worker, on the result it encodes
         self.registry: dict[str, Task[Any, Any]] = {}
         self.defaults = Options()
         self.schedules: list[Schedule] = []  # filled by @app.periodic; workers run them

@@ -11,6 +11,7 @@
     ├── ValidationError             bad input at enqueue; nothing was written
     │   ├── InvalidName             queue name, job id or key
     │   ├── SerializationError      an argument or result the codec cannot encode
+    │   │   └── ResultTooLarge      (worker side) a task's encoded result is over the cap
     │   └── PayloadTooLarge         the encoded job is over the size cap
     ├── BrokerError                 the broker failed; redis.* and sqlite3.* never leak
     │   ├── BrokerUnavailable       cannot reach the broker (after retries)
@@ -69,6 +70,11 @@ class InvalidOption(ConfigurationError, ValidationError):
     range (``backoff=nan``, ``retries=True``, ``delay=-5``); the message names the option,
     the value and what to write instead. Raised where the option is given, so nothing was
     written."""
+
+
+class ResultTooLarge(SerializationError):
+    """A task's encoded result is over ``Conveyor(max_result=...)``: the job fails with it
+    (the caller sees ``TaskFailed`` naming this type) and nothing is stored."""
 
 
 class PayloadTooLarge(ValidationError):

@@ -37,12 +37,13 @@ from .._errors import BrokerError
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
 from ..scheduler import Scheduler
-from ._attempt import SHUTDOWN
+from ._attempt import SHUTDOWN, Results
 from ._consumer import Consumer
 from ._deadlines import Deadlines
 from ._finisher import Finisher
 from ._inflight import Inflight
 from ._lease import Keeper
+from ._leftovers import let_go
 from ._outcome import Outcomes
 from ._pools import POOLS, Executor, check_recycling
 from ._resolve import Resolver, top_package, trusted_packages
@@ -131,6 +132,7 @@ class Worker:
             lease=self.lease,
             max_deliveries=max_deliveries,
             codec=app.codec,
+            results=Results(app.codec, app.max_result),
             clock=app.clock,
             resolver=Resolver(app.registry, self.trusted),
             outcomes=Outcomes(app.codec, app.clock, self._rand),
@@ -159,10 +161,13 @@ class Worker:
 
         A broker that is away is waited for; one that refuses the credentials or a permission
         (``BrokerAuthError``) is not: running jobs are handed back and the error is raised
-        (``conveyor worker`` exits 1 with its message)."""
+        (``conveyor worker`` exits 1 with its message). Called in the main thread, it owns
+        the process: threads that tasks started and left running are named at WARNING when
+        it returns, and the interpreter does not wait for them at exit (see ``_leftovers``)."""
         if not in_main_thread():
             self._session(until_idle=False, deadline=None)
             return
+        before = threading.enumerate()
         errors: list[BaseException] = []
 
         def body() -> None:
@@ -175,6 +180,7 @@ class Worker:
             thread = threading.Thread(target=body, name="conveyor-worker")
             thread.start()
             thread.join()  # signal handlers run here, holding none of the worker's locks
+        let_go(before, "the worker")  # threads tasks left must not keep this process alive
         if errors:
             raise errors[0]
 
@@ -219,7 +225,7 @@ class Worker:
         executor = Executor(
             self.pool,
             self.concurrency,
-            app.codec,
+            consumer.results,
             consumer.complete,
             consumer.progress,
             spec=self.module,
