@@ -199,11 +199,7 @@ class AdminMixin(RedisCore):
     def resume(self, queue: str) -> None:
         queue = validate_queue(queue)
         with _connect.translate():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.srem(self._keys.paused, queue)
-            # Wakes fetches blocked on the signal stream (they found a queue paused).
-            pipe.xadd(self._keys.resumed, {"queue": queue}, maxlen=1, approximate=False)
-            pipe.execute()
+            self._eval("resume", [self._keys.paused, self._keys.resumed], [*self._head(), queue])
 
     def paused(self) -> list[str]:
         with _connect.translate():

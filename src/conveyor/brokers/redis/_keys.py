@@ -66,6 +66,8 @@ Broker keys (all under the ``{P}`` tag)::
                                     consumers (nothing pending) from the queue's groups
     {P}:workers             ZSET    worker id -> announcement expiry
     {P}:worker:<w>          STRING  the worker's WorkerInfo (JSON)
+    {P}:oom                 (none)  never written: a script that must run on a full Redis
+                                    deletes it first (common.lua ``allow_oom``)
 
 Key-value store keys (``conveyor.stores.redis``): one tag per key, so they spread over a
 cluster. Values and locks live in separate namespaces (the ``kv`` and ``lock`` segments right

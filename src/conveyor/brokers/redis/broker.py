@@ -389,8 +389,13 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
                 pipe.blmove(done, done, seconds, "RIGHT", "LEFT")
                 pipe.time()
                 pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
-                _, server_time, row = pipe.execute()
+                moved, server_time, row = pipe.execute(raise_on_error=False)
+                for reply in (moved, server_time, row):  # only BLMOVE may be refused as full
+                    if isinstance(reply, Exception) and not _connect.full(reply):
+                        raise reply
             record = self._decode_record(job_id, row, self._now(server_time))
+            if isinstance(moved, Exception):  # a full Redis: it refused the BLMOVE at once
+                time.sleep(min(wait, _connect.FULL_POLL))
 
     def cancel(self, job_id: str) -> JobStatus:
         res = self._by_id("cancel", job_id, [], b"moved")

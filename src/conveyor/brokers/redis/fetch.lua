@@ -305,6 +305,10 @@ if WOKEN and NQ == 1 and COUNT > 0 and LIVE == 1 then
   end
 end
 
+-- The full call may write first what takes memory (a sweep or reap marker, a group
+-- recreated): a worker must drain a full Redis (common.lua allow_oom). The woken call
+-- above needs none: its first write is XREADGROUP, which Redis lets through when full.
+allow_oom()
 local marks = {}  -- per queue: {sweep marker, reap marker}, one MGET
 for i = 1, NQ do
   marks[i] = redis.call('MGET', Q[i].sweep, Q[i].reap)

@@ -12,6 +12,7 @@
 --   retry key, retry queue #. (A record as short as its outcome: every argument costs the
 --   server time to read, and most outcomes are no retry.)
 -- Returns one 1 (recorded) or 0 (refused: the lease is lost) per delivery.
+allow_oom()  -- finishing frees memory: it must run on a full Redis
 local UNIQUE, QUEUES = KEYS[1], KEYS[2]
 local NQ = tonumber(ARGV[5])
 local Q = {}
