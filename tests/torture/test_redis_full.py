@@ -6,8 +6,10 @@ sent before any write (common.lua ``allow_oom``): each test runs on both.
 
 * Full: enqueue is refused, writing nothing, with a message that says so and what to do,
   while every script a worker runs (fetch, renew, progress, release, finish with each
-  outcome, cancel, wait) goes through. A real ``Worker`` drains a full server,
+  outcome, cancel, wait, heartbeat) goes through. A real ``Worker`` drains a full server,
   every job to a recorded end, and enqueue works again afterwards.
+* ``warnings()``: an evicting policy (allkeys-* and volatile-* in their own words), a full
+  server, a policy the broker's ACL user may not read; a worker logs them at start.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -25,7 +26,7 @@ import redis
 
 from conveyor import Conveyor
 from conveyor._errors import BrokerError
-from conveyor._message import Envelope, JobStatus
+from conveyor._message import Envelope, JobStatus, WorkerInfo
 from conveyor.brokers._port import Finish, LeaseState
 from conveyor.brokers.redis import RedisBroker, _connect
 from conveyor.testing.conformance import envelope
@@ -37,6 +38,8 @@ from redis_server import (
     server_binaries,
     unique_prefix,
 )
+
+from .workers import running
 
 pytestmark = [pytest.mark.redis, pytest.mark.timeout(60)]
 
@@ -125,6 +128,12 @@ def test_a_full_redis_refuses_enqueue_and_runs_every_script_a_worker_needs(
         assert broker.cancel(got[0].id) is JobStatus.CANCELLED  # released: queued again
         record = broker.wait(got[1].id, 1.0)
         assert record is not None and record.status is JobStatus.SUCCEEDED
+        info = WorkerInfo(
+            id="w1", host="h", pid=1, queues=[QUEUE], concurrency=1, pool="threads",
+            started_at=0.0, processed=0,
+        )  # fmt: skip
+        broker.heartbeat(info, 15.0)
+        assert [w.id for w in broker.workers()] == ["w1"]
         records = broker.get([d.id for d in got[:6]])
         assert [r.status if r else None for r in records] == [
             JobStatus.CANCELLED,
@@ -172,18 +181,6 @@ def test_a_waiter_on_a_full_redis_wakes_for_the_result(full_server: RedisServer)
         broker.close()
 
 
-@contextmanager
-def _running(worker: Worker) -> Iterator[None]:
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        worker.stop()
-        thread.join(15)
-        assert not thread.is_alive()
-
-
 def test_a_worker_drains_a_full_redis_and_enqueue_works_again(
     full_server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -198,7 +195,7 @@ def test_a_worker_drains_a_full_redis_and_enqueue_works_again(
         return n
 
     try:
-        with caplog.at_level(logging.WARNING), _running(Worker(app, [QUEUE], concurrency=4)):
+        with caplog.at_level(logging.WARNING), running(Worker(app, [QUEUE], concurrency=4)):
             # A worker that ran before: its connections and the server's script caches are
             # there already (about 0.6 MB on a 4 MB server), as on any live deployment.
             assert [work.delay(n, "x" * 2000).result(timeout=10) for n in range(50)] == list(
@@ -210,6 +207,7 @@ def test_a_worker_drains_a_full_redis_and_enqueue_works_again(
             _assert_refused(app.broker)  # type: ignore[arg-type]
             with pytest.raises(BrokerError, match="Redis is full"):
                 work.delay(400, "")
+            assert [w for w in app.broker.warnings() if w.startswith("Redis is full")]
 
             app.resume(QUEUE)
             assert [job.result(timeout=30) for job in jobs] == list(range(100, 400))
@@ -219,8 +217,94 @@ def test_a_worker_drains_a_full_redis_and_enqueue_works_again(
             used, limit = _memory(full_server)
             assert used < limit, "finishing the jobs freed their payloads"
             assert work.delay(400, "").result(timeout=10) == 400  # enqueue works again
+            assert app.broker.warnings() == []
         assert not [r for r in caplog.records if r.name.startswith("conveyor")], [
             r.getMessage() for r in caplog.records
         ]  # no fetch, renew, finish or heartbeat failed meanwhile
     finally:
         app.close()
+
+
+def test_a_worker_says_at_start_what_is_wrong_with_its_redis(
+    full_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    client = full_server.client()
+    client.config_set("maxmemory-policy", "allkeys-lru")
+    client.close()
+    app = Conveyor(full_server.url, prefix=unique_prefix())
+    try:
+
+        def said() -> list[str]:
+            return [
+                r.getMessage()
+                for r in caplog.records
+                if r.name == "conveyor.worker" and r.levelno == logging.WARNING
+            ]
+
+        with caplog.at_level(logging.WARNING), running(Worker(app, [QUEUE])):
+            deadline = time.monotonic() + 10
+            while not said() and time.monotonic() < deadline:
+                time.sleep(0.02)
+        (line,) = said()
+        assert line.startswith("Redis evicts keys when it is full (maxmemory-policy allkeys-lru")
+    finally:
+        app.close()
+
+
+@pytest.mark.parametrize(
+    ("policy", "drops"),
+    [
+        ("allkeys-lru", "it drops any key: queued jobs"),
+        ("allkeys-random", "it drops any key: queued jobs"),
+        ("volatile-lru", "it drops keys with a TTL: finished jobs' records and results"),
+        ("volatile-ttl", "it drops keys with a TTL"),
+    ],
+)
+def test_an_evicting_policy_is_a_warning_that_says_what_it_drops(
+    full_server: RedisServer, policy: str, drops: str
+) -> None:
+    client = full_server.client()
+    client.config_set("maxmemory-policy", policy)
+    client.close()
+    broker = RedisBroker(full_server.url, prefix=unique_prefix())
+    try:
+        (warning,) = broker.warnings()
+        assert warning.startswith(
+            f"Redis evicts keys when it is full (maxmemory-policy {policy}, maxmemory 4"
+        ), warning
+        assert drops in warning and "Set maxmemory-policy noeviction" in warning
+    finally:
+        broker.close()
+
+
+def test_warnings_name_a_full_server_and_nothing_on_a_sound_one(
+    full_server: RedisServer,
+) -> None:
+    broker = RedisBroker(full_server.url, prefix=unique_prefix())
+    try:
+        assert broker.warnings() == []
+        _fill(full_server)
+        (warning,) = broker.warnings()
+        assert warning.startswith("Redis is full (") and "refuses new jobs" in warning
+    finally:
+        broker.close()
+
+
+def test_a_policy_the_user_may_not_read_is_a_warning_of_its_own(
+    full_server: RedisServer,
+) -> None:
+    prefix = unique_prefix()
+    client = full_server.client()
+    rights = ["+@all", "-@dangerous"]
+    client.acl_setuser("app", enabled=True, passwords=["+pw"], keys=["*"], commands=rights)
+    url = f"redis://app:pw@127.0.0.1:{full_server.port}/0"
+    broker = RedisBroker(url, prefix=prefix)
+    try:
+        (warning,) = broker.warnings()
+        assert warning.startswith("cannot read Redis's maxmemory-policy (INFO memory: "), warning
+        assert "+info" in warning and "pw" not in warning
+        client.acl_setuser("app", enabled=True, keys=["*"], commands=[*rights, "+info"])
+        assert broker.warnings() == []  # the documented grant lets it look
+    finally:
+        broker.close()
+        client.close()

@@ -31,6 +31,8 @@ NAMES = (
     "forget",
     "queued",
     "watch",
+    "heartbeat",
+    "epoch",
     "resume",
 )
 

@@ -194,10 +194,19 @@ local DEPS_PREFIX = TAG .. 'deps:'
 -- written (so it deletes nothing, and nothing is replicated). Called before their first
 -- write by the scripts a worker needs to drain a full server (fetch, renew, finish,
 -- release, resume) and by those that free memory or mark existing jobs (cancel, progress,
--- watch): what they add is bounded by the jobs already stored, and each finish frees a
--- job's stream entry. Enqueue never calls it: a full server refuses new jobs.
+-- watch, heartbeat): what they add is bounded by the jobs already stored, and each finish
+-- frees a job's stream entry. Enqueue never calls it: a full server refuses new jobs.
 local function allow_oom()
   redis.call('DEL', TAG .. 'oom')
+end
+
+-- The epoch marker's token (_keys.py {P}:epoch), written now as `token` when it is missing:
+-- nobody looked before, or Redis lost its data since.
+local function epoch_of(key, token)
+  local found = redis.call('GET', key)
+  if found then return found end
+  redis.call('SET', key, token)
+  return token
 end
 
 -- A queue's keys from its name, for scripts that do not declare them (a dependent's queue;
