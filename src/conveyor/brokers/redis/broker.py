@@ -401,8 +401,8 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, Broker):
                     if isinstance(reply, Exception) and not _connect.full(reply):
                         raise reply
             record = self._decode_record(job_id, row, self._now(server_time))
-            if isinstance(moved, Exception):  # a full Redis: it refused the BLMOVE at once
-                time.sleep(min(wait, _connect.FULL_POLL))
+            if isinstance(moved, Exception) and record and not record.status.terminal:
+                time.sleep(min(wait, _connect.FULL_POLL))  # a full Redis refused the BLMOVE
 
     def cancel(self, job_id: str) -> JobStatus:
         res = self._by_id("cancel", job_id, [], b"moved")
