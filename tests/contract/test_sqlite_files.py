@@ -316,6 +316,23 @@ def test_a_deleted_wal_or_shm_is_refused(db: Path, broker: SQLiteBroker, suffix:
 
 
 @pytest.mark.usefixtures("look_every_call")
+def test_through_a_symbolic_link_the_wal_watched_is_the_one_sqlite_uses(tmp_path: Path) -> None:
+    real = tmp_path / "data" / "real.db"
+    SQLiteBroker(str(real)).close()
+    link = tmp_path / "jobs.db"
+    link.symlink_to(real)
+    b = SQLiteBroker(str(link))
+    try:
+        b.enqueue([env()])
+        assert Path(f"{real}-wal").exists()  # SQLite follows the link
+        Path(f"{real}-wal").unlink()
+        with pytest.raises(BrokerGone, match=rf"the SQLite file {real}-wal was deleted"):
+            b.stats()
+    finally:
+        b.close()
+
+
+@pytest.mark.usefixtures("look_every_call")
 def test_a_closed_broker_does_not_mistake_sqlite_removing_its_wal(db: Path) -> None:
     """SQLite removes the -wal and -shm when the last connection closes: a broker opened
     again after that is not "gone"."""

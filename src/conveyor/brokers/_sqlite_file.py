@@ -166,10 +166,11 @@ def not_found(path: str, given: str, what: str) -> str:
 
 def _warn_if_exposed(path: str) -> None:
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        st = os.stat(path)
     except OSError:
         return  # SQLite's own open says what is wrong
-    if mode & stat.S_IROTH:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISREG(st.st_mode) and mode & stat.S_IROTH:
         log.warning(
             "the SQLite database %s is readable by every user of this machine (mode %04o): "
             "they can read every job's arguments and results. Run `chmod 600 %s %s-wal "
@@ -218,6 +219,8 @@ class FileWatch:
 
     def __init__(self, path: str, gone: Callable[[], None]) -> None:
         self.path = path
+        self._names = {"": path}  # SQLite names the -wal and -shm after the file links lead to
+        self._names.update((suffix, path + suffix) for suffix in COMPANIONS)
         self._expected: dict[str, _Identity | None] = {"": _identity(path)}
         self.forget_companions()
         self._next = time.monotonic() + CHECK_EVERY
@@ -242,8 +245,10 @@ class FileWatch:
         """The database is open: from now on its -wal and -shm are watched too (they exist
         now, and stay while a connection is open), and it is looked at once more when the
         interpreter ends unless ``last_look`` comes first."""
+        real = os.path.realpath(self.path)
         for suffix in COMPANIONS:
-            self._expected[suffix] = _identity(self.path + suffix)
+            self._names[suffix] = real + suffix
+            self._expected[suffix] = _identity(real + suffix)
         _unclosed().add(self)
 
     def last_look(self) -> None:
@@ -263,22 +268,24 @@ class FileWatch:
         open; another database's are left alone."""
         for suffix in COMPANIONS:
             expected = self._expected[suffix]
-            if expected is not None and _identity(self.path + suffix) == expected:
+            name = self._names[suffix]
+            if expected is not None and _identity(name) == expected:
                 with contextlib.suppress(FileNotFoundError):
-                    os.unlink(self.path + suffix)
+                    os.unlink(name)
 
     def _look(self) -> str:
         """What happened to the files, or "" if nothing did."""
         for suffix, expected in self._expected.items():
-            if expected is not None and (found := _identity(self.path + suffix)) != expected:
-                return _what_happened(self.path, suffix, deleted=found is None)
+            name = self._names[suffix]
+            if expected is not None and (found := _identity(name)) != expected:
+                return _what_happened(self.path, name if suffix else "", deleted=found is None)
         return ""
 
 
-def _what_happened(path: str, suffix: str, *, deleted: bool) -> str:
-    if suffix:
+def _what_happened(path: str, companion: str, *, deleted: bool) -> str:
+    if companion:
         return (
-            f"the SQLite file {path}{suffix} was "
+            f"the SQLite file {companion} was "
             f"{'deleted' if deleted else 'replaced by another file'} while this process had "
             "the database open: commits it held that were not yet copied into the database "
             "file are lost to every process that opens the database from now on, and those "
