@@ -8,6 +8,7 @@ from ._context import CurrentJob as CurrentJob
 from ._context import current_job as current_job
 from ._errors import BrokerAuthError as BrokerAuthError
 from ._errors import BrokerError as BrokerError
+from ._errors import BrokerGone as BrokerGone
 from ._errors import BrokerUnavailable as BrokerUnavailable
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ConveyorError as ConveyorError
@@ -46,6 +47,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokerAuthError",
     "BrokerError",
+    "BrokerGone",
     "BrokerUnavailable",
     "ConfigurationError",
     "Conveyor",

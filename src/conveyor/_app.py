@@ -101,10 +101,20 @@ class Conveyor:
     @property
     def broker(self) -> Broker:
         """The broker, opened on first use (importing a tasks module opens nothing)."""
+        return self._broker if self._broker is not None else self.open()
+
+    def open(self, *, create: bool = True) -> Broker:
+        """Open the broker now, rather than on first use, and return it (``app.broker``).
+
+        ``create=False`` is for tools that only look (``conveyor info``): an SQLite file
+        that does not exist raises ``ConfigurationError`` naming the path, instead of an
+        empty database (and its folder) being made there. A broker already open is kept."""
         if self._broker is None:
             with self._broker_lock:
                 if self._broker is None:
-                    self._broker = open_broker(self.url, clock=self.clock, prefix=self.prefix)
+                    self._broker = open_broker(
+                        self.url, clock=self.clock, prefix=self.prefix, create=create
+                    )
         return self._broker
 
     def close(self) -> None:

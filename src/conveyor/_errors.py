@@ -15,8 +15,10 @@
     │   └── PayloadTooLarge         the encoded job is over the size cap
     ├── BrokerError                 the broker failed; redis.* and sqlite3.* never leak
     │   ├── BrokerUnavailable       cannot reach the broker (after retries)
-    │   └── BrokerAuthError         the broker refused the login or an ACL permission;
-    │                               retrying cannot help (a worker stops on it)
+    │   ├── BrokerAuthError         the broker refused the login or an ACL permission;
+    │   │                           retrying cannot help (a worker stops on it)
+    │   └── BrokerGone              the SQLite database file was deleted or replaced under
+    │                               the process; retrying cannot help (a worker stops on it)
     ├── JobNotFound                 no job with that id (or its record expired)
     │   └── DependencyNotFound      (also a ValidationError) ``depends_on=`` names no job;
     │                               nothing was written
@@ -93,6 +95,14 @@ class BrokerAuthError(BrokerError):
     """The broker refused the credentials (a wrong password, none given, a disabled ACL
     user) or a permission the ACL user lacks. Retrying cannot help: fix the URL or the
     user's rights. The message says which, and never holds the password."""
+
+
+class BrokerGone(BrokerError):
+    """The broker's storage was deleted or replaced while the process had it open: an SQLite
+    database file (or its -wal or -shm) removed, or another file moved over it. The process
+    still holds the old file, which nobody else sees, so it refuses every further call
+    rather than write into it. Retrying cannot help: restart the process. The message names
+    the path and what happened."""
 
 
 class JobNotFound(ConveyorError):

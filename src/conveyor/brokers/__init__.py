@@ -57,13 +57,19 @@ def load_adapter(url: str) -> None:
         from . import redis  # noqa: F401
 
 
-def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor") -> Broker:
+def open_broker(
+    url: str, *, clock: Clock | None = None, prefix: str = "conveyor", create: bool = True
+) -> Broker:
     """Open the broker a URL names.
 
     ``memory://`` (one process), ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``,
     ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
     ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``
     (``redis+cluster://`` is refused with a message). docs/redis.md lists the options.
+
+    ``create=False`` is for tools that only look: an SQLite file that does not exist (or
+    holds no Conveyor tables) raises ``ConfigurationError`` naming the path, and nothing is
+    created, neither the file nor its folder. Other brokers have nothing to create.
     """
     scheme = check_url(url)
     clock = clock or SystemClock()
@@ -78,7 +84,7 @@ def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor
             path = sqlite_path(url)
         except InvalidURL as exc:  # its message quotes the URL: show it redacted
             raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
-        return SQLiteBroker(path, clock=clock)
+        return SQLiteBroker(path, clock=clock, create=create)
     from .redis import RedisBroker
 
     return RedisBroker(url, prefix=prefix, clock=clock)

@@ -15,6 +15,10 @@ back the rest with ``release`` for immediate redelivery. ``stop(graceful=False)`
 second signal) skips the wait.
 Anything not handed back, because the process died or the broker was away, returns when
 its lease expires: nothing is lost.
+
+A broker that refuses the credentials (``BrokerAuthError``, seen by a fetch) or whose
+storage is gone (``BrokerGone``: the SQLite file deleted or replaced, seen by a fetch or the
+keeper's heartbeat) stops the worker at once, and ``run`` raises the error.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from typing import TYPE_CHECKING
 from .. import _logging
 from .._backoff import Backoff
 from .._checks import names, refuse, seconds, whole
-from .._errors import BrokerError
+from .._errors import BrokerError, BrokerGone
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
 from ..scheduler import Scheduler
@@ -117,6 +121,7 @@ class Worker:
         self._stopping = threading.Event()
         self._hard = threading.Event()
         self._stop_requested = 0.0
+        self._gone: BrokerGone | None = None  # seen by the keeper: raised by the session
         # Buffered jobs start from memory when a slot frees (not for child processes,
         # whose jobs are long enough that a fetch round trip does not matter). The buffer
         # holds about PREFETCH_WINDOW of runs, at most PREFETCH_SLOTS per slot: for tiny
@@ -161,9 +166,11 @@ class Worker:
 
         A broker that is away is waited for; one that refuses the credentials or a permission
         (``BrokerAuthError``) is not: running jobs are handed back and the error is raised
-        (``conveyor worker`` exits 1 with its message). Called in the main thread, it owns
-        the process: threads that tasks started and left running are named at WARNING when
-        it returns, and the interpreter does not wait for them at exit (see ``_leftovers``)."""
+        (``conveyor worker`` exits 1 with its message). Nor is an SQLite file deleted or
+        replaced under the worker (``BrokerGone``): it stops at once and raises that. Called
+        in the main thread, it owns the process: threads that tasks started and left running
+        are named at WARNING when it returns, and the interpreter does not wait for them at
+        exit (see ``_leftovers``)."""
         if not in_main_thread():
             self._session(until_idle=False, deadline=None)
             return
@@ -207,9 +214,12 @@ class Worker:
     # -- one session: start, loop, shut down ------------------------------------------------
 
     def _session(self, until_idle: bool, deadline: float | None) -> None:
+        self._gone = None
         self._start(announce=not until_idle)
         try:
             self._loop(until_idle, deadline)
+            if self._gone is not None:
+                raise self._gone
         except BaseException:
             self._hard.set()  # a timed-out drain or a crash: hand back at once
             raise
@@ -241,7 +251,12 @@ class Worker:
         consumer.finisher = Finisher(app.broker, self._inflight, self._backoff())
         consumer.deadlines = Deadlines(app.clock, executor.interrupt)
         self._keeper = Keeper(
-            app.broker, self._inflight, self.lease, interrupt=executor.interrupt, info=self._info
+            app.broker,
+            self._inflight,
+            self.lease,
+            interrupt=executor.interrupt,
+            info=self._info,
+            gone=self._on_gone,
         )
         consumer.finisher.start()
         consumer.deadlines.start()
@@ -349,6 +364,15 @@ class Worker:
             return
         for line in found:
             log.warning("%s", line)
+
+    def _on_gone(self, exc: BrokerGone) -> None:
+        """The keeper found the broker's storage gone: nothing this worker writes can reach
+        anyone. Stop at once; the running jobs are interrupted (their leases are in the old
+        file, see docs/reliability.md)."""
+        if self._gone is None:
+            self._gone = exc
+            log.error("the broker's storage was deleted or replaced: stopping at once")
+        self.stop(graceful=False)
 
     def _backoff(self) -> Backoff:
         return Backoff(0.1, BROKER_RETRY_CAP, self._rand)
