@@ -1,0 +1,65 @@
+"""How ``conveyor`` commands log: level and format from options or the environment."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import click
+
+from .. import _logging
+
+LEVELS = ("debug", "info", "warning", "error")
+FORMATS = ("text", "json")
+# Client libraries whose debug lines would drown ours under -v: they keep to INFO.
+_CHATTY = ("redis", "asyncio")
+
+level_option = click.option(
+    "--log-level",
+    type=click.Choice(LEVELS, case_sensitive=False),
+    envvar="CONVEYOR_LOG_LEVEL",
+    show_envvar=True,
+    default=None,
+    help="Log this and above  [default: info; debug with conveyor -v]",
+)
+format_option = click.option(
+    "--log-format",
+    type=click.Choice(FORMATS, case_sensitive=False),
+    envvar="CONVEYOR_LOG_FORMAT",
+    show_envvar=True,
+    default="text",
+    show_default=True,
+    help="text for people, json for one JSON object a line (log collectors).",
+)
+
+
+def setup(ctx: click.Context, level: str | None, fmt: str) -> None:
+    """Configure logging once per process: ``--log-level`` given on the command line wins,
+    then the group's ``-v`` (debug), then CONVEYOR_LOG_LEVEL, then info."""
+    verbose = bool(ctx.find_root().params.get("verbose"))
+    source = ctx.get_parameter_source("log_level")
+    explicit = level is not None and source is click.core.ParameterSource.COMMANDLINE
+    chosen = level if explicit else ("debug" if verbose else level or "info")
+    assert chosen is not None
+    _configure(chosen.lower(), fmt.lower())
+
+
+def _configure(level: str, fmt: str) -> None:
+    _logging.configure(level, fmt)
+    if level == "debug":
+        for name in _CHATTY:
+            logging.getLogger(name).setLevel(logging.INFO)
+
+
+def setup_from_env(verbose: bool) -> None:
+    """Logging for the commands without log options: -v, else CONVEYOR_LOG_LEVEL and
+    CONVEYOR_LOG_FORMAT, else info as text (to stderr: stdout stays the command's)."""
+    env = {"CONVEYOR_LOG_LEVEL": ("info", LEVELS), "CONVEYOR_LOG_FORMAT": ("text", FORMATS)}
+    chosen = []
+    for name, (default, allowed) in env.items():
+        value = (os.environ.get(name) or default).lower()
+        if value not in allowed:
+            raise click.UsageError(f"{name}={value!r}: use one of {', '.join(allowed)}")
+        chosen.append(value)
+    level, fmt = chosen
+    _configure("debug" if verbose else level, fmt)
