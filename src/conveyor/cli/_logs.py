@@ -52,9 +52,12 @@ def _configure(level: str, fmt: str) -> None:
 
 
 def setup_from_env(verbose: bool) -> None:
-    """Logging for the commands without log options: -v, else CONVEYOR_LOG_LEVEL and
-    CONVEYOR_LOG_FORMAT, else info as text (to stderr: stdout stays the command's)."""
+    """Logging for the commands without log options, when asked for: -v, else
+    CONVEYOR_LOG_LEVEL and CONVEYOR_LOG_FORMAT (to stderr: stdout stays the command's).
+    Otherwise Python's last resort still prints a warning or an error, and nothing else."""
     env = {"CONVEYOR_LOG_LEVEL": ("info", LEVELS), "CONVEYOR_LOG_FORMAT": ("text", FORMATS)}
+    if not verbose and not any(os.environ.get(name) for name in env):
+        return
     chosen = []
     for name, (default, allowed) in env.items():
         value = (os.environ.get(name) or default).lower()
