@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import click
@@ -11,7 +12,7 @@ from .._app import Conveyor
 from .._message import JobStatus, WorkerInfo
 from ..brokers import redact_url
 from ._load import app_options, open_app
-from ._output import console, emit_json, iso, json_option, table, text, when
+from ._output import console, emit_json, iso, json_option, span, table, text
 from .jobs import decode
 from .queues import queue_json, queues_table
 
@@ -67,17 +68,19 @@ def _running_table(jobs: list[dict[str, Any]]) -> Table:
 
 
 def _workers_table(workers: list[WorkerInfo]) -> Table:
-    columns = ("worker", "queues", "pool", "concurrency", "processed", "started", "seen")
-    grid = table("Workers", [w.id for w in workers], columns)
+    now = time.time()
+    columns = ("worker", "queues", "pool", "processed", "up", "seen")
+    grid = table(
+        "Workers", [w.id for w in workers], columns, whole=("pool", "processed", "up", "seen")
+    )
     for w in workers:
         grid.add_row(
             text(w.id),
-            text(",".join(w.queues)),
-            text(w.pool),
-            str(w.concurrency),
+            text(", ".join(w.queues)),
+            text(f"{w.pool} x{w.concurrency}"),
             str(w.processed),
-            when(w.started_at),
-            when(w.seen_at),
+            span(now - w.started_at),
+            f"{span(now - w.seen_at)} ago",
         )
     if not workers:
         grid.caption = "no live workers: start one with `conveyor worker -A MODULE`"

@@ -152,11 +152,10 @@ def jobs(
         )
         return
     ended = status in _ENDED
-    columns = ("id", "queue", "task", "attempt", *(("reason",) if ended else ()), "updated")
-    grid = table(f"{status} jobs", [e.id for e, _ in found], columns)
+    columns = ("id", "queue", "task", *(("reason",) if ended else ()), "updated")
+    grid = table(f"{status} jobs", [e.id for e, _ in found], columns, whole=("updated",))
     for entry, decoded in found:
-        attempt = decoded.message.attempt if decoded.message is not None else None
-        cells = [text(entry.id), text(entry.queue), text(decoded.label()), text(attempt)]
+        cells = [text(entry.id), text(entry.queue), text(decoded.label())]
         if ended:
             cells.append(text(entry.reason))
         grid.add_row(*cells, when(entry.at))
