@@ -91,10 +91,11 @@ def table(
     return grid
 
 
-def counts_table(title: str, columns: Sequence[str]) -> Table:
-    """A table of a name and numbers: the name folds, the numbers align right."""
+def counts_table(title: str, names: Iterable[str], columns: Sequence[str]) -> Table:
+    """A table of a name and numbers: the names (queues, which people type into the next
+    command) whole, the numbers aligned right; headers fold when the terminal is narrow."""
     grid = Table(title=title)
-    grid.add_column(columns[0], overflow="fold")
+    grid.add_column(columns[0], no_wrap=True, min_width=max(map(len, names), default=5))
     for name in columns[1:]:
-        grid.add_column(name, justify="right", no_wrap=True)
+        grid.add_column(Text(name, justify="left"), justify="right", overflow="fold")
     return grid

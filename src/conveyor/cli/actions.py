@@ -38,8 +38,8 @@ def cancel(job_ids: tuple[str, ...], as_json: bool, app_spec: str | None, url: s
 
     Every id is looked up first: if one is unknown, nothing is cancelled.
     """
-    app = open_app(app_spec, url)
     ids = _ids(job_ids)
+    app = open_app(app_spec, url)
     records = app.broker.get(ids)
     unknown = [i for i, r in zip(ids, records, strict=True) if r is None]
     if unknown:
@@ -106,6 +106,7 @@ def requeue(
         raise click.UsageError("--status and --queue go with --all; ids are requeued as given")
     if queue:
         validate_queue(queue)
+    ids = _ids(job_ids)
     app = open_app(app_spec, url)
     if all_:
         which = JobStatus(status or "dead")
@@ -115,7 +116,6 @@ def requeue(
         document: dict[str, Any] = {"requeued": moved, "ids": None, "status": which.value,
                                     "queue": queue}  # fmt: skip
     else:
-        ids = _ids(job_ids)
         moved = app.requeue(ids)
         line = f"requeued {moved} job(s): {', '.join(ids)}"
         document = {"requeued": moved, "ids": ids, "status": None, "queue": None}

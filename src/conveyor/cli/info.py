@@ -83,7 +83,7 @@ def _workers_table(workers: list[WorkerInfo]) -> Table:
             f"{span(now - w.seen_at)} ago",
         )
     if not workers:
-        grid.caption = "no live workers: start one with `conveyor worker -A MODULE`"
+        grid.caption = "no live workers (start one: conveyor worker -A MODULE)"
     return grid
 
 

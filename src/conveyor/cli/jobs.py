@@ -274,6 +274,7 @@ def _show(info: dict[str, Any]) -> None:
 def job(job_id: str, as_json: bool, app_spec: str | None, url: str | None) -> None:
     """Show one job: task, arguments, status, attempts, times, progress, and its result
     or its error with the traceback."""
+    validate_job_id(job_id)
     app = open_app(app_spec, url)
     info = describe(app, job_id)
     if as_json:

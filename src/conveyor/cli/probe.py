@@ -27,7 +27,7 @@ class _Probe:
 
     done: threading.Event = field(default_factory=threading.Event)
     broker: str = ""
-    workers: int = 0
+    workers: int | None = None  # live workers, once the broker answered
     error: str | None = None
 
 
@@ -81,7 +81,7 @@ def ping(need: int, timeout: float, as_json: bool, app_spec: str | None, url: st
     latency = time.monotonic() - started
     if not answered:
         probe.error = f"the broker did not answer within {timeout:g} s"
-    elif probe.error is None and probe.workers < need:
+    elif probe.error is None and (probe.workers or 0) < need:
         probe.error = f"{probe.workers} live worker(s), fewer than the {need} required"
     ok = probe.error is None
     if as_json:

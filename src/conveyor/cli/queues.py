@@ -24,11 +24,12 @@ def queue_json(stats: QueueStats) -> dict[str, Any]:
 
 
 def queues_table(title: str, stats: list[QueueStats]) -> Table:
-    grid = counts_table(title, ("queue", *COUNTS))
-    for s in stats:
-        name = text(s.queue)
+    names = [text(s.queue) for s in stats]
+    for s, name in zip(stats, names, strict=True):
         if s.paused:
             name.append(" paused", style="bold yellow")
+    grid = counts_table(title, (n.plain for n in names), ("queue", *COUNTS))
+    for s, name in zip(stats, names, strict=True):
         counts = [(c, getattr(s, c)) for c in COUNTS]
         grid.add_row(name, *(f"[red]{n}[/]" if n and c in _RED else str(n) for c, n in counts))
     if not stats:
