@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ from .._message import (
     validate_queue,
 )
 from ._load import app_options, open_app
-from ._output import console, emit_json, iso, json_option, table, text, when
+from ._output import clock, console, emit_json, iso, json_option, span, table, text, when
 
 STATUSES = [s.value for s in JobStatus]  # queued, scheduled, running, ... in lifecycle order
 _ENDED = {"failed", "dead", "cancelled"}  # the statuses that keep a reason
@@ -229,8 +231,19 @@ def _attempt(info: dict[str, Any]) -> str:
     if attempt is None:
         return ""
     if attempt == 0:
-        return f"first run ({retries} retries allowed)"
+        allowed = (
+            "no retries" if not retries else f"up to {retries} retr{'y' if retries == 1 else 'ies'}"
+        )
+        return f"first run ({allowed})"
     return f"retry {attempt} of {retries}"
+
+
+def _stamp(moment: str | None) -> str:
+    """An ISO time from ``describe`` for people: UTC to the second, and how long ago."""
+    if moment is None:
+        return ""
+    ts = dt.datetime.fromisoformat(moment).timestamp()
+    return f"{clock(ts)} UTC ({span(time.time() - ts)} ago)"
 
 
 def _show(info: dict[str, Any]) -> None:
@@ -247,7 +260,7 @@ def _show(info: dict[str, Any]) -> None:
     if info["args"] is not None:
         rows += [("args", _compact(info["args"])), ("kwargs", _compact(info["kwargs"]))]
     rows += [("attempt", _attempt(info)), ("deliveries", info["deliveries"])]
-    rows += [("enqueued", info["enqueued_at"] or ""), ("updated", info["updated_at"] or "")]
+    rows += [("enqueued", _stamp(info["enqueued_at"])), ("updated", _stamp(info["updated_at"]))]
     if info["progress"] is not None or info["progress_note"]:
         done = "" if info["progress"] is None else f"{info['progress']:.0%} "
         rows.append(("progress", done + (info["progress_note"] or "")))
@@ -255,9 +268,10 @@ def _show(info: dict[str, Any]) -> None:
         rows.append(("depends on", ", ".join(info["depends_on"])))
     if info["status"] == "succeeded":
         rows.append(("result", _compact(info["result"])))
-    if info["error"] is not None:
-        rows.append(("error", f"{info['error']['type']}: {info['error']['message']}"))
-    if info["reason"]:
+    error = info["error"]
+    if error is not None:
+        rows.append(("error", f"{error['type']}: {error['message']}"))
+    if info["reason"] and (error is None or info["reason"] != rows[-1][1]):
         rows.append(("reason", info["reason"]))
     for name, value in rows:
         grid.add_row(name, text(value))
