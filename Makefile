@@ -46,14 +46,16 @@ lock: $(STAMP)
 	$(UV_COMPILE) --upgrade pyproject.toml requirements/build.in -o requirements/runtime.txt
 	$(UV_COMPILE) --upgrade pyproject.toml requirements/build.in --extra dev -o requirements/dev.txt
 
-# The declared floor is honest: resolve the runtime dependencies at their lowest allowed
-# versions (uv's lowest-direct: the floors in pyproject.toml, the newest of what they need),
-# install them in .venv-floor next to the locked dev tools, and run the tests there.
+# The declared floor is honest: resolve the runtime dependencies at the lowest versions
+# pyproject.toml allows (uv's lowest-direct: each floor, and the newest of what it needs),
+# install them over the locked dev tools in .venv-floor, and run the tests there.
+# Raise a floor in pyproject.toml when this fails.
 floor: $(STAMP)
 	rm -rf .venv-floor && $(PY) -m venv .venv-floor
-	$(UV_COMPILE) --resolution lowest-direct pyproject.toml requirements/build.in --extra dev \
-		-o .venv-floor/requirements.txt
-	.venv-floor/bin/pip install -q --require-hashes --no-deps -r .venv-floor/requirements.txt
+	$(UV_COMPILE) --resolution lowest-direct pyproject.toml requirements/build.in \
+		-o .venv-floor/runtime.txt
+	.venv-floor/bin/pip install -q --require-hashes --no-deps -r requirements/dev.txt
+	.venv-floor/bin/pip install -q --require-hashes --no-deps -r .venv-floor/runtime.txt
 	.venv-floor/bin/pip install -q --no-deps --no-build-isolation -e .
 	.venv-floor/bin/pip list 2>/dev/null | grep -iE '^(redis|msgspec|click|rich|hiredis) '
 	.venv-floor/bin/pytest -q

@@ -28,6 +28,7 @@ from ._errors import TransactionConflict as TransactionConflict
 from ._errors import UntrustedTask as UntrustedTask
 from ._errors import ValidationError as ValidationError
 from ._job import Job as Job
+from ._logging import logging_filter as logging_filter
 from ._message import JobStatus as JobStatus
 from ._task import Signature as Signature
 from ._task import Task as Task
@@ -72,4 +73,5 @@ __all__ = [
     "chord",
     "current_job",
     "group",
+    "logging_filter",
 ]

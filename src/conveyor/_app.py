@@ -156,16 +156,26 @@ class Conveyor:
         name: str | None = None,
         overlap: str = "skip",
         catch_up: int = 1,
+        tz: str = "UTC",
         **options: Any,
     ) -> Callable[[Callable[[], R]], Task[[], R]]:
         """Run a task on a schedule: ``@app.periodic(cron="*/5 * * * *")`` or
         ``every=timedelta(minutes=5)``. Workers run the schedule; each tick runs once however
-        many workers there are. ``overlap="skip"`` skips a tick while the previous run is still
-        pending; ``catch_up`` bounds how many missed ticks run after downtime."""
+        many workers there are. ``tz`` (an IANA name, e.g. ``"Europe/Paris"``) is the zone
+        whose wall clock ``cron`` is read on, across daylight saving changes (docs/scheduling.md).
+        ``overlap="skip"`` skips a tick while the previous run is still pending; ``catch_up``
+        bounds how many missed ticks run after downtime."""
         from .scheduler import periodic
 
         return periodic(
-            self, cron=cron, every=every, name=name, overlap=overlap, catch_up=catch_up, **options
+            self,
+            cron=cron,
+            every=every,
+            name=name,
+            overlap=overlap,
+            catch_up=catch_up,
+            tz=tz,
+            **options,
         )
 
     # -- defining tasks --------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Cron expressions, pure: ``parse_cron(expr)`` and ``next_fire(expr, after)``, in UTC.
+"""Cron expressions, pure: ``parse_cron(expr)`` and ``next_fire(expr, after, tz)``.
 
 Five fields, ``minute hour day-of-month month day-of-week``, each a ``*`` or a list of
 ``n``, ``a-b``, ``*/n``, ``a-b/n`` and ``n/s`` (from ``n`` to the field's end, every ``s``).
@@ -7,13 +7,29 @@ Sunday. As in Vixie cron, when both day fields are restricted (neither starts wi
 matches if *either* does: ``0 0 1 * mon`` fires on the 1st and on every Monday. Aliases:
 ``@hourly @daily @midnight @weekly @monthly @yearly @annually``.
 
-Nothing here reads a clock: the scheduler passes the time in, so tests need no sleeping.
+**Time zones.** The expression is read on the wall clock of ``tz`` (an IANA name, UTC by
+default). Where daylight saving time moves that clock, Conveyor does what cronie (Vixie cron's
+descendant) does:
+
+* A *fixed-time* expression (its minute and hour fields both start with a number:
+  ``30 2 * * *``) fires once a day whatever the clock does. A time that the spring-forward
+  gap skips (02:30 when 02:00 becomes 03:00) fires at the first instant after the gap
+  (03:00 new time), once even if several such times fall in the gap; a time that the
+  fall-back repeats (01:30 when 02:00 becomes 01:00) fires at its first occurrence only.
+* A *wildcard* expression (its minute or hour field starts with ``*``: ``*/15 * * * *``,
+  ``0 * * * *``) follows the clock: the skipped hour has no fires and the repeated hour
+  fires again, so "every 15 minutes" stays every 15 minutes of real time.
+
+Fire times are instants that strictly increase. Nothing here reads a clock: the scheduler
+passes the time in, so tests need no sleeping.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import functools
+import math
+import zoneinfo
 from dataclasses import dataclass
 
 from ._errors import ConfigurationError
@@ -30,6 +46,8 @@ _ALIASES = {
 _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec")
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _MAX_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # Feb 29 happens
+_MINUTE = dt.timedelta(minutes=1)
+_STEPS = 10_000  # clock changes and repeated times one search may cross (a handful in practice)
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,7 @@ class CronSpec:
     weekdays: frozenset[int]  # 0 = Sunday
     day_star: bool  # day-of-month starts with '*' (unrestricted)
     weekday_star: bool
+    wildcard: bool = False  # minute or hour starts with '*': follows a zone's clock changes
 
     def day_matches(self, day: dt.date) -> bool:
         if day.month not in self.months:
@@ -73,12 +92,44 @@ class CronSpec:
             return dom and dow
         return dom or dow
 
-    def next_after(self, after: dt.datetime) -> dt.datetime:
-        """The first fire time strictly after ``after`` (naive times are taken as UTC)."""
+    def next_after(self, after: dt.datetime, tz: dt.tzinfo = dt.UTC) -> dt.datetime:
+        """The first fire time strictly after ``after``, as an aware UTC datetime, with the
+        expression read on the wall clock of ``tz`` (naive ``after`` is taken as UTC)."""
         if after.tzinfo is None:
             after = after.replace(tzinfo=dt.UTC)
-        start = after.astimezone(dt.UTC).replace(second=0, microsecond=0)
-        start += dt.timedelta(minutes=1)
+        after = after.astimezone(dt.UTC)
+        if tz is dt.UTC:
+            return self._wall_from(_next_minute(after.replace(tzinfo=None))).replace(tzinfo=dt.UTC)
+        return self._next_in_zone(after, tz)
+
+    def _next_in_zone(self, after: dt.datetime, tz: dt.tzinfo) -> dt.datetime:
+        """Walk the instants after ``after`` one stretch of constant UTC offset at a time:
+        the next matching wall time is found as in UTC, and where a clock change lies
+        before it the walk goes on from the change (see the module docstring)."""
+        t, inclusive = after, False
+        for _ in range(_STEPS):
+            offset = _offset(t, tz)
+            wall = (t + offset).replace(tzinfo=None)
+            wanted = self._wall_from(wall if inclusive and wall.second == 0 else _next_minute(wall))
+            fire = (wanted - offset).replace(tzinfo=dt.UTC)
+            if _offset(fire, tz) == offset:
+                if self.wildcard or fire.astimezone(tz).fold == 0:
+                    return fire
+                t, inclusive = fire, False  # a fixed time repeated by a fall-back: ran already
+                continue
+            change = _change(t, fire, offset, tz)
+            after_change = _offset(change, tz)
+            if after_change > offset:  # spring forward: walls in [change + offset, + after) skipped
+                if not self.wildcard and wanted < (change + after_change).replace(tzinfo=None):
+                    return change
+                t = change
+            else:  # fall back: walls in [change + after, + offset) come again
+                t = change if self.wildcard else change + (offset - after_change)
+            inclusive = True
+        raise ConfigurationError(f"cron expression {self.expr!r}: no fire time found in {tz}")
+
+    def _wall_from(self, start: dt.datetime) -> dt.datetime:
+        """The first matching wall time at or after ``start`` (naive, a whole minute)."""
         day = start.date()
         # parse_cron refuses expressions that never fire, so a match comes within a leap cycle
         # (Feb 29 on a chosen weekday can take 28 years; 40 covers the century rule).
@@ -98,8 +149,54 @@ class CronSpec:
             floor = first_minute if hour == first_hour else 0
             for minute in self.minutes:
                 if minute >= floor:
-                    return dt.datetime(day.year, day.month, day.day, hour, minute, tzinfo=dt.UTC)
+                    return dt.datetime(day.year, day.month, day.day, hour, minute)
         return None
+
+
+def _next_minute(wall: dt.datetime) -> dt.datetime:
+    return wall.replace(second=0, microsecond=0) + _MINUTE
+
+
+def _offset(instant: dt.datetime, tz: dt.tzinfo) -> dt.timedelta:
+    return instant.astimezone(tz).utcoffset() or dt.timedelta(0)
+
+
+def _change(
+    start: dt.datetime, end: dt.datetime, offset: dt.timedelta, tz: dt.tzinfo
+) -> dt.datetime:
+    """The instant in ``(start, end]`` where ``tz`` leaves ``offset`` (``start`` is on it,
+    ``end`` is not), found by halving; zones change their offset on whole seconds."""
+    low, high = math.floor(start.timestamp()), math.ceil(end.timestamp())
+    while high - low > 1:
+        middle = (low + high) // 2
+        if _offset(dt.datetime.fromtimestamp(middle, dt.UTC), tz) == offset:
+            low = middle
+        else:
+            high = middle
+    return dt.datetime.fromtimestamp(high, dt.UTC)
+
+
+def time_zone(name: str) -> dt.tzinfo:
+    """The ``tzinfo`` of an IANA zone name; ``ConfigurationError`` naming a bad one."""
+    if not isinstance(name, str):
+        raise ConfigurationError(
+            f"tz takes an IANA time zone name such as 'Europe/Paris', got {name!r}"
+        )
+    return _zone(name)
+
+
+@functools.lru_cache(maxsize=64)
+def _zone(name: str) -> dt.tzinfo:
+    if name == "UTC":
+        return dt.UTC
+    try:
+        return zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError) as exc:
+        raise ConfigurationError(
+            f"unknown time zone {name!r}: use an IANA name such as 'Europe/Paris', "
+            "'America/New_York' or 'UTC' (where the system has no time zone database, "
+            "pip install tzdata)"
+        ) from exc
 
 
 def _bad(expr: str, field: _Field, text: str, why: str) -> ConfigurationError:
@@ -175,6 +272,7 @@ def parse_cron(expr: str) -> CronSpec:
         weekdays=weekdays,
         day_star=parts[2].startswith("*"),
         weekday_star=parts[4].startswith("*"),
+        wildcard=parts[0].startswith("*") or parts[1].startswith("*"),
     )
     _check_fires(spec, parts)
     return spec
@@ -192,8 +290,7 @@ def _check_fires(spec: CronSpec, parts: list[str]) -> None:
     )
 
 
-def next_fire(expr: str, after: dt.datetime) -> dt.datetime:
-    """The first time strictly after ``after`` that ``expr`` fires, as an aware UTC datetime.
-
-    A naive ``after`` is taken as UTC."""
-    return parse_cron(expr).next_after(after)
+def next_fire(expr: str, after: dt.datetime, tz: str = "UTC") -> dt.datetime:
+    """The first time strictly after ``after`` that ``expr``, read on the wall clock of the
+    IANA zone ``tz``, fires, as an aware UTC datetime. A naive ``after`` is taken as UTC."""
+    return parse_cron(expr).next_after(after, time_zone(tz))

@@ -23,7 +23,9 @@
     │   └── LockLost                released or extended after the TTL ran out
     ├── TransactionConflict         ``store.update`` kept conflicting; retries exhausted
     ├── UntrustedTask               (worker side) a payload named code the worker does not trust
-    └── SoftTimeLimit               raised inside a task that ran past its ``timeout``
+    ├── SoftTimeLimit               raised inside a task that ran past its ``timeout``
+    └── DrainIncomplete             (``conveyor.testing.drain``) a bound stopped the drain with
+                                    jobs left; says which bound and what is left
 
 ``TimeoutError`` (the builtin, which ``concurrent.futures.TimeoutError`` aliases) is what
 ``Job.result(timeout=...)`` raises when the job is still running: the standard future contract.
@@ -139,3 +141,7 @@ class UntrustedTask(ConveyorError):
 
 class SoftTimeLimit(ConveyorError):
     """Raised inside a task that ran past its time limit."""
+
+
+class DrainIncomplete(ConveyorError):
+    """``conveyor.testing.drain`` stopped at one of its bounds with jobs left to run."""

@@ -3,9 +3,10 @@
 Any number of schedulers (one per worker) may run against one broker; each tick is enqueued
 once. How:
 
-* **Fire times are deterministic.** Cron ticks come from ``_cron.next_fire`` (UTC); ``every``
-  ticks are the multiples of the interval since the epoch, so every scheduler computes the
-  same instants whatever time it started.
+* **Fire times are deterministic.** Cron ticks come from ``_cron.next_fire``, read on the
+  wall clock of the schedule's ``tz`` (UTC by default; see ``_cron`` for daylight saving
+  time); ``every`` ticks are the multiples of the interval since the epoch, so every
+  scheduler computes the same instants whatever time it started.
 * **One claim per tick.** The scheduler that wins ``kv.set(claim, nx=True, ttl=CLAIM_TTL)``
   for (schedule, fire time) enqueues it; the others move on.
 * **One job id per tick.** The job id is derived from (schedule, fire time) and enqueue is
@@ -27,7 +28,8 @@ Key-value keys::
     conveyor:periodic:<name>:claim:<ms>   who enqueues the tick at <ms> (expires, CLAIM_TTL)
     conveyor:periodic:<name>              the uniqueness key of its jobs (overlap="skip")
 
-Job ids: ``periodic.<name, sanitized>.<hash of name>.<fire time in ms>``.
+Job ids: ``periodic.<name, sanitized>.<hash of name>.<fire time in ms>`` (the fire time is
+an instant, so the id does not depend on the zone the schedule is read in).
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-from ._cron import next_fire, parse_cron
+from ._cron import next_fire, parse_cron, time_zone
 from ._errors import ConfigurationError
 from ._job import Job
 from ._message import Envelope
@@ -72,13 +74,15 @@ def _ms(seconds: float) -> int:
 
 @dataclass(frozen=True)
 class Schedule:
-    """One periodic task. ``name`` is the task's registered name and the schedule's id."""
+    """One periodic task. ``name`` is the task's registered name and the schedule's id;
+    ``tz`` the IANA zone whose wall clock ``cron`` is read on."""
 
     name: str
     cron: str | None = None
     every: float | None = None  # seconds
     overlap: Literal["skip", "allow"] = "skip"
     catch_up: int = 1
+    tz: str = "UTC"
 
     def next_after(self, t: float) -> float:
         """The first fire time strictly after ``t`` (epoch seconds)."""
@@ -90,7 +94,7 @@ class Schedule:
             return (t // step + 1) * step
         assert self.cron is not None
         after = dt.datetime.fromtimestamp(t / 1000, dt.UTC)
-        return _ms(next_fire(self.cron, after).timestamp())
+        return _ms(next_fire(self.cron, after, self.tz).timestamp())
 
     def due(self, last: int, now: int) -> tuple[list[int], int | None]:
         """Fire times in ``(last, now]`` (ms) to run, the latest ``catch_up`` of them, and how
@@ -153,6 +157,7 @@ def periodic(
     name: str | None = None,
     overlap: str = "skip",
     catch_up: int = 1,
+    tz: str = "UTC",
     **options: Any,
 ) -> Callable[[Callable[[], R]], Task[[], R]]:
     """The decorator behind ``@app.periodic``: registers the task and its schedule."""
@@ -160,6 +165,12 @@ def periodic(
         raise ConfigurationError("periodic takes exactly one of cron= or every=")
     if cron is not None:
         parse_cron(cron)
+    time_zone(tz)
+    if every is not None and tz != "UTC":
+        raise ConfigurationError(
+            f"tz={tz!r} applies to cron= schedules; every= ticks count real seconds and "
+            "no clock change moves them (use cron= for times of day in a zone)"
+        )
     seconds = _every_seconds(every) if every is not None else None
     if overlap not in ("skip", "allow"):
         raise ConfigurationError(f"overlap must be 'skip' or 'allow', got {overlap!r}")
@@ -185,7 +196,7 @@ def periodic(
                 f"a schedule named {task_name!r} already exists; pass @app.periodic(name=...)"
             )
         task: Task[[], R] = app._register(fn, task_name, opts)
-        app.schedules.append(Schedule(task.name, cron, seconds, mode, catch_up))
+        app.schedules.append(Schedule(task.name, cron, seconds, mode, catch_up, tz))
         return task
 
     return decorator

@@ -101,3 +101,22 @@ def test_primitives(tmp_path: Path) -> None:
     assert "fencing token 1" in done.stdout
     assert "visits: 3" in done.stdout
     assert time.monotonic() - started < 50
+
+
+@pytest.mark.timeout(120)
+def test_testing(tmp_path: Path) -> None:
+    """The example's own tests: unit tests on the pytest plugin's fixtures, and one against
+    a real `conveyor worker` process."""
+    folder = _copy("testing", tmp_path)
+    env = {k: v for k, v in _env(folder).items() if not k.startswith(("PYTEST_", "CONVEYOR_"))}
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        check=False,
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=100,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "4 passed" in done.stdout

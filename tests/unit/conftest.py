@@ -1,9 +1,14 @@
-"""Fixtures shared by the unit tests of features built on the key-value port."""
+"""Fixtures shared by the unit tests: apps on the embedded brokers, and task modules written
+to disk for the tests whose pool processes import them by name."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import importlib
+import sys
+import textwrap
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -23,3 +28,24 @@ def app(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Ite
     url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/conveyor.db"
     with Conveyor(url, clock=clock) as a:
         yield a
+
+
+@pytest.fixture(scope="module")
+def write_module(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[[str, str], ModuleType]]:
+    """``write_module(name, source)`` writes ``source`` as module ``name`` in a fresh folder on
+    ``sys.path`` (pool processes inherit it) and imports it; the folder leaves ``sys.path``
+    after the test module."""
+    folders: list[str] = []
+
+    def write(name: str, source: str) -> ModuleType:
+        folder = tmp_path_factory.mktemp(name)
+        (folder / f"{name}.py").write_text(textwrap.dedent(source))
+        folders.append(str(folder))
+        sys.path.insert(0, str(folder))
+        return importlib.import_module(name)
+
+    yield write
+    for folder in folders:
+        sys.path.remove(folder)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
+from zoneinfo import ZoneInfo
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from conveyor import ConfigurationError
@@ -141,3 +143,144 @@ def test_next_fire_agrees_with_the_definition(expr: str, after: dt.datetime) -> 
     while t < got:
         assert not _matches(expr, t), (expr, after, t, got)
         t += dt.timedelta(minutes=97)
+
+
+# -- time zones: the same oracle, read on a zone's wall clock -----------------------------
+
+ZONES = [
+    "Europe/Paris",
+    "America/New_York",
+    "Australia/Lord_Howe",  # a 30-minute daylight saving shift
+    "Pacific/Chatham",  # +12:45 / +13:45
+    "America/Sao_Paulo",  # southern summer, and no daylight saving since 2019
+    "Asia/Kolkata",  # +05:30, no changes
+    "UTC",
+]
+
+
+def _offset(t: dt.datetime, zone: ZoneInfo) -> dt.timedelta:
+    return t.astimezone(zone).utcoffset() or dt.timedelta(0)
+
+
+def _gap_matches(expr: str, change: dt.datetime, zone: ZoneInfo) -> bool:
+    """A spring-forward at ``change`` skipped a wall time that ``expr`` names."""
+    before, after = _offset(change - dt.timedelta(seconds=1), zone), _offset(change, zone)
+    wall = (change + before).replace(tzinfo=None)
+    while wall < (change + after).replace(tzinfo=None):
+        if _matches(expr, wall):
+            return True
+        wall += dt.timedelta(minutes=1)
+    return False
+
+
+@functools.cache
+def _changes(name: str, year: int) -> list[dt.datetime]:
+    """The instants in ``year`` where ``name`` changes its UTC offset."""
+    zone, found = ZoneInfo(name), []
+    t = dt.datetime(year, 1, 1, tzinfo=UTC)
+    while t.year == year:
+        nxt = t + dt.timedelta(hours=6)
+        if _offset(nxt, zone) != _offset(t, zone):
+            low, high = t, nxt
+            while high - low > dt.timedelta(seconds=1):
+                middle = low + (high - low) / 2
+                low, high = (
+                    (middle, high) if _offset(middle, zone) == _offset(t, zone) else (low, middle)
+                )
+            found.append(high.replace(microsecond=0))
+        t = nxt
+    return found
+
+
+@st.composite
+def zoned_starts(draw: st.DrawFn) -> tuple[str, dt.datetime]:
+    """A zone and a start: anywhere in 2000-2090, or within three days before a change of
+    that zone's offset (where the interesting cases are)."""
+    name = draw(st.sampled_from(ZONES))
+    anywhere = draw(st.datetimes(dt.datetime(2000, 1, 1), dt.datetime(2090, 1, 1)))
+    changes = _changes(name, draw(st.integers(2000, 2089)))
+    if not changes or draw(st.booleans()):
+        return name, anywhere.replace(tzinfo=UTC)
+    before = dt.timedelta(seconds=draw(st.integers(0, 3 * 86400)))
+    return name, draw(st.sampled_from(changes)) - before
+
+
+@settings(max_examples=150, deadline=None)
+@given(expressions, zoned_starts())
+def test_zoned_fires_increase_and_match_the_zones_wall_clock(
+    expr: str, zoned: tuple[str, dt.datetime]
+) -> None:
+    _check_zoned(expr, *zoned)
+
+
+@st.composite
+def times_a_change_moves(draw: st.DrawFn) -> tuple[str, str, dt.datetime]:
+    """A fixed-time expression naming a wall time that a change skips or repeats (and maybe
+    others), its zone, and a start within three days before the change."""
+    name = draw(st.sampled_from([z for z in ZONES if z not in ("UTC", "Asia/Kolkata")]))
+    changes = _changes(name, draw(st.integers(2000, 2089)))
+    if not changes:
+        changes = _changes(name, 2010)
+    change, zone = draw(st.sampled_from(changes)), ZoneInfo(name)
+    before, after = _offset(change - dt.timedelta(seconds=1), zone), _offset(change, zone)
+    first, last = sorted(
+        [(change + before).replace(tzinfo=None), (change + after).replace(tzinfo=None)]
+    )
+    span = int((last - first).total_seconds() // 60)
+    wall = first + dt.timedelta(minutes=draw(st.integers(0, span - 1)))
+    minutes = draw(st.lists(st.integers(0, 59), max_size=2))
+    hours = draw(st.lists(st.integers(0, 23), max_size=1))
+    expr = (
+        f"{','.join(map(str, [wall.minute, *minutes]))} "
+        f"{','.join(map(str, [wall.hour, *hours]))} "
+        f"{draw(st.sampled_from(['*', str(wall.day)]))} * *"
+    )
+    start = change - dt.timedelta(seconds=draw(st.integers(1, 3 * 86400)))
+    return expr, name, start
+
+
+@settings(max_examples=150, deadline=None)
+@given(times_a_change_moves())
+def test_fixed_times_a_change_skips_or_repeats_fire_once(
+    case: tuple[str, str, dt.datetime],
+) -> None:
+    _check_zoned(*case)
+
+
+def _check_zoned(expr: str, name: str, previous: dt.datetime) -> None:
+    """Each fire, converted to the zone, matches the expression, except a fixed-time one's
+    fire at the end of a spring-forward gap that swallowed a matching time; fires strictly
+    increase; between two fires no instant matches, except a fixed-time expression's times
+    repeated by a fall-back (they ran at their first occurrence)."""
+    zone, wildcard = ZoneInfo(name), parse_cron(expr).wildcard
+    for _ in range(3):
+        fire = next_fire(expr, previous, name)
+        assert fire > previous
+        wall = fire.astimezone(zone)
+        if not _matches(expr, wall.replace(tzinfo=None)):
+            assert not wildcard and _gap_matches(expr, fire, zone), (expr, name, fire)
+            event("a fixed time skipped by a spring-forward fired after the gap")
+        elif not wildcard:
+            assert wall.fold == 0, (expr, name, fire)
+        if wall.fold == 1:
+            event("a wildcard fired in a repeated hour")
+        # Nothing in between: every minute of a bounded stretch, then a sample beyond it.
+        t = previous.replace(second=0, microsecond=0) + dt.timedelta(minutes=1)
+        step, checked = dt.timedelta(minutes=1), 0
+        while t < fire:
+            here = t.astimezone(zone)
+            repeat = not wildcard and here.fold == 1
+            if repeat and _matches(expr, here.replace(tzinfo=None)):
+                event("a fixed time repeated by a fall-back did not fire again")
+            assert repeat or not _matches(expr, here.replace(tzinfo=None)), (expr, name, t, fire)
+            if (
+                step.seconds == 60
+                and _offset(t + step, zone) > _offset(t, zone)
+                and t + step < fire
+            ):
+                assert wildcard or not _gap_matches(expr, t + step, zone), (expr, name, t, fire)
+            checked += 1
+            if checked == 1500:
+                step = dt.timedelta(minutes=97)
+            t += step
+        previous = fire

@@ -1,14 +1,97 @@
-"""``conveyor.testing``: what users write their own tests with."""
+"""``conveyor.testing``: what users write their own tests with. ``drain`` runs everything
+there is to run, moves a ``FakeClock`` instead of sleeping, and never hangs."""
 
 from __future__ import annotations
 
+import datetime as dt
+import itertools
+import time
+from pathlib import Path
+
 import pytest
 
-from conveyor import Conveyor, JobStatus, TaskFailed
-from conveyor.testing import FakeClock, drain
+from conveyor import (
+    ConfigurationError,
+    Conveyor,
+    DependencyFailed,
+    JobStatus,
+    TaskFailed,
+    chain,
+    chord,
+    group,
+)
+from conveyor.testing import DrainIncomplete, FakeClock, drain, use_memory
 
 
-def test_drain_runs_every_queue_and_leaves_scheduled_jobs() -> None:
+def flaky_resize(app: Conveyor, failures: int) -> object:
+    """A task with ``retries=3`` that fails ``failures`` times, then succeeds."""
+    calls = itertools.count(1)
+
+    @app.task(retries=3)
+    def resize(path: str, width: int) -> str:
+        if next(calls) <= failures:
+            raise ConnectionError("storage is busy")
+        return f"{path}@{width}"
+
+    return resize
+
+
+# -- the README's first test ---------------------------------------------------------------
+
+
+def test_retries_run_on_the_fake_clock_without_sleeping() -> None:
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+    resize = flaky_resize(app, failures=2)
+    start, began = clock.time(), time.monotonic()
+
+    job = resize.delay("a.png", 640)  # type: ignore[attr-defined]
+    report = drain(app)
+
+    assert job.result() == "a.png@640"
+    assert report.ran == 3  # two failed attempts and the one that succeeded
+    assert report.waited == 0.0
+    assert 0 < report.advanced == pytest.approx(clock.time() - start)
+    assert report.advanced < 1 + 2  # full-jitter backoff: below 1 s, then below 2 s
+    assert time.monotonic() - began < 5
+
+
+@pytest.mark.timeout(20)
+def test_retries_on_a_real_clock_wait_real_time_within_the_bound() -> None:
+    app = Conveyor("memory://")
+    resize = flaky_resize(app, failures=2)
+
+    job = resize.delay("a.png", 640)  # type: ignore[attr-defined]
+    report = drain(app)
+
+    assert job.result(timeout=1) == "a.png@640"
+    assert report.ran == 3
+    assert report.advanced == 0.0
+    assert 0 < report.waited < 3 + 1
+
+
+def test_a_real_clock_backoff_past_the_bound_fails_at_once_and_says_what_to_do() -> None:
+    app = Conveyor("memory://")
+
+    @app.task(retries=3, backoff=600)
+    def fetch() -> None:
+        raise ConnectionError("down")
+
+    job = fetch.delay()
+    began = time.monotonic()
+    with pytest.raises(DrainIncomplete) as info:
+        drain(app, timeout=5)
+    assert time.monotonic() - began < 3  # it did not wait for a job it cannot reach
+    message = str(info.value)
+    assert "FakeClock" in message and "timeout=" in message and "advance=False" in message
+    assert "1 scheduled" in message
+    assert job.status is JobStatus.SCHEDULED
+
+
+# -- what is left, and when --------------------------------------------------------------------
+
+
+def test_advance_false_runs_what_is_due_and_reports_the_rest() -> None:
     clock = FakeClock()
     app = Conveyor("memory://", clock=clock)
 
@@ -22,15 +105,301 @@ def test_drain_runs_every_queue_and_leaves_scheduled_jobs() -> None:
 
     ok, bad = add.delay(1, 2), boom.delay()
     later = add.options(delay=60).delay(2, 2)
-    assert drain(app) == 2
+    report = drain(app, advance=False)
+    assert (report.ran, report.scheduled, report.next_eta) == (2, 1, clock.time() + 60)
     assert ok.result() == 3
     with pytest.raises(TaskFailed, match="ValueError: no"):
         bad.result()
     assert later.status is JobStatus.SCHEDULED
-    clock.advance(61)
-    assert drain(app) == 1
+
+    report = drain(app)
+    assert (report.ran, report.scheduled, report.advanced) == (1, 0, 60.0)
     assert later.result() == 4
 
 
+def test_delayed_and_eta_jobs_run_in_time_order_and_the_clock_stops_at_the_last() -> None:
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+    seen: list[tuple[str, float]] = []
+
+    @app.task
+    def note(name: str) -> None:
+        seen.append((name, clock.time()))
+
+    start = clock.time()
+    note.options(delay=dt.timedelta(hours=2)).delay("two hours")
+    note.options(eta=dt.datetime.fromtimestamp(start + 30, dt.UTC)).delay("eta")
+    note.delay("now")
+    assert drain(app).ran == 3
+    assert seen == [("now", start), ("eta", start + 30), ("two hours", start + 7200)]
+    assert clock.time() == start + 7200
+
+
 def test_drain_with_nothing_to_do_returns_at_once() -> None:
-    assert drain(Conveyor("memory://"), ["default"], timeout=5) == 0
+    report = drain(Conveyor("memory://"), ["default"], timeout=5)
+    assert (report.ran, report.rounds, report.scheduled) == (0, 1, 0)
+
+
+def test_rate_limited_jobs_drain_completely_on_the_fake_clock() -> None:
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+
+    @app.task(rate="2/m")
+    def ping(i: int) -> int:
+        return i
+
+    jobs = [ping.delay(i) for i in range(6)]
+    report = drain(app)
+    assert sorted(j.result() for j in jobs) == list(range(6))
+    assert report.advanced >= 60  # two per minute: the last pair waits for the third minute
+
+
+# -- periodic jobs ----------------------------------------------------------------------------
+
+
+def test_periodic_ticks_run_when_the_clock_reaches_them() -> None:
+    clock = FakeClock(1_800_000_000.0)  # a multiple of 60: a tick is due right now
+    app = Conveyor("memory://", clock=clock)
+    runs: list[float] = []
+
+    @app.periodic(every=60)
+    def beat() -> None:
+        runs.append(clock.time())
+
+    assert drain(app).ran == 0  # a schedule's first look starts it: nothing from the past
+    clock.advance(60)
+    assert drain(app).ran == 1
+    clock.advance(59)
+    assert drain(app).ran == 0
+    assert runs == [1_800_000_060.0]
+
+
+def test_until_walks_through_every_periodic_tick_and_retry() -> None:
+    clock = FakeClock(1_800_000_000.0)
+    app = Conveyor("memory://", clock=clock)
+    runs: list[float] = []
+    attempts = itertools.count()
+
+    @app.periodic(cron="0 * * * *", retries=2)
+    def hourly() -> None:
+        if next(attempts) % 2 == 0:
+            raise ConnectionError("every first attempt fails")
+        runs.append(clock.time())
+
+    end = dt.datetime.fromtimestamp(1_800_000_000 + 5 * 3600 + 1800, dt.UTC)
+    report = drain(app, until=end)
+
+    assert clock.time() == end.timestamp()
+    assert len(runs) == 5  # one per hour (the start's own tick is not run), each after a retry
+    assert all(0 < r % 3600 < 2 for r in runs)  # its retry ran within the backoff after the hour
+    assert report.ran == 10
+    assert report.scheduled == 0
+
+
+def test_until_leaves_jobs_due_after_it_and_says_so() -> None:
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+
+    @app.task
+    def later() -> None: ...
+
+    start = clock.time()
+    job = later.options(delay=100).delay()
+    report = drain(app, until=start + 50)
+    assert (report.ran, report.scheduled, report.next_eta) == (0, 1, start + 100)
+    assert clock.time() == start + 50
+    assert job.status is JobStatus.SCHEDULED
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "clock", "match"),
+    [
+        ({"until": dt.datetime(2030, 1, 1)}, True, "no time zone"),
+        ({"until": 2e9}, False, "needs a FakeClock"),
+        ({"until": 1.0}, True, "before the clock"),
+        ({"until": 2e9, "advance": False}, True, "not both"),
+        ({"until": "tomorrow"}, True, "epoch seconds"),
+        ({"max_jobs": 0}, True, "max_jobs must be a positive integer"),
+        ({"max_rounds": 1.5}, True, "max_rounds must be"),
+        ({"timeout": 0}, True, "timeout must be"),
+    ],
+)
+def test_bad_arguments_are_configuration_errors(
+    kwargs: dict[str, object], clock: bool, match: str
+) -> None:
+    app = Conveyor("memory://", clock=FakeClock() if clock else None)
+    with pytest.raises(ConfigurationError, match=match):
+        drain(app, **kwargs)  # type: ignore[arg-type]
+
+
+# -- workflows and dependencies ---------------------------------------------------------------
+
+
+def test_workflows_with_retries_and_delays_drain_completely() -> None:
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+    calls = itertools.count()
+
+    @app.task(retries=2)
+    def add(a: int, b: int) -> int:
+        if next(calls) % 3 == 0:
+            raise ConnectionError("every third call fails once")
+        return a + b
+
+    @app.task
+    def total(values: list[int]) -> int:
+        return sum(values)
+
+    flow = chain(add.s(1, 2), add.s(10), add.s(100)).delay()
+    summed = chord(group(add.s(i, 1) for i in range(4)), total.s()).delay()
+    delayed = group(add.options(delay=30).s(i, i) for i in range(3)).delay()
+    first = add.delay(5, 5)
+    after = total.options(depends_on=[first, flow]).delay([1, 2])
+
+    report = drain(app)
+    assert flow.result() == 113
+    assert summed.result() == 10
+    assert delayed.result() == [0, 2, 4]
+    assert after.result() == 3
+    assert report.scheduled == 0 and report.advanced >= 30
+
+
+def test_a_failed_dependency_fails_its_dependent_in_the_same_drain() -> None:
+    app = Conveyor("memory://", clock=FakeClock())
+
+    @app.task(retries=1)
+    def broken() -> None:
+        raise ValueError("always")
+
+    @app.task
+    def report() -> str:
+        return "done"
+
+    dep = broken.delay()
+    job = report.options(depends_on=[dep]).delay()
+    assert drain(app).ran == 3  # two attempts of broken, then report, failed by its dependency
+    with pytest.raises(DependencyFailed):
+        job.result()
+
+
+# -- the bounds: never a hang, never a silent partial drain -------------------------------
+
+
+def test_a_job_that_enqueues_itself_forever_stops_at_max_jobs() -> None:
+    app = Conveyor("memory://", clock=FakeClock())
+
+    @app.task
+    def again(n: int) -> None:
+        again.delay(n + 1)
+
+    again.delay(0)
+    with pytest.raises(DrainIncomplete, match=r"over max_jobs=50 .*drain\(app, max_jobs=N\)"):
+        drain(app, max_jobs=50)
+
+
+def test_a_job_that_reschedules_itself_forever_stops_at_max_rounds() -> None:
+    app = Conveyor("memory://", clock=FakeClock())
+
+    @app.task
+    def poll() -> None:
+        poll.options(delay=10).delay()
+
+    poll.delay()
+    with pytest.raises(DrainIncomplete) as info:
+        drain(app, max_rounds=20)
+    message = str(info.value)
+    assert "max_rounds=20" in message and "1 scheduled" in message
+    assert "until=" in message
+
+
+@pytest.mark.timeout(15)
+def test_a_stuck_job_stops_at_the_wall_clock_bound() -> None:
+    app = Conveyor("memory://", clock=FakeClock())
+
+    @app.task
+    def stuck() -> None:
+        time.sleep(30)
+
+    stuck.delay()
+    began = time.monotonic()
+    with pytest.raises(DrainIncomplete, match=r"timeout=0.5 s.*1 queued"):
+        drain(app, timeout=0.5)
+    assert time.monotonic() - began < 3  # and the job was handed back, queued again
+
+
+def test_jobs_waiting_for_a_queue_not_drained_are_reported() -> None:
+    app = Conveyor("memory://", clock=FakeClock())
+
+    @app.task(queue="slow")
+    def first() -> int:
+        return 1
+
+    @app.task
+    def second() -> int:
+        return 2
+
+    dep = first.delay()
+    job = second.options(depends_on=[dep]).delay()
+    with pytest.raises(DrainIncomplete, match=r"wait for jobs that have not ended"):
+        drain(app, ["default"])
+    assert drain(app).ran == 2
+    assert job.result() == 2
+
+
+# -- other brokers -----------------------------------------------------------------------------
+
+
+def test_on_sqlite_a_fake_clock_cannot_be_moved_to_unknown_etas(tmp_path: Path) -> None:
+    clock = FakeClock()
+    with Conveyor(f"sqlite:///{tmp_path}/jobs.db", clock=clock) as app:
+
+        @app.task
+        def later() -> int:
+            return 7
+
+        job = later.options(delay=60).delay()
+        with pytest.raises(DrainIncomplete, match=r"clock.advance\(seconds\)"):
+            drain(app)
+        clock.advance(60)
+        assert drain(app).ran == 1
+        assert job.result() == 7
+
+
+@pytest.mark.timeout(20)
+def test_on_sqlite_a_real_clock_drain_polls_for_a_short_delay(tmp_path: Path) -> None:
+    with Conveyor(f"sqlite:///{tmp_path}/jobs.db") as app:
+
+        @app.task
+        def later() -> int:
+            return 7
+
+        job = later.options(delay=0.3).delay()
+        report = drain(app)
+        assert job.result(timeout=1) == 7
+        assert report.ran == 1 and report.waited > 0
+
+
+# -- use_memory -------------------------------------------------------------------------------
+
+
+def test_use_memory_runs_an_apps_own_tasks_and_gives_its_broker_back(tmp_path: Path) -> None:
+    database = tmp_path / "prod.db"
+    app = Conveyor(f"sqlite:///{database}")
+
+    @app.task(retries=1)
+    def greet(name: str) -> str:
+        return f"hello {name}"
+
+    clock = FakeClock()
+    with use_memory(app, clock) as same:
+        assert same is app and app.clock is clock
+        assert app.broker.url == "memory://"
+        job = greet.delay("ada")
+        drain(app)
+        assert job.result() == "hello ada"
+    assert app.clock is not clock
+    with use_memory(app):
+        assert app.broker.stats() == []  # each block starts empty
+    assert not database.exists()  # its own broker was never opened
+    assert app.broker.url.startswith("sqlite://")
+    app.close()

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import signal
-import sys
-import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -89,14 +86,8 @@ async def coro(x: int) -> int:
 
 
 @pytest.fixture(scope="module")
-def tasks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ModuleType]:
-    folder: Path = tmp_path_factory.mktemp("proc")
-    (folder / "proc_tasks.py").write_text(textwrap.dedent(TASKS))
-    sys.path.insert(0, str(folder))  # spawned children inherit sys.path
-    try:
-        yield importlib.import_module("proc_tasks")
-    finally:
-        sys.path.remove(str(folder))
+def tasks(write_module: Callable[[str, str], ModuleType]) -> ModuleType:
+    return write_module("proc_tasks", TASKS)
 
 
 def alive(pid: int) -> bool:

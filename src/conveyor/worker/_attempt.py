@@ -74,6 +74,7 @@ class Attempt:
     state: str = RUNNING
     stop: str | None = None  # why the worker wants the job stopped, first reason wins
     lost: bool = False  # renew said the lease is gone; our finish will be refused
+    error: RemoteError | None = None  # what the run raised, for the worker's log line
     slot: bool = False  # holds one of the worker's run slots (``_inflight.py``)
     started: float = dataclasses.field(default_factory=time.monotonic)  # fetched
     began: float = 0.0  # handed to a pool (time.monotonic())
@@ -155,6 +156,8 @@ async def acall(fn: Callable[..., Any], message: Message, job: CurrentJob, codec
         raise
     except BaseException as exc:
         return raised(exc)
+    finally:
+        set_current_job(None)  # what runs next in this asyncio task is the worker's, not the job's
     return returned(codec, value)
 
 

@@ -1,8 +1,11 @@
 """A process-pool child: ``python -m conveyor.worker._child FD`` (a fresh interpreter).
 
-It reads ``(sys.path, app spec, trusted packages)`` from the socket ``FD``, imports the app,
-answers ``ready``, then runs one job per message until it reads ``None``. A closed socket
-means the parent is gone: the child exits at once.
+It reads ``(sys.path, app spec, trusted packages, log levels)`` from the socket ``FD``,
+imports the app, answers ``ready``, then runs one job per message until it reads ``None``.
+A closed socket means the parent is gone: the child exits at once.
+
+Its log records go to the parent as ``("log", fields)`` at the parent's levels, stamped with
+the running job's fields here, and the parent's handlers write them (``_logging.forward``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+from .. import _logging
 from .._app import Conveyor
 from .._errors import ConfigurationError
 from .._message import Delivery
@@ -45,22 +49,23 @@ def main(fd: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the parent blocked them to start us
     conn = Connection(fd)
-    try:
-        path, spec, trusted = conn.recv()
-        sys.path[:] = path
-        app = import_app(spec)
-    except BaseException as exc:
-        conn.send(("error", f"{type(exc).__name__}: {exc}"))
-        return
-    resolver = Resolver(app.registry, trusted)
-    jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
-    threading.Thread(target=_listen, args=(conn, jobs), daemon=True).start()
     send_lock = threading.Lock()
 
     def send(message: tuple[Any, ...]) -> None:
         with send_lock:
             conn.send(message)
 
+    try:
+        path, spec, trusted, levels = conn.recv()
+        _logging.forward(send, levels)  # first, so the app's import-time lines reach the parent
+        sys.path[:] = path
+        app = import_app(spec)
+    except BaseException as exc:
+        send(("error", f"{type(exc).__name__}: {exc}"))
+        return
+    resolver = Resolver(app.registry, trusted)
+    jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
+    threading.Thread(target=_listen, args=(conn, jobs), daemon=True).start()
     send(("ready", None))
     while (job := jobs.get()) is not None:
         payload, deliveries = job

@@ -27,10 +27,11 @@ from .._codec import Codec
 from .._errors import BrokerError, ConfigurationError, UntrustedTask
 from .._message import Delivery, Envelope, JobStatus, Outcome
 from ..brokers._port import Broker, Finish, LeaseState
-from ._attempt import Attempt, Result
+from ._attempt import Attempt, Raised, Result
 from ._deadlines import Deadlines
 from ._finisher import Finisher
 from ._inflight import Inflight
+from ._joblog import log_job
 from ._outcome import Outcomes
 from ._pools import Executor
 from ._resolve import Resolver, UnknownTask
@@ -179,7 +180,13 @@ class Consumer:
     def _let_go(self, attempt: Attempt) -> None:
         """A bug of ours, not the job's. Let go of it without a verdict: its lease
         expires, it is delivered again, and max_deliveries bounds a repeat."""
-        log.exception("job %s: cannot start it; it returns when its lease expires", attempt.job_id)
+        log_job(
+            logging.ERROR,
+            attempt,
+            "job %s: cannot start it; it returns when its lease expires",
+            attempt.job_id,
+            exc_info=True,
+        )
         attempt.lost = True
         self.inflight.drop([attempt])
 
@@ -259,7 +266,7 @@ class Consumer:
         assert message is not None
         eta = self.clock.time() + wait
         again = Envelope(d.id, d.queue, d.payload, d.priority, eta=eta, key=message.key)
-        log.debug("job %s: rate limited, back in %.2f s", d.id, wait)
+        log_job(logging.DEBUG, attempt, "job %s: rate limited, back in %.2f s", d.id, wait)
         return Finish(d, JobStatus.SCHEDULED, retry=again)
 
     def _record(self, attempt: Attempt, finish: Finish) -> None:
@@ -270,8 +277,9 @@ class Consumer:
             try:
                 workflows.advance(self.app, attempt.message, finish.status, finish.result)
             except BrokerError as exc:
-                log.warning("job %s: cannot advance its workflow (%s); handing it back",
-                            attempt.job_id, exc)  # fmt: skip
+                log_job(logging.WARNING, attempt,
+                        "job %s: cannot advance its workflow (%s); handing it back",
+                        attempt.job_id, exc)  # fmt: skip
                 self.hand_back([attempt.delivery])
                 self.inflight.drop([attempt])
                 return
@@ -309,31 +317,39 @@ class Consumer:
             self._quick[attempt.name] = self._quick.get(attempt.name, 0) + 1 if ran < QUICK else 0
         if not self.inflight.complete(attempt, ran):
             return  # handed back during shutdown; another worker runs it again
+        if isinstance(result, Raised):
+            attempt.error = result.error  # for the log line once the failure is recorded
         try:
             finish = self.outcomes.finish(attempt, result)
         except Exception as exc:
-            log.exception("job %s: cannot record its outcome", attempt.job_id)
+            log_job(logging.ERROR, attempt, "job %s: cannot record its outcome", attempt.job_id,
+                    exc_info=True)  # fmt: skip
             finish = Finish(attempt.delivery, JobStatus.FAILED, reason=f"worker error: {exc!r}")
         if finish.status is JobStatus.SCHEDULED:
             self._log_retry(attempt, finish)
         self._record(attempt, finish)
 
     def _log_retry(self, attempt: Attempt, finish: Finish) -> None:
-        message = attempt.message
+        message, error = attempt.message, attempt.error
         eta = finish.retry.eta if finish.retry is not None else None
-        if message is None or eta is None:
+        if message is None or eta is None or error is None:
             return
-        log.info(
-            "job %s (%s) failed; retry %d of %d in %.1f s",
+        log_job(
+            logging.INFO,
+            attempt,
+            "job %s (%s) failed, retry %d of %d in %.1f s: %s: %s",
             attempt.job_id,
             attempt.name,
             message.attempt + 1,
             message.retries,
             max(eta - self.clock.time(), 0.0),
+            error.type,
+            error.message,
         )
 
     def progress(self, attempt: Attempt, value: float, note: str | None) -> None:
         try:
             self.broker.progress(attempt.delivery, value, note)
         except Exception as exc:  # progress is advisory: never fail the job over it
-            log.warning("job %s: progress not recorded: %s", attempt.job_id, exc)
+            log_job(logging.WARNING, attempt, "job %s: progress not recorded: %s",
+                    attempt.job_id, exc)  # fmt: skip

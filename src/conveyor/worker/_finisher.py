@@ -18,9 +18,11 @@ import time
 
 from .._backoff import Backoff
 from .._errors import BrokerError
+from .._message import JobStatus
 from ..brokers._port import Broker, Finish
 from ._attempt import Attempt
 from ._inflight import Inflight
+from ._joblog import log_job
 
 log = logging.getLogger("conveyor.worker")
 
@@ -124,23 +126,33 @@ class Finisher:
         return False
 
     def _report(self, attempt: Attempt, finish: Finish, ok: bool) -> None:
-        ms = (time.monotonic() - attempt.started) * 1000
+        """One line per recorded outcome: a dead letter at ERROR with its reason, a failure
+        (no retries left, or not retried) at WARNING with its traceback, the rest at DEBUG
+        (a retry was logged at INFO when it was decided)."""
+        status = finish.status
         if not ok:
-            log.warning(
+            log_job(
+                logging.WARNING,
+                attempt,
                 "job %s (%s): the %s outcome was refused: its lease was lost and another "
                 "worker owns the job now",
                 attempt.job_id,
                 attempt.name,
-                finish.status,
+                status,
             )
-        elif finish.reason and finish.status in ("dead", "failed"):
-            log.info(
-                "job %s (%s) %s after %.0f ms: %s",
-                attempt.job_id,
-                attempt.name,
-                finish.status,
-                ms,
-                finish.reason,
-            )
-        else:
-            log.debug("job %s (%s) %s in %.1f ms", attempt.job_id, attempt.name, finish.status, ms)
+            return
+        if status is JobStatus.DEAD:
+            log_job(logging.ERROR, attempt, "job %s (%s) was dead-lettered after %.0f ms: %s",
+                    attempt.job_id, attempt.name, _ms(attempt), finish.reason)  # fmt: skip
+        elif status is JobStatus.FAILED:
+            error = attempt.error
+            log_job(logging.WARNING, attempt, "job %s (%s) failed after %.0f ms: %s",
+                    attempt.job_id, attempt.name, _ms(attempt), finish.reason,
+                    traceback=error.traceback if error is not None else "")  # fmt: skip
+        elif log.isEnabledFor(logging.DEBUG):  # the success of every job comes this way
+            log_job(logging.DEBUG, attempt, "job %s (%s) %s in %.1f ms",
+                    attempt.job_id, attempt.name, status, _ms(attempt))  # fmt: skip
+
+
+def _ms(attempt: Attempt) -> float:
+    return (time.monotonic() - attempt.started) * 1000

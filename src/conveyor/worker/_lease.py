@@ -18,6 +18,7 @@ from .._message import WorkerInfo
 from ..brokers._port import Broker, LeaseState
 from ._attempt import CANCEL, RUNNING, Attempt
 from ._inflight import Inflight
+from ._joblog import log_job
 
 log = logging.getLogger("conveyor.worker")
 
@@ -85,11 +86,14 @@ class Keeper:
             if state is LeaseState.CANCELLED:
                 if attempt.stop is not None or attempt.state != RUNNING:
                     continue
-                log.info("job %s (%s) was cancelled; stopping it", attempt.job_id, attempt.name)
+                log_job(logging.INFO, attempt, "job %s (%s) was cancelled; stopping it",
+                        attempt.job_id, attempt.name)  # fmt: skip
                 self._interrupt(attempt, CANCEL)
             elif state is LeaseState.LOST and attempt.state == RUNNING:
                 attempt.lost = True
-                log.warning(
+                log_job(
+                    logging.WARNING,
+                    attempt,
                     "job %s (%s): its lease was lost (the worker stalled past the lease, or "
                     "the job was handed to another worker); its result will be refused",
                     attempt.job_id,

@@ -2,9 +2,9 @@
 
 Each child is a fresh interpreter (``python -m conveyor.worker._child``: fork and exec at
 once, never a bare ``fork`` of this threaded parent) that imports the app module itself and
-never touches the broker. It runs one job at a time, sent over a socket pair; progress and
-the result come back over it. The parent kills a child to enforce a time limit, cancel a
-job or stop at the end of the grace period, and starts a replacement.
+never touches the broker. It runs one job at a time, sent over a socket pair; progress, log
+records and the result come back over it. The parent kills a child to enforce a time limit,
+cancel a job or stop at the end of the grace period, and starts a replacement.
 
 Children are ``subprocess.Popen`` objects rather than ``multiprocessing.Process``: several
 threads here wait for, poll and kill them, and ``subprocess`` serialises its ``waitpid``
@@ -43,9 +43,11 @@ import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 
+from .. import _logging
 from .._backoff import Backoff
 from .._errors import ConfigurationError
 from ._attempt import CANCEL, SHUTDOWN, TIMEOUT, Attempt, Result, Stopped, synthetic, timed_out
+from ._joblog import log_job
 from ._threads import Abandon, Done, Report
 
 log = logging.getLogger("conveyor.worker")
@@ -172,7 +174,7 @@ class ProcessRunner:
             theirs.close()
         conn = Connection(ours.detach())
         with contextlib.suppress(OSError):  # if it died at once, _await_ready says so
-            conn.send((list(sys.path), self._spec, self._trusted))
+            conn.send((list(sys.path), self._spec, self._trusted, _logging.levels()))
         log.debug("started worker process %s", proc.pid)
         child = _Child(proc, conn)
         with self._lock:
@@ -181,15 +183,19 @@ class ProcessRunner:
 
     def _await_ready(self, child: _Child) -> str | None:
         """None once the child has imported the app; else why it could not."""
+        deadline = time.monotonic() + _READY_TIMEOUT
         try:
-            if not child.conn.poll(_READY_TIMEOUT):
-                child.proc.kill()
-                return f"no answer within {_READY_TIMEOUT:.0f} s"
-            kind, detail = child.conn.recv()
+            while True:
+                if not child.conn.poll(max(deadline - time.monotonic(), 0.0)):
+                    child.proc.kill()
+                    return f"no answer within {_READY_TIMEOUT:.0f} s"
+                kind, detail = child.conn.recv()
+                if kind != "log":  # lines the app's import wrote
+                    return None if kind == "ready" else str(detail)
+                _logging.replay(detail)
         except (EOFError, OSError):
             code = child.proc.wait()
             return f"it exited with code {code} while starting"
-        return None if kind == "ready" else str(detail)
 
     def _adopt(self, child: _Child) -> None:
         threading.Thread(
@@ -247,6 +253,8 @@ class ProcessRunner:
                 self._report(child.attempt, rest[0], rest[1])
             elif kind == "done":
                 self._finished(child, rest[0])
+            elif kind == "log":
+                _logging.replay(rest[0])
         self._died(child)
 
     def _finished(self, child: _Child, result: Result) -> None:
@@ -326,7 +334,9 @@ class ProcessRunner:
         elif why in (CANCEL, SHUTDOWN):
             self._done(attempt, Stopped(why))
         else:
-            log.warning(
+            log_job(
+                logging.WARNING,
+                attempt,
                 "job %s (%s): its process died (%s) on delivery %d; as with a worker that "
                 "dies, the job gets no outcome and returns when its lease expires",
                 attempt.job_id,

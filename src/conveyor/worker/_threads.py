@@ -36,6 +36,7 @@ from ._attempt import (
     raised,
     timed_out,
 )
+from ._joblog import log_job
 
 log = logging.getLogger("conveyor.worker")
 
@@ -93,7 +94,8 @@ def run_here(attempt: Attempt, codec: Codec, done: Done, report: Report) -> None
     try:
         result = _execute(attempt, codec, report)
     except BaseException as exc:  # a bug here must not cost the pool a thread
-        log.exception("job %s: the thread pool failed to run it", attempt.job_id)
+        log_job(logging.ERROR, attempt, "job %s: the thread pool failed to run it",
+                attempt.job_id, exc_info=True)  # fmt: skip
         result = raised(exc)
     done(attempt, result)
 

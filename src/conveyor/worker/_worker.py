@@ -9,9 +9,10 @@ Threads of a running worker:
 * the **keeper** renews every held lease each ``lease / 3`` s and sends the heartbeat;
 * the **deadline watchdog** enforces time limits.
 
-Stopping (DESIGN §2): ``stop()`` (or the first SIGTERM/SIGINT) stops fetching at once, lets
-running jobs finish for up to ``grace`` seconds, then hands back the rest with ``release``
-for immediate redelivery. ``stop(graceful=False)`` (or a second signal) skips the wait.
+Stopping (docs/reliability.md, "Graceful stop"): ``stop()`` (or the first SIGTERM/SIGINT)
+stops fetching at once, lets running jobs finish for up to ``grace`` seconds, then hands
+back the rest with ``release`` for immediate redelivery. ``stop(graceful=False)`` (or a
+second signal) skips the wait.
 Anything not handed back, because the process died or the broker was away, returns when
 its lease expires: nothing is lost.
 """
@@ -29,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from .. import _logging
 from .._backoff import Backoff
 from .._errors import BrokerError, ConfigurationError
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
@@ -42,7 +44,7 @@ from ._inflight import Inflight
 from ._lease import Keeper
 from ._outcome import Outcomes
 from ._pools import POOLS, Executor, check_recycling
-from ._resolve import Resolver, trusted_packages
+from ._resolve import Resolver, top_package, trusted_packages
 from ._signals import in_main_thread, stop_signals
 
 if TYPE_CHECKING:
@@ -134,6 +136,9 @@ class Worker:
         )
         self._keeper: Keeper | None = None
         self._scheduler: threading.Thread | None = None
+        # The code this worker runs logs at the level chosen for Conveyor's own lines.
+        tasks = {top_package(t.fn.__module__) for t in app.registry.values()}
+        _logging.attach(self.trusted | tasks)
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} {','.join(self.queues)} {self.pool}x{self.concurrency}>"

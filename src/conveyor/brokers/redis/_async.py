@@ -101,6 +101,6 @@ class AsyncMixin(RedisCore):
                 if wait <= 0:
                     return None
             async with _connect.translate_async():
-                await client.blmove(  # Redis takes fractional seconds
-                    done, done, max(wait, 0.01), "RIGHT", "LEFT"
-                )  # type: ignore[arg-type]
+                # redis-py types the timeout as int; Redis takes fractional seconds.
+                seconds: Any = max(wait, 0.01)
+                await client.blmove(done, done, seconds, "RIGHT", "LEFT")

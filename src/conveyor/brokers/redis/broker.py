@@ -380,9 +380,9 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
             # right after the BLMOVE returns, saving a round trip after the wake-up.
             with _connect.translate():
                 pipe = self._client.pipeline(transaction=False)
-                pipe.blmove(  # Redis takes fractional seconds
-                    done, done, max(wait, 0.01), "RIGHT", "LEFT"
-                )  # type: ignore[arg-type]
+                # redis-py types the timeout as int; Redis takes fractional seconds.
+                seconds: Any = max(wait, 0.01)
+                pipe.blmove(done, done, seconds, "RIGHT", "LEFT")
                 pipe.time()
                 pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
                 _, server_time, row = pipe.execute()
