@@ -16,6 +16,9 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -350,6 +353,24 @@ def test_no_command_but_worker_and_demo_creates_a_database(
     assert not target.parent.exists()
 
 
+@contextmanager
+def worker_process(root: Path, args: list[str], env: dict[str, str]) -> Iterator[Path]:
+    """``conveyor ARGS`` (a worker) in ``root``, its output in a file whose path is
+    yielded once the worker has logged its start; stopped with SIGTERM, exit 0."""
+    log = root / f"worker-{uuid.uuid4().hex[:6]}.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", *args],
+            cwd=root, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        wait_for(lambda: "conveyor worker" in log.read_text(), 30, log.read_text)
+        yield log
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0, log.read_text()
+
+
 def test_worker_url_wins_over_the_app_and_creates_the_folder(tmp_path: Path) -> None:
     project = Project(tmp_path)
     (tmp_path / "pinned.py").write_text(
@@ -362,21 +383,11 @@ def test_worker_url_wins_over_the_app_and_creates_the_folder(tmp_path: Path) -> 
     target = tmp_path / "new" / "folder" / "jobs.db"
     url = f"sqlite:///{target}"
     env = {k: v for k, v in project.env().items() if k != "CONVEYOR_URL"}
-    log = tmp_path / "worker.log"
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "worker", "-A", "pinned", "--url", url],
-            cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_for(lambda: "conveyor worker" in log.read_text(), 30, log.read_text)
+    with worker_process(tmp_path, ["worker", "-A", "pinned", "--url", url], env) as log:
         app = Conveyor(url)
         double = app.task(name="pinned:double")(lambda x: x)
         assert double.delay(21).result(timeout=10) == 42
         app.close()
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0, log.read_text()
     assert not (tmp_path / "wrong.db").exists()
     assert f"broker {url}" in log.read_text()
 
@@ -390,20 +401,11 @@ def test_worker_log_level_and_verbose(shop: Shop) -> None:
     assert quiet.wait(30) == 0
     assert "conveyor worker" not in quiet.output()  # the INFO banner is below warning
 
-    log = project.root / "verbose.log"
     env = {**project.env(), "CONVEYOR_LOG_LEVEL": "error"}  # -v wins over the environment
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "conveyor", "-v", "worker", "-A", "jobs_app", "-q", "images"],
-            cwd=project.root, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    try:
-        wait_for(lambda: "conveyor worker" in log.read_text(), 30, log.read_text)
+    args = ["-v", "worker", "-A", "jobs_app", "-q", "images"]
+    with worker_process(project.root, args, env) as log:
         assert shop.resize.delay("v.png").result(timeout=20) == "v.png@100"
         wait_for(lambda: "succeeded in" in log.read_text(), 10, log.read_text)
-    finally:
-        proc.terminate()
-        assert proc.wait(30) == 0
     debug = [line for line in log.read_text().splitlines() if "DEBUG" in line]
     assert any("conveyor.worker" in line for line in debug)
     assert all("conveyor" in line for line in debug), debug  # no client library's lines
@@ -412,20 +414,30 @@ def test_worker_log_level_and_verbose(shop: Shop) -> None:
     assert "CONVEYOR_LOG_LEVEL" in bad.stderr
 
 
+def test_worker_logs_json_lines(shop: Shop) -> None:
+    project = shop.project
+    env = {**project.env(), "CONVEYOR_LOG_FORMAT": "json"}
+    args = ["worker", "-A", "jobs_app", "-q", "images", "--log-level", "debug"]
+    with worker_process(project.root, args, env) as log:
+        job = shop.resize.delay("j.png")
+        assert job.result(timeout=20) == "j.png@100"
+        wait_for(lambda: "succeeded in" in log.read_text(), 10, log.read_text)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]  # every line
+    assert lines[0]["logger"] == "conveyor.worker" and lines[0]["level"] == "INFO"
+    assert lines[0]["message"].startswith("conveyor worker ")
+    assert any(line.get("job_id") == job.id for line in lines)
+    assert all(line["time"].endswith("Z") for line in lines)
+
+
 def test_schedules_show_the_next_fire_time(shop: Shop) -> None:
     project = shop.project
     (project.root / "zoned.py").write_text(
         textwrap.dedent(
             """
-            from dataclasses import dataclass
-            from conveyor.scheduler import Schedule
             from jobs_app import app
 
-            @dataclass(frozen=True)
-            class Zoned(Schedule):  # a schedule that carries its time zone
-                tz: str | None = None
-
-            app.schedules.append(Zoned("jobs_app:nightly", cron="0 3 * * *", tz="Asia/Tokyo"))
+            @app.periodic(cron="0 3 * * *", tz="Asia/Tokyo")  # 03:00 on Tokyo's clock
+            def nightly() -> None: ...
             """
         )
     )
@@ -435,19 +447,20 @@ def test_schedules_show_the_next_fire_time(shop: Shop) -> None:
     assert cleanup["name"] == "jobs_app:cleanup" and cleanup["cron"] == "*/5 * * * *"
     fire = dt.datetime.fromisoformat(cleanup["next_fire_at"]).timestamp()
     assert fire % 300 == 0 and before < fire <= time.time() + 300
-    assert cleanup["tz"] is None and cleanup["next_fire_local"] is None
+    assert cleanup["tz"] == "UTC" and cleanup["next_fire_local"].endswith("+00:00")
 
     zoned = json.loads(
         conveyor(project, "schedules", "-A", "zoned:app", "--json", "-n", "2").stdout
     )
-    nightly = next(s for s in zoned["schedules"] if s["name"] == "jobs_app:nightly")
+    nightly = next(s for s in zoned["schedules"] if s["name"] == "zoned:nightly")
     assert nightly["tz"] == "Asia/Tokyo"
     utc = dt.datetime.fromisoformat(nightly["next_fire_at"])
     local = dt.datetime.fromisoformat(nightly["next_fire_local"])
     assert local == utc and local.utcoffset() == dt.timedelta(hours=9)
+    assert local.hour == 3 and local.minute == 0  # the cron, read on Tokyo's wall clock
     assert len(nightly["upcoming"]) == 2
     table = conveyor(project, "schedules", "-A", "zoned:app").stdout
-    assert "jobs_app:nightly" in table and f"{local:%Y-%m-%d %H:%M:%S} JST" in table
+    assert "zoned:nightly" in table and f"{local:%Y-%m-%d %H:%M:%S} JST" in table
 
     usage = conveyor(project, "schedules", code=2)
     assert "-A MODULE" in usage.stderr

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 
 import click
@@ -11,8 +10,6 @@ from .. import _logging
 
 LEVELS = ("debug", "info", "warning", "error")
 FORMATS = ("text", "json")
-# Client libraries whose debug lines would drown ours under -v: they keep to INFO.
-_CHATTY = ("redis", "asyncio")
 
 level_option = click.option(
     "--log-level",
@@ -41,14 +38,7 @@ def setup(ctx: click.Context, level: str | None, fmt: str) -> None:
     explicit = level is not None and source is click.core.ParameterSource.COMMANDLINE
     chosen = level if explicit else ("debug" if verbose else level or "info")
     assert chosen is not None
-    _configure(chosen.lower(), fmt.lower())
-
-
-def _configure(level: str, fmt: str) -> None:
-    _logging.configure(level, fmt)
-    if level == "debug":
-        for name in _CHATTY:
-            logging.getLogger(name).setLevel(logging.INFO)
+    _logging.configure(chosen.lower(), fmt.lower())
 
 
 def setup_from_env(verbose: bool) -> None:
@@ -65,4 +55,4 @@ def setup_from_env(verbose: bool) -> None:
             raise click.UsageError(f"{name}={value!r}: use one of {', '.join(allowed)}")
         chosen.append(value)
     level, fmt = chosen
-    _configure("debug" if verbose else level, fmt)
+    _logging.configure("debug" if verbose else level, fmt)

@@ -32,9 +32,11 @@ def _every(seconds: float) -> str:
 
 
 def _zone(schedule: Schedule) -> dt.tzinfo | None:
-    """The schedule's time zone, when it has one (a zoneinfo name, or a tzinfo)."""
+    """The time zone the schedule's cron is read in (a zoneinfo name), None for UTC."""
     zone = getattr(schedule, "tz", None)
-    if zone is None or isinstance(zone, dt.tzinfo):
+    if zone is None or str(zone) == "UTC":
+        return None
+    if isinstance(zone, dt.tzinfo):
         return zone
     try:
         return ZoneInfo(str(zone))
@@ -46,10 +48,9 @@ def _zone(schedule: Schedule) -> dt.tzinfo | None:
         ) from exc
 
 
-def _local(ts: float, zone: dt.tzinfo | None) -> str | None:
-    if zone is None:
-        return None
-    return dt.datetime.fromtimestamp(ts, zone).isoformat(timespec="seconds")
+def _local(ts: float, zone: dt.tzinfo | None) -> str:
+    """The fire time in the schedule's zone, with its offset (UTC's is +00:00)."""
+    return dt.datetime.fromtimestamp(ts, zone or dt.UTC).isoformat(timespec="seconds")
 
 
 def upcoming(schedule: Schedule, now: float, count: int) -> list[float]:
@@ -65,7 +66,7 @@ def schedule_json(schedule: Schedule, fires: list[float]) -> dict[str, Any]:
         "name": schedule.name,
         "cron": schedule.cron,
         "every": schedule.every,
-        "tz": None if zone is None else str(zone),
+        "tz": str(getattr(schedule, "tz", None) or "UTC"),
         "overlap": schedule.overlap,
         "catch_up": schedule.catch_up,
         "next_fire_at": iso(fires[0]),
@@ -87,8 +88,8 @@ def schedule_json(schedule: Schedule, fires: list[float]) -> dict[str, Any]:
 @json_option
 @app_options
 def schedules(count: int, as_json: bool, app_spec: str | None, url: str | None) -> None:
-    """The periodic jobs of your app (-A MODULE) with their next fire time, in UTC and in
-    the schedule's own time zone when it has one."""
+    """The periodic jobs of your app (-A MODULE) with their next fire time, in UTC and,
+    for a schedule with tz=, on its zone's wall clock."""
     if not app_spec:
         raise click.UsageError("schedules are defined in your code: pass -A MODULE")
     app, _ = load_app(app_spec)
@@ -111,7 +112,7 @@ def schedules(count: int, as_json: bool, app_spec: str | None, url: str | None) 
         cells = [s.name, rule, "\n".join(map(clock, fires))]
         cells.append("\n".join(span(t - now) for t in fires))
         if zoned:
-            cells.append("\n".join(clock(t, zone) for t in fires) if zone else "")
+            cells.append("\n".join(clock(t, zone) for t in fires) if zone else "UTC")
         grid.add_row(*map(text, cells))
     if not found:
         grid.caption = "no periodic jobs: declare them with @app.periodic(cron=... or every=...)"
