@@ -10,8 +10,7 @@ from .._errors import JobNotFound
 from .._message import JobStatus, validate_job_id, validate_queue
 from ._load import app_options, open_app
 from ._output import emit_json, json_option
-
-_ENDED = ["failed", "dead", "cancelled"]
+from .jobs import ENDED
 
 
 def _ids(job_ids: tuple[str, ...]) -> list[str]:
@@ -74,7 +73,7 @@ def cancel(job_ids: tuple[str, ...], as_json: bool, app_spec: str | None, url: s
 @click.option("--all", "all_", is_flag=True, help="Every ended job with --status.")
 @click.option(
     "--status",
-    type=click.Choice(_ENDED),
+    type=click.Choice(ENDED),
     default=None,
     help="With --all: which ended jobs  [default: dead]",
 )

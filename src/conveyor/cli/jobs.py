@@ -26,7 +26,7 @@ from ._load import app_options, open_app
 from ._output import clock, console, emit_json, iso, json_option, span, table, text, when
 
 STATUSES = [s.value for s in JobStatus]  # queued, scheduled, running, ... in lifecycle order
-_ENDED = {"failed", "dead", "cancelled"}  # the statuses that keep a reason
+ENDED = ("failed", "dead", "cancelled")  # what requeue takes back; each keeps a reason
 _PAGE = 200  # entries read per call while looking for --task matches
 
 
@@ -35,7 +35,7 @@ class Decoded:
     """A payload read with the app's codec: the message, or why there is none."""
 
     message: Message | None
-    problem: str | None  # "undecodable: ...", or "not kept" (a succeeded job on Redis)
+    problem: str | None  # "undecodable: ...", or "payload not kept" (succeeded, on Redis)
 
     @property
     def task(self) -> str | None:
@@ -116,6 +116,7 @@ def undecodable_hint(problems: list[str]) -> str | None:
 @click.option(
     "--limit",
     type=click.IntRange(min=1),
+    metavar="N",
     default=20,
     show_default=True,
     help="Show at most this many.",
@@ -153,7 +154,7 @@ def jobs(
             }
         )
         return
-    ended = status in _ENDED
+    ended = status in ENDED
     columns = ("id", "queue", "task", *(("reason",) if ended else ()), "updated")
     grid = table(f"{status} jobs", [e.id for e, _ in found], columns, whole=("updated",))
     for entry, decoded in found:
