@@ -6,6 +6,7 @@ The public API is exactly what ``__all__`` lists; everything else is private.
 from ._app import Conveyor as Conveyor
 from ._context import CurrentJob as CurrentJob
 from ._context import current_job as current_job
+from ._errors import BrokerAuthError as BrokerAuthError
 from ._errors import BrokerError as BrokerError
 from ._errors import BrokerUnavailable as BrokerUnavailable
 from ._errors import ConfigurationError as ConfigurationError
@@ -16,6 +17,7 @@ from ._errors import InvalidName as InvalidName
 from ._errors import InvalidURL as InvalidURL
 from ._errors import JobCancelled as JobCancelled
 from ._errors import JobDead as JobDead
+from ._errors import JobNotEnded as JobNotEnded
 from ._errors import JobNotFound as JobNotFound
 from ._errors import LockError as LockError
 from ._errors import LockLost as LockLost
@@ -40,6 +42,7 @@ from .workflows import group as group
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrokerAuthError",
     "BrokerError",
     "BrokerUnavailable",
     "ConfigurationError",
@@ -53,6 +56,7 @@ __all__ = [
     "Job",
     "JobCancelled",
     "JobDead",
+    "JobNotEnded",
     "JobNotFound",
     "JobStatus",
     "LockError",

@@ -14,9 +14,10 @@ from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
 from ._errors import ConfigurationError, JobNotFound, ValidationError
 from ._job import Job
-from ._message import Envelope, Message, new_job_id, validate_job_id
+from ._message import Envelope, JobStatus, Message, new_job_id, validate_job_id, validate_queue
+from ._requeue import requeue, requeue_all
 from ._task import Options, Signature, Task, callable_name
-from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker
+from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker, redact_url
 from .stores._port import check_key
 
 if TYPE_CHECKING:
@@ -83,7 +84,7 @@ class Conveyor:
             load_adapter(self.url)
 
     def __repr__(self) -> str:
-        return f"<Conveyor {self.url}>"
+        return f"<Conveyor {redact_url(self.url)}>"
 
     # -- resources -------------------------------------------------------------------------
 
@@ -256,6 +257,36 @@ class Conveyor:
         if record is None:
             raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or its result expired)")
         return Job(self, job_id, record)
+
+    # -- operating queues -------------------------------------------------------------------
+
+    def requeue(self, job_ids: Sequence[str]) -> int:
+        """Put failed, dead or cancelled jobs back on their queue with their retries afresh
+        (attempt 0, deliveries counted anew); returns how many went back.
+
+        Every id is checked before any job is requeued: an unknown one raises
+        ``JobNotFound``, one that has not ended or that succeeded ``JobNotEnded``, one whose
+        payload this app cannot decode (another serializer or secret than the workers')
+        ``SerializationError``. A job's unique key and ``depends_on`` count as on enqueue:
+        while another pending job holds its key it stays as it is (not counted), and it
+        waits again for any dependency that is pending again."""
+        return requeue(self, job_ids)
+
+    def requeue_all(self, status: JobStatus, queue: str | None = None) -> int:
+        """Requeue every failed, dead or cancelled job (``status``) of ``queue`` or of all
+        queues, as ``requeue`` does, a page at a time; returns how many went back. Jobs
+        whose payload this app cannot decode are left where they are, with a warning on the
+        ``conveyor`` logger."""
+        return requeue_all(self, status, queue)
+
+    def pause(self, queue: str) -> None:
+        """Stop workers taking the queue's jobs until ``resume``: they stay queued, running
+        ones finish. Kept in the broker, so a worker started later finds it paused."""
+        self.broker.pause(validate_queue(queue))
+
+    def resume(self, queue: str) -> None:
+        """Let workers take the queue's jobs again; blocked ones do within a second."""
+        self.broker.resume(validate_queue(queue))
 
     def _signature(
         self,

@@ -138,6 +138,8 @@ class JobRecord(msgspec.Struct):
     progress: float | None = None
     progress_note: str | None = None
     updated_at: float = 0.0
+    deliveries: int = 0  # how many times it was handed out (since it was last queued afresh)
+    reason: str = ""  # why it failed, died or was cancelled, as ``entries`` shows it
 
 
 class RemoteError(msgspec.Struct):
@@ -155,7 +157,9 @@ class Outcome(msgspec.Struct, omit_defaults=True):
 
 
 class JobEntry(msgspec.Struct):
-    """A failed or dead-lettered job kept with its payload, so it can be inspected and requeued."""
+    """A job as ``entries`` lists it, with its payload (b"" where the broker no longer keeps
+    one): failed and dead ones to inspect and requeue, queued ones to see what runs next.
+    ``at`` is when the job last changed (entered its status, or reported progress)."""
 
     id: str
     queue: str
@@ -173,6 +177,8 @@ class QueueStats(msgspec.Struct):
     failed: int = 0
     dead: int = 0
     succeeded: int = 0
+    cancelled: int = 0
+    paused: bool = False  # fetch hands out none of its jobs (``broker.pause``)
 
 
 class WorkerInfo(msgspec.Struct):

@@ -24,7 +24,8 @@ def test_all_lists_exactly_the_public_names() -> None:
 
 def test_every_error_derives_from_conveyor_error() -> None:
     errors = [getattr(conveyor, n) for n in conveyor.__all__ if n.endswith(("Error", "Failed"))]
-    errors += [conveyor.JobNotFound, conveyor.JobCancelled, conveyor.JobDead, conveyor.LockLost]
+    errors += [conveyor.JobNotFound, conveyor.JobNotEnded, conveyor.JobCancelled, conveyor.JobDead]
+    errors += [conveyor.LockLost]
     for err in errors:
         assert issubclass(err, conveyor.ConveyorError), err
 

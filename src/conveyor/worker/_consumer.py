@@ -24,7 +24,7 @@ from .. import ratelimit, workflows
 from .._backoff import Backoff
 from .._clock import Clock
 from .._codec import Codec
-from .._errors import BrokerError, ConfigurationError, UntrustedTask
+from .._errors import BrokerAuthError, BrokerError, ConfigurationError, UntrustedTask
 from .._message import Delivery, Envelope, JobStatus, Outcome
 from ..brokers._port import Broker, Finish, LeaseState
 from ._attempt import Attempt, Raised, Result
@@ -99,10 +99,13 @@ class Consumer:
     # -- fetching --------------------------------------------------------------------------
 
     def fetch(self, count: int, block: float) -> list[Delivery] | None:
-        """Up to ``count`` deliveries; None after a broker error (already backed off)."""
+        """Up to ``count`` deliveries; None after a broker error (already backed off).
+        ``BrokerAuthError`` is raised: no wait makes refused credentials good."""
         sent = time.monotonic()
         try:
             deliveries = self.broker.fetch(self.queues, self.name, count, self.lease, block)
+        except BrokerAuthError:
+            raise  # the same credentials are refused again: the worker stops (see Worker)
         except BrokerError as exc:
             delay = self.backoff.next()
             log.warning("cannot fetch from the broker, retrying in %.1f s: %s", delay, exc)

@@ -151,7 +151,11 @@ class Worker:
     # -- public ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run until ``stop()`` or SIGTERM/SIGINT (handled only when called in the main thread)."""
+        """Run until ``stop()`` or SIGTERM/SIGINT (handled only when called in the main thread).
+
+        A broker that is away is waited for; one that refuses the credentials or a permission
+        (``BrokerAuthError``) is not: running jobs are handed back and the error is raised
+        (``conveyor worker`` exits 1 with its message)."""
         if not in_main_thread():
             self._session(until_idle=False, deadline=None)
             return
@@ -182,8 +186,9 @@ class Worker:
 
     def drain(self, timeout: float | None = None) -> int:
         """Run jobs, from the calling thread, until ``queues`` have nothing queued or running;
-        return how many jobs finished. Jobs scheduled for later are left alone. Raises
-        ``TimeoutError`` (after handing back what still runs) if ``timeout`` passes."""
+        return how many jobs finished. Jobs scheduled for later, and those of a paused
+        queue, are left alone. Raises ``TimeoutError`` (after handing back what still runs)
+        if ``timeout`` passes."""
         before = self.processed
         deadline = None if timeout is None else time.monotonic() + timeout
         self._session(until_idle=True, deadline=deadline)
@@ -275,7 +280,12 @@ class Worker:
             stats = {s.queue: s for s in self.app.broker.stats()}
         except BrokerError:
             return False
-        return all(stats[q].queued + stats[q].running == 0 for q in self.queues if q in stats)
+        # A paused queue's queued jobs wait for resume, as scheduled ones for their time.
+        return all(
+            stats[q].running == 0 and (stats[q].paused or stats[q].queued == 0)
+            for q in self.queues
+            if q in stats
+        )
 
     def _shutdown(self) -> None:
         consumer, inflight = self._consumer, self._inflight
