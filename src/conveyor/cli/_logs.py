@@ -7,25 +7,42 @@ import os
 import click
 
 from .. import _logging
+from .._errors import ConveyorError
 
-LEVELS = ("debug", "info", "warning", "error")
-FORMATS = ("text", "json")
+
+def _checked(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """The value as ``_logging`` takes it (a level in any case or a number; text or json),
+    or a usage error that says what to write."""
+    if value is None:
+        return None
+    try:
+        if param.name == "log_level":
+            _logging.parse_level(value)
+        else:
+            _logging.formatter(value)
+    except ConveyorError as exc:
+        raise click.BadParameter(str(exc), ctx, param) from exc
+    return value
+
 
 level_option = click.option(
     "--log-level",
-    type=click.Choice(LEVELS, case_sensitive=False),
     envvar="CONVEYOR_LOG_LEVEL",
     show_envvar=True,
     default=None,
-    help="Log this and above  [default: info; debug with conveyor -v]",
+    metavar="LEVEL",
+    callback=_checked,
+    help="debug, info, warning, error or critical (any case), or 1-50  "
+    "[default: info; debug with conveyor -v]",
 )
 format_option = click.option(
     "--log-format",
-    type=click.Choice(FORMATS, case_sensitive=False),
     envvar="CONVEYOR_LOG_FORMAT",
     show_envvar=True,
     default="text",
     show_default=True,
+    metavar="text|json",
+    callback=_checked,
     help="text for people, json for one JSON object a line (log collectors).",
 )
 
@@ -37,22 +54,18 @@ def setup(ctx: click.Context, level: str | None, fmt: str) -> None:
     source = ctx.get_parameter_source("log_level")
     explicit = level is not None and source is click.core.ParameterSource.COMMANDLINE
     chosen = level if explicit else ("debug" if verbose else level or "info")
-    assert chosen is not None
-    _logging.configure(chosen.lower(), fmt.lower())
+    _logging.configure(chosen or "info", fmt)
 
 
 def setup_from_env(verbose: bool) -> None:
     """Logging for the commands without log options, when asked for: -v, else
     CONVEYOR_LOG_LEVEL and CONVEYOR_LOG_FORMAT (to stderr: stdout stays the command's).
     Otherwise Python's last resort still prints a warning or an error, and nothing else."""
-    env = {"CONVEYOR_LOG_LEVEL": ("info", LEVELS), "CONVEYOR_LOG_FORMAT": ("text", FORMATS)}
-    if not verbose and not any(os.environ.get(name) for name in env):
+    level = os.environ.get("CONVEYOR_LOG_LEVEL")
+    fmt = os.environ.get("CONVEYOR_LOG_FORMAT")
+    if not verbose and not level and not fmt:
         return
-    chosen = []
-    for name, (default, allowed) in env.items():
-        value = (os.environ.get(name) or default).lower()
-        if value not in allowed:
-            raise click.UsageError(f"{name}={value!r}: use one of {', '.join(allowed)}")
-        chosen.append(value)
-    level, fmt = chosen
-    _logging.configure("debug" if verbose else level, fmt)
+    try:
+        _logging.configure("debug" if verbose else level or "info", fmt or "text")
+    except ConveyorError as exc:
+        raise click.UsageError(f"{exc} (from CONVEYOR_LOG_LEVEL / CONVEYOR_LOG_FORMAT)") from exc
