@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from .._app import Conveyor
-from .._errors import ConfigurationError
+from .._errors import ConfigurationError, InvalidURL
 from ..brokers import check_url, load_adapter, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -114,7 +114,10 @@ def sqlite_file(url: str) -> str | None:
         return None
     from ..brokers.sqlite import sqlite_path
 
-    return os.path.abspath(sqlite_path(url))
+    try:
+        return os.path.abspath(sqlite_path(url))
+    except InvalidURL as exc:  # its message quotes the URL: show it redacted
+        raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
 
 
 def missing_database(url: str, path: str, given: bool, spec: str | None) -> str:
