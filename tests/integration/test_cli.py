@@ -26,7 +26,7 @@ import pytest
 
 from conftest import Project, wait_for
 from conveyor import Conveyor, Job, JobStatus, Task
-from redis_server import RedisServer
+from redis_server import RedisServer, private_redis
 
 TASKS = """
 import os, time
@@ -542,3 +542,28 @@ def test_help_and_completion(tmp_path: Path) -> None:
             assert "-A, --app" in text, name
     script = conveyor(project, env={"_CONVEYOR_COMPLETE": "bash_source"}).stdout
     assert "_conveyor_completion" in script and "complete " in script
+
+
+def test_info_and_ping_say_what_is_wrong_with_an_evicting_redis(tmp_path: Path) -> None:
+    server = private_redis(tmp_path / "redis")
+    try:
+        client = server.client()
+        client.config_set("maxmemory", "64mb")
+        client.config_set("maxmemory-policy", "allkeys-lru")
+        client.close()
+        (tmp_path / "project").mkdir()
+        project = Project(tmp_path / "project", server.url)
+        url = server.url
+        info = conveyor(project, "info", "--url", url)
+        assert "warning: Redis evicts keys when it is full" in info.stderr
+        assert "allkeys-lru" in info.stderr
+        ping = conveyor(project, "ping", "--url", url)  # answers: still a pass
+        assert ping.stdout.startswith("ok: ")
+        assert "warning: Redis evicts keys when it is full" in ping.stderr
+        document = json.loads(conveyor(project, "info", "--url", url, "--json").stdout)
+        (line,) = document["warnings"]
+        assert "maxmemory-policy allkeys-lru" in line
+        probe = json.loads(conveyor(project, "ping", "--url", url, "--json").stdout)
+        assert probe["ok"] is True and probe["warnings"] == document["warnings"]
+    finally:
+        server.stop()

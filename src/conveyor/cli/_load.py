@@ -95,16 +95,16 @@ def on_broker(app: Conveyor, url: str | None, spec: str | None, *, create: bool)
 
     Commands that only read or change existing jobs leave ``create`` off: they refuse a
     SQLite file that does not exist rather than create an empty database in the wrong
-    place. A worker or the demo sets it, and gets the file's folder made if missing.
+    place, and a file that holds no Conveyor database. A worker or the demo sets it, and
+    the broker makes a missing file and its folder (private to their owner) when it opens.
     """
     if url:
         use_url(app, url)
     path = sqlite_file(app.url)
-    if path is not None:
-        if create:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-        elif not os.path.exists(path):
+    if path is not None and not create:
+        if not os.path.exists(path):
             raise ConfigurationError(missing_database(app.url, path, bool(url), spec))
+        app.open(create=False)  # a file that is not a Conveyor database is refused too
     return app
 
 

@@ -96,10 +96,12 @@ def info(as_json: bool, app_spec: str | None, url: str | None) -> None:
     stats = app.broker.stats()
     busy = running(app) if any(s.running for s in stats) else []
     workers = sorted(app.broker.workers(), key=lambda w: w.started_at)
+    warnings = app.broker.warnings()
     if as_json:
         emit_json(
             {
                 "broker": redact_url(app.url),
+                "warnings": warnings,
                 "queues": [queue_json(s) for s in stats],
                 "running": busy,
                 "workers": [worker_json(w) for w in workers],
@@ -111,3 +113,5 @@ def info(as_json: bool, app_spec: str | None, url: str | None) -> None:
     if busy:
         out.print(_running_table(busy))
     out.print(_workers_table(workers))
+    for line in warnings:  # on stderr: what the broker says of its setup (an evicting Redis)
+        click.secho(f"warning: {line}", fg="yellow", err=True)

@@ -28,6 +28,7 @@ class _Probe:
     done: threading.Event = field(default_factory=threading.Event)
     broker: str = ""
     workers: int | None = None  # live workers, once the broker answered
+    warnings: list[str] = field(default_factory=list)  # what the broker says of its setup
     error: str | None = None
 
 
@@ -36,6 +37,7 @@ def _ask(probe: _Probe, app_spec: str | None, url: str | None) -> None:
         app = open_app(app_spec, url)
         probe.broker = redact_url(app.url)
         probe.workers = len(app.broker.workers())
+        probe.warnings = app.broker.warnings()
         app.close()
     except ConveyorError as exc:
         probe.error = str(exc)
@@ -91,6 +93,7 @@ def ping(need: int, timeout: float, as_json: bool, app_spec: str | None, url: st
             "workers": probe.workers if answered else None,
             "required_workers": need,
             "seconds": round(latency, 4),
+            "warnings": probe.warnings,
             "error": probe.error,
         }
         emit_json(document)
@@ -99,5 +102,8 @@ def ping(need: int, timeout: float, as_json: bool, app_spec: str | None, url: st
                    f"{probe.workers} live worker(s)")  # fmt: skip
     else:
         click.echo(f"error: {probe.error}", err=True)
+    if not as_json:  # a misconfigured broker is worth a word, not a failed probe
+        for line in probe.warnings:
+            click.echo(f"warning: {line}", err=True)
     if not ok:
         sys.exit(1)
