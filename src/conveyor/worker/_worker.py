@@ -51,7 +51,7 @@ from ._leftovers import let_go
 from ._outcome import Outcomes
 from ._pools import POOLS, Executor, check_recycling
 from ._resolve import Resolver, top_package, trusted_packages
-from ._signals import in_main_thread, stop_signals
+from ._signals import in_main_thread, stop_signals, wait_for
 
 if TYPE_CHECKING:
     from .._app import Conveyor
@@ -183,10 +183,10 @@ class Worker:
             except BaseException as exc:
                 errors.append(exc)
 
-        with stop_signals(self._on_signal):
+        with stop_signals() as received:
             thread = threading.Thread(target=body, name="conveyor-worker")
             thread.start()
-            thread.join()  # signal handlers run here, holding none of the worker's locks
+            wait_for(thread, received, self._on_signal)  # acts on signals outside handlers
         let_go(before, "the worker")  # threads tasks left must not keep this process alive
         if errors:
             raise errors[0]
