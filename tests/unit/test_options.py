@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -92,7 +93,10 @@ def good_whole(least: int, most: int) -> Any:
     return st.integers(min_value=least, max_value=most)
 
 
-_BAD_NAME = st.text(max_size=3).filter(lambda s: not s.isalnum() or not s) | st.integers()
+# Not a name: empty, or with a character outside letters, digits, '_', '.', '-' ("." and
+# "_" alone are names).
+_BAD_NAME = st.text(max_size=3).filter(lambda s: not re.fullmatch(r"[A-Za-z0-9_.\-]+", s))
+_BAD_NAME |= st.integers()
 _ASIDE_KEY = st.text(alphabet="\x00\x07\x1f\x7f", min_size=1, max_size=3) | st.just("")
 
 # option: (bad values, good values)
