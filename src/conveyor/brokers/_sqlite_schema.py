@@ -34,6 +34,14 @@ One file holds everything (the broker's and the key-value store's tables), so on
 ``paused(queue)`` -- v3: one row per paused queue (``pause``); the claim in ``fetch`` leaves
     their jobs queued, and ``resume`` deletes the row and wakes blocked fetches.
 
+``events(id, body)`` -- v4: the event log (``Broker.publish``; docs/observability.md):
+    ``body`` is the encoded event, ``id`` its number and cursor. ``AUTOINCREMENT``, so an
+    id is never given twice, even after the rows before it were trimmed (a reader's cursor
+    keeps its meaning). Written in the transaction of the change an event describes
+    (enqueue, finish) or on its own (publish); trimmed by the writer whose insert crosses a
+    multiple of ``EVENTS_SLACK``: one ``DELETE ... WHERE id <= ?`` on the primary key per
+    that many events, keeping the newest ``events_kept``.
+
 ``kv(key, value, expires_at, version)`` -- the ``KeyValue`` store's values and counters.
 
 ``locks(name, token, expires_at, fence)`` -- one row per lock name ever taken, so its
@@ -131,7 +139,9 @@ _V3 = (
     "CREATE TABLE paused (queue TEXT PRIMARY KEY) WITHOUT ROWID",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+_V4 = ("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)",)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"

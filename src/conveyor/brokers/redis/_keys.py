@@ -64,6 +64,12 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:q:<q>:sweep         STRING  marker (real-time PX) rate-limiting the XAUTOCLAIM sweep
     {P}:q:<q>:reap          STRING  marker (real-time PX) rate-limiting the removal of idle
                                     consumers (nothing pending) from the queue's groups
+    {P}:events              STREAM  the event log (docs/observability.md): entries ``e <json>``,
+                                    one event each, written by the scripts of the changes
+                                    they describe (enqueue, finish) or by ``publish``, every
+                                    XADD capped with ``MAXLEN ~ events_kept`` (whole nodes of
+                                    the oldest go); no consumer group, no job: readers XREAD
+                                    from their own cursor (an entry id) and take nothing out
     {P}:workers             ZSET    worker id -> announcement expiry
     {P}:worker:<w>          STRING  the worker's WorkerInfo (JSON)
 
@@ -186,6 +192,10 @@ class Keys:
         for q in queues:
             keys += self.queue_keys(q)
         return keys
+
+    @property
+    def events(self) -> str:
+        return f"{self.tag}:events"
 
     @property
     def workers(self) -> str:

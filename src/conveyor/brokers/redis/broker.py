@@ -31,11 +31,21 @@ from ..._message import (
     validate_queue,
 )
 from ...stores._port import KeyValue
-from .._port import PARKED, Broker, Finish, LeaseState, unknown_dependency
+from .._port import (
+    EVENTS_KEPT,
+    PARKED,
+    Broker,
+    Finish,
+    LeaseState,
+    check_events,
+    check_kept,
+    unknown_dependency,
+)
 from . import _connect
 from ._admin import AdminMixin
 from ._async import AsyncMixin
 from ._core import PAYLOAD_FIELDS, RECORD_FIELDS, text, to_ms
+from ._events import EventsMixin
 from ._keys import Keys
 
 log = logging.getLogger("conveyor.redis")
@@ -66,6 +76,8 @@ def enqueue_args(env: Envelope, now_ms: int) -> list[Any]:
 
 
 Call = tuple[list[str], list[Any]]
+# Arguments a call carrying events ends with, after them (see common.lua ``carried``).
+_CARRIED = "!e"
 
 
 def batch_calls(
@@ -74,11 +86,14 @@ def batch_calls(
     chunk: int,
     encode: Callable[[T, Callable[[str], int]], Sequence[Any]],
     declare: Callable[[list[str]], list[str]],
+    *,
+    tail: Callable[[int, int], Sequence[Any]] | None = None,
 ) -> list[Call]:
     """Script calls for a batch, one per ``chunk`` items, each naming the queues its items
     use once: ARGV is ``head``, the number of queues, their names, then each item's values
     as ``encode(item, place)`` gives them (``place(queue)``: the queue's 1-based place in
-    that list); KEYS are ``declare(queues)``."""
+    that list), then ``tail(start, end)`` for the items ``items[start:end]`` (the events
+    the call carries); KEYS are ``declare(queues)``."""
     calls = []
     for at in range(0, len(items), chunk):
         queues: dict[str, int] = {}
@@ -89,18 +104,34 @@ def batch_calls(
         own: list[Any] = []
         for item in items[at : at + chunk]:
             own += encode(item, place)
+        if tail is not None:
+            own += tail(at, min(at + chunk, len(items)))
         calls.append((declare(list(queues)), [*head, len(queues), *queues, *own]))
     return calls
 
 
+def with_events(values: list[Any], cap: int) -> list[Any]:
+    """A call's arguments that carry events (common.lua ``carried``): the cap, then a
+    marker no other argument can be (job ids and numbers never start with ``!``)."""
+    return [*values, cap, _CARRIED]
+
+
 def enqueue_calls(
-    keys: Keys, head: list[Any], envelopes: Sequence[Envelope], now_ms: int
+    keys: Keys,
+    head: list[Any],
+    envelopes: Sequence[Envelope],
+    now_ms: int,
+    *,
+    events: Sequence[bytes] = (),
+    cap: int = EVENTS_KEPT,
 ) -> list[Call]:
     """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes. Every
     envelope is validated before the first call is sent, so a bad one writes nothing. A
     batch with dependencies is one call whatever its size: the script checks them all
     before writing anything. Two keys per call (the script computes each queue's own, in
-    the same slot): a lone job costs little to send and to unpack."""
+    the same slot): a lone job costs little to send and to unpack. ``events`` (one per
+    envelope) go after a call's jobs; without them the call is what it always was."""
+    check_events(envelopes, events)
     chunk = len(envelopes) if any(env.depends_on for env in envelopes) else ENQUEUE_CHUNK
     declared = [keys.unique, keys.queues]
 
@@ -109,7 +140,12 @@ def enqueue_calls(
         deps = ",".join(validate_job_id(d) for d in env.depends_on)
         return job_id, place(queue), payload, priority, eta, key, deps
 
-    return batch_calls(head, envelopes, chunk, values, lambda _: declared)
+    def carried(start: int, end: int) -> list[Any]:
+        return with_events(list(events[start:end]), cap)
+
+    return batch_calls(
+        head, envelopes, chunk, values, lambda _: declared, tail=carried if events else None
+    )
 
 
 def enqueue_ids(replies: Sequence[Any]) -> list[str]:
@@ -140,7 +176,7 @@ def _finish_values(f: Finish, place: Callable[[str], int], now_ms: int) -> list[
     return own
 
 
-class RedisBroker(AdminMixin, AsyncMixin, Broker):
+class RedisBroker(AdminMixin, AsyncMixin, EventsMixin, Broker):
     """``Conveyor("redis://...")``: the production broker on Redis Streams (Redis >= 6.2).
 
     ``sweep_idle`` is how long (real seconds) a pending entry must sit idle before the
@@ -161,11 +197,13 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         prefix: str = "conveyor",
         clock: Clock | None = None,
         sweep_idle: float | None = None,
+        events_kept: int = EVENTS_KEPT,
     ) -> None:
         # Imported here: conveyor.stores.redis imports this package's key and error helpers.
         from ...stores.redis import RedisKV
 
         super().__init__(url, prefix=prefix, clock=clock, sweep_idle=sweep_idle)
+        self.events_kept = check_kept(events_kept)
         self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
         self._levels: dict[str, str] = {}  # queue -> its priority streams last seen (fetch.lua)
 
@@ -175,10 +213,13 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
 
     # -- producing -------------------------------------------------------------------------
 
-    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+    def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
         if not envelopes:
             return []
-        calls = enqueue_calls(self._keys, self._head(), envelopes, to_ms(self._clock.time()))
+        now_ms = to_ms(self._clock.time())
+        calls = enqueue_calls(
+            self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
+        )
         with _connect.translate():
             # One script call is atomic on its own; several go in MULTI/EXEC: a batch is
             # written whole or not at all.
@@ -321,9 +362,10 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         own = [delivery.token, repr(float(value)), note or "", "0" if note is None else "1"]
         return self._fenced("progress", [(delivery.id, delivery.queue, own)]) == [1]
 
-    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
         """One script call per ``FINISH_CHUNK`` outcomes (each call atomic; the chunks go in
-        one round trip): the queue keys are declared once per call, not once per job."""
+        one round trip): the queue keys are declared once per call, not once per job.
+        ``events`` ride on the first call, each outcome's event on the call of its chunk."""
 
         def declare(queues: list[str]) -> list[str]:
             keys = [self._keys.unique, self._keys.queues]
@@ -336,8 +378,17 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         def values(f: Finish, place: Callable[[str], int]) -> list[Any]:
             return _finish_values(f, place, now_ms)
 
-        calls = batch_calls(self._head(), outcomes, FINISH_CHUNK, values, declare)
+        def carried(start: int, end: int) -> list[Any]:
+            own = [] if start else list(events)  # the call's own: with the first chunk
+            mine = [f.event or "" for f in outcomes[start:end]]
+            return with_events([*own, *mine, len(own), len(mine)], self.events_kept)
+
+        has_events = bool(events) or any(f.event is not None for f in outcomes)
+        tail = carried if has_events else None
+        calls = batch_calls(self._head(), outcomes, FINISH_CHUNK, values, declare, tail=tail)
         with _connect.translate():
+            if not calls and events:  # nothing to record: the events alone
+                self.publish(events)
             replies = self._run("finish", calls) if calls else []
         return [int(r) == 1 for reply in replies for r in reply]
 

@@ -322,3 +322,21 @@ local function end_cancelled(q, key, job, id, unique, fields)
   terminate(q, key, job, id, 'cancelled', 86400000, fields)
   release_key(unique, job, id)
 end
+
+-- Events (docs/observability.md): JSON the clients encoded, appended to the stream
+-- {P}:events, capped with MAXLEN ~ (whole nodes of the oldest entries go, so trimming
+-- costs little; at least the cap stay). No group reads that stream and no job is in it.
+-- pcall: an event that cannot be written (the key made another type by hand) costs no job.
+local EVENTS = TAG .. 'events'
+
+-- A call that carries events ends with the cap and '!e' (the client's `with_events`); one
+-- that carries none has the arguments it always had. Returns the cap (nil: no events) and
+-- the index of the last argument before those two.
+local function carried()
+  if ARGV[#ARGV] ~= '!e' then return nil, #ARGV end
+  return ARGV[#ARGV - 1], #ARGV - 2
+end
+
+local function publish(cap, event)
+  if event ~= '' then pcall(redis.call, 'XADD', EVENTS, 'MAXLEN', '~', cap, '*', 'e', event) end
+end
