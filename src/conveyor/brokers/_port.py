@@ -85,8 +85,9 @@ Contract, in short:
   ``enqueue`` (``events[i]`` is published only if ``envelopes[i]``'s job is written: not
   for an id that exists, nor for one deduplicated by its unique key) and on ``finish``
   (``events`` first, then each outcome's ``Finish.event``, only where that outcome is
-  recorded: not for a refused delivery, not again for a repeat), in the same atomic step
-  as the change they describe. Without events, nothing is written to the log. The log
+  recorded: not for a refused delivery, not again for a repeat) and on ``cancel`` (published
+  only if that call cancels a queued or scheduled job), in the same atomic step as the
+  change they describe. Without events, nothing is written to the log. The log
   keeps at least the newest ``events_kept`` events and at most ``EVENTS_SLACK`` more (an
   adapter may trim a block at a time, as Redis's ``MAXLEN ~`` does): a full log drops its
   oldest events, never a job, and nothing waits for a reader. ``read_events(after, block,
@@ -293,10 +294,11 @@ class Broker(ABC):
         learn what follows the step."""
 
     @abstractmethod
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
         """Cancel a job: a pending one is removed at once, a running one is flagged so its
         worker stops it (seen at the next lease renewal). Returns the status afterwards.
-        Raises ``JobNotFound`` for an unknown id."""
+        Raises ``JobNotFound`` for an unknown id. ``event`` is published only if this call
+        cancels a queued or scheduled job."""
 
     # -- operations ------------------------------------------------------------------------
 

@@ -512,7 +512,7 @@ class MemoryBroker(Broker):
             job = self._live(job_id, self._clock.time())
             return None if job is None else job.envelope.payload
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
         with self._cond:
             now = self._clock.time()
             job = self._live(job_id, now)
@@ -524,6 +524,8 @@ class MemoryBroker(Broker):
                 self._forget_dependencies(job)
                 reason = CANCELLED_PENDING
                 self._end(job, JobStatus.CANCELLED, None, reason, expires=now + 86400.0, now=now)
+                if event is not None:
+                    self._events.append([event])
                 self._cond.notify_all()
             return job.status
 

@@ -582,7 +582,7 @@ class SQLiteBroker(Broker):
                         return None
                 listener.wait(pause)
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
         due = 0
         with self._db.write() as conn:
             now = self._clock.time()
@@ -603,6 +603,7 @@ class SQLiteBroker(Broker):
                 )
                 due = self._release_dependents(conn, [job_id])
                 self._forget_dependencies(conn, [job_id])
+                self._append_events(conn, [event] if event is not None else [])
         if due:
             self._notify.wake(FETCHERS)
         if status is JobStatus.CANCELLED:

@@ -10,6 +10,7 @@ import click
 from .._errors import ConveyorError
 from .admin import info, jobs, purge, requeue
 from .demo import demo
+from .events import events
 from .worker import worker
 
 
@@ -24,7 +25,7 @@ def cli(verbose: bool) -> None:
     )
 
 
-for command in (worker, info, jobs, requeue, purge, demo):
+for command in (worker, info, jobs, requeue, purge, demo, events):
     cli.add_command(command)
 
 

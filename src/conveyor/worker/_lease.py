@@ -36,6 +36,7 @@ class Keeper:
         interrupt: Callable[[Attempt, str], None],
         info: Callable[[], WorkerInfo],
         heartbeat_every: float = HEARTBEAT_EVERY,
+        beat: Callable[[WorkerInfo], None] | None = None,
     ) -> None:
         self._broker = broker
         self._inflight = inflight
@@ -43,6 +44,7 @@ class Keeper:
         self._interrupt = interrupt
         self._info = info
         self._every = heartbeat_every
+        self._beat = beat  # told of each heartbeat sent (the worker's heartbeat event)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -102,9 +104,12 @@ class Keeper:
         return True
 
     def heartbeat(self) -> bool:
+        info = self._info()
         try:
-            self._broker.heartbeat(self._info(), self._every * 3)
+            self._broker.heartbeat(info, self._every * 3)
         except Exception as exc:  # the heartbeat is advisory; the loop reports broker trouble
             log.debug("heartbeat failed: %s", exc)
             return False
+        if self._beat is not None:
+            self._beat(info)
         return True

@@ -443,8 +443,9 @@ class RedisBroker(AdminMixin, AsyncMixin, EventsMixin, Broker):
                 _, server_time, row = pipe.execute()
             record = self._decode_record(job_id, row, self._now(server_time))
 
-    def cancel(self, job_id: str) -> JobStatus:
-        res = self._by_id("cancel", job_id, [], b"moved")
+    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
+        own = [] if event is None else with_events([event], self.events_kept)
+        res = self._by_id("cancel", job_id, own, b"moved")
         if res is None or res == b"missing":
             raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
         return JobStatus(text(res))

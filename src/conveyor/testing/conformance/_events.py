@@ -197,3 +197,22 @@ class _EventsTests:
         started = _numbered(n, "job.started")
         assert broker.finish(outcomes, started) == [True] * n
         assert _bodies(broker, tail) == started + ended
+
+    # -- events riding on cancel -----------------------------------------------------------
+
+    def test_cancel_publishes_its_event_only_if_it_cancels_a_pending_job(
+        self, broker: Broker, timeline: Timeline
+    ) -> None:
+        queued, later, running = envelope(), envelope(eta=timeline.now + 3600), envelope()
+        broker.enqueue([running])
+        [d] = fetch(broker)
+        broker.enqueue([queued, later])
+        tail = broker.events_tail()
+        assert broker.cancel(queued.id, b"queued cancelled") is JobStatus.CANCELLED
+        assert broker.cancel(later.id, b"later cancelled") is JobStatus.CANCELLED
+        assert broker.cancel(queued.id, b"cancelled again") is JobStatus.CANCELLED  # no event
+        assert broker.cancel(running.id, b"flagged") is JobStatus.RUNNING  # its worker's to say
+        assert broker.cancel(later.id) is JobStatus.CANCELLED
+        assert _bodies(broker, tail) == [b"queued cancelled", b"later cancelled"]
+        assert broker.finish([Finish(d, JobStatus.CANCELLED, b"r", event=b"stopped")]) == [True]
+        assert _bodies(broker, tail)[-1] == b"stopped"
