@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -27,7 +28,7 @@ import msgspec
 
 from .. import _events
 from .._clock import Clock
-from .._events import ENDED, RATE_LIMITED, WORKER_STOPPED
+from .._events import ENDED, RATE_LIMITED, WORKER_STOPPED, Event
 from .._message import JobStatus, WorkerInfo
 from ..brokers._port import Finish
 from ._attempt import Attempt
@@ -48,7 +49,7 @@ class WorkerEvents:
         self._clock = clock
         self._lock = threading.Lock()  # the outbox
         self._sending = threading.Lock()  # one carrier at a time: publish order = make order
-        self._pending: list[bytes] = []
+        self._pending: deque[bytes] = deque(maxlen=MAX_PENDING)  # full: the oldest go
         self._due: float | None = None  # time.monotonic() by which the outbox goes out
         # Called when the outbox gets an event while empty (the finisher's timer starts).
         self.wake: Callable[[], None] = lambda: None
@@ -59,8 +60,6 @@ class WorkerEvents:
         with self._lock:
             first = not self._pending
             self._pending.append(event)
-            if len(self._pending) > MAX_PENDING:
-                del self._pending[: len(self._pending) - MAX_PENDING]
             if first:
                 self._due = time.monotonic() + FLUSH_AFTER
         if first and wake:
@@ -75,14 +74,17 @@ class WorkerEvents:
         it raises, they wait again (in front of newer ones) for ``retry_in`` seconds."""
         with self._sending:
             with self._lock:
-                events, self._pending, self._due = self._pending, [], None
+                events = list(self._pending)
+                self._pending.clear()
+                self._due = None
             try:
                 return call(events)
             except BaseException:
                 if events:
                     with self._lock:
-                        self._pending[:0] = events
-                        del self._pending[: max(len(self._pending) - MAX_PENDING, 0)]
+                        newer = list(self._pending)
+                        self._pending.clear()
+                        self._pending.extend(events + newer)  # the oldest go if too many
                         self._due = time.monotonic() + retry_in
                 raise
 
@@ -100,48 +102,50 @@ class WorkerEvents:
     def started(self, attempt: Attempt, *, wake: bool = True) -> None:
         message, d = attempt.message, attempt.delivery
         assert message is not None, "only decoded jobs start"
-        event = _events.job_event(
+        # Built field by field, not through job_event's keywords: this runs for every job.
+        event = Event(
             "job.started",
-            self._clock.time(),
-            d.id,
-            message.task,
-            d.queue,
+            _events.stamp(self._clock.time()),
+            job_id=d.id,
+            task=message.task,
+            queue=d.queue,
             worker_id=self.worker_id,
             attempt=message.attempt,
             deliveries=d.deliveries,
         )
-        self.add(event, wake=wake)
+        self.add(_events.encode(event), wake=wake)
 
     def outcome(self, attempt: Attempt, finish: Finish) -> Finish:
         """The finish with its job's event on it."""
         message, d, status = attempt.message, attempt.delivery, finish.status
-        fields: dict[str, object] = {"worker_id": self.worker_id}
-        if message is not None:
-            fields["attempt"] = message.attempt
-        if attempt.began:
-            fields["duration"] = round(time.monotonic() - attempt.began, 6)
-        if status is JobStatus.SCHEDULED:
+        event = Event(
+            ENDED.get(status, "job.retried"),
+            _events.stamp(self._clock.time()),
+            job_id=d.id,
+            task=message.task if message is not None else "",
+            queue=d.queue,
+            worker_id=self.worker_id,
+            attempt=message.attempt if message is not None else None,
+            duration=_events.stamp(time.monotonic() - attempt.began) if attempt.began else None,
+        )
+        if status is JobStatus.SUCCEEDED:
+            pass  # the usual case: nothing more to say
+        elif status is JobStatus.SCHEDULED:
             retry = finish.retry
             if retry is not None and retry.eta is not None:
-                fields["eta"] = _events.stamp(retry.eta)
+                event.eta = _events.stamp(retry.eta)
             if attempt.error is not None:
-                kind = "job.retried"
-                fields["error"] = attempt.error.type
-            else:
-                kind = "job.requeued"
-                fields["reason"] = RATE_LIMITED
+                event.error = attempt.error.type
+            else:  # put back until its rate limit allows it; it did not run
+                event.type, event.reason = "job.requeued", RATE_LIMITED
+        elif status is JobStatus.FAILED:
+            error = attempt.error
+            event.error = error.type if error is not None else _kind(finish.reason)
         else:
-            kind = ENDED[status]
-            if status is JobStatus.FAILED:
-                error = attempt.error
-                fields["error"] = error.type if error is not None else _kind(finish.reason)
-            elif status is not JobStatus.SUCCEEDED:
-                fields["reason"] = finish.reason[:500]
+            event.reason = finish.reason[:500]
             if status is JobStatus.DEAD:
-                fields["deliveries"] = d.deliveries
-        task = message.task if message is not None else ""
-        event = _events.job_event(kind, self._clock.time(), d.id, task, d.queue, **fields)
-        return msgspec.structs.replace(finish, event=event)
+                event.deliveries = d.deliveries
+        return msgspec.structs.replace(finish, event=_events.encode(event))
 
     def handed_back(self, attempts: Sequence[Attempt], released: Sequence[bool]) -> None:
         """``job.requeued`` for each started job a stopping worker handed back."""

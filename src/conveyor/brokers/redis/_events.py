@@ -1,78 +1,111 @@
-"""The event log on Redis: one stream, ``{P}:events`` (see ``_keys.py``), capped.
+"""The event log on Redis: the stream ``{P}:events`` and its counter ``{P}:events:n`` (see
+``_keys.py``).
 
 A stream and not pub/sub (docs/redis.md, "Events: a capped stream, not pub/sub"): a reader
-that starts late or reconnects reads what it missed from its own cursor (an entry id), any
-number of readers share one copy without a consumer group (nothing pending, nothing to
-acknowledge, no state of theirs on the server), and a slow reader is never disconnected or
-waited for. The cap bounds the memory: every ``XADD`` trims with ``MAXLEN ~`` (whole nodes
-of the oldest entries, so at least the cap stay), and the oldest events go, never a job.
+that starts late or reconnects reads what it missed from its own cursor, any number of
+readers share one copy without a consumer group (nothing pending, nothing to acknowledge,
+no state of theirs on the server), and a slow reader is never disconnected or waited for.
 
-Events of enqueue and finish are written by those scripts, in the same atomic step
-(common.lua ``publish``); ``publish`` here is for the rest (a worker's started and
-heartbeat events between finishes, requeue, cancel).
+The scripts that make a change append its events in the same step (common.lua
+``publish``): the events of one call share stream entries, up to ``EVENTS_PER_ENTRY`` each,
+framed ``<length>:<bytes>``, so an event costs the server a slice of one ``XADD`` rather
+than an ``XADD`` of its own. Entry ids count events (an entry's id is the number of its
+last event), so the cap is a count: every ``XADD`` trims with ``MINID`` to the newest
+``events_kept``, and the oldest events go, never a job. A cursor is an event's number.
 """
 
 from __future__ import annotations
 
-import re
+import math
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from .._port import bad_cursor, check_read
+from .._port import check_read, event_number
 from . import _connect
 from ._core import RedisCore, text, to_ms
 
-_ENTRY_ID = re.compile(r"^\d+-\d+$")
+EVENTS_PER_ENTRY = 64  # common.lua's: a page of that many events is about one entry
+_MORE_READS = 8  # XREADs one read_events makes at most to fill its page
 
 
-def _cursor(after: str | None) -> str:
-    """A stream entry id from a cursor this broker gave (None: before the first)."""
-    if after is None:
-        return "0-0"
-    if not isinstance(after, str) or not _ENTRY_ID.match(after):
-        raise bad_cursor(after)
-    return after
+def unframe(body: bytes) -> list[bytes]:
+    """The events of one entry (framed ``<length>:<bytes>``). An entry written by hand
+    that is not framed so reads as one empty event, which no reader takes for one."""
+    out, at = [], 0
+    try:
+        while at < len(body):
+            colon = body.index(b":", at)
+            end = colon + 1 + int(body[at:colon])
+            if end > len(body):
+                return [b""]
+            out.append(body[colon + 1 : end])
+            at = end
+    except ValueError:
+        return [b""]
+    return out
 
 
 class EventsMixin(RedisCore):
     events_kept: int
 
     def publish(self, events: Sequence[bytes]) -> None:
-        """One ``MULTI``/``EXEC`` of ``XADD``s: in order, all or none, one round trip. (A
-        reply lost to a dropped connection sends it again: those events are then twice in
-        the log. The scripts' events are not: enqueue and finish publish nothing again for
-        a repeat.)"""
+        """One call of publish.lua: in order, all at once. (A reply lost to a dropped
+        connection sends it again: those events are then twice in the log. The scripts'
+        events are not: enqueue and finish publish nothing again for a repeat.)"""
+        from .broker import frame
+
         if not events:
             return
-        key, cap = self._keys.events, self.events_kept
-        commands = [("XADD", key, "MAXLEN", "~", cap, "*", "e", e) for e in events]
+        keys = [self._keys.events, self._keys.events_counter]
+        args = [*self._head(), self.events_kept, *(frame(e) for e in events)]
         with _connect.translate():
-            self._pinned.pipeline(self._client, *commands, transaction=True)
+            self._eval("publish", keys, args)
 
     def read_events(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
-        """``XREAD`` from the cursor, blocking in slices that stay clear of the socket
-        timeout (``BLOCK 0`` would be for ever: a block of 0 sends none)."""
+        """``XREAD`` of the entries after the cursor's, blocking in slices that stay clear
+        of the socket timeout (``BLOCK 0`` would be for ever: a block of 0 sends none);
+        then, without blocking, more entries until the page is full or none are left."""
         check_read(block, limit)
-        start = _cursor(after)
+        start = event_number(after)
         deadline = time.monotonic() + block
-        key = self._keys.events
         while True:
             left = deadline - time.monotonic()
-            wait = (
-                None if left <= 0 else max(1, to_ms(min(left, _connect.block_slice(self._client))))
-            )
+            slice_ = min(left, _connect.block_slice(self._client))
+            wait = max(1, to_ms(slice_)) if left > 0 else None
+            got = self._read_page(start, limit, wait)
+            if got or deadline - time.monotonic() <= 0:
+                return got
+
+    def _read_page(self, start: int, limit: int, wait: int | None) -> list[tuple[str, bytes]]:
+        out: list[tuple[str, bytes]] = []
+        per_entry = EVENTS_PER_ENTRY  # a guess of the events per entry, then what was seen
+        after = start
+        for _ in range(_MORE_READS):
+            count = max(1, math.ceil((limit - len(out)) / per_entry))
             with _connect.translate():
-                reply: Any = self._client.xread({key: start}, count=limit, block=wait)
-            if reply:
-                (_, entries), *_ = reply
-                # An entry written by hand without an event reads as b"", which no reader
-                # takes for one.
-                return [(text(i), bytes(fields.get(b"e", b""))) for i, fields in entries]
-            if deadline - time.monotonic() <= 0:
-                return []
+                reply: Any = self._client.xread(
+                    {self._keys.events: f"{after}-0"}, count=count, block=wait
+                )
+            if not reply:
+                break
+            (_, entries), *_ = reply
+            seen = 0
+            for sid, fields in entries:
+                last = int(text(sid).partition("-")[0])
+                events = unframe(bytes(fields.get(b"e", b"")))
+                seen += len(events)
+                for number, event in enumerate(events, last - len(events) + 1):
+                    if number > start and len(out) < limit:
+                        out.append((str(number), event))
+                after = last
+            per_entry = max(1, seen // len(entries))
+            if len(out) >= limit or len(entries) < count:
+                break
+            wait = None  # the rest of the page: only what is there already
+        return out
 
     def events_tail(self) -> str:
         with _connect.translate():
-            top = self._client.xrevrange(self._keys.events, count=1)
-        return text(top[0][0]) if top else "0-0"
+            last = self._client.get(self._keys.events_counter)
+        return text(last) if last is not None else "0"

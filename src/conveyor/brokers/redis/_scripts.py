@@ -31,6 +31,7 @@ NAMES = (
     "forget",
     "queued",
     "watch",
+    "publish",
 )
 
 _DEFINES = re.compile(r"local (?:function )?([A-Za-z_]\w*)")

@@ -116,6 +116,12 @@ def with_events(values: list[Any], cap: int) -> list[Any]:
     return [*values, cap, _CARRIED]
 
 
+def frame(event: bytes) -> bytes:
+    """An event as scripts take it: ``<length>:<bytes>``, so that the events of one call
+    can be stored in one stream entry and told apart again (``_events.unframe``)."""
+    return b"%d:%b" % (len(event), event)
+
+
 def enqueue_calls(
     keys: Keys,
     head: list[Any],
@@ -141,7 +147,7 @@ def enqueue_calls(
         return job_id, place(queue), payload, priority, eta, key, deps
 
     def carried(start: int, end: int) -> list[Any]:
-        return with_events(list(events[start:end]), cap)
+        return with_events([frame(e) for e in events[start:end]], cap)
 
     return batch_calls(
         head, envelopes, chunk, values, lambda _: declared, tail=carried if events else None
@@ -379,8 +385,8 @@ class RedisBroker(AdminMixin, AsyncMixin, EventsMixin, Broker):
             return _finish_values(f, place, now_ms)
 
         def carried(start: int, end: int) -> list[Any]:
-            own = [] if start else list(events)  # the call's own: with the first chunk
-            mine = [f.event or "" for f in outcomes[start:end]]
+            own = [] if start else [frame(e) for e in events]  # the call's: the first chunk
+            mine = [b"" if f.event is None else frame(f.event) for f in outcomes[start:end]]
             return with_events([*own, *mine, len(own), len(mine)], self.events_kept)
 
         has_events = bool(events) or any(f.event is not None for f in outcomes)
@@ -444,7 +450,7 @@ class RedisBroker(AdminMixin, AsyncMixin, EventsMixin, Broker):
             record = self._decode_record(job_id, row, self._now(server_time))
 
     def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
-        own = [] if event is None else with_events([event], self.events_kept)
+        own = [] if event is None else with_events([frame(event)], self.events_kept)
         res = self._by_id("cancel", job_id, own, b"moved")
         if res is None or res == b"missing":
             raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")

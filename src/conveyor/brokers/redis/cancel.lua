@@ -26,5 +26,5 @@ end
 terminate(q, key, job, id, 'cancelled', 86400000, {'sid', '', 'reason', 'cancelled before it ran'})
 release_key(KEYS[3], job, id)
 local cap = carried()
-if cap then publish(cap, ARGV[6]) end
+if cap then publish(cap, {ARGV[6]}) end
 return 'cancelled'

@@ -46,7 +46,7 @@ if N == 1 and ARGV[BASE + 4] == '' and ARGV[BASE + 5] == '' and ARGV[BASE + 6] =
     then
       redis.call('SADD', QUEUES, name)
     end
-    if CAP then publish(CAP, ARGV[EV]) end
+    if CAP then publish(CAP, {ARGV[EV]}) end
     return {id}
   end
 end
@@ -89,6 +89,7 @@ else
   end
 end
 local written = {}  -- ids written by this call (an id repeated in the batch is written once)
+local published = {}  -- the events of the jobs written, published at the end
 local listed = {}   -- queues known to be in the QUEUES set in this call
 
 local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
@@ -129,7 +130,7 @@ local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
     if not existed then redis.call('SADD', QUEUES, q.name) end
     listed[q.name] = true
   end
-  if CAP then publish(CAP, ARGV[EV + j]) end
+  if CAP and ARGV[EV + j] ~= '' then published[#published + 1] = ARGV[EV + j] end
   return id
 end
 
@@ -139,4 +140,5 @@ for j = 0, N - 1 do
   out[j + 1] = enqueue_one(j, ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
     ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
 end
+if CAP then publish(CAP, published) end
 return out

@@ -40,6 +40,7 @@ local dropped = {}  -- stream -> entry ids
 local stopped = {}  -- running index -> job ids
 local later = {}    -- status index -> {score, id, ...}
 local listed = {}   -- queues known to be in the QUEUES set in this call
+local published = {}  -- the call's events, then those of the outcomes recorded
 
 local function put_off(into, key, value)
   local list = into[key]
@@ -67,7 +68,7 @@ local function finish_one(a, event)
       if not existed then redis.call('SADD', QUEUES, rq.name) end
       listed[rq.name] = true
     end
-    if event then publish(CAP, event) end
+    if event and event ~= '' then published[#published + 1] = event end
     return 1
   end
   -- (Its sid stays: the entry goes below, and nothing reads an ended job's sid.)
@@ -82,7 +83,7 @@ local function finish_one(a, event)
   end
   terminate(q, key, job, id, status, ttl_ms, fields, later)
   release_key(UNIQUE, job, id)
-  if event then publish(CAP, event) end
+  if event and event ~= '' then published[#published + 1] = event end
   return 1
 end
 
@@ -92,7 +93,7 @@ local own = nil  -- before the first outcome's event
 if CAP then
   local n_call, n_own = tonumber(ARGV[LAST - 1]), tonumber(ARGV[LAST])
   last = LAST - 2 - n_call - n_own
-  for i = last + 1, last + n_call do publish(CAP, ARGV[i]) end
+  for i = last + 1, last + n_call do published[#published + 1] = ARGV[i] end
   own = last + n_call
 end
 while a <= last do
@@ -105,4 +106,5 @@ for stream, sids in pairs(dropped) do
 end
 for running, ids in pairs(stopped) do redis.call('ZREM', running, unpack(ids)) end
 add_indexed(later)
+if CAP then publish(CAP, published) end
 return out
