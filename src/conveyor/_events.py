@@ -185,7 +185,7 @@ def read(broker: Broker, after: str | None, block: float, limit: int) -> list[Ev
     out = []
     for cursor, data in broker.read_events(after, block, limit):
         try:
-            event = _decoder.decode(data)
+            event = decode(data)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("skipped event %s, which is not a Conveyor event: %s", cursor, exc)
             continue

@@ -88,9 +88,10 @@ Contract, in short:
   recorded: not for a refused delivery, not again for a repeat) and on ``cancel`` (published
   only if that call cancels a queued or scheduled job), in the same atomic step as the
   change they describe. Without events, nothing is written to the log. The log
-  keeps at least the newest ``events_kept`` events and at most ``EVENTS_SLACK`` more (an
-  adapter may trim a block at a time, as Redis's ``MAXLEN ~`` does): a full log drops its
-  oldest events, never a job, and nothing waits for a reader. ``read_events(after, block,
+  keeps at least the newest ``events_kept`` events and fewer than ``EVENTS_SLACK`` more
+  (an adapter that stores several events to a record keeps the whole record that holds
+  the oldest one kept): a full log drops its oldest events, never a job, and nothing waits
+  for a reader. ``read_events(after, block,
   limit)`` returns up to ``limit`` (cursor, event) pairs in publish order after the
   opaque cursor ``after`` (None: from the oldest kept), blocking up to ``block`` seconds
   while there is none; a cursor older than the oldest kept reads from the oldest kept.
@@ -125,7 +126,7 @@ from ..stores._port import KeyValue
 
 PARKED = math.inf  # the eta of a job that waits for ``promote``
 # How many events a broker keeps by default (docs/observability.md says why this many), and
-# how many more an adapter that trims a block at a time may keep.
+# fewer than how many more an adapter that stores several events to a record may keep.
 EVENTS_KEPT = 10_000
 EVENTS_SLACK = 100
 # The ended statuses ``requeue`` puts back (a succeeded job keeps its result, not its work).

@@ -8,7 +8,8 @@ One file holds everything (the broker's and the key-value store's tables), so on
     ``seq``: a counter; every job gets the next value whenever it is (re)queued, which is
     the FIFO order within a priority. ``kv_version``: a counter stamped on every key-value
     write, so ``update``'s compare-and-set cannot mistake a delete-and-recreate for "no
-    change" (a per-row counter would restart at 1 and fall for that ABA case).
+    change" (a per-row counter would restart at 1 and fall for that ABA case). ``events``
+    (v4): how many events were ever appended (see ``events``).
 
 ``jobs`` -- one row per job, whatever its state:
     ``id`` (primary key), ``queue``, ``payload`` (opaque bytes), ``priority`` (0..9),
@@ -34,13 +35,13 @@ One file holds everything (the broker's and the key-value store's tables), so on
 ``paused(queue)`` -- v3: one row per paused queue (``pause``); the claim in ``fetch`` leaves
     their jobs queued, and ``resume`` deletes the row and wakes blocked fetches.
 
-``events(id, body)`` -- v4: the event log (``Broker.publish``; docs/observability.md):
-    ``body`` is the encoded event, ``id`` its number and cursor. ``AUTOINCREMENT``, so an
-    id is never given twice, even after the rows before it were trimmed (a reader's cursor
-    keeps its meaning). Written in the transaction of the change an event describes
-    (enqueue, finish) or on its own (publish); trimmed by the writer whose insert crosses a
-    multiple of ``EVENTS_SLACK``: one ``DELETE ... WHERE id <= ?`` on the primary key per
-    that many events, keeping the newest ``events_kept``.
+``events(id, body)`` -- v4: the event log (``Broker.publish``; docs/observability.md), in
+    the transaction of the change the events describe (enqueue, finish, cancel) or on its
+    own (publish). A row holds up to 64 events of one transaction, framed (``_eventlog``),
+    and ``id`` is the number of its last event: meta's ``events`` counts every event ever
+    appended, so ids never repeat, even after the rows before them were trimmed. The
+    transaction that appends also deletes the rows whose events are all older than the
+    newest ``events_kept`` (one primary-key range ``DELETE``).
 
 ``kv(key, value, expires_at, version)`` -- the ``KeyValue`` store's values and counters.
 
@@ -139,7 +140,10 @@ _V3 = (
     "CREATE TABLE paused (queue TEXT PRIMARY KEY) WITHOUT ROWID",
 )
 
-_V4 = ("CREATE TABLE events (id INTEGER PRIMARY KEY AUTOINCREMENT, body BLOB NOT NULL)",)
+_V4 = (
+    "CREATE TABLE events (id INTEGER PRIMARY KEY, body BLOB NOT NULL)",
+    "INSERT INTO meta(name, value) VALUES ('events', 0)",
+)
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)

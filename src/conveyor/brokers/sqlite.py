@@ -25,9 +25,11 @@ The tables, pragmas and migrations are in ``_sqlite_schema``. Here:
   loop; inotify is Linux-only and not in the standard library; FIFOs behave the same but
   need the O_RDWR trick to avoid EOF spins.
 * **Events** (the ``events`` table, see ``_sqlite_schema``) are inserted in the transaction
-  of the change they describe, so a written job and its ``job.enqueued`` commit together.
-  Readers poll the table (every ``_EVENT_POLL`` s while they block): a writer does nothing
-  for them, however many there are.
+  of the change they describe, so a written job and its ``job.enqueued`` commit together;
+  those of one transaction share rows (``_eventlog``): an insert per 64 events, not one
+  per event (a finish of 100 jobs with two events each cost 12 µs per job more than
+  without events with a row per event, 2-4 µs more so). Readers poll the table (every
+  ``_EVENT_POLL`` s while they block): a writer does nothing for them, however many.
 * **Connections** (``_sqlite_schema.Database``): one per thread, and one write transaction
   at a time per process behind a mutex. Measured with 8 threads enqueue+fetch+finish on one
   broker: with the mutex every thread progresses (276-337 cycles each, worst wait 0.1 s);
@@ -58,11 +60,11 @@ from .._message import (
     validate_queue,
 )
 from ..stores.sqlite import SQLiteKV
+from ._eventlog import numbered, records
 from ._port import (
     CANCELLED_PENDING,
     CANCELLED_WORKER_STOPPED,
     EVENTS_KEPT,
-    EVENTS_SLACK,
     PARKED,
     REQUEUEABLE,
     Broker,
@@ -737,14 +739,18 @@ class SQLiteBroker(Broker):
     # -- events ----------------------------------------------------------------------------
 
     def _append_events(self, conn: sqlite3.Connection, events: Sequence[bytes]) -> None:
-        """Insert events in this transaction; the insert that crosses a multiple of
-        ``EVENTS_SLACK`` deletes what is older than the newest ``events_kept``."""
+        """Append events in this transaction, and drop the rows older than the newest
+        ``events_kept``."""
         if not events:
             return
-        conn.executemany("INSERT INTO events(body) VALUES (?)", [(bytes(e),) for e in events])
-        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
-        if last // EVENTS_SLACK != (last - len(events)) // EVENTS_SLACK:
-            conn.execute("DELETE FROM events WHERE id <= ?", (last - self.events_kept,))
+        last = int(
+            conn.execute(
+                "UPDATE meta SET value = value + ? WHERE name = 'events' RETURNING value",
+                (len(events),),
+            ).fetchone()[0]
+        )
+        conn.executemany("INSERT INTO events(id, body) VALUES (?, ?)", records(events, last))
+        conn.execute("DELETE FROM events WHERE id <= ?", (last - self.events_kept,))
 
     def publish(self, events: Sequence[bytes]) -> None:
         if events:
@@ -756,19 +762,19 @@ class SQLiteBroker(Broker):
         start = event_number(after)
         deadline = time.monotonic() + block
         while True:
-            with self._db.read() as conn:
+            with self._db.read() as conn:  # rows hold one event or more: limit rows is enough
                 rows = conn.execute(
                     "SELECT id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (start, limit)
                 ).fetchall()
             left = deadline - time.monotonic()
             if rows or left <= 0:
-                return [(str(i), bytes(body)) for i, body in rows]
+                return numbered(((i, bytes(body)) for i, body in rows), start, limit)
             time.sleep(min(_EVENT_POLL, left))
 
     def events_tail(self) -> str:
         with self._db.read() as conn:
-            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
-        return str(row[0]) if row else "0"
+            row = conn.execute("SELECT value FROM meta WHERE name = 'events'").fetchone()
+        return str(row[0])
 
     def close(self) -> None:
         self._db.close()

@@ -7,8 +7,8 @@ readers share one copy without a consumer group (nothing pending, nothing to ack
 no state of theirs on the server), and a slow reader is never disconnected or waited for.
 
 The scripts that make a change append its events in the same step (common.lua
-``publish``): the events of one call share stream entries, up to ``EVENTS_PER_ENTRY`` each,
-framed ``<length>:<bytes>``, so an event costs the server a slice of one ``XADD`` rather
+``publish``): the events of one call share stream entries, up to 64 each, framed
+``<length>:<bytes>`` (``_eventlog``), so an event costs the server a slice of one ``XADD`` rather
 than an ``XADD`` of its own. Entry ids count events (an entry's id is the number of its
 last event), so the cap is a count: every ``XADD`` trims with ``MINID`` to the newest
 ``events_kept``, and the oldest events go, never a job. A cursor is an event's number.
@@ -21,29 +21,12 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from .._eventlog import PER_RECORD, frame, numbered, unframe
 from .._port import check_read, event_number
 from . import _connect
 from ._core import RedisCore, text, to_ms
 
-EVENTS_PER_ENTRY = 64  # common.lua's: a page of that many events is about one entry
 _MORE_READS = 8  # XREADs one read_events makes at most to fill its page
-
-
-def unframe(body: bytes) -> list[bytes]:
-    """The events of one entry (framed ``<length>:<bytes>``). An entry written by hand
-    that is not framed so reads as one empty event, which no reader takes for one."""
-    out, at = [], 0
-    try:
-        while at < len(body):
-            colon = body.index(b":", at)
-            end = colon + 1 + int(body[at:colon])
-            if end > len(body):
-                return [b""]
-            out.append(body[colon + 1 : end])
-            at = end
-    except ValueError:
-        return [b""]
-    return out
 
 
 class EventsMixin(RedisCore):
@@ -53,8 +36,6 @@ class EventsMixin(RedisCore):
         """One call of publish.lua: in order, all at once. (A reply lost to a dropped
         connection sends it again: those events are then twice in the log. The scripts'
         events are not: enqueue and finish publish nothing again for a repeat.)"""
-        from .broker import frame
-
         if not events:
             return
         keys = [self._keys.events, self._keys.events_counter]
@@ -79,7 +60,7 @@ class EventsMixin(RedisCore):
 
     def _read_page(self, start: int, limit: int, wait: int | None) -> list[tuple[str, bytes]]:
         out: list[tuple[str, bytes]] = []
-        per_entry = EVENTS_PER_ENTRY  # a guess of the events per entry, then what was seen
+        per_entry = PER_RECORD  # a guess of the events per entry, then what was seen
         after = start
         for _ in range(_MORE_READS):
             count = max(1, math.ceil((limit - len(out)) / per_entry))
@@ -90,16 +71,10 @@ class EventsMixin(RedisCore):
             if not reply:
                 break
             (_, entries), *_ = reply
-            seen = 0
-            for sid, fields in entries:
-                last = int(text(sid).partition("-")[0])
-                events = unframe(bytes(fields.get(b"e", b"")))
-                seen += len(events)
-                for number, event in enumerate(events, last - len(events) + 1):
-                    if number > start and len(out) < limit:
-                        out.append((str(number), event))
-                after = last
-            per_entry = max(1, seen // len(entries))
+            found = [(int(text(i).partition("-")[0]), bytes(f.get(b"e", b""))) for i, f in entries]
+            out += numbered(found, max(start, after), limit - len(out))
+            after = found[-1][0]
+            per_entry = max(1, sum(len(unframe(body)) for _, body in found) // len(found))
             if len(out) >= limit or len(entries) < count:
                 break
             wait = None  # the rest of the page: only what is there already

@@ -31,6 +31,7 @@ from ..._message import (
     validate_queue,
 )
 from ...stores._port import KeyValue
+from .._eventlog import frame
 from .._port import (
     EVENTS_KEPT,
     PARKED,
@@ -114,12 +115,6 @@ def with_events(values: list[Any], cap: int) -> list[Any]:
     """A call's arguments that carry events (common.lua ``carried``): the cap, then a
     marker no other argument can be (job ids and numbers never start with ``!``)."""
     return [*values, cap, _CARRIED]
-
-
-def frame(event: bytes) -> bytes:
-    """An event as scripts take it: ``<length>:<bytes>``, so that the events of one call
-    can be stored in one stream entry and told apart again (``_events.unframe``)."""
-    return b"%d:%b" % (len(event), event)
 
 
 def enqueue_calls(
