@@ -10,13 +10,17 @@ while the worker is busy.
   call per ``FLUSH_AFTER``, never one per job.
 * Whatever takes the outbox's events sends them under one lock (``carry``), so they reach
   the broker in the order they were made; a job's started event, made before its outcome,
-  is published in the same call or an earlier one.
+  is published in the same call or an earlier one. Adding takes no lock (every job thread
+  adds, and a contended lock there cost the threads more than the events themselves):
+  a deque's ``append`` and ``popleft`` are atomic, and a carrier forgets the flush time
+  before it empties the outbox, so an event added meanwhile sets it again.
 * The outbox holds at most ``MAX_PENDING`` events: a broker away for long makes the worker
   drop its oldest events, as a full log does, and nothing else.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -47,7 +51,6 @@ class WorkerEvents:
     def __init__(self, worker_id: str, clock: Clock) -> None:
         self.worker_id = worker_id
         self._clock = clock
-        self._lock = threading.Lock()  # the outbox
         self._sending = threading.Lock()  # one carrier at a time: publish order = make order
         self._pending: deque[bytes] = deque(maxlen=MAX_PENDING)  # full: the oldest go
         self._due: float | None = None  # time.monotonic() by which the outbox goes out
@@ -57,13 +60,11 @@ class WorkerEvents:
     # -- the outbox ------------------------------------------------------------------------
 
     def add(self, event: bytes, *, wake: bool = True) -> None:
-        with self._lock:
-            first = not self._pending
-            self._pending.append(event)
-            if first:
-                self._due = time.monotonic() + FLUSH_AFTER
-        if first and wake:
-            self.wake()
+        self._pending.append(event)
+        if self._due is None:  # the first since the outbox was last taken (or two at once)
+            self._due = time.monotonic() + FLUSH_AFTER
+            if wake:
+                self.wake()
 
     def due(self) -> float | None:
         """When the waiting events must go out on their own (None: nothing waits)."""
@@ -73,19 +74,17 @@ class WorkerEvents:
         """``call(events)`` with every waiting event, taken and sent under the send lock; if
         it raises, they wait again (in front of newer ones) for ``retry_in`` seconds."""
         with self._sending:
-            with self._lock:
-                events = list(self._pending)
-                self._pending.clear()
-                self._due = None
+            self._due = None  # first: an event added from here on sets it again (add)
+            events = []
+            with contextlib.suppress(IndexError):
+                while True:
+                    events.append(self._pending.popleft())
             try:
                 return call(events)
             except BaseException:
-                if events:
-                    with self._lock:
-                        newer = list(self._pending)
-                        self._pending.clear()
-                        self._pending.extend(events + newer)  # the oldest go if too many
-                        self._due = time.monotonic() + retry_in
+                if events:  # in front of what came meanwhile (a full outbox drops the newest)
+                    self._pending.extendleft(reversed(events))
+                    self._due = time.monotonic() + retry_in
                 raise
 
     def publish(self, publish: Callable[[Sequence[bytes]], None], retry_in: float) -> bool:
