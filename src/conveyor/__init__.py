@@ -8,12 +8,14 @@ from ._context import CurrentJob as CurrentJob
 from ._context import current_job as current_job
 from ._errors import BrokerAuthError as BrokerAuthError
 from ._errors import BrokerError as BrokerError
+from ._errors import BrokerGone as BrokerGone
 from ._errors import BrokerUnavailable as BrokerUnavailable
 from ._errors import ConfigurationError as ConfigurationError
 from ._errors import ConveyorError as ConveyorError
 from ._errors import DependencyFailed as DependencyFailed
 from ._errors import DependencyNotFound as DependencyNotFound
 from ._errors import InvalidName as InvalidName
+from ._errors import InvalidOption as InvalidOption
 from ._errors import InvalidURL as InvalidURL
 from ._errors import JobCancelled as JobCancelled
 from ._errors import JobDead as JobDead
@@ -23,6 +25,7 @@ from ._errors import LockError as LockError
 from ._errors import LockLost as LockLost
 from ._errors import LockTimeout as LockTimeout
 from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import ResultTooLarge as ResultTooLarge
 from ._errors import SerializationError as SerializationError
 from ._errors import SoftTimeLimit as SoftTimeLimit
 from ._errors import TaskFailed as TaskFailed
@@ -45,6 +48,7 @@ __version__ = "0.1.0"
 __all__ = [
     "BrokerAuthError",
     "BrokerError",
+    "BrokerGone",
     "BrokerUnavailable",
     "ConfigurationError",
     "Conveyor",
@@ -54,6 +58,7 @@ __all__ = [
     "DependencyNotFound",
     "Event",
     "InvalidName",
+    "InvalidOption",
     "InvalidURL",
     "Job",
     "JobCancelled",
@@ -65,6 +70,7 @@ __all__ = [
     "LockLost",
     "LockTimeout",
     "PayloadTooLarge",
+    "ResultTooLarge",
     "SerializationError",
     "Signature",
     "SoftTimeLimit",

@@ -12,9 +12,17 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
 from . import _events
+from ._checks import flag, names
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
-from ._errors import BrokerError, ConfigurationError, ConveyorError, JobNotFound, ValidationError
+from ._errors import (
+    BrokerError,
+    ConfigurationError,
+    ConveyorError,
+    InvalidOption,
+    JobNotFound,
+    ValidationError,
+)
 from ._events import Event
 from ._job import Job
 from ._message import Envelope, JobStatus, Message, new_job_id, validate_job_id, validate_queue
@@ -22,7 +30,6 @@ from ._requeue import requeue, requeue_all
 from ._task import Options, Signature, Task, callable_name
 from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker, redact_url
 from .brokers._port import CANCELLED_PENDING, check_kept
-from .stores._port import check_key
 
 if TYPE_CHECKING:
     from .cache import Cached
@@ -35,6 +42,8 @@ log = logging.getLogger("conveyor")
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MAX_RESULT = 1024 * 1024  # bytes of an encoded result, like DEFAULT_MAX_PAYLOAD
 
 
 class _Sender:
@@ -59,10 +68,13 @@ class Conveyor:
 
     ``url`` picks the broker: the argument, else ``CONVEYOR_URL``, else
     ``sqlite:///./conveyor.db``. ``trust`` names extra top-level packages whose callables a
-    worker may run by name (see ``app.enqueue``). ``events``: publish what happens to jobs
-    and workers into the broker's event log (``conveyor events``, ``read_events``); with
-    False this app writes no event at all. ``events_kept``: how many events the log keeps
-    (default 10,000; docs/observability.md); give every process of a deployment the same.
+    worker may run by name (see ``app.enqueue``). ``max_payload`` caps an encoded job and
+    ``max_result`` a task's encoded result, in bytes (1 MiB each by default); a result over
+    its cap fails the job with ``ResultTooLarge`` (docs/reliability.md). ``events``: publish
+    what happens to jobs and workers into the broker's event log (``conveyor events``,
+    ``read_events``); with False this app writes no event at all. ``events_kept``: how many
+    events the log keeps (default 10,000; docs/observability.md); give every process of a
+    deployment the same.
     """
 
     def __init__(
@@ -73,6 +85,7 @@ class Conveyor:
         serializer: Serializer = "json",
         secret: bytes | str | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_result: int = DEFAULT_MAX_RESULT,
         prefix: str = "conveyor",
         clock: Clock | None = None,
         broker: Broker | None = None,
@@ -80,14 +93,17 @@ class Conveyor:
         events_kept: int | None = None,
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
-        if not isinstance(events, bool):
-            raise ConfigurationError(f"events takes True or False, not {events!r}")
-        self.events = events
+        self.events = flag("events", events)
         self.events_kept = None if events_kept is None else check_kept(events_kept)
-        self.trust = tuple(trust)
+        self.trust = names("trust", trust, "trust=['myapp', 'shared']")
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
         self.codec = Codec(serializer, secret, max_payload)
+        if isinstance(max_result, bool) or not isinstance(max_result, int) or max_result < 1:
+            raise ConfigurationError(
+                f"max_result is a size in bytes, a positive whole number, not {max_result!r}"
+            )
+        self.max_result = max_result  # checked by the worker, on the result it encodes
         self.registry: dict[str, Task[Any, Any]] = {}
         self.defaults = Options()
         self.schedules: list[Schedule] = []  # filled by @app.periodic; workers run them
@@ -108,11 +124,23 @@ class Conveyor:
     @property
     def broker(self) -> Broker:
         """The broker, opened on first use (importing a tasks module opens nothing)."""
+        return self._broker if self._broker is not None else self.open()
+
+    def open(self, *, create: bool = True) -> Broker:
+        """Open the broker now, rather than on first use, and return it (``app.broker``).
+
+        ``create=False`` is for tools that only look (``conveyor info``): an SQLite file
+        that does not exist raises ``ConfigurationError`` naming the path, instead of an
+        empty database (and its folder) being made there. A broker already open is kept."""
         if self._broker is None:
             with self._broker_lock:
                 if self._broker is None:
                     self._broker = open_broker(
-                        self.url, clock=self.clock, prefix=self.prefix, events_kept=self.events_kept
+                        self.url,
+                        clock=self.clock,
+                        prefix=self.prefix,
+                        create=create,
+                        events_kept=self.events_kept,
                     )
         return self._broker
 
@@ -236,6 +264,8 @@ class Conveyor:
     def _register(self, fn: Callable[..., Any], name: str | None, opts: Options) -> Task[Any, Any]:
         # Registered tasks resolve by name through the registry, so unlike plain callables
         # they may live in __main__ (a worker running in the same script finds them).
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidOption(f"bad name={name!r}: a task's name is a non-empty str")
         task_name = name or f"{fn.__module__}:{fn.__qualname__}"
         existing = self.registry.get(task_name)
         if existing is not None and existing.fn is not fn:
@@ -385,11 +415,14 @@ class Conveyor:
 
     def envelope(self, sig: Signature[Any]) -> Envelope:
         """Encode one call into what the broker stores; raises before anything is written."""
-        o = sig.opts
+        if not isinstance(sig, Signature):
+            raise ValidationError(
+                f"cannot enqueue {sig!r}: enqueue_many takes signatures, e.g. "
+                "app.enqueue_many(task.s(x) for x in items)"
+            )
+        o = sig.opts  # checked when they were given (Options.merge)
         now = self.clock.time()
-        job_id = validate_job_id(o.job_id) if o.job_id else new_job_id()
-        if o.key is not None:
-            check_key(o.key)
+        job_id = o.job_id or new_job_id()
         eta = o.eta if o.eta is not None else (now + o.delay if o.delay else None)
         message = Message(
             id=job_id,

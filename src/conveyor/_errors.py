@@ -4,15 +4,21 @@
 
     ConveyorError                   anything Conveyor raises on purpose
     ├── ConfigurationError          a bad URL, option or setting; fix the call
-    │   └── InvalidURL
+    │   ├── InvalidURL
+    │   └── InvalidOption           (also a ValidationError) an option of the wrong type or
+    │                               range: names it, the value and what to write; nothing
+    │                               was written
     ├── ValidationError             bad input at enqueue; nothing was written
     │   ├── InvalidName             queue name, job id or key
     │   ├── SerializationError      an argument or result the codec cannot encode
+    │   │   └── ResultTooLarge      (worker side) a task's encoded result is over the cap
     │   └── PayloadTooLarge         the encoded job is over the size cap
     ├── BrokerError                 the broker failed; redis.* and sqlite3.* never leak
     │   ├── BrokerUnavailable       cannot reach the broker (after retries)
-    │   └── BrokerAuthError         the broker refused the login or an ACL permission;
-    │                               retrying cannot help (a worker stops on it)
+    │   ├── BrokerAuthError         the broker refused the login or an ACL permission;
+    │   │                           retrying cannot help (a worker stops on it)
+    │   └── BrokerGone              the SQLite database file was deleted or replaced under
+    │                               the process; retrying cannot help (a worker stops on it)
     ├── JobNotFound                 no job with that id (or its record expired)
     │   └── DependencyNotFound      (also a ValidationError) ``depends_on=`` names no job;
     │                               nothing was written
@@ -61,6 +67,18 @@ class SerializationError(ValidationError):
     """A value the codec cannot encode or decode."""
 
 
+class InvalidOption(ConfigurationError, ValidationError):
+    """An option of a task, a call or a worker with a value of the wrong type or out of
+    range (``backoff=nan``, ``retries=True``, ``delay=-5``); the message names the option,
+    the value and what to write instead. Raised where the option is given, so nothing was
+    written."""
+
+
+class ResultTooLarge(SerializationError):
+    """A task's encoded result is over ``Conveyor(max_result=...)``: the job fails with it
+    (the caller sees ``TaskFailed`` naming this type) and nothing is stored."""
+
+
 class PayloadTooLarge(ValidationError):
     """The encoded job is larger than the configured cap."""
 
@@ -77,6 +95,14 @@ class BrokerAuthError(BrokerError):
     """The broker refused the credentials (a wrong password, none given, a disabled ACL
     user) or a permission the ACL user lacks. Retrying cannot help: fix the URL or the
     user's rights. The message says which, and never holds the password."""
+
+
+class BrokerGone(BrokerError):
+    """The broker's storage was deleted or replaced while the process had it open: an SQLite
+    database file (or its -wal or -shm) removed, or another file moved over it. The process
+    still holds the old file, which nobody else sees, so it refuses every further call
+    rather than write into it. Retrying cannot help: restart the process. The message names
+    the path and what happened."""
 
 
 class JobNotFound(ConveyorError):

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from ._errors import InvalidName
+from ._errors import InvalidName, InvalidOption
 
 DEFAULT_QUEUE = "default"
 MIN_PRIORITY = 0
@@ -59,8 +59,15 @@ def validate_job_id(job_id: str) -> str:
 
 
 def validate_priority(priority: int) -> int:
-    if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise InvalidName(f"bad priority {priority!r}: use an integer from 0 (low) to 9 (high)")
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise InvalidOption(
+            f"bad priority={priority!r}: priority takes a whole number from 0 (low) to 9 "
+            "(high); write priority=5"
+        )
     return priority
 
 

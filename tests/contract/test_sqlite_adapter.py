@@ -269,9 +269,10 @@ def test_a_file_that_is_not_a_database_is_a_broker_error(tmp_path: Path) -> None
         SQLiteBroker(str(junk))
 
 
-def test_a_missing_directory_is_a_broker_error(tmp_path: Path) -> None:
-    with pytest.raises(BrokerError):
-        SQLiteBroker(str(tmp_path / "no" / "such" / "dir" / "x.db"))
+def test_a_folder_that_cannot_be_made_is_a_broker_error(tmp_path: Path) -> None:
+    (tmp_path / "plain").write_text("a file, not a folder")
+    with pytest.raises(BrokerError, match=r"cannot create the SQLite database .*plain/x\.db"):
+        SQLiteBroker(str(tmp_path / "plain" / "x.db"))
 
 
 # -- leases and fencing on a fake clock ------------------------------------------------------

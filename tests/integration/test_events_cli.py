@@ -79,9 +79,9 @@ def _types(events: list[dict[str, Any]], job_id: str) -> list[str]:
 @pytest.mark.timeout(120)
 def test_json_lines_follow_every_job_and_the_worker(events_project: Project) -> None:
     p = events_project
+    worker = p.worker("-q", "maths", "-c", "2")  # first: it makes the SQLite database
     follower = Follower(p, "--json", "--since", "5m", "-A", "jobs_app")
     try:
-        worker = p.worker("-q", "maths", "-c", "2")
         app = p.app()
         ok_id = _send(app, "add", 2, 3)
         boom_id = _send(app, "boom")
@@ -160,6 +160,7 @@ def test_lines_of_the_recent_past_then_live_filtered_by_type(
     [
         (["--type", "job.finished"], "matches no event type"),
         (["--since", "five minutes"], "bad duration"),
+        ([], "no SQLite database at"),  # a read-only command: it makes none
     ],
 )
 def test_bad_options_say_what_to_write(tmp_path: Path, args: list[str], says: str) -> None:
@@ -173,6 +174,7 @@ def test_bad_options_say_what_to_write(tmp_path: Path, args: list[str], says: st
     )
     assert done.returncode == 1 and says in done.stderr, done.stderr
     assert done.stdout == ""
+    assert list(tmp_path.iterdir()) == []
 
 
 def _worker_id(p: Project) -> str:

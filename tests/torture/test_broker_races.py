@@ -454,7 +454,7 @@ def test_the_redis_adapter_never_trims_its_job_streams() -> None:
         if re.search(r"\b(MAXLEN|MINID|XTRIM)\b", line, re.IGNORECASE)
     }
     assert trims == {
-        'pipe.xadd(self._keys.resumed, {"queue": queue}, maxlen=1, approximate=False)',
+        "redis.call('XADD', RESUMED, 'MAXLEN', 1, '*', 'queue', ARGV[5])",
         "if not pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) then",
         "pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body)",
     }, trims

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -63,3 +64,23 @@ def test_bad_pool_is_a_usage_error(captured: list[Worker]) -> None:
     result = CliRunner().invoke(cli, ["worker", "shopapp.tasks", "--pool", "fibers"])
     assert result.exit_code == 2
     assert "fibers" in result.output
+
+
+def test_app_option_and_url_override(
+    captured: list[Worker], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CONVEYOR_URL", "memory://")  # restored after the test
+    url = f"sqlite:///{tmp_path}/db/jobs.db"
+    _invoke("-A", "shopapp.tasks", "--url", url)
+    (w,) = captured
+    assert w.app.url == url and w.module == "shopapp.tasks"
+    assert (tmp_path / "db").is_dir()  # a worker may create the database and its folder
+    assert w.trusted == frozenset({"shopapp", "billing"})
+    assert os.environ["CONVEYOR_URL"] == url  # what pool children read
+    w.app.close()
+
+
+def test_two_different_apps_is_a_usage_error(captured: list[Worker]) -> None:
+    result = CliRunner().invoke(cli, ["worker", "shopapp.tasks", "-A", "other.tasks"])
+    assert result.exit_code == 2 and "give one" in result.output
+    assert captured == []

@@ -12,9 +12,16 @@ from contextlib import contextmanager
 
 import pytest
 
-from conveyor import BrokerAuthError, BrokerUnavailable, Conveyor, JobStatus, current_job
+from conveyor import (
+    BrokerAuthError,
+    BrokerGone,
+    BrokerUnavailable,
+    Conveyor,
+    JobStatus,
+    current_job,
+)
 from conveyor._clock import FakeClock
-from conveyor._message import Delivery
+from conveyor._message import Delivery, WorkerInfo
 from conveyor.brokers import Finish, LeaseState
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.worker import Worker
@@ -33,17 +40,31 @@ class Recording(MemoryBroker):
         self.refuse_fetches = False  # as a server refuses wrong credentials: every time
         self.fail_finishes = 0
         self.finish_delay = 0.0
+        self.gone = ""  # as the SQLite broker refuses everything once its file is deleted
+
+    def _refuse_if_gone(self) -> None:
+        if self.gone:
+            raise BrokerGone(self.gone)
 
     def fetch(
         self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
     ) -> list[Delivery]:
         self.fetch_counts.append(count)
+        self._refuse_if_gone()
         if self.refuse_fetches:
             raise BrokerAuthError("Redis refused the login: check the password in the URL")
         if self.fail_fetches:
             self.fail_fetches -= 1
             raise BrokerUnavailable("connection refused (the broker is restarting)")
         return super().fetch(queues, consumer, count, lease, block)
+
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+        self._refuse_if_gone()
+        return super().renew(deliveries, lease)
+
+    def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+        self._refuse_if_gone()
+        super().heartbeat(info, ttl)
 
     def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
         if self.fail_finishes:
@@ -238,6 +259,21 @@ def test_fetches_fill_slots_and_buffer_and_finishes_are_batched(
 # -- broker trouble --------------------------------------------------------------------------
 
 
+def _running(worker: Worker) -> tuple[threading.Thread, list[BaseException]]:
+    """``worker.run()`` in a thread, and where what it raises goes."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread, errors
+
+
 def test_fetch_errors_back_off_and_the_worker_keeps_going(
     app: Conveyor, broker: Recording, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -269,16 +305,7 @@ def test_refused_credentials_stop_the_worker_and_hand_back_what_runs(
 
     job = held.delay()
     worker = Worker(app, concurrency=2, grace=30)
-    errors: list[BaseException] = []
-
-    def run() -> None:
-        try:
-            worker.run()
-        except BaseException as exc:
-            errors.append(exc)
-
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
+    thread, errors = _running(worker)
     assert started.wait(5)
     fetches = len(broker.fetch_counts)
     broker.refuse_fetches = True
@@ -291,6 +318,40 @@ def test_refused_credentials_stop_the_worker_and_hand_back_what_runs(
 
     with pytest.raises(BrokerAuthError, match="refused the login"):
         Worker(app).drain(timeout=5)
+
+
+@pytest.mark.parametrize("seen_by", ["fetch", "keeper"])
+def test_a_broker_whose_storage_is_gone_stops_the_worker_at_once(
+    app: Conveyor, broker: Recording, monkeypatch: pytest.MonkeyPatch, seen_by: str
+) -> None:
+    """BrokerGone (the SQLite file deleted or replaced) is final: the worker stops without
+    the grace period and raises it. A worker busy with long jobs fetches nothing: its
+    keeper's renewal or heartbeat sees it."""
+    started, gate = threading.Event(), threading.Event()
+
+    @app.task
+    def held() -> str:
+        started.set()
+        gate.wait(10)
+        return "done"
+
+    if seen_by == "keeper":  # the fetches go on working: only the keeper can see it
+        monkeypatch.setattr(broker, "fetch", super(Recording, broker).fetch)
+    else:  # a free slot fetches; the keeper's calls go on working
+        monkeypatch.setattr(broker, "renew", super(Recording, broker).renew)
+        monkeypatch.setattr(broker, "heartbeat", super(Recording, broker).heartbeat)
+    held.delay()
+    worker = Worker(app, concurrency=1 if seen_by == "keeper" else 2, grace=30, lease=0.6)
+    thread, errors = _running(worker)
+    try:
+        assert started.wait(5)
+        broker.gone = "the SQLite database /x/jobs.db was deleted or moved away"
+        thread.join(5)  # a renewal (every 0.2 s) or a fetch block (1 s), not the 30 s grace
+        assert not thread.is_alive()
+    finally:
+        gate.set()
+    assert [str(e) for e in errors] == [broker.gone]
+    assert isinstance(errors[0], BrokerGone)
 
 
 def test_finish_errors_are_retried_until_the_result_is_written(

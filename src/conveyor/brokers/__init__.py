@@ -62,6 +62,7 @@ def open_broker(
     *,
     clock: Clock | None = None,
     prefix: str = "conveyor",
+    create: bool = True,
     events_kept: int | None = None,
 ) -> Broker:
     """Open the broker a URL names; ``events_kept``: how many events its log keeps
@@ -71,6 +72,10 @@ def open_broker(
     ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
     ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``
     (``redis+cluster://`` is refused with a message). docs/redis.md lists the options.
+
+    ``create=False`` is for tools that only look: an SQLite file that does not exist (or
+    holds no Conveyor tables) raises ``ConfigurationError`` naming the path, and nothing is
+    created, neither the file nor its folder. Other brokers have nothing to create.
     """
     scheme = check_url(url)
     clock = clock or SystemClock()
@@ -86,7 +91,7 @@ def open_broker(
             path = sqlite_path(url)
         except InvalidURL as exc:  # its message quotes the URL: show it redacted
             raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
-        return SQLiteBroker(path, clock=clock, events_kept=kept)
+        return SQLiteBroker(path, clock=clock, create=create, events_kept=kept)
     from .redis import RedisBroker
 
     return RedisBroker(url, prefix=prefix, clock=clock, events_kept=kept)

@@ -1,5 +1,6 @@
 """Waking waiters across processes beside a SQLite file: unix datagram sockets in
-``<db>.notify/`` (the design and its measurements are in ``conveyor.brokers.sqlite``)."""
+``<db>.notify/`` (the design and its measurements are in ``conveyor.brokers.sqlite``; the
+modes of the folder and the sockets in ``_sqlite_file``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import tempfile
 from collections.abc import Iterator
 
 from .._errors import BrokerError
+from ._sqlite_file import companion_modes, make_folders
 
 FETCHERS = "f."
 ANY_JOB = "j."
@@ -40,22 +42,33 @@ class Listener:
 
 
 class Notifier:
-    """Unix datagram sockets in ``<db>.notify/``; see the module docstring."""
+    """Unix datagram sockets in ``<db>.notify/``; see the module docstring.
+
+    ``create=False`` (a process that only reads) makes no folder until it listens."""
 
     _LONGEST_NAME = 40
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, *, create: bool = True) -> None:
         self.dir = db_path + ".notify"
+        self._dir_mode, self._socket_mode = companion_modes(db_path)
         self._dirfd: int | None = None
-        try:
-            os.makedirs(self.dir, exist_ok=True)
-            self._base = self._address_base()
-        except OSError as exc:
-            raise BrokerError(
-                f"cannot create {self.dir} (wake-ups for waiting workers): make the "
-                f"database's directory writable ({exc})"
-            ) from exc
+        self._base = ""
         self._sender: tuple[int, socket.socket] | None = None
+        if create or os.path.isdir(self.dir):
+            self._address()
+
+    def _address(self) -> str:
+        """Where sockets are addressed, making the folder on first use."""
+        if not self._base:
+            try:
+                make_folders(self.dir, self._dir_mode)
+                self._base = self._address_base()
+            except OSError as exc:
+                raise BrokerError(
+                    f"cannot create {self.dir} (wake-ups for waiting workers): make the "
+                    f"database's directory writable ({exc})"
+                ) from exc
+        return self._base
 
     def _address_base(self) -> str:
         """Where sockets are addressed; a unix socket path is limited to about 100 bytes."""
@@ -68,7 +81,7 @@ class Notifier:
         # Elsewhere: a short directory named after the database (processes must share /tmp).
         digest = hashlib.blake2b(os.fsencode(self.dir), digest_size=10).hexdigest()
         self.dir = os.path.join(tempfile.gettempdir(), f"conveyor-{digest}.notify")
-        os.makedirs(self.dir, exist_ok=True)
+        make_folders(self.dir, self._dir_mode)
         return self.dir
 
     def _socket(self) -> socket.socket:
@@ -82,12 +95,13 @@ class Notifier:
         """Send one byte to every socket whose name starts with ``prefix``."""
         try:
             names = [n for n in os.listdir(self.dir) if n.startswith(prefix)]
-        except OSError:
+            base = self._address() if names else ""
+        except (OSError, BrokerError):
             return  # no directory, so nobody is waiting
         sock = self._socket()
         for name in names:
             try:
-                sock.sendto(b"!", f"{self._base}/{name}")
+                sock.sendto(b"!", f"{base}/{name}")
             except ConnectionRefusedError:
                 self._remove(name)  # its process died without cleaning up
             except OSError:
@@ -95,11 +109,11 @@ class Notifier:
 
     def sweep(self) -> None:
         """Remove sockets left by dead processes (connecting to one is refused)."""
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError, BrokerError):
             for name in os.listdir(self.dir):
                 with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as probe:
                     try:
-                        probe.connect(f"{self._base}/{name}")
+                        probe.connect(f"{self._address()}/{name}")
                     except ConnectionRefusedError:
                         self._remove(name)
                     except OSError:
@@ -112,11 +126,13 @@ class Notifier:
     @contextlib.contextmanager
     def listen(self, prefix: str) -> Iterator[Listener]:
         name = prefix + secrets.token_hex(6)
+        base = self._address()
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             if self._dirfd is None:
-                os.makedirs(self.dir, exist_ok=True)  # someone may have cleaned it up
-            sock.bind(f"{self._base}/{name}")
+                make_folders(self.dir, self._dir_mode)  # someone may have cleaned it up
+            sock.bind(f"{base}/{name}")
+            os.chmod(f"{base}/{name}", self._socket_mode)  # whatever the umask
         except OSError as exc:
             sock.close()
             raise BrokerError(f"cannot listen for wake-ups in {self.dir}: {exc}") from exc

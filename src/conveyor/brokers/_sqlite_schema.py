@@ -64,6 +64,7 @@ another process's write transaction instead of failing at once.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import sqlite3
@@ -72,8 +73,10 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from urllib.parse import quote
 
 from .._errors import BrokerError, ConfigurationError
+from ._sqlite_file import FileWatch, not_found, prepare
 
 # RETURNING (3.35) claims a batch in one statement; UPDATE ... FROM (3.33) promotes in one.
 MIN_SQLITE = (3, 35, 0)
@@ -238,8 +241,8 @@ def broker_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> BrokerEr
         )
     if "unable to open" in text:
         return BrokerError(
-            f"cannot open the SQLite database {path}: check that the directory exists and "
-            "is writable"
+            f"cannot open the SQLite database {path}: check that this user may read and "
+            "write it and its folder"
         )
     return BrokerError(f"SQLite error on {path}: {text}")
 
@@ -265,17 +268,32 @@ class Database:
     for in ``_begin``, up to ``busy_timeout``. Reads need no mutex: in WAL mode they see the
     last commit and never wait (but for rare cases, such as recovering the WAL after a
     crash, where SQLite's busy handler waits for them).
+
+    The file is made before SQLite opens it, private to this user (``_sqlite_file``), and
+    every connection opens it with ``mode=rw``, which never creates one: ``create=False``
+    opens an existing database only, and a connection opened after the file was deleted
+    fails instead of starting an empty one. Every ``read`` and ``write`` lets ``FileWatch``
+    check, at most once a second, that the path still names the file this process has open;
+    once it does not, ``_file_gone`` makes sure the old file's leftovers cannot harm whatever
+    database is at the path now (``_sqlite_file``, "When the file is gone").
     """
 
-    def __init__(self, path: str, busy_timeout: float = 5.0) -> None:
+    def __init__(
+        self, path: str, busy_timeout: float = 5.0, *, create: bool = True, given: str = ""
+    ) -> None:
         check_sqlite_version()
         self.path = path
         self.busy_timeout = busy_timeout
+        self._create = create
+        self._given = given or path
+        self._uri = f"file:{quote(path)}?mode=rw"
         self._mutex = threading.Lock()
         self._procs = _ProcessConnections(os.getpid())
         # Connections inherited over fork are kept referenced and never closed: closing
         # them in the child could checkpoint or unlock the parent's WAL.
         self._inherited: list[sqlite3.Connection] = []
+        prepare(path, create=create, given=self._given)
+        self._watch = FileWatch(path, gone=self._file_gone)
         with self._translate():
             conn = self._connect()
             try:
@@ -283,12 +301,17 @@ class Database:
             except BaseException:
                 self.close()
                 raise
+        self._watch.opened()
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         # Switching a new file to WAL takes an exclusive lock, and SQLite reports a clash
         # with another process doing the same at once as "locked" without calling the busy
         # handler: retry that step ourselves, within the same busy_timeout. A file already
         # in WAL mode is only asked (a read), so opening it never needs the write lock.
+        if not self._create and schema_version(conn) == 0:  # read first: change nothing
+            raise ConfigurationError(
+                not_found(self.path, self._given, "no Conveyor tables in the SQLite file")
+            )
         deadline = time.monotonic() + self.busy_timeout
         while True:
             try:
@@ -308,8 +331,10 @@ class Database:
         migrate(conn, self.path, self._begin)
 
     def _connect(self) -> sqlite3.Connection:
+        self._watch.check(now=True)  # a new connection would open whatever the path names
         conn = sqlite3.connect(
-            self.path,
+            self._uri,
+            uri=True,
             timeout=self.busy_timeout,
             isolation_level=None,  # we issue BEGIN IMMEDIATE / COMMIT ourselves
             check_same_thread=False,  # only so close() may run on another thread
@@ -386,6 +411,7 @@ class Database:
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
         """A connection for reads; each statement sees the latest commit."""
+        self._watch.check()
         with self._translate():
             conn = self._conn()
             self._busy_handler(conn, True)
@@ -394,6 +420,7 @@ class Database:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction (``BEGIN IMMEDIATE``): all of the block or none of it."""
+        self._watch.check()
         with self._translate(), self._current().write_lock:
             conn = self._conn()
             self._begin(conn)
@@ -406,10 +433,21 @@ class Database:
                     conn.execute("ROLLBACK")
                 raise
 
+    def _file_gone(self) -> None:
+        """Copy the old WAL into the old file, and take its -wal and -shm off the path
+        (``_sqlite_file``, "When the file is gone"). Called once by ``FileWatch``."""
+        conn: sqlite3.Connection | None = getattr(self._current().local, "conn", None)
+        if conn is not None and not conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # waits for nobody
+        self._watch.remove_companions()
+
     def close(self) -> None:
+        self._watch.last_look()
         procs = self._current()
         with self._mutex:
             conns, procs.opened = procs.opened, {}
         for conn in conns.values():
             conn.close()
         procs.local = threading.local()
+        self._watch.forget_companions()

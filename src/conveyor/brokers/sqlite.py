@@ -238,12 +238,18 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
 
 
 class SQLiteBroker(Broker):
+    """The broker on the SQLite file at ``path``, made (with its missing folders) unless
+    ``create`` is False: then a missing file raises ``ConfigurationError`` naming the path,
+    and nothing is created (tools that only read). The files' modes, and how a file deleted
+    or replaced under the process is noticed (``BrokerGone``): ``_sqlite_file``."""
+
     def __init__(
         self,
         path: str,
         clock: Clock | None = None,
         *,
         busy_timeout: float = 5.0,
+        create: bool = True,
         events_kept: int = EVENTS_KEPT,
     ):
         self.path = os.path.abspath(path)  # threads open connections later, maybe elsewhere
@@ -251,9 +257,9 @@ class SQLiteBroker(Broker):
         self.events_kept = check_kept(events_kept)
         self._clock = clock or SystemClock()
         self._real_time = isinstance(self._clock, SystemClock)
-        self._db = Database(self.path, busy_timeout)
+        self._db = Database(self.path, busy_timeout, create=create, given=path)
         try:
-            self._notify = Notifier(self.path)
+            self._notify = Notifier(self.path, create=create)
         except BrokerError:
             self._db.close()
             raise

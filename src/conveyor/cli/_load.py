@@ -1,14 +1,44 @@
-"""Finding the application a command works on."""
+"""Finding the application and the broker a command works on.
+
+Every command takes ``-A/--app MODULE`` (your app: its tasks, codec, secret and key prefix)
+and ``--url`` (the broker; ``CONVEYOR_URL`` when not given). ``--url`` wins over the URL the
+app names, so one tasks module runs against any broker. Without ``-A`` a plain app on the
+URL is used (the default ``sqlite:///./conveyor.db`` when there is none).
+"""
 
 from __future__ import annotations
 
 import importlib
 import os
 import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import click
 
 from .._app import Conveyor
+from .._errors import ConfigurationError, InvalidURL
+from ..brokers import check_url, load_adapter, redact_url
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def app_options(fn: F) -> F:
+    """``-A/--app`` and ``--url``, the same on every command."""
+    fn = click.option(
+        "--url",
+        envvar="CONVEYOR_URL",
+        show_envvar=True,
+        metavar="URL",
+        help="Broker URL; wins over the app's (default: the app's, else sqlite:///./conveyor.db).",
+    )(fn)
+    return click.option(
+        "-A",
+        "--app",
+        "app_spec",
+        metavar="MODULE",
+        help="Your app: myapp.tasks, or myapp.tasks:app when the module holds several.",
+    )(fn)
 
 
 def load_app(spec: str) -> tuple[Conveyor, str]:
@@ -44,9 +74,62 @@ def load_app(spec: str) -> tuple[Conveyor, str]:
     return apps[0], module_name
 
 
-def app_for(spec: str | None, url: str | None) -> Conveyor:
-    """The app of ``-A module`` if given, else one on ``--url`` / CONVEYOR_URL / default."""
-    if spec:
-        app, _ = load_app(spec)
-        return app
-    return Conveyor(url)
+def use_url(app: Conveyor, url: str) -> None:
+    """Point a loaded app at another broker. Its registry, codec and prefix stay: only the
+    broker changes (opened on first use, like the app's own)."""
+    if url == app.url:
+        return
+    load_adapter(url)  # a bad URL fails here, before the app's broker is let go
+    app.close()
+    app.url = url
+
+
+def open_app(spec: str | None, url: str | None, *, create: bool = False) -> Conveyor:
+    """The app of ``-A`` (else a plain one) on ``--url`` if given; see ``on_broker``."""
+    app = load_app(spec)[0] if spec else Conveyor(url)
+    return on_broker(app, url, spec, create=create)
+
+
+def on_broker(app: Conveyor, url: str | None, spec: str | None, *, create: bool) -> Conveyor:
+    """Point the app at ``url`` (if given) and check its SQLite file.
+
+    Commands that only read or change existing jobs leave ``create`` off: they refuse a
+    SQLite file that does not exist rather than create an empty database in the wrong
+    place, and a file that holds no Conveyor database. A worker or the demo sets it, and
+    the broker makes a missing file and its folder (private to their owner) when it opens.
+    """
+    if url:
+        use_url(app, url)
+    path = sqlite_file(app.url)
+    if path is not None and not create:
+        if not os.path.exists(path):
+            raise ConfigurationError(missing_database(app.url, path, bool(url), spec))
+        app.open(create=False)  # a file that is not a Conveyor database is refused too
+    return app
+
+
+def sqlite_file(url: str) -> str | None:
+    """The absolute path of a ``sqlite://`` URL's file; None for other brokers."""
+    if check_url(url) != "sqlite":
+        return None
+    from ..brokers.sqlite import sqlite_path
+
+    try:
+        return os.path.abspath(sqlite_path(url))
+    except InvalidURL as exc:  # its message quotes the URL: show it redacted
+        raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
+
+
+def missing_database(url: str, path: str, given: bool, spec: str | None) -> str:
+    """What to do when a command meant to read jobs finds no database file."""
+    if given:
+        origin = f"from {redact_url(url)}"
+    elif spec:
+        origin = f"the URL your app {spec} names"
+    else:
+        origin = "the default sqlite:///./conveyor.db, in this folder"
+    return (
+        f"no SQLite database at {path} ({origin}); nothing was created. Point at the file "
+        "your workers use: --url sqlite:////absolute/path/jobs.db (four slashes; three make "
+        "the path relative to this folder), or set CONVEYOR_URL"
+    )

@@ -11,9 +11,8 @@ from types import FrameType
 
 import click
 
-from .._events import Event, encode, parse_duration
-from ._load import app_for
-from .admin import _app_option, _url_option
+from .._events import Event, check_types, encode, parse_duration
+from ._load import app_options, open_app
 
 _WIDTH = max(len("worker.heartbeat"), len("job.succeeded"))
 
@@ -72,7 +71,9 @@ def _stop(signum: int, frame: FrameType | None) -> None:
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as published.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="One JSON object per line, as published (jq -c)."
+)
 @click.option(
     "-t",
     "--type",
@@ -86,8 +87,7 @@ def _stop(signum: int, frame: FrameType | None) -> None:
     metavar="DURATION",
     help="First the events kept from this far back (30s, 5m, 1h30m), then the new ones.",
 )
-@_app_option
-@_url_option
+@app_options
 def events(
     as_json: bool, types: tuple[str, ...], since: str | None, app_spec: str | None, url: str | None
 ) -> None:
@@ -98,7 +98,8 @@ def events(
     (10,000 by default) for readers that start late: see --since.
     """
     back = parse_duration(since) if since is not None else None
-    app = app_for(app_spec, url)
+    patterns = check_types(_names(types))  # a typo is refused before the broker is opened
+    app = open_app(app_spec, url)
     if not app.events:
         click.echo(
             "note: this app publishes no events (Conveyor(events=False)); showing what "
@@ -107,7 +108,7 @@ def events(
         )
     signal.signal(signal.SIGTERM, _stop)  # a supervisor's stop is a clean exit, as Ctrl-C
     try:
-        for event in app.follow_events(since=back, types=_names(types)):
+        for event in app.follow_events(since=back, types=patterns):
             if as_json:
                 event.cursor = ""  # where this reader found it: not part of the event
                 click.echo(encode(event))

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 from ..worker import Worker
 from ..worker._pools import POOLS
-from ._load import load_app
+from . import _logs
+from ._load import app_options, load_app, on_broker
 
 
 def _names(values: tuple[str, ...]) -> list[str]:
@@ -15,7 +18,7 @@ def _names(values: tuple[str, ...]) -> list[str]:
 
 
 @click.command()
-@click.argument("module")
+@click.argument("module", required=False)
 @click.option(
     "-q",
     "--queues",
@@ -82,9 +85,14 @@ def _names(values: tuple[str, ...]) -> list[str]:
     help="With --pool processes: replace a child whose resident memory is above MIB "
     "mebibytes after a job.",
 )
+@_logs.level_option
+@_logs.format_option
+@app_options
+@click.pass_context
 def worker(
+    ctx: click.Context,
     *,
-    module: str,
+    module: str | None,
     queues: tuple[str, ...],
     concurrency: int,
     pool: str,
@@ -94,14 +102,30 @@ def worker(
     max_deliveries: int,
     max_jobs_per_child: int | None,
     max_child_memory: int | None,
+    log_level: str | None,
+    log_format: str,
+    app_spec: str | None,
+    url: str | None,
 ) -> None:
-    """Run jobs from MODULE's app (``myapp.tasks`` or ``myapp.tasks:app``).
+    """Run jobs from MODULE's app (myapp.tasks, or myapp.tasks:app), given as an argument
+    or as -A MODULE.
 
     SIGTERM or Ctrl-C stops fetching and lets running jobs finish within --grace; a second
     one hands them back at once. Either way no job is lost, and the exit code is 0.
     """
-    app, module_name = load_app(module)
-    spec = module if ":" in module else module_name
+    if module and app_spec and module != app_spec:
+        raise click.UsageError(f"two apps given: {module} and -A {app_spec}; give one")
+    spec = module or app_spec
+    if not spec:
+        raise click.UsageError("name the module of your app: conveyor worker myapp.tasks")
+    _logs.setup(ctx, log_level, log_format)
+    app, module_name = load_app(spec)
+    on_broker(app, url, spec, create=True)
+    if url:
+        # Process-pool children import the app themselves: an app that takes its URL from
+        # the environment then uses the same broker as this worker.
+        os.environ["CONVEYOR_URL"] = url
+    spec = spec if ":" in spec else module_name
     Worker(
         app,
         _names(queues),

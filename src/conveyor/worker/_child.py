@@ -25,7 +25,9 @@ from .. import _logging
 from .._app import Conveyor
 from .._errors import ConfigurationError
 from .._message import Delivery
-from ._attempt import Result, acall, call, make_current_job, raised
+from ._attempt import Result, Results, acall, call, make_current_job, raised
+from ._describe import name_of, text_of
+from ._leftovers import let_go
 from ._resolve import Resolver
 
 Job = tuple[bytes, int] | None
@@ -61,15 +63,18 @@ def main(fd: int) -> None:
         sys.path[:] = path
         app = import_app(spec)
     except BaseException as exc:
-        send(("error", f"{type(exc).__name__}: {exc}"))
+        send(("error", f"{name_of(type(exc))}: {text_of(exc)}"))
         return
     resolver = Resolver(app.registry, trusted)
+    results = Results(app.codec, app.max_result)
     jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
     threading.Thread(target=_listen, args=(conn, jobs), daemon=True).start()
+    before = threading.enumerate()
     send(("ready", None))
     while (job := jobs.get()) is not None:
         payload, deliveries = job
-        send(("done", _run(app, resolver, payload, deliveries, send)))
+        send(("done", _run(resolver, results, payload, deliveries, send)))
+    let_go(before, f"worker process {os.getpid()}")
 
 
 def _listen(conn: Connection, jobs: queue.SimpleQueue[Job]) -> None:
@@ -83,20 +88,22 @@ def _listen(conn: Connection, jobs: queue.SimpleQueue[Job]) -> None:
             return
 
 
-def _run(app: Conveyor, resolver: Resolver, payload: bytes, deliveries: int, send: Any) -> Result:
+def _run(
+    resolver: Resolver, results: Results, payload: bytes, deliveries: int, send: Any
+) -> Result:
     try:
-        message = app.codec.decode_message(payload)
+        message = results.codec.decode_message(payload)
         fn = resolver.resolve(message.task).fn
-    except Exception as exc:  # the parent checked both already; only a race gets here
+    except BaseException as exc:  # the parent checked both already; only a race gets here
         return raised(exc)
     delivery = Delivery(message.id, message.queue, b"", "", deliveries)
     job = make_current_job(message, delivery, lambda v, n: send(("progress", v, n)))
     if inspect.iscoroutinefunction(fn):
         try:
-            return asyncio.run(acall(fn, message, job, app.codec))
+            return asyncio.run(acall(fn, message, job, results))
         except BaseException as exc:
             return raised(exc)
-    return call(fn, message, job, app.codec)
+    return call(fn, message, job, results)
 
 
 if __name__ == "__main__":

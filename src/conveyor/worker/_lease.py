@@ -3,7 +3,9 @@
 It runs apart from the jobs, so a task that hogs its thread, blocks the event loop or
 spins in C cannot make its own lease lapse; only a dead or frozen worker process can.
 Renewal answers per delivery: ``lost`` (another worker has the job now; whatever we write
-will be refused by the fence) or ``cancelled`` (stop the job).
+will be refused by the fence) or ``cancelled`` (stop the job). A broker whose storage is
+gone (``BrokerGone``: the SQLite file was deleted or replaced) is reported to ``gone``, which
+stops the worker: a busy worker that fetches nothing still notices within a heartbeat.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from .._errors import BrokerError
+from .._errors import BrokerError, BrokerGone
 from .._message import WorkerInfo
 from ..brokers._port import Broker, LeaseState
 from ._attempt import CANCEL, RUNNING, Attempt
@@ -35,6 +37,7 @@ class Keeper:
         *,
         interrupt: Callable[[Attempt, str], None],
         info: Callable[[], WorkerInfo],
+        gone: Callable[[BrokerGone], None] = lambda exc: None,
         heartbeat_every: float = HEARTBEAT_EVERY,
         beat: Callable[[WorkerInfo], None] | None = None,
     ) -> None:
@@ -43,6 +46,7 @@ class Keeper:
         self._lease = lease
         self._interrupt = interrupt
         self._info = info
+        self._gone = gone
         self._every = heartbeat_every
         self._beat = beat  # told of each heartbeat sent (the worker's heartbeat event)
         self._stop = threading.Event()
@@ -78,6 +82,9 @@ class Keeper:
             return True
         try:
             states = self._broker.renew([a.delivery for a in held], self._lease)
+        except BrokerGone as exc:
+            self._gone(exc)
+            return False
         except BrokerError as exc:
             log.warning("cannot renew %d lease(s), retrying: %s", len(held), exc)
             return False
@@ -107,6 +114,9 @@ class Keeper:
         info = self._info()
         try:
             self._broker.heartbeat(info, self._every * 3)
+        except BrokerGone as exc:
+            self._gone(exc)
+            return False
         except Exception as exc:  # the heartbeat is advisory; the loop reports broker trouble
             log.debug("heartbeat failed: %s", exc)
             return False

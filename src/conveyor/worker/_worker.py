@@ -15,6 +15,10 @@ back the rest with ``release`` for immediate redelivery. ``stop(graceful=False)`
 second signal) skips the wait.
 Anything not handed back, because the process died or the broker was away, returns when
 its lease expires: nothing is lost.
+
+A broker that refuses the credentials (``BrokerAuthError``, seen by a fetch) or whose
+storage is gone (``BrokerGone``: the SQLite file deleted or replaced, seen by a fetch or the
+keeper's heartbeat) stops the worker at once, and ``run`` raises the error.
 """
 
 from __future__ import annotations
@@ -32,21 +36,23 @@ from typing import TYPE_CHECKING
 
 from .. import _logging
 from .._backoff import Backoff
-from .._errors import BrokerError, ConfigurationError
+from .._checks import names, refuse, seconds, whole
+from .._errors import BrokerError, BrokerGone
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
 from ..scheduler import Scheduler
-from ._attempt import SHUTDOWN
+from ._attempt import SHUTDOWN, Results
 from ._consumer import Consumer
 from ._deadlines import Deadlines
 from ._events import WorkerEvents
 from ._finisher import Finisher
 from ._inflight import Inflight
 from ._lease import Keeper
+from ._leftovers import let_go
 from ._outcome import Outcomes
 from ._pools import POOLS, Executor, check_recycling
 from ._resolve import Resolver, top_package, trusted_packages
-from ._signals import in_main_thread, stop_signals
+from ._signals import in_main_thread, stop_signals, wait_for
 
 if TYPE_CHECKING:
     from .._app import Conveyor
@@ -88,13 +94,16 @@ class Worker:
         max_child_memory: int | None = None,
         rand: Callable[[], float] | None = None,
     ) -> None:
-        _check(
+        lease, grace = _check(
             queues,
             concurrency=concurrency,
             pool=pool,
             lease=lease,
             grace=grace,
             deliveries=max_deliveries,
+            trust=trust,
+            module=module,
+            rand=rand,
         )
         check_recycling(pool, max_jobs_per_child, max_child_memory)
         self.max_jobs_per_child = max_jobs_per_child
@@ -103,8 +112,8 @@ class Worker:
         self.queues = [validate_queue(q) for q in queues]
         self.concurrency = concurrency
         self.pool = pool
-        self.lease = float(lease)
-        self.grace = float(grace)
+        self.lease = lease
+        self.grace = grace
         self.module = module
         self.trusted = trusted_packages(module, app.trust, trust)
         self.id = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
@@ -113,6 +122,7 @@ class Worker:
         self._stopping = threading.Event()
         self._hard = threading.Event()
         self._stop_requested = 0.0
+        self._gone: BrokerGone | None = None  # seen by the keeper: raised by the session
         # Buffered jobs start from memory when a slot frees (not for child processes,
         # whose jobs are long enough that a fetch round trip does not matter). The buffer
         # holds about PREFETCH_WINDOW of runs, at most PREFETCH_SLOTS per slot: for tiny
@@ -129,6 +139,7 @@ class Worker:
             lease=self.lease,
             max_deliveries=max_deliveries,
             codec=app.codec,
+            results=Results(app.codec, app.max_result),
             clock=app.clock,
             resolver=Resolver(app.registry, self.trusted),
             outcomes=Outcomes(app.codec, app.clock, self._rand),
@@ -158,10 +169,15 @@ class Worker:
 
         A broker that is away is waited for; one that refuses the credentials or a permission
         (``BrokerAuthError``) is not: running jobs are handed back and the error is raised
-        (``conveyor worker`` exits 1 with its message)."""
+        (``conveyor worker`` exits 1 with its message). Nor is an SQLite file deleted or
+        replaced under the worker (``BrokerGone``): it stops at once and raises that. Called
+        in the main thread, it owns the process: threads that tasks started and left running
+        are named at WARNING when it returns, and the interpreter does not wait for them at
+        exit (see ``_leftovers``)."""
         if not in_main_thread():
             self._session(until_idle=False, deadline=None)
             return
+        before = threading.enumerate()
         errors: list[BaseException] = []
 
         def body() -> None:
@@ -170,10 +186,11 @@ class Worker:
             except BaseException as exc:
                 errors.append(exc)
 
-        with stop_signals(self._on_signal):
+        with stop_signals() as received:
             thread = threading.Thread(target=body, name="conveyor-worker")
             thread.start()
-            thread.join()  # signal handlers run here, holding none of the worker's locks
+            wait_for(thread, received, self._on_signal)  # acts on signals outside handlers
+        let_go(before, "the worker")  # threads tasks left must not keep this process alive
         if errors:
             raise errors[0]
 
@@ -200,9 +217,12 @@ class Worker:
     # -- one session: start, loop, shut down ------------------------------------------------
 
     def _session(self, until_idle: bool, deadline: float | None) -> None:
+        self._gone = None
         self._start(announce=not until_idle)
         try:
             self._loop(until_idle, deadline)
+            if self._gone is not None:
+                raise self._gone
         except BaseException:
             self._hard.set()  # a timed-out drain or a crash: hand back at once
             raise
@@ -220,7 +240,7 @@ class Worker:
         executor = Executor(
             self.pool,
             self.concurrency,
-            app.codec,
+            consumer.results,
             consumer.complete,
             consumer.progress,
             spec=self.module,
@@ -241,6 +261,7 @@ class Worker:
             self.lease,
             interrupt=executor.interrupt,
             info=self._info,
+            gone=self._on_gone,
             beat=self._heartbeat_event if self._events is not None else None,
         )
         consumer.finisher.start()
@@ -248,6 +269,7 @@ class Worker:
         self._keeper.start()
         if announce:
             self._banner()
+            self._warn_setup()
             self._start_scheduler()
 
     def _start_scheduler(self) -> None:
@@ -347,6 +369,25 @@ class Worker:
         assert self._events is not None
         self._events.worker("worker.heartbeat", info)
 
+    def _warn_setup(self) -> None:
+        """The broker's word on its setup (an evicting or a full Redis), once at start."""
+        try:
+            found = self.app.broker.warnings()
+        except BrokerError as exc:  # away at start: the fetch loop waits and reports it
+            log.debug("cannot check the broker's setup: %s", exc)
+            return
+        for line in found:
+            log.warning("%s", line)
+
+    def _on_gone(self, exc: BrokerGone) -> None:
+        """The keeper found the broker's storage gone: nothing this worker writes can reach
+        anyone. Stop at once; the running jobs are interrupted (their leases are in the old
+        file, see docs/reliability.md)."""
+        if self._gone is None:
+            self._gone = exc
+            log.error("the broker's storage was deleted or replaced: stopping at once")
+        self.stop(graceful=False)
+
     def _backoff(self) -> Backoff:
         return Backoff(0.1, BROKER_RETRY_CAP, self._rand)
 
@@ -377,6 +418,11 @@ class Worker:
         )
 
 
+MIN_LEASE = 0.1  # seconds; the keeper renews every lease / 3, so shorter is a busy loop
+MAX_CONCURRENCY = 10_000
+MAX_DELIVERIES = 10_000
+
+
 def _check(
     queues: Sequence[str],
     *,
@@ -385,16 +431,25 @@ def _check(
     lease: float,
     grace: float,
     deliveries: int,
-) -> None:
-    if isinstance(queues, str) or not queues:
-        raise ConfigurationError("queues takes a non-empty list of queue names")
-    if concurrency < 1:
-        raise ConfigurationError("concurrency must be at least 1")
-    if pool not in POOLS:
-        raise ConfigurationError(f"unknown pool {pool!r}: use threads, processes or async")
-    if lease <= 0:
-        raise ConfigurationError("lease must be a positive number of seconds")
-    if grace < 0:
-        raise ConfigurationError("grace must be zero or more seconds")
-    if deliveries < 1:
-        raise ConfigurationError("max_deliveries must be at least 1")
+    trust: Sequence[str],
+    module: str | None,
+    rand: Callable[[], float] | None,
+) -> tuple[float, float]:
+    """Every setting's type and range, with the rules options of jobs follow (``_checks``);
+    returns the lease and the grace period in seconds."""
+    if names("queues", queues, "queues=['default', 'images']") == ():
+        raise refuse("queues", queues, "queues takes a non-empty list", "queues=['default']")
+    whole("concurrency", concurrency, 1, MAX_CONCURRENCY, "concurrency=8")
+    if not isinstance(pool, str) or pool not in POOLS:
+        raise refuse(
+            "pool", pool, "unknown pool: use threads, processes or async", "pool='threads'"
+        )
+    lease = seconds("lease", lease, least=MIN_LEASE, example="lease=30")
+    grace = seconds("grace", grace, example="grace=25")
+    whole("max_deliveries", deliveries, 1, MAX_DELIVERIES, "max_deliveries=5")
+    names("trust", trust, "trust=['myapp']")
+    if module is not None and not isinstance(module, str):
+        raise refuse("module", module, "module takes a module name", "module='myapp.tasks'")
+    if rand is not None and not callable(rand):
+        raise refuse("rand", rand, "rand takes a function returning [0, 1)", "rand=random.random")
+    return lease, grace

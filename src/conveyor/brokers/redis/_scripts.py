@@ -32,6 +32,9 @@ NAMES = (
     "queued",
     "watch",
     "publish",
+    "heartbeat",
+    "epoch",
+    "resume",
 )
 
 _DEFINES = re.compile(r"local (?:function )?([A-Za-z_]\w*)")

@@ -47,6 +47,7 @@ from ._admin import AdminMixin
 from ._async import AsyncMixin
 from ._core import PAYLOAD_FIELDS, RECORD_FIELDS, text, to_ms
 from ._events import EventsMixin
+from ._health import HealthMixin
 from ._keys import Keys
 
 log = logging.getLogger("conveyor.redis")
@@ -177,7 +178,7 @@ def _finish_values(f: Finish, place: Callable[[str], int], now_ms: int) -> list[
     return own
 
 
-class RedisBroker(AdminMixin, AsyncMixin, EventsMixin, Broker):
+class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
     """``Conveyor("redis://...")``: the production broker on Redis Streams (Redis >= 6.2).
 
     ``sweep_idle`` is how long (real seconds) a pending entry must sit idle before the
@@ -351,7 +352,10 @@ class RedisBroker(AdminMixin, AsyncMixin, EventsMixin, Broker):
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         items = [(d.id, d.queue, [d.token, to_ms(lease)]) for d in deliveries]
-        return [_LEASE_STATES[r] for r in self._fenced("renew", items)]
+        states = [_LEASE_STATES[r] for r in self._fenced("renew", items)]
+        if LeaseState.LOST in states:
+            self._recheck()  # Redis may have lost its data (_health.py)
+        return states
 
     def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
         return [
@@ -391,7 +395,10 @@ class RedisBroker(AdminMixin, AsyncMixin, EventsMixin, Broker):
             if not calls and events:  # nothing to record: the events alone
                 self.publish(events)
             replies = self._run("finish", calls) if calls else []
-        return [int(r) == 1 for reply in replies for r in reply]
+        written = [int(r) == 1 for reply in replies for r in reply]
+        if not all(written):
+            self._recheck()  # Redis may have lost its data (_health.py)
+        return written
 
     # -- job records -----------------------------------------------------------------------
 
@@ -441,8 +448,13 @@ class RedisBroker(AdminMixin, AsyncMixin, EventsMixin, Broker):
                 pipe.blmove(done, done, seconds, "RIGHT", "LEFT")
                 pipe.time()
                 pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
-                _, server_time, row = pipe.execute()
+                moved, server_time, row = pipe.execute(raise_on_error=False)
+                for reply in (moved, server_time, row):  # only BLMOVE may be refused as full
+                    if isinstance(reply, Exception) and not _connect.full(reply):
+                        raise reply
             record = self._decode_record(job_id, row, self._now(server_time))
+            if isinstance(moved, Exception) and record and not record.status.terminal:
+                time.sleep(min(wait, _connect.FULL_POLL))  # a full Redis refused the BLMOVE
 
     def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
         own = [] if event is None else with_events([frame(event)], self.events_kept)

@@ -3,6 +3,7 @@
 -- running one is flagged (its worker sees it at the next renewal). Carrying an event
 -- (common.lua carried: ARGV[6]), it is published if a pending job is cancelled here.
 -- Returns the status afterwards, 'missing', or 'moved' (queue changed: read it again).
+allow_oom()
 local key = KEYS[1]
 local q = qkeys(5)
 local job = load_job(key)

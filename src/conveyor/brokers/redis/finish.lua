@@ -40,6 +40,7 @@ local dropped = {}  -- stream -> entry ids
 local stopped = {}  -- running index -> job ids
 local later = {}    -- status index -> {score, id, ...}
 local listed = {}   -- queues known to be in the QUEUES set in this call
+local freed = false -- a ZREM was sent already (below)
 local published = {}  -- the call's events, then those of the outcomes recorded
 
 local function put_off(into, key, value)
@@ -58,7 +59,15 @@ local function finish_one(a, event)
   local q = Q[tonumber(ARGV[a + 6])]
   local status, result, ttl_ms, reason = ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
   if job.sid and job.sid ~= '' then put_off(dropped, q.s[tonumber(job.priority)], job.sid) end
-  put_off(stopped, q.running, id)
+  if freed then
+    put_off(stopped, q.running, id)
+  else
+    -- The first job the call ends leaves its running index at once: a write that takes no
+    -- memory, before any that may, lets the rest through on a full Redis (common.lua
+    -- allow_oom), where finishing is what frees memory. A lone finish sends no more.
+    redis.call('ZREM', q.running, id)
+    freed = true
+  end
   if ARGV[a + 7] == '1' then
     local rq = Q[tonumber(ARGV[a + 12])]
     local existed = place(rq, key, id, ARGV[a + 9], ARGV[a + 10], {'settled_by', token,
@@ -106,5 +115,11 @@ for stream, sids in pairs(dropped) do
 end
 for running, ids in pairs(stopped) do redis.call('ZREM', running, unpack(ids)) end
 add_indexed(later)
-if CAP then publish(CAP, published) end
+if CAP and #published > 0 then
+  -- A call that recorded no outcome (every delivery refused or a repeat) publishes only the
+  -- worker's own events: their counter's INCRBY would then be its first write, refused on
+  -- a full Redis, failing the whole call. They take little and the stream is capped.
+  if not freed then allow_oom() end
+  publish(CAP, published)
+end
 return out

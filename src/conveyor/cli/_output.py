@@ -1,0 +1,101 @@
+"""What every command prints: tables for people, one JSON document for scripts.
+
+JSON conventions (docs/cli.md): keys are snake_case and always present (``null`` when
+unknown); every time is an ISO-8601 string in UTC with milliseconds and a ``Z``
+(``2025-03-01T14:05:09.120Z``); durations are seconds. Tables go to stdout through Rich;
+errors and logs go to stderr, so ``--json`` output is the only thing on stdout.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print one JSON document (see docs/cli.md)."
+)
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC with milliseconds (``...T14:05:09.120Z``); None stays."""
+    if ts is None or ts <= 0:
+        return None
+    moment = dt.datetime.fromtimestamp(ts, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+def _fallback(value: object) -> object:
+    """Values JSON has no type for (pickled objects, bytes): their repr, never a crash."""
+    if isinstance(value, dt.datetime | dt.date | dt.time):
+        return value.isoformat()
+    return repr(value)
+
+
+def emit_json(document: dict[str, Any]) -> None:
+    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=_fallback))
+
+
+def console() -> Console:
+    # Rich takes the width from the terminal, else COLUMNS, else 80; never highlight data.
+    return Console(highlight=False)
+
+
+def when(ts: float | None) -> str:
+    """A time for people: relative when near, else UTC to the minute."""
+    if ts is None or ts <= 0:
+        return ""
+    delta = ts - time.time()
+    if abs(delta) >= 5400:
+        return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return f"in {span(delta)}" if delta > 0 else f"{span(-delta)} ago"
+
+
+def span(seconds: float) -> str:
+    """A duration in its largest unit: 42s, 5m, 17h, 3d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size * 1.5 or (unit == "m" and seconds >= 90):
+            return f"{seconds / size:.0f}{unit}"
+    return f"{max(seconds, 0):.0f}s"
+
+
+def clock(ts: float, zone: dt.tzinfo = dt.UTC) -> str:
+    """A time for people, to the second, in ``zone`` (named when not UTC)."""
+    moment = dt.datetime.fromtimestamp(ts, zone)
+    return moment.strftime("%Y-%m-%d %H:%M:%S") + ("" if zone is dt.UTC else f" {moment:%Z}")
+
+
+def text(value: object) -> Text:
+    """A cell holding data as it is: brackets in a reason or a task name are not markup."""
+    return Text("" if value is None else str(value))
+
+
+def table(
+    title: str, ids: Iterable[str], columns: Sequence[str], *, whole: Sequence[str] = ()
+) -> Table:
+    """A table whose first column holds ids: never wrapped nor cut (people copy them into
+    the next command); ``ids`` sizes it. The columns in ``whole`` (short values, such as
+    times) are not wrapped either; the others fold."""
+    widest = max((len(i) for i in ids), default=2)
+    grid = Table(title=title)
+    grid.add_column(columns[0], no_wrap=True, min_width=widest)
+    for name in columns[1:]:
+        grid.add_column(name, overflow="fold", no_wrap=name in whole)
+    return grid
+
+
+def counts_table(title: str, names: Iterable[str], columns: Sequence[str]) -> Table:
+    """A table of a name and numbers: the names (queues, which people type into the next
+    command) whole, the numbers aligned right; headers fold when the terminal is narrow."""
+    grid = Table(title=title)
+    grid.add_column(columns[0], no_wrap=True, min_width=max(map(len, names), default=5))
+    for name in columns[1:]:
+        grid.add_column(Text(name, justify="left"), justify="right", overflow="fold")
+    return grid

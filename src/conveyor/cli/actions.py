@@ -1,0 +1,142 @@
+"""Changing jobs: ``cancel``, ``requeue`` and ``purge``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from .._errors import JobNotFound
+from .._message import JobStatus, validate_job_id, validate_queue
+from ._load import app_options, open_app
+from ._output import emit_json, json_option
+from .jobs import ENDED
+
+
+def _ids(job_ids: tuple[str, ...]) -> list[str]:
+    """The ids as given, each once, each checked."""
+    return [validate_job_id(i) for i in dict.fromkeys(job_ids)]
+
+
+def _cancelled_line(result: dict[str, Any]) -> str:
+    job_id, before, after = result["id"], result["before"], result["after"]
+    if result["outcome"] == "cancelled":
+        return f"cancelled {job_id} (it was {before})"
+    if result["outcome"] == "stopping":
+        return f"{job_id} is running: its worker stops it at its next lease renewal"
+    return f"{job_id} had already ended ({after}): nothing to cancel"
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+@json_option
+@app_options
+def cancel(job_ids: tuple[str, ...], as_json: bool, app_spec: str | None, url: str | None) -> None:
+    """Cancel jobs. A queued or scheduled job is removed at once; a running one is stopped
+    by its worker at its next lease renewal; an ended one is left as it is.
+
+    Every id is looked up first: if one is unknown, nothing is cancelled.
+    """
+    ids = _ids(job_ids)
+    app = open_app(app_spec, url)
+    records = app.broker.get(ids)
+    unknown = [i for i, r in zip(ids, records, strict=True) if r is None]
+    if unknown:
+        raise JobNotFound(
+            f"no job with id {', '.join(map(repr, unknown))} (unknown, purged, or its record "
+            "expired); nothing was cancelled"
+        )
+    results = []
+    for job_id, record in zip(ids, records, strict=True):
+        assert record is not None
+        before, handle = record.status, app.job(job_id)
+        if not before.terminal:
+            handle.cancel()
+        after = handle.status
+        if after is JobStatus.CANCELLED and before is not JobStatus.CANCELLED:
+            outcome = "cancelled"
+        elif after is JobStatus.RUNNING:
+            outcome = "stopping"
+        else:
+            outcome = "already_ended"
+        results.append({"id": job_id, "before": before.value, "after": after.value,
+                        "outcome": outcome})  # fmt: skip
+    if as_json:
+        emit_json({"jobs": results})
+        return
+    for result in results:
+        click.echo(_cancelled_line(result))
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, metavar="[ID]...")
+@click.option("--all", "all_", is_flag=True, help="Every ended job with --status.")
+@click.option(
+    "--status",
+    type=click.Choice(ENDED),
+    default=None,
+    help="With --all: which ended jobs  [default: dead]",
+)
+@click.option("-q", "--queue", default=None, metavar="QUEUE", help="With --all: only this queue.")
+@json_option
+@app_options
+def requeue(
+    *,
+    job_ids: tuple[str, ...],
+    all_: bool,
+    status: str | None,
+    queue: str | None,
+    as_json: bool,
+    app_spec: str | None,
+    url: str | None,
+) -> None:
+    """Put ended jobs back on their queue with their retries afresh.
+
+    \b
+    conveyor requeue ID...        these jobs, whether they failed, died or were cancelled
+    conveyor requeue --all        every dead job (--status failed|dead|cancelled, --queue Q)
+
+    Every id is checked first: if one is unknown or has not ended (or succeeded), nothing
+    is requeued.
+    """
+    if bool(job_ids) == all_:
+        raise click.UsageError("give job ids or --all (not both)")
+    if job_ids and (status or queue):
+        raise click.UsageError("--status and --queue go with --all; ids are requeued as given")
+    if queue:
+        validate_queue(queue)
+    ids = _ids(job_ids)
+    app = open_app(app_spec, url)
+    if all_:
+        which = JobStatus(status or "dead")
+        moved = app.requeue_all(which, queue)
+        where = f" of queue {queue}" if queue else ""
+        line = f"requeued {moved} {which.value} job(s){where}"
+        document: dict[str, Any] = {"requeued": moved, "ids": None, "status": which.value,
+                                    "queue": queue}  # fmt: skip
+    else:
+        moved = app.requeue(ids)
+        line = f"requeued {moved} job(s): {', '.join(ids)}"
+        document = {"requeued": moved, "ids": ids, "status": None, "queue": None}
+    if as_json:
+        emit_json(document)
+    else:
+        click.echo(line)
+
+
+@click.command()
+@click.argument("queue")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@app_options
+def purge(queue: str, yes: bool, as_json: bool, app_spec: str | None, url: str | None) -> None:
+    """Delete every queued and scheduled job of QUEUE (running jobs are left alone)."""
+    validate_queue(queue)
+    app = open_app(app_spec, url)
+    if not yes:
+        click.confirm(f"Delete every queued and scheduled job in {queue!r}?", abort=True, err=True)
+    purged = app.broker.purge(queue)
+    if as_json:
+        emit_json({"queue": queue, "purged": purged})
+    else:
+        click.echo(f"purged {purged} job(s) from {queue}")

@@ -1,0 +1,298 @@
+"""Looking at jobs: ``conveyor jobs STATUS`` lists them, ``conveyor job ID`` shows one."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import click
+from rich.table import Table
+
+from .._app import Conveyor
+from .._errors import ConveyorError, JobNotFound
+from .._message import (
+    JobEntry,
+    JobRecord,
+    JobStatus,
+    Message,
+    Outcome,
+    validate_job_id,
+    validate_queue,
+)
+from ._load import app_options, open_app
+from ._output import clock, console, emit_json, iso, json_option, span, table, text, when
+
+STATUSES = [s.value for s in JobStatus]  # queued, scheduled, running, ... in lifecycle order
+ENDED = ("failed", "dead", "cancelled")  # what requeue takes back; each keeps a reason
+_PAGE = 200  # entries read per call while looking for --task matches
+
+
+@dataclass
+class Decoded:
+    """A payload read with the app's codec: the message, or why there is none."""
+
+    message: Message | None
+    problem: str | None  # "undecodable: ...", or "payload not kept" (succeeded, on Redis)
+
+    @property
+    def task(self) -> str | None:
+        return self.message.task if self.message is not None else None
+
+    def label(self) -> str:
+        return self.task or f"({self.problem})"
+
+
+def decode(app: Conveyor, payload: bytes | None) -> Decoded:
+    if not payload:
+        return Decoded(None, "payload not kept")
+    try:
+        return Decoded(app.codec.decode_message(payload), None)
+    except ConveyorError as exc:
+        return Decoded(None, f"undecodable: {exc}")
+
+
+def task_matches(name: str | None, wanted: str) -> bool:
+    """``--task`` names a task by its full name (``myapp.tasks:resize``) or, for a task
+    registered under that form, by the part after the colon (``resize``)."""
+    return name is not None and (name == wanted or name.partition(":")[2] == wanted)
+
+
+def find(
+    app: Conveyor, status: JobStatus, queue: str | None, task: str | None, limit: int
+) -> list[tuple[JobEntry, Decoded]]:
+    """Up to ``limit`` jobs in ``status``, in the broker's order; with ``task``, pages
+    through the status until ``limit`` of that task are found or none are left."""
+    if task is None:
+        return [(e, decode(app, e.payload)) for e in app.broker.entries(status, queue, limit)]
+    found: list[tuple[JobEntry, Decoded]] = []
+    offset, page = 0, max(limit, _PAGE)
+    while True:
+        batch = app.broker.entries(status, queue, page, offset=offset)
+        for entry in batch:
+            decoded = decode(app, entry.payload)
+            if task_matches(decoded.task, task):
+                found.append((entry, decoded))
+                if len(found) == limit:
+                    return found
+        if len(batch) < page:
+            return found
+        offset += len(batch)
+
+
+def _entry_json(entry: JobEntry, decoded: Decoded) -> dict[str, Any]:
+    message = decoded.message
+    return {
+        "id": entry.id,
+        "queue": entry.queue,
+        "status": entry.status.value,
+        "task": decoded.task,
+        "attempt": message.attempt if message is not None else None,
+        "reason": entry.reason or None,
+        "updated_at": iso(entry.at),
+    }
+
+
+def undecodable_hint(problems: list[str]) -> str | None:
+    """A caption when payloads could not be read: most often a missing -A (secret, pickle)."""
+    bad = [p for p in problems if p.startswith("undecodable")]
+    if not bad:
+        return None
+    return f"{len(bad)} payload(s) {bad[0]}; pass -A MODULE so your app's codec and secret are used"
+
+
+@click.command()
+@click.argument("status", type=click.Choice(STATUSES), metavar="STATUS")
+@click.option("-q", "--queue", default=None, metavar="QUEUE", help="Only this queue.")
+@click.option(
+    "-t",
+    "--task",
+    default=None,
+    metavar="NAME",
+    help="Only jobs of this task: myapp.tasks:resize, or just resize.",
+)
+@click.option(
+    "--limit",
+    type=click.IntRange(min=1),
+    metavar="N",
+    default=20,
+    show_default=True,
+    help="Show at most this many.",
+)
+@json_option
+@app_options
+def jobs(
+    *,
+    status: str,
+    queue: str | None,
+    task: str | None,
+    limit: int,
+    as_json: bool,
+    app_spec: str | None,
+    url: str | None,
+) -> None:
+    """List the jobs in STATUS: queued, scheduled, running, succeeded, failed, dead or
+    cancelled.
+
+    Queued jobs come in the order workers take them, scheduled ones soonest first, the
+    others most recently changed first. --task reads payloads page by page until --limit
+    jobs of that task are found.
+    """
+    if queue:
+        validate_queue(queue)
+    app = open_app(app_spec, url)
+    found = find(app, JobStatus(status), queue, task, limit)
+    if as_json:
+        emit_json(
+            {
+                "status": status,
+                "queue": queue,
+                "task": task,
+                "jobs": [_entry_json(e, d) for e, d in found],
+            }
+        )
+        return
+    ended = status in ENDED
+    columns = ("id", "queue", "task", *(("reason",) if ended else ()), "updated")
+    grid = table(f"{status} jobs", [e.id for e, _ in found], columns, whole=("updated",))
+    for entry, decoded in found:
+        cells = [text(entry.id), text(entry.queue), text(decoded.label())]
+        if ended:
+            cells.append(text(entry.reason))
+        grid.add_row(*cells, when(entry.at))
+    if not found:
+        where = f" in queue {queue}" if queue else ""
+        grid.caption = f"no {status} jobs{where}" + (f" of task {task}" if task else "")
+    else:
+        grid.caption = undecodable_hint([d.problem for _, d in found if d.problem])
+    console().print(grid)
+
+
+# -- one job ---------------------------------------------------------------------------------
+
+
+def _outcome(app: Conveyor, record: JobRecord) -> Outcome | None:
+    if not record.result:
+        return None
+    try:
+        return app.codec.decode_outcome(record.result)
+    except ConveyorError as exc:
+        return Outcome(reason=f"(undecodable result: {exc})")
+
+
+def describe(app: Conveyor, job_id: str) -> dict[str, Any]:
+    """Everything known about one job, with the keys ``conveyor job --json`` prints."""
+    record = app.broker.get([validate_job_id(job_id)])[0]
+    if record is None:
+        raise JobNotFound(
+            f"no job with id {job_id!r} (unknown, purged, or its record expired after its "
+            "result TTL); `conveyor jobs STATUS` lists the jobs there are"
+        )
+    decoded = decode(app, app.broker.payload(job_id))
+    message, outcome = decoded.message, _outcome(app, record)
+    error = outcome.error if outcome is not None else None
+    succeeded = record.status is JobStatus.SUCCEEDED
+    reason = record.reason or (outcome.reason if outcome is not None else None)
+    return {
+        "id": record.id,
+        "task": decoded.task,
+        "queue": record.queue,
+        "status": record.status.value,
+        "args": message.args if message is not None else None,
+        "kwargs": message.kwargs if message is not None else None,
+        "attempt": message.attempt if message is not None else None,
+        "retries": message.retries if message is not None else None,
+        "deliveries": record.deliveries,
+        "priority": message.priority if message is not None else None,
+        "key": message.key if message is not None else None,
+        "depends_on": list(message.depends_on) if message is not None else None,
+        "enqueued_at": iso(message.enqueued_at) if message is not None else None,
+        "updated_at": iso(record.updated_at),
+        "progress": record.progress,
+        "progress_note": record.progress_note,
+        "result": outcome.value if outcome is not None and succeeded else None,
+        "error": (
+            {"type": error.type, "message": error.message, "traceback": error.traceback}
+            if error is not None
+            else None
+        ),
+        "reason": reason or None,
+        "payload_error": decoded.problem,
+    }
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, ensure_ascii=False, default=repr)
+
+
+def _attempt(info: dict[str, Any]) -> str:
+    attempt, retries = info["attempt"], info["retries"]
+    if attempt is None:
+        return ""
+    if attempt == 0:
+        allowed = (
+            "no retries" if not retries else f"up to {retries} retr{'y' if retries == 1 else 'ies'}"
+        )
+        return f"first run ({allowed})"
+    return f"retry {attempt} of {retries}"
+
+
+def _stamp(moment: str | None) -> str:
+    """An ISO time from ``describe`` for people: UTC to the second, and how long ago."""
+    if moment is None:
+        return ""
+    ts = dt.datetime.fromisoformat(moment).timestamp()
+    return f"{clock(ts)} UTC ({span(time.time() - ts)} ago)"
+
+
+def _show(info: dict[str, Any]) -> None:
+    out = console()
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="bold", no_wrap=True)
+    grid.add_column(overflow="fold")
+    rows: list[tuple[str, object]] = [
+        ("id", info["id"]),
+        ("task", info["task"] or f"({info['payload_error']})"),
+        ("queue", info["queue"]),
+        ("status", info["status"]),
+    ]
+    if info["args"] is not None:
+        rows += [("args", _compact(info["args"])), ("kwargs", _compact(info["kwargs"]))]
+    rows += [("attempt", _attempt(info)), ("deliveries", info["deliveries"])]
+    rows += [("enqueued", _stamp(info["enqueued_at"])), ("updated", _stamp(info["updated_at"]))]
+    if info["progress"] is not None or info["progress_note"]:
+        done = "" if info["progress"] is None else f"{info['progress']:.0%} "
+        rows.append(("progress", done + (info["progress_note"] or "")))
+    if info["depends_on"]:
+        rows.append(("depends on", ", ".join(info["depends_on"])))
+    if info["status"] == "succeeded":
+        rows.append(("result", _compact(info["result"])))
+    error = info["error"]
+    if error is not None:
+        rows.append(("error", f"{error['type']}: {error['message']}"))
+    if info["reason"] and (error is None or info["reason"] != rows[-1][1]):
+        rows.append(("reason", info["reason"]))
+    for name, value in rows:
+        grid.add_row(name, text(value))
+    out.print(grid)
+    if info["error"] is not None and info["error"]["traceback"]:
+        out.print()
+        out.print(text(info["error"]["traceback"].rstrip()))
+
+
+@click.command()
+@click.argument("job_id", metavar="ID")
+@json_option
+@app_options
+def job(job_id: str, as_json: bool, app_spec: str | None, url: str | None) -> None:
+    """Show one job: task, arguments, status, attempts, times, progress, and its result
+    or its error with the traceback."""
+    validate_job_id(job_id)
+    app = open_app(app_spec, url)
+    info = describe(app, job_id)
+    if as_json:
+        emit_json(info)
+    else:
+        _show(info)

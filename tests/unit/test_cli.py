@@ -1,0 +1,142 @@
+"""The ``conveyor`` command's own pieces, in process: formats, paging, URL override, help.
+
+What a user sees end to end (subprocesses on SQLite and Redis) is in
+``tests/integration/test_cli.py``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from conveyor import Conveyor, JobStatus
+from conveyor.cli import cli, redact
+from conveyor.cli._load import on_broker, use_url
+from conveyor.cli._output import iso, span
+from conveyor.cli.jobs import find, task_matches
+from conveyor.cli.schedules import _every
+
+
+def test_times_are_iso_utc_with_milliseconds() -> None:
+    assert iso(1_700_000_000.1239) == "2023-11-14T22:13:20.123Z"
+    assert iso(1_700_000_000) == "2023-11-14T22:13:20.000Z"
+    assert iso(None) is None and iso(0) is None
+    parsed = dt.datetime.fromisoformat(iso(1_700_000_000.5) or "")
+    assert parsed.timestamp() == 1_700_000_000.5 and parsed.utcoffset() == dt.timedelta(0)
+
+
+def test_durations_for_people() -> None:
+    assert [span(s) for s in (0, 42, 89, 90, 3600, 5400, 86400, 3 * 86400)] == [
+        "0s", "42s", "89s", "2m", "60m", "2h", "24h", "3d",
+    ]  # fmt: skip
+    assert [_every(s) for s in (0.5, 30, 90, 5400, 86400 + 60)] == [
+        "every 0.5s", "every 30s", "every 1m30s", "every 1h30m", "every 1d1m",
+    ]  # fmt: skip
+
+
+def test_passwords_are_masked_in_any_message() -> None:
+    message = "cannot reach redis://ops:s3cret@db:6379/0 nor rediss://:pw@[::1]:6380"
+    assert redact(message) == "cannot reach redis://ops:***@db:6379/0 nor rediss://:***@[::1]:6380"
+    assert redact("sqlite:////srv/a:b/jobs.db") == "sqlite:////srv/a:b/jobs.db"
+
+
+def test_task_names_match_in_full_or_by_function() -> None:
+    assert task_matches("myapp.tasks:resize", "resize")
+    assert task_matches("myapp.tasks:resize", "myapp.tasks:resize")
+    assert not task_matches("myapp.tasks:resize_all", "resize")
+    assert not task_matches(None, "resize")
+
+
+@pytest.fixture
+def memory_app() -> Iterator[Conveyor]:
+    with Conveyor("memory://") as app:
+        yield app
+
+
+def test_task_filter_pages_until_it_has_enough(
+    memory_app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    send = memory_app.task(name="shop:send", queue="mail")(lambda to: to)
+    resize = memory_app.task(name="shop:resize", queue="mail")(lambda path: path)
+    memory_app.enqueue_many([send.s(f"{i}@example.com") for i in range(450)])
+    late = memory_app.enqueue_many([resize.s(f"{i}.png") for i in range(3)])
+    offsets: list[int] = []
+    entries = memory_app.broker.entries
+
+    def spy(status: JobStatus, queue: str | None, limit: int, offset: int = 0) -> Any:
+        offsets.append(offset)
+        return entries(status, queue, limit, offset=offset)
+
+    monkeypatch.setattr(memory_app.broker, "entries", spy)
+    found = find(memory_app, JobStatus.QUEUED, None, "resize", 2)
+    assert [e.id for e, _ in found] == [j.id for j in late[:2]]
+    assert offsets == [0, 200, 400]  # stops on the page that completes the limit
+    offsets.clear()
+    assert len(find(memory_app, JobStatus.QUEUED, "mail", "resize", 10)) == 3
+    assert offsets == [0, 200, 400]  # the short last page ends the status
+    assert find(memory_app, JobStatus.FAILED, None, "resize", 5) == []
+
+
+def test_url_override_keeps_the_app_and_its_tasks(tmp_path: Path) -> None:
+    app = Conveyor("memory://", prefix="shop")
+    double = app.task(name="shop:double")(lambda x: 2 * x)
+    app.broker.stats()  # opened on the old URL
+    url = f"sqlite:///{tmp_path}/new/jobs.db"
+    on_broker(app, url, "shop", create=True)
+    assert app.url == url and app.registry["shop:double"] is double
+    job = double.delay(21)
+    assert app.broker.get([job.id])[0] is not None
+    assert (tmp_path / "new" / "jobs.db").exists()
+    with pytest.raises(Exception, match="bad broker URL"):
+        use_url(app, "nowhere")
+    assert app.url == url  # a bad URL changes nothing
+    app.close()
+
+
+HELP = [[], ["info"], ["jobs"], ["job"], ["cancel"], ["requeue"], ["purge"], ["queues"],
+        ["queues", "pause"], ["queues", "resume"], ["schedules"], ["ping"], ["events"],
+        ["worker"], ["demo"]]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", HELP, ids=lambda c: "-".join(c) or "conveyor")
+def test_help_shows_no_markup(command: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*command, "--help"], terminal_width=100)
+    assert result.exit_code == 0, result.output
+    assert "``" not in result.output and ":class:" not in result.output
+    if command and command != ["demo"]:
+        assert "-A, --app MODULE" in result.output and "--url URL" in result.output
+
+
+def test_every_listing_command_takes_json() -> None:
+    def walk(group: click.Group) -> Iterator[click.Command]:
+        for command in group.commands.values():
+            yield command
+            if isinstance(command, click.Group):
+                yield from walk(command)
+
+    takes = {c.name for c in walk(cli) if any(p.name == "as_json" for p in c.params)}
+    listing = {"info", "jobs", "job", "queues", "schedules", "ping", "cancel", "requeue", "events"}
+    assert takes >= listing
+
+
+def test_usage_errors_exit_2() -> None:
+    runner = CliRunner()
+    for args in (
+        ["jobs", "queued", "--limit", "0"],
+        ["jobs", "lost"],
+        ["requeue"],
+        ["requeue", "--all", "abc"],
+        ["requeue", "abc", "--status", "dead"],
+        ["ping", "--timeout", "0"],
+        ["worker"],
+        ["worker", "a.tasks", "-A", "b.tasks"],
+        ["schedules"],
+    ):
+        result = runner.invoke(cli, args)
+        assert result.exit_code == 2, (args, result.output)
