@@ -8,6 +8,7 @@ goes" in docs/architecture.md. Not part of bench/run.py (which compares against 
     .venv/bin/python bench/profile_drain.py --sleep 0.01 -n 2000 -c 50 --pool async
     .venv/bin/python bench/profile_drain.py --commandstats   # + the server's commands per job
     .venv/bin/python bench/profile_drain.py --calls    # + the worker's fetch and finish calls
+    .venv/bin/python bench/profile_drain.py --events off   # Conveyor(events=False); default on
     .venv/bin/py-spy record -r 500 -f raw -o /tmp/drain.txt -- \\
         .venv/bin/python bench/profile_drain.py --reps 1 -n 30000          # where the time goes
 
@@ -170,8 +171,9 @@ def one_run(
     pool: str,
     commandstats: bool = False,
     calls: bool = False,
+    events: bool = True,
 ) -> tuple[float, dict[str, float]]:
-    app = Conveyor(url)
+    app = Conveyor(url) if events else Conveyor(url, events=False)
     probe = Probe(n, server_pid)
 
     @app.task(name="noop")
@@ -245,6 +247,12 @@ def main() -> None:
     ap.add_argument(
         "--calls", action="store_true", help="time the worker's fetch and finish calls of each run"
     )
+    ap.add_argument(
+        "--events",
+        choices=("on", "off"),
+        default="on",
+        help="publish job and worker events (the default), or Conveyor(events=False)",
+    )
     args = ap.parse_args()
     with private_redis() as server:
         assert server.proc is not None
@@ -259,6 +267,7 @@ def main() -> None:
                 pool=args.pool,
                 commandstats=args.commandstats,
                 calls=args.calls,
+                events=args.events == "on",
             )
             rates.append(rate)
             cpus.append(cpu)
@@ -267,7 +276,8 @@ def main() -> None:
         print(
             f"median of {args.reps}: {statistics.median(rates):,.0f} jobs/s "
             f"({min(rates):,.0f}-{max(rates):,.0f}); CPU µs/job: {_cpus(medians)}; "
-            f"n={args.n} c={args.concurrency} sleep={args.sleep} pool={args.pool}"
+            f"n={args.n} c={args.concurrency} sleep={args.sleep} pool={args.pool} "
+            f"events={args.events}"
         )
 
 

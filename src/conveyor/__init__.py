@@ -32,6 +32,7 @@ from ._errors import TaskFailed as TaskFailed
 from ._errors import TransactionConflict as TransactionConflict
 from ._errors import UntrustedTask as UntrustedTask
 from ._errors import ValidationError as ValidationError
+from ._events import Event as Event
 from ._job import Job as Job
 from ._logging import logging_filter as logging_filter
 from ._message import JobStatus as JobStatus
@@ -55,6 +56,7 @@ __all__ = [
     "CurrentJob",
     "DependencyFailed",
     "DependencyNotFound",
+    "Event",
     "InvalidName",
     "InvalidOption",
     "InvalidURL",

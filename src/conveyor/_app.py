@@ -4,27 +4,40 @@ are no module-level globals, so two apps in one process never see each other's t
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import os
 import threading
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
-from ._checks import names
+from . import _events
+from ._checks import flag, names
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
-from ._errors import ConfigurationError, InvalidOption, JobNotFound, ValidationError
+from ._errors import (
+    BrokerError,
+    ConfigurationError,
+    ConveyorError,
+    InvalidOption,
+    JobNotFound,
+    ValidationError,
+)
+from ._events import Event
 from ._job import Job
 from ._message import Envelope, JobStatus, Message, new_job_id, validate_job_id, validate_queue
 from ._requeue import requeue, requeue_all
 from ._task import Options, Signature, Task, callable_name
 from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker, redact_url
+from .brokers._port import CANCELLED_PENDING, check_kept
 
 if TYPE_CHECKING:
     from .cache import Cached
     from .locks import Lock
     from .scheduler import Schedule
     from .stores import Store
+
+log = logging.getLogger("conveyor")
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -57,7 +70,11 @@ class Conveyor:
     ``sqlite:///./conveyor.db``. ``trust`` names extra top-level packages whose callables a
     worker may run by name (see ``app.enqueue``). ``max_payload`` caps an encoded job and
     ``max_result`` a task's encoded result, in bytes (1 MiB each by default); a result over
-    its cap fails the job with ``ResultTooLarge`` (docs/reliability.md).
+    its cap fails the job with ``ResultTooLarge`` (docs/reliability.md). ``events``: publish
+    what happens to jobs and workers into the broker's event log (``conveyor events``,
+    ``read_events``); with False this app writes no event at all. ``events_kept``: how many
+    events the log keeps (default 10,000; docs/observability.md); give every process of a
+    deployment the same.
     """
 
     def __init__(
@@ -72,8 +89,12 @@ class Conveyor:
         prefix: str = "conveyor",
         clock: Clock | None = None,
         broker: Broker | None = None,
+        events: bool = True,
+        events_kept: int | None = None,
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        self.events = flag("events", events)
+        self.events_kept = None if events_kept is None else check_kept(events_kept)
         self.trust = names("trust", trust, "trust=['myapp', 'shared']")
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
@@ -87,6 +108,8 @@ class Conveyor:
         self.defaults = Options()
         self.schedules: list[Schedule] = []  # filled by @app.periodic; workers run them
         self._broker = broker
+        if broker is not None and self.events_kept is not None:
+            broker.events_kept = self.events_kept
         self._broker_lock = threading.Lock()
         if broker is None:
             # Parse now so a bad URL fails where the app is made, not at the first job; and
@@ -113,7 +136,11 @@ class Conveyor:
             with self._broker_lock:
                 if self._broker is None:
                     self._broker = open_broker(
-                        self.url, clock=self.clock, prefix=self.prefix, create=create
+                        self.url,
+                        clock=self.clock,
+                        prefix=self.prefix,
+                        create=create,
+                        events_kept=self.events_kept,
                     )
         return self._broker
 
@@ -310,6 +337,69 @@ class Conveyor:
         """Let workers take the queue's jobs again; blocked ones do within a second."""
         self.broker.resume(validate_queue(queue))
 
+    # -- events ----------------------------------------------------------------------------
+
+    def read_events(
+        self, after: str | None = None, *, block: float = 0.0, limit: int = 100
+    ) -> list[Event]:
+        """Events from the broker's event log, oldest first: those after the cursor
+        ``after`` (None: from the oldest kept; ``event.cursor`` of the last one read: on
+        from there), waiting up to ``block`` seconds while there is none. Reading takes
+        nothing out: any number of readers see every event. docs/observability.md lists
+        the types and their fields."""
+        return _events.read(self.broker, after, block, limit)
+
+    def follow_events(
+        self,
+        *,
+        since: float | dt.timedelta | None = None,
+        types: str | Sequence[str] = (),
+    ) -> Iterator[Event]:
+        """Events as they are published, for ever (what ``conveyor events`` prints): from
+        now on, or first those kept from the last ``since`` (seconds or a timedelta).
+        ``types``: globs of the types wanted, e.g. ``"job.*"`` or ``["job.failed",
+        "job.dead"]`` (a glob that matches no type is a ``ConfigurationError``). A broker
+        that is away is waited for, with a warning on the ``conveyor`` logger."""
+        back = since.total_seconds() if isinstance(since, dt.timedelta) else since
+        patterns = (types,) if isinstance(types, str) else tuple(types)
+        return _events.follow(self.broker, self.clock.time(), since=back, types=patterns)
+
+    def _announce(self, envelopes: Sequence[Envelope], tasks: Sequence[str]) -> list[bytes]:
+        """The ``job.enqueued`` events of a batch (none when events are off): the broker
+        publishes each with its job, if it writes it."""
+        if not self.events:
+            return []
+        return _events.enqueued(envelopes, tasks, self.clock.time())
+
+    def _cancel_event(self, job_id: str) -> bytes | None:
+        """The ``job.cancelled`` event a cancel publishes if it cancels a pending job (the
+        payload is read for the task's name: one read, only with events on)."""
+        if not self.events:
+            return None
+        payload = self.broker.payload(job_id)
+        if payload is None:
+            return None  # unknown: the cancel says so
+        try:
+            message = self.codec.decode_message(payload)
+            task, queue = message.task, message.queue
+        except ConveyorError:  # not written by Conveyor: its queue is in the record
+            record = self.broker.get([job_id])[0]
+            task, queue = "", record.queue if record is not None else ""
+        reason = CANCELLED_PENDING
+        return _events.job_event(
+            "job.cancelled", self.clock.time(), job_id, task, queue, reason=reason
+        )
+
+    def _publish(self, events: Sequence[bytes]) -> None:
+        """Publish the events of a change already made (cancel, requeue): a broker error
+        costs the events, with a warning, never the change."""
+        if not events or not self.events:
+            return
+        try:
+            self.broker.publish(events)
+        except BrokerError as exc:
+            log.warning("%d event(s) were not published: %s", len(events), exc)
+
     def _signature(
         self,
         fn: Callable[..., Any],
@@ -359,13 +449,17 @@ class Conveyor:
 
     def _send(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
         envelopes = [self.envelope(s) for s in sigs]
-        return [Job(self, i) for i in self.broker.enqueue(envelopes)] if envelopes else []
+        if not envelopes:
+            return []
+        events = self._announce(envelopes, [s.name for s in sigs])
+        return [Job(self, i) for i in self.broker.enqueue(envelopes, events)]
 
     async def _send_async(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
         envelopes = [self.envelope(s) for s in sigs]
         if not envelopes:
             return []
-        return [Job(self, i) for i in await self.broker.enqueue_async(envelopes)]
+        events = self._announce(envelopes, [s.name for s in sigs])
+        return [Job(self, i) for i in await self.broker.enqueue_async(envelopes, events)]
 
 
 class _TaskDecorator:

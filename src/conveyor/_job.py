@@ -142,7 +142,7 @@ class Job(Generic[R]):
     def _cancel(self, job_id: str) -> bool:
         from . import workflows  # workflows builds Jobs: imported late
 
-        status = self._app.broker.cancel(job_id)
+        status = self._app.broker.cancel(job_id, self._app._cancel_event(job_id))
         if status is JobStatus.CANCELLED:
             workflows.cancelled(self._app, job_id)
         return status in (JobStatus.CANCELLED, JobStatus.RUNNING)

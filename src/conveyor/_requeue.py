@@ -16,7 +16,9 @@ from typing import TYPE_CHECKING
 
 import msgspec
 
+from . import _events
 from ._errors import ConfigurationError, JobNotEnded, JobNotFound, SerializationError
+from ._events import REQUEUED
 from ._message import JobStatus, validate_job_id, validate_queue
 from .brokers._port import REQUEUEABLE
 
@@ -29,18 +31,22 @@ PAGE = 500  # jobs per page of ``requeue_all``
 
 
 class _Fresh(msgspec.Struct, frozen=True):
-    """One job to requeue: its id, its payload with the retries afresh, what it waits for."""
+    """One job to requeue: its id, its payload with the retries afresh, what it waits for,
+    and its task and queue (for its ``job.requeued`` event)."""
 
     id: str
     payload: bytes
     depends_on: tuple[str, ...]
+    task: str
+    queue: str
 
 
 def _fresh(app: Conveyor, job_id: str, payload: bytes) -> _Fresh:
     try:
         message = app.codec.decode_message(payload)
         again = msgspec.structs.replace(message, attempt=0)
-        return _Fresh(job_id, app.codec.encode_message(again), tuple(message.depends_on))
+        payload = app.codec.encode_message(again)
+        return _Fresh(job_id, payload, tuple(message.depends_on), message.task, message.queue)
     except SerializationError as exc:
         raise SerializationError(
             f"cannot requeue job {job_id}: its payload does not decode with this app's "
@@ -77,9 +83,17 @@ def _requeue(app: Conveyor, jobs: Sequence[_Fresh]) -> tuple[int, int]:
     """Requeue; (how many went back, how many stayed: another pending job holds the key)."""
     ordered = _dependencies_first(jobs)
     found = app.broker.requeue([(j.id, j.payload) for j in ordered])
-    back = sum(got == j.id for got, j in zip(found, ordered, strict=True))
+    back = [j for got, j in zip(found, ordered, strict=True) if got == j.id]
     held = sum(got is not None and got != j.id for got, j in zip(found, ordered, strict=True))
-    return back, held
+    if back and app.events:  # each job this call put back (a requeue answers which)
+        now = app.clock.time()
+        app._publish(
+            [
+                _events.job_event("job.requeued", now, j.id, j.task, j.queue, reason=REQUEUED)
+                for j in back
+            ]
+        )
+    return len(back), held
 
 
 def requeue(app: Conveyor, job_ids: Sequence[str]) -> int:

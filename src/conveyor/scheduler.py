@@ -223,8 +223,11 @@ class Scheduler:
             if now_ms >= self._next.get(s.name, 0) and (plan := self._plan(kv, s, now_ms))
         ]
         envelopes = [e for p in plans for e in p.envelopes]
+        events = self.app._announce(
+            envelopes, [p.schedule.name for p in plans for _ in p.envelopes]
+        )
         try:
-            ids = self.app.broker.enqueue(envelopes) if envelopes else []
+            ids = self.app.broker.enqueue(envelopes, events) if envelopes else []
         except Exception:
             for p in plans:  # let the next tick (ours or another scheduler's) retry them
                 self._next.pop(p.schedule.name, None)

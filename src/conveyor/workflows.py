@@ -52,7 +52,7 @@ import asyncio
 import contextlib
 import logging
 import struct
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -118,7 +118,7 @@ class Workflow(Generic[R]):
             for key, value in links.items():  # first: a step may finish the moment it is sent
                 kv.set(key, value)
                 written.append(key)
-            ids = self.app.broker.enqueue(envelopes)
+            ids = self.app.broker.enqueue(envelopes, builder.announce(envelopes))
         except BaseException:
             with contextlib.suppress(ConveyorError):
                 for key in written:
@@ -294,6 +294,10 @@ class _Builder:
     def link_next(self, exit: _Job, following: list[_Job]) -> None:
         _set_link(exit, {"next": [j.message.id for j in following]})
         self.links[_NEXT + exit.message.id] = following
+
+    def announce(self, envelopes: Sequence[Envelope]) -> list[bytes]:
+        """The steps' ``job.enqueued`` events (``build``'s envelopes, in its order)."""
+        return self.app._announce(envelopes, [job.message.task for job in self.jobs])
 
     def build(self) -> tuple[list[Envelope], dict[str, bytes]]:
         payloads: dict[str, bytes] = {}

@@ -208,7 +208,7 @@ def test_a_version_2_file_gains_pause_and_requeue_of_its_jobs(
     _old_file(db, 2, failed, "failed", monkeypatch)  # written before pause and requeue's deps
     b = SQLiteBroker(db)
     try:
-        assert _meta(db)["schema_version"] == schema.SCHEMA_VERSION == 3
+        assert _meta(db)["schema_version"] == schema.SCHEMA_VERSION == 4
         [record] = b.get([failed.id])
         assert record is not None and (record.status, record.reason) == (JobStatus.FAILED, "boom")
         b.pause("default")
@@ -221,6 +221,26 @@ def test_a_version_2_file_gains_pause_and_requeue_of_its_jobs(
         assert b.fetch(["default"], "c", 10, 30.0, 0.0) == []
         b.resume("default")
         assert [d.payload for d in b.fetch(["default"], "c", 10, 30.0, 0.0)] == [b"again"]
+    finally:
+        b.close()
+
+
+def test_a_version_3_file_gains_the_event_log_and_keeps_its_jobs(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    queued = env()
+    _old_file(db, 3, queued, "queued", monkeypatch)  # written before events
+    b = SQLiteBroker(db)
+    try:
+        assert _meta(db)["schema_version"] == schema.SCHEMA_VERSION
+        assert b.events_tail() == "0" and b.read_events(None, 0.0, 10) == []
+        [d] = b.fetch(["default"], "c", 10, 30.0, 0.0)
+        finish = Finish(d, JobStatus.SUCCEEDED, b"r", event=b'{"type":"job.succeeded"}')
+        assert b.finish([finish], [b'{"type":"job.started"}']) == [True]
+        assert [e for _, e in b.read_events(None, 0.0, 10)] == [
+            b'{"type":"job.started"}',
+            b'{"type":"job.succeeded"}',
+        ]
     finally:
         b.close()
 

@@ -930,3 +930,64 @@ def test_async_enqueue_and_wait(broker: RedisBroker) -> None:
     assert len(ids) == 1
     assert ticks >= 5
     assert result == b"async result"
+
+
+# -- the event log ---------------------------------------------------------------------------
+
+
+def _event_entries(raw: redis.Redis, prefix: str) -> list[tuple[str, bytes]]:
+    return [(i.decode(), f[b"e"]) for i, f in raw.xrange("{" + prefix + "}:events")]
+
+
+def test_the_events_of_one_call_share_entries_numbered_by_their_last_event(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    jobs = [env() for _ in range(100)]
+    broker.enqueue(jobs, [b"enqueued %d" % i for i in range(100)])
+    broker.publish([b"alone"])
+    entries = _event_entries(raw, prefix)
+    assert [i for i, _ in entries] == ["64-0", "100-0", "101-0"]  # 64 to an entry at most
+    assert entries[2][1] == b"5:alone"
+    assert raw.get("{" + prefix + "}:events:n") == b"101"
+    assert broker.events_tail() == "101"
+    got = broker.read_events("60", 0.0, 10)  # from the middle of the first entry
+    assert got == [(str(n), b"enqueued %d" % (n - 1)) for n in range(61, 71)]
+    assert all(
+        redis.crc.key_slot(k.encode()) == redis.crc.key_slot(f"{{{prefix}}}:queues".encode())
+        for k in ("{" + prefix + "}:events", "{" + prefix + "}:events:n")
+    )
+
+
+def test_a_lost_event_counter_is_caught_up_with_the_stream(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    broker.publish([b"a", b"b", b"c"])
+    raw.delete("{" + prefix + "}:events:n")  # by hand: the stream's ids are ahead of it
+    broker.enqueue([env()], [b"d"])
+    broker.publish([b"e"])
+    assert [e for _, e in broker.read_events(None, 0.0, 10)] == [b"a", b"b", b"c", b"d", b"e"]
+    assert [i for i, _ in _event_entries(raw, prefix)] == ["3-0", "4-0", "5-0"]
+
+
+def test_an_event_log_that_cannot_be_written_costs_no_job(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    raw.set("{" + prefix + "}:events", "not a stream")  # by hand
+    job = env()
+    assert broker.enqueue([job], [b"enqueued"]) == [job.id]
+    [d] = fetch(broker)
+    assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r", event=b"done")], [b"s"]) == [True]
+    assert broker.get([job.id])[0].status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_an_entry_written_by_hand_is_not_taken_for_events(
+    broker: RedisBroker, raw: redis.Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from conveyor._events import read
+
+    broker.publish([b'{"type":"job.enqueued","time":1.0}'])
+    raw.xadd("{" + prefix + "}:events", {"e": "hello"}, id="2-0")
+    raw.xadd("{" + prefix + "}:events", {"other": "field"}, id="3-0")  # holds no event
+    broker.publish([b'{"type":"job.started","time":2.0}'])  # numbered past them
+    assert [e.type for e in read(broker, None, 0.0, 10)] == ["job.enqueued", "job.started"]
+    assert caplog.text.count("is not a Conveyor event") == 1

@@ -6,12 +6,13 @@
   also on the server's clock).
 * ``kill -9`` Redis under load after N acknowledged enqueues, restart from the AOF: with
   ``appendfsync always`` lost = 0; with ``everysec`` the loss is measured and printed.
-* Streams are never trimmed: acked entries are deleted one by one, and nothing pending
-  leaves a stream before its job does.
+* Job streams are never trimmed: acked entries are deleted one by one, and nothing pending
+  leaves a stream before its job does; a full event log trims itself only.
 """
 
 from __future__ import annotations
 
+import ast
 import multiprocessing
 import re
 import threading
@@ -26,7 +27,7 @@ import pytest
 from conveyor._clock import Clock, FakeClock
 from conveyor._errors import BrokerError, BrokerUnavailable
 from conveyor._message import Delivery, Envelope, JobStatus
-from conveyor.brokers._port import Broker, Finish, LeaseState
+from conveyor.brokers._port import EVENTS_SLACK, Broker, Finish, LeaseState
 from conveyor.brokers.redis import RedisBroker, _scripts
 from conveyor.testing.conformance import envelope
 from redis_server import RedisServer, private_redis, unique_prefix
@@ -433,24 +434,71 @@ def test_kill_9_redis_with_aof_everysec_under_load_measures_the_loss(tmp_path: P
 # -- trimming --------------------------------------------------------------------------------
 
 
-def test_the_redis_adapter_never_trims_its_streams() -> None:
+def test_the_redis_adapter_never_trims_its_job_streams() -> None:
     """A documented fact, pinned: no script or module of the adapter trims a job stream (no
     MAXLEN, MINID or XTRIM). An entry leaves its stream only through its own job: XACK +
     XDEL when the job finishes, is reclaimed or released (then a new entry is added at the
     tail). So trimming can never drop a pending entry. Whoever adds trimming must replace
-    this test with one showing that a pending entry survives it. The one stream trimmed is
-    the resume signal ``{P}:resumed``: no job is ever in it and no group reads it."""
+    this test with one showing that a pending entry survives it. Two streams are trimmed,
+    and no job is ever in either and no group reads them: the resume signal
+    ``{P}:resumed`` and the event log ``{P}:events`` (common.lua ``publish``), whose
+    trimming leaves every job stream alone (the test below)."""
     folder = Path(_scripts.__file__).parent
-    texts = [_scripts.source(name) for name in _scripts.NAMES]
-    texts += [p.read_text() for p in folder.glob("*.py")]
-    assert len(texts) > len(_scripts.NAMES)
-    trims = [
-        line
-        for text in texts
+    code = [re.sub(r"--[^\n]*", "", _scripts.source(name)) for name in _scripts.NAMES]
+    code += [_without_docstrings(p.read_text()) for p in folder.glob("*.py")]
+    assert len(code) > len(_scripts.NAMES)
+    trims = {
+        line.strip()
+        for text in code
         for line in text.splitlines()
         if re.search(r"\b(MAXLEN|MINID|XTRIM)\b", line, re.IGNORECASE)
-    ]
-    assert len(trims) == 1 and "'XADD', RESUMED," in trims[0], trims
+    }
+    assert trims == {
+        "redis.call('XADD', RESUMED, 'MAXLEN', 1, '*', 'queue', ARGV[5])",
+        "if not pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) then",
+        "pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body)",
+    }, trims
+
+
+def _without_docstrings(source: str) -> str:
+    """Python code with its docstrings and comments blanked (they may name MAXLEN)."""
+    lines = source.splitlines()
+    for node in ast.walk(ast.parse(source)):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr):
+            doc = body[0].value
+            if isinstance(doc, ast.Constant) and isinstance(doc.value, str):
+                for i in range(doc.lineno - 1, doc.end_lineno or doc.lineno):
+                    lines[i] = ""
+    return "\n".join(re.sub(r"#[^\n]*", "", line) for line in lines)
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_a_full_event_log_leaves_every_queued_and_pending_job_in_its_stream(
+    fresh_redis_server: RedisServer,
+) -> None:
+    """Events far past the cap, published by enqueue, finish and on their own, while jobs
+    wait and run: the log holds about the cap, and the job streams every entry."""
+    prefix = unique_prefix()
+    broker = RedisBroker(fresh_redis_server.url, prefix=prefix, events_kept=20)
+    try:
+        envs = [envelope(QUEUE, priority=i % 3) for i in range(60)]
+        broker.enqueue(envs, [b"enqueued %d" % i for i in range(60)])
+        running = broker.fetch([QUEUE], "c", 25, 60.0, 0.0)
+        done = [Finish(d, JobStatus.SUCCEEDED, b"r", event=b"ended") for d in running[:10]]
+        assert broker.finish(done, [b"started"] * 25) == [True] * 10
+        for _ in range(30):
+            broker.publish([b"heartbeat"] * 10)
+        left = {e.id for e in envs} - {d.id for d in running[:10]}
+        assert sorted(stream_entries(fresh_redis_server, prefix)) == sorted(left)
+        assert pending_count(fresh_redis_server, prefix) == 15
+        kept = broker.read_events(None, 0.0, 1000)
+        assert 20 <= len(kept) < 20 + EVENTS_SLACK
+        assert [e for _, e in kept[-10:]] == [b"heartbeat"] * 10
+        assert len(broker.fetch([QUEUE], "c", 100, 60.0, 0.0)) == 35  # the rest, all there
+    finally:
+        broker.close()
 
 
 @pytest.mark.redis

@@ -118,14 +118,20 @@ def test_a_full_redis_refuses_enqueue_and_runs_every_script_a_worker_needs(
         assert broker.release([got[0]]) == [True]
         retry = Envelope(got[4].id, QUEUE, b"again", eta=time.time() + 3600)
         outcomes = [
-            Finish(got[1], JobStatus.SUCCEEDED, b"ok"),
-            Finish(got[2], JobStatus.FAILED, b"no", reason="boom"),
+            Finish(got[1], JobStatus.SUCCEEDED, b"ok", event=b"succeeded"),
+            Finish(got[2], JobStatus.FAILED, b"no", reason="boom", event=b"failed"),
             Finish(got[3], JobStatus.DEAD, b"", reason="unknown task"),
-            Finish(got[4], JobStatus.SCHEDULED, retry=retry),
+            Finish(got[4], JobStatus.SCHEDULED, retry=retry, event=b"retried"),
         ]
-        assert broker.finish(outcomes) == [True] * 4
+        assert broker.finish(outcomes, [b"started"]) == [True] * 4
+        # A call that records nothing (a repeat) still carries the worker's events.
+        assert broker.finish(outcomes[:1], [b"heartbeat"]) == [True]
         assert broker.cancel(got[5].id) is JobStatus.RUNNING  # flagged for its worker
-        assert broker.cancel(got[0].id) is JobStatus.CANCELLED  # released: queued again
+        # released: queued again
+        assert broker.cancel(got[0].id, b"cancelled") is JobStatus.CANCELLED
+        published = [e for _, e in broker.read_events(None, 0.0, 100)]
+        ended = [b"succeeded", b"failed", b"retried"]  # the dead job's Finish carried none
+        assert published == [b"started", *ended, b"heartbeat", b"cancelled"]
         record = broker.wait(got[1].id, 1.0)
         assert record is not None and record.status is JobStatus.SUCCEEDED
         info = WorkerInfo(

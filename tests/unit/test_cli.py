@@ -100,8 +100,8 @@ def test_url_override_keeps_the_app_and_its_tasks(tmp_path: Path) -> None:
 
 
 HELP = [[], ["info"], ["jobs"], ["job"], ["cancel"], ["requeue"], ["purge"], ["queues"],
-        ["queues", "pause"], ["queues", "resume"], ["schedules"], ["ping"], ["worker"],
-        ["demo"]]  # fmt: skip
+        ["queues", "pause"], ["queues", "resume"], ["schedules"], ["ping"], ["events"],
+        ["worker"], ["demo"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", HELP, ids=lambda c: "-".join(c) or "conveyor")
@@ -121,7 +121,8 @@ def test_every_listing_command_takes_json() -> None:
                 yield from walk(command)
 
     takes = {c.name for c in walk(cli) if any(p.name == "as_json" for p in c.params)}
-    assert takes >= {"info", "jobs", "job", "queues", "schedules", "ping", "cancel", "requeue"}
+    listing = {"info", "jobs", "job", "queues", "schedules", "ping", "cancel", "requeue", "events"}
+    assert takes >= listing
 
 
 def test_usage_errors_exit_2() -> None:

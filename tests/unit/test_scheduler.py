@@ -231,7 +231,7 @@ def test_a_failed_enqueue_is_retried_by_the_next_tick(
     clock.advance(60)
     real = app.broker.enqueue
 
-    def down(envelopes: object) -> list[str]:
+    def down(envelopes: object, events: object = ()) -> list[str]:
         raise ConnectionError("broker down")
 
     monkeypatch.setattr(app.broker, "enqueue", down)

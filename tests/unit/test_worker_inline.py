@@ -118,9 +118,9 @@ def test_a_lone_result_is_written_by_the_thread_that_ran_the_job() -> None:
     writers: list[str] = []
     finish = broker.finish
 
-    def recorded(outcomes: object) -> list[bool]:
+    def recorded(outcomes: object, events: object = ()) -> list[bool]:
         writers.append(threading.current_thread().name)
-        return finish(outcomes)  # type: ignore[arg-type]
+        return finish(outcomes, events)  # type: ignore[arg-type]
 
     broker.finish = recorded  # type: ignore[method-assign]
 

@@ -66,13 +66,13 @@ class Recording(MemoryBroker):
         self._refuse_if_gone()
         super().heartbeat(info, ttl)
 
-    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
         if self.fail_finishes:
             self.fail_finishes -= 1
             raise BrokerUnavailable("connection reset")
         time.sleep(self.finish_delay)
         self.finish_sizes.append(len(outcomes))
-        return super().finish(outcomes)
+        return super().finish(outcomes, events)
 
 
 @pytest.fixture

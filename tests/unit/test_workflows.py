@@ -154,9 +154,9 @@ def test_every_step_is_written_in_one_batch(app: Conveyor, monkeypatch: pytest.M
     calls: list[int] = []
     real = app.broker.enqueue
 
-    def spy(envelopes: Any) -> list[str]:
+    def spy(envelopes: Any, events: Any = ()) -> list[str]:
         calls.append(len(envelopes))
-        return real(envelopes)
+        return real(envelopes, events)
 
     monkeypatch.setattr(app.broker, "enqueue", spy)
     add = t(app, "add")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from .._clock import Clock, SystemClock
 from .._errors import InvalidURL
-from ._port import Broker, Finish, LeaseState
+from ._port import EVENTS_KEPT, Broker, Finish, LeaseState
 from ._url import REDIS_SCHEMES, SCHEME_NAME, parse_redis_url, redact_url
 
 __all__ = [
@@ -58,9 +58,15 @@ def load_adapter(url: str) -> None:
 
 
 def open_broker(
-    url: str, *, clock: Clock | None = None, prefix: str = "conveyor", create: bool = True
+    url: str,
+    *,
+    clock: Clock | None = None,
+    prefix: str = "conveyor",
+    create: bool = True,
+    events_kept: int | None = None,
 ) -> Broker:
-    """Open the broker a URL names.
+    """Open the broker a URL names; ``events_kept``: how many events its log keeps
+    (``EVENTS_KEPT`` by default).
 
     ``memory://`` (one process), ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``,
     ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
@@ -73,10 +79,11 @@ def open_broker(
     """
     scheme = check_url(url)
     clock = clock or SystemClock()
+    kept = EVENTS_KEPT if events_kept is None else events_kept
     if scheme == "memory":
         from .memory import MemoryBroker
 
-        return MemoryBroker(clock=clock)
+        return MemoryBroker(clock=clock, events_kept=kept)
     if scheme == "sqlite":
         from .sqlite import SQLiteBroker, sqlite_path
 
@@ -84,7 +91,7 @@ def open_broker(
             path = sqlite_path(url)
         except InvalidURL as exc:  # its message quotes the URL: show it redacted
             raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
-        return SQLiteBroker(path, clock=clock, create=create)
+        return SQLiteBroker(path, clock=clock, create=create, events_kept=kept)
     from .redis import RedisBroker
 
-    return RedisBroker(url, prefix=prefix, clock=clock)
+    return RedisBroker(url, prefix=prefix, clock=clock, events_kept=kept)

@@ -79,6 +79,24 @@ Contract, in short:
   id of the pending job that now stands for it (its own: requeued; another: deduplicated),
   or None, changing nothing, for an unknown or expired id or a job that is not failed,
   dead or cancelled (queued, scheduled, running, succeeded).
+* **Events** (``conveyor._events``; docs/observability.md): opaque bytes the app and the
+  worker encode, kept in one capped log per broker that any number of readers follow
+  without taking anything out of it. ``publish`` appends a batch; events also ride on
+  ``enqueue`` (``events[i]`` is published only if ``envelopes[i]``'s job is written: not
+  for an id that exists, nor for one deduplicated by its unique key) and on ``finish``
+  (``events`` first, then each outcome's ``Finish.event``, only where that outcome is
+  recorded: not for a refused delivery, not again for a repeat) and on ``cancel`` (published
+  only if that call cancels a queued or scheduled job), in the same atomic step as the
+  change they describe. Without events, nothing is written to the log. The log
+  keeps at least the newest ``events_kept`` events and fewer than ``EVENTS_SLACK`` more
+  (an adapter that stores several events to a record keeps the whole record that holds
+  the oldest one kept): a full log drops its oldest events, never a job, and nothing waits
+  for a reader. ``read_events(after, block,
+  limit)`` returns up to ``limit`` (cursor, event) pairs in publish order after the
+  opaque cursor ``after`` (None: from the oldest kept), blocking up to ``block`` seconds
+  while there is none; a cursor older than the oldest kept reads from the oldest kept.
+  ``events_tail()`` is the cursor of the newest event: reading after it returns only what
+  is published later.
 * Time: ``eta``, leases and TTLs are read on the injected clock; ``block`` and ``timeout``
   are real seconds a caller waits. ``fetch`` with ``count=0`` returns at once.
 * Nothing from ``redis`` or ``sqlite3`` leaves an adapter: errors become ``BrokerError``.
@@ -107,6 +125,10 @@ from .._message import (
 from ..stores._port import KeyValue
 
 PARKED = math.inf  # the eta of a job that waits for ``promote``
+# How many events a broker keeps by default (docs/observability.md says why this many), and
+# fewer than how many more an adapter that stores several events to a record may keep.
+EVENTS_KEPT = 10_000
+EVENTS_SLACK = 100
 # The ended statuses ``requeue`` puts back (a succeeded job keeps its result, not its work).
 REQUEUEABLE = frozenset({JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
 # The reason of a job cancelled by the broker, not by its worker's finish (``Job.cancel``).
@@ -120,6 +142,43 @@ def check_page(limit: int, offset: int) -> None:
         raise ConfigurationError(f"bad limit {limit!r}: list at least 1 job per page")
     if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
         raise ConfigurationError(f"bad offset {offset!r}: skip 0 or more jobs")
+
+
+def check_events(envelopes: Sequence[Envelope], events: Sequence[bytes]) -> None:
+    """``enqueue``'s events come one per envelope, or not at all."""
+    if events and len(events) != len(envelopes):
+        raise ValueError(
+            f"enqueue takes one event per envelope or none: {len(events)} events "
+            f"for {len(envelopes)} envelopes"
+        )
+
+
+def check_kept(kept: int) -> int:
+    """``events_kept``: at least one event."""
+    if not isinstance(kept, int) or isinstance(kept, bool) or kept < 1:
+        raise ConfigurationError(f"bad events_kept {kept!r}: keep at least 1 event")
+    return kept
+
+
+def bad_cursor(after: object) -> ConfigurationError:
+    return ConfigurationError(f"bad event cursor {after!r}: pass one read_events returned")
+
+
+def event_number(after: str | None) -> int:
+    """The event a numbered cursor (memory, SQLite) names; 0 (before the first) for None."""
+    if after is None:
+        return 0
+    if not isinstance(after, str) or not after.isdigit():
+        raise bad_cursor(after)
+    return int(after)
+
+
+def check_read(block: float, limit: int) -> None:
+    """``read_events`` takes at least one event and a block of zero or more seconds."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ConfigurationError(f"bad limit {limit!r}: read at least 1 event at a time")
+    if not block >= 0:
+        raise ConfigurationError(f"bad block {block!r}: wait zero or more seconds")
 
 
 def unknown_dependency(job_id: str, dependency: str) -> DependencyNotFound:
@@ -146,6 +205,7 @@ class Finish(msgspec.Struct, frozen=True):
     ``status`` is terminal (succeeded, failed, cancelled, dead), or ``scheduled`` for a retry,
     in which case ``retry`` is the envelope to put back (same job id, new payload and eta).
     ``result`` is the encoded ``Outcome``; ``reason`` is kept with failed and dead jobs.
+    ``event`` is published with the outcome, only if it is recorded (see the contract).
     """
 
     delivery: Delivery
@@ -154,12 +214,14 @@ class Finish(msgspec.Struct, frozen=True):
     result_ttl: float = 86400.0
     retry: Envelope | None = None
     reason: str = ""
+    event: bytes | None = None
 
 
 class Broker(ABC):
     """Abstract broker; see the module docstring for the contract."""
 
     url: str = ""
+    events_kept: int = EVENTS_KEPT  # the event log keeps at least this many (see the contract)
 
     @property
     @abstractmethod
@@ -169,11 +231,14 @@ class Broker(ABC):
     # -- producing -------------------------------------------------------------------------
 
     @abstractmethod
-    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
-        """Write jobs; return each job's id (the existing one when deduplicated by key)."""
+    def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
+        """Write jobs; return each job's id (the existing one when deduplicated by key).
+        ``events``: one per envelope, published only with a job that is written."""
 
-    async def enqueue_async(self, envelopes: Sequence[Envelope]) -> list[str]:
-        return await asyncio.to_thread(self.enqueue, envelopes)
+    async def enqueue_async(
+        self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
+    ) -> list[str]:
+        return await asyncio.to_thread(self.enqueue, envelopes, events)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -188,8 +253,9 @@ class Broker(ABC):
         """Extend leases still owned by these deliveries."""
 
     @abstractmethod
-    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
-        """Record outcomes, fenced; True where the delivery still owned the job."""
+    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
+        """Record outcomes, fenced; True where the delivery still owned the job. ``events``
+        are published in the same step, before the recorded outcomes' own."""
 
     @abstractmethod
     def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
@@ -229,10 +295,11 @@ class Broker(ABC):
         learn what follows the step."""
 
     @abstractmethod
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
         """Cancel a job: a pending one is removed at once, a running one is flagged so its
         worker stops it (seen at the next lease renewal). Returns the status afterwards.
-        Raises ``JobNotFound`` for an unknown id."""
+        Raises ``JobNotFound`` for an unknown id. ``event`` is published only if this call
+        cancels a queued or scheduled job."""
 
     # -- operations ------------------------------------------------------------------------
 
@@ -294,6 +361,21 @@ class Broker(ABC):
         when all is well. Read at a worker's start, and by ``conveyor info`` and ``ping``;
         raises ``BrokerError`` when the broker cannot be reached."""
         return []
+
+    # -- events ----------------------------------------------------------------------------
+
+    @abstractmethod
+    def publish(self, events: Sequence[bytes]) -> None:
+        """Append events to the capped event log, in order, in one step."""
+
+    @abstractmethod
+    def read_events(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
+        """Up to ``limit`` (cursor, event) pairs published after the cursor ``after`` (None:
+        from the oldest kept), oldest first; blocks up to ``block`` s while there is none."""
+
+    @abstractmethod
+    def events_tail(self) -> str:
+        """The cursor of the newest event kept (reading after it returns later ones only)."""
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""

@@ -8,7 +8,8 @@ One file holds everything (the broker's and the key-value store's tables), so on
     ``seq``: a counter; every job gets the next value whenever it is (re)queued, which is
     the FIFO order within a priority. ``kv_version``: a counter stamped on every key-value
     write, so ``update``'s compare-and-set cannot mistake a delete-and-recreate for "no
-    change" (a per-row counter would restart at 1 and fall for that ABA case).
+    change" (a per-row counter would restart at 1 and fall for that ABA case). ``events``
+    (v4): how many events were ever appended (see ``events``).
 
 ``jobs`` -- one row per job, whatever its state:
     ``id`` (primary key), ``queue``, ``payload`` (opaque bytes), ``priority`` (0..9),
@@ -33,6 +34,14 @@ One file holds everything (the broker's and the key-value store's tables), so on
 
 ``paused(queue)`` -- v3: one row per paused queue (``pause``); the claim in ``fetch`` leaves
     their jobs queued, and ``resume`` deletes the row and wakes blocked fetches.
+
+``events(id, body)`` -- v4: the event log (``Broker.publish``; docs/observability.md), in
+    the transaction of the change the events describe (enqueue, finish, cancel) or on its
+    own (publish). A row holds up to 64 events of one transaction, framed (``_eventlog``),
+    and ``id`` is the number of its last event: meta's ``events`` counts every event ever
+    appended, so ids never repeat, even after the rows before them were trimmed. The
+    transaction that appends also deletes the rows whose events are all older than the
+    newest ``events_kept`` (one primary-key range ``DELETE``).
 
 ``kv(key, value, expires_at, version)`` -- the ``KeyValue`` store's values and counters.
 
@@ -134,7 +143,12 @@ _V3 = (
     "CREATE TABLE paused (queue TEXT PRIMARY KEY) WITHOUT ROWID",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
+_V4 = (
+    "CREATE TABLE events (id INTEGER PRIMARY KEY, body BLOB NOT NULL)",
+    "INSERT INTO meta(name, value) VALUES ('events', 0)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3, _V4)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"

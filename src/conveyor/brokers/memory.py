@@ -12,6 +12,7 @@ import itertools
 import secrets
 import threading
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,12 +32,17 @@ from ..stores.memory import MemoryKV
 from ._port import (
     CANCELLED_PENDING,
     CANCELLED_WORKER_STOPPED,
+    EVENTS_KEPT,
     PARKED,
     REQUEUEABLE,
     Broker,
     Finish,
     LeaseState,
+    check_events,
+    check_kept,
     check_page,
+    check_read,
+    event_number,
     unknown_dependency,
 )
 
@@ -81,18 +87,74 @@ def _due(job: _Job) -> float:
     return PARKED if job.waiting or eta is None else eta
 
 
+class EventRing:
+    """The event log: a ring of the newest events (``deque(maxlen)``: a full one drops its
+    oldest), each numbered; the number is its cursor. It has its own lock, so a publish
+    never wakes a blocked fetch and a reader never holds up the broker's lock."""
+
+    def __init__(self, kept: int) -> None:
+        self._cond = threading.Condition()
+        self._ring: deque[tuple[int, bytes]] = deque(maxlen=check_kept(kept))
+        self._last = 0  # the number of the newest event ever appended
+
+    @property
+    def kept(self) -> int:
+        return self._ring.maxlen or 0
+
+    def resize(self, kept: int) -> None:
+        with self._cond:
+            self._ring = deque(self._ring, maxlen=check_kept(kept))
+
+    def append(self, events: Sequence[bytes]) -> None:
+        if not events:
+            return
+        with self._cond:
+            for event in events:
+                self._last += 1
+                self._ring.append((self._last, bytes(event)))
+            self._cond.notify_all()
+
+    def read(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
+        check_read(block, limit)
+        start = event_number(after)
+        deadline = time.monotonic() + block
+        with self._cond:
+            while True:
+                ring = self._ring
+                if ring and ring[-1][0] > start:
+                    skip = max(start - ring[0][0] + 1, 0)
+                    return [(str(n), e) for n, e in itertools.islice(ring, skip, skip + limit)]
+                left = deadline - time.monotonic()  # real seconds, as every block
+                if left <= 0:
+                    return []
+                self._cond.wait(left)
+
+    def tail(self) -> str:
+        with self._cond:
+            return str(self._last)
+
+
 class MemoryBroker(Broker):
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, clock: Clock | None = None, *, events_kept: int = EVENTS_KEPT) -> None:
         self.url = "memory://"
         self._clock = clock or SystemClock()
         self._cond = threading.Condition()
         self._s = _State()
         self._seq = itertools.count()
         self._kv = MemoryKV(self._clock)
+        self._events = EventRing(events_kept)
 
     @property
     def kv(self) -> MemoryKV:
         return self._kv
+
+    @property
+    def events_kept(self) -> int:
+        return self._events.kept
+
+    @events_kept.setter
+    def events_kept(self, kept: int) -> None:
+        self._events.resize(kept)
 
     # -- internals (call with the condition held) -------------------------------------------
 
@@ -255,11 +317,13 @@ class MemoryBroker(Broker):
 
     # -- producing -------------------------------------------------------------------------
 
-    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+    def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
         ids: list[str] = []
         for env in envelopes:  # check the whole batch first: all of it is written or none
             if not isinstance(env, Envelope):
                 raise TypeError(f"enqueue takes Envelope objects, got {env!r}")
+        check_events(envelopes, events)
+        published: list[bytes] = []
         with self._cond:
             now = self._clock.time()
             if any(env.depends_on for env in envelopes):
@@ -281,6 +345,9 @@ class MemoryBroker(Broker):
                 if not (env.depends_on and self._wait_for_dependencies(job, now)):
                     self._place(job, now)
                 ids.append(env.id)
+                if events:
+                    published.append(events[len(ids) - 1])
+            self._events.append(published)
             self._cond.notify_all()
         return ids
 
@@ -339,8 +406,9 @@ class MemoryBroker(Broker):
                 states.append(LeaseState.CANCELLED if job.cancel_requested else LeaseState.OK)
         return states
 
-    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
         done: list[bool] = []
+        published = list(events)
         with self._cond:
             now = self._clock.time()
             for f in outcomes:
@@ -348,6 +416,8 @@ class MemoryBroker(Broker):
                 if job is None:
                     done.append(self._settled(f.delivery))
                     continue
+                if f.event is not None:
+                    published.append(f.event)
                 job.settled_by = f.delivery.token
                 job.token = ""
                 job.updated_at = now
@@ -361,6 +431,7 @@ class MemoryBroker(Broker):
                     expires = now + f.result_ttl
                     self._end(job, f.status, f.result, f.reason, expires=expires, now=now)
                 done.append(True)
+            self._events.append(published)
             self._cond.notify_all()
         return done
 
@@ -441,7 +512,7 @@ class MemoryBroker(Broker):
             job = self._live(job_id, self._clock.time())
             return None if job is None else job.envelope.payload
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
         with self._cond:
             now = self._clock.time()
             job = self._live(job_id, now)
@@ -453,6 +524,8 @@ class MemoryBroker(Broker):
                 self._forget_dependencies(job)
                 reason = CANCELLED_PENDING
                 self._end(job, JobStatus.CANCELLED, None, reason, expires=now + 86400.0, now=now)
+                if event is not None:
+                    self._events.append([event])
                 self._cond.notify_all()
             return job.status
 
@@ -578,3 +651,14 @@ class MemoryBroker(Broker):
     def forget_worker(self, worker_id: str) -> None:
         with self._cond:
             self._s.workers.pop(worker_id, None)
+
+    # -- events ----------------------------------------------------------------------------
+
+    def publish(self, events: Sequence[bytes]) -> None:
+        self._events.append(events)
+
+    def read_events(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
+        return self._events.read(after, block, limit)
+
+    def events_tail(self) -> str:
+        return self._events.tail()

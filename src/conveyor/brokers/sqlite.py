@@ -24,6 +24,12 @@ The tables, pragmas and migrations are in ``_sqlite_schema``. Here:
   Alternatives were worse: polling the file's mtime or ``PRAGMA data_version`` is a sleep
   loop; inotify is Linux-only and not in the standard library; FIFOs behave the same but
   need the O_RDWR trick to avoid EOF spins.
+* **Events** (the ``events`` table, see ``_sqlite_schema``) are inserted in the transaction
+  of the change they describe, so a written job and its ``job.enqueued`` commit together;
+  those of one transaction share rows (``_eventlog``): an insert per 64 events, not one
+  per event (a finish of 100 jobs with two events each cost 12 µs per job more than
+  without events with a row per event, 2-4 µs more so). Readers poll the table (every
+  ``_EVENT_POLL`` s while they block): a writer does nothing for them, however many.
 * **Connections** (``_sqlite_schema.Database``): one per thread, and one write transaction
   at a time per process behind a mutex. Measured with 8 threads enqueue+fetch+finish on one
   broker: with the mutex every thread progresses (276-337 cycles each, worst wait 0.1 s);
@@ -54,15 +60,21 @@ from .._message import (
     validate_queue,
 )
 from ..stores.sqlite import SQLiteKV
+from ._eventlog import numbered, records
 from ._port import (
     CANCELLED_PENDING,
     CANCELLED_WORKER_STOPPED,
+    EVENTS_KEPT,
     PARKED,
     REQUEUEABLE,
     Broker,
     Finish,
     LeaseState,
+    check_events,
+    check_kept,
     check_page,
+    check_read,
+    event_number,
     unknown_dependency,
 )
 from ._sqlite_notify import ANY_JOB, FETCHERS, Notifier, job_waiters
@@ -75,6 +87,7 @@ _CANCELLED_TTL = 86400.0
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _RECORD = "id, status, queue, result, progress, progress_note, updated_at, deliveries, reason"
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+_EVENT_POLL = 0.05  # how often a blocked event reader looks at the table
 
 
 def sqlite_path(url: str) -> str:
@@ -237,9 +250,11 @@ class SQLiteBroker(Broker):
         *,
         busy_timeout: float = 5.0,
         create: bool = True,
+        events_kept: int = EVENTS_KEPT,
     ):
         self.path = os.path.abspath(path)  # threads open connections later, maybe elsewhere
         self.url = "sqlite:///" + path
+        self.events_kept = check_kept(events_kept)
         self._clock = clock or SystemClock()
         self._real_time = isinstance(self._clock, SystemClock)
         self._db = Database(self.path, busy_timeout, create=create, given=path)
@@ -257,17 +272,21 @@ class SQLiteBroker(Broker):
 
     # -- producing -------------------------------------------------------------------------
 
-    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+    def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
         for env in envelopes:  # before the transaction, so a bad batch costs no write lock
             if not isinstance(env, Envelope):
                 raise TypeError(f"enqueue takes Envelope objects, got {env!r}")
+        check_events(envelopes, events)
         if not envelopes:
             return []
         ids: list[str] = []
+        published: list[bytes] = []
         with self._db.write() as conn:  # an unknown dependency raises: all rolled back
             now = self._clock.time()
-            for env in envelopes:
-                ids.append(self._enqueue_one(conn, env, now))
+            for i, env in enumerate(envelopes):
+                event = events[i] if events else None
+                ids.append(self._enqueue_one(conn, env, now, event, published))
+            self._append_events(conn, published)
         self._notify.wake(FETCHERS)
         return ids
 
@@ -312,7 +331,16 @@ class SQLiteBroker(Broker):
             chunk = job_ids[start : start + _CHUNK]
             conn.execute(f"DELETE FROM dependents WHERE child IN ({_marks(len(chunk))})", chunk)
 
-    def _enqueue_one(self, conn: sqlite3.Connection, env: Envelope, now: float) -> str:
+    def _enqueue_one(
+        self,
+        conn: sqlite3.Connection,
+        env: Envelope,
+        now: float,
+        event: bytes | None,
+        published: list[bytes],
+    ) -> str:
+        """Write one job unless its id exists or its key is held; its event goes into
+        ``published`` if it is written."""
         sql = f"SELECT 1 FROM jobs WHERE id = ? AND {_LIVE}"
         if conn.execute(sql, (env.id, now)).fetchone() is not None:
             return env.id  # idempotent: a producer retried a batch that was written
@@ -342,6 +370,8 @@ class SQLiteBroker(Broker):
                 ",".join(deps),
             ),
         )
+        if event is not None:
+            published.append(event)
         return env.id
 
     # -- consuming -------------------------------------------------------------------------
@@ -439,37 +469,46 @@ class SQLiteBroker(Broker):
                     states.append(LeaseState.CANCELLED if row[0] else LeaseState.OK)
         return states
 
-    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
         done: list[bool] = []
         ended: list[str] = []  # jobs this call made terminal
+        published = list(events)  # then the events of the outcomes recorded
         with self._db.write() as conn:
             now = self._clock.time()
             for f in outcomes:
-                done.append(self._finish_one(conn, f, now, ended))
+                done.append(self._finish_one(conn, f, now, ended, published))
             due = self._release_dependents(conn, ended) if ended else 0
+            self._append_events(conn, published)
         self._wake_ended(f.delivery.id for f, ok in zip(outcomes, done, strict=True) if ok)
         if due or any(ok and f.retry is not None for f, ok in zip(outcomes, done, strict=True)):
             self._notify.wake(FETCHERS)
         return done
 
     def _finish_one(
-        self, conn: sqlite3.Connection, f: Finish, now: float, ended: list[str]
+        self,
+        conn: sqlite3.Connection,
+        f: Finish,
+        now: float,
+        ended: list[str],
+        published: list[bytes],
     ) -> bool:
         d, env = f.delivery, f.retry
         if env is None:
             record = (f.status, f.result, f.reason, now + f.result_ttl, now)
-            if conn.execute(_FINISH, (*record, d.id, d.token)).rowcount == 1:
-                if f.status.terminal:
-                    ended.append(d.id)
-                return True
+            recorded = conn.execute(_FINISH, (*record, d.id, d.token)).rowcount == 1
+            if recorded and f.status.terminal:
+                ended.append(d.id)
         else:
             later = env.eta is not None and env.eta > now
             status = JobStatus.SCHEDULED if later else JobStatus.QUEUED
             seq = _take_seq(conn, 1) + 1
             args = (status, env.queue, env.payload, env.priority, env.eta, seq, f.result, now)
-            if conn.execute(_RETRY, (*args, d.id, d.token)).rowcount == 1:
-                return True
-        return self._settled(conn, d, now)
+            recorded = conn.execute(_RETRY, (*args, d.id, d.token)).rowcount == 1
+        if not recorded:
+            return self._settled(conn, d, now)  # a repeat publishes nothing again
+        if f.event is not None:
+            published.append(f.event)
+        return True
 
     @staticmethod
     def _settled(conn: sqlite3.Connection, d: Delivery, now: float) -> bool:
@@ -551,7 +590,7 @@ class SQLiteBroker(Broker):
                         return None
                 listener.wait(pause)
 
-    def cancel(self, job_id: str) -> JobStatus:
+    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
         due = 0
         with self._db.write() as conn:
             now = self._clock.time()
@@ -572,6 +611,7 @@ class SQLiteBroker(Broker):
                 )
                 due = self._release_dependents(conn, [job_id])
                 self._forget_dependencies(conn, [job_id])
+                self._append_events(conn, [event] if event is not None else [])
         if due:
             self._notify.wake(FETCHERS)
         if status is JobStatus.CANCELLED:
@@ -701,6 +741,46 @@ class SQLiteBroker(Broker):
     def forget_worker(self, worker_id: str) -> None:
         with self._db.write() as conn:
             conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _append_events(self, conn: sqlite3.Connection, events: Sequence[bytes]) -> None:
+        """Append events in this transaction, and drop the rows older than the newest
+        ``events_kept``."""
+        if not events:
+            return
+        last = int(
+            conn.execute(
+                "UPDATE meta SET value = value + ? WHERE name = 'events' RETURNING value",
+                (len(events),),
+            ).fetchone()[0]
+        )
+        conn.executemany("INSERT INTO events(id, body) VALUES (?, ?)", records(events, last))
+        conn.execute("DELETE FROM events WHERE id <= ?", (last - self.events_kept,))
+
+    def publish(self, events: Sequence[bytes]) -> None:
+        if events:
+            with self._db.write() as conn:
+                self._append_events(conn, events)
+
+    def read_events(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
+        check_read(block, limit)
+        start = event_number(after)
+        deadline = time.monotonic() + block
+        while True:
+            with self._db.read() as conn:  # rows hold one event or more: limit rows is enough
+                rows = conn.execute(
+                    "SELECT id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (start, limit)
+                ).fetchall()
+            left = deadline - time.monotonic()
+            if rows or left <= 0:
+                return numbered(((i, bytes(body)) for i, body in rows), start, limit)
+            time.sleep(min(_EVENT_POLL, left))
+
+    def events_tail(self) -> str:
+        with self._db.read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE name = 'events'").fetchone()
+        return str(row[0])
 
     def close(self) -> None:
         self._db.close()

@@ -11,6 +11,7 @@ from .._errors import ConveyorError
 from . import _logs
 from .actions import cancel, purge, requeue
 from .demo import demo
+from .events import events
 from .info import info
 from .jobs import job, jobs
 from .probe import ping
@@ -41,7 +42,20 @@ def cli(ctx: click.Context, verbose: bool) -> None:
         _logs.setup_from_env(verbose)
 
 
-for command in (info, jobs, job, cancel, requeue, purge, queues, schedules, ping, worker, demo):
+for command in (
+    info,
+    jobs,
+    job,
+    cancel,
+    requeue,
+    purge,
+    queues,
+    schedules,
+    ping,
+    events,
+    worker,
+    demo,
+):
     cli.add_command(command)
 
 

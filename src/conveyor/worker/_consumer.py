@@ -36,6 +36,7 @@ from ..brokers._port import Broker, Finish, LeaseState
 from ._attempt import Attempt, Raised, Result, Results
 from ._deadlines import Deadlines
 from ._describe import name_of, text_of
+from ._events import WorkerEvents
 from ._finisher import Finisher
 from ._inflight import Inflight
 from ._joblog import log_job
@@ -86,6 +87,7 @@ class Consumer:
         inflight: Inflight,
         backoff: Backoff,
         pause: Callable[[float], object],
+        events: WorkerEvents | None = None,
     ) -> None:
         self.app = app  # for the workflow and rate-limit hooks, which work on the ports
         self.broker = broker
@@ -101,6 +103,7 @@ class Consumer:
         self.inflight = inflight
         self.backoff = backoff
         self.pause = pause  # sleeps, but wakes early when the worker is told to stop
+        self.events = events  # None: events are off, and nothing is built
         inflight.start = self._launch  # a buffered job that got a freed slot
         self._quick: dict[str, int] = {}  # task -> how many of its last runs were tiny
         # Set for each run or drain (they are rebuilt each time):
@@ -154,14 +157,17 @@ class Consumer:
 
     def release(self, attempts: Sequence[Attempt]) -> None:
         """Hand running jobs back for immediate redelivery (what a stopping worker does)."""
-        self.hand_back([a.delivery for a in attempts])
+        released = self.hand_back([a.delivery for a in attempts])
+        if self.events is not None and released:
+            self.events.handed_back(attempts, released)
         self.inflight.drop(list(attempts))
 
-    def hand_back(self, deliveries: Sequence[Delivery]) -> None:
+    def hand_back(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        """Release deliveries; per delivery whether it went back ([] if the call failed)."""
         if not deliveries:
-            return
+            return []
         try:
-            self.broker.release(deliveries)
+            released = self.broker.release(deliveries)
             log.info("handed back %d unfinished job(s) for redelivery", len(deliveries))
         except Exception as exc:
             log.warning(
@@ -169,6 +175,8 @@ class Consumer:
                 len(deliveries),
                 exc,
             )
+            return []
+        return released
 
     # -- dispatch --------------------------------------------------------------------------
 
@@ -253,6 +261,8 @@ class Consumer:
             if attempt.message.timeout and self.deadlines is not None:
                 self.deadlines.add(attempt, attempt.message.timeout)
             attempt.began = time.monotonic()
+            if self.events is not None:  # here: its finish, right after, carries it
+                self.events.started(attempt, wake=not here)
             if here:
                 run_here(attempt, self.results, self.complete, self.progress)
             else:
@@ -300,6 +310,8 @@ class Consumer:
                 self.hand_back([attempt.delivery])
                 self.inflight.drop([attempt])
                 return
+        if self.events is not None:
+            finish = self.events.outcome(attempt, finish)
         # Nothing else runs: write it from this thread, without waking the finisher's.
         self.finisher.put(attempt, finish, alone=self.inflight.active == 0)
 

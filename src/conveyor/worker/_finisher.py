@@ -8,6 +8,9 @@ at once and a flood of tiny jobs costs one round trip per batch.
 A lone outcome (``put(..., alone=True)``: nothing else runs) while the thread is idle is
 written by the caller itself, which saves waking the thread on an idle worker's result path;
 if that write fails, the thread takes it over and retries as usual.
+
+Every finish call carries the worker's waiting events (``_events.WorkerEvents``); when they
+wait ``FLUSH_AFTER`` without one, the thread publishes them on its own.
 """
 
 from __future__ import annotations
@@ -21,17 +24,28 @@ from .._errors import BrokerError
 from .._message import JobStatus
 from ..brokers._port import Broker, Finish
 from ._attempt import Attempt
+from ._events import WorkerEvents
 from ._inflight import Inflight
 from ._joblog import log_job
 
 log = logging.getLogger("conveyor.worker")
 
 MAX_BATCH = 500
+_PUBLISH_RETRY = 1.0  # seconds before events that could not be published are sent again
 
 
 class Finisher:
-    def __init__(self, broker: Broker, inflight: Inflight, backoff: Backoff) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        inflight: Inflight,
+        backoff: Backoff,
+        events: WorkerEvents | None = None,
+    ) -> None:
         self._broker = broker
+        self._events = events
+        if events is not None:
+            events.wake = self._wake
         self._inflight = inflight
         self._backoff = backoff
         self._cond = threading.Condition()
@@ -54,7 +68,7 @@ class Finisher:
                 self._cond.notify()
                 return
         try:
-            written = self._broker.finish([finish])
+            written = self._finish([finish])
         except Exception:  # the thread retries it, with backoff and logging
             self.put(attempt, finish)
             return
@@ -69,25 +83,46 @@ class Finisher:
         if self._thread is not None:
             self._thread.join(timeout + 1.0)
 
+    def _wake(self) -> None:
+        """Events wait: the thread starts their timer."""
+        with self._cond:
+            self._cond.notify()
+
+    def _finish(self, outcomes: list[Finish]) -> list[bool]:
+        """One finish call, carrying the waiting events."""
+        if self._events is None:
+            return self._broker.finish(outcomes)
+        return self._events.carry(lambda events: self._broker.finish(outcomes, events))
+
     def _take(self) -> list[tuple[Attempt, Finish]] | None:
+        """The next batch; [] when waiting events are due on their own; None to end."""
         with self._cond:
             self._idle = True
             while not self._queue and not self._stopping:
-                self._cond.wait()
+                due = self._events.due() if self._events is not None else None
+                if due is None:
+                    self._cond.wait()
+                elif (left := due - time.monotonic()) > 0:
+                    self._cond.wait(left)
+                else:
+                    break
             self._idle = False
             if not self._queue:
-                return None
+                return None if self._stopping else []
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             return batch
 
     def _run(self) -> None:
         while (batch := self._take()) is not None:
-            self._write(batch)
+            if batch:
+                self._write(batch)
+            elif self._events is not None:
+                self._events.publish(self._broker.publish, _PUBLISH_RETRY)
 
     def _write(self, batch: list[tuple[Attempt, Finish]]) -> None:
         while True:
             try:
-                written = self._broker.finish([f for _, f in batch])
+                written = self._finish([f for _, f in batch])
             except BrokerError as exc:
                 if self._gave_up(exc, batch):
                     return

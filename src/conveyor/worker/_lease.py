@@ -39,6 +39,7 @@ class Keeper:
         info: Callable[[], WorkerInfo],
         gone: Callable[[BrokerGone], None] = lambda exc: None,
         heartbeat_every: float = HEARTBEAT_EVERY,
+        beat: Callable[[WorkerInfo], None] | None = None,
     ) -> None:
         self._broker = broker
         self._inflight = inflight
@@ -47,6 +48,7 @@ class Keeper:
         self._info = info
         self._gone = gone
         self._every = heartbeat_every
+        self._beat = beat  # told of each heartbeat sent (the worker's heartbeat event)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -109,12 +111,15 @@ class Keeper:
         return True
 
     def heartbeat(self) -> bool:
+        info = self._info()
         try:
-            self._broker.heartbeat(self._info(), self._every * 3)
+            self._broker.heartbeat(info, self._every * 3)
         except BrokerGone as exc:
             self._gone(exc)
             return False
         except Exception as exc:  # the heartbeat is advisory; the loop reports broker trouble
             log.debug("heartbeat failed: %s", exc)
             return False
+        if self._beat is not None:
+            self._beat(info)
         return True

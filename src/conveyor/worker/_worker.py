@@ -44,6 +44,7 @@ from ..scheduler import Scheduler
 from ._attempt import SHUTDOWN, Results
 from ._consumer import Consumer
 from ._deadlines import Deadlines
+from ._events import WorkerEvents
 from ._finisher import Finisher
 from ._inflight import Inflight
 from ._lease import Keeper
@@ -129,6 +130,7 @@ class Worker:
         # ~2 µs less CPU per job each, bench/profile_drain.py --calls).
         prefetch = 0 if pool == "processes" else PREFETCH_SLOTS * concurrency
         self._inflight = Inflight(concurrency, prefetch=prefetch)
+        self._events = WorkerEvents(self.id, app.clock) if app.events else None
         self._consumer = Consumer(
             app=app,
             broker=app.broker,
@@ -144,6 +146,7 @@ class Worker:
             inflight=self._inflight,
             backoff=self._backoff(),
             pause=self._stopping.wait,
+            events=self._events,
         )
         self._keeper: Keeper | None = None
         self._scheduler: threading.Thread | None = None
@@ -232,6 +235,8 @@ class Worker:
     def _start(self, announce: bool) -> None:
         app, consumer = self.app, self._consumer
         self.started_at = app.clock.time()
+        if self._events is not None:
+            self._events.worker("worker.online", self._info())
         executor = Executor(
             self.pool,
             self.concurrency,
@@ -248,7 +253,7 @@ class Worker:
         )
         executor.start()
         consumer.executor = executor
-        consumer.finisher = Finisher(app.broker, self._inflight, self._backoff())
+        consumer.finisher = Finisher(app.broker, self._inflight, self._backoff(), self._events)
         consumer.deadlines = Deadlines(app.clock, executor.interrupt)
         self._keeper = Keeper(
             app.broker,
@@ -257,6 +262,7 @@ class Worker:
             interrupt=executor.interrupt,
             info=self._info,
             gone=self._on_gone,
+            beat=self._heartbeat_event if self._events is not None else None,
         )
         consumer.finisher.start()
         consumer.deadlines.start()
@@ -333,6 +339,10 @@ class Worker:
             self._scheduler = None
         if consumer.deadlines is not None:
             consumer.deadlines.stop()
+        if self._events is not None:  # what waits, the handed back jobs, and the goodbye
+            self._events.worker("worker.offline", self._info())
+            if not self._events.publish(self.app.broker.publish, 0.0):
+                log.warning("the worker's last events were not published")
         try:
             self.app.broker.forget_worker(self.id)
         except Exception as exc:
@@ -354,6 +364,10 @@ class Worker:
         else:
             log.warning("%s again: handing back the running jobs and stopping now", name)
             self.stop(graceful=False)
+
+    def _heartbeat_event(self, info: WorkerInfo) -> None:
+        assert self._events is not None
+        self._events.worker("worker.heartbeat", info)
 
     def _warn_setup(self) -> None:
         """The broker's word on its setup (an evicting or a full Redis), once at start."""

@@ -45,13 +45,20 @@ async def _call(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> Any:
 
 
 class AsyncMixin(RedisCore):
-    async def enqueue_async(self, envelopes: Sequence[Envelope]) -> list[str]:
+    events_kept: int
+
+    async def enqueue_async(
+        self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
+    ) -> list[str]:
         from .broker import enqueue_calls, enqueue_ids  # the one place they are built
 
         if not envelopes:
             return []
         client, scripts = self._aclient()
-        calls = enqueue_calls(self._keys, self._head(), envelopes, to_ms(self._clock.time()))
+        now_ms = to_ms(self._clock.time())
+        calls = enqueue_calls(
+            self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
+        )
         script = scripts["enqueue"]
         async with _connect.translate_async():
             for again in (False, True):

@@ -64,6 +64,15 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:q:<q>:sweep         STRING  marker (real-time PX) rate-limiting the XAUTOCLAIM sweep
     {P}:q:<q>:reap          STRING  marker (real-time PX) rate-limiting the removal of idle
                                     consumers (nothing pending) from the queue's groups
+    {P}:events              STREAM  the event log (docs/observability.md): entries ``e <body>``,
+                                    the events of one script call (up to 64 per entry)
+                                    framed ``<length>:<bytes>``; an entry's id is the number
+                                    of its last event (``<n>-0``), so every XADD trims with
+                                    ``MINID`` to the newest ``events_kept`` by count; no
+                                    consumer group, no job: readers XREAD from their own
+                                    cursor (an event's number) and take nothing out
+    {P}:events:n            STRING  how many events were ever appended (INCRBY by the
+                                    scripts that publish): numbers them
     {P}:workers             ZSET    worker id -> announcement expiry
     {P}:worker:<w>          STRING  the worker's WorkerInfo (JSON)
     {P}:epoch               STRING  a random token, written by the first heartbeat that
@@ -193,6 +202,14 @@ class Keys:
         for q in queues:
             keys += self.queue_keys(q)
         return keys
+
+    @property
+    def events(self) -> str:
+        return f"{self.tag}:events"
+
+    @property
+    def events_counter(self) -> str:
+        return f"{self.tag}:events:n"
 
     @property
     def workers(self) -> str:

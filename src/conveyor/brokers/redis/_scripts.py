@@ -31,6 +31,7 @@ NAMES = (
     "forget",
     "queued",
     "watch",
+    "publish",
     "heartbeat",
     "epoch",
     "resume",

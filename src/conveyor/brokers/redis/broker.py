@@ -31,11 +31,22 @@ from ..._message import (
     validate_queue,
 )
 from ...stores._port import KeyValue
-from .._port import PARKED, Broker, Finish, LeaseState, unknown_dependency
+from .._eventlog import frame
+from .._port import (
+    EVENTS_KEPT,
+    PARKED,
+    Broker,
+    Finish,
+    LeaseState,
+    check_events,
+    check_kept,
+    unknown_dependency,
+)
 from . import _connect
 from ._admin import AdminMixin
 from ._async import AsyncMixin
 from ._core import PAYLOAD_FIELDS, RECORD_FIELDS, text, to_ms
+from ._events import EventsMixin
 from ._health import HealthMixin
 from ._keys import Keys
 
@@ -67,6 +78,8 @@ def enqueue_args(env: Envelope, now_ms: int) -> list[Any]:
 
 
 Call = tuple[list[str], list[Any]]
+# Arguments a call carrying events ends with, after them (see common.lua ``carried``).
+_CARRIED = "!e"
 
 
 def batch_calls(
@@ -75,11 +88,14 @@ def batch_calls(
     chunk: int,
     encode: Callable[[T, Callable[[str], int]], Sequence[Any]],
     declare: Callable[[list[str]], list[str]],
+    *,
+    tail: Callable[[int, int], Sequence[Any]] | None = None,
 ) -> list[Call]:
     """Script calls for a batch, one per ``chunk`` items, each naming the queues its items
     use once: ARGV is ``head``, the number of queues, their names, then each item's values
     as ``encode(item, place)`` gives them (``place(queue)``: the queue's 1-based place in
-    that list); KEYS are ``declare(queues)``."""
+    that list), then ``tail(start, end)`` for the items ``items[start:end]`` (the events
+    the call carries); KEYS are ``declare(queues)``."""
     calls = []
     for at in range(0, len(items), chunk):
         queues: dict[str, int] = {}
@@ -90,18 +106,34 @@ def batch_calls(
         own: list[Any] = []
         for item in items[at : at + chunk]:
             own += encode(item, place)
+        if tail is not None:
+            own += tail(at, min(at + chunk, len(items)))
         calls.append((declare(list(queues)), [*head, len(queues), *queues, *own]))
     return calls
 
 
+def with_events(values: list[Any], cap: int) -> list[Any]:
+    """A call's arguments that carry events (common.lua ``carried``): the cap, then a
+    marker no other argument can be (job ids and numbers never start with ``!``)."""
+    return [*values, cap, _CARRIED]
+
+
 def enqueue_calls(
-    keys: Keys, head: list[Any], envelopes: Sequence[Envelope], now_ms: int
+    keys: Keys,
+    head: list[Any],
+    envelopes: Sequence[Envelope],
+    now_ms: int,
+    *,
+    events: Sequence[bytes] = (),
+    cap: int = EVENTS_KEPT,
 ) -> list[Call]:
     """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes. Every
     envelope is validated before the first call is sent, so a bad one writes nothing. A
     batch with dependencies is one call whatever its size: the script checks them all
     before writing anything. Two keys per call (the script computes each queue's own, in
-    the same slot): a lone job costs little to send and to unpack."""
+    the same slot): a lone job costs little to send and to unpack. ``events`` (one per
+    envelope) go after a call's jobs; without them the call is what it always was."""
+    check_events(envelopes, events)
     chunk = len(envelopes) if any(env.depends_on for env in envelopes) else ENQUEUE_CHUNK
     declared = [keys.unique, keys.queues]
 
@@ -110,7 +142,12 @@ def enqueue_calls(
         deps = ",".join(validate_job_id(d) for d in env.depends_on)
         return job_id, place(queue), payload, priority, eta, key, deps
 
-    return batch_calls(head, envelopes, chunk, values, lambda _: declared)
+    def carried(start: int, end: int) -> list[Any]:
+        return with_events([frame(e) for e in events[start:end]], cap)
+
+    return batch_calls(
+        head, envelopes, chunk, values, lambda _: declared, tail=carried if events else None
+    )
 
 
 def enqueue_ids(replies: Sequence[Any]) -> list[str]:
@@ -141,7 +178,7 @@ def _finish_values(f: Finish, place: Callable[[str], int], now_ms: int) -> list[
     return own
 
 
-class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, Broker):
+class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
     """``Conveyor("redis://...")``: the production broker on Redis Streams (Redis >= 6.2).
 
     ``sweep_idle`` is how long (real seconds) a pending entry must sit idle before the
@@ -162,11 +199,13 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, Broker):
         prefix: str = "conveyor",
         clock: Clock | None = None,
         sweep_idle: float | None = None,
+        events_kept: int = EVENTS_KEPT,
     ) -> None:
         # Imported here: conveyor.stores.redis imports this package's key and error helpers.
         from ...stores.redis import RedisKV
 
         super().__init__(url, prefix=prefix, clock=clock, sweep_idle=sweep_idle)
+        self.events_kept = check_kept(events_kept)
         self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
         self._levels: dict[str, str] = {}  # queue -> its priority streams last seen (fetch.lua)
 
@@ -176,10 +215,13 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, Broker):
 
     # -- producing -------------------------------------------------------------------------
 
-    def enqueue(self, envelopes: Sequence[Envelope]) -> list[str]:
+    def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
         if not envelopes:
             return []
-        calls = enqueue_calls(self._keys, self._head(), envelopes, to_ms(self._clock.time()))
+        now_ms = to_ms(self._clock.time())
+        calls = enqueue_calls(
+            self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
+        )
         with _connect.translate():
             # One script call is atomic on its own; several go in MULTI/EXEC: a batch is
             # written whole or not at all.
@@ -325,9 +367,10 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, Broker):
         own = [delivery.token, repr(float(value)), note or "", "0" if note is None else "1"]
         return self._fenced("progress", [(delivery.id, delivery.queue, own)]) == [1]
 
-    def finish(self, outcomes: Sequence[Finish]) -> list[bool]:
+    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
         """One script call per ``FINISH_CHUNK`` outcomes (each call atomic; the chunks go in
-        one round trip): the queue keys are declared once per call, not once per job."""
+        one round trip): the queue keys are declared once per call, not once per job.
+        ``events`` ride on the first call, each outcome's event on the call of its chunk."""
 
         def declare(queues: list[str]) -> list[str]:
             keys = [self._keys.unique, self._keys.queues]
@@ -340,8 +383,17 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, Broker):
         def values(f: Finish, place: Callable[[str], int]) -> list[Any]:
             return _finish_values(f, place, now_ms)
 
-        calls = batch_calls(self._head(), outcomes, FINISH_CHUNK, values, declare)
+        def carried(start: int, end: int) -> list[Any]:
+            own = [] if start else [frame(e) for e in events]  # the call's: the first chunk
+            mine = [b"" if f.event is None else frame(f.event) for f in outcomes[start:end]]
+            return with_events([*own, *mine, len(own), len(mine)], self.events_kept)
+
+        has_events = bool(events) or any(f.event is not None for f in outcomes)
+        tail = carried if has_events else None
+        calls = batch_calls(self._head(), outcomes, FINISH_CHUNK, values, declare, tail=tail)
         with _connect.translate():
+            if not calls and events:  # nothing to record: the events alone
+                self.publish(events)
             replies = self._run("finish", calls) if calls else []
         written = [int(r) == 1 for reply in replies for r in reply]
         if not all(written):
@@ -404,8 +456,9 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, Broker):
             if isinstance(moved, Exception) and record and not record.status.terminal:
                 time.sleep(min(wait, _connect.FULL_POLL))  # a full Redis refused the BLMOVE
 
-    def cancel(self, job_id: str) -> JobStatus:
-        res = self._by_id("cancel", job_id, [], b"moved")
+    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
+        own = [] if event is None else with_events([frame(event)], self.events_kept)
+        res = self._by_id("cancel", job_id, own, b"moved")
         if res is None or res == b"missing":
             raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
         return JobStatus(text(res))

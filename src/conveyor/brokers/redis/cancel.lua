@@ -1,6 +1,7 @@
 -- Cancel a job. KEYS: job, done, unique, queues, then its queue's 18 keys. ARGV[5]: queue
 -- the caller read from the job (the keys it passed). A pending job is removed at once; a
--- running one is flagged (its worker sees it at the next renewal).
+-- running one is flagged (its worker sees it at the next renewal). Carrying an event
+-- (common.lua carried: ARGV[6]), it is published if a pending job is cancelled here.
 -- Returns the status afterwards, 'missing', or 'moved' (queue changed: read it again).
 allow_oom()
 local key = KEYS[1]
@@ -25,4 +26,6 @@ end
 -- (The reason in brokers/_port.py's wording, CANCELLED_PENDING.)
 terminate(q, key, job, id, 'cancelled', 86400000, {'sid', '', 'reason', 'cancelled before it ran'})
 release_key(KEYS[3], job, id)
+local cap = carried()
+if cap then publish(cap, {ARGV[6]}) end
 return 'cancelled'

@@ -345,3 +345,58 @@ local function end_cancelled(q, key, job, id, unique, fields)
   terminate(q, key, job, id, 'cancelled', 86400000, fields)
   release_key(unique, job, id)
 end
+
+-- Events (docs/observability.md): the stream {P}:events, which no group reads and no job
+-- is in. Clients send each event framed, '<length>:<bytes>'; a script collects those of the
+-- changes it makes and appends them at its end (`publish`), up to EVENTS_PER_ENTRY per
+-- entry, so an event costs the server a slice of one XADD, not an XADD of its own. Entry
+-- ids count events: the counter {P}:events:n numbers them, and an entry's id is its last
+-- event's number ('<n>-0'), so MINID trims by count: it keeps the newest `cap` events and
+-- at most EVENTS_PER_ENTRY - 1 more (the entry that straddles the line).
+local EVENTS = TAG .. 'events'
+local EVENTS_N = TAG .. 'events:n'
+local EVENTS_PER_ENTRY = 64
+
+-- A call that carries events ends with the cap and '!e' (the client's `with_events`); one
+-- that carries none has the arguments it always had. Returns the cap (nil: no events) and
+-- the index of the last argument before those two.
+local function carried()
+  if ARGV[#ARGV] ~= '!e' then return nil, #ARGV end
+  return ARGV[#ARGV - 1], #ARGV - 2
+end
+
+-- The counter fell behind the stream (deleted by hand): move it past the stream's last
+-- id. Returns the new last number for `n` more events, or nil (no stream there).
+local function events_behind(n)
+  local ok, info = pcall(redis.call, 'XINFO', 'STREAM', EVENTS)
+  if not ok then return nil end
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then
+      local top = tonumber(string.match(info[i + 1], '^(%d+)')) + n
+      redis.call('SET', EVENTS_N, top)
+      return top
+    end
+  end
+  return nil
+end
+
+-- Append framed events (a list, '' entries skipped by the caller) in order. pcall: an event
+-- that cannot be written (the key made another type by hand) costs no job.
+local function publish(cap, framed)
+  local total = #framed
+  if total == 0 then return end
+  local last = redis.call('INCRBY', EVENTS_N, total)
+  local keep = math.max(last - tonumber(cap) + 1, 0)
+  for i = 1, total, EVENTS_PER_ENTRY do
+    local j = math.min(i + EVENTS_PER_ENTRY - 1, total)
+    local body = table.concat(framed, '', i, j)
+    local id = (last - total + j) .. '-0'
+    if not pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) then
+      local healed = events_behind(total)
+      if not healed then return end
+      last, keep = healed, math.max(healed - tonumber(cap) + 1, 0)
+      id = (last - total + j) .. '-0'
+      pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body)
+    end
+  end
+end

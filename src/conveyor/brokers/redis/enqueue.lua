@@ -2,7 +2,8 @@
 -- KEYS: unique, queues (the queues' own keys are computed: common.lua queue_named).
 -- ARGV[5]: number of queues n; ARGV[6..5+n]: their names; then 7 values per job: id, queue
 -- index (1..n), payload, priority, eta ('', '+' ms from now, or 'parked'), unique key ('' or
--- the key), depends_on (ids joined by ',', or '').
+-- the key), depends_on (ids joined by ',', or ''). Carrying events (common.lua carried): one
+-- per job after all the jobs (job.enqueued, or ''), published only with a job written.
 -- Returns the job ids, in order: the existing one where an equal unique key is pending;
 -- or {'!missing', job id, dependency id}, having written nothing, when a dependency names
 -- no live job and no job earlier in the call (the client sends a batch with dependencies
@@ -15,7 +16,9 @@ local UNIQUE, QUEUES = KEYS[1], KEYS[2]
 local NQ = tonumber(ARGV[5])
 local BASE = 6 + NQ
 local PER_JOB = 7
-local N = (#ARGV - BASE + 1) / PER_JOB
+local CAP, LAST = carried()
+local N = (LAST - BASE + 1) / (CAP and PER_JOB + 1 or PER_JOB)
+local EV = BASE + N * PER_JOB  -- job j's event (j from 0): ARGV[EV + j]
 
 -- A job due now: its entry, carrying the payload, and its small hash. Returns true when the
 -- stream existed already (add_entry).
@@ -43,6 +46,7 @@ if N == 1 and ARGV[BASE + 4] == '' and ARGV[BASE + 5] == '' and ARGV[BASE + 6] =
     then
       redis.call('SADD', QUEUES, name)
     end
+    if CAP then publish(CAP, {ARGV[EV]}) end
     return {id}
   end
 end
@@ -85,9 +89,10 @@ else
   end
 end
 local written = {}  -- ids written by this call (an id repeated in the batch is written once)
+local published = {}  -- the events of the jobs written, published at the end
 local listed = {}   -- queues known to be in the QUEUES set in this call
 
-local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
+local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
   eta = eta_at(eta)
   local key, done = JOB_PREFIX .. id, DONE_PREFIX .. id
   if written[id] then return id end
@@ -125,13 +130,15 @@ local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
     if not existed then redis.call('SADD', QUEUES, q.name) end
     listed[q.name] = true
   end
+  if CAP and ARGV[EV + j] ~= '' then published[#published + 1] = ARGV[EV + j] end
   return id
 end
 
 local out = {}
 for j = 0, N - 1 do
   local a = BASE + j * PER_JOB
-  out[j + 1] = enqueue_one(ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
+  out[j + 1] = enqueue_one(j, ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
     ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
 end
+if CAP then publish(CAP, published) end
 return out

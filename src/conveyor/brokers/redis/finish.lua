@@ -11,9 +11,13 @@
 -- and after a has_retry '1', 5 more: retry payload, retry priority, retry eta ('', '+' ms from now),
 --   retry key, retry queue #. (A record as short as its outcome: every argument costs the
 --   server time to read, and most outcomes are no retry.)
+-- Carrying events (common.lua carried): after the outcomes, the call's own events, then one
+-- per outcome ('' for none), then how many of the former and of the latter: the call's
+-- are published first, each outcome's only if it is recorded (not for a repeat).
 -- Returns one 1 (recorded) or 0 (refused: the lease is lost) per delivery.
 local UNIQUE, QUEUES = KEYS[1], KEYS[2]
 local NQ = tonumber(ARGV[5])
+local CAP, LAST = carried()
 local Q = {}
 for i = 1, NQ do Q[i] = qkeys(3 + (i - 1) * QK); Q[i].name = ARGV[5 + i] end
 
@@ -37,6 +41,7 @@ local stopped = {}  -- running index -> job ids
 local later = {}    -- status index -> {score, id, ...}
 local listed = {}   -- queues known to be in the QUEUES set in this call
 local freed = false -- a ZREM was sent already (below)
+local published = {}  -- the call's events, then those of the outcomes recorded
 
 local function put_off(into, key, value)
   local list = into[key]
@@ -44,7 +49,7 @@ local function put_off(into, key, value)
   list[#list + 1] = value
 end
 
-local function finish_one(a)
+local function finish_one(a, event)
   local id = ARGV[a]
   local token = ARGV[a + 1]
   local key = JOB_PREFIX .. id
@@ -72,6 +77,7 @@ local function finish_one(a)
       if not existed then redis.call('SADD', QUEUES, rq.name) end
       listed[rq.name] = true
     end
+    if event and event ~= '' then published[#published + 1] = event end
     return 1
   end
   -- (Its sid stays: the entry goes below, and nothing reads an ended job's sid.)
@@ -86,13 +92,21 @@ local function finish_one(a)
   end
   terminate(q, key, job, id, status, ttl_ms, fields, later)
   release_key(UNIQUE, job, id)
+  if event and event ~= '' then published[#published + 1] = event end
   return 1
 end
 
 local out = {}
-local a, last = 6 + NQ, #ARGV
+local a, last = 6 + NQ, LAST
+local own = nil  -- before the first outcome's event
+if CAP then
+  local n_call, n_own = tonumber(ARGV[LAST - 1]), tonumber(ARGV[LAST])
+  last = LAST - 2 - n_call - n_own
+  for i = last + 1, last + n_call do published[#published + 1] = ARGV[i] end
+  own = last + n_call
+end
 while a <= last do
-  out[#out + 1] = finish_one(a)
+  out[#out + 1] = finish_one(a, own and ARGV[own + #out + 1])
   a = a + (ARGV[a + 7] == '1' and 13 or 8)
 end
 for stream, sids in pairs(dropped) do
@@ -101,4 +115,11 @@ for stream, sids in pairs(dropped) do
 end
 for running, ids in pairs(stopped) do redis.call('ZREM', running, unpack(ids)) end
 add_indexed(later)
+if CAP and #published > 0 then
+  -- A call that recorded no outcome (every delivery refused or a repeat) publishes only the
+  -- worker's own events: their counter's INCRBY would then be its first write, refused on
+  -- a full Redis, failing the whole call. They take little and the stream is capped.
+  if not freed then allow_oom() end
+  publish(CAP, published)
+end
 return out

@@ -11,6 +11,7 @@ from ._cancel_wait import _CancelWaitTests
 from ._dependencies import DependencyConformance
 from ._enqueue import _EnqueueTests
 from ._entries import _EntriesTests
+from ._events import _EventsTests
 from ._helpers import Timeline
 from ._leases import _LeaseTests
 from ._operations import _OperationsTests
@@ -20,8 +21,9 @@ from ._requeue import _RequeueTests
 
 # pytest collects a class's tests base by base in reverse MRO order, so the parts are listed
 # last first: the suite runs in the order it always has (dependencies, enqueue, fetch,
-# delays, leases, ..., operations, concurrency, then entries, requeue, pause).
+# delays, leases, ..., operations, concurrency, then entries, requeue, pause, events).
 class BrokerConformance(
+    _EventsTests,
     _PauseTests,
     _RequeueTests,
     _EntriesTests,
