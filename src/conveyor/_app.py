@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
 from ._errors import ConfigurationError, JobNotFound, ValidationError
+from ._hooks import Hooks, Sending, check_middleware
 from ._job import Job
 from ._message import Envelope, Message, new_job_id, validate_job_id
 from ._task import Options, Signature, Task, callable_name
@@ -22,6 +23,7 @@ from .stores._port import check_key
 if TYPE_CHECKING:
     from .cache import Cached
     from .locks import Lock
+    from .middleware import Middleware
     from .scheduler import Schedule
     from .stores import Store
 
@@ -52,7 +54,8 @@ class Conveyor:
 
     ``url`` picks the broker: the argument, else ``CONVEYOR_URL``, else
     ``sqlite:///./conveyor.db``. ``trust`` names extra top-level packages whose callables a
-    worker may run by name (see ``app.enqueue``).
+    worker may run by name (see ``app.enqueue``). ``middleware`` are hooks called around
+    each job's life (``conveyor.Middleware``; more with ``add_middleware``).
     """
 
     def __init__(
@@ -66,6 +69,7 @@ class Conveyor:
         prefix: str = "conveyor",
         clock: Clock | None = None,
         broker: Broker | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
         self.trust = tuple(trust)
@@ -77,6 +81,10 @@ class Conveyor:
         self.schedules: list[Schedule] = []  # filled by @app.periodic; workers run them
         self._broker = broker
         self._broker_lock = threading.Lock()
+        self.middleware: tuple[Middleware, ...] = ()
+        self._hooks: Hooks | None = None  # None: no middleware, and no cost on any path
+        for m in middleware:
+            self.add_middleware(m)
         if broker is None:
             # Parse now so a bad URL fails where the app is made, not at the first job; and
             # import its adapter (opening nothing) so the first job does not pay for that.
@@ -84,6 +92,13 @@ class Conveyor:
 
     def __repr__(self) -> str:
         return f"<Conveyor {self.url}>"
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a middleware after the ones already registered (its ``before_*`` hooks run
+        after theirs, its ``after_*`` hooks before). A worker uses the middleware the app
+        had when the worker was made."""
+        self.middleware = (*self.middleware, check_middleware(middleware))
+        self._hooks = Hooks(self.middleware)
 
     # -- resources -------------------------------------------------------------------------
 
@@ -271,7 +286,13 @@ class Conveyor:
         return Signature(self, callable_name(fn), args, kwargs, opts or self.defaults)
 
     def envelope(self, sig: Signature[Any]) -> Envelope:
-        """Encode one call into what the broker stores; raises before anything is written."""
+        """Encode one call into what the broker stores; raises before anything is written.
+        (No middleware runs here: sending paths go through ``_sending``.)"""
+        message, eta = self._message(sig)
+        return self._seal(message, eta)
+
+    def _message(self, sig: Signature[Any]) -> tuple[Message, float | None]:
+        """The message for one call, and its eta."""
         o = sig.opts
         now = self.clock.time()
         job_id = validate_job_id(o.job_id) if o.job_id else new_job_id()
@@ -298,18 +319,32 @@ class Conveyor:
         if o.depends_on:  # only jobs with dependencies pay for them
             message.depends_on = list(o.depends_on)
             message.allow_failed_dependencies = o.allow_failed_dependencies
+        return message, eta
+
+    def _seal(self, message: Message, eta: float | None) -> Envelope:
         payload = self.codec.encode_message(message)
-        return Envelope(job_id, o.queue, payload, o.priority, eta, o.key, o.depends_on)
+        depends_on = tuple(message.depends_on) if message.depends_on else ()
+        m = message
+        return Envelope(m.id, m.queue, payload, m.priority, eta, m.key, depends_on)
+
+    def _sending(self) -> Sending:
+        """One enqueue call, seen by the producer middleware (see ``_hooks.Sending``)."""
+        return Sending(self, self._hooks)
 
     def _send(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
-        envelopes = [self.envelope(s) for s in sigs]
-        return [Job(self, i) for i in self.broker.enqueue(envelopes)] if envelopes else []
+        if self._hooks is None:
+            envelopes = [self.envelope(s) for s in sigs]
+            return [Job(self, i) for i in self.broker.enqueue(envelopes)] if envelopes else []
+        with self._sending() as sending:
+            envelopes = [sending.envelope(s) for s in sigs]
+            ids = self.broker.enqueue(envelopes) if envelopes else []
+        return [Job(self, i) for i in ids]
 
     async def _send_async(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
-        envelopes = [self.envelope(s) for s in sigs]
-        if not envelopes:
-            return []
-        return [Job(self, i) for i in await self.broker.enqueue_async(envelopes)]
+        with self._sending() as sending:
+            envelopes = [sending.envelope(s) for s in sigs]
+            ids = await self.broker.enqueue_async(envelopes) if envelopes else []
+        return [Job(self, i) for i in ids]
 
 
 class _TaskDecorator:

@@ -72,6 +72,10 @@ def new_job_id() -> str:
 class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):
     """What the worker needs to run one job.
 
+    Middleware sees it (``conveyor.middleware``): ``id``, ``task``, ``args``, ``kwargs``,
+    ``queue``, ``priority``, ``attempt`` (0 for the first run), ``retries``, ``enqueued_at``
+    and ``headers`` are its to read; ``headers`` is its to write, in ``before_enqueue``.
+
     ``gc=False`` here and on ``Envelope`` and ``Delivery``: made by the thousand per second,
     and never part of a reference cycle (built from values that cannot point back at them),
     so the garbage collector need not track them (a batch enqueue ran ~10% faster).
@@ -96,6 +100,9 @@ class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, g
     workflow: dict[str, Any] | None = None  # what happens after this step (workflows.py)
     depends_on: list[str] = []  # ids of jobs that must end first (their outcome is checked)
     allow_failed_dependencies: bool = False  # run even if one of them did not succeed
+    # Context producer middleware passes to worker middleware (a trace id, say); checked by
+    # middleware.check_headers, left out of the payload when empty.
+    headers: dict[str, str] = {}
 
 
 class Envelope(msgspec.Struct, frozen=True, gc=False):

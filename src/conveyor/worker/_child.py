@@ -1,8 +1,12 @@
 """A process-pool child: ``python -m conveyor.worker._child FD`` (a fresh interpreter).
 
-It reads ``(sys.path, app spec, trusted packages, log levels)`` from the socket ``FD``,
-imports the app, answers ``ready``, then runs one job per message until it reads ``None``.
-A closed socket means the parent is gone: the child exits at once.
+It reads ``(sys.path, app spec, trusted packages, log levels, worker)`` from the socket
+``FD``, imports the app, answers ``ready``, then runs one job per message until it reads
+``None``. A closed socket means the parent is gone: the child exits at once.
+
+The app's middleware (as its module builds it here) runs its lifecycle hooks when the child
+starts and when it is told to stop, and its run hooks around each job; what the worker
+decides about a job (``on_running``, ``on_outcome``...) runs in the worker process.
 
 Its log records go to the parent as ``("log", fields)`` at the parent's levels, stamped with
 the running job's fields here, and the parent's handlers write them (``_logging.forward``).
@@ -11,6 +15,7 @@ the running job's fields here, and the parent's handlers write them (``_logging.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import importlib
 import inspect
 import os
@@ -24,8 +29,11 @@ from typing import Any
 from .. import _logging
 from .._app import Conveyor
 from .._errors import ConfigurationError
+from .._hooks import Hooks
 from .._message import Delivery
+from ..middleware import WorkerProcess
 from ._attempt import Result, acall, call, make_current_job, raised
+from ._middleware import wrap
 from ._resolve import Resolver
 
 Job = tuple[bytes, int] | None
@@ -56,7 +64,7 @@ def main(fd: int) -> None:
             conn.send(message)
 
     try:
-        path, spec, trusted, levels = conn.recv()
+        path, spec, trusted, levels, worker = conn.recv()
         _logging.forward(send, levels)  # first, so the app's import-time lines reach the parent
         sys.path[:] = path
         app = import_app(spec)
@@ -64,12 +72,25 @@ def main(fd: int) -> None:
         send(("error", f"{type(exc).__name__}: {exc}"))
         return
     resolver = Resolver(app.registry, trusted)
+    hooks = Hooks(app.middleware) if app.middleware else None
+    me = _me(worker)
+    if hooks is not None:
+        hooks.worker_start(me)
     jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
     threading.Thread(target=_listen, args=(conn, jobs), daemon=True).start()
     send(("ready", None))
     while (job := jobs.get()) is not None:
         payload, deliveries = job
-        send(("done", _run(app, resolver, payload, deliveries, send)))
+        send(("done", _run(app, resolver, payload, deliveries, send, hooks=hooks)))
+    if hooks is not None:
+        hooks.worker_stop(me)
+
+
+def _me(worker: WorkerProcess | None) -> WorkerProcess:
+    """This child, as its lifecycle hooks see it: the worker it runs jobs for."""
+    if worker is None:  # started by hand, not by a worker
+        return WorkerProcess("?", (), "processes", 1, child=True)
+    return dataclasses.replace(worker, child=True, pid=os.getpid())
 
 
 def _listen(conn: Connection, jobs: queue.SimpleQueue[Job]) -> None:
@@ -83,12 +104,22 @@ def _listen(conn: Connection, jobs: queue.SimpleQueue[Job]) -> None:
             return
 
 
-def _run(app: Conveyor, resolver: Resolver, payload: bytes, deliveries: int, send: Any) -> Result:
+def _run(
+    app: Conveyor,
+    resolver: Resolver,
+    payload: bytes,
+    deliveries: int,
+    send: Any,
+    *,
+    hooks: Hooks | None,
+) -> Result:
     try:
         message = app.codec.decode_message(payload)
         fn = resolver.resolve(message.task).fn
     except Exception as exc:  # the parent checked both already; only a race gets here
         return raised(exc)
+    if hooks is not None:
+        fn = wrap(hooks, fn, message)
     delivery = Delivery(message.id, message.queue, b"", "", deliveries)
     job = make_current_job(message, delivery, lambda v, n: send(("progress", v, n)))
     if inspect.iscoroutinefunction(fn):

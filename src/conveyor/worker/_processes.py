@@ -46,6 +46,7 @@ from multiprocessing.connection import Connection
 from .. import _logging
 from .._backoff import Backoff
 from .._errors import ConfigurationError
+from ..middleware import WorkerProcess
 from ._attempt import CANCEL, SHUTDOWN, TIMEOUT, Attempt, Result, Stopped, synthetic, timed_out
 from ._joblog import log_job
 from ._threads import Abandon, Done, Report
@@ -114,8 +115,10 @@ class ProcessRunner:
         halted: Callable[[], bool],
         max_jobs: int | None = None,
         max_memory: int | None = None,
+        worker: WorkerProcess | None = None,
     ) -> None:
         self._size = size
+        self._worker = worker  # for the children's lifecycle hooks
         self._spec = spec
         self._trusted = trusted
         self._done = done
@@ -174,7 +177,7 @@ class ProcessRunner:
             theirs.close()
         conn = Connection(ours.detach())
         with contextlib.suppress(OSError):  # if it died at once, _await_ready says so
-            conn.send((list(sys.path), self._spec, self._trusted, _logging.levels()))
+            conn.send((list(sys.path), self._spec, self._trusted, _logging.levels(), self._worker))
         log.debug("started worker process %s", proc.pid)
         child = _Child(proc, conn)
         with self._lock:
