@@ -116,3 +116,16 @@ def test_middleware_is_public_and_typed() -> None:
 
     assert conveyor.Middleware is middleware.Middleware
     assert set(middleware.__all__) >= {"Message", "Middleware", "Outcome", "Run", "WorkerProcess"}
+
+
+def test_importing_conveyor_and_its_worker_loads_no_integration() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, conveyor, conveyor.worker, conveyor.cli, conveyor.testing;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{INTEGRATIONS!r} or m.startswith('conveyor.contrib')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

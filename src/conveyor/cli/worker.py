@@ -82,6 +82,13 @@ def _names(values: tuple[str, ...]) -> list[str]:
     help="With --pool processes: replace a child whose resident memory is above MIB "
     "mebibytes after a job.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (needs conveyor[prometheus]).",
+)
 def worker(
     *,
     module: str,
@@ -94,6 +101,7 @@ def worker(
     max_deliveries: int,
     max_jobs_per_child: int | None,
     max_child_memory: int | None,
+    metrics_port: int | None,
 ) -> None:
     """Run jobs from MODULE's app (``myapp.tasks`` or ``myapp.tasks:app``).
 
@@ -102,6 +110,11 @@ def worker(
     """
     app, module_name = load_app(module)
     spec = module if ":" in module else module_name
+    if metrics_port is not None:  # before the worker is made: it may add the middleware
+        from ..contrib.prometheus import serve
+
+        server = serve(app, metrics_port)
+        click.echo(f"serving metrics at {server.url}", err=True)
     Worker(
         app,
         _names(queues),
