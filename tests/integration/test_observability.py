@@ -144,6 +144,10 @@ def test_metrics_port_serves_the_counts_of_every_pool(obs: Project, pool: str) -
     assert value(metrics, "conveyor_job_duration_seconds_count", **ok) == 10
     assert value(metrics, "conveyor_job_duration_seconds_count", **flaky_labels) == 2
     assert value(metrics, "conveyor_jobs_in_progress", queue="default") == 0
+    assert value(metrics, "conveyor_job_wait_seconds_count", queue="default") == 13
+    assert value(metrics, "conveyor_broker_up") == 1  # and the broker's own counts:
+    assert value(metrics, "conveyor_queue_jobs", queue="default", state="queued") == 0
+    assert value(metrics, "conveyor_queue_jobs", queue="default", state="failed") == 2
     assert any(name.startswith("process_") for name, _ in metrics)  # the default registry's
     app.close()
 

@@ -11,7 +11,7 @@ from prometheus_client import CollectorRegistry, Counter
 from conveyor import ConfigurationError, Conveyor, current_job
 from conveyor._clock import FakeClock
 from conveyor._message import Envelope
-from conveyor.contrib.prometheus import PrometheusMiddleware
+from conveyor.contrib.prometheus import PrometheusMiddleware, register_queue_metrics
 from conveyor.testing import drain
 
 
@@ -82,3 +82,49 @@ def test_a_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import fails
     with pytest.raises(ConfigurationError, match=r"pip install 'conveyor\[prometheus\]'"):
         PrometheusMiddleware()
+
+
+def test_queue_depth_is_read_from_the_broker_at_each_scrape() -> None:
+    registry = CollectorRegistry()
+    app = Conveyor("memory://")
+
+    @app.task(queue="images")
+    def resize(i: int) -> None: ...
+
+    register_queue_metrics(app, registry)
+    register_queue_metrics(app, registry)  # once per registry, whoever asks
+    assert sample(registry, "conveyor_broker_up") == 1
+    for i in range(3):
+        resize.delay(i)
+    resize.options(delay=3600).delay(9)
+    assert sample(registry, "conveyor_queue_jobs", queue="images", state="queued") == 3
+    assert sample(registry, "conveyor_queue_jobs", queue="images", state="scheduled") == 1
+    drain(app, advance=False)
+    assert sample(registry, "conveyor_queue_jobs", queue="images", state="queued") == 0
+
+    def away() -> list[object]:
+        raise ConnectionError("broker away")
+
+    app.broker.stats = away  # type: ignore[method-assign,assignment]
+    assert sample(registry, "conveyor_broker_up") == 0
+    assert (
+        registry.get_sample_value("conveyor_queue_jobs", {"queue": "images", "state": "queued"})
+        is None
+    )
+
+
+def test_first_runs_record_how_long_they_waited() -> None:
+    registry = CollectorRegistry()
+    app = Conveyor("memory://", middleware=[PrometheusMiddleware(registry)])
+
+    @app.task(retries=1, backoff=0.001)
+    def flaky() -> None:
+        if current_job().attempt == 0:
+            raise ValueError("again")
+
+    flaky.delay()
+    drain(app)
+    assert (
+        sample(registry, "conveyor_job_wait_seconds_count", queue="default") == 1
+    )  # not the retry
+    assert 0 <= sample(registry, "conveyor_job_wait_seconds_sum", queue="default") < 30
