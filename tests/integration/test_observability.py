@@ -6,7 +6,10 @@ and read back here."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import textwrap
 import urllib.request
 from pathlib import Path
@@ -196,3 +199,48 @@ def test_a_trace_goes_from_the_producer_into_the_worker(
     pids = {s["pid"] for s in ran.values()}
     assert (worker_pid in pids) == (pool == "threads")  # processes: recorded in the child
     app.close()
+
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "observability.md"
+
+
+def snippets() -> list[str]:
+    text = DOCS.read_text()
+    return [block.split("```", 1)[0] for block in text.split("```python\n")[1:]]
+
+
+@pytest.mark.timeout(120)
+def test_the_snippets_of_the_docs_run(tmp_path: Path) -> None:
+    """Every Python block of docs/observability.md runs as it is, and says what the text
+    around it says it does."""
+    expected = [
+        ["WARNING myapp.jobs: job", "(__main__:nap) took", "ERROR myapp.jobs: job", "failed"],
+        ["req-42"],
+        ['conveyor_jobs_total{queue="default",status="succeeded",task="__main__:add"} 3.0'],
+        [
+            '"name": "send default"',
+            '"name": "process default"',
+            '"name": "render email"',
+            "sent to ada@example.com",
+        ],
+        ["reported: builtins.ValueError: card declined"],
+    ]
+    blocks = snippets()
+    assert len(blocks) == len(expected)
+    env = {k: v for k, v in os.environ.items() if k not in ("SENTRY_DSN", "CONVEYOR_URL")}
+    for block, wanted in zip(blocks, expected, strict=True):
+        script = tmp_path / "snippet.py"
+        script.write_text(block)
+        done = subprocess.run(
+            [sys.executable, str(script)],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        out = done.stdout + done.stderr
+        assert done.returncode == 0, out
+        for text in wanted:
+            assert text in out, (text, out)

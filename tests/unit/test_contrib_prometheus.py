@@ -128,3 +128,27 @@ def test_first_runs_record_how_long_they_waited() -> None:
         sample(registry, "conveyor_job_wait_seconds_count", queue="default") == 1
     )  # not the retry
     assert 0 <= sample(registry, "conveyor_job_wait_seconds_sum", queue="default") < 30
+
+
+def test_the_dashboard_and_the_documented_alerts_use_only_metrics_that_exist() -> None:
+    import json
+    import pathlib
+    import re
+
+    registry = CollectorRegistry()
+    app = Conveyor("memory://", middleware=[PrometheusMiddleware(registry)])
+    register_queue_metrics(app, registry)
+
+    @app.task
+    def ok() -> None: ...
+
+    ok.delay()
+    drain(app)
+    exported = {s.name for family in registry.collect() for s in family.samples}
+    docs = pathlib.Path(__file__).resolve().parents[2] / "docs"
+    dashboard = json.loads((docs / "grafana" / "conveyor.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    exprs += [dashboard["templating"]["list"][1]["definition"]]
+    alerts = (docs / "observability.md").read_text().split("```yaml\n")[1].split("```")[0]
+    used = set(re.findall(r"conveyor_[a-z_]+", "\n".join([*exprs, alerts])))
+    assert used and used <= exported, used - exported
