@@ -68,7 +68,7 @@ def test_a_final_failure_is_reported_with_the_job_and_the_exception(
     app.registry["ok"].delay()
     drain(app)
     (event,) = sent  # the retried attempt and the success are not reported
-    assert event["level"] == "error"
+    assert event["level"] == "error" and event["transaction"] == "billing.charge"
     assert event["tags"] == {
         "conveyor.task": "billing.charge",
         "conveyor.queue": "billing",

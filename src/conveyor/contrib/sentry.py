@@ -63,7 +63,7 @@ class SentryMiddleware(Middleware):
             scope.set_tag("conveyor.status", outcome.status)
             scope.set_tag("conveyor.job_id", outcome.job_id)
             scope.set_context("conveyor job", self._context(message, outcome))
-            scope.transaction = task
+            scope.set_transaction_name(task)
             error = outcome.error
             if error is None:
                 what = {"dead": "was dead-lettered", "failed": "failed"}.get(outcome.status)
