@@ -703,6 +703,7 @@ def test_processes_run_hooks_in_the_child_and_decisions_in_the_worker(
                 failing.result(timeout=30)
             with pytest.raises(TaskFailed, match="killed"):
                 hung.result(timeout=30)
+            replacement = tasks.pid.delay().result(timeout=30)  # up before the stop
     finally:
         tasks.app.middleware = tasks.app.middleware[:-1]
     lines = [json.loads(line) for line in proc_log.read_text().splitlines()]
@@ -712,7 +713,7 @@ def test_processes_run_hooks_in_the_child_and_decisions_in_the_worker(
     assert ["after_run", ok.id, child] in by_child
     assert ["after_run", failing.id, "KeyError('in the child')"] in by_child
     assert not any(line[1:3] == ["after_run", hung.id] for line in lines)  # killed mid-run
-    assert ["stop", True] in [line[1:] for line in lines]  # its replacement, told to stop
+    assert [replacement, "stop", True] in lines  # its replacement, told to stop
     # The worker process ran its lifecycle hooks and none of the run hooks.
     assert child != os.getpid()
     ours = [line[1:] for line in lines if line[0] == os.getpid()]

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import inspect
 import logging
 import threading
 import time
@@ -68,7 +69,7 @@ def wrap(
             attempt.run = run
         hooks.after_run(message, run, PASSTHROUGH)
 
-    if asyncio.iscoroutinefunction(fn):
+    if inspect.iscoroutinefunction(fn):  # as the resolver and the child decide
 
         async def run_async(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter()
