@@ -89,6 +89,9 @@ class Hooks:
         self.failure_hooks = _bind(ms, "on_failure")
         self.dead_letter_hooks = _bind(ms, "on_dead_letter")
         self.runs = bool(self.before_run_hooks or self.after_run_hooks)
+        self.reports = bool(
+            self.outcome_hooks or self.retry_hooks or self.failure_hooks or self.dead_letter_hooks
+        )
 
     # -- producer ----------------------------------------------------------------------------
 

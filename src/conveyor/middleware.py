@@ -53,9 +53,10 @@ exactly as before headers existed.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from typing import Any, Literal
+
+import msgspec
 
 from ._errors import ValidationError
 from ._message import Message
@@ -80,8 +81,7 @@ MAX_HEADERS_SIZE = 8192  # characters of every key and value together
 Status = Literal["succeeded", "failed", "retried", "cancelled", "dead", "released"]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Run:
+class Run(msgspec.Struct, frozen=True):
     """How one run of a task ended, as ``after_run`` sees it where the task ran.
 
     ``value`` is what the task returned, ``error`` what it raised (None if it returned).
@@ -94,8 +94,7 @@ class Run:
     duration: float = 0.0
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(msgspec.Struct, frozen=True):
     """How an attempt ended, as the worker decided it (``on_outcome`` and after).
 
     ``status``:
@@ -125,8 +124,7 @@ class Outcome:
     delay: float | None = None
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class WorkerProcess:
+class WorkerProcess(msgspec.Struct, frozen=True):
     """The worker a lifecycle hook is called in. ``child`` is True in a child process of
     ``--pool processes`` (which runs the jobs the worker ``id`` hands it)."""
 
@@ -135,7 +133,7 @@ class WorkerProcess:
     pool: str
     concurrency: int
     child: bool = False
-    pid: int = dataclasses.field(default_factory=os.getpid)
+    pid: int = msgspec.field(default_factory=os.getpid)
 
 
 class Middleware:

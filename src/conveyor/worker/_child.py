@@ -15,7 +15,6 @@ the running job's fields here, and the parent's handlers write them (``_logging.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import importlib
 import inspect
 import os
@@ -25,6 +24,8 @@ import sys
 import threading
 from multiprocessing.connection import Connection
 from typing import Any
+
+import msgspec
 
 from .. import _logging
 from .._app import Conveyor
@@ -90,7 +91,7 @@ def _me(worker: WorkerProcess | None) -> WorkerProcess:
     """This child, as its lifecycle hooks see it: the worker it runs jobs for."""
     if worker is None:  # started by hand, not by a worker
         return WorkerProcess("?", (), "processes", 1, child=True)
-    return dataclasses.replace(worker, child=True, pid=os.getpid())
+    return msgspec.structs.replace(worker, child=True, pid=os.getpid())
 
 
 def _listen(conn: Connection, jobs: queue.SimpleQueue[Job]) -> None:

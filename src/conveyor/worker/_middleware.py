@@ -58,14 +58,21 @@ def consumer_factory(hooks: Hooks | None, pool: str) -> Callable[..., Consumer]:
 
 
 def wrap(
-    hooks: Hooks, fn: Callable[..., Any], message: Message, attempt: Attempt | None = None
+    hooks: Hooks,
+    fn: Callable[..., Any],
+    message: Message,
+    attempt: Attempt | None = None,
+    keep: bool = False,
 ) -> Callable[..., Any]:
-    """``fn`` between ``before_run`` and ``after_run``, in the caller's context. In the
-    worker process ``attempt`` keeps the ``Run``, so the outcome hooks get the exception
-    itself rather than its description."""
+    """``fn`` between ``before_run`` and ``after_run``, in the caller's context. ``keep``
+    (in the worker process, for the outcome hooks) keeps the ``Run`` on ``attempt``, so
+    they get the exception itself rather than its description; without run hooks that is
+    all the wrapper does."""
+    if not hooks.runs:
+        return _keeping(fn, attempt) if keep and attempt is not None else fn
 
     def ended(run: Run) -> None:
-        if attempt is not None:
+        if keep and attempt is not None:
             attempt.run = run
         hooks.after_run(message, run, PASSTHROUGH)
 
@@ -98,6 +105,29 @@ def wrap(
     return run_sync
 
 
+def _keeping(fn: Callable[..., Any], attempt: Attempt) -> Callable[..., Any]:
+    """``fn``, keeping what it raises on ``attempt`` (no run hooks to call)."""
+    if inspect.iscoroutinefunction(fn):
+
+        async def run_async(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return await fn(*args, **kwargs)
+            except BaseException as exc:
+                attempt.run = Run(error=exc)
+                raise
+
+        return run_async
+
+    def run_sync(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except BaseException as exc:
+            attempt.run = Run(error=exc)
+            raise
+
+    return run_sync
+
+
 def _seen(exc: BaseException, attempt: Attempt | None) -> BaseException:
     """What ``after_run`` is told ended the run: the worker's own stop signals are shown as
     what they mean, not as the private exceptions that carry them."""
@@ -111,50 +141,58 @@ def _seen(exc: BaseException, attempt: Attempt | None) -> BaseException:
 
 
 class HookedConsumer(Consumer):
+    """The consumer of a worker with middleware; pays only for the hooks that are used."""
+
     def __init__(self, *, hooks: Hooks, wrap_runs: bool, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.hooks = hooks
-        self._wrap_runs = wrap_runs
+        self._wrap = wrap_runs and (hooks.runs or hooks.reports)
+        self._reports = hooks.reports
         self._held: set[Attempt] = set()  # got on_running, no outcome yet
         self._held_lock = threading.Lock()
 
     def _vet(self, attempt: Attempt) -> None:
         super()._vet(attempt)
-        if self._wrap_runs and attempt.fn is not None and attempt.message is not None:
-            attempt.fn = wrap(self.hooks, attempt.fn, attempt.message, attempt)
+        if self._wrap and attempt.fn is not None and attempt.message is not None:
+            attempt.fn = wrap(self.hooks, attempt.fn, attempt.message, attempt, self._reports)
 
     def _launch(self, attempt: Attempt, here: bool = False) -> None:
         if not attempt.lost and attempt.message is not None:
-            with self._held_lock:
-                self._held.add(attempt)
+            if self._reports:
+                with self._held_lock:
+                    self._held.add(attempt)
             self.hooks.running(attempt.message)
         super()._launch(attempt, here)
-        if not attempt.began:  # dropped (its lease was lost while buffered): never ran
+        if self._reports and not attempt.began:  # dropped (lease lost while buffered)
             self._released(attempt)
 
     def _record(self, attempt: Attempt, finish: Finish) -> None:
-        try:
-            outcome = self._outcome(attempt, finish)
-            if outcome is not None and (outcome.duration is None or self._claim(attempt)):
-                self.hooks.outcome(attempt.message, outcome)
-        except Exception:  # a bug here must not cost the job its outcome
-            log_job(logging.ERROR, attempt, "job %s: cannot tell the middleware its outcome",
-                    attempt.job_id, exc_info=True)  # fmt: skip
-        attempt.run = None  # the exception and its frames are not kept past the hooks
+        if self._reports:
+            try:
+                outcome = self._outcome(attempt, finish)
+                if outcome is not None and (outcome.duration is None or self._claim(attempt)):
+                    self.hooks.outcome(attempt.message, outcome)
+            except Exception:  # a bug here must not cost the job its outcome
+                log_job(logging.ERROR, attempt, "job %s: cannot tell the middleware its outcome",
+                        attempt.job_id, exc_info=True)  # fmt: skip
+            attempt.run = None  # the exception and its frames are not kept past the hooks
         super()._record(attempt, finish)
 
     def release(self, attempts: Sequence[Attempt]) -> None:
         super().release(attempts)
-        for attempt in attempts:
-            self._released(attempt)
+        if self._reports:
+            for attempt in attempts:
+                self._released(attempt)
 
     def abandon(self, attempt: Attempt) -> None:
         super().abandon(attempt)
-        self._released(attempt)
+        if self._reports:
+            self._released(attempt)
 
     def _let_go(self, attempt: Attempt) -> None:
         super()._let_go(attempt)
-        self._released(attempt)
+        if self._reports:
+            self._released(attempt)
 
     # -- helpers -----------------------------------------------------------------------------
 
