@@ -1,10 +1,12 @@
 """``conveyor.contrib.sentry``: what reaches Sentry, through a transport that keeps events in
-a list (no network)."""
+a list; a test that opens a connection fails."""
 
 from __future__ import annotations
 
+import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -12,11 +14,14 @@ import sentry_sdk
 from sentry_sdk.envelope import Envelope as SentryEnvelope
 from sentry_sdk.transport import Transport
 
-from conveyor import ConfigurationError, Conveyor, current_job
+from conveyor import ConfigurationError, Conveyor, JobDead, TaskFailed, current_job
 from conveyor._clock import FakeClock
 from conveyor._message import Envelope
 from conveyor.contrib.sentry import SentryMiddleware
 from conveyor.testing import drain
+from conveyor.worker import Worker
+
+from .test_worker import running
 
 
 class Kept(Transport):
@@ -28,6 +33,23 @@ class Kept(Transport):
         event = envelope.get_event()
         if event is not None:
             self.events.append(event)
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every name lookup and connection this process tries is refused and counted; a test
+    that tried one fails (the SDK would swallow the refusal)."""
+    tried: list[object] = []
+
+    def refuse(*args: object) -> Any:
+        tried.append(args[-1] if len(args) < 3 else args[0])
+        raise OSError(f"no network in this test (tried {tried[-1]!r})")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    yield
+    assert tried == []
 
 
 @pytest.fixture
@@ -107,17 +129,93 @@ def test_a_dead_letter_is_reported_with_its_reason(sent: list[dict[str, Any]]) -
     assert event["message"].startswith("job garbage (unknown) was dead-lettered: undecodable")
 
 
-def test_a_remote_failure_is_grouped_by_task_and_remote_type(sent: list[dict[str, Any]]) -> None:
-    from conveyor import TaskFailed
-    from conveyor.middleware import Outcome
-
-    middleware = SentryMiddleware()
-    error = TaskFailed("builtins.KeyError", "'sku'", "Traceback ...\nKeyError: 'sku'", "j1")
-    outcome = Outcome("j1", "default", "shop.order", "failed", 0.5, error, "builtins.KeyError")
-    middleware.on_failure(None, outcome)  # type: ignore[arg-type]  # as a child's failure
+def test_a_dead_letter_of_a_readable_job_carries_its_task_and_arguments(
+    sent: list[dict[str, Any]],
+) -> None:
+    app = make_app(SentryMiddleware())
+    job = app.enqueue(print, "hello", sep="-")  # builtins is not trusted: dead-lettered
+    drain(app)
+    with pytest.raises(JobDead):
+        job.result()
     (event,) = sent
-    assert event["fingerprint"] == ["conveyor", "shop.order", "builtins.KeyError"]
-    assert event["contexts"]["conveyor job"]["traceback"].endswith("KeyError: 'sku'")
+    assert event["level"] == "error" and event["tags"]["conveyor.status"] == "dead"
+    assert event["tags"]["conveyor.task"] == "builtins:print"
+    assert event["tags"]["conveyor.job_id"] == job.id
+    assert event["message"].startswith(f"job {job.id} (builtins:print) was dead-lettered: ")
+    context = event["contexts"]["conveyor job"]
+    assert context["attempt"] == 0 and context["reason"] in event["message"]
+    assert context["args"] == ["hello"] and context["kwargs"] == {"sep": "-"}
+
+
+@pytest.mark.parametrize("pool", ["threads", "async"])
+def test_in_process_pools_report_the_task_s_own_exception_and_stack(
+    sent: list[dict[str, Any]], pool: str
+) -> None:
+    app = Conveyor("memory://", middleware=[SentryMiddleware()])
+
+    @app.task(name="sync_lookup", retries=0)
+    def sync_lookup(sku: str) -> None:
+        raise KeyError(sku)
+
+    @app.task(name="async_lookup", retries=0)
+    async def async_lookup(sku: str) -> None:
+        raise KeyError(sku)
+
+    job = (async_lookup if pool == "async" else sync_lookup).delay("sku-1")
+    assert Worker(app, pool=pool, concurrency=2).drain(timeout=30) == 1
+    with pytest.raises(TaskFailed):
+        job.result()
+    (event,) = sent
+    (exception,) = event["exception"]["values"]
+    assert exception["type"] == "KeyError" and exception["value"] == "'sku-1'"
+    functions = [frame["function"] for frame in exception["stacktrace"]["frames"]]
+    assert functions[-1] == f"{pool.replace('threads', 'sync')}_lookup"
+    assert "fingerprint" not in event  # Sentry groups it by that stack
+    assert event["contexts"]["conveyor job"]["args"] == ["sku-1"]
+
+
+PROCESS_TASKS = """
+import time
+from conveyor import Conveyor
+
+app = Conveyor("memory://")
+
+
+@app.task(retries=0)
+def lookup(sku: str) -> None:
+    raise KeyError(sku)
+
+
+@app.task(retries=0, timeout=0.5)
+def hang() -> None:
+    time.sleep(60)
+"""
+
+
+@pytest.mark.timeout(90)
+def test_the_processes_pool_reports_the_child_s_failures_from_the_worker(
+    sent: list[dict[str, Any]], write_module: Callable[[str, str], ModuleType]
+) -> None:
+    tasks = write_module("sentry_proc_tasks", PROCESS_TASKS)
+    tasks.app.add_middleware(SentryMiddleware())  # the worker process's app only
+    failing, hung = tasks.lookup.delay("sku-9"), tasks.hang.delay()
+    worker = Worker(tasks.app, pool="processes", concurrency=1, module="sentry_proc_tasks")
+    with running(worker):
+        with pytest.raises(TaskFailed, match="KeyError"):
+            failing.result(timeout=30)
+        with pytest.raises(TaskFailed, match="killed"):
+            hung.result(timeout=30)
+    events = {event["tags"]["conveyor.job_id"]: event for event in sent}
+    assert sorted(events) == sorted([failing.id, hung.id])
+    failed = events[failing.id]
+    (exception,) = failed["exception"]["values"]
+    assert exception["type"] == "TaskFailed"  # raised in the child: no stack here
+    assert failed["fingerprint"] == ["conveyor", "sentry_proc_tasks:lookup", "builtins.KeyError"]
+    context = failed["contexts"]["conveyor job"]
+    assert "raise KeyError(sku)" in context["traceback"]  # the child's traceback
+    assert context["args"] == ["sku-9"] and context["attempt"] == 0
+    killed = events[hung.id]
+    assert killed["fingerprint"] == ["conveyor", "sentry_proc_tasks:hang", "builtins.TimeoutError"]
 
 
 def test_a_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,9 @@
     app = Conveyor(url, middleware=[SentryMiddleware()])
 
 One Sentry event per job that failed for good (no retry left, or not retried) and per
-dead letter, with the task, job id, queue and attempt as tags and the job (its arguments
-too unless ``include_args=False``) as the ``conveyor job`` context. An attempt that will
+dead letter, tagged ``conveyor.task``, ``.queue``, ``.status`` and ``.job_id``, with the job
+(its attempt, retries, reason, duration, and its arguments unless ``include_args=False``)
+as the ``conveyor job`` context. An attempt that will
 be retried is not reported unless ``report_retries=True`` (then at level ``warning``).
 
 The exception reported is the one the task raised when it ran in the worker process (with
