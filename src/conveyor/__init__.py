@@ -6,6 +6,7 @@ The public API is exactly what ``__all__`` lists; everything else is private.
 from ._app import Conveyor as Conveyor
 from ._context import CurrentJob as CurrentJob
 from ._context import current_job as current_job
+from ._errors import BrokerAuthError as BrokerAuthError
 from ._errors import BrokerError as BrokerError
 from ._errors import BrokerUnavailable as BrokerUnavailable
 from ._errors import ConfigurationError as ConfigurationError
@@ -13,14 +14,17 @@ from ._errors import ConveyorError as ConveyorError
 from ._errors import DependencyFailed as DependencyFailed
 from ._errors import DependencyNotFound as DependencyNotFound
 from ._errors import InvalidName as InvalidName
+from ._errors import InvalidOption as InvalidOption
 from ._errors import InvalidURL as InvalidURL
 from ._errors import JobCancelled as JobCancelled
 from ._errors import JobDead as JobDead
+from ._errors import JobNotEnded as JobNotEnded
 from ._errors import JobNotFound as JobNotFound
 from ._errors import LockError as LockError
 from ._errors import LockLost as LockLost
 from ._errors import LockTimeout as LockTimeout
 from ._errors import PayloadTooLarge as PayloadTooLarge
+from ._errors import ResultTooLarge as ResultTooLarge
 from ._errors import SerializationError as SerializationError
 from ._errors import SoftTimeLimit as SoftTimeLimit
 from ._errors import TaskFailed as TaskFailed
@@ -41,6 +45,7 @@ from .workflows import group as group
 __version__ = "0.1.0"
 
 __all__ = [
+    "BrokerAuthError",
     "BrokerError",
     "BrokerUnavailable",
     "ConfigurationError",
@@ -50,10 +55,12 @@ __all__ = [
     "DependencyFailed",
     "DependencyNotFound",
     "InvalidName",
+    "InvalidOption",
     "InvalidURL",
     "Job",
     "JobCancelled",
     "JobDead",
+    "JobNotEnded",
     "JobNotFound",
     "JobStatus",
     "LockError",
@@ -61,6 +68,7 @@ __all__ = [
     "LockTimeout",
     "Middleware",
     "PayloadTooLarge",
+    "ResultTooLarge",
     "SerializationError",
     "Signature",
     "SoftTimeLimit",

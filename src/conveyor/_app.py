@@ -10,15 +10,16 @@ from collections.abc import Callable, Coroutine, Iterable, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
 
+from ._checks import names
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
-from ._errors import ConfigurationError, JobNotFound, ValidationError
+from ._errors import ConfigurationError, InvalidOption, JobNotFound, ValidationError
 from ._hooks import Hooks, Sending, check_middleware
 from ._job import Job
-from ._message import Envelope, Message, new_job_id, validate_job_id
+from ._message import Envelope, JobStatus, Message, new_job_id, validate_job_id, validate_queue
+from ._requeue import requeue, requeue_all
 from ._task import Options, Signature, Task, callable_name
-from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker
-from .stores._port import check_key
+from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker, redact_url
 
 if TYPE_CHECKING:
     from .cache import Cached
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 R = TypeVar("R")
 F = TypeVar("F", bound=Callable[..., Any])
+
+DEFAULT_MAX_RESULT = 1024 * 1024  # bytes of an encoded result, like DEFAULT_MAX_PAYLOAD
 
 
 class _Sender:
@@ -54,8 +57,11 @@ class Conveyor:
 
     ``url`` picks the broker: the argument, else ``CONVEYOR_URL``, else
     ``sqlite:///./conveyor.db``. ``trust`` names extra top-level packages whose callables a
-    worker may run by name (see ``app.enqueue``). ``middleware`` are hooks called around
-    each job's life (``conveyor.Middleware``; more with ``add_middleware``).
+    worker may run by name (see ``app.enqueue``). ``max_payload`` caps an encoded job and
+    ``max_result`` a task's encoded result, in bytes (1 MiB each by default); a result over
+    its cap fails the job with ``ResultTooLarge`` (docs/reliability.md). ``middleware`` are
+    hooks called around each job's life (``conveyor.Middleware``; more with
+    ``add_middleware``).
     """
 
     def __init__(
@@ -66,16 +72,22 @@ class Conveyor:
         serializer: Serializer = "json",
         secret: bytes | str | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
+        max_result: int = DEFAULT_MAX_RESULT,
         prefix: str = "conveyor",
         clock: Clock | None = None,
         broker: Broker | None = None,
         middleware: Sequence[Middleware] = (),
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
-        self.trust = tuple(trust)
+        self.trust = names("trust", trust, "trust=['myapp', 'shared']")
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
         self.codec = Codec(serializer, secret, max_payload)
+        if isinstance(max_result, bool) or not isinstance(max_result, int) or max_result < 1:
+            raise ConfigurationError(
+                f"max_result is a size in bytes, a positive whole number, not {max_result!r}"
+            )
+        self.max_result = max_result  # checked by the worker, on the result it encodes
         self.registry: dict[str, Task[Any, Any]] = {}
         self.defaults = Options()
         self.schedules: list[Schedule] = []  # filled by @app.periodic; workers run them
@@ -91,7 +103,7 @@ class Conveyor:
             load_adapter(self.url)
 
     def __repr__(self) -> str:
-        return f"<Conveyor {self.url}>"
+        return f"<Conveyor {redact_url(self.url)}>"
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add a middleware after the ones already registered (its ``before_*`` hooks run
@@ -231,6 +243,8 @@ class Conveyor:
     def _register(self, fn: Callable[..., Any], name: str | None, opts: Options) -> Task[Any, Any]:
         # Registered tasks resolve by name through the registry, so unlike plain callables
         # they may live in __main__ (a worker running in the same script finds them).
+        if name is not None and (not isinstance(name, str) or not name):
+            raise InvalidOption(f"bad name={name!r}: a task's name is a non-empty str")
         task_name = name or f"{fn.__module__}:{fn.__qualname__}"
         existing = self.registry.get(task_name)
         if existing is not None and existing.fn is not fn:
@@ -272,6 +286,36 @@ class Conveyor:
             raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or its result expired)")
         return Job(self, job_id, record)
 
+    # -- operating queues -------------------------------------------------------------------
+
+    def requeue(self, job_ids: Sequence[str]) -> int:
+        """Put failed, dead or cancelled jobs back on their queue with their retries afresh
+        (attempt 0, deliveries counted anew); returns how many went back.
+
+        Every id is checked before any job is requeued: an unknown one raises
+        ``JobNotFound``, one that has not ended or that succeeded ``JobNotEnded``, one whose
+        payload this app cannot decode (another serializer or secret than the workers')
+        ``SerializationError``. A job's unique key and ``depends_on`` count as on enqueue:
+        while another pending job holds its key it stays as it is (not counted), and it
+        waits again for any dependency that is pending again."""
+        return requeue(self, job_ids)
+
+    def requeue_all(self, status: JobStatus, queue: str | None = None) -> int:
+        """Requeue every failed, dead or cancelled job (``status``) of ``queue`` or of all
+        queues, as ``requeue`` does, a page at a time; returns how many went back. Jobs
+        whose payload this app cannot decode are left where they are, with a warning on the
+        ``conveyor`` logger."""
+        return requeue_all(self, status, queue)
+
+    def pause(self, queue: str) -> None:
+        """Stop workers taking the queue's jobs until ``resume``: they stay queued, running
+        ones finish. Kept in the broker, so a worker started later finds it paused."""
+        self.broker.pause(validate_queue(queue))
+
+    def resume(self, queue: str) -> None:
+        """Let workers take the queue's jobs again; blocked ones do within a second."""
+        self.broker.resume(validate_queue(queue))
+
     def _signature(
         self,
         fn: Callable[..., Any],
@@ -293,11 +337,14 @@ class Conveyor:
 
     def _message(self, sig: Signature[Any]) -> tuple[Message, float | None]:
         """The message for one call, and its eta."""
-        o = sig.opts
+        if not isinstance(sig, Signature):
+            raise ValidationError(
+                f"cannot enqueue {sig!r}: enqueue_many takes signatures, e.g. "
+                "app.enqueue_many(task.s(x) for x in items)"
+            )
+        o = sig.opts  # checked when they were given (Options.merge)
         now = self.clock.time()
-        job_id = validate_job_id(o.job_id) if o.job_id else new_job_id()
-        if o.key is not None:
-            check_key(o.key)
+        job_id = o.job_id or new_job_id()
         eta = o.eta if o.eta is not None else (now + o.delay if o.delay else None)
         message = Message(
             id=job_id,

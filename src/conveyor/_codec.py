@@ -4,7 +4,12 @@ JSON (msgspec) is the default: fast, and decoding it cannot run code. Pickle is 
 only when the application asks for it *and* gives a signing secret: every payload then
 carries an HMAC-SHA256 over its body, and a payload whose signature is missing or wrong is
 refused before a single byte is unpickled. A secret may also be used with JSON, so that only
-producers holding it can enqueue.
+producers holding it can enqueue. Either way an app decodes only its own serializer: a
+pickle body reaching a JSON app is refused, signed or not.
+
+Values are checked before they are encoded: with JSON, ``_values.check`` refuses what would
+not arrive as it was sent (NaN, bytes, sets, datetimes, int keys, ...); with pickle, what
+pickle refuses is reported with the path of the part it refused (``args[1]["x"]``).
 
 Wire format::
 
@@ -18,12 +23,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import pickle
+import sys
+from collections.abc import Iterator
 from typing import Any, Literal, TypeVar
 
 import msgspec
 
-from ._errors import ConfigurationError, PayloadTooLarge, SerializationError
+from ._checks import whole
+from ._errors import ConfigurationError, InvalidOption, PayloadTooLarge, SerializationError
 from ._message import Message, Outcome
+from ._values import MAX_DEPTH, PLAIN, Trail, check, path, root
 
 T = TypeVar("T")
 
@@ -32,14 +41,6 @@ _SIGNED = b"CV1"
 _MAC_LEN = 32
 
 Serializer = Literal["json", "pickle"]
-
-
-def _enc_hook(obj: Any) -> Any:
-    raise NotImplementedError(
-        f"cannot serialize {type(obj).__qualname__}; pass JSON-compatible values "
-        "(str, int, float, bool, None, list, dict, datetime, UUID, dataclass) "
-        "or enable pickle with a signing secret"
-    )
 
 
 class Codec:
@@ -51,6 +52,7 @@ class Codec:
     ) -> None:
         if serializer not in ("json", "pickle"):
             raise ConfigurationError(f"unknown serializer {serializer!r}: use 'json' or 'pickle'")
+        _check_secret(secret)
         if serializer == "pickle" and not secret:
             raise ConfigurationError(
                 "pickle needs a signing secret: Conveyor(..., serializer='pickle', "
@@ -59,8 +61,8 @@ class Codec:
             )
         self.serializer: Serializer = serializer
         self._key = secret.encode() if isinstance(secret, str) else secret
-        self.max_payload = max_payload
-        self._encoder = msgspec.json.Encoder(enc_hook=_enc_hook)
+        self.max_payload = whole("max_payload", max_payload, 1, 2**40, "max_payload=2**20")
+        self._encoder = msgspec.json.Encoder()
         self._msg_decoder = msgspec.json.Decoder(Message)
         self._outcome_decoder = msgspec.json.Decoder(Outcome)
         self._any_decoder = msgspec.json.Decoder()
@@ -68,15 +70,26 @@ class Codec:
     # -- framing ---------------------------------------------------------------------------
 
     def _body(self, obj: Any) -> bytes:
-        try:
-            if self.serializer == "pickle":
-                return b"P" + pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-            data = self._encoder.encode(obj)
-        except (NotImplementedError, TypeError, ValueError, OverflowError) as exc:
-            raise SerializationError(str(exc)) from exc
-        except (pickle.PicklingError, AttributeError) as exc:
-            raise SerializationError(f"cannot pickle value: {exc}") from exc
+        if self.serializer == "pickle":
+            return b"P" + _pickled(obj)
+        data = self._json(obj)
         return b"J" + data if self._key else data
+
+    def _json(self, obj: Any) -> bytes:
+        if not _all_plain(obj):
+            for trail, value in _parts(obj):
+                check(value, trail)  # refuses what JSON would not bring back as it was
+        try:
+            return self._encoder.encode(obj)
+        except RecursionError as exc:  # within MAX_DEPTH, but called from deep in a stack
+            raise SerializationError(
+                f"cannot encode {_what(obj)} as JSON: nested too deeply for the stack left "
+                f"at this call (values may nest up to {MAX_DEPTH} levels); flatten it"
+            ) from exc
+        except Exception as exc:
+            for trail, value in _parts(obj):
+                check(value, trail, text=True)  # says where, if it is a str's fault
+            raise SerializationError(f"cannot encode {_what(obj)} as JSON: {exc}") from exc
 
     def _frame(self, obj: Any) -> bytes:
         body = self._body(obj)
@@ -85,34 +98,48 @@ class Codec:
         mac = hmac.digest(self._key, body, hashlib.sha256)
         return _SIGNED + mac + body
 
-    def _unframe(self, data: bytes) -> tuple[bool, bytes]:
-        """Return (is_pickle, body) after checking the signature when one is required."""
+    def _unframe(self, data: bytes) -> bytes:
+        """The body, after checking the signature when one is required and that it is in
+        the app's own format: an app decodes only the serializer it is configured for."""
         if not self._key:
             if data.startswith(_SIGNED):
                 raise SerializationError("signed payload but this app has no secret configured")
-            return False, data
+            if data.startswith(_PICKLE_MAGIC):
+                raise SerializationError(self._foreign("pickle"))
+            return data
         if not data.startswith(_SIGNED) or len(data) < len(_SIGNED) + _MAC_LEN + 1:
             raise SerializationError("payload is not signed; refusing to decode it")
         mac = data[len(_SIGNED) : len(_SIGNED) + _MAC_LEN]
         body = data[len(_SIGNED) + _MAC_LEN :]
         if not hmac.compare_digest(mac, hmac.digest(self._key, body, hashlib.sha256)):
             raise SerializationError("payload signature does not match; refusing to decode it")
-        kind, rest = body[:1], body[1:]
-        if kind == b"P":
-            return True, rest
-        if kind == b"J":
-            return False, rest
-        raise SerializationError("unknown payload body kind")
+        kind = _KINDS.get(body[:1])
+        if kind is None:
+            raise SerializationError("unknown payload body kind")
+        if kind != self.serializer:
+            raise SerializationError(self._foreign(kind))
+        return body[1:]
+
+    def _foreign(self, kind: str) -> str:
+        return (
+            f"payload is {kind}, but this app is configured for {self.serializer}: refusing "
+            "to decode it (an app decodes only its own serializer; give the producer and the "
+            "worker the same Conveyor(serializer=...))"
+        )
 
     def _decode(self, data: bytes, decoder: msgspec.json.Decoder[T], type_: type[T]) -> T:
-        is_pickle, body = self._unframe(data)
+        body = self._unframe(data)
         try:
-            if is_pickle:
+            if self.serializer == "pickle":
                 obj = pickle.loads(body)  # signature verified above
                 return msgspec.convert(obj, type_) if type_ is not object else obj
             return decoder.decode(body)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             raise SerializationError(f"cannot decode payload: {exc}") from exc
+        except RecursionError as exc:
+            raise SerializationError(
+                f"cannot decode payload: it is nested too deeply ({exc})"
+            ) from exc
         except Exception as exc:
             raise SerializationError(f"cannot decode payload: {exc!r}") from exc
 
@@ -142,3 +169,101 @@ class Codec:
 
     def decode_value(self, data: bytes) -> Any:
         return self._decode(data, self._any_decoder, object)
+
+
+def _check_secret(secret: object) -> None:
+    """A secret is a non-empty str or bytes, or None; its value is never shown."""
+    if secret is None:
+        return
+    if not isinstance(secret, str | bytes):
+        raise InvalidOption(
+            f"bad secret (of type {type(secret).__name__}): a signing secret is a str or bytes; "
+            "write secret=os.environ['CONVEYOR_SECRET']"
+        )
+    if not secret:
+        raise InvalidOption(
+            f"bad secret={secret!r}: an empty secret would leave payloads unsigned without a "
+            "word; give a non-empty one, or secret=None for no signing"
+        )
+
+
+_KINDS: dict[bytes, Serializer] = {b"J": "json", b"P": "pickle"}
+_PICKLE_MAGIC = b"\x80"  # the PROTO opcode that starts every pickle since protocol 2
+
+
+_ARGS, _KWARGS, _RESULT, _VALUE = root("args"), root("kwargs"), root("result"), root("value")
+
+
+def _parts(obj: Any) -> Iterator[tuple[Trail, Any]]:
+    """The user's values in what is encoded, each with where an error says it is."""
+    if type(obj) is Message:
+        for i, arg in enumerate(obj.args):
+            yield (_ARGS, i), arg
+        for name, arg in obj.kwargs.items():
+            yield (_KWARGS, name), arg
+    elif type(obj) is Outcome:
+        yield _RESULT, obj.value
+    else:
+        yield _VALUE, obj
+
+
+def _all_plain(obj: Any) -> bool:
+    """True if the user's values in ``obj`` are all None, bool, int or str: most calls, so
+    they skip the walk (the types are looked at in C)."""
+    if type(obj) is not Message:
+        return type(obj.value if type(obj) is Outcome else obj) in PLAIN
+    for arg in obj.args:  # a loop beats set and map tricks for a few arguments
+        if type(arg) not in PLAIN:
+            return False
+    for arg in obj.kwargs.values():  # noqa: SIM110
+        if type(arg) not in PLAIN:
+            return False
+    return True
+
+
+def _what(obj: Any) -> str:
+    return "the job's arguments" if type(obj) is Message else path(next(_parts(obj))[0])
+
+
+def _pickled(obj: Any) -> bytes:
+    try:
+        return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:  # PicklingError, TypeError, AttributeError, RecursionError, ...
+        raise SerializationError(_unpicklable(obj, exc)) from exc
+
+
+def _unpicklable(obj: Any, error: Exception) -> str:
+    """Which part of ``obj`` pickle refused, and why: the deepest list item or dict value
+    that fails on its own."""
+    for trail, value in _parts(obj):
+        try:
+            pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+        except RecursionError:
+            return (
+                f"cannot pickle {path(trail)}: it is nested deeper than pickle can follow "
+                f"(Python's recursion limit is {sys.getrecursionlimit()}); flatten it"
+            )
+        except Exception as exc:
+            where, why = _deepest(value, trail, exc)
+            return f"cannot pickle {path(where)}: {why}; {_PICKLABLE}"
+    return f"cannot pickle {_what(obj)}: {error}; {_PICKLABLE}"
+
+
+def _deepest(value: Any, trail: Trail, error: Exception) -> tuple[Trail, Exception]:
+    while isinstance(value, list | tuple | dict):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            try:
+                pickle.dumps(item, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception as exc:
+                value, trail, error = item, (trail, key), exc
+                break
+        else:
+            break
+    return trail, error
+
+
+_PICKLABLE = (
+    "pickle carries instances of module-level classes and module-level functions, not "
+    "lambdas, local classes, locks, files, sockets or generators"
+)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextvars import ContextVar
 
+from ._checks import refuse
 from ._errors import ConveyorError
+
+NOTE_CAP = 1000  # characters of a progress note that are kept
 
 
 class CurrentJob:
@@ -31,10 +34,18 @@ class CurrentJob:
     def progress(self, value: float, note: str | None = None) -> None:
         """Report how far the job is, from 0.0 to 1.0, with an optional note.
 
-        Callers see it on ``job.progress`` and in ``conveyor info``."""
-        if not 0.0 <= value <= 1.0:
-            raise ValueError("progress takes a fraction from 0.0 to 1.0")
-        self._report(value, note)
+        Callers see it on ``job.progress`` and in ``conveyor info``; a value out of range, or
+        a note that is not a str, is an ``InvalidOption``. A note is a short status line: past
+        ``NOTE_CAP`` characters it is cut."""
+        example = "current_job().progress(0.5, 'halfway')"
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not (number and 0.0 <= value <= 1.0):  # NaN is not
+            raise refuse("progress", value, "progress takes a fraction from 0.0 to 1.0", example)
+        if note is not None:
+            if not isinstance(note, str):
+                raise refuse("note", note, "a progress note is a str or None", example)
+            note = str.__str__(note)[:NOTE_CAP]  # an exact str: it crosses to a pool's parent
+        self._report(float(value), note)
 
 
 _current: ContextVar[CurrentJob | None] = ContextVar("conveyor_current_job", default=None)

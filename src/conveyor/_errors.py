@@ -4,16 +4,23 @@
 
     ConveyorError                   anything Conveyor raises on purpose
     ├── ConfigurationError          a bad URL, option or setting; fix the call
-    │   └── InvalidURL
+    │   ├── InvalidURL
+    │   └── InvalidOption           (also a ValidationError) an option of the wrong type or
+    │                               range: names it, the value and what to write; nothing
+    │                               was written
     ├── ValidationError             bad input at enqueue; nothing was written
     │   ├── InvalidName             queue name, job id or key
     │   ├── SerializationError      an argument or result the codec cannot encode
+    │   │   └── ResultTooLarge      (worker side) a task's encoded result is over the cap
     │   └── PayloadTooLarge         the encoded job is over the size cap
     ├── BrokerError                 the broker failed; redis.* and sqlite3.* never leak
-    │   └── BrokerUnavailable       cannot reach the broker (after retries)
+    │   ├── BrokerUnavailable       cannot reach the broker (after retries)
+    │   └── BrokerAuthError         the broker refused the login or an ACL permission;
+    │                               retrying cannot help (a worker stops on it)
     ├── JobNotFound                 no job with that id (or its record expired)
     │   └── DependencyNotFound      (also a ValidationError) ``depends_on=`` names no job;
     │                               nothing was written
+    ├── JobNotEnded                 requeue of a job that is not failed, dead or cancelled
     ├── TaskFailed                  the task raised; carries the remote type, message, traceback
     │   └── DependencyFailed        a job it depends on failed, was dead-lettered or cancelled
     ├── JobCancelled                the job was cancelled before it finished
@@ -58,6 +65,18 @@ class SerializationError(ValidationError):
     """A value the codec cannot encode or decode."""
 
 
+class InvalidOption(ConfigurationError, ValidationError):
+    """An option of a task, a call or a worker with a value of the wrong type or out of
+    range (``backoff=nan``, ``retries=True``, ``delay=-5``); the message names the option,
+    the value and what to write instead. Raised where the option is given, so nothing was
+    written."""
+
+
+class ResultTooLarge(SerializationError):
+    """A task's encoded result is over ``Conveyor(max_result=...)``: the job fails with it
+    (the caller sees ``TaskFailed`` naming this type) and nothing is stored."""
+
+
 class PayloadTooLarge(ValidationError):
     """The encoded job is larger than the configured cap."""
 
@@ -70,8 +89,32 @@ class BrokerUnavailable(BrokerError):
     """The broker cannot be reached."""
 
 
+class BrokerAuthError(BrokerError):
+    """The broker refused the credentials (a wrong password, none given, a disabled ACL
+    user) or a permission the ACL user lacks. Retrying cannot help: fix the URL or the
+    user's rights. The message says which, and never holds the password."""
+
+
 class JobNotFound(ConveyorError):
     """No job has this id, or its record has expired."""
+
+
+class JobNotEnded(ConveyorError):
+    """``app.requeue`` names a job that has not ended (queued, scheduled, running) or that
+    succeeded: only a failed, dead or cancelled job goes back on its queue. ``job_id`` and
+    ``status`` say which and how it stands."""
+
+    def __init__(self, job_id: str, status: str) -> None:
+        self.job_id = job_id
+        self.status = status
+        if status == "succeeded":
+            what = "to run it again, enqueue the task anew"
+        else:
+            what = "it has not ended yet: cancel it first, or wait for it to end"
+        super().__init__(
+            f"job {job_id} is {status}: only a failed, dead or cancelled job can be "
+            f"requeued ({what}); nothing was requeued"
+        )
 
 
 class TaskFailed(ConveyorError):

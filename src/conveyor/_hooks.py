@@ -66,8 +66,8 @@ def call(
         except KeyboardInterrupt:
             raise
         except BaseException as exc:
-            if passthrough and isinstance(exc, passthrough):
-                raise
+            if passthrough and issubclass(type(exc), passthrough):  # not isinstance: that
+                raise  # reads __class__, which a hostile exception may make raise
             failed(middleware, hook, args)
 
 

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
+from ._checks import seconds
 from ._depends import DEPENDENCY_FAILED
 from ._errors import DependencyFailed, JobCancelled, JobDead, JobNotFound, TaskFailed
 from ._message import JobRecord, JobStatus
@@ -74,7 +75,7 @@ class Job(Generic[R]):
 
     def _wait(self, timeout: float | None) -> JobRecord:
         if self._record is None:
-            record = self._app.broker.wait(self.id, timeout)
+            record = self._app.broker.wait(self.id, _timeout(timeout))
             if record is None:
                 raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
             self._record = record
@@ -82,7 +83,7 @@ class Job(Generic[R]):
 
     async def _wait_async(self, timeout: float | None) -> JobRecord:
         if self._record is None:
-            record = await self._app.broker.wait_async(self.id, timeout)
+            record = await self._app.broker.wait_async(self.id, _timeout(timeout))
             if record is None:
                 raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
             self._record = record
@@ -167,3 +168,11 @@ class Job(Generic[R]):
             fn(self)
 
         threading.Thread(target=waiter, name=f"conveyor-callback-{self.id}", daemon=True).start()
+
+
+def _timeout(timeout: float | None) -> float | None:
+    """How long to wait for the result: None (as long as it takes) or 0 or more seconds."""
+    if timeout is None:
+        return None
+    example = "timeout=30, or timeout=None to wait as long as it takes"
+    return seconds("timeout", timeout, example=example)

@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from ._errors import InvalidName
+from ._errors import InvalidName, InvalidOption
 
 DEFAULT_QUEUE = "default"
 MIN_PRIORITY = 0
@@ -59,8 +59,15 @@ def validate_job_id(job_id: str) -> str:
 
 
 def validate_priority(priority: int) -> int:
-    if not isinstance(priority, int) or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-        raise InvalidName(f"bad priority {priority!r}: use an integer from 0 (low) to 9 (high)")
+    if (
+        isinstance(priority, bool)
+        or not isinstance(priority, int)
+        or not MIN_PRIORITY <= priority <= MAX_PRIORITY
+    ):
+        raise InvalidOption(
+            f"bad priority={priority!r}: priority takes a whole number from 0 (low) to 9 "
+            "(high); write priority=5"
+        )
     return priority
 
 
@@ -145,6 +152,8 @@ class JobRecord(msgspec.Struct):
     progress: float | None = None
     progress_note: str | None = None
     updated_at: float = 0.0
+    deliveries: int = 0  # how many times it was handed out (since it was last queued afresh)
+    reason: str = ""  # why it failed, died or was cancelled, as ``entries`` shows it
 
 
 class RemoteError(msgspec.Struct):
@@ -162,7 +171,9 @@ class Outcome(msgspec.Struct, omit_defaults=True):
 
 
 class JobEntry(msgspec.Struct):
-    """A failed or dead-lettered job kept with its payload, so it can be inspected and requeued."""
+    """A job as ``entries`` lists it, with its payload (b"" where the broker no longer keeps
+    one): failed and dead ones to inspect and requeue, queued ones to see what runs next.
+    ``at`` is when the job last changed (entered its status, or reported progress)."""
 
     id: str
     queue: str
@@ -180,6 +191,8 @@ class QueueStats(msgspec.Struct):
     failed: int = 0
     dead: int = 0
     succeeded: int = 0
+    cancelled: int = 0
+    paused: bool = False  # fetch hands out none of its jobs (``broker.pause``)
 
 
 class WorkerInfo(msgspec.Struct):

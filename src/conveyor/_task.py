@@ -8,11 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
+import importlib
 import inspect
-from collections.abc import Callable, Sequence
+import math
+import re
+import sys
+import types
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from ._errors import ConfigurationError, ValidationError
+from ._checks import MAX_TIMESTAMP, flag, refuse, seconds, whole
+from ._errors import InvalidName, InvalidOption, ValidationError
 from ._message import DEFAULT_QUEUE, validate_job_id, validate_priority, validate_queue
 from .ratelimit import parse_rate
 from .stores._port import check_key
@@ -47,67 +54,84 @@ class Options:
     allow_failed_dependencies: bool = False
 
     def merge(self, **changes: Any) -> Options:
-        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        """A copy with ``changes``, each checked (type and range) and normalized here, once:
+        a bad value is an ``InvalidOption`` naming it, before anything is written."""
+        unknown = set(changes) - set(_RULES)
         if unknown:
             names = ", ".join(sorted(unknown))
-            raise ConfigurationError(
+            raise InvalidOption(
                 f"unknown option(s) {names}; valid options: "
                 + ", ".join(f.name for f in dataclasses.fields(self))
             )
-        changes = {k: _normalize(k, v) for k, v in changes.items()}
-        merged = dataclasses.replace(self, **changes)
+        if changes.get("delay") is not None and changes.get("eta") is not None:
+            raise InvalidOption(
+                f"bad delay={changes['delay']!r} with eta={changes['eta']!r}: give one of them "
+                "(delay= is how long from now, eta= the time to run at)"
+            )
+        checked = {name: _RULES[name](value) for name, value in changes.items()}
+        if checked.get("delay") is not None:
+            checked["eta"] = None  # the later of the two wins: a call's delay= over a task's eta=
+        elif checked.get("eta") is not None:
+            checked["delay"] = None
+        merged = dataclasses.replace(self, **checked)
         merged.check()
         return merged
 
     def check(self) -> None:
-        validate_queue(self.queue)
-        if self.rate is not None:
-            parse_rate(self.rate)
-        if self.rate_key is not None:
-            check_key(self.rate_key)
-        validate_priority(self.priority)
-        if self.retries < 0:
-            raise ConfigurationError("retries must be >= 0")
-        if self.timeout is not None and self.timeout <= 0:
-            raise ConfigurationError("timeout must be a positive number of seconds")
-        if self.result_ttl <= 0:
-            raise ConfigurationError("result_ttl must be a positive number of seconds")
+        """What no single option says: how options go together."""
         if self.depends_on and (self.delay or self.eta is not None):
-            raise ConfigurationError(
+            raise InvalidOption(
                 "depends_on= cannot be combined with delay= or eta=: a job with dependencies "
                 "runs when the last of them ends; delay the dependencies instead"
             )
-        for exc_type in self.retry_on:
-            if not (isinstance(exc_type, type) and issubclass(exc_type, BaseException)):
-                raise ConfigurationError(f"retry_on takes exception types, got {exc_type!r}")
 
 
-def _seconds(value: Any, name: str) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, dt.timedelta):
-        return value.total_seconds()
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return float(value)
-    raise ConfigurationError(f"{name} takes seconds or a timedelta, got {value!r}")
+# -- one rule per option: check the value given, return what Options keeps ----------------
+
+MAX_RETRIES = 10_000  # more than a year of retries at the longest backoff (an hour)
 
 
-def _normalize(name: str, value: Any) -> Any:
-    if name in ("delay", "timeout", "backoff"):
-        return _seconds(value, name)
-    if name == "result_ttl":
-        seconds = _seconds(value, name)
-        return int(seconds) if seconds is not None else value
-    if name == "eta" and isinstance(value, dt.datetime):
+def _optional(rule: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    return lambda value: None if value is None else rule(value)
+
+
+def _eta(value: Any) -> float:
+    example = "eta=datetime.now(UTC) + timedelta(hours=1), or delay=3600"
+    if isinstance(value, dt.datetime):
         if value.tzinfo is None:
-            raise ConfigurationError("eta must be timezone-aware (e.g. datetime.now(UTC))")
+            raise refuse("eta", value, "eta must be timezone-aware", example)
         return value.timestamp()
-    if name == "depends_on":
-        return _job_ids(value)
-    if name == "retry_on":
-        if isinstance(value, type):
-            return (value,)
-        return tuple(value) if isinstance(value, Sequence) else value
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    if number and math.isfinite(value) and 0 <= value <= MAX_TIMESTAMP:
+        return float(value)
+    rule = "eta takes a timezone-aware datetime or a Unix timestamp in seconds"
+    raise refuse("eta", value, rule, example)
+
+
+def _retry_on(value: Any) -> tuple[type[BaseException], ...]:
+    types = (value,) if isinstance(value, type) else value
+    if isinstance(types, list | tuple | set | frozenset) and all(
+        isinstance(t, type) and issubclass(t, BaseException) for t in types
+    ):
+        return tuple(types)
+    rule = "retry_on takes exception classes (not their names), one or a list"
+    raise refuse("retry_on", value, rule, "retry_on=(TimeoutError, ConnectionError)")
+
+
+def _rate_key(value: Any) -> str:
+    try:
+        return check_key(value)
+    except InvalidName:
+        raise InvalidName(
+            f"bad rate_key={value!r}: use 1-512 printable characters (no control characters), "
+            "e.g. rate_key=f'tenant:{tenant_id}'"
+        ) from None
+
+
+def _rate(value: Any) -> str:
+    if not isinstance(value, str):
+        raise refuse("rate", value, "rate takes a str such as '100/m'", "rate='100/m'")
+    parse_rate(value)
     return value
 
 
@@ -124,30 +148,123 @@ def _job_ids(value: Any) -> tuple[str, ...]:
     for item in found:
         job_id = item if isinstance(item, str) else getattr(item, "id", None)
         if not isinstance(job_id, str):
-            raise ConfigurationError(
-                f"depends_on takes Job objects or job ids (one or a list), got {item!r}"
+            raise refuse(
+                "depends_on",
+                value,
+                f"depends_on takes Job objects or job ids (one or a list), not {item!r}",
+                "depends_on=[first_job, second_job]",
             )
-        ids[validate_job_id(job_id)] = None
+        try:
+            ids[validate_job_id(job_id)] = None
+        except InvalidName as exc:
+            raise InvalidName(f"bad depends_on={value!r}: {exc}") from None
     return tuple(ids)
 
 
+_RULES: dict[str, Callable[[Any], Any]] = {
+    "queue": validate_queue,
+    "priority": validate_priority,
+    "retries": lambda v: whole("retries", v, 0, MAX_RETRIES, "retries=3"),
+    "retry_on": _retry_on,
+    "backoff": lambda v: seconds("backoff", v, example="backoff=2 (the first retry's delay)"),
+    "timeout": _optional(
+        lambda v: seconds("timeout", v, strictly=True, example="timeout=30, or None for none")
+    ),
+    "result_ttl": lambda v: math.ceil(
+        seconds("result_ttl", v, least=1, example="result_ttl=3600 or timedelta(hours=1)")
+    ),
+    "delay": _optional(
+        lambda v: seconds("delay", v, example="delay=60 or timedelta(minutes=1)") or None
+    ),
+    "eta": _optional(_eta),
+    "key": _optional(check_key),
+    "job_id": _optional(validate_job_id),
+    "rate": _optional(_rate),
+    "rate_key": _optional(_rate_key),
+    "depends_on": _job_ids,
+    "allow_failed_dependencies": lambda v: flag("allow_failed_dependencies", v),
+}
+
+
 def callable_name(fn: Callable[..., Any]) -> str:
-    """``module:qualname``, the name a worker imports a callable by."""
+    """``module:qualname``, the name a worker imports a callable by. A callable that name
+    does not lead back to (a lambda, a closure, a bound method, a ``partial``, ...) is
+    refused here, with the reason, rather than run as something else or dead-lettered."""
     if isinstance(fn, Task):
         return fn.name
+    try:
+        return _importable_name(fn)
+    except TypeError:  # unhashable: checked without the cache
+        return _importable_name.__wrapped__(fn)
+
+
+@functools.lru_cache(maxsize=1024)  # by identity: a function's name is resolved once
+def _importable_name(fn: Callable[..., Any]) -> str:
+    why = _not_importable(fn)
+    if why is not None:
+        raise ValidationError(f"cannot enqueue {_shown(fn)}: {why}")
+    return f"{fn.__module__}:{fn.__qualname__}"
+
+
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")  # what a worker resolves
+_MODULE_LEVEL = "define it with def at module level (or register it with @app.task)"
+
+
+def _not_importable(fn: Any) -> str | None:
+    """Why a worker importing ``fn`` by its name would not find ``fn``; None if it would."""
+    if isinstance(fn, functools.partial):
+        return (
+            "a functools.partial has no name a worker can import; enqueue its function "
+            "with all the arguments: app.enqueue(p.func, *p.args, **p.keywords)"
+        )
+    owner = getattr(fn, "__self__", None)
+    if owner is not None and not isinstance(owner, type | types.ModuleType):
+        return (
+            f"it is a method bound to an object ({type(owner).__qualname__}), which a worker "
+            "would not have; enqueue a module-level function that takes (or loads) what the "
+            "method needs"
+        )
     module = getattr(fn, "__module__", None)
     qualname = getattr(fn, "__qualname__", None)
-    if not module or not qualname or "<" in qualname:
-        raise ValidationError(
-            f"cannot enqueue {fn!r}: pass a module-level function or method a worker can "
-            "import (not a lambda, closure or builtin bound to an object)"
+    if not isinstance(module, str) or not isinstance(qualname, str):
+        kind = type(fn).__qualname__
+        return f"an object of type {kind} has no name a worker can import; {_MODULE_LEVEL}"
+    if "<lambda>" in qualname:
+        return f"a lambda has no name a worker can import; {_MODULE_LEVEL}"
+    if "<locals>" in qualname:
+        return (
+            f"{qualname} is defined inside a function, where a worker cannot import it; "
+            f"{_MODULE_LEVEL}"
         )
     if module == "__main__":
-        raise ValidationError(
-            f"cannot enqueue {qualname} from __main__: a worker cannot import your script; "
-            "move the function into a module, or register it with @app.task(name=...)"
+        return (
+            "it is defined in __main__, and a worker cannot import your script; move the "
+            "function into a module, or register it with @app.task(name=...)"
         )
-    return f"{module}:{qualname}"
+    parts = qualname.split(".")
+    if (
+        not _DOTTED.match(module)
+        or not _DOTTED.match(qualname)
+        or any(p.startswith("__") for p in parts)
+    ):
+        return f"{module}:{qualname} is not a name a worker resolves; {_MODULE_LEVEL}"
+    try:
+        found: Any = sys.modules.get(module) or importlib.import_module(module)
+        for part in parts:
+            found = getattr(found, part)
+    except Exception:
+        found = None
+    if found is fn or (isinstance(found, Task) and found.fn is fn) or found == fn:
+        return None
+    return (
+        f"its name {module}:{qualname} leads to {_shown(found)}, not to it, so a worker "
+        "would run something else; enqueue what the module itself holds under that name"
+    )
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Signature(Generic[R]):
@@ -156,6 +273,16 @@ class Signature(Generic[R]):
     def __init__(
         self, app: Conveyor, name: str, args: tuple[Any, ...], kwargs: dict[str, Any], opts: Options
     ) -> None:
+        if not isinstance(name, str) or not name:
+            raise ValidationError(f"bad task name {name!r}: a task's name is a non-empty str")
+        if not isinstance(args, tuple | list):
+            raise ValidationError(f"bad arguments {args!r} for {name}: pass a tuple or a list")
+        if not isinstance(kwargs, dict) or (kwargs and not all(type(k) is str for k in kwargs)):
+            raise ValidationError(
+                f"bad keyword arguments {kwargs!r} for {name}: pass a dict with str keys"
+            )
+        if not isinstance(opts, Options):
+            raise ValidationError(f"bad options {opts!r} for {name}: pass app.defaults")
         self.app = app
         self.name = name
         self.args = args

@@ -33,7 +33,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ._errors import ConfigurationError
+from ._errors import InvalidOption
 from ._message import Message
 from .stores._port import check_key
 
@@ -60,18 +60,20 @@ class Rate:
 
 @functools.lru_cache(maxsize=1024)
 def parse_rate(text: str) -> Rate:
-    """``"100/m"`` -> ``Rate(100, 60.0)``; ``ConfigurationError`` for anything else.
+    """``"100/m"`` -> ``Rate(100, 60.0)``; ``InvalidOption`` for anything else.
 
     Call it where options are checked so a bad rate fails at task definition."""
     match = _RATE.match(text) if isinstance(text, str) else None
     if match is None:
-        raise ConfigurationError(
-            f"bad rate {text!r}: write '<count>/<unit>' with unit s, m or h, "
+        raise InvalidOption(
+            f"bad rate={text!r}: write '<count>/<unit>' with unit s, m or h, "
             "e.g. '100/m', '5/s', '10/30s'"
         )
     count, multiple, unit = int(match[1]), int(match[2] or 1), match[3]
     if count < 1 or multiple < 1:
-        raise ConfigurationError(f"bad rate {text!r}: the count and period must be positive")
+        raise InvalidOption(
+            f"bad rate={text!r}: the count and period must be positive; write e.g. '100/m'"
+        )
     return Rate(count, multiple * _UNITS[unit])
 
 

@@ -45,6 +45,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
+from . import _checks
 from ._cron import next_fire, parse_cron, time_zone
 from ._errors import ConfigurationError
 from ._job import Job
@@ -142,12 +143,9 @@ class Schedule:
 
 
 def _every_seconds(every: float | dt.timedelta) -> float:
-    seconds = every.total_seconds() if isinstance(every, dt.timedelta) else every
-    if isinstance(seconds, bool) or not isinstance(seconds, int | float) or seconds < 0.001:
-        raise ConfigurationError(
-            f"every takes a positive number of seconds or a timedelta, got {every!r}"
-        )
-    return float(seconds)
+    return _checks.seconds(
+        "every", every, least=0.001, example="every=60 or every=timedelta(minutes=1)"
+    )
 
 
 def periodic(
@@ -175,10 +173,7 @@ def periodic(
     seconds = _every_seconds(every) if every is not None else None
     if overlap not in ("skip", "allow"):
         raise ConfigurationError(f"overlap must be 'skip' or 'allow', got {overlap!r}")
-    if isinstance(catch_up, bool) or not isinstance(catch_up, int) or catch_up < 1:
-        raise ConfigurationError(
-            f"catch_up must be an integer >= 1 (how many missed ticks to run), got {catch_up!r}"
-        )
+    _checks.whole("catch_up", catch_up, 1, 1_000_000, "catch_up=1 (how many missed ticks to run)")
     bad = [k for k in _FORBIDDEN if k in options]
     if overlap == "skip" and "key" in options:
         bad.append("key")

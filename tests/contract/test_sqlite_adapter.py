@@ -165,24 +165,31 @@ def test_migrations_apply_in_order_and_all_or_nothing(
         assert conn.execute("SELECT x FROM extra").fetchall() == [(1,)]
 
 
+def _old_file(
+    db: str, version: int, job: Envelope, status: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file as an older Conveyor wrote it (schema ``version``), holding one job."""
+    with monkeypatch.context() as m:
+        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:version])
+        m.setattr(schema, "SCHEMA_VERSION", version)
+        SQLiteBroker(db).close()
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "INSERT INTO jobs(id, queue, payload, priority, status, seq, updated_at, reason) "
+            "VALUES (?, 'default', ?, 0, ?, 1, 0, 'boom')",
+            (job.id, job.payload, status),
+        )
+    assert _meta(db)["schema_version"] == version
+
+
 def test_a_version_1_file_gains_dependencies_and_keeps_its_jobs(
     db: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    with monkeypatch.context() as m:  # a file written before depends_on existed
-        m.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
-        m.setattr(schema, "SCHEMA_VERSION", 1)
-        SQLiteBroker(db).close()
     parent = env()
-    with sqlite3.connect(db) as conn:  # a queued job, as version 1 wrote it
-        conn.execute(
-            "INSERT INTO jobs(id, queue, payload, priority, status, seq, updated_at) "
-            "VALUES (?, 'default', ?, 0, 'queued', 1, 0)",
-            (parent.id, parent.payload),
-        )
-    assert _meta(db)["schema_version"] == 1
+    _old_file(db, 1, parent, "queued", monkeypatch)  # written before depends_on existed
     b = SQLiteBroker(db)
     try:
-        assert _meta(db)["schema_version"] == schema.SCHEMA_VERSION == 2
+        assert _meta(db)["schema_version"] == schema.SCHEMA_VERSION
         child = msgspec.structs.replace(env(), depends_on=(parent.id,))
         b.enqueue([child])
         assert b.get([child.id])[0].status is JobStatus.SCHEDULED  # type: ignore[union-attr]
@@ -190,6 +197,30 @@ def test_a_version_1_file_gains_dependencies_and_keeps_its_jobs(
         assert d.id == parent.id
         assert b.finish([Finish(d, JobStatus.SUCCEEDED, b"r")]) == [True]
         assert [x.id for x in b.fetch(["default"], "c", 10, 30.0, 0.0)] == [child.id]
+    finally:
+        b.close()
+
+
+def test_a_version_2_file_gains_pause_and_requeue_of_its_jobs(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    failed = env()
+    _old_file(db, 2, failed, "failed", monkeypatch)  # written before pause and requeue's deps
+    b = SQLiteBroker(db)
+    try:
+        assert _meta(db)["schema_version"] == schema.SCHEMA_VERSION == 3
+        [record] = b.get([failed.id])
+        assert record is not None and (record.status, record.reason) == (JobStatus.FAILED, "boom")
+        b.pause("default")
+    finally:
+        b.close()
+    b = SQLiteBroker(db)  # pausing is kept in the file
+    try:
+        assert b.paused() == ["default"]
+        assert b.requeue([(failed.id, b"again")]) == [failed.id]
+        assert b.fetch(["default"], "c", 10, 30.0, 0.0) == []
+        b.resume("default")
+        assert [d.payload for d in b.fetch(["default"], "c", 10, 30.0, 0.0)] == [b"again"]
     finally:
         b.close()
 

@@ -45,6 +45,7 @@ for span in spans:
 """
 
 
+@pytest.mark.timeout(150)  # 100 interpreters start on 2 cores
 def test_processes_contending_for_one_lock_never_overlap(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/conveyor.db"
     from conveyor import Conveyor

@@ -90,12 +90,12 @@ def test_rq_style_enqueue_of_any_importable_callable(app: Conveyor) -> None:
 
 
 def test_enqueue_refuses_lambdas_and_main(app: Conveyor) -> None:
-    with pytest.raises(ValidationError, match="module-level"):
+    with pytest.raises(ValidationError, match="module level"):
         app.enqueue(lambda: 1)
 
     def local() -> None: ...
 
-    with pytest.raises(ValidationError, match="module-level"):
+    with pytest.raises(ValidationError, match="module level"):
         app.enqueue(local)
     assert _depth(app) == 0
 

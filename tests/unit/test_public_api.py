@@ -24,7 +24,8 @@ def test_all_lists_exactly_the_public_names() -> None:
 
 def test_every_error_derives_from_conveyor_error() -> None:
     errors = [getattr(conveyor, n) for n in conveyor.__all__ if n.endswith(("Error", "Failed"))]
-    errors += [conveyor.JobNotFound, conveyor.JobCancelled, conveyor.JobDead, conveyor.LockLost]
+    errors += [conveyor.JobNotFound, conveyor.JobNotEnded, conveyor.JobCancelled, conveyor.JobDead]
+    errors += [conveyor.LockLost]
     for err in errors:
         assert issubclass(err, conveyor.ConveyorError), err
 
@@ -77,8 +78,8 @@ def test_only_the_factory_cli_and_testing_name_a_concrete_adapter() -> None:
 
 def test_leaves_import_no_upper_layer() -> None:
     upper = ("conveyor._app", "conveyor._task", "conveyor._job", "conveyor.worker", "conveyor.cli")
-    leaves = ("_message.py", "_codec.py", "_errors.py", "_clock.py", "_backoff.py", "_cron.py")
-    for leaf in (*leaves, "_context.py", "_logging.py"):
+    leaves = ("_message.py", "_codec.py", "_values.py", "_checks.py", "_errors.py", "_clock.py")
+    for leaf in (*leaves, "_backoff.py", "_cron.py", "_context.py", "_logging.py"):
         if (SRC / leaf).exists():
             names = _imports(SRC / leaf)
             assert not any(n.startswith(upper) for n in names), leaf

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 
 import pytest
 
-from conveyor import BrokerUnavailable, Conveyor, JobStatus, current_job
+from conveyor import BrokerAuthError, BrokerUnavailable, Conveyor, JobStatus, current_job
 from conveyor._clock import FakeClock
 from conveyor._message import Delivery
 from conveyor.brokers import Finish, LeaseState
@@ -30,6 +30,7 @@ class Recording(MemoryBroker):
         self.fetch_counts: list[int] = []
         self.finish_sizes: list[int] = []
         self.fail_fetches = 0
+        self.refuse_fetches = False  # as a server refuses wrong credentials: every time
         self.fail_finishes = 0
         self.finish_delay = 0.0
 
@@ -37,6 +38,8 @@ class Recording(MemoryBroker):
         self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
     ) -> list[Delivery]:
         self.fetch_counts.append(count)
+        if self.refuse_fetches:
+            raise BrokerAuthError("Redis refused the login: check the password in the URL")
         if self.fail_fetches:
             self.fail_fetches -= 1
             raise BrokerUnavailable("connection refused (the broker is restarting)")
@@ -249,6 +252,45 @@ def test_fetch_errors_back_off_and_the_worker_keeps_going(
         assert job.result(timeout=10) == "ok"
     assert time.monotonic() - began > 0.3  # it waited between attempts: no hot loop
     assert "cannot fetch from the broker" in caplog.text
+
+
+def test_refused_credentials_stop_the_worker_and_hand_back_what_runs(
+    app: Conveyor, broker: Recording
+) -> None:
+    """A BrokerAuthError is no outage: retrying cannot make the credentials good, so the
+    worker hands its running jobs back and raises it (``conveyor worker`` exits 1)."""
+    started, gate = threading.Event(), threading.Event()
+
+    @app.task
+    def held() -> str:
+        started.set()
+        gate.wait(10)
+        return "done"
+
+    job = held.delay()
+    worker = Worker(app, concurrency=2, grace=30)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            worker.run()
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(5)
+    fetches = len(broker.fetch_counts)
+    broker.refuse_fetches = True
+    thread.join(5)  # one fetch block (1 s) at most, not the 30 s grace
+    gate.set()
+    assert not thread.is_alive()
+    assert len(broker.fetch_counts) == fetches + 1  # refused once, never asked again
+    assert [type(e) for e in errors] == [BrokerAuthError]
+    assert job.status == JobStatus.QUEUED  # handed back for another worker
+
+    with pytest.raises(BrokerAuthError, match="refused the login"):
+        Worker(app).drain(timeout=5)
 
 
 def test_finish_errors_are_retried_until_the_result_is_written(

@@ -48,6 +48,12 @@ def linger() -> int:
     return os.getpid()
 
 @app.task
+def stall_exit() -> int:
+    import atexit  # an exit handler that never returns: only a kill ends the process
+    atexit.register(time.sleep, 3600)
+    return os.getpid()
+
+@app.task
 def sigkill(path: str) -> None:
     with open(path, "a") as f:
         f.write(f"{os.getpid()}\\n")
@@ -261,12 +267,30 @@ def test_a_child_above_max_child_memory_after_a_job_is_recycled(
     assert "(max_child_memory=50 MiB); that was its first job" in caplog.text
 
 
+def test_a_recycled_child_exits_without_waiting_for_threads_its_task_left(
+    tasks: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="conveyor.worker")
+    lingered = tasks.linger.delay()
+    then = tasks.pid.delay()
+    with pool(tasks, max_jobs_per_child=1):
+        first = lingered.result(timeout=30)
+        assert then.result(timeout=30) != first
+        deadline = time.monotonic() + 5  # well before RETIRE_PATIENCE would kill it
+        while alive(first) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not alive(first)
+    assert "1 thread(s) that tasks started are still running: 'Thread-" in caplog.text
+    assert f"worker process {first} exits without waiting for them" in caplog.text
+    assert "did not exit within" not in caplog.text
+
+
 def test_a_recycled_child_that_does_not_exit_is_killed(
     tasks: ModuleType, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setattr("conveyor.worker._processes.RETIRE_PATIENCE", 0.5)
     caplog.set_level(logging.WARNING, logger="conveyor.worker")
-    stuck = tasks.linger.delay()
+    stuck = tasks.stall_exit.delay()
     then = tasks.pid.delay()
     with pool(tasks, max_jobs_per_child=1):
         first = stuck.result(timeout=30)

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
-
 from .._clock import Clock, SystemClock
 from .._errors import InvalidURL
 from ._port import Broker, Finish, LeaseState
+from ._url import REDIS_SCHEMES, SCHEME_NAME, parse_redis_url, redact_url
 
 __all__ = [
     "DEFAULT_URL",
@@ -19,21 +18,32 @@ __all__ = [
 ]
 
 DEFAULT_URL = "sqlite:///./conveyor.db"
-_REDIS_SCHEMES = {"redis", "rediss", "unix", "redis+sentinel", "redis+cluster"}
 
 
 def check_url(url: str) -> str:
-    """The URL's scheme, or ``InvalidURL`` saying what to write instead."""
-    if not isinstance(url, str) or "://" not in url:
+    """The URL's scheme, or ``InvalidURL`` saying what to write instead. A Redis URL is
+    read whole (hosts, ports, database, options), so a bad one fails where the app is
+    made; no message shows a password (see ``_url``)."""
+    if not isinstance(url, str):
         raise InvalidURL(
-            f"bad broker URL {url!r}: use memory://, sqlite:///path/to/jobs.db or "
+            f"the broker URL must be a str, not {type(url).__name__}: use memory://, "
+            "sqlite:///path/to/jobs.db or redis://host:6379/0"
+        )
+    scheme, sep, _ = url.partition("://")
+    if not sep:
+        raise InvalidURL(
+            f"bad broker URL {redact_url(url)!r}: use memory://, sqlite:///path/to/jobs.db or "
             "redis://host:6379/0"
         )
-    scheme = urlsplit(url).scheme.lower()
-    if scheme not in _REDIS_SCHEMES | {"memory", "sqlite"}:
+    scheme = scheme.lower()
+    if scheme == "redis+cluster" or scheme in REDIS_SCHEMES:
+        parse_redis_url(url)
+    elif scheme not in ("memory", "sqlite"):
+        shown = repr(scheme) if SCHEME_NAME.fullmatch(scheme) else "(not a scheme name)"
         raise InvalidURL(
-            f"unknown broker scheme {scheme!r} in {url!r}: use memory://, sqlite:///path.db, "
-            "redis://, rediss://, unix://, redis+sentinel:// or redis+cluster://"
+            f"unknown broker scheme {shown} in {redact_url(url)!r}: use memory://, "
+            "sqlite:///path.db, redis://, rediss://, unix://, redis+sentinel:// or "
+            "redis+cluster://"
         )
     return scheme
 
@@ -43,7 +53,7 @@ def load_adapter(url: str) -> None:
     pays for its client library there (redis-py takes ~55 ms to import), not in its first
     job, and a missing one fails where the app is made."""
     scheme = check_url(url)
-    if scheme in _REDIS_SCHEMES:
+    if scheme not in ("memory", "sqlite"):
         from . import redis  # noqa: F401
 
 
@@ -52,7 +62,8 @@ def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor
 
     ``memory://`` (one process), ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``,
     ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
-    ``redis+sentinel://host:port/service_name``, ``redis+cluster://host:port``.
+    ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``
+    (``redis+cluster://`` is refused with a message). docs/redis.md lists the options.
     """
     scheme = check_url(url)
     clock = clock or SystemClock()
@@ -63,19 +74,11 @@ def open_broker(url: str, *, clock: Clock | None = None, prefix: str = "conveyor
     if scheme == "sqlite":
         from .sqlite import SQLiteBroker, sqlite_path
 
-        return SQLiteBroker(sqlite_path(url), clock=clock)
+        try:
+            path = sqlite_path(url)
+        except InvalidURL as exc:  # its message quotes the URL: show it redacted
+            raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
+        return SQLiteBroker(path, clock=clock)
     from .redis import RedisBroker
 
     return RedisBroker(url, prefix=prefix, clock=clock)
-
-
-def redact_url(url: str) -> str:
-    """The URL with its password masked, for logs and tables."""
-    parts = urlsplit(url)
-    if not parts.password:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))

@@ -26,12 +26,13 @@ Contract, in short:
   nothing down again; a cancelled dependent is skipped. Brokers do not judge outcomes: a
   dependent is released whatever its dependencies ended as, and its worker reads their
   records (``workflows.short_circuit``).
-* ``fetch`` hands out up to ``count`` jobs from the given queues under a lease of ``lease``
-  seconds: higher priority first, FIFO within a priority, due scheduled jobs included, and
-  jobs whose lease expired (their worker died) reclaimed. Each delivery gets a fresh
-  ``token``, unique for that job (an adapter may share one token across a fetched batch, so
-  a delivery is identified by job id and token together); ``deliveries`` counts hand-outs.
-  It blocks up to ``block`` seconds when there is nothing to hand out, without spinning.
+* ``fetch`` hands out up to ``count`` jobs from the given queues (but paused ones, see
+  ``pause``) under a lease of ``lease`` seconds: higher priority first, FIFO within a
+  priority, due scheduled jobs included, and jobs whose lease expired (their worker died)
+  reclaimed. Each delivery gets a fresh ``token``, unique for that job (an adapter may
+  share one token across a fetched batch, so a delivery is identified by job id and token
+  together); ``deliveries`` counts hand-outs. It blocks up to ``block`` seconds when there
+  is nothing to hand out, without spinning.
 * ``renew``, ``finish``, ``release`` and ``progress`` are *fenced*: they take effect only if
   the delivery's token is still the job's current token (the lease was not taken over), and
   report per delivery whether they did. A stale finish changes nothing. A repeat of a
@@ -45,9 +46,39 @@ Contract, in short:
   count as a delivery. A job whose cancel was requested while it ran ends ``cancelled``
   instead when it is released or its lease expires.
 * ``cancel`` keeps the cancelled record (and its payload, for ``payload``) for a day, like a
-  result.
+  result, with the reason ``CANCELLED_PENDING``; a running job cancelled and then released
+  or abandoned (lease expired) ends with ``CANCELLED_WORKER_STOPPED``.
+* ``get`` gives each record's ``deliveries`` (as fetch counts them; 0 again after a retry or
+  a requeue) and ``reason`` (the finish's, or the cancel's above; "" while the job is
+  pending or after it succeeded).
 * ``wait`` blocks until the job is terminal (or the timeout passes) without a sleep loop;
   a result written before ``wait`` starts is returned at once.
+* ``entries`` lists one status, a page at a time (``limit`` >= 1 jobs after skipping
+  ``offset``), in one fixed order per status, so pages follow each other: queued jobs in
+  the order ``fetch`` hands them out (highest priority first, then first in line first);
+  scheduled jobs soonest ``eta`` first, then the parked ones (waiting for ``promote`` or
+  their dependencies), ties by job id; every other status newest first by ``at`` (when the
+  job last changed), ties by job id, highest first. An adapter that indexes ended jobs by
+  when their record expires (Redis) gives that order exactly where the jobs of a queue
+  and status share one result TTL, and close to it where they do not.
+* ``pause(queue)``: ``fetch`` hands out no job of the queue until ``resume(queue)``; the
+  rest goes on (enqueue, due scheduled jobs and reclaimed leases become queued, running
+  jobs renew and finish, retries are scheduled). Persistent in the broker (a restarted
+  worker finds the queue paused), idempotent, and allowed for a queue without jobs.
+  ``resume`` wakes fetches blocked on the queue: one takes its jobs within a second.
+  ``stats`` lists every paused queue (with ``paused`` set) whether or not it has jobs.
+* ``requeue`` puts ended jobs back: for each (job id, new payload), in one atomic step
+  per job, a job that is failed, dead or cancelled goes back as a fresh job -- the new
+  payload (the app resets its retry count in it: brokers never decode payloads), no
+  result, reason, progress, eta or expiry, deliveries counted from 0 -- and its unique key
+  and ``depends_on`` count as on enqueue: the key is taken again, unless another pending
+  job holds it, and then nothing changes and that job's id is reported (enqueue's
+  deduplication); each dependency that has not ended is waited for again (the job is
+  parked until the last one ends; an unknown or expired one is not waited for); with none
+  to wait for, it goes to the back of its queue at its priority. Per item it reports the
+  id of the pending job that now stands for it (its own: requeued; another: deduplicated),
+  or None, changing nothing, for an unknown or expired id or a job that is not failed,
+  dead or cancelled (queued, scheduled, running, succeeded).
 * Time: ``eta``, leases and TTLs are read on the injected clock; ``block`` and ``timeout``
   are real seconds a caller waits. ``fetch`` with ``count=0`` returns at once.
 * Nothing from ``redis`` or ``sqlite3`` leaves an adapter: errors become ``BrokerError``.
@@ -63,7 +94,7 @@ from collections.abc import Sequence
 
 import msgspec
 
-from .._errors import DependencyNotFound
+from .._errors import ConfigurationError, DependencyNotFound
 from .._message import (
     Delivery,
     Envelope,
@@ -76,6 +107,19 @@ from .._message import (
 from ..stores._port import KeyValue
 
 PARKED = math.inf  # the eta of a job that waits for ``promote``
+# The ended statuses ``requeue`` puts back (a succeeded job keeps its result, not its work).
+REQUEUEABLE = frozenset({JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
+# The reason of a job cancelled by the broker, not by its worker's finish (``Job.cancel``).
+CANCELLED_PENDING = "cancelled before it ran"
+CANCELLED_WORKER_STOPPED = "cancelled while running (its worker stopped)"
+
+
+def check_page(limit: int, offset: int) -> None:
+    """``entries`` takes at least one job per page, after skipping none or more."""
+    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
+        raise ConfigurationError(f"bad limit {limit!r}: list at least 1 job per page")
+    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
+        raise ConfigurationError(f"bad offset {offset!r}: skip 0 or more jobs")
 
 
 def unknown_dependency(job_id: str, dependency: str) -> DependencyNotFound:
@@ -194,16 +238,32 @@ class Broker(ABC):
 
     @abstractmethod
     def stats(self) -> list[QueueStats]:
-        """Depth per known queue."""
+        """Jobs per status per known queue, and every paused queue, by queue name."""
 
     @abstractmethod
-    def entries(self, status: JobStatus, queue: str | None, limit: int) -> list[JobEntry]:
-        """Jobs in a status with their payloads, newest first: failed and dead jobs (kept for
-        inspection and requeue) and running ones (``conveyor info``)."""
+    def entries(
+        self, status: JobStatus, queue: str | None, limit: int, offset: int = 0
+    ) -> list[JobEntry]:
+        """A page of the jobs in a status (of one queue, or all) with their payloads, in the
+        status's order (see the contract): ``limit`` (>= 1) jobs after skipping ``offset``."""
 
     @abstractmethod
-    def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:
-        """Put failed or dead jobs back on their queue (all of them when ``job_ids`` is None)."""
+    def requeue(self, items: Sequence[tuple[str, bytes]]) -> list[str | None]:
+        """Put failed, dead or cancelled jobs back, each ``(job id, new payload)``; per item
+        the id of the pending job standing for it (its own, or the unique key's holder), or
+        None where nothing changed (unknown, or not failed, dead or cancelled)."""
+
+    @abstractmethod
+    def pause(self, queue: str) -> None:
+        """Stop handing out the queue's jobs until ``resume`` (persistent, idempotent)."""
+
+    @abstractmethod
+    def resume(self, queue: str) -> None:
+        """Hand out the queue's jobs again, waking fetches blocked on it (idempotent)."""
+
+    @abstractmethod
+    def paused(self) -> list[str]:
+        """The paused queues, by name."""
 
     @abstractmethod
     def purge(self, queue: str) -> int:

@@ -20,7 +20,8 @@ One file holds everything (the broker's and the key-value store's tables), so on
     ``progress``, ``progress_note``, ``updated_at``, ``expires_at`` (terminal jobs: the row
     is invisible from then on and deleted lazily), ``waiting`` (v2: how many of the job's
     ``depends_on`` have not ended; a job above 0 is ``scheduled`` with a NULL ``eta``, so
-    nothing but the last of them ending makes it due).
+    nothing but the last of them ending makes it due), ``depends_on`` (v3: the ids the job
+    waits for, joined by ',', so ``requeue`` can wait for them again as enqueue did).
     ``rowid`` is insertion order (a row is only ever inserted once; an expired one is
     deleted before its id is reused), which breaks ties the way the memory adapter's dict
     does. The ``workers`` table keeps that order too (a heartbeat updates in place).
@@ -29,6 +30,9 @@ One file holds everything (the broker's and the key-value store's tables), so on
     Rows are written by the child's enqueue and deleted, all of a parent's at once, by the
     transaction that makes the parent terminal, which counts each child's ``waiting`` down.
     The primary key makes "does this job have dependents?" one index lookup.
+
+``paused(queue)`` -- v3: one row per paused queue (``pause``); the claim in ``fetch`` leaves
+    their jobs queued, and ``resume`` deletes the row and wakes blocked fetches.
 
 ``kv(key, value, expires_at, version)`` -- the ``KeyValue`` store's values and counters.
 
@@ -122,7 +126,12 @@ _V2 = (
     ) WITHOUT ROWID""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+_V3 = (
+    "ALTER TABLE jobs ADD COLUMN depends_on TEXT NOT NULL DEFAULT ''",
+    "CREATE TABLE paused (queue TEXT PRIMARY KEY) WITHOUT ROWID",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _META = "CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value INTEGER NOT NULL)"

@@ -11,6 +11,7 @@ import heapq
 import itertools
 import secrets
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -24,9 +25,20 @@ from .._message import (
     JobStatus,
     QueueStats,
     WorkerInfo,
+    validate_queue,
 )
 from ..stores.memory import MemoryKV
-from ._port import PARKED, Broker, Finish, LeaseState, unknown_dependency
+from ._port import (
+    CANCELLED_PENDING,
+    CANCELLED_WORKER_STOPPED,
+    PARKED,
+    REQUEUEABLE,
+    Broker,
+    Finish,
+    LeaseState,
+    check_page,
+    unknown_dependency,
+)
 
 _PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
 _IDLE_WAKE = 0.05  # longest real sleep while a lease or eta may come due on an injected clock
@@ -60,6 +72,13 @@ class _State:
     keys: dict[str, str] = field(default_factory=dict)
     running: set[str] = field(default_factory=set)  # ids last seen running (pruned lazily)
     workers: dict[str, tuple[WorkerInfo, float]] = field(default_factory=dict)
+    paused: set[str] = field(default_factory=set)
+
+
+def _due(job: _Job) -> float:
+    """When a scheduled job comes due; a parked one (promote, dependencies) never does."""
+    eta = job.envelope.eta
+    return PARKED if job.waiting or eta is None else eta
 
 
 class MemoryBroker(Broker):
@@ -125,6 +144,8 @@ class MemoryBroker(Broker):
         best: tuple[int, int, str] | None = None
         best_queue = ""
         for q in queues:
+            if q in self._s.paused:
+                continue
             heap = self._s.ready.get(q)
             while heap:
                 prio, seq, job_id = heap[0]
@@ -144,7 +165,8 @@ class MemoryBroker(Broker):
         """A running job whose worker let go: queue it again, unless it was being cancelled."""
         job.token = ""
         if job.cancel_requested:
-            self._end(job, JobStatus.CANCELLED, None, "", expires=now + 86400.0, now=now)
+            reason = CANCELLED_WORKER_STOPPED
+            self._end(job, JobStatus.CANCELLED, None, reason, expires=now + 86400.0, now=now)
         else:
             self._push_ready(job)
 
@@ -270,8 +292,8 @@ class MemoryBroker(Broker):
         out: list[Delivery] = []
         if count <= 0:
             return out
+        deadline = time.monotonic() + block
         with self._cond:
-            waited = 0.0
             while True:
                 now = self._clock.time()
                 self._promote(now)
@@ -296,14 +318,13 @@ class MemoryBroker(Broker):
                             priority=env.priority,
                         )
                     )
-                if out or waited >= block:
+                step = deadline - time.monotonic()  # real seconds: a wake-up may come early
+                if out or step <= 0:
                     return out
-                step = block - waited
                 nxt = self._next_event()
                 if nxt is not None:
                     step = min(step, max(nxt - now, 0.001), _IDLE_WAKE)
                 self._cond.wait(step)
-                waited += step
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         states: list[LeaseState] = []
@@ -391,6 +412,8 @@ class MemoryBroker(Broker):
             progress=job.progress,
             progress_note=job.progress_note,
             updated_at=job.updated_at,
+            deliveries=job.deliveries,
+            reason=job.reason,
         )
 
     def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
@@ -428,7 +451,8 @@ class MemoryBroker(Broker):
                 job.cancel_requested = True
             elif job.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
                 self._forget_dependencies(job)
-                self._end(job, JobStatus.CANCELLED, None, "", expires=now + 86400.0, now=now)
+                reason = CANCELLED_PENDING
+                self._end(job, JobStatus.CANCELLED, None, reason, expires=now + 86400.0, now=now)
                 self._cond.notify_all()
             return job.status
 
@@ -437,21 +461,36 @@ class MemoryBroker(Broker):
     def stats(self) -> list[QueueStats]:
         with self._cond:
             now = self._clock.time()
-            by_queue: dict[str, QueueStats] = {}
+            by_queue = {q: QueueStats(q, paused=True) for q in self._s.paused}
             for job_id in list(self._s.jobs):
                 job = self._live(job_id, now)
                 if job is None:
                     continue
                 st = by_queue.setdefault(job.envelope.queue, QueueStats(job.envelope.queue))
                 name = job.status.value
-                if hasattr(st, name) and name != "queue":
-                    setattr(st, name, getattr(st, name) + 1)
+                setattr(st, name, getattr(st, name) + 1)
             return sorted(by_queue.values(), key=lambda s: s.queue)
 
-    def entries(self, status: JobStatus, queue: str | None, limit: int) -> list[JobEntry]:
+    def entries(
+        self, status: JobStatus, queue: str | None, limit: int, offset: int = 0
+    ) -> list[JobEntry]:
+        check_page(limit, offset)
         with self._cond:
             now = self._clock.time()
             found = [
+                j
+                for i in list(self._s.jobs)
+                if (j := self._live(i, now)) is not None
+                and j.status is status
+                and (queue is None or j.envelope.queue == queue)
+            ]
+            if status is JobStatus.QUEUED:  # the order fetch hands them out in
+                found.sort(key=lambda j: (-j.envelope.priority, j.seq))
+            elif status is JobStatus.SCHEDULED:  # soonest first; parked ones last
+                found.sort(key=lambda j: (_due(j), j.envelope.id))
+            else:
+                found.sort(key=lambda j: (j.updated_at, j.envelope.id), reverse=True)
+            return [
                 JobEntry(
                     id=j.envelope.id,
                     queue=j.envelope.queue,
@@ -460,43 +499,50 @@ class MemoryBroker(Broker):
                     reason=j.reason,
                     at=j.updated_at,
                 )
-                for i in list(self._s.jobs)
-                if (j := self._live(i, now)) is not None
-                and j.status is status
-                and (queue is None or j.envelope.queue == queue)
+                for j in found[offset : offset + limit]
             ]
-        found.sort(key=lambda e: e.at, reverse=True)
-        return found[:limit]
 
-    def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:
-        n = 0
-        if status not in (JobStatus.FAILED, JobStatus.DEAD):
-            return 0
+    def requeue(self, items: Sequence[tuple[str, bytes]]) -> list[str | None]:
         with self._cond:
             now = self._clock.time()
-            ids = list(self._s.jobs) if job_ids is None else list(job_ids)
-            for i in ids:
-                job = self._live(i, now)
-                if job is None or job.status is not status:
-                    continue
-                job.expires_at = None
-                job.result = None
-                job.reason = ""
-                job.deliveries = 0
-                job.updated_at = now
-                job.envelope = Envelope(
-                    id=job.envelope.id,
-                    queue=job.envelope.queue,
-                    payload=job.envelope.payload,
-                    priority=job.envelope.priority,
-                    key=job.envelope.key,
-                )
-                if job.envelope.key is not None:
-                    self._s.keys[job.envelope.key] = job.envelope.id
-                self._push_ready(job)
-                n += 1
+            out = [self._requeue_one(job_id, payload, now) for job_id, payload in items]
             self._cond.notify_all()
-        return n
+        return out
+
+    def _requeue_one(self, job_id: str, payload: bytes, now: float) -> str | None:
+        job = self._live(job_id, now)
+        if job is None or job.status not in REQUEUEABLE:
+            return None
+        env = job.envelope
+        if env.key is not None:  # as on enqueue: a pending job holding the key stands for it
+            holder = self._s.keys.get(env.key)
+            other = self._live(holder, now) if holder and holder != job_id else None
+            if other is not None and other.status in _PENDING:
+                return other.envelope.id
+            self._s.keys[env.key] = job_id
+        job.envelope = Envelope(
+            env.id, env.queue, payload, env.priority, key=env.key, depends_on=env.depends_on
+        )
+        job.expires_at, job.result, job.reason = None, None, ""
+        job.progress = job.progress_note = None
+        job.deliveries, job.waiting, job.updated_at = 0, 0, now
+        job.cancel_requested = False
+        if not (env.depends_on and self._wait_for_dependencies(job, now)):
+            self._push_ready(job)
+        return job_id
+
+    def pause(self, queue: str) -> None:
+        with self._cond:
+            self._s.paused.add(validate_queue(queue))
+
+    def resume(self, queue: str) -> None:
+        with self._cond:
+            self._s.paused.discard(validate_queue(queue))
+            self._cond.notify_all()
+
+    def paused(self) -> list[str]:
+        with self._cond:
+            return sorted(self._s.paused)
 
     def purge(self, queue: str) -> int:
         with self._cond:

@@ -51,9 +51,20 @@ from .._message import (
     JobStatus,
     QueueStats,
     WorkerInfo,
+    validate_queue,
 )
 from ..stores.sqlite import SQLiteKV
-from ._port import PARKED, Broker, Finish, LeaseState, unknown_dependency
+from ._port import (
+    CANCELLED_PENDING,
+    CANCELLED_WORKER_STOPPED,
+    PARKED,
+    REQUEUEABLE,
+    Broker,
+    Finish,
+    LeaseState,
+    check_page,
+    unknown_dependency,
+)
 from ._sqlite_notify import ANY_JOB, FETCHERS, Notifier, job_waiters
 from ._sqlite_schema import Database
 
@@ -62,7 +73,7 @@ _INJECTED_CLOCK_RECHECK = 0.05  # an injected clock's due times do not map to re
 _SWEEP_EVERY = 30.0  # clock seconds between lazy deletions of expired rows
 _CANCELLED_TTL = 86400.0
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
-_RECORD = "id, status, queue, result, progress, progress_note, updated_at"
+_RECORD = "id, status, queue, result, progress, progress_note, updated_at, deliveries, reason"
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
 
 
@@ -90,8 +101,9 @@ def sqlite_path(url: str) -> str:
 # -- the broker ----------------------------------------------------------------------------------
 
 _INSERT = """
-INSERT INTO jobs(id, queue, payload, priority, status, seq, eta, key, updated_at, waiting)
-VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+INSERT INTO jobs(id, queue, payload, priority, status, seq, eta, key, updated_at, waiting,
+    depends_on)
+VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 # Jobs that ended take their dependents along (one primary-key lookup per job, one
 # statement per finished batch); each is counted down, and the last count makes it due.
@@ -116,7 +128,7 @@ _ABANDONED = f"""
     expires_at = CASE WHEN cancel_requested THEN ? + {_CANCELLED_TTL} END,
     updated_at = CASE WHEN cancel_requested THEN ? ELSE updated_at END,
     result = CASE WHEN cancel_requested THEN NULL ELSE result END,
-    reason = CASE WHEN cancel_requested THEN '' ELSE reason END,
+    reason = CASE WHEN cancel_requested THEN '{CANCELLED_WORKER_STOPPED}' ELSE reason END,
     token = '', lease_until = NULL, cancel_requested = 0
 """
 _RECLAIM = f"""
@@ -137,7 +149,8 @@ WHERE id IN (SELECT id FROM ({heads}) ORDER BY priority DESC, seq LIMIT ?)
 RETURNING id, queue, payload, token, deliveries, priority, seq
 """
 _PROBE = """
-SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND queue IN ({queues})),
+SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'queued' AND queue IN ({queues})
+        AND queue NOT IN (SELECT queue FROM paused)),
        (SELECT min(eta) FROM jobs WHERE status = 'scheduled'),
        (SELECT min(lease_until) FROM jobs WHERE status = 'running')
 """
@@ -166,12 +179,21 @@ UPDATE jobs SET {_ABANDONED}, seq = ?, deliveries = max(deliveries - 1, 0), toke
 WHERE {_OWNED}
 RETURNING status
 """
-_REQUEUE = f"""
-UPDATE jobs SET status = 'queued', seq = ?, eta = NULL, token = '',
+# A failed, dead or cancelled job back as a fresh one (its key and dependencies: _requeue_one).
+_REQUEUE = """
+UPDATE jobs SET status = ?, payload = ?, seq = ?, waiting = ?, eta = NULL, token = '',
     lease_until = NULL, expires_at = NULL, result = NULL, reason = '', deliveries = 0,
-    cancel_requested = 0, updated_at = ?
-WHERE id = ? AND status = ? AND {_LIVE}
+    progress = NULL, progress_note = NULL, cancel_requested = 0, updated_at = ?
+WHERE id = ?
 """
+_PENDING_KEY = """SELECT id FROM jobs WHERE key = ? AND id != ?
+    AND status IN ('queued', 'scheduled', 'running') LIMIT 1"""
+# The order of each status in ``entries`` (see the port's contract).
+_ENTRY_ORDER = {
+    JobStatus.QUEUED: "priority DESC, seq",
+    JobStatus.SCHEDULED: "coalesce(eta, 9e999), id",  # a waiting job's eta is NULL: last
+}
+_NEWEST_FIRST = "updated_at DESC, id DESC"
 
 
 def _marks(n: int) -> str:
@@ -187,7 +209,7 @@ def _take_seq(conn: sqlite3.Connection, n: int) -> int:
 
 
 def _record(row: tuple[Any, ...]) -> JobRecord:
-    job_id, status, queue, result, progress, note, updated_at = row
+    job_id, status, queue, result, progress, note, updated_at, deliveries, reason = row
     state = JobStatus(status)
     return JobRecord(
         id=str(job_id),
@@ -197,6 +219,8 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
         progress=None if progress is None else float(progress),
         progress_note=None if note is None else str(note),
         updated_at=float(updated_at),
+        deliveries=int(deliveries),
+        reason=str(reason),
     )
 
 
@@ -236,18 +260,21 @@ class SQLiteBroker(Broker):
         return ids
 
     @staticmethod
-    def _wait_for_dependencies(conn: sqlite3.Connection, env: Envelope, now: float) -> int:
-        """Register the job as a dependent of each dependency not ended yet; how many."""
+    def _wait_for_dependencies(
+        conn: sqlite3.Connection, job_id: str, deps: Sequence[str], now: float, *, known: bool
+    ) -> int:
+        """Register the job as a dependent of each dependency not ended yet; how many. An
+        unknown one raises with ``known`` (enqueue), else it is not waited for (requeue)."""
         waiting = 0
-        for dep in env.depends_on:
+        for dep in deps:
             row = conn.execute(
                 f"SELECT status FROM jobs WHERE id = ? AND {_LIVE}", (dep, now)
             ).fetchone()
-            if row is None:
-                raise unknown_dependency(env.id, dep)
-            if not JobStatus(row[0]).terminal:
+            if row is None and known:
+                raise unknown_dependency(job_id, dep)
+            if row is not None and not JobStatus(row[0]).terminal:
                 waiting += conn.execute(
-                    "INSERT OR IGNORE INTO dependents(parent, child) VALUES (?, ?)", (dep, env.id)
+                    "INSERT OR IGNORE INTO dependents(parent, child) VALUES (?, ?)", (dep, job_id)
                 ).rowcount
         return waiting
 
@@ -279,7 +306,8 @@ class SQLiteBroker(Broker):
             return env.id  # idempotent: a producer retried a batch that was written
         if env.key is not None:
             row = conn.execute(
-                # A requeued job may share its key with a newer one: the later one wins.
+                # One pending job per key (requeue deduplicates as this does); the newest
+                # stands for the key should a file written before that hold two.
                 "SELECT id FROM jobs WHERE key = ? "
                 "AND status IN ('queued', 'scheduled', 'running') ORDER BY seq DESC LIMIT 1",
                 (env.key,),
@@ -288,14 +316,19 @@ class SQLiteBroker(Broker):
                 return str(row[0])
         status = JobStatus.SCHEDULED if env.eta is not None and env.eta > now else JobStatus.QUEUED
         eta, waiting = env.eta, 0
-        if env.depends_on and (waiting := self._wait_for_dependencies(conn, env, now)):
+        deps = env.depends_on
+        if deps and (waiting := self._wait_for_dependencies(conn, env.id, deps, now, known=True)):
             status, eta = JobStatus.SCHEDULED, None  # parked until the last one ends
         seq = _take_seq(conn, 1) + 1
         # An expired row under this id makes way: the new job is a new row (and rowid).
         conn.execute("DELETE FROM jobs WHERE id = ?", (env.id,))
         conn.execute(
             _INSERT,
-            (env.id, env.queue, env.payload, env.priority, status, seq, eta, env.key, now, waiting),
+            (
+                *(env.id, env.queue, env.payload, env.priority, status, seq, eta, env.key, now),
+                waiting,
+                ",".join(deps),
+            ),
         )
         return env.id
 
@@ -349,9 +382,12 @@ class SQLiteBroker(Broker):
             _take_seq(conn, moved + len(reclaimed))
             if cancelled := [i for i, st in reclaimed if st == JobStatus.CANCELLED]:
                 self._release_dependents(conn, cancelled)  # claimed right below if due
-            heads = " UNION ALL ".join([_HEAD] * len(queues))
-            args = [now + lease, now, *(x for q in queues for x in (q, count)), count]
-            rows = conn.execute(_CLAIM.format(heads=heads), args).fetchall()
+            paused = {q for (q,) in conn.execute("SELECT queue FROM paused")}
+            rows = []
+            if live := [q for q in queues if q not in paused]:
+                heads = " UNION ALL ".join([_HEAD] * len(live))
+                args = [now + lease, now, *(x for q in live for x in (q, count)), count]
+                rows = conn.execute(_CLAIM.format(heads=heads), args).fetchall()
         if swept:
             self._notify.sweep()
         self._wake_ended(i for i, st in reclaimed if st == JobStatus.CANCELLED)
@@ -519,8 +555,8 @@ class SQLiteBroker(Broker):
                 status = JobStatus.CANCELLED
                 conn.execute(
                     "UPDATE jobs SET status = ?, updated_at = ?, expires_at = ?, result = NULL, "
-                    "reason = '', cancel_requested = 0, waiting = 0 WHERE id = ?",
-                    (status, now, now + _CANCELLED_TTL, job_id),
+                    "reason = ?, cancel_requested = 0, waiting = 0 WHERE id = ?",
+                    (status, now, now + _CANCELLED_TTL, CANCELLED_PENDING, job_id),
                 )
                 due = self._release_dependents(conn, [job_id])
                 self._forget_dependencies(conn, [job_id])
@@ -545,40 +581,71 @@ class SQLiteBroker(Broker):
                 f"SELECT queue, status, count(*) FROM jobs WHERE {_LIVE} GROUP BY queue, status",
                 (self._clock.time(),),
             ).fetchall()
-        by_queue: dict[str, QueueStats] = {}
+            paused = conn.execute("SELECT queue FROM paused").fetchall()
+        by_queue = {q: QueueStats(q, paused=True) for (q,) in paused}
         for queue, status, n in rows:
             st = by_queue.setdefault(queue, QueueStats(queue))
-            if status != "queue" and hasattr(st, status):  # cancelled has no column
-                setattr(st, status, getattr(st, status) + n)
+            setattr(st, JobStatus(status).value, n)
         return sorted(by_queue.values(), key=lambda s: s.queue)
 
-    def entries(self, status: JobStatus, queue: str | None, limit: int) -> list[JobEntry]:
+    def entries(
+        self, status: JobStatus, queue: str | None, limit: int, offset: int = 0
+    ) -> list[JobEntry]:
+        check_page(limit, offset)
         sql = (
             f"SELECT id, queue, payload, status, reason, updated_at FROM jobs "
             f"WHERE status = ? AND (? IS NULL OR queue = ?) AND {_LIVE} "
-            f"ORDER BY updated_at DESC, rowid LIMIT ?"
+            f"ORDER BY {_ENTRY_ORDER.get(status, _NEWEST_FIRST)} LIMIT ? OFFSET ?"
         )
         with self._db.read() as conn:
-            rows = conn.execute(sql, (status, queue, queue, self._clock.time(), limit))
+            rows = conn.execute(sql, (status, queue, queue, self._clock.time(), limit, offset))
             return [
                 JobEntry(id=i, queue=q, payload=bytes(p), status=JobStatus(s), reason=r, at=at)
                 for i, q, p, s, r, at in rows
             ]
 
-    def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:
+    def requeue(self, items: Sequence[tuple[str, bytes]]) -> list[str | None]:
         with self._db.write() as conn:
             now = self._clock.time()
-            if job_ids is None:
-                sql = f"SELECT id FROM jobs WHERE status = ? AND {_LIVE} ORDER BY rowid"
-                job_ids = [r[0] for r in conn.execute(sql, (status, now))]
-            base = _take_seq(conn, len(job_ids))
-            n = sum(
-                conn.execute(_REQUEUE, (base + i, now, job_id, status, now)).rowcount
-                for i, job_id in enumerate(job_ids, 1)
-            )
-        if n:
+            out = [self._requeue_one(conn, job_id, payload, now) for job_id, payload in items]
+        if any(got == job_id for got, (job_id, _) in zip(out, items, strict=True)):
             self._notify.wake(FETCHERS)
-        return n
+        return out
+
+    def _requeue_one(
+        self, conn: sqlite3.Connection, job_id: str, payload: bytes, now: float
+    ) -> str | None:
+        row = conn.execute(
+            f"SELECT status, key, depends_on FROM jobs WHERE id = ? AND {_LIVE}", (job_id, now)
+        ).fetchone()
+        if row is None or JobStatus(row[0]) not in REQUEUEABLE:
+            return None
+        _, key, deps = row
+        if key is not None:  # as on enqueue: a pending job holding the key stands for it
+            holder = conn.execute(_PENDING_KEY, (key, job_id)).fetchone()
+            if holder is not None:
+                return str(holder[0])
+        waiting = 0
+        if deps:
+            waiting = self._wait_for_dependencies(conn, job_id, deps.split(","), now, known=False)
+        status = JobStatus.SCHEDULED if waiting else JobStatus.QUEUED
+        seq = _take_seq(conn, 1) + 1
+        conn.execute(_REQUEUE, (status, payload, seq, waiting, now, job_id))
+        return job_id
+
+    def pause(self, queue: str) -> None:
+        with self._db.write() as conn:
+            conn.execute("INSERT OR IGNORE INTO paused(queue) VALUES (?)", (validate_queue(queue),))
+
+    def resume(self, queue: str) -> None:
+        with self._db.write() as conn:
+            gone = conn.execute("DELETE FROM paused WHERE queue = ?", (validate_queue(queue),))
+        if gone.rowcount:
+            self._notify.wake(FETCHERS)
+
+    def paused(self) -> list[str]:
+        with self._db.read() as conn:
+            return [q for (q,) in conn.execute("SELECT queue FROM paused ORDER BY queue")]
 
     def purge(self, queue: str) -> int:
         with self._db.write() as conn:

@@ -147,7 +147,7 @@ def requeue(
     if bool(job_ids) == all_:
         raise click.UsageError("give job ids or --all (not both)")
     app = app_for(app_spec, url)
-    moved = app.broker.requeue(None if all_ else list(job_ids), _LISTED[status])
+    moved = app.requeue_all(_LISTED[status]) if all_ else app.requeue(job_ids)
     click.echo(f"requeued {moved} {status} job(s)")
 
 

@@ -54,7 +54,8 @@ class DrainReport:
     was moved (s); ``waited`` the real seconds spent waiting for scheduled jobs. ``scheduled``
     is how many jobs of the drained queues are still scheduled (only after ``advance=False``
     or ``until=``), the first of them due at ``next_eta`` (epoch seconds, None if none or
-    the broker does not say).
+    the broker does not say). ``paused`` names the queues a drain left alone because they
+    are paused (``app.pause``): their jobs stay queued until ``app.resume``.
     """
 
     ran: int
@@ -63,6 +64,7 @@ class DrainReport:
     waited: float = 0.0
     scheduled: int = 0
     next_eta: float | None = None
+    paused: tuple[str, ...] = ()
 
 
 def drain(
@@ -138,11 +140,18 @@ class _Drain:
 
     def run(self, advance: bool) -> DrainReport:
         while True:
-            self._round()
+            if self._queues():
+                self._round()
             rest = left(self.app.broker, self._queues())
             if not advance or not self._move_on(rest):
                 return DrainReport(
-                    self.ran, self.rounds, self.advanced, self.waited, rest.scheduled, rest.next_eta
+                    self.ran,
+                    self.rounds,
+                    self.advanced,
+                    self.waited,
+                    rest.scheduled,
+                    rest.next_eta,
+                    tuple(sorted(self._paused())),
                 )
 
     # -- one round ---------------------------------------------------------------------------
@@ -183,10 +192,17 @@ class _Drain:
         return self.worker
 
     def _queues(self) -> list[str]:
+        """The queues to run: the ones asked for (or every one the app knows), but for those
+        paused, whose jobs a drain leaves queued as a worker would."""
         if self.fixed is not None:
-            return self.fixed
-        known = set(task_queues(self.app)) | {s.queue for s in self.app.broker.stats()}
-        return sorted(known)
+            known = set(self.fixed)
+        else:
+            known = set(task_queues(self.app)) | {s.queue for s in self.app.broker.stats()}
+        return sorted(known - self._paused())
+
+    def _paused(self) -> set[str]:
+        paused = set(self.app.broker.paused())
+        return paused if self.fixed is None else paused & set(self.fixed)
 
     # -- between rounds ------------------------------------------------------------------------
 

@@ -33,7 +33,8 @@ def drain(
 
     Meant for tests: besides ``app.trust`` and ``trust``, the packages that define the
     app's registered tasks are trusted, as if a worker had been started with their module.
-    Jobs scheduled for later (a retry's backoff, ``delay=``) are left for a later drain.
+    Jobs scheduled for later (a retry's backoff, ``delay=``) and those of a paused queue
+    (``app.pause``) are left for a later drain.
     """
     if queues is None:
         known = {DEFAULT_QUEUE} | {t.opts.queue for t in app.registry.values()}

@@ -13,17 +13,18 @@ import asyncio
 import dataclasses
 import threading
 import time
-import traceback
 from collections.abc import Callable
+from types import CoroutineType
 from typing import Any
 
 import msgspec
 
 from .._codec import Codec
 from .._context import CurrentJob, set_current_job
-from .._errors import SerializationError
+from .._errors import ResultTooLarge, SerializationError
 from .._message import Delivery, Message, Outcome, RemoteError
 from ..middleware import Run
+from ._describe import Interrupted, describe, lineage, name_of
 
 RUNNING = "running"
 COMPLETED = "completed"
@@ -59,13 +60,6 @@ class Stopped:
 Result = Returned | Raised | Stopped
 
 
-class Interrupted(BaseException):  # raised into a task, like KeyboardInterrupt
-    """Raised inside a thread-pool task to stop it (cancel or shutdown).
-
-    A ``BaseException`` so that a task's ``except Exception`` does not swallow it.
-    """
-
-
 @dataclasses.dataclass(eq=False)
 class Attempt:
     delivery: Delivery
@@ -93,32 +87,72 @@ class Attempt:
         return self.delivery.id
 
 
-def qualified(t: type) -> str:
-    return f"{t.__module__}.{t.__qualname__}"
-
-
 def raised(exc: BaseException) -> Raised:
-    """Describe an exception for the result store: type, message, formatted traceback."""
-    tb = "".join(traceback.format_exception(exc))
-    error = RemoteError(type=qualified(type(exc)), message=str(exc), traceback=tb)
-    return Raised(error, tuple(qualified(t) for t in type(exc).__mro__))
+    """Describe an exception for the result store: type, message, formatted traceback.
+    Never raises (except ``Interrupted``), whatever the exception does (``_describe``)."""
+    return Raised(*describe(exc))
 
 
 def synthetic(exc_type: type[BaseException], message: str) -> Raised:
     """A failure the worker observed rather than caught (a child process died or was killed)."""
-    error = RemoteError(type=qualified(exc_type), message=message)
-    return Raised(error, tuple(qualified(t) for t in exc_type.__mro__))
+    return Raised(RemoteError(type=name_of(exc_type), message=message), lineage(exc_type))
 
 
-def returned(codec: Codec, value: Any) -> Result:
-    """Encode a return value; a value the codec cannot encode fails the job instead."""
+@dataclasses.dataclass(frozen=True)
+class Results:
+    """Turns what a task returned into a ``Result`` for the result store: the codec, and the
+    cap on the encoded size (``Conveyor(max_result=...)``)."""
+
+    codec: Codec
+    max_result: int
+
+    def returned(self, task: str, value: Any) -> Result:
+        """Encode a return value. A value that cannot be stored (not encodable, its encoding
+        raised, over the cap, a coroutine nobody awaited) fails the job instead; never
+        raises, except ``Interrupted``."""
+        if type(value) is CoroutineType:  # not subclassable: the exact check is complete
+            return _coroutine(task, value)
+        try:
+            data = self.codec.encode_outcome(Outcome(value=value))
+        except Interrupted:
+            raise
+        except BaseException as exc:
+            return _unstorable(exc)
+        if len(data) > self.max_result:
+            return raised(ResultTooLarge(
+                f"the task's result encodes to {len(data):,} bytes, over the "
+                f"{self.max_result:,}-byte cap on results; store large results elsewhere "
+                "(a file, object store or app.store) and return their key, or raise "
+                "Conveyor(max_result=...)"
+            ))  # fmt: skip
+        return Returned(data)
+
+
+def _unstorable(exc: BaseException) -> Raised:
+    if issubclass(type(exc), SerializationError):  # not isinstance: that reads __class__
+        why = describe(exc)[0].message
+    else:  # the value's own code raised while being encoded (__iter__, __reduce__, ...)
+        error = describe(exc)[0]
+        why = f"encoding it raised {error.type}: {error.message}"
+    wrapped = SerializationError(
+        f"the task returned a value that cannot be stored as its result: {why}"
+    )
+    wrapped.__cause__ = exc  # the traceback shows where the value's code raised
+    return raised(wrapped)
+
+
+def _coroutine(task: str, value: Any) -> Raised:
     try:
-        return Returned(codec.encode_outcome(Outcome(value=value)))
-    except SerializationError as exc:
-        wrapped = SerializationError(
-            f"the task returned a value that cannot be stored as its result: {exc}"
-        )
-        return raised(wrapped)
+        value.close()  # never started: no "coroutine was never awaited" warning later
+    except Interrupted:
+        raise
+    except BaseException:
+        pass
+    return raised(TypeError(
+        f"task {task} returned a coroutine instead of a value: declare it `async def` so "
+        "the worker awaits it (a decorator that wraps an async function in a plain `def` "
+        "hides that), or await the coroutine inside the task"
+    ))  # fmt: skip
 
 
 def make_current_job(
@@ -134,7 +168,7 @@ def make_current_job(
     )
 
 
-def call(fn: Callable[..., Any], message: Message, job: CurrentJob, codec: Codec) -> Result:
+def call(fn: Callable[..., Any], message: Message, job: CurrentJob, results: Results) -> Result:
     """Run a sync task in this thread with ``current_job`` set. ``Interrupted`` propagates."""
     set_current_job(job)
     try:
@@ -145,10 +179,12 @@ def call(fn: Callable[..., Any], message: Message, job: CurrentJob, codec: Codec
         return raised(exc)
     finally:
         set_current_job(None)
-    return returned(codec, value)
+    return results.returned(message.task, value)
 
 
-async def acall(fn: Callable[..., Any], message: Message, job: CurrentJob, codec: Codec) -> Result:
+async def acall(
+    fn: Callable[..., Any], message: Message, job: CurrentJob, results: Results
+) -> Result:
     """Await an async task with ``current_job`` set (in the task's own context).
     ``CancelledError`` propagates: the caller knows why it cancelled."""
     set_current_job(job)
@@ -160,7 +196,7 @@ async def acall(fn: Callable[..., Any], message: Message, job: CurrentJob, codec
         return raised(exc)
     finally:
         set_current_job(None)  # what runs next in this asyncio task is the worker's, not the job's
-    return returned(codec, value)
+    return results.returned(message.task, value)
 
 
 def timed_out(result: Result, timeout: float | None, hard: bool = False) -> Result:

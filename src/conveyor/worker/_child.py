@@ -33,7 +33,9 @@ from .._errors import ConfigurationError
 from .._hooks import Hooks
 from .._message import Delivery
 from ..middleware import WorkerProcess
-from ._attempt import Result, acall, call, make_current_job, raised
+from ._attempt import Result, Results, acall, call, make_current_job, raised
+from ._describe import name_of, text_of
+from ._leftovers import let_go
 from ._middleware import wrap
 from ._resolve import Resolver
 
@@ -70,21 +72,24 @@ def main(fd: int) -> None:
         sys.path[:] = path
         app = import_app(spec)
     except BaseException as exc:
-        send(("error", f"{type(exc).__name__}: {exc}"))
+        send(("error", f"{name_of(type(exc))}: {text_of(exc)}"))
         return
     resolver = Resolver(app.registry, trusted)
+    results = Results(app.codec, app.max_result)
     hooks = Hooks(app.middleware) if app.middleware else None
     me = _me(worker)
     if hooks is not None:
         hooks.worker_start(me)
     jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
     threading.Thread(target=_listen, args=(conn, jobs), daemon=True).start()
+    before = threading.enumerate()
     send(("ready", None))
     while (job := jobs.get()) is not None:
         payload, deliveries = job
-        send(("done", _run(app, resolver, payload, deliveries, send, hooks=hooks)))
+        send(("done", _run(resolver, results, payload, deliveries, send, hooks=hooks)))
     if hooks is not None:
         hooks.worker_stop(me)
+    let_go(before, f"worker process {os.getpid()}")
 
 
 def _me(worker: WorkerProcess | None) -> WorkerProcess:
@@ -106,8 +111,8 @@ def _listen(conn: Connection, jobs: queue.SimpleQueue[Job]) -> None:
 
 
 def _run(
-    app: Conveyor,
     resolver: Resolver,
+    results: Results,
     payload: bytes,
     deliveries: int,
     send: Any,
@@ -115,9 +120,9 @@ def _run(
     hooks: Hooks | None,
 ) -> Result:
     try:
-        message = app.codec.decode_message(payload)
+        message = results.codec.decode_message(payload)
         fn = resolver.resolve(message.task).fn
-    except Exception as exc:  # the parent checked both already; only a race gets here
+    except BaseException as exc:  # the parent checked both already; only a race gets here
         return raised(exc)
     if hooks is not None:
         fn = wrap(hooks, fn, message)
@@ -125,10 +130,10 @@ def _run(
     job = make_current_job(message, delivery, lambda v, n: send(("progress", v, n)))
     if inspect.iscoroutinefunction(fn):
         try:
-            return asyncio.run(acall(fn, message, job, app.codec))
+            return asyncio.run(acall(fn, message, job, results))
         except BaseException as exc:
             return raised(exc)
-    return call(fn, message, job, app.codec)
+    return call(fn, message, job, results)
 
 
 if __name__ == "__main__":

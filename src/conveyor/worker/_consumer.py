@@ -24,11 +24,12 @@ from .. import ratelimit, workflows
 from .._backoff import Backoff
 from .._clock import Clock
 from .._codec import Codec
-from .._errors import BrokerError, ConfigurationError, UntrustedTask
+from .._errors import BrokerAuthError, BrokerError, ConfigurationError, UntrustedTask
 from .._message import Delivery, Envelope, JobStatus, Outcome
 from ..brokers._port import Broker, Finish, LeaseState
-from ._attempt import Attempt, Raised, Result
+from ._attempt import Attempt, Raised, Result, Results
 from ._deadlines import Deadlines
+from ._describe import name_of, text_of
 from ._finisher import Finisher
 from ._inflight import Inflight
 from ._joblog import log_job
@@ -44,6 +45,9 @@ log = logging.getLogger("conveyor.worker")
 
 QUICK = 0.001  # seconds: a run this short is tiny
 QUICK_RUNS = 3  # consecutive tiny runs before a task may run in the consumer's thread
+# What importing or unpickling user code may raise (a module that calls sys.exit() when
+# imported, say) and must only cost that job; a Ctrl-C still stops the worker.
+_USER_CODE_ERRORS = (Exception, SystemExit, GeneratorExit)
 
 
 class _Dead(Exception):
@@ -69,6 +73,7 @@ class Consumer:
         lease: float,
         max_deliveries: int,
         codec: Codec,
+        results: Results,
         clock: Clock,
         resolver: Resolver,
         outcomes: Outcomes,
@@ -83,6 +88,7 @@ class Consumer:
         self.lease = lease
         self.max_deliveries = max_deliveries
         self.codec = codec
+        self.results = results
         self.clock = clock
         self.resolver = resolver
         self.outcomes = outcomes
@@ -99,10 +105,13 @@ class Consumer:
     # -- fetching --------------------------------------------------------------------------
 
     def fetch(self, count: int, block: float) -> list[Delivery] | None:
-        """Up to ``count`` deliveries; None after a broker error (already backed off)."""
+        """Up to ``count`` deliveries; None after a broker error (already backed off).
+        ``BrokerAuthError`` is raised: no wait makes refused credentials good."""
         sent = time.monotonic()
         try:
             deliveries = self.broker.fetch(self.queues, self.name, count, self.lease, block)
+        except BrokerAuthError:
+            raise  # the same credentials are refused again: the worker stops (see Worker)
         except BrokerError as exc:
             delay = self.backoff.next()
             log.warning("cannot fetch from the broker, retrying in %.1f s: %s", delay, exc)
@@ -177,14 +186,15 @@ class Consumer:
             attempt.lost = True  # no more renewals
             self.inflight.drop([attempt])
 
-    def _let_go(self, attempt: Attempt) -> None:
+    def _let_go(self, attempt: Attempt, what: str = "start it") -> None:
         """A bug of ours, not the job's. Let go of it without a verdict: its lease
         expires, it is delivered again, and max_deliveries bounds a repeat."""
         log_job(
             logging.ERROR,
             attempt,
-            "job %s: cannot start it; it returns when its lease expires",
+            "job %s: cannot %s; it returns when its lease expires",
             attempt.job_id,
+            what,
             exc_info=True,
         )
         attempt.lost = True
@@ -237,7 +247,7 @@ class Consumer:
                 self.deadlines.add(attempt, attempt.message.timeout)
             attempt.began = time.monotonic()
             if here:
-                run_here(attempt, self.codec, self.complete, self.progress)
+                run_here(attempt, self.results, self.complete, self.progress)
             else:
                 self.executor.submit(attempt)
         except Exception:
@@ -295,8 +305,8 @@ class Consumer:
             )
         try:
             attempt.message = message = self.codec.decode_message(delivery.payload)
-        except Exception as exc:
-            raise _Dead(f"undecodable payload: {exc}") from exc
+        except _USER_CODE_ERRORS as exc:  # unpickling runs the payload's classes' code
+            raise _Dead(f"undecodable payload: {text_of(exc)}") from exc
         settled = workflows.short_circuit(self.app, message)
         if settled is not None:
             raise _Settled(settled)
@@ -304,8 +314,9 @@ class Consumer:
             found = self.resolver.resolve(message.task)
         except (UnknownTask, UntrustedTask) as exc:
             raise _Dead(str(exc)) from exc
-        except Exception as exc:  # the trusted module itself failed to import
-            raise _Dead(f"cannot load task {message.task!r}: {exc!r}") from exc
+        except _USER_CODE_ERRORS as exc:  # the trusted module itself failed to import
+            why = f"{name_of(type(exc))}: {text_of(exc)}"
+            raise _Dead(f"cannot load task {message.task!r}: {why}") from exc
         attempt.fn, attempt.is_async = found.fn, found.is_async
 
     # -- callbacks from the pools ----------------------------------------------------------
@@ -327,7 +338,10 @@ class Consumer:
             finish = Finish(attempt.delivery, JobStatus.FAILED, reason=f"worker error: {exc!r}")
         if finish.status is JobStatus.SCHEDULED:
             self._log_retry(attempt, finish)
-        self._record(attempt, finish)
+        try:
+            self._record(attempt, finish)
+        except Exception:  # not held for ever with its lease renewed: it runs again
+            self._let_go(attempt, "record its outcome")
 
     def _log_retry(self, attempt: Attempt, finish: Finish) -> None:
         message, error = attempt.message, attempt.error

@@ -4,27 +4,53 @@ Each job is an asyncio task; cancel, the time limit and shutdown call ``task.can
 the ``CancelledError`` is mapped back to why the worker cancelled it. Lease renewal does not
 run on this loop, so a coroutine that blocks the loop delays other coroutines but never lets
 a lease lapse.
+
+A coroutine that blocks the loop (``time.sleep``, a busy loop, a blocking client) cannot be
+interrupted: cancel, its time limit and other async jobs all wait until it awaits. The
+watch thread notices a loop that has not run its heartbeat for ``BLOCKED`` seconds and says
+at WARNING which job holds it, once per stall.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
+from typing import Any
 
-from .._codec import Codec
 from .._errors import SoftTimeLimit
-from ._attempt import TIMEOUT, Attempt, Result, Stopped, acall, make_current_job, raised, timed_out
+from ._attempt import (
+    TIMEOUT,
+    Attempt,
+    Result,
+    Results,
+    Stopped,
+    acall,
+    make_current_job,
+    raised,
+    timed_out,
+)
+from ._joblog import log_job
 from ._threads import Done, Report
+
+log = logging.getLogger("conveyor.worker")
+
+BEAT = 1.0  # seconds between the loop's heartbeats
+BLOCKED = 5.0  # seconds without a heartbeat after which a blocked loop is reported
 
 
 class LoopRunner:
-    def __init__(self, codec: Codec, done: Done, report: Report) -> None:
-        self._codec = codec
+    def __init__(self, results: Results, done: Done, report: Report) -> None:
+        self._results = results
         self._done = done
         self._report = report
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
+        self._running: dict[asyncio.Task[Any], Attempt] = {}  # for the blocked-loop line
+        self._beat_at = 0.0
+        self._closed = threading.Event()  # a new one per start: each watch thread has its own
 
     @property
     def started(self) -> bool:
@@ -40,6 +66,15 @@ class LoopRunner:
             )
             self._thread.start()
             self._loop = loop
+            self._closed = threading.Event()
+            self._beat_at = time.monotonic()
+            loop.call_soon_threadsafe(self._beat, loop)
+            threading.Thread(
+                target=self._watch,
+                args=(loop, self._closed),
+                name="conveyor-asyncio-watch",
+                daemon=True,
+            ).start()
 
     def _serve(self, loop: asyncio.AbstractEventLoop) -> None:
         asyncio.set_event_loop(loop)
@@ -47,6 +82,35 @@ class LoopRunner:
             loop.run_forever()
         finally:
             loop.close()
+
+    def _beat(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._beat_at = time.monotonic()
+        loop.call_later(BEAT, self._beat, loop)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop, closed: threading.Event) -> None:
+        reported = 0.0  # the heartbeat a stall was reported after: one line per stall
+        while not closed.wait(BEAT):
+            beat_at = self._beat_at
+            stalled = time.monotonic() - beat_at
+            if stalled < BLOCKED or beat_at == reported:
+                continue
+            reported = beat_at
+            task = asyncio.current_task(loop)  # a dict read: safe from this thread
+            attempt = self._running.get(task) if task is not None else None
+            if attempt is None:
+                log.warning("the event loop of async tasks has been blocked for %.0f s by "
+                            "code that does not await", stalled)  # fmt: skip
+                continue
+            log_job(
+                logging.WARNING,
+                attempt,
+                "job %s (%s) has blocked the event loop for %.0f s: other async jobs, its "
+                "cancel and its time limit wait until it awaits. Blocking calls in an "
+                "async def belong in `await asyncio.to_thread(...)`; or make it a plain def",
+                attempt.job_id,
+                attempt.name,
+                stalled,
+            )
 
     def submit(self, attempt: Attempt) -> None:
         self.start()
@@ -69,6 +133,7 @@ class LoopRunner:
             self._loop.call_soon_threadsafe(task.cancel)
 
     def shutdown(self) -> None:
+        self._closed.set()
         with self._lock:
             loop, self._loop = self._loop, None
         if loop is not None:
@@ -81,7 +146,11 @@ class LoopRunner:
             result = await self._execute(attempt)
         except BaseException as exc:  # never lose a job to a bug in this wrapper
             result = raised(exc)
-        self._done(attempt, result)
+        try:
+            self._done(attempt, result)
+        except Exception:  # the loop goes on with its other jobs
+            log_job(logging.ERROR, attempt, "job %s: cannot record how it ended",
+                    attempt.job_id, exc_info=True)  # fmt: skip
 
     async def _execute(self, attempt: Attempt) -> Result:
         assert attempt.fn is not None and attempt.message is not None
@@ -91,10 +160,12 @@ class LoopRunner:
                 return timed_out(raised(SoftTimeLimit()), message.timeout)
             if attempt.stop is not None:
                 return Stopped(attempt.stop)
-            attempt.handle = asyncio.current_task()
+            attempt.handle = task = asyncio.current_task()
+        assert task is not None
+        self._running[task] = attempt
         job = make_current_job(message, attempt.delivery, lambda v, n: self._report(attempt, v, n))
         try:
-            return await acall(attempt.fn, message, job, self._codec)
+            return await acall(attempt.fn, message, job, self._results)
         except asyncio.CancelledError as exc:
             if attempt.stop == TIMEOUT:
                 return timed_out(raised(SoftTimeLimit()), message.timeout)
@@ -102,5 +173,6 @@ class LoopRunner:
                 return Stopped(attempt.stop)
             return raised(exc)  # the task cancelled itself
         finally:
+            self._running.pop(task, None)
             with attempt.lock:
                 attempt.handle = None

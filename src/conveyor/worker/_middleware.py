@@ -34,8 +34,9 @@ from .._hooks import Hooks
 from .._message import JobStatus, Message
 from ..brokers._port import Finish
 from ..middleware import Outcome, Run, Status
-from ._attempt import TIMEOUT, Attempt, Interrupted, qualified
+from ._attempt import TIMEOUT, Attempt
 from ._consumer import Consumer
+from ._describe import Interrupted, name_of
 from ._joblog import log_job
 
 # What the worker raises into a run to stop it: it must reach the run, even inside a hook.
@@ -132,7 +133,8 @@ def _seen(exc: BaseException, attempt: Attempt | None) -> BaseException:
     """What ``after_run`` is told ended the run: the worker's own stop signals are shown as
     what they mean, not as the private exceptions that carry them."""
     why = attempt.stop if attempt is not None else None
-    if why is None or not isinstance(exc, Interrupted | asyncio.CancelledError):
+    # issubclass of the real type: isinstance() would ask a task's exception its __class__
+    if why is None or not issubclass(type(exc), Interrupted | asyncio.CancelledError):
         return exc
     if why == TIMEOUT:
         assert attempt is not None and attempt.message is not None
@@ -189,8 +191,8 @@ class HookedConsumer(Consumer):
         if self._reports:
             self._released(attempt)
 
-    def _let_go(self, attempt: Attempt) -> None:
-        super()._let_go(attempt)
+    def _let_go(self, attempt: Attempt, what: str = "start it") -> None:
+        super()._let_go(attempt, what)
         if self._reports:
             self._released(attempt)
 
@@ -233,7 +235,7 @@ class HookedConsumer(Consumer):
         if (
             run is not None
             and run.error is not None
-            and (described is None or described.type == qualified(type(run.error)))
+            and (described is None or described.type == name_of(type(run.error)))
         ):
             return run.error
         if described is None and finish.result is not None:

@@ -24,10 +24,9 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .._backoff import Backoff
-from .._codec import Codec
 from .._errors import ConfigurationError
 from ..middleware import WorkerProcess
-from ._attempt import Attempt
+from ._attempt import Attempt, Results
 from ._loop import LoopRunner
 from ._threads import Abandon, Done, Report, ThreadRunner
 
@@ -47,7 +46,7 @@ class Executor:
         self,
         pool: str,
         concurrency: int,
-        codec: Codec,
+        results: Results,
         done: Done,
         report: Report,
         *,
@@ -89,8 +88,8 @@ class Executor:
             )
         else:
             size = concurrency if pool == "threads" else min(concurrency, ASYNC_POOL_THREADS)
-            self._threads = ThreadRunner(size, codec, done, report)
-            self._loop = LoopRunner(codec, done, report)
+            self._threads = ThreadRunner(size, results, done, report)
+            self._loop = LoopRunner(results, done, report)
 
     def _runner(self, attempt: Attempt) -> Runner:
         if self._procs is not None:

@@ -42,12 +42,14 @@ import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import Any
 
 from .. import _logging
 from .._backoff import Backoff
 from .._errors import ConfigurationError
 from ..middleware import WorkerProcess
 from ._attempt import CANCEL, SHUTDOWN, TIMEOUT, Attempt, Result, Stopped, synthetic, timed_out
+from ._describe import text_of
 from ._joblog import log_job
 from ._threads import Abandon, Done, Report
 
@@ -99,6 +101,7 @@ class _Child:
         self.attempt: Attempt | None = None
         self.killed: str | None = None  # why the parent killed it
         self.jobs = 0  # jobs it has run to the end
+        self.reader: threading.Thread | None = None
 
 
 class ProcessRunner:
@@ -162,6 +165,10 @@ class ProcessRunner:
             child.proc.kill()  # a no-op for a child already reaped
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.proc.wait(2.0)
+        deadline = time.monotonic() + 2.0
+        for child in children:  # what a child said last (its leftover threads) gets written
+            if child.reader is not None:
+                child.reader.join(max(deadline - time.monotonic(), 0.0))
 
     def _spawn(self) -> _Child:
         ours, theirs = socket.socketpair()
@@ -201,9 +208,10 @@ class ProcessRunner:
             return f"it exited with code {code} while starting"
 
     def _adopt(self, child: _Child) -> None:
-        threading.Thread(
+        child.reader = threading.Thread(
             target=self._read, args=(child,), name="conveyor-child-reader", daemon=True
-        ).start()
+        )
+        child.reader.start()
         self._idle.put(child)
 
     # -- jobs ------------------------------------------------------------------------------
@@ -252,13 +260,26 @@ class ProcessRunner:
                 kind, *rest = child.conn.recv()
             except (EOFError, OSError):
                 break
-            if kind == "progress" and child.attempt is not None:
-                self._report(child.attempt, rest[0], rest[1])
-            elif kind == "done":
-                self._finished(child, rest[0])
-            elif kind == "log":
-                _logging.replay(rest[0])
+            except BaseException as exc:  # read whole, so the next message is in step
+                log.warning("worker process %s sent a message that cannot be read here "
+                            "(a log record's extra= value?): %s", child.proc.pid,
+                            text_of(exc))  # fmt: skip
+                continue
+            try:
+                self._handle(child, kind, rest)
+            except BaseException:  # the only reader of the child's results (and log
+                # handlers, which are the app's code, replay its records here)
+                log.exception("worker process %s: cannot handle its %r message",
+                              child.proc.pid, kind)  # fmt: skip
         self._died(child)
+
+    def _handle(self, child: _Child, kind: str, rest: list[Any]) -> None:
+        if kind == "progress" and child.attempt is not None:
+            self._report(child.attempt, rest[0], rest[1])
+        elif kind == "done":
+            self._finished(child, rest[0])
+        elif kind == "log":
+            _logging.replay(rest[0])
 
     def _finished(self, child: _Child, result: Result) -> None:
         child.jobs += 1

@@ -23,19 +23,19 @@ import queue
 import threading
 from collections.abc import Callable
 
-from .._codec import Codec
 from .._errors import SoftTimeLimit
 from ._attempt import (
     TIMEOUT,
     Attempt,
-    Interrupted,
     Result,
+    Results,
     Stopped,
     call,
     make_current_job,
     raised,
     timed_out,
 )
+from ._describe import Interrupted
 from ._joblog import log_job
 
 log = logging.getLogger("conveyor.worker")
@@ -52,9 +52,9 @@ def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
 
 
 class ThreadRunner:
-    def __init__(self, size: int, codec: Codec, done: Done, report: Report) -> None:
+    def __init__(self, size: int, results: Results, done: Done, report: Report) -> None:
         self._size = size
-        self._codec = codec
+        self._results = results
         self._done = done
         self._report = report
         self._queue: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
@@ -86,13 +86,17 @@ class ThreadRunner:
 
     def _work(self) -> None:
         while (attempt := self._queue.get()) is not None:
-            run_here(attempt, self._codec, self._done, self._report)
+            try:
+                run_here(attempt, self._results, self._done, self._report)
+            except BaseException:  # whatever happened, the pool keeps this thread
+                log_job(logging.ERROR, attempt, "job %s: the thread pool failed to record it",
+                        attempt.job_id, exc_info=True)  # fmt: skip
 
 
-def run_here(attempt: Attempt, codec: Codec, done: Done, report: Report) -> None:
+def run_here(attempt: Attempt, results: Results, done: Done, report: Report) -> None:
     """Run a sync job in the calling thread, then report how it ended to ``done``."""
     try:
-        result = _execute(attempt, codec, report)
+        result = _execute(attempt, results, report)
     except BaseException as exc:  # a bug here must not cost the pool a thread
         log_job(logging.ERROR, attempt, "job %s: the thread pool failed to run it",
                 attempt.job_id, exc_info=True)  # fmt: skip
@@ -100,7 +104,7 @@ def run_here(attempt: Attempt, codec: Codec, done: Done, report: Report) -> None
     done(attempt, result)
 
 
-def _execute(attempt: Attempt, codec: Codec, report: Report) -> Result:
+def _execute(attempt: Attempt, results: Results, report: Report) -> Result:
     assert attempt.fn is not None and attempt.message is not None
     ident = threading.get_ident()
     message = attempt.message
@@ -113,7 +117,7 @@ def _execute(attempt: Attempt, codec: Codec, report: Report) -> Result:
                 return Stopped(attempt.stop)
             attempt.handle = ident
         try:
-            result = call(attempt.fn, message, job, codec)
+            result = call(attempt.fn, message, job, results)
         finally:
             with attempt.lock:
                 attempt.handle = None

@@ -32,18 +32,20 @@ from typing import TYPE_CHECKING
 
 from .. import _logging
 from .._backoff import Backoff
-from .._errors import BrokerError, ConfigurationError
+from .._checks import names, refuse, seconds, whole
+from .._errors import BrokerError
 from .._hooks import Hooks
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
 from ..middleware import WorkerProcess
 from ..scheduler import Scheduler
-from ._attempt import SHUTDOWN
+from ._attempt import SHUTDOWN, Results
 from ._consumer import Consumer
 from ._deadlines import Deadlines
 from ._finisher import Finisher
 from ._inflight import Inflight
 from ._lease import Keeper
+from ._leftovers import let_go
 from ._middleware import consumer_factory
 from ._outcome import Outcomes
 from ._pools import POOLS, Executor, check_recycling
@@ -90,13 +92,16 @@ class Worker:
         max_child_memory: int | None = None,
         rand: Callable[[], float] | None = None,
     ) -> None:
-        _check(
+        lease, grace = _check(
             queues,
             concurrency=concurrency,
             pool=pool,
             lease=lease,
             grace=grace,
             deliveries=max_deliveries,
+            trust=trust,
+            module=module,
+            rand=rand,
         )
         check_recycling(pool, max_jobs_per_child, max_child_memory)
         self.max_jobs_per_child = max_jobs_per_child
@@ -105,8 +110,8 @@ class Worker:
         self.queues = [validate_queue(q) for q in queues]
         self.concurrency = concurrency
         self.pool = pool
-        self.lease = float(lease)
-        self.grace = float(grace)
+        self.lease = lease
+        self.grace = grace
         self.module = module
         self.trusted = trusted_packages(module, app.trust, trust)
         self.id = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
@@ -132,6 +137,7 @@ class Worker:
             lease=self.lease,
             max_deliveries=max_deliveries,
             codec=app.codec,
+            results=Results(app.codec, app.max_result),
             clock=app.clock,
             resolver=Resolver(app.registry, self.trusted),
             outcomes=Outcomes(app.codec, app.clock, self._rand),
@@ -161,10 +167,17 @@ class Worker:
     # -- public ----------------------------------------------------------------------------
 
     def run(self) -> None:
-        """Run until ``stop()`` or SIGTERM/SIGINT (handled only when called in the main thread)."""
+        """Run until ``stop()`` or SIGTERM/SIGINT (handled only when called in the main thread).
+
+        A broker that is away is waited for; one that refuses the credentials or a permission
+        (``BrokerAuthError``) is not: running jobs are handed back and the error is raised
+        (``conveyor worker`` exits 1 with its message). Called in the main thread, it owns
+        the process: threads that tasks started and left running are named at WARNING when
+        it returns, and the interpreter does not wait for them at exit (see ``_leftovers``)."""
         if not in_main_thread():
             self._session(until_idle=False, deadline=None)
             return
+        before = threading.enumerate()
         errors: list[BaseException] = []
 
         def body() -> None:
@@ -177,6 +190,7 @@ class Worker:
             thread = threading.Thread(target=body, name="conveyor-worker")
             thread.start()
             thread.join()  # signal handlers run here, holding none of the worker's locks
+        let_go(before, "the worker")  # threads tasks left must not keep this process alive
         if errors:
             raise errors[0]
 
@@ -192,8 +206,9 @@ class Worker:
 
     def drain(self, timeout: float | None = None) -> int:
         """Run jobs, from the calling thread, until ``queues`` have nothing queued or running;
-        return how many jobs finished. Jobs scheduled for later are left alone. Raises
-        ``TimeoutError`` (after handing back what still runs) if ``timeout`` passes."""
+        return how many jobs finished. Jobs scheduled for later, and those of a paused
+        queue, are left alone. Raises ``TimeoutError`` (after handing back what still runs)
+        if ``timeout`` passes."""
         before = self.processed
         deadline = None if timeout is None else time.monotonic() + timeout
         self._session(until_idle=True, deadline=deadline)
@@ -222,7 +237,7 @@ class Worker:
         executor = Executor(
             self.pool,
             self.concurrency,
-            app.codec,
+            consumer.results,
             consumer.complete,
             consumer.progress,
             spec=self.module,
@@ -288,7 +303,12 @@ class Worker:
             stats = {s.queue: s for s in self.app.broker.stats()}
         except BrokerError:
             return False
-        return all(stats[q].queued + stats[q].running == 0 for q in self.queues if q in stats)
+        # A paused queue's queued jobs wait for resume, as scheduled ones for their time.
+        return all(
+            stats[q].running == 0 and (stats[q].paused or stats[q].queued == 0)
+            for q in self.queues
+            if q in stats
+        )
 
     def _shutdown(self) -> None:
         consumer, inflight = self._consumer, self._inflight
@@ -364,6 +384,11 @@ class Worker:
         )
 
 
+MIN_LEASE = 0.1  # seconds; the keeper renews every lease / 3, so shorter is a busy loop
+MAX_CONCURRENCY = 10_000
+MAX_DELIVERIES = 10_000
+
+
 def _check(
     queues: Sequence[str],
     *,
@@ -372,16 +397,25 @@ def _check(
     lease: float,
     grace: float,
     deliveries: int,
-) -> None:
-    if isinstance(queues, str) or not queues:
-        raise ConfigurationError("queues takes a non-empty list of queue names")
-    if concurrency < 1:
-        raise ConfigurationError("concurrency must be at least 1")
-    if pool not in POOLS:
-        raise ConfigurationError(f"unknown pool {pool!r}: use threads, processes or async")
-    if lease <= 0:
-        raise ConfigurationError("lease must be a positive number of seconds")
-    if grace < 0:
-        raise ConfigurationError("grace must be zero or more seconds")
-    if deliveries < 1:
-        raise ConfigurationError("max_deliveries must be at least 1")
+    trust: Sequence[str],
+    module: str | None,
+    rand: Callable[[], float] | None,
+) -> tuple[float, float]:
+    """Every setting's type and range, with the rules options of jobs follow (``_checks``);
+    returns the lease and the grace period in seconds."""
+    if names("queues", queues, "queues=['default', 'images']") == ():
+        raise refuse("queues", queues, "queues takes a non-empty list", "queues=['default']")
+    whole("concurrency", concurrency, 1, MAX_CONCURRENCY, "concurrency=8")
+    if not isinstance(pool, str) or pool not in POOLS:
+        raise refuse(
+            "pool", pool, "unknown pool: use threads, processes or async", "pool='threads'"
+        )
+    lease = seconds("lease", lease, least=MIN_LEASE, example="lease=30")
+    grace = seconds("grace", grace, example="grace=25")
+    whole("max_deliveries", deliveries, 1, MAX_DELIVERIES, "max_deliveries=5")
+    names("trust", trust, "trust=['myapp']")
+    if module is not None and not isinstance(module, str):
+        raise refuse("module", module, "module takes a module name", "module='myapp.tasks'")
+    if rand is not None and not callable(rand):
+        raise refuse("rand", rand, "rand takes a function returning [0, 1)", "rand=random.random")
+    return lease, grace

@@ -1,4 +1,4 @@
-"""Operations on the Redis broker: stats, failed/dead entries, requeue, purge, heartbeats.
+"""Operations on the Redis broker: stats, entries, requeue, pause, purge, heartbeats.
 
 None of this is on the hot path; it walks the known-queue set and the per-status indexes
 (sorted sets), never ``KEYS`` or a pattern ``SCAN``.
@@ -7,10 +7,19 @@ None of this is on the hot path; it walks the known-queue set and the per-status
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 
-from ..._message import JobEntry, JobStatus, QueueStats, WorkerInfo, validate_queue
+from ..._message import (
+    JobEntry,
+    JobStatus,
+    QueueStats,
+    WorkerInfo,
+    validate_job_id,
+    validate_queue,
+)
+from .._port import check_page
 from . import _connect
 from ._core import PAYLOAD_FIELDS, RedisCore, text, to_ms
 from ._keys import TERMINAL_INDEXES
@@ -18,8 +27,15 @@ from ._keys import TERMINAL_INDEXES
 _PURGE_CHUNK = 1000
 _QUEUED_CHUNK = 100  # queues per queued script call (ten streams each)
 _FORGET_CHUNK = 100  # queues per forget script call (ten streams each)
+_REQUEUE_CHUNK = 200  # jobs per requeue script call (a call blocks Redis while it runs)
 _GC_GRACE = 60  # seconds a worker's record outlives its announcement (garbage collection)
 _ENTRY_FIELDS = (*PAYLOAD_FIELDS, "reason", "updated_at", "status")
+
+
+def _entry_order(sid: Any) -> tuple[int, int]:
+    """A stream entry id as (ms, sequence): the order of entries across streams."""
+    ms, _, seq = text(sid).partition("-")
+    return int(ms), int(seq)
 
 
 class AdminMixin(RedisCore):
@@ -27,9 +43,19 @@ class AdminMixin(RedisCore):
         with _connect.translate():
             return sorted(text(q) for q in self._client.smembers(self._keys.queues))
 
+    def _queues(self, queue: str | None) -> list[str]:
+        return [validate_queue(queue)] if queue is not None else self._known_queues()
+
     def stats(self) -> list[QueueStats]:
-        queues = self._known_queues()
-        now = self._now()
+        with _connect.translate():
+            pipe = self._client.pipeline(transaction=False)
+            pipe.smembers(self._keys.queues)
+            pipe.smembers(self._keys.paused)
+            pipe.time()
+            known, paused_raw, server_time = pipe.execute()
+        paused = {text(q) for q in paused_raw}
+        queues = sorted({text(q) for q in known} | paused)  # a paused queue may have no jobs
+        now = self._now(server_time)
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)
             for q in queues:
@@ -43,7 +69,8 @@ class AdminMixin(RedisCore):
         for i, q in enumerate(queues):
             scheduled, running, succeeded, failed, dead, cancelled = counts[i * 6 : i * 6 + 6]
             queued = depths[i]
-            if queued + scheduled + running + succeeded + failed + dead + cancelled == 0:
+            total = queued + scheduled + running + succeeded + failed + dead + cancelled
+            if total == 0 and q not in paused:
                 continue
             out.append(
                 QueueStats(
@@ -54,84 +81,133 @@ class AdminMixin(RedisCore):
                     failed=failed,
                     dead=dead,
                     succeeded=succeeded,
+                    cancelled=cancelled,
+                    paused=q in paused,
                 )
             )
         return out
 
     def _queued(self, queues: Sequence[str], limit: int) -> tuple[list[int], list[str]]:
-        """How many jobs each queue has waiting in its streams, and the ids of up to
-        ``limit`` of the newest in each chunk of queues (queued.lua: queued jobs have no
-        index of their own; ``entries`` orders them all by time and keeps ``limit``)."""
+        """How many jobs each queue has waiting in its streams, and the ids of the first
+        ``limit`` in the order fetch hands them out (queued.lua: queued jobs have no index
+        of their own), merged across the chunks of queues."""
         depths: list[int] = []
-        newest: list[str] = []
+        found: list[tuple[int, tuple[int, int], str]] = []
         for at in range(0, len(queues), _QUEUED_CHUNK):
             streams = [s for q in queues[at : at + _QUEUED_CHUNK] for s in self._keys.streams(q)]
             with _connect.translate():
-                counts, ids = self._eval("queued", streams, [*self._head(), limit])
+                counts, jobs = self._eval("queued", streams, [*self._head(), limit])
             depths += [int(n) for n in counts]
-            newest += [text(i) for i in ids]
-        return depths, newest
+            found += [(-int(p), _entry_order(sid), text(i)) for i, p, sid in jobs]
+        found.sort()
+        return depths, [i for *_, i in found[:limit]]
 
-    def _index_members(
-        self, status: JobStatus, queues: Sequence[str], limit: int | None, now: int
-    ) -> list[str]:
-        """Job ids in a status index, newest first for terminal ones (score = expiry);
-        queued ones from the streams."""
-        if status is JobStatus.QUEUED:
-            return self._queued(queues, 1_000_000 if limit is None else limit)[1]
-        stop = -1 if limit is None else limit - 1
+    def _scheduled(self, queues: Sequence[str], limit: int) -> list[str]:
+        """The first ``limit`` scheduled ids, soonest eta first (parked ones, scored +inf,
+        last), ties by id as a sorted set orders them."""
+        with _connect.translate():
+            pipe = self._client.pipeline(transaction=False)
+            for q in queues:
+                pipe.zrange(self._keys.queue(q, "scheduled"), 0, limit - 1, withscores=True)
+            found = sorted((float(at), text(i)) for ids in pipe.execute() for i, at in ids)
+        return [i for _, i in found[:limit]]
+
+    def _indexed(self, queues: Sequence[str], status: JobStatus, limit: int | None) -> list[str]:
+        """Ids in a status index of each queue: every running one (a few per worker), or
+        the ``limit`` of each ended status whose records expire last (live ones only)."""
+        now = self._now()
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)
             for q in queues:
                 key = self._keys.queue(q, status.value)
-                if status.value in TERMINAL_INDEXES:
-                    pipe.zrevrangebyscore(
-                        key, "+inf", f"({now}", start=0, num=-1 if limit is None else limit
-                    )
+                if limit is None:
+                    pipe.zrange(key, 0, -1)
                 else:
-                    pipe.zrevrange(key, 0, stop)
+                    pipe.zrevrangebyscore(key, "+inf", f"({now}", start=0, num=limit)
             return [text(i) for ids in pipe.execute() for i in ids]
 
-    def entries(self, status: JobStatus, queue: str | None, limit: int) -> list[JobEntry]:
-        queues = [validate_queue(queue)] if queue is not None else self._known_queues()
-        if limit <= 0 or not queues:
+    def entries(
+        self, status: JobStatus, queue: str | None, limit: int, offset: int = 0
+    ) -> list[JobEntry]:
+        check_page(limit, offset)
+        queues = self._queues(queue)
+        if not queues:
             return []
-        now = self._now()
-        ids = self._index_members(status, queues, limit, now)
+        want = offset + limit
+        # Queued and scheduled ids come in their order: only the page is read. The others
+        # are ordered by when they last changed, a field of the hash: every candidate is.
+        ordered = status in (JobStatus.QUEUED, JobStatus.SCHEDULED)
+        if status is JobStatus.QUEUED:
+            ids = self._queued(queues, want)[1][offset:]
+        elif status is JobStatus.SCHEDULED:
+            ids = self._scheduled(queues, want)[offset:]
+        else:
+            # Ended jobs are indexed by record expiry, which orders them by ``at`` where a
+            # queue's jobs share one result TTL (the contract's caveat).
+            ids = self._indexed(queues, status, None if status is JobStatus.RUNNING else want)
         with _connect.translate():
             pipe = self._client.pipeline(transaction=False)
+            pipe.time()
             for i in ids:
                 pipe.hmget(self._keys.job(i), _ENTRY_FIELDS)
-            rows = pipe.execute()
+            server_time, *rows = pipe.execute()
+        now = self._now(server_time)
         payloads = self._payloads([row[:5] for row in rows])
-        found = []
+        found: list[tuple[int, JobEntry]] = []
         for job_id, row, payload in zip(ids, rows, payloads, strict=True):
             _, _, q, _, expires, reason, updated, st = row
             if st is None or text(st) != status.value or (expires and int(expires) <= now):
-                continue
+                continue  # changed since its index was read
+            at = int(updated or 0)
             found.append(
-                JobEntry(
-                    id=job_id,
-                    queue=text(q),
-                    payload=payload or b"",
-                    status=status,
-                    reason=text(reason or b""),
-                    at=int(updated or 0) / 1000,
+                (
+                    at,
+                    JobEntry(
+                        job_id, text(q), payload or b"", status, text(reason or b""), at / 1000
+                    ),
                 )
             )
-        found.sort(key=lambda e: e.at, reverse=True)
-        return found[:limit]
+        if ordered:
+            return [e for _, e in found[:limit]]
+        found.sort(key=lambda f: (f[0], f[1].id), reverse=True)
+        return [e for _, e in found[offset : offset + limit]]
 
-    def requeue(self, job_ids: Sequence[str] | None, status: JobStatus) -> int:
-        if job_ids is None:
-            job_ids = self._index_members(status, self._known_queues(), None, self._now())
-        n = 0
-        for job_id in job_ids:
-            n += self._requeue_one(job_id, status)
-        return n
+    def requeue(self, items: Sequence[tuple[str, bytes]]) -> list[str | None]:
+        head = self._head()
+        calls = [
+            (
+                [self._keys.unique, self._keys.queues],
+                [
+                    *head,
+                    *(
+                        x
+                        for job_id, p in items[at : at + _REQUEUE_CHUNK]
+                        for x in (validate_job_id(job_id), p)
+                    ),
+                ],
+            )
+            for at in range(0, len(items), _REQUEUE_CHUNK)
+        ]
+        with _connect.translate():
+            replies = self._run("requeue", calls) if calls else []
+        return [text(r) or None for reply in replies for r in reply]
 
-    def _requeue_one(self, job_id: str, status: JobStatus) -> int:
-        return int(self._by_id("requeue", job_id, [status.value], -1) or 0)
+    def pause(self, queue: str) -> None:
+        with _connect.translate():
+            self._client.sadd(self._keys.paused, validate_queue(queue))
+
+    def resume(self, queue: str) -> None:
+        queue = validate_queue(queue)
+        with _connect.translate():
+            pipe = self._client.pipeline(transaction=True)
+            pipe.srem(self._keys.paused, queue)
+            # Wakes fetches blocked on the signal stream (they found a queue paused).
+            pipe.xadd(self._keys.resumed, {"queue": queue}, maxlen=1, approximate=False)
+            pipe.execute()
+
+    def paused(self) -> list[str]:
+        with _connect.translate():
+            return sorted(text(q) for q in self._client.smembers(self._keys.paused))
 
     def purge(self, queue: str) -> int:
         keys = [*self._keys.queue_keys(validate_queue(queue)), self._keys.unique]

@@ -1,9 +1,15 @@
 """Connections from a URL, and the boundary where ``redis.*`` errors become Conveyor errors.
 
-``redis://``, ``rediss://`` (TLS) and ``unix://`` go through redis-py's ``from_url`` (user and
-password in the URL, query options such as ``?socket_timeout=2``).
+The URL is read by ``brokers._url`` (hosts, ports, database, user and password, the options
+of docs/redis.md, each checked), and the clients are built from what it read: nothing is
+handed to redis-py's own URL parser, so what was checked is what connects.
+``redis://`` and ``rediss://`` (TLS) connect to one server, ``unix://`` to a socket;
 ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`` asks the
-sentinels for the current master. hiredis is used by redis-py when installed.
+sentinels for the current master (``?sentinel_password=`` when the sentinels have one of
+their own). hiredis is used by redis-py when installed.
+
+A refused login or a missing ACL permission is ``BrokerAuthError``: retrying cannot help,
+so neither redis-py's retry nor the worker's retries it.
 """
 
 from __future__ import annotations
@@ -12,128 +18,182 @@ import contextlib
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Iterator, Sequence
-from dataclasses import dataclass
-from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio
+import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from ..._errors import BrokerError, BrokerUnavailable, InvalidURL
+from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable
+from .._url import RedisURL, parse_redis_url
 
 try:  # redis-py's own packing goes through a Python loop over the arguments first
     from hiredis import pack_command as pack_command  # noqa: PLC0414 - re-exported to _async
 except ImportError:  # hiredis is optional
     pack_command = None  # type: ignore[assignment]
 
-SCHEMES = {"redis", "rediss", "unix", "redis+sentinel"}
 DEFAULT_SOCKET_TIMEOUT = 10.0
+SENTINEL_SOCKET_TIMEOUT = 2.0
 # Blocking reads are cut into slices shorter than the socket timeout; each slice re-checks.
 MAX_BLOCK_SLICE = 4.0
 MAX_CONNECTIONS = 128  # per client; override with ?max_connections=N in the URL
-POOL_WAIT = 30.0
+POOL_WAIT = 30.0  # override with ?timeout=S
+_CONNECTION_OPTIONS = (
+    "client_name",
+    "socket_timeout",
+    "socket_connect_timeout",
+    "socket_keepalive",
+    "health_check_interval",
+    "ssl_cert_reqs",
+    "ssl_ca_certs",
+    "ssl_certfile",
+    "ssl_keyfile",
+    "ssl_check_hostname",
+)
+T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Target:
-    url: str
-    sentinels: tuple[tuple[str, int], ...] = ()
-    service: str = ""
-    options: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.options)
+def parse(url: str) -> RedisURL:
+    """The URL read and checked; ``InvalidURL`` (without its password) when it is bad."""
+    return parse_redis_url(url)
 
 
-def parse(url: str) -> Target:
-    parts = urlsplit(url)
-    scheme = parts.scheme.lower()
-    if scheme == "redis+cluster":
-        raise InvalidURL(
-            "redis+cluster:// is not supported yet: Conveyor keeps a prefix in one hash slot, "
-            "so point redis:// at the shard (see docs/redis.md)"
-        )
-    if scheme not in SCHEMES:
-        raise InvalidURL(
-            f"bad redis URL {url!r}: use redis://, rediss://, unix:// or "
-            "redis+sentinel://host:port/service"
-        )
-    if scheme != "redis+sentinel":
-        return Target(url=url)
-    hosts = []
-    for item in parts.netloc.rpartition("@")[2].split(","):
-        host, _, port = item.partition(":")
+class _Refused(Exception):
+    """Carries a refused login through redis-py's retry loop, which retries every
+    ``ConnectionError`` (``AuthenticationError`` is one)."""
+
+    def __init__(self, error: redis.AuthenticationError) -> None:
+        super().__init__()
+        self.error = error
+
+
+class _Retry(Retry):
+    """redis-py's retry with backoff, except for a refused login: the same credentials are
+    refused again, and each attempt would only make the caller wait."""
+
+    def call_with_retry(self, do: Callable[[], T], fail: Any, *args: Any, **kwargs: Any) -> T:
+        def attempt() -> T:
+            try:
+                return do()
+            except redis.AuthenticationError as exc:
+                raise _Refused(exc) from exc
+
         try:
-            hosts.append((host or "localhost", int(port or 26379)))
-        except ValueError as exc:
-            raise InvalidURL(f"bad sentinel address {item!r} in {url!r}") from exc
-    path = [p for p in parts.path.split("/") if p]
-    if not path:
-        raise InvalidURL(
-            f"bad sentinel URL {url!r}: name the service, e.g. redis+sentinel://host:26379/mymaster"
-        )
-    opts: dict[str, Any] = {"db": int(path[1]) if len(path) > 1 else 0}
-    if parts.username:
-        opts["username"] = unquote(parts.username)
-    if parts.password:
-        opts["password"] = unquote(parts.password)
-    opts.update(parse_qsl(parts.query))
-    return Target(
-        url=url, sentinels=tuple(hosts), service=path[0], options=tuple(sorted(opts.items()))
-    )
+            return super().call_with_retry(attempt, fail, *args, **kwargs)
+        except _Refused as refused:
+            raise refused.error from None
 
 
-def _common() -> dict[str, Any]:
-    # Retrying is safe for every command we send: enqueue is idempotent on the job id and
-    # every other write is fenced by a token or idempotent by construction.
-    return {
-        "retry": Retry(ExponentialWithJitterBackoff(base=0.05, cap=1.0), 3),
+class _AsyncRetry(redis.asyncio.retry.Retry):
+    """``_Retry`` for redis.asyncio."""
+
+    async def call_with_retry(  # type: ignore[override,unused-ignore]
+        self, do: Callable[[], Awaitable[T]], fail: Any, *args: Any, **kwargs: Any
+    ) -> T:
+        async def attempt() -> T:
+            try:
+                return await do()
+            except redis.AuthenticationError as exc:
+                raise _Refused(exc) from exc
+
+        try:
+            return await super().call_with_retry(attempt, fail, *args, **kwargs)
+        except _Refused as refused:
+            raise refused.error from None
+
+
+def _connection(target: RedisURL, retry: Any) -> dict[str, Any]:
+    """Keyword arguments of every connection to the server (not to the sentinels)."""
+    kwargs: dict[str, Any] = {
+        # Retrying is safe for every command we send: enqueue is idempotent on the job id
+        # and every other write is fenced by a token or idempotent by construction.
+        "retry": retry,
         "socket_connect_timeout": 5.0,
+        "socket_timeout": DEFAULT_SOCKET_TIMEOUT,
         "health_check_interval": 15,
+        "db": target.db,
+        "username": target.username,
+        "password": target.password,
     }
-
-
-def _with_timeout(target: Target) -> dict[str, Any]:
-    # A blocking pool: past max_connections a caller waits for a free connection (up to
-    # POOL_WAIT) instead of failing, so a burst of producers or waiters queues up.
-    kwargs = {**_common(), "max_connections": MAX_CONNECTIONS, "timeout": POOL_WAIT}
-    if "socket_timeout" not in urlsplit(target.url).query:
-        kwargs["socket_timeout"] = DEFAULT_SOCKET_TIMEOUT
+    kwargs.update((name, value) for name, value in target.options if name in _CONNECTION_OPTIONS)
     return kwargs
 
 
-def connect(target: Target) -> redis.Redis:
+def _backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(base=0.05, cap=1.0)
+
+
+def _pool(target: RedisURL, retry: Any, tls: type, unix: type) -> dict[str, Any]:
+    """A blocking pool's arguments: past max_connections a caller waits for a free
+    connection (up to POOL_WAIT) instead of failing, so a burst of producers or waiters
+    queues up."""
+    kwargs = _connection(target, retry)
+    kwargs["max_connections"] = target.option("max_connections", MAX_CONNECTIONS)
+    kwargs["timeout"] = target.option("timeout", POOL_WAIT)
+    if target.scheme == "unix":
+        kwargs.update(connection_class=unix, path=target.socket)
+    else:
+        [(kwargs["host"], kwargs["port"])] = target.hosts
+        if target.scheme == "rediss":
+            kwargs["connection_class"] = tls
+    return kwargs
+
+
+def _sentinel(target: RedisURL, retry: Any) -> dict[str, Any]:
+    """Keyword arguments of the connections to the sentinels themselves."""
+    kwargs: dict[str, Any] = {
+        "socket_timeout": SENTINEL_SOCKET_TIMEOUT,
+        "socket_connect_timeout": target.option("socket_connect_timeout", 5.0),
+        "retry": retry,
+    }
+    for name in ("username", "password"):
+        if (value := target.option(f"sentinel_{name}")) is not None:
+            kwargs[name] = value
+    return kwargs
+
+
+def _master(target: RedisURL, retry: Any) -> dict[str, Any]:
+    kwargs = _connection(target, retry)
+    if (most := target.option("max_connections")) is not None:
+        kwargs["max_connections"] = most
+    return kwargs
+
+
+def connect(target: RedisURL) -> redis.Redis:
     with translate():
-        if not target.sentinels:
-            pool = redis.BlockingConnectionPool.from_url(target.url, **_with_timeout(target))
+        if target.scheme != "redis+sentinel":
+            pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call,unused-ignore]
+                **_pool(target, _Retry(_backoff(), 3), redis.SSLConnection,
+                        redis.UnixDomainSocketConnection)
+            )  # fmt: skip
             return redis.Redis(connection_pool=pool)
         sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
-            list(target.sentinels), socket_timeout=2.0
+            list(target.hosts), sentinel_kwargs=_sentinel(target, _Retry(_backoff(), 1))
         )
         master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
-            target.service, socket_timeout=DEFAULT_SOCKET_TIMEOUT, **_common(), **target.kwargs
+            target.service, **_master(target, _Retry(_backoff(), 3))
         )
         return master
 
 
-def connect_async(target: Target) -> redis.asyncio.Redis:
+def connect_async(target: RedisURL) -> redis.asyncio.Redis:
     with translate():
-        if not target.sentinels:
-            apool = redis.asyncio.BlockingConnectionPool.from_url(
-                target.url, **_with_timeout(target)
-            )
+        if target.scheme != "redis+sentinel":
+            apool = redis.asyncio.BlockingConnectionPool(
+                **_pool(target, _AsyncRetry(_backoff(), 3), redis.asyncio.SSLConnection,
+                        redis.asyncio.UnixDomainSocketConnection)
+            )  # fmt: skip
             return redis.asyncio.Redis(connection_pool=apool)
         sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
-            list(target.sentinels), socket_timeout=2.0
+            list(target.hosts), sentinel_kwargs=_sentinel(target, _AsyncRetry(_backoff(), 1))
         )
         master: redis.asyncio.Redis = sentinel.master_for(
-            target.service, socket_timeout=DEFAULT_SOCKET_TIMEOUT, **_common(), **target.kwargs
+            target.service, **_master(target, _AsyncRetry(_backoff(), 3))
         )
         return master
 
@@ -273,17 +333,60 @@ class Pinned:
 
 # Socket-level errors redis-py sometimes lets through unwrapped (asyncio timeouts, resets).
 _UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, TimeoutError, ConnectionError)
+# Redis's words for a login it never got, and for a missing ACL permission (a command
+# refused inside a script comes back as a plain ERR).
+_NO_LOGIN = ("authentication required", "must be called with the client already authenticated")
+_NOT_PERMITTED = ("noperm", "no permissions", "the user executing the script can't")
+_GRANT = (
+    "grant it the commands and keys docs/redis.md lists "
+    "(ACL SETUSER NAME on >PASSWORD ~{PREFIX}:* ~{PREFIX:* +@all -@dangerous)"
+)
+
+
+def _refusal(exc: Exception) -> BrokerAuthError | None:
+    """The credentials or the ACL user's rights were refused (retrying cannot help), else
+    None. Redis's messages never hold the password; neither do ours."""
+    text = str(exc)
+    lowered = text.lower()
+    if isinstance(exc, redis.exceptions.AuthenticationWrongNumberOfArgsError):
+        return BrokerAuthError(
+            "Redis refused the login: the server has no ACL users (Redis before 6); "
+            "give only the password, redis://:PASSWORD@host:6379/0"
+        )
+    if isinstance(exc, redis.AuthenticationError):
+        if any(words in lowered for words in _NO_LOGIN):
+            return BrokerAuthError(
+                "Redis needs a password and the broker URL gives none: write "
+                "redis://:PASSWORD@host:6379/0 (requirepass) or "
+                "redis://USER:PASSWORD@host:6379/0 (an ACL user)"
+            )
+        return BrokerAuthError(
+            f"Redis refused the login ({text}): check the user name and password in the "
+            "broker URL (percent-encode @ : / ? # % in them), and that the ACL user exists "
+            "and is on (ACL SETUSER NAME on)"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.ResponseError) and any(w in lowered for w in _NOT_PERMITTED)
+    ):
+        return BrokerAuthError(
+            f"the Redis ACL user may not run a command or use a key Conveyor needs ({text}); "
+            + _GRANT
+        )
+    if isinstance(exc, redis.sentinel.MasterNotFoundError) and "AuthenticationError" in text:
+        return BrokerAuthError(
+            "the sentinels refused the login: give their own password in the broker URL "
+            "as ?sentinel_password=PASSWORD (and ?sentinel_username=USER for an ACL user)"
+        )
+    return None
 
 
 def _convert(exc: Exception) -> BrokerError:
+    refused = _refusal(exc)
+    if refused is not None:
+        return refused
     if isinstance(exc, _UNAVAILABLE):
         return BrokerUnavailable(
             f"cannot reach Redis ({exc}); check the URL, the network and that the server runs"
-        )
-    if isinstance(exc, redis.exceptions.NoPermissionError):
-        return BrokerError(
-            f"Redis refused a command ({exc}); grant the ACL user the commands "
-            "and keys listed in docs/redis.md"
         )
     return BrokerError(f"Redis failed: {exc}")
 

@@ -25,7 +25,17 @@ from . import _connect
 from ._keys import Keys
 from ._scripts import Scripts
 
-RECORD_FIELDS = ("status", "queue", "result", "progress", "note", "updated_at", "expires_at")
+RECORD_FIELDS = (
+    "status",
+    "queue",
+    "result",
+    "progress",
+    "note",
+    "updated_at",
+    "expires_at",
+    "deliveries",
+    "reason",
+)
 # Where a job's payload is: the hash's field, else the stream entry ``sid`` of the queue's
 # priority stream (a job due at enqueue carries it there; see _keys.py).
 PAYLOAD_FIELDS = ("payload", "sid", "queue", "priority", "expires_at")
@@ -172,7 +182,7 @@ class RedisCore:
             return found
 
     def _decode_record(self, job_id: str, row: Sequence[Any], now: int) -> JobRecord | None:
-        status, queue, result, progress, note, updated, expires = row
+        status, queue, result, progress, note, updated, expires, deliveries, reason = row
         if status is None:
             return None
         if expires and int(expires) <= now:
@@ -186,6 +196,8 @@ class RedisCore:
             progress=float(progress) if progress else None,
             progress_note=text(note) if note is not None else None,
             updated_at=int(updated or 0) / 1000,
+            deliveries=int(deliveries or 0),  # enqueue writes no count: none yet
+            reason=text(reason or b""),
         )
 
     def _watch(self, job_id: str) -> JobRecord | None:

@@ -8,6 +8,14 @@ Broker keys (all under the ``{P}`` tag)::
 
     {P}:queues              SET     names of every queue ever written to (stats, requeue --all)
     {P}:keys                HASH    unique key (Envelope.key) -> id of the pending job holding it
+    {P}:paused              SET     names of the paused queues (pause): fetch reads it once per
+                                    call (SISMEMBER, or SMISMEMBER for several queues) and
+                                    hands out none of their jobs
+    {P}:resumed             STREAM  resume signal, entries ``queue <q>``, capped at one (only
+                                    its last id matters; no group, so nothing is ever pending
+                                    in it): a fetch that found a queue paused and
+                                    nothing to hand out blocks on it too, from the last id the
+                                    script saw, so resume wakes it at once
     {P}:job:<id>            HASH    the job: status token deliveries payload queue priority sid
                                     consumer cancel key result reason progress note
                                     eta updated_at expires_at (times in ms, see "Times" below);
@@ -131,6 +139,14 @@ class Keys:
     @property
     def unique(self) -> str:
         return f"{self.tag}:keys"
+
+    @property
+    def paused(self) -> str:
+        return f"{self.tag}:paused"
+
+    @property
+    def resumed(self) -> str:
+        return f"{self.tag}:resumed"
 
     @property
     def job_prefix(self) -> str:

@@ -219,7 +219,7 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         keys: list[str] = []
         for q in queues:
             keys += self._keys.queue_keys(q)
-        keys.append(self._keys.unique)
+        keys += (self._keys.unique, self._keys.paused, self._keys.resumed)
         sweep = to_ms(self._sweep_idle if self._sweep_idle is not None else 2 * lease)
         raw = secrets.token_hex(8 * max(count, 0))  # one urandom call, not one per token
         tokens = [raw[i : i + 16] for i in range(0, len(raw), 16)]
@@ -276,11 +276,15 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         """Sleep in Redis until any of the queues' streams gets a new entry, or ``wait``
         passes, then fetch. The sleep is a plain XREAD from the last ids the script saw:
         nothing is delivered by it, and an entry added since the script ran wakes it at
-        once (no lost wake-up). On the real clock the fetch script is sent right behind it
-        in the same round trip, and Redis runs it the moment the XREAD returns: a job
-        reaching an idle worker is delivered without a second round trip. (On an injected
-        clock the script's ``now`` must be read after the sleep, so it is sent after.)"""
+        once (no lost wake-up); when a queue was paused, the script also gave the resume
+        signal stream's last id, and ``resume`` wakes the XREAD the same way. On the real
+        clock the fetch script is sent right behind it in the same round trip, and Redis
+        runs it the moment the XREAD returns: a job reaching an idle worker is delivered
+        without a second round trip. (On an injected clock the script's ``now`` must be read
+        after the sleep, so it is sent after.)"""
         streams = [s for q in queues for s in self._keys.streams(q)]
+        if len(last_ids) > len(streams):  # a queue is paused: its resume wakes us too
+            streams.append(self._keys.resumed)
         xread = ["XREAD", "COUNT", 1, "BLOCK", max(1, to_ms(wait)), "STREAMS", *streams, *last_ids]
         with _connect.translate():
             if not self._real_time:

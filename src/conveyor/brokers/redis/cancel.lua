@@ -21,6 +21,7 @@ elseif job.status == 'scheduled' then
 else
   return job.status
 end
-terminate(q, key, job, id, 'cancelled', 86400000, {'sid', ''})
+-- (The reason in brokers/_port.py's wording, CANCELLED_PENDING.)
+terminate(q, key, job, id, 'cancelled', 86400000, {'sid', '', 'reason', 'cancelled before it ran'})
 release_key(KEYS[3], job, id)
 return 'cancelled'

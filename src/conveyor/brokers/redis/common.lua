@@ -80,6 +80,12 @@ local function sid_less(a, b)
   return tonumber(as) < tonumber(bs)
 end
 
+-- The job id a stream entry names: its job field, or raw-<entry id> for an entry written
+-- without one (fetch hands it out under that id; flat: the entry's fields).
+local function job_of(sid, flat)
+  return flat[1] == 'job' and flat[2] or 'raw-' .. sid
+end
+
 -- The job as a table, or nil when absent or logically expired.
 local function load_job(key)
   local flat = redis.call('HGETALL', key)
@@ -194,6 +200,28 @@ local function queue_named(name)
     scheduled = base .. 'scheduled'}
 end
 
+-- The status of a live job, or nil (unknown, or its record expired).
+local function live_status(id)
+  local f = redis.call('HMGET', JOB_PREFIX .. id, 'status', 'expires_at')
+  if not f[1] then return nil end
+  if f[2] and f[2] ~= '' and tonumber(f[2]) <= NOW then return nil end
+  return f[1]
+end
+
+-- Register job `id` with each of `deps` (ids joined by ',') that has not ended (enqueue,
+-- requeue); how many there were. An unknown or expired one is not waited for.
+local function wait_for(id, deps)
+  local waiting = 0
+  for dep in string.gmatch(deps, '[^,]+') do
+    local status = live_status(dep)
+    if status and not TERMINAL[status] then
+      waiting = waiting + redis.call('SADD', DEPS_PREFIX .. dep, id)
+      redis.call('HSET', JOB_PREFIX .. dep, 'deps', '1')
+    end
+  end
+  return waiting
+end
+
 -- A dependency of `child` ended: count it off; the last one makes the child due, in its own
 -- queue (whose keys this script may not have declared: they are computed, same tag).
 local function release_dependent(child)
@@ -290,7 +318,7 @@ local function end_cancelled(q, key, job, id, unique, fields)
   table.insert(fields, 'sid')
   table.insert(fields, '')
   table.insert(fields, 'reason')
-  table.insert(fields, 'cancelled')
+  table.insert(fields, 'cancelled while running (its worker stopped)')  -- _port.py's wording
   terminate(q, key, job, id, 'cancelled', 86400000, fields)
   release_key(unique, job, id)
 end

@@ -50,14 +50,6 @@ end
 local Q = {}
 for i = 1, NQ do Q[i] = queue_named(ARGV[5 + i]) end
 
--- The status of a live job, or nil.
-local function live_status(id)
-  local f = redis.call('HMGET', JOB_PREFIX .. id, 'status', 'expires_at')
-  if not f[1] then return nil end
-  if f[2] and f[2] ~= '' and tonumber(f[2]) <= NOW then return nil end
-  return f[1]
-end
-
 -- Every dependency must be known before anything is written.
 for j = 0, N - 1 do
   if ARGV[BASE + j * PER_JOB + 6] ~= '' then
@@ -94,19 +86,6 @@ else
 end
 local written = {}  -- ids written by this call (an id repeated in the batch is written once)
 local listed = {}   -- queues known to be in the QUEUES set in this call
-
--- Register the job with each dependency that has not ended; how many there were.
-local function wait_for(id, deps)
-  local waiting = 0
-  for dep in string.gmatch(deps, '[^,]+') do
-    local status = live_status(dep)
-    if status and not TERMINAL[status] then
-      waiting = waiting + redis.call('SADD', DEPS_PREFIX .. dep, id)
-      redis.call('HSET', JOB_PREFIX .. dep, 'deps', '1')
-    end
-  end
-  return waiting
-end
 
 local function enqueue_one(id, q, payload, prio, eta, ukey, deps)
   eta = eta_at(eta)

@@ -7,13 +7,17 @@
 --    across the queues.
 -- Besides, at most once per reap period per queue, consumers idle at least the reap idle
 -- time with nothing pending are deleted from the queue's groups (stopped workers' names).
--- KEYS: 18 keys per queue, then the unique-key hash. ARGV[5..]: consumer, count,
+-- Nothing is read from a paused queue (streams or sweep); its promote, reclaim and reap
+-- go on, so its due and reclaimed jobs wait queued for resume.
+-- KEYS: 18 keys per queue, then the unique-key hash, the paused set and the resume signal
+-- stream. ARGV[5..]: consumer, count,
 -- lease (ms), sweep idle (ms), reap period (ms, 0: never), reap idle (ms),
 -- number of queues, the queue names, the levels hint (below), woken ('1': see "Woken"
 -- below, else '0'), then `count` fresh tokens.
 -- Returns {deliveries, ms until the next event (-1: none, or jobs were delivered), groups
 -- recreated, last entry ids or {}, levels}; a delivery is {id, queue, payload, token,
--- deliveries, priority}.
+-- deliveries, priority}. The last ids are the queues' streams' (ten per queue) and, when a
+-- queue was paused, one more: the resume signal stream's, for the caller to block on too.
 -- Every command a script sends costs the server a few µs more than the command itself
 -- (much more when the server sat idle: caches gone), so the usual calls are kept few.
 -- Levels: with one queue, which priority streams exist, one '0' or '1' per priority
@@ -28,12 +32,31 @@ local WOKEN = ARGV[13 + NQ] == '1'
 local TOKEN_BASE = 13 + NQ
 local MOVE_LIMIT = 1000
 local UNIQUE = KEYS[NQ * QK + 1]
+local PAUSED, RESUMED = KEYS[NQ * QK + 2], KEYS[NQ * QK + 3]
 local recreated = 0
 local given = 0  -- deliveries made so far (tokens used)
 local out = {}
 local leased = {}  -- running index -> {lease expiry, id, ...}: one ZADD per index (lease_all)
 local Q = {}
 for i = 1, NQ do Q[i] = qkeys(1 + (i - 1) * QK); Q[i].name = ARGV[11 + i] end
+
+-- Paused queues: one small read per call (several queues: which ones only when some queue
+-- is paused). ANY_PAUSED: some of ours are (the resume signal's last id goes back); LIVE:
+-- how many are not (none: no stream is read).
+local ANY_PAUSED, LIVE = false, NQ
+if NQ == 1 then
+  ANY_PAUSED = redis.call('SISMEMBER', PAUSED, Q[1].name) == 1
+  Q[1].paused = ANY_PAUSED
+elseif redis.call('SCARD', PAUSED) > 0 then
+  local names = {}
+  for i = 1, NQ do names[i] = Q[i].name end
+  for i, flag in ipairs(redis.call('SMISMEMBER', PAUSED, unpack(names))) do
+    Q[i].paused = flag == 1
+  end
+end
+for i = 1, NQ do
+  if Q[i].paused then ANY_PAUSED, LIVE = true, LIVE - 1 end
+end
 
 local function promote(q)
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', NOW, 'LIMIT', 0, MOVE_LIMIT)) do
@@ -216,6 +239,8 @@ end
 
 -- One round at priority p: peek the oldest undelivered entries of every queue, take the
 -- oldest `want` overall, and read exactly those with XREADGROUP. Returns entries read.
+-- Oldest: by entry id, then by job id (streams of two queues may give entries written in
+-- the same ms the same id; the job id settles it, as queued.lua lists them).
 local function read_level(p, want)
   if NQ == 1 then
     local n = read_single(p, want)
@@ -223,14 +248,17 @@ local function read_level(p, want)
   end
   local cands = {}
   for i = 1, NQ do
-    local last = last_delivered(Q[i].s[p])
+    local last = not Q[i].paused and last_delivered(Q[i].s[p])
     if last then
       for _, e in ipairs(redis.call('XRANGE', Q[i].s[p], '(' .. last, '+', 'COUNT', want)) do
-        table.insert(cands, {e[1], i})
+        table.insert(cands, {e[1], i, e[2]})
       end
     end
   end
-  table.sort(cands, function(a, b) return sid_less(a[1], b[1]) end)
+  table.sort(cands, function(a, b)
+    if a[1] ~= b[1] then return sid_less(a[1], b[1]) end
+    return job_of(a[1], a[3]) < job_of(b[1], b[3])
+  end)
   local take = {}
   for i = 1, math.min(want, #cands) do take[cands[i][2]] = (take[cands[i][2]] or 0) + 1 end
   local got = {}
@@ -242,7 +270,10 @@ local function read_level(p, want)
       if d then d.sid = e[1]; table.insert(got, d) end
     end
   end
-  table.sort(got, function(a, b) return sid_less(a.sid, b.sid) end)
+  table.sort(got, function(a, b)
+    if a.sid ~= b.sid then return sid_less(a.sid, b.sid) end
+    return a[1] < b[1]
+  end)
   for _, d in ipairs(got) do d.sid = nil; table.insert(out, d) end
   return #cands
 end
@@ -263,7 +294,7 @@ end
 -- arrives. With one queue, the levels known to be in use are read first, and when that
 -- delivers, the rest (promote, reclaim, reap, sweep) is left to the worker's next fetch,
 -- which always begins with a full call: the job reaches the worker sooner.
-if WOKEN and NQ == 1 and COUNT > 0 then
+if WOKEN and NQ == 1 and COUNT > 0 and LIVE == 1 then
   for p = 9, 0, -1 do
     LEVELS[p] = string.sub(HINT, p + 1, p + 1) == '1'
     if LEVELS[p] and #out < COUNT then read_single(p, COUNT - #out) end
@@ -280,11 +311,14 @@ for i = 1, NQ do
   promote(Q[i]); reclaim(Q[i]); reap(Q[i], marks[i][2])
 end
 if COUNT > 0 then
-  for i = 1, NQ do sweep(Q[i], marks[i][1]) end
+  for i = 1, NQ do
+    if not Q[i].paused then sweep(Q[i], marks[i][1]) end
+  end
 end
 if NQ == 1 then find_levels() end
+local READ = LIVE > 0 and COUNT or 0
 for p = 9, 0, -1 do
-  while #out < COUNT do
+  while #out < READ do
     local want = COUNT - #out
     if read_level(p, want) < want then break end  -- fewer than asked: the level is empty
   end
@@ -306,5 +340,9 @@ for i = 1, NQ do
     end
     table.insert(last_ids, top and top[1] or '0-0')
   end
+end
+if ANY_PAUSED then
+  local top = redis.call('XREVRANGE', RESUMED, '+', '-', 'COUNT', 1)[1]
+  table.insert(last_ids, top and top[1] or '0-0')
 end
 return {out, next_event(), recreated, last_ids, levels}

@@ -1,20 +1,47 @@
--- Put a failed or dead job back on its queue. KEYS: job, done, unique, queues, then its
--- queue's 18 keys. ARGV[5..]: queue the caller read, expected status.
--- Returns 1 requeued, 0 not in that status (or gone), -1 moved (read the queue again).
-local key = KEYS[1]
-local q = qkeys(5)
-local job = load_job(key)
--- Failed and dead jobs only: they keep their payload (a succeeded one keeps its result).
-if not job or job.status ~= ARGV[6] or (job.status ~= 'failed' and job.status ~= 'dead') then
-  return 0
+-- Put failed, dead and cancelled jobs back as fresh ones, each in one atomic step (the
+-- port's contract): the new payload in the hash (the entry carries only the id), no
+-- result, reason, progress or expiry, deliveries from 0; its unique key taken again, unless
+-- another pending job holds it; its dependencies (field after) that have not ended waited
+-- for again (parked, eta 'waiting'); else at the back of its priority stream.
+-- KEYS: unique, queues (a job's queue keys are computed from its hash: queue_named and
+-- the status index below, same tag). ARGV[5..]: per job, its id and new payload.
+-- Returns per job: its id (requeued), the id of the pending job holding its unique key
+-- (deduplicated, nothing changed), or '' (unknown, expired, or not failed, dead or
+-- cancelled: nothing changed).
+local UNIQUE, QUEUES = KEYS[1], KEYS[2]
+local REQUEUEABLE = {failed = true, dead = true, cancelled = true}
+local PENDING = {queued = true, scheduled = true, running = true}
+
+local function requeue_one(id, payload)
+  local key = JOB_PREFIX .. id
+  local job = load_job(key)
+  if not job or not REQUEUEABLE[job.status] then return '' end
+  if job.key and job.key ~= '' then
+    local other = redis.call('HGET', UNIQUE, job.key)
+    if other and other ~= id and PENDING[live_status(other) or ''] then return other end
+    redis.call('HSET', UNIQUE, job.key, id)
+  end
+  local q = queue_named(job.queue)
+  redis.call('ZREM', TAG .. 'q:' .. job.queue .. ':' .. job.status, id)  -- its status index
+  redis.call('PERSIST', key)
+  redis.call('DEL', DONE_PREFIX .. id)
+  redis.call('HDEL', key, 'progress', 'note')
+  local waiting = job.after and job.after ~= '' and wait_for(id, job.after) or 0
+  local fields = {'payload', payload, 'result', '', 'reason', '', 'expires_at', '',
+    'deliveries', 0, 'waiting', waiting, 'cancel', '0', 'updated_at', NOW}
+  if waiting > 0 then
+    redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'eta', 'waiting', unpack(fields))
+    redis.call('ZADD', q.scheduled, '+inf', id)
+  else
+    table.insert(fields, 'eta')
+    table.insert(fields, '')
+    if not push_ready(q, key, id, job.priority, fields) then
+      redis.call('SADD', QUEUES, job.queue)  -- a stream it created: listed (add_entry)
+    end
+  end
+  return id
 end
-if job.queue ~= ARGV[5] then return -1 end
-local id = string.sub(key, #JOB_PREFIX + 1)
-redis.call('ZREM', q[job.status], id)
-redis.call('PERSIST', key)
-redis.call('DEL', KEYS[2])
--- As a fresh envelope: no eta, no unique key, no result, delivery count from zero.
-redis.call('HSET', key, 'expires_at', '', 'result', '', 'reason', '', 'deliveries', 0,
-  'updated_at', NOW, 'key', '', 'eta', '', 'cancel', '0')
-push_ready(q, key, id, job.priority)
-return 1
+
+local out = {}
+for a = 5, #ARGV, 2 do out[#out + 1] = requeue_one(ARGV[a], ARGV[a + 1]) end
+return out

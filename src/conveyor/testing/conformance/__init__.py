@@ -46,5 +46,12 @@ from ._helpers import finish as finish
 from ._helpers import status as status
 from ._helpers import worker_info as worker_info
 from ._key_value import KeyValueConformance
+from ._values import ValueConformance
 
-__all__ = ["BrokerConformance", "DependencyConformance", "KeyValueConformance", "Timeline"]
+__all__ = [
+    "BrokerConformance",
+    "DependencyConformance",
+    "KeyValueConformance",
+    "Timeline",
+    "ValueConformance",
+]

@@ -10,15 +10,21 @@ from ..._clock import FakeClock
 from ._cancel_wait import _CancelWaitTests
 from ._dependencies import DependencyConformance
 from ._enqueue import _EnqueueTests
+from ._entries import _EntriesTests
 from ._helpers import Timeline
 from ._leases import _LeaseTests
 from ._operations import _OperationsTests
+from ._pause import _PauseTests
+from ._requeue import _RequeueTests
 
 
 # pytest collects a class's tests base by base in reverse MRO order, so the parts are listed
 # last first: the suite runs in the order it always has (dependencies, enqueue, fetch,
-# delays, leases, ..., operations, concurrency).
+# delays, leases, ..., operations, concurrency, then entries, requeue, pause).
 class BrokerConformance(
+    _PauseTests,
+    _RequeueTests,
+    _EntriesTests,
     _OperationsTests,
     _CancelWaitTests,
     _LeaseTests,

@@ -13,7 +13,7 @@ from ._helpers import BLOCK, LONG, Timeline, envelope, fetch, fetch_one, finish,
 
 class _LeaseTests:
     """ETAs and promote, leases and renewal, fenced finish, results, retries, failed and dead
-    jobs, requeue, release and progress."""
+    jobs, release and progress."""
 
     # -- delays ----------------------------------------------------------------------------
 
@@ -237,33 +237,6 @@ class _LeaseTests:
             JobStatus.DEAD,
             JobStatus.FAILED,
         ]
-
-    def _fail(self, broker: Broker, how: JobStatus, n: int) -> list[Envelope]:
-        envs = [envelope() for _ in range(n)]
-        broker.enqueue(envs)
-        for d in fetch(broker):
-            assert finish(broker, d, how, reason=f"{how} on purpose")
-        return envs
-
-    def test_requeue_by_id_puts_a_job_back(self, broker: Broker) -> None:
-        a, b = self._fail(broker, JobStatus.FAILED, 2)
-        assert broker.requeue([a.id], JobStatus.DEAD) == 0  # a is failed, not dead
-        assert broker.requeue([a.id], JobStatus.FAILED) == 1
-        assert status(broker, a.id) is JobStatus.QUEUED
-        assert [e.id for e in broker.entries(JobStatus.FAILED, None, 10)] == [b.id]
-        [d] = fetch(broker)
-        # Counting starts over, else a requeued dead job would be dead-lettered at once.
-        assert (d.id, d.payload, d.deliveries) == (a.id, a.payload, 1)
-
-    def test_requeue_all(self, broker: Broker) -> None:
-        failed = self._fail(broker, JobStatus.FAILED, 2)
-        [dead] = self._fail(broker, JobStatus.DEAD, 1)
-        assert broker.requeue(None, JobStatus.FAILED) == 2
-        assert broker.entries(JobStatus.FAILED, None, 10) == []
-        assert [e.id for e in broker.entries(JobStatus.DEAD, None, 10)] == [dead.id]
-        assert {(d.id, d.payload) for d in fetch(broker)} == {(e.id, e.payload) for e in failed}
-        assert broker.requeue(None, JobStatus.DEAD) == 1
-        assert [d.id for d in fetch(broker)] == [dead.id]
 
     # -- release and progress --------------------------------------------------------------
 

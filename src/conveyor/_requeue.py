@@ -1,0 +1,130 @@
+"""Requeue: failed, dead and cancelled jobs back on their queue, their retries afresh.
+
+A job's retry count rides in its payload (``Message.attempt``), which brokers never decode.
+So each payload is decoded here, its attempt set to 0 and encoded again with the app's
+codec, and the broker's ``requeue`` takes the new payload with the id and puts the job back
+only if it is still failed, dead or cancelled (one atomic step per job: a job requeued or
+purged by someone else meanwhile is left alone; see the port's contract for unique keys
+and dependencies).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from ._errors import ConfigurationError, JobNotEnded, JobNotFound, SerializationError
+from ._message import JobStatus, validate_job_id, validate_queue
+from .brokers._port import REQUEUEABLE
+
+if TYPE_CHECKING:
+    from ._app import Conveyor
+
+log = logging.getLogger("conveyor")
+
+PAGE = 500  # jobs per page of ``requeue_all``
+
+
+class _Fresh(msgspec.Struct, frozen=True):
+    """One job to requeue: its id, its payload with the retries afresh, what it waits for."""
+
+    id: str
+    payload: bytes
+    depends_on: tuple[str, ...]
+
+
+def _fresh(app: Conveyor, job_id: str, payload: bytes) -> _Fresh:
+    try:
+        message = app.codec.decode_message(payload)
+        again = msgspec.structs.replace(message, attempt=0)
+        return _Fresh(job_id, app.codec.encode_message(again), tuple(message.depends_on))
+    except SerializationError as exc:
+        raise SerializationError(
+            f"cannot requeue job {job_id}: its payload does not decode with this app's "
+            f"codec ({exc}), so its retries cannot be reset. Use the app your workers use "
+            "(same serializer and secret); a payload written by hand cannot be requeued, "
+            "it goes when its record expires"
+        ) from exc
+
+
+def _dependencies_first(jobs: Sequence[_Fresh]) -> list[_Fresh]:
+    """The jobs in their order, but a job that depends on another of them after it: the
+    broker then finds that one pending again and makes the dependent wait for it, as an
+    enqueue of both in that order would."""
+    by_id = {j.id: j for j in jobs}
+    placed: set[str] = set()
+    out: list[_Fresh] = []
+    for job in jobs:
+        stack = [job]  # depth first, without recursion: a chain may be long
+        while stack:
+            top = stack[-1]
+            if top.id in placed:
+                stack.pop()
+                continue
+            waiting = [by_id[d] for d in top.depends_on if d in by_id and d not in placed]
+            if waiting and not any(w in stack for w in waiting):
+                stack += waiting
+                continue
+            placed.add(top.id)
+            out.append(stack.pop())
+    return out
+
+
+def _requeue(app: Conveyor, jobs: Sequence[_Fresh]) -> tuple[int, int]:
+    """Requeue; (how many went back, how many stayed: another pending job holds the key)."""
+    ordered = _dependencies_first(jobs)
+    found = app.broker.requeue([(j.id, j.payload) for j in ordered])
+    back = sum(got == j.id for got, j in zip(found, ordered, strict=True))
+    held = sum(got is not None and got != j.id for got, j in zip(found, ordered, strict=True))
+    return back, held
+
+
+def requeue(app: Conveyor, job_ids: Sequence[str]) -> int:
+    """``app.requeue``: every id is checked (known, ended, decodable) before any is
+    requeued; returns how many went back (a job whose unique key another pending job
+    holds stays as it is, as an enqueue would be deduplicated)."""
+    ids = list(dict.fromkeys(validate_job_id(i) for i in job_ids))
+    records = app.broker.get(ids)
+    for job_id, record in zip(ids, records, strict=True):
+        if record is None:
+            raise JobNotFound(
+                f"no job with id {job_id!r} (unknown, purged or its record expired); "
+                "nothing was requeued"
+            )
+        if record.status not in REQUEUEABLE:
+            raise JobNotEnded(job_id, record.status)
+    jobs = []
+    for job_id in ids:
+        payload = app.broker.payload(job_id)
+        if payload is None:
+            raise JobNotFound(f"job {job_id!r} expired meanwhile; nothing was requeued")
+        jobs.append(_fresh(app, job_id, payload))
+    return _requeue(app, jobs)[0] if jobs else 0
+
+
+def requeue_all(app: Conveyor, status: JobStatus, queue: str | None = None) -> int:
+    """``app.requeue_all``: page through ``entries`` and requeue each page. A job whose
+    payload this app cannot decode is left where it is (logged), as is one whose unique
+    key another pending job holds; the pages skip them."""
+    if status not in REQUEUEABLE:
+        raise ConfigurationError(
+            f"cannot requeue {status!r} jobs: requeue_all takes JobStatus.FAILED, DEAD or CANCELLED"
+        )
+    if queue is not None:
+        validate_queue(queue)
+    total = skip = 0
+    while page := app.broker.entries(status, queue, PAGE, skip):
+        jobs = []
+        for entry in page:
+            try:
+                jobs.append(_fresh(app, entry.id, entry.payload))
+            except SerializationError as exc:
+                log.warning("%s", exc)
+                skip += 1
+        back, held = _requeue(app, jobs) if jobs else (0, 0)
+        total += back
+        skip += held
+    return total

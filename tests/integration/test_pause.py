@@ -1,0 +1,95 @@
+"""Pause and resume with a real ``Worker`` on each broker (SQLite, Redis): a paused queue is
+not drained, not even by a worker started later, and is drained within a second of resume,
+also by a worker blocked on that queue alone."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from conftest import wait_for
+from conveyor import Conveyor, JobStatus
+from conveyor.worker import Worker
+from redis_server import RedisServer, unique_prefix
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def target(tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest) -> tuple[str, str]:
+    """(url, key prefix) of a fresh broker of each kind."""
+    if broker_kind == "redis":
+        server: RedisServer = request.getfixturevalue("redis_server")
+        return server.url, unique_prefix()
+    return f"sqlite:///{tmp_path / 'jobs.db'}", "conveyor"
+
+
+@contextmanager
+def running(worker: Worker) -> Iterator[None]:
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop(graceful=False)
+        thread.join(10)
+        assert not thread.is_alive()
+
+
+def _app(url: str, prefix: str, ran: list[int]) -> Conveyor:
+    """A worker's app: its own connection, so it learns of the pause from the broker."""
+    app = Conveyor(url, prefix=prefix)
+
+    @app.task(name="report", queue="reports")
+    def report(n: int) -> int:
+        ran.append(n)
+        return n
+
+    @app.task(name="ping", queue="default")
+    def ping() -> str:
+        return "pong"
+
+    return app
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("queues", [["reports", "default"], ["reports"]], ids=["two", "alone"])
+def test_a_paused_queue_is_not_drained_until_resumed(
+    target: tuple[str, str], queues: list[str]
+) -> None:
+    url, prefix = target
+    admin = Conveyor(url, prefix=prefix)
+    admin.pause("reports")
+    ran: list[int] = []
+    first = _app(url, prefix, ran)
+    jobs = [first.registry["report"].delay(i) for i in range(5)]
+
+    with running(Worker(first, queues, concurrency=2, lease=5)):
+        if "default" in queues:  # the worker is up and fetching
+            assert first.registry["ping"].delay().result(timeout=10) == "pong"
+        else:
+            wait_for(lambda: len(admin.broker.workers()) == 1, 10)
+        time.sleep(0.5)
+    assert ran == []
+
+    second = _app(url, prefix, ran)  # a worker started later finds the queue paused
+    with running(Worker(second, queues, concurrency=2, lease=5)):
+        wait_for(lambda: len(admin.broker.workers()) == 1, 10)
+        time.sleep(1.2)  # more than a fetch's block: it came back and blocked again
+        assert ran == []
+        [stats] = [s for s in admin.broker.stats() if s.queue == "reports"]
+        assert (stats.queued, stats.paused) == (5, True)
+
+        resumed = time.monotonic()
+        admin.resume("reports")
+        assert [j.result(timeout=10) for j in jobs] == list(range(5))
+        assert time.monotonic() - resumed < 1.0
+    assert sorted(ran) == list(range(5))
+    assert {j.status for j in jobs} == {JobStatus.SUCCEEDED}
+    for app in (admin, first, second):
+        app.close()

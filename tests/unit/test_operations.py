@@ -1,0 +1,246 @@
+"""Operating queues from the app: requeue with retries afresh, requeue_all, pause and resume
+(a real ``Worker`` on the memory broker leaves a paused queue alone)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import msgspec
+import pytest
+
+from conveyor import (
+    ConfigurationError,
+    Conveyor,
+    InvalidName,
+    JobNotEnded,
+    JobNotFound,
+    JobStatus,
+    SerializationError,
+)
+from conveyor import _requeue as requeue_module
+from conveyor._clock import FakeClock
+from conveyor._message import Envelope, Message, new_job_id
+from conveyor.brokers import Finish
+from conveyor.testing import drain
+from conveyor.worker import Worker
+
+from .test_worker_lifecycle import background
+
+RUNS: list[tuple[str, int]] = []  # (job id, attempt) of every run of `flaky`
+
+
+@pytest.fixture
+def app() -> Conveyor:
+    RUNS.clear()
+    app = Conveyor("memory://", clock=FakeClock())
+
+    @app.task(name="flaky", retries=1, backoff=0.0)
+    def flaky() -> None:
+        from conveyor import current_job
+
+        job = current_job()
+        RUNS.append((job.id, job.attempt))
+        raise ValueError("still broken")
+
+    @app.task(name="fine")
+    def fine(x: int) -> int:
+        return x
+
+    return app
+
+
+def _failed(app: Conveyor, n: int) -> list[str]:
+    """``n`` jobs of ``flaky`` that ran out of retries (attempts 0 and 1, then failed)."""
+    jobs = [app.registry["flaky"].delay() for _ in range(n)]
+    for _ in range(2):  # the first run, then the retry (its backoff: 0 s on a still clock)
+        drain(app)
+    assert {j.status for j in jobs} == {JobStatus.FAILED}
+    return [j.id for j in jobs]
+
+
+def _attempts(job_id: str) -> list[int]:
+    return [attempt for i, attempt in RUNS if i == job_id]
+
+
+def test_requeue_runs_a_failed_job_with_its_retries_afresh(app: Conveyor) -> None:
+    [job_id] = _failed(app, 1)
+    assert _attempts(job_id) == [0, 1]
+    assert app.requeue([job_id]) == 1
+    assert app.job(job_id).status is JobStatus.QUEUED
+    for _ in range(2):
+        drain(app)
+    assert _attempts(job_id) == [0, 1, 0, 1]  # both runs again: the retry was not used up
+    assert app.job(job_id).status is JobStatus.FAILED
+
+
+def test_requeue_takes_dead_and_cancelled_jobs_too(app: Conveyor) -> None:
+    fine = app.registry["fine"]
+    cancelled = fine.delay(1)
+    cancelled.cancel()
+    dead = fine.delay(2)
+    [d] = app.broker.fetch(["default"], "w", 10, 30.0, 0.0)
+    assert app.broker.finish([Finish(d, JobStatus.DEAD, reason="poison")]) == [True]
+    assert app.requeue([cancelled.id, dead.id, cancelled.id]) == 2  # named twice, once back
+    drain(app)
+    assert (cancelled.result(timeout=0), dead.result(timeout=0)) == (1, 2)
+
+
+def test_requeue_checks_every_id_before_requeueing_any(app: Conveyor) -> None:
+    [failed] = _failed(app, 1)
+    done = app.registry["fine"].delay(2)
+    [d] = app.broker.fetch(["default"], "w", 10, 30.0, 0.0)
+    assert app.broker.finish([Finish(d, JobStatus.SUCCEEDED, b"2")]) == [True]
+    queued = app.registry["fine"].delay(1)
+
+    with pytest.raises(JobNotFound, match="nope"):
+        app.requeue([failed, "nope"])
+    with pytest.raises(JobNotEnded, match=f"job {queued.id} is queued") as caught:
+        app.requeue([failed, queued.id])
+    assert (caught.value.job_id, caught.value.status) == (queued.id, JobStatus.QUEUED)
+    assert "cancel it first" in str(caught.value)
+    with pytest.raises(JobNotEnded, match="enqueue the task anew"):
+        app.requeue([done.id])
+    with pytest.raises(InvalidName):
+        app.requeue(["two words"])
+    assert app.job(failed).status is JobStatus.FAILED  # nothing was requeued
+    assert app.requeue([]) == 0
+
+
+def test_requeue_refuses_a_payload_this_app_cannot_decode(app: Conveyor) -> None:
+    [failed] = _failed(app, 1)
+    other = Conveyor(broker=app.broker, serializer="pickle", secret="not the workers'")
+    with pytest.raises(SerializationError, match=f"cannot requeue job {failed}.*same serializer"):
+        other.requeue([failed])
+    assert app.job(failed).status is JobStatus.FAILED
+
+
+def test_a_job_whose_key_is_held_stays_where_it_is(app: Conveyor) -> None:
+    keyed = app.registry["flaky"].options(key="nightly")
+    first = keyed.delay()
+    for _ in range(2):
+        drain(app)
+    second = keyed.delay()  # the key is free again: first ended
+    assert second.id != first.id
+    assert app.requeue([first.id]) == 0  # second holds the key: first is not run twice
+    assert app.job(first.id).status is JobStatus.FAILED
+
+
+def test_requeue_puts_a_dependency_back_before_its_dependents(app: Conveyor) -> None:
+    flaky, fine = app.registry["flaky"], app.registry["fine"]
+    parent = flaky.delay()
+    child = fine.options(depends_on=[parent.id]).delay(7)
+    for _ in range(2):
+        drain(app)
+    # The child ran once its parent failed: DependencyFailed ends it failed.
+    assert (parent.status, child.status) == (JobStatus.FAILED, JobStatus.FAILED)
+    assert app.requeue([child.id, parent.id]) == 2  # the child named first
+    assert app.job(child.id).status is JobStatus.SCHEDULED  # waits for its parent again
+    assert app.job(parent.id).status is JobStatus.QUEUED
+    for _ in range(2):
+        drain(app)
+    assert _attempts(parent.id) == [0, 1, 0, 1]
+    assert child.status is JobStatus.FAILED  # once its parent failed again
+
+
+def test_requeue_all_pages_through_every_failed_job(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(requeue_module, "PAGE", 3)
+    failed = _failed(app, 7)
+    garbage = new_job_id()  # a payload written by hand: no app can decode it
+    app.broker.enqueue([Envelope(garbage, "default", b"\x00 not a message")])
+    [d] = app.broker.fetch(["default"], "w", 10, 30.0, 0.0)
+    assert app.broker.finish([Finish(d, JobStatus.FAILED, reason="junk")]) == [True]
+    elsewhere = Conveyor(broker=app.broker)
+    message = Message(id=new_job_id(), task="flaky", queue="other")
+    app.broker.enqueue([Envelope(message.id, "other", elsewhere.codec.encode_message(message))])
+    [d] = app.broker.fetch(["other"], "w", 10, 30.0, 0.0)
+    assert app.broker.finish([Finish(d, JobStatus.FAILED, reason="x")]) == [True]
+
+    assert app.requeue_all(JobStatus.DEAD) == 0
+    assert app.requeue_all(JobStatus.FAILED, "default") == 7
+    assert {app.job(i).status for i in failed} == {JobStatus.QUEUED}
+    assert app.job(garbage).status is JobStatus.FAILED  # left where it was
+    assert f"cannot requeue job {garbage}" in caplog.text
+    assert app.job(message.id).status is JobStatus.FAILED  # another queue
+    assert app.requeue_all(JobStatus.FAILED) == 1
+    assert app.job(message.id).status is JobStatus.QUEUED
+    with pytest.raises(ConfigurationError, match="FAILED, DEAD or CANCELLED"):
+        app.requeue_all(JobStatus.SUCCEEDED)
+    with pytest.raises(InvalidName):
+        app.requeue_all(JobStatus.FAILED, "two words")
+
+
+def test_requeued_payload_keeps_everything_but_the_attempt(app: Conveyor) -> None:
+    [job_id] = _failed(app, 1)
+    before = app.codec.decode_message(app.broker.payload(job_id) or b"")
+    app.requeue([job_id])
+    after = app.codec.decode_message(app.broker.payload(job_id) or b"")
+    assert (before.attempt, after.attempt) == (1, 0)
+    assert msgspec.structs.replace(before, attempt=0) == after
+
+
+# -- pause and resume with a real worker ----------------------------------------------------
+
+
+def test_a_worker_leaves_a_paused_queue_alone_until_it_is_resumed() -> None:
+    app = Conveyor("memory://")
+    ran: list[int] = []
+    started = threading.Event()
+
+    @app.task(queue="reports")
+    def report(n: int) -> int:
+        ran.append(n)
+        return n
+
+    @app.task(queue="default")
+    def ping() -> str:
+        started.set()
+        return "pong"
+
+    app.pause("reports")
+    jobs = [report.delay(i) for i in range(5)]
+    with background(Worker(app, ["reports", "default"], concurrency=2)):
+        assert ping.delay().result(timeout=5) == "pong"  # the worker runs and fetches
+        time.sleep(0.3)  # several fetches, and a block on the paused queue
+        assert ran == []
+        assert {j.status for j in jobs} == {JobStatus.QUEUED}
+        resumed = time.monotonic()
+        app.resume("reports")
+        assert [j.result(timeout=5) for j in jobs] == list(range(5))
+        assert time.monotonic() - resumed < 1.0
+    assert app.broker.paused() == []
+
+
+def test_a_worker_blocked_on_a_paused_queue_alone_wakes_at_resume() -> None:
+    app = Conveyor("memory://")
+
+    @app.task(queue="reports")
+    def report(n: int) -> int:
+        return n
+
+    app.pause("reports")
+    job = report.delay(1)
+    with background(Worker(app, ["reports"])):
+        time.sleep(0.5)
+        assert job.status is JobStatus.QUEUED
+        resumed = time.monotonic()
+        app.resume("reports")
+        assert job.result(timeout=5) == 1
+        assert time.monotonic() - resumed < 1.0
+
+
+def test_drain_leaves_a_paused_queue_for_later(app: Conveyor) -> None:
+    fine = app.registry["fine"]
+    app.pause("default")
+    job = fine.delay(3)
+    report = drain(app, timeout=5)  # returns at once: nothing it may run
+    assert (report.ran, report.paused) == (0, ("default",))
+    assert job.status is JobStatus.QUEUED
+    app.resume("default")
+    report = drain(app, timeout=5)
+    assert (report.ran, report.paused) == (1, ())
+    assert job.result(timeout=0) == 3
+    with pytest.raises(InvalidName):
+        app.pause("a/b")
