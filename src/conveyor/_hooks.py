@@ -3,8 +3,12 @@
 ``Hooks`` is built once from a list of ``Middleware`` (when the list changes, not per job):
 for every hook it keeps the bound methods of the middleware that override it, so a hook
 nobody overrides costs nothing. Every call is guarded: what a hook raises is logged with
-the middleware's name and the job goes on. Only ``KeyboardInterrupt``, and for the run
-hooks the worker's own interruptions of a run (``passthrough``), propagate.
+the middleware's name and the job goes on, ``SystemExit`` and ``KeyboardInterrupt``
+included (a hook that read a task's hostile exception may raise either). What passes
+through is named per hook (``passthrough``): a ``KeyboardInterrupt`` in the producer's
+hooks (a Ctrl-C stops the program that was sending), and in the run hooks the worker's own
+interruptions of a run. It is raised once every other middleware's hook has run, so each
+``after_*`` still runs once for each ``before_*``.
 
 ``Sending`` is one enqueue call seen by the producer hooks: ``before_enqueue`` for each job
 as it is built, ``after_enqueue`` for each of them when the call ends, with its error if
@@ -46,29 +50,58 @@ def _bind(middleware: Sequence[Middleware], name: str, reverse: bool = False) ->
     return found[::-1] if reverse else found
 
 
-def failed(middleware: Middleware, hook: str, args: tuple[Any, ...]) -> None:
-    """Log what a hook raised (called from its ``except``), with the job it was about."""
+# What the producer's hooks let through: a Ctrl-C stops the program that was sending.
+PRODUCER: tuple[type[BaseException], ...] = (KeyboardInterrupt,)
+
+
+def _name(middleware: Middleware) -> str:
     try:
         name = middleware.name
     except Exception:
-        name = type(middleware).__qualname__
-    about = next((f" for job {a.id}" for a in args if isinstance(a, Message)), "")
-    log.error("middleware %s: %s raised%s; carrying on without it", name, hook, about,
-              exc_info=True)  # fmt: skip
+        name = None
+    return name if type(name) is str else type(middleware).__qualname__
+
+
+def failed(
+    middleware: Middleware,
+    hook: str,
+    args: tuple[Any, ...],
+    passthrough: tuple[type[BaseException], ...] = (),
+) -> None:
+    """Log what a hook raised (called from its ``except``), with the job it was about.
+    Never raises, but ``passthrough``: when the traceback cannot be shown (the exception,
+    or the task's exception it was raised while handling, is hostile to printing), the line
+    goes without it."""
+    name = _name(middleware)
+    about = next((f" for job {a.id}" for a in args if type(a) is Message), "")
+    try:
+        log.error("middleware %s: %s raised%s; carrying on without it", name, hook, about,
+                  exc_info=True)  # fmt: skip
+    except BaseException as exc:
+        if issubclass(type(exc), passthrough):
+            raise
+        log.error("middleware %s: %s raised%s (its traceback cannot be shown); carrying on "
+                  "without it", name, hook, about)  # fmt: skip
 
 
 def call(
     bound: Bound, hook: str, *args: Any, passthrough: tuple[type[BaseException], ...] = ()
 ) -> None:
+    """Each middleware's ``hook``, all of them: what one raises is logged, except an
+    exception of ``passthrough``, raised (the first one) once the others have run."""
+    through: BaseException | None = None
     for middleware, method in bound:
         try:
             method(*args)
-        except KeyboardInterrupt:
-            raise
         except BaseException as exc:
-            if passthrough and issubclass(type(exc), passthrough):  # not isinstance: that
-                raise  # reads __class__, which a hostile exception may make raise
-            failed(middleware, hook, args)
+            # issubclass of the real type: isinstance() reads __class__, which may raise
+            if issubclass(type(exc), passthrough):
+                if through is None:
+                    through = exc
+            else:
+                failed(middleware, hook, args, passthrough)
+    if through is not None:
+        raise through
 
 
 class Hooks:
@@ -103,18 +136,18 @@ class Hooks:
             try:
                 method(message)
                 check_headers(message.headers)
-            except KeyboardInterrupt:
-                raise
             except ValidationError as exc:
                 log.error("middleware %s: before_enqueue left bad headers on job %s (%s); "
-                          "they are dropped", middleware.name, message.id, exc)  # fmt: skip
+                          "they are dropped", _name(middleware), message.id, exc)  # fmt: skip
                 message.headers = kept
-            except BaseException:
-                failed(middleware, "before_enqueue", (message,))
+            except BaseException as exc:
                 message.headers = kept
+                if issubclass(type(exc), PRODUCER):
+                    raise  # the send is abandoned; after_enqueue gets the interrupt
+                failed(middleware, "before_enqueue", (message,), PRODUCER)
 
     def after_enqueue(self, message: Message, error: BaseException | None) -> None:
-        call(self.after_enqueue_hooks, "after_enqueue", message, error)
+        call(self.after_enqueue_hooks, "after_enqueue", message, error, passthrough=PRODUCER)
 
     # -- worker ------------------------------------------------------------------------------
 
@@ -163,8 +196,8 @@ class Sending:
         if self._hooks is None:
             return self._app.envelope(sig)
         message, eta = self._app._message(sig)
+        self._messages.append(message)  # from here on, after_enqueue is called for it
         self._hooks.before_enqueue(message)
-        self._messages.append(message)
         return self._app._seal(message, eta)
 
     def __enter__(self) -> Sending:

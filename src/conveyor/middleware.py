@@ -39,8 +39,12 @@ reverse order (like nested ``with`` blocks), and every ``after_*`` hook runs onc
 
 Errors: an exception raised by a hook is logged on ``conveyor.middleware`` with the
 middleware's name, and the job goes on as if the hook had returned: a middleware never
-loses, fails or duplicates a job. The worker's own interruptions pass through the run
-hooks (a ``SoftTimeLimit`` that lands in one is the job's time limit, as anywhere in it).
+loses, fails or duplicates a job. In the worker that holds for anything a hook raises,
+``SystemExit`` and ``KeyboardInterrupt`` too (a hook that reads a task's exception may get
+either from its ``__str__``), except the worker's own interruptions of a run: a
+``SoftTimeLimit`` or a cancel that lands in a run hook is the job's, raised once the other
+middleware's hook has run. In the producer a ``KeyboardInterrupt`` passes through (a
+Ctrl-C stops the program that was sending; ``after_enqueue`` gets it as the error).
 
 Headers: ``message.headers`` is a small ``dict[str, str]`` carried with the job, for
 producer middleware to pass context (a trace id, a tenant) to worker middleware. Write it

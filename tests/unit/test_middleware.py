@@ -315,6 +315,13 @@ def _raiser(name: str) -> Callable[..., None]:
 for _name in HOOKS:  # on the class: only hooks a class overrides are called
     setattr(Raising, _name, _raiser(_name))
 
+class WorkerSide(Raising):
+    """``Raising`` in the worker's hooks only."""
+
+    before_enqueue = Middleware.before_enqueue
+    after_enqueue = Middleware.after_enqueue
+
+
 
 @pytest.mark.parametrize("hook", [*HOOKS, "all"])
 @pytest.mark.parametrize("kind", ["sync", "async", "failing"])
@@ -376,6 +383,49 @@ def test_system_exit_in_a_worker_hook_does_not_end_the_worker_thread(
     drain(app, concurrency=2)
     assert [j.result() for j in jobs] == list(range(20))
     assert "SystemExit" in caplog.text
+
+
+def test_keyboard_interrupt_in_a_worker_hook_is_that_hook_s_failure(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In the worker a Ctrl-C reaches the main thread only, so one from a hook is the hook's
+    (a task's exception whose __str__ raises it, read by a careless middleware)."""
+    rec = Recorder()
+    app = Conveyor("memory://", middleware=[WorkerSide("all", KeyboardInterrupt()), rec])
+
+    @app.task
+    def ok(i: int) -> int:
+        return i
+
+    jobs = [ok.delay(i) for i in range(5)]
+    drain(app, concurrency=2)
+    assert [j.result() for j in jobs] == list(range(5))
+    for hook in ("on_worker_start", "before_run", "after_run", "on_running", "on_outcome"):
+        assert f"middleware WorkerSide: {hook} raised" in caplog.text
+    assert len(rec.hooks("after_run")) == len(rec.hooks("on_outcome")) == 5
+
+
+def test_keyboard_interrupt_in_a_producer_hook_stops_the_send_after_every_after_enqueue(
+    rec: Recorder,
+) -> None:
+    app = Conveyor("memory://", middleware=[rec, Raising("after_enqueue", KeyboardInterrupt())])
+
+    @app.task
+    def t() -> None: ...
+
+    with pytest.raises(KeyboardInterrupt):
+        t.delay()
+    # The job was sent; the other middleware's after_enqueue ran before the interrupt went on.
+    ((job_id, error),) = rec.hooks("after_enqueue")
+    assert error is None and app.job(job_id).status is JobStatus.QUEUED
+
+    app = Conveyor("memory://", middleware=[Raising("before_enqueue", KeyboardInterrupt()), rec])
+    t2 = app.task(name="t2")(lambda: None)
+    with pytest.raises(KeyboardInterrupt):
+        t2.delay()
+    ((job_id, error),) = rec.hooks("after_enqueue")[1:]
+    assert isinstance(error, KeyboardInterrupt)  # the send was abandoned, and said so
+    assert app.broker.get([job_id]) == [None]
 
 
 def test_after_enqueue_gets_the_error_the_caller_gets(rec: Recorder) -> None:
