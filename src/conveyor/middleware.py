@@ -49,9 +49,12 @@ Ctrl-C stops the program that was sending; ``after_enqueue`` gets it as the erro
 Headers: ``message.headers`` is a small ``dict[str, str]`` carried with the job, for
 producer middleware to pass context (a trace id, a tenant) to worker middleware. Write it
 in ``before_enqueue``; read it anywhere on the worker side. At most ``MAX_HEADERS`` headers,
-keys of 1 to ``MAX_HEADER_KEY`` characters, ``MAX_HEADERS_SIZE`` characters in all; headers
-a middleware leaves that break these rules are logged and dropped, and the job goes out
-with the headers it had before that middleware ran. A job without headers is encoded
+keys of 1 to ``MAX_HEADER_KEY`` characters, ``MAX_HEADERS_SIZE`` characters in all, names
+and values exactly ``str`` (not a subclass) of valid Unicode (``check_headers``); headers a
+middleware leaves that break these rules are logged and dropped, and the job goes out with
+the headers it had before that middleware ran. A payload whose headers are not a map of
+``str`` to ``str``, or hold more than ``MAX_HEADERS`` of them or a longer name, does not
+decode: the worker dead-letters it as undecodable. A job without headers is encoded
 exactly as before headers existed.
 """
 
@@ -63,7 +66,8 @@ from typing import Any, Literal
 import msgspec
 
 from ._errors import ValidationError
-from ._message import Message
+from ._message import MAX_HEADER_KEY, MAX_HEADERS, MAX_HEADERS_SIZE, Message
+from ._values import _utf8, quoted
 
 __all__ = [
     "MAX_HEADERS",
@@ -77,10 +81,6 @@ __all__ = [
     "WorkerProcess",
     "check_headers",
 ]
-
-MAX_HEADERS = 32
-MAX_HEADER_KEY = 128
-MAX_HEADERS_SIZE = 8192  # characters of every key and value together
 
 Status = Literal["succeeded", "failed", "retried", "cancelled", "dead", "released"]
 
@@ -201,9 +201,14 @@ class Middleware:
 
 def check_headers(headers: object) -> dict[str, str]:
     """Return ``headers`` if they are a valid ``message.headers``, else raise
-    ``ValidationError`` saying what is wrong."""
-    if not isinstance(headers, dict):
-        raise ValidationError(f"message headers must be a dict of str to str, not {headers!r}")
+    ``ValidationError`` saying what is wrong: a ``dict`` (exactly) of ``str`` names to
+    ``str`` values, each exactly a ``str`` of valid Unicode as everything that travels as
+    JSON (``_values``), within the bounds above. Types are checked before anything else is
+    asked of a value, so a hostile subclass's methods never run."""
+    if type(headers) is not dict:
+        raise ValidationError(
+            f"message headers must be a dict of str to str, not a {type(headers).__qualname__}"
+        )
     if len(headers) > MAX_HEADERS:
         raise ValidationError(
             f"{len(headers)} message headers, over the limit of {MAX_HEADERS}: carry an id "
@@ -211,15 +216,22 @@ def check_headers(headers: object) -> dict[str, str]:
         )
     size = 0
     for key, value in headers.items():
-        if not isinstance(key, str) or not 1 <= len(key) <= MAX_HEADER_KEY:
+        if type(key) is not str or not 1 <= len(key) <= MAX_HEADER_KEY:
+            shown = quoted(key[:40]) if type(key) is str else f"of type {type(key).__qualname__}"
             raise ValidationError(
-                f"bad message header name {key!r}: use a str of 1 to {MAX_HEADER_KEY} characters"
+                f"bad message header name {shown}: use a str of 1 to {MAX_HEADER_KEY} characters"
             )
-        if not isinstance(value, str):
+        if type(value) is not str:
             raise ValidationError(
-                f"message header {key!r} has a {type(value).__name__} value; "
-                "header values are str (encode numbers and ids as text)"
+                f"message header {quoted(key)} has a {type(value).__qualname__} value; header "
+                "values are str (str(x) for numbers, ids and subclasses of str)"
             )
+        for text in (key, value):
+            if not text.isascii() and not _utf8(text):
+                raise ValidationError(
+                    f"message header {quoted(key)} holds a lone surrogate (half of a UTF-16 "
+                    "pair), which has no UTF-8 form; fix the text"
+                )
         size += len(key) + len(value)
     if size > MAX_HEADERS_SIZE:
         raise ValidationError(

@@ -4,6 +4,7 @@ headers they carry, and that a failing middleware never costs a job."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextvars
 import logging
 import threading
@@ -27,12 +28,14 @@ from conveyor import (
     PayloadTooLarge,
     SoftTimeLimit,
     TaskFailed,
+    ValidationError,
     chain,
     current_job,
 )
 from conveyor._clock import FakeClock
 from conveyor._message import Envelope
 from conveyor.middleware import (
+    MAX_HEADER_KEY,
     MAX_HEADERS,
     Message,
     Outcome,
@@ -266,9 +269,56 @@ def test_check_headers_bounds_and_types() -> None:
         ({f"h{i}": "x" for i in range(MAX_HEADERS + 1)}, "over the limit"),
         ({"big": "x" * 9000}, "over the limit"),
         (["a"], "must be a dict"),
+        # As everything that travels as JSON: exactly str, and valid Unicode.
+        ({"k": Sly("v")}, "has a Sly value; header values are str"),
+        ({Sly("k"): "v"}, "bad message header name of type Sly"),
+        (collections.OrderedDict(k="v"), "not a OrderedDict"),
+        ({"k": "bad \ud800"}, "lone surrogate"),
+        ({"\udfff": "v"}, "lone surrogate"),
     ]:
-        with pytest.raises(Exception, match=match):
+        with pytest.raises(ValidationError, match=match):
             check_headers(bad)
+
+
+class Sly(str):
+    """A str whose methods raise: a check that calls one has let user code run."""
+
+    def __len__(self) -> int:
+        raise RuntimeError("len")
+
+    def __hash__(self) -> int:
+        return str.__hash__(self)
+
+    def __eq__(self, other: object) -> bool:
+        return str.__eq__(self, other)
+
+    def isascii(self) -> bool:
+        raise RuntimeError("isascii")
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {f"h{i}": "x" for i in range(MAX_HEADERS + 1)},
+        {"k" * (MAX_HEADER_KEY + 1): "x"},
+        {"": "x"},
+        {"n": 1},
+        ["a"],
+    ],
+    ids=["too-many", "long-name", "empty-name", "int-value", "not-a-map"],
+)
+def test_a_payload_whose_headers_break_the_rules_is_dead_lettered_as_undecodable(
+    app: Conveyor, rec: Recorder, headers: object
+) -> None:
+    """A producer that skipped check_headers (another client, a hand-written payload): the
+    decoder holds the headers to their types, their count and their names' length."""
+    payload = msgspec.json.encode({"id": "h1", "task": "t", "headers": headers})
+    app.broker.enqueue([Envelope("h1", "default", payload)])
+    drain(app)
+    with pytest.raises(JobDead, match="undecodable payload"):
+        app.job("h1").result()
+    ((message, outcome),) = rec.hooks("on_dead_letter")
+    assert message is None and outcome.reason.startswith("undecodable payload")
 
 
 def test_bad_headers_from_a_middleware_are_dropped_and_the_job_goes_out(
@@ -315,12 +365,12 @@ def _raiser(name: str) -> Callable[..., None]:
 for _name in HOOKS:  # on the class: only hooks a class overrides are called
     setattr(Raising, _name, _raiser(_name))
 
+
 class WorkerSide(Raising):
     """``Raising`` in the worker's hooks only."""
 
     before_enqueue = Middleware.before_enqueue
     after_enqueue = Middleware.after_enqueue
-
 
 
 @pytest.mark.parametrize("hook", [*HOOKS, "all"])
