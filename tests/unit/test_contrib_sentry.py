@@ -218,6 +218,34 @@ def test_the_processes_pool_reports_the_child_s_failures_from_the_worker(
     assert killed["fingerprint"] == ["conveyor", "sentry_proc_tasks:hang", "builtins.TimeoutError"]
 
 
+class Unprintable:
+    def __str__(self) -> str:
+        raise SystemExit("from __str__")
+
+
+def test_an_exception_sentry_cannot_read_is_reported_as_the_worker_describes_it(
+    sent: list[dict[str, Any]],
+) -> None:
+    """Sentry drops an event it cannot build, saying so only in its own log: an exception
+    whose type's module is not a str, say. It is reported by its description instead."""
+    hostile = type("Hostile", (Exception,), {"__module__": Unprintable()})
+    app = Conveyor("memory://", middleware=[SentryMiddleware()])
+
+    @app.task(name="odd", retries=0)
+    def odd() -> None:
+        raise hostile("plain message")
+
+    job = odd.delay()
+    drain(app)
+    with pytest.raises(TaskFailed, match="Hostile: plain message"):
+        job.result()
+    (event,) = sent
+    (exception,) = event["exception"]["values"]
+    assert exception["type"] == "TaskFailed" and exception["value"] == "Hostile: plain message"
+    assert event["fingerprint"] == ["conveyor", "odd", "Hostile"]
+    assert 'raise hostile("plain message")' in event["contexts"]["conveyor job"]["traceback"]
+
+
 def test_a_missing_library_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "sentry_sdk", None)
     with pytest.raises(ConfigurationError, match=r"pip install 'conveyor\[sentry\]'"):

@@ -32,7 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..middleware import Message, Middleware, Run
-from . import require
+from ..worker._describe import short_name, text_of
+from . import READING_ERRORS, described, require
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
@@ -126,10 +127,26 @@ class OpenTelemetryMiddleware(Middleware):
         }
 
     def _end(self, span: Span, error: BaseException | None) -> None:
-        if error is not None:
+        try:
+            if error is not None:
+                self._record(span, error)
+        finally:
+            span.end()
+
+    def _record(self, span: Span, error: BaseException) -> None:
+        """The exception event and the ERROR status; a task's exception whose own code
+        raises as it is read is recorded as the worker describes it."""
+        try:
             span.record_exception(error)
-            span.set_status(self._status(self._failed, f"{type(error).__name__}: {error}"))
-        span.end()
+        except READING_ERRORS:
+            failed = described(error)
+            span.add_event("exception", {
+                "exception.type": failed.remote_type,
+                "exception.message": failed.remote_message,
+                "exception.stacktrace": failed.remote_traceback,
+            })  # fmt: skip
+        text = f"{short_name(type(error))}: {text_of(error)}"
+        span.set_status(self._status(self._failed, text))
 
 
 def instrument(

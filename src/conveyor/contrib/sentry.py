@@ -27,11 +27,11 @@ dead letter, ``sentry_sdk.integrations.logging.ignore_logger("conveyor.worker")`
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from .._errors import TaskFailed
 from ..middleware import Message, Middleware, Outcome
-from . import require
+from . import READING_ERRORS, described, readable, require
 
 __all__ = ["SentryMiddleware"]
 
@@ -71,9 +71,23 @@ class SentryMiddleware(Middleware):
                 text = f"job {outcome.job_id} ({task}) {what or outcome.status}"
                 sentry.capture_message(f"{text}: {outcome.reason}", level=level)
                 return
-            if isinstance(error, TaskFailed):  # no stack here: group by what failed
-                scope.fingerprint = ["conveyor", task, error.remote_type]
-            sentry.capture_exception(error)
+            if not issubclass(type(error), TaskFailed):  # not isinstance: that reads __class__
+                if readable(error):  # else Sentry would drop it, saying so only in its log
+                    try:
+                        sentry.capture_exception(error)  # with its stack
+                        return
+                    except READING_ERRORS:  # its own code raised as Sentry read it
+                        pass
+                error = described(error, outcome.job_id)
+            # Known by its description only (raised in a child, or unreadable): grouped by
+            # task and remote type, the traceback in the context.
+            failed = cast(TaskFailed, error)
+            scope.fingerprint = ["conveyor", task, failed.remote_type]
+            context = self._context(message, outcome)
+            if failed.remote_traceback:
+                context["traceback"] = failed.remote_traceback
+            scope.set_context("conveyor job", context)
+            sentry.capture_exception(failed)
 
     def _context(self, message: Message | None, outcome: Outcome) -> dict[str, Any]:
         context: dict[str, Any] = {
@@ -93,6 +107,4 @@ class SentryMiddleware(Middleware):
             if self.include_args:
                 context["args"] = message.args
                 context["kwargs"] = message.kwargs
-        if isinstance(outcome.error, TaskFailed) and outcome.error.remote_traceback:
-            context["traceback"] = outcome.error.remote_traceback
         return context
