@@ -259,6 +259,29 @@ def test_headers_travel_with_the_job_and_its_retries(app: Conveyor, rec: Recorde
     assert [o.status for o in rec.hooks("on_outcome")] == ["retried", "succeeded"]
 
 
+def test_a_requeued_job_keeps_its_headers_and_is_not_sent_again(
+    app: Conveyor, rec: Recorder
+) -> None:
+    runs = []
+
+    @app.task(retries=0)
+    def once() -> int:
+        runs.append(1)
+        if len(runs) == 1:
+            raise ValueError("first run")
+        return len(runs)
+
+    job = once.delay()
+    drain(app)
+    assert job.status is JobStatus.FAILED
+    assert app.requeue([job.id]) == 1
+    drain(app)
+    assert app.job(job.id).result() == 2
+    assert rec.hooks("before_enqueue") == [job.id]  # a requeue is not a send
+    seen = [headers for _, headers, _ in rec.hooks("before_run")]
+    assert seen == [{"seen-by-m": "yes"}, {"seen-by-m": "yes"}]
+
+
 def test_check_headers_bounds_and_types() -> None:
     assert check_headers({"traceparent": "00-ab-cd-01"}) == {"traceparent": "00-ab-cd-01"}
     for bad, match in [
