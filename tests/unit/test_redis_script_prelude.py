@@ -60,7 +60,7 @@ def test_every_script_defines_each_helper_it_calls_and_no_other() -> None:
         code = re.sub(r"--[^\n]*", "", text)
         called = {h for h in helpers if re.search(rf"(?<!function ){h}\b", code)}
         assert called == have, name
-    assert len(re.findall(r"^local function", _scripts.source("progress"), re.M)) == 2
+    assert len(re.findall(r"^local function", _scripts.source("progress"), re.M)) == 3
 
 
 def test_scripts_are_built_on_first_use_only() -> None:

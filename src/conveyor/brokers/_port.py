@@ -287,5 +287,13 @@ class Broker(ABC):
     def forget_worker(self, worker_id: str) -> None:
         """Remove a worker's announcement (clean stop)."""
 
+    def warnings(self) -> list[str]:
+        """What an operator must know about the broker's setup, one line each, saying what
+        to do: settings under which it loses jobs without a word (Redis with an evicting
+        ``maxmemory-policy``), or a broker that refuses new jobs now (a full Redis). Empty
+        when all is well. Read at a worker's start, and by ``conveyor info`` and ``ping``;
+        raises ``BrokerError`` when the broker cannot be reached."""
+        return []
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release connections and files."""

@@ -261,6 +261,7 @@ class Worker:
         self._keeper.start()
         if announce:
             self._banner()
+            self._warn_setup()
             self._start_scheduler()
 
     def _start_scheduler(self) -> None:
@@ -353,6 +354,16 @@ class Worker:
         else:
             log.warning("%s again: handing back the running jobs and stopping now", name)
             self.stop(graceful=False)
+
+    def _warn_setup(self) -> None:
+        """The broker's word on its setup (an evicting or a full Redis), once at start."""
+        try:
+            found = self.app.broker.warnings()
+        except BrokerError as exc:  # away at start: the fetch loop waits and reports it
+            log.debug("cannot check the broker's setup: %s", exc)
+            return
+        for line in found:
+            log.warning("%s", line)
 
     def _backoff(self) -> Backoff:
         return Backoff(0.1, BROKER_RETRY_CAP, self._rand)

@@ -1,4 +1,4 @@
-"""Operations on the Redis broker: stats, entries, requeue, pause, purge, heartbeats.
+"""Operations on the Redis broker: stats, entries, requeue, pause, purge, workers.
 
 None of this is on the hot path; it walks the known-queue set and the per-status indexes
 (sorted sets), never ``KEYS`` or a pattern ``SCAN``.
@@ -21,14 +21,13 @@ from ..._message import (
 )
 from .._port import check_page
 from . import _connect
-from ._core import PAYLOAD_FIELDS, RedisCore, text, to_ms
+from ._core import PAYLOAD_FIELDS, RedisCore, text
 from ._keys import TERMINAL_INDEXES
 
 _PURGE_CHUNK = 1000
 _QUEUED_CHUNK = 100  # queues per queued script call (ten streams each)
 _FORGET_CHUNK = 100  # queues per forget script call (ten streams each)
 _REQUEUE_CHUNK = 200  # jobs per requeue script call (a call blocks Redis while it runs)
-_GC_GRACE = 60  # seconds a worker's record outlives its announcement (garbage collection)
 _ENTRY_FIELDS = (*PAYLOAD_FIELDS, "reason", "updated_at", "status")
 
 
@@ -199,11 +198,7 @@ class AdminMixin(RedisCore):
     def resume(self, queue: str) -> None:
         queue = validate_queue(queue)
         with _connect.translate():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.srem(self._keys.paused, queue)
-            # Wakes fetches blocked on the signal stream (they found a queue paused).
-            pipe.xadd(self._keys.resumed, {"queue": queue}, maxlen=1, approximate=False)
-            pipe.execute()
+            self._eval("resume", [self._keys.paused, self._keys.resumed], [*self._head(), queue])
 
     def paused(self) -> list[str]:
         with _connect.translate():
@@ -220,16 +215,6 @@ class AdminMixin(RedisCore):
                 )
             total += int(deleted)
         return total
-
-    def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
-        now = self._now()
-        info.seen_at = now / 1000
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.set(self._keys.worker(info.id), msgspec.json.encode(info), ex=int(ttl) + _GC_GRACE)
-            pipe.zadd(self._keys.workers, {info.id: now + to_ms(ttl)})
-            pipe.zremrangebyscore(self._keys.workers, "-inf", now)
-            pipe.execute()
 
     def workers(self) -> list[WorkerInfo]:
         with _connect.translate():

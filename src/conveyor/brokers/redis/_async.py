@@ -8,6 +8,7 @@ keys and arguments through more layers.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -103,4 +104,9 @@ class AsyncMixin(RedisCore):
             async with _connect.translate_async():
                 # redis-py types the timeout as int; Redis takes fractional seconds.
                 seconds: Any = max(wait, 0.01)
-                await client.blmove(done, done, seconds, "RIGHT", "LEFT")
+                try:
+                    await client.blmove(done, done, seconds, "RIGHT", "LEFT")
+                except redis.ResponseError as exc:
+                    if not _connect.full(exc):
+                        raise
+                    await asyncio.sleep(min(wait, _connect.FULL_POLL))  # a full Redis

@@ -41,6 +41,9 @@ DEFAULT_SOCKET_TIMEOUT = 10.0
 SENTINEL_SOCKET_TIMEOUT = 2.0
 # Blocking reads are cut into slices shorter than the socket timeout; each slice re-checks.
 MAX_BLOCK_SLICE = 4.0
+# A full Redis refuses even the BLMOVE a waiter sleeps in (it may take memory): the waiter
+# reads the record this often instead, until Redis has room again.
+FULL_POLL = 0.2
 MAX_CONNECTIONS = 128  # per client; override with ?max_connections=N in the URL
 POOL_WAIT = 30.0  # override with ?timeout=S
 _CONNECTION_OPTIONS = (
@@ -339,7 +342,7 @@ _NO_LOGIN = ("authentication required", "must be called with the client already 
 _NOT_PERMITTED = ("noperm", "no permissions", "the user executing the script can't")
 _GRANT = (
     "grant it the commands and keys docs/redis.md lists "
-    "(ACL SETUSER NAME on >PASSWORD ~{PREFIX}:* ~{PREFIX:* +@all -@dangerous)"
+    "(ACL SETUSER NAME on >PASSWORD ~{PREFIX}:* ~{PREFIX:* +@all -@dangerous +info)"
 )
 
 
@@ -380,10 +383,29 @@ def _refusal(exc: Exception) -> BrokerAuthError | None:
     return None
 
 
+# Redis's words for a write refused because it is full (maxmemory reached, noeviction);
+# Redis 6.2 wraps them in its script error, and redis-py drops the OOM code of Redis 7's.
+_FULL = "used memory > 'maxmemory'"
+FULL = (
+    "Redis is full (its used memory is over maxmemory, and maxmemory-policy noeviction "
+    "refuses what would take more): nothing was written. Workers still fetch and finish the "
+    "jobs it holds, which frees memory: enqueue again later, or give Redis more memory "
+    "(maxmemory), keep results for less time (result_ttl=) or purge a queue you do not need "
+    "(docs/redis.md)"
+)
+
+
+def full(exc: BaseException) -> bool:
+    """Redis refused a command because it is full (maxmemory reached, noeviction)."""
+    return _FULL in str(exc)
+
+
 def _convert(exc: Exception) -> BrokerError:
     refused = _refusal(exc)
     if refused is not None:
         return refused
+    if full(exc):
+        return BrokerError(FULL)
     if isinstance(exc, _UNAVAILABLE):
         return BrokerUnavailable(
             f"cannot reach Redis ({exc}); check the URL, the network and that the server runs"

@@ -66,6 +66,13 @@ Broker keys (all under the ``{P}`` tag)::
                                     consumers (nothing pending) from the queue's groups
     {P}:workers             ZSET    worker id -> announcement expiry
     {P}:worker:<w>          STRING  the worker's WorkerInfo (JSON)
+    {P}:epoch               STRING  a random token, written by the first heartbeat that
+                                    finds none, never expiring: a broker that saw another
+                                    one (or none) knows Redis lost its data in between
+                                    (restart without persistence, a flushed database,
+                                    eviction); see _health.py
+    {P}:oom                 (none)  never written: a script that must run on a full Redis
+                                    deletes it first (common.lua ``allow_oom``)
 
 Key-value store keys (``conveyor.stores.redis``): one tag per key, so they spread over a
 cluster. Values and locks live in separate namespaces (the ``kv`` and ``lock`` segments right
@@ -193,6 +200,10 @@ class Keys:
 
     def worker(self, worker_id: str) -> str:
         return f"{self.tag}:worker:{worker_id}"
+
+    @property
+    def epoch(self) -> str:
+        return f"{self.tag}:epoch"
 
 
 def kv_key(prefix: str, key: str) -> str:

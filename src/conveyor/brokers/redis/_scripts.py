@@ -31,6 +31,9 @@ NAMES = (
     "forget",
     "queued",
     "watch",
+    "heartbeat",
+    "epoch",
+    "resume",
 )
 
 _DEFINES = re.compile(r"local (?:function )?([A-Za-z_]\w*)")

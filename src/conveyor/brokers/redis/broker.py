@@ -36,6 +36,7 @@ from . import _connect
 from ._admin import AdminMixin
 from ._async import AsyncMixin
 from ._core import PAYLOAD_FIELDS, RECORD_FIELDS, text, to_ms
+from ._health import HealthMixin
 from ._keys import Keys
 
 log = logging.getLogger("conveyor.redis")
@@ -140,7 +141,7 @@ def _finish_values(f: Finish, place: Callable[[str], int], now_ms: int) -> list[
     return own
 
 
-class RedisBroker(AdminMixin, AsyncMixin, Broker):
+class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, Broker):
     """``Conveyor("redis://...")``: the production broker on Redis Streams (Redis >= 6.2).
 
     ``sweep_idle`` is how long (real seconds) a pending entry must sit idle before the
@@ -309,7 +310,10 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         items = [(d.id, d.queue, [d.token, to_ms(lease)]) for d in deliveries]
-        return [_LEASE_STATES[r] for r in self._fenced("renew", items)]
+        states = [_LEASE_STATES[r] for r in self._fenced("renew", items)]
+        if LeaseState.LOST in states:
+            self._recheck()  # Redis may have lost its data (_health.py)
+        return states
 
     def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
         return [
@@ -339,7 +343,10 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
         calls = batch_calls(self._head(), outcomes, FINISH_CHUNK, values, declare)
         with _connect.translate():
             replies = self._run("finish", calls) if calls else []
-        return [int(r) == 1 for reply in replies for r in reply]
+        written = [int(r) == 1 for reply in replies for r in reply]
+        if not all(written):
+            self._recheck()  # Redis may have lost its data (_health.py)
+        return written
 
     # -- job records -----------------------------------------------------------------------
 
@@ -389,8 +396,13 @@ class RedisBroker(AdminMixin, AsyncMixin, Broker):
                 pipe.blmove(done, done, seconds, "RIGHT", "LEFT")
                 pipe.time()
                 pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
-                _, server_time, row = pipe.execute()
+                moved, server_time, row = pipe.execute(raise_on_error=False)
+                for reply in (moved, server_time, row):  # only BLMOVE may be refused as full
+                    if isinstance(reply, Exception) and not _connect.full(reply):
+                        raise reply
             record = self._decode_record(job_id, row, self._now(server_time))
+            if isinstance(moved, Exception) and record and not record.status.terminal:
+                time.sleep(min(wait, _connect.FULL_POLL))  # a full Redis refused the BLMOVE
 
     def cancel(self, job_id: str) -> JobStatus:
         res = self._by_id("cancel", job_id, [], b"moved")

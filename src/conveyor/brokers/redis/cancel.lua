@@ -2,6 +2,7 @@
 -- the caller read from the job (the keys it passed). A pending job is removed at once; a
 -- running one is flagged (its worker sees it at the next renewal).
 -- Returns the status afterwards, 'missing', or 'moved' (queue changed: read it again).
+allow_oom()
 local key = KEYS[1]
 local q = qkeys(5)
 local job = load_job(key)

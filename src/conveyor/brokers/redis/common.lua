@@ -186,6 +186,29 @@ end
 local TAG = string.sub(JOB_PREFIX, 1, #JOB_PREFIX - 4)
 local DEPS_PREFIX = TAG .. 'deps:'
 
+-- Let the rest of the script run on a full Redis (used memory over maxmemory, policy
+-- noeviction), as Redis 7's `#!lua flags=allow-oom` would (a shebang Redis 6.2 cannot
+-- read). A script without flags is refused there at a command that may take memory only
+-- while it has written nothing yet (Redis would not stop a script halfway): a first write
+-- that takes none lets the rest through. That write is a DEL of {P}:oom, a key never
+-- written (so it deletes nothing, and nothing is replicated). Called before their first
+-- write by the scripts a worker needs to drain a full server (fetch, renew, finish,
+-- release, resume) and by those that free memory or mark existing jobs (cancel, progress,
+-- watch, heartbeat): what they add is bounded by the jobs already stored, and each finish
+-- frees a job's stream entry. Enqueue never calls it: a full server refuses new jobs.
+local function allow_oom()
+  redis.call('DEL', TAG .. 'oom')
+end
+
+-- The epoch marker's token (_keys.py {P}:epoch), written now as `token` when it is missing:
+-- nobody looked before, or Redis lost its data since.
+local function epoch_of(key, token)
+  local found = redis.call('GET', key)
+  if found then return found end
+  redis.call('SET', key, token)
+  return token
+end
+
 -- A queue's keys from its name, for scripts that do not declare them (a dependent's queue;
 -- enqueue, whose KEYS stay two so a lone job costs little to send and unpack): its
 -- streams by priority, made on first use, and its scheduled set.

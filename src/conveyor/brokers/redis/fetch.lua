@@ -20,6 +20,10 @@
 -- queue was paused, one more: the resume signal stream's, for the caller to block on too.
 -- Every command a script sends costs the server a few µs more than the command itself
 -- (much more when the server sat idle: caches gone), so the usual calls are kept few.
+-- A full Redis (maxmemory, noeviction) must still let a worker fetch, so that finishing
+-- frees memory: its first write in the usual call takes none in Redis's eyes (ZREM of a
+-- due or expired job, XREADGROUP, XAUTOCLAIM), and each write that may come first and take
+-- some (a sweep or reap marker, a group recreated) calls common.lua allow_oom before.
 -- Levels: with one queue, which priority streams exist, one '0' or '1' per priority
 -- (0..9); the caller passes back what the last call returned ('' when it has none), so
 -- a level in use is read without an EXISTS of its own, and one EXISTS over the other
@@ -162,13 +166,16 @@ end
 -- entries from the pending list).
 local function reap(q, marked)
   if REAP_EVERY <= 0 or marked then return end
+  allow_oom()  -- the marker may be this call's first write: a worker drains a full Redis
   if redis.call('SET', q.reap, '1', 'NX', 'PX', REAP_EVERY) == false then return end
   for p = 0, 9 do drop_idle_consumers(q.s[p], nil, REAP_IDLE) end
 end
 
 local SWEEP_CALLS = 10  -- bounds one sweep's work; the cursor walks past live entries
 local function sweep(q, marked)
-  if marked or redis.call('SET', q.sweep, '1', 'NX', 'PX', SWEEP_MS) == false then return end
+  if marked then return end
+  allow_oom()  -- the marker may be this call's first write: a worker drains a full Redis
+  if redis.call('SET', q.sweep, '1', 'NX', 'PX', SWEEP_MS) == false then return end
   for p = 9, 0, -1 do
     local stream = q.s[p]
     local cursor = '0-0'
@@ -191,6 +198,7 @@ local function last_delivered(stream)
   if redis.call('EXISTS', stream) == 0 then return nil end
   local info = group_info(stream)
   if info then return info['last-delivered-id'] end
+  allow_oom()  -- may be this call's first write (see reap)
   redis.call('XGROUP', 'CREATE', stream, GROUP, '0')
   recreated = recreated + 1
   return '0-0'

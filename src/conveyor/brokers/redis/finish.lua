@@ -36,6 +36,7 @@ local dropped = {}  -- stream -> entry ids
 local stopped = {}  -- running index -> job ids
 local later = {}    -- status index -> {score, id, ...}
 local listed = {}   -- queues known to be in the QUEUES set in this call
+local freed = false -- a ZREM was sent already (below)
 
 local function put_off(into, key, value)
   local list = into[key]
@@ -53,7 +54,15 @@ local function finish_one(a)
   local q = Q[tonumber(ARGV[a + 6])]
   local status, result, ttl_ms, reason = ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
   if job.sid and job.sid ~= '' then put_off(dropped, q.s[tonumber(job.priority)], job.sid) end
-  put_off(stopped, q.running, id)
+  if freed then
+    put_off(stopped, q.running, id)
+  else
+    -- The first job the call ends leaves its running index at once: a write that takes no
+    -- memory, before any that may, lets the rest through on a full Redis (common.lua
+    -- allow_oom), where finishing is what frees memory. A lone finish sends no more.
+    redis.call('ZREM', q.running, id)
+    freed = true
+  end
   if ARGV[a + 7] == '1' then
     local rq = Q[tonumber(ARGV[a + 12])]
     local existed = place(rq, key, id, ARGV[a + 9], ARGV[a + 10], {'settled_by', token,

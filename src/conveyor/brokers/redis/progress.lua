@@ -1,4 +1,5 @@
 -- Record a running job's progress, fenced. KEYS: job. ARGV[5..]: token, value, note, has_note.
+allow_oom()
 local job = load_job(KEYS[1])
 if not owned(job, ARGV[5]) then return 0 end
 redis.call('HSET', KEYS[1], 'progress', ARGV[6], 'updated_at', NOW)

@@ -1,5 +1,6 @@
 -- Hand a job back for immediate redelivery (graceful stop), fenced; not counted as a delivery.
 -- KEYS: job, done, unique, queues, then the queue's 18 keys. ARGV[5]: token.
+allow_oom()
 local key = KEYS[1]
 local q = qkeys(5)
 local job = load_job(key)

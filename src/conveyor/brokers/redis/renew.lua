@@ -1,6 +1,7 @@
 -- Extend a lease only while the delivery still owns the job.
 -- KEYS: job, done, unique, queues, then the queue's 18 keys. ARGV[5..]: token, lease (ms).
 -- Returns 0 lost, 1 ok, 2 ok but cancel() was called.
+allow_oom()
 local key = KEYS[1]
 local q = qkeys(5)
 local job = load_job(key)
