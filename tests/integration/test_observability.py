@@ -12,6 +12,7 @@ import subprocess
 import sys
 import textwrap
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,10 +84,11 @@ if SPANS:  # this process's spans, one JSON line each
 
 
 @pytest.fixture
-def obs(tmp_path: Path) -> Project:
+def obs(tmp_path: Path) -> Iterator[Project]:
     project = Project(tmp_path)
     (tmp_path / "obs_tasks.py").write_text(textwrap.dedent(TASKS))
-    return project
+    yield project
+    project.cleanup()  # the workers end with the test
 
 
 def free_port() -> int:
