@@ -16,21 +16,19 @@ gets ``readable`` checked first, and ``described`` (the worker's bounded descrip
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 from types import ModuleType, NoneType, TracebackType
 
 from .._errors import ConfigurationError, TaskFailed
 from .._values import _utf8
-from ..worker._describe import describe
+from ..worker._describe import Interrupted, describe
 
-# What reading a task's exception may raise: its __str__, a metaclass's name lookups or a
-# __class__ property run its own code. Not the worker's interruptions of a run.
-READING_ERRORS: tuple[type[BaseException], ...] = (
-    Exception,
-    SystemExit,
-    KeyboardInterrupt,
-    GeneratorExit,
-)
+# The worker's own interruptions of a run (a cancel, a shutdown): they pass through the
+# reading of a task's exception. Anything else that reading raises (its __str__, a
+# metaclass's name lookups, a __class__ property run the exception's own code, and may
+# raise anything: SystemExit, or the exception's own BaseException type) is its doing.
+INTERRUPTIONS: tuple[type[BaseException], ...] = (Interrupted, asyncio.CancelledError)
 
 
 def require(module: str, extra: str, *, user: str) -> ModuleType:
@@ -76,5 +74,7 @@ def readable(error: BaseException, depth: int = 16) -> bool:
                 return False
             e = e.__cause__ if e.__cause__ is not None or e.__suppress_context__ else e.__context__
         return e is None
-    except READING_ERRORS:
+    except BaseException as exc:
+        if issubclass(type(exc), INTERRUPTIONS):
+            raise
         return False

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..middleware import Message, Middleware, Run
 from ..worker._describe import short_name, text_of
-from . import READING_ERRORS, described, require
+from . import INTERRUPTIONS, described, require
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, TracerProvider
@@ -138,7 +138,9 @@ class OpenTelemetryMiddleware(Middleware):
         raises as it is read is recorded as the worker describes it."""
         try:
             span.record_exception(error)
-        except READING_ERRORS:
+        except BaseException as exc:
+            if issubclass(type(exc), INTERRUPTIONS):
+                raise
             failed = described(error)
             span.add_event("exception", {
                 "exception.type": failed.remote_type,

@@ -31,7 +31,7 @@ from typing import Any, cast
 
 from .._errors import TaskFailed
 from ..middleware import Message, Middleware, Outcome
-from . import READING_ERRORS, described, readable, require
+from . import INTERRUPTIONS, described, readable, require
 
 __all__ = ["SentryMiddleware"]
 
@@ -76,8 +76,9 @@ class SentryMiddleware(Middleware):
                     try:
                         sentry.capture_exception(error)  # with its stack
                         return
-                    except READING_ERRORS:  # its own code raised as Sentry read it
-                        pass
+                    except BaseException as exc:  # its own code raised as Sentry read it
+                        if issubclass(type(exc), INTERRUPTIONS):
+                            raise
                 error = described(error, outcome.job_id)
             # Known by its description only (raised in a child, or unreadable): grouped by
             # task and remote type, the traceback in the context.
