@@ -38,6 +38,7 @@ from ._logging import logging_filter as logging_filter
 from ._message import JobStatus as JobStatus
 from ._task import Signature as Signature
 from ._task import Task as Task
+from .middleware import Middleware as Middleware
 from .workflows import Workflow as Workflow
 from .workflows import chain as chain
 from .workflows import chord as chord
@@ -69,6 +70,7 @@ __all__ = [
     "LockError",
     "LockLost",
     "LockTimeout",
+    "Middleware",
     "PayloadTooLarge",
     "ResultTooLarge",
     "SerializationError",

@@ -24,6 +24,7 @@ from ._errors import (
     ValidationError,
 )
 from ._events import Event
+from ._hooks import Hooks, Sending, check_middleware
 from ._job import Job
 from ._message import Envelope, JobStatus, Message, new_job_id, validate_job_id, validate_queue
 from ._requeue import requeue, requeue_all
@@ -34,6 +35,7 @@ from .brokers._port import CANCELLED_PENDING, check_kept
 if TYPE_CHECKING:
     from .cache import Cached
     from .locks import Lock
+    from .middleware import Middleware
     from .scheduler import Schedule
     from .stores import Store
 
@@ -74,7 +76,8 @@ class Conveyor:
     what happens to jobs and workers into the broker's event log (``conveyor events``,
     ``read_events``); with False this app writes no event at all. ``events_kept``: how many
     events the log keeps (default 10,000; docs/observability.md); give every process of a
-    deployment the same.
+    deployment the same. ``middleware`` are hooks called around each job's life
+    (``conveyor.Middleware``; more with ``add_middleware``).
     """
 
     def __init__(
@@ -91,6 +94,7 @@ class Conveyor:
         broker: Broker | None = None,
         events: bool = True,
         events_kept: int | None = None,
+        middleware: Sequence[Middleware] = (),
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
         self.events = flag("events", events)
@@ -111,6 +115,10 @@ class Conveyor:
         if broker is not None and self.events_kept is not None:
             broker.events_kept = self.events_kept
         self._broker_lock = threading.Lock()
+        self.middleware: tuple[Middleware, ...] = ()
+        self._hooks: Hooks | None = None  # None: no middleware, and no cost on any path
+        for m in middleware:
+            self.add_middleware(m)
         if broker is None:
             # Parse now so a bad URL fails where the app is made, not at the first job; and
             # import its adapter (opening nothing) so the first job does not pay for that.
@@ -118,6 +126,13 @@ class Conveyor:
 
     def __repr__(self) -> str:
         return f"<Conveyor {redact_url(self.url)}>"
+
+    def add_middleware(self, middleware: Middleware) -> None:
+        """Add a middleware after the ones already registered (its ``before_*`` hooks run
+        after theirs, its ``after_*`` hooks before). A worker uses the middleware the app
+        had when the worker was made."""
+        self.middleware = (*self.middleware, check_middleware(middleware))
+        self._hooks = Hooks(self.middleware)
 
     # -- resources -------------------------------------------------------------------------
 
@@ -414,7 +429,13 @@ class Conveyor:
         return Signature(self, callable_name(fn), args, kwargs, opts or self.defaults)
 
     def envelope(self, sig: Signature[Any]) -> Envelope:
-        """Encode one call into what the broker stores; raises before anything is written."""
+        """Encode one call into what the broker stores; raises before anything is written.
+        (No middleware runs here: sending paths go through ``_sending``.)"""
+        message, eta = self._message(sig)
+        return self._seal(message, eta)
+
+    def _message(self, sig: Signature[Any]) -> tuple[Message, float | None]:
+        """The message for one call, and its eta."""
         if not isinstance(sig, Signature):
             raise ValidationError(
                 f"cannot enqueue {sig!r}: enqueue_many takes signatures, e.g. "
@@ -444,22 +465,41 @@ class Conveyor:
         if o.depends_on:  # only jobs with dependencies pay for them
             message.depends_on = list(o.depends_on)
             message.allow_failed_dependencies = o.allow_failed_dependencies
+        return message, eta
+
+    def _seal(self, message: Message, eta: float | None) -> Envelope:
         payload = self.codec.encode_message(message)
-        return Envelope(job_id, o.queue, payload, o.priority, eta, o.key, o.depends_on)
+        depends_on = tuple(message.depends_on) if message.depends_on else ()
+        m = message
+        return Envelope(m.id, m.queue, payload, m.priority, eta, m.key, depends_on)
+
+    def _sending(self) -> Sending:
+        """One enqueue call, seen by the producer middleware (see ``_hooks.Sending``)."""
+        return Sending(self, self._hooks)
 
     def _send(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
-        envelopes = [self.envelope(s) for s in sigs]
-        if not envelopes:
-            return []
-        events = self._announce(envelopes, [s.name for s in sigs])
-        return [Job(self, i) for i in self.broker.enqueue(envelopes, events)]
+        if self._hooks is None:
+            envelopes = [self.envelope(s) for s in sigs]
+            if not envelopes:
+                return []
+            events = self._announce(envelopes, [s.name for s in sigs])
+            return [Job(self, i) for i in self.broker.enqueue(envelopes, events)]
+        with self._sending() as sending:
+            envelopes = [sending.envelope(s) for s in sigs]
+            if not envelopes:
+                return []
+            events = self._announce(envelopes, [s.name for s in sigs])
+            ids = self.broker.enqueue(envelopes, events)
+        return [Job(self, i) for i in ids]
 
     async def _send_async(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
-        envelopes = [self.envelope(s) for s in sigs]
-        if not envelopes:
-            return []
-        events = self._announce(envelopes, [s.name for s in sigs])
-        return [Job(self, i) for i in await self.broker.enqueue_async(envelopes, events)]
+        with self._sending() as sending:
+            envelopes = [sending.envelope(s) for s in sigs]
+            if not envelopes:
+                return []
+            events = self._announce(envelopes, [s.name for s in sigs])
+            ids = await self.broker.enqueue_async(envelopes, events)
+        return [Job(self, i) for i in ids]
 
 
 class _TaskDecorator:

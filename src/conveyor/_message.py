@@ -11,7 +11,7 @@ import enum
 import re
 import secrets
 import time
-from typing import Any
+from typing import Annotated, Any
 
 import msgspec
 
@@ -20,6 +20,14 @@ from ._errors import InvalidName, InvalidOption
 DEFAULT_QUEUE = "default"
 MIN_PRIORITY = 0
 MAX_PRIORITY = 9
+
+# Message.headers (see conveyor.middleware): how many, how long a name, how many characters
+# in all. The decoder holds a payload to the first two; check_headers, on sending, to all.
+MAX_HEADERS = 32
+MAX_HEADER_KEY = 128
+MAX_HEADERS_SIZE = 8192
+HeaderName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HEADER_KEY)]
+Headers = Annotated[dict[HeaderName, str], msgspec.Meta(max_length=MAX_HEADERS)]
 
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
 _JOB_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
@@ -79,6 +87,10 @@ def new_job_id() -> str:
 class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):
     """What the worker needs to run one job.
 
+    Middleware sees it (``conveyor.middleware``): ``id``, ``task``, ``args``, ``kwargs``,
+    ``queue``, ``priority``, ``attempt`` (0 for the first run), ``retries``, ``enqueued_at``
+    and ``headers`` are its to read; ``headers`` is its to write, in ``before_enqueue``.
+
     ``gc=False`` here and on ``Envelope`` and ``Delivery``: made by the thousand per second,
     and never part of a reference cycle (built from values that cannot point back at them),
     so the garbage collector need not track them (a batch enqueue ran ~10% faster).
@@ -103,6 +115,9 @@ class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, g
     workflow: dict[str, Any] | None = None  # what happens after this step (workflows.py)
     depends_on: list[str] = []  # ids of jobs that must end first (their outcome is checked)
     allow_failed_dependencies: bool = False  # run even if one of them did not succeed
+    # Context producer middleware passes to worker middleware (a trace id, say); checked by
+    # middleware.check_headers, left out of the payload when empty.
+    headers: Headers = {}
 
 
 class Envelope(msgspec.Struct, frozen=True, gc=False):

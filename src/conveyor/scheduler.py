@@ -54,6 +54,7 @@ from ._task import Signature, Task
 
 if TYPE_CHECKING:
     from ._app import Conveyor
+    from ._hooks import Sending
     from .stores._port import KeyValue
 
 __all__ = ["CLAIM_TTL", "Schedule", "Scheduler", "periodic"]
@@ -217,23 +218,25 @@ class Scheduler:
         scheduler has; return the jobs this call enqueued."""
         now_ms = _ms(self.app.clock.time() if now is None else now)
         kv = self.app.broker.kv
-        plans = [
-            plan
-            for s in list(self.app.schedules)
-            if now_ms >= self._next.get(s.name, 0) and (plan := self._plan(kv, s, now_ms))
-        ]
-        envelopes = [e for p in plans for e in p.envelopes]
-        events = self.app._announce(
-            envelopes, [p.schedule.name for p in plans for _ in p.envelopes]
-        )
-        try:
-            ids = self.app.broker.enqueue(envelopes, events) if envelopes else []
-        except Exception:
-            for p in plans:  # let the next tick (ours or another scheduler's) retry them
-                self._next.pop(p.schedule.name, None)
-                for fire in p.fires:
-                    kv.delete(self._claim_key(p.schedule, fire))
-            raise
+        with self.app._sending() as sending:  # ticks go through the producer middleware
+            plans = [
+                plan
+                for s in list(self.app.schedules)
+                if now_ms >= self._next.get(s.name, 0)
+                and (plan := self._plan(kv, s, now_ms, sending))
+            ]
+            envelopes = [e for p in plans for e in p.envelopes]
+            events = self.app._announce(
+                envelopes, [p.schedule.name for p in plans for _ in p.envelopes]
+            )
+            try:
+                ids = self.app.broker.enqueue(envelopes, events) if envelopes else []
+            except Exception:
+                for p in plans:  # let the next tick (ours or another scheduler's) retry them
+                    self._next.pop(p.schedule.name, None)
+                    for fire in p.fires:
+                        kv.delete(self._claim_key(p.schedule, fire))
+                raise
         jobs: list[Job[Any]] = []
         got = iter(ids)
         for p in plans:
@@ -269,7 +272,7 @@ class Scheduler:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _plan(self, kv: KeyValue, s: Schedule, now: int) -> _Plan | None:
+    def _plan(self, kv: KeyValue, s: Schedule, now: int, sending: Sending) -> _Plan | None:
         last = self._last(kv, s, now)
         run, skipped = s.due(last, now)
         if not run:
@@ -290,7 +293,7 @@ class Scheduler:
                 len(run),
                 s.catch_up,
             )
-        return _Plan(s, claimed, [self._envelope(s, f) for f in claimed], run[-1])
+        return _Plan(s, claimed, [self._envelope(s, f, sending) for f in claimed], run[-1])
 
     def _last(self, kv: KeyValue, s: Schedule, now: int) -> int:
         key = f"{_PREFIX}{s.name}:last"
@@ -309,14 +312,14 @@ class Scheduler:
     def _claim_key(self, s: Schedule, fire: int) -> str:
         return f"{_PREFIX}{s.name}:claim:{fire}"
 
-    def _envelope(self, s: Schedule, fire: int) -> Envelope:
+    def _envelope(self, s: Schedule, fire: int, sending: Sending) -> Envelope:
         task = self.app.registry.get(s.name)
         base = task.opts if task is not None else self.app.defaults
         changes: dict[str, Any] = {"job_id": s.job_id(fire)}
         if s.overlap == "skip":
             changes["key"] = s.unique_key
         sig: Signature[Any] = Signature(self.app, s.name, (), {}, base.merge(**changes))
-        return self.app.envelope(sig)
+        return sending.envelope(sig)
 
 
 def _iso(ms: int) -> str:

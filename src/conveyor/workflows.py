@@ -75,6 +75,7 @@ from .brokers._port import PARKED
 
 if TYPE_CHECKING:
     from ._app import Conveyor
+    from ._hooks import Sending
 
 __all__ = ["COLLECT", "Chain", "Chord", "Group", "Workflow"]
 __all__ += ["advance", "cancelled", "chain", "chord", "group", "short_circuit"]
@@ -110,22 +111,23 @@ class Workflow(Generic[R]):
     def delay(self) -> Job[R]:
         """Write every step (one broker round trip, plus one key-value write per link) and
         return the future of the last one."""
-        builder = _Builder(self.app)
-        node = self._compile(builder, parked=False)
-        envelopes, links = builder.build()
-        kv, written = self.app.broker.kv, []
-        try:
-            for key, value in links.items():  # first: a step may finish the moment it is sent
-                kv.set(key, value)
-                written.append(key)
-            ids = self.app.broker.enqueue(envelopes, builder.announce(envelopes))
-        except BaseException:
-            with contextlib.suppress(ConveyorError):
-                for key in written:
-                    kv.delete(key)
-            raise
-        if ids != [e.id for e in envelopes]:  # fresh ids and no keys: cannot be deduplicated
-            raise BrokerError("the broker did not write every workflow step as given")
+        with self.app._sending() as sending:  # every step goes through the middleware
+            builder = _Builder(self.app, sending)
+            node = self._compile(builder, parked=False)
+            envelopes, links = builder.build()
+            kv, written = self.app.broker.kv, []
+            try:
+                for key, value in links.items():  # first: a step may finish when it is sent
+                    kv.set(key, value)
+                    written.append(key)
+                ids = self.app.broker.enqueue(envelopes, builder.announce(envelopes))
+            except BaseException:
+                with contextlib.suppress(ConveyorError):
+                    for key in written:
+                        kv.delete(key)
+                raise
+            if ids != [e.id for e in envelopes]:  # fresh ids, no keys: cannot be deduplicated
+                raise BrokerError("the broker did not write every workflow step as given")
         return Job(self.app, node.exit.message.id, steps=tuple(ids))
 
     async def delay_async(self) -> Job[R]:
@@ -233,8 +235,9 @@ class _Node:
 
 
 class _Builder:
-    def __init__(self, app: Conveyor) -> None:
+    def __init__(self, app: Conveyor, sending: Sending) -> None:
         self.app = app
+        self.sending = sending
         self.jobs: list[_Job] = []
         self.links: dict[str, list[_Job]] = {}
 
@@ -258,7 +261,7 @@ class _Builder:
                 f"step {sig!r}: delay=, eta= and depends_on= work on the first steps of a "
                 "workflow only; a later step starts when the step before it ends"
             )
-        envelope = self.app.envelope(sig)  # validates, encodes, picks the job id
+        envelope = self.sending.envelope(sig)  # validates, encodes, picks the job id
         job = _Job(self.app.codec.decode_message(envelope.payload), envelope, parked)
         self.jobs.append(job)
         return job

@@ -101,10 +101,10 @@ class Project:
         """A producer on the project's broker (this process never imports ``jobs_app``)."""
         return Conveyor(self.url, prefix=self.prefix)
 
-    def worker(self, *args: str, ready: bool = True) -> WorkerProcess:
-        """Start ``conveyor worker jobs_app ARGS`` with the project folder as cwd."""
+    def worker(self, *args: str, ready: bool = True, module: str = "jobs_app") -> WorkerProcess:
+        """Start ``conveyor worker MODULE ARGS`` with the project folder as cwd."""
         log = self.root / f"worker-{len(self.workers)}.log"
-        cmd = [sys.executable, "-m", "conveyor", "worker", "jobs_app", *args]
+        cmd = [sys.executable, "-m", "conveyor", "worker", module, *args]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 cmd, cwd=self.root, env=self.env(), stdout=out, stderr=subprocess.STDOUT

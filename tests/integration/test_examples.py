@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -27,10 +28,12 @@ def _copy(name: str, tmp_path: Path) -> Path:
     return target
 
 
-def _run_with_worker(folder: Path, module: str, *scripts: str) -> str:
+def _run_with_worker(
+    folder: Path, module: str, *scripts: str, worker_args: tuple[str, ...] = ()
+) -> str:
     env = _env(folder)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "worker", module, "-c", "4"],
+        [sys.executable, "-m", "conveyor", "worker", module, "-c", "4", *worker_args],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
@@ -120,3 +123,24 @@ def test_testing(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "4 passed" in done.stdout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_observability(tmp_path: Path, pool: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    with socket.socket() as s:  # a free port for the worker's /metrics
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    monkeypatch.setenv("METRICS_PORT", str(port))
+    monkeypatch.delenv("SENTRY_DSN", raising=False)
+    folder = _copy("observability", tmp_path)
+    args = ("--metrics-port", str(port), "--pool", pool)
+    out = _run_with_worker(folder, "tasks", "producer.py", worker_args=args)
+    assert "result: invoice for order 1 of acme" in out  # the tenant header
+    assert "result: charged order 2 of acme" in out
+    assert "failed: builtins.ValueError: card declined for order 3" in out
+    assert "1 x POST /checkout" in out  # one trace, from the request span...
+    assert "3 x send default" in out  # ...through each enqueue...
+    assert "4 x process default" in out  # ...into each run, the retry's too
+    assert 'status="retried",task="tasks:charge"} 1.0' in out
+    assert 'status="failed",task="tasks:charge"} 1.0' in out

@@ -94,3 +94,39 @@ def test_no_forbidden_redis_commands_in_the_package() -> None:
         for command in ("flushall", "flushdb", "config_set", "config_get", ".keys(", "'keys'"):
             assert command not in text, (path, command)
         assert '"keys"' not in text, path
+
+
+INTEGRATIONS = ("prometheus_client", "opentelemetry", "sentry_sdk")
+
+
+def test_only_contrib_imports_the_integrations_and_the_worker_never_contrib() -> None:
+    """The core keeps its four runtime dependencies: each integration's library is imported
+    inside ``contrib/`` only, and nothing but ``contrib/`` and ``cli/`` imports ``contrib``."""
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "contrib":
+            continue
+        names = _imports(path)
+        assert not any(n.split(".")[0] in INTEGRATIONS for n in names), rel
+        if rel.parts[0] != "cli":
+            assert not any(n.startswith("conveyor.contrib") for n in names), rel
+
+
+def test_middleware_is_public_and_typed() -> None:
+    from conveyor import middleware
+
+    assert conveyor.Middleware is middleware.Middleware
+    assert set(middleware.__all__) >= {"Message", "Middleware", "Outcome", "Run", "WorkerProcess"}
+
+
+def test_importing_conveyor_and_its_worker_loads_no_integration() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, conveyor, conveyor.worker, conveyor.cli, conveyor.testing;"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+        f"{INTEGRATIONS!r} or m.startswith('conveyor.contrib')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

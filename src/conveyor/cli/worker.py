@@ -85,6 +85,13 @@ def _names(values: tuple[str, ...]) -> list[str]:
     help="With --pool processes: replace a child whose resident memory is above MIB "
     "mebibytes after a job.",
 )
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(min=0, max=65535),
+    default=None,
+    metavar="PORT",
+    help="Serve Prometheus metrics at http://0.0.0.0:PORT/metrics (needs conveyor[prometheus]).",
+)
 @_logs.level_option
 @_logs.format_option
 @app_options
@@ -102,6 +109,7 @@ def worker(
     max_deliveries: int,
     max_jobs_per_child: int | None,
     max_child_memory: int | None,
+    metrics_port: int | None,
     log_level: str | None,
     log_format: str,
     app_spec: str | None,
@@ -126,6 +134,11 @@ def worker(
         # the environment then uses the same broker as this worker.
         os.environ["CONVEYOR_URL"] = url
     spec = spec if ":" in spec else module_name
+    if metrics_port is not None:  # before the worker is made: it may add the middleware
+        from ..contrib.prometheus import serve
+
+        server = serve(app, metrics_port)
+        click.echo(f"serving metrics at {server.url}", err=True)
     Worker(
         app,
         _names(queues),

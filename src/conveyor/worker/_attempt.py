@@ -23,6 +23,7 @@ from .._codec import Codec
 from .._context import CurrentJob, set_current_job
 from .._errors import ResultTooLarge, SerializationError
 from .._message import Delivery, Message, Outcome, RemoteError
+from ..middleware import Run
 from ._describe import Interrupted, describe, lineage, name_of
 
 RUNNING = "running"
@@ -75,6 +76,7 @@ class Attempt:
     lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     # Set by the pool running the job: the thread, the asyncio task, or the child process.
     handle: Any = None
+    run: Run | None = None  # what the run hooks saw (only with middleware, ``_middleware.py``)
 
     @property
     def name(self) -> str:

@@ -1,8 +1,12 @@
 """A process-pool child: ``python -m conveyor.worker._child FD`` (a fresh interpreter).
 
-It reads ``(sys.path, app spec, trusted packages, log levels)`` from the socket ``FD``,
-imports the app, answers ``ready``, then runs one job per message until it reads ``None``.
-A closed socket means the parent is gone: the child exits at once.
+It reads ``(sys.path, app spec, trusted packages, log levels, worker)`` from the socket
+``FD``, imports the app, answers ``ready``, then runs one job per message until it reads
+``None``. A closed socket means the parent is gone: the child exits at once.
+
+The app's middleware (as its module builds it here) runs its lifecycle hooks when the child
+starts and when it is told to stop, and its run hooks around each job; what the worker
+decides about a job (``on_running``, ``on_outcome``...) runs in the worker process.
 
 Its log records go to the parent as ``("log", fields)`` at the parent's levels, stamped with
 the running job's fields here, and the parent's handlers write them (``_logging.forward``).
@@ -21,13 +25,18 @@ import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
+import msgspec
+
 from .. import _logging
 from .._app import Conveyor
 from .._errors import ConfigurationError
+from .._hooks import Hooks
 from .._message import Delivery
+from ..middleware import WorkerProcess
 from ._attempt import Result, Results, acall, call, make_current_job, raised
 from ._describe import name_of, text_of
 from ._leftovers import let_go
+from ._middleware import wrap
 from ._resolve import Resolver
 
 Job = tuple[bytes, int] | None
@@ -58,7 +67,7 @@ def main(fd: int) -> None:
             conn.send(message)
 
     try:
-        path, spec, trusted, levels = conn.recv()
+        path, spec, trusted, levels, worker = conn.recv()
         _logging.forward(send, levels)  # first, so the app's import-time lines reach the parent
         sys.path[:] = path
         app = import_app(spec)
@@ -67,14 +76,27 @@ def main(fd: int) -> None:
         return
     resolver = Resolver(app.registry, trusted)
     results = Results(app.codec, app.max_result)
+    hooks = Hooks(app.middleware) if app.middleware else None
+    me = _me(worker)
+    if hooks is not None:
+        hooks.worker_start(me)
     jobs: queue.SimpleQueue[Job] = queue.SimpleQueue()
     threading.Thread(target=_listen, args=(conn, jobs), daemon=True).start()
     before = threading.enumerate()
     send(("ready", None))
     while (job := jobs.get()) is not None:
         payload, deliveries = job
-        send(("done", _run(resolver, results, payload, deliveries, send)))
+        send(("done", _run(resolver, results, payload, deliveries, send, hooks=hooks)))
+    if hooks is not None:
+        hooks.worker_stop(me)
     let_go(before, f"worker process {os.getpid()}")
+
+
+def _me(worker: WorkerProcess | None) -> WorkerProcess:
+    """This child, as its lifecycle hooks see it: the worker it runs jobs for."""
+    if worker is None:  # started by hand, not by a worker
+        return WorkerProcess("?", (), "processes", 1, child=True)
+    return msgspec.structs.replace(worker, child=True, pid=os.getpid())
 
 
 def _listen(conn: Connection, jobs: queue.SimpleQueue[Job]) -> None:
@@ -89,13 +111,21 @@ def _listen(conn: Connection, jobs: queue.SimpleQueue[Job]) -> None:
 
 
 def _run(
-    resolver: Resolver, results: Results, payload: bytes, deliveries: int, send: Any
+    resolver: Resolver,
+    results: Results,
+    payload: bytes,
+    deliveries: int,
+    send: Any,
+    *,
+    hooks: Hooks | None,
 ) -> Result:
     try:
         message = results.codec.decode_message(payload)
         fn = resolver.resolve(message.task).fn
     except BaseException as exc:  # the parent checked both already; only a race gets here
         return raised(exc)
+    if hooks is not None:
+        fn = wrap(hooks, fn, message)
     delivery = Delivery(message.id, message.queue, b"", "", deliveries)
     job = make_current_job(message, delivery, lambda v, n: send(("progress", v, n)))
     if inspect.iscoroutinefunction(fn):

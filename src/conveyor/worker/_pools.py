@@ -25,6 +25,7 @@ from typing import Protocol
 
 from .._backoff import Backoff
 from .._errors import ConfigurationError
+from ..middleware import WorkerProcess
 from ._attempt import Attempt, Results
 from ._loop import LoopRunner
 from ._threads import Abandon, Done, Report, ThreadRunner
@@ -56,6 +57,7 @@ class Executor:
         abandon: Abandon,
         max_jobs_per_child: int | None = None,
         max_child_memory: int | None = None,
+        worker: WorkerProcess | None = None,
     ) -> None:
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}: use threads, processes or async")
@@ -82,6 +84,7 @@ class Executor:
                 halted=halted,
                 max_jobs=max_jobs_per_child,
                 max_memory=None if max_child_memory is None else max_child_memory * MiB,
+                worker=worker,
             )
         else:
             size = concurrency if pool == "threads" else min(concurrency, ASYNC_POOL_THREADS)

@@ -47,6 +47,7 @@ from typing import Any
 from .. import _logging
 from .._backoff import Backoff
 from .._errors import ConfigurationError
+from ..middleware import WorkerProcess
 from ._attempt import CANCEL, SHUTDOWN, TIMEOUT, Attempt, Result, Stopped, synthetic, timed_out
 from ._describe import text_of
 from ._joblog import log_job
@@ -117,8 +118,10 @@ class ProcessRunner:
         halted: Callable[[], bool],
         max_jobs: int | None = None,
         max_memory: int | None = None,
+        worker: WorkerProcess | None = None,
     ) -> None:
         self._size = size
+        self._worker = worker  # for the children's lifecycle hooks
         self._spec = spec
         self._trusted = trusted
         self._done = done
@@ -181,7 +184,7 @@ class ProcessRunner:
             theirs.close()
         conn = Connection(ours.detach())
         with contextlib.suppress(OSError):  # if it died at once, _await_ready says so
-            conn.send((list(sys.path), self._spec, self._trusted, _logging.levels()))
+            conn.send((list(sys.path), self._spec, self._trusted, _logging.levels(), self._worker))
         log.debug("started worker process %s", proc.pid)
         child = _Child(proc, conn)
         with self._lock:

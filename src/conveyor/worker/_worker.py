@@ -38,8 +38,10 @@ from .. import _logging
 from .._backoff import Backoff
 from .._checks import names, refuse, seconds, whole
 from .._errors import BrokerError, BrokerGone
+from .._hooks import Hooks
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
+from ..middleware import WorkerProcess
 from ..scheduler import Scheduler
 from ._attempt import SHUTDOWN, Results
 from ._consumer import Consumer
@@ -49,6 +51,7 @@ from ._finisher import Finisher
 from ._inflight import Inflight
 from ._lease import Keeper
 from ._leftovers import let_go
+from ._middleware import consumer_factory
 from ._outcome import Outcomes
 from ._pools import POOLS, Executor, check_recycling
 from ._resolve import Resolver, top_package, trusted_packages
@@ -131,7 +134,9 @@ class Worker:
         prefetch = 0 if pool == "processes" else PREFETCH_SLOTS * concurrency
         self._inflight = Inflight(concurrency, prefetch=prefetch)
         self._events = WorkerEvents(self.id, app.clock) if app.events else None
-        self._consumer = Consumer(
+        # The app's middleware as it is now; None: no middleware, and nothing on any path.
+        self._hooks = Hooks(app.middleware) if app.middleware else None
+        self._consumer: Consumer = consumer_factory(self._hooks, pool)(
             app=app,
             broker=app.broker,
             queues=self.queues,
@@ -156,6 +161,11 @@ class Worker:
 
     def __repr__(self) -> str:
         return f"<Worker {self.id} {','.join(self.queues)} {self.pool}x{self.concurrency}>"
+
+    @property
+    def process(self) -> WorkerProcess:
+        """What the lifecycle hooks of middleware are told about this worker."""
+        return WorkerProcess(self.id, tuple(self.queues), self.pool, self.concurrency)
 
     @property
     def processed(self) -> int:
@@ -237,6 +247,8 @@ class Worker:
         self.started_at = app.clock.time()
         if self._events is not None:
             self._events.worker("worker.online", self._info())
+        if self._hooks is not None:
+            self._hooks.worker_start(self.process)
         executor = Executor(
             self.pool,
             self.concurrency,
@@ -250,6 +262,7 @@ class Worker:
             abandon=consumer.abandon,
             max_jobs_per_child=self.max_jobs_per_child,
             max_child_memory=self.max_child_memory,
+            worker=self.process,
         )
         executor.start()
         consumer.executor = executor
@@ -348,6 +361,8 @@ class Worker:
         except Exception as exc:
             log.debug("cannot remove the worker's announcement: %s", exc)
         consumer.executor.shutdown()
+        if self._hooks is not None:
+            self._hooks.worker_stop(self.process)
         log.debug("worker %s stopped after %d job(s)", self.id, self.processed)
 
     # -- helpers ---------------------------------------------------------------------------

@@ -1,0 +1,230 @@
+"""Prometheus metrics for Conveyor (``pip install 'conveyor[prometheus]'``).
+
+::
+
+    from conveyor import Conveyor
+    from conveyor.contrib.prometheus import PrometheusMiddleware
+
+    app = Conveyor(url, middleware=[PrometheusMiddleware()])
+
+then ``conveyor worker myapp.tasks --metrics-port 9100`` serves ``/metrics`` (or call
+``serve(app, 9100)`` yourself). ``--metrics-port`` adds the middleware if the app has none.
+
+Metrics (``namespace`` prefixes them; ``conveyor`` unless set):
+
+=================================== ========= ==================================================
+``conveyor_jobs_total``             counter   attempts that ended, by ``task``, ``queue`` and
+                                              ``status``: succeeded, failed, retried, cancelled,
+                                              dead, released (handed back or its process died)
+``conveyor_job_duration_seconds``   histogram run time of attempts, by ``task``, ``queue``
+``conveyor_job_wait_seconds``       histogram how long jobs waited from ``delay()`` to their
+                                              first run, by ``queue`` (a ``delay=``/``eta=``
+                                              counts as waiting)
+``conveyor_jobs_in_progress``       gauge     jobs running now, by ``queue``
+``conveyor_jobs_enqueued_total``    counter   jobs this process sent, by ``task``, ``queue``
+``conveyor_queue_jobs``             gauge     jobs in the broker by ``queue`` and ``state``
+                                              (queued, scheduled, running, failed, dead), read
+                                              from the broker at each scrape (``serve``, or
+                                              ``register_queue_metrics``): every worker reports
+                                              the same numbers, aggregate them with ``max``
+``conveyor_broker_up``              gauge     1 if the broker answered that read, else 0
+=================================== ========= ==================================================
+
+With ``--pool processes`` every count is made in the worker process, which sees each attempt
+end (also a child killed at its time limit, or one that died), so one process serves them
+all: no multiprocess mode and no shared directory. Metrics your own tasks record run in the
+children and are not served by the worker (use prometheus_client's multiprocess mode for
+those). The metric names and labels are kept stable; docs/observability.md has alerts and a
+Grafana dashboard built on them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import threading
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from .._errors import ConfigurationError
+from ..middleware import Message, Middleware, Outcome
+from . import require
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+    from prometheus_client import CollectorRegistry
+
+    from .._app import Conveyor
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "MetricsServer",
+    "PrometheusMiddleware",
+    "register_queue_metrics",
+    "serve",
+]
+
+# From a millisecond no-op to an hour-long report (seconds); waits use the same.
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600)
+QUEUE_STATES = ("queued", "scheduled", "running", "failed", "dead")
+UNKNOWN_TASK = "unknown"  # the task label of a dead letter whose payload could not be read
+
+
+def _prometheus() -> Any:
+    return require("prometheus_client", "prometheus", user="conveyor.contrib.prometheus")
+
+
+class PrometheusMiddleware(Middleware):
+    """Counts jobs into a Prometheus registry (``prometheus_client.REGISTRY`` unless
+    ``registry`` is given). One per registry: a second one on the same registry is a
+    ``ConfigurationError`` (pass each its own ``CollectorRegistry()``, in tests say)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        namespace: str = "conveyor",
+        buckets: tuple[float, ...] = DURATION_BUCKETS,
+    ) -> None:
+        prom = _prometheus()
+        self.registry: CollectorRegistry = prom.REGISTRY if registry is None else registry
+        self.namespace = namespace
+        made: list[Any] = []
+
+        def metric(kind: Any, name: str, doc: str, labels: list[str], **more: Any) -> Any:
+            made.append(
+                kind(name, doc, labels, namespace=namespace, registry=self.registry, **more)
+            )
+            return made[-1]
+
+        try:
+            self.jobs = metric(prom.Counter, "jobs", "Attempts that ended, by outcome.",
+                               ["task", "queue", "status"])  # fmt: skip
+            self.duration = metric(prom.Histogram, "job_duration_seconds", "Run time of attempts.",
+                                   ["task", "queue"], buckets=buckets)  # fmt: skip
+            self.wait = metric(prom.Histogram, "job_wait_seconds",
+                               "How long jobs waited from delay() to their first run.",
+                               ["queue"], buckets=buckets)  # fmt: skip
+            self.in_progress = metric(prom.Gauge, "jobs_in_progress", "Jobs running now.",
+                                      ["queue"])  # fmt: skip
+            self.enqueued = metric(prom.Counter, "jobs_enqueued", "Jobs this process sent.",
+                                   ["task", "queue"])  # fmt: skip
+        except ValueError as exc:  # Duplicated timeseries in CollectorRegistry
+            for collector in made:
+                self.registry.unregister(collector)
+            raise ConfigurationError(
+                f"cannot add Conveyor's metrics to this registry ({exc}): another "
+                "PrometheusMiddleware (or another collector) already has those names there. "
+                "Make one PrometheusMiddleware per registry, or pass "
+                "registry=prometheus_client.CollectorRegistry(), or another namespace="
+            ) from exc
+
+    def after_enqueue(self, message: Message, error: BaseException | None) -> None:
+        if error is None:
+            self.enqueued.labels(message.task, message.queue).inc()
+
+    def on_running(self, message: Message) -> None:
+        self.in_progress.labels(message.queue).inc()
+        if message.attempt == 0:  # a retry waited for its backoff on purpose
+            waited = max(time.time() - message.enqueued_at, 0.0)  # the clocks may disagree
+            self.wait.labels(message.queue).observe(waited)
+
+    def on_outcome(self, message: Message | None, outcome: Outcome) -> None:
+        task = outcome.task or UNKNOWN_TASK
+        self.jobs.labels(task, outcome.queue, outcome.status).inc()
+        if outcome.duration is None:  # it never ran (on_running was not called)
+            return
+        self.in_progress.labels(outcome.queue).dec()
+        if outcome.status != "released":
+            self.duration.labels(task, outcome.queue).observe(outcome.duration)
+
+
+@dataclasses.dataclass
+class MetricsServer:
+    """The ``/metrics`` endpoint ``serve`` started; ``close()`` stops it."""
+
+    host: str
+    port: int  # the port it listens on (the one chosen when 0 was asked for)
+    _server: WSGIServer
+    _thread: threading.Thread
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}/metrics"
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(5.0)
+
+
+def serve(app: Conveyor, port: int, host: str = "0.0.0.0") -> MetricsServer:
+    """Serve the metrics of ``app``'s ``PrometheusMiddleware``, and the depth of its broker's
+    queues, at ``http://host:port/metrics`` from a daemon thread (the default host listens
+    on every interface, for a Prometheus on another machine). If the app has no
+    ``PrometheusMiddleware`` one is added: call this before making the worker, which takes
+    the middleware the app has when it is made. ``port=0`` picks a free port
+    (``server.port`` says which)."""
+    prom = _prometheus()
+    middleware = next((m for m in app.middleware if isinstance(m, PrometheusMiddleware)), None)
+    if middleware is None:
+        middleware = PrometheusMiddleware()
+        app.add_middleware(middleware)
+    register_queue_metrics(app, middleware.registry, namespace=middleware.namespace)
+    try:
+        server, thread = prom.start_http_server(port, addr=host, registry=middleware.registry)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot serve metrics on {host}:{port} ({exc}); choose another --metrics-port"
+        ) from exc
+    return MetricsServer(host, server.server_address[1], server, thread)
+
+
+def register_queue_metrics(
+    app: Conveyor, registry: CollectorRegistry | None = None, *, namespace: str = "conveyor"
+) -> None:
+    """Report the depth of ``app``'s queues (``conveyor_queue_jobs``, ``conveyor_broker_up``)
+    in ``registry`` (the default one unless given), read from the broker at each scrape. Once
+    per registry; ``serve`` calls it."""
+    prom = _prometheus()
+    registry = prom.REGISTRY if registry is None else registry
+    with contextlib.suppress(ValueError):  # there already: one read per scrape is enough
+        registry.register(_QueueDepth(app, namespace))
+
+
+class _QueueDepth:
+    """A prometheus_client collector: one ``broker.stats()`` call per scrape."""
+
+    def __init__(self, app: Conveyor, namespace: str) -> None:
+        self._app = app
+        self._depth = f"{namespace}_queue_jobs"
+        self._up = f"{namespace}_broker_up"
+
+    def describe(self) -> Iterator[Any]:  # lets the registry check names without a read
+        return self._families()
+
+    def collect(self) -> Iterator[Any]:
+        return self._families(read=True)
+
+    def _families(self, read: bool = False) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        depth = GaugeMetricFamily(
+            self._depth, "Jobs in the broker, by queue and state.", labels=["queue", "state"]
+        )
+        up = GaugeMetricFamily(self._up, "1 if the broker answered the last read of its queues.")
+        if read:
+            try:
+                stats = self._app.broker.stats()
+            except Exception:
+                up.add_metric([], 0)
+            else:
+                up.add_metric([], 1)
+                for s in stats:
+                    for state in QUEUE_STATES:
+                        depth.add_metric([s.queue, state], getattr(s, state))
+        yield depth
+        yield up
