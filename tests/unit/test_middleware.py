@@ -519,7 +519,7 @@ def test_after_enqueue_sees_a_broker_that_refused_the_batch(rec: Recorder) -> No
     @app.task
     def t(i: int) -> None: ...
 
-    def refuse(envelopes: list[Envelope]) -> list[str]:
+    def refuse(envelopes: list[Envelope], events: object = None) -> list[str]:
         raise ConnectionError("broker away")
 
     app.broker.enqueue = refuse  # type: ignore[method-assign]
