@@ -226,6 +226,7 @@ def test_the_snippets_of_the_docs_run(tmp_path: Path) -> None:
             "sent to ada@example.com",
         ],
         ["reported: builtins.ValueError: card declined"],
+        ["['job.enqueued', 'job.started', 'job.succeeded']", "0 more"],
     ]
     blocks = snippets()
     assert len(blocks) == len(expected)
