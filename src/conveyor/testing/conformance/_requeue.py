@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ..._message import Envelope, JobStatus, new_job_id
-from ...brokers._port import Broker
+from ...brokers._port import REQUEUEABLE, Broker
 from ._helpers import LONG, Timeline, dependent, envelope, fetch, fetch_one, finish, status
 
 
@@ -45,19 +45,46 @@ class _RequeueTests:
         assert [(d.id, d.payload, d.deliveries) for d in got] == [(i, p, 1) for i, p in items]
         assert broker.wait(failed.id, 0.05) is None  # pending again: nothing to wait for
 
-    def test_requeue_refuses_jobs_that_have_not_ended_and_succeeded_ones(
+    def test_requeue_puts_back_the_requeueable_statuses_only_whatever_the_status(
         self, broker: Broker, timeline: Timeline
     ) -> None:
-        queued, running, succeeded = envelope(), envelope(), envelope()
-        scheduled = envelope(eta=timeline.now + LONG)
-        broker.enqueue([succeeded, running, queued, scheduled])
-        done, _ = fetch(broker, count=2)
-        assert finish(broker, done)
-        jobs = [queued, scheduled, running, succeeded]
-        before = [(status(broker, e.id), broker.payload(e.id)) for e in jobs]
-        items = [(e.id, b"refused") for e in jobs] + [(new_job_id(), b"unknown")]
-        assert broker.requeue(items) == [None] * 5
-        assert [(status(broker, e.id), broker.payload(e.id)) for e in jobs] == before
+        """One job in every status (and the pending ones in each of their forms): only
+        failed, dead and cancelled ones go back; the others, and an unknown id, are left
+        exactly as they were, with None."""
+        queued, parked_on, running, cancelling = envelope(), envelope(), envelope(), envelope()
+        ended = {s: envelope() for s in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.DEAD)}
+        broker.enqueue([*ended.values(), running, cancelling])
+        for s, d in zip(ended, fetch(broker, count=len(ended)), strict=True):  # FIFO
+            assert finish(broker, d, s, reason=f"{s} on purpose")
+        assert {d.id for d in fetch(broker)} == {running.id, cancelling.id}
+        assert broker.cancel(cancelling.id) is JobStatus.RUNNING  # its worker is told to stop
+        cancelled, scheduled = envelope(), envelope(eta=timeline.now + LONG)
+        parked = dependent(parked_on.id)
+        broker.enqueue([queued, scheduled, cancelled, parked_on, parked])
+        assert broker.cancel(cancelled.id) is JobStatus.CANCELLED
+        by_status = {
+            JobStatus.QUEUED: [queued, parked_on],
+            JobStatus.SCHEDULED: [scheduled, parked],
+            JobStatus.RUNNING: [running, cancelling],
+            JobStatus.CANCELLED: [cancelled],
+            **{s: [e] for s, e in ended.items()},
+        }
+        assert set(by_status) == set(JobStatus), "a status this test does not cover"
+        jobs = [e for envs in by_status.values() for e in envs]
+        assert [status(broker, e.id) for e in jobs] == [
+            s for s, envs in by_status.items() for _ in envs
+        ]
+        pending = [e for s, envs in by_status.items() if s not in REQUEUEABLE for e in envs]
+        before = [(broker.get([e.id]), broker.payload(e.id)) for e in pending]
+        items = [(e.id, b"again") for e in jobs] + [(new_job_id(), b"unknown")]
+        expected = [
+            e.id if s in REQUEUEABLE else None for s, envs in by_status.items() for e in envs
+        ]
+        assert broker.requeue(items) == [*expected, None]
+        assert [(broker.get([e.id]), broker.payload(e.id)) for e in pending] == before
+        for s in REQUEUEABLE:
+            [e] = by_status[s]
+            assert (status(broker, e.id), broker.payload(e.id)) == (JobStatus.QUEUED, b"again")
         assert broker.requeue([]) == []
 
     def test_a_job_is_requeued_once_however_often_it_is_named(self, broker: Broker) -> None:
