@@ -28,7 +28,8 @@ from conveyor import Conveyor
 from conveyor._errors import BrokerError
 from conveyor._message import Envelope, JobStatus, WorkerInfo
 from conveyor.brokers._port import Finish, LeaseState
-from conveyor.brokers.redis import RedisBroker, _connect
+from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.redis._errors import FULL_POLL
 from conveyor.testing.conformance import envelope
 from conveyor.worker import Worker
 from redis_server import (
@@ -180,7 +181,7 @@ def test_a_waiter_on_a_full_redis_wakes_for_the_result(full_server: RedisServer)
             record = wait(job_id)
             finisher.join()
             assert record is not None and record.result == b"r"
-            assert time.monotonic() - started < 0.3 + 2 * _connect.FULL_POLL + 0.5
+            assert time.monotonic() - started < 0.3 + 2 * FULL_POLL + 0.5
         used, limit = _memory(full_server)
         assert used > limit
     finally:

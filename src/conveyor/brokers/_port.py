@@ -1,9 +1,16 @@
-"""The broker port: the one interface the worker, the app and the tools drive.
+"""The broker port: what the worker and the app drive, and the ``Broker`` every adapter is.
 
-Adapters: ``memory`` (the reference semantics), ``sqlite`` (embedded default), ``redis``
-(Streams). ``conveyor.testing.conformance`` checks an adapter against this contract.
+``Broker`` is both halves of the port: the hot path here (enqueue, fetch, renew, finish,
+release, promote, progress, get, wait, payload, cancel, heartbeat, publish) and the
+operations the CLI and the dashboard use (``_admin``: stats, entries, requeue, pause,
+purge, workers, read_events, ...). Its public methods check their arguments and call an
+adapter's primitives (``_base``); an adapter subclasses ``Broker`` and implements those
+(docs/adding-a-broker.md). Adapters: ``memory`` (the reference semantics), ``sqlite``
+(embedded default), ``redis`` (Streams); ``brokers._registry`` opens them by URL scheme.
+``conveyor.testing.conformance`` and ``conveyor.testing.model`` check an adapter against
+this contract.
 
-Contract, in short:
+Contract of the hot path, in short:
 
 * ``enqueue`` writes jobs atomically (all of a batch or none) and records each as ``queued``
   (or ``scheduled`` when its ``eta`` is in the future). It is idempotent on the job id: a job
@@ -45,40 +52,15 @@ Contract, in short:
 * ``release`` hands a job back for immediate redelivery (graceful shutdown); it does not
   count as a delivery. A job whose cancel was requested while it ran ends ``cancelled``
   instead when it is released or its lease expires.
-* ``cancel`` keeps the cancelled record (and its payload, for ``payload``) for a day, like a
-  result, with the reason ``CANCELLED_PENDING``; a running job cancelled and then released
-  or abandoned (lease expired) ends with ``CANCELLED_WORKER_STOPPED``.
+* ``cancel`` keeps the cancelled record (and its payload, for ``payload``) for
+  ``CANCELLED_TTL`` (a day, like a result), with the reason ``CANCELLED_PENDING``; a
+  running job cancelled and then released or abandoned (lease expired) ends with
+  ``CANCELLED_WORKER_STOPPED``.
 * ``get`` gives each record's ``deliveries`` (as fetch counts them; 0 again after a retry or
   a requeue) and ``reason`` (the finish's, or the cancel's above; "" while the job is
   pending or after it succeeded).
 * ``wait`` blocks until the job is terminal (or the timeout passes) without a sleep loop;
   a result written before ``wait`` starts is returned at once.
-* ``entries`` lists one status, a page at a time (``limit`` >= 1 jobs after skipping
-  ``offset``), in one fixed order per status, so pages follow each other: queued jobs in
-  the order ``fetch`` hands them out (highest priority first, then first in line first);
-  scheduled jobs soonest ``eta`` first, then the parked ones (waiting for ``promote`` or
-  their dependencies), ties by job id; every other status newest first by ``at`` (when the
-  job last changed), ties by job id, highest first. An adapter that indexes ended jobs by
-  when their record expires (Redis) gives that order exactly where the jobs of a queue
-  and status share one result TTL, and close to it where they do not.
-* ``pause(queue)``: ``fetch`` hands out no job of the queue until ``resume(queue)``; the
-  rest goes on (enqueue, due scheduled jobs and reclaimed leases become queued, running
-  jobs renew and finish, retries are scheduled). Persistent in the broker (a restarted
-  worker finds the queue paused), idempotent, and allowed for a queue without jobs.
-  ``resume`` wakes fetches blocked on the queue: one takes its jobs within a second.
-  ``stats`` lists every paused queue (with ``paused`` set) whether or not it has jobs.
-* ``requeue`` puts ended jobs back: for each (job id, new payload), in one atomic step
-  per job, a job that is failed, dead or cancelled goes back as a fresh job -- the new
-  payload (the app resets its retry count in it: brokers never decode payloads), no
-  result, reason, progress, eta or expiry, deliveries counted from 0 -- and its unique key
-  and ``depends_on`` count as on enqueue: the key is taken again, unless another pending
-  job holds it, and then nothing changes and that job's id is reported (enqueue's
-  deduplication); each dependency that has not ended is waited for again (the job is
-  parked until the last one ends; an unknown or expired one is not waited for); with none
-  to wait for, it goes to the back of its queue at its priority. Per item it reports the
-  id of the pending job that now stands for it (its own: requeued; another: deduplicated),
-  or None, changing nothing, for an unknown or expired id or a job that is not failed,
-  dead or cancelled (queued, scheduled, running, succeeded).
 * **Events** (``conveyor._events``; docs/observability.md): opaque bytes the app and the
   worker encode, kept in one capped log per broker that any number of readers follow
   without taking anything out of it. ``publish`` appends a batch; events also ride on
@@ -91,15 +73,16 @@ Contract, in short:
   keeps at least the newest ``events_kept`` events and fewer than ``EVENTS_SLACK`` more
   (an adapter that stores several events to a record keeps the whole record that holds
   the oldest one kept): a full log drops its oldest events, never a job, and nothing waits
-  for a reader. ``read_events(after, block,
-  limit)`` returns up to ``limit`` (cursor, event) pairs in publish order after the
-  opaque cursor ``after`` (None: from the oldest kept), blocking up to ``block`` seconds
-  while there is none; a cursor older than the oldest kept reads from the oldest kept.
-  ``events_tail()`` is the cursor of the newest event: reading after it returns only what
-  is published later.
+  for a reader (``read_events``, in ``_admin``).
+* ``heartbeat`` announces a live worker, until ``ttl`` seconds after the last one or
+  ``forget_worker``; ``workers`` (``_admin``) lists them.
 * Time: ``eta``, leases and TTLs are read on the injected clock; ``block`` and ``timeout``
   are real seconds a caller waits. ``fetch`` with ``count=0`` returns at once.
-* Nothing from ``redis`` or ``sqlite3`` leaves an adapter: errors become ``BrokerError``.
+* Nothing from ``redis`` or ``sqlite3`` leaves an adapter: errors become ``BrokerError``
+  (each adapter's ``_errors``, around every primitive).
+* Checked before a primitive runs, the same on every adapter (``_base``): envelopes (type,
+  job id, queue, priority, dependency ids), fetch's queues, entries' status, queue and page,
+  requeue's ids, the queue of pause, resume and purge, event cursors, limits and blocks.
 """
 
 from __future__ import annotations
@@ -107,90 +90,47 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
-from abc import ABC, abstractmethod
+import time
+from abc import abstractmethod
 from collections.abc import Sequence
 
 import msgspec
 
-from .._errors import ConfigurationError, DependencyNotFound
-from .._message import (
-    Delivery,
-    Envelope,
-    JobEntry,
-    JobRecord,
-    JobStatus,
-    QueueStats,
-    WorkerInfo,
-)
+from .._message import Delivery, Envelope, JobRecord, JobStatus, WorkerInfo
 from ..stores._port import KeyValue
+from ._admin import Admin
+from ._base import (
+    CANCELLED_PENDING,
+    CANCELLED_TTL,
+    CANCELLED_WORKER_STOPPED,
+    EVENTS_KEPT,
+    EVENTS_SLACK,
+    PARKED,
+    REQUEUEABLE,
+    AsyncWatch,
+    Watch,
+    check_envelopes,
+    check_events,
+    check_kept,
+    check_queues,
+    job_not_found,
+    purged_while_waiting,
+)
 
-PARKED = math.inf  # the eta of a job that waits for ``promote``
-# How many events a broker keeps by default (docs/observability.md says why this many), and
-# fewer than how many more an adapter that stores several events to a record may keep.
-EVENTS_KEPT = 10_000
-EVENTS_SLACK = 100
-# The ended statuses ``requeue`` puts back (a succeeded job keeps its result, not its work).
-REQUEUEABLE = frozenset({JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
-# The reason of a job cancelled by the broker, not by its worker's finish (``Job.cancel``).
-CANCELLED_PENDING = "cancelled before it ran"
-CANCELLED_WORKER_STOPPED = "cancelled while running (its worker stopped)"
-
-
-def check_page(limit: int, offset: int) -> None:
-    """``entries`` takes at least one job per page, after skipping none or more."""
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ConfigurationError(f"bad limit {limit!r}: list at least 1 job per page")
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ConfigurationError(f"bad offset {offset!r}: skip 0 or more jobs")
-
-
-def check_events(envelopes: Sequence[Envelope], events: Sequence[bytes]) -> None:
-    """``enqueue``'s events come one per envelope, or not at all."""
-    if events and len(events) != len(envelopes):
-        raise ValueError(
-            f"enqueue takes one event per envelope or none: {len(events)} events "
-            f"for {len(envelopes)} envelopes"
-        )
-
-
-def check_kept(kept: int) -> int:
-    """``events_kept``: at least one event."""
-    if not isinstance(kept, int) or isinstance(kept, bool) or kept < 1:
-        raise ConfigurationError(f"bad events_kept {kept!r}: keep at least 1 event")
-    return kept
-
-
-def bad_cursor(after: object) -> ConfigurationError:
-    return ConfigurationError(f"bad event cursor {after!r}: pass one read_events returned")
-
-
-def event_number(after: str | None) -> int:
-    """The event a numbered cursor (memory, SQLite) names; 0 (before the first) for None."""
-    if after is None:
-        return 0
-    if not isinstance(after, str) or not after.isdigit():
-        raise bad_cursor(after)
-    return int(after)
-
-
-def check_read(block: float, limit: int) -> None:
-    """``read_events`` takes at least one event and a block of zero or more seconds."""
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ConfigurationError(f"bad limit {limit!r}: read at least 1 event at a time")
-    if not block >= 0:
-        raise ConfigurationError(f"bad block {block!r}: wait zero or more seconds")
-
-
-def unknown_dependency(job_id: str, dependency: str) -> DependencyNotFound:
-    """The error every adapter raises for a ``depends_on`` id it does not know.
-
-    Not "already done": a record that expired after its result TTL and a typo look the same,
-    and running a job whose prerequisite may have failed is the worse surprise."""
-    return DependencyNotFound(
-        f"job {job_id} depends on {dependency!r}, which is not a known job (never enqueued, "
-        "or its record expired after its result TTL); nothing was enqueued. Enqueue the "
-        "dependency first, or keep its result longer (result_ttl=)"
-    )
+__all__ = [  # the port's names; the constants and check_kept are _base's, named here too
+    "CANCELLED_PENDING",
+    "CANCELLED_TTL",
+    "CANCELLED_WORKER_STOPPED",
+    "EVENTS_KEPT",
+    "EVENTS_SLACK",
+    "PARKED",
+    "REQUEUEABLE",
+    "Broker",
+    "Claimed",
+    "Finish",
+    "LeaseState",
+    "check_kept",
+]
 
 
 class LeaseState(enum.StrEnum):
@@ -217,11 +157,12 @@ class Finish(msgspec.Struct, frozen=True):
     event: bytes | None = None
 
 
-class Broker(ABC):
-    """Abstract broker; see the module docstring for the contract."""
+Claimed = tuple[list[Delivery], float | None]  # a fetch's look: deliveries, next due in (s)
 
-    url: str = ""
-    events_kept: int = EVENTS_KEPT  # the event log keeps at least this many (see the contract)
+
+class Broker(Admin):
+    """A broker: the hot path here, the operations in ``Admin``; see the module docstring
+    for the contract and ``_base`` for how an adapter plugs in."""
 
     @property
     @abstractmethod
@@ -230,152 +171,226 @@ class Broker(ABC):
 
     # -- producing -------------------------------------------------------------------------
 
-    @abstractmethod
     def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
         """Write jobs; return each job's id (the existing one when deduplicated by key).
         ``events``: one per envelope, published only with a job that is written."""
+        check_envelopes(envelopes)
+        check_events(envelopes, events)
+        if not envelopes:
+            return []
+        with self._errors:
+            return self._enqueue(envelopes, events)
 
     async def enqueue_async(
         self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
     ) -> list[str]:
-        return await asyncio.to_thread(self.enqueue, envelopes, events)
+        check_envelopes(envelopes)
+        check_events(envelopes, events)
+        if not envelopes:
+            return []
+        async with self._errors:
+            return await self._enqueue_async(envelopes, events)
 
     # -- consuming -------------------------------------------------------------------------
 
-    @abstractmethod
     def fetch(
         self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
     ) -> list[Delivery]:
         """Hand out up to ``count`` jobs under a lease; block up to ``block`` s if none."""
+        queues = check_queues(queues)
+        if count <= 0 or not queues:
+            return []
+        deadline = time.monotonic() + block
+        with self._errors, self._fetch(queues, consumer, count, lease) as watch:
+            got, due_in = watch.look()
+            while not got:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                got, due_in = watch.sleep_then_look(self._idle_pause(left, due_in))
+            return got
 
-    @abstractmethod
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         """Extend leases still owned by these deliveries."""
+        if not deliveries:
+            return []
+        with self._errors:
+            return self._renew(deliveries, lease)
 
-    @abstractmethod
     def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
         """Record outcomes, fenced; True where the delivery still owned the job. ``events``
         are published in the same step, before the recorded outcomes' own."""
+        if not outcomes:
+            self.publish(events)
+            return []
+        check_envelopes([f.retry for f in outcomes if f.retry is not None])
+        with self._errors:
+            return self._finish(outcomes, events)
 
-    @abstractmethod
     def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
         """Hand jobs back for immediate redelivery, fenced."""
+        if not deliveries:
+            return []
+        with self._errors:
+            return self._release(deliveries)
 
-    @abstractmethod
     def promote(self, job_id: str, payload: bytes) -> bool:
         """Make a parked job due now with a new payload (a workflow step whose inputs are
         ready). False, changing nothing, if the job is not parked: promoting twice is safe."""
+        with self._errors:
+            return self._promote(job_id, payload)
 
-    @abstractmethod
     def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
         """Record a running job's progress, fenced."""
+        with self._errors:
+            return self._progress(delivery, value, note)
 
     # -- job records -----------------------------------------------------------------------
 
-    @abstractmethod
     def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         """Current records; None for an unknown (or expired) id."""
+        if not job_ids:
+            return []
+        with self._errors:
+            return self._get(job_ids)
 
-    @abstractmethod
     def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
         """Block until the job is terminal; None if the timeout passes first.
 
-        Raises ``JobNotFound`` for an unknown id.
+        Raises ``JobNotFound`` for an unknown id, or one purged while waited for.
         """
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        with self._errors, self._wait(job_id) as watch:
+            record = watch.look()
+            if record is None:
+                raise job_not_found(job_id)
+            while not record.status.terminal:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                record = watch.sleep_then_look(left)
+                if record is None:
+                    raise purged_while_waiting(job_id)
+            return record
 
     async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
-        return await asyncio.to_thread(self.wait, job_id, timeout)
+        watch = self._wait_async(job_id)
+        if watch is None:  # no asyncio path of its own: a thread waits
+            return await asyncio.to_thread(self.wait, job_id, timeout)
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        async with self._errors, watch:
+            record = await watch.look()
+            if record is None:
+                raise job_not_found(job_id)
+            while not record.status.terminal:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                record = await watch.sleep_then_look(left)
+                if record is None:
+                    raise purged_while_waiting(job_id)
+            return record
 
-    @abstractmethod
     def payload(self, job_id: str) -> bytes | None:
         """The job's current payload while it is pending or running, and after it failed,
         died or was cancelled; None for an unknown (or expired) id. A succeeded job's
         record keeps its result; an adapter may drop its payload then (Redis does: it rides
         in the stream entry, deleted at the end). Cancelling a workflow step reads it to
         learn what follows the step."""
+        with self._errors:
+            return self._payload(job_id)
 
-    @abstractmethod
     def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
         """Cancel a job: a pending one is removed at once, a running one is flagged so its
         worker stops it (seen at the next lease renewal). Returns the status afterwards.
         Raises ``JobNotFound`` for an unknown id. ``event`` is published only if this call
         cancels a queued or scheduled job."""
+        with self._errors:
+            status = self._cancel(job_id, event)
+        if status is None:
+            raise job_not_found(job_id)
+        return status
 
-    # -- operations ------------------------------------------------------------------------
+    # -- workers and events ----------------------------------------------------------------
 
-    @abstractmethod
-    def stats(self) -> list[QueueStats]:
-        """Jobs per status per known queue, and every paused queue, by queue name."""
-
-    @abstractmethod
-    def entries(
-        self, status: JobStatus, queue: str | None, limit: int, offset: int = 0
-    ) -> list[JobEntry]:
-        """A page of the jobs in a status (of one queue, or all) with their payloads, in the
-        status's order (see the contract): ``limit`` (>= 1) jobs after skipping ``offset``."""
-
-    @abstractmethod
-    def requeue(self, items: Sequence[tuple[str, bytes]]) -> list[str | None]:
-        """Put failed, dead or cancelled jobs back, each ``(job id, new payload)``; per item
-        the id of the pending job standing for it (its own, or the unique key's holder), or
-        None where nothing changed (unknown, or not failed, dead or cancelled)."""
-
-    @abstractmethod
-    def pause(self, queue: str) -> None:
-        """Stop handing out the queue's jobs until ``resume`` (persistent, idempotent)."""
-
-    @abstractmethod
-    def resume(self, queue: str) -> None:
-        """Hand out the queue's jobs again, waking fetches blocked on it (idempotent)."""
-
-    @abstractmethod
-    def paused(self) -> list[str]:
-        """The paused queues, by name."""
-
-    @abstractmethod
-    def purge(self, queue: str) -> int:
-        """Delete every queued and scheduled job of a queue; returns how many.
-
-        Each deleted job's dependents are counted down as its ending would (same atomic
-        step on SQLite; on Redis per script call, the calls looping until nothing is left):
-        one whose count reaches 0 becomes due, and its worker then finds the dependency
-        without a record. A dependent in the purged queue itself is deleted by the same
-        purge (and counted), whether or not it was released first."""
-
-    @abstractmethod
     def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
-        """Announce a live worker; it disappears from ``workers()`` ``ttl`` s after the last."""
+        """Announce a live worker; it disappears from ``workers()`` ``ttl`` s after the last.
+        Sets ``info.seen_at`` to the broker's now."""
+        with self._errors:
+            self._heartbeat(info, ttl)
 
-    @abstractmethod
-    def workers(self) -> list[WorkerInfo]:
-        """Live workers."""
-
-    @abstractmethod
     def forget_worker(self, worker_id: str) -> None:
         """Remove a worker's announcement (clean stop)."""
+        with self._errors:
+            self._forget_worker(worker_id)
 
-    def warnings(self) -> list[str]:
-        """What an operator must know about the broker's setup, one line each, saying what
-        to do: settings under which it loses jobs without a word (Redis with an evicting
-        ``maxmemory-policy``), or a broker that refuses new jobs now (a full Redis). Empty
-        when all is well. Read at a worker's start, and by ``conveyor info`` and ``ping``;
-        raises ``BrokerError`` when the broker cannot be reached."""
-        return []
-
-    # -- events ----------------------------------------------------------------------------
-
-    @abstractmethod
     def publish(self, events: Sequence[bytes]) -> None:
         """Append events to the capped event log, in order, in one step."""
+        if not events:
+            return
+        with self._errors:
+            self._publish(events)
+
+    # -- the primitives an adapter implements -----------------------------------------------
+    # Called with their arguments checked (never an empty batch), inside ``_errors``.
 
     @abstractmethod
-    def read_events(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
-        """Up to ``limit`` (cursor, event) pairs published after the cursor ``after`` (None:
-        from the oldest kept), oldest first; blocks up to ``block`` s while there is none."""
+    def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
+        """All of the batch or none, in one atomic step (see the contract)."""
+
+    async def _enqueue_async(
+        self, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> list[str]:
+        """An adapter with an asyncio client of its own overrides this; a thread by default."""
+        return await asyncio.to_thread(self._enqueue, envelopes, events)
 
     @abstractmethod
-    def events_tail(self) -> str:
-        """The cursor of the newest event kept (reading after it returns later ones only)."""
+    def _fetch(self, queues: list[str], consumer: str, count: int, lease: float) -> Watch[Claimed]:
+        """A watch whose look claims up to ``count`` due jobs (count >= 1) and says when the
+        next scheduled job or lease comes due, in seconds from now on the broker's clock
+        (None: nothing will). Its sleep wakes when work may have come (enqueue, retry,
+        release, requeue, promote, resume)."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections and files."""
+    @abstractmethod
+    def _renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]: ...
+
+    @abstractmethod
+    def _finish(self, outcomes: Sequence[Finish], events: Sequence[bytes]) -> list[bool]: ...
+
+    @abstractmethod
+    def _release(self, deliveries: Sequence[Delivery]) -> list[bool]: ...
+
+    @abstractmethod
+    def _promote(self, job_id: str, payload: bytes) -> bool: ...
+
+    @abstractmethod
+    def _progress(self, delivery: Delivery, value: float, note: str | None) -> bool: ...
+
+    @abstractmethod
+    def _get(self, job_ids: Sequence[str]) -> list[JobRecord | None]: ...
+
+    @abstractmethod
+    def _wait(self, job_id: str) -> Watch[JobRecord | None]:
+        """A watch whose look reads the job's record (None: unknown or gone) and whose sleep
+        wakes when the job ends (or is purged)."""
+
+    def _wait_async(self, job_id: str) -> AsyncWatch[JobRecord | None] | None:
+        """An adapter with an asyncio client of its own returns an ``AsyncWatch``; None (a
+        thread runs ``wait``) by default."""
+        return None
+
+    @abstractmethod
+    def _payload(self, job_id: str) -> bytes | None: ...
+
+    @abstractmethod
+    def _cancel(self, job_id: str, event: bytes | None) -> JobStatus | None:
+        """The status after the cancel; None for an unknown (or expired) id."""
+
+    @abstractmethod
+    def _heartbeat(self, info: WorkerInfo, ttl: float) -> None: ...
+
+    @abstractmethod
+    def _forget_worker(self, worker_id: str) -> None: ...
+
+    @abstractmethod
+    def _publish(self, events: Sequence[bytes]) -> None: ...

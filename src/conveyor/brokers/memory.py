@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import heapq
 import itertools
+import math
 import secrets
 import threading
-import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Generic, Self, TypeVar
 
-from .._clock import Clock, SystemClock
-from .._errors import JobNotFound
+from .._clock import Clock
 from .._message import (
     Delivery,
     Envelope,
@@ -26,28 +26,24 @@ from .._message import (
     JobStatus,
     QueueStats,
     WorkerInfo,
-    validate_queue,
 )
 from ..stores.memory import MemoryKV
-from ._port import (
+from ._admin import Events
+from ._base import (
     CANCELLED_PENDING,
+    CANCELLED_TTL,
     CANCELLED_WORKER_STOPPED,
     EVENTS_KEPT,
     PARKED,
     REQUEUEABLE,
-    Broker,
-    Finish,
-    LeaseState,
-    check_events,
+    BrokerOptions,
     check_kept,
-    check_page,
-    check_read,
-    event_number,
     unknown_dependency,
 )
+from ._port import Broker, Claimed, Finish, LeaseState
 
 _PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
-_IDLE_WAKE = 0.05  # longest real sleep while a lease or eta may come due on an injected clock
+T = TypeVar("T")
 
 
 @dataclass
@@ -87,6 +83,26 @@ def _due(job: _Job) -> float:
     return PARKED if job.waiting or eta is None else eta
 
 
+class OnCondition(Generic[T]):
+    """A ``Watch`` on a ``threading.Condition``: held from entry to exit but while it sleeps
+    (a writer notifies it), so nothing changes between a look and the sleep after it."""
+
+    def __init__(self, cond: threading.Condition, look: Callable[[], T]) -> None:
+        self._cond = cond
+        self.look = look
+
+    def sleep_then_look(self, seconds: float) -> T:
+        self._cond.wait(None if math.isinf(seconds) else seconds)
+        return self.look()
+
+    def __enter__(self) -> Self:
+        self._cond.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._cond.release()
+
+
 class EventRing:
     """The event log: a ring of the newest events (``deque(maxlen)``: a full one drops its
     oldest), each numbered; the number is its cursor. It has its own lock, so a publish
@@ -95,66 +111,51 @@ class EventRing:
     def __init__(self, kept: int) -> None:
         self._cond = threading.Condition()
         self._ring: deque[tuple[int, bytes]] = deque(maxlen=check_kept(kept))
-        self._last = 0  # the number of the newest event ever appended
-
-    @property
-    def kept(self) -> int:
-        return self._ring.maxlen or 0
+        self.last = 0  # the number of the newest event ever appended
 
     def resize(self, kept: int) -> None:
         with self._cond:
-            self._ring = deque(self._ring, maxlen=check_kept(kept))
+            self._ring = deque(self._ring, maxlen=kept)
 
     def append(self, events: Sequence[bytes]) -> None:
         if not events:
             return
         with self._cond:
             for event in events:
-                self._last += 1
-                self._ring.append((self._last, bytes(event)))
+                self.last += 1
+                self._ring.append((self.last, bytes(event)))
             self._cond.notify_all()
 
-    def read(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
-        check_read(block, limit)
-        start = event_number(after)
-        deadline = time.monotonic() + block
-        with self._cond:
-            while True:
-                ring = self._ring
-                if ring and ring[-1][0] > start:
-                    skip = max(start - ring[0][0] + 1, 0)
-                    return [(str(n), e) for n, e in itertools.islice(ring, skip, skip + limit)]
-                left = deadline - time.monotonic()  # real seconds, as every block
-                if left <= 0:
-                    return []
-                self._cond.wait(left)
+    def after(self, start: int, limit: int) -> OnCondition[Events]:
+        def look() -> Events:
+            ring = self._ring
+            if not ring or ring[-1][0] <= start:
+                return []
+            skip = max(start - ring[0][0] + 1, 0)
+            return [(str(n), e) for n, e in itertools.islice(ring, skip, skip + limit)]
 
-    def tail(self) -> str:
-        with self._cond:
-            return str(self._last)
+        return OnCondition(self._cond, look)
 
 
 class MemoryBroker(Broker):
     def __init__(self, clock: Clock | None = None, *, events_kept: int = EVENTS_KEPT) -> None:
-        self.url = "memory://"
-        self._clock = clock or SystemClock()
+        super().__init__("memory://", clock=clock, events_kept=events_kept)
         self._cond = threading.Condition()
         self._s = _State()
         self._seq = itertools.count()
         self._kv = MemoryKV(self._clock)
         self._events = EventRing(events_kept)
 
+    @classmethod
+    def from_url(cls, url: str, options: BrokerOptions) -> Self:
+        return cls(options.clock, events_kept=options.events_kept)
+
     @property
     def kv(self) -> MemoryKV:
         return self._kv
 
-    @property
-    def events_kept(self) -> int:
-        return self._events.kept
-
-    @events_kept.setter
-    def events_kept(self, kept: int) -> None:
-        self._events.resize(kept)
+    def _events_kept_changed(self) -> None:
+        self._events.resize(self.events_kept)
 
     # -- internals (call with the condition held) -------------------------------------------
 
@@ -180,7 +181,7 @@ class MemoryBroker(Broker):
             return None
         return job
 
-    def _promote(self, now: float) -> None:
+    def _make_due(self, now: float) -> None:
         sched = self._s.scheduled
         while sched and sched[0][0] <= now:
             _, seq, job_id = heapq.heappop(sched)
@@ -228,7 +229,8 @@ class MemoryBroker(Broker):
         job.token = ""
         if job.cancel_requested:
             reason = CANCELLED_WORKER_STOPPED
-            self._end(job, JobStatus.CANCELLED, None, reason, expires=now + 86400.0, now=now)
+            expires = now + CANCELLED_TTL
+            self._end(job, JobStatus.CANCELLED, None, reason, expires=expires, now=now)
         else:
             self._push_ready(job)
 
@@ -310,19 +312,15 @@ class MemoryBroker(Broker):
             and job.status is not JobStatus.RUNNING
         )
 
-    def _next_event(self) -> float | None:
+    def _next_due(self) -> float | None:
         times = [t for t, _, _ in self._s.scheduled[:1]]
         times += [j.lease_until for j in self._running()]
         return min(times) if times else None
 
     # -- producing -------------------------------------------------------------------------
 
-    def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
+    def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
         ids: list[str] = []
-        for env in envelopes:  # check the whole batch first: all of it is written or none
-            if not isinstance(env, Envelope):
-                raise TypeError(f"enqueue takes Envelope objects, got {env!r}")
-        check_events(envelopes, events)
         published: list[bytes] = []
         with self._cond:
             now = self._clock.time()
@@ -353,47 +351,41 @@ class MemoryBroker(Broker):
 
     # -- consuming -------------------------------------------------------------------------
 
-    def fetch(
-        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
-    ) -> list[Delivery]:
-        out: list[Delivery] = []
-        if count <= 0:
-            return out
-        deadline = time.monotonic() + block
-        with self._cond:
-            while True:
-                now = self._clock.time()
-                self._promote(now)
-                while len(out) < count:
-                    job = self._pop(queues)
-                    if job is None:
-                        break
-                    job.status = JobStatus.RUNNING
-                    self._s.running.add(job.envelope.id)
-                    job.token = secrets.token_hex(8)
-                    job.deliveries += 1
-                    job.lease_until = now + lease
-                    job.updated_at = now
-                    env = job.envelope
-                    out.append(
-                        Delivery(
-                            id=env.id,
-                            queue=env.queue,
-                            payload=env.payload,
-                            token=job.token,
-                            deliveries=job.deliveries,
-                            priority=env.priority,
-                        )
-                    )
-                step = deadline - time.monotonic()  # real seconds: a wake-up may come early
-                if out or step <= 0:
-                    return out
-                nxt = self._next_event()
-                if nxt is not None:
-                    step = min(step, max(nxt - now, 0.001), _IDLE_WAKE)
-                self._cond.wait(step)
+    def _fetch(
+        self, queues: list[str], consumer: str, count: int, lease: float
+    ) -> OnCondition[Claimed]:
+        return OnCondition(self._cond, lambda: self._claim(queues, count, lease))
 
-    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+    def _claim(self, queues: list[str], count: int, lease: float) -> Claimed:
+        out: list[Delivery] = []
+        with self._cond:
+            now = self._clock.time()
+            self._make_due(now)
+            while len(out) < count:
+                job = self._pop(queues)
+                if job is None:
+                    break
+                job.status = JobStatus.RUNNING
+                self._s.running.add(job.envelope.id)
+                job.token = secrets.token_hex(8)
+                job.deliveries += 1
+                job.lease_until = now + lease
+                job.updated_at = now
+                env = job.envelope
+                out.append(
+                    Delivery(
+                        id=env.id,
+                        queue=env.queue,
+                        payload=env.payload,
+                        token=job.token,
+                        deliveries=job.deliveries,
+                        priority=env.priority,
+                    )
+                )
+            due = None if out else self._next_due()
+            return out, None if due is None else due - now
+
+    def _renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         states: list[LeaseState] = []
         with self._cond:
             now = self._clock.time()
@@ -406,7 +398,7 @@ class MemoryBroker(Broker):
                 states.append(LeaseState.CANCELLED if job.cancel_requested else LeaseState.OK)
         return states
 
-    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
+    def _finish(self, outcomes: Sequence[Finish], events: Sequence[bytes]) -> list[bool]:
         done: list[bool] = []
         published = list(events)
         with self._cond:
@@ -435,7 +427,7 @@ class MemoryBroker(Broker):
             self._cond.notify_all()
         return done
 
-    def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
+    def _release(self, deliveries: Sequence[Delivery]) -> list[bool]:
         done: list[bool] = []
         with self._cond:
             for d in deliveries:
@@ -450,7 +442,7 @@ class MemoryBroker(Broker):
             self._cond.notify_all()
         return done
 
-    def promote(self, job_id: str, payload: bytes) -> bool:
+    def _promote(self, job_id: str, payload: bytes) -> bool:
         with self._cond:
             job = self._live(job_id, self._clock.time())
             if job is None or job.status is not JobStatus.SCHEDULED:
@@ -463,7 +455,7 @@ class MemoryBroker(Broker):
             self._cond.notify_all()
             return True
 
-    def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
+    def _progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
         with self._cond:
             job = self._owned(delivery)
             if job is None:
@@ -487,7 +479,7 @@ class MemoryBroker(Broker):
             reason=job.reason,
         )
 
-    def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+    def _get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         with self._cond:
             now = self._clock.time()
             return [
@@ -495,35 +487,26 @@ class MemoryBroker(Broker):
                 for i in job_ids
             ]
 
-    def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
-        with self._cond:
-            job = self._live(job_id, self._clock.time())
-            if job is None:
-                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
-            finished = self._cond.wait_for(
-                lambda: job.status.terminal or self._s.jobs.get(job_id) is not job, timeout
-            )
-            if self._s.jobs.get(job_id) is not job:
-                raise JobNotFound(f"job {job_id!r} was purged while waiting for it")
-            return self._record(job) if finished else None
+    def _wait(self, job_id: str) -> OnCondition[JobRecord | None]:
+        return OnCondition(self._cond, lambda: self._get([job_id])[0])
 
-    def payload(self, job_id: str) -> bytes | None:
+    def _payload(self, job_id: str) -> bytes | None:
         with self._cond:
             job = self._live(job_id, self._clock.time())
             return None if job is None else job.envelope.payload
 
-    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
+    def _cancel(self, job_id: str, event: bytes | None) -> JobStatus | None:
         with self._cond:
             now = self._clock.time()
             job = self._live(job_id, now)
             if job is None:
-                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+                return None
             if job.status is JobStatus.RUNNING:
                 job.cancel_requested = True
             elif job.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
                 self._forget_dependencies(job)
-                reason = CANCELLED_PENDING
-                self._end(job, JobStatus.CANCELLED, None, reason, expires=now + 86400.0, now=now)
+                reason, expires = CANCELLED_PENDING, now + CANCELLED_TTL
+                self._end(job, JobStatus.CANCELLED, None, reason, expires=expires, now=now)
                 if event is not None:
                     self._events.append([event])
                 self._cond.notify_all()
@@ -531,7 +514,7 @@ class MemoryBroker(Broker):
 
     # -- operations ------------------------------------------------------------------------
 
-    def stats(self) -> list[QueueStats]:
+    def _stats(self) -> list[QueueStats]:
         with self._cond:
             now = self._clock.time()
             by_queue = {q: QueueStats(q, paused=True) for q in self._s.paused}
@@ -542,12 +525,11 @@ class MemoryBroker(Broker):
                 st = by_queue.setdefault(job.envelope.queue, QueueStats(job.envelope.queue))
                 name = job.status.value
                 setattr(st, name, getattr(st, name) + 1)
-            return sorted(by_queue.values(), key=lambda s: s.queue)
+            return list(by_queue.values())
 
-    def entries(
-        self, status: JobStatus, queue: str | None, limit: int, offset: int = 0
+    def _entries(
+        self, status: JobStatus, queue: str | None, limit: int, offset: int
     ) -> list[JobEntry]:
-        check_page(limit, offset)
         with self._cond:
             now = self._clock.time()
             found = [
@@ -575,7 +557,7 @@ class MemoryBroker(Broker):
                 for j in found[offset : offset + limit]
             ]
 
-    def requeue(self, items: Sequence[tuple[str, bytes]]) -> list[str | None]:
+    def _requeue(self, items: list[tuple[str, bytes]]) -> list[str | None]:
         with self._cond:
             now = self._clock.time()
             out = [self._requeue_one(job_id, payload, now) for job_id, payload in items]
@@ -604,20 +586,20 @@ class MemoryBroker(Broker):
             self._push_ready(job)
         return job_id
 
-    def pause(self, queue: str) -> None:
+    def _pause(self, queue: str) -> None:
         with self._cond:
-            self._s.paused.add(validate_queue(queue))
+            self._s.paused.add(queue)
 
-    def resume(self, queue: str) -> None:
+    def _resume(self, queue: str) -> None:
         with self._cond:
-            self._s.paused.discard(validate_queue(queue))
+            self._s.paused.discard(queue)
             self._cond.notify_all()
 
-    def paused(self) -> list[str]:
+    def _paused(self) -> list[str]:
         with self._cond:
-            return sorted(self._s.paused)
+            return list(self._s.paused)
 
-    def purge(self, queue: str) -> int:
+    def _purge(self, queue: str) -> int:
         with self._cond:
             doomed = [
                 i
@@ -637,28 +619,28 @@ class MemoryBroker(Broker):
             self._cond.notify_all()
             return len(doomed)
 
-    def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+    def _heartbeat(self, info: WorkerInfo, ttl: float) -> None:
         with self._cond:
             now = self._clock.time()
             info.seen_at = now
             self._s.workers[info.id] = (info, now + ttl)
 
-    def workers(self) -> list[WorkerInfo]:
+    def _workers(self) -> list[WorkerInfo]:
         with self._cond:
             now = self._clock.time()
             return [w for w, until in self._s.workers.values() if until > now]
 
-    def forget_worker(self, worker_id: str) -> None:
+    def _forget_worker(self, worker_id: str) -> None:
         with self._cond:
             self._s.workers.pop(worker_id, None)
 
     # -- events ----------------------------------------------------------------------------
 
-    def publish(self, events: Sequence[bytes]) -> None:
+    def _publish(self, events: Sequence[bytes]) -> None:
         self._events.append(events)
 
-    def read_events(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
-        return self._events.read(after, block, limit)
+    def _read_events(self, start: int, limit: int) -> OnCondition[Events]:
+        return self._events.after(start, limit)
 
-    def events_tail(self) -> str:
-        return self._events.tail()
+    def _events_tail(self) -> int:
+        return self._events.last

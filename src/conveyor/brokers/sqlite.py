@@ -38,17 +38,18 @@ The tables, pragmas and migrations are in ``_sqlite_schema``. Here:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, Generic, Self, TypeVar
 from urllib.parse import unquote
 
 import msgspec
 
-from .._clock import Clock, SystemClock
-from .._errors import BrokerError, InvalidURL, JobNotFound
+from .._clock import Clock
+from .._errors import BrokerError, InvalidURL
 from .._message import (
     Delivery,
     Envelope,
@@ -57,33 +58,27 @@ from .._message import (
     JobStatus,
     QueueStats,
     WorkerInfo,
-    validate_queue,
 )
 from ..stores.sqlite import SQLiteKV
-from ._eventlog import numbered, records
-from ._port import (
+from ._admin import Events
+from ._base import (
     CANCELLED_PENDING,
+    CANCELLED_TTL,
     CANCELLED_WORKER_STOPPED,
     EVENTS_KEPT,
     PARKED,
     REQUEUEABLE,
-    Broker,
-    Finish,
-    LeaseState,
-    check_events,
-    check_kept,
-    check_page,
-    check_read,
-    event_number,
+    BrokerOptions,
     unknown_dependency,
 )
+from ._eventlog import numbered, records
+from ._port import Broker, Claimed, Finish, LeaseState
 from ._sqlite_notify import ANY_JOB, FETCHERS, Notifier, job_waiters
 from ._sqlite_schema import Database
 
 _SAFETY_NET = 0.5  # longest sleep without looking at the table
-_INJECTED_CLOCK_RECHECK = 0.05  # an injected clock's due times do not map to real time
 _SWEEP_EVERY = 30.0  # clock seconds between lazy deletions of expired rows
-_CANCELLED_TTL = 86400.0
+T = TypeVar("T")
 _LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _RECORD = "id, status, queue, result, progress, progress_note, updated_at, deliveries, reason"
 _CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
@@ -138,7 +133,7 @@ WHERE jobs.id = due.id
 # A job cancelled while it ran is not run again once its worker is gone: it ends cancelled.
 _ABANDONED = f"""
     status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
-    expires_at = CASE WHEN cancel_requested THEN ? + {_CANCELLED_TTL} END,
+    expires_at = CASE WHEN cancel_requested THEN ? + {CANCELLED_TTL} END,
     updated_at = CASE WHEN cancel_requested THEN ? ELSE updated_at END,
     result = CASE WHEN cancel_requested THEN NULL ELSE result END,
     reason = CASE WHEN cancel_requested THEN '{CANCELLED_WORKER_STOPPED}' ELSE reason END,
@@ -237,6 +232,58 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
     )
 
 
+class _Listening(Generic[T]):
+    """A ``Watch`` on the notify sockets (see the module docstring). ``look`` is a plain
+    look; the first sleep binds the socket of ``channel`` and looks again at once (the bind
+    comes before that look, so a commit after it wakes the sleep after it); later sleeps
+    wait for a datagram, up to ``_SAFETY_NET``. ``again``: the look after a sleep, if not
+    ``look``."""
+
+    def __init__(
+        self,
+        notify: Notifier,
+        channel: str,
+        look: Callable[[], T],
+        again: Callable[[], T] | None = None,
+    ) -> None:
+        self._notify, self._channel = notify, channel
+        self.look = look
+        self._again = again or look
+        self._stack = contextlib.ExitStack()
+        self._listener: Any = None
+
+    def sleep_then_look(self, seconds: float) -> T:
+        if self._listener is None:
+            self._listener = self._stack.enter_context(self._notify.listen(self._channel))
+        else:
+            self._listener.wait(min(seconds, _SAFETY_NET))
+        return self._again()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stack.close()
+
+
+class _Polling(Generic[T]):
+    """A ``Watch`` that looks every ``_EVENT_POLL`` s (event readers: a writer does nothing
+    for them, however many)."""
+
+    def __init__(self, look: Callable[[], T]) -> None:
+        self.look = look
+
+    def sleep_then_look(self, seconds: float) -> T:
+        time.sleep(min(seconds, _EVENT_POLL))
+        return self.look()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
 class SQLiteBroker(Broker):
     """The broker on the SQLite file at ``path``, made (with its missing folders) unless
     ``create`` is False: then a missing file raises ``ConfigurationError`` naming the path,
@@ -252,11 +299,8 @@ class SQLiteBroker(Broker):
         create: bool = True,
         events_kept: int = EVENTS_KEPT,
     ):
+        super().__init__("sqlite:///" + path, clock=clock, events_kept=events_kept)
         self.path = os.path.abspath(path)  # threads open connections later, maybe elsewhere
-        self.url = "sqlite:///" + path
-        self.events_kept = check_kept(events_kept)
-        self._clock = clock or SystemClock()
-        self._real_time = isinstance(self._clock, SystemClock)
         self._db = Database(self.path, busy_timeout, create=create, given=path)
         try:
             self._notify = Notifier(self.path, create=create)
@@ -266,19 +310,22 @@ class SQLiteBroker(Broker):
         self._kv = SQLiteKV(self._db, self._clock)
         self._next_sweep = 0.0
 
+    @classmethod
+    def from_url(cls, url: str, options: BrokerOptions) -> Self:
+        return cls(
+            sqlite_path(url),
+            options.clock,
+            create=options.create,
+            events_kept=options.events_kept,
+        )
+
     @property
     def kv(self) -> SQLiteKV:
         return self._kv
 
     # -- producing -------------------------------------------------------------------------
 
-    def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
-        for env in envelopes:  # before the transaction, so a bad batch costs no write lock
-            if not isinstance(env, Envelope):
-                raise TypeError(f"enqueue takes Envelope objects, got {env!r}")
-        check_events(envelopes, events)
-        if not envelopes:
-            return []
+    def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
         ids: list[str] = []
         published: list[bytes] = []
         with self._db.write() as conn:  # an unknown dependency raises: all rolled back
@@ -376,25 +423,17 @@ class SQLiteBroker(Broker):
 
     # -- consuming -------------------------------------------------------------------------
 
-    def fetch(
-        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
-    ) -> list[Delivery]:
-        queues = list(queues)
-        if count <= 0:
-            return []
-        out = self._claim(queues, count, lease)
-        if out or block <= 0:
-            return out
-        deadline = time.monotonic() + block
-        with self._notify.listen(FETCHERS) as listener:
-            while True:
-                ready, due = self._probe(queues)
-                if ready and (out := self._claim(queues, count, lease)):
-                    return out
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
-                listener.wait(self._pause(due, remaining))
+    def _fetch(
+        self, queues: list[str], consumer: str, count: int, lease: float
+    ) -> _Listening[Claimed]:
+        def again() -> Claimed:  # after a sleep: a read first, the write lock only if needed
+            ready, due = self._probe(queues)
+            out = self._claim(queues, count, lease) if ready else []
+            return out, None if due is None else due - self._clock.time()
+
+        return _Listening(
+            self._notify, FETCHERS, lambda: (self._claim(queues, count, lease), None), again
+        )
 
     def _probe(self, queues: list[str]) -> tuple[bool, float | None]:
         """Is there something to claim now (read only, no write lock)? When is the next due?"""
@@ -405,14 +444,6 @@ class SQLiteBroker(Broker):
         # A parked job (eta PARKED, infinity) is never due: it waits for promote.
         due = min((t for t in (eta, lease) if t is not None and t != PARKED), default=None)
         return bool(queued) or (due is not None and due <= self._clock.time()), due
-
-    def _pause(self, due: float | None, remaining: float) -> float:
-        pause = min(remaining, _SAFETY_NET)
-        if due is None:
-            return pause
-        if not self._real_time:
-            return min(pause, _INJECTED_CLOCK_RECHECK)
-        return min(pause, max(due - self._clock.time(), 0.001))
 
     def _claim(self, queues: list[str], count: int, lease: float) -> list[Delivery]:
         with self._db.write() as conn:
@@ -454,7 +485,7 @@ class SQLiteBroker(Broker):
         for job_id in dict.fromkeys(job_ids):
             self._notify.wake(job_waiters(job_id))
 
-    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+    def _renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         states: list[LeaseState] = []
         with self._db.write() as conn:
             until = self._clock.time() + lease
@@ -469,7 +500,7 @@ class SQLiteBroker(Broker):
                     states.append(LeaseState.CANCELLED if row[0] else LeaseState.OK)
         return states
 
-    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
+    def _finish(self, outcomes: Sequence[Finish], events: Sequence[bytes]) -> list[bool]:
         done: list[bool] = []
         ended: list[str] = []  # jobs this call made terminal
         published = list(events)  # then the events of the outcomes recorded
@@ -515,7 +546,7 @@ class SQLiteBroker(Broker):
         """This very delivery already finished or released the job (a repeated call)."""
         return conn.execute(_SETTLED, (d.id, d.token, now)).fetchone() is not None
 
-    def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
+    def _release(self, deliveries: Sequence[Delivery]) -> list[bool]:
         with self._db.write() as conn:
             now = self._clock.time()
             base = _take_seq(conn, len(deliveries))
@@ -539,7 +570,7 @@ class SQLiteBroker(Broker):
         self._wake_ended(ended)
         return [st is not None or again for st, again in zip(states, repeated, strict=True)]
 
-    def promote(self, job_id: str, payload: bytes) -> bool:
+    def _promote(self, job_id: str, payload: bytes) -> bool:
         with self._db.write() as conn:
             now = self._clock.time()
             seq = _take_seq(conn, 1) + 1
@@ -548,7 +579,7 @@ class SQLiteBroker(Broker):
             self._notify.wake(FETCHERS)
         return done == 1
 
-    def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
+    def _progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
         with self._db.write() as conn:
             cur = conn.execute(
                 f"UPDATE jobs SET progress = ?, progress_note = ?, updated_at = ? WHERE {_OWNED}",
@@ -558,7 +589,7 @@ class SQLiteBroker(Broker):
 
     # -- job records -----------------------------------------------------------------------
 
-    def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+    def _get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         found: dict[str, JobRecord] = {}
         with self._db.read() as conn:
             now = self._clock.time()
@@ -569,28 +600,10 @@ class SQLiteBroker(Broker):
                     found[row[0]] = _record(row)
         return [found.get(i) for i in job_ids]
 
-    def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
-        record = self.get([job_id])[0]
-        if record is None:
-            raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
-        if record.status.terminal:
-            return record
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._notify.listen(job_waiters(job_id)) as listener:
-            while True:
-                record = self.get([job_id])[0]
-                if record is None:
-                    raise JobNotFound(f"job {job_id!r} was purged while waiting for it")
-                if record.status.terminal:
-                    return record
-                pause = _SAFETY_NET
-                if deadline is not None:
-                    pause = min(pause, deadline - time.monotonic())
-                    if pause <= 0:
-                        return None
-                listener.wait(pause)
+    def _wait(self, job_id: str) -> _Listening[JobRecord | None]:
+        return _Listening(self._notify, job_waiters(job_id), lambda: self._get([job_id])[0])
 
-    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
+    def _cancel(self, job_id: str, event: bytes | None) -> JobStatus | None:
         due = 0
         with self._db.write() as conn:
             now = self._clock.time()
@@ -598,7 +611,7 @@ class SQLiteBroker(Broker):
                 f"SELECT status FROM jobs WHERE id = ? AND {_LIVE}", (job_id, now)
             ).fetchone()
             if row is None:
-                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+                return None
             status = JobStatus(row[0])
             if status is JobStatus.RUNNING:
                 conn.execute("UPDATE jobs SET cancel_requested = 1 WHERE id = ?", (job_id,))
@@ -607,7 +620,7 @@ class SQLiteBroker(Broker):
                 conn.execute(
                     "UPDATE jobs SET status = ?, updated_at = ?, expires_at = ?, result = NULL, "
                     "reason = ?, cancel_requested = 0, waiting = 0 WHERE id = ?",
-                    (status, now, now + _CANCELLED_TTL, CANCELLED_PENDING, job_id),
+                    (status, now, now + CANCELLED_TTL, CANCELLED_PENDING, job_id),
                 )
                 due = self._release_dependents(conn, [job_id])
                 self._forget_dependencies(conn, [job_id])
@@ -618,7 +631,7 @@ class SQLiteBroker(Broker):
             self._wake_ended([job_id])
         return status
 
-    def payload(self, job_id: str) -> bytes | None:
+    def _payload(self, job_id: str) -> bytes | None:
         with self._db.read() as conn:
             row = conn.execute(
                 f"SELECT payload FROM jobs WHERE id = ? AND {_LIVE}", (job_id, self._clock.time())
@@ -627,7 +640,7 @@ class SQLiteBroker(Broker):
 
     # -- operations ------------------------------------------------------------------------
 
-    def stats(self) -> list[QueueStats]:
+    def _stats(self) -> list[QueueStats]:
         with self._db.read() as conn:
             rows = conn.execute(
                 f"SELECT queue, status, count(*) FROM jobs WHERE {_LIVE} GROUP BY queue, status",
@@ -638,12 +651,11 @@ class SQLiteBroker(Broker):
         for queue, status, n in rows:
             st = by_queue.setdefault(queue, QueueStats(queue))
             setattr(st, JobStatus(status).value, n)
-        return sorted(by_queue.values(), key=lambda s: s.queue)
+        return list(by_queue.values())
 
-    def entries(
-        self, status: JobStatus, queue: str | None, limit: int, offset: int = 0
+    def _entries(
+        self, status: JobStatus, queue: str | None, limit: int, offset: int
     ) -> list[JobEntry]:
-        check_page(limit, offset)
         sql = (
             f"SELECT id, queue, payload, status, reason, updated_at FROM jobs "
             f"WHERE status = ? AND (? IS NULL OR queue = ?) AND {_LIVE} "
@@ -656,7 +668,7 @@ class SQLiteBroker(Broker):
                 for i, q, p, s, r, at in rows
             ]
 
-    def requeue(self, items: Sequence[tuple[str, bytes]]) -> list[str | None]:
+    def _requeue(self, items: list[tuple[str, bytes]]) -> list[str | None]:
         with self._db.write() as conn:
             now = self._clock.time()
             out = [self._requeue_one(conn, job_id, payload, now) for job_id, payload in items]
@@ -685,21 +697,21 @@ class SQLiteBroker(Broker):
         conn.execute(_REQUEUE, (status, payload, seq, waiting, now, job_id))
         return job_id
 
-    def pause(self, queue: str) -> None:
+    def _pause(self, queue: str) -> None:
         with self._db.write() as conn:
-            conn.execute("INSERT OR IGNORE INTO paused(queue) VALUES (?)", (validate_queue(queue),))
+            conn.execute("INSERT OR IGNORE INTO paused(queue) VALUES (?)", (queue,))
 
-    def resume(self, queue: str) -> None:
+    def _resume(self, queue: str) -> None:
         with self._db.write() as conn:
-            gone = conn.execute("DELETE FROM paused WHERE queue = ?", (validate_queue(queue),))
+            gone = conn.execute("DELETE FROM paused WHERE queue = ?", (queue,))
         if gone.rowcount:
             self._notify.wake(FETCHERS)
 
-    def paused(self) -> list[str]:
+    def _paused(self) -> list[str]:
         with self._db.read() as conn:
-            return [q for (q,) in conn.execute("SELECT queue FROM paused ORDER BY queue")]
+            return [q for (q,) in conn.execute("SELECT queue FROM paused")]
 
-    def purge(self, queue: str) -> int:
+    def _purge(self, queue: str) -> int:
         with self._db.write() as conn:
             gone = [
                 row[0]
@@ -719,7 +731,7 @@ class SQLiteBroker(Broker):
             self._notify.wake(FETCHERS)
         return len(gone)
 
-    def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+    def _heartbeat(self, info: WorkerInfo, ttl: float) -> None:
         with self._db.write() as conn:
             now = self._clock.time()
             info.seen_at = now
@@ -730,7 +742,7 @@ class SQLiteBroker(Broker):
                 (info.id, msgspec.json.encode(info).decode(), now + ttl),
             )
 
-    def workers(self) -> list[WorkerInfo]:
+    def _workers(self) -> list[WorkerInfo]:
         with self._db.read() as conn:
             rows = conn.execute(
                 "SELECT info FROM workers WHERE expires_at > ? ORDER BY rowid",
@@ -738,7 +750,7 @@ class SQLiteBroker(Broker):
             ).fetchall()
         return [msgspec.json.decode(r[0], type=WorkerInfo) for r in rows]
 
-    def forget_worker(self, worker_id: str) -> None:
+    def _forget_worker(self, worker_id: str) -> None:
         with self._db.write() as conn:
             conn.execute("DELETE FROM workers WHERE id = ?", (worker_id,))
 
@@ -758,30 +770,25 @@ class SQLiteBroker(Broker):
         conn.executemany("INSERT INTO events(id, body) VALUES (?, ?)", records(events, last))
         conn.execute("DELETE FROM events WHERE id <= ?", (last - self.events_kept,))
 
-    def publish(self, events: Sequence[bytes]) -> None:
-        if events:
-            with self._db.write() as conn:
-                self._append_events(conn, events)
+    def _publish(self, events: Sequence[bytes]) -> None:
+        with self._db.write() as conn:
+            self._append_events(conn, events)
 
-    def read_events(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
-        check_read(block, limit)
-        start = event_number(after)
-        deadline = time.monotonic() + block
-        while True:
+    def _read_events(self, start: int, limit: int) -> _Polling[Events]:
+        def look() -> Events:
             with self._db.read() as conn:  # rows hold one event or more: limit rows is enough
                 rows = conn.execute(
                     "SELECT id, body FROM events WHERE id > ? ORDER BY id LIMIT ?", (start, limit)
                 ).fetchall()
-            left = deadline - time.monotonic()
-            if rows or left <= 0:
-                return numbered(((i, bytes(body)) for i, body in rows), start, limit)
-            time.sleep(min(_EVENT_POLL, left))
+            return numbered(((i, bytes(body)) for i, body in rows), start, limit)
 
-    def events_tail(self) -> str:
+        return _Polling(look)
+
+    def _events_tail(self) -> int:
         with self._db.read() as conn:
             row = conn.execute("SELECT value FROM meta WHERE name = 'events'").fetchone()
-        return str(row[0])
+        return int(row[0])
 
-    def close(self) -> None:
+    def _close(self) -> None:
         self._db.close()
         self._notify.close()

@@ -19,7 +19,7 @@ import redis
 
 from .._clock import Clock, SystemClock
 from .._errors import BrokerError, TransactionConflict, ValidationError
-from ..brokers.redis import _connect
+from ..brokers.redis._errors import TRANSLATE
 from ..brokers.redis._keys import fence_key, kv_key, lock_key
 from ._port import KeyValue, Updater, check_key
 
@@ -131,7 +131,7 @@ class RedisKV(KeyValue):
         return round(self._clock.time() * 1000)
 
     def _run(self, name: str, keys: list[str], *args: Any) -> Any:
-        with _connect.translate():
+        with TRANSLATE:
             return self._scripts[name](keys=keys, args=[self._now(), *args])
 
     def _key(self, key: str) -> str:
@@ -168,7 +168,7 @@ class RedisKV(KeyValue):
         k = self._key(key)
         attempts = max(retries, 0) + 1
         for _ in range(attempts):
-            with _connect.translate(), self._client.pipeline() as pipe:
+            with TRANSLATE, self._client.pipeline() as pipe:
                 try:
                     return self._update_once(pipe, k, fn, ttl)
                 except redis.WatchError:

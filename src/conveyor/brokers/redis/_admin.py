@@ -11,16 +11,7 @@ from typing import Any
 
 import msgspec
 
-from ..._message import (
-    JobEntry,
-    JobStatus,
-    QueueStats,
-    WorkerInfo,
-    validate_job_id,
-    validate_queue,
-)
-from .._port import check_page
-from . import _connect
+from ..._message import JobEntry, JobStatus, QueueStats, WorkerInfo
 from ._core import PAYLOAD_FIELDS, RedisCore, text
 from ._keys import TERMINAL_INDEXES
 
@@ -39,30 +30,24 @@ def _entry_order(sid: Any) -> tuple[int, int]:
 
 class AdminMixin(RedisCore):
     def _known_queues(self) -> list[str]:
-        with _connect.translate():
-            return sorted(text(q) for q in self._client.smembers(self._keys.queues))
+        return sorted(text(q) for q in self._client.smembers(self._keys.queues))
 
-    def _queues(self, queue: str | None) -> list[str]:
-        return [validate_queue(queue)] if queue is not None else self._known_queues()
-
-    def stats(self) -> list[QueueStats]:
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=False)
-            pipe.smembers(self._keys.queues)
-            pipe.smembers(self._keys.paused)
-            pipe.time()
-            known, paused_raw, server_time = pipe.execute()
+    def _stats(self) -> list[QueueStats]:
+        pipe = self._client.pipeline(transaction=False)
+        pipe.smembers(self._keys.queues)
+        pipe.smembers(self._keys.paused)
+        pipe.time()
+        known, paused_raw, server_time = pipe.execute()
         paused = {text(q) for q in paused_raw}
         queues = sorted({text(q) for q in known} | paused)  # a paused queue may have no jobs
         now = self._now(server_time)
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=False)
-            for q in queues:
-                for name in ("scheduled", "running"):
-                    pipe.zcard(self._keys.queue(q, name))
-                for name in TERMINAL_INDEXES:
-                    pipe.zcount(self._keys.queue(q, name), f"({now}", "+inf")
-            counts = pipe.execute()
+        pipe = self._client.pipeline(transaction=False)
+        for q in queues:
+            for name in ("scheduled", "running"):
+                pipe.zcard(self._keys.queue(q, name))
+            for name in TERMINAL_INDEXES:
+                pipe.zcount(self._keys.queue(q, name), f"({now}", "+inf")
+        counts = pipe.execute()
         depths, _ = self._queued(queues, 0)
         out = []
         for i, q in enumerate(queues):
@@ -94,8 +79,7 @@ class AdminMixin(RedisCore):
         found: list[tuple[int, tuple[int, int], str]] = []
         for at in range(0, len(queues), _QUEUED_CHUNK):
             streams = [s for q in queues[at : at + _QUEUED_CHUNK] for s in self._keys.streams(q)]
-            with _connect.translate():
-                counts, jobs = self._eval("queued", streams, [*self._head(), limit])
+            counts, jobs = self._eval("queued", streams, [*self._head(), limit])
             depths += [int(n) for n in counts]
             found += [(-int(p), _entry_order(sid), text(i)) for i, p, sid in jobs]
         found.sort()
@@ -104,32 +88,29 @@ class AdminMixin(RedisCore):
     def _scheduled(self, queues: Sequence[str], limit: int) -> list[str]:
         """The first ``limit`` scheduled ids, soonest eta first (parked ones, scored +inf,
         last), ties by id as a sorted set orders them."""
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=False)
-            for q in queues:
-                pipe.zrange(self._keys.queue(q, "scheduled"), 0, limit - 1, withscores=True)
-            found = sorted((float(at), text(i)) for ids in pipe.execute() for i, at in ids)
+        pipe = self._client.pipeline(transaction=False)
+        for q in queues:
+            pipe.zrange(self._keys.queue(q, "scheduled"), 0, limit - 1, withscores=True)
+        found = sorted((float(at), text(i)) for ids in pipe.execute() for i, at in ids)
         return [i for _, i in found[:limit]]
 
     def _indexed(self, queues: Sequence[str], status: JobStatus, limit: int | None) -> list[str]:
         """Ids in a status index of each queue: every running one (a few per worker), or
         the ``limit`` of each ended status whose records expire last (live ones only)."""
         now = self._now()
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=False)
-            for q in queues:
-                key = self._keys.queue(q, status.value)
-                if limit is None:
-                    pipe.zrange(key, 0, -1)
-                else:
-                    pipe.zrevrangebyscore(key, "+inf", f"({now}", start=0, num=limit)
-            return [text(i) for ids in pipe.execute() for i in ids]
+        pipe = self._client.pipeline(transaction=False)
+        for q in queues:
+            key = self._keys.queue(q, status.value)
+            if limit is None:
+                pipe.zrange(key, 0, -1)
+            else:
+                pipe.zrevrangebyscore(key, "+inf", f"({now}", start=0, num=limit)
+        return [text(i) for ids in pipe.execute() for i in ids]
 
-    def entries(
-        self, status: JobStatus, queue: str | None, limit: int, offset: int = 0
+    def _entries(
+        self, status: JobStatus, queue: str | None, limit: int, offset: int
     ) -> list[JobEntry]:
-        check_page(limit, offset)
-        queues = self._queues(queue)
+        queues = [queue] if queue is not None else self._known_queues()
         if not queues:
             return []
         want = offset + limit
@@ -144,12 +125,11 @@ class AdminMixin(RedisCore):
             # Ended jobs are indexed by record expiry, which orders them by ``at`` where a
             # queue's jobs share one result TTL (the contract's caveat).
             ids = self._indexed(queues, status, None if status is JobStatus.RUNNING else want)
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=False)
-            pipe.time()
-            for i in ids:
-                pipe.hmget(self._keys.job(i), _ENTRY_FIELDS)
-            server_time, *rows = pipe.execute()
+        pipe = self._client.pipeline(transaction=False)
+        pipe.time()
+        for i in ids:
+            pipe.hmget(self._keys.job(i), _ENTRY_FIELDS)
+        server_time, *rows = pipe.execute()
         now = self._now(server_time)
         payloads = self._payloads([row[:5] for row in rows])
         found: list[tuple[int, JobEntry]] = []
@@ -171,70 +151,52 @@ class AdminMixin(RedisCore):
         found.sort(key=lambda f: (f[0], f[1].id), reverse=True)
         return [e for _, e in found[offset : offset + limit]]
 
-    def requeue(self, items: Sequence[tuple[str, bytes]]) -> list[str | None]:
+    def _requeue(self, items: list[tuple[str, bytes]]) -> list[str | None]:
         head = self._head()
         calls = [
             (
                 [self._keys.unique, self._keys.queues],
-                [
-                    *head,
-                    *(
-                        x
-                        for job_id, p in items[at : at + _REQUEUE_CHUNK]
-                        for x in (validate_job_id(job_id), p)
-                    ),
-                ],
+                [*head, *(x for item in items[at : at + _REQUEUE_CHUNK] for x in item)],
             )
             for at in range(0, len(items), _REQUEUE_CHUNK)
         ]
-        with _connect.translate():
-            replies = self._run("requeue", calls) if calls else []
+        replies = self._run("requeue", calls)
         return [text(r) or None for reply in replies for r in reply]
 
-    def pause(self, queue: str) -> None:
-        with _connect.translate():
-            self._client.sadd(self._keys.paused, validate_queue(queue))
+    def _pause(self, queue: str) -> None:
+        self._client.sadd(self._keys.paused, queue)
 
-    def resume(self, queue: str) -> None:
-        queue = validate_queue(queue)
-        with _connect.translate():
-            self._eval("resume", [self._keys.paused, self._keys.resumed], [*self._head(), queue])
+    def _resume(self, queue: str) -> None:
+        self._eval("resume", [self._keys.paused, self._keys.resumed], [*self._head(), queue])
 
-    def paused(self) -> list[str]:
-        with _connect.translate():
-            return sorted(text(q) for q in self._client.smembers(self._keys.paused))
+    def _paused(self) -> list[str]:
+        return [text(q) for q in self._client.smembers(self._keys.paused)]
 
-    def purge(self, queue: str) -> int:
-        keys = [*self._keys.queue_keys(validate_queue(queue)), self._keys.unique]
+    def _purge(self, queue: str) -> int:
+        keys = [*self._keys.queue_keys(queue), self._keys.unique]
         total = 0
         more = 1
         while more:
-            with _connect.translate():
-                deleted, more = self._scripts["purge"](
-                    keys=keys, args=[*self._head(), _PURGE_CHUNK]
-                )
+            deleted, more = self._scripts["purge"](keys=keys, args=[*self._head(), _PURGE_CHUNK])
             total += int(deleted)
         return total
 
-    def workers(self) -> list[WorkerInfo]:
-        with _connect.translate():
-            ids = self._client.zrangebyscore(self._keys.workers, f"({self._now()}", "+inf")
-            if not ids:
-                return []
-            raw = self._client.mget([self._keys.worker(text(i)) for i in ids])
+    def _workers(self) -> list[WorkerInfo]:
+        ids = self._client.zrangebyscore(self._keys.workers, f"({self._now()}", "+inf")
+        if not ids:
+            return []
+        raw = self._client.mget([self._keys.worker(text(i)) for i in ids])
         return [msgspec.json.decode(r, type=WorkerInfo) for r in raw if r is not None]
 
-    def forget_worker(self, worker_id: str) -> None:
+    def _forget_worker(self, worker_id: str) -> None:
         """Drop the announcement, and the worker's consumer (named by its id, as the worker
         fetches) from every group where it holds nothing pending; where it still holds
         entries (a hard stop) it stays, and the lease reclaim or sweep deals with them."""
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=True)
-            pipe.zrem(self._keys.workers, worker_id)
-            pipe.delete(self._keys.worker(worker_id))
-            pipe.execute()
+        pipe = self._client.pipeline(transaction=True)
+        pipe.zrem(self._keys.workers, worker_id)
+        pipe.delete(self._keys.worker(worker_id))
+        pipe.execute()
         queues = self._known_queues()
         for i in range(0, len(queues), _FORGET_CHUNK):
             streams = [s for q in queues[i : i + _FORGET_CHUNK] for s in self._keys.streams(q)]
-            with _connect.translate():
-                self._scripts["forget"](keys=streams, args=[*self._head(), worker_id])
+            self._scripts["forget"](keys=streams, args=[*self._head(), worker_id])

@@ -9,17 +9,16 @@ keys and arguments through more layers.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import redis
 import redis.asyncio
 
-from ..._errors import JobNotFound
 from ..._message import Envelope, JobRecord
 from . import _connect
 from ._core import RECORD_FIELDS, RedisCore, to_ms
+from ._errors import FULL_POLL, full
 
 
 async def _call(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> Any:
@@ -44,76 +43,76 @@ async def _call(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> Any:
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
-class AsyncMixin(RedisCore):
-    events_kept: int
+class _AsyncWaiting:
+    """The ``AsyncWatch`` of ``wait_async``: each look marks the job as waited for and reads
+    its record (watch.lua), each sleep blocks on the job's done list (``wait``'s, awaited)."""
 
-    async def enqueue_async(
-        self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
+    def __init__(self, broker: AsyncMixin, job_id: str) -> None:
+        self._broker, self._job_id = broker, job_id
+
+    async def look(self) -> JobRecord | None:
+        return await self._broker._watch_async(self._job_id)
+
+    async def sleep_then_look(self, seconds: float) -> JobRecord | None:
+        client, _ = self._broker._aclient()
+        done = self._broker._keys.done(self._job_id)
+        wait = min(seconds, _connect.block_slice(client))
+        # redis-py types the timeout as int; Redis takes fractional seconds.
+        timeout: Any = max(wait, 0.01)
+        try:
+            await client.blmove(done, done, timeout, "RIGHT", "LEFT")
+        except redis.ResponseError as exc:
+            if not full(exc):
+                raise
+            await asyncio.sleep(min(wait, FULL_POLL))  # a full Redis refused the BLMOVE
+        return await self.look()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        pass
+
+
+class AsyncMixin(RedisCore):
+    async def _enqueue_async(
+        self, envelopes: Sequence[Envelope], events: Sequence[bytes]
     ) -> list[str]:
         from .broker import enqueue_calls, enqueue_ids  # the one place they are built
 
-        if not envelopes:
-            return []
         client, scripts = self._aclient()
         now_ms = to_ms(self._clock.time())
         calls = enqueue_calls(
             self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
         )
         script = scripts["enqueue"]
-        async with _connect.translate_async():
-            for again in (False, True):
-                commands = [
-                    ("EVALSHA", script.sha, len(keys), *keys, *argv) for keys, argv in calls
-                ]
-                try:
-                    if len(commands) == 1:  # atomic on its own: no MULTI
-                        replies = [await _call(client, commands[0])]
-                    else:  # MULTI/EXEC, as the sync path
-                        pipe = client.pipeline(transaction=True)
-                        for command in commands:
-                            pipe.execute_command(*command)
-                        replies = await pipe.execute()
-                except redis.exceptions.NoScriptError:
-                    # The server lost its script cache (restart, failover): every call
-                    # answered NOSCRIPT, none ran. Load the script and send them again.
-                    if again:
-                        raise
-                    await client.script_load(script.script)
-                else:
-                    return enqueue_ids(replies)
+        for again in (False, True):
+            commands = [("EVALSHA", script.sha, len(keys), *keys, *argv) for keys, argv in calls]
+            try:
+                if len(commands) == 1:  # atomic on its own: no MULTI
+                    replies = [await _call(client, commands[0])]
+                else:  # MULTI/EXEC, as the sync path
+                    pipe = client.pipeline(transaction=True)
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies = await pipe.execute()
+            except redis.exceptions.NoScriptError:
+                # The server lost its script cache (restart, failover): every call
+                # answered NOSCRIPT, none ran. Load the script and send them again.
+                if again:
+                    raise
+                await client.script_load(script.script)
+            else:
+                return enqueue_ids(replies)
         raise AssertionError("unreachable")
 
     async def _watch_async(self, job_id: str) -> JobRecord | None:
         """As ``_watch``: read the record and mark the job as waited for, in one step."""
         _, scripts = self._aclient()
-        async with _connect.translate_async():
-            now, row = await scripts["watch"](
-                keys=[self._keys.job(job_id)], args=[*self._head(), *RECORD_FIELDS]
-            )
+        now, row = await scripts["watch"](
+            keys=[self._keys.job(job_id)], args=[*self._head(), *RECORD_FIELDS]
+        )
         return self._decode_record(job_id, row, int(now))
 
-    async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
-        """As ``wait``: read the record, then block on the job's done list (never missed)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        client, _ = self._aclient()
-        done = self._keys.done(job_id)
-        while True:
-            record = await self._watch_async(job_id)
-            if record is None:
-                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
-            if record.status.terminal:
-                return record
-            wait = _connect.block_slice(client)
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    return None
-            async with _connect.translate_async():
-                # redis-py types the timeout as int; Redis takes fractional seconds.
-                seconds: Any = max(wait, 0.01)
-                try:
-                    await client.blmove(done, done, seconds, "RIGHT", "LEFT")
-                except redis.ResponseError as exc:
-                    if not _connect.full(exc):
-                        raise
-                    await asyncio.sleep(min(wait, _connect.FULL_POLL))  # a full Redis
+    def _wait_async(self, job_id: str) -> _AsyncWaiting:
+        return _AsyncWaiting(self, job_id)

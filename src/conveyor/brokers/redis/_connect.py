@@ -1,4 +1,5 @@
-"""Connections from a URL, and the boundary where ``redis.*`` errors become Conveyor errors.
+"""Connections from a URL (the boundary where ``redis.*`` errors become Conveyor errors is
+``_errors``).
 
 The URL is read by ``brokers._url`` (hosts, ports, database, user and password, the options
 of docs/redis.md, each checked), and the clients are built from what it read: nothing is
@@ -8,17 +9,15 @@ handed to redis-py's own URL parser, so what was checked is what connects.
 sentinels for the current master (``?sentinel_password=`` when the sentinels have one of
 their own). hiredis is used by redis-py when installed.
 
-A refused login or a missing ACL permission is ``BrokerAuthError``: retrying cannot help,
-so neither redis-py's retry nor the worker's retries it.
+A refused login is not retried (``_Retry``): the same credentials are refused again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import threading
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import redis
@@ -29,8 +28,8 @@ import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable
 from .._url import RedisURL, parse_redis_url
+from ._errors import TRANSLATE
 
 try:  # redis-py's own packing goes through a Python loop over the arguments first
     from hiredis import pack_command as pack_command  # noqa: PLC0414 - re-exported to _async
@@ -41,9 +40,6 @@ DEFAULT_SOCKET_TIMEOUT = 10.0
 SENTINEL_SOCKET_TIMEOUT = 2.0
 # Blocking reads are cut into slices shorter than the socket timeout; each slice re-checks.
 MAX_BLOCK_SLICE = 4.0
-# A full Redis refuses even the BLMOVE a waiter sleeps in (it may take memory): the waiter
-# reads the record this often instead, until Redis has room again.
-FULL_POLL = 0.2
 MAX_CONNECTIONS = 128  # per client; override with ?max_connections=N in the URL
 POOL_WAIT = 30.0  # override with ?timeout=S
 _CONNECTION_OPTIONS = (
@@ -168,7 +164,7 @@ def _master(target: RedisURL, retry: Any) -> dict[str, Any]:
 
 
 def connect(target: RedisURL) -> redis.Redis:
-    with translate():
+    with TRANSLATE:
         if target.scheme != "redis+sentinel":
             pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call,unused-ignore]
                 **_pool(target, _Retry(_backoff(), 3), redis.SSLConnection,
@@ -185,7 +181,7 @@ def connect(target: RedisURL) -> redis.Redis:
 
 
 def connect_async(target: RedisURL) -> redis.asyncio.Redis:
-    with translate():
+    with TRANSLATE:
         if target.scheme != "redis+sentinel":
             apool = redis.asyncio.BlockingConnectionPool(
                 **_pool(target, _AsyncRetry(_backoff(), 3), redis.asyncio.SSLConnection,
@@ -332,99 +328,3 @@ class Pinned:
         for c in commands:
             pipe.execute_command(*c)  # type: ignore[no-untyped-call,unused-ignore]
         return list(pipe.execute())
-
-
-# Socket-level errors redis-py sometimes lets through unwrapped (asyncio timeouts, resets).
-_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, TimeoutError, ConnectionError)
-# Redis's words for a login it never got, and for a missing ACL permission (a command
-# refused inside a script comes back as a plain ERR).
-_NO_LOGIN = ("authentication required", "must be called with the client already authenticated")
-_NOT_PERMITTED = ("noperm", "no permissions", "the user executing the script can't")
-_GRANT = (
-    "grant it the commands and keys docs/redis.md lists "
-    "(ACL SETUSER NAME on >PASSWORD ~{PREFIX}:* ~{PREFIX:* +@all -@dangerous +info)"
-)
-
-
-def _refusal(exc: Exception) -> BrokerAuthError | None:
-    """The credentials or the ACL user's rights were refused (retrying cannot help), else
-    None. Redis's messages never hold the password; neither do ours."""
-    text = str(exc)
-    lowered = text.lower()
-    if isinstance(exc, redis.exceptions.AuthenticationWrongNumberOfArgsError):
-        return BrokerAuthError(
-            "Redis refused the login: the server has no ACL users (Redis before 6); "
-            "give only the password, redis://:PASSWORD@host:6379/0"
-        )
-    if isinstance(exc, redis.AuthenticationError):
-        if any(words in lowered for words in _NO_LOGIN):
-            return BrokerAuthError(
-                "Redis needs a password and the broker URL gives none: write "
-                "redis://:PASSWORD@host:6379/0 (requirepass) or "
-                "redis://USER:PASSWORD@host:6379/0 (an ACL user)"
-            )
-        return BrokerAuthError(
-            f"Redis refused the login ({text}): check the user name and password in the "
-            "broker URL (percent-encode @ : / ? # % in them), and that the ACL user exists "
-            "and is on (ACL SETUSER NAME on)"
-        )
-    if isinstance(exc, redis.exceptions.NoPermissionError) or (
-        isinstance(exc, redis.ResponseError) and any(w in lowered for w in _NOT_PERMITTED)
-    ):
-        return BrokerAuthError(
-            f"the Redis ACL user may not run a command or use a key Conveyor needs ({text}); "
-            + _GRANT
-        )
-    if isinstance(exc, redis.sentinel.MasterNotFoundError) and "AuthenticationError" in text:
-        return BrokerAuthError(
-            "the sentinels refused the login: give their own password in the broker URL "
-            "as ?sentinel_password=PASSWORD (and ?sentinel_username=USER for an ACL user)"
-        )
-    return None
-
-
-# Redis's words for a write refused because it is full (maxmemory reached, noeviction);
-# Redis 6.2 wraps them in its script error, and redis-py drops the OOM code of Redis 7's.
-_FULL = "used memory > 'maxmemory'"
-FULL = (
-    "Redis is full (its used memory is over maxmemory, and maxmemory-policy noeviction "
-    "refuses what would take more): nothing was written. Workers still fetch and finish the "
-    "jobs it holds, which frees memory: enqueue again later, or give Redis more memory "
-    "(maxmemory), keep results for less time (result_ttl=) or purge a queue you do not need "
-    "(docs/redis.md)"
-)
-
-
-def full(exc: BaseException) -> bool:
-    """Redis refused a command because it is full (maxmemory reached, noeviction)."""
-    return _FULL in str(exc)
-
-
-def _convert(exc: Exception) -> BrokerError:
-    refused = _refusal(exc)
-    if refused is not None:
-        return refused
-    if full(exc):
-        return BrokerError(FULL)
-    if isinstance(exc, _UNAVAILABLE):
-        return BrokerUnavailable(
-            f"cannot reach Redis ({exc}); check the URL, the network and that the server runs"
-        )
-    return BrokerError(f"Redis failed: {exc}")
-
-
-@contextlib.contextmanager
-def translate() -> Iterator[None]:
-    """Nothing from redis leaves the adapter: its errors become BrokerError."""
-    try:
-        yield
-    except (redis.RedisError, TimeoutError, ConnectionError) as exc:
-        raise _convert(exc) from exc
-
-
-@contextlib.asynccontextmanager
-async def translate_async() -> AsyncIterator[None]:
-    try:
-        yield
-    except (redis.RedisError, TimeoutError, ConnectionError) as exc:
-        raise _convert(exc) from exc

@@ -18,10 +18,13 @@ import redis
 import redis.asyncio
 import redis.exceptions
 
-from ..._clock import Clock, SystemClock
+from ..._clock import Clock
 from ..._errors import InvalidName
 from ..._message import JobRecord, JobStatus, validate_queue
+from .._base import EVENTS_KEPT
+from .._port import Broker
 from . import _connect
+from ._errors import TRANSLATE
 from ._keys import Keys
 from ._scripts import Scripts
 
@@ -63,7 +66,11 @@ def check_prefix(prefix: str) -> str:
         raise InvalidName(f"bad key prefix {prefix!r}: {exc}") from None
 
 
-class RedisCore:
+class RedisCore(Broker):
+    """What every part of the Redis broker shares; a primitive runs inside ``TRANSLATE``."""
+
+    _errors = TRANSLATE
+
     def __init__(
         self,
         url: str,
@@ -71,11 +78,11 @@ class RedisCore:
         prefix: str = "conveyor",
         clock: Clock | None = None,
         sweep_idle: float | None = None,
+        events_kept: int = EVENTS_KEPT,
     ) -> None:
-        self.url = url
+        super().__init__(url, clock=clock, events_kept=events_kept)
         self.prefix = check_prefix(prefix)
         self._target = _connect.parse(url)
-        self._clock = clock or SystemClock()
         self._keys = Keys(self.prefix)
         self._client = _connect.connect(self._target)
         self._scripts = Scripts(self._client)
@@ -86,13 +93,8 @@ class RedisCore:
         ] = weakref.WeakKeyDictionary()
         self._async_lock = threading.Lock()
 
-    # -- helpers ------------------------------------------------------------------------
-
-    @property
-    def _real_time(self) -> bool:
-        """The real clock: time comes from the server. Also, only a real clock lets blocking
-        reads sleep until the next lease or eta comes due."""
-        return isinstance(self._clock, SystemClock)
+    # -- helpers (called inside TRANSLATE) ----------------------------------------------
+    # The real clock: time comes from the server (``_real_time``).
 
     def _script_now(self) -> int | str:
         """ARGV ``now`` of a script: '' (the server's TIME) on the real clock."""
@@ -104,8 +106,7 @@ class RedisCore:
         if not self._real_time:
             return to_ms(self._clock.time())
         if server_time is None:
-            with _connect.translate():
-                server_time = self._client.time()
+            server_time = self._client.time()
         return time_ms(server_time)
 
     def _head(self) -> list[Any]:
@@ -158,11 +159,10 @@ class RedisCore:
         wanted = [(i, row) for i, row in enumerate(rows) if row[0] is None and row[1]
                   and not row[4]]  # fmt: skip
         if wanted:
-            with _connect.translate():
-                pipe = self._client.pipeline(transaction=False)
-                for _, (_, sid, queue, priority, _) in wanted:
-                    pipe.xrange(self._keys.stream(text(queue), int(priority)), sid, sid)
-                entries = pipe.execute()
+            pipe = self._client.pipeline(transaction=False)
+            for _, (_, sid, queue, priority, _) in wanted:
+                pipe.xrange(self._keys.stream(text(queue), int(priority)), sid, sid)
+            entries = pipe.execute()
             for (i, _), found in zip(wanted, entries, strict=True):
                 if found:
                     payload = found[0][1].get(b"payload")
@@ -203,19 +203,15 @@ class RedisCore:
     def _watch(self, job_id: str) -> JobRecord | None:
         """A waiter's first read of a record: marks the job as waited for in the same step
         (watch.lua), so its end pushes the completion signal (none is pushed otherwise)."""
-        with _connect.translate():
-            now, row = self._eval(
-                "watch", [self._keys.job(job_id)], [*self._head(), *RECORD_FIELDS]
-            )
+        now, row = self._eval("watch", [self._keys.job(job_id)], [*self._head(), *RECORD_FIELDS])
         return self._decode_record(job_id, row, int(now))
 
     def _read_records(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
-        with _connect.translate():
-            pipe = self._client.pipeline(transaction=False)
-            pipe.time()
-            for job_id in job_ids:
-                pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
-            server_time, *rows = pipe.execute()
+        pipe = self._client.pipeline(transaction=False)
+        pipe.time()
+        for job_id in job_ids:
+            pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
+        server_time, *rows = pipe.execute()
         now = self._now(server_time)
         return [self._decode_record(i, row, now) for i, row in zip(job_ids, rows, strict=True)]
 
@@ -223,16 +219,14 @@ class RedisCore:
         """Run a script on a job known by id alone: read its queue (for the queue keys),
         then run; the script answers ``moved`` if the queue changed in between."""
         for _ in range(5):
-            with _connect.translate():
-                queue = self._client.hget(self._keys.job(job_id), "queue")
-                if queue is None:
-                    return None
-                keys = self._keys.job_keys(job_id, [text(queue)])
-                res = self._eval(script, keys, [*self._head(), text(queue), *own])
+            queue = self._client.hget(self._keys.job(job_id), "queue")
+            if queue is None:
+                return None
+            keys = self._keys.job_keys(job_id, [text(queue)])
+            res = self._eval(script, keys, [*self._head(), text(queue), *own])
             if res != moved:
                 return res
         return None
 
-    def close(self) -> None:
-        with _connect.translate():
-            self._client.close()
+    def _close(self) -> None:
+        self._client.close()

@@ -17,57 +17,61 @@ last event), so the cap is a count: every ``XADD`` trims with ``MINID`` to the n
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
+from .._admin import Events
 from .._eventlog import PER_RECORD, frame, numbered, unframe
-from .._port import check_read, event_number
 from . import _connect
 from ._core import RedisCore, text, to_ms
 
 _MORE_READS = 8  # XREADs one read_events makes at most to fill its page
 
 
-class EventsMixin(RedisCore):
-    events_kept: int
+class _Reading:
+    """The ``Watch`` of ``read_events``: an ``XREAD`` of the entries after the cursor's, that
+    blocks in slices clear of the socket timeout (``BLOCK 0`` would be for ever)."""
 
-    def publish(self, events: Sequence[bytes]) -> None:
+    def __init__(self, broker: EventsMixin, start: int, limit: int) -> None:
+        self._broker, self._start, self._limit = broker, start, limit
+
+    def look(self) -> Events:
+        return self._broker._read_page(self._start, self._limit, None)
+
+    def sleep_then_look(self, seconds: float) -> Events:
+        wait = min(seconds, _connect.block_slice(self._broker._client))
+        return self._broker._read_page(self._start, self._limit, max(1, to_ms(wait)))
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+class EventsMixin(RedisCore):
+    def _publish(self, events: Sequence[bytes]) -> None:
         """One call of publish.lua: in order, all at once. (A reply lost to a dropped
         connection sends it again: those events are then twice in the log. The scripts'
         events are not: enqueue and finish publish nothing again for a repeat.)"""
-        if not events:
-            return
         keys = [self._keys.events, self._keys.events_counter]
         args = [*self._head(), self.events_kept, *(frame(e) for e in events)]
-        with _connect.translate():
-            self._eval("publish", keys, args)
+        self._eval("publish", keys, args)
 
-    def read_events(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
-        """``XREAD`` of the entries after the cursor's, blocking in slices that stay clear
-        of the socket timeout (``BLOCK 0`` would be for ever: a block of 0 sends none);
-        then, without blocking, more entries until the page is full or none are left."""
-        check_read(block, limit)
-        start = event_number(after)
-        deadline = time.monotonic() + block
-        while True:
-            left = deadline - time.monotonic()
-            slice_ = min(left, _connect.block_slice(self._client))
-            wait = max(1, to_ms(slice_)) if left > 0 else None
-            got = self._read_page(start, limit, wait)
-            if got or deadline - time.monotonic() <= 0:
-                return got
+    def _read_events(self, start: int, limit: int) -> _Reading:
+        return _Reading(self, start, limit)
 
-    def _read_page(self, start: int, limit: int, wait: int | None) -> list[tuple[str, bytes]]:
+    def _read_page(self, start: int, limit: int, wait: int | None) -> Events:
+        """XREADs from the entry after ``start``'s (blocking ``wait`` ms for the first, if
+        not None), then, without blocking, more until the page is full or none are left."""
         out: list[tuple[str, bytes]] = []
         per_entry = PER_RECORD  # a guess of the events per entry, then what was seen
         after = start
         for _ in range(_MORE_READS):
             count = max(1, math.ceil((limit - len(out)) / per_entry))
-            with _connect.translate():
-                reply: Any = self._client.xread(
-                    {self._keys.events: f"{after}-0"}, count=count, block=wait
-                )
+            reply: Any = self._client.xread(
+                {self._keys.events: f"{after}-0"}, count=count, block=wait
+            )
             if not reply:
                 break
             (_, entries), *_ = reply
@@ -80,7 +84,6 @@ class EventsMixin(RedisCore):
             wait = None  # the rest of the page: only what is there already
         return out
 
-    def events_tail(self) -> str:
-        with _connect.translate():
-            last = self._client.get(self._keys.events_counter)
-        return text(last) if last is not None else "0"
+    def _events_tail(self) -> int:
+        last = self._client.get(self._keys.events_counter)
+        return int(last) if last is not None else 0

@@ -27,11 +27,10 @@ from typing import Any
 import msgspec
 import redis
 
-from ..._errors import BrokerAuthError
 from ..._message import WorkerInfo
 from .._url import redact_url
-from . import _connect
 from ._core import RedisCore, text, to_ms
+from ._errors import refusal
 
 log = logging.getLogger("conveyor.redis")
 
@@ -62,14 +61,15 @@ class HealthMixin(RedisCore):
 
     # -- settings --------------------------------------------------------------------------
 
-    def warnings(self) -> list[str]:
+    def _warnings(self) -> list[str]:
         """One line per setting of the server that loses jobs or refuses them, saying what
         to do; raises ``BrokerError`` when Redis cannot be reached."""
         try:
-            with _connect.translate():
-                memory = self._client.info("memory")
-        except BrokerAuthError as exc:  # an ACL user without +info: Redis's words say so
-            memory = {"refused": str(exc.__cause__ or exc)}
+            memory = self._client.info("memory")
+        except redis.RedisError as exc:  # an ACL user without +info: Redis's words say so
+            if refusal(exc) is None:
+                raise
+            memory = {"refused": str(exc)}
         policy = text(memory.get("maxmemory_policy") or "")
         if not policy:
             why = memory.get("refused", "it names no maxmemory_policy")
@@ -95,7 +95,7 @@ class HealthMixin(RedisCore):
 
     # -- the epoch: did Redis lose its data? -------------------------------------------------
 
-    def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+    def _heartbeat(self, info: WorkerInfo, ttl: float) -> None:
         now = self._now()
         info.seen_at = now / 1000
         keys = [self._keys.worker(info.id), self._keys.workers, self._keys.epoch]
@@ -110,8 +110,7 @@ class HealthMixin(RedisCore):
             to_ms(int(ttl) + _GC_GRACE),
             secrets.token_hex(8),
         ]
-        with _connect.translate():
-            epoch, jobs = self._eval("heartbeat", keys, [*head, *own])
+        epoch, jobs = self._eval("heartbeat", keys, [*head, *own])
         self._saw(text(epoch), int(jobs), list(info.queues))
 
     def _recheck(self) -> None:
@@ -123,10 +122,7 @@ class HealthMixin(RedisCore):
                 return
             look.rechecked_at = time.monotonic()
         try:
-            with _connect.translate():
-                epoch = self._eval(
-                    "epoch", [self._keys.epoch], [*self._head(), secrets.token_hex(8)]
-                )
+            epoch = self._eval("epoch", [self._keys.epoch], [*self._head(), secrets.token_hex(8)])
         except Exception as exc:  # the refusal is reported by the caller; this is extra
             log.debug("cannot read the epoch marker: %s", exc)
             return

@@ -15,44 +15,27 @@ import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import redis.exceptions
 
 from ..._clock import Clock
-from ..._errors import JobNotFound
-from ..._message import (
-    Delivery,
-    Envelope,
-    JobRecord,
-    JobStatus,
-    validate_job_id,
-    validate_priority,
-    validate_queue,
-)
+from ..._message import Delivery, Envelope, JobRecord, JobStatus
 from ...stores._port import KeyValue
+from .._base import EVENTS_KEPT, PARKED, BrokerOptions, unknown_dependency
 from .._eventlog import frame
-from .._port import (
-    EVENTS_KEPT,
-    PARKED,
-    Broker,
-    Finish,
-    LeaseState,
-    check_events,
-    check_kept,
-    unknown_dependency,
-)
+from .._port import Claimed, Finish, LeaseState
 from . import _connect
 from ._admin import AdminMixin
 from ._async import AsyncMixin
 from ._core import PAYLOAD_FIELDS, RECORD_FIELDS, text, to_ms
+from ._errors import FULL_POLL, full
 from ._events import EventsMixin
 from ._health import HealthMixin
 from ._keys import Keys
 
 log = logging.getLogger("conveyor.redis")
 
-_IDLE_WAKE = 0.05  # longest block while a lease or eta may come due on an injected clock
 FINISH_CHUNK = 200  # outcomes per finish script call (a call blocks Redis while it runs)
 ENQUEUE_CHUNK = 200  # jobs per enqueue script call (likewise)
 _LEASE_STATES = {0: LeaseState.LOST, 1: LeaseState.OK, 2: LeaseState.CANCELLED}
@@ -60,15 +43,13 @@ T = TypeVar("T")
 
 
 def enqueue_args(env: Envelope, now_ms: int) -> list[Any]:
-    """A validated envelope as the enqueue script's own arguments (after the common head).
+    """An envelope (checked by the port) as the enqueue script's own arguments (after the
+    common head).
 
     An eta goes as the time left until it on the sender's clock (``now_ms``), ``+<ms>``, and
     the script adds it to its own now (common.lua ``eta_at``): a producer or worker whose
     clock is off still delays a job by what it asked, on the clock leases and expiry use.
     """
-    validate_job_id(env.id)
-    validate_queue(env.queue)
-    validate_priority(env.priority)
     eta = ""
     if env.eta == PARKED:
         eta = "parked"
@@ -127,19 +108,17 @@ def enqueue_calls(
     events: Sequence[bytes] = (),
     cap: int = EVENTS_KEPT,
 ) -> list[Call]:
-    """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes. Every
-    envelope is validated before the first call is sent, so a bad one writes nothing. A
+    """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes. A
     batch with dependencies is one call whatever its size: the script checks them all
     before writing anything. Two keys per call (the script computes each queue's own, in
     the same slot): a lone job costs little to send and to unpack. ``events`` (one per
     envelope) go after a call's jobs; without them the call is what it always was."""
-    check_events(envelopes, events)
     chunk = len(envelopes) if any(env.depends_on for env in envelopes) else ENQUEUE_CHUNK
     declared = [keys.unique, keys.queues]
 
     def values(env: Envelope, place: Callable[[str], int]) -> tuple[Any, ...]:
         job_id, queue, payload, priority, eta, key = enqueue_args(env, now_ms)
-        deps = ",".join(validate_job_id(d) for d in env.depends_on)
+        deps = ",".join(env.depends_on)
         return job_id, place(queue), payload, priority, eta, key, deps
 
     def carried(start: int, end: int) -> list[Any]:
@@ -178,7 +157,86 @@ def _finish_values(f: Finish, place: Callable[[str], int], now_ms: int) -> list[
     return own
 
 
-class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
+class _Fetching:
+    """The ``Watch`` of ``fetch``: a look is one call of fetch.lua; a sleep is an ``XREAD``
+    on the queues' streams with the next fetch.lua call behind it (``_block_then_fetch``),
+    in slices clear of the socket timeout."""
+
+    def __init__(
+        self, broker: RedisBroker, queues: list[str], consumer: str, count: int, lease: float
+    ) -> None:
+        self._broker, self._queues = broker, queues
+        self._consumer, self._count, self._lease = consumer, count, lease
+        self._last_ids: list[str] = []
+
+    def look(self) -> Claimed:
+        b = self._broker
+        return self._read(b._eval("fetch", *self._call(woken=False)))
+
+    def sleep_then_look(self, seconds: float) -> Claimed:
+        b = self._broker
+        wait = min(seconds, _connect.block_slice(b._client))
+        call = lambda: self._call(woken=b._real_time)  # noqa: E731 - read after the sleep
+        return self._read(b._block_then_fetch(self._queues, self._last_ids, wait, call))
+
+    def _call(self, *, woken: bool) -> tuple[list[str], list[Any]]:
+        return self._broker._fetch_call(
+            self._queues, self._consumer, self._count, self._lease, woken=woken
+        )
+
+    def _read(self, reply: Any) -> Claimed:
+        out, next_event, self._last_ids = self._broker._fetch_reply(self._queues, reply)
+        return out, None if next_event < 0 else next_event / 1000  # ms to the next due
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+class _Waiting:
+    """The ``Watch`` of ``wait``: the first look marks the job as waited for (watch.lua), so
+    its end pushes the completion signal; a sleep is a ``BLMOVE`` on the job's done list
+    with the record read again in the same pipeline."""
+
+    def __init__(self, broker: RedisBroker, job_id: str) -> None:
+        self._broker, self._job_id = broker, job_id
+
+    def look(self) -> JobRecord | None:
+        return self._broker._watch(self._job_id)
+
+    def sleep_then_look(self, seconds: float) -> JobRecord | None:
+        b, job_id = self._broker, self._job_id
+        done = b._keys.done(job_id)
+        wait = min(seconds, _connect.block_slice(b._client))
+        # Moving the list onto itself pops nothing: every waiter wakes, and a signal
+        # pushed between our read and this call is already there (no lost wake-up).
+        # The record is read again in the same pipeline: Redis runs those commands
+        # right after the BLMOVE returns, saving a round trip after the wake-up.
+        pipe = b._client.pipeline(transaction=False)
+        # redis-py types the timeout as int; Redis takes fractional seconds.
+        timeout: Any = max(wait, 0.01)
+        pipe.blmove(done, done, timeout, "RIGHT", "LEFT")
+        pipe.time()
+        pipe.hmget(b._keys.job(job_id), RECORD_FIELDS)
+        moved, server_time, row = pipe.execute(raise_on_error=False)
+        for reply in (moved, server_time, row):  # only BLMOVE may be refused as full
+            if isinstance(reply, Exception) and not full(reply):
+                raise reply
+        record = b._decode_record(job_id, row, b._now(server_time))
+        if isinstance(moved, Exception) and record and not record.status.terminal:
+            time.sleep(min(wait, FULL_POLL))  # a full Redis refused the BLMOVE
+        return record
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass
+
+
+class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
     """``Conveyor("redis://...")``: the production broker on Redis Streams (Redis >= 6.2).
 
     ``sweep_idle`` is how long (real seconds) a pending entry must sit idle before the
@@ -204,10 +262,15 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
         # Imported here: conveyor.stores.redis imports this package's key and error helpers.
         from ...stores.redis import RedisKV
 
-        super().__init__(url, prefix=prefix, clock=clock, sweep_idle=sweep_idle)
-        self.events_kept = check_kept(events_kept)
+        super().__init__(
+            url, prefix=prefix, clock=clock, sweep_idle=sweep_idle, events_kept=events_kept
+        )
         self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
         self._levels: dict[str, str] = {}  # queue -> its priority streams last seen (fetch.lua)
+
+    @classmethod
+    def from_url(cls, url: str, options: BrokerOptions) -> Self:
+        return cls(url, prefix=options.prefix, clock=options.clock, events_kept=options.events_kept)
 
     @property
     def kv(self) -> KeyValue:
@@ -215,46 +278,20 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
 
     # -- producing -------------------------------------------------------------------------
 
-    def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
-        if not envelopes:
-            return []
+    def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
         now_ms = to_ms(self._clock.time())
         calls = enqueue_calls(
             self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
         )
-        with _connect.translate():
-            # One script call is atomic on its own; several go in MULTI/EXEC: a batch is
-            # written whole or not at all.
-            replies = self._run("enqueue", calls, transaction=len(calls) > 1)
+        # One script call is atomic on its own; several go in MULTI/EXEC: a batch is written
+        # whole or not at all.
+        replies = self._run("enqueue", calls, transaction=len(calls) > 1)
         return enqueue_ids(replies)
 
     # -- consuming -------------------------------------------------------------------------
 
-    def fetch(
-        self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
-    ) -> list[Delivery]:
-        queues = [validate_queue(q) for q in dict.fromkeys(queues)]
-        if not queues:
-            return []
-        deadline = time.monotonic() + max(block, 0.0)
-        with _connect.translate():
-            reply = self._eval("fetch", *self._fetch_call(queues, consumer, count, lease))
-        while True:
-            out, next_event, last_ids = self._fetch_reply(queues, reply)
-            remaining = deadline - time.monotonic()
-            if out or remaining <= 0 or count <= 0:
-                return out
-            wait = min(remaining, _connect.block_slice(self._client))
-            if next_event >= 0:  # ms until the next eta or lease expiry
-                wait = min(wait, max(next_event / 1000, 0.001))
-                if not self._real_time:
-                    wait = min(wait, _IDLE_WAKE)
-            reply = self._block_then_fetch(
-                queues,
-                last_ids,
-                wait,
-                lambda: self._fetch_call(queues, consumer, count, lease, woken=self._real_time),
-            )
+    def _fetch(self, queues: list[str], consumer: str, count: int, lease: float) -> _Fetching:
+        return _Fetching(self, queues, consumer, count, lease)
 
     def _fetch_call(
         self, queues: list[str], consumer: str, count: int, lease: float, *, woken: bool = False
@@ -264,13 +301,13 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
             keys += self._keys.queue_keys(q)
         keys += (self._keys.unique, self._keys.paused, self._keys.resumed)
         sweep = to_ms(self._sweep_idle if self._sweep_idle is not None else 2 * lease)
-        raw = secrets.token_hex(8 * max(count, 0))  # one urandom call, not one per token
+        raw = secrets.token_hex(8 * count)  # one urandom call, not one per token
         tokens = [raw[i : i + 16] for i in range(0, len(raw), 16)]
         levels = self._levels.get(queues[0], "") if len(queues) == 1 else ""
         args = [
             *self._head(),
             consumer,
-            max(count, 0),
+            count,
             to_ms(lease),
             max(sweep, 1),
             to_ms(self.reap_every),
@@ -329,45 +366,43 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
         if len(last_ids) > len(streams):  # a queue is paused: its resume wakes us too
             streams.append(self._keys.resumed)
         xread = ["XREAD", "COUNT", 1, "BLOCK", max(1, to_ms(wait)), "STREAMS", *streams, *last_ids]
-        with _connect.translate():
-            if not self._real_time:
-                self._pinned.call(self._client, *xread)
-                return self._eval("fetch", *fetch_call())
-            keys, args = fetch_call()
-            script = self._scripts["fetch"]
-            try:
-                _, reply = self._pinned.pipeline(
-                    self._client, xread, ["EVALSHA", script.sha, len(keys), *keys, *args]
-                )
-            except redis.exceptions.NoScriptError:  # the script cache was lost: load it
-                reply = self._eval("fetch", keys, args)
-            return reply
+        if not self._real_time:
+            self._pinned.call(self._client, *xread)
+            return self._eval("fetch", *fetch_call())
+        keys, args = fetch_call()
+        script = self._scripts["fetch"]
+        try:
+            _, reply = self._pinned.pipeline(
+                self._client, xread, ["EVALSHA", script.sha, len(keys), *keys, *args]
+            )
+        except redis.exceptions.NoScriptError:  # the script cache was lost: load it
+            reply = self._eval("fetch", keys, args)
+        return reply
 
     def _fenced(self, script: str, items: Sequence[tuple[str, str, list[Any]]]) -> list[int]:
         """Run a per-delivery script for each (job id, queue, args) in one round trip."""
         head = self._head()
         calls = [(self._keys.job_keys(job_id, [queue]), head + own) for job_id, queue, own in items]
-        with _connect.translate():  # each call atomic on its own, all in one round trip
-            return [int(r) for r in self._run(script, calls)] if calls else []
+        return [int(r) for r in self._run(script, calls)]  # each call atomic on its own
 
-    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+    def _renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         items = [(d.id, d.queue, [d.token, to_ms(lease)]) for d in deliveries]
         states = [_LEASE_STATES[r] for r in self._fenced("renew", items)]
         if LeaseState.LOST in states:
             self._recheck()  # Redis may have lost its data (_health.py)
         return states
 
-    def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
+    def _release(self, deliveries: Sequence[Delivery]) -> list[bool]:
         return [
             r == 1
             for r in self._fenced("release", [(d.id, d.queue, [d.token]) for d in deliveries])
         ]
 
-    def progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
+    def _progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
         own = [delivery.token, repr(float(value)), note or "", "0" if note is None else "1"]
         return self._fenced("progress", [(delivery.id, delivery.queue, own)]) == [1]
 
-    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
+    def _finish(self, outcomes: Sequence[Finish], events: Sequence[bytes]) -> list[bool]:
         """One script call per ``FINISH_CHUNK`` outcomes (each call atomic; the chunks go in
         one round trip): the queue keys are declared once per call, not once per job.
         ``events`` ride on the first call, each outcome's event on the call of its chunk."""
@@ -391,10 +426,7 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
         has_events = bool(events) or any(f.event is not None for f in outcomes)
         tail = carried if has_events else None
         calls = batch_calls(self._head(), outcomes, FINISH_CHUNK, values, declare, tail=tail)
-        with _connect.translate():
-            if not calls and events:  # nothing to record: the events alone
-                self.publish(events)
-            replies = self._run("finish", calls) if calls else []
+        replies = self._run("finish", calls)
         written = [int(r) == 1 for reply in replies for r in reply]
         if not all(written):
             self._recheck()  # Redis may have lost its data (_health.py)
@@ -402,16 +434,15 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
 
     # -- job records -----------------------------------------------------------------------
 
-    def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+    def _get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         return self._read_records(list(job_ids))
 
-    def payload(self, job_id: str) -> bytes | None:
+    def _payload(self, job_id: str) -> bytes | None:
         for _ in range(5):  # the entry may go between the two reads, its payload moved
-            with _connect.translate():
-                pipe = self._client.pipeline(transaction=False)
-                pipe.time()
-                pipe.hmget(self._keys.job(job_id), PAYLOAD_FIELDS)
-                server_time, row = pipe.execute()
+            pipe = self._client.pipeline(transaction=False)
+            pipe.time()
+            pipe.hmget(self._keys.job(job_id), PAYLOAD_FIELDS)
+            server_time, row = pipe.execute()
             payload, sid, *_, expires = row
             if expires and int(expires) <= self._now(server_time):
                 return None
@@ -423,45 +454,15 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin, Broker):
             # The entry went between the two reads: its payload moved into the hash.
         return None
 
-    def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        done = self._keys.done(job_id)
-        record = self._watch(job_id)
-        while True:
-            if record is None:
-                raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
-            if record.status.terminal:
-                return record
-            wait = _connect.block_slice(self._client)
-            if deadline is not None:
-                wait = min(wait, deadline - time.monotonic())
-                if wait <= 0:
-                    return None
-            # Moving the list onto itself pops nothing: every waiter wakes, and a signal
-            # pushed between our read and this call is already there (no lost wake-up).
-            # The record is read again in the same pipeline: Redis runs those commands
-            # right after the BLMOVE returns, saving a round trip after the wake-up.
-            with _connect.translate():
-                pipe = self._client.pipeline(transaction=False)
-                # redis-py types the timeout as int; Redis takes fractional seconds.
-                seconds: Any = max(wait, 0.01)
-                pipe.blmove(done, done, seconds, "RIGHT", "LEFT")
-                pipe.time()
-                pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
-                moved, server_time, row = pipe.execute(raise_on_error=False)
-                for reply in (moved, server_time, row):  # only BLMOVE may be refused as full
-                    if isinstance(reply, Exception) and not _connect.full(reply):
-                        raise reply
-            record = self._decode_record(job_id, row, self._now(server_time))
-            if isinstance(moved, Exception) and record and not record.status.terminal:
-                time.sleep(min(wait, _connect.FULL_POLL))  # a full Redis refused the BLMOVE
+    def _wait(self, job_id: str) -> _Waiting:
+        return _Waiting(self, job_id)
 
-    def cancel(self, job_id: str, event: bytes | None = None) -> JobStatus:
+    def _cancel(self, job_id: str, event: bytes | None) -> JobStatus | None:
         own = [] if event is None else with_events([frame(event)], self.events_kept)
         res = self._by_id("cancel", job_id, own, b"moved")
         if res is None or res == b"missing":
-            raise JobNotFound(f"no job with id {job_id!r} (unknown, purged or expired)")
+            return None
         return JobStatus(text(res))
 
-    def promote(self, job_id: str, payload: bytes) -> bool:
+    def _promote(self, job_id: str, payload: bytes) -> bool:
         return bool(self._by_id("promote", job_id, [payload], -1) == 1)

@@ -1,0 +1,126 @@
+"""The one boundary where ``redis.*`` errors become Conveyor errors: ``TRANSLATE``, the
+Redis broker's ``_errors`` (every primitive runs inside it, see ``brokers._base``), and the
+key-value store's.
+
+A refused login or a missing ACL permission is ``BrokerAuthError``: retrying cannot help,
+so neither redis-py's retry (``_connect._Retry``) nor the worker's retries it. A write
+refused because Redis is full says so, and what to do. A server that cannot be reached is
+``BrokerUnavailable``; anything else ``BrokerError`` with Redis's words.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+
+import redis
+import redis.exceptions
+import redis.sentinel
+
+from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable
+
+# A full Redis refuses even the BLMOVE a waiter sleeps in (it may take memory): the waiter
+# reads the record this often instead, until Redis has room again.
+FULL_POLL = 0.2
+
+# Socket-level errors redis-py sometimes lets through unwrapped (asyncio timeouts, resets).
+_UNAVAILABLE = (redis.ConnectionError, redis.TimeoutError, TimeoutError, ConnectionError)
+# Redis's words for a login it never got, and for a missing ACL permission (a command
+# refused inside a script comes back as a plain ERR).
+_NO_LOGIN = ("authentication required", "must be called with the client already authenticated")
+_NOT_PERMITTED = ("noperm", "no permissions", "the user executing the script can't")
+_GRANT = (
+    "grant it the commands and keys docs/redis.md lists "
+    "(ACL SETUSER NAME on >PASSWORD ~{PREFIX}:* ~{PREFIX:* +@all -@dangerous +info)"
+)
+
+
+def refusal(exc: BaseException) -> BrokerAuthError | None:
+    """The credentials or the ACL user's rights were refused (retrying cannot help), else
+    None. Redis's messages never hold the password; neither do ours."""
+    text = str(exc)
+    lowered = text.lower()
+    if isinstance(exc, redis.exceptions.AuthenticationWrongNumberOfArgsError):
+        return BrokerAuthError(
+            "Redis refused the login: the server has no ACL users (Redis before 6); "
+            "give only the password, redis://:PASSWORD@host:6379/0"
+        )
+    if isinstance(exc, redis.AuthenticationError):
+        if any(words in lowered for words in _NO_LOGIN):
+            return BrokerAuthError(
+                "Redis needs a password and the broker URL gives none: write "
+                "redis://:PASSWORD@host:6379/0 (requirepass) or "
+                "redis://USER:PASSWORD@host:6379/0 (an ACL user)"
+            )
+        return BrokerAuthError(
+            f"Redis refused the login ({text}): check the user name and password in the "
+            "broker URL (percent-encode @ : / ? # % in them), and that the ACL user exists "
+            "and is on (ACL SETUSER NAME on)"
+        )
+    if isinstance(exc, redis.exceptions.NoPermissionError) or (
+        isinstance(exc, redis.ResponseError) and any(w in lowered for w in _NOT_PERMITTED)
+    ):
+        return BrokerAuthError(
+            f"the Redis ACL user may not run a command or use a key Conveyor needs ({text}); "
+            + _GRANT
+        )
+    if isinstance(exc, redis.sentinel.MasterNotFoundError) and "AuthenticationError" in text:
+        return BrokerAuthError(
+            "the sentinels refused the login: give their own password in the broker URL "
+            "as ?sentinel_password=PASSWORD (and ?sentinel_username=USER for an ACL user)"
+        )
+    return None
+
+
+# Redis's words for a write refused because it is full (maxmemory reached, noeviction);
+# Redis 6.2 wraps them in its script error, and redis-py drops the OOM code of Redis 7's.
+_FULL = "used memory > 'maxmemory'"
+FULL = (
+    "Redis is full (its used memory is over maxmemory, and maxmemory-policy noeviction "
+    "refuses what would take more): nothing was written. Workers still fetch and finish the "
+    "jobs it holds, which frees memory: enqueue again later, or give Redis more memory "
+    "(maxmemory), keep results for less time (result_ttl=) or purge a queue you do not need "
+    "(docs/redis.md)"
+)
+
+
+def full(exc: BaseException) -> bool:
+    """Redis refused a command because it is full (maxmemory reached, noeviction)."""
+    return _FULL in str(exc)
+
+
+def _convert(exc: BaseException) -> BrokerError:
+    refused = refusal(exc)
+    if refused is not None:
+        return refused
+    if full(exc):
+        return BrokerError(FULL)
+    if isinstance(exc, _UNAVAILABLE):
+        return BrokerUnavailable(
+            f"cannot reach Redis ({exc}); check the URL, the network and that the server runs"
+        )
+    return BrokerError(f"Redis failed: {exc}")
+
+
+class _Translate:
+    """Nothing from redis leaves the adapter: its errors become ``BrokerError`` (``with``
+    and ``async with``; one object serves every thread: it keeps no state)."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        if isinstance(exc, (redis.RedisError, TimeoutError, ConnectionError)):
+            raise _convert(exc) from exc
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.__exit__(kind, exc, tb)
+
+
+TRANSLATE = _Translate()
