@@ -6,7 +6,8 @@ up to its first ``local function``) always, then each top-level definition (``lo
 function NAME`` or ``local NAME =``, with the comment lines above it) that the script, or a
 helper already taken, names. Defining a closure the script never calls costs the server
 time on every call (all of common.lua's helpers: about 3 µs per call, as much as a small
-script's own work). redis-py ``Script`` objects run them by SHA and reload them on
+script's own work). Before common.lua come ``CONSTANTS``, the values the scripts share with
+the Python side (the cancelled record's TTL and reasons), defined in ``brokers._base``. redis-py ``Script`` objects run them by SHA and reload them on
 ``NOSCRIPT`` (a restarted or failed-over server), also inside pipelines.
 """
 
@@ -16,6 +17,8 @@ import re
 from functools import cache
 from importlib import resources
 from typing import Any
+
+from .._base import CANCELLED_PENDING, CANCELLED_TTL, CANCELLED_WORKER_STOPPED
 
 NAMES = (
     "enqueue",
@@ -83,10 +86,23 @@ def prelude(body: str, common: str) -> str:
     return head + "".join(text for (_, text), used in zip(blocks, taken, strict=True) if used)
 
 
+def _lua(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+# Values the scripts share with the Python side, defined once there (brokers/_base.py):
+# put before common.lua, so its head (which every script carries) defines them.
+CONSTANTS = (
+    f"local CANCELLED_TTL_MS = {round(CANCELLED_TTL * 1000)}\n"
+    f"local CANCELLED_PENDING = {_lua(CANCELLED_PENDING)}\n"
+    f"local CANCELLED_WORKER_STOPPED = {_lua(CANCELLED_WORKER_STOPPED)}\n"
+)
+
+
 @cache
 def source(name: str) -> str:
     folder = resources.files(__package__ or "conveyor.brokers.redis")
-    common = folder.joinpath("common.lua").read_text(encoding="utf-8")
+    common = CONSTANTS + folder.joinpath("common.lua").read_text(encoding="utf-8")
     body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
     return prelude(body, common) + "\n" + body
 

@@ -23,8 +23,7 @@ elseif job.status == 'scheduled' then
 else
   return job.status
 end
--- (The reason in brokers/_port.py's wording, CANCELLED_PENDING.)
-terminate(q, key, job, id, 'cancelled', 86400000, {'sid', '', 'reason', 'cancelled before it ran'})
+terminate(q, key, job, id, 'cancelled', CANCELLED_TTL_MS, {'sid', '', 'reason', CANCELLED_PENDING})
 release_key(KEYS[3], job, id)
 local cap = carried()
 if cap then publish(cap, {ARGV[6]}) end

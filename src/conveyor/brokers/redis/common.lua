@@ -3,6 +3,8 @@
 -- TIME, so every client agrees), ARGV[2] consumer group, ARGV[3] job hash prefix
 -- "{P}:job:", ARGV[4] done list prefix "{P}:done:".
 -- A queue's keys come as 18 consecutive KEYS in the order of _keys.QUEUE_KEY_SUFFIXES.
+-- CANCELLED_TTL_MS, CANCELLED_PENDING and CANCELLED_WORKER_STOPPED are brokers/_base.py's
+-- (the cancelled record's TTL and reasons), defined above this file by _scripts.py.
 local NOW
 if ARGV[1] == '' then
   local t = redis.call('TIME')
@@ -341,8 +343,8 @@ local function end_cancelled(q, key, job, id, unique, fields)
   table.insert(fields, 'sid')
   table.insert(fields, '')
   table.insert(fields, 'reason')
-  table.insert(fields, 'cancelled while running (its worker stopped)')  -- _port.py's wording
-  terminate(q, key, job, id, 'cancelled', 86400000, fields)
+  table.insert(fields, CANCELLED_WORKER_STOPPED)
+  terminate(q, key, job, id, 'cancelled', CANCELLED_TTL_MS, fields)
   release_key(unique, job, id)
 end
 
