@@ -6,8 +6,9 @@ up to its first ``local function``) always, then each top-level definition (``lo
 function NAME`` or ``local NAME =``, with the comment lines above it) that the script, or a
 helper already taken, names. Defining a closure the script never calls costs the server
 time on every call (all of common.lua's helpers: about 3 µs per call, as much as a small
-script's own work). Before common.lua come ``CONSTANTS``, the values the scripts share with
-the Python side (the cancelled record's TTL and reasons), defined in ``brokers._base``. redis-py ``Script`` objects run them by SHA and reload them on
+script's own work). Before common.lua come ``CONSTANTS``, the values the scripts share
+with the Python side (the cancelled record's TTL and reasons), defined in
+``brokers._base``. redis-py ``Script`` objects run them by SHA and reload them on
 ``NOSCRIPT`` (a restarted or failed-over server), also inside pipelines.
 """
 
