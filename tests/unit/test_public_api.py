@@ -7,6 +7,7 @@ import pathlib
 import types
 
 import conveyor
+from conveyor.brokers._registry import BUILTIN
 
 SRC = pathlib.Path(conveyor.__file__).parent
 
@@ -56,7 +57,8 @@ def _files(sub: str) -> list[pathlib.Path]:
     return [target] if target.exists() else []
 
 
-ADAPTERS = ("conveyor.brokers.memory", "conveyor.brokers.sqlite", "conveyor.brokers.redis")
+# Every adapter the registry opens, as the package or module its broker class is in.
+ADAPTERS = tuple(a.broker.partition(":")[0] for a in BUILTIN)
 
 
 def test_worker_drives_the_port_only() -> None:

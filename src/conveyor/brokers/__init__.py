@@ -1,50 +1,64 @@
-"""Brokers and the URL factory: the one place (besides the CLI) that names a concrete adapter."""
+"""Brokers: the port every adapter implements, and the URL factory that opens them.
+
+``open_broker(url)`` finds the adapter of the URL's scheme in the registry (``_registry``:
+the built-in adapters, and those other packages declare as ``conveyor.brokers`` entry
+points) and opens it; the names an adapter is written with are exported here
+(docs/adding-a-broker.md). This package and ``cli`` are the only places that name a
+concrete adapter.
+"""
 
 from __future__ import annotations
 
 from .._clock import Clock, SystemClock
 from .._errors import InvalidURL
-from ._port import EVENTS_KEPT, Broker, Finish, LeaseState
-from ._url import REDIS_SCHEMES, SCHEME_NAME, parse_redis_url, redact_url
+from ._base import (
+    CANCELLED_PENDING,
+    CANCELLED_TTL,
+    CANCELLED_WORKER_STOPPED,
+    EVENTS_KEPT,
+    PARKED,
+    REQUEUEABLE,
+    AsyncWatch,
+    BrokerOptions,
+    Watch,
+    unknown_dependency,
+)
+from ._port import Broker, Claimed, Finish, LeaseState
+from ._registry import Adapter, find
+from ._url import redact_url
 
 __all__ = [
+    "CANCELLED_PENDING",
+    "CANCELLED_TTL",
+    "CANCELLED_WORKER_STOPPED",
     "DEFAULT_URL",
+    "EVENTS_KEPT",
+    "PARKED",
+    "REQUEUEABLE",
+    "Adapter",
+    "AsyncWatch",
     "Broker",
+    "BrokerOptions",
+    "Claimed",
     "Finish",
     "LeaseState",
+    "Watch",
     "check_url",
+    "load_adapter",
     "open_broker",
     "redact_url",
+    "unknown_dependency",
 ]
 
 DEFAULT_URL = "sqlite:///./conveyor.db"
 
 
 def check_url(url: str) -> str:
-    """The URL's scheme, or ``InvalidURL`` saying what to write instead. A Redis URL is
-    read whole (hosts, ports, database, options), so a bad one fails where the app is
-    made; no message shows a password (see ``_url``)."""
-    if not isinstance(url, str):
-        raise InvalidURL(
-            f"the broker URL must be a str, not {type(url).__name__}: use memory://, "
-            "sqlite:///path/to/jobs.db or redis://host:6379/0"
-        )
-    scheme, sep, _ = url.partition("://")
-    if not sep:
-        raise InvalidURL(
-            f"bad broker URL {redact_url(url)!r}: use memory://, sqlite:///path/to/jobs.db or "
-            "redis://host:6379/0"
-        )
-    scheme = scheme.lower()
-    if scheme == "redis+cluster" or scheme in REDIS_SCHEMES:
-        parse_redis_url(url)
-    elif scheme not in ("memory", "sqlite"):
-        shown = repr(scheme) if SCHEME_NAME.fullmatch(scheme) else "(not a scheme name)"
-        raise InvalidURL(
-            f"unknown broker scheme {shown} in {redact_url(url)!r}: use memory://, "
-            "sqlite:///path.db, redis://, rediss://, unix://, redis+sentinel:// or "
-            "redis+cluster://"
-        )
+    """The URL's scheme, or ``InvalidURL`` saying what to write instead. The URL is read
+    whole where its adapter can (Redis: hosts, ports, database, options), so a bad one fails
+    where the app is made; no message shows a password (see ``_url``)."""
+    scheme, adapter = find(url)
+    adapter.check_url(url)
     return scheme
 
 
@@ -52,9 +66,8 @@ def load_adapter(url: str) -> None:
     """Import the adapter a URL names, without opening anything: an app made at import time
     pays for its client library there (redis-py takes ~55 ms to import), not in its first
     job, and a missing one fails where the app is made."""
-    scheme = check_url(url)
-    if scheme not in ("memory", "sqlite"):
-        from . import redis  # noqa: F401
+    check_url(url)
+    find(url)[1].load()
 
 
 def open_broker(
@@ -77,21 +90,11 @@ def open_broker(
     holds no Conveyor tables) raises ``ConfigurationError`` naming the path, and nothing is
     created, neither the file nor its folder. Other brokers have nothing to create.
     """
-    scheme = check_url(url)
-    clock = clock or SystemClock()
+    _, adapter = find(url)
+    adapter.check_url(url)
     kept = EVENTS_KEPT if events_kept is None else events_kept
-    if scheme == "memory":
-        from .memory import MemoryBroker
-
-        return MemoryBroker(clock=clock, events_kept=kept)
-    if scheme == "sqlite":
-        from .sqlite import SQLiteBroker, sqlite_path
-
-        try:
-            path = sqlite_path(url)
-        except InvalidURL as exc:  # its message quotes the URL: show it redacted
-            raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
-        return SQLiteBroker(path, clock=clock, create=create, events_kept=kept)
-    from .redis import RedisBroker
-
-    return RedisBroker(url, prefix=prefix, clock=clock, events_kept=kept)
+    options = BrokerOptions(clock or SystemClock(), prefix, create, kept)
+    try:
+        return adapter.load().from_url(url, options)
+    except InvalidURL as exc:  # a message that quotes the URL: show it redacted
+        raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
