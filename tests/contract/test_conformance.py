@@ -1,4 +1,4 @@
-"""Every registered broker adapter (see ``conftest.BROKER_FACTORIES``) against the contract."""
+"""Every broker (``tests/brokers.py``, see ``conftest``) against the contract."""
 
 from __future__ import annotations
 

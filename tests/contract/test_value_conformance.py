@@ -1,5 +1,5 @@
-"""Every registered broker adapter (see ``conftest.BROKER_FACTORIES``) against what travels:
-values and payloads arrive exactly as sent, or are refused before anything is written."""
+"""Every broker (``tests/brokers.py``, see ``conftest``) against what travels: values and
+payloads arrive exactly as sent, or are refused before anything is written."""
 
 from __future__ import annotations
 

@@ -2,15 +2,15 @@
 
 ``project`` writes a small tasks module (``jobs_app``) into a fresh folder; its tasks append
 one line per start and end to ``runs.log`` so a test can count how often a job really ran.
-It is parametrized over the brokers: ``sqlite`` is a file in ``tmp_path``; ``redis`` is the
-session's private ``redis-server`` (``tests/redis_server.py``, never the shared one on 6379)
-with a key prefix of the test's own, which the worker subprocess gets through
-``JOBS_PREFIX`` (read by ``jobs_app``), so tests never see each other's keys.
+It is parametrized over the brokers worker processes can share (``tests/brokers.py``):
+``sqlite`` is a file in ``tmp_path``; ``redis`` is the session's private ``redis-server``
+(``tests/redis_server.py``, never the shared one on 6379) with a key prefix of the test's
+own, which the worker subprocess gets through ``JOBS_PREFIX`` (read by ``jobs_app``), so
+tests never see each other's keys.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -25,7 +25,7 @@ import pytest
 from conveyor import Conveyor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from redis_server import SERVER_BINARY, RedisServer, unique_prefix
+from brokers import by_name, params
 
 TASKS = """
 import os, pathlib, time
@@ -142,40 +142,18 @@ def wait_for(
         time.sleep(0.05)
 
 
-BROKERS = [
-    pytest.param(
-        "sqlite",
-        id="sqlite",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("conveyor.brokers.sqlite") is None,
-            reason="conveyor.brokers.sqlite is not written yet",
-        ),
-    ),
-    pytest.param(
-        "redis",
-        id="redis",
-        marks=[
-            pytest.mark.redis,
-            pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
-        ],
-    ),
-]
-
-
-@pytest.fixture(params=BROKERS)
+@pytest.fixture(params=params(shared=True))
 def broker_kind(request: pytest.FixtureRequest) -> str:
-    kind: str = request.param
+    """The name of each broker worker processes can share (``tests/brokers.py``)."""
+    kind: str = request.param.name
     return kind
 
 
 @pytest.fixture
 def project(tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest) -> Iterator[Project]:
-    """A project on each broker in turn (the redis server starts only if a test needs it)."""
-    if broker_kind == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        p = Project(tmp_path, server.url, unique_prefix())
-    else:
-        p = Project(tmp_path)
+    """A project on each broker in turn (a server starts only if a test needs it)."""
+    target = by_name(broker_kind).target(request, tmp_path)
+    p = Project(tmp_path, target.url, target.prefix)
     try:
         yield p
     finally:

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from brokers import by_name
 from conftest import wait_for
 from conveyor import Conveyor, JobStatus
 from conveyor.worker import Worker
-from redis_server import RedisServer, unique_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -23,10 +23,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def target(tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest) -> tuple[str, str]:
     """(url, key prefix) of a fresh broker of each kind."""
-    if broker_kind == "redis":
-        server: RedisServer = request.getfixturevalue("redis_server")
-        return server.url, unique_prefix()
-    return f"sqlite:///{tmp_path / 'jobs.db'}", "conveyor"
+    found = by_name(broker_kind).target(request, tmp_path)
+    return found.url, found.prefix
 
 
 @contextmanager

@@ -37,9 +37,9 @@ if not __package__:  # run as a file: import as the package it lives in (PEP 366
 
 from conveyor import Conveyor, Signature  # noqa: E402
 from conveyor._errors import BrokerError  # noqa: E402
+from conveyor.testing.checker import check  # noqa: E402
 from redis_server import RedisServer, unique_prefix  # noqa: E402
 
-from .checker import check  # noqa: E402
 from .workers import Cluster, Worker  # noqa: E402
 
 BATCH = 500

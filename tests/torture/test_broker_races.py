@@ -1,7 +1,8 @@
 """Races and crashes at the broker level, on every broker where they apply.
 
 * Eight reclaimers race on the same expired leases: each job is handed to exactly one
-  (threads on memory and Redis, eight processes on one SQLite file).
+  (eight processes on an embedded broker they share: one SQLite file; threads, each with
+  its own broker object, on the others).
 * A delayed job whose delay exceeds the lease runs once (fake clock on every broker; Redis
   also on the server's clock).
 * ``kill -9`` Redis under load after N acknowledged enqueues, restart from the AOF: with
@@ -17,22 +18,23 @@ import multiprocessing
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from brokers import Target, TestBroker, params
 from conveyor._clock import Clock, FakeClock
 from conveyor._errors import BrokerError, BrokerUnavailable
 from conveyor._message import Delivery, Envelope, JobStatus
 from conveyor.brokers._port import EVENTS_SLACK, Broker, Finish, LeaseState
 from conveyor.brokers.redis import RedisBroker, _scripts
+from conveyor.testing.checker import Report, check
 from conveyor.testing.conformance import envelope
 from redis_server import RedisServer, private_redis, unique_prefix
 
-from .checker import Report, check
 from .conftest import pending_count, stream_entries
 
 QUEUE = "default"
@@ -44,51 +46,30 @@ RECLAIMERS = 8
 
 @dataclass
 class Backend:
-    name: str
-    open: Callable[[Clock | None], Broker]  # a new broker object on the same data
+    """Broker objects over the same data: each of the test's broker (``tests/brokers.py``)
+    on a server of the test's own; one object of a broker processes cannot share."""
+
+    broker_spec: TestBroker
+    target: Target
     opened: list[Broker] = field(default_factory=list)
-    path: str = ""  # SQLite file, for other processes
+
+    @property
+    def name(self) -> str:
+        return self.broker_spec.name
 
     def broker(self, clock: Clock | None = None) -> Broker:
-        b = self.open(clock)
-        if b not in self.opened:
-            self.opened.append(b)
+        """A new broker object on the same data (the one object, where it cannot be)."""
+        if self.opened and not self.broker_spec.shared:
+            return self.opened[0]
+        b = self.target.open(clock)
+        self.opened.append(b)
         return b
 
 
-def _memory_backend() -> Backend:
-    from conveyor.brokers.memory import MemoryBroker
-
-    shared: list[MemoryBroker] = []
-
-    def open_(clock: Clock | None) -> Broker:
-        if not shared:  # one process, one broker: every "client" shares it
-            shared.append(MemoryBroker(clock=clock))
-        return shared[0]
-
-    return Backend("memory", open_)
-
-
-def _sqlite_backend(tmp_path: Path) -> Backend:
-    from conveyor.brokers.sqlite import SQLiteBroker
-
-    path = str(tmp_path / "jobs.db")
-    return Backend("sqlite", lambda clock: SQLiteBroker(path, clock=clock), path=path)
-
-
-def _redis_backend(server: RedisServer) -> Backend:
-    prefix = unique_prefix()
-    return Backend("redis", lambda clock: RedisBroker(server.url, prefix=prefix, clock=clock))
-
-
-@pytest.fixture(params=["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+@pytest.fixture(params=params())
 def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
-    if request.param == "memory":
-        b = _memory_backend()
-    elif request.param == "sqlite":
-        b = _sqlite_backend(tmp_path)
-    else:
-        b = _redis_backend(request.getfixturevalue("fresh_redis_server"))
+    spec: TestBroker = request.param
+    b = Backend(spec, spec.target(request, tmp_path, "fresh"))
     try:
         yield b
     finally:
@@ -117,11 +98,9 @@ def _reclaim_loop(broker: Broker, name: str, barrier: Any) -> Claimed:
     return claimed
 
 
-def _reclaimer_process(path: str, name: str, barrier: Any, out: Any) -> None:
-    """One reclaimer in a process of its own, on its own SQLite connection."""
-    from conveyor.brokers.sqlite import SQLiteBroker
-
-    broker = SQLiteBroker(path)
+def _reclaimer_process(target: Target, name: str, barrier: Any, out: Any) -> None:
+    """One reclaimer in a process of its own, on its own connection."""
+    broker = target.open()
     try:
         out.put((name, _reclaim_loop(broker, name, barrier)))
     except BaseException as exc:
@@ -134,11 +113,12 @@ def _reclaimer_process(path: str, name: str, barrier: Any, out: Any) -> None:
 def _race_reclaimers(backend: Backend) -> dict[str, Claimed]:
     results: dict[str, Any] = {}
     names = [f"reclaimer-{i}" for i in range(RECLAIMERS)]
-    if backend.name == "sqlite":  # processes: each with its own connection and notifier
+    spec = backend.broker_spec
+    if spec.embedded and spec.shared:  # processes, each with its own connection (SQLite)
         ctx = multiprocessing.get_context("spawn")
         barrier, out = ctx.Barrier(RECLAIMERS), ctx.Queue()
         procs = [
-            ctx.Process(target=_reclaimer_process, args=(backend.path, n, barrier, out))
+            ctx.Process(target=_reclaimer_process, args=(backend.target, n, barrier, out))
             for n in names
         ]
         for p in procs:
@@ -149,7 +129,7 @@ def _race_reclaimers(backend: Backend) -> dict[str, Claimed]:
         for p in procs:
             p.join(10)
             assert p.exitcode == 0, f"reclaimer process exited {p.exitcode}"
-    else:  # threads, each with its own broker object (its own Redis connections)
+    else:  # threads, each with its own broker object (a server's: its own connections)
         tbarrier = threading.Barrier(RECLAIMERS)
         brokers = {n: backend.broker() for n in names}
 

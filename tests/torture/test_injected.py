@@ -31,10 +31,11 @@ from pathlib import Path
 
 import pytest
 
+from brokers import Target, by_name, params
 from conveyor import JobDead
 from conveyor._message import JobStatus
 from conveyor.brokers.redis._keys import GROUP, Keys
-from redis_server import SERVER_BINARY, RedisServer, unique_prefix
+from redis_server import RedisServer
 
 from .workers import Cluster, send, wait_for
 
@@ -75,8 +76,9 @@ return sid
 """
 
 
-def redis_injector(server: RedisServer, prefix: str) -> Inject:
-    keys = Keys(prefix)
+def redis_injector(request: pytest.FixtureRequest, target: Target) -> Inject:
+    server: RedisServer = request.getfixturevalue("fresh_redis_server")  # the target's
+    keys = Keys(target.prefix)
 
     def inject(job_id: str, payload: bytes) -> None:
         client = server.client()
@@ -98,7 +100,9 @@ def redis_injector(server: RedisServer, prefix: str) -> Inject:
     return inject
 
 
-def sqlite_injector(db: Path) -> Inject:
+def sqlite_injector(request: pytest.FixtureRequest, target: Target) -> Inject:
+    db = target.url.removeprefix("sqlite:///")
+
     def inject(job_id: str, payload: bytes) -> None:
         conn = sqlite3.connect(db, timeout=30, isolation_level=None)
         try:
@@ -116,6 +120,14 @@ def sqlite_injector(db: Path) -> Inject:
             conn.close()
 
     return inject
+
+
+# How a payload is written straight into each broker that worker processes share (a new
+# broker adds its own here).
+INJECTORS: dict[str, Callable[[pytest.FixtureRequest, Target], Inject]] = {
+    "redis": redis_injector,
+    "sqlite": sqlite_injector,
+}
 
 
 # -- the forged payloads -------------------------------------------------------------------
@@ -180,18 +192,6 @@ EXPECTED: dict[str, tuple[str, str]] = {
 
 # -- the scenario --------------------------------------------------------------------------
 
-BROKERS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "redis",
-        id="redis",
-        marks=[
-            pytest.mark.redis,
-            pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
-        ],
-    ),
-]
-
 
 @pytest.fixture(params=[None, SECRET], ids=["no-secret", "secret"])
 def secret(request: pytest.FixtureRequest) -> str | None:
@@ -199,17 +199,14 @@ def secret(request: pytest.FixtureRequest) -> str | None:
     return value
 
 
-@pytest.fixture(params=BROKERS)
+@pytest.fixture(params=params(shared=True))
 def rig(
     request: pytest.FixtureRequest, tmp_path: Path, secret: str | None
 ) -> Iterator[tuple[Cluster, Inject]]:
-    if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("fresh_redis_server")
-        cluster = Cluster(tmp_path / "app", server.url, unique_prefix(), secret=secret)
-        inject = redis_injector(server, cluster.prefix)
-    else:
-        cluster = Cluster(tmp_path / "app", secret=secret)
-        inject = sqlite_injector(tmp_path / "app" / "jobs.db")
+    name = request.param.name
+    target = by_name(name).target(request, tmp_path / "app", "fresh")
+    cluster = Cluster(tmp_path / "app", target.url, target.prefix, secret=secret)
+    inject = INJECTORS[name](request, target)
     try:
         yield cluster, inject
     finally:

@@ -41,10 +41,10 @@ from conveyor.brokers._port import Finish
 from conveyor.brokers.redis import RedisBroker, _connect
 from conveyor.brokers.redis._keys import GROUP, Keys
 from conveyor.brokers.redis.broker import ENQUEUE_CHUNK
+from conveyor.testing.checker import check
 from conveyor.testing.conformance import envelope
 from redis_server import RedisServer, unique_prefix
 
-from .checker import check
 from .conftest import command_calls, pending_count, reset_command_stats, stream_entries
 from .faultproxy import FaultProxy
 

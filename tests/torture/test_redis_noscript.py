@@ -18,10 +18,10 @@ import pytest
 import redis.client
 
 from conveyor.brokers.redis import RedisBroker
+from conveyor.testing.checker import check
 from conveyor.testing.conformance import envelope
 from redis_server import RedisServer, unique_prefix
 
-from .checker import check
 from .conftest import stream_entries
 
 pytestmark = pytest.mark.redis

@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from .checker import check
+from conveyor.testing.checker import check
+
 from .workers import Cluster, wait_for
 
 pytestmark = pytest.mark.slow

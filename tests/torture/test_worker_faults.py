@@ -29,34 +29,19 @@ from pathlib import Path
 
 import pytest
 
+from brokers import params
 from conveyor import JobDead
-from redis_server import SERVER_BINARY, unique_prefix
+from conveyor.testing.checker import check
 
-from .checker import check
 from .workers import Cluster, send, wait_for
 
 pytestmark = pytest.mark.slow
 
-BROKERS = [
-    pytest.param("sqlite", id="sqlite"),
-    pytest.param(
-        "redis",
-        id="redis",
-        marks=[
-            pytest.mark.redis,
-            pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
-        ],
-    ),
-]
 
-
-@pytest.fixture(params=BROKERS)
+@pytest.fixture(params=params(shared=True))
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
-    if request.param == "redis":
-        server = request.getfixturevalue("fresh_redis_server")
-        c = Cluster(tmp_path / "app", server.url, unique_prefix())
-    else:
-        c = Cluster(tmp_path / "app")
+    target = request.param.target(request, tmp_path / "app", "fresh")
+    c = Cluster(tmp_path / "app", target.url, target.prefix)
     try:
         yield c
     finally:
@@ -263,13 +248,13 @@ def _group_is_gone(pgid: int) -> bool:
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("cluster", BROKERS[1:], indirect=True)  # Redis only: see below
+@pytest.mark.parametrize("cluster", params(shared=True, embedded=False), indirect=True)  # see below
 def test_the_heroku_sequence_in_real_time_kill_30_s_after_the_first_term(
     cluster: Cluster,
 ) -> None:
     """The platform's real timing; this test takes ~35 s of CI time on purpose, so it runs
-    on Redis only (dynos share no disk: on Heroku the broker is Redis; the compressed
-    variant above covers SQLite too).
+    on the server-backed brokers only (dynos share no disk: on Heroku the broker is a
+    server; the compressed variant above covers SQLite too).
 
     Two ``--pool processes`` workers in process groups of their own (a dyno each), both with
     the default 30 s lease, so only a hand-back (never a lease expiry) can bring a job to

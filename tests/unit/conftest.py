@@ -12,6 +12,7 @@ from types import ModuleType
 
 import pytest
 
+from brokers import params
 from conveyor import Conveyor
 from conveyor._clock import FakeClock
 
@@ -21,12 +22,12 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=params(embedded=True))
 def app(request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock) -> Iterator[Conveyor]:
-    """An app on each embedded broker whose TTLs run on ``clock`` (test modules that need
-    another app define their own ``app`` fixture, which takes precedence)."""
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/conveyor.db"
-    with Conveyor(url, clock=clock) as a:
+    """An app on each embedded broker (``tests/brokers.py``) whose TTLs run on ``clock``
+    (test modules that need another app define their own ``app`` fixture, which takes
+    precedence)."""
+    with Conveyor(request.param.target(request, tmp_path).url, clock=clock) as a:
         yield a
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from brokers import BROKERS
 from conveyor import Conveyor
 from conveyor._errors import ConfigurationError, InvalidURL
 from conveyor.brokers import Adapter, check_url, open_broker
@@ -142,3 +143,9 @@ def test_an_adapter_that_names_no_broker_class_is_refused() -> None:
     adapter = Adapter("odd", ("odd",), "conveyor.brokers.memory:EventRing", "odd://")
     with pytest.raises(ConfigurationError, match=r"not a conveyor\.brokers\.Broker subclass"):
         adapter.load()
+
+
+def test_every_registered_adapter_is_tested() -> None:
+    """``tests/brokers.py``, which every test tier reads, has an entry per adapter of the
+    registry: a new adapter runs the conformance suites, the model and its tiers' tests."""
+    assert [b.name for b in BROKERS] == [a.name for a in BUILTIN]

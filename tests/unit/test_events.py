@@ -13,6 +13,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from brokers import params
 from conveyor import ConfigurationError, Conveyor, Event, Job, JobStatus, TaskFailed, chain
 from conveyor._clock import FakeClock
 from conveyor._events import check_types, parse_duration
@@ -29,10 +30,9 @@ from .test_worker import running
 JOB_KEYS = {"type", "time", "job_id", "task", "queue"}
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=params(embedded=True))
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Conveyor]:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path}/c.db"
-    with Conveyor(url) as a:
+    with Conveyor(request.param.target(request, tmp_path).url) as a:
         yield a
 
 

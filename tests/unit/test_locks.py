@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib.util
 import itertools
 import os
 import threading
@@ -14,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from brokers import params
 from conveyor import (
     ConfigurationError,
     Conveyor,
@@ -25,25 +25,15 @@ from conveyor import (
 from conveyor._clock import FakeClock
 from conveyor.locks import Lock
 
-_SQLITE = importlib.util.find_spec("conveyor.brokers.sqlite") is not None
-BROKERS = [
-    pytest.param("memory", id="memory"),
-    pytest.param(
-        "sqlite",
-        id="sqlite",
-        marks=pytest.mark.skipif(not _SQLITE, reason="conveyor.brokers.sqlite is not written yet"),
-    ),
-]
+
+def _url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    return str(request.param.target(request, tmp_path).url)
 
 
-def _url(broker: str, tmp_path: Path) -> str:
-    return "memory://" if broker == "memory" else f"sqlite:///{tmp_path}/conveyor.db"
-
-
-@pytest.fixture(params=BROKERS)
+@pytest.fixture(params=params(embedded=True))
 def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Conveyor]:
     """An app on each broker, on real time."""
-    with Conveyor(_url(request.param, tmp_path)) as a:
+    with Conveyor(_url(request, tmp_path)) as a:
         yield a
 
 
@@ -52,12 +42,12 @@ def clock() -> FakeClock:
     return FakeClock()
 
 
-@pytest.fixture(params=BROKERS)
+@pytest.fixture(params=params(embedded=True))
 def fake_app(
     request: pytest.FixtureRequest, tmp_path: Path, clock: FakeClock
 ) -> Iterator[Conveyor]:
     """An app on each broker whose TTLs run on ``clock``."""
-    with Conveyor(_url(request.param, tmp_path), clock=clock) as a:
+    with Conveyor(_url(request, tmp_path), clock=clock) as a:
         yield a
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from brokers import params
 from conveyor import (
     ConfigurationError,
     Conveyor,
@@ -86,12 +87,11 @@ class Driver:
 LINKS: dict[int, set[str]] = {}  # per app: the workflow keys written to its store
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=params(embedded=True))
 def app(
     request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Conveyor:
-    url = "memory://" if request.param == "memory" else f"sqlite:///{tmp_path / 'c.db'}"
-    app = Conveyor(url, clock=FakeClock())
+    app = Conveyor(request.param.target(request, tmp_path).url, clock=FakeClock())
     kv, real_set, keys = app.broker.kv, app.broker.kv.set, set[str]()
     LINKS[id(app)] = keys
 

@@ -1,0 +1,144 @@
+"""The brokers the tests run on: one list, read by every tier.
+
+``BROKERS`` has an entry per adapter of the registry (``conveyor.brokers._registry``;
+``test_every_registered_adapter_is_tested`` fails until a new one has its entry), and each
+tier takes the entries it can run:
+
+* ``unit/`` (no sockets): the embedded ones, ``params(embedded=True)``;
+* ``contract/``: all of them, the conformance suites on each of an entry's ``clocks``;
+* ``integration/`` and ``torture/``, which run ``conveyor worker`` subprocesses on one
+  broker: those several processes can share, ``params(shared=True)``;
+* ``torture/test_model.py`` and ``test_broker_races.py``: all of them.
+
+An entry says how a test gets a broker of its own: ``place(request, root, server)`` gives a
+``Place``, whose ``new()`` is a fresh, empty target (a URL, and the key prefix it keeps to)
+each time it is called. ``server`` says what the test does to a server-backed broker:
+``"shared"``, nothing (the session's server, a prefix of the test's own); ``"fresh"``, kill
+or restart it (a server of the test's own); ``"durable"``, the same, and nothing it
+acknowledged may be lost (a server that syncs every write before replying).
+``place.restart`` kills such a server and starts it again from what it kept (None for an
+embedded broker).
+
+A new adapter adds one ``TestBroker`` line, with the function that places it.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import pytest
+
+from conveyor._clock import Clock
+from conveyor.brokers import Broker, open_broker
+from redis_server import SERVER_BINARY, unique_prefix
+
+Server = Literal["shared", "fresh", "durable"]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a fresh broker is: its URL and the key prefix its keys go under."""
+
+    url: str
+    prefix: str = "conveyor"
+
+    def open(self, clock: Clock | None = None, **options: Any) -> Broker:
+        return open_broker(self.url, clock=clock, prefix=self.prefix, **options)
+
+    def app_options(self) -> dict[str, Any]:
+        """``Conveyor(url, **options)`` on this target."""
+        return {"prefix": self.prefix}
+
+
+@dataclass(frozen=True)
+class Place:
+    """Fresh targets of one broker for one test (see the module docstring)."""
+
+    new: Callable[[], Target]
+    restart: Callable[[], None] | None = None
+
+
+Placer = Callable[[pytest.FixtureRequest, Path, Server], Place]
+
+
+@dataclass(frozen=True)
+class TestBroker:
+    __test__ = False  # not a test class, whatever its name
+
+    name: str  # the registry's adapter
+    placer: Placer
+    embedded: bool  # no server: no socket, the unit tier runs on it
+    shared: bool  # several processes can use one (worker subprocesses)
+    clocks: tuple[str, ...] = ("fake",)  # "fake": a FakeClock; "real": the real clock
+    marks: tuple[pytest.MarkDecorator, ...] = ()
+
+    def place(self, request: pytest.FixtureRequest, root: Path, server: Server = "shared") -> Place:
+        return self.placer(request, root, server)
+
+    def target(
+        self, request: pytest.FixtureRequest, root: Path, server: Server = "shared"
+    ) -> Target:
+        """One fresh target (most tests need one)."""
+        return self.place(request, root, server).new()
+
+
+def _memory(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+    return Place(lambda: Target("memory://"))
+
+
+def _sqlite(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+    files = itertools.count()
+
+    def new() -> Target:  # jobs.db in the test's folder first, then jobs1.db, ...
+        n = next(files)
+        return Target(f"sqlite:///{root / ('jobs%s.db' % (n or ''))}")
+
+    return Place(new)
+
+
+_REDIS_SERVERS = {
+    "shared": "redis_server",
+    "fresh": "fresh_redis_server",
+    "durable": "aof_redis_server",
+}
+
+
+def _redis(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+    found = request.getfixturevalue(_REDIS_SERVERS[server])
+    restart = None if server == "shared" else found.restart
+    return Place(lambda: Target(found.url, unique_prefix()), restart)
+
+
+_NEEDS_REDIS = (
+    pytest.mark.redis,
+    pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
+)
+
+BROKERS: tuple[TestBroker, ...] = (
+    TestBroker("memory", _memory, embedded=True, shared=False),
+    TestBroker("sqlite", _sqlite, embedded=True, shared=True),
+    TestBroker("redis", _redis, embedded=False, shared=True, clocks=("fake", "real"),
+               marks=_NEEDS_REDIS),
+)  # fmt: skip
+
+
+def select(*, embedded: bool | None = None, shared: bool | None = None) -> list[TestBroker]:
+    return [
+        b
+        for b in BROKERS
+        if (embedded is None or b.embedded == embedded) and (shared is None or b.shared == shared)
+    ]
+
+
+def params(*, embedded: bool | None = None, shared: bool | None = None) -> Sequence[Any]:
+    """The selected brokers as pytest params (ids: their names, marks: theirs)."""
+    chosen = select(embedded=embedded, shared=shared)
+    return [pytest.param(b, id=b.name, marks=b.marks) for b in chosen]
+
+
+def by_name(name: str) -> TestBroker:
+    return next(b for b in BROKERS if b.name == name)
