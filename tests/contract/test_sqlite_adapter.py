@@ -22,8 +22,8 @@ from conveyor._clock import FakeClock
 from conveyor._errors import BrokerError, ConfigurationError, InvalidURL, JobNotFound
 from conveyor._message import Envelope, JobStatus, new_job_id
 from conveyor.brokers import Finish, LeaseState, open_broker
-from conveyor.brokers import _sqlite_schema as schema
 from conveyor.brokers.sqlite import SQLiteBroker, sqlite_path
+from conveyor.brokers.sqlite import _schema as schema
 
 PROMPT = 0.25  # a wake-up must beat the 0.5 s safety net by a clear margin
 

@@ -18,8 +18,9 @@ import pytest
 
 from conveyor import BrokerGone, ConfigurationError, Conveyor
 from conveyor._message import Envelope, new_job_id
-from conveyor.brokers import _sqlite_file, open_broker
+from conveyor.brokers import open_broker
 from conveyor.brokers.sqlite import SQLiteBroker
+from conveyor.brokers.sqlite import _file as _sqlite_file
 
 
 def env() -> Envelope:

@@ -14,8 +14,8 @@ import pytest
 
 from conveyor._errors import BrokerError
 from conveyor._message import Envelope, JobStatus, new_job_id
-from conveyor.brokers import _sqlite_schema as schema
 from conveyor.brokers.sqlite import SQLiteBroker
+from conveyor.brokers.sqlite import _schema as schema
 
 
 @pytest.fixture

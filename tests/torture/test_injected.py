@@ -4,7 +4,7 @@ Someone who can write to the broker (a compromised producer, a mistyped ``redis-
 script poking the SQLite file) queues jobs without going through Conveyor: on Redis a job
 hash and its ``job <id>`` stream entry exactly as ``brokers/redis/_keys.py`` describes them
 (written by one script, so the worker never sees half a job); on SQLite a row INSERTed into
-``jobs`` (``brokers/_sqlite_schema.py``). The payloads:
+``jobs`` (``brokers/sqlite/_schema.py``). The payloads:
 
 * undecodable bytes; a JSON message without its required ``task``;
 * an unknown task; ``os.system`` and ``os:system`` with ``["touch <marker>"]``;

@@ -1,5 +1,5 @@
 """The key-value store on the SQLite broker's file (table ``kv``, documented with the whole
-schema in ``conveyor.brokers._sqlite_schema``).
+schema in ``conveyor.brokers.sqlite._schema``).
 
 Every operation is one statement or one write transaction, so it is atomic across threads
 and processes. ``update`` is optimistic, as the port asks: the user's function runs outside

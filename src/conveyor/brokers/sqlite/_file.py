@@ -59,7 +59,7 @@ import time
 import weakref
 from collections.abc import Callable
 
-from .._errors import BrokerError, BrokerGone, ConfigurationError
+from ..._errors import BrokerError, BrokerGone, ConfigurationError
 
 log = logging.getLogger("conveyor.sqlite")
 

@@ -1,6 +1,6 @@
 """Waking waiters across processes beside a SQLite file: unix datagram sockets in
 ``<db>.notify/`` (the design and its measurements are in ``conveyor.brokers.sqlite``; the
-modes of the folder and the sockets in ``_sqlite_file``)."""
+modes of the folder and the sockets in ``_file``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import socket
 import tempfile
 from collections.abc import Iterator
 
-from .._errors import BrokerError
-from ._sqlite_file import companion_modes, make_folders
+from ..._errors import BrokerError
+from ._file import companion_modes, make_folders
 
 FETCHERS = "f."
 ANY_JOB = "j."
