@@ -29,8 +29,8 @@ from conveyor._errors import (
 from conveyor._message import Delivery, Envelope, JobStatus, WorkerInfo, new_job_id
 from conveyor.brokers import Finish, open_broker
 from conveyor.brokers.redis import RedisBroker
+from conveyor.brokers.redis._calls import ENQUEUE_CHUNK
 from conveyor.brokers.redis._connect import Pinned, parse
-from conveyor.brokers.redis.broker import ENQUEUE_CHUNK
 from conveyor.stores.redis import RedisKV
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -39,8 +39,8 @@ from conveyor._errors import BrokerUnavailable
 from conveyor._message import Delivery, Envelope, JobStatus
 from conveyor.brokers._port import Finish
 from conveyor.brokers.redis import RedisBroker, _connect
+from conveyor.brokers.redis._calls import ENQUEUE_CHUNK
 from conveyor.brokers.redis._keys import GROUP, Keys
-from conveyor.brokers.redis.broker import ENQUEUE_CHUNK
 from conveyor.testing.checker import check
 from conveyor.testing.conformance import envelope
 from redis_server import RedisServer, unique_prefix

@@ -17,6 +17,7 @@ import redis.asyncio
 
 from ..._message import Envelope, JobRecord
 from . import _connect
+from ._calls import enqueue_calls, enqueue_ids
 from ._core import RECORD_FIELDS, RedisCore, to_ms
 from ._errors import FULL_POLL, full
 
@@ -78,8 +79,6 @@ class AsyncMixin(RedisCore):
     async def _enqueue_async(
         self, envelopes: Sequence[Envelope], events: Sequence[bytes]
     ) -> list[str]:
-        from .broker import enqueue_calls, enqueue_ids  # the one place they are built
-
         client, scripts = self._aclient()
         now_ms = to_ms(self._clock.time())
         calls = enqueue_calls(

@@ -1,0 +1,137 @@
+"""How a batch becomes script calls: the arguments of enqueue and finish, a call per chunk.
+
+A script call blocks Redis while it runs, so a large batch goes in chunks (each call atomic
+on its own; an enqueue batch of several goes in MULTI/EXEC). Each call names the queues its
+items use once, and its items refer to them by place (see ``batch_calls``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from ..._message import Envelope
+from .._base import EVENTS_KEPT, PARKED, unknown_dependency
+from .._eventlog import frame
+from .._port import Finish
+from ._core import text, to_ms
+from ._keys import Keys
+
+FINISH_CHUNK = 200  # outcomes per finish script call (a call blocks Redis while it runs)
+ENQUEUE_CHUNK = 200  # jobs per enqueue script call (likewise)
+T = TypeVar("T")
+
+
+def enqueue_args(env: Envelope, now_ms: int) -> list[Any]:
+    """An envelope (checked by the port) as the enqueue script's own arguments (after the
+    common head).
+
+    An eta goes as the time left until it on the sender's clock (``now_ms``), ``+<ms>``, and
+    the script adds it to its own now (common.lua ``eta_at``): a producer or worker whose
+    clock is off still delays a job by what it asked, on the clock leases and expiry use.
+    """
+    eta = ""
+    if env.eta == PARKED:
+        eta = "parked"
+    elif env.eta is not None and (left := to_ms(env.eta) - now_ms) > 0:
+        eta = f"+{left}"
+    return [env.id, env.queue, env.payload, env.priority, eta, env.key or ""]
+
+
+Call = tuple[list[str], list[Any]]
+# Arguments a call carrying events ends with, after them (see common.lua ``carried``).
+_CARRIED = "!e"
+
+
+def batch_calls(
+    head: list[Any],
+    items: Sequence[T],
+    chunk: int,
+    encode: Callable[[T, Callable[[str], int]], Sequence[Any]],
+    declare: Callable[[list[str]], list[str]],
+    *,
+    tail: Callable[[int, int], Sequence[Any]] | None = None,
+) -> list[Call]:
+    """Script calls for a batch, one per ``chunk`` items, each naming the queues its items
+    use once: ARGV is ``head``, the number of queues, their names, then each item's values
+    as ``encode(item, place)`` gives them (``place(queue)``: the queue's 1-based place in
+    that list), then ``tail(start, end)`` for the items ``items[start:end]`` (the events
+    the call carries); KEYS are ``declare(queues)``."""
+    calls = []
+    for at in range(0, len(items), chunk):
+        queues: dict[str, int] = {}
+
+        def place(queue: str, queues: dict[str, int] = queues) -> int:
+            return queues.setdefault(queue, len(queues) + 1)
+
+        own: list[Any] = []
+        for item in items[at : at + chunk]:
+            own += encode(item, place)
+        if tail is not None:
+            own += tail(at, min(at + chunk, len(items)))
+        calls.append((declare(list(queues)), [*head, len(queues), *queues, *own]))
+    return calls
+
+
+def with_events(values: list[Any], cap: int) -> list[Any]:
+    """A call's arguments that carry events (common.lua ``carried``): the cap, then a
+    marker no other argument can be (job ids and numbers never start with ``!``)."""
+    return [*values, cap, _CARRIED]
+
+
+def enqueue_calls(
+    keys: Keys,
+    head: list[Any],
+    envelopes: Sequence[Envelope],
+    now_ms: int,
+    *,
+    events: Sequence[bytes] = (),
+    cap: int = EVENTS_KEPT,
+) -> list[Call]:
+    """The enqueue script calls for a batch: one per ``ENQUEUE_CHUNK`` envelopes. A
+    batch with dependencies is one call whatever its size: the script checks them all
+    before writing anything. Two keys per call (the script computes each queue's own, in
+    the same slot): a lone job costs little to send and to unpack. ``events`` (one per
+    envelope) go after a call's jobs; without them the call is what it always was."""
+    chunk = len(envelopes) if any(env.depends_on for env in envelopes) else ENQUEUE_CHUNK
+    declared = [keys.unique, keys.queues]
+
+    def values(env: Envelope, place: Callable[[str], int]) -> tuple[Any, ...]:
+        job_id, queue, payload, priority, eta, key = enqueue_args(env, now_ms)
+        deps = ",".join(env.depends_on)
+        return job_id, place(queue), payload, priority, eta, key, deps
+
+    def carried(start: int, end: int) -> list[Any]:
+        return with_events([frame(e) for e in events[start:end]], cap)
+
+    return batch_calls(
+        head, envelopes, chunk, values, lambda _: declared, tail=carried if events else None
+    )
+
+
+def enqueue_ids(replies: Sequence[Any]) -> list[str]:
+    """The ids the enqueue calls answered; raises ``DependencyNotFound`` if the script
+    refused an unknown dependency (it wrote nothing)."""
+    ids = [text(i) for reply in replies for i in reply]
+    if ids and ids[0] == "!missing":
+        raise unknown_dependency(ids[1], ids[2])
+    return ids
+
+
+def finish_values(f: Finish, place: Callable[[str], int], now_ms: int) -> list[Any]:
+    d, retry = f.delivery, f.retry
+    dq = place(d.queue)
+    own = [
+        d.id,
+        d.token,
+        f.status.value,
+        f.result or b"",
+        max(to_ms(f.result_ttl), 1),
+        f.reason,
+        dq,
+    ]
+    if retry is None:  # the usual outcome: 8 values (finish.lua reads 13 after a "1")
+        own.append("0")
+    else:
+        own += ["1", *enqueue_args(retry, now_ms)[2:], place(retry.queue)]
+    return own
