@@ -140,7 +140,7 @@ def test_an_unknown_scheme_lists_the_schemes_there_are(install: Callable[[str], 
 
 
 def test_an_adapter_that_names_no_broker_class_is_refused() -> None:
-    adapter = Adapter("odd", ("odd",), "conveyor.brokers.memory:EventRing", "odd://")
+    adapter = Adapter("odd", ("odd",), "conveyor._clock:FakeClock", "odd://")
     with pytest.raises(ConfigurationError, match=r"not a conveyor\.brokers\.Broker subclass"):
         adapter.load()
 
