@@ -11,7 +11,6 @@ from typing import Self
 
 from ..._clock import Clock
 from ..._message import Delivery, Envelope, JobRecord, JobStatus
-from ...stores.memory import MemoryKV
 from .._base import (
     CANCELLED_TTL,
     CANCELLED_WORKER_STOPPED,
@@ -22,6 +21,7 @@ from .._base import (
 from .._port import Broker
 from ._events import EventRing
 from ._state import State, StoredJob
+from .store import MemoryKV
 
 
 class MemoryCore(Broker):

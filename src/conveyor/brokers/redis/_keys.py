@@ -83,7 +83,7 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:oom                 (none)  never written: a script that must run on a full Redis
                                     deletes it first (common.lua ``allow_oom``)
 
-Key-value store keys (``conveyor.stores.redis``): one tag per key, so they spread over a
+Key-value store keys (``store.py``): one tag per key, so they spread over a
 cluster. Values and locks live in separate namespaces (the ``kv`` and ``lock`` segments right
 after the prefix, inside the tag), so no store key, whatever its characters, can name a lock
 or a fencing counter; a lock and its fencing counter share their tag::

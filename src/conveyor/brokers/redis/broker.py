@@ -40,6 +40,7 @@ from ._core import PAYLOAD_FIELDS, RECORD_FIELDS, text, to_ms
 from ._errors import FULL_POLL, full
 from ._events import EventsMixin
 from ._health import HealthMixin
+from .store import RedisKV
 
 log = logging.getLogger("conveyor.redis")
 
@@ -148,9 +149,6 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         sweep_idle: float | None = None,
         events_kept: int = EVENTS_KEPT,
     ) -> None:
-        # Imported here: conveyor.stores.redis imports this package's key and error helpers.
-        from ...stores.redis import RedisKV
-
         super().__init__(
             url, prefix=prefix, clock=clock, sweep_idle=sweep_idle, events_kept=events_kept
         )

@@ -13,7 +13,6 @@ from typing import Any, Generic, Self, TypeVar
 from ..._clock import Clock
 from ..._errors import BrokerError
 from ..._message import JobStatus
-from ...stores.sqlite import SQLiteKV
 from .._base import EVENTS_KEPT, BrokerOptions, unknown_dependency
 from .._eventlog import records
 from .._port import Broker
@@ -21,6 +20,7 @@ from ._database import Database
 from ._notify import Notifier, job_waiters
 from ._sql import CHUNK, COUNT_DOWN, LIVE, TAKE_DEPENDENTS, placeholders, take_seq
 from ._url import sqlite_path
+from .store import SQLiteKV
 
 _SAFETY_NET = 0.5  # longest sleep without looking at the table
 _SWEEP_EVERY = 30.0  # clock seconds between lazy deletions of expired rows

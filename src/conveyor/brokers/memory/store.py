@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 
-from .._clock import Clock, SystemClock
-from ._port import KeyValue, Updater, check_key, parse_counter
+from ..._clock import Clock, SystemClock
+from ...stores._port import KeyValue, Updater, check_key, parse_counter
 
 # Control characters are refused in user keys, so these prefixes cannot collide with them.
 _LOCK = "\x00lock:"

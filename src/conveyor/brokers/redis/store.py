@@ -17,11 +17,11 @@ from typing import Any
 
 import redis
 
-from .._clock import Clock, SystemClock
-from .._errors import BrokerError, TransactionConflict, ValidationError
-from ..brokers.redis._errors import TRANSLATE
-from ..brokers.redis._keys import fence_key, kv_key, lock_key
-from ._port import KeyValue, Updater, check_key
+from ..._clock import Clock, SystemClock
+from ..._errors import BrokerError, TransactionConflict, ValidationError
+from ...stores._port import KeyValue, Updater, check_key
+from ._errors import TRANSLATE
+from ._keys import fence_key, kv_key, lock_key
 
 _GRACE_MS = 60000
 # ARGV[1] is the injected clock's now in ms, or '' for the server's own TIME.

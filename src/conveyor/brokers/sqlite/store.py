@@ -1,5 +1,5 @@
 """The key-value store on the SQLite broker's file (table ``kv``, documented with the whole
-schema in ``conveyor.brokers.sqlite._schema``).
+schema in ``_schema``).
 
 Every operation is one statement or one write transaction, so it is atomic across threads
 and processes. ``update`` is optimistic, as the port asks: the user's function runs outside
@@ -15,9 +15,9 @@ import time
 from contextlib import AbstractContextManager
 from typing import Protocol
 
-from .._clock import Clock, SystemClock
-from .._errors import TransactionConflict
-from ._port import KeyValue, Updater, check_key, parse_counter
+from ..._clock import Clock, SystemClock
+from ..._errors import TransactionConflict
+from ...stores._port import KeyValue, Updater, check_key, parse_counter
 
 _READ = "SELECT value, expires_at, version FROM kv WHERE key = ?"
 _WRITE = (
