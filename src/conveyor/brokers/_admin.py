@@ -29,6 +29,7 @@ None of it is on the worker's hot path (``_port`` is). Contract, in short:
   jobs renew and finish, retries are scheduled). Persistent in the broker (a restarted
   worker finds the queue paused), idempotent, and allowed for a queue without jobs.
   ``resume`` wakes fetches blocked on the queue: one takes its jobs within a second.
+  ``paused()`` lists the queues ``stats`` marks paused.
 * ``purge(queue)`` deletes every queued and scheduled job of a queue and returns how many.
   Each deleted job's dependents are counted down as its ending would (same atomic step on
   SQLite; on Redis per script call, the calls looping until nothing is left): one whose
@@ -112,9 +113,8 @@ class Admin(BrokerBase):
             self._resume(queue)
 
     def paused(self) -> list[str]:
-        """The paused queues, by name."""
-        with self._errors:
-            return sorted(self._paused())
+        """The paused queues, by name (those ``stats`` marks paused)."""
+        return [s.queue for s in self.stats() if s.paused]
 
     def purge(self, queue: str) -> int:
         """Delete every queued and scheduled job of a queue; returns how many."""
@@ -174,10 +174,6 @@ class Admin(BrokerBase):
     @abstractmethod
     def _resume(self, queue: str) -> None:
         """Wakes the fetches blocked on the queue."""
-
-    @abstractmethod
-    def _paused(self) -> list[str]:
-        """The paused queues, in any order."""
 
     @abstractmethod
     def _purge(self, queue: str) -> int: ...

@@ -92,10 +92,6 @@ class MemoryAdmin(MemoryCore):
             self._s.paused.discard(queue)
             self._cond.notify_all()
 
-    def _paused(self) -> list[str]:
-        with self._cond:
-            return list(self._s.paused)
-
     def _purge(self, queue: str) -> int:
         with self._cond:
             doomed = [

@@ -169,9 +169,6 @@ class AdminMixin(RedisCore):
     def _resume(self, queue: str) -> None:
         self._eval("resume", [self._keys.paused, self._keys.resumed], [*self._head(), queue])
 
-    def _paused(self) -> list[str]:
-        return [text(q) for q in self._client.smembers(self._keys.paused)]
-
     def _purge(self, queue: str) -> int:
         keys = [*self._keys.queue_keys(queue), self._keys.unique]
         total = 0

@@ -84,10 +84,6 @@ class SQLiteAdmin(SQLiteCore):
         if gone.rowcount:
             self._notify.wake(FETCHERS)
 
-    def _paused(self) -> list[str]:
-        with self._db.read() as conn:
-            return [q for (q,) in conn.execute("SELECT queue FROM paused")]
-
     def _purge(self, queue: str) -> int:
         with self._db.write() as conn:
             gone = [
