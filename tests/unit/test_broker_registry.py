@@ -149,3 +149,15 @@ def test_every_registered_adapter_is_tested() -> None:
     """``tests/brokers.py``, which every test tier reads, has an entry per adapter of the
     registry: a new adapter runs the conformance suites, the model and its tiers' tests."""
     assert [b.name for b in BROKERS] == [a.name for a in BUILTIN]
+
+
+def test_no_adapter_overrides_a_public_method_of_the_port() -> None:
+    """The base checks arguments, translates errors and blocks once for every adapter; an
+    adapter implements the primitives only (``kv`` and ``from_url`` are its own)."""
+    from conveyor.brokers import Broker
+
+    public = {n for n in dir(Broker) if not n.startswith("_")} - {"kv", "from_url", "url"}
+    for adapter in BUILTIN:
+        cls = adapter.load()
+        overridden = sorted(n for n in public if getattr(cls, n) is not getattr(Broker, n))
+        assert overridden == [], f"{adapter.name} overrides {overridden}"
