@@ -166,6 +166,8 @@ class Watch(Protocol[T_co]):
     made after a look wakes the sleep after it (a condition held, a socket bound, a channel
     listened to) is set up by the time ``sleep_then_look`` first sleeps, and a look made
     after setting it up comes before that sleep: no change slips between a look and a sleep.
+    An adapter's watch subclasses it for the context manager's defaults (nothing to set
+    up or tear down).
     """
 
     def look(self) -> T_co:
@@ -177,11 +179,11 @@ class Watch(Protocol[T_co]):
         again), then look. ``seconds`` may be ``math.inf``."""
         ...
 
-    def __enter__(self) -> Self: ...
+    def __enter__(self) -> Self:
+        return self
 
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None: ...
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 class AsyncWatch(Protocol[T_co]):
@@ -191,11 +193,11 @@ class AsyncWatch(Protocol[T_co]):
 
     async def sleep_then_look(self, seconds: float) -> T_co: ...
 
-    async def __aenter__(self) -> Self: ...
+    async def __aenter__(self) -> Self:
+        return self
 
-    async def __aexit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> bool | None: ...
+    async def __aexit__(self, *exc: object) -> None:
+        return None
 
 
 class ErrorBoundary(Protocol):

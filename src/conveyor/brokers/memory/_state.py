@@ -8,10 +8,10 @@ import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Generic, Self, TypeVar
+from typing import Self, TypeVar
 
 from ..._message import Envelope, JobStatus, WorkerInfo
-from .._base import PARKED
+from .._base import PARKED, Watch
 
 PENDING = (JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.RUNNING)
 
@@ -56,13 +56,16 @@ def due_at(job: StoredJob) -> float:
 T = TypeVar("T")
 
 
-class OnCondition(Generic[T]):
+class OnCondition(Watch[T]):
     """A ``Watch`` on a ``threading.Condition``: held from entry to exit but while it sleeps
     (a writer notifies it), so nothing changes between a look and the sleep after it."""
 
     def __init__(self, cond: threading.Condition, look: Callable[[], T]) -> None:
         self._cond = cond
-        self.look = look
+        self._look = look
+
+    def look(self) -> T:
+        return self._look()
 
     def sleep_then_look(self, seconds: float) -> T:
         self._cond.wait(None if math.isinf(seconds) else seconds)
@@ -72,5 +75,5 @@ class OnCondition(Generic[T]):
         self._cond.acquire()
         return self
 
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._cond.release()

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any
 
 import redis
 import redis.asyncio
 
 from ..._message import Envelope, JobRecord
+from .._base import AsyncWatch
 from . import _connect
 from ._calls import enqueue_calls, enqueue_ids
 from ._core import RECORD_FIELDS, RedisCore, to_ms
@@ -44,7 +45,7 @@ async def _call(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> Any:
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
-class _AsyncWaiting:
+class _AsyncWaiting(AsyncWatch[JobRecord | None]):
     """The ``AsyncWatch`` of ``wait_async``: each look marks the job as waited for and reads
     its record (watch.lua), each sleep blocks on the job's done list (``wait``'s, awaited)."""
 
@@ -67,12 +68,6 @@ class _AsyncWaiting:
                 raise
             await asyncio.sleep(min(wait, FULL_POLL))  # a full Redis refused the BLMOVE
         return await self.look()
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        pass
 
 
 class AsyncMixin(RedisCore):

@@ -18,9 +18,10 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any, Self
+from typing import Any
 
 from .._admin import Events
+from .._base import Watch
 from .._eventlog import PER_RECORD, frame, numbered, unframe
 from . import _connect
 from ._core import RedisCore, text, to_ms
@@ -28,7 +29,7 @@ from ._core import RedisCore, text, to_ms
 _MORE_READS = 8  # XREADs one read_events makes at most to fill its page
 
 
-class _Reading:
+class _Reading(Watch[Events]):
     """The ``Watch`` of ``read_events``: an ``XREAD`` of the entries after the cursor's, that
     blocks in slices clear of the socket timeout (``BLOCK 0`` would be for ever)."""
 
@@ -41,12 +42,6 @@ class _Reading:
     def sleep_then_look(self, seconds: float) -> Events:
         wait = min(seconds, _connect.block_slice(self._broker._client))
         return self._broker._read_page(self._start, self._limit, max(1, to_ms(wait)))
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
 
 
 class EventsMixin(RedisCore):

@@ -22,7 +22,7 @@ import redis.exceptions
 from ..._clock import Clock
 from ..._message import Delivery, Envelope, JobRecord, JobStatus
 from ...stores._port import KeyValue
-from .._base import EVENTS_KEPT, BrokerOptions
+from .._base import EVENTS_KEPT, BrokerOptions, Watch
 from .._eventlog import frame
 from .._port import Claimed, Finish, LeaseState
 from . import _connect
@@ -47,7 +47,7 @@ log = logging.getLogger("conveyor.redis")
 _LEASE_STATES = {0: LeaseState.LOST, 1: LeaseState.OK, 2: LeaseState.CANCELLED}
 
 
-class _Fetching:
+class _Fetching(Watch[Claimed]):
     """The ``Watch`` of ``fetch``: a look is one call of fetch.lua; a sleep is an ``XREAD``
     on the queues' streams with the next fetch.lua call behind it (``_block_then_fetch``),
     in slices clear of the socket timeout."""
@@ -78,14 +78,8 @@ class _Fetching:
         out, next_event, self._last_ids = self._broker._fetch_reply(self._queues, reply)
         return out, None if next_event < 0 else next_event / 1000  # ms to the next due
 
-    def __enter__(self) -> Self:
-        return self
 
-    def __exit__(self, *exc: Any) -> None:
-        pass
-
-
-class _Waiting:
+class _Waiting(Watch[JobRecord | None]):
     """The ``Watch`` of ``wait``: the first look marks the job as waited for (watch.lua), so
     its end pushes the completion signal; a sleep is a ``BLMOVE`` on the job's done list
     with the record read again in the same pipeline."""
@@ -118,12 +112,6 @@ class _Waiting:
         if isinstance(moved, Exception) and record and not record.status.terminal:
             time.sleep(min(wait, FULL_POLL))  # a full Redis refused the BLMOVE
         return record
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
 
 
 class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):

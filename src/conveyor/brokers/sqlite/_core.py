@@ -8,12 +8,12 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, Generic, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 from ..._clock import Clock
 from ..._errors import BrokerError
 from ..._message import JobStatus
-from .._base import EVENTS_KEPT, BrokerOptions, unknown_dependency
+from .._base import EVENTS_KEPT, BrokerOptions, Watch, unknown_dependency
 from .._eventlog import records
 from .._port import Broker
 from ._database import Database
@@ -28,7 +28,7 @@ _EVENT_POLL = 0.05  # how often a blocked event reader looks at the table
 T = TypeVar("T")
 
 
-class Listening(Generic[T]):
+class Listening(Watch[T]):
     """A ``Watch`` on the notify sockets (see the package docstring). ``look`` is a plain
     look; the first sleep binds the socket of ``channel`` and looks again at once (the bind
     comes before that look, so a commit after it wakes the sleep after it); later sleeps
@@ -43,10 +43,13 @@ class Listening(Generic[T]):
         again: Callable[[], T] | None = None,
     ) -> None:
         self._notify, self._channel = notify, channel
-        self.look = look
+        self._look = look
         self._again = again or look
         self._stack = contextlib.ExitStack()
         self._listener: Any = None
+
+    def look(self) -> T:
+        return self._look()
 
     def sleep_then_look(self, seconds: float) -> T:
         if self._listener is None:
@@ -55,29 +58,23 @@ class Listening(Generic[T]):
             self._listener.wait(min(seconds, _SAFETY_NET))
         return self._again()
 
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
+    def __exit__(self, *exc: object) -> None:
         self._stack.close()
 
 
-class Polling(Generic[T]):
+class Polling(Watch[T]):
     """A ``Watch`` that looks every ``_EVENT_POLL`` s (event readers: a writer does nothing
     for them, however many)."""
 
     def __init__(self, look: Callable[[], T]) -> None:
-        self.look = look
+        self._look = look
+
+    def look(self) -> T:
+        return self._look()
 
     def sleep_then_look(self, seconds: float) -> T:
         time.sleep(min(seconds, _EVENT_POLL))
         return self.look()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        pass
 
 
 class SQLiteCore(Broker):
