@@ -50,7 +50,7 @@ def main() -> None:
             t0 = time.perf_counter()
             for _ in range(N):
                 envelope = app.envelope(task.s())
-                await Broker.enqueue_async(app.broker, [envelope])  # the port's default
+                await Broker._enqueue_async(app.broker, [envelope], ())  # the port's default
             return time.perf_counter() - t0
 
         rows["async via asyncio.to_thread"] = asyncio.run(threaded())
