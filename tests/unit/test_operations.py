@@ -13,6 +13,7 @@ from conveyor import (
     ConfigurationError,
     Conveyor,
     InvalidName,
+    JobCancelled,
     JobNotEnded,
     JobNotFound,
     JobStatus,
@@ -72,6 +73,23 @@ def test_requeue_runs_a_failed_job_with_its_retries_afresh(app: Conveyor) -> Non
         drain(app)
     assert _attempts(job_id) == [0, 1, 0, 1]  # both runs again: the retry was not used up
     assert app.job(job_id).status is JobStatus.FAILED
+
+
+def test_a_handle_held_across_a_requeue_follows_the_new_run(app: Conveyor) -> None:
+    fine = app.registry["fine"]
+    job = fine.delay(7)
+    job.cancel()
+    with pytest.raises(JobCancelled):
+        job.result(timeout=0)
+    assert job.status is JobStatus.CANCELLED and job.done()
+
+    assert app.requeue([job.id]) == 1
+    assert job.status is JobStatus.QUEUED and not job.done()  # not the ended record it saw
+    with pytest.raises(TimeoutError):
+        job.result(timeout=0)
+    drain(app)
+    assert job.result(timeout=0) == 7 and job.exception(timeout=0) is None
+    assert not job.cancel()  # it ended since: nothing to cancel
 
 
 def test_requeue_takes_dead_and_cancelled_jobs_too(app: Conveyor) -> None:
