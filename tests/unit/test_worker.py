@@ -13,7 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Conveyor, JobDead, JobStatus, SoftTimeLimit, TaskFailed, current_job
+from conveyor import (
+    Conveyor,
+    InvalidOption,
+    JobDead,
+    JobStatus,
+    SoftTimeLimit,
+    TaskFailed,
+    current_job,
+)
 from conveyor._clock import FakeClock
 from conveyor._message import Envelope, Message, new_job_id
 from conveyor.worker import Worker, drain
@@ -441,6 +449,14 @@ def test_drain_times_out_and_hands_back_what_runs(app: Conveyor) -> None:
         Worker(app).drain(timeout=0.3)
     gate.set()
     assert job.status is JobStatus.QUEUED  # released for the next worker
+
+
+@pytest.mark.parametrize("timeout", [float("nan"), -1, "5"])
+def test_drain_refuses_a_timeout_that_is_not_a_duration(app: Conveyor, timeout: object) -> None:
+    job = app.task(lambda: None, name="noop").delay()
+    with pytest.raises(InvalidOption, match="timeout takes"):
+        Worker(app).drain(timeout=timeout)  # type: ignore[arg-type]
+    assert job.status is JobStatus.QUEUED  # nothing queued was touched
 
 
 # -- a fetch whose reply comes late ----------------------------------------------------------

@@ -219,6 +219,8 @@ class Worker:
         return how many jobs finished. Jobs scheduled for later, and those of a paused
         queue, are left alone. Raises ``TimeoutError`` (after handing back what still runs)
         if ``timeout`` passes."""
+        if timeout is not None:
+            timeout = seconds("timeout", timeout, example="drain(timeout=30)")
         before = self.processed
         deadline = None if timeout is None else time.monotonic() + timeout
         self._session(until_idle=True, deadline=deadline)
