@@ -1,6 +1,4 @@
-"""Every error Conveyor raises, in one tree.
-
-::
+"""Every error Conveyor raises, in one tree:
 
     ConveyorError                   anything Conveyor raises on purpose
     ├── ConfigurationError          a bad URL, option or setting; fix the call
