@@ -48,9 +48,9 @@ CONVEYOR, PEER, LIMIT, INK, GRID, MUTED = (
 )
 
 # Layout, in pixels.
-WIDTH, COLS, GAP, MARGIN = 1200, 2, 40, 24
+WIDTH, COLS, GAP, MARGIN = 960, 2, 32, 16
 PANEL_W = (WIDTH - 2 * MARGIN - (COLS - 1) * GAP) // COLS
-LABEL_W, VALUE_W, ROW_H, BAR_H, HEAD_H, AXIS_H = 84, 86, 20, 12, 46, 26
+LABEL_W, VALUE_W, ROW_H, BAR_H, HEAD_H, AXIS_H = 76, 64, 20, 12, 46, 26
 TOP = 78
 
 _CELL = re.compile(r"^([\d.,]+k?) \(([\d.,]+k?)–([\d.,]+k?)\)(.*)$")
@@ -70,7 +70,7 @@ class Panel:
     metric: Metric
     log: bool
     bars: list[Bar]
-    missing: list[str]  # libraries with no figure (n/a, error), named under the panel
+    missing: dict[str, list[str]]  # why -> the libraries without a figure (n/a, error)
     ratio: str  # the table's "Conveyor ÷ best peer", e.g. "9.79×", and the best peer
     ideal: float | None  # W4's ideal rate, drawn as a line
 
@@ -103,7 +103,8 @@ def panels(markdown: str) -> list[Panel]:
         row = rows.get(metric.label)
         if row is None:
             continue  # a run of some workloads only (--workloads): draw what is there
-        bars, missing = [], []
+        bars: list[Bar] = []
+        missing: dict[str, list[str]] = {}
         for lib in COLUMNS:
             column = where.get(_title(lib))
             if column is None or column >= len(row):
@@ -111,7 +112,7 @@ def panels(markdown: str) -> list[Panel]:
             cell = _CELL.match(row[column])
             if cell is None:
                 if lib != "raw" and row[column] not in ("", "—"):
-                    missing.append(f"{NAMES.get(lib, lib)} {row[column]}")
+                    missing.setdefault(row[column], []).append(NAMES.get(lib, lib))
                 continue
             med, lo, hi, rest = cell.groups()
             bars.append(Bar(lib, number(med), number(lo), number(hi), "†" in rest))
@@ -267,11 +268,8 @@ def draw_panel(p: Panel, x0: float, y0: float) -> tuple[list[str], float]:
         )
     height = bottom + AXIS_H - y0
     if p.missing:
-        out.append(
-            _text(
-                x0, bottom + 32, "no figure: " + ", ".join(p.missing), font_size="10.5", fill=MUTED
-            )
-        )
+        why = "; ".join(f"{status}: {', '.join(libs)}" for status, libs in p.missing.items())
+        out.append(_text(x0, bottom + 32, why, font_size="10.5", fill=MUTED))
         height += 12
     return out, height
 
