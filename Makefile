@@ -10,7 +10,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 UV_COMPILE := $(BIN)/uv pip compile -q --generate-hashes --universal --python-version 3.11
 
-.PHONY: demo test bench chaos lint typecheck format lock floor clean
+.PHONY: demo test docs bench chaos lint typecheck format lock floor clean
 
 # The runtime dependencies only: what `make demo` needs.
 $(RUNTIME_STAMP): requirements/runtime.txt pyproject.toml
@@ -34,7 +34,16 @@ test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
+	$(MAKE) --no-print-directory docs
 	$(BIN)/pytest
+
+# The documentation site (mkdocs.yml) in site/: the benchmark chart drawn again from
+# docs/benchmarks.md, then every page and the API reference built in strict mode, so a broken
+# link, anchor, reference or docstring, or a page missing from the nav, fails (and `make test`).
+# Not --quiet: it hides the warnings that --strict counts, and the build passes.
+docs: $(STAMP)
+	$(BIN)/python bench/chart.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench examples
@@ -83,4 +92,4 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-floor .mypy_cache .ruff_cache .pytest_cache bench/.venv-peers \
-		bench/.results .conveyor-demo
+		bench/.results .conveyor-demo site

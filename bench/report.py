@@ -258,7 +258,8 @@ def load_range(records: list[dict[str, Any]]) -> str:
     return f"median {statistics.median(loads):.2f}, max {loads[-1]:.2f}; {reps}"
 
 
-def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "") -> str:
+    """The report; ``chart`` is the relative path of its SVG chart (``chart.py``), if any."""
     cells = Cells(records)
     la, lb = meta["load_before"], meta["load_after"]
     gate = meta.get("gate", (0.0, 0.0, 0.0))
@@ -270,6 +271,7 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Run: **{meta['mode']}**, {meta['reps']} repetitions per cell, interleaved; each cell "
         "is the median (min–max). Higher is better for jobs/s, lower for ms, µs and MB.",
         "",
+        *([f"![The table's headline figures as a chart]({chart})", ""] if chart else []),
         *table(cells),
         "",
         "Conveyor ÷ limit: ÷ the raw Redis row (W1, W1b, W2) or ÷ the ideal 5,000 jobs/s (W4).",

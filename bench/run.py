@@ -26,6 +26,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 sys.path.insert(0, HERE)
 
+import chart  # noqa: E402
 import machine  # noqa: E402
 import report  # noqa: E402
 from redis_server import private_redis  # noqa: E402
@@ -240,12 +241,17 @@ def main(argv: list[str] | None = None) -> int:
         "command": _command(argv),
         "sizes": {w.name: size(w, args.quick) for w in args.workloads},
     }
-    text = report.render(records, meta)
+    # The chart beside the report: docs/benchmarks.md -> docs/img/benchmarks.svg.
+    stem = os.path.splitext(os.path.basename(args.out))[0]
+    text = report.render(records, meta, chart=f"img/{stem}.svg")
     print()
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
+    chart.write(
+        args.out, os.path.join(os.path.dirname(os.path.abspath(args.out)), "img", f"{stem}.svg")
+    )
     raw_path = os.path.join(HERE, ".results", f"{started:%Y%m%dT%H%M%S}.json")
     os.makedirs(os.path.dirname(raw_path), exist_ok=True)
     with open(raw_path, "w") as f:

@@ -97,11 +97,13 @@ class Conveyor:
         middleware: Sequence[Middleware] = (),
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        """The broker's URL (``repr(app)`` shows it with the password masked)."""
         self.events = flag("events", events)
         self.events_kept = None if events_kept is None else check_kept(events_kept)
         self.trust = names("trust", trust, "trust=['myapp', 'shared']")
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
+        """What every delay, lease, TTL and schedule reads time from (``FakeClock`` in tests)."""
         self.codec = Codec(serializer, secret, max_payload)
         if isinstance(max_result, bool) or not isinstance(max_result, int) or max_result < 1:
             raise ConfigurationError(
@@ -109,13 +111,16 @@ class Conveyor:
             )
         self.max_result = max_result  # checked by the worker, on the result it encodes
         self.registry: dict[str, Task[Any, Any]] = {}
+        """The registered tasks by name."""
         self.defaults = Options()
-        self.schedules: list[Schedule] = []  # filled by @app.periodic; workers run them
+        self.schedules: list[Schedule] = []
+        """The periodic schedules ``@app.periodic`` added; every worker runs them."""
         self._broker = broker
         if broker is not None and self.events_kept is not None:
             broker.events_kept = self.events_kept
         self._broker_lock = threading.Lock()
         self.middleware: tuple[Middleware, ...] = ()
+        """The middleware, in registration order."""
         self._hooks: Hooks | None = None  # None: no middleware, and no cost on any path
         for m in middleware:
             self.add_middleware(m)
@@ -160,6 +165,7 @@ class Conveyor:
         return self._broker
 
     def close(self) -> None:
+        """Close the broker if it is open (the next use opens it again)."""
         if self._broker is not None:
             self._broker.close()
             self._broker = None
@@ -305,6 +311,7 @@ class Conveyor:
     async def enqueue_async(
         self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> Job[R]:
+        """``enqueue`` for asyncio code: it does not block the event loop."""
         return (await self._send_async([self._signature(fn, args, kwargs, None)]))[0]
 
     def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[Job[R]]:
@@ -312,6 +319,7 @@ class Conveyor:
         return self._send(list(signatures))
 
     async def enqueue_many_async(self, signatures: Iterable[Signature[R]]) -> list[Job[R]]:
+        """``enqueue_many`` for asyncio code: it does not block the event loop."""
         return await self._send_async(list(signatures))
 
     def job(self, job_id: str) -> Job[Any]:

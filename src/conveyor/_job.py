@@ -38,6 +38,7 @@ class Job(Generic[R]):
     ) -> None:
         self._app = app
         self.id = job_id
+        """The job's id: what ``app.job(id)`` and ``conveyor job ID`` take."""
         self._record = record if record is not None and record.status.terminal else None
         self.steps = steps
 
@@ -64,6 +65,7 @@ class Job(Generic[R]):
 
     @property
     def status(self) -> JobStatus:
+        """The job's status now, read from the broker (once it has ended, it is kept)."""
         return self._fresh().status
 
     @property
@@ -73,6 +75,7 @@ class Job(Generic[R]):
         return record.progress, record.progress_note
 
     def done(self) -> bool:
+        """True once the job has ended: succeeded, failed, cancelled or dead."""
         return self._fresh().status.terminal
 
     def _wait(self, timeout: float | None) -> JobRecord:
@@ -131,6 +134,8 @@ class Job(Generic[R]):
         return self._error(self._wait(timeout))
 
     async def result_async(self, timeout: float | None = None) -> R:
+        """``result`` for asyncio code, waiting without blocking the event loop; ``await job``
+        is the same without a timeout."""
         return self._unpack(await self._wait_async(timeout))
 
     def __await__(self) -> Generator[Any, None, R]:

@@ -131,6 +131,7 @@ class Workflow(Generic[R]):
         return Job(self.app, node.exit.message.id, steps=tuple(ids))
 
     async def delay_async(self) -> Job[R]:
+        """``delay`` for asyncio code (in a thread): it does not block the event loop."""
         return await asyncio.to_thread(self.delay)
 
     def _compile(self, b: _Builder, parked: bool) -> _Node:

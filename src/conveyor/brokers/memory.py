@@ -135,6 +135,8 @@ class EventRing:
 
 
 class MemoryBroker(Broker):
+    """The broker of ``memory://``: one process, everything in memory, time from ``clock``."""
+
     def __init__(self, clock: Clock | None = None, *, events_kept: int = EVENTS_KEPT) -> None:
         self.url = "memory://"
         self._clock = clock or SystemClock()
