@@ -76,6 +76,15 @@ def _prometheus() -> Any:
     return require("prometheus_client", "prometheus", user="conveyor.contrib.prometheus")
 
 
+def _child(children: dict[tuple[str, ...], Any], metric: Any, key: tuple[str, ...]) -> Any:
+    """The metric's child for these label values, made once: ``labels()`` checks and
+    stringifies its values and takes a lock on every call, which a job need not pay."""
+    child = children.get(key)
+    if child is None:
+        child = children.setdefault(key, metric.labels(*key))
+    return child
+
+
 class PrometheusMiddleware(Middleware):
     """Counts jobs into a Prometheus registry (``prometheus_client.REGISTRY`` unless
     ``registry`` is given). One per registry: a second one on the same registry is a
@@ -120,25 +129,32 @@ class PrometheusMiddleware(Middleware):
                 "Make one PrometheusMiddleware per registry, or pass "
                 "registry=prometheus_client.CollectorRegistry(), or another namespace="
             ) from exc
+        # The children of each metric by label values (see _child): a few per task and queue.
+        self._jobs: dict[tuple[str, ...], Any] = {}
+        self._duration: dict[tuple[str, ...], Any] = {}
+        self._wait: dict[tuple[str, ...], Any] = {}
+        self._in_progress: dict[tuple[str, ...], Any] = {}
+        self._enqueued: dict[tuple[str, ...], Any] = {}
 
     def after_enqueue(self, message: Message, error: BaseException | None) -> None:
         if error is None:
-            self.enqueued.labels(message.task, message.queue).inc()
+            _child(self._enqueued, self.enqueued, (message.task, message.queue)).inc()
 
     def on_running(self, message: Message) -> None:
-        self.in_progress.labels(message.queue).inc()
+        queue = (message.queue,)
+        _child(self._in_progress, self.in_progress, queue).inc()
         if message.attempt == 0:  # a retry waited for its backoff on purpose
             waited = max(time.time() - message.enqueued_at, 0.0)  # the clocks may disagree
-            self.wait.labels(message.queue).observe(waited)
+            _child(self._wait, self.wait, queue).observe(waited)
 
     def on_outcome(self, message: Message | None, outcome: Outcome) -> None:
         task = outcome.task or UNKNOWN_TASK
-        self.jobs.labels(task, outcome.queue, outcome.status).inc()
+        _child(self._jobs, self.jobs, (task, outcome.queue, outcome.status)).inc()
         if outcome.duration is None:  # it never ran (on_running was not called)
             return
-        self.in_progress.labels(outcome.queue).dec()
+        _child(self._in_progress, self.in_progress, (outcome.queue,)).dec()
         if outcome.status != "released":
-            self.duration.labels(task, outcome.queue).observe(outcome.duration)
+            _child(self._duration, self.duration, (task, outcome.queue)).observe(outcome.duration)
 
 
 @dataclasses.dataclass
