@@ -222,6 +222,11 @@ def test_the_snippets_of_the_docs_run(tmp_path: Path) -> None:
         ["req-42"],
         ['conveyor_jobs_total{queue="default",status="succeeded",task="__main__:add"} 3.0'],
         [
+            'conveyor_queue_jobs{queue="emails",status="queued"} 2.0',
+            "conveyor_workers 0.0",
+            "conveyor_broker_up 1.0",
+        ],
+        [
             '"name": "send default"',
             '"name": "process default"',
             '"name": "render email"',

@@ -189,7 +189,7 @@ def test_first_runs_record_how_long_they_waited() -> None:
     assert 0 <= sample(registry, "conveyor_job_wait_seconds_sum", queue="default") < 30
 
 
-def test_the_dashboard_and_the_documented_alerts_use_only_metrics_that_exist() -> None:
+def test_the_dashboard_and_the_alerts_use_only_metrics_and_labels_that_exist() -> None:
     import json
     import pathlib
     import re
@@ -203,11 +203,22 @@ def test_the_dashboard_and_the_documented_alerts_use_only_metrics_that_exist() -
 
     ok.delay()
     drain(app)
-    exported = {s.name for family in registry.collect() for s in family.samples}
+    labels: dict[str, set[str]] = {}  # each sample's name and label names
+    for family in registry.collect():
+        for s in family.samples:
+            labels.setdefault(s.name, set()).update(s.labels)
+    exported = set(labels)
     docs = pathlib.Path(__file__).resolve().parents[2] / "docs"
     dashboard = json.loads((docs / "grafana" / "conveyor.json").read_text())
     exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
     exprs += [dashboard["templating"]["list"][1]["definition"]]
-    alerts = (docs / "observability.md").read_text().split("```yaml\n")[1].split("```")[0]
-    used = set(re.findall(r"conveyor_[a-z_]+", "\n".join([*exprs, alerts])))
+    blocks = (docs / "observability.md").read_text().split("```yaml\n")[1:]
+    alerts = "\n".join(block.split("```")[0] for block in blocks)  # and scrape configs
+    text = "\n".join([*exprs, alerts])
+    used = set(re.findall(r"conveyor_[a-z_]+", text))
     assert used and used <= exported, used - exported
+    selectors = re.findall(r"(conveyor_[a-z_]+)\{([^}]*)\}", text)
+    assert selectors
+    for name, selector in selectors:
+        named = set(re.findall(r"([a-z_]+)\s*(?:=~|!~|!=|=)", selector))
+        assert named <= labels[name], (name, named - labels[name])
