@@ -3,6 +3,13 @@
 
 ``BENCH_CONVEYOR_POOL=async`` runs the worker with ``--pool async`` and ``async def`` tasks
 instead (for exploring; the reported run uses the default).
+
+``BENCH_LIB`` (set by ``run.py``) names the variant, in the producer and the worker alike:
+
+* ``conveyor``: the default app (events on, no middleware);
+* ``conveyor-noevents``: ``Conveyor(events=False)``;
+* ``conveyor-prometheus``: ``PrometheusMiddleware`` in the app, and the worker serving it
+  with ``--metrics-port 0`` (a free port; nothing scrapes it during the run).
 """
 
 from __future__ import annotations
@@ -20,11 +27,25 @@ from peers import _env
 
 DIST = "conveyor"
 POOL = os.environ.get("BENCH_CONVEYOR_POOL", "threads")
+VARIANT = os.environ.get("BENCH_LIB", "conveyor")
+if VARIANT not in ("conveyor", "conveyor-noevents", "conveyor-prometheus"):
+    raise SystemExit(f"conveyor_runner: unknown variant BENCH_LIB={VARIANT!r}")
+
+
+def _options() -> dict[str, Any]:
+    if VARIANT == "conveyor-noevents":
+        return {"events": False}
+    if VARIANT == "conveyor-prometheus":
+        from conveyor.contrib.prometheus import PrometheusMiddleware
+
+        return {"middleware": [PrometheusMiddleware()]}
+    return {}
+
 
 if _env.BACKEND == "sqlite":
-    app = Conveyor(f"sqlite:///{os.path.abspath(_env.SQLITE_PATH)}")
+    app = Conveyor(f"sqlite:///{os.path.abspath(_env.SQLITE_PATH)}", **_options())
 else:
-    app = Conveyor(_env.REDIS_URL)
+    app = Conveyor(_env.REDIS_URL, **_options())
 
 
 @app.task(name="noop")
@@ -74,9 +95,10 @@ else:
 
 
 def worker_argv(workload: str) -> list[str] | None:
+    metrics = ["--metrics-port", "0"] if VARIANT == "conveyor-prometheus" else []
     return [
         sys.executable, "-m", "conveyor", "worker", "conveyor_runner",
-        "--concurrency", str(_env.CONCURRENCY), "--pool", POOL,
+        "--concurrency", str(_env.CONCURRENCY), "--pool", POOL, *metrics,
     ]  # fmt: skip
 
 

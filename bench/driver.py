@@ -50,8 +50,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def load_adapter(lib: str) -> Any:
-    name = {"conveyor": "conveyor_runner", "conveyor-sqlite": "conveyor_runner"}.get(lib, lib)
-    return importlib.import_module(name if name in ("conveyor_runner", "raw") else f"peers.{lib}")
+    if lib == "conveyor" or lib.startswith("conveyor-"):  # BENCH_LIB names the variant
+        return importlib.import_module("conveyor_runner")
+    return importlib.import_module("raw" if lib == "raw" else f"peers.{lib}")
 
 
 class Driver:

@@ -9,6 +9,9 @@ from typing import Any
 
 PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
 COLUMNS = ["conveyor", "raw", *PEERS]
+# Conveyor set up otherwise (bench/conveyor_runner.py): a column each when they ran, and a
+# table of their ratios to plain Conveyor.
+VARIANTS = ["conveyor-noevents", "conveyor-prometheus"]
 W4_IDEAL = 5000.0  # 50 slots x 100 jobs/s each (10 ms jobs)
 
 
@@ -138,13 +141,20 @@ def limit_of(cells: Cells, m: Metric) -> float | None:
     return None
 
 
+def columns(records: list[dict[str, Any]]) -> list[str]:
+    """``COLUMNS``, with the variants that ran beside Conveyor's."""
+    ran = {r["lib"] for r in records}
+    return ["conveyor", *[v for v in VARIANTS if v in ran], *COLUMNS[1:]]
+
+
 def table(cells: Cells) -> list[str]:
-    head = ["workload / metric", *[_title(c) for c in COLUMNS], "best peer",
+    shown = columns(cells.records)
+    head = ["workload / metric", *[_title(c) for c in shown], "best peer",
             "Conveyor ÷ best peer", "Conveyor ÷ limit", "target", "met"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m in METRICS:
         row = [m.label]
-        for lib in COLUMNS:
+        for lib in shown:
             if lib == "raw" and m.limit == "ideal":
                 row.append(f"ideal {num(W4_IDEAL)}")
             else:
@@ -195,17 +205,50 @@ def versions(records: list[dict[str, Any]]) -> list[str]:
         "| library | version | Redis client and speedups in its environment |",
         "|---|---|---|",
     ]
-    for lib in COLUMNS:
+    for lib in columns(records):
         found = next((r["versions"] for r in records if r["lib"] == lib and "versions" in r), None)
         if found is None:
             failed = next((r["error"] for r in records if r["lib"] == lib and "error" in r), "")
             lines.append(f"| {lib} | not run | {failed[:120]} |")
             continue
-        dist = {"conveyor": "conveyor", "raw": "redis"}.get(lib, lib)
+        dist = "redis" if lib == "raw" else "conveyor" if lib.startswith("conveyor") else lib
         own = found.get(dist, "?")
         rest = ", ".join(f"{k} {v}" for k, v in found.items() if k != dist)
         lines.append(f"| {lib} | {own} | {rest} |")
     return lines
+
+
+def variants(cells: Cells) -> list[str]:
+    """Each variant's medians beside plain Conveyor's, and their ratio to it."""
+    ran = [v for v in VARIANTS if v in {r["lib"] for r in cells.records}]
+    rows = []
+    for m in METRICS:
+        base = cells.median(m, "conveyor")
+        found = [(v, cells.median(m, v)) for v in ran]
+        if not any(x is not None for _, x in found):
+            continue
+        row = [m.label, num(base) if base is not None else cells.status(m, "conveyor")]
+        for v, x in found:
+            if x is None:
+                row.append(cells.status(m, v))
+            else:
+                row.append(num(x) + (f" ({x / base:.2f}×)" if base else ""))
+        rows.append("| " + " | ".join(row) + " |")
+    if not rows:
+        return []
+    return [
+        "## Conveyor's variants beside plain Conveyor",
+        "",
+        "Plain `conveyor` has events on and no middleware; `conveyor-noevents` is "
+        "`Conveyor(events=False)`; `conveyor-prometheus` has `PrometheusMiddleware` and its "
+        "worker serves `--metrics-port` (not scraped during the run). Medians; in brackets "
+        "the ratio to plain Conveyor's median.",
+        "",
+        "| workload / metric | conveyor | " + " | ".join(ran) + " |",
+        "|" + "---|" * (len(ran) + 2),
+        *rows,
+        "",
+    ]
 
 
 def soak(records: list[dict[str, Any]]) -> list[str]:
@@ -279,6 +322,7 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "")
     ]
     if note_lines := notes(records):
         out += ["Notes on cells (n/a, failures, † marks):", "", *note_lines, ""]
+    out += variants(cells)
     out += soak(records)
     out += [
         "## Machine",

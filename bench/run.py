@@ -33,6 +33,9 @@ from redis_server import private_redis  # noqa: E402
 
 PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
 LIBS = ["conveyor", "raw", *PEERS]
+# Conveyor set up otherwise (conveyor_runner.py), run only when --libs names them: the same
+# workloads beside plain Conveyor (events on, no middleware), compared with it in the report.
+VARIANTS = report.VARIANTS
 
 
 @dataclass(frozen=True)
@@ -50,12 +53,12 @@ def size(w: Workload, quick: bool) -> int:
 
 
 WORKLOADS = [
-    Workload("w1", 10_000, 0, tuple(LIBS)),
-    Workload("w1b", 10_000, 0, tuple(LIBS)),
-    Workload("w2", 10_000, 32, tuple(LIBS)),
-    Workload("w3", 300, 32, ("conveyor", *PEERS)),
-    Workload("w4", 2_000, 50, ("conveyor", *PEERS)),
-    Workload("w5", 10_000, 32, ("conveyor", "huey"), backend="sqlite"),
+    Workload("w1", 10_000, 0, (*LIBS, *VARIANTS)),
+    Workload("w1b", 10_000, 0, (*LIBS, *VARIANTS)),
+    Workload("w2", 10_000, 32, (*LIBS, *VARIANTS)),
+    Workload("w3", 300, 32, ("conveyor", *VARIANTS, *PEERS)),
+    Workload("w4", 2_000, 50, ("conveyor", *VARIANTS, *PEERS)),
+    Workload("w5", 10_000, 32, ("conveyor", *VARIANTS, "huey"), backend="sqlite"),
 ]
 
 
@@ -63,7 +66,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a tenth of the sizes (smoke run)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per workload (median)")
-    p.add_argument("--libs", default=",".join(LIBS), help="comma-separated subset")
+    p.add_argument(
+        "--libs", default=",".join(LIBS),
+        help=f"comma-separated subset; Conveyor's variants {', '.join(VARIANTS)} run only "
+        "when named here",
+    )  # fmt: skip
     p.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
     p.add_argument("--peers-venv", default=os.path.join(HERE, ".venv-peers"))
     p.add_argument("--timeout", type=float, default=None, help="seconds per run")
@@ -111,7 +118,7 @@ class Runner:
                 self.install_status = json.load(f)
 
     def python_for(self, lib: str) -> str | None:
-        if lib in ("conveyor", "raw"):
+        if lib in ("conveyor", "raw", *VARIANTS):
             return sys.executable
         python = os.path.join(self.args.peers_venv, lib, "bin", "python")
         ok = self.install_status.get(lib, "ok" if os.path.exists(python) else "missing") == "ok"
@@ -139,6 +146,7 @@ class Runner:
                     "BENCH_BACKEND": w.backend,
                     "BENCH_SQLITE_PATH": os.path.join(tmp, "jobs.db"),
                     "BENCH_CONCURRENCY": str(w.concurrency or 1),
+                    "BENCH_LIB": lib,  # which of Conveyor's variants conveyor_runner sets up
                 },
             }
             cfg_path = os.path.join(tmp, "config.json")

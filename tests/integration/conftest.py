@@ -78,6 +78,34 @@ class WorkerProcess:
         return self.proc.wait(timeout)
 
 
+class CommandProcess:
+    """One long-running ``conveyor COMMAND ARGS`` subprocess (``events``, ``exporter``) in
+    ``root``; its stdout and stderr go to files there, not pipes."""
+
+    def __init__(self, root: Path, env: dict[str, str], command: str, *args: str) -> None:
+        self.out = root / f"{command}-{len(list(root.glob(f'{command}-*.out')))}.out"
+        self.err = self.out.with_suffix(".err")
+        cmd = [sys.executable, "-m", "conveyor", command, *args]
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=err)
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace") if self.err.exists() else ""
+
+    def stop(self) -> int:
+        """SIGTERM, as a supervisor stops it; its exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
 class Project:
     """A folder with ``jobs_app.py`` and its workers, on ``url`` (SQLite in the folder if
     not given) under the key ``prefix`` (only Redis uses it)."""

@@ -532,7 +532,8 @@ def test_demo_says_exactly_how_to_see_its_jobs(tmp_path: Path) -> None:
 def test_help_and_completion(tmp_path: Path) -> None:
     project = Project(tmp_path)
     commands = ["", "info", "jobs", "job", "cancel", "requeue", "purge", "queues",
-                "queues pause", "queues resume", "schedules", "ping", "worker", "demo"]  # fmt: skip
+                "queues pause", "queues resume", "schedules", "ping", "worker", "exporter",
+                "demo"]  # fmt: skip
     for name in commands:
         text = conveyor(project, *name.split(), "--help").stdout
         assert "``" not in text, (name, text)

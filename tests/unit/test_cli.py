@@ -101,7 +101,7 @@ def test_url_override_keeps_the_app_and_its_tasks(tmp_path: Path) -> None:
 
 HELP = [[], ["info"], ["jobs"], ["job"], ["cancel"], ["requeue"], ["purge"], ["queues"],
         ["queues", "pause"], ["queues", "resume"], ["schedules"], ["ping"], ["events"],
-        ["worker"], ["demo"]]  # fmt: skip
+        ["worker"], ["exporter"], ["demo"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", HELP, ids=lambda c: "-".join(c) or "conveyor")

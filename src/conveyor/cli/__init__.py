@@ -12,6 +12,7 @@ from . import _logs
 from .actions import cancel, purge, requeue
 from .demo import demo
 from .events import events
+from .exporter import exporter
 from .info import info
 from .jobs import job, jobs
 from .probe import ping
@@ -38,7 +39,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     Shell completion (bash; zsh and fish alike):
       eval "$(_CONVEYOR_COMPLETE=bash_source conveyor)"
     """
-    if ctx.invoked_subcommand != "worker":  # the worker sets up logging from its options
+    if ctx.invoked_subcommand not in ("worker", "exporter"):  # they have logging options
         _logs.setup_from_env(verbose)
 
 
@@ -54,6 +55,7 @@ for command in (
     ping,
     events,
     worker,
+    exporter,
     demo,
 ):
     cli.add_command(command)
