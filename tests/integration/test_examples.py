@@ -110,7 +110,11 @@ def test_primitives(tmp_path: Path) -> None:
 def test_testing(tmp_path: Path) -> None:
     """The example's own tests: unit tests on the pytest plugin's fixtures, and one against
     a real `conveyor worker` process."""
-    folder = _copy("testing", tmp_path)
+    _pytest_in(_copy("testing", tmp_path), "4 passed")
+
+
+def _pytest_in(folder: Path, passed: str) -> None:
+    """The example's own tests, run in its folder as its README says."""
     env = {k: v for k, v in _env(folder).items() if not k.startswith(("PYTEST_", "CONVEYOR_"))}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
@@ -122,7 +126,14 @@ def test_testing(tmp_path: Path) -> None:
         timeout=100,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 passed" in done.stdout
+    assert passed in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_flask(tmp_path: Path) -> None:
+    """The shop's tests: Flask's test client and drain, then a real `flask conveyor worker`
+    process (threads, and processes whose children load the app again)."""
+    _pytest_in(_copy("flask", tmp_path), "5 passed")
 
 
 @pytest.mark.timeout(120)

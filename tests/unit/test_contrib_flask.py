@@ -1,6 +1,7 @@
 """``conveyor.contrib.flask``: the extension's configuration, tasks run inside the Flask app
-context (drained here), and ``flask conveyor worker`` handing its options to a Worker. A
-real worker process runs the Flask example in tests/integration/test_flask_worker.py."""
+context (drained here), and ``flask conveyor worker`` handing its options to a Worker. Real
+worker processes (threads, and processes whose children load the app) run the Flask
+example's tests, in tests/integration/test_examples.py."""
 
 from __future__ import annotations
 
