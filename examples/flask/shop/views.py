@@ -18,12 +18,13 @@ bp = Blueprint("shop", __name__)
 def take_order() -> tuple[dict[str, Any], int]:
     order = request.get_json()
     db = get_db()
-    cursor = db.execute(
-        "INSERT INTO orders (email, item) VALUES (?, ?)", (order["email"], order["item"])
-    )
+    (order_id,) = db.execute(
+        "INSERT INTO orders (email, item) VALUES (?, ?) RETURNING id",
+        (order["email"], order["item"]),
+    ).fetchone()
     db.commit()  # before enqueueing: the worker must find the order
-    job = send_receipt.delay(cursor.lastrowid or 0)
-    return {"order": cursor.lastrowid, "job": job.id}, 202
+    job = send_receipt.delay(order_id)
+    return {"order": order_id, "job": job.id}, 202
 
 
 @bp.get("/orders/<int:order_id>")

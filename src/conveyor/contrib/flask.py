@@ -36,9 +36,10 @@ Each run of a task, in the worker, is inside an app context of the Flask app
 one before the task and pops it after, which calls the app's ``teardown_appcontext``
 functions with the task's exception, as after a request. The Flask app is the one of the
 last ``init_app``. A worker that starts without one (``conveyor worker shop.tasks``, whose
-import calls no ``init_app``), and each child process of ``--pool processes``, loads it as
-the ``flask`` command does: ``FLASK_APP``, else ``wsgi.py`` or ``app.py`` in the current
-folder (``flask conveyor worker`` passes its ``--app`` on to its children).
+import calls no ``init_app``) loads the one ``FLASK_APP`` names, or warns and runs tasks
+without an app context; each child process of ``--pool processes`` loads it as the
+``flask`` command does: ``FLASK_APP``, else ``wsgi.py`` or ``app.py`` in the current folder
+(``flask conveyor worker`` passes its ``--app`` on to its children in ``FLASK_APP``).
 """
 
 from __future__ import annotations
