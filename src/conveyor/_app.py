@@ -9,7 +9,7 @@ import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
 from . import _events
 from ._checks import flag, names
@@ -170,13 +170,13 @@ class Conveyor:
             self._broker.close()
             self._broker = None
 
-    def __enter__(self) -> Conveyor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> Conveyor:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(

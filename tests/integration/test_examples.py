@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ast
+import contextlib
 import os
 import shutil
 import signal
@@ -110,7 +112,11 @@ def test_primitives(tmp_path: Path) -> None:
 def test_testing(tmp_path: Path) -> None:
     """The example's own tests: unit tests on the pytest plugin's fixtures, and one against
     a real `conveyor worker` process."""
-    folder = _copy("testing", tmp_path)
+    _pytest_in(_copy("testing", tmp_path), "4 passed")
+
+
+def _pytest_in(folder: Path, passed: str) -> None:
+    """The example's own tests, run in its folder as its README says."""
     env = {k: v for k, v in _env(folder).items() if not k.startswith(("PYTEST_", "CONVEYOR_"))}
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
@@ -122,15 +128,69 @@ def test_testing(tmp_path: Path) -> None:
         timeout=100,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 passed" in done.stdout
+    assert passed in done.stdout
+
+
+@pytest.mark.timeout(120)
+def test_flask(tmp_path: Path) -> None:
+    """The shop's tests: Flask's test client and drain, then a real `flask conveyor worker`
+    process (threads, and processes whose children load the app again)."""
+    _pytest_in(_copy("flask", tmp_path), "5 passed")
+
+
+@pytest.mark.timeout(120)
+def test_fastapi(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The app's own tests (ASGI client, memory broker), then the app under uvicorn beside a
+    `conveyor worker` process, and its client streaming a report's progress."""
+    folder = _copy("fastapi", tmp_path)
+    _pytest_in(folder, "7 passed")
+    port = _free_port()
+    monkeypatch.setenv("API_URL", f"http://127.0.0.1:{port}")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "main:api", "--port", str(port)],
+        cwd=folder,
+        env=_env(folder),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        _await_port(port, server)
+        out = _run_with_worker(folder, "tasks", "client.py")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=30)
+    log = server.stdout.read().decode() if server.stdout else ""
+    assert code in (0, -signal.SIGTERM), log  # uvicorn exits by the signal it stopped on
+    assert "Application startup complete" in log  # the lifespan opened the app
+    lines = out.splitlines()
+    shown = [ast.literal_eval(line.partition(" ")[2]) for line in lines if line[:8] == "progress"]
+    fractions = [progress["fraction"] for progress in shown]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0  # as the report went
+    assert "progress {'fraction': 1.0, 'note': 'row 20 of 20'}" in lines
+    assert "succeeded {'result': {'rows': 20, 'total': 210}}" in lines
+    assert "welcome: 200 {'result': 'welcome mail sent to ada@example.com'}" in lines
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _await_port(port: int, process: subprocess.Popen[bytes]) -> None:
+    """Return once ``process`` accepts connections on ``port`` (30 s at most)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"nothing listens on port {port} (exit code {process.poll()})")
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize("pool", ["threads", "processes"])
 def test_observability(tmp_path: Path, pool: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    with socket.socket() as s:  # a free port for the worker's /metrics
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = _free_port()  # for the worker's /metrics
     monkeypatch.setenv("METRICS_PORT", str(port))
     monkeypatch.delenv("SENTRY_DSN", raising=False)
     folder = _copy("observability", tmp_path)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -104,3 +105,26 @@ async def test_await_job(app: Conveyor) -> None:
     loop = asyncio.get_running_loop()
     loop.call_later(0.02, _finish, app, JobStatus.SUCCEEDED, Outcome(value="ok"))
     assert await job == "ok"
+
+
+@pytest.mark.parametrize("url", ["memory://", "sqlite"])
+def test_a_cancelled_await_frees_its_thread(url: str, tmp_path: Path) -> None:
+    """On a broker whose wait runs in a thread, ``asyncio.wait_for(job, t)`` cancels the
+    await but cannot stop the thread: it waits in slices, so it ends soon after, and the
+    loop's executor (which ``asyncio.run`` waits for on exit) with it."""
+    url = url if url == "memory://" else f"sqlite:///{tmp_path}/jobs.db"
+    app = Conveyor(url)
+
+    @app.task
+    def never_run() -> None: ...
+
+    async def main() -> None:
+        job = await never_run.delay_async()  # no worker: it stays queued
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(job, 0.05)
+
+    runner = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+    runner.start()
+    runner.join(30)  # a slice is 1 s; a thread waiting for the job would hold it for ever
+    assert not runner.is_alive()
+    app.close()

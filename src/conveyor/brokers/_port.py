@@ -107,6 +107,7 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
@@ -132,6 +133,9 @@ EVENTS_SLACK = 100
 # The ended statuses ``requeue`` puts back (a succeeded job keeps its result, not its work).
 REQUEUEABLE = frozenset({JobStatus.FAILED, JobStatus.DEAD, JobStatus.CANCELLED})
 # The reason of a job cancelled by the broker, not by its worker's finish (``Job.cancel``).
+# The longest a thread of ``wait_async`` waits at a time (see there).
+ASYNC_WAIT_SLICE = 1.0
+
 CANCELLED_PENDING = "cancelled before it ran"
 CANCELLED_WORKER_STOPPED = "cancelled while running (its worker stopped)"
 
@@ -284,7 +288,18 @@ class Broker(ABC):
         """
 
     async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
-        return await asyncio.to_thread(self.wait, job_id, timeout)
+        """``wait`` in a thread, in slices of at most ``ASYNC_WAIT_SLICE`` seconds: a
+        cancelled await (``asyncio.wait_for``, a client gone) cannot stop the thread, which
+        would otherwise wait until the job ends, and keep the event loop's executor (and
+        ``asyncio.run``'s exit) waiting with it. The result still arrives at once."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = ASYNC_WAIT_SLICE
+            if deadline is not None:
+                left = min(left, max(deadline - time.monotonic(), 0.0))
+            record = await asyncio.to_thread(self.wait, job_id, left)
+            if record is not None or (deadline is not None and time.monotonic() >= deadline):
+                return record
 
     @abstractmethod
     def payload(self, job_id: str) -> bytes | None:
