@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import click
 
+from .._app import Conveyor
 from ..worker import Worker
 from ..worker._pools import POOLS
 from . import _logs
@@ -98,22 +100,14 @@ def _names(values: tuple[str, ...]) -> list[str]:
 @click.pass_context
 def worker(
     ctx: click.Context,
+    /,
     *,
     module: str | None,
-    queues: tuple[str, ...],
-    concurrency: int,
-    pool: str,
-    lease: float,
-    grace: float,
-    trust: tuple[str, ...],
-    max_deliveries: int,
-    max_jobs_per_child: int | None,
-    max_child_memory: int | None,
-    metrics_port: int | None,
     log_level: str | None,
     log_format: str,
     app_spec: str | None,
     url: str | None,
+    **options: Any,
 ) -> None:
     """Run jobs from MODULE's app (myapp.tasks, or myapp.tasks:app), given as an argument
     or as -A MODULE.
@@ -128,12 +122,33 @@ def worker(
         raise click.UsageError("name the module of your app: conveyor worker myapp.tasks")
     _logs.setup(ctx, log_level, log_format)
     app, module_name = load_app(spec)
+    run_worker(app, spec if ":" in spec else module_name, url=url, **options)
+
+
+def run_worker(
+    app: Conveyor,
+    spec: str,
+    *,
+    url: str | None,
+    queues: tuple[str, ...],
+    concurrency: int,
+    pool: str,
+    lease: float,
+    grace: float,
+    trust: tuple[str, ...],
+    max_deliveries: int,
+    max_jobs_per_child: int | None,
+    max_child_memory: int | None,
+    metrics_port: int | None,
+) -> None:
+    """Run ``app``'s worker with the command's options until it stops. ``spec`` is what
+    process-pool children import to find the app (``module`` or ``module:attribute``).
+    Shared by ``conveyor worker`` and the commands of the framework integrations."""
     on_broker(app, url, spec, create=True)
     if url:
         # Process-pool children import the app themselves: an app that takes its URL from
         # the environment then uses the same broker as this worker.
         os.environ["CONVEYOR_URL"] = url
-    spec = spec if ":" in spec else module_name
     if metrics_port is not None:  # before the worker is made: it may add the middleware
         from ..contrib.prometheus import serve
 
