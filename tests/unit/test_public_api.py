@@ -96,7 +96,7 @@ def test_no_forbidden_redis_commands_in_the_package() -> None:
         assert '"keys"' not in text, path
 
 
-INTEGRATIONS = ("prometheus_client", "opentelemetry", "sentry_sdk")
+INTEGRATIONS = ("prometheus_client", "opentelemetry", "sentry_sdk", "django", "django_tasks")
 
 
 def test_only_contrib_imports_the_integrations_and_the_worker_never_contrib() -> None:
