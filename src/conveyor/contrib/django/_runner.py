@@ -27,6 +27,7 @@ import functools
 import inspect
 import os
 import socket
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -58,6 +59,7 @@ if TYPE_CHECKING:
 
 RESULT_KEYS = ("django_task", "args", "kwargs", "started_at", "worker_id", "return_value")
 _TASK = "django_task"  # the runner's attribute holding its Django task
+_registering = threading.Lock()
 
 
 def task_name(task: Task[Any, Any]) -> str:
@@ -69,20 +71,23 @@ def register(app: Conveyor, task: Task[Any, Any], sender: type) -> ConveyorTask[
     """The Conveyor task that runs ``task`` (registered on first call: the framework
     validates a task each time it is made, ``using()`` copies included)."""
     name = task_name(task)
-    found = app.registry.get(name)
-    if found is not None:
-        known = django_task_of(found.fn)
-        if known is not None and known.func is task.func:
-            return found
+    with _registering:  # two threads making their first copy of a task register it once
+        found = app.registry.get(name)
+        if found is None:
+            found = app.task(name=name)(_runner(task, sender))
+    known = django_task_of(found.fn)
+    if known is None or known.func is not task.func:
         raise ConfigurationError(
             f"two different functions are registered as task {name!r}; rename one of them"
         )
-    runner = _async_runner(task, sender) if inspect.iscoroutinefunction(task.func) else None
-    run = runner or _sync_runner(task, sender)
+    return found
+
+
+def _runner(task: Task[Any, Any], sender: type) -> Callable[..., Any]:
+    run = (_async_runner if inspect.iscoroutinefunction(task.func) else _sync_runner)(task, sender)
     functools.update_wrapper(run, task.func)  # its module and name: logs, trust, describe
     setattr(run, _TASK, task)
-    registered: ConveyorTask[Any, Any] = app.task(name=name)(run)
-    return registered
+    return run
 
 
 def django_task_of(fn: Callable[..., Any]) -> Task[Any, Any] | None:
