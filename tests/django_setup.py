@@ -28,9 +28,12 @@ def django_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from django.core.management import call_command
 
     folder = tmp_path_factory.mktemp("django_project")
-    os.environ["CONVEYOR_TEST_DIR"] = str(folder)
-    os.environ["DJANGO_SETTINGS_MODULE"] = "django_project.settings"
-    django.setup()
+    # Read once, by django.setup(): the environment is put back after it, so that the
+    # subprocesses other tests start (the example's manage.py) do not inherit them.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("CONVEYOR_TEST_DIR", str(folder))
+        env.setenv("DJANGO_SETTINGS_MODULE", "django_project.settings")
+        django.setup()
     call_command("migrate", run_syncdb=True, verbosity=0)
     return folder
 

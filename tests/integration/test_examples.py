@@ -167,6 +167,13 @@ def _django(folder: Path, env: dict[str, str]) -> str:
     )
 
 
+def _shop_env(folder: Path) -> dict[str, str]:
+    env = _env(folder)
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # manage.py names the shop's
+    env.pop("POSTGRES_DB", None)
+    return env
+
+
 def _check_shop(out: str) -> None:
     assert "placed order 1: lamp x2; receipt task READY (not sent yet)" in out
     assert "receipt task SUCCESSFUL: receipt for order 1: lamp x2 sent to ann@example.com" in out
@@ -178,7 +185,7 @@ def _check_shop(out: str) -> None:
 @pytest.mark.timeout(120)
 def test_django(tmp_path: Path) -> None:
     folder = _copy("django", tmp_path)
-    _check_shop(_django(folder, _env(folder)))
+    _check_shop(_django(folder, _shop_env(folder)))
 
 
 @pytest.fixture(scope="session")
@@ -206,6 +213,6 @@ def postgres_database() -> Iterator[str]:
 @pytest.mark.timeout(120)
 def test_django_on_postgresql(tmp_path: Path, postgres_database: str) -> None:
     folder = _copy("django", tmp_path)
-    env = dict(_env(folder), POSTGRES_DB=postgres_database)
+    env = dict(_shop_env(folder), POSTGRES_DB=postgres_database)
     _check_shop(_django(folder, env))
     assert not (folder / "shop.sqlite3").exists()  # the shop's data went to PostgreSQL
