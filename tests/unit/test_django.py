@@ -410,6 +410,7 @@ def test_the_worker_command_takes_conveyor_workers_options(
     import os
 
     from click.testing import CliRunner
+    from django.core.management import CommandError, call_command
 
     from conveyor.contrib.django.management.commands.conveyor_worker import (
         BOOT,
@@ -435,6 +436,11 @@ def test_the_worker_command_takes_conveyor_workers_options(
     assert w.module == BOOT and w.max_jobs_per_child == 5
     assert w.trusted == {"reports"}  # not conveyor, whose entry point the children import
     assert os.environ["CONVEYOR_URL"] == app.url  # what the children's app uses
+
+    call_command("conveyor_worker", "--", "-q", "mail", "--grace", "3")
+    assert (seen[1].queues, seen[1].grace) == (["mail"], 3.0)
+    with pytest.raises(CommandError, match="No such option '--nope'"):
+        call_command("conveyor_worker", "--", "--nope")
 
     usage = CliRunner().invoke(worker, ["-A", "myapp.tasks"])
     assert usage.exit_code == 2 and "No such option '-A'" in usage.output

@@ -32,10 +32,19 @@ class Command(BaseCommand):  # type: ignore[misc]  # Django ships no types
         prog = f"{os.path.basename(argv[0])} {argv[1]}"
         run(command(self), prog, argv[2:])
 
+    def print_help(self, prog_name: str, subcommand: str) -> None:
+        """``manage.py help conveyor_worker``: the options, as ``--help`` shows them."""
+        worker = command(self)
+        with click.Context(worker, info_name=f"{os.path.basename(prog_name)} {subcommand}") as ctx:
+            click.echo(worker.get_help(ctx))
+
     def handle(self, *args: Any, **options: Any) -> None:
         """``call_command("conveyor_worker", "--", "-q", "mail")``: the arguments after
         ``--`` are the command line's."""
-        command(self).main(args=list(options.get("arguments") or args), standalone_mode=False)
+        try:
+            command(self).main(args=list(options["arguments"]), standalone_mode=False)
+        except click.ClickException as exc:
+            raise CommandError(exc.format_message()) from None
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("arguments", nargs="*", help="conveyor worker's options")
