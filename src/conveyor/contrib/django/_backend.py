@@ -82,19 +82,20 @@ class ConveyorBackend(BaseTaskBackend):
         super().__init__(alias, params)
         self.app: Conveyor = get_app()
         where = f"TASKS[{alias!r}]"
-        unknown = sorted(str(k) for k in self.options if k not in OPTIONS)
+        options = params.get("OPTIONS") or {}
+        unknown = sorted(str(k) for k in options if k not in OPTIONS)
         if unknown:
             raise ConfigurationError(
                 f"unknown option(s) in {where}['OPTIONS']: {', '.join(unknown)}; the options "
                 f"are {', '.join(OPTIONS)}"
             )
-        self.enqueue_mode: str = self.options.get("ENQUEUE", "on_commit")
+        self.enqueue_mode: str = options.get("ENQUEUE", "on_commit")
         if self.enqueue_mode not in ENQUEUE_MODES:
             raise ConfigurationError(
                 f"bad {where}['OPTIONS']['ENQUEUE']={self.enqueue_mode!r}: use 'on_commit' (send "
                 "the job when the transaction commits) or 'now'"
             )
-        self.database: str = self.options.get("DATABASE", DEFAULT_DB_ALIAS)
+        self.database: str = options.get("DATABASE", DEFAULT_DB_ALIAS)
         if self.enqueue_mode == "on_commit" and self.database not in settings.DATABASES:
             raise ConfigurationError(
                 f"{where}['OPTIONS']['DATABASE'] is {self.database!r}, which is not in "
