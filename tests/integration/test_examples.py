@@ -5,12 +5,14 @@ from __future__ import annotations
 import ast
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,9 +35,17 @@ def _copy(name: str, tmp_path: Path) -> Path:
 def _run_with_worker(
     folder: Path, module: str, *scripts: str, worker_args: tuple[str, ...] = ()
 ) -> str:
-    env = _env(folder)
+    worker = ["-m", "conveyor", "worker", module, "-c", "4", *worker_args]
+    return _serve(folder, worker, [[script] for script in scripts], _env(folder))
+
+
+def _serve(
+    folder: Path, worker_args: list[str], programs: list[list[str]], env: dict[str, str]
+) -> str:
+    """Run each of ``programs`` (``python`` arguments) while ``python *worker_args`` runs,
+    then stop the worker with SIGTERM; return what the programs printed."""
     worker = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "worker", module, "-c", "4", *worker_args],
+        [sys.executable, *worker_args],
         cwd=folder,
         env=env,
         stdout=subprocess.PIPE,
@@ -43,9 +53,9 @@ def _run_with_worker(
     )
     try:
         out = ""
-        for script in scripts:
+        for program in programs:
             done = subprocess.run(
-                [sys.executable, script],
+                [sys.executable, *program],
                 check=False,
                 cwd=folder,
                 env=env,
@@ -204,3 +214,65 @@ def test_observability(tmp_path: Path, pool: str, monkeypatch: pytest.MonkeyPatc
     assert "4 x process default" in out  # ...into each run, the retry's too
     assert 'status="retried",task="tasks:charge"} 1.0' in out
     assert 'status="failed",task="tasks:charge"} 1.0' in out
+
+
+def _django(folder: Path, env: dict[str, str]) -> str:
+    """The shop: migrate, a ``manage.py conveyor_worker`` process, and ``place_order``
+    (a transaction that enqueues on commit, then waits for the task result)."""
+    migrate = [sys.executable, "manage.py", "migrate", "-v", "0"]
+    subprocess.run(migrate, cwd=folder, env=env, check=True, timeout=60)
+    worker = ["manage.py", "conveyor_worker", "-q", "default,mail", "-c", "2"]
+    return _serve(
+        folder, worker, [["manage.py", "place_order", "ann@example.com", "lamp", "2"]], env
+    )
+
+
+def _shop_env(folder: Path) -> dict[str, str]:
+    env = _env(folder)
+    env.pop("DJANGO_SETTINGS_MODULE", None)  # manage.py names the shop's
+    env.pop("POSTGRES_DB", None)
+    return env
+
+
+def _check_shop(out: str) -> None:
+    assert "placed order 1: lamp x2; receipt task READY (not sent yet)" in out
+    assert "receipt task SUCCESSFUL: receipt for order 1: lamp x2 sent to ann@example.com" in out
+    assert "order 1 receipt_sent=True" in out
+    assert "orders in the shop: 1" in out
+    assert "conveyor task: restocked 10 x lamp" in out
+
+
+@pytest.mark.timeout(120)
+def test_django(tmp_path: Path) -> None:
+    folder = _copy("django", tmp_path)
+    _check_shop(_django(folder, _shop_env(folder)))
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """A database of its own on the machine's PostgreSQL (127.0.0.1:5432, user postgres),
+    dropped after the session."""
+    psycopg = pytest.importorskip("psycopg")
+    try:
+        admin = psycopg.connect(
+            "host=127.0.0.1 port=5432 user=postgres dbname=postgres",
+            autocommit=True,
+            connect_timeout=5,
+        )
+    except psycopg.OperationalError as exc:
+        pytest.skip(f"PostgreSQL is not reachable at 127.0.0.1:5432 as user postgres: {exc}")
+    name = f"conveyor_example_{secrets.token_hex(4)}"
+    with admin:
+        admin.execute(f"CREATE DATABASE {name}")
+        try:
+            yield name
+        finally:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.mark.timeout(120)
+def test_django_on_postgresql(tmp_path: Path, postgres_database: str) -> None:
+    folder = _copy("django", tmp_path)
+    env = dict(_shop_env(folder), POSTGRES_DB=postgres_database)
+    _check_shop(_django(folder, env))
+    assert not (folder / "shop.sqlite3").exists()  # the shop's data went to PostgreSQL

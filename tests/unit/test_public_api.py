@@ -96,7 +96,14 @@ def test_no_forbidden_redis_commands_in_the_package() -> None:
         assert '"keys"' not in text, path
 
 
-INTEGRATIONS = ("prometheus_client", "opentelemetry", "sentry_sdk", "flask")
+INTEGRATIONS = (
+    "prometheus_client",
+    "opentelemetry",
+    "sentry_sdk",
+    "flask",
+    "django",
+    "django_tasks",
+)
 
 
 def test_only_contrib_imports_the_integrations_and_the_worker_never_contrib() -> None:

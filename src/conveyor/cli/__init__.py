@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+from typing import NoReturn
 
 import click
 
@@ -67,8 +68,15 @@ def redact(message: str) -> str:
 
 
 def main() -> None:
+    run(cli, "conveyor")
+
+
+def run(command: click.Command, prog_name: str, args: list[str] | None = None) -> NoReturn:
+    """Run a click command as a program: usage errors and ``ConveyorError`` are printed
+    (without a URL's password) and set the exit code. ``conveyor`` runs this way, and so
+    do the commands of the framework integrations (``manage.py conveyor_worker``)."""
     try:
-        code = cli.main(prog_name="conveyor", standalone_mode=False)
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

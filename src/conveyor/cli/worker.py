@@ -140,18 +140,14 @@ def worker(
         raise click.UsageError("name the module of your app: conveyor worker myapp.tasks")
     _logs.setup(ctx, options.pop("log_level"), options.pop("log_format"))
     app, module_name = load_app(spec)
-    on_broker(app, url, spec, create=True)
-    if url:
-        # Process-pool children import the app themselves: an app that takes its URL from
-        # the environment then uses the same broker as this worker.
-        os.environ["CONVEYOR_URL"] = url
-    run_worker(app, spec if ":" in spec else module_name, **options)
+    run_worker(app, spec if ":" in spec else module_name, url=url, **options)
 
 
 def run_worker(
     app: Conveyor,
     spec: str,
     *,
+    url: str | None = None,
     queues: tuple[str, ...],
     concurrency: int,
     pool: str,
@@ -166,7 +162,13 @@ def run_worker(
     """Run a worker on ``app`` with the options of ``worker_options`` until it is stopped
     (the caller set up logging from ``--log-level`` and ``--log-format`` first). ``spec``
     (``module`` or ``module:attribute``) is what process-pool children import to find the
-    app, and its package is trusted."""
+    app, and its package is trusted. ``url`` (``--url``) points the app at another broker.
+    Shared by ``conveyor worker`` and the commands of the framework integrations."""
+    on_broker(app, url, spec, create=True)
+    if url:
+        # Process-pool children import the app themselves: an app that takes its URL from
+        # the environment then uses the same broker as this worker.
+        os.environ["CONVEYOR_URL"] = url
     if metrics_port is not None:  # before the worker is made: it may add the middleware
         from ..contrib.prometheus import serve
 

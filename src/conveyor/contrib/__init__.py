@@ -6,6 +6,11 @@
 * ``conveyor.contrib.flask``: ``FlaskConveyor``, a Flask extension whose tasks run inside the
   app context, and ``flask conveyor worker`` (``conveyor[flask]``)
 
+and a framework's, a package of its own:
+
+* ``conveyor.contrib.django``: a Django app, the backend of Django's Tasks framework and
+  ``manage.py conveyor_worker`` (``conveyor[django]``; docs/django.md)
+
 Conveyor itself needs none of these libraries: a module here imports its library only when
 it is used, and says which extra to install when it is missing. Nothing outside
 ``contrib/`` imports ``contrib/``.
