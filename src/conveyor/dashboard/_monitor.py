@@ -137,6 +137,16 @@ class Monitor:
             return sample
         return self._take(fresher_than=sample)
 
+    def counts(self) -> list[QueueStats]:
+        """The queues' counts: the latest sample's while it is fresh, else ``stats`` read
+        now (a list page needs no more of a sample)."""
+        self._seen = time.monotonic()
+        self.start()
+        sample = self._sample
+        if sample is not None and self.app.clock.time() - sample.at < self.refresh:
+            return sample.stats
+        return self.app.broker.stats()
+
     def _take(self, fresher_than: Sample | None = None) -> Sample:
         with self._sampling:
             latest = self._sample

@@ -95,7 +95,7 @@ class Dashboard:
             validate_queue(queue)
         if offset < 0:
             raise ConfigurationError(f"bad offset {offset}: skip 0 or more jobs")
-        stats = self.monitor.snapshot().stats  # counts as the overview has them
+        stats = self.monitor.counts()
         if task:
             found, after = scan(self.app, which, queue, task, PAGE, offset=offset, most=SCAN)
         else:
