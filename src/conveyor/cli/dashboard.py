@@ -53,6 +53,12 @@ def check_exposure(host: str, auth: str | None, insecure: bool) -> None:
 )
 @click.option("--read-only", is_flag=True, help="Show everything, change nothing.")
 @click.option(
+    "--root-path",
+    default="",
+    metavar="PREFIX",
+    help="The path a reverse proxy serves it under, e.g. /conveyor (the proxy strips it).",
+)
+@click.option(
     "--insecure-no-auth",
     "insecure",
     is_flag=True,
@@ -65,6 +71,7 @@ def dashboard(
     port: int,
     auth: str | None,
     read_only: bool,
+    root_path: str,
     insecure: bool,
     app_spec: str | None,
     url: str | None,
@@ -79,6 +86,8 @@ def dashboard(
     your jobs with your app's codec and knows its schedules.
     """
     check_exposure(host, auth, insecure)
+    if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
+        raise click.UsageError(f"--root-path takes a path like /conveyor, not {root_path!r}")
     try:
         import uvicorn
     except ImportError as exc:
@@ -90,13 +99,12 @@ def dashboard(
     app = open_app(app_spec, url)
     web = asgi_app(app, auth=auth, read_only=read_only)
     shown = f"[{host}]" if ":" in host else host
-    mode = ", read-only" if read_only else ""
-    guard = ", with a password" if auth else ""
-    click.echo(
-        f"conveyor dashboard on http://{shown}:{port}/ (broker {redact_url(app.url)}{mode}"
-        f"{guard}); Ctrl-C stops it",
-        err=True,
-    )
+    notes = [f"broker {redact_url(app.url)}"]
+    notes += ["read-only"] if read_only else []
+    notes += ["with a password"] if auth else []
+    notes += [f"links under {root_path}/"] if root_path else []
+    line = f"conveyor dashboard on http://{shown}:{port}/ ({', '.join(notes)}); Ctrl-C stops it"
+    click.echo(line, err=True)
     config = uvicorn.Config(
         web,
         host=host,
@@ -105,6 +113,7 @@ def dashboard(
         access_log=False,
         server_header=False,
         lifespan="on",
+        root_path=root_path,
         timeout_graceful_shutdown=2,  # live pages hold a stream open: do not wait for them
     )
     uvicorn.Server(config).run()

@@ -233,7 +233,7 @@
     const n = Math.max(...series.map((s) => s.values.length), 2);
     let top = 0;
     for (const s of series) for (const v of s.values) if (v !== null && v > top) top = v;
-    top = Math.max(niceTop(top), 4);
+    top = niceTop(top);
     const x = (i) => pad.left + (i / (n - 1)) * (width - pad.left - pad.right);
     const y = (v) => pad.top + (1 - v / top) * (height - pad.top - pad.bottom);
     const drawing = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img" });
@@ -288,24 +288,34 @@
     box.append(drawing, tip);
   }
 
+  // The indexes of each stretch of values, across gaps of up to 3 points (a sample every
+  // 10 s while nobody watched); a longer gap (the dashboard was not running) breaks a line.
   function runs(values) {
     const out = [];
     let current = [];
+    let gap = 0;
     values.forEach((v, i) => {
       if (v === null) {
-        if (current.length) out.push(current);
+        gap += 1;
+        return;
+      }
+      if (gap > 3 && current.length) {
+        out.push(current);
         current = [];
-      } else current.push(i);
+      }
+      gap = 0;
+      current.push(i);
     });
     if (current.length) out.push(current);
     return out;
   }
 
+  // The top of the axis: four steps of 1, 2, 2.5 or 5 times a power of ten (at least 1).
   function niceTop(v) {
-    if (v <= 0) return 1;
-    const power = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (v <= m * power) return m * power;
-    return 10 * power;
+    const rough = Math.max(v, 1) / 4;
+    const power = Math.pow(10, Math.floor(Math.log10(rough)));
+    for (const m of [1, 2, 2.5, 5, 10]) if (rough <= m * power) return 4 * Math.max(1, m * power);
+    return 40 * power;
   }
 
   function short(v) {
@@ -361,7 +371,8 @@
       if (!last) return;
       const c = last.charts;
       const from = shownFrom(c);
-      const perMinute = (values) => values.slice(from).map((v) => (v * 60) / c.step);
+      // The bucket in progress is left out: it would dip at "now".
+      const perMinute = (values) => values.slice(from, -1).map((v) => (v * 60) / c.step);
       chart(throughput, c.start + from * c.step, c.step, [
         { name: "succeeded", values: perMinute(c.succeeded), cls: "c0", area: true },
         { name: "failed", values: perMinute(c.failed), cls: "c1", area: true },
