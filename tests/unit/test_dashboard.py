@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -307,5 +308,69 @@ def test_the_command_listens_in_the_open_only_with_a_password() -> None:
     assert "--auth USER:PASSWORD" in result.output and "--insecure-no-auth" in result.output
     both = runner.invoke(cli, ["dashboard", "--auth", "a:b", "--insecure-no-auth"])
     assert both.exit_code == 2 and "contradict" in both.output
+    rooted = runner.invoke(cli, ["dashboard", "--root-path", "conveyor/"])
+    assert rooted.exit_code == 2 and "a path like /conveyor" in rooted.output
     assert all(loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"))
     assert not any(loopback(h) for h in ("0.0.0.0", "::", "10.0.0.5", "example.com"))
+
+
+DJANGO = """
+import asyncio, django, httpx
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import path
+
+settings.configure(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="x", MIDDLEWARE=[])
+urlpatterns = [path("", lambda request: HttpResponse("django's own page"))]
+django.setup()
+
+from django.core.asgi import get_asgi_application
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from conveyor import Conveyor
+from conveyor.dashboard import asgi_app
+
+application = Starlette(routes=[  # as docs/dashboard.md shows it
+    Mount("/conveyor", app=asgi_app(Conveyor("memory://"), auth=("ops", "pw"))),
+    Mount("/", app=get_asgi_application()),
+])
+
+async def main():
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://site") as web:
+        print((await web.get("/")).text)
+        print((await web.get("/conveyor/api/overview")).status_code)
+        page = await web.get("/conveyor/", auth=("ops", "pw"))
+        print(page.status_code, 'content="/conveyor"' in page.text)
+
+asyncio.run(main())
+"""
+
+
+def test_mounted_beside_django() -> None:
+    """In a subprocess: Django's settings are global to a process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", DJANGO], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.splitlines() == ["django's own page", "401", "200 True"]
+
+
+def test_one_thread_samples_for_every_viewer(app: Conveyor) -> None:
+    from conveyor.dashboard._monitor import Monitor
+
+    monitor = Monitor(app, refresh=0.01)
+    app.registry[_name(app, "send")].delay("x")
+    monitor.start()
+    try:
+        wait = time.monotonic() + 30
+        while (monitor.latest is None or monitor.latest.seq < 5) and time.monotonic() < wait:
+            time.sleep(0.01)
+        sample = monitor.latest
+        assert sample is not None and sample.seq >= 5  # no request asked for these
+        assert [s.queued for s in sample.stats] == [1]
+        assert monitor.charts(sample.at)["backlog"][-1] == 1
+    finally:
+        monitor.stop()

@@ -120,7 +120,7 @@ class Monitor:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                self._take()
+                self._take(stale=self._sample)
             except ConveyorError as exc:  # shown by the requests that sample themselves
                 log.warning("dashboard: cannot read the broker: %s", exc)
             idle = time.monotonic() - self._seen > IDLE_AFTER
@@ -135,7 +135,7 @@ class Monitor:
         sample = self._sample
         if sample is not None and self.app.clock.time() - sample.at < self.refresh:
             return sample
-        return self._take(fresher_than=sample)
+        return self._take(stale=sample)
 
     def counts(self) -> list[QueueStats]:
         """The queues' counts: the latest sample's while it is fresh, else ``stats`` read
@@ -147,11 +147,18 @@ class Monitor:
             return sample.stats
         return self.app.broker.stats()
 
-    def _take(self, fresher_than: Sample | None = None) -> Sample:
+    @property
+    def latest(self) -> Sample | None:
+        """The latest sample, as it is (None before the first)."""
+        return self._sample
+
+    def _take(self, stale: Sample | None) -> Sample:
+        """A new sample, unless another caller took one since ``stale`` (while this one
+        waited for the lock): then that one."""
         with self._sampling:
             latest = self._sample
-            if latest is not fresher_than and latest is not None:
-                return latest  # another caller sampled while this one waited
+            if latest is not stale and latest is not None:
+                return latest
             broker = self.app.broker
             stats = broker.stats()
             workers = broker.workers()
