@@ -153,12 +153,15 @@ class Server:
             return None  # not listening yet
 
     def stop(self) -> None:
+        """SIGTERM: the server ends its live streams and exits 0, as a worker does."""
         self.proc.terminate()
         try:
-            self.proc.wait(10)
+            code = self.proc.wait(10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
+            raise AssertionError(f"the dashboard ignored SIGTERM:\n{self.output()}") from None
+        assert code == 0, self.output()
 
 
 @pytest.fixture(scope="module")

@@ -8,12 +8,18 @@ cancel and purge must not be open to whoever reaches the port by accident.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING
 
 import click
 
 from .._errors import ConfigurationError
 from ..brokers import redact_url
 from ._load import app_options, open_app
+
+if TYPE_CHECKING:
+    import uvicorn
 
 
 def loopback(host: str) -> bool:
@@ -116,4 +122,18 @@ def dashboard(
         root_path=root_path,
         timeout_graceful_shutdown=2,  # live pages hold a stream open: do not wait for them
     )
-    uvicorn.Server(config).run()
+    _stopping(uvicorn.Server, web.state.close_streams)(config).run()
+
+
+def _stopping(server: type[uvicorn.Server], close: Callable[[], None]) -> type[uvicorn.Server]:
+    """uvicorn's server, but one that ends the live pages' streams when it stops (else it
+    waits for them, then cancels them with a traceback), and exits 0 on SIGTERM or Ctrl-C
+    as ``conveyor worker`` does (uvicorn raises the signal again once stopped: exit 143)."""
+
+    class Server(server):  # type: ignore[misc,valid-type]
+        def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+            close()
+            super().handle_exit(sig, frame)
+            self._captured_signals.clear()
+
+    return Server

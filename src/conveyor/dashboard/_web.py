@@ -13,6 +13,7 @@ import contextlib
 import functools
 import hashlib
 import html
+import threading
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
@@ -83,6 +84,7 @@ class Web:
     def __init__(self, dash: Dashboard) -> None:
         self.dash = dash
         self.assets = _Assets()
+        self.closing = threading.Event()  # the server is stopping: end the live streams
 
     async def page(self, request: Request) -> Response:
         root = request.scope.get("root_path", "").rstrip("/")
@@ -140,7 +142,8 @@ class Web:
         job_id = request.path_params.get("job_id")
         read = self.dash.overview if job_id is None else functools.partial(self.dash.job, job_id)
         headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
-        return StreamingResponse(_stream(read), headers=headers, media_type="text/event-stream")
+        stream = _stream(read, self.closing)
+        return StreamingResponse(stream, headers=headers, media_type="text/event-stream")
 
     # -- acting ----------------------------------------------------------------------------
 
@@ -176,12 +179,15 @@ class Web:
         return _json({"error": _READ_ONLY}, 403)
 
 
-async def _stream(read: Callable[[], dict[str, Any]]) -> AsyncIterator[bytes]:
+async def _stream(
+    read: Callable[[], dict[str, Any]], closing: threading.Event
+) -> AsyncIterator[bytes]:
     """Server-sent events: each document that differs from the last one sent (its ``now``
-    aside), an ``event: problem`` while it cannot be read, a comment now and then."""
+    aside), an ``event: problem`` while it cannot be read, a comment now and then; until
+    the client goes or the server stops (the page then reconnects to the next one)."""
     yield b"retry: 1000\n\n"  # reconnect within a second (a restarted server)
     last, quiet = b"", 0
-    while True:
+    while not closing.is_set():
         try:
             data = await run_in_threadpool(read)
             data.pop("now", None)
@@ -231,4 +237,6 @@ def build(dash: Dashboard, pair: tuple[str, str] | None) -> Starlette:
         finally:
             await run_in_threadpool(dash.monitor.stop)
 
-    return Starlette(routes=routes, middleware=[Middleware(Guard, pair=pair)], lifespan=lifespan)
+    app = Starlette(routes=routes, middleware=[Middleware(Guard, pair=pair)], lifespan=lifespan)
+    app.state.close_streams = web.closing.set  # for a server that stops (conveyor dashboard)
+    return app
