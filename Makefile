@@ -10,7 +10,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 UV_COMPILE := $(BIN)/uv pip compile -q --generate-hashes --universal --python-version 3.11
 
-.PHONY: demo test docs bench chaos lint typecheck format lock floor clean
+.PHONY: demo test docs bench chaos lint typecheck format lock floor clean screenshots
 
 # The runtime dependencies only: what `make demo` needs.
 $(RUNTIME_STAMP): requirements/runtime.txt pyproject.toml
@@ -82,6 +82,12 @@ bench: $(STAMP)
 chaos: $(STAMP)
 	$(BIN)/python -m tests.torture.chaos --jobs 100000 --workers 3 --broker redis
 	$(BIN)/python -m tests.torture.chaos --jobs 20000 --workers 3 --broker sqlite
+
+# The dashboard's pictures in docs/img/ (docs/dashboard.md, README): the browser tests' own
+# code, after two workers and a producer have run for CONVEYOR_SCREENSHOTS_SECONDS (150).
+screenshots: $(STAMP)
+	CONVEYOR_SCREENSHOTS=$(CURDIR)/docs/img $(BIN)/pytest -q -p no:randomly \
+		tests/integration/test_dashboard_browser.py -k screenshots
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples

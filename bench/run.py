@@ -24,6 +24,8 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# What follows this line in docs/benchmarks.md is written by other scripts: a run keeps it.
+KEPT = "<!-- Below: figures of other bench/ scripts, kept as they are by bench/run.py. -->"
 sys.path.insert(0, HERE)
 
 import chart  # noqa: E402
@@ -255,8 +257,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    old = ""
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            old = f.read()
+    kept = old[old.index(KEPT) :] if KEPT in old else ""  # other scripts' sections
     with open(args.out, "w") as f:
-        f.write(text)
+        f.write(text + ("\n" + kept if kept else ""))
     chart.write(
         args.out, os.path.join(os.path.dirname(os.path.abspath(args.out)), "img", f"{stem}.svg")
     )

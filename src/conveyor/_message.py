@@ -222,3 +222,4 @@ class WorkerInfo(msgspec.Struct):
     started_at: float
     seen_at: float = 0.0
     processed: int = 0
+    busy: int = 0  # run slots holding a job at the last heartbeat (what the dashboard shows)

@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from ._hooks import Sending
 
 __all__ = ["COLLECT", "Chain", "Chord", "Group", "Workflow"]
-__all__ += ["advance", "cancelled", "chain", "chord", "group", "short_circuit"]
+__all__ += ["advance", "cancelled", "chain", "chord", "following", "group", "short_circuit"]
 
 R = TypeVar("R")
 log = logging.getLogger("conveyor.workflows")
@@ -333,6 +333,21 @@ def _unpack(blob: bytes) -> list[bytes]:
         out.append(blob[i + _LEN.size : i + _LEN.size + n])
         i += _LEN.size + n
     return out
+
+
+def following(app: Conveyor, message: Message) -> list[str]:
+    """The ids of the jobs a workflow step starts when it ends: the next steps of its chain,
+    or its chord's callback while the chord still waits for members (the link is deleted
+    once the callback is started). Empty outside workflows. For the dashboard's graph."""
+    link = message.workflow or {}
+    if "next" in link:
+        return [str(i) for i in link["next"]]
+    if "chord" not in link:
+        return []
+    blob = app.broker.kv.get(_CHORD + str(link["chord"]["id"]))
+    if blob is None:
+        return []
+    return [app.codec.decode_message(p).id for p in _unpack(blob)]
 
 
 # -- the worker's hooks ------------------------------------------------------------------------

@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from conveyor import Conveyor, JobStatus
+from conveyor._inspect import find, task_matches
 from conveyor.cli import cli, redact
 from conveyor.cli._load import on_broker, use_url
 from conveyor.cli._output import iso, span
-from conveyor.cli.jobs import find, task_matches
 from conveyor.cli.schedules import _every
 
 
@@ -101,7 +101,7 @@ def test_url_override_keeps_the_app_and_its_tasks(tmp_path: Path) -> None:
 
 HELP = [[], ["info"], ["jobs"], ["job"], ["cancel"], ["requeue"], ["purge"], ["queues"],
         ["queues", "pause"], ["queues", "resume"], ["schedules"], ["ping"], ["events"],
-        ["worker"], ["exporter"], ["demo"]]  # fmt: skip
+        ["worker"], ["exporter"], ["demo"], ["dashboard"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", HELP, ids=lambda c: "-".join(c) or "conveyor")

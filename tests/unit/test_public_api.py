@@ -137,3 +137,20 @@ def test_importing_conveyor_and_its_worker_loads_no_integration() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_only_the_dashboard_imports_its_web_stack() -> None:
+    """starlette and uvicorn (the ``dashboard`` extra) are imported inside ``dashboard/``,
+    and by ``conveyor dashboard`` when it runs; ``import conveyor.cli`` loads neither."""
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "dashboard" or rel.as_posix() == "cli/dashboard.py":
+            continue
+        names = _imports(path)
+        assert not any(n.split(".")[0] in ("starlette", "uvicorn") for n in names), rel
+    import subprocess
+    import sys
+
+    code = "import sys, conveyor.cli; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "starlette" not in out.stdout and "uvicorn" not in out.stdout

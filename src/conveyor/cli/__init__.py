@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import sys
 from typing import NoReturn
 
 import click
 
 from .._errors import ConveyorError
+from .._inspect import redact
 from . import _logs
 from .actions import cancel, purge, requeue
+from .dashboard import dashboard
 from .demo import demo
 from .events import events
 from .exporter import exporter
@@ -20,9 +21,6 @@ from .probe import ping
 from .queues import queues
 from .schedules import schedules
 from .worker import worker
-
-# user:password@ in any URL an error message carries
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s/@]+@")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -55,16 +53,12 @@ for command in (
     schedules,
     ping,
     events,
+    dashboard,
     worker,
     exporter,
     demo,
 ):
     cli.add_command(command)
-
-
-def redact(message: str) -> str:
-    """The message with any URL's password masked."""
-    return _CREDENTIALS.sub(r"\g<head>***@", message)
 
 
 def main() -> None:

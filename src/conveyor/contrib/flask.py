@@ -54,8 +54,9 @@ import click
 
 from .._app import Conveyor
 from .._errors import ConfigurationError, ConveyorError, InvalidURL
+from .._inspect import redact
 from ..brokers import load_adapter, redact_url
-from ..cli import _logs, redact
+from ..cli import _logs
 from ..cli.worker import run_worker, worker_options
 from ..middleware import Message, Middleware, Run, WorkerProcess
 from . import require

@@ -418,6 +418,7 @@ class Worker:
             pool=self.pool,
             started_at=self.started_at,
             processed=self.processed,
+            busy=self._inflight.active,
         )
 
     def _banner(self) -> None:
