@@ -165,16 +165,16 @@ def test_jobs_outlasting_the_grace_period_are_handed_back(app: Conveyor) -> None
     @app.task
     def long() -> None:
         started.set()
-        gate.wait(10)
+        gate.wait(60)
 
     job = long.delay()
     worker = Worker(app, grace=0.3)
     with background(worker) as thread:
-        assert started.wait(5)
+        assert started.wait(30)
         began = time.monotonic()
         worker.stop()
-        thread.join(5)
-        assert time.monotonic() - began < 2.5  # grace + at most one fetch wait
+        thread.join(30)
+        assert time.monotonic() - began < 30  # the grace, not the job's 60 s
     gate.set()
     assert job.status is JobStatus.QUEUED
     (again,) = app.broker.fetch(["default"], "next-worker", 1, 30, 0)
@@ -187,16 +187,16 @@ def test_a_hard_stop_hands_back_at_once(app: Conveyor) -> None:
     @app.task
     def long() -> None:
         started.set()
-        gate.wait(10)
+        gate.wait(120)
 
     job = long.delay()
-    worker = Worker(app, grace=30)
+    worker = Worker(app, grace=60)
     with background(worker) as thread:
-        assert started.wait(5)
+        assert started.wait(30)
         began = time.monotonic()
         worker.stop(graceful=False)
-        thread.join(5)
-        assert time.monotonic() - began < 2
+        thread.join(30)
+        assert time.monotonic() - began < 30  # not the 60 s grace
     gate.set()
     assert job.status is JobStatus.QUEUED
 
@@ -207,21 +207,21 @@ def test_sigterm_then_a_second_signal(app: Conveyor) -> None:
     @app.task
     def long() -> None:
         started.set()
-        gate.wait(20)
+        gate.wait(120)
 
     job = long.delay()
     before = signal.getsignal(signal.SIGTERM)
 
     def signal_twice() -> None:
-        assert started.wait(5)
-        os.kill(os.getpid(), signal.SIGTERM)  # graceful: waits for the 30 s grace...
+        assert started.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)  # graceful: waits for the 60 s grace...
         time.sleep(0.3)
         os.kill(os.getpid(), signal.SIGINT)  # ...until the second signal
 
     threading.Thread(target=signal_twice, daemon=True).start()
     began = time.monotonic()
-    Worker(app, grace=30).run()  # the main thread: signal handlers are installed
-    assert time.monotonic() - began < 5
+    Worker(app, grace=60).run()  # the main thread: signal handlers are installed
+    assert time.monotonic() - began < 30  # not the 60 s grace
     gate.set()
     assert job.status is JobStatus.QUEUED
     assert signal.getsignal(signal.SIGTERM) is before
