@@ -298,7 +298,7 @@ def test_pause_and_resume_a_queue(shop: Shop) -> None:
     assert any("mail" in line and "paused" in line for line in table.splitlines())
     # the group's -A/--url reach its subcommands too
     conveyor(project, "queues", "-A", "jobs_app", "resume", "mail")
-    assert job.result(timeout=5) == "eve@example.com"
+    assert job.result(timeout=30) == "eve@example.com"
     mail = next(q for q in as_json(project, "queues")["queues"] if q["queue"] == "mail")
     assert mail["paused"] is False
 

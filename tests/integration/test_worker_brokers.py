@@ -98,7 +98,7 @@ def test_sigterm_lets_a_short_job_finish_then_exits_0(project: Project) -> None:
     wait_for(lambda: project.started("finishes") == [worker.pid], 30, worker.output)
     worker.signal(signal.SIGTERM)
     assert worker.wait(15) == 0, worker.output()
-    assert job.result(timeout=1) == "finishes"
+    assert job.result(timeout=30) == "finishes"
     assert ("end", "finishes", worker.pid) in project.runs()
     assert app.broker.workers() == []  # it said goodbye
     app.close()

@@ -112,7 +112,7 @@ def test_graceful_stop_lets_running_jobs_finish(app: Conveyor) -> None:
     job = short.delay()
     worker = Worker(app, grace=10)
     with background(worker) as thread:
-        assert started.wait(5)
+        assert started.wait(30)
         worker.stop()
         thread.join(5)
         assert not thread.is_alive()
@@ -149,7 +149,7 @@ def test_buffered_jobs_are_handed_back_at_stop_not_run(app: Conveyor, broker: Re
     first, second = step.delay("first"), step.delay("second")
     worker = Worker(app, concurrency=1, grace=10)
     with background(worker) as thread:
-        assert started.wait(5)
+        assert started.wait(30)
         assert broker.fetch_counts[0] == 2  # one run slot, one buffered
         worker.stop()
         thread.join(5)
@@ -306,7 +306,7 @@ def test_refused_credentials_stop_the_worker_and_hand_back_what_runs(
     job = held.delay()
     worker = Worker(app, concurrency=2, grace=30)
     thread, errors = _running(worker)
-    assert started.wait(5)
+    assert started.wait(30)
     fetches = len(broker.fetch_counts)
     broker.refuse_fetches = True
     thread.join(5)  # one fetch block (1 s) at most, not the 30 s grace
@@ -344,7 +344,7 @@ def test_a_broker_whose_storage_is_gone_stops_the_worker_at_once(
     worker = Worker(app, concurrency=1 if seen_by == "keeper" else 2, grace=30, lease=0.6)
     thread, errors = _running(worker)
     try:
-        assert started.wait(5)
+        assert started.wait(30)
         broker.gone = "the SQLite database /x/jobs.db was deleted or moved away"
         thread.join(5)  # a renewal (every 0.2 s) or a fetch block (1 s), not the 30 s grace
         assert not thread.is_alive()
@@ -384,7 +384,7 @@ def test_a_long_job_keeps_its_lease_and_runs_once() -> None:
     with background(Worker(app, lease=0.4)):
         time.sleep(0.8)
         assert app.broker.fetch(["default"], "thief", 1, 10, 0) == []
-        assert job.result(timeout=5) == "once"
+        assert job.result(timeout=30) == "once"
     assert len(runs) == 1
 
 
@@ -403,7 +403,7 @@ def test_a_buffered_job_keeps_its_lease_and_runs_once(caplog: pytest.LogCaptureF
     with caplog.at_level(logging.WARNING, "conveyor.worker"), background(worker):
         time.sleep(0.8)
         assert app.broker.fetch(["default"], "thief", 1, 10, 0) == []
-        assert [slow.result(timeout=5), waiting.result(timeout=5)] == ["slow", "waiting"]
+        assert [slow.result(timeout=30), waiting.result(timeout=30)] == ["slow", "waiting"]
     assert runs == ["slow", "waiting"]
     assert "refused" not in caplog.text
 
@@ -434,7 +434,7 @@ def test_a_buffered_job_whose_lease_was_lost_does_not_run() -> None:
 
     first, lapsing = work.delay("first", 0.6), work.delay("lapsing", 0)
     with background(Worker(app, concurrency=1, lease=0.3)):
-        assert [first.result(timeout=5), lapsing.result(timeout=5)] == ["first", "lapsing"]
+        assert [first.result(timeout=30), lapsing.result(timeout=30)] == ["first", "lapsing"]
     # Its first delivery waited in the buffer while the keeper heard it was lost: it never
     # ran; the job ran once, from its second delivery.
     assert runs == [("first", 1), ("lapsing", 2)]
