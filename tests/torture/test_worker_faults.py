@@ -152,22 +152,24 @@ def test_sigterm_finishes_short_jobs_and_hands_the_long_one_back_at_once(
     app = cluster.app()
     a = cluster.worker("A", "--grace", "2", "--lease", "30", "-c", "4")
     short = {f"s{i}": send(app, "sleepy", f"s{i}", 1.0) for i in range(3)}
-    long = send(app, "sleepy", "long", 4.0)
+    long = send(app, "sleepy", "long", 12.0)
     tags = [*short, "long"]
     wait_for(lambda: all(cluster.started(t) == ["A"] for t in tags), 30, cluster.outputs)
-    # B waits idle; with a 30 s lease, only a hand-back can bring it the long job soon.
-    b = cluster.worker("B", "--lease", "30", "-c", "4")
+    # B waits idle; with a 30 s lease, only a hand-back can bring it the long job soon. It
+    # comes up while A stops, so the long job's margin over the grace is not spent on that.
+    b = cluster.worker("B", "--lease", "30", "-c", "4", ready=False)
 
     began = time.monotonic()
     a.signal(signal.SIGTERM)
-    assert a.wait(2 + 5) == 0, a.output()
+    assert a.wait(30) == 0, a.output()
     took = time.monotonic() - began
-    assert took < 2 + 3, f"exit took {took:.1f} s"
+    assert took < 9, f"exit took {took:.1f} s"  # its 2 s grace, not the long job's 12 s
     assert "handed back 1 unfinished job" in a.output()
     for tag, job in short.items():
         assert job.result(timeout=30) == "A", tag
         assert cluster.started(tag) == ["A"]
-    wait_for(lambda: cluster.started("long") == ["A", "B"], 3, cluster.outputs)
+    b.wait_ready()
+    wait_for(lambda: cluster.started("long") == ["A", "B"], 15, cluster.outputs)
     assert long.result(timeout=20) == "B"
     assert b.alive()
     report = check(acknowledged=tags, executed=cluster.executed(), completed=tags)
