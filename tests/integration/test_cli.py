@@ -323,7 +323,7 @@ def test_ping_gives_up_on_a_broker_that_never_answers(tmp_path: Path) -> None:
         started = time.monotonic()
         hung = conveyor(project, "ping", "--url", url, "--timeout", "1", "--json", code=1)
         elapsed = time.monotonic() - started
-    assert elapsed < 8, elapsed  # interpreter start-up plus the 1 s timeout
+    assert elapsed < 20, elapsed  # start-up and the 1 s timeout, not redis-py's 4 x 10 s
     answer = json.loads(hung.stdout)
     assert answer["ok"] is False and "did not answer within 1 s" in answer["error"]
 

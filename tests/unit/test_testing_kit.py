@@ -53,7 +53,9 @@ def test_retries_run_on_the_fake_clock_without_sleeping() -> None:
     assert report.waited == 0.0
     assert 0 < report.advanced == pytest.approx(clock.time() - start)
     assert report.advanced < 1 + 2  # full-jitter backoff: below 1 s, then below 2 s
-    assert time.monotonic() - began < 5
+    # No real sleep: report.waited above is drain's own account of it (a stopwatch cannot
+    # tell these < 3 s of backoff from a loaded machine); this only bounds a hang.
+    assert time.monotonic() - began < 30
 
 
 @pytest.mark.timeout(20)
@@ -313,7 +315,7 @@ def test_a_job_that_reschedules_itself_forever_stops_at_max_rounds() -> None:
     assert "until=" in message
 
 
-@pytest.mark.timeout(15)
+@pytest.mark.timeout(40)
 def test_a_stuck_job_stops_at_the_wall_clock_bound() -> None:
     app = Conveyor("memory://", clock=FakeClock())
 
@@ -325,7 +327,7 @@ def test_a_stuck_job_stops_at_the_wall_clock_bound() -> None:
     began = time.monotonic()
     with pytest.raises(DrainIncomplete, match=r"timeout=0.5 s.*1 queued"):
         drain(app, timeout=0.5)
-    assert time.monotonic() - began < 3  # and the job was handed back, queued again
+    assert time.monotonic() - began < 15  # not the job's 30 s; it was handed back, queued
 
 
 def test_jobs_waiting_for_a_queue_not_drained_are_reported() -> None:
