@@ -11,10 +11,10 @@
   one is handed back and redelivered at once, exit 0 within the grace.
 * The Heroku sequence: TERM to the whole process group of a ``--pool processes`` worker, a
   second TERM, then KILL: nothing is lost. Twice: compressed (second TERM at 0.5 s, KILL at
-  3 s: the second TERM stops at once), and in real time (KILL 30 s after the first TERM,
-  graces below 30 s: the grace and the second TERM each hand back what still runs before
-  the KILL comes; ~20 s: the test ends once both process groups are empty, which they
-  must be by the KILL).
+  10 s, half the grace: the second TERM stops at once), and in real time (KILL 30 s after
+  the first TERM, graces below 30 s: the grace and the second TERM each hand back what
+  still runs before the KILL comes; ~20 s: the test ends once both process groups are
+  empty, which they must be by the KILL).
 
 Runs are counted from the log the tasks write (``workers.py``) and checked by ``checker``.
 """
@@ -204,7 +204,7 @@ def test_the_heroku_sequence_term_the_group_term_again_then_kill_loses_nothing(
     time.sleep(0.5)
     a.signal_group(signal.SIGTERM)  # the second: hand back and stop now
     try:
-        code: int | None = a.wait(3)
+        code: int | None = a.wait(10)  # the KILL; the grace (20 s) would come later
     except Exception:
         code = None
     if a.alive():

@@ -93,7 +93,7 @@ def background(worker: Worker) -> Iterator[threading.Thread]:
         yield thread
     finally:
         worker.stop(graceful=False)
-        thread.join(10)
+        thread.join(30)
         assert not thread.is_alive()
 
 
@@ -110,11 +110,11 @@ def test_graceful_stop_lets_running_jobs_finish(app: Conveyor) -> None:
         return "finished"
 
     job = short.delay()
-    worker = Worker(app, grace=10)
+    worker = Worker(app, grace=60)
     with background(worker) as thread:
         assert started.wait(30)
         worker.stop()
-        thread.join(5)
+        thread.join(30)  # the job's 0.5 s, not the 60 s grace
         assert not thread.is_alive()
     assert job.result(timeout=0) == "finished"
     assert app.broker.workers() == []  # forget_worker on the way out
@@ -147,12 +147,12 @@ def test_buffered_jobs_are_handed_back_at_stop_not_run(app: Conveyor, broker: Re
         return tag
 
     first, second = step.delay("first"), step.delay("second")
-    worker = Worker(app, concurrency=1, grace=10)
+    worker = Worker(app, concurrency=1, grace=60)
     with background(worker) as thread:
         assert started.wait(30)
         assert broker.fetch_counts[0] == 2  # one run slot, one buffered
         worker.stop()
-        thread.join(5)
+        thread.join(30)  # the running job, not the 60 s grace
         assert not thread.is_alive()
     assert first.result(timeout=0) == "first"
     assert runs == ["first"]
@@ -300,16 +300,16 @@ def test_refused_credentials_stop_the_worker_and_hand_back_what_runs(
     @app.task
     def held() -> str:
         started.set()
-        gate.wait(10)
+        gate.wait(120)
         return "done"
 
     job = held.delay()
-    worker = Worker(app, concurrency=2, grace=30)
+    worker = Worker(app, concurrency=2, grace=60)
     thread, errors = _running(worker)
     assert started.wait(30)
     fetches = len(broker.fetch_counts)
     broker.refuse_fetches = True
-    thread.join(5)  # one fetch block (1 s) at most, not the 30 s grace
+    thread.join(30)  # one fetch block (1 s) at most, not the 60 s grace
     gate.set()
     assert not thread.is_alive()
     assert len(broker.fetch_counts) == fetches + 1  # refused once, never asked again
@@ -332,7 +332,7 @@ def test_a_broker_whose_storage_is_gone_stops_the_worker_at_once(
     @app.task
     def held() -> str:
         started.set()
-        gate.wait(10)
+        gate.wait(120)
         return "done"
 
     if seen_by == "keeper":  # the fetches go on working: only the keeper can see it
@@ -341,12 +341,12 @@ def test_a_broker_whose_storage_is_gone_stops_the_worker_at_once(
         monkeypatch.setattr(broker, "renew", super(Recording, broker).renew)
         monkeypatch.setattr(broker, "heartbeat", super(Recording, broker).heartbeat)
     held.delay()
-    worker = Worker(app, concurrency=1 if seen_by == "keeper" else 2, grace=30, lease=0.6)
+    worker = Worker(app, concurrency=1 if seen_by == "keeper" else 2, grace=60, lease=0.6)
     thread, errors = _running(worker)
     try:
         assert started.wait(30)
         broker.gone = "the SQLite database /x/jobs.db was deleted or moved away"
-        thread.join(5)  # a renewal (every 0.2 s) or a fetch block (1 s), not the 30 s grace
+        thread.join(30)  # a renewal (every 0.2 s) or a fetch block (1 s), not the 60 s grace
         assert not thread.is_alive()
     finally:
         gate.set()
