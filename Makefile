@@ -30,11 +30,17 @@ $(STAMP): requirements/dev.txt pyproject.toml
 demo: $(RUNTIME_STAMP)
 	$(BIN)/conveyor demo --url sqlite:///$(CURDIR)/.conveyor-demo/demo.db
 
+# The tests run on PYTEST_WORKERS pytest-xdist workers. The suite mostly waits (worker
+# subprocesses, real leases, graces and timeouts: one core's quarter on average, run in one
+# process), so 4 workers on CI's 2 cores still leave room. Tests that must not run at the
+# same time as each other share an @pytest.mark.xdist_group (--dist loadgroup keeps a group
+# on one worker). PYTEST_WORKERS=0 runs them in this process, in order.
+PYTEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench examples
