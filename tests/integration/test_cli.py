@@ -28,6 +28,10 @@ from conftest import Project, wait_for
 from conveyor import Conveyor, Job, JobStatus, Task
 from redis_server import RedisServer, private_redis
 
+# Each test runs the `conveyor` command a dozen times or more: an interpreter start each,
+# which a machine busy with parallel tests can stretch to seconds.
+pytestmark = pytest.mark.timeout(180)
+
 TASKS = """
 import os, time
 from conveyor import Conveyor, current_job
@@ -99,7 +103,7 @@ def conveyor(
         env={**project.env(), "COLUMNS": "80", **(env or {})},
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         check=False,
     )
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
@@ -128,7 +132,7 @@ def test_jobs_lists_every_status_and_job_shows_one(shop: Shop, broker_kind: str)
         "succeeded": shop.resize.delay("a.png", 640),
         "failed": shop.resize.delay("bad"),
         "dead": shop.missing.delay(),
-        "running": shop.crunch.delay(30),
+        "running": shop.crunch.delay(600),  # until the worker is killed
     }
     project.worker("-q", "images,slow", "--grace", "0")
     for status in ("succeeded", "failed", "dead", "running"):
@@ -264,7 +268,7 @@ def test_requeue_checks_every_id_first(shop: Shop) -> None:
 def test_cancel_says_what_happened_to_each(shop: Shop) -> None:
     project = shop.project
     later = shop.send.options(delay=3600).delay("dan@example.com")
-    busy = shop.crunch.delay(30)
+    busy = shop.crunch.delay(600)  # until it is cancelled
     ok = shop.resize.delay("ok.png")
     project.worker("-q", "images,slow", "--lease", "1")
     settle(ok, JobStatus.SUCCEEDED)
