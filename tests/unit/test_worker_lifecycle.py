@@ -377,12 +377,13 @@ def test_a_long_job_keeps_its_lease_and_runs_once() -> None:
     @app.task
     def long() -> str:
         runs.append(time.monotonic())
-        time.sleep(1.6)  # 4x the lease
+        time.sleep(4.0)  # 4x the lease
         return "once"
 
     job = long.delay()
-    with background(Worker(app, lease=0.4)):
-        time.sleep(0.8)
+    # Renewed every third of a second: a stall shorter than two thirds loses nothing.
+    with background(Worker(app, lease=1.0)):
+        time.sleep(2.0)
         assert app.broker.fetch(["default"], "thief", 1, 10, 0) == []
         assert job.result(timeout=30) == "once"
     assert len(runs) == 1
@@ -398,10 +399,10 @@ def test_a_buffered_job_keeps_its_lease_and_runs_once(caplog: pytest.LogCaptureF
         time.sleep(seconds)
         return tag
 
-    slow, waiting = work.delay("slow", 1.6), work.delay("waiting", 0)  # 4x the lease
-    worker = Worker(app, concurrency=1, lease=0.4)
+    slow, waiting = work.delay("slow", 4.0), work.delay("waiting", 0)  # 4x the lease
+    worker = Worker(app, concurrency=1, lease=1.0)
     with caplog.at_level(logging.WARNING, "conveyor.worker"), background(worker):
-        time.sleep(0.8)
+        time.sleep(2.0)
         assert app.broker.fetch(["default"], "thief", 1, 10, 0) == []
         assert [slow.result(timeout=30), waiting.result(timeout=30)] == ["slow", "waiting"]
     assert runs == ["slow", "waiting"]
