@@ -34,13 +34,14 @@ demo: $(RUNTIME_STAMP)
 # subprocesses, real leases, graces and timeouts: one core's quarter on average, run in one
 # process), so 4 workers on CI's 2 cores still leave room. Tests that must not run at the
 # same time as each other share an @pytest.mark.xdist_group (--dist loadgroup keeps a group
-# on one worker). PYTEST_WORKERS=0 runs them in this process, in order.
+# on one worker). PYTEST_WORKERS=0 runs them in this process, in order. The slowest tests
+# are listed at the end: the suite has 15 minutes in CI.
 PYTEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
-	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench examples
