@@ -31,7 +31,7 @@ demo: $(RUNTIME_STAMP)
 	$(BIN)/conveyor demo --url sqlite:///$(CURDIR)/.conveyor-demo/demo.db
 
 # The tests run on PYTEST_WORKERS pytest-xdist workers. The suite mostly waits (worker
-# subprocesses, real leases, graces and timeouts: one core's quarter on average, run in one
+# subprocesses, real leases, graces and timeouts: a quarter of one core on average, run in one
 # process), so 4 workers on CI's 2 cores still leave room. Tests that must not run at the
 # same time as each other share an @pytest.mark.xdist_group (--dist loadgroup keeps a group
 # on one worker). PYTEST_WORKERS=0 runs them in this process, in order. The slowest tests
