@@ -30,12 +30,19 @@ $(STAMP): requirements/dev.txt pyproject.toml
 demo: $(RUNTIME_STAMP)
 	$(BIN)/conveyor demo --url sqlite:///$(CURDIR)/.conveyor-demo/demo.db
 
+# The tests run on PYTEST_WORKERS pytest-xdist workers. The suite mostly waits (worker
+# subprocesses, real leases, graces and timeouts: a quarter of one core on average, run in one
+# process), so 4 workers on CI's 2 cores still leave room. Tests that must not run at the
+# same time as each other share an @pytest.mark.xdist_group (--dist loadgroup keeps a group
+# on one worker). PYTEST_WORKERS=0 runs them in this process, in order. The slowest tests
+# are listed at the end: the suite has 15 minutes in CI.
+PYTEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
 	$(MAKE) --no-print-directory docs
-	$(BIN)/pytest
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
 
 # The documentation site (mkdocs.yml) in site/: the benchmark chart drawn again from
 # docs/benchmarks.md, then every page and the API reference built in strict mode, so a broken
