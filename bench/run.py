@@ -19,7 +19,9 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -46,10 +48,34 @@ class Workload:
     libs: tuple[str, ...]
     backend: str = "redis"
     scaled: bool = True  # --quick takes a tenth
+    best: Mapping[str, int] = field(default_factory=dict)  # a library's own concurrency
+    env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # a library's extras
+    peer_processes: int = 1  # worker processes per peer (Conveyor always runs one)
+
+    def settings(self, lib: str, override: int | None) -> dict[str, str]:
+        """The ``BENCH_*`` variables that set ``lib`` up for this workload."""
+        concurrency = override or self.best.get(lib, self.concurrency) or 1
+        processes = 1 if lib == "conveyor" or lib in VARIANTS else self.peer_processes
+        return {
+            "BENCH_CONCURRENCY": str(concurrency),
+            "BENCH_PROCESSES": str(processes),
+            **self.env.get(lib, {}),
+        }
 
 
 def size(w: Workload, quick: bool) -> int:
     return max(w.n // 10, 30) if quick and w.scaled else w.n
+
+
+# Each library's best concurrency in one worker process for W2-io (jobs that make one Redis
+# round trip), from a pilot on this machine: bench/README.md, "Best settings for W2-io".
+W2_IO_BEST = {
+    "conveyor": 8, "celery": 8, "rq": 1, "dramatiq": 8, "huey": 8, "arq": 32, "saq": 32,
+    "taskiq": 32, "streaq": 32,
+}  # fmt: skip
+W2_IO_ENV: dict[str, dict[str, str]] = {}
+ASYNC_POOL = {"conveyor": {"BENCH_CONVEYOR_POOL": "async"}}
+ASYNC_PEERS = ("arq", "saq", "taskiq", "streaq")
 
 
 WORKLOADS = [
@@ -59,7 +85,15 @@ WORKLOADS = [
     Workload("w3", 300, 32, ("conveyor", *VARIANTS, *PEERS)),
     Workload("w4", 2_000, 50, ("conveyor", *VARIANTS, *PEERS)),
     Workload("w5", 10_000, 32, ("conveyor", *VARIANTS, "huey"), backend="sqlite"),
-]
+    # Jobs that do I/O: one Redis round trip each (W2-io), and 50 at a time waiting 10 ms
+    # on a socket (W4-io); see io_job.py. Conveyor's worker is one process throughout.
+    Workload("w2-io", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST, env=W2_IO_ENV),
+    Workload("w2-io-2p", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST, env=W2_IO_ENV,
+             peer_processes=2),
+    Workload("w4-io", 2_000, 50, ("conveyor", *PEERS)),
+    Workload("w4-io-async", 2_000, 50, ("conveyor", *ASYNC_PEERS), env=ASYNC_POOL),
+    Workload("startup", 1, 8, ("conveyor", *PEERS), scaled=False),
+]  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -74,6 +108,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
     p.add_argument("--peers-venv", default=os.path.join(HERE, ".venv-peers"))
     p.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    p.add_argument(
+        "--concurrency", type=int, default=None, metavar="N",
+        help="every library at this concurrency, instead of the workload's (pilots)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="markdown file to write")
     p.add_argument(
         "--quiet-below",
@@ -108,9 +146,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace, redis_url: str) -> None:
+    def __init__(self, args: argparse.Namespace, redis_url: str, io_addr: str) -> None:
         self.args = args
         self.redis_url = redis_url
+        self.io_addr = io_addr
         status_file = os.path.join(args.peers_venv, "status.json")
         self.install_status: dict[str, str] = {}
         if os.path.exists(status_file):
@@ -145,8 +184,9 @@ class Runner:
                     "BENCH_REDIS_URL": self.redis_url,
                     "BENCH_BACKEND": w.backend,
                     "BENCH_SQLITE_PATH": os.path.join(tmp, "jobs.db"),
-                    "BENCH_CONCURRENCY": str(w.concurrency or 1),
+                    "BENCH_IO_ADDR": self.io_addr,
                     "BENCH_LIB": lib,  # which of Conveyor's variants conveyor_runner sets up
+                    **w.settings(lib, self.args.concurrency),
                 },
             }
             cfg_path = os.path.join(tmp, "config.json")
@@ -190,6 +230,9 @@ def describe(result: dict[str, Any]) -> str:
     if "rate" in result and result["rate"] is not None:
         extra = f", {result['cpu_us']:.0f} µs CPU/job" if result.get("cpu_us") else ""
         return f"{result['rate']:,.0f} jobs/s{extra}"
+    if "startup_ms" in result:
+        each = ", ".join(f"{t:.0f}" for t in result["startups_ms"])
+        return f"start-up median {result['startup_ms']:.0f} ms ({each})"
     if "start_p50" in result:
         ms = {k: f"{v:.2f}" if v is not None else "?" for k, v in result.items() if "_p" in k}
         return (
@@ -208,8 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     load_before = machine.loadavg()
     records: list[dict[str, Any]] = []
-    with private_redis() as server:
-        runner = Runner(args, server.url)
+    with private_redis() as server, delay_server() as io_addr:
+        runner = Runner(args, server.url, io_addr)
         gate = machine.QuietGate(args.quiet_below, args.quiet_budget)
         facts = machine.facts(ROOT, server.info())
         facts["rtt"] = (server.ping_ms(0), server.ping_ms(0.02, n=100))
@@ -266,6 +309,22 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"meta": meta, "records": records}, f, indent=1)
     print(f"\nwrote {os.path.relpath(args.out, ROOT)} and {os.path.relpath(raw_path, ROOT)}")
     return 0
+
+
+@contextmanager
+def delay_server() -> Iterator[str]:
+    """The W4-io delay server (``io_job.py serve``) in its own process; yields its address."""
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "io_job.py"), "serve"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _command(argv: list[str] | None) -> str:
