@@ -17,7 +17,6 @@ exactly as they reach a pool thread.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import threading
@@ -47,6 +46,8 @@ Abandon = Callable[[Attempt], None]  # a job let go without an outcome
 
 def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
     # exc=None clears a pending exception (the C API takes NULL, which ctypes passes for None)
+    import ctypes  # here: only a stopped job needs it, and it costs start-up time
+
     arg = ctypes.py_object(exc) if exc is not None else None
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), arg)
 
