@@ -271,10 +271,12 @@ class Driver:
     async def startup(self) -> dict[str, Any]:
         """Worker spawn -> first job started, ``STARTUP_SPAWNS`` times: a job is queued, the
         worker command is started, and the time runs from just before the spawn to the
-        job's start as the task notes it (``time.time()`` on both sides)."""
+        job's start as the task notes it (``time.time()`` on both sides). Also the CPU time
+        the process that runs the job had used by then (its whole start-up, steadier than
+        the wall time on a loaded machine)."""
         if self.adapter.worker_argv("startup") is None:
             return {"na": getattr(self.adapter, "NA_REASON", {}).get("startup", "unsupported")}
-        took = []
+        took, cpu = [], []
         for k in range(STARTUP_SPAWNS):
             probe_dir = os.path.join(self.cfg["probe_dir"], str(k))
             os.mkdir(probe_dir)
@@ -286,7 +288,13 @@ class Driver:
             finally:
                 self.stop_worker(procs)
             took.append(state["first"] - t0)
-        return {"startup_ms": percentile(took, 50) * 1000, "startups_ms": [t * 1000 for t in took]}
+            if state["cpu_first"] is not None:
+                cpu.append(state["cpu_first"])
+        return {
+            "startup_ms": percentile(took, 50) * 1000,
+            "startup_cpu_ms": percentile(cpu, 50) * 1000 if cpu else None,
+            "startups_ms": [t * 1000 for t in took],
+        }
 
     async def soak(self) -> dict[str, Any]:
         """The worker runs while a producer keeps a bounded backlog, n jobs in all; the
@@ -350,6 +358,7 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
         "max_running": max(s.get("max_running", 0) for s in live),
         "last": max(s["last"] for s in live),
         "cpu": sum(cpus) if cpus else None,
+        "cpu_first": min((s["cpu_first"] for s in live if s.get("cpu_first")), default=None),
         "rss_kb": sum(rss) if rss else None,
         "latencies": [x for s in live for x in s["latencies"]],
         "rss_curve": sorted(p for s in live for p in s.get("rss_curve", [])),

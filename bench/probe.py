@@ -4,7 +4,8 @@ Every benchmark task calls ``hit()`` (or ``started(t_enqueued)``) as its body. T
 counts calls and keeps, in the process that runs the tasks:
 
 - the wall time of the first start and the last call (drain rate = jobs / (last - first));
-- the process CPU time and peak RSS at the first and at the N-th call (N from
+- the process CPU time (since the process began: its start-up) and peak RSS at the first
+  and at the N-th call (N from
   ``BENCH_PROBE_N``), so CPU per job excludes the worker's start-up; when several worker
   processes share the N jobs, none sees the N-th, and each reports its CPU time since its
   first call and its peak RSS as of its last report (at most 25 ms after its last job);
@@ -95,6 +96,7 @@ class _Probe:
                 "first": self.first,
                 "last": self.last,
                 "cpu": cpu1 - self.cpu0 if cpu1 else None,
+                "cpu_first": self.cpu0 if self.count else None,  # since the process began
                 "rss_kb": rss_kb or None,
                 "latencies": list(self.latencies),
                 "max_running": self.max_running,

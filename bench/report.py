@@ -80,6 +80,8 @@ METRICS = [
            target="≥ 0.9 × ideal", check=_ratio_ok(None, 0.9)),
     Metric("startup", "startup_ms", "Start-up: worker spawn → first job started (ms)",
            higher_better=False, target="≤ 100 ms", check=_at_most(100)),
+    Metric("startup", "startup_cpu_ms", "Start-up: CPU used until the first job started (ms)",
+           higher_better=False),
 ]  # fmt: skip
 
 

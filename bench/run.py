@@ -12,6 +12,7 @@ repetition, so slow drifts of the machine spread over everyone. See ``bench/READ
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import json
 import os
@@ -157,7 +158,14 @@ class Runner:
                 self.install_status = json.load(f)
 
     def python_for(self, lib: str) -> str | None:
-        if lib in ("conveyor", "raw", *VARIANTS):
+        """The library's interpreter: each peer's environment; Conveyor's own (its runtime
+        dependencies only, as a user has them) when ``install.py`` made it, else the
+        project's; the project's for the raw limit and for Prometheus, an extra."""
+        if lib in ("conveyor", "conveyor-noevents"):
+            python = os.path.join(self.args.peers_venv, "conveyor", "bin", "python")
+            ok = self.install_status.get("conveyor") == "ok" and os.path.exists(python)
+            return python if ok else sys.executable
+        if lib in ("raw", *VARIANTS):
             return sys.executable
         python = os.path.join(self.args.peers_venv, lib, "bin", "python")
         ok = self.install_status.get(lib, "ok" if os.path.exists(python) else "missing") == "ok"
@@ -232,7 +240,8 @@ def describe(result: dict[str, Any]) -> str:
         return f"{result['rate']:,.0f} jobs/s{extra}"
     if "startup_ms" in result:
         each = ", ".join(f"{t:.0f}" for t in result["startups_ms"])
-        return f"start-up median {result['startup_ms']:.0f} ms ({each})"
+        cpu = result.get("startup_cpu_ms")
+        return f"start-up median {result['startup_ms']:.0f} ms ({each}), CPU {cpu or 0:.0f} ms"
     if "start_p50" in result:
         ms = {k: f"{v:.2f}" if v is not None else "?" for k, v in result.items() if "_p" in k}
         return (
@@ -246,8 +255,17 @@ def flag(result: dict[str, Any]) -> str:
     return f"  † {result['problem']}" if result.get("problem") else ""
 
 
+def compile_sources() -> None:
+    """Byte-compile this checkout's modules (``src/`` and the adapters here), as pip does for
+    every installed package: without it, a worker started with ``PYTHONDONTWRITEBYTECODE``
+    set compiles Conveyor's source on every start while the peers load their ``.pyc``."""
+    for path in (os.path.join(ROOT, "src"), HERE):
+        compileall.compile_dir(path, quiet=1, maxlevels=1 if path == HERE else 10)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    compile_sources()
     started = dt.datetime.now(dt.UTC)
     load_before = machine.loadavg()
     records: list[dict[str, Any]] = []
