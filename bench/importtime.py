@@ -6,6 +6,7 @@ only ever adds time), printed as the import tree down to a threshold. Not part o
     .venv/bin/python bench/importtime.py -c "import conveyor.cli" --min-ms 2
     .venv/bin/python bench/importtime.py --worker                 # conveyor worker's imports
     .venv/bin/python bench/importtime.py --worker --python bench/.venv-peers/conveyor/bin/python
+    .venv/bin/python bench/importtime.py --worker --src /tmp/old/src   # another checkout
 
 ``--worker`` times what ``conveyor worker`` imports before its first fetch: the command,
 the app module of ``bench/conveyor_runner.py`` and the worker (the broker's client is
@@ -59,13 +60,19 @@ def main() -> int:
         help="the interpreter (bench/.venv-peers/conveyor/bin/python: the runtime "
         "dependencies only, as a user has them)",
     )  # fmt: skip
+    p.add_argument(
+        "--src", default=None, metavar="DIR",
+        help="import conveyor from DIR (another checkout's src/, e.g. to compare)",
+    )  # fmt: skip
     p.add_argument("--runs", type=int, default=9)
     p.add_argument("--min-ms", type=float, default=1.0, help="hide imports cheaper than this")
     p.add_argument("--depth", type=int, default=3, help="deepest level shown")
     args = p.parse_args()
     code = WORKER if args.worker else args.code
     env = dict(os.environ, BENCH_REDIS_URL="redis://127.0.0.1:1/0")
-    env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [*([os.path.abspath(args.src)] if args.src else []), HERE, env.get("PYTHONPATH", "")]
+    )
     best: dict[str, int] = {}
     first: list[tuple[int, str, int, int]] = []
     walls = []

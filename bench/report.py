@@ -168,7 +168,10 @@ def table(cells: Cells) -> list[str]:
     head = ["workload / metric", *[_title(c) for c in shown], "best peer",
             "Conveyor ÷ best peer", "Conveyor ÷ limit", "target", "met"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ran = {r["workload"] for r in cells.records}
     for m in METRICS:
+        if m.workload not in ran:  # a run of some workloads only (--workloads)
+            continue
         row = [m.label]
         for lib in shown:
             if lib == "raw" and m.limit == "ideal":

@@ -8,9 +8,9 @@ Conveyor`` loads what an app needs and no more, so a worker reaches its first jo
 """
 
 import importlib as _importlib
-import typing as _typing
 
-if _typing.TYPE_CHECKING:
+TYPE_CHECKING = False  # what typing.TYPE_CHECKING is, without importing typing
+if TYPE_CHECKING:
     from ._app import Conveyor as Conveyor
     from ._context import CurrentJob as CurrentJob
     from ._context import current_job as current_job
@@ -51,6 +51,8 @@ if _typing.TYPE_CHECKING:
     from .workflows import chain as chain
     from .workflows import chord as chord
     from .workflows import group as group
+
+del TYPE_CHECKING
 
 __version__ = "0.1.0"
 
@@ -143,7 +145,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> _typing.Any:
+def __getattr__(name: str) -> object:
     where = _WHERE.get(name)
     if where is None:
         raise AttributeError(f"module 'conveyor' has no attribute {name!r}")
