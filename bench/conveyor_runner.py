@@ -118,8 +118,11 @@ else:
 
 def worker_argv(workload: str) -> list[str] | None:
     metrics = ["--metrics-port", "0"] if VARIANT == "conveyor-prometheus" else []
+    # The console script, as the Procfile line and every peer's worker command run it.
+    command = [_env.tool("conveyor")] if os.path.exists(_env.tool("conveyor")) else [
+        sys.executable, "-m", "conveyor"]  # fmt: skip
     return [
-        sys.executable, "-m", "conveyor", "worker", "conveyor_runner",
+        *command, "worker", "conveyor_runner",
         "--concurrency", str(_env.CONCURRENCY), "--pool", POOL, *metrics,
     ]  # fmt: skip
 

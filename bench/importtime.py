@@ -67,6 +67,10 @@ def main() -> int:
     p.add_argument("--runs", type=int, default=9)
     p.add_argument("--min-ms", type=float, default=1.0, help="hide imports cheaper than this")
     p.add_argument("--depth", type=int, default=3, help="deepest level shown")
+    p.add_argument(
+        "--by-package", action="store_true",
+        help="instead of the tree: each package's modules and their own time, summed",
+    )  # fmt: skip
     args = p.parse_args()
     code = WORKER if args.worker else args.code
     env = dict(os.environ, BENCH_REDIS_URL="redis://127.0.0.1:1/0")
@@ -74,6 +78,7 @@ def main() -> int:
         [*([os.path.abspath(args.src)] if args.src else []), HERE, env.get("PYTHONPATH", "")]
     )
     best: dict[str, int] = {}
+    own: dict[str, int] = {}  # each module's own time (without its imports)
     first: list[tuple[int, str, int, int]] = []
     walls = []
     for _ in range(args.runs):
@@ -81,8 +86,9 @@ def main() -> int:
         rows = profile(os.path.abspath(args.python), code, env)
         walls.append(time.perf_counter() - t0)
         first = first or rows
-        for _, name, _, cumulative in rows:
+        for _, name, self_us, cumulative in rows:
             best[name] = min(best.get(name, cumulative), cumulative)
+            own[name] = min(own.get(name, self_us), self_us)
     roots = tree(first)
     total = sum(best[name] for name, _ in roots)
     print(f"{code}\n{args.runs} runs; the smallest cumulative time of each import, in ms")
@@ -96,8 +102,31 @@ def main() -> int:
                 print(f"{ms:8.1f}  {'  ' * depth}{name}")
                 show(children, depth + 1)
 
-    show(roots, 0)
+    if args.by_package:
+        by_package(own)
+    else:
+        show(roots, 0)
     return 0
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] != "conveyor":
+        return "standard library" if parts[0] in sys.stdlib_module_names else parts[0]
+    if len(parts) > 1 and parts[1] in ("cli", "worker", "brokers", "contrib", "stores"):
+        return ".".join(parts[:2])
+    return "conveyor (core)"
+
+
+def by_package(own: dict[str, int]) -> None:
+    sums: dict[str, list[int]] = {}
+    for name, us in own.items():
+        found = sums.setdefault(package_of(name), [0, 0])
+        found[0] += 1
+        found[1] += us
+    print(f"{'own ms':>8}  {'modules':>7}  package")
+    for package, (count, us) in sorted(sums.items(), key=lambda x: -x[1][1]):
+        print(f"{us / 1000:8.1f}  {count:7d}  {package}")
 
 
 def tree(rows: list[tuple[int, str, int, int]]) -> list[Node]:

@@ -71,10 +71,9 @@ def size(w: Workload, quick: bool) -> int:
 # Each library's best concurrency in one worker process for W2-io (jobs that make one Redis
 # round trip), from a pilot on this machine: bench/README.md, "Best settings for W2-io".
 W2_IO_BEST = {
-    "conveyor": 8, "celery": 8, "rq": 1, "dramatiq": 8, "huey": 8, "arq": 32, "saq": 32,
-    "taskiq": 32, "streaq": 32,
+    "conveyor": 32, "celery": 4, "rq": 1, "dramatiq": 64, "huey": 4, "arq": 256, "saq": 128,
+    "taskiq": 16, "streaq": 2,
 }  # fmt: skip
-W2_IO_ENV: dict[str, dict[str, str]] = {}
 ASYNC_POOL = {"conveyor": {"BENCH_CONVEYOR_POOL": "async"}}
 ASYNC_PEERS = ("arq", "saq", "taskiq", "streaq")
 
@@ -88,9 +87,8 @@ WORKLOADS = [
     Workload("w5", 10_000, 32, ("conveyor", *VARIANTS, "huey"), backend="sqlite"),
     # Jobs that do I/O: one Redis round trip each (W2-io), and 50 at a time waiting 10 ms
     # on a socket (W4-io); see io_job.py. Conveyor's worker is one process throughout.
-    Workload("w2-io", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST, env=W2_IO_ENV),
-    Workload("w2-io-2p", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST, env=W2_IO_ENV,
-             peer_processes=2),
+    Workload("w2-io", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST),
+    Workload("w2-io-2p", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST, peer_processes=2),
     Workload("w4-io", 2_000, 50, ("conveyor", *PEERS)),
     Workload("w4-io-async", 2_000, 50, ("conveyor", *ASYNC_PEERS), env=ASYNC_POOL),
     Workload("startup", 1, 8, ("conveyor", *PEERS), scaled=False),
