@@ -308,21 +308,23 @@ def main(argv: list[str] | None = None) -> int:
         "command": _command(argv),
         "sizes": {w.name: size(w, args.quick) for w in args.workloads},
     }
-    # The chart beside the report: docs/benchmarks.md -> docs/img/benchmarks.svg.
+    raw_path = os.path.join(HERE, ".results", f"{started:%Y%m%dT%H%M%S}.json")
+    os.makedirs(os.path.dirname(raw_path), exist_ok=True)
+    with open(raw_path, "w") as f:
+        json.dump({"meta": meta, "records": records}, f, indent=1)
+    # The chart beside the report: docs/benchmarks.md -> docs/img/benchmarks.svg, when the
+    # run has any of the workloads it draws.
     stem = os.path.splitext(os.path.basename(args.out))[0]
-    text = report.render(records, meta, chart=f"img/{stem}.svg")
+    charted = {p[0] for p in chart.PANELS} & {w.name for w in args.workloads}
+    text = report.render(records, meta, chart=f"img/{stem}.svg" if charted else "")
     print()
     print(text)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)
-    chart.write(
-        args.out, os.path.join(os.path.dirname(os.path.abspath(args.out)), "img", f"{stem}.svg")
-    )
-    raw_path = os.path.join(HERE, ".results", f"{started:%Y%m%dT%H%M%S}.json")
-    os.makedirs(os.path.dirname(raw_path), exist_ok=True)
-    with open(raw_path, "w") as f:
-        json.dump({"meta": meta, "records": records}, f, indent=1)
+    if charted:
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        chart.write(args.out, os.path.join(out_dir, "img", f"{stem}.svg"))
     print(f"\nwrote {os.path.relpath(args.out, ROOT)} and {os.path.relpath(raw_path, ROOT)}")
     return 0
 
