@@ -77,7 +77,7 @@ floor: $(STAMP)
 	.venv-floor/bin/pytest -q
 
 # Not part of CI: peers in their own pinned venvs under bench/.venv-peers, then the full run
-# (15-20 minutes on 2 cores) written to docs/benchmarks.md. Run it on a quiet machine.
+# (25-30 minutes on 2 cores) written to docs/benchmarks.md. Run it on a quiet machine.
 # BENCH_ARGS="--quick" for a ~1/10 smoke run, "--soak 1000000" to add the 1M-job RSS soak.
 BENCH_ARGS ?=
 bench: $(STAMP)

@@ -2,7 +2,8 @@
 ``Job.result``, and the ``conveyor worker`` command with the default thread pool.
 
 ``BENCH_CONVEYOR_POOL=async`` runs the worker with ``--pool async`` and ``async def`` tasks
-instead (for exploring; the reported run uses the default).
+instead (``run.py`` sets it for the workloads whose best Conveyor setting is the async pool,
+and for W4-io-async).
 
 ``BENCH_LIB`` (set by ``run.py``) names the variant, in the producer and the worker alike:
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from conveyor import Conveyor
 
+import io_job
 import probe
 from peers import _env
 
@@ -68,6 +70,16 @@ def latency(t: float) -> float:
     return t
 
 
+@app.task(name="incr")
+def incr(i: int) -> int:
+    return io_job.incr_job(i)
+
+
+@app.task(name="wait")
+def wait(i: int) -> int:
+    return io_job.wait_job(i)
+
+
 @app.task(name="anoop")
 async def anoop(i: int) -> int:
     probe.hit()
@@ -88,16 +100,29 @@ async def alatency(t: float) -> float:
     return t
 
 
+@app.task(name="aincr")
+async def aincr(i: int) -> int:
+    return await io_job.aincr_job(i)
+
+
+@app.task(name="await")
+async def await_(i: int) -> int:
+    return await io_job.await_job(i)
+
+
 if POOL == "async":
-    TASKS = {"noop": anoop, "sleep": asleep, "latency": alatency}
+    TASKS = {"noop": anoop, "sleep": asleep, "latency": alatency, "incr": aincr, "wait": await_}
 else:
-    TASKS = {"noop": noop, "sleep": sleep, "latency": latency}
+    TASKS = {"noop": noop, "sleep": sleep, "latency": latency, "incr": incr, "wait": wait}
 
 
 def worker_argv(workload: str) -> list[str] | None:
     metrics = ["--metrics-port", "0"] if VARIANT == "conveyor-prometheus" else []
+    # The console script, as the Procfile line and every peer's worker command run it.
+    command = [_env.tool("conveyor")] if os.path.exists(_env.tool("conveyor")) else [
+        sys.executable, "-m", "conveyor"]  # fmt: skip
     return [
-        sys.executable, "-m", "conveyor", "worker", "conveyor_runner",
+        *command, "worker", "conveyor_runner",
         "--concurrency", str(_env.CONCURRENCY), "--pool", POOL, *metrics,
     ]  # fmt: skip
 

@@ -115,7 +115,10 @@ def test_help_shows_no_markup(command: list[str]) -> None:
 
 def test_every_listing_command_takes_json() -> None:
     def walk(group: click.Group) -> Iterator[click.Command]:
-        for command in group.commands.values():
+        ctx = click.Context(group)  # commands are imported on first use: ask the group
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            assert command is not None, name
             yield command
             if isinstance(command, click.Group):
                 yield from walk(command)

@@ -154,3 +154,45 @@ def test_only_the_dashboard_imports_its_web_stack() -> None:
     code = "import sys, conveyor.cli; print(sorted({m.split('.')[0] for m in sys.modules}))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "starlette" not in out.stdout and "uvicorn" not in out.stdout
+
+
+def _loaded_by(code: str) -> list[str]:
+    """The modules of conveyor, rich and ctypes that ``code`` leaves loaded, in a fresh
+    interpreter."""
+    import subprocess
+    import sys
+
+    code += (
+        "; import sys; print(' '.join(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('conveyor', 'rich', 'ctypes'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_importing_conveyor_loads_each_name_when_first_used() -> None:
+    assert _loaded_by("import conveyor") == ["conveyor"]
+    loaded = _loaded_by("from conveyor import Conveyor")
+    assert "conveyor._app" in loaded
+    assert "conveyor.workflows" not in loaded
+
+
+def test_the_worker_command_loads_only_what_a_worker_runs() -> None:
+    """No other command, no rich (tables), no scheduler or cron (an app with schedules
+    loads them when its worker starts them), no ctypes (a job stopped from outside)."""
+    loaded = _loaded_by(
+        "import click; from conveyor.cli import cli; cli.get_command(click.Context(cli), 'worker')"
+    )
+    assert "conveyor.cli.worker" in loaded
+    assert "conveyor.worker._worker" in loaded
+    unwanted = [
+        m
+        for m in loaded
+        if m.split(".")[0] in ("rich", "ctypes")
+        or m in ("conveyor.scheduler", "conveyor._cron", "conveyor.contrib")
+        or (
+            m.startswith("conveyor.cli.")
+            and m not in ("conveyor.cli._load", "conveyor.cli._logs", "conveyor.cli.worker")
+        )
+    ]
+    assert unwanted == []

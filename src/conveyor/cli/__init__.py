@@ -1,7 +1,13 @@
-"""The ``conveyor`` command: one entry point, one module per command group."""
+"""The ``conveyor`` command: one entry point, one module per command group.
+
+A command's module is imported when that command runs (or when ``--help`` lists them all):
+``conveyor worker`` loads neither rich nor the other commands, and reaches its first job
+sooner for it.
+"""
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import NoReturn
 
@@ -10,20 +16,42 @@ import click
 from .._errors import ConveyorError
 from .._inspect import redact
 from . import _logs
-from .actions import cancel, purge, requeue
-from .dashboard import dashboard
-from .demo import demo
-from .events import events
-from .exporter import exporter
-from .info import info
-from .jobs import job, jobs
-from .probe import ping
-from .queues import queues
-from .schedules import schedules
-from .worker import worker
+
+# command -> (its module in this package, the click command's name there)
+COMMANDS = {
+    "info": ("info", "info"),
+    "jobs": ("jobs", "jobs"),
+    "job": ("jobs", "job"),
+    "cancel": ("actions", "cancel"),
+    "requeue": ("actions", "requeue"),
+    "purge": ("actions", "purge"),
+    "queues": ("queues", "queues"),
+    "schedules": ("schedules", "schedules"),
+    "ping": ("probe", "ping"),
+    "events": ("events", "events"),
+    "worker": ("worker", "worker"),
+    "exporter": ("exporter", "exporter"),
+    "dashboard": ("dashboard", "dashboard"),
+    "demo": ("demo", "demo"),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = COMMANDS.get(cmd_name)
+        if found is None:
+            return super().get_command(ctx, cmd_name)
+        command = getattr(importlib.import_module(f".{found[0]}", __name__), found[1])
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="conveyor")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details (--log-level debug).")
 @click.pass_context
@@ -40,25 +68,6 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     """
     if ctx.invoked_subcommand not in ("worker", "exporter"):  # they have logging options
         _logs.setup_from_env(verbose)
-
-
-for command in (
-    info,
-    jobs,
-    job,
-    cancel,
-    requeue,
-    purge,
-    queues,
-    schedules,
-    ping,
-    events,
-    dashboard,
-    worker,
-    exporter,
-    demo,
-):
-    cli.add_command(command)
 
 
 def main() -> None:
