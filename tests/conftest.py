@@ -6,4 +6,4 @@ folder is not a package: pytest puts it on ``sys.path`` when it imports this fil
 how ``redis_server`` is found (and how test modules import its helpers).
 """
 
-pytest_plugins = ["redis_server"]
+pytest_plugins = ["redis_server", "postgres_server"]
