@@ -91,6 +91,21 @@ def drop_schema(url: str, schema: str) -> None:
         conn.close()
 
 
+def empty_schema(url: str, schema: str) -> None:
+    """Delete every row of a test's schema but its migration record (faster than a new
+    schema, for tests that build many brokers)."""
+    conn = _admin_connect(url)
+    try:
+        rows = conn.execute(
+            "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> 'meta'",
+            (schema,),
+        ).fetchall()
+        tables = ", ".join(f'"{schema}"."{name}"' for (name,) in rows)
+        conn.execute(f"TRUNCATE {tables}")
+    finally:
+        conn.close()
+
+
 # -- a private server ------------------------------------------------------------------------
 
 

@@ -52,6 +52,9 @@ class Options:
     # Jobs (or their ids) that must end before this one runs; see docs/workflows.md.
     depends_on: tuple[str, ...] = ()
     allow_failed_dependencies: bool = False
+    # The caller's database connection to enqueue through, inside its transaction
+    # (docs/postgres.md); per call only (``.options(connection=conn)``), never encoded.
+    connection: Any = None
 
     def merge(self, **changes: Any) -> Options:
         """A copy with ``changes``, each checked (type and range) and normalized here, once:
@@ -183,6 +186,7 @@ _RULES: dict[str, Callable[[Any], Any]] = {
     "rate_key": _optional(_rate_key),
     "depends_on": _job_ids,
     "allow_failed_dependencies": lambda v: flag("allow_failed_dependencies", v),
+    "connection": lambda v: v,  # checked by the broker that writes through it
 }
 
 

@@ -14,6 +14,7 @@ from .demo import demo
 from .events import events
 from .info import info
 from .jobs import job, jobs
+from .migrate import migrate
 from .probe import ping
 from .queues import queues
 from .schedules import schedules
@@ -53,6 +54,7 @@ for command in (
     schedules,
     ping,
     events,
+    migrate,
     worker,
     demo,
 ):

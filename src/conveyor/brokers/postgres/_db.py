@@ -39,6 +39,7 @@ _CONNECT_TIMEOUT = 10  # seconds, unless the URL says connect_timeout=
 # SQLSTATE classes: 08 connection exception, 57P0x the server is shutting down or restarting.
 _AWAY = ("08", "57P01", "57P02", "57P03")
 _AUTH = ("28", "42501")  # invalid authorization, insufficient privilege
+_REFUSED_LOGIN = ("authentication failed", "no pg_hba.conf entry", 'role "')
 
 
 def translate(exc: BaseException, shown: str) -> BrokerError:
@@ -50,7 +51,14 @@ def translate(exc: BaseException, shown: str) -> BrokerError:
             "?pool_timeout=, or check the server"
         )
     state = getattr(exc, "sqlstate", None) or ""
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not state and any(sign in text for sign in _REFUSED_LOGIN):
+        state = "28000"  # a refused login reaches psycopg without its SQLSTATE
+    if not state and "does not exist" in text and "database" in text:
+        return BrokerError(
+            f"PostgreSQL at {shown}: {text}. Create the database (createdb), or name "
+            "another in the URL"
+        )
     if state.startswith(_AUTH):
         return BrokerAuthError(
             f"PostgreSQL at {shown} refused: {text}. Check the user, password and grants "

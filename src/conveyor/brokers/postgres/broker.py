@@ -31,9 +31,6 @@ from ..._message import (
     Envelope,
     JobRecord,
     JobStatus,
-    validate_job_id,
-    validate_priority,
-    validate_queue,
 )
 from ...stores.postgres import PostgresKV
 from .._port import (
@@ -43,17 +40,17 @@ from .._port import (
     Broker,
     Finish,
     LeaseState,
-    check_events,
     check_kept,
-    unknown_dependency,
 )
 from ._admin import AdminMixin
 from ._core import LIVE as _LIVE
 from ._core import PostgresCore
 from ._db import Connection, Database
+from ._enqueue import ENQUEUE, enqueue_params, enqueued
 from ._events import EventsMixin
 from ._functions import CANCELLED_TTL
 from ._listen import Listener
+from ._transactional import Transactional
 from ._url import channel, parse_postgres_url
 
 _SAFETY_NET = 5.0  # longest sleep without looking at the tables (a lost listener)
@@ -63,11 +60,6 @@ _SWEEP_BATCH = 1000  # rows per sweep transaction
 _SWEEP_BATCHES = 20  # transactions per sweep; a full last one brings the next sweep near
 
 _RECORD = "id, status, queue, result, progress, progress_note, updated_at, deliveries, reason"
-ENQUEUE = (
-    "SELECT ids, missing_job, missing_dep FROM {s}.enqueue(%s::text[], %s::text[], "
-    "%s::bytea[], %s::int[], %s::float8[], %s::text[], %s::text[], %s::bytea[], %s::int, "
-    "%s::float8, %s::float8)"
-)
 _FETCH = (
     "SELECT id, queue, payload, deliveries, priority, seq "
     "FROM {s}.fetch(%s::text[], %s::int, %s::float8, %s::text, %s::float8)"
@@ -135,46 +127,6 @@ def _record(row: tuple[Any, ...]) -> JobRecord:
     )
 
 
-def enqueue_params(
-    envelopes: Sequence[Envelope], events: Sequence[bytes], kept: int, now: float | None,
-    client_now: float,
-) -> tuple[Any, ...]:  # fmt: skip
-    """The ``{s}.enqueue`` arguments of a batch; every envelope is checked first, so a bad
-    one writes nothing."""
-    check_events(envelopes, events)
-    for env in envelopes:
-        if not isinstance(env, Envelope):
-            raise TypeError(f"enqueue takes Envelope objects, got {env!r}")
-        validate_job_id(env.id)
-        validate_queue(env.queue)
-        validate_priority(env.priority)
-        for dep in env.depends_on:
-            validate_job_id(dep)
-    return (
-        [e.id for e in envelopes],
-        [e.queue for e in envelopes],
-        [e.payload for e in envelopes],
-        [e.priority for e in envelopes],
-        [e.eta for e in envelopes],
-        [e.key for e in envelopes],
-        [",".join(e.depends_on) for e in envelopes],
-        list(events),
-        kept,
-        client_now,
-        now,
-    )
-
-
-def enqueued(row: tuple[Any, ...] | None) -> list[str]:
-    """The ids ``{s}.enqueue`` answered; raises ``DependencyNotFound`` if it refused an
-    unknown dependency (it wrote nothing)."""
-    assert row is not None
-    ids, missing_job, missing_dep = row
-    if missing_job is not None:
-        raise unknown_dependency(missing_job, missing_dep)
-    return list(ids)
-
-
 class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
     """``Conveyor("postgresql://user:password@host:5432/dbname")``: the broker on a
     PostgreSQL database (>= 13), in the schema ``?schema=`` names (``conveyor`` by default),
@@ -199,6 +151,7 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
         self._channel = channel(parsed.schema)
         self._listener = Listener(self._listen_connection, self._channel)
         self._kv = PostgresKV(self._db, self._clock)
+        self._transactional = Transactional(self)
         self._next_sweep = 0.0
         self._sql = {
             name: self._db.sql(text)
@@ -213,6 +166,12 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
     @property
     def kv(self) -> PostgresKV:
         return self._kv
+
+    @property
+    def instance(self) -> int:
+        """The schema's ``instance`` number (``_schema``): how a caller's connection is
+        recognised as one to this database and schema."""
+        return self._db.instance
 
     @property
     def migrated(self) -> tuple[int, int]:
@@ -232,6 +191,18 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
             return []
         with self._db.connection() as conn:
             return enqueued(conn.execute(self._sql["enqueue"], params).fetchone())
+
+    def enqueue_in(
+        self, connection: Any, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
+    ) -> list[str]:
+        """Write the jobs through the caller's ``connection``, inside its transaction
+        (``_transactional``): they commit or roll back with it."""
+        return self._transactional.enqueue(connection, envelopes, events)
+
+    async def enqueue_in_async(
+        self, connection: Any, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
+    ) -> list[str]:
+        return await self._transactional.enqueue_async(connection, envelopes, events)
 
     # -- consuming -------------------------------------------------------------------------
 
