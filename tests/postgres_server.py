@@ -22,6 +22,7 @@ import glob
 import os
 import shutil
 import subprocess
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -119,22 +120,22 @@ def _binaries() -> Path | None:
 
 
 class PrivatePostgres:
-    """A PostgreSQL server of a test's own in ``directory``: ``stop`` (fast or immediate,
-    as a crash) and ``start`` again on the same port and data."""
+    """A PostgreSQL server of a test's own: ``stop`` (fast, or immediate as a crash) and
+    ``start`` again on the same port and data. Its files are in a new temporary folder
+    (pytest's are private to root, which the ``postgres`` user cannot enter)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self) -> None:
         bin_dir = _binaries()
         if bin_dir is None:
             pytest.skip("no initdb/pg_ctl (install postgresql) for a private PostgreSQL")
         self.bin = bin_dir
-        self.directory = directory
-        self.data = directory / "data"
+        self.directory = Path(tempfile.mkdtemp(prefix="conveyor-pg-"))
+        self.data = self.directory / "data"
         self.port = _free_port()
         self._as: list[str] = []
         if os.geteuid() == 0:  # initdb and pg_ctl refuse root
             self._as = ["runuser", "-u", "postgres", "--"]
-            directory.mkdir(parents=True, exist_ok=True)
-            shutil.chown(directory, "postgres", "postgres")
+            shutil.chown(self.directory, "postgres", "postgres")
         self._run(
             "initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-E", "UTF8",
             "--no-sync",
@@ -142,13 +143,16 @@ class PrivatePostgres:
         self.start()
 
     def _run(self, tool: str, *args: str) -> None:
-        subprocess.run(
+        done = subprocess.run(
             [*self._as, str(self.bin / tool), *args],
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
             cwd=self.directory,
+            timeout=60,
+            check=False,
         )
+        if done.returncode != 0:
+            raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip()}")
 
     @property
     def url(self) -> str:
@@ -166,14 +170,14 @@ class PrivatePostgres:
         self._run("pg_ctl", "-D", str(self.data), "-w", "-m", mode, "stop")
 
     def remove(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):  # not running
+        with contextlib.suppress(RuntimeError):  # not running
             self.stop("immediate")
         shutil.rmtree(self.directory, ignore_errors=True)
 
 
 @pytest.fixture
-def private_postgres(tmp_path: Path) -> Iterator[PrivatePostgres]:
-    server = PrivatePostgres(tmp_path / "pg")
+def private_postgres() -> Iterator[PrivatePostgres]:
+    server = PrivatePostgres()
     try:
         yield server
     finally:
