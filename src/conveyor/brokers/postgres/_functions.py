@@ -243,11 +243,15 @@ END $$"""
 
 # Due scheduled jobs, then expired leases, go to the back of their queue in that order (a
 # job cancelled while it ran is not run again once its worker is gone: it ends cancelled);
-# then the head of each live queue is claimed. Rows another fetch holds are skipped.
+# then the head of each live queue is claimed. Rows another fetch holds are skipped. With
+# p_due, a fetch that claims nothing returns instead one row with a NULL id, saying when the
+# next scheduled job or lease comes due (parked jobs never do) and what time it is: how
+# long a blocked fetch may sleep.
 _FETCH = f"""
 CREATE FUNCTION {{s}}.fetch(p_queues text[], p_count int, p_lease float8, p_token text,
-                           p_now float8)
-RETURNS TABLE(id text, queue text, payload bytea, deliveries int, priority int, seq bigint)
+                           p_due boolean, p_now float8)
+RETURNS TABLE(id text, queue text, payload bytea, deliveries int, priority int, seq bigint,
+              next_due float8, clock float8)
 LANGUAGE plpgsql AS $$
 #variable_conflict use_column
 DECLARE
@@ -283,35 +287,32 @@ BEGIN
     END IF;
     SELECT array_agg(q) INTO live FROM unnest(p_queues) AS q
     WHERE q NOT IN (SELECT queue FROM {{s}}.paused);
-    IF live IS NULL OR p_count <= 0 THEN
-        RETURN;
+    IF live IS NOT NULL AND p_count > 0 THEN
+        RETURN QUERY
+        WITH picked AS (
+            SELECT h.id FROM unnest(live) AS q(name), LATERAL (
+                SELECT j.id, j.priority, j.seq FROM {{s}}.jobs j
+                WHERE j.status = 'queued' AND j.queue = q.name
+                ORDER BY j.priority DESC, j.seq LIMIT p_count FOR UPDATE SKIP LOCKED) h
+            ORDER BY h.priority DESC, h.seq LIMIT p_count)
+        UPDATE {{s}}.jobs j SET status = 'running', token = p_token,
+            deliveries = j.deliveries + 1, lease_until = now_ + p_lease, updated_at = now_
+        FROM picked WHERE j.id = picked.id
+        RETURNING j.id, j.queue, j.payload, j.deliveries, j.priority::int, j.seq,
+            NULL::float8, now_;
+        IF FOUND THEN
+            RETURN;
+        END IF;
     END IF;
-    RETURN QUERY
-    WITH picked AS (
-        SELECT h.id FROM unnest(live) AS q(name), LATERAL (
-            SELECT j.id, j.priority, j.seq FROM {{s}}.jobs j
-            WHERE j.status = 'queued' AND j.queue = q.name
-            ORDER BY j.priority DESC, j.seq LIMIT p_count FOR UPDATE SKIP LOCKED) h
-        ORDER BY h.priority DESC, h.seq LIMIT p_count)
-    UPDATE {{s}}.jobs j SET status = 'running', token = p_token,
-        deliveries = j.deliveries + 1, lease_until = now_ + p_lease, updated_at = now_
-    FROM picked WHERE j.id = picked.id
-    RETURNING j.id, j.queue, j.payload, j.deliveries, j.priority::int, j.seq;
+    IF p_due THEN
+        RETURN QUERY SELECT NULL::text, NULL::text, NULL::bytea, NULL::int, NULL::int,
+            NULL::bigint, least(
+                (SELECT min(j.eta) FROM {{s}}.jobs j
+                 WHERE j.status = 'scheduled' AND j.eta < 'Infinity'),
+                (SELECT min(j.lease_until) FROM {{s}}.jobs j WHERE j.status = 'running')),
+            now_;
+    END IF;
 END $$"""
-
-# What a blocked fetch needs to know before it sleeps: is a job of these queues ready,
-# and when does the next scheduled job or lease come due (parked jobs never do)?
-_NEXT_DUE = """
-CREATE FUNCTION {s}.next_due(p_queues text[], p_now float8,
-    OUT ready boolean, OUT due float8, OUT now_ float8)
-LANGUAGE sql VOLATILE AS $$
-    SELECT EXISTS (SELECT 1 FROM {s}.jobs WHERE status = 'queued' AND queue = ANY(p_queues)
-                   AND queue NOT IN (SELECT queue FROM {s}.paused)),
-           least((SELECT min(eta) FROM {s}.jobs WHERE status = 'scheduled'
-                  AND eta < 'Infinity'),
-                 (SELECT min(lease_until) FROM {s}.jobs WHERE status = 'running')),
-           {s}.clock(p_now)
-$$"""
 
 # -- finish ----------------------------------------------------------------------------------
 
@@ -448,7 +449,6 @@ FUNCTIONS_V1: tuple[str, ...] = tuple(
         _RELEASE_DEPENDENTS,
         _ENQUEUE,
         _FETCH,
-        _NEXT_DUE,
         _FINISH,
         _SWEEP,
         _KV_INCR,

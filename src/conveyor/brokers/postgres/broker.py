@@ -55,16 +55,16 @@ from ._url import channel, parse_postgres_url
 
 _SAFETY_NET = 5.0  # longest sleep without looking at the tables (a lost listener)
 _INJECTED_CLOCK_RECHECK = 0.05  # an injected clock's due times do not map to real time
+_HELD_ELSEWHERE = 0.01  # a due row another transaction holds: look again this soon
 _SWEEP_EVERY = 30.0  # clock seconds between sweeps of expired rows
 _SWEEP_BATCH = 1000  # rows per sweep transaction
 _SWEEP_BATCHES = 20  # transactions per sweep; a full last one brings the next sweep near
 
 _RECORD = "id, status, queue, result, progress, progress_note, updated_at, deliveries, reason"
 _FETCH = (
-    "SELECT id, queue, payload, deliveries, priority, seq "
-    "FROM {s}.fetch(%s::text[], %s::int, %s::float8, %s::text, %s::float8)"
+    "SELECT id, queue, payload, deliveries, priority, seq, next_due, clock "
+    "FROM {s}.fetch(%s::text[], %s::int, %s::float8, %s::text, %s::boolean, %s::float8)"
 )
-_NEXT_DUE = "SELECT ready, due, now_ FROM {s}.next_due(%s::text[], %s::float8)"
 _FINISH = (
     "SELECT {s}.finish(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::float8[], "
     "%s::text[], %s::bytea[], %s::boolean[], %s::text[], %s::bytea[], %s::int[], "
@@ -156,7 +156,7 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
         self._sql = {
             name: self._db.sql(text)
             for name, text in (
-                ("enqueue", ENQUEUE), ("fetch", _FETCH), ("next_due", _NEXT_DUE),
+                ("enqueue", ENQUEUE), ("fetch", _FETCH),
                 ("finish", _FINISH), ("renew", _RENEW), ("release", _RELEASE),
                 ("settled", _SETTLED), ("promote", _PROMOTE), ("progress", _PROGRESS),
                 ("get", _GET), ("cancel", _CANCEL),
@@ -212,45 +212,45 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
         queues = list(queues)
         if count <= 0:
             return []
-        out = self._claim(queues, count, lease)
+        out, _ = self._claim(queues, count, lease, due=False)
         if out or block <= 0:
             return out
         deadline = time.monotonic() + block
         with self._listener.fetching(queues) as waiter:
-            while True:
-                ready, pause = self._probe(queues)
-                if ready and (out := self._claim(queues, count, lease)):
-                    return out
+            while True:  # a claim after registering takes what was committed meanwhile
+                out, pause = self._claim(queues, count, lease, due=True)
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return []
+                if out or remaining <= 0:
+                    return out
                 waiter.wait(min(remaining, pause))
 
-    def _probe(self, queues: list[str]) -> tuple[bool, float]:
-        """Is a job ready to claim, and how long may a blocked fetch sleep?"""
-        with self._db.connection() as conn:
-            row = conn.execute(self._sql["next_due"], (queues, self._now())).fetchone()
-        assert row is not None
-        ready, due, now = row
-        if due is not None and due <= now:
-            return True, 0.0
-        if due is None:
-            return bool(ready), _SAFETY_NET
-        if self._injected:
-            return bool(ready), _INJECTED_CLOCK_RECHECK
-        return bool(ready), min(_SAFETY_NET, max(due - now, 0.001))
-
-    def _claim(self, queues: list[str], count: int, lease: float) -> list[Delivery]:
+    def _claim(
+        self, queues: list[str], count: int, lease: float, *, due: bool
+    ) -> tuple[list[Delivery], float]:
+        """What ``{s}.fetch`` hands out, and (with ``due``, when that is nothing) how long
+        a blocked fetch may sleep before something comes due."""
         token = secrets.token_hex(8)
         with self._db.connection() as conn:
-            args = (queues, count, lease, token, self._now())
+            args = (queues, count, lease, token, due, self._now())
             rows = conn.execute(self._sql["fetch"], args).fetchall()
         self._sweep()
+        if rows and rows[0][0] is None:
+            return [], self._pause(rows[0][6], rows[0][7])
         rows.sort(key=lambda r: (-r[4], r[5]))  # RETURNING gives no order: the claim's
-        return [
+        out = [
             Delivery(id=i, queue=q, payload=p, token=token, deliveries=d, priority=pr)
-            for i, q, p, d, pr, _ in rows
+            for i, q, p, d, pr, *_ in rows
         ]
+        return out, 0.0
+
+    def _pause(self, due: float | None, now: float) -> float:
+        if due is None:
+            return _SAFETY_NET
+        if due <= now:  # due, yet not claimed: another transaction holds the row a moment
+            return _HELD_ELSEWHERE
+        if self._injected:  # an injected clock's due times do not map to real time
+            return _INJECTED_CLOCK_RECHECK
+        return min(_SAFETY_NET, due - now)
 
     def _sweep(self) -> None:
         """Delete expired records (they already read as absent) now and then."""
