@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 import sqlalchemy
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 from conveyor import Conveyor, InvalidOption
@@ -136,7 +136,7 @@ def test_a_sqlalchemy_session_commits_or_rolls_back_the_job(shop: Shop) -> None:
 
 
 def test_async_sends_go_through_an_async_connection(shop: Shop) -> None:
-    async def main() -> tuple[str, str]:
+    async def main() -> tuple[str, str, str]:
         conn = await psycopg.AsyncConnection.connect(shop.database)
         try:
             async with conn.transaction():
@@ -149,13 +149,15 @@ def test_async_sends_go_through_an_async_connection(shop: Shop) -> None:
             async with engine.connect() as sa_conn:
                 second = await shop.send_receipt.options(connection=sa_conn).delay_async(9)
                 await sa_conn.commit()
+            async with AsyncSession(engine) as session:
+                third = await shop.send_receipt.options(connection=session).delay_async(10)
+                await session.commit()
         finally:
             await engine.dispose()
-        return first.id, second.id
+        return first.id, second.id, third.id
 
-    first, second = asyncio.run(main())
-    assert _status(shop.app, first) is JobStatus.QUEUED
-    assert _status(shop.app, second) is JobStatus.QUEUED
+    ids = asyncio.run(main())
+    assert [_status(shop.app, i) for i in ids] == [JobStatus.QUEUED] * 3
 
 
 def test_a_connection_to_another_database_is_refused_and_writes_nothing(
