@@ -13,11 +13,12 @@ or no free connection within ``pool_timeout``, ``BrokerUnavailable``; the rest
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable, ConfigurationError
 from ._schema import SCHEMA_VERSION, instance, migrate, schema_version, sql
@@ -32,6 +33,8 @@ except ImportError as exc:  # pragma: no cover - the extra is missing
         "postgresql:// needs psycopg 3 and psycopg-pool: pip install 'conveyor[postgres]'"
     ) from exc
 
+log = logging.getLogger("conveyor.postgres")
+T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
 UniqueViolation = pg_errors.UniqueViolation
 
@@ -155,6 +158,27 @@ class Database:
         """A pooled connection in autocommit mode (each statement commits by itself)."""
         with self.translated(), self._current().connection() as conn:
             yield conn
+
+    def run(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` on a pooled connection, and once more on another if the first turned out
+        broken (the server restarted since it was pooled): for calls that are safe to
+        repeat (enqueue is idempotent on job ids; fetch, finish and renew are fenced; reads).
+        The pool's other idle connections are checked then, so a restart costs each
+        process one failed try, not one per pooled connection."""
+        conn: Connection | None = None
+        try:
+            with self._current().connection() as conn:
+                return fn(conn)
+        except psycopg.OperationalError as exc:
+            if conn is None or not conn.broken:
+                raise translate(exc, self.shown) from exc
+            log.info("a pooled connection was broken (%s); trying another", exc)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise translate(exc, self.shown) from exc
+        with self.translated():
+            self._current().check()
+            with self._current().connection() as conn:
+                return fn(conn)
 
     @contextmanager
     def transaction(self) -> Iterator[Connection]:

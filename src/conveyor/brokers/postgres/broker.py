@@ -189,8 +189,8 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
         params = enqueue_params(envelopes, events, self.events_kept, self._now(), time.time())
         if not envelopes:
             return []
-        with self._db.connection() as conn:
-            return enqueued(conn.execute(self._sql["enqueue"], params).fetchone())
+        row = self._db.run(lambda conn: conn.execute(self._sql["enqueue"], params).fetchone())
+        return enqueued(row)
 
     def enqueue_in(
         self, connection: Any, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
@@ -230,9 +230,8 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
         """What ``{s}.fetch`` hands out, and (with ``due``, when that is nothing) how long
         a blocked fetch may sleep before something comes due."""
         token = secrets.token_hex(8)
-        with self._db.connection() as conn:
-            args = (queues, count, lease, token, due, self._now())
-            rows = conn.execute(self._sql["fetch"], args).fetchall()
+        args = (queues, count, lease, token, due, self._now())
+        rows = self._db.run(lambda conn: conn.execute(self._sql["fetch"], args).fetchall())
         self._sweep()
         if rows and rows[0][0] is None:
             return [], self._pause(rows[0][6], rows[0][7])
@@ -269,9 +268,8 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         if not deliveries:
             return []
-        ids, tokens = [d.id for d in deliveries], [d.token for d in deliveries]
-        with self._db.connection() as conn:
-            rows = conn.execute(self._sql["renew"], (self._now(), lease, ids, tokens)).fetchall()
+        args = (self._now(), lease, [d.id for d in deliveries], [d.token for d in deliveries])
+        rows = self._db.run(lambda conn: conn.execute(self._sql["renew"], args).fetchall())
         held = {(i, t): LeaseState.CANCELLED if c else LeaseState.OK for i, t, c in rows}
         return [held.get((d.id, d.token), LeaseState.LOST) for d in deliveries]
 
@@ -297,8 +295,7 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
             time.time(),
             self._now(),
         )
-        with self._db.connection() as conn:
-            row = conn.execute(self._sql["finish"], params).fetchone()
+        row = self._db.run(lambda conn: conn.execute(self._sql["finish"], params).fetchone())
         return list(row[0]) if row is not None and row[0] is not None else []
 
     def release(self, deliveries: Sequence[Delivery]) -> list[bool]:
@@ -342,9 +339,9 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
     def get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
         if not job_ids:
             return []
-        with self._db.connection() as conn:
-            rows = conn.execute(self._sql["get"], {"ids": list(job_ids), "now": self._now()})
-            found = {row[0]: _record(row) for row in rows}
+        args = {"ids": list(job_ids), "now": self._now()}
+        rows = self._db.run(lambda conn: conn.execute(self._sql["get"], args).fetchall())
+        found = {row[0]: _record(row) for row in rows}
         return [found.get(i) for i in job_ids]
 
     def wait(self, job_id: str, timeout: float | None) -> JobRecord | None:
