@@ -180,13 +180,22 @@ class AdminMixin(PostgresCore):
 
     def warnings(self) -> list[str]:
         """What the server's settings risk (raises ``BrokerError`` if it cannot be asked)."""
+        sql = "SELECT current_setting('synchronous_commit'), current_setting('autovacuum')"
         with self._db.connection() as conn:
-            row = conn.execute("SELECT current_setting('synchronous_commit')").fetchone()
+            row = conn.execute(sql).fetchone()
+        synchronous, autovacuum = row if row is not None else ("on", "on")
         found = []
-        if row is not None and row[0] == "off":
+        if synchronous == "off":
             found.append(
                 "PostgreSQL's synchronous_commit is off: a server crash can lose jobs it "
                 "acknowledged (enqueues, results) in its last moments. Set it to on for the "
                 "broker's user (ALTER ROLE ... SET synchronous_commit = on)"
+            )
+        if autovacuum == "off":
+            found.append(
+                "PostgreSQL's autovacuum is off: the rows of ended jobs are deleted, but their "
+                "space is never reused, so the jobs table and its indexes grow without bound "
+                "and fetches slow down. Turn it on (ALTER SYSTEM SET autovacuum = on), or "
+                f"VACUUM the tables of schema {self._db.schema} every few minutes"
             )
         return found

@@ -212,12 +212,11 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
         queues = list(queues)
         if count <= 0:
             return []
-        out, _ = self._claim(queues, count, lease, due=False)
-        if out or block <= 0:
-            return out
+        if block <= 0:
+            return self._claim(queues, count, lease, due=False)[0]
         deadline = time.monotonic() + block
         with self._listener.fetching(queues) as waiter:
-            while True:  # a claim after registering takes what was committed meanwhile
+            while True:  # registered first: a commit after the claim wakes the wait
                 out, pause = self._claim(queues, count, lease, due=True)
                 remaining = deadline - time.monotonic()
                 if out or remaining <= 0:
