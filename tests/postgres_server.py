@@ -94,15 +94,17 @@ def drop_schema(url: str, schema: str) -> None:
 
 def empty_schema(url: str, schema: str) -> None:
     """Delete every row of a test's schema but its migration record (faster than a new
-    schema, for tests that build many brokers)."""
+    schema, for tests that build many brokers; ``DELETE`` of a few rows takes a
+    millisecond where ``TRUNCATE`` makes new files, 100 ms)."""
     conn = _admin_connect(url)
     try:
         rows = conn.execute(
             "SELECT tablename FROM pg_tables WHERE schemaname = %s AND tablename <> 'meta'",
             (schema,),
         ).fetchall()
-        tables = ", ".join(f'"{schema}"."{name}"' for (name,) in rows)
-        conn.execute(f"TRUNCATE {tables}")
+        with conn.transaction():  # none before the schema's first broker migrated it
+            for (name,) in rows:
+                conn.execute(f'DELETE FROM "{schema}"."{name}"')
     finally:
         conn.close()
 
