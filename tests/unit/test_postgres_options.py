@@ -82,3 +82,11 @@ def test_connection_is_given_per_call_only() -> None:
 
     with pytest.raises(ConfigurationError, match="connection= sends a job on its own"):
         chain(step.options(connection=object()).s(), step.s()).delay()
+
+
+def test_an_option_libpq_does_not_know_is_named_before_any_connection() -> None:
+    from conveyor.brokers.postgres import PostgresBroker
+
+    with pytest.raises(InvalidURL, match='invalid URI query parameter: "colour"') as caught:
+        PostgresBroker("postgresql://u:s3cret@nowhere.invalid/db?colour=blue")
+    assert "s3cret" not in str(caught.value)

@@ -20,7 +20,13 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable, ConfigurationError
+from ..._errors import (
+    BrokerAuthError,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    InvalidURL,
+)
 from ._schema import SCHEMA_VERSION, instance, migrate, schema_version, sql
 from ._url import PostgresURL
 
@@ -100,7 +106,13 @@ class Database:
 
     def conninfo(self) -> str:
         """The libpq conninfo (it holds the password: never shown)."""
-        params = psycopg.conninfo.conninfo_to_dict(self.url.conninfo)
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(self.url.conninfo)
+        except psycopg.ProgrammingError as exc:  # names the option, never a value
+            raise InvalidURL(
+                f"bad PostgreSQL URL {self.shown!r}: {str(exc).strip()}; Conveyor takes schema, "
+                "max_connections and pool_timeout, libpq its own connection parameters"
+            ) from None
         params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
         params.setdefault("application_name", "conveyor")
         return psycopg.conninfo.make_conninfo("", **params)

@@ -24,6 +24,8 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+import psycopg
+
 from ..._clock import Clock, SystemClock
 from ..._errors import JobNotFound
 from ..._message import (
@@ -179,8 +181,6 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
         return self._db.migrated
 
     def _listen_connection(self) -> Connection:
-        import psycopg
-
         return psycopg.connect(self._db.conninfo(), autocommit=True)
 
     # -- producing -------------------------------------------------------------------------
