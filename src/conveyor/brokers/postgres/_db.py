@@ -117,6 +117,10 @@ class Database:
         params.setdefault("application_name", "conveyor")
         return psycopg.conninfo.make_conninfo("", **params)
 
+    def connect(self) -> Connection:
+        """A connection of its own, outside the pool, in autocommit mode (the listener's)."""
+        return psycopg.connect(self.conninfo(), autocommit=True)
+
     def _prepare(self, conn: Connection, create: bool) -> tuple[int, int]:
         if create:
             return migrate(conn, self.schema)

@@ -24,8 +24,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import psycopg
-
 from ..._clock import Clock, SystemClock
 from ..._errors import JobNotFound
 from ..._message import (
@@ -47,7 +45,7 @@ from .._port import (
 from ._admin import AdminMixin
 from ._core import LIVE as _LIVE
 from ._core import PostgresCore
-from ._db import Connection, Database
+from ._db import Database
 from ._enqueue import ENQUEUE, enqueue_params, enqueued
 from ._events import EventsMixin
 from ._functions import CANCELLED_TTL
@@ -151,7 +149,7 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
         self._injected = not isinstance(self._clock, SystemClock)
         self._db = Database(parsed, create=create)
         self._channel = channel(parsed.schema)
-        self._listener = Listener(self._listen_connection, self._channel)
+        self._listener = Listener(self._db.connect, self._channel)
         self._kv = PostgresKV(self._db, self._clock)
         self._transactional = Transactional(self)
         self._next_sweep = 0.0
@@ -179,9 +177,6 @@ class PostgresBroker(AdminMixin, EventsMixin, PostgresCore, Broker):
     def migrated(self) -> tuple[int, int]:
         """The schema versions before and after this broker opened it."""
         return self._db.migrated
-
-    def _listen_connection(self) -> Connection:
-        return psycopg.connect(self._db.conninfo(), autocommit=True)
 
     # -- producing -------------------------------------------------------------------------
 
