@@ -14,7 +14,7 @@ that set their own ``settings`` start from this profile.
 
 from hypothesis import HealthCheck, settings
 
-pytest_plugins = ["redis_server", "django_setup"]
+pytest_plugins = ["redis_server", "django_setup", "postgres_server"]
 
 settings.register_profile("conveyor", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("conveyor")

@@ -279,6 +279,11 @@ class Conveyor:
 
         Options: queue, priority, retries, retry_on, backoff, timeout, result_ttl, key.
         """
+        if "connection" in options:
+            raise InvalidOption(
+                "connection= is given per call, inside the transaction it joins: "
+                "task.options(connection=conn).delay(...), not @app.task(connection=...)"
+            )
         decorator = _TaskDecorator(self, name, self.defaults.merge(**options))
         return decorator(fn) if fn is not None else decorator
 
@@ -486,28 +491,51 @@ class Conveyor:
         return Sending(self, self._hooks)
 
     def _send(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
+        connection = _connection(sigs)
         if self._hooks is None:
             envelopes = [self.envelope(s) for s in sigs]
             if not envelopes:
                 return []
             events = self._announce(envelopes, [s.name for s in sigs])
-            return [Job(self, i) for i in self.broker.enqueue(envelopes, events)]
+            if connection is None:
+                return [Job(self, i) for i in self.broker.enqueue(envelopes, events)]
+            return [Job(self, i) for i in self.broker.enqueue_in(connection, envelopes, events)]
         with self._sending() as sending:
             envelopes = [sending.envelope(s) for s in sigs]
             if not envelopes:
                 return []
             events = self._announce(envelopes, [s.name for s in sigs])
-            ids = self.broker.enqueue(envelopes, events)
+            if connection is None:
+                ids = self.broker.enqueue(envelopes, events)
+            else:
+                ids = self.broker.enqueue_in(connection, envelopes, events)
         return [Job(self, i) for i in ids]
 
     async def _send_async(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
+        connection = _connection(sigs)
         with self._sending() as sending:
             envelopes = [sending.envelope(s) for s in sigs]
             if not envelopes:
                 return []
             events = self._announce(envelopes, [s.name for s in sigs])
-            ids = await self.broker.enqueue_async(envelopes, events)
+            if connection is None:
+                ids = await self.broker.enqueue_async(envelopes, events)
+            else:
+                ids = await self.broker.enqueue_in_async(connection, envelopes, events)
         return [Job(self, i) for i in ids]
+
+
+def _connection(sigs: Sequence[Signature[Any]]) -> Any:
+    """The one ``connection=`` a batch is sent through (None: the broker's own)."""
+    given = {id(s.opts.connection): s.opts.connection for s in sigs if isinstance(s, Signature)}
+    if not given or list(given) == [id(None)]:
+        return None
+    if len(given) > 1:
+        raise InvalidOption(
+            "enqueue_many got signatures with different connection= (or some without): "
+            "a batch is written in one transaction, so give them all the same connection"
+        )
+    return next(iter(given.values()))
 
 
 class _TaskDecorator:

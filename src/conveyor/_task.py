@@ -70,6 +70,9 @@ class Options:
     allow_failed_dependencies: bool = False
     """Run even when a dependency did not succeed (else the job fails with
     ``DependencyFailed``)."""
+    connection: Any = None
+    """The caller's database connection to enqueue through, inside its transaction
+    (docs/postgres.md); per call only (``.options(connection=conn)``), never encoded."""
 
     def merge(self, **changes: Any) -> Options:
         """A copy with ``changes``, each checked (type and range) and normalized here, once:
@@ -201,6 +204,7 @@ _RULES: dict[str, Callable[[Any], Any]] = {
     "rate_key": _optional(_rate_key),
     "depends_on": _job_ids,
     "allow_failed_dependencies": lambda v: flag("allow_failed_dependencies", v),
+    "connection": lambda v: v,  # checked by the broker that writes through it
 }
 
 

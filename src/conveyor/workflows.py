@@ -257,6 +257,11 @@ class _Builder:
                 f"step {sig!r}: key= and job_id= cannot be used inside a workflow "
                 "(its job ids are chosen up front)"
             )
+        if o.connection is not None:
+            raise ConfigurationError(
+                f"step {sig!r}: connection= sends a job on its own (delay, enqueue, "
+                "enqueue_many); a workflow's steps are written by the broker itself"
+            )
         if parked and (o.delay or o.eta is not None or o.depends_on):
             raise ConfigurationError(
                 f"step {sig!r}: delay=, eta= and depends_on= work on the first steps of a "

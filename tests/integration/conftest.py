@@ -1,11 +1,13 @@
-"""Helpers to run ``conveyor worker`` as real subprocesses, on SQLite and on Redis.
+"""Helpers to run ``conveyor worker`` as real subprocesses, on SQLite, Redis and PostgreSQL.
 
 ``project`` writes a small tasks module (``jobs_app``) into a fresh folder; its tasks append
 one line per start and end to ``runs.log`` so a test can count how often a job really ran.
 It is parametrized over the brokers: ``sqlite`` is a file in ``tmp_path``; ``redis`` is the
 session's private ``redis-server`` (``tests/redis_server.py``, never the shared one on 6379)
 with a key prefix of the test's own, which the worker subprocess gets through
-``JOBS_PREFIX`` (read by ``jobs_app``), so tests never see each other's keys.
+``JOBS_PREFIX`` (read by ``jobs_app``), so tests never see each other's keys; ``postgres``
+(where a module asks for it, see ``POSTGRES``) a schema of the test's own in the session's
+database (``tests/postgres_server.py``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import pytest
 from conveyor import Conveyor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from postgres_server import drop_schema, schema_url, unique_schema
 from redis_server import SERVER_BINARY, RedisServer, unique_prefix
 
 TASKS = """
@@ -190,6 +193,11 @@ BROKERS = [
 ]
 
 
+# Not in BROKERS (every project test would run on it): the modules that run their tests on
+# PostgreSQL too list it beside them, e.g. test_worker_brokers.py.
+POSTGRES = pytest.param("postgres", id="postgres", marks=pytest.mark.postgres)
+
+
 @pytest.fixture(params=BROKERS)
 def broker_kind(request: pytest.FixtureRequest) -> str:
     kind: str = request.param
@@ -199,12 +207,19 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def project(tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest) -> Iterator[Project]:
     """A project on each broker in turn (the redis server starts only if a test needs it)."""
+    schema = None
     if broker_kind == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
         p = Project(tmp_path, server.url, unique_prefix())
+    elif broker_kind == "postgres":
+        database: str = request.getfixturevalue("postgres_url")
+        schema = unique_schema()
+        p = Project(tmp_path, schema_url(database, schema))
     else:
         p = Project(tmp_path)
     try:
         yield p
     finally:
         p.cleanup()
+        if schema is not None:
+            drop_schema(database, schema)

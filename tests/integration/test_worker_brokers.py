@@ -1,5 +1,5 @@
-"""``conveyor worker`` subprocesses on each broker (SQLite, Redis): crashes, long jobs,
-SIGTERM, bad input. The ``project`` fixture (conftest) runs every test once per broker.
+"""``conveyor worker`` subprocesses on each broker (SQLite, Redis, PostgreSQL): crashes, long
+jobs, SIGTERM, bad input. The ``project`` fixture (conftest) runs every test once per broker.
 
 Every job's runs are counted from an append-only log the tasks write, so "exactly once"
 and "nothing lost" are checked on what really happened, not on what the broker says.
@@ -13,11 +13,17 @@ from typing import Any
 
 import pytest
 
-from conftest import Project, wait_for
+from conftest import BROKERS, POSTGRES, Project, wait_for
 from conveyor import Conveyor, JobDead, Signature
 from conveyor._message import Envelope, Message, new_job_id
 
 pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(params=[*BROKERS, POSTGRES])
+def broker_kind(request: pytest.FixtureRequest) -> str:
+    kind: str = request.param
+    return kind
 
 
 def _app(project: Project) -> Conveyor:

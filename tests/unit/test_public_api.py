@@ -56,14 +56,20 @@ def _files(sub: str) -> list[pathlib.Path]:
     return [target] if target.exists() else []
 
 
-ADAPTERS = ("conveyor.brokers.memory", "conveyor.brokers.sqlite", "conveyor.brokers.redis")
+ADAPTERS = (
+    "conveyor.brokers.memory",
+    "conveyor.brokers.sqlite",
+    "conveyor.brokers.redis",
+    "conveyor.brokers.postgres",
+)
+DRIVERS = ("redis", "sqlite3", "psycopg", "psycopg_pool")
 
 
 def test_worker_drives_the_port_only() -> None:
     for path in _files("worker"):
         names = _imports(path)
         assert not any(n.startswith(ADAPTERS) for n in names), path
-        assert not any(n == "redis" or n.startswith(("redis.", "sqlite3")) for n in names), path
+        assert not any(n.split(".")[0] in DRIVERS for n in names), path
 
 
 def test_only_the_factory_cli_and_testing_name_a_concrete_adapter() -> None:

@@ -6,6 +6,8 @@ from .._clock import Clock, SystemClock
 from .._errors import InvalidURL
 from ._port import EVENTS_KEPT, Broker, Finish, LeaseState
 from ._url import REDIS_SCHEMES, SCHEME_NAME, parse_redis_url, redact_url
+from .postgres._url import SCHEMES as POSTGRES_SCHEMES
+from .postgres._url import parse_postgres_url
 
 __all__ = [
     "DEFAULT_URL",
@@ -38,12 +40,14 @@ def check_url(url: str) -> str:
     scheme = scheme.lower()
     if scheme == "redis+cluster" or scheme in REDIS_SCHEMES:
         parse_redis_url(url)
+    elif scheme in POSTGRES_SCHEMES:
+        parse_postgres_url(url)
     elif scheme not in ("memory", "sqlite"):
         shown = repr(scheme) if SCHEME_NAME.fullmatch(scheme) else "(not a scheme name)"
         raise InvalidURL(
             f"unknown broker scheme {shown} in {redact_url(url)!r}: use memory://, "
-            "sqlite:///path.db, redis://, rediss://, unix://, redis+sentinel:// or "
-            "redis+cluster://"
+            "sqlite:///path.db, redis://, rediss://, unix://, redis+sentinel://, "
+            "redis+cluster:// or postgresql://"
         )
     return scheme
 
@@ -53,7 +57,9 @@ def load_adapter(url: str) -> None:
     pays for its client library there (redis-py takes ~55 ms to import), not in its first
     job, and a missing one fails where the app is made."""
     scheme = check_url(url)
-    if scheme not in ("memory", "sqlite"):
+    if scheme in POSTGRES_SCHEMES:
+        from .postgres import broker  # noqa: F401  (without psycopg: what to install)
+    elif scheme not in ("memory", "sqlite"):
         from . import redis  # noqa: F401
 
 
@@ -72,10 +78,13 @@ def open_broker(
     ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
     ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``
     (``redis+cluster://`` is refused with a message). docs/redis.md lists the options.
+    ``postgresql://[user:password@]host:5432/dbname[?schema=conveyor]`` (or ``postgres://``;
+    docs/postgres.md).
 
     ``create=False`` is for tools that only look: an SQLite file that does not exist (or
     holds no Conveyor tables) raises ``ConfigurationError`` naming the path, and nothing is
-    created, neither the file nor its folder. Other brokers have nothing to create.
+    created, neither the file nor its folder; a PostgreSQL schema without Conveyor's tables
+    likewise (no migration runs). Redis has nothing to create.
     """
     scheme = check_url(url)
     clock = clock or SystemClock()
@@ -92,6 +101,10 @@ def open_broker(
         except InvalidURL as exc:  # its message quotes the URL: show it redacted
             raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
         return SQLiteBroker(path, clock=clock, create=create, events_kept=kept)
+    if scheme in POSTGRES_SCHEMES:
+        from .postgres import PostgresBroker
+
+        return PostgresBroker(url, clock=clock, create=create, events_kept=kept)
     from .redis import RedisBroker
 
     return RedisBroker(url, prefix=prefix, clock=clock, events_kept=kept)

@@ -244,6 +244,22 @@ class Broker(ABC):
     ) -> list[str]:
         return await asyncio.to_thread(self.enqueue, envelopes, events)
 
+    def enqueue_in(
+        self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
+    ) -> list[str]:
+        """``enqueue`` through the caller's own database ``connection``, inside its open
+        transaction (``.options(connection=...)``): only a broker in that database can."""
+        raise ConfigurationError(
+            f"connection= (enqueue inside your own transaction) needs the PostgreSQL broker "
+            f"in the same database; this app's broker is {type(self).__name__}: leave "
+            "connection= out, or use postgresql://"
+        )
+
+    async def enqueue_in_async(
+        self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
+    ) -> list[str]:
+        return self.enqueue_in(connection, envelopes, events)
+
     # -- consuming -------------------------------------------------------------------------
 
     @abstractmethod

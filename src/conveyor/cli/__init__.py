@@ -32,6 +32,7 @@ COMMANDS = {
     "worker": ("worker", "worker"),
     "exporter": ("exporter", "exporter"),
     "dashboard": ("dashboard", "dashboard"),
+    "migrate": ("migrate", "migrate"),
     "demo": ("demo", "demo"),
 }
 
