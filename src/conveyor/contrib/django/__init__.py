@@ -19,8 +19,9 @@
   jobs: ``enqueue``/``aenqueue``, ``priority``, ``queue_name``, ``run_after``, and
   ``TaskResult`` read from the job (``get_result``, ``refresh``). Its ``OPTIONS``:
   ``ENQUEUE`` (``"on_commit"``, the default: inside a transaction, the job is sent when it
-  commits and never if it rolls back; ``"now"``: sent at once) and ``DATABASE`` (the alias
-  whose transactions ``on_commit`` follows; ``"default"``).
+  commits and never if it rolls back; ``"now"``: sent at once; ``"transaction"``: written
+  in the transaction itself, on the PostgreSQL broker in the same database) and
+  ``DATABASE`` (the alias whose transactions it follows; ``"default"``).
 * ``python manage.py conveyor_worker`` runs Django tasks and the app's own tasks, with the
   options of ``conveyor worker``; Django is set up once in each process, children of
   ``--pool processes`` too, and ``DatabaseConnections`` handles the database connections

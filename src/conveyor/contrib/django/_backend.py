@@ -16,9 +16,10 @@ Sending on commit (``OPTIONS["ENQUEUE"] = "on_commit"``, the default) is Django'
 ``transaction.on_commit`` on ``OPTIONS["DATABASE"]``: inside ``atomic()`` the job is sent
 when the outermost block commits, and never if it rolls back; outside one it is sent at
 once. ``enqueue`` returns the ``TaskResult`` at once either way, with the id the job will
-have. ``"now"`` sends at once, inside a transaction too. ``ENQUEUE`` is a mode rather than a
-flag so that a third one can come: writing the job in the transaction itself, on a broker
-that lives in the same database.
+have. ``"now"`` sends at once, inside a transaction too. ``"transaction"`` writes the job
+through Django's own connection to ``DATABASE``, inside its open transaction: the PostgreSQL
+broker in that same database (``postgresql://``) only; workers see the job when the
+transaction commits, and a rollback takes it away with the rest.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
 from asgiref.sync import sync_to_async
 from django.apps import apps
 from django.conf import settings
-from django.db import DEFAULT_DB_ALIAS, transaction
+from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
 from ..._errors import ConfigurationError, InvalidName
@@ -58,7 +59,7 @@ if TYPE_CHECKING:
 P = ParamSpec("P")
 T = TypeVar("T")
 
-ENQUEUE_MODES = ("on_commit", "now")
+ENQUEUE_MODES = ("on_commit", "now", "transaction")
 OPTIONS = ("ENQUEUE", "DATABASE")
 
 
@@ -93,10 +94,17 @@ class ConveyorBackend(BaseTaskBackend):
         if self.enqueue_mode not in ENQUEUE_MODES:
             raise ConfigurationError(
                 f"bad {where}['OPTIONS']['ENQUEUE']={self.enqueue_mode!r}: use 'on_commit' (send "
-                "the job when the transaction commits) or 'now'"
+                "the job when the transaction commits), 'now', or 'transaction' (write it in "
+                "the transaction, on the PostgreSQL broker in the same database)"
             )
         self.database: str = options.get("DATABASE", DEFAULT_DB_ALIAS)
-        if self.enqueue_mode == "on_commit" and self.database not in settings.DATABASES:
+        if self.enqueue_mode == "transaction" and not self.app.url.startswith("postgres"):
+            raise ConfigurationError(
+                f"{where}['OPTIONS']['ENQUEUE'] is 'transaction', which writes jobs in the "
+                "database's own transaction: it needs settings.CONVEYOR['URL'] to be the "
+                "postgresql:// URL of that database; use 'on_commit' on other brokers"
+            )
+        if self.enqueue_mode != "now" and self.database not in settings.DATABASES:
             raise ConfigurationError(
                 f"{where}['OPTIONS']['DATABASE'] is {self.database!r}, which is not in "
                 "settings.DATABASES: name the database whose transactions the jobs wait "
@@ -129,6 +137,10 @@ class ConveyorBackend(BaseTaskBackend):
         send = _sender(self, job, result)
         if self.enqueue_mode == "on_commit":
             transaction.on_commit(send, using=self.database)
+        elif self.enqueue_mode == "transaction":
+            connection = connections[self.database]
+            connection.ensure_connection()  # the broker takes it as it is, open
+            _sender(self, job.options(connection=connection), result)()
         else:
             send()
         return result
@@ -139,8 +151,8 @@ class ConveyorBackend(BaseTaskBackend):
         args: P.args,  # type: ignore[valid-type]
         kwargs: P.kwargs,  # type: ignore[valid-type]
     ) -> TaskResult[T]:
-        # Sent at once in either mode: Django's transactions are sync only, so async code
-        # holds none to wait for.
+        # Sent at once in every mode: Django's transactions are sync only, so async code
+        # holds none to wait for or to write in.
         self.validate_task(task)
         result, job = self._job(task, args, kwargs)
         await job.delay_async(*result.args, **result.kwargs)
