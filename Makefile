@@ -10,7 +10,7 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 PIP := $(BIN)/pip install -q --disable-pip-version-check
 UV_COMPILE := $(BIN)/uv pip compile -q --generate-hashes --universal --python-version 3.11
 
-.PHONY: demo test bench chaos lint typecheck format lock floor clean
+.PHONY: demo test docs bench chaos lint typecheck format lock floor clean screenshots
 
 # The runtime dependencies only: what `make demo` needs.
 $(RUNTIME_STAMP): requirements/runtime.txt pyproject.toml
@@ -30,11 +30,27 @@ $(STAMP): requirements/dev.txt pyproject.toml
 demo: $(RUNTIME_STAMP)
 	$(BIN)/conveyor demo --url sqlite:///$(CURDIR)/.conveyor-demo/demo.db
 
+# The tests run on PYTEST_WORKERS pytest-xdist workers. The suite mostly waits (worker
+# subprocesses, real leases, graces and timeouts: a quarter of one core on average, run in one
+# process), so 4 workers on CI's 2 cores still leave room. Tests that must not run at the
+# same time as each other share an @pytest.mark.xdist_group (--dist loadgroup keeps a group
+# on one worker). PYTEST_WORKERS=0 runs them in this process, in order. The slowest tests
+# are listed at the end: the suite has 15 minutes in CI.
+PYTEST_WORKERS ?= 4
 test: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
 	$(BIN)/mypy
-	$(BIN)/pytest
+	$(MAKE) --no-print-directory docs
+	$(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadgroup --durations=15
+
+# The documentation site (mkdocs.yml) in site/: the benchmark chart drawn again from
+# docs/benchmarks.md, then every page and the API reference built in strict mode, so a broken
+# link, anchor, reference or docstring, or a page missing from the nav, fails (and `make test`).
+# Not --quiet: it hides the warnings that --strict counts, and the build passes.
+docs: $(STAMP)
+	$(BIN)/python bench/chart.py
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 format: $(STAMP)
 	$(BIN)/ruff format src tests bench examples
@@ -61,7 +77,7 @@ floor: $(STAMP)
 	.venv-floor/bin/pytest -q
 
 # Not part of CI: peers in their own pinned venvs under bench/.venv-peers, then the full run
-# (15-20 minutes on 2 cores) written to docs/benchmarks.md. Run it on a quiet machine.
+# (25-30 minutes on 2 cores) written to docs/benchmarks.md. Run it on a quiet machine.
 # BENCH_ARGS="--quick" for a ~1/10 smoke run, "--soak 1000000" to add the 1M-job RSS soak.
 BENCH_ARGS ?=
 bench: $(STAMP)
@@ -74,6 +90,12 @@ chaos: $(STAMP)
 	$(BIN)/python -m tests.torture.chaos --jobs 100000 --workers 3 --broker redis
 	$(BIN)/python -m tests.torture.chaos --jobs 20000 --workers 3 --broker sqlite
 
+# The dashboard's pictures in docs/img/ (docs/dashboard.md, README): the browser tests' own
+# code, after two workers and a producer have run for CONVEYOR_SCREENSHOTS_SECONDS (150).
+screenshots: $(STAMP)
+	CONVEYOR_SCREENSHOTS=$(CURDIR)/docs/img $(BIN)/pytest -q -p no:randomly \
+		tests/integration/test_dashboard_browser.py -k screenshots
+
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench examples
 	$(BIN)/ruff format --check src tests bench examples
@@ -83,4 +105,4 @@ typecheck: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .venv-floor .mypy_cache .ruff_cache .pytest_cache bench/.venv-peers \
-		bench/.results .conveyor-demo
+		bench/.results .conveyor-demo site

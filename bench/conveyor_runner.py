@@ -2,7 +2,15 @@
 ``Job.result``, and the ``conveyor worker`` command with the default thread pool.
 
 ``BENCH_CONVEYOR_POOL=async`` runs the worker with ``--pool async`` and ``async def`` tasks
-instead (for exploring; the reported run uses the default).
+instead (``run.py`` sets it for the workloads whose best Conveyor setting is the async pool,
+and for W4-io-async).
+
+``BENCH_LIB`` (set by ``run.py``) names the variant, in the producer and the worker alike:
+
+* ``conveyor``: the default app (events on, no middleware);
+* ``conveyor-noevents``: ``Conveyor(events=False)``;
+* ``conveyor-prometheus``: ``PrometheusMiddleware`` in the app, and the worker serving it
+  with ``--metrics-port 0`` (a free port; nothing scrapes it during the run).
 """
 
 from __future__ import annotations
@@ -15,16 +23,31 @@ from typing import Any
 
 from conveyor import Conveyor
 
+import io_job
 import probe
 from peers import _env
 
 DIST = "conveyor"
 POOL = os.environ.get("BENCH_CONVEYOR_POOL", "threads")
+VARIANT = os.environ.get("BENCH_LIB", "conveyor")
+if VARIANT not in ("conveyor", "conveyor-noevents", "conveyor-prometheus"):
+    raise SystemExit(f"conveyor_runner: unknown variant BENCH_LIB={VARIANT!r}")
+
+
+def _options() -> dict[str, Any]:
+    if VARIANT == "conveyor-noevents":
+        return {"events": False}
+    if VARIANT == "conveyor-prometheus":
+        from conveyor.contrib.prometheus import PrometheusMiddleware
+
+        return {"middleware": [PrometheusMiddleware()]}
+    return {}
+
 
 if _env.BACKEND == "sqlite":
-    app = Conveyor(f"sqlite:///{os.path.abspath(_env.SQLITE_PATH)}")
+    app = Conveyor(f"sqlite:///{os.path.abspath(_env.SQLITE_PATH)}", **_options())
 else:
-    app = Conveyor(_env.REDIS_URL)
+    app = Conveyor(_env.REDIS_URL, **_options())
 
 
 @app.task(name="noop")
@@ -47,6 +70,16 @@ def latency(t: float) -> float:
     return t
 
 
+@app.task(name="incr")
+def incr(i: int) -> int:
+    return io_job.incr_job(i)
+
+
+@app.task(name="wait")
+def wait(i: int) -> int:
+    return io_job.wait_job(i)
+
+
 @app.task(name="anoop")
 async def anoop(i: int) -> int:
     probe.hit()
@@ -67,16 +100,30 @@ async def alatency(t: float) -> float:
     return t
 
 
+@app.task(name="aincr")
+async def aincr(i: int) -> int:
+    return await io_job.aincr_job(i)
+
+
+@app.task(name="await")
+async def await_(i: int) -> int:
+    return await io_job.await_job(i)
+
+
 if POOL == "async":
-    TASKS = {"noop": anoop, "sleep": asleep, "latency": alatency}
+    TASKS = {"noop": anoop, "sleep": asleep, "latency": alatency, "incr": aincr, "wait": await_}
 else:
-    TASKS = {"noop": noop, "sleep": sleep, "latency": latency}
+    TASKS = {"noop": noop, "sleep": sleep, "latency": latency, "incr": incr, "wait": wait}
 
 
 def worker_argv(workload: str) -> list[str] | None:
+    metrics = ["--metrics-port", "0"] if VARIANT == "conveyor-prometheus" else []
+    # The console script, as the Procfile line and every peer's worker command run it.
+    command = [_env.tool("conveyor")] if os.path.exists(_env.tool("conveyor")) else [
+        sys.executable, "-m", "conveyor"]  # fmt: skip
     return [
-        sys.executable, "-m", "conveyor", "worker", "conveyor_runner",
-        "--concurrency", str(_env.CONCURRENCY), "--pool", POOL,
+        *command, "worker", "conveyor_runner",
+        "--concurrency", str(_env.CONCURRENCY), "--pool", POOL, *metrics,
     ]  # fmt: skip
 
 

@@ -18,7 +18,10 @@ An adapter is a module (``conveyor_runner``, ``raw`` or ``peers.<name>``) with:
 - optionally ``run_custom(workload, cfg) -> dict | None`` to measure a workload itself
   (the raw Redis limits do).
 
-Task kinds are ``noop(i)``, ``sleep(i)`` (10 ms) and ``latency(t_enqueued)``.
+Task kinds are ``noop(i)``, ``sleep(i)`` (10 ms), ``latency(t_enqueued)``, and the I/O
+kinds of ``io_job``: ``incr(i)`` (one Redis round trip) and ``wait(i)`` (10 ms on a socket).
+``BENCH_PROCESSES`` (default 1) worker processes share a drain: the worker command is started
+that many times, each with its own ``worker_argv``.
 """
 
 from __future__ import annotations
@@ -46,12 +49,17 @@ WARMUP_JOBS = 5
 RESULT_SAMPLES = 20
 LATENCY_RATE = 50.0  # jobs per second in W3
 RESULT_WAIT = 10.0  # seconds a W3 caller waits for one result
+STARTUP_SPAWNS = 5  # worker start-ups timed per run; the run reports their median
+# The task each drain workload runs (W5 is W2 on SQLite).
+DRAIN_KIND = {"w2": "noop", "w5": "noop", "w4": "sleep", "w2-io": "incr", "w2-io-2p": "incr",
+              "w4-io": "wait", "w4-io-async": "wait"}  # fmt: skip
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def load_adapter(lib: str) -> Any:
-    name = {"conveyor": "conveyor_runner", "conveyor-sqlite": "conveyor_runner"}.get(lib, lib)
-    return importlib.import_module(name if name in ("conveyor_runner", "raw") else f"peers.{lib}")
+    if lib == "conveyor" or lib.startswith("conveyor-"):  # BENCH_LIB names the variant
+        return importlib.import_module("conveyor_runner")
+    return importlib.import_module("raw" if lib == "raw" else f"peers.{lib}")
 
 
 class Driver:
@@ -101,39 +109,58 @@ class Driver:
 
     # -- the worker process ----------------------------------------------------------------
 
-    def start_worker(self, workload: str, target: int) -> subprocess.Popen[bytes]:
-        argv = self.adapter.worker_argv(workload)
+    def start_worker(
+        self, workload: str, target: int, probe_dir: str | None = None
+    ) -> list[subprocess.Popen[bytes]]:
+        """``BENCH_PROCESSES`` instances of the library's worker command."""
         env = dict(os.environ)
         env.update(
-            BENCH_PROBE_DIR=self.cfg["probe_dir"],
+            BENCH_PROBE_DIR=probe_dir or self.cfg["probe_dir"],
             BENCH_PROBE_N=str(target),
             PYTHONPATH=HERE + os.pathsep + env.get("PYTHONPATH", ""),
         )
-        log = open(self.cfg["log"], "ab")  # noqa: SIM115 - the child owns it
-        return subprocess.Popen(
-            argv, cwd=HERE, env=env, stdout=log, stderr=log, start_new_session=True
-        )
+        log = open(self.cfg["log"], "ab")  # noqa: SIM115 - the children own it
+        procs = []
+        for _ in range(int(os.environ.get("BENCH_PROCESSES", "1"))):
+            argv = self.adapter.worker_argv(workload)
+            procs.append(
+                subprocess.Popen(
+                    argv, cwd=HERE, env=env, stdout=log, stderr=log, start_new_session=True
+                )
+            )
+        return procs
 
     @staticmethod
-    def stop_worker(proc: subprocess.Popen[bytes]) -> None:
-        """Kill the worker's whole process group: the figures are in, and a graceful stop
+    def stop_worker(procs: list[subprocess.Popen[bytes]]) -> None:
+        """Kill each worker's whole process group: the figures are in, and a graceful stop
         would only cost time (each run starts on a flushed Redis anyway)."""
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            proc.wait()
 
-    async def wait_probe(self, proc: subprocess.Popen[bytes], target: int, timeout: float) -> dict:
+    async def wait_probe(
+        self,
+        procs: list[subprocess.Popen[bytes]],
+        target: int,
+        timeout: float,
+        probe_dir: str | None = None,
+    ) -> dict:
         deadline = time.monotonic() + timeout
         while True:
-            states = probe.read_all(self.cfg["probe_dir"])
+            states = probe.read_all(probe_dir or self.cfg["probe_dir"])
             count = sum(int(s["count"]) for s in states)
             if count >= target:
                 return merge_states(states)
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited with code {proc.returncode} after {count} jobs")
+            for proc in procs:
+                if proc.poll() is not None:
+                    raise RuntimeError(
+                        f"worker exited with code {proc.returncode} after {count} jobs"
+                    )
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{count} of {target} jobs done after {timeout:.0f} s")
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.002 if target == 1 else 0.01)
 
     async def check_results(self, handles: list[Any], expected: list[Any]) -> str | None:
         """Results are stored: fetch a spread sample through the library's result API.
@@ -170,15 +197,15 @@ class Driver:
         if self.adapter.worker_argv(workload) is None:
             return {"na": getattr(self.adapter, "NA_REASON", {}).get(workload, "unsupported")}
         handles = await self.prefill(kind, self.n)
-        proc = self.start_worker(workload, self.n)
+        procs = self.start_worker(workload, self.n)
         try:
-            state = await self.wait_probe(proc, self.n, self.cfg["timeout"])
+            state = await self.wait_probe(procs, self.n, self.cfg["timeout"])
             problem = await self.check_results(handles, list(range(self.n)))
         finally:
-            self.stop_worker(proc)
+            self.stop_worker(procs)
         span = state["last"] - state["first"]
         slots = int(os.environ.get("BENCH_CONCURRENCY", "0"))
-        if kind == "sleep" and slots and state["max_running"] > slots:
+        if kind in ("sleep", "wait") and slots and state["max_running"] > slots:
             problem = f"{state['max_running']} jobs ran at once, concurrency was {slots}"
         return {
             "rate": self.n / span if span > 0 else None,
@@ -194,7 +221,7 @@ class Driver:
         enqueue->result as seen by the caller through the library's result API."""
         if self.adapter.worker_argv("w3") is None:
             return {"na": getattr(self.adapter, "NA_REASON", {}).get("w3", "unsupported")}
-        proc = self.start_worker("w3", WARMUP_JOBS + self.n)
+        procs = self.start_worker("w3", WARMUP_JOBS + self.n)
         waits: list[Any] = []
         pool = ThreadPoolExecutor(64)  # more than can be pending at 50/s
         loop = asyncio.get_running_loop()
@@ -213,7 +240,7 @@ class Driver:
             warm = await self.enqueue_each("latency", [0.0] * WARMUP_JOBS)
             for h in warm:
                 await self.call("result", h, 60)
-            await self.wait_probe(proc, WARMUP_JOBS, 60)
+            await self.wait_probe(procs, WARMUP_JOBS, 60)
             await asyncio.sleep(0.5)  # the worker is idle now
             start = time.perf_counter()
             for i in range(self.n):
@@ -224,10 +251,10 @@ class Driver:
                 handle = await self.call("enqueue", "latency", t0)
                 waits.append(asyncio.ensure_future(waiter(handle, t0)))
             outcomes = await asyncio.gather(*waits)
-            state = await self.wait_probe(proc, WARMUP_JOBS + self.n, 30)
+            state = await self.wait_probe(procs, WARMUP_JOBS + self.n, 30)
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
-            self.stop_worker(proc)
+            self.stop_worker(procs)
         result_lat = [x for x in outcomes if isinstance(x, float)]
         failed = [x for x in outcomes if isinstance(x, str)]
         out: dict[str, Any] = {}
@@ -241,25 +268,53 @@ class Driver:
             )[:300]
         return out
 
+    async def startup(self) -> dict[str, Any]:
+        """Worker spawn -> first job started, ``STARTUP_SPAWNS`` times: a job is queued, the
+        worker command is started, and the time runs from just before the spawn to the
+        job's start as the task notes it (``time.time()`` on both sides). Also the CPU time
+        the process that runs the job had used by then (its whole start-up, steadier than
+        the wall time on a loaded machine)."""
+        if self.adapter.worker_argv("startup") is None:
+            return {"na": getattr(self.adapter, "NA_REASON", {}).get("startup", "unsupported")}
+        took, cpu = [], []
+        for k in range(STARTUP_SPAWNS):
+            probe_dir = os.path.join(self.cfg["probe_dir"], str(k))
+            os.mkdir(probe_dir)
+            await self.enqueue_each("noop", [k])
+            t0 = time.time()
+            procs = self.start_worker("startup", 1, probe_dir)
+            try:
+                state = await self.wait_probe(procs, 1, 60, probe_dir)
+            finally:
+                self.stop_worker(procs)
+            took.append(state["first"] - t0)
+            if state["cpu_first"] is not None:
+                cpu.append(state["cpu_first"])
+        return {
+            "startup_ms": percentile(took, 50) * 1000,
+            "startup_cpu_ms": percentile(cpu, 50) * 1000 if cpu else None,
+            "startups_ms": [t * 1000 for t in took],
+        }
+
     async def soak(self) -> dict[str, Any]:
         """The worker runs while a producer keeps a bounded backlog, n jobs in all; the
         probe samples the worker's RSS every n/20 jobs."""
-        proc = self.start_worker("soak", self.n)
+        procs = self.start_worker("soak", self.n)
         bulk = hasattr(self.client, "enqueue_bulk")
         try:
             sent = 0
             while sent < self.n:
                 if sent - self.done_count() > SOAK_BACKLOG:
-                    if proc.poll() is not None:
-                        raise RuntimeError(f"worker exited with code {proc.returncode}")
+                    if procs[0].poll() is not None:
+                        raise RuntimeError(f"worker exited with code {procs[0].returncode}")
                     await asyncio.sleep(0.05)
                     continue
                 args = list(range(sent, min(self.n, sent + BULK_BATCH)))
                 await (self.enqueue_bulk if bulk else self.enqueue_each)("noop", args)
                 sent += len(args)
-            state = await self.wait_probe(proc, self.n, self.cfg["timeout"])
+            state = await self.wait_probe(procs, self.n, self.cfg["timeout"])
         finally:
-            self.stop_worker(proc)
+            self.stop_worker(procs)
         curve = [(n, kb / 1024) for n, kb in state["rss_curve"]]
         span = state["last"] - state["first"]
         return {
@@ -287,8 +342,9 @@ class Driver:
                 return await self.w3()
             if workload == "soak":
                 return await self.soak()
-            kind = "sleep" if workload == "w4" else "noop"
-            return await self.drain(workload, kind)
+            if workload == "startup":
+                return await self.startup()
+            return await self.drain(workload, DRAIN_KIND[workload])
         finally:
             await self.close()
 
@@ -302,6 +358,7 @@ def merge_states(states: list[dict[str, Any]]) -> dict[str, Any]:
         "max_running": max(s.get("max_running", 0) for s in live),
         "last": max(s["last"] for s in live),
         "cpu": sum(cpus) if cpus else None,
+        "cpu_first": min((s["cpu_first"] for s in live if s.get("cpu_first")), default=None),
         "rss_kb": sum(rss) if rss else None,
         "latencies": [x for s in live for x in s["latencies"]],
         "rss_curve": sorted(p for s in live for p in s.get("rss_curve", [])),

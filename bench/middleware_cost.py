@@ -9,9 +9,9 @@ best of ``--reps`` is the figure (the least disturbed by the rest of the machine
 the median beside it.
 
     .venv/bin/python bench/middleware_cost.py                     # none, noop, prometheus
-    .venv/bin/python bench/middleware_cost.py --old /tmp/base/src --cases none
-        # this checkout against another copy's src/ (e.g. `git archive REV | tar -x -C
-        # /tmp/base`), alternated run by run: did the hot paths get slower?
+    .venv/bin/python bench/middleware_cost.py --old /tmp/base/src --cases none,prometheus
+        # each case on this checkout and on another copy's src/ (e.g. `git archive REV src
+        # | tar -x -C /tmp/base`), alternated run by run: did the hot paths get slower?
 
 Cases: ``none`` (no middleware), ``noop`` (every hook a successful job meets overridden,
 doing nothing: the cost of the calls themselves), ``prometheus``
@@ -86,15 +86,17 @@ def main() -> None:
     parser.add_argument("-n", type=int, default=20_000, help="jobs per drain")
     parser.add_argument("--reps", type=int, default=5, help="runs per case")
     parser.add_argument("--cases", default="none,noop,prometheus")
-    parser.add_argument("--old", help="another copy's src/ to run the 'none' case against")
+    parser.add_argument("--old", help="another copy's src/ to run each case on as well")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
         print(json.dumps(one(args.one, args.n)))
         return
-    runs = [(case, SRC) for case in args.cases.split(",")]
-    if args.old:
-        runs.insert(0, ("none (old)", args.old))
+    runs = []
+    for case in args.cases.split(","):
+        if args.old:
+            runs.append((f"{case} (old)", args.old))
+        runs.append((case, SRC))
     found: dict[str, list[dict[str, float]]] = {label: [] for label, _ in runs}
     for rep in range(args.reps):
         for label, src in runs if rep % 2 == 0 else runs[::-1]:  # neither side always first
@@ -104,13 +106,13 @@ def main() -> None:
             out = subprocess.run(cmd, env=env, check=True, capture_output=True, text=True)
             found[label].append(json.loads(out.stdout))
     print(f"CPU µs per job, best and median of {args.reps} runs of {args.n} jobs")
-    print(f"{'case':<12} {'enqueue':>8} {'median':>7} {'drain':>8} {'median':>7}")
+    print(f"{'case':<18} {'enqueue':>8} {'median':>7} {'drain':>8} {'median':>7}")
     for label, values in found.items():
         cells = []
         for phase in ("enqueue", "drain"):
             xs = [v[phase] for v in values]
             cells.append(f"{min(xs):>8.1f} {statistics.median(xs):>7.1f}")
-        print(f"{label:<12} {' '.join(cells)}")
+        print(f"{label:<18} {' '.join(cells)}")
 
 
 if __name__ == "__main__":

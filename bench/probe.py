@@ -4,8 +4,11 @@ Every benchmark task calls ``hit()`` (or ``started(t_enqueued)``) as its body. T
 counts calls and keeps, in the process that runs the tasks:
 
 - the wall time of the first start and the last call (drain rate = jobs / (last - first));
-- the process CPU time and peak RSS at the first and at the N-th call (N from
-  ``BENCH_PROBE_N``), so CPU per job excludes the worker's start-up;
+- the process CPU time (since the process began: its start-up) and peak RSS at the first
+  and at the N-th call (N from
+  ``BENCH_PROBE_N``), so CPU per job excludes the worker's start-up; when several worker
+  processes share the N jobs, none sees the N-th, and each reports its CPU time since its
+  first call and its peak RSS as of its last report (at most 25 ms after its last job);
 - for latency jobs, ``now - t_enqueued`` per call;
 - for jobs bracketed by ``begin()`` and ``hit(began)``, the most that ran at once;
 - the current RSS every N/20 jobs (the soak's memory curve).
@@ -83,13 +86,18 @@ class _Probe:
     def state(self) -> dict[str, object]:
         with self.lock:
             self.dirty = False
+            cpu1, rss_kb = self.cpu1, self.rss_kb
+            if self.count and not cpu1:  # one of several processes: so far
+                cpu1 = time.process_time()
+                rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             return {
                 "pid": self.pid,
                 "count": self.count,
                 "first": self.first,
                 "last": self.last,
-                "cpu": self.cpu1 - self.cpu0 if self.cpu1 else None,
-                "rss_kb": self.rss_kb or None,
+                "cpu": cpu1 - self.cpu0 if cpu1 else None,
+                "cpu_first": self.cpu0 if self.count else None,  # since the process began
+                "rss_kb": rss_kb or None,
                 "latencies": list(self.latencies),
                 "max_running": self.max_running,
                 "rss_curve": list(self.rss_curve),

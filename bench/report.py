@@ -9,6 +9,9 @@ from typing import Any
 
 PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
 COLUMNS = ["conveyor", "raw", *PEERS]
+# Conveyor set up otherwise (bench/conveyor_runner.py): a column each when they ran, and a
+# table of their ratios to plain Conveyor.
+VARIANTS = ["conveyor-noevents", "conveyor-prometheus"]
 W4_IDEAL = 5000.0  # 50 slots x 100 jobs/s each (10 ms jobs)
 
 
@@ -63,6 +66,22 @@ METRICS = [
     Metric("w5", "rate", "W5 drain on SQLite (jobs/s)",
            target="≥ 5 × Huey SqliteHuey", check=_ratio_ok(5, None)),
     Metric("w5", "cpu_us", "W5 worker CPU per job (µs)", higher_better=False),
+    Metric("w2-io", "rate", "W2-io drain, one Redis round trip per job, 1 worker process, "
+           "each at its best concurrency (jobs/s)", target="≥ 2 × best peer",
+           check=_ratio_ok(2, None)),
+    Metric("w2-io", "cpu_us", "W2-io worker CPU per job (µs)", higher_better=False),
+    Metric("w2-io-2p", "rate", "W2-io with each peer at 2 worker processes, Conveyor at 1 "
+           "(jobs/s)"),
+    Metric("w2-io-2p", "cpu_us", "W2-io, 2 peer processes: CPU per job, all worker "
+           "processes (µs)", higher_better=False),
+    Metric("w4-io", "rate", "W4-io 50 slots, each job waits 10 ms on a socket (jobs/s)",
+           limit="ideal", target="≥ 0.9 × ideal", check=_ratio_ok(None, 0.9)),
+    Metric("w4-io-async", "rate", "W4-io with Conveyor's async pool (jobs/s)", limit="ideal",
+           target="≥ 0.9 × ideal", check=_ratio_ok(None, 0.9)),
+    Metric("startup", "startup_ms", "Start-up: worker spawn → first job started (ms)",
+           higher_better=False, target="≤ 100 ms", check=_at_most(100)),
+    Metric("startup", "startup_cpu_ms", "Start-up: CPU used until the first job started (ms)",
+           higher_better=False),
 ]  # fmt: skip
 
 
@@ -105,7 +124,7 @@ class Cells:
 
 
 def wname(workload: str) -> str:
-    return "W" + workload[1:] if workload[:1] == "w" else workload  # w1b -> W1b
+    return "W" + workload[1:] if workload[:1] == "w" else workload  # w2-io -> W2-io
 
 
 def num(v: float) -> str:
@@ -138,13 +157,23 @@ def limit_of(cells: Cells, m: Metric) -> float | None:
     return None
 
 
+def columns(records: list[dict[str, Any]]) -> list[str]:
+    """``COLUMNS``, with the variants that ran beside Conveyor's."""
+    ran = {r["lib"] for r in records}
+    return ["conveyor", *[v for v in VARIANTS if v in ran], *COLUMNS[1:]]
+
+
 def table(cells: Cells) -> list[str]:
-    head = ["workload / metric", *[_title(c) for c in COLUMNS], "best peer",
+    shown = columns(cells.records)
+    head = ["workload / metric", *[_title(c) for c in shown], "best peer",
             "Conveyor ÷ best peer", "Conveyor ÷ limit", "target", "met"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    ran = {r["workload"] for r in cells.records}
     for m in METRICS:
+        if m.workload not in ran:  # a run of some workloads only (--workloads)
+            continue
         row = [m.label]
-        for lib in COLUMNS:
+        for lib in shown:
             if lib == "raw" and m.limit == "ideal":
                 row.append(f"ideal {num(W4_IDEAL)}")
             else:
@@ -195,17 +224,50 @@ def versions(records: list[dict[str, Any]]) -> list[str]:
         "| library | version | Redis client and speedups in its environment |",
         "|---|---|---|",
     ]
-    for lib in COLUMNS:
+    for lib in columns(records):
         found = next((r["versions"] for r in records if r["lib"] == lib and "versions" in r), None)
         if found is None:
             failed = next((r["error"] for r in records if r["lib"] == lib and "error" in r), "")
             lines.append(f"| {lib} | not run | {failed[:120]} |")
             continue
-        dist = {"conveyor": "conveyor", "raw": "redis"}.get(lib, lib)
+        dist = "redis" if lib == "raw" else "conveyor" if lib.startswith("conveyor") else lib
         own = found.get(dist, "?")
         rest = ", ".join(f"{k} {v}" for k, v in found.items() if k != dist)
         lines.append(f"| {lib} | {own} | {rest} |")
     return lines
+
+
+def variants(cells: Cells) -> list[str]:
+    """Each variant's medians beside plain Conveyor's, and their ratio to it."""
+    ran = [v for v in VARIANTS if v in {r["lib"] for r in cells.records}]
+    rows = []
+    for m in METRICS:
+        base = cells.median(m, "conveyor")
+        found = [(v, cells.median(m, v)) for v in ran]
+        if not any(x is not None for _, x in found):
+            continue
+        row = [m.label, num(base) if base is not None else cells.status(m, "conveyor")]
+        for v, x in found:
+            if x is None:
+                row.append(cells.status(m, v))
+            else:
+                row.append(num(x) + (f" ({x / base:.2f}×)" if base else ""))
+        rows.append("| " + " | ".join(row) + " |")
+    if not rows:
+        return []
+    return [
+        "## Conveyor's variants beside plain Conveyor",
+        "",
+        "Plain `conveyor` has events on and no middleware; `conveyor-noevents` is "
+        "`Conveyor(events=False)`; `conveyor-prometheus` has `PrometheusMiddleware` and its "
+        "worker serves `--metrics-port` (not scraped during the run). Medians; in brackets "
+        "the ratio to plain Conveyor's median.",
+        "",
+        "| workload / metric | conveyor | " + " | ".join(ran) + " |",
+        "|" + "---|" * (len(ran) + 2),
+        *rows,
+        "",
+    ]
 
 
 def soak(records: list[dict[str, Any]]) -> list[str]:
@@ -258,7 +320,8 @@ def load_range(records: list[dict[str, Any]]) -> str:
     return f"median {statistics.median(loads):.2f}, max {loads[-1]:.2f}; {reps}"
 
 
-def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "") -> str:
+    """The report; ``chart`` is the relative path of its SVG chart (``chart.py``), if any."""
     cells = Cells(records)
     la, lb = meta["load_before"], meta["load_after"]
     gate = meta.get("gate", (0.0, 0.0, 0.0))
@@ -270,13 +333,16 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Run: **{meta['mode']}**, {meta['reps']} repetitions per cell, interleaved; each cell "
         "is the median (min–max). Higher is better for jobs/s, lower for ms, µs and MB.",
         "",
+        *([f"![The table's headline figures as a chart]({chart})", ""] if chart else []),
         *table(cells),
         "",
-        "Conveyor ÷ limit: ÷ the raw Redis row (W1, W1b, W2) or ÷ the ideal 5,000 jobs/s (W4).",
+        "Conveyor ÷ limit: ÷ the raw Redis row (W1, W1b, W2) or ÷ the ideal 5,000 jobs/s "
+        "(W4, W4-io).",
         "",
     ]
     if note_lines := notes(records):
         out += ["Notes on cells (n/a, failures, † marks):", "", *note_lines, ""]
+    out += variants(cells)
     out += soak(records)
     out += [
         "## Machine",

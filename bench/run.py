@@ -12,6 +12,7 @@ repetition, so slow drifts of the machine spread over everyone. See ``bench/READ
 from __future__ import annotations
 
 import argparse
+import compileall
 import datetime as dt
 import json
 import os
@@ -19,19 +20,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+# What follows this line in docs/benchmarks.md is written by other scripts: a run keeps it.
+KEPT = "<!-- Below: figures of other bench/ scripts, kept as they are by bench/run.py. -->"
 sys.path.insert(0, HERE)
 
+import chart  # noqa: E402
 import machine  # noqa: E402
 import report  # noqa: E402
 from redis_server import private_redis  # noqa: E402
 
 PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
 LIBS = ["conveyor", "raw", *PEERS]
+# Conveyor set up otherwise (conveyor_runner.py), run only when --libs names them: the same
+# workloads beside plain Conveyor (events on, no middleware), compared with it in the report.
+VARIANTS = report.VARIANTS
 
 
 @dataclass(frozen=True)
@@ -42,30 +51,68 @@ class Workload:
     libs: tuple[str, ...]
     backend: str = "redis"
     scaled: bool = True  # --quick takes a tenth
+    best: Mapping[str, int] = field(default_factory=dict)  # a library's own concurrency
+    env: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # a library's extras
+    peer_processes: int = 1  # worker processes per peer (Conveyor always runs one)
+
+    def settings(self, lib: str, override: int | None) -> dict[str, str]:
+        """The ``BENCH_*`` variables that set ``lib`` up for this workload."""
+        concurrency = override or self.best.get(lib, self.concurrency) or 1
+        processes = 1 if lib == "conveyor" or lib in VARIANTS else self.peer_processes
+        return {
+            "BENCH_CONCURRENCY": str(concurrency),
+            "BENCH_PROCESSES": str(processes),
+            **self.env.get(lib, {}),
+        }
 
 
 def size(w: Workload, quick: bool) -> int:
     return max(w.n // 10, 30) if quick and w.scaled else w.n
 
 
+# Each library's best concurrency in one worker process for W2-io (jobs that make one Redis
+# round trip), from a pilot on this machine: bench/README.md, "Best settings for W2-io".
+W2_IO_BEST = {
+    "conveyor": 32, "celery": 4, "rq": 1, "dramatiq": 64, "huey": 4, "arq": 256, "saq": 128,
+    "taskiq": 16, "streaq": 2,
+}  # fmt: skip
+ASYNC_POOL = {"conveyor": {"BENCH_CONVEYOR_POOL": "async"}}
+ASYNC_PEERS = ("arq", "saq", "taskiq", "streaq")
+
+
 WORKLOADS = [
-    Workload("w1", 10_000, 0, tuple(LIBS)),
-    Workload("w1b", 10_000, 0, tuple(LIBS)),
-    Workload("w2", 10_000, 32, tuple(LIBS)),
-    Workload("w3", 300, 32, ("conveyor", *PEERS)),
-    Workload("w4", 2_000, 50, ("conveyor", *PEERS)),
-    Workload("w5", 10_000, 32, ("conveyor", "huey"), backend="sqlite"),
-]
+    Workload("w1", 10_000, 0, (*LIBS, *VARIANTS)),
+    Workload("w1b", 10_000, 0, (*LIBS, *VARIANTS)),
+    Workload("w2", 10_000, 32, (*LIBS, *VARIANTS)),
+    Workload("w3", 300, 32, ("conveyor", *VARIANTS, *PEERS)),
+    Workload("w4", 2_000, 50, ("conveyor", *VARIANTS, *PEERS)),
+    Workload("w5", 10_000, 32, ("conveyor", *VARIANTS, "huey"), backend="sqlite"),
+    # Jobs that do I/O: one Redis round trip each (W2-io), and 50 at a time waiting 10 ms
+    # on a socket (W4-io); see io_job.py. Conveyor's worker is one process throughout.
+    Workload("w2-io", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST),
+    Workload("w2-io-2p", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST, peer_processes=2),
+    Workload("w4-io", 2_000, 50, ("conveyor", *PEERS)),
+    Workload("w4-io-async", 2_000, 50, ("conveyor", *ASYNC_PEERS), env=ASYNC_POOL),
+    Workload("startup", 1, 8, ("conveyor", *PEERS), scaled=False),
+]  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a tenth of the sizes (smoke run)")
     p.add_argument("--reps", type=int, default=3, help="repetitions per workload (median)")
-    p.add_argument("--libs", default=",".join(LIBS), help="comma-separated subset")
+    p.add_argument(
+        "--libs", default=",".join(LIBS),
+        help=f"comma-separated subset; Conveyor's variants {', '.join(VARIANTS)} run only "
+        "when named here",
+    )  # fmt: skip
     p.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
     p.add_argument("--peers-venv", default=os.path.join(HERE, ".venv-peers"))
     p.add_argument("--timeout", type=float, default=None, help="seconds per run")
+    p.add_argument(
+        "--concurrency", type=int, default=None, metavar="N",
+        help="every library at this concurrency, instead of the workload's (pilots)",
+    )  # fmt: skip
     p.add_argument("--out", default=None, help="markdown file to write")
     p.add_argument(
         "--quiet-below",
@@ -100,9 +147,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace, redis_url: str) -> None:
+    def __init__(self, args: argparse.Namespace, redis_url: str, io_addr: str) -> None:
         self.args = args
         self.redis_url = redis_url
+        self.io_addr = io_addr
         status_file = os.path.join(args.peers_venv, "status.json")
         self.install_status: dict[str, str] = {}
         if os.path.exists(status_file):
@@ -110,7 +158,14 @@ class Runner:
                 self.install_status = json.load(f)
 
     def python_for(self, lib: str) -> str | None:
-        if lib in ("conveyor", "raw"):
+        """The library's interpreter: each peer's environment; Conveyor's own (its runtime
+        dependencies only, as a user has them) when ``install.py`` made it, else the
+        project's; the project's for the raw limit and for Prometheus, an extra."""
+        if lib in ("conveyor", "conveyor-noevents"):
+            python = os.path.join(self.args.peers_venv, "conveyor", "bin", "python")
+            ok = self.install_status.get("conveyor") == "ok" and os.path.exists(python)
+            return python if ok else sys.executable
+        if lib in ("raw", *VARIANTS):
             return sys.executable
         python = os.path.join(self.args.peers_venv, lib, "bin", "python")
         ok = self.install_status.get(lib, "ok" if os.path.exists(python) else "missing") == "ok"
@@ -137,7 +192,9 @@ class Runner:
                     "BENCH_REDIS_URL": self.redis_url,
                     "BENCH_BACKEND": w.backend,
                     "BENCH_SQLITE_PATH": os.path.join(tmp, "jobs.db"),
-                    "BENCH_CONCURRENCY": str(w.concurrency or 1),
+                    "BENCH_IO_ADDR": self.io_addr,
+                    "BENCH_LIB": lib,  # which of Conveyor's variants conveyor_runner sets up
+                    **w.settings(lib, self.args.concurrency),
                 },
             }
             cfg_path = os.path.join(tmp, "config.json")
@@ -181,6 +238,10 @@ def describe(result: dict[str, Any]) -> str:
     if "rate" in result and result["rate"] is not None:
         extra = f", {result['cpu_us']:.0f} µs CPU/job" if result.get("cpu_us") else ""
         return f"{result['rate']:,.0f} jobs/s{extra}"
+    if "startup_ms" in result:
+        each = ", ".join(f"{t:.0f}" for t in result["startups_ms"])
+        cpu = result.get("startup_cpu_ms")
+        return f"start-up median {result['startup_ms']:.0f} ms ({each}), CPU {cpu or 0:.0f} ms"
     if "start_p50" in result:
         ms = {k: f"{v:.2f}" if v is not None else "?" for k, v in result.items() if "_p" in k}
         return (
@@ -194,13 +255,22 @@ def flag(result: dict[str, Any]) -> str:
     return f"  † {result['problem']}" if result.get("problem") else ""
 
 
+def compile_sources() -> None:
+    """Byte-compile this checkout's modules (``src/`` and the adapters here), as pip does for
+    every installed package: without it, a worker started with ``PYTHONDONTWRITEBYTECODE``
+    set compiles Conveyor's source on every start while the peers load their ``.pyc``."""
+    for path in (os.path.join(ROOT, "src"), HERE):
+        compileall.compile_dir(path, quiet=1, maxlevels=1 if path == HERE else 10)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    compile_sources()
     started = dt.datetime.now(dt.UTC)
     load_before = machine.loadavg()
     records: list[dict[str, Any]] = []
-    with private_redis() as server:
-        runner = Runner(args, server.url)
+    with private_redis() as server, delay_server() as io_addr:
+        runner = Runner(args, server.url, io_addr)
         gate = machine.QuietGate(args.quiet_below, args.quiet_budget)
         facts = machine.facts(ROOT, server.info())
         facts["rtt"] = (server.ping_ms(0), server.ping_ms(0.02, n=100))
@@ -240,18 +310,46 @@ def main(argv: list[str] | None = None) -> int:
         "command": _command(argv),
         "sizes": {w.name: size(w, args.quick) for w in args.workloads},
     }
-    text = report.render(records, meta)
-    print()
-    print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        f.write(text)
     raw_path = os.path.join(HERE, ".results", f"{started:%Y%m%dT%H%M%S}.json")
     os.makedirs(os.path.dirname(raw_path), exist_ok=True)
     with open(raw_path, "w") as f:
         json.dump({"meta": meta, "records": records}, f, indent=1)
+    # The chart beside the report: docs/benchmarks.md -> docs/img/benchmarks.svg, when the
+    # run has any of the workloads it draws.
+    stem = os.path.splitext(os.path.basename(args.out))[0]
+    charted = {p[0] for p in chart.PANELS} & {w.name for w in args.workloads}
+    text = report.render(records, meta, chart=f"img/{stem}.svg" if charted else "")
+    print()
+    print(text)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    old = ""
+    if os.path.exists(args.out):
+        with open(args.out) as f:
+            old = f.read()
+    kept = old[old.index(KEPT) :] if KEPT in old else ""  # other scripts' sections
+    with open(args.out, "w") as f:
+        f.write(text + ("\n" + kept if kept else ""))
+    if charted:
+        out_dir = os.path.dirname(os.path.abspath(args.out))
+        chart.write(args.out, os.path.join(out_dir, "img", f"{stem}.svg"))
     print(f"\nwrote {os.path.relpath(args.out, ROOT)} and {os.path.relpath(raw_path, ROOT)}")
     return 0
+
+
+@contextmanager
+def delay_server() -> Iterator[str]:
+    """The W4-io delay server (``io_job.py serve``) in its own process; yields its address."""
+    proc = subprocess.Popen(
+        [sys.executable, os.path.join(HERE, "io_job.py"), "serve"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        yield proc.stdout.readline().strip()
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def _command(argv: list[str] | None) -> str:

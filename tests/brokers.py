@@ -34,6 +34,7 @@ import pytest
 
 from conveyor._clock import Clock
 from conveyor.brokers import Broker, open_broker
+from postgres_server import schema_url
 from redis_server import SERVER_BINARY, unique_prefix
 
 Server = Literal["shared", "fresh", "durable"]
@@ -113,6 +114,22 @@ def _redis(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
     return Place(lambda: Target(found.url, unique_prefix()), restart)
 
 
+def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+    """A schema of its own per target (a migration: ~40 ms): in the session's database on
+    the machine's server ("shared"), else on a private server ("fresh", "durable": every
+    commit is synced, PostgreSQL's default), which ``restart`` stops as a crash would."""
+    if server == "shared":
+        database: str = request.getfixturevalue("postgres_url")
+        return Place(lambda: Target(schema_url(database)))
+    found = request.getfixturevalue("private_postgres")
+
+    def restart() -> None:
+        found.stop("immediate")
+        found.start()
+
+    return Place(lambda: Target(schema_url(found.url)), restart)
+
+
 _NEEDS_REDIS = (
     pytest.mark.redis,
     pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
@@ -123,6 +140,8 @@ BROKERS: tuple[TestBroker, ...] = (
     TestBroker("sqlite", _sqlite, embedded=True, shared=True),
     TestBroker("redis", _redis, embedded=False, shared=True, clocks=("fake", "real"),
                marks=_NEEDS_REDIS),
+    TestBroker("postgres", _postgres, embedded=False, shared=True, clocks=("fake", "real"),
+               marks=(pytest.mark.postgres,)),
 )  # fmt: skip
 
 

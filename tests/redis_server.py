@@ -75,6 +75,13 @@ def binary_version(binary: str) -> str:
     return f"redis-{version}"
 
 
+_PORT_ATTEMPTS = 5
+
+
+class _PortTaken(Exception):
+    """The free port was taken by another process before the server could bind it."""
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -104,7 +111,13 @@ class RedisServer:
         self.password = password  # requirepass: ``url`` leaves it out, ``client()`` sends it
         self.port = _free_port()
         self.process: subprocess.Popen[bytes] | None = None
-        self.start()
+        for _ in range(_PORT_ATTEMPTS):
+            try:
+                self.start()
+                return
+            except _PortTaken:  # someone bound the free port before us: take another one
+                self.port = _free_port()
+        raise RuntimeError(f"redis-server found no free port in {_PORT_ATTEMPTS} attempts")
 
     @property
     def url(self) -> str:
@@ -139,17 +152,35 @@ class RedisServer:
         self.process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         self._wait_ready()
 
-    def _wait_ready(self, timeout: float = 10.0) -> None:
+    def _wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited; see {self.directory}/redis.log")
+                log = self.directory / "redis.log"
+                if "Address already in use" in log.read_text(errors="replace"):
+                    raise _PortTaken(f"port {self.port} is taken by another process")
+                raise RuntimeError(f"redis-server exited; see {log}")
             try:
                 if self.client().ping():
+                    self._check_it_is_ours()
                     return
-            except redis.ConnectionError:
+            except (redis.ConnectionError, redis.ResponseError):  # not up, or not ours
                 time.sleep(0.02)
         raise RuntimeError(f"redis-server did not answer on port {self.port}")
+
+    def _check_it_is_ours(self) -> None:
+        """The server that answered is the process we started, not another test's (tests
+        run in parallel: between ``_free_port()`` and our bind, another one may take the
+        port; ours then exits, but a ping reaches the other one first)."""
+        assert self.process is not None
+        try:
+            served = str(self.client().config_get("dir")["dir"])
+        except redis.ResponseError:  # another server, which refused our password
+            served = ""
+        if os.path.realpath(served) != os.path.realpath(self.directory):
+            self.process.kill()
+            self.process.wait()
+            raise _PortTaken(f"port {self.port} answers for another process")
 
     def kill(self) -> None:
         """SIGKILL: whatever was not persisted is gone, as in a crash."""
@@ -232,39 +263,54 @@ class RedisSentinel:
         self.directory = directory
         self.service = service
         self.password = password
-        self.port = _free_port()
+        for _ in range(_PORT_ATTEMPTS):
+            self.port = _free_port()
+            try:
+                self._start(master)
+                return
+            except _PortTaken:  # someone bound the free port before us: take another one
+                self.stop()
+        raise RuntimeError(f"redis-sentinel found no free port in {_PORT_ATTEMPTS} attempts")
+
+    def _start(self, master: RedisServer) -> None:
         lines = [
             f"port {self.port}",
             "bind 127.0.0.1",
-            f"dir {directory}",
+            f"dir {self.directory}",
             "logfile sentinel.log",
-            f"sentinel monitor {service} 127.0.0.1 {master.port} 1",
-            f"sentinel down-after-milliseconds {service} 60000",
+            f"sentinel monitor {self.service} 127.0.0.1 {master.port} 1",
+            f"sentinel down-after-milliseconds {self.service} 60000",
         ]
         if master.password:
-            lines.append(f"sentinel auth-pass {service} {_quoted(master.password)}")
-        if password:
-            lines.append(f"requirepass {_quoted(password)}")
-        config = directory / "sentinel.conf"  # the sentinel rewrites it: a file of its own
+            lines.append(f"sentinel auth-pass {self.service} {_quoted(master.password)}")
+        if self.password:
+            lines.append(f"requirepass {_quoted(self.password)}")
+        config = self.directory / "sentinel.conf"  # the sentinel rewrites it: a file of its own
         config.write_text("\n".join(lines) + "\n")
         self.process = subprocess.Popen(
-            [SERVER_BINARY, str(config), "--sentinel"],
+            [SERVER_BINARY or "redis-server", str(config), "--sentinel"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        self._wait_ready()
+        self._wait_ready(master)
 
-    def _wait_ready(self, timeout: float = 10.0) -> None:
+    def _wait_ready(self, master: RedisServer, timeout: float = 30.0) -> None:
         client = redis.Redis(host="127.0.0.1", port=self.port, password=self.password)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"redis-sentinel exited; see {self.directory}/sentinel.log")
+                log = self.directory / "sentinel.log"
+                if "Address already in use" in log.read_text(errors="replace"):
+                    raise _PortTaken(f"port {self.port} is taken by another process")
+                raise RuntimeError(f"redis-sentinel exited; see {log}")
             try:
-                if client.sentinel_get_master_addr_by_name(self.service):
-                    return
-            except redis.ConnectionError:
-                pass
+                named = client.sentinel_get_master_addr_by_name(self.service)
+            except (redis.ConnectionError, redis.ResponseError):  # not up, or not ours
+                named = None
+            if named:
+                if int(named[1]) != master.port:  # another test's sentinel has the port
+                    raise _PortTaken(f"port {self.port} answers for another sentinel")
+                return
             time.sleep(0.05)
         raise RuntimeError(f"redis-sentinel on port {self.port} did not name {self.service}")
 
@@ -276,6 +322,12 @@ class RedisSentinel:
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Which binary the private servers run, in the header (also under ``-n``: xdist's
+    workers have no terminal for ``_announce``)."""
+    return f"private redis-servers: {SERVER_BINARY or 'none (their tests are skipped)'}"
 
 
 def _announce(config: pytest.Config, server: RedisServer) -> None:

@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 from arq import create_pool
 from arq.connections import RedisSettings
 
+import io_job
 import probe
 from peers import _env
 
@@ -35,8 +36,16 @@ async def latency(ctx: dict[str, Any], t: float) -> float:
     return t
 
 
+async def incr(ctx: dict[str, Any], i: int) -> int:
+    return await io_job.aincr_job(i)
+
+
+async def wait(ctx: dict[str, Any], i: int) -> int:
+    return await io_job.await_job(i)
+
+
 class WorkerSettings:
-    functions: ClassVar = [noop, sleep, latency]
+    functions: ClassVar = [noop, sleep, latency, incr, wait]
     redis_settings = REDIS
     max_jobs = _env.CONCURRENCY
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import time
 from typing import Any
 
 from celery import Celery
 
+import io_job
 import probe
 from peers import _env
 
@@ -37,7 +39,19 @@ def latency(t: float) -> float:
     return t
 
 
-TASKS = {"noop": noop, "sleep": sleep, "latency": latency}
+@app.task(name="incr")
+def incr(i: int) -> int:
+    return io_job.incr_job(i)
+
+
+@app.task(name="wait")
+def wait(i: int) -> int:
+    return io_job.wait_job(i)
+
+
+_NODES = itertools.count(1)  # a node name per worker process, when a run starts several
+
+TASKS = {"noop": noop, "sleep": sleep, "latency": latency, "incr": incr, "wait": wait}
 
 
 def worker_argv(workload: str) -> list[str] | None:
@@ -47,6 +61,7 @@ def worker_argv(workload: str) -> list[str] | None:
         _env.tool("celery"), "-A", "peers.celery", "worker", "--pool", "threads",
         "--concurrency", str(_env.CONCURRENCY), "--loglevel", "WARNING",
         "--without-heartbeat", "--without-gossip", "--without-mingle",
+        "--hostname", f"bench{next(_NODES)}@%h",
     ]  # fmt: skip
 
 

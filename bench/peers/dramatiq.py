@@ -10,6 +10,7 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.results import Results
 from dramatiq.results.backends import RedisBackend
 
+import io_job
 import probe
 from peers import _env
 
@@ -41,7 +42,17 @@ def latency(t: float) -> float:
     return t
 
 
-TASKS = {"noop": noop, "sleep": sleep, "latency": latency}
+@dramatiq.actor(actor_name="incr", store_results=True)
+def incr(i: int) -> int:
+    return io_job.incr_job(i)
+
+
+@dramatiq.actor(actor_name="wait", store_results=True)
+def wait(i: int) -> int:
+    return io_job.wait_job(i)
+
+
+TASKS = {"noop": noop, "sleep": sleep, "latency": latency, "incr": incr, "wait": wait}
 
 
 def worker_argv(workload: str) -> list[str] | None:

@@ -8,6 +8,7 @@ from typing import Any
 
 from huey import RedisHuey, SqliteHuey
 
+import io_job
 import probe
 from peers import _env
 
@@ -39,7 +40,17 @@ def latency(t: float) -> float:
     return t
 
 
-TASKS = {"noop": noop, "sleep": sleep, "latency": latency}
+@huey.task(name="incr")
+def incr(i: int) -> int:
+    return io_job.incr_job(i)
+
+
+@huey.task(name="wait")
+def wait(i: int) -> int:
+    return io_job.wait_job(i)
+
+
+TASKS = {"noop": noop, "sleep": sleep, "latency": latency, "incr": incr, "wait": wait}
 
 
 def worker_argv(workload: str) -> list[str] | None:

@@ -1,5 +1,5 @@
 """RQ: one ``SimpleWorker`` process (no fork per job, one job at a time: RQ has no
-in-process concurrency, so the I/O-bound workload is n/a)."""
+in-process concurrency, so the 50-way I/O workloads are n/a)."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ from typing import Any
 from redis import Redis
 from rq import Queue
 
+import io_job
 import probe
 from peers import _env
 
 DIST = "rq"
 NA_REASON = {
     "w4": "no concurrency inside one worker process",
+    "w4-io": "no concurrency inside one worker process",
     "w5": "no SQLite broker",
 }
 
@@ -36,7 +38,15 @@ def latency(t: float) -> float:
     return t
 
 
-TASKS = {"noop": noop, "sleep": sleep, "latency": latency}
+def incr(i: int) -> int:
+    return io_job.incr_job(i)
+
+
+def wait(i: int) -> int:
+    return io_job.wait_job(i)
+
+
+TASKS = {"noop": noop, "sleep": sleep, "latency": latency, "incr": incr, "wait": wait}
 
 
 def worker_argv(workload: str) -> list[str] | None:

@@ -7,6 +7,7 @@ from typing import Any
 
 from saq import Queue
 
+import io_job
 import probe
 from peers import _env
 
@@ -34,9 +35,17 @@ async def latency(ctx: dict[str, Any], *, i: float) -> float:
     return i
 
 
+async def incr(ctx: dict[str, Any], *, i: int) -> int:
+    return await io_job.aincr_job(i)
+
+
+async def wait(ctx: dict[str, Any], *, i: int) -> int:
+    return await io_job.await_job(i)
+
+
 settings = {
     "queue": queue,
-    "functions": [noop, sleep, latency],
+    "functions": [noop, sleep, latency, incr, wait],
     "concurrency": _env.CONCURRENCY,
 }
 

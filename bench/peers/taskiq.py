@@ -8,6 +8,7 @@ from typing import Any
 
 from taskiq_redis import RedisAsyncResultBackend, RedisStreamBroker
 
+import io_job
 import probe
 from peers import _env
 
@@ -41,7 +42,17 @@ async def latency(t: float) -> float:
     return t
 
 
-TASKS = {"noop": noop, "sleep": sleep, "latency": latency}
+@broker.task(task_name="incr")
+async def incr(i: int) -> int:
+    return await io_job.aincr_job(i)
+
+
+@broker.task(task_name="wait")
+async def wait(i: int) -> int:
+    return await io_job.await_job(i)
+
+
+TASKS = {"noop": noop, "sleep": sleep, "latency": latency, "incr": incr, "wait": wait}
 
 
 def worker_argv(workload: str) -> list[str] | None:

@@ -9,7 +9,7 @@ import os
 import threading
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
 from . import _events
 from ._checks import flag, names
@@ -97,11 +97,13 @@ class Conveyor:
         middleware: Sequence[Middleware] = (),
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
+        """The broker's URL (``repr(app)`` shows it with the password masked)."""
         self.events = flag("events", events)
         self.events_kept = None if events_kept is None else check_kept(events_kept)
         self.trust = names("trust", trust, "trust=['myapp', 'shared']")
         self.prefix = prefix
         self.clock: Clock = clock or SystemClock()
+        """What every delay, lease, TTL and schedule reads time from (``FakeClock`` in tests)."""
         self.codec = Codec(serializer, secret, max_payload)
         if isinstance(max_result, bool) or not isinstance(max_result, int) or max_result < 1:
             raise ConfigurationError(
@@ -109,13 +111,16 @@ class Conveyor:
             )
         self.max_result = max_result  # checked by the worker, on the result it encodes
         self.registry: dict[str, Task[Any, Any]] = {}
+        """The registered tasks by name."""
         self.defaults = Options()
-        self.schedules: list[Schedule] = []  # filled by @app.periodic; workers run them
+        self.schedules: list[Schedule] = []
+        """The periodic schedules ``@app.periodic`` added; every worker runs them."""
         self._broker = broker
         if broker is not None and self.events_kept is not None:
             broker.events_kept = self.events_kept
         self._broker_lock = threading.Lock()
         self.middleware: tuple[Middleware, ...] = ()
+        """The middleware, in registration order."""
         self._hooks: Hooks | None = None  # None: no middleware, and no cost on any path
         for m in middleware:
             self.add_middleware(m)
@@ -160,17 +165,18 @@ class Conveyor:
         return self._broker
 
     def close(self) -> None:
+        """Close the broker if it is open (the next use opens it again)."""
         if self._broker is not None:
             self._broker.close()
             self._broker = None
 
-    def __enter__(self) -> Conveyor:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    async def __aenter__(self) -> Conveyor:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -273,6 +279,11 @@ class Conveyor:
 
         Options: queue, priority, retries, retry_on, backoff, timeout, result_ttl, key.
         """
+        if "connection" in options:
+            raise InvalidOption(
+                "connection= is given per call, inside the transaction it joins: "
+                "task.options(connection=conn).delay(...), not @app.task(connection=...)"
+            )
         decorator = _TaskDecorator(self, name, self.defaults.merge(**options))
         return decorator(fn) if fn is not None else decorator
 
@@ -305,6 +316,7 @@ class Conveyor:
     async def enqueue_async(
         self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> Job[R]:
+        """``enqueue`` for asyncio code: it does not block the event loop."""
         return (await self._send_async([self._signature(fn, args, kwargs, None)]))[0]
 
     def enqueue_many(self, signatures: Iterable[Signature[R]]) -> list[Job[R]]:
@@ -312,6 +324,7 @@ class Conveyor:
         return self._send(list(signatures))
 
     async def enqueue_many_async(self, signatures: Iterable[Signature[R]]) -> list[Job[R]]:
+        """``enqueue_many`` for asyncio code: it does not block the event loop."""
         return await self._send_async(list(signatures))
 
     def job(self, job_id: str) -> Job[Any]:
@@ -478,28 +491,51 @@ class Conveyor:
         return Sending(self, self._hooks)
 
     def _send(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
+        connection = _connection(sigs)
         if self._hooks is None:
             envelopes = [self.envelope(s) for s in sigs]
             if not envelopes:
                 return []
             events = self._announce(envelopes, [s.name for s in sigs])
-            return [Job(self, i) for i in self.broker.enqueue(envelopes, events)]
+            if connection is None:
+                return [Job(self, i) for i in self.broker.enqueue(envelopes, events)]
+            return [Job(self, i) for i in self.broker.enqueue_in(connection, envelopes, events)]
         with self._sending() as sending:
             envelopes = [sending.envelope(s) for s in sigs]
             if not envelopes:
                 return []
             events = self._announce(envelopes, [s.name for s in sigs])
-            ids = self.broker.enqueue(envelopes, events)
+            if connection is None:
+                ids = self.broker.enqueue(envelopes, events)
+            else:
+                ids = self.broker.enqueue_in(connection, envelopes, events)
         return [Job(self, i) for i in ids]
 
     async def _send_async(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
+        connection = _connection(sigs)
         with self._sending() as sending:
             envelopes = [sending.envelope(s) for s in sigs]
             if not envelopes:
                 return []
             events = self._announce(envelopes, [s.name for s in sigs])
-            ids = await self.broker.enqueue_async(envelopes, events)
+            if connection is None:
+                ids = await self.broker.enqueue_async(envelopes, events)
+            else:
+                ids = await self.broker.enqueue_in_async(connection, envelopes, events)
         return [Job(self, i) for i in ids]
+
+
+def _connection(sigs: Sequence[Signature[Any]]) -> Any:
+    """The one ``connection=`` a batch is sent through (None: the broker's own)."""
+    given = {id(s.opts.connection): s.opts.connection for s in sigs if isinstance(s, Signature)}
+    if not given or list(given) == [id(None)]:
+        return None
+    if len(given) > 1:
+        raise InvalidOption(
+            "enqueue_many got signatures with different connection= (or some without): "
+            "a batch is written in one transaction, so give them all the same connection"
+        )
+    return next(iter(given.values()))
 
 
 class _TaskDecorator:

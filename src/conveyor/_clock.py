@@ -26,13 +26,16 @@ class FakeClock:
         self._lock = threading.Lock()
 
     def time(self) -> float:
+        """Now, in seconds since the epoch."""
         with self._lock:
             return self._now
 
     def advance(self, seconds: float) -> None:
+        """Move the clock forward by ``seconds``."""
         with self._lock:
             self._now += seconds
 
     def set(self, now: float) -> None:
+        """Set the clock to ``now``, in seconds since the epoch."""
         with self._lock:
             self._now = now

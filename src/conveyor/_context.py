@@ -25,10 +25,15 @@ class CurrentJob:
         report: Callable[[float, str | None], None],
     ) -> None:
         self.id = job_id
+        """The job's id."""
         self.task = task
+        """The task's name (``module:function`` unless ``@app.task(name=...)`` gave one)."""
         self.queue = queue
+        """The queue the job came from."""
         self.attempt = attempt
+        """0 for the first run, n for the n-th retry."""
         self.deliveries = deliveries
+        """How often the job was handed out, this time included."""
         self._report = report
 
     def progress(self, value: float, note: str | None = None) -> None:

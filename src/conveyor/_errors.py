@@ -1,6 +1,4 @@
-"""Every error Conveyor raises, in one tree.
-
-::
+"""Every error Conveyor raises, in one tree:
 
     ConveyorError                   anything Conveyor raises on purpose
     ├── ConfigurationError          a bad URL, option or setting; fix the call
@@ -20,7 +18,7 @@
     │   └── BrokerGone              the SQLite database file was deleted or replaced under
     │                               the process; retrying cannot help (a worker stops on it)
     ├── JobNotFound                 no job with that id (or its record expired)
-    │   └── DependencyNotFound      (also a ValidationError) ``depends_on=`` names no job;
+    │   └── DependencyNotFound      (also a ValidationError) depends_on= names no job;
     │                               nothing was written
     ├── JobNotEnded                 requeue of a job that is not failed, dead or cancelled
     ├── TaskFailed                  the task raised; carries the remote type, message, traceback
@@ -28,12 +26,12 @@
     ├── JobCancelled                the job was cancelled before it finished
     ├── JobDead                     the job was dead-lettered; carries the reason
     ├── LockError
-    │   ├── LockTimeout             could not acquire within ``timeout``
+    │   ├── LockTimeout             could not acquire within timeout
     │   └── LockLost                released or extended after the TTL ran out
-    ├── TransactionConflict         ``store.update`` kept conflicting; retries exhausted
+    ├── TransactionConflict         store.update kept conflicting; retries exhausted
     ├── UntrustedTask               (worker side) a payload named code the worker does not trust
-    ├── SoftTimeLimit               raised inside a task that ran past its ``timeout``
-    └── DrainIncomplete             (``conveyor.testing.drain``) a bound stopped the drain with
+    ├── SoftTimeLimit               raised inside a task that ran past its timeout
+    └── DrainIncomplete             (conveyor.testing.drain) a bound stopped the drain with
                                     jobs left; says which bound and what is left
 
 ``TimeoutError`` (the builtin, which ``concurrent.futures.TimeoutError`` aliases) is what

@@ -38,6 +38,7 @@ class Job(Generic[R]):
     ) -> None:
         self._app = app
         self.id = job_id
+        """The job's id: what ``app.job(id)`` and ``conveyor job ID`` take."""
         self._record = record if record is not None and record.status.terminal else None
         self.steps = steps
 
@@ -51,17 +52,20 @@ class Job(Generic[R]):
         return hash(self.id)
 
     def _fresh(self) -> JobRecord:
-        if self._record is not None:
-            return self._record
+        """The job's record as the broker has it now. An ended job can run again (``conveyor
+        requeue``, ``app.requeue``), so an ended record seen before is only the answer once
+        the broker has forgotten the job (its result expired or it was purged)."""
         record = self._app.broker.get([self.id])[0]
         if record is None:
+            if self._record is not None:
+                return self._record
             raise JobNotFound(f"no job with id {self.id!r} (unknown, purged or its result expired)")
-        if record.status.terminal:
-            self._record = record
+        self._record = record if record.status.terminal else None
         return record
 
     @property
     def status(self) -> JobStatus:
+        """The job's status now, read from the broker (once it has ended, it is kept)."""
         return self._fresh().status
 
     @property
@@ -71,23 +75,32 @@ class Job(Generic[R]):
         return record.progress, record.progress_note
 
     def done(self) -> bool:
+        """True once the job has ended: succeeded, failed, cancelled or dead."""
         return self._fresh().status.terminal
 
     def _wait(self, timeout: float | None) -> JobRecord:
-        if self._record is None:
+        try:
             record = self._app.broker.wait(self.id, _timeout(timeout))
-            if record is None:
-                raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
-            self._record = record
-        return self._record
+        except JobNotFound:
+            if self._record is None:
+                raise
+            return self._record  # ended, and forgotten by the broker since
+        return self._ended(record, timeout)
 
     async def _wait_async(self, timeout: float | None) -> JobRecord:
-        if self._record is None:
+        try:
             record = await self._app.broker.wait_async(self.id, _timeout(timeout))
-            if record is None:
-                raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
-            self._record = record
-        return self._record
+        except JobNotFound:
+            if self._record is None:
+                raise
+            return self._record
+        return self._ended(record, timeout)
+
+    def _ended(self, record: JobRecord | None, timeout: float | None) -> JobRecord:
+        if record is None:
+            raise TimeoutError(f"job {self.id} did not finish within {timeout} s")
+        self._record = record
+        return record
 
     def _unpack(self, record: JobRecord) -> R:
         error = self._error(record)
@@ -121,6 +134,8 @@ class Job(Generic[R]):
         return self._error(self._wait(timeout))
 
     async def result_async(self, timeout: float | None = None) -> R:
+        """``result`` for asyncio code, waiting without blocking the event loop; ``await job``
+        is the same without a timeout."""
         return self._unpack(await self._wait_async(timeout))
 
     def __await__(self) -> Generator[Any, None, R]:
@@ -135,9 +150,12 @@ class Job(Generic[R]):
         workflow's ``delay()`` returns cancels every step that has not ended, last first."""
         if self.steps:
             return self._cancel_steps()
-        if self._record is not None:
-            return self._record.status is JobStatus.CANCELLED
-        return self._cancel(self.id)
+        try:
+            return self._cancel(self.id)
+        except JobNotFound:
+            if self._record is None:
+                raise
+            return self._record.status is JobStatus.CANCELLED  # ended, and forgotten since
 
     def _cancel(self, job_id: str) -> bool:
         from . import workflows  # workflows builds Jobs: imported late
@@ -158,7 +176,11 @@ class Job(Generic[R]):
     def add_done_callback(self, fn: Callable[[Job[R]], object]) -> None:
         """Call ``fn(job)`` once the job has ended (at once if it already has), from a
         background thread."""
-        if self._record is not None:
+        try:
+            ended = self.done()
+        except JobNotFound:
+            ended = True  # forgotten by the broker: nothing left to wait for
+        if ended:
             fn(self)
             return
 

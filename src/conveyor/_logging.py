@@ -61,7 +61,7 @@ class JobContext(logging.Filter):
 
 def logging_filter() -> logging.Filter:
     """A filter that adds ``job_id``, ``task``, ``queue`` and ``attempt`` to each record
-    written while a Conveyor job runs (None outside a job), for a logging setup of your own::
+    written while a Conveyor job runs (None outside a job), for a logging setup of your own:
 
         handler.addFilter(conveyor.logging_filter())
         # or in dictConfig: "filters": {"job": {"()": "conveyor.logging_filter"}},

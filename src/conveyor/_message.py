@@ -34,6 +34,14 @@ _JOB_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
 
 
 class JobStatus(enum.StrEnum):
+    """Where a job is in its life; the values are what ``conveyor jobs STATUS`` and JSON show.
+
+    ``queued``: ready for the next free worker. ``scheduled``: waiting for its time, the step
+    before it or its ``depends_on=`` jobs. ``running``: a worker holds it under a lease. The
+    others are terminal: ``succeeded``, ``failed`` (no retry left), ``cancelled``, ``dead``
+    (dead-lettered, with a reason).
+    """
+
     QUEUED = "queued"
     SCHEDULED = "scheduled"
     RUNNING = "running"
@@ -44,6 +52,7 @@ class JobStatus(enum.StrEnum):
 
     @property
     def terminal(self) -> bool:
+        """True for the statuses a job ends in: succeeded, failed, cancelled, dead."""
         return self in _TERMINAL
 
 
@@ -213,3 +222,4 @@ class WorkerInfo(msgspec.Struct):
     started_at: float
     seen_at: float = 0.0
     processed: int = 0
+    busy: int = 0  # run slots holding a job at the last heartbeat (what the dashboard shows)

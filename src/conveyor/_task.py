@@ -37,21 +37,42 @@ class Options:
     """How a job runs. Set on ``@app.task(...)`` and overridden per call with ``.options()``."""
 
     queue: str = DEFAULT_QUEUE
+    """The queue the job goes to: 1-64 letters, digits, ``_``, ``.`` and ``-``."""
     priority: int = 0
+    """0 to 9: a worker takes the highest first (FIFO within one priority)."""
     retries: int = 0
+    """How many times a failed job runs again (0 to 10,000)."""
     retry_on: tuple[type[BaseException], ...] = ()
+    """The exception classes that are retried, one or a list; empty: any ``Exception``."""
     backoff: float = 1.0
+    """The first retry's delay in seconds (or a ``timedelta``); it doubles each retry, with
+    jitter."""
     timeout: float | None = None
+    """A time limit in seconds: ``SoftTimeLimit`` is raised in the task (thread and async
+    pools), or its child process is killed (``--pool processes``)."""
     result_ttl: int = 86400
+    """Seconds an ended job's record and result are kept (one day)."""
     delay: float | None = None
+    """Seconds from now before the job may run (0 is now); not with ``eta``."""
     eta: float | None = None
+    """When the job may run: a timezone-aware ``datetime`` or a Unix timestamp."""
     key: str | None = None
+    """A unique key: while a job with it is pending, an enqueue with the same key writes
+    nothing and returns that job."""
     job_id: str | None = None
+    """The job's id (default: a new one); an enqueue of an id that exists writes nothing."""
     rate: str | None = None
+    """At most ``n`` starts per period across all workers: ``"100/m"``, ``"10/30s"``."""
     rate_key: str | None = None
-    # Jobs (or their ids) that must end before this one runs; see docs/workflows.md.
+    """Count ``rate`` for this key, shared by every job that uses it, not for the task."""
     depends_on: tuple[str, ...] = ()
+    """Jobs (or their ids) that must end before this one runs (docs/workflows.md)."""
     allow_failed_dependencies: bool = False
+    """Run even when a dependency did not succeed (else the job fails with
+    ``DependencyFailed``)."""
+    connection: Any = None
+    """The caller's database connection to enqueue through, inside its transaction
+    (docs/postgres.md); per call only (``.options(connection=conn)``), never encoded."""
 
     def merge(self, **changes: Any) -> Options:
         """A copy with ``changes``, each checked (type and range) and normalized here, once:
@@ -183,6 +204,7 @@ _RULES: dict[str, Callable[[Any], Any]] = {
     "rate_key": _optional(_rate_key),
     "depends_on": _job_ids,
     "allow_failed_dependencies": lambda v: flag("allow_failed_dependencies", v),
+    "connection": lambda v: v,  # checked by the broker that writes through it
 }
 
 
@@ -290,6 +312,7 @@ class Signature(Generic[R]):
         self.opts = opts
 
     def delay(self) -> Job[R]:
+        """Queue this call and return its ``Job`` at once."""
         return self.app._send([self])[0]
 
     def __repr__(self) -> str:
@@ -317,9 +340,12 @@ class Task(Generic[P, R]):
         return Signature(self.app, self.name, args, dict(kwargs), self.opts)
 
     def delay(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """Queue a call with the task's options and return its ``Job`` at once. An argument
+        or option that is refused raises here (``ValidationError``), and nothing is written."""
         return self.app._send([self.s(*args, **kwargs)])[0]
 
     async def delay_async(self, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
+        """``delay`` for asyncio code: it does not block the event loop."""
         return (await self.app._send_async([self.s(*args, **kwargs)]))[0]
 
     def options(self, **opts: Any) -> Task[P, R]:

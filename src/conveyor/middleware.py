@@ -4,30 +4,23 @@ Subclass ``Middleware``, override the hooks you need (the others cost nothing: o
 overridden hooks are called), and register it with ``Conveyor(url, middleware=[...])`` or
 ``app.add_middleware(m)``. docs/observability.md has a worked example.
 
-Where each hook runs:
+Where and when each hook runs:
 
-=================== ================================ ========================================
-hook                process                          when
-=================== ================================ ========================================
-before_enqueue      the producer (caller's thread)   a job is built, before it is encoded:
-                                                     the place to add ``message.headers``
-after_enqueue       the producer                     the broker took the job (``error`` is
-                                                     None) or the enqueue failed
-on_worker_start     the worker, and each child of    a worker session starts (``run`` or a
-                    ``--pool processes``             drain), before its first job
-on_worker_stop      the worker, and each child       the session ended, after its last job
-before_run          where the task runs: its         just before the task's function, with
-                    thread, asyncio task or child    ``current_job()`` set, in the context
-                    process                          the task runs in
-after_run           where the task runs              just after it: value or error, duration
-on_running          the worker                       the job is handed to the pool
-on_outcome          the worker                       every attempt that ended (succeeded,
-                                                     failed, retried, cancelled, dead,
-                                                     released), before its outcome is written
-on_retry            the worker                       after ``on_outcome``: a retry is planned
-on_failure          the worker                       after ``on_outcome``: no retry is left
-on_dead_letter      the worker                       after ``on_outcome``: dead-lettered
-=================== ================================ ========================================
+- ``before_enqueue``, in the producer (the caller's thread): a job is built, before it is
+  encoded; the place to add ``message.headers``.
+- ``after_enqueue``, in the producer: the broker took the job (``error`` is None) or the
+  enqueue failed.
+- ``on_worker_start``, in the worker and in each child of ``--pool processes``: a worker
+  session starts (``run`` or a drain), before its first job.
+- ``on_worker_stop``, in the worker and in each child: the session ended, after its last job.
+- ``before_run``, where the task runs (its thread, asyncio task or child process): just
+  before the task's function, with ``current_job()`` set, in the context the task runs in.
+- ``after_run``, where the task runs: just after it, with the value or error and duration.
+- ``on_running``, in the worker: the job is handed to the pool.
+- ``on_outcome``, in the worker: every attempt that ended (succeeded, failed, retried,
+  cancelled, dead, released), before its outcome is written.
+- ``on_retry``, ``on_failure``, ``on_dead_letter``, in the worker, after ``on_outcome``: a
+  retry is planned; no retry is left; the job was dead-lettered.
 
 With ``--pool processes`` the run hooks run in the child, and everything the worker decides
 (``on_running`` to ``on_dead_letter``) in the worker itself, which sees every attempt end,

@@ -67,7 +67,7 @@ _PREFIX = "conveyor:periodic:"
 _NOT_ID = re.compile(r"[^A-Za-z0-9_.\-]")
 _SCAN_LIMIT = 2000  # cron ticks walked one by one before looking back from `now` instead
 _CRON_WINDOWS = (3600, 86400, 32 * 86400, 400 * 86400, 10 * 366 * 86400)  # seconds
-_FORBIDDEN = ("delay", "eta", "job_id")
+_FORBIDDEN = ("delay", "eta", "job_id", "connection")
 
 
 def _ms(seconds: float) -> int:

@@ -78,7 +78,7 @@ if TYPE_CHECKING:
     from ._hooks import Sending
 
 __all__ = ["COLLECT", "Chain", "Chord", "Group", "Workflow"]
-__all__ += ["advance", "cancelled", "chain", "chord", "group", "short_circuit"]
+__all__ += ["advance", "cancelled", "chain", "chord", "following", "group", "short_circuit"]
 
 R = TypeVar("R")
 log = logging.getLogger("conveyor.workflows")
@@ -131,6 +131,7 @@ class Workflow(Generic[R]):
         return Job(self.app, node.exit.message.id, steps=tuple(ids))
 
     async def delay_async(self) -> Job[R]:
+        """``delay`` for asyncio code (in a thread): it does not block the event loop."""
         return await asyncio.to_thread(self.delay)
 
     def _compile(self, b: _Builder, parked: bool) -> _Node:
@@ -256,6 +257,11 @@ class _Builder:
                 f"step {sig!r}: key= and job_id= cannot be used inside a workflow "
                 "(its job ids are chosen up front)"
             )
+        if o.connection is not None:
+            raise ConfigurationError(
+                f"step {sig!r}: connection= sends a job on its own (delay, enqueue, "
+                "enqueue_many); a workflow's steps are written by the broker itself"
+            )
         if parked and (o.delay or o.eta is not None or o.depends_on):
             raise ConfigurationError(
                 f"step {sig!r}: delay=, eta= and depends_on= work on the first steps of a "
@@ -332,6 +338,21 @@ def _unpack(blob: bytes) -> list[bytes]:
         out.append(blob[i + _LEN.size : i + _LEN.size + n])
         i += _LEN.size + n
     return out
+
+
+def following(app: Conveyor, message: Message) -> list[str]:
+    """The ids of the jobs a workflow step starts when it ends: the next steps of its chain,
+    or its chord's callback while the chord still waits for members (the link is deleted
+    once the callback is started). Empty outside workflows. For the dashboard's graph."""
+    link = message.workflow or {}
+    if "next" in link:
+        return [str(i) for i in link["next"]]
+    if "chord" not in link:
+        return []
+    blob = app.broker.kv.get(_CHORD + str(link["chord"]["id"]))
+    if blob is None:
+        return []
+    return [app.codec.decode_message(p).id for p in _unpack(blob)]
 
 
 # -- the worker's hooks ------------------------------------------------------------------------

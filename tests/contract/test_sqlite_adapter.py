@@ -23,9 +23,13 @@ from conveyor._errors import BrokerError, ConfigurationError, InvalidURL, JobNot
 from conveyor._message import Envelope, JobStatus, new_job_id
 from conveyor.brokers import Finish, LeaseState, open_broker
 from conveyor.brokers.sqlite import SQLiteBroker, sqlite_path
+from conveyor.brokers.sqlite import _core as sqlite_core
 from conveyor.brokers.sqlite import _schema as schema
 
-PROMPT = 0.25  # a wake-up must beat the 0.5 s safety net by a clear margin
+# A wake-up must beat the 0.5 s safety net; the tests of wake-ups stretch it to 60 s (the
+# waiter's own timeout), so that one that is not woken sits out a minute, whatever the load.
+PROMPT = 10.0
+STRETCHED_NET = 60.0
 
 
 @pytest.fixture
@@ -379,16 +383,18 @@ def test_processes_fetching_one_file_get_every_job_exactly_once(
     assert set(times.values()) == {1}
 
 
-_WAITER = """
+_WAITER = f"""
 import sys, time
+from conveyor.brokers.sqlite import _core
 from conveyor.brokers.sqlite import SQLiteBroker
+_core._SAFETY_NET = {STRETCHED_NET}
 b = SQLiteBroker(sys.argv[1])
 print("ready", flush=True)
 if sys.argv[2] == "wait":
-    record = b.wait(sys.argv[3], 10.0)
+    record = b.wait(sys.argv[3], {STRETCHED_NET})
     print(time.time(), record.status if record else None, flush=True)
 else:
-    got = b.fetch(["default"], "c", 1, 60.0, 10.0)
+    got = b.fetch(["default"], "c", 1, 60.0, {STRETCHED_NET})
     print(time.time(), got[0].id if got else None, flush=True)
 """
 
@@ -487,14 +493,17 @@ def test_connections_of_finished_threads_are_closed(broker: SQLiteBroker) -> Non
     assert len(broker._db._procs.opened) <= 2  # this thread's, and the last one's
 
 
-def test_a_purge_wakes_the_waiters_of_the_purged_jobs(broker: SQLiteBroker) -> None:
+def test_a_purge_wakes_the_waiters_of_the_purged_jobs(
+    broker: SQLiteBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sqlite_core, "_SAFETY_NET", STRETCHED_NET)
     job = env()
     broker.enqueue([job])
     caught: list[BaseException] = []
 
     def wait() -> None:
         try:
-            broker.wait(job.id, 5.0)
+            broker.wait(job.id, STRETCHED_NET)
         except JobNotFound as exc:
             caught.append(exc)
 
@@ -503,7 +512,7 @@ def test_a_purge_wakes_the_waiters_of_the_purged_jobs(broker: SQLiteBroker) -> N
     time.sleep(0.1)
     purged_at = time.monotonic()
     assert broker.purge("default") == 1
-    waiter.join(5.0)
+    waiter.join(30)
     assert time.monotonic() - purged_at < PROMPT
     assert len(caught) == 1
 

@@ -1,4 +1,4 @@
-"""Helpers to run ``conveyor worker`` as real subprocesses, on SQLite and on Redis.
+"""Helpers to run ``conveyor worker`` as real subprocesses, on SQLite, Redis and PostgreSQL.
 
 ``project`` writes a small tasks module (``jobs_app``) into a fresh folder; its tasks append
 one line per start and end to ``runs.log`` so a test can count how often a job really ran.
@@ -6,7 +6,8 @@ It is parametrized over the brokers worker processes can share (``tests/brokers.
 ``sqlite`` is a file in ``tmp_path``; ``redis`` is the session's private ``redis-server``
 (``tests/redis_server.py``, never the shared one on 6379) with a key prefix of the test's
 own, which the worker subprocess gets through ``JOBS_PREFIX`` (read by ``jobs_app``), so
-tests never see each other's keys.
+tests never see each other's keys; ``postgres`` a schema of the test's own in the session's
+database (``tests/postgres_server.py``).
 """
 
 from __future__ import annotations
@@ -76,6 +77,34 @@ class WorkerProcess:
 
     def wait(self, timeout: float) -> int:
         return self.proc.wait(timeout)
+
+
+class CommandProcess:
+    """One long-running ``conveyor COMMAND ARGS`` subprocess (``events``, ``exporter``) in
+    ``root``; its stdout and stderr go to files there, not pipes."""
+
+    def __init__(self, root: Path, env: dict[str, str], command: str, *args: str) -> None:
+        self.out = root / f"{command}-{len(list(root.glob(f'{command}-*.out')))}.out"
+        self.err = self.out.with_suffix(".err")
+        cmd = [sys.executable, "-m", "conveyor", command, *args]
+        with open(self.out, "wb") as out, open(self.err, "wb") as err:
+            self.proc = subprocess.Popen(cmd, cwd=root, env=env, stdout=out, stderr=err)
+
+    def stdout(self) -> str:
+        return self.out.read_text(errors="replace") if self.out.exists() else ""
+
+    def stderr(self) -> str:
+        return self.err.read_text(errors="replace") if self.err.exists() else ""
+
+    def stop(self) -> int:
+        """SIGTERM, as a supervisor stops it; its exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(10)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
 
 
 class Project:

@@ -28,6 +28,10 @@ from conftest import Project, wait_for
 from conveyor import Conveyor, Job, JobStatus, Task
 from redis_server import RedisServer, private_redis
 
+# Each test runs the `conveyor` command a dozen times or more: an interpreter start each,
+# which a machine busy with parallel tests can stretch to seconds.
+pytestmark = pytest.mark.timeout(180)
+
 TASKS = """
 import os, time
 from conveyor import Conveyor, current_job
@@ -99,7 +103,7 @@ def conveyor(
         env={**project.env(), "COLUMNS": "80", **(env or {})},
         capture_output=True,
         text=True,
-        timeout=30,
+        timeout=60,
         check=False,
     )
     assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
@@ -128,7 +132,7 @@ def test_jobs_lists_every_status_and_job_shows_one(shop: Shop, broker_kind: str)
         "succeeded": shop.resize.delay("a.png", 640),
         "failed": shop.resize.delay("bad"),
         "dead": shop.missing.delay(),
-        "running": shop.crunch.delay(30),
+        "running": shop.crunch.delay(600),  # until the worker is killed
     }
     project.worker("-q", "images,slow", "--grace", "0")
     for status in ("succeeded", "failed", "dead", "running"):
@@ -264,7 +268,7 @@ def test_requeue_checks_every_id_first(shop: Shop) -> None:
 def test_cancel_says_what_happened_to_each(shop: Shop) -> None:
     project = shop.project
     later = shop.send.options(delay=3600).delay("dan@example.com")
-    busy = shop.crunch.delay(30)
+    busy = shop.crunch.delay(600)  # until it is cancelled
     ok = shop.resize.delay("ok.png")
     project.worker("-q", "images,slow", "--lease", "1")
     settle(ok, JobStatus.SUCCEEDED)
@@ -298,7 +302,7 @@ def test_pause_and_resume_a_queue(shop: Shop) -> None:
     assert any("mail" in line and "paused" in line for line in table.splitlines())
     # the group's -A/--url reach its subcommands too
     conveyor(project, "queues", "-A", "jobs_app", "resume", "mail")
-    assert job.result(timeout=5) == "eve@example.com"
+    assert job.result(timeout=30) == "eve@example.com"
     mail = next(q for q in as_json(project, "queues")["queues"] if q["queue"] == "mail")
     assert mail["paused"] is False
 
@@ -323,7 +327,7 @@ def test_ping_gives_up_on_a_broker_that_never_answers(tmp_path: Path) -> None:
         started = time.monotonic()
         hung = conveyor(project, "ping", "--url", url, "--timeout", "1", "--json", code=1)
         elapsed = time.monotonic() - started
-    assert elapsed < 8, elapsed  # interpreter start-up plus the 1 s timeout
+    assert elapsed < 20, elapsed  # start-up and the 1 s timeout, not redis-py's 4 x 10 s
     answer = json.loads(hung.stdout)
     assert answer["ok"] is False and "did not answer within 1 s" in answer["error"]
 
@@ -532,7 +536,8 @@ def test_demo_says_exactly_how_to_see_its_jobs(tmp_path: Path) -> None:
 def test_help_and_completion(tmp_path: Path) -> None:
     project = Project(tmp_path)
     commands = ["", "info", "jobs", "job", "cancel", "requeue", "purge", "queues",
-                "queues pause", "queues resume", "schedules", "ping", "worker", "demo"]  # fmt: skip
+                "queues pause", "queues resume", "schedules", "ping", "worker", "exporter",
+                "demo"]  # fmt: skip
     for name in commands:
         text = conveyor(project, *name.split(), "--help").stdout
         assert "``" not in text, (name, text)

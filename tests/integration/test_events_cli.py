@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Project, wait_for
+from conftest import CommandProcess, Project, wait_for
 from conveyor import Conveyor, Signature, TaskFailed
 
 TASKS = """
@@ -34,35 +34,20 @@ def boom() -> None:
 """
 
 
-class Follower:
-    """One ``conveyor events`` subprocess; stdout and stderr go to files, not pipes."""
+class Follower(CommandProcess):
+    """One ``conveyor events`` subprocess."""
 
     def __init__(self, project: Project, *args: str) -> None:
-        self.out = project.root / f"events-{len(list(project.root.glob('events-*')))}.out"
-        self.err = self.out.with_suffix(".err")
-        cmd = [sys.executable, "-m", "conveyor", "events", *args]
-        with open(self.out, "wb") as out, open(self.err, "wb") as err:
-            self.proc = subprocess.Popen(
-                cmd, cwd=project.root, env=project.env(), stdout=out, stderr=err
-            )
+        super().__init__(project.root, project.env(), "events", *args)
 
     def lines(self) -> list[str]:
-        return self.out.read_text().splitlines() if self.out.exists() else []
+        return self.stdout().splitlines()
 
     def json(self) -> list[dict[str, Any]]:
         return [json.loads(line) for line in self.lines()]
 
     def describe(self) -> str:
-        return f"stdout:\n{self.out.read_text()}\nstderr:\n{self.err.read_text()}"
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(10)
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        return f"stdout:\n{self.stdout()}\nstderr:\n{self.stderr()}"
 
 
 @pytest.fixture

@@ -4,6 +4,10 @@ Each process records, while it holds the lock, when it entered and when it left 
 ``time.monotonic_ns``, one system-wide clock on Linux and macOS) and its fencing token.
 Sorted by entry, every interval must start after the previous one ended, and the fences must
 grow in that same order.
+
+The processes start (import conveyor, open the file) before the test lets them go all at
+once: every one of them contends from its first grant to its last, however slowly the
+machine starts interpreters.
 """
 
 from __future__ import annotations
@@ -25,44 +29,53 @@ pytestmark = [
     ),
 ]
 
-PROCESSES = 100
-ROUNDS = 2  # grants per process
+PROCESSES = 20
+ROUNDS = 10  # grants per process
 
 HOLDER = """
-import sys, time
+import os, random, sys, time
 from conveyor import Conveyor
 
-url, rounds = sys.argv[1], int(sys.argv[2])
+url, rounds, go = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 spans = []
 with Conveyor(url) as app:
+    print("ready", flush=True)
+    while not os.path.exists(go):
+        time.sleep(0.005)
     for _ in range(rounds):
         with app.lock("shared-resource", ttl=30, timeout=60) as lk:
             entered = time.monotonic_ns()
             time.sleep(0.001)
             spans.append((entered, time.monotonic_ns(), lk.fence))
+        time.sleep(random.uniform(0, 0.02))  # let the others in, not always the last holder
 for span in spans:
     print(*span)
 """
 
 
-@pytest.mark.timeout(150)  # 100 interpreters start on 2 cores
+@pytest.mark.timeout(150)  # 20 interpreters start on 2 cores
 def test_processes_contending_for_one_lock_never_overlap(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/conveyor.db"
+    go = tmp_path / "go"
     from conveyor import Conveyor
 
     with Conveyor(url) as app:  # create the file once, before the stampede
         app.store.set("ready", True)
 
-    t0 = time.monotonic()
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", HOLDER, url, str(ROUNDS)],
+            [sys.executable, "-c", HOLDER, url, str(ROUNDS), str(go)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
         for _ in range(PROCESSES)
     ]
+    for p in procs:  # all started, none contending yet
+        assert p.stdout is not None
+        assert p.stdout.readline() == "ready\n", p.communicate(timeout=60)[1][-2000:]
+    t0 = time.monotonic()
+    go.touch()
     spans: list[tuple[int, int, int]] = []
     failures: list[str] = []
     for p in procs:

@@ -125,8 +125,8 @@ def test_sigterm_exits_0_within_grace_though_a_task_left_a_thread_running(
     assert _send(app, "leave_thread", "left-behind").result(timeout=30) == "left-behind"
     began = time.monotonic()
     worker.signal(signal.SIGTERM)
-    assert worker.wait(15) == 0, worker.output()
-    assert time.monotonic() - began < 2 + 4  # its grace, a fetch wait and shutdown
+    assert worker.wait(45) == 0, worker.output()
+    assert time.monotonic() - began < 30  # its grace, not the left thread's hour
     output = worker.output()
     assert "1 thread(s) that tasks started are still running: 'left-behind'" in output, output
     assert "WARNING" in output
@@ -143,8 +143,8 @@ def test_sigterm_exits_0_within_grace_while_an_async_task_blocks_the_loop(
     assert f"job {blocker.id} (jobs_app:block) has blocked the event loop" in worker.output()
     began = time.monotonic()
     worker.signal(signal.SIGTERM)
-    assert worker.wait(15) == 0, worker.output()
-    assert time.monotonic() - began < 1 + 5  # grace, then the loop thread is not waited for
+    assert worker.wait(45) == 0, worker.output()
+    assert time.monotonic() - began < 30  # grace, then the loop thread is not waited for (60 s)
     assert "handed back 1 unfinished job" in worker.output()
     assert blocker.status is JobStatus.QUEUED  # handed back for another worker
     app.close()

@@ -151,8 +151,10 @@ def test_metrics_port_serves_the_counts_of_every_pool(obs: Project, pool: str) -
     assert value(metrics, "conveyor_jobs_in_progress", queue="default") == 0
     assert value(metrics, "conveyor_job_wait_seconds_count", queue="default") == 13
     assert value(metrics, "conveyor_broker_up") == 1  # and the broker's own counts:
-    assert value(metrics, "conveyor_queue_jobs", queue="default", state="queued") == 0
-    assert value(metrics, "conveyor_queue_jobs", queue="default", state="failed") == 2
+    assert value(metrics, "conveyor_queue_jobs", queue="default", status="queued") == 0
+    assert value(metrics, "conveyor_queue_jobs", queue="default", status="failed") == 2
+    assert value(metrics, "conveyor_queue_oldest_age_seconds", queue="default") == 0
+    assert value(metrics, "conveyor_workers") == 1  # the same gauges as conveyor exporter's
     assert any(name.startswith("process_") for name, _ in metrics)  # the default registry's
     app.close()
 
@@ -219,6 +221,11 @@ def test_the_snippets_of_the_docs_run(tmp_path: Path) -> None:
         ["WARNING myapp.jobs: job", "(__main__:nap) took", "ERROR myapp.jobs: job", "failed"],
         ["req-42"],
         ['conveyor_jobs_total{queue="default",status="succeeded",task="__main__:add"} 3.0'],
+        [
+            'conveyor_queue_jobs{queue="emails",status="queued"} 2.0',
+            "conveyor_workers 0.0",
+            "conveyor_broker_up 1.0",
+        ],
         [
             '"name": "send default"',
             '"name": "process default"',

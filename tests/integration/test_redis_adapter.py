@@ -554,16 +554,16 @@ def test_only_a_job_somebody_waits_for_pushes_a_completion_signal(
     alone, watched = env(), env()
     broker.enqueue([alone, watched])
     d_alone, d_watched = fetch(broker, count=2)
-    waiter = threading.Thread(target=broker.wait, args=(watched.id, 5))
+    waiter = threading.Thread(target=broker.wait, args=(watched.id, 30))
     waiter.start()
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 30
     while raw.hget("{" + prefix + "}:job:" + watched.id, "waited") is None:
         assert time.monotonic() < deadline
         time.sleep(0.01)
     broker.finish(
         [Finish(d_alone, JobStatus.SUCCEEDED, b"a"), Finish(d_watched, JobStatus.SUCCEEDED, b"w")]
     )
-    waiter.join(5)
+    waiter.join(30)
     assert not waiter.is_alive()
     done = "{" + prefix + "}:done:"
     assert (raw.exists(done + alone.id), raw.exists(done + watched.id)) == (0, 1)

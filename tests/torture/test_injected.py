@@ -122,11 +122,33 @@ def sqlite_injector(request: pytest.FixtureRequest, target: Target) -> Inject:
     return inject
 
 
+def postgres_injector(request: pytest.FixtureRequest, target: Target) -> Inject:
+    import psycopg
+
+    from conveyor.brokers.postgres._url import parse_postgres_url
+
+    found = parse_postgres_url(target.url)
+    s = f'"{found.schema}"'
+
+    def inject(job_id: str, payload: bytes) -> None:
+        target.open().close()  # the schema is made (the workers may not have made it yet)
+        with psycopg.connect(found.conninfo, autocommit=True) as conn, conn.transaction():
+            conn.execute(
+                f"INSERT INTO {s}.jobs(id, queue, payload, status, seq, updated_at) VALUES "
+                f"(%s, 'default', %s, 'queued', nextval('{s}.seq'), extract(epoch FROM now()))",
+                (job_id, payload),
+            )
+            conn.execute(f"SELECT {s}.notify('q', ARRAY['default'])")  # wake the fetches
+
+    return inject
+
+
 # How a payload is written straight into each broker that worker processes share (a new
 # broker adds its own here).
 INJECTORS: dict[str, Callable[[pytest.FixtureRequest, Target], Inject]] = {
     "redis": redis_injector,
     "sqlite": sqlite_injector,
+    "postgres": postgres_injector,
 }
 
 

@@ -101,6 +101,7 @@ def _said(url: str) -> list[str]:
 @given(st.sampled_from(WITH_SECRET), passwords, st.booleans())
 @example("redis://:{pw}@h.example:6379/0", ("a/b?c#", "SECRETxyz12", "@:%40"), False)
 @example("redis://h.example/0?password={pw}&db=1", ("&db=", "SECRETxyz12", "#x"), False)
+@example("{pw}@h.example:6379", ("", "0000000000", ":"), False)  # the colon ends a "user"
 def test_no_password_shows_whatever_the_url(
     template: str, password: tuple[str, str, str], encoded: bool
 ) -> None:

@@ -16,10 +16,10 @@ import pytest
 from click.testing import CliRunner
 
 from conveyor import Conveyor, JobStatus
+from conveyor._inspect import find, task_matches
 from conveyor.cli import cli, redact
 from conveyor.cli._load import on_broker, use_url
 from conveyor.cli._output import iso, span
-from conveyor.cli.jobs import find, task_matches
 from conveyor.cli.schedules import _every
 
 
@@ -101,7 +101,7 @@ def test_url_override_keeps_the_app_and_its_tasks(tmp_path: Path) -> None:
 
 HELP = [[], ["info"], ["jobs"], ["job"], ["cancel"], ["requeue"], ["purge"], ["queues"],
         ["queues", "pause"], ["queues", "resume"], ["schedules"], ["ping"], ["events"],
-        ["worker"], ["demo"]]  # fmt: skip
+        ["worker"], ["exporter"], ["demo"], ["dashboard"]]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", HELP, ids=lambda c: "-".join(c) or "conveyor")
@@ -115,7 +115,10 @@ def test_help_shows_no_markup(command: list[str]) -> None:
 
 def test_every_listing_command_takes_json() -> None:
     def walk(group: click.Group) -> Iterator[click.Command]:
-        for command in group.commands.values():
+        ctx = click.Context(group)  # commands are imported on first use: ask the group
+        for name in group.list_commands(ctx):
+            command = group.get_command(ctx, name)
+            assert command is not None, name
             yield command
             if isinstance(command, click.Group):
                 yield from walk(command)

@@ -105,7 +105,7 @@ def test_a_failed_run_records_the_exception_and_an_error_status(
     job = charge.delay()
     drain(app)  # and its retry
     with pytest.raises(TaskFailed):
-        job.result(timeout=5)
+        job.result(timeout=30)
     spans = exporter.get_finished_spans()
     (sent,) = named(spans, "send default")
     runs = named(spans, "process default")

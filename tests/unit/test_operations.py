@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import msgspec
 import pytest
@@ -13,10 +16,12 @@ from conveyor import (
     ConfigurationError,
     Conveyor,
     InvalidName,
+    JobCancelled,
     JobNotEnded,
     JobNotFound,
     JobStatus,
     SerializationError,
+    Task,
 )
 from conveyor import _requeue as requeue_module
 from conveyor._clock import FakeClock
@@ -24,6 +29,7 @@ from conveyor._message import Envelope, Message, new_job_id
 from conveyor.brokers import Finish
 from conveyor.testing import drain
 from conveyor.worker import Worker
+from conveyor.worker import _worker as worker_module
 
 from .test_worker_lifecycle import background
 
@@ -72,6 +78,23 @@ def test_requeue_runs_a_failed_job_with_its_retries_afresh(app: Conveyor) -> Non
         drain(app)
     assert _attempts(job_id) == [0, 1, 0, 1]  # both runs again: the retry was not used up
     assert app.job(job_id).status is JobStatus.FAILED
+
+
+def test_a_handle_held_across_a_requeue_follows_the_new_run(app: Conveyor) -> None:
+    fine = app.registry["fine"]
+    job = fine.delay(7)
+    job.cancel()
+    with pytest.raises(JobCancelled):
+        job.result(timeout=0)
+    assert job.status is JobStatus.CANCELLED and job.done()
+
+    assert app.requeue([job.id]) == 1
+    assert job.status is JobStatus.QUEUED and not job.done()  # not the ended record it saw
+    with pytest.raises(TimeoutError):
+        job.result(timeout=0)
+    drain(app)
+    assert job.result(timeout=0) == 7 and job.exception(timeout=0) is None
+    assert not job.cancel()  # it ended since: nothing to cancel
 
 
 def test_requeue_takes_dead_and_cancelled_jobs_too(app: Conveyor) -> None:
@@ -184,7 +207,9 @@ def test_requeued_payload_keeps_everything_but_the_attempt(app: Conveyor) -> Non
 # -- pause and resume with a real worker ----------------------------------------------------
 
 
-def test_a_worker_leaves_a_paused_queue_alone_until_it_is_resumed() -> None:
+def test_a_worker_leaves_a_paused_queue_alone_until_it_is_resumed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     app = Conveyor("memory://")
     ran: list[int] = []
     started = threading.Event()
@@ -201,19 +226,22 @@ def test_a_worker_leaves_a_paused_queue_alone_until_it_is_resumed() -> None:
 
     app.pause("reports")
     jobs = [report.delay(i) for i in range(5)]
-    with background(Worker(app, ["reports", "default"], concurrency=2)):
-        assert ping.delay().result(timeout=5) == "pong"  # the worker runs and fetches
+    worker = Worker(app, ["reports", "default"], concurrency=2)
+    with fetching_a_minute_long(worker, monkeypatch, ping):
+        assert ping.delay().result(timeout=30) == "pong"  # the worker runs and fetches
         time.sleep(0.3)  # several fetches, and a block on the paused queue
         assert ran == []
         assert {j.status for j in jobs} == {JobStatus.QUEUED}
         resumed = time.monotonic()
         app.resume("reports")
-        assert [j.result(timeout=5) for j in jobs] == list(range(5))
-        assert time.monotonic() - resumed < 1.0
+        assert [j.result(timeout=30) for j in jobs] == list(range(5))
+        assert time.monotonic() - resumed < 30  # woken, not at the end of its block
     assert app.broker.paused() == []
 
 
-def test_a_worker_blocked_on_a_paused_queue_alone_wakes_at_resume() -> None:
+def test_a_worker_blocked_on_a_paused_queue_alone_wakes_at_resume(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     app = Conveyor("memory://")
 
     @app.task(queue="reports")
@@ -222,13 +250,30 @@ def test_a_worker_blocked_on_a_paused_queue_alone_wakes_at_resume() -> None:
 
     app.pause("reports")
     job = report.delay(1)
-    with background(Worker(app, ["reports"])):
+    with fetching_a_minute_long(Worker(app, ["reports"]), monkeypatch, report, 2):
         time.sleep(0.5)
         assert job.status is JobStatus.QUEUED
         resumed = time.monotonic()
         app.resume("reports")
-        assert job.result(timeout=5) == 1
-        assert time.monotonic() - resumed < 1.0
+        assert job.result(timeout=30) == 1
+        assert time.monotonic() - resumed < 30  # woken, not at the end of its block
+
+
+@contextmanager
+def fetching_a_minute_long(
+    worker: Worker, monkeypatch: pytest.MonkeyPatch, wake: Task[..., Any], *args: Any
+) -> Iterator[None]:
+    """Run ``worker`` (as ``background`` does) with fetches that block for a minute instead
+    of a second, so that a fetch a resume does not wake is told apart from one it does,
+    however loaded the machine. On the way out fetches block a second again and a
+    ``wake(*args)`` job ends the minute-long one, so the worker's stop is seen as usual."""
+    monkeypatch.setattr(worker_module, "FETCH_BLOCK", 60.0)
+    with background(worker):
+        try:
+            yield
+        finally:
+            monkeypatch.setattr(worker_module, "FETCH_BLOCK", 1.0)
+            wake.delay(*args).result(timeout=30)
 
 
 def test_drain_leaves_a_paused_queue_for_later(app: Conveyor) -> None:

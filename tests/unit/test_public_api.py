@@ -59,13 +59,14 @@ def _files(sub: str) -> list[pathlib.Path]:
 
 # Every adapter the registry opens, as the package or module its broker class is in.
 ADAPTERS = tuple(a.broker.partition(":")[0] for a in BUILTIN)
+DRIVERS = ("redis", "sqlite3", "psycopg", "psycopg_pool")
 
 
 def test_worker_drives_the_port_only() -> None:
     for path in _files("worker"):
         names = _imports(path)
         assert not any(n.startswith(ADAPTERS) for n in names), path
-        assert not any(n == "redis" or n.startswith(("redis.", "sqlite3")) for n in names), path
+        assert not any(n.split(".")[0] in DRIVERS for n in names), path
 
 
 def test_only_the_factory_cli_and_testing_name_a_concrete_adapter() -> None:
@@ -98,7 +99,14 @@ def test_no_forbidden_redis_commands_in_the_package() -> None:
         assert '"keys"' not in text, path
 
 
-INTEGRATIONS = ("prometheus_client", "opentelemetry", "sentry_sdk")
+INTEGRATIONS = (
+    "prometheus_client",
+    "opentelemetry",
+    "sentry_sdk",
+    "flask",
+    "django",
+    "django_tasks",
+)
 
 
 def test_only_contrib_imports_the_integrations_and_the_worker_never_contrib() -> None:
@@ -132,3 +140,62 @@ def test_importing_conveyor_and_its_worker_loads_no_integration() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_only_the_dashboard_imports_its_web_stack() -> None:
+    """starlette and uvicorn (the ``dashboard`` extra) are imported inside ``dashboard/``,
+    and by ``conveyor dashboard`` when it runs; ``import conveyor.cli`` loads neither."""
+    for path in SRC.rglob("*.py"):
+        rel = path.relative_to(SRC)
+        if rel.parts[0] == "dashboard" or rel.as_posix() == "cli/dashboard.py":
+            continue
+        names = _imports(path)
+        assert not any(n.split(".")[0] in ("starlette", "uvicorn") for n in names), rel
+    import subprocess
+    import sys
+
+    code = "import sys, conveyor.cli; print(sorted({m.split('.')[0] for m in sys.modules}))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "starlette" not in out.stdout and "uvicorn" not in out.stdout
+
+
+def _loaded_by(code: str) -> list[str]:
+    """The modules of conveyor, rich and ctypes that ``code`` leaves loaded, in a fresh
+    interpreter."""
+    import subprocess
+    import sys
+
+    code += (
+        "; import sys; print(' '.join(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('conveyor', 'rich', 'ctypes'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return out.stdout.split()
+
+
+def test_importing_conveyor_loads_each_name_when_first_used() -> None:
+    assert _loaded_by("import conveyor") == ["conveyor"]
+    loaded = _loaded_by("from conveyor import Conveyor")
+    assert "conveyor._app" in loaded
+    assert "conveyor.workflows" not in loaded
+
+
+def test_the_worker_command_loads_only_what_a_worker_runs() -> None:
+    """No other command, no rich (tables), no scheduler or cron (an app with schedules
+    loads them when its worker starts them), no ctypes (a job stopped from outside)."""
+    loaded = _loaded_by(
+        "import click; from conveyor.cli import cli; cli.get_command(click.Context(cli), 'worker')"
+    )
+    assert "conveyor.cli.worker" in loaded
+    assert "conveyor.worker._worker" in loaded
+    unwanted = [
+        m
+        for m in loaded
+        if m.split(".")[0] in ("rich", "ctypes")
+        or m in ("conveyor.scheduler", "conveyor._cron", "conveyor.contrib")
+        or (
+            m.startswith("conveyor.cli.")
+            and m not in ("conveyor.cli._load", "conveyor.cli._logs", "conveyor.cli.worker")
+        )
+    ]
+    assert unwanted == []

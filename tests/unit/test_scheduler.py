@@ -276,7 +276,7 @@ def test_run_ticks_in_a_thread_until_stopped(app: Conveyor, clock: FakeClock) ->
         assert app.broker.fetch(["default"], "t", 1, 30, block=5.0)
     finally:
         stop.set()
-        thread.join(timeout=5)
+        thread.join(timeout=30)
     assert not thread.is_alive()
 
 

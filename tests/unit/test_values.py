@@ -382,9 +382,9 @@ def test_the_worker_dead_letters_a_hostile_deep_payload_and_goes_on(app: Conveyo
     app.broker.enqueue([Envelope(hostile, "default", payload)])
     after = echo.delay("after")
     drain(app, timeout=30)
-    assert after.result(timeout=5) == "after"
+    assert after.result(timeout=30) == "after"
     with pytest.raises(JobDead, match=r"undecodable payload: .* nested too deeply"):
-        app.job(hostile).result(timeout=5)
+        app.job(hostile).result(timeout=30)
 
 
 # -- results: stored exactly, or the job fails saying why -----------------------------------
@@ -404,7 +404,7 @@ def test_a_result_json_cannot_keep_fails_the_job_with_the_reason(app: Conveyor, 
     drain(app, timeout=30)
     assert job.status is JobStatus.FAILED
     with pytest.raises(TaskFailed) as caught:
-        job.result(timeout=5)
+        job.result(timeout=30)
     assert caught.value.remote_type == "conveyor._errors.SerializationError"
     message = caught.value.remote_message
     assert message.startswith(
@@ -421,7 +421,7 @@ def test_a_tuple_result_arrives_as_a_list(app: Conveyor) -> None:
 
     job = pair.delay()
     drain(app, timeout=30)
-    assert same(job.result(timeout=5), [1, ["a", -0.0]])
+    assert same(job.result(timeout=30), [1, ["a", -0.0]])
 
 
 # -- an app decodes only its own serializer -------------------------------------------------
@@ -463,9 +463,9 @@ def test_through_the_public_api_a_json_worker_dead_letters_a_pickled_job(tmp_pat
     pickled = pickle_app.registry["values.run"].delay(Gadget(marker))
     after = json_app.registry["values.run"].delay("after")
     drain(json_app, timeout=30)
-    assert after.result(timeout=5) is None and ran == ["after"]
+    assert after.result(timeout=30) is None and ran == ["after"]
     with pytest.raises(JobDead) as caught:
-        json_app.job(pickled.id).result(timeout=5)
+        json_app.job(pickled.id).result(timeout=30)
     assert "payload is pickle, but this app is configured for json" in caught.value.reason
     assert not marker.exists()
     json_app.close()

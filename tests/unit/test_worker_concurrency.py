@@ -91,7 +91,7 @@ def run_concurrently(app: Conveyor, pool: str, kind: str, concurrency: int, n: i
         f"{gauge.most} jobs ran at once with concurrency {concurrency}"
     )
     assert finished == n
-    assert [j.result(timeout=5) for j in jobs] == list(range(n))
+    assert [j.result(timeout=30) for j in jobs] == list(range(n))
     assert gauge.runs == n
     return gauge
 

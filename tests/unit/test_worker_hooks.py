@@ -33,9 +33,9 @@ def test_chain_group_and_chord_run_to_completion(app: Conveyor) -> None:
     members = group(add.s(i, i) for i in range(4)).delay()
     summed = chord(group(add.s(i, 1) for i in range(3)), total.s()).delay()
     drain(app, timeout=30)
-    assert flow.result(timeout=5) == 113
-    assert members.result(timeout=5) == [0, 2, 4, 6]
-    assert summed.result(timeout=5) == 6
+    assert flow.result(timeout=30) == 113
+    assert members.result(timeout=30) == [0, 2, 4, 6]
+    assert summed.result(timeout=30) == 6
 
 
 def test_a_failed_step_fails_the_rest_of_the_chain(app: Conveyor) -> None:
@@ -53,7 +53,7 @@ def test_a_failed_step_fails_the_rest_of_the_chain(app: Conveyor) -> None:
     job = chain(boom.s(1), after.s()).delay()
     drain(app, timeout=30)
     with pytest.raises(TaskFailed, match="bad 1"):
-        job.result(timeout=5)
+        job.result(timeout=30)
     assert ran == []
 
 

@@ -57,9 +57,9 @@ def test_a_lone_quick_job_runs_in_the_consumer_thread() -> None:
         return threading.current_thread().name
 
     with consuming(Worker(app, concurrency=8)):
-        warm_up(lambda: where.delay().result(timeout=5))
+        warm_up(lambda: where.delay().result(timeout=30))
         jobs = app.enqueue_many([where.s() for _ in range(30)])
-        names = [j.result(timeout=5) for j in jobs]
+        names = [j.result(timeout=30) for j in jobs]
     assert threads[0].startswith("conveyor-job-")  # a task not yet known quick: the pool
     assert CONSUMER not in names[:16]  # the first fetch (8 slots, 8 buffered): the pool
 
@@ -79,15 +79,15 @@ def test_a_quick_task_turned_slow_is_cancelled_in_the_consumer_thread() -> None:
         return threading.current_thread().name
 
     with consuming(Worker(app, lease=0.3)):
-        warm_up(lambda: step.delay(False).result(timeout=5))
+        warm_up(lambda: step.delay(False).result(timeout=30))
         job = step.delay(True)
-        assert started.wait(5)
+        assert started.wait(30)
         assert job.cancel()
         with pytest.raises(JobCancelled):
-            job.result(timeout=5)
+            job.result(timeout=30)
         assert job.status is JobStatus.CANCELLED
         assert slow_in == [CONSUMER]
-        assert step.delay(False).result(timeout=5)  # the worker goes on
+        assert step.delay(False).result(timeout=30)  # the worker goes on
 
 
 def test_a_quick_task_turned_slow_meets_its_time_limit_in_the_consumer_thread() -> None:
@@ -104,10 +104,10 @@ def test_a_quick_task_turned_slow_meets_its_time_limit_in_the_consumer_thread() 
         return threading.current_thread().name
 
     with consuming(Worker(app)):
-        warm_up(lambda: step.delay(0).result(timeout=5))
+        warm_up(lambda: step.delay(0).result(timeout=30))
         job = step.delay(10)
         with pytest.raises(TaskFailed) as info:
-            job.result(timeout=5)
+            job.result(timeout=30)
     assert info.value.remote_type == "conveyor._errors.SoftTimeLimit"
     assert slow_in == [CONSUMER]
 
@@ -130,7 +130,7 @@ def test_a_lone_result_is_written_by_the_thread_that_ran_the_job() -> None:
 
     with consuming(Worker(app)):
         for _ in range(5):
-            assert one.delay().result(timeout=5) == 1
+            assert one.delay().result(timeout=30) == 1
             time.sleep(0.05)  # the finisher is idle again
     assert "conveyor-finish" not in writers
     assert len(writers) == 5

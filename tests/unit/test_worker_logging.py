@@ -52,7 +52,7 @@ def test_a_task_line_carries_its_job(
     worker = Worker(app, ["images"], pool=pool, grace=0.0)  # puts the filter on the handlers
     task_log.info("not in a job")
     worker.drain(timeout=20)
-    assert first.result(timeout=1) == "a.png" and second.result(timeout=1) == "b.png"
+    assert first.result(timeout=30) == "a.png" and second.result(timeout=30) == "b.png"
     by_message = {r.getMessage(): r for r in lines(caplog, "tests.tasks")}
     assert job_of(by_message["resizing a.png"]) == (first.id, resize.name, "images", 0)
     assert job_of(by_message["uploading b.png"]) == (second.id, upload.name, "images", 0)
@@ -72,7 +72,7 @@ def test_a_retry_logs_at_info_and_the_failure_at_warning_with_its_traceback(
     drain(app, timeout=20)  # the retry is scheduled (for now): a second drain runs it
     drain(app, timeout=20)
     with pytest.raises(TaskFailed):
-        job.result(timeout=1)
+        job.result(timeout=30)
     worker_lines = lines(caplog, "conveyor.worker")
     retry, failed = [r for r in worker_lines if r.levelno >= logging.INFO]
     assert retry.levelno == logging.INFO
@@ -114,7 +114,7 @@ def test_a_dead_letter_logs_at_error_with_its_reason(
     app.broker.enqueue([Envelope(job_id, "mail", payload)])
     drain(app, ["mail"], timeout=20)
     with pytest.raises(JobDead):
-        app.job(job_id).result(timeout=1)
+        app.job(job_id).result(timeout=30)
     (dead,) = [r for r in lines(caplog, "conveyor.worker") if r.levelno > logging.INFO]
     assert dead.levelno == logging.ERROR
     assert f"job {job_id} (no_such_task) was dead-lettered" in dead.getMessage()

@@ -360,7 +360,7 @@ def test_an_async_task_that_blocks_the_loop_is_named_and_the_others_run_after(
         time.sleep(0.1)
         others = [tasks.agive.options(queue="solo").delay("number", i) for i in range(3)]
         sync = tasks.fine.options(queue="solo").delay("sync")  # a pool thread runs it now
-        assert sync.result(timeout=1.0) == "sync"
+        assert sync.result(timeout=30) == "sync"
         assert blocker.result(timeout=30) == 1.5
         assert [j.result(timeout=30) for j in others] == [0, 1, 2]
     finally:

@@ -32,6 +32,13 @@ def test_trusted_packages_are_top_levels_from_every_source() -> None:
     assert trusted_packages(None) == frozenset()
 
 
+def test_conveyor_is_not_trusted_for_being_the_module_a_worker_starts_with() -> None:
+    """Its entry points (the demo's tasks, Django's) register their tasks; nothing else of
+    Conveyor is a job to run by name. Trusted by name, it would be."""
+    assert trusted_packages("conveyor.contrib.django._boot:app") == frozenset()
+    assert trusted_packages("conveyor.cli._demo_tasks", ["conveyor"]) == {"conveyor"}
+
+
 def test_registered_tasks_resolve_whatever_their_name() -> None:
     app = Conveyor("memory://")
 
@@ -41,6 +48,29 @@ def test_registered_tasks_resolve_whatever_their_name() -> None:
 
     resolver = Resolver(app.registry, frozenset())
     assert resolver.resolve("os:system").fn is mine.fn
+
+
+def test_a_task_its_module_registers_when_imported_resolves(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A framework's task (Django's) registers with the app when its module is imported:
+    the module's attribute is the framework's object, the registered runner is what runs."""
+    (tmp_path / "selfreg_app.py").write_text(
+        "from conveyor import Conveyor\napp = Conveyor('memory://')\n"
+    )
+    (tmp_path / "selfreg.py").write_text(
+        "from selfreg_app import app\n\n"
+        "class Wrapped:  # what a framework's decorator leaves under the name\n"
+        "    pass\n\n"
+        "def runner():\n    return 'the runner'\n\n"
+        "app.task(name='selfreg:work')(runner)\n"
+        "work = Wrapped()\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from selfreg_app import app  # type: ignore[import-not-found]
+
+    resolver = Resolver(app.registry, frozenset({"selfreg"}))
+    assert resolver.resolve("selfreg:work").fn() == "the runner"
 
 
 def test_callables_from_a_trusted_package(pkg: str) -> None:

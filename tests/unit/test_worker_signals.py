@@ -32,12 +32,12 @@ def test_signals_are_recorded_in_the_handler_and_handled_in_order_outside_it() -
 def test_a_signal_during_the_wait_is_handled_within_a_moment() -> None:
     seen: list[float] = []
     with stop_signals() as received:
-        busy = threading.Thread(target=time.sleep, args=(1.0,))
+        busy = threading.Thread(target=time.sleep, args=(4.0,))
         busy.start()
         threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
         started = time.monotonic()
         wait_for(busy, received, lambda signum, count: seen.append(time.monotonic() - started))
-    assert len(seen) == 1 and 0.15 < seen[0] < 0.6, seen
+    assert len(seen) == 1 and 0.15 < seen[0] < 2.5, seen  # long before the thread's 4 s
 
 
 def test_the_previous_handlers_come_back() -> None:

@@ -85,10 +85,13 @@ def open_broker(
     ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
     ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``
     (``redis+cluster://`` is refused with a message). docs/redis.md lists the options.
+    ``postgresql://[user:password@]host:5432/dbname[?schema=conveyor]`` (or ``postgres://``;
+    docs/postgres.md).
 
     ``create=False`` is for tools that only look: an SQLite file that does not exist (or
     holds no Conveyor tables) raises ``ConfigurationError`` naming the path, and nothing is
-    created, neither the file nor its folder. Other brokers have nothing to create.
+    created, neither the file nor its folder; a PostgreSQL schema without Conveyor's tables
+    likewise (no migration runs). Redis has nothing to create.
     """
     _, adapter = find(url)
     adapter.check_url(url)

@@ -54,7 +54,7 @@ from __future__ import annotations
 
 import time
 from abc import abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 from .._message import JobEntry, JobStatus, QueueStats, WorkerInfo, validate_job_id, validate_queue
 from ._base import (
@@ -67,6 +67,17 @@ from ._base import (
 )
 
 Events = list[tuple[str, bytes]]
+
+
+def grouped_stats(
+    counts: Iterable[tuple[str, str, int]], paused: Iterable[str]
+) -> list[QueueStats]:
+    """``_stats`` from (queue, status, count) rows and the paused queues' names, for an
+    adapter that counts with SQL's ``GROUP BY queue, status``."""
+    by_queue = {q: QueueStats(q, paused=True) for q in paused}
+    for queue, status, n in counts:
+        setattr(by_queue.setdefault(queue, QueueStats(queue)), JobStatus(status).value, n)
+    return list(by_queue.values())
 
 
 class Admin(BrokerBase):

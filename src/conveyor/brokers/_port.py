@@ -96,6 +96,7 @@ from collections.abc import Sequence
 
 import msgspec
 
+from .._errors import ConfigurationError
 from .._message import Delivery, Envelope, JobRecord, JobStatus, WorkerInfo
 from ..stores._port import KeyValue
 from ._admin import Admin
@@ -116,6 +117,9 @@ from ._base import (
     job_not_found,
     purged_while_waiting,
 )
+
+# The longest a thread of ``wait_async`` waits at a time (see ``_wait_in_threads``).
+ASYNC_WAIT_SLICE = 1.0
 
 __all__ = [  # the port's names; the constants and check_kept are _base's, named here too
     "CANCELLED_PENDING",
@@ -190,6 +194,29 @@ class Broker(Admin):
             return []
         async with self._errors:
             return await self._enqueue_async(envelopes, events)
+
+    def enqueue_in(
+        self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
+    ) -> list[str]:
+        """``enqueue`` through the caller's own database ``connection``, inside its open
+        transaction (``.options(connection=...)``): the jobs commit or roll back with the
+        caller's writes. Only a broker in that database can; the others refuse, saying so."""
+        check_envelopes(envelopes)
+        check_events(envelopes, events)
+        if not envelopes:
+            return []
+        with self._errors:
+            return self._enqueue_in(connection, envelopes, events)
+
+    async def enqueue_in_async(
+        self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
+    ) -> list[str]:
+        check_envelopes(envelopes)
+        check_events(envelopes, events)
+        if not envelopes:
+            return []
+        async with self._errors:
+            return await self._enqueue_in_async(connection, envelopes, events)
 
     # -- consuming -------------------------------------------------------------------------
 
@@ -275,8 +302,8 @@ class Broker(Admin):
 
     async def wait_async(self, job_id: str, timeout: float | None) -> JobRecord | None:
         watch = self._wait_async(job_id)
-        if watch is None:  # no asyncio path of its own: a thread waits
-            return await asyncio.to_thread(self.wait, job_id, timeout)
+        if watch is None:  # no asyncio path of its own: threads wait
+            return await self._wait_in_threads(job_id, timeout)
         deadline = math.inf if timeout is None else time.monotonic() + timeout
         async with self._errors, watch:
             record = await watch.look()
@@ -290,6 +317,18 @@ class Broker(Admin):
                 if record is None:
                     raise purged_while_waiting(job_id)
             return record
+
+    async def _wait_in_threads(self, job_id: str, timeout: float | None) -> JobRecord | None:
+        """``wait`` in a thread, in slices of at most ``ASYNC_WAIT_SLICE`` seconds: a
+        cancelled await (``asyncio.wait_for``, a client gone) cannot stop the thread, which
+        would otherwise wait until the job ends, and keep the event loop's executor (and
+        ``asyncio.run``'s exit) waiting with it. The result still arrives at once."""
+        deadline = math.inf if timeout is None else time.monotonic() + timeout
+        while True:
+            left = min(ASYNC_WAIT_SLICE, max(deadline - time.monotonic(), 0.0))
+            record = await asyncio.to_thread(self.wait, job_id, left)
+            if record is not None or time.monotonic() >= deadline:
+                return record
 
     def payload(self, job_id: str) -> bytes | None:
         """The job's current payload while it is pending or running, and after it failed,
@@ -343,6 +382,23 @@ class Broker(Admin):
     ) -> list[str]:
         """An adapter with an asyncio client of its own overrides this; a thread by default."""
         return await asyncio.to_thread(self._enqueue, envelopes, events)
+
+    def _enqueue_in(
+        self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> list[str]:
+        """Write through the caller's ``connection``, in its transaction: an adapter whose
+        backend is a database the caller also writes to overrides this (PostgreSQL)."""
+        raise ConfigurationError(
+            f"connection= (enqueue inside your own transaction) needs the PostgreSQL broker "
+            f"in the same database; this app's broker is {type(self).__name__}: leave "
+            "connection= out, or use postgresql://"
+        )
+
+    async def _enqueue_in_async(
+        self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> list[str]:
+        """An asyncio connection's enqueue (``delay_async``); the blocking one by default."""
+        return self._enqueue_in(connection, envelopes, events)
 
     @abstractmethod
     def _fetch(self, queues: list[str], consumer: str, count: int, lease: float) -> Watch[Claimed]:

@@ -77,6 +77,13 @@ BUILTIN = (
         "redis://host:6379/0",
         check="conveyor.brokers._url:parse_redis_url",
     ),
+    Adapter(
+        "postgres",
+        ("postgresql", "postgres"),
+        "conveyor.brokers.postgres:PostgresBroker",
+        "postgresql://user:password@host:5432/dbname",
+        check="conveyor.brokers.postgres._url:parse_postgres_url",
+    ),
 )
 _BY_SCHEME = {scheme: adapter for adapter in BUILTIN for scheme in adapter.schemes}
 

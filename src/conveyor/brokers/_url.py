@@ -141,7 +141,8 @@ def redact_url(url: str) -> str:
     user = ""
     if p.userinfo is not None:
         name, colon, _ = p.userinfo.partition(":")
-        user = f"{name}:{MASK}@" if colon else f"{MASK}@"
+        # Without a scheme, "a:b@host" may be a password holding a colon: nothing shows.
+        user = f"{name}:{MASK}@" if colon and p.scheme is not None else f"{MASK}@"
     shown = head + user + (_shown_hosts(p.hosts) if p.hosts else "") + p.path
     if p.query is not None:
         shown += "?" + _shown_query(p.query)

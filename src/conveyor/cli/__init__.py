@@ -1,29 +1,58 @@
-"""The ``conveyor`` command: one entry point, one module per command group."""
+"""The ``conveyor`` command: one entry point, one module per command group.
+
+A command's module is imported when that command runs (or when ``--help`` lists them all):
+``conveyor worker`` loads neither rich nor the other commands, and reaches its first job
+sooner for it.
+"""
 
 from __future__ import annotations
 
-import re
+import importlib
 import sys
+from typing import NoReturn
 
 import click
 
 from .._errors import ConveyorError
+from .._inspect import redact
 from . import _logs
-from .actions import cancel, purge, requeue
-from .demo import demo
-from .events import events
-from .info import info
-from .jobs import job, jobs
-from .probe import ping
-from .queues import queues
-from .schedules import schedules
-from .worker import worker
 
-# user:password@ in any URL an error message carries
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s/@]+@")
+# command -> (its module in this package, the click command's name there)
+COMMANDS = {
+    "info": ("info", "info"),
+    "jobs": ("jobs", "jobs"),
+    "job": ("jobs", "job"),
+    "cancel": ("actions", "cancel"),
+    "requeue": ("actions", "requeue"),
+    "purge": ("actions", "purge"),
+    "queues": ("queues", "queues"),
+    "schedules": ("schedules", "schedules"),
+    "ping": ("probe", "ping"),
+    "events": ("events", "events"),
+    "worker": ("worker", "worker"),
+    "exporter": ("exporter", "exporter"),
+    "dashboard": ("dashboard", "dashboard"),
+    "migrate": ("migrate", "migrate"),
+    "demo": ("demo", "demo"),
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """A group whose commands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*COMMANDS, *self.commands})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = COMMANDS.get(cmd_name)
+        if found is None:
+            return super().get_command(ctx, cmd_name)
+        command = getattr(importlib.import_module(f".{found[0]}", __name__), found[1])
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="conveyor")
 @click.option("-v", "--verbose", is_flag=True, help="Log debug details (--log-level debug).")
 @click.pass_context
@@ -38,35 +67,20 @@ def cli(ctx: click.Context, verbose: bool) -> None:
     Shell completion (bash; zsh and fish alike):
       eval "$(_CONVEYOR_COMPLETE=bash_source conveyor)"
     """
-    if ctx.invoked_subcommand != "worker":  # the worker sets up logging from its options
+    if ctx.invoked_subcommand not in ("worker", "exporter"):  # they have logging options
         _logs.setup_from_env(verbose)
 
 
-for command in (
-    info,
-    jobs,
-    job,
-    cancel,
-    requeue,
-    purge,
-    queues,
-    schedules,
-    ping,
-    events,
-    worker,
-    demo,
-):
-    cli.add_command(command)
-
-
-def redact(message: str) -> str:
-    """The message with any URL's password masked."""
-    return _CREDENTIALS.sub(r"\g<head>***@", message)
-
-
 def main() -> None:
+    run(cli, "conveyor")
+
+
+def run(command: click.Command, prog_name: str, args: list[str] | None = None) -> NoReturn:
+    """Run a click command as a program: usage errors and ``ConveyorError`` are printed
+    (without a URL's password) and set the exit code. ``conveyor`` runs this way, and so
+    do the commands of the framework integrations (``manage.py conveyor_worker``)."""
     try:
-        code = cli.main(prog_name="conveyor", standalone_mode=False)
+        code = command.main(args=args, prog_name=prog_name, standalone_mode=False)
     except click.exceptions.Abort:
         click.echo("aborted", err=True)
         sys.exit(130)

@@ -19,6 +19,7 @@ import click
 from .._app import Conveyor
 from .._errors import ConfigurationError, InvalidURL
 from ..brokers import check_url, load_adapter, redact_url
+from ..brokers.postgres._url import SCHEMES as POSTGRES_SCHEMES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -95,7 +96,8 @@ def on_broker(app: Conveyor, url: str | None, spec: str | None, *, create: bool)
 
     Commands that only read or change existing jobs leave ``create`` off: they refuse a
     SQLite file that does not exist rather than create an empty database in the wrong
-    place, and a file that holds no Conveyor database. A worker or the demo sets it, and
+    place, and a file that holds no Conveyor database; likewise a PostgreSQL schema
+    without Conveyor's tables (no migration runs). A worker or the demo sets it, and
     the broker makes a missing file and its folder (private to their owner) when it opens.
     """
     if url:
@@ -105,6 +107,8 @@ def on_broker(app: Conveyor, url: str | None, spec: str | None, *, create: bool)
         if not os.path.exists(path):
             raise ConfigurationError(missing_database(app.url, path, bool(url), spec))
         app.open(create=False)  # a file that is not a Conveyor database is refused too
+    elif not create and check_url(app.url) in POSTGRES_SCHEMES:
+        app.open(create=False)  # a schema without Conveyor's tables is refused, not made
     return app
 
 

@@ -19,17 +19,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .._inspect import iso
+
+__all__ = ["clock", "console", "counts_table", "emit_json", "iso", "json_option", "span"]
+__all__ += ["table", "text", "when"]
+
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print one JSON document (see docs/cli.md)."
 )
-
-
-def iso(ts: float | None) -> str | None:
-    """Epoch seconds as ISO-8601 UTC with milliseconds (``...T14:05:09.120Z``); None stays."""
-    if ts is None or ts <= 0:
-        return None
-    moment = dt.datetime.fromtimestamp(ts, dt.UTC)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
 
 
 def _fallback(value: object) -> object:

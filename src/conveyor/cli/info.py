@@ -9,11 +9,11 @@ import click
 from rich.table import Table
 
 from .._app import Conveyor
+from .._inspect import decode, worker_json
 from .._message import JobStatus, WorkerInfo
 from ..brokers import redact_url
 from ._load import app_options, open_app
 from ._output import console, emit_json, iso, json_option, span, table, text
-from .jobs import decode
 from .queues import queue_json, queues_table
 
 _RUNNING_SHOWN = 10
@@ -38,20 +38,6 @@ def running(app: Conveyor, limit: int = _RUNNING_SHOWN) -> list[dict[str, Any]]:
             }
         )
     return found
-
-
-def worker_json(w: WorkerInfo) -> dict[str, Any]:
-    return {
-        "id": w.id,
-        "host": w.host,
-        "pid": w.pid,
-        "queues": list(w.queues),
-        "pool": w.pool,
-        "concurrency": w.concurrency,
-        "processed": w.processed,
-        "started_at": iso(w.started_at),
-        "seen_at": iso(w.seen_at),
-    }
 
 
 def _running_table(jobs: list[dict[str, Any]]) -> Table:

@@ -5,81 +5,18 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import click
 from rich.table import Table
 
-from .._app import Conveyor
-from .._errors import ConveyorError, JobNotFound
-from .._message import (
-    JobEntry,
-    JobRecord,
-    JobStatus,
-    Message,
-    Outcome,
-    validate_job_id,
-    validate_queue,
-)
+from .._inspect import Decoded, describe, find
+from .._message import JobEntry, JobStatus, validate_job_id, validate_queue
 from ._load import app_options, open_app
 from ._output import clock, console, emit_json, iso, json_option, span, table, text, when
 
 STATUSES = [s.value for s in JobStatus]  # queued, scheduled, running, ... in lifecycle order
 ENDED = ("failed", "dead", "cancelled")  # what requeue takes back; each keeps a reason
-_PAGE = 200  # entries read per call while looking for --task matches
-
-
-@dataclass
-class Decoded:
-    """A payload read with the app's codec: the message, or why there is none."""
-
-    message: Message | None
-    problem: str | None  # "undecodable: ...", or "payload not kept" (succeeded, on Redis)
-
-    @property
-    def task(self) -> str | None:
-        return self.message.task if self.message is not None else None
-
-    def label(self) -> str:
-        return self.task or f"({self.problem})"
-
-
-def decode(app: Conveyor, payload: bytes | None) -> Decoded:
-    if not payload:
-        return Decoded(None, "payload not kept")
-    try:
-        return Decoded(app.codec.decode_message(payload), None)
-    except ConveyorError as exc:
-        return Decoded(None, f"undecodable: {exc}")
-
-
-def task_matches(name: str | None, wanted: str) -> bool:
-    """``--task`` names a task by its full name (``myapp.tasks:resize``) or, for a task
-    registered under that form, by the part after the colon (``resize``)."""
-    return name is not None and (name == wanted or name.partition(":")[2] == wanted)
-
-
-def find(
-    app: Conveyor, status: JobStatus, queue: str | None, task: str | None, limit: int
-) -> list[tuple[JobEntry, Decoded]]:
-    """Up to ``limit`` jobs in ``status``, in the broker's order; with ``task``, pages
-    through the status until ``limit`` of that task are found or none are left."""
-    if task is None:
-        return [(e, decode(app, e.payload)) for e in app.broker.entries(status, queue, limit)]
-    found: list[tuple[JobEntry, Decoded]] = []
-    offset, page = 0, max(limit, _PAGE)
-    while True:
-        batch = app.broker.entries(status, queue, page, offset=offset)
-        for entry in batch:
-            decoded = decode(app, entry.payload)
-            if task_matches(decoded.task, task):
-                found.append((entry, decoded))
-                if len(found) == limit:
-                    return found
-        if len(batch) < page:
-            return found
-        offset += len(batch)
 
 
 def _entry_json(entry: JobEntry, decoded: Decoded) -> dict[str, Any]:
@@ -171,56 +108,6 @@ def jobs(
 
 
 # -- one job ---------------------------------------------------------------------------------
-
-
-def _outcome(app: Conveyor, record: JobRecord) -> Outcome | None:
-    if not record.result:
-        return None
-    try:
-        return app.codec.decode_outcome(record.result)
-    except ConveyorError as exc:
-        return Outcome(reason=f"(undecodable result: {exc})")
-
-
-def describe(app: Conveyor, job_id: str) -> dict[str, Any]:
-    """Everything known about one job, with the keys ``conveyor job --json`` prints."""
-    record = app.broker.get([validate_job_id(job_id)])[0]
-    if record is None:
-        raise JobNotFound(
-            f"no job with id {job_id!r} (unknown, purged, or its record expired after its "
-            "result TTL); `conveyor jobs STATUS` lists the jobs there are"
-        )
-    decoded = decode(app, app.broker.payload(job_id))
-    message, outcome = decoded.message, _outcome(app, record)
-    error = outcome.error if outcome is not None else None
-    succeeded = record.status is JobStatus.SUCCEEDED
-    reason = record.reason or (outcome.reason if outcome is not None else None)
-    return {
-        "id": record.id,
-        "task": decoded.task,
-        "queue": record.queue,
-        "status": record.status.value,
-        "args": message.args if message is not None else None,
-        "kwargs": message.kwargs if message is not None else None,
-        "attempt": message.attempt if message is not None else None,
-        "retries": message.retries if message is not None else None,
-        "deliveries": record.deliveries,
-        "priority": message.priority if message is not None else None,
-        "key": message.key if message is not None else None,
-        "depends_on": list(message.depends_on) if message is not None else None,
-        "enqueued_at": iso(message.enqueued_at) if message is not None else None,
-        "updated_at": iso(record.updated_at),
-        "progress": record.progress,
-        "progress_note": record.progress_note,
-        "result": outcome.value if outcome is not None and succeeded else None,
-        "error": (
-            {"type": error.type, "message": error.message, "traceback": error.traceback}
-            if error is not None
-            else None
-        ),
-        "reason": reason or None,
-        "payload_error": decoded.problem,
-    }
 
 
 def _compact(value: object) -> str:

@@ -3,6 +3,13 @@
 * ``conveyor.contrib.prometheus``: metrics and a ``/metrics`` endpoint (``conveyor[prometheus]``)
 * ``conveyor.contrib.opentelemetry``: traces from ``delay`` to the run (``conveyor[opentelemetry]``)
 * ``conveyor.contrib.sentry``: failed and dead-lettered jobs reported (``conveyor[sentry]``)
+* ``conveyor.contrib.flask``: ``FlaskConveyor``, a Flask extension whose tasks run inside the
+  app context, and ``flask conveyor worker`` (``conveyor[flask]``)
+
+and a framework's, a package of its own:
+
+* ``conveyor.contrib.django``: a Django app, the backend of Django's Tasks framework and
+  ``manage.py conveyor_worker`` (``conveyor[django]``; docs/django.md)
 
 Conveyor itself needs none of these libraries: a module here imports its library only when
 it is used, and says which extra to install when it is missing. Nothing outside

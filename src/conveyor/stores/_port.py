@@ -11,16 +11,44 @@ lock or its fencing counter.
 
 from __future__ import annotations
 
+import random
 import re
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 
-from .._errors import InvalidName, ValidationError
+from .._errors import InvalidName, TransactionConflict, ValidationError
 
 _KEY = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
 _COUNTER = re.compile(rb"^[+-]?[0-9]+$")
 
 Updater = Callable[[bytes | None], bytes | None]
+# What an optimistic ``update`` reads: the live value (None: absent or expired) and the
+# row's version (None: no row at all).
+Versioned = tuple[bytes | None, int | None]
+
+
+def versioned_update(
+    key: str,
+    fn: Updater,
+    retries: int,
+    read: Callable[[], Versioned],
+    write: Callable[[int | None, bytes | None], bool],
+) -> bytes | None:
+    """``update`` on a store of versioned rows (SQLite, PostgreSQL): ``read``, ``fn`` outside
+    any transaction, then ``write(seen_version, new)``, a compare-and-set that is False when
+    someone wrote in between; at most ``retries + 1`` attempts."""
+    for attempt in range(retries + 1):
+        value, seen = read()
+        new = fn(value)
+        if write(seen, new):
+            return new
+        # Jittered backoff so that writers which collided do not collide again in step.
+        time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))
+    raise TransactionConflict(
+        f"store.update({key!r}) conflicted with other writers {retries + 1} times: "
+        "write this key less often from many places, or pass a larger retries="
+    )
 
 
 def check_key(key: str) -> str:

@@ -1,6 +1,4 @@
-"""The kit users and adapter authors test with.
-
-::
+"""The kit users and adapter authors test with:
 
     from conveyor import Conveyor
     from conveyor.testing import FakeClock, drain

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING
 from .._clock import FakeClock
 from .._errors import ConfigurationError, DrainIncomplete
 from .._message import DEFAULT_QUEUE
+from ..brokers import redact_url
 from ..scheduler import Scheduler
 from ..worker import Worker
 from ..worker._resolve import top_package
@@ -231,8 +232,9 @@ class _Drain:
             )
         if self.fake is not None:  # a broker that does not say when its jobs are due
             self._stop(
-                f"{rest.scheduled} job(s) are scheduled on {self.app.broker.url}, which does "
-                "not tell a drain when they are due, so it cannot move the FakeClock to them",
+                f"{rest.scheduled} job(s) are scheduled on {redact_url(self.app.broker.url)}, "
+                "which does not tell a drain when they are due, so it cannot move the FakeClock "
+                "to them",
                 "advance the clock yourself (clock.advance(seconds)) and drain again, use "
                 "memory://, or drain(app, advance=False) to leave them",
                 rest,

@@ -32,8 +32,12 @@ def top_package(module: str) -> str:
 
 
 def trusted_packages(module: str | None, *groups: Iterable[str]) -> frozenset[str]:
-    """The top-level packages a worker trusts; entries may be comma lists or dotted names."""
-    found = {top_package(module)} if module else set()
+    """The top-level packages a worker trusts; entries may be comma lists or dotted names.
+
+    The package of the module a worker starts with is trusted, but for Conveyor's own (the
+    demo's tasks, a framework integration's entry point): those register their tasks, and
+    nothing else of Conveyor is a job to run by name."""
+    found = {top_package(module)} if module and top_package(module) != "conveyor" else set()
     for group in groups:
         for entry in group:
             found.update(top_package(p.strip()) for p in entry.split(",") if p.strip())
@@ -85,6 +89,10 @@ class Resolver:
             raise UnknownTask(f"unknown task {name!r}: {exc}") from exc
         if isinstance(obj, Task):
             obj = obj.fn
+        elif (registered := self._registry.get(name)) is not None:
+            # Importing the module registered the task (a framework integration's tasks,
+            # e.g. Django's, register themselves when they are defined).
+            return registered.fn
         if not callable(obj):
             kind = type(obj).__name__
             raise UnknownTask(f"unknown task {name!r}: it names a {kind}, not a function")

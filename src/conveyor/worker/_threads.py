@@ -17,7 +17,6 @@ exactly as they reach a pool thread.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import queue
 import threading
@@ -47,6 +46,8 @@ Abandon = Callable[[Attempt], None]  # a job let go without an outcome
 
 def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
     # exc=None clears a pending exception (the C API takes NULL, which ctypes passes for None)
+    import ctypes  # here: only a stopped job needs it, and it costs start-up time
+
     arg = ctypes.py_object(exc) if exc is not None else None
     ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(ident), arg)
 
@@ -59,15 +60,25 @@ class ThreadRunner:
         self._report = report
         self._queue: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._full = False
 
     def start(self) -> None:
-        for i in range(self._size):
-            t = threading.Thread(target=self._work, name=f"conveyor-job-{i}", daemon=True)
-            t.start()
-            self._threads.append(t)
+        """Nothing yet: a thread is started with each of the first ``size`` jobs (``submit``),
+        so the first job waits for one thread to start, not for the whole pool."""
+        self._full = False
 
-    def submit(self, attempt: Attempt) -> None:
+    def submit(self, attempt: Attempt) -> None:  # from the consumer's thread only
         self._queue.put(attempt)
+        if not self._full:
+            self._grow()
+
+    def _grow(self) -> None:
+        t = threading.Thread(
+            target=self._work, name=f"conveyor-job-{len(self._threads)}", daemon=True
+        )
+        t.start()
+        self._threads.append(t)
+        self._full = len(self._threads) >= self._size
 
     def interrupt(self, attempt: Attempt, why: str) -> None:
         with attempt.lock:

@@ -42,7 +42,6 @@ from .._hooks import Hooks
 from .._message import DEFAULT_QUEUE, WorkerInfo, validate_queue
 from ..brokers import redact_url
 from ..middleware import WorkerProcess
-from ..scheduler import Scheduler
 from ._attempt import SHUTDOWN, Results
 from ._consumer import Consumer
 from ._deadlines import Deadlines
@@ -155,6 +154,7 @@ class Worker:
         )
         self._keeper: Keeper | None = None
         self._scheduler: threading.Thread | None = None
+        self._announce: bool | None = None  # set: the rest of the start waits for a fetch
         # The code this worker runs logs at the level chosen for Conveyor's own lines.
         tasks = {top_package(t.fn.__module__) for t in app.registry.values()}
         _logging.attach(self.trusted | tasks)
@@ -219,6 +219,8 @@ class Worker:
         return how many jobs finished. Jobs scheduled for later, and those of a paused
         queue, are left alone. Raises ``TimeoutError`` (after handing back what still runs)
         if ``timeout`` passes."""
+        if timeout is not None:
+            timeout = seconds("timeout", timeout, example="drain(timeout=30)")
         before = self.processed
         deadline = None if timeout is None else time.monotonic() + timeout
         self._session(until_idle=True, deadline=deadline)
@@ -279,9 +281,22 @@ class Worker:
         )
         consumer.finisher.start()
         consumer.deadlines.start()
-        self._keeper.start()
         if announce:
             self._banner()
+        self._announce = announce  # the rest waits for the first fetch: see _start_rest
+
+    def _start_rest(self) -> None:
+        """What need not delay the first job, started once the first fetch (which does not
+        block) has answered: the keeper (its first act is the heartbeat), the check of the
+        broker's setup and the scheduler. A worker with jobs waiting starts the first of
+        them a round trip or two sooner, and no other start-up call competes with that
+        fetch."""
+        announce, self._announce = self._announce, None
+        if announce is None:
+            return
+        assert self._keeper is not None
+        self._keeper.start()
+        if announce:
             self._warn_setup()
             self._start_scheduler()
 
@@ -290,6 +305,8 @@ class Worker:
         workers do (the scheduler claims ticks in the broker)."""
         if not self.app.schedules:
             return
+        from ..scheduler import Scheduler  # cron and time zones: only for an app with schedules
+
         self._scheduler = threading.Thread(
             target=Scheduler(self.app).run,
             args=(self._stopping,),
@@ -306,13 +323,19 @@ class Worker:
             free = inflight.wait_free(FETCH_BLOCK)
             if free <= 0 or self._stopping.is_set():
                 continue
-            deliveries = consumer.fetch(free, 0.0 if until_idle else FETCH_BLOCK)
+            # The first fetch does not block: what waits for it starts at once on an idle queue.
+            starting = self._announce is not None
+            deliveries = consumer.fetch(free, 0.0 if until_idle or starting else FETCH_BLOCK)
             if deliveries is None:
+                if starting:
+                    self._start_rest()
                 continue
             if self._stopping.is_set():
                 consumer.hand_back(deliveries)  # fetched while the stop arrived
                 return
             consumer.dispatch(deliveries)
+            if starting:
+                self._start_rest()  # the first jobs run meanwhile
             if until_idle and not deliveries:
                 if self._idle():
                     return
@@ -345,6 +368,7 @@ class Worker:
             consumer.executor.interrupt(attempt, SHUTDOWN)
         consumer.release(remaining)
         consumer.finisher.stop(1.0 if self._hard.is_set() else _FINISH_PATIENCE)
+        self._announce = None  # stopped before its first fetch: the rest never started
         if self._keeper is not None:
             self._keeper.stop()
         if self._scheduler is not None:
@@ -416,6 +440,7 @@ class Worker:
             pool=self.pool,
             started_at=self.started_at,
             processed=self.processed,
+            busy=self._inflight.active,
         )
 
     def _banner(self) -> None:

@@ -8,7 +8,7 @@ import sqlite3
 import msgspec
 
 from ..._message import JobEntry, JobStatus, QueueStats, WorkerInfo
-from .._admin import Events
+from .._admin import Events, grouped_stats
 from .._base import REQUEUEABLE
 from .._eventlog import numbered
 from ._core import Polling, SQLiteCore
@@ -24,11 +24,7 @@ class SQLiteAdmin(SQLiteCore):
                 (self._clock.time(),),
             ).fetchall()
             paused = conn.execute("SELECT queue FROM paused").fetchall()
-        by_queue = {q: QueueStats(q, paused=True) for (q,) in paused}
-        for queue, status, n in rows:
-            st = by_queue.setdefault(queue, QueueStats(queue))
-            setattr(st, JobStatus(status).value, n)
-        return list(by_queue.values())
+        return grouped_stats(rows, [q for (q,) in paused])
 
     def _entries(
         self, status: JobStatus, queue: str | None, limit: int, offset: int

@@ -9,15 +9,12 @@ compare-and-set on the row's ``version`` writes only if nobody wrote in between.
 
 from __future__ import annotations
 
-import random
 import sqlite3
-import time
 from contextlib import AbstractContextManager
 from typing import Protocol
 
 from ..._clock import Clock, SystemClock
-from ..._errors import TransactionConflict
-from ...stores._port import KeyValue, Updater, check_key, parse_counter
+from ...stores._port import KeyValue, Updater, Versioned, check_key, parse_counter, versioned_update
 
 _READ = "SELECT value, expires_at, version FROM kv WHERE key = ?"
 _WRITE = (
@@ -118,21 +115,18 @@ class SQLiteKV(KeyValue):
     def update(
         self, key: str, fn: Updater, ttl: float | None = None, retries: int = 50
     ) -> bytes | None:
-        check_key(key)
-        for attempt in range(retries + 1):
-            with self._db.read() as conn:
-                row = conn.execute(_READ, (key,)).fetchone()
-            seen = None if row is None else int(row[2])
-            live = row is not None and (row[1] is None or row[1] > self._clock.time())
-            new = fn(bytes(row[0]) if live and row is not None else None)
-            if self._compare_and_set(key, seen, new, ttl):
-                return new
-            # Jittered backoff so that writers which collided do not collide again in step.
-            time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))
-        raise TransactionConflict(
-            f"store.update({key!r}) conflicted with other writers {retries + 1} times: "
-            "write this key less often from many places, or pass a larger retries="
-        )
+        return versioned_update(
+            check_key(key), fn, retries, lambda: self._read(key),
+            lambda seen, new: self._compare_and_set(key, seen, new, ttl),
+        )  # fmt: skip
+
+    def _read(self, key: str) -> Versioned:
+        with self._db.read() as conn:
+            row = conn.execute(_READ, (key,)).fetchone()
+        if row is None:
+            return None, None
+        live = row[1] is None or row[1] > self._clock.time()
+        return (bytes(row[0]) if live else None), int(row[2])
 
     def _compare_and_set(
         self, key: str, seen: int | None, new: bytes | None, ttl: float | None

@@ -1,0 +1,142 @@
+"""What a Python start-up imports and what each import costs: ``python -X importtime`` run
+several times, each module's cumulative time taken as the smallest seen (a loaded machine
+only ever adds time), printed as the import tree down to a threshold. Not part of the run.
+
+    .venv/bin/python bench/importtime.py                          # import conveyor
+    .venv/bin/python bench/importtime.py -c "import conveyor.cli" --min-ms 2
+    .venv/bin/python bench/importtime.py --worker                 # conveyor worker's imports
+    .venv/bin/python bench/importtime.py --worker --python bench/.venv-peers/conveyor/bin/python
+    .venv/bin/python bench/importtime.py --worker --src /tmp/old/src   # another checkout
+
+``--worker`` times what ``conveyor worker`` imports before its first fetch: the command,
+the app module of ``bench/conveyor_runner.py`` and the worker (the broker's client is
+imported when the broker opens, so it is counted too).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
+WORKER = (
+    "import conveyor.cli, conveyor.cli.worker, conveyor.worker, conveyor.brokers.redis, "
+    "conveyor_runner"
+)
+Node = tuple[str, list["Node"]]
+
+
+def profile(python: str, code: str, env: dict[str, str]) -> list[tuple[int, str, int, int]]:
+    """One ``-X importtime`` run: (depth, module, self µs, cumulative µs), each module after
+    the imports it made (the order ``-X importtime`` prints)."""
+    proc = subprocess.run(
+        [python, "-X", "importtime", "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        env=env,
+        cwd=HERE,
+    )
+    rows = []
+    for line in proc.stderr.splitlines():
+        m = LINE.match(line)
+        if m:
+            depth = len(m.group(3)) // 2
+            rows.append((depth, m.group(4), int(m.group(1)), int(m.group(2))))
+    return rows
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("-c", "--code", default="import conveyor")
+    p.add_argument("--worker", action="store_true", help="what `conveyor worker` imports")
+    p.add_argument(
+        "--python", default=sys.executable,
+        help="the interpreter (bench/.venv-peers/conveyor/bin/python: the runtime "
+        "dependencies only, as a user has them)",
+    )  # fmt: skip
+    p.add_argument(
+        "--src", default=None, metavar="DIR",
+        help="import conveyor from DIR (another checkout's src/, e.g. to compare)",
+    )  # fmt: skip
+    p.add_argument("--runs", type=int, default=9)
+    p.add_argument("--min-ms", type=float, default=1.0, help="hide imports cheaper than this")
+    p.add_argument("--depth", type=int, default=3, help="deepest level shown")
+    p.add_argument(
+        "--by-package", action="store_true",
+        help="instead of the tree: each package's modules and their own time, summed",
+    )  # fmt: skip
+    args = p.parse_args()
+    code = WORKER if args.worker else args.code
+    env = dict(os.environ, BENCH_REDIS_URL="redis://127.0.0.1:1/0")
+    env["PYTHONPATH"] = os.pathsep.join(
+        [*([os.path.abspath(args.src)] if args.src else []), HERE, env.get("PYTHONPATH", "")]
+    )
+    best: dict[str, int] = {}
+    own: dict[str, int] = {}  # each module's own time (without its imports)
+    first: list[tuple[int, str, int, int]] = []
+    walls = []
+    for _ in range(args.runs):
+        t0 = time.perf_counter()
+        rows = profile(os.path.abspath(args.python), code, env)
+        walls.append(time.perf_counter() - t0)
+        first = first or rows
+        for _, name, self_us, cumulative in rows:
+            best[name] = min(best.get(name, cumulative), cumulative)
+            own[name] = min(own.get(name, self_us), self_us)
+    roots = tree(first)
+    total = sum(best[name] for name, _ in roots)
+    print(f"{code}\n{args.runs} runs; the smallest cumulative time of each import, in ms")
+    print(f"all imports: {total / 1000:.1f} ms; the whole process: {min(walls) * 1000:.0f} ms "
+          "at best (interpreter start-up and exit included)")  # fmt: skip
+
+    def show(nodes: list[Node], depth: int) -> None:
+        for name, children in nodes:
+            ms = best[name] / 1000
+            if depth <= args.depth and ms >= args.min_ms:
+                print(f"{ms:8.1f}  {'  ' * depth}{name}")
+                show(children, depth + 1)
+
+    if args.by_package:
+        by_package(own)
+    else:
+        show(roots, 0)
+    return 0
+
+
+def package_of(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] != "conveyor":
+        return "standard library" if parts[0] in sys.stdlib_module_names else parts[0]
+    if len(parts) > 1 and parts[1] in ("cli", "worker", "brokers", "contrib", "stores"):
+        return ".".join(parts[:2])
+    return "conveyor (core)"
+
+
+def by_package(own: dict[str, int]) -> None:
+    sums: dict[str, list[int]] = {}
+    for name, us in own.items():
+        found = sums.setdefault(package_of(name), [0, 0])
+        found[0] += 1
+        found[1] += us
+    print(f"{'own ms':>8}  {'modules':>7}  package")
+    for package, (count, us) in sorted(sums.items(), key=lambda x: -x[1][1]):
+        print(f"{us / 1000:8.1f}  {count:7d}  {package}")
+
+
+def tree(rows: list[tuple[int, str, int, int]]) -> list[Node]:
+    """The import tree, each module before the imports it made."""
+    pending: dict[int, list[Node]] = {}
+    for depth, name, _, _ in rows:
+        node = (name, pending.pop(depth + 1, []))
+        pending.setdefault(depth, []).append(node)
+    return pending.get(0, [])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

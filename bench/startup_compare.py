@@ -1,0 +1,95 @@
+"""Spawn -> first job of ``conveyor worker`` from this checkout and from another, alternated
+on one private redis-server: the before/after of a start-up change in one run. Not part of
+the run (``bench/run.py --workloads startup`` compares against the peers).
+
+    git archive 07d0312 src | tar -x -C /tmp/old
+    .venv/bin/python bench/startup_compare.py --old /tmp/old/src --spawns 10
+
+Each spawn: one job is queued (through the same checkout's client), the worker command is
+started, and the time runs from just before the spawn to the job's start as the task notes
+it; the CPU time is what the worker process had used by then. Both checkouts are
+byte-compiled first, and run in ``bench/.venv-peers/conveyor`` (the runtime dependencies
+only) when ``install.py`` made it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import compileall
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+sys.path.insert(0, HERE)
+
+import probe  # noqa: E402
+from redis_server import private_redis  # noqa: E402
+
+ENQUEUE = "import conveyor_runner as r; r.noop.delay(0); r.app.close()"
+
+
+def spawn(python: str, env: dict[str, str]) -> tuple[float, float]:
+    """One start-up: (ms spawn -> first job, ms of CPU the worker had used by then)."""
+    subprocess.run([python, "-c", ENQUEUE], env=env, cwd=HERE, check=True)
+    with tempfile.TemporaryDirectory() as probe_dir:
+        env = dict(env, BENCH_PROBE_DIR=probe_dir, BENCH_PROBE_N="1")
+        argv = [python, "-m", "conveyor", "worker", "conveyor_runner", "-c", "8"]
+        t0 = time.time()
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=HERE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while not (states := [s for s in probe.read_all(probe_dir) if s["count"]]):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the worker ran no job (exit code {proc.returncode})")
+                time.sleep(0.002)
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    state = states[0]
+    return (float(state["first"]) - t0) * 1000, float(state["cpu_first"]) * 1000
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--old", required=True, metavar="DIR", help="the other checkout's src/")
+    p.add_argument("--spawns", type=int, default=10, help="start-ups per checkout")
+    args = p.parse_args()
+    python = os.path.join(HERE, ".venv-peers", "conveyor", "bin", "python")
+    python = python if os.path.exists(python) else sys.executable
+    trees = {"this checkout": os.path.join(ROOT, "src"), "--old": os.path.abspath(args.old)}
+    for src in trees.values():
+        compileall.compile_dir(src, quiet=1)
+    found: dict[str, list[tuple[float, float]]] = {name: [] for name in trees}
+    with private_redis() as server:
+        base = dict(os.environ, BENCH_REDIS_URL=server.url, BENCH_CONCURRENCY="8")
+        base.update(BENCH_IO_ADDR="127.0.0.1:1", BENCH_LIB="conveyor")
+        for i in range(args.spawns):
+            order = list(trees.items())
+            for name, src in order if i % 2 == 0 else order[::-1]:
+                env = dict(base, PYTHONPATH=os.pathsep.join([src, HERE]))
+                found[name].append(spawn(python, env))
+    for name, runs in found.items():
+        wall, cpu = [r[0] for r in runs], [r[1] for r in runs]
+        print(
+            f"{name:<14} spawn -> first job: median {statistics.median(wall):.0f} ms "
+            f"(min {min(wall):.0f}, max {max(wall):.0f}); CPU until then: median "
+            f"{statistics.median(cpu):.0f} ms (min {min(cpu):.0f})"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""Reading jobs for people: what ``conveyor jobs``, ``conveyor job`` and the dashboard show.
+
+Payloads are decoded with the app's codec (a job another codec wrote says why it cannot be
+read instead of failing the listing); times are ISO-8601 strings in UTC, the convention of
+every JSON document the command line and the dashboard give (docs/cli.md).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from ._errors import ConveyorError, JobNotFound
+from ._message import (
+    JobEntry,
+    JobRecord,
+    JobStatus,
+    Message,
+    Outcome,
+    WorkerInfo,
+    validate_job_id,
+)
+
+if TYPE_CHECKING:
+    from ._app import Conveyor
+
+_PAGE = 200  # entries read per call while looking for jobs of one task
+
+# user:password@ in any URL an error message carries
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s/@]+@")
+
+
+def redact(message: str) -> str:
+    """The message with any URL's password masked."""
+    return _CREDENTIALS.sub(r"\g<head>***@", message)
+
+
+def iso(ts: float | None) -> str | None:
+    """Epoch seconds as ISO-8601 UTC with milliseconds (``...T14:05:09.120Z``); None stays."""
+    if ts is None or ts <= 0:
+        return None
+    moment = dt.datetime.fromtimestamp(ts, dt.UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+
+
+@dataclass
+class Decoded:
+    """A payload read with the app's codec: the message, or why there is none."""
+
+    message: Message | None
+    problem: str | None  # "undecodable: ...", or "payload not kept" (succeeded, on Redis)
+
+    @property
+    def task(self) -> str | None:
+        return self.message.task if self.message is not None else None
+
+    def label(self) -> str:
+        return self.task or f"({self.problem})"
+
+
+def decode(app: Conveyor, payload: bytes | None) -> Decoded:
+    if not payload:
+        return Decoded(None, "payload not kept")
+    try:
+        return Decoded(app.codec.decode_message(payload), None)
+    except ConveyorError as exc:
+        return Decoded(None, f"undecodable: {exc}")
+
+
+def task_matches(name: str | None, wanted: str) -> bool:
+    """A task is named by its full name (``myapp.tasks:resize``) or, for a task registered
+    under that form, by the part after the colon (``resize``)."""
+    return name is not None and (name == wanted or name.partition(":")[2] == wanted)
+
+
+def scan(
+    app: Conveyor,
+    status: JobStatus,
+    queue: str | None,
+    task: str,
+    limit: int,
+    *,
+    offset: int = 0,
+    most: int | None = None,
+) -> tuple[list[tuple[JobEntry, Decoded]], int | None]:
+    """Up to ``limit`` jobs of ``task`` in ``status``, in the broker's order, read page by
+    page from the broker's ``offset``; and the offset to go on from (None: none are left).
+    ``most`` bounds how many entries one call reads (None: as many as it takes)."""
+    found: list[tuple[JobEntry, Decoded]] = []
+    page = max(limit, _PAGE)
+    while most is None or most > 0:
+        size = page if most is None else min(page, most)
+        batch = app.broker.entries(status, queue, size, offset=offset)
+        for i, entry in enumerate(batch):
+            decoded = decode(app, entry.payload)
+            if task_matches(decoded.task, task):
+                found.append((entry, decoded))
+                if len(found) == limit:
+                    return found, offset + i + 1
+        offset += len(batch)
+        if len(batch) < size:
+            return found, None
+        most = None if most is None else most - len(batch)
+    return found, offset
+
+
+def find(
+    app: Conveyor, status: JobStatus, queue: str | None, task: str | None, limit: int
+) -> list[tuple[JobEntry, Decoded]]:
+    """Up to ``limit`` jobs in ``status``, in the broker's order; with ``task``, pages
+    through the status until ``limit`` of that task are found or none are left."""
+    if task is None:
+        return [(e, decode(app, e.payload)) for e in app.broker.entries(status, queue, limit)]
+    return scan(app, status, queue, task, limit)[0]
+
+
+def outcome_of(app: Conveyor, record: JobRecord) -> Outcome | None:
+    if not record.result:
+        return None
+    try:
+        return app.codec.decode_outcome(record.result)
+    except ConveyorError as exc:
+        return Outcome(reason=f"(undecodable result: {exc})")
+
+
+def lookup(app: Conveyor, job_id: str) -> JobRecord:
+    """The job's record; ``JobNotFound`` saying where to look for one that is not known."""
+    record = app.broker.get([validate_job_id(job_id)])[0]
+    if record is None:
+        raise JobNotFound(
+            f"no job with id {job_id!r} (unknown, purged, or its record expired after its "
+            "result TTL); `conveyor jobs STATUS` lists the jobs there are"
+        )
+    return record
+
+
+def describe(app: Conveyor, job_id: str) -> dict[str, Any]:
+    """Everything known about one job, with the keys ``conveyor job --json`` prints."""
+    record = lookup(app, job_id)
+    return document(app, record, decode(app, app.broker.payload(job_id)))
+
+
+def document(app: Conveyor, record: JobRecord, decoded: Decoded) -> dict[str, Any]:
+    """``describe`` of a record and its payload already read."""
+    message, outcome = decoded.message, outcome_of(app, record)
+    error = outcome.error if outcome is not None else None
+    succeeded = record.status is JobStatus.SUCCEEDED
+    reason = record.reason or (outcome.reason if outcome is not None else None)
+    return {
+        "id": record.id,
+        "task": decoded.task,
+        "queue": record.queue,
+        "status": record.status.value,
+        "args": message.args if message is not None else None,
+        "kwargs": message.kwargs if message is not None else None,
+        "attempt": message.attempt if message is not None else None,
+        "retries": message.retries if message is not None else None,
+        "deliveries": record.deliveries,
+        "priority": message.priority if message is not None else None,
+        "key": message.key if message is not None else None,
+        "depends_on": list(message.depends_on) if message is not None else None,
+        "enqueued_at": iso(message.enqueued_at) if message is not None else None,
+        "updated_at": iso(record.updated_at),
+        "progress": record.progress,
+        "progress_note": record.progress_note,
+        "result": outcome.value if outcome is not None and succeeded else None,
+        "error": (
+            {"type": error.type, "message": error.message, "traceback": error.traceback}
+            if error is not None
+            else None
+        ),
+        "reason": reason or None,
+        "payload_error": decoded.problem,
+    }
+
+
+def worker_json(w: WorkerInfo) -> dict[str, Any]:
+    """A live worker as ``conveyor info --json`` and the dashboard give it."""
+    return {
+        "id": w.id,
+        "host": w.host,
+        "pid": w.pid,
+        "queues": list(w.queues),
+        "pool": w.pool,
+        "concurrency": w.concurrency,
+        "busy": w.busy,
+        "processed": w.processed,
+        "started_at": iso(w.started_at),
+        "seen_at": iso(w.seen_at),
+    }

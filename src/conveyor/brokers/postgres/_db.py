@@ -1,0 +1,209 @@
+"""Connections to the PostgreSQL server, and the one place psycopg's errors are translated.
+
+A ``psycopg_pool.ConnectionPool`` of autocommit connections: a statement is a transaction
+of its own unless ``transaction()`` opens one, and every hot path is a single function call
+(``_functions``). A forked child never touches its parent's pool: the first use in a new
+process opens a pool of its own.
+
+Errors: nothing from psycopg leaves this module's context managers. A refused login or
+permission is ``BrokerAuthError`` (retrying cannot help); a server that cannot be reached,
+or no free connection within ``pool_timeout``, ``BrokerUnavailable``; the rest
+``BrokerError``. Messages never show the password.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from ..._errors import (
+    BrokerAuthError,
+    BrokerError,
+    BrokerUnavailable,
+    ConfigurationError,
+    InvalidURL,
+)
+from ._schema import SCHEMA_VERSION, instance, migrate, schema_version, sql
+from ._url import PostgresURL
+
+try:
+    import psycopg
+    import psycopg_pool
+    from psycopg import errors as pg_errors
+except ImportError as exc:  # pragma: no cover - the extra is missing
+    raise ConfigurationError(
+        "postgresql:// needs psycopg 3 and psycopg-pool: pip install 'conveyor[postgres]'"
+    ) from exc
+
+log = logging.getLogger("conveyor.postgres")
+T = TypeVar("T")
+Connection = psycopg.Connection[tuple[Any, ...]]
+UniqueViolation = pg_errors.UniqueViolation
+
+_CONNECT_TIMEOUT = 10  # seconds, unless the URL says connect_timeout=
+# SQLSTATE classes: 08 connection exception, 57P0x the server is shutting down or restarting.
+_AWAY = ("08", "57P01", "57P02", "57P03")
+_AUTH = ("28", "42501")  # invalid authorization, insufficient privilege
+_REFUSED_LOGIN = ("authentication failed", "no pg_hba.conf entry", 'role "')
+
+
+def translate(exc: BaseException, shown: str) -> BrokerError:
+    """A psycopg (or pool) error as the Conveyor error that says what to do."""
+    if isinstance(exc, psycopg_pool.PoolTimeout):
+        return BrokerUnavailable(
+            f"no free connection to {shown} within the pool timeout: every connection of "
+            "the pool is busy, or the server does not answer. Raise ?max_connections= or "
+            "?pool_timeout=, or check the server"
+        )
+    state = getattr(exc, "sqlstate", None) or ""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if not state and any(sign in text for sign in _REFUSED_LOGIN):
+        state = "28000"  # a refused login reaches psycopg without its SQLSTATE
+    if not state and "does not exist" in text and "database" in text:
+        return BrokerError(
+            f"PostgreSQL at {shown}: {text}. Create the database (createdb), or name "
+            "another in the URL"
+        )
+    if state.startswith(_AUTH):
+        return BrokerAuthError(
+            f"PostgreSQL at {shown} refused: {text}. Check the user, password and grants "
+            "(the user needs CREATE on the database for the first migration, and the "
+            "right to use the schema)"
+        )
+    if state.startswith(_AWAY) or (isinstance(exc, psycopg.OperationalError) and not state):
+        return BrokerUnavailable(f"cannot reach PostgreSQL at {shown}: {text}")
+    if isinstance(exc, pg_errors.UndefinedTable | pg_errors.UndefinedFunction):
+        return BrokerError(
+            f"PostgreSQL at {shown}: {text}. The Conveyor schema is missing or older than "
+            "this Conveyor: run `conveyor migrate`"
+        )
+    return BrokerError(f"PostgreSQL error at {shown}: {text}")
+
+
+class Database:
+    """The pool of one broker, on one schema. ``create``: apply pending migrations on open
+    (else a schema without Conveyor's tables is a ``ConfigurationError``)."""
+
+    def __init__(self, url: PostgresURL, *, create: bool = True) -> None:
+        self.url = url
+        self.schema = url.schema
+        self.shown = url.shown
+        self._lock = threading.Lock()
+        self._pid = os.getpid()
+        with self.translated():
+            first = psycopg.connect(self.conninfo(), autocommit=True)
+            try:
+                self.database = first.info.dbname
+                self.migrated = self._prepare(first, create)
+                self.instance = instance(first, self.schema)
+            finally:
+                first.close()
+        self._pool = self._open_pool()
+
+    def conninfo(self) -> str:
+        """The libpq conninfo (it holds the password: never shown)."""
+        try:
+            params = psycopg.conninfo.conninfo_to_dict(self.url.conninfo)
+        except psycopg.ProgrammingError as exc:  # names the option, never a value
+            raise InvalidURL(
+                f"bad PostgreSQL URL {self.shown!r}: {str(exc).strip()}; Conveyor takes schema, "
+                "max_connections and pool_timeout, libpq its own connection parameters"
+            ) from None
+        params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
+        params.setdefault("application_name", "conveyor")
+        return psycopg.conninfo.make_conninfo("", **params)
+
+    def connect(self) -> Connection:
+        """A connection of its own, outside the pool, in autocommit mode (the listener's)."""
+        return psycopg.connect(self.conninfo(), autocommit=True)
+
+    def _prepare(self, conn: Connection, create: bool) -> tuple[int, int]:
+        if create:
+            return migrate(conn, self.schema)
+        version = schema_version(conn, self.schema)
+        if version == 0:
+            raise ConfigurationError(
+                f"no Conveyor tables in schema {self.schema!r} of database "
+                f"{self.database!r} ({self.shown}); nothing was created. Run `conveyor "
+                "migrate` (or start a worker), or point at the schema your workers use "
+                "with ?schema="
+            )
+        if version < SCHEMA_VERSION:
+            raise ConfigurationError(
+                f"schema {self.schema!r} of database {self.database!r} has Conveyor schema "
+                f"version {version}, older than this Conveyor's {SCHEMA_VERSION}: run "
+                "`conveyor migrate` (workers also migrate when they start)"
+            )
+        return version, version
+
+    def _open_pool(self) -> psycopg_pool.ConnectionPool[Connection]:
+        return psycopg_pool.ConnectionPool(
+            self.conninfo(),
+            min_size=1,
+            max_size=self.url.max_connections,
+            kwargs={"autocommit": True},
+            timeout=self.url.pool_timeout,
+            name=f"conveyor-{self.schema}",
+            open=True,
+        )
+
+    def _current(self) -> psycopg_pool.ConnectionPool[Connection]:
+        if self._pid != os.getpid():  # a forked child: a pool of its own, the parent's untouched
+            with self._lock:
+                if self._pid != os.getpid():
+                    self._pool = self._open_pool()
+                    self._pid = os.getpid()
+        return self._pool
+
+    def sql(self, text: str) -> str:
+        return sql(text, self.schema)
+
+    @contextmanager
+    def translated(self) -> Iterator[None]:
+        try:
+            yield
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise translate(exc, self.shown) from exc
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        """A pooled connection in autocommit mode (each statement commits by itself)."""
+        with self.translated(), self._current().connection() as conn:
+            yield conn
+
+    def run(self, fn: Callable[[Connection], T]) -> T:
+        """``fn`` on a pooled connection, and once more on another if the first turned out
+        broken (the server restarted since it was pooled): for calls that are safe to
+        repeat (enqueue is idempotent on job ids; fetch, finish, renew, release and progress
+        are fenced; heartbeats are upserts; reads). A transaction ``fn`` opens on the broken
+        connection never committed.
+        The pool's other idle connections are checked then, so a restart costs each
+        process one failed try, not one per pooled connection."""
+        conn: Connection | None = None
+        try:
+            with self._current().connection() as conn:
+                return fn(conn)
+        except psycopg.OperationalError as exc:
+            if conn is None or not conn.broken:
+                raise translate(exc, self.shown) from exc
+            log.info("a pooled connection was broken (%s); trying another", exc)
+        except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
+            raise translate(exc, self.shown) from exc
+        with self.translated():
+            self._current().check()
+            with self._current().connection() as conn:
+                return fn(conn)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A pooled connection inside one transaction: all of the block or none of it."""
+        with self.translated(), self._current().connection() as conn, conn.transaction():
+            yield conn
+
+    def close(self) -> None:
+        if self._pid == os.getpid():
+            self._pool.close()

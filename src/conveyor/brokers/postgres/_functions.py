@@ -1,0 +1,455 @@
+"""The PL/pgSQL functions of the PostgreSQL broker (part of migration 1, see ``_schema``).
+
+The hot paths are one round trip each, one function call doing every step of the
+contract's atomic step on the server: ``enqueue`` (dependencies checked before anything is
+written, unique keys, events, the wake-up), ``fetch`` (due scheduled jobs promoted, expired
+leases reclaimed, a batch claimed ``FOR UPDATE SKIP LOCKED``), ``finish`` (fenced, results,
+retries, dependents, events, wake-ups). ``{s}`` is the schema and ``{channel}`` its
+notification channel; the payloads sent on it (``_listen``):
+
+* ``q:<queue>,<queue>`` (``q:*``: any) -- work was added to these queues;
+* ``d:<job id>,<job id>`` (``d:*``: any) -- these jobs ended (or were purged);
+* ``e`` -- events were appended (they get their numbers when read).
+
+Notifications are sent when the transaction commits, so a job enqueued inside a caller's
+transaction wakes workers only once it is visible to them.
+"""
+
+from __future__ import annotations
+
+from ..._message import JobStatus
+from .._base import CANCELLED_TTL, CANCELLED_WORKER_STOPPED
+
+_TERMINAL = ", ".join(f"'{s.value}'" for s in JobStatus if s.terminal)
+
+# -- small helpers ---------------------------------------------------------------------------
+
+_CLOCK = """
+CREATE FUNCTION {s}.clock(p_now float8) RETURNS float8 LANGUAGE sql STABLE AS $$
+    SELECT coalesce(p_now, extract(epoch FROM statement_timestamp())::float8)
+$$"""
+
+# An eta from a client: on an injected clock as it is; on real time moved onto the
+# server's clock by the time left until it on the client's, as Redis does: a producer whose
+# clock is off still delays a job by what it asked.
+_AT = """
+CREATE FUNCTION {s}.at(p_eta float8, p_client_now float8, p_now float8, now_ float8)
+RETURNS float8 LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE WHEN p_eta IS NULL OR p_eta = 'Infinity' OR p_now IS NOT NULL THEN p_eta
+                ELSE now_ + (p_eta - p_client_now) END
+$$"""
+
+# Notify in chunks well under the 8000-byte payload limit.
+_NOTIFY = """
+CREATE FUNCTION {s}.notify(p_kind text, p_items text[]) RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    line text := '';
+    item text;
+BEGIN
+    FOREACH item IN ARRAY coalesce(p_items, '{}') LOOP
+        IF length(line) + length(item) > 7000 THEN
+            PERFORM pg_notify('{channel}', p_kind || ':' || line);
+            line := '';
+        END IF;
+        line := CASE WHEN line = '' THEN item ELSE line || ',' || item END;
+    END LOOP;
+    IF line <> '' THEN
+        PERFORM pg_notify('{channel}', p_kind || ':' || line);
+    END IF;
+END $$"""
+
+# Events are inserted unnumbered by the transaction they describe; the oldest beyond
+# p_kept are dropped about once every 64 events.
+_APPEND_EVENTS = """
+CREATE FUNCTION {s}.append_events(p_events bytea[], p_kept int) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    n int := coalesce(array_length(p_events, 1), 0);
+    last_seq bigint;
+BEGIN
+    IF n = 0 THEN
+        RETURN;
+    END IF;
+    INSERT INTO {s}.events(body)
+        SELECT e FROM unnest(p_events) WITH ORDINALITY AS t(e, o) ORDER BY o;
+    last_seq := currval('{s}.events_seq_seq');
+    IF n >= 64 OR last_seq % 64 < n THEN
+        DELETE FROM {s}.events WHERE seq <= (
+            SELECT seq FROM {s}.events ORDER BY seq DESC OFFSET p_kept LIMIT 1);
+    END IF;
+    PERFORM pg_notify('{channel}', 'e');
+END $$"""
+
+# Readers number the committed events that have no number yet, one reader at a time
+# (an advisory lock), in insertion order: a number is only ever given after every smaller
+# one, so a reader's cursor never has an event slip in behind it, however late the
+# transaction that wrote it commits.
+_NUMBER_EVENTS = """
+CREATE FUNCTION {s}.number_events() RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM 1 FROM {s}.events WHERE number IS NULL LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('conveyor.events'), hashtext('{s}'));
+    UPDATE {s}.events e SET number = n.number
+    FROM (SELECT x.seq, nextval('{s}.event_numbers') AS number FROM (
+            SELECT seq FROM {s}.events WHERE number IS NULL
+            ORDER BY seq FOR UPDATE SKIP LOCKED) x) n
+    WHERE e.seq = n.seq;
+END $$"""
+
+_READ_EVENTS = """
+CREATE FUNCTION {s}.read_events(p_after bigint, p_limit int)
+RETURNS TABLE(number bigint, body bytea) LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+BEGIN
+    PERFORM {s}.number_events();
+    RETURN QUERY SELECT e.number, e.body FROM {s}.events e WHERE e.number > p_after
+        ORDER BY e.number LIMIT p_limit;
+END $$"""
+
+_EVENTS_TAIL = """
+CREATE FUNCTION {s}.events_tail() RETURNS bigint LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM {s}.number_events();
+    RETURN coalesce((SELECT max(number) FROM {s}.events), 0);
+END $$"""
+
+# Jobs that ended take their dependents along; each is counted down, the last makes it
+# due. Children in id order, so two transactions ending parents of the same children
+# lock them in one order. Returns the queues of the jobs that became due.
+_RELEASE_DEPENDENTS = """
+CREATE FUNCTION {s}.release_dependents(p_ids text[]) RETURNS text[] LANGUAGE plpgsql AS $$
+DECLARE
+    r record;
+    due text[] := '{}';
+    q text;
+BEGIN
+    FOR r IN
+        WITH taken AS (DELETE FROM {s}.dependents WHERE parent = ANY(p_ids) RETURNING child)
+        SELECT child, count(*)::int AS c FROM taken GROUP BY child ORDER BY child
+    LOOP
+        UPDATE {s}.jobs SET waiting = 0, status = 'queued', seq = nextval('{s}.seq')
+        WHERE id = r.child AND status = 'scheduled' AND waiting > 0 AND waiting <= r.c
+        RETURNING queue INTO q;
+        IF FOUND THEN
+            due := due || q;
+        ELSE
+            UPDATE {s}.jobs SET waiting = waiting - r.c
+            WHERE id = r.child AND status = 'scheduled' AND waiting > r.c;
+        END IF;
+    END LOOP;
+    RETURN due;
+END $$"""
+
+# -- enqueue ---------------------------------------------------------------------------------
+
+# Returns the ids (the existing holder's where a unique key deduplicated a job), or, for an
+# unknown dependency, nothing written and the job and dependency named: the caller's own
+# transaction (transactional enqueue) is not aborted by it.
+_ENQUEUE = """
+CREATE FUNCTION {s}.enqueue(
+    p_ids text[], p_queues text[], p_payloads bytea[], p_priorities int[], p_etas float8[],
+    p_keys text[], p_deps text[], p_events bytea[], p_kept int, p_client_now float8,
+    p_now float8, OUT ids text[], OUT missing_job text, OUT missing_dep text)
+LANGUAGE plpgsql AS $$
+DECLARE
+    now_ float8 := {s}.clock(p_now);
+    n int := coalesce(array_length(p_ids, 1), 0);
+    earlier text[] := '{}';
+    published bytea[] := '{}';
+    queues text[] := '{}';
+    deps text[];
+    dep text;
+    got text;
+    st text;
+    eta_ float8;
+    rc int;
+    waiting_ int;
+BEGIN
+    ids := '{}';
+    FOR i IN 1..n LOOP
+        FOREACH dep IN ARRAY coalesce(string_to_array(nullif(p_deps[i], ''), ','), '{}') LOOP
+            IF NOT dep = ANY(earlier) THEN
+                PERFORM 1 FROM {s}.jobs
+                WHERE id = dep AND (expires_at IS NULL OR expires_at > now_) FOR SHARE;
+                IF NOT FOUND THEN
+                    ids := '{}';
+                    missing_job := p_ids[i];
+                    missing_dep := dep;
+                    RETURN;
+                END IF;
+            END IF;
+        END LOOP;
+        earlier := earlier || p_ids[i];
+    END LOOP;
+    FOR i IN 1..n LOOP
+        deps := coalesce(string_to_array(nullif(p_deps[i], ''), ','), '{}');
+        eta_ := {s}.at(p_etas[i], p_client_now, p_now, now_);
+        got := NULL;
+        FOR attempt IN 1..3 LOOP
+            DELETE FROM {s}.jobs WHERE id = p_ids[i] AND expires_at <= now_;
+            INSERT INTO {s}.jobs(id, queue, payload, priority, status, seq, eta, key,
+                                 updated_at, depends_on)
+            VALUES (p_ids[i], p_queues[i], p_payloads[i], p_priorities[i],
+                    CASE WHEN eta_ > now_ THEN 'scheduled' ELSE 'queued' END,
+                    nextval('{s}.seq'), eta_, p_keys[i], now_, deps)
+            ON CONFLICT DO NOTHING;
+            GET DIAGNOSTICS rc = ROW_COUNT;
+            EXIT WHEN rc = 1;
+            -- Written already (a producer's retry), or the key is held by a pending job.
+            SELECT id INTO got FROM {s}.jobs
+            WHERE id = p_ids[i] AND (expires_at IS NULL OR expires_at > now_);
+            IF got IS NULL AND p_keys[i] IS NOT NULL THEN
+                SELECT id INTO got FROM {s}.jobs
+                WHERE key = p_keys[i] AND status IN ('queued', 'scheduled', 'running');
+            END IF;
+            EXIT WHEN got IS NOT NULL;
+        END LOOP;
+        IF rc = 0 THEN
+            ids := ids || coalesce(got, p_ids[i]);
+            CONTINUE;
+        END IF;
+        ids := ids || p_ids[i];
+        queues := queues || p_queues[i];
+        IF p_events[i] IS NOT NULL THEN
+            published := published || p_events[i];
+        END IF;
+        waiting_ := 0;
+        FOREACH dep IN ARRAY deps LOOP
+            SELECT status INTO st FROM {s}.jobs
+            WHERE id = dep AND (expires_at IS NULL OR expires_at > now_) FOR SHARE;
+            IF FOUND AND st NOT IN ({terminal}) THEN
+                INSERT INTO {s}.dependents(parent, child) VALUES (dep, p_ids[i])
+                ON CONFLICT DO NOTHING;
+                GET DIAGNOSTICS rc = ROW_COUNT;
+                waiting_ := waiting_ + rc;
+            END IF;
+        END LOOP;
+        IF waiting_ > 0 THEN
+            UPDATE {s}.jobs SET status = 'scheduled', eta = NULL, waiting = waiting_
+            WHERE id = p_ids[i];
+        END IF;
+    END LOOP;
+    PERFORM {s}.append_events(published, p_kept);
+    IF array_length(queues, 1) > 0 THEN
+        PERFORM {s}.notify('q', ARRAY(SELECT DISTINCT unnest(queues)));
+    END IF;
+END $$"""
+
+# -- fetch -----------------------------------------------------------------------------------
+
+# Due scheduled jobs, then expired leases, go to the back of their queue in that order (a
+# job cancelled while it ran is not run again once its worker is gone: it ends cancelled);
+# then the head of each live queue is claimed. Rows another fetch holds are skipped. With
+# p_due, a fetch that claims nothing returns instead one row with a NULL id, saying when the
+# next scheduled job or lease comes due (parked jobs never do) and what time it is: how
+# long a blocked fetch may sleep.
+_FETCH = f"""
+CREATE FUNCTION {{s}}.fetch(p_queues text[], p_count int, p_lease float8, p_token text,
+                           p_due boolean, p_now float8)
+RETURNS TABLE(id text, queue text, payload bytea, deliveries int, priority int, seq bigint,
+              next_due float8, clock float8)
+LANGUAGE plpgsql AS $$
+#variable_conflict use_column
+DECLARE
+    now_ float8 := {{s}}.clock(p_now);
+    live text[];
+    ended text[];
+    due text[];
+BEGIN
+    UPDATE {{s}}.jobs j SET status = 'queued', seq = d.n
+    FROM (SELECT x.id, nextval('{{s}}.seq') AS n FROM (
+            SELECT id FROM {{s}}.jobs WHERE status = 'scheduled' AND eta <= now_
+            ORDER BY eta, seq LIMIT 1000 FOR UPDATE SKIP LOCKED) x) d
+    WHERE j.id = d.id;
+    WITH reclaimed AS (
+        UPDATE {{s}}.jobs j SET
+            status = CASE WHEN j.cancel_requested THEN 'cancelled' ELSE 'queued' END,
+            expires_at = CASE WHEN j.cancel_requested THEN now_ + {CANCELLED_TTL} END,
+            updated_at = CASE WHEN j.cancel_requested THEN now_ ELSE j.updated_at END,
+            result = CASE WHEN j.cancel_requested THEN NULL ELSE j.result END,
+            reason = CASE WHEN j.cancel_requested THEN '{CANCELLED_WORKER_STOPPED}'
+                          ELSE j.reason END,
+            token = '', lease_until = NULL, cancel_requested = false, seq = d.n
+        FROM (SELECT x.id, nextval('{{s}}.seq') AS n FROM (
+                SELECT id FROM {{s}}.jobs WHERE status = 'running' AND lease_until <= now_
+                ORDER BY lease_until, seq LIMIT 1000 FOR UPDATE SKIP LOCKED) x) d
+        WHERE j.id = d.id
+        RETURNING j.id, j.status)
+    SELECT array_agg(r.id) FILTER (WHERE r.status = 'cancelled') INTO ended FROM reclaimed r;
+    IF ended IS NOT NULL THEN
+        due := {{s}}.release_dependents(ended);
+        PERFORM {{s}}.notify('d', ended);
+        PERFORM {{s}}.notify('q', due);
+    END IF;
+    SELECT array_agg(q) INTO live FROM unnest(p_queues) AS q
+    WHERE q NOT IN (SELECT queue FROM {{s}}.paused);
+    IF live IS NOT NULL AND p_count > 0 THEN
+        RETURN QUERY
+        WITH picked AS (
+            SELECT h.id FROM unnest(live) AS q(name), LATERAL (
+                SELECT j.id, j.priority, j.seq FROM {{s}}.jobs j
+                WHERE j.status = 'queued' AND j.queue = q.name
+                ORDER BY j.priority DESC, j.seq LIMIT p_count FOR UPDATE SKIP LOCKED) h
+            ORDER BY h.priority DESC, h.seq LIMIT p_count)
+        UPDATE {{s}}.jobs j SET status = 'running', token = p_token,
+            deliveries = j.deliveries + 1, lease_until = now_ + p_lease, updated_at = now_
+        FROM picked WHERE j.id = picked.id
+        RETURNING j.id, j.queue, j.payload, j.deliveries, j.priority::int, j.seq,
+            NULL::float8, now_;
+        IF FOUND THEN
+            RETURN;
+        END IF;
+    END IF;
+    IF p_due THEN
+        RETURN QUERY SELECT NULL::text, NULL::text, NULL::bytea, NULL::int, NULL::int,
+            NULL::bigint, least(
+                (SELECT min(j.eta) FROM {{s}}.jobs j
+                 WHERE j.status = 'scheduled' AND j.eta < 'Infinity'),
+                (SELECT min(j.lease_until) FROM {{s}}.jobs j WHERE j.status = 'running')),
+            now_;
+    END IF;
+END $$"""
+
+# -- finish ----------------------------------------------------------------------------------
+
+_OWNED = "id = p_ids[i] AND status = 'running' AND token = p_tokens[i]"
+_FINISH = f"""
+CREATE FUNCTION {{s}}.finish(
+    p_ids text[], p_tokens text[], p_statuses text[], p_results bytea[], p_ttls float8[],
+    p_reasons text[], p_outcome_events bytea[], p_retry boolean[], p_retry_queues text[],
+    p_retry_payloads bytea[], p_retry_priorities int[], p_retry_etas float8[],
+    p_events bytea[], p_kept int, p_client_now float8, p_now float8)
+RETURNS boolean[] LANGUAGE plpgsql AS $$
+DECLARE
+    now_ float8 := {{s}}.clock(p_now);
+    n int := coalesce(array_length(p_ids, 1), 0);
+    done boolean[] := '{{}}';
+    ended text[] := '{{}}';
+    woken text[] := '{{}}';
+    published bytea[] := coalesce(p_events, '{{}}');
+    eta_ float8;
+    st text;
+    rc int;
+BEGIN
+    FOR i IN 1..n LOOP
+        IF NOT p_retry[i] THEN
+            UPDATE {{s}}.jobs SET status = p_statuses[i], result = p_results[i],
+                reason = p_reasons[i], expires_at = now_ + p_ttls[i], lease_until = NULL,
+                cancel_requested = false, updated_at = now_
+            WHERE {_OWNED};
+            GET DIAGNOSTICS rc = ROW_COUNT;
+            IF rc = 1 AND p_statuses[i] IN ({_TERMINAL}) THEN
+                ended := ended || p_ids[i];
+            END IF;
+        ELSE
+            -- A retry keeps the job's key: it is still pending under it.
+            eta_ := {{s}}.at(p_retry_etas[i], p_client_now, p_now, now_);
+            st := CASE WHEN eta_ > now_ THEN 'scheduled' ELSE 'queued' END;
+            UPDATE {{s}}.jobs SET status = st, queue = p_retry_queues[i],
+                payload = p_retry_payloads[i], priority = p_retry_priorities[i], eta = eta_,
+                seq = nextval('{{s}}.seq'), result = p_results[i], deliveries = 0,
+                lease_until = NULL, cancel_requested = false, updated_at = now_
+            WHERE {_OWNED};
+            GET DIAGNOSTICS rc = ROW_COUNT;
+            IF rc = 1 THEN
+                woken := woken || p_retry_queues[i];
+            END IF;
+        END IF;
+        IF rc = 1 THEN
+            done := done || true;
+            IF p_outcome_events[i] IS NOT NULL THEN
+                published := published || p_outcome_events[i];
+            END IF;
+        ELSE  -- refused, unless this very delivery already settled the job (a repeat)
+            done := done || EXISTS (
+                SELECT 1 FROM {{s}}.jobs WHERE id = p_ids[i] AND token = p_tokens[i]
+                AND status <> 'running' AND (expires_at IS NULL OR expires_at > now_));
+        END IF;
+    END LOOP;
+    IF array_length(ended, 1) > 0 THEN
+        woken := woken || {{s}}.release_dependents(ended);
+        PERFORM {{s}}.notify('d', ended);
+    END IF;
+    PERFORM {{s}}.notify('q', ARRAY(SELECT DISTINCT unnest(woken)));
+    PERFORM {{s}}.append_events(published, p_kept);
+    RETURN done;
+END $$"""
+
+# -- housekeeping ----------------------------------------------------------------------------
+
+# Ended jobs whose record expired, in batches that skip rows others hold; returns how many
+# were deleted (the caller repeats while a whole batch went).
+_SWEEP = """
+CREATE FUNCTION {s}.sweep(p_batch int, p_now float8) RETURNS int LANGUAGE plpgsql AS $$
+DECLARE
+    now_ float8 := {s}.clock(p_now);
+    rc int;
+BEGIN
+    DELETE FROM {s}.jobs WHERE id IN (
+        SELECT id FROM {s}.jobs WHERE expires_at <= now_
+        ORDER BY expires_at LIMIT p_batch FOR UPDATE SKIP LOCKED);
+    GET DIAGNOSTICS rc = ROW_COUNT;
+    DELETE FROM {s}.kv WHERE key IN (
+        SELECT key FROM {s}.kv WHERE expires_at <= now_ LIMIT p_batch FOR UPDATE SKIP LOCKED);
+    DELETE FROM {s}.workers WHERE expires_at <= now_;
+    RETURN rc;
+END $$"""
+
+# -- the key-value store ---------------------------------------------------------------------
+
+# Add to a counter (absent or expired: created at p_amount, with the ttl); NULL when the
+# value is not an integer (the caller says so, as every adapter does). Digits are ASCII, so
+# the 'escape' text of a counter is the counter, and anything else fails the pattern.
+_KV_INCR = """
+CREATE FUNCTION {s}.kv_incr(p_key text, p_amount numeric, p_ttl float8, p_now float8)
+RETURNS text LANGUAGE plpgsql AS $$
+DECLARE
+    now_ float8 := {s}.clock(p_now);
+    v bytea;
+    x float8;
+    new text;
+BEGIN
+    LOOP
+        SELECT value, expires_at INTO v, x FROM {s}.kv WHERE key = p_key FOR UPDATE;
+        IF FOUND AND (x IS NULL OR x > now_) THEN
+            IF encode(v, 'escape') !~ '^[+-]?[0-9]+$' THEN
+                RETURN NULL;
+            END IF;
+            new := (encode(v, 'escape')::numeric + p_amount)::text;
+            UPDATE {s}.kv SET value = convert_to(new, 'UTF8'),
+                version = nextval('{s}.kv_version') WHERE key = p_key;
+            RETURN new;
+        END IF;
+        new := p_amount::text;
+        INSERT INTO {s}.kv(key, value, expires_at, version)
+        VALUES (p_key, convert_to(new, 'UTF8'), now_ + p_ttl, nextval('{s}.kv_version'))
+        ON CONFLICT (key) DO UPDATE SET value = excluded.value,
+            expires_at = excluded.expires_at, version = excluded.version
+        WHERE {s}.kv.expires_at <= now_;
+        IF FOUND THEN
+            RETURN new;
+        END IF;
+    END LOOP;
+END $$"""
+
+FUNCTIONS_V1: tuple[str, ...] = tuple(
+    f.replace("{terminal}", _TERMINAL)
+    for f in (
+        _CLOCK,
+        _AT,
+        _NOTIFY,
+        _APPEND_EVENTS,
+        _NUMBER_EVENTS,
+        _READ_EVENTS,
+        _EVENTS_TAIL,
+        _RELEASE_DEPENDENTS,
+        _ENQUEUE,
+        _FETCH,
+        _FINISH,
+        _SWEEP,
+        _KV_INCR,
+    )
+)

@@ -1,0 +1,195 @@
+"""Enqueue inside the caller's own transaction (``task.options(connection=conn).delay()``).
+
+The jobs are written through the caller's open connection by the same ``{s}.enqueue``
+call the broker makes (one statement): they commit or roll back with the caller's own
+writes, and workers are woken by the notification PostgreSQL delivers at that commit.
+So "order saved but email job lost" and "job ran for an order that was rolled back"
+cannot happen.
+
+Connections taken: psycopg 3's ``Connection`` and ``AsyncConnection``; SQLAlchemy's
+``Session`` and ``Connection`` on the ``postgresql+psycopg`` driver (and their asyncio
+forms, from ``enqueue_async``/``delay_async``); Django's ``connection`` (psycopg 3). A
+connection is checked once, the first time it is given: it must reach the database and
+schema the broker uses (the schema's ``instance`` number in ``meta`` must match), else a
+``ConfigurationError`` says which database it reached. Nothing is written then, and the
+caller's transaction is left as it was.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.rows import tuple_row
+
+from ..._errors import ConfigurationError
+from ..._message import Envelope
+from ._db import translate
+from ._enqueue import ENQUEUE, enqueue_params, enqueued
+from ._schema import sql
+from ._url import quoted
+
+if TYPE_CHECKING:
+    from ._core import PostgresCore
+
+Raw = psycopg.Connection[Any] | psycopg.AsyncConnection[Any]
+
+_KINDS = (
+    "a psycopg 3 connection, a SQLAlchemy Session or Connection on postgresql+psycopg://, "
+    "or Django's connection"
+)
+_CHECK = "SELECT current_database(), to_regclass(%s) IS NOT NULL"
+_INSTANCE = "SELECT value FROM {s}.meta WHERE name = 'instance'"
+
+
+def _sqlalchemy(connection: Any) -> Any:
+    """The DBAPI connection under a SQLAlchemy ``Session`` or ``Connection``."""
+    if hasattr(connection, "get_bind") and callable(getattr(connection, "connection", None)):
+        connection = connection.connection()  # a Session: its transaction's connection
+    elif hasattr(connection, "in_transaction") and not connection.in_transaction():
+        connection.begin()  # as SQLAlchemy's own first statement would: commit() ends it
+    fairy = getattr(connection, "connection", None)
+    raw = getattr(fairy, "driver_connection", None)
+    if raw is None or not isinstance(raw, psycopg.Connection):
+        driver = getattr(getattr(connection, "dialect", None), "driver", "?")
+        raise ConfigurationError(
+            f"connection= got a SQLAlchemy connection on the {driver!r} driver: Conveyor "
+            "writes through psycopg 3; create the engine with a postgresql+psycopg:// URL"
+        )
+    return raw
+
+
+def _django(connection: Any) -> Any:
+    if getattr(connection, "vendor", None) != "postgresql":
+        raise ConfigurationError(
+            f"connection= got Django's connection to a {connection.vendor!r} database: "
+            "Conveyor's jobs live in PostgreSQL; pass the connection of a PostgreSQL "
+            "database (django.db.connections['<alias>'])"
+        )
+    connection.ensure_connection()
+    return connection.connection
+
+
+def raw_connection(connection: Any) -> Raw:
+    """The psycopg connection behind what the caller passed as ``connection=``."""
+    if isinstance(connection, psycopg.Connection | psycopg.AsyncConnection):
+        return connection
+    module = type(connection).__module__.split(".")[0]
+    if module == "sqlalchemy":
+        found: Raw = _sqlalchemy(connection)
+    elif module == "django" and hasattr(connection, "ensure_connection"):
+        found = _django(connection)
+    elif module == "psycopg2":
+        raise ConfigurationError(
+            "connection= got a psycopg 2 connection: Conveyor writes through psycopg 3 "
+            "(pip install 'conveyor[postgres]'); open the connection with psycopg.connect, "
+            "or a SQLAlchemy engine on postgresql+psycopg://"
+        )
+    else:
+        raise ConfigurationError(f"connection= takes {_KINDS}, not {type(connection).__qualname__}")
+    if not isinstance(found, psycopg.Connection | psycopg.AsyncConnection):
+        raise ConfigurationError(f"connection= takes {_KINDS}: this one is not on psycopg 3")
+    return found
+
+
+class Transactional:
+    """The transactional enqueue of one broker; remembers the connections it checked."""
+
+    def __init__(self, broker: PostgresCore) -> None:
+        self._broker = broker
+        self._checked: weakref.WeakSet[Raw] = weakref.WeakSet()
+        self._enqueue = sql(ENQUEUE, broker.schema)
+        self._check = (_CHECK, (f"{quoted(broker.schema)}.meta",))
+        self._instance = sql(_INSTANCE, broker.schema)
+
+    def enqueue(
+        self, connection: Any, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> list[str]:
+        raw = raw_connection(connection)
+        if isinstance(raw, psycopg.AsyncConnection):
+            raise ConfigurationError(
+                "connection= got an asyncio connection: send with delay_async or "
+                "enqueue_async (or pass a blocking connection)"
+            )
+        params = self._params(raw, envelopes, events)
+        try:
+            with raw.cursor(row_factory=tuple_row) as cur:
+                if raw not in self._checked:
+                    found = cur.execute(*self._check).fetchone()
+                    mark = cur.execute(self._instance).fetchone() if found and found[1] else None
+                    self._verify(found, mark)
+                    self._checked.add(raw)
+                return enqueued(cur.execute(self._enqueue, params).fetchone())
+        except psycopg.Error as exc:
+            raise translate(exc, self._broker.url) from exc
+
+    async def enqueue_async(
+        self, connection: Any, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> list[str]:
+        raw = await _async_raw(connection)
+        if isinstance(raw, psycopg.Connection):
+            return self.enqueue(raw, envelopes, events)
+        params = self._params(raw, envelopes, events)
+        try:
+            async with raw.cursor(row_factory=tuple_row) as cur:
+                if raw not in self._checked:
+                    found = await (await cur.execute(*self._check)).fetchone()
+                    mark = None
+                    if found and found[1]:
+                        mark = await (await cur.execute(self._instance)).fetchone()
+                    self._verify(found, mark)
+                    self._checked.add(raw)
+                return enqueued(await (await cur.execute(self._enqueue, params)).fetchone())
+        except psycopg.Error as exc:
+            raise translate(exc, self._broker.url) from exc
+
+    def _params(
+        self, raw: Raw, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> tuple[Any, ...]:
+        """The statement's arguments, once the connection can take it (checked first: a
+        bad connection writes nothing and leaves the transaction as it was; the port
+        checked the envelopes)."""
+        if raw.closed:
+            raise ConfigurationError("connection= got a closed connection: pass an open one")
+        if raw.info.transaction_status == psycopg.pq.TransactionStatus.INERROR:
+            raise ConfigurationError(
+                "connection= got a connection whose transaction failed: roll it back first "
+                "(nothing was enqueued)"
+            )
+        b = self._broker
+        return enqueue_params(envelopes, events, b.events_kept, b._now(), time.time())
+
+    def _verify(self, found: tuple[Any, ...] | None, mark: tuple[Any, ...] | None) -> None:
+        """The connection reaches the broker's database and schema (same ``instance``)."""
+        b = self._broker
+        if found is not None and mark is not None and int(mark[0]) == b.instance:
+            return
+        database = found[0] if found else "?"
+        what = "other Conveyor tables than" if mark is not None else "no Conveyor tables, unlike"
+        raise ConfigurationError(
+            f"connection= reaches database {database!r}, where schema {b.schema!r} holds "
+            f"{what} the broker's ({b.url}): pass a connection to the database the broker "
+            "uses, so the jobs commit with your writes (nothing was enqueued)"
+        )
+
+
+async def _async_raw(connection: Any) -> Raw:
+    """As ``raw_connection``, with SQLAlchemy's asyncio ``AsyncSession`` and
+    ``AsyncConnection`` too."""
+    if type(connection).__module__.startswith("sqlalchemy.ext.asyncio"):
+        if hasattr(connection, "get_bind"):  # an AsyncSession: its transaction's connection
+            connection = await connection.connection()
+        elif not connection.in_transaction():
+            await connection.begin()  # as SQLAlchemy's own first statement would
+        fairy = await connection.get_raw_connection()
+        raw = getattr(fairy, "driver_connection", None)
+        if isinstance(raw, psycopg.AsyncConnection):
+            return raw
+        raise ConfigurationError(
+            "connection= got a SQLAlchemy asyncio connection not on psycopg 3: create the "
+            "engine with a postgresql+psycopg:// URL"
+        )
+    return raw_connection(connection)

@@ -1,0 +1,314 @@
+"""The PostgreSQL broker: producing, consuming and job records.
+
+The tables are in ``_schema``; the hot paths are single calls of the functions in
+``_functions`` (enqueue, fetch, finish: one round trip each). Here:
+
+* **Claiming** is ``FOR UPDATE SKIP LOCKED`` on each queue's head in the ``jobs_ready``
+  partial index: workers never wait for each other, and never take the same job.
+* **Fencing.** renew, finish, release and progress match ``id``, ``status = 'running'`` and
+  the delivery's ``token`` in the statement that changes the row.
+* **Waking without polling** (``_listen``, and the ``Listening`` watch of ``_core``): a
+  blocked ``fetch`` sleeps until a notification names one of its queues, or until the next
+  scheduled job or lease comes due (which the table tells it before it sleeps); a ``wait``
+  until its job is named.
+* **Time**: on real time, the server's clock decides leases, etas and expiry, so workers
+  whose clocks disagree still agree on who holds a job (an eta travels as the time left
+  until it); an injected clock (tests) passes its ``now`` to every statement instead.
+* **Bounded tables**: ended jobs whose record expired are deleted in batches by every
+  broker that fetches, at most every ``_SWEEP_EVERY`` s and sooner while a backlog lasts.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+
+from ..._message import Delivery, Envelope, JobRecord, JobStatus, WorkerInfo
+from .._base import CANCELLED_PENDING, CANCELLED_TTL, CANCELLED_WORKER_STOPPED
+from .._port import Claimed, Finish, LeaseState
+from ._admin import PostgresAdmin
+from ._core import LIVE as _LIVE
+from ._core import Listening
+from ._db import Connection
+from ._enqueue import ENQUEUE, enqueue_params, enqueued
+
+_HELD_ELSEWHERE = 0.01  # a due row another transaction holds: look again this soon
+_SWEEP_EVERY = 30.0  # clock seconds between sweeps of expired rows
+_SWEEP_BATCH = 1000  # rows per sweep transaction
+_SWEEP_BATCHES = 20  # transactions per sweep; a full last one brings the next sweep near
+
+_RECORD = "id, status, queue, result, progress, progress_note, updated_at, deliveries, reason"
+_FETCH = (
+    "SELECT id, queue, payload, deliveries, priority, seq, next_due, clock "
+    "FROM {s}.fetch(%s::text[], %s::int, %s::float8, %s::text, %s::boolean, %s::float8)"
+)
+_FINISH = (
+    "SELECT {s}.finish(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::float8[], "
+    "%s::text[], %s::bytea[], %s::boolean[], %s::text[], %s::bytea[], %s::int[], "
+    "%s::float8[], %s::bytea[], %s::int, %s::float8, %s::float8)"
+)
+_RENEW = """
+UPDATE {s}.jobs j SET lease_until = {s}.clock(%s) + %s
+FROM unnest(%s::text[], %s::text[]) AS d(id, token)
+WHERE j.id = d.id AND j.status = 'running' AND j.token = d.token
+RETURNING j.id, j.token, j.cancel_requested
+"""
+# A job whose worker let go goes to the back of its queue, unless its cancel was asked
+# for: then it ends cancelled. The token stays, so a repeat is recognised (_SETTLED).
+_RELEASE = f"""
+UPDATE {{s}}.jobs SET
+    status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'queued' END,
+    expires_at = CASE WHEN cancel_requested THEN {{s}}.clock(%(now)s) + {CANCELLED_TTL} END,
+    updated_at = CASE WHEN cancel_requested THEN {{s}}.clock(%(now)s) ELSE updated_at END,
+    result = CASE WHEN cancel_requested THEN NULL ELSE result END,
+    reason = CASE WHEN cancel_requested THEN '{CANCELLED_WORKER_STOPPED}' ELSE reason END,
+    lease_until = NULL, cancel_requested = false, seq = nextval('{{s}}.seq'),
+    deliveries = greatest(deliveries - 1, 0)
+WHERE id = %(id)s AND status = 'running' AND token = %(token)s
+RETURNING status, queue
+"""
+_SETTLED = f"""SELECT 1 FROM {{s}}.jobs WHERE id = %(id)s AND token = %(token)s
+    AND status <> 'running' AND {_LIVE}"""
+_PROMOTE = f"""
+WITH promoted AS (
+    UPDATE {{s}}.jobs SET status = 'queued', payload = %(payload)s, eta = NULL,
+        seq = nextval('{{s}}.seq')
+    WHERE id = %(id)s AND status = 'scheduled' AND eta = 'Infinity' AND {_LIVE}
+    RETURNING queue)
+SELECT pg_notify(%(channel)s, 'q:' || queue) FROM promoted
+"""
+_PROGRESS = """UPDATE {s}.jobs SET progress = %s, progress_note = %s, updated_at = {s}.clock(%s)
+    WHERE id = %s AND status = 'running' AND token = %s"""
+_GET = f"SELECT {_RECORD} FROM {{s}}.jobs WHERE id = ANY(%(ids)s::text[]) AND {_LIVE}"
+_CANCEL = f"""
+UPDATE {{s}}.jobs SET status = 'cancelled', updated_at = {{s}}.clock(%(now)s),
+    expires_at = {{s}}.clock(%(now)s) + {CANCELLED_TTL}, result = NULL,
+    reason = %(reason)s, cancel_requested = false, waiting = 0
+WHERE id = %(id)s
+"""
+
+
+def _record(row: tuple[Any, ...]) -> JobRecord:
+    job_id, status, queue, result, progress, note, updated_at, deliveries, reason = row
+    state = JobStatus(status)
+    return JobRecord(
+        id=job_id,
+        status=state,
+        queue=queue,
+        result=bytes(result) if state.terminal and result is not None else None,
+        progress=progress,
+        progress_note=note,
+        updated_at=float(updated_at),
+        deliveries=int(deliveries),
+        reason=reason,
+    )
+
+
+class PostgresBroker(PostgresAdmin):
+    """``Conveyor("postgresql://user:password@host:5432/dbname")``: the broker on a
+    PostgreSQL database (>= 13), in the schema ``?schema=`` names (``conveyor`` by default),
+    migrated on open unless ``create`` is False (tools that only look: then a schema
+    without Conveyor's tables is a ``ConfigurationError``, and nothing is created)."""
+
+    _statements = {
+        "enqueue": ENQUEUE, "fetch": _FETCH, "finish": _FINISH, "renew": _RENEW,
+        "release": _RELEASE, "settled": _SETTLED, "promote": _PROMOTE, "progress": _PROGRESS,
+        "get": _GET, "cancel": _CANCEL,
+    }  # fmt: skip
+
+    # -- producing -------------------------------------------------------------------------
+
+    def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
+        params = enqueue_params(envelopes, events, self.events_kept, self._now(), time.time())
+        row = self._db.run(lambda conn: conn.execute(self._sql["enqueue"], params).fetchone())
+        return enqueued(row)
+
+    def _enqueue_in(
+        self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> list[str]:
+        """Write the jobs through the caller's ``connection``, inside its transaction
+        (``_transactional``): they commit or roll back with it."""
+        return self._transactional.enqueue(connection, envelopes, events)
+
+    async def _enqueue_in_async(
+        self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> list[str]:
+        return await self._transactional.enqueue_async(connection, envelopes, events)
+
+    # -- consuming -------------------------------------------------------------------------
+
+    def _fetch(
+        self, queues: list[str], consumer: str, count: int, lease: float
+    ) -> Listening[Claimed]:
+        return Listening(
+            self._listener,
+            lambda: self._listener.fetching(queues),
+            lambda: self._claim(queues, count, lease),
+        )
+
+    def _claim(self, queues: list[str], count: int, lease: float) -> Claimed:
+        """What ``{s}.fetch`` hands out, and (when that is nothing) in how many seconds
+        something comes due."""
+        token = secrets.token_hex(8)
+        args = (queues, count, lease, token, True, self._now())
+        rows = self._db.run(lambda conn: conn.execute(self._sql["fetch"], args).fetchall())
+        self._sweep()
+        if rows and rows[0][0] is None:
+            due, now = rows[0][6], rows[0][7]
+            # due, yet not claimed: another transaction holds the row a moment
+            return [], None if due is None else max(due - now, _HELD_ELSEWHERE)
+        rows.sort(key=lambda r: (-r[4], r[5]))  # RETURNING gives no order: the claim's
+        out = [
+            Delivery(id=i, queue=q, payload=p, token=token, deliveries=d, priority=pr)
+            for i, q, p, d, pr, *_ in rows
+        ]
+        return out, None
+
+    def _sweep(self) -> None:
+        """Delete expired records (they already read as absent) now and then."""
+        now = self._clock.time()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + _SWEEP_EVERY
+        with self._db.connection() as conn:
+            sweep = self._db.sql("SELECT {s}.sweep(%s, %s)")
+            for _ in range(_SWEEP_BATCHES):
+                row = conn.execute(sweep, (_SWEEP_BATCH, self._now())).fetchone()
+                if row is None or row[0] < _SWEEP_BATCH:
+                    return
+        self._next_sweep = now + 1.0  # a backlog: come back soon
+
+    def _renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+        args = (self._now(), lease, [d.id for d in deliveries], [d.token for d in deliveries])
+        rows = self._db.run(lambda conn: conn.execute(self._sql["renew"], args).fetchall())
+        held = {(i, t): LeaseState.CANCELLED if c else LeaseState.OK for i, t, c in rows}
+        return [held.get((d.id, d.token), LeaseState.LOST) for d in deliveries]
+
+    def _finish(self, outcomes: Sequence[Finish], events: Sequence[bytes]) -> list[bool]:
+        retries = [f.retry for f in outcomes]
+        params = (
+            [f.delivery.id for f in outcomes],
+            [f.delivery.token for f in outcomes],
+            [f.status.value for f in outcomes],
+            [f.result for f in outcomes],
+            [f.result_ttl for f in outcomes],
+            [f.reason for f in outcomes],
+            [f.event for f in outcomes],
+            [r is not None for r in retries],
+            [r.queue if r else None for r in retries],
+            [r.payload if r else None for r in retries],
+            [r.priority if r else None for r in retries],
+            [r.eta if r else None for r in retries],
+            list(events),
+            self.events_kept,
+            time.time(),
+            self._now(),
+        )
+        row = self._db.run(lambda conn: conn.execute(self._sql["finish"], params).fetchone())
+        return list(row[0]) if row is not None and row[0] is not None else []
+
+    def _release(self, deliveries: Sequence[Delivery]) -> list[bool]:
+        return self._db.run(lambda conn: self._release_in(conn, deliveries))
+
+    def _release_in(self, conn: Connection, deliveries: Sequence[Delivery]) -> list[bool]:
+        """One transaction (a repeat is safe: a delivery that settled answers True)."""
+        done: list[bool] = []
+        queued: list[str] = []
+        cancelled: list[str] = []
+        now = self._now()
+        with conn.transaction():
+            for d in deliveries:
+                args = {"id": d.id, "token": d.token, "now": now}
+                row = conn.execute(self._sql["release"], args).fetchone()
+                if row is None:  # not ours, unless this very delivery settled it already
+                    done.append(conn.execute(self._sql["settled"], args).fetchone() is not None)
+                    continue
+                done.append(True)
+                status, queue = row
+                if status == JobStatus.QUEUED:
+                    queued.append(queue)
+                else:  # its cancel was asked for while it ran: it ended
+                    cancelled.append(d.id)
+            if cancelled:
+                queued += self._release_dependents(conn, cancelled)
+                self._notify(conn, "d", cancelled)
+            self._notify(conn, "q", sorted(set(queued)))
+        return done
+
+    def _promote(self, job_id: str, payload: bytes) -> bool:
+        args = {"payload": payload, "id": job_id, "now": self._now(), "channel": self._channel}
+        with self._db.connection() as conn:
+            return conn.execute(self._sql["promote"], args).fetchone() is not None
+
+    def _progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
+        args = (value, note, self._now(), delivery.id, delivery.token)
+        return self._db.run(lambda conn: conn.execute(self._sql["progress"], args).rowcount == 1)
+
+    # -- job records -----------------------------------------------------------------------
+
+    def _get(self, job_ids: Sequence[str]) -> list[JobRecord | None]:
+        args = {"ids": list(job_ids), "now": self._now()}
+        rows = self._db.run(lambda conn: conn.execute(self._sql["get"], args).fetchall())
+        found = {row[0]: _record(row) for row in rows}
+        return [found.get(i) for i in job_ids]
+
+    def _wait(self, job_id: str) -> Listening[JobRecord | None]:
+        return Listening(
+            self._listener,
+            lambda: self._listener.waiting_for(job_id),
+            lambda: self._get([job_id])[0],
+        )
+
+    def _payload(self, job_id: str) -> bytes | None:
+        sql = self._db.sql(f"SELECT payload FROM {{s}}.jobs WHERE id = %(id)s AND {_LIVE}")
+        args = {"id": job_id, "now": self._now()}
+        row = self._db.run(lambda conn: conn.execute(sql, args).fetchone())
+        return None if row is None else bytes(row[0])
+
+    def _cancel(self, job_id: str, event: bytes | None) -> JobStatus | None:
+        now = self._now()
+        find = self._db.sql(
+            f"SELECT status FROM {{s}}.jobs WHERE id = %(id)s AND {_LIVE} FOR UPDATE"
+        )
+        with self._db.transaction() as conn:
+            row = conn.execute(find, {"id": job_id, "now": now}).fetchone()
+            if row is None:
+                return None
+            status = JobStatus(row[0])
+            if status is JobStatus.RUNNING:
+                flag = "UPDATE {s}.jobs SET cancel_requested = true WHERE id = %s"
+                conn.execute(self._db.sql(flag), (job_id,))
+            elif status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
+                status = JobStatus.CANCELLED
+                args = {"id": job_id, "now": now, "reason": CANCELLED_PENDING}
+                conn.execute(self._sql["cancel"], args)
+                self._ended_early(conn, [job_id], [job_id])
+                if event is not None:
+                    self._append(conn, [event])
+        return status
+
+    # -- workers and events ----------------------------------------------------------------
+
+    def _heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+        info.seen_at = self._clock.time()
+        sql = self._db.sql(
+            "INSERT INTO {s}.workers(id, info, expires_at, since) "
+            "VALUES (%(id)s, %(info)s, {s}.clock(%(now)s) + %(ttl)s, nextval('{s}.seq')) "
+            "ON CONFLICT (id) DO UPDATE SET info = excluded.info, "
+            "expires_at = excluded.expires_at"
+        )
+        args = {"id": info.id, "info": msgspec.json.encode(info).decode(), "now": self._now(),
+                "ttl": ttl}  # fmt: skip
+        self._db.run(lambda conn: conn.execute(sql, args))  # an upsert: safe to repeat
+
+    def _forget_worker(self, worker_id: str) -> None:
+        with self._db.connection() as conn:
+            conn.execute(self._db.sql("DELETE FROM {s}.workers WHERE id = %s"), (worker_id,))
+
+    def _publish(self, events: Sequence[bytes]) -> None:
+        with self._db.connection() as conn:
+            self._append(conn, events)

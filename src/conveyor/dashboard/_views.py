@@ -1,0 +1,236 @@
+"""The dashboard's JSON documents and actions, on the broker port and the app's admin API.
+
+Plain synchronous calls (the web layer runs them in its thread pool); times are ISO-8601
+strings in UTC as in every ``--json`` document of the command line (docs/cli.md), except
+the charts' series, which are numbers from ``start`` every ``step`` seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from .. import workflows
+from .._errors import ConfigurationError
+from .._inspect import Decoded, decode, document, iso, lookup, scan, worker_json
+from .._message import JobEntry, JobStatus, validate_queue
+from ..brokers import redact_url
+from ..brokers._port import REQUEUEABLE
+from ._monitor import Monitor
+
+if TYPE_CHECKING:
+    from .._app import Conveyor
+    from ..scheduler import Schedule
+
+PAGE = 50  # jobs per list page
+SCAN = 5000  # entries one list page reads at most while looking for jobs of one task
+COUNTS = ("queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled")
+_PREVIEW = 160  # characters of a job's arguments in a list
+_NEIGHBOURS = 24  # jobs shown on each side of a job's graph
+
+
+def _status(name: str) -> JobStatus:
+    try:
+        return JobStatus(name)
+    except ValueError:
+        raise ConfigurationError(
+            f"unknown status {name!r}: use one of {', '.join(COUNTS)}"
+        ) from None
+
+
+def _preview(decoded: Decoded) -> str | None:
+    message = decoded.message
+    if message is None:
+        return None
+    text = json.dumps(message.args, ensure_ascii=False, default=repr)[1:-1]
+    if message.kwargs:
+        pairs = json.dumps(message.kwargs, ensure_ascii=False, default=repr)[1:-1]
+        text = f"{text}, {pairs}" if text else pairs
+    return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
+
+
+class Dashboard:
+    def __init__(self, app: Conveyor, *, read_only: bool, refresh: float) -> None:
+        self.app = app
+        self.read_only = read_only
+        self.monitor = Monitor(app, refresh)
+
+    # -- pages -----------------------------------------------------------------------------
+
+    def overview(self) -> dict[str, Any]:
+        sample = self.monitor.snapshot()
+        charts = self.monitor.charts(sample.at)
+        minute = charts.pop("done_last_minute")
+        queues = []
+        for s in sample.stats:
+            row: dict[str, Any] = {"queue": s.queue, "paused": s.paused}
+            row.update({name: getattr(s, name) for name in COUNTS})
+            row["head_since"] = iso(sample.heads.get(s.queue))
+            row["done_last_minute"] = minute.get(s.queue, 0)
+            queues.append(row)
+        workers = [worker_json(w) for w in sorted(sample.workers, key=lambda w: w.started_at)]
+        return {
+            **self._common(),
+            "sampled_at": iso(sample.at),
+            "seq": sample.seq,
+            "queues": queues,
+            "totals": {name: sum(getattr(s, name) for s in sample.stats) for name in COUNTS},
+            "workers": workers,
+            "charts": charts,
+        }
+
+    def _common(self) -> dict[str, Any]:
+        return {
+            "broker": redact_url(self.app.url),
+            "now": iso(time.time()),
+            "read_only": self.read_only,
+        }
+
+    def jobs(self, status: str, queue: str | None, task: str | None, offset: int) -> dict[str, Any]:
+        """A page of the jobs in ``status``: offsets are the broker's, so with a task
+        filter the next page goes on where this one stopped reading."""
+        which = _status(status)
+        if queue is not None:
+            validate_queue(queue)
+        if offset < 0:
+            raise ConfigurationError(f"bad offset {offset}: skip 0 or more jobs")
+        stats = self.monitor.counts()
+        if task:
+            found, after = scan(self.app, which, queue, task, PAGE, offset=offset, most=SCAN)
+        else:
+            page = self.app.broker.entries(which, queue, PAGE + 1, offset)
+            found = [(e, decode(self.app, e.payload)) for e in page[:PAGE]]
+            after = offset + PAGE if len(page) > PAGE else None
+        chosen = [s for s in stats if queue is None or s.queue == queue]
+        return {
+            **self._common(),
+            "status": which.value,
+            "queue": queue,
+            "task": task or None,
+            "offset": offset,
+            "next_offset": after,
+            "page_size": PAGE,
+            "count": sum(getattr(s, which.value) for s in chosen),
+            "counts": {name: sum(getattr(s, name) for s in chosen) for name in COUNTS},
+            "queues": [s.queue for s in stats],
+            "tasks": sorted({*self.app.registry, *self.monitor.tasks()}),
+            "jobs": [self._row(e, d) for e, d in found],
+        }
+
+    def _row(self, entry: JobEntry, decoded: Decoded) -> dict[str, Any]:
+        message = decoded.message
+        return {
+            "id": entry.id,
+            "queue": entry.queue,
+            "status": entry.status.value,
+            "task": decoded.task or self.monitor.task_of(entry.id),
+            "args": _preview(decoded),
+            "attempt": message.attempt if message is not None else None,
+            "reason": entry.reason or None,
+            "updated_at": iso(entry.at),
+        }
+
+    def job(self, job_id: str) -> dict[str, Any]:
+        record = lookup(self.app, job_id)
+        decoded = decode(self.app, self.app.broker.payload(job_id))
+        info = document(self.app, record, decoded)
+        info["task"] = info["task"] or self.monitor.task_of(job_id)
+        info["timeline"] = [
+            {
+                "type": e.type,
+                "time": iso(e.time),
+                "worker_id": e.worker_id,
+                "attempt": e.attempt,
+                "duration": e.duration,
+                "error": e.error,
+                "reason": e.reason,
+            }
+            for e in self.monitor.timeline(job_id)
+        ]
+        info["graph"] = self._graph(decoded)
+        status = record.status
+        info["can_requeue"] = not self.read_only and status in REQUEUEABLE
+        info["can_cancel"] = not self.read_only and not status.terminal
+        return {**self._common(), "job": info}
+
+    def _graph(self, decoded: Decoded) -> dict[str, Any]:
+        """What the job waits for and what it starts, one step each way."""
+        message = decoded.message
+        if message is None:
+            return {"upstream": [], "downstream": [], "chord": None}
+        chord = (message.workflow or {}).get("chord")
+        return {
+            "upstream": self._nodes(list(message.depends_on)),
+            "downstream": self._nodes(workflows.following(self.app, message)),
+            "chord": {"i": chord["i"], "n": chord["n"]} if chord else None,
+        }
+
+    def _nodes(self, ids: list[str]) -> list[dict[str, Any]]:
+        ids = ids[:_NEIGHBOURS]
+        records = self.app.broker.get(ids) if ids else []
+        nodes = []
+        for job_id, record in zip(ids, records, strict=True):
+            task = decode(self.app, self.app.broker.payload(job_id)).task if record else None
+            nodes.append(
+                {
+                    "id": job_id,
+                    "status": record.status.value if record is not None else None,
+                    "task": task or self.monitor.task_of(job_id),
+                }
+            )
+        return nodes
+
+    def schedules(self) -> dict[str, Any]:
+        now = time.time()
+        return {**self._common(), "schedules": [_schedule(s, now) for s in self.app.schedules]}
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def requeue(self, job_id: str) -> str:
+        moved = self.app.requeue([job_id])
+        if moved:
+            return f"requeued {job_id}"
+        return f"{job_id} stays as it is: another pending job holds its unique key"
+
+    def cancel(self, job_id: str) -> str:
+        handle = self.app.job(job_id)
+        before = handle.status
+        if before.terminal:
+            return f"{job_id} had already ended ({before}): nothing to cancel"
+        handle.cancel()
+        if handle.status is JobStatus.RUNNING:
+            return f"{job_id} is running: its worker stops it at its next lease renewal"
+        return f"cancelled {job_id} (it was {before})"
+
+    def requeue_all(self, queue: str, status: str) -> str:
+        which = _status(status)
+        moved = self.app.requeue_all(which, validate_queue(queue))
+        return f"requeued {moved} {which} job(s) of queue {queue}"
+
+    def pause(self, queue: str) -> str:
+        self.app.pause(queue)
+        return f"paused queue {queue}: its jobs stay queued until it is resumed"
+
+    def resume(self, queue: str) -> str:
+        self.app.resume(queue)
+        return f"resumed queue {queue}"
+
+    def purge(self, queue: str) -> str:
+        purged = self.app.broker.purge(validate_queue(queue))
+        return f"deleted {purged} queued and scheduled job(s) of queue {queue}"
+
+
+def _schedule(schedule: Schedule, now: float) -> dict[str, Any]:
+    fires = [schedule.next_after(now)]
+    for _ in range(4):
+        fires.append(schedule.next_after(fires[-1]))
+    return {
+        "name": schedule.name,
+        "cron": schedule.cron,
+        "every": schedule.every,
+        "tz": schedule.tz,
+        "overlap": schedule.overlap,
+        "next_fire_at": iso(fires[0]),
+        "upcoming": [iso(t) for t in fires],
+    }

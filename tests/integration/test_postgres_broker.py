@@ -1,0 +1,121 @@
+"""What the PostgreSQL broker promises beyond the conformance suites: bounded tables,
+migrations, tools that only look, and an event log no late commit can slip into behind a
+reader's cursor. On the machine's PostgreSQL (``tests/postgres_server.py``)."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from click.testing import CliRunner
+
+from conveyor import Conveyor
+from conveyor._clock import FakeClock
+from conveyor._errors import ConfigurationError
+from conveyor._message import Envelope, JobStatus, new_job_id
+from conveyor.brokers._port import Finish
+from conveyor.brokers.postgres import PostgresBroker
+from conveyor.cli import cli
+from postgres_server import drop_schema, schema_url, unique_schema
+
+pytestmark = pytest.mark.postgres
+
+
+@pytest.fixture
+def schema(postgres_url: str) -> Iterator[str]:
+    name = unique_schema()
+    try:
+        yield name
+    finally:
+        drop_schema(postgres_url, name)
+
+
+def _rows(url: str, schema: str, table: str) -> int:
+    with psycopg.connect(url) as conn:
+        row = conn.execute(f'SELECT count(*) FROM "{schema}".{table}').fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_ended_jobs_are_deleted_in_batches_once_their_records_expire(
+    postgres_url: str, schema: str
+) -> None:
+    clock = FakeClock()
+    broker = PostgresBroker(schema_url(postgres_url, schema), clock=clock)
+    try:
+        for _ in range(3):
+            envs = [Envelope(new_job_id(), "default", b"p") for _ in range(1500)]
+            broker.enqueue(envs)
+            done = broker.fetch(["default"], "c", 1500, 60, 0)
+            broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r", result_ttl=10) for d in done])
+        assert _rows(postgres_url, schema, "jobs") == 4500
+        clock.advance(31)  # past every record's expiry and the next sweep
+        assert broker.fetch(["default"], "c", 1, 60, 0) == []
+        assert _rows(postgres_url, schema, "jobs") == 0  # 5 batches of 1000, in one sweep
+    finally:
+        broker.close()
+
+
+def test_first_users_racing_on_a_new_schema_migrate_it_once(postgres_url: str, schema: str) -> None:
+    url = schema_url(postgres_url, schema)
+    opened: list[PostgresBroker] = []
+    threads = [
+        threading.Thread(target=lambda: opened.append(PostgresBroker(url))) for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(b.migrated for b in opened) == [(0, 1), (1, 1), (1, 1), (1, 1)]
+    assert len({b.instance for b in opened}) == 1
+    for b in opened:
+        b.close()
+
+
+def test_tools_that_only_look_create_nothing_and_migrate_says_what_it_did(
+    postgres_url: str, schema: str
+) -> None:
+    url = schema_url(postgres_url, schema)
+    runner = CliRunner()
+    looked = runner.invoke(cli, ["jobs", "failed", "--url", url])
+    assert looked.exit_code != 0
+    assert f"no Conveyor tables in schema {schema!r}" in str(looked.exception)
+    with pytest.raises(ConfigurationError):
+        PostgresBroker(url, create=False)
+    migrated = runner.invoke(cli, ["migrate", "--url", url, "--json"])
+    assert migrated.exit_code == 0, migrated.output
+    document = json.loads(migrated.output)
+    assert (document["schema"], document["from_version"], document["to_version"]) == (schema, 0, 1)
+    again = runner.invoke(cli, ["migrate", "--url", url])
+    assert f"schema {schema} is up to date (version 1)" in again.output
+    assert runner.invoke(cli, ["jobs", "failed", "--url", url]).exit_code == 0
+
+
+def test_a_schema_written_by_a_newer_conveyor_is_refused(postgres_url: str, schema: str) -> None:
+    url = schema_url(postgres_url, schema)
+    PostgresBroker(url).close()
+    with psycopg.connect(postgres_url) as conn:
+        conn.execute(f"UPDATE \"{schema}\".meta SET value = 99 WHERE name = 'schema_version'")
+    with pytest.raises(ConfigurationError, match="written by a newer Conveyor"):
+        PostgresBroker(url)
+
+
+def test_an_event_committed_late_is_read_after_the_cursor_that_passed_it(
+    postgres_url: str, schema: str
+) -> None:
+    """A transaction that wrote its event first but commits last: a reader that read the
+    events committed meanwhile still gets it, after them."""
+    app = Conveyor(schema_url(postgres_url, schema))
+    broker = app.broker
+    with psycopg.connect(postgres_url) as conn:
+        with conn.transaction():
+            late = app.options(connection=conn).enqueue(print, "late")  # its job.enqueued
+            broker.publish([b"committed first"])
+            seen = broker.read_events(None, 0.0, 10)
+            assert [e for _, e in seen] == [b"committed first"]
+        after = broker.read_events(seen[-1][0], 0.0, 10)
+    assert len(after) == 1 and late.id.encode() in after[0][1]
+    app.close()

@@ -1,0 +1,239 @@
+"""Enqueue inside the application's own transaction (docs/postgres.md): jobs written through
+the caller's connection commit with its writes and are gone with its rollback.
+
+On the machine's PostgreSQL (``tests/postgres_server.py``): each test has a schema of its
+own for Conveyor, and an ``orders`` table of the application's in the same schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
+from sqlalchemy.orm import Session
+
+from conveyor import Conveyor, InvalidOption
+from conveyor._errors import ConfigurationError, DependencyNotFound
+from conveyor._message import JobStatus
+from postgres_server import drop_schema, schema_url, unique_schema
+
+pytestmark = pytest.mark.postgres
+
+
+class Shop:
+    """An app on a schema of its own, and the application's connection beside it."""
+
+    def __init__(self, url: str) -> None:
+        self.database = url
+        self.schema = unique_schema()
+        self.app = Conveyor(schema_url(url, self.schema))
+
+        @self.app.task
+        def send_receipt(order: int) -> str:
+            return f"receipt {order}"
+
+        self.send_receipt = send_receipt
+        self.app.open()  # migrates: the schema exists from here on
+        self.conn = psycopg.connect(url)  # not autocommit: a transaction per block
+        with self.conn.transaction():
+            self.conn.execute(f'CREATE TABLE "{self.schema}".orders (id int PRIMARY KEY)')
+
+    def order(self, conn: Any, number: int) -> None:
+        conn.execute(f'INSERT INTO "{self.schema}".orders VALUES (%s)', (number,))
+
+    def close(self) -> None:
+        self.conn.close()
+        self.app.close()
+        drop_schema(self.database, self.schema)
+
+
+@pytest.fixture
+def shop(postgres_url: str) -> Iterator[Shop]:
+    s = Shop(postgres_url)
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def _status(app: Conveyor, job_id: str) -> JobStatus | None:
+    [record] = app.broker.get([job_id])
+    return None if record is None else record.status
+
+
+def test_a_job_commits_with_the_transaction_and_wakes_a_blocked_worker(shop: Shop) -> None:
+    broker = shop.app.broker
+    fetched: list[list[Any]] = []
+    worker = threading.Thread(
+        target=lambda: fetched.append(broker.fetch(["default"], "w", 1, 30, 5))
+    )
+    worker.start()
+    with shop.conn.transaction():
+        shop.order(shop.conn, 1)
+        job = shop.send_receipt.options(connection=shop.conn).delay(1)
+        assert _status(shop.app, job.id) is None  # not visible outside the transaction
+    worker.join(10)
+    assert [d.id for d in fetched[0]] == [job.id]  # woken by the commit's notification
+
+
+def test_a_rolled_back_transaction_takes_its_jobs_and_events_along(shop: Shop) -> None:
+    tail = shop.app.broker.events_tail()
+    with pytest.raises(RuntimeError), shop.conn.transaction():
+        shop.order(shop.conn, 2)
+        job = shop.app.options(connection=shop.conn).enqueue(shop.send_receipt, 2)
+        raise RuntimeError("payment declined")
+    assert _status(shop.app, job.id) is None
+    assert shop.app.broker.stats() == []
+    assert shop.app.broker.read_events(tail, 0.0, 10) == []
+
+
+def test_enqueue_many_writes_the_batch_in_the_callers_transaction(shop: Shop) -> None:
+    with shop.conn.transaction():
+        sigs = [shop.send_receipt.options(connection=shop.conn).s(i) for i in range(3)]
+        jobs = shop.app.enqueue_many(sigs)
+    assert [_status(shop.app, j.id) for j in jobs] == [JobStatus.QUEUED] * 3
+    mixed = [shop.send_receipt.options(connection=shop.conn).s(1), shop.send_receipt.s(2)]
+    with pytest.raises(InvalidOption, match="same connection"):
+        shop.app.enqueue_many(mixed)
+
+
+def test_an_unknown_dependency_writes_nothing_and_leaves_the_transaction_usable(
+    shop: Shop,
+) -> None:
+    with shop.conn.transaction():
+        shop.order(shop.conn, 3)
+        with pytest.raises(DependencyNotFound):
+            shop.send_receipt.options(connection=shop.conn, depends_on="nope").delay(3)
+        shop.order(shop.conn, 4)  # the transaction goes on
+    rows = shop.conn.execute(f'SELECT id FROM "{shop.schema}".orders ORDER BY id').fetchall()
+    assert rows == [(3,), (4,)]
+    assert shop.app.broker.stats() == []
+
+
+def test_a_sqlalchemy_session_commits_or_rolls_back_the_job(shop: Shop) -> None:
+    url = shop.database.replace("postgresql://", "postgresql+psycopg://", 1)
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with Session(engine) as session:
+            kept = shop.send_receipt.options(connection=session).delay(5)
+            session.commit()
+            dropped = shop.send_receipt.options(connection=session).delay(6)
+            session.rollback()
+        with engine.connect() as conn:
+            on_conn = shop.send_receipt.options(connection=conn).delay(7)
+            conn.commit()
+    finally:
+        engine.dispose()
+    assert _status(shop.app, kept.id) is JobStatus.QUEUED
+    assert _status(shop.app, dropped.id) is None
+    assert _status(shop.app, on_conn.id) is JobStatus.QUEUED
+
+
+def test_async_sends_go_through_an_async_connection(shop: Shop) -> None:
+    async def main() -> tuple[str, str, str]:
+        conn = await psycopg.AsyncConnection.connect(shop.database)
+        try:
+            async with conn.transaction():
+                first = await shop.send_receipt.options(connection=conn).delay_async(8)
+        finally:
+            await conn.close()
+        url = shop.database.replace("postgresql://", "postgresql+psycopg://", 1)
+        engine = create_async_engine(url)
+        try:
+            async with engine.connect() as sa_conn:
+                second = await shop.send_receipt.options(connection=sa_conn).delay_async(9)
+                await sa_conn.commit()
+            async with AsyncSession(engine) as session:
+                third = await shop.send_receipt.options(connection=session).delay_async(10)
+                await session.commit()
+        finally:
+            await engine.dispose()
+        return first.id, second.id, third.id
+
+    ids = asyncio.run(main())
+    assert [_status(shop.app, i) for i in ids] == [JobStatus.QUEUED] * 3
+
+
+def test_a_connection_to_another_database_is_refused_and_writes_nothing(
+    shop: Shop, postgres_url: str
+) -> None:
+    elsewhere = postgres_url.rsplit("/", 1)[0] + "/postgres"
+    with psycopg.connect(elsewhere) as other, other.transaction():
+        with pytest.raises(ConfigurationError, match="reaches database 'postgres'"):
+            shop.send_receipt.options(connection=other).delay(10)
+        other.execute("SELECT 1")  # its transaction is still usable
+    assert shop.app.broker.stats() == []
+
+
+@pytest.mark.parametrize(
+    ("given", "says"),
+    [
+        ("postgresql://host/db", "takes a psycopg 3 connection"),
+        (object(), "not object"),
+    ],
+)
+def test_a_wrong_kind_of_connection_is_refused(shop: Shop, given: object, says: str) -> None:
+    with pytest.raises(ConfigurationError, match=says):
+        shop.send_receipt.options(connection=given).delay(11)
+    closed = psycopg.connect(shop.database)
+    closed.close()
+    with pytest.raises(ConfigurationError, match="closed connection"):
+        shop.send_receipt.options(connection=closed).delay(12)
+
+
+DJANGO = """
+import json, sys
+import django
+from django.conf import settings
+from conveyor import Conveyor
+
+params, url = json.loads(sys.argv[1]), sys.argv[2]
+settings.configure(DATABASES={"default": {
+    "ENGINE": "django.db.backends.postgresql", "NAME": params["dbname"],
+    "USER": params.get("user", ""), "PASSWORD": params.get("password", ""),
+    "HOST": params.get("host", ""), "PORT": params.get("port", "")}})
+django.setup()
+from django.db import connection, transaction
+
+app = Conveyor(url)
+with transaction.atomic():
+    kept = app.options(connection=connection).enqueue(print, "kept")
+try:
+    with transaction.atomic():
+        dropped = app.options(connection=connection).enqueue(print, "dropped")
+        raise RuntimeError
+except RuntimeError:
+    pass
+print(kept.id, dropped.id)
+"""
+
+
+def test_djangos_connection_commits_or_rolls_back_the_job(
+    shop: Shop, postgres_url: str, tmp_path: Any
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    from psycopg.conninfo import conninfo_to_dict
+
+    params = json.dumps({k: str(v) for k, v in conninfo_to_dict(postgres_url).items()})
+    script = tmp_path / "django_enqueue.py"
+    script.write_text(DJANGO)
+    url = schema_url(postgres_url, shop.schema)
+    out = subprocess.run(
+        [sys.executable, str(script), params, url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    kept, dropped = out.stdout.split()
+    assert _status(shop.app, kept) is JobStatus.QUEUED
+    assert _status(shop.app, dropped) is None

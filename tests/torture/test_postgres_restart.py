@@ -1,0 +1,115 @@
+"""A private PostgreSQL restarted under load (``tests/postgres_server.py``: a server of the
+test's own, never the machine's): producers keep enqueueing and two ``conveyor worker``
+subprocesses keep running jobs while the server stops, as in a crash (``immediate``) or
+cleanly (``fast``, disconnecting everyone), and starts again.
+
+Nothing acknowledged is lost, no job ends twice, and runs of a job beyond its first are no
+more than the jobs that were running when the server went (their finishes may have been
+lost with their connections; the lease brings them back). Producers retry what raised with
+the same job id, so a write that landed before the connection dropped is not made twice
+(the broker itself tries a broken pooled connection's call once more on another).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conveyor import Conveyor, Signature
+from conveyor._errors import BrokerError
+from postgres_server import PrivatePostgres
+
+from .checker import check
+from .workers import Cluster, wait_for
+
+pytestmark = [pytest.mark.slow, pytest.mark.postgres]
+
+JOBS = 300
+
+
+class Producer:
+    """Enqueues ``JOBS`` short jobs one at a time; a call that raised is sent again with the
+    same id until it is acknowledged."""
+
+    def __init__(self, app: Conveyor) -> None:
+        self.app = app
+        self.acknowledged: list[str] = []
+        self.errors = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        for i in range(JOBS):
+            tag = f"job{i}"
+            opts = dataclasses.replace(self.app.defaults, job_id=tag)
+            sig = Signature(self.app, "torture_app:sleepy", (tag, 0.01), {}, opts)
+            while True:
+                try:
+                    self.app.enqueue_many([sig])
+                    break
+                except BrokerError:
+                    self.errors += 1
+                    time.sleep(0.1)
+            self.acknowledged.append(tag)
+            time.sleep(0.005)
+
+
+@pytest.mark.parametrize("mode", ["immediate", "fast"])
+@pytest.mark.timeout(120)
+def test_a_restart_under_load_loses_no_job(
+    private_postgres: PrivatePostgres, tmp_path: Path, mode: str
+) -> None:
+    cluster = Cluster(tmp_path / "app", private_postgres.url)
+    try:
+        app = cluster.app()
+        app.open()  # migrated before the workers start
+        for name in ("w1", "w2"):
+            cluster.worker(name, "-c", "4", "--lease", "2")
+        producer = Producer(app)
+        wait_for(lambda: len(producer.acknowledged) >= JOBS // 3, 60, cluster.outputs)
+        private_postgres.stop(mode)
+        time.sleep(1.0)  # producers and workers find it gone
+        private_postgres.start()
+        producer.thread.join(90)
+        assert len(producer.acknowledged) == JOBS
+        ended = {"end"}
+        wait_for(
+            lambda: len({t for e, t, _, _ in cluster.runs() if e in ended}) >= JOBS,
+            90,
+            cluster.outputs,
+        )
+        records = app.broker.get(producer.acknowledged)
+        completed = [r.id for r in records if r is not None and r.status.terminal]
+        report = check(
+            acknowledged=producer.acknowledged, executed=cluster.executed(), completed=completed
+        )
+        # At most the jobs two workers of 4 threads held when the server went ran again.
+        report.assert_ok(max_duplicates=8)
+        assert "not listening for wake-ups" in cluster.outputs()  # the restart was felt
+        assert all(w.alive() for w in cluster.workers), cluster.outputs()
+        app.close()
+    finally:
+        cluster.cleanup()
+
+
+@pytest.mark.timeout(60)
+def test_after_a_restart_the_pooled_connections_cost_no_failed_call(
+    private_postgres: PrivatePostgres,
+) -> None:
+    """The pool's connections all broke with the restart: the next calls try another
+    connection (enqueue is idempotent on its id, finish and fetch are fenced) and succeed."""
+    app = Conveyor(private_postgres.url)
+
+    @app.task
+    def noop() -> None: ...
+
+    first = noop.delay()
+    private_postgres.stop("fast")
+    private_postgres.start()
+    second = noop.delay()  # no BrokerError: the broken pooled connection is replaced
+    assert [r is not None for r in app.broker.get([first.id, second.id])] == [True, True]
+    app.close()

@@ -1,0 +1,376 @@
+"""The dashboard's ASGI application in process (no sockets): its JSON API, the auth, the
+CSRF token, read-only, escaping, redaction, mounting under a prefix, the live stream, and
+the command's refusal to listen in the open without a password.
+
+What a person sees in a browser, with a real server and real workers, is in
+``tests/integration/test_dashboard_browser.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from click.testing import CliRunner
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message
+
+from conveyor import ConfigurationError, Conveyor, JobStatus
+from conveyor.cli import cli
+from conveyor.cli.dashboard import loopback
+from conveyor.dashboard import asgi_app
+from conveyor.testing import MemoryBroker, drain
+from conveyor.workflows import chain
+
+AUTH = ("admin", "s3cret")
+
+
+def _basic(user: str, password: str) -> dict[str, str]:
+    token = base64.b64encode(f"{user}:{password}".encode()).decode()
+    return {"authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def app() -> Iterator[Conveyor]:
+    with Conveyor("memory://") as app:
+
+        @app.task(queue="mail")
+        def send(to: str) -> str:
+            return f"sent to {to}"
+
+        @app.task(queue="reports", retries=0)
+        def report(month: int) -> None:
+            raise ValueError(f"no data for month {month}")
+
+        @app.periodic(every=300)
+        def tidy() -> None:
+            return None
+
+        yield app
+
+
+def client(app: Conveyor, **options: Any) -> httpx.AsyncClient:
+    return serve(asgi_app(app, refresh=0, **options))
+
+
+def serve(web: ASGIApp) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://test")
+
+
+async def acting(web: httpx.AsyncClient, page: str = "/") -> dict[str, str]:
+    """The CSRF header of a page the client loaded (its cookie is kept by the client)."""
+    text = (await web.get(page)).text
+    return {"x-conveyor-csrf": text.split('name="conveyor-csrf" content="', 1)[1][:43]}
+
+
+def failed_job(app: Conveyor) -> str:
+    job = app.registry[_name(app, "report")].delay(3)
+    drain(app)
+    assert job.status is JobStatus.FAILED
+    return job.id
+
+
+def _name(app: Conveyor, short: str) -> str:
+    return next(n for n in app.registry if n.endswith(":" + short) or n.endswith("." + short))
+
+
+async def test_overview_counts_queues_and_throughput(app: Conveyor) -> None:
+    send = app.registry[_name(app, "send")]
+    for i in range(3):
+        send.delay(f"u{i}@example.com")
+    failed_job(app)
+    send.delay("later@example.com")
+    data = (await client(app).get("/api/overview")).json()
+    queues = {q["queue"]: q for q in data["queues"]}
+    assert queues["mail"]["succeeded"] == 3 and queues["mail"]["queued"] == 1
+    assert queues["mail"]["head_since"] is not None and queues["mail"]["paused"] is False
+    assert queues["reports"]["failed"] == 1 and queues["reports"]["head_since"] is None
+    assert data["totals"]["succeeded"] == 3 and data["totals"]["failed"] == 1
+    charts = data["charts"]
+    assert sum(charts["succeeded"]) == 3 and sum(charts["failed"]) == 1 and charts["events"]
+    assert queues["mail"]["done_last_minute"] == 3
+    assert charts["backlog"][-1] == 1 and charts["backlog_by_queue"]["mail"][-1] == 1
+    assert data["broker"] == "memory://" and data["read_only"] is False
+
+
+async def test_lists_page_by_offset_and_filter_by_queue_and_task(app: Conveyor) -> None:
+    send, report = app.registry[_name(app, "send")], app.registry[_name(app, "report")]
+    ids = [send.delay(f"u{i}").id for i in range(120)]
+    report.options(queue="mail").delay(1)
+    web = client(app)
+    first = (await web.get("/api/jobs/queued", params={"queue": "mail"})).json()
+    assert [j["id"] for j in first["jobs"]] == ids[:50]
+    assert first["next_offset"] == 50 and first["count"] == 121
+    assert first["jobs"][0]["task"] == _name(app, "send") and first["jobs"][0]["args"] == '"u0"'
+    last = (await web.get("/api/jobs/queued", params={"queue": "mail", "offset": 100})).json()
+    assert len(last["jobs"]) == 21 and last["next_offset"] is None
+    only = (await web.get("/api/jobs/queued", params={"task": _name(app, "report")})).json()
+    assert [j["task"] for j in only["jobs"]] == [_name(app, "report")]
+    assert only["next_offset"] is None and _name(app, "send") in only["tasks"]
+    assert (await web.get("/api/jobs/lost")).status_code == 400
+    assert (await web.get("/api/jobs/queued", params={"queue": "no way"})).status_code == 400
+    assert (await web.get("/api/jobs/queued", params={"offset": "x"})).status_code == 400
+
+
+async def test_job_page_has_the_traceback_the_timeline_and_the_workflow(app: Conveyor) -> None:
+    web = client(app)
+    job = (await web.get(f"/api/job/{failed_job(app)}")).json()["job"]
+    assert job["status"] == "failed" and job["args"] == [3] and job["can_requeue"]
+    assert job["error"]["type"] == "builtins.ValueError"
+    assert "ValueError: no data for month 3" in job["error"]["traceback"]
+    assert [e["type"] for e in job["timeline"]] == ["job.enqueued", "job.started", "job.failed"]
+    send = app.registry[_name(app, "send")]
+    last = chain(send.s("a"), send.s(), send.s()).delay()
+    first, middle, end = last.steps
+    graph = (await web.get(f"/api/job/{middle}")).json()["job"]["graph"]
+    assert [n["id"] for n in graph["downstream"]] == [end]
+    assert graph["downstream"][0]["status"] == "scheduled"
+    after = send.options(depends_on=[first]).delay("b")
+    upstream = (await web.get(f"/api/job/{after.id}")).json()["job"]["graph"]["upstream"]
+    assert upstream == [{"id": first, "status": "queued", "task": _name(app, "send")}]
+    assert (await web.get("/api/job/nope")).status_code == 404
+    assert (await web.get("/api/job/bad id!")).status_code in (400, 404)
+
+
+async def test_schedules_come_with_their_next_fire_time(app: Conveyor) -> None:
+    (schedule,) = (await client(app).get("/api/schedules")).json()["schedules"]
+    assert schedule["name"] == _name(app, "tidy") and schedule["every"] == 300
+    assert schedule["next_fire_at"].endswith("Z") and len(schedule["upcoming"]) == 5
+
+
+GUARDED = ["/", "/jobs/failed", "/job/x", "/schedules", "/static/app.js", "/api/overview",
+           "/api/jobs/failed", "/api/job/x", "/api/schedules", "/api/live"]  # fmt: skip
+
+
+async def test_with_auth_every_page_and_call_needs_it(app: Conveyor) -> None:
+    web = client(app, auth="admin:s3cret")
+    refused = ({}, _basic("admin", "wrong"), _basic("root", "s3cret"), {"authorization": "Basic !"})
+    for headers in refused:
+        for path in GUARDED:
+            response = await web.get(path, headers=headers)
+            assert response.status_code == 401, (path, headers)
+            assert response.headers["www-authenticate"].startswith("Basic realm=")
+        assert (await web.post("/api/queue/mail/pause", headers=headers)).status_code == 401
+    assert app.broker.paused() == []
+    web.headers.update(_basic(*AUTH))
+    for path in ("/", "/static/app.js", "/api/overview", "/api/schedules"):
+        assert (await web.get(path)).status_code == 200, path
+    csrf = await acting(web)
+    assert (await web.post("/api/queue/mail/pause", headers=csrf)).status_code == 200
+    assert app.broker.paused() == ["mail"]
+
+
+async def test_actions_need_the_csrf_token_of_a_page(app: Conveyor) -> None:
+    web = client(app)
+    assert (await web.post("/api/queue/mail/pause")).status_code == 403
+    await web.get("/")  # the cookie alone is not enough: a page of another site sends it too
+    assert (await web.post("/api/queue/mail/pause")).status_code == 403
+    forged = {"x-conveyor-csrf": "x" * 43}
+    assert (await web.post("/api/queue/mail/pause", headers=forged)).status_code == 403
+    assert app.broker.paused() == []
+    csrf = await acting(web)
+    assert (await web.post("/api/queue/mail/pause", headers=csrf)).status_code == 200
+    assert app.broker.paused() == ["mail"]
+
+
+async def test_actions_requeue_cancel_pause_and_purge(app: Conveyor) -> None:
+    web = client(app)
+    csrf = await acting(web)
+    job_id = failed_job(app)
+    answer = await web.post(f"/api/job/{job_id}/requeue", headers=csrf)
+    assert answer.json() == {"message": f"requeued {job_id}"}
+    assert app.job(job_id).status is JobStatus.QUEUED
+    assert (await web.post(f"/api/job/{job_id}/requeue", headers=csrf)).status_code == 409
+    assert (await web.post(f"/api/job/{job_id}/cancel", headers=csrf)).status_code == 200
+    assert app.job(job_id).status is JobStatus.CANCELLED
+    assert (await web.post("/api/job/nope/cancel", headers=csrf)).status_code == 404
+    others = [failed_job(app) for _ in range(2)]
+    answer = await web.post("/api/queue/reports/requeue?status=failed", headers=csrf)
+    assert answer.json()["message"] == "requeued 2 failed job(s) of queue reports"
+    assert {app.job(i).status for i in others} == {JobStatus.QUEUED}
+    bad = await web.post("/api/queue/reports/requeue?status=done", headers=csrf)
+    assert bad.status_code == 400
+    purged = await web.post("/api/queue/reports/purge", headers=csrf)
+    assert purged.json()["message"].startswith("deleted 2 queued")
+    await web.post("/api/queue/reports/pause", headers=csrf)
+    assert app.broker.paused() == ["reports"]
+    await web.post("/api/queue/reports/resume", headers=csrf)
+    assert app.broker.paused() == []
+    assert (await web.post("/api/queue/reports/explode", headers=csrf)).status_code == 404
+
+
+async def test_read_only_takes_every_action_away_on_the_server(app: Conveyor) -> None:
+    web = client(app, read_only=True)
+    csrf = await acting(web)
+    job_id = failed_job(app)
+    for path in (f"/api/job/{job_id}/requeue", f"/api/job/{job_id}/cancel",
+                 "/api/queue/reports/pause", "/api/queue/reports/requeue?status=failed",
+                 "/api/queue/reports/purge"):  # fmt: skip
+        response = await web.post(path, headers=csrf)
+        assert response.status_code == 403 and "read-only" in response.json()["error"], path
+    assert app.job(job_id).status is JobStatus.FAILED and app.broker.paused() == []
+    job = (await web.get(f"/api/job/{job_id}")).json()
+    assert job["read_only"] and not job["job"]["can_requeue"] and not job["job"]["can_cancel"]
+    assert 'name="conveyor-read-only" content="true"' in (await web.get("/")).text
+
+
+async def test_pages_carry_no_job_data_and_run_no_inline_script(app: Conveyor) -> None:
+    hostile = "<script>window.pwned=1</script><img src=x onerror=alert(1)>"
+    job = app.registry[_name(app, "send")].options(queue="mail").delay(hostile)
+    web = client(app)
+    for path in ("/", f"/job/{job.id}", "/jobs/queued"):
+        page = await web.get(path)
+        assert "pwned" not in page.text and page.headers["content-type"].startswith("text/html")
+        policy = page.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    data = await web.get(f"/api/job/{job.id}")
+    assert data.headers["content-type"] == "application/json"
+    assert data.headers["x-content-type-options"] == "nosniff"
+    assert data.json()["job"]["args"] == [hostile]  # as it is: the page puts it in as text
+
+
+async def test_no_password_of_the_broker_url_is_ever_shown() -> None:
+    url = "redis://ops:hunter2@db.internal:6379/0"
+    with Conveyor(url, broker=MemoryBroker()) as app:
+        web = client(app)
+        shown = [(await web.get(p)).text for p in ("/", "/api/overview", "/api/jobs/queued")]
+    assert all("hunter2" not in text for text in shown)
+    assert json.loads(shown[1])["broker"] == "redis://ops:***@db.internal:6379/0"
+
+
+async def test_mounted_under_a_prefix_in_fastapi(app: Conveyor) -> None:
+    outer = FastAPI()
+    outer.mount("/ops/conveyor", asgi_app(app, refresh=0))
+    web = serve(outer)
+    page = await web.get("/ops/conveyor/")
+    assert '<meta name="conveyor-root" content="/ops/conveyor">' in page.text
+    assert 'src="/ops/conveyor/static/app.js?v=' in page.text
+    assert "Path=/ops/conveyor;" in page.headers["set-cookie"]
+    assert (await web.get("/ops/conveyor/static/app.css")).status_code == 200
+    assert (await web.get("/ops/conveyor/api/overview")).json()["broker"] == "memory://"
+    csrf = await acting(web, "/ops/conveyor/")
+    paused = await web.post("/ops/conveyor/api/queue/mail/pause", headers=csrf)
+    assert paused.status_code == 200
+
+
+async def _first_event(web: ASGIApp, path: str) -> dict[str, Any]:
+    """The first document a live stream sends; then the client goes away."""
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"test")], "client": ("127.0.0.1", 1),
+        "server": ("test", 80),
+    }  # fmt: skip
+    found: list[bytes] = []
+    done = asyncio.Event()
+
+    async def receive() -> Message:
+        await done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            assert dict(message["headers"])[b"content-type"].startswith(b"text/event-stream")
+        if message["type"] == "http.response.body" and message["body"].startswith(b"data: "):
+            found.append(message["body"])
+            done.set()
+
+    await asyncio.wait_for(web(scope, receive, send), timeout=20)
+    return dict(json.loads(found[0][len(b"data: ") :]))
+
+
+async def test_live_streams_send_the_overview_and_a_job(app: Conveyor) -> None:
+    job = app.registry[_name(app, "send")].delay("x")
+    web = asgi_app(app, refresh=0)
+    overview = await _first_event(web, "/api/live")
+    assert overview["totals"]["queued"] == 1
+    one = await _first_event(web, f"/api/live/job/{job.id}")
+    assert one["job"]["id"] == job.id and one["job"]["status"] == "queued"
+
+
+def test_bad_auth_is_refused_without_echoing_it(app: Conveyor) -> None:
+    for auth in ("admin", ":pw", "admin:", ("admin",)):
+        with pytest.raises(ConfigurationError) as caught:
+            asgi_app(app, auth=auth)  # type: ignore[arg-type]
+        assert "pw" not in str(caught.value).replace("PASSWORD", "")
+
+
+def test_the_command_listens_in_the_open_only_with_a_password() -> None:
+    runner = CliRunner()
+    result = runner.invoke(cli, ["dashboard", "--host", "0.0.0.0"])
+    assert result.exit_code == 2 and "refusing to serve the dashboard on 0.0.0.0" in result.output
+    assert "--auth USER:PASSWORD" in result.output and "--insecure-no-auth" in result.output
+    both = runner.invoke(cli, ["dashboard", "--auth", "a:b", "--insecure-no-auth"])
+    assert both.exit_code == 2 and "contradict" in both.output
+    rooted = runner.invoke(cli, ["dashboard", "--root-path", "conveyor/"])
+    assert rooted.exit_code == 2 and "a path like /conveyor" in rooted.output
+    assert all(loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"))
+    assert not any(loopback(h) for h in ("0.0.0.0", "::", "10.0.0.5", "example.com"))
+
+
+DJANGO = """
+import asyncio, django, httpx
+from django.conf import settings
+from django.http import HttpResponse
+from django.urls import path
+
+settings.configure(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["*"], SECRET_KEY="x", MIDDLEWARE=[])
+urlpatterns = [path("", lambda request: HttpResponse("django's own page"))]
+django.setup()
+
+from django.core.asgi import get_asgi_application
+from starlette.applications import Starlette
+from starlette.routing import Mount
+from conveyor import Conveyor
+from conveyor.dashboard import asgi_app
+
+application = Starlette(routes=[  # as docs/dashboard.md shows it
+    Mount("/conveyor", app=asgi_app(Conveyor("memory://"), auth=("ops", "pw"))),
+    Mount("/", app=get_asgi_application()),
+])
+
+async def main():
+    transport = httpx.ASGITransport(app=application)
+    async with httpx.AsyncClient(transport=transport, base_url="http://site") as web:
+        print((await web.get("/")).text)
+        print((await web.get("/conveyor/api/overview")).status_code)
+        page = await web.get("/conveyor/", auth=("ops", "pw"))
+        print(page.status_code, 'content="/conveyor"' in page.text)
+
+asyncio.run(main())
+"""
+
+
+def test_mounted_beside_django() -> None:
+    """In a subprocess: Django's settings are global to a process."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", DJANGO], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert out.stdout.splitlines() == ["django's own page", "401", "200 True"]
+
+
+def test_one_thread_samples_for_every_viewer(app: Conveyor) -> None:
+    from conveyor.dashboard._monitor import Monitor
+
+    monitor = Monitor(app, refresh=0.01)
+    app.registry[_name(app, "send")].delay("x")
+    monitor.start()
+    try:
+        wait = time.monotonic() + 30
+        while (monitor.latest is None or monitor.latest.seq < 5) and time.monotonic() < wait:
+            time.sleep(0.01)
+        sample = monitor.latest
+        assert sample is not None and sample.seq >= 5  # no request asked for these
+        assert [s.queued for s in sample.stats] == [1]
+        assert monitor.charts(sample.at)["backlog"][-1] == 1
+    finally:
+        monitor.stop()
