@@ -21,9 +21,9 @@ import pytest
 
 from conveyor import Conveyor, Signature
 from conveyor._errors import BrokerError
+from conveyor.testing.checker import check
 from postgres_server import PrivatePostgres
 
-from .checker import check
 from .workers import Cluster, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
