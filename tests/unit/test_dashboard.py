@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message
 
 from conveyor import ConfigurationError, Conveyor, JobStatus
 from conveyor.cli import cli
-from conveyor.cli.dashboard import loopback
+from conveyor.cli.dashboard import allowed_hosts, loopback
 from conveyor.dashboard import asgi_app
 from conveyor.testing import MemoryBroker, drain
 from conveyor.workflows import chain
@@ -60,7 +60,8 @@ def client(app: Conveyor, **options: Any) -> httpx.AsyncClient:
 
 
 def serve(web: ASGIApp) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://test")
+    transport = httpx.ASGITransport(app=web)
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost:8765")
 
 
 async def acting(web: httpx.AsyncClient, page: str = "/") -> dict[str, str]:
@@ -166,6 +167,34 @@ async def test_with_auth_every_page_and_call_needs_it(app: Conveyor) -> None:
     assert app.broker.paused() == ["mail"]
 
 
+async def test_without_auth_only_this_machines_host_names_are_answered(app: Conveyor) -> None:
+    """DNS rebinding: a site whose name resolves to 127.0.0.1 is the dashboard's own origin
+    for the browser; the Host it names is the one thing that gives it away."""
+    web = client(app)
+    csrf = await acting(web)
+    evil = {"host": "evil.example:8765"}
+    for path in GUARDED:
+        response = await web.get(path, headers={"host": "evil.example"})
+        assert response.status_code == 403, path
+        assert "not for the host 'evil.example'" in response.json()["error"]
+        assert "--allowed-host" in response.json()["error"]
+    assert (await web.post("/api/queue/mail/purge", headers={**csrf, **evil})).status_code == 403
+    assert (await web.post("/api/queue/mail/pause", headers={**csrf, **evil})).status_code == 403
+    assert app.broker.paused() == []
+    for host in ("localhost", "LOCALHOST:80", "127.0.0.1:8765", "127.8.0.1", "[::1]:8765"):
+        assert (await web.get("/api/overview", headers={"host": host})).status_code == 200, host
+    for host in ("", "localhost.evil.example", "127.0.0.1.evil.example", "[::2]", "10.0.0.5"):
+        assert (await web.get("/api/overview", headers={"host": host})).status_code == 403, host
+    proxied = client(app, allowed_hosts=["ops.example.com"])
+    assert (await proxied.get("/", headers={"host": "ops.example.com"})).status_code == 200
+    assert (await proxied.get("/", headers={"host": "evil.example"})).status_code == 403
+    with_auth = client(app, auth=AUTH)  # the password is the guard: any Host
+    assert (await with_auth.get("/", headers={**evil, **_basic(*AUTH)})).status_code == 200
+    for bad in ("ops.example.com", ["ops.example.com:443"], ["http://ops.example.com"], [""]):
+        with pytest.raises(ConfigurationError, match="allowed_hosts"):
+            asgi_app(app, allowed_hosts=bad)
+
+
 async def test_actions_need_the_csrf_token_of_a_page(app: Conveyor) -> None:
     web = client(app)
     assert (await web.post("/api/queue/mail/pause")).status_code == 403
@@ -264,7 +293,7 @@ async def _first_event(web: ASGIApp, path: str) -> dict[str, Any]:
     scope = {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": [(b"host", b"test")], "client": ("127.0.0.1", 1),
+        "root_path": "", "headers": [(b"host", b"localhost:8765")], "client": ("127.0.0.1", 1),
         "server": ("test", 80),
     }  # fmt: skip
     found: list[bytes] = []
@@ -308,6 +337,9 @@ def test_the_command_listens_in_the_open_only_with_a_password() -> None:
     assert "--auth USER:PASSWORD" in result.output and "--insecure-no-auth" in result.output
     both = runner.invoke(cli, ["dashboard", "--auth", "a:b", "--insecure-no-auth"])
     assert both.exit_code == 2 and "contradict" in both.output
+    assert allowed_hosts("127.0.0.1", (), None) == [] and allowed_hosts("::", (), "a:b") is None
+    assert allowed_hosts("10.0.0.5", ("ops.example.com",), None) == ["ops.example.com", "10.0.0.5"]
+    assert allowed_hosts("0.0.0.0", ("ops.example.com",), "a:b") == ["ops.example.com"]
     rooted = runner.invoke(cli, ["dashboard", "--root-path", "conveyor/"])
     assert rooted.exit_code == 2 and "a path like /conveyor" in rooted.output
     assert all(loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"))

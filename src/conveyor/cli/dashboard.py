@@ -7,7 +7,6 @@ cancel and purge must not be open to whoever reaches the port by accident.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -16,20 +15,21 @@ import click
 
 from .._errors import ConfigurationError
 from ..brokers import redact_url
+from ..dashboard._hosts import loopback
 from ._load import app_options, open_app
 
 if TYPE_CHECKING:
     import uvicorn
 
 
-def loopback(host: str) -> bool:
-    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
+def allowed_hosts(host: str, names: tuple[str, ...], auth: str | None) -> list[str] | None:
+    """``allowed_hosts`` for the dashboard: the ``--allowed-host`` names, and the address it
+    listens on when that is one address of this machine's (not 0.0.0.0 or ::); None (any
+    Host) with a password and no ``--allowed-host``."""
+    if auth and not names:
+        return None
+    own = [] if loopback(host) or host.strip("[]") in ("0.0.0.0", "::", "") else [host]
+    return [*names, *own]
 
 
 def check_exposure(host: str, auth: str | None, insecure: bool) -> None:
@@ -65,6 +65,13 @@ def check_exposure(host: str, auth: str | None, insecure: bool) -> None:
     help="The path a reverse proxy serves it under, e.g. /conveyor (the proxy strips it).",
 )
 @click.option(
+    "--allowed-host",
+    "allowed_host",
+    multiple=True,
+    metavar="NAME",
+    help="Answer requests for this Host name too (a reverse proxy's); repeatable.",
+)
+@click.option(
     "--insecure-no-auth",
     "insecure",
     is_flag=True,
@@ -78,6 +85,7 @@ def dashboard(
     auth: str | None,
     read_only: bool,
     root_path: str,
+    allowed_host: tuple[str, ...],
     insecure: bool,
     app_spec: str | None,
     url: str | None,
@@ -103,7 +111,8 @@ def dashboard(
     from ..dashboard import asgi_app
 
     app = open_app(app_spec, url)
-    web = asgi_app(app, auth=auth, read_only=read_only)
+    hosts = allowed_hosts(host, allowed_host, auth)
+    web = asgi_app(app, auth=auth, read_only=read_only, allowed_hosts=hosts)
     shown = f"[{host}]" if ":" in host else host
     notes = [f"broker {redact_url(app.url)}"]
     notes += ["read-only"] if read_only else []

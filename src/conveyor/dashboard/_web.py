@@ -206,7 +206,7 @@ async def _stream(
         await asyncio.sleep(TICK)
 
 
-def build(dash: Dashboard, pair: tuple[str, str] | None) -> Starlette:
+def build(dash: Dashboard, pair: tuple[str, str] | None, hosts: frozenset[str] | None) -> Starlette:
     web = Web(dash)
     routes = [
         Route("/", web.page),
@@ -237,6 +237,8 @@ def build(dash: Dashboard, pair: tuple[str, str] | None) -> Starlette:
         finally:
             await run_in_threadpool(dash.monitor.stop)
 
-    app = Starlette(routes=routes, middleware=[Middleware(Guard, pair=pair)], lifespan=lifespan)
+    app = Starlette(
+        routes=routes, middleware=[Middleware(Guard, pair=pair, hosts=hosts)], lifespan=lifespan
+    )
     app.state.close_streams = web.closing.set  # for a server that stops (conveyor dashboard)
     return app
