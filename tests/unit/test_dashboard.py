@@ -12,7 +12,7 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message
 from conveyor import ConfigurationError, Conveyor, JobStatus
 from conveyor.cli import cli
 from conveyor.cli.dashboard import allowed_hosts, loopback
-from conveyor.dashboard import asgi_app
+from conveyor.dashboard import _web, asgi_app
 from conveyor.testing import MemoryBroker, drain
 from conveyor.workflows import chain
 
@@ -288,14 +288,20 @@ async def test_mounted_under_a_prefix_in_fastapi(app: Conveyor) -> None:
     assert paused.status_code == 200
 
 
-async def _first_event(web: ASGIApp, path: str) -> dict[str, Any]:
-    """The first document a live stream sends; then the client goes away."""
-    scope = {
+def _scope(path: str) -> dict[str, Any]:
+    return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
         "root_path": "", "headers": [(b"host", b"localhost:8765")], "client": ("127.0.0.1", 1),
-        "server": ("test", 80),
+        "server": ("localhost", 8765),
     }  # fmt: skip
+
+
+async def _events(
+    web: ASGIApp, path: str, enough: Callable[[list[bytes]], bool] | None = None
+) -> list[bytes]:
+    """The messages a live stream sends, until ``enough`` of them came (then the client goes
+    away) or the server ends the stream (``enough`` None: the client never goes)."""
     found: list[bytes] = []
     done = asyncio.Event()
 
@@ -306,12 +312,19 @@ async def _first_event(web: ASGIApp, path: str) -> dict[str, Any]:
     async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
             assert dict(message["headers"])[b"content-type"].startswith(b"text/event-stream")
-        if message["type"] == "http.response.body" and message["body"].startswith(b"data: "):
+        if message["type"] == "http.response.body" and message["body"]:
             found.append(message["body"])
-            done.set()
+            if enough is not None and enough(found):
+                done.set()
 
-    await asyncio.wait_for(web(scope, receive, send), timeout=20)
-    return dict(json.loads(found[0][len(b"data: ") :]))
+    await asyncio.wait_for(web(_scope(path), receive, send), timeout=20)
+    return found
+
+
+async def _first_event(web: ASGIApp, path: str) -> dict[str, Any]:
+    """The first document a live stream sends; then the client goes away."""
+    found = await _events(web, path, lambda found: found[-1].startswith(b"data: "))
+    return dict(json.loads(found[-1][len(b"data: ") :]))
 
 
 async def test_live_streams_send_the_overview_and_a_job(app: Conveyor) -> None:
@@ -321,6 +334,30 @@ async def test_live_streams_send_the_overview_and_a_job(app: Conveyor) -> None:
     assert overview["totals"]["queued"] == 1
     one = await _first_event(web, f"/api/live/job/{job.id}")
     assert one["job"]["id"] == job.id and one["job"]["status"] == "queued"
+
+
+async def test_a_live_stream_ends_by_itself_and_when_the_app_stops(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mounted, the dashboard is not told that its server stops: an open stream would keep
+    the server waiting, so each one ends after a while (the page reconnects at once)."""
+    monkeypatch.setattr(_web, "STREAM_LIFE", 0.3)
+    web = asgi_app(app, refresh=0)
+    sent = await _events(web, "/api/live")  # the client never goes
+    assert sent[0] == b"retry: 1000\n\n" and sent[1].startswith(b"data: ")
+    monkeypatch.setattr(_web, "STREAM_LIFE", 3600.0)
+    lifespan = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    said: list[str] = []
+
+    async def receive() -> Message:
+        return next(lifespan)
+
+    async def send(message: Message) -> None:
+        said.append(message["type"])
+
+    await web({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert said == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert await _events(web, "/api/live") == [b"retry: 1000\n\n"]  # ends at once
 
 
 def test_bad_auth_is_refused_without_echoing_it(app: Conveyor) -> None:
@@ -360,7 +397,7 @@ from django.core.asgi import get_asgi_application
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from conveyor import Conveyor
-from conveyor.dashboard import asgi_app
+from conveyor.dashboard import _web, asgi_app
 
 application = Starlette(routes=[  # as docs/dashboard.md shows it
     Mount("/conveyor", app=asgi_app(Conveyor("memory://"), auth=("ops", "pw"))),

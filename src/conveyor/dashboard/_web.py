@@ -14,6 +14,7 @@ import functools
 import hashlib
 import html
 import threading
+import time
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
@@ -39,6 +40,10 @@ from ._guard import CSRF_COOKIE, Guard, csrf_ok, csrf_token
 from ._views import Dashboard
 
 TICK = 0.5  # seconds between two looks of a live stream
+# Seconds a live stream lasts at most; the page reconnects at once (``retry:``). A server
+# the dashboard is mounted in waits for open responses when it stops, and only the
+# dashboard's own command can tell the streams to end.
+STREAM_LIFE = 60.0
 _KEEPALIVE = 30  # ticks without news after which a stream sends a comment (proxies' timeouts)
 _TYPES = {
     "app.js": "text/javascript; charset=utf-8",
@@ -142,7 +147,7 @@ class Web:
         job_id = request.path_params.get("job_id")
         read = self.dash.overview if job_id is None else functools.partial(self.dash.job, job_id)
         headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
-        stream = _stream(read, self.closing)
+        stream = _stream(read, self.closing, STREAM_LIFE)
         return StreamingResponse(stream, headers=headers, media_type="text/event-stream")
 
     # -- acting ----------------------------------------------------------------------------
@@ -180,14 +185,16 @@ class Web:
 
 
 async def _stream(
-    read: Callable[[], dict[str, Any]], closing: threading.Event
+    read: Callable[[], dict[str, Any]], closing: threading.Event, life: float
 ) -> AsyncIterator[bytes]:
     """Server-sent events: each document that differs from the last one sent (its ``now``
     aside), an ``event: problem`` while it cannot be read, a comment now and then; until
-    the client goes or the server stops (the page then reconnects to the next one)."""
+    the client goes, the server stops or ``life`` seconds have passed (the page then
+    reconnects, to the next server if it is one)."""
     yield b"retry: 1000\n\n"  # reconnect within a second (a restarted server)
     last, quiet = b"", 0
-    while not closing.is_set():
+    end = time.monotonic() + life
+    while not closing.is_set() and time.monotonic() < end:
         try:
             data = await run_in_threadpool(read)
             data.pop("now", None)
@@ -203,7 +210,7 @@ async def _stream(
             if quiet >= _KEEPALIVE:
                 yield b": still here\n\n"
                 quiet = 0
-        await asyncio.sleep(TICK)
+        await asyncio.sleep(max(0.0, min(TICK, end - time.monotonic())))
 
 
 def build(dash: Dashboard, pair: tuple[str, str] | None, hosts: frozenset[str] | None) -> Starlette:
@@ -235,6 +242,7 @@ def build(dash: Dashboard, pair: tuple[str, str] | None, hosts: frozenset[str] |
         try:
             yield
         finally:
+            web.closing.set()  # the live streams end: the server need not wait for them
             await run_in_threadpool(dash.monitor.stop)
 
     app = Starlette(
