@@ -13,6 +13,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -117,6 +118,39 @@ async def test_lists_page_by_offset_and_filter_by_queue_and_task(app: Conveyor) 
     assert (await web.get("/api/jobs/lost")).status_code == 400
     assert (await web.get("/api/jobs/queued", params={"queue": "no way"})).status_code == 400
     assert (await web.get("/api/jobs/queued", params={"offset": "x"})).status_code == 400
+
+
+async def test_an_offset_past_the_last_job_reads_nothing_and_a_huge_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite an offset past 2**63 was an OverflowError (500); on Redis, a broker reads
+    every job it skips."""
+    with Conveyor(f"sqlite:///{tmp_path}/jobs.db") as app:
+
+        @app.task(queue="mail")
+        def send(to: str) -> None:
+            return None
+
+        send.delay("a")
+        send.delay("b")
+        asked: list[int] = []
+        entries = app.broker.entries
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            asked.append(1)
+            return entries(*args, **kwargs)
+
+        monkeypatch.setattr(app.broker, "entries", counted)
+        web = client(app)
+        for offset in (2, 50, 100_000):
+            page = (await web.get("/api/jobs/queued", params={"offset": offset})).json()
+            assert page["jobs"] == [] and page["next_offset"] is None and page["count"] == 2
+        assert asked == []
+        for offset in (100_001, 2**63, 10**40):
+            refused = await web.get("/api/jobs/queued", params={"offset": offset})
+            assert refused.status_code == 400 and "from 0 to 100,000" in refused.json()["error"]
+        page = (await web.get("/api/jobs/queued", params={"offset": 1})).json()
+        assert [j["args"] for j in page["jobs"]] == ['"b"'] and asked
 
 
 async def test_job_page_has_the_traceback_the_timeline_and_the_workflow(app: Conveyor) -> None:
