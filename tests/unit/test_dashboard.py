@@ -153,6 +153,34 @@ async def test_an_offset_past_the_last_job_reads_nothing_and_a_huge_one_is_refus
         assert [j["args"] for j in page["jobs"]] == ['"b"'] and asked
 
 
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+async def test_a_job_with_arguments_json_has_no_form_for_leaves_its_list_readable() -> None:
+    with Conveyor("memory://", serializer="pickle", secret="k") as app:
+
+        @app.task(queue="mail")
+        def send(to: Any, **options: Any) -> None:
+            return None
+
+        send.delay({(1, 2): 3}, when={frozenset({1}): b"x"})
+        send.delay(_Unprintable())
+        send.delay("plain")
+        web = client(app)
+        page = await web.get("/api/jobs/queued")
+        assert page.status_code == 200
+        shown = [j["args"] for j in page.json()["jobs"]]
+        assert shown == [
+            '{"(1, 2)":3}, "when":{"frozenset({1})":"eA=="}',
+            "(cannot be shown: RuntimeError)",
+            '"plain"',
+        ]
+        job = (await web.get(f"/api/job/{page.json()['jobs'][0]['id']}")).json()["job"]
+        assert job["args"] == [{"(1, 2)": 3}]
+
+
 async def test_job_page_has_the_traceback_the_timeline_and_the_workflow(app: Conveyor) -> None:
     web = client(app)
     job = (await web.get(f"/api/job/{failed_job(app)}")).json()["job"]

@@ -7,9 +7,10 @@ the charts' series, which are numbers from ``start`` every ``step`` seconds.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from .. import workflows
 from .._errors import ConfigurationError
@@ -30,6 +31,9 @@ MAX_OFFSET = 100_000
 COUNTS = ("queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled")
 _PREVIEW = 160  # characters of a job's arguments in a list
 _NEIGHBOURS = 24  # jobs shown on each side of a job's graph
+# JSON of any value a codec decodes: what JSON has no form for (a pickled object, a tuple
+# as a dict's key) shows as its repr.
+ENCODER = msgspec.json.Encoder(enc_hook=repr)
 
 
 def _status(name: str) -> JobStatus:
@@ -45,11 +49,20 @@ def _preview(decoded: Decoded) -> str | None:
     message = decoded.message
     if message is None:
         return None
-    text = json.dumps(message.args, ensure_ascii=False, default=repr)[1:-1]
+    text = _inside(message.args)
     if message.kwargs:
-        pairs = json.dumps(message.kwargs, ensure_ascii=False, default=repr)[1:-1]
+        pairs = _inside(message.kwargs)
         text = f"{text}, {pairs}" if text else pairs
     return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
+
+
+def _inside(values: list[Any] | dict[str, Any]) -> str:
+    """The JSON of a list or dict without its brackets; one job's odd argument must not
+    take its whole list page down."""
+    try:
+        return ENCODER.encode(values).decode()[1:-1]
+    except Exception as exc:  # a repr that raises
+        return f"(cannot be shown: {type(exc).__name__})"
 
 
 class Dashboard:

@@ -19,7 +19,6 @@ from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
-import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -37,7 +36,7 @@ from .._errors import (
 )
 from .._inspect import redact
 from ._guard import CSRF_COOKIE, Guard, csrf_ok, csrf_token
-from ._views import Dashboard
+from ._views import ENCODER, Dashboard
 
 TICK = 0.5  # seconds between two looks of a live stream
 # Seconds a live stream lasts at most; the page reconnects at once (``retry:``). A server
@@ -61,12 +60,11 @@ _READ_ONLY = (
     "this dashboard is read-only (started with --read-only, or read_only=True): it takes "
     "no action; use `conveyor requeue`, `cancel`, `queues pause` instead"
 )
-_encoder = msgspec.json.Encoder(enc_hook=repr)  # a pickled result shows as its repr
 
 
 def _json(data: Any, status: int = 200) -> Response:
     headers = {"cache-control": "no-store"}
-    return Response(_encoder.encode(data), status, headers, "application/json")
+    return Response(ENCODER.encode(data), status, headers, "application/json")
 
 
 def _problem(exc: ConveyorError) -> Response:
@@ -198,9 +196,9 @@ async def _stream(
         try:
             data = await run_in_threadpool(read)
             data.pop("now", None)
-            chunk = b"data: " + _encoder.encode(data) + b"\n\n"
+            chunk = b"data: " + ENCODER.encode(data) + b"\n\n"
         except ConveyorError as exc:
-            error = _encoder.encode({"error": redact(str(exc))})
+            error = ENCODER.encode({"error": redact(str(exc))})
             chunk = b"event: problem\ndata: " + error + b"\n\n"
         if chunk != last:
             yield chunk
