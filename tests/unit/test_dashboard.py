@@ -422,6 +422,38 @@ async def test_a_live_stream_ends_by_itself_and_when_the_app_stops(
     assert await _events(web, "/api/live") == [b"retry: 1000\n\n"]  # ends at once
 
 
+class _Flaky(MemoryBroker):
+    """Its job records cannot be read the first ``failures`` times: a bug, not a
+    ``BrokerError``."""
+
+    failures = 0
+
+    def get(self, ids: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("lost redis://ops:hunter2@db.internal:6379/0")
+        return super().get(ids)
+
+
+async def test_a_live_stream_outlives_any_error_and_logs_it_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_web, "TICK", 0.01)
+    broker = _Flaky()
+    with Conveyor("memory://", broker=broker) as app:
+        job = app.enqueue(print, "x")
+        broker.failures = 3
+        web = asgi_app(app, refresh=0)
+        sent = await _events(web, f"/api/live/job/{job.id}", lambda s: s[-1].startswith(b"data"))
+    assert sent[1] == (
+        b"event: problem\ndata: "
+        b'{"error":"RuntimeError(\'lost redis://ops:***@db.internal:6379/0\')"}\n\n'
+    )
+    assert len(sent) == 3 and json.loads(sent[2][len(b"data: ") :])["job"]["id"] == job.id
+    (record,) = [r for r in caplog.records if r.name == "conveyor.dashboard"]
+    assert "Traceback" in record.getMessage() and "hunter2" not in record.getMessage()
+
+
 def test_bad_auth_is_refused_without_echoing_it(app: Conveyor) -> None:
     for auth in ("admin", ":pw", "admin:", ("admin",)):
         with pytest.raises(ConfigurationError) as caught:

@@ -13,8 +13,10 @@ import contextlib
 import functools
 import hashlib
 import html
+import logging
 import threading
 import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
@@ -37,6 +39,8 @@ from .._errors import (
 from .._inspect import redact
 from ._guard import CSRF_COOKIE, Guard, csrf_ok, csrf_token
 from ._views import ENCODER, Dashboard
+
+log = logging.getLogger("conveyor.dashboard")
 
 TICK = 0.5  # seconds between two looks of a live stream
 # Seconds a live stream lasts at most; the page reconnects at once (``retry:``). A server
@@ -186,19 +190,25 @@ async def _stream(
     read: Callable[[], dict[str, Any]], closing: threading.Event, life: float
 ) -> AsyncIterator[bytes]:
     """Server-sent events: each document that differs from the last one sent (its ``now``
-    aside), an ``event: problem`` while it cannot be read, a comment now and then; until
-    the client goes, the server stops or ``life`` seconds have passed (the page then
-    reconnects, to the next server if it is one)."""
+    aside), an ``event: problem`` while it cannot be read (logged, once, when the error is
+    not one of Conveyor's), a comment now and then; until the client goes, the server stops
+    or ``life`` seconds have passed (the page then reconnects, to the next server if it is
+    one)."""
     yield b"retry: 1000\n\n"  # reconnect within a second (a restarted server)
-    last, quiet = b"", 0
+    last, quiet, logged = b"", 0, ""
     end = time.monotonic() + life
     while not closing.is_set() and time.monotonic() < end:
         try:
             data = await run_in_threadpool(read)
             data.pop("now", None)
             chunk = b"data: " + ENCODER.encode(data) + b"\n\n"
-        except ConveyorError as exc:
-            error = ENCODER.encode({"error": redact(str(exc))})
+        except Exception as exc:  # anything: the page must keep its stream, and say why
+            problem = redact(str(exc) if isinstance(exc, ConveyorError) else repr(exc))
+            if not isinstance(exc, ConveyorError) and problem != logged:
+                text = redact("".join(traceback.format_exception(exc)))
+                log.warning("a live page of the dashboard could not be read:\n%s", text)
+                logged = problem
+            error = ENCODER.encode({"error": problem})
             chunk = b"event: problem\ndata: " + error + b"\n\n"
         if chunk != last:
             yield chunk
