@@ -268,6 +268,8 @@ async def test_actions_need_the_csrf_token_of_a_page(app: Conveyor) -> None:
     csrf = await acting(web)
     assert (await web.post("/api/queue/mail/pause", headers=csrf)).status_code == 200
     assert app.broker.paused() == ["mail"]
+    cookie = (await client(app).get("/")).headers["set-cookie"].lower()
+    assert "samesite=lax" in cookie and "httponly" in cookie  # a link in keeps the token
 
 
 async def test_actions_requeue_cancel_pause_and_purge(app: Conveyor) -> None:
@@ -285,8 +287,10 @@ async def test_actions_requeue_cancel_pause_and_purge(app: Conveyor) -> None:
     answer = await web.post("/api/queue/reports/requeue?status=failed", headers=csrf)
     assert answer.json()["message"] == "requeued 2 failed job(s) of queue reports"
     assert {app.job(i).status for i in others} == {JobStatus.QUEUED}
-    bad = await web.post("/api/queue/reports/requeue?status=done", headers=csrf)
-    assert bad.status_code == 400
+    for status in ("done", "queued", ""):
+        bad = await web.post(f"/api/queue/reports/requeue?status={status}", headers=csrf)
+        assert bad.status_code == 400, status
+        assert f"failed, dead or cancelled (the jobs that ended), not {status!r}" in bad.text
     purged = await web.post("/api/queue/reports/purge", headers=csrf)
     assert purged.json()["message"].startswith("deleted 2 queued")
     await web.post("/api/queue/reports/pause", headers=csrf)
@@ -455,10 +459,27 @@ async def test_a_live_stream_outlives_any_error_and_logs_it_once(
 
 
 def test_bad_auth_is_refused_without_echoing_it(app: Conveyor) -> None:
-    for auth in ("admin", ":pw", "admin:", ("admin",)):
+    for auth in ("admin", ":pw", "admin:", ("admin",), ("ad:min", "pw")):
         with pytest.raises(ConfigurationError) as caught:
             asgi_app(app, auth=auth)  # type: ignore[arg-type]
         assert "pw" not in str(caught.value).replace("PASSWORD", "")
+    for bad in ("admin", "admin:", ":pw", ""):
+        result = CliRunner().invoke(cli, ["dashboard", "--auth", bad])
+        assert result.exit_code == 2 and "--auth takes USER:PASSWORD" in result.output
+        assert "auth=" not in result.output and "pw" not in result.output
+
+
+def test_the_command_listens_on_an_ipv6_address_written_in_brackets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+
+    configs: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: configs.append(server.config))
+    args = ["dashboard", "--url", "memory://", "--host", "[::1]", "--port", "8766"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert configs[0].host == "::1" and "on http://[::1]:8766/ (" in result.output
 
 
 def test_the_command_listens_in_the_open_only_with_a_password() -> None:

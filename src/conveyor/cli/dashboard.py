@@ -32,6 +32,16 @@ def allowed_hosts(host: str, names: tuple[str, ...], auth: str | None) -> list[s
     return [*names, *own]
 
 
+def check_auth(auth: str | None) -> None:
+    """``--auth`` in the form the command takes (``asgi_app`` says it in Python's)."""
+    user, colon, password = (auth or "").partition(":")
+    if auth is not None and not (user and colon and password):
+        raise click.UsageError(
+            '--auth takes USER:PASSWORD, both non-empty, e.g. --auth "admin:$PASSWORD", or '
+            "better CONVEYOR_DASHBOARD_AUTH=admin:... (which ps does not show)"
+        )
+
+
 def check_exposure(host: str, auth: str | None, insecure: bool) -> None:
     if auth and insecure:
         raise click.UsageError("--auth and --insecure-no-auth contradict each other: pick one")
@@ -99,6 +109,7 @@ def dashboard(
     Needs the extra: pip install 'conveyor[dashboard]'. Pass -A so the dashboard decodes
     your jobs with your app's codec and knows its schedules.
     """
+    check_auth(auth)
     check_exposure(host, auth, insecure)
     if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
         raise click.UsageError(f"--root-path takes a path like /conveyor, not {root_path!r}")
@@ -113,6 +124,8 @@ def dashboard(
     app = open_app(app_spec, url)
     hosts = allowed_hosts(host, allowed_host, auth)
     web = asgi_app(app, auth=auth, read_only=read_only, allowed_hosts=hosts)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # an IPv6 address as a URL writes it: uvicorn takes it bare
     shown = f"[{host}]" if ":" in host else host
     notes = [f"broker {redact_url(app.url)}"]
     notes += ["read-only"] if read_only else []

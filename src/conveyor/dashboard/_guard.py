@@ -49,9 +49,10 @@ def credentials(auth: str | tuple[str, str] | None) -> tuple[str, str] | None:
         pair = auth
     else:
         pair = ("", "")
-    if not pair[0] or not pair[1]:
+    if not pair[0] or not pair[1] or ":" in pair[0]:
         raise ConfigurationError(
-            "auth takes 'USER:PASSWORD' (or a (user, password) tuple), both non-empty; "
+            "auth takes 'USER:PASSWORD' (or a (user, password) tuple), both non-empty and no "
+            "':' in the user (HTTP Basic cannot send one); "
             "e.g. auth='admin:' + os.environ['DASHBOARD_PASSWORD']"
         )
     return pair

@@ -230,7 +230,12 @@ class Dashboard:
         return f"cancelled {job_id} (it was {before})"
 
     def requeue_all(self, queue: str, status: str) -> str:
-        which = _status(status)
+        which = next((s for s in REQUEUEABLE if s.value == status), None)
+        if which is None:
+            raise ConfigurationError(
+                f"requeue takes ?status=failed, dead or cancelled (the jobs that ended), "
+                f"not {status!r}"
+            )
         moved = self.app.requeue_all(which, validate_queue(queue))
         return f"requeued {moved} {which} job(s) of queue {queue}"
 

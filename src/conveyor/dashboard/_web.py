@@ -105,10 +105,13 @@ class Web:
         response = Response(body, media_type="text/html; charset=utf-8")
         response.headers["cache-control"] = "no-store"
         if new:
+            # Lax, not Strict: a link from elsewhere to a page sends the cookie, so the page
+            # keeps the token of the other open tabs instead of replacing it (their actions
+            # would then be refused). The header, which no other site can set, is the guard.
             secure = request.url.scheme == "https"
             path = root or "/"
             response.set_cookie(
-                CSRF_COOKIE, token, path=path, httponly=True, samesite="strict", secure=secure
+                CSRF_COOKIE, token, path=path, httponly=True, samesite="lax", secure=secure
             )
         return response
 
