@@ -107,7 +107,7 @@ def measure(app: Conveyor, requests: int) -> list[tuple[str, float, float]]:
 
     async def run() -> list[tuple[str, float, float]]:
         transport = httpx.ASGITransport(app=web)
-        async with httpx.AsyncClient(transport=transport, base_url="http://bench") as client:
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
             started = time.perf_counter()
             (await client.get("/api/overview")).raise_for_status()
             first = (time.perf_counter() - started) * 1000

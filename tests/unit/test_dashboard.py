@@ -12,7 +12,8 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,8 +24,8 @@ from starlette.types import ASGIApp, Message
 
 from conveyor import ConfigurationError, Conveyor, JobStatus
 from conveyor.cli import cli
-from conveyor.cli.dashboard import loopback
-from conveyor.dashboard import asgi_app
+from conveyor.cli.dashboard import allowed_hosts, loopback
+from conveyor.dashboard import _web, asgi_app
 from conveyor.testing import MemoryBroker, drain
 from conveyor.workflows import chain
 
@@ -60,7 +61,8 @@ def client(app: Conveyor, **options: Any) -> httpx.AsyncClient:
 
 
 def serve(web: ASGIApp) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=web), base_url="http://test")
+    transport = httpx.ASGITransport(app=web)
+    return httpx.AsyncClient(transport=transport, base_url="http://localhost:8765")
 
 
 async def acting(web: httpx.AsyncClient, page: str = "/") -> dict[str, str]:
@@ -118,6 +120,67 @@ async def test_lists_page_by_offset_and_filter_by_queue_and_task(app: Conveyor) 
     assert (await web.get("/api/jobs/queued", params={"offset": "x"})).status_code == 400
 
 
+async def test_an_offset_past_the_last_job_reads_nothing_and_a_huge_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On SQLite an offset past 2**63 was an OverflowError (500); on Redis, a broker reads
+    every job it skips."""
+    with Conveyor(f"sqlite:///{tmp_path}/jobs.db") as app:
+
+        @app.task(queue="mail")
+        def send(to: str) -> None:
+            return None
+
+        send.delay("a")
+        send.delay("b")
+        asked: list[int] = []
+        entries = app.broker.entries
+
+        def counted(*args: Any, **kwargs: Any) -> Any:
+            asked.append(1)
+            return entries(*args, **kwargs)
+
+        monkeypatch.setattr(app.broker, "entries", counted)
+        web = client(app)
+        for offset in (2, 50, 100_000):
+            page = (await web.get("/api/jobs/queued", params={"offset": offset})).json()
+            assert page["jobs"] == [] and page["next_offset"] is None and page["count"] == 2
+        assert asked == []
+        for offset in (100_001, 2**63, 10**40):
+            refused = await web.get("/api/jobs/queued", params={"offset": offset})
+            assert refused.status_code == 400 and "from 0 to 100,000" in refused.json()["error"]
+        page = (await web.get("/api/jobs/queued", params={"offset": 1})).json()
+        assert [j["args"] for j in page["jobs"]] == ['"b"'] and asked
+
+
+class _Unprintable:
+    def __repr__(self) -> str:
+        raise RuntimeError("no repr")
+
+
+async def test_a_job_with_arguments_json_has_no_form_for_leaves_its_list_readable() -> None:
+    with Conveyor("memory://", serializer="pickle", secret="k") as app:
+
+        @app.task(queue="mail")
+        def send(to: Any, **options: Any) -> None:
+            return None
+
+        send.delay({(1, 2): 3}, when={frozenset({1}): b"x"})
+        send.delay(_Unprintable())
+        send.delay("plain")
+        web = client(app)
+        page = await web.get("/api/jobs/queued")
+        assert page.status_code == 200
+        shown = [j["args"] for j in page.json()["jobs"]]
+        assert shown == [
+            '{"(1, 2)":3}, "when":{"frozenset({1})":"eA=="}',
+            "(cannot be shown: RuntimeError)",
+            '"plain"',
+        ]
+        job = (await web.get(f"/api/job/{page.json()['jobs'][0]['id']}")).json()["job"]
+        assert job["args"] == [{"(1, 2)": 3}]
+
+
 async def test_job_page_has_the_traceback_the_timeline_and_the_workflow(app: Conveyor) -> None:
     web = client(app)
     job = (await web.get(f"/api/job/{failed_job(app)}")).json()["job"]
@@ -166,6 +229,34 @@ async def test_with_auth_every_page_and_call_needs_it(app: Conveyor) -> None:
     assert app.broker.paused() == ["mail"]
 
 
+async def test_without_auth_only_this_machines_host_names_are_answered(app: Conveyor) -> None:
+    """DNS rebinding: a site whose name resolves to 127.0.0.1 is the dashboard's own origin
+    for the browser; the Host it names is the one thing that gives it away."""
+    web = client(app)
+    csrf = await acting(web)
+    evil = {"host": "evil.example:8765"}
+    for path in GUARDED:
+        response = await web.get(path, headers={"host": "evil.example"})
+        assert response.status_code == 403, path
+        assert "not for the host 'evil.example'" in response.json()["error"]
+        assert "--allowed-host" in response.json()["error"]
+    assert (await web.post("/api/queue/mail/purge", headers={**csrf, **evil})).status_code == 403
+    assert (await web.post("/api/queue/mail/pause", headers={**csrf, **evil})).status_code == 403
+    assert app.broker.paused() == []
+    for host in ("localhost", "LOCALHOST:80", "127.0.0.1:8765", "127.8.0.1", "[::1]:8765"):
+        assert (await web.get("/api/overview", headers={"host": host})).status_code == 200, host
+    for host in ("", "localhost.evil.example", "127.0.0.1.evil.example", "[::2]", "10.0.0.5"):
+        assert (await web.get("/api/overview", headers={"host": host})).status_code == 403, host
+    proxied = client(app, allowed_hosts=["ops.example.com"])
+    assert (await proxied.get("/", headers={"host": "ops.example.com"})).status_code == 200
+    assert (await proxied.get("/", headers={"host": "evil.example"})).status_code == 403
+    with_auth = client(app, auth=AUTH)  # the password is the guard: any Host
+    assert (await with_auth.get("/", headers={**evil, **_basic(*AUTH)})).status_code == 200
+    for bad in ("ops.example.com", ["ops.example.com:443"], ["http://ops.example.com"], [""]):
+        with pytest.raises(ConfigurationError, match="allowed_hosts"):
+            asgi_app(app, allowed_hosts=bad)
+
+
 async def test_actions_need_the_csrf_token_of_a_page(app: Conveyor) -> None:
     web = client(app)
     assert (await web.post("/api/queue/mail/pause")).status_code == 403
@@ -177,6 +268,8 @@ async def test_actions_need_the_csrf_token_of_a_page(app: Conveyor) -> None:
     csrf = await acting(web)
     assert (await web.post("/api/queue/mail/pause", headers=csrf)).status_code == 200
     assert app.broker.paused() == ["mail"]
+    cookie = (await client(app).get("/")).headers["set-cookie"].lower()
+    assert "samesite=lax" in cookie and "httponly" in cookie  # a link in keeps the token
 
 
 async def test_actions_requeue_cancel_pause_and_purge(app: Conveyor) -> None:
@@ -194,8 +287,10 @@ async def test_actions_requeue_cancel_pause_and_purge(app: Conveyor) -> None:
     answer = await web.post("/api/queue/reports/requeue?status=failed", headers=csrf)
     assert answer.json()["message"] == "requeued 2 failed job(s) of queue reports"
     assert {app.job(i).status for i in others} == {JobStatus.QUEUED}
-    bad = await web.post("/api/queue/reports/requeue?status=done", headers=csrf)
-    assert bad.status_code == 400
+    for status in ("done", "queued", ""):
+        bad = await web.post(f"/api/queue/reports/requeue?status={status}", headers=csrf)
+        assert bad.status_code == 400, status
+        assert f"failed, dead or cancelled (the jobs that ended), not {status!r}" in bad.text
     purged = await web.post("/api/queue/reports/purge", headers=csrf)
     assert purged.json()["message"].startswith("deleted 2 queued")
     await web.post("/api/queue/reports/pause", headers=csrf)
@@ -259,14 +354,20 @@ async def test_mounted_under_a_prefix_in_fastapi(app: Conveyor) -> None:
     assert paused.status_code == 200
 
 
-async def _first_event(web: ASGIApp, path: str) -> dict[str, Any]:
-    """The first document a live stream sends; then the client goes away."""
-    scope = {
+def _scope(path: str) -> dict[str, Any]:
+    return {
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": [(b"host", b"test")], "client": ("127.0.0.1", 1),
-        "server": ("test", 80),
+        "root_path": "", "headers": [(b"host", b"localhost:8765")], "client": ("127.0.0.1", 1),
+        "server": ("localhost", 8765),
     }  # fmt: skip
+
+
+async def _events(
+    web: ASGIApp, path: str, enough: Callable[[list[bytes]], bool] | None = None
+) -> list[bytes]:
+    """The messages a live stream sends, until ``enough`` of them came (then the client goes
+    away) or the server ends the stream (``enough`` None: the client never goes)."""
     found: list[bytes] = []
     done = asyncio.Event()
 
@@ -277,12 +378,19 @@ async def _first_event(web: ASGIApp, path: str) -> dict[str, Any]:
     async def send(message: Message) -> None:
         if message["type"] == "http.response.start":
             assert dict(message["headers"])[b"content-type"].startswith(b"text/event-stream")
-        if message["type"] == "http.response.body" and message["body"].startswith(b"data: "):
+        if message["type"] == "http.response.body" and message["body"]:
             found.append(message["body"])
-            done.set()
+            if enough is not None and enough(found):
+                done.set()
 
-    await asyncio.wait_for(web(scope, receive, send), timeout=20)
-    return dict(json.loads(found[0][len(b"data: ") :]))
+    await asyncio.wait_for(web(_scope(path), receive, send), timeout=20)
+    return found
+
+
+async def _first_event(web: ASGIApp, path: str) -> dict[str, Any]:
+    """The first document a live stream sends; then the client goes away."""
+    found = await _events(web, path, lambda found: found[-1].startswith(b"data: "))
+    return dict(json.loads(found[-1][len(b"data: ") :]))
 
 
 async def test_live_streams_send_the_overview_and_a_job(app: Conveyor) -> None:
@@ -294,11 +402,84 @@ async def test_live_streams_send_the_overview_and_a_job(app: Conveyor) -> None:
     assert one["job"]["id"] == job.id and one["job"]["status"] == "queued"
 
 
+async def test_a_live_stream_ends_by_itself_and_when_the_app_stops(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mounted, the dashboard is not told that its server stops: an open stream would keep
+    the server waiting, so each one ends after a while (the page reconnects at once)."""
+    monkeypatch.setattr(_web, "STREAM_LIFE", 0.3)
+    web = asgi_app(app, refresh=0)
+    sent = await _events(web, "/api/live")  # the client never goes
+    assert sent[0] == b"retry: 1000\n\n" and sent[1].startswith(b"data: ")
+    monkeypatch.setattr(_web, "STREAM_LIFE", 3600.0)
+    lifespan = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+    said: list[str] = []
+
+    async def receive() -> Message:
+        return next(lifespan)
+
+    async def send(message: Message) -> None:
+        said.append(message["type"])
+
+    await web({"type": "lifespan", "asgi": {"version": "3.0"}}, receive, send)
+    assert said == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+    assert await _events(web, "/api/live") == [b"retry: 1000\n\n"]  # ends at once
+
+
+class _Flaky(MemoryBroker):
+    """Its job records cannot be read the first ``failures`` times: a bug, not a
+    ``BrokerError``."""
+
+    failures = 0
+
+    def get(self, ids: Any) -> Any:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("lost redis://ops:hunter2@db.internal:6379/0")
+        return super().get(ids)
+
+
+async def test_a_live_stream_outlives_any_error_and_logs_it_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(_web, "TICK", 0.01)
+    broker = _Flaky()
+    with Conveyor("memory://", broker=broker) as app:
+        job = app.enqueue(print, "x")
+        broker.failures = 3
+        web = asgi_app(app, refresh=0)
+        sent = await _events(web, f"/api/live/job/{job.id}", lambda s: s[-1].startswith(b"data"))
+    assert sent[1] == (
+        b"event: problem\ndata: "
+        b'{"error":"RuntimeError(\'lost redis://ops:***@db.internal:6379/0\')"}\n\n'
+    )
+    assert len(sent) == 3 and json.loads(sent[2][len(b"data: ") :])["job"]["id"] == job.id
+    (record,) = [r for r in caplog.records if r.name == "conveyor.dashboard"]
+    assert "Traceback" in record.getMessage() and "hunter2" not in record.getMessage()
+
+
 def test_bad_auth_is_refused_without_echoing_it(app: Conveyor) -> None:
-    for auth in ("admin", ":pw", "admin:", ("admin",)):
+    for auth in ("admin", ":pw", "admin:", ("admin",), ("ad:min", "pw")):
         with pytest.raises(ConfigurationError) as caught:
             asgi_app(app, auth=auth)  # type: ignore[arg-type]
         assert "pw" not in str(caught.value).replace("PASSWORD", "")
+    for bad in ("admin", "admin:", ":pw", ""):
+        result = CliRunner().invoke(cli, ["dashboard", "--auth", bad])
+        assert result.exit_code == 2 and "--auth takes USER:PASSWORD" in result.output
+        assert "auth=" not in result.output and "pw" not in result.output
+
+
+def test_the_command_listens_on_an_ipv6_address_written_in_brackets(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import uvicorn
+
+    configs: list[uvicorn.Config] = []
+    monkeypatch.setattr(uvicorn.Server, "run", lambda server: configs.append(server.config))
+    args = ["dashboard", "--url", "memory://", "--host", "[::1]", "--port", "8766"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert configs[0].host == "::1" and "on http://[::1]:8766/ (" in result.output
 
 
 def test_the_command_listens_in_the_open_only_with_a_password() -> None:
@@ -308,6 +489,9 @@ def test_the_command_listens_in_the_open_only_with_a_password() -> None:
     assert "--auth USER:PASSWORD" in result.output and "--insecure-no-auth" in result.output
     both = runner.invoke(cli, ["dashboard", "--auth", "a:b", "--insecure-no-auth"])
     assert both.exit_code == 2 and "contradict" in both.output
+    assert allowed_hosts("127.0.0.1", (), None) == [] and allowed_hosts("::", (), "a:b") is None
+    assert allowed_hosts("10.0.0.5", ("ops.example.com",), None) == ["ops.example.com", "10.0.0.5"]
+    assert allowed_hosts("0.0.0.0", ("ops.example.com",), "a:b") == ["ops.example.com"]
     rooted = runner.invoke(cli, ["dashboard", "--root-path", "conveyor/"])
     assert rooted.exit_code == 2 and "a path like /conveyor" in rooted.output
     assert all(loopback(h) for h in ("127.0.0.1", "127.8.0.1", "::1", "[::1]", "localhost"))
@@ -328,7 +512,7 @@ from django.core.asgi import get_asgi_application
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from conveyor import Conveyor
-from conveyor.dashboard import asgi_app
+from conveyor.dashboard import _web, asgi_app
 
 application = Starlette(routes=[  # as docs/dashboard.md shows it
     Mount("/conveyor", app=asgi_app(Conveyor("memory://"), auth=("ops", "pw"))),

@@ -7,7 +7,6 @@ cancel and purge must not be open to whoever reaches the port by accident.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -16,20 +15,31 @@ import click
 
 from .._errors import ConfigurationError
 from ..brokers import redact_url
+from ..dashboard._hosts import loopback
 from ._load import app_options, open_app
 
 if TYPE_CHECKING:
     import uvicorn
 
 
-def loopback(host: str) -> bool:
-    """True for an address only this machine reaches (127.0.0.0/8, ::1, localhost)."""
-    if host.lower() in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False  # a host name: it may resolve to anything
+def allowed_hosts(host: str, names: tuple[str, ...], auth: str | None) -> list[str] | None:
+    """``allowed_hosts`` for the dashboard: the ``--allowed-host`` names, and the address it
+    listens on when that is one address of this machine's (not 0.0.0.0 or ::); None (any
+    Host) with a password and no ``--allowed-host``."""
+    if auth and not names:
+        return None
+    own = [] if loopback(host) or host.strip("[]") in ("0.0.0.0", "::", "") else [host]
+    return [*names, *own]
+
+
+def check_auth(auth: str | None) -> None:
+    """``--auth`` in the form the command takes (``asgi_app`` says it in Python's)."""
+    user, colon, password = (auth or "").partition(":")
+    if auth is not None and not (user and colon and password):
+        raise click.UsageError(
+            '--auth takes USER:PASSWORD, both non-empty, e.g. --auth "admin:$PASSWORD", or '
+            "better CONVEYOR_DASHBOARD_AUTH=admin:... (which ps does not show)"
+        )
 
 
 def check_exposure(host: str, auth: str | None, insecure: bool) -> None:
@@ -65,6 +75,13 @@ def check_exposure(host: str, auth: str | None, insecure: bool) -> None:
     help="The path a reverse proxy serves it under, e.g. /conveyor (the proxy strips it).",
 )
 @click.option(
+    "--allowed-host",
+    "allowed_host",
+    multiple=True,
+    metavar="NAME",
+    help="Answer requests for this Host name too (a reverse proxy's); repeatable.",
+)
+@click.option(
     "--insecure-no-auth",
     "insecure",
     is_flag=True,
@@ -78,6 +95,7 @@ def dashboard(
     auth: str | None,
     read_only: bool,
     root_path: str,
+    allowed_host: tuple[str, ...],
     insecure: bool,
     app_spec: str | None,
     url: str | None,
@@ -91,6 +109,7 @@ def dashboard(
     Needs the extra: pip install 'conveyor[dashboard]'. Pass -A so the dashboard decodes
     your jobs with your app's codec and knows its schedules.
     """
+    check_auth(auth)
     check_exposure(host, auth, insecure)
     if root_path and (not root_path.startswith("/") or root_path.endswith("/")):
         raise click.UsageError(f"--root-path takes a path like /conveyor, not {root_path!r}")
@@ -103,7 +122,10 @@ def dashboard(
     from ..dashboard import asgi_app
 
     app = open_app(app_spec, url)
-    web = asgi_app(app, auth=auth, read_only=read_only)
+    hosts = allowed_hosts(host, allowed_host, auth)
+    web = asgi_app(app, auth=auth, read_only=read_only, allowed_hosts=hosts)
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]  # an IPv6 address as a URL writes it: uvicorn takes it bare
     shown = f"[{host}]" if ":" in host else host
     notes = [f"broker {redact_url(app.url)}"]
     notes += ["read-only"] if read_only else []

@@ -1,7 +1,8 @@
-"""What keeps the dashboard safe to expose: HTTP Basic auth on every request, a CSRF token
-on every action, and headers that stop a page from being framed or from running any
-script it did not load from here (everything user-provided is also put in the page as
-text by the script, never as markup)."""
+"""What keeps the dashboard safe to expose: HTTP Basic auth on every request, the ``Host``
+check of a dashboard without it (``_hosts``), a CSRF token on every action, and headers
+that stop a page from being framed or from running any script it did not load from here
+(everything user-provided is also put in the page as text by the script, never as
+markup)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import json
 import re
 import secrets
 
@@ -16,6 +18,7 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .._errors import ConfigurationError
+from ._hosts import ANY, host_allowed
 
 CSRF_COOKIE = "conveyor_csrf"
 CSRF_HEADER = "x-conveyor-csrf"
@@ -46,9 +49,10 @@ def credentials(auth: str | tuple[str, str] | None) -> tuple[str, str] | None:
         pair = auth
     else:
         pair = ("", "")
-    if not pair[0] or not pair[1]:
+    if not pair[0] or not pair[1] or ":" in pair[0]:
         raise ConfigurationError(
-            "auth takes 'USER:PASSWORD' (or a (user, password) tuple), both non-empty; "
+            "auth takes 'USER:PASSWORD' (or a (user, password) tuple), both non-empty and no "
+            "':' in the user (HTTP Basic cannot send one); "
             "e.g. auth='admin:' + os.environ['DASHBOARD_PASSWORD']"
         )
     return pair
@@ -60,17 +64,26 @@ def _digest(text: str) -> bytes:
 
 
 class Guard:
-    """ASGI middleware: every HTTP request needs the credentials (401 otherwise), and every
-    response carries ``HEADERS``."""
+    """ASGI middleware: every HTTP request names an allowed ``Host`` (``hosts``; None: any;
+    403 otherwise) and carries the credentials (401 otherwise), and every response carries
+    ``HEADERS``."""
 
-    def __init__(self, app: ASGIApp, pair: tuple[str, str] | None) -> None:
+    def __init__(
+        self, app: ASGIApp, pair: tuple[str, str] | None, hosts: frozenset[str] | None
+    ) -> None:
         self.app = app
         self.expected = None if pair is None else (_digest(pair[0]), _digest(pair[1]))
+        self.hosts = hosts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if self.hosts is not None:
+            host = dict(scope.get("headers", ())).get(b"host", b"").decode("latin-1")
+            if not host_allowed(host, self.hosts):
+                await _refuse(send, 403, _wrong_host(host, self.hosts), [])
+                return
         if self.expected is not None and not self._allowed(scope):
             await _unauthorized(send)
             return
@@ -100,19 +113,30 @@ class Guard:
 
 
 async def _unauthorized(send: Send) -> None:
-    body = b'{"error": "this dashboard needs a user name and password"}'
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 401,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"www-authenticate", b'Basic realm="Conveyor dashboard", charset="UTF-8"'),
-                *HEADERS,
-            ],
-        }
+    challenge = (b"www-authenticate", b'Basic realm="Conveyor dashboard", charset="UTF-8"')
+    await _refuse(send, 401, "this dashboard needs a user name and password", [challenge])
+
+
+def _wrong_host(host: str, allowed: frozenset[str]) -> str:
+    shown = host if len(host) <= 80 else host[:77] + "..."
+    names = ", ".join(sorted(allowed - {ANY}))
+    return (
+        f"this dashboard answers only for localhost{f' and {names}' if names else ''}, not "
+        f"for the host {shown!r} this request named (a page of another site could reach a "
+        "dashboard without a password under a name of its own): open it as localhost, or "
+        "name the host with --allowed-host (allowed_hosts=[...] of asgi_app), or set --auth"
     )
+
+
+async def _refuse(send: Send, status: int, error: str, extra: list[tuple[bytes, bytes]]) -> None:
+    body = json.dumps({"error": error}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        *extra,
+        *HEADERS,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 
 

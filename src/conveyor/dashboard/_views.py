@@ -7,9 +7,10 @@ the charts' series, which are numbers from ``start`` every ``step`` seconds.
 
 from __future__ import annotations
 
-import json
 import time
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from .. import workflows
 from .._errors import ConfigurationError
@@ -25,9 +26,14 @@ if TYPE_CHECKING:
 
 PAGE = 50  # jobs per list page
 SCAN = 5000  # entries one list page reads at most while looking for jobs of one task
+# The deepest a list goes: a broker reads what it skips (Redis: offset + 50 jobs per queue).
+MAX_OFFSET = 100_000
 COUNTS = ("queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled")
 _PREVIEW = 160  # characters of a job's arguments in a list
 _NEIGHBOURS = 24  # jobs shown on each side of a job's graph
+# JSON of any value a codec decodes: what JSON has no form for (a pickled object, a tuple
+# as a dict's key) shows as its repr.
+ENCODER = msgspec.json.Encoder(enc_hook=repr)
 
 
 def _status(name: str) -> JobStatus:
@@ -43,11 +49,20 @@ def _preview(decoded: Decoded) -> str | None:
     message = decoded.message
     if message is None:
         return None
-    text = json.dumps(message.args, ensure_ascii=False, default=repr)[1:-1]
+    text = _inside(message.args)
     if message.kwargs:
-        pairs = json.dumps(message.kwargs, ensure_ascii=False, default=repr)[1:-1]
+        pairs = _inside(message.kwargs)
         text = f"{text}, {pairs}" if text else pairs
     return text if len(text) <= _PREVIEW else text[: _PREVIEW - 1] + "…"
+
+
+def _inside(values: list[Any] | dict[str, Any]) -> str:
+    """The JSON of a list or dict without its brackets; one job's odd argument must not
+    take its whole list page down."""
+    try:
+        return ENCODER.encode(values).decode()[1:-1]
+    except Exception as exc:  # a repr that raises
+        return f"(cannot be shown: {type(exc).__name__})"
 
 
 class Dashboard:
@@ -93,16 +108,18 @@ class Dashboard:
         which = _status(status)
         if queue is not None:
             validate_queue(queue)
-        if offset < 0:
-            raise ConfigurationError(f"bad offset {offset}: skip 0 or more jobs")
+        if not 0 <= offset <= MAX_OFFSET:
+            raise ConfigurationError(
+                f"bad offset {offset}: skip from 0 to {MAX_OFFSET:,} jobs; to go deeper, "
+                "narrow the list by queue or task"
+            )
         stats = self.monitor.counts()
-        if task:
-            found, after = scan(self.app, which, queue, task, PAGE, offset=offset, most=SCAN)
-        else:
-            page = self.app.broker.entries(which, queue, PAGE + 1, offset)
-            found = [(e, decode(self.app, e.payload)) for e in page[:PAGE]]
-            after = offset + PAGE if len(page) > PAGE else None
         chosen = [s for s in stats if queue is None or s.queue == queue]
+        count = sum(getattr(s, which.value) for s in chosen)
+        # Past the last job (by the counts just read) the broker is not asked: it would read
+        # every job it skips. The first page is always read: the counts may lag a second.
+        past = offset > 0 and offset >= count
+        found, after = ([], None) if past else self._page(which, queue, task, offset)
         return {
             **self._common(),
             "status": which.value,
@@ -111,12 +128,21 @@ class Dashboard:
             "offset": offset,
             "next_offset": after,
             "page_size": PAGE,
-            "count": sum(getattr(s, which.value) for s in chosen),
+            "count": count,
             "counts": {name: sum(getattr(s, name) for s in chosen) for name in COUNTS},
             "queues": [s.queue for s in stats],
             "tasks": sorted({*self.app.registry, *self.monitor.tasks()}),
             "jobs": [self._row(e, d) for e, d in found],
         }
+
+    def _page(
+        self, which: JobStatus, queue: str | None, task: str | None, offset: int
+    ) -> tuple[list[tuple[JobEntry, Decoded]], int | None]:
+        if task:
+            return scan(self.app, which, queue, task, PAGE, offset=offset, most=SCAN)
+        page = self.app.broker.entries(which, queue, PAGE + 1, offset)
+        found = [(e, decode(self.app, e.payload)) for e in page[:PAGE]]
+        return found, offset + PAGE if len(page) > PAGE else None
 
     def _row(self, entry: JobEntry, decoded: Decoded) -> dict[str, Any]:
         message = decoded.message
@@ -204,7 +230,12 @@ class Dashboard:
         return f"cancelled {job_id} (it was {before})"
 
     def requeue_all(self, queue: str, status: str) -> str:
-        which = _status(status)
+        which = next((s for s in REQUEUEABLE if s.value == status), None)
+        if which is None:
+            raise ConfigurationError(
+                f"requeue takes ?status=failed, dead or cancelled (the jobs that ended), "
+                f"not {status!r}"
+            )
         moved = self.app.requeue_all(which, validate_queue(queue))
         return f"requeued {moved} {which} job(s) of queue {queue}"
 

@@ -13,12 +13,14 @@ import contextlib
 import functools
 import hashlib
 import html
+import logging
 import threading
+import time
+import traceback
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import Any
 
-import msgspec
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
@@ -36,9 +38,15 @@ from .._errors import (
 )
 from .._inspect import redact
 from ._guard import CSRF_COOKIE, Guard, csrf_ok, csrf_token
-from ._views import Dashboard
+from ._views import ENCODER, Dashboard
+
+log = logging.getLogger("conveyor.dashboard")
 
 TICK = 0.5  # seconds between two looks of a live stream
+# Seconds a live stream lasts at most; the page reconnects at once (``retry:``). A server
+# the dashboard is mounted in waits for open responses when it stops, and only the
+# dashboard's own command can tell the streams to end.
+STREAM_LIFE = 60.0
 _KEEPALIVE = 30  # ticks without news after which a stream sends a comment (proxies' timeouts)
 _TYPES = {
     "app.js": "text/javascript; charset=utf-8",
@@ -56,12 +64,11 @@ _READ_ONLY = (
     "this dashboard is read-only (started with --read-only, or read_only=True): it takes "
     "no action; use `conveyor requeue`, `cancel`, `queues pause` instead"
 )
-_encoder = msgspec.json.Encoder(enc_hook=repr)  # a pickled result shows as its repr
 
 
 def _json(data: Any, status: int = 200) -> Response:
     headers = {"cache-control": "no-store"}
-    return Response(_encoder.encode(data), status, headers, "application/json")
+    return Response(ENCODER.encode(data), status, headers, "application/json")
 
 
 def _problem(exc: ConveyorError) -> Response:
@@ -98,10 +105,13 @@ class Web:
         response = Response(body, media_type="text/html; charset=utf-8")
         response.headers["cache-control"] = "no-store"
         if new:
+            # Lax, not Strict: a link from elsewhere to a page sends the cookie, so the page
+            # keeps the token of the other open tabs instead of replacing it (their actions
+            # would then be refused). The header, which no other site can set, is the guard.
             secure = request.url.scheme == "https"
             path = root or "/"
             response.set_cookie(
-                CSRF_COOKIE, token, path=path, httponly=True, samesite="strict", secure=secure
+                CSRF_COOKIE, token, path=path, httponly=True, samesite="lax", secure=secure
             )
         return response
 
@@ -142,7 +152,7 @@ class Web:
         job_id = request.path_params.get("job_id")
         read = self.dash.overview if job_id is None else functools.partial(self.dash.job, job_id)
         headers = {"cache-control": "no-store", "x-accel-buffering": "no"}
-        stream = _stream(read, self.closing)
+        stream = _stream(read, self.closing, STREAM_LIFE)
         return StreamingResponse(stream, headers=headers, media_type="text/event-stream")
 
     # -- acting ----------------------------------------------------------------------------
@@ -180,20 +190,28 @@ class Web:
 
 
 async def _stream(
-    read: Callable[[], dict[str, Any]], closing: threading.Event
+    read: Callable[[], dict[str, Any]], closing: threading.Event, life: float
 ) -> AsyncIterator[bytes]:
     """Server-sent events: each document that differs from the last one sent (its ``now``
-    aside), an ``event: problem`` while it cannot be read, a comment now and then; until
-    the client goes or the server stops (the page then reconnects to the next one)."""
+    aside), an ``event: problem`` while it cannot be read (logged, once, when the error is
+    not one of Conveyor's), a comment now and then; until the client goes, the server stops
+    or ``life`` seconds have passed (the page then reconnects, to the next server if it is
+    one)."""
     yield b"retry: 1000\n\n"  # reconnect within a second (a restarted server)
-    last, quiet = b"", 0
-    while not closing.is_set():
+    last, quiet, logged = b"", 0, ""
+    end = time.monotonic() + life
+    while not closing.is_set() and time.monotonic() < end:
         try:
             data = await run_in_threadpool(read)
             data.pop("now", None)
-            chunk = b"data: " + _encoder.encode(data) + b"\n\n"
-        except ConveyorError as exc:
-            error = _encoder.encode({"error": redact(str(exc))})
+            chunk = b"data: " + ENCODER.encode(data) + b"\n\n"
+        except Exception as exc:  # anything: the page must keep its stream, and say why
+            problem = redact(str(exc) if isinstance(exc, ConveyorError) else repr(exc))
+            if not isinstance(exc, ConveyorError) and problem != logged:
+                text = redact("".join(traceback.format_exception(exc)))
+                log.warning("a live page of the dashboard could not be read:\n%s", text)
+                logged = problem
+            error = ENCODER.encode({"error": problem})
             chunk = b"event: problem\ndata: " + error + b"\n\n"
         if chunk != last:
             yield chunk
@@ -203,10 +221,10 @@ async def _stream(
             if quiet >= _KEEPALIVE:
                 yield b": still here\n\n"
                 quiet = 0
-        await asyncio.sleep(TICK)
+        await asyncio.sleep(max(0.0, min(TICK, end - time.monotonic())))
 
 
-def build(dash: Dashboard, pair: tuple[str, str] | None) -> Starlette:
+def build(dash: Dashboard, pair: tuple[str, str] | None, hosts: frozenset[str] | None) -> Starlette:
     web = Web(dash)
     routes = [
         Route("/", web.page),
@@ -235,8 +253,11 @@ def build(dash: Dashboard, pair: tuple[str, str] | None) -> Starlette:
         try:
             yield
         finally:
+            web.closing.set()  # the live streams end: the server need not wait for them
             await run_in_threadpool(dash.monitor.stop)
 
-    app = Starlette(routes=routes, middleware=[Middleware(Guard, pair=pair)], lifespan=lifespan)
+    app = Starlette(
+        routes=routes, middleware=[Middleware(Guard, pair=pair, hosts=hosts)], lifespan=lifespan
+    )
     app.state.close_streams = web.closing.set  # for a server that stops (conveyor dashboard)
     return app
