@@ -89,7 +89,10 @@ def test_a_restart_under_load_loses_no_job(
         )
         # At most the jobs two workers of 4 threads held when the server went ran again.
         report.assert_ok(max_duplicates=8)
-        assert "not listening for wake-ups" in cluster.outputs()  # the restart was felt
+        # The restart was felt: the wake-up listener lost its connection, or the pool
+        # discarded a connection the restart broke (which comes first depends on timing).
+        felt = cluster.outputs()
+        assert "not listening for wake-ups" in felt or "[BAD]" in felt, felt
         assert all(w.alive() for w in cluster.workers), cluster.outputs()
         app.close()
     finally:
