@@ -178,9 +178,7 @@ class Broker(Admin):
     def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
         """Write jobs; return each job's id (the existing one when deduplicated by key).
         ``events``: one per envelope, published only with a job that is written."""
-        check_envelopes(envelopes)
-        check_events(envelopes, events)
-        if not envelopes:
+        if not _checked(envelopes, events):
             return []
         with self._errors:
             return self._enqueue(envelopes, events)
@@ -188,9 +186,7 @@ class Broker(Admin):
     async def enqueue_async(
         self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
     ) -> list[str]:
-        check_envelopes(envelopes)
-        check_events(envelopes, events)
-        if not envelopes:
+        if not _checked(envelopes, events):
             return []
         async with self._errors:
             return await self._enqueue_async(envelopes, events)
@@ -201,9 +197,7 @@ class Broker(Admin):
         """``enqueue`` through the caller's own database ``connection``, inside its open
         transaction (``.options(connection=...)``): the jobs commit or roll back with the
         caller's writes. Only a broker in that database can; the others refuse, saying so."""
-        check_envelopes(envelopes)
-        check_events(envelopes, events)
-        if not envelopes:
+        if not _checked(envelopes, events):
             return []
         with self._errors:
             return self._enqueue_in(connection, envelopes, events)
@@ -211,9 +205,7 @@ class Broker(Admin):
     async def enqueue_in_async(
         self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()
     ) -> list[str]:
-        check_envelopes(envelopes)
-        check_events(envelopes, events)
-        if not envelopes:
+        if not _checked(envelopes, events):
             return []
         async with self._errors:
             return await self._enqueue_in_async(connection, envelopes, events)
@@ -450,3 +442,10 @@ class Broker(Admin):
 
     @abstractmethod
     def _publish(self, events: Sequence[bytes]) -> None: ...
+
+
+def _checked(envelopes: Sequence[Envelope], events: Sequence[bytes]) -> bool:
+    """Check an enqueue's envelopes and events; False when there is nothing to write."""
+    check_envelopes(envelopes)
+    check_events(envelopes, events)
+    return bool(envelopes)

@@ -134,13 +134,13 @@ class ConveyorBackend(BaseTaskBackend):
     ) -> TaskResult[T]:
         self.validate_task(task)
         result, job = self._job(task, args, kwargs)
+        if self.enqueue_mode == "transaction":
+            connection = connections[self.database]
+            connection.ensure_connection()  # the broker takes it as it is, open
+            job = job.options(connection=connection)
         send = _sender(self, job, result)
         if self.enqueue_mode == "on_commit":
             transaction.on_commit(send, using=self.database)
-        elif self.enqueue_mode == "transaction":
-            connection = connections[self.database]
-            connection.ensure_connection()  # the broker takes it as it is, open
-            _sender(self, job.options(connection=connection), result)()
         else:
             send()
         return result
