@@ -1,4 +1,4 @@
-"""Operations on the Redis broker: stats, entries, requeue, pause, purge, workers.
+"""Operations on the Redis broker: stats, entries, requeue, pause, purge, delete, workers.
 
 None of this is on the hot path; it walks the known-queue set and the per-status indexes
 (sorted sets), never ``KEYS`` or a pattern ``SCAN``.
@@ -177,6 +177,13 @@ class AdminMixin(RedisCore):
             deleted, more = self._scripts["purge"](keys=keys, args=[*self._head(), _PURGE_CHUNK])
             total += int(deleted)
         return total
+
+    def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
+        out: list[JobStatus | None] = []
+        for job_id in job_ids:  # delete.lua: one atomic step per job, in its queue's keys
+            res = self._by_id("delete", job_id, [], b"moved")
+            out.append(None if res is None or res == b"missing" else JobStatus(text(res)))
+        return out
 
     def _workers(self) -> list[WorkerInfo]:
         ids = self._client.zrangebyscore(self._keys.workers, f"({self._now()}", "+inf")

@@ -32,6 +32,7 @@ NAMES = (
     "cancel",
     "requeue",
     "purge",
+    "delete",
     "forget",
     "queued",
     "watch",

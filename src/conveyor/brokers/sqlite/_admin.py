@@ -1,5 +1,5 @@
-"""The SQLite broker's operations: stats, entries, requeue, pause, purge, workers and the
-event log's reads."""
+"""The SQLite broker's operations: stats, entries, requeue, pause, purge, delete, workers
+and the event log's reads."""
 
 from __future__ import annotations
 
@@ -99,6 +99,35 @@ class SQLiteAdmin(SQLiteCore):
         if due:
             self._notify.wake(FETCHERS)
         return len(gone)
+
+    def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
+        out: list[JobStatus | None] = []
+        gone: list[str] = []
+        with self._db.write() as conn:
+            now = self._clock.time()
+            for job_id in job_ids:
+                row = conn.execute(
+                    f"DELETE FROM jobs WHERE id = ? AND status != 'running' AND {LIVE} "
+                    "RETURNING status",
+                    (job_id, now),
+                ).fetchone()
+                if row is None:  # running (left as it is), unknown or expired
+                    row = conn.execute(
+                        f"SELECT status FROM jobs WHERE id = ? AND {LIVE}", (job_id, now)
+                    ).fetchone()
+                    out.append(None if row is None else JobStatus(row[0]))
+                    continue
+                out.append(JobStatus(row[0]))
+                gone.append(job_id)
+            # Gone before they ended (queued, scheduled): their dependents are counted down,
+            # as purge does. Ended ones have none left, and wait for nothing.
+            due = self._release_dependents(conn, gone) if gone else 0
+            self._forget_dependencies(conn, gone)
+        if gone:
+            self._wake_ended(gone)  # their waiters learn the jobs are gone
+        if due:
+            self._notify.wake(FETCHERS)
+        return out
 
     def _workers(self) -> list[WorkerInfo]:
         with self._db.read() as conn:
