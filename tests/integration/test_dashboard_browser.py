@@ -234,6 +234,7 @@ def test_watch_fail_requeue_pause_and_escape(
         a_failed_job_is_read_and_requeued(project, tasks, overview)
         a_queue_is_paused_and_resumed(app, tasks, overview, dashboard.url)
         job_id = a_script_in_an_argument_stays_text(tasks, pages, dashboard.url)
+        a_job_is_deleted(app, pages, job_id)
         stranger = browser.new_context()  # no password: the browser gets the 401 itself
         pages.contexts.append(stranger)
         for path in ("/", "/api/overview", f"/api/job/{job_id}", "/static/app.js"):
@@ -307,6 +308,21 @@ def a_script_in_an_argument_stays_text(tasks: dict[str, Any], pages: Pages, base
     assert page.evaluate("window.pwned") is None
     assert page.locator("#jobs img, main script").count() == 0
     return str(job.id)
+
+
+def a_job_is_deleted(app: Conveyor, pages: Pages, job_id: str) -> None:
+    """The Delete button of a failed job's page: asked (accepted), gone from the broker,
+    and the page goes to the failed jobs of its queue, where it is not listed any more."""
+    expect = playwright_api.expect
+    page = pages.open(f"/job/{job_id}")
+    expect(page.locator(".head .pill")).to_have_text("failed")
+    page.get_by_role("button", name="Delete").click()
+    page.wait_for_url("**/jobs/failed?queue=web")
+    expect(page.locator("#jobs tbody tr").first).to_be_visible()
+    expect(page.locator("#jobs")).not_to_contain_text(job_id)
+    assert app.broker.get([job_id]) == [None]
+    page.goto(pages.server.url + f"/job/{job_id}")
+    expect(page.locator("main")).to_contain_text(job_id)  # the page says the id is unknown
 
 
 SHOT_NAMES = ("dashboard-overview.png", "dashboard-job.png", "dashboard-phone.png",

@@ -300,18 +300,43 @@ async def test_actions_requeue_cancel_pause_and_purge(app: Conveyor) -> None:
     assert (await web.post("/api/queue/reports/explode", headers=csrf)).status_code == 404
 
 
+async def test_delete_takes_a_job_away_but_not_a_running_one(app: Conveyor) -> None:
+    web = client(app)
+    csrf = await acting(web)
+    job_id = failed_job(app)
+    assert (await web.get(f"/api/job/{job_id}")).json()["job"]["can_delete"]
+    assert (await web.post(f"/api/job/{job_id}/delete")).status_code == 403  # no CSRF token
+    answer = await web.post(f"/api/job/{job_id}/delete", headers=csrf)
+    assert answer.json() == {"message": f"deleted {job_id}"}
+    assert (await web.get(f"/api/job/{job_id}")).status_code == 404
+    assert (await web.get("/api/jobs/failed")).json()["jobs"] == []
+    assert (await web.post(f"/api/job/{job_id}/delete", headers=csrf)).status_code == 404
+    send = app.registry[_name(app, "send")]
+    busy, waiting = send.delay("a"), send.delay("b")
+    [d] = app.broker.fetch(["mail"], "w", 1, 30.0, 0.0)
+    assert d.id == busy.id
+    assert not (await web.get(f"/api/job/{busy.id}")).json()["job"]["can_delete"]
+    refused = await web.post(f"/api/job/{busy.id}/delete", headers=csrf)
+    assert refused.status_code == 409 and "cancel it first" in refused.json()["error"]
+    assert app.job(busy.id).status is JobStatus.RUNNING
+    assert (await web.post(f"/api/job/{waiting.id}/delete", headers=csrf)).status_code == 200
+    assert app.broker.get([waiting.id]) == [None]
+
+
 async def test_read_only_takes_every_action_away_on_the_server(app: Conveyor) -> None:
     web = client(app, read_only=True)
     csrf = await acting(web)
     job_id = failed_job(app)
     for path in (f"/api/job/{job_id}/requeue", f"/api/job/{job_id}/cancel",
-                 "/api/queue/reports/pause", "/api/queue/reports/requeue?status=failed",
+                 f"/api/job/{job_id}/delete", "/api/queue/reports/pause",
+                 "/api/queue/reports/requeue?status=failed",
                  "/api/queue/reports/purge"):  # fmt: skip
         response = await web.post(path, headers=csrf)
         assert response.status_code == 403 and "read-only" in response.json()["error"], path
     assert app.job(job_id).status is JobStatus.FAILED and app.broker.paused() == []
     job = (await web.get(f"/api/job/{job_id}")).json()
     assert job["read_only"] and not job["job"]["can_requeue"] and not job["job"]["can_cancel"]
+    assert not job["job"]["can_delete"]
     assert 'name="conveyor-read-only" content="true"' in (await web.get("/")).text
 
 

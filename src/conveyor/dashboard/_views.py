@@ -178,6 +178,7 @@ class Dashboard:
         status = record.status
         info["can_requeue"] = not self.read_only and status in REQUEUEABLE
         info["can_cancel"] = not self.read_only and not status.terminal
+        info["can_delete"] = not self.read_only and status is not JobStatus.RUNNING
         return {**self._common(), "job": info}
 
     def _graph(self, decoded: Decoded) -> dict[str, Any]:
@@ -228,6 +229,12 @@ class Dashboard:
         if handle.status is JobStatus.RUNNING:
             return f"{job_id} is running: its worker stops it at its next lease renewal"
         return f"cancelled {job_id} (it was {before})"
+
+    def delete(self, job_id: str) -> str:
+        """``app.delete``: a pending job is cancelled first; a running one is refused (409)."""
+        if self.app.delete([job_id]):
+            return f"deleted {job_id}"
+        return f"{job_id} started running meanwhile: cancel it first, delete it once it ended"
 
     def requeue_all(self, queue: str, status: str) -> str:
         which = next((s for s in REQUEUEABLE if s.value == status), None)

@@ -620,6 +620,17 @@
     const actions = [];
     if (j.can_requeue) actions.push(button("Requeue", () => act(`/job/${encodeURIComponent(j.id)}/requeue`), "primary"));
     if (j.can_cancel) actions.push(button("Cancel", () => act(`/job/${encodeURIComponent(j.id)}/cancel`, `Cancel job ${j.id}?`), "danger"));
+    if (j.can_delete) {
+      const question = j.status === "queued" || j.status === "scheduled"
+        ? `Delete job ${j.id}? It is cancelled first, then its record is gone for good.`
+        : `Delete job ${j.id} and its result for good?`;
+      actions.push(button("Delete", async () => {
+        // The job is gone: its page has nothing more to show; the list it was in has.
+        if (await act(`/job/${encodeURIComponent(j.id)}/delete`, question)) {
+          window.location.assign(url("/jobs/" + j.status, { queue: j.queue }));
+        }
+      }, "danger"));
+    }
     const facts = [
       ["Job id", h("span", { class: "mono" }, j.id)],
       ["Queue", h("a", { href: url("/jobs/" + j.status, { queue: j.queue }) }, j.queue)],
