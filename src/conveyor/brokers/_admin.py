@@ -10,8 +10,9 @@ None of it is on the worker's hot path (``_port`` is). Contract, in short:
   scheduled jobs soonest ``eta`` first, then the parked ones (waiting for ``promote`` or
   their dependencies), ties by job id; every other status newest first by ``at`` (when the
   job last changed), ties by job id, highest first. An adapter that indexes ended jobs by
-  when their record expires (Redis) gives that order exactly where the jobs of a queue
-  and status share one result TTL, and close to it where they do not.
+  when their record expires (Redis, which pages them by rank in that index) gives that
+  order exactly where the jobs of a status share one result TTL, and close to it where
+  they do not (a job kept longer is listed as if it had ended later).
 * ``requeue`` puts ended jobs back: for each (job id, new payload), in one atomic step
   per job, a job that is failed, dead or cancelled (``REQUEUEABLE``) goes back as a fresh
   job -- the new payload (the app resets its retry count in it: brokers never decode

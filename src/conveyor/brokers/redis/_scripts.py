@@ -35,6 +35,7 @@ NAMES = (
     "delete",
     "forget",
     "queued",
+    "ended",
     "watch",
     "publish",
     "heartbeat",
