@@ -30,6 +30,7 @@ import pytest
 
 from conftest import Project, wait_for
 from conveyor import Conveyor, JobStatus
+from conveyor.workflows import chain
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -235,6 +236,7 @@ def test_watch_fail_requeue_pause_and_escape(
         a_queue_is_paused_and_resumed(app, tasks, overview, dashboard.url)
         job_id = a_script_in_an_argument_stays_text(tasks, pages, dashboard.url)
         a_job_is_deleted(app, pages, job_id)
+        a_chain_is_drawn_whole(tasks, pages)
         stranger = browser.new_context()  # no password: the browser gets the 401 itself
         pages.contexts.append(stranger)
         for path in ("/", "/api/overview", f"/api/job/{job_id}", "/static/app.js"):
@@ -323,6 +325,31 @@ def a_job_is_deleted(app: Conveyor, pages: Pages, job_id: str) -> None:
     assert app.broker.get([job_id]) == [None]
     page.goto(pages.server.url + f"/job/{job_id}")
     expect(page.locator("main")).to_contain_text(job_id)  # the page says the id is unknown
+
+
+def a_chain_is_drawn_whole(tasks: dict[str, Any], pages: Pages) -> None:
+    """A chain's middle step shows the three steps and a job that depends on the last one,
+    each box a link to its job (the chain starts in an hour: its steps keep their payloads,
+    whose links the graph follows, on every broker)."""
+    expect = playwright_api.expect
+    first, middle, end = (
+        chain(tasks["add"].options(delay=3600).s(1, 2), tasks["add"].s(3), tasks["add"].s(4))
+        .delay()
+        .steps
+    )
+    after = tasks["add"].options(depends_on=[end]).delay(5, 6)
+    page = pages.open(f"/job/{middle}")
+    drawing = page.locator(".graph svg")
+    expect(drawing.locator("g")).to_have_count(4)
+    expect(drawing.locator("path.workflow")).to_have_count(2)
+    expect(drawing.locator("path.depends")).to_have_count(1)
+    expect(drawing.locator("g.me")).to_contain_text("scheduled")
+    drawing.locator(f'a[href$="/job/{after.id}"]').click()
+    page.wait_for_url(f"**/job/{after.id}")
+    expect(page.locator(".graph svg g")).to_have_count(4)  # the same graph, from its end
+    expect(page.locator(".graph svg g.me")).to_contain_text(after.id[:10])
+    page.locator(f'.graph svg a[href$="/job/{first}"]').click()
+    page.wait_for_url(f"**/job/{first}")
 
 
 SHOT_NAMES = ("dashboard-overview.png", "dashboard-job.png", "dashboard-phone.png",
