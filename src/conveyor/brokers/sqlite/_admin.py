@@ -29,13 +29,20 @@ class SQLiteAdmin(SQLiteCore):
     def _entries(
         self, status: JobStatus, queue: str | None, limit: int, offset: int
     ) -> list[JobEntry]:
+        # One statement per case, not "(? IS NULL OR queue = ?)": with the queue named,
+        # SQLite reads a queued page straight from jobs_ready in its order, instead of
+        # sorting every queued job of every queue (the overview reads one queue's head
+        # per queue, each sample).
+        where, args = (
+            ("status = ? AND queue = ?", (status, queue)) if queue else ("status = ?", (status,))
+        )
         sql = (
             f"SELECT id, queue, payload, status, reason, updated_at FROM jobs "
-            f"WHERE status = ? AND (? IS NULL OR queue = ?) AND {LIVE} "
+            f"WHERE {where} AND {LIVE} "
             f"ORDER BY {ENTRY_ORDER.get(status, NEWEST_FIRST)} LIMIT ? OFFSET ?"
         )
         with self._db.read() as conn:
-            rows = conn.execute(sql, (status, queue, queue, self._clock.time(), limit, offset))
+            rows = conn.execute(sql, (*args, self._clock.time(), limit, offset))
             return [
                 JobEntry(id=i, queue=q, payload=bytes(p), status=JobStatus(s), reason=r, at=at)
                 for i, q, p, s, r, at in rows
