@@ -18,9 +18,18 @@ from ._sql import ENTRY_ORDER, LIVE, NEWEST_FIRST, PENDING_KEY, REQUEUE, take_se
 
 class SQLiteAdmin(SQLiteCore):
     def _stats(self) -> list[QueueStats]:
+        # Pending jobs never expire (expires_at is set when a job ends): they are counted
+        # from jobs_ready alone (status and queue are in it), and only ended ones are read
+        # from the table for their expiry.
         with self._db.read() as conn:
             rows = conn.execute(
-                f"SELECT queue, status, count(*) FROM jobs WHERE {LIVE} GROUP BY queue, status",
+                "SELECT queue, status, count(*) FROM jobs "
+                "WHERE status IN ('queued', 'scheduled', 'running') GROUP BY queue, status"
+            ).fetchall()
+            rows += conn.execute(
+                "SELECT queue, status, count(*) FROM jobs WHERE status IN "
+                f"('succeeded', 'failed', 'dead', 'cancelled') AND {LIVE} "
+                "GROUP BY queue, status",
                 (self._clock.time(),),
             ).fetchall()
             paused = conn.execute("SELECT queue FROM paused").fetchall()
