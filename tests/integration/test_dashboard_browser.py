@@ -30,7 +30,7 @@ import pytest
 
 from conftest import Project, wait_for
 from conveyor import Conveyor, JobStatus
-from conveyor.workflows import chain
+from conveyor.workflows import chain, chord
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -246,7 +246,7 @@ def test_watch_fail_requeue_pause_and_escape(
             (project.root / "fail.flag").touch()
             failed = tasks["flaky"].delay(8)
             wait_for(lambda: failed.status is JobStatus.FAILED, 20)
-            screenshots(pages, tmp_path, failed.id)
+            screenshots(pages, tmp_path, failed.id, a_workflow(tasks))
             assert {p.name for p in tmp_path.glob("*.png")} == set(SHOT_NAMES)
         assert pages.errors == []
     finally:
@@ -353,12 +353,24 @@ def a_chain_is_drawn_whole(tasks: dict[str, Any], pages: Pages) -> None:
 
 
 SHOT_NAMES = ("dashboard-overview.png", "dashboard-job.png", "dashboard-phone.png",
-              "dashboard-dark.png")  # fmt: skip
+              "dashboard-dark.png", "dashboard-graph.png")  # fmt: skip
 
 
-def screenshots(pages: Pages, folder: Path, failed_id: str) -> None:
+def a_workflow(tasks: dict[str, Any]) -> str:
+    """Three resizes whose results go to a report (a chord), then an email, and a job that
+    depends on the report; the report's id (its page shows the graph). It starts in an
+    hour, so every step is still pending, with its payload, when the picture is taken."""
+    later = tasks["resize"].options(delay=3600)
+    report = chord([later.s(f"uploads/{n}.png", 640) for n in (1, 2, 3)], tasks["build_report"].s())
+    handle = chain(report, tasks["send_email"].s("welcome")).delay()
+    *_, report_id, _email = handle.steps
+    tasks["send_email"].options(depends_on=[report_id]).delay("boss@example.com", "report")
+    return str(report_id)
+
+
+def screenshots(pages: Pages, folder: Path, failed_id: str, workflow_id: str) -> None:
     """The pictures of docs/dashboard.md: the overview at 1280x800, a failed job with its
-    traceback, the overview at a phone's width, and dark mode."""
+    traceback, the overview at a phone's width, dark mode, and a workflow's graph."""
     expect = playwright_api.expect
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -377,6 +389,8 @@ def screenshots(pages: Pages, folder: Path, failed_id: str) -> None:
     page.screenshot(path=folder / SHOT_NAMES[2])
     page = settle(pages.open("/", color_scheme="dark"), ready)
     page.screenshot(path=folder / SHOT_NAMES[3])
+    page = settle(pages.open(f"/job/{workflow_id}"), lambda p: p.locator(".graph svg"))
+    page.locator(".graph").screenshot(path=folder / SHOT_NAMES[4])
 
 
 @pytest.mark.skipif(not SHOTS, reason="makes docs/img: `make screenshots`")
@@ -416,7 +430,7 @@ def test_screenshots_for_the_docs(project: Project, dashboard: Server, browser: 
     failed = app.broker.entries(JobStatus.FAILED, None, 1)
     pages = Pages(browser, dashboard)
     try:
-        screenshots(pages, Path(SHOTS), failed[0].id)  # while the producer goes on
+        screenshots(pages, Path(SHOTS), failed[0].id, a_workflow(tasks))  # producing still
     finally:
         stop.set()
         thread.join()
