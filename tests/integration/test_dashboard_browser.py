@@ -28,6 +28,7 @@ from typing import Any
 
 import pytest
 
+from brokers import by_name
 from conftest import Project, wait_for
 from conveyor import Conveyor, JobStatus
 from conveyor.workflows import chain, chord
@@ -394,7 +395,7 @@ def screenshots(pages: Pages, folder: Path, failed_id: str, workflow_id: str) ->
 
 
 @pytest.mark.skipif(not SHOTS, reason="makes docs/img: `make screenshots`")
-@pytest.mark.parametrize("broker_kind", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("broker_kind", [by_name("sqlite")], ids=["sqlite"], indirect=True)
 @pytest.mark.timeout(600)
 def test_screenshots_for_the_docs(project: Project, dashboard: Server, browser: Any) -> None:
     """Two workers and a producer that sends uneven bursts for a while, a paused queue, a

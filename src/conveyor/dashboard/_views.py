@@ -26,7 +26,8 @@ if TYPE_CHECKING:
 
 PAGE = 50  # jobs per list page
 SCAN = 5000  # entries one list page reads at most while looking for jobs of one task
-# The deepest a list goes: a broker reads what it skips (Redis: offset + 50 jobs per queue).
+# The deepest a list goes: a broker mostly reads what it skips (SQL's OFFSET; Redis's
+# queued and scheduled jobs: offset + 50 per queue).
 MAX_OFFSET = 100_000
 COUNTS = ("queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled")
 _PREVIEW = 160  # characters of a job's arguments in a list

@@ -746,7 +746,7 @@
         svg("rect", { x: p.x, y: p.y, width: nodeW, height: nodeH, rx: 8 }),
         svg("circle", { class: "dot " + status, cx: p.x + 14, cy: p.y + nodeH / 2, r: 5 }),
         svg("text", { x: p.x + 26, y: p.y + 18 }, clip(label, 24)),
-        svg("text", { class: "sub", x: p.x + 26, y: p.y + 34 }, `${status} · ${clip(p.node.id, 18)}`),
+        svg("text", { class: "sub", x: p.x + 26, y: p.y + 34 }, `${status} · ${clip(p.node.id, Math.max(8, 24 - status.length))}`),
         svg("title", {}, `${p.node.task || ""} ${p.node.id} (${status})`));
       if (self) return group;
       return svg("a", { href: url("/job/" + encodeURIComponent(p.node.id)) }, group);
