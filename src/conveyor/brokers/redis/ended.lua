@@ -4,7 +4,8 @@
 -- (scored above NOW). The cost grows with the log of the index's size and of the expiry
 -- range, not with the offset: the page's first entry is found by a binary search on the
 -- score with ZCOUNT (how many score above a value), then each index is read by rank from
--- there.
+-- there. Only the jobs that share the page's first millisecond of expiry (ended together,
+-- with one TTL) are read through up to the offset: a batch finished in one call, at most.
 -- KEYS: the status index of each queue ({P}:q:<q>:<status>). ARGV[5] offset, ARGV[6]
 -- limit. Returns the page's job ids, in order.
 local offset, limit = tonumber(ARGV[5]), tonumber(ARGV[6])
