@@ -46,6 +46,8 @@ def _options() -> dict[str, Any]:
 
 if _env.BACKEND == "sqlite":
     app = Conveyor(f"sqlite:///{os.path.abspath(_env.SQLITE_PATH)}", **_options())
+elif _env.BACKEND == "postgres":
+    app = Conveyor(_env.POSTGRES_URL, **_options())
 else:
     app = Conveyor(_env.REDIS_URL, **_options())
 

@@ -45,7 +45,7 @@ def loadavg() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
-def facts(root: str, redis_info: dict[str, Any]) -> dict[str, Any]:
+def facts(root: str) -> dict[str, Any]:
     commit = _git(root, "rev-parse", "--short", "HEAD")
     dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "src")
     mem = _mem_gib()
@@ -55,7 +55,6 @@ def facts(root: str, redis_info: dict[str, Any]) -> dict[str, Any]:
         "ram": f"{mem:.1f} GiB" if mem else "?",
         "os": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "redis": f"{redis_info.get('redis_version', '?')} (private, loopback TCP, no persistence)",
         "commit": commit + (" (src has uncommitted changes)" if dirty not in ("", "?") else ""),
     }
 

@@ -42,6 +42,8 @@ def free_port() -> int:
 
 
 class RedisServer:
+    RTT = "Redis PING round trip (redis-py, median)"  # what ping_ms measures, for the report
+
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or find_binary()
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")
@@ -72,6 +74,15 @@ class RedisServer:
         """Empty the private server (it holds nothing but this benchmark's data)."""
         with redis.Redis(port=self.port) as client:
             client.flushall()
+
+    def reset(self) -> dict[str, str]:
+        """Empty it for the next run; the ``BENCH_*`` variables that name it."""
+        self.flush()
+        return {"BENCH_REDIS_URL": self.url}
+
+    def describe(self) -> str:
+        version = self.info().get("redis_version", "?")
+        return f"Redis {version} (private, loopback TCP, no persistence)"
 
     def info(self) -> dict[str, object]:
         with redis.Redis(port=self.port) as client:

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
-COLUMNS = ["conveyor", "raw", *PEERS]
+# The peers of each backend (run.py --backend), in the order of their columns.
+PEERS = {
+    "redis": ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"],
+    "postgres": ["procrastinate", "pgqueuer", "saq"],
+}
+COLUMNS = ["conveyor", "raw", *PEERS["redis"]]  # the Redis table's, which chart.py draws
+BACKEND_NAMES = {"redis": "Redis", "postgres": "PostgreSQL"}
 # Conveyor set up otherwise (bench/conveyor_runner.py): a column each when they ran, and a
 # table of their ratios to plain Conveyor.
 VARIANTS = ["conveyor-noevents", "conveyor-prometheus"]
@@ -84,12 +89,36 @@ METRICS = [
            higher_better=False),
 ]  # fmt: skip
 
+# On another backend, the same rows with that backend's goals (none where it names none);
+# there is no raw limit there.
+GOALS = {
+    "postgres": {
+        ("w2", "rate"): ("≥ 5 × best peer", _ratio_ok(5, None)),
+        ("w3", "start_p50"): ("≤ 5 ms", _at_most(5)),
+    },
+}
+
+
+def metrics_for(backend: str) -> list[Metric]:
+    if backend == "redis":
+        return METRICS
+    goals = GOALS.get(backend, {})
+    out = []
+    for m in METRICS:
+        target, check = goals.get((m.workload, m.key), ("", None))
+        limit = "ideal" if m.limit == "ideal" else ""
+        out.append(replace(m, limit=limit, target=target, check=check))
+    return out
+
 
 class Cells:
     """Per (workload, key, lib): the values over repetitions, or why there are none."""
 
-    def __init__(self, records: list[dict[str, Any]]) -> None:
+    def __init__(self, records: list[dict[str, Any]], backend: str = "redis") -> None:
         self.records = records
+        self.backend = backend
+        self.peers = PEERS[backend]
+        self.metrics = metrics_for(backend)
 
     def values(self, m: Metric, lib: str) -> list[float]:
         return [
@@ -142,7 +171,7 @@ def num(v: float) -> str:
 
 
 def best_peer(cells: Cells, m: Metric) -> tuple[str, float] | None:
-    found = [(lib, v) for lib in PEERS if (v := cells.median(m, lib)) is not None]
+    found = [(lib, v) for lib in cells.peers if (v := cells.median(m, lib)) is not None]
     if not found:
         return None
     pick = max if m.higher_better else min
@@ -157,19 +186,20 @@ def limit_of(cells: Cells, m: Metric) -> float | None:
     return None
 
 
-def columns(records: list[dict[str, Any]]) -> list[str]:
-    """``COLUMNS``, with the variants that ran beside Conveyor's."""
+def columns(records: list[dict[str, Any]], backend: str = "redis") -> list[str]:
+    """Conveyor, the variants that ran beside it, the raw limit (Redis) and the peers."""
     ran = {r["lib"] for r in records}
-    return ["conveyor", *[v for v in VARIANTS if v in ran], *COLUMNS[1:]]
+    limit = ["raw"] if backend == "redis" else []
+    return ["conveyor", *[v for v in VARIANTS if v in ran], *limit, *PEERS[backend]]
 
 
 def table(cells: Cells) -> list[str]:
-    shown = columns(cells.records)
+    shown = columns(cells.records, cells.backend)
     head = ["workload / metric", *[_title(c) for c in shown], "best peer",
             "Conveyor ÷ best peer", "Conveyor ÷ limit", "target", "met"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ran = {r["workload"] for r in cells.records}
-    for m in METRICS:
+    for m in cells.metrics:
         if m.workload not in ran:  # a run of some workloads only (--workloads)
             continue
         row = [m.label]
@@ -210,6 +240,8 @@ def notes(records: list[dict[str, Any]]) -> list[str]:
             key = (r["lib"], r["workload"], "failed: " + r["error"].splitlines()[0][:200])
         elif r.get("problem"):
             key = (r["lib"], r["workload"], "† " + r["problem"][:300])
+        elif r.get("result_na"):
+            key = (r["lib"], r["workload"], "enqueue→result n/a: " + r["result_na"])
         else:
             continue
         seen[key] = seen.get(key, 0) + 1
@@ -219,12 +251,12 @@ def notes(records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def versions(records: list[dict[str, Any]]) -> list[str]:
+def versions(records: list[dict[str, Any]], backend: str = "redis") -> list[str]:
     lines = [
-        "| library | version | Redis client and speedups in its environment |",
+        "| library | version | database client and speedups in its environment |",
         "|---|---|---|",
     ]
-    for lib in columns(records):
+    for lib in columns(records, backend):
         found = next((r["versions"] for r in records if r["lib"] == lib and "versions" in r), None)
         if found is None:
             failed = next((r["error"] for r in records if r["lib"] == lib and "error" in r), "")
@@ -241,7 +273,7 @@ def variants(cells: Cells) -> list[str]:
     """Each variant's medians beside plain Conveyor's, and their ratio to it."""
     ran = [v for v in VARIANTS if v in {r["lib"] for r in cells.records}]
     rows = []
-    for m in METRICS:
+    for m in cells.metrics:
         base = cells.median(m, "conveyor")
         found = [(v, cells.median(m, v)) for v in ran]
         if not any(x is not None for _, x in found):
@@ -340,13 +372,17 @@ def bare_loop(cells: Cells) -> list[str]:
 
 
 def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "") -> str:
-    """The report; ``chart`` is the relative path of its SVG chart (``chart.py``), if any."""
-    cells = Cells(records)
+    """The report; ``chart`` is the relative path of its SVG chart (``chart.py``), if any.
+    Another backend than Redis (``meta["backend"]``) makes a section of the page: its
+    headings one level down."""
+    backend = meta.get("backend", "redis")
+    cells = Cells(records, backend)
     la, lb = meta["load_before"], meta["load_after"]
     gate = meta.get("gate", (0.0, 0.0, 0.0))
     sizes = ", ".join(f"{wname(k)} {v:,}" for k, v in meta["sizes"].items())
+    title = "# Benchmarks" if backend == "redis" else f"# On {BACKEND_NAMES[backend]}"
     out = [
-        "# Benchmarks",
+        title,
         "",
         "Written by `bench/run.py`; how each figure is measured is in `bench/README.md`.",
         f"Run: **{meta['mode']}**, {meta['reps']} repetitions per cell, interleaved; each cell "
@@ -356,7 +392,9 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "")
         *table(cells),
         "",
         "Conveyor ÷ limit: ÷ the raw Redis row (W1, W1b, W2) or ÷ the ideal 5,000 jobs/s "
-        "(W4, W4-io).",
+        "(W4, W4-io)."
+        if backend == "redis"
+        else "Conveyor ÷ limit: ÷ the ideal 5,000 jobs/s (W4).",
         "",
         *bare_loop(cells),
     ]
@@ -368,8 +406,8 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "")
         "## Machine",
         "",
         f"- CPU: {meta['cpu']}, {meta['cores']} cores; RAM {meta['ram']}; {meta['os']}",
-        f"- Python: {meta['python']}; Redis: {meta['redis']}",
-        f"- Redis PING round trip (redis-py, median): {meta['rtt'][0]:.3f} ms back to back, "
+        f"- Python: {meta['python']}; {meta['server']}",
+        f"- {meta['rtt_what']}: {meta['rtt'][0]:.3f} ms back to back, "
         f"{meta['rtt'][1]:.3f} ms after 20 ms idle (the cost of waking sleeping processes, "
         "which every W3 hop pays)",
         f"- Load average (1/5/15 min): {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} before, "
@@ -385,7 +423,9 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "")
         "",
         "## Versions",
         "",
-        *versions(records),
+        *versions(records, backend),
         "",
     ]
+    if backend != "redis":
+        out = [f"#{line}" if line.startswith("#") else line for line in out]
     return "\n".join(out)
