@@ -19,7 +19,10 @@ acknowledged may be lost (a server that syncs every write before replying).
 ``place.restart`` kills such a server and starts it again from what it kept (None for an
 embedded broker).
 
-A new adapter adds one ``TestBroker`` line, with the function that places it.
+A new adapter adds one ``TestBroker`` line, with the function that places it. An adapter
+may have several entries, one per way it connects that needs its own server (Redis: one
+server, or a cluster, ``redis-cluster``): ``adapter`` names the registry's adapter, ``name``
+the entry (the test ids).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import pytest
 from conveyor._clock import Clock
 from conveyor.brokers import Broker, open_broker
 from postgres_server import schema_url
+from redis_cluster import CLI_BINARY
 from redis_server import SERVER_BINARY, unique_prefix
 
 Server = Literal["shared", "fresh", "durable"]
@@ -70,12 +74,17 @@ Placer = Callable[[pytest.FixtureRequest, Path, Server], Place]
 class TestBroker:
     __test__ = False  # not a test class, whatever its name
 
-    name: str  # the registry's adapter
+    name: str  # the entry's, in test ids; the registry's adapter unless ``adapter`` says
     placer: Placer
     embedded: bool  # no server: no socket, the unit tier runs on it
     shared: bool  # several processes can use one (worker subprocesses)
     clocks: tuple[str, ...] = ("fake",)  # "fake": a FakeClock; "real": the real clock
     marks: tuple[pytest.MarkDecorator, ...] = ()
+    adapter: str = ""  # the registry's adapter, when not ``name``
+
+    @property
+    def adapter_name(self) -> str:
+        return self.adapter or self.name
 
     def place(self, request: pytest.FixtureRequest, root: Path, server: Server = "shared") -> Place:
         return self.placer(request, root, server)
@@ -114,6 +123,17 @@ def _redis(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
     return Place(lambda: Target(found.url, unique_prefix()), restart)
 
 
+def _redis_cluster(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+    """The session's cluster with a prefix of the test's own ("shared", "fresh": nothing in
+    the suite restarts a "fresh" one), else a cluster of the test's own whose nodes fsync
+    every write ("durable"), which ``restart`` kills and starts again whole."""
+    if server == "durable":
+        found = request.getfixturevalue("aof_redis_cluster")
+        return Place(lambda: Target(found.url, unique_prefix()), found.restart)
+    shared = request.getfixturevalue("redis_cluster")
+    return Place(lambda: Target(shared.url, unique_prefix()))
+
+
 def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
     """A schema of its own per target (a migration: ~40 ms): in the session's database on
     the machine's server ("shared"), else on a private server ("fresh", "durable": every
@@ -140,6 +160,9 @@ BROKERS: tuple[TestBroker, ...] = (
     TestBroker("sqlite", _sqlite, embedded=True, shared=True),
     TestBroker("redis", _redis, embedded=False, shared=True, clocks=("fake", "real"),
                marks=_NEEDS_REDIS),
+    TestBroker("redis-cluster", _redis_cluster, embedded=False, shared=True, adapter="redis",
+               marks=(*_NEEDS_REDIS, pytest.mark.skipif(CLI_BINARY is None,
+                                                        reason="no redis-cli binary"))),
     TestBroker("postgres", _postgres, embedded=False, shared=True, clocks=("fake", "real"),
                marks=(pytest.mark.postgres,)),
 )  # fmt: skip
