@@ -126,10 +126,21 @@ def _redis(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
 def _redis_cluster(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
     """The session's cluster with a prefix of the test's own ("shared", "fresh": nothing in
     the suite restarts a "fresh" one), else a cluster of the test's own whose nodes fsync
-    every write ("durable"), which ``restart`` kills and starts again whole."""
+    every write ("durable"), whose ``restart`` kills and starts again the master of each
+    prefix given out (no failover: it is back within the node timeout)."""
     if server == "durable":
         found = request.getfixturevalue("aof_redis_cluster")
-        return Place(lambda: Target(found.url, unique_prefix()), found.restart)
+        prefixes: list[str] = []
+
+        def new() -> Target:
+            prefixes.append(unique_prefix())
+            return Target(found.url, prefixes[-1])
+
+        def restart() -> None:
+            for prefix in prefixes:
+                found.restart_master_of(prefix)
+
+        return Place(new, restart)
     shared = request.getfixturevalue("redis_cluster")
     return Place(lambda: Target(shared.url, unique_prefix()))
 

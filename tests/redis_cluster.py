@@ -45,6 +45,7 @@ class ClusterNode(RedisServer):
             "--cluster-config-file", "nodes.conf",
             "--cluster-node-timeout", str(node_timeout),
             "--cluster-replica-validity-factor", "0",  # a replica may always take over
+            "--repl-diskless-sync-delay", "0",  # a replica syncs at once, not 5 s later
         ]  # fmt: skip
         if appendfsync is not None:
             args += ["--appendfsync", appendfsync, "--auto-aof-rewrite-percentage", "0"]
@@ -99,7 +100,8 @@ class RedisClusterServers:
         return "redis+cluster://" + ",".join(n.address for n in self.nodes[:2])
 
     def wait_ok(self, timeout: float = 60.0) -> None:
-        """Until every running node says the cluster is ok and agrees on the masters."""
+        """Until every running node says the cluster is ok and agrees on the masters, and
+        every master's replicas are in sync (``WAIT`` counts only those)."""
         deadline = time.monotonic() + timeout
         while True:
             views = []
@@ -111,6 +113,9 @@ class RedisClusterServers:
                     if c.cluster("INFO").get("cluster_state") != "ok":
                         raise RuntimeError("not ok yet")
                     views.append(sorted((int(s), m[1]) for s, _, m, *_ in c.cluster("SLOTS")))
+                    role = c.execute_command("ROLE")
+                    if role[0] == b"master" and len(role[2]) != self._replicas_of_port(n.port):
+                        raise RuntimeError("a replica is not in sync yet")
                 if views and all(v == views[0] for v in views):
                     return
             except (redis.RedisError, RuntimeError):
@@ -118,6 +123,15 @@ class RedisClusterServers:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the cluster in {self.directory} is not ok after {timeout} s")
             time.sleep(0.1)
+
+    def _replicas_of_port(self, port: int) -> int:
+        """How many running nodes replicate the master on ``port`` (by their own ROLE)."""
+        count = 0
+        for n in self.nodes:
+            if n.process is not None and n.port != port:
+                role = n.client().execute_command("ROLE")
+                count += role[0] == b"slave" and int(role[2]) == port and role[3] == b"connected"
+        return count
 
     def master_of(self, tag: str) -> ClusterNode:
         """The running node that serves the slot of ``{tag}`` as master now."""
@@ -134,6 +148,17 @@ class RedisClusterServers:
         infos = master.client().execute_command("ROLE")
         ports = {int(r[1]) for r in infos[2]}
         return [n for n in self.nodes if n.port in ports]
+
+    def restart_master_of(self, tag: str) -> None:
+        """The master of ``{tag}``'s slot killed (SIGKILL) and started again from what it
+        kept, at once: well within the node timeout, so it is still the master (no
+        failover), and with ``appendfsync always`` it lost nothing it acknowledged."""
+        node = self.master_of(tag)
+        node.kill()
+        node.start()
+        self.wait_ok()
+        if self.master_of(tag) is not node:
+            raise RuntimeError(f"{node.address} was failed over while it restarted")
 
     def restart(self) -> None:
         """Every node killed (SIGKILL) and started again from what it kept."""

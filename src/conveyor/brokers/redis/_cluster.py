@@ -21,7 +21,7 @@ Conveyor's scripts also touch keys they compute (a job's hash), which a migratio
 moved without the declared ones: a script could then fail half-way. So scripts declare a
 key that never exists (``Keys.moving``): while the slot is migrating, Redis refuses every
 such call up front (a missing key in a migrating slot: ``ASK`` or ``TRYAGAIN``), and the
-broker reports ``SlotMigrating`` (a ``BrokerUnavailable``) until the slot is settled.
+broker reports ``SlotMigrating`` (as ``BrokerUnavailable``) until the slot is settled.
 Resharding is thus a pause, enforced by Redis itself (docs/cluster.md, "Resharding").
 
 The key-value store's keys each have a tag of their own, so they spread over the cluster:
@@ -43,13 +43,10 @@ from redis.cluster import ClusterNode
 from redis.crc import key_slot
 
 from .._url import RedisURL
+from ._errors import SlotMigrating
 
 _ASK_TIMEOUT = 2.0  # seconds for a node's CLUSTER SLOTS answer
 _UNBLOCKED = "UNBLOCKED"  # a master demoted under a blocking read unblocks it so
-
-
-class SlotMigrating(redis.ConnectionError):
-    """The slot of the prefix is being migrated to another master (resharding)."""
 
 
 class SlotOwner:
