@@ -126,8 +126,8 @@ def _redis(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
 def _redis_cluster(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
     """The session's cluster with a prefix of the test's own ("shared", "fresh": nothing in
     the suite restarts a "fresh" one), else a cluster of the test's own whose nodes fsync
-    every write ("durable"), whose ``restart`` kills and starts again the master of each
-    prefix given out (no failover: it is back within the node timeout)."""
+    every write ("durable"), whose ``restart`` kills and starts again the master of the
+    last prefix given out (no failover: it is back within the node timeout)."""
     if server == "durable":
         found = request.getfixturevalue("aof_redis_cluster")
         prefixes: list[str] = []
@@ -136,9 +136,8 @@ def _redis_cluster(request: pytest.FixtureRequest, root: Path, server: Server) -
             prefixes.append(unique_prefix())
             return Target(found.url, prefixes[-1])
 
-        def restart() -> None:
-            for prefix in prefixes:
-                found.restart_master_of(prefix)
+        def restart() -> None:  # the master of the target given out last
+            found.restart_master_of(prefixes[-1])
 
         return Place(new, restart)
     shared = request.getfixturevalue("redis_cluster")

@@ -38,7 +38,14 @@ class ClusterNode(RedisServer):
     """A ``redis-server`` in cluster mode; its cluster bus on a free port of its own
     (``cluster-port``), kept across restarts (the other nodes know it by it)."""
 
-    def __init__(self, directory: Path, *, node_timeout: int, appendfsync: str | None) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        *,
+        node_timeout: int,
+        appendfsync: str | None,
+        password: str | None = None,
+    ) -> None:
         self.bus: int | None = None
         args = [
             "--cluster-enabled", "yes",
@@ -49,8 +56,12 @@ class ClusterNode(RedisServer):
         ]  # fmt: skip
         if appendfsync is not None:
             args += ["--appendfsync", appendfsync, "--auto-aof-rewrite-percentage", "0"]
+        if password is not None:  # a replica logs in to its master with it
+            args += ["--masterauth", password]
         self._cluster_args = tuple(args)
-        super().__init__(directory, appendonly=appendfsync is not None, extra=tuple(args))
+        super().__init__(
+            directory, appendonly=appendfsync is not None, extra=tuple(args), password=password
+        )
 
     def start(self) -> None:
         if self.bus is None or not (self.directory / "nodes.conf").exists():
@@ -72,18 +83,23 @@ class RedisClusterServers:
         *,
         node_timeout: int = NODE_TIMEOUT_MS,
         appendfsync: str | None = None,
+        password: str | None = None,
     ) -> None:
         self.directory = directory
+        self.password = password  # requirepass of every node: ``url`` leaves it out
         self.nodes: list[ClusterNode] = []
         try:
             for i in range(6):
                 self.nodes.append(
                     ClusterNode(
-                        directory / f"node{i}", node_timeout=node_timeout, appendfsync=appendfsync
+                        directory / f"node{i}",
+                        node_timeout=node_timeout,
+                        appendfsync=appendfsync,
+                        password=password,
                     )
                 )
             out = subprocess.run(
-                [CLI_BINARY or "redis-cli", "--cluster", "create",
+                [CLI_BINARY or "redis-cli", *self._login(), "--cluster", "create",
                  *(n.address for n in self.nodes), "--cluster-replicas", "1", "--cluster-yes"],
                 check=False, capture_output=True, text=True, timeout=60,
             )  # fmt: skip
@@ -94,15 +110,19 @@ class RedisClusterServers:
             self.stop()
             raise
 
+    def _login(self) -> list[str]:
+        return ["-a", self.password, "--no-auth-warning"] if self.password else []
+
     @property
     def url(self) -> str:
         """Two seeds: the others are learnt from them."""
         return "redis+cluster://" + ",".join(n.address for n in self.nodes[:2])
 
-    def wait_ok(self, timeout: float = 60.0) -> None:
+    def wait_ok(self, timeout: float = 60.0, *, replicas: bool = True) -> None:
         """Until every running node says the cluster is ok and agrees on the masters, and
-        every master's replicas are in sync (``WAIT`` counts only those)."""
+        (``replicas``) every master's replicas are in sync (``WAIT`` counts only those)."""
         deadline = time.monotonic() + timeout
+        why = ""
         while True:
             views = []
             try:
@@ -111,17 +131,21 @@ class RedisClusterServers:
                         continue
                     c = n.client()
                     if c.cluster("INFO").get("cluster_state") != "ok":
-                        raise RuntimeError("not ok yet")
+                        raise RuntimeError(f"{n.address} does not say the cluster is ok")
                     views.append(sorted((int(s), m[1]) for s, _, m, *_ in c.cluster("SLOTS")))
                     role = c.execute_command("ROLE")
-                    if role[0] == b"master" and len(role[2]) != self._replicas_of_port(n.port):
-                        raise RuntimeError("a replica is not in sync yet")
+                    master = replicas and role[0] == b"master"
+                    if master and len(role[2]) != self._replicas_of_port(n.port):
+                        raise RuntimeError(f"a replica of {n.address} is not in sync ({role})")
                 if views and all(v == views[0] for v in views):
                     return
-            except (redis.RedisError, RuntimeError):
-                pass
+                why = f"the nodes disagree on the masters: {views}"
+            except (redis.RedisError, RuntimeError) as exc:
+                why = str(exc)
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the cluster in {self.directory} is not ok after {timeout} s")
+                raise RuntimeError(
+                    f"the cluster in {self.directory} is not ok after {timeout} s: {why}"
+                )
             time.sleep(0.1)
 
     def _replicas_of_port(self, port: int) -> int:
@@ -156,7 +180,7 @@ class RedisClusterServers:
         node = self.master_of(tag)
         node.kill()
         node.start()
-        self.wait_ok()
+        self.wait_ok(replicas=False)  # its replica syncs again meanwhile: nothing waits on it
         if self.master_of(tag) is not node:
             raise RuntimeError(f"{node.address} was failed over while it restarted")
 

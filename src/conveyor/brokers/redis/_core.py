@@ -272,6 +272,6 @@ class RedisCore(Broker):
 
     def _close(self) -> None:
         self._client.close()
-        store = getattr(self, "_store_client", self._client)
-        if store is not self._client:
+        store = getattr(self, "_store_client", None)  # a cluster's, once the store was used
+        if store is not None:
             store.close()

@@ -106,6 +106,14 @@ MIGRATING = (
 
 
 def _convert(exc: BaseException) -> BrokerError:
+    if isinstance(exc, redis.exceptions.RedisClusterException):  # redis-py's cluster client
+        cause = exc.__cause__
+        if isinstance(cause, redis.RedisError):  # what a node answered: a refused login...
+            return _convert(cause)
+        return BrokerUnavailable(
+            f"cannot reach the Redis Cluster ({exc}); check the URL's seed nodes, the network "
+            "and that the nodes run"
+        )
     refused = refusal(exc)
     if refused is not None:
         return refused
@@ -122,6 +130,9 @@ def _convert(exc: BaseException) -> BrokerError:
     return BrokerError(f"Redis failed: {exc}")
 
 
+_TRANSLATED = (redis.RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE)
+
+
 class _Translate:
     """Nothing from redis leaves the adapter: its errors become ``BrokerError`` (``with``
     and ``async with``; one object serves every thread: it keeps no state)."""
@@ -132,7 +143,7 @@ class _Translate:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if isinstance(exc, (redis.RedisError, TimeoutError, ConnectionError)):
+        if isinstance(exc, _TRANSLATED):
             raise _convert(exc) from exc
 
     async def __aenter__(self) -> None:

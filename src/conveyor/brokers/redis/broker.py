@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -140,11 +141,12 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         super().__init__(
             url, prefix=prefix, clock=clock, sweep_idle=sweep_idle, events_kept=events_kept
         )
-        # On a cluster the store's keys spread over slots: redis-py's cluster client.
-        self._store_client = (
-            self._client if self._owner is None else _connect.connect_store(self._target)
-        )
-        self._kv = RedisKV(self._store_client, prefix=self.prefix, clock=self._clock)
+        # On a cluster the store's keys spread over slots: redis-py's cluster client, made
+        # on first use (it asks the cluster for its slots as it is made).
+        self._kv: RedisKV | None = None
+        self._kv_lock = threading.Lock()
+        if self._owner is None:
+            self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
         self._levels: dict[str, str] = {}  # queue -> its priority streams last seen (fetch.lua)
 
     @classmethod
@@ -153,6 +155,11 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
 
     @property
     def kv(self) -> KeyValue:
+        if self._kv is None:
+            with self._kv_lock, self._errors:
+                if self._kv is None:
+                    self._store_client = _connect.connect_store(self._target)
+                    self._kv = RedisKV(self._store_client, prefix=self.prefix, clock=self._clock)
         return self._kv
 
     # -- producing -------------------------------------------------------------------------
