@@ -7,7 +7,10 @@ tier takes the entries it can run:
 * ``unit/`` (no sockets): the embedded ones, ``params(embedded=True)``;
 * ``contract/``: all of them, the conformance suites on each of an entry's ``clocks``;
 * ``integration/`` and ``torture/``, which run ``conveyor worker`` subprocesses on one
-  broker: those several processes can share, ``params(shared=True)``;
+  broker: those several processes can share, ``params(shared=True)`` (``integration/``
+  leaves out the entries marked ``integration=False``: the Redis Cluster, whose adapter is
+  the Redis one, which that tier runs already; its own tests are in
+  ``integration/test_redis_cluster.py``);
 * ``torture/test_model.py`` and ``test_broker_races.py``: all of them.
 
 An entry says how a test gets a broker of its own: ``place(request, root, server)`` gives a
@@ -81,6 +84,7 @@ class TestBroker:
     clocks: tuple[str, ...] = ("fake",)  # "fake": a FakeClock; "real": the real clock
     marks: tuple[pytest.MarkDecorator, ...] = ()
     adapter: str = ""  # the registry's adapter, when not ``name``
+    integration: bool = True  # the integration tier runs on it (see the module docstring)
 
     @property
     def adapter_name(self) -> str:
@@ -171,6 +175,7 @@ BROKERS: tuple[TestBroker, ...] = (
     TestBroker("redis", _redis, embedded=False, shared=True, clocks=("fake", "real"),
                marks=_NEEDS_REDIS),
     TestBroker("redis-cluster", _redis_cluster, embedded=False, shared=True, adapter="redis",
+               integration=False,
                marks=(*_NEEDS_REDIS, pytest.mark.skipif(CLI_BINARY is None,
                                                         reason="no redis-cli binary"))),
     TestBroker("postgres", _postgres, embedded=False, shared=True, clocks=("fake", "real"),
@@ -178,17 +183,23 @@ BROKERS: tuple[TestBroker, ...] = (
 )  # fmt: skip
 
 
-def select(*, embedded: bool | None = None, shared: bool | None = None) -> list[TestBroker]:
+def select(
+    *, embedded: bool | None = None, shared: bool | None = None, integration: bool | None = None
+) -> list[TestBroker]:
     return [
         b
         for b in BROKERS
-        if (embedded is None or b.embedded == embedded) and (shared is None or b.shared == shared)
+        if (embedded is None or b.embedded == embedded)
+        and (shared is None or b.shared == shared)
+        and (integration is None or b.integration == integration)
     ]
 
 
-def params(*, embedded: bool | None = None, shared: bool | None = None) -> Sequence[Any]:
+def params(
+    *, embedded: bool | None = None, shared: bool | None = None, integration: bool | None = None
+) -> Sequence[Any]:
     """The selected brokers as pytest params (ids: their names, marks: theirs)."""
-    chosen = select(embedded=embedded, shared=shared)
+    chosen = select(embedded=embedded, shared=shared, integration=integration)
     return [pytest.param(b, id=b.name, marks=b.marks) for b in chosen]
 
 

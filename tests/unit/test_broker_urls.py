@@ -11,11 +11,12 @@ import redis
 import redis.asyncio
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
+from redis.crc import key_slot
 
 from conveyor import Conveyor, InvalidURL
 from conveyor.brokers import open_broker, redact_url
 from conveyor.brokers._url import parse_redis_url
-from conveyor.brokers.redis import _connect
+from conveyor.brokers.redis import _cluster, _connect
 
 # Forms with a secret in them: userinfo, query options, sentinel lists, TLS, a socket, and
 # malformed ones around a password (bad port, database, host, option, scheme, fragment).
@@ -253,3 +254,30 @@ def test_a_cluster_url_reads_its_seeds_and_options() -> None:
     assert (t.db, t.username, t.password) == (0, "app", "s@cret")
     assert (t.option("wait"), t.option("wait_timeout")) == (2, 0.5)
     assert "s@cret" not in repr(t) and "s%40cret" not in repr(t)
+
+
+def test_a_tls_cluster_client_aims_tls_connections_at_the_slot_owner() -> None:
+    """No I/O: the pools' connection class follows the owner of the prefix's slot, over
+    TLS, and the owner logs in to the nodes it asks with the URL's user and TLS options."""
+    target = _connect.parse("rediss+cluster://app:p%40ss@h1:7000,h2:7001?ssl_cert_reqs=none")
+    owner = _connect.slot_owner(target, "{billing}")
+    assert owner is not None and owner.slot == key_slot(b"{billing}")
+    assert owner._node["ssl"] is True and owner._node["password"] == "p@ss"
+    client = _connect.connect(target, owner)
+    pool = client.connection_pool
+    assert issubclass(pool.connection_class, redis.SSLConnection)
+    assert pool.connection_class is _cluster.ClusterSSLConnection
+    kwargs = pool.connection_kwargs
+    assert kwargs["slot_owner"] is owner and "db" not in kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["ssl_cert_reqs"]) == (
+        "app",
+        "p@ss",
+        "none",
+    )
+    client.close()
+    aclient = _connect.connect_async(target, owner)
+    assert aclient.connection_pool.connection_class is _cluster.AsyncClusterSSLConnection
+    plain = _connect.parse("redis+cluster://h1:7000")
+    plain_client = _connect.connect(plain, _connect.slot_owner(plain, "{x}"))
+    assert plain_client.connection_pool.connection_class is _cluster.ClusterConnection
+    assert _connect.slot_owner(_connect.parse("redis://h1:7000/0"), "{x}") is None
