@@ -175,6 +175,7 @@ BROKERS: tuple[TestBroker, ...] = (
     TestBroker("redis", _redis, embedded=False, shared=True, clocks=("fake", "real"),
                marks=_NEEDS_REDIS),
     TestBroker("redis-cluster", _redis_cluster, embedded=False, shared=True, adapter="redis",
+               clocks=("fake", "real"),
                integration=False,
                marks=(*_NEEDS_REDIS, pytest.mark.skipif(CLI_BINARY is None,
                                                         reason="no redis-cli binary"))),
