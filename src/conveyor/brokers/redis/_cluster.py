@@ -92,6 +92,9 @@ class SlotOwner:
                     raise  # the same login is refused by every node
                 except redis.RedisError as exc:
                     failures.append(f"{host}:{port}: {exc}")
+                    # Asked last next time: a dead node costs a connect timeout each time.
+                    self._nodes.remove((host, port))
+                    self._nodes.append((host, port))
                     continue
                 owner = self._learn(ranges, host)
                 if owner is not None:
