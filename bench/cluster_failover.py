@@ -8,10 +8,12 @@ loopback ports, never the shared Redis), for each mode, without ``?wait`` and wi
 * **cost**: ``delay()`` calls one after the other, the two modes alternated in rounds of
   ``--calls`` so a shared machine's noise falls on both: wall time per enqueue, and the
   ratio of the two;
-* **loss**: a producer enqueueing as fast as it can (``--threads`` threads, one job per
-  call) while the master of the prefix's slot is killed with SIGKILL; once its replica has
-  taken over, the acknowledged jobs whose record is not on the new master are lost.
-  Repeated ``--kills`` times per mode, each on a fresh prefix.
+* **loss**: producers enqueueing as fast as they can (``--threads`` threads, 20 jobs of a
+  1 kB argument per call) while the master of the prefix's slot is killed with SIGKILL;
+  once its replica has taken over, the acknowledged jobs whose record is not on the new
+  master are lost. Once with the replica keeping up, once with it stopped (SIGSTOP) for
+  ``--stall`` seconds before the kill, as a replica that lags (a slow network, a busy
+  machine). Repeated ``--kills`` times per case, each on a fresh prefix.
 
     .venv/bin/python bench/cluster_failover.py
     .venv/bin/python bench/cluster_failover.py --kills 5 --threads 8
@@ -20,6 +22,7 @@ loopback ports, never the shared Redis), for each mode, without ``?wait`` and wi
 from __future__ import annotations
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -43,7 +46,7 @@ def app_on(servers: RedisClusterServers, query: str, prefix: str) -> tuple[Conve
     app = Conveyor(servers.url + query, prefix=prefix)
 
     @app.task
-    def noop(i: int) -> None: ...
+    def noop(i: object) -> None: ...
 
     return app, noop
 
@@ -66,17 +69,20 @@ def cost(servers: RedisClusterServers, calls: int, rounds: int) -> dict[str, flo
     return {mode: statistics.median(t) for mode, t in took.items()}
 
 
-def loss(servers: RedisClusterServers, query: str, threads: int) -> tuple[int, int]:
-    """(acknowledged, lost) for one kill of the prefix's master under a producer."""
+def loss(servers: RedisClusterServers, query: str, threads: int, stall: float) -> tuple[int, int]:
+    """(acknowledged, lost) for one kill of the prefix's master under producers, its replica
+    stopped (SIGSTOP) for ``stall`` seconds just before: a replica that lags."""
     prefix = "loss" + uuid.uuid4().hex[:8]
     app, task = app_on(servers, query, prefix)
     acknowledged: list[str] = []
     stop = threading.Event()
+    filler = "x" * 1000  # a 1 kB argument: a stalled replica's backlog outgrows the sockets
 
     def produce() -> None:
         while not stop.is_set():
             try:
-                acknowledged.append(task.delay(0).id)  # type: ignore[attr-defined]
+                jobs = app.enqueue_many([task.s(filler) for _ in range(20)])  # type: ignore[attr-defined]
+                acknowledged.extend(j.id for j in jobs)
             except BrokerError:
                 time.sleep(0.05)
 
@@ -86,7 +92,12 @@ def loss(servers: RedisClusterServers, query: str, threads: int) -> tuple[int, i
     time.sleep(1.0)
     master = servers.master_of(prefix)
     (replica,) = servers.replicas_of(master)
+    assert replica.process is not None
+    if stall:
+        replica.process.send_signal(signal.SIGSTOP)
+        time.sleep(stall)
     master.kill()
+    replica.process.send_signal(signal.SIGCONT)
     deadline = time.monotonic() + 60
     while servers.master_of(prefix) is not replica:
         if time.monotonic() > deadline:
@@ -109,6 +120,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--kills", type=int, default=3, help="master kills per mode")
     parser.add_argument("--threads", type=int, default=4, help="producer threads")
+    parser.add_argument(
+        "--stall", type=float, default=2.0, help="seconds the replica is stopped before the kill"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         servers = RedisClusterServers(Path(folder), node_timeout=1500)
@@ -119,10 +133,12 @@ def main() -> None:
             for mode, us in costs.items():
                 print(f"  {mode:18} {us:7.0f} µs per job   x{us / base:.2f}")
             print(f"acknowledged enqueues lost per SIGKILL of the master ({args.threads} threads):")
-            for mode, query in MODES.items():
-                found = [loss(servers, query, args.threads) for _ in range(args.kills)]
-                shown = ", ".join(f"{lost} of {acked}" for acked, lost in found)
-                print(f"  {mode:18} {shown}")
+            for stall in (0.0, args.stall):
+                for mode, query in MODES.items():
+                    found = [loss(servers, query, args.threads, stall) for _ in range(args.kills)]
+                    shown = ", ".join(f"{lost} of {acked}" for acked, lost in found)
+                    lag = f", replica stalled {stall:g} s" if stall else ""
+                    print(f"  {mode + lag:40} {shown}")
         finally:
             servers.stop()
 
