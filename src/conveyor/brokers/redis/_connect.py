@@ -230,9 +230,9 @@ def connect_async(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> 
         return master
 
 
-def connect_store(target: RedisURL) -> redis.Redis | redis.RedisCluster:
+def connect_store(target: RedisURL) -> redis.RedisCluster:
     """The key-value store's client on a cluster (its keys spread over slots); on a
-    single server the broker's own client serves it (None)."""
+    single server the broker's own client serves the store."""
     with TRANSLATE:
         return _cluster.store_client(target, _connection(target, _Retry(_backoff(), 3)))
 
