@@ -13,6 +13,7 @@ dies with the master (docs/cluster.md measures how many; ``bench/cluster.py``).
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from pathlib import Path
@@ -92,6 +93,8 @@ def test_a_slot_being_migrated_refuses_every_call_until_it_is_settled(
         return a + b
 
     before = add.delay(1, 2)
+    loop = asyncio.new_event_loop()  # its client's connections outlive the migration
+    early = loop.run_until_complete(add.delay_async(0, 1))
     source = servers.master_of(prefix)
     target = next(n for n in servers.nodes if n is not source and _is_master(n))
     slot = redis.crc.key_slot(prefix.encode())
@@ -110,9 +113,11 @@ def test_a_slot_being_migrated_refuses_every_call_until_it_is_settled(
             n.client().execute_command("CLUSTER SETSLOT", slot, "NODE", ids[target])
     servers.wait_ok()
     after = add.delay(5, 6)  # MOVED: the broker follows the slot to its new master
+    late = loop.run_until_complete(add.delay_async(7, 8))  # and so does the asyncio client
+    loop.close()
     assert servers.master_of(prefix) is target
     queued = app.broker.entries(JobStatus.QUEUED, None, 10)
-    assert sorted(e.id for e in queued) == sorted([before.id, after.id])
+    assert sorted(e.id for e in queued) == sorted(j.id for j in (before, early, after, late))
     app.close()
 
 
