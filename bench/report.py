@@ -174,7 +174,7 @@ def table(cells: Cells) -> list[str]:
             continue
         row = [m.label]
         for lib in shown:
-            if lib == "raw" and m.limit == "ideal":
+            if lib == "raw" and m.limit == "ideal" and not cells.values(m, "raw"):
                 row.append(f"ideal {num(W4_IDEAL)}")
             else:
                 row.append(cells.cell(m, lib))
@@ -320,6 +320,25 @@ def load_range(records: list[dict[str, Any]]) -> str:
     return f"median {statistics.median(loads):.2f}, max {loads[-1]:.2f}; {reps}"
 
 
+def bare_loop(cells: Cells) -> list[str]:
+    """W4-io's raw cells: the same requests from 50 bare threads or tasks and no queue
+    (``raw.py``), and Conveyor against them, when they ran."""
+    found = []
+    for m in METRICS:
+        if m.workload.startswith("w4-io") and m.key == "rate":
+            bare, conv = cells.median(m, "raw"), cells.median(m, "conveyor")
+            if bare and conv:
+                found.append(f"{wname(m.workload)} {conv / bare:.2f}× (bare {num(bare)} jobs/s)")
+    if not found:
+        return []
+    return [
+        "W4-io's raw cell is no queue at all: the same requests to the delay server from 50 "
+        "bare threads (W4-io-async: 50 asyncio tasks), what 50 waiters reach on this machine. "
+        f"Conveyor ÷ that bare loop: {'; '.join(found)}.",
+        "",
+    ]
+
+
 def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "") -> str:
     """The report; ``chart`` is the relative path of its SVG chart (``chart.py``), if any."""
     cells = Cells(records)
@@ -339,6 +358,7 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "")
         "Conveyor ÷ limit: ÷ the raw Redis row (W1, W1b, W2) or ÷ the ideal 5,000 jobs/s "
         "(W4, W4-io).",
         "",
+        *bare_loop(cells),
     ]
     if note_lines := notes(records):
         out += ["Notes on cells (n/a, failures, † marks):", "", *note_lines, ""]

@@ -91,8 +91,8 @@ WORKLOADS = [
     # on a socket (W4-io); see io_job.py. Conveyor's worker is one process throughout.
     Workload("w2-io", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST),
     Workload("w2-io-2p", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST, peer_processes=2),
-    Workload("w4-io", 2_000, 50, ("conveyor", *PEERS)),
-    Workload("w4-io-async", 2_000, 50, ("conveyor", *ASYNC_PEERS), env=ASYNC_POOL),
+    Workload("w4-io", 2_000, 50, ("conveyor", "raw", *PEERS)),
+    Workload("w4-io-async", 2_000, 50, ("conveyor", "raw", *ASYNC_PEERS), env=ASYNC_POOL),
     Workload("startup", 1, 8, ("conveyor", *PEERS), scaled=False),
 ]  # fmt: skip
 

@@ -58,10 +58,7 @@ class Versions:
         self.broker, self.admin = broker, admin
         self.new = broker._scripts
         self.old = _scripts.Scripts(broker._client)
-        folder = old_src / "conveyor" / "brokers" / "redis"
         for name in _scripts.NAMES:
-            if not (folder / f"{name}.lua").exists():
-                continue  # a script the other copy does not have: this checkout's serves
             script = self.old[name]
             if (
                 old_src is not None

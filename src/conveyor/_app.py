@@ -15,6 +15,7 @@ from . import _events
 from ._checks import flag, names
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
+from ._delete import delete
 from ._errors import (
     BrokerError,
     ConfigurationError,
@@ -355,6 +356,18 @@ class Conveyor:
         whose payload this app cannot decode are left where they are, with a warning on the
         ``conveyor`` logger."""
         return requeue_all(self, status, queue)
+
+    def delete(self, job_ids: Sequence[str]) -> int:
+        """Delete jobs for good (record, payload and result, as if they had expired);
+        returns how many were deleted.
+
+        Every id is checked before any job is touched: an unknown one raises
+        ``JobNotFound``, a running one ``JobNotEnded`` (its worker owns it: cancel it, and
+        delete it once it ended). A queued or scheduled job is cancelled first, as
+        ``Job.cancel`` does (the rest of its workflow fails, its dependents are released
+        and find it without a record), then deleted; an ended one is deleted as it is. A
+        job that started running meanwhile is left as it is (not counted)."""
+        return delete(self, job_ids)
 
     def pause(self, queue: str) -> None:
         """Stop workers taking the queue's jobs until ``resume``: they stay queued, running

@@ -28,8 +28,10 @@ from typing import Any
 
 import pytest
 
+from brokers import by_name
 from conftest import Project, wait_for
 from conveyor import Conveyor, JobStatus
+from conveyor.workflows import chain, chord
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -234,6 +236,8 @@ def test_watch_fail_requeue_pause_and_escape(
         a_failed_job_is_read_and_requeued(project, tasks, overview)
         a_queue_is_paused_and_resumed(app, tasks, overview, dashboard.url)
         job_id = a_script_in_an_argument_stays_text(tasks, pages, dashboard.url)
+        a_job_is_deleted(app, pages, job_id)
+        a_chain_is_drawn_whole(tasks, pages)
         stranger = browser.new_context()  # no password: the browser gets the 401 itself
         pages.contexts.append(stranger)
         for path in ("/", "/api/overview", f"/api/job/{job_id}", "/static/app.js"):
@@ -243,7 +247,7 @@ def test_watch_fail_requeue_pause_and_escape(
             (project.root / "fail.flag").touch()
             failed = tasks["flaky"].delay(8)
             wait_for(lambda: failed.status is JobStatus.FAILED, 20)
-            screenshots(pages, tmp_path, failed.id)
+            screenshots(pages, tmp_path, failed.id, a_workflow(tasks))
             assert {p.name for p in tmp_path.glob("*.png")} == set(SHOT_NAMES)
         assert pages.errors == []
     finally:
@@ -309,13 +313,65 @@ def a_script_in_an_argument_stays_text(tasks: dict[str, Any], pages: Pages, base
     return str(job.id)
 
 
+def a_job_is_deleted(app: Conveyor, pages: Pages, job_id: str) -> None:
+    """The Delete button of a failed job's page: asked (accepted), gone from the broker,
+    and the page goes to the failed jobs of its queue, where it is not listed any more."""
+    expect = playwright_api.expect
+    page = pages.open(f"/job/{job_id}")
+    expect(page.locator(".head .pill")).to_have_text("failed")
+    page.get_by_role("button", name="Delete").click()
+    page.wait_for_url("**/jobs/failed?queue=web")
+    expect(page.locator("#jobs tbody tr").first).to_be_visible()
+    expect(page.locator("#jobs")).not_to_contain_text(job_id)
+    assert app.broker.get([job_id]) == [None]
+    page.goto(pages.server.url + f"/job/{job_id}")
+    expect(page.locator("main")).to_contain_text(job_id)  # the page says the id is unknown
+
+
+def a_chain_is_drawn_whole(tasks: dict[str, Any], pages: Pages) -> None:
+    """A chain's middle step shows the three steps and a job that depends on the last one,
+    each box a link to its job (the chain starts in an hour: its steps keep their payloads,
+    whose links the graph follows, on every broker)."""
+    expect = playwright_api.expect
+    first, middle, end = (
+        chain(tasks["add"].options(delay=3600).s(1, 2), tasks["add"].s(3), tasks["add"].s(4))
+        .delay()
+        .steps
+    )
+    after = tasks["add"].options(depends_on=[end]).delay(5, 6)
+    page = pages.open(f"/job/{middle}")
+    drawing = page.locator(".graph svg")
+    expect(drawing.locator("g")).to_have_count(4)
+    expect(drawing.locator("path.workflow")).to_have_count(2)
+    expect(drawing.locator("path.depends")).to_have_count(1)
+    expect(drawing.locator("g.me")).to_contain_text("scheduled")
+    drawing.locator(f'a[href$="/job/{after.id}"]').click()
+    page.wait_for_url(f"**/job/{after.id}")
+    expect(page.locator(".graph svg g")).to_have_count(4)  # the same graph, from its end
+    expect(page.locator(".graph svg g.me")).to_contain_text(after.id[:10])
+    page.locator(f'.graph svg a[href$="/job/{first}"]').click()
+    page.wait_for_url(f"**/job/{first}")
+
+
 SHOT_NAMES = ("dashboard-overview.png", "dashboard-job.png", "dashboard-phone.png",
-              "dashboard-dark.png")  # fmt: skip
+              "dashboard-dark.png", "dashboard-graph.png")  # fmt: skip
 
 
-def screenshots(pages: Pages, folder: Path, failed_id: str) -> None:
+def a_workflow(tasks: dict[str, Any]) -> str:
+    """Three resizes whose results go to a report (a chord), then an email, and a job that
+    depends on the report; the report's id (its page shows the graph). It starts in an
+    hour, so every step is still pending, with its payload, when the picture is taken."""
+    later = tasks["resize"].options(delay=3600)
+    report = chord([later.s(f"uploads/{n}.png", 640) for n in (1, 2, 3)], tasks["build_report"].s())
+    handle = chain(report, tasks["send_email"].s("welcome")).delay()
+    *_, report_id, _email = handle.steps
+    tasks["send_email"].options(depends_on=[report_id]).delay("boss@example.com", "report")
+    return str(report_id)
+
+
+def screenshots(pages: Pages, folder: Path, failed_id: str, workflow_id: str) -> None:
     """The pictures of docs/dashboard.md: the overview at 1280x800, a failed job with its
-    traceback, the overview at a phone's width, and dark mode."""
+    traceback, the overview at a phone's width, dark mode, and a workflow's graph."""
     expect = playwright_api.expect
     folder.mkdir(parents=True, exist_ok=True)
 
@@ -334,10 +390,12 @@ def screenshots(pages: Pages, folder: Path, failed_id: str) -> None:
     page.screenshot(path=folder / SHOT_NAMES[2])
     page = settle(pages.open("/", color_scheme="dark"), ready)
     page.screenshot(path=folder / SHOT_NAMES[3])
+    page = settle(pages.open(f"/job/{workflow_id}"), lambda p: p.locator(".graph svg"))
+    page.locator(".graph").screenshot(path=folder / SHOT_NAMES[4])
 
 
 @pytest.mark.skipif(not SHOTS, reason="makes docs/img: `make screenshots`")
-@pytest.mark.parametrize("broker_kind", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("broker_kind", [by_name("sqlite")], ids=["sqlite"], indirect=True)
 @pytest.mark.timeout(600)
 def test_screenshots_for_the_docs(project: Project, dashboard: Server, browser: Any) -> None:
     """Two workers and a producer that sends uneven bursts for a while, a paused queue, a
@@ -373,7 +431,7 @@ def test_screenshots_for_the_docs(project: Project, dashboard: Server, browser: 
     failed = app.broker.entries(JobStatus.FAILED, None, 1)
     pages = Pages(browser, dashboard)
     try:
-        screenshots(pages, Path(SHOTS), failed[0].id)  # while the producer goes on
+        screenshots(pages, Path(SHOTS), failed[0].id, a_workflow(tasks))  # producing still
     finally:
         stop.set()
         thread.join()

@@ -47,7 +47,7 @@ PAYLOAD_FIELDS = ("payload", "sid", "queue", "priority", "expires_at")
 # Scripts that take a variable number of KEYS and count them, and touch only those: the
 # cluster's migration guard (``Keys.moving``, added after the KEYS of every other script)
 # would be taken for one of theirs, and they need none (Redis checks declared keys itself).
-UNGUARDED = frozenset({"queued", "heartbeat", "forget"})
+UNGUARDED = frozenset({"queued", "ended", "heartbeat", "forget"})
 WAIT_TIMEOUT = 1.0  # seconds an enqueue waits for ?wait=N replicas, unless ?wait_timeout=
 
 
