@@ -23,6 +23,7 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -133,10 +134,8 @@ class RedisClusterServers:
                     if c.cluster("INFO").get("cluster_state") != "ok":
                         raise RuntimeError(f"{n.address} does not say the cluster is ok")
                     views.append(sorted((int(s), m[1]) for s, _, m, *_ in c.cluster("SLOTS")))
-                    role = c.execute_command("ROLE")
-                    master = replicas and role[0] == b"master"
-                    if master and len(role[2]) != self._replicas_of_port(n.port):
-                        raise RuntimeError(f"a replica of {n.address} is not in sync ({role})")
+                    if replicas:
+                        self._check_in_sync(n, c.execute_command("ROLE"))
                 if views and all(v == views[0] for v in views):
                     return
                 why = f"the nodes disagree on the masters: {views}"
@@ -148,14 +147,19 @@ class RedisClusterServers:
                 )
             time.sleep(0.1)
 
-    def _replicas_of_port(self, port: int) -> int:
-        """How many running nodes replicate the master on ``port`` (by their own ROLE)."""
-        count = 0
-        for n in self.nodes:
-            if n.process is not None and n.port != port:
-                role = n.client().execute_command("ROLE")
-                count += role[0] == b"slave" and int(role[2]) == port and role[3] == b"connected"
-        return count
+    def _check_in_sync(self, node: ClusterNode, role: list[Any]) -> None:
+        """A replica has finished its sync (its link is ``connected``); a master lists as
+        in sync every running replica that names it."""
+        if role[0] == b"slave" and role[3] != b"connected":
+            raise RuntimeError(f"{node.address} is still syncing from its master ({role})")
+        if role[0] == b"master":
+            naming = 0
+            for n in self.nodes:
+                if n.process is not None and n is not node:
+                    other = n.client().execute_command("ROLE")
+                    naming += other[0] == b"slave" and int(other[2]) == node.port
+            if len(role[2]) != naming:
+                raise RuntimeError(f"a replica of {node.address} is not in sync ({role})")
 
     def master_of(self, tag: str) -> ClusterNode:
         """The running node that serves the slot of ``{tag}`` as master now."""
