@@ -10,8 +10,9 @@ the seeds of the URL first) which master that is, and a connection opens to it.
 When the slot's master changes, a connection learns it by a reply: ``MOVED`` (the slot is
 served elsewhere now: failover, resharding done), ``CLUSTERDOWN``, ``READONLY`` or
 ``UNBLOCKED`` (the node was demoted under a blocking read), or by the connection failing
-(a killed master). Each becomes a ``ConnectionError`` after the owner is forgotten, so
-redis-py's retry reconnects, to the new master, and sends the command again: safe for
+(a killed master). Each becomes a ``ConnectionError`` once the owner is updated (``MOVED``
+names the new one) or forgotten (asked again), so redis-py's retry reconnects, to the new
+master, and sends the command again: safe for
 every command the broker sends (``_connect``). While no master serves the slot (between a
 master's death and its replica's promotion: ``cluster-node-timeout`` and an election) the
 retries run out and the call raises ``BrokerUnavailable``; the worker waits and goes on.
