@@ -171,7 +171,7 @@ def wait_for(
         time.sleep(0.05)
 
 
-@pytest.fixture(params=params(shared=True))
+@pytest.fixture(params=params(shared=True, integration=True))
 def broker_kind(request: pytest.FixtureRequest) -> str:
     """The name of each broker worker processes can share (``tests/brokers.py``)."""
     kind: str = request.param.name

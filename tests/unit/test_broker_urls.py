@@ -11,11 +11,12 @@ import redis
 import redis.asyncio
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
+from redis.crc import key_slot
 
 from conveyor import Conveyor, InvalidURL
 from conveyor.brokers import open_broker, redact_url
 from conveyor.brokers._url import parse_redis_url
-from conveyor.brokers.redis import _connect
+from conveyor.brokers.redis import _cluster, _connect
 
 # Forms with a secret in them: userinfo, query options, sentinel lists, TLS, a socket, and
 # malformed ones around a password (bad port, database, host, option, scheme, fragment).
@@ -51,7 +52,7 @@ WITH_SECRET = [
     "redis+sentinel://:{pw}@s1:26379,/mymaster",
     "redis+sentinel://:{pw}@s1:70000/mymaster",
     "redis+sentinel://:{pw}@s1:26379/",
-    "redis+cluster://:{pw}@h.example:7000",
+    "redis+cluster://:{pw}@h.example:7000/0",
     "unix://:{pw}@host/run/redis.sock",
     "nope://:{pw}@h.example/0",
     "{pw}@h.example:6379",
@@ -66,6 +67,8 @@ VALID = {
     "unix://:{pw}@/run/redis.sock?db=2": "password",
     "redis://h.example:6379/0?password={pw}": "password",
     "redis+sentinel://s1/mymaster?sentinel_password={pw}": "sentinel_password",
+    "redis+cluster://app:{pw}@h1.example:7000,h2.example:7001": "password",
+    "rediss+cluster://app:{pw}@h1.example:7000?ssl_cert_reqs=none&wait=1": "password",
 }
 
 # A password: a random run of letters and digits (what must never show, whole or cut)
@@ -149,7 +152,6 @@ def test_every_documented_form_reads_its_password_back(
         ("unix:///run/r.sock?socket_keepalive=1", "unix:// takes no option 'socket_keepalive'"),
         ("redis:///0", "no Redis host; write redis://[user:password@]host:6379/0"),
         ("redis://", "no Redis host"),
-        ("redis://h1,h2:6380/0", "several hosts; only redis+sentinel:// takes a list"),
         ("redis://h_%/0", "the Redis host is not a host name or address"),
         ("redis://h/0#x", "a '#' in the URL; percent-encode / ? # in a password"),
         ("redis://:a/b@h/0", "an '@' after the host"),
@@ -160,7 +162,13 @@ def test_every_documented_form_reads_its_password_back(
         ("redis+sentinel://s1/m/0/1", "more than a service and a database"),
         ("unix://host/run/redis.sock", "a unix:// URL names no host; write unix:///path"),
         ("unix://", "no socket path"),
-        ("redis+cluster://h:7000", "redis+cluster:// is not supported yet"),
+        ("redis://h1,h2:6380/0", "only redis+sentinel:// and redis+cluster:// take a list"),
+        ("redis+cluster://h:7000/0", "a path after the seed nodes; a cluster has database 0"),
+        ("redis+cluster://h:7000?db=1", "redis+cluster:// takes no option 'db'"),
+        ("redis+cluster://", "no seed node; write redis+cluster://"),
+        ("redis+cluster://h1:7000,:7001", "no seed node host"),
+        ("redis+cluster://h:7000?wait=0", "bad value '0' for option 'wait'"),
+        ("redis+cluster://h:7000?ssl_ca_certs=a", "redis+cluster:// takes no option"),
         ("nope://h/0", "unknown broker scheme 'nope'"),
         ("localhost:6379", "bad broker URL 'localhost:6379': use memory://"),
     ],
@@ -235,3 +243,41 @@ def test_a_sentinel_client_gives_each_side_its_own_password() -> None:
         "m/pw",
     )
     assert (pool.service_name, pool.connection_kwargs["db"]) == ("mymaster", 4)  # type: ignore[attr-defined]
+
+
+def test_a_cluster_url_reads_its_seeds_and_options() -> None:
+    t = parse_redis_url(
+        "rediss+cluster://app:s%40cret@h1:7000,[::1]:7001,h3/?wait=2&wait_timeout=0.5"
+    )
+    assert t.scheme == "rediss+cluster"
+    assert t.hosts == (("h1", 7000), ("::1", 7001), ("h3", 6379))
+    assert (t.db, t.username, t.password) == (0, "app", "s@cret")
+    assert (t.option("wait"), t.option("wait_timeout")) == (2, 0.5)
+    assert "s@cret" not in repr(t) and "s%40cret" not in repr(t)
+
+
+def test_a_tls_cluster_client_aims_tls_connections_at_the_slot_owner() -> None:
+    """No I/O: the pools' connection class follows the owner of the prefix's slot, over
+    TLS, and the owner logs in to the nodes it asks with the URL's user and TLS options."""
+    target = _connect.parse("rediss+cluster://app:p%40ss@h1:7000,h2:7001?ssl_cert_reqs=none")
+    owner = _connect.slot_owner(target, "{billing}")
+    assert owner is not None and owner.slot == key_slot(b"{billing}")
+    assert owner._node["ssl"] is True and owner._node["password"] == "p@ss"
+    client = _connect.connect(target, owner)
+    pool = client.connection_pool
+    assert issubclass(pool.connection_class, redis.SSLConnection)
+    assert pool.connection_class is _cluster.ClusterSSLConnection
+    kwargs = pool.connection_kwargs
+    assert kwargs["slot_owner"] is owner and "db" not in kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["ssl_cert_reqs"]) == (
+        "app",
+        "p@ss",
+        "none",
+    )
+    client.close()
+    aclient = _connect.connect_async(target, owner)
+    assert aclient.connection_pool.connection_class is _cluster.AsyncClusterSSLConnection
+    plain = _connect.parse("redis+cluster://h1:7000")
+    plain_client = _connect.connect(plain, _connect.slot_owner(plain, "{x}"))
+    assert plain_client.connection_pool.connection_class is _cluster.ClusterConnection
+    assert _connect.slot_owner(_connect.parse("redis://h1:7000/0"), "{x}") is None

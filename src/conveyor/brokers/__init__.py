@@ -84,7 +84,8 @@ def open_broker(
     ``memory://`` (one process), ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``,
     ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
     ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``
-    (``redis+cluster://`` is refused with a message). docs/redis.md lists the options.
+    ``redis+cluster://[user:password@]host:port[,host:port...]`` (seed nodes of a Redis
+    Cluster; ``rediss+cluster://``: TLS; docs/cluster.md). docs/redis.md lists the options.
     ``postgresql://[user:password@]host:5432/dbname[?schema=conveyor]`` (or ``postgres://``;
     docs/postgres.md).
 

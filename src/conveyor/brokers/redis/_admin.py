@@ -174,7 +174,7 @@ class AdminMixin(RedisCore):
         self._eval("resume", [self._keys.paused, self._keys.resumed], [*self._head(), queue])
 
     def _purge(self, queue: str) -> int:
-        keys = [*self._keys.queue_keys(queue), self._keys.unique]
+        keys = [*self._keys.queue_keys(queue), self._keys.unique, *self._guard]
         total = 0
         more = 1
         while more:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -140,7 +141,12 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         super().__init__(
             url, prefix=prefix, clock=clock, sweep_idle=sweep_idle, events_kept=events_kept
         )
-        self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
+        # On a cluster the store's keys spread over slots: redis-py's cluster client, made
+        # on first use (it asks the cluster for its slots as it is made).
+        self._kv: RedisKV | None = None
+        self._kv_lock = threading.Lock()
+        if self._owner is None:
+            self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
         self._levels: dict[str, str] = {}  # queue -> its priority streams last seen (fetch.lua)
 
     @classmethod
@@ -149,6 +155,11 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
 
     @property
     def kv(self) -> KeyValue:
+        if self._kv is None:
+            with self._kv_lock, self._errors:
+                if self._kv is None:
+                    self._store_client = _connect.connect_store(self._target)
+                    self._kv = RedisKV(self._store_client, prefix=self.prefix, clock=self._clock)
         return self._kv
 
     # -- producing -------------------------------------------------------------------------
@@ -160,7 +171,7 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         )
         # One script call is atomic on its own; several go in MULTI/EXEC: a batch is written
         # whole or not at all.
-        replies = self._run("enqueue", calls, transaction=len(calls) > 1)
+        replies = self._run("enqueue", calls, transaction=len(calls) > 1, replicated=True)
         return enqueue_ids(replies)
 
     # -- consuming -------------------------------------------------------------------------
@@ -245,10 +256,11 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
             self._pinned.call(self._client, *xread)
             return self._eval("fetch", *fetch_call())
         keys, args = fetch_call()
+        declared = [*keys, *self._guard]  # as _run declares them
         script = self._scripts["fetch"]
         try:
             _, reply = self._pinned.pipeline(
-                self._client, xread, ["EVALSHA", script.sha, len(keys), *keys, *args]
+                self._client, xread, ["EVALSHA", script.sha, len(declared), *declared, *args]
             )
         except redis.exceptions.NoScriptError:  # the script cache was lost: load it
             reply = self._eval("fetch", keys, args)
