@@ -270,7 +270,8 @@ def a_failed_job_is_read_and_requeued(project: Project, tasks: dict[str, Any], p
     (project.root / "fail.flag").touch()
     failing = tasks["flaky"].delay(7)
     expect(cell(page, "web", "failed")).to_have_text("1")
-    cell(page, "web", "failed").locator("a").click()
+    slow_click(page, cell(page, "web", "failed").locator("a"))
+    page.wait_for_url("**/jobs/failed?queue=web")
     page.locator(f'a:text-is("{failing.id}")').click()
     expect(page.locator("#traceback")).to_contain_text("RuntimeError: flaky failed on 7")
     expect(page.locator("#traceback")).to_contain_text('raise RuntimeError(f"flaky')
@@ -280,19 +281,30 @@ def a_failed_job_is_read_and_requeued(project: Project, tasks: dict[str, Any], p
     expect(page.locator("#result")).to_have_text("7")
 
 
+def slow_click(page: Any, target: Any) -> None:
+    """A press held across live updates (a slow hand, or any click on a loaded machine),
+    then the release: the page updates every second, and the element pressed must still be
+    the one released on, or the browser sees no click at all."""
+    target.hover()
+    page.mouse.down()
+    page.wait_for_timeout(2500)  # two samples (refresh 1 s) and their stream ticks
+    page.mouse.up()
+
+
 def a_queue_is_paused_and_resumed(
     app: Conveyor, tasks: dict[str, Any], page: Any, base: str
 ) -> None:
     expect = playwright_api.expect
     page.goto(base + "/")
     row = page.locator('#queues tr[data-key="web"]')
-    row.get_by_role("button", name="Pause").click()
+    slow_click(page, row.get_by_role("button", name="Pause"))
     expect(row.locator(".pill.paused")).to_have_text("paused")
     wait_for(lambda: app.broker.paused() == ["web"], 10)
     tasks["add"].delay(1, 1)
     expect(cell(page, "web", "queued")).to_have_text("1")
     assert app.broker.stats()[0].queued == 1  # the worker takes nothing from it
     row.get_by_role("button", name="Resume").click()
+    expect(row.locator(".pill.paused")).to_have_count(0)
     expect(cell(page, "web", "queued")).to_have_text("0")
     expect(cell(page, "web", "succeeded")).to_have_text("14")
 
