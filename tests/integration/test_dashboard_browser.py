@@ -146,7 +146,7 @@ class Server:
         else:
             opener = urllib.request.build_opener()
         try:
-            with opener.open(request, timeout=5) as response:
+            with opener.open(request, timeout=30) as response:  # a loaded machine
                 code: int = response.status
                 return code
         except urllib.error.HTTPError as exc:
@@ -158,7 +158,7 @@ class Server:
         """SIGTERM: the server ends its live streams and exits 0, as a worker does."""
         self.proc.terminate()
         try:
-            code = self.proc.wait(10)
+            code = self.proc.wait(30)  # it takes a second; a loaded machine, several
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait(10)
@@ -225,6 +225,11 @@ def cell(page: Any, queue: str, status: str) -> Any:
     return page.locator(f'#queues tr[data-key="{queue}"] td[data-status="{status}"]')
 
 
+# The SQLite run (the one that also takes the pictures) lasts about 30 s alone, over 40 s
+# beside other tests under `-n 4` on two cores, and past the suite's 60 s (set-up included)
+# on a busier machine: that bound measured the machine, not the dashboard. This one is only
+# there for a hang.
+@pytest.mark.timeout(300)
 def test_watch_fail_requeue_pause_and_escape(
     project: Project, dashboard: Server, browser: Any, tmp_path: Path
 ) -> None:
@@ -302,7 +307,9 @@ def a_queue_is_paused_and_resumed(
     wait_for(lambda: app.broker.paused() == ["web"], 10)
     tasks["add"].delay(1, 1)
     expect(cell(page, "web", "queued")).to_have_text("1")
-    assert app.broker.stats()[0].queued == 1  # the worker takes nothing from it
+    # the worker takes nothing from it (the queue by name: a periodic job of dash_app may
+    # have come due in the queue "default" meanwhile)
+    assert {s.queue: s.queued for s in app.broker.stats()}["web"] == 1
     row.get_by_role("button", name="Resume").click()
     expect(row.locator(".pill.paused")).to_have_count(0)
     expect(cell(page, "web", "queued")).to_have_text("0")
