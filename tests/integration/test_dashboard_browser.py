@@ -212,9 +212,16 @@ class Pages:
         page = context.new_page()
         page.set_default_timeout(TIMEOUT)
         page.on("pageerror", lambda error: self.errors.append(str(error)))
+        page.on("response", self._action)
         page.on("dialog", lambda dialog: dialog.accept())  # "Requeue every failed job?"
         page.goto(self.server.url + path)
         return page
+
+    @staticmethod
+    def _action(response: Any) -> None:
+        """Each action's answer, in the output a failed test shows (its toast is gone)."""
+        if response.request.method == "POST":
+            print(f"{response.url} answered {response.status}: {response.text()}")
 
     def close(self) -> None:
         for context in self.contexts:
@@ -302,7 +309,7 @@ def a_queue_is_paused_and_resumed(
     expect = playwright_api.expect
     page.goto(base + "/")
     row = page.locator('#queues tr[data-key="web"]')
-    slow_click(page, row.get_by_role("button", name="Pause"))
+    row.get_by_role("button", name="Pause").click()
     expect(row.locator(".pill.paused")).to_have_text("paused")
     wait_for(lambda: app.broker.paused() == ["web"], 10)
     tasks["add"].delay(1, 1)
