@@ -616,14 +616,40 @@
 
   // -- one job -------------------------------------------------------------------------------
 
+  // `render`, held while a pointer is pressed on the page: it replaces the whole page, maybe
+  // what was pressed, and a release on another element than the press makes no click. The
+  // latest held call runs after the release and the click it makes.
+  function heldWhilePressed(render) {
+    let down = false;
+    let waiting = null;
+    const release = () => {
+      down = false;
+      window.setTimeout(() => {
+        if (down || !waiting) return;
+        const args = waiting;
+        waiting = null;
+        render(...args);
+      }, 0);
+    };
+    document.addEventListener("pointerdown", () => { down = true; }, true);
+    document.addEventListener("pointerup", release, true);
+    document.addEventListener("pointercancel", release, true);
+    window.addEventListener("blur", release);
+    return (...args) => {
+      if (down) waiting = args;
+      else render(...args);
+    };
+  }
+
   function jobPage(id) {
     let shown = "";
+    const show = heldWhilePressed(renderJob);
     const source = follow("/job/" + encodeURIComponent(id), (data) => {
       header(data);
       const text = JSON.stringify(data.job);
       if (text === shown) return;
       shown = text;
-      renderJob(data.job);
+      show(data.job);
     });
     source.addEventListener("problem", (event) => {
       const message = JSON.parse(event.data).error;
