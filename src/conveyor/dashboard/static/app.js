@@ -482,17 +482,38 @@
     return row;
   }
 
+  // A cell's text, a link to `href` (none: plain text), changed in place: the link stays
+  // the same element across live updates, so a press on it and its release, however far
+  // apart, land on one element and make a click.
+  function linkIn(cell, text, href) {
+    const a = cell.firstElementChild;
+    if (!href) {
+      if (a || cell.textContent !== text) cell.textContent = text;
+      return;
+    }
+    if (!a) {
+      cell.replaceChildren(h("a", { href }, text));
+      return;
+    }
+    if (a.getAttribute("href") !== href) a.setAttribute("href", href);
+    if (a.textContent !== text) a.textContent = text;
+  }
+
   function updateQueueRow(row, q, data) {
     row._state = q;
     const name = row.children[0];
-    name.replaceChildren();
-    append(name, [h("a", { href: url("/jobs/queued", { queue: q.queue }) }, q.queue),
-      q.paused ? [" ", h("span", { class: "pill paused" }, "paused")] : null]);
+    linkIn(name, q.queue, url("/jobs/queued", { queue: q.queue }));
+    const flag = name.querySelector(".pill.paused");
+    if (q.paused && !flag) append(name, [" ", h("span", { class: "pill paused" }, "paused")]);
+    if (!q.paused && flag) {
+      flag.previousSibling.remove(); // the space before it
+      flag.remove();
+    }
     for (const s of STATUSES) {
       const cell = row.querySelector(`td[data-status="${s}"]`);
       const n = q[s];
       cell.className = "num" + (n ? "" : " zero") + (n && (s === "failed" || s === "dead") ? " red" : "");
-      cell.replaceChildren(n ? h("a", { href: url("/jobs/" + s, { queue: q.queue }) }, count(n)) : "0");
+      linkIn(cell, n ? count(n) : "0", n ? url("/jobs/" + s, { queue: q.queue }) : null);
     }
     const head = row.querySelector('td[data-role="head"]');
     head.replaceChildren(q.head_since ? h("span", { title: when(q.head_since) }, "since " + span((parse(data.sampled_at) - parse(q.head_since)) / 1000)) : "");
@@ -595,14 +616,40 @@
 
   // -- one job -------------------------------------------------------------------------------
 
+  // `render`, held while a pointer is pressed on the page: it replaces the whole page, maybe
+  // what was pressed, and a release on another element than the press makes no click. The
+  // latest held call runs after the release and the click it makes.
+  function heldWhilePressed(render) {
+    let down = false;
+    let waiting = null;
+    const release = () => {
+      down = false;
+      window.setTimeout(() => {
+        if (down || !waiting) return;
+        const args = waiting;
+        waiting = null;
+        render(...args);
+      }, 0);
+    };
+    document.addEventListener("pointerdown", () => { down = true; }, true);
+    document.addEventListener("pointerup", release, true);
+    document.addEventListener("pointercancel", release, true);
+    window.addEventListener("blur", release);
+    return (...args) => {
+      if (down) waiting = args;
+      else render(...args);
+    };
+  }
+
   function jobPage(id) {
     let shown = "";
+    const show = heldWhilePressed(renderJob);
     const source = follow("/job/" + encodeURIComponent(id), (data) => {
       header(data);
       const text = JSON.stringify(data.job);
       if (text === shown) return;
       shown = text;
-      renderJob(data.job);
+      show(data.job);
     });
     source.addEventListener("problem", (event) => {
       const message = JSON.parse(event.data).error;
