@@ -118,6 +118,18 @@ def evalsha_usec(client: redis.Redis) -> float:
     return float(client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
 
 
+def main_thread_cpu_usec(client: redis.Redis) -> float:
+    """Microseconds of CPU (user + system) the server's main thread has used so far (``INFO
+    cpu``, getrusage: the scheduler's exact run time, so unlike ``commandstats``, which
+    times each command by the wall clock, it does not grow while the server waits for a
+    core on a loaded machine). It counts all the main thread does: reading the request,
+    running it, writing the reply."""
+    info = client.info("cpu")
+    return 1e6 * (
+        float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+    )
+
+
 @contextlib.contextmanager
 def private_redis() -> Iterator[RedisServer]:
     server = RedisServer()

@@ -24,7 +24,7 @@ from ..._clock import Clock
 from ..._message import Delivery, Envelope, JobRecord, JobStatus
 from ...stores._port import KeyValue
 from .._base import EVENTS_KEPT, BrokerOptions, Watch
-from .._eventlog import frame
+from .._eventlog import bodies, frame
 from .._port import Claimed, Finish, LeaseState
 from . import _connect
 from ._admin import AdminMixin
@@ -306,9 +306,13 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
             return finish_values(f, place, now_ms)
 
         def carried(start: int, end: int) -> list[Any]:
-            own = [] if start else [frame(e) for e in events]  # the call's: the first chunk
-            mine = [b"" if f.event is None else frame(f.event) for f in outcomes[start:end]]
-            return with_events([*own, *mine, len(own), len(mine)], self.events_kept)
+            # Joined here into entry bodies (finish.lua): the server then makes no string
+            # per event and joins none, unless some outcome is refused.
+            own = [] if start else list(events)  # the call's: on the first chunk
+            chunk = outcomes[start:end]
+            flags = "".join(["0" if f.event is None else "1" for f in chunk])
+            joined = bodies([*own, *(f.event for f in chunk if f.event is not None)])
+            return with_events([*joined, len(own), flags, len(joined)], self.events_kept)
 
         has_events = bool(events) or any(f.event is not None for f in outcomes)
         tail = carried if has_events else None
