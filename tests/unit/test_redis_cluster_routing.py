@@ -4,10 +4,13 @@ The real thing (failover, a migration) is in ``torture/test_redis_cluster_faults
 
 from __future__ import annotations
 
+import pytest
 import redis
 import redis.exceptions
 
+from conveyor import ConfigurationError, Conveyor
 from conveyor.brokers.redis._cluster import SlotOwner, _redirected
+from conveyor.brokers.redis._connect import check_cluster_client
 from conveyor.brokers.redis._errors import MIGRATING, SlotMigrating, _convert
 
 
@@ -67,3 +70,13 @@ def test_a_script_cut_by_a_migration_says_to_pause() -> None:
     message = str(_convert(error))
     assert message.startswith(MIGRATING.split("(")[0])
     assert "docs/cluster.md" in message
+
+
+def test_a_cluster_url_on_a_redis_py_too_old_for_cluster_transactions_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(redis, "__version__", "5.3.0")
+    with pytest.raises(ConfigurationError, match=r"redis-py 6\.1 or newer .* 5\.3\.0.*redis>=6\.1"):
+        Conveyor("redis+cluster://:secret@127.0.0.1:7000").broker  # noqa: B018
+    check_cluster_client("6.1.0")
+    check_cluster_client("8.2.1")

@@ -31,6 +31,7 @@ import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from ..._errors import ConfigurationError
 from .._url import CLUSTER_SCHEMES, RedisURL, parse_redis_url
 from . import _cluster
 from ._errors import TRANSLATE
@@ -190,11 +191,29 @@ def _master(target: RedisURL, retry: Any) -> dict[str, Any]:
     return kwargs
 
 
+# redis-py runs MULTI/EXEC on a cluster client (the store's ``update``) from 6.1 on.
+CLUSTER_CLIENT_FLOOR = (6, 1)
+
+
+def check_cluster_client(version: str | None = None) -> None:
+    """Refuse a cluster URL on a redis-py too old for it, saying what to install."""
+    found = version if version is not None else redis.__version__
+    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    if parts < CLUSTER_CLIENT_FLOOR:
+        floor = ".".join(map(str, CLUSTER_CLIENT_FLOOR))
+        raise ConfigurationError(
+            f"redis+cluster:// needs redis-py {floor} or newer (this environment has "
+            f"{found}, whose cluster client cannot run the store's transactions); "
+            f"upgrade it: pip install 'redis>={floor}'"
+        )
+
+
 def slot_owner(target: RedisURL, tag: str) -> _cluster.SlotOwner | None:
     """Where a cluster URL's connections for keys of ``tag`` go (None: not a cluster URL);
     shared by the sync and asyncio clients of one broker."""
     if target.scheme not in CLUSTER_SCHEMES:
         return None
+    check_cluster_client()
     node = _cluster.node_kwargs(target, _connection(target, None))
     return _cluster.SlotOwner(target.hosts, _cluster.slot_of(tag), node)
 
