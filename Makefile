@@ -81,12 +81,19 @@ floor: $(STAMP)
 # about 15 for PostgreSQL on 2 cores), written to docs/benchmarks.md. Run it on a quiet machine.
 # BENCH_ARGS="--quick" for a ~1/10 smoke run, "--soak 1000000" to add the 1M-job RSS soak;
 # BENCH_BACKENDS=redis with Redis-only workloads in BENCH_ARGS (--workloads w2-io, ...).
+# `cluster` is Conveyor alone on a private Redis Cluster with 1, 2 and 3 masters busy
+# (bench/cluster_scaling.py, a few minutes; its own options in BENCH_CLUSTER_ARGS).
 BENCH_ARGS ?=
-BENCH_BACKENDS ?= redis postgres
+BENCH_CLUSTER_ARGS ?=
+BENCH_BACKENDS ?= redis postgres cluster
 bench: $(STAMP)
 	$(BIN)/python bench/peers/install.py --root bench/.venv-peers
 	for backend in $(BENCH_BACKENDS); do \
-		$(BIN)/python bench/run.py --backend $$backend $(BENCH_ARGS) || exit 1; \
+		if [ $$backend = cluster ]; then \
+			$(BIN)/python bench/cluster_scaling.py $(BENCH_CLUSTER_ARGS) || exit 1; \
+		else \
+			$(BIN)/python bench/run.py --backend $$backend $(BENCH_ARGS) || exit 1; \
+		fi; \
 	done
 
 # Not part of CI: 100,000 jobs while workers are SIGKILLed at random and a private Redis is

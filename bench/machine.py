@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -97,3 +98,15 @@ class QuietGate:
                 return busy
             time.sleep(2.0)
             self.waited += 2.5
+
+
+def quiet_options(parser: argparse.ArgumentParser) -> None:
+    """``--quiet-below`` and ``--quiet-budget``: a ``QuietGate``'s settings."""
+    parser.add_argument(
+        "--quiet-below", type=float, default=0.25, metavar="FRACTION",
+        help="before each run, wait until the machine's CPUs are at most this busy",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quiet-budget", type=float, default=600, metavar="SECONDS",
+        help="total time all those waits may take (0: never wait)",
+    )  # fmt: skip

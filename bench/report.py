@@ -18,6 +18,9 @@ BACKEND_NAMES = {"redis": "Redis", "postgres": "PostgreSQL"}
 # table of their ratios to plain Conveyor.
 VARIANTS = ["conveyor-noevents", "conveyor-prometheus"]
 W4_IDEAL = 5000.0  # 50 slots x 100 jobs/s each (10 ms jobs)
+# What follows this line in docs/benchmarks.md is written by other scripts: a run of
+# bench/run.py on Redis writes the page's head and keeps it.
+KEPT = "<!-- Below: figures of other bench/ scripts, kept as they are by bench/run.py. -->"
 
 
 @dataclass(frozen=True)
@@ -429,3 +432,16 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "")
     if backend != "redis":
         out = [f"#{line}" if line.startswith("#") else line for line in out]
     return "\n".join(out)
+
+
+def with_section(old: str, name: str, text: str) -> str:
+    """The page ``old`` with the section ``name`` (between its markers) replaced by
+    ``text``, or added right after ``KEPT`` (a run of ``bench/run.py`` keeps it)."""
+    begin, end = f"<!-- {name}: from here -->", f"<!-- {name}: to here -->"
+    section = f"{begin}\n\n{text}\n{end}"
+    if begin in old and end in old:
+        return old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
+    if KEPT in old:
+        at = old.index(KEPT) + len(KEPT)
+        return old[:at] + "\n\n" + section + "\n" + old[at:]
+    return old + ("\n" if old else "") + section + "\n"

@@ -29,8 +29,6 @@ from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-# What follows this line in docs/benchmarks.md is written by other scripts: a run keeps it.
-KEPT = "<!-- Below: figures of other bench/ scripts, kept as they are by bench/run.py. -->"
 sys.path.insert(0, HERE)
 
 import chart  # noqa: E402
@@ -38,6 +36,7 @@ import machine  # noqa: E402
 import report  # noqa: E402
 from pg_server import private_postgres  # noqa: E402
 from redis_server import private_redis  # noqa: E402
+from report import KEPT  # noqa: E402
 
 PEERS = report.PEERS["redis"]
 LIBS = ["conveyor", "raw", *PEERS]
@@ -153,17 +152,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="every library at this concurrency, instead of the workload's (pilots)",
     )  # fmt: skip
     p.add_argument("--out", default=None, help="markdown file to write")
-    p.add_argument(
-        "--quiet-below",
-        type=float,
-        default=0.25,
-        metavar="FRACTION",
-        help="before each run, wait until the machine's CPUs are at most this busy",
-    )
-    p.add_argument(
-        "--quiet-budget", type=float, default=600, metavar="SECONDS",
-        help="total time all those waits may take (0: never wait)",
-    )  # fmt: skip
+    machine.quiet_options(p)
     p.add_argument(
         "--soak", type=int, default=0, metavar="N",
         help="also drain N jobs through one Conveyor worker with a producer running "
@@ -395,16 +384,7 @@ def write_report(path: str, text: str, backend: str) -> None:
         kept = old[old.index(KEPT) :] if KEPT in old else ""  # other scripts' sections
         new = text + ("\n" + kept if kept else "")
     else:
-        begin = f"<!-- bench/run.py --backend {backend}: from here -->"
-        end = f"<!-- bench/run.py --backend {backend}: to here -->"
-        section = f"{begin}\n\n{text}\n{end}"
-        if begin in old and end in old:
-            new = old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
-        elif KEPT in old:
-            at = old.index(KEPT) + len(KEPT)
-            new = old[:at] + "\n\n" + section + "\n" + old[at:]
-        else:
-            new = old + ("\n" if old else "") + section + "\n"
+        new = report.with_section(old, f"bench/run.py --backend {backend}", text)
     with open(path, "w") as f:
         f.write(new)
 

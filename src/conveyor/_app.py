@@ -70,8 +70,10 @@ class Conveyor:
     """A task queue application.
 
     ``url`` picks the broker: the argument, else ``CONVEYOR_URL``, else
-    ``sqlite:///./conveyor.db``. ``trust`` names extra top-level packages whose callables a
-    worker may run by name (see ``app.enqueue``). ``max_payload`` caps an encoded job and
+    ``sqlite:///./conveyor.db``. ``prefix`` is the key prefix on Redis: else the URL's
+    ``?prefix=``, else ``conveyor`` (both given must be the same name, or opening the broker
+    raises ``ConfigurationError``). ``trust`` names extra top-level packages whose callables
+    a worker may run by name (see ``app.enqueue``). ``max_payload`` caps an encoded job and
     ``max_result`` a task's encoded result, in bytes (1 MiB each by default); a result over
     its cap fails the job with ``ResultTooLarge`` (docs/reliability.md). ``events``: publish
     what happens to jobs and workers into the broker's event log (``conveyor events``,
@@ -90,7 +92,7 @@ class Conveyor:
         secret: bytes | str | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_result: int = DEFAULT_MAX_RESULT,
-        prefix: str = "conveyor",
+        prefix: str | None = None,
         clock: Clock | None = None,
         broker: Broker | None = None,
         events: bool = True,
@@ -103,6 +105,7 @@ class Conveyor:
         self.events_kept = None if events_kept is None else check_kept(events_kept)
         self.trust = names("trust", trust, "trust=['myapp', 'shared']")
         self.prefix = prefix
+        """The ``prefix`` argument (None: not given; the broker's ``prefix`` is the one used)."""
         self.clock: Clock = clock or SystemClock()
         """What every delay, lease, TTL and schedule reads time from (``FakeClock`` in tests)."""
         self.codec = Codec(serializer, secret, max_payload)

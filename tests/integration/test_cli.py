@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 
 from brokers import by_name
-from conftest import Project, wait_for
+from conftest import Project, conveyor, wait_for
 from conveyor import Conveyor, Job, JobStatus, Task
 from redis_server import RedisServer, private_redis
 
@@ -96,23 +96,6 @@ def shop(project: Project) -> Any:
     s = Shop(project)
     yield s
     s.close()
-
-
-def conveyor(
-    project: Project, *args: str, code: int = 0, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``conveyor ARGS`` in the project folder; check its exit code."""
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor", *args],
-        cwd=project.root,
-        env={**project.env(), "COLUMNS": "80", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    return result
 
 
 def as_json(project: Project, *args: str) -> Any:

@@ -8,7 +8,7 @@ With ``?wait=1`` an enqueue is acknowledged once the master's replica has it, so
 replica that takes over has every acknowledged job: nothing acknowledged is lost, no job
 ends twice beyond those the kill cut short, and the workers live through it. Without it,
 Redis replicates asynchronously and an acknowledged enqueue not yet sent to the replica
-dies with the master (docs/cluster.md measures how many; ``bench/cluster.py``).
+dies with the master (docs/cluster.md measures how many; ``bench/cluster_failover.py``).
 """
 
 from __future__ import annotations

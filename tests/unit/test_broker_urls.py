@@ -13,10 +13,11 @@ from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from redis.crc import key_slot
 
-from conveyor import Conveyor, InvalidURL
+from conveyor import ConfigurationError, Conveyor, InvalidName, InvalidURL
 from conveyor.brokers import open_broker, redact_url
-from conveyor.brokers._url import parse_redis_url
+from conveyor.brokers._url import key_prefix, parse_redis_url
 from conveyor.brokers.redis import _cluster, _connect
+from conveyor.brokers.redis._core import check_prefix
 
 # Forms with a secret in them: userinfo, query options, sentinel lists, TLS, a socket, and
 # malformed ones around a password (bad port, database, host, option, scheme, fragment).
@@ -281,3 +282,60 @@ def test_a_tls_cluster_client_aims_tls_connections_at_the_slot_owner() -> None:
     plain_client = _connect.connect(plain, _connect.slot_owner(plain, "{x}"))
     assert plain_client.connection_pool.connection_class is _cluster.ClusterConnection
     assert _connect.slot_owner(_connect.parse("redis://h1:7000/0"), "{x}") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pw@h.example:6379/0?prefix=billing",
+        "rediss://app:pw@h.example/1?ssl_cert_reqs=none&prefix=billing",
+        "unix:///run/redis.sock?db=2&prefix=billing",
+        "redis+sentinel://s1,s2/mymaster/0?prefix=billing",
+        "redis+cluster://h1:7000,h2:7001/?prefix=billing",
+        "rediss+cluster://app:pw@h1:7000?prefix=billing&wait=1",
+    ],
+)
+def test_every_redis_form_reads_the_prefix_from_its_query(url: str) -> None:
+    t = parse_redis_url(url)
+    assert t.prefix == "billing" and "prefix" not in dict(t.options)
+    assert parse_redis_url(url.replace("prefix=billing", "client_name=x")).prefix is None
+    broker = open_broker(url)  # opens no connection
+    assert broker.prefix == "billing"
+    broker.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "billing", "Billing-2", "a.b_c", "x" * 64, "x" * 65, "a{b", "a}b", "a:b", "a b", "ä"],
+)
+def test_the_url_prefix_is_checked_as_the_prefix_argument_is(name: str) -> None:
+    try:
+        check_prefix(name)
+    except InvalidName:
+        with pytest.raises(InvalidURL, match="for option 'prefix'; it takes a key prefix"):
+            Conveyor(f"redis://:s3cret@h/0?prefix={quote(name, safe='')}")
+        with pytest.raises(InvalidName, match="bad key prefix"):
+            Conveyor("redis://h/0", prefix=name).open()
+    else:
+        assert parse_redis_url(f"redis://h/0?prefix={quote(name, safe='')}").prefix == name
+    with pytest.raises(InvalidURL, match="option 'prefix' has no value"):
+        Conveyor("redis://h/0?prefix=")
+
+
+def test_the_prefix_argument_and_the_url_prefix_must_agree() -> None:
+    url = "redis://:s3cret@h/0?prefix=billing"
+    assert [key_prefix(p, parse_redis_url("redis://h/0")) for p in (None, "shop")] == [
+        "conveyor",
+        "shop",
+    ]
+    assert key_prefix(None, parse_redis_url(url)) == "billing"
+    for app in (Conveyor(url), Conveyor(url, prefix="billing")):
+        assert app.open().prefix == "billing"
+        app.close()
+    # Either alone would put the producer and the worker on different keys: refused.
+    for other in ("shop", "conveyor"):
+        app = Conveyor(url, prefix=other)
+        with pytest.raises(ConfigurationError, match="two key prefixes") as caught:
+            app.open()
+        assert f"prefix={other!r} and ?prefix=billing" in str(caught.value)
+        assert "s3cret" not in str(caught.value) and "drop prefix= or ?prefix=" in str(caught.value)

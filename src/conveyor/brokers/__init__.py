@@ -74,11 +74,12 @@ def open_broker(
     url: str,
     *,
     clock: Clock | None = None,
-    prefix: str = "conveyor",
+    prefix: str | None = None,
     create: bool = True,
     events_kept: int | None = None,
 ) -> Broker:
-    """Open the broker a URL names; ``events_kept``: how many events its log keeps
+    """Open the broker a URL names; ``prefix``: the key prefix (Redis: else the URL's
+    ``?prefix=``, else ``conveyor``); ``events_kept``: how many events its log keeps
     (``EVENTS_KEPT`` by default).
 
     ``memory://`` (one process), ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``,

@@ -155,12 +155,13 @@ def unknown_dependency(job_id: str, dependency: str) -> DependencyNotFound:
 @dataclass(frozen=True)
 class BrokerOptions:
     """What ``open_broker`` passes every adapter beside the URL (``Broker.from_url``):
-    ``clock``, the injected clock; ``prefix``, the key prefix of a shared server's keys (Redis);
+    ``clock``, the injected clock; ``prefix``, the key prefix of a shared server's keys (Redis;
+    None: the URL's ``?prefix=``, else ``conveyor``);
     ``create``, False for tools that only look (make nothing: no file, no folder, no schema);
     ``events_kept``, the event log's size."""
 
     clock: Clock
-    prefix: str = "conveyor"
+    prefix: str | None = None
     create: bool = True
     events_kept: int = EVENTS_KEPT
 

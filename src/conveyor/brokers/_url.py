@@ -24,7 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from .._errors import InvalidURL
+from .._errors import ConfigurationError, InvalidName, InvalidURL
+from .._message import validate_queue
 
 MASK = "***"
 SECRET_WORDS = ("pass", "token", "secret", "key")
@@ -160,7 +161,8 @@ class RedisURL:
     """A checked Redis URL. ``hosts``: the server (``redis``, ``rediss``), the sentinels, or
     the cluster's seed nodes (``redis+cluster``, ``rediss+cluster``);
     ``socket``: the ``unix://`` path; ``service``: the master the sentinels watch;
-    ``options``: the query options, their values converted (the names of ``OPTIONS``)."""
+    ``prefix``: the key prefix ``?prefix=`` names (None: not given; ``key_prefix``);
+    ``options``: the other query options, their values converted (the names of ``OPTIONS``)."""
 
     scheme: str
     shown: str  # redacted
@@ -170,6 +172,7 @@ class RedisURL:
     db: int = 0
     username: str | None = None
     password: str | None = None
+    prefix: str | None = None
     options: tuple[tuple[str, Any], ...] = ()
 
     def __repr__(self) -> str:
@@ -207,6 +210,15 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return convert
 
 
+def _prefix(text: str) -> str:
+    """A key prefix, checked as ``prefix=`` is: it becomes a hash tag (``{P}``), so braces
+    or odd characters would move keys between slots."""
+    try:
+        return validate_queue(text)
+    except InvalidName:
+        raise ValueError(text) from None
+
+
 _ALL = frozenset(REDIS_SCHEMES + CLUSTER_SCHEMES)
 _ONE_DB = frozenset(REDIS_SCHEMES)  # a cluster has database 0 only
 _POOLED = frozenset({"redis", "rediss", "unix", *CLUSTER_SCHEMES})
@@ -217,6 +229,7 @@ _SENTINEL = frozenset({"redis+sentinel"})
 # name -> (convert, what it takes (for the message), the schemes that take it)
 OPTIONS: dict[str, tuple[Callable[[str], Any], str, frozenset[str]]] = {
     "db": (_number(int, 0), "a database number, 0 or more", _ONE_DB),
+    "prefix": (_prefix, "a key prefix: 1-64 letters, digits, '_', '.' or '-'", _ALL),
     "username": (str, "an ACL user name", _ALL),
     "password": (str, "a password", _ALL),
     "client_name": (str, "a name for CLIENT LIST", _ALL),
@@ -352,6 +365,7 @@ def parse_redis_url(url: str) -> RedisURL:
     username = options.pop("username", username)
     password = options.pop("password", password)
     db = options.pop("db", None)
+    prefix = options.pop("prefix", None)
     hosts: tuple[tuple[str, int], ...] = ()
     socket = service = ""
     path = [unquote(s) for s in p.path.split("/")[1:]]
@@ -395,8 +409,24 @@ def parse_redis_url(url: str) -> RedisURL:
         db=db or 0,
         username=username,
         password=password,
+        prefix=prefix,
         options=tuple(sorted(options.items())),
     )
+
+
+def key_prefix(given: str | None, url: RedisURL) -> str:
+    """The key prefix a Redis broker uses: ``prefix=`` (of ``Conveyor`` or the broker) or
+    the URL's ``?prefix=``, whichever is given, else ``conveyor``. Both given must name the
+    same prefix: a producer and a worker that each read only one of them would otherwise
+    work on different keys, and its jobs would wait for ever."""
+    if given is not None and url.prefix is not None and given != url.prefix:
+        raise ConfigurationError(
+            f"two key prefixes: prefix={given!r} and ?prefix={url.prefix} in the URL "
+            f"{url.shown!r}; give it once (drop prefix= or ?prefix=), or the same name in both"
+        )
+    if given is not None:
+        return given
+    return url.prefix or "conveyor"
 
 
 def _seeds(r: _Reader, hosts: str, path: list[str]) -> tuple[tuple[str, int], ...]:

@@ -23,6 +23,7 @@ from ..._errors import BrokerUnavailable, InvalidName
 from ..._message import JobRecord, JobStatus, validate_queue
 from .._base import EVENTS_KEPT
 from .._port import Broker
+from .._url import key_prefix
 from . import _connect
 from ._errors import TRANSLATE
 from ._keys import Keys
@@ -82,14 +83,15 @@ class RedisCore(Broker):
         self,
         url: str,
         *,
-        prefix: str = "conveyor",
+        prefix: str | None = None,
         clock: Clock | None = None,
         sweep_idle: float | None = None,
         events_kept: int = EVENTS_KEPT,
     ) -> None:
         super().__init__(url, clock=clock, events_kept=events_kept)
-        self.prefix = check_prefix(prefix)
         self._target = _connect.parse(url)
+        # prefix=, else the URL's ?prefix=, else "conveyor"; both given must agree.
+        self.prefix = check_prefix(key_prefix(prefix, self._target))
         self._keys = Keys(self.prefix)
         # On a cluster: the master of the prefix's slot, followed by both clients (_cluster).
         self._owner = _connect.slot_owner(self._target, self._keys.tag)

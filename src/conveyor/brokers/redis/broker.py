@@ -118,6 +118,9 @@ class _Waiting(Watch[JobRecord | None]):
 class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
     """``Conveyor("redis://...")``: the production broker on Redis Streams (Redis >= 6.2).
 
+    ``prefix``: the key prefix, else the URL's ``?prefix=``, else ``conveyor`` (both given
+    must be the same name).
+
     ``sweep_idle`` is how long (real seconds) a pending entry must sit idle before the
     XAUTOCLAIM sweep takes it over; by default twice the lease of the fetch that sweeps.
 
@@ -133,7 +136,7 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         self,
         url: str,
         *,
-        prefix: str = "conveyor",
+        prefix: str | None = None,
         clock: Clock | None = None,
         sweep_idle: float | None = None,
         events_kept: int = EVENTS_KEPT,
