@@ -46,13 +46,18 @@ class Target:
 
     url: str
     prefix: str = "conveyor"
+    store: str | None = None  # the record store of a broker that keeps its records in one
 
     def open(self, clock: Clock | None = None, **options: Any) -> Broker:
-        return open_broker(self.url, clock=clock, prefix=self.prefix, **options)
+        return open_broker(self.url, clock=clock, prefix=self.prefix, store=self.store, **options)
 
     def app_options(self) -> dict[str, Any]:
         """``Conveyor(url, **options)`` on this target."""
-        return {"prefix": self.prefix}
+        return {"prefix": self.prefix, "store": self.store}
+
+    def env(self) -> dict[str, str]:
+        """The environment a ``conveyor`` command on this target needs beside CONVEYOR_URL."""
+        return {"CONVEYOR_STORE_URL": self.store} if self.store else {}
 
 
 @dataclass(frozen=True)
@@ -70,12 +75,17 @@ Placer = Callable[[pytest.FixtureRequest, Path, Server], Place]
 class TestBroker:
     __test__ = False  # not a test class, whatever its name
 
-    name: str  # the registry's adapter
+    name: str  # the registry's adapter (and its record store, for RabbitMQ)
     placer: Placer
     embedded: bool  # no server: no socket, the unit tier runs on it
     shared: bool  # several processes can use one (worker subprocesses)
     clocks: tuple[str, ...] = ("fake",)  # "fake": a FakeClock; "real": the real clock
     marks: tuple[pytest.MarkDecorator, ...] = ()
+
+    @property
+    def adapter(self) -> str:
+        """The registry's name of the adapter ("rabbitmq" of "rabbitmq-redis")."""
+        return self.name.partition("-")[0]
 
     def place(self, request: pytest.FixtureRequest, root: Path, server: Server = "shared") -> Place:
         return self.placer(request, root, server)
@@ -130,6 +140,24 @@ def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Pla
     return Place(lambda: Target(schema_url(found.url)), restart)
 
 
+def _rabbitmq(store: Placer) -> Placer:
+    """RabbitMQ (the session's virtual host, a queue prefix per target) over a record store
+    placed by ``store``; ``restart`` restarts the store (RabbitMQ is the machine's)."""
+
+    def place(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+        amqp: str = request.getfixturevalue("rabbitmq_url")
+        records = store(request, root, server)
+
+        def new() -> Target:
+            found = records.new()
+            prefix = found.prefix if found.prefix != "conveyor" else unique_prefix()
+            return Target(amqp, prefix, found.url)
+
+        return Place(new, records.restart)
+
+    return place
+
+
 _NEEDS_REDIS = (
     pytest.mark.redis,
     pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
@@ -142,6 +170,12 @@ BROKERS: tuple[TestBroker, ...] = (
                marks=_NEEDS_REDIS),
     TestBroker("postgres", _postgres, embedded=False, shared=True, clocks=("fake", "real"),
                marks=(pytest.mark.postgres,)),
+    TestBroker("rabbitmq-redis", _rabbitmq(_redis), embedded=False, shared=True,
+               clocks=("fake", "real"), marks=(pytest.mark.rabbitmq, *_NEEDS_REDIS)),
+    TestBroker("rabbitmq-sqlite", _rabbitmq(_sqlite), embedded=False, shared=False,
+               marks=(pytest.mark.rabbitmq,)),
+    TestBroker("rabbitmq-postgres", _rabbitmq(_postgres), embedded=False, shared=False,
+               marks=(pytest.mark.rabbitmq, pytest.mark.postgres)),
 )  # fmt: skip
 
 

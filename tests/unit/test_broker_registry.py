@@ -148,7 +148,7 @@ def test_an_adapter_that_names_no_broker_class_is_refused() -> None:
 def test_every_registered_adapter_is_tested() -> None:
     """``tests/brokers.py``, which every test tier reads, has an entry per adapter of the
     registry: a new adapter runs the conformance suites, the model and its tiers' tests."""
-    assert [b.name for b in BROKERS] == [a.name for a in BUILTIN]
+    assert list(dict.fromkeys(b.adapter for b in BROKERS)) == [a.name for a in BUILTIN]
 
 
 def test_no_adapter_overrides_a_public_method_of_the_port() -> None:

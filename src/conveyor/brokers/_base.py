@@ -149,12 +149,14 @@ class BrokerOptions:
     """What ``open_broker`` passes every adapter beside the URL (``Broker.from_url``):
     ``clock``, the injected clock; ``prefix``, the key prefix of a shared server's keys (Redis);
     ``create``, False for tools that only look (make nothing: no file, no folder, no schema);
-    ``events_kept``, the event log's size."""
+    ``events_kept``, the event log's size; ``store``, the URL of the record store of a
+    broker that keeps its records in another (``amqp://``), else None."""
 
     clock: Clock
     prefix: str = "conveyor"
     create: bool = True
     events_kept: int = EVENTS_KEPT
+    store: str | None = None
 
 
 # -- blocking without polling -------------------------------------------------------------------

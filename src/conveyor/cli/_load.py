@@ -82,7 +82,14 @@ def use_url(app: Conveyor, url: str) -> None:
         return
     load_adapter(url)  # a bad URL fails here, before the app's broker is let go
     app.close()
-    app.url = url
+    app.url, kept = url, app.store_url
+    try:
+        app.pick_store()
+    except ConfigurationError:
+        if not kept:
+            raise
+        app.store_url = None  # the app's store was for its own URL's broker
+        app.pick_store()
 
 
 def open_app(spec: str | None, url: str | None, *, create: bool = False) -> Conveyor:
