@@ -42,7 +42,7 @@ T = TypeVar("T")
 
 DELIVERY_LIMIT = 20  # RabbitMQ's own bound on a ticket's redeliveries (a safety net)
 HOLD = 60.0  # seconds a consumer keeps a ticket it has not settled before handing it back
-CONNECT_TIMEOUT = 10.0  # seconds to connect, declare, start consuming
+CONNECT_TIMEOUT = 30.0  # seconds to connect, declare, start consuming (a loaded server stalls)
 
 
 @dataclass(frozen=True)

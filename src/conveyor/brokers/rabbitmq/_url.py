@@ -17,6 +17,9 @@ Conveyor's options (docs/rabbitmq.md):
 ``confirm_timeout``
     Seconds an enqueue waits for RabbitMQ's publisher confirms (default 5); past it, the
     job is in the store, and the sweep finds it.
+
+The client's own options (``CLIENT_OPTIONS``) are passed to it; ``reconnect_interval`` is
+1 s unless given.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ EXAMPLE = "amqp://user:password@host:5672/vhost"
 DEFAULT_SWEEP = 2.0
 DEFAULT_CONFIRM_TIMEOUT = 5.0
 _PORTS = {"amqp": 5672, "amqps": 5671}
+CLIENT_OPTIONS = ("heartbeat", "connection_timeout", "name", "reconnect_interval")
+RECONNECT_INTERVAL = "reconnect_interval=1"  # seconds between reconnections (the client's: 5)
 _ENCODE = "percent-encode / ? # @ in a password as %2F %3F %23 %40, and / in a vhost as %2F"
 
 
@@ -96,19 +101,21 @@ def parse_amqp_url(url: str) -> RabbitURL:
             if name in options:
                 raise _bad(shown, f"option {name!r} is given twice", "give it once")
             options[name] = _positive(shown, name, unquote(value), whole=name == "prefetch")
-        elif name in ("heartbeat", "connection_timeout", "name"):
+        elif name in CLIENT_OPTIONS:
             kept.append(item)  # the client's own
         else:
             raise _bad(
                 shown,
                 f"unknown option {name[:40]!r}",
-                "Conveyor takes prefetch, sweep and confirm_timeout; the client heartbeat, "
-                "connection_timeout and name",
+                "Conveyor takes prefetch, sweep and confirm_timeout; the client "
+                + ", ".join(CLIENT_OPTIONS),
             )
     base = f"{p.scheme}://{p.userinfo + '@' if p.userinfo is not None else ''}{p.hosts}"
     if port is None:
         base += f":{_PORTS[scheme]}"
-    connect = base + "/" + path + ("?" + "&".join(kept) if kept else "")
+    if not any(item.startswith("reconnect_interval=") for item in kept):
+        kept.append(RECONNECT_INTERVAL)
+    connect = base + "/" + path + "?" + "&".join(kept)
     prefetch = options.get("prefetch")
     return RabbitURL(
         connect=connect,
