@@ -42,7 +42,9 @@ T = TypeVar("T")
 
 DELIVERY_LIMIT = 20  # RabbitMQ's own bound on a ticket's redeliveries (a safety net)
 HOLD = 60.0  # seconds a consumer keeps a ticket it has not settled before handing it back
-CONNECT_TIMEOUT = 30.0  # seconds to connect, declare, start consuming (a loaded server stalls)
+HANDSHAKE_TIMEOUT = 10.0  # seconds one attempt to connect waits for the server
+CONNECT_ATTEMPTS = 3
+CONNECT_TIMEOUT = 35.0  # seconds to connect (every attempt), declare, start consuming
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,18 @@ class Link:
         self._ager = asyncio.run_coroutine_threadsafe(self._age(), self._loop)
 
     async def _open(self) -> tuple[AbstractRobustConnection, AbstractChannel]:
-        connection = await aio_pika.connect_robust(self._url.connect, timeout=CONNECT_TIMEOUT)
+        # A connection the server never answers (seen on a loaded RabbitMQ 3.10: the
+        # handshake waits until the socket closes) is given up and made again.
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                connection = await asyncio.wait_for(
+                    aio_pika.connect_robust(self._url.connect, timeout=HANDSHAKE_TIMEOUT),
+                    HANDSHAKE_TIMEOUT,
+                )
+                break
+            except TimeoutError:
+                if attempt == CONNECT_ATTEMPTS - 1:
+                    raise
         return connection, await connection.channel(publisher_confirms=True)
 
     def name(self, queue: str) -> str:
