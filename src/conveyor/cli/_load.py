@@ -109,12 +109,13 @@ def on_broker(app: Conveyor, url: str | None, spec: str | None, *, create: bool)
     """
     if url:
         use_url(app, url)
-    path = sqlite_file(app.url)
+    records = app.store_url or app.url  # an amqp:// broker's records are in its store
+    path = sqlite_file(records)
     if path is not None and not create:
         if not os.path.exists(path):
-            raise ConfigurationError(missing_database(app.url, path, bool(url), spec))
+            raise ConfigurationError(missing_database(records, path, bool(url), spec))
         app.open(create=False)  # a file that is not a Conveyor database is refused too
-    elif not create and check_url(app.url) in POSTGRES_SCHEMES:
+    elif not create and check_url(records) in POSTGRES_SCHEMES:
         app.open(create=False)  # a schema without Conveyor's tables is refused, not made
     return app
 
