@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -65,12 +66,17 @@ class Link:
         self._url = url
         self._prefix = prefix
         self._cond = threading.Condition()
+        self._warned = 0.0
+        self._start()
+
+    def _start(self) -> None:
+        """A loop thread, a connection and a publishing channel of this process's own."""
+        self._pid = os.getpid()
         self._buffers: dict[str, deque[Ticket]] = {}
         self.arrivals = 0  # tickets received so far: a watch's wake-up
         self._declared: dict[str, AbstractQueue] = {}
         self._consumed: set[str] = set()
         self._consumer: AbstractChannel | None = None
-        self._warned = 0.0
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="conveyor-amqp", daemon=True
@@ -82,6 +88,13 @@ class Link:
             self._stop()
             raise
         self._ager = asyncio.run_coroutine_threadsafe(self._age(), self._loop)
+
+    def _forked(self) -> None:
+        """In a forked child (a process pool's), the parent's loop thread is not there: a
+        connection of the child's own, the parent's left alone."""
+        if self._pid != os.getpid():
+            self._cond = threading.Condition()  # the parent's may have been held at the fork
+            self._start()
 
     async def _open(self) -> tuple[AbstractRobustConnection, AbstractChannel]:
         # A connection the server never answers (seen on a loaded RabbitMQ 3.10: the
@@ -110,6 +123,7 @@ class Link:
         if not tickets:
             return True
         try:
+            self._forked()
             self._run(self._publish(tickets), self._url.confirm_timeout)
         except Exception as exc:
             self._warn(f"publishing {len(tickets)} ticket(s) to RabbitMQ failed ({exc!r})")
@@ -149,6 +163,7 @@ class Link:
     def consume(self, queues: Iterable[str], prefetch: int) -> None:
         """Start consuming the queues not consumed yet (the first call fixes the prefetch);
         a failure is logged, and the watch falls back to sweeps until a later call works."""
+        self._forked()
         new = [q for q in queues if q not in self._consumed]
         if not new:
             return
