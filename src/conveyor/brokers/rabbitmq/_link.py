@@ -258,6 +258,10 @@ class Link:
             )
 
     def close(self) -> None:
+        """Close the connection (RabbitMQ requeues the tickets not settled) and stop the
+        loop thread; again, nothing (nor in a forked child: the parent's are the parent's)."""
+        if self._loop.is_closed() or self._pid != os.getpid():
+            return
         self._ager.cancel()
         with contextlib.suppress(Exception):
             self._run(self._connection.close(), CONNECT_TIMEOUT)
