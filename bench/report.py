@@ -11,7 +11,7 @@ PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
 COLUMNS = ["conveyor", "raw", *PEERS]
 # Conveyor set up otherwise (bench/conveyor_runner.py): a column each when they ran, and a
 # table of their ratios to plain Conveyor.
-VARIANTS = ["conveyor-noevents", "conveyor-prometheus"]
+VARIANTS = ["conveyor-noevents", "conveyor-prometheus", "conveyor-rabbitmq"]
 W4_IDEAL = 5000.0  # 50 slots x 100 jobs/s each (10 ms jobs)
 
 
@@ -260,7 +260,9 @@ def variants(cells: Cells) -> list[str]:
         "",
         "Plain `conveyor` has events on and no middleware; `conveyor-noevents` is "
         "`Conveyor(events=False)`; `conveyor-prometheus` has `PrometheusMiddleware` and its "
-        "worker serves `--metrics-port` (not scraped during the run). Medians; in brackets "
+        "worker serves `--metrics-port` (not scraped during the run); `conveyor-rabbitmq` "
+        "is the RabbitMQ broker (publisher confirms, quorum queues) with its records in the "
+        "same Redis. Medians; in brackets "
         "the ratio to plain Conveyor's median.",
         "",
         "| workload / metric | conveyor | " + " | ".join(ran) + " |",

@@ -147,8 +147,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace, redis_url: str, io_addr: str) -> None:
+    def __init__(
+        self, args: argparse.Namespace, redis_url: str, io_addr: str, amqp_url: str = ""
+    ) -> None:
         self.args = args
+        self.amqp_url = amqp_url  # conveyor-rabbitmq's virtual host
         self.redis_url = redis_url
         self.io_addr = io_addr
         status_file = os.path.join(args.peers_venv, "status.json")
@@ -194,6 +197,8 @@ class Runner:
                     "BENCH_SQLITE_PATH": os.path.join(tmp, "jobs.db"),
                     "BENCH_IO_ADDR": self.io_addr,
                     "BENCH_LIB": lib,  # which of Conveyor's variants conveyor_runner sets up
+                    "BENCH_AMQP_URL": self.amqp_url,
+                    "BENCH_AMQP_PREFIX": f"bench{os.getpid()}x{time.monotonic_ns()}",
                     **w.settings(lib, self.args.concurrency),
                 },
             }
@@ -269,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     load_before = machine.loadavg()
     records: list[dict[str, Any]] = []
-    with private_redis() as server, delay_server() as io_addr:
-        runner = Runner(args, server.url, io_addr)
+    rabbit = "conveyor-rabbitmq" in args.libs
+    with private_redis() as server, delay_server() as io_addr, rabbitmq_vhost(rabbit) as amqp:
+        runner = Runner(args, server.url, io_addr, amqp)
         gate = machine.QuietGate(args.quiet_below, args.quiet_budget)
         facts = machine.facts(ROOT, server.info())
         facts["rtt"] = (server.ping_ms(0), server.ping_ms(0.02, n=100))
@@ -334,6 +340,29 @@ def main(argv: list[str] | None = None) -> int:
         chart.write(args.out, os.path.join(out_dir, "img", f"{stem}.svg"))
     print(f"\nwrote {os.path.relpath(args.out, ROOT)} and {os.path.relpath(raw_path, ROOT)}")
     return 0
+
+
+@contextmanager
+def rabbitmq_vhost(wanted: bool) -> Iterator[str]:
+    """A virtual host of this run's own on the machine's RabbitMQ (``rabbitmqctl``, deleted
+    after), for ``conveyor-rabbitmq``; its URL (``$BENCH_RABBITMQ``, else guest on
+    127.0.0.1:5672, without a virtual host), or "" when not wanted."""
+    if not wanted:
+        yield ""
+        return
+    base = os.environ.get("BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672").rstrip("/")
+    vhost = f"conveyor-bench-{os.getpid()}"
+    user = base.split("://", 1)[1].split(":", 1)[0]
+    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
+    try:
+        subprocess.run(
+            ["rabbitmqctl", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"],
+            check=True,
+            capture_output=True,
+        )
+        yield f"{base}/{vhost}"
+    finally:
+        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], check=False, capture_output=True)
 
 
 @contextmanager
