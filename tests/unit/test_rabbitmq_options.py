@@ -83,3 +83,21 @@ def test_a_store_where_none_can_be_is_refused(url: str, store: str, says: str) -
         record_store(url, store)
     with pytest.raises(ConfigurationError, match=says):
         Conveyor(url, store=store)
+
+
+def test_a_flask_app_gives_the_record_store_in_its_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from flask import Flask
+
+    from conveyor.contrib.flask import FlaskConveyor
+
+    monkeypatch.delenv("CONVEYOR_STORE_URL", raising=False)
+    flask_app = Flask("shop")
+    flask_app.config.update(CONVEYOR_URL=AMQP, CONVEYOR_STORE_URL="redis://records:6379/1")
+    conveyor = FlaskConveyor(flask_app)
+    assert (conveyor.url, conveyor.store_url) == (AMQP, "redis://records:6379/1")
+    bare = Flask("bare")
+    bare.config.update(CONVEYOR_URL=AMQP)
+    with pytest.raises(ConfigurationError, match="CONVEYOR_STORE_URL"):
+        FlaskConveyor(bare)
