@@ -141,8 +141,11 @@ def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Pla
 
 
 def _rabbitmq(store: Placer) -> Placer:
-    """RabbitMQ (the session's virtual host, a queue prefix per target) over a record store
-    placed by ``store``; ``restart`` restarts the store (RabbitMQ is the machine's)."""
+    """RabbitMQ (the session's virtual host and queues) over a record store placed by
+    ``store``, a key prefix per target; ``restart`` restarts the store (RabbitMQ is the
+    machine's). The targets share the queues (a quorum queue is a Raft log of its own:
+    hundreds a session would load the server); a ticket left by an earlier target names a
+    job its store does not know, which a look acknowledges."""
 
     def place(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
         amqp: str = request.getfixturevalue("rabbitmq_url")
@@ -151,7 +154,7 @@ def _rabbitmq(store: Placer) -> Placer:
         def new() -> Target:
             found = records.new()
             prefix = found.prefix if found.prefix != "conveyor" else unique_prefix()
-            return Target(amqp, prefix, found.url)
+            return Target(f"{amqp}?queues=tests", prefix, found.url)
 
         return Place(new, records.restart)
 

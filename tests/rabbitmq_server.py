@@ -22,23 +22,36 @@ from urllib.parse import urlsplit
 import pytest
 
 ADMIN_URL = os.environ.get("CONVEYOR_TEST_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672")
+CTL_TIMEOUT = 30.0
+
+
+_REFUSED: list[str] = []  # why the session's virtual host could not be made: skip at once
 
 
 def _ctl(*args: str) -> None:
     tool = shutil.which("rabbitmqctl")
     if tool is None:
         pytest.skip("no rabbitmqctl on PATH: the RabbitMQ tests make a virtual host with it")
-    done = subprocess.run([tool, *args], capture_output=True, text=True, timeout=60, check=False)
+    try:
+        done = subprocess.run(
+            [tool, *args], capture_output=True, text=True, timeout=CTL_TIMEOUT, check=False
+        )
+    except subprocess.TimeoutExpired:
+        _REFUSED.append(f"rabbitmqctl {args[0]} did not answer in {CTL_TIMEOUT:g} s")
+        pytest.skip(_REFUSED[0])
     if done.returncode != 0:
-        pytest.skip(
+        _REFUSED.append(
             f"rabbitmqctl {args[0]} failed ({(done.stderr or done.stdout).strip()[:200]}): run "
             "the tests as a user rabbitmqctl accepts (root, or one with the Erlang cookie)"
         )
+        pytest.skip(_REFUSED[0])
 
 
 @pytest.fixture(scope="session")
 def rabbitmq_url() -> Iterator[str]:
     """An ``amqp://`` URL to a virtual host of this session's own (deleted after)."""
+    if _REFUSED:  # a session fixture that failed is asked for again by every test
+        pytest.skip(_REFUSED[0])
     try:
         import aio_pika  # noqa: F401
     except ImportError:
@@ -59,5 +72,5 @@ def rabbitmq_url() -> Iterator[str]:
         yield f"{ADMIN_URL.rstrip('/')}/{vhost}"
     finally:
         subprocess.run(
-            ["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=60, check=False
+            ["rabbitmqctl", "delete_vhost", vhost], capture_output=True, timeout=120, check=False
         )

@@ -64,7 +64,7 @@ class Link:
 
     def __init__(self, url: RabbitURL, prefix: str) -> None:
         self._url = url
-        self._prefix = prefix
+        self._prefix = url.queues or prefix
         self._cond = threading.Condition()
         self._warned = 0.0
         self._start()

@@ -14,6 +14,8 @@ Conveyor's options (docs/rabbitmq.md):
     Seconds between two looks at the record store of an idle worker that no ticket woke
     (default 2): what finds a job whose ticket was never published (a producer that died
     between the record and the publish, RabbitMQ away) or was dropped.
+``queues``
+    What the queues' names start with (default: the app's ``prefix``): ``NAME.default``.
 ``confirm_timeout``
     Seconds an enqueue waits for RabbitMQ's publisher confirms (default 5); past it, the
     job is in the store, and the sweep finds it.
@@ -25,6 +27,7 @@ The client's own options (``CLIENT_OPTIONS``) are passed to it; ``reconnect_inte
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from urllib.parse import unquote
 
@@ -36,6 +39,7 @@ EXAMPLE = "amqp://user:password@host:5672/vhost"
 DEFAULT_SWEEP = 2.0
 DEFAULT_CONFIRM_TIMEOUT = 5.0
 _PORTS = {"amqp": 5672, "amqps": 5671}
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 CLIENT_OPTIONS = ("heartbeat", "connection_timeout", "name", "reconnect_interval")
 RECONNECT_INTERVAL = "reconnect_interval=1"  # seconds between reconnections (the client's: 5)
 _ENCODE = "percent-encode / ? # @ in a password as %2F %3F %23 %40, and / in a vhost as %2F"
@@ -52,6 +56,7 @@ class RabbitURL:
     prefetch: int | None = None
     sweep: float = DEFAULT_SWEEP
     confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
+    queues: str | None = None  # the queues' name prefix; None: the app's prefix
 
     def __repr__(self) -> str:
         return f"RabbitURL({self.shown!r})"
@@ -92,6 +97,7 @@ def parse_amqp_url(url: str) -> RabbitURL:
         raise _bad(shown, "a '/' inside the virtual host", _ENCODE)
     vhost = unquote(path) if path else "/"
     options: dict[str, float] = {}
+    queues: str | None = None
     kept: list[str] = []
     for item in (p.query or "").split("&"):
         if not item:
@@ -101,13 +107,19 @@ def parse_amqp_url(url: str) -> RabbitURL:
             if name in options:
                 raise _bad(shown, f"option {name!r} is given twice", "give it once")
             options[name] = _positive(shown, name, unquote(value), whole=name == "prefetch")
+        elif name == "queues":
+            queues = unquote(value)
+            if not _NAME.fullmatch(queues):
+                raise _bad(
+                    shown, f"bad queues name prefix {queues[:40]!r}", "use letters, digits, _ . -"
+                )
         elif name in CLIENT_OPTIONS:
             kept.append(item)  # the client's own
         else:
             raise _bad(
                 shown,
                 f"unknown option {name[:40]!r}",
-                "Conveyor takes prefetch, sweep and confirm_timeout; the client "
+                "Conveyor takes prefetch, sweep, queues and confirm_timeout; the client "
                 + ", ".join(CLIENT_OPTIONS),
             )
     base = f"{p.scheme}://{p.userinfo + '@' if p.userinfo is not None else ''}{p.hosts}"
@@ -124,4 +136,5 @@ def parse_amqp_url(url: str) -> RabbitURL:
         prefetch=None if prefetch is None else int(prefetch),
         sweep=options.get("sweep", DEFAULT_SWEEP),
         confirm_timeout=options.get("confirm_timeout", DEFAULT_CONFIRM_TIMEOUT),
+        queues=queues,
     )
