@@ -76,13 +76,25 @@ floor: $(STAMP)
 	.venv-floor/bin/pip list 2>/dev/null | grep -iE '^(redis|msgspec|click|rich|hiredis) '
 	.venv-floor/bin/pytest -q
 
-# Not part of CI: peers in their own pinned venvs under bench/.venv-peers, then the full run
-# (25-30 minutes on 2 cores) written to docs/benchmarks.md. Run it on a quiet machine.
-# BENCH_ARGS="--quick" for a ~1/10 smoke run, "--soak 1000000" to add the 1M-job RSS soak.
+# Not part of CI: peers in their own pinned venvs under bench/.venv-peers, then a full run
+# on each of BENCH_BACKENDS (each on a private server of its own; 25-30 minutes for Redis and
+# about 15 for PostgreSQL on 2 cores), written to docs/benchmarks.md. Run it on a quiet machine.
+# BENCH_ARGS="--quick" for a ~1/10 smoke run, "--soak 1000000" to add the 1M-job RSS soak;
+# BENCH_BACKENDS=redis with Redis-only workloads in BENCH_ARGS (--workloads w2-io, ...).
+# `cluster` is Conveyor alone on a private Redis Cluster with 1, 2 and 3 masters busy
+# (bench/cluster_scaling.py, a few minutes; its own options in BENCH_CLUSTER_ARGS).
 BENCH_ARGS ?=
+BENCH_CLUSTER_ARGS ?=
+BENCH_BACKENDS ?= redis postgres cluster
 bench: $(STAMP)
 	$(BIN)/python bench/peers/install.py --root bench/.venv-peers
-	$(BIN)/python bench/run.py $(BENCH_ARGS)
+	for backend in $(BENCH_BACKENDS); do \
+		if [ $$backend = cluster ]; then \
+			$(BIN)/python bench/cluster_scaling.py $(BENCH_CLUSTER_ARGS) || exit 1; \
+		else \
+			$(BIN)/python bench/run.py --backend $$backend $(BENCH_ARGS) || exit 1; \
+		fi; \
+	done
 
 # Not part of CI: 100,000 jobs while workers are SIGKILLed at random and a private Redis is
 # killed and restarted; prints lost / duplicated / unexpected and the time taken.

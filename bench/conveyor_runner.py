@@ -30,7 +30,7 @@ from peers import _env
 DIST = "conveyor"
 POOL = os.environ.get("BENCH_CONVEYOR_POOL", "threads")
 VARIANT = os.environ.get("BENCH_LIB", "conveyor")
-if VARIANT not in ("conveyor", "conveyor-noevents", "conveyor-prometheus", "conveyor-rabbitmq"):
+if VARIANT not in ("conveyor", "conveyor-noevents", "conveyor-prometheus"):
     raise SystemExit(f"conveyor_runner: unknown variant BENCH_LIB={VARIANT!r}")
 
 
@@ -45,18 +45,9 @@ def _options() -> dict[str, Any]:
 
 
 if _env.BACKEND == "sqlite":
-    records = f"sqlite:///{os.path.abspath(_env.SQLITE_PATH)}"
-else:
-    records = _env.REDIS_URL
-if VARIANT == "conveyor-rabbitmq":  # RabbitMQ delivers, the workload's backend keeps records
-    app = Conveyor(
-        os.environ["BENCH_AMQP_URL"],
-        store=records,
-        prefix=os.environ["BENCH_AMQP_PREFIX"],
-        **_options(),
-    )
-elif _env.BACKEND == "sqlite":
-    app = Conveyor(records, **_options())
+    app = Conveyor(f"sqlite:///{os.path.abspath(_env.SQLITE_PATH)}", **_options())
+elif _env.BACKEND == "postgres":
+    app = Conveyor(_env.POSTGRES_URL, **_options())
 else:
     app = Conveyor(_env.REDIS_URL, **_options())
 

@@ -133,6 +133,10 @@ def port_calls(app: Conveyor, requests: int) -> list[tuple[str, float, float]]:
     calls: list[tuple[str, Callable[[], object]]] = [
         ("port: stats()", app.broker.stats),
         ("port: entries(failed, all queues, 51)", lambda: app.broker.entries(failed, None, 51)),
+        (
+            "port: entries(succeeded, all queues, 51, offset 1000)",
+            lambda: app.broker.entries(JobStatus.SUCCEEDED, None, 51, 1000),
+        ),
     ]
     rows = []
     for name, call in calls:

@@ -16,7 +16,11 @@ An adapter is a module (``conveyor_runner``, ``raw`` or ``peers.<name>``) with:
 - ``Client`` with ``enqueue(kind, arg)``, optionally ``enqueue_bulk(kind, args)``,
   ``result(handle, timeout)`` and ``close()``; all coroutines for an asyncio library;
 - optionally ``run_custom(workload, cfg) -> dict | None`` to measure a workload itself
-  (the raw Redis limits do).
+  (the raw Redis limits do);
+- optionally ``DONE_STATUS``: the library keeps no return values, and ``result`` gives the
+  job's final status instead, which the result check compares with this;
+- optionally ``NA_RESULT_WAIT``: why the library has no call that waits for a job (W3's
+  enqueue→result is then n/a; ``result`` only reads the job's status).
 
 Task kinds are ``noop(i)``, ``sleep(i)`` (10 ms), ``latency(t_enqueued)``, and the I/O
 kinds of ``io_job``: ``incr(i)`` (one Redis round trip) and ``wait(i)`` (10 ms on a socket).
@@ -171,7 +175,7 @@ class Driver:
                 value = await self.call("result", handles[i], 30)
             except Exception as exc:
                 return f"job {i}: no result ({type(exc).__name__}: {exc})"[:300]
-            if value != expected[i]:
+            if value != getattr(self.adapter, "DONE_STATUS", expected[i]):
                 return f"job {i}: result {value!r}, expected {expected[i]!r}: {handles[i]!r:.400}"
         return None
 
@@ -226,7 +230,11 @@ class Driver:
         pool = ThreadPoolExecutor(64)  # more than can be pending at 50/s
         loop = asyncio.get_running_loop()
 
+        no_wait = getattr(self.adapter, "NA_RESULT_WAIT", None)
+
         async def waiter(handle: Any, t0: float) -> float | str:
+            if no_wait:
+                return "n/a"
             try:
                 if self.is_async:
                     await self.client.result(handle, RESULT_WAIT)
@@ -256,11 +264,13 @@ class Driver:
             pool.shutdown(wait=False, cancel_futures=True)
             self.stop_worker(procs)
         result_lat = [x for x in outcomes if isinstance(x, float)]
-        failed = [x for x in outcomes if isinstance(x, str)]
+        failed = [x for x in outcomes if isinstance(x, str) and x != "n/a"]
         out: dict[str, Any] = {}
         for name, values in (("start", state["latencies"]), ("result", result_lat)):
             for p in (50, 95, 99):
                 out[f"{name}_p{p}"] = percentile(values, p) * 1000 if values else None
+        if no_wait:
+            out["result_na"] = no_wait
         if failed:
             out["problem"] = (
                 f"{len(failed)} of {self.n} result waits failed (left out of the "
@@ -374,9 +384,10 @@ def percentile(values: list[float], p: float) -> float:
 
 
 def versions(adapter: Any) -> dict[str, str]:
-    """The library's version and its Redis client's, as installed in this interpreter."""
+    """The library's version and its database client's, as installed in this interpreter."""
     found = {}
-    for dist in (adapter.DIST, "redis", "hiredis", "coredis", "uvloop", "msgspec"):
+    clients = ("redis", "hiredis", "coredis", "psycopg", "psycopg-binary", "asyncpg")
+    for dist in (adapter.DIST, *clients, "uvloop", "msgspec"):
         try:
             found[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:

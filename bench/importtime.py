@@ -7,6 +7,8 @@ only ever adds time), printed as the import tree down to a threshold. Not part o
     .venv/bin/python bench/importtime.py --worker                 # conveyor worker's imports
     .venv/bin/python bench/importtime.py --worker --python bench/.venv-peers/conveyor/bin/python
     .venv/bin/python bench/importtime.py --worker --src /tmp/old/src   # another checkout
+    .venv/bin/python bench/importtime.py --worker --beyond "import redis, click, hiredis" \
+        --python bench/.venv-peers/conveyor/bin/python   # what the worker adds to those
 
 ``--worker`` times what ``conveyor worker`` imports before its first fetch: the command,
 the app module of ``bench/conveyor_runner.py`` and the worker (the broker's client is
@@ -71,6 +73,10 @@ def main() -> int:
         "--by-package", action="store_true",
         help="instead of the tree: each package's modules and their own time, summed",
     )  # fmt: skip
+    p.add_argument(
+        "--beyond", metavar="CODE",
+        help="instead of the tree: the modules imported beyond what CODE imports, by own time",
+    )  # fmt: skip
     args = p.parse_args()
     code = WORKER if args.worker else args.code
     env = dict(os.environ, BENCH_REDIS_URL="redis://127.0.0.1:1/0")
@@ -102,7 +108,13 @@ def main() -> int:
                 print(f"{ms:8.1f}  {'  ' * depth}{name}")
                 show(children, depth + 1)
 
-    if args.by_package:
+    if args.beyond:
+        base: dict[str, int] = {}
+        for _ in range(args.runs):
+            for _, name, self_us, _ in profile(os.path.abspath(args.python), args.beyond, env):
+                base[name] = min(base.get(name, self_us), self_us)
+        beyond(own, base, args.min_ms)
+    elif args.by_package:
         by_package(own)
     else:
         show(roots, 0)
@@ -127,6 +139,15 @@ def by_package(own: dict[str, int]) -> None:
     print(f"{'own ms':>8}  {'modules':>7}  package")
     for package, (count, us) in sorted(sums.items(), key=lambda x: -x[1][1]):
         print(f"{us / 1000:8.1f}  {count:7d}  {package}")
+
+
+def beyond(own: dict[str, int], base: dict[str, int], min_ms: float) -> None:
+    extra = {name: us for name, us in own.items() if name not in base}
+    print(f"the baseline's imports: {sum(base.values()) / 1000:.1f} ms of own time; "
+          f"beyond them {len(extra)} modules, {sum(extra.values()) / 1000:.1f} ms")  # fmt: skip
+    for name, us in sorted(extra.items(), key=lambda x: -x[1]):
+        if us / 1000 >= min_ms:
+            print(f"{us / 1000:8.2f}  {name}")
 
 
 def tree(rows: list[tuple[int, str, int, int]]) -> list[Node]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import platform
 import subprocess
@@ -45,7 +46,7 @@ def loadavg() -> tuple[float, float, float]:
     return os.getloadavg()
 
 
-def facts(root: str, redis_info: dict[str, Any]) -> dict[str, Any]:
+def facts(root: str) -> dict[str, Any]:
     commit = _git(root, "rev-parse", "--short", "HEAD")
     dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "--", "src")
     mem = _mem_gib()
@@ -55,7 +56,6 @@ def facts(root: str, redis_info: dict[str, Any]) -> dict[str, Any]:
         "ram": f"{mem:.1f} GiB" if mem else "?",
         "os": f"{platform.system()} {platform.release()}",
         "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "redis": f"{redis_info.get('redis_version', '?')} (private, loopback TCP, no persistence)",
         "commit": commit + (" (src has uncommitted changes)" if dirty not in ("", "?") else ""),
     }
 
@@ -98,3 +98,15 @@ class QuietGate:
                 return busy
             time.sleep(2.0)
             self.waited += 2.5
+
+
+def quiet_options(parser: argparse.ArgumentParser) -> None:
+    """``--quiet-below`` and ``--quiet-budget``: a ``QuietGate``'s settings."""
+    parser.add_argument(
+        "--quiet-below", type=float, default=0.25, metavar="FRACTION",
+        help="before each run, wait until the machine's CPUs are at most this busy",
+    )  # fmt: skip
+    parser.add_argument(
+        "--quiet-budget", type=float, default=600, metavar="SECONDS",
+        help="total time all those waits may take (0: never wait)",
+    )  # fmt: skip

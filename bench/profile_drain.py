@@ -13,7 +13,13 @@ goes" in docs/architecture.md. Not part of bench/run.py (which compares against 
         .venv/bin/python bench/profile_drain.py --reps 1 -n 30000          # where the time goes
 
 Timing is the same as bench/run.py's: first task start to last task end, so start-up and
-the enqueue of the backlog are excluded. CPU is this process's (all threads) over that span.
+the enqueue of the backlog are excluded. CPU is this process's (all threads) over that span,
+and the redis-server main thread's (``INFO cpu``): both exact run times from the kernel, not
+the wall clock, so they hold on a loaded machine, where jobs/s swings. To compare two
+checkouts, run each one's copy of this file in turn (the worker is the checkout's own):
+
+    for i in 1 2 3; do (cd /tmp/old && nice .venv/bin/python bench/profile_drain.py --reps 1);
+        nice .venv/bin/python bench/profile_drain.py --reps 1; done
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
+import redis
 from conveyor import Conveyor
 from conveyor.worker import Worker
 
-from redis_server import private_redis
+from redis_server import main_thread_cpu_usec, private_redis
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -41,11 +48,6 @@ def _cpu_of(stat_path: str) -> float:
     with open(stat_path) as f:
         fields = f.read().rpartition(")")[2].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) that process ``pid`` has used so far."""
-    return _cpu_of(f"/proc/{pid}/stat")
 
 
 def thread_cpu() -> dict[int, tuple[str, float]]:
@@ -116,9 +118,9 @@ class Calls:
 
 
 class Probe:
-    def __init__(self, n: int, server_pid: int) -> None:
+    def __init__(self, n: int, admin: redis.Redis) -> None:
         self.n = n
-        self.server_pid = server_pid
+        self.admin = admin
         self.lock = threading.Lock()
         self.count = 0
         self.first = 0.0
@@ -141,7 +143,7 @@ class Probe:
 
     def _mark(self, i: int) -> None:
         self.cpu[i] = time.process_time()
-        self.server[i] = process_cpu(self.server_pid)
+        self.server[i] = main_thread_cpu_usec(self.admin) / 1e6
         self.threads.append(thread_cpu())
 
     def per_job(self) -> dict[str, float]:
@@ -163,7 +165,7 @@ class Probe:
 
 def one_run(
     url: str,
-    server_pid: int,
+    admin: redis.Redis,
     n: int,
     *,
     concurrency: int,
@@ -174,7 +176,7 @@ def one_run(
     events: bool = True,
 ) -> tuple[float, dict[str, float]]:
     app = Conveyor(url) if events else Conveyor(url, events=False)
-    probe = Probe(n, server_pid)
+    probe = Probe(n, admin)
 
     @app.task(name="noop")
     def noop(i: int) -> int:
@@ -255,12 +257,12 @@ def main() -> None:
     )
     args = ap.parse_args()
     with private_redis() as server:
-        assert server.proc is not None
+        admin = redis.Redis(port=server.port)
         rates, cpus = [], []
         for _ in range(args.reps):
             rate, cpu = one_run(
                 server.url,
-                server.proc.pid,
+                admin,
                 args.n,
                 concurrency=args.concurrency,
                 sleep=args.sleep,

@@ -42,6 +42,8 @@ def free_port() -> int:
 
 
 class RedisServer:
+    RTT = "Redis PING round trip (redis-py, median)"  # what ping_ms measures, for the report
+
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or find_binary()
         self.dir = tempfile.mkdtemp(prefix="bench-redis-")
@@ -72,6 +74,15 @@ class RedisServer:
         """Empty the private server (it holds nothing but this benchmark's data)."""
         with redis.Redis(port=self.port) as client:
             client.flushall()
+
+    def reset(self) -> dict[str, str]:
+        """Empty it for the next run; the ``BENCH_*`` variables that name it."""
+        self.flush()
+        return {"BENCH_REDIS_URL": self.url}
+
+    def describe(self) -> str:
+        version = self.info().get("redis_version", "?")
+        return f"Redis {version} (private, loopback TCP, no persistence)"
 
     def info(self) -> dict[str, object]:
         with redis.Redis(port=self.port) as client:
@@ -105,6 +116,18 @@ class RedisServer:
 def evalsha_usec(client: redis.Redis) -> float:
     """Microseconds the server has spent in ``EVALSHA`` so far (``INFO commandstats``)."""
     return float(client.info("commandstats").get("cmdstat_evalsha", {}).get("usec", 0))
+
+
+def main_thread_cpu_usec(client: redis.Redis) -> float:
+    """Microseconds of CPU (user + system) the server's main thread has used so far (``INFO
+    cpu``, getrusage: the scheduler's exact run time, so unlike ``commandstats``, which
+    times each command by the wall clock, it does not grow while the server waits for a
+    core on a loaded machine). It counts all the main thread does: reading the request,
+    running it, writing the reply."""
+    info = client.info("cpu")
+    return 1e6 * (
+        float(info["used_cpu_user_main_thread"]) + float(info["used_cpu_sys_main_thread"])
+    )
 
 
 @contextlib.contextmanager

@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
-COLUMNS = ["conveyor", "raw", *PEERS]
+# The peers of each backend (run.py --backend), in the order of their columns.
+PEERS = {
+    "redis": ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"],
+    "postgres": ["procrastinate", "pgqueuer", "saq"],
+}
+COLUMNS = ["conveyor", "raw", *PEERS["redis"]]  # the Redis table's, which chart.py draws
+BACKEND_NAMES = {"redis": "Redis", "postgres": "PostgreSQL"}
 # Conveyor set up otherwise (bench/conveyor_runner.py): a column each when they ran, and a
 # table of their ratios to plain Conveyor.
-VARIANTS = ["conveyor-noevents", "conveyor-prometheus", "conveyor-rabbitmq"]
+VARIANTS = ["conveyor-noevents", "conveyor-prometheus"]
 W4_IDEAL = 5000.0  # 50 slots x 100 jobs/s each (10 ms jobs)
+# What follows this line in docs/benchmarks.md is written by other scripts: a run of
+# bench/run.py on Redis writes the page's head and keeps it.
+KEPT = "<!-- Below: figures of other bench/ scripts, kept as they are by bench/run.py. -->"
 
 
 @dataclass(frozen=True)
@@ -84,12 +92,36 @@ METRICS = [
            higher_better=False),
 ]  # fmt: skip
 
+# On another backend, the same rows with that backend's goals (none where it names none);
+# there is no raw limit there.
+GOALS = {
+    "postgres": {
+        ("w2", "rate"): ("≥ 5 × best peer", _ratio_ok(5, None)),
+        ("w3", "start_p50"): ("≤ 5 ms", _at_most(5)),
+    },
+}
+
+
+def metrics_for(backend: str) -> list[Metric]:
+    if backend == "redis":
+        return METRICS
+    goals = GOALS.get(backend, {})
+    out = []
+    for m in METRICS:
+        target, check = goals.get((m.workload, m.key), ("", None))
+        limit = "ideal" if m.limit == "ideal" else ""
+        out.append(replace(m, limit=limit, target=target, check=check))
+    return out
+
 
 class Cells:
     """Per (workload, key, lib): the values over repetitions, or why there are none."""
 
-    def __init__(self, records: list[dict[str, Any]]) -> None:
+    def __init__(self, records: list[dict[str, Any]], backend: str = "redis") -> None:
         self.records = records
+        self.backend = backend
+        self.peers = PEERS[backend]
+        self.metrics = metrics_for(backend)
 
     def values(self, m: Metric, lib: str) -> list[float]:
         return [
@@ -142,7 +174,7 @@ def num(v: float) -> str:
 
 
 def best_peer(cells: Cells, m: Metric) -> tuple[str, float] | None:
-    found = [(lib, v) for lib in PEERS if (v := cells.median(m, lib)) is not None]
+    found = [(lib, v) for lib in cells.peers if (v := cells.median(m, lib)) is not None]
     if not found:
         return None
     pick = max if m.higher_better else min
@@ -157,24 +189,25 @@ def limit_of(cells: Cells, m: Metric) -> float | None:
     return None
 
 
-def columns(records: list[dict[str, Any]]) -> list[str]:
-    """``COLUMNS``, with the variants that ran beside Conveyor's."""
+def columns(records: list[dict[str, Any]], backend: str = "redis") -> list[str]:
+    """Conveyor, the variants that ran beside it, the raw limit (Redis) and the peers."""
     ran = {r["lib"] for r in records}
-    return ["conveyor", *[v for v in VARIANTS if v in ran], *COLUMNS[1:]]
+    limit = ["raw"] if backend == "redis" else []
+    return ["conveyor", *[v for v in VARIANTS if v in ran], *limit, *PEERS[backend]]
 
 
 def table(cells: Cells) -> list[str]:
-    shown = columns(cells.records)
+    shown = columns(cells.records, cells.backend)
     head = ["workload / metric", *[_title(c) for c in shown], "best peer",
             "Conveyor ÷ best peer", "Conveyor ÷ limit", "target", "met"]  # fmt: skip
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     ran = {r["workload"] for r in cells.records}
-    for m in METRICS:
+    for m in cells.metrics:
         if m.workload not in ran:  # a run of some workloads only (--workloads)
             continue
         row = [m.label]
         for lib in shown:
-            if lib == "raw" and m.limit == "ideal":
+            if lib == "raw" and m.limit == "ideal" and not cells.values(m, "raw"):
                 row.append(f"ideal {num(W4_IDEAL)}")
             else:
                 row.append(cells.cell(m, lib))
@@ -210,6 +243,8 @@ def notes(records: list[dict[str, Any]]) -> list[str]:
             key = (r["lib"], r["workload"], "failed: " + r["error"].splitlines()[0][:200])
         elif r.get("problem"):
             key = (r["lib"], r["workload"], "† " + r["problem"][:300])
+        elif r.get("result_na"):
+            key = (r["lib"], r["workload"], "enqueue→result n/a: " + r["result_na"])
         else:
             continue
         seen[key] = seen.get(key, 0) + 1
@@ -219,12 +254,12 @@ def notes(records: list[dict[str, Any]]) -> list[str]:
     ]
 
 
-def versions(records: list[dict[str, Any]]) -> list[str]:
+def versions(records: list[dict[str, Any]], backend: str = "redis") -> list[str]:
     lines = [
-        "| library | version | Redis client and speedups in its environment |",
+        "| library | version | database client and speedups in its environment |",
         "|---|---|---|",
     ]
-    for lib in columns(records):
+    for lib in columns(records, backend):
         found = next((r["versions"] for r in records if r["lib"] == lib and "versions" in r), None)
         if found is None:
             failed = next((r["error"] for r in records if r["lib"] == lib and "error" in r), "")
@@ -241,7 +276,7 @@ def variants(cells: Cells) -> list[str]:
     """Each variant's medians beside plain Conveyor's, and their ratio to it."""
     ran = [v for v in VARIANTS if v in {r["lib"] for r in cells.records}]
     rows = []
-    for m in METRICS:
+    for m in cells.metrics:
         base = cells.median(m, "conveyor")
         found = [(v, cells.median(m, v)) for v in ran]
         if not any(x is not None for _, x in found):
@@ -260,9 +295,7 @@ def variants(cells: Cells) -> list[str]:
         "",
         "Plain `conveyor` has events on and no middleware; `conveyor-noevents` is "
         "`Conveyor(events=False)`; `conveyor-prometheus` has `PrometheusMiddleware` and its "
-        "worker serves `--metrics-port` (not scraped during the run); `conveyor-rabbitmq` "
-        "is the RabbitMQ broker (publisher confirms, quorum queues) with its records in the "
-        "same Redis. Medians; in brackets "
+        "worker serves `--metrics-port` (not scraped during the run). Medians; in brackets "
         "the ratio to plain Conveyor's median.",
         "",
         "| workload / metric | conveyor | " + " | ".join(ran) + " |",
@@ -322,14 +355,37 @@ def load_range(records: list[dict[str, Any]]) -> str:
     return f"median {statistics.median(loads):.2f}, max {loads[-1]:.2f}; {reps}"
 
 
+def bare_loop(cells: Cells) -> list[str]:
+    """W4-io's raw cells: the same requests from 50 bare threads or tasks and no queue
+    (``raw.py``), and Conveyor against them, when they ran."""
+    found = []
+    for m in METRICS:
+        if m.workload.startswith("w4-io") and m.key == "rate":
+            bare, conv = cells.median(m, "raw"), cells.median(m, "conveyor")
+            if bare and conv:
+                found.append(f"{wname(m.workload)} {conv / bare:.2f}× (bare {num(bare)} jobs/s)")
+    if not found:
+        return []
+    return [
+        "W4-io's raw cell is no queue at all: the same requests to the delay server from 50 "
+        "bare threads (W4-io-async: 50 asyncio tasks), what 50 waiters reach on this machine. "
+        f"Conveyor ÷ that bare loop: {'; '.join(found)}.",
+        "",
+    ]
+
+
 def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "") -> str:
-    """The report; ``chart`` is the relative path of its SVG chart (``chart.py``), if any."""
-    cells = Cells(records)
+    """The report; ``chart`` is the relative path of its SVG chart (``chart.py``), if any.
+    Another backend than Redis (``meta["backend"]``) makes a section of the page: its
+    headings one level down."""
+    backend = meta.get("backend", "redis")
+    cells = Cells(records, backend)
     la, lb = meta["load_before"], meta["load_after"]
     gate = meta.get("gate", (0.0, 0.0, 0.0))
     sizes = ", ".join(f"{wname(k)} {v:,}" for k, v in meta["sizes"].items())
+    title = "# Benchmarks" if backend == "redis" else f"# On {BACKEND_NAMES[backend]}"
     out = [
-        "# Benchmarks",
+        title,
         "",
         "Written by `bench/run.py`; how each figure is measured is in `bench/README.md`.",
         f"Run: **{meta['mode']}**, {meta['reps']} repetitions per cell, interleaved; each cell "
@@ -339,8 +395,11 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "")
         *table(cells),
         "",
         "Conveyor ÷ limit: ÷ the raw Redis row (W1, W1b, W2) or ÷ the ideal 5,000 jobs/s "
-        "(W4, W4-io).",
+        "(W4, W4-io)."
+        if backend == "redis"
+        else "Conveyor ÷ limit: ÷ the ideal 5,000 jobs/s (W4).",
         "",
+        *bare_loop(cells),
     ]
     if note_lines := notes(records):
         out += ["Notes on cells (n/a, failures, † marks):", "", *note_lines, ""]
@@ -350,8 +409,8 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "")
         "## Machine",
         "",
         f"- CPU: {meta['cpu']}, {meta['cores']} cores; RAM {meta['ram']}; {meta['os']}",
-        f"- Python: {meta['python']}; Redis: {meta['redis']}",
-        f"- Redis PING round trip (redis-py, median): {meta['rtt'][0]:.3f} ms back to back, "
+        f"- Python: {meta['python']}; {meta['server']}",
+        f"- {meta['rtt_what']}: {meta['rtt'][0]:.3f} ms back to back, "
         f"{meta['rtt'][1]:.3f} ms after 20 ms idle (the cost of waking sleeping processes, "
         "which every W3 hop pays)",
         f"- Load average (1/5/15 min): {la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} before, "
@@ -367,7 +426,22 @@ def render(records: list[dict[str, Any]], meta: dict[str, Any], chart: str = "")
         "",
         "## Versions",
         "",
-        *versions(records),
+        *versions(records, backend),
         "",
     ]
+    if backend != "redis":
+        out = [f"#{line}" if line.startswith("#") else line for line in out]
     return "\n".join(out)
+
+
+def with_section(old: str, name: str, text: str) -> str:
+    """The page ``old`` with the section ``name`` (between its markers) replaced by
+    ``text``, or added right after ``KEPT`` (a run of ``bench/run.py`` keeps it)."""
+    begin, end = f"<!-- {name}: from here -->", f"<!-- {name}: to here -->"
+    section = f"{begin}\n\n{text}\n{end}"
+    if begin in old and end in old:
+        return old[: old.index(begin)] + section + old[old.index(end) + len(end) :]
+    if KEPT in old:
+        at = old.index(KEPT) + len(KEPT)
+        return old[:at] + "\n\n" + section + "\n" + old[at:]
+    return old + ("\n" if old else "") + section + "\n"

@@ -2,11 +2,13 @@
 
     .venv/bin/python bench/run.py            # full run, writes docs/benchmarks.md
     .venv/bin/python bench/run.py --quick    # ~1/10 size smoke run, writes bench/.results/
+    .venv/bin/python bench/run.py --backend postgres   # its section of docs/benchmarks.md
 
 Every (repetition, workload, library) is one fresh driver process (``driver.py``) in that
 library's interpreter: the project's for Conveyor and the raw limit, ``bench/.venv-peers/<peer>``
 for each peer. Libraries take turns within each workload and the order rotates with each
-repetition, so slow drifts of the machine spread over everyone. See ``bench/README.md``.
+repetition, so slow drifts of the machine spread over everyone. ``--backend`` picks the
+server (a private one, started here) and the peers that run on it. See ``bench/README.md``.
 """
 
 from __future__ import annotations
@@ -22,21 +24,21 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-# What follows this line in docs/benchmarks.md is written by other scripts: a run keeps it.
-KEPT = "<!-- Below: figures of other bench/ scripts, kept as they are by bench/run.py. -->"
 sys.path.insert(0, HERE)
 
 import chart  # noqa: E402
 import machine  # noqa: E402
 import report  # noqa: E402
+from pg_server import private_postgres  # noqa: E402
 from redis_server import private_redis  # noqa: E402
+from report import KEPT  # noqa: E402
 
-PEERS = ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"]
+PEERS = report.PEERS["redis"]
 LIBS = ["conveyor", "raw", *PEERS]
 # Conveyor set up otherwise (conveyor_runner.py), run only when --libs names them: the same
 # workloads beside plain Conveyor (events on, no middleware), compared with it in the report.
@@ -66,6 +68,31 @@ class Workload:
         }
 
 
+@dataclass(frozen=True)
+class Backend:
+    """A server the benchmark runs on: its private instance, the peers that run on it, its
+    raw limit if it has one, and the workloads it takes (``WORKLOADS`` names their libraries
+    for Redis; on another backend the peers are that backend's)."""
+
+    name: str
+    server: Any  # () -> a context manager yielding a server with reset/describe/ping_ms
+    peers: tuple[str, ...]
+    workloads: tuple[str, ...]
+    limit: str = ""  # the raw limit's library
+
+    def libs(self) -> list[str]:
+        return ["conveyor", *([self.limit] if self.limit else []), *self.peers]
+
+    def adapt(self, w: Workload) -> Workload:
+        """``w`` on this backend: Conveyor, its variants and the raw limit as the workload
+        names them, then this backend's peers."""
+        if self.name == "redis" or w.backend != "redis":
+            return w
+        ours = tuple(lib for lib in w.libs if lib == "conveyor" or lib in VARIANTS)
+        limit = (self.limit,) if self.limit and self.limit in w.libs else ()
+        return replace(w, libs=(*ours, *limit, *self.peers), backend=self.name)
+
+
 def size(w: Workload, quick: bool) -> int:
     return max(w.n // 10, 30) if quick and w.scaled else w.n
 
@@ -91,22 +118,33 @@ WORKLOADS = [
     # on a socket (W4-io); see io_job.py. Conveyor's worker is one process throughout.
     Workload("w2-io", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST),
     Workload("w2-io-2p", 10_000, 8, ("conveyor", *PEERS), best=W2_IO_BEST, peer_processes=2),
-    Workload("w4-io", 2_000, 50, ("conveyor", *PEERS)),
-    Workload("w4-io-async", 2_000, 50, ("conveyor", *ASYNC_PEERS), env=ASYNC_POOL),
+    Workload("w4-io", 2_000, 50, ("conveyor", "raw", *PEERS)),
+    Workload("w4-io-async", 2_000, 50, ("conveyor", "raw", *ASYNC_PEERS), env=ASYNC_POOL),
     Workload("startup", 1, 8, ("conveyor", *PEERS), scaled=False),
 ]  # fmt: skip
+
+BACKENDS = {
+    "redis": Backend("redis", private_redis, tuple(PEERS), tuple(w.name for w in WORKLOADS),
+                     limit="raw"),
+    "postgres": Backend("postgres", private_postgres, tuple(report.PEERS["postgres"]),
+                        ("w1", "w1b", "w2", "w3", "w4")),
+}  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="a tenth of the sizes (smoke run)")
+    p.add_argument(
+        "--backend", choices=sorted(BACKENDS), default="redis",
+        help="the server the run uses (a private one) and the peers that run on it",
+    )  # fmt: skip
     p.add_argument("--reps", type=int, default=3, help="repetitions per workload (median)")
     p.add_argument(
-        "--libs", default=",".join(LIBS),
-        help=f"comma-separated subset; Conveyor's variants {', '.join(VARIANTS)} run only "
-        "when named here",
+        "--libs", default=None,
+        help="comma-separated subset (default: Conveyor and the backend's peers); Conveyor's "
+        f"variants {', '.join(VARIANTS)} run only when named here",
     )  # fmt: skip
-    p.add_argument("--workloads", default=",".join(w.name for w in WORKLOADS))
+    p.add_argument("--workloads", default=None, help="comma-separated (default: the backend's)")
     p.add_argument("--peers-venv", default=os.path.join(HERE, ".venv-peers"))
     p.add_argument("--timeout", type=float, default=None, help="seconds per run")
     p.add_argument(
@@ -114,30 +152,28 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="every library at this concurrency, instead of the workload's (pilots)",
     )  # fmt: skip
     p.add_argument("--out", default=None, help="markdown file to write")
-    p.add_argument(
-        "--quiet-below",
-        type=float,
-        default=0.25,
-        metavar="FRACTION",
-        help="before each run, wait until the machine's CPUs are at most this busy",
-    )
-    p.add_argument(
-        "--quiet-budget", type=float, default=600, metavar="SECONDS",
-        help="total time all those waits may take (0: never wait)",
-    )  # fmt: skip
+    machine.quiet_options(p)
     p.add_argument(
         "--soak", type=int, default=0, metavar="N",
         help="also drain N jobs through one Conveyor worker with a producer running "
         "alongside, sampling its RSS (e.g. 1000000; off by default)",
     )  # fmt: skip
     args = p.parse_args(argv)
-    args.libs = [x for x in args.libs.split(",") if x]
-    args.workloads = [w for w in WORKLOADS if w.name in args.workloads.split(",")]
+    backend = BACKENDS[args.backend]
+    args.libs = [x for x in (args.libs or ",".join(backend.libs())).split(",") if x]
+    wanted = (args.workloads or ",".join(backend.workloads)).split(",")
+    args.workloads = [backend.adapt(w) for w in WORKLOADS if w.name in wanted]
+    if unknown := [n for n in wanted if n and n not in backend.workloads]:
+        p.error(f"--backend {backend.name} runs {', '.join(backend.workloads)}, not "
+                f"{', '.join(unknown)}")  # fmt: skip
     if args.soak:
-        args.workloads.append(Workload("soak", args.soak, 32, ("conveyor",), scaled=False))
+        soak = Workload("soak", args.soak, 32, ("conveyor",), backend=backend.name, scaled=False)
+        args.workloads.append(soak)
     if args.out is None:
+        quick = f"benchmarks-{backend.name}-quick.md" if args.backend != "redis" else (
+            "benchmarks-quick.md")  # fmt: skip
         args.out = (
-            os.path.join(HERE, ".results", "benchmarks-quick.md")
+            os.path.join(HERE, ".results", quick)
             if args.quick
             else os.path.join(ROOT, "docs", "benchmarks.md")
         )
@@ -147,12 +183,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 class Runner:
-    def __init__(
-        self, args: argparse.Namespace, redis_url: str, io_addr: str, amqp_url: str = ""
-    ) -> None:
+    def __init__(self, args: argparse.Namespace, io_addr: str) -> None:
         self.args = args
-        self.amqp_url = amqp_url  # conveyor-rabbitmq's virtual host
-        self.redis_url = redis_url
+        self.server_env: dict[str, str] = {}  # names the server's state for the next run
         self.io_addr = io_addr
         status_file = os.path.join(args.peers_venv, "status.json")
         self.install_status: dict[str, str] = {}
@@ -192,13 +225,11 @@ class Runner:
                 "log": os.path.join(tmp, "worker.log"),
                 "out": os.path.join(tmp, "out.json"),
                 "env": {
-                    "BENCH_REDIS_URL": self.redis_url,
+                    **self.server_env,
                     "BENCH_BACKEND": w.backend,
                     "BENCH_SQLITE_PATH": os.path.join(tmp, "jobs.db"),
                     "BENCH_IO_ADDR": self.io_addr,
                     "BENCH_LIB": lib,  # which of Conveyor's variants conveyor_runner sets up
-                    "BENCH_AMQP_URL": self.amqp_url,
-                    "BENCH_AMQP_PREFIX": f"bench{os.getpid()}x{time.monotonic_ns()}",
                     **w.settings(lib, self.args.concurrency),
                 },
             }
@@ -274,13 +305,15 @@ def main(argv: list[str] | None = None) -> int:
     started = dt.datetime.now(dt.UTC)
     load_before = machine.loadavg()
     records: list[dict[str, Any]] = []
-    rabbit = "conveyor-rabbitmq" in args.libs
-    with private_redis() as server, delay_server() as io_addr, rabbitmq_vhost(rabbit) as amqp:
-        runner = Runner(args, server.url, io_addr, amqp)
+    backend = BACKENDS[args.backend]
+    with backend.server() as server, delay_server() as io_addr:
+        runner = Runner(args, io_addr)
         gate = machine.QuietGate(args.quiet_below, args.quiet_budget)
-        facts = machine.facts(ROOT, server.info())
+        facts = machine.facts(ROOT)
+        facts["server"] = server.describe()
+        facts["rtt_what"] = server.RTT
         facts["rtt"] = (server.ping_ms(0), server.ping_ms(0.02, n=100))
-        print(f"private redis-server {facts['redis']} on {server.url}", flush=True)
+        print(facts["server"], flush=True)
         for rep in range(args.reps):
             for w in args.workloads:
                 if w.name == "soak" and rep > 0:
@@ -288,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
                 libs = [lib for lib in w.libs if lib in args.libs]
                 shift = rep % len(libs) if libs else 0
                 for lib in libs[shift:] + libs[:shift]:
-                    server.flush()
+                    runner.server_env = server.reset()
                     busy = gate.wait()
                     load1 = machine.loadavg()[0]
                     t0 = time.monotonic()
@@ -306,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
     finished = dt.datetime.now(dt.UTC)
     meta = {
         **facts,
+        "backend": args.backend,
         "started": started.strftime("%Y-%m-%d %H:%M UTC"),
         "minutes": (finished - started).total_seconds() / 60,
         "load_before": load_before,
@@ -322,19 +356,14 @@ def main(argv: list[str] | None = None) -> int:
         json.dump({"meta": meta, "records": records}, f, indent=1)
     # The chart beside the report: docs/benchmarks.md -> docs/img/benchmarks.svg, when the
     # run has any of the workloads it draws.
+    # Only the Redis table is charted; another backend's is a section further down the page.
     stem = os.path.splitext(os.path.basename(args.out))[0]
     charted = {p[0] for p in chart.PANELS} & {w.name for w in args.workloads}
+    charted = charted if args.backend == "redis" else set()
     text = report.render(records, meta, chart=f"img/{stem}.svg" if charted else "")
     print()
     print(text)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    old = ""
-    if os.path.exists(args.out):
-        with open(args.out) as f:
-            old = f.read()
-    kept = old[old.index(KEPT) :] if KEPT in old else ""  # other scripts' sections
-    with open(args.out, "w") as f:
-        f.write(text + ("\n" + kept if kept else ""))
+    write_report(args.out, text, args.backend)
     if charted:
         out_dir = os.path.dirname(os.path.abspath(args.out))
         chart.write(args.out, os.path.join(out_dir, "img", f"{stem}.svg"))
@@ -342,27 +371,22 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-@contextmanager
-def rabbitmq_vhost(wanted: bool) -> Iterator[str]:
-    """A virtual host of this run's own on the machine's RabbitMQ (``rabbitmqctl``, deleted
-    after), for ``conveyor-rabbitmq``; its URL (``$BENCH_RABBITMQ``, else guest on
-    127.0.0.1:5672, without a virtual host), or "" when not wanted."""
-    if not wanted:
-        yield ""
-        return
-    base = os.environ.get("BENCH_RABBITMQ", "amqp://guest:guest@127.0.0.1:5672").rstrip("/")
-    vhost = f"conveyor-bench-{os.getpid()}"
-    user = base.split("://", 1)[1].split(":", 1)[0]
-    subprocess.run(["rabbitmqctl", "add_vhost", vhost], check=True, capture_output=True)
-    try:
-        subprocess.run(
-            ["rabbitmqctl", "set_permissions", "-p", vhost, user, ".*", ".*", ".*"],
-            check=True,
-            capture_output=True,
-        )
-        yield f"{base}/{vhost}"
-    finally:
-        subprocess.run(["rabbitmqctl", "delete_vhost", vhost], check=False, capture_output=True)
+def write_report(path: str, text: str, backend: str) -> None:
+    """The Redis run writes the page's head and keeps what follows ``KEPT``; another
+    backend's run replaces its own section there (between its markers), or adds it right
+    after ``KEPT``, and keeps the rest."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    old = ""
+    if os.path.exists(path):
+        with open(path) as f:
+            old = f.read()
+    if backend == "redis":
+        kept = old[old.index(KEPT) :] if KEPT in old else ""  # other scripts' sections
+        new = text + ("\n" + kept if kept else "")
+    else:
+        new = report.with_section(old, f"bench/run.py --backend {backend}", text)
+    with open(path, "w") as f:
+        f.write(new)
 
 
 @contextmanager

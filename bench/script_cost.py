@@ -1,24 +1,29 @@
-"""Server CPU per job of the Redis broker's scripts, old against new, from ``INFO
-commandstats``.
+"""Server time per job of the Redis broker's scripts, old against new: the ``usec`` of
+``EVALSHA`` in ``INFO commandstats`` (wall-clock, inflated when the machine is loaded) and
+the main thread's CPU time (``INFO cpu``: exact, and it counts the server's whole cost of
+the call, reading and replying too, plus a small constant for the ``INFO`` calls around it).
 
 On a private redis-server, one broker of this checkout runs each phase with two versions of
 the scripts in turn, call by call: this checkout's and those of another copy of the package
 (``--old``, e.g. a ``git worktree`` of an earlier commit; their arguments must be the same).
 Alternating per call puts the noise of a shared machine on both alike. Per phase it prints
-the ``usec`` the server spent in ``EVALSHA`` divided by the jobs:
+both divided by the jobs:
 
 * ``enqueue single``: one job per call (booked 50 calls at a time); ``enqueue batch``: 200 per call;
 * ``fetch (100)``: 100 deliveries per call; ``finish (100)``: 100 outcomes per call.
 
-With ``--events`` both sides are this checkout's scripts, "old" called without events and
-"new" with what an app and a worker send (docs/observability.md): a ``job.enqueued`` per
+With ``--events`` alone both sides are this checkout's scripts, "old" called without events
+and "new" with what an app and a worker send (docs/observability.md): a ``job.enqueued`` per
 job on enqueue, and on finish each outcome's event and a ``job.started`` per job carried.
-Without it, both sides get the same calls without events (a call without events has the
-arguments it always had), so ``--old`` may be a checkout from before events.
+With ``--old`` and ``--events`` both versions get those events (the other copy must take
+them as this one sends them). With ``--old`` alone, both get the same calls without events
+(a call without events has the arguments it always had), so ``--old`` may be a checkout
+from before events.
 
     git worktree add /tmp/old HEAD~3
     nice .venv/bin/python bench/script_cost.py --old /tmp/old/src
     nice .venv/bin/python bench/script_cost.py --events
+    nice .venv/bin/python bench/script_cost.py --old /tmp/old/src --events
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from conveyor._message import Envelope, JobStatus  # noqa: E402
 from conveyor.brokers._port import Finish  # noqa: E402
 from conveyor.brokers.redis import RedisBroker, _scripts  # noqa: E402
 
-from redis_server import evalsha_usec, private_redis  # noqa: E402
+from redis_server import evalsha_usec, main_thread_cpu_usec, private_redis  # noqa: E402
 
 
 def old_source(src: Path, name: str) -> str:
@@ -58,10 +63,7 @@ class Versions:
         self.broker, self.admin = broker, admin
         self.new = broker._scripts
         self.old = _scripts.Scripts(broker._client)
-        folder = old_src / "conveyor" / "brokers" / "redis"
         for name in _scripts.NAMES:
-            if not (folder / f"{name}.lua").exists():
-                continue  # a script the other copy does not have: this checkout's serves
             script = self.old[name]
             if (
                 old_src is not None
@@ -70,11 +72,14 @@ class Versions:
                 script.script = old_source(old_src, name)  # (a script it lacks: this one's)
             script.sha = admin.script_load(script.script)
         self.usec: dict[str, float] = {"old": 0.0, "new": 0.0}
+        self.cpu: dict[str, float] = {"old": 0.0, "new": 0.0}
 
     def run(self, which: str, call: object) -> object:
         self.broker._scripts = self.old if which == "old" else self.new
         before = evalsha_usec(self.admin)
+        cpu = main_thread_cpu_usec(self.admin)
         out = call()  # type: ignore[operator]
+        self.cpu[which] += main_thread_cpu_usec(self.admin) - cpu
         self.usec[which] += evalsha_usec(self.admin) - before
         return out
 
@@ -91,8 +96,9 @@ STARTED = _event("job.started", 0, deliveries=1)
 SUCCEEDED = _event("job.succeeded", 0, duration=0.000123)
 
 
-def run_once(n: int, old_src: Path | None, events: bool) -> dict[str, tuple[float, float]]:
-    out: dict[str, tuple[float, float]] = {}
+def run_once(n: int, old_src: Path | None, events: bool) -> dict[str, tuple[float, ...]]:
+    """Per phase: EVALSHA µs per job old and new, then server CPU µs per job old and new."""
+    out: dict[str, tuple[float, ...]] = {}
     with private_redis() as server:
         admin = redis.Redis(port=server.port)
         broker = RedisBroker(server.url, prefix="bench")
@@ -101,16 +107,23 @@ def run_once(n: int, old_src: Path | None, events: bool) -> dict[str, tuple[floa
 
         def phase(name: str, jobs: int, calls: list[tuple[str, object]]) -> list[object]:
             v.usec = {"old": 0.0, "new": 0.0}
+            v.cpu = {"old": 0.0, "new": 0.0}
             replies = [v.run(which, call) for which, call in calls]
-            out[name] = (v.usec["old"] / (jobs / 2), v.usec["new"] / (jobs / 2))
+            half = jobs / 2
+            out[name] = (v.usec["old"] / half, v.usec["new"] / half,
+                         v.cpu["old"] / half, v.cpu["new"] / half)  # fmt: skip
             return replies
 
         def side(i: int) -> str:
             return "old" if i % 2 == 0 else "new"
 
+        def evented(i: int) -> bool:
+            """Side ``i`` sends events: with --events, "new" only, or both with --old too."""
+            return events and (old_src is not None or side(i) == "new")
+
         def announced(i: int, n: int) -> list[bytes]:
-            """The events side ``i`` sends with ``n`` jobs: none, or one each with --events."""
-            return [ENQUEUED] * n if events and side(i) == "new" else []
+            """The events side ``i`` sends with ``n`` jobs: none, or one each (evented)."""
+            return [ENQUEUED] * n if evented(i) else []
 
         def enqueue(envs: list[Envelope], i: int) -> object:
             return lambda: broker.enqueue(envs, announced(i, len(envs)))
@@ -141,7 +154,7 @@ def run_once(n: int, old_src: Path | None, events: bool) -> dict[str, tuple[floa
         fetched = [d for batch in batches for d in batch]  # type: ignore[attr-defined]
 
         def finish(ds: list, i: int) -> object:
-            if not (events and side(i) == "new"):
+            if not evented(i):
                 return lambda: broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r") for d in ds])
             outcomes = [Finish(d, JobStatus.SUCCEEDED, b"r", event=SUCCEEDED) for d in ds]
             return lambda: broker.finish(outcomes, [STARTED] * len(ds))
@@ -160,21 +173,25 @@ def run_once(n: int, old_src: Path | None, events: bool) -> dict[str, tuple[floa
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    which = ap.add_mutually_exclusive_group(required=True)
-    which.add_argument("--old", type=Path, help="src/ of the other copy")
-    which.add_argument(
-        "--events", action="store_true", help="this copy without events, then with them"
+    ap.add_argument("--old", type=Path, help="src/ of the other copy")
+    ap.add_argument(
+        "--events",
+        action="store_true",
+        help="alone: this copy without events, then with them; with --old: both with them",
     )
     ap.add_argument("-n", type=int, default=4000, help="jobs per enqueue phase")
     ap.add_argument("--reps", type=int, default=3)
     args = ap.parse_args()
+    if args.old is None and not args.events:
+        ap.error("give --old, --events or both")
     runs = [run_once(args.n, args.old, args.events) for _ in range(args.reps)]
-    sides = "events off → on" if args.events else "old → new"
-    print(f"µs of EVALSHA per job, median of {args.reps} ({sides})")
+    sides = "events off → on" if args.old is None else "old → new"
+    if args.old is not None and args.events:
+        sides += ", both with events"
+    print(f"µs per job, median of {args.reps} ({sides}):  EVALSHA usec   server CPU")
     for name in runs[0]:
-        old = statistics.median(r[name][0] for r in runs)
-        new = statistics.median(r[name][1] for r in runs)
-        print(f"  {name:16s} {old:6.1f} → {new:6.1f}")
+        old, new, cpu_old, cpu_new = (statistics.median(r[name][k] for r in runs) for k in range(4))
+        print(f"  {name:16s} {old:6.1f} → {new:6.1f}   {cpu_old:6.1f} → {cpu_new:6.1f}")
 
 
 if __name__ == "__main__":

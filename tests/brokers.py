@@ -7,7 +7,10 @@ tier takes the entries it can run:
 * ``unit/`` (no sockets): the embedded ones, ``params(embedded=True)``;
 * ``contract/``: all of them, the conformance suites on each of an entry's ``clocks``;
 * ``integration/`` and ``torture/``, which run ``conveyor worker`` subprocesses on one
-  broker: those several processes can share, ``params(shared=True)``;
+  broker: those several processes can share, ``params(shared=True)`` (``integration/``
+  leaves out the entries marked ``integration=False``: the Redis Cluster, whose adapter is
+  the Redis one, which that tier runs already; its own tests are in
+  ``integration/test_redis_cluster.py``);
 * ``torture/test_model.py`` and ``test_broker_races.py``: all of them.
 
 An entry says how a test gets a broker of its own: ``place(request, root, server)`` gives a
@@ -19,7 +22,10 @@ acknowledged may be lost (a server that syncs every write before replying).
 ``place.restart`` kills such a server and starts it again from what it kept (None for an
 embedded broker).
 
-A new adapter adds one ``TestBroker`` line, with the function that places it.
+A new adapter adds one ``TestBroker`` line, with the function that places it. An adapter
+may have several entries, one per way it connects that needs its own server (Redis: one
+server, or a cluster, ``redis-cluster``): ``adapter`` names the registry's adapter, ``name``
+the entry (the test ids).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import pytest
 from conveyor._clock import Clock
 from conveyor.brokers import Broker, open_broker
 from postgres_server import schema_url
+from redis_cluster import CLI_BINARY
 from redis_server import SERVER_BINARY, unique_prefix
 
 Server = Literal["shared", "fresh", "durable"]
@@ -75,17 +82,18 @@ Placer = Callable[[pytest.FixtureRequest, Path, Server], Place]
 class TestBroker:
     __test__ = False  # not a test class, whatever its name
 
-    name: str  # the registry's adapter (and its record store, for RabbitMQ)
+    name: str  # the entry's, in test ids; the registry's adapter unless ``adapter`` says
     placer: Placer
     embedded: bool  # no server: no socket, the unit tier runs on it
     shared: bool  # several processes can use one (worker subprocesses)
     clocks: tuple[str, ...] = ("fake",)  # "fake": a FakeClock; "real": the real clock
     marks: tuple[pytest.MarkDecorator, ...] = ()
+    adapter: str = ""  # the registry's adapter, when not ``name``
+    integration: bool = True  # the integration tier runs on it (see the module docstring)
 
     @property
-    def adapter(self) -> str:
-        """The registry's name of the adapter ("rabbitmq" of "rabbitmq-redis")."""
-        return self.name.partition("-")[0]
+    def adapter_name(self) -> str:
+        return self.adapter or self.name
 
     def place(self, request: pytest.FixtureRequest, root: Path, server: Server = "shared") -> Place:
         return self.placer(request, root, server)
@@ -122,6 +130,27 @@ def _redis(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
     found = request.getfixturevalue(_REDIS_SERVERS[server])
     restart = None if server == "shared" else found.restart
     return Place(lambda: Target(found.url, unique_prefix()), restart)
+
+
+def _redis_cluster(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+    """The session's cluster with a prefix of the test's own ("shared", "fresh": nothing in
+    the suite restarts a "fresh" one), else a cluster of the test's own whose nodes fsync
+    every write ("durable"), whose ``restart`` kills and starts again the master of the
+    last prefix given out (no failover: it is back within the node timeout)."""
+    if server == "durable":
+        found = request.getfixturevalue("aof_redis_cluster")
+        prefixes: list[str] = []
+
+        def new() -> Target:
+            prefixes.append(unique_prefix())
+            return Target(found.url, prefixes[-1])
+
+        def restart() -> None:  # the master of the target given out last
+            found.restart_master_of(prefixes[-1])
+
+        return Place(new, restart)
+    shared = request.getfixturevalue("redis_cluster")
+    return Place(lambda: Target(shared.url, unique_prefix()))
 
 
 def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
@@ -171,28 +200,42 @@ BROKERS: tuple[TestBroker, ...] = (
     TestBroker("sqlite", _sqlite, embedded=True, shared=True),
     TestBroker("redis", _redis, embedded=False, shared=True, clocks=("fake", "real"),
                marks=_NEEDS_REDIS),
+    TestBroker("redis-cluster", _redis_cluster, embedded=False, shared=True, adapter="redis",
+               clocks=("fake", "real"),
+               integration=False,
+               marks=(*_NEEDS_REDIS, pytest.mark.skipif(CLI_BINARY is None,
+                                                        reason="no redis-cli binary"))),
     TestBroker("postgres", _postgres, embedded=False, shared=True, clocks=("fake", "real"),
                marks=(pytest.mark.postgres,)),
-    TestBroker("rabbitmq-redis", _rabbitmq(_redis), embedded=False, shared=True,
+    TestBroker("rabbitmq-redis", _rabbitmq(_redis), adapter="rabbitmq",
+               embedded=False, shared=True,
                clocks=("fake", "real"), marks=(pytest.mark.rabbitmq, *_NEEDS_REDIS)),
-    TestBroker("rabbitmq-sqlite", _rabbitmq(_sqlite), embedded=False, shared=False,
+    TestBroker("rabbitmq-sqlite", _rabbitmq(_sqlite), adapter="rabbitmq",
+               embedded=False, shared=False,
                marks=(pytest.mark.rabbitmq,)),
-    TestBroker("rabbitmq-postgres", _rabbitmq(_postgres), embedded=False, shared=False,
+    TestBroker("rabbitmq-postgres", _rabbitmq(_postgres), adapter="rabbitmq",
+               embedded=False, shared=False,
                marks=(pytest.mark.rabbitmq, pytest.mark.postgres)),
 )  # fmt: skip
 
 
-def select(*, embedded: bool | None = None, shared: bool | None = None) -> list[TestBroker]:
+def select(
+    *, embedded: bool | None = None, shared: bool | None = None, integration: bool | None = None
+) -> list[TestBroker]:
     return [
         b
         for b in BROKERS
-        if (embedded is None or b.embedded == embedded) and (shared is None or b.shared == shared)
+        if (embedded is None or b.embedded == embedded)
+        and (shared is None or b.shared == shared)
+        and (integration is None or b.integration == integration)
     ]
 
 
-def params(*, embedded: bool | None = None, shared: bool | None = None) -> Sequence[Any]:
+def params(
+    *, embedded: bool | None = None, shared: bool | None = None, integration: bool | None = None
+) -> Sequence[Any]:
     """The selected brokers as pytest params (ids: their names, marks: theirs)."""
-    chosen = select(embedded=embedded, shared=shared)
+    chosen = select(embedded=embedded, shared=shared, integration=integration)
     return [pytest.param(b, id=b.name, marks=b.marks) for b in chosen]
 
 

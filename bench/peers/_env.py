@@ -6,7 +6,8 @@ import os
 import sys
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "")
-BACKEND = os.environ.get("BENCH_BACKEND", "redis")  # "redis", or "sqlite" for W5
+BACKEND = os.environ.get("BENCH_BACKEND", "redis")  # "redis", "postgres", "sqlite" (W5)
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "")  # a fresh database for each run
 SQLITE_PATH = os.environ.get("BENCH_SQLITE_PATH", "")
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 PYTHON = sys.executable

@@ -9,8 +9,10 @@ redis<6, SAQ's redis extra <8, taskiq-redis >=8). A peer that fails to install i
 are installed regardless. A section whose pins have not changed is not reinstalled.
 
 Conveyor gets an environment of its own too, ``conveyor``: its runtime dependencies as
-locked (``requirements/runtime.txt``) and this checkout installed editable, which is what a
-user's ``pip install conveyor`` has. The project's ``.venv`` also holds the dev tools and
+locked (``requirements/runtime.txt``), the ``postgres`` extra's packages as locked in
+``requirements/dev.txt`` (psycopg, its binary and its pool, for the PostgreSQL workloads) and
+this checkout installed editable, which is what a user's ``pip install 'conveyor[postgres]'``
+has. The project's ``.venv`` also holds the dev tools and
 every integration, and some of them cost a start-up: redis-py imports OpenTelemetry when it
 is installed (~30 ms).
 """
@@ -27,6 +29,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(os.path.dirname(HERE))
 RUNTIME = os.path.join(ROOT, "requirements", "runtime.txt")
+DEV = os.path.join(ROOT, "requirements", "dev.txt")
+# The postgres extra (pyproject.toml) and what psycopg needs on Python < 3.13.
+POSTGRES_EXTRA = ("psycopg", "psycopg-binary", "psycopg-pool", "typing-extensions")
 
 
 def sections(path: str) -> dict[str, list[str]]:
@@ -46,15 +51,36 @@ def install(root: str, peer: str, pins: list[str]) -> str:
     return _install(os.path.join(root, peer), "\n".join(pins) + "\n", [pins])
 
 
+def locked_entries(path: str, names: tuple[str, ...]) -> str:
+    """The entries (pin and hashes) of ``names`` in a lock file written by ``uv pip
+    compile``: each starts unindented with the name, its hashes indented below."""
+    keep = False
+    out = []
+    with open(path) as f:
+        for line in f:
+            if line[:1] not in (" ", "\t", ""):
+                name = line.split("==")[0].strip().lower()
+                keep = not line.startswith("#") and name in names
+            if keep:
+                out.append(line)
+    return "".join(out)
+
+
 def install_conveyor(root: str) -> str:
-    """Conveyor's runtime dependencies, as locked, and this checkout (editable)."""
+    """Conveyor's runtime dependencies and the postgres extra, as locked, and this checkout
+    (editable)."""
     with open(RUNTIME) as f:
         locked = f.read()
+    extra = locked_entries(DEV, POSTGRES_EXTRA)
+    extra_path = os.path.join(root, "conveyor-postgres.txt")
+    with open(extra_path, "w") as f:
+        f.write(extra)
     steps = [
         ["--require-hashes", "--no-deps", "-r", RUNTIME],
+        ["--require-hashes", "--no-deps", "-r", extra_path],
         ["--no-deps", "--no-build-isolation", "-e", ROOT],
     ]
-    return _install(os.path.join(root, "conveyor"), f"{ROOT}\n{locked}", steps)
+    return _install(os.path.join(root, "conveyor"), f"{ROOT}\n{locked}{extra}", steps)
 
 
 def _install(venv: str, wanted: str, installs: list[list[str]]) -> str:

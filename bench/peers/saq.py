@@ -1,4 +1,5 @@
-"""SAQ: Redis queue (BLMOVE, pub/sub for job updates), one worker process."""
+"""SAQ: its Redis queue (BLMOVE, pub/sub for job updates), or its Postgres queue (psycopg,
+``SKIP LOCKED``, LISTEN/NOTIFY) when the run's backend is PostgreSQL; one worker process."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ DIST = "saq"
 NA_REASON = {"w5": "no SQLite broker"}
 
 _env.use_uvloop()
-queue = Queue.from_url(_env.REDIS_URL)
+queue = Queue.from_url(_env.POSTGRES_URL if _env.BACKEND == "postgres" else _env.REDIS_URL)
 
 
 async def noop(ctx: dict[str, Any], *, i: int) -> int:

@@ -15,6 +15,7 @@ from . import _events
 from ._checks import flag, names
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
+from ._delete import delete
 from ._errors import (
     BrokerError,
     ConfigurationError,
@@ -69,8 +70,10 @@ class Conveyor:
     """A task queue application.
 
     ``url`` picks the broker: the argument, else ``CONVEYOR_URL``, else
-    ``sqlite:///./conveyor.db``. ``trust`` names extra top-level packages whose callables a
-    worker may run by name (see ``app.enqueue``). ``max_payload`` caps an encoded job and
+    ``sqlite:///./conveyor.db``. ``prefix`` is the key prefix on Redis: else the URL's
+    ``?prefix=``, else ``conveyor`` (both given must be the same name, or opening the broker
+    raises ``ConfigurationError``). ``trust`` names extra top-level packages whose callables
+    a worker may run by name (see ``app.enqueue``). ``max_payload`` caps an encoded job and
     ``max_result`` a task's encoded result, in bytes (1 MiB each by default); a result over
     its cap fails the job with ``ResultTooLarge`` (docs/reliability.md). ``events``: publish
     what happens to jobs and workers into the broker's event log (``conveyor events``,
@@ -89,7 +92,7 @@ class Conveyor:
         secret: bytes | str | None = None,
         max_payload: int = DEFAULT_MAX_PAYLOAD,
         max_result: int = DEFAULT_MAX_RESULT,
-        prefix: str = "conveyor",
+        prefix: str | None = None,
         clock: Clock | None = None,
         broker: Broker | None = None,
         events: bool = True,
@@ -106,6 +109,7 @@ class Conveyor:
         self.events_kept = None if events_kept is None else check_kept(events_kept)
         self.trust = names("trust", trust, "trust=['myapp', 'shared']")
         self.prefix = prefix
+        """The ``prefix`` argument (None: not given; the broker's ``prefix`` is the one used)."""
         self.clock: Clock = clock or SystemClock()
         """What every delay, lease, TTL and schedule reads time from (``FakeClock`` in tests)."""
         self.codec = Codec(serializer, secret, max_payload)
@@ -369,6 +373,18 @@ class Conveyor:
         whose payload this app cannot decode are left where they are, with a warning on the
         ``conveyor`` logger."""
         return requeue_all(self, status, queue)
+
+    def delete(self, job_ids: Sequence[str]) -> int:
+        """Delete jobs for good (record, payload and result, as if they had expired);
+        returns how many were deleted.
+
+        Every id is checked before any job is touched: an unknown one raises
+        ``JobNotFound``, a running one ``JobNotEnded`` (its worker owns it: cancel it, and
+        delete it once it ended). A queued or scheduled job is cancelled first, as
+        ``Job.cancel`` does (the rest of its workflow fails, its dependents are released
+        and find it without a record), then deleted; an ended one is deleted as it is. A
+        job that started running meanwhile is left as it is (not counted)."""
+        return delete(self, job_ids)
 
     def pause(self, queue: str) -> None:
         """Stop workers taking the queue's jobs until ``resume``: they stay queued, running

@@ -20,7 +20,8 @@
     ├── JobNotFound                 no job with that id (or its record expired)
     │   └── DependencyNotFound      (also a ValidationError) depends_on= names no job;
     │                               nothing was written
-    ├── JobNotEnded                 requeue of a job that is not failed, dead or cancelled
+    ├── JobNotEnded                 requeue of a job that is not failed, dead or cancelled;
+    │                               delete of a running job
     ├── TaskFailed                  the task raised; carries the remote type, message, traceback
     │   └── DependencyFailed        a job it depends on failed, was dead-lettered or cancelled
     ├── JobCancelled                the job was cancelled before it finished
@@ -109,12 +110,19 @@ class JobNotFound(ConveyorError):
 
 class JobNotEnded(ConveyorError):
     """``app.requeue`` names a job that has not ended (queued, scheduled, running) or that
-    succeeded: only a failed, dead or cancelled job goes back on its queue. ``job_id`` and
-    ``status`` say which and how it stands."""
+    succeeded: only a failed, dead or cancelled job goes back on its queue; or
+    ``app.delete`` names a running job (``action="delete"``): its worker owns it. ``job_id``
+    and ``status`` say which and how it stands."""
 
-    def __init__(self, job_id: str, status: str) -> None:
+    def __init__(self, job_id: str, status: str, action: str = "requeue") -> None:
         self.job_id = job_id
         self.status = status
+        if action == "delete":
+            super().__init__(
+                f"job {job_id} is {status}: its worker owns it, so it cannot be deleted; "
+                "cancel it first and delete it once it ended; nothing was deleted"
+            )
+            return
         if status == "succeeded":
             what = "to run it again, enqueue the task anew"
         else:

@@ -19,7 +19,7 @@ import msgspec
 from . import _events
 from ._errors import ConfigurationError, JobNotEnded, JobNotFound, SerializationError
 from ._events import REQUEUED
-from ._message import JobStatus, validate_job_id, validate_queue
+from ._message import JobRecord, JobStatus, validate_job_id, validate_queue
 from .brokers._port import REQUEUEABLE
 
 if TYPE_CHECKING:
@@ -96,18 +96,28 @@ def _requeue(app: Conveyor, jobs: Sequence[_Fresh]) -> tuple[int, int]:
     return len(back), held
 
 
-def requeue(app: Conveyor, job_ids: Sequence[str]) -> int:
-    """``app.requeue``: every id is checked (known, ended, decodable) before any is
-    requeued; returns how many went back (a job whose unique key another pending job
-    holds stays as it is, as an enqueue would be deduplicated)."""
+def known(app: Conveyor, job_ids: Sequence[str], done: str) -> tuple[list[str], list[JobRecord]]:
+    """The ids, each once, and their records; an unknown one raises, saying nothing was
+    ``done`` (requeued, deleted): an operation on ids checks them all before any change."""
+    if isinstance(job_ids, str):
+        raise TypeError(f"pass a list of job ids, not the single string {job_ids!r}")
     ids = list(dict.fromkeys(validate_job_id(i) for i in job_ids))
     records = app.broker.get(ids)
     for job_id, record in zip(ids, records, strict=True):
         if record is None:
             raise JobNotFound(
                 f"no job with id {job_id!r} (unknown, purged or its record expired); "
-                "nothing was requeued"
+                f"nothing was {done}"
             )
+    return ids, [r for r in records if r is not None]
+
+
+def requeue(app: Conveyor, job_ids: Sequence[str]) -> int:
+    """``app.requeue``: every id is checked (known, ended, decodable) before any is
+    requeued; returns how many went back (a job whose unique key another pending job
+    holds stays as it is, as an enqueue would be deduplicated)."""
+    ids, records = known(app, job_ids, "requeued")
+    for job_id, record in zip(ids, records, strict=True):
         if record.status not in REQUEUEABLE:
             raise JobNotEnded(job_id, record.status)
     jobs = []

@@ -10,7 +10,8 @@ Pieces nest: a chain or group may be a step of a chain, a member of a group, or 
 Guarantees and limits: ``docs/workflows.md``.
 
 How it runs: ``delay`` writes every step in one ``broker.enqueue`` batch with ids chosen up
-front, the later steps *parked*. Each step's ``Message.workflow`` says what follows it, and the
+front, the later steps *parked*. Each step's ``Message.workflow`` says what follows it (and,
+as ``after``, which steps it follows: the dashboard draws the workflow from it), and the
 encoded messages of the steps it starts wait in the key-value store (written before the batch).
 When a step ends, the worker calls ``advance``, which *promotes* what follows: due now, with
 the result prepended to the arguments, or marked to fail with the step's error.
@@ -78,7 +79,8 @@ if TYPE_CHECKING:
     from ._hooks import Sending
 
 __all__ = ["COLLECT", "Chain", "Chord", "Group", "Workflow"]
-__all__ += ["advance", "cancelled", "chain", "chord", "following", "group", "short_circuit"]
+__all__ += ["advance", "cancelled", "chain", "chord", "following", "group", "preceding"]
+__all__ += ["short_circuit"]
 
 R = TypeVar("R")
 log = logging.getLogger("conveyor.workflows")
@@ -87,6 +89,7 @@ _NEXT = "conveyor:wf:next:"
 _CHORD = "conveyor:wf:chord:"
 _TRACEBACK_CAP = 20_000  # a failure travels down the workflow; keep its payloads small
 _LEN = struct.Struct(">I")
+AFTER_KEPT = 24  # ids of the steps before a step its link keeps (for the dashboard's graph)
 
 
 def _collect(results: list[Any]) -> list[Any]:
@@ -291,6 +294,7 @@ class _Builder:
         chord_id = new_job_id()
         for i, node in enumerate(nodes):
             _set_link(node.exit, {"chord": {"id": chord_id, "i": i, "n": len(nodes)}})
+        _set_after(done.entries, [n.exit for n in nodes])
         self.links[_CHORD + chord_id] = done.entries
         return _Node([j for n in nodes for j in n.entries], done.exit)
 
@@ -302,6 +306,7 @@ class _Builder:
 
     def link_next(self, exit: _Job, following: list[_Job]) -> None:
         _set_link(exit, {"next": [j.message.id for j in following]})
+        _set_after(following, [exit])
         self.links[_NEXT + exit.message.id] = following
 
     def announce(self, envelopes: Sequence[Envelope]) -> list[bytes]:
@@ -323,8 +328,22 @@ class _Builder:
 
 def _set_link(job: _Job, link: dict[str, Any]) -> None:
     # Every node has one exit and every exit one successor context: a clash is a bug here.
-    assert job.message.workflow is None, "a workflow step was linked twice"
-    job.message.workflow = link
+    held = job.message.workflow or {}
+    assert "next" not in held and "chord" not in held, "a workflow step was linked twice"
+    job.message.workflow = {**held, **link}
+
+
+def _set_after(jobs: list[_Job], before: list[_Job]) -> None:
+    """Each of ``jobs`` starts when ``before`` ended (the step before it in its chain, or
+    its chord's members): their ids, the first ``AFTER_KEPT`` of them, ride in its link as
+    ``after`` (with ``after_n``, how many there are, when that is more), so the dashboard
+    can draw a workflow from any of its steps. Nothing runs on it."""
+    ids = [j.message.id for j in before]
+    after: dict[str, Any] = {"after": ids[:AFTER_KEPT]}
+    if len(ids) > AFTER_KEPT:
+        after["after_n"] = len(ids)
+    for job in jobs:
+        job.message.workflow = {**(job.message.workflow or {}), **after}
 
 
 def _pack(payloads: list[bytes]) -> bytes:
@@ -338,6 +357,13 @@ def _unpack(blob: bytes) -> list[bytes]:
         out.append(blob[i + _LEN.size : i + _LEN.size + n])
         i += _LEN.size + n
     return out
+
+
+def preceding(message: Message) -> list[str]:
+    """The ids of the steps a workflow step started after (the step before it in its
+    chain, or the first ``AFTER_KEPT`` members of its chord), as its link keeps them. Empty
+    outside workflows and for a first step. For the dashboard's graph."""
+    return [str(i) for i in (message.workflow or {}).get("after", ())]
 
 
 def following(app: Conveyor, message: Message) -> list[str]:

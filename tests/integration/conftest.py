@@ -166,6 +166,24 @@ class Project:
                 w.proc.wait(10)
 
 
+def conveyor(
+    project: Project, *args: str, code: int = 0, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``conveyor ARGS`` in the project folder (output at 80 columns); check its exit
+    code."""
+    result = subprocess.run(
+        [sys.executable, "-m", "conveyor", *args],
+        cwd=project.root,
+        env={**project.env(), "COLUMNS": "80", **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    return result
+
+
 def wait_for(
     condition: Callable[[], bool], timeout: float, describe: Callable[[], str] = str
 ) -> None:
@@ -176,7 +194,7 @@ def wait_for(
         time.sleep(0.05)
 
 
-@pytest.fixture(params=params(shared=True))
+@pytest.fixture(params=params(shared=True, integration=True))
 def broker_kind(request: pytest.FixtureRequest) -> str:
     """The name of each broker worker processes can share (``tests/brokers.py``)."""
     kind: str = request.param.name

@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from conftest import Project, wait_for
+from conftest import Project, conveyor, wait_for
 from conveyor import Conveyor, Job, JobStatus, Task
 from redis_server import RedisServer, private_redis
 
@@ -97,26 +97,14 @@ def shop(project: Project) -> Any:
     s.close()
 
 
-def conveyor(
-    project: Project, *args: str, code: int = 0, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    """Run ``conveyor ARGS`` in the project folder; check its exit code."""
-    result = subprocess.run(
-        [sys.executable, "-m", "conveyor", *args],
-        cwd=project.root,
-        env={**project.env(), "COLUMNS": "80", **(env or {})},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
-    return result
-
-
 def as_json(project: Project, *args: str) -> Any:
     """``conveyor ARGS -A jobs_app --json``: stdout is one JSON document and nothing else."""
     return json.loads(conveyor(project, *args, "-A", "jobs_app", "--json").stdout)
+
+
+def keeps_no_payload(broker_kind: str) -> bool:
+    """Redis keeps no payload once a job succeeded, also where it keeps RabbitMQ's records."""
+    return broker_kind in ("redis", "redis-cluster", "rabbitmq-redis")
 
 
 def ids(document: dict[str, Any]) -> list[str]:
@@ -166,7 +154,7 @@ def _check_listings(project: Project, jobs: dict[str, Job[Any]], broker_kind: st
         (entry,) = listing["jobs"]
         assert entry["status"] == status
         assert entry["queue"] == TASK_QUEUES[task]
-        if status == "succeeded" and broker_kind.endswith("redis"):
+        if status == "succeeded" and keeps_no_payload(broker_kind):
             assert entry["task"] is None  # Redis keeps no payload once a job succeeded
         else:
             assert entry["task"] == task
@@ -199,7 +187,7 @@ def _check_job(project: Project, jobs: dict[str, Job[Any]], broker_kind: str) ->
     done = as_json(project, "job", jobs["succeeded"].id)
     assert done["status"] == "succeeded" and done["result"] == "a.png@640"
     assert done["error"] is None and done["deliveries"] == 1
-    if broker_kind.endswith("redis"):  # Redis, or Redis keeping RabbitMQ's records
+    if keeps_no_payload(broker_kind):
         assert done["task"] is None and done["payload_error"] == "payload not kept"
     else:
         assert done["task"] == "jobs_app:resize" and done["args"] == ["a.png", 640]
@@ -289,6 +277,35 @@ def test_cancel_says_what_happened_to_each(shop: Shop) -> None:
     assert lines[1].startswith(f"{busy.id} is running: its worker stops it")
     assert lines[2] == f"{ok.id} had already ended (succeeded): nothing to cancel"
     settle(busy, JobStatus.CANCELLED)  # at the worker's next renewal (a 1 s lease)
+
+
+def test_delete_refuses_a_running_job_and_deletes_the_others(shop: Shop) -> None:
+    project = shop.project
+    later = shop.send.options(delay=3600).delay("fay@example.com")
+    busy = shop.crunch.delay(600)  # until it is cancelled
+    bad = shop.resize.delay("bad")
+    project.worker("-q", "images,slow", "--lease", "1")
+    settle(bad, JobStatus.FAILED)
+    settle(busy, JobStatus.RUNNING)
+
+    running = conveyor(project, "delete", later.id, busy.id, "-A", "jobs_app", code=1)
+    assert busy.id in running.stderr and "cancel it first" in running.stderr
+    unknown = conveyor(project, "delete", later.id, "nope-3", "-A", "jobs_app", code=1)
+    assert "nope-3" in unknown.stderr
+    assert later.status is JobStatus.SCHEDULED  # every id is checked before any is deleted
+
+    assert as_json(project, "delete", later.id, bad.id) == {
+        "deleted": 2, "ids": [later.id, bad.id],
+    }  # fmt: skip
+    assert shop.app.broker.get([later.id, bad.id]) == [None, None]
+    listed = as_json(project, "jobs", "failed")["jobs"]
+    assert bad.id not in [j["id"] for j in listed]
+    conveyor(project, "cancel", busy.id, "-A", "jobs_app")
+    settle(busy, JobStatus.CANCELLED)  # at the worker's next renewal (a 1 s lease)
+    line = conveyor(project, "delete", busy.id, "-A", "jobs_app").stdout
+    assert line.strip() == f"deleted 1 job(s): {busy.id}"
+    gone = conveyor(project, "job", busy.id, "-A", "jobs_app", code=1)
+    assert busy.id in gone.stderr
 
 
 def test_pause_and_resume_a_queue(shop: Shop) -> None:

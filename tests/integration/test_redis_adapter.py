@@ -125,7 +125,7 @@ def test_src_never_sends_keys_config_or_flushall() -> None:
 
 def test_bad_prefix_and_cluster_url_are_refused(redis_server: RedisServer) -> None:
     with pytest.raises(InvalidURL):
-        RedisBroker("redis+cluster://127.0.0.1:7000")
+        RedisBroker("redis+cluster://127.0.0.1:7000/1")  # a cluster has database 0 only
     with pytest.raises(InvalidName, match="prefix"):
         RedisBroker(redis_server.url, prefix="a{b}")
 

@@ -30,11 +30,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import redis
 
 from brokers import Target, by_name, params
 from conveyor import JobDead
 from conveyor._message import JobStatus
 from conveyor.brokers.redis._keys import GROUP, Keys
+from redis_cluster import RedisClusterServers
 from redis_server import RedisServer
 
 from .workers import Cluster, send, wait_for
@@ -78,10 +80,20 @@ return sid
 
 def redis_injector(request: pytest.FixtureRequest, target: Target) -> Inject:
     server: RedisServer = request.getfixturevalue("fresh_redis_server")  # the target's
+    return _redis_inject(target, server.client)
+
+
+def redis_cluster_injector(request: pytest.FixtureRequest, target: Target) -> Inject:
+    servers: RedisClusterServers = request.getfixturevalue("redis_cluster")  # the target's
+    return _redis_inject(target, lambda: servers.master_of(target.prefix).client())
+
+
+def _redis_inject(target: Target, connect: Callable[[], redis.Redis]) -> Inject:
+    """Writes a job as enqueue would, on the server ``connect`` reaches."""
     keys = Keys(target.prefix)
 
     def inject(job_id: str, payload: bytes) -> None:
-        client = server.client()
+        client = connect()
         try:
             sid = client.eval(
                 _REDIS_INJECT,
@@ -147,6 +159,7 @@ def postgres_injector(request: pytest.FixtureRequest, target: Target) -> Inject:
 # broker adds its own here).
 INJECTORS: dict[str, Callable[[pytest.FixtureRequest, Target], Inject]] = {
     "redis": redis_injector,
+    "redis-cluster": redis_cluster_injector,
     "sqlite": sqlite_injector,
     "postgres": postgres_injector,
     # Into the record store, with no ticket: the workers' sweep finds it.

@@ -12,50 +12,19 @@ the same job id, so a write that landed before the connection dropped is not mad
 
 from __future__ import annotations
 
-import dataclasses
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from conveyor import Conveyor, Signature
-from conveyor._errors import BrokerError
-from conveyor.testing.checker import check
+from conveyor import Conveyor
 from postgres_server import PrivatePostgres
 
-from .workers import Cluster, wait_for
+from .workers import Cluster, Producer, assert_each_ran_once, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.postgres]
 
 JOBS = 300
-
-
-class Producer:
-    """Enqueues ``JOBS`` short jobs one at a time; a call that raised is sent again with the
-    same id until it is acknowledged."""
-
-    def __init__(self, app: Conveyor) -> None:
-        self.app = app
-        self.acknowledged: list[str] = []
-        self.errors = 0
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-
-    def _run(self) -> None:
-        for i in range(JOBS):
-            tag = f"job{i}"
-            opts = dataclasses.replace(self.app.defaults, job_id=tag)
-            sig = Signature(self.app, "torture_app:sleepy", (tag, 0.01), {}, opts)
-            while True:
-                try:
-                    self.app.enqueue_many([sig])
-                    break
-                except BrokerError:
-                    self.errors += 1
-                    time.sleep(0.1)
-            self.acknowledged.append(tag)
-            time.sleep(0.005)
 
 
 @pytest.mark.parametrize("mode", ["immediate", "fast"])
@@ -69,26 +38,15 @@ def test_a_restart_under_load_loses_no_job(
         app.open()  # migrated before the workers start
         for name in ("w1", "w2"):
             cluster.worker(name, "-c", "4", "--lease", "2")
-        producer = Producer(app)
+        producer = Producer(app, JOBS)
         wait_for(lambda: len(producer.acknowledged) >= JOBS // 3, 60, cluster.outputs)
         private_postgres.stop(mode)
         time.sleep(1.0)  # producers and workers find it gone
         private_postgres.start()
         producer.thread.join(90)
         assert len(producer.acknowledged) == JOBS
-        ended = {"end"}
-        wait_for(
-            lambda: len({t for e, t, _, _ in cluster.runs() if e in ended}) >= JOBS,
-            90,
-            cluster.outputs,
-        )
-        records = app.broker.get(producer.acknowledged)
-        completed = [r.id for r in records if r is not None and r.status.terminal]
-        report = check(
-            acknowledged=producer.acknowledged, executed=cluster.executed(), completed=completed
-        )
         # At most the jobs two workers of 4 threads held when the server went ran again.
-        report.assert_ok(max_duplicates=8)
+        assert_each_ran_once(cluster, app, producer.acknowledged, 90, duplicates=8)
         # The restart was felt: the wake-up listener lost its connection, or the pool
         # discarded a connection the restart broke (which comes first depends on timing).
         felt = cluster.outputs()

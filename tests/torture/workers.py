@@ -228,3 +228,53 @@ def send(app: Conveyor, task: str, *args: Any, queue: str | None = None) -> Job[
     job: Job[Any]
     (job,) = app.enqueue_many([Signature(app, f"torture_app:{task}", args, {}, opts)])
     return job
+
+
+class Producer:
+    """Enqueues ``jobs`` short ``sleepy`` jobs (tags ``job0``...) one at a time, in a thread;
+    a call that raised is sent again with the same id until it is acknowledged (enqueue is
+    idempotent on the id, so a write that landed before its reply was lost is not made
+    twice). ``errors`` counts the calls that raised."""
+
+    def __init__(self, app: Conveyor, jobs: int) -> None:
+        self.app = app
+        self.jobs = jobs
+        self.acknowledged: list[str] = []
+        self.errors = 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        from conveyor._errors import BrokerError
+
+        for i in range(self.jobs):
+            tag = f"job{i}"
+            opts = dataclasses.replace(self.app.defaults, job_id=tag)
+            sig: Signature[Any] = Signature(self.app, "torture_app:sleepy", (tag, 0.01), {}, opts)
+            while True:
+                try:
+                    self.app.enqueue_many([sig])
+                    break
+                except BrokerError:
+                    self.errors += 1
+                    time.sleep(0.1)
+            self.acknowledged.append(tag)
+            time.sleep(0.005)
+
+
+def assert_each_ran_once(
+    cluster: Cluster, app: Conveyor, acknowledged: list[str], timeout: float, duplicates: int
+) -> None:
+    """Wait until every acknowledged job has ended, then check that none was lost and at
+    most ``duplicates`` ran more than once (the jobs a fault cut short)."""
+    from conveyor.testing.checker import check
+
+    wait_for(
+        lambda: len({t for e, t, _, _ in cluster.runs() if e == "end"}) >= len(acknowledged),
+        timeout,
+        cluster.outputs,
+    )
+    records = app.broker.get(acknowledged)
+    completed = [r.id for r in records if r is not None and r.status.terminal]
+    report = check(acknowledged=acknowledged, executed=cluster.executed(), completed=completed)
+    report.assert_ok(max_duplicates=duplicates)

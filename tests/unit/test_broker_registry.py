@@ -69,7 +69,7 @@ def install(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str, s
 
 
 def test_each_builtin_scheme_opens_its_adapter(tmp_path: Path) -> None:
-    assert schemes()[:7] == [
+    assert schemes()[:8] == [
         "memory",
         "sqlite",
         "redis",
@@ -77,6 +77,7 @@ def test_each_builtin_scheme_opens_its_adapter(tmp_path: Path) -> None:
         "unix",
         "redis+sentinel",
         "redis+cluster",
+        "rediss+cluster",
     ]
     for adapter in BUILTIN:
         broker_class = adapter.load()
@@ -148,7 +149,8 @@ def test_an_adapter_that_names_no_broker_class_is_refused() -> None:
 def test_every_registered_adapter_is_tested() -> None:
     """``tests/brokers.py``, which every test tier reads, has an entry per adapter of the
     registry: a new adapter runs the conformance suites, the model and its tiers' tests."""
-    assert list(dict.fromkeys(b.adapter for b in BROKERS)) == [a.name for a in BUILTIN]
+    assert sorted({b.adapter_name for b in BROKERS}) == sorted(a.name for a in BUILTIN)
+    assert len({b.name for b in BROKERS}) == len(BROKERS)  # one test id each
 
 
 def test_no_adapter_overrides_a_public_method_of_the_port() -> None:

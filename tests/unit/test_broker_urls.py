@@ -11,11 +11,13 @@ import redis
 import redis.asyncio
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
+from redis.crc import key_slot
 
-from conveyor import Conveyor, InvalidURL
+from conveyor import ConfigurationError, Conveyor, InvalidName, InvalidURL
 from conveyor.brokers import open_broker, redact_url
-from conveyor.brokers._url import parse_redis_url
-from conveyor.brokers.redis import _connect
+from conveyor.brokers._url import key_prefix, parse_redis_url
+from conveyor.brokers.redis import _cluster, _connect
+from conveyor.brokers.redis._core import check_prefix
 
 # Forms with a secret in them: userinfo, query options, sentinel lists, TLS, a socket, and
 # malformed ones around a password (bad port, database, host, option, scheme, fragment).
@@ -51,7 +53,7 @@ WITH_SECRET = [
     "redis+sentinel://:{pw}@s1:26379,/mymaster",
     "redis+sentinel://:{pw}@s1:70000/mymaster",
     "redis+sentinel://:{pw}@s1:26379/",
-    "redis+cluster://:{pw}@h.example:7000",
+    "redis+cluster://:{pw}@h.example:7000/0",
     "unix://:{pw}@host/run/redis.sock",
     "nope://:{pw}@h.example/0",
     "{pw}@h.example:6379",
@@ -66,6 +68,8 @@ VALID = {
     "unix://:{pw}@/run/redis.sock?db=2": "password",
     "redis://h.example:6379/0?password={pw}": "password",
     "redis+sentinel://s1/mymaster?sentinel_password={pw}": "sentinel_password",
+    "redis+cluster://app:{pw}@h1.example:7000,h2.example:7001": "password",
+    "rediss+cluster://app:{pw}@h1.example:7000?ssl_cert_reqs=none&wait=1": "password",
 }
 
 # A password: a random run of letters and digits (what must never show, whole or cut)
@@ -149,7 +153,6 @@ def test_every_documented_form_reads_its_password_back(
         ("unix:///run/r.sock?socket_keepalive=1", "unix:// takes no option 'socket_keepalive'"),
         ("redis:///0", "no Redis host; write redis://[user:password@]host:6379/0"),
         ("redis://", "no Redis host"),
-        ("redis://h1,h2:6380/0", "several hosts; only redis+sentinel:// takes a list"),
         ("redis://h_%/0", "the Redis host is not a host name or address"),
         ("redis://h/0#x", "a '#' in the URL; percent-encode / ? # in a password"),
         ("redis://:a/b@h/0", "an '@' after the host"),
@@ -160,7 +163,13 @@ def test_every_documented_form_reads_its_password_back(
         ("redis+sentinel://s1/m/0/1", "more than a service and a database"),
         ("unix://host/run/redis.sock", "a unix:// URL names no host; write unix:///path"),
         ("unix://", "no socket path"),
-        ("redis+cluster://h:7000", "redis+cluster:// is not supported yet"),
+        ("redis://h1,h2:6380/0", "only redis+sentinel:// and redis+cluster:// take a list"),
+        ("redis+cluster://h:7000/0", "a path after the seed nodes; a cluster has database 0"),
+        ("redis+cluster://h:7000?db=1", "redis+cluster:// takes no option 'db'"),
+        ("redis+cluster://", "no seed node; write redis+cluster://"),
+        ("redis+cluster://h1:7000,:7001", "no seed node host"),
+        ("redis+cluster://h:7000?wait=0", "bad value '0' for option 'wait'"),
+        ("redis+cluster://h:7000?ssl_ca_certs=a", "redis+cluster:// takes no option"),
         ("nope://h/0", "unknown broker scheme 'nope'"),
         ("localhost:6379", "bad broker URL 'localhost:6379': use memory://"),
     ],
@@ -235,3 +244,98 @@ def test_a_sentinel_client_gives_each_side_its_own_password() -> None:
         "m/pw",
     )
     assert (pool.service_name, pool.connection_kwargs["db"]) == ("mymaster", 4)  # type: ignore[attr-defined]
+
+
+def test_a_cluster_url_reads_its_seeds_and_options() -> None:
+    t = parse_redis_url(
+        "rediss+cluster://app:s%40cret@h1:7000,[::1]:7001,h3/?wait=2&wait_timeout=0.5"
+    )
+    assert t.scheme == "rediss+cluster"
+    assert t.hosts == (("h1", 7000), ("::1", 7001), ("h3", 6379))
+    assert (t.db, t.username, t.password) == (0, "app", "s@cret")
+    assert (t.option("wait"), t.option("wait_timeout")) == (2, 0.5)
+    assert "s@cret" not in repr(t) and "s%40cret" not in repr(t)
+
+
+def test_a_tls_cluster_client_aims_tls_connections_at_the_slot_owner() -> None:
+    """No I/O: the pools' connection class follows the owner of the prefix's slot, over
+    TLS, and the owner logs in to the nodes it asks with the URL's user and TLS options."""
+    target = _connect.parse("rediss+cluster://app:p%40ss@h1:7000,h2:7001?ssl_cert_reqs=none")
+    owner = _connect.slot_owner(target, "{billing}")
+    assert owner is not None and owner.slot == key_slot(b"{billing}")
+    assert owner._node["ssl"] is True and owner._node["password"] == "p@ss"
+    client = _connect.connect(target, owner)
+    pool = client.connection_pool
+    assert issubclass(pool.connection_class, redis.SSLConnection)
+    assert pool.connection_class is _cluster.ClusterSSLConnection
+    kwargs = pool.connection_kwargs
+    assert kwargs["slot_owner"] is owner and "db" not in kwargs
+    assert (kwargs["username"], kwargs["password"], kwargs["ssl_cert_reqs"]) == (
+        "app",
+        "p@ss",
+        "none",
+    )
+    client.close()
+    aclient = _connect.connect_async(target, owner)
+    assert aclient.connection_pool.connection_class is _cluster.AsyncClusterSSLConnection
+    plain = _connect.parse("redis+cluster://h1:7000")
+    plain_client = _connect.connect(plain, _connect.slot_owner(plain, "{x}"))
+    assert plain_client.connection_pool.connection_class is _cluster.ClusterConnection
+    assert _connect.slot_owner(_connect.parse("redis://h1:7000/0"), "{x}") is None
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://:pw@h.example:6379/0?prefix=billing",
+        "rediss://app:pw@h.example/1?ssl_cert_reqs=none&prefix=billing",
+        "unix:///run/redis.sock?db=2&prefix=billing",
+        "redis+sentinel://s1,s2/mymaster/0?prefix=billing",
+        "redis+cluster://h1:7000,h2:7001/?prefix=billing",
+        "rediss+cluster://app:pw@h1:7000?prefix=billing&wait=1",
+    ],
+)
+def test_every_redis_form_reads_the_prefix_from_its_query(url: str) -> None:
+    t = parse_redis_url(url)
+    assert t.prefix == "billing" and "prefix" not in dict(t.options)
+    assert parse_redis_url(url.replace("prefix=billing", "client_name=x")).prefix is None
+    broker = open_broker(url)  # opens no connection
+    assert broker.prefix == "billing"
+    broker.close()
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a", "billing", "Billing-2", "a.b_c", "x" * 64, "x" * 65, "a{b", "a}b", "a:b", "a b", "ä"],
+)
+def test_the_url_prefix_is_checked_as_the_prefix_argument_is(name: str) -> None:
+    try:
+        check_prefix(name)
+    except InvalidName:
+        with pytest.raises(InvalidURL, match="for option 'prefix'; it takes a key prefix"):
+            Conveyor(f"redis://:s3cret@h/0?prefix={quote(name, safe='')}")
+        with pytest.raises(InvalidName, match="bad key prefix"):
+            Conveyor("redis://h/0", prefix=name).open()
+    else:
+        assert parse_redis_url(f"redis://h/0?prefix={quote(name, safe='')}").prefix == name
+    with pytest.raises(InvalidURL, match="option 'prefix' has no value"):
+        Conveyor("redis://h/0?prefix=")
+
+
+def test_the_prefix_argument_and_the_url_prefix_must_agree() -> None:
+    url = "redis://:s3cret@h/0?prefix=billing"
+    assert [key_prefix(p, parse_redis_url("redis://h/0")) for p in (None, "shop")] == [
+        "conveyor",
+        "shop",
+    ]
+    assert key_prefix(None, parse_redis_url(url)) == "billing"
+    for app in (Conveyor(url), Conveyor(url, prefix="billing")):
+        assert app.open().prefix == "billing"
+        app.close()
+    # Either alone would put the producer and the worker on different keys: refused.
+    for other in ("shop", "conveyor"):
+        app = Conveyor(url, prefix=other)
+        with pytest.raises(ConfigurationError, match="two key prefixes") as caught:
+            app.open()
+        assert f"prefix={other!r} and ?prefix=billing" in str(caught.value)
+        assert "s3cret" not in str(caught.value) and "drop prefix= or ?prefix=" in str(caught.value)

@@ -99,7 +99,7 @@ def test_url_override_keeps_the_app_and_its_tasks(tmp_path: Path) -> None:
     app.close()
 
 
-HELP = [[], ["info"], ["jobs"], ["job"], ["cancel"], ["requeue"], ["purge"], ["queues"],
+HELP = [[], ["info"], ["jobs"], ["job"], ["cancel"], ["requeue"], ["delete"], ["purge"], ["queues"],
         ["queues", "pause"], ["queues", "resume"], ["schedules"], ["ping"], ["events"],
         ["worker"], ["exporter"], ["demo"], ["dashboard"]]  # fmt: skip
 

@@ -22,12 +22,12 @@ from click.testing import CliRunner
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message
 
-from conveyor import ConfigurationError, Conveyor, JobStatus
+from conveyor import ConfigurationError, Conveyor, JobStatus, workflows
 from conveyor.cli import cli
 from conveyor.cli.dashboard import allowed_hosts, loopback
-from conveyor.dashboard import _web, asgi_app
+from conveyor.dashboard import _graph, _web, asgi_app
 from conveyor.testing import MemoryBroker, drain
-from conveyor.workflows import chain
+from conveyor.workflows import chain, chord
 
 AUTH = ("admin", "s3cret")
 
@@ -201,6 +201,34 @@ async def test_job_page_has_the_traceback_the_timeline_and_the_workflow(app: Con
     assert (await web.get("/api/job/bad id!")).status_code in (400, 404)
 
 
+async def test_a_jobs_graph_is_its_workflow_and_dependencies_whole_but_bounded(
+    app: Conveyor,
+) -> None:
+    web = client(app)
+    send = app.registry[_name(app, "send")]
+    first, middle, end = chain(send.s("a"), send.s(), send.s()).delay().steps
+    after = send.options(depends_on=[end]).delay("b")  # known from its job.enqueued event
+    graph = (await web.get(f"/api/job/{middle}")).json()["job"]["graph"]
+    assert {n["id"]: n["level"] for n in graph["nodes"]} == {
+        first: 0, middle: 1, end: 2, after.id: 3,
+    }  # fmt: skip
+    assert {(e["from"], e["to"], e["kind"]) for e in graph["edges"]} == {
+        (first, middle, "workflow"), (middle, end, "workflow"), (end, after.id, "depends"),
+    }  # fmt: skip
+    assert graph["upstream"] == [{"id": first, "status": "queued", "task": _name(app, "send")}]
+    assert not graph["more"]
+    # From the end of a long chain: the nearest steps, as many as a graph shows.
+    steps = chain(*(send.s(str(i)) for i in range(60))).delay().steps
+    graph = (await web.get(f"/api/job/{steps[-1]}")).json()["job"]["graph"]
+    assert {n["id"] for n in graph["nodes"]} == set(steps[-_graph.MOST :])
+    assert graph["more"]
+    # A group's callback keeps the first AFTER_KEPT of its members: the graph says so.
+    callback = chord([send.s(str(i)) for i in range(30)], send.s()).delay()
+    graph = (await web.get(f"/api/job/{callback.id}")).json()["job"]["graph"]
+    assert len(graph["upstream"]) == workflows.AFTER_KEPT and graph["more"]
+    assert {n["level"] for n in graph["nodes"] if n["id"] != callback.id} == {0}
+
+
 async def test_schedules_come_with_their_next_fire_time(app: Conveyor) -> None:
     (schedule,) = (await client(app).get("/api/schedules")).json()["schedules"]
     assert schedule["name"] == _name(app, "tidy") and schedule["every"] == 300
@@ -300,18 +328,43 @@ async def test_actions_requeue_cancel_pause_and_purge(app: Conveyor) -> None:
     assert (await web.post("/api/queue/reports/explode", headers=csrf)).status_code == 404
 
 
+async def test_delete_takes_a_job_away_but_not_a_running_one(app: Conveyor) -> None:
+    web = client(app)
+    csrf = await acting(web)
+    job_id = failed_job(app)
+    assert (await web.get(f"/api/job/{job_id}")).json()["job"]["can_delete"]
+    assert (await web.post(f"/api/job/{job_id}/delete")).status_code == 403  # no CSRF token
+    answer = await web.post(f"/api/job/{job_id}/delete", headers=csrf)
+    assert answer.json() == {"message": f"deleted {job_id}"}
+    assert (await web.get(f"/api/job/{job_id}")).status_code == 404
+    assert (await web.get("/api/jobs/failed")).json()["jobs"] == []
+    assert (await web.post(f"/api/job/{job_id}/delete", headers=csrf)).status_code == 404
+    send = app.registry[_name(app, "send")]
+    busy, waiting = send.delay("a"), send.delay("b")
+    [d] = app.broker.fetch(["mail"], "w", 1, 30.0, 0.0)
+    assert d.id == busy.id
+    assert not (await web.get(f"/api/job/{busy.id}")).json()["job"]["can_delete"]
+    refused = await web.post(f"/api/job/{busy.id}/delete", headers=csrf)
+    assert refused.status_code == 409 and "cancel it first" in refused.json()["error"]
+    assert app.job(busy.id).status is JobStatus.RUNNING
+    assert (await web.post(f"/api/job/{waiting.id}/delete", headers=csrf)).status_code == 200
+    assert app.broker.get([waiting.id]) == [None]
+
+
 async def test_read_only_takes_every_action_away_on_the_server(app: Conveyor) -> None:
     web = client(app, read_only=True)
     csrf = await acting(web)
     job_id = failed_job(app)
     for path in (f"/api/job/{job_id}/requeue", f"/api/job/{job_id}/cancel",
-                 "/api/queue/reports/pause", "/api/queue/reports/requeue?status=failed",
+                 f"/api/job/{job_id}/delete", "/api/queue/reports/pause",
+                 "/api/queue/reports/requeue?status=failed",
                  "/api/queue/reports/purge"):  # fmt: skip
         response = await web.post(path, headers=csrf)
         assert response.status_code == 403 and "read-only" in response.json()["error"], path
     assert app.job(job_id).status is JobStatus.FAILED and app.broker.paused() == []
     job = (await web.get(f"/api/job/{job_id}")).json()
     assert job["read_only"] and not job["job"]["can_requeue"] and not job["job"]["can_cancel"]
+    assert not job["job"]["can_delete"]
     assert 'name="conveyor-read-only" content="true"' in (await web.get("/")).text
 
 
@@ -512,7 +565,8 @@ from django.core.asgi import get_asgi_application
 from starlette.applications import Starlette
 from starlette.routing import Mount
 from conveyor import Conveyor
-from conveyor.dashboard import _web, asgi_app
+from conveyor import workflows
+from conveyor.dashboard import _graph, _web, asgi_app
 
 application = Starlette(routes=[  # as docs/dashboard.md shows it
     Mount("/conveyor", app=asgi_app(Conveyor("memory://"), auth=("ops", "pw"))),

@@ -289,3 +289,41 @@ def test_drain_leaves_a_paused_queue_for_later(app: Conveyor) -> None:
     assert job.result(timeout=0) == 3
     with pytest.raises(InvalidName):
         app.pause("a/b")
+
+
+def test_delete_takes_ended_and_pending_jobs_and_refuses_a_running_one(app: Conveyor) -> None:
+    fine = app.registry["fine"]
+    [failed] = _failed(app, 1)
+    queued, running = fine.delay(1), fine.delay(2)
+    [d] = app.broker.fetch(["default"], "w", 1, 30.0, 0.0)
+    assert d.id == queued.id
+    with pytest.raises(JobNotEnded, match="cancel it first") as caught:
+        app.delete([failed, running.id, queued.id])  # queued.id is running: handed out first
+    assert caught.value.job_id == queued.id
+    with pytest.raises(JobNotFound, match="nothing was deleted"):
+        app.delete([failed, "nope"])
+    assert app.job(failed).status is JobStatus.FAILED  # nothing was deleted
+
+    assert app.delete([failed, running.id, failed]) == 2  # named twice, deleted once
+    for gone in (failed, running.id):
+        with pytest.raises(JobNotFound):
+            app.job(gone)
+    assert [e.id for e in app.broker.entries(JobStatus.FAILED, None, 10)] == []
+    assert app.broker.finish([Finish(d, JobStatus.SUCCEEDED, b"1")]) == [True]
+    assert app.delete([queued.id]) == 1
+    with pytest.raises(TypeError, match="list of job ids"):
+        app.delete(queued.id)
+
+
+def test_deleting_a_pending_chain_step_fails_the_rest_of_its_chain(app: Conveyor) -> None:
+    from conveyor.workflows import chain
+
+    fine = app.registry["fine"]
+    handle = chain(fine.s(1), fine.s(), fine.s()).delay()
+    first, second, third = handle.steps
+    assert app.delete([first]) == 1  # cancelled first: what follows it learns it
+    drain(app)
+    assert app.job(third).status is JobStatus.FAILED
+    with pytest.raises(JobNotFound):
+        app.job(first)
+    assert app.job(second).status is JobStatus.FAILED

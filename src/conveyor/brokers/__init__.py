@@ -104,18 +104,20 @@ def open_broker(
     url: str,
     *,
     clock: Clock | None = None,
-    prefix: str = "conveyor",
+    prefix: str | None = None,
     create: bool = True,
     events_kept: int | None = None,
     store: str | None = None,
 ) -> Broker:
-    """Open the broker a URL names; ``events_kept``: how many events its log keeps
+    """Open the broker a URL names; ``prefix``: the key prefix (Redis: else the URL's
+    ``?prefix=``, else ``conveyor``); ``events_kept``: how many events its log keeps
     (``EVENTS_KEPT`` by default).
 
     ``memory://`` (one process), ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``,
     ``redis://[user:password@]host:port/db``, ``rediss://`` (TLS), ``unix:///path.sock``,
     ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]``
-    (``redis+cluster://`` is refused with a message). docs/redis.md lists the options.
+    ``redis+cluster://[user:password@]host:port[,host:port...]`` (seed nodes of a Redis
+    Cluster; ``rediss+cluster://``: TLS; docs/cluster.md). docs/redis.md lists the options.
     ``postgresql://[user:password@]host:5432/dbname[?schema=conveyor]`` (or ``postgres://``;
     docs/postgres.md). ``amqp://user:password@host:5672/vhost`` (or ``amqps://``) with
     ``store``, the URL of its record store (docs/rabbitmq.md).

@@ -10,8 +10,9 @@ None of it is on the worker's hot path (``_port`` is). Contract, in short:
   scheduled jobs soonest ``eta`` first, then the parked ones (waiting for ``promote`` or
   their dependencies), ties by job id; every other status newest first by ``at`` (when the
   job last changed), ties by job id, highest first. An adapter that indexes ended jobs by
-  when their record expires (Redis) gives that order exactly where the jobs of a queue
-  and status share one result TTL, and close to it where they do not.
+  when their record expires (Redis, which pages them by rank in that index) gives that
+  order exactly where the jobs of a status share one result TTL, and close to it where
+  they do not (a job kept longer is listed as if it had ended later).
 * ``requeue`` puts ended jobs back: for each (job id, new payload), in one atomic step
   per job, a job that is failed, dead or cancelled (``REQUEUEABLE``) goes back as a fresh
   job -- the new payload (the app resets its retry count in it: brokers never decode
@@ -36,6 +37,17 @@ None of it is on the worker's hot path (``_port`` is). Contract, in short:
   count reaches 0 becomes due, and its worker then finds the dependency without a record.
   A dependent in the purged queue itself is deleted by the same purge (and counted),
   whether or not it was released first.
+* ``delete(ids)`` deletes jobs that are not running, each in one atomic step: the record,
+  its payload and its result go, as if it had expired. Per id it reports the status the job
+  had (deleted), ``RUNNING`` for a running job, left exactly as it was (a cancel requested
+  or not: its worker owns it; cancel it, and delete it once it ended), or None for an
+  unknown or expired id (an id named twice is gone the second time). A queued or scheduled
+  job (parked ones too) goes as ``purge`` takes it: its unique key is free at once, its
+  dependents are counted down as its ending would (one whose count reaches 0 becomes due,
+  and its worker then finds the dependency without a record), its own dependencies forget
+  it, and whoever waits for it is woken (``wait`` raises ``JobNotFound``). An ended job has
+  no dependents left to count down; a later ``depends_on`` naming it is refused as an
+  unknown id, as after its record expired.
 * ``workers`` lists the workers whose last ``heartbeat`` has not run out.
 * ``read_events(after, block, limit)`` returns up to ``limit`` (cursor, event) pairs in
   publish order after the cursor ``after`` (None: from the oldest kept), blocking up to
@@ -56,10 +68,11 @@ import time
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 
-from .._message import JobEntry, JobStatus, QueueStats, WorkerInfo, validate_job_id, validate_queue
+from .._message import JobEntry, JobStatus, QueueStats, WorkerInfo, validate_queue
 from ._base import (
     BrokerBase,
     Watch,
+    check_ids,
     check_page,
     check_read,
     check_status,
@@ -105,7 +118,7 @@ class Admin(BrokerBase):
         """Put failed, dead or cancelled jobs back, each ``(job id, new payload)``; per item
         the id of the pending job standing for it (its own, or the unique key's holder), or
         None where nothing changed (unknown, or not failed, dead or cancelled)."""
-        items = [(validate_job_id(job_id), payload) for job_id, payload in items]
+        items = list(zip(check_ids([i for i, _ in items]), [p for _, p in items], strict=True))
         if not items:
             return []
         with self._errors:
@@ -132,6 +145,15 @@ class Admin(BrokerBase):
         validate_queue(queue)
         with self._errors:
             return self._purge(queue)
+
+    def delete(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
+        """Delete jobs that are not running, records and results; per id the status the
+        job had (deleted), ``RUNNING`` (left as it is), or None (unknown or expired)."""
+        ids = check_ids(job_ids)
+        if not ids:
+            return []
+        with self._errors:
+            return self._delete(ids)
 
     def workers(self) -> list[WorkerInfo]:
         """Live workers."""
@@ -188,6 +210,11 @@ class Admin(BrokerBase):
 
     @abstractmethod
     def _purge(self, queue: str) -> int: ...
+
+    @abstractmethod
+    def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
+        """Each job deleted unless it is running, in one atomic step per job: the status it
+        had (``RUNNING``: nothing changed), or None for an unknown or expired id."""
 
     @abstractmethod
     def _workers(self) -> list[WorkerInfo]: ...

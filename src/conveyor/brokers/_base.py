@@ -79,6 +79,14 @@ def check_queues(queues: Sequence[str]) -> list[str]:
     return [validate_queue(q) for q in dict.fromkeys(queues)]
 
 
+def check_ids(job_ids: Sequence[str]) -> list[str]:
+    """The job ids of ``requeue`` or ``delete``, each a good id (a bare string is refused:
+    it would be taken for its characters)."""
+    if isinstance(job_ids, str | bytes):
+        raise TypeError(f"pass a list of job ids, not the single string {job_ids!r}")
+    return [validate_job_id(i) for i in job_ids]
+
+
 def check_status(status: JobStatus | str) -> JobStatus:
     """A ``JobStatus`` (or its value)."""
     try:
@@ -129,7 +137,7 @@ def job_not_found(job_id: str) -> JobNotFound:
 
 
 def purged_while_waiting(job_id: str) -> JobNotFound:
-    return JobNotFound(f"job {job_id!r} was purged while waiting for it")
+    return JobNotFound(f"job {job_id!r} was purged or deleted while waiting for it")
 
 
 def unknown_dependency(job_id: str, dependency: str) -> DependencyNotFound:
@@ -147,13 +155,14 @@ def unknown_dependency(job_id: str, dependency: str) -> DependencyNotFound:
 @dataclass(frozen=True)
 class BrokerOptions:
     """What ``open_broker`` passes every adapter beside the URL (``Broker.from_url``):
-    ``clock``, the injected clock; ``prefix``, the key prefix of a shared server's keys (Redis);
+    ``clock``, the injected clock; ``prefix``, the key prefix of a shared server's keys (Redis;
+    None: the URL's ``?prefix=``, else ``conveyor``);
     ``create``, False for tools that only look (make nothing: no file, no folder, no schema);
     ``events_kept``, the event log's size; ``store``, the URL of the record store of a
     broker that keeps its records in another (``amqp://``), else None."""
 
     clock: Clock
-    prefix: str = "conveyor"
+    prefix: str | None = None
     create: bool = True
     events_kept: int = EVENTS_KEPT
     store: str | None = None

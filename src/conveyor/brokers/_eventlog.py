@@ -37,12 +37,20 @@ def unframe(body: bytes) -> list[bytes]:
     return out
 
 
+def bodies(events: Sequence[bytes]) -> list[bytes]:
+    """``events`` as the bodies of their records: framed, ``PER_RECORD`` to a body but the
+    last, which has the rest."""
+    return [
+        b"".join([frame(e) for e in events[at : at + PER_RECORD]])
+        for at in range(0, len(events), PER_RECORD)
+    ]
+
+
 def records(events: Sequence[bytes], last: int) -> Iterator[tuple[int, bytes]]:
     """``events``, numbered up to ``last``, as records: (number of its last event, body)."""
     first = last - len(events)
-    for at in range(0, len(events), PER_RECORD):
-        chunk = events[at : at + PER_RECORD]
-        yield first + at + len(chunk), b"".join(frame(e) for e in chunk)
+    for at, body in zip(range(0, len(events), PER_RECORD), bodies(events), strict=True):
+        yield first + min(at + PER_RECORD, len(events)), body
 
 
 def numbered(found: Iterable[tuple[int, bytes]], after: int, limit: int) -> list[tuple[str, bytes]]:

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError, InvalidURL
-from ._url import REDIS_SCHEMES, SCHEME_NAME, redact_url
+from ._url import CLUSTER_SCHEMES, REDIS_SCHEMES, SCHEME_NAME, redact_url
 
 if TYPE_CHECKING:
     from ._port import Broker
@@ -73,7 +73,7 @@ BUILTIN = (
     ),
     Adapter(
         "redis",
-        (*REDIS_SCHEMES, "redis+cluster"),  # redis+cluster: refused by the check, saying why
+        (*REDIS_SCHEMES, *CLUSTER_SCHEMES),
         "conveyor.brokers.redis:RedisBroker",
         "redis://host:6379/0",
         check="conveyor.brokers._url:parse_redis_url",

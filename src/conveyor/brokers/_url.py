@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
-from .._errors import InvalidURL
+from .._errors import ConfigurationError, InvalidName, InvalidURL
+from .._message import validate_queue
 
 MASK = "***"
 SECRET_WORDS = ("pass", "token", "secret", "key")
 REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+sentinel")
+CLUSTER_SCHEMES = ("redis+cluster", "rediss+cluster")
 _NO_AUTHORITY = {"sqlite", "memory"}  # file paths and nothing: no user, no host
 SCHEME_NAME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 _WORD = re.compile(r"[A-Za-z0-9_.-]+")
@@ -156,9 +158,11 @@ def redact_url(url: str) -> str:
 
 @dataclass(frozen=True, repr=False)
 class RedisURL:
-    """A checked Redis URL. ``hosts``: the server (``redis``, ``rediss``) or the sentinels;
+    """A checked Redis URL. ``hosts``: the server (``redis``, ``rediss``), the sentinels, or
+    the cluster's seed nodes (``redis+cluster``, ``rediss+cluster``);
     ``socket``: the ``unix://`` path; ``service``: the master the sentinels watch;
-    ``options``: the query options, their values converted (the names of ``OPTIONS``)."""
+    ``prefix``: the key prefix ``?prefix=`` names (None: not given; ``key_prefix``);
+    ``options``: the other query options, their values converted (the names of ``OPTIONS``)."""
 
     scheme: str
     shown: str  # redacted
@@ -168,6 +172,7 @@ class RedisURL:
     db: int = 0
     username: str | None = None
     password: str | None = None
+    prefix: str | None = None
     options: tuple[tuple[str, Any], ...] = ()
 
     def __repr__(self) -> str:
@@ -205,15 +210,26 @@ def _choice(*allowed: str) -> Callable[[str], str]:
     return convert
 
 
-_ALL = frozenset(REDIS_SCHEMES)
-_POOLED = frozenset({"redis", "rediss", "unix"})
-_TCP = frozenset({"redis", "rediss", "redis+sentinel"})
-_TLS = frozenset({"rediss"})
+def _prefix(text: str) -> str:
+    """A key prefix, checked as ``prefix=`` is: it becomes a hash tag (``{P}``), so braces
+    or odd characters would move keys between slots."""
+    try:
+        return validate_queue(text)
+    except InvalidName:
+        raise ValueError(text) from None
+
+
+_ALL = frozenset(REDIS_SCHEMES + CLUSTER_SCHEMES)
+_ONE_DB = frozenset(REDIS_SCHEMES)  # a cluster has database 0 only
+_POOLED = frozenset({"redis", "rediss", "unix", *CLUSTER_SCHEMES})
+_TCP = frozenset({"redis", "rediss", "redis+sentinel", *CLUSTER_SCHEMES})
+_TLS = frozenset({"rediss", "rediss+cluster"})
 _SENTINEL = frozenset({"redis+sentinel"})
 
 # name -> (convert, what it takes (for the message), the schemes that take it)
 OPTIONS: dict[str, tuple[Callable[[str], Any], str, frozenset[str]]] = {
-    "db": (_number(int, 0), "a database number, 0 or more", _ALL),
+    "db": (_number(int, 0), "a database number, 0 or more", _ONE_DB),
+    "prefix": (_prefix, "a key prefix: 1-64 letters, digits, '_', '.' or '-'", _ALL),
     "username": (str, "an ACL user name", _ALL),
     "password": (str, "a password", _ALL),
     "client_name": (str, "a name for CLIENT LIST", _ALL),
@@ -230,6 +246,8 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, frozenset[str]]] = {
     "ssl_check_hostname": (_flag, "true or false", _TLS),
     "sentinel_username": (str, "the sentinels' ACL user", _SENTINEL),
     "sentinel_password": (str, "the sentinels' password", _SENTINEL),
+    "wait": (_number(int, 1), "how many replicas must have an enqueue, 1 or more", _ALL),
+    "wait_timeout": (_number(float, 0, above=True), "seconds to wait for them, above 0", _ALL),
 }
 
 _EXAMPLE = {
@@ -237,6 +255,8 @@ _EXAMPLE = {
     "rediss": "rediss://[user:password@]host:6380/0",
     "unix": "unix://[user:password@]/path/to/redis.sock?db=0",
     "redis+sentinel": "redis+sentinel://[user:password@]host:26379[,host:26379]/mymaster[/0]",
+    "redis+cluster": "redis+cluster://[user:password@]host:6379[,host:6379...]",
+    "rediss+cluster": "rediss+cluster://[user:password@]host:6380[,host:6380...]",
 }
 _ENCODE = "percent-encode / ? # in a password as %2F %3F %23, and @ in an option value as %40"
 _ENCODE_OPTION = "percent-encode & = # in an option value as %26 %3D %23"
@@ -319,19 +339,15 @@ class _Reader:
 
 
 def parse_redis_url(url: str) -> RedisURL:
-    """Check a ``redis://``, ``rediss://``, ``unix://`` or ``redis+sentinel://`` URL and
-    read it; ``InvalidURL`` says what is wrong and what to write, without its secrets."""
+    """Check a ``redis://``, ``rediss://``, ``unix://``, ``redis+sentinel://``,
+    ``redis+cluster://`` or ``rediss+cluster://`` URL and read it; ``InvalidURL`` says what
+    is wrong and what to write, without its secrets."""
     p = _split(url)
     scheme = (p.scheme or "").lower()
-    if scheme == "redis+cluster":
+    if scheme not in REDIS_SCHEMES + CLUSTER_SCHEMES:
         raise InvalidURL(
-            "redis+cluster:// is not supported yet: Conveyor keeps a prefix in one hash slot, "
-            "so point redis:// at the shard (see docs/redis.md)"
-        )
-    if scheme not in REDIS_SCHEMES:
-        raise InvalidURL(
-            f"bad Redis URL {redact_url(url)!r}: use redis://, rediss://, unix:// or "
-            "redis+sentinel://"
+            f"bad Redis URL {redact_url(url)!r}: use redis://, rediss://, unix://, "
+            "redis+sentinel:// or redis+cluster://"
         )
     r = _Reader(url, scheme)
     if p.ambiguous:
@@ -349,6 +365,7 @@ def parse_redis_url(url: str) -> RedisURL:
     username = options.pop("username", username)
     password = options.pop("password", password)
     db = options.pop("db", None)
+    prefix = options.pop("prefix", None)
     hosts: tuple[tuple[str, int], ...] = ()
     socket = service = ""
     path = [unquote(s) for s in p.path.split("/")[1:]]
@@ -369,10 +386,14 @@ def parse_redis_url(url: str) -> RedisURL:
         if len(rest) > 1:
             raise r.bad("more than a service and a database after the sentinels")
         db = _one_db(r, db, r.database(rest[0]) if rest else None)
+    elif scheme in CLUSTER_SCHEMES:
+        hosts = _seeds(r, p.hosts, path)
     else:
         if "," in p.hosts:
             raise r.bad(
-                "several hosts", f"only redis+sentinel:// takes a list; write {_EXAMPLE[scheme]}"
+                "several hosts",
+                f"only redis+sentinel:// and redis+cluster:// take a list; write "
+                f"{_EXAMPLE[scheme]}",
             )
         hosts = (r.address(p.hosts, REDIS_PORT, "Redis"),)
         rest = [s for s in path if s]
@@ -388,8 +409,36 @@ def parse_redis_url(url: str) -> RedisURL:
         db=db or 0,
         username=username,
         password=password,
+        prefix=prefix,
         options=tuple(sorted(options.items())),
     )
+
+
+def key_prefix(given: str | None, url: RedisURL) -> str:
+    """The key prefix a Redis broker uses: ``prefix=`` (of ``Conveyor`` or the broker) or
+    the URL's ``?prefix=``, whichever is given, else ``conveyor``. Both given must name the
+    same prefix: a producer and a worker that each read only one of them would otherwise
+    work on different keys, and its jobs would wait for ever."""
+    if given is not None and url.prefix is not None and given != url.prefix:
+        raise ConfigurationError(
+            f"two key prefixes: prefix={given!r} and ?prefix={url.prefix} in the URL "
+            f"{url.shown!r}; give it once (drop prefix= or ?prefix=), or the same name in both"
+        )
+    if given is not None:
+        return given
+    return url.prefix or "conveyor"
+
+
+def _seeds(r: _Reader, hosts: str, path: list[str]) -> tuple[tuple[str, int], ...]:
+    """The seed nodes of a cluster URL, which names no database (a cluster has only 0)."""
+    if not hosts:
+        raise r.bad("no seed node")
+    if any(s for s in path):
+        raise r.bad(
+            "a path after the seed nodes",
+            "a cluster has database 0 only: end the URL after the last host:port",
+        )
+    return tuple(r.address(item, REDIS_PORT, "seed node") for item in hosts.split(","))
 
 
 def _one_db(r: _Reader, option: int | None, path: int | None) -> int | None:

@@ -24,6 +24,7 @@ COMMANDS = {
     "job": ("jobs", "job"),
     "cancel": ("actions", "cancel"),
     "requeue": ("actions", "requeue"),
+    "delete": ("actions", "delete"),
     "purge": ("actions", "purge"),
     "queues": ("queues", "queues"),
     "schedules": ("schedules", "schedules"),

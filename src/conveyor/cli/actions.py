@@ -1,4 +1,4 @@
-"""Changing jobs: ``cancel``, ``requeue`` and ``purge``."""
+"""Changing jobs: ``cancel``, ``requeue``, ``delete`` and ``purge``."""
 
 from __future__ import annotations
 
@@ -140,3 +140,24 @@ def purge(queue: str, yes: bool, as_json: bool, app_spec: str | None, url: str |
         emit_json({"queue": queue, "purged": purged})
     else:
         click.echo(f"purged {purged} job(s) from {queue}")
+
+
+@click.command()
+@click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
+@json_option
+@app_options
+def delete(job_ids: tuple[str, ...], as_json: bool, app_spec: str | None, url: str | None) -> None:
+    """Delete jobs for good: record, arguments and result. A queued or scheduled job is
+    cancelled first (the rest of its workflow fails, jobs that depend on it go on); an
+    ended one is deleted as it is; a running one is refused: cancel it, and delete it once
+    it ended.
+
+    Every id is looked up first: if one is unknown or running, nothing is deleted.
+    """
+    ids = _ids(job_ids)
+    app = open_app(app_spec, url)
+    deleted = app.delete(ids)
+    if as_json:
+        emit_json({"deleted": deleted, "ids": ids})
+    else:
+        click.echo(f"deleted {deleted} job(s): {', '.join(ids)}")

@@ -49,9 +49,9 @@ def check_exposure(host: str, auth: str | None, insecure: bool) -> None:
         return
     raise click.UsageError(
         f"refusing to serve the dashboard on {host} without a password: anyone who reaches "
-        "that address could requeue, cancel and purge jobs. Pass --auth USER:PASSWORD (or set "
-        "CONVEYOR_DASHBOARD_AUTH), or --insecure-no-auth if something in front of it (a VPN, "
-        "an authenticating proxy) already guards it; --read-only takes the actions away"
+        "that address could requeue, cancel, delete and purge jobs. Pass --auth USER:PASSWORD "
+        "(or set CONVEYOR_DASHBOARD_AUTH), or --insecure-no-auth if something in front of it "
+        "(a VPN, an authenticating proxy) already guards it; --read-only takes the actions away"
     )
 
 

@@ -60,6 +60,9 @@ class _Log:
     events: deque[Event] = field(default_factory=deque)
     by_job: dict[str, list[Event]] = field(default_factory=dict)
     done: dict[int, dict[str, list[int]]] = field(default_factory=dict)
+    # job -> the jobs enqueued with depends_on naming it, while their job.enqueued is kept
+    # (the port keeps a job's dependents only while it is pending, and does not list them)
+    dependents: dict[str, list[str]] = field(default_factory=dict)
     seen: bool = False  # any event at all: are the workers publishing?
 
     def add(self, event: Event) -> None:
@@ -72,6 +75,9 @@ class _Log:
             return
         self.events.append(event)
         self.by_job.setdefault(event.job_id, []).append(event)
+        if event.type == "job.enqueued":
+            for dep in event.depends_on or ():
+                self.dependents.setdefault(dep, []).append(event.job_id)
         while len(self.events) > self.kept:
             old = self.events.popleft()
             assert old.job_id is not None
@@ -79,6 +85,16 @@ class _Log:
             mine.pop(0)  # events come in order: a job's oldest is the log's oldest
             if not mine:
                 del self.by_job[old.job_id]
+            if old.type == "job.enqueued":
+                self._forget_dependent(old.job_id, old.depends_on or ())
+
+    def _forget_dependent(self, job_id: str, depends_on: list[str] | tuple[()]) -> None:
+        for dep in depends_on:
+            children = self.dependents.get(dep)
+            if children is not None and job_id in children:
+                children.remove(job_id)  # the oldest, mostly: events leave in order
+                if not children:
+                    del self.dependents[dep]
 
     def trim(self, now: float) -> None:
         first = int((now - WINDOW) // BUCKET)
@@ -252,6 +268,12 @@ class Monitor:
                 self._catch_up()
         with self._data:
             return list(self._log.by_job.get(job_id, ()))
+
+    def dependents(self, job_id: str) -> list[str]:
+        """The jobs whose ``job.enqueued`` in the log names this one in ``depends_on``
+        (as far back as the log goes; read ``timeline`` first to catch up)."""
+        with self._data:
+            return list(self._log.dependents.get(job_id, ()))
 
     def task_of(self, job_id: str) -> str | None:
         """The job's task as its events name it (a succeeded job's payload may be gone)."""

@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from .. import workflows
 from .._errors import ConfigurationError
 from .._inspect import Decoded, decode, document, iso, lookup, scan, worker_json
 from .._message import JobEntry, JobStatus, validate_queue
 from ..brokers import redact_url
 from ..brokers._port import REQUEUEABLE
+from ._graph import graph
 from ._monitor import Monitor
 
 if TYPE_CHECKING:
@@ -26,11 +26,11 @@ if TYPE_CHECKING:
 
 PAGE = 50  # jobs per list page
 SCAN = 5000  # entries one list page reads at most while looking for jobs of one task
-# The deepest a list goes: a broker reads what it skips (Redis: offset + 50 jobs per queue).
+# The deepest a list goes: a broker mostly reads what it skips (SQL's OFFSET; Redis's
+# queued and scheduled jobs: offset + 50 per queue).
 MAX_OFFSET = 100_000
 COUNTS = ("queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled")
 _PREVIEW = 160  # characters of a job's arguments in a list
-_NEIGHBOURS = 24  # jobs shown on each side of a job's graph
 # JSON of any value a codec decodes: what JSON has no form for (a pickled object, a tuple
 # as a dict's key) shows as its repr.
 ENCODER = msgspec.json.Encoder(enc_hook=repr)
@@ -174,38 +174,12 @@ class Dashboard:
             }
             for e in self.monitor.timeline(job_id)
         ]
-        info["graph"] = self._graph(decoded)
+        info["graph"] = graph(self.app, self.monitor, job_id, decoded.message)
         status = record.status
         info["can_requeue"] = not self.read_only and status in REQUEUEABLE
         info["can_cancel"] = not self.read_only and not status.terminal
+        info["can_delete"] = not self.read_only and status is not JobStatus.RUNNING
         return {**self._common(), "job": info}
-
-    def _graph(self, decoded: Decoded) -> dict[str, Any]:
-        """What the job waits for and what it starts, one step each way."""
-        message = decoded.message
-        if message is None:
-            return {"upstream": [], "downstream": [], "chord": None}
-        chord = (message.workflow or {}).get("chord")
-        return {
-            "upstream": self._nodes(list(message.depends_on)),
-            "downstream": self._nodes(workflows.following(self.app, message)),
-            "chord": {"i": chord["i"], "n": chord["n"]} if chord else None,
-        }
-
-    def _nodes(self, ids: list[str]) -> list[dict[str, Any]]:
-        ids = ids[:_NEIGHBOURS]
-        records = self.app.broker.get(ids) if ids else []
-        nodes = []
-        for job_id, record in zip(ids, records, strict=True):
-            task = decode(self.app, self.app.broker.payload(job_id)).task if record else None
-            nodes.append(
-                {
-                    "id": job_id,
-                    "status": record.status.value if record is not None else None,
-                    "task": task or self.monitor.task_of(job_id),
-                }
-            )
-        return nodes
 
     def schedules(self) -> dict[str, Any]:
         now = time.time()
@@ -228,6 +202,12 @@ class Dashboard:
         if handle.status is JobStatus.RUNNING:
             return f"{job_id} is running: its worker stops it at its next lease renewal"
         return f"cancelled {job_id} (it was {before})"
+
+    def delete(self, job_id: str) -> str:
+        """``app.delete``: a pending job is cancelled first; a running one is refused (409)."""
+        if self.app.delete([job_id]):
+            return f"deleted {job_id}"
+        return f"{job_id} started running meanwhile: cancel it first, delete it once it ended"
 
     def requeue_all(self, queue: str, status: str) -> str:
         which = next((s for s in REQUEUEABLE if s.value == status), None)

@@ -62,7 +62,7 @@ _STATUS: list[tuple[type[ConveyorError], int]] = [
 ]
 _READ_ONLY = (
     "this dashboard is read-only (started with --read-only, or read_only=True): it takes "
-    "no action; use `conveyor requeue`, `cancel`, `queues pause` instead"
+    "no action; use `conveyor requeue`, `cancel`, `delete`, `queues pause` instead"
 )
 
 
@@ -168,6 +168,7 @@ class Web:
             calls = {
                 "requeue": functools.partial(dash.requeue, job_id),
                 "cancel": functools.partial(dash.cancel, job_id),
+                "delete": functools.partial(dash.delete, job_id),
             }
         else:
             queue, status = params["queue"], request.query_params.get("status", "")

@@ -1,5 +1,5 @@
-"""The memory broker's operations: stats, entries, requeue, pause, purge, workers and the
-event log's reads."""
+"""The memory broker's operations: stats, entries, requeue, pause, purge, delete, workers
+and the event log's reads."""
 
 from __future__ import annotations
 
@@ -111,6 +111,26 @@ class MemoryAdmin(MemoryCore):
             self._s.ready.pop(queue, None)
             self._cond.notify_all()
             return len(doomed)
+
+    def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
+        with self._cond:
+            now = self._clock.time()
+            out = [self._delete_one(job_id, now) for job_id in job_ids]
+            self._cond.notify_all()  # waiters learn the job is gone; dependents may be due
+        return out
+
+    def _delete_one(self, job_id: str, now: float) -> JobStatus | None:
+        job = self._live(job_id, now)
+        if job is None or job.status is JobStatus.RUNNING:
+            return None if job is None else job.status
+        del self._s.jobs[job_id]  # its heap entries go stale: fetch and promote skip them
+        key = job.envelope.key
+        if key is not None and self._s.keys.get(key) == job_id:
+            del self._s.keys[key]
+        if not job.status.terminal:  # gone before it ended, as purge takes it
+            self._release_dependents(job)
+            self._forget_dependencies(job)
+        return job.status
 
     def _workers(self) -> list[WorkerInfo]:
         with self._cond:

@@ -1,6 +1,6 @@
-"""Operations on the PostgreSQL broker: stats, entries, requeue, pause, purge, workers, the
-event log's readers, warnings. None of this is on the hot path; each is one statement or
-one transaction.
+"""Operations on the PostgreSQL broker: stats, entries, requeue, pause, purge, delete,
+workers, the event log's readers, warnings. None of this is on the hot path; each is one
+statement or one transaction.
 
 Events are inserted by the transaction of the change they describe and numbered by their
 readers once committed (``{s}.read_events``), so a cursor is an event's number and none
@@ -146,6 +146,29 @@ class PostgresAdmin(PostgresCore):
             if gone:
                 self._ended_early(conn, gone, ["*"])
         return len(gone)
+
+    def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
+        find = self._db.sql(
+            f"SELECT status FROM {{s}}.jobs WHERE id = %(id)s AND {LIVE} FOR UPDATE"
+        )
+        drop = self._db.sql("DELETE FROM {s}.jobs WHERE id = %s")
+        out: list[JobStatus | None] = []
+        early: list[str] = []
+        with self._db.transaction() as conn:
+            for job_id in job_ids:
+                row = conn.execute(find, {"id": job_id, "now": self._now()}).fetchone()
+                status = None if row is None else JobStatus(row[0])
+                out.append(status)
+                if status is None or status is JobStatus.RUNNING:
+                    continue  # unknown, expired, or its worker's: left as it is
+                conn.execute(drop, (job_id,))
+                if not status.terminal:
+                    early.append(job_id)
+            # Gone before they ended: counted down and forgotten as purge does, and their
+            # waiters woken. Ended ones have no dependents left, and nobody waits for them.
+            if early:
+                self._ended_early(conn, early, early)
+        return out
 
     def _workers(self) -> list[WorkerInfo]:
         sql = self._db.sql(

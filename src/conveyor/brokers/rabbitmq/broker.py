@@ -61,7 +61,8 @@ class RabbitBroker(Broker):
             return cls(
                 url,
                 store,
-                prefix=options.prefix,
+                # the store's prefix when none is given (a Redis store's URL may name one)
+                prefix=options.prefix or getattr(store, "prefix", None) or "conveyor",
                 clock=options.clock,
                 events_kept=options.events_kept,
             )

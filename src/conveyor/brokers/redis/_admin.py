@@ -1,4 +1,4 @@
-"""Operations on the Redis broker: stats, entries, requeue, pause, purge, workers.
+"""Operations on the Redis broker: stats, entries, requeue, pause, purge, delete, workers.
 
 None of this is on the hot path; it walks the known-queue set and the per-status indexes
 (sorted sets), never ``KEYS`` or a pattern ``SCAN``.
@@ -94,18 +94,20 @@ class AdminMixin(RedisCore):
         found = sorted((float(at), text(i)) for ids in pipe.execute() for i, at in ids)
         return [i for _, i in found[:limit]]
 
-    def _indexed(self, queues: Sequence[str], status: JobStatus, limit: int | None) -> list[str]:
-        """Ids in a status index of each queue: every running one (a few per worker), or
-        the ``limit`` of each ended status whose records expire last (live ones only)."""
-        now = self._now()
+    def _running(self, queues: Sequence[str]) -> list[str]:
+        """Every running id of the queues (a few per worker)."""
         pipe = self._client.pipeline(transaction=False)
         for q in queues:
-            key = self._keys.queue(q, status.value)
-            if limit is None:
-                pipe.zrange(key, 0, -1)
-            else:
-                pipe.zrevrangebyscore(key, "+inf", f"({now}", start=0, num=limit)
+            pipe.zrange(self._keys.queue(q, JobStatus.RUNNING.value), 0, -1)
         return [text(i) for ids in pipe.execute() for i in ids]
+
+    def _ended(
+        self, queues: Sequence[str], status: JobStatus, limit: int, offset: int
+    ) -> list[str]:
+        """One page of an ended status's ids, read by rank from the queues' indexes
+        (ended.lua): what it costs does not grow with the offset."""
+        keys = [self._keys.queue(q, status.value) for q in queues]
+        return [text(i) for i in self._eval("ended", keys, [*self._head(), offset, limit])]
 
     def _entries(
         self, status: JobStatus, queue: str | None, limit: int, offset: int
@@ -114,17 +116,19 @@ class AdminMixin(RedisCore):
         if not queues:
             return []
         want = offset + limit
-        # Queued and scheduled ids come in their order: only the page is read. The others
-        # are ordered by when they last changed, a field of the hash: every candidate is.
-        ordered = status in (JobStatus.QUEUED, JobStatus.SCHEDULED)
+        # Only the page is read, in its order, but for running jobs (a few per worker):
+        # they are ordered by when they last changed, a field of the hash, so every one is.
+        ordered = status is not JobStatus.RUNNING
         if status is JobStatus.QUEUED:
             ids = self._queued(queues, want)[1][offset:]
         elif status is JobStatus.SCHEDULED:
             ids = self._scheduled(queues, want)[offset:]
+        elif status is JobStatus.RUNNING:
+            ids = self._running(queues)
         else:
             # Ended jobs are indexed by record expiry, which orders them by ``at`` where a
             # queue's jobs share one result TTL (the contract's caveat).
-            ids = self._indexed(queues, status, None if status is JobStatus.RUNNING else want)
+            ids = self._ended(queues, status, limit, offset)
         pipe = self._client.pipeline(transaction=False)
         pipe.time()
         for i in ids:
@@ -170,13 +174,20 @@ class AdminMixin(RedisCore):
         self._eval("resume", [self._keys.paused, self._keys.resumed], [*self._head(), queue])
 
     def _purge(self, queue: str) -> int:
-        keys = [*self._keys.queue_keys(queue), self._keys.unique]
+        keys = [*self._keys.queue_keys(queue), self._keys.unique, *self._guard]
         total = 0
         more = 1
         while more:
             deleted, more = self._scripts["purge"](keys=keys, args=[*self._head(), _PURGE_CHUNK])
             total += int(deleted)
         return total
+
+    def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
+        out: list[JobStatus | None] = []
+        for job_id in job_ids:  # delete.lua: one atomic step per job, in its queue's keys
+            res = self._by_id("delete", job_id, [], b"moved")
+            out.append(None if res is None or res == b"missing" else JobStatus(text(res)))
+        return out
 
     def _workers(self) -> list[WorkerInfo]:
         ids = self._client.zrangebyscore(self._keys.workers, f"({self._now()}", "+inf")

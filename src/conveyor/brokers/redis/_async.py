@@ -80,10 +80,16 @@ class AsyncMixin(RedisCore):
             self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
         )
         script = scripts["enqueue"]
+        guard = self._guard
         for again in (False, True):
-            commands = [("EVALSHA", script.sha, len(keys), *keys, *argv) for keys, argv in calls]
+            commands = [
+                ("EVALSHA", script.sha, len(keys) + len(guard), *keys, *guard, *argv)
+                for keys, argv in calls
+            ]
             try:
-                if len(commands) == 1:  # atomic on its own: no MULTI
+                if self._durable:
+                    replies = await self._replicated_async(client, commands)
+                elif len(commands) == 1:  # atomic on its own: no MULTI
                     replies = [await _call(client, commands[0])]
                 else:  # MULTI/EXEC, as the sync path
                     pipe = client.pipeline(transaction=True)
@@ -99,6 +105,19 @@ class AsyncMixin(RedisCore):
             else:
                 return enqueue_ids(replies)
         raise AssertionError("unreachable")
+
+    async def _replicated_async(
+        self, client: redis.asyncio.Redis, commands: list[tuple[Any, ...]]
+    ) -> list[Any]:
+        """The calls (in MULTI/EXEC if several), then ``WAIT`` on the same connection, as
+        the sync path sends them (``_connect.Pinned.pipeline``)."""
+        many = len(commands) > 1
+        pipe = client.pipeline(transaction=False)  # framed by hand: WAIT after EXEC
+        for command in [("MULTI",), *commands, ("EXEC",)] if many else commands:
+            pipe.execute_command(*command)
+        pipe.execute_command(*self._durable[0])
+        done = await pipe.execute(raise_on_error=False)
+        return self._replicated(_connect.settle(list(done), many, 1))
 
     async def _watch_async(self, job_id: str) -> JobRecord | None:
         """As ``_watch``: read the record and mark the job as waited for, in one step."""

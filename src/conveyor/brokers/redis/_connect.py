@@ -7,7 +7,10 @@ handed to redis-py's own URL parser, so what was checked is what connects.
 ``redis://`` and ``rediss://`` (TLS) connect to one server, ``unix://`` to a socket;
 ``redis+sentinel://[user:password@]host:port[,host:port...]/service_name[/db]`` asks the
 sentinels for the current master (``?sentinel_password=`` when the sentinels have one of
-their own). hiredis is used by redis-py when installed.
+their own). ``redis+cluster://host:port[,host:port...]`` (``rediss+cluster://``: TLS) names
+seed nodes of a Redis Cluster: the broker's pool opens its connections to the master that
+serves the prefix's slot, and follows it (``_cluster``). hiredis is used by redis-py when
+installed.
 
 A refused login is not retried (``_Retry``): the same credentials are refused again.
 """
@@ -28,8 +31,15 @@ import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
-from .._url import RedisURL, parse_redis_url
+from ..._errors import ConfigurationError
+from .._url import CLUSTER_SCHEMES, RedisURL, parse_redis_url
+from . import _cluster
 from ._errors import TRANSLATE
+
+try:  # redis-py 8: what CLIENT SETINFO names (below)
+    from redis.driver_info import DriverInfo
+except ImportError:  # redis-py < 8 reads its version once, when imported
+    DriverInfo = None  # type: ignore[assignment,misc,unused-ignore]
 
 try:  # redis-py's own packing goes through a Python loop over the arguments first
     from hiredis import pack_command as pack_command  # noqa: PLC0414 - re-exported to _async
@@ -120,14 +130,28 @@ def _connection(target: RedisURL, retry: Any) -> dict[str, Any]:
         "password": target.password,
     }
     kwargs.update((name, value) for name, value in target.options if name in _CONNECTION_OPTIONS)
+    if DriverInfo is not None:
+        kwargs["driver_info"] = _driver()
     return kwargs
+
+
+def _driver() -> Any:
+    """Who connects, for the server's CLIENT LIST (``lib-name=redis-py(conveyor_v0.1.0)``),
+    with redis-py's version given: left to itself, redis-py 8 reads it from the installed
+    package's metadata (a scan of ``sys.path``) at a process's first connection, ~2-4 ms of
+    a worker's start-up."""
+    from ... import __version__
+
+    return DriverInfo(lib_version=redis.__version__).add_upstream_driver("conveyor", __version__)
 
 
 def _backoff() -> ExponentialWithJitterBackoff:
     return ExponentialWithJitterBackoff(base=0.05, cap=1.0)
 
 
-def _pool(target: RedisURL, retry: Any, tls: type, unix: type) -> dict[str, Any]:
+def _pool(
+    target: RedisURL, retry: Any, tls: type, unix: type, owner: _cluster.SlotOwner | None = None
+) -> dict[str, Any]:
     """A blocking pool's arguments: past max_connections a caller waits for a free
     connection (up to POOL_WAIT) instead of failing, so a burst of producers or waiters
     queues up."""
@@ -136,6 +160,10 @@ def _pool(target: RedisURL, retry: Any, tls: type, unix: type) -> dict[str, Any]
     kwargs["timeout"] = target.option("timeout", POOL_WAIT)
     if target.scheme == "unix":
         kwargs.update(connection_class=unix, path=target.socket)
+    elif owner is not None:  # a cluster: the connection class aims at the slot's master
+        kwargs.update(slot_owner=owner, connection_class=tls)
+        kwargs["host"], kwargs["port"] = target.hosts[0]  # until the owner is known
+        del kwargs["db"]
     else:
         [(kwargs["host"], kwargs["port"])] = target.hosts
         if target.scheme == "rediss":
@@ -163,8 +191,42 @@ def _master(target: RedisURL, retry: Any) -> dict[str, Any]:
     return kwargs
 
 
-def connect(target: RedisURL) -> redis.Redis:
+# redis-py runs MULTI/EXEC on a cluster client (the store's ``update``) from 6.1 on.
+CLUSTER_CLIENT_FLOOR = (6, 1)
+
+
+def check_cluster_client(version: str | None = None) -> None:
+    """Refuse a cluster URL on a redis-py too old for it, saying what to install."""
+    found = version if version is not None else redis.__version__
+    parts = tuple(int(p) for p in found.split(".")[:2] if p.isdigit())
+    if parts < CLUSTER_CLIENT_FLOOR:
+        floor = ".".join(map(str, CLUSTER_CLIENT_FLOOR))
+        raise ConfigurationError(
+            f"redis+cluster:// needs redis-py {floor} or newer (this environment has "
+            f"{found}, whose cluster client cannot run the store's transactions); "
+            f"upgrade it: pip install 'redis>={floor}'"
+        )
+
+
+def slot_owner(target: RedisURL, tag: str) -> _cluster.SlotOwner | None:
+    """Where a cluster URL's connections for keys of ``tag`` go (None: not a cluster URL);
+    shared by the sync and asyncio clients of one broker."""
+    if target.scheme not in CLUSTER_SCHEMES:
+        return None
+    check_cluster_client()
+    node = _cluster.node_kwargs(target, _connection(target, None))
+    return _cluster.SlotOwner(target.hosts, _cluster.slot_of(tag), node)
+
+
+def connect(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> redis.Redis:
     with TRANSLATE:
+        if owner is not None:
+            tls = target.scheme == "rediss+cluster"
+            kind = _cluster.ClusterSSLConnection if tls else _cluster.ClusterConnection
+            pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call,unused-ignore]
+                **_pool(target, _Retry(_backoff(), 3), kind, kind, owner)
+            )
+            return redis.Redis(connection_pool=pool)
         if target.scheme != "redis+sentinel":
             pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call,unused-ignore]
                 **_pool(target, _Retry(_backoff(), 3), redis.SSLConnection,
@@ -180,8 +242,15 @@ def connect(target: RedisURL) -> redis.Redis:
         return master
 
 
-def connect_async(target: RedisURL) -> redis.asyncio.Redis:
+def connect_async(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> redis.asyncio.Redis:
     with TRANSLATE:
+        if owner is not None:
+            tls = target.scheme == "rediss+cluster"
+            kind = _cluster.AsyncClusterSSLConnection if tls else _cluster.AsyncClusterConnection
+            apool = redis.asyncio.BlockingConnectionPool(
+                **_pool(target, _AsyncRetry(_backoff(), 3), kind, kind, owner)
+            )
+            return redis.asyncio.Redis(connection_pool=apool)
         if target.scheme != "redis+sentinel":
             apool = redis.asyncio.BlockingConnectionPool(
                 **_pool(target, _AsyncRetry(_backoff(), 3), redis.asyncio.SSLConnection,
@@ -195,6 +264,13 @@ def connect_async(target: RedisURL) -> redis.asyncio.Redis:
             target.service, **_master(target, _AsyncRetry(_backoff(), 3))
         )
         return master
+
+
+def connect_store(target: RedisURL) -> redis.RedisCluster:
+    """The key-value store's client on a cluster (its keys spread over slots); on a
+    single server the broker's own client serves the store."""
+    with TRANSLATE:
+        return _cluster.store_client(target, _connection(target, _Retry(_backoff(), 3)))
 
 
 def block_slice(client: redis.Redis | redis.asyncio.Redis) -> float:
@@ -286,15 +362,22 @@ class Pinned:
         return self.pipeline(client, args)[0]
 
     def pipeline(
-        self, client: redis.Redis, *commands: Sequence[Any], transaction: bool = False
+        self,
+        client: redis.Redis,
+        *commands: Sequence[Any],
+        transaction: bool = False,
+        then: Sequence[Sequence[Any]] = (),
     ) -> list[Any]:
         """Several commands sent at once (in MULTI/EXEC with ``transaction``), their replies
         read in order. Redis runs them one after the other, so a command queued behind a
         blocking one runs the moment that one returns, in the same round trip. An error
-        reply is raised once every reply is read (the connection stays in step)."""
+        reply is raised once every reply is read (the connection stays in step). ``then``:
+        commands sent after those (after EXEC), on the same connection (``WAIT`` counts the
+        replicas that have this connection's writes), their replies after the others'."""
+        framed = [("MULTI",), *commands, ("EXEC",)] if transaction else list(commands)
+        framed += then
         conn = self._conn(client)
         if conn is not None:
-            framed = [("MULTI",), *commands, ("EXEC",)] if transaction else list(commands)
             try:
                 if pack_command is not None:
                     conn.send_packed_command([pack_command(tuple(c)) for c in framed])
@@ -312,19 +395,33 @@ class Pinned:
             except redis.ConnectionError:
                 conn.disconnect()
             else:
-                if transaction:  # OK, QUEUED per command (or its error), then EXEC's list
-                    *queued, done = replies
-                    for reply in queued:
-                        if isinstance(reply, redis.ResponseError):
-                            raise reply
-                    replies = done if isinstance(done, list) else [done]
-                for reply in replies:
-                    if isinstance(reply, redis.ResponseError):
-                        raise reply
-                return replies
-        if len(commands) == 1 and not transaction:
-            return [client.execute_command(*commands[0])]  # type: ignore[no-untyped-call,unused-ignore]
-        pipe = client.pipeline(transaction=transaction)
-        for c in commands:
+                return settle(replies, transaction, len(then))
+        if len(framed) == 1:
+            return [client.execute_command(*framed[0])]  # type: ignore[no-untyped-call,unused-ignore]
+        if not then:
+            pipe = client.pipeline(transaction=transaction)
+            for c in commands:
+                pipe.execute_command(*c)  # type: ignore[no-untyped-call,unused-ignore]
+            return list(pipe.execute())
+        pipe = client.pipeline(transaction=False)  # framed by hand: ``then`` after EXEC
+        for c in framed:
             pipe.execute_command(*c)  # type: ignore[no-untyped-call,unused-ignore]
-        return list(pipe.execute())
+        return settle(list(pipe.execute(raise_on_error=False)), transaction, len(then))
+
+
+def settle(replies: list[Any], transaction: bool, then: int) -> list[Any]:
+    """The replies of a pipeline sent framed by hand (``Pinned.pipeline``): in a transaction,
+    OK and QUEUED (or an error) per command, then EXEC's list; the ``then`` replies last.
+    The first error reply is raised."""
+    after = replies[len(replies) - then :] if then else []
+    replies = replies[: len(replies) - then]
+    if transaction:
+        *queued, done = replies
+        for reply in queued:
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+        replies = done if isinstance(done, list) else [done]
+    for reply in (*replies, *after):
+        if isinstance(reply, redis.ResponseError):
+            raise reply
+    return [*replies, *after]

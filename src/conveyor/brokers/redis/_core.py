@@ -19,10 +19,11 @@ import redis.asyncio
 import redis.exceptions
 
 from ..._clock import Clock
-from ..._errors import InvalidName
+from ..._errors import BrokerUnavailable, InvalidName
 from ..._message import JobRecord, JobStatus, validate_queue
 from .._base import EVENTS_KEPT
 from .._port import Broker
+from .._url import key_prefix
 from . import _connect
 from ._errors import TRANSLATE
 from ._keys import Keys
@@ -42,6 +43,13 @@ RECORD_FIELDS = (
 # Where a job's payload is: the hash's field, else the stream entry ``sid`` of the queue's
 # priority stream (a job due at enqueue carries it there; see _keys.py).
 PAYLOAD_FIELDS = ("payload", "sid", "queue", "priority", "expires_at")
+
+
+# Scripts that take a variable number of KEYS and count them, and touch only those: the
+# cluster's migration guard (``Keys.moving``, added after the KEYS of every other script)
+# would be taken for one of theirs, and they need none (Redis checks declared keys itself).
+UNGUARDED = frozenset({"queued", "ended", "heartbeat", "forget"})
+WAIT_TIMEOUT = 1.0  # seconds an enqueue waits for ?wait=N replicas, unless ?wait_timeout=
 
 
 def to_ms(seconds: float) -> int:
@@ -75,16 +83,26 @@ class RedisCore(Broker):
         self,
         url: str,
         *,
-        prefix: str = "conveyor",
+        prefix: str | None = None,
         clock: Clock | None = None,
         sweep_idle: float | None = None,
         events_kept: int = EVENTS_KEPT,
     ) -> None:
         super().__init__(url, clock=clock, events_kept=events_kept)
-        self.prefix = check_prefix(prefix)
         self._target = _connect.parse(url)
+        # prefix=, else the URL's ?prefix=, else "conveyor"; both given must agree.
+        self.prefix = check_prefix(key_prefix(prefix, self._target))
         self._keys = Keys(self.prefix)
-        self._client = _connect.connect(self._target)
+        # On a cluster: the master of the prefix's slot, followed by both clients (_cluster).
+        self._owner = _connect.slot_owner(self._target, self._keys.tag)
+        self._guard = () if self._owner is None else (self._keys.moving,)
+        self._client = _connect.connect(self._target, self._owner)
+        # ?wait=N: an enqueue is acknowledged once N replicas have it (``_replicated``).
+        wanted = self._target.option("wait")
+        self._durable: tuple[tuple[str, int, int], ...] = ()
+        if wanted is not None:
+            timeout = to_ms(self._target.option("wait_timeout", WAIT_TIMEOUT))
+            self._durable = (("WAIT", wanted, max(timeout, 1)),)
         self._scripts = Scripts(self._client)
         self._pinned = _connect.Pinned()
         self._sweep_idle = sweep_idle
@@ -124,25 +142,51 @@ class RedisCore(Broker):
         calls: Sequence[tuple[Sequence[str], Sequence[Any]]],
         *,
         transaction: bool = False,
+        replicated: bool = False,
     ) -> list[Any]:
         """Script calls (keys, args) sent at once as plain EVALSHA on this thread's held
         connection (``_connect.Pinned``), in MULTI/EXEC with ``transaction``; their replies
-        in order. (redis-py's ``Script`` objects would first ask SCRIPT EXISTS inside a
+        in order. ``replicated``: with ``?wait=N`` in the URL, a ``WAIT`` follows on the same
+        connection, and fewer than N replicas within ``?wait_timeout=`` raises
+        (``_replicated``). (redis-py's ``Script`` objects would first ask SCRIPT EXISTS inside a
         pipeline, one more round trip, and copy keys and arguments through more layers.)
         A server that lost its script cache (restart, failover) answers NOSCRIPT to every
         call, so none ran there: load the script and send them again. (Every script sent
         this way is idempotent for a repeat, so a call that did run before a restart is
         safe to repeat too.)"""
         found = self._scripts[script]
+        guard = () if script in UNGUARDED else self._guard
         for again in (False, True):
-            commands = [("EVALSHA", found.sha, len(keys), *keys, *args) for keys, args in calls]
+            commands = [
+                ("EVALSHA", found.sha, len(keys) + len(guard), *keys, *guard, *args)
+                for keys, args in calls
+            ]
+            then = self._durable if replicated else ()
             try:
-                return self._pinned.pipeline(self._client, *commands, transaction=transaction)
+                replies = self._pinned.pipeline(
+                    self._client, *commands, transaction=transaction, then=then
+                )
+                return self._replicated(replies) if then else replies
             except redis.exceptions.NoScriptError:
                 if again:
                     raise
                 self._load(script)
         raise AssertionError("unreachable")
+
+    def _replicated(self, replies: list[Any]) -> list[Any]:
+        """The replies of a write followed by ``WAIT`` (its count last), without it; raises
+        ``BrokerUnavailable`` when fewer replicas than ``?wait=`` had the write in time."""
+        *replies, count = replies
+        (_, wanted, timeout_ms) = self._durable[0]
+        if int(count) < wanted:
+            raise BrokerUnavailable(
+                f"only {int(count)} of the {wanted} replica(s) the broker URL asks for "
+                f"(?wait={wanted}) had the enqueue within {timeout_ms / 1000:g} s: the master "
+                "has it, but would lose it if it failed now, so it is not acknowledged (it may "
+                "still run). Check the replicas (INFO replication), or raise ?wait_timeout= "
+                "(docs/cluster.md)"
+            )
+        return replies
 
     def _load(self, script: str) -> None:
         """Load a script into the server's cache (on this thread's connection, like the
@@ -176,7 +220,7 @@ class RedisCore(Broker):
         with self._async_lock:
             found = self._async.get(loop)
             if found is None:
-                client = _connect.connect_async(self._target)
+                client = _connect.connect_async(self._target, self._owner)
                 found = (client, Scripts(client))
                 self._async[loop] = found
             return found
@@ -230,3 +274,6 @@ class RedisCore(Broker):
 
     def _close(self) -> None:
         self._client.close()
+        store = getattr(self, "_store_client", None)  # a cluster's, once the store was used
+        if store is not None:
+            store.close()

@@ -88,17 +88,49 @@ def full(exc: BaseException) -> bool:
     return _FULL in str(exc)
 
 
+class SlotMigrating(redis.ConnectionError):
+    """The Redis Cluster slot of the prefix is being migrated to another master (resharding);
+    a ``ConnectionError``, so redis-py's retry sends the call again a few times first."""
+
+
+# Redis Cluster: the prefix's slot is being resharded (``_cluster.SlotMigrating``), or a
+# script met a key another node holds (a migration begun under a call that declared no
+# guard); Redis's words for the latter.
+_NOT_LOCAL = ("non local key", "do not hash to the same slot")
+MIGRATING = (
+    "the Redis Cluster slot that holds this prefix's keys is being migrated to another "
+    "master ({}): Conveyor refuses to work on it until the migration ends (a script could "
+    "otherwise find half of a job moved), then follows the slot. Reshard this slot only "
+    "while the prefix's producers and workers are stopped, see docs/cluster.md"
+)
+
+
 def _convert(exc: BaseException) -> BrokerError:
+    if isinstance(exc, redis.exceptions.RedisClusterException):  # redis-py's cluster client
+        cause = exc.__cause__
+        if isinstance(cause, redis.RedisError):  # what a node answered: a refused login...
+            return _convert(cause)
+        return BrokerUnavailable(
+            f"cannot reach the Redis Cluster ({exc}); check the URL's seed nodes, the network "
+            "and that the nodes run"
+        )
     refused = refusal(exc)
     if refused is not None:
         return refused
     if full(exc):
         return BrokerError(FULL)
+    if isinstance(exc, SlotMigrating):
+        return BrokerUnavailable(MIGRATING.format(exc))
+    if any(words in str(exc) for words in _NOT_LOCAL):
+        return BrokerUnavailable(MIGRATING.format(exc))
     if isinstance(exc, _UNAVAILABLE):
         return BrokerUnavailable(
             f"cannot reach Redis ({exc}); check the URL, the network and that the server runs"
         )
     return BrokerError(f"Redis failed: {exc}")
+
+
+_TRANSLATED = (redis.RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE)
 
 
 class _Translate:
@@ -111,7 +143,7 @@ class _Translate:
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if isinstance(exc, (redis.RedisError, TimeoutError, ConnectionError)):
+        if isinstance(exc, _TRANSLATED):
             raise _convert(exc) from exc
 
     async def __aenter__(self) -> None:

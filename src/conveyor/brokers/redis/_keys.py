@@ -82,6 +82,12 @@ Broker keys (all under the ``{P}`` tag)::
                                     eviction); see _health.py
     {P}:oom                 (none)  never written: a script that must run on a full Redis
                                     deletes it first (common.lua ``allow_oom``)
+    {P}:moving              (none)  never written, never read: on a cluster, declared last in
+                                    the KEYS of the scripts that touch keys they compute, so
+                                    that while the slot is being migrated Redis refuses the
+                                    call before it runs (a missing key: ASK or TRYAGAIN) rather
+                                    than the script failing half-way on a moved job hash
+                                    (``_cluster.py``)
 
 Key-value store keys (``store.py``): one tag per key, so they spread over a
 cluster. Values and locks live in separate namespaces (the ``kv`` and ``lock`` segments right
@@ -102,7 +108,8 @@ several queues takes the highest priority across all of them, and finish must ac
 entry, store the result and signal waiters in one atomic step. All four need the job hash and
 the queue keys in one slot, and only a queue-independent tag gives that without a second,
 non-atomic locator write. The price: on Redis Cluster a Conveyor prefix lives on one shard
-(correct, atomic, but not spread); run hot queues under their own prefix to spread them.
+(correct, atomic, but not spread); run hot queues under their own prefix to spread them
+(docs/cluster.md).
 
 Times stored in hashes and sorted sets are milliseconds since the epoch. With the real
 clock (``SystemClock``) they are the Redis server's ``TIME``, read inside each script (ARGV
@@ -163,6 +170,10 @@ class Keys:
     @property
     def resumed(self) -> str:
         return f"{self.tag}:resumed"
+
+    @property
+    def moving(self) -> str:
+        return f"{self.tag}:moving"
 
     @property
     def job_prefix(self) -> str:

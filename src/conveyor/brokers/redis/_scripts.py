@@ -32,8 +32,10 @@ NAMES = (
     "cancel",
     "requeue",
     "purge",
+    "delete",
     "forget",
     "queued",
+    "ended",
     "watch",
     "publish",
     "heartbeat",
@@ -44,8 +46,10 @@ NAMES = (
 _DEFINES = re.compile(r"local (?:function )?([A-Za-z_]\w*)")
 
 
-def _blocks(common: str) -> tuple[str, list[tuple[str, str]]]:
-    """common.lua as its head and its top-level definitions, (name, text), in order."""
+@cache  # one common.lua, cut once per process for all the scripts built from it
+def _blocks(common: str) -> tuple[str, list[tuple[str, str, frozenset[str]]]]:
+    """common.lua as its head and its top-level definitions, (name, text, names it uses),
+    in order."""
     lines = common.splitlines(keepends=True)
     first = next(i for i, line in enumerate(lines) if line.startswith("local function "))
     while first > 0 and lines[first - 1].startswith("--"):
@@ -62,7 +66,7 @@ def _blocks(common: str) -> tuple[str, list[tuple[str, str]]]:
         text = "".join(lines[start:cut])
         found = _DEFINES.match(text.lstrip("-\n ").split("\n", 1)[0]) or _DEFINES.search(text)
         if text.strip():
-            blocks.append((found.group(1) if found else "", text))
+            blocks.append((found.group(1) if found else "", text, frozenset(_names(text))))
         start = cut
     return head, blocks
 
@@ -83,8 +87,8 @@ def prelude(body: str, common: str) -> str:
         for i in reversed(range(len(blocks))):  # a helper names only those above it
             if not taken[i] and blocks[i][0] in wanted:
                 taken[i] = grew = True
-                wanted |= _names(blocks[i][1])
-    return head + "".join(text for (_, text), used in zip(blocks, taken, strict=True) if used)
+                wanted |= blocks[i][2]
+    return head + "".join(text for (_, text, _), used in zip(blocks, taken, strict=True) if used)
 
 
 def _lua(text: str) -> str:
@@ -100,12 +104,23 @@ CONSTANTS = (
 )
 
 
+def _read(name: str) -> str:
+    return (
+        resources.files(__package__ or "conveyor.brokers.redis")
+        .joinpath(name)
+        .read_text(encoding="utf-8")
+    )
+
+
+@cache
+def _common() -> str:
+    return CONSTANTS + _read("common.lua")
+
+
 @cache
 def source(name: str) -> str:
-    folder = resources.files(__package__ or "conveyor.brokers.redis")
-    common = CONSTANTS + folder.joinpath("common.lua").read_text(encoding="utf-8")
-    body = folder.joinpath(f"{name}.lua").read_text(encoding="utf-8")
-    return prelude(body, common) + "\n" + body
+    body = _read(f"{name}.lua")
+    return prelude(body, _common()) + "\n" + body
 
 
 class Scripts:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, Self
@@ -23,7 +24,7 @@ from ..._clock import Clock
 from ..._message import Delivery, Envelope, JobRecord, JobStatus
 from ...stores._port import KeyValue
 from .._base import EVENTS_KEPT, BrokerOptions, Watch
-from .._eventlog import frame
+from .._eventlog import bodies, frame
 from .._port import Claimed, Finish, LeaseState
 from . import _connect
 from ._admin import AdminMixin
@@ -117,6 +118,9 @@ class _Waiting(Watch[JobRecord | None]):
 class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
     """``Conveyor("redis://...")``: the production broker on Redis Streams (Redis >= 6.2).
 
+    ``prefix``: the key prefix, else the URL's ``?prefix=``, else ``conveyor`` (both given
+    must be the same name).
+
     ``sweep_idle`` is how long (real seconds) a pending entry must sit idle before the
     XAUTOCLAIM sweep takes it over; by default twice the lease of the fetch that sweeps.
 
@@ -132,7 +136,7 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         self,
         url: str,
         *,
-        prefix: str = "conveyor",
+        prefix: str | None = None,
         clock: Clock | None = None,
         sweep_idle: float | None = None,
         events_kept: int = EVENTS_KEPT,
@@ -140,7 +144,12 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         super().__init__(
             url, prefix=prefix, clock=clock, sweep_idle=sweep_idle, events_kept=events_kept
         )
-        self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
+        # On a cluster the store's keys spread over slots: redis-py's cluster client, made
+        # on first use (it asks the cluster for its slots as it is made).
+        self._kv: RedisKV | None = None
+        self._kv_lock = threading.Lock()
+        if self._owner is None:
+            self._kv = RedisKV(self._client, prefix=self.prefix, clock=self._clock)
         self._levels: dict[str, str] = {}  # queue -> its priority streams last seen (fetch.lua)
 
     @classmethod
@@ -149,6 +158,11 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
 
     @property
     def kv(self) -> KeyValue:
+        if self._kv is None:
+            with self._kv_lock, self._errors:
+                if self._kv is None:
+                    self._store_client = _connect.connect_store(self._target)
+                    self._kv = RedisKV(self._store_client, prefix=self.prefix, clock=self._clock)
         return self._kv
 
     # -- producing -------------------------------------------------------------------------
@@ -160,7 +174,7 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         )
         # One script call is atomic on its own; several go in MULTI/EXEC: a batch is written
         # whole or not at all.
-        replies = self._run("enqueue", calls, transaction=len(calls) > 1)
+        replies = self._run("enqueue", calls, transaction=len(calls) > 1, replicated=True)
         return enqueue_ids(replies)
 
     # -- consuming -------------------------------------------------------------------------
@@ -245,10 +259,11 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
             self._pinned.call(self._client, *xread)
             return self._eval("fetch", *fetch_call())
         keys, args = fetch_call()
+        declared = [*keys, *self._guard]  # as _run declares them
         script = self._scripts["fetch"]
         try:
             _, reply = self._pinned.pipeline(
-                self._client, xread, ["EVALSHA", script.sha, len(keys), *keys, *args]
+                self._client, xread, ["EVALSHA", script.sha, len(declared), *declared, *args]
             )
         except redis.exceptions.NoScriptError:  # the script cache was lost: load it
             reply = self._eval("fetch", keys, args)
@@ -294,9 +309,13 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
             return finish_values(f, place, now_ms)
 
         def carried(start: int, end: int) -> list[Any]:
-            own = [] if start else [frame(e) for e in events]  # the call's: the first chunk
-            mine = [b"" if f.event is None else frame(f.event) for f in outcomes[start:end]]
-            return with_events([*own, *mine, len(own), len(mine)], self.events_kept)
+            # Joined here into entry bodies (finish.lua): the server then makes no string
+            # per event and joins none, unless some outcome is refused.
+            own = [] if start else list(events)  # the call's: on the first chunk
+            chunk = outcomes[start:end]
+            flags = "".join(["0" if f.event is None else "1" for f in chunk])
+            joined = bodies([*own, *(f.event for f in chunk if f.event is not None)])
+            return with_events([*joined, len(own), flags, len(joined)], self.events_kept)
 
         has_events = bool(events) or any(f.event is not None for f in outcomes)
         tail = carried if has_events else None

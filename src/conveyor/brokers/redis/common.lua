@@ -382,23 +382,37 @@ local function events_behind(n)
   return nil
 end
 
--- Append framed events (a list, '' entries skipped by the caller) in order. pcall: an event
--- that cannot be written (the key made another type by hand) costs no job.
-local function publish(cap, framed)
-  local total = #framed
+-- Append entries of framed events in order: `bodies`, each EVENTS_PER_ENTRY events joined
+-- but the last (which has the rest), `total` events in all. pcall: an event that cannot be
+-- written (the key made another type by hand) costs no job.
+local function append_entries(cap, bodies, total)
   if total == 0 then return end
   local last = redis.call('INCRBY', EVENTS_N, total)
   local keep = math.max(last - tonumber(cap) + 1, 0)
-  for i = 1, total, EVENTS_PER_ENTRY do
-    local j = math.min(i + EVENTS_PER_ENTRY - 1, total)
-    local body = table.concat(framed, '', i, j)
+  for k = 1, #bodies do
+    local j = math.min(k * EVENTS_PER_ENTRY, total)  -- events up to this entry's last
     local id = (last - total + j) .. '-0'
-    if not pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) then
+    if not pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', bodies[k]) then
       local healed = events_behind(total)
       if not healed then return end
       last, keep = healed, math.max(healed - tonumber(cap) + 1, 0)
       id = (last - total + j) .. '-0'
-      pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body)
+      pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', bodies[k])
     end
   end
+end
+
+-- Append framed events (a list, '' entries skipped by the caller) in order, joined here
+-- EVENTS_PER_ENTRY to an entry. (A client that can send them joined already saves the
+-- server a string per event and the join: finish.lua.)
+local function publish(cap, framed)
+  local bodies = framed  -- one event: its own entry's body
+  if #framed > 1 then
+    bodies = {}
+    for i = 1, #framed, EVENTS_PER_ENTRY do
+      bodies[#bodies + 1] = table.concat(framed, '', i,
+        math.min(i + EVENTS_PER_ENTRY - 1, #framed))
+    end
+  end
+  append_entries(cap, bodies, #framed)
 end

@@ -11,9 +11,12 @@
 -- and after a has_retry '1', 5 more: retry payload, retry priority, retry eta ('', '+' ms from now),
 --   retry key, retry queue #. (A record as short as its outcome: every argument costs the
 --   server time to read, and most outcomes are no retry.)
--- Carrying events (common.lua carried): after the outcomes, the call's own events, then one
--- per outcome ('' for none), then how many of the former and of the latter: the call's
--- are published first, each outcome's only if it is recorded (not for a repeat).
+-- Carrying events (common.lua carried): after the outcomes, the entry bodies (the call's own
+-- events, then those of the outcomes that have one, framed and joined EVENTS_PER_ENTRY to
+-- a body, the last body the rest), then how many of the call's own there are, which
+-- outcomes have one ('1' or '0' each, in order), and how many bodies. The call's are
+-- published first, each outcome's only if it is recorded (not for a repeat): when all
+-- are, the bodies go in as they came (no string per event, no join).
 -- Returns one 1 (recorded) or 0 (refused: the lease is lost) per delivery.
 local UNIQUE, QUEUES = KEYS[1], KEYS[2]
 local NQ = tonumber(ARGV[5])
@@ -41,7 +44,8 @@ local stopped = {}  -- running index -> job ids
 local later = {}    -- status index -> {score, id, ...}
 local listed = {}   -- queues known to be in the QUEUES set in this call
 local freed = false -- a ZREM was sent already (below)
-local published = {}  -- the call's events, then those of the outcomes recorded
+local recorded = {}  -- by outcome: its event is published (it has one and was recorded)
+local skipped = false  -- an outcome's event is not: the bodies cannot go as they came
 
 local function put_off(into, key, value)
   local list = into[key]
@@ -49,13 +53,17 @@ local function put_off(into, key, value)
   list[#list + 1] = value
 end
 
-local function finish_one(a, event)
+local function finish_one(a, n, event)
   local id = ARGV[a]
   local token = ARGV[a + 1]
   local key = JOB_PREFIX .. id
   local job = load_fenced(key)
   local fence = settle(job, token)
-  if fence ~= 'owned' then return fence == 'again' and 1 or 0 end
+  if fence ~= 'owned' then
+    if event then skipped = true end
+    return fence == 'again' and 1 or 0
+  end
+  recorded[n] = event
   local q = Q[tonumber(ARGV[a + 6])]
   local status, result, ttl_ms, reason = ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
   if job.sid and job.sid ~= '' then put_off(dropped, q.s[tonumber(job.priority)], job.sid) end
@@ -77,7 +85,6 @@ local function finish_one(a, event)
       if not existed then redis.call('SADD', QUEUES, rq.name) end
       listed[rq.name] = true
     end
-    if event and event ~= '' then published[#published + 1] = event end
     return 1
   end
   -- (Its sid stays: the entry goes below, and nothing reads an ended job's sid.)
@@ -92,21 +99,44 @@ local function finish_one(a, event)
   end
   terminate(q, key, job, id, status, ttl_ms, fields, later)
   release_key(UNIQUE, job, id)
-  if event and event ~= '' then published[#published + 1] = event end
   return 1
+end
+
+-- The events to publish, one by one, when some outcome's is not: the bodies cut back into
+-- framed events ('<length>:<bytes>'), the call's own and those of the outcomes recorded.
+local function kept(first, n_bodies, n_call, flags)
+  local out, seen, n = {}, 0, 0  -- n: the outcome whose event is next
+  for k = first, first + n_bodies - 1 do
+    local body, at = ARGV[k], 1
+    while at <= #body do
+      local colon = string.find(body, ':', at, true)
+      local stop = colon + tonumber(string.sub(body, at, colon - 1))
+      seen = seen + 1
+      local mine = seen <= n_call
+      if not mine then
+        n = string.find(flags, '1', n + 1, true)
+        mine = recorded[n]
+      end
+      if mine then out[#out + 1] = string.sub(body, at, stop) end
+      at = stop + 1
+    end
+  end
+  return out
 end
 
 local out = {}
 local a, last = 6 + NQ, LAST
-local own = nil  -- before the first outcome's event
+local n_bodies, n_call, flags = 0, 0, ''
 if CAP then
-  local n_call, n_own = tonumber(ARGV[LAST - 1]), tonumber(ARGV[LAST])
-  last = LAST - 2 - n_call - n_own
-  for i = last + 1, last + n_call do published[#published + 1] = ARGV[i] end
-  own = last + n_call
+  n_bodies, flags, n_call = tonumber(ARGV[LAST]), ARGV[LAST - 1], tonumber(ARGV[LAST - 2])
+  last = LAST - 3 - n_bodies
 end
+local events = n_call  -- in the bodies
 while a <= last do
-  out[#out + 1] = finish_one(a, own and ARGV[own + #out + 1])
+  local n = #out + 1
+  local event = string.byte(flags, n) == 49  -- '1': it has one
+  if event then events = events + 1 end
+  out[n] = finish_one(a, n, event)
   a = a + (ARGV[a + 7] == '1' and 13 or 8)
 end
 for stream, sids in pairs(dropped) do
@@ -115,11 +145,15 @@ for stream, sids in pairs(dropped) do
 end
 for running, ids in pairs(stopped) do redis.call('ZREM', running, unpack(ids)) end
 add_indexed(later)
-if CAP and #published > 0 then
+if n_bodies > 0 then
   -- A call that recorded no outcome (every delivery refused or a repeat) publishes only the
   -- worker's own events: their counter's INCRBY would then be its first write, refused on
   -- a full Redis, failing the whole call. They take little and the stream is capped.
   if not freed then allow_oom() end
-  publish(CAP, published)
+  if skipped then
+    publish(CAP, kept(last + 1, n_bodies, n_call, flags))
+  else
+    append_entries(CAP, {unpack(ARGV, last + 1, last + n_bodies)}, events)
+  end
 end
 return out

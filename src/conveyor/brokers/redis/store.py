@@ -117,7 +117,11 @@ def _ttl_arg(ttl: float | None) -> str:
 
 class RedisKV(KeyValue):
     def __init__(
-        self, client: redis.Redis, *, prefix: str = "conveyor", clock: Clock | None = None
+        self,
+        client: redis.Redis | redis.RedisCluster,
+        *,
+        prefix: str = "conveyor",
+        clock: Clock | None = None,
     ) -> None:
         self._client = client
         self._prefix = prefix
@@ -168,7 +172,7 @@ class RedisKV(KeyValue):
         k = self._key(key)
         attempts = max(retries, 0) + 1
         for _ in range(attempts):
-            with TRANSLATE, self._client.pipeline() as pipe:
+            with TRANSLATE, self._client.pipeline(transaction=True) as pipe:
                 try:
                     return self._update_once(pipe, k, fn, ttl)
                 except redis.WatchError:
@@ -180,7 +184,7 @@ class RedisKV(KeyValue):
 
     def _update_once(self, pipe: Any, k: str, fn: Updater, ttl: float | None) -> bytes | None:
         pipe.watch(k)
-        value, now = pipe.eval(_READ, 1, k, self._now())
+        value, now = pipe.execute_command("EVAL", _READ, 1, k, self._now())
         new = fn(None if value is None else bytes(value))
         pipe.multi()
         pipe.delete(k)

@@ -1,5 +1,5 @@
-"""The SQLite broker's operations: stats, entries, requeue, pause, purge, workers and the
-event log's reads."""
+"""The SQLite broker's operations: stats, entries, requeue, pause, purge, delete, workers
+and the event log's reads."""
 
 from __future__ import annotations
 
@@ -18,9 +18,18 @@ from ._sql import ENTRY_ORDER, LIVE, NEWEST_FIRST, PENDING_KEY, REQUEUE, take_se
 
 class SQLiteAdmin(SQLiteCore):
     def _stats(self) -> list[QueueStats]:
+        # Pending jobs never expire (expires_at is set when a job ends): they are counted
+        # from jobs_ready alone (status and queue are in it), and only ended ones are read
+        # from the table for their expiry.
         with self._db.read() as conn:
             rows = conn.execute(
-                f"SELECT queue, status, count(*) FROM jobs WHERE {LIVE} GROUP BY queue, status",
+                "SELECT queue, status, count(*) FROM jobs "
+                "WHERE status IN ('queued', 'scheduled', 'running') GROUP BY queue, status"
+            ).fetchall()
+            rows += conn.execute(
+                "SELECT queue, status, count(*) FROM jobs WHERE status IN "
+                f"('succeeded', 'failed', 'dead', 'cancelled') AND {LIVE} "
+                "GROUP BY queue, status",
                 (self._clock.time(),),
             ).fetchall()
             paused = conn.execute("SELECT queue FROM paused").fetchall()
@@ -29,13 +38,20 @@ class SQLiteAdmin(SQLiteCore):
     def _entries(
         self, status: JobStatus, queue: str | None, limit: int, offset: int
     ) -> list[JobEntry]:
+        # One statement per case, not "(? IS NULL OR queue = ?)": with the queue named,
+        # SQLite reads a queued page straight from jobs_ready in its order, instead of
+        # sorting every queued job of every queue (the overview reads one queue's head
+        # per queue, each sample).
+        where, args = (
+            ("status = ? AND queue = ?", (status, queue)) if queue else ("status = ?", (status,))
+        )
         sql = (
             f"SELECT id, queue, payload, status, reason, updated_at FROM jobs "
-            f"WHERE status = ? AND (? IS NULL OR queue = ?) AND {LIVE} "
+            f"WHERE {where} AND {LIVE} "
             f"ORDER BY {ENTRY_ORDER.get(status, NEWEST_FIRST)} LIMIT ? OFFSET ?"
         )
         with self._db.read() as conn:
-            rows = conn.execute(sql, (status, queue, queue, self._clock.time(), limit, offset))
+            rows = conn.execute(sql, (*args, self._clock.time(), limit, offset))
             return [
                 JobEntry(id=i, queue=q, payload=bytes(p), status=JobStatus(s), reason=r, at=at)
                 for i, q, p, s, r, at in rows
@@ -99,6 +115,35 @@ class SQLiteAdmin(SQLiteCore):
         if due:
             self._notify.wake(FETCHERS)
         return len(gone)
+
+    def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
+        out: list[JobStatus | None] = []
+        gone: list[str] = []
+        with self._db.write() as conn:
+            now = self._clock.time()
+            for job_id in job_ids:
+                row = conn.execute(
+                    f"DELETE FROM jobs WHERE id = ? AND status != 'running' AND {LIVE} "
+                    "RETURNING status",
+                    (job_id, now),
+                ).fetchone()
+                if row is None:  # running (left as it is), unknown or expired
+                    row = conn.execute(
+                        f"SELECT status FROM jobs WHERE id = ? AND {LIVE}", (job_id, now)
+                    ).fetchone()
+                    out.append(None if row is None else JobStatus(row[0]))
+                    continue
+                out.append(JobStatus(row[0]))
+                gone.append(job_id)
+            # Gone before they ended (queued, scheduled): their dependents are counted down,
+            # as purge does. Ended ones have none left, and wait for nothing.
+            due = self._release_dependents(conn, gone) if gone else 0
+            self._forget_dependencies(conn, gone)
+        if gone:
+            self._wake_ended(gone)  # their waiters learn the jobs are gone
+        if due:
+            self._notify.wake(FETCHERS)
+        return out
 
     def _workers(self) -> list[WorkerInfo]:
         with self._db.read() as conn:

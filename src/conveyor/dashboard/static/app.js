@@ -482,17 +482,38 @@
     return row;
   }
 
+  // A cell's text, a link to `href` (none: plain text), changed in place: the link stays
+  // the same element across live updates, so a press on it and its release, however far
+  // apart, land on one element and make a click.
+  function linkIn(cell, text, href) {
+    const a = cell.firstElementChild;
+    if (!href) {
+      if (a || cell.textContent !== text) cell.textContent = text;
+      return;
+    }
+    if (!a) {
+      cell.replaceChildren(h("a", { href }, text));
+      return;
+    }
+    if (a.getAttribute("href") !== href) a.setAttribute("href", href);
+    if (a.textContent !== text) a.textContent = text;
+  }
+
   function updateQueueRow(row, q, data) {
     row._state = q;
     const name = row.children[0];
-    name.replaceChildren();
-    append(name, [h("a", { href: url("/jobs/queued", { queue: q.queue }) }, q.queue),
-      q.paused ? [" ", h("span", { class: "pill paused" }, "paused")] : null]);
+    linkIn(name, q.queue, url("/jobs/queued", { queue: q.queue }));
+    const flag = name.querySelector(".pill.paused");
+    if (q.paused && !flag) append(name, [" ", h("span", { class: "pill paused" }, "paused")]);
+    if (!q.paused && flag) {
+      flag.previousSibling.remove(); // the space before it
+      flag.remove();
+    }
     for (const s of STATUSES) {
       const cell = row.querySelector(`td[data-status="${s}"]`);
       const n = q[s];
       cell.className = "num" + (n ? "" : " zero") + (n && (s === "failed" || s === "dead") ? " red" : "");
-      cell.replaceChildren(n ? h("a", { href: url("/jobs/" + s, { queue: q.queue }) }, count(n)) : "0");
+      linkIn(cell, n ? count(n) : "0", n ? url("/jobs/" + s, { queue: q.queue }) : null);
     }
     const head = row.querySelector('td[data-role="head"]');
     head.replaceChildren(q.head_since ? h("span", { title: when(q.head_since) }, "since " + span((parse(data.sampled_at) - parse(q.head_since)) / 1000)) : "");
@@ -595,14 +616,40 @@
 
   // -- one job -------------------------------------------------------------------------------
 
+  // `render`, held while a pointer is pressed on the page: it replaces the whole page, maybe
+  // what was pressed, and a release on another element than the press makes no click. The
+  // latest held call runs after the release and the click it makes.
+  function heldWhilePressed(render) {
+    let down = false;
+    let waiting = null;
+    const release = () => {
+      down = false;
+      window.setTimeout(() => {
+        if (down || !waiting) return;
+        const args = waiting;
+        waiting = null;
+        render(...args);
+      }, 0);
+    };
+    document.addEventListener("pointerdown", () => { down = true; }, true);
+    document.addEventListener("pointerup", release, true);
+    document.addEventListener("pointercancel", release, true);
+    window.addEventListener("blur", release);
+    return (...args) => {
+      if (down) waiting = args;
+      else render(...args);
+    };
+  }
+
   function jobPage(id) {
     let shown = "";
+    const show = heldWhilePressed(renderJob);
     const source = follow("/job/" + encodeURIComponent(id), (data) => {
       header(data);
       const text = JSON.stringify(data.job);
       if (text === shown) return;
       shown = text;
-      renderJob(data.job);
+      show(data.job);
     });
     source.addEventListener("problem", (event) => {
       const message = JSON.parse(event.data).error;
@@ -620,6 +667,17 @@
     const actions = [];
     if (j.can_requeue) actions.push(button("Requeue", () => act(`/job/${encodeURIComponent(j.id)}/requeue`), "primary"));
     if (j.can_cancel) actions.push(button("Cancel", () => act(`/job/${encodeURIComponent(j.id)}/cancel`, `Cancel job ${j.id}?`), "danger"));
+    if (j.can_delete) {
+      const question = j.status === "queued" || j.status === "scheduled"
+        ? `Delete job ${j.id}? It is cancelled first, then its record is gone for good.`
+        : `Delete job ${j.id} and its result for good?`;
+      actions.push(button("Delete", async () => {
+        // The job is gone: its page has nothing more to show; the list it was in has.
+        if (await act(`/job/${encodeURIComponent(j.id)}/delete`, question)) {
+          window.location.assign(url("/jobs/" + j.status, { queue: j.queue }));
+        }
+      }, "danger"));
+    }
     const facts = [
       ["Job id", h("span", { class: "mono" }, j.id)],
       ["Queue", h("a", { href: url("/jobs/" + j.status, { queue: j.queue }) }, j.queue)],
@@ -659,10 +717,12 @@
       sections.push(h("section", { class: "panel" }, h("h2", {}, "Result"), h("pre", { id: "result" }, pretty(j.result))));
     }
     const g = j.graph;
-    if (g.upstream.length || g.downstream.length || g.chord) {
-      sections.push(h("section", { class: "panel graph" }, h("h2", {}, "Workflow"),
-        g.chord ? h("p", { class: "muted" }, `Member ${g.chord.i + 1} of ${g.chord.n} of a group.`) : null,
-        graph(j, g)));
+    if (g.nodes.length > 1 || g.chord) {
+      const notes = ["Solid lines: workflow steps; dashed: depends_on."];
+      if (g.chord) notes.unshift(`Member ${g.chord.i + 1} of ${g.chord.n} of a group.`);
+      if (g.more) notes.push(`Only the ${g.nodes.length} jobs nearest to this one are shown.`);
+      sections.push(h("section", { class: "panel graph" }, h("h2", {}, "Workflow and dependencies"),
+        graph(j, g), h("p", { class: "muted", id: "graph-notes" }, notes.join(" "))));
     }
     sections.push(h("section", { class: "panel" }, h("h2", {}, "Timeline"),
       j.timeline.length
@@ -688,32 +748,42 @@
     return JSON.stringify(value, null, 2);
   }
 
-  // What the job waits for (left), the job, and what it starts (right), linked.
+  // The jobs linked to this one (the server picks them, at most 40): a column per level,
+  // each job after the ones it waits for, every box a link.
   function graph(j, g) {
-    const width = 760;
-    const nodeW = 220;
+    const nodeW = 200;
     const nodeH = 44;
-    const gap = 12;
-    const rows = Math.max(g.upstream.length, g.downstream.length, 1);
-    const height = rows * (nodeH + gap) + gap;
-    const column = [20, (width - nodeW) / 2, width - nodeW - 20];
-    const drawing = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, role: "img", "aria-label": "workflow" });
-    const place = (nodes, k) => nodes.map((node, i) => {
-      const top = gap + i * (nodeH + gap) + ((rows - nodes.length) * (nodeH + gap)) / 2;
-      return { node, x: column[k], y: top };
+    const gapX = 48;
+    const gapY = 12;
+    const columns = new Map();
+    for (const node of g.nodes) {
+      if (!columns.has(node.level)) columns.set(node.level, []);
+      columns.get(node.level).push(node);
+    }
+    const levels = [...columns.keys()].sort((a, b) => a - b);
+    const rows = Math.max(1, ...[...columns.values()].map((c) => c.length));
+    const width = 2 * gapY + levels.length * nodeW + (levels.length - 1) * gapX;
+    const height = rows * (nodeH + gapY) + gapY;
+    const at = new Map();
+    levels.forEach((level, k) => {
+      const column = columns.get(level);
+      column.forEach((node, i) => {
+        const top = gapY + i * (nodeH + gapY) + ((rows - column.length) * (nodeH + gapY)) / 2;
+        at.set(node.id, { node, x: gapY + k * (nodeW + gapX), y: top });
+      });
     });
-    const me = place([{ id: j.id, task: j.task, status: j.status }], 1)[0];
-    const left = place(g.upstream, 0);
-    const right = place(g.downstream, 2);
-    for (const p of left) drawing.append(edge(p.x + nodeW, p.y + nodeH / 2, me.x, me.y + nodeH / 2));
-    for (const p of right) drawing.append(edge(me.x + nodeW, me.y + nodeH / 2, p.x, p.y + nodeH / 2));
-    for (const p of [...left, ...right]) drawing.append(box(p, false));
-    drawing.append(box(me, true));
+    const drawing = svg("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img", "aria-label": "workflow and dependencies" });
+    for (const e of g.edges) {
+      const a = at.get(e.from);
+      const b = at.get(e.to);
+      if (a && b) drawing.append(edge(a.x + nodeW, a.y + nodeH / 2, b.x, b.y + nodeH / 2, e.kind));
+    }
+    for (const p of at.values()) drawing.append(box(p, p.node.id === j.id));
     return h("div", { class: "scroll" }, drawing);
 
-    function edge(x1, y1, x2, y2) {
+    function edge(x1, y1, x2, y2, kind) {
       const mid = (x1 + x2) / 2;
-      return svg("path", { d: `M${x1},${y1}C${mid},${y1} ${mid},${y2} ${x2},${y2}` });
+      return svg("path", { class: kind, d: `M${x1},${y1}C${mid},${y1} ${mid},${y2} ${x2},${y2}` });
     }
 
     function box(p, self) {
@@ -722,8 +792,8 @@
       const group = svg("g", { class: self ? "me" : "" },
         svg("rect", { x: p.x, y: p.y, width: nodeW, height: nodeH, rx: 8 }),
         svg("circle", { class: "dot " + status, cx: p.x + 14, cy: p.y + nodeH / 2, r: 5 }),
-        svg("text", { x: p.x + 26, y: p.y + 18 }, clip(label, 26)),
-        svg("text", { class: "sub", x: p.x + 26, y: p.y + 34 }, `${status} · ${clip(p.node.id, 20)}`),
+        svg("text", { x: p.x + 26, y: p.y + 18 }, clip(label, 24)),
+        svg("text", { class: "sub", x: p.x + 26, y: p.y + 34 }, `${status} · ${clip(p.node.id, Math.max(8, 24 - status.length))}`),
         svg("title", {}, `${p.node.task || ""} ${p.node.id} (${status})`));
       if (self) return group;
       return svg("a", { href: url("/job/" + encodeURIComponent(p.node.id)) }, group);

@@ -8,6 +8,7 @@ import pytest
 
 from ..._clock import FakeClock
 from ._cancel_wait import _CancelWaitTests
+from ._delete import _DeleteTests
 from ._dependencies import DependencyConformance
 from ._enqueue import _EnqueueTests
 from ._entries import _EntriesTests
@@ -21,8 +22,10 @@ from ._requeue import _RequeueTests
 
 # pytest collects a class's tests base by base in reverse MRO order, so the parts are listed
 # last first: the suite runs in the order it always has (dependencies, enqueue, fetch,
-# delays, leases, ..., operations, concurrency, then entries, requeue, pause, events).
+# delays, leases, ..., operations, concurrency, then entries, requeue, pause, events,
+# delete).
 class BrokerConformance(
+    _DeleteTests,
     _EventsTests,
     _PauseTests,
     _RequeueTests,

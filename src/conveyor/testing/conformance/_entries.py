@@ -107,6 +107,32 @@ class _EntriesTests:
         assert _ids(broker.entries(JobStatus.RUNNING, None, 10)) == [newer.id, older.id]
         assert _pages(broker, JobStatus.RUNNING, None, 1) == [newer.id, older.id]
 
+    def test_ended_entries_of_every_queue_come_newest_first_by_pages(
+        self, broker: Broker, timeline: Timeline
+    ) -> None:
+        """Jobs of three queues ended in four rounds, each round in one call (one instant):
+        the list of every queue is newest first, ties by id across the queues, and reads
+        the same whatever the page size or the page's offset."""
+        queues = ["qa", "qb", "qc"]
+        rounds: list[list[str]] = []
+        for _ in range(4):
+            broker.enqueue([envelope(q) for q in queues for _ in range(2)])
+            got = fetch(broker, queues, count=6)
+            assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r", LONG) for d in got])
+            rounds.append(sorted((d.id for d in got), reverse=True))
+            timeline.advance(1)
+        newest = [i for ids in reversed(rounds) for i in ids]
+        assert _ids(broker.entries(JobStatus.SUCCEEDED, None, 100)) == newest
+        for size in (1, 5, 7):
+            assert _pages(broker, JobStatus.SUCCEEDED, None, size) == newest
+        for offset in (0, 5, 6, 13, 23):
+            page = broker.entries(JobStatus.SUCCEEDED, None, 4, offset)
+            assert _ids(page) == newest[offset : offset + 4]
+        assert broker.entries(JobStatus.SUCCEEDED, None, 3, 24) == []
+        of_qb = {e.id for e in broker.entries(JobStatus.SUCCEEDED, "qb", 100)}
+        assert len(of_qb) == 8
+        assert _pages(broker, JobStatus.SUCCEEDED, "qb", 3) == [i for i in newest if i in of_qb]
+
     @pytest.mark.parametrize(("limit", "offset"), [(0, 0), (-1, 0), (1, -1)])
     def test_entries_take_at_least_one_job_per_page(
         self, broker: Broker, limit: int, offset: int

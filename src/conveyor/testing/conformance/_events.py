@@ -198,6 +198,28 @@ class _EventsTests:
         assert broker.finish(outcomes, started) == [True] * n
         assert _bodies(broker, tail) == started + ended
 
+    def test_a_large_finish_with_refusals_publishes_only_those_it_records(
+        self, broker: Broker
+    ) -> None:
+        n = 150  # with the call's own events, more than one stream entry's worth
+        broker.enqueue([envelope() for _ in range(n)])
+        deliveries = fetch(broker, count=n)
+        tail = broker.events_tail()
+        ended = _numbered(n, "job.succeeded")
+        outcomes = [
+            Finish(
+                d if i % 7 else msgspec.structs.replace(d, token="not-the-token"),
+                JobStatus.SUCCEEDED,
+                b"r",
+                event=e if i % 5 else None,
+            )
+            for i, (d, e) in enumerate(zip(deliveries, ended, strict=True))
+        ]
+        started = _numbered(n, "job.started")
+        assert broker.finish(outcomes, started) == [i % 7 != 0 for i in range(n)]
+        recorded = [e for i, e in enumerate(ended) if i % 7 and i % 5]
+        assert _bodies(broker, tail) == started + recorded
+
     # -- events riding on cancel -----------------------------------------------------------
 
     def test_cancel_publishes_its_event_only_if_it_cancels_a_pending_job(
