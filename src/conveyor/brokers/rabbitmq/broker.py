@@ -216,6 +216,11 @@ class RabbitBroker(Broker):
         with self._s:
             return self._store._purge(queue)
 
+    def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
+        # a deleted job's ticket, if one is still queued, finds no record and is acked
+        with self._s:
+            return self._store._delete(job_ids)
+
     def _workers(self) -> list[WorkerInfo]:
         with self._s:
             return self._store._workers()
