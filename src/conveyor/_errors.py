@@ -21,7 +21,7 @@
     │   └── DependencyNotFound      (also a ValidationError) depends_on= names no job;
     │                               nothing was written
     ├── JobNotEnded                 requeue of a job that is not failed, dead or cancelled;
-    │                               delete of a running job
+    │                               a job delete left to its worker's live lease
     ├── TaskFailed                  the task raised; carries the remote type, message, traceback
     │   └── DependencyFailed        a job it depends on failed, was dead-lettered or cancelled
     ├── JobCancelled                the job was cancelled before it finished
