@@ -6,7 +6,8 @@ deleted, so nothing that waits on it waits forever. An ended one is deleted as i
 that depends on it and still waits for another dependency finds it without a record when it
 is released, as after its result TTL ran out (``DependencyFailed``). A running job under its
 worker's live lease is left as it is; one whose lease expired (its worker is gone) is
-deleted, and the dead worker's late finish is refused. The broker's ``delete`` does each job
+deleted (the rest of its workflow ends, as a cancel before it ran would end it), and the
+dead worker's late finish is refused. The broker's ``delete`` does each job
 in one atomic step and answers per id (see the port's contract).
 """
 
@@ -15,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ._errors import JobNotEnded, JobNotFound
+from ._errors import ConveyorError, JobNotEnded, JobNotFound
 from ._job import Job
-from ._message import JobStatus
+from ._message import JobStatus, Outcome
 from ._requeue import known
 
 if TYPE_CHECKING:
@@ -28,16 +29,37 @@ def delete(app: Conveyor, job_ids: Sequence[str]) -> dict[str, JobStatus | None]
     """``app.delete``: every id is checked (known) before any job is touched; per id, each
     once, the status the job had (deleted) or None (left as it is: ``kept`` says why)."""
     ids, records = known(app, job_ids, "deleted")
+    running: dict[str, bytes | None] = {}  # payloads, read while there is one
     for job_id, record in zip(ids, records, strict=True):
         if record.status in (JobStatus.QUEUED, JobStatus.SCHEDULED):
             Job(app, job_id, record).cancel()
+        elif record.status is JobStatus.RUNNING:
+            running[job_id] = app.broker.payload(job_id)
     found = app.broker.delete(ids) if ids else []
     out: dict[str, JobStatus | None] = {}
     for job_id, record, status in zip(ids, records, found, strict=True):
         # One this call cancelled first is reported as it stood when it was asked for.
         cancelled_here = status is JobStatus.CANCELLED and not record.status.terminal
         out[job_id] = record.status if cancelled_here else status
+        if status is JobStatus.RUNNING:
+            _end_workflow(app, running.get(job_id))
     return out
+
+
+def _end_workflow(app: Conveyor, payload: bytes | None) -> None:
+    """A dead worker's job was deleted: the rest of its workflow ends, as a cancel before it
+    ran would end it (nobody will finish it now)."""
+    from . import workflows  # workflows builds Jobs: imported late
+
+    if payload is None:
+        return
+    try:
+        message = app.codec.decode_message(payload)
+    except ConveyorError:
+        return  # not a message Conveyor wrote: no workflow to end
+    if message.workflow:
+        result = app.codec.encode_outcome(Outcome(reason="deleted after its worker was gone"))
+        workflows.advance(app, message, JobStatus.CANCELLED, result)
 
 
 def kept(app: Conveyor, job_id: str) -> JobNotEnded | JobNotFound:

@@ -22,6 +22,7 @@ from conveyor import (
     JobStatus,
     SerializationError,
     Task,
+    TaskFailed,
 )
 from conveyor import _requeue as requeue_module
 from conveyor._clock import FakeClock
@@ -334,6 +335,23 @@ def test_delete_takes_a_running_job_whose_worker_is_gone(app: Conveyor) -> None:
     assert app.broker.finish([Finish(d, JobStatus.SUCCEEDED, b"1")]) == [False]  # fenced
     assert app.broker.get([job.id]) == [None]
     assert drain(app).ran == 0
+
+
+def test_deleting_a_dead_workers_chain_step_fails_the_rest_of_its_chain(app: Conveyor) -> None:
+    from conveyor.workflows import chain
+
+    fine = app.registry["fine"]
+    first, second, third = chain(fine.s(1), fine.s(), fine.s()).delay().steps
+    [d] = app.broker.fetch(["default"], "w", 1, 30.0, 0.0)
+    assert d.id == first
+    assert isinstance(app.clock, FakeClock)
+    app.clock.advance(31)  # its worker died
+    assert app.delete([first]) == {first: JobStatus.RUNNING}
+    drain(app)
+    assert app.job(second).status is JobStatus.FAILED
+    assert app.job(third).status is JobStatus.FAILED
+    with pytest.raises(TaskFailed, match="deleted after its worker was gone"):
+        app.job(second).result(timeout=0)
 
 
 def test_deleting_a_pending_chain_step_fails_the_rest_of_its_chain(app: Conveyor) -> None:
