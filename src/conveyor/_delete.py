@@ -16,9 +16,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from ._errors import ConveyorError, JobNotEnded, JobNotFound
+from ._errors import JobNotEnded, JobNotFound
 from ._job import Job
-from ._message import JobStatus, Outcome
+from ._message import JobStatus
 from ._requeue import known
 
 if TYPE_CHECKING:
@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 def delete(app: Conveyor, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
     """``app.delete``: every id is checked (known) before any job is touched; per id, each
     once, the status the job had (deleted) or None (left as it is: ``kept`` says why)."""
+    from . import workflows  # workflows builds Jobs: imported late
+
     ids, records = known(app, job_ids, "deleted")
     running: dict[str, bytes | None] = {}  # payloads, read while there is one
     for job_id, record in zip(ids, records, strict=True):
@@ -41,25 +43,9 @@ def delete(app: Conveyor, job_ids: Sequence[str]) -> dict[str, JobStatus | None]
         # One this call cancelled first is reported as it stood when it was asked for.
         cancelled_here = status is JobStatus.CANCELLED and not record.status.terminal
         out[job_id] = record.status if cancelled_here else status
-        if status is JobStatus.RUNNING:
-            _end_workflow(app, running.get(job_id))
+        if status is JobStatus.RUNNING:  # a dead worker's: nobody will finish it now
+            workflows.ended_unrun(app, running.get(job_id), "deleted after its worker was gone")
     return out
-
-
-def _end_workflow(app: Conveyor, payload: bytes | None) -> None:
-    """A dead worker's job was deleted: the rest of its workflow ends, as a cancel before it
-    ran would end it (nobody will finish it now)."""
-    from . import workflows  # workflows builds Jobs: imported late
-
-    if payload is None:
-        return
-    try:
-        message = app.codec.decode_message(payload)
-    except ConveyorError:
-        return  # not a message Conveyor wrote: no workflow to end
-    if message.workflow:
-        result = app.codec.encode_outcome(Outcome(reason="deleted after its worker was gone"))
-        workflows.advance(app, message, JobStatus.CANCELLED, result)
 
 
 def kept(app: Conveyor, job_id: str) -> JobNotEnded | JobNotFound:
