@@ -374,16 +374,21 @@ class Conveyor:
         ``conveyor`` logger."""
         return requeue_all(self, status, queue)
 
-    def delete(self, job_ids: Sequence[str]) -> int:
+    def delete(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
         """Delete jobs for good (record, payload and result, as if they had expired);
-        returns how many were deleted.
+        returns, per id (each once, in order), the status the job had if it was deleted,
+        else None.
 
-        Every id is checked before any job is touched: an unknown one raises
-        ``JobNotFound``, a running one ``JobNotEnded`` (its worker owns it: cancel it, and
-        delete it once it ended). A queued or scheduled job is cancelled first, as
-        ``Job.cancel`` does (the rest of its workflow fails, its dependents are released
-        and find it without a record), then deleted; an ended one is deleted as it is. A
-        job that started running meanwhile is left as it is (not counted)."""
+        Every id is looked up before any job is touched: an unknown one raises
+        ``JobNotFound``. A queued or scheduled job is cancelled first, as ``Job.cancel``
+        does (the rest of its workflow fails, its dependents are released and find it
+        without a record), then deleted. An ended one is deleted as it is: a job that
+        depends on it and still waits for another dependency fails with
+        ``DependencyFailed`` when it is released, as after the record's result TTL ran out.
+        A running job is left to its worker (None) while the worker holds a live lease on
+        it: cancel it, and delete it once it ended; one whose lease expired (its worker is
+        gone) is deleted, and a late finish from that worker is refused. None also for a
+        job deleted, purged or expired meanwhile."""
         return delete(self, job_ids)
 
     def pause(self, queue: str) -> None:

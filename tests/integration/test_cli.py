@@ -279,7 +279,7 @@ def test_cancel_says_what_happened_to_each(shop: Shop) -> None:
     settle(busy, JobStatus.CANCELLED)  # at the worker's next renewal (a 1 s lease)
 
 
-def test_delete_refuses_a_running_job_and_deletes_the_others(shop: Shop) -> None:
+def test_delete_answers_per_job_and_leaves_a_running_one(shop: Shop) -> None:
     project = shop.project
     later = shop.send.options(delay=3600).delay("fay@example.com")
     busy = shop.crunch.delay(600)  # until it is cancelled
@@ -288,22 +288,33 @@ def test_delete_refuses_a_running_job_and_deletes_the_others(shop: Shop) -> None
     settle(bad, JobStatus.FAILED)
     settle(busy, JobStatus.RUNNING)
 
-    running = conveyor(project, "delete", later.id, busy.id, "-A", "jobs_app", code=1)
-    assert busy.id in running.stderr and "cancel it first" in running.stderr
     unknown = conveyor(project, "delete", later.id, "nope-3", "-A", "jobs_app", code=1)
     assert "nope-3" in unknown.stderr
     assert later.status is JobStatus.SCHEDULED  # every id is checked before any is deleted
 
-    assert as_json(project, "delete", later.id, bad.id) == {
-        "deleted": 2, "ids": [later.id, bad.id],
-    }  # fmt: skip
-    assert shop.app.broker.get([later.id, bad.id]) == [None, None]
+    out = conveyor(project, "delete", later.id, busy.id, "-A", "jobs_app", code=1).stdout
+    first, second = out.splitlines()
+    assert first == f"deleted {later.id} (it was scheduled)"
+    assert second.startswith(f"job {busy.id} is running under its worker's live lease")
+    assert "cancel it" in second
+    assert shop.app.broker.get([later.id]) == [None]
+    assert busy.status is JobStatus.RUNNING
+
+    document = json.loads(
+        conveyor(project, "delete", bad.id, busy.id, "-A", "jobs_app", "--json", code=1).stdout
+    )
+    assert document["deleted"] == 1
+    assert [(j["id"], j["outcome"], j["status"]) for j in document["jobs"]] == [
+        (bad.id, "deleted", "failed"),
+        (busy.id, "running", "running"),
+    ]
+    assert shop.app.broker.get([bad.id]) == [None]
     listed = as_json(project, "jobs", "failed")["jobs"]
     assert bad.id not in [j["id"] for j in listed]
     conveyor(project, "cancel", busy.id, "-A", "jobs_app")
     settle(busy, JobStatus.CANCELLED)  # at the worker's next renewal (a 1 s lease)
     line = conveyor(project, "delete", busy.id, "-A", "jobs_app").stdout
-    assert line.strip() == f"deleted 1 job(s): {busy.id}"
+    assert line.strip() == f"deleted {busy.id} (it was cancelled)"
     gone = conveyor(project, "job", busy.id, "-A", "jobs_app", code=1)
     assert busy.id in gone.stderr
 
