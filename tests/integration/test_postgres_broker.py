@@ -17,7 +17,7 @@ from conveyor._clock import FakeClock
 from conveyor._errors import ConfigurationError
 from conveyor._message import Envelope, JobStatus, new_job_id
 from conveyor.brokers._port import Finish
-from conveyor.brokers.postgres import PostgresBroker
+from conveyor.brokers.postgres import PostgresBroker, _schema
 from conveyor.cli import cli
 from postgres_server import drop_schema, schema_url, unique_schema
 
@@ -69,7 +69,8 @@ def test_first_users_racing_on_a_new_schema_migrate_it_once(postgres_url: str, s
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(b.migrated for b in opened) == [(0, 1), (1, 1), (1, 1), (1, 1)]
+    v = _schema.SCHEMA_VERSION
+    assert sorted(b.migrated for b in opened) == [(0, v), (v, v), (v, v), (v, v)]
     assert len({b.instance for b in opened}) == 1
     for b in opened:
         b.close()
@@ -88,10 +89,37 @@ def test_tools_that_only_look_create_nothing_and_migrate_says_what_it_did(
     migrated = runner.invoke(cli, ["migrate", "--url", url, "--json"])
     assert migrated.exit_code == 0, migrated.output
     document = json.loads(migrated.output)
-    assert (document["schema"], document["from_version"], document["to_version"]) == (schema, 0, 1)
+    v = _schema.SCHEMA_VERSION
+    assert (document["schema"], document["from_version"], document["to_version"]) == (schema, 0, v)
     again = runner.invoke(cli, ["migrate", "--url", url])
-    assert f"schema {schema} is up to date (version 1)" in again.output
+    assert f"schema {schema} is up to date (version {v})" in again.output
     assert runner.invoke(cli, ["jobs", "failed", "--url", url]).exit_code == 0
+
+
+def test_a_schema_of_the_first_version_migrates_forward_with_its_jobs(
+    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = schema_url(postgres_url, schema)
+    with monkeypatch.context() as m:
+        m.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:1])
+        m.setattr(_schema, "SCHEMA_VERSION", 1)
+        old = PostgresBroker(url)
+        waiting = [Envelope(new_job_id(), "default", b"old") for _ in range(3)]
+        old.enqueue(waiting, [b"e1", b"e2", b"e3"])
+        old.close()
+    broker = PostgresBroker(url)
+    try:
+        assert broker.migrated == (1, _schema.SCHEMA_VERSION)
+        added = [Envelope(new_job_id(), "default", b"new")]
+        assert broker.enqueue(added) == [added[0].id]
+        done = broker.fetch(["default"], "c", 10, 60, 0)
+        assert [d.id for d in done] == [e.id for e in (*waiting, *added)]
+        assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r") for d in done]) == [True] * 4
+        assert [r.status if r else None for r in broker.get([e.id for e in waiting])] == [
+            JobStatus.SUCCEEDED
+        ] * 3
+    finally:
+        broker.close()
 
 
 def test_a_schema_written_by_a_newer_conveyor_is_refused(postgres_url: str, schema: str) -> None:

@@ -1,4 +1,4 @@
-"""The PL/pgSQL functions of the PostgreSQL broker (part of migration 1, see ``_schema``).
+"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 and 2, see ``_schema``).
 
 The hot paths are one round trip each, one function call doing every step of the
 contract's atomic step on the server: ``enqueue`` (dependencies checked before anything is
@@ -453,3 +453,38 @@ FUNCTIONS_V1: tuple[str, ...] = tuple(
         _KV_INCR,
     )
 )
+
+# -- migration 2 -----------------------------------------------------------------------------
+
+
+def _replacing(function: str, after_begin: str) -> str:
+    """A migration-1 function redefined with ``after_begin`` as its first statements."""
+    head, begin, body = function.partition("\nBEGIN\n")
+    assert begin and head.lstrip().startswith("CREATE FUNCTION"), function[:60]
+    return (
+        head.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+        + begin
+        + after_begin
+        + body
+    )
+
+
+# With the setting ``conveyor.claim_commit`` at ``async`` (for the database, the role, or
+# the connection: ``?options=-c conveyor.claim_commit=async``) the claim commits without
+# waiting for the disk; the enqueue before it and the finish after it still wait. A fetch
+# a server crash loses only leaves its jobs as they were before it: queued (or scheduled,
+# or running under a lease already expired), so they are handed out again, which
+# at-least-once allows, and the lost delivery's token fences its finish, renew and release
+# out. What the fetch did besides (promotions, reclaims, a reclaimed job whose cancel was
+# asked for ending cancelled) the next fetch does again. Whatever is written next about a
+# claimed job commits synchronously later in the same write-ahead log, so once that is on
+# disk the claim is too.
+_FETCH_V2 = _replacing(
+    _FETCH,
+    """    IF current_setting('conveyor.claim_commit', true) = 'async' THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+""",
+)
+
+FUNCTIONS_V2: tuple[str, ...] = (_FETCH_V2,)
