@@ -147,7 +147,8 @@ _V1_TABLES = (
 
 # Numbered migrations; each is applied once, all pending ones in one transaction. Append,
 # never edit a released one. 2: the claim may commit without waiting for the disk
-# (``conveyor.claim_commit``, in ``_functions``).
+# (``conveyor.claim_commit``, in ``_functions``); a batch without unique keys or
+# dependencies is written by one INSERT.
 MIGRATIONS: tuple[tuple[str, ...], ...] = ((*_V1_TABLES, *FUNCTIONS_V1), FUNCTIONS_V2)
 SCHEMA_VERSION = len(MIGRATIONS)
 
