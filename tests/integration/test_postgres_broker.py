@@ -17,7 +17,7 @@ from conveyor._clock import FakeClock
 from conveyor._errors import ConfigurationError
 from conveyor._message import Envelope, JobStatus, new_job_id
 from conveyor.brokers._port import Finish
-from conveyor.brokers.postgres import PostgresBroker
+from conveyor.brokers.postgres import PostgresBroker, _schema
 from conveyor.cli import cli
 from postgres_server import drop_schema, schema_url, unique_schema
 
@@ -69,7 +69,8 @@ def test_first_users_racing_on_a_new_schema_migrate_it_once(postgres_url: str, s
         t.start()
     for t in threads:
         t.join(30)
-    assert sorted(b.migrated for b in opened) == [(0, 1), (1, 1), (1, 1), (1, 1)]
+    v = _schema.SCHEMA_VERSION
+    assert sorted(b.migrated for b in opened) == [(0, v), (v, v), (v, v), (v, v)]
     assert len({b.instance for b in opened}) == 1
     for b in opened:
         b.close()
@@ -88,10 +89,37 @@ def test_tools_that_only_look_create_nothing_and_migrate_says_what_it_did(
     migrated = runner.invoke(cli, ["migrate", "--url", url, "--json"])
     assert migrated.exit_code == 0, migrated.output
     document = json.loads(migrated.output)
-    assert (document["schema"], document["from_version"], document["to_version"]) == (schema, 0, 1)
+    v = _schema.SCHEMA_VERSION
+    assert (document["schema"], document["from_version"], document["to_version"]) == (schema, 0, v)
     again = runner.invoke(cli, ["migrate", "--url", url])
-    assert f"schema {schema} is up to date (version 1)" in again.output
+    assert f"schema {schema} is up to date (version {v})" in again.output
     assert runner.invoke(cli, ["jobs", "failed", "--url", url]).exit_code == 0
+
+
+def test_a_schema_of_the_first_version_migrates_forward_with_its_jobs(
+    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = schema_url(postgres_url, schema)
+    with monkeypatch.context() as m:
+        m.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:1])
+        m.setattr(_schema, "SCHEMA_VERSION", 1)
+        old = PostgresBroker(url)
+        waiting = [Envelope(new_job_id(), "default", b"old") for _ in range(3)]
+        old.enqueue(waiting, [b"e1", b"e2", b"e3"])
+        old.close()
+    broker = PostgresBroker(url)
+    try:
+        assert broker.migrated == (1, _schema.SCHEMA_VERSION)
+        added = [Envelope(new_job_id(), "default", b"new")]
+        assert broker.enqueue(added) == [added[0].id]
+        done = broker.fetch(["default"], "c", 10, 60, 0)
+        assert [d.id for d in done] == [e.id for e in (*waiting, *added)]
+        assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r") for d in done]) == [True] * 4
+        assert [r.status if r else None for r in broker.get([e.id for e in waiting])] == [
+            JobStatus.SUCCEEDED
+        ] * 3
+    finally:
+        broker.close()
 
 
 def test_a_schema_written_by_a_newer_conveyor_is_refused(postgres_url: str, schema: str) -> None:
@@ -119,3 +147,49 @@ def test_an_event_committed_late_is_read_after_the_cursor_that_passed_it(
         after = broker.read_events(seen[-1][0], 0.0, 10)
     assert len(after) == 1 and late.id.encode() in after[0][1]
     app.close()
+
+
+def _batches(broker: PostgresBroker, clock: FakeClock) -> list[object]:
+    """Batches with a repeated id, an eta, events or none, a producer's retry, a unique
+    key, and an id whose record expired: what each call answered, and the log."""
+    batch = [
+        Envelope("a1", "q", b"1"),
+        Envelope("a2", "r", b"2", priority=1),
+        Envelope("a1", "q", b"repeated"),
+        Envelope("a3", "q", b"3", eta=clock.time() + 5),
+    ]
+    seen: list[object] = [broker.enqueue(batch, [b"e1", b"e2", b"e3", b"e4"])]
+    seen.append(broker.enqueue(batch[:2], [b"x1", b"x2"]))  # a retry publishes nothing
+    seen.append(broker.enqueue([Envelope("k1", "q", b"k", key="K")], [b"ek"]))
+    seen.append(broker.enqueue([Envelope("n1", "q", b"n"), Envelope("n2", "q", b"n")]))
+    done = broker.fetch(["q", "r"], "c", 10, 60, 0)
+    seen.append([(d.id, d.payload) for d in done])
+    broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r", result_ttl=1) for d in done])
+    clock.advance(2)
+    seen.append(broker.enqueue([Envelope("a1", "q", b"again")], [b"e5"]))
+    clock.advance(4)
+    seen.append([(d.id, d.payload, d.deliveries) for d in broker.fetch(["q"], "c", 10, 60, 0)])
+    seen.append([event for _, event in broker.read_events(None, 0, 100)])
+    return seen
+
+
+def test_a_batch_without_keys_or_dependencies_is_written_as_the_first_version_wrote_it(
+    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Since version 2 such a batch is one INSERT; the answers, the hand-out order and
+    the event log are those of version 1's row-by-row writes."""
+    seen = {}
+    for version in (1, _schema.SCHEMA_VERSION):
+        with monkeypatch.context() as m:
+            m.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:version])
+            m.setattr(_schema, "SCHEMA_VERSION", version)
+            clock = FakeClock()
+            broker = PostgresBroker(schema_url(postgres_url, f"{schema}_{version}"), clock=clock)
+        try:
+            seen[version] = _batches(broker, clock)
+        finally:
+            broker.close()
+            drop_schema(postgres_url, f"{schema}_{version}")
+    assert seen[1][0] == ["a1", "a2", "a1", "a3"]
+    assert seen[1][-1] == [b"e1", b"e2", b"e4", b"ek", b"e5"]
+    assert seen[_schema.SCHEMA_VERSION] == seen[1]

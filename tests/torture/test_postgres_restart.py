@@ -18,6 +18,9 @@ from pathlib import Path
 import pytest
 
 from conveyor import Conveyor
+from conveyor._message import Envelope, JobStatus, new_job_id
+from conveyor.brokers._port import Finish, LeaseState
+from conveyor.brokers.postgres import PostgresBroker
 from postgres_server import PrivatePostgres
 
 from .workers import Cluster, Producer, assert_each_ran_once, wait_for
@@ -74,3 +77,40 @@ def test_after_a_restart_the_pooled_connections_cost_no_failed_call(
     second = noop.delay()  # no BrokerError: the broken pooled connection is replaced
     assert [r is not None for r in app.broker.get([first.id, second.id])] == [True, True]
     app.close()
+
+
+@pytest.mark.timeout(90)
+def test_an_async_claim_a_crash_loses_is_handed_out_again_and_fenced(
+    private_postgres: PrivatePostgres,
+) -> None:
+    """With ``conveyor.claim_commit = async`` a claim made just before a crash may be lost:
+    then its job is handed out again (at least once), and the lost delivery can neither
+    finish nor renew it. An enqueue and a finish still survive the crash."""
+    url = f"{private_postgres.url}?options=-c%20conveyor.claim_commit%3Dasync"
+    broker = PostgresBroker(url)
+    finished = Envelope(new_job_id(), "default", b"f")
+    broker.enqueue([finished])
+    [first] = broker.fetch(["default"], "c", 1, 60, 0)
+    assert broker.finish([Finish(first, JobStatus.SUCCEEDED, b"r")]) == [True]
+    lost_any = False
+    for _ in range(5):  # the server's WAL writer may still win the race now and then
+        env = Envelope(new_job_id(), "default", b"p")
+        broker.enqueue([env])
+        [claimed] = broker.fetch(["default"], "c", 1, 60, 0)
+        private_postgres.stop("immediate")
+        private_postgres.start()
+        [record] = broker.get([env.id])
+        assert record is not None  # the enqueue was acknowledged: it survived
+        if record.status is JobStatus.RUNNING:
+            assert broker.finish([Finish(claimed, JobStatus.SUCCEEDED, b"r")]) == [True]
+            continue
+        lost_any = True
+        assert record.status is JobStatus.QUEUED
+        assert broker.renew([claimed], 60) == [LeaseState.LOST]
+        [again] = broker.fetch(["default"], "c", 1, 60, 0)
+        assert (again.id, again.deliveries) == (env.id, 1)
+        assert broker.finish([Finish(claimed, JobStatus.SUCCEEDED, b"stale")]) == [False]
+        assert broker.finish([Finish(again, JobStatus.SUCCEEDED, b"r")]) == [True]
+    assert lost_any
+    assert [r.status if r else None for r in broker.get([finished.id])] == [JobStatus.SUCCEEDED]
+    broker.close()

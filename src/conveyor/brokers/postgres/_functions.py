@@ -1,4 +1,4 @@
-"""The PL/pgSQL functions of the PostgreSQL broker (part of migration 1, see ``_schema``).
+"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 and 2, see ``_schema``).
 
 The hot paths are one round trip each, one function call doing every step of the
 contract's atomic step on the server: ``enqueue`` (dependencies checked before anything is
@@ -453,3 +453,90 @@ FUNCTIONS_V1: tuple[str, ...] = tuple(
         _KV_INCR,
     )
 )
+
+# -- migration 2 -----------------------------------------------------------------------------
+
+
+def _replacing(function: str, after_begin: str) -> str:
+    """A migration-1 function redefined with ``after_begin`` as its first statements."""
+    head, begin, body = function.partition("\nBEGIN\n")
+    assert begin and head.lstrip().startswith("CREATE FUNCTION"), function[:60]
+    return (
+        head.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1)
+        + begin
+        + after_begin
+        + body
+    )
+
+
+# With the setting ``conveyor.claim_commit`` at ``async`` (for the database, the role, or
+# the connection: ``?options=-c conveyor.claim_commit=async``) the claim commits without
+# waiting for the disk; the enqueue before it and the finish after it still wait. A fetch
+# a server crash loses only leaves its jobs as they were before it: queued (or scheduled,
+# or running under a lease already expired), so they are handed out again, which
+# at-least-once allows, and the lost delivery's token fences its finish, renew and release
+# out. What the fetch did besides (promotions, reclaims, a reclaimed job whose cancel was
+# asked for ending cancelled) the next fetch does again. Whatever is written next about a
+# claimed job commits synchronously later in the same write-ahead log, so once that is on
+# disk the claim is too.
+_FETCH_V2 = _replacing(
+    _FETCH,
+    """    IF current_setting('conveyor.claim_commit', true) = 'async' THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+""",
+)
+
+# A batch of several jobs without unique keys or dependencies is written set-wise, one
+# INSERT for all its jobs (migration 1's enqueue writes row by row, and still writes a job
+# alone: measured, the set was no faster for one): expired records under the same ids are
+# deleted first; a job whose id is already written (a producer's retry, or twice in the
+# batch) is left as it is and publishes nothing; the answer is the ids as given.
+_ENQUEUE_PLAIN = """
+CREATE FUNCTION {s}.enqueue_plain(
+    p_ids text[], p_queues text[], p_payloads bytea[], p_priorities int[], p_etas float8[],
+    p_events bytea[], p_kept int, p_client_now float8, p_now float8)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    now_ float8 := {s}.clock(p_now);
+    queues text[];
+    published bytea[];
+BEGIN
+    DELETE FROM {s}.jobs WHERE id = ANY(p_ids) AND expires_at <= now_;
+    WITH given AS (
+        SELECT x.id, x.queue, x.payload, x.priority, x.o,
+               {s}.at(x.eta, p_client_now, p_now, now_) AS eta
+        FROM unnest(p_ids, p_queues, p_payloads, p_priorities, p_etas)
+            WITH ORDINALITY AS x(id, queue, payload, priority, eta, o)),
+    written AS (
+        INSERT INTO {s}.jobs(id, queue, payload, priority, status, seq, eta, updated_at)
+        SELECT g.id, g.queue, g.payload, g.priority,
+               CASE WHEN g.eta > now_ THEN 'scheduled' ELSE 'queued' END,
+               nextval('{s}.seq'), g.eta, now_
+        FROM (SELECT * FROM given ORDER BY o) g
+        ON CONFLICT DO NOTHING
+        RETURNING id, queue)
+    SELECT (SELECT array_agg(DISTINCT w.queue) FROM written w),
+           (SELECT array_agg(f.e ORDER BY f.o) FROM (
+                SELECT DISTINCT ON (v.id) v.e, v.o
+                FROM unnest(p_ids, p_events) WITH ORDINALITY AS v(id, e, o)
+                JOIN written w ON w.id = v.id ORDER BY v.id, v.o) f
+            WHERE f.e IS NOT NULL)
+    INTO queues, published;
+    PERFORM {s}.append_events(published, p_kept);
+    PERFORM {s}.notify('q', queues);
+END $$"""
+
+_ENQUEUE_V2 = _replacing(
+    _ENQUEUE.replace("{terminal}", _TERMINAL),
+    """    IF n > 1 AND array_remove(p_keys, NULL) = '{}'
+            AND array_remove(array_remove(p_deps, NULL), '') = '{}' THEN
+        PERFORM {s}.enqueue_plain(p_ids, p_queues, p_payloads, p_priorities, p_etas,
+                                  p_events, p_kept, p_client_now, p_now);
+        ids := p_ids;
+        RETURN;
+    END IF;
+""",
+)
+
+FUNCTIONS_V2: tuple[str, ...] = (_FETCH_V2, _ENQUEUE_PLAIN, _ENQUEUE_V2)
