@@ -53,13 +53,18 @@ class Target:
 
     url: str
     prefix: str = "conveyor"
+    store: str | None = None  # the record store of a broker that keeps its records in one
 
     def open(self, clock: Clock | None = None, **options: Any) -> Broker:
-        return open_broker(self.url, clock=clock, prefix=self.prefix, **options)
+        return open_broker(self.url, clock=clock, prefix=self.prefix, store=self.store, **options)
 
     def app_options(self) -> dict[str, Any]:
         """``Conveyor(url, **options)`` on this target."""
-        return {"prefix": self.prefix}
+        return {"prefix": self.prefix, "store": self.store}
+
+    def env(self) -> dict[str, str]:
+        """The environment a ``conveyor`` command on this target needs beside CONVEYOR_URL."""
+        return {"CONVEYOR_STORE_URL": self.store} if self.store else {}
 
 
 @dataclass(frozen=True)
@@ -164,6 +169,27 @@ def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Pla
     return Place(lambda: Target(schema_url(found.url)), restart)
 
 
+def _rabbitmq(store: Placer) -> Placer:
+    """RabbitMQ (the session's virtual host and queues) over a record store placed by
+    ``store``, a key prefix per target; ``restart`` restarts the store (RabbitMQ is the
+    machine's). The targets share the queues (a quorum queue is a Raft log of its own:
+    hundreds a session would load the server); a ticket left by an earlier target names a
+    job its store does not know, which a look acknowledges."""
+
+    def place(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+        amqp: str = request.getfixturevalue("rabbitmq_url")
+        records = store(request, root, server)
+
+        def new() -> Target:
+            found = records.new()
+            prefix = found.prefix if found.prefix != "conveyor" else unique_prefix()
+            return Target(f"{amqp}?queues=tests", prefix, found.url)
+
+        return Place(new, records.restart)
+
+    return place
+
+
 _NEEDS_REDIS = (
     pytest.mark.redis,
     pytest.mark.skipif(SERVER_BINARY is None, reason="no redis-server binary"),
@@ -181,6 +207,15 @@ BROKERS: tuple[TestBroker, ...] = (
                                                         reason="no redis-cli binary"))),
     TestBroker("postgres", _postgres, embedded=False, shared=True, clocks=("fake", "real"),
                marks=(pytest.mark.postgres,)),
+    TestBroker("rabbitmq-redis", _rabbitmq(_redis), adapter="rabbitmq",
+               embedded=False, shared=True,
+               clocks=("fake", "real"), marks=(pytest.mark.rabbitmq, *_NEEDS_REDIS)),
+    TestBroker("rabbitmq-sqlite", _rabbitmq(_sqlite), adapter="rabbitmq",
+               embedded=False, shared=False,
+               marks=(pytest.mark.rabbitmq,)),
+    TestBroker("rabbitmq-postgres", _rabbitmq(_postgres), adapter="rabbitmq",
+               embedded=False, shared=False,
+               marks=(pytest.mark.rabbitmq, pytest.mark.postgres)),
 )  # fmt: skip
 
 

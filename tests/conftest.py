@@ -20,7 +20,13 @@ from hypothesis import HealthCheck, settings
 
 from conveyor import _logging as conveyor_logging
 
-pytest_plugins = ["redis_server", "redis_cluster", "django_setup", "postgres_server"]
+pytest_plugins = [
+    "redis_server",
+    "redis_cluster",
+    "django_setup",
+    "postgres_server",
+    "rabbitmq_server",
+]
 
 settings.register_profile("conveyor", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("conveyor")

@@ -30,7 +30,7 @@ from ._job import Job
 from ._message import Envelope, JobStatus, Message, new_job_id, validate_job_id, validate_queue
 from ._requeue import requeue, requeue_all
 from ._task import Options, Signature, Task, callable_name
-from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker, redact_url
+from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker, record_store, redact_url
 from .brokers._port import CANCELLED_PENDING, check_kept
 
 if TYPE_CHECKING:
@@ -98,9 +98,13 @@ class Conveyor:
         events: bool = True,
         events_kept: int | None = None,
         middleware: Sequence[Middleware] = (),
+        store: str | None = None,
     ) -> None:
         self.url = url or os.environ.get("CONVEYOR_URL") or DEFAULT_URL
         """The broker's URL (``repr(app)`` shows it with the password masked)."""
+        self.store_url = store
+        """The record store's URL, for a broker that keeps its records in another (RabbitMQ):
+        ``store=``, else ``CONVEYOR_STORE_URL``; None for the others."""
         self.events = flag("events", events)
         self.events_kept = None if events_kept is None else check_kept(events_kept)
         self.trust = names("trust", trust, "trust=['myapp', 'shared']")
@@ -132,9 +136,18 @@ class Conveyor:
             # Parse now so a bad URL fails where the app is made, not at the first job; and
             # import its adapter (opening nothing) so the first job does not pay for that.
             load_adapter(self.url)
+            self.pick_store()
 
     def __repr__(self) -> str:
         return f"<Conveyor {redact_url(self.url)}>"
+
+    def pick_store(self) -> None:
+        """Settle ``store_url`` for the broker ``url`` names (after ``url`` changed):
+        ``ConfigurationError`` if it needs a record store and none is given, or was given
+        one it does not take."""
+        self.store_url = record_store(
+            self.url, self.store_url, os.environ.get("CONVEYOR_STORE_URL")
+        )
 
     def add_middleware(self, middleware: Middleware) -> None:
         """Add a middleware after the ones already registered (its ``before_*`` hooks run
@@ -165,6 +178,7 @@ class Conveyor:
                         prefix=self.prefix,
                         create=create,
                         events_kept=self.events_kept,
+                        store=self.store_url,
                     )
         return self._broker
 
@@ -360,16 +374,21 @@ class Conveyor:
         ``conveyor`` logger."""
         return requeue_all(self, status, queue)
 
-    def delete(self, job_ids: Sequence[str]) -> int:
+    def delete(self, job_ids: Sequence[str]) -> dict[str, JobStatus | None]:
         """Delete jobs for good (record, payload and result, as if they had expired);
-        returns how many were deleted.
+        returns, per id (each once, in order), the status the job had if it was deleted,
+        else None.
 
-        Every id is checked before any job is touched: an unknown one raises
-        ``JobNotFound``, a running one ``JobNotEnded`` (its worker owns it: cancel it, and
-        delete it once it ended). A queued or scheduled job is cancelled first, as
-        ``Job.cancel`` does (the rest of its workflow fails, its dependents are released
-        and find it without a record), then deleted; an ended one is deleted as it is. A
-        job that started running meanwhile is left as it is (not counted)."""
+        Every id is looked up before any job is touched: an unknown one raises
+        ``JobNotFound``. A queued or scheduled job is cancelled first, as ``Job.cancel``
+        does (the rest of its workflow fails, its dependents are released and find it
+        without a record), then deleted. An ended one is deleted as it is: a job that
+        depends on it and still waits for another dependency fails with
+        ``DependencyFailed`` when it is released, as after the record's result TTL ran out.
+        A running job is left to its worker (None) while the worker holds a live lease on
+        it: cancel it, and delete it once it ended; one whose lease expired (its worker is
+        gone) is deleted, and a late finish from that worker is refused. None also for a
+        job deleted, purged or expired meanwhile."""
         return delete(self, job_ids)
 
     def pause(self, queue: str) -> None:

@@ -36,9 +36,10 @@ def check(app: Conveyor, message: Message) -> Outcome | None:
             continue
         elif record is None:
             problem = (
-                f"dependency {dep} has no record any more (it expired after its result TTL "
-                "or was purged), so whether it succeeded is unknown; keep dependencies' "
-                f"results longer (result_ttl=), or {_HINT}"
+                f"dependency {dep} has no record any more (it expired after its result TTL, "
+                "or it was purged or deleted), so whether it succeeded is unknown; keep "
+                "dependencies' results longer (result_ttl=) and delete them only once their "
+                f"dependents ran, or {_HINT}"
             )
         else:
             problem = f"dependency {dep} ended {record.status}{_why(app, record)}; {_HINT}"

@@ -21,7 +21,7 @@
     │   └── DependencyNotFound      (also a ValidationError) depends_on= names no job;
     │                               nothing was written
     ├── JobNotEnded                 requeue of a job that is not failed, dead or cancelled;
-    │                               delete of a running job
+    │                               a job delete left to its worker's live lease
     ├── TaskFailed                  the task raised; carries the remote type, message, traceback
     │   └── DependencyFailed        a job it depends on failed, was dead-lettered or cancelled
     ├── JobCancelled                the job was cancelled before it finished
@@ -111,16 +111,18 @@ class JobNotFound(ConveyorError):
 class JobNotEnded(ConveyorError):
     """``app.requeue`` names a job that has not ended (queued, scheduled, running) or that
     succeeded: only a failed, dead or cancelled job goes back on its queue; or
-    ``app.delete`` names a running job (``action="delete"``): its worker owns it. ``job_id``
-    and ``status`` say which and how it stands."""
+    a running job that ``app.delete`` left to its worker's live lease (``action="delete"``).
+    ``job_id`` and ``status`` say which and how it stands."""
 
     def __init__(self, job_id: str, status: str, action: str = "requeue") -> None:
         self.job_id = job_id
         self.status = status
         if action == "delete":
             super().__init__(
-                f"job {job_id} is {status}: its worker owns it, so it cannot be deleted; "
-                "cancel it first and delete it once it ended; nothing was deleted"
+                f"job {job_id} is {status} under its worker's live lease, so it was not "
+                "deleted: cancel it (its worker stops it at its next lease renewal) and "
+                "delete it once it ended; if its worker is gone, delete it once its lease "
+                "expired"
             )
             return
         if status == "succeeded":

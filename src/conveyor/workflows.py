@@ -403,7 +403,12 @@ def short_circuit(app: Conveyor, message: Message) -> Outcome | None:
 
 def cancelled(app: Conveyor, job_id: str) -> None:
     """A queued or scheduled job was cancelled: end what follows it (module docstring)."""
-    payload = app.broker.payload(job_id)
+    ended_unrun(app, app.broker.payload(job_id), "cancelled before it ran")
+
+
+def ended_unrun(app: Conveyor, payload: bytes | None, reason: str) -> None:
+    """A job (its payload) ended cancelled without a worker finishing it (cancelled before
+    it ran, or deleted after its worker was gone): end what follows it."""
     if payload is None:
         return
     try:
@@ -411,7 +416,7 @@ def cancelled(app: Conveyor, job_id: str) -> None:
     except ConveyorError:
         return  # not a message Conveyor wrote: no workflow to end
     if message.workflow:
-        result = app.codec.encode_outcome(Outcome(reason="cancelled before it ran"))
+        result = app.codec.encode_outcome(Outcome(reason=reason))
         advance(app, message, JobStatus.CANCELLED, result)
 
 

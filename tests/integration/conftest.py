@@ -111,10 +111,13 @@ class Project:
     """A folder with ``jobs_app.py`` and its workers, on ``url`` (SQLite in the folder if
     not given) under the key ``prefix`` (only Redis uses it)."""
 
-    def __init__(self, root: Path, url: str | None = None, prefix: str = "conveyor") -> None:
+    def __init__(
+        self, root: Path, url: str | None = None, prefix: str = "conveyor", store: str | None = None
+    ) -> None:
         self.root = root
         self.url = url or f"sqlite:///{root / 'jobs.db'}"
         self.prefix = prefix
+        self.store = store  # the record store of an amqp:// broker
         self.runs_log = root / "runs.log"
         self.workers: list[WorkerProcess] = []
         (root / "jobs_app.py").write_text(textwrap.dedent(TASKS))
@@ -124,11 +127,13 @@ class Project:
             os.environ, CONVEYOR_URL=self.url, JOBS_PREFIX=self.prefix, PYTHONPATH=str(self.root)
         )
         env.pop("PYTHONWARNINGS", None)
+        if self.store:
+            env["CONVEYOR_STORE_URL"] = self.store
         return env
 
     def app(self) -> Conveyor:
         """A producer on the project's broker (this process never imports ``jobs_app``)."""
-        return Conveyor(self.url, prefix=self.prefix)
+        return Conveyor(self.url, prefix=self.prefix, store=self.store)
 
     def worker(self, *args: str, ready: bool = True, module: str = "jobs_app") -> WorkerProcess:
         """Start ``conveyor worker MODULE ARGS`` with the project folder as cwd."""
@@ -200,7 +205,7 @@ def broker_kind(request: pytest.FixtureRequest) -> str:
 def project(tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest) -> Iterator[Project]:
     """A project on each broker in turn (a server starts only if a test needs it)."""
     target = by_name(broker_kind).target(request, tmp_path)
-    p = Project(tmp_path, target.url, target.prefix)
+    p = Project(tmp_path, target.url, target.prefix, target.store)
     try:
         yield p
     finally:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from brokers import by_name
+from brokers import Target, by_name
 from conftest import wait_for
 from conveyor import Conveyor, JobStatus
 from conveyor.worker import Worker
@@ -24,10 +24,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def target(tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest) -> tuple[str, str]:
-    """(url, key prefix) of a fresh broker of each kind."""
-    found = by_name(broker_kind).target(request, tmp_path)
-    return found.url, found.prefix
+def target(tmp_path: Path, broker_kind: str, request: pytest.FixtureRequest) -> Target:
+    """A fresh broker of each kind."""
+    return by_name(broker_kind).target(request, tmp_path)
 
 
 @contextmanager
@@ -42,9 +41,9 @@ def running(worker: Worker) -> Iterator[None]:
         assert not thread.is_alive()
 
 
-def _app(url: str, prefix: str, ran: list[int]) -> Conveyor:
+def _app(target: Target, ran: list[int]) -> Conveyor:
     """A worker's app: its own connection, so it learns of the pause from the broker."""
-    app = Conveyor(url, prefix=prefix)
+    app = Conveyor(target.url, **target.app_options())
 
     @app.task(name="report", queue="reports")
     def report(n: int) -> int:
@@ -60,14 +59,11 @@ def _app(url: str, prefix: str, ran: list[int]) -> Conveyor:
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("queues", [["reports", "default"], ["reports"]], ids=["two", "alone"])
-def test_a_paused_queue_is_not_drained_until_resumed(
-    target: tuple[str, str], queues: list[str]
-) -> None:
-    url, prefix = target
-    admin = Conveyor(url, prefix=prefix)
+def test_a_paused_queue_is_not_drained_until_resumed(target: Target, queues: list[str]) -> None:
+    admin = Conveyor(target.url, **target.app_options())
     admin.pause("reports")
     ran: list[int] = []
-    first = _app(url, prefix, ran)
+    first = _app(target, ran)
     jobs = [first.registry["report"].delay(i) for i in range(5)]
 
     with running(Worker(first, queues, concurrency=2, lease=5)):
@@ -78,7 +74,7 @@ def test_a_paused_queue_is_not_drained_until_resumed(
         time.sleep(0.5)
     assert ran == []
 
-    second = _app(url, prefix, ran)  # a worker started later finds the queue paused
+    second = _app(target, ran)  # a worker started later finds the queue paused
     with running(Worker(second, queues, concurrency=2, lease=5)):
         wait_for(lambda: len(admin.broker.workers()) == 1, 10)
         time.sleep(1.2)  # more than a fetch's block: it came back and blocked again

@@ -162,6 +162,10 @@ INJECTORS: dict[str, Callable[[pytest.FixtureRequest, Target], Inject]] = {
     "redis-cluster": redis_cluster_injector,
     "sqlite": sqlite_injector,
     "postgres": postgres_injector,
+    # Into the record store, with no ticket: the workers' sweep finds it.
+    "rabbitmq-redis": lambda request, target: redis_injector(
+        request, Target(target.store or "", target.prefix)
+    ),
 }
 
 
@@ -240,7 +244,9 @@ def rig(
 ) -> Iterator[tuple[Cluster, Inject]]:
     name = request.param.name
     target = by_name(name).target(request, tmp_path / "app", "fresh")
-    cluster = Cluster(tmp_path / "app", target.url, target.prefix, secret=secret)
+    cluster = Cluster(
+        tmp_path / "app", target.url, target.prefix, secret=secret, store=target.store
+    )
     inject = INJECTORS[name](request, target)
     try:
         yield cluster, inject

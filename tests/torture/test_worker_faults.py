@@ -42,7 +42,7 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(params=params(shared=True))
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     target = request.param.target(request, tmp_path / "app", "fresh")
-    c = Cluster(tmp_path / "app", target.url, target.prefix)
+    c = Cluster(tmp_path / "app", target.url, target.prefix, store=target.store)
     try:
         yield c
     finally:

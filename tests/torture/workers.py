@@ -132,10 +132,12 @@ class Cluster:
         url: str | None = None,
         prefix: str = "conveyor",
         secret: str | None = None,
+        store: str | None = None,
     ) -> None:
         self.root = root
         self.url = url or f"sqlite:///{root / 'jobs.db'}"
         self.prefix = prefix
+        self.store = store  # the record store of an amqp:// broker
         self.secret = secret
         self.runs_log = root / "runs.log"
         self.workers: list[Worker] = []
@@ -153,13 +155,21 @@ class Cluster:
         env.pop("PYTHONWARNINGS", None)
         if self.secret is not None:
             env["TORTURE_SECRET"] = self.secret
+        if self.store:
+            env["CONVEYOR_STORE_URL"] = self.store
         return env
 
     def app(self) -> Conveyor:
         """A producer on the cluster's broker (this process never imports ``torture_app``)."""
         if self.secret is not None:
-            return Conveyor(self.url, prefix=self.prefix, serializer="pickle", secret=self.secret)
-        return Conveyor(self.url, prefix=self.prefix)
+            return Conveyor(
+                self.url,
+                prefix=self.prefix,
+                serializer="pickle",
+                secret=self.secret,
+                store=self.store,
+            )
+        return Conveyor(self.url, prefix=self.prefix, store=self.store)
 
     def worker(
         self, name: str, *args: str, ready: bool = True, new_session: bool = False

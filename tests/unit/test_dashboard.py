@@ -23,10 +23,11 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message
 
 from conveyor import ConfigurationError, Conveyor, JobStatus, workflows
+from conveyor.brokers import Finish
 from conveyor.cli import cli
 from conveyor.cli.dashboard import allowed_hosts, loopback
 from conveyor.dashboard import _graph, _web, asgi_app
-from conveyor.testing import MemoryBroker, drain
+from conveyor.testing import FakeClock, MemoryBroker, drain
 from conveyor.workflows import chain, chord
 
 AUTH = ("admin", "s3cret")
@@ -335,7 +336,7 @@ async def test_delete_takes_a_job_away_but_not_a_running_one(app: Conveyor) -> N
     assert (await web.get(f"/api/job/{job_id}")).json()["job"]["can_delete"]
     assert (await web.post(f"/api/job/{job_id}/delete")).status_code == 403  # no CSRF token
     answer = await web.post(f"/api/job/{job_id}/delete", headers=csrf)
-    assert answer.json() == {"message": f"deleted {job_id}"}
+    assert answer.json() == {"message": f"deleted {job_id} (it was failed)"}
     assert (await web.get(f"/api/job/{job_id}")).status_code == 404
     assert (await web.get("/api/jobs/failed")).json()["jobs"] == []
     assert (await web.post(f"/api/job/{job_id}/delete", headers=csrf)).status_code == 404
@@ -343,12 +344,33 @@ async def test_delete_takes_a_job_away_but_not_a_running_one(app: Conveyor) -> N
     busy, waiting = send.delay("a"), send.delay("b")
     [d] = app.broker.fetch(["mail"], "w", 1, 30.0, 0.0)
     assert d.id == busy.id
-    assert not (await web.get(f"/api/job/{busy.id}")).json()["job"]["can_delete"]
+    assert (await web.get(f"/api/job/{busy.id}")).json()["job"]["can_delete"]  # worker gone?
     refused = await web.post(f"/api/job/{busy.id}/delete", headers=csrf)
-    assert refused.status_code == 409 and "cancel it first" in refused.json()["error"]
+    assert refused.status_code == 409
+    assert "live lease" in refused.json()["error"] and "cancel it" in refused.json()["error"]
     assert app.job(busy.id).status is JobStatus.RUNNING
-    assert (await web.post(f"/api/job/{waiting.id}/delete", headers=csrf)).status_code == 200
+    answer = await web.post(f"/api/job/{waiting.id}/delete", headers=csrf)
+    assert answer.json() == {"message": f"deleted {waiting.id} (it was queued)"}
     assert app.broker.get([waiting.id]) == [None]
+
+
+async def test_delete_takes_a_running_job_whose_worker_is_gone() -> None:
+    clock = FakeClock()
+    with Conveyor("memory://", clock=clock) as app:
+
+        @app.task(queue="mail")
+        def send(to: str) -> str:
+            return f"sent to {to}"
+
+        web = client(app)
+        csrf = await acting(web)
+        job = send.delay("a")
+        [d] = app.broker.fetch(["mail"], "w", 1, 30.0, 0.0)
+        clock.advance(31)  # the worker died: its lease expired, no fetch reclaimed the job
+        answer = await web.post(f"/api/job/{job.id}/delete", headers=csrf)
+        assert answer.json() == {"message": f"deleted {job.id} (it was running)"}
+        assert app.broker.get([job.id]) == [None]
+        assert app.broker.finish([Finish(d, JobStatus.SUCCEEDED, b"late")]) == [False]
 
 
 async def test_read_only_takes_every_action_away_on_the_server(app: Conveyor) -> None:

@@ -200,3 +200,21 @@ def test_a_chord_member_that_cannot_run_gives_its_callback_the_error(
     with pytest.raises(TaskFailed, match="DependencyFailed"):
         job.result(timeout=0)
     assert "y" not in RAN
+
+
+def test_a_dependency_deleted_after_it_succeeded_fails_a_dependent_still_waiting(
+    app: Conveyor, tasks: dict[str, Any]
+) -> None:
+    record = tasks["record"]
+    a = record.delay("a")
+    run(app)
+    app.pause("slow")
+    b = record.options(queue="slow").delay("b")
+    c = record.options(depends_on=[a, b]).delay("c")
+    assert app.delete([a.id]) == {a.id: JobStatus.SUCCEEDED}
+    assert c.status is JobStatus.SCHEDULED  # still waits for b
+    app.resume("slow")
+    run(app)
+    assert RAN == ["a", "b"]  # c found a without a record, as after its result TTL
+    with pytest.raises(DependencyFailed, match="or it was purged or deleted"):
+        c.result(timeout=0)

@@ -22,11 +22,13 @@ from conveyor import (
     JobStatus,
     SerializationError,
     Task,
+    TaskFailed,
 )
 from conveyor import _requeue as requeue_module
 from conveyor._clock import FakeClock
+from conveyor._delete import kept
 from conveyor._message import Envelope, Message, new_job_id
-from conveyor.brokers import Finish
+from conveyor.brokers import Finish, LeaseState
 from conveyor.testing import drain
 from conveyor.worker import Worker
 from conveyor.worker import _worker as worker_module
@@ -291,28 +293,65 @@ def test_drain_leaves_a_paused_queue_for_later(app: Conveyor) -> None:
         app.pause("a/b")
 
 
-def test_delete_takes_ended_and_pending_jobs_and_refuses_a_running_one(app: Conveyor) -> None:
+def test_delete_takes_ended_and_pending_jobs_and_leaves_a_running_one(app: Conveyor) -> None:
     fine = app.registry["fine"]
     [failed] = _failed(app, 1)
     queued, running = fine.delay(1), fine.delay(2)
     [d] = app.broker.fetch(["default"], "w", 1, 30.0, 0.0)
     assert d.id == queued.id
-    with pytest.raises(JobNotEnded, match="cancel it first") as caught:
-        app.delete([failed, running.id, queued.id])  # queued.id is running: handed out first
-    assert caught.value.job_id == queued.id
     with pytest.raises(JobNotFound, match="nothing was deleted"):
         app.delete([failed, "nope"])
     assert app.job(failed).status is JobStatus.FAILED  # nothing was deleted
 
-    assert app.delete([failed, running.id, failed]) == 2  # named twice, deleted once
+    # queued.id is running (handed out first): its worker's live lease keeps it.
+    assert app.delete([failed, running.id, queued.id, failed]) == {
+        failed: JobStatus.FAILED,  # named twice, deleted once
+        running.id: JobStatus.QUEUED,  # cancelled first, reported as it stood
+        queued.id: None,
+    }
     for gone in (failed, running.id):
         with pytest.raises(JobNotFound):
             app.job(gone)
     assert [e.id for e in app.broker.entries(JobStatus.FAILED, None, 10)] == []
+    assert app.job(queued.id).status is JobStatus.RUNNING  # not even asked to stop
+    assert app.broker.renew([d], 30.0) == [LeaseState.OK]
+    why = kept(app, queued.id)  # what the CLI and the dashboard say
+    assert isinstance(why, JobNotEnded) and why.job_id == queued.id
+    assert "live lease" in str(why) and "delete it once it ended" in str(why)
     assert app.broker.finish([Finish(d, JobStatus.SUCCEEDED, b"1")]) == [True]
-    assert app.delete([queued.id]) == 1
+    assert app.delete([queued.id]) == {queued.id: JobStatus.SUCCEEDED}
+    assert isinstance(kept(app, queued.id), JobNotFound)
     with pytest.raises(TypeError, match="list of job ids"):
         app.delete(queued.id)
+
+
+def test_delete_takes_a_running_job_whose_worker_is_gone(app: Conveyor) -> None:
+    job = app.registry["fine"].delay(1)
+    [d] = app.broker.fetch(["default"], "w", 1, 30.0, 0.0)
+    assert app.delete([job.id]) == {job.id: None}
+    assert isinstance(app.clock, FakeClock)
+    app.clock.advance(31)  # its worker died: the lease expired, and no fetch reclaimed it
+    assert app.delete([job.id]) == {job.id: JobStatus.RUNNING}
+    assert app.broker.finish([Finish(d, JobStatus.SUCCEEDED, b"1")]) == [False]  # fenced
+    assert app.broker.get([job.id]) == [None]
+    assert drain(app).ran == 0
+
+
+def test_deleting_a_dead_workers_chain_step_fails_the_rest_of_its_chain(app: Conveyor) -> None:
+    from conveyor.workflows import chain
+
+    fine = app.registry["fine"]
+    first, second, third = chain(fine.s(1), fine.s(), fine.s()).delay().steps
+    [d] = app.broker.fetch(["default"], "w", 1, 30.0, 0.0)
+    assert d.id == first
+    assert isinstance(app.clock, FakeClock)
+    app.clock.advance(31)  # its worker died
+    assert app.delete([first]) == {first: JobStatus.RUNNING}
+    drain(app)
+    assert app.job(second).status is JobStatus.FAILED
+    assert app.job(third).status is JobStatus.FAILED
+    with pytest.raises(TaskFailed, match="deleted after its worker was gone"):
+        app.job(second).result(timeout=0)
 
 
 def test_deleting_a_pending_chain_step_fails_the_rest_of_its_chain(app: Conveyor) -> None:
@@ -321,7 +360,7 @@ def test_deleting_a_pending_chain_step_fails_the_rest_of_its_chain(app: Conveyor
     fine = app.registry["fine"]
     handle = chain(fine.s(1), fine.s(), fine.s()).delay()
     first, second, third = handle.steps
-    assert app.delete([first]) == 1  # cancelled first: what follows it learns it
+    assert app.delete([first]) == {first: JobStatus.QUEUED}  # cancelled first: the rest learns it
     drain(app)
     assert app.job(third).status is JobStatus.FAILED
     with pytest.raises(JobNotFound):

@@ -10,7 +10,7 @@ concrete adapter.
 from __future__ import annotations
 
 from .._clock import Clock, SystemClock
-from .._errors import InvalidURL
+from .._errors import ConfigurationError, InvalidURL
 from ._base import (
     CANCELLED_PENDING,
     CANCELLED_TTL,
@@ -46,6 +46,7 @@ __all__ = [
     "check_url",
     "load_adapter",
     "open_broker",
+    "record_store",
     "redact_url",
     "unknown_dependency",
 ]
@@ -70,6 +71,35 @@ def load_adapter(url: str) -> None:
     find(url)[1].load()
 
 
+def record_store(url: str, store: str | None, from_environment: str | None = None) -> str | None:
+    """The URL of the record store a broker URL is opened with: ``store``, else
+    ``from_environment`` (``CONVEYOR_STORE_URL``), for a broker that keeps its records in
+    another (``amqp://``); None for the others. ``ConfigurationError`` when such a broker
+    has none, or when ``store`` is given to a broker that keeps its own."""
+    _, adapter = find(url)
+    if not adapter.store:
+        if store:
+            raise ConfigurationError(
+                f"store= is for a broker that keeps its records in another (amqp://); "
+                f"{redact_url(url)} keeps its own: leave store= out"
+            )
+        return None
+    chosen = store or from_environment
+    if not chosen:
+        raise ConfigurationError(
+            f"{redact_url(url)} needs a record store beside it (its jobs' records, results, "
+            "locks and events are kept in Redis, PostgreSQL or SQLite): give one as "
+            f'Conveyor("{adapter.example}", store="redis://host:6379/0"), or set '
+            "CONVEYOR_STORE_URL=redis://host:6379/0 beside CONVEYOR_URL (docs/rabbitmq.md)"
+        )
+    if find(chosen)[1].store or check_url(chosen) == "memory":
+        raise ConfigurationError(
+            f"the record store {redact_url(chosen)} of {redact_url(url)} must be Redis, "
+            "PostgreSQL or SQLite (one every worker and producer shares)"
+        )
+    return chosen
+
+
 def open_broker(
     url: str,
     *,
@@ -77,6 +107,7 @@ def open_broker(
     prefix: str | None = None,
     create: bool = True,
     events_kept: int | None = None,
+    store: str | None = None,
 ) -> Broker:
     """Open the broker a URL names; ``prefix``: the key prefix (Redis: else the URL's
     ``?prefix=``, else ``conveyor``); ``events_kept``: how many events its log keeps
@@ -88,7 +119,8 @@ def open_broker(
     ``redis+cluster://[user:password@]host:port[,host:port...]`` (seed nodes of a Redis
     Cluster; ``rediss+cluster://``: TLS; docs/cluster.md). docs/redis.md lists the options.
     ``postgresql://[user:password@]host:5432/dbname[?schema=conveyor]`` (or ``postgres://``;
-    docs/postgres.md).
+    docs/postgres.md). ``amqp://user:password@host:5672/vhost`` (or ``amqps://``) with
+    ``store``, the URL of its record store (docs/rabbitmq.md).
 
     ``create=False`` is for tools that only look: an SQLite file that does not exist (or
     holds no Conveyor tables) raises ``ConfigurationError`` naming the path, and nothing is
@@ -98,7 +130,8 @@ def open_broker(
     _, adapter = find(url)
     adapter.check_url(url)
     kept = EVENTS_KEPT if events_kept is None else events_kept
-    options = BrokerOptions(clock or SystemClock(), prefix, create, kept)
+    store = record_store(url, store)
+    options = BrokerOptions(clock or SystemClock(), prefix, create, kept, store)
     try:
         return adapter.load().from_url(url, options)
     except InvalidURL as exc:  # a message that quotes the URL: show it redacted

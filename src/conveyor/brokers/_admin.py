@@ -37,17 +37,22 @@ None of it is on the worker's hot path (``_port`` is). Contract, in short:
   count reaches 0 becomes due, and its worker then finds the dependency without a record.
   A dependent in the purged queue itself is deleted by the same purge (and counted),
   whether or not it was released first.
-* ``delete(ids)`` deletes jobs that are not running, each in one atomic step: the record,
-  its payload and its result go, as if it had expired. Per id it reports the status the job
-  had (deleted), ``RUNNING`` for a running job, left exactly as it was (a cancel requested
-  or not: its worker owns it; cancel it, and delete it once it ended), or None for an
-  unknown or expired id (an id named twice is gone the second time). A queued or scheduled
-  job (parked ones too) goes as ``purge`` takes it: its unique key is free at once, its
+* ``delete(ids)`` deletes jobs, each in one atomic step: the record, its payload and its
+  result go, as if it had expired. Per id it reports the status the job had (deleted), or
+  None where nothing was deleted: an unknown or expired id (an id named twice is gone the
+  second time), or a running job under a live lease, left exactly as it was (a cancel
+  requested or not: its worker owns it; cancel it, and delete it once it ended). A running
+  job whose lease expired (its worker is gone, and no fetch reclaimed it yet) is deleted:
+  its delivery's fence then refuses the late ``finish``, ``renew`` or ``release`` of the
+  dead worker, as for any job without a record. A queued, scheduled or such a running job
+  (parked ones too) goes as ``purge`` takes it: its unique key is free at once, its
   dependents are counted down as its ending would (one whose count reaches 0 becomes due,
   and its worker then finds the dependency without a record), its own dependencies forget
-  it, and whoever waits for it is woken (``wait`` raises ``JobNotFound``). An ended job has
-  no dependents left to count down; a later ``depends_on`` naming it is refused as an
-  unknown id, as after its record expired.
+  it, and whoever waits for it is woken (``wait`` raises ``JobNotFound``). An ended job is
+  deleted as it is: a dependent still waiting for another of its dependencies has counted
+  it down already, and when it is released its worker finds this one without a record, as
+  after its result TTL ran out (``DependencyFailed``, unless it allows failed
+  dependencies); a later ``depends_on`` naming it is refused as an unknown id.
 * ``workers`` lists the workers whose last ``heartbeat`` has not run out.
 * ``read_events(after, block, limit)`` returns up to ``limit`` (cursor, event) pairs in
   publish order after the cursor ``after`` (None: from the oldest kept), blocking up to
@@ -147,8 +152,8 @@ class Admin(BrokerBase):
             return self._purge(queue)
 
     def delete(self, job_ids: Sequence[str]) -> list[JobStatus | None]:
-        """Delete jobs that are not running, records and results; per id the status the
-        job had (deleted), ``RUNNING`` (left as it is), or None (unknown or expired)."""
+        """Delete jobs, records and results; per id the status the job had (deleted), or
+        None (unknown, expired, or running under a live lease: left as it is)."""
         ids = check_ids(job_ids)
         if not ids:
             return []
@@ -213,8 +218,8 @@ class Admin(BrokerBase):
 
     @abstractmethod
     def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
-        """Each job deleted unless it is running, in one atomic step per job: the status it
-        had (``RUNNING``: nothing changed), or None for an unknown or expired id."""
+        """Each job deleted unless it is running under a live lease, in one atomic step per
+        job: the status it had, or None where nothing changed (unknown, expired, leased)."""
 
     @abstractmethod
     def _workers(self) -> list[WorkerInfo]: ...

@@ -158,12 +158,14 @@ class BrokerOptions:
     ``clock``, the injected clock; ``prefix``, the key prefix of a shared server's keys (Redis;
     None: the URL's ``?prefix=``, else ``conveyor``);
     ``create``, False for tools that only look (make nothing: no file, no folder, no schema);
-    ``events_kept``, the event log's size."""
+    ``events_kept``, the event log's size; ``store``, the URL of the record store of a
+    broker that keeps its records in another (``amqp://``), else None."""
 
     clock: Clock
     prefix: str | None = None
     create: bool = True
     events_kept: int = EVENTS_KEPT
+    store: str | None = None
 
 
 # -- blocking without polling -------------------------------------------------------------------

@@ -46,6 +46,7 @@ class Adapter:
     broker: str  # "module:Class", a Broker subclass
     example: str  # a URL of its form, as messages show it
     check: str | None = None  # "module:function" reading a URL whole; raises InvalidURL
+    store: bool = False  # delivers only: its records are in a record store (``store=``)
 
     def load(self) -> type[Broker]:
         """The adapter's ``Broker`` subclass (imports its module: its client library)."""
@@ -83,6 +84,14 @@ BUILTIN = (
         "conveyor.brokers.postgres:PostgresBroker",
         "postgresql://user:password@host:5432/dbname",
         check="conveyor.brokers.postgres._url:parse_postgres_url",
+    ),
+    Adapter(
+        "rabbitmq",
+        ("amqp", "amqps"),
+        "conveyor.brokers.rabbitmq:RabbitBroker",
+        "amqp://user:password@host:5672/vhost",
+        check="conveyor.brokers.rabbitmq._url:parse_amqp_url",
+        store=True,
     ),
 )
 _BY_SCHEME = {scheme: adapter for adapter in BUILTIN for scheme in adapter.schemes}

@@ -82,7 +82,14 @@ def use_url(app: Conveyor, url: str) -> None:
         return
     load_adapter(url)  # a bad URL fails here, before the app's broker is let go
     app.close()
-    app.url = url
+    app.url, kept = url, app.store_url
+    try:
+        app.pick_store()
+    except ConfigurationError:
+        if not kept:
+            raise
+        app.store_url = None  # the app's store was for its own URL's broker
+        app.pick_store()
 
 
 def open_app(spec: str | None, url: str | None, *, create: bool = False) -> Conveyor:
@@ -102,12 +109,13 @@ def on_broker(app: Conveyor, url: str | None, spec: str | None, *, create: bool)
     """
     if url:
         use_url(app, url)
-    path = sqlite_file(app.url)
+    records = app.store_url or app.url  # an amqp:// broker's records are in its store
+    path = sqlite_file(records)
     if path is not None and not create:
         if not os.path.exists(path):
-            raise ConfigurationError(missing_database(app.url, path, bool(url), spec))
+            raise ConfigurationError(missing_database(records, path, bool(url), spec))
         app.open(create=False)  # a file that is not a Conveyor database is refused too
-    elif not create and check_url(app.url) in POSTGRES_SCHEMES:
+    elif not create and check_url(records) in POSTGRES_SCHEMES:
         app.open(create=False)  # a schema without Conveyor's tables is refused, not made
     return app
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from .._errors import JobNotFound
+from .._delete import kept
+from .._errors import JobNotEnded, JobNotFound
 from .._message import JobStatus, validate_job_id, validate_queue
 from ._load import app_options, open_app
 from ._output import emit_json, json_option
 from .jobs import ENDED
+
+if TYPE_CHECKING:
+    from .._app import Conveyor
 
 
 def _ids(job_ids: tuple[str, ...]) -> list[str]:
@@ -142,22 +146,38 @@ def purge(queue: str, yes: bool, as_json: bool, app_spec: str | None, url: str |
         click.echo(f"purged {purged} job(s) from {queue}")
 
 
+def _deleted(app: Conveyor, job_id: str, was: JobStatus | None) -> dict[str, Any]:
+    """One id's result: deleted (with the status it had), or why it was left as it is."""
+    if was is not None:
+        return {"id": job_id, "outcome": "deleted", "status": was.value,
+                "message": f"deleted {job_id} (it was {was})"}  # fmt: skip
+    why = kept(app, job_id)
+    if isinstance(why, JobNotEnded):
+        return {"id": job_id, "outcome": "running", "status": "running", "message": str(why)}
+    return {"id": job_id, "outcome": "not_found", "status": None, "message": str(why)}
+
+
 @click.command()
 @click.argument("job_ids", nargs=-1, required=True, metavar="ID...")
 @json_option
 @app_options
-def delete(job_ids: tuple[str, ...], as_json: bool, app_spec: str | None, url: str | None) -> None:
+def delete(job_ids: tuple[str, ...], as_json: bool, app_spec: str | None, url: str | None) -> int:
     """Delete jobs for good: record, arguments and result. A queued or scheduled job is
-    cancelled first (the rest of its workflow fails, jobs that depend on it go on); an
-    ended one is deleted as it is; a running one is refused: cancel it, and delete it once
-    it ended.
+    cancelled first (the rest of its workflow fails); an ended one is deleted as it is (a
+    job still waiting for it and for another dependency then fails, as after its result
+    expired); a running one is left to its worker while it holds a live lease (cancel it,
+    and delete it once it ended), and deleted once the lease expired (its worker is gone).
 
-    Every id is looked up first: if one is unknown or running, nothing is deleted.
+    Every id is looked up first: if one is unknown, nothing is deleted. Each id gets a line;
+    the exit code is 1 if any job was not deleted.
     """
     ids = _ids(job_ids)
     app = open_app(app_spec, url)
-    deleted = app.delete(ids)
+    results = [_deleted(app, i, was) for i, was in app.delete(ids).items()]
     if as_json:
-        emit_json({"deleted": deleted, "ids": ids})
+        done = sum(r["outcome"] == "deleted" for r in results)
+        emit_json({"deleted": done, "jobs": results})
     else:
-        click.echo(f"deleted {deleted} job(s): {', '.join(ids)}")
+        for result in results:
+            click.echo(result["message"])
+    return 0 if all(r["outcome"] == "deleted" for r in results) else 1

@@ -169,6 +169,8 @@ def run_worker(
         # Process-pool children import the app themselves: an app that takes its URL from
         # the environment then uses the same broker as this worker.
         os.environ["CONVEYOR_URL"] = url
+        if app.store_url:
+            os.environ["CONVEYOR_STORE_URL"] = app.store_url
     if metrics_port is not None:  # before the worker is made: it may add the middleware
         from ..contrib.prometheus import serve
 

@@ -110,6 +110,11 @@ class FlaskConveyor(Conveyor):
                     "first job is sent, or close() it first"
                 )
             self.url = url
+            self.store_url = None  # the record store given was for the other URL's broker
+        store = app.config.get("CONVEYOR_STORE_URL")
+        if store is not None:
+            self.store_url = store
+        self.pick_store()  # an amqp:// broker's record store, else CONVEYOR_STORE_URL
         self.flask_app = app
         app.extensions["conveyor"] = self
         app.cli.add_command(flask_command)

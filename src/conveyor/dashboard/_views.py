@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .._delete import kept
 from .._errors import ConfigurationError
 from .._inspect import Decoded, decode, document, iso, lookup, scan, worker_json
 from .._message import JobEntry, JobStatus, validate_queue
@@ -178,7 +179,9 @@ class Dashboard:
         status = record.status
         info["can_requeue"] = not self.read_only and status in REQUEUEABLE
         info["can_cancel"] = not self.read_only and not status.terminal
-        info["can_delete"] = not self.read_only and status is not JobStatus.RUNNING
+        # A running one too: its worker may be gone (a lease expired); if not, the answer
+        # says what to do.
+        info["can_delete"] = not self.read_only
         return {**self._common(), "job": info}
 
     def schedules(self) -> dict[str, Any]:
@@ -204,10 +207,12 @@ class Dashboard:
         return f"cancelled {job_id} (it was {before})"
 
     def delete(self, job_id: str) -> str:
-        """``app.delete``: a pending job is cancelled first; a running one is refused (409)."""
-        if self.app.delete([job_id]):
-            return f"deleted {job_id}"
-        return f"{job_id} started running meanwhile: cancel it first, delete it once it ended"
+        """``app.delete``: a pending job is cancelled first; one left as it is raises why
+        (running under a live lease: 409; gone meanwhile: 404)."""
+        was = self.app.delete([job_id])[job_id]
+        if was is None:
+            raise kept(self.app, job_id)
+        return f"deleted {job_id} (it was {was})"
 
     def requeue_all(self, queue: str, status: str) -> str:
         which = next((s for s in REQUEUEABLE if s.value == status), None)

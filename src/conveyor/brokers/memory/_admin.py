@@ -121,13 +121,13 @@ class MemoryAdmin(MemoryCore):
 
     def _delete_one(self, job_id: str, now: float) -> JobStatus | None:
         job = self._live(job_id, now)
-        if job is None or job.status is JobStatus.RUNNING:
-            return None if job is None else job.status
+        if job is None or (job.status is JobStatus.RUNNING and job.lease_until > now):
+            return None  # unknown, expired, or its live worker's
         del self._s.jobs[job_id]  # its heap entries go stale: fetch and promote skip them
         key = job.envelope.key
         if key is not None and self._s.keys.get(key) == job_id:
             del self._s.keys[key]
-        if not job.status.terminal:  # gone before it ended, as purge takes it
+        if not job.status.terminal:  # gone before it ended (a dead worker's too), as purge
             self._release_dependents(job)
             self._forget_dependencies(job)
         return job.status

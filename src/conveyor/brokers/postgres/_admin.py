@@ -149,7 +149,8 @@ class PostgresAdmin(PostgresCore):
 
     def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
         find = self._db.sql(
-            f"SELECT status FROM {{s}}.jobs WHERE id = %(id)s AND {LIVE} FOR UPDATE"
+            "SELECT status, status = 'running' AND lease_until > {s}.clock(%(now)s) "
+            f"FROM {{s}}.jobs WHERE id = %(id)s AND {LIVE} FOR UPDATE"
         )
         drop = self._db.sql("DELETE FROM {s}.jobs WHERE id = %s")
         out: list[JobStatus | None] = []
@@ -157,15 +158,17 @@ class PostgresAdmin(PostgresCore):
         with self._db.transaction() as conn:
             for job_id in job_ids:
                 row = conn.execute(find, {"id": job_id, "now": self._now()}).fetchone()
-                status = None if row is None else JobStatus(row[0])
+                if row is None or row[1]:  # unknown, expired, or its live worker's
+                    out.append(None)
+                    continue
+                status = JobStatus(row[0])  # running: its lease expired, its worker is gone
                 out.append(status)
-                if status is None or status is JobStatus.RUNNING:
-                    continue  # unknown, expired, or its worker's: left as it is
                 conn.execute(drop, (job_id,))
                 if not status.terminal:
                     early.append(job_id)
-            # Gone before they ended: counted down and forgotten as purge does, and their
-            # waiters woken. Ended ones have no dependents left, and nobody waits for them.
+            # Gone before they ended (a dead worker's running one too): counted down and
+            # forgotten as purge does, and their waiters woken. Ended ones have no
+            # dependents left, and nobody waits for them.
             if early:
                 self._ended_early(conn, early, early)
         return out

@@ -186,7 +186,8 @@ class AdminMixin(RedisCore):
         out: list[JobStatus | None] = []
         for job_id in job_ids:  # delete.lua: one atomic step per job, in its queue's keys
             res = self._by_id("delete", job_id, [], b"moved")
-            out.append(None if res is None or res == b"missing" else JobStatus(text(res)))
+            gone = res is not None and res not in (b"missing", b"leased")
+            out.append(JobStatus(text(res)) if gone else None)
         return out
 
     def _workers(self) -> list[WorkerInfo]:

@@ -122,21 +122,18 @@ class SQLiteAdmin(SQLiteCore):
         with self._db.write() as conn:
             now = self._clock.time()
             for job_id in job_ids:
+                # A running job under a live lease is its worker's; one whose lease expired
+                # (its worker is gone) goes: the fence refuses a late finish without a record.
                 row = conn.execute(
-                    f"DELETE FROM jobs WHERE id = ? AND status != 'running' AND {LIVE} "
-                    "RETURNING status",
-                    (job_id, now),
+                    f"DELETE FROM jobs WHERE id = ? AND {LIVE} "
+                    "AND (status != 'running' OR lease_until <= ?) RETURNING status",
+                    (job_id, now, now),
                 ).fetchone()
-                if row is None:  # running (left as it is), unknown or expired
-                    row = conn.execute(
-                        f"SELECT status FROM jobs WHERE id = ? AND {LIVE}", (job_id, now)
-                    ).fetchone()
-                    out.append(None if row is None else JobStatus(row[0]))
-                    continue
-                out.append(JobStatus(row[0]))
-                gone.append(job_id)
-            # Gone before they ended (queued, scheduled): their dependents are counted down,
-            # as purge does. Ended ones have none left, and wait for nothing.
+                out.append(None if row is None else JobStatus(row[0]))
+                if row is not None:
+                    gone.append(job_id)
+            # Gone before they ended (queued, scheduled, running): their dependents are
+            # counted down, as purge does. Ended ones have none left, and wait for nothing.
             due = self._release_dependents(conn, gone) if gone else 0
             self._forget_dependencies(conn, gone)
         if gone:

@@ -25,6 +25,7 @@ from ._connections import DatabaseConnections
 # settings.CONVEYOR key -> the argument of Conveyor(...) it sets
 ARGUMENTS = {
     "URL": "url",
+    "STORE": "store",
     "TRUST": "trust",
     "SERIALIZER": "serializer",
     "SECRET": "secret",

@@ -670,7 +670,9 @@
     if (j.can_delete) {
       const question = j.status === "queued" || j.status === "scheduled"
         ? `Delete job ${j.id}? It is cancelled first, then its record is gone for good.`
-        : `Delete job ${j.id} and its result for good?`;
+        : j.status === "running"
+          ? `Delete job ${j.id}? Only if its worker is gone (its lease expired); a live worker keeps it.`
+          : `Delete job ${j.id} and its result for good?`;
       actions.push(button("Delete", async () => {
         // The job is gone: its page has nothing more to show; the list it was in has.
         if (await act(`/job/${encodeURIComponent(j.id)}/delete`, question)) {

@@ -21,7 +21,8 @@ from ._helpers import (
 
 
 class _DeleteTests:
-    """Any job but a running one deleted, record and result; pending ones as purge takes them."""
+    """Any job but a running one under a live lease deleted, record and result; pending ones
+    (and running ones whose worker is gone) as purge takes them."""
 
     def test_delete_removes_a_job_in_every_status_but_running(
         self, broker: Broker, timeline: Timeline
@@ -48,7 +49,7 @@ class _DeleteTests:
         assert broker.delete([*ids, parked.id, running.id, unknown]) == [
             *doomed,
             JobStatus.SCHEDULED,
-            JobStatus.RUNNING,
+            None,  # running under a live lease: left as it is
             None,
         ]
         assert broker.get([*ids, parked.id]) == [None] * (len(ids) + 1)
@@ -72,11 +73,32 @@ class _DeleteTests:
         broker.enqueue([env])
         d = fetch_one(broker)
         assert broker.cancel(env.id) is JobStatus.RUNNING
-        assert broker.delete([env.id]) == [JobStatus.RUNNING]
+        assert broker.delete([env.id]) == [None]
         assert broker.payload(env.id) == d.payload
         assert broker.renew([d], LONG) == [LeaseState.CANCELLED]  # still its worker's
         assert finish(broker, d, JobStatus.CANCELLED, reason="stopped")
         assert broker.delete([env.id]) == [JobStatus.CANCELLED]
+
+    def test_a_running_job_whose_lease_expired_is_deleted(
+        self, broker: Broker, timeline: Timeline
+    ) -> None:
+        env = envelope(key="nightly")
+        child = dependent(env.id, queue="b")
+        broker.enqueue([env, child])
+        d = fetch_one(broker, lease=timeline.span(2))
+        assert broker.delete([env.id]) == [None]  # its worker's lease is live
+        assert status(broker, env.id) is JobStatus.RUNNING
+        timeline.advance(3)  # the worker is gone, and no fetch reclaimed the job yet
+        assert broker.delete([env.id]) == [JobStatus.RUNNING]
+        assert broker.get([env.id]) == [None] and broker.payload(env.id) is None
+        # The fence holds: the dead worker's late calls find no record.
+        assert broker.renew([d], LONG) == [LeaseState.LOST]
+        assert not finish(broker, d)
+        assert broker.get([env.id]) == [None]
+        assert fetch(broker) == []  # not reclaimed either
+        assert status(broker, child.id) is JobStatus.QUEUED  # counted down, as purge does
+        again = envelope(key="nightly")
+        assert broker.enqueue([again]) == [again.id]  # its unique key is free
 
     def test_delete_frees_a_pending_jobs_unique_key(self, broker: Broker) -> None:
         first = envelope(key="report:monday")
@@ -120,6 +142,19 @@ class _DeleteTests:
         assert status(broker, b.id) is None
         assert broker.enqueue([a]) == [a.id]  # the id is free: enqueued afresh
         assert status(broker, a.id) is JobStatus.QUEUED
+
+    def test_a_deleted_ended_dependency_is_found_without_a_record(self, broker: Broker) -> None:
+        a, b = envelope(), envelope()
+        broker.enqueue([a, b])
+        d_a, d_b = fetch(broker)  # FIFO
+        c = dependent(a.id, b.id, queue="c")
+        broker.enqueue([c])
+        assert finish(broker, d_a)
+        assert broker.delete([a.id]) == [JobStatus.SUCCEEDED]  # c still waits for b
+        assert status(broker, c.id) is JobStatus.SCHEDULED
+        assert finish(broker, d_b)
+        assert [d.id for d in fetch(broker, ["c"])] == [c.id]  # released, as after a's TTL
+        assert broker.get([a.id]) == [None]  # c's worker finds a without a record
 
     def test_a_waiter_learns_a_pending_job_was_deleted(self, broker: Broker) -> None:
         env = envelope()

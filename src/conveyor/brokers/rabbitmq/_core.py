@@ -1,0 +1,109 @@
+"""What the RabbitMQ broker's two halves share: the record store it runs every store call
+in (inside the store's own error boundary), the link to RabbitMQ, and the watches."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TypeVar
+
+from ..._message import JobStatus
+from .._base import ErrorBoundary, Watch
+from .._port import Broker, Claimed
+from ._link import Link, Ticket
+
+T = TypeVar("T")
+
+
+class Guarded(Watch[T]):
+    """A store's watch run inside the store's error boundary."""
+
+    def __init__(self, watch: Watch[T], errors: ErrorBoundary) -> None:
+        self._watch = watch
+        self._errors = errors
+
+    def __enter__(self) -> Guarded[T]:
+        with self._errors:
+            self._watch.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._errors:
+            self._watch.__exit__(*exc)
+
+    def look(self) -> T:
+        with self._errors:
+            return self._watch.look()
+
+    def sleep_then_look(self, seconds: float) -> T:
+        with self._errors:
+            return self._watch.sleep_then_look(seconds)
+
+
+class Fetching(Watch[Claimed]):
+    """A fetch: the store's look claims (its order, pause, leases and fences are the
+    store's); the sleep waits for a ticket from RabbitMQ, or a sweep's time. Each look
+    settles the tickets buffered for its queues: the ones whose job is still queued stay
+    (unacknowledged: another look of this worker takes them), the others are acknowledged.
+    The arrival count is read before the store's look, so a ticket published after it
+    wakes the sleep that follows: no lost wake-up."""
+
+    def __init__(
+        self,
+        store: Broker,
+        link: Link,
+        *,
+        sweep: float,
+        queues: list[str],
+        count: int,
+        lease: float,
+        consumer: str,
+    ) -> None:
+        self._store = store
+        self._link = link
+        self._sweep = sweep
+        self._queues = queues
+        self._count = count
+        with store._errors:
+            watch = store._fetch(queues, consumer, count, lease)
+        self._watch = Guarded(watch, store._errors)
+        self._seen = 0
+
+    def __enter__(self) -> Fetching:
+        self._link.consume(self._queues, self._count)
+        self._watch.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._watch.__exit__(*exc)
+
+    def look(self) -> Claimed:
+        self._seen = self._link.arrivals
+        got, due_in = self._watch.look()
+        tickets = self._link.take(self._queues)
+        if tickets:
+            self._settle(tickets, {d.id for d in got})
+        return got, due_in
+
+    def sleep_then_look(self, seconds: float) -> Claimed:
+        self._link.wait(self._seen, min(seconds, self._sweep))
+        return self.look()
+
+    def _settle(self, tickets: list[Ticket], claimed: set[str]) -> None:
+        asked = list(dict.fromkeys(t.job_id for t in tickets if t.job_id not in claimed))
+        with self._store._errors:
+            records = self._store._get(asked) if asked else []
+        queued = {r.id for r in records if r is not None and r.status is JobStatus.QUEUED}
+        done = [t for t in tickets if t.job_id not in queued]
+        self._link.settle(done, [t for t in tickets if t.job_id in queued])
+
+
+def due_tickets(store: Broker, ids: Sequence[str | None]) -> list[tuple[str, str]]:
+    """``(queue, id)`` tickets for the jobs of ``ids`` that are queued or scheduled (not
+    parked): what a worker should look at the store for."""
+    known = [i for i in ids if i is not None]
+    if not known:
+        return []
+    with store._errors:
+        records = store._get(known)
+    wanted = (JobStatus.QUEUED, JobStatus.SCHEDULED)
+    return [(r.queue, r.id) for r in records if r is not None and r.status in wanted]

@@ -1,0 +1,274 @@
+"""The AMQP side: one connection on an event loop thread of its own (aio-pika), tickets
+published with publisher confirms, and consumed into buffers the fetch watches read.
+
+Topology (the one place it is defined): a Conveyor queue ``q`` of prefix ``p`` is the
+durable quorum queue ``p.q`` of the URL's virtual host, reached through the default
+exchange. Its arguments never change (RabbitMQ refuses a queue declared again with other
+arguments): ``x-queue-type: quorum`` and ``x-delivery-limit: DELIVERY_LIMIT``, a safety
+net only (a ticket dropped past it loses nothing: the record is in the store, and the
+sweep finds it). A message is a *ticket*: its body is a job id, persistent, published
+after the job's record is written; a worker acknowledges it once the record says the job
+is no longer queued (claimed, ended, scheduled, gone). A ticket held longer than ``HOLD``
+seconds by a consumer that does not look (a busy worker, a paused queue) is handed back
+(``nack`` with requeue) for another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Coroutine, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from ._url import RabbitURL
+
+log = logging.getLogger("conveyor")
+
+T = TypeVar("T")
+
+DELIVERY_LIMIT = 20  # RabbitMQ's own bound on a ticket's redeliveries (a safety net)
+HOLD = 60.0  # seconds a consumer keeps a ticket it has not settled before handing it back
+HANDSHAKE_TIMEOUT = 10.0  # seconds one attempt to connect waits for the server
+CONNECT_ATTEMPTS = 3
+CONNECT_TIMEOUT = 35.0  # seconds to connect (every attempt), declare, start consuming
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A job id RabbitMQ delivered, waiting for a look to settle it."""
+
+    job_id: str
+    queue: str
+    message: AbstractIncomingMessage
+    arrived: float  # time.monotonic()
+
+
+class Link:
+    """The broker's connection to RabbitMQ (see the module docstring). Every call is made
+    from the broker's threads; the client runs on the link's own loop thread."""
+
+    def __init__(self, url: RabbitURL, prefix: str) -> None:
+        self._url = url
+        self._prefix = url.queues or prefix
+        self._cond = threading.Condition()
+        self._warned = 0.0
+        self._start()
+
+    def _start(self) -> None:
+        """A loop thread, a connection and a publishing channel of this process's own."""
+        self._pid = os.getpid()
+        self._buffers: dict[str, deque[Ticket]] = {}
+        self.arrivals = 0  # tickets received so far: a watch's wake-up
+        self._declared: dict[str, AbstractQueue] = {}
+        self._consumed: set[str] = set()
+        self._consumer: AbstractChannel | None = None
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="conveyor-amqp", daemon=True
+        )
+        self._thread.start()
+        try:
+            self._connection, self._publisher = self._run(self._open(), CONNECT_TIMEOUT)
+        except BaseException:
+            self._stop()
+            raise
+        self._ager = asyncio.run_coroutine_threadsafe(self._age(), self._loop)
+
+    def _forked(self) -> None:
+        """In a forked child (a process pool's), the parent's loop thread is not there: a
+        connection of the child's own, the parent's left alone."""
+        if self._pid != os.getpid():
+            self._cond = threading.Condition()  # the parent's may have been held at the fork
+            self._start()
+
+    async def _open(self) -> tuple[AbstractRobustConnection, AbstractChannel]:
+        # A connection the server never answers (seen on a loaded RabbitMQ 3.10: the
+        # handshake waits until the socket closes) is given up and made again.
+        for attempt in range(CONNECT_ATTEMPTS):
+            try:
+                connection = await asyncio.wait_for(
+                    aio_pika.connect_robust(self._url.connect, timeout=HANDSHAKE_TIMEOUT),
+                    HANDSHAKE_TIMEOUT,
+                )
+                break
+            except TimeoutError:
+                if attempt == CONNECT_ATTEMPTS - 1:
+                    raise
+        return connection, await connection.channel(publisher_confirms=True)
+
+    def name(self, queue: str) -> str:
+        return f"{self._prefix}.{queue}"
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(self, tickets: Sequence[tuple[str, str]]) -> bool:
+        """Publish ``(queue, job id)`` tickets and wait for RabbitMQ's confirms; False (the
+        failure logged) if they did not all come: the records are written, the sweep finds
+        the jobs."""
+        if not tickets:
+            return True
+        try:
+            self._forked()
+            self._run(self._publish(tickets), self._url.confirm_timeout)
+        except Exception as exc:
+            self._warn(f"publishing {len(tickets)} ticket(s) to RabbitMQ failed ({exc!r})")
+            return False
+        return True
+
+    async def _publish(self, tickets: Sequence[tuple[str, str]]) -> None:
+        for queue in dict.fromkeys(q for q, _ in tickets):
+            await self._declare(self._publisher, queue)
+        exchange = self._publisher.default_exchange
+        await asyncio.gather(
+            *(
+                exchange.publish(
+                    aio_pika.Message(
+                        job_id.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+                    ),
+                    routing_key=self.name(queue),
+                )
+                for queue, job_id in tickets
+            )
+        )
+
+    async def _declare(self, channel: AbstractChannel, queue: str) -> AbstractQueue:
+        key = f"{id(channel)}:{queue}"
+        found = self._declared.get(key)
+        if found is None:
+            found = await channel.declare_queue(
+                self.name(queue),
+                durable=True,
+                arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT},
+            )
+            self._declared[key] = found
+        return found
+
+    # -- consuming --------------------------------------------------------------------------
+
+    def consume(self, queues: Iterable[str], prefetch: int) -> None:
+        """Start consuming the queues not consumed yet (the first call fixes the prefetch);
+        a failure is logged, and the watch falls back to sweeps until a later call works."""
+        self._forked()
+        new = [q for q in queues if q not in self._consumed]
+        if not new:
+            return
+        try:
+            self._run(self._consume(new, self._url.prefetch or max(prefetch, 1)), CONNECT_TIMEOUT)
+        except Exception as exc:
+            self._warn(f"consuming from RabbitMQ failed ({exc!r})")
+
+    async def _consume(self, queues: list[str], prefetch: int) -> None:
+        if self._consumer is None:
+            channel = await self._connection.channel(publisher_confirms=False)
+            await channel.set_qos(prefetch_count=prefetch)
+            self._consumer = channel
+        for queue in queues:
+            found = await self._declare(self._consumer, queue)
+            await found.consume(functools.partial(self._arrived, queue), no_ack=False)
+            self._consumed.add(queue)
+
+    async def _arrived(self, queue: str, message: AbstractIncomingMessage) -> None:
+        ticket = Ticket(message.body.decode("utf-8", "replace"), queue, message, time.monotonic())
+        with self._cond:
+            self._buffers.setdefault(queue, deque()).append(ticket)
+            self.arrivals += 1
+            self._cond.notify_all()
+
+    def wait(self, seen: int, timeout: float) -> None:
+        """Sleep until a ticket arrives after the count ``seen`` (or ``timeout`` s pass)."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.arrivals != seen, timeout)
+
+    def take(self, queues: Iterable[str]) -> list[Ticket]:
+        """The buffered tickets of these queues, taken out for a look to settle."""
+        taken: list[Ticket] = []
+        with self._cond:
+            for queue in queues:
+                found = self._buffers.get(queue)
+                if found:
+                    taken.extend(found)
+                    found.clear()
+        return taken
+
+    def settle(self, done: Sequence[Ticket], kept: Sequence[Ticket]) -> None:
+        """Acknowledge ``done``; put ``kept`` back in their buffers (their jobs are queued)."""
+        if kept:
+            with self._cond:
+                for ticket in reversed(kept):
+                    self._buffers.setdefault(ticket.queue, deque()).appendleft(ticket)
+        if done:
+            self._soon(self._ack([t.message for t in done]))
+
+    async def _ack(self, messages: list[AbstractIncomingMessage], requeue: bool = False) -> None:
+        for message in messages:
+            # A ticket of a channel that closed since is redelivered by RabbitMQ anyway.
+            with contextlib.suppress(Exception):
+                await (message.nack(requeue=True) if requeue else message.ack())
+
+    async def _age(self) -> None:
+        """Hand back the tickets held past ``HOLD`` (no look settled them)."""
+        while True:
+            await asyncio.sleep(HOLD / 4)
+            old = time.monotonic() - HOLD
+            stale: list[AbstractIncomingMessage] = []
+            with self._cond:
+                for buffer in self._buffers.values():
+                    while buffer and buffer[0].arrived < old:
+                        stale.append(buffer.popleft().message)
+            await self._ack(stale, requeue=True)
+
+    # -- the loop thread --------------------------------------------------------------------
+
+    def _run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
+        future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()
+            raise
+
+    def _soon(self, coro: Coroutine[Any, Any, None]) -> None:
+        if not self._loop.is_closed():
+            asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    def _warn(self, what: str) -> None:
+        now = time.monotonic()
+        if now - self._warned > 30:  # once in a while, not once per job
+            self._warned = now
+            log.warning(
+                "%s: jobs are in the record store and workers find them on their sweeps "
+                "(every %g s) until RabbitMQ is back",
+                what,
+                self._url.sweep,
+            )
+
+    def close(self) -> None:
+        """Close the connection (RabbitMQ requeues the tickets not settled) and stop the
+        loop thread; again, nothing (nor in a forked child: the parent's are the parent's)."""
+        if self._loop.is_closed() or self._pid != os.getpid():
+            return
+        self._ager.cancel()
+        with contextlib.suppress(Exception):
+            self._run(self._connection.close(), CONNECT_TIMEOUT)
+        self._stop()
+
+    def _stop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(CONNECT_TIMEOUT)
+        if not self._thread.is_alive():
+            self._loop.close()

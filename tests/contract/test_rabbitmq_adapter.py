@@ -1,0 +1,93 @@
+"""The RabbitMQ broker's own behaviour beside the conformance suite (which it passes over
+each record store): tickets and the sweep, seen from RabbitMQ's side too.
+
+* A ticket whose job has ended (a repeated enqueue of a finished job's id publishes one)
+  wakes a worker, which acknowledges it and runs nothing: the queue is empty after.
+* A job in the record store with no ticket (its producer died before publishing) is
+  found by an idle worker's sweep.
+* A scheduled job's ticket wakes an idle worker, which then sleeps until the job is due.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from conveyor._message import JobStatus
+from conveyor.brokers import Broker, open_broker
+from conveyor.brokers._port import Finish
+from conveyor.testing.conformance import envelope
+from redis_server import RedisServer, unique_prefix
+
+pytestmark = [pytest.mark.rabbitmq, pytest.mark.redis, pytest.mark.timeout(60)]
+
+LEASE = 30.0
+
+
+@pytest.fixture
+def prefix() -> str:
+    return unique_prefix()
+
+
+@pytest.fixture
+def worker(rabbitmq_url: str, redis_server: RedisServer, prefix: str) -> Iterator[Broker]:
+    with open_broker(f"{rabbitmq_url}?sweep=30", store=redis_server.url, prefix=prefix) as b:
+        yield b
+
+
+def _ready(rabbitmq_url: str, queue: str) -> int:
+    """Messages ready in a queue, as RabbitMQ counts them (a passive declare)."""
+    import aio_pika
+
+    async def count() -> int:
+        connection = await aio_pika.connect(rabbitmq_url)
+        async with connection:
+            channel = await connection.channel()
+            found = await channel.declare_queue(queue, passive=True)
+            return found.declaration_result.message_count or 0
+
+    return asyncio.run(count())
+
+
+def test_a_ticket_of_an_ended_job_is_acknowledged_without_running(
+    rabbitmq_url: str, worker: Broker, prefix: str
+) -> None:
+    job = envelope()
+    worker.enqueue([job])
+    (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    assert worker.finish([Finish(got, JobStatus.SUCCEEDED, result=b"done")]) == [True]
+    assert worker.enqueue([job]) == [job.id]  # not written again; its ticket is published
+    start = time.monotonic()
+    assert worker.fetch(["default"], "w", 10, LEASE, 1.0) == []
+    assert time.monotonic() - start >= 0.9  # woken by the ticket, it looked, ran nothing
+    (record,) = worker.get([job.id])
+    assert record is not None and (record.status, record.deliveries) == (JobStatus.SUCCEEDED, 1)
+    worker.close()  # an unacknowledged ticket would be ready again now
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 0
+
+
+def test_a_job_without_a_ticket_is_found_by_the_sweep(
+    rabbitmq_url: str, redis_server: RedisServer, prefix: str
+) -> None:
+    url = f"{rabbitmq_url}?sweep=0.3"
+    with open_broker(url, store=redis_server.url, prefix=prefix) as worker:
+        assert worker.fetch(["default"], "w", 10, LEASE, 0.0) == []  # consuming
+        job = envelope()
+        with open_broker(redis_server.url, prefix=prefix) as store:  # the record alone
+            store.enqueue([job])
+        start = time.monotonic()
+        (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+        assert got.id == job.id and time.monotonic() - start < 2
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 0  # no ticket was ever published
+
+
+def test_a_scheduled_job_wakes_an_idle_worker_when_due(worker: Broker) -> None:
+    assert worker.fetch(["default"], "w", 10, LEASE, 0.0) == []  # consuming
+    job = envelope(eta=time.time() + 1.0)
+    start = time.monotonic()
+    worker.enqueue([job])
+    (got,) = worker.fetch(["default"], "w", 10, LEASE, 10.0)  # its sweep is 30 s away
+    assert got.id == job.id and 0.8 < time.monotonic() - start < 3
