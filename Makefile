@@ -77,15 +77,16 @@ floor: $(STAMP)
 	.venv-floor/bin/pytest -q
 
 # Not part of CI: peers in their own pinned venvs under bench/.venv-peers, then a full run
-# on each of BENCH_BACKENDS (each on a private server of its own; 25-30 minutes for Redis and
-# about 15 for PostgreSQL on 2 cores), written to docs/benchmarks.md. Run it on a quiet machine.
+# on each of BENCH_BACKENDS (each on a private server of its own, RabbitMQ on a fresh virtual
+# host of the machine's 127.0.0.1:5672 or $BENCH_RABBITMQ; 25-30 minutes for Redis and about
+# 15 for PostgreSQL on 2 cores), written to docs/benchmarks.md. Run it on a quiet machine.
 # BENCH_ARGS="--quick" for a ~1/10 smoke run, "--soak 1000000" to add the 1M-job RSS soak;
 # BENCH_BACKENDS=redis with Redis-only workloads in BENCH_ARGS (--workloads w2-io, ...).
 # `cluster` is Conveyor alone on a private Redis Cluster with 1, 2 and 3 masters busy
 # (bench/cluster_scaling.py, a few minutes; its own options in BENCH_CLUSTER_ARGS).
 BENCH_ARGS ?=
 BENCH_CLUSTER_ARGS ?=
-BENCH_BACKENDS ?= redis postgres cluster
+BENCH_BACKENDS ?= redis postgres rabbitmq cluster
 bench: $(STAMP)
 	$(BIN)/python bench/peers/install.py --root bench/.venv-peers
 	for backend in $(BENCH_BACKENDS); do \

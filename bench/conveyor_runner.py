@@ -48,6 +48,8 @@ if _env.BACKEND == "sqlite":
     app = Conveyor(f"sqlite:///{os.path.abspath(_env.SQLITE_PATH)}", **_options())
 elif _env.BACKEND == "postgres":
     app = Conveyor(_env.POSTGRES_URL, **_options())
+elif _env.BACKEND == "rabbitmq":  # RabbitMQ delivers, the run's Redis keeps the records
+    app = Conveyor(_env.AMQP_URL, store=_env.REDIS_URL, **_options())
 else:
     app = Conveyor(_env.REDIS_URL, **_options())
 

@@ -386,7 +386,8 @@ def percentile(values: list[float], p: float) -> float:
 def versions(adapter: Any) -> dict[str, str]:
     """The library's version and its database client's, as installed in this interpreter."""
     found = {}
-    clients = ("redis", "hiredis", "coredis", "psycopg", "psycopg-binary", "asyncpg")
+    clients = ("redis", "hiredis", "coredis", "psycopg", "psycopg-binary", "asyncpg", "kombu",
+               "amqp", "pika", "aio-pika")  # fmt: skip
     for dist in (adapter.DIST, *clients, "uvloop", "msgspec"):
         try:
             found[dist] = importlib.metadata.version(dist)

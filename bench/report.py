@@ -11,9 +11,10 @@ from typing import Any
 PEERS = {
     "redis": ["celery", "rq", "dramatiq", "huey", "arq", "saq", "taskiq", "streaq"],
     "postgres": ["procrastinate", "pgqueuer", "saq"],
+    "rabbitmq": ["celery", "dramatiq"],
 }
 COLUMNS = ["conveyor", "raw", *PEERS["redis"]]  # the Redis table's, which chart.py draws
-BACKEND_NAMES = {"redis": "Redis", "postgres": "PostgreSQL"}
+BACKEND_NAMES = {"redis": "Redis", "postgres": "PostgreSQL", "rabbitmq": "RabbitMQ"}
 # Conveyor set up otherwise (bench/conveyor_runner.py): a column each when they ran, and a
 # table of their ratios to plain Conveyor.
 VARIANTS = ["conveyor-noevents", "conveyor-prometheus"]
@@ -98,6 +99,10 @@ GOALS = {
     "postgres": {
         ("w2", "rate"): ("≥ 5 × best peer", _ratio_ok(5, None)),
         ("w3", "start_p50"): ("≤ 5 ms", _at_most(5)),
+    },
+    "rabbitmq": {
+        ("w2", "rate"): ("≥ 5 × best peer", _ratio_ok(5, None)),
+        ("w3", "start_p50"): ("≤ 2 ms", _at_most(2)),
     },
 }
 

@@ -3,6 +3,7 @@
     .venv/bin/python bench/run.py            # full run, writes docs/benchmarks.md
     .venv/bin/python bench/run.py --quick    # ~1/10 size smoke run, writes bench/.results/
     .venv/bin/python bench/run.py --backend postgres   # its section of docs/benchmarks.md
+    .venv/bin/python bench/run.py --backend rabbitmq   # the machine's RabbitMQ, a vhost per run
 
 Every (repetition, workload, library) is one fresh driver process (``driver.py``) in that
 library's interpreter: the project's for Conveyor and the raw limit, ``bench/.venv-peers/<peer>``
@@ -35,6 +36,7 @@ import chart  # noqa: E402
 import machine  # noqa: E402
 import report  # noqa: E402
 from pg_server import private_postgres  # noqa: E402
+from rabbitmq_server import private_rabbitmq  # noqa: E402
 from redis_server import private_redis  # noqa: E402
 from report import KEPT  # noqa: E402
 
@@ -127,6 +129,8 @@ BACKENDS = {
     "redis": Backend("redis", private_redis, tuple(PEERS), tuple(w.name for w in WORKLOADS),
                      limit="raw"),
     "postgres": Backend("postgres", private_postgres, tuple(report.PEERS["postgres"]),
+                        ("w1", "w1b", "w2", "w3", "w4")),
+    "rabbitmq": Backend("rabbitmq", private_rabbitmq, tuple(report.PEERS["rabbitmq"]),
                         ("w1", "w1b", "w2", "w3", "w4")),
 }  # fmt: skip
 

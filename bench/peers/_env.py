@@ -6,8 +6,9 @@ import os
 import sys
 
 REDIS_URL = os.environ.get("BENCH_REDIS_URL", "")
-BACKEND = os.environ.get("BENCH_BACKEND", "redis")  # "redis", "postgres", "sqlite" (W5)
+BACKEND = os.environ.get("BENCH_BACKEND", "redis")  # "redis", "postgres", "rabbitmq", "sqlite"
 POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "")  # a fresh database for each run
+AMQP_URL = os.environ.get("BENCH_AMQP_URL", "")  # a fresh virtual host for each run
 SQLITE_PATH = os.environ.get("BENCH_SQLITE_PATH", "")
 CONCURRENCY = int(os.environ.get("BENCH_CONCURRENCY", "32"))
 PYTHON = sys.executable

@@ -1,4 +1,5 @@
-"""Celery: Redis broker and Redis result backend, thread pool in one worker process."""
+"""Celery: Redis broker (RabbitMQ on ``--backend rabbitmq``, its default ``amqp://`` set-up
+through kombu and py-amqp) and Redis result backend, thread pool in one worker process."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from peers import _env
 DIST = "celery"
 NA_REASON = {"w5": "no SQLite broker"}
 
-app = Celery("bench", broker=_env.REDIS_URL, backend=_env.REDIS_URL)
+BROKER_URL = _env.AMQP_URL if _env.BACKEND == "rabbitmq" else _env.REDIS_URL
+app = Celery("bench", broker=BROKER_URL, backend=_env.REDIS_URL)
 app.conf.update(worker_hijack_root_logger=False, broker_connection_retry_on_startup=True)
 
 

@@ -1,4 +1,5 @@
-"""Dramatiq: Redis broker, Results middleware on Redis, one process with a thread pool."""
+"""Dramatiq: Redis broker (``RabbitmqBroker`` on ``--backend rabbitmq``, pika), Results
+middleware on Redis, one process with a thread pool."""
 
 from __future__ import annotations
 
@@ -17,7 +18,13 @@ from peers import _env
 DIST = "dramatiq"
 NA_REASON = {"w5": "no SQLite broker"}
 
-broker = RedisBroker(url=_env.REDIS_URL)
+broker: dramatiq.Broker
+if _env.BACKEND == "rabbitmq":
+    from dramatiq.brokers.rabbitmq import RabbitmqBroker
+
+    broker = RabbitmqBroker(url=_env.AMQP_URL)
+else:
+    broker = RedisBroker(url=_env.REDIS_URL)
 broker.add_middleware(Results(backend=RedisBackend(url=_env.REDIS_URL)))
 dramatiq.set_broker(broker)
 

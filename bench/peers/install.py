@@ -9,12 +9,12 @@ redis<6, SAQ's redis extra <8, taskiq-redis >=8). A peer that fails to install i
 are installed regardless. A section whose pins have not changed is not reinstalled.
 
 Conveyor gets an environment of its own too, ``conveyor``: its runtime dependencies as
-locked (``requirements/runtime.txt``), the ``postgres`` extra's packages as locked in
-``requirements/dev.txt`` (psycopg, its binary and its pool, for the PostgreSQL workloads) and
-this checkout installed editable, which is what a user's ``pip install 'conveyor[postgres]'``
-has. The project's ``.venv`` also holds the dev tools and
-every integration, and some of them cost a start-up: redis-py imports OpenTelemetry when it
-is installed (~30 ms).
+locked (``requirements/runtime.txt``), the ``postgres`` and ``rabbitmq`` extras' packages
+as locked in ``requirements/dev.txt`` (psycopg, its binary and its pool, for the PostgreSQL
+workloads; aio-pika and what it needs, for the RabbitMQ ones) and this checkout installed
+editable, which is what a user's ``pip install 'conveyor[postgres,rabbitmq]'`` has. The
+project's ``.venv`` also holds the dev tools and every integration, and some of them cost a
+start-up: redis-py imports OpenTelemetry when it is installed (~30 ms).
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ RUNTIME = os.path.join(ROOT, "requirements", "runtime.txt")
 DEV = os.path.join(ROOT, "requirements", "dev.txt")
 # The postgres extra (pyproject.toml) and what psycopg needs on Python < 3.13.
 POSTGRES_EXTRA = ("psycopg", "psycopg-binary", "psycopg-pool", "typing-extensions")
+# The rabbitmq extra: aio-pika, on aiormq and pamqp, and yarl's own dependencies.
+RABBITMQ_EXTRA = ("aio-pika", "aiormq", "pamqp", "yarl", "multidict", "propcache", "idna")
 
 
 def sections(path: str) -> dict[str, list[str]]:
@@ -67,12 +69,15 @@ def locked_entries(path: str, names: tuple[str, ...]) -> str:
 
 
 def install_conveyor(root: str) -> str:
-    """Conveyor's runtime dependencies and the postgres extra, as locked, and this checkout
-    (editable)."""
+    """Conveyor's runtime dependencies and the postgres and rabbitmq extras, as locked, and
+    this checkout (editable)."""
     with open(RUNTIME) as f:
         locked = f.read()
-    extra = locked_entries(DEV, POSTGRES_EXTRA)
-    extra_path = os.path.join(root, "conveyor-postgres.txt")
+    wanted = POSTGRES_EXTRA + RABBITMQ_EXTRA
+    extra = locked_entries(DEV, wanted)
+    if missing := [n for n in wanted if f"\n{n}==" not in f"\n{extra}".lower()]:
+        return f"install failed: {', '.join(missing)} not locked in requirements/dev.txt"
+    extra_path = os.path.join(root, "conveyor-extras.txt")
     with open(extra_path, "w") as f:
         f.write(extra)
     steps = [
