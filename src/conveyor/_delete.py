@@ -48,10 +48,14 @@ def delete(app: Conveyor, job_ids: Sequence[str]) -> dict[str, JobStatus | None]
     return out
 
 
-def kept(app: Conveyor, job_id: str) -> JobNotEnded | JobNotFound:
-    """Why ``delete`` left a job as it is, as the error to show: its worker holds a live
-    lease on it, or it went meanwhile (deleted, purged or expired)."""
-    [record] = app.broker.get([job_id])
-    if record is not None and record.status is JobStatus.RUNNING:
-        return JobNotEnded(job_id, record.status, action="delete")
-    return JobNotFound(f"job {job_id!r} was deleted, purged or expired meanwhile")
+def kept(app: Conveyor, job_ids: Sequence[str]) -> dict[str, JobNotEnded | JobNotFound]:
+    """Why ``delete`` left each of ``job_ids`` as it is, as the error to show, read in one
+    call: its worker holds a live lease on it, or it went meanwhile (deleted, purged or
+    expired)."""
+    out: dict[str, JobNotEnded | JobNotFound] = {}
+    for job_id, record in zip(job_ids, app.broker.get(list(job_ids)), strict=True):
+        if record is not None and record.status is JobStatus.RUNNING:
+            out[job_id] = JobNotEnded(job_id, record.status, action="delete")
+        else:
+            out[job_id] = JobNotFound(f"job {job_id!r} was deleted, purged or expired meanwhile")
+    return out

@@ -315,12 +315,12 @@ def test_delete_takes_ended_and_pending_jobs_and_leaves_a_running_one(app: Conve
     assert [e.id for e in app.broker.entries(JobStatus.FAILED, None, 10)] == []
     assert app.job(queued.id).status is JobStatus.RUNNING  # not even asked to stop
     assert app.broker.renew([d], 30.0) == [LeaseState.OK]
-    why = kept(app, queued.id)  # what the CLI and the dashboard say
+    why = kept(app, [queued.id])[queued.id]  # what the CLI and the dashboard say
     assert isinstance(why, JobNotEnded) and why.job_id == queued.id
     assert "live lease" in str(why) and "delete it once it ended" in str(why)
     assert app.broker.finish([Finish(d, JobStatus.SUCCEEDED, b"1")]) == [True]
     assert app.delete([queued.id]) == {queued.id: JobStatus.SUCCEEDED}
-    assert isinstance(kept(app, queued.id), JobNotFound)
+    assert isinstance(kept(app, [queued.id])[queued.id], JobNotFound)
     with pytest.raises(TypeError, match="list of job ids"):
         app.delete(queued.id)
 

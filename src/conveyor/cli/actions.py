@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -12,9 +12,6 @@ from .._message import JobStatus, validate_job_id, validate_queue
 from ._load import app_options, open_app
 from ._output import emit_json, json_option
 from .jobs import ENDED
-
-if TYPE_CHECKING:
-    from .._app import Conveyor
 
 
 def _ids(job_ids: tuple[str, ...]) -> list[str]:
@@ -146,12 +143,11 @@ def purge(queue: str, yes: bool, as_json: bool, app_spec: str | None, url: str |
         click.echo(f"purged {purged} job(s) from {queue}")
 
 
-def _deleted(app: Conveyor, job_id: str, was: JobStatus | None) -> dict[str, Any]:
+def _deleted(job_id: str, was: JobStatus | None, why: Exception | None) -> dict[str, Any]:
     """One id's result: deleted (with the status it had), or why it was left as it is."""
     if was is not None:
         return {"id": job_id, "outcome": "deleted", "status": was.value,
                 "message": f"deleted {job_id} (it was {was})"}  # fmt: skip
-    why = kept(app, job_id)
     if isinstance(why, JobNotEnded):
         return {"id": job_id, "outcome": "running", "status": "running", "message": str(why)}
     return {"id": job_id, "outcome": "not_found", "status": None, "message": str(why)}
@@ -173,7 +169,9 @@ def delete(job_ids: tuple[str, ...], as_json: bool, app_spec: str | None, url: s
     """
     ids = _ids(job_ids)
     app = open_app(app_spec, url)
-    results = [_deleted(app, i, was) for i, was in app.delete(ids).items()]
+    found = app.delete(ids)
+    why = kept(app, [i for i, was in found.items() if was is None])  # one read for all left
+    results = [_deleted(i, was, why.get(i)) for i, was in found.items()]
     if as_json:
         done = sum(r["outcome"] == "deleted" for r in results)
         emit_json({"deleted": done, "jobs": results})

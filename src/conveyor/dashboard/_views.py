@@ -211,7 +211,7 @@ class Dashboard:
         (running under a live lease: 409; gone meanwhile: 404)."""
         was = self.app.delete([job_id])[job_id]
         if was is None:
-            raise kept(self.app, job_id)
+            raise kept(self.app, [job_id])[job_id]
         return f"deleted {job_id} (it was {was})"
 
     def requeue_all(self, queue: str, status: str) -> str:
