@@ -119,14 +119,13 @@ local function deliver(q, p, sid, flat)
   given = given + 1  -- a token of its own (a multi-queue round collects before `out`)
   local token = ARGV[TOKEN_BASE + given]
   local n = (tonumber(job[3]) or 0) + 1  -- enqueue writes no count: none yet
-  local until_ms = NOW + LEASE
   -- (The lease's expiry is the job's score in the running index, not a field: each field
   -- an HSET writes into a compact hash costs the server about half a microsecond.)
-  redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', n,
-    'consumer', CONSUMER, 'updated_at', NOW)
+  redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', DIGITS[n],
+    'consumer', CONSUMER, 'updated_at', DIGITS[NOW])
   local add = leased[q.running]
   if not add then add = {}; leased[q.running] = add end
-  add[#add + 1] = until_ms
+  add[#add + 1] = DIGITS[NOW + LEASE]
   add[#add + 1] = id
   -- (A job without payload anywhere, e.g. written by hand, goes out empty: the worker
   -- dead-letters it, and the rest of the reply is not lost with it.)
