@@ -109,10 +109,14 @@ local function deliver(q, p, sid, flat)
       'key', '', 'cancel', '0', 'updated_at', NOW, 'expires_at', '', 'result', '', 'reason', '')
   end
   local key = JOB_PREFIX .. id
-  local job = redis.call('HMGET', key, 'status', 'sid', 'deliveries', 'expires_at', 'payload')
-  local status, expires = job[1], job[4]
-  if not status or (expires and expires ~= '' and tonumber(expires) <= NOW) or job[2] ~= sid
-      or (status ~= 'queued' and status ~= 'running') then
+  -- (Its payload only when the entry has none, and no expires_at: only an ended job has
+  -- one, and an ended job is stale here; requeue clears it. A field read costs the server
+  -- a walk of the compact hash, the whole of it for a field that is not there.)
+  local in_entry = not f and flat[4]
+  local job = in_entry and redis.call('HMGET', key, 'status', 'sid', 'deliveries')
+    or redis.call('HMGET', key, 'status', 'sid', 'deliveries', 'payload')
+  local status = job[1]
+  if not status or job[2] ~= sid or (status ~= 'queued' and status ~= 'running') then
     drop_entry(q.s[p], sid)
     return nil
   end
@@ -129,7 +133,7 @@ local function deliver(q, p, sid, flat)
   add[#add + 1] = id
   -- (A job without payload anywhere, e.g. written by hand, goes out empty: the worker
   -- dead-letters it, and the rest of the reply is not lost with it.)
-  return {id, q.name, (not f and flat[4]) or job[5] or '', token, n, p}
+  return {id, q.name, in_entry or job[4] or '', token, n, p}
 end
 
 -- The running-index entries deliver put off, added once per index before the script ends
