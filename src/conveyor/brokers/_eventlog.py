@@ -17,7 +17,8 @@ PER_RECORD = 64  # events per record at most (Redis: common.lua's EVENTS_PER_ENT
 
 
 def frame(event: bytes) -> bytes:
-    return b"%d:%b" % (len(event), bytes(event))
+    # (A concatenation, not b"%d:%b": a third of the time, and this runs twice per job.)
+    return b"%d:" % len(event) + event
 
 
 def unframe(body: bytes) -> list[bytes]:
@@ -41,7 +42,7 @@ def bodies(events: Sequence[bytes]) -> list[bytes]:
     """``events`` as the bodies of their records: framed, ``PER_RECORD`` to a body but the
     last, which has the rest."""
     return [
-        b"".join([frame(e) for e in events[at : at + PER_RECORD]])
+        b"".join([b"%d:" % len(e) + e for e in events[at : at + PER_RECORD]])  # frame, inlined
         for at in range(0, len(events), PER_RECORD)
     ]
 
