@@ -15,7 +15,7 @@ import click
 
 from .._errors import ConveyorError
 from .._inspect import redact
-from . import _logs
+from . import _deferred, _logs
 
 # command -> (its module in this package, the click command's name there)
 COMMANDS = {
@@ -73,6 +73,7 @@ def cli(ctx: click.Context, verbose: bool) -> None:
 
 
 def main() -> None:
+    _deferred.defer_all()  # before a command imports redis-py
     run(cli, "conveyor")
 
 
