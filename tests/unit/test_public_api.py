@@ -198,8 +198,10 @@ def test_the_worker_command_loads_only_what_a_worker_runs() -> None:
             and m
             not in (
                 "conveyor.cli._deferred",
+                "conveyor.cli._group",
                 "conveyor.cli._load",
                 "conveyor.cli._logs",
+                "conveyor.cli._workerrun",
                 "conveyor.cli.worker",
             )
         )
