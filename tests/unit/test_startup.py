@@ -155,3 +155,12 @@ def test_a_bad_log_level_in_the_environment_is_left_to_click(
     assert _fast.worker_command(["worker", "shop.tasks"]) is None
     monkeypatch.setenv("CONVEYOR_LOG_LEVEL", "debug")
     assert _fast.worker_command(["worker", "shop.tasks"]) is not None
+
+
+def test_importing_a_module_of_a_deferred_package_loads_the_package_first() -> None:
+    code = (
+        "import sys; from conveyor.cli import _deferred; _deferred.defer_all();"
+        "import importlib.metadata._meta;"
+        "print(type(sys.modules['importlib.metadata']).__name__)"
+    )
+    assert _run(code) == "module"

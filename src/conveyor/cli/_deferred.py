@@ -23,9 +23,11 @@ DEFERRED = ("importlib.metadata",)
 
 class _OnFirstUse(types.ModuleType):
     """A module whose code has not run yet: the import system's own attributes
-    (``__spec__``, ``__path__``, ...) are there, so importing it again does not load it;
+    (``__spec__``, ``__name__``, ...) are there, so importing it again does not load it;
     the first other name looked up runs its code (once, under a lock: a thread that asks
-    meanwhile waits) and is then looked up in the loaded module."""
+    meanwhile waits) and is then looked up in the loaded module. A package's ``__path__``
+    is one of those names: importing one of its modules loads the package first, as an
+    import always does."""
 
     def __getattr__(self, name: str) -> Any:
         spec = self.__spec__
@@ -35,6 +37,8 @@ class _OnFirstUse(types.ModuleType):
                 if spec.name in _LOADING:  # its own code looks up a name not defined yet
                     raise AttributeError(f"partially loaded module {spec.name!r} has no {name!r}")
                 _LOADING.add(spec.name)
+                if spec.submodule_search_locations is not None:
+                    self.__path__ = spec.submodule_search_locations
                 try:
                     spec.loader.exec_module(self)
                 except BaseException:  # as a failed import: the next one tries afresh
@@ -63,6 +67,7 @@ def defer(name: str) -> None:
     if spec is None or spec.loader is None:
         return
     module = importlib.util.module_from_spec(spec)
+    vars(module).pop("__path__", None)
     module.__class__ = _OnFirstUse
     sys.modules[name] = module
     if parent:  # ``from importlib import metadata`` takes the attribute when it is there
