@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 from .._app import Conveyor
 from .._errors import ConfigurationError, InvalidURL
 from ..brokers import check_url, load_adapter, redact_url
-from ..brokers.postgres._url import SCHEMES as POSTGRES_SCHEMES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -122,9 +121,16 @@ def on_broker(app: Conveyor, url: str | None, spec: str | None, *, create: bool)
         if not os.path.exists(path):
             raise ConfigurationError(missing_database(records, path, bool(url), spec))
         app.open(create=False)  # a file that is not a Conveyor database is refused too
-    elif not create and check_url(records) in POSTGRES_SCHEMES:
+    elif not create and _postgres(records):
         app.open(create=False)  # a schema without Conveyor's tables is refused, not made
     return app
+
+
+def _postgres(url: str) -> bool:
+    """Whether ``url`` is a PostgreSQL broker's (its package imported only when asked)."""
+    from ..brokers.postgres._url import SCHEMES
+
+    return check_url(url) in SCHEMES
 
 
 def sqlite_file(url: str) -> str | None:
