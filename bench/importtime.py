@@ -10,9 +10,10 @@ only ever adds time), printed as the import tree down to a threshold. Not part o
     .venv/bin/python bench/importtime.py --worker --beyond "import redis, click, hiredis" \
         --python bench/.venv-peers/conveyor/bin/python   # what the worker adds to those
 
-``--worker`` times what ``conveyor worker`` imports before its first fetch: the command,
-the app module of ``bench/conveyor_runner.py`` and the worker (the broker's client is
-imported when the broker opens, so it is counted too).
+``--worker`` times what ``conveyor worker`` imports before its first fetch: the command
+(its plain reader, and the modules it defers, when the checkout has them), the app module
+of ``bench/conveyor_runner.py`` and the worker (the broker's client is imported when the
+broker opens, so it is counted too).
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 LINE = re.compile(r"import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)")
 WORKER = (
-    "import conveyor.cli, conveyor.cli.worker, conveyor.worker, conveyor.brokers.redis, "
-    "conveyor_runner"
+    "import conveyor.cli\n"
+    "try:\n"
+    "    from conveyor.cli import _deferred, _fast\n"
+    "except ImportError:\n"  # a checkout from before the plain reader: the click command
+    "    import conveyor.cli.worker\n"
+    "else:\n"
+    "    _deferred.defer_all()\n"
+    "import conveyor.worker, conveyor.brokers.redis, conveyor_runner"
 )
 Node = tuple[str, list["Node"]]
 

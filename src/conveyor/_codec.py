@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import pickle
 import sys
 from collections.abc import Iterator
 from typing import Any, Literal, TypeVar
@@ -131,6 +130,8 @@ class Codec:
         body = self._unframe(data)
         try:
             if self.serializer == "pickle":
+                import pickle  # on first use: a JSON app's processes never load it (~2 ms)
+
                 obj = pickle.loads(body)  # signature verified above
                 return msgspec.convert(obj, type_) if type_ is not object else obj
             return decoder.decode(body)
@@ -226,6 +227,8 @@ def _what(obj: Any) -> str:
 
 
 def _pickled(obj: Any) -> bytes:
+    import pickle
+
     try:
         return pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
     except Exception as exc:  # PicklingError, TypeError, AttributeError, RecursionError, ...
@@ -235,6 +238,8 @@ def _pickled(obj: Any) -> bytes:
 def _unpicklable(obj: Any, error: Exception) -> str:
     """Which part of ``obj`` pickle refused, and why: the deepest list item or dict value
     that fails on its own."""
+    import pickle
+
     for trail, value in _parts(obj):
         try:
             pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
@@ -250,6 +255,8 @@ def _unpicklable(obj: Any, error: Exception) -> str:
 
 
 def _deepest(value: Any, trail: Trail, error: Exception) -> tuple[Trail, Exception]:
+    import pickle
+
     while isinstance(value, list | tuple | dict):
         items = value.items() if isinstance(value, dict) else enumerate(value)
         for key, item in items:

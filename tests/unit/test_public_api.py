@@ -195,7 +195,15 @@ def test_the_worker_command_loads_only_what_a_worker_runs() -> None:
         or m in ("conveyor.scheduler", "conveyor._cron", "conveyor.contrib")
         or (
             m.startswith("conveyor.cli.")
-            and m not in ("conveyor.cli._load", "conveyor.cli._logs", "conveyor.cli.worker")
+            and m
+            not in (
+                "conveyor.cli._deferred",
+                "conveyor.cli._group",
+                "conveyor.cli._load",
+                "conveyor.cli._logs",
+                "conveyor.cli._workerrun",
+                "conveyor.cli.worker",
+            )
         )
     ]
     assert unwanted == []

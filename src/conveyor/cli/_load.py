@@ -14,18 +14,17 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-import click
-
 from .._app import Conveyor
 from .._errors import ConfigurationError, InvalidURL
 from ..brokers import check_url, load_adapter, redact_url
-from ..brokers.postgres._url import SCHEMES as POSTGRES_SCHEMES
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
 def app_options(fn: F) -> F:
     """``-A/--app`` and ``--url``, the same on every command."""
+    import click
+
     fn = click.option(
         "--url",
         envvar="CONVEYOR_URL",
@@ -54,25 +53,32 @@ def load_app(spec: str) -> tuple[Conveyor, str]:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise click.UsageError(
+        raise _usage(
             f"cannot import {module_name!r}: {exc}. Run from the folder that contains it, "
             "or set PYTHONPATH."
         ) from exc
     if attr:
         app = getattr(module, attr, None)
         if not isinstance(app, Conveyor):
-            raise click.UsageError(f"{spec!r} is not a Conveyor application")
+            raise _usage(f"{spec!r} is not a Conveyor application")
         return app, module_name
     candidate = getattr(module, "app", None)
     if isinstance(candidate, Conveyor):
         return candidate, module_name
     apps = [v for v in vars(module).values() if isinstance(v, Conveyor)]
     if len(apps) != 1:
-        raise click.UsageError(
+        raise _usage(
             f"found {len(apps)} Conveyor applications in {module_name!r}; "
             f"name one as {module_name}:NAME"
         )
     return apps[0], module_name
+
+
+def _usage(message: str) -> Exception:
+    """click's usage error: exit code 2, the command's usage line above the message."""
+    import click
+
+    return click.UsageError(message)
 
 
 def use_url(app: Conveyor, url: str) -> None:
@@ -115,9 +121,16 @@ def on_broker(app: Conveyor, url: str | None, spec: str | None, *, create: bool)
         if not os.path.exists(path):
             raise ConfigurationError(missing_database(records, path, bool(url), spec))
         app.open(create=False)  # a file that is not a Conveyor database is refused too
-    elif not create and check_url(records) in POSTGRES_SCHEMES:
+    elif not create and _postgres(records):
         app.open(create=False)  # a schema without Conveyor's tables is refused, not made
     return app
+
+
+def _postgres(url: str) -> bool:
+    """Whether ``url`` is a PostgreSQL broker's (its package imported only when asked)."""
+    from ..brokers.postgres._url import SCHEMES
+
+    return check_url(url) in SCHEMES
 
 
 def sqlite_file(url: str) -> str | None:
