@@ -10,7 +10,8 @@ the ``store`` URL and driven through its primitives, unchanged. Every rule of th
 RabbitMQ carries **tickets**: a message whose body is a job id, published to the job's
 queue (a durable quorum queue, ``_link``) with publisher confirms after its record is
 written: on enqueue (queued or scheduled, not parked), on a retry, a release, a promote,
-a requeue and a resume. A worker consumes its queues with manual acknowledgements and a
+a requeue and a resume, and for the jobs a finish, cancel, purge or delete releases from
+their dependencies (``_waits``). A worker consumes its queues with manual acknowledgements and a
 prefetch sized like its buffer. A fetch's look claims from the store (highest priority
 first, the store's order), then settles the tickets it holds: those of jobs still queued
 stay unacknowledged for a later look, the others (claimed, ended, scheduled, unknown) are

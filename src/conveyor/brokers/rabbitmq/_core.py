@@ -97,7 +97,11 @@ class Fetching(Watch[Claimed]):
         self._link.settle(done, [t for t in tickets if t.job_id in queued])
 
 
-def due_tickets(store: Broker, ids: Sequence[str | None]) -> list[tuple[str, str]]:
+def due_tickets(
+    store: Broker,
+    ids: Sequence[str | None],
+    wanted: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.SCHEDULED),
+) -> list[tuple[str, str]]:
     """``(queue, id)`` tickets for the jobs of ``ids`` that are queued or scheduled (not
     parked): what a worker should look at the store for."""
     known = [i for i in ids if i is not None]
@@ -105,5 +109,9 @@ def due_tickets(store: Broker, ids: Sequence[str | None]) -> list[tuple[str, str
         return []
     with store._errors:
         records = store._get(known)
-    wanted = (JobStatus.QUEUED, JobStatus.SCHEDULED)
     return [(r.queue, r.id) for r in records if r is not None and r.status in wanted]
+
+
+def queued_tickets(store: Broker, ids: Sequence[str | None]) -> list[tuple[str, str]]:
+    """The tickets of the jobs of ``ids`` that are queued (a scheduled one may be parked)."""
+    return due_tickets(store, ids, (JobStatus.QUEUED,))
