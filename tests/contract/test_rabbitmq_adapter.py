@@ -20,7 +20,7 @@ import pytest
 
 from conveyor._message import Delivery, Envelope, JobStatus
 from conveyor.brokers import Broker, open_broker
-from conveyor.brokers._port import Finish
+from conveyor.brokers._port import PARKED, Finish
 from conveyor.testing.conformance import envelope
 from redis_server import RedisServer, unique_prefix
 
@@ -159,3 +159,24 @@ def test_a_cancel_delete_or_purge_publishes_the_tickets_of_the_jobs_it_releases(
         "purge": lambda: worker.purge("default"),
     }
     _prompt(other, ends[end], child.id)
+
+
+def test_promote_requeue_and_a_due_retry_publish_tickets(
+    worker: Broker, other: Broker, redis_server: RedisServer, prefix: str
+) -> None:
+    """The other ways a job becomes due in a queue the caller does not serve."""
+    step = envelope(queue="other", eta=PARKED)
+    worker.enqueue([step])
+    _prompt(other, lambda: worker.promote(step.id, b"ready"), step.id)
+    failed = envelope(queue="other")
+    with open_broker(redis_server.url, prefix=prefix) as store:  # fails it, holding no ticket
+        store.enqueue([failed])
+        (got,) = store.fetch(["other"], "w3", 10, LEASE, 0.0)
+        assert store.finish([Finish(got, JobStatus.FAILED, result=b"no")]) == [True]
+    _prompt(other, lambda: worker.requeue([(failed.id, b"again")]), failed.id)
+    retried = envelope()
+    worker.enqueue([retried])
+    (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    later = msgspec.structs.replace(retried, queue="other", eta=time.time() + 0.5)
+    retry = Finish(got, JobStatus.SCHEDULED, retry=later)
+    _prompt(other, lambda: worker.finish([retry]), retried.id)
