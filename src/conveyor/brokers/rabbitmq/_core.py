@@ -81,18 +81,24 @@ class Fetching(Watch[Claimed]):
         got, due_in = self._watch.look()
         tickets = self._link.take(self._queues)
         if tickets:
-            self._settle(tickets, {d.id for d in got})
+            self._settle(tickets, {d.id for d in got}, full=len(got) >= self._count)
         return got, due_in
 
     def sleep_then_look(self, seconds: float) -> Claimed:
         self._link.wait(self._seen, min(seconds, self._sweep))
         return self.look()
 
-    def _settle(self, tickets: list[Ticket], claimed: set[str]) -> None:
-        asked = list(dict.fromkeys(t.job_id for t in tickets if t.job_id not in claimed))
-        with self._store._errors:
-            records = self._store._get(asked) if asked else []
-        queued = {r.id for r in records if r is not None and r.status is JobStatus.QUEUED}
+    def _settle(self, tickets: list[Ticket], claimed: set[str], *, full: bool) -> None:
+        """``full``: the look claimed all it could, so more jobs are queued; the tickets of
+        jobs it did not claim are kept without asking the store (most are of those jobs: a
+        drain pays no read per look), for the first look that is not full to settle."""
+        if full:
+            queued = {t.job_id for t in tickets if t.job_id not in claimed}
+        else:
+            asked = list(dict.fromkeys(t.job_id for t in tickets if t.job_id not in claimed))
+            with self._store._errors:
+                records = self._store._get(asked) if asked else []
+            queued = {r.id for r in records if r is not None and r.status is JobStatus.QUEUED}
         done = [t for t in tickets if t.job_id not in queued]
         self._link.settle(done, [t for t in tickets if t.job_id in queued])
 

@@ -22,7 +22,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -77,6 +77,10 @@ class Link:
         self._declared: dict[str, AbstractQueue] = {}
         self._consumed: set[str] = set()
         self._consumer: AbstractChannel | None = None
+        # The consuming channel's deliveries not settled yet, in delivery-tag order (the loop
+        # thread's alone): a run of them settled at once is acknowledged with one frame.
+        self._held: OrderedDict[int, AbstractIncomingMessage] = OrderedDict()
+        self._held_on: object = None  # their channel (a new one after a reconnection)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="conveyor-amqp", daemon=True
@@ -183,6 +187,10 @@ class Link:
             self._consumed.add(queue)
 
     async def _arrived(self, queue: str, message: AbstractIncomingMessage) -> None:
+        if message.channel is not self._held_on:  # reconnected: its tags start again
+            self._held_on, self._held = message.channel, OrderedDict()
+        if message.delivery_tag is not None:
+            self._held[message.delivery_tag] = message
         ticket = Ticket(message.body.decode("utf-8", "replace"), queue, message, time.monotonic())
         with self._cond:
             self._buffers.setdefault(queue, deque()).append(ticket)
@@ -215,10 +223,22 @@ class Link:
             self._soon(self._ack([t.message for t in done]))
 
     async def _ack(self, messages: list[AbstractIncomingMessage], requeue: bool = False) -> None:
-        for message in messages:
-            # A ticket of a channel that closed since is redelivered by RabbitMQ anyway.
+        """Acknowledge (or hand back) ``messages``; the oldest held deliveries among them,
+        up to the first one kept, with one ``multiple`` ack."""
+        mine = {m.delivery_tag for m in messages if m.channel is self._held_on}
+        last: AbstractIncomingMessage | None = None
+        while not requeue and self._held and next(iter(self._held)) in mine:
+            tag, last = self._held.popitem(last=False)
+            mine.discard(tag)
+        # A ticket of a channel that closed since is redelivered by RabbitMQ anyway.
+        if last is not None:
             with contextlib.suppress(Exception):
-                await (message.nack(requeue=True) if requeue else message.ack())
+                await last.ack(multiple=True)
+        for message in messages:
+            if message.delivery_tag in mine or message.channel is not self._held_on:
+                self._held.pop(message.delivery_tag or 0, None)
+                with contextlib.suppress(Exception):
+                    await (message.nack(requeue=True) if requeue else message.ack())
 
     async def _age(self) -> None:
         """Hand back the tickets held past ``HOLD`` (no look settled them)."""
