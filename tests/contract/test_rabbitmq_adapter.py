@@ -180,3 +180,18 @@ def test_promote_requeue_and_a_due_retry_publish_tickets(
     later = msgspec.structs.replace(retried, queue="other", eta=time.time() + 0.5)
     retry = Finish(got, JobStatus.SCHEDULED, retry=later)
     _prompt(other, lambda: worker.finish([retry]), retried.id)
+
+
+def test_a_big_batch_shares_its_tickets_out(rabbitmq_url: str, worker: Broker, prefix: str) -> None:
+    jobs = [envelope() for _ in range(200)]
+    worker.enqueue(jobs)
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 50  # 200 jobs, 4 a ticket (<= 64)
+    ran: set[str] = set()
+    while len(ran) < len(jobs):
+        got = worker.fetch(["default"], "w", 30, LEASE, 5.0)
+        assert got, "a job was left without a ticket"
+        worker.finish([Finish(d, JobStatus.SUCCEEDED, result=b"ok") for d in got])
+        ran |= {d.id for d in got}
+    assert worker.fetch(["default"], "w", 30, LEASE, 0.5) == []  # settles what it holds
+    worker.close()  # an unacknowledged ticket would be ready again now
+    assert ran == {j.id for j in jobs} and _ready(rabbitmq_url, f"{prefix}.default") == 0

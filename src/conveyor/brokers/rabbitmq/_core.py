@@ -4,6 +4,7 @@ in (inside the store's own error boundary), the link to RabbitMQ, and the watche
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from ..._message import JobStatus
@@ -89,18 +90,27 @@ class Fetching(Watch[Claimed]):
         return self.look()
 
     def _settle(self, tickets: list[Ticket], claimed: set[str], *, full: bool) -> None:
-        """``full``: the look claimed all it could, so more jobs are queued; the tickets of
-        jobs it did not claim are kept without asking the store (most are of those jobs: a
-        drain pays no read per look), for the first look that is not full to settle."""
+        """Acknowledge the tickets none of whose jobs is queued any more; keep the others,
+        with the ids still queued. ``full``: the look claimed all it could, so more jobs are
+        queued: the jobs it did not claim are taken for queued without asking the store
+        (most are: a drain pays no read per look), for the first look that is not full to
+        settle."""
         if full:
-            queued = {t.job_id for t in tickets if t.job_id not in claimed}
+            queued = {i for t in tickets for i in t.job_ids if i not in claimed}
         else:
-            asked = list(dict.fromkeys(t.job_id for t in tickets if t.job_id not in claimed))
+            asked = list(dict.fromkeys(i for t in tickets for i in t.job_ids if i not in claimed))
             with self._store._errors:
                 records = self._store._get(asked) if asked else []
             queued = {r.id for r in records if r is not None and r.status is JobStatus.QUEUED}
-        done = [t for t in tickets if t.job_id not in queued]
-        self._link.settle(done, [t for t in tickets if t.job_id in queued])
+        done: list[Ticket] = []
+        kept: list[Ticket] = []
+        for ticket in tickets:
+            left = tuple(i for i in ticket.job_ids if i in queued)
+            if not left:
+                done.append(ticket)
+            else:
+                kept.append(ticket if left == ticket.job_ids else replace(ticket, job_ids=left))
+        self._link.settle(done, kept)
 
 
 def due_tickets(

@@ -6,11 +6,17 @@ durable quorum queue ``p.q`` of the URL's virtual host, reached through the defa
 exchange. Its arguments never change (RabbitMQ refuses a queue declared again with other
 arguments): ``x-queue-type: quorum`` and ``x-delivery-limit: DELIVERY_LIMIT``, a safety
 net only (a ticket dropped past it loses nothing: the record is in the store, and the
-sweep finds it). A message is a *ticket*: its body is a job id, persistent, published
-after the job's record is written; a worker acknowledges it once the record says the job
-is no longer queued (claimed, ended, scheduled, gone). A ticket held longer than ``HOLD``
-seconds by a consumer that does not look (a busy worker, a paused queue) is handed back
-(``nack`` with requeue) for another worker.
+sweep finds it).
+
+A message is a *ticket*: its body is job ids of one queue (separated by spaces, which no
+id holds), persistent, published after the jobs' records are written; a worker
+acknowledges it once the records say none of its jobs is queued any more (claimed, ended,
+scheduled, gone). A publish of up to ``TICKETS`` jobs to a queue makes a ticket per job; a
+bigger batch shares ``TICKETS`` tickets out (a drain of a bulk enqueue then costs RabbitMQ
+and the worker one delivery and acknowledgement per few jobs, and still wakes up to
+``TICKETS`` idle workers). A ticket held longer than ``HOLD`` seconds by a consumer that
+does not look (a busy worker, a paused queue) is handed back (``nack`` with requeue) for
+another worker.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ log = logging.getLogger("conveyor")
 T = TypeVar("T")
 
 DELIVERY_LIMIT = 20  # RabbitMQ's own bound on a ticket's redeliveries (a safety net)
+TICKETS = 64  # tickets a publish to one queue makes at most (more jobs share them)
 HOLD = 60.0  # seconds a consumer keeps a ticket it has not settled before handing it back
 HANDSHAKE_TIMEOUT = 10.0  # seconds one attempt to connect waits for the server
 CONNECT_ATTEMPTS = 3
@@ -50,12 +57,26 @@ CONNECT_TIMEOUT = 35.0  # seconds to connect (every attempt), declare, start con
 
 @dataclass(frozen=True)
 class Ticket:
-    """A job id RabbitMQ delivered, waiting for a look to settle it."""
+    """Job ids RabbitMQ delivered, waiting for a look to settle them (those of them still
+    queued, once a look has seen some go)."""
 
-    job_id: str
+    job_ids: tuple[str, ...]
     queue: str
     message: AbstractIncomingMessage
     arrived: float  # time.monotonic()
+
+
+def bodies(tickets: Sequence[tuple[str, str]]) -> list[tuple[str, bytes]]:
+    """The messages of ``(queue, job id)`` tickets: ``(queue, body)``, at most ``TICKETS``
+    per queue, the jobs shared out in order."""
+    by_queue: dict[str, list[str]] = {}
+    for queue, job_id in tickets:
+        by_queue.setdefault(queue, []).append(job_id)
+    out: list[tuple[str, bytes]] = []
+    for queue, ids in by_queue.items():
+        each = -(-len(ids) // TICKETS)
+        out += [(queue, " ".join(ids[i : i + each]).encode()) for i in range(0, len(ids), each)]
+    return out
 
 
 class Link:
@@ -141,12 +162,10 @@ class Link:
         await asyncio.gather(
             *(
                 exchange.publish(
-                    aio_pika.Message(
-                        job_id.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-                    ),
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                     routing_key=self.name(queue),
                 )
-                for queue, job_id in tickets
+                for queue, body in bodies(tickets)
             )
         )
 
@@ -191,7 +210,8 @@ class Link:
             self._held_on, self._held = message.channel, OrderedDict()
         if message.delivery_tag is not None:
             self._held[message.delivery_tag] = message
-        ticket = Ticket(message.body.decode("utf-8", "replace"), queue, message, time.monotonic())
+        ids = tuple(message.body.decode("utf-8", "replace").split())
+        ticket = Ticket(ids, queue, message, time.monotonic())
         with self._cond:
             self._buffers.setdefault(queue, deque()).append(ticket)
             self.arrivals += 1
