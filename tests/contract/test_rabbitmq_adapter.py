@@ -195,3 +195,27 @@ def test_a_big_batch_shares_its_tickets_out(rabbitmq_url: str, worker: Broker, p
     assert worker.fetch(["default"], "w", 30, LEASE, 0.5) == []  # settles what it holds
     worker.close()  # an unacknowledged ticket would be ready again now
     assert ran == {j.id for j in jobs} and _ready(rabbitmq_url, f"{prefix}.default") == 0
+
+
+def test_classic_queues_are_opt_in(rabbitmq_url: str, redis_server: RedisServer) -> None:
+    import aio_pika
+    import aiormq.exceptions
+
+    prefix = unique_prefix()
+    url = f"{rabbitmq_url}?sweep=30&queue_type=classic"
+    with open_broker(url, store=redis_server.url, prefix=prefix) as worker:
+        assert worker.fetch(["default"], "w", 10, LEASE, 0.0) == []  # consuming
+        job = envelope()
+        worker.enqueue([job])
+        start = time.monotonic()
+        (got,) = worker.fetch(["default"], "w", 10, LEASE, 10.0)
+        assert got.id == job.id and time.monotonic() - start < 2  # its ticket woke it
+
+    async def declare_as_quorum() -> None:
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            channel = await connection.channel()
+            arguments = {"x-queue-type": "quorum"}
+            await channel.declare_queue(f"{prefix}.default", durable=True, arguments=arguments)
+
+    with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+        asyncio.run(declare_as_quorum())  # it is a classic queue

@@ -3,10 +3,10 @@ published with publisher confirms, and consumed into buffers the fetch watches r
 
 Topology (the one place it is defined): a Conveyor queue ``q`` of prefix ``p`` is the
 durable quorum queue ``p.q`` of the URL's virtual host, reached through the default
-exchange. Its arguments never change (RabbitMQ refuses a queue declared again with other
-arguments): ``x-queue-type: quorum`` and ``x-delivery-limit: DELIVERY_LIMIT``, a safety
-net only (a ticket dropped past it loses nothing: the record is in the store, and the
-sweep finds it).
+exchange (a durable classic queue with ``?queue_type=classic``). Its arguments never change
+(RabbitMQ refuses a queue declared again with other arguments): ``x-queue-type: quorum``
+and ``x-delivery-limit: DELIVERY_LIMIT``, a safety net only (a ticket dropped past it
+loses nothing: the record is in the store, and the sweep finds it).
 
 A message is a *ticket*: its body is job ids of one queue (separated by spaces, which no
 id holds), persistent, published after the jobs' records are written; a worker
@@ -86,6 +86,11 @@ class Link:
     def __init__(self, url: RabbitURL, prefix: str) -> None:
         self._url = url
         self._prefix = url.queues or prefix
+        self._arguments: dict[str, Any] = (
+            {"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT}
+            if url.queue_type == "quorum"
+            else {"x-queue-type": "classic"}  # no delivery limit there (quorum queues only)
+        )
         self._cond = threading.Condition()
         self._warned = 0.0
         self._start()
@@ -174,9 +179,7 @@ class Link:
         found = self._declared.get(key)
         if found is None:
             found = await channel.declare_queue(
-                self.name(queue),
-                durable=True,
-                arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT},
+                self.name(queue), durable=True, arguments=self._arguments
             )
             self._declared[key] = found
         return found
