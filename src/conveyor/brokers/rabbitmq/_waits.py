@@ -84,12 +84,12 @@ class Waits:
         waiting = list(dict.fromkeys(job for _, job in hits))
         with self._store._errors:
             records = self._store._get(waiting)
-        tickets = [
-            (r.queue, r.id) for r in records if r is not None and r.status is JobStatus.QUEUED
-        ]
-        parked = {r.id for r in records if r is not None and r.status is JobStatus.SCHEDULED}
-        settled = {p for p in hits if p[1] not in parked or ended}
-        settled |= {p for p in pairs if p[1] in waiting and p[1] not in parked}
+        found = {r.id: r for r in records if r is not None}
+        tickets = [(r.queue, r.id) for r in found.values() if r.status is JobStatus.QUEUED]
+        # Parked, or not written yet (its enqueue notes the pairs first): it still waits.
+        parked = {j for j in waiting if j not in found or found[j].status is JobStatus.SCHEDULED}
+        settled = {p for p in hits if ended or p[1] not in parked}
+        settled |= {p for p in pairs if p[1] in found and p[1] not in parked}
         self._drop(settled)
         return tickets
 
