@@ -10,7 +10,9 @@ and for W4-io-async).
 * ``conveyor``: the default app (events on, no middleware);
 * ``conveyor-noevents``: ``Conveyor(events=False)``;
 * ``conveyor-prometheus``: ``PrometheusMiddleware`` in the app, and the worker serving it
-  with ``--metrics-port 0`` (a free port; nothing scrapes it during the run).
+  with ``--metrics-port 0`` (a free port; nothing scrapes it during the run);
+* ``conveyor-classic`` (RabbitMQ only): ``?queue_type=classic``, classic queues instead of
+  quorum ones (docs/rabbitmq.md).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from peers import _env
 DIST = "conveyor"
 POOL = os.environ.get("BENCH_CONVEYOR_POOL", "threads")
 VARIANT = os.environ.get("BENCH_LIB", "conveyor")
-if VARIANT not in ("conveyor", "conveyor-noevents", "conveyor-prometheus"):
+if VARIANT not in ("conveyor", "conveyor-noevents", "conveyor-prometheus", "conveyor-classic"):
     raise SystemExit(f"conveyor_runner: unknown variant BENCH_LIB={VARIANT!r}")
 
 
@@ -49,7 +51,10 @@ if _env.BACKEND == "sqlite":
 elif _env.BACKEND == "postgres":
     app = Conveyor(_env.POSTGRES_URL, **_options())
 elif _env.BACKEND == "rabbitmq":  # RabbitMQ delivers, the run's Redis keeps the records
-    app = Conveyor(_env.AMQP_URL, store=_env.REDIS_URL, **_options())
+    classic = "?queue_type=classic" if VARIANT == "conveyor-classic" else ""
+    app = Conveyor(_env.AMQP_URL + classic, store=_env.REDIS_URL, **_options())
+elif VARIANT == "conveyor-classic":
+    raise SystemExit("conveyor_runner: conveyor-classic runs on --backend rabbitmq only")
 else:
     app = Conveyor(_env.REDIS_URL, **_options())
 

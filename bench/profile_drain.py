@@ -9,6 +9,8 @@ goes" in docs/architecture.md. Not part of bench/run.py (which compares against 
     .venv/bin/python bench/profile_drain.py --commandstats   # + the server's commands per job
     .venv/bin/python bench/profile_drain.py --calls    # + the worker's fetch and finish calls
     .venv/bin/python bench/profile_drain.py --events off   # Conveyor(events=False); default on
+    .venv/bin/python bench/profile_drain.py --rabbitmq   # the machine's RabbitMQ (a fresh vhost
+        # per run; beam.smp's CPU too), the records in the private redis-server
     .venv/bin/py-spy record -r 500 -f raw -o /tmp/drain.txt -- \\
         .venv/bin/python bench/profile_drain.py --reps 1 -n 30000          # where the time goes
 
@@ -39,6 +41,7 @@ import redis
 from conveyor import Conveyor
 from conveyor.worker import Worker
 
+from rabbitmq_server import RabbitServer
 from redis_server import main_thread_cpu_usec, private_redis
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -117,10 +120,49 @@ class Calls:
         print(f"    both in flight {both / span:4.0%} of the run")
 
 
+def beam_cpu() -> float:
+    """CPU seconds the machine's RabbitMQ (the oldest ``beam.smp``: ``rabbitmqctl`` runs one
+    too) has used so far; 0 where there is none."""
+    found: list[tuple[int, str]] = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/comm") as f:
+                    if f.read().strip() == "beam.smp":
+                        with open(f"/proc/{pid}/stat") as g:
+                            found.append((int(g.read().rpartition(")")[2].split()[19]), pid))
+            except OSError:
+                continue
+    return _cpu_of(f"/proc/{min(found)[1]}/stat") if found else 0.0
+
+
+def tickets_settled(app: Conveyor, timeout: float = 60.0) -> None:
+    """Wait until RabbitMQ holds no ticket of the worker's (none ready, none in its buffers):
+    a ticket settled after the last job is part of the drain's cost."""
+    import aio_pika
+
+    link = app.broker._link  # type: ignore[attr-defined]
+
+    async def ready() -> int:
+        async with await aio_pika.connect(link._url.connect) as connection:
+            channel = await connection.channel()
+            queue = await channel.declare_queue(link.name("default"), passive=True)
+            return queue.declaration_result.message_count or 0
+
+    deadline = time.monotonic() + timeout
+    quiet = 0
+    while quiet < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+        held = sum(len(b) for b in link._buffers.values()) + len(getattr(link, "_held", ()))
+        quiet = quiet + 1 if not held and not asyncio.run(ready()) else 0
+
+
 class Probe:
-    def __init__(self, n: int, admin: redis.Redis) -> None:
+    def __init__(self, n: int, admin: redis.Redis, rabbitmq: bool = False) -> None:
         self.n = n
         self.admin = admin
+        self.rabbitmq = rabbitmq
+        self.beam = [0.0, 0.0]
         self.lock = threading.Lock()
         self.count = 0
         self.first = 0.0
@@ -144,6 +186,8 @@ class Probe:
     def _mark(self, i: int) -> None:
         self.cpu[i] = time.process_time()
         self.server[i] = main_thread_cpu_usec(self.admin) / 1e6
+        if self.rabbitmq:
+            self.beam[i] = beam_cpu()
         self.threads.append(thread_cpu())
 
     def per_job(self) -> dict[str, float]:
@@ -159,6 +203,8 @@ class Probe:
                 roles[role] = roles.get(role, 0.0) + cpu - before.get(tid, (role, 0.0))[1]
         roles["job threads"] = total - sum(roles.values())
         out = {"worker": total * us, "redis-server": (self.server[1] - self.server[0]) * us}
+        if self.rabbitmq:
+            out["beam.smp"] = (self.beam[1] - self.beam[0]) * us
         out.update((role, cpu * us) for role, cpu in roles.items() if cpu > 0)
         return out
 
@@ -174,9 +220,13 @@ def one_run(
     commandstats: bool = False,
     calls: bool = False,
     events: bool = True,
+    rabbitmq: RabbitServer | None = None,
 ) -> tuple[float, dict[str, float]]:
-    app = Conveyor(url) if events else Conveyor(url, events=False)
-    probe = Probe(n, admin)
+    store = {} if rabbitmq is None else {"store": url}
+    if rabbitmq is not None:
+        url = rabbitmq.fresh_vhost()
+    app = Conveyor(url, **store) if events else Conveyor(url, events=False, **store)
+    probe = Probe(n, admin, rabbitmq is not None)
 
     @app.task(name="noop")
     def noop(i: int) -> int:
@@ -193,13 +243,12 @@ def one_run(
         return i
 
     task = anoop if pool == "async" else noop
-    app.broker._client.flushall()  # type: ignore[attr-defined]
+    admin.flushall()
     jobs = []
     for start in range(0, n, 1000):
         jobs += app.enqueue_many([task.s(i) for i in range(start, min(start + 1000, n))])
-    client = app.broker._client  # type: ignore[attr-defined]
     if commandstats:
-        client.config_resetstat()
+        admin.config_resetstat()
     traced = Calls(app.broker) if calls else None
     worker = Worker(app, concurrency=concurrency, pool=pool)
     thread = threading.Thread(target=worker.run, name="consumer")
@@ -207,10 +256,14 @@ def one_run(
     if not probe.done.wait(120):
         worker.stop(graceful=False)
         raise SystemExit(f"only {probe.count} of {n} jobs ran in 120 s")
+    if rabbitmq is not None:
+        tickets_settled(app)
+        probe.threads.pop()
+        probe._mark(1)  # the CPU until the last ticket is settled
     worker.stop()
     thread.join()
     if commandstats:
-        print_commandstats(client.info("commandstats"), n)
+        print_commandstats(admin.info("commandstats"), n)
     if traced is not None:
         traced.report(probe.first, probe.last)
     for i in (0, n // 2, n - 1):  # results stay on: spot-check a few
@@ -255,7 +308,11 @@ def main() -> None:
         default="on",
         help="publish job and worker events (the default), or Conveyor(events=False)",
     )
+    ap.add_argument(
+        "--rabbitmq", action="store_true", help="RabbitMQ delivers, the redis-server keeps"
+    )
     args = ap.parse_args()
+    rabbit = RabbitServer() if args.rabbitmq else None
     with private_redis() as server:
         admin = redis.Redis(port=server.port)
         rates, cpus = [], []
@@ -270,6 +327,7 @@ def main() -> None:
                 commandstats=args.commandstats,
                 calls=args.calls,
                 events=args.events == "on",
+                rabbitmq=rabbit,
             )
             rates.append(rate)
             cpus.append(cpu)
@@ -279,8 +337,10 @@ def main() -> None:
             f"median of {args.reps}: {statistics.median(rates):,.0f} jobs/s "
             f"({min(rates):,.0f}-{max(rates):,.0f}); CPU µs/job: {_cpus(medians)}; "
             f"n={args.n} c={args.concurrency} sleep={args.sleep} pool={args.pool} "
-            f"events={args.events}"
+            f"events={args.events}{' rabbitmq' if rabbit else ''}"
         )
+        if rabbit is not None:
+            rabbit.drop_vhost()
 
 
 def _cpus(cpu: dict[str, float]) -> str:

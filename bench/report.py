@@ -17,7 +17,7 @@ COLUMNS = ["conveyor", "raw", *PEERS["redis"]]  # the Redis table's, which chart
 BACKEND_NAMES = {"redis": "Redis", "postgres": "PostgreSQL", "rabbitmq": "RabbitMQ"}
 # Conveyor set up otherwise (bench/conveyor_runner.py): a column each when they ran, and a
 # table of their ratios to plain Conveyor.
-VARIANTS = ["conveyor-noevents", "conveyor-prometheus"]
+VARIANTS = ["conveyor-noevents", "conveyor-prometheus", "conveyor-classic"]
 W4_IDEAL = 5000.0  # 50 slots x 100 jobs/s each (10 ms jobs)
 # What follows this line in docs/benchmarks.md is written by other scripts: a run of
 # bench/run.py on Redis writes the page's head and keeps it.
@@ -300,7 +300,8 @@ def variants(cells: Cells) -> list[str]:
         "",
         "Plain `conveyor` has events on and no middleware; `conveyor-noevents` is "
         "`Conveyor(events=False)`; `conveyor-prometheus` has `PrometheusMiddleware` and its "
-        "worker serves `--metrics-port` (not scraped during the run). Medians; in brackets "
+        "worker serves `--metrics-port` (not scraped during the run); `conveyor-classic` "
+        "(RabbitMQ) has classic queues instead of quorum ones. Medians; in brackets "
         "the ratio to plain Conveyor's median.",
         "",
         "| workload / metric | conveyor | " + " | ".join(ran) + " |",

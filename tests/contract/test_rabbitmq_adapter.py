@@ -11,14 +11,16 @@ each record store): tickets and the sweep, seen from RabbitMQ's side too.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
+import msgspec
 import pytest
 
-from conveyor._message import JobStatus
+from conveyor._message import Delivery, Envelope, JobStatus
 from conveyor.brokers import Broker, open_broker
-from conveyor.brokers._port import Finish
+from conveyor.brokers._port import PARKED, Finish
 from conveyor.testing.conformance import envelope
 from redis_server import RedisServer, unique_prefix
 
@@ -91,3 +93,129 @@ def test_a_scheduled_job_wakes_an_idle_worker_when_due(worker: Broker) -> None:
     worker.enqueue([job])
     (got,) = worker.fetch(["default"], "w", 10, LEASE, 10.0)  # its sweep is 30 s away
     assert got.id == job.id and 0.8 < time.monotonic() - start < 3
+
+
+@pytest.fixture
+def other(rabbitmq_url: str, redis_server: RedisServer, prefix: str) -> Iterator[Broker]:
+    """A second worker's broker, serving another queue; its sweep is far too."""
+    with open_broker(f"{rabbitmq_url}?sweep=30", store=redis_server.url, prefix=prefix) as b:
+        assert b.fetch(["other"], "w2", 10, LEASE, 0.0) == []  # consuming
+        yield b
+
+
+def _waiting(depends_on: tuple[str, ...]) -> Envelope:
+    return msgspec.structs.replace(envelope(queue="other"), depends_on=depends_on)
+
+
+def _prompt(broker: Broker, release: Callable[[], object], job_id: str) -> None:
+    """While ``broker`` waits in a fetch of ``other``, ``release`` makes the job due: the
+    fetch gets it well before a sweep (30 s) would find it."""
+    got: list[Delivery] = []
+    waiting = threading.Thread(
+        target=lambda: got.extend(broker.fetch(["other"], "w2", 10, LEASE, 10.0))
+    )
+    waiting.start()
+    time.sleep(0.3)  # asleep in the fetch
+    start = time.monotonic()
+    release()
+    waiting.join()
+    assert [d.id for d in got] == [job_id] and time.monotonic() - start < 2
+
+
+def test_a_finish_publishes_the_tickets_of_the_jobs_it_releases(
+    worker: Broker, other: Broker
+) -> None:
+    first, second = envelope(), envelope()
+    child = _waiting((first.id, second.id))
+    worker.enqueue([first, second, child])
+    got = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    assert {d.id for d in got} == {first.id, second.id}
+    assert worker.finish([Finish(got[0], JobStatus.SUCCEEDED, result=b"1")]) == [True]
+    assert other.fetch(["other"], "w2", 10, LEASE, 0.5) == []  # one dependency is running
+    _prompt(other, lambda: worker.finish([Finish(got[1], JobStatus.FAILED, result=b"2")]), child.id)
+
+
+def test_a_job_whose_dependencies_have_ended_gets_its_ticket_at_enqueue(
+    worker: Broker, other: Broker
+) -> None:
+    first = envelope()
+    worker.enqueue([first])
+    (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    assert worker.finish([Finish(got, JobStatus.SUCCEEDED, result=b"1")]) == [True]
+    child = _waiting((first.id,))
+    _prompt(other, lambda: worker.enqueue([child]), child.id)
+
+
+@pytest.mark.parametrize("end", ["cancel", "delete", "purge"])
+def test_a_cancel_delete_or_purge_publishes_the_tickets_of_the_jobs_it_releases(
+    worker: Broker, other: Broker, end: str
+) -> None:
+    first = envelope()
+    child = _waiting((first.id,))
+    worker.enqueue([first, child])
+    ends: dict[str, Callable[[], object]] = {
+        "cancel": lambda: worker.cancel(first.id),
+        "delete": lambda: worker.delete([first.id]),
+        "purge": lambda: worker.purge("default"),
+    }
+    _prompt(other, ends[end], child.id)
+
+
+def test_promote_requeue_and_a_due_retry_publish_tickets(
+    worker: Broker, other: Broker, redis_server: RedisServer, prefix: str
+) -> None:
+    """The other ways a job becomes due in a queue the caller does not serve."""
+    step = envelope(queue="other", eta=PARKED)
+    worker.enqueue([step])
+    _prompt(other, lambda: worker.promote(step.id, b"ready"), step.id)
+    failed = envelope(queue="other")
+    with open_broker(redis_server.url, prefix=prefix) as store:  # fails it, holding no ticket
+        store.enqueue([failed])
+        (got,) = store.fetch(["other"], "w3", 10, LEASE, 0.0)
+        assert store.finish([Finish(got, JobStatus.FAILED, result=b"no")]) == [True]
+    _prompt(other, lambda: worker.requeue([(failed.id, b"again")]), failed.id)
+    retried = envelope()
+    worker.enqueue([retried])
+    (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    later = msgspec.structs.replace(retried, queue="other", eta=time.time() + 0.5)
+    retry = Finish(got, JobStatus.SCHEDULED, retry=later)
+    _prompt(other, lambda: worker.finish([retry]), retried.id)
+
+
+def test_a_big_batch_shares_its_tickets_out(rabbitmq_url: str, worker: Broker, prefix: str) -> None:
+    jobs = [envelope() for _ in range(200)]
+    worker.enqueue(jobs)
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 50  # 200 jobs, 4 a ticket (<= 64)
+    ran: set[str] = set()
+    while len(ran) < len(jobs):
+        got = worker.fetch(["default"], "w", 30, LEASE, 5.0)
+        assert got, "a job was left without a ticket"
+        worker.finish([Finish(d, JobStatus.SUCCEEDED, result=b"ok") for d in got])
+        ran |= {d.id for d in got}
+    assert worker.fetch(["default"], "w", 30, LEASE, 0.5) == []  # settles what it holds
+    worker.close()  # an unacknowledged ticket would be ready again now
+    assert ran == {j.id for j in jobs} and _ready(rabbitmq_url, f"{prefix}.default") == 0
+
+
+def test_classic_queues_are_opt_in(rabbitmq_url: str, redis_server: RedisServer) -> None:
+    import aio_pika
+    import aiormq.exceptions
+
+    prefix = unique_prefix()
+    url = f"{rabbitmq_url}?sweep=30&queue_type=classic"
+    with open_broker(url, store=redis_server.url, prefix=prefix) as worker:
+        assert worker.fetch(["default"], "w", 10, LEASE, 0.0) == []  # consuming
+        job = envelope()
+        worker.enqueue([job])
+        start = time.monotonic()
+        (got,) = worker.fetch(["default"], "w", 10, LEASE, 10.0)
+        assert got.id == job.id and time.monotonic() - start < 2  # its ticket woke it
+
+    async def declare_as_quorum() -> None:
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            channel = await connection.channel()
+            arguments = {"x-queue-type": "quorum"}
+            await channel.declare_queue(f"{prefix}.default", durable=True, arguments=arguments)
+
+    with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
+        asyncio.run(declare_as_quorum())  # it is a classic queue

@@ -27,6 +27,8 @@ def test_the_url_is_read_with_its_options_and_shown_without_its_password() -> No
     assert (plain.vhost, plain.prefetch, plain.sweep) == ("/", None, DEFAULT_SWEEP)
     assert plain.connect == "amqps://user:pw@rabbit:5671/?reconnect_interval=1"
     assert parse_amqp_url("amqp://rabbit/%2F").vhost == "/"
+    assert plain.queue_type == "quorum"
+    assert parse_amqp_url(AMQP + "?queue_type=classic").queue_type == "classic"
 
 
 @pytest.mark.parametrize(
@@ -36,6 +38,7 @@ def test_the_url_is_read_with_its_options_and_shown_without_its_password() -> No
         (AMQP + "?sweep=nan", "seconds, above 0"),
         (AMQP + "?sweep=1&sweep=2", "given twice"),
         (AMQP + "?colour=red", "unknown option 'colour'"),
+        (AMQP + "?queue_type=stream", "use quorum (default) or classic"),
         ("amqp://user:s3cret@rabbit:99999/jobs", "a bad host or port"),
         ("amqp://user:s3cret@rabbit/a/b", "a '/' inside the virtual host"),
         ("amqp://user:s3cret@/jobs", "one host is needed"),

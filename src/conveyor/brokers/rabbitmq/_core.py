@@ -4,6 +4,7 @@ in (inside the store's own error boundary), the link to RabbitMQ, and the watche
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 from ..._message import JobStatus
@@ -81,23 +82,42 @@ class Fetching(Watch[Claimed]):
         got, due_in = self._watch.look()
         tickets = self._link.take(self._queues)
         if tickets:
-            self._settle(tickets, {d.id for d in got})
+            self._settle(tickets, {d.id for d in got}, full=len(got) >= self._count)
         return got, due_in
 
     def sleep_then_look(self, seconds: float) -> Claimed:
         self._link.wait(self._seen, min(seconds, self._sweep))
         return self.look()
 
-    def _settle(self, tickets: list[Ticket], claimed: set[str]) -> None:
-        asked = list(dict.fromkeys(t.job_id for t in tickets if t.job_id not in claimed))
-        with self._store._errors:
-            records = self._store._get(asked) if asked else []
-        queued = {r.id for r in records if r is not None and r.status is JobStatus.QUEUED}
-        done = [t for t in tickets if t.job_id not in queued]
-        self._link.settle(done, [t for t in tickets if t.job_id in queued])
+    def _settle(self, tickets: list[Ticket], claimed: set[str], *, full: bool) -> None:
+        """Acknowledge the tickets none of whose jobs is queued any more; keep the others,
+        with the ids still queued. ``full``: the look claimed all it could, so more jobs are
+        queued: the jobs it did not claim are taken for queued without asking the store
+        (most are: a drain pays no read per look), for the first look that is not full to
+        settle."""
+        if full:
+            queued = {i for t in tickets for i in t.job_ids if i not in claimed}
+        else:
+            asked = list(dict.fromkeys(i for t in tickets for i in t.job_ids if i not in claimed))
+            with self._store._errors:
+                records = self._store._get(asked) if asked else []
+            queued = {r.id for r in records if r is not None and r.status is JobStatus.QUEUED}
+        done: list[Ticket] = []
+        kept: list[Ticket] = []
+        for ticket in tickets:
+            left = tuple(i for i in ticket.job_ids if i in queued)
+            if not left:
+                done.append(ticket)
+            else:
+                kept.append(ticket if left == ticket.job_ids else replace(ticket, job_ids=left))
+        self._link.settle(done, kept)
 
 
-def due_tickets(store: Broker, ids: Sequence[str | None]) -> list[tuple[str, str]]:
+def due_tickets(
+    store: Broker,
+    ids: Sequence[str | None],
+    wanted: tuple[JobStatus, ...] = (JobStatus.QUEUED, JobStatus.SCHEDULED),
+) -> list[tuple[str, str]]:
     """``(queue, id)`` tickets for the jobs of ``ids`` that are queued or scheduled (not
     parked): what a worker should look at the store for."""
     known = [i for i in ids if i is not None]
@@ -105,5 +125,9 @@ def due_tickets(store: Broker, ids: Sequence[str | None]) -> list[tuple[str, str
         return []
     with store._errors:
         records = store._get(known)
-    wanted = (JobStatus.QUEUED, JobStatus.SCHEDULED)
     return [(r.queue, r.id) for r in records if r is not None and r.status in wanted]
+
+
+def queued_tickets(store: Broker, ids: Sequence[str | None]) -> list[tuple[str, str]]:
+    """The tickets of the jobs of ``ids`` that are queued (a scheduled one may be parked)."""
+    return due_tickets(store, ids, (JobStatus.QUEUED,))

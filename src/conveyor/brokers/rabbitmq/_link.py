@@ -3,14 +3,20 @@ published with publisher confirms, and consumed into buffers the fetch watches r
 
 Topology (the one place it is defined): a Conveyor queue ``q`` of prefix ``p`` is the
 durable quorum queue ``p.q`` of the URL's virtual host, reached through the default
-exchange. Its arguments never change (RabbitMQ refuses a queue declared again with other
-arguments): ``x-queue-type: quorum`` and ``x-delivery-limit: DELIVERY_LIMIT``, a safety
-net only (a ticket dropped past it loses nothing: the record is in the store, and the
-sweep finds it). A message is a *ticket*: its body is a job id, persistent, published
-after the job's record is written; a worker acknowledges it once the record says the job
-is no longer queued (claimed, ended, scheduled, gone). A ticket held longer than ``HOLD``
-seconds by a consumer that does not look (a busy worker, a paused queue) is handed back
-(``nack`` with requeue) for another worker.
+exchange (a durable classic queue with ``?queue_type=classic``). Its arguments never change
+(RabbitMQ refuses a queue declared again with other arguments): ``x-queue-type: quorum``
+and ``x-delivery-limit: DELIVERY_LIMIT``, a safety net only (a ticket dropped past it
+loses nothing: the record is in the store, and the sweep finds it).
+
+A message is a *ticket*: its body is job ids of one queue (separated by spaces, which no
+id holds), persistent, published after the jobs' records are written; a worker
+acknowledges it once the records say none of its jobs is queued any more (claimed, ended,
+scheduled, gone). A publish of up to ``TICKETS`` jobs to a queue makes a ticket per job; a
+bigger batch shares ``TICKETS`` tickets out (a drain of a bulk enqueue then costs RabbitMQ
+and the worker one delivery and acknowledgement per few jobs, and still wakes up to
+``TICKETS`` idle workers). A ticket held longer than ``HOLD`` seconds by a consumer that
+does not look (a busy worker, a paused queue) is handed back (``nack`` with requeue) for
+another worker.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import logging
 import os
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -42,6 +48,7 @@ log = logging.getLogger("conveyor")
 T = TypeVar("T")
 
 DELIVERY_LIMIT = 20  # RabbitMQ's own bound on a ticket's redeliveries (a safety net)
+TICKETS = 64  # tickets a publish to one queue makes at most (more jobs share them)
 HOLD = 60.0  # seconds a consumer keeps a ticket it has not settled before handing it back
 HANDSHAKE_TIMEOUT = 10.0  # seconds one attempt to connect waits for the server
 CONNECT_ATTEMPTS = 3
@@ -50,12 +57,26 @@ CONNECT_TIMEOUT = 35.0  # seconds to connect (every attempt), declare, start con
 
 @dataclass(frozen=True)
 class Ticket:
-    """A job id RabbitMQ delivered, waiting for a look to settle it."""
+    """Job ids RabbitMQ delivered, waiting for a look to settle them (those of them still
+    queued, once a look has seen some go)."""
 
-    job_id: str
+    job_ids: tuple[str, ...]
     queue: str
     message: AbstractIncomingMessage
     arrived: float  # time.monotonic()
+
+
+def bodies(tickets: Sequence[tuple[str, str]]) -> list[tuple[str, bytes]]:
+    """The messages of ``(queue, job id)`` tickets: ``(queue, body)``, at most ``TICKETS``
+    per queue, the jobs shared out in order."""
+    by_queue: dict[str, list[str]] = {}
+    for queue, job_id in tickets:
+        by_queue.setdefault(queue, []).append(job_id)
+    out: list[tuple[str, bytes]] = []
+    for queue, ids in by_queue.items():
+        each = -(-len(ids) // TICKETS)
+        out += [(queue, " ".join(ids[i : i + each]).encode()) for i in range(0, len(ids), each)]
+    return out
 
 
 class Link:
@@ -65,6 +86,11 @@ class Link:
     def __init__(self, url: RabbitURL, prefix: str) -> None:
         self._url = url
         self._prefix = url.queues or prefix
+        self._arguments: dict[str, Any] = (
+            {"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT}
+            if url.queue_type == "quorum"
+            else {"x-queue-type": "classic"}  # no delivery limit there (quorum queues only)
+        )
         self._cond = threading.Condition()
         self._warned = 0.0
         self._start()
@@ -77,6 +103,10 @@ class Link:
         self._declared: dict[str, AbstractQueue] = {}
         self._consumed: set[str] = set()
         self._consumer: AbstractChannel | None = None
+        # The consuming channel's deliveries not settled yet, in delivery-tag order (the loop
+        # thread's alone): a run of them settled at once is acknowledged with one frame.
+        self._held: OrderedDict[int, AbstractIncomingMessage] = OrderedDict()
+        self._held_on: object = None  # their channel (a new one after a reconnection)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="conveyor-amqp", daemon=True
@@ -137,12 +167,10 @@ class Link:
         await asyncio.gather(
             *(
                 exchange.publish(
-                    aio_pika.Message(
-                        job_id.encode(), delivery_mode=aio_pika.DeliveryMode.PERSISTENT
-                    ),
+                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
                     routing_key=self.name(queue),
                 )
-                for queue, job_id in tickets
+                for queue, body in bodies(tickets)
             )
         )
 
@@ -151,9 +179,7 @@ class Link:
         found = self._declared.get(key)
         if found is None:
             found = await channel.declare_queue(
-                self.name(queue),
-                durable=True,
-                arguments={"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT},
+                self.name(queue), durable=True, arguments=self._arguments
             )
             self._declared[key] = found
         return found
@@ -183,7 +209,12 @@ class Link:
             self._consumed.add(queue)
 
     async def _arrived(self, queue: str, message: AbstractIncomingMessage) -> None:
-        ticket = Ticket(message.body.decode("utf-8", "replace"), queue, message, time.monotonic())
+        if message.channel is not self._held_on:  # reconnected: its tags start again
+            self._held_on, self._held = message.channel, OrderedDict()
+        if message.delivery_tag is not None:
+            self._held[message.delivery_tag] = message
+        ids = tuple(message.body.decode("utf-8", "replace").split())
+        ticket = Ticket(ids, queue, message, time.monotonic())
         with self._cond:
             self._buffers.setdefault(queue, deque()).append(ticket)
             self.arrivals += 1
@@ -215,10 +246,22 @@ class Link:
             self._soon(self._ack([t.message for t in done]))
 
     async def _ack(self, messages: list[AbstractIncomingMessage], requeue: bool = False) -> None:
-        for message in messages:
-            # A ticket of a channel that closed since is redelivered by RabbitMQ anyway.
+        """Acknowledge (or hand back) ``messages``; the oldest held deliveries among them,
+        up to the first one kept, with one ``multiple`` ack."""
+        mine = {m.delivery_tag for m in messages if m.channel is self._held_on}
+        last: AbstractIncomingMessage | None = None
+        while not requeue and self._held and next(iter(self._held)) in mine:
+            tag, last = self._held.popitem(last=False)
+            mine.discard(tag)
+        # A ticket of a channel that closed since is redelivered by RabbitMQ anyway.
+        if last is not None:
             with contextlib.suppress(Exception):
-                await (message.nack(requeue=True) if requeue else message.ack())
+                await last.ack(multiple=True)
+        for message in messages:
+            if message.delivery_tag in mine or message.channel is not self._held_on:
+                self._held.pop(message.delivery_tag or 0, None)
+                with contextlib.suppress(Exception):
+                    await (message.nack(requeue=True) if requeue else message.ack())
 
     async def _age(self) -> None:
         """Hand back the tickets held past ``HOLD`` (no look settled them)."""

@@ -19,6 +19,10 @@ Conveyor's options (docs/rabbitmq.md):
 ``confirm_timeout``
     Seconds an enqueue waits for RabbitMQ's publisher confirms (default 5); past it, the
     job is in the store, and the sweep finds it.
+``queue_type``
+    ``quorum`` (the default: replicated, a ticket is delivered once a majority has it on
+    disk) or ``classic`` (opt-in, for latency: a ticket is delivered before it is on disk,
+    and lives on one node; docs/rabbitmq.md says what that gives up).
 
 The client's own options (``CLIENT_OPTIONS``) are passed to it; ``reconnect_interval`` is
 1 s unless given.
@@ -40,6 +44,7 @@ DEFAULT_SWEEP = 2.0
 DEFAULT_CONFIRM_TIMEOUT = 5.0
 _PORTS = {"amqp": 5672, "amqps": 5671}
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
+QUEUE_TYPES = ("quorum", "classic")
 CLIENT_OPTIONS = ("heartbeat", "connection_timeout", "name", "reconnect_interval")
 RECONNECT_INTERVAL = "reconnect_interval=1"  # seconds between reconnections (the client's: 5)
 _ENCODE = "percent-encode / ? # @ in a password as %2F %3F %23 %40, and / in a vhost as %2F"
@@ -57,6 +62,7 @@ class RabbitURL:
     sweep: float = DEFAULT_SWEEP
     confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
     queues: str | None = None  # the queues' name prefix; None: the app's prefix
+    queue_type: str = "quorum"
 
     def __repr__(self) -> str:
         return f"RabbitURL({self.shown!r})"
@@ -98,6 +104,7 @@ def parse_amqp_url(url: str) -> RabbitURL:
     vhost = unquote(path) if path else "/"
     options: dict[str, float] = {}
     queues: str | None = None
+    queue_type = "quorum"
     kept: list[str] = []
     for item in (p.query or "").split("&"):
         if not item:
@@ -113,14 +120,20 @@ def parse_amqp_url(url: str) -> RabbitURL:
                 raise _bad(
                     shown, f"bad queues name prefix {queues[:40]!r}", "use letters, digits, _ . -"
                 )
+        elif name == "queue_type":
+            queue_type = unquote(value)
+            if queue_type not in QUEUE_TYPES:
+                raise _bad(
+                    shown, f"bad queue_type {queue_type[:40]!r}", "use quorum (default) or classic"
+                )
         elif name in CLIENT_OPTIONS:
             kept.append(item)  # the client's own
         else:
             raise _bad(
                 shown,
                 f"unknown option {name[:40]!r}",
-                "Conveyor takes prefetch, sweep, queues and confirm_timeout; the client "
-                + ", ".join(CLIENT_OPTIONS),
+                "Conveyor takes prefetch, sweep, queues, confirm_timeout and queue_type; "
+                "the client " + ", ".join(CLIENT_OPTIONS),
             )
     base = f"{p.scheme}://{p.userinfo + '@' if p.userinfo is not None else ''}{p.hosts}"
     if port is None:
@@ -137,4 +150,5 @@ def parse_amqp_url(url: str) -> RabbitURL:
         sweep=options.get("sweep", DEFAULT_SWEEP),
         confirm_timeout=options.get("confirm_timeout", DEFAULT_CONFIRM_TIMEOUT),
         queues=queues,
+        queue_type=queue_type,
     )

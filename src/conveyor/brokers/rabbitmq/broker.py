@@ -14,10 +14,11 @@ from .._admin import Events
 from .._base import EVENTS_KEPT, PARKED, BrokerOptions, ErrorBoundary, Watch
 from .._port import Broker, Claimed, Finish, LeaseState
 from .._url import redact_url
-from ._core import Fetching, Guarded, due_tickets
+from ._core import Fetching, Guarded, due_tickets, queued_tickets
 from ._errors import TRANSLATE
 from ._link import Link
 from ._url import parse_amqp_url
+from ._waits import Waits
 
 RESUME_TICKETS = 1000  # tickets a resume publishes at most (the sweep finds the rest)
 
@@ -44,6 +45,7 @@ class RabbitBroker(Broker):
         self._sweep = parsed.sweep
         with TRANSLATE:
             self._link = Link(parsed, prefix)
+        self._waits = Waits(store, parsed.queues or prefix)
 
     @classmethod
     def from_url(cls, url: str, options: BrokerOptions) -> Self:
@@ -93,24 +95,31 @@ class RabbitBroker(Broker):
     # -- what publishes tickets ------------------------------------------------------------
 
     def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
+        waiting = [env for env in envelopes if env.depends_on]
         with self._s:
+            self._waits.note(waiting)  # before the records: a release in between finds them
             ids = self._store._enqueue(envelopes, events)
-        # Parked jobs get no ticket (promote and their dependencies make them due); a
-        # scheduled one does, so an idle worker learns when it comes due.
-        self._link.publish(
-            [
-                (env.queue, job_id)
-                for env, job_id in zip(envelopes, ids, strict=True)
-                if not env.depends_on and env.eta != PARKED
-            ]
-        )
+        # A job parked for promote gets no ticket; one with dependencies gets it if they
+        # had all ended (else its last dependency's end publishes it, _waits); a scheduled
+        # one does, so an idle worker learns when it comes due.
+        tickets = [
+            (env.queue, job_id)
+            for env, job_id in zip(envelopes, ids, strict=True)
+            if not env.depends_on and env.eta != PARKED
+        ]
+        if waiting:
+            due = [job_id for env, job_id in zip(envelopes, ids, strict=True) if env.depends_on]
+            tickets += queued_tickets(self._store, due)
+        self._link.publish(tickets)
         return ids
 
     def _enqueue_in(
         self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes]
     ) -> list[str]:
-        # Not committed yet: a ticket now could come before the record. The sweep finds it.
+        # Not committed yet: a ticket now could come before the record. The sweep finds it
+        # (or, for a job with dependencies still running, the end of the last one).
         with self._s:
+            self._waits.note([env for env in envelopes if env.depends_on])
             return self._store._enqueue_in(connection, envelopes, events)
 
     def _fetch(self, queues: list[str], consumer: str, count: int, lease: float) -> Watch[Claimed]:
@@ -127,18 +136,26 @@ class RabbitBroker(Broker):
     def _finish(self, outcomes: Sequence[Finish], events: Sequence[bytes]) -> list[bool]:
         with self._s:
             done = self._store._finish(outcomes, events)
-        retried = [
-            (f.retry.queue, f.retry.id)
-            for f, ok in zip(outcomes, done, strict=True)
-            if ok and f.retry is not None
-        ]
-        self._link.publish(retried)
+            tickets = [
+                (f.retry.queue, f.retry.id)
+                for f, ok in zip(outcomes, done, strict=True)
+                if ok and f.retry is not None
+            ]
+            ended = {
+                f.delivery.id for f, ok in zip(outcomes, done, strict=True) if ok and not f.retry
+            }
+            if ended:
+                tickets += self._waits.wake(ended, ended=True)
+        self._link.publish(tickets)
         return done
 
     def _release(self, deliveries: Sequence[Delivery]) -> list[bool]:
         with self._s:
             done = self._store._release(deliveries)
-        self._link.publish([(d.queue, d.id) for d, ok in zip(deliveries, done, strict=True) if ok])
+            released = [d for d, ok in zip(deliveries, done, strict=True) if ok]
+            # a cancelled job ends on its release: its dependents are released with it
+            woken = self._waits.wake({d.id for d in released}, ended=False)
+        self._link.publish([(d.queue, d.id) for d in released] + woken)
         return done
 
     def _promote(self, job_id: str, payload: bytes) -> bool:
@@ -184,7 +201,10 @@ class RabbitBroker(Broker):
 
     def _cancel(self, job_id: str, event: bytes | None) -> JobStatus | None:
         with self._s:
-            return self._store._cancel(job_id, event)
+            status = self._store._cancel(job_id, event)
+            woken = self._waits.wake({job_id}, ended=False) if status is not None else []
+        self._link.publish(woken)
+        return status
 
     def _heartbeat(self, info: WorkerInfo, ttl: float) -> None:
         with self._s:
@@ -214,12 +234,19 @@ class RabbitBroker(Broker):
 
     def _purge(self, queue: str) -> int:
         with self._s:
-            return self._store._purge(queue)
+            purged = self._store._purge(queue)
+            woken = self._waits.wake(None, ended=False) if purged else []
+        self._link.publish(woken)
+        return purged
 
     def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
         # a deleted job's ticket, if one is still queued, finds no record and is acked
         with self._s:
-            return self._store._delete(job_ids)
+            gone = self._store._delete(job_ids)
+            deleted = {i for i, status in zip(job_ids, gone, strict=True) if status is not None}
+            woken = self._waits.wake(deleted, ended=True) if deleted else []
+        self._link.publish(woken)
+        return gone
 
     def _workers(self) -> list[WorkerInfo]:
         with self._s:
