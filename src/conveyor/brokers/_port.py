@@ -97,7 +97,7 @@ from collections.abc import Sequence
 import msgspec
 
 from .._errors import ConfigurationError
-from .._message import Delivery, Envelope, JobRecord, JobStatus, WorkerInfo
+from .._message import Delivery, Envelope, JobRecord, JobStatus, WorkerInfo, new_job_id
 from ..stores._port import KeyValue
 from ._admin import Admin
 from ._base import (
@@ -174,6 +174,13 @@ class Broker(Admin):
         """The key-value store on the same backend (results, locks, cache build on it)."""
 
     # -- producing -------------------------------------------------------------------------
+
+    def new_job_id(self, key: str | None = None, depends_on: Sequence[str] = ()) -> str:
+        """A fresh job id for a job with this unique ``key`` and these dependencies. The
+        app and workflows mint ids here, so a broker that spreads jobs over shards can
+        place each one (``redis+cluster://...?shards=``, docs/cluster.md): its id says
+        where. A fresh time-sorted id by default."""
+        return new_job_id()
 
     def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
         """Write jobs; return each job's id (the existing one when deduplicated by key).
