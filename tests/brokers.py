@@ -153,6 +153,22 @@ def _redis_cluster(request: pytest.FixtureRequest, root: Path, server: Server) -
     return Place(lambda: Target(shared.url, unique_prefix()))
 
 
+def _sharded(place: Placer, shards: int) -> Placer:
+    """The targets of ``place`` with ``?shards=`` (one prefix over ``shards`` shards)."""
+
+    def placer(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+        found = place(request, root, server)
+
+        def new() -> Target:
+            t = found.new()
+            sep = "&" if "?" in t.url else "?"
+            return Target(f"{t.url}{sep}shards={shards}", t.prefix, t.store)
+
+        return Place(new, found.restart)
+
+    return placer
+
+
 def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
     """A schema of its own per target (a migration: ~40 ms): in the session's database on
     the machine's server ("shared"), else on a private server ("fresh", "durable": every
@@ -203,6 +219,12 @@ BROKERS: tuple[TestBroker, ...] = (
     TestBroker("redis-cluster", _redis_cluster, embedded=False, shared=True, adapter="redis",
                clocks=("fake", "real"),
                integration=False,
+               marks=(*_NEEDS_REDIS, pytest.mark.skipif(CLI_BINARY is None,
+                                                        reason="no redis-cli binary"))),
+    TestBroker("redis-sharded", _sharded(_redis, 3), embedded=False, shared=True,
+               adapter="redis", clocks=("fake", "real"), integration=False, marks=_NEEDS_REDIS),
+    TestBroker("redis-cluster-sharded", _sharded(_redis_cluster, 6), embedded=False,
+               shared=True, adapter="redis", clocks=("fake", "real"), integration=False,
                marks=(*_NEEDS_REDIS, pytest.mark.skipif(CLI_BINARY is None,
                                                         reason="no redis-cli binary"))),
     TestBroker("postgres", _postgres, embedded=False, shared=True, clocks=("fake", "real"),

@@ -173,6 +173,14 @@ class Broker(Admin):
     def kv(self) -> KeyValue:
         """The key-value store on the same backend (results, locks, cache build on it)."""
 
+    # How many shards the broker spreads its jobs over (a sharded Redis prefix: several;
+    # every other broker: one). Priority and FIFO order hold among the jobs of one shard.
+    shards: int = 1
+
+    def shard_of(self, job_id: str) -> int:
+        """The shard that holds (or would hold) the job, 0 to ``shards - 1``."""
+        return 0
+
     # -- producing -------------------------------------------------------------------------
 
     def new_job_id(self, key: str | None = None, depends_on: Sequence[str] = ()) -> str:

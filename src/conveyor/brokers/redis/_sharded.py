@@ -57,7 +57,7 @@ from ..._message import (
 )
 from ...stores._port import KeyValue
 from .._admin import Events
-from .._base import EVENTS_KEPT, AsyncWatch, Watch, check_read
+from .._base import EVENTS_KEPT, AsyncWatch, Watch, check_read, unknown_dependency
 from .._port import Broker, Claimed, Finish, LeaseState
 from . import _cluster
 from ._core import text, to_ms
@@ -292,9 +292,10 @@ class _Fetching(Watch[Claimed]):
             for i in woke:
                 blockers[i].woke = False
         order = self._broker._rotation()
-        # A shard that woke has work: claim there. None woke: the sleep ran out, and a
-        # scheduled job or a lease may have come due on any shard.
-        return self._claim([i for i in order if i in woke] if woke else order)
+        # A shard that woke has work: claim there first, then on the others while count is
+        # not filled (another may have woken meanwhile). None woke: the sleep ran out, and
+        # a scheduled job or a lease may have come due on any shard.
+        return self._claim([*(i for i in order if i in woke), *(i for i in order if i not in woke)])
 
     def _claim(self, order: Sequence[int]) -> Claimed:
         got: list[Delivery] = []
@@ -504,13 +505,34 @@ class ShardedRedisBroker(Broker):
     def _enqueue_parts(
         self, envelopes: Sequence[Envelope], events: Sequence[bytes]
     ) -> list[tuple[int, list[int], list[Envelope], list[bytes]]]:
+        """A batch per shard, each checked (``_placed``). A batch over several shards is
+        written a part at a time, each atomic: the parts with dependencies first, so that
+        an unknown one refuses the batch before anything is written; when more than one
+        part has dependencies, those outside the batch are looked up first (a dependency
+        that ends and expires between that look and the write is the one case where part
+        of such a batch is written)."""
         places: dict[int, list[int]] = {}
         for at, env in enumerate(envelopes):
             places.setdefault(self._placed(env), []).append(at)
-        return [
+        parts = [
             (shard, at, [envelopes[p] for p in at], [events[p] for p in at] if events else [])
             for shard, at in places.items()
         ]
+        parts.sort(key=lambda part: not any(env.depends_on for env in part[2]))
+        if sum(any(env.depends_on for env in part[2]) for part in parts) > 1:
+            self._known(envelopes)
+        return parts
+
+    def _known(self, envelopes: Sequence[Envelope]) -> None:
+        """Raise ``DependencyNotFound`` for the first dependency that names no live job and
+        no earlier job of the batch."""
+        earlier: set[str] = set()
+        for env in envelopes:
+            outside = [d for d in env.depends_on if d not in earlier]
+            for dep, record in zip(outside, self._get(outside), strict=True):
+                if record is None:
+                    raise unknown_dependency(env.id, dep)
+            earlier.add(env.id)
 
     def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
         parts = self._enqueue_parts(envelopes, events)
@@ -608,8 +630,9 @@ class ShardedRedisBroker(Broker):
     # -- workers and events ----------------------------------------------------------------
 
     def _heartbeat(self, info: WorkerInfo, ttl: float) -> None:
+        subs = self._parts()  # the layout is written before anything else of the prefix
         self._home._heartbeat(info, ttl)
-        for sub in self._parts():  # each shard's master may lose its data on its own
+        for sub in subs:  # each shard's master may lose its data on its own
             sub._look_at_epoch()
 
     def _forget_worker(self, worker_id: str) -> None:
@@ -618,6 +641,7 @@ class ShardedRedisBroker(Broker):
             sub._forget_worker(worker_id)
 
     def _publish(self, events: Sequence[bytes]) -> None:
+        self._parts()  # the layout is written before anything else of the prefix
         self._home._publish(events)
 
     def _logs(self) -> list[RedisBroker]:
@@ -714,7 +738,10 @@ class ShardedRedisBroker(Broker):
             sub._pause(queue)
 
     def _resume(self, queue: str) -> None:
-        for sub in self._parts():
+        subs = self._parts()
+        for sub in subs:  # first unpaused everywhere, so a fetch a signal wakes finds it so
+            sub._client.srem(sub._keys.paused, queue)
+        for sub in subs:
             sub._resume(queue)
 
     def _purge(self, queue: str) -> int:

@@ -93,6 +93,18 @@ def mint(key: str | None = None, depends_on: Sequence[str] = ()) -> str:
     return _minter[-1](key, depends_on)
 
 
+def by_shard(
+    broker: Broker, items: Sequence[T], job_of: Callable[[T], str] | None = None
+) -> list[list[T]]:
+    """``items`` (job ids, or what ``job_of`` maps to one) split by the shard that holds
+    each one's job, each part in the order given: the order a broker promises across its
+    jobs holds among the jobs of one shard (``Broker.shards``; one shard: the whole list)."""
+    parts: list[list[T]] = [[] for _ in range(broker.shards)]
+    for item in items:
+        parts[broker.shard_of(job_of(item) if job_of else str(item))].append(item)
+    return parts
+
+
 def envelope(
     queue: str = DEFAULT_QUEUE,
     *,
