@@ -301,9 +301,9 @@ class _Fetching(Watch[Claimed]):
         got: list[Delivery] = []
         due: float | None = None
         for i in order:
-            left = self._count - len(got)
-            if left <= 0:
-                break
+            # Every shard is called, those after ``count`` is filled for nothing: each call
+            # also makes its due scheduled jobs queued and reclaims its expired leases.
+            left = max(self._count - len(got), 0)
             shard = self._shards[i]
             call = shard._fetch_call(self._queues, self._consumer, left, self._lease)
             out, next_event, self._last[i] = shard._fetch_reply(
