@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ import pytest
 from conftest import Project, conveyor
 from conveyor import Conveyor
 from conveyor._errors import ConfigurationError, ValidationError
+from conveyor.scheduler import Scheduler
 from conveyor.testing import drain
 from conveyor.workflows import chain, chord
 from redis_cluster import RedisClusterServers
@@ -89,6 +91,10 @@ def test_workflows_and_dependencies_on_a_sharded_prefix(redis_server: RedisServe
     def total(values: list[int], bonus: int = 0) -> int:
         return sum(values) + bonus
 
+    @app.periodic(every=60)
+    def beat() -> str:
+        return "tick"
+
     try:
         flow = chain(add.s(1, 2), add.s(10)).delay()
         fan = chord([add.s(i, 1) for i in range(9)], total.s(bonus=100)).delay()
@@ -101,7 +107,14 @@ def test_workflows_and_dependencies_on_a_sharded_prefix(redis_server: RedisServe
         )  # fmt: skip
         with pytest.raises(ValidationError, match="enqueue_many"):
             add.options(depends_on=[first.id, other.id]).delay(0, 0)
+        # A periodic job (unique by default: on its key's shard, the same id in every
+        # scheduler) fires once per tick.
+        sched = Scheduler(app)
+        assert sched.tick() == []
+        (fired,) = sched.tick(time.time() + 61)
+        assert sched.tick(time.time() + 61) == []
         drain(app)
+        assert fired.result(timeout=0) == "tick"
         assert flow.result(timeout=0) == 13
         assert fan.result(timeout=0) == sum(range(1, 10)) + 100
         assert after.result(timeout=0) == 10

@@ -183,12 +183,16 @@ class Broker(Admin):
 
     # -- producing -------------------------------------------------------------------------
 
-    def new_job_id(self, key: str | None = None, depends_on: Sequence[str] = ()) -> str:
+    def new_job_id(
+        self, key: str | None = None, depends_on: Sequence[str] = (), fixed: str | None = None
+    ) -> str:
         """A fresh job id for a job with this unique ``key`` and these dependencies. The
         app and workflows mint ids here, so a broker that spreads jobs over shards can
         place each one (``redis+cluster://...?shards=``, docs/cluster.md): its id says
-        where. A fresh time-sorted id by default."""
-        return new_job_id()
+        where. A fresh time-sorted id by default. ``fixed``: an id made elsewhere (a
+        periodic job's, the same in every scheduler), returned as it is, or with what
+        places it beside its key or dependencies."""
+        return fixed or new_job_id()
 
     def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
         """Write jobs; return each job's id (the existing one when deduplicated by key).

@@ -421,7 +421,12 @@ class ShardedRedisBroker(Broker):
     def shard_of(self, job_id: str) -> int:
         return shard_of(job_id, self.shards)
 
-    def new_job_id(self, key: str | None = None, depends_on: Sequence[str] = ()) -> str:
+    def new_job_id(
+        self, key: str | None = None, depends_on: Sequence[str] = (), fixed: str | None = None
+    ) -> str:
+        if fixed is not None:  # a shard suffix where its key or dependencies need one
+            wanted = self.shard_of(self.new_job_id(key, depends_on)) if key or depends_on else None
+            return fixed if wanted in (None, self.shard_of(fixed)) else f"{fixed}.s{wanted}"
         if depends_on:
             found = {self.shard_of(d) for d in depends_on}
             if len(found) > 1:
