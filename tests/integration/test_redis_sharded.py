@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -19,6 +20,9 @@ import pytest
 from conftest import Project, conveyor
 from conveyor import Conveyor
 from conveyor._errors import ConfigurationError, ValidationError
+from conveyor._message import Envelope
+from conveyor.brokers import open_broker
+from conveyor.brokers.redis._sharded import mint
 from conveyor.scheduler import Scheduler
 from conveyor.testing import drain
 from conveyor.workflows import chain, chord
@@ -148,3 +152,30 @@ def test_the_number_of_shards_is_fixed_when_the_prefix_is_first_used(
         pytest.raises(ConfigurationError, match="holds the jobs of an unsharded queue"),
     ):
         late.broker.stats()
+
+
+def test_a_sleeping_fetch_blocks_once_per_shard_and_keeps_its_reads(
+    redis_server: RedisServer,
+) -> None:
+    """Each shard has one blocked read per fetching consumer, kept across fetches: ten
+    short fetches in a row leave three reads on the server, not thirty; a job on any
+    shard wakes the fetch."""
+    broker = open_broker(f"{redis_server.url}?shards=3", prefix=unique_prefix())
+
+    def reads() -> int:  # other tests' reads in flight may end meanwhile: at most these
+        return sum(c["cmd"] == "xread" for c in redis_server.client().client_list())
+
+    try:
+        others = reads()
+        for _ in range(10):
+            assert broker.fetch(["default"], "c1", 1, 30.0, 0.2) == []
+        assert 3 <= reads() <= 3 + others
+        env = Envelope(mint(2), "default", b"p")
+        waiter = threading.Timer(0.3, lambda: broker.enqueue([env]))
+        waiter.start()
+        started = time.monotonic()
+        assert [d.id for d in broker.fetch(["default"], "c1", 1, 30.0, 5.0)] == [env.id]
+        assert time.monotonic() - started < 2.0
+        waiter.join()
+    finally:
+        broker.close()
