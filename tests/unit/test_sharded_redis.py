@@ -75,6 +75,9 @@ def test_a_keyed_job_goes_to_its_keys_shard_and_a_dependent_to_its_dependencies(
     assert broker.shard_of(broker.new_job_id()) == 2  # the rest of the batch joins them
     with pytest.raises(ValidationError, match=r"on 2 shards.*enqueue_many"):
         broker.new_job_id(depends_on=[mint(1), mint(3)])
+    other = (key_shard("k", 4) + 1) % 4
+    with pytest.raises(ValidationError, match="a job with both must have them on one shard"):
+        broker.new_job_id(key="k", depends_on=[mint(other)])
 
 
 def test_an_envelope_on_another_shard_than_its_key_or_dependencies_is_refused(

@@ -438,6 +438,13 @@ class ShardedRedisBroker(Broker):
                     "docs/cluster.md; nothing was enqueued"
                 )
             shard = found.pop()
+            if key is not None and key_shard(key, self.shards) != shard:
+                raise ValidationError(
+                    f"the unique key {key!r} is on shard {key_shard(key, self.shards)} of the "
+                    f"sharded prefix {self.prefix!r} and the dependencies on shard {shard}: a "
+                    "job with both must have them on one shard; leave key= or depends_on= "
+                    "out, see docs/cluster.md; nothing was enqueued"
+                )
             self._local.current = shard  # what follows in the batch joins them
             return mint(shard)
         if key is not None:
