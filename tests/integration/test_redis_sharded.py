@@ -22,7 +22,7 @@ from conveyor import Conveyor
 from conveyor._errors import ConfigurationError, ValidationError
 from conveyor._message import Envelope
 from conveyor.brokers import open_broker
-from conveyor.brokers.redis._sharded import mint
+from conveyor.brokers.redis._shards import mint
 from conveyor.scheduler import Scheduler
 from conveyor.testing import drain
 from conveyor.workflows import chain, chord

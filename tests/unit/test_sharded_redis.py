@@ -16,8 +16,8 @@ from conveyor._errors import ConfigurationError, InvalidURL, ValidationError
 from conveyor._message import Envelope
 from conveyor.brokers import open_broker
 from conveyor.brokers.redis._cluster import slot_of
-from conveyor.brokers.redis._sharded import (
-    ShardedRedisBroker,
+from conveyor.brokers.redis._sharded import ShardedRedisBroker
+from conveyor.brokers.redis._shards import (
     choose_tags,
     join_cursor,
     key_shard,

@@ -2,7 +2,7 @@
 
 ``ShardedRedisBroker`` is a broker made of S complete Redis brokers (``RedisBroker``), each
 on a hash tag of its own (``{P~i}``, chosen so the shards' slots fall on the masters in
-turn, ``choose_tags``), and a *home* on the prefix's own tag ``{P}`` that keeps the layout
+turn, ``_shards.choose_tags``), and a *home* on the prefix's own tag ``{P}`` that keeps the layout
 (``{P}:shards``: S and the tags, written once, checked by every broker that opens the
 prefix), the workers' heartbeats, the events of ``publish`` and the key-value store. Every
 atomic step stays one script on one shard: a job and everything it touches live on its
@@ -21,7 +21,7 @@ shard.
 * The hot path routes by id; a batch is split per shard, the results put back in order.
 * ``fetch`` looks at every shard, from a rotating first one, until ``count`` is filled;
   sleeping, it blocks on every shard at once, each with a blocking ``XREAD`` on a
-  connection of its own in a thread that persists across fetches (``_Blocker``), and
+  connection of its own in a thread that persists across fetches (``_shardfetch.Blocker``), and
   claims on the shards that woke.
 * Admin operations fan out and merge; event cursors name a place in every log
   (``c_home.c_0...c_S-1``).
@@ -32,12 +32,8 @@ from __future__ import annotations
 import concurrent.futures
 import heapq
 import itertools
-import logging
-import random
-import re
 import threading
 import time
-import zlib
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -53,266 +49,32 @@ from ..._message import (
     JobStatus,
     QueueStats,
     WorkerInfo,
-    new_job_id,
 )
 from ...stores._port import KeyValue
 from .._admin import Events
 from .._base import EVENTS_KEPT, AsyncWatch, Watch, check_read, unknown_dependency
-from .._port import Broker, Claimed, Finish, LeaseState
-from . import _cluster
-from ._core import text, to_ms
+from .._port import Broker, Finish, LeaseState
+from ._core import to_ms
 from ._errors import TRANSLATE
+from ._shardfetch import Blocker, Fetching
+from ._shards import (
+    MAX_SHARDS,
+    Layout,
+    choose_tags,
+    join_cursor,
+    key_shard,
+    masters_of,
+    mint,
+    pick,
+    round_robin,
+    shard_of,
+    split_cursor,
+)
 from .broker import RedisBroker
 
-log = logging.getLogger("conveyor.redis")
-
-MAX_SHARDS = 1024
-_SUFFIX = re.compile(r"\.s(\d{1,4})$")
-_LOAD_FRESH = 1.0  # seconds a shard's learnt load counts; older, it is taken as unknown (0)
-_BLOCK_SLICE = 2.0  # seconds a blocker's XREAD waits at most (then it looks at its orders)
-_BLOCKER_IDLE = 60.0  # seconds a blocker without orders lives on before it ends
-_EVENT_SLICE = 1.0  # seconds a blocking read of the event logs waits at a time
-_TAG_TRIES = 100_000
 T = TypeVar("T")
-_RANDOM = random.Random()
-
-
-# -- ids, placement, layout: pure ----------------------------------------------------------------
-
-
-def shard_of(job_id: str, shards: int) -> int:
-    """The shard of a job: the suffix ``.s<i>`` its id was minted with (``i < shards``),
-    else a stable hash of the id (a user's ``job_id=``, a periodic job's id)."""
-    found = _SUFFIX.search(job_id)
-    if found is not None and int(found.group(1)) < shards:
-        return int(found.group(1))
-    return zlib.crc32(job_id.encode()) % shards
-
-
-def key_shard(key: str, shards: int) -> int:
-    """The shard of every job with the unique key ``key``."""
-    return zlib.crc32(key.encode()) % shards
-
-
-def mint(shard: int) -> str:
-    """A fresh time-sorted id on ``shard``."""
-    return f"{new_job_id()}.s{shard}"
-
-
-def pick(loads: Sequence[int], rng: random.Random | None = None) -> int:
-    """Power of two choices: the less loaded of two random shards (either on a tie)."""
-    if len(loads) == 1:
-        return 0
-    a, b = (rng or _RANDOM).sample(range(len(loads)), 2)
-    return a if loads[a] <= loads[b] else b
-
-
-def choose_tags(prefix: str, shards: int, masters: Sequence[Callable[[int], bool]]) -> list[str]:
-    """The hash tags (without braces) of the shards of ``prefix``: shard ``i`` gets
-    ``P~i``, or ``P~i.n`` for the first n whose slot ``masters[i % M]`` serves (each
-    ``masters[m](slot)`` says whether master m serves that slot); any tag with no masters
-    (one server)."""
-    tags = []
-    for i in range(shards):
-        names = itertools.chain(
-            [f"{prefix}~{i}"], (f"{prefix}~{i}.{n}" for n in itertools.count(1))
-        )
-        if not masters:
-            tags.append(next(names))
-            continue
-        serves = masters[i % len(masters)]
-        for name in itertools.islice(names, _TAG_TRIES):
-            if serves(_cluster.slot_of("{" + name + "}")):
-                tags.append(name)
-                break
-        else:  # pragma: no cover - a master serving no slot
-            raise ConfigurationError(f"no tag of shard {i} falls on a master of the cluster")
-    return tags
-
-
-def masters_of(slots: Any) -> list[Callable[[int], bool]]:
-    """From a ``CLUSTER SLOTS`` answer, each master (by address, in order) as a test of
-    whether it serves a slot."""
-    ranges: dict[tuple[str, int], list[tuple[int, int]]] = {}
-    for start, end, master, *_ in slots:
-        address = (text(master[0]), int(master[1]))
-        ranges.setdefault(address, []).append((int(start), int(end)))
-    return [_serves(r) for _, r in sorted(ranges.items())]
-
-
-def _serves(ranges: list[tuple[int, int]]) -> Callable[[int], bool]:
-    return lambda slot: any(lo <= slot <= hi for lo, hi in ranges)
-
-
-class Layout(msgspec.Struct, frozen=True):
-    """What ``{P}:shards`` holds."""
-
-    shards: int
-    tags: list[str]
-
-
-def join_cursor(places: Sequence[int]) -> str:
-    return ".".join(map(str, places))
-
-
-def split_cursor(cursor: str | None, logs: int) -> list[int]:
-    """The place in each of ``logs`` event logs a cursor names (None: before the first)."""
-    if cursor is None:
-        return [0] * logs
-    parts = cursor.split(".") if isinstance(cursor, str) else []
-    if len(parts) != logs or not all(p.isdigit() for p in parts):
-        raise ConfigurationError(
-            f"bad event cursor {cursor!r}: this prefix is sharded over {logs - 1} shards, whose "
-            f"cursors are {logs} numbers joined by '.' (a cursor of an unsharded prefix or of "
-            "another layout does not apply); pass one read_events or events_tail returned on "
-            "this prefix, or None to read from the oldest kept"
-        )
-    return [int(p) for p in parts]
-
-
-def round_robin(pages: Sequence[Sequence[T]]) -> Iterator[tuple[int, T]]:
-    """(log, item): one item of each page in turn, each page's order kept."""
-    its = [iter(p) for p in pages]
-    live = list(range(len(its)))
-    while live:
-        for i in list(live):
-            item = next(its[i], None)
-            if item is None:
-                live.remove(i)
-            else:
-                yield i, item
-
-
-# -- blocking on every shard ---------------------------------------------------------------------
-
-
-class _Blocker:
-    """A thread that blocks on one shard's streams for one fetching consumer, on a
-    connection of its own: armed with streams, the last ids a fetch saw and a deadline, it
-    runs ``XREAD BLOCK`` (slices of ``_BLOCK_SLICE``) until an entry comes (``woke``, the
-    condition notified) or the deadline passes. Armed again while a read is still blocked,
-    it keeps that read: a read still blocked has seen no entry since its ids, so the new
-    ids are the same. It ends after ``_BLOCKER_IDLE`` seconds without orders, giving back
-    its connection."""
-
-    def __init__(self, shard: RedisBroker, cond: threading.Condition, name: str) -> None:
-        self._shard, self._cond = shard, cond
-        self.woke = False
-        self._want: tuple[list[str], list[str]] | None = None
-        self._until = 0.0
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
-
-    def alive(self) -> bool:
-        return self._thread.is_alive() and not self._closed
-
-    def arm(self, streams: list[str], ids: list[str], seconds: float) -> None:
-        """Called with the condition held."""
-        self._want = (streams, ids)
-        self._until = time.monotonic() + seconds
-        self._cond.notify_all()
-
-    def close(self) -> None:
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-
-    def _orders(self) -> tuple[list[str], list[str], float] | None:
-        """Wait for orders; None: time to end."""
-        with self._cond:
-            idle_since = time.monotonic()
-            while not self._closed:
-                left = self._until - time.monotonic()
-                if self._want is not None and not self.woke and left > 0:
-                    streams, ids = self._want
-                    return streams, ids, min(left, _BLOCK_SLICE)
-                if time.monotonic() - idle_since > _BLOCKER_IDLE:
-                    self._closed = True
-                    break
-                self._cond.wait(_BLOCKER_IDLE / 4)
-            return None
-
-    def _loop(self) -> None:
-        pool = self._shard._client.connection_pool
-        conn: Any = None
-        try:
-            while (orders := self._orders()) is not None:
-                streams, ids, wait = orders
-                try:
-                    if conn is None:
-                        conn = pool.get_connection()
-                    conn.send_command(
-                        "XREAD", "COUNT", 1, "BLOCK", max(1, to_ms(wait)), "STREAMS",
-                        *streams, *ids,
-                    )  # fmt: skip
-                    got = conn.read_response()
-                except Exception as exc:  # the fetch's own look reports it
-                    log.debug("a shard's blocking read failed: %s", exc)
-                    if conn is not None:
-                        conn.disconnect()
-                    got = True
-                    time.sleep(0.1)
-                if got:
-                    with self._cond:
-                        self.woke = True
-                        self._want = None
-                        self._cond.notify_all()
-        finally:
-            if conn is not None:
-                pool.release(conn)
-
-
-class _Fetching(Watch[Claimed]):
-    """The ``Watch`` of a sharded fetch (see the module docstring)."""
-
-    def __init__(
-        self, broker: ShardedRedisBroker, queues: list[str], consumer: str, count: int, lease: float
-    ) -> None:
-        self._broker, self._queues = broker, queues
-        self._consumer, self._count, self._lease = consumer, count, lease
-        self._shards = broker._parts()
-        self._last: list[list[str]] = [[] for _ in self._shards]
-
-    def look(self) -> Claimed:
-        return self._claim(self._broker._rotation())
-
-    def sleep_then_look(self, seconds: float) -> Claimed:
-        blockers, cond = self._broker._blockers(self._consumer, self._queues)
-        with cond:
-            for i, blocker in enumerate(blockers):
-                keys = self._shards[i]._keys
-                streams = [s for q in self._queues for s in keys.streams(q)]
-                last = self._last[i] or ["0-0"] * len(streams)
-                if len(last) > len(streams):  # a queue is paused: its resume wakes us too
-                    streams.append(keys.resumed)
-                blocker.arm(streams, last, seconds)
-            cond.wait_for(lambda: any(b.woke for b in blockers), timeout=seconds)
-            woke = [i for i, b in enumerate(blockers) if b.woke]
-            for i in woke:
-                blockers[i].woke = False
-        order = self._broker._rotation()
-        # A shard that woke has work: claim there first, then on the others while count is
-        # not filled (another may have woken meanwhile). None woke: the sleep ran out, and
-        # a scheduled job or a lease may have come due on any shard.
-        return self._claim([*(i for i in order if i in woke), *(i for i in order if i not in woke)])
-
-    def _claim(self, order: Sequence[int]) -> Claimed:
-        got: list[Delivery] = []
-        due: float | None = None
-        for i in order:
-            # Every shard is called, those after ``count`` is filled for nothing: each call
-            # also makes its due scheduled jobs queued and reclaims its expired leases.
-            left = max(self._count - len(got), 0)
-            shard = self._shards[i]
-            call = shard._fetch_call(self._queues, self._consumer, left, self._lease)
-            out, next_event, self._last[i] = shard._fetch_reply(
-                self._queues, shard._eval("fetch", *call)
-            )
-            got += out
-            if next_event >= 0:
-                due = next_event / 1000 if due is None else min(due, next_event / 1000)
-        return got, None if got else due
+_LOAD_FRESH = 1.0  # seconds a shard's learnt load counts; older, it is taken as unknown (0)
+_EVENT_SLICE = 1.0  # seconds a blocking read of the event logs waits at a time
 
 
 # -- the broker ------------------------------------------------------------------------------------
@@ -349,7 +111,7 @@ class ShardedRedisBroker(Broker):
         self._loads: list[tuple[int, float]] = [(0, 0.0)] * shards  # (length, when learnt)
         self._turn = itertools.count()
         self._waiting: dict[
-            tuple[str, tuple[str, ...]], tuple[list[_Blocker], threading.Condition]
+            tuple[str, tuple[str, ...]], tuple[list[Blocker], threading.Condition]
         ] = {}
         self._waiting_lock = threading.Lock()
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
@@ -578,12 +340,12 @@ class ShardedRedisBroker(Broker):
 
     # -- consuming -------------------------------------------------------------------------
 
-    def _fetch(self, queues: list[str], consumer: str, count: int, lease: float) -> _Fetching:
-        return _Fetching(self, queues, consumer, count, lease)
+    def _fetch(self, queues: list[str], consumer: str, count: int, lease: float) -> Fetching:
+        return Fetching(self, queues, consumer, count, lease)
 
     def _blockers(
         self, consumer: str, queues: list[str]
-    ) -> tuple[list[_Blocker], threading.Condition]:
+    ) -> tuple[list[Blocker], threading.Condition]:
         """The consumer's blockers on these queues, one per shard, kept across fetches (one
         that ended, idle or in a forked child, is made again)."""
         subs = self._parts()
@@ -595,9 +357,9 @@ class ShardedRedisBroker(Broker):
             blockers, cond = found
             for i, sub in enumerate(subs):
                 if i == len(blockers):
-                    blockers.append(_Blocker(sub, cond, f"conveyor-shard-{i}-{consumer}"))
+                    blockers.append(Blocker(sub, cond, f"conveyor-shard-{i}-{consumer}"))
                 elif not blockers[i].alive():
-                    blockers[i] = _Blocker(sub, cond, f"conveyor-shard-{i}-{consumer}")
+                    blockers[i] = Blocker(sub, cond, f"conveyor-shard-{i}-{consumer}")
             return found
 
     def _renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
