@@ -144,6 +144,11 @@ def test_the_number_of_shards_is_fixed_when_the_prefix_is_first_used(
         other.broker.get([job.id])
     sharded.close()
 
+    looking = unique_prefix()  # a tool that only looks (create=False) writes no layout
+    with open_broker(f"{redis_server.url}?shards=2", prefix=looking, create=False) as b:
+        assert b.stats() == [] and b.read_events(None, 0, 10) == []
+    assert not redis_server.client().exists(f"{{{looking}}}:shards")
+
     unsharded = unique_prefix()
     with Conveyor(redis_server.url, prefix=unsharded) as plain:
         plain.task(name="t")(lambda: None).delay()

@@ -95,8 +95,10 @@ class ShardedRedisBroker(Broker):
         prefix: str | None = None,
         clock: Clock | None = None,
         events_kept: int = EVENTS_KEPT,
+        create: bool = True,
     ) -> None:
         super().__init__(url, clock=clock, events_kept=events_kept)
+        self._create = create  # False: a tool that only looks writes no layout
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
             raise ConfigurationError(
                 f"bad shards {shards!r}: spread a prefix over 1 to {MAX_SHARDS} shards"
@@ -166,6 +168,8 @@ class ShardedRedisBroker(Broker):
                 slots = home._client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
                 masters = masters_of(slots)
             tags = choose_tags(self.prefix, self.shards, masters)
+            if not self._create:  # the shards it would make: empty, and nothing written
+                return Layout(self.shards, tags)
             home._client.set(key, msgspec.json.encode(Layout(self.shards, tags)), nx=True)
             raw = home._client.get(key)
         layout = msgspec.json.decode(raw or b"{}", type=Layout)

@@ -172,6 +172,7 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
                 prefix=options.prefix,
                 clock=options.clock,
                 events_kept=options.events_kept,
+                create=options.create,
             )
             return cast(Self, sharded)
         return cls(url, prefix=options.prefix, clock=options.clock, events_kept=options.events_kept)
