@@ -1,6 +1,7 @@
 """Conveyor on a Redis Cluster with 1, 2 and 3 masters busy: jobs/s and server CPU µs per
 job on each node, for W1b (``enqueue_many`` of a backlog) and W2 (draining it: no-op jobs,
-32 threads), beside one plain ``redis-server``. ``make bench`` runs it (the ``cluster`` of
+32 threads), beside one plain ``redis-server`` and one prefix sharded over the three
+masters (``?shards=6``). ``make bench`` runs it (the ``cluster`` of
 ``BENCH_BACKENDS``) and it writes its section of docs/benchmarks.md.
 
 A prefix lives on the master of its slot (docs/cluster.md), so a run with M masters busy
@@ -45,6 +46,7 @@ from redis_server import RedisServer  # noqa: E402
 from report import with_section  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+SHARDS = 6  # the sharded run: one prefix over this many shards, two per master
 
 
 def prefixes_on(servers: RedisClusterServers, masters: list[ClusterNode]) -> list[str]:
@@ -89,17 +91,28 @@ Run = dict[str, tuple[float, dict[int, float]]]  # workload -> (jobs/s, CPU s by
 
 
 def one_run(url: str, prefixes: list[str], nodes: list[RedisServer], n: int) -> Run:
-    """W1b then W2 of ``n`` jobs for each prefix at once; ``nodes``: the servers measured."""
+    """W1b then W2 of ``n`` jobs for each prefix at once; ``nodes``: the servers measured.
+    The same prefix named several times (a sharded one): one app, producer and worker per
+    name, on that prefix, each worker running whichever jobs it takes, until all ran."""
     apps = [Conveyor(url, prefix=p) for p in prefixes]
+    shared = len(set(prefixes)) < len(prefixes)
     done = [threading.Event() for _ in apps]
     counts = [0] * len(apps)
+    lock = threading.Lock()
     tasks = []
     for i, app in enumerate(apps):
 
         def hit(i: int = i) -> None:
-            counts[i] += 1
-            if counts[i] == n:
-                done[i].set()
+            with lock:
+                if shared:  # every worker waits for all the jobs
+                    counts[0] += 1
+                    if counts[0] == n * len(apps):
+                        for e in done:
+                            e.set()
+                    return
+                counts[i] += 1
+                if counts[i] == n:
+                    done[i].set()
 
         @app.task(name="noop")
         def noop(k: int, hit: Callable[[], None] = hit) -> None:
@@ -140,10 +153,11 @@ class Row:
     rate: float
     masters: tuple[float, ...]
     replicas: tuple[float, ...] = ()
+    sharded: int = 0  # one prefix over this many shards (0: a prefix per master)
 
     @property
     def spread(self) -> float:
-        return max(self.masters) / min(self.masters)
+        return max(self.masters) / min(self.masters) if min(self.masters) else float("inf")
 
 
 def measure(
@@ -160,13 +174,17 @@ def measure(
         for m in (1, 2, 3)
     ]  # fmt: skip
     setups.append((0, single.url, ["b" + uuid.uuid4().hex[:10]], [single], [single.port]))
+    # One prefix over SHARDS shards on the three masters, three producers and workers on it.
+    setups.append((-3, f"{servers.url}?shards={SHARDS}", ["b" + uuid.uuid4().hex[:10]] * 3,
+                   list(servers.nodes), [b.port for b in masters]))  # fmt: skip
     runs: dict[int, list[Run]] = {m: [] for m, *_ in setups}
     busiest = 0.0
     for rep in range(reps):
         for m, url, prefixes, nodes, _ in setups:
             busiest = max(busiest, gate.wait())
             runs[m].append(one_run(url, prefixes, nodes, n))
-            print(f"[rep {rep + 1}/{reps}] {m or 'one server'}: "
+            shown = "one server" if m == 0 else f"one prefix, {SHARDS} shards" if m < 0 else m
+            print(f"[rep {rep + 1}/{reps}] {shown}: "
                   + ", ".join(f"{w} {r[0]:,.0f} jobs/s" for w, r in runs[m][-1].items()),
                   flush=True)  # fmt: skip
     rows = []
@@ -177,9 +195,10 @@ def measure(
                 return statistics.median(r[work][1][port] for r in runs[m]) * 1e6 / n
 
             rows.append(Row(
-                m, work, statistics.median(r[work][0] for r in runs[m]),
+                abs(m), work, statistics.median(r[work][0] for r in runs[m]),
                 tuple(us(p) for p in ports),
                 tuple(us(replica[p]) for p in ports) if m else (),
+                SHARDS if m < 0 else 0,
             ))  # fmt: skip
     return rows, busiest
 
@@ -195,7 +214,9 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
         f"({meta['server']}, loopback): W1b enqueues {meta['n']:,} jobs per busy master with "
         "`enqueue_many`, 1,000 at a time; W2 drains them with one in-process worker of 32 "
         "threads per busy master; each busy master has a prefix of its own, its producer and "
-        "its worker, all at once. Median of "
+        "its worker, all at once; the sharded row has one prefix over "
+        f"{SHARDS} shards (`?shards={SHARDS}`, two per master) with three producers and "
+        "three workers on it, the same jobs in all. Median of "
         f"{meta['reps']} runs, interleaved with one plain `redis-server` (no cluster, no "
         "replica) running the same. Server CPU is read from `/proc/<pid>/stat` of each "
         "`redis-server` over the run (10 ms ticks). On 2 cores the clients and the servers "
@@ -214,7 +235,8 @@ def render(rows: list[Row], meta: dict[str, Any]) -> str:
             )
             mean = statistics.mean(r.masters)
             spread = f"x{r.spread:.2f}" if r.busy > 1 else "—"
-            out.append(f"| {r.busy} | {r.work} | {r.rate:,.0f} | {each} | {spread} | "
+            busy = f"{r.busy}: one prefix, {r.sharded} shards" if r.sharded else str(r.busy)
+            out.append(f"| {busy} | {r.work} | {r.rate:,.0f} | {each} | {spread} | "
                        f"x{mean / lone[r.work]:.2f} |")  # fmt: skip
         else:
             out.append(f"| one redis-server | {r.work} | {r.rate:,.0f} | {r.masters[0]:.1f} | "

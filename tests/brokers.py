@@ -10,7 +10,10 @@ tier takes the entries it can run:
   broker: those several processes can share, ``params(shared=True)`` (``integration/``
   leaves out the entries marked ``integration=False``: the Redis Cluster, whose adapter is
   the Redis one, which that tier runs already; its own tests are in
-  ``integration/test_redis_cluster.py``);
+  ``integration/test_redis_cluster.py``); ``torture/test_worker_faults.py`` leaves out those
+  marked ``workers=False`` (``redis-sharded``: the sharded adapter on one server, which
+  ``redis-cluster-sharded`` runs there already, on the cluster; its sleeps cost the suite
+  ~85 s);
 * ``torture/test_model.py`` and ``test_broker_races.py``: all of them.
 
 An entry says how a test gets a broker of its own: ``place(request, root, server)`` gives a
@@ -90,6 +93,7 @@ class TestBroker:
     marks: tuple[pytest.MarkDecorator, ...] = ()
     adapter: str = ""  # the registry's adapter, when not ``name``
     integration: bool = True  # the integration tier runs on it (see the module docstring)
+    workers: bool = True  # the worker torture tests run on it (see the module docstring)
 
     @property
     def adapter_name(self) -> str:
@@ -153,6 +157,22 @@ def _redis_cluster(request: pytest.FixtureRequest, root: Path, server: Server) -
     return Place(lambda: Target(shared.url, unique_prefix()))
 
 
+def _sharded(place: Placer, shards: int) -> Placer:
+    """The targets of ``place`` with ``?shards=`` (one prefix over ``shards`` shards)."""
+
+    def placer(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
+        found = place(request, root, server)
+
+        def new() -> Target:
+            t = found.new()
+            sep = "&" if "?" in t.url else "?"
+            return Target(f"{t.url}{sep}shards={shards}", t.prefix, t.store)
+
+        return Place(new, found.restart)
+
+    return placer
+
+
 def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
     """A schema of its own per target (a migration: ~40 ms): in the session's database on
     the machine's server ("shared"), else on a private server ("fresh", "durable": every
@@ -205,6 +225,13 @@ BROKERS: tuple[TestBroker, ...] = (
                integration=False,
                marks=(*_NEEDS_REDIS, pytest.mark.skipif(CLI_BINARY is None,
                                                         reason="no redis-cli binary"))),
+    TestBroker("redis-sharded", _sharded(_redis, 3), embedded=False, shared=True,
+               adapter="redis", clocks=("fake", "real"), integration=False, workers=False,
+               marks=_NEEDS_REDIS),
+    TestBroker("redis-cluster-sharded", _sharded(_redis_cluster, 6), embedded=False,
+               shared=True, adapter="redis", clocks=("fake", "real"), integration=False,
+               marks=(*_NEEDS_REDIS, pytest.mark.skipif(CLI_BINARY is None,
+                                                        reason="no redis-cli binary"))),
     TestBroker("postgres", _postgres, embedded=False, shared=True, clocks=("fake", "real"),
                marks=(pytest.mark.postgres,)),
     TestBroker("rabbitmq-redis", _rabbitmq(_redis), adapter="rabbitmq",
@@ -220,7 +247,11 @@ BROKERS: tuple[TestBroker, ...] = (
 
 
 def select(
-    *, embedded: bool | None = None, shared: bool | None = None, integration: bool | None = None
+    *,
+    embedded: bool | None = None,
+    shared: bool | None = None,
+    integration: bool | None = None,
+    workers: bool | None = None,
 ) -> list[TestBroker]:
     return [
         b
@@ -228,14 +259,19 @@ def select(
         if (embedded is None or b.embedded == embedded)
         and (shared is None or b.shared == shared)
         and (integration is None or b.integration == integration)
+        and (workers is None or b.workers == workers)
     ]
 
 
 def params(
-    *, embedded: bool | None = None, shared: bool | None = None, integration: bool | None = None
+    *,
+    embedded: bool | None = None,
+    shared: bool | None = None,
+    integration: bool | None = None,
+    workers: bool | None = None,
 ) -> Sequence[Any]:
     """The selected brokers as pytest params (ids: their names, marks: theirs)."""
-    chosen = select(embedded=embedded, shared=shared, integration=integration)
+    chosen = select(embedded=embedded, shared=shared, integration=integration, workers=workers)
     return [pytest.param(b, id=b.name, marks=b.marks) for b in chosen]
 
 

@@ -27,7 +27,7 @@ from ._errors import (
 from ._events import Event
 from ._hooks import Hooks, Sending, check_middleware
 from ._job import Job
-from ._message import Envelope, JobStatus, Message, new_job_id, validate_job_id, validate_queue
+from ._message import Envelope, JobStatus, Message, validate_job_id, validate_queue
 from ._requeue import requeue, requeue_all
 from ._task import Options, Signature, Task, callable_name
 from .brokers import DEFAULT_URL, Broker, load_adapter, open_broker, record_store, redact_url
@@ -491,7 +491,7 @@ class Conveyor:
             )
         o = sig.opts  # checked when they were given (Options.merge)
         now = self.clock.time()
-        job_id = o.job_id or new_job_id()
+        job_id = o.job_id or self.broker.new_job_id(o.key, o.depends_on)
         eta = o.eta if o.eta is not None else (now + o.delay if o.delay else None)
         message = Message(
             id=job_id,

@@ -315,9 +315,11 @@ class Scheduler:
     def _envelope(self, s: Schedule, fire: int, sending: Sending) -> Envelope:
         task = self.app.registry.get(s.name)
         base = task.opts if task is not None else self.app.defaults
-        changes: dict[str, Any] = {"job_id": s.job_id(fire)}
-        if s.overlap == "skip":
-            changes["key"] = s.unique_key
+        key = s.unique_key if s.overlap == "skip" else None
+        # The same id in every scheduler; on a sharded broker, on its key's shard.
+        changes: dict[str, Any] = {"job_id": self.app.broker.new_job_id(key, fixed=s.job_id(fire))}
+        if key is not None:
+            changes["key"] = key
         sig: Signature[Any] = Signature(self.app, s.name, (), {}, base.merge(**changes))
         return sending.envelope(sig)
 

@@ -88,28 +88,62 @@ def redis_cluster_injector(request: pytest.FixtureRequest, target: Target) -> In
     return _redis_inject(target, lambda: servers.master_of(target.prefix).client())
 
 
+def sharded_injector(
+    connect: Callable[[pytest.FixtureRequest, Target, str], redis.Redis],
+) -> Callable[[pytest.FixtureRequest, Target], Inject]:
+    """Into the shard a sharded prefix's broker routes the job id to, under its tag (the
+    prefix's layout, made by opening it)."""
+
+    def injector(request: pytest.FixtureRequest, target: Target) -> Inject:
+        broker = target.open()
+        try:
+            broker.stats()  # the layout is written at the first use
+            home = connect(request, target, target.prefix)
+            layout = json.loads(home.get(Keys(target.prefix).shards) or b"{}")
+            home.close()
+
+            def shard(job_id: str) -> tuple[Keys, redis.Redis]:
+                tag = layout["tags"][broker.shard_of(job_id)]
+                return Keys(target.prefix, tag), connect(request, target, tag)
+
+            return lambda job_id, payload: _inject(*shard(job_id), job_id, payload)
+        finally:
+            broker.close()
+
+    return injector
+
+
+def _on_server(request: pytest.FixtureRequest, target: Target, tag: str) -> redis.Redis:
+    server: RedisServer = request.getfixturevalue("fresh_redis_server")  # the target's
+    return server.client()
+
+
+def _on_cluster(request: pytest.FixtureRequest, target: Target, tag: str) -> redis.Redis:
+    servers: RedisClusterServers = request.getfixturevalue("redis_cluster")  # the target's
+    return servers.master_of(tag).client()
+
+
 def _redis_inject(target: Target, connect: Callable[[], redis.Redis]) -> Inject:
     """Writes a job as enqueue would, on the server ``connect`` reaches."""
     keys = Keys(target.prefix)
+    return lambda job_id, payload: _inject(keys, connect(), job_id, payload)
 
-    def inject(job_id: str, payload: bytes) -> None:
-        client = connect()
-        try:
-            sid = client.eval(
-                _REDIS_INJECT,
-                3,
-                keys.job(job_id),
-                keys.stream("default", 0),
-                keys.queues,
-                job_id,
-                payload,
-                GROUP,
-            )
-        finally:
-            client.close()
-        assert b"-" in sid, sid  # a stream entry id
 
-    return inject
+def _inject(keys: Keys, client: redis.Redis, job_id: str, payload: bytes) -> None:
+    try:
+        sid = client.eval(
+            _REDIS_INJECT,
+            3,
+            keys.job(job_id),
+            keys.stream("default", 0),
+            keys.queues,
+            job_id,
+            payload,
+            GROUP,
+        )
+    finally:
+        client.close()
+    assert b"-" in sid, sid  # a stream entry id
 
 
 def sqlite_injector(request: pytest.FixtureRequest, target: Target) -> Inject:
@@ -160,6 +194,8 @@ def postgres_injector(request: pytest.FixtureRequest, target: Target) -> Inject:
 INJECTORS: dict[str, Callable[[pytest.FixtureRequest, Target], Inject]] = {
     "redis": redis_injector,
     "redis-cluster": redis_cluster_injector,
+    "redis-sharded": sharded_injector(_on_server),
+    "redis-cluster-sharded": sharded_injector(_on_cluster),
     "sqlite": sqlite_injector,
     "postgres": postgres_injector,
     # Into the record store, with no ticket: the workers' sweep finds it.

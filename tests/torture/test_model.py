@@ -20,7 +20,12 @@ EXAMPLES = 100
 # restart there costs 2 s, not ~50 ms; a PostgreSQL restart (pg_ctl stop -m immediate, then
 # start with crash recovery) costs 0.3-1.5 s, and on a loaded machine 100 examples went past
 # the timeout: fewer examples keep each test within its time.
-FEWER = {"redis-cluster": 20, "postgres": 40, "rabbitmq-postgres": 40}
+FEWER = {
+    "redis-cluster": 20,
+    "redis-cluster-sharded": 20,
+    "postgres": 40,
+    "rabbitmq-postgres": 40,
+}
 
 
 # Green, the three run in ~15 s; the timeout leaves the shrinker room to report a failure.

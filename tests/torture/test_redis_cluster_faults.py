@@ -1,8 +1,9 @@
 """A private Redis Cluster under faults (``tests/redis_cluster.py``: 3 masters, 3 replicas of
 the test's own, never the shared Redis): the master of the prefix's slot killed with
 SIGKILL under load, its replica stalled just before (it takes over), then started again (it
-comes back as a replica); a slot migration started under the prefix's feet (refused until
-it ends).
+comes back as a replica), on a prefix of one slot and on one sharded over six (the home's
+master, which serves two of its shards); a slot migration started under the prefix's feet
+(refused until it ends).
 
 With ``?wait=1`` an enqueue is acknowledged once the master's replica has it, so the
 replica that takes over has every acknowledged job: nothing acknowledged is lost, no job
@@ -42,11 +43,14 @@ def servers(tmp_path: Path) -> RedisClusterServers:
 
 
 @pytest.mark.timeout(180)
+@pytest.mark.parametrize("shards", ["", "&shards=6"], ids=["one-slot", "sharded"])
 def test_a_master_killed_under_load_loses_no_acknowledged_job_with_wait(
-    servers: RedisClusterServers, tmp_path: Path
+    servers: RedisClusterServers, tmp_path: Path, shards: str
 ) -> None:
+    """Sharded: the master killed is the prefix's home's, which also serves two of its six
+    shards; the jobs of the other four go on meanwhile."""
     prefix = unique_prefix()
-    cluster = Cluster(tmp_path / "app", servers.url + "?wait=1", prefix)
+    cluster = Cluster(tmp_path / "app", servers.url + "?wait=1" + shards, prefix)
     try:
         app = cluster.app()
         for name in ("w1", "w2"):

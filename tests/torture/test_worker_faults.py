@@ -39,7 +39,7 @@ from .workers import Cluster, send, wait_for
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(params=params(shared=True))
+@pytest.fixture(params=params(shared=True, workers=True))
 def cluster(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Cluster]:
     target = request.param.target(request, tmp_path / "app", "fresh")
     c = Cluster(tmp_path / "app", target.url, target.prefix, store=target.store)
@@ -251,7 +251,9 @@ def _group_is_gone(pgid: int) -> bool:
 
 
 @pytest.mark.timeout(150)
-@pytest.mark.parametrize("cluster", params(shared=True, embedded=False), indirect=True)  # see below
+@pytest.mark.parametrize(
+    "cluster", params(shared=True, embedded=False, workers=True), indirect=True
+)  # see below
 def test_the_heroku_sequence_in_real_time_kill_30_s_after_the_first_term(
     cluster: Cluster,
 ) -> None:

@@ -97,7 +97,7 @@ from collections.abc import Sequence
 import msgspec
 
 from .._errors import ConfigurationError
-from .._message import Delivery, Envelope, JobRecord, JobStatus, WorkerInfo
+from .._message import Delivery, Envelope, JobRecord, JobStatus, WorkerInfo, new_job_id
 from ..stores._port import KeyValue
 from ._admin import Admin
 from ._base import (
@@ -173,7 +173,26 @@ class Broker(Admin):
     def kv(self) -> KeyValue:
         """The key-value store on the same backend (results, locks, cache build on it)."""
 
+    # How many shards the broker spreads its jobs over (a sharded Redis prefix: several;
+    # every other broker: one). Priority and FIFO order hold among the jobs of one shard.
+    shards: int = 1
+
+    def shard_of(self, job_id: str) -> int:
+        """The shard that holds (or would hold) the job, 0 to ``shards - 1``."""
+        return 0
+
     # -- producing -------------------------------------------------------------------------
+
+    def new_job_id(
+        self, key: str | None = None, depends_on: Sequence[str] = (), fixed: str | None = None
+    ) -> str:
+        """A fresh job id for a job with this unique ``key`` and these dependencies. The
+        app and workflows mint ids here, so a broker that spreads jobs over shards can
+        place each one (``redis+cluster://...?shards=``, docs/cluster.md): its id says
+        where. A fresh time-sorted id by default. ``fixed``: an id made elsewhere (a
+        periodic job's, the same in every scheduler), returned as it is, or with what
+        places it beside its key or dependencies."""
+        return fixed or new_job_id()
 
     def enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes] = ()) -> list[str]:
         """Write jobs; return each job's id (the existing one when deduplicated by key).

@@ -248,6 +248,7 @@ OPTIONS: dict[str, tuple[Callable[[str], Any], str, frozenset[str]]] = {
     "sentinel_password": (str, "the sentinels' password", _SENTINEL),
     "wait": (_number(int, 1), "how many replicas must have an enqueue, 1 or more", _ALL),
     "wait_timeout": (_number(float, 0, above=True), "seconds to wait for them, above 0", _ALL),
+    "shards": (_number(int, 1), "how many shards one prefix spreads over, 1 or more", _POOLED),
 }
 
 _EXAMPLE = {

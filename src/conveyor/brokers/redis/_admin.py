@@ -37,7 +37,10 @@ class AdminMixin(RedisCore):
         pipe.smembers(self._keys.queues)
         pipe.smembers(self._keys.paused)
         pipe.time()
-        known, paused_raw, server_time = pipe.execute()
+        pipe.get(self._keys.shards)
+        known, paused_raw, server_time, layout = pipe.execute()
+        if not self._layout_checked:
+            self._check_layout(layout)
         paused = {text(q) for q in paused_raw}
         queues = sorted({text(q) for q in known} | paused)  # a paused queue may have no jobs
         now = self._now(server_time)
@@ -112,6 +115,8 @@ class AdminMixin(RedisCore):
     def _entries(
         self, status: JobStatus, queue: str | None, limit: int, offset: int
     ) -> list[JobEntry]:
+        if not self._layout_checked:
+            self._check_layout()
         queues = [queue] if queue is not None else self._known_queues()
         if not queues:
             return []

@@ -18,7 +18,7 @@ import redis.asyncio
 from ..._message import Envelope, JobRecord
 from .._base import AsyncWatch
 from . import _connect
-from ._calls import enqueue_calls, enqueue_ids
+from ._calls import enqueue_calls, enqueue_reply
 from ._core import RECORD_FIELDS, RedisCore, to_ms
 from ._errors import FULL_POLL, full
 
@@ -74,7 +74,15 @@ class AsyncMixin(RedisCore):
     async def _enqueue_async(
         self, envelopes: Sequence[Envelope], events: Sequence[bytes]
     ) -> list[str]:
+        return (await self._enqueue_load_async(envelopes, events))[0]
+
+    async def _enqueue_load_async(
+        self, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> tuple[list[str], int]:
+        """``_enqueue_async``, and the load signal of ``_enqueue_load``."""
         client, scripts = self._aclient()
+        if not self._layout_checked:
+            self._check_layout(await client.get(self._keys.shards))
         now_ms = to_ms(self._clock.time())
         calls = enqueue_calls(
             self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
@@ -103,7 +111,7 @@ class AsyncMixin(RedisCore):
                     raise
                 await client.script_load(script.script)
             else:
-                return enqueue_ids(replies)
+                return enqueue_reply(replies)
         raise AssertionError("unreachable")
 
     async def _replicated_async(

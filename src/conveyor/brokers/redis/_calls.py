@@ -109,13 +109,16 @@ def enqueue_calls(
     )
 
 
-def enqueue_ids(replies: Sequence[Any]) -> list[str]:
-    """The ids the enqueue calls answered; raises ``DependencyNotFound`` if the script
-    refused an unknown dependency (it wrote nothing)."""
-    ids = [text(i) for reply in replies for i in reply]
-    if ids and ids[0] == "!missing":
-        raise unknown_dependency(ids[1], ids[2])
-    return ids
+def enqueue_reply(replies: Sequence[Any]) -> tuple[list[str], int]:
+    """The ids the enqueue calls answered, and the length of the stream the last call's
+    last job due now went into (-1: none), which each call answers after its ids
+    (enqueue.lua); raises ``DependencyNotFound`` if the script refused an unknown
+    dependency (it wrote nothing)."""
+    first = replies[0] if replies else []
+    if first and text(first[0]) == "!missing":
+        raise unknown_dependency(text(first[1]), text(first[2]))
+    ids = [text(i) for reply in replies for i in reply[:-1]]
+    return ids, int(replies[-1][-1]) if replies else -1
 
 
 def finish_values(f: Finish, place: Callable[[str], int], now_ms: int) -> list[Any]:

@@ -14,12 +14,13 @@ from asyncio import AbstractEventLoop, get_running_loop
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import redis
 import redis.asyncio
 import redis.exceptions
 
 from ..._clock import Clock
-from ..._errors import BrokerUnavailable, InvalidName
+from ..._errors import BrokerUnavailable, ConfigurationError, InvalidName
 from ..._message import JobRecord, JobStatus, validate_queue
 from .._base import EVENTS_KEPT
 from .._port import Broker
@@ -87,24 +88,39 @@ class RedisCore(Broker):
         clock: Clock | None = None,
         sweep_idle: float | None = None,
         events_kept: int = EVENTS_KEPT,
+        tag: str | None = None,
+        share: RedisCore | None = None,
     ) -> None:
         super().__init__(url, clock=clock, events_kept=events_kept)
         self._target = _connect.parse(url)
         # prefix=, else the URL's ?prefix=, else "conveyor"; both given must agree.
         self.prefix = check_prefix(key_prefix(prefix, self._target))
-        self._keys = Keys(self.prefix)
+        # tag: a shard of a sharded prefix (``_sharded``), its keys under a tag of its own.
+        self._keys = Keys(self.prefix, tag)
         # On a cluster: the master of the prefix's slot, followed by both clients (_cluster).
         self._owner = _connect.slot_owner(self._target, self._keys.tag)
         self._guard = () if self._owner is None else (self._keys.moving,)
-        self._client = _connect.connect(self._target, self._owner)
+        # share: another broker on the same server (not a cluster: a pool follows one
+        # slot's master), whose client and held connections this one uses too.
+        self._shared = share is not None and self._owner is None
+        self._client: redis.Redis = (
+            share._client
+            if share is not None and self._owner is None
+            else _connect.connect(self._target, self._owner)
+        )
         # ?wait=N: an enqueue is acknowledged once N replicas have it (``_replicated``).
         wanted = self._target.option("wait")
         self._durable: tuple[tuple[str, int, int], ...] = ()
         if wanted is not None:
             timeout = to_ms(self._target.option("wait_timeout", WAIT_TIMEOUT))
             self._durable = (("WAIT", wanted, max(timeout, 1)),)
+        # Whether the prefix was looked at for a sharded layout (``check_layout``): a
+        # plain broker refuses a sharded prefix; a shard or a sharded prefix's home is one.
+        self._layout_checked = False
         self._scripts = Scripts(self._client)
         self._pinned = _connect.Pinned()
+        if share is not None and self._shared:
+            self._scripts, self._pinned = share._scripts, share._pinned
         self._sweep_idle = sweep_idle
         self._async: weakref.WeakKeyDictionary[
             AbstractEventLoop, tuple[redis.asyncio.Redis, Scripts]
@@ -154,6 +170,8 @@ class RedisCore(Broker):
         call, so none ran there: load the script and send them again. (Every script sent
         this way is idempotent for a repeat, so a call that did run before a restart is
         safe to repeat too.)"""
+        if not self._layout_checked:
+            self._check_layout()
         found = self._scripts[script]
         guard = () if script in UNGUARDED else self._guard
         for again in (False, True):
@@ -172,6 +190,22 @@ class RedisCore(Broker):
                     raise
                 self._load(script)
         raise AssertionError("unreachable")
+
+    def _check_layout(self, found: Any = "") -> None:
+        """Refuse a prefix sharded with ``?shards=`` (its layout key is set): a plain broker
+        would write jobs no worker of it reads. Once per broker, at its first script call
+        (and first listing); ``found``: the layout key's value (None: unset), when read
+        already."""
+        if found == "":
+            found = self._client.get(self._keys.shards)
+        if found is not None:
+            shards = msgspec.json.decode(found, type=dict[str, Any]).get("shards", "?")
+            raise ConfigurationError(
+                f"the key prefix {self.prefix!r} is sharded over {shards} shards (it was "
+                f"first used with ?shards={shards}): add ?shards={shards} to the broker URL "
+                "of every producer, worker and command on it, see docs/cluster.md"
+            )
+        self._layout_checked = True
 
     def _replicated(self, replies: list[Any]) -> list[Any]:
         """The replies of a write followed by ``WAIT`` (its count last), without it; raises
@@ -273,7 +307,8 @@ class RedisCore(Broker):
         return None
 
     def _close(self) -> None:
-        self._client.close()
+        if not self._shared:  # the sharing broker closes it
+            self._client.close()
         store = getattr(self, "_store_client", None)  # a cluster's, once the store was used
         if store is not None:
             store.close()

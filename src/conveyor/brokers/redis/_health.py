@@ -113,6 +113,12 @@ class HealthMixin(RedisCore):
         epoch, jobs = self._eval("heartbeat", keys, [*head, *own])
         self._saw(text(epoch), int(jobs), list(info.queues))
 
+    def _look_at_epoch(self) -> None:
+        """A look at the epoch marker, as a heartbeat's (a sharded prefix's shards: the
+        heartbeat itself goes to the prefix's home)."""
+        epoch = self._eval("epoch", [self._keys.epoch], [*self._head(), secrets.token_hex(8)])
+        self._saw(text(epoch), None, [])
+
     def _recheck(self) -> None:
         """A look at the epoch after a refused renewal or outcome (at most once a second):
         a loss shows there first. Never raises: the caller's own result stands."""

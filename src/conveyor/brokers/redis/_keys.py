@@ -88,6 +88,16 @@ Broker keys (all under the ``{P}`` tag)::
                                     call before it runs (a missing key: ASK or TRYAGAIN) rather
                                     than the script failing half-way on a moved job hash
                                     (``_cluster.py``)
+    {P}:shards              STRING  a sharded prefix's layout (``?shards=S``, ``_sharded.py``):
+                                    JSON ``{"shards": S, "tags": [...]}``, written once (SET
+                                    NX) by its first use, read by every broker that opens the
+                                    prefix: a plain one refuses a sharded prefix, a sharded
+                                    one another S. Shard ``i`` keeps every key above but the
+                                    workers', epoch's and the store's under the tag
+                                    ``{<tags[i]>}`` (``P~i``, or ``P~i.n`` where the n-th
+                                    name was the first whose slot the wanted master serves);
+                                    ``{P}`` itself keeps workers, events of ``publish``, the
+                                    layout
 
 Key-value store keys (``store.py``): one tag per key, so they spread over a
 cluster. Values and locks live in separate namespaces (the ``kv`` and ``lock`` segments right
@@ -150,9 +160,10 @@ TERMINAL_INDEXES = ("succeeded", "failed", "dead", "cancelled")
 class Keys:
     """Builds broker keys for one prefix. Names are validated before they get here."""
 
-    def __init__(self, prefix: str) -> None:
+    def __init__(self, prefix: str, tag: str | None = None) -> None:
         self.prefix = prefix
-        self.tag = "{" + prefix + "}"
+        # A shard of a sharded prefix has a tag of its own (``_sharded``), else the prefix.
+        self.tag = "{" + (tag or prefix) + "}"
         self._queue_keys: dict[str, tuple[str, ...]] = {}
 
     @property
@@ -232,6 +243,10 @@ class Keys:
     @property
     def epoch(self) -> str:
         return f"{self.tag}:epoch"
+
+    @property
+    def shards(self) -> str:
+        return f"{self.tag}:shards"
 
 
 def kv_key(prefix: str, key: str) -> str:

@@ -16,7 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Self
+from typing import Any, Self, cast
 
 import redis.exceptions
 
@@ -33,7 +33,7 @@ from ._calls import (
     FINISH_CHUNK,
     batch_calls,
     enqueue_calls,
-    enqueue_ids,
+    enqueue_reply,
     finish_values,
     with_events,
 )
@@ -140,9 +140,17 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         clock: Clock | None = None,
         sweep_idle: float | None = None,
         events_kept: int = EVENTS_KEPT,
+        tag: str | None = None,
+        share: RedisBroker | None = None,
     ) -> None:
         super().__init__(
-            url, prefix=prefix, clock=clock, sweep_idle=sweep_idle, events_kept=events_kept
+            url,
+            prefix=prefix,
+            clock=clock,
+            sweep_idle=sweep_idle,
+            events_kept=events_kept,
+            tag=tag,
+            share=share,
         )
         # On a cluster the store's keys spread over slots: redis-py's cluster client, made
         # on first use (it asks the cluster for its slots as it is made).
@@ -154,6 +162,19 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
 
     @classmethod
     def from_url(cls, url: str, options: BrokerOptions) -> Self:
+        shards = _connect.parse(url).option("shards")
+        if shards is not None:  # one prefix over several shards: a broker made of brokers
+            from ._sharded import ShardedRedisBroker
+
+            sharded = ShardedRedisBroker(
+                url,
+                shards=shards,
+                prefix=options.prefix,
+                clock=options.clock,
+                events_kept=options.events_kept,
+                create=options.create,
+            )
+            return cast(Self, sharded)
         return cls(url, prefix=options.prefix, clock=options.clock, events_kept=options.events_kept)
 
     @property
@@ -168,6 +189,13 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
     # -- producing -------------------------------------------------------------------------
 
     def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
+        return self._enqueue_load(envelopes, events)[0]
+
+    def _enqueue_load(
+        self, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> tuple[list[str], int]:
+        """``_enqueue``, and the length of the stream its last job due now went into (-1:
+        none): a sharded prefix's load signal (``_sharded``)."""
         now_ms = to_ms(self._clock.time())
         calls = enqueue_calls(
             self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
@@ -175,7 +203,7 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         # One script call is atomic on its own; several go in MULTI/EXEC: a batch is written
         # whole or not at all.
         replies = self._run("enqueue", calls, transaction=len(calls) > 1, replicated=True)
-        return enqueue_ids(replies)
+        return enqueue_reply(replies)
 
     # -- consuming -------------------------------------------------------------------------
 

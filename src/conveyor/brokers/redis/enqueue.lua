@@ -5,6 +5,8 @@
 -- the key), depends_on (ids joined by ',', or ''). Carrying events (common.lua carried): one
 -- per job after all the jobs (job.enqueued, or ''), published only with a job written.
 -- Returns the job ids, in order: the existing one where an equal unique key is pending;
+-- then the length of the stream the call's last job due now went into (-1: none), the load
+-- a sharded prefix's producers place jobs by (_sharded.py), at the cost of one XLEN;
 -- or {'!missing', job id, dependency id}, having written nothing, when a dependency names
 -- no live job and no job earlier in the call (the client sends a batch with dependencies
 -- as one call, so that is all of it).
@@ -42,12 +44,12 @@ if N == 1 and ARGV[BASE + 4] == '' and ARGV[BASE + 5] == '' and ARGV[BASE + 6] =
   local id, name, prio = ARGV[BASE], ARGV[6], ARGV[BASE + 3]
   local key = JOB_PREFIX .. id
   if redis.call('EXISTS', key, DONE_PREFIX .. id) == 0 then
-    if not enter(TAG .. 'q:' .. name .. ':s' .. prio, key, id, name, prio, ARGV[BASE + 2], '')
-    then
+    local stream = TAG .. 'q:' .. name .. ':s' .. prio
+    if not enter(stream, key, id, name, prio, ARGV[BASE + 2], '') then
       redis.call('SADD', QUEUES, name)
     end
     if CAP then publish(CAP, {ARGV[EV]}) end
-    return {id}
+    return {id, redis.call('XLEN', stream)}
   end
 end
 
@@ -91,6 +93,7 @@ end
 local written = {}  -- ids written by this call (an id repeated in the batch is written once)
 local published = {}  -- the events of the jobs written, published at the end
 local listed = {}   -- queues known to be in the QUEUES set in this call
+local last_stream  -- the stream of the last job written due now (its length is returned)
 
 local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
   eta = eta_at(eta)
@@ -124,7 +127,8 @@ local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
       'updated_at', NOW, 'key', ukey)
     redis.call('ZADD', q.scheduled, (eta == 'waiting' or eta == 'parked') and '+inf' or eta, id)
   else  -- due now: the payload rides in the stream entry
-    existed = enter(q.s[tonumber(prio)], key, id, q.name, prio, payload, ukey)
+    last_stream = q.s[tonumber(prio)]
+    existed = enter(last_stream, key, id, q.name, prio, payload, ukey)
   end
   if not listed[q.name] then
     if not existed then redis.call('SADD', QUEUES, q.name) end
@@ -141,4 +145,5 @@ for j = 0, N - 1 do
     ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
 end
 if CAP then publish(CAP, published) end
+out[N + 1] = last_stream and redis.call('XLEN', last_stream) or -1
 return out

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import ClassVar
 
 import msgspec
@@ -13,7 +13,7 @@ from ..._clock import FakeClock
 from ..._errors import DependencyNotFound, JobNotFound, ValidationError
 from ..._message import Delivery, Envelope, JobStatus, new_job_id
 from ...brokers._port import Broker
-from ._helpers import Timeline, dependent, envelope, fetch, fetch_one, finish, status
+from ._helpers import Timeline, dependent, envelope, fetch, fetch_one, finish, minting, status
 
 
 class DependencyConformance:
@@ -23,6 +23,12 @@ class DependencyConformance:
     enqueue has become terminal; the broker releases it whatever they ended as."""
 
     real_time_unit: ClassVar[float] = 0.1
+
+    @pytest.fixture(autouse=True)
+    def _minting(self, broker: Broker) -> Iterator[None]:
+        """The helpers make ids as the app does, with the broker's ``new_job_id``."""
+        with minting(broker):
+            yield
 
     @pytest.fixture
     def timeline(self, clock: FakeClock | None) -> Timeline:

@@ -11,7 +11,17 @@ import pytest
 from ..._errors import DependencyNotFound
 from ..._message import Envelope, JobStatus, new_job_id
 from ...brokers._port import EVENTS_SLACK, Broker, Finish
-from ._helpers import BLOCK, PROMPT, Timeline, _Background, dependent, envelope, fetch
+from ._helpers import (
+    BLOCK,
+    PROMPT,
+    Timeline,
+    _Background,
+    by_shard,
+    dependent,
+    envelope,
+    fetch,
+    mint,
+)
 
 
 def _read_all(broker: Broker, after: str | None = None) -> list[tuple[str, bytes]]:
@@ -123,9 +133,12 @@ class _EventsTests:
         c = envelope()
         assert broker.enqueue([c, c], [b"c", b"c twice"]) == [c.id, c.id]  # written once
         later = envelope(eta=time.time() + 3600)
-        parked = Envelope(new_job_id(), "default", b"steps", eta=float("inf"))
+        parked = Envelope(mint(), "default", b"steps", eta=float("inf"))
         broker.enqueue([later, parked], [b"later", b"parked"])
-        assert _bodies(broker, tail) == [b"a", b"b", b"c", b"later", b"parked"]
+        jobs = {b"a": a.id, b"b": b.id, b"c": c.id, b"later": later.id, b"parked": parked.id}
+        assert by_shard(broker, _bodies(broker, tail), jobs.__getitem__) == by_shard(
+            broker, [b"a", b"b", b"c", b"later", b"parked"], jobs.__getitem__
+        )
 
     def test_enqueue_async_publishes_them_too(self, broker: Broker) -> None:
         tail = broker.events_tail()

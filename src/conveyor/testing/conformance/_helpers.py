@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Generic, TypeVar
-
-import msgspec
 
 from ..._clock import FakeClock
 from ..._message import DEFAULT_QUEUE, Delivery, Envelope, JobStatus, WorkerInfo, new_job_id
@@ -71,6 +70,41 @@ class _Background(Generic[T]):
         return self._out[0]
 
 
+# How the helpers make job ids: the broker under test's ``new_job_id`` while a test runs
+# (``minting``), as the app's are made, so a broker that places jobs by their id (a sharded
+# Redis) places these as it would the app's.
+_minter: list[Callable[..., str]] = []
+
+
+@contextlib.contextmanager
+def minting(broker: Broker) -> Iterator[None]:
+    """Make the helpers' job ids with ``broker.new_job_id`` inside the block."""
+    _minter.append(broker.new_job_id)
+    try:
+        yield
+    finally:
+        _minter.pop()
+
+
+def mint(key: str | None = None, depends_on: Sequence[str] = ()) -> str:
+    """A job id for a job with this key and these dependencies (see ``minting``)."""
+    if not _minter:
+        return new_job_id()
+    return _minter[-1](key, depends_on)
+
+
+def by_shard(
+    broker: Broker, items: Sequence[T], job_of: Callable[[T], str] | None = None
+) -> list[list[T]]:
+    """``items`` (job ids, or what ``job_of`` maps to one) split by the shard that holds
+    each one's job, each part in the order given: the order a broker promises across its
+    jobs holds among the jobs of one shard (``Broker.shards``; one shard: the whole list)."""
+    parts: list[list[T]] = [[] for _ in range(broker.shards)]
+    for item in items:
+        parts[broker.shard_of(job_of(item) if job_of else str(item))].append(item)
+    return parts
+
+
 def envelope(
     queue: str = DEFAULT_QUEUE,
     *,
@@ -78,16 +112,25 @@ def envelope(
     eta: float | None = None,
     key: str | None = None,
     payload: bytes | None = None,
+    depends_on: Sequence[str] = (),
 ) -> Envelope:
-    job_id = new_job_id()
+    job_id = mint(key, depends_on)
     # Not JSON and not UTF-8: a broker must move payloads as opaque bytes.
     body = payload if payload is not None else b"\x00\xff payload of " + job_id.encode()
-    return Envelope(id=job_id, queue=queue, payload=body, priority=priority, eta=eta, key=key)
+    return Envelope(
+        id=job_id,
+        queue=queue,
+        payload=body,
+        priority=priority,
+        eta=eta,
+        key=key,
+        depends_on=tuple(depends_on),
+    )
 
 
 def dependent(*depends_on: str, queue: str = DEFAULT_QUEUE) -> Envelope:
     """A job that waits for ``depends_on``."""
-    return msgspec.structs.replace(envelope(queue), depends_on=depends_on)
+    return envelope(queue, depends_on=depends_on)
 
 
 def fetch(

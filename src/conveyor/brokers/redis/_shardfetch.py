@@ -1,0 +1,153 @@
+"""How a sharded prefix's worker fetches (``_sharded``): a look at every shard, and a
+sleep on every shard at once, a blocking read per shard in a thread that persists."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from ..._message import Delivery
+from .._base import Watch
+from .._port import Claimed
+from ._core import to_ms
+
+if TYPE_CHECKING:
+    from ._sharded import ShardedRedisBroker
+    from .broker import RedisBroker
+
+log = logging.getLogger("conveyor.redis")
+
+_BLOCK_SLICE = 2.0  # seconds a blocker's XREAD waits at most (then it looks at its orders)
+_BLOCKER_IDLE = 60.0  # seconds a blocker without orders lives on before it ends
+
+
+class Blocker:
+    """A thread that blocks on one shard's streams for one fetching consumer, on a
+    connection of its own: armed with streams, the last ids a fetch saw and a deadline, it
+    runs ``XREAD BLOCK`` (slices of ``_BLOCK_SLICE``) until an entry comes (``woke``, the
+    condition notified) or the deadline passes. Armed again while a read is still blocked,
+    it keeps that read: a read still blocked has seen no entry since its ids, so the new
+    ids are the same. It ends after ``_BLOCKER_IDLE`` seconds without orders, giving back
+    its connection."""
+
+    def __init__(self, shard: RedisBroker, cond: threading.Condition, name: str) -> None:
+        self._shard, self._cond = shard, cond
+        self.woke = False
+        self._want: tuple[list[str], list[str]] | None = None
+        self._until = 0.0
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
+        self._thread.start()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive() and not self._closed
+
+    def arm(self, streams: list[str], ids: list[str], seconds: float) -> None:
+        """Called with the condition held."""
+        self._want = (streams, ids)
+        self._until = time.monotonic() + seconds
+        self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def _orders(self) -> tuple[list[str], list[str], float] | None:
+        """Wait for orders; None: time to end."""
+        with self._cond:
+            idle_since = time.monotonic()
+            while not self._closed:
+                left = self._until - time.monotonic()
+                if self._want is not None and not self.woke and left > 0:
+                    streams, ids = self._want
+                    return streams, ids, min(left, _BLOCK_SLICE)
+                if time.monotonic() - idle_since > _BLOCKER_IDLE:
+                    self._closed = True
+                    break
+                self._cond.wait(_BLOCKER_IDLE / 4)
+            return None
+
+    def _loop(self) -> None:
+        pool = self._shard._client.connection_pool
+        conn: Any = None
+        try:
+            while (orders := self._orders()) is not None:
+                streams, ids, wait = orders
+                try:
+                    if conn is None:
+                        conn = pool.get_connection()
+                    conn.send_command(
+                        "XREAD", "COUNT", 1, "BLOCK", max(1, to_ms(wait)), "STREAMS",
+                        *streams, *ids,
+                    )  # fmt: skip
+                    got = conn.read_response()
+                except Exception as exc:  # the fetch's own look reports it
+                    log.debug("a shard's blocking read failed: %s", exc)
+                    if conn is not None:
+                        conn.disconnect()
+                    got = True
+                    time.sleep(0.1)
+                if got:
+                    with self._cond:
+                        self.woke = True
+                        self._want = None
+                        self._cond.notify_all()
+        finally:
+            if conn is not None:
+                pool.release(conn)
+
+
+class Fetching(Watch[Claimed]):
+    """The ``Watch`` of a sharded fetch (see the module docstring)."""
+
+    def __init__(
+        self, broker: ShardedRedisBroker, queues: list[str], consumer: str, count: int, lease: float
+    ) -> None:
+        self._broker, self._queues = broker, queues
+        self._consumer, self._count, self._lease = consumer, count, lease
+        self._shards = broker._parts()
+        self._last: list[list[str]] = [[] for _ in self._shards]
+
+    def look(self) -> Claimed:
+        return self._claim(self._broker._rotation())
+
+    def sleep_then_look(self, seconds: float) -> Claimed:
+        blockers, cond = self._broker._blockers(self._consumer, self._queues)
+        with cond:
+            for i, blocker in enumerate(blockers):
+                keys = self._shards[i]._keys
+                streams = [s for q in self._queues for s in keys.streams(q)]
+                last = self._last[i] or ["0-0"] * len(streams)
+                if len(last) > len(streams):  # a queue is paused: its resume wakes us too
+                    streams.append(keys.resumed)
+                blocker.arm(streams, last, seconds)
+            cond.wait_for(lambda: any(b.woke for b in blockers), timeout=seconds)
+            woke = [i for i, b in enumerate(blockers) if b.woke]
+            for i in woke:
+                blockers[i].woke = False
+        order = self._broker._rotation()
+        # A shard that woke has work: claim there first, then on the others while count is
+        # not filled (another may have woken meanwhile). None woke: the sleep ran out, and
+        # a scheduled job or a lease may have come due on any shard.
+        return self._claim([*(i for i in order if i in woke), *(i for i in order if i not in woke)])
+
+    def _claim(self, order: Sequence[int]) -> Claimed:
+        got: list[Delivery] = []
+        due: float | None = None
+        for i in order:
+            # Every shard is called, those after ``count`` is filled for nothing: each call
+            # also makes its due scheduled jobs queued and reclaims its expired leases.
+            left = max(self._count - len(got), 0)
+            shard = self._shards[i]
+            call = shard._fetch_call(self._queues, self._consumer, left, self._lease)
+            out, next_event, self._last[i] = shard._fetch_reply(
+                self._queues, shard._eval("fetch", *call)
+            )
+            got += out
+            if next_event >= 0:
+                due = next_event / 1000 if due is None else min(due, next_event / 1000)
+        return got, None if got else due

@@ -1,0 +1,186 @@
+"""One prefix sharded over a Redis Cluster (``?shards=S``) and on one server: jobs of one
+queue on every shard and every master, a worker draining them all, the commands showing
+merged figures, workflows and dependencies on a sharded prefix, and the layout fixed at
+first use (a plain broker, or another S, refused with what to do).
+
+The conformance suites, the model, the broker races and the worker torture tests run on
+both (``redis-sharded``, ``redis-cluster-sharded`` in ``tests/brokers.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Project, conveyor
+from conveyor import Conveyor
+from conveyor._errors import ConfigurationError, ValidationError
+from conveyor._message import Envelope
+from conveyor.brokers import open_broker
+from conveyor.brokers.redis._shards import mint
+from conveyor.scheduler import Scheduler
+from conveyor.testing import drain
+from conveyor.workflows import chain, chord
+from redis_cluster import RedisClusterServers
+from redis_server import RedisServer, unique_prefix
+
+pytestmark = [pytest.mark.redis, pytest.mark.timeout(180)]
+
+TASKS = """
+from conveyor import Conveyor
+
+app = Conveyor()  # CONVEYOR_URL, with ?prefix= and ?shards=, set by the test
+
+
+@app.task
+def double(x: int) -> int:
+    return 2 * x
+"""
+JOBS = 120
+
+
+def test_one_queue_spreads_over_every_shard_and_master_and_a_worker_drains_it(
+    tmp_path: Path, redis_cluster: RedisClusterServers
+) -> None:
+    prefix = unique_prefix()
+    url = f"{redis_cluster.url}?prefix={prefix}&shards=6"
+    project = Project(tmp_path, url)
+    (tmp_path / "sharded_app.py").write_text(TASKS)
+    producer = Conveyor(url)
+    try:
+        double = producer.task(name="sharded_app:double")(lambda x: x)
+        jobs = [double.delay(i) for i in range(JOBS)]  # a call each: placed one by one
+        broker = producer.broker
+        assert {broker.shard_of(j.id) for j in jobs} == set(range(6))
+        home = redis_cluster.master_of(prefix).client()
+        tags = json.loads(home.get(f"{{{prefix}}}:shards"))["tags"]
+        # Each shard's master holds its jobs; the six shards fall on the three masters.
+        for job in jobs:
+            tag = tags[broker.shard_of(job.id)]
+            assert redis_cluster.master_of(tag).client().exists(f"{{{tag}}}:job:{job.id}")
+        assert len({redis_cluster.master_of(t).port for t in tags}) == 3
+        queued = json.loads(conveyor(project, "queues", "--json").stdout)["queues"]
+        assert [(q["queue"], q["queued"]) for q in queued] == [("default", JOBS)]
+
+        worker = project.worker(module="sharded_app")
+        assert [j.result(timeout=60) for j in jobs] == [2 * i for i in range(JOBS)]
+        ended = json.loads(conveyor(project, "queues", "--json").stdout)["queues"]
+        assert [(q["queue"], q["succeeded"], q["queued"]) for q in ended] == [("default", JOBS, 0)]
+        listed = conveyor(project, "jobs", "succeeded", "--limit", str(JOBS + 10), "--json")
+        assert sorted(j["id"] for j in json.loads(listed.stdout)["jobs"]) == sorted(
+            j.id for j in jobs
+        )
+        shown = json.loads(conveyor(project, "job", jobs[7].id, "--json").stdout)
+        assert (shown["status"], shown["result"]) == ("succeeded", 14)
+        worker.signal(signal.SIGTERM)
+        assert worker.wait(30) == 0, worker.output()
+    finally:
+        producer.close()
+        project.cleanup()
+
+
+def test_workflows_and_dependencies_on_a_sharded_prefix(redis_server: RedisServer) -> None:
+    app = Conveyor(f"{redis_server.url}?shards=3", prefix=unique_prefix())
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    @app.task
+    def total(values: list[int], bonus: int = 0) -> int:
+        return sum(values) + bonus
+
+    @app.periodic(every=60)
+    def beat() -> str:
+        return "tick"
+
+    try:
+        flow = chain(add.s(1, 2), add.s(10)).delay()
+        fan = chord([add.s(i, 1) for i in range(9)], total.s(bonus=100)).delay()
+        first = add.delay(1, 1)
+        after = add.options(depends_on=[first.id]).delay(5, 5)
+        assert app.broker.shard_of(after.id) == app.broker.shard_of(first.id)
+        other = next(
+            j for j in (add.delay(0, i) for i in range(50))
+            if app.broker.shard_of(j.id) != app.broker.shard_of(first.id)
+        )  # fmt: skip
+        with pytest.raises(ValidationError, match="enqueue_many"):
+            add.options(depends_on=[first.id, other.id]).delay(0, 0)
+        # A periodic job (unique by default: on its key's shard, the same id in every
+        # scheduler) fires once per tick.
+        sched = Scheduler(app)
+        assert sched.tick() == []
+        (fired,) = sched.tick(time.time() + 61)
+        assert sched.tick(time.time() + 61) == []
+        drain(app)
+        assert fired.result(timeout=0) == "tick"
+        assert flow.result(timeout=0) == 13
+        assert fan.result(timeout=0) == sum(range(1, 10)) + 100
+        assert after.result(timeout=0) == 10
+    finally:
+        app.close()
+
+
+def test_the_number_of_shards_is_fixed_when_the_prefix_is_first_used(
+    redis_server: RedisServer,
+) -> None:
+    prefix = unique_prefix()
+    sharded = Conveyor(f"{redis_server.url}?shards=3", prefix=prefix)
+    job = sharded.task(name="t")(lambda: None).delay()
+    with Conveyor(redis_server.url, prefix=prefix) as plain:
+        with pytest.raises(ConfigurationError, match=r"add \?shards=3 to the broker URL"):
+            plain.task(name="t")(lambda: None).delay()
+        with pytest.raises(ConfigurationError, match="sharded over 3 shards"):
+            plain.broker.stats()
+    with (
+        Conveyor(f"{redis_server.url}?shards=4", prefix=prefix) as other,
+        pytest.raises(ConfigurationError, match=r"open it with \?shards=3"),
+    ):
+        other.broker.get([job.id])
+    sharded.close()
+
+    looking = unique_prefix()  # a tool that only looks (create=False) writes no layout
+    with open_broker(f"{redis_server.url}?shards=2", prefix=looking, create=False) as b:
+        assert b.stats() == [] and b.read_events(None, 0, 10) == []
+    assert not redis_server.client().exists(f"{{{looking}}}:shards")
+
+    unsharded = unique_prefix()
+    with Conveyor(redis_server.url, prefix=unsharded) as plain:
+        plain.task(name="t")(lambda: None).delay()
+    with (
+        Conveyor(f"{redis_server.url}?shards=2", prefix=unsharded) as late,
+        pytest.raises(ConfigurationError, match="holds the jobs of an unsharded queue"),
+    ):
+        late.broker.stats()
+
+
+def test_a_sleeping_fetch_blocks_once_per_shard_and_keeps_its_reads(
+    redis_server: RedisServer,
+) -> None:
+    """Each shard has one blocked read per fetching consumer, kept across fetches: ten
+    short fetches in a row leave three reads on the server, not thirty; a job on any
+    shard wakes the fetch."""
+    broker = open_broker(f"{redis_server.url}?shards=3", prefix=unique_prefix())
+
+    def reads() -> int:  # other tests' reads in flight may end meanwhile: at most these
+        return sum(c["cmd"] == "xread" for c in redis_server.client().client_list())
+
+    try:
+        others = reads()
+        for _ in range(10):
+            assert broker.fetch(["default"], "c1", 1, 30.0, 0.2) == []
+        assert 3 <= reads() <= 3 + others
+        env = Envelope(mint(2), "default", b"p")
+        waiter = threading.Timer(0.3, lambda: broker.enqueue([env]))
+        waiter.start()
+        started = time.monotonic()
+        assert [d.id for d in broker.fetch(["default"], "c1", 1, 30.0, 5.0)] == [env.id]
+        assert time.monotonic() - started < 2.0
+        waiter.join()
+    finally:
+        broker.close()
