@@ -30,10 +30,10 @@ local function enter(stream, key, id, name, prio, payload, ukey)
   local sid, existed = add_entry(stream, id, payload)
   if ukey == '' then
     redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
-      'updated_at', NOW)
+      'updated_at', DIGITS[NOW])
   else
     redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
-      'updated_at', NOW, 'key', ukey)
+      'updated_at', DIGITS[NOW], 'key', ukey)
   end
   return existed
 end
@@ -124,7 +124,7 @@ local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
   if eta == 'waiting' or eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
     redis.call('HSET', key, 'status', 'scheduled', 'eta', eta, 'waiting', waiting,
       'after', deps, 'queue', q.name, 'payload', payload, 'priority', prio, 'deliveries', 0,
-      'updated_at', NOW, 'key', ukey)
+      'updated_at', DIGITS[NOW], 'key', ukey)
     redis.call('ZADD', q.scheduled, (eta == 'waiting' or eta == 'parked') and '+inf' or eta, id)
   else  -- due now: the payload rides in the stream entry
     last_stream = q.s[tonumber(prio)]
