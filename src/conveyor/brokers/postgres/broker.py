@@ -46,10 +46,13 @@ _FETCH = (
     "SELECT id, queue, payload, deliveries, priority, seq, next_due, clock "
     "FROM {s}.fetch(%s::text[], %s::int, %s::float8, %s::text, %s::boolean, %s::float8)"
 )
+# The batches' arguments travel in binary (``%b``): a list of byte strings or text in the
+# text format is quoted and escaped element by element in Python, which cost a worker's
+# finishing thread half its time per job (and an enqueue of 1,000 jobs four fifths).
 _FINISH = (
-    "SELECT {s}.finish(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::float8[], "
-    "%s::text[], %s::bytea[], %s::boolean[], %s::text[], %s::bytea[], %s::int[], "
-    "%s::float8[], %s::bytea[], %s::int, %s::float8, %s::float8)"
+    "SELECT {s}.finish(%b::text[], %b::text[], %b::text[], %b::bytea[], %b::float8[], "
+    "%b::text[], %b::bytea[], %b::boolean[], %b::text[], %b::bytea[], %b::int[], "
+    "%b::float8[], %b::bytea[], %b::int, %b::float8, %b::float8)"
 )
 _RENEW = """
 UPDATE {s}.jobs j SET lease_until = {s}.clock(%s) + %s
@@ -115,7 +118,7 @@ class PostgresBroker(PostgresAdmin):
     without Conveyor's tables is a ``ConfigurationError``, and nothing is created)."""
 
     _statements = {
-        "enqueue": ENQUEUE, "fetch": _FETCH, "finish": _FINISH, "renew": _RENEW,
+        "enqueue": ENQUEUE.replace("%s", "%b"), "fetch": _FETCH, "finish": _FINISH, "renew": _RENEW,
         "release": _RELEASE, "settled": _SETTLED, "promote": _PROMOTE, "progress": _PROGRESS,
         "get": _GET, "cancel": _CANCEL,
     }  # fmt: skip
