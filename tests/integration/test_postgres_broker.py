@@ -96,28 +96,38 @@ def test_tools_that_only_look_create_nothing_and_migrate_says_what_it_did(
     assert runner.invoke(cli, ["jobs", "failed", "--url", url]).exit_code == 0
 
 
-def test_a_schema_of_the_first_version_migrates_forward_with_its_jobs(
-    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("version", range(1, _schema.SCHEMA_VERSION))
+def test_a_schema_of_an_older_version_migrates_forward_with_its_jobs_and_events(
+    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch, version: int
 ) -> None:
     url = schema_url(postgres_url, schema)
     with monkeypatch.context() as m:
-        m.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:1])
-        m.setattr(_schema, "SCHEMA_VERSION", 1)
+        m.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:version])
+        m.setattr(_schema, "SCHEMA_VERSION", version)
         old = PostgresBroker(url)
         waiting = [Envelope(new_job_id(), "default", b"old") for _ in range(3)]
         old.enqueue(waiting, [b"e1", b"e2", b"e3"])
+        read = old.read_events(None, 0.0, 2)  # numbered by the old version, then the rest
+        old.publish([b"p1"])
         old.close()
     broker = PostgresBroker(url)
     try:
-        assert broker.migrated == (1, _schema.SCHEMA_VERSION)
+        assert broker.migrated == (version, _schema.SCHEMA_VERSION)
         added = [Envelope(new_job_id(), "default", b"new")]
         assert broker.enqueue(added) == [added[0].id]
         done = broker.fetch(["default"], "c", 10, 60, 0)
         assert [d.id for d in done] == [e.id for e in (*waiting, *added)]
-        assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r") for d in done]) == [True] * 4
+        outcomes = [Finish(d, JobStatus.SUCCEEDED, b"r", event=b"f") for d in done]
+        assert broker.finish(outcomes, [b"s1", b"s2"]) == [True] * 4
         assert [r.status if r else None for r in broker.get([e.id for e in waiting])] == [
             JobStatus.SUCCEEDED
         ] * 3
+        assert [e for _, e in read] == [b"e1", b"e2"]
+        rest = broker.read_events(read[-1][0], 0.0, 100)
+        assert [e for _, e in rest] == [b"e3", b"p1", b"s1", b"s2", *[b"f"] * 4]
+        numbers = [int(n) for n, _ in read + rest]
+        assert numbers == sorted(set(numbers))
+        assert broker.events_tail() == str(numbers[-1])
     finally:
         broker.close()
 

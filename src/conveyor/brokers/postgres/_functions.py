@@ -1,4 +1,4 @@
-"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 and 2, see ``_schema``).
+"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 to 3, see ``_schema``).
 
 The hot paths are one round trip each, one function call doing every step of the
 contract's atomic step on the server: ``enqueue`` (dependencies checked before anything is
@@ -540,3 +540,17 @@ _ENQUEUE_V2 = _replacing(
 )
 
 FUNCTIONS_V2: tuple[str, ...] = (_FETCH_V2, _ENQUEUE_PLAIN, _ENQUEUE_V2)
+
+# -- migration 3 -----------------------------------------------------------------------------
+
+# The fetch's statements keep one plan for every call. Left to choose, the plan cache
+# planned the claim afresh on each call (for a LIMIT it cannot see, the generic plan's
+# estimate is higher than a custom plan's, so the custom one always won): about 0.2 ms of
+# the server's time per fetch, more than running it. The generic plans read the same
+# partial indexes (bench/pg_profile.py, docs/postgres.md).
+_FETCH_GENERIC = (
+    "ALTER FUNCTION {s}.fetch(text[], int, float8, text, boolean, float8) "
+    "SET plan_cache_mode = force_generic_plan"
+)
+
+FUNCTIONS_V3: tuple[str, ...] = (_FETCH_GENERIC,)

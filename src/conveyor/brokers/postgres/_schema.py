@@ -70,7 +70,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..._errors import ConfigurationError
-from ._functions import FUNCTIONS_V1, FUNCTIONS_V2
+from ._functions import FUNCTIONS_V1, FUNCTIONS_V2, FUNCTIONS_V3
 from ._url import channel, quoted
 
 if TYPE_CHECKING:
@@ -148,8 +148,12 @@ _V1_TABLES = (
 # Numbered migrations; each is applied once, all pending ones in one transaction. Append,
 # never edit a released one. 2: the claim may commit without waiting for the disk
 # (``conveyor.claim_commit``, in ``_functions``); a batch without unique keys or
-# dependencies is written by one INSERT.
-MIGRATIONS: tuple[tuple[str, ...], ...] = ((*_V1_TABLES, *FUNCTIONS_V1), FUNCTIONS_V2)
+# dependencies is written by one INSERT. 3: the fetch keeps its statements' plans.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (*_V1_TABLES, *FUNCTIONS_V1),
+    FUNCTIONS_V2,
+    FUNCTIONS_V3,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _META = "CREATE TABLE IF NOT EXISTS {s}.meta (name text PRIMARY KEY, value bigint NOT NULL)"
