@@ -577,13 +577,17 @@ DECLARE
 BEGIN
     IF n = 0 THEN
         RETURN;
+    ELSIF n = 1 THEN  -- the common case of an enqueue, kept to the simplest statements
+        counted := ARRAY[nextval('{{s}}.events_seq_seq')];
+        INSERT INTO {{s}}.events(seq, body) VALUES (counted[1], p_events[1]);
+    ELSE
+        counted := ARRAY(SELECT nextval('{{s}}.events_seq_seq') FROM generate_series(1, n));
+        INSERT INTO {{s}}.events(seq, count, body, bodies)
+            SELECT max(counted[t.o]), count(*),
+                   CASE WHEN count(*) = 1 THEN (array_agg(t.e))[1] END,
+                   CASE WHEN count(*) > 1 THEN array_agg(t.e ORDER BY t.o) END
+            FROM unnest(p_events) WITH ORDINALITY AS t(e, o) GROUP BY (t.o - 1) / {_GROUP};
     END IF;
-    counted := ARRAY(SELECT nextval('{{s}}.events_seq_seq') FROM generate_series(1, n));
-    INSERT INTO {{s}}.events(seq, count, body, bodies)
-        SELECT max(counted[t.o]), count(*),
-               CASE WHEN count(*) = 1 THEN (array_agg(t.e))[1] END,
-               CASE WHEN count(*) > 1 THEN array_agg(t.e ORDER BY t.o) END
-        FROM unnest(p_events) WITH ORDINALITY AS t(e, o) GROUP BY (t.o - 1) / {_GROUP};
     IF counted[n] / 64 > (counted[1] - 1) / 64 THEN
         DELETE FROM {{s}}.events WHERE seq < (
             SELECT k.seq FROM (
@@ -636,9 +640,10 @@ BEGIN
     WHERE x.n > p_after ORDER BY x.n LIMIT p_limit;
 END $$"""
 
-# A batch without retries (a drain's every batch) is written set-wise: one UPDATE for all
-# its jobs, where migration 1's finish updates them one by one (each a statement of its
-# own, about half the server's time of a finish). The same answers and events: a job's
+# A batch of several jobs without retries (a drain's every batch) is written set-wise: one
+# UPDATE for all its jobs, where migration 1's finish updates them one by one (each a
+# statement of its own, about half the server's time of a finish; a job alone is still
+# written so: the set was slower for one). The same answers and events: a job's
 # outcome is recorded for the delivery whose token it holds, once (a repeat in the batch,
 # or of a call that was written, answers True); the events given, then the outcomes' own
 # of the recorded ones, in the order given.
@@ -674,6 +679,9 @@ BEGIN
     PERFORM {{s}}.append_events(coalesce(p_events, '{{}}') || ARRAY(
         SELECT p_outcome_events[w] FROM unnest(written) AS w
         WHERE p_outcome_events[w] IS NOT NULL ORDER BY w), p_kept);
+    IF cardinality(written) = cardinality(p_ids) THEN  -- all written: nothing to look up
+        RETURN array_fill(true, ARRAY[cardinality(p_ids)]);
+    END IF;
     RETURN ARRAY(
         SELECT w.o IS NOT NULL OR EXISTS (
             SELECT 1 FROM {{s}}.jobs j WHERE j.id = p_ids[g.o] AND j.token = p_tokens[g.o]
@@ -685,7 +693,7 @@ END $$"""
 
 _FINISH_V3 = _replacing(
     _FINISH,
-    """    IF NOT true = ANY(p_retry) THEN
+    """    IF n > 1 AND NOT true = ANY(p_retry) THEN
         RETURN {s}.finish_ended(p_ids, p_tokens, p_statuses, p_results, p_ttls, p_reasons,
                                 p_outcome_events, p_events, p_kept, now_);
     END IF;
