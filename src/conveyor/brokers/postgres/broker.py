@@ -34,7 +34,7 @@ from ._admin import PostgresAdmin
 from ._core import LIVE as _LIVE
 from ._core import Listening
 from ._db import Connection
-from ._enqueue import ENQUEUE, enqueue_params, enqueued
+from ._enqueue import ENQUEUE, ENQUEUE_ONE, enqueue_one_params, enqueue_params, enqueued
 
 _HELD_ELSEWHERE = 0.01  # a due row another transaction holds: look again this soon
 _SWEEP_EVERY = 30.0  # clock seconds between sweeps of expired rows
@@ -118,15 +118,21 @@ class PostgresBroker(PostgresAdmin):
     without Conveyor's tables is a ``ConfigurationError``, and nothing is created)."""
 
     _statements = {
-        "enqueue": ENQUEUE.replace("%s", "%b"), "fetch": _FETCH, "finish": _FINISH, "renew": _RENEW,
-        "release": _RELEASE, "settled": _SETTLED, "promote": _PROMOTE, "progress": _PROGRESS,
-        "get": _GET, "cancel": _CANCEL,
+        "enqueue": ENQUEUE.replace("%s", "%b"), "enqueue_one": ENQUEUE_ONE, "fetch": _FETCH,
+        "finish": _FINISH, "renew": _RENEW, "release": _RELEASE, "settled": _SETTLED,
+        "promote": _PROMOTE, "progress": _PROGRESS, "get": _GET, "cancel": _CANCEL,
     }  # fmt: skip
 
     # -- producing -------------------------------------------------------------------------
 
     def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
-        params = enqueue_params(envelopes, events, self.events_kept, self._now(), time.time())
+        kept, now, client_now = self.events_kept, self._now(), time.time()
+        if len(envelopes) == 1:
+            event = events[0] if events else None
+            one = enqueue_one_params(envelopes[0], event, kept, now, client_now)
+            sql = self._sql["enqueue_one"]
+            return enqueued(self._db.run(lambda conn: conn.execute(sql, one).fetchone()))
+        params = enqueue_params(envelopes, events, kept, now, client_now)
         row = self._db.run(lambda conn: conn.execute(self._sql["enqueue"], params).fetchone())
         return enqueued(row)
 
