@@ -574,21 +574,29 @@ LANGUAGE plpgsql AS $$
 DECLARE
     n int := coalesce(array_length(p_events, 1), 0);
     counted bigint[];
+    first_ bigint;
+    last_ bigint;
 BEGIN
     IF n = 0 THEN
         RETURN;
-    ELSIF n = 1 THEN  -- the common case of an enqueue, kept to the simplest statements
-        counted := ARRAY[nextval('{{s}}.events_seq_seq')];
-        INSERT INTO {{s}}.events(seq, body) VALUES (counted[1], p_events[1]);
+    ELSIF n <= {_GROUP} THEN  -- one row (an enqueue's, a lone finish's), simple statements
+        FOR i IN 1..n LOOP
+            last_ := nextval('{{s}}.events_seq_seq');
+            first_ := coalesce(first_, last_);
+        END LOOP;
+        INSERT INTO {{s}}.events(seq, count, body, bodies) VALUES (
+            last_, n, CASE WHEN n = 1 THEN p_events[1] END, CASE WHEN n > 1 THEN p_events END);
     ELSE
         counted := ARRAY(SELECT nextval('{{s}}.events_seq_seq') FROM generate_series(1, n));
+        first_ := counted[1];
+        last_ := counted[n];
         INSERT INTO {{s}}.events(seq, count, body, bodies)
             SELECT max(counted[t.o]), count(*),
                    CASE WHEN count(*) = 1 THEN (array_agg(t.e))[1] END,
                    CASE WHEN count(*) > 1 THEN array_agg(t.e ORDER BY t.o) END
             FROM unnest(p_events) WITH ORDINALITY AS t(e, o) GROUP BY (t.o - 1) / {_GROUP};
     END IF;
-    IF counted[n] / 64 > (counted[1] - 1) / 64 THEN
+    IF last_ / 64 > (first_ - 1) / 64 THEN
         DELETE FROM {{s}}.events WHERE seq < (
             SELECT k.seq FROM (
                 SELECT e.seq, sum(e.count) OVER (
