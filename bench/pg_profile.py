@@ -79,9 +79,41 @@ if "PG_PROFILE_URL" in os.environ:  # the worker's and the producer's import
                 json.dump({k: v - _cpu0.get(k, 0.0) for k, v in now.items()}, f)
         return i
 
+    # The steps of a latency job's way in the worker: when the listener got the notification
+    # of its queue, when the claim was sent and when it returned (the last of each before
+    # the job started: the jobs come one at a time).
+    _steps: dict[str, float] = {}
+    _legs: list[tuple[float, float, float, float]] = []
+    if os.environ.get("PG_PROFILE_STEPS"):
+        from conveyor.brokers.postgres import PostgresBroker, _listen
+
+        _dispatch, _claim = _listen.Listener._dispatch, PostgresBroker._claim
+
+        def _noted_dispatch(self: Any, payload: str) -> None:
+            if payload.startswith("q:"):
+                _steps["woken"] = time.time()
+            _dispatch(self, payload)
+
+        def _noted_claim(self: Any, *args: Any) -> Any:
+            sent = time.time()
+            got = _claim(self, *args)
+            if got[0]:
+                _steps["sent"], _steps["claimed"] = sent, time.time()
+            return got
+
+        _listen.Listener._dispatch = _noted_dispatch  # type: ignore[method-assign]
+        PostgresBroker._claim = _noted_claim  # type: ignore[method-assign]
+
     @app.task(name="latency")
     def latency(t: float) -> float:
         probe.started(t)
+        if t and _steps:
+            now = time.time()
+            woken, sent, claimed = _steps["woken"], _steps["sent"], _steps["claimed"]
+            _legs.append((woken - t, sent - woken, claimed - sent, now - claimed))
+            if probe._get().count == _N:
+                with open(_THREADS_FILE.replace("threads", "steps"), "w") as f:
+                    json.dump(_legs, f)
         return t
 
 
@@ -184,6 +216,8 @@ def run(server: Any, tree: Tree, kind: str, n: int, args: argparse.Namespace) ->
         statements = _statements(server, "profile")
         threads_file = probe_dir + ".threads.json"
         threads = json.load(open(threads_file)) if os.path.exists(threads_file) else {}  # noqa: SIM115
+        steps_file = probe_dir + ".steps.json"
+        steps = json.load(open(steps_file)) if os.path.exists(steps_file) else []  # noqa: SIM115
     out: dict[str, Any] = {
         "statements": statements,
         "threads_us": {k: v * 1e6 / n for k, v in threads.items()},
@@ -197,6 +231,9 @@ def run(server: Any, tree: Tree, kind: str, n: int, args: argparse.Namespace) ->
         out["rate"] = n / (state["last"] - state["first"])
         out["cpu_us"] = state["cpu"] * 1e6 / n
     else:
+        for at, leg in enumerate(("to_wake_ms", "wake_to_claim_ms", "claim_ms", "to_start_ms")):
+            if steps:
+                out[leg] = statistics.median(s[at] for s in steps) * 1000
         lat = sorted(state["latencies"])
         out["p50_ms"] = lat[len(lat) // 2] * 1000
         out["p90_ms"] = lat[int(len(lat) * 0.9)] * 1000
@@ -207,47 +244,21 @@ FIGURES = {
     "drain": (("rate", "jobs/s"), ("cpu_us", "worker CPU µs/job"), ("server_us", "server µs/job"),
               ("statements_per_job", "statements/job")),
     "latency": (("p50_ms", "start p50 ms"), ("p90_ms", "start p90 ms"),
-                ("server_us", "server µs/job"), ("statements_per_job", "statements/job")),
+                ("server_us", "server µs/job"), ("statements_per_job", "statements/job"),
+                ("to_wake_ms", "enqueue->notified ms"), ("wake_to_claim_ms", "->claim sent ms"),
+                ("claim_ms", "claim ms"), ("to_start_ms", "->started ms")),
 }  # fmt: skip
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--produce", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
-    p.add_argument("--tree", action="append", default=[], metavar="NAME=SRC")
-    p.add_argument("--pairs", type=int, default=3)
-    p.add_argument("--jobs", type=int, default=10_000)
-    p.add_argument("--latency-jobs", type=int, default=200)
-    p.add_argument("--concurrency", type=int, default=32)
-    p.add_argument("--kinds", default="drain,latency")
-    p.add_argument("--query", default="", help="appended to the URL, e.g. ?options=...")
-    p.add_argument("--timeout", type=float, default=300.0)
-    args = p.parse_args()
-    if args.produce:
-        produce(args.produce[0], int(args.produce[1]))
-        return 0
-    from pg_server import private_postgres
-
-    trees = [Tree(*t.split("=", 1)) for t in args.tree] or [Tree("new", os.path.join(ROOT, "src"))]
-    kinds = args.kinds.split(",")
-    results: dict[str, dict[str, list[dict]]] = {t.name: {k: [] for k in kinds} for t in trees}
-    with private_postgres() as server:
-        with __import__("psycopg").connect(server.admin_url, autocommit=True) as conn:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-        print(server.describe(), flush=True)
-        for pair in range(args.pairs):
-            order = trees[pair % len(trees) :] + trees[: pair % len(trees)]
-            for kind in kinds:
-                for tree in order:
-                    n = args.jobs if kind == "drain" else args.latency_jobs
-                    r = run(server, tree, kind, n, args)
-                    results[tree.name][kind].append(r)
-                    shown = ", ".join(f"{r[k]:,.2f} {label}" for k, label in FIGURES[kind])
-                    print(f"pair {pair} {kind:<7} {tree.name:<6} {shown}", flush=True)
+def report(results: dict[str, dict[str, list[dict]]], trees: list[Tree], kinds: list[str],
+           args: argparse.Namespace) -> None:  # fmt: skip
+    """Each tree's medians, their ratios to the first tree's, the last pair's statements."""
     first = trees[0].name
     for kind in kinds:
         print(f"\n{kind}: medians of {args.pairs} pairs")
         for key, label in FIGURES[kind]:
+            if any(key not in r for t in trees for r in results[t.name][kind]):
+                continue
             base = statistics.median(r[key] for r in results[first][kind])
             cells = []
             for t in trees:
@@ -271,6 +282,51 @@ def main() -> int:
                         if v >= 0.5
                     )
                 )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--produce", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
+    p.add_argument("--tree", action="append", default=[], metavar="NAME=SRC")
+    p.add_argument("--pairs", type=int, default=3)
+    p.add_argument("--jobs", type=int, default=10_000)
+    p.add_argument("--latency-jobs", type=int, default=200)
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument("--kinds", default="drain,latency")
+    p.add_argument("--query", default="", help="appended to the URL, e.g. ?options=...")
+    p.add_argument(
+        "--steps", action="store_true",
+        help="latency: time each step in the worker (notified, claim sent, claimed, started)",
+    )  # fmt: skip
+    p.add_argument("--timeout", type=float, default=300.0)
+    args = p.parse_args()
+    if args.produce:
+        produce(args.produce[0], int(args.produce[1]))
+        return 0
+    from pg_server import private_postgres
+
+    if args.steps:
+        os.environ["PG_PROFILE_STEPS"] = "1"
+
+    trees = [Tree(*t.split("=", 1)) for t in args.tree] or [Tree("new", os.path.join(ROOT, "src"))]
+    kinds = args.kinds.split(",")
+    results: dict[str, dict[str, list[dict]]] = {t.name: {k: [] for k in kinds} for t in trees}
+    with private_postgres() as server:
+        with __import__("psycopg").connect(server.admin_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        print(server.describe(), flush=True)
+        for pair in range(args.pairs):
+            order = trees[pair % len(trees) :] + trees[: pair % len(trees)]
+            for kind in kinds:
+                for tree in order:
+                    n = args.jobs if kind == "drain" else args.latency_jobs
+                    r = run(server, tree, kind, n, args)
+                    results[tree.name][kind].append(r)
+                    shown = ", ".join(
+                        f"{r[k]:,.2f} {label}" for k, label in FIGURES[kind] if k in r
+                    )
+                    print(f"pair {pair} {kind:<7} {tree.name:<6} {shown}", flush=True)
+    report(results, trees, kinds, args)
     out = os.path.join(HERE, ".results", f"pg-profile-{time.strftime('%Y%m%dT%H%M%S')}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(out, "w") as f:
