@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from conveyor import Conveyor
 from conveyor._clock import FakeClock
 from conveyor._errors import ConfigurationError
-from conveyor._message import Envelope, JobStatus, new_job_id
+from conveyor._message import Delivery, Envelope, JobStatus, new_job_id
 from conveyor.brokers._port import Finish
 from conveyor.brokers.postgres import PostgresBroker, _schema
 from conveyor.cli import cli
@@ -96,28 +96,38 @@ def test_tools_that_only_look_create_nothing_and_migrate_says_what_it_did(
     assert runner.invoke(cli, ["jobs", "failed", "--url", url]).exit_code == 0
 
 
-def test_a_schema_of_the_first_version_migrates_forward_with_its_jobs(
-    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize("version", range(1, _schema.SCHEMA_VERSION))
+def test_a_schema_of_an_older_version_migrates_forward_with_its_jobs_and_events(
+    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch, version: int
 ) -> None:
     url = schema_url(postgres_url, schema)
     with monkeypatch.context() as m:
-        m.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:1])
-        m.setattr(_schema, "SCHEMA_VERSION", 1)
+        m.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:version])
+        m.setattr(_schema, "SCHEMA_VERSION", version)
         old = PostgresBroker(url)
         waiting = [Envelope(new_job_id(), "default", b"old") for _ in range(3)]
         old.enqueue(waiting, [b"e1", b"e2", b"e3"])
+        read = old.read_events(None, 0.0, 2)  # numbered by the old version, then the rest
+        old.publish([b"p1"])
         old.close()
     broker = PostgresBroker(url)
     try:
-        assert broker.migrated == (1, _schema.SCHEMA_VERSION)
+        assert broker.migrated == (version, _schema.SCHEMA_VERSION)
         added = [Envelope(new_job_id(), "default", b"new")]
         assert broker.enqueue(added) == [added[0].id]
         done = broker.fetch(["default"], "c", 10, 60, 0)
         assert [d.id for d in done] == [e.id for e in (*waiting, *added)]
-        assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r") for d in done]) == [True] * 4
+        outcomes = [Finish(d, JobStatus.SUCCEEDED, b"r", event=b"f") for d in done]
+        assert broker.finish(outcomes, [b"s1", b"s2"]) == [True] * 4
         assert [r.status if r else None for r in broker.get([e.id for e in waiting])] == [
             JobStatus.SUCCEEDED
         ] * 3
+        assert [e for _, e in read] == [b"e1", b"e2"]
+        rest = broker.read_events(read[-1][0], 0.0, 100)
+        assert [e for _, e in rest] == [b"e3", b"p1", b"s1", b"s2", *[b"f"] * 4]
+        numbers = [int(n) for n, _ in read + rest]
+        assert numbers == sorted(set(numbers))
+        assert broker.events_tail() == str(numbers[-1])
     finally:
         broker.close()
 
@@ -192,4 +202,46 @@ def test_a_batch_without_keys_or_dependencies_is_written_as_the_first_version_wr
             drop_schema(postgres_url, f"{schema}_{version}")
     assert seen[1][0] == ["a1", "a2", "a1", "a3"]
     assert seen[1][-1] == [b"e1", b"e2", b"e4", b"ek", b"e5"]
+    assert seen[_schema.SCHEMA_VERSION] == seen[1]
+
+
+def _finishes(broker: PostgresBroker) -> list[object]:
+    """Finish batches with a job twice, a stale token, a repeat of a written call, a
+    failure and events: what each call answered, the records, and the log."""
+    jobs = [Envelope(f"j{i}", "q", b"p") for i in range(4)]
+    broker.enqueue(jobs)
+    done = {d.id: d for d in broker.fetch(["q"], "c", 10, 60, 0)}
+    stale = Delivery(id="j3", queue="q", payload=b"p", token="stale", deliveries=1, priority=0)
+    ok = lambda i, **kw: Finish(done[f"j{i}"], JobStatus.SUCCEEDED, b"r%d" % i, **kw)  # noqa: E731
+    seen: list[object] = []
+    refused = Finish(stale, JobStatus.SUCCEEDED, event=b"x")
+    first = [ok(1, event=b"o1"), ok(0, event=b"o0"), ok(1, event=b"again"), refused]
+    seen.append(broker.finish(first, [b"s1", b"s2"]))
+    seen.append(broker.finish([ok(0, event=b"repeat")]))
+    failed = Finish(done["j2"], JobStatus.FAILED, b"e", reason="boom", event=b"f2")
+    seen.append(broker.finish([failed, ok(3)]))
+    records = broker.get([j.id for j in jobs])
+    seen.append([(r.status, r.result, r.reason) if r else None for r in records])
+    seen.append([event for _, event in broker.read_events(None, 0, 100)])
+    return seen
+
+
+def test_a_batch_without_retries_is_finished_as_the_first_version_finished_it(
+    postgres_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Since version 3 such a batch is one UPDATE; the answers, records and events are
+    those of version 1's row-by-row writes."""
+    seen = {}
+    for version in (1, _schema.SCHEMA_VERSION):
+        with monkeypatch.context() as m:
+            m.setattr(_schema, "MIGRATIONS", _schema.MIGRATIONS[:version])
+            m.setattr(_schema, "SCHEMA_VERSION", version)
+            broker = PostgresBroker(schema_url(postgres_url, f"{schema}_{version}"))
+        try:
+            seen[version] = _finishes(broker)
+        finally:
+            broker.close()
+            drop_schema(postgres_url, f"{schema}_{version}")
+    assert seen[1][:3] == [[True, True, True, False], [True], [True, True]]
+    assert seen[1][-1] == [b"s1", b"s2", b"o1", b"o0", b"f2"]
     assert seen[_schema.SCHEMA_VERSION] == seen[1]

@@ -1,4 +1,4 @@
-"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 and 2, see ``_schema``).
+"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 to 3, see ``_schema``).
 
 The hot paths are one round trip each, one function call doing every step of the
 contract's atomic step on the server: ``enqueue`` (dependencies checked before anything is
@@ -540,3 +540,180 @@ _ENQUEUE_V2 = _replacing(
 )
 
 FUNCTIONS_V2: tuple[str, ...] = (_FETCH_V2, _ENQUEUE_PLAIN, _ENQUEUE_V2)
+
+# -- migration 3 -----------------------------------------------------------------------------
+
+# The fetch's statements keep one plan for every call. Left to choose, the plan cache
+# planned the claim afresh on each call (for a LIMIT it cannot see, the generic plan's
+# estimate is higher than a custom plan's, so the custom one always won): about 0.2 ms of
+# the server's time per fetch, more than running it. The generic plans read the same
+# partial indexes (bench/pg_profile.py, docs/postgres.md).
+_FETCH_GENERIC = (
+    "ALTER FUNCTION {s}.fetch(text[], int, float8, text, boolean, float8) "
+    "SET plan_cache_mode = force_generic_plan"
+)
+
+# The events of one append share rows, up to _GROUP to a row (``bodies``, and how many in
+# ``count``; a lone event stays in ``body``, as every event did before): a worker's finish
+# of 70 jobs appends 140 events in 5 rows, not 140. Each event still takes a value of
+# ``events_seq_seq``, the row the greatest of its events', so "about once every 64 events"
+# is still counted in events: the append whose values hold a multiple of 64 trims. The
+# trim keeps the newest rows that hold ``p_kept`` events (the oldest of them whole: fewer
+# than _GROUP more), counting rows, not events (by ``count``: no body is read). It was the
+# costliest step of a finish: it read the newest ``p_kept`` index entries once every 64
+# events, about 40 us of the server's time per job in a drain. Kept at most: p_kept +
+# _GROUP - 1 + 63 events, under ``EVENTS_SLACK``.
+_GROUP = 32
+_EVENTS_GROUPED = (
+    "ALTER TABLE {s}.events ALTER COLUMN body DROP NOT NULL, ADD COLUMN bodies bytea[], "
+    "ADD COLUMN count int NOT NULL DEFAULT 1"
+)
+_APPEND_EVENTS_V3 = f"""
+CREATE OR REPLACE FUNCTION {{s}}.append_events(p_events bytea[], p_kept int) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    n int := coalesce(array_length(p_events, 1), 0);
+    counted bigint[];
+    first_ bigint;
+    last_ bigint;
+BEGIN
+    IF n = 0 THEN
+        RETURN;
+    ELSIF n <= {_GROUP} THEN  -- one row (an enqueue's, a lone finish's), simple statements
+        FOR i IN 1..n LOOP
+            last_ := nextval('{{s}}.events_seq_seq');
+            first_ := coalesce(first_, last_);
+        END LOOP;
+        INSERT INTO {{s}}.events(seq, count, body, bodies) VALUES (
+            last_, n, CASE WHEN n = 1 THEN p_events[1] END, CASE WHEN n > 1 THEN p_events END);
+    ELSE
+        counted := ARRAY(SELECT nextval('{{s}}.events_seq_seq') FROM generate_series(1, n));
+        first_ := counted[1];
+        last_ := counted[n];
+        INSERT INTO {{s}}.events(seq, count, body, bodies)
+            SELECT max(counted[t.o]), count(*),
+                   CASE WHEN count(*) = 1 THEN (array_agg(t.e))[1] END,
+                   CASE WHEN count(*) > 1 THEN array_agg(t.e ORDER BY t.o) END
+            FROM unnest(p_events) WITH ORDINALITY AS t(e, o) GROUP BY (t.o - 1) / {_GROUP};
+    END IF;
+    IF last_ / 64 > (first_ - 1) / 64 THEN
+        DELETE FROM {{s}}.events WHERE seq < (
+            SELECT k.seq FROM (
+                SELECT e.seq, sum(e.count) OVER (
+                    ORDER BY e.seq DESC) AS total
+                FROM {{s}}.events e) k
+            WHERE k.total >= p_kept ORDER BY k.seq DESC LIMIT 1);
+    END IF;
+    PERFORM pg_notify('{{channel}}', 'e');
+END $$"""
+
+# A row is numbered by its last event (as the other adapters key a record); the numbers
+# of its events run up to it.
+_NUMBER_EVENTS_V3 = """
+CREATE OR REPLACE FUNCTION {s}.number_events() RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    base bigint;
+    last bigint;
+BEGIN
+    PERFORM 1 FROM {s}.events WHERE number IS NULL LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    PERFORM pg_advisory_xact_lock(hashtext('conveyor.events'), hashtext('{s}'));
+    base := nextval('{s}.event_numbers') - 1;
+    WITH todo AS (
+        SELECT seq, count AS k FROM {s}.events
+        WHERE number IS NULL ORDER BY seq FOR UPDATE SKIP LOCKED),
+    numbered AS (SELECT seq, base + sum(k) OVER (ORDER BY seq) AS number FROM todo),
+    done AS (
+        UPDATE {s}.events e SET number = n.number FROM numbered n WHERE e.seq = n.seq
+        RETURNING e.number)
+    SELECT max(number) INTO last FROM done;
+    IF last IS NOT NULL THEN
+        PERFORM setval('{s}.event_numbers', last);
+    END IF;
+END $$"""
+
+_READ_EVENTS_V3 = """
+CREATE OR REPLACE FUNCTION {s}.read_events(p_after bigint, p_limit int)
+RETURNS TABLE(number bigint, body bytea) LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM {s}.number_events();
+    RETURN QUERY SELECT x.n, x.b FROM (
+        SELECT r.last - cardinality(r.bs) + t.o AS n, t.b
+        FROM (SELECT e.number AS last, coalesce(e.bodies, ARRAY[e.body]) AS bs
+              FROM {s}.events e WHERE e.number > p_after
+              ORDER BY e.number LIMIT p_limit) r,
+             unnest(r.bs) WITH ORDINALITY AS t(b, o)) x
+    WHERE x.n > p_after ORDER BY x.n LIMIT p_limit;
+END $$"""
+
+# A batch of several jobs without retries (a drain's every batch) is written set-wise: one
+# UPDATE for all its jobs, where migration 1's finish updates them one by one (each a
+# statement of its own, about half the server's time of a finish; a job alone is still
+# written so: the set was slower for one). The same answers and events: a job's
+# outcome is recorded for the delivery whose token it holds, once (a repeat in the batch,
+# or of a call that was written, answers True); the events given, then the outcomes' own
+# of the recorded ones, in the order given.
+_FINISH_ENDED = f"""
+CREATE FUNCTION {{s}}.finish_ended(
+    p_ids text[], p_tokens text[], p_statuses text[], p_results bytea[], p_ttls float8[],
+    p_reasons text[], p_outcome_events bytea[], p_events bytea[], p_kept int, now_ float8)
+RETURNS boolean[] LANGUAGE plpgsql AS $$
+DECLARE
+    written int[];
+    ended text[];
+    woken text[];
+BEGIN
+    WITH given AS (
+        SELECT DISTINCT ON (x.id, x.token) x.*
+        FROM unnest(p_ids, p_tokens, p_statuses, p_results, p_ttls, p_reasons)
+            WITH ORDINALITY AS x(id, token, status, result, ttl, reason, o)
+        ORDER BY x.id, x.token, x.o),
+    changed AS (
+        UPDATE {{s}}.jobs j SET status = g.status, result = g.result, reason = g.reason,
+            expires_at = now_ + g.ttl, lease_until = NULL, cancel_requested = false,
+            updated_at = now_
+        FROM given g WHERE j.id = g.id AND j.status = 'running' AND j.token = g.token
+        RETURNING g.o, g.id, g.status)
+    SELECT coalesce(array_agg(c.o::int ORDER BY c.o), '{{}}'),
+           array_agg(c.id ORDER BY c.id) FILTER (WHERE c.status IN ({_TERMINAL}))
+    INTO written, ended FROM changed c;
+    IF ended IS NOT NULL THEN
+        woken := {{s}}.release_dependents(ended);
+        PERFORM {{s}}.notify('d', ended);
+        PERFORM {{s}}.notify('q', ARRAY(SELECT DISTINCT unnest(woken)));
+    END IF;
+    PERFORM {{s}}.append_events(coalesce(p_events, '{{}}') || ARRAY(
+        SELECT p_outcome_events[w] FROM unnest(written) AS w
+        WHERE p_outcome_events[w] IS NOT NULL ORDER BY w), p_kept);
+    IF cardinality(written) = cardinality(p_ids) THEN  -- all written: nothing to look up
+        RETURN array_fill(true, ARRAY[cardinality(p_ids)]);
+    END IF;
+    RETURN ARRAY(
+        SELECT w.o IS NOT NULL OR EXISTS (
+            SELECT 1 FROM {{s}}.jobs j WHERE j.id = p_ids[g.o] AND j.token = p_tokens[g.o]
+            AND j.status <> 'running' AND (j.expires_at IS NULL OR j.expires_at > now_))
+        FROM generate_series(1, coalesce(array_length(p_ids, 1), 0)) AS g(o)
+        LEFT JOIN unnest(written) AS w(o) ON w.o = g.o
+        ORDER BY g.o);
+END $$"""
+
+_FINISH_V3 = _replacing(
+    _FINISH,
+    """    IF n > 1 AND NOT true = ANY(p_retry) THEN
+        RETURN {s}.finish_ended(p_ids, p_tokens, p_statuses, p_results, p_ttls, p_reasons,
+                                p_outcome_events, p_events, p_kept, now_);
+    END IF;
+""",
+)
+
+FUNCTIONS_V3: tuple[str, ...] = (
+    _FETCH_GENERIC,
+    _FINISH_ENDED,
+    _FINISH_V3,
+    _EVENTS_GROUPED,
+    _APPEND_EVENTS_V3,
+    _NUMBER_EVENTS_V3,
+    _READ_EVENTS_V3,
+)

@@ -40,15 +40,18 @@ clock was injected (tests), in which case the client passes its ``now`` to every
 
 ``paused(queue)`` -- one row per paused queue.
 
-``events(seq, number, body)`` -- the event log, one row per event, inserted by the
-    transaction of the change it describes (``seq``: insertion order). ``number`` is the
-    event's cursor, given after that transaction committed, by the next reader
-    (``{s}.number_events``: one reader at a time, in ``seq`` order, from the sequence
-    ``event_numbers``): a number is only ever given after every smaller one, so a
-    transaction that commits late can never slip an event behind a cursor a reader already
-    holds, and no writer waits for another (numbering at insert would make every writer
-    wait for the previous one's commit). The appending transaction deletes the oldest rows
-    beyond ``events_kept`` about once every 64 events.
+``events(seq, number, body, bodies, count)`` -- the event log, inserted by the
+    transaction of the change it describes, up to 32 events to a row: a lone event in
+    ``body``, several in ``bodies``, how many in ``count`` (since version 3; before, one
+    row per event). ``seq``: insertion order (every event takes a value of
+    ``events_seq_seq``, the row the greatest of its own). ``number`` is the cursor of the
+    row's last event (its events' run up to it), given after that transaction committed,
+    by the next reader (``{s}.number_events``: one reader at a time, in ``seq`` order,
+    from the sequence ``event_numbers``): a number is only ever given after every smaller
+    one, so a transaction that commits late can never slip an event behind a cursor a
+    reader already holds, and no writer waits for another (numbering at insert would make
+    every writer wait for the previous one's commit). The appending transaction deletes
+    the oldest rows beyond ``events_kept`` events about once every 64 events.
 
 ``kv(key, value, expires_at, version)`` -- the key-value store; ``version`` comes from the
     sequence ``kv_version``, so ``update``'s compare-and-set cannot mistake a
@@ -70,7 +73,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..._errors import ConfigurationError
-from ._functions import FUNCTIONS_V1, FUNCTIONS_V2
+from ._functions import FUNCTIONS_V1, FUNCTIONS_V2, FUNCTIONS_V3
 from ._url import channel, quoted
 
 if TYPE_CHECKING:
@@ -148,8 +151,13 @@ _V1_TABLES = (
 # Numbered migrations; each is applied once, all pending ones in one transaction. Append,
 # never edit a released one. 2: the claim may commit without waiting for the disk
 # (``conveyor.claim_commit``, in ``_functions``); a batch without unique keys or
-# dependencies is written by one INSERT.
-MIGRATIONS: tuple[tuple[str, ...], ...] = ((*_V1_TABLES, *FUNCTIONS_V1), FUNCTIONS_V2)
+# dependencies is written by one INSERT. 3: the fetch keeps its statements' plans; the events
+# of one append share rows.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (*_V1_TABLES, *FUNCTIONS_V1),
+    FUNCTIONS_V2,
+    FUNCTIONS_V3,
+)
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _META = "CREATE TABLE IF NOT EXISTS {s}.meta (name text PRIMARY KEY, value bigint NOT NULL)"

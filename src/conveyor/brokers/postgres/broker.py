@@ -34,7 +34,7 @@ from ._admin import PostgresAdmin
 from ._core import LIVE as _LIVE
 from ._core import Listening
 from ._db import Connection
-from ._enqueue import ENQUEUE, enqueue_params, enqueued
+from ._enqueue import ENQUEUE, ENQUEUE_ONE, enqueue_one_params, enqueue_params, enqueued
 
 _HELD_ELSEWHERE = 0.01  # a due row another transaction holds: look again this soon
 _SWEEP_EVERY = 30.0  # clock seconds between sweeps of expired rows
@@ -46,10 +46,13 @@ _FETCH = (
     "SELECT id, queue, payload, deliveries, priority, seq, next_due, clock "
     "FROM {s}.fetch(%s::text[], %s::int, %s::float8, %s::text, %s::boolean, %s::float8)"
 )
+# The batches' arguments travel in binary (``%b``): a list of byte strings or text in the
+# text format is quoted and escaped element by element in Python, which cost a worker's
+# finishing thread half its time per job (and an enqueue of 1,000 jobs four fifths).
 _FINISH = (
-    "SELECT {s}.finish(%s::text[], %s::text[], %s::text[], %s::bytea[], %s::float8[], "
-    "%s::text[], %s::bytea[], %s::boolean[], %s::text[], %s::bytea[], %s::int[], "
-    "%s::float8[], %s::bytea[], %s::int, %s::float8, %s::float8)"
+    "SELECT {s}.finish(%b::text[], %b::text[], %b::text[], %b::bytea[], %b::float8[], "
+    "%b::text[], %b::bytea[], %b::boolean[], %b::text[], %b::bytea[], %b::int[], "
+    "%b::float8[], %b::bytea[], %b::int, %b::float8, %b::float8)"
 )
 _RENEW = """
 UPDATE {s}.jobs j SET lease_until = {s}.clock(%s) + %s
@@ -115,15 +118,21 @@ class PostgresBroker(PostgresAdmin):
     without Conveyor's tables is a ``ConfigurationError``, and nothing is created)."""
 
     _statements = {
-        "enqueue": ENQUEUE, "fetch": _FETCH, "finish": _FINISH, "renew": _RENEW,
-        "release": _RELEASE, "settled": _SETTLED, "promote": _PROMOTE, "progress": _PROGRESS,
-        "get": _GET, "cancel": _CANCEL,
+        "enqueue": ENQUEUE.replace("%s", "%b"), "enqueue_one": ENQUEUE_ONE, "fetch": _FETCH,
+        "finish": _FINISH, "renew": _RENEW, "release": _RELEASE, "settled": _SETTLED,
+        "promote": _PROMOTE, "progress": _PROGRESS, "get": _GET, "cancel": _CANCEL,
     }  # fmt: skip
 
     # -- producing -------------------------------------------------------------------------
 
     def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
-        params = enqueue_params(envelopes, events, self.events_kept, self._now(), time.time())
+        kept, now, client_now = self.events_kept, self._now(), time.time()
+        if len(envelopes) == 1:
+            event = events[0] if events else None
+            one = enqueue_one_params(envelopes[0], event, kept, now, client_now)
+            sql = self._sql["enqueue_one"]
+            return enqueued(self._db.run(lambda conn: conn.execute(sql, one).fetchone()))
+        params = enqueue_params(envelopes, events, kept, now, client_now)
         row = self._db.run(lambda conn: conn.execute(self._sql["enqueue"], params).fetchone())
         return enqueued(row)
 
