@@ -258,6 +258,18 @@ def test_classic_queues_are_opt_in(rabbitmq_url: str, redis_server: RedisServer)
         start = time.monotonic()
         (got,) = worker.fetch(["default"], "w", 10, LEASE, 10.0)
         assert got.id == job.id and time.monotonic() - start < 2  # its ticket woke it
+    with open_broker(url, store=redis_server.url, prefix=prefix) as producer:
+        producer.enqueue([envelope()])  # no worker consumes it now
+
+    async def ticket_mode() -> int | None:
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            channel = await connection.channel()
+            found = await channel.get_queue(f"{prefix}.default", ensure=False)
+            message = await found.get(no_ack=True)
+            return message.delivery_mode
+
+    # transient: RabbitMQ does not write it to disk (the record is in the store)
+    assert asyncio.run(ticket_mode()) == aio_pika.DeliveryMode.NOT_PERSISTENT
 
     async def declare_as_quorum() -> None:
         async with await aio_pika.connect(rabbitmq_url) as connection:

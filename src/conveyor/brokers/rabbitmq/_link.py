@@ -9,16 +9,17 @@ and ``x-delivery-limit: DELIVERY_LIMIT``, a safety net only (a ticket dropped pa
 loses nothing: the record is in the store, and the sweep finds it).
 
 A message is a *ticket*: its body is job ids of one queue (separated by spaces, which no
-id holds), persistent; an enqueue sends it while the jobs' records are written (``send``,
-then the records, then the wait for the confirms), so it can come before its records (a
-worker's look keeps such a ticket a while, ``_core.Fetching``); every other publish comes
-after the records. A worker acknowledges a ticket once the records say none of its jobs is
-queued any more (claimed, ended, scheduled, gone). A publish of up to ``TICKETS`` jobs to
-a queue makes a ticket per job; a bigger batch shares ``TICKETS`` tickets out (a drain of
-a bulk enqueue then costs RabbitMQ and the worker one delivery and acknowledgement per few
-jobs, and still wakes up to ``TICKETS`` idle workers). A ticket held longer than ``HOLD``
-seconds by a consumer that does not look (a busy worker, a paused queue) is handed back
-(``nack`` with requeue) for another worker.
+id holds), persistent (transient on a classic queue); an enqueue sends it while the jobs'
+records are written (``send``, then the records, then the wait for the confirms), so it
+can come before its records (a worker's look keeps such a ticket a while,
+``_core.Fetching``); every other publish comes after the records. A worker acknowledges a
+ticket once the records say none of its jobs is queued any more (claimed, ended,
+scheduled, gone). A publish of up to ``TICKETS`` jobs to a queue makes a ticket per job; a
+bigger batch shares ``TICKETS`` tickets out (a drain of a bulk enqueue then costs RabbitMQ
+and the worker one delivery and acknowledgement per few jobs, and still wakes up to
+``TICKETS`` idle workers). A ticket held longer than ``HOLD`` seconds by a consumer that
+does not look (a busy worker, a paused queue) is handed back (``nack`` with requeue) for
+another worker.
 """
 
 from __future__ import annotations
@@ -115,6 +116,15 @@ class Link:
             if url.queue_type == "quorum"
             else {"x-queue-type": "classic"}  # no delivery limit there (quorum queues only)
         )
+        # A classic queue's tickets are transient: RabbitMQ does not write them to its disk
+        # (nor fsync them before its confirm), and a restart of RabbitMQ loses them; their
+        # jobs are in the store, where the sweep finds them. A quorum queue keeps every
+        # message on disk whatever its mode.
+        self._mode = (
+            aio_pika.DeliveryMode.PERSISTENT
+            if url.queue_type == "quorum"
+            else aio_pika.DeliveryMode.NOT_PERSISTENT
+        )
         self._cond = threading.Condition()
         self._warned = 0.0
         self._start()
@@ -196,7 +206,7 @@ class Link:
         exchange = self._publisher.default_exchange
         sent = [
             exchange.publish(
-                aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                aio_pika.Message(body, delivery_mode=self._mode),
                 routing_key=self.name(queue),
             )
             for queue, body in bodies(tickets)
