@@ -5,6 +5,9 @@ each record store): tickets and the sweep, seen from RabbitMQ's side too.
   wakes a worker, which acknowledges it and runs nothing: the queue is empty after.
 * A job in the record store with no ticket (its producer died before publishing) is
   found by an idle worker's sweep.
+* A ticket that comes before its record is written (an enqueue sends it while it writes)
+  is kept, and the job claimed once the record is there; one whose record never comes is
+  acknowledged a second later.
 * A scheduled job's ticket wakes an idle worker, which then sleeps until the job is due.
 """
 
@@ -84,6 +87,51 @@ def test_a_job_without_a_ticket_is_found_by_the_sweep(
         (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
         assert got.id == job.id and time.monotonic() - start < 2
     assert _ready(rabbitmq_url, f"{prefix}.default") == 0  # no ticket was ever published
+
+
+def _ticket(rabbitmq_url: str, queue: str, job_id: str) -> None:
+    """A ticket published from RabbitMQ's side, whatever the record store holds."""
+    import aio_pika
+
+    async def publish() -> None:
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            channel = await connection.channel()
+            await channel.default_exchange.publish(aio_pika.Message(job_id.encode()), queue)
+
+    asyncio.run(publish())
+
+
+def test_a_ticket_that_comes_before_its_record_still_wakes_the_worker(
+    rabbitmq_url: str, redis_server: RedisServer, worker: Broker, prefix: str
+) -> None:
+    # An enqueue sends the ticket while it writes the record: the ticket can win.
+    assert worker.fetch(["default"], "w", 10, LEASE, 0.0) == []  # consuming
+    job = envelope()
+    got: list[Delivery] = []
+    waiting = threading.Thread(
+        target=lambda: got.extend(worker.fetch(["default"], "w", 10, LEASE, 10.0))
+    )
+    waiting.start()
+    _ticket(rabbitmq_url, f"{prefix}.default", job.id)
+    time.sleep(0.05)  # the worker has looked and found no record
+    start = time.monotonic()
+    with open_broker(redis_server.url, prefix=prefix) as store:  # the record alone
+        store.enqueue([job])
+    waiting.join()
+    assert [d.id for d in got] == [job.id] and time.monotonic() - start < 1  # no sweep (30 s)
+    assert worker.fetch(["default"], "w", 10, LEASE, 0.0) == []  # settles what it holds
+    worker.close()
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 0
+
+
+def test_a_ticket_whose_record_never_comes_is_acknowledged(
+    rabbitmq_url: str, worker: Broker, prefix: str
+) -> None:
+    assert worker.fetch(["default"], "w", 10, LEASE, 0.0) == []  # consuming
+    _ticket(rabbitmq_url, f"{prefix}.default", envelope().id)
+    assert worker.fetch(["default"], "w", 10, LEASE, 2.0) == []  # looked for, for 1 s
+    worker.close()  # an unacknowledged ticket would be ready again now
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 0
 
 
 def test_a_scheduled_job_wakes_an_idle_worker_when_due(worker: Broker) -> None:
@@ -210,6 +258,18 @@ def test_classic_queues_are_opt_in(rabbitmq_url: str, redis_server: RedisServer)
         start = time.monotonic()
         (got,) = worker.fetch(["default"], "w", 10, LEASE, 10.0)
         assert got.id == job.id and time.monotonic() - start < 2  # its ticket woke it
+    with open_broker(url, store=redis_server.url, prefix=prefix) as producer:
+        producer.enqueue([envelope()])  # no worker consumes it now
+
+    async def ticket_mode() -> int | None:
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            channel = await connection.channel()
+            found = await channel.get_queue(f"{prefix}.default", ensure=False)
+            message = await found.get(no_ack=True)
+            return message.delivery_mode
+
+    # transient: RabbitMQ does not write it to disk (the record is in the store)
+    assert asyncio.run(ticket_mode()) == aio_pika.DeliveryMode.NOT_PERSISTENT
 
     async def declare_as_quorum() -> None:
         async with await aio_pika.connect(rabbitmq_url) as connection:

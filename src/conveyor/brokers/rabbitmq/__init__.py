@@ -9,17 +9,19 @@ the ``store`` URL and driven through its primitives, unchanged. Every rule of th
 
 RabbitMQ carries **tickets**: a message whose body is job ids (one, or a few of a big
 batch, ``_link``), published to their queue (a durable quorum queue) with publisher
-confirms after their records are written: on enqueue (queued or scheduled, not parked), on
-a retry, a release, a promote, a requeue and a resume, and for the jobs a finish, cancel,
-purge or delete releases from their dependencies (``_waits``). A worker consumes its
-queues with manual acknowledgements and a prefetch sized like its buffer. A fetch's look
-claims from the store (highest priority first, the store's order), then settles the
-tickets it holds: those with jobs still queued stay unacknowledged for a later look, the
-others (their jobs claimed, ended, scheduled, unknown) are acknowledged, a run of them
-with one ``multiple`` acknowledgement; a redelivered ticket whose record has ended is
-acknowledged without running anything. The fetch's sleep waits for a ticket, or ``sweep``
-seconds: an idle worker looks at the store that often even without one, which finds a job
-whose ticket was never published (the producer died between the record and the publish,
+confirms: on enqueue (queued or scheduled, not parked) while the records are written, and
+after the records are written on a retry, a release, a promote, a requeue and a resume,
+and for the jobs a finish, cancel, purge or delete releases from their dependencies
+(``_waits``). A worker consumes its queues with manual acknowledgements and a prefetch
+sized like its buffer. A fetch's look claims from the store (highest priority first, the
+store's order), then settles the tickets it holds: those with jobs still queued stay
+unacknowledged for a later look, the others (their jobs claimed, ended, scheduled,
+unknown) are acknowledged, a run of them with one ``multiple`` acknowledgement (a ticket
+younger than a second whose jobs have no record yet is kept, and looked at again soon: it
+came before its record); a redelivered ticket whose record has ended is acknowledged
+without running anything. The fetch's sleep waits for a ticket, or ``sweep`` seconds: an
+idle worker looks at the store that often even without one, which finds a job whose
+ticket was never published (the producer died between the record and the publish,
 RabbitMQ was away) or was dropped. Delays, retries with backoff and parked workflow steps
 wait in the store, never unacknowledged in a worker.
 

@@ -3,6 +3,8 @@ in (inside the store's own error boundary), the link to RabbitMQ, and the watche
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Sequence
 from dataclasses import replace
 from typing import TypeVar
@@ -13,6 +15,9 @@ from .._port import Broker, Claimed
 from ._link import Link, Ticket
 
 T = TypeVar("T")
+
+UNSEEN = 1.0  # seconds a ticket's jobs with no record yet, or still queued, are looked for
+RECHECK = 0.001  # seconds to the first look again at them (then after the ticket's age)
 
 
 class Guarded(Watch[T]):
@@ -68,6 +73,7 @@ class Fetching(Watch[Claimed]):
             watch = store._fetch(queues, consumer, count, lease)
         self._watch = Guarded(watch, store._errors)
         self._seen = 0
+        self._recheck = math.inf  # when to look again at young tickets (time.monotonic())
 
     def __enter__(self) -> Fetching:
         self._link.consume(self._queues, self._count)
@@ -79,6 +85,7 @@ class Fetching(Watch[Claimed]):
 
     def look(self) -> Claimed:
         self._seen = self._link.arrivals
+        self._recheck = math.inf
         got, due_in = self._watch.look()
         tickets = self._link.take(self._queues)
         if tickets:
@@ -86,7 +93,8 @@ class Fetching(Watch[Claimed]):
         return got, due_in
 
     def sleep_then_look(self, seconds: float) -> Claimed:
-        self._link.wait(self._seen, min(seconds, self._sweep))
+        soon = max(self._recheck - time.monotonic(), 0.0)
+        self._link.wait(self._seen, min(seconds, self._sweep, soon))
         return self.look()
 
     def _settle(self, tickets: list[Ticket], claimed: set[str], *, full: bool) -> None:
@@ -95,6 +103,7 @@ class Fetching(Watch[Claimed]):
         queued: the jobs it did not claim are taken for queued without asking the store
         (most are: a drain pays no read per look), for the first look that is not full to
         settle."""
+        now = time.monotonic()
         if full:
             queued = {i for t in tickets for i in t.job_ids if i not in claimed}
         else:
@@ -102,6 +111,16 @@ class Fetching(Watch[Claimed]):
             with self._store._errors:
                 records = self._store._get(asked) if asked else []
             queued = {r.id for r in records if r is not None and r.status is JobStatus.QUEUED}
+            # A ticket can come before its record is written (the enqueue sends it while it
+            # writes), or its record be written right after this look's claim: a young
+            # ticket keeps its jobs with no record or still queued, and the look is made
+            # again soon, later the older the ticket (a paused queue's cost a few looks).
+            unseen = {i for i, r in zip(asked, records, strict=True) if r is None}
+            for ticket in tickets:
+                age = now - ticket.arrived
+                if age < UNSEEN and any(i in queued or i in unseen for i in ticket.job_ids):
+                    queued.update(i for i in ticket.job_ids if i in unseen)
+                    self._recheck = min(self._recheck, now + max(age, RECHECK))
         done: list[Ticket] = []
         kept: list[Ticket] = []
         for ticket in tickets:

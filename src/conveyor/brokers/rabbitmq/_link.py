@@ -9,8 +9,11 @@ and ``x-delivery-limit: DELIVERY_LIMIT``, a safety net only (a ticket dropped pa
 loses nothing: the record is in the store, and the sweep finds it).
 
 A message is a *ticket*: its body is job ids of one queue (separated by spaces, which no
-id holds), persistent, published after the jobs' records are written; a worker
-acknowledges it once the records say none of its jobs is queued any more (claimed, ended,
+id holds), persistent (transient on a classic queue); an enqueue sends it while the jobs'
+records are written (``send``, then the records, then the wait for the confirms), so it
+can come before its records (a worker's look keeps such a ticket a while,
+``_core.Fetching``); every other publish comes after the records. A worker acknowledges a
+ticket once the records say none of its jobs is queued any more (claimed, ended,
 scheduled, gone). A publish of up to ``TICKETS`` jobs to a queue makes a ticket per job; a
 bigger batch shares ``TICKETS`` tickets out (a drain of a bulk enqueue then costs RabbitMQ
 and the worker one delivery and acknowledgement per few jobs, and still wakes up to
@@ -22,6 +25,7 @@ another worker.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 import logging
@@ -79,6 +83,26 @@ def bodies(tickets: Sequence[tuple[str, str]]) -> list[tuple[str, bytes]]:
     return out
 
 
+class Sending:
+    """Tickets on their way to RabbitMQ (``Link.send``)."""
+
+    def __init__(self, link: Link, future: concurrent.futures.Future[None] | None, n: int) -> None:
+        self._link, self._future, self._n = link, future, n
+
+    def confirmed(self) -> bool:
+        """Wait for RabbitMQ's confirms; False (the failure logged) if they did not all
+        come within ``confirm_timeout``: the records are written, the sweep finds the jobs."""
+        if self._future is None:
+            return self._n == 0
+        try:
+            self._future.result(self._link.confirm_timeout)
+        except Exception as exc:
+            self._future.cancel()
+            self._link._warn(f"publishing {self._n} ticket(s) to RabbitMQ failed ({exc!r})")
+            return False
+        return True
+
+
 class Link:
     """The broker's connection to RabbitMQ (see the module docstring). Every call is made
     from the broker's threads; the client runs on the link's own loop thread."""
@@ -86,10 +110,20 @@ class Link:
     def __init__(self, url: RabbitURL, prefix: str) -> None:
         self._url = url
         self._prefix = url.queues or prefix
+        self.confirm_timeout = url.confirm_timeout
         self._arguments: dict[str, Any] = (
             {"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT}
             if url.queue_type == "quorum"
             else {"x-queue-type": "classic"}  # no delivery limit there (quorum queues only)
+        )
+        # A classic queue's tickets are transient: RabbitMQ does not write them to its disk
+        # (nor fsync them before its confirm), and a restart of RabbitMQ loses them; their
+        # jobs are in the store, where the sweep finds them. A quorum queue keeps every
+        # message on disk whatever its mode.
+        self._mode = (
+            aio_pika.DeliveryMode.PERSISTENT
+            if url.queue_type == "quorum"
+            else aio_pika.DeliveryMode.NOT_PERSISTENT
         )
         self._cond = threading.Condition()
         self._warned = 0.0
@@ -150,29 +184,34 @@ class Link:
         """Publish ``(queue, job id)`` tickets and wait for RabbitMQ's confirms; False (the
         failure logged) if they did not all come: the records are written, the sweep finds
         the jobs."""
+        return self.send(tickets).confirmed()
+
+    def send(self, tickets: Sequence[tuple[str, str]]) -> Sending:
+        """Start publishing ``(queue, job id)`` tickets on the loop thread and return at
+        once: the caller writes the records meanwhile, then waits for the confirms
+        (``Sending.confirmed``)."""
         if not tickets:
-            return True
+            return Sending(self, None, 0)
         try:
             self._forked()
-            self._run(self._publish(tickets), self._url.confirm_timeout)
+            future = asyncio.run_coroutine_threadsafe(self._publish(tickets), self._loop)
         except Exception as exc:
             self._warn(f"publishing {len(tickets)} ticket(s) to RabbitMQ failed ({exc!r})")
-            return False
-        return True
+            return Sending(self, None, len(tickets))  # not confirmed
+        return Sending(self, future, len(tickets))
 
     async def _publish(self, tickets: Sequence[tuple[str, str]]) -> None:
         for queue in dict.fromkeys(q for q, _ in tickets):
             await self._declare(self._publisher, queue)
         exchange = self._publisher.default_exchange
-        await asyncio.gather(
-            *(
-                exchange.publish(
-                    aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
-                    routing_key=self.name(queue),
-                )
-                for queue, body in bodies(tickets)
+        sent = [
+            exchange.publish(
+                aio_pika.Message(body, delivery_mode=self._mode),
+                routing_key=self.name(queue),
             )
-        )
+            for queue, body in bodies(tickets)
+        ]
+        await (sent[0] if len(sent) == 1 else asyncio.gather(*sent))
 
     async def _declare(self, channel: AbstractChannel, queue: str) -> AbstractQueue:
         key = f"{id(channel)}:{queue}"

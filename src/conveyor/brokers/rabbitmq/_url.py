@@ -21,8 +21,9 @@ Conveyor's options (docs/rabbitmq.md):
     job is in the store, and the sweep finds it.
 ``queue_type``
     ``quorum`` (the default: replicated, a ticket is delivered once a majority has it on
-    disk) or ``classic`` (opt-in, for latency: a ticket is delivered before it is on disk,
-    and lives on one node; docs/rabbitmq.md says what that gives up).
+    disk) or ``classic`` (opt-in, for latency: tickets are transient, delivered and
+    confirmed without a disk write, lost on a restart of RabbitMQ, and live on one node;
+    docs/rabbitmq.md says what that gives up).
 
 The client's own options (``CLIENT_OPTIONS``) are passed to it; ``reconnect_interval`` is
 1 s unless given.

@@ -95,22 +95,30 @@ class RabbitBroker(Broker):
     # -- what publishes tickets ------------------------------------------------------------
 
     def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
+        # A job parked for promote gets no ticket; one with dependencies gets it if they
+        # had all ended (else its last dependency's end publishes it, _waits); a scheduled
+        # one does, so an idle worker learns when it comes due. The tickets are sent while
+        # the records are written (a worker keeps a ticket whose record it cannot see yet,
+        # Fetching), and the enqueue returns once both are done.
+        sending = self._link.send(
+            [(env.queue, env.id) for env in envelopes if not env.depends_on and env.eta != PARKED]
+        )
         waiting = [env for env in envelopes if env.depends_on]
         with self._s:
             self._waits.note(waiting)  # before the records: a release in between finds them
             ids = self._store._enqueue(envelopes, events)
-        # A job parked for promote gets no ticket; one with dependencies gets it if they
-        # had all ended (else its last dependency's end publishes it, _waits); a scheduled
-        # one does, so an idle worker learns when it comes due.
+        # A unique key's duplicate is the existing job's id: its ticket is that one's.
         tickets = [
             (env.queue, job_id)
             for env, job_id in zip(envelopes, ids, strict=True)
-            if not env.depends_on and env.eta != PARKED
+            if job_id != env.id and not env.depends_on and env.eta != PARKED
         ]
         if waiting:
             due = [job_id for env, job_id in zip(envelopes, ids, strict=True) if env.depends_on]
             tickets += queued_tickets(self._store, due)
-        self._link.publish(tickets)
+        more = self._link.send(tickets)
+        sending.confirmed()
+        more.confirmed()
         return ids
 
     def _enqueue_in(
