@@ -19,7 +19,7 @@ import pytest
 
 from conftest import Project, conveyor
 from conveyor import Conveyor
-from conveyor._errors import ConfigurationError, ValidationError
+from conveyor._errors import ConfigurationError, ConveyorError, ValidationError
 from conveyor._message import Envelope
 from conveyor.brokers import open_broker
 from conveyor.brokers.redis._shards import mint
@@ -184,3 +184,26 @@ def test_a_sleeping_fetch_blocks_once_per_shard_and_keeps_its_reads(
         waiter.join()
     finally:
         broker.close()
+
+
+def test_a_failing_shard_does_not_strand_what_a_fetch_claimed_on_the_others(
+    redis_server: RedisServer,
+) -> None:
+    """Shard 2 answers every fetch with an error (its paused set is of the wrong type, as
+    a shard whose master fails over answers with one): the jobs of shards 0 and 1 are
+    handed out whichever shard a look starts from, and a fetch that finds nothing raises."""
+    prefix = unique_prefix()
+    broker = open_broker(f"{redis_server.url}?shards=3", prefix=prefix)
+    try:
+        assert broker.stats() == []  # the layout written
+        redis_server.client().set(f"{{{prefix}~2}}:paused", "not a set")
+        for _ in range(4):  # every shard first in turn
+            envs = [Envelope(mint(0), "default", b"p"), Envelope(mint(1), "default", b"p")]
+            broker.enqueue(envs)
+            got = broker.fetch(["default"], "c1", 10, 30.0, 0)
+            assert sorted(d.id for d in got) == sorted(e.id for e in envs)
+        with pytest.raises(ConveyorError, match="WRONGTYPE"):
+            broker.fetch(["default"], "c1", 10, 30.0, 0)
+    finally:
+        broker.close()
+

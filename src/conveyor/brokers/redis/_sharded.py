@@ -112,6 +112,7 @@ class ShardedRedisBroker(Broker):
         self._local = threading.local()  # this thread's current shard
         self._loads: list[tuple[int, float]] = [(0, 0.0)] * shards  # (length, when learnt)
         self._turn = itertools.count()
+        self._failing: set[int] = set()  # shards whose last fetch call failed (_shardfetch)
         self._waiting: dict[
             tuple[str, tuple[str, ...]], tuple[list[Blocker], threading.Condition]
         ] = {}

@@ -136,18 +136,38 @@ class Fetching(Watch[Claimed]):
         return self._claim([*(i for i in order if i in woke), *(i for i in order if i not in woke)])
 
     def _claim(self, order: Sequence[int]) -> Claimed:
+        """Claim on every shard in ``order`` (those that failed last time at the end, so a
+        shard that hangs until its socket times out delays the others once, not at each
+        look). A shard that fails is skipped: the jobs claimed on the others are handed
+        out (they are running under this lease: raising would strand them until it ran
+        out); only when nothing was claimed anywhere does its error reach the caller."""
+        failing = self._broker._failing
         got: list[Delivery] = []
         due: float | None = None
-        for i in order:
+        errors: dict[int, Exception] = {}
+        for i in sorted(order, key=lambda i: i in failing):
             # Every shard is called, those after ``count`` is filled for nothing: each call
             # also makes its due scheduled jobs queued and reclaims its expired leases.
             left = max(self._count - len(got), 0)
             shard = self._shards[i]
             call = shard._fetch_call(self._queues, self._consumer, left, self._lease)
-            out, next_event, self._last[i] = shard._fetch_reply(
-                self._queues, shard._eval("fetch", *call)
-            )
+            try:
+                out, next_event, self._last[i] = shard._fetch_reply(
+                    self._queues, shard._eval("fetch", *call)
+                )
+            except Exception as exc:  # a shard's master failing over, say
+                failing.add(i)
+                errors[i] = exc
+                continue
+            failing.discard(i)
             got += out
             if next_event >= 0:
                 due = next_event / 1000 if due is None else min(due, next_event / 1000)
+        if errors:
+            if not got:
+                raise next(iter(errors.values()))
+            log.warning(
+                "a fetch skipped %d failing shard(s) of %r, %s: %s",
+                len(errors), self._broker.prefix, sorted(errors), next(iter(errors.values())),
+            )  # fmt: skip
         return got, None if got else due
