@@ -207,3 +207,21 @@ def test_a_failing_shard_does_not_strand_what_a_fetch_claimed_on_the_others(
     finally:
         broker.close()
 
+
+def test_commands_that_only_look_leave_a_fresh_sharded_prefix_unfixed(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """``conveyor queues`` (and the other commands that look) on a prefix no producer has
+    used write no layout: the first producer's ``?shards=`` fixes it, not a look's."""
+    prefix = unique_prefix()
+    project = Project(tmp_path, f"{redis_server.url}?prefix={prefix}&shards=4")
+    try:
+        assert json.loads(conveyor(project, "queues", "--json").stdout)["queues"] == []
+        conveyor(project, "info")
+        conveyor(project, "jobs", "queued")
+        assert not redis_server.client().exists(f"{{{prefix}}}:shards")
+        with Conveyor(f"{redis_server.url}?prefix={prefix}&shards=8") as producer:
+            job = producer.task(name="t")(lambda: None).delay()
+            assert producer.broker.shard_of(job.id) < 8
+    finally:
+        project.cleanup()
