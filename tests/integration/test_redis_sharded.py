@@ -162,9 +162,9 @@ def test_the_number_of_shards_is_fixed_when_the_prefix_is_first_used(
 def test_a_sleeping_fetch_blocks_once_per_shard_and_keeps_its_reads(
     redis_server: RedisServer,
 ) -> None:
-    """Each shard has one blocked read per fetching consumer, kept across fetches: ten
-    short fetches in a row leave three reads on the server, not thirty; a job on any
-    shard wakes the fetch."""
+    """One server has one blocked read per fetching consumer (over every shard's
+    streams), kept across fetches: ten short fetches in a row leave one read on the
+    server, not ten; a job on any shard wakes the fetch."""
     broker = open_broker(f"{redis_server.url}?shards=3", prefix=unique_prefix())
 
     def reads() -> int:  # other tests' reads in flight may end meanwhile: at most these
@@ -174,7 +174,7 @@ def test_a_sleeping_fetch_blocks_once_per_shard_and_keeps_its_reads(
         others = reads()
         for _ in range(10):
             assert broker.fetch(["default"], "c1", 1, 30.0, 0.2) == []
-        assert 3 <= reads() <= 3 + others
+        assert 1 <= reads() <= 1 + others
         env = Envelope(mint(2), "default", b"p")
         waiter = threading.Timer(0.3, lambda: broker.enqueue([env]))
         waiter.start()
@@ -225,3 +225,33 @@ def test_commands_that_only_look_leave_a_fresh_sharded_prefix_unfixed(
             assert producer.broker.shard_of(job.id) < 8
     finally:
         project.cleanup()
+
+
+def test_sleeping_fetches_on_one_server_hold_a_connection_each_whatever_the_shards(
+    redis_server: RedisServer,
+) -> None:
+    """On one server a sleeping fetch reads every shard's streams in one ``XREAD``: two
+    fetches over 200 shards hold two connections of the pool (128), and an enqueue from
+    another thread meanwhile goes through."""
+    broker = open_broker(f"{redis_server.url}?shards=200", prefix=unique_prefix())
+
+    def reads() -> int:
+        return sum(c["cmd"] == "xread" for c in redis_server.client().client_list())
+
+    try:
+        others = reads()
+        fetches = [
+            threading.Thread(target=broker.fetch, args=(["other"], f"c{i}", 1, 30.0, 1.5))
+            for i in range(2)
+        ]
+        for t in fetches:
+            t.start()
+        time.sleep(0.7)
+        assert reads() <= 2 + others
+        env = Envelope(mint(5), "default", b"p")
+        assert broker.enqueue([env]) == [env.id]
+        for t in fetches:
+            t.join()
+        assert [d.id for d in broker.fetch(["default"], "c0", 1, 30.0, 0)] == [env.id]
+    finally:
+        broker.close()

@@ -101,7 +101,9 @@ class ShardedRedisBroker(Broker):
         self._create = create  # False: a tool that only looks writes no layout
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
             raise ConfigurationError(
-                f"bad shards {shards!r}: spread a prefix over 1 to {MAX_SHARDS} shards"
+                f"bad shards {shards!r}: spread a prefix over 1 to {MAX_SHARDS} shards (a "
+                "worker's look calls every shard; more shards than masters buy nothing), see "
+                "docs/cluster.md"
             )
         self.shards = shards
         self._home = RedisBroker(url, prefix=prefix, clock=clock, events_kept=events_kept)
@@ -351,20 +353,29 @@ class ShardedRedisBroker(Broker):
     def _blockers(
         self, consumer: str, queues: list[str]
     ) -> tuple[list[Blocker], threading.Condition]:
-        """The consumer's blockers on these queues, one per shard, kept across fetches (one
-        that ended, idle or in a forked child, is made again)."""
+        """The consumer's blockers on these queues, kept across fetches (one that ended,
+        idle or in a forked child, is made again): on a cluster one per shard, on one
+        server one for them all (one connection of the shared pool, not S: no CROSSSLOT
+        there)."""
         subs = self._parts()
+        if self._home._owner is None:
+            groups = [list(range(len(subs)))]
+        else:
+            groups = [[i] for i in range(len(subs))]
         with self._waiting_lock:
             found = self._waiting.get((consumer, tuple(queues)))
             if found is None:
                 found = ([], threading.Condition())
                 self._waiting[(consumer, tuple(queues))] = found
             blockers, cond = found
-            for i, sub in enumerate(subs):
-                if i == len(blockers):
-                    blockers.append(Blocker(sub, cond, f"conveyor-shard-{i}-{consumer}"))
-                elif not blockers[i].alive():
-                    blockers[i] = Blocker(sub, cond, f"conveyor-shard-{i}-{consumer}")
+            for at, group in enumerate(groups):
+                if at == len(blockers) or not blockers[at].alive():
+                    name = f"conveyor-shard-{group[0]}-{consumer}"
+                    made = Blocker(subs[group[0]], group, cond, name)
+                    if at == len(blockers):
+                        blockers.append(made)
+                    else:
+                        blockers[at] = made
             return found
 
     def _renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:

@@ -1,5 +1,7 @@
 """How a sharded prefix's worker fetches (``_sharded``): a look at every shard, and a
-sleep on every shard at once, a blocking read per shard in a thread that persists."""
+sleep on every shard at once, in threads that persist: on a cluster a blocking read per
+shard (its streams are on its master), on one server one read over every shard's streams
+(one connection per fetching consumer, whatever S)."""
 
 from __future__ import annotations
 
@@ -25,16 +27,19 @@ _BLOCKER_IDLE = 60.0  # seconds a blocker without orders lives on before it ends
 
 
 class Blocker:
-    """A thread that blocks on one shard's streams for one fetching consumer, on a
-    connection of its own: armed with streams, the last ids a fetch saw and a deadline, it
-    runs ``XREAD BLOCK`` (slices of ``_BLOCK_SLICE``) until an entry comes (``woke``, the
-    condition notified) or the deadline passes. Armed again while a read is still blocked,
-    it keeps that read: a read still blocked has seen no entry since its ids, so the new
-    ids are the same. It ends after ``_BLOCKER_IDLE`` seconds without orders, giving back
-    its connection."""
+    """A thread that blocks on the streams of some shards (``shards``: one on a cluster,
+    all on one server) for one fetching consumer, on a connection of its own: armed with
+    streams, the last ids a fetch saw and a deadline, it runs ``XREAD BLOCK`` (slices of
+    ``_BLOCK_SLICE``) until an entry comes (``woke``, the condition notified) or the
+    deadline passes. Armed again while a read is still blocked, it keeps that read: a
+    read still blocked has seen no entry since its ids, so the new ids are the same. It
+    ends after ``_BLOCKER_IDLE`` seconds without orders, giving back its connection."""
 
-    def __init__(self, shard: RedisBroker, cond: threading.Condition, name: str) -> None:
+    def __init__(
+        self, shard: RedisBroker, shards: list[int], cond: threading.Condition, name: str
+    ) -> None:
         self._shard, self._cond = shard, cond
+        self.shards = shards  # those whose streams it reads (``shard`` serves them all)
         self.woke = False
         self._want: tuple[list[str], list[str]] | None = None
         self._until = 0.0
@@ -118,17 +123,22 @@ class Fetching(Watch[Claimed]):
     def sleep_then_look(self, seconds: float) -> Claimed:
         blockers, cond = self._broker._blockers(self._consumer, self._queues)
         with cond:
-            for i, blocker in enumerate(blockers):
-                keys = self._shards[i]._keys
-                streams = [s for q in self._queues for s in keys.streams(q)]
-                last = self._last[i] or ["0-0"] * len(streams)
-                if len(last) > len(streams):  # a queue is paused: its resume wakes us too
-                    streams.append(keys.resumed)
-                blocker.arm(streams, last, seconds)
+            for blocker in blockers:
+                streams: list[str] = []
+                ids: list[str] = []
+                for i in blocker.shards:
+                    keys = self._shards[i]._keys
+                    mine = [s for q in self._queues for s in keys.streams(q)]
+                    last = self._last[i] or ["0-0"] * len(mine)
+                    if len(last) > len(mine):  # a queue is paused: its resume wakes us too
+                        mine.append(keys.resumed)
+                    streams += mine
+                    ids += last
+                blocker.arm(streams, ids, seconds)
             cond.wait_for(lambda: any(b.woke for b in blockers), timeout=seconds)
-            woke = [i for i, b in enumerate(blockers) if b.woke]
-            for i in woke:
-                blockers[i].woke = False
+            woke = {i for b in blockers if b.woke for i in b.shards}
+            for b in blockers:
+                b.woke = False
         order = self._broker._rotation()
         # A shard that woke has work: claim there first, then on the others while count is
         # not filled (another may have woken meanwhile). None woke: the sleep ran out, and
