@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -19,7 +20,12 @@ import pytest
 
 from conftest import Project, conveyor
 from conveyor import Conveyor
-from conveyor._errors import ConfigurationError, ConveyorError, ValidationError
+from conveyor._errors import (
+    BrokerUnavailable,
+    ConfigurationError,
+    ConveyorError,
+    ValidationError,
+)
 from conveyor._message import Envelope
 from conveyor.brokers import open_broker
 from conveyor.brokers.redis._shards import mint
@@ -255,3 +261,16 @@ def test_sleeping_fetches_on_one_server_hold_a_connection_each_whatever_the_shar
         assert [d.id for d in broker.fetch(["default"], "c0", 1, 30.0, 0)] == [env.id]
     finally:
         broker.close()
+
+
+def test_a_sharded_prefix_on_a_server_that_is_down_raises_conveyors_error() -> None:
+    """The first call reads the layout: a server that does not answer is reported as
+    ``BrokerUnavailable``, from ``read_events`` as from the others."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with open_broker(f"redis://127.0.0.1:{port}/?shards=2", prefix=unique_prefix()) as b:
+        with pytest.raises(BrokerUnavailable):
+            b.read_events(None, 0, 10)
+        with pytest.raises(BrokerUnavailable):
+            b.events_tail()

@@ -442,10 +442,10 @@ class ShardedRedisBroker(Broker):
         a place in each (``c_home.c_0...``); a page takes one event of each log in turn,
         each log's order kept; a blocking read waits on every log at once."""
         check_read(block, limit)
-        logs = self._logs()
-        starts = split_cursor(after, len(logs))
         deadline = time.monotonic() + block
         with self._errors:
+            logs = self._logs()  # the layout read at first use: inside the error boundary
+            starts = split_cursor(after, len(logs))
             found = self._events_page(logs, starts, limit)
             while not found and (left := deadline - time.monotonic()) > 0:
                 self._events_wait(logs, starts, min(left, _EVENT_SLICE))
