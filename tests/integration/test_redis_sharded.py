@@ -9,6 +9,7 @@ both (``redis-sharded``, ``redis-cluster-sharded`` in ``tests/brokers.py``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 import socket
@@ -143,6 +144,18 @@ def test_the_number_of_shards_is_fixed_when_the_prefix_is_first_used(
             plain.task(name="t")(lambda: None).delay()
         with pytest.raises(ConfigurationError, match="sharded over 3 shards"):
             plain.broker.stats()
+    for call in (  # each read of jobs or events a first call: refused, not answered empty
+        lambda b: b.get([job.id]),
+        lambda b: b.read_events(None, 0, 10),
+        lambda b: b.events_tail(),
+        lambda b: b.wait(job.id, 0),
+        lambda b: asyncio.run(b.wait_async(job.id, 0)),
+    ):
+        with (
+            open_broker(redis_server.url, prefix=prefix) as plain_broker,
+            pytest.raises(ConfigurationError, match=r"add \?shards=3 to the broker URL"),
+        ):
+            call(plain_broker)
     with (
         Conveyor(f"{redis_server.url}?shards=4", prefix=prefix) as other,
         pytest.raises(ConfigurationError, match=r"open it with \?shards=3"),

@@ -193,9 +193,9 @@ class RedisCore(Broker):
 
     def _check_layout(self, found: Any = "") -> None:
         """Refuse a prefix sharded with ``?shards=`` (its layout key is set): a plain broker
-        would write jobs no worker of it reads. Once per broker, at its first script call
-        (and first listing); ``found``: the layout key's value (None: unset), when read
-        already."""
+        would write jobs no worker of it reads, and find none of its jobs or events. Once
+        per broker, at its first script call, record read, listing or event read;
+        ``found``: the layout key's value (None: unset), when read already."""
         if found == "":
             found = self._client.get(self._keys.shards)
         if found is not None:
@@ -289,7 +289,12 @@ class RedisCore(Broker):
         pipe.time()
         for job_id in job_ids:
             pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
+        checked = self._layout_checked
+        if not checked:  # the layout key rides along (``_check_layout``)
+            pipe.get(self._keys.shards)
         server_time, *rows = pipe.execute()
+        if not checked:
+            self._check_layout(rows.pop())
         now = self._now(server_time)
         return [self._decode_record(i, row, now) for i, row in zip(job_ids, rows, strict=True)]
 
