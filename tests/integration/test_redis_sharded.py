@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import signal
 import socket
 import threading
@@ -287,3 +288,16 @@ def test_a_sharded_prefix_on_a_server_that_is_down_raises_conveyors_error() -> N
             b.read_events(None, 0, 10)
         with pytest.raises(BrokerUnavailable):
             b.events_tail()
+
+
+def test_a_fetch_may_block_without_end(redis_server: RedisServer) -> None:
+    """``block=math.inf``: the fetch sleeps until a job comes, as on a plain broker."""
+    broker = open_broker(f"{redis_server.url}?shards=3", prefix=unique_prefix())
+    try:
+        env = Envelope(mint(1), "default", b"p")
+        waiter = threading.Timer(0.5, lambda: broker.enqueue([env]))
+        waiter.start()
+        assert [d.id for d in broker.fetch(["default"], "c1", 1, 30.0, math.inf)] == [env.id]
+        waiter.join()
+    finally:
+        broker.close()

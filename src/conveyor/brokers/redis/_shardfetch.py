@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..._message import Delivery
 from .._base import Watch
 from .._port import Claimed
+from . import _connect
 from ._core import to_ms
 
 if TYPE_CHECKING:
@@ -121,6 +122,9 @@ class Fetching(Watch[Claimed]):
         return self._claim(self._broker._rotation())
 
     def sleep_then_look(self, seconds: float) -> Claimed:
+        # A slice at a time, as the plain broker's (``seconds`` may be math.inf): the base
+        # calls again, and a blocker armed again keeps its read.
+        seconds = min(seconds, _connect.block_slice(self._shards[0]._client))
         blockers, cond = self._broker._blockers(self._consumer, self._queues)
         with cond:
             for blocker in blockers:
