@@ -301,3 +301,16 @@ def test_a_fetch_may_block_without_end(redis_server: RedisServer) -> None:
         waiter.join()
     finally:
         broker.close()
+
+
+def test_a_closed_sharded_broker_opens_again_at_its_next_call(redis_server: RedisServer) -> None:
+    """As a plain Redis broker: after ``close``, a call connects again, a blocking read of
+    the events too."""
+    broker = open_broker(f"{redis_server.url}?shards=2", prefix=unique_prefix())
+    try:
+        assert broker.read_events(None, 0.1, 10) == []
+        broker.close()
+        assert broker.read_events(None, 0.1, 10) == []
+        assert broker.fetch(["default"], "c1", 1, 30.0, 0.1) == []
+    finally:
+        broker.close()

@@ -467,15 +467,15 @@ class ShardedRedisBroker(Broker):
         """Block until any log has an event after its start, or ``seconds`` pass: a read
         per log in threads (a read still blocked when another returned runs out by itself
         within ``seconds``)."""
-        if self._pool is None:
-            with self._open_lock:
-                if self._pool is None:
-                    self._pool = concurrent.futures.ThreadPoolExecutor(
-                        4 * len(logs), thread_name_prefix="conveyor-events"
-                    )
+        with self._open_lock:
+            pool = self._pool
+            if pool is None:  # first use, or after close (which a broker outlives, reopening)
+                pool = self._pool = concurrent.futures.ThreadPoolExecutor(
+                    4 * len(logs), thread_name_prefix="conveyor-events"
+                )
         wait = max(1, to_ms(seconds))
         reads = [
-            self._pool.submit(log._read_page, start, 1, wait)
+            pool.submit(log._read_page, start, 1, wait)
             for log, start in zip(logs, starts, strict=True)
         ]
         concurrent.futures.wait(reads, timeout=seconds + 1, return_when="FIRST_COMPLETED")
@@ -556,8 +556,10 @@ class ShardedRedisBroker(Broker):
                 for b in blockers:
                     b.close()
             self._waiting.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._open_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         for sub in self._subs or ():
             sub.close()
         self._home.close()
