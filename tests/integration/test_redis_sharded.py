@@ -314,3 +314,23 @@ def test_a_closed_sharded_broker_opens_again_at_its_next_call(redis_server: Redi
         assert broker.fetch(["default"], "c1", 1, 30.0, 0.1) == []
     finally:
         broker.close()
+
+
+def test_a_sleeping_fetch_reads_in_slices_clear_of_the_socket_timeout(
+    redis_server: RedisServer,
+) -> None:
+    """With ``?socket_timeout=1`` a sleeping fetch's blocked read never outlasts the
+    socket: three seconds of sleep open no connection again."""
+    url = f"{redis_server.url}?shards=2&socket_timeout=1"
+    broker = open_broker(url, prefix=unique_prefix())
+
+    def connections() -> int:
+        return int(redis_server.client().info("stats")["total_connections_received"])
+
+    try:
+        assert broker.fetch(["default"], "c1", 1, 30.0, 0.3) == []  # its connections made
+        before = connections()
+        assert broker.fetch(["default"], "c1", 1, 30.0, 3.0) == []
+        assert connections() - before <= 1  # this count's own client
+    finally:
+        broker.close()

@@ -23,18 +23,18 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("conveyor.redis")
 
-_BLOCK_SLICE = 2.0  # seconds a blocker's XREAD waits at most (then it looks at its orders)
 _BLOCKER_IDLE = 60.0  # seconds a blocker without orders lives on before it ends
 
 
 class Blocker:
     """A thread that blocks on the streams of some shards (``shards``: one on a cluster,
     all on one server) for one fetching consumer, on a connection of its own: armed with
-    streams, the last ids a fetch saw and a deadline, it runs ``XREAD BLOCK`` (slices of
-    ``_BLOCK_SLICE``) until an entry comes (``woke``, the condition notified) or the
-    deadline passes. Armed again while a read is still blocked, it keeps that read: a
-    read still blocked has seen no entry since its ids, so the new ids are the same. It
-    ends after ``_BLOCKER_IDLE`` seconds without orders, giving back its connection."""
+    streams, the last ids a fetch saw and a deadline, it runs ``XREAD BLOCK`` (slices
+    clear of the socket timeout, ``_connect.block_slice``: then it looks at its orders)
+    until an entry comes (``woke``, the condition notified) or the deadline passes.
+    Armed again while a read is still blocked, it keeps that read: a read still blocked
+    has seen no entry since its ids, so the new ids are the same. It ends after
+    ``_BLOCKER_IDLE`` seconds without orders, giving back its connection."""
 
     def __init__(
         self, shard: RedisBroker, shards: list[int], cond: threading.Condition, name: str
@@ -43,6 +43,7 @@ class Blocker:
         self.shards = shards  # those whose streams it reads (``shard`` serves them all)
         self.woke = False
         self._want: tuple[list[str], list[str]] | None = None
+        self._slice = _connect.block_slice(shard._client)  # seconds an XREAD waits at most
         self._until = 0.0
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -70,7 +71,7 @@ class Blocker:
                 left = self._until - time.monotonic()
                 if self._want is not None and not self.woke and left > 0:
                     streams, ids = self._want
-                    return streams, ids, min(left, _BLOCK_SLICE)
+                    return streams, ids, min(left, self._slice)
                 if time.monotonic() - idle_since > _BLOCKER_IDLE:
                     self._closed = True
                     break
