@@ -30,6 +30,7 @@ from conveyor._errors import (
 )
 from conveyor._message import Envelope
 from conveyor.brokers import open_broker
+from conveyor.brokers.redis import _shardfetch
 from conveyor.brokers.redis._shards import mint
 from conveyor.scheduler import Scheduler
 from conveyor.testing import drain
@@ -332,5 +333,26 @@ def test_a_sleeping_fetch_reads_in_slices_clear_of_the_socket_timeout(
         before = connections()
         assert broker.fetch(["default"], "c1", 1, 30.0, 3.0) == []
         assert connections() - before <= 1  # this count's own client
+    finally:
+        broker.close()
+
+
+def test_a_blocker_that_ends_idle_as_a_fetch_arms_it_is_started_again(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A blocking-read thread ends after ``_BLOCKER_IDLE`` without orders; with none (0 s)
+    every thread ends between the fetch finding it alive and arming it, the race a
+    minute's idle leaves open: armed, it is started again, and a job wakes the fetch."""
+    monkeypatch.setattr(_shardfetch, "_BLOCKER_IDLE", 0.0)
+    broker = open_broker(f"{redis_server.url}?shards=3", prefix=unique_prefix())
+    try:
+        for i in range(4):
+            env = Envelope(mint(i % 3), "default", b"p")
+            waiter = threading.Timer(0.2, lambda e=env: broker.enqueue([e]))
+            waiter.start()
+            started = time.monotonic()
+            assert [d.id for d in broker.fetch(["default"], "c1", 1, 30.0, 3.0)] == [env.id]
+            assert time.monotonic() - started < 1.5
+            waiter.join()
     finally:
         broker.close()

@@ -45,22 +45,33 @@ class Blocker:
         self._want: tuple[list[str], list[str]] | None = None
         self._slice = _connect.block_slice(shard._client)  # seconds an XREAD waits at most
         self._until = 0.0
-        self._closed = False
-        self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
-        self._thread.start()
+        self._closed = False  # its thread ends (or has ended): idle, or closed
+        self._shut = False  # closed with its broker: never started again
+        self._name = name
+        self._thread = self._start()
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._loop, name=self._name, daemon=True)
+        thread.start()
+        return thread
 
     def alive(self) -> bool:
         return self._thread.is_alive() and not self._closed
 
     def arm(self, streams: list[str], ids: list[str], seconds: float) -> None:
-        """Called with the condition held."""
+        """Called with the condition held. A thread that ended idle after the fetch found
+        it alive (``alive`` is asked before the condition is taken) is started again:
+        armed dead, its shards would go unwatched for the sleep."""
+        if not self._shut and (self._closed or not self._thread.is_alive()):
+            self._closed = False
+            self._thread = self._start()
         self._want = (streams, ids)
         self._until = time.monotonic() + seconds
         self._cond.notify_all()
 
     def close(self) -> None:
         with self._cond:
-            self._closed = True
+            self._closed = self._shut = True
             self._cond.notify_all()
 
     def _orders(self) -> tuple[list[str], list[str], float] | None:
