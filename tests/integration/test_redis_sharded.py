@@ -29,7 +29,7 @@ from conveyor._errors import (
     ValidationError,
 )
 from conveyor._message import Envelope
-from conveyor.brokers import open_broker
+from conveyor.brokers import Broker, open_broker
 from conveyor.brokers.redis import _shardfetch
 from conveyor.brokers.redis._shards import mint
 from conveyor.scheduler import Scheduler
@@ -196,15 +196,23 @@ def test_a_sleeping_fetch_blocks_once_per_shard_and_keeps_its_reads(
         for _ in range(10):
             assert broker.fetch(["default"], "c1", 1, 30.0, 0.2) == []
         assert 1 <= reads() <= 1 + others
-        env = Envelope(mint(2), "default", b"p")
-        waiter = threading.Timer(0.3, lambda: broker.enqueue([env]))
-        waiter.start()
-        started = time.monotonic()
-        assert [d.id for d in broker.fetch(["default"], "c1", 1, 30.0, 5.0)] == [env.id]
-        assert time.monotonic() - started < 2.0
-        waiter.join()
+        assert woken_after(broker, mint(2), 0.3, 5.0) < 2.0
     finally:
         broker.close()
+
+
+def woken_after(broker: Broker, job_id: str, delay: float, block: float) -> float:
+    """Seconds a fetch of ``c1`` blocking ``block`` s took to hand out the job enqueued
+    ``delay`` s after it began."""
+    env = Envelope(job_id, "default", b"p")
+    waiter = threading.Timer(delay, lambda: broker.enqueue([env]))
+    waiter.start()
+    started = time.monotonic()
+    try:
+        assert [d.id for d in broker.fetch(["default"], "c1", 1, 30.0, block)] == [env.id]
+        return time.monotonic() - started
+    finally:
+        waiter.join()
 
 
 def test_a_failing_shard_does_not_strand_what_a_fetch_claimed_on_the_others(
@@ -295,11 +303,7 @@ def test_a_fetch_may_block_without_end(redis_server: RedisServer) -> None:
     """``block=math.inf``: the fetch sleeps until a job comes, as on a plain broker."""
     broker = open_broker(f"{redis_server.url}?shards=3", prefix=unique_prefix())
     try:
-        env = Envelope(mint(1), "default", b"p")
-        waiter = threading.Timer(0.5, lambda: broker.enqueue([env]))
-        waiter.start()
-        assert [d.id for d in broker.fetch(["default"], "c1", 1, 30.0, math.inf)] == [env.id]
-        waiter.join()
+        woken_after(broker, mint(1), 0.5, math.inf)
     finally:
         broker.close()
 
@@ -347,12 +351,6 @@ def test_a_blocker_that_ends_idle_as_a_fetch_arms_it_is_started_again(
     broker = open_broker(f"{redis_server.url}?shards=3", prefix=unique_prefix())
     try:
         for i in range(4):
-            env = Envelope(mint(i % 3), "default", b"p")
-            waiter = threading.Timer(0.2, lambda e=env: broker.enqueue([e]))
-            waiter.start()
-            started = time.monotonic()
-            assert [d.id for d in broker.fetch(["default"], "c1", 1, 30.0, 3.0)] == [env.id]
-            assert time.monotonic() - started < 1.5
-            waiter.join()
+            assert woken_after(broker, mint(i % 3), 0.2, 3.0) < 1.5
     finally:
         broker.close()
