@@ -354,3 +354,14 @@ def test_a_blocker_that_ends_idle_as_a_fetch_arms_it_is_started_again(
             assert woken_after(broker, mint(i % 3), 0.2, 3.0) < 1.5
     finally:
         broker.close()
+
+
+def test_the_layout_is_acknowledged_as_an_enqueue_is_with_wait(redis_server: RedisServer) -> None:
+    """``?wait=1``: the layout, written at first use, waits for a replica as an enqueue
+    does; a server without one refuses to acknowledge it."""
+    url = f"{redis_server.url}?shards=2&wait=1&wait_timeout=0.1"
+    with (
+        open_broker(url, prefix=unique_prefix()) as broker,
+        pytest.raises(BrokerUnavailable, match=r"\(\?wait=1\) had the layout of the sharded"),
+    ):
+        broker.stats()

@@ -207,7 +207,9 @@ class RedisCore(Broker):
             )
         self._layout_checked = True
 
-    def _replicated(self, replies: list[Any]) -> list[Any]:
+    def _replicated(
+        self, replies: list[Any], what: str = "the enqueue", then: str = "it may still run"
+    ) -> list[Any]:
         """The replies of a write followed by ``WAIT`` (its count last), without it; raises
         ``BrokerUnavailable`` when fewer replicas than ``?wait=`` had the write in time."""
         *replies, count = replies
@@ -215,9 +217,9 @@ class RedisCore(Broker):
         if int(count) < wanted:
             raise BrokerUnavailable(
                 f"only {int(count)} of the {wanted} replica(s) the broker URL asks for "
-                f"(?wait={wanted}) had the enqueue within {timeout_ms / 1000:g} s: the master "
-                "has it, but would lose it if it failed now, so it is not acknowledged (it may "
-                "still run). Check the replicas (INFO replication), or raise ?wait_timeout= "
+                f"(?wait={wanted}) had {what} within {timeout_ms / 1000:g} s: the master "
+                f"has it, but would lose it if it failed now, so it is not acknowledged ({then})."
+                " Check the replicas (INFO replication), or raise ?wait_timeout= "
                 "(docs/cluster.md)"
             )
         return replies

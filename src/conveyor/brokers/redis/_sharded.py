@@ -173,8 +173,21 @@ class ShardedRedisBroker(Broker):
             tags = choose_tags(self.prefix, self.shards, masters)
             if not self._create:  # the shards it would make: empty, and nothing written
                 return Layout(self.shards, tags)
-            home._client.set(key, msgspec.json.encode(Layout(self.shards, tags)), nx=True)
-            raw = home._client.get(key)
+            # With ?wait=N, as an enqueue: a master that fails before a replica has the
+            # layout leaves the prefix without one, free to be fixed at another S.
+            pipe = home._client.pipeline(transaction=False)
+            pipe.set(key, msgspec.json.encode(Layout(self.shards, tags)), nx=True)
+            pipe.get(key)
+            for command in home._durable:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            replies = pipe.execute()
+            if home._durable:
+                replies = home._replicated(
+                    replies,
+                    f"the layout of the sharded prefix {self.prefix!r}",
+                    "a later call uses it as written",
+                )
+            raw = replies[1]
         layout = msgspec.json.decode(raw or b"{}", type=Layout)
         if layout.shards != self.shards:
             raise ConfigurationError(
