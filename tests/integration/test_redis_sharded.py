@@ -365,3 +365,26 @@ def test_the_layout_is_acknowledged_as_an_enqueue_is_with_wait(redis_server: Red
         pytest.raises(BrokerUnavailable, match=r"\(\?wait=1\) had the layout of the sharded"),
     ):
         broker.stats()
+
+
+def test_a_broker_that_only_looks_follows_the_layout_a_producer_writes_later(
+    redis_server: RedisServer,
+) -> None:
+    """Opened with ``create=False`` on a fresh prefix, a broker writes no layout while it
+    looks, sees the one a producer writes later (another S: refused), and writes it
+    itself before a pause (shard state needs it)."""
+    prefix, url = unique_prefix(), f"{redis_server.url}?shards=2"
+    with open_broker(url, prefix=prefix, create=False) as looking:
+        assert looking.stats() == []
+        with open_broker(f"{redis_server.url}?shards=3", prefix=prefix) as producer:
+            producer.enqueue([Envelope(mint(0), "default", b"p")])
+        with pytest.raises(ConfigurationError, match=r"open it with \?shards=3"):
+            looking.stats()
+    fresh = unique_prefix()
+    with open_broker(url, prefix=fresh, create=False) as looking:
+        assert looking.stats() == []
+        looking.pause("default")
+    assert redis_server.client().exists(f"{{{fresh}}}:shards")
+    with open_broker(url, prefix=fresh) as worker:
+        assert worker.fetch(["default"], "c1", 1, 30.0, 0) == []
+        assert [(s.queue, s.paused) for s in worker.stats()] == [("default", True)]

@@ -110,6 +110,7 @@ class ShardedRedisBroker(Broker):
         self._home._layout_checked = True
         self.prefix = self._home.prefix
         self._subs: list[RedisBroker] | None = None
+        self._unwritten = False  # _subs are those of a layout not written (create=False)
         self._open_lock = threading.Lock()
         self._local = threading.local()  # this thread's current shard
         self._loads: list[tuple[int, float]] = [(0, 0.0)] * shards  # (length, when learnt)
@@ -131,14 +132,25 @@ class ShardedRedisBroker(Broker):
 
     # -- the layout ------------------------------------------------------------------------
 
-    def _parts(self) -> list[RedisBroker]:
-        """The shards' brokers, made at first use once the layout is read (or written)."""
+    def _parts(self, write: bool = False) -> list[RedisBroker]:
+        """The shards' brokers, made at first use once the layout is read (or written).
+        A broker opened with ``create=False`` that found no layout reads it again at each
+        call until there is one (a producer's ``?shards=`` may differ from its own);
+        ``write``: a call that writes shard state (pause, resume) writes the layout first,
+        as a producer does."""
         found = self._subs
-        if found is not None:
+        if found is not None and not self._unwritten:
             return found
         with self._open_lock:
-            if self._subs is None:
-                layout = self._layout()
+            if self._subs is None or self._unwritten:
+                layout, self._unwritten = self._layout(self._create or write)
+                kept = self._subs
+                if kept is not None and [s._keys.tag for s in kept] == [
+                    "{" + t + "}" for t in layout.tags
+                ]:
+                    return kept
+                for sub in kept or ():  # another broker wrote other tags meanwhile
+                    sub.close()
                 self._subs = [
                     RedisBroker(
                         self.url,
@@ -154,7 +166,8 @@ class ShardedRedisBroker(Broker):
                     sub._layout_checked = True
             return self._subs
 
-    def _layout(self) -> Layout:
+    def _layout(self, create: bool) -> tuple[Layout, bool]:
+        """The prefix's layout, read, else written (``create``) or only made: then True."""
         home = self._home
         key = home._keys.shards
         raw = home._client.get(key)
@@ -171,8 +184,8 @@ class ShardedRedisBroker(Broker):
                 slots = home._client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
                 masters = masters_of(slots)
             tags = choose_tags(self.prefix, self.shards, masters)
-            if not self._create:  # the shards it would make: empty, and nothing written
-                return Layout(self.shards, tags)
+            if not create:  # the shards it would make: empty, and nothing written
+                return Layout(self.shards, tags), True
             # With ?wait=N, as an enqueue: a master that fails before a replica has the
             # layout leaves the prefix without one, free to be fixed at another S.
             pipe = home._client.pipeline(transaction=False)
@@ -196,7 +209,7 @@ class ShardedRedisBroker(Broker):
                 f"with ?shards={layout.shards}; the number of shards of a prefix is fixed, "
                 "see docs/cluster.md"
             )
-        return layout
+        return layout, False
 
     # -- placement -------------------------------------------------------------------------
 
@@ -537,11 +550,11 @@ class ShardedRedisBroker(Broker):
         return self._routed(items, lambda i: i[0], lambda b, part: b._requeue(part))
 
     def _pause(self, queue: str) -> None:
-        for sub in self._parts():
+        for sub in self._parts(write=True):
             sub._pause(queue)
 
     def _resume(self, queue: str) -> None:
-        subs = self._parts()
+        subs = self._parts(write=True)
         for sub in subs:  # first unpaused everywhere, so a fetch a signal wakes finds it so
             sub._client.srem(sub._keys.paused, queue)
         for sub in subs:
