@@ -53,8 +53,9 @@ def test_the_url_opens_a_sharded_broker_of_that_many_shards(broker: ShardedRedis
     assert broker.shards == 4 and broker.prefix == "billing"
     with pytest.raises(InvalidURL, match="shards"):
         open_broker("redis://127.0.0.1:1/?shards=0")
-    with pytest.raises(ConfigurationError, match="1 to 1024 shards"):
-        open_broker("redis://127.0.0.1:1/?shards=5000")
+    for too_many in (257, 5000):
+        with pytest.raises(ConfigurationError, match="1 to 256 shards"):
+            open_broker(f"redis://127.0.0.1:1/?shards={too_many}")
 
 
 def test_ids_minted_between_two_enqueues_share_the_threads_current_shard(

@@ -107,30 +107,23 @@ def open_app(spec: str | None, url: str | None, *, create: bool = False) -> Conv
 def on_broker(app: Conveyor, url: str | None, spec: str | None, *, create: bool) -> Conveyor:
     """Point the app at ``url`` (if given) and check its SQLite file.
 
-    Commands that only read or change existing jobs leave ``create`` off: they refuse a
-    SQLite file that does not exist rather than create an empty database in the wrong
-    place, and a file that holds no Conveyor database; likewise a PostgreSQL schema
-    without Conveyor's tables (no migration runs). A worker or the demo sets it, and
-    the broker makes a missing file and its folder (private to their owner) when it opens.
+    Commands that only read or change existing jobs leave ``create`` off, and the broker
+    is opened with ``create=False``: they refuse a SQLite file that does not exist rather
+    than create an empty database in the wrong place, and a file that holds no Conveyor
+    database; likewise a PostgreSQL schema without Conveyor's tables (no migration runs);
+    a sharded Redis prefix not used yet gets no layout (its number of shards is fixed by
+    its first producer or worker, not by a look). A worker or the demo sets it, and the
+    broker makes a missing file and its folder (private to their owner) when it opens.
     """
     if url:
         use_url(app, url)
-    records = app.store_url or app.url  # an amqp:// broker's records are in its store
-    path = sqlite_file(records)
-    if path is not None and not create:
-        if not os.path.exists(path):
+    if not create:
+        records = app.store_url or app.url  # an amqp:// broker's records are in its store
+        path = sqlite_file(records)
+        if path is not None and not os.path.exists(path):
             raise ConfigurationError(missing_database(records, path, bool(url), spec))
-        app.open(create=False)  # a file that is not a Conveyor database is refused too
-    elif not create and _postgres(records):
-        app.open(create=False)  # a schema without Conveyor's tables is refused, not made
+        app.open(create=False)
     return app
-
-
-def _postgres(url: str) -> bool:
-    """Whether ``url`` is a PostgreSQL broker's (its package imported only when asked)."""
-    from ..brokers.postgres._url import SCHEMES
-
-    return check_url(url) in SCHEMES
 
 
 def sqlite_file(url: str) -> str | None:

@@ -129,7 +129,9 @@ class AsyncMixin(RedisCore):
 
     async def _watch_async(self, job_id: str) -> JobRecord | None:
         """As ``_watch``: read the record and mark the job as waited for, in one step."""
-        _, scripts = self._aclient()
+        client, scripts = self._aclient()
+        if not self._layout_checked:
+            self._check_layout(await client.get(self._keys.shards))
         now, row = await scripts["watch"](
             keys=[self._keys.job(job_id)], args=[*self._head(), *RECORD_FIELDS]
         )

@@ -193,9 +193,9 @@ class RedisCore(Broker):
 
     def _check_layout(self, found: Any = "") -> None:
         """Refuse a prefix sharded with ``?shards=`` (its layout key is set): a plain broker
-        would write jobs no worker of it reads. Once per broker, at its first script call
-        (and first listing); ``found``: the layout key's value (None: unset), when read
-        already."""
+        would write jobs no worker of it reads, and find none of its jobs or events. Once
+        per broker, at its first script call, record read, listing or event read;
+        ``found``: the layout key's value (None: unset), when read already."""
         if found == "":
             found = self._client.get(self._keys.shards)
         if found is not None:
@@ -207,7 +207,9 @@ class RedisCore(Broker):
             )
         self._layout_checked = True
 
-    def _replicated(self, replies: list[Any]) -> list[Any]:
+    def _replicated(
+        self, replies: list[Any], what: str = "the enqueue", then: str = "it may still run"
+    ) -> list[Any]:
         """The replies of a write followed by ``WAIT`` (its count last), without it; raises
         ``BrokerUnavailable`` when fewer replicas than ``?wait=`` had the write in time."""
         *replies, count = replies
@@ -215,9 +217,9 @@ class RedisCore(Broker):
         if int(count) < wanted:
             raise BrokerUnavailable(
                 f"only {int(count)} of the {wanted} replica(s) the broker URL asks for "
-                f"(?wait={wanted}) had the enqueue within {timeout_ms / 1000:g} s: the master "
-                "has it, but would lose it if it failed now, so it is not acknowledged (it may "
-                "still run). Check the replicas (INFO replication), or raise ?wait_timeout= "
+                f"(?wait={wanted}) had {what} within {timeout_ms / 1000:g} s: the master "
+                f"has it, but would lose it if it failed now, so it is not acknowledged ({then})."
+                " Check the replicas (INFO replication), or raise ?wait_timeout= "
                 "(docs/cluster.md)"
             )
         return replies
@@ -289,7 +291,12 @@ class RedisCore(Broker):
         pipe.time()
         for job_id in job_ids:
             pipe.hmget(self._keys.job(job_id), RECORD_FIELDS)
+        checked = self._layout_checked
+        if not checked:  # the layout key rides along (``_check_layout``)
+            pipe.get(self._keys.shards)
         server_time, *rows = pipe.execute()
+        if not checked:
+            self._check_layout(rows.pop())
         now = self._now(server_time)
         return [self._decode_record(i, row, now) for i, row in zip(job_ids, rows, strict=True)]
 

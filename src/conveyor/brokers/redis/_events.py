@@ -54,6 +54,8 @@ class EventsMixin(RedisCore):
         self._eval("publish", keys, args)
 
     def _read_events(self, start: int, limit: int) -> _Reading:
+        if not self._layout_checked:
+            self._check_layout()
         return _Reading(self, start, limit)
 
     def _read_page(self, start: int, limit: int, wait: int | None) -> Events:
@@ -80,5 +82,7 @@ class EventsMixin(RedisCore):
         return out
 
     def _events_tail(self) -> int:
+        if not self._layout_checked:
+            self._check_layout()
         last = self._client.get(self._keys.events_counter)
         return int(last) if last is not None else 0

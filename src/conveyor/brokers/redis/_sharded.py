@@ -101,17 +101,21 @@ class ShardedRedisBroker(Broker):
         self._create = create  # False: a tool that only looks writes no layout
         if not isinstance(shards, int) or isinstance(shards, bool) or not 1 <= shards <= MAX_SHARDS:
             raise ConfigurationError(
-                f"bad shards {shards!r}: spread a prefix over 1 to {MAX_SHARDS} shards"
+                f"bad shards {shards!r}: spread a prefix over 1 to {MAX_SHARDS} shards (a "
+                "worker's look calls every shard; more shards than masters buy nothing), see "
+                "docs/cluster.md"
             )
         self.shards = shards
         self._home = RedisBroker(url, prefix=prefix, clock=clock, events_kept=events_kept)
         self._home._layout_checked = True
         self.prefix = self._home.prefix
         self._subs: list[RedisBroker] | None = None
+        self._unwritten = False  # _subs are those of a layout not written (create=False)
         self._open_lock = threading.Lock()
         self._local = threading.local()  # this thread's current shard
         self._loads: list[tuple[int, float]] = [(0, 0.0)] * shards  # (length, when learnt)
         self._turn = itertools.count()
+        self._failing: set[int] = set()  # shards whose last fetch call failed (_shardfetch)
         self._waiting: dict[
             tuple[str, tuple[str, ...]], tuple[list[Blocker], threading.Condition]
         ] = {}
@@ -128,14 +132,25 @@ class ShardedRedisBroker(Broker):
 
     # -- the layout ------------------------------------------------------------------------
 
-    def _parts(self) -> list[RedisBroker]:
-        """The shards' brokers, made at first use once the layout is read (or written)."""
+    def _parts(self, write: bool = False) -> list[RedisBroker]:
+        """The shards' brokers, made at first use once the layout is read (or written).
+        A broker opened with ``create=False`` that found no layout reads it again at each
+        call until there is one (a producer's ``?shards=`` may differ from its own);
+        ``write``: a call that writes shard state (pause, resume) writes the layout first,
+        as a producer does."""
         found = self._subs
-        if found is not None:
+        if found is not None and not self._unwritten:
             return found
         with self._open_lock:
-            if self._subs is None:
-                layout = self._layout()
+            if self._subs is None or self._unwritten:
+                layout, self._unwritten = self._layout(self._create or write)
+                kept = self._subs
+                if kept is not None and [s._keys.tag for s in kept] == [
+                    "{" + t + "}" for t in layout.tags
+                ]:
+                    return kept
+                for sub in kept or ():  # another broker wrote other tags meanwhile
+                    sub.close()
                 self._subs = [
                     RedisBroker(
                         self.url,
@@ -151,7 +166,8 @@ class ShardedRedisBroker(Broker):
                     sub._layout_checked = True
             return self._subs
 
-    def _layout(self) -> Layout:
+    def _layout(self, create: bool) -> tuple[Layout, bool]:
+        """The prefix's layout, read, else written (``create``) or only made: then True."""
         home = self._home
         key = home._keys.shards
         raw = home._client.get(key)
@@ -168,10 +184,23 @@ class ShardedRedisBroker(Broker):
                 slots = home._client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]
                 masters = masters_of(slots)
             tags = choose_tags(self.prefix, self.shards, masters)
-            if not self._create:  # the shards it would make: empty, and nothing written
-                return Layout(self.shards, tags)
-            home._client.set(key, msgspec.json.encode(Layout(self.shards, tags)), nx=True)
-            raw = home._client.get(key)
+            if not create:  # the shards it would make: empty, and nothing written
+                return Layout(self.shards, tags), True
+            # With ?wait=N, as an enqueue: a master that fails before a replica has the
+            # layout leaves the prefix without one, free to be fixed at another S.
+            pipe = home._client.pipeline(transaction=False)
+            pipe.set(key, msgspec.json.encode(Layout(self.shards, tags)), nx=True)
+            pipe.get(key)
+            for command in home._durable:
+                pipe.execute_command(*command)  # type: ignore[no-untyped-call]
+            replies = pipe.execute()
+            if home._durable:
+                replies = home._replicated(
+                    replies,
+                    f"the layout of the sharded prefix {self.prefix!r}",
+                    "a later call uses it as written",
+                )
+            raw = replies[1]
         layout = msgspec.json.decode(raw or b"{}", type=Layout)
         if layout.shards != self.shards:
             raise ConfigurationError(
@@ -180,7 +209,7 @@ class ShardedRedisBroker(Broker):
                 f"with ?shards={layout.shards}; the number of shards of a prefix is fixed, "
                 "see docs/cluster.md"
             )
-        return layout
+        return layout, False
 
     # -- placement -------------------------------------------------------------------------
 
@@ -350,20 +379,29 @@ class ShardedRedisBroker(Broker):
     def _blockers(
         self, consumer: str, queues: list[str]
     ) -> tuple[list[Blocker], threading.Condition]:
-        """The consumer's blockers on these queues, one per shard, kept across fetches (one
-        that ended, idle or in a forked child, is made again)."""
+        """The consumer's blockers on these queues, kept across fetches (one that ended,
+        idle or in a forked child, is made again): on a cluster one per shard, on one
+        server one for them all (one connection of the shared pool, not S: no CROSSSLOT
+        there)."""
         subs = self._parts()
+        if self._home._owner is None:
+            groups = [list(range(len(subs)))]
+        else:
+            groups = [[i] for i in range(len(subs))]
         with self._waiting_lock:
             found = self._waiting.get((consumer, tuple(queues)))
             if found is None:
                 found = ([], threading.Condition())
                 self._waiting[(consumer, tuple(queues))] = found
             blockers, cond = found
-            for i, sub in enumerate(subs):
-                if i == len(blockers):
-                    blockers.append(Blocker(sub, cond, f"conveyor-shard-{i}-{consumer}"))
-                elif not blockers[i].alive():
-                    blockers[i] = Blocker(sub, cond, f"conveyor-shard-{i}-{consumer}")
+            for at, group in enumerate(groups):
+                if at == len(blockers) or not blockers[at].alive():
+                    name = f"conveyor-shard-{group[0]}-{consumer}"
+                    made = Blocker(subs[group[0]], group, cond, name)
+                    if at == len(blockers):
+                        blockers.append(made)
+                    else:
+                        blockers[at] = made
             return found
 
     def _renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
@@ -430,10 +468,10 @@ class ShardedRedisBroker(Broker):
         a place in each (``c_home.c_0...``); a page takes one event of each log in turn,
         each log's order kept; a blocking read waits on every log at once."""
         check_read(block, limit)
-        logs = self._logs()
-        starts = split_cursor(after, len(logs))
         deadline = time.monotonic() + block
         with self._errors:
+            logs = self._logs()  # the layout read at first use: inside the error boundary
+            starts = split_cursor(after, len(logs))
             found = self._events_page(logs, starts, limit)
             while not found and (left := deadline - time.monotonic()) > 0:
                 self._events_wait(logs, starts, min(left, _EVENT_SLICE))
@@ -455,15 +493,15 @@ class ShardedRedisBroker(Broker):
         """Block until any log has an event after its start, or ``seconds`` pass: a read
         per log in threads (a read still blocked when another returned runs out by itself
         within ``seconds``)."""
-        if self._pool is None:
-            with self._open_lock:
-                if self._pool is None:
-                    self._pool = concurrent.futures.ThreadPoolExecutor(
-                        4 * len(logs), thread_name_prefix="conveyor-events"
-                    )
+        with self._open_lock:
+            pool = self._pool
+            if pool is None:  # first use, or after close (which a broker outlives, reopening)
+                pool = self._pool = concurrent.futures.ThreadPoolExecutor(
+                    4 * len(logs), thread_name_prefix="conveyor-events"
+                )
         wait = max(1, to_ms(seconds))
         reads = [
-            self._pool.submit(log._read_page, start, 1, wait)
+            pool.submit(log._read_page, start, 1, wait)
             for log, start in zip(logs, starts, strict=True)
         ]
         concurrent.futures.wait(reads, timeout=seconds + 1, return_when="FIRST_COMPLETED")
@@ -512,11 +550,11 @@ class ShardedRedisBroker(Broker):
         return self._routed(items, lambda i: i[0], lambda b, part: b._requeue(part))
 
     def _pause(self, queue: str) -> None:
-        for sub in self._parts():
+        for sub in self._parts(write=True):
             sub._pause(queue)
 
     def _resume(self, queue: str) -> None:
-        subs = self._parts()
+        subs = self._parts(write=True)
         for sub in subs:  # first unpaused everywhere, so a fetch a signal wakes finds it so
             sub._client.srem(sub._keys.paused, queue)
         for sub in subs:
@@ -544,8 +582,10 @@ class ShardedRedisBroker(Broker):
                 for b in blockers:
                     b.close()
             self._waiting.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+        with self._open_lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
         for sub in self._subs or ():
             sub.close()
         self._home.close()

@@ -17,7 +17,7 @@ from ..._message import new_job_id
 from ._cluster import slot_of
 from ._core import text
 
-MAX_SHARDS = 1024
+MAX_SHARDS = 256  # a look calls every shard: S calls (docs/cluster.md)
 _SUFFIX = re.compile(r"\.s(\d{1,4})$")
 _TAG_TRIES = 100_000
 T = TypeVar("T")

@@ -362,6 +362,8 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         return self._read_records(list(job_ids))
 
     def _payload(self, job_id: str) -> bytes | None:
+        if not self._layout_checked:
+            self._check_layout()
         for _ in range(5):  # the entry may go between the two reads, its payload moved
             pipe = self._client.pipeline(transaction=False)
             pipe.time()
