@@ -120,9 +120,14 @@ def one_run(url: str, prefixes: list[str], nodes: list[RedisServer], n: int) -> 
 
         tasks.append(noop)
 
+    placed = [0] * apps[0].broker.shards  # jobs per shard (a sharded prefix: its placement)
+
     def produce(i: int) -> None:
         for start in range(0, n, 1000):
-            apps[i].enqueue_many([tasks[i].s(k) for k in range(start, min(start + 1000, n))])
+            jobs = apps[i].enqueue_many([tasks[i].s(k) for k in range(start, min(start + 1000, n))])
+            with lock:
+                for job in jobs:
+                    placed[apps[i].broker.shard_of(job.id)] += 1
 
     def drain(i: int) -> None:
         worker = Worker(apps[i], concurrency=32)
@@ -137,6 +142,10 @@ def one_run(url: str, prefixes: list[str], nodes: list[RedisServer], n: int) -> 
     for name, fn in (("W1b", produce), ("W2", drain)):
         took, cpu = timed(nodes, [lambda i=i, fn=fn: fn(i) for i in range(len(apps))])
         out[name] = (len(apps) * n / took, cpu)
+    if len(placed) > 1:  # shard i is on the i-th master (in turn): docs/cluster.md
+        masters = [sum(placed[i::3]) for i in range(3)]
+        print(f"  jobs per shard {placed}, per master {masters}: "
+              f"spread x{max(masters) / max(min(masters), 1):.2f}", flush=True)  # fmt: skip
     for app in apps:
         app.close()
     return out
