@@ -175,7 +175,9 @@ def test_a_shard_being_migrated_under_load_is_refused_until_it_is_settled(
         acknowledged = [*producer.acknowledged, *others, late]
         assert {app.broker.shard_of(t) for t in acknowledged} == set(range(SHARDS))
         _wait_ended(app, acknowledged)  # a result refused meanwhile is written on a retry
-        assert_each_ran_once(cluster, app, acknowledged, 120, duplicates=0)
+        # The jobs the worker held when the shard was refused may run again: their results
+        # and lease renewals on it are refused too, so a lease may lapse. None ends twice.
+        assert_each_ran_once(cluster, app, acknowledged, 120, duplicates=4)
         assert "being migrated" in cluster.outputs()  # the worker was refused, and said why
         assert all(w.alive() for w in cluster.workers), cluster.outputs()
         app.close()
@@ -193,18 +195,19 @@ def test_a_shard_being_migrated_under_load_is_refused_until_it_is_settled(
 def test_a_long_migration_of_one_shard_dead_letters_no_job_of_the_others(
     servers: RedisClusterServers, tmp_path: Path
 ) -> None:
-    """A worker with the default ``max_deliveries`` under load while one shard's slot
-    migrates for 25 s: the jobs on the other shards may wait, but must not be dead-lettered
-    for deliveries they never ran."""
+    """A worker under load while one shard's slot migrates for 15 s: the jobs on the other
+    shards may wait, but must not be dead-lettered for deliveries they never ran (with
+    ``--max-deliveries 2``, so that a few stranded claims show it every time; the default
+    5 takes a longer migration, 25 s here)."""
     prefix = unique_prefix()
     cluster = Cluster(tmp_path / "app", f"{servers.url}?shards={SHARDS}", prefix)
     try:
         app = cluster.app()
-        cluster.worker("w1", "-c", "4", "--lease", "2")
+        cluster.worker("w1", "-c", "4", "--lease", "2", "--max-deliveries", "2")
         producer = Producer(app, JOBS // 3)
         wait_for(lambda: len(producer.acknowledged) >= JOBS // 6, 60, cluster.outputs)
         _, settle = _migrate(servers, _tags(servers, prefix)[1])
-        time.sleep(25)
+        time.sleep(15)
         settle()
         producer.thread.join(60)
         records = _wait_ended(app, producer.acknowledged)
