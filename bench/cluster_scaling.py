@@ -120,9 +120,14 @@ def one_run(url: str, prefixes: list[str], nodes: list[RedisServer], n: int) -> 
 
         tasks.append(noop)
 
+    placed = [0] * apps[0].broker.shards  # jobs per shard (a sharded prefix: its placement)
+
     def produce(i: int) -> None:
         for start in range(0, n, 1000):
-            apps[i].enqueue_many([tasks[i].s(k) for k in range(start, min(start + 1000, n))])
+            jobs = apps[i].enqueue_many([tasks[i].s(k) for k in range(start, min(start + 1000, n))])
+            with lock:
+                for job in jobs:
+                    placed[apps[i].broker.shard_of(job.id)] += 1
 
     def drain(i: int) -> None:
         worker = Worker(apps[i], concurrency=32)
@@ -137,9 +142,24 @@ def one_run(url: str, prefixes: list[str], nodes: list[RedisServer], n: int) -> 
     for name, fn in (("W1b", produce), ("W2", drain)):
         took, cpu = timed(nodes, [lambda i=i, fn=fn: fn(i) for i in range(len(apps))])
         out[name] = (len(apps) * n / took, cpu)
+    if len(placed) > 1:
+        print_placement(placed, nodes, out)
     for app in apps:
         app.close()
     return out
+
+
+def print_placement(placed: list[int], nodes: list[RedisServer], run: Run) -> None:
+    """A sharded run: the jobs each shard and master got, and each master's CPU per job it
+    got (the row's figure divides by the same ``n`` for every master, so it also carries
+    how evenly the jobs were placed)."""
+    masters = sorted(n.port for n in nodes if n.client().execute_command("ROLE")[0] == b"master")
+    got = [sum(placed[i :: len(masters)]) for i in range(len(masters))]  # shard i: master i % M
+    print(f"  jobs per shard {placed}, per master {got}: spread x{max(got) / max(min(got), 1):.2f}")
+    for work, (_, cpu) in run.items():
+        each = [cpu[port] * 1e6 / max(g, 1) for port, g in zip(masters, got, strict=True)]
+        print(f"  {work} µs per job each master got: " + ", ".join(f"{e:.1f}" for e in each)
+              + f": spread x{max(each) / max(min(each), 1e-9):.2f}", flush=True)  # fmt: skip
 
 
 @dataclass(frozen=True)
