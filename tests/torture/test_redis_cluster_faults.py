@@ -143,10 +143,10 @@ def test_a_shard_being_migrated_under_load_is_refused_until_it_is_settled(
     take enqueues meanwhile, and once the slot is settled on its new master the work goes
     on there: no acknowledged job lost, none run twice.
 
-    The worker takes no job from any shard meanwhile: its look calls every shard, and the
-    migrating one's refusal fails the whole look, stranding what the look had claimed on
-    the shards before it until their leases lapse (each such job then counts one more
-    delivery: hence ``--max-deliveries``; the test below shows the default's cost)."""
+    The worker goes on with the other shards meanwhile: a look that meets the refusing
+    shard returns what it claimed on the others (the test below holds it to that); the jobs
+    it held on the migrating shard cannot renew or finish there, so their leases may lapse
+    and they count a delivery more (hence ``--max-deliveries``)."""
     prefix = unique_prefix()
     cluster = Cluster(tmp_path / "app", f"{servers.url}?shards={SHARDS}", prefix)
     try:
@@ -185,20 +185,14 @@ def test_a_shard_being_migrated_under_load_is_refused_until_it_is_settled(
         cluster.cleanup()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a sharded fetch (_shardfetch.Fetching._claim) that meets a refusing shard raises "
-    "and strands what it already claimed on the other shards until their leases lapse; "
-    "over a long migration those jobs pass max_deliveries and are dead-lettered unrun",
-)
 @pytest.mark.timeout(120)
 def test_a_long_migration_of_one_shard_dead_letters_no_job_of_the_others(
     servers: RedisClusterServers, tmp_path: Path
 ) -> None:
     """A worker under load while one shard's slot migrates for 15 s: the jobs on the other
-    shards may wait, but must not be dead-lettered for deliveries they never ran (with
-    ``--max-deliveries 2``, so that a few stranded claims show it every time; the default
-    5 takes a longer migration, 25 s here)."""
+    shards must not be dead-lettered for deliveries they never ran (with
+    ``--max-deliveries 2``, so that a look stranding what it claimed on the other shards
+    when it meets the refusing one would show every time)."""
     prefix = unique_prefix()
     cluster = Cluster(tmp_path / "app", f"{servers.url}?shards={SHARDS}", prefix)
     try:
