@@ -59,6 +59,15 @@ CONNECT_ATTEMPTS = 3
 CONNECT_TIMEOUT = 35.0  # seconds to connect (every attempt), declare, start consuming
 
 
+def _channel_of(message: AbstractIncomingMessage) -> object | None:
+    """The channel ``message`` came on; None once that channel has closed (aio-pika
+    raises then), so a delivery of a channel gone since is never taken for one held now."""
+    try:
+        return message.channel
+    except Exception:
+        return None
+
+
 @dataclass(frozen=True)
 class Ticket:
     """Job ids RabbitMQ delivered, waiting for a look to settle them (those of them still
@@ -287,7 +296,7 @@ class Link:
     async def _ack(self, messages: list[AbstractIncomingMessage], requeue: bool = False) -> None:
         """Acknowledge (or hand back) ``messages``; the oldest held deliveries among them,
         up to the first one kept, with one ``multiple`` ack."""
-        mine = {m.delivery_tag for m in messages if m.channel is self._held_on}
+        mine = {m.delivery_tag for m in messages if _channel_of(m) is self._held_on}
         last: AbstractIncomingMessage | None = None
         while not requeue and self._held and next(iter(self._held)) in mine:
             tag, last = self._held.popitem(last=False)
@@ -297,7 +306,7 @@ class Link:
             with contextlib.suppress(Exception):
                 await last.ack(multiple=True)
         for message in messages:
-            if message.delivery_tag in mine or message.channel is not self._held_on:
+            if message.delivery_tag in mine or _channel_of(message) is not self._held_on:
                 self._held.pop(message.delivery_tag or 0, None)
                 with contextlib.suppress(Exception):
                     await (message.nack(requeue=True) if requeue else message.ack())
@@ -312,7 +321,10 @@ class Link:
                 for buffer in self._buffers.values():
                     while buffer and buffer[0].arrived < old:
                         stale.append(buffer.popleft().message)
-            await self._ack(stale, requeue=True)
+            try:
+                await self._ack(stale, requeue=True)
+            except Exception:  # the hand-back goes on: RabbitMQ redelivers what it missed
+                log.exception("could not hand back %d ticket(s)", len(stale))
 
     # -- the loop thread --------------------------------------------------------------------
 
