@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
 import pytest
@@ -279,3 +279,26 @@ def test_classic_queues_are_opt_in(rabbitmq_url: str, redis_server: RedisServer)
 
     with pytest.raises(aiormq.exceptions.ChannelPreconditionFailed):
         asyncio.run(declare_as_quorum())  # it is a classic queue
+
+
+def test_a_big_batch_sends_its_tickets_once_its_records_are_written(
+    rabbitmq_url: str, worker: Broker, prefix: str
+) -> None:
+    """A ticket sent beside its record is kept by a worker only a while (``UNSEEN``); a big
+    batch's write may take longer, so its tickets go once the records are written: none is
+    in the queue while the write runs, and every one is there after."""
+    store = worker._store  # type: ignore[attr-defined]
+    write = store._enqueue
+    seen: list[int] = []
+
+    def slow_write(envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
+        time.sleep(0.5)  # a big write, for a ticket sent before it to arrive meanwhile
+        seen.append(_ready(rabbitmq_url, f"{prefix}.default"))
+        return write(envelopes, events)  # type: ignore[no-any-return]
+
+    worker.enqueue([envelope()])  # the queue is there, with one ticket
+    store._enqueue = slow_write
+    jobs = [envelope() for _ in range(200)]
+    assert worker.enqueue(jobs) == [j.id for j in jobs]
+    assert seen == [1]
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 1 + 50  # 200 jobs, 4 a ticket

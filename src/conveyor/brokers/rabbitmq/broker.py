@@ -16,7 +16,7 @@ from .._port import Broker, Claimed, Finish, LeaseState
 from .._url import redact_url
 from ._core import Fetching, Guarded, due_tickets, queued_tickets
 from ._errors import TRANSLATE
-from ._link import Link
+from ._link import TICKETS, Link
 from ._url import parse_amqp_url
 from ._waits import Waits
 
@@ -99,10 +99,13 @@ class RabbitBroker(Broker):
         # had all ended (else its last dependency's end publishes it, _waits); a scheduled
         # one does, so an idle worker learns when it comes due. The tickets are sent while
         # the records are written (a worker keeps a ticket whose record it cannot see yet,
-        # Fetching), and the enqueue returns once both are done.
-        sending = self._link.send(
-            [(env.queue, env.id) for env in envelopes if not env.depends_on and env.eta != PARKED]
-        )
+        # Fetching), and the enqueue returns once both are done. Not a big batch's: its
+        # write may take longer than a worker keeps an unseen ticket (``UNSEEN``).
+        plain = [
+            (env.queue, env.id) for env in envelopes if not env.depends_on and env.eta != PARKED
+        ]
+        early = len(envelopes) <= TICKETS
+        sending = self._link.send(plain if early else [])
         waiting = [env for env in envelopes if env.depends_on]
         with self._s:
             self._waits.note(waiting)  # before the records: a release in between finds them
@@ -116,6 +119,8 @@ class RabbitBroker(Broker):
         if waiting:
             due = [job_id for env, job_id in zip(envelopes, ids, strict=True) if env.depends_on]
             tickets += queued_tickets(self._store, due)
+        if not early:
+            tickets = plain + tickets
         more = self._link.send(tickets)
         sending.confirmed()
         more.confirmed()
