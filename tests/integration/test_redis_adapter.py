@@ -991,3 +991,20 @@ def test_an_entry_written_by_hand_is_not_taken_for_events(
     broker.publish([b'{"type":"job.started","time":2.0}'])  # numbered past them
     assert [e.type for e in read(broker, None, 0.0, 10)] == ["job.enqueued", "job.started"]
     assert caplog.text.count("is not a Conveyor event") == 1
+
+
+def test_a_result_kept_a_very_long_time_is_written_whole(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    """A result TTL given as "forever" (10**11 s: 10**14 ms, past what '%.14g' writes
+    without an exponent) is sent to Redis as whole digits: the finish records the status
+    and the record's expiry, instead of failing after its first write."""
+    e = env()
+    broker.enqueue([e])
+    [d] = fetch(broker)
+    ttl = 10.0**11  # seconds
+    assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"done", result_ttl=ttl)]) == [True]
+    [record] = broker.get([e.id])
+    assert record is not None and record.status is JobStatus.SUCCEEDED
+    [key] = [k for k in ours(raw, prefix) if k.endswith(e.id)]
+    assert raw.pttl(key) > ttl * 1000

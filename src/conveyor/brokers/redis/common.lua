@@ -40,7 +40,14 @@ end
 -- a microsecond of the server's; the few a call sends per job (now, a lease or record
 -- expiry, a delivery count) are made once each here and looked up after.
 local DIGITS = setmetatable({}, {__index = function(t, n)
-  local s = tostring(n)
+  -- '%d' for a whole number (tostring's '%.14g' would write 1e+14 for a long TTL, which
+  -- PEXPIRE refuses); '%.17g' keeps a fraction (a test clock's) as Redis itself would.
+  local s
+  if n == math.floor(n) and n > -1e18 and n < 1e18 then
+    s = string.format('%d', n)
+  else
+    s = string.format('%.17g', n)
+  end
   rawset(t, n, s)
   return s
 end})
