@@ -290,14 +290,24 @@ class ShardedRedisBroker(Broker):
         id_of: Callable[[T], str],
         run: Callable[[RedisBroker, list[T]], list[Any]],
     ) -> list[Any]:
-        """``run`` on each shard with its items, the answers put back in the items' order."""
+        """``run`` on each shard with its items, the answers put back in the items' order.
+        A shard that fails does not stop the others: every shard runs, then the first
+        failure is raised (a renew or finish of a batch then still reaches the shards that
+        answer, so a shard being migrated or failing over does not let the leases of the
+        others lapse; the caller's retry repeats what took effect, which changes nothing)."""
         subs = self._parts()
         out: list[Any] = [None] * len(items)
+        failed: Exception | None = None
         for shard, places in self._split([id_of(i) for i in items]).items():
-            for at, answer in zip(
-                places, run(subs[shard], [items[p] for p in places]), strict=True
-            ):
+            try:
+                answers = run(subs[shard], [items[p] for p in places])
+            except Exception as e:
+                failed = failed or e
+                continue
+            for at, answer in zip(places, answers, strict=True):
                 out[at] = answer
+        if failed is not None:
+            raise failed
         return out
 
     def _rotation(self) -> list[int]:
