@@ -133,6 +133,11 @@ def _convert(exc: BaseException) -> BrokerError:
 _TRANSLATED = (redis.RedisError, redis.exceptions.RedisClusterException, *_UNAVAILABLE)
 
 
+def describe(exc: BaseException) -> str:
+    """What the user is told of ``exc``: a redis error in the words it would reach them in."""
+    return str(_convert(exc)) if isinstance(exc, _TRANSLATED) else str(exc)
+
+
 class _Translate:
     """Nothing from redis leaves the adapter: its errors become ``BrokerError`` (``with``
     and ``async with``; one object serves every thread: it keeps no state)."""

@@ -16,6 +16,7 @@ from .._base import Watch
 from .._port import Claimed
 from . import _connect
 from ._core import to_ms
+from ._errors import describe
 
 if TYPE_CHECKING:
     from ._sharded import ShardedRedisBroker
@@ -194,6 +195,7 @@ class Fetching(Watch[Claimed]):
                 raise next(iter(errors.values()))
             log.warning(
                 "a fetch skipped %d failing shard(s) of %r, %s: %s",
-                len(errors), self._broker.prefix, sorted(errors), next(iter(errors.values())),
+                len(errors), self._broker.prefix, sorted(errors),
+                describe(next(iter(errors.values()))),
             )  # fmt: skip
         return got, None if got else due
