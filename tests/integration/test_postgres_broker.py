@@ -130,6 +130,36 @@ def test_a_schema_of_an_older_version_migrates_forward_with_its_jobs_and_events(
         assert broker.events_tail() == str(numbers[-1])
     finally:
         broker.close()
+    with psycopg.connect(postgres_url) as conn:  # version 4's table settings
+        options = conn.execute(
+            "SELECT reloptions FROM pg_class WHERE oid = %s::regclass", (f'"{schema}".jobs',)
+        ).fetchone()
+        assert options is not None and "fillfactor=50" in options[0]
+        compression = conn.execute(
+            "SELECT attcompression FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attname = 'bodies'", (f'"{schema}".events',)
+        ).fetchone()  # fmt: skip
+        assert compression is not None and compression[0] == "l"  # lz4 (PostgreSQL 15 here)
+
+
+def test_a_notification_names_every_item_in_payloads_under_the_limit(
+    postgres_url: str, schema: str
+) -> None:
+    """One payload when the items fit (version 4 joins them in one call), chunks of at
+    most 7,000 characters when they do not, every item once, in order."""
+    url = schema_url(postgres_url, schema)
+    PostgresBroker(url).close()
+    short = ["a1", "b2", "c3"]
+    long = [new_job_id() for _ in range(500)]
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        conn.execute(f'LISTEN "{schema}_wake"')
+        for items in (short, long, []):
+            conn.execute(f'SELECT "{schema}".notify(%s, %s::text[])', ("d", items))
+        payloads = [n.payload for n in conn.notifies(timeout=1.0, stop_after=100)]
+    assert payloads[0] == "d:a1,b2,c3"
+    chunks = payloads[1:]
+    assert len(chunks) > 1 and all(len(c) <= 7002 and c.startswith("d:") for c in chunks)
+    assert [i for c in chunks for i in c[2:].split(",")] == long
 
 
 def test_a_schema_written_by_a_newer_conveyor_is_refused(postgres_url: str, schema: str) -> None:
