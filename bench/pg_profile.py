@@ -8,8 +8,9 @@ private server (``pg_server.py``: fsync and synchronous_commit on, ``pg_stat_sta
 * **drain** (W2's shape): ``--jobs`` no-op jobs are enqueued in batches of 1,000, then one
   ``conveyor worker`` (``--concurrency`` threads) drains them. Measured: jobs/s (the probe's
   first start to last end), the worker's CPU per job, and from ``pg_stat_statements`` (reset
-  once the jobs are queued) the server's execution time and the statements the clients
-  sent, per job, by statement;
+  once the jobs are queued) the server's execution time, the write-ahead log and the
+  statements the clients sent, per job, by statement (with ``--nested``, also the
+  statements the functions run inside, each with its own time and log);
 * **latency** (W3's shape): an idle worker, ``--latency-jobs`` jobs enqueued one at a time
   at 50/s; enqueue to start as the task sees it (p50, p90), and the server time per job.
 
@@ -142,9 +143,10 @@ def produce(kind: str, n: int) -> None:
 # -- the parent ------------------------------------------------------------------------------
 
 _STATEMENTS = """
-SELECT s.query, sum(s.calls)::float8, sum(s.total_exec_time)
+SELECT s.toplevel, s.query, sum(s.calls)::float8, sum(s.total_exec_time),
+       sum(s.wal_bytes)::float8
 FROM pg_stat_statements s JOIN pg_database d ON d.oid = s.dbid
-WHERE d.datname = %s AND s.toplevel GROUP BY s.query
+WHERE d.datname = %s GROUP BY s.toplevel, s.query
 """
 
 
@@ -159,12 +161,14 @@ class Tree:
         )  # fmt: skip
 
 
-def _statements(server: Any, database: str) -> dict[str, tuple[float, float]]:
+def _statements(server: Any, database: str) -> dict[str, tuple[float, float, float]]:
+    """By statement: calls, milliseconds, WAL bytes; a nested one's text indented."""
     import psycopg
 
     with psycopg.connect(server.admin_url, autocommit=True) as conn:
         rows = conn.execute(_STATEMENTS, (database,)).fetchall()
-    return {" ".join(q.split())[:90]: (calls, ms) for q, calls, ms in rows}
+    return {("" if top else "  ") + " ".join(q.split())[:90]: (calls, ms, wal)
+            for top, q, calls, ms, wal in rows}  # fmt: skip
 
 
 def _reset(server: Any) -> None:
@@ -172,6 +176,28 @@ def _reset(server: Any) -> None:
 
     with psycopg.connect(server.admin_url, autocommit=True) as conn:
         conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def _server_cpu(server: Any) -> float:
+    """CPU seconds (user + system) of the private server's processes alive now: the
+    postmaster and its children (backends, WAL writer, autovacuum, ...). Unlike the
+    execution times ``pg_stat_statements`` keeps, time the server spent waiting for a CPU
+    another process held is not in it."""
+    with open(os.path.join(server.data, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == postmaster or int(fields[1]) == postmaster:  # fields[1]: the ppid
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
 
 
 def _wait(probe_dir: str, n: int, worker: subprocess.Popen[bytes], timeout: float) -> dict:
@@ -199,6 +225,7 @@ def run(server: Any, tree: Tree, kind: str, n: int, args: argparse.Namespace) ->
         if kind == "drain":
             subprocess.run(producer, env=env, check=True, cwd=HERE)
             _reset(server)
+        cpu0 = _server_cpu(server)
         worker = subprocess.Popen(
             [sys.executable, "-m", "conveyor", "worker", "pg_profile",
              "--concurrency", str(args.concurrency)],
@@ -209,6 +236,7 @@ def run(server: Any, tree: Tree, kind: str, n: int, args: argparse.Namespace) ->
                 time.sleep(1.0)  # the worker is up (the warm-up jobs wait for it anyway)
                 subprocess.run(producer, env=env, check=True, cwd=HERE)
             state = _wait(probe_dir, total, worker, args.timeout)
+            server_cpu = _server_cpu(server) - cpu0
         finally:
             worker.terminate()
             worker.wait(30)
@@ -222,11 +250,12 @@ def run(server: Any, tree: Tree, kind: str, n: int, args: argparse.Namespace) ->
         "statements": statements,
         "threads_us": {k: v * 1e6 / n for k, v in threads.items()},
     }
-    calls = sum(c for c, _ in statements.values())
-    ms = sum(t for _, t in statements.values())
+    top = [v for q, v in statements.items() if not q.startswith(" ")]
     jobs = n
-    out["server_us"] = ms * 1000 / jobs
-    out["statements_per_job"] = calls / jobs
+    out["server_us"] = sum(t for _, t, _ in top) * 1000 / jobs
+    out["server_cpu_us"] = server_cpu * 1e6 / jobs
+    out["statements_per_job"] = sum(c for c, _, _ in top) / jobs
+    out["wal_per_job"] = sum(w for _, _, w in top) / jobs
     if kind == "drain":
         out["rate"] = n / (state["last"] - state["first"])
         out["cpu_us"] = state["cpu"] * 1e6 / n
@@ -242,7 +271,8 @@ def run(server: Any, tree: Tree, kind: str, n: int, args: argparse.Namespace) ->
 
 FIGURES = {
     "drain": (("rate", "jobs/s"), ("cpu_us", "worker CPU µs/job"), ("server_us", "server µs/job"),
-              ("statements_per_job", "statements/job")),
+              ("server_cpu_us", "server CPU µs/job"), ("statements_per_job", "statements/job"),
+              ("wal_per_job", "WAL bytes/job")),
     "latency": (("p50_ms", "start p50 ms"), ("p90_ms", "start p90 ms"),
                 ("server_us", "server µs/job"), ("statements_per_job", "statements/job"),
                 ("to_wake_ms", "enqueue->notified ms"), ("wake_to_claim_ms", "->claim sent ms"),
@@ -252,7 +282,9 @@ FIGURES = {
 
 def report(results: dict[str, dict[str, list[dict]]], trees: list[Tree], kinds: list[str],
            args: argparse.Namespace) -> None:  # fmt: skip
-    """Each tree's medians, their ratios to the first tree's, the last pair's statements."""
+    """Each tree's medians, their ratios to the first tree's (and in brackets the median of
+    the ratios within each pair, which a load that drifts between pairs moves less), the
+    last pair's statements."""
     first = trees[0].name
     for kind in kinds:
         print(f"\n{kind}: medians of {args.pairs} pairs")
@@ -263,16 +295,25 @@ def report(results: dict[str, dict[str, list[dict]]], trees: list[Tree], kinds: 
             cells = []
             for t in trees:
                 value = statistics.median(r[key] for r in results[t.name][kind])
+                paired = statistics.median(
+                    r[key] / f[key] if f[key] else 0.0
+                    for r, f in zip(results[t.name][kind], results[first][kind], strict=True)
+                )
                 cells.append(f"{t.name} {value:,.2f}" + (
-                    f" ({value / base:.2f}x)" if t.name != first and base else ""))  # fmt: skip
+                    f" ({value / base:.2f}x [{paired:.2f}x])" if t.name != first and base
+                    else ""))  # fmt: skip
             print(f"  {label:<20} " + "  ".join(cells))
         for t in trees:
             last = results[t.name][kind][-1]
             jobs = args.jobs if kind == "drain" else args.latency_jobs
-            print(f"  {t.name}: statements of the last pair (per job: calls, server µs)")
-            for query, (calls, ms) in sorted(last["statements"].items(), key=lambda x: -x[1][1]):
-                if ms * 1000 / jobs >= 0.5:
-                    print(f"    {calls / jobs:7.3f} {ms * 1000 / jobs:8.1f}  {query}")
+            print(f"  {t.name}: statements of the last pair (per job: calls, server µs, WAL "
+                  "bytes; indented: run inside a function)")  # fmt: skip
+            for query, (calls, ms, wal) in sorted(
+                last["statements"].items(), key=lambda x: -x[1][1]
+            ):
+                if ms * 1000 / jobs >= 0.2:
+                    print(f"    {calls / jobs:7.3f} {ms * 1000 / jobs:8.1f} {wal / jobs:6.0f}  "
+                          f"{query}")  # fmt: skip
             if last.get("threads_us"):
                 print(
                     "    worker CPU µs/job by thread: "
@@ -298,6 +339,11 @@ def main() -> int:
         "--steps", action="store_true",
         help="latency: time each step in the worker (notified, claim sent, claimed, started)",
     )  # fmt: skip
+    p.add_argument(
+        "--nested", action="store_true",
+        help="also time the statements run inside the functions (pg_stat_statements.track "
+        "= all: adds a little to every statement's time)",
+    )  # fmt: skip
     p.add_argument("--timeout", type=float, default=300.0)
     args = p.parse_args()
     if args.produce:
@@ -314,6 +360,9 @@ def main() -> int:
     with private_postgres() as server:
         with __import__("psycopg").connect(server.admin_url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            if args.nested:
+                conn.execute("ALTER SYSTEM SET pg_stat_statements.track = 'all'")
+                conn.execute("SELECT pg_reload_conf()")
         print(server.describe(), flush=True)
         for pair in range(args.pairs):
             order = trees[pair % len(trees) :] + trees[: pair % len(trees)]
