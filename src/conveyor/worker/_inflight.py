@@ -79,6 +79,12 @@ class Inflight:
     def active(self) -> int:
         return self._active
 
+    def ending_soon(self, window: float) -> bool:
+        """Whether a run holds a slot and runs usually take less than ``window`` seconds (by
+        the moving average): another outcome is then likely within that time."""
+        avg = self._run_avg
+        return self._active > 0 and avg is not None and avg < window
+
     def add(self, attempt: Attempt) -> None:
         with self._cond:
             self._attempts.add(attempt)
