@@ -181,8 +181,10 @@ class Finisher:
         self._done(batch, written)
 
     def _done(self, batch: list[tuple[Attempt, Finish]], written: list[bool]) -> None:
+        quiet = not log.isEnabledFor(logging.DEBUG)  # a success then has nothing to say
         for (attempt, finish), ok in zip(batch, written, strict=True):
-            self._report(attempt, finish, ok)
+            if not (quiet and ok and finish.status is JobStatus.SUCCEEDED):
+                self._report(attempt, finish, ok)
         self._inflight.remove([a for a, _ in batch])
 
     def _gave_up(self, exc: BrokerError | None, batch: list[tuple[Attempt, Finish]]) -> bool:
