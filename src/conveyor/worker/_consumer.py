@@ -315,8 +315,12 @@ class Consumer:
                 return
         if self.events is not None:
             finish = self.events.outcome(attempt, finish)
-        # Nothing else runs: write it from this thread, without waking the finisher's.
-        self.finisher.put(attempt, finish, alone=self.inflight.active == 0)
+        # Nothing else is held (none runs, waits in the buffer or for its write): write it
+        # from this thread, without waking the finisher's. Not merely "none runs": while a
+        # fetch's jobs are being dispatched, or a slot waits for a buffered job to start,
+        # that is true for a moment, and job threads each writing their own outcome, one
+        # round trip after another, held up every other job.
+        self.finisher.put(attempt, finish, alone=self.inflight.alone())
 
     def _vet(self, attempt: Attempt) -> None:
         delivery = attempt.delivery

@@ -81,6 +81,10 @@ class Inflight:
     def active(self) -> int:
         return self._active
 
+    def alone(self) -> bool:
+        """Whether at most one delivery is held (the caller's own, say)."""
+        return len(self._attempts) <= 1
+
     def ending_soon(self, window: float) -> bool:
         """Whether a run holds a slot and runs usually take less than ``window`` seconds (by
         the moving average): another outcome is then likely within that time."""
