@@ -113,9 +113,11 @@ class Finisher:
             self._thread.join(timeout + 1.0)
 
     def _wake(self) -> None:
-        """Events wait: the thread starts their timer."""
-        with self._cond:
-            self._cond.notify()
+        """Events wait: the thread starts their timer. A thread that is writing reads
+        their due time when it next waits (``_take`` sets ``_idle`` before it reads it)."""
+        if self._idle:
+            with self._cond:
+                self._cond.notify()
 
     def _finish(self, outcomes: list[Finish]) -> list[bool]:
         """One finish call, carrying the waiting events."""

@@ -188,6 +188,7 @@ class Inflight:
                     self._ran(ran)
             starting = self._fill() if self._ready else None
             if self._fetch_waits and self._worth_fetching():
+                self._fetch_waits = False  # woken: the next completion need not say it again
                 self._fetch.notify()
         if starting:
             self._start(starting)
@@ -245,6 +246,7 @@ class Inflight:
             starting = self._fill()
             self._cond.notify_all()
             if self._fetch_waits and self._worth_fetching():
+                self._fetch_waits = False  # woken: the next completion need not say it again
                 self._fetch.notify()
         if starting:
             self._start(starting)
