@@ -14,9 +14,9 @@ runs are long or unknown, and when the worker stops.
 Queuing an outcome takes no lock: a deque's ``append`` is atomic, and the thread is woken
 only when it waits for what was just queued (``_wake_at``), not for every outcome.
 
-A lone outcome (``put(..., alone=True)``: no other delivery is held) while the thread is idle is
-written by the caller itself, which saves waking the thread on an idle worker's result path;
-if that write fails, the thread takes it over and retries as usual.
+A lone outcome (``put(..., alone=True)``: no other delivery is held) while the thread is
+idle is written by the caller itself, which saves waking the thread on an idle worker's
+result path; if that write fails, the thread takes it over and retries as usual.
 
 Every finish call carries the worker's waiting events (``_events.WorkerEvents``); when they
 wait ``FLUSH_AFTER`` without one, the thread publishes them on its own.
@@ -76,8 +76,8 @@ class Finisher:
         self._thread.start()
 
     def put(self, attempt: Attempt, finish: Finish, alone: bool = False) -> None:
-        """Queue an outcome; ``alone``: no other delivery is held (the thread writes it at once, or
-        the caller does when the thread is idle)."""
+        """Queue an outcome; ``alone``: no other delivery is held (the thread writes it at
+        once, or the caller does when the thread is idle)."""
         if alone:
             with self._cond:
                 if not (self._idle and not self._queue and not self._stopping):
