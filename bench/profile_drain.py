@@ -9,6 +9,7 @@ goes" in docs/architecture.md. Not part of bench/run.py (which compares against 
     .venv/bin/python bench/profile_drain.py --commandstats   # + the server's commands per job
     .venv/bin/python bench/profile_drain.py --calls    # + the worker's fetch and finish calls
     .venv/bin/python bench/profile_drain.py --events off   # Conveyor(events=False); default on
+    .venv/bin/python bench/profile_drain.py --memory   # memory:// in process: the worker alone
     .venv/bin/python bench/profile_drain.py --rabbitmq   # the machine's RabbitMQ (a fresh vhost
         # per run; beam.smp's CPU too), the records in the private redis-server
     .venv/bin/py-spy record -r 500 -f raw -o /tmp/drain.txt -- \\
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
+import resource
 import statistics
 import sys
 import threading
@@ -45,6 +48,9 @@ from rabbitmq_server import RabbitServer
 from redis_server import main_thread_cpu_usec, private_redis
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# Voluntary and involuntary, of all the worker's threads (getrusage): each one a thread that
+# blocked (a hand-off it waited for) or was preempted, so this counts the wake-ups a job costs.
+SWITCHES = "switches"
 
 
 def _cpu_of(stat_path: str) -> float:
@@ -158,7 +164,7 @@ def tickets_settled(app: Conveyor, timeout: float = 60.0) -> None:
 
 
 class Probe:
-    def __init__(self, n: int, admin: redis.Redis, rabbitmq: bool = False) -> None:
+    def __init__(self, n: int, admin: redis.Redis | None, rabbitmq: bool = False) -> None:
         self.n = n
         self.admin = admin
         self.rabbitmq = rabbitmq
@@ -168,6 +174,7 @@ class Probe:
         self.first = 0.0
         self.last = 0.0
         self.cpu = [0.0, 0.0]
+        self.switches = [0, 0]  # context switches of this process (all threads)
         self.server = [0.0, 0.0]
         self.threads: list[dict[int, tuple[str, float]]] = []
         self.done = threading.Event()
@@ -185,7 +192,10 @@ class Probe:
 
     def _mark(self, i: int) -> None:
         self.cpu[i] = time.process_time()
-        self.server[i] = main_thread_cpu_usec(self.admin) / 1e6
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        self.switches[i] = usage.ru_nvcsw + usage.ru_nivcsw
+        if self.admin is not None:
+            self.server[i] = main_thread_cpu_usec(self.admin) / 1e6
         if self.rabbitmq:
             self.beam[i] = beam_cpu()
         self.threads.append(thread_cpu())
@@ -202,16 +212,19 @@ class Probe:
             if role != "job threads":
                 roles[role] = roles.get(role, 0.0) + cpu - before.get(tid, (role, 0.0))[1]
         roles["job threads"] = total - sum(roles.values())
-        out = {"worker": total * us, "redis-server": (self.server[1] - self.server[0]) * us}
+        out = {"worker": total * us}
+        if self.admin is not None:
+            out["redis-server"] = (self.server[1] - self.server[0]) * us
         if self.rabbitmq:
             out["beam.smp"] = (self.beam[1] - self.beam[0]) * us
         out.update((role, cpu * us) for role, cpu in roles.items() if cpu > 0)
+        out[SWITCHES] = (self.switches[1] - self.switches[0]) / self.n
         return out
 
 
 def one_run(
     url: str,
-    admin: redis.Redis,
+    admin: redis.Redis | None,
     n: int,
     *,
     concurrency: int,
@@ -243,11 +256,12 @@ def one_run(
         return i
 
     task = anoop if pool == "async" else noop
-    admin.flushall()
+    if admin is not None:
+        admin.flushall()
     jobs = []
     for start in range(0, n, 1000):
         jobs += app.enqueue_many([task.s(i) for i in range(start, min(start + 1000, n))])
-    if commandstats:
+    if commandstats and admin is not None:
         admin.config_resetstat()
     traced = Calls(app.broker) if calls else None
     worker = Worker(app, concurrency=concurrency, pool=pool)
@@ -262,7 +276,7 @@ def one_run(
         probe._mark(1)  # the CPU until the last ticket is settled
     worker.stop()
     thread.join()
-    if commandstats:
+    if commandstats and admin is not None:
         print_commandstats(admin.info("commandstats"), n)
     if traced is not None:
         traced.report(probe.first, probe.last)
@@ -311,14 +325,22 @@ def main() -> None:
     ap.add_argument(
         "--rabbitmq", action="store_true", help="RabbitMQ delivers, the redis-server keeps"
     )
+    ap.add_argument(
+        "--memory",
+        action="store_true",
+        help="the in-process memory:// broker (no server: the worker's own cost alone)",
+    )
     args = ap.parse_args()
+    if args.memory and args.rabbitmq:
+        ap.error("--memory and --rabbitmq are exclusive")
     rabbit = RabbitServer() if args.rabbitmq else None
-    with private_redis() as server:
-        admin = redis.Redis(port=server.port)
+    with contextlib.nullcontext(None) if args.memory else private_redis() as server:
+        admin = None if server is None else redis.Redis(port=server.port)
+        url = "memory://" if server is None else server.url
         rates, cpus = [], []
         for _ in range(args.reps):
             rate, cpu = one_run(
-                server.url,
+                url,
                 admin,
                 args.n,
                 concurrency=args.concurrency,
@@ -333,18 +355,20 @@ def main() -> None:
             cpus.append(cpu)
             print(f"  {rate:,.0f} jobs/s; CPU µs/job: {_cpus(cpu)}", flush=True)
         medians = {k: statistics.median(c.get(k, 0.0) for c in cpus) for k in cpus[0]}
+        where = " rabbitmq" if rabbit else " memory" if args.memory else ""
         print(
             f"median of {args.reps}: {statistics.median(rates):,.0f} jobs/s "
             f"({min(rates):,.0f}-{max(rates):,.0f}); CPU µs/job: {_cpus(medians)}; "
             f"n={args.n} c={args.concurrency} sleep={args.sleep} pool={args.pool} "
-            f"events={args.events}{' rabbitmq' if rabbit else ''}"
+            f"events={args.events}{where}"
         )
         if rabbit is not None:
             rabbit.drop_vhost()
 
 
 def _cpus(cpu: dict[str, float]) -> str:
-    return ", ".join(f"{k} {v:.1f}" for k, v in cpu.items())
+    times = ", ".join(f"{k} {v:.1f}" for k, v in cpu.items() if k != SWITCHES)
+    return f"{times}; context switches/job {cpu.get(SWITCHES, 0.0):.2f}"
 
 
 if __name__ == "__main__":

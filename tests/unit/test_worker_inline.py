@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 
@@ -134,3 +135,40 @@ def test_a_lone_result_is_written_by_the_thread_that_ran_the_job() -> None:
             time.sleep(0.05)  # the finisher is idle again
     assert "conveyor-finish" not in writers
     assert len(writers) == 5
+
+
+def test_a_result_is_left_to_the_finisher_while_other_jobs_are_held(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Nothing else runs while the second job of a fetch is still being dispatched, but it is
+    # held: a job thread that wrote its own result then held up the jobs behind it.
+    broker = Recording()
+    app = Conveyor(broker=broker)
+    writers: list[str] = []
+    written = threading.Event()
+    finish = broker.finish
+
+    def recorded(outcomes: object, events: object = ()) -> list[bool]:
+        writers.append(threading.current_thread().name)
+        result = finish(outcomes, events)  # type: ignore[arg-type]
+        written.set()
+        return result
+
+    broker.finish = recorded  # type: ignore[method-assign]
+    vet = _consumer.Consumer._vet
+
+    def vet_the_second_once_the_first_is_written(self: Any, attempt: Any) -> None:
+        vet(self, attempt)
+        if attempt.message.args == (2,):
+            written.wait(10)
+
+    monkeypatch.setattr(_consumer.Consumer, "_vet", vet_the_second_once_the_first_is_written)
+
+    @app.task
+    def one(i: int) -> int:
+        return i
+
+    jobs = [one.delay(1), one.delay(2)]
+    with consuming(Worker(app, concurrency=2)):
+        assert [job.result(timeout=30) for job in jobs] == [1, 2]
+    assert writers[0] == "conveyor-finish"

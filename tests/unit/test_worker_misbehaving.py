@@ -431,18 +431,18 @@ def test_a_thread_pool_a_task_left_running_is_let_go_too(
 def test_an_outcome_that_cannot_be_recorded_lets_the_job_go_to_run_again(
     tasks: ModuleType, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conveyor import workflows
+    from conveyor.worker._finisher import Finisher
 
     calls: list[str] = []
-    advance = workflows.advance
+    put = Finisher.put
 
-    def once_broken(*args: Any) -> None:
-        calls.append("advance")
+    def once_broken(*args: Any, **kwargs: Any) -> None:
+        calls.append("put")
         if len(calls) == 1:
             raise RuntimeError("a bug of ours")
-        advance(*args)
+        put(*args, **kwargs)
 
-    monkeypatch.setattr("conveyor.worker._consumer.workflows.advance", once_broken)
+    monkeypatch.setattr(Finisher, "put", once_broken)
     caplog.set_level(logging.ERROR, logger="conveyor.worker")
     worker = Worker(tasks.app, ["solo"], concurrency=1, lease=0.5)
     job = tasks.fine.options(queue="solo").delay("again")

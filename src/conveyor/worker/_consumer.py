@@ -184,8 +184,7 @@ class Consumer:
         """Hold every delivery of a fetch (so all their leases are renewed), then start or
         buffer each in turn."""
         attempts = [Attempt(d) for d in deliveries]
-        for attempt in attempts:
-            self.inflight.add(attempt)
+        self.inflight.hold(attempts)
         alone = len(attempts) == 1
         for attempt in attempts:
             try:
@@ -273,6 +272,8 @@ class Consumer:
     def _rate_limit(self, attempt: Attempt) -> float:
         """Seconds the job must wait for its rate limit (0: run it now)."""
         assert attempt.message is not None
+        if attempt.message.rate is None:
+            return 0.0  # what acquire says, without the call
         try:
             return ratelimit.acquire(self.app, attempt.message)
         except ConfigurationError as exc:
@@ -300,9 +301,11 @@ class Consumer:
         """Hand an outcome to the finisher, after the workflow it belongs to has moved on
         (before, so a crash in between repeats the idempotent advance, never skips it)."""
         assert self.finisher is not None
-        if finish.status.terminal and attempt.message is not None:
+        message = attempt.message
+        # Only a workflow step has anything to advance (advance's own first check, inline).
+        if message is not None and message.workflow and finish.status.terminal:
             try:
-                workflows.advance(self.app, attempt.message, finish.status, finish.result)
+                workflows.advance(self.app, message, finish.status, finish.result)
             except BrokerError as exc:
                 log_job(logging.WARNING, attempt,
                         "job %s: cannot advance its workflow (%s); handing it back",
@@ -312,8 +315,12 @@ class Consumer:
                 return
         if self.events is not None:
             finish = self.events.outcome(attempt, finish)
-        # Nothing else runs: write it from this thread, without waking the finisher's.
-        self.finisher.put(attempt, finish, alone=self.inflight.active == 0)
+        # Nothing else is held (none runs, waits in the buffer or for its write): write it
+        # from this thread, without waking the finisher's. Not merely "none runs": while a
+        # fetch's jobs are being dispatched, or a slot waits for a buffered job to start,
+        # that is true for a moment, and job threads each writing their own outcome, one
+        # round trip after another, held up every other job.
+        self.finisher.put(attempt, finish, alone=self.inflight.alone())
 
     def _vet(self, attempt: Attempt) -> None:
         delivery = attempt.delivery
@@ -344,7 +351,8 @@ class Consumer:
         """A run ended (in a pool thread): turn it into a Finish for the finisher."""
         ran = time.monotonic() - attempt.began
         if not attempt.is_async:  # only sync jobs may run in the consumer's thread
-            self._quick[attempt.name] = self._quick.get(attempt.name, 0) + 1 if ran < QUICK else 0
+            name = attempt.name
+            self._quick[name] = self._quick.get(name, 0) + 1 if ran < QUICK else 0
         if not self.inflight.complete(attempt, ran):
             return  # handed back during shutdown; another worker runs it again
         if isinstance(result, Raised):

@@ -58,9 +58,11 @@ class Inflight:
         self._buffer = min(prefetch, capacity)
         self._batch = max(1, self._buffer // 2)  # room worth a fetch while jobs are buffered
         self._run_avg: float | None = None  # seconds, moving average of run times
-        lock = threading.Lock()
+        # Per-job methods take the lock itself (``with`` on a Condition is a Python call more).
+        self._lock = lock = threading.Lock()
         self._cond = threading.Condition(lock)  # something finished (drain and stop wait)
         self._fetch = threading.Condition(lock)  # a fetch became worth it (the consumer)
+        self._fetch_waits = False  # the consumer waits on _fetch: a completion may notify it
         self._attempts: set[Attempt] = set()  # by identity (Attempt has eq=False)
         self._ready: deque[Attempt] = deque()  # buffered, oldest first
         self._active = 0  # attempts holding a run slot
@@ -79,14 +81,25 @@ class Inflight:
     def active(self) -> int:
         return self._active
 
-    def add(self, attempt: Attempt) -> None:
-        with self._cond:
-            self._attempts.add(attempt)
+    def alone(self) -> bool:
+        """Whether at most one delivery is held (the caller's own, say)."""
+        return len(self._attempts) <= 1
+
+    def ending_soon(self, window: float) -> bool:
+        """Whether a run holds a slot and runs usually take less than ``window`` seconds (by
+        the moving average): another outcome is then likely within that time."""
+        avg = self._run_avg
+        return self._active > 0 and avg is not None and avg < window
+
+    def hold(self, attempts: Iterable[Attempt]) -> None:
+        """A fetch's deliveries: held (their leases renewed) from now on."""
+        with self._lock:
+            self._attempts.update(attempts)
 
     def admit(self, attempt: Attempt) -> bool:
         """A vetted attempt wants to run: True if it took a run slot (start it now), False
         if it waits in the buffer (a completing run starts it) or is no longer running."""
-        with self._cond:
+        with self._lock:
             if attempt.state != RUNNING or attempt not in self._attempts:
                 return False
             if self._active < self.capacity and not self._halted:
@@ -113,7 +126,11 @@ class Inflight:
         deliveries may be fetched."""
         with self._cond:
             if not self._worth_fetching() and not self._closed:
-                self._fetch.wait(timeout)
+                self._fetch_waits = True
+                try:
+                    self._fetch.wait(timeout)
+                finally:
+                    self._fetch_waits = False
             return self._room()
 
     def wait_change(self, timeout: float) -> None:
@@ -160,15 +177,18 @@ class Inflight:
         """The run ended (after ``ran`` seconds, if it ran); False if the job was handed
         back meanwhile (drop the result). Buffered deliveries that get the freed slot are
         started here."""
-        with self._cond:
+        with self._lock:
             if attempt.state != RUNNING:
                 return False
             attempt.state = COMPLETED
-            if ran is not None and attempt.slot and self.prefetch:
-                self._ran(ran)
-            self._unslot(attempt)
-            starting = self._fill()
-            if self._worth_fetching():
+            if attempt.slot:
+                attempt.slot = False
+                self._active -= 1
+                if ran is not None and self.prefetch:
+                    self._ran(ran)
+            starting = self._fill() if self._ready else None
+            if self._fetch_waits and self._worth_fetching():
+                self._fetch_waits = False  # woken: the next completion need not say it again
                 self._fetch.notify()
         if starting:
             self._start(starting)
@@ -225,7 +245,8 @@ class Inflight:
                     self.processed += 1
             starting = self._fill()
             self._cond.notify_all()
-            if self._worth_fetching():
+            if self._fetch_waits and self._worth_fetching():
+                self._fetch_waits = False  # woken: the next completion need not say it again
                 self._fetch.notify()
         if starting:
             self._start(starting)

@@ -1,0 +1,121 @@
+"""The finisher writes queued outcomes in batches: while short runs hold run slots it waits a
+little for more (``GATHER``), so a drain of tiny jobs does not fall into one call per few
+outcomes; otherwise, and on stop, it writes at once."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections.abc import Iterator, Sequence
+
+import pytest
+
+from conveyor import JobStatus
+from conveyor._backoff import Backoff
+from conveyor._message import Delivery
+from conveyor.brokers import Finish
+from conveyor.worker import _finisher
+from conveyor.worker._attempt import Attempt
+from conveyor.worker._finisher import Finisher
+
+
+class Calls:
+    """A broker stand-in that records the size of each finish call."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+        self.written = threading.Event()
+
+    def finish(self, outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
+        self.sizes.append(len(outcomes))
+        self.written.set()
+        return [True] * len(outcomes)
+
+    def publish(self, events: Sequence[bytes]) -> None:
+        pass
+
+
+class Runs:
+    """An in-flight stand-in: whether short runs hold slots, and what was let go."""
+
+    def __init__(self, soon: bool) -> None:
+        self.soon = soon
+        self.removed: list[Attempt] = []
+
+    def ending_soon(self, window: float) -> bool:
+        return self.soon
+
+    def remove(self, attempts: Sequence[Attempt], processed: bool = True) -> None:
+        self.removed.extend(attempts)
+
+    def drop(self, attempts: list[Attempt]) -> None:
+        self.remove(attempts, processed=False)
+
+
+def outcome(i: int) -> tuple[Attempt, Finish]:
+    delivery = Delivery(f"job-{i}", "default", b"", f"token-{i}", 1)
+    return Attempt(delivery), Finish(delivery, JobStatus.SUCCEEDED, b"")
+
+
+@pytest.fixture
+def patient(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A gather that only a full batch, a lone outcome or a stop can end within a test."""
+    monkeypatch.setattr(_finisher, "GATHER", 60.0)
+    monkeypatch.setattr(_finisher, "GATHER_BATCH", 3)
+
+
+@pytest.fixture
+def calls() -> Calls:
+    return Calls()
+
+
+@pytest.fixture
+def runs() -> Runs:
+    return Runs(soon=True)
+
+
+@pytest.fixture
+def finisher(calls: Calls, runs: Runs) -> Iterator[Finisher]:
+    finisher = Finisher(calls, runs, Backoff(0.01, 0.1, random.random))  # type: ignore[arg-type]
+    finisher.start()
+    yield finisher
+    finisher.stop(1.0)
+
+
+@pytest.mark.usefixtures("patient")
+def test_while_short_runs_go_on_outcomes_are_gathered_into_one_call(
+    finisher: Finisher, calls: Calls, runs: Runs
+) -> None:
+    for i in range(3):
+        finisher.put(*outcome(i))
+    assert calls.written.wait(10)
+    assert calls.sizes == [3]
+    assert len(runs.removed) == 3
+
+
+@pytest.mark.usefixtures("patient")
+def test_without_short_runs_an_outcome_is_written_at_once(
+    finisher: Finisher, calls: Calls, runs: Runs
+) -> None:
+    runs.soon = False
+    finisher.put(*outcome(0))
+    assert calls.written.wait(10)
+    assert calls.sizes == [1]
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_lone_outcome_ends_the_gathering(finisher: Finisher, calls: Calls, runs: Runs) -> None:
+    finisher.put(*outcome(0))
+    runs.soon = False  # the last run ended: nothing more is coming
+    finisher.put(*outcome(1), alone=True)
+    assert calls.written.wait(10)
+    assert calls.sizes == [2]
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_stop_writes_what_was_gathering(finisher: Finisher, calls: Calls, runs: Runs) -> None:
+    finisher.put(*outcome(0))
+    finisher.put(*outcome(1))
+    finisher.stop(1.0)
+    assert calls.sizes == [2]
+    assert len(runs.removed) == 2
