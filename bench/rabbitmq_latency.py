@@ -12,7 +12,8 @@ the installed one, so an old and a new tree alternate in one run. Prints, per tr
 type, the medians over the rounds of each part's per-round median (ms):
 
 - ``write``: ``delay()`` called → the record written in the store (the publish begins);
-- ``hop``: → the producer's AMQP loop thread runs the publish;
+- ``hop``: → the producer's AMQP loop thread runs the publish (or, with the direct
+  publisher, the caller's thread writes the frames);
 - ``amqp``: → the worker's AMQP loop thread has the ticket (the client's encoding, RabbitMQ,
   the worker's decoding);
 - ``wake``: → the worker's fetching thread is awake;
@@ -82,6 +83,10 @@ def _wrap(cls: type, name: str, before: Any = None, after: Any = None) -> None:
 def _instrument() -> None:
     from conveyor.brokers.rabbitmq import _core, _link
 
+    try:
+        from conveyor.brokers.rabbitmq import _direct
+    except ImportError:  # a tree without the direct publisher
+        _direct = None
     now = time.time
 
     def mark(kind: str) -> Any:
@@ -91,6 +96,14 @@ def _instrument() -> None:
     _wrap(_link.Link, "publish", before=mark("publish"))
     _wrap(_link.Link, "send", before=mark("publish"))
     _wrap(_link.Link, "_publish", before=mark("loop"))
+    if _direct is not None:  # the caller's thread writes the frames itself
+        _wrap(
+            _direct.Direct,
+            "send",
+            before=lambda a: _marks["loop"].append(
+                (now(), [i for _, body in a[1] for i in body.decode().split()])
+            ),
+        )
     # worker
     _wrap(
         _link.Link,
