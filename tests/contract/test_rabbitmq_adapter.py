@@ -9,6 +9,7 @@ each record store): tickets and the sweep, seen from RabbitMQ's side too.
   is kept, and the job claimed once the record is there; one whose record never comes is
   acknowledged a second later.
 * A scheduled job's ticket wakes an idle worker, which then sleeps until the job is due.
+* A look whose store read fails puts the tickets it took back, for a later look to settle.
 """
 
 from __future__ import annotations
@@ -302,3 +303,29 @@ def test_a_big_batch_sends_its_tickets_once_its_records_are_written(
     assert worker.enqueue(jobs) == [j.id for j in jobs]
     assert seen == [1]
     assert _ready(rabbitmq_url, f"{prefix}.default") == 1 + 50  # 200 jobs, 4 a ticket
+
+
+def test_a_failed_store_read_in_a_look_leaves_no_ticket_held(
+    rabbitmq_url: str, worker: Broker, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tickets a look took go back to their buffer when the store's read fails, so a
+    later look settles them (before, the consumer held them, unseen, until it closed)."""
+    import redis
+
+    from conveyor._errors import BrokerUnavailable
+
+    assert worker.fetch(["default"], "w", 10, LEASE, 0.0) == []  # consuming
+    store = worker._store  # type: ignore[attr-defined]
+    read = store._get
+
+    def failing(job_ids: Sequence[str]) -> object:
+        monkeypatch.setattr(store, "_get", read)  # once
+        raise redis.ConnectionError("the store went away")
+
+    monkeypatch.setattr(store, "_get", failing)
+    _ticket(rabbitmq_url, f"{prefix}.default", envelope().id)  # a job with no record
+    with pytest.raises(BrokerUnavailable):
+        worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    assert worker.fetch(["default"], "w", 10, LEASE, 2.0) == []  # looked for, for 1 s
+    worker.close()  # an unacknowledged ticket would be ready again now
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 0
