@@ -103,3 +103,27 @@ def test_a_broken_direct_connection_loses_no_ticket(
     producer.enqueue([envelope()])
     assert direct._sock is not None  # connected again
     assert _ready(rabbitmq_url, f"{prefix}.default") == 4
+
+
+def test_a_ticket_bigger_than_a_frame_is_sent_in_several(
+    rabbitmq_url: str, producer: Broker, prefix: str
+) -> None:
+    """A bulk enqueue of many jobs shares 64 tickets out, each of which may outgrow
+    RabbitMQ's frame size (128 kB): its body goes in several frames."""
+    import aio_pika
+
+    link = producer._link  # type: ignore[attr-defined]
+    body = b" ".join(b"%026d" % i for i in range(10_000))  # 270 kB of ids
+    confirms = link._direct.send([(f"{prefix}.default", body)])
+    assert confirms is not None and link._direct.wait(confirms, 10)
+
+    async def last() -> bytes:
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            channel = await connection.channel()
+            queue = await channel.get_queue(f"{prefix}.default", ensure=False)
+            got = b""
+            while (message := await queue.get(no_ack=True, fail=False)) is not None:
+                got = message.body
+            return got
+
+    assert asyncio.run(last()) == body

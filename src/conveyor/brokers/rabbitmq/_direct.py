@@ -137,13 +137,13 @@ class Direct:
                 if self._reading:
                     self._cond.wait(left)
                     continue
-                sock = self._sock
-                if sock is None:  # dropped: its confirms have failed already
+                sock, poll = self._sock, self._poll
+                if sock is None or poll is None:  # dropped: its confirms have failed already
                     break
                 self._reading = True
                 self._cond.release()
                 try:
-                    data, error = self._receive(sock, left)
+                    data, error = self._receive(sock, poll, left)
                 finally:
                     self._cond.acquire()
                     self._reading = False
@@ -154,10 +154,14 @@ class Direct:
                 self._take(sock, data)
             return confirms.left == 0 and not confirms.failed
 
-    def _receive(self, sock: socket.socket, timeout: float) -> tuple[bytes, Exception | None]:
-        assert self._poll is not None
+    @staticmethod
+    def _receive(
+        sock: socket.socket, poll: select.poll, timeout: float
+    ) -> tuple[bytes, Exception | None]:
+        """What the socket has within ``timeout`` (another thread may close it meanwhile:
+        an error then)."""
         try:
-            if not self._poll.poll(timeout * 1000):
+            if not poll.poll(timeout * 1000):
                 return b"", None
             data = sock.recv(65536)
         except OSError as exc:
@@ -166,6 +170,8 @@ class Direct:
 
     def _take(self, sock: socket.socket, data: bytes) -> None:
         """Read the frames in ``data`` (with ``_cond`` held): settle the confirms."""
+        if self._sock is not sock:  # dropped (and maybe replaced) while it was read
+            return
         self._buffer += data
         while len(self._buffer) >= FRAME_END:
             try:
