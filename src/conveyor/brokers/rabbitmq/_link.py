@@ -1,5 +1,7 @@
 """The AMQP side: one connection on an event loop thread of its own (aio-pika), tickets
-published with publisher confirms, and consumed into buffers the fetch watches read.
+published with publisher confirms (from the publishing thread, on a connection of their
+own, ``_direct``, once their queue is declared), and consumed into buffers the fetch
+watches read.
 
 Topology (the one place it is defined): a Conveyor queue ``q`` of prefix ``p`` is the
 durable quorum queue ``p.q`` of the URL's virtual host, reached through the default
@@ -215,9 +217,10 @@ class Link:
         return self.send(tickets).confirmed()
 
     def send(self, tickets: Sequence[tuple[str, str]]) -> Sending:
-        """Start publishing ``(queue, job id)`` tickets on the loop thread and return at
-        once: the caller writes the records meanwhile, then waits for the confirms
-        (``Sending.confirmed``)."""
+        """Start publishing ``(queue, job id)`` tickets (written by this thread on the direct
+        connection, or handed to the loop thread where a queue is not declared yet or there
+        is no direct connection) and return at once: the caller writes the records
+        meanwhile, then waits for the confirms (``Sending.confirmed``)."""
         if not tickets:
             return Sending(self, None, ())
         direct = self._direct
