@@ -12,7 +12,8 @@ the installed one, so an old and a new tree alternate in one run. Prints, per tr
 type, the medians over the rounds of each part's per-round median (ms):
 
 - ``write``: ``delay()`` called → the record written in the store (the publish begins);
-- ``hop``: → the producer's AMQP loop thread runs the publish;
+- ``hop``: → the producer's AMQP loop thread runs the publish (or, with the direct
+  publisher, the caller's thread writes the frames);
 - ``amqp``: → the worker's AMQP loop thread has the ticket (the client's encoding, RabbitMQ,
   the worker's decoding);
 - ``wake``: → the worker's fetching thread is awake;
@@ -21,6 +22,9 @@ type, the medians over the rounds of each part's per-round median (ms):
 - ``start``: → the task's body runs;
 - ``total``: ``delay()`` called → the task's body runs (W3's figure);
 - ``confirm``: the publish begins → ``delay()`` returns (the producer's wait for confirms).
+
+``--bare PYTHON`` adds a row ``bare-pika`` per queue type: the floor, the same trip between
+two bare pika clients run by ``PYTHON`` (an interpreter with pika installed), in ``amqp``.
 
 A part whose timestamps a tree does not take (its methods have other names) is left out.
 """
@@ -80,8 +84,14 @@ def _wrap(cls: type, name: str, before: Any = None, after: Any = None) -> None:
 
 
 def _instrument() -> None:
+    import contextlib
+    import importlib
+
     from conveyor.brokers.rabbitmq import _core, _link
 
+    _direct: Any = None
+    with contextlib.suppress(ImportError):  # a tree without the direct publisher
+        _direct = importlib.import_module("conveyor.brokers.rabbitmq._direct")
     now = time.time
 
     def mark(kind: str) -> Any:
@@ -91,6 +101,14 @@ def _instrument() -> None:
     _wrap(_link.Link, "publish", before=mark("publish"))
     _wrap(_link.Link, "send", before=mark("publish"))
     _wrap(_link.Link, "_publish", before=mark("loop"))
+    if _direct is not None:  # the caller's thread writes the frames itself
+        _wrap(
+            _direct.Direct,
+            "send",
+            before=lambda a: _marks["loop"].append(
+                (now(), [i for _, body in a[1] for i in body.decode().split()])
+            ),
+        )
     # worker
     _wrap(
         _link.Link,
@@ -253,12 +271,63 @@ def one_run(server: Any, tree: str, queue_type: str, n: int) -> dict[str, float]
     return parts(prod, work)
 
 
+# The floor: the same trip between two bare pika clients (``--bare PYTHON``, an interpreter
+# with pika, e.g. Dramatiq's peer venv): a blocking consumer in one process, a publisher with
+# confirms in another, at 50/s; each delivery's time since its publish began (ms).
+BARE = r"""
+import json, statistics, sys, threading, time
+import pika
+url, queue_type, n = sys.argv[1], sys.argv[2], int(sys.argv[3])
+args = {"x-queue-type": queue_type}
+mode = 2 if queue_type == "quorum" else 1
+got = []
+def consume():
+    c = pika.BlockingConnection(pika.URLParameters(url))
+    ch = c.channel()
+    ch.basic_qos(prefetch_count=32)
+    ch.queue_declare("bare", durable=True, arguments=args)
+    def on(ch, method, props, body):
+        got.append(time.time() - float(body))
+        ch.basic_ack(method.delivery_tag)
+        if len(got) == n + 20:
+            ch.stop_consuming()
+    ch.basic_consume("bare", on)
+    ready.set()
+    ch.start_consuming()
+ready = threading.Event()
+threading.Thread(target=consume, daemon=True).start()
+ready.wait()
+p = pika.BlockingConnection(pika.URLParameters(url))
+ch = p.channel()
+ch.confirm_delivery()
+start = time.perf_counter()
+for i in range(n + 20):
+    pause = start + i / 50 - time.perf_counter()
+    if pause > 0:
+        time.sleep(pause)
+    props = pika.BasicProperties(delivery_mode=mode)
+    ch.basic_publish("", "bare", str(time.time()).encode(), props)
+deadline = time.monotonic() + 10
+while len(got) < n + 20 and time.monotonic() < deadline:
+    time.sleep(0.05)
+print(json.dumps(statistics.median(got[20:]) * 1000))
+"""
+
+
+def bare(server: Any, python: str, queue_type: str, n: int) -> float:
+    url = server.reset()["BENCH_AMQP_URL"]
+    cmd = [python, "-c", BARE, url, queue_type, str(n)]
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=120)
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tree", action="append", default=[], metavar="NAME=DIR")
     p.add_argument("--types", default="quorum,classic")
     p.add_argument("--rounds", type=int, default=1)
     p.add_argument("-n", type=int, default=200, help="measured jobs per run")
+    p.add_argument("--bare", metavar="PYTHON", help="also time two bare pika clients")
     p.add_argument("--produce", nargs=3, metavar=("URL", "STORE", "N"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.produce:
@@ -271,12 +340,17 @@ def main() -> int:
     trees = [t.split("=", 1) for t in args.tree] or [["installed", ""]]
     trees = [(name, os.path.abspath(d) if d else "") for name, d in trees]
     combos = [(name, d, qt) for name, d in trees for qt in args.types.split(",")]
+    if args.bare:
+        combos += [("bare-pika", args.bare, qt) for qt in args.types.split(",")]
     results: dict[tuple[str, str], list[dict[str, float]]] = defaultdict(list)
     with private_rabbitmq() as server:
         for r in range(args.rounds):
             shift = r % len(combos)
             for name, d, qt in combos[shift:] + combos[:shift]:
-                got = one_run(server, d, qt, args.n)
+                if name == "bare-pika":
+                    got = {"amqp": bare(server, d, qt, args.n)}
+                else:
+                    got = one_run(server, d, qt, args.n)
                 results[(name, qt)].append(got)
                 shown = " ".join(f"{k} {got[k]:.2f}" for k in PARTS if k in got)
                 print(f"[round {r + 1}] {name:<10} {qt:<8} {shown}", flush=True)

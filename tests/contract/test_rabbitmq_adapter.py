@@ -9,6 +9,7 @@ each record store): tickets and the sweep, seen from RabbitMQ's side too.
   is kept, and the job claimed once the record is there; one whose record never comes is
   acknowledged a second later.
 * A scheduled job's ticket wakes an idle worker, which then sleeps until the job is due.
+* A look whose store read fails puts the tickets it took back, for a later look to settle.
 """
 
 from __future__ import annotations
@@ -302,3 +303,77 @@ def test_a_big_batch_sends_its_tickets_once_its_records_are_written(
     assert worker.enqueue(jobs) == [j.id for j in jobs]
     assert seen == [1]
     assert _ready(rabbitmq_url, f"{prefix}.default") == 1 + 50  # 200 jobs, 4 a ticket
+
+
+def test_a_failed_store_read_in_a_look_leaves_no_ticket_held(
+    rabbitmq_url: str, worker: Broker, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tickets a look took go back to their buffer when the store's read fails, so a
+    later look settles them (before, the consumer held them, unseen, until it closed)."""
+    import redis
+
+    from conveyor._errors import BrokerUnavailable
+
+    assert worker.fetch(["default"], "w", 10, LEASE, 0.0) == []  # consuming
+    store = worker._store  # type: ignore[attr-defined]
+    read = store._get
+
+    def failing(job_ids: Sequence[str]) -> object:
+        monkeypatch.setattr(store, "_get", read)  # once
+        raise redis.ConnectionError("the store went away")
+
+    monkeypatch.setattr(store, "_get", failing)
+    _ticket(rabbitmq_url, f"{prefix}.default", envelope().id)  # a job with no record
+    with pytest.raises(BrokerUnavailable):
+        worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    assert worker.fetch(["default"], "w", 10, LEASE, 2.0) == []  # looked for, for 1 s
+    worker.close()  # an unacknowledged ticket would be ready again now
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 0
+
+
+@pytest.mark.parametrize("batch", [False, True], ids=["one", "several"])
+def test_a_finish_reads_only_what_waits_for_the_jobs_it_ends(
+    worker: Broker, other: Broker, monkeypatch: pytest.MonkeyPatch, *, batch: bool
+) -> None:
+    """What waits for a dependency is kept under that dependency: the end of another job
+    does not read it (before, every finish read the one key of all the waiting pairs)."""
+    first, second, lone = envelope(), envelope(), envelope()
+    child, unrelated = _waiting((first.id,)), _waiting((second.id,))
+    worker.enqueue([first, second, lone, child, unrelated])
+    got = {d.id: d for d in worker.fetch(["default"], "w", 10, LEASE, 5.0)}
+    assert set(got) == {first.id, second.id, lone.id}
+    kv = worker.kv
+    read = type(kv).get
+    values: list[bytes] = []
+
+    def spy(self: object, key: str) -> bytes | None:
+        value = read(self, key)  # type: ignore[arg-type]
+        values.append(value or b"")
+        return value
+
+    monkeypatch.setattr(type(kv), "get", spy)
+    ending = [got[first.id], got[lone.id]] if batch else [got[first.id]]
+    _prompt(
+        other,
+        lambda: worker.finish([Finish(d, JobStatus.SUCCEEDED, result=b"1") for d in ending]),
+        child.id,
+    )
+    assert values and not [v for v in values if unrelated.id.encode() in v]
+
+
+def test_a_full_index_of_dependencies_prunes_the_ended_ones(
+    worker: Broker, other: Broker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor.brokers.rabbitmq import _waits
+
+    monkeypatch.setattr(_waits, "KEPT", 1)
+    first, second = envelope(), envelope()
+    worker.enqueue([first, _waiting((first.id,))])
+    (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    store = worker._store  # type: ignore[attr-defined]
+    assert store.finish([Finish(got, JobStatus.SUCCEEDED, result=b"1")]) == [True]  # unseen
+    assert other.fetch(["other"], "w2", 10, LEASE, 5.0)  # the sweep's job: its first look
+    child = _waiting((second.id,))
+    worker.enqueue([second, child])  # the index is full: the ended dependency makes room
+    (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    _prompt(other, lambda: worker.finish([Finish(got, JobStatus.SUCCEEDED, result=b"2")]), child.id)

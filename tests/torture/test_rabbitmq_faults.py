@@ -4,10 +4,11 @@ redis-server.
 
 What the faults show:
 
-* **Cut mid-publish**: the connection is reset as an enqueue publishes its ticket. The
-  record is written first, so the enqueue still returns the job's id (the failure is
-  logged); a worker finds the job on its sweep, runs it once, and the producer's client
-  reconnects for the next enqueue.
+* **Cut mid-publish**: the direct connection (``_direct``) is reset as an enqueue publishes
+  its ticket there; the ticket goes again through aio-pika's connection, and the job runs
+  once. When that publish is cut too, the enqueue still returns the job's id (the record
+  is written; the failure is logged); a worker finds the job on its sweep, runs it once,
+  and the producer's clients reconnect for the next enqueue.
 * **Cut mid-consume**: a worker running a job loses its connection; its finish is still
   recorded (the store fences it, not the AMQP channel), and its client reconnects and
   consumes again on its own: the next ticket wakes its blocked fetch (its sweep is far).
@@ -54,30 +55,56 @@ def _finish(broker: Broker, delivery: Delivery) -> bool:
     return broker.finish([Finish(delivery, JobStatus.SUCCEEDED, result=b"ok")])[0]
 
 
+@pytest.mark.parametrize("both", [False, True], ids=["direct", "direct-then-aio-pika"])
 def test_a_cut_mid_publish_loses_no_job(
     rabbitmq_url: str,
     redis_server: RedisServer,
     proxy: FaultProxy,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    both: bool,
 ) -> None:
     prefix = unique_prefix()
     producer = _open(_through(rabbitmq_url, proxy, "confirm_timeout=2"), redis_server, prefix)
     worker = _open(f"{rabbitmq_url}?sweep=0.5", redis_server, prefix)
+    link = producer._link  # type: ignore[attr-defined]
     try:
-        warm = envelope()
-        producer.enqueue([warm])  # connected, queue declared
-        assert [d.id for d in worker.fetch(["default"], "w", 10, LEASE, 5.0)] == [warm.id]
+        warm = [envelope(), envelope()]
+        for job in warm:  # connected, queue declared, then the direct connection made
+            producer.enqueue([job])
+        got: set[str] = set()
+        while len(got) < len(warm):
+            got |= {d.id for d in worker.fetch(["default"], "w", 10, LEASE, 5.0)}
+        assert got == {j.id for j in warm} and link._direct._sock is not None
         job = envelope()
         proxy.cut("up", 0)  # the next bytes the producer sends (the publish) reset it
+        if not both:
+            with caplog.at_level(logging.WARNING, "conveyor"):
+                assert producer.enqueue([job]) == [job.id]
+            assert not [r for r in caplog.records if r.name == "conveyor"]
+            assert proxy.stats.cuts == 1
+            (got_job,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)  # its ticket came
+            assert (got_job.id, got_job.deliveries) == (job.id, 1)
+            assert _finish(worker, got_job)
+            return
+        again = link._send_on_loop
+
+        def cut_again(tickets: object) -> object:
+            proxy.cut("up", 0)  # aio-pika's publish of the tickets the cut left unconfirmed
+            return again(tickets)
+
+        monkeypatch.setattr(link, "_send_on_loop", cut_again)
         with caplog.at_level(logging.WARNING, "conveyor"):
             assert producer.enqueue([job]) == [job.id]
         ours = [r.getMessage() for r in caplog.records if r.name == "conveyor"]
         assert any("publishing 1 ticket(s) to RabbitMQ failed" in m for m in ours)
-        assert proxy.stats.cuts == 1
-        (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)  # the sweep finds it
-        assert (got.id, got.deliveries) == (job.id, 1)
-        assert _finish(worker, got)
-        later = envelope()  # the producer's client has reconnected
+        assert proxy.stats.cuts == 2
+        monkeypatch.undo()
+        (found,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)  # the sweep finds it
+        assert (found.id, found.deliveries) == (job.id, 1)
+        assert _finish(worker, found)
+        later = envelope()  # the producer's clients have reconnected
         deadline = time.monotonic() + 20
         while not producer.enqueue([later]) or not worker.get([later.id])[0]:
             assert time.monotonic() < deadline

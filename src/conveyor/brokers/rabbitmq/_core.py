@@ -89,7 +89,14 @@ class Fetching(Watch[Claimed]):
         got, due_in = self._watch.look()
         tickets = self._link.take(self._queues)
         if tickets:
-            self._settle(tickets, {d.id for d in got}, full=len(got) >= self._count)
+            try:
+                self._settle(tickets, {d.id for d in got}, full=len(got) >= self._count)
+            except BaseException:
+                # The store's read failed: the tickets go back to their buffer, for a
+                # later look to settle (or to be handed back after ``HOLD``), not held by
+                # this consumer, unseen, until its connection closes.
+                self._link.settle([], tickets)
+                raise
         return got, due_in
 
     def sleep_then_look(self, seconds: float) -> Claimed:

@@ -1,5 +1,7 @@
 """The AMQP side: one connection on an event loop thread of its own (aio-pika), tickets
-published with publisher confirms, and consumed into buffers the fetch watches read.
+published with publisher confirms (from the publishing thread, on a connection of their
+own, ``_direct``, once their queue is declared), and consumed into buffers the fetch
+watches read.
 
 Topology (the one place it is defined): a Conveyor queue ``q`` of prefix ``p`` is the
 durable quorum queue ``p.q`` of the URL's virtual host, reached through the default
@@ -45,6 +47,7 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
+from ._direct import Confirms, Direct, usable
 from ._url import RabbitURL
 
 log = logging.getLogger("conveyor")
@@ -93,21 +96,35 @@ def bodies(tickets: Sequence[tuple[str, str]]) -> list[tuple[str, bytes]]:
 
 
 class Sending:
-    """Tickets on their way to RabbitMQ (``Link.send``)."""
+    """Tickets on their way to RabbitMQ (``Link.send``): through the direct client (the
+    caller's thread wrote them) or through aio-pika (the loop thread publishes them)."""
 
-    def __init__(self, link: Link, future: concurrent.futures.Future[None] | None, n: int) -> None:
-        self._link, self._future, self._n = link, future, n
+    def __init__(
+        self,
+        link: Link,
+        future: concurrent.futures.Future[None] | None,
+        tickets: Sequence[tuple[str, str]],
+        direct: Confirms | None = None,
+    ) -> None:
+        self._link, self._future, self._tickets, self._direct = link, future, tickets, direct
 
     def confirmed(self) -> bool:
         """Wait for RabbitMQ's confirms; False (the failure logged) if they did not all
-        come within ``confirm_timeout``: the records are written, the sweep finds the jobs."""
+        come within ``confirm_timeout``: the records are written, the sweep finds the jobs.
+        The direct client's failure publishes the tickets again through aio-pika."""
+        link = self._link
+        if self._direct is not None:
+            assert link._direct is not None
+            if link._direct.wait(self._direct, link.confirm_timeout):
+                return True
+            return link._send_on_loop(self._tickets).confirmed()
         if self._future is None:
-            return self._n == 0
+            return not self._tickets
         try:
-            self._future.result(self._link.confirm_timeout)
+            self._future.result(link.confirm_timeout)
         except Exception as exc:
             self._future.cancel()
-            self._link._warn(f"publishing {self._n} ticket(s) to RabbitMQ failed ({exc!r})")
+            link._warn(f"publishing {len(self._tickets)} ticket(s) to RabbitMQ failed ({exc!r})")
             return False
         return True
 
@@ -136,6 +153,10 @@ class Link:
         )
         self._cond = threading.Condition()
         self._warned = 0.0
+        # Queues declared (by this process, on any channel): their tickets may go through
+        # the direct client, which declares nothing.
+        self._ready: set[str] = set()
+        self._direct = Direct(url, int(self._mode)) if usable(url) else None
         self._start()
 
     def _start(self) -> None:
@@ -196,18 +217,29 @@ class Link:
         return self.send(tickets).confirmed()
 
     def send(self, tickets: Sequence[tuple[str, str]]) -> Sending:
-        """Start publishing ``(queue, job id)`` tickets on the loop thread and return at
-        once: the caller writes the records meanwhile, then waits for the confirms
-        (``Sending.confirmed``)."""
+        """Start publishing ``(queue, job id)`` tickets (written by this thread on the direct
+        connection, or handed to the loop thread where a queue is not declared yet or there
+        is no direct connection) and return at once: the caller writes the records
+        meanwhile, then waits for the confirms (``Sending.confirmed``)."""
         if not tickets:
-            return Sending(self, None, 0)
+            return Sending(self, None, ())
+        direct = self._direct
+        if direct is not None and all(q in self._ready for q, _ in tickets):
+            # From this thread: no wait for the loop thread to wake and take the GIL.
+            confirms = direct.send([(self.name(q), body) for q, body in bodies(tickets)])
+            if confirms is not None:
+                return Sending(self, None, tickets, confirms)
+        return self._send_on_loop(tickets)
+
+    def _send_on_loop(self, tickets: Sequence[tuple[str, str]]) -> Sending:
+        """``send`` through aio-pika, on the loop thread (which declares the queues)."""
         try:
             self._forked()
             future = asyncio.run_coroutine_threadsafe(self._publish(tickets), self._loop)
         except Exception as exc:
             self._warn(f"publishing {len(tickets)} ticket(s) to RabbitMQ failed ({exc!r})")
-            return Sending(self, None, len(tickets))  # not confirmed
-        return Sending(self, future, len(tickets))
+            return Sending(self, None, tickets)  # not confirmed
+        return Sending(self, future, tickets)
 
     async def _publish(self, tickets: Sequence[tuple[str, str]]) -> None:
         for queue in dict.fromkeys(q for q, _ in tickets):
@@ -230,6 +262,7 @@ class Link:
                 self.name(queue), durable=True, arguments=self._arguments
             )
             self._declared[key] = found
+            self._ready.add(queue)
         return found
 
     # -- consuming --------------------------------------------------------------------------
@@ -357,6 +390,8 @@ class Link:
         if self._loop.is_closed() or self._pid != os.getpid():
             return
         self._ager.cancel()
+        if self._direct is not None:
+            self._direct.close()
         with contextlib.suppress(Exception):
             self._run(self._connection.close(), CONNECT_TIMEOUT)
         self._stop()

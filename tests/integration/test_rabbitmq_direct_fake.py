@@ -1,0 +1,122 @@
+"""The direct publisher (``_direct``) against a fake server on a local socket (no RabbitMQ):
+what it makes of a confirm, a negative one, and a server that closes the connection."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+
+import pytest
+from pamqp import commands, frame
+from pamqp.base import Frame
+
+from conveyor.brokers.rabbitmq._direct import Direct
+from conveyor.brokers.rabbitmq._url import parse_amqp_url
+
+Reply = Callable[[int], list[Frame]]  # the publish's delivery tag → the frames answered
+
+
+class FakeServer:
+    """Just enough of RabbitMQ: the handshake, then ``reply`` to each publish."""
+
+    def __init__(self, reply: Reply) -> None:
+        self._reply = reply
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        conn, _ = self._listener.accept()
+        buffer = b""
+
+        def read() -> Frame:
+            nonlocal buffer
+            while True:
+                if len(buffer) >= 8:
+                    size = int.from_bytes(buffer[3:7], "big")
+                    if buffer.startswith(b"AMQP") or len(buffer) >= size + 8:
+                        used, _, value = frame.unmarshal(buffer)
+                        buffer = buffer[used:]
+                        return value  # type: ignore[return-value]
+                data = conn.recv(65536)
+                if not data:
+                    raise EOFError
+                buffer += data
+
+        def send(value: Frame, channel: int = 0) -> None:
+            conn.sendall(frame.marshal(value, channel))
+
+        with conn:
+            read()  # the protocol header
+            send(commands.Connection.Start(mechanisms="PLAIN", locales="en_US"))
+            read()
+            send(commands.Connection.Tune(2047, 131072, 60))
+            read(), read()  # TuneOk, Open
+            send(commands.Connection.OpenOk())
+            read()
+            send(commands.Channel.OpenOk(), 1)
+            read()
+            send(commands.Confirm.SelectOk(), 1)
+            tag = 0
+            try:
+                while True:
+                    value = read()
+                    if isinstance(value, commands.Basic.Publish):
+                        read(), read()  # its header and body
+                        tag += 1
+                        for answer in self._reply(tag):
+                            send(answer, 0 if answer.name.startswith("Connection") else 1)
+            except (EOFError, OSError):
+                pass
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+@pytest.fixture
+def direct() -> Iterator[Callable[[Reply], Direct]]:
+    made: list[tuple[FakeServer, Direct]] = []
+
+    def make(reply: Reply) -> Direct:
+        server = FakeServer(reply)
+        url = parse_amqp_url(f"amqp://guest:guest@127.0.0.1:{server.port}/")
+        made.append((server, Direct(url, 2)))
+        return made[-1][1]
+
+    yield make
+    for server, client in made:
+        client.close()
+        server.close()
+
+
+def test_a_confirm_settles_the_publish(direct: Callable[[Reply], Direct]) -> None:
+    client = direct(lambda tag: [commands.Basic.Ack(tag)])
+    confirms = client.send([("q", b"a"), ("q", b"b")])
+    assert confirms is not None and client.wait(confirms, 5)
+
+
+def test_a_multiple_confirm_settles_every_publish_up_to_it(
+    direct: Callable[[Reply], Direct],
+) -> None:
+    client = direct(lambda tag: [commands.Basic.Ack(tag, multiple=True)] if tag == 3 else [])
+    first = client.send([("q", b"a"), ("q", b"b")])
+    second = client.send([("q", b"c")])
+    assert first is not None and second is not None
+    assert client.wait(second, 5) and client.wait(first, 5)
+
+
+def test_a_negative_confirm_fails_the_publish(direct: Callable[[Reply], Direct]) -> None:
+    client = direct(lambda tag: [commands.Basic.Nack(tag)])
+    confirms = client.send([("q", b"a")])
+    assert confirms is not None and not client.wait(confirms, 5)
+
+
+def test_a_server_that_closes_fails_what_waits_and_drops_the_connection(
+    direct: Callable[[Reply], Direct],
+) -> None:
+    client = direct(lambda tag: [commands.Connection.Close(320, "CONNECTION_FORCED", 0, 0)])
+    confirms = client.send([("q", b"a")])
+    assert confirms is not None and not client.wait(confirms, 5)
+    assert client._sock is None  # the next publish connects again (or goes through aio-pika)
