@@ -142,8 +142,11 @@ class KeyValueConformance:
             return str(int(old or b"0") + 1).encode()
 
         def work() -> None:
+            # Losing 51 races in a row (the default retries) is a TransactionConflict, not a
+            # loss: on a loaded machine eight threads can starve one of them that long, so the
+            # test allows more attempts and checks only that no increment is lost.
             for _ in range(50):
-                kv.update("counter", plus_one)
+                kv.update("counter", plus_one, retries=10_000)
 
         workers = [_Background(work) for _ in range(8)]
         for w in workers:
