@@ -81,6 +81,11 @@ def main() -> int:
         help="instead of the tree: each package's modules and their own time, summed",
     )  # fmt: skip
     p.add_argument(
+        "--by-importer", action="store_true",
+        help="with --by-package: a standard library module counted with the package whose "
+        "import first needed it (redis-py's asyncio, Conveyor's logging)",
+    )  # fmt: skip
+    p.add_argument(
         "--beyond", metavar="CODE",
         help="instead of the tree: the modules imported beyond what CODE imports, by own time",
     )  # fmt: skip
@@ -122,7 +127,7 @@ def main() -> int:
                 base[name] = min(base.get(name, self_us), self_us)
         beyond(own, base, args.min_ms)
     elif args.by_package:
-        by_package(own)
+        by_package(own, importers(roots) if args.by_importer else {})
     else:
         show(roots, 0)
     return 0
@@ -137,10 +142,28 @@ def package_of(module: str) -> str:
     return "conveyor (core)"
 
 
-def by_package(own: dict[str, int]) -> None:
+def importers(roots: list[Node]) -> dict[str, str]:
+    """Each standard library module's package (``package_of``) taken from the nearest
+    module above it in the import tree that is not in the standard library."""
+    found: dict[str, str] = {}
+
+    def walk(nodes: list[Node], above: str) -> None:
+        for name, children in nodes:
+            package = package_of(name)
+            if package == "standard library":
+                found[name] = f"standard library, for {above}"
+                walk(children, above)
+            else:
+                walk(children, package)
+
+    walk(roots, "the interpreter")
+    return found
+
+
+def by_package(own: dict[str, int], importer: dict[str, str]) -> None:
     sums: dict[str, list[int]] = {}
     for name, us in own.items():
-        found = sums.setdefault(package_of(name), [0, 0])
+        found = sums.setdefault(importer.get(name) or package_of(name), [0, 0])
         found[0] += 1
         found[1] += us
     print(f"{'own ms':>8}  {'modules':>7}  package")
