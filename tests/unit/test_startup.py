@@ -164,3 +164,91 @@ def test_importing_a_module_of_a_deferred_package_loads_the_package_first() -> N
         "print(type(sys.modules['importlib.metadata']).__name__)"
     )
     assert _run(code) == "module"
+
+
+_DEFER = "from conveyor.cli import _deferred; _deferred.defer_all()"
+
+
+def test_a_plain_redis_client_in_the_command_leaves_cluster_sentinel_and_asyncio_unloaded() -> None:
+    code = (
+        _DEFER + "; import sys, conveyor.brokers.redis;"
+        "from conveyor.brokers.redis import _connect;"
+        "_connect.connect(_connect.parse('redis://127.0.0.1:1/0'));"
+        "print(sorted(m for m in ('redis.cluster', 'redis.sentinel', 'redis.asyncio.client',"
+        " 'redis.keyspace_notifications', 'redis.commands.cluster') if m in sys.modules))"
+    )
+    assert _run(code) == "[]"
+
+
+# Every name redis-py exports, as the same object: its module and name, or its value.
+_NAMES = (
+    "import redis, redis.asyncio, redis.commands, types;"
+    "show = lambda v: v.__name__ if isinstance(v, types.ModuleType) else"
+    " sorted(v) if isinstance(v, frozenset) else"
+    " getattr(v, '__module__', '') + '.' + getattr(v, '__qualname__', repr(v));"
+    "print([(p.__name__, n, show(getattr(p, n)))"
+    " for p in (redis, redis.asyncio, redis.commands) for n in getattr(p, '__all__', ())],"
+    " redis.__version__, redis.VERSION, dir(redis) == sorted(vars(redis)))"
+)
+
+
+def test_redis_pys_names_are_the_same_with_its_packages_deferred() -> None:
+    assert _run(_DEFER + ";" + _NAMES) == _run(_NAMES)
+
+
+def test_the_deferred_packages_run_their_init_for_a_name_they_do_not_reexport() -> None:
+    code = (
+        _DEFER + "; import sys, redis; print(type(redis).__name__, redis.int_or_str('7'),"
+        " type(redis).__name__, 'redis.cluster' in sys.modules)"
+    )
+    assert _run(code) == "_Reexports 7 module True"
+
+
+# Modules a program imports first; redis-py's private ones may need the order its
+# ``__init__`` imports them in (``redis._parsers.response_callbacks`` does).
+_FIRST = (
+    "redis.client",
+    "redis.cluster",
+    "redis.sentinel",
+    "redis.exceptions",
+    "redis.asyncio.client",
+    "redis.asyncio.cluster",
+    "redis.commands.search.field",
+    "redis.keyspace_notifications",
+)
+
+
+@pytest.mark.parametrize("module", _FIRST)
+def test_a_module_of_redis_py_imported_first_works_with_its_packages_deferred(module: str) -> None:
+    code = f"import {module}, redis; print(redis.Redis.__module__, redis.RedisCluster.__module__)"
+    assert _run(_DEFER + ";" + code) == "redis.client redis.cluster"
+
+
+def test_every_module_of_redis_py_imports_as_it_does_without_the_deferral() -> None:
+    code = (
+        "import importlib, pkgutil, redis\n"
+        "failed = []\n"
+        "for m in pkgutil.walk_packages(redis.__path__, 'redis.'):\n"
+        "    try:\n"
+        "        importlib.import_module(m.name)\n"
+        "    except Exception as exc:\n"
+        "        failed.append((m.name, type(exc).__name__))\n"
+        "print(len(failed), failed)\n"
+    )
+    assert _run(_DEFER + "\n" + code) == _run(code)
+
+
+def test_clients_of_every_redis_url_are_built_the_same_with_its_packages_deferred() -> None:
+    code = (
+        "from conveyor.brokers.redis import _connect as c\n"
+        "def kind(client):\n"
+        "    pool = client.connection_pool\n"
+        "    return type(client).__module__, type(pool).__name__, pool.connection_class.__name__\n"
+        "for url in ('redis://h:1/0', 'rediss://h:1/0', 'unix:///tmp/r.sock?db=1',\n"
+        "            'redis+sentinel://h:1/mymaster/0', 'redis+cluster://h:1,h:2',\n"
+        "            'rediss+cluster://h:1'):\n"
+        "    target = c.parse(url)\n"
+        "    owner = c.slot_owner(target, 'conveyor')\n"
+        "    print(url, kind(c.connect(target, owner)), kind(c.connect_async(target, owner)))\n"
+    )
+    assert _run(_DEFER + "\n" + code) == _run(code)

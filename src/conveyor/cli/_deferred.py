@@ -6,12 +6,22 @@ call, reading its own version for ``CLIENT SETINFO``, which Conveyor's connectio
 make: they name the version themselves (``driver_info``). In the command's own process,
 before anything imports redis-py, ``importlib.metadata`` is made a module whose code runs
 when one of its names is first used: whoever uses it gets it as always (``conveyor
---version`` does), and a worker that does not never loads it. A user's process that
-imports Conveyor as a library is left as it is.
+--version`` does), and a worker that does not never loads it.
+
+``import redis`` also imports every client redis-py has: the cluster client, the sentinels',
+the asyncio ones, keyspace notifications (15 of its 62 modules, ~10 ms of CPU on a quiet
+machine, that a worker on ``redis://`` never uses). Its packages' ``__init__`` modules only
+gather names from their modules, so in the command's process ``redis``, ``redis.asyncio``
+and ``redis.commands`` are made packages whose names are imported from those modules when
+first used (``redis.Redis`` imports ``redis.client``), and whose ``__init__`` runs only for
+a name it does not simply re-export.
+
+A user's process that imports Conveyor as a library is left as it is.
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
 import threading
@@ -19,6 +29,7 @@ import types
 from typing import Any
 
 DEFERRED = ("importlib.metadata",)
+PACKAGES = ("redis", "redis.asyncio", "redis.commands")
 
 
 class _OnFirstUse(types.ModuleType):
@@ -42,10 +53,7 @@ class _OnFirstUse(types.ModuleType):
                 try:
                     spec.loader.exec_module(self)
                 except BaseException:  # as a failed import: the next one tries afresh
-                    sys.modules.pop(spec.name, None)
-                    parent, _, child = spec.name.rpartition(".")
-                    if parent in sys.modules:
-                        vars(sys.modules[parent]).pop(child, None)
+                    _forget(spec.name)
                     raise
                 finally:
                     _LOADING.discard(spec.name)
@@ -74,6 +82,135 @@ def defer(name: str) -> None:
         setattr(sys.modules[parent], child, module)
 
 
+class _Reexports(types.ModuleType):
+    """A package whose ``__init__`` has not run. Its modules import as always (its
+    ``__path__`` is set); a name its ``__init__`` takes from a module of the same
+    distribution (``from redis.client import Redis``) or sets to a literal
+    (``__version__``) is taken from there when first looked up, and so is a module of the
+    package. Any other name, and ``dir()``, run the ``__init__`` (once, under the lock), as
+    importing the package would have. Only the ``__init__``'s own run holds the lock: a
+    thread that imports a module of the package meanwhile does not wait for it."""
+
+    def __getattr__(self, name: str) -> Any:
+        spec = self.__spec__
+        assert spec is not None
+        table = _TABLES.get(spec.name)
+        if table is not None and name in table:
+            value = _resolve(spec.name, table[name])
+            setattr(self, name, value)
+            return value
+        module = f"{spec.name}.{name}"
+        if table is not None and name[:2] != "__" and importlib.util.find_spec(module):
+            return importlib.import_module(module)
+        self._run()
+        return object.__getattribute__(self, name)
+
+    def __dir__(self) -> list[str]:
+        self._run()
+        return sorted(vars(self))
+
+    def _run(self) -> None:
+        spec = self.__spec__
+        assert spec is not None and spec.loader is not None
+        with _LOCK:
+            if type(self) is not _Reexports:
+                return
+            object.__setattr__(self, "__class__", types.ModuleType)
+            del _TABLES[spec.name]
+            try:
+                spec.loader.exec_module(self)
+            except BaseException:  # as a failed import: the next one tries afresh
+                _forget(spec.name)
+                raise
+
+
+_TABLES: dict[str, dict[str, tuple[str | None, Any]]] = {}
+
+
+def _forget(name: str) -> None:
+    sys.modules.pop(name, None)
+    parent, _, child = name.rpartition(".")
+    if parent in sys.modules:
+        vars(sys.modules[parent]).pop(child, None)
+
+
+def _resolve(package: str, source: tuple[str | None, Any]) -> Any:
+    """A re-exported name's value: a literal, a module's attribute, or a module."""
+    module, attr = source
+    if module is None:
+        return attr
+    if module != package:
+        found = importlib.import_module(module)
+        if hasattr(found, attr):
+            return getattr(found, attr)
+    return importlib.import_module(f"{module}.{attr}")  # ``from package import module``
+
+
+def _reexports(package: str, source: str) -> dict[str, tuple[str | None, Any]] | None:
+    """What ``package``'s ``__init__`` binds without running code of its own: each name
+    it imports from a module of the same distribution (``redis.*``), and each name it
+    sets to a literal. None when the ``__init__`` does anything but import, define
+    functions and classes and assign, or imports ``*``: it must then run as imported."""
+    import ast
+
+    own = package.partition(".")[0]
+    table: dict[str, tuple[str | None, Any]] = {}
+    bound: set[str] = set()
+    for node in ast.parse(source).body:
+        names: list[str] = []
+        if isinstance(node, ast.ImportFrom):
+            module = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            for alias in node.names:
+                if alias.name == "*":
+                    return None
+                names.append(alias.asname or alias.name)
+                if module == own or module.startswith(own + "."):
+                    table[names[-1]] = (module, alias.name)
+        elif isinstance(node, ast.Import):
+            names = [(a.asname or a.name).partition(".")[0] for a in node.names]
+        elif isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            names = [node.name]
+        elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) for t in node.targets):
+            names = [t.id for t in node.targets if isinstance(t, ast.Name)]
+            with contextlib.suppress(ValueError, TypeError):  # computed: the code says
+                value = ast.literal_eval(node.value)
+                table.update((name, (None, value)) for name in names)
+        elif not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            return None  # code runs: a docstring is the only expression it may hold
+        for name in names:
+            if name in bound:  # bound twice: which binding stays is the code's to say
+                table.pop(name, None)
+            bound.add(name)
+    return table
+
+
+def defer_package(name: str) -> None:
+    """Leave ``name``'s ``__init__`` unrun until a name it defines is used (see
+    ``_Reexports``); nothing happens if it is imported already, or when its ``__init__``
+    cannot be read as re-exports."""
+    parent, _, child = name.rpartition(".")
+    if name in sys.modules or (parent and parent not in sys.modules):
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None or spec.loader is None or spec.submodule_search_locations is None:
+        return
+    try:
+        source = spec.loader.get_source(name)  # type: ignore[attr-defined]
+        table = _reexports(name, source) if source is not None else None
+    except (AttributeError, ImportError, SyntaxError, ValueError):  # no source to read
+        return
+    if table is None:
+        return
+    module = importlib.util.module_from_spec(spec)
+    _TABLES[name] = table
+    module.__class__ = _Reexports
+    sys.modules[name] = module
+    if parent:
+        setattr(sys.modules[parent], child, module)
+
+
 def defer_all() -> None:
     for name in DEFERRED:
         defer(name)
+    for name in PACKAGES:
+        defer_package(name)

@@ -21,20 +21,20 @@ import os
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import redis
 import redis.asyncio
 import redis.asyncio.retry
-import redis.asyncio.sentinel
-import redis.sentinel
 from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 
 from ..._errors import ConfigurationError
 from .._url import CLUSTER_SCHEMES, RedisURL, parse_redis_url
-from . import _cluster
 from ._errors import TRANSLATE
+
+if TYPE_CHECKING:
+    from . import _cluster
 
 try:  # redis-py 8: what CLIENT SETINFO names (below)
     from redis.driver_info import DriverInfo
@@ -213,14 +213,20 @@ def slot_owner(target: RedisURL, tag: str) -> _cluster.SlotOwner | None:
     shared by the sync and asyncio clients of one broker."""
     if target.scheme not in CLUSTER_SCHEMES:
         return None
+    from . import _cluster
+
     check_cluster_client()
     node = _cluster.node_kwargs(target, _connection(target, None))
     return _cluster.SlotOwner(target.hosts, _cluster.slot_of(tag), node)
 
 
 def connect(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> redis.Redis:
+    # The cluster's and the sentinels' modules are imported by the URLs that use them: a
+    # worker's first job comes sooner without them (docs/architecture.md, "Start-up").
     with TRANSLATE:
         if owner is not None:
+            from . import _cluster
+
             tls = target.scheme == "rediss+cluster"
             kind = _cluster.ClusterSSLConnection if tls else _cluster.ClusterConnection
             pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call,unused-ignore]
@@ -233,7 +239,9 @@ def connect(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> redis.
                         redis.UnixDomainSocketConnection)
             )  # fmt: skip
             return redis.Redis(connection_pool=pool)
-        sentinel = redis.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
+        from redis.sentinel import Sentinel
+
+        sentinel = Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
             list(target.hosts), sentinel_kwargs=_sentinel(target, _Retry(_backoff(), 1))
         )
         master: redis.Redis = sentinel.master_for(  # type: ignore[no-untyped-call,unused-ignore]
@@ -245,6 +253,8 @@ def connect(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> redis.
 def connect_async(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> redis.asyncio.Redis:
     with TRANSLATE:
         if owner is not None:
+            from . import _cluster
+
             tls = target.scheme == "rediss+cluster"
             kind = _cluster.AsyncClusterSSLConnection if tls else _cluster.AsyncClusterConnection
             apool = redis.asyncio.BlockingConnectionPool(
@@ -257,7 +267,9 @@ def connect_async(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> 
                         redis.asyncio.UnixDomainSocketConnection)
             )  # fmt: skip
             return redis.asyncio.Redis(connection_pool=apool)
-        sentinel = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call,unused-ignore]
+        from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+        sentinel = AsyncSentinel(  # type: ignore[no-untyped-call,unused-ignore]
             list(target.hosts), sentinel_kwargs=_sentinel(target, _AsyncRetry(_backoff(), 1))
         )
         master: redis.asyncio.Redis = sentinel.master_for(
@@ -269,6 +281,8 @@ def connect_async(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> 
 def connect_store(target: RedisURL) -> redis.RedisCluster:
     """The key-value store's client on a cluster (its keys spread over slots); on a
     single server the broker's own client serves the store."""
+    from . import _cluster
+
     with TRANSLATE:
         return _cluster.store_client(target, _connection(target, _Retry(_backoff(), 3)))
 

@@ -14,7 +14,6 @@ from types import TracebackType
 
 import redis
 import redis.exceptions
-import redis.sentinel
 
 from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable
 
@@ -37,6 +36,8 @@ _GRANT = (
 def refusal(exc: BaseException) -> BrokerAuthError | None:
     """The credentials or the ACL user's rights were refused (retrying cannot help), else
     None. Redis's messages never hold the password; neither do ours."""
+    import redis.sentinel  # only a sentinel URL's errors need it loaded
+
     text = str(exc)
     lowered = text.lower()
     if isinstance(exc, redis.exceptions.AuthenticationWrongNumberOfArgsError):
