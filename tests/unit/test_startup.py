@@ -252,3 +252,12 @@ def test_clients_of_every_redis_url_are_built_the_same_with_its_packages_deferre
         "    print(url, kind(c.connect(target, owner)), kind(c.connect_async(target, owner)))\n"
     )
     assert _run(_DEFER + "\n" + code) == _run(code)
+
+
+def test_the_command_freezes_what_its_own_imports_made_and_collects_after() -> None:
+    code = (
+        "import gc, sys; from conveyor import cli; from conveyor.cli import _group;"
+        "_group.run = lambda *a: print(gc.isenabled(), gc.get_freeze_count() > 10000);"
+        "sys.argv = ['conveyor', 'info']; cli.main()"
+    )
+    assert _run(code) == "True True"
