@@ -45,17 +45,30 @@ def is_secret(option: str) -> bool:
     return any(word in name for word in SECRET_WORDS)
 
 
-@dataclass(frozen=True)
 class _Parts:
-    """A URL cut where the parser and the redaction both cut it."""
+    """A URL cut where the parser and the redaction both cut it. (A plain class: a frozen
+    dataclass's methods are compiled when it is built, ~1 % of a worker's start each.)"""
 
-    scheme: str | None  # None: no "://"
-    userinfo: str | None  # before the authority's last "@"
-    hosts: str
-    path: str
-    query: str | None
-    fragment: str | None
-    ambiguous: bool  # an "@" after the end of the authority
+    __slots__ = ("ambiguous", "fragment", "hosts", "path", "query", "scheme", "userinfo")
+
+    def __init__(
+        self,
+        *,
+        scheme: str | None,  # None: no "://"
+        userinfo: str | None,  # before the authority's last "@"
+        hosts: str,
+        path: str,
+        query: str | None,
+        fragment: str | None,
+        ambiguous: bool,  # an "@" after the end of the authority
+    ) -> None:
+        self.scheme = scheme
+        self.userinfo = userinfo
+        self.hosts = hosts
+        self.path = path
+        self.query = query
+        self.fragment = fragment
+        self.ambiguous = ambiguous
 
 
 def _split(url: str) -> _Parts:
@@ -66,7 +79,13 @@ def _split(url: str) -> _Parts:
     if sep and scheme.lower() in _NO_AUTHORITY:
         path, asked, query = rest.partition("?")
         return _Parts(
-            scheme, None, "", path, query if asked else None, fragment if hashed else None, False
+            scheme=scheme,
+            userinfo=None,
+            hosts="",
+            path=path,
+            query=query if asked else None,
+            fragment=fragment if hashed else None,
+            ambiguous=False,
         )
     ends = [i for i in (rest.find("/"), rest.find("?")) if i >= 0]
     end = min(ends, default=len(rest))

@@ -19,12 +19,10 @@ import errno
 import os
 import re
 import sys
-from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
 from .. import _logging
 from .._errors import ConveyorError
-from .._inspect import redact
 from ..worker._pools import POOLS
 from ._load import load_app
 from ._workerrun import OPTIONS, Option, run_worker
@@ -41,16 +39,20 @@ _DIGITS = re.compile(r"[0-9]+\Z")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]+)?\Z")
 
 
-@dataclass
 class WorkerCommand:
     """What ``conveyor worker`` was asked for: the app's spec, the broker URL (None: the
     app's), the log level and format, and ``run_worker``'s options."""
 
-    spec: str
-    url: str | None
-    log_level: str
-    log_format: str
-    options: dict[str, Any] = field(default_factory=dict)
+    __slots__ = ("log_format", "log_level", "options", "spec", "url")
+
+    def __init__(
+        self, spec: str, url: str | None, log_level: str, log_format: str, options: dict[str, Any]
+    ) -> None:
+        self.spec = spec
+        self.url = url
+        self.log_level = log_level
+        self.log_format = log_format
+        self.options = options
 
 
 def worker_command(args: list[str]) -> WorkerCommand | None:
@@ -134,6 +136,8 @@ def run(command: WorkerCommand) -> NoReturn:
         spec = command.spec if ":" in command.spec else module_name
         run_worker(app, spec, url=command.url, **command.options)
     except ConveyorError as exc:
+        from .._inspect import redact  # the job inspector's module: not a worker's
+
         _stderr(f"error: {redact(str(exc))}")
         sys.exit(1)
     except (EOFError, KeyboardInterrupt):

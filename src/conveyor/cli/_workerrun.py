@@ -5,7 +5,6 @@ and ``run_worker``."""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ..worker import Worker
@@ -15,21 +14,40 @@ if TYPE_CHECKING:
     from .._app import Conveyor
 
 
-@dataclass(frozen=True)
 class Option:
     """One option of a worker command. ``kind`` is ``int`` or ``float`` (a number in
-    ``low``..``high``), ``pool`` (one of the worker's pools) or ``text``."""
+    ``low``..``high``), ``pool`` (one of the worker's pools) or ``text``. (A plain class:
+    a frozen dataclass's methods are compiled when it is built, ~1 % of a worker's start.)"""
 
-    flags: tuple[str, ...]
-    name: str
-    kind: str
-    default: Any
-    help: str
-    low: float | None = None
-    high: float | None = None
-    multiple: bool = False
-    metavar: str | None = None
-    show_default: bool = True
+    __slots__ = (
+        "default", "flags", "help", "high", "kind", "low", "metavar", "multiple", "name",
+        "show_default",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        flags: tuple[str, ...],
+        name: str,
+        kind: str,
+        default: Any,
+        help: str,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        multiple: bool = False,
+        metavar: str | None = None,
+        show_default: bool = True,
+    ) -> None:
+        self.flags = flags
+        self.name = name
+        self.kind = kind
+        self.default = default
+        self.help = help
+        self.low = low
+        self.high = high
+        self.multiple = multiple
+        self.metavar = metavar
+        self.show_default = show_default
 
 
 OPTIONS = (
