@@ -145,6 +145,22 @@ def _driver() -> Any:
     return DriverInfo(lib_version=redis.__version__).add_upstream_driver("conveyor", __version__)
 
 
+# redis-py sends a health-check PING before the handshake of every new socket (its first
+# command finds the check due): a round trip before a worker's first fetch that asks
+# nothing a socket opened a moment ago could answer. The connections of a server's pool
+# send the handshake (AUTH or HELLO, CLIENT SETINFO, SELECT) without it; the checks of
+# ``health_check_interval`` go on as before once it has been answered.
+_HANDSHAKE = hasattr(redis.Connection, "on_connect_check_health")  # else: the PING stays
+
+
+def _handshake(conn: Any) -> None:
+    conn.on_connect_check_health(check_health=False)
+
+
+async def _handshake_async(conn: Any) -> None:
+    await conn.on_connect_check_health(check_health=False)
+
+
 def _backoff() -> ExponentialWithJitterBackoff:
     return ExponentialWithJitterBackoff(base=0.05, cap=1.0)
 
@@ -234,10 +250,11 @@ def connect(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> redis.
             )
             return redis.Redis(connection_pool=pool)
         if target.scheme != "redis+sentinel":
-            pool = redis.BlockingConnectionPool(  # type: ignore[no-untyped-call,unused-ignore]
-                **_pool(target, _Retry(_backoff(), 3), redis.SSLConnection,
-                        redis.UnixDomainSocketConnection)
-            )  # fmt: skip
+            kwargs = _pool(target, _Retry(_backoff(), 3), redis.SSLConnection,
+                           redis.UnixDomainSocketConnection)  # fmt: skip
+            if _HANDSHAKE:
+                kwargs["redis_connect_func"] = _handshake
+            pool = redis.BlockingConnectionPool(**kwargs)  # type: ignore[no-untyped-call,unused-ignore]
             return redis.Redis(connection_pool=pool)
         from redis.sentinel import Sentinel
 
@@ -262,10 +279,11 @@ def connect_async(target: RedisURL, owner: _cluster.SlotOwner | None = None) -> 
             )
             return redis.asyncio.Redis(connection_pool=apool)
         if target.scheme != "redis+sentinel":
-            apool = redis.asyncio.BlockingConnectionPool(
-                **_pool(target, _AsyncRetry(_backoff(), 3), redis.asyncio.SSLConnection,
-                        redis.asyncio.UnixDomainSocketConnection)
-            )  # fmt: skip
+            kwargs = _pool(target, _AsyncRetry(_backoff(), 3), redis.asyncio.SSLConnection,
+                           redis.asyncio.UnixDomainSocketConnection)  # fmt: skip
+            if _HANDSHAKE:
+                kwargs["redis_connect_func"] = _handshake_async
+            apool = redis.asyncio.BlockingConnectionPool(**kwargs)
             return redis.asyncio.Redis(connection_pool=apool)
         from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 
