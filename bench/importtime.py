@@ -12,8 +12,8 @@ only ever adds time), printed as the import tree down to a threshold. Not part o
 
 ``--worker`` times what ``conveyor worker`` imports before its first fetch: the command
 (its plain reader, and the modules it defers, when the checkout has them), the app module
-of ``bench/conveyor_runner.py`` and the worker (the broker's client is imported when the
-broker opens, so it is counted too).
+of ``bench/conveyor_runner.py`` and the worker, and the app's broker is opened (it connects
+on its first call): what it imports then (the client library) is counted too.
 """
 
 from __future__ import annotations
@@ -35,7 +35,8 @@ WORKER = (
     "    import conveyor.cli.worker\n"
     "else:\n"
     "    _deferred.defer_all()\n"
-    "import conveyor.worker, conveyor.brokers.redis, conveyor_runner"
+    "import conveyor.worker, conveyor.brokers.redis, conveyor_runner\n"
+    "conveyor_runner.app.open()"  # what the broker imports when it opens (no I/O yet)
 )
 Node = tuple[str, list["Node"]]
 
