@@ -11,9 +11,11 @@ started, and the time runs from just before the spawn to the job's start as the 
 it; the CPU time is what the worker process had used by then. With ``--callgrind N`` each
 checkout's worker runs N times under valgrind's callgrind instead, and ends at its first
 job's start (the task's probe call exits the process): the instructions it ran from the
-interpreter's start to there, which the machine's load does not change. Both checkouts are
-byte-compiled first, and run in ``bench/.venv-peers/conveyor`` (the runtime dependencies
-only) when ``install.py`` made it.
+interpreter's start to there, which the machine's load does not change. Both checkouts and
+the benchmark's app (``bench/``, as ``run.py`` does) are byte-compiled first: with
+``PYTHONDONTWRITEBYTECODE`` set, the app module would otherwise be compiled at every start.
+They run in ``bench/.venv-peers/conveyor`` (the runtime dependencies only) when
+``install.py`` made it.
 """
 
 from __future__ import annotations
@@ -116,6 +118,7 @@ def main() -> int:
     trees = {"this checkout": os.path.join(ROOT, "src"), "--old": os.path.abspath(args.old)}
     for src in trees.values():
         compileall.compile_dir(src, quiet=1)
+    compileall.compile_dir(HERE, quiet=1, maxlevels=1)
     if args.callgrind:
         counts = alternated(trees, args.callgrind, lambda env, name: instructions(
             python, env, os.path.join(args.keep, name.strip("-").replace(" ", "-"))
