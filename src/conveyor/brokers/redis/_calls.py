@@ -109,6 +109,25 @@ def enqueue_calls(
     )
 
 
+def alone(envelopes: Sequence[Envelope]) -> Envelope | None:
+    """The one job of a batch that enqueue_one.lua takes (due now, without unique key or
+    dependencies: a plain ``task.delay()``), else None."""
+    if len(envelopes) != 1:
+        return None
+    env = envelopes[0]
+    return env if env.eta is None and env.key is None and not env.depends_on else None
+
+
+def enqueue_one_args(
+    head: list[Any], env: Envelope, events: Sequence[bytes], cap: int, load: bool
+) -> list[Any]:
+    """enqueue_one.lua's arguments: ``load``, whether it answers the stream's length."""
+    args = [*head, env.queue, env.id, env.payload, env.priority, "1" if load else "0"]
+    if events:
+        args += (cap, frame(events[0]))
+    return args
+
+
 def enqueue_reply(replies: Sequence[Any]) -> tuple[list[str], int]:
     """The ids the enqueue calls answered, and the length of the stream the last call's
     last job due now went into (-1: none), which each call answers after its ids

@@ -136,6 +136,22 @@ local function add_entry(stream, id, payload)
   return redis.call('XADD', stream, '*', 'job', id), false
 end
 
+-- A job due now at enqueue (enqueue.lua, enqueue_one.lua): its entry, carrying the payload,
+-- and its small hash. Returns true when the stream existed already (add_entry).
+-- (No delivery count, which fetch reads as 0, and no empty unique key: each field an HSET
+-- writes costs the server time.)
+local function enter(stream, key, id, name, prio, payload, ukey)
+  local sid, existed = add_entry(stream, id, payload)
+  if ukey == '' then
+    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
+      'updated_at', DIGITS[NOW])
+  else
+    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
+      'updated_at', DIGITS[NOW], 'key', ukey)
+  end
+  return existed
+end
+
 -- Put a job at the tail of its priority stream as queued (a new entry, a new place in line).
 -- `fields` (optional): more job hash fields, written in the same HSET. Returns true when
 -- the stream existed already (add_entry).

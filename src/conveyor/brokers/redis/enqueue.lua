@@ -22,37 +22,6 @@ local CAP, LAST = carried()
 local N = (LAST - BASE + 1) / (CAP and PER_JOB + 1 or PER_JOB)
 local EV = BASE + N * PER_JOB  -- job j's event (j from 0): ARGV[EV + j]
 
--- A job due now: its entry, carrying the payload, and its small hash. Returns true when the
--- stream existed already (add_entry).
--- (No delivery count, which fetch reads as 0, and no empty unique key: each field an HSET
--- writes costs the server time.)
-local function enter(stream, key, id, name, prio, payload, ukey)
-  local sid, existed = add_entry(stream, id, payload)
-  if ukey == '' then
-    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
-      'updated_at', DIGITS[NOW])
-  else
-    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
-      'updated_at', DIGITS[NOW], 'key', ukey)
-  end
-  return existed
-end
-
--- The usual call, `task.delay()`: one new job due now, without unique key or dependencies.
--- Straight through, with none of the batch's tables (each costs the server time per call).
-if N == 1 and ARGV[BASE + 4] == '' and ARGV[BASE + 5] == '' and ARGV[BASE + 6] == '' then
-  local id, name, prio = ARGV[BASE], ARGV[6], ARGV[BASE + 3]
-  local key = JOB_PREFIX .. id
-  if redis.call('EXISTS', key, DONE_PREFIX .. id) == 0 then
-    local stream = TAG .. 'q:' .. name .. ':s' .. prio
-    if not enter(stream, key, id, name, prio, ARGV[BASE + 2], '') then
-      redis.call('SADD', QUEUES, name)
-    end
-    if CAP then publish(CAP, {ARGV[EV]}) end
-    return {id, redis.call('XLEN', stream)}
-  end
-end
-
 local Q = {}
 for i = 1, NQ do Q[i] = queue_named(ARGV[5 + i]) end
 
