@@ -156,6 +156,22 @@ def test_a_retried_enqueue_writes_one_stream_entry(
     assert [d.id for d in fetch(broker)] == [e.id]
 
 
+def test_the_event_log_is_trimmed_once_every_16_events(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # A trim steps over the head node's deleted entries one by one: made by every lone
+    # job's enqueue it was as costly as the rest of its event.
+    broker.events_kept = 1
+    log = "{" + prefix + "}:events"
+    for i in range(15):
+        broker.enqueue([env()], [b"e%d" % i])
+    assert raw.xlen(log) == 15  # not trimmed yet: within the 15 the log may keep over
+    broker.enqueue([env()], [b"e15"])
+    assert raw.xlen(log) == 1  # the 16th event trims to the cap
+    broker.publish([b"p%d" % i for i in range(16)])  # a call of 16 or more always trims
+    assert raw.xlen(log) == 1
+
+
 def test_a_batch_over_several_chunks_and_queues_is_written_whole_and_in_order(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

@@ -386,10 +386,12 @@ end
 -- entry, so an event costs the server a slice of one XADD, not an XADD of its own. Entry
 -- ids count events: the counter {P}:events:n numbers them, and an entry's id is its last
 -- event's number ('<n>-0'), so MINID trims by count: it keeps the newest `cap` events and
--- at most EVENTS_PER_ENTRY - 1 more (the entry that straddles the line).
+-- at most EVENTS_PER_ENTRY - 1 more (the entry that straddles the line), and up to
+-- EVENTS_TRIM_EVERY - 1 more appended since the last trim (append_entries).
 local EVENTS = TAG .. 'events'
 local EVENTS_N = TAG .. 'events:n'
 local EVENTS_PER_ENTRY = 64
+local EVENTS_TRIM_EVERY = 16
 
 -- A call that carries events ends with the cap and '!e' (the client's `with_events`); one
 -- that carries none has the arguments it always had. Returns the cap (nil: no events) and
@@ -414,22 +416,35 @@ local function events_behind(n)
   return nil
 end
 
+-- Append one entry of events, trimming the stream to the events from number `keep` on
+-- (nil: no trim); false when it cannot be written (see append_entries).
+local function add_events_entry(id, body, keep)
+  if keep then return pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) end
+  return pcall(redis.call, 'XADD', EVENTS, id, 'e', body)
+end
+
 -- Append entries of framed events in order: `bodies`, each EVENTS_PER_ENTRY events joined
 -- but the last (which has the rest), `total` events in all. pcall: an event that cannot be
--- written (the key made another type by hand) costs no job.
+-- written (the key made another type by hand) costs no job. The stream is trimmed when
+-- the count passes a multiple of EVENTS_TRIM_EVERY (so by every call of that many events
+-- or more): a trim walks the head entry's node, whose deleted entries Redis steps over
+-- one by one (1.5-2 µs of a lone job's enqueue when made by each call).
 local function append_entries(cap, bodies, total)
   if total == 0 then return end
   local last = redis.call('INCRBY', EVENTS_N, total)
-  local keep = math.max(last - tonumber(cap) + 1, 0)
+  local keep
+  if math.floor(last / EVENTS_TRIM_EVERY) > math.floor((last - total) / EVENTS_TRIM_EVERY) then
+    keep = math.max(last - tonumber(cap) + 1, 0)
+  end
   for k = 1, #bodies do
     local j = math.min(k * EVENTS_PER_ENTRY, total)  -- events up to this entry's last
     local id = (last - total + j) .. '-0'
-    if not pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', bodies[k]) then
+    if not add_events_entry(id, bodies[k], keep) then
       local healed = events_behind(total)
       if not healed then return end
       last, keep = healed, math.max(healed - tonumber(cap) + 1, 0)
       id = (last - total + j) .. '-0'
-      pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', bodies[k])
+      add_events_entry(id, bodies[k], keep)
     end
   end
 end
