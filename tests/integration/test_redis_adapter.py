@@ -156,6 +156,27 @@ def test_a_retried_enqueue_writes_one_stream_entry(
     assert [d.id for d in fetch(broker)] == [e.id]
 
 
+def test_a_lone_job_is_updated_at_its_entry_time_or_the_injected_clock(
+    redis_server: RedisServer, broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # enqueue_one.lua reads no TIME: the server's time is its stream entry id's.
+    before = int(raw.time()[0]) * 1000
+    e = env()
+    broker.enqueue([e])
+    sid = raw.hget("{" + prefix + "}:job:" + e.id, "sid")
+    assert isinstance(sid, bytes)
+    [record] = broker.get([e.id])
+    assert record is not None
+    assert round(record.updated_at * 1000) == int(sid.split(b"-")[0]) >= before
+    clock = FakeClock(1_000_000.0)
+    faked = RedisBroker(redis_server.url, prefix=prefix, clock=clock)
+    f = env()
+    faked.enqueue([f])
+    [record] = faked.get([f.id])
+    assert record is not None and record.updated_at == 1_000_000.0
+    faked.close()
+
+
 def test_the_event_log_is_trimmed_once_every_16_events(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

@@ -5,20 +5,12 @@
 -- A queue's keys come as 18 consecutive KEYS in the order of _keys.QUEUE_KEY_SUFFIXES.
 -- CANCELLED_TTL_MS, CANCELLED_PENDING and CANCELLED_WORKER_STOPPED are brokers/_base.py's
 -- (the cancelled record's TTL and reasons), defined above this file by _scripts.py.
-local NOW
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-else
-  NOW = tonumber(ARGV[1])
-end
 local GROUP = ARGV[2]
 local JOB_PREFIX = ARGV[3]
 local DONE_PREFIX = ARGV[4]
 local QK = 18
 local GC_GRACE_MS = 60000  -- real TTLs outlive logical expiry: they only collect garbage
 local NOTIFY_TTL_MS = 300000
-local TERMINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
 -- Values passed at once with unpack() (Lua's stack takes ~8,000): more go in slices.
 local UNPACK_MAX = 1000
 
@@ -35,6 +27,18 @@ local function qkeys(base)
   q.reap = KEYS[base + 17]
   return q
 end
+
+-- Now, in ms (ARGV[1]). Read by the scripts that name it only: enqueue_one.lua takes the
+-- time from its job's stream entry id instead, and saves the TIME call (~0.6 µs).
+local NOW
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  NOW = tonumber(ARGV[1])
+end
+
+local TERMINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
 
 -- A number as a command argument: Lua makes one with sprintf('%.14g') each time, about half
 -- a microsecond of the server's; the few a call sends per job (now, a lease or record
@@ -137,17 +141,20 @@ local function add_entry(stream, id, payload)
 end
 
 -- A job due now at enqueue (enqueue.lua, enqueue_one.lua): its entry, carrying the payload,
--- and its small hash. Returns true when the stream existed already (add_entry).
+-- and its small hash, updated at `at` (ms, a string; nil: the entry id's, the server's
+-- time unless its clock went back, when the stream's last id is a little later). Returns
+-- true when the stream existed already (add_entry).
 -- (No delivery count, which fetch reads as 0, and no empty unique key: each field an HSET
 -- writes costs the server time.)
-local function enter(stream, key, id, name, prio, payload, ukey)
+local function enter(stream, key, id, name, prio, payload, ukey, at)
   local sid, existed = add_entry(stream, id, payload)
+  at = at or string.match(sid, '^%d+')
   if ukey == '' then
     redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
-      'updated_at', DIGITS[NOW])
+      'updated_at', at)
   else
     redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
-      'updated_at', DIGITS[NOW], 'key', ukey)
+      'updated_at', at, 'key', ukey)
   end
   return existed
 end

@@ -97,7 +97,7 @@ local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
     redis.call('ZADD', q.scheduled, (eta == 'waiting' or eta == 'parked') and '+inf' or eta, id)
   else  -- due now: the payload rides in the stream entry
     last_stream = q.s[tonumber(prio)]
-    existed = enter(last_stream, key, id, q.name, prio, payload, ukey)
+    existed = enter(last_stream, key, id, q.name, prio, payload, ukey, DIGITS[NOW])
   end
   if not listed[q.name] then
     if not existed then redis.call('SADD', QUEUES, q.name) end

@@ -12,7 +12,8 @@ local name, id, prio = ARGV[5], ARGV[6], ARGV[8]
 local key = JOB_PREFIX .. id
 if redis.call('EXISTS', key, DONE_PREFIX .. id) > 0 then return false end
 local stream = TAG .. 'q:' .. name .. ':s' .. prio
-if not enter(stream, key, id, name, prio, ARGV[7], '') then
+-- Updated at the injected clock's now, else the entry id's time (no TIME call).
+if not enter(stream, key, id, name, prio, ARGV[7], '', ARGV[1] ~= '' and ARGV[1] or nil) then
   redis.call('SADD', KEYS[1], name)
 end
 if ARGV[11] then append_entries(ARGV[10], {ARGV[11]}, 1) end
