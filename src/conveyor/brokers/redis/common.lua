@@ -439,19 +439,17 @@ end
 local function append_entries(cap, bodies, total)
   if total == 0 then return end
   local last = redis.call('INCRBY', EVENTS_N, total)
-  local keep
-  if math.floor(last / EVENTS_TRIM_EVERY) > math.floor((last - total) / EVENTS_TRIM_EVERY) then
-    keep = math.max(last - tonumber(cap) + 1, 0)
-  end
+  local keep  -- the count passed a multiple of EVENTS_TRIM_EVERY
+  if last % EVENTS_TRIM_EVERY < total then keep = math.max(last - cap + 1, 0) end
+  local first = last - total
   for k = 1, #bodies do
-    local j = math.min(k * EVENTS_PER_ENTRY, total)  -- events up to this entry's last
-    local id = (last - total + j) .. '-0'
-    if not add_events_entry(id, bodies[k], keep) then
+    local j = k * EVENTS_PER_ENTRY  -- events up to this entry's last
+    if j > total then j = total end
+    if not add_events_entry((first + j) .. '-0', bodies[k], keep) then
       local healed = events_behind(total)
       if not healed then return end
-      last, keep = healed, math.max(healed - tonumber(cap) + 1, 0)
-      id = (last - total + j) .. '-0'
-      add_events_entry(id, bodies[k], keep)
+      first, keep = healed - total, math.max(healed - cap + 1, 0)
+      add_events_entry((first + j) .. '-0', bodies[k], keep)
     end
   end
 end
