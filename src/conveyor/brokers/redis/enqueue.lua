@@ -1,8 +1,10 @@
 -- Enqueue a batch of jobs (one or many), in order, in one atomic step.
 -- KEYS: unique, queues (the queues' own keys are computed: common.lua queue_named).
--- ARGV[5]: number of queues n; ARGV[6..5+n]: their names; then 7 values per job: id, queue
--- index (1..n), payload, priority, eta ('', '+' ms from now, or 'parked'), unique key ('' or
--- the key), depends_on (ids joined by ',', or ''). Carrying events (common.lua carried): one
+-- ARGV[5]: values per job, 7 or 4; ARGV[6]: number of queues n; ARGV[7..6+n]: their names;
+-- then per job: id, queue index (1..n), payload, priority, and with 7: eta ('', '+' ms from
+-- now, or 'parked'), unique key ('' or the key), depends_on (ids joined by ',', or ''); 4
+-- for a batch of jobs due now without either (each value costs the server time: a batch
+-- of task.s() sends no empty ones). Carrying events (common.lua carried): one
 -- per job after all the jobs (job.enqueued, or ''), published only with a job written.
 -- Returns the job ids, in order: the existing one where an equal unique key is pending;
 -- then the length of the stream the call's last job due now went into (-1: none), the load
@@ -15,18 +17,18 @@
 -- A job due now has its payload in its stream entry and a small job hash (a few short
 -- fields: Redis keeps it compact); a scheduled or waiting one keeps it in the hash.
 local UNIQUE, QUEUES = KEYS[1], KEYS[2]
-local NQ = tonumber(ARGV[5])
-local BASE = 6 + NQ
-local PER_JOB = 7
+local PER_JOB = tonumber(ARGV[5])
+local NQ = tonumber(ARGV[6])
+local BASE = 7 + NQ
 local CAP, LAST = carried()
 local N = (LAST - BASE + 1) / (CAP and PER_JOB + 1 or PER_JOB)
 local EV = BASE + N * PER_JOB  -- job j's event (j from 0): ARGV[EV + j]
 
 local Q = {}
-for i = 1, NQ do Q[i] = queue_named(ARGV[5 + i]) end
+for i = 1, NQ do Q[i] = queue_named(ARGV[6 + i]) end
 
--- Every dependency must be known before anything is written.
-for j = 0, N - 1 do
+-- Every dependency must be known before anything is written (4 values per job: none).
+for j = 0, PER_JOB == 7 and N - 1 or -1 do
   if ARGV[BASE + j * PER_JOB + 6] ~= '' then
     local earlier = {}
     for k = 0, N - 1 do
@@ -110,8 +112,13 @@ end
 local out = {}
 for j = 0, N - 1 do
   local a = BASE + j * PER_JOB
-  out[j + 1] = enqueue_one(j, ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
-    ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+  if PER_JOB == 7 then
+    out[j + 1] = enqueue_one(j, ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
+      ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+  else
+    out[j + 1] = enqueue_one(j, ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
+      '', '', '')
+  end
 end
 if CAP then publish(CAP, published) end
 out[N + 1] = last_stream and redis.call('XLEN', last_stream) or -1
