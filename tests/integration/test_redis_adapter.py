@@ -177,6 +177,27 @@ def test_a_lone_job_is_updated_at_its_entry_time_or_the_injected_clock(
     faked.close()
 
 
+def test_a_batch_publishes_its_joined_events_but_those_of_jobs_not_written(
+    broker: RedisBroker,
+) -> None:
+    # A batch's events reach the script joined into entry bodies (64 each): appended as they
+    # are when every job is written, else cut back into events, in order.
+    taken = env()
+    broker.enqueue([taken])
+    tail = broker.events_tail()
+    jobs = [env() for _ in range(130)]
+    jobs[100] = taken  # written already: no event
+    jobs[120] = jobs[5]  # twice in the batch: one event
+    events = [b"e%d" % i for i in range(130)]
+    assert broker.enqueue(jobs, events) == [j.id for j in jobs]
+    wanted = [e for i, e in enumerate(events) if i not in (100, 120)]
+    assert [e for _, e in broker.read_events(tail, 0.0, 200)] == wanted
+    more = [env() for _ in range(70)]
+    broker.enqueue(more, [b"m%d" % i for i in range(70)])
+    got = broker.read_events(str(int(tail) + len(wanted)), 0.0, 200)
+    assert [e for _, e in got] == [b"m%d" % i for i in range(70)]
+
+
 def test_the_event_log_is_trimmed_once_every_16_events(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

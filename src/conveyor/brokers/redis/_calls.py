@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from ..._message import Envelope
 from .._base import EVENTS_KEPT, PARKED, unknown_dependency
-from .._eventlog import frame
+from .._eventlog import bodies, frame
 from .._port import Finish
 from ._core import text, to_ms
 from ._keys import Keys
@@ -39,8 +39,10 @@ def enqueue_args(env: Envelope, now_ms: int) -> list[Any]:
 
 
 Call = tuple[list[str], list[Any]]
-# Arguments a call carrying events ends with, after them (see common.lua ``carried``).
+# Arguments a call carrying events ends with, after them (see common.lua ``carried``), and
+# an enqueue call carrying them joined into entry bodies (enqueue.lua).
 _CARRIED = "!e"
+_JOINED = "!j"
 
 
 def batch_calls(
@@ -107,7 +109,11 @@ def enqueue_calls(
         return env.id, place(env.queue), env.payload, env.priority
 
     def carried(start: int, end: int) -> list[Any]:
-        return with_events([frame(e) for e in events[start:end]], cap)
+        own = events[start:end]
+        if all(own):  # joined into entry bodies as they are stored (no empty one)
+            joined = bodies(own)
+            return [*joined, len(joined), cap, _JOINED]
+        return with_events([frame(e) for e in own], cap)
 
     plain = all(env.eta is None and env.key is None and not env.depends_on for env in envelopes)
     return batch_calls(

@@ -5,7 +5,11 @@
 -- now, or 'parked'), unique key ('' or the key), depends_on (ids joined by ',', or ''); 4
 -- for a batch of jobs due now without either (each value costs the server time: a batch
 -- of task.s() sends no empty ones). Carrying events (common.lua carried): one
--- per job after all the jobs (job.enqueued, or ''), published only with a job written.
+-- per job after all the jobs (job.enqueued, or ''), published only with a job written; or,
+-- ending in '!j' instead of '!e', joined by the client into entry bodies as they are
+-- stored (_eventlog.bodies: no empty one), then their count, the cap and '!j': appended
+-- as they are when every job of the call is written (the usual call: the server makes no
+-- string per event and joins none), else cut back into events.
 -- Returns the job ids, in order: the existing one where an equal unique key is pending;
 -- then the length of the stream the call's last job due now went into (-1: none), the load
 -- a sharded prefix's producers place jobs by (_sharded.py), at the cost of one XLEN;
@@ -21,8 +25,13 @@ local PER_JOB = tonumber(ARGV[5])
 local NQ = tonumber(ARGV[6])
 local BASE = 7 + NQ
 local CAP, LAST = carried()
-local N = (LAST - BASE + 1) / (CAP and PER_JOB + 1 or PER_JOB)
-local EV = BASE + N * PER_JOB  -- job j's event (j from 0): ARGV[EV + j]
+local BODIES = 0  -- events joined into this many entry bodies
+if ARGV[#ARGV] == '!j' then
+  CAP, BODIES = ARGV[#ARGV - 1], tonumber(ARGV[#ARGV - 2])
+  LAST = #ARGV - 3 - BODIES
+end
+local N = (LAST - BASE + 1) / ((CAP and BODIES == 0) and PER_JOB + 1 or PER_JOB)
+local EV = BASE + N * PER_JOB  -- job j's event (j from 0): ARGV[EV + j]; or the bodies
 
 local Q = {}
 for i = 1, NQ do Q[i] = queue_named(ARGV[6 + i]) end
@@ -63,6 +72,7 @@ else
 end
 local written = {}  -- ids written by this call (an id repeated in the batch is written once)
 local published = {}  -- the events of the jobs written, published at the end
+local wrote, n_wrote = {}, 0  -- with joined events: the jobs written (j), how many
 local listed = {}   -- queues known to be in the QUEUES set in this call
 local last_stream  -- the stream of the last job written due now (its length is returned)
 
@@ -105,8 +115,28 @@ local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
     if not existed then redis.call('SADD', QUEUES, q.name) end
     listed[q.name] = true
   end
-  if CAP and ARGV[EV + j] ~= '' then published[#published + 1] = ARGV[EV + j] end
+  if BODIES > 0 then
+    wrote[j], n_wrote = true, n_wrote + 1
+  elseif CAP and ARGV[EV + j] ~= '' then
+    published[#published + 1] = ARGV[EV + j]
+  end
   return id
+end
+
+-- The joined events of the jobs written, cut out of the bodies (framed '<length>:<bytes>',
+-- job j's the j-th).
+local function written_events()
+  local out, j = {}, 0
+  for k = EV, EV + BODIES - 1 do
+    local body, at = ARGV[k], 1
+    while at <= #body do
+      local colon = string.find(body, ':', at, true)
+      local stop = colon + tonumber(string.sub(body, at, colon - 1))
+      if wrote[j] then out[#out + 1] = string.sub(body, at, stop) end
+      j, at = j + 1, stop + 1
+    end
+  end
+  return out
 end
 
 local out = {}
@@ -120,6 +150,12 @@ for j = 0, N - 1 do
       '', '', '')
   end
 end
-if CAP then publish(CAP, published) end
+if BODIES == 0 then
+  if CAP then publish(CAP, published) end
+elseif n_wrote == N then
+  append_entries(CAP, {unpack(ARGV, EV, EV + BODIES - 1)}, N)
+else
+  publish(CAP, written_events())
+end
 out[N + 1] = last_stream and redis.call('XLEN', last_stream) or -1
 return out
