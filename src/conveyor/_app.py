@@ -501,7 +501,7 @@ class Conveyor:
             queue=o.queue,
             priority=o.priority,
             retries=o.retries,
-            retry_on=[f"{t.__module__}.{t.__qualname__}" for t in o.retry_on],
+            retry_on=[f"{t.__module__}.{t.__qualname__}" for t in o.retry_on] if o.retry_on else [],
             backoff=o.backoff,
             timeout=o.timeout,
             result_ttl=o.result_ttl,
@@ -562,6 +562,11 @@ class Conveyor:
 
 def _connection(sigs: Sequence[Signature[Any]]) -> Any:
     """The one ``connection=`` a batch is sent through (None: the broker's own)."""
+    for s in sigs:  # the usual batch names none: no set to build
+        if isinstance(s, Signature) and s.opts.connection is not None:
+            break
+    else:
+        return None
     given = {id(s.opts.connection): s.opts.connection for s in sigs if isinstance(s, Signature)}
     if not given or list(given) == [id(None)]:
         return None

@@ -156,6 +156,64 @@ def test_a_retried_enqueue_writes_one_stream_entry(
     assert [d.id for d in fetch(broker)] == [e.id]
 
 
+def test_a_lone_job_is_updated_at_its_entry_time_or_the_injected_clock(
+    redis_server: RedisServer, broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # enqueue_one.lua reads no TIME: the server's time is its stream entry id's.
+    before = int(raw.time()[0]) * 1000
+    e = env()
+    broker.enqueue([e])
+    sid = raw.hget("{" + prefix + "}:job:" + e.id, "sid")
+    assert isinstance(sid, bytes)
+    [record] = broker.get([e.id])
+    assert record is not None
+    assert round(record.updated_at * 1000) == int(sid.split(b"-")[0]) >= before
+    clock = FakeClock(1_000_000.0)
+    faked = RedisBroker(redis_server.url, prefix=prefix, clock=clock)
+    f = env()
+    faked.enqueue([f])
+    [record] = faked.get([f.id])
+    assert record is not None and record.updated_at == 1_000_000.0
+    faked.close()
+
+
+def test_a_batch_publishes_its_joined_events_but_those_of_jobs_not_written(
+    broker: RedisBroker,
+) -> None:
+    # A batch's events reach the script joined into entry bodies (64 each): appended as they
+    # are when every job is written, else cut back into events, in order.
+    taken = env()
+    broker.enqueue([taken])
+    tail = broker.events_tail()
+    jobs = [env() for _ in range(130)]
+    jobs[100] = taken  # written already: no event
+    jobs[120] = jobs[5]  # twice in the batch: one event
+    events = [b"e%d" % i for i in range(130)]
+    assert broker.enqueue(jobs, events) == [j.id for j in jobs]
+    wanted = [e for i, e in enumerate(events) if i not in (100, 120)]
+    assert [e for _, e in broker.read_events(tail, 0.0, 200)] == wanted
+    more = [env() for _ in range(70)]
+    broker.enqueue(more, [b"m%d" % i for i in range(70)])
+    got = broker.read_events(str(int(tail) + len(wanted)), 0.0, 200)
+    assert [e for _, e in got] == [b"m%d" % i for i in range(70)]
+
+
+def test_the_event_log_is_trimmed_once_every_16_events(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # A trim steps over the head node's deleted entries one by one: made by every lone
+    # job's enqueue it was as costly as the rest of its event.
+    broker.events_kept = 1
+    log = "{" + prefix + "}:events"
+    for i in range(15):
+        broker.enqueue([env()], [b"e%d" % i])
+    assert raw.xlen(log) == 15  # not trimmed yet: within the 15 the log may keep over
+    broker.enqueue([env()], [b"e15"])
+    assert raw.xlen(log) == 1  # the 16th event trims to the cap
+    broker.publish([b"p%d" % i for i in range(16)])  # a call of 16 or more always trims
+    assert raw.xlen(log) == 1
+
+
 def test_a_batch_over_several_chunks_and_queues_is_written_whole_and_in_order(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

@@ -435,8 +435,7 @@ def test_the_redis_adapter_never_trims_its_job_streams() -> None:
     }
     assert trims == {
         "redis.call('XADD', RESUMED, 'MAXLEN', 1, '*', 'queue', ARGV[5])",
-        "if not pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', bodies[k]) then",
-        "pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', bodies[k])",
+        "if keep then return pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) end",
     }, trims
 
 

@@ -18,7 +18,7 @@ import redis.asyncio
 from ..._message import Envelope, JobRecord
 from .._base import AsyncWatch
 from . import _connect
-from ._calls import enqueue_calls, enqueue_reply
+from ._calls import alone, enqueue_calls, enqueue_one_args, enqueue_reply
 from ._core import RECORD_FIELDS, RedisCore, to_ms
 from ._errors import FULL_POLL, full
 
@@ -74,20 +74,33 @@ class AsyncMixin(RedisCore):
     async def _enqueue_async(
         self, envelopes: Sequence[Envelope], events: Sequence[bytes]
     ) -> list[str]:
-        return (await self._enqueue_load_async(envelopes, events))[0]
+        return (await self._enqueue_load_async(envelopes, events, load=False))[0]
 
     async def _enqueue_load_async(
-        self, envelopes: Sequence[Envelope], events: Sequence[bytes]
+        self, envelopes: Sequence[Envelope], events: Sequence[bytes], *, load: bool = True
     ) -> tuple[list[str], int]:
         """``_enqueue_async``, and the load signal of ``_enqueue_load``."""
         client, scripts = self._aclient()
         if not self._layout_checked:
             self._check_layout(await client.get(self._keys.shards))
+        env = alone(envelopes)
+        if env is not None:  # the usual task.delay(): enqueue_one.lua (as the sync path)
+            args = enqueue_one_args(self._head(), env, events, self.events_kept, load)
+            calls = [([self._keys.queues], args)]
+            (length,) = await self._run_async(client, scripts["enqueue_one"], calls)
+            if length is not None:
+                return [env.id], length
         now_ms = to_ms(self._clock.time())
         calls = enqueue_calls(
             self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
         )
-        script = scripts["enqueue"]
+        return enqueue_reply(await self._run_async(client, scripts["enqueue"], calls))
+
+    async def _run_async(
+        self, client: redis.asyncio.Redis, script: Any, calls: list[tuple[list[str], list[Any]]]
+    ) -> list[Any]:
+        """Script calls, as the sync path's ``_run`` sends them: one alone, several in
+        MULTI/EXEC, ``WAIT`` after them with ``?wait=N``."""
         guard = self._guard
         for again in (False, True):
             commands = [
@@ -96,22 +109,19 @@ class AsyncMixin(RedisCore):
             ]
             try:
                 if self._durable:
-                    replies = await self._replicated_async(client, commands)
-                elif len(commands) == 1:  # atomic on its own: no MULTI
-                    replies = [await _call(client, commands[0])]
-                else:  # MULTI/EXEC, as the sync path
-                    pipe = client.pipeline(transaction=True)
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    replies = await pipe.execute()
+                    return await self._replicated_async(client, commands)
+                if len(commands) == 1:  # atomic on its own: no MULTI
+                    return [await _call(client, commands[0])]
+                pipe = client.pipeline(transaction=True)
+                for command in commands:
+                    pipe.execute_command(*command)
+                return list(await pipe.execute())
             except redis.exceptions.NoScriptError:
                 # The server lost its script cache (restart, failover): every call
                 # answered NOSCRIPT, none ran. Load the script and send them again.
                 if again:
                     raise
                 await client.script_load(script.script)
-            else:
-                return enqueue_reply(replies)
         raise AssertionError("unreachable")
 
     async def _replicated_async(

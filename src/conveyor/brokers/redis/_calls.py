@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from ..._message import Envelope
 from .._base import EVENTS_KEPT, PARKED, unknown_dependency
-from .._eventlog import frame
+from .._eventlog import bodies, frame
 from .._port import Finish
 from ._core import text, to_ms
 from ._keys import Keys
@@ -39,8 +39,10 @@ def enqueue_args(env: Envelope, now_ms: int) -> list[Any]:
 
 
 Call = tuple[list[str], list[Any]]
-# Arguments a call carrying events ends with, after them (see common.lua ``carried``).
+# Arguments a call carrying events ends with, after them (see common.lua ``carried``), and
+# an enqueue call carrying them joined into entry bodies (enqueue.lua).
 _CARRIED = "!e"
+_JOINED = "!j"
 
 
 def batch_calls(
@@ -92,7 +94,9 @@ def enqueue_calls(
     batch with dependencies is one call whatever its size: the script checks them all
     before writing anything. Two keys per call (the script computes each queue's own, in
     the same slot): a lone job costs little to send and to unpack. ``events`` (one per
-    envelope) go after a call's jobs; without them the call is what it always was."""
+    envelope) go after a call's jobs; without them the call is what it always was. A batch of
+    jobs due now without unique key or dependencies sends 4 values per job, not 7
+    (enqueue.lua): each value, even an empty one, costs the server time."""
     chunk = len(envelopes) if any(env.depends_on for env in envelopes) else ENQUEUE_CHUNK
     declared = [keys.unique, keys.queues]
 
@@ -101,12 +105,44 @@ def enqueue_calls(
         deps = ",".join(env.depends_on)
         return job_id, place(queue), payload, priority, eta, key, deps
 
-    def carried(start: int, end: int) -> list[Any]:
-        return with_events([frame(e) for e in events[start:end]], cap)
+    def due(env: Envelope, place: Callable[[str], int]) -> tuple[Any, ...]:
+        return env.id, place(env.queue), env.payload, env.priority
 
+    def carried(start: int, end: int) -> list[Any]:
+        own = events[start:end]
+        if all(own):  # joined into entry bodies as they are stored (no empty one)
+            joined = bodies(own)
+            return [*joined, len(joined), cap, _JOINED]
+        return with_events([frame(e) for e in own], cap)
+
+    plain = all(env.eta is None and env.key is None and not env.depends_on for env in envelopes)
     return batch_calls(
-        head, envelopes, chunk, values, lambda _: declared, tail=carried if events else None
+        [*head, 4 if plain else 7],
+        envelopes,
+        chunk,
+        due if plain else values,
+        lambda _: declared,
+        tail=carried if events else None,
     )
+
+
+def alone(envelopes: Sequence[Envelope]) -> Envelope | None:
+    """The one job of a batch that enqueue_one.lua takes (due now, without unique key or
+    dependencies: a plain ``task.delay()``), else None."""
+    if len(envelopes) != 1:
+        return None
+    env = envelopes[0]
+    return env if env.eta is None and env.key is None and not env.depends_on else None
+
+
+def enqueue_one_args(
+    head: list[Any], env: Envelope, events: Sequence[bytes], cap: int, load: bool
+) -> list[Any]:
+    """enqueue_one.lua's arguments: ``load``, whether it answers the stream's length."""
+    args = [*head, env.queue, env.id, env.payload, env.priority, "1" if load else "0"]
+    if events:
+        args += (cap, frame(events[0]))
+    return args
 
 
 def enqueue_reply(replies: Sequence[Any]) -> tuple[list[str], int]:

@@ -10,8 +10,8 @@ The scripts that make a change append its events in the same step (common.lua
 ``publish``): the events of one call share stream entries, up to 64 each, framed
 ``<length>:<bytes>`` (``_eventlog``), so an event costs the server a slice of one ``XADD`` rather
 than an ``XADD`` of its own. Entry ids count events (an entry's id is the number of its
-last event), so the cap is a count: every ``XADD`` trims with ``MINID`` to the newest
-``events_kept``, and the oldest events go, never a job. A cursor is an event's number.
+last event), so the cap is a count: the ``XADD`` of every 16th event trims with ``MINID``
+to the newest ``events_kept``, and the oldest events go, never a job. A cursor is an event's number.
 """
 
 from __future__ import annotations

@@ -67,8 +67,9 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:events              STREAM  the event log (docs/observability.md): entries ``e <body>``,
                                     the events of one script call (up to 64 per entry)
                                     framed ``<length>:<bytes>``; an entry's id is the number
-                                    of its last event (``<n>-0``), so every XADD trims with
-                                    ``MINID`` to the newest ``events_kept`` by count; no
+                                    of its last event (``<n>-0``), so the XADD of every
+                                    16th event trims with ``MINID`` to the newest
+                                    ``events_kept`` by count; no
                                     consumer group, no job: readers XREAD from their own
                                     cursor (an event's number) and take nothing out
     {P}:events:n            STRING  how many events were ever appended (INCRBY by the

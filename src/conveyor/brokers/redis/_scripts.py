@@ -23,6 +23,7 @@ from .._base import CANCELLED_PENDING, CANCELLED_TTL, CANCELLED_WORKER_STOPPED
 
 NAMES = (
     "enqueue",
+    "enqueue_one",
     "fetch",
     "renew",
     "finish",

@@ -31,8 +31,10 @@ from ._admin import AdminMixin
 from ._async import AsyncMixin
 from ._calls import (
     FINISH_CHUNK,
+    alone,
     batch_calls,
     enqueue_calls,
+    enqueue_one_args,
     enqueue_reply,
     finish_values,
     with_events,
@@ -189,13 +191,22 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
     # -- producing -------------------------------------------------------------------------
 
     def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
-        return self._enqueue_load(envelopes, events)[0]
+        return self._enqueue_load(envelopes, events, load=False)[0]
 
     def _enqueue_load(
-        self, envelopes: Sequence[Envelope], events: Sequence[bytes]
+        self, envelopes: Sequence[Envelope], events: Sequence[bytes], *, load: bool = True
     ) -> tuple[list[str], int]:
         """``_enqueue``, and the length of the stream its last job due now went into (-1:
-        none): a sharded prefix's load signal (``_sharded``)."""
+        none, or not asked for with ``load=False``): a sharded prefix's load signal
+        (``_sharded``)."""
+        env = alone(envelopes)
+        if env is not None:  # the usual task.delay(): enqueue_one.lua
+            args = enqueue_one_args(self._head(), env, events, self.events_kept, load)
+            (length,) = self._run("enqueue_one", [([self._keys.queues], args)], replicated=True)
+            if length is not None:
+                return [env.id], length
+            # The id is taken (nothing was written): enqueue.lua tells a live job from an
+            # expired record.
         now_ms = to_ms(self._clock.time())
         calls = enqueue_calls(
             self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept

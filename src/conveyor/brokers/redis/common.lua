@@ -5,20 +5,12 @@
 -- A queue's keys come as 18 consecutive KEYS in the order of _keys.QUEUE_KEY_SUFFIXES.
 -- CANCELLED_TTL_MS, CANCELLED_PENDING and CANCELLED_WORKER_STOPPED are brokers/_base.py's
 -- (the cancelled record's TTL and reasons), defined above this file by _scripts.py.
-local NOW
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-else
-  NOW = tonumber(ARGV[1])
-end
 local GROUP = ARGV[2]
 local JOB_PREFIX = ARGV[3]
 local DONE_PREFIX = ARGV[4]
 local QK = 18
 local GC_GRACE_MS = 60000  -- real TTLs outlive logical expiry: they only collect garbage
 local NOTIFY_TTL_MS = 300000
-local TERMINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
 -- Values passed at once with unpack() (Lua's stack takes ~8,000): more go in slices.
 local UNPACK_MAX = 1000
 
@@ -35,6 +27,18 @@ local function qkeys(base)
   q.reap = KEYS[base + 17]
   return q
 end
+
+-- Now, in ms (ARGV[1]). Read by the scripts that name it only: enqueue_one.lua takes the
+-- time from its job's stream entry id instead, and saves the TIME call (~0.6 µs).
+local NOW
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+else
+  NOW = tonumber(ARGV[1])
+end
+
+local TERMINAL = {succeeded = true, failed = true, dead = true, cancelled = true}
 
 -- A number as a command argument: Lua makes one with sprintf('%.14g') each time, about half
 -- a microsecond of the server's; the few a call sends per job (now, a lease or record
@@ -134,6 +138,25 @@ local function add_entry(stream, id, payload)
   redis.call('XGROUP', 'CREATE', stream, GROUP, '0', 'MKSTREAM')
   if payload then return redis.call('XADD', stream, '*', 'job', id, 'payload', payload), false end
   return redis.call('XADD', stream, '*', 'job', id), false
+end
+
+-- A job due now at enqueue (enqueue.lua, enqueue_one.lua): its entry, carrying the payload,
+-- and its small hash, updated at `at` (ms, a string; nil: the entry id's, the server's
+-- time unless its clock went back, when the stream's last id is a little later). Returns
+-- true when the stream existed already (add_entry).
+-- (No delivery count, which fetch reads as 0, and no empty unique key: each field an HSET
+-- writes costs the server time.)
+local function enter(stream, key, id, name, prio, payload, ukey, at)
+  local sid, existed = add_entry(stream, id, payload)
+  at = at or string.match(sid, '^%d+')
+  if ukey == '' then
+    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
+      'updated_at', at)
+  else
+    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
+      'updated_at', at, 'key', ukey)
+  end
+  return existed
 end
 
 -- Put a job at the tail of its priority stream as queued (a new entry, a new place in line).
@@ -370,10 +393,12 @@ end
 -- entry, so an event costs the server a slice of one XADD, not an XADD of its own. Entry
 -- ids count events: the counter {P}:events:n numbers them, and an entry's id is its last
 -- event's number ('<n>-0'), so MINID trims by count: it keeps the newest `cap` events and
--- at most EVENTS_PER_ENTRY - 1 more (the entry that straddles the line).
+-- at most EVENTS_PER_ENTRY - 1 more (the entry that straddles the line), and up to
+-- EVENTS_TRIM_EVERY - 1 more appended since the last trim (append_entries).
 local EVENTS = TAG .. 'events'
 local EVENTS_N = TAG .. 'events:n'
 local EVENTS_PER_ENTRY = 64
+local EVENTS_TRIM_EVERY = 16
 
 -- A call that carries events ends with the cap and '!e' (the client's `with_events`); one
 -- that carries none has the arguments it always had. Returns the cap (nil: no events) and
@@ -398,22 +423,33 @@ local function events_behind(n)
   return nil
 end
 
+-- Append one entry of events, trimming the stream to the events from number `keep` on
+-- (nil: no trim); false when it cannot be written (see append_entries).
+local function add_events_entry(id, body, keep)
+  if keep then return pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) end
+  return pcall(redis.call, 'XADD', EVENTS, id, 'e', body)
+end
+
 -- Append entries of framed events in order: `bodies`, each EVENTS_PER_ENTRY events joined
 -- but the last (which has the rest), `total` events in all. pcall: an event that cannot be
--- written (the key made another type by hand) costs no job.
+-- written (the key made another type by hand) costs no job. The stream is trimmed when
+-- the count passes a multiple of EVENTS_TRIM_EVERY (so by every call of that many events
+-- or more): a trim walks the head entry's node, whose deleted entries Redis steps over
+-- one by one (1.5-2 µs of a lone job's enqueue when made by each call).
 local function append_entries(cap, bodies, total)
   if total == 0 then return end
   local last = redis.call('INCRBY', EVENTS_N, total)
-  local keep = math.max(last - tonumber(cap) + 1, 0)
+  local keep  -- the count passed a multiple of EVENTS_TRIM_EVERY
+  if last % EVENTS_TRIM_EVERY < total then keep = math.max(last - cap + 1, 0) end
+  local first = last - total
   for k = 1, #bodies do
-    local j = math.min(k * EVENTS_PER_ENTRY, total)  -- events up to this entry's last
-    local id = (last - total + j) .. '-0'
-    if not pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', bodies[k]) then
+    local j = k * EVENTS_PER_ENTRY  -- events up to this entry's last
+    if j > total then j = total end
+    if not add_events_entry((first + j) .. '-0', bodies[k], keep) then
       local healed = events_behind(total)
       if not healed then return end
-      last, keep = healed, math.max(healed - tonumber(cap) + 1, 0)
-      id = (last - total + j) .. '-0'
-      pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', bodies[k])
+      first, keep = healed - total, math.max(healed - cap + 1, 0)
+      add_events_entry((first + j) .. '-0', bodies[k], keep)
     end
   end
 end

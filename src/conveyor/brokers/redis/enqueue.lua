@@ -1,9 +1,15 @@
 -- Enqueue a batch of jobs (one or many), in order, in one atomic step.
 -- KEYS: unique, queues (the queues' own keys are computed: common.lua queue_named).
--- ARGV[5]: number of queues n; ARGV[6..5+n]: their names; then 7 values per job: id, queue
--- index (1..n), payload, priority, eta ('', '+' ms from now, or 'parked'), unique key ('' or
--- the key), depends_on (ids joined by ',', or ''). Carrying events (common.lua carried): one
--- per job after all the jobs (job.enqueued, or ''), published only with a job written.
+-- ARGV[5]: values per job, 7 or 4; ARGV[6]: number of queues n; ARGV[7..6+n]: their names;
+-- then per job: id, queue index (1..n), payload, priority, and with 7: eta ('', '+' ms from
+-- now, or 'parked'), unique key ('' or the key), depends_on (ids joined by ',', or ''); 4
+-- for a batch of jobs due now without either (each value costs the server time: a batch
+-- of task.s() sends no empty ones). Carrying events (common.lua carried): one
+-- per job after all the jobs (job.enqueued, or ''), published only with a job written; or,
+-- ending in '!j' instead of '!e', joined by the client into entry bodies as they are
+-- stored (_eventlog.bodies: no empty one), then their count, the cap and '!j': appended
+-- as they are when every job of the call is written (the usual call: the server makes no
+-- string per event and joins none), else cut back into events.
 -- Returns the job ids, in order: the existing one where an equal unique key is pending;
 -- then the length of the stream the call's last job due now went into (-1: none), the load
 -- a sharded prefix's producers place jobs by (_sharded.py), at the cost of one XLEN;
@@ -15,49 +21,23 @@
 -- A job due now has its payload in its stream entry and a small job hash (a few short
 -- fields: Redis keeps it compact); a scheduled or waiting one keeps it in the hash.
 local UNIQUE, QUEUES = KEYS[1], KEYS[2]
-local NQ = tonumber(ARGV[5])
-local BASE = 6 + NQ
-local PER_JOB = 7
+local PER_JOB = tonumber(ARGV[5])
+local NQ = tonumber(ARGV[6])
+local BASE = 7 + NQ
 local CAP, LAST = carried()
-local N = (LAST - BASE + 1) / (CAP and PER_JOB + 1 or PER_JOB)
-local EV = BASE + N * PER_JOB  -- job j's event (j from 0): ARGV[EV + j]
-
--- A job due now: its entry, carrying the payload, and its small hash. Returns true when the
--- stream existed already (add_entry).
--- (No delivery count, which fetch reads as 0, and no empty unique key: each field an HSET
--- writes costs the server time.)
-local function enter(stream, key, id, name, prio, payload, ukey)
-  local sid, existed = add_entry(stream, id, payload)
-  if ukey == '' then
-    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
-      'updated_at', DIGITS[NOW])
-  else
-    redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority', prio,
-      'updated_at', DIGITS[NOW], 'key', ukey)
-  end
-  return existed
+local BODIES = 0  -- events joined into this many entry bodies
+if ARGV[#ARGV] == '!j' then
+  CAP, BODIES = ARGV[#ARGV - 1], tonumber(ARGV[#ARGV - 2])
+  LAST = #ARGV - 3 - BODIES
 end
-
--- The usual call, `task.delay()`: one new job due now, without unique key or dependencies.
--- Straight through, with none of the batch's tables (each costs the server time per call).
-if N == 1 and ARGV[BASE + 4] == '' and ARGV[BASE + 5] == '' and ARGV[BASE + 6] == '' then
-  local id, name, prio = ARGV[BASE], ARGV[6], ARGV[BASE + 3]
-  local key = JOB_PREFIX .. id
-  if redis.call('EXISTS', key, DONE_PREFIX .. id) == 0 then
-    local stream = TAG .. 'q:' .. name .. ':s' .. prio
-    if not enter(stream, key, id, name, prio, ARGV[BASE + 2], '') then
-      redis.call('SADD', QUEUES, name)
-    end
-    if CAP then publish(CAP, {ARGV[EV]}) end
-    return {id, redis.call('XLEN', stream)}
-  end
-end
+local N = (LAST - BASE + 1) / ((CAP and BODIES == 0) and PER_JOB + 1 or PER_JOB)
+local EV = BASE + N * PER_JOB  -- job j's event (j from 0): ARGV[EV + j]; or the bodies
 
 local Q = {}
-for i = 1, NQ do Q[i] = queue_named(ARGV[5 + i]) end
+for i = 1, NQ do Q[i] = queue_named(ARGV[6 + i]) end
 
--- Every dependency must be known before anything is written.
-for j = 0, N - 1 do
+-- Every dependency must be known before anything is written (4 values per job: none).
+for j = 0, PER_JOB == 7 and N - 1 or -1 do
   if ARGV[BASE + j * PER_JOB + 6] ~= '' then
     local earlier = {}
     for k = 0, N - 1 do
@@ -92,6 +72,7 @@ else
 end
 local written = {}  -- ids written by this call (an id repeated in the batch is written once)
 local published = {}  -- the events of the jobs written, published at the end
+local wrote, n_wrote = {}, 0  -- with joined events: the jobs written (j), how many
 local listed = {}   -- queues known to be in the QUEUES set in this call
 local last_stream  -- the stream of the last job written due now (its length is returned)
 
@@ -128,22 +109,53 @@ local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
     redis.call('ZADD', q.scheduled, (eta == 'waiting' or eta == 'parked') and '+inf' or eta, id)
   else  -- due now: the payload rides in the stream entry
     last_stream = q.s[tonumber(prio)]
-    existed = enter(last_stream, key, id, q.name, prio, payload, ukey)
+    existed = enter(last_stream, key, id, q.name, prio, payload, ukey, DIGITS[NOW])
   end
   if not listed[q.name] then
     if not existed then redis.call('SADD', QUEUES, q.name) end
     listed[q.name] = true
   end
-  if CAP and ARGV[EV + j] ~= '' then published[#published + 1] = ARGV[EV + j] end
+  if BODIES > 0 then
+    wrote[j], n_wrote = true, n_wrote + 1
+  elseif CAP and ARGV[EV + j] ~= '' then
+    published[#published + 1] = ARGV[EV + j]
+  end
   return id
+end
+
+-- The joined events of the jobs written, cut out of the bodies (framed '<length>:<bytes>',
+-- job j's the j-th).
+local function written_events()
+  local out, j = {}, 0
+  for k = EV, EV + BODIES - 1 do
+    local body, at = ARGV[k], 1
+    while at <= #body do
+      local colon = string.find(body, ':', at, true)
+      local stop = colon + tonumber(string.sub(body, at, colon - 1))
+      if wrote[j] then out[#out + 1] = string.sub(body, at, stop) end
+      j, at = j + 1, stop + 1
+    end
+  end
+  return out
 end
 
 local out = {}
 for j = 0, N - 1 do
   local a = BASE + j * PER_JOB
-  out[j + 1] = enqueue_one(j, ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
-    ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+  if PER_JOB == 7 then
+    out[j + 1] = enqueue_one(j, ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
+      ARGV[a + 4], ARGV[a + 5], ARGV[a + 6])
+  else
+    out[j + 1] = enqueue_one(j, ARGV[a], Q[tonumber(ARGV[a + 1])], ARGV[a + 2], ARGV[a + 3],
+      '', '', '')
+  end
 end
-if CAP then publish(CAP, published) end
+if BODIES == 0 then
+  if CAP then publish(CAP, published) end
+elseif n_wrote == N then
+  append_entries(CAP, {unpack(ARGV, EV, EV + BODIES - 1)}, N)
+else
+  publish(CAP, written_events())
+end
 out[N + 1] = last_stream and redis.call('XLEN', last_stream) or -1
 return out
