@@ -7,9 +7,9 @@ garbage payload written straight into the broker reaches the worker, which dead-
 
 from __future__ import annotations
 
+import _thread
 import enum
 import os
-import random
 import re
 import time
 from typing import Annotated, Any
@@ -89,18 +89,37 @@ def validate_priority(priority: int) -> int:
     return priority
 
 
-# The random part of new ids: a generator of the process's own, seeded from os.urandom, not a
-# urandom system call per id (half the cost of minting one). Reseeded in a forked child,
-# which would otherwise mint the parent's ids. (An id names a job, it grants nothing: it
-# need not be unpredictable, only unique; not random's shared generator, which an app may
-# seed with a constant.)
-_random = random.Random()
-os.register_at_fork(after_in_child=_random.seed)
+# The random part of new ids: the system's (os.urandom), drawn for 128 ids at a time (one
+# system call, not one per id: half the cost of minting one) and handed out under a lock.
+# Not a seeded generator's: an id may be all that guards a job's result (examples/flask
+# and examples/fastapi give it to the client that asks for the result), and a Mersenne
+# Twister's state can be rebuilt from a few hundred of its outputs, so the ids a client is
+# given would tell it everybody else's. A forked child drops the parts its parent drew
+# (it would mint the parent's ids again) and takes a new lock (a thread of the parent may
+# have held it at the fork). (_thread, not threading: importing conveyor starts no thread
+# machinery.)
+_PARTS_PER_DRAW = 128
+_parts: list[str] = []
+_parts_lock = _thread.allocate_lock()
+
+
+def _forget_parts() -> None:
+    global _parts_lock
+    _parts.clear()
+    _parts_lock = _thread.allocate_lock()
+
+
+os.register_at_fork(after_in_child=_forget_parts)
 
 
 def new_job_id() -> str:
     """A 26-character id that sorts by creation time (ms clock + randomness)."""
-    return f"{int(time.time() * 1000):012x}{_random.getrandbits(56):014x}"
+    with _parts_lock:
+        if not _parts:
+            drawn = os.urandom(7 * _PARTS_PER_DRAW).hex()
+            _parts.extend([drawn[i : i + 14] for i in range(0, len(drawn), 14)])
+        part = _parts.pop()
+    return f"{int(time.time() * 1000):012x}{part}"
 
 
 class Message(msgspec.Struct, omit_defaults=True, forbid_unknown_fields=False, gc=False):

@@ -1,10 +1,13 @@
-"""New job ids: time-sorted, unique, and unique across a fork."""
+"""New job ids: time-sorted, unique, unique across a fork and threads, unpredictable."""
 
 from __future__ import annotations
 
 import os
 import random
 import re
+import threading
+
+import pytest
 
 from conveyor._message import new_job_id
 
@@ -35,3 +38,36 @@ def test_an_app_seeding_random_does_not_repeat_ids() -> None:
     first = new_job_id()[12:]
     random.seed(42)
     assert new_job_id()[12:] != first
+
+
+def test_ids_minted_by_many_threads_at_once_are_unique() -> None:
+    minted: list[list[str]] = [[] for _ in range(8)]
+
+    def mint(out: list[str]) -> None:
+        out.extend(new_job_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=mint, args=(out,)) for out in minted]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ids = [i for out in minted for i in out]
+    assert len(set(ids)) == len(ids) == 40_000
+
+
+def test_the_random_part_is_the_systems_so_ids_tell_nothing_of_others(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # An id may be all that guards a job's result (examples/fastapi gives it to the client
+    # that asks for the result): a seeded generator's later outputs follow from a few
+    # hundred earlier ones, so its ids would give away everybody else's.
+    real, drawn = os.urandom, []
+
+    def recorded(n: int) -> bytes:
+        drawn.append(real(n))
+        return drawn[-1]
+
+    monkeypatch.setattr(os, "urandom", recorded)
+    parts = [new_job_id()[12:] for _ in range(1_000)]
+    system = b"".join(drawn).hex()
+    assert all(part in system for part in parts[500:])
