@@ -30,7 +30,6 @@ from __future__ import annotations
 import functools
 import math
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ._errors import InvalidOption
@@ -49,10 +48,39 @@ _PREFIX = "conveyor:rate:"
 _EPSILON = 1e-6  # float slack, so waiting exactly the time returned is enough
 
 
-@dataclass(frozen=True)
 class Rate:
+    """A value, as a frozen dataclass would be (repr, equality, hash, no assignment; pickled
+    and copied through its ``__dict__``), written out: building a dataclass at import
+    compiles its methods, ~4 M instructions."""
+
     limit: int  # jobs per period
     period: float  # seconds
+
+    __match_args__ = ("limit", "period")
+
+    def __init__(self, limit: int, period: float) -> None:
+        self.__dict__.update(limit=limit, period=period)
+
+    def __repr__(self) -> str:
+        return f"Rate(limit={self.limit!r}, period={self.period!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return (self.limit, self.period) == (other.limit, other.period)
+
+    def __hash__(self) -> int:
+        return hash((self.limit, self.period))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def __str__(self) -> str:
         return f"{self.limit}/{self.period:g}s"

@@ -54,7 +54,6 @@ import contextlib
 import logging
 import struct
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
@@ -225,17 +224,21 @@ def _app_of(steps: Iterable[Step]) -> Conveyor:
     return next(iter(apps.values()))
 
 
-@dataclass
 class _Job:
-    message: Message
-    envelope: Envelope
-    parked: bool
+    __slots__ = ("envelope", "message", "parked")
+
+    def __init__(self, message: Message, envelope: Envelope, parked: bool) -> None:
+        self.message = message
+        self.envelope = envelope
+        self.parked = parked
 
 
-@dataclass
 class _Node:
-    entries: list[_Job]  # what the previous step's result is given to
-    exit: _Job  # whose result is this node's result
+    __slots__ = ("entries", "exit")
+
+    def __init__(self, entries: list[_Job], exit: _Job) -> None:
+        self.entries = entries  # what the previous step's result is given to
+        self.exit = exit  # whose result is this node's result
 
 
 class _Builder:

@@ -4,6 +4,9 @@ shows in a repr, a redacted URL or an error message, whatever the URL looks like
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import pickle
 from urllib.parse import quote
 
 import pytest
@@ -339,3 +342,16 @@ def test_the_prefix_argument_and_the_url_prefix_must_agree() -> None:
             app.open()
         assert f"prefix={other!r} and ?prefix=billing" in str(caught.value)
         assert "s3cret" not in str(caught.value) and "drop prefix= or ?prefix=" in str(caught.value)
+
+
+def test_a_redis_url_is_a_frozen_value() -> None:
+    url = parse_redis_url("redis://user:pw@h:6380/2?prefix=billing&socket_timeout=3")
+    again = parse_redis_url("redis://user:pw@h:6380/2?prefix=billing&socket_timeout=3")
+    assert url == again != parse_redis_url("redis://user:pw@h:6380/3")
+    assert hash(url) == hash(again)
+    assert pickle.loads(pickle.dumps(url)) == copy.copy(url) == copy.deepcopy(url) == url
+    assert (url.db, url.prefix, url.option("socket_timeout")) == (2, "billing", 3.0)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        url.db = 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del url.password

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+import dataclasses
+import pickle
 import threading
 
 import pytest
@@ -123,3 +126,15 @@ def test_per_task_limit_is_shared_by_all_workers(app: Conveyor) -> None:
     for t in threads:
         t.join()
     assert len(admitted) == 25
+
+
+def test_a_rate_is_a_frozen_value() -> None:
+    rate = parse_rate("10/30s")
+    assert (repr(rate), str(rate)) == ("Rate(limit=10, period=30.0)", "10/30s")
+    assert rate == Rate(10, 30.0) != Rate(10, 31.0)
+    assert hash(rate) == hash(Rate(10, 30.0))
+    assert pickle.loads(pickle.dumps(rate)) == copy.copy(rate) == copy.deepcopy(rate) == rate
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        rate.limit = 11
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        del rate.period

@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote
 
@@ -175,24 +174,87 @@ def redact_url(url: str) -> str:
 # -- the Redis forms -------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, repr=False)
 class RedisURL:
     """A checked Redis URL. ``hosts``: the server (``redis``, ``rediss``), the sentinels, or
     the cluster's seed nodes (``redis+cluster``, ``rediss+cluster``);
     ``socket``: the ``unix://`` path; ``service``: the master the sentinels watch;
     ``prefix``: the key prefix ``?prefix=`` names (None: not given; ``key_prefix``);
-    ``options``: the other query options, their values converted (the names of ``OPTIONS``)."""
+    ``options``: the other query options, their values converted (the names of ``OPTIONS``).
+
+    A value, as a frozen dataclass would be (equality, hash, no assignment; pickled and
+    copied through its ``__dict__``), written out by hand like ``_Parts``."""
 
     scheme: str
     shown: str  # redacted
-    hosts: tuple[tuple[str, int], ...] = ()
-    socket: str = ""
-    service: str = ""
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    prefix: str | None = None
-    options: tuple[tuple[str, Any], ...] = ()
+    hosts: tuple[tuple[str, int], ...]
+    socket: str
+    service: str
+    db: int
+    username: str | None
+    password: str | None
+    prefix: str | None
+    options: tuple[tuple[str, Any], ...]
+
+    __match_args__ = _FIELDS = (
+        "scheme",
+        "shown",
+        "hosts",
+        "socket",
+        "service",
+        "db",
+        "username",
+        "password",
+        "prefix",
+        "options",
+    )
+
+    def __init__(
+        self,
+        scheme: str,
+        shown: str,
+        *,
+        hosts: tuple[tuple[str, int], ...] = (),
+        socket: str = "",
+        service: str = "",
+        db: int = 0,
+        username: str | None = None,
+        password: str | None = None,
+        prefix: str | None = None,
+        options: tuple[tuple[str, Any], ...] = (),
+    ) -> None:
+        self.__dict__.update(
+            scheme=scheme,
+            shown=shown,
+            hosts=hosts,
+            socket=socket,
+            service=service,
+            db=db,
+            username=username,
+            password=password,
+            prefix=prefix,
+            options=options,
+        )
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(self.__dict__[name] for name in self._FIELDS)
+
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        from dataclasses import FrozenInstanceError
+
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
 
     def __repr__(self) -> str:
         return f"RedisURL({self.shown!r})"

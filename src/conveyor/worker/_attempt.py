@@ -4,13 +4,14 @@ An ``Attempt`` moves ``running -> completed -> (finished)`` or ``running -> rele
 moves happen under the in-flight lock (``_inflight.py``), so a job finishing exactly while a
 shutdown hands it back is either finished or released, never both.
 
-Results are small picklable dataclasses because the process pool sends them over a pipe.
+Results are small picklable value classes because the process pool sends them over a pipe.
+They are plain classes with ``__slots__`` rather than dataclasses: building a dataclass
+compiles its methods at import, ~4 M instructions each before a worker's first job.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -35,48 +36,92 @@ TIMEOUT = "timeout"  # the job ran past message.timeout
 SHUTDOWN = "shutdown"  # the grace period ended; the job is handed back
 
 
-@dataclasses.dataclass(frozen=True)
-class Returned:
+class _Value:
+    """Value semantics from ``__slots__``: the repr, equality and hash a dataclass has."""
+
+    __slots__: tuple[str, ...] = ()
+
+    def _values(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __repr__(self) -> str:
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{type(self).__name__}({shown})"
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return self._values() == other._values()
+
+    def __hash__(self) -> int:
+        return hash(self._values())
+
+
+class Returned(_Value):
     """The task returned; ``result`` is the encoded ``Outcome``."""
 
-    result: bytes
+    __slots__ = ("result",)
+
+    def __init__(self, result: bytes) -> None:
+        self.result = result
 
 
-@dataclasses.dataclass(frozen=True)
-class Raised:
+class Raised(_Value):
     """The task raised. ``types`` are the qualified names of the type and its bases."""
 
-    error: RemoteError
-    types: tuple[str, ...]
+    __slots__ = ("error", "types")
+
+    def __init__(self, error: RemoteError, types: tuple[str, ...]) -> None:
+        self.error = error
+        self.types = types
 
 
-@dataclasses.dataclass(frozen=True)
-class Stopped:
+class Stopped(_Value):
     """The worker stopped the job (cancel or shutdown) before it ended by itself."""
 
-    why: str
+    __slots__ = ("why",)
+
+    def __init__(self, why: str) -> None:
+        self.why = why
 
 
 Result = Returned | Raised | Stopped
 
 
-@dataclasses.dataclass(eq=False)
 class Attempt:
-    delivery: Delivery
-    message: Message | None = None
-    fn: Callable[..., Any] | None = None
-    is_async: bool = False
-    state: str = RUNNING
-    stop: str | None = None  # why the worker wants the job stopped, first reason wins
-    lost: bool = False  # renew said the lease is gone; our finish will be refused
-    error: RemoteError | None = None  # what the run raised, for the worker's log line
-    slot: bool = False  # holds one of the worker's run slots (``_inflight.py``)
-    started: float = dataclasses.field(default_factory=time.monotonic)  # fetched
-    began: float = 0.0  # handed to a pool (time.monotonic())
-    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
-    # Set by the pool running the job: the thread, the asyncio task, or the child process.
-    handle: Any = None
-    run: Run | None = None  # what the run hooks saw (only with middleware, ``_middleware.py``)
+    __slots__ = (
+        "began",
+        "delivery",
+        "error",
+        "fn",
+        "handle",
+        "is_async",
+        "lock",
+        "lost",
+        "message",
+        "run",
+        "slot",
+        "started",
+        "state",
+        "stop",
+    )
+
+    def __init__(self, delivery: Delivery) -> None:
+        self.delivery = delivery
+        self.message: Message | None = None
+        self.fn: Callable[..., Any] | None = None
+        self.is_async = False
+        self.state = RUNNING
+        self.stop: str | None = None  # why the worker wants the job stopped, first reason wins
+        self.lost = False  # renew said the lease is gone; our finish will be refused
+        self.error: RemoteError | None = None  # what the run raised, for the worker's log line
+        self.slot = False  # holds one of the worker's run slots (``_inflight.py``)
+        self.started = time.monotonic()  # fetched
+        self.began = 0.0  # handed to a pool (time.monotonic())
+        self.lock = threading.Lock()
+        # Set by the pool running the job: the thread, the asyncio task, or the child process.
+        self.handle: Any = None
+        self.run: Run | None = None  # what the run hooks saw (middleware: ``_middleware.py``)
 
     @property
     def name(self) -> str:
@@ -98,13 +143,15 @@ def synthetic(exc_type: type[BaseException], message: str) -> Raised:
     return Raised(RemoteError(type=name_of(exc_type), message=message), lineage(exc_type))
 
 
-@dataclasses.dataclass(frozen=True)
 class Results:
     """Turns what a task returned into a ``Result`` for the result store: the codec, and the
     cap on the encoded size (``Conveyor(max_result=...)``)."""
 
-    codec: Codec
-    max_result: int
+    __slots__ = ("codec", "max_result")
+
+    def __init__(self, codec: Codec, max_result: int) -> None:
+        self.codec = codec
+        self.max_result = max_result
 
     def returned(self, task: str, value: Any) -> Result:
         """Encode a return value. A value that cannot be stored (not encodable, its encoding
