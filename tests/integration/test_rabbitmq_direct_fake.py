@@ -120,3 +120,12 @@ def test_a_server_that_closes_fails_what_waits_and_drops_the_connection(
     confirms = client.send([("q", b"a")])
     assert confirms is not None and not client.wait(confirms, 5)
     assert client._sock is None  # the next publish connects again (or goes through aio-pika)
+
+
+def test_a_missing_confirm_drops_the_connection(direct: Callable[[Reply], Direct]) -> None:
+    # A connection that no longer answers (a peer gone without a word, a server that stopped
+    # reading) would make every later publish wait its whole timeout.
+    client = direct(lambda tag: [])
+    confirms = client.send([("q", b"a")])
+    assert confirms is not None and not client.wait(confirms, 0.2)
+    assert confirms.failed and client._sock is None and not client._waiting

@@ -152,6 +152,10 @@ class Direct:
                     self._fail_all(sock)
                     break
                 self._take(sock, data)
+            if not confirms.done and self._sock is not None:
+                # No confirm in time: a peer gone without a word, or a server that stopped
+                # reading; kept, the connection would hold every later publish as long.
+                self._fail_all(self._sock)
             return confirms.left == 0 and not confirms.failed
 
     @staticmethod
