@@ -3,6 +3,7 @@ what it makes of a confirm, a negative one, and a server that closes the connect
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -11,6 +12,7 @@ import pytest
 from pamqp import commands, frame
 from pamqp.base import Frame
 
+from conveyor.brokers.rabbitmq import _direct
 from conveyor.brokers.rabbitmq._direct import Direct
 from conveyor.brokers.rabbitmq._url import parse_amqp_url
 
@@ -24,11 +26,18 @@ class FakeServer:
         self._reply = reply
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port = self._listener.getsockname()[1]
+        self.connections = 0
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
-        conn, _ = self._listener.accept()
+        with contextlib.suppress(OSError):  # the listener closed
+            while True:
+                conn, _ = self._listener.accept()
+                self.connections += 1
+                threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
         buffer = b""
 
         def read() -> Frame:
@@ -129,3 +138,17 @@ def test_a_missing_confirm_drops_the_connection(direct: Callable[[Reply], Direct
     confirms = client.send([("q", b"a")])
     assert confirms is not None and not client.wait(confirms, 0.2)
     assert confirms.failed and client._sock is None and not client._waiting
+
+
+def test_no_connection_after_close(
+    direct: Callable[[Reply], Direct], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A publish after the broker's close goes the way aio-pika's would (nowhere, the job is
+    # left to the sweep), not on a new connection that nothing would ever close.
+    monkeypatch.setattr(_direct, "RETRY", 0.0)
+    client = direct(lambda tag: [commands.Basic.Ack(tag)])
+    confirms = client.send([("q", b"a")])
+    assert confirms is not None and client.wait(confirms, 5)
+    client.close()
+    assert client.send([("q", b"b")]) is None
+    assert client._sock is None

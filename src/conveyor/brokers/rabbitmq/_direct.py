@@ -87,6 +87,7 @@ class Direct:
         self._waiting: dict[int, Confirms] = {}  # tag → its publish, in tag order
         self._reading = False
         self._buffer = b""
+        self._closed = False  # by ``close``: no connection again
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -97,7 +98,7 @@ class Direct:
             self._forked()
         confirms = Confirms(len(messages))
         with self._write:
-            sock = self._sock or self._connect()
+            sock = self._sock or (None if self._closed else self._connect())
             if sock is None:
                 return None
             data = b"".join(self._frames(key, body) for key, body in messages)
@@ -291,7 +292,9 @@ class Direct:
         sock.close()
 
     def close(self) -> None:
+        """Close the connection; a later ``send`` makes none (it returns None)."""
         with self._cond:
+            self._closed = True
             sock = self._sock
             if sock is None or self._pid != os.getpid():
                 return
