@@ -127,3 +127,21 @@ def test_a_ticket_bigger_than_a_frame_is_sent_in_several(
             return got
 
     assert asyncio.run(last()) == body
+
+
+def test_a_ticket_for_a_queue_deleted_meanwhile_is_not_confirmed(
+    rabbitmq_url: str, producer: Broker, prefix: str
+) -> None:
+    """Unroutable, it would be confirmed and dropped: published mandatory, it comes back
+    (and the enqueue says so, like aio-pika's publish, which is mandatory too)."""
+    import aio_pika
+
+    async def delete() -> None:
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            channel = await connection.channel()
+            await channel.queue_delete(f"{prefix}.default")
+
+    asyncio.run(delete())
+    link = producer._link  # type: ignore[attr-defined]
+    confirms = link._direct.send([(f"{prefix}.default", b"x")])
+    assert confirms is not None and not link._direct.wait(confirms, 10)

@@ -115,7 +115,9 @@ class Direct:
         return confirms
 
     def _frames(self, key: str, body: bytes) -> bytes:
-        method = commands.Basic.Publish(exchange="", routing_key=key)
+        # Mandatory, like aio-pika's: to a queue deleted meanwhile it comes back (a
+        # ``Basic.Return``, which fails the connection's publishes), not confirmed and lost.
+        method = commands.Basic.Publish(exchange="", routing_key=key, mandatory=True)
         size = len(body)
         parts = [
             frame.marshal(method, CHANNEL),
