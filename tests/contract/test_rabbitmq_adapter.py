@@ -10,6 +10,7 @@ each record store): tickets and the sweep, seen from RabbitMQ's side too.
   acknowledged a second later.
 * A scheduled job's ticket wakes an idle worker, which then sleeps until the job is due.
 * A look whose store read fails puts the tickets it took back, for a later look to settle.
+* The waiting pairs an earlier version noted under its one key are read (once) and moved.
 """
 
 from __future__ import annotations
@@ -377,3 +378,19 @@ def test_a_full_index_of_dependencies_prunes_the_ended_ones(
     worker.enqueue([second, child])  # the index is full: the ended dependency makes room
     (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
     _prompt(other, lambda: worker.finish([Finish(got, JobStatus.SUCCEEDED, result=b"2")]), child.id)
+
+
+def test_pairs_noted_by_an_earlier_version_are_read_once(
+    worker: Broker, other: Broker, prefix: str
+) -> None:
+    """Before the keys per dependency, the waiting pairs were under one key: a job
+    enqueued then and released after an upgrade gets its ticket, not a sweep."""
+    first = envelope()
+    child = _waiting((first.id,))
+    worker.enqueue([first])
+    worker._store.enqueue([child])  # type: ignore[attr-defined]  # noted the earlier way:
+    old = f"conveyor:rabbitmq:waiting:{prefix}"
+    worker.kv.set(old, msgspec.json.encode([(first.id, child.id)]))
+    (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    _prompt(other, lambda: worker.finish([Finish(got, JobStatus.SUCCEEDED, result=b"1")]), child.id)
+    assert worker.kv.get(old) is None
