@@ -13,6 +13,7 @@ import asyncio
 import logging
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -145,3 +146,31 @@ def test_a_ticket_for_a_queue_deleted_meanwhile_is_not_confirmed(
     link = producer._link  # type: ignore[attr-defined]
     confirms = link._direct.send([(f"{prefix}.default", b"x")])
     assert confirms is not None and not link._direct.wait(confirms, 10)
+
+
+def test_an_enqueue_waits_for_its_confirms_no_longer_than_the_timeout(
+    rabbitmq_url: str, redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct publish that fails goes again through aio-pika within what is left of
+    ``confirm_timeout``: one not confirmed in time (a memory alarm blocks the connections)
+    is left to the sweep, and the enqueue returns after the timeout, not after it twice."""
+    url = f"{rabbitmq_url}?sweep=30&confirm_timeout=1"
+    with open_broker(url, store=redis_server.url, prefix=prefix) as b:
+        b.enqueue([envelope()])  # declares the queue
+        b.enqueue([envelope()])  # the direct connection is made
+        link = b._link  # type: ignore[attr-defined]
+        monkeypatch.setattr(link._direct, "_take", lambda sock, data: None)  # no confirm
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            release.wait(30)
+
+        link._loop.call_soon_threadsafe(hold)  # aio-pika cannot publish either
+        assert held.wait(10)
+        try:
+            start = time.monotonic()
+            b.enqueue([envelope()])
+            assert time.monotonic() - start < 1.8
+        finally:
+            release.set()
