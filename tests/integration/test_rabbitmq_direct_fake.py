@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -152,3 +153,26 @@ def test_no_connection_after_close(
     client.close()
     assert client.send([("q", b"b")]) is None
     assert client._sock is None
+
+
+def test_a_dropped_connection_wakes_the_thread_reading_it(
+    direct: Callable[[Reply], Direct],
+) -> None:
+    # The broker's close (or another thread's failure) drops the connection while a thread
+    # waits for its confirms in a read of the socket: it learns at once, not at its timeout.
+    client = direct(lambda tag: [])
+    confirms = client.send([("q", b"a")])
+    assert confirms is not None
+    done = threading.Event()
+
+    def read() -> None:
+        client.wait(confirms, 30)
+        done.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    while not client._reading:  # in its read
+        time.sleep(0.01)
+    client.close()
+    assert done.wait(10)
+    reader.join()

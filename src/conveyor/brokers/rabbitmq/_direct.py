@@ -291,6 +291,8 @@ class Direct:
         self._waiting.clear()
         self._sock, self._poll, self._buffer = None, None, b""
         self._failed_at = time.monotonic()
+        with contextlib.suppress(OSError):  # wakes a thread in a read of it (a close does not)
+            sock.shutdown(socket.SHUT_RDWR)
         sock.close()
 
     def close(self) -> None:
