@@ -176,3 +176,14 @@ def test_a_dropped_connection_wakes_the_thread_reading_it(
     client.close()
     assert done.wait(10)
     reader.join()
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_KEEPIDLE"), reason="Linux's keepalive options")
+def test_an_idle_connection_is_probed_within_a_minute(direct: Callable[[Reply], Direct]) -> None:
+    # No heartbeats on it: the kernel's keepalive, after its default two idle hours, would
+    # neither keep a NAT's or firewall's entry (dropped after a few idle minutes) nor find
+    # a peer gone before the next publish waited its whole timeout on it.
+    client = direct(lambda tag: [commands.Basic.Ack(tag)])
+    confirms = client.send([("q", b"a")])
+    assert confirms is not None and client.wait(confirms, 5) and client._sock is not None
+    assert client._sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) <= 60

@@ -7,7 +7,7 @@ thread holds while it writes the record (0.4 ms of W3's enqueue → start on a 2
 machine). Here the caller's thread writes the frames itself, under a lock, and the thread
 that waits for its confirms reads the socket for every waiter (one reads at a time, the
 others wait to be told). Heartbeats are off on this connection (nothing reads it while
-nothing is published); the kernel's keepalive watches it.
+nothing is published); the kernel's keepalive watches it (``KEEPALIVE``).
 
 Anything that goes wrong (the server closes the connection or the channel, a socket error,
 a negative confirm, no confirm in time) fails the publishes waiting on it and drops the
@@ -39,6 +39,9 @@ CHANNEL = 1
 RETRY = 1.0  # seconds before connecting again after a failure
 OPEN_TIMEOUT = 5.0  # seconds for the socket and the handshake
 FRAME_END = 7 + 1  # a frame's header and end byte
+# An idle connection probed after a minute, every 15 s (the kernel's default: two hours):
+# a NAT's or firewall's entry kept, a peer gone found before the next publish waits on it.
+KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
 
 
 class Failed(Exception):
@@ -221,6 +224,9 @@ class Direct:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in KEEPALIVE:
+                if hasattr(socket, option):  # Linux's; elsewhere, the system's defaults
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
             self._handshake(sock)
         except (OSError, Failed, UnmarshalingException):
             sock.close()
