@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
 import time
@@ -174,3 +175,27 @@ def test_an_enqueue_waits_for_its_confirms_no_longer_than_the_timeout(
             assert time.monotonic() - start < 1.8
         finally:
             release.set()
+
+
+def test_a_forked_child_publishes_on_a_connection_of_its_own_and_closes_it(
+    rabbitmq_url: str, producer: Broker, prefix: str
+) -> None:
+    """The parent's connection is the parent's: a forked child (a process pool's) that
+    publishes makes its own, and its broker's close closes that one."""
+    direct = producer._link._direct  # type: ignore[attr-defined]
+    parent = direct._sock
+    pid = os.fork()
+    if pid == 0:  # the child: its exit code says what it saw
+        code = 1
+        try:
+            producer.enqueue([envelope()])
+            mine = direct._sock is not None and direct._sock is not parent
+            producer.close()
+            code = 0 if mine and direct._sock is None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    producer.enqueue([envelope()])
+    assert direct._sock is parent  # the parent's, untouched
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 4

@@ -393,12 +393,13 @@ class Link:
 
     def close(self) -> None:
         """Close the connection (RabbitMQ requeues the tickets not settled) and stop the
-        loop thread; again, nothing (nor in a forked child: the parent's are the parent's)."""
+        loop thread; again, nothing (nor in a forked child: the parent's are the parent's;
+        the direct connection a child made of its own is closed)."""
+        if self._direct is not None:
+            self._direct.close()
         if self._loop.is_closed() or self._pid != os.getpid():
             return
         self._ager.cancel()
-        if self._direct is not None:
-            self._direct.close()
         with contextlib.suppress(Exception):
             self._run(self._connection.close(), CONNECT_TIMEOUT)
         self._stop()
