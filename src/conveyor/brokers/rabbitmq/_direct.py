@@ -10,10 +10,10 @@ others wait to be told). Heartbeats are off on this connection (nothing reads it
 nothing is published); the kernel's keepalive watches it (``KEEPALIVE``).
 
 Anything that goes wrong (the server closes the connection or the channel, a socket error,
-a negative confirm, no confirm in time) fails the publishes waiting on it and drops the
-connection; the link then publishes those tickets again through aio-pika (a ticket twice
-costs a worker a look, no more), and the next publish here connects again, at most once a
-``RETRY`` seconds.
+a negative confirm, a ticket returned, no confirm in time) fails the publishes waiting on
+it and drops the connection; the link then publishes those tickets again through aio-pika
+within what is left of its timeout (a ticket twice costs a worker a look, no more), and
+the next publish here connects again, at most once a ``RETRY`` seconds.
 """
 
 from __future__ import annotations
