@@ -16,7 +16,8 @@ several reads the index (the dependencies' ids, not what waits for them), then t
 those of them that are in it; a purge (it does not say which jobs it ended) reads the keys
 of every dependency in the index. The waiting jobs are looked up (one read), the tickets
 of those now queued returned, and the notes settled (the job no longer parked, or its
-dependency ended) removed, a key with nothing left with its entry in the index.
+dependency ended) removed, a key with nothing left with its entry in the index. An enqueue
+whose job was queued at once (its dependencies had ended) removes the notes it wrote.
 
 The notes are a hint, never the truth: one missing (the index full at ``KEPT``
 dependencies, or a key at ``KEPT`` jobs; a write that conflicted too often) leaves the job
@@ -100,6 +101,11 @@ class Waits:
             log.warning(
                 "too many enqueues with depends_on at once: their release waits for a sweep"
             )
+
+    def forget(self, envelopes: Iterable[Envelope]) -> None:
+        """After the records are written: the notes of jobs that wait no more (queued at
+        their enqueue, or not written) are removed."""
+        self._drop([(dep, env.id) for env in envelopes for dep in env.depends_on])
 
     def wake(self, candidates: Collection[str] | None, *, ended: bool) -> list[tuple[str, str]]:
         """``(queue, id)`` tickets for the jobs that waited for ``candidates`` (None: for any
