@@ -10,6 +10,7 @@ each record store): tickets and the sweep, seen from RabbitMQ's side too.
   acknowledged a second later.
 * A scheduled job's ticket wakes an idle worker, which then sleeps until the job is due.
 * A look whose store read fails puts the tickets it took back, for a later look to settle.
+* The waiting pairs an earlier version noted under its one key are read (once) and moved.
 """
 
 from __future__ import annotations
@@ -185,14 +186,18 @@ def test_a_finish_publishes_the_tickets_of_the_jobs_it_releases(
 
 
 def test_a_job_whose_dependencies_have_ended_gets_its_ticket_at_enqueue(
-    worker: Broker, other: Broker
+    worker: Broker, other: Broker, prefix: str
 ) -> None:
+    """And its note, written before its record, is removed, not left in the index."""
     first = envelope()
     worker.enqueue([first])
     (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
     assert worker.finish([Finish(got, JobStatus.SUCCEEDED, result=b"1")]) == [True]
     child = _waiting((first.id,))
     _prompt(other, lambda: worker.enqueue([child]), child.id)
+    index = f"conveyor:rabbitmq:deps:{prefix}"
+    assert first.id.encode() not in (worker.kv.get(index) or b"")
+    assert worker.kv.get(f"{index}:{first.id}") is None
 
 
 @pytest.mark.parametrize("end", ["cancel", "delete", "purge"])
@@ -377,3 +382,32 @@ def test_a_full_index_of_dependencies_prunes_the_ended_ones(
     worker.enqueue([second, child])  # the index is full: the ended dependency makes room
     (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
     _prompt(other, lambda: worker.finish([Finish(got, JobStatus.SUCCEEDED, result=b"2")]), child.id)
+
+
+def test_pairs_noted_by_an_earlier_version_are_read_once(
+    worker: Broker, other: Broker, prefix: str
+) -> None:
+    """Before the keys per dependency, the waiting pairs were under one key: a job
+    enqueued then and released after an upgrade gets its ticket, not a sweep."""
+    first = envelope()
+    child = _waiting((first.id,))
+    worker.enqueue([first])
+    worker._store.enqueue([child])  # type: ignore[attr-defined]  # noted the earlier way:
+    old = f"conveyor:rabbitmq:waiting:{prefix}"
+    worker.kv.set(old, msgspec.json.encode([(first.id, child.id)]))
+    (got,) = worker.fetch(["default"], "w", 10, LEASE, 5.0)
+    _prompt(other, lambda: worker.finish([Finish(got, JobStatus.SUCCEEDED, result=b"1")]), child.id)
+    assert worker.kv.get(old) is None
+
+
+def test_a_duplicate_of_a_waiting_job_leaves_no_note(worker: Broker, prefix: str) -> None:
+    """A unique key's duplicate is not written (its enqueue returns the existing job's
+    id): its note goes, the existing job's stays."""
+    first = envelope()
+    worker.enqueue([first])
+    child = msgspec.structs.replace(_waiting((first.id,)), key="k")
+    again = msgspec.structs.replace(_waiting((first.id,)), key="k")
+    assert worker.enqueue([child]) == [child.id]
+    assert worker.enqueue([again]) == [child.id]
+    noted = worker.kv.get(f"conveyor:rabbitmq:deps:{prefix}:{first.id}")
+    assert noted is not None and msgspec.json.decode(noted) == [child.id]

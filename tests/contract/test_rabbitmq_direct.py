@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -127,3 +129,73 @@ def test_a_ticket_bigger_than_a_frame_is_sent_in_several(
             return got
 
     assert asyncio.run(last()) == body
+
+
+def test_a_ticket_for_a_queue_deleted_meanwhile_is_not_confirmed(
+    rabbitmq_url: str, producer: Broker, prefix: str
+) -> None:
+    """Unroutable, it would be confirmed and dropped: published mandatory, it comes back
+    (and the enqueue says so, like aio-pika's publish, which is mandatory too)."""
+    import aio_pika
+
+    async def delete() -> None:
+        async with await aio_pika.connect(rabbitmq_url) as connection:
+            channel = await connection.channel()
+            await channel.queue_delete(f"{prefix}.default")
+
+    asyncio.run(delete())
+    link = producer._link  # type: ignore[attr-defined]
+    confirms = link._direct.send([(f"{prefix}.default", b"x")])
+    assert confirms is not None and not link._direct.wait(confirms, 10)
+
+
+def test_an_enqueue_waits_for_its_confirms_no_longer_than_the_timeout(
+    rabbitmq_url: str, redis_server: RedisServer, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A direct publish that fails goes again through aio-pika within what is left of
+    ``confirm_timeout``: one not confirmed in time (a memory alarm blocks the connections)
+    is left to the sweep, and the enqueue returns after the timeout, not after it twice."""
+    url = f"{rabbitmq_url}?sweep=30&confirm_timeout=1"
+    with open_broker(url, store=redis_server.url, prefix=prefix) as b:
+        b.enqueue([envelope()])  # declares the queue
+        b.enqueue([envelope()])  # the direct connection is made
+        link = b._link  # type: ignore[attr-defined]
+        monkeypatch.setattr(link._direct, "_take", lambda sock, data: None)  # no confirm
+        held, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            held.set()
+            release.wait(30)
+
+        link._loop.call_soon_threadsafe(hold)  # aio-pika cannot publish either
+        assert held.wait(10)
+        try:
+            start = time.monotonic()
+            b.enqueue([envelope()])
+            assert time.monotonic() - start < 1.8
+        finally:
+            release.set()
+
+
+def test_a_forked_child_publishes_on_a_connection_of_its_own_and_closes_it(
+    rabbitmq_url: str, producer: Broker, prefix: str
+) -> None:
+    """The parent's connection is the parent's: a forked child (a process pool's) that
+    publishes makes its own, and its broker's close closes that one."""
+    direct = producer._link._direct  # type: ignore[attr-defined]
+    parent = direct._sock
+    pid = os.fork()
+    if pid == 0:  # the child: its exit code says what it saw
+        code = 1
+        try:
+            producer.enqueue([envelope()])
+            mine = direct._sock is not None and direct._sock is not parent
+            producer.close()
+            code = 0 if mine and direct._sock is None else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    producer.enqueue([envelope()])
+    assert direct._sock is parent  # the parent's, untouched
+    assert _ready(rabbitmq_url, f"{prefix}.default") == 4

@@ -7,13 +7,13 @@ thread holds while it writes the record (0.4 ms of W3's enqueue → start on a 2
 machine). Here the caller's thread writes the frames itself, under a lock, and the thread
 that waits for its confirms reads the socket for every waiter (one reads at a time, the
 others wait to be told). Heartbeats are off on this connection (nothing reads it while
-nothing is published); the kernel's keepalive watches it.
+nothing is published); the kernel's keepalive watches it (``KEEPALIVE``).
 
 Anything that goes wrong (the server closes the connection or the channel, a socket error,
-a negative confirm, no confirm in time) fails the publishes waiting on it and drops the
-connection; the link then publishes those tickets again through aio-pika (a ticket twice
-costs a worker a look, no more), and the next publish here connects again, at most once a
-``RETRY`` seconds.
+a negative confirm, a ticket returned, no confirm in time) fails the publishes waiting on
+it and drops the connection; the link then publishes those tickets again through aio-pika
+within what is left of its timeout (a ticket twice costs a worker a look, no more), and
+the next publish here connects again, at most once a ``RETRY`` seconds.
 """
 
 from __future__ import annotations
@@ -39,6 +39,9 @@ CHANNEL = 1
 RETRY = 1.0  # seconds before connecting again after a failure
 OPEN_TIMEOUT = 5.0  # seconds for the socket and the handshake
 FRAME_END = 7 + 1  # a frame's header and end byte
+# An idle connection probed after a minute, every 15 s (the kernel's default: two hours):
+# a NAT's or firewall's entry kept, a peer gone found before the next publish waits on it.
+KEEPALIVE = (("TCP_KEEPIDLE", 60), ("TCP_KEEPINTVL", 15), ("TCP_KEEPCNT", 4))
 
 
 class Failed(Exception):
@@ -87,6 +90,7 @@ class Direct:
         self._waiting: dict[int, Confirms] = {}  # tag → its publish, in tag order
         self._reading = False
         self._buffer = b""
+        self._closed = False  # by ``close``: no connection again
 
     # -- publishing -------------------------------------------------------------------------
 
@@ -97,7 +101,7 @@ class Direct:
             self._forked()
         confirms = Confirms(len(messages))
         with self._write:
-            sock = self._sock or self._connect()
+            sock = self._sock or (None if self._closed else self._connect())
             if sock is None:
                 return None
             data = b"".join(self._frames(key, body) for key, body in messages)
@@ -114,7 +118,9 @@ class Direct:
         return confirms
 
     def _frames(self, key: str, body: bytes) -> bytes:
-        method = commands.Basic.Publish(exchange="", routing_key=key)
+        # Mandatory, like aio-pika's: to a queue deleted meanwhile it comes back (a
+        # ``Basic.Return``, which fails the connection's publishes), not confirmed and lost.
+        method = commands.Basic.Publish(exchange="", routing_key=key, mandatory=True)
         size = len(body)
         parts = [
             frame.marshal(method, CHANNEL),
@@ -152,6 +158,10 @@ class Direct:
                     self._fail_all(sock)
                     break
                 self._take(sock, data)
+            if not confirms.done and self._sock is not None:
+                # No confirm in time: a peer gone without a word, or a server that stopped
+                # reading; kept, the connection would hold every later publish as long.
+                self._fail_all(self._sock)
             return confirms.left == 0 and not confirms.failed
 
     @staticmethod
@@ -214,6 +224,9 @@ class Direct:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            for option, value in KEEPALIVE:
+                if hasattr(socket, option):  # Linux's; elsewhere, the system's defaults
+                    sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, option), value)
             self._handshake(sock)
         except (OSError, Failed, UnmarshalingException):
             sock.close()
@@ -284,10 +297,14 @@ class Direct:
         self._waiting.clear()
         self._sock, self._poll, self._buffer = None, None, b""
         self._failed_at = time.monotonic()
+        with contextlib.suppress(OSError):  # wakes a thread in a read of it (a close does not)
+            sock.shutdown(socket.SHUT_RDWR)
         sock.close()
 
     def close(self) -> None:
+        """Close the connection; a later ``send`` makes none (it returns None)."""
         with self._cond:
+            self._closed = True
             sock = self._sock
             if sock is None or self._pid != os.getpid():
                 return

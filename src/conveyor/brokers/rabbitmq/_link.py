@@ -108,20 +108,27 @@ class Sending:
     ) -> None:
         self._link, self._future, self._tickets, self._direct = link, future, tickets, direct
 
-    def confirmed(self) -> bool:
+    def confirmed(self, timeout: float | None = None) -> bool:
         """Wait for RabbitMQ's confirms; False (the failure logged) if they did not all
-        come within ``confirm_timeout``: the records are written, the sweep finds the jobs.
-        The direct client's failure publishes the tickets again through aio-pika."""
+        come within ``timeout`` (``confirm_timeout``): the records are written, the sweep
+        finds the jobs. The direct client's failure publishes the tickets again through
+        aio-pika, within what is left of the timeout (an enqueue waits ``confirm_timeout``
+        at most; none left, as after no confirm in time, they are left to the sweep)."""
         link = self._link
         if self._direct is not None:
             assert link._direct is not None
+            deadline = time.monotonic() + link.confirm_timeout
             if link._direct.wait(self._direct, link.confirm_timeout):
                 return True
-            return link._send_on_loop(self._tickets).confirmed()
+            left = deadline - time.monotonic()
+            if left > 0:
+                return link._send_on_loop(self._tickets).confirmed(left)
+            link._warn(f"{len(self._tickets)} ticket(s) not confirmed by RabbitMQ in time")
+            return False
         if self._future is None:
             return not self._tickets
         try:
-            self._future.result(link.confirm_timeout)
+            self._future.result(link.confirm_timeout if timeout is None else timeout)
         except Exception as exc:
             self._future.cancel()
             link._warn(f"publishing {len(self._tickets)} ticket(s) to RabbitMQ failed ({exc!r})")
@@ -386,12 +393,13 @@ class Link:
 
     def close(self) -> None:
         """Close the connection (RabbitMQ requeues the tickets not settled) and stop the
-        loop thread; again, nothing (nor in a forked child: the parent's are the parent's)."""
+        loop thread; again, nothing (nor in a forked child: the parent's are the parent's;
+        the direct connection a child made of its own is closed)."""
+        if self._direct is not None:
+            self._direct.close()
         if self._loop.is_closed() or self._pid != os.getpid():
             return
         self._ager.cancel()
-        if self._direct is not None:
-            self._direct.close()
         with contextlib.suppress(Exception):
             self._run(self._connection.close(), CONNECT_TIMEOUT)
         self._stop()

@@ -16,12 +16,16 @@ several reads the index (the dependencies' ids, not what waits for them), then t
 those of them that are in it; a purge (it does not say which jobs it ended) reads the keys
 of every dependency in the index. The waiting jobs are looked up (one read), the tickets
 of those now queued returned, and the notes settled (the job no longer parked, or its
-dependency ended) removed, a key with nothing left with its entry in the index.
+dependency ended) removed, a key with nothing left with its entry in the index. An enqueue
+whose job was queued at once (its dependencies had ended) removes the notes it wrote.
 
 The notes are a hint, never the truth: one missing (the index full at ``KEPT``
 dependencies, or a key at ``KEPT`` jobs; a write that conflicted too often) leaves the job
 to the sweep, a stale one costs a lookup. When the index is full, the dependencies that
 have ended (a cancelled job that ended on its lease's expiry) are pruned first.
+
+Versions before the index noted ``(dependency, job)`` pairs under one key (``OLD_KEY``):
+the first wake in a process moves them under the keys (``Waits._upgrade``).
 """
 
 from __future__ import annotations
@@ -41,9 +45,11 @@ log = logging.getLogger("conveyor")
 
 KEPT = 2000  # dependencies the index holds at most, and jobs one dependency's key holds
 KEY = "conveyor:rabbitmq:deps:"  # + the queues' prefix (the index); + ":" + a dependency
+OLD_KEY = "conveyor:rabbitmq:waiting:"  # + the prefix: the pairs of versions before the index
 
 Pair = tuple[str, str]  # (dependency id, waiting job id)
 _decode = msgspec.json.Decoder(list[str]).decode
+_decode_pairs = msgspec.json.Decoder(list[tuple[str, str]]).decode
 _encode = msgspec.json.encode
 
 
@@ -53,6 +59,7 @@ class Waits:
     def __init__(self, store: Broker, prefix: str) -> None:
         self._store = store
         self._index = KEY + prefix
+        self._old: str | None = OLD_KEY + prefix  # None once read (``_upgrade``)
 
     def _key(self, dependency: str) -> str:
         return f"{self._index}:{dependency}"
@@ -63,8 +70,11 @@ class Waits:
         for env in envelopes:
             for dep in env.depends_on:
                 waiting.setdefault(dep, []).append(env.id)
-        if not waiting:
-            return
+        if waiting:
+            self._note(waiting)
+
+    def _note(self, waiting: dict[str, list[str]]) -> None:
+        """The jobs waiting for each dependency, under its key and the index."""
         kv = self._store.kv
         raw = kv.get(self._index)
         known = _decode(raw) if raw else []
@@ -92,10 +102,17 @@ class Waits:
                 "too many enqueues with depends_on at once: their release waits for a sweep"
             )
 
+    def forget(self, envelopes: Iterable[Envelope]) -> None:
+        """After the records are written: the notes of jobs that wait no more (queued at
+        their enqueue, or not written) are removed."""
+        self._drop([(dep, env.id) for env in envelopes for dep in env.depends_on])
+
     def wake(self, candidates: Collection[str] | None, *, ended: bool) -> list[tuple[str, str]]:
         """``(queue, id)`` tickets for the jobs that waited for ``candidates`` (None: for any
         job) and are queued now; the notes settled are removed. ``ended``: the candidates
         have ended (their notes go even where the job waits for others still)."""
+        if self._old is not None:
+            self._upgrade()
         kv = self._store.kv
         if candidates is not None and len(candidates) == 1:
             deps = list(candidates)  # its own key alone: no read of the index
@@ -120,6 +137,22 @@ class Waits:
         parked = {j for j in waiting if j not in found or found[j].status is JobStatus.SCHEDULED}
         self._drop([p for p in hits if ended or p[1] not in parked])
         return tickets
+
+    def _upgrade(self) -> None:
+        """Once in a process, before its first wake: the pairs an earlier version noted
+        under its one key (``OLD_KEY``) are noted again under their dependencies' keys, and
+        that key removed, so that jobs enqueued before an upgrade are released after it as
+        promptly (one read more per process; pairs an earlier version's producer notes
+        later are left to the sweep)."""
+        assert self._old is not None
+        raw = self._store.kv.get(self._old)
+        if raw:
+            waiting: dict[str, list[str]] = {}
+            for dep, job in _decode_pairs(raw):
+                waiting.setdefault(dep, []).append(job)
+            self._note(waiting)
+            self._store.kv.delete(self._old)
+        self._old = None
 
     def _drop(self, settled: Iterable[Pair]) -> None:
         by_dep: dict[str, set[str]] = {}

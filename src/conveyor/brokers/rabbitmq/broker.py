@@ -118,7 +118,19 @@ class RabbitBroker(Broker):
         ]
         if waiting:
             due = [job_id for env, job_id in zip(envelopes, ids, strict=True) if env.depends_on]
-            tickets += queued_tickets(self._store, due)
+            released = queued_tickets(self._store, due)
+            tickets += released
+            # Queued at once (their dependencies had ended), or not written (a unique key's
+            # duplicate): their notes are stale now, not left to fill the index.
+            queued = {job_id for _, job_id in released}
+            settled = [
+                env
+                for env, job_id in zip(envelopes, ids, strict=True)
+                if env.depends_on and (job_id in queued or job_id != env.id)
+            ]
+            if settled:
+                with self._s:
+                    self._waits.forget(settled)
         if not early:
             tickets = plain + tickets
         more = self._link.send(tickets)
