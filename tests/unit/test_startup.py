@@ -237,6 +237,17 @@ def test_a_thread_looking_up_names_while_another_runs_the_init_gets_them() -> No
     )
 
 
+def test_a_name_a_program_assigned_stays_when_the_deferred_init_runs_later() -> None:
+    code = (
+        _DEFER + "; import redis, redis.asyncio;"
+        "Mine = type('Mine', (redis.Redis,), {}); redis.Redis = Mine;"
+        "redis.asyncio.Redis = int;"
+        "redis.VERSION, dir(redis.asyncio);"  # each runs its package's __init__
+        "print(redis.Redis is Mine, redis.asyncio.Redis is int, redis.StrictRedis.__name__)"
+    )
+    assert _run(code) == "True True Redis"
+
+
 # Modules a program imports first; redis-py's private ones may need the order its
 # ``__init__`` imports them in (``redis._parsers.response_callbacks`` does).
 _FIRST = (

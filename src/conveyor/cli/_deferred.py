@@ -120,8 +120,18 @@ class _Reexports(types.ModuleType):
             if type(self) is not _Reexports or spec.name in _RUNNING:  # run, or running here
                 return
             _RUNNING[spec.name] = threading.get_ident()
+            # A name bound before is what the ``__init__`` binds (looked up), a module of
+            # the package (the import system's, which the ``__init__`` may bind to
+            # something else), or what a program assigned (``redis.Redis = Mine``): that
+            # stays, as after an import.
+            before = {
+                name: value
+                for name, value in vars(self).items()
+                if name[:2] != "__" and sys.modules.get(f"{spec.name}.{name}") is not value
+            }
             try:
                 spec.loader.exec_module(self)
+                vars(self).update(before)
             except BaseException:  # as a failed import: the next one tries afresh
                 _forget(spec.name)
                 raise
