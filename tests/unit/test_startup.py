@@ -204,6 +204,50 @@ def test_the_deferred_packages_run_their_init_for_a_name_they_do_not_reexport() 
     assert _run(code) == "_Reexports 7 module True"
 
 
+# A thread looks names up while another runs ``redis/__init__`` (it is stopped midway, at
+# its import of ``redis.sentinel``, until the lookups are done or wait for it).
+_MIDWAY = """
+import sys, threading
+import redis
+found = {}
+def look_up():
+    for name in ("Redis", "Subscription", "from_url", "__version__", "exceptions", "VERSION"):
+        try:
+            found[name] = getattr(redis, name) is not None
+        except AttributeError as exc:
+            found[name] = type(exc).__name__
+other = threading.Thread(target=look_up)
+class Midway:
+    def find_spec(self, name, path=None, target=None):
+        if name == "redis.sentinel" and not other.is_alive() and not found:
+            other.start()
+            other.join(0.5)  # a lookup that waits for the __init__ is still waiting
+        return None
+sys.meta_path.insert(0, Midway())
+redis.int_or_str
+other.join()
+print(found)
+"""
+
+
+def test_a_thread_looking_up_names_while_another_runs_the_init_gets_them() -> None:
+    assert _run(_DEFER + "\n" + _MIDWAY) == (
+        "{'Redis': True, 'Subscription': True, 'from_url': True, '__version__': True,"
+        " 'exceptions': True, 'VERSION': True}"
+    )
+
+
+def test_a_name_a_program_assigned_stays_when_the_deferred_init_runs_later() -> None:
+    code = (
+        _DEFER + "; import redis, redis.asyncio;"
+        "Mine = type('Mine', (redis.Redis,), {}); redis.Redis = Mine;"
+        "redis.asyncio.Redis = int;"
+        "redis.VERSION, dir(redis.asyncio);"  # each runs its package's __init__
+        "print(redis.Redis is Mine, redis.asyncio.Redis is int, redis.StrictRedis.__name__)"
+    )
+    assert _run(code) == "True True Redis"
+
+
 # Modules a program imports first; redis-py's private ones may need the order its
 # ``__init__`` imports them in (``redis._parsers.response_callbacks`` does).
 _FIRST = (

@@ -89,42 +89,59 @@ class _Reexports(types.ModuleType):
     (``__version__``) is taken from there when first looked up, and so is a module of the
     package. Any other name, and ``dir()``, run the ``__init__`` (once, under the lock), as
     importing the package would have. Only the ``__init__``'s own run holds the lock: a
-    thread that imports a module of the package meanwhile does not wait for it."""
+    thread that imports a module of the package meanwhile does not wait for it, and one
+    that looks up a re-exported name gets it as before; for any other name it waits until
+    the ``__init__`` is done (as ``import`` would), and the ``__init__``'s own code finds
+    only the names bound so far (as in a package being imported)."""
 
     def __getattr__(self, name: str) -> Any:
         spec = self.__spec__
         assert spec is not None
         table = _TABLES.get(spec.name)
-        if table is not None and name in table:
-            value = _resolve(spec.name, table[name])
-            setattr(self, name, value)
-            return value
-        module = f"{spec.name}.{name}"
-        if table is not None and name[:2] != "__" and importlib.util.find_spec(module):
-            return _import(module)
-        self._run()
+        if table is not None and _RUNNING.get(spec.name) != threading.get_ident():
+            if name in table:
+                value = _resolve(spec.name, table[name])
+                setattr(self, name, value)
+                return value
+            module = f"{spec.name}.{name}"
+            if name[:2] != "__" and importlib.util.find_spec(module):
+                return _import(module)
+        _Reexports._run(self)  # not self._run: another thread may have run it meanwhile
         return object.__getattribute__(self, name)
 
     def __dir__(self) -> list[str]:
-        self._run()
+        _Reexports._run(self)
         return sorted(vars(self))
 
     def _run(self) -> None:
         spec = self.__spec__
         assert spec is not None and spec.loader is not None
         with _LOCK:
-            if type(self) is not _Reexports:
+            if type(self) is not _Reexports or spec.name in _RUNNING:  # run, or running here
                 return
-            object.__setattr__(self, "__class__", types.ModuleType)
-            del _TABLES[spec.name]
+            _RUNNING[spec.name] = threading.get_ident()
+            # A name bound before is what the ``__init__`` binds (looked up), a module of
+            # the package (the import system's, which the ``__init__`` may bind to
+            # something else), or what a program assigned (``redis.Redis = Mine``): that
+            # stays, as after an import.
+            before = {
+                name: value
+                for name, value in vars(self).items()
+                if name[:2] != "__" and sys.modules.get(f"{spec.name}.{name}") is not value
+            }
             try:
                 spec.loader.exec_module(self)
+                vars(self).update(before)
             except BaseException:  # as a failed import: the next one tries afresh
                 _forget(spec.name)
                 raise
+            finally:
+                object.__setattr__(self, "__class__", types.ModuleType)
+                del _TABLES[spec.name], _RUNNING[spec.name]
 
 
 _TABLES: dict[str, dict[str, tuple[str | None, Any]]] = {}
+_RUNNING: dict[str, int] = {}  # a package whose ``__init__`` runs: the thread running it
 
 
 def _forget(name: str) -> None:
