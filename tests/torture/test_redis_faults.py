@@ -148,7 +148,11 @@ def test_reset_during_enqueue_writes_each_job_exactly_once(
     assert proxy.stats.cuts + proxy.stats.resets == 1, "the fault was not injected"
     sent = command_calls(fresh_redis_server)
     if fault == "reply dropped":  # the write reached the server, then was sent again
-        assert sent.get("exec" if calls > 1 else "evalsha", 0) == 2, sent
+        if batch == 1:  # the lone job's script, sent again, finds its id taken and writes
+            # nothing; the batch script then answers the job that is there (3 calls)
+            assert sent.get("evalsha", 0) == 3, sent
+        else:
+            assert sent.get("exec" if calls > 1 else "evalsha", 0) == 2, sent
 
     assert sorted(stream_entries(fresh_redis_server, prefix)) == sorted(ids)  # one entry per job
     records = broker.get(ids)
