@@ -47,6 +47,8 @@ _MONTHS = ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct",
 _DAYS = ("sun", "mon", "tue", "wed", "thu", "fri", "sat")
 _MAX_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)  # Feb 29 happens
 _MINUTE = dt.timedelta(minutes=1)
+# Zones change their offset months apart, and never twice within this (to and fro):
+_PROBE = dt.timedelta(hours=6)
 _STEPS = 10_000  # clock changes and repeated times one search may cross (a handful in practice)
 
 
@@ -112,12 +114,12 @@ class CronSpec:
             wall = (t + offset).replace(tzinfo=None)
             wanted = self._wall_from(wall if inclusive and wall.second == 0 else _next_minute(wall))
             fire = (wanted - offset).replace(tzinfo=dt.UTC)
-            if _offset(fire, tz) == offset:
+            change = _first_change(t, fire, offset, tz)
+            if change is None:
                 if self.wildcard or fire.astimezone(tz).fold == 0:
                     return fire
                 t, inclusive = fire, False  # a fixed time repeated by a fall-back: ran already
                 continue
-            change = _change(t, fire, offset, tz)
             after_change = _offset(change, tz)
             if after_change > offset:  # spring forward: walls in [change + offset, + after) skipped
                 if not self.wildcard and wanted < (change + after_change).replace(tzinfo=None):
@@ -159,6 +161,22 @@ def _next_minute(wall: dt.datetime) -> dt.datetime:
 
 def _offset(instant: dt.datetime, tz: dt.tzinfo) -> dt.timedelta:
     return instant.astimezone(tz).utcoffset() or dt.timedelta(0)
+
+
+def _first_change(
+    start: dt.datetime, end: dt.datetime, offset: dt.timedelta, tz: dt.tzinfo
+) -> dt.datetime | None:
+    """The first instant in ``(start, end]`` where ``tz`` leaves ``offset`` (``start`` is on
+    it), or None. Looked for a stretch of ``_PROBE`` at a time, not by comparing the ends
+    alone: a fire months away can be on the same offset after two changes (a fall-back and
+    the next spring-forward), and the times the first one repeated come before it."""
+    low = start
+    while low < end:
+        high = min(low + _PROBE, end)
+        if _offset(high, tz) != offset:
+            return _change(low, high, offset, tz)
+        low = high
+    return None
 
 
 def _change(

@@ -205,6 +205,21 @@ def zoned_starts(draw: st.DrawFn) -> tuple[str, dt.datetime]:
     return name, draw(st.sampled_from(changes)) - before
 
 
+def test_a_wildcard_fires_in_a_repeated_half_hour_whose_next_match_is_a_year_away() -> None:
+    """Lord Howe falls back half an hour on 2000-03-26 (02:00 +11 -> 01:30 +10:30). Every
+    minute of 1 a.m. on March Sundays matches 01:30-01:59 again; the next match after that
+    is in March 2001, on the same offset as before the change, which once hid the change."""
+    zone = "Australia/Lord_Howe"
+    last_first_pass = dt.datetime(2000, 3, 25, 14, 59, tzinfo=dt.UTC)  # 01:59 +11
+    fire = next_fire("* 1 * 3 0", last_first_pass, zone)
+    assert fire == dt.datetime(2000, 3, 25, 15, 0, tzinfo=dt.UTC)  # 01:30 +10:30, again
+    assert fire.astimezone(ZoneInfo(zone)).fold == 1
+    last_second_pass = dt.datetime(2000, 3, 25, 15, 29, tzinfo=dt.UTC)  # 01:59 +10:30
+    assert next_fire("* 1 * 3 0", last_second_pass, zone) == dt.datetime(
+        2001, 3, 3, 14, 0, tzinfo=dt.UTC
+    )  # 01:00 +11 on Sunday 2001-03-04
+
+
 @settings(max_examples=150, deadline=None)
 @given(expressions, zoned_starts())
 def test_zoned_fires_increase_and_match_the_zones_wall_clock(
