@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
@@ -17,6 +18,7 @@ from conveyor.brokers import Finish
 from conveyor.worker import _finisher
 from conveyor.worker._attempt import Attempt
 from conveyor.worker._finisher import Finisher
+from conveyor.worker._inflight import Inflight
 
 
 class Calls:
@@ -119,3 +121,35 @@ def test_a_stop_writes_what_was_gathering(finisher: Finisher, calls: Calls, runs
     finisher.stop(1.0)
     assert calls.sizes == [2]
     assert len(runs.removed) == 2
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_run_long_past_the_usual_does_not_hold_up_the_outcomes_beside_it(
+    calls: Calls,
+) -> None:
+    # Runs usually end at once (the moving average), but the one holding a slot now has
+    # gone on for minutes: the outcome of a short job that ended beside it is written at
+    # once, not after a gather that waits for nothing.
+    inflight = Inflight(capacity=2, prefetch=4)
+    inflight.start = lambda attempt: None
+    warm, _ = outcome(0)
+    inflight.hold([warm])
+    assert inflight.admit(warm)
+    inflight.complete(warm, ran=0.0001)
+    long, _ = outcome(1)
+    inflight.hold([long])
+    assert inflight.admit(long)
+    long.began = time.monotonic() - 600
+    short, finish = outcome(2)
+    inflight.hold([short])
+    assert inflight.admit(short)
+    short.began = time.monotonic()
+    assert inflight.complete(short, ran=0.0001)
+    finisher = Finisher(calls, inflight, Backoff(0.01, 0.1, random.random))  # type: ignore[arg-type]
+    finisher.start()
+    try:
+        finisher.put(short, finish)
+        assert calls.written.wait(10)
+        assert calls.sizes == [1]
+    finally:
+        finisher.stop(1.0)

@@ -86,10 +86,16 @@ class Inflight:
         return len(self._attempts) <= 1
 
     def ending_soon(self, window: float) -> bool:
-        """Whether a run holds a slot and runs usually take less than ``window`` seconds (by
-        the moving average): another outcome is then likely within that time."""
+        """Whether runs usually take less than ``window`` seconds (by the moving average)
+        and one that began within the last ``window`` holds a slot: another outcome is then
+        likely within that time. Runs that have gone on longer are not counted: a long job
+        among short ones would make every outcome beside it wait for nothing."""
         avg = self._run_avg
-        return self._active > 0 and avg is not None and avg < window
+        if not self._active or avg is None or avg >= window:
+            return False
+        since = time.monotonic() - window
+        with self._lock:  # when the finisher decides to wait, not per job
+            return any(a.slot and (a.began > since or not a.began) for a in self._attempts)
 
     def hold(self, attempts: Iterable[Attempt]) -> None:
         """A fetch's deliveries: held (their leases renewed) from now on."""
