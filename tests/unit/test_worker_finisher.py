@@ -11,11 +11,11 @@ from collections.abc import Iterator, Sequence
 
 import pytest
 
-from conveyor import JobStatus
+from conveyor import Conveyor, JobStatus
 from conveyor._backoff import Backoff
 from conveyor._message import Delivery
 from conveyor.brokers import Finish
-from conveyor.worker import _finisher
+from conveyor.worker import Worker, _finisher
 from conveyor.worker._attempt import Attempt
 from conveyor.worker._finisher import Finisher
 from conveyor.worker._inflight import Inflight
@@ -42,9 +42,12 @@ class Runs:
 
     def __init__(self, soon: bool) -> None:
         self.soon = soon
+        self.active = 1  # runs holding a slot
         self.removed: list[Attempt] = []
+        self.asked = threading.Event()
 
     def ending_soon(self, window: float) -> bool:
+        self.asked.set()
         return self.soon
 
     def remove(self, attempts: Sequence[Attempt], processed: bool = True) -> None:
@@ -112,6 +115,44 @@ def test_a_lone_outcome_ends_the_gathering(finisher: Finisher, calls: Calls, run
     finisher.put(*outcome(1), alone=True)
     assert calls.written.wait(10)
     assert calls.sizes == [2]
+
+
+@pytest.mark.usefixtures("patient")
+def test_an_outcome_that_leaves_no_run_ends_the_gathering(
+    finisher: Finisher, calls: Calls, runs: Runs
+) -> None:
+    # Not a lone outcome (the gathered ones are held until written), but the last run
+    # ended: nothing more is coming, so nothing is waited for.
+    finisher.put(*outcome(0))
+    assert runs.asked.wait(10)
+    with finisher._cond:  # the thread waits (for more) once it lets go of its lock
+        runs.soon, runs.active = False, 0
+    finisher.put(*outcome(1))
+    assert calls.written.wait(10)
+    assert calls.sizes == [2]
+
+
+def test_the_last_of_a_few_short_jobs_is_written_once_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_finisher, "GATHER", 60.0)  # a gather that waits out its time fails
+    app = Conveyor("memory://")
+
+    @app.task
+    def short(pause: float) -> float:
+        time.sleep(pause)
+        return pause
+
+    worker = Worker(app, concurrency=2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert short.delay(0).result(timeout=10) == 0  # a run time is known: short
+        jobs = app.enqueue_many([short.s(0), short.s(0.05)])
+        assert [job.result(timeout=10) for job in jobs] == [0, 0.05]
+    finally:
+        worker.stop(graceful=False)
+        thread.join(10)
 
 
 @pytest.mark.usefixtures("patient")

@@ -88,10 +88,12 @@ class Finisher:
             return
         # No lock: the thread sets _wake_at under the lock before it checks the queue and
         # waits, so an outcome appended after that check reads the new _wake_at, and the
-        # notify (which needs the lock) reaches the thread once it waits.
+        # notify (which needs the lock) reaches the thread once it waits. A gathering
+        # thread is also woken when no run holds a slot any more: nothing else is coming.
         queue = self._queue
         queue.append((attempt, finish))
-        if len(queue) >= self._wake_at:
+        wake_at = self._wake_at
+        if len(queue) >= wake_at or (wake_at == GATHER_BATCH and not self._inflight.active):
             with self._cond:
                 self._cond.notify()
 
