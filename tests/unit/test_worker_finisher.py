@@ -46,9 +46,9 @@ class Runs:
         self.removed: list[Attempt] = []
         self.asked = threading.Event()
 
-    def ending_soon(self, window: float) -> bool:
+    def long_runs(self, window: float) -> int | None:
         self.asked.set()
-        return self.soon
+        return 0 if self.soon else None
 
     def remove(self, attempts: Sequence[Attempt], processed: bool = True) -> None:
         self.removed.extend(attempts)
@@ -111,7 +111,9 @@ def test_without_short_runs_an_outcome_is_written_at_once(
 @pytest.mark.usefixtures("patient")
 def test_a_lone_outcome_ends_the_gathering(finisher: Finisher, calls: Calls, runs: Runs) -> None:
     finisher.put(*outcome(0))
-    runs.soon = False  # the last run ended: nothing more is coming
+    assert runs.asked.wait(10)
+    with finisher._cond:  # the thread waits (for more) once it lets go of its lock
+        runs.soon, runs.active = False, 0  # the last run ended: nothing more is coming
     finisher.put(*outcome(1), alone=True)
     assert calls.written.wait(10)
     assert calls.sizes == [2]
@@ -153,6 +155,38 @@ def test_the_last_of_a_few_short_jobs_is_written_once_it_ends(
     finally:
         worker.stop(graceful=False)
         thread.join(10)
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_gather_beside_a_long_run_ends_when_the_short_ones_have(calls: Calls) -> None:
+    # Two short jobs run beside one that has gone on for minutes: the first's outcome
+    # waits for the second's, and no longer.
+    inflight = Inflight(capacity=3, prefetch=4)
+    warm, _ = outcome(0)
+    inflight.hold([warm])
+    assert inflight.admit(warm)
+    inflight.complete(warm, ran=0.0001)
+    long, first, second = (outcome(i) for i in (1, 2, 3))
+    inflight.hold([long[0], first[0], second[0]])
+    for attempt, _ in (long, first, second):
+        assert inflight.admit(attempt)
+        attempt.began = time.monotonic()
+    long[0].began -= 600
+    finisher = Finisher(calls, inflight, Backoff(0.01, 0.1, random.random))  # type: ignore[arg-type]
+    finisher.start()
+    try:
+        assert inflight.complete(first[0], ran=0.0001)
+        finisher.put(*first)
+        deadline = time.monotonic() + 10
+        while finisher._wake_at != _finisher.GATHER_BATCH and time.monotonic() < deadline:
+            time.sleep(0.001)
+        with finisher._cond:  # the thread waits (for more) once it lets go of its lock
+            assert inflight.complete(second[0], ran=0.0001)
+        finisher.put(*second)
+        assert calls.written.wait(10)
+        assert calls.sizes == [2]
+    finally:
+        finisher.stop(1.0)
 
 
 @pytest.mark.usefixtures("patient")
