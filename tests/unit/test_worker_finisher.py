@@ -6,17 +6,19 @@ from __future__ import annotations
 
 import random
 import threading
+import time
 from collections.abc import Iterator, Sequence
 
 import pytest
 
-from conveyor import JobStatus
+from conveyor import Conveyor, JobStatus
 from conveyor._backoff import Backoff
 from conveyor._message import Delivery
 from conveyor.brokers import Finish
-from conveyor.worker import _finisher
+from conveyor.worker import Worker, _finisher
 from conveyor.worker._attempt import Attempt
 from conveyor.worker._finisher import Finisher
+from conveyor.worker._inflight import Inflight
 
 
 class Calls:
@@ -40,10 +42,13 @@ class Runs:
 
     def __init__(self, soon: bool) -> None:
         self.soon = soon
+        self.active = 1  # runs holding a slot
         self.removed: list[Attempt] = []
+        self.asked = threading.Event()
 
-    def ending_soon(self, window: float) -> bool:
-        return self.soon
+    def long_runs(self, window: float) -> int | None:
+        self.asked.set()
+        return 0 if self.soon else None
 
     def remove(self, attempts: Sequence[Attempt], processed: bool = True) -> None:
         self.removed.extend(attempts)
@@ -106,10 +111,82 @@ def test_without_short_runs_an_outcome_is_written_at_once(
 @pytest.mark.usefixtures("patient")
 def test_a_lone_outcome_ends_the_gathering(finisher: Finisher, calls: Calls, runs: Runs) -> None:
     finisher.put(*outcome(0))
-    runs.soon = False  # the last run ended: nothing more is coming
+    assert runs.asked.wait(10)
+    with finisher._cond:  # the thread waits (for more) once it lets go of its lock
+        runs.soon, runs.active = False, 0  # the last run ended: nothing more is coming
     finisher.put(*outcome(1), alone=True)
     assert calls.written.wait(10)
     assert calls.sizes == [2]
+
+
+@pytest.mark.usefixtures("patient")
+def test_an_outcome_that_leaves_no_run_ends_the_gathering(
+    finisher: Finisher, calls: Calls, runs: Runs
+) -> None:
+    # Not a lone outcome (the gathered ones are held until written), but the last run
+    # ended: nothing more is coming, so nothing is waited for.
+    finisher.put(*outcome(0))
+    assert runs.asked.wait(10)
+    with finisher._cond:  # the thread waits (for more) once it lets go of its lock
+        runs.soon, runs.active = False, 0
+    finisher.put(*outcome(1))
+    assert calls.written.wait(10)
+    assert calls.sizes == [2]
+
+
+def test_the_last_of_a_few_short_jobs_is_written_once_it_ends(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_finisher, "GATHER", 60.0)  # a gather that waits out its time fails
+    app = Conveyor("memory://")
+
+    @app.task
+    def short(pause: float) -> float:
+        time.sleep(pause)
+        return pause
+
+    worker = Worker(app, concurrency=2)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        assert short.delay(0).result(timeout=10) == 0  # a run time is known: short
+        jobs = app.enqueue_many([short.s(0), short.s(0.05)])
+        assert [job.result(timeout=10) for job in jobs] == [0, 0.05]
+    finally:
+        worker.stop(graceful=False)
+        thread.join(10)
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_gather_beside_a_long_run_ends_when_the_short_ones_have(calls: Calls) -> None:
+    # Two short jobs run beside one that has gone on for minutes: the first's outcome
+    # waits for the second's, and no longer.
+    inflight = Inflight(capacity=3, prefetch=4)
+    warm, _ = outcome(0)
+    inflight.hold([warm])
+    assert inflight.admit(warm)
+    inflight.complete(warm, ran=0.0001)
+    long, first, second = (outcome(i) for i in (1, 2, 3))
+    inflight.hold([long[0], first[0], second[0]])
+    for attempt, _ in (long, first, second):
+        assert inflight.admit(attempt)
+        attempt.began = time.monotonic()
+    long[0].began -= 600
+    finisher = Finisher(calls, inflight, Backoff(0.01, 0.1, random.random))  # type: ignore[arg-type]
+    finisher.start()
+    try:
+        assert inflight.complete(first[0], ran=0.0001)
+        finisher.put(*first)
+        deadline = time.monotonic() + 10
+        while finisher._wake_at != _finisher.GATHER_BATCH and time.monotonic() < deadline:
+            time.sleep(0.001)
+        with finisher._cond:  # the thread waits (for more) once it lets go of its lock
+            assert inflight.complete(second[0], ran=0.0001)
+        finisher.put(*second)
+        assert calls.written.wait(10)
+        assert calls.sizes == [2]
+    finally:
+        finisher.stop(1.0)
 
 
 @pytest.mark.usefixtures("patient")
@@ -119,3 +196,35 @@ def test_a_stop_writes_what_was_gathering(finisher: Finisher, calls: Calls, runs
     finisher.stop(1.0)
     assert calls.sizes == [2]
     assert len(runs.removed) == 2
+
+
+@pytest.mark.usefixtures("patient")
+def test_a_run_long_past_the_usual_does_not_hold_up_the_outcomes_beside_it(
+    calls: Calls,
+) -> None:
+    # Runs usually end at once (the moving average), but the one holding a slot now has
+    # gone on for minutes: the outcome of a short job that ended beside it is written at
+    # once, not after a gather that waits for nothing.
+    inflight = Inflight(capacity=2, prefetch=4)
+    inflight.start = lambda attempt: None
+    warm, _ = outcome(0)
+    inflight.hold([warm])
+    assert inflight.admit(warm)
+    inflight.complete(warm, ran=0.0001)
+    long, _ = outcome(1)
+    inflight.hold([long])
+    assert inflight.admit(long)
+    long.began = time.monotonic() - 600
+    short, finish = outcome(2)
+    inflight.hold([short])
+    assert inflight.admit(short)
+    short.began = time.monotonic()
+    assert inflight.complete(short, ran=0.0001)
+    finisher = Finisher(calls, inflight, Backoff(0.01, 0.1, random.random))  # type: ignore[arg-type]
+    finisher.start()
+    try:
+        finisher.put(short, finish)
+        assert calls.written.wait(10)
+        assert calls.sizes == [1]
+    finally:
+        finisher.stop(1.0)

@@ -9,7 +9,8 @@ settle on ~15 outcomes per call instead of ~80, each call costing the worker as 
 the 80 jobs' outcomes together. So while runs that usually end within ``GATHER`` seconds
 hold run slots (more outcomes are coming), the thread waits up to ``GATHER`` for
 ``GATHER_BATCH`` outcomes before it writes; it writes at once when nothing else runs, when
-runs are long or unknown, and when the worker stops.
+runs are long or unknown, when only runs begun more than ``GATHER`` ago hold slots (a long
+job among short ones: ``Inflight.long_runs``), and when the worker stops.
 
 Queuing an outcome takes no lock: a deque's ``append`` is atomic, and the thread is woken
 only when it waits for what was just queued (``_wake_at``), not for every outcome.
@@ -66,6 +67,7 @@ class Finisher:
         self._stopping = False
         self._idle = False  # the thread waits for work, no write of its own in flight
         self._wake_at = _NEVER  # a put that makes the queue this long wakes the thread
+        self._long_runs = 0  # a gather ends once no more runs than this hold slots
         self._give_up_at: float | None = None
         self._thread: threading.Thread | None = None
 
@@ -88,10 +90,15 @@ class Finisher:
             return
         # No lock: the thread sets _wake_at under the lock before it checks the queue and
         # waits, so an outcome appended after that check reads the new _wake_at, and the
-        # notify (which needs the lock) reaches the thread once it waits.
+        # notify (which needs the lock) reaches the thread once it waits. A gathering
+        # thread is also woken when only long runs (``Inflight.long_runs``), or none, hold
+        # slots any more: nothing else is coming soon.
         queue = self._queue
         queue.append((attempt, finish))
-        if len(queue) >= self._wake_at:
+        wake_at = self._wake_at
+        if len(queue) >= wake_at or (
+            wake_at == GATHER_BATCH and self._inflight.active <= self._long_runs
+        ):
             with self._cond:
                 self._cond.notify()
 
@@ -142,12 +149,16 @@ class Finisher:
                     else:
                         break
                     continue
-                if len(queue) >= GATHER_BATCH or not self._inflight.ending_soon(GATHER):
+                if len(queue) >= GATHER_BATCH:
                     break
                 now = time.monotonic()
-                if gather_until is None:
+                if gather_until is None:  # the runs are looked at once per gather
+                    long_runs = self._inflight.long_runs(GATHER)
+                    if long_runs is None:
+                        break
                     gather_until = now + GATHER
-                elif now >= gather_until:
+                    self._long_runs = long_runs  # before _wake_at: see put
+                elif now >= gather_until or self._inflight.active <= self._long_runs:
                     break
                 self._wake_at = GATHER_BATCH
                 if len(queue) < GATHER_BATCH:

@@ -85,11 +85,19 @@ class Inflight:
         """Whether at most one delivery is held (the caller's own, say)."""
         return len(self._attempts) <= 1
 
-    def ending_soon(self, window: float) -> bool:
-        """Whether a run holds a slot and runs usually take less than ``window`` seconds (by
-        the moving average): another outcome is then likely within that time."""
+    def long_runs(self, window: float) -> int | None:
+        """None unless runs usually take less than ``window`` seconds (by the moving
+        average) and one that began within the last ``window`` holds a slot; else how many
+        runs holding a slot began before that. Another outcome is then likely within
+        ``window``, and nothing more is once no more than those long ones hold slots: a
+        long job among short ones must not make every outcome beside it wait for nothing."""
         avg = self._run_avg
-        return self._active > 0 and avg is not None and avg < window
+        if not self._active or avg is None or avg >= window:
+            return None
+        since = time.monotonic() - window
+        with self._lock:  # when the finisher decides to wait, not per job
+            long = sum(1 for a in self._attempts if a.slot and 0 < a.began <= since)
+            return long if long < self._active else None
 
     def hold(self, attempts: Iterable[Attempt]) -> None:
         """A fetch's deliveries: held (their leases renewed) from now on."""
