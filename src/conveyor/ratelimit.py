@@ -62,7 +62,7 @@ class Rate:
         self.__dict__.update(limit=limit, period=period)
 
     def __repr__(self) -> str:
-        return f"Rate(limit={self.limit!r}, period={self.period!r})"
+        return f"{type(self).__qualname__}(limit={self.limit!r}, period={self.period!r})"
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -73,11 +73,15 @@ class Rate:
         return hash((self.limit, self.period))
 
     def __setattr__(self, name: str, value: object) -> None:
+        if type(self) is not Rate and name not in Rate.__match_args__:
+            return super().__setattr__(name, value)  # a subclass's own attribute
         from dataclasses import FrozenInstanceError
 
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
 
     def __delattr__(self, name: str) -> None:
+        if type(self) is not Rate and name not in Rate.__match_args__:
+            return super().__delattr__(name)
         from dataclasses import FrozenInstanceError
 
         raise FrozenInstanceError(f"cannot delete field {name!r}")
