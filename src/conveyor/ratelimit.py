@@ -49,9 +49,12 @@ _EPSILON = 1e-6  # float slack, so waiting exactly the time returned is enough
 
 
 class Rate:
-    """A value, as a frozen dataclass would be (repr, equality, hash, no assignment; pickled
-    and copied through its ``__dict__``), written out: building a dataclass at import
-    compiles its methods, ~4 M instructions."""
+    """A checked rate: ``limit`` jobs per ``period`` seconds (``parse_rate("10/30s")`` is
+    ``Rate(limit=10, period=30.0)``). A frozen value: equality, hash, no assignment."""
+
+    # Written out as a frozen dataclass would behave (repr, equality, hash, pickled and copied
+    # through its ``__dict__``): building a dataclass at import compiles its methods, ~4 M
+    # instructions.
 
     limit: int  # jobs per period
     period: float  # seconds
