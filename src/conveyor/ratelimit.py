@@ -49,9 +49,12 @@ _EPSILON = 1e-6  # float slack, so waiting exactly the time returned is enough
 
 
 class Rate:
-    """A value, as a frozen dataclass would be (repr, equality, hash, no assignment; pickled
-    and copied through its ``__dict__``), written out: building a dataclass at import
-    compiles its methods, ~4 M instructions."""
+    """A checked rate: ``limit`` jobs per ``period`` seconds (``parse_rate("10/30s")`` is
+    ``Rate(limit=10, period=30.0)``). A frozen value: equality, hash, no assignment."""
+
+    # Written out as a frozen dataclass would behave (repr, equality, hash, pickled and copied
+    # through its ``__dict__``): building a dataclass at import compiles its methods, ~4 M
+    # instructions.
 
     limit: int  # jobs per period
     period: float  # seconds
@@ -62,7 +65,7 @@ class Rate:
         self.__dict__.update(limit=limit, period=period)
 
     def __repr__(self) -> str:
-        return f"Rate(limit={self.limit!r}, period={self.period!r})"
+        return f"{type(self).__qualname__}(limit={self.limit!r}, period={self.period!r})"
 
     def __eq__(self, other: object) -> bool:
         if other.__class__ is not self.__class__:
@@ -73,11 +76,15 @@ class Rate:
         return hash((self.limit, self.period))
 
     def __setattr__(self, name: str, value: object) -> None:
+        if type(self) is not Rate and name not in Rate.__match_args__:
+            return super().__setattr__(name, value)  # a subclass's own attribute
         from dataclasses import FrozenInstanceError
 
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
 
     def __delattr__(self, name: str) -> None:
+        if type(self) is not Rate and name not in Rate.__match_args__:
+            return super().__delattr__(name)
         from dataclasses import FrozenInstanceError
 
         raise FrozenInstanceError(f"cannot delete field {name!r}")

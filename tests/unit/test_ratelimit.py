@@ -138,3 +138,16 @@ def test_a_rate_is_a_frozen_value() -> None:
         rate.limit = 11
     with pytest.raises(dataclasses.FrozenInstanceError):
         del rate.period
+
+
+def test_a_rate_subclass_is_named_in_its_repr_and_may_add_attributes() -> None:
+    class Tagged(Rate):
+        tag = ""
+
+    tagged = Tagged(10, 30.0)
+    assert repr(tagged) == f"{Tagged.__qualname__}(limit=10, period=30.0)"
+    assert tagged != Rate(10, 30.0)
+    tagged.tag = "billing"  # not a field: allowed, as on a frozen dataclass's subclass
+    assert tagged.tag == "billing"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        tagged.limit = 11
