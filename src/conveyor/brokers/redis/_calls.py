@@ -115,7 +115,7 @@ def enqueue_calls(
             return [*joined, len(joined), cap, _JOINED]
         return with_events([frame(e) for e in own], cap)
 
-    plain = all(env.eta is None and env.key is None and not env.depends_on for env in envelopes)
+    plain = all(map(_due_plainly, envelopes))
     return batch_calls(
         [*head, 4 if plain else 7],
         envelopes,
@@ -126,13 +126,18 @@ def enqueue_calls(
     )
 
 
+def _due_plainly(env: Envelope) -> bool:
+    """Due now, without unique key or dependencies: a job that enqueue_one.lua takes alone,
+    and whose batch sends enqueue.lua 4 values per job."""
+    return env.eta is None and env.key is None and not env.depends_on
+
+
 def alone(envelopes: Sequence[Envelope]) -> Envelope | None:
-    """The one job of a batch that enqueue_one.lua takes (due now, without unique key or
-    dependencies: a plain ``task.delay()``), else None."""
-    if len(envelopes) != 1:
+    """The one job of a batch that enqueue_one.lua takes (a plain ``task.delay()``), else
+    None."""
+    if len(envelopes) != 1 or not _due_plainly(envelopes[0]):
         return None
-    env = envelopes[0]
-    return env if env.eta is None and env.key is None and not env.depends_on else None
+    return envelopes[0]
 
 
 def enqueue_one_args(
