@@ -606,6 +606,106 @@ def test_the_payload_moves_from_the_entry_to_the_hash_when_the_job_outlives_its_
     assert [d.payload for d in fetch(broker)] == [jobs[1].payload]
 
 
+def test_a_first_delivery_leases_its_job_in_one_write_and_drops_an_entry_with_no_record(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # A new entry carrying its payload is a queued job's first delivery: fetch writes the
+    # lease without reading the hash first, and the write's count of new fields tells it
+    # when there was no record (gone by hand or evicted): the entry is dropped and what
+    # was in the hash (here a field of a waiter, no status) is left as it was.
+    gone, kept = env(), env()
+    broker.enqueue([gone, kept])
+    key = "{" + prefix + "}:job:"
+    raw.delete(key + gone.id)
+    raw.hset(key + gone.id, "waited", "1")
+    [d] = fetch(broker)
+    assert (d.id, d.payload, d.deliveries) == (kept.id, kept.payload, 1)
+    assert raw.hgetall(key + gone.id) == {b"waited": b"1"}
+    assert raw.xlen("{" + prefix + "}:q:default:s0") == 1  # its entry went
+    fields = raw.hmget(key + kept.id, "status", "token", "deliveries", "consumer")
+    assert fields == [b"running", d.token.encode(), b"1", b"c1"]
+    assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r")]) == [True]
+
+
+def test_an_entry_the_sweep_takes_back_counts_as_another_delivery(
+    redis_server: RedisServer, raw: redis.Redis, prefix: str
+) -> None:
+    # The sweep's entries were delivered before: their count is read, not taken as a first.
+    b = RedisBroker(redis_server.url, prefix=prefix, sweep_idle=0.1)
+    b.enqueue([e := env()])
+    [first] = fetch(b, "dies")
+    raw.zrem("{" + prefix + "}:q:default:running", e.id)  # its lease lost, entry pending
+    time.sleep(0.25)
+    [again] = fetch(b, "sweeper")
+    assert (again.id, again.payload, again.deliveries) == (e.id, e.payload, 2)
+    assert b.finish([Finish(first, JobStatus.SUCCEEDED, b"late")]) == [False]
+    assert b.finish([Finish(again, JobStatus.SUCCEEDED, b"r")]) == [True]
+    b.close()
+
+
+def test_an_entry_read_again_after_its_group_was_set_back_goes_out_with_a_new_lease(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # An operator set the group back (XGROUP SETID): a running job's entry is read as new.
+    # It goes out again under a new token (its count starts anew); the old one is fenced.
+    broker.enqueue([e := env()])
+    [old] = fetch(broker, "c1")
+    raw.xgroup_setid("{" + prefix + "}:q:default:s0", "conveyor", "0")
+    [new] = fetch(broker, "c2")
+    assert (new.id, new.payload, new.deliveries) == (e.id, e.payload, 1)
+    assert new.token != old.token
+    assert broker.finish([Finish(old, JobStatus.SUCCEEDED, b"old")]) == [False]
+    assert broker.finish([Finish(new, JobStatus.SUCCEEDED, b"new")]) == [True]
+
+
+def test_jobs_written_by_the_previous_version_are_fetched_finished_and_read(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    """The records as the version before this one wrote them (upgrade in place): a queued
+    job (its payload in the entry), one it leased (token and count in the hash, its entry
+    pending, its lease in the running index) and one it reclaimed (the payload moved into
+    the hash, an entry without it, one delivery counted)."""
+    tag = "{" + prefix + "}"
+    stream, job = tag + ":q:default:s0", tag + ":job:"
+    raw.xgroup_create(stream, "conveyor", "0", mkstream=True)
+    raw.sadd(tag + ":queues", "default")
+    queued, leased, reclaimed = env(), env(), env()
+    now = int(time.time() * 1000)
+
+    def enter(e: Envelope, fields: dict[str, object], payload: bytes | None) -> bytes:
+        entry: dict[str, object] = {"job": e.id}
+        if payload is not None:
+            entry["payload"] = payload
+        sid: bytes = raw.xadd(stream, entry)  # type: ignore[arg-type,assignment]
+        raw.hset(job + e.id, mapping={"status": "queued", "sid": sid, "queue": "default",
+                                      "priority": 0, "updated_at": now, **fields})  # fmt: skip
+        return sid
+
+    enter(leased, {}, leased.payload)
+    raw.xreadgroup("conveyor", "old-worker", {stream: ">"}, count=1)
+    raw.hset(job + leased.id, mapping={"status": "running", "token": "t-old", "deliveries": 1,
+                                       "consumer": "old-worker", "updated_at": now})  # fmt: skip
+    raw.zadd(tag + ":q:default:running", {leased.id: now + 60_000})
+    enter(reclaimed, {"payload": reclaimed.payload, "deliveries": 1, "eta": ""}, None)
+    enter(queued, {}, queued.payload)
+    got = {d.id: d for d in fetch(broker)}
+    assert {i: (d.payload, d.deliveries) for i, d in got.items()} == {
+        reclaimed.id: (reclaimed.payload, 2),
+        queued.id: (queued.payload, 1),
+    }
+    held = Delivery(leased.id, "default", leased.payload, "t-old", 1)
+    outcomes = [Finish(d, JobStatus.SUCCEEDED, d.id.encode()) for d in [held, *got.values()]]
+    assert broker.finish(outcomes) == [True, True, True]
+    records = broker.get([leased.id, reclaimed.id, queued.id])
+    assert [(r.status, r.result, r.deliveries) for r in records if r] == [
+        (JobStatus.SUCCEEDED, leased.id.encode(), 1),
+        (JobStatus.SUCCEEDED, reclaimed.id.encode(), 2),
+        (JobStatus.SUCCEEDED, queued.id.encode(), 1),
+    ]
+    assert raw.xlen(stream) == 0
+    assert raw.zcard(tag + ":q:default:running") == 0
+
+
 def test_only_a_job_somebody_waits_for_pushes_a_completion_signal(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

@@ -92,8 +92,9 @@ end
 -- microsecond when it sat idle, so the usual entry ["job", id, "payload", p] is read in
 -- place and the job hash by HMGET of the fields used, not HGETALL.) The payload is the
 -- entry's when it carries one, else the job hash's (a job that was scheduled, retried,
--- handed back or promoted: see _keys.py).
-local function deliver(q, p, sid, flat)
+-- handed back or promoted: see _keys.py). `first`: the entry was read as new (XREADGROUP
+-- '>'), not claimed back by the sweep.
+local function deliver(q, p, sid, flat, first)
   local id, f = flat[1] == 'job' and (#flat == 2 or (#flat == 4 and flat[3] == 'payload'))
     and flat[2], nil
   if not id then
@@ -109,31 +110,56 @@ local function deliver(q, p, sid, flat)
       'key', '', 'cancel', '0', 'updated_at', NOW, 'expires_at', '', 'result', '', 'reason', '')
   end
   local key = JOB_PREFIX .. id
-  -- (Its payload only when the entry has none, and no expires_at: only an ended job has
-  -- one, and an ended job is stale here; requeue clears it. A field read costs the server
-  -- a walk of the compact hash, the whole of it for a field that is not there.)
   local in_entry = not f and flat[4]
-  local job = in_entry and redis.call('HMGET', key, 'status', 'sid', 'deliveries')
-    or redis.call('HMGET', key, 'status', 'sid', 'deliveries', 'payload')
-  local status = job[1]
-  if not status or job[2] ~= sid or (status ~= 'queued' and status ~= 'running') then
-    drop_entry(q.s[p], sid)
-    return nil
-  end
   given = given + 1  -- a token of its own (a multi-queue round collects before `out`)
   local token = ARGV[TOKEN_BASE + given]
-  local n = (tonumber(job[3]) or 0) + 1  -- enqueue writes no count: none yet
-  -- (The lease's expiry is the job's score in the running index, not a field: each field
-  -- an HSET writes into a compact hash costs the server about half a microsecond.)
-  redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', DIGITS[n],
-    'consumer', CONSUMER, 'updated_at', DIGITS[NOW])
+  local n
+  if in_entry and first then
+    -- A job's first delivery: only enqueue writes an entry that carries the payload (a job
+    -- that outlives its entry gets one without), and every script that takes a queued job
+    -- out of line (cancel, delete, purge, finish, reclaim, release) deletes its entry in the
+    -- same step, so a new entry with a payload is a queued job's own, never delivered: the
+    -- lease is written without reading the hash first (one call, not two). Enqueue wrote
+    -- status, sid, queue, priority and updated_at, none of token, deliveries and consumer,
+    -- so HSET adds 3 fields. 5: there was no record (its hash went by hand or by eviction),
+    -- which is put back as it was and the entry dropped, as a stale one below. Fewer than 3:
+    -- the job was delivered before and its entry read again as new (its group recreated or
+    -- set back by hand: the client warns): it goes out again, its count started anew.
+    n = 1
+    local added = redis.call('HSET', key, 'status', 'running', 'token', token,
+      'deliveries', '1', 'consumer', CONSUMER, 'updated_at', DIGITS[NOW])
+    if added == 5 then
+      redis.call('HDEL', key, 'status', 'token', 'deliveries', 'consumer', 'updated_at')
+      drop_entry(q.s[p], sid)
+      given = given - 1
+      return nil
+    end
+  else
+    -- (Its payload only when the entry has none, and no expires_at: only an ended job has
+    -- one, and an ended job is stale here; requeue clears it. A field read costs the server
+    -- a walk of the compact hash, the whole of it for a field that is not there.)
+    local job = in_entry and redis.call('HMGET', key, 'status', 'sid', 'deliveries')
+      or redis.call('HMGET', key, 'status', 'sid', 'deliveries', 'payload')
+    local status = job[1]
+    if not status or job[2] ~= sid or (status ~= 'queued' and status ~= 'running') then
+      drop_entry(q.s[p], sid)
+      given = given - 1
+      return nil
+    end
+    n = (tonumber(job[3]) or 0) + 1  -- enqueue writes no count: none yet
+    -- (The lease's expiry is the job's score in the running index, not a field: each field
+    -- an HSET writes into a compact hash costs the server about half a microsecond.)
+    redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', DIGITS[n],
+      'consumer', CONSUMER, 'updated_at', DIGITS[NOW])
+    -- (A job without payload anywhere, e.g. written by hand, goes out empty: the worker
+    -- dead-letters it, and the rest of the reply is not lost with it.)
+    in_entry = in_entry or job[4] or ''
+  end
   local add = leased[q.running]
   if not add then add = {}; leased[q.running] = add end
   add[#add + 1] = DIGITS[NOW + LEASE]
   add[#add + 1] = id
-  -- (A job without payload anywhere, e.g. written by hand, goes out empty: the worker
-  -- dead-letters it, and the rest of the reply is not lost with it.)
-  return {id, q.name, in_entry or job[4] or '', token, n, p}
+  return {id, q.name, in_entry, token, n, p}
 end
 
 -- The running-index entries deliver put off, added once per index before the script ends
@@ -159,7 +185,7 @@ local function adopt(q, p, stream, sid)
     -- A live lease whose worker has not renewed lately: give the entry straight back.
     redis.call('XCLAIM', stream, GROUP, job.consumer, 0, sid, 'JUSTID')
   else
-    local d = deliver(q, p, sid, entry[2])
+    local d = deliver(q, p, sid, entry[2], false)
     if d then table.insert(out, d) end
   end
 end
@@ -242,7 +268,7 @@ local function read_single(p, want)
   end
   local entries = res and res[1][2] or {}
   for _, e in ipairs(entries) do
-    local d = deliver(Q[1], p, e[1], e[2])
+    local d = deliver(Q[1], p, e[1], e[2], true)
     if d then table.insert(out, d) end
   end
   return #entries
@@ -277,7 +303,7 @@ local function read_level(p, want)
     local res = redis.call('XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', n,
       'STREAMS', Q[i].s[p], '>')
     for _, e in ipairs(res and res[1][2] or {}) do
-      local d = deliver(Q[i], p, e[1], e[2])
+      local d = deliver(Q[i], p, e[1], e[2], true)
       if d then d.sid = e[1]; table.insert(got, d) end
     end
   end
