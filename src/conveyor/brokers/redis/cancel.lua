@@ -23,7 +23,8 @@ elseif job.status == 'scheduled' then
 else
   return job.status
 end
-terminate(q, key, job, id, 'cancelled', CANCELLED_TTL_MS, {'sid', '', 'reason', CANCELLED_PENDING})
+terminate(q, key, job, id, 'cancelled', CANCELLED_TTL_MS, nil, 'sid', '', 'reason',
+  CANCELLED_PENDING)
 release_key(KEYS[3], job, id)
 local cap = carried()
 if cap then publish(cap, {ARGV[6]}) end

@@ -317,13 +317,14 @@ end
 
 -- Make a job terminal: record, expiry (logical, plus a later real one), index, the
 -- completion signal if somebody waits for it (field waited: watch.lua), and its dependents
--- counted down. `fields` (optional): more job hash fields, written in the
--- same HSET. `later` (optional): a batch's index additions (index key -> {score, id, ...}),
--- added by add_indexed after one trim per index, instead of a trim and ZADD per job.
-local function terminate(q, key, job, id, status, ttl_ms, fields, later)
+-- counted down. `later` (optional): a batch's index additions (index key -> {score, id,
+-- ...}), added by add_indexed after one trim per index, instead of a trim and ZADD per job.
+-- The arguments after it (optional): more job hash fields and values, written in the same
+-- HSET (as arguments, not a table: finish ends many jobs a call).
+local function terminate(q, key, job, id, status, ttl_ms, later, ...)
   local expires = DIGITS[NOW + ttl_ms]
   redis.call('HSET', key, 'status', status, 'expires_at', expires, 'updated_at', DIGITS[NOW],
-    unpack(fields or {}))
+    ...)
   redis.call('PEXPIRE', key, DIGITS[ttl_ms + GC_GRACE_MS])
   if TERMINAL[status] then
     local index = q[status]
@@ -360,16 +361,23 @@ local function owned(job, token)
   return job ~= nil and job.status == 'running' and job.token ~= '' and job.token == token
 end
 
--- The fence of finish and release: 'owned' (go on; the caller marks this delivery as the
--- one that settles the job, field settled_by = token, in the HSET it writes anyway),
--- 'again' (this very delivery settled it already: a call resent after a lost reply took
--- effect the first time) or 'refused'.
-local function settle(job, token)
-  if job and token ~= '' and job.settled_by == token and job.status ~= 'running' then
+-- The fence of finish and release, from the job's status, token and settled_by fields
+-- (nil or false: not there) and the delivery's token: 'owned' (go on; the caller marks this
+-- delivery as the one that settles the job, field settled_by = token, in the HSET it
+-- writes anyway), 'again' (this very delivery settled it already: a call resent after a
+-- lost reply took effect the first time) or 'refused'.
+local function fence(status, held, settled_by, token)
+  if status == 'running' and token ~= '' and held == token then return 'owned' end
+  if status and status ~= 'running' and token ~= '' and settled_by == token then
     return 'again'
   end
-  if not owned(job, token) then return 'refused' end
-  return 'owned'
+  return 'refused'
+end
+
+-- fence, of a job as load_job reads it (nil: none).
+local function settle(job, token)
+  if not job then return 'refused' end
+  return fence(job.status, job.token, job.settled_by, token)
 end
 
 -- A running job whose cancel was requested and whose worker is gone (lease expired) or
@@ -383,7 +391,7 @@ local function end_cancelled(q, key, job, id, unique, fields)
   table.insert(fields, '')
   table.insert(fields, 'reason')
   table.insert(fields, CANCELLED_WORKER_STOPPED)
-  terminate(q, key, job, id, 'cancelled', CANCELLED_TTL_MS, fields)
+  terminate(q, key, job, id, 'cancelled', CANCELLED_TTL_MS, nil, unpack(fields))
   release_key(unique, job, id)
 end
 

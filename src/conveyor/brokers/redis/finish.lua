@@ -24,16 +24,9 @@ local CAP, LAST = carried()
 local Q = {}
 for i = 1, NQ do Q[i] = qkeys(3 + (i - 1) * QK); Q[i].name = ARGV[5 + i] end
 
--- Only the fields the fence and the ending read (HMGET, not the whole hash).
--- (No expiry check: only an ended job has one, and an ended job is refused, or, ended by
--- this very delivery, answered 'again', which holds as well after its record expired.)
-local function load_fenced(key)
-  local f = redis.call('HMGET', key, 'status', 'token', 'settled_by', 'priority', 'sid', 'key',
-    'deps', 'waited')
-  if not f[1] then return nil end
-  return {status = f[1], token = f[2] or nil, settled_by = f[3] or nil, priority = f[4] or nil,
-    sid = f[5] or nil, key = f[6] or nil, deps = f[7] or nil, waited = f[8] or nil}
-end
+-- What terminate and release_key read of a job that has no unique key, no dependents and
+-- no waiter (the usual one): nothing.
+local PLAIN = {}
 
 -- Put off to the end, once per key for the whole batch (nothing in this script reads them
 -- meanwhile; a job named twice in one call is refused or 'again' the second time, by its
@@ -53,20 +46,30 @@ local function put_off(into, key, value)
   list[#list + 1] = value
 end
 
+-- (The fence reads the fields it needs with HMGET, not the whole hash, in place: a table of
+-- them for each job cost the server more than the read. No expiry check: only an ended job
+-- has one, and an ended job is refused, or, ended by this very delivery, answered 'again',
+-- which holds as well after its record expired. See common.lua settle.)
 local function finish_one(a, n, event)
   local id = ARGV[a]
   local token = ARGV[a + 1]
   local key = JOB_PREFIX .. id
-  local job = load_fenced(key)
-  local fence = settle(job, token)
-  if fence ~= 'owned' then
+  local f = redis.call('HMGET', key, 'status', 'token', 'priority', 'sid', 'key', 'deps',
+    'waited', 'settled_by')
+  local settled = fence(f[1] or nil, f[2], f[8], token)
+  if settled ~= 'owned' then
     if event then skipped = true end
-    return fence == 'again' and 1 or 0
+    return settled == 'again' and 1 or 0
   end
+  local job = PLAIN
+  if f[5] or f[6] or f[7] then
+    job = {key = f[5] or nil, deps = f[6] or nil, waited = f[7] or nil}
+  end
+  local prio, sid = f[3], f[4] or nil
   recorded[n] = event
   local q = Q[tonumber(ARGV[a + 6])]
   local status, result, ttl_ms, reason = ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
-  if job.sid and job.sid ~= '' then put_off(dropped, q.s[tonumber(job.priority)], job.sid) end
+  if sid and sid ~= '' then put_off(dropped, q.s[tonumber(prio)], sid) end
   if freed then
     put_off(stopped, q.running, id)
   else
@@ -88,16 +91,17 @@ local function finish_one(a, n, event)
     return 1
   end
   -- (Its sid stays: the entry goes below, and nothing reads an ended job's sid.)
-  local fields = {'settled_by', token, 'result', result, 'reason', reason}
-  if status ~= 'succeeded' and job.sid and job.sid ~= '' then
-    -- Kept for inspection and requeue: a payload the entry carries moves into the hash.
-    local payload = entry_payload(q.s[tonumber(job.priority)], job.sid)
-    if payload then
-      fields[#fields + 1] = 'payload'
-      fields[#fields + 1] = payload
-    end
+  -- Kept for inspection and requeue unless it succeeded: a payload the entry carries moves
+  -- into the hash.
+  local payload = status ~= 'succeeded' and sid and sid ~= ''
+    and entry_payload(q.s[tonumber(prio)], sid)
+  if payload then
+    terminate(q, key, job, id, status, ttl_ms, later, 'settled_by', token, 'result', result,
+      'reason', reason, 'payload', payload)
+  else
+    terminate(q, key, job, id, status, ttl_ms, later, 'settled_by', token, 'result', result,
+      'reason', reason)
   end
-  terminate(q, key, job, id, status, ttl_ms, fields, later)
   release_key(UNIQUE, job, id)
   return 1
 end
