@@ -12,6 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -672,11 +673,12 @@ def test_jobs_written_by_the_previous_version_are_fetched_finished_and_read(
     queued, leased, reclaimed = env(), env(), env()
     now = int(time.time() * 1000)
 
-    def enter(e: Envelope, fields: dict[str, object], payload: bytes | None) -> bytes:
-        entry: dict[str, object] = {"job": e.id}
+    def enter(e: Envelope, fields: dict[Any, Any], payload: bytes | None) -> bytes:
+        entry: dict[str | bytes, str | bytes] = {"job": e.id}
         if payload is not None:
             entry["payload"] = payload
-        sid: bytes = raw.xadd(stream, entry)  # type: ignore[arg-type,assignment]
+        sid = raw.xadd(stream, entry)  # type: ignore[arg-type]
+        assert isinstance(sid, bytes)
         raw.hset(job + e.id, mapping={"status": "queued", "sid": sid, "queue": "default",
                                       "priority": 0, "updated_at": now, **fields})  # fmt: skip
         return sid
