@@ -665,12 +665,13 @@ def test_jobs_written_by_the_previous_version_are_fetched_finished_and_read(
     """The records as the version before this one wrote them (upgrade in place): a queued
     job (its payload in the entry), one it leased (token and count in the hash, its entry
     pending, its lease in the running index) and one it reclaimed (the payload moved into
-    the hash, an entry without it, one delivery counted)."""
+    the hash, an entry without it, one delivery counted); and a queued job as enqueue wrote
+    it before 6916008 (a zero count and an empty unique key in the hash)."""
     tag = "{" + prefix + "}"
     stream, job = tag + ":q:default:s0", tag + ":job:"
     raw.xgroup_create(stream, "conveyor", "0", mkstream=True)
     raw.sadd(tag + ":queues", "default")
-    queued, leased, reclaimed = env(), env(), env()
+    queued, leased, reclaimed, older = env(), env(), env(), env()
     now = int(time.time() * 1000)
 
     def enter(e: Envelope, fields: dict[Any, Any], payload: bytes | None) -> bytes:
@@ -690,19 +691,22 @@ def test_jobs_written_by_the_previous_version_are_fetched_finished_and_read(
     raw.zadd(tag + ":q:default:running", {leased.id: now + 60_000})
     enter(reclaimed, {"payload": reclaimed.payload, "deliveries": 1, "eta": ""}, None)
     enter(queued, {}, queued.payload)
+    enter(older, {"deliveries": 0, "key": ""}, older.payload)
     got = {d.id: d for d in fetch(broker)}
     assert {i: (d.payload, d.deliveries) for i, d in got.items()} == {
         reclaimed.id: (reclaimed.payload, 2),
         queued.id: (queued.payload, 1),
+        older.id: (older.payload, 1),
     }
     held = Delivery(leased.id, "default", leased.payload, "t-old", 1)
     outcomes = [Finish(d, JobStatus.SUCCEEDED, d.id.encode()) for d in [held, *got.values()]]
-    assert broker.finish(outcomes) == [True, True, True]
-    records = broker.get([leased.id, reclaimed.id, queued.id])
+    assert broker.finish(outcomes) == [True, True, True, True]
+    records = broker.get([leased.id, reclaimed.id, queued.id, older.id])
     assert [(r.status, r.result, r.deliveries) for r in records if r] == [
         (JobStatus.SUCCEEDED, leased.id.encode(), 1),
         (JobStatus.SUCCEEDED, reclaimed.id.encode(), 2),
         (JobStatus.SUCCEEDED, queued.id.encode(), 1),
+        (JobStatus.SUCCEEDED, older.id.encode(), 1),
     ]
     assert raw.xlen(stream) == 0
     assert raw.zcard(tag + ":q:default:running") == 0

@@ -122,9 +122,10 @@ local function deliver(q, p, sid, flat, first)
     -- lease is written without reading the hash first (one call, not two). Enqueue wrote
     -- status, sid, queue, priority and updated_at, none of token, deliveries and consumer,
     -- so HSET adds 3 fields. 5: there was no record (its hash went by hand or by eviction),
-    -- which is put back as it was and the entry dropped, as a stale one below. Fewer than 3:
-    -- the job was delivered before and its entry read again as new (its group recreated or
-    -- set back by hand: the client warns): it goes out again, its count started anew.
+    -- which is put back as it was and the entry dropped, as a stale one below. Fewer: the
+    -- record had some of the lease's fields (enqueue before 6916008 wrote a zero count; or
+    -- the job was delivered and its entry read again as new, its group set back or
+    -- recreated by hand): it goes out, its count 1 (started anew in the latter case).
     n = 1
     local added = redis.call('HSET', key, 'status', 'running', 'token', token,
       'deliveries', '1', 'consumer', CONSUMER, 'updated_at', DIGITS[NOW])
