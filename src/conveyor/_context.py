@@ -64,5 +64,5 @@ def current_job() -> CurrentJob:
     return job
 
 
-def set_current_job(job: CurrentJob | None) -> object:
-    return _current.set(job)
+# The worker sets it twice per job: the ContextVar's own method, not a function around it.
+set_current_job = _current.set

@@ -29,6 +29,34 @@ def test_outcome_round_trip() -> None:
         codec.encode_value({"at": when})
 
 
+@pytest.mark.parametrize("secret", [None, "s3cret"])
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        Outcome(value=None),
+        Outcome(value=True),
+        Outcome(value=2**70),
+        Outcome(value="é\n\u2028"),
+        Outcome(value=[1, {"a": 2.5}]),
+        Outcome(error=RemoteError("ValueError", "bad", "tb")),
+        Outcome(reason="cancelled while running (cancel)"),
+    ],
+)
+def test_an_outcome_encodes_to_its_framed_body_whatever_path_it_takes(
+    outcome: Outcome, secret: str | None
+) -> None:
+    # A plain value without a secret skips the framing's calls: the bytes are the same.
+    codec = Codec(secret=secret)
+    assert codec.encode_outcome(outcome) == codec._frame(outcome)
+    assert codec.decode_outcome(codec.encode_outcome(outcome)) == outcome
+
+
+def test_a_plain_value_the_encoder_refuses_is_refused_as_before() -> None:
+    for outcome in (Outcome(value="\ud800"), Outcome(error=RemoteError("E", "\ud800"))):
+        with pytest.raises(SerializationError, match=r"cannot encode result as JSON: .*surrogate"):
+            Codec().encode_outcome(outcome)
+
+
 def test_unserializable_argument_is_a_typed_error_that_says_what_to_do() -> None:
     with pytest.raises(SerializationError, match=r"args\[0\] .* no JSON form; send plain values"):
         Codec().encode_message(Message(id="j", task="m:f", args=[object()]))

@@ -14,15 +14,17 @@ import msgspec
 import pytest
 
 from brokers import params
-from conveyor import ConfigurationError, Conveyor, Event, Job, JobStatus, TaskFailed, chain
-from conveyor._clock import FakeClock
+from conveyor import ConfigurationError, Conveyor, Event, Job, JobStatus, TaskFailed, _events, chain
+from conveyor._clock import FakeClock, SystemClock
 from conveyor._events import check_types, parse_duration
-from conveyor._message import Envelope
+from conveyor._message import Delivery, Envelope, Message
 from conveyor.brokers._port import Finish
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.cli.events import line
 from conveyor.scheduler import Scheduler
 from conveyor.worker import Worker
+from conveyor.worker._attempt import Attempt
+from conveyor.worker._events import WorkerEvents
 
 from .test_worker import running
 
@@ -323,6 +325,32 @@ def test_each_jobs_events_are_in_the_order_they_happened(app: Conveyor) -> None:
 
 
 # -- producers -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("system", [True, False])
+def test_a_workers_job_events_are_job_events_as_encoded_and_stamped_elsewhere(
+    system: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker encodes and stamps them inline, and reads the system clock directly.
+    now = 1_765_000_000.1234567
+    monkeypatch.setattr(time, "time", lambda: now)
+    clock = SystemClock() if system else FakeClock(now)
+    events = WorkerEvents("w1", clock)
+    message = Message(id="j1", task="m:f", queue="q", attempt=1)
+    attempt = Attempt(Delivery("j1", "q", b"{}", "tok", 2))
+    attempt.message = message
+    attempt.began = time.monotonic() - 0.25
+    events.started(attempt, wake=False)
+    finish = events.outcome(attempt, Finish(attempt.delivery, JobStatus.SUCCEEDED, b"{}"))
+    started, succeeded = events._pending[0], finish.event
+    at = _events.stamp(now)
+    fields = {"job_id": "j1", "task": "m:f", "queue": "q", "worker_id": "w1", "attempt": 1}
+    assert started == _events.encode(Event("job.started", at, deliveries=2, **fields))
+    assert succeeded is not None
+    duration = _events.decode(succeeded).duration
+    assert duration is not None and 0.25 <= duration < 30
+    assert duration == _events.stamp(duration)
+    assert succeeded == _events.encode(Event("job.succeeded", at, duration=duration, **fields))
 
 
 def test_enqueue_publishes_once_per_job_written(app: Conveyor) -> None:

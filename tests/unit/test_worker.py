@@ -23,8 +23,10 @@ from conveyor import (
     current_job,
 )
 from conveyor._clock import FakeClock
-from conveyor._message import Envelope, Message, new_job_id
+from conveyor._context import CurrentJob
+from conveyor._message import Delivery, Envelope, Message, new_job_id
 from conveyor.worker import Worker, drain
+from conveyor.worker._attempt import make_current_job
 
 
 @pytest.fixture
@@ -127,6 +129,24 @@ def test_current_job_describes_the_job(app: Conveyor) -> None:
     job = who.delay()
     drain(app)
     assert job.result(timeout=30) == [job.id, who.name, "images", 0, 1]
+
+
+def test_the_worker_makes_current_job_as_its_init_would() -> None:
+    # make_current_job sets the attributes itself (a keyword call costs more than they do)
+    message = Message(id="j1", task="m:f", queue="images", attempt=2)
+    delivery = Delivery("j1", "images", b"{}", "tok", deliveries=3)
+    reported: list[tuple[float, str | None]] = []
+
+    def report(value: float, note: str | None) -> None:
+        reported.append((value, note))
+
+    made = make_current_job(message, delivery, report)
+    built = CurrentJob(
+        job_id="j1", task="m:f", queue="images", attempt=2, deliveries=3, report=report
+    )
+    assert type(made) is CurrentJob and vars(made) == vars(built)
+    made.progress(0.5, "half")
+    assert reported == [(0.5, "half")]
 
 
 # -- retries ---------------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from typing import TypeVar
 import msgspec
 
 from .. import _events
-from .._clock import Clock
+from .._clock import Clock, SystemClock
 from .._events import ENDED, RATE_LIMITED, WORKER_STOPPED, Event
 from .._message import JobStatus, WorkerInfo
 from ..brokers._port import Finish
@@ -44,6 +44,11 @@ T = TypeVar("T")
 FLUSH_AFTER = 0.05  # seconds an event waits for a finish call to ride on
 MAX_PENDING = 10_000
 
+# Every job makes two events (started, and its outcome's): they are encoded by an encoder's
+# own method and stamped inline (``_events.encode`` and ``_events.stamp`` do the same in a
+# Python call each), and the system clock is read without ``SystemClock.time`` around it.
+_encode = msgspec.json.Encoder().encode
+
 
 class WorkerEvents:
     """Builds this worker's events and keeps those waiting for a call to ride on."""
@@ -51,6 +56,7 @@ class WorkerEvents:
     def __init__(self, worker_id: str, clock: Clock) -> None:
         self.worker_id = worker_id
         self._clock = clock
+        self._system = type(clock) is SystemClock  # time.time() itself, without a call more
         self._sending = threading.Lock()  # one carrier at a time: publish order = make order
         self._pending: deque[bytes] = deque(maxlen=MAX_PENDING)  # full: the oldest go
         self._due: float | None = None  # time.monotonic() by which the outbox goes out
@@ -102,9 +108,10 @@ class WorkerEvents:
         message, d = attempt.message, attempt.delivery
         assert message is not None, "only decoded jobs start"
         # Built field by field, not through job_event's keywords: this runs for every job.
+        now = time.time() if self._system else self._clock.time()
         event = Event(
             "job.started",
-            _events.stamp(self._clock.time()),
+            int(now * 1_000_000) / 1_000_000,  # _events.stamp
             job_id=d.id,
             task=message.task,
             queue=d.queue,
@@ -112,20 +119,22 @@ class WorkerEvents:
             attempt=message.attempt,
             deliveries=d.deliveries,
         )
-        self.add(_events.encode(event), wake=wake)
+        self.add(_encode(event), wake=wake)
 
     def outcome(self, attempt: Attempt, finish: Finish) -> Finish:
         """The finish with its job's event on it."""
         message, d, status = attempt.message, attempt.delivery, finish.status
+        now = time.time() if self._system else self._clock.time()
+        ran = time.monotonic() - attempt.began if attempt.began else None
         event = Event(
             ENDED.get(status, "job.retried"),
-            _events.stamp(self._clock.time()),
+            int(now * 1_000_000) / 1_000_000,  # _events.stamp, as below
             job_id=d.id,
             task=message.task if message is not None else "",
             queue=d.queue,
             worker_id=self.worker_id,
             attempt=message.attempt if message is not None else None,
-            duration=_events.stamp(time.monotonic() - attempt.began) if attempt.began else None,
+            duration=int(ran * 1_000_000) / 1_000_000 if ran is not None else None,
         )
         if status is JobStatus.SUCCEEDED:
             pass  # the usual case: nothing more to say
@@ -144,7 +153,7 @@ class WorkerEvents:
             event.reason = finish.reason[:500]
             if status is JobStatus.DEAD:
                 event.deliveries = d.deliveries
-        return msgspec.structs.replace(finish, event=_events.encode(event))
+        return msgspec.structs.replace(finish, event=_encode(event))
 
     def handed_back(self, attempts: Sequence[Attempt], released: Sequence[bool]) -> None:
         """``job.requeued`` for each started job a stopping worker handed back."""
