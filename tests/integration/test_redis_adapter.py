@@ -659,6 +659,32 @@ def test_an_entry_read_again_after_its_group_was_set_back_goes_out_with_a_new_le
     assert broker.finish([Finish(new, JobStatus.SUCCEEDED, b"new")]) == [True]
 
 
+def test_a_record_lost_and_its_id_enqueued_again_before_its_entry_is_read_goes_out_twice(
+    redis_server: RedisServer, raw: redis.Redis, prefix: str
+) -> None:
+    # The corner a first delivery's lease without a read leaves (fetch.lua deliver): a
+    # queued job's record gone by hand or evicted, and its id enqueued again (a new record,
+    # a new entry) before the old entry is read. The old entry finds a record that never
+    # had a lease, so it goes out, with the old payload; the new one goes out as well (its
+    # lease replaces the first, which is fenced). The old entry stays pending until the
+    # sweep drops it (its job's record names the other entry).
+    b = RedisBroker(redis_server.url, prefix=prefix, sweep_idle=0.1)
+    stream = "{" + prefix + "}:q:default:s0"
+    b.enqueue([e := env()])
+    raw.delete("{" + prefix + "}:job:" + e.id)
+    b.enqueue([again := Envelope(e.id, "default", b"enqueued again")])
+    stale, new = fetch(b)
+    assert (stale.id, stale.payload, stale.deliveries) == (e.id, e.payload, 1)
+    assert (new.id, new.payload, new.deliveries) == (e.id, again.payload, 1)
+    assert b.finish([Finish(stale, JobStatus.SUCCEEDED, b"stale")]) == [False]
+    assert b.finish([Finish(new, JobStatus.SUCCEEDED, b"r")]) == [True]
+    assert raw.xlen(stream) == 1  # the old entry, pending
+    time.sleep(0.25)
+    assert fetch(b, "sweeper") == []
+    assert raw.xlen(stream) == 0
+    b.close()
+
+
 def test_jobs_written_by_the_previous_version_are_fetched_finished_and_read(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

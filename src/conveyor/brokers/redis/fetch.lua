@@ -126,6 +126,9 @@ local function deliver(q, p, sid, flat, first)
     -- record had some of the lease's fields (enqueue before 6916008 wrote a zero count; or
     -- the job was delivered and its entry read again as new, its group set back or
     -- recreated by hand): it goes out, its count 1 (started anew in the latter case).
+    -- Not told without a read: a record gone by hand or evicted whose id was enqueued again
+    -- (a new record, a new entry) before this entry is read; both entries go out, this one
+    -- with its old payload, and it stays pending until the sweep drops it.
     n = 1
     local added = redis.call('HSET', key, 'status', 'running', 'token', token,
       'deliveries', '1', 'consumer', CONSUMER, 'updated_at', DIGITS[NOW])
