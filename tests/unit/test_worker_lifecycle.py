@@ -256,6 +256,39 @@ def test_fetches_fill_slots_and_buffer_and_finishes_are_batched(
     assert len(broker.finish_sizes) < 60, broker.finish_sizes  # not one call per job
 
 
+def test_jobs_run_while_a_slow_finish_call_writes_their_predecessors(
+    app: Conveyor, broker: Recording
+) -> None:
+    """As many outcomes may await their write as deliveries may wait to run or run: while
+    a finish call is out, the worker fetches and runs the next slots' and buffer's worth
+    (it once waited for the call, holding at most 2 x 2 slots + 8 buffered in all), and
+    never holds more than twice that."""
+    ran = 0
+
+    @app.task
+    def tiny(n: int) -> int:
+        nonlocal ran
+        ran += 1
+        return n
+
+    during: list[int] = []  # per finish call: its outcomes and the runs that ended meanwhile
+    finish = broker.finish
+
+    def timed(outcomes: Sequence[Finish], events: Sequence[bytes] = ()) -> list[bool]:
+        before = ran
+        written = finish(outcomes, events)
+        during.append(len(outcomes) + ran - before)
+        return written
+
+    broker.finish = timed  # type: ignore[method-assign]
+    broker.finish_delay = 0.2  # a slow broker: each call returns long after the runs end
+    jobs = app.enqueue_many([tiny.s(i) for i in range(80)])
+    with background(Worker(app, concurrency=2)):  # 2 slots, 8 buffered once runs are known
+        assert [j.result(timeout=20) for j in jobs] == list(range(80))
+    assert max(during) <= 2 * (2 + 8), during
+    assert max(during[:-1]) >= 16, during  # at most 2 x 2 + 8 = 12 when the fetch waited
+
+
 # -- broker trouble --------------------------------------------------------------------------
 
 

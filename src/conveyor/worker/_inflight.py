@@ -15,9 +15,11 @@ of after a fetch round trip. The consumer is woken to fetch only when it is wort
 once when nothing is buffered, else when half the buffer has room, so a steady stream of
 completions costs one fetch per batch, not one per job.
 
-At most ``2 * capacity + prefetch`` deliveries are held at once: a slow or unreachable
-broker makes the worker fetch less, never run more than ``capacity`` jobs or pile up
-results nobody has written.
+At most ``2 * (capacity + buffer)`` deliveries are held at once: as many outcomes may
+await their write as deliveries may wait to run or run, so the fetch of a busy worker
+does not wait for the finisher's call to return (a batch is written while the next one
+runs), and a slow or unreachable broker makes the worker fetch less, never run more than
+``capacity`` jobs or pile up results nobody has written.
 
 Deliveries are tracked by the ``Attempt`` object itself, never by a broker-made key: an
 adapter may hand out one token for a whole fetched batch (tokens are unique per job only),
@@ -119,7 +121,7 @@ class Inflight:
     def _room(self) -> int:
         """How many more deliveries may be fetched now."""
         unstarted = self.capacity + self._buffer - self._active - len(self._ready)
-        return min(unstarted, 2 * self.capacity + self.prefetch - len(self._attempts))
+        return min(unstarted, 2 * (self.capacity + self._buffer) - len(self._attempts))
 
     def _worth_fetching(self) -> bool:
         room = self._room()
