@@ -1,4 +1,4 @@
-"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 to 4, see ``_schema``).
+"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 to 5, see ``_schema``).
 
 The hot paths are one round trip each, one function call doing every step of the
 contract's atomic step on the server: ``enqueue`` (dependencies checked before anything is
@@ -780,3 +780,29 @@ for _old, _new in (
 _JOBS_FILLFACTOR = "ALTER TABLE {s}.jobs SET (fillfactor = 50)"
 
 FUNCTIONS_V4: tuple[str, ...] = (_NOTIFY_V4, _EVENTS_LZ4, _JOBS_FILLFACTOR, _FINISH_ENDED_V4)
+
+# -- migration 5 -----------------------------------------------------------------------------
+
+# The claim updates the rows it locked where they are (by ``ctid``, a TID scan): migration
+# 1's joined them back by id, a descent of ``jobs_pkey`` per job. A row another transaction
+# changed after this statement's snapshot was taken is locked in its newest version, which
+# the snapshot cannot see: that job is left out of this claim (it stays as it is, and the
+# next fetch finds it), as a row another fetch holds is.
+_CLAIM_BY_ID = """
+            SELECT h.id FROM unnest(live) AS q(name), LATERAL (
+                SELECT j.id, j.priority, j.seq FROM {s}.jobs j"""
+_CLAIM_BY_TID = """
+            SELECT h.tid FROM unnest(live) AS q(name), LATERAL (
+                SELECT j.ctid AS tid, j.priority, j.seq FROM {s}.jobs j"""
+assert _CLAIM_BY_ID in _FETCH and "FROM picked WHERE j.id = picked.id" in _FETCH
+_FETCH_V5 = _replacing(
+    _FETCH.replace(_CLAIM_BY_ID, _CLAIM_BY_TID).replace(
+        "FROM picked WHERE j.id = picked.id", "WHERE j.ctid = ANY(ARRAY(SELECT tid FROM picked))"
+    ),
+    """    IF current_setting('conveyor.claim_commit', true) = 'async' THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+""",
+)
+
+FUNCTIONS_V5: tuple[str, ...] = (_FETCH_V5, _FETCH_GENERIC)

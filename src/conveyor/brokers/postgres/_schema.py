@@ -75,7 +75,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..._errors import ConfigurationError
-from ._functions import FUNCTIONS_V1, FUNCTIONS_V2, FUNCTIONS_V3, FUNCTIONS_V4
+from ._functions import FUNCTIONS_V1, FUNCTIONS_V2, FUNCTIONS_V3, FUNCTIONS_V4, FUNCTIONS_V5
 from ._url import channel, quoted
 
 if TYPE_CHECKING:
@@ -156,11 +156,13 @@ _V1_TABLES = (
 # dependencies is written by one INSERT. 3: the fetch keeps its statements' plans; the events
 # of one append share rows. 4: ``jobs`` leaves half of each page free (fillfactor 50) and
 # the events' rows are compressed with lz4; a notification's items are joined in one call.
+# 5: the claim updates the rows it locked by their ``ctid``.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (*_V1_TABLES, *FUNCTIONS_V1),
     FUNCTIONS_V2,
     FUNCTIONS_V3,
     FUNCTIONS_V4,
+    FUNCTIONS_V5,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
