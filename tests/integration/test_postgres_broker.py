@@ -16,7 +16,7 @@ from conveyor import Conveyor
 from conveyor._clock import FakeClock
 from conveyor._errors import ConfigurationError
 from conveyor._message import Delivery, Envelope, JobStatus, new_job_id
-from conveyor.brokers._port import Finish
+from conveyor.brokers._port import EVENTS_SLACK, Finish
 from conveyor.brokers.postgres import PostgresBroker, _schema
 from conveyor.cli import cli
 from postgres_server import drop_schema, schema_url, unique_schema
@@ -187,6 +187,31 @@ def test_an_event_committed_late_is_read_after_the_cursor_that_passed_it(
         after = broker.read_events(seen[-1][0], 0.0, 10)
     assert len(after) == 1 and late.id.encode() in after[0][1]
     app.close()
+
+
+def test_the_log_shows_the_newest_kept_events_and_holds_a_bounded_few_more(
+    postgres_url: str, schema: str
+) -> None:
+    """Since version 5 the log is trimmed once every 1,024 events: a reader still gets the
+    newest ``events_kept`` and fewer than ``EVENTS_SLACK`` more (whole rows of up to 32),
+    and the table holds at most about 1,024 + 32 + 63 events more."""
+    broker = PostgresBroker(schema_url(postgres_url, schema), events_kept=50)
+    try:
+        sent = [f"e{i}".encode() for i in range(5000)]
+        for at in range(0, len(sent), 70):  # a finish's worth of events at a time
+            broker.publish(sent[at : at + 70])
+        broker.publish([b"last"])
+        seen = [e for _, e in broker.read_events(None, 0.0, 10_000)]
+        assert 50 <= len(seen) < 50 + EVENTS_SLACK
+        assert seen == [*sent, b"last"][-len(seen) :]
+        with psycopg.connect(postgres_url) as conn:
+            held = conn.execute(f'SELECT sum(count) FROM "{schema}".events').fetchone()
+        assert held is not None and 50 <= held[0] <= 50 + 1024 + 32 + 63
+        numbers = [int(n) for n, _ in broker.read_events(None, 0.0, 10_000)]
+        later = broker.read_events(str(numbers[-3]), 0.0, 10)  # a cursor inside the window
+        assert [e for _, e in later] == seen[-2:]
+    finally:
+        broker.close()
 
 
 def _batches(broker: PostgresBroker, clock: FakeClock) -> list[object]:

@@ -805,4 +805,39 @@ _FETCH_V5 = _replacing(
 """,
 )
 
-FUNCTIONS_V5: tuple[str, ...] = (_FETCH_V5, _FETCH_GENERIC)
+# The log is trimmed once every _TRIM events (1,024), not every 64: the trim counts the
+# events of the newest rows back to ``p_kept`` (about 320 rows at the default 10,000), which
+# a drain paid on every finish, about a tenth of the server's time per job. What readers
+# see stays within the contract's bound: ``read_events`` reads only the rows that hold the
+# newest ``p_kept`` numbered events (the oldest of them whole: fewer than _GROUP more),
+# whatever the table holds besides until the next trim (at most _TRIM + _GROUP + 63 more).
+# Its two-argument form, which read every row, is dropped.
+_TRIM = 1024
+_APPEND_EVENTS_V5 = _APPEND_EVENTS_V3.replace(
+    "IF last_ / 64 > (first_ - 1) / 64 THEN", f"IF last_ / {_TRIM} > (first_ - 1) / {_TRIM} THEN"
+)
+assert _APPEND_EVENTS_V5 != _APPEND_EVENTS_V3
+_READ_EVENTS_V5 = _READ_EVENTS_V3
+for _old, _new in (
+    ("CREATE OR REPLACE FUNCTION {s}.read_events(p_after bigint, p_limit int)",
+     "CREATE FUNCTION {s}.read_events(p_after bigint, p_limit int, p_kept int)"),
+    ("""BEGIN
+    PERFORM {s}.number_events();
+""", """DECLARE
+    after_ bigint;
+BEGIN
+    PERFORM {s}.number_events();
+    after_ := greatest(p_after, coalesce((SELECT max(e.number) FROM {s}.events e), 0) - p_kept);
+"""),
+    ("WHERE e.number > p_after", "WHERE e.number > after_"),
+):  # fmt: skip
+    assert _old in _READ_EVENTS_V5, _old
+    _READ_EVENTS_V5 = _READ_EVENTS_V5.replace(_old, _new)
+
+FUNCTIONS_V5: tuple[str, ...] = (
+    _FETCH_V5,
+    _FETCH_GENERIC,
+    _APPEND_EVENTS_V5,
+    "DROP FUNCTION {s}.read_events(bigint, int)",
+    _READ_EVENTS_V5,
+)
