@@ -214,6 +214,48 @@ def test_the_log_shows_the_newest_kept_events_and_holds_a_bounded_few_more(
         broker.close()
 
 
+@pytest.mark.parametrize(("query", "claim", "finish"), [
+    ("", "off", "off"),
+    ("&worker_commit=sync", "on", "on"),
+    ("&worker_commit=sync&options=-c%20conveyor.claim_commit%3Dasync", "off", "on"),
+])  # fmt: skip
+def test_a_workers_claim_and_finish_commit_without_waiting_for_the_disk_unless_told(
+    postgres_url: str, schema: str, query: str, claim: str, finish: str
+) -> None:
+    """Version 5: ``synchronous_commit`` is off for the fetch's and the finish's own
+    transactions (``?worker_commit=sync``: on); other transactions are left as they were."""
+    broker = PostgresBroker(schema_url(postgres_url, schema) + query)
+    s = f'"{schema}"'
+    try:
+        broker.enqueue([Envelope(new_job_id(), "default", b"p") for _ in range(3)])
+        seen = []
+        with broker._db.connection() as conn:
+            with conn.transaction():
+                rows = conn.execute(
+                    f"SELECT id, 'tk' FROM {s}.fetch(%s, 3, 60, 'tk', true, NULL)", (["default"],)
+                ).fetchall()
+                seen.append(conn.execute("SHOW synchronous_commit").fetchone())
+            seen.append(conn.execute("SHOW synchronous_commit").fetchone())
+            for ids in ([rows[0][0]], [r[0] for r in rows[1:]]):  # finish, then finish_ended
+                with conn.transaction():
+                    n = len(ids)
+                    conn.execute(
+                        f"SELECT {s}.finish(%s::text[], %s::text[], %s::text[], %s::bytea[], "
+                        "%s::float8[], %s::text[], %s::bytea[], %s::boolean[], %s::text[], "
+                        "%s::bytea[], %s::int[], %s::float8[], '{}', 100, 0, NULL)",
+                        (ids, ["tk"] * n, ["succeeded"] * n, [b"r"] * n, [60.0] * n, [""] * n,
+                         [None] * n, [False] * n, [None] * n, [None] * n, [None] * n,
+                         [None] * n),
+                    )  # fmt: skip
+                    seen.append(conn.execute("SHOW synchronous_commit").fetchone())
+        assert seen == [(claim,), ("on",), (finish,), (finish,)]
+        assert [r.status if r else None for r in broker.get([r[0] for r in rows])] == [
+            JobStatus.SUCCEEDED
+        ] * 3
+    finally:
+        broker.close()
+
+
 def _batches(broker: PostgresBroker, clock: FakeClock) -> list[object]:
     """Batches with a repeated id, an eta, events or none, a producer's retry, a unique
     key, and an id whose record expired: what each call answered, and the log."""

@@ -783,6 +783,23 @@ FUNCTIONS_V4: tuple[str, ...] = (_NOTIFY_V4, _EVENTS_LZ4, _JOBS_FILLFACTOR, _FIN
 
 # -- migration 5 -----------------------------------------------------------------------------
 
+# The worker's claim and finish commit without waiting for the disk (``synchronous_commit``
+# off for their own transactions), unless the setting ``conveyor.worker_commit`` is
+# ``sync`` (the URL's ``?worker_commit=sync`` sets it for the broker's connections; a
+# database or a role may set it too). A server crash may then undo the last claims and
+# finishes whose write-ahead log was not flushed yet (the WAL writer flushes at least every
+# 200 ms by default): their jobs are as they were before, queued or running under a lease,
+# and run again once that lease is out, which at-least-once delivery allows; a delivery
+# whose claim was undone is fenced out by its token. Whatever commits later is later in the
+# same log, so a synchronous commit after them (an enqueue, a release) makes them durable
+# too. Enqueue, release, renewal and the store still wait for the disk.
+# ``conveyor.claim_commit = 'async'`` (version 2) still makes the claim async.
+_ASYNC = "current_setting('conveyor.worker_commit', true) IS DISTINCT FROM 'sync'"
+_WORKER_COMMIT = """    IF {async_} THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+"""
+
 # The claim updates the rows it locked where they are (by ``ctid``, a TID scan): migration
 # 1's joined them back by id, a descent of ``jobs_pkey`` per job. A row another transaction
 # changed after this statement's snapshot was taken is locked in its newest version, which
@@ -799,10 +816,9 @@ _FETCH_V5 = _replacing(
     _FETCH.replace(_CLAIM_BY_ID, _CLAIM_BY_TID).replace(
         "FROM picked WHERE j.id = picked.id", "WHERE j.ctid = ANY(ARRAY(SELECT tid FROM picked))"
     ),
-    """    IF current_setting('conveyor.claim_commit', true) = 'async' THEN
-        PERFORM set_config('synchronous_commit', 'off', true);
-    END IF;
-""",
+    _WORKER_COMMIT.format(
+        async_=f"{_ASYNC}\n            OR current_setting('conveyor.claim_commit', true) = 'async'"
+    ),
 )
 
 # The log is trimmed once every _TRIM events (1,024), not every 64: the trim counts the
@@ -834,9 +850,18 @@ BEGIN
     assert _old in _READ_EVENTS_V5, _old
     _READ_EVENTS_V5 = _READ_EVENTS_V5.replace(_old, _new)
 
+_FINISH_V5, _FINISH_ENDED_V5 = (
+    f.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1).replace(
+        "\nBEGIN\n", "\nBEGIN\n" + _WORKER_COMMIT.format(async_=_ASYNC), 1
+    )
+    for f in (_FINISH_V3, _FINISH_ENDED_V4)
+)
+
 FUNCTIONS_V5: tuple[str, ...] = (
     _FETCH_V5,
     _FETCH_GENERIC,
+    _FINISH_V5,
+    _FINISH_ENDED_V5,
     _APPEND_EVENTS_V5,
     "DROP FUNCTION {s}.read_events(bigint, int)",
     _READ_EVENTS_V5,

@@ -158,7 +158,8 @@ _V1_TABLES = (
 # of one append share rows. 4: ``jobs`` leaves half of each page free (fillfactor 50) and
 # the events' rows are compressed with lz4; a notification's items are joined in one call.
 # 5: the claim updates the rows it locked by their ``ctid``; the event log is trimmed once
-# every 1,024 events, its readers read the newest ``events_kept``.
+# every 1,024 events, its readers read the newest ``events_kept``; a worker's claim and
+# finish commit without waiting for the disk unless ``conveyor.worker_commit`` is ``sync``.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (*_V1_TABLES, *FUNCTIONS_V1),
     FUNCTIONS_V2,
