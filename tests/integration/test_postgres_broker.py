@@ -206,7 +206,10 @@ def test_the_log_shows_the_newest_kept_events_and_holds_a_bounded_few_more(
         assert seen == [*sent, b"last"][-len(seen) :]
         with psycopg.connect(postgres_url) as conn:
             held = conn.execute(f'SELECT sum(count) FROM "{schema}".events').fetchone()
+            # an older Conveyor's readers still read (with the default events_kept)
+            old = conn.execute(f'SELECT body FROM "{schema}".read_events(0, 3)').fetchall()
         assert held is not None and 50 <= held[0] <= 50 + 1024 + 32 + 63
+        assert len(old) == 3
         numbers = [int(n) for n, _ in broker.read_events(None, 0.0, 10_000)]
         later = broker.read_events(str(numbers[-3]), 0.0, 10)  # a cursor inside the window
         assert [e for _, e in later] == seen[-2:]

@@ -18,7 +18,7 @@ transaction wakes workers only once it is visible to them.
 from __future__ import annotations
 
 from ..._message import JobStatus
-from .._base import CANCELLED_TTL, CANCELLED_WORKER_STOPPED
+from .._base import CANCELLED_TTL, CANCELLED_WORKER_STOPPED, EVENTS_KEPT
 
 _TERMINAL = ", ".join(f"'{s.value}'" for s in JobStatus if s.terminal)
 
@@ -827,7 +827,8 @@ _FETCH_V5 = _replacing(
 # see stays within the contract's bound: ``read_events`` reads only the rows that hold the
 # newest ``p_kept`` numbered events (the oldest of them whole: fewer than _GROUP more),
 # whatever the table holds besides until the next trim (at most _TRIM + _GROUP + 63 more).
-# Its two-argument form, which read every row, is dropped.
+# Its two-argument form stays for readers of an older Conveyor while a deployment upgrades
+# (the default ``events_kept``).
 _TRIM = 1024
 _APPEND_EVENTS_V5 = _APPEND_EVENTS_V3.replace(
     "IF last_ / 64 > (first_ - 1) / 64 THEN", f"IF last_ / {_TRIM} > (first_ - 1) / {_TRIM} THEN"
@@ -857,12 +858,18 @@ _FINISH_V5, _FINISH_ENDED_V5 = (
     for f in (_FINISH_V3, _FINISH_ENDED_V4)
 )
 
+_READ_EVENTS_TWO = f"""
+CREATE OR REPLACE FUNCTION {{s}}.read_events(p_after bigint, p_limit int)
+RETURNS TABLE(number bigint, body bytea) LANGUAGE sql AS $$
+    SELECT * FROM {{s}}.read_events(p_after, p_limit, {EVENTS_KEPT})
+$$"""
+
 FUNCTIONS_V5: tuple[str, ...] = (
     _FETCH_V5,
     _FETCH_GENERIC,
     _FINISH_V5,
     _FINISH_ENDED_V5,
     _APPEND_EVENTS_V5,
-    "DROP FUNCTION {s}.read_events(bigint, int)",
     _READ_EVENTS_V5,
+    _READ_EVENTS_TWO,
 )
