@@ -10,7 +10,8 @@ falls on both alike:
 
 * ``enqueue 1`` then ``claim 1`` (``fetch`` of one job), ``--single`` times a round: the two
   commits a job waits for between ``delay()`` and its start (W3's path; the ``new``
-  broker's connections set ``conveyor.claim_commit`` to ``--claim-commit``, ``async``);
+  broker's connections set ``conveyor.claim_commit`` to ``--claim-commit``, ``async``; any
+  other value also sets ``?worker_commit=sync``, which schema version 5 needs to wait);
 * ``enqueue batch``: ``--batch`` jobs without keys or dependencies, one event each (W1b's
   path), once a round; the jobs are then claimed and finished, untimed.
 
@@ -96,6 +97,8 @@ def main() -> int:
         with psycopg.connect(url, autocommit=True) as conn:
             conn.execute("CREATE EXTENSION pg_stat_statements")
         claim = f"&options=-c%20conveyor.claim_commit%3D{args.claim_commit}"
+        if args.claim_commit != "async":  # since version 5 the claim is async unless told
+            claim += "&worker_commit=sync"
         brokers = {"old": _open(url, "old", args.old), "new": _open(url, "new", newest, claim)}
         times: dict[str, dict[str, list[float]]] = {n: {op: [] for op in OPS} for n in brokers}
         for broker in brokers.values():  # warm up: plans cached, tables touched

@@ -183,20 +183,17 @@ def _server_cpu(server: Any) -> float:
     postmaster and its children (backends, WAL writer, autovacuum, ...). Unlike the
     execution times ``pg_stat_statements`` keeps, time the server spent waiting for a CPU
     another process held is not in it."""
-    with open(os.path.join(server.data, "postmaster.pid")) as f:
-        postmaster = int(f.readline())
+    from pg_server import server_pids
+
     tick = os.sysconf("SC_CLK_TCK")
     total = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid in server_pids(server.data):
         try:
-            with open(f"/proc/{entry}/stat") as f:
+            with open(f"/proc/{pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry) == postmaster or int(fields[1]) == postmaster:  # fields[1]: the ppid
-            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
     return total
 
 

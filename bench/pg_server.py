@@ -133,6 +133,25 @@ class PostgresServer:
         return statistics.median(times) * 1000
 
 
+def server_pids(data: str) -> list[int]:
+    """The processes of the server whose data directory is ``data`` alive now: the
+    postmaster and its children (backends, WAL writer, autovacuum, ...)."""
+    with open(os.path.join(data, "postmaster.pid")) as f:
+        postmaster = int(f.readline())
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                parent = int(f.read().rsplit(")", 1)[1].split()[1])
+        except OSError:
+            continue
+        if int(entry) == postmaster or parent == postmaster:
+            found.append(int(entry))
+    return found
+
+
 @contextlib.contextmanager
 def private_postgres() -> Iterator[PostgresServer]:
     server = PostgresServer()

@@ -175,8 +175,10 @@ def _sharded(place: Placer, shards: int) -> Placer:
 
 def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Place:
     """A schema of its own per target (a migration: ~40 ms): in the session's database on
-    the machine's server ("shared"), else on a private server ("fresh", "durable": every
-    commit is synced, PostgreSQL's default), which ``restart`` stops as a crash would."""
+    the machine's server ("shared"), else on a private server ("fresh"; "durable": every
+    commit is synced, PostgreSQL's default, a worker's claims and finishes too:
+    ``worker_commit=sync``), which ``restart`` stops as a crash would. (A crash may undo
+    async claims and finishes, whose jobs then run again: ``test_postgres_restart``.)"""
     if server == "shared":
         database: str = request.getfixturevalue("postgres_url")
         return Place(lambda: Target(schema_url(database)))
@@ -186,7 +188,8 @@ def _postgres(request: pytest.FixtureRequest, root: Path, server: Server) -> Pla
         found.stop("immediate")
         found.start()
 
-    return Place(lambda: Target(schema_url(found.url)), restart)
+    url = f"{found.url}?worker_commit=sync" if server == "durable" else found.url
+    return Place(lambda: Target(schema_url(url)), restart)
 
 
 def _rabbitmq(store: Placer) -> Placer:

@@ -16,7 +16,7 @@ from conveyor import Conveyor
 from conveyor._clock import FakeClock
 from conveyor._errors import ConfigurationError
 from conveyor._message import Delivery, Envelope, JobStatus, new_job_id
-from conveyor.brokers._port import Finish
+from conveyor.brokers._port import EVENTS_SLACK, Finish
 from conveyor.brokers.postgres import PostgresBroker, _schema
 from conveyor.cli import cli
 from postgres_server import drop_schema, schema_url, unique_schema
@@ -187,6 +187,76 @@ def test_an_event_committed_late_is_read_after_the_cursor_that_passed_it(
         after = broker.read_events(seen[-1][0], 0.0, 10)
     assert len(after) == 1 and late.id.encode() in after[0][1]
     app.close()
+
+
+def test_the_log_shows_the_newest_kept_events_and_holds_a_bounded_few_more(
+    postgres_url: str, schema: str
+) -> None:
+    """Since version 5 the log is trimmed once every 1,024 events: a reader still gets the
+    newest ``events_kept`` and fewer than ``EVENTS_SLACK`` more (whole rows of up to 32),
+    and the table holds at most about 1,024 + 32 + 63 events more."""
+    broker = PostgresBroker(schema_url(postgres_url, schema), events_kept=50)
+    try:
+        sent = [f"e{i}".encode() for i in range(5000)]
+        for at in range(0, len(sent), 70):  # a finish's worth of events at a time
+            broker.publish(sent[at : at + 70])
+        broker.publish([b"last"])
+        seen = [e for _, e in broker.read_events(None, 0.0, 10_000)]
+        assert 50 <= len(seen) < 50 + EVENTS_SLACK
+        assert seen == [*sent, b"last"][-len(seen) :]
+        with psycopg.connect(postgres_url) as conn:
+            held = conn.execute(f'SELECT sum(count) FROM "{schema}".events').fetchone()
+            # an older Conveyor's readers still read (with the default events_kept)
+            old = conn.execute(f'SELECT body FROM "{schema}".read_events(0, 3)').fetchall()
+        assert held is not None and 50 <= held[0] <= 50 + 1024 + 32 + 63
+        assert len(old) == 3
+        numbers = [int(n) for n, _ in broker.read_events(None, 0.0, 10_000)]
+        later = broker.read_events(str(numbers[-3]), 0.0, 10)  # a cursor inside the window
+        assert [e for _, e in later] == seen[-2:]
+    finally:
+        broker.close()
+
+
+@pytest.mark.parametrize(("query", "claim", "finish"), [
+    ("", "off", "off"),
+    ("&worker_commit=sync", "on", "on"),
+    ("&worker_commit=sync&options=-c%20conveyor.claim_commit%3Dasync", "off", "on"),
+])  # fmt: skip
+def test_a_workers_claim_and_finish_commit_without_waiting_for_the_disk_unless_told(
+    postgres_url: str, schema: str, query: str, claim: str, finish: str
+) -> None:
+    """Version 5: ``synchronous_commit`` is off for the fetch's and the finish's own
+    transactions (``?worker_commit=sync``: on); other transactions are left as they were."""
+    broker = PostgresBroker(schema_url(postgres_url, schema) + query)
+    s = f'"{schema}"'
+    try:
+        broker.enqueue([Envelope(new_job_id(), "default", b"p") for _ in range(3)])
+        seen = []
+        with broker._db.connection() as conn:
+            with conn.transaction():
+                rows = conn.execute(
+                    f"SELECT id, 'tk' FROM {s}.fetch(%s, 3, 60, 'tk', true, NULL)", (["default"],)
+                ).fetchall()
+                seen.append(conn.execute("SHOW synchronous_commit").fetchone())
+            seen.append(conn.execute("SHOW synchronous_commit").fetchone())
+            for ids in ([rows[0][0]], [r[0] for r in rows[1:]]):  # finish, then finish_ended
+                with conn.transaction():
+                    n = len(ids)
+                    conn.execute(
+                        f"SELECT {s}.finish(%s::text[], %s::text[], %s::text[], %s::bytea[], "
+                        "%s::float8[], %s::text[], %s::bytea[], %s::boolean[], %s::text[], "
+                        "%s::bytea[], %s::int[], %s::float8[], '{}', 100, 0, NULL)",
+                        (ids, ["tk"] * n, ["succeeded"] * n, [b"r"] * n, [60.0] * n, [""] * n,
+                         [None] * n, [False] * n, [None] * n, [None] * n, [None] * n,
+                         [None] * n),
+                    )  # fmt: skip
+                    seen.append(conn.execute("SHOW synchronous_commit").fetchone())
+        assert seen == [(claim,), ("on",), (finish,), (finish,)]
+        assert [r.status if r else None for r in broker.get([r[0] for r in rows])] == [
+            JobStatus.SUCCEEDED
+        ] * 3
+    finally:
+        broker.close()
 
 
 def _batches(broker: PostgresBroker, clock: FakeClock) -> list[object]:

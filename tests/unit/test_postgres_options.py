@@ -18,14 +18,16 @@ from conveyor.workflows import chain
 def test_conveyors_options_are_taken_out_and_the_rest_left_to_libpq() -> None:
     url = parse_postgres_url(
         "postgres://app:s3cret@db.internal:6432/shop?sslmode=require&schema=jobs"
-        "&max_connections=4&pool_timeout=2.5&application_name=web"
+        "&max_connections=4&pool_timeout=2.5&application_name=web&worker_commit=sync"
     )
     assert url.conninfo == (
         "postgresql://app:s3cret@db.internal:6432/shop?sslmode=require&application_name=web"
     )
     assert (url.schema, url.max_connections, url.pool_timeout) == ("jobs", 4, 2.5)
+    assert url.worker_commit == "sync"
     assert "s3cret" not in repr(url) and "s3cret" not in url.shown
     assert parse_postgres_url("postgresql:///shop").schema == "conveyor"
+    assert parse_postgres_url("postgresql:///shop").worker_commit == "async"
     assert check_url("POSTGRESQL://h/db") == "postgresql"
 
 
@@ -38,6 +40,7 @@ def test_conveyors_options_are_taken_out_and_the_rest_left_to_libpq() -> None:
         ("postgresql://u:s3cret@h/db?max_connections=0", "above 0"),
         ("postgresql://u:s3cret@h/db?pool_timeout=nan", "above 0"),
         ("postgresql://u:s3cret@h/db?schema=", "has no value"),
+        ("postgresql://u:s3cret@h/db?worker_commit=off", "it takes async or sync"),
         ("postgresql://u:s3c/ret@h/db", "an '@' after the host"),
         ("postgresql://u:s3cret@h/db#x", "a '#'"),
     ],

@@ -182,10 +182,17 @@ class PostgresAdmin(PostgresCore):
         return [msgspec.json.decode(r[0], type=WorkerInfo) for r in rows]
 
     def _read_events(self, start: int, limit: int) -> Listening[Events]:
-        sql = self._db.sql("SELECT number, body FROM {s}.read_events(%s, %s)")
+        # Since schema version 5 the reader says how many events the log keeps: the table
+        # holds more between trims (``_functions``), which the reader leaves out.
+        args: tuple[int, ...] = (start, limit)
+        if self._db.migrated[1] >= 5:
+            args = (start, limit, self.events_kept)
+        sql = self._db.sql(
+            "SELECT number, body FROM {s}.read_events(" + ", ".join(["%s"] * len(args)) + ")"
+        )
 
         def look() -> Events:
-            rows = self._db.run(lambda conn: conn.execute(sql, (start, limit)).fetchall())
+            rows = self._db.run(lambda conn: conn.execute(sql, args).fetchall())
             return [(str(n), bytes(body)) for n, body in rows]
 
         return Listening(self._listener, self._listener.reading, look)

@@ -111,10 +111,13 @@ class Database:
         except psycopg.ProgrammingError as exc:  # names the option, never a value
             raise InvalidURL(
                 f"bad PostgreSQL URL {self.shown!r}: {str(exc).strip()}; Conveyor takes schema, "
-                "max_connections and pool_timeout, libpq its own connection parameters"
+                "max_connections, pool_timeout and worker_commit, libpq its own connection "
+                "parameters"
             ) from None
         params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
         params.setdefault("application_name", "conveyor")
+        if self.url.worker_commit == "sync":  # read by the claim and finish functions
+            params["options"] = f"{params.get('options') or ''} -c conveyor.worker_commit=sync"
         return psycopg.conninfo.make_conninfo("", **params)
 
     def connect(self) -> Connection:

@@ -1,4 +1,4 @@
-"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 to 4, see ``_schema``).
+"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 to 5, see ``_schema``).
 
 The hot paths are one round trip each, one function call doing every step of the
 contract's atomic step on the server: ``enqueue`` (dependencies checked before anything is
@@ -18,7 +18,7 @@ transaction wakes workers only once it is visible to them.
 from __future__ import annotations
 
 from ..._message import JobStatus
-from .._base import CANCELLED_TTL, CANCELLED_WORKER_STOPPED
+from .._base import CANCELLED_TTL, CANCELLED_WORKER_STOPPED, EVENTS_KEPT
 
 _TERMINAL = ", ".join(f"'{s.value}'" for s in JobStatus if s.terminal)
 
@@ -780,3 +780,96 @@ for _old, _new in (
 _JOBS_FILLFACTOR = "ALTER TABLE {s}.jobs SET (fillfactor = 50)"
 
 FUNCTIONS_V4: tuple[str, ...] = (_NOTIFY_V4, _EVENTS_LZ4, _JOBS_FILLFACTOR, _FINISH_ENDED_V4)
+
+# -- migration 5 -----------------------------------------------------------------------------
+
+# The worker's claim and finish commit without waiting for the disk (``synchronous_commit``
+# off for their own transactions), unless the setting ``conveyor.worker_commit`` is
+# ``sync`` (the URL's ``?worker_commit=sync`` sets it for the broker's connections; a
+# database or a role may set it too). A server crash may then undo the last claims and
+# finishes whose write-ahead log was not flushed yet (the WAL writer flushes at least every
+# 200 ms by default): their jobs are as they were before, queued or running under a lease,
+# and run again once that lease is out, which at-least-once delivery allows; a delivery
+# whose claim was undone is fenced out by its token. Whatever commits later is later in the
+# same log, so a synchronous commit after them (an enqueue, a release) makes them durable
+# too. Enqueue, release, renewal and the store still wait for the disk.
+# ``conveyor.claim_commit = 'async'`` (version 2) still makes the claim async.
+_ASYNC = "current_setting('conveyor.worker_commit', true) IS DISTINCT FROM 'sync'"
+_WORKER_COMMIT = """    IF {async_} THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+    END IF;
+"""
+
+# The claim updates the rows it locked where they are (by ``ctid``, a TID scan): migration
+# 1's joined them back by id, a descent of ``jobs_pkey`` per job. A row another transaction
+# changed after this statement's snapshot was taken is locked in its newest version, which
+# the snapshot cannot see: that job is left out of this claim (it stays as it is, and the
+# next fetch finds it), as a row another fetch holds is.
+_CLAIM_BY_ID = """
+            SELECT h.id FROM unnest(live) AS q(name), LATERAL (
+                SELECT j.id, j.priority, j.seq FROM {s}.jobs j"""
+_CLAIM_BY_TID = """
+            SELECT h.tid FROM unnest(live) AS q(name), LATERAL (
+                SELECT j.ctid AS tid, j.priority, j.seq FROM {s}.jobs j"""
+assert _CLAIM_BY_ID in _FETCH and "FROM picked WHERE j.id = picked.id" in _FETCH
+_FETCH_V5 = _replacing(
+    _FETCH.replace(_CLAIM_BY_ID, _CLAIM_BY_TID).replace(
+        "FROM picked WHERE j.id = picked.id", "WHERE j.ctid = ANY(ARRAY(SELECT tid FROM picked))"
+    ),
+    _WORKER_COMMIT.format(
+        async_=f"{_ASYNC}\n            OR current_setting('conveyor.claim_commit', true) = 'async'"
+    ),
+)
+
+# The log is trimmed once every _TRIM events (1,024), not every 64: the trim counts the
+# events of the newest rows back to ``p_kept`` (about 320 rows at the default 10,000), which
+# a drain paid on every finish, about a tenth of the server's time per job. What readers
+# see stays within the contract's bound: ``read_events`` reads only the rows that hold the
+# newest ``p_kept`` numbered events (the oldest of them whole: fewer than _GROUP more),
+# whatever the table holds besides until the next trim (at most _TRIM + _GROUP + 63 more).
+# Its two-argument form stays for readers of an older Conveyor while a deployment upgrades
+# (the default ``events_kept``).
+_TRIM = 1024
+_APPEND_EVENTS_V5 = _APPEND_EVENTS_V3.replace(
+    "IF last_ / 64 > (first_ - 1) / 64 THEN", f"IF last_ / {_TRIM} > (first_ - 1) / {_TRIM} THEN"
+)
+assert _APPEND_EVENTS_V5 != _APPEND_EVENTS_V3
+_READ_EVENTS_V5 = _READ_EVENTS_V3
+for _old, _new in (
+    ("CREATE OR REPLACE FUNCTION {s}.read_events(p_after bigint, p_limit int)",
+     "CREATE FUNCTION {s}.read_events(p_after bigint, p_limit int, p_kept int)"),
+    ("""BEGIN
+    PERFORM {s}.number_events();
+""", """DECLARE
+    after_ bigint;
+BEGIN
+    PERFORM {s}.number_events();
+    after_ := greatest(p_after, coalesce((SELECT max(e.number) FROM {s}.events e), 0) - p_kept);
+"""),
+    ("WHERE e.number > p_after", "WHERE e.number > after_"),
+):  # fmt: skip
+    assert _old in _READ_EVENTS_V5, _old
+    _READ_EVENTS_V5 = _READ_EVENTS_V5.replace(_old, _new)
+
+_FINISH_V5, _FINISH_ENDED_V5 = (
+    f.replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION", 1).replace(
+        "\nBEGIN\n", "\nBEGIN\n" + _WORKER_COMMIT.format(async_=_ASYNC), 1
+    )
+    for f in (_FINISH_V3, _FINISH_ENDED_V4)
+)
+
+_READ_EVENTS_TWO = f"""
+CREATE OR REPLACE FUNCTION {{s}}.read_events(p_after bigint, p_limit int)
+RETURNS TABLE(number bigint, body bytea) LANGUAGE sql AS $$
+    SELECT * FROM {{s}}.read_events(p_after, p_limit, {EVENTS_KEPT})
+$$"""
+
+FUNCTIONS_V5: tuple[str, ...] = (
+    _FETCH_V5,
+    _FETCH_GENERIC,
+    _FINISH_V5,
+    _FINISH_ENDED_V5,
+    _APPEND_EVENTS_V5,
+    _READ_EVENTS_V5,
+    _READ_EVENTS_TWO,
+)

@@ -53,7 +53,8 @@ clock was injected (tests), in which case the client passes its ``now`` to every
     one, so a transaction that commits late can never slip an event behind a cursor a
     reader already holds, and no writer waits for another (numbering at insert would make
     every writer wait for the previous one's commit). The appending transaction deletes
-    the oldest rows beyond ``events_kept`` events about once every 64 events.
+    the oldest rows beyond ``events_kept`` events about once every 1,024 events (64 before
+    version 5); ``read_events`` reads only the rows that hold the newest ``events_kept``.
 
 ``kv(key, value, expires_at, version)`` -- the key-value store; ``version`` comes from the
     sequence ``kv_version``, so ``update``'s compare-and-set cannot mistake a
@@ -75,7 +76,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..._errors import ConfigurationError
-from ._functions import FUNCTIONS_V1, FUNCTIONS_V2, FUNCTIONS_V3, FUNCTIONS_V4
+from ._functions import FUNCTIONS_V1, FUNCTIONS_V2, FUNCTIONS_V3, FUNCTIONS_V4, FUNCTIONS_V5
 from ._url import channel, quoted
 
 if TYPE_CHECKING:
@@ -156,11 +157,15 @@ _V1_TABLES = (
 # dependencies is written by one INSERT. 3: the fetch keeps its statements' plans; the events
 # of one append share rows. 4: ``jobs`` leaves half of each page free (fillfactor 50) and
 # the events' rows are compressed with lz4; a notification's items are joined in one call.
+# 5: the claim updates the rows it locked by their ``ctid``; the event log is trimmed once
+# every 1,024 events, its readers read the newest ``events_kept``; a worker's claim and
+# finish commit without waiting for the disk unless ``conveyor.worker_commit`` is ``sync``.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (*_V1_TABLES, *FUNCTIONS_V1),
     FUNCTIONS_V2,
     FUNCTIONS_V3,
     FUNCTIONS_V4,
+    FUNCTIONS_V5,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

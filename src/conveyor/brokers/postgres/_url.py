@@ -16,6 +16,9 @@ Conveyor's options (docs/postgres.md):
     listens for wake-ups.
 ``pool_timeout``
     Seconds an operation waits for a free connection of the pool (default 30).
+``worker_commit``
+    ``async`` (default): a worker's claims and finishes commit without waiting for the
+    disk (``_functions``, schema version 5); ``sync``: they wait, as every other write does.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ SCHEMES = ("postgresql", "postgres")
 DEFAULT_SCHEMA = "conveyor"
 DEFAULT_MAX_CONNECTIONS = 10
 DEFAULT_POOL_TIMEOUT = 30.0
+WORKER_COMMITS = ("async", "sync")
 _SCHEMA = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 _EXAMPLE = "postgresql://user:password@host:5432/dbname"
 _ENCODE = "percent-encode / ? # @ in a password as %2F %3F %23 %40"
@@ -47,6 +51,7 @@ class PostgresURL:
     schema: str = DEFAULT_SCHEMA
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
+    worker_commit: str = WORKER_COMMITS[0]
 
     def __repr__(self) -> str:
         return f"PostgresURL({self.shown!r})"
@@ -98,6 +103,7 @@ def parse_postgres_url(url: str) -> PostgresURL:
     schema = DEFAULT_SCHEMA
     max_connections = DEFAULT_MAX_CONNECTIONS
     pool_timeout = DEFAULT_POOL_TIMEOUT
+    worker_commit = WORKER_COMMITS[0]
     kept: list[str] = []
     seen: set[str] = set()
     for item in query.split("&") if asked else ():
@@ -105,7 +111,7 @@ def parse_postgres_url(url: str) -> PostgresURL:
             continue
         raw_name, eq, raw_value = item.partition("=")
         name, value = unquote(raw_name), unquote(raw_value)
-        if name in ("schema", "max_connections", "pool_timeout"):
+        if name in ("schema", "max_connections", "pool_timeout", "worker_commit"):
             if name in seen:
                 raise _bad(shown, f"option {name!r} is given twice", "give it once")
             seen.add(name)
@@ -115,6 +121,11 @@ def parse_postgres_url(url: str) -> PostgresURL:
                 schema = check_schema(value, shown)
             elif name == "max_connections":
                 max_connections = int(_positive(shown, name, value, int))
+            elif name == "worker_commit":
+                if value not in WORKER_COMMITS:
+                    what = f"bad value {value[:40]!r} for option {name!r}"
+                    raise _bad(shown, what, "it takes async or sync")
+                worker_commit = value
             else:
                 pool_timeout = float(_positive(shown, name, value, float))
         else:
@@ -126,6 +137,7 @@ def parse_postgres_url(url: str) -> PostgresURL:
         schema=schema,
         max_connections=max_connections,
         pool_timeout=pool_timeout,
+        worker_commit=worker_commit,
     )
 
 
