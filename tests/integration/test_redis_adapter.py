@@ -332,6 +332,22 @@ def test_held_connections_are_bounded_and_go_back_to_the_pool_with_their_thread(
     assert not _in_use(client.connection_pool)
 
 
+def test_a_lone_command_on_a_held_connection_raises_its_error_and_survives_a_reset(
+    broker: RedisBroker, prefix: str
+) -> None:
+    # One command goes without a pipeline's framing (Pinned._one): an error reply raises,
+    # read (the connection stays in step); a broken socket sends it on the ordinary path.
+    client, pinned = broker._client, Pinned()
+    key = "{" + prefix + "}:text"
+    assert pinned.pipeline(client, ("SET", key, "not a number")) == [b"OK"]
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        pinned.pipeline(client, ("INCR", key))
+    assert pinned.call(client, "ECHO", "in step") == b"in step"
+    pinned._conn(client)._sock.close()  # reset under it
+    assert pinned.pipeline(client, ("ECHO", "again")) == [b"again"]
+    assert pinned.call(client, "ECHO", "held") == b"held"
+
+
 # -- stream entries ----------------------------------------------------------------------
 
 
