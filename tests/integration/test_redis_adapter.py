@@ -157,6 +157,33 @@ def test_a_retried_enqueue_writes_one_stream_entry(
     assert [d.id for d in fetch(broker)] == [e.id]
 
 
+def test_a_retried_lone_enqueue_on_a_made_stream_writes_one_entry_and_one_event(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # The stream exists (its first job made it): enqueue_one.lua itself finds the id taken.
+    broker.enqueue([env()], [b"first"])
+    e = env()
+    for _ in range(3):
+        assert broker.enqueue([e], [b"again"]) == [e.id]
+    assert raw.xlen("{" + prefix + "}:q:default:s0") == 2
+    assert broker.read_events(None, 0.0, 10) == [("1", b"first"), ("2", b"again")]
+
+
+def test_a_lone_job_on_a_new_stream_makes_it_lists_its_queue_and_logs_its_event(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # enqueue_one.lua makes no stream: it writes nothing, and enqueue.lua makes the stream,
+    # its consumer group and the queue's listing; the next job at that priority is its own.
+    jobs = [env("fresh"), env("fresh"), env("fresh", priority=3), env("fresh", priority=3)]
+    for i, e in enumerate(jobs):
+        assert broker.enqueue([e], [b"e%d" % i]) == [e.id]
+    assert raw.smembers("{" + prefix + "}:queues") == {b"fresh"}
+    assert raw.xlen("{" + prefix + "}:q:fresh:s0") == raw.xlen("{" + prefix + "}:q:fresh:s3") == 2
+    assert broker.read_events(None, 0.0, 10) == [(str(i + 1), b"e%d" % i) for i in range(4)]
+    got = fetch(broker, queues=("fresh",), count=10)
+    assert [d.id for d in got] == [jobs[2].id, jobs[3].id, jobs[0].id, jobs[1].id]
+
+
 def test_a_lone_job_is_updated_at_its_entry_time_or_the_injected_clock(
     redis_server: RedisServer, broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:
@@ -304,6 +331,22 @@ def test_held_connections_are_bounded_and_go_back_to_the_pool_with_their_thread(
     assert held == 2  # two threads hold one each; the other two went through the pool
     assert pinned._count == 0
     assert not _in_use(client.connection_pool)
+
+
+def test_a_lone_command_on_a_held_connection_raises_its_error_and_survives_a_reset(
+    broker: RedisBroker, prefix: str
+) -> None:
+    # One command goes without a pipeline's framing (Pinned._one): an error reply raises,
+    # read (the connection stays in step); a broken socket sends it on the ordinary path.
+    client, pinned = broker._client, Pinned()
+    key = "{" + prefix + "}:text"
+    assert pinned.pipeline(client, ("SET", key, "not a number")) == [b"OK"]
+    with pytest.raises(redis.ResponseError, match="not an integer"):
+        pinned.pipeline(client, ("INCR", key))
+    assert pinned.call(client, "ECHO", "in step") == b"in step"
+    pinned._conn(client)._sock.close()  # reset under it
+    assert pinned.pipeline(client, ("ECHO", "again")) == [b"again"]
+    assert pinned.call(client, "ECHO", "held") == b"held"
 
 
 # -- stream entries ----------------------------------------------------------------------

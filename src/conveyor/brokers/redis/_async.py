@@ -85,7 +85,7 @@ class AsyncMixin(RedisCore):
             self._check_layout(await client.get(self._keys.shards))
         env = alone(envelopes)
         if env is not None:  # the usual task.delay(): enqueue_one.lua (as the sync path)
-            args = enqueue_one_args(self._head(), env, events, self.events_kept, load)
+            args = enqueue_one_args(self._script_now(), env, events, self.events_kept, load)
             calls = [([self._keys.queues], args)]
             (length,) = await self._run_async(client, scripts["enqueue_one"], calls)
             if length is not None:

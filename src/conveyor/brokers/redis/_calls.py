@@ -141,10 +141,11 @@ def alone(envelopes: Sequence[Envelope]) -> Envelope | None:
 
 
 def enqueue_one_args(
-    head: list[Any], env: Envelope, events: Sequence[bytes], cap: int, load: bool
+    now: int | str, env: Envelope, events: Sequence[bytes], cap: int, load: bool
 ) -> list[Any]:
-    """enqueue_one.lua's arguments: ``load``, whether it answers the stream's length."""
-    args = [*head, env.queue, env.id, env.payload, env.priority, "1" if load else "0"]
+    """enqueue_one.lua's arguments, its own (not the common head): ``now`` as the head's
+    first, ``load``, whether it answers the stream's length."""
+    args = [now, env.queue, env.id, env.payload, env.priority, "1" if load else "0"]
     if events:
         args += (cap, frame(events[0]))
     return args

@@ -391,7 +391,24 @@ class Pinned:
 
     def call(self, client: redis.Redis, *args: Any) -> Any:
         """One command (see ``pipeline``)."""
-        return self.pipeline(client, args)[0]
+        return self._one(client, self._conn(client), args)
+
+    def _one(self, client: redis.Redis, conn: Any, command: Sequence[Any]) -> Any:
+        """One command on ``conn`` (None: the ordinary path), as ``pipeline`` sends them,
+        without the framing of several (the usual ``task.delay()``: ~1 µs less)."""
+        if conn is not None:
+            try:
+                if pack_command is not None:
+                    conn.send_packed_command([pack_command(tuple(command))])
+                else:
+                    conn.send_packed_command(conn.pack_command(*command))
+                return conn.read_response()  # an error reply raises, read: still in step
+            except redis.TimeoutError:
+                conn.disconnect()
+                raise
+            except redis.ConnectionError:
+                conn.disconnect()
+        return client.execute_command(*command)  # type: ignore[no-untyped-call,unused-ignore]
 
     def pipeline(
         self,
@@ -406,9 +423,11 @@ class Pinned:
         reply is raised once every reply is read (the connection stays in step). ``then``:
         commands sent after those (after EXEC), on the same connection (``WAIT`` counts the
         replicas that have this connection's writes), their replies after the others'."""
+        conn = self._conn(client)
+        if len(commands) == 1 and not transaction and not then:
+            return [self._one(client, conn, commands[0])]
         framed = [("MULTI",), *commands, ("EXEC",)] if transaction else list(commands)
         framed += then
-        conn = self._conn(client)
         if conn is not None:
             try:
                 if pack_command is not None:
@@ -428,8 +447,6 @@ class Pinned:
                 conn.disconnect()
             else:
                 return settle(replies, transaction, len(then))
-        if len(framed) == 1:
-            return [client.execute_command(*framed[0])]  # type: ignore[no-untyped-call,unused-ignore]
         if not then:
             pipe = client.pipeline(transaction=transaction)
             for c in commands:

@@ -201,12 +201,12 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         (``_sharded``)."""
         env = alone(envelopes)
         if env is not None:  # the usual task.delay(): enqueue_one.lua
-            args = enqueue_one_args(self._head(), env, events, self.events_kept, load)
+            args = enqueue_one_args(self._script_now(), env, events, self.events_kept, load)
             (length,) = self._run("enqueue_one", [([self._keys.queues], args)], replicated=True)
             if length is not None:
                 return [env.id], length
-            # The id is taken (nothing was written): enqueue.lua tells a live job from an
-            # expired record.
+            # Nothing was written: the id is taken (enqueue.lua tells a live job from an
+            # expired record), or the job's stream is not made yet (enqueue.lua makes it).
         now_ms = to_ms(self._clock.time())
         calls = enqueue_calls(
             self._keys, self._head(), envelopes, now_ms, events=events, cap=self.events_kept
