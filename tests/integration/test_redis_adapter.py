@@ -29,8 +29,9 @@ from conveyor._errors import (
 )
 from conveyor._message import Delivery, Envelope, JobStatus, WorkerInfo, new_job_id
 from conveyor.brokers import Finish, open_broker
-from conveyor.brokers.redis import RedisBroker
-from conveyor.brokers.redis._calls import ENQUEUE_CHUNK
+from conveyor.brokers.redis import RedisBroker, _async
+from conveyor.brokers.redis import broker as broker_module
+from conveyor.brokers.redis._calls import ENQUEUE_CHUNK, enqueue_calls
 from conveyor.brokers.redis._connect import Pinned, parse
 from conveyor.brokers.redis.store import RedisKV
 
@@ -182,6 +183,122 @@ def test_a_lone_job_on_a_new_stream_makes_it_lists_its_queue_and_logs_its_event(
     assert broker.read_events(None, 0.0, 10) == [(str(i + 1), b"e%d" % i) for i in range(4)]
     got = fetch(broker, queues=("fresh",), count=10)
     assert [d.id for d in got] == [jobs[2].id, jobs[3].id, jobs[0].id, jobs[1].id]
+
+
+# -- enqueue_one.lua against enqueue.lua ---------------------------------------------------
+
+
+def _dump(raw: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Every key of a prefix's tag as a comparable value: the tag made ``{P}``, a job
+    stream's entry ids made their place in it (they carry the server's time), TTLs as set
+    or not."""
+    tag = "{" + prefix + "}:"
+    keys = sorted(k.decode() for k in raw.scan_iter(match=tag + "*", count=1000))
+    places: dict[tuple[str, bytes], int] = {}  # (stream, entry id): its place
+    for k in keys:
+        if raw.type(k) == b"stream" and k != tag + "events":
+            places.update({(k, sid): i for i, (sid, _) in enumerate(raw.xrange(k))})
+    out: dict[str, Any] = {}
+    for k in keys:
+        kind = raw.type(k).decode()
+        value: Any
+        if kind == "hash":
+            value = raw.hgetall(k)
+            if value.get(b"sid"):  # its entry's place, or gone (a purged stream)
+                stream = f"{tag}q:{value[b'queue'].decode()}:s{value[b'priority'].decode()}"
+                value[b"sid"] = places.get((stream, value[b"sid"]), "gone")
+        elif kind == "stream":
+            value = (
+                [(places.get((k, i), i), f) for i, f in raw.xrange(k)],
+                sorted((g["name"], g["pending"]) for g in raw.xinfo_groups(k)),
+            )
+        elif kind == "set":
+            value = sorted(raw.smembers(k))
+        elif kind == "list":
+            value = raw.lrange(k, 0, -1)
+        elif kind == "zset":
+            value = raw.zrange(k, 0, -1, withscores=True)
+        else:
+            value = raw.get(k)
+        out["{P}:" + k[len(tag) :]] = (kind, value, raw.pttl(k) > 0)
+    return out
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+def test_a_lone_job_writes_what_enqueue_lua_writes(
+    redis_server: RedisServer, raw: redis.Redis, monkeypatch: pytest.MonkeyPatch, asynchronous: bool
+) -> None:
+    # enqueue_one.lua writes out for one job what enqueue.lua and common.lua's helpers do
+    # for any number: the same keys, records, entries, listing, event numbers and trims,
+    # whatever the state it meets (first job at a priority, an id taken or expired, a done
+    # list alone, a purged stream, a lost event counter, an event log of another type).
+    # Each job goes to two prefixes, the usual way and through enqueue.lua, then compared.
+    one, ref = unique_prefix(), unique_prefix()
+    clock = FakeClock(1_800_000_000.0)
+    brokers = {
+        p: RedisBroker(redis_server.url, prefix=p, clock=clock, events_kept=5) for p in (one, ref)
+    }
+    loads: dict[str, list[tuple[list[str], int]]] = {one: [], ref: []}
+    fallbacks = Counter[str]()  # lone jobs sent on to enqueue.lua
+
+    def counted(*args: Any, **kw: Any) -> Any:
+        fallbacks[args[2][0].id] += 1
+        return enqueue_calls(*args, **kw)
+
+    def enqueue(e: Envelope, event: bytes | None = b"ev") -> None:
+        for p, b in brokers.items():
+            with monkeypatch.context() as m:
+                if p == ref:
+                    m.setattr(broker_module, "alone", lambda _: None)
+                    m.setattr(_async, "alone", lambda _: None)
+                else:
+                    m.setattr(broker_module, "enqueue_calls", counted)
+                    m.setattr(_async, "enqueue_calls", counted)
+                events = [] if event is None else [event + e.id.encode()]
+                loads[p].append(
+                    asyncio.run(b._enqueue_load_async([e], events))
+                    if asynchronous
+                    else b._enqueue_load([e], events)
+                )
+        assert loads[one] == loads[ref]
+        assert _dump(raw, one) == _dump(raw, ref)
+        clock.advance(0.001)
+
+    def on_both(*command: Any) -> None:
+        for p in (one, ref):
+            raw.execute_command(*(str(c).replace("{P}", "{" + p + "}") for c in command))
+
+    try:
+        fixed, firsts = env(), [env(), env(priority=3), env("other", priority=9)]
+        expired, signal, purged = env(), env(), env()
+        for e in [firsts[0], env(), firsts[1], fixed, fixed, firsts[2]]:
+            enqueue(e)
+        enqueue(env(), event=None)
+        for _ in range(20):  # past a multiple of 16 events: a trim to the newest 5
+            enqueue(env())
+        on_both("DEL", "{P}:events:n")  # the counter lost: moved past the log's last id
+        for _ in range(2):
+            enqueue(env())
+        # an ended record whose expiry passed, and its done list
+        on_both("HSET", "{P}:job:" + expired.id, "status", "succeeded", "expires_at", "1")
+        on_both("LPUSH", "{P}:done:" + expired.id, "1")
+        enqueue(expired)
+        on_both("LPUSH", "{P}:done:" + signal.id, "1")  # a done list alone
+        enqueue(signal)
+        on_both("DEL", "{P}:q:default:s0")  # purged between two calls
+        enqueue(purged)
+        on_both("DEL", "{P}:events")
+        on_both("SET", "{P}:events", "not a stream")  # its event left out, not the job
+        enqueue(env())
+        on_both("SADD", "{P}:paused", "default")
+        enqueue(env())
+        # enqueue.lua took only the jobs enqueue_one.lua leaves to it: a queue's first at a
+        # priority (its stream made), an id taken, expired or signalled.
+        taken = [*firsts, fixed, expired, signal, purged]
+        assert fallbacks == Counter({e.id: 1 for e in taken})
+    finally:
+        for b in brokers.values():
+            b.close()
 
 
 def test_a_lone_job_is_updated_at_its_entry_time_or_the_injected_clock(

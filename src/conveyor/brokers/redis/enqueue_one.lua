@@ -33,7 +33,7 @@ if ARGV[8] then  -- its event, numbered n: append_entries for one event
   local n = redis.call('INCRBY', counter, 1)
   for again = 0, 1 do
     local added
-    if n % EVENTS_TRIM_EVERY == 0 then
+    if n % EVENTS_TRIM_EVERY == 0 or again == 1 then  -- moved (below): trimmed, as common.lua
       added = redis.pcall('XADD', events, 'MINID', math.max(n - ARGV[7] + 1, 0), n .. '-0',
         'e', ARGV[8])
     else
