@@ -95,12 +95,17 @@ def rig(
 
 
 def _warm(broker: RedisBroker) -> None:
-    """Load every script the tests use (one job through another queue), and batch paths."""
+    """Load every script the tests use (one job through another queue), and batch paths;
+    make QUEUE's stream with a lone job, finished (the stream stays, empty), so a test's
+    lone job takes enqueue_one.lua at once (a queue's first goes on to enqueue.lua)."""
     envs = [Envelope(f"warm-{i}", "warmup", b"w") for i in range(2)]
     broker.enqueue(envs)
     got = broker.fetch(["warmup"], "warm", 2, LEASE, 0.0)
     broker.renew(got, LEASE)
     broker.release(got[:1])
+    broker.finish([Finish(d, JobStatus.SUCCEEDED, b"w") for d in got])
+    broker.enqueue([Envelope("warm-lone", QUEUE, b"w")])
+    got = broker.fetch([QUEUE], "warm", 1, LEASE, 0.0)
     broker.finish([Finish(d, JobStatus.SUCCEEDED, b"w") for d in got])
 
 
