@@ -466,6 +466,34 @@ def test_a_lone_command_on_a_held_connection_raises_its_error_and_survives_a_res
     assert pinned.call(client, "ECHO", "held") == b"held"
 
 
+class _Stopped(BaseException):
+    """What a job thread's cancel or time limit raises in it (worker/_threads.py)."""
+
+
+@pytest.mark.parametrize("commands", [1, 2], ids=["one command", "a pipeline"])
+def test_an_exception_between_send_and_read_leaves_no_reply_for_the_next_command(
+    broker: RedisBroker, monkeypatch: pytest.MonkeyPatch, commands: int
+) -> None:
+    # A job thread's cancel or time limit arrives as an exception at any bytecode
+    # (PyThreadState_SetAsyncExc), also between a held connection's send and its read: the
+    # reply left unread must not be read as the thread's next command's (a task that
+    # catches SoftTimeLimit and enqueues, or the thread's next job).
+    client, pinned = broker._client, Pinned()
+    conn = pinned._conn(client)
+    send = conn.send_packed_command
+
+    def sent_then_stopped(*args: Any, **kw: Any) -> None:
+        send(*args, **kw)
+        raise _Stopped
+
+    with monkeypatch.context() as m:
+        m.setattr(conn, "send_packed_command", sent_then_stopped)
+        with pytest.raises(_Stopped):
+            pinned.pipeline(client, *[("ECHO", f"left {i}") for i in range(commands)])
+    assert pinned.call(client, "ECHO", "next") == b"next"
+    assert pinned.pipeline(client, ("ECHO", "a"), ("ECHO", "b")) == [b"a", b"b"]
+
+
 # -- stream entries ----------------------------------------------------------------------
 
 

@@ -403,11 +403,16 @@ class Pinned:
                 else:
                     conn.send_packed_command(conn.pack_command(*command))
                 return conn.read_response()  # an error reply raises, read: still in step
+            except redis.ResponseError:
+                raise
             except redis.TimeoutError:
                 conn.disconnect()
                 raise
             except redis.ConnectionError:
                 conn.disconnect()
+            except BaseException:  # (see pipeline)
+                conn.disconnect()
+                raise
         return client.execute_command(*command)  # type: ignore[no-untyped-call,unused-ignore]
 
     def pipeline(
@@ -445,6 +450,12 @@ class Pinned:
                 raise
             except redis.ConnectionError:
                 conn.disconnect()
+            except BaseException:
+                # Anything else between the send and the last read (a job thread's cancel
+                # or time limit, raised in it at any bytecode): replies may be left unread,
+                # which the thread's next command would read as its own.
+                conn.disconnect()
+                raise
             else:
                 return settle(replies, transaction, len(then))
         if not then:
