@@ -259,6 +259,34 @@ def test_a_workers_claim_and_finish_commit_without_waiting_for_the_disk_unless_t
         broker.close()
 
 
+@pytest.mark.parametrize("where", ["database", "options"])
+def test_a_worker_commit_setting_of_neither_async_nor_sync_is_refused_and_read_as_sync(
+    postgres_url: str, where: str
+) -> None:
+    """``conveyor.worker_commit`` set by a database, a role or the URL's options to
+    anything but async or sync (``SYNC``, ``on``): the broker refuses to open, saying so,
+    and a claim made on such a connection anyway waits for the disk."""
+    database = "conveyor_wc_" + unique_schema()
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+        try:
+            url = postgres_url.rpartition("/")[0] + f"/{database}"
+            PostgresBroker(url).close()  # migrated
+            if where == "database":
+                admin.execute(f"ALTER DATABASE \"{database}\" SET conveyor.worker_commit = 'SYNC'")
+                opened = url
+            else:
+                opened = f"{url}?options=-c%20conveyor.worker_commit%3DSYNC"
+            with pytest.raises(ConfigurationError, match=r"conveyor\.worker_commit is 'SYNC'"):
+                PostgresBroker(opened)
+            with psycopg.connect(url, options="-c conveyor.worker_commit=on") as conn:
+                conn.execute("SELECT * FROM conveyor.fetch('{default}', 1, 60, 't', true, NULL)")
+                shown = conn.execute("SHOW synchronous_commit").fetchone()
+            assert shown == ("on",)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
 def _batches(broker: PostgresBroker, clock: FakeClock) -> list[object]:
     """Batches with a repeated id, an eta, events or none, a producer's retry, a unique
     key, and an id whose record expired: what each call answered, and the log."""

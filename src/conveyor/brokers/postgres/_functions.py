@@ -793,8 +793,10 @@ FUNCTIONS_V4: tuple[str, ...] = (_NOTIFY_V4, _EVENTS_LZ4, _JOBS_FILLFACTOR, _FIN
 # whose claim was undone is fenced out by its token. Whatever commits later is later in the
 # same log, so a synchronous commit after them (an enqueue, a release) makes them durable
 # too. Enqueue, release, renewal and the store still wait for the disk.
-# ``conveyor.claim_commit = 'async'`` (version 2) still makes the claim async.
-_ASYNC = "current_setting('conveyor.worker_commit', true) IS DISTINCT FROM 'sync'"
+# ``conveyor.claim_commit = 'async'`` (version 2) still makes the claim async. A value of
+# the setting other than async or sync (``SYNC``, ``on``: the broker refuses to open on
+# one, ``_db``) is read as sync: a typo never makes a commit wait less.
+_ASYNC = "coalesce(current_setting('conveyor.worker_commit', true), '') IN ('', 'async')"
 _WORKER_COMMIT = """    IF {async_} THEN
         PERFORM set_config('synchronous_commit', 'off', true);
     END IF;
