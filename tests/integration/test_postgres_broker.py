@@ -287,6 +287,33 @@ def test_a_worker_commit_setting_of_neither_async_nor_sync_is_refused_and_read_a
             admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
 
 
+def test_a_claim_planned_while_the_table_was_small_still_updates_its_rows_by_ctid(
+    postgres_url: str, schema: str
+) -> None:
+    """The fetch keeps its statements' generic plans (version 3): one planned while
+    ``jobs`` held a page or two must not scan the whole table on every claim once it is
+    large (it takes the rows it locked by ``ctid``, a TID scan, never a sequential one)."""
+    url = schema_url(postgres_url, schema)
+    broker = PostgresBroker(url)
+    s = f'"{schema}"'
+    fetch = f"SELECT id FROM {s}.fetch(%s, 10, 60, 'tk', true, NULL)"
+    scans = (
+        "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = %s::regclass",
+        (f"{s}.jobs",),
+    )
+    try:
+        broker.enqueue([Envelope(new_job_id(), "default", b"p")])
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            assert len(conn.execute(fetch, (["default"],)).fetchall()) == 1  # planned now
+            for _ in range(3):
+                broker.enqueue([Envelope(new_job_id(), "default", b"p" * 200) for _ in range(1000)])
+            with conn.transaction():
+                assert len(conn.execute(fetch, (["default"],)).fetchall()) == 10
+                assert conn.execute(*scans).fetchone() == (0,)
+    finally:
+        broker.close()
+
+
 def _batches(broker: PostgresBroker, clock: FakeClock) -> list[object]:
     """Batches with a repeated id, an eta, events or none, a producer's retry, a unique
     key, and an id whose record expired: what each call answered, and the log."""
