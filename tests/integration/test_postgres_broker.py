@@ -259,6 +259,61 @@ def test_a_workers_claim_and_finish_commit_without_waiting_for_the_disk_unless_t
         broker.close()
 
 
+@pytest.mark.parametrize("where", ["database", "options"])
+def test_a_worker_commit_setting_of_neither_async_nor_sync_is_refused_and_read_as_sync(
+    postgres_url: str, where: str
+) -> None:
+    """``conveyor.worker_commit`` set by a database, a role or the URL's options to
+    anything but async or sync (``SYNC``, ``on``): the broker refuses to open, saying so,
+    and a claim made on such a connection anyway waits for the disk."""
+    database = "conveyor_wc_" + unique_schema()
+    with psycopg.connect(postgres_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{database}"')
+        try:
+            url = postgres_url.rpartition("/")[0] + f"/{database}"
+            PostgresBroker(url).close()  # migrated
+            if where == "database":
+                admin.execute(f"ALTER DATABASE \"{database}\" SET conveyor.worker_commit = 'SYNC'")
+                opened = url
+            else:
+                opened = f"{url}?options=-c%20conveyor.worker_commit%3DSYNC"
+            with pytest.raises(ConfigurationError, match=r"conveyor\.worker_commit is 'SYNC'"):
+                PostgresBroker(opened)
+            with psycopg.connect(url, options="-c conveyor.worker_commit=on") as conn:
+                conn.execute("SELECT * FROM conveyor.fetch('{default}', 1, 60, 't', true, NULL)")
+                shown = conn.execute("SHOW synchronous_commit").fetchone()
+            assert shown == ("on",)
+        finally:
+            admin.execute(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
+
+
+def test_a_claim_planned_while_the_table_was_small_still_updates_its_rows_by_ctid(
+    postgres_url: str, schema: str
+) -> None:
+    """The fetch keeps its statements' generic plans (version 3): one planned while
+    ``jobs`` held a page or two must not scan the whole table on every claim once it is
+    large (it takes the rows it locked by ``ctid``, a TID scan, never a sequential one)."""
+    url = schema_url(postgres_url, schema)
+    broker = PostgresBroker(url)
+    s = f'"{schema}"'
+    fetch = f"SELECT id FROM {s}.fetch(%s, 10, 60, 'tk', true, NULL)"
+    scans = (
+        "SELECT seq_scan FROM pg_stat_xact_user_tables WHERE relid = %s::regclass",
+        (f"{s}.jobs",),
+    )
+    try:
+        broker.enqueue([Envelope(new_job_id(), "default", b"p")])
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            assert len(conn.execute(fetch, (["default"],)).fetchall()) == 1  # planned now
+            for _ in range(3):
+                broker.enqueue([Envelope(new_job_id(), "default", b"p" * 200) for _ in range(1000)])
+            with conn.transaction():
+                assert len(conn.execute(fetch, (["default"],)).fetchall()) == 10
+                assert conn.execute(*scans).fetchone() == (0,)
+    finally:
+        broker.close()
+
+
 def _batches(broker: PostgresBroker, clock: FakeClock) -> list[object]:
     """Batches with a repeated id, an eta, events or none, a producer's retry, a unique
     key, and an id whose record expired: what each call answered, and the log."""

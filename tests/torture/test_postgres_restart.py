@@ -144,13 +144,17 @@ def test_an_async_finish_a_crash_undoes_runs_the_job_again_and_is_fenced(
         lost_any = True
         assert record.status in (JobStatus.RUNNING, JobStatus.QUEUED)  # the claim, too
         again = wait_for_delivery(broker)
-        assert again.id == env.id
+        assert again.id == env.id and again.token != claimed.token
+        # The delivery whose finish the crash undid is fenced out: its finish again (as
+        # its worker's retry would be) and its renewal are refused.
+        assert broker.finish([Finish(claimed, JobStatus.SUCCEEDED, b"r")]) == [False]
+        assert broker.renew([claimed], 60) == [LeaseState.LOST]
         assert broker.finish([Finish(again, JobStatus.SUCCEEDED, b"r2")]) == [True]
-        if again.token != claimed.token:  # a delivery the crash undid is fenced out
-            assert broker.renew([claimed], 60) == [LeaseState.LOST]
+        assert broker.finish([Finish(claimed, JobStatus.SUCCEEDED, b"r")]) == [False]
         broker.enqueue([Envelope(new_job_id(), "other", b"flush")])  # a synchronous commit
         [record] = broker.get([env.id])
         assert record is not None and record.status is JobStatus.SUCCEEDED
+        assert record.result == b"r2"  # the second run's
     assert lost_any
     broker.close()
 

@@ -28,7 +28,7 @@ from ..._errors import (
     InvalidURL,
 )
 from ._schema import SCHEMA_VERSION, instance, migrate, schema_version, sql
-from ._url import PostgresURL
+from ._url import WORKER_COMMITS, PostgresURL
 
 try:
     import psycopg
@@ -98,6 +98,7 @@ class Database:
             first = psycopg.connect(self.conninfo(), autocommit=True)
             try:
                 self.database = first.info.dbname
+                self._check_worker_commit(first)
                 self.migrated = self._prepare(first, create)
                 self.instance = instance(first, self.schema)
             finally:
@@ -123,6 +124,19 @@ class Database:
     def connect(self) -> Connection:
         """A connection of its own, outside the pool, in autocommit mode (the listener's)."""
         return psycopg.connect(self.conninfo(), autocommit=True)
+
+    def _check_worker_commit(self, conn: Connection) -> None:
+        """``conveyor.worker_commit`` as the connections get it (the URL's option, or a
+        database's, a role's or ``options``' setting): async, sync or unset."""
+        row = conn.execute("SELECT current_setting('conveyor.worker_commit', true)").fetchone()
+        value = row[0] if row is not None else None
+        if value not in (None, "", *WORKER_COMMITS):
+            raise ConfigurationError(
+                f"conveyor.worker_commit is {str(value)[:40]!r} on the connections to "
+                f"{self.shown}: it takes async or sync. It was set by ALTER DATABASE or "
+                "ALTER ROLE ... SET, or by -c in the URL's options: correct it there, or "
+                "RESET it and give ?worker_commit= in the URL"
+            )
 
     def _prepare(self, conn: Connection, create: bool) -> tuple[int, int]:
         if create:
