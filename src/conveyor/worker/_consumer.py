@@ -351,8 +351,16 @@ class Consumer:
         """A run ended (in a pool thread): turn it into a Finish for the finisher."""
         ran = time.monotonic() - attempt.began
         if not attempt.is_async:  # only sync jobs may run in the consumer's thread
-            name = attempt.name
-            self._quick[name] = self._quick.get(name, 0) + 1 if ran < QUICK else 0
+            # Written only when the count changes: it stops at QUICK_RUNS (all _runs_here
+            # asks) and goes back to 0 only from more, so a busy worker's jobs read it only.
+            task = attempt.message.task  # type: ignore[union-attr]  # only decoded jobs run
+            quick = self._quick
+            runs = quick.get(task, 0)
+            if ran < QUICK:
+                if runs < QUICK_RUNS:
+                    quick[task] = runs + 1
+            elif runs:
+                quick[task] = 0
         if not self.inflight.complete(attempt, ran):
             return  # handed back during shutdown; another worker runs it again
         if isinstance(result, Raised):
