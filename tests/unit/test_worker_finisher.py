@@ -239,3 +239,10 @@ def test_a_finish_is_not_tracked_by_the_garbage_collector() -> None:
     finish = Finish(d, JobStatus.SCHEDULED, b"r", 60.0, retry=retry, reason="x", event=b"e")
     assert not gc.is_tracked(finish)
     assert not gc.is_tracked(d) and not gc.is_tracked(retry)
+
+
+def test_an_attempt_is_fetched_when_its_fetch_says_or_else_now() -> None:
+    d = Delivery("j1", "q", b"{}", "tok", 1)
+    assert Attempt(d, 12.5).started == 12.5
+    before = time.monotonic()
+    assert before <= Attempt(d).started <= time.monotonic()

@@ -183,7 +183,8 @@ class Consumer:
     def dispatch(self, deliveries: Sequence[Delivery]) -> None:
         """Hold every delivery of a fetch (so all their leases are renewed), then start or
         buffer each in turn."""
-        attempts = [Attempt(d) for d in deliveries]
+        fetched = time.monotonic()  # once for the fetch, not once per delivery
+        attempts = [Attempt(d, fetched) for d in deliveries]
         self.inflight.hold(attempts)
         alone = len(attempts) == 1
         for attempt in attempts:
