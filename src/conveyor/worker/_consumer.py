@@ -334,9 +334,12 @@ class Consumer:
             attempt.message = message = self.codec.decode_message(delivery.payload)
         except _USER_CODE_ERRORS as exc:  # unpickling runs the payload's classes' code
             raise _Dead(f"undecodable payload: {text_of(exc)}") from exc
-        settled = workflows.short_circuit(self.app, message)
-        if settled is not None:
-            raise _Settled(settled)
+        # Only a workflow step, a collect step or a job with dependencies may be settled
+        # without running: short_circuit's own checks, inline (a Python call per job less).
+        if message.workflow or message.task == workflows.COLLECT or message.depends_on:
+            settled = workflows.short_circuit(self.app, message)
+            if settled is not None:
+                raise _Settled(settled)
         try:
             found = self.resolver.resolve(message.task)
         except (UnknownTask, UntrustedTask) as exc:
