@@ -220,7 +220,10 @@ class Consumer:
         delivery = attempt.delivery
         try:
             self._vet(attempt)
-            wait = self._rate_limit(attempt)
+            message = attempt.message
+            assert message is not None
+            # Only a task with a rate limit may wait (_rate_limit's own first check, inline).
+            wait = 0.0 if message.rate is None else self._rate_limit(attempt)
         except _Dead as dead:
             self.inflight.complete(attempt)
             self._record(attempt, self.outcomes.dead(delivery, str(dead), attempt.message))
@@ -229,8 +232,6 @@ class Consumer:
             self.inflight.complete(attempt)
             self._record(attempt, self._settle(attempt, settled.outcome))
             return
-        message = attempt.message
-        assert message is not None
         if wait > 0:
             self.inflight.complete(attempt)
             self._record(attempt, self._postpone(attempt, wait))
