@@ -218,3 +218,25 @@ def test_a_dependency_deleted_after_it_succeeded_fails_a_dependent_still_waiting
     assert RAN == ["a", "b"]  # c found a without a record, as after its result TTL
     with pytest.raises(DependencyFailed, match="or it was purged or deleted"):
         c.result(timeout=0)
+
+
+def test_the_worker_asks_short_circuit_only_about_steps_and_dependents(
+    app: Conveyor, tasks: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The consumer checks short_circuit's own conditions inline: a plain job skips the call.
+    from conveyor import workflows
+
+    asked: list[str] = []
+    real = workflows.short_circuit
+
+    def spy(app: Conveyor, message: Any) -> Any:
+        asked.append(message.id)
+        return real(app, message)
+
+    monkeypatch.setattr(workflows, "short_circuit", spy)
+    plain = tasks["record"].delay("plain")
+    after = tasks["record"].options(depends_on=plain).delay("after")
+    last = chain(tasks["record"].s("one"), tasks["record"].s()).delay()
+    run(app)
+    assert plain.id not in asked and after.id in asked and last.id in asked
+    assert last.result(timeout=5) == "one" and after.result(timeout=5) == "after"

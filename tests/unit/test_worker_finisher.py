@@ -4,6 +4,7 @@ outcomes; otherwise, and on stop, it writes at once."""
 
 from __future__ import annotations
 
+import gc
 import random
 import threading
 import time
@@ -13,7 +14,7 @@ import pytest
 
 from conveyor import Conveyor, JobStatus
 from conveyor._backoff import Backoff
-from conveyor._message import Delivery
+from conveyor._message import Delivery, Envelope
 from conveyor.brokers import Finish
 from conveyor.worker import Worker, _finisher
 from conveyor.worker._attempt import Attempt
@@ -228,3 +229,20 @@ def test_a_run_long_past_the_usual_does_not_hold_up_the_outcomes_beside_it(
         assert calls.sizes == [1]
     finally:
         finisher.stop(1.0)
+
+
+def test_a_finish_is_not_tracked_by_the_garbage_collector() -> None:
+    # One per job; it holds only untracked structs, bytes, strings, a float and an enum
+    # member, so it cannot be part of a reference cycle.
+    d = Delivery("j1", "q", b"{}", "tok", 1)
+    retry = Envelope("j1", "q", b"{}", eta=1.0, key="k")
+    finish = Finish(d, JobStatus.SCHEDULED, b"r", 60.0, retry=retry, reason="x", event=b"e")
+    assert not gc.is_tracked(finish)
+    assert not gc.is_tracked(d) and not gc.is_tracked(retry)
+
+
+def test_an_attempt_is_fetched_when_its_fetch_says_or_else_now() -> None:
+    d = Delivery("j1", "q", b"{}", "tok", 1)
+    assert Attempt(d, 12.5).started == 12.5
+    before = time.monotonic()
+    assert before <= Attempt(d).started <= time.monotonic()

@@ -172,3 +172,34 @@ def test_a_result_is_left_to_the_finisher_while_other_jobs_are_held(
     with consuming(Worker(app, concurrency=2)):
         assert [job.result(timeout=30) for job in jobs] == [1, 2]
     assert writers[0] == "conveyor-finish"
+
+
+def test_a_tasks_tiny_runs_are_counted_up_to_quick_runs_and_a_slow_one_resets_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    app = Conveyor("memory://")
+
+    @app.task
+    def tiny() -> None: ...
+
+    @app.task
+    def sometimes(seconds: float) -> None:
+        time.sleep(seconds)
+
+    monkeypatch.setattr(_consumer, "QUICK", 0.05)
+    worker = Worker(app, concurrency=1)
+    quick = worker._consumer._quick
+    for _ in range(_consumer.QUICK_RUNS + 3):
+        tiny.delay()
+        sometimes.delay(0)
+        worker.drain(timeout=30)
+    assert quick[tiny.name] == quick[sometimes.name] == _consumer.QUICK_RUNS  # not counted on
+    sometimes.delay(0.1)
+    worker.drain(timeout=30)
+    assert quick[sometimes.name] == 0 and quick[tiny.name] == _consumer.QUICK_RUNS
+    sometimes.delay(0.1)
+    worker.drain(timeout=30)
+    assert quick[sometimes.name] == 0
+    sometimes.delay(0)
+    worker.drain(timeout=30)
+    assert quick[sometimes.name] == 1

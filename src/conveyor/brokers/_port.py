@@ -143,13 +143,17 @@ class LeaseState(enum.StrEnum):
     CANCELLED = "cancelled"  # still ours, but cancel() was called: stop the job
 
 
-class Finish(msgspec.Struct, frozen=True):
+class Finish(msgspec.Struct, frozen=True, gc=False):
     """How one delivery ends.
 
     ``status`` is terminal (succeeded, failed, cancelled, dead), or ``scheduled`` for a retry,
     in which case ``retry`` is the envelope to put back (same job id, new payload and eta).
     ``result`` is the encoded ``Outcome``; ``reason`` is kept with failed and dead jobs.
     ``event`` is published with the outcome, only if it is recorded (see the contract).
+
+    Not tracked by the garbage collector (``gc=False``, as ``Delivery`` and ``Envelope``):
+    it holds only those two, bytes, strings, a float and an enum member, so it cannot be
+    part of a reference cycle, and a worker makes one per job.
     """
 
     delivery: Delivery

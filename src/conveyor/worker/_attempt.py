@@ -108,7 +108,9 @@ class Attempt:
         "stop",
     )
 
-    def __init__(self, delivery: Delivery) -> None:
+    def __init__(self, delivery: Delivery, fetched: float | None = None) -> None:
+        """``fetched``: when its fetch returned (``time.monotonic()``), read once for all
+        of a fetch's deliveries; None reads the clock now."""
         self.delivery = delivery
         self.message: Message | None = None
         self.fn: Callable[..., Any] | None = None
@@ -118,7 +120,7 @@ class Attempt:
         self.lost = False  # renew said the lease is gone; our finish will be refused
         self.error: RemoteError | None = None  # what the run raised, for the worker's log line
         self.slot = False  # holds one of the worker's run slots (``_inflight.py``)
-        self.started = time.monotonic()  # fetched
+        self.started = time.monotonic() if fetched is None else fetched
         self.began = 0.0  # handed to a pool (time.monotonic())
         self.lock = threading.Lock()
         # Set by the pool running the job: the thread, the asyncio task, or the child process.

@@ -183,7 +183,8 @@ class Consumer:
     def dispatch(self, deliveries: Sequence[Delivery]) -> None:
         """Hold every delivery of a fetch (so all their leases are renewed), then start or
         buffer each in turn."""
-        attempts = [Attempt(d) for d in deliveries]
+        fetched = time.monotonic()  # once for the fetch, not once per delivery
+        attempts = [Attempt(d, fetched) for d in deliveries]
         self.inflight.hold(attempts)
         alone = len(attempts) == 1
         for attempt in attempts:
@@ -219,7 +220,10 @@ class Consumer:
         delivery = attempt.delivery
         try:
             self._vet(attempt)
-            wait = self._rate_limit(attempt)
+            message = attempt.message
+            assert message is not None
+            # Only a task with a rate limit may wait (_rate_limit's own first check, inline).
+            wait = 0.0 if message.rate is None else self._rate_limit(attempt)
         except _Dead as dead:
             self.inflight.complete(attempt)
             self._record(attempt, self.outcomes.dead(delivery, str(dead), attempt.message))
@@ -228,8 +232,6 @@ class Consumer:
             self.inflight.complete(attempt)
             self._record(attempt, self._settle(attempt, settled.outcome))
             return
-        message = attempt.message
-        assert message is not None
         if wait > 0:
             self.inflight.complete(attempt)
             self._record(attempt, self._postpone(attempt, wait))
@@ -333,9 +335,12 @@ class Consumer:
             attempt.message = message = self.codec.decode_message(delivery.payload)
         except _USER_CODE_ERRORS as exc:  # unpickling runs the payload's classes' code
             raise _Dead(f"undecodable payload: {text_of(exc)}") from exc
-        settled = workflows.short_circuit(self.app, message)
-        if settled is not None:
-            raise _Settled(settled)
+        # Only a workflow step, a collect step or a job with dependencies may be settled
+        # without running: short_circuit's own checks, inline (a Python call per job less).
+        if message.workflow or message.task == workflows.COLLECT or message.depends_on:
+            settled = workflows.short_circuit(self.app, message)
+            if settled is not None:
+                raise _Settled(settled)
         try:
             found = self.resolver.resolve(message.task)
         except (UnknownTask, UntrustedTask) as exc:
@@ -351,8 +356,16 @@ class Consumer:
         """A run ended (in a pool thread): turn it into a Finish for the finisher."""
         ran = time.monotonic() - attempt.began
         if not attempt.is_async:  # only sync jobs may run in the consumer's thread
-            name = attempt.name
-            self._quick[name] = self._quick.get(name, 0) + 1 if ran < QUICK else 0
+            # Written only when the count changes: it stops at QUICK_RUNS (all _runs_here
+            # asks) and goes back to 0 only from more, so a busy worker's jobs read it only.
+            task = attempt.message.task  # type: ignore[union-attr]  # only decoded jobs run
+            quick = self._quick
+            runs = quick.get(task, 0)
+            if ran < QUICK:
+                if runs < QUICK_RUNS:
+                    quick[task] = runs + 1
+            elif runs:
+                quick[task] = 0
         if not self.inflight.complete(attempt, ran):
             return  # handed back during shutdown; another worker runs it again
         if isinstance(result, Raised):
