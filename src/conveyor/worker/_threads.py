@@ -61,24 +61,31 @@ class ThreadRunner:
         self._queue: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
         self._full = False
+        self._growing = threading.Lock()  # submit may come from any thread (Inflight.start)
 
     def start(self) -> None:
         """Nothing yet: a thread is started with each of the first ``size`` jobs (``submit``),
         so the first job waits for one thread to start, not for the whole pool."""
         self._full = False
 
-    def submit(self, attempt: Attempt) -> None:  # from the consumer's thread only
+    def submit(self, attempt: Attempt) -> None:
         self._queue.put(attempt)
         if not self._full:
             self._grow()
 
     def _grow(self) -> None:
-        t = threading.Thread(
-            target=self._work, name=f"conveyor-job-{len(self._threads)}", daemon=True
-        )
+        # Under a lock, and counted before it starts (``start`` waits for the new thread,
+        # letting others run): the consumer and a job thread starting a buffered job
+        # (``Inflight.start``) once grew the pool at once past its size.
+        with self._growing:
+            if self._full:
+                return
+            t = threading.Thread(
+                target=self._work, name=f"conveyor-job-{len(self._threads)}", daemon=True
+            )
+            self._threads.append(t)
+            self._full = len(self._threads) >= self._size
         t.start()
-        self._threads.append(t)
-        self._full = len(self._threads) >= self._size
 
     def interrupt(self, attempt: Attempt, why: str) -> None:
         with attempt.lock:

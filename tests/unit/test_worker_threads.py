@@ -1,0 +1,143 @@
+"""The thread pool (``worker/_threads.py``): ``size`` jobs run at once, a queued job never
+waits behind a running one, including a job a completing run submits from its own thread
+(as ``Inflight.start`` does), and the pool never grows past ``size`` threads however many
+threads submit at once."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from conveyor import Conveyor
+from conveyor._message import Delivery, Message
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.worker._attempt import Attempt, Result, Results, Returned
+from conveyor.worker._threads import ThreadRunner
+
+WAIT = 10.0  # seconds: a bound that only a broken pool reaches
+
+
+def _attempt(fn: Callable[..., Any], n: int = 0) -> Attempt:
+    attempt = Attempt(Delivery(f"j{n}", "default", b"", "tok", 1))
+    attempt.message = Message(id=f"j{n}", task="t")
+    attempt.fn = fn
+    return attempt
+
+
+class Pool:
+    """A ``ThreadRunner`` whose ``done`` records the results and may submit more."""
+
+    def __init__(self, size: int) -> None:
+        results = Results(Conveyor(broker=MemoryBroker()).codec, 1 << 20)
+        self.lock = threading.Lock()
+        self.done: list[Result] = []
+        self.idents: set[int] = set()  # the threads that ran jobs
+        self.all_done = threading.Event()
+        self.expected = 0
+        self.then: Callable[[Attempt], None] | None = None  # called in done, like Inflight.start
+        self.runner = ThreadRunner(size, results, self._done, lambda *a: None)
+        self.runner.start()
+
+    def _done(self, attempt: Attempt, result: Result) -> None:
+        if self.then is not None:
+            self.then(attempt)
+        with self.lock:
+            self.done.append(result)
+            self.idents.add(threading.get_ident())
+            if len(self.done) >= self.expected:
+                self.all_done.set()
+
+    def threads(self) -> list[threading.Thread]:
+        return [t for t in threading.enumerate() if t.ident in self.idents]
+
+
+def test_a_job_queued_beside_a_blocked_one_runs_at_once() -> None:
+    pool = Pool(2)
+    release = threading.Event()
+    ran = threading.Event()
+    pool.expected = 2
+    pool.runner.submit(_attempt(lambda: release.wait(WAIT), 1))
+    pool.runner.submit(_attempt(ran.set, 2))
+    try:
+        assert ran.wait(WAIT), "the second job waited behind the blocked one"
+    finally:
+        release.set()
+        assert pool.all_done.wait(WAIT)
+        pool.runner.shutdown()
+
+
+def test_a_job_started_by_a_completing_run_does_not_wait_behind_a_long_one() -> None:
+    # One thread runs a long job; another ends a short run and, in its done callback (as
+    # Inflight.start does), submits two more: it takes one itself, the other wakes a thread.
+    pool = Pool(3)
+    release = threading.Event()
+    ran = [threading.Event(), threading.Event()]
+    both = threading.Barrier(2, timeout=WAIT)  # the two must run at once: one thread each
+    pool.expected = 4
+
+    def chain(attempt: Attempt) -> None:
+        if attempt.job_id == "j2":
+            pool.then = None
+            for i in (0, 1):
+                pool.runner.submit(_attempt(lambda i=i: (both.wait(), ran[i].set()), 3 + i))
+
+    pool.then = chain
+    pool.runner.submit(_attempt(lambda: release.wait(WAIT), 1))
+    pool.runner.submit(_attempt(lambda: None, 2))
+    try:
+        assert ran[0].wait(WAIT) and ran[1].wait(WAIT)
+    finally:
+        release.set()
+        assert pool.all_done.wait(WAIT)
+        pool.runner.shutdown()
+
+
+def test_size_jobs_run_at_once() -> None:
+    size = 6
+    pool = Pool(size)
+    everyone = threading.Barrier(size, timeout=WAIT)  # broken unless all six run at once
+    pool.expected = 2 * size
+    for n in range(2 * size):
+        pool.runner.submit(_attempt(everyone.wait, n))
+    assert pool.all_done.wait(WAIT)
+    assert all(isinstance(r, Returned) for r in pool.done), pool.done
+    assert len(pool.idents) == size
+    pool.runner.shutdown()
+
+
+def test_a_burst_of_tiny_jobs_is_run_including_those_a_completing_run_starts() -> None:
+    # Regression: the consumer and job threads growing the pool at once started 6 threads
+    # for a pool of 4.
+    pool = Pool(4)
+    total = 3000
+    count = iter(range(total // 2, total))
+
+    def chain(attempt: Attempt) -> None:  # every run started from outside starts another
+        if int(attempt.job_id[1:]) < total // 2:
+            pool.runner.submit(_attempt(lambda: None, next(count)))
+
+    pool.then = chain
+    pool.expected = total
+    for n in range(total // 2):
+        pool.runner.submit(_attempt(lambda: None, n))
+    assert pool.all_done.wait(WAIT)
+    time.sleep(0.05)
+    assert len(pool.done) == total
+    assert len(pool.idents) <= 4
+    pool.runner.shutdown()
+
+
+def test_shutdown_ends_the_sleeping_threads() -> None:
+    pool = Pool(3)
+    pool.expected = 3
+    for n in range(3):
+        pool.runner.submit(_attempt(lambda: time.sleep(0.01), n))
+    assert pool.all_done.wait(WAIT)
+    started = pool.threads()
+    assert started
+    pool.runner.shutdown()
+    for t in started:
+        t.join(WAIT)
+        assert not t.is_alive()
