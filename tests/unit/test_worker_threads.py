@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from conveyor import Conveyor
 from conveyor._message import Delivery, Message
 from conveyor.brokers.memory import MemoryBroker
@@ -141,3 +143,28 @@ def test_shutdown_ends_the_sleeping_threads() -> None:
     for t in started:
         t.join(WAIT)
         assert not t.is_alive()
+
+
+def test_a_thread_that_fails_to_start_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: the pool counted a thread before starting it, and kept counting it when
+    # start raised (can't start new thread): a pool of 1 was then "full" with no thread,
+    # and every later job waited in its queue for ever (held, its lease renewed).
+    pool = Pool(1)
+    start = threading.Thread.start
+    failed: list[bool] = []
+
+    def fails_once(self: threading.Thread) -> None:
+        if not failed:
+            failed.append(True)
+            raise RuntimeError("can't start new thread")
+        start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", fails_once)
+    ran = threading.Event()
+    with pytest.raises(RuntimeError, match="can't start"):
+        pool.runner.submit(_attempt(lambda: None, 1))
+    pool.runner.submit(_attempt(ran.set, 2))
+    try:
+        assert ran.wait(WAIT), "no thread was started after one failed to start"
+    finally:
+        pool.runner.shutdown()

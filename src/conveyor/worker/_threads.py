@@ -85,7 +85,14 @@ class ThreadRunner:
             )
             self._threads.append(t)
             self._full = len(self._threads) >= self._size
-        t.start()
+        try:
+            t.start()
+        except BaseException:  # not started (can't start new thread): not counted either
+            with self._growing:
+                if t in self._threads:  # not if a shutdown cleared the list meanwhile
+                    self._threads.remove(t)
+                self._full = len(self._threads) >= self._size
+            raise
 
     def interrupt(self, attempt: Attempt, why: str) -> None:
         with attempt.lock:
