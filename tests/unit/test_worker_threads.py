@@ -145,11 +145,8 @@ def test_shutdown_ends_the_sleeping_threads() -> None:
         assert not t.is_alive()
 
 
-def test_a_thread_that_fails_to_start_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Regression: the pool counted a thread before starting it, and kept counting it when
-    # start raised (can't start new thread): a pool of 1 was then "full" with no thread,
-    # and every later job waited in its queue for ever (held, its lease renewed).
-    pool = Pool(1)
+def _first_start_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The next thread started fails to start, as with "can't start new thread"."""
     start = threading.Thread.start
     failed: list[bool] = []
 
@@ -160,11 +157,56 @@ def test_a_thread_that_fails_to_start_is_not_counted(monkeypatch: pytest.MonkeyP
         start(self)
 
     monkeypatch.setattr(threading.Thread, "start", fails_once)
+
+
+def test_a_thread_that_fails_to_start_is_not_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Regression: the pool counted a thread before starting it, and kept counting it when
+    # start raised (can't start new thread): a pool of 1 was then "full" with no thread,
+    # and every later job waited in its queue for ever (held, its lease renewed).
+    pool = Pool(1)
+    _first_start_fails(monkeypatch)
     ran = threading.Event()
     with pytest.raises(RuntimeError, match="can't start"):
         pool.runner.submit(_attempt(lambda: None, 1))
     pool.runner.submit(_attempt(ran.set, 2))
     try:
         assert ran.wait(WAIT), "no thread was started after one failed to start"
+    finally:
+        pool.runner.shutdown()
+
+
+def test_a_job_whose_submit_failed_is_not_run_later(monkeypatch: pytest.MonkeyPatch) -> None:
+    # submit raising makes the consumer let the job go (_let_go: its lease lapses, another
+    # worker runs it); it was queued before the thread was started, and ran here too.
+    pool = Pool(1)
+    _first_start_fails(monkeypatch)
+    let_go, ran = threading.Event(), threading.Event()
+    with pytest.raises(RuntimeError, match="can't start"):
+        pool.runner.submit(_attempt(let_go.set, 1))
+    pool.runner.submit(_attempt(ran.set, 2))
+    try:
+        assert ran.wait(WAIT)
+        assert not let_go.is_set(), "the job let go after its submit failed ran anyway"
+    finally:
+        pool.runner.shutdown()
+
+
+def test_a_job_whose_thread_failed_to_start_runs_on_a_started_one(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pool = Pool(2)
+    pool.expected = 2
+    pool.runner.submit(_attempt(lambda: None, 1))  # starts the first thread
+    start = threading.Thread.start
+
+    def fails(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", fails)
+    ran = threading.Event()
+    pool.runner.submit(_attempt(ran.set, 2))  # no second thread: queued for the first
+    monkeypatch.setattr(threading.Thread, "start", start)
+    try:
+        assert ran.wait(WAIT)
     finally:
         pool.runner.shutdown()

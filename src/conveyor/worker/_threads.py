@@ -69,9 +69,17 @@ class ThreadRunner:
         self._full = False
 
     def submit(self, attempt: Attempt) -> None:
-        self._queue.put(attempt)
+        # Grown first: if no thread can start and none runs, submit raises with the job not
+        # queued (the consumer lets it go: a thread started later must not run it after all).
         if not self._full:
-            self._grow()
+            try:
+                self._grow()
+            except Exception:
+                if not self._threads:
+                    raise
+                log.warning("cannot start another job thread; the %d started run the jobs",
+                            len(self._threads), exc_info=True)  # fmt: skip
+        self._queue.put(attempt)
 
     def _grow(self) -> None:
         # Under a lock, and counted before it starts (``start`` waits for the new thread,
