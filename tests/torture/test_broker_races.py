@@ -421,8 +421,9 @@ def test_the_redis_adapter_never_trims_its_job_streams() -> None:
     tail). So trimming can never drop a pending entry. Whoever adds trimming must replace
     this test with one showing that a pending entry survives it. Two streams are trimmed,
     and no job is ever in either and no group reads them: the resume signal
-    ``{P}:resumed`` and the event log ``{P}:events`` (common.lua ``publish``), whose
-    trimming leaves every job stream alone (the test below)."""
+    ``{P}:resumed`` and the event log ``{P}:events`` (common.lua ``publish``, and
+    enqueue_one.lua's copy of it for a lone job's event), whose trimming leaves every job
+    stream alone (the test below)."""
     folder = Path(_scripts.__file__).parent
     code = [re.sub(r"--[^\n]*", "", _scripts.source(name)) for name in _scripts.NAMES]
     code += [_without_docstrings(p.read_text()) for p in folder.glob("*.py")]
@@ -436,6 +437,7 @@ def test_the_redis_adapter_never_trims_its_job_streams() -> None:
     assert trims == {
         "redis.call('XADD', RESUMED, 'MAXLEN', 1, '*', 'queue', ARGV[5])",
         "if keep then return pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) end",
+        "added = redis.pcall('XADD', events, 'MINID', math.max(n - ARGV[7] + 1, 0), n .. '-0',",
     }, trims
 
 
@@ -457,13 +459,18 @@ def _without_docstrings(source: str) -> str:
 def test_a_full_event_log_leaves_every_queued_and_pending_job_in_its_stream(
     fresh_redis_server: RedisServer,
 ) -> None:
-    """Events far past the cap, published by enqueue, finish and on their own, while jobs
-    wait and run: the log holds about the cap, and the job streams every entry."""
+    """Events far past the cap, published by enqueue (a batch and lone jobs, which take
+    enqueue_one.lua), finish and on their own, while jobs wait and run: the log holds
+    about the cap, and the job streams every entry."""
     prefix = unique_prefix()
     broker = RedisBroker(fresh_redis_server.url, prefix=prefix, events_kept=20)
     try:
         envs = [envelope(QUEUE, priority=i % 3) for i in range(60)]
         broker.enqueue(envs, [b"enqueued %d" % i for i in range(60)])
+        for i in range(40):  # past the cap again, one lone job at a time
+            env = envelope(QUEUE, priority=i % 3)
+            broker.enqueue([env], [b"lone %d" % i])
+            envs.append(env)
         running = broker.fetch([QUEUE], "c", 25, 60.0, 0.0)
         done = [Finish(d, JobStatus.SUCCEEDED, b"r", event=b"ended") for d in running[:10]]
         assert broker.finish(done, [b"started"] * 25) == [True] * 10
@@ -475,7 +482,7 @@ def test_a_full_event_log_leaves_every_queued_and_pending_job_in_its_stream(
         kept = broker.read_events(None, 0.0, 1000)
         assert 20 <= len(kept) < 20 + EVENTS_SLACK
         assert [e for _, e in kept[-10:]] == [b"heartbeat"] * 10
-        assert len(broker.fetch([QUEUE], "c", 100, 60.0, 0.0)) == 35  # the rest, all there
+        assert len(broker.fetch([QUEUE], "c", 100, 60.0, 0.0)) == 75  # the rest, all there
     finally:
         broker.close()
 
