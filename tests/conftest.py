@@ -18,6 +18,12 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+# The worker imports its processes pool on first use, from the thread that starts the
+# worker. Under pytest that import is rewritten (conveyor ships a pytest plugin, so pytest
+# rewrites the whole package), and CPython 3.11's ast.parse can fail in such a thread with
+# "SystemError: AST constructor recursion depth mismatch" after the deep-recursion tests:
+# imported here once, in the main thread, it is never parsed in a worker's thread.
+import conveyor.worker._processes  # noqa: F401
 from conveyor import _logging as conveyor_logging
 
 pytest_plugins = [
