@@ -10,6 +10,9 @@ worker sends), and sums, around each call, the CPU time the server's processes (
 postmaster's children: the backend, the WAL writer, ...) spent, from
 ``/proc/<pid>/schedstat`` (nanoseconds; time spent waiting for a CPU is not in it). So
 the figures are the functions' own, without a drain's timing (how full each batch is).
+With ``--append N`` it times ``append_events`` alone instead, ``--jobs`` calls of N events
+like a worker's (``job.started`` and ``job.succeeded`` in turn, JSON of ~185 bytes, each
+its own job id: what a finish of N / 2 jobs appends), in µs per call.
 Printed: each run, then each tree's medians and their ratio to the first tree's.
 """
 
@@ -21,6 +24,8 @@ import os
 import statistics
 import subprocess
 import sys
+import time
+import uuid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -73,22 +78,52 @@ def child(url: str, n: int, batch: int, data: str) -> dict[str, float]:
     return {k: v * 1e6 / done for k, v in spent.items()}
 
 
+def child_append(url: str, calls: int, n: int, data: str) -> dict[str, float]:
+    """``append_events`` alone (in that tree's interpreter): µs of server CPU per call."""
+    import psycopg
+    from conveyor._events import Event, encode
+    from conveyor.brokers.postgres import PostgresBroker
+
+    PostgresBroker(url).close()  # migrated
+    spent = 0.0
+    with psycopg.connect(url, autocommit=True) as conn:
+        for _ in range(calls):
+            events = [
+                encode(Event("job.succeeded" if i % 2 else "job.started", time.time(),
+                             job_id=uuid.uuid4().hex, task="noop", queue="default",
+                             worker_id="host-1234-0a1b2c", attempt=0,
+                             duration=0.000123 if i % 2 else None))
+                for i in range(n)
+            ]  # fmt: skip
+            before = _server_cpu(data)
+            conn.execute("SELECT conveyor.append_events(%b::bytea[], 10000)", (events,))
+            spent += _server_cpu(data) - before
+    return {"append": spent * 1e6 / calls}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument(
-        "--child", nargs=4, metavar=("URL", "N", "BATCH", "DATA"), help=argparse.SUPPRESS
+        "--child", nargs=5, metavar=("URL", "N", "BATCH", "DATA", "APPEND"), help=argparse.SUPPRESS
     )
     p.add_argument("--tree", action="append", default=[], metavar="NAME=SRC")
     p.add_argument("--pairs", type=int, default=4)
     p.add_argument("--jobs", type=int, default=10_000)
     p.add_argument("--batch", type=int, default=80, help="jobs per fetch and finish")
+    p.add_argument(
+        "--append", type=int, default=0, metavar="N", help="time append_events: N events a call"
+    )
     args = p.parse_args()
     if args.child:
-        url, n, batch, data = args.child
-        print(json.dumps(child(url, int(n), int(batch), data)))
+        url, n, batch, data, append = args.child
+        if int(append):
+            print(json.dumps(child_append(url, int(n), int(append), data)))
+        else:
+            print(json.dumps(child(url, int(n), int(batch), data)))
         return 0
     from pg_server import private_postgres
 
+    unit = f"call of {args.append} events" if args.append else "job"
     trees = [t.split("=", 1) for t in args.tree] or [["new", os.path.join(HERE, "..", "src")]]
     results: dict[str, list[dict[str, float]]] = {name: [] for name, _ in trees}
     with private_postgres() as server:
@@ -98,17 +133,17 @@ def main() -> int:
                 url = server.fresh_database("fn_cost")
                 env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.abspath(src), HERE]))
                 command = [sys.executable, __file__, "--child", url, str(args.jobs),
-                           str(args.batch), server.data]  # fmt: skip
+                           str(args.batch), server.data, str(args.append)]  # fmt: skip
                 out = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
                 r = json.loads(out.stdout.strip().splitlines()[-1])
                 results[name].append(r)
-                print(f"pair {pair} {name:<6} fetch {r['fetch']:6.1f}  finish {r['finish']:6.1f} "
-                      "µs of server CPU per job", flush=True)  # fmt: skip
+                cells = "  ".join(f"{key} {value:6.1f}" for key, value in r.items())
+                print(f"pair {pair} {name:<6} {cells} µs of server CPU per {unit}", flush=True)
     first = trees[0][0]
-    print(f"\nmedians of {args.pairs} pairs, µs of server CPU per job (ratio to {first})")
+    print(f"\nmedians of {args.pairs} pairs, µs of server CPU per {unit} (ratio to {first})")
     for name, _ in trees:
         cells = []
-        for key in ("fetch", "finish"):
+        for key in results[first][0]:
             value = statistics.median(r[key] for r in results[name])
             base = statistics.median(r[key] for r in results[first])
             cells.append(f"{key} {value:6.1f} ({value / base:.2f}x)")

@@ -217,6 +217,31 @@ def test_the_log_shows_the_newest_kept_events_and_holds_a_bounded_few_more(
         broker.close()
 
 
+def test_an_append_of_many_events_takes_a_value_per_row_and_readers_number_every_event(
+    postgres_url: str, schema: str
+) -> None:
+    """Version 6: an append of more than 32 events (a worker's finish) takes one value of
+    ``events_seq_seq`` per row of up to 32, not one per event; the readers still number
+    every event, one after the other, in the order appended, lone rows and grouped ones."""
+    broker = PostgresBroker(schema_url(postgres_url, schema))
+    value = f'SELECT last_value FROM "{schema}".events_seq_seq'
+    try:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            broker.publish([b"first"])
+            before = conn.execute(value).fetchone()
+            sent = [f"e{i}".encode() for i in range(65)]  # rows of 32, 32 and 1
+            broker.publish(sent)
+            after = conn.execute(value).fetchone()
+        assert before is not None and after is not None and after[0] - before[0] == 3
+        broker.publish([b"a", b"b"])
+        read = broker.read_events(None, 0.0, 100)
+        assert [e for _, e in read] == [b"first", *sent, b"a", b"b"]
+        assert [int(n) for n, _ in read] == list(range(1, 69))
+        assert broker.read_events(read[40][0], 0.0, 100) == read[41:]
+    finally:
+        broker.close()
+
+
 @pytest.mark.parametrize(("query", "claim", "finish"), [
     ("", "off", "off"),
     ("&worker_commit=sync", "on", "on"),
