@@ -690,6 +690,29 @@ def test_one_finish_call_reads_each_outcomes_status_ttl_reason_and_retry(
     assert [x.id for x in fetch(broker, queues=("fb",))] == [jobs[2].id]
 
 
+def test_an_ending_without_reason_writes_none_unless_an_earlier_one_must_be_cleared(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    """A job ended with no reason gets no reason field (a field not written reads as empty),
+    unless it was retried: its retry's reason is cleared."""
+    first, retried = env(), env()
+    broker.enqueue([first, retried])
+    a, b = fetch(broker, count=2)
+    retry = Envelope(b.id, "default", b"again")
+    assert broker.finish(
+        [
+            Finish(a, JobStatus.SUCCEEDED, b"r"),
+            Finish(b, JobStatus.SCHEDULED, b"", reason="boom", retry=retry),
+        ]
+    ) == [True, True]
+    assert broker.get([b.id])[0].reason == "boom"  # type: ignore[union-attr]
+    [b2] = fetch(broker)
+    assert broker.finish([Finish(b2, JobStatus.SUCCEEDED, b"r2")]) == [True]
+    assert not raw.hexists("{" + prefix + "}:job:" + first.id, "reason")
+    assert raw.hget("{" + prefix + "}:job:" + retried.id, "reason") == b""
+    assert [r.reason for r in broker.get([first.id, retried.id])] == ["", ""]  # type: ignore[union-attr]
+
+
 def test_a_queue_is_listed_once_its_first_job_is_written_whichever_way(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

@@ -118,9 +118,15 @@ local function finish_one(a, n, event, sh)
   if payload then
     ended(q, key, job, id, status, sh.expires, sh.keep, later, 'settled_by', token,
       'result', result, 'reason', reason, 'payload', payload)
-  else
+  elseif reason ~= '' or f[8] then
     ended(q, key, job, id, status, sh.expires, sh.keep, later, 'settled_by', token,
       'result', result, 'reason', reason)
+  else
+    -- No reason to write, and none written before: only a job settled once already
+    -- (settled_by: retried) can have one, and a field not written reads as empty (_keys.py).
+    -- A field less to add costs the server less, and the record takes less memory.
+    ended(q, key, job, id, status, sh.expires, sh.keep, later, 'settled_by', token,
+      'result', result)
   end
   if job ~= PLAIN then release_key(UNIQUE, job, id) end
   return 1
