@@ -48,6 +48,7 @@ from conveyor._message import Envelope, JobStatus  # noqa: E402
 from conveyor.brokers._port import Finish  # noqa: E402
 from conveyor.brokers.redis import RedisBroker, _scripts  # noqa: E402
 from conveyor.brokers.redis import broker as broker_module  # noqa: E402
+from conveyor.brokers.redis._calls import finish_values  # noqa: E402
 
 from redis_server import evalsha_usec, main_thread_cpu_usec, private_redis  # noqa: E402
 
@@ -95,8 +96,8 @@ class Versions:
                 script.script = old_source(old_src, name)  # (a script it lacks: this one's)
             script.sha = admin.script_load(script.script)
         self.values = {
-            "old": broker_module.finish_values if old_src is None else old_finish_values(old_src),
-            "new": broker_module.finish_values,
+            "old": finish_values if old_src is None else old_finish_values(old_src),
+            "new": finish_values,
         }
         self.usec: dict[str, float] = {"old": 0.0, "new": 0.0}
         self.cpu: dict[str, float] = {"old": 0.0, "new": 0.0}
