@@ -5,12 +5,14 @@ the call, reading and replying too, plus a small constant for the ``INFO`` calls
 
 On a private redis-server, one broker of this checkout runs each phase with two versions of
 the scripts in turn, call by call: this checkout's and those of another copy of the package
-(``--old``, e.g. a ``git worktree`` of an earlier commit; their arguments must be the same).
+(``--old``, e.g. a ``git worktree`` of an earlier commit; their arguments must be the same,
+but for finish's outcomes, which each side encodes with its own ``_calls.finish_values``).
 Alternating per call puts the noise of a shared machine on both alike. Per phase it prints
 both divided by the jobs:
 
 * ``enqueue single``: one job per call (booked 50 calls at a time); ``enqueue batch``: 200 per call;
-* ``fetch (100)``: 100 deliveries per call; ``finish (100)``: 100 outcomes per call.
+* ``fetch (100)``: 100 deliveries per call; ``finish (100)``: 100 outcomes per call (``--per-call``
+  sets another number: a drain's calls take ~30-70).
 
 With ``--events`` alone both sides are this checkout's scripts, "old" called without events
 and "new" with what an app and a worker send (docs/observability.md): a ``job.enqueued`` per
@@ -29,9 +31,11 @@ from before events.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import statistics
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -43,6 +47,8 @@ from conveyor._events import job_event  # noqa: E402
 from conveyor._message import Envelope, JobStatus  # noqa: E402
 from conveyor.brokers._port import Finish  # noqa: E402
 from conveyor.brokers.redis import RedisBroker, _scripts  # noqa: E402
+from conveyor.brokers.redis import broker as broker_module  # noqa: E402
+from conveyor.brokers.redis._calls import finish_values  # noqa: E402
 
 from redis_server import evalsha_usec, main_thread_cpu_usec, private_redis  # noqa: E402
 
@@ -62,6 +68,18 @@ def old_source(src: Path, name: str) -> str:
     return common + "\n" + body
 
 
+def old_finish_values(src: Path) -> object:
+    """The other copy's ``_calls.finish_values`` (how its finish.lua reads an outcome), run
+    against this checkout's modules (its relative imports resolve here)."""
+    path = src / "conveyor" / "brokers" / "redis" / "_calls.py"
+    space = {
+        "__name__": "conveyor.brokers.redis._old_calls",
+        "__package__": "conveyor.brokers.redis",
+    }
+    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), space)
+    return space["finish_values"]
+
+
 class Versions:
     """Swaps the broker's scripts between "old" and "new" and books server time to each."""
 
@@ -77,6 +95,10 @@ class Versions:
             ):
                 script.script = old_source(old_src, name)  # (a script it lacks: this one's)
             script.sha = admin.script_load(script.script)
+        self.values = {
+            "old": finish_values if old_src is None else old_finish_values(old_src),
+            "new": finish_values,
+        }
         self.usec: dict[str, float] = {"old": 0.0, "new": 0.0}
         self.cpu: dict[str, float] = {"old": 0.0, "new": 0.0}
 
@@ -84,10 +106,21 @@ class Versions:
         self.broker._scripts = self.old if which == "old" else self.new
         before = evalsha_usec(self.admin)
         cpu = main_thread_cpu_usec(self.admin)
-        out = call()  # type: ignore[operator]
+        with swapped(broker_module, "finish_values", self.values[which]):
+            out = call()  # type: ignore[operator]
         self.cpu[which] += main_thread_cpu_usec(self.admin) - cpu
         self.usec[which] += evalsha_usec(self.admin) - before
         return out
+
+
+@contextlib.contextmanager
+def swapped(module: object, name: str, value: object) -> Iterator[None]:
+    saved = getattr(module, name)
+    setattr(module, name, value)
+    try:
+        yield
+    finally:
+        setattr(module, name, saved)
 
 
 def _event(kind: str, i: int, **fields: object) -> bytes:
@@ -102,7 +135,9 @@ STARTED = _event("job.started", 0, deliveries=1)
 SUCCEEDED = _event("job.succeeded", 0, duration=0.000123)
 
 
-def run_once(n: int, old_src: Path | None, events: bool) -> dict[str, tuple[float, ...]]:
+def run_once(
+    n: int, old_src: Path | None, events: bool, per_call: int = 100
+) -> dict[str, tuple[float, ...]]:
     """Per phase: EVALSHA µs per job old and new, then server CPU µs per job old and new."""
     out: dict[str, tuple[float, ...]] = {}
     with private_redis() as server:
@@ -149,13 +184,11 @@ def run_once(n: int, old_src: Path | None, events: bool) -> dict[str, tuple[floa
                 for i in range(n // 200)
             ],
         )
+        k = per_call
         batches = phase(
-            "fetch (100)",
-            2 * n,
-            [
-                (side(i), lambda: broker.fetch(["q"], "c", 100, 60.0, 0.0))
-                for i in range(2 * n // 100)
-            ],
+            f"fetch ({k})",
+            2 * n // k * k,
+            [(side(i), lambda: broker.fetch(["q"], "c", k, 60.0, 0.0)) for i in range(2 * n // k)],
         )
         fetched = [d for batch in batches for d in batch]  # type: ignore[attr-defined]
 
@@ -166,12 +199,9 @@ def run_once(n: int, old_src: Path | None, events: bool) -> dict[str, tuple[floa
             return lambda: broker.finish(outcomes, [STARTED] * len(ds))
 
         phase(
-            "finish (100)",
+            f"finish ({k})",
             len(fetched),
-            [
-                (side(i // 100), finish(fetched[i : i + 100], i // 100))
-                for i in range(0, len(fetched), 100)
-            ],
+            [(side(i // k), finish(fetched[i : i + k], i // k)) for i in range(0, len(fetched), k)],
         )
         broker.close()
     return out
@@ -187,10 +217,11 @@ def main() -> None:
     )
     ap.add_argument("-n", type=int, default=4000, help="jobs per enqueue phase")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--per-call", type=int, default=100, help="deliveries per fetch and finish")
     args = ap.parse_args()
     if args.old is None and not args.events:
         ap.error("give --old, --events or both")
-    runs = [run_once(args.n, args.old, args.events) for _ in range(args.reps)]
+    runs = [run_once(args.n, args.old, args.events, args.per_call) for _ in range(args.reps)]
     sides = "events off → on" if args.old is None else "old → new"
     if args.old is not None and args.events:
         sides += ", both with events"

@@ -646,6 +646,73 @@ def test_one_finish_call_over_queues_and_priorities_acks_each_entry_and_fences_e
     assert broker.finish([Finish(again, JobStatus.SUCCEEDED, b"live")]) == [True]
 
 
+def test_one_finish_call_reads_each_outcomes_status_ttl_reason_and_retry(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    """finish.lua reads an outcome's status, TTL and queue as one shape per call, and 4, 5
+    or 10 values per outcome by that shape: outcomes of every shape, mixed in one call,
+    each end as sent."""
+    jobs = [env("fa") for _ in range(4)] + [env("fb") for _ in range(2)]
+    broker.enqueue(jobs)
+    got = {d.id: d for d in fetch(broker, count=10, queues=("fa", "fb"))}
+    d = [got[j.id] for j in jobs]
+    outcomes = [
+        Finish(d[0], JobStatus.SUCCEEDED, b"r0", result_ttl=100.0),
+        Finish(d[1], JobStatus.FAILED, b"", result_ttl=200.0, reason="boom 1"),
+        Finish(
+            d[2], JobStatus.SCHEDULED, b"", reason="later", retry=Envelope(d[2].id, "fb", b"p2")
+        ),
+        Finish(d[3], JobStatus.SUCCEEDED, b"r3", result_ttl=100.0),
+        Finish(d[4], JobStatus.DEAD, b"", result_ttl=300.0, reason="x y"),
+        Finish(d[5], JobStatus.SUCCEEDED, b"", result_ttl=200.0),
+    ]
+    assert broker.finish(outcomes) == [True] * 6
+    records = {r.id: r for r in broker.get([j.id for j in jobs]) if r is not None}
+    ends = [
+        (JobStatus.SUCCEEDED, "", 100),
+        (JobStatus.FAILED, "boom 1", 200),
+        (JobStatus.QUEUED, "later", None),
+        (JobStatus.SUCCEEDED, "", 100),
+        (JobStatus.DEAD, "x y", 300),
+        (JobStatus.SUCCEEDED, "", 200),
+    ]
+    for job, (status, reason, ttl) in zip(jobs, ends, strict=True):
+        record = records[job.id]
+        assert (record.status, record.reason) == (status, reason)
+        key = "{" + prefix + "}:job:" + job.id
+        if ttl is None:
+            assert raw.pttl(key) == -1
+            continue
+        assert (ttl + 50) * 1000 < raw.pttl(key) <= (ttl + 60) * 1000  # + the grace
+        updated, expires = (int(v) for v in raw.hmget(key, "updated_at", "expires_at"))
+        assert expires - updated == ttl * 1000
+    assert records[jobs[0].id].result == b"r0" and records[jobs[3].id].result == b"r3"
+    assert [x.id for x in fetch(broker, queues=("fb",))] == [jobs[2].id]
+
+
+def test_an_ending_without_reason_writes_none_unless_an_earlier_one_must_be_cleared(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    """A job ended with no reason gets no reason field (a field not written reads as empty),
+    unless it was retried: its retry's reason is cleared."""
+    first, retried = env(), env()
+    broker.enqueue([first, retried])
+    a, b = fetch(broker, count=2)
+    retry = Envelope(b.id, "default", b"again")
+    assert broker.finish(
+        [
+            Finish(a, JobStatus.SUCCEEDED, b"r"),
+            Finish(b, JobStatus.SCHEDULED, b"", reason="boom", retry=retry),
+        ]
+    ) == [True, True]
+    assert broker.get([b.id])[0].reason == "boom"  # type: ignore[union-attr]
+    [b2] = fetch(broker)
+    assert broker.finish([Finish(b2, JobStatus.SUCCEEDED, b"r2")]) == [True]
+    assert not raw.hexists("{" + prefix + "}:job:" + first.id, "reason")
+    assert raw.hget("{" + prefix + "}:job:" + retried.id, "reason") == b""
+    assert [r.reason for r in broker.get([first.id, retried.id])] == ["", ""]  # type: ignore[union-attr]
+
+
 def test_a_queue_is_listed_once_its_first_job_is_written_whichever_way(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

@@ -315,24 +315,25 @@ local function release_dependents(job, id)
   redis.call('DEL', dkey)
 end
 
--- Make a job terminal: record, expiry (logical, plus a later real one), index, the
--- completion signal if somebody waits for it (field waited: watch.lua), and its dependents
--- counted down. `later` (optional): a batch's index additions (index key -> {score, id,
--- ...}), added by add_indexed after one trim per index, instead of a trim and ZADD per job.
--- The arguments after it (optional): more job hash fields and values, written in the same
--- HSET (as arguments, not a table: finish ends many jobs a call).
-local function terminate(q, key, job, id, status, ttl_ms, later, ...)
-  local expires = DIGITS[NOW + ttl_ms]
+-- Make a job terminal: record, expiry (logical `expires`, and `keep`, the real TTL after
+-- it, both as arguments), index, the completion signal if somebody waits for it (field
+-- waited: watch.lua), and its dependents counted down. `later` (optional): a batch's index
+-- additions (index key -> {score, id, ...}), added by add_indexed after one trim per index,
+-- instead of a trim and ZADD per job. The arguments after it (optional): more job hash
+-- fields and values, written in the same HSET (as arguments, not a table: finish ends many
+-- jobs a call, and makes `expires` and `keep` once per TTL, not per job).
+local function ended(q, key, job, id, status, expires, keep, later, ...)
   redis.call('HSET', key, 'status', status, 'expires_at', expires, 'updated_at', DIGITS[NOW],
     ...)
-  redis.call('PEXPIRE', key, DIGITS[ttl_ms + GC_GRACE_MS])
+  redis.call('PEXPIRE', key, keep)
   if TERMINAL[status] then
     local index = q[status]
     if later then
       local add = later[index]
       if not add then add = {}; later[index] = add end
-      add[#add + 1] = expires
-      add[#add + 1] = id
+      local n = #add
+      add[n + 1] = expires
+      add[n + 2] = id
     else
       redis.call('ZREMRANGEBYSCORE', index, '-inf', NOW)
       redis.call('ZADD', index, expires, id)
@@ -340,6 +341,11 @@ local function terminate(q, key, job, id, status, ttl_ms, later, ...)
     release_dependents(job, id)
   end
   if job.waited then notify(id) end
+end
+
+-- ended, for a record kept `ttl_ms` (a number).
+local function terminate(q, key, job, id, status, ttl_ms, later, ...)
+  ended(q, key, job, id, status, DIGITS[NOW + ttl_ms], DIGITS[ttl_ms + GC_GRACE_MS], later, ...)
 end
 
 -- The index additions `terminate` put off: per index, expired entries out, then all in.

@@ -34,7 +34,11 @@ local NQ = tonumber(ARGV[11])
 local HINT = ARGV[12 + NQ]
 local WOKEN = ARGV[13 + NQ] == '1'
 local TOKEN_BASE = 13 + NQ
-local MOVE_LIMIT = 1000
+-- (Numbers a call sends as command arguments go as strings: Redis turns a Lua number into
+-- one with snprintf('%.17g'), ~2,500 instructions each.)
+local MOVE_LIMIT = '1000'
+local NOW_ARG = DIGITS[NOW]
+local LEASE_AT = DIGITS[NOW + LEASE]  -- the lease expiry of every delivery of this call
 local UNIQUE = KEYS[NQ * QK + 1]
 local PAUSED, RESUMED = KEYS[NQ * QK + 2], KEYS[NQ * QK + 3]
 local recreated = 0
@@ -63,7 +67,8 @@ for i = 1, NQ do
 end
 
 local function promote(q)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', NOW, 'LIMIT', 0, MOVE_LIMIT)) do
+  local due = redis.call('ZRANGEBYSCORE', q.scheduled, '-inf', NOW_ARG, 'LIMIT', '0', MOVE_LIMIT)
+  for _, id in ipairs(due) do
     redis.call('ZREM', q.scheduled, id)
     local key = JOB_PREFIX .. id
     local job = load_job(key)
@@ -74,7 +79,8 @@ end
 -- An expired lease: its worker is gone. The job goes to the back of its line, as in the
 -- reference broker, and its next delivery counts.
 local function reclaim(q)
-  for _, id in ipairs(redis.call('ZRANGEBYSCORE', q.running, '-inf', NOW, 'LIMIT', 0, MOVE_LIMIT)) do
+  local gone = redis.call('ZRANGEBYSCORE', q.running, '-inf', NOW_ARG, 'LIMIT', '0', MOVE_LIMIT)
+  for _, id in ipairs(gone) do
     redis.call('ZREM', q.running, id)
     local key = JOB_PREFIX .. id
     local job = load_job(key)
@@ -131,7 +137,7 @@ local function deliver(q, p, sid, flat, first)
     -- with its old payload, and it stays pending until the sweep drops it.
     n = 1
     local added = redis.call('HSET', key, 'status', 'running', 'token', token,
-      'deliveries', '1', 'consumer', CONSUMER, 'updated_at', DIGITS[NOW])
+      'deliveries', '1', 'consumer', CONSUMER, 'updated_at', NOW_ARG)
     if added == 5 then
       redis.call('HDEL', key, 'status', 'token', 'deliveries', 'consumer', 'updated_at')
       drop_entry(q.s[p], sid)
@@ -154,15 +160,16 @@ local function deliver(q, p, sid, flat, first)
     -- (The lease's expiry is the job's score in the running index, not a field: each field
     -- an HSET writes into a compact hash costs the server about half a microsecond.)
     redis.call('HSET', key, 'status', 'running', 'token', token, 'deliveries', DIGITS[n],
-      'consumer', CONSUMER, 'updated_at', DIGITS[NOW])
+      'consumer', CONSUMER, 'updated_at', NOW_ARG)
     -- (A job without payload anywhere, e.g. written by hand, goes out empty: the worker
     -- dead-letters it, and the rest of the reply is not lost with it.)
     in_entry = in_entry or job[4] or ''
   end
   local add = leased[q.running]
   if not add then add = {}; leased[q.running] = add end
-  add[#add + 1] = DIGITS[NOW + LEASE]
-  add[#add + 1] = id
+  local k = #add
+  add[k + 1] = LEASE_AT
+  add[k + 2] = id
   return {id, q.name, in_entry, token, n, p}
 end
 
@@ -243,7 +250,7 @@ local LEVELS = {}
 local function find_levels()
   local others, streams = {}, {}
   for p = 0, 9 do
-    if string.sub(HINT, p + 1, p + 1) == '1' then
+    if string.byte(HINT, p + 1) == 49 then  -- '1'
       LEVELS[p] = true
     else
       others[#others + 1] = p
@@ -261,7 +268,7 @@ end
 local function read_single(p, want)
   local stream = Q[1].s[p]
   if not LEVELS[p] then return 0 end
-  local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', want,
+  local ok, res = pcall(redis.call, 'XREADGROUP', 'GROUP', GROUP, CONSUMER, 'COUNT', DIGITS[want],
     'STREAMS', stream, '>')
   if not ok then
     if redis.call('EXISTS', stream) == 0 then  -- gone since the hint
@@ -270,10 +277,12 @@ local function read_single(p, want)
     end
     return nil
   end
-  local entries = res and res[1][2] or {}
-  for _, e in ipairs(entries) do
-    local d = deliver(Q[1], p, e[1], e[2], true)
-    if d then table.insert(out, d) end
+  if not res then return 0 end
+  local entries, q = res[1][2], Q[1]
+  for i = 1, #entries do
+    local e = entries[i]
+    local d = deliver(q, p, e[1], e[2], true)
+    if d then out[#out + 1] = d end
   end
   return #entries
 end
@@ -323,7 +332,7 @@ local function next_event()
   local best = -1
   for i = 1, NQ do
     for _, z in ipairs({Q[i].scheduled, Q[i].running}) do
-      local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+      local first = redis.call('ZRANGE', z, '0', '0', 'WITHSCORES')
       if first[2] and first[2] ~= 'inf' and (best < 0 or tonumber(first[2]) < best) then best = tonumber(first[2]) end
     end
   end
@@ -337,7 +346,7 @@ end
 -- which always begins with a full call: the job reaches the worker sooner.
 if WOKEN and NQ == 1 and COUNT > 0 and LIVE == 1 then
   for p = 9, 0, -1 do
-    LEVELS[p] = string.sub(HINT, p + 1, p + 1) == '1'
+    LEVELS[p] = string.byte(HINT, p + 1) == 49  -- '1'
     if LEVELS[p] and #out < COUNT then read_single(p, COUNT - #out) end
   end
   if #out > 0 then
@@ -366,7 +375,9 @@ for p = 9, 0, -1 do
 end
 local levels = ''
 if NQ == 1 then
-  for p = 0, 9 do levels = levels .. (LEVELS[p] and '1' or '0') end
+  local bits = {}
+  for p = 0, 9 do bits[p + 1] = LEVELS[p] and '1' or '0' end
+  levels = table.concat(bits)
 end
 if #out > 0 then
   lease_all()

@@ -6,11 +6,13 @@
 -- payload (moved into its hash from the entry, where enqueue put it); a succeeded one
 -- keeps its result only.
 -- KEYS: unique, queues, then 18 keys for each queue named in ARGV.
--- ARGV[5] number of queues NQ, ARGV[6..5+NQ] their names, then per delivery 8 values:
---   job id, token, status, result, ttl (ms), reason, delivery queue # (1-based), has_retry;
--- and after a has_retry '1', 5 more: retry payload, retry priority, retry eta ('', '+' ms from now),
---   retry key, retry queue #. (A record as short as its outcome: every argument costs the
---   server time to read, and most outcomes are no retry.)
+-- ARGV[5] number of queues NQ, ARGV[6..5+NQ] their names, then per delivery 4 values:
+--   job id, token, shape, result; the shape is '<status> <ttl ms> <delivery queue #> <m>'
+--   (_calls.finish_values), the same for most outcomes of a call, so it is read once per call
+--   (SHAPES); m '1': the reason follows, '2': the reason and a retry follow (retry payload,
+--   priority, eta ('', '+' ms from now), key, queue #), '0': neither (reason ''). (A record as
+--   short as its outcome: every argument costs the server time to read, ~1,500
+--   instructions, and most outcomes are a success with no reason and no retry.)
 -- Carrying events (common.lua carried): after the outcomes, the entry bodies (the call's own
 -- events, then those of the outcomes that have one, framed and joined EVENTS_PER_ENTRY to
 -- a body, the last body the rest), then how many of the call's own there are, which
@@ -24,8 +26,8 @@ local CAP, LAST = carried()
 local Q = {}
 for i = 1, NQ do Q[i] = qkeys(3 + (i - 1) * QK); Q[i].name = ARGV[5 + i] end
 
--- What terminate and release_key read of a job that has no unique key, no dependents and
--- no waiter (the usual one): nothing.
+-- What ended and release_key read of a job that has no unique key, no dependents and no
+-- waiter (the usual one): nothing.
 local PLAIN = {}
 
 -- Put off to the end, once per key for the whole batch (nothing in this script reads them
@@ -40,6 +42,24 @@ local freed = false -- a ZREM was sent already (below)
 local recorded = {}  -- by outcome: its event is published (it has one and was recorded)
 local skipped = false  -- an outcome's event is not: the bodies cannot go as they came
 
+-- What a shape says, read once per call and shape (`tonumber` alone costs ~1,000
+-- instructions: two strtod): its status, queue, how many values the outcome has, the
+-- record's expiry and real TTL as arguments (common.lua ended), and per priority field
+-- ('0'..'9', as the job hash has it) the queue's stream.
+local SHAPES = setmetatable({}, {__index = function(shapes, shape)
+  local status, ttl, place, m = string.match(shape, '^(%a+) (%d+) (%d+) ([012])$')
+  local ms, q = tonumber(ttl), Q[tonumber(place)]
+  local sh = {status = status, q = q, m = m, step = m == '0' and 4 or (m == '1' and 5 or 10),
+    expires = DIGITS[NOW + ms], keep = DIGITS[ms + GC_GRACE_MS],
+    stream = setmetatable({}, {__index = function(by, prio)
+      local stream = q.s[tonumber(prio)]
+      rawset(by, prio, stream)
+      return stream
+    end})}
+  rawset(shapes, shape, sh)
+  return sh
+end})
+
 local function put_off(into, key, value)
   local list = into[key]
   if not list then list = {}; into[key] = list end
@@ -49,10 +69,9 @@ end
 -- (The fence reads the fields it needs with HMGET, not the whole hash, in place: a table of
 -- them for each job cost the server more than the read. No expiry check: only an ended job
 -- has one, and an ended job is refused, or, ended by this very delivery, answered 'again',
--- which holds as well after its record expired. See common.lua settle.)
-local function finish_one(a, n, event)
-  local id = ARGV[a]
-  local token = ARGV[a + 1]
+-- which holds as well after its record expired. See common.lua fence.)
+local function finish_one(a, n, event, sh)
+  local id, token, result = ARGV[a], ARGV[a + 1], ARGV[a + 3]
   local key = JOB_PREFIX .. id
   local f = redis.call('HMGET', key, 'status', 'token', 'priority', 'sid', 'key', 'deps',
     'waited', 'settled_by')
@@ -65,11 +84,10 @@ local function finish_one(a, n, event)
   if f[5] or f[6] or f[7] then
     job = {key = f[5] or nil, deps = f[6] or nil, waited = f[7] or nil}
   end
-  local prio, sid = f[3], f[4] or nil
+  local q, sid = sh.q, f[4] or nil
+  local stream = sid and sid ~= '' and sh.stream[f[3]]
   recorded[n] = event
-  local q = Q[tonumber(ARGV[a + 6])]
-  local status, result, ttl_ms, reason = ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4]), ARGV[a + 5]
-  if sid and sid ~= '' then put_off(dropped, q.s[tonumber(prio)], sid) end
+  if stream then put_off(dropped, stream, sid) end
   if freed then
     put_off(stopped, q.running, id)
   else
@@ -79,11 +97,13 @@ local function finish_one(a, n, event)
     redis.call('ZREM', q.running, id)
     freed = true
   end
-  if ARGV[a + 7] == '1' then
-    local rq = Q[tonumber(ARGV[a + 12])]
-    local existed = place(rq, key, id, ARGV[a + 9], ARGV[a + 10], {'settled_by', token,
-      'payload', ARGV[a + 8], 'priority', ARGV[a + 9], 'key', ARGV[a + 11], 'queue', rq.name,
-      'deliveries', 0, 'result', result, 'reason', reason, 'updated_at', NOW, 'cancel', '0'})
+  local reason = sh.m == '0' and '' or ARGV[a + 4]
+  if sh.m == '2' then
+    local rq = Q[tonumber(ARGV[a + 9])]
+    local existed = place(rq, key, id, ARGV[a + 6], ARGV[a + 7], {'settled_by', token,
+      'payload', ARGV[a + 5], 'priority', ARGV[a + 6], 'key', ARGV[a + 8], 'queue', rq.name,
+      'deliveries', '0', 'result', result, 'reason', reason, 'updated_at', DIGITS[NOW],
+      'cancel', '0'})
     if not listed[rq.name] then  -- a queue whose stream exists is listed (add_entry)
       if not existed then redis.call('SADD', QUEUES, rq.name) end
       listed[rq.name] = true
@@ -93,16 +113,22 @@ local function finish_one(a, n, event)
   -- (Its sid stays: the entry goes below, and nothing reads an ended job's sid.)
   -- Kept for inspection and requeue unless it succeeded: a payload the entry carries moves
   -- into the hash.
-  local payload = status ~= 'succeeded' and sid and sid ~= ''
-    and entry_payload(q.s[tonumber(prio)], sid)
+  local status = sh.status
+  local payload = status ~= 'succeeded' and stream and entry_payload(stream, sid)
   if payload then
-    terminate(q, key, job, id, status, ttl_ms, later, 'settled_by', token, 'result', result,
-      'reason', reason, 'payload', payload)
+    ended(q, key, job, id, status, sh.expires, sh.keep, later, 'settled_by', token,
+      'result', result, 'reason', reason, 'payload', payload)
+  elseif reason ~= '' or f[8] then
+    ended(q, key, job, id, status, sh.expires, sh.keep, later, 'settled_by', token,
+      'result', result, 'reason', reason)
   else
-    terminate(q, key, job, id, status, ttl_ms, later, 'settled_by', token, 'result', result,
-      'reason', reason)
+    -- No reason to write, and none written before: only a job settled once already
+    -- (settled_by: retried) can have one, and a field not written reads as empty (_keys.py).
+    -- A field less to add costs the server less, and the record takes less memory.
+    ended(q, key, job, id, status, sh.expires, sh.keep, later, 'settled_by', token,
+      'result', result)
   end
-  release_key(UNIQUE, job, id)
+  if job ~= PLAIN then release_key(UNIQUE, job, id) end
   return 1
 end
 
@@ -136,12 +162,15 @@ if CAP then
   last = LAST - 3 - n_bodies
 end
 local events = n_call  -- in the bodies
+local each = #flags > 0 and not string.find(flags, '0', 1, true)  -- every outcome has one
+local n = 0
 while a <= last do
-  local n = #out + 1
-  local event = string.byte(flags, n) == 49  -- '1': it has one
+  n = n + 1
+  local event = each or string.byte(flags, n) == 49  -- '1': it has one
   if event then events = events + 1 end
-  out[n] = finish_one(a, n, event)
-  a = a + (ARGV[a + 7] == '1' and 13 or 8)
+  local sh = SHAPES[ARGV[a + 2]]
+  out[n] = finish_one(a, n, event, sh)
+  a = a + sh.step
 end
 for stream, sids in pairs(dropped) do
   redis.call('XACK', stream, GROUP, unpack(sids))
