@@ -242,6 +242,34 @@ def test_an_append_of_many_events_takes_a_value_per_row_and_readers_number_every
         broker.close()
 
 
+def test_appends_of_many_events_among_lone_ones_still_trim_the_log_every_1024_events(
+    postgres_url: str, schema: str
+) -> None:
+    """A worker's finish (40 events: 2 rows) while a producer enqueues 30 jobs one at a
+    time (30 lone events): the table still holds at most about 1,024 + 32 + 63 events
+    more than ``events_kept``, whichever append takes the values that trim."""
+    broker = PostgresBroker(schema_url(postgres_url, schema), events_kept=50)
+    value = f'SELECT last_value FROM "{schema}".events_seq_seq'
+    try:
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            broker.publish([b"first"])
+            while (row := conn.execute(value).fetchone()) is not None and row[0] % 32:
+                broker.publish([b"align"])
+            sent = 0
+            for cycle in range(30):
+                broker.publish([b"f%d" % cycle] * 40)
+                for i in range(30):
+                    broker.publish([b"e%d" % i])
+                sent += 70
+            held = conn.execute(f'SELECT sum(count) FROM "{schema}".events').fetchone()
+        assert sent == 2100 and held is not None
+        assert 50 <= held[0] <= 50 + 1024 + 32 + 63
+        seen = broker.read_events(None, 0.0, 10_000)
+        assert 50 <= len(seen) < 50 + EVENTS_SLACK
+    finally:
+        broker.close()
+
+
 @pytest.mark.parametrize(("query", "claim", "finish"), [
     ("", "off", "off"),
     ("&worker_commit=sync", "on", "on"),
