@@ -217,14 +217,16 @@ def test_the_log_shows_the_newest_kept_events_and_holds_a_bounded_few_more(
         broker.close()
 
 
-def test_an_append_of_many_events_takes_a_value_per_row_and_readers_number_every_event(
+def test_an_append_of_many_events_is_cut_into_rows_and_readers_number_every_event(
     postgres_url: str, schema: str
 ) -> None:
-    """Version 6: an append of more than 32 events (a worker's finish) takes one value of
-    ``events_seq_seq`` per row of up to 32, not one per event; the readers still number
-    every event, one after the other, in the order appended, lone rows and grouped ones."""
+    """An append of more than 32 events (a worker's finish) goes in as rows of up to 32,
+    each row's ``seq`` the value of its last event (one value of ``events_seq_seq`` per
+    event, so the trim counts events); the readers number every event, one after the
+    other, in the order appended, lone rows and grouped ones."""
     broker = PostgresBroker(schema_url(postgres_url, schema))
     value = f'SELECT last_value FROM "{schema}".events_seq_seq'
+    rows = f'SELECT seq, count FROM "{schema}".events ORDER BY seq'
     try:
         with psycopg.connect(postgres_url, autocommit=True) as conn:
             broker.publish([b"first"])
@@ -232,7 +234,12 @@ def test_an_append_of_many_events_takes_a_value_per_row_and_readers_number_every
             sent = [f"e{i}".encode() for i in range(65)]  # rows of 32, 32 and 1
             broker.publish(sent)
             after = conn.execute(value).fetchone()
-        assert before is not None and after is not None and after[0] - before[0] == 3
+            assert before is not None and after is not None
+            assert after[0] - before[0] == 65
+            start = before[0]
+            assert conn.execute(rows).fetchall()[1:] == [
+                (start + 32, 32), (start + 64, 32), (start + 65, 1)
+            ]  # fmt: skip
         broker.publish([b"a", b"b"])
         read = broker.read_events(None, 0.0, 100)
         assert [e for _, e in read] == [b"first", *sent, b"a", b"b"]

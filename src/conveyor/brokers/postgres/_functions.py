@@ -1,4 +1,4 @@
-"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 to 6, see ``_schema``).
+"""The PL/pgSQL functions of the PostgreSQL broker (migrations 1 to 5, see ``_schema``).
 
 The hot paths are one round trip each, one function call doing every step of the
 contract's atomic step on the server: ``enqueue`` (dependencies checked before anything is
@@ -885,49 +885,3 @@ FUNCTIONS_V5: tuple[str, ...] = (
     _READ_EVENTS_V5,
     _READ_EVENTS_TWO,
 )
-
-# -- migration 6 -----------------------------------------------------------------------------
-
-# An append of more than _GROUP events (a worker's finish: a drain's every one) takes one
-# value of ``events_seq_seq`` per row, not one per event, and cuts its rows out of the
-# array by slices (no unnest, aggregate and sort): migration 3 called ``nextval`` once per
-# event, about a fifth of an append's server time. Nothing reads a row's ``seq`` but as
-# an order (``number_events`` numbers rows in ``seq`` order by their ``count``), so the
-# readers' numbers are those of before. Such an append trims when its rows' values cross a
-# multiple of _TRIM / _GROUP (a row holds _GROUP events but its last): still about once
-# every _TRIM events in a drain. An append of up to _GROUP events (an enqueue's, a lone
-# finish's) still takes a value per event and trims as version 5 did.
-_APPEND_EVENTS_V6 = _APPEND_EVENTS_V5
-for _old, _new in (
-    ("    counted bigint[];\n", f"    per_trim int := {_TRIM};\n"),
-    (
-        "        counted := ARRAY(SELECT nextval('{s}.events_seq_seq') FROM "
-        """generate_series(1, n));
-        first_ := counted[1];
-        last_ := counted[n];
-        INSERT INTO {s}.events(seq, count, body, bodies)
-            SELECT max(counted[t.o]), count(*),
-                   CASE WHEN count(*) = 1 THEN (array_agg(t.e))[1] END,
-                   CASE WHEN count(*) > 1 THEN array_agg(t.e ORDER BY t.o) END
-            FROM unnest(p_events) WITH ORDINALITY AS t(e, o) GROUP BY (t.o - 1) / 32;
-""",
-        f"""        WITH written AS (
-            INSERT INTO {{s}}.events(seq, count, body, bodies)
-            SELECT nextval('{{s}}.events_seq_seq'), r.k, CASE WHEN r.k = 1 THEN p_events[n] END,
-                   CASE WHEN r.k > 1 THEN p_events[r.at + 1 : r.at + r.k] END
-            FROM (SELECT g * {_GROUP} AS at, least({_GROUP}, n - g * {_GROUP}) AS k
-                  FROM generate_series(0, (n - 1) / {_GROUP}) AS g ORDER BY g) r
-            RETURNING seq)
-        SELECT min(seq), max(seq) INTO first_, last_ FROM written;
-        per_trim := {_TRIM // _GROUP};
-""",
-    ),
-    (
-        f"IF last_ / {_TRIM} > (first_ - 1) / {_TRIM} THEN",
-        "IF last_ / per_trim > (first_ - 1) / per_trim THEN",
-    ),
-):
-    assert _old in _APPEND_EVENTS_V6, _old
-    _APPEND_EVENTS_V6 = _APPEND_EVENTS_V6.replace(_old, _new)
-
-FUNCTIONS_V6: tuple[str, ...] = (_APPEND_EVENTS_V6,)

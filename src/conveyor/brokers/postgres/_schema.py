@@ -45,9 +45,8 @@ clock was injected (tests), in which case the client passes its ``now`` to every
 ``events(seq, number, body, bodies, count)`` -- the event log, inserted by the
     transaction of the change it describes, up to 32 events to a row: a lone event in
     ``body``, several in ``bodies``, how many in ``count`` (since version 3; before, one
-    row per event). ``seq``: insertion order (a value of ``events_seq_seq``: an append of
-    up to 32 events takes one per event, the row the greatest of its own; a longer one, one
-    per row, since version 6). ``number`` is the cursor of the
+    row per event). ``seq``: insertion order (every event takes a value of
+    ``events_seq_seq``, the row the greatest of its own). ``number`` is the cursor of the
     row's last event (its events' run up to it), given after that transaction committed,
     by the next reader (``{s}.number_events``: one reader at a time, in ``seq`` order,
     from the sequence ``event_numbers``): a number is only ever given after every smaller
@@ -55,9 +54,7 @@ clock was injected (tests), in which case the client passes its ``now`` to every
     reader already holds, and no writer waits for another (numbering at insert would make
     every writer wait for the previous one's commit). The appending transaction deletes
     the oldest rows beyond ``events_kept`` events about once every 1,024 events (64 before
-    version 5; since version 6 a longer append trims once every 32 rows, which in a drain is
-    about as often); ``read_events`` reads only the rows that hold the newest
-    ``events_kept``.
+    version 5); ``read_events`` reads only the rows that hold the newest ``events_kept``.
 
 ``kv(key, value, expires_at, version)`` -- the key-value store; ``version`` comes from the
     sequence ``kv_version``, so ``update``'s compare-and-set cannot mistake a
@@ -79,14 +76,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..._errors import ConfigurationError
-from ._functions import (
-    FUNCTIONS_V1,
-    FUNCTIONS_V2,
-    FUNCTIONS_V3,
-    FUNCTIONS_V4,
-    FUNCTIONS_V5,
-    FUNCTIONS_V6,
-)
+from ._functions import FUNCTIONS_V1, FUNCTIONS_V2, FUNCTIONS_V3, FUNCTIONS_V4, FUNCTIONS_V5
 from ._url import channel, quoted
 
 if TYPE_CHECKING:
@@ -170,15 +160,12 @@ _V1_TABLES = (
 # 5: the claim updates the rows it locked by their ``ctid``; the event log is trimmed once
 # every 1,024 events, its readers read the newest ``events_kept``; a worker's claim and
 # finish commit without waiting for the disk unless ``conveyor.worker_commit`` is ``sync``.
-# 6: an append of more than 32 events takes a value of ``events_seq_seq`` per row, not per
-# event, and cuts its rows out of the array by slices.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (*_V1_TABLES, *FUNCTIONS_V1),
     FUNCTIONS_V2,
     FUNCTIONS_V3,
     FUNCTIONS_V4,
     FUNCTIONS_V5,
-    FUNCTIONS_V6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
