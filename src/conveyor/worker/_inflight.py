@@ -60,6 +60,9 @@ class Inflight:
         self._buffer = min(prefetch, capacity)
         self._batch = max(1, self._buffer // 2)  # room worth a fetch while jobs are buffered
         self._run_avg: float | None = None  # seconds, moving average of run times
+        # Runs shorter than this on average get the full buffer (``_size``); half the
+        # threshold, so that no rounding at the threshold itself decides it.
+        self._full_below = capacity * PREFETCH_WINDOW / prefetch / 2 if prefetch else 0.0
         # Per-job methods take the lock itself (``with`` on a Condition is a Python call more).
         self._lock = lock = threading.Lock()
         self._cond = threading.Condition(lock)  # something finished (drain and stop wait)
@@ -195,7 +198,13 @@ class Inflight:
                 attempt.slot = False
                 self._active -= 1
                 if ran is not None and self.prefetch:
-                    self._ran(ran)
+                    # _ran's average, inline (every run ends here); the buffer is sized
+                    # again only when the average may have moved it off the full one.
+                    avg = self._run_avg
+                    avg = ran if avg is None else avg + (ran - avg) * _RUN_WEIGHT
+                    self._run_avg = avg
+                    if avg >= self._full_below or self._buffer != self.prefetch:
+                        self._size(avg)
             starting = self._fill() if self._ready else None
             if self._fetch_waits and self._worth_fetching():
                 self._fetch_waits = False  # woken: the next completion need not say it again
@@ -204,10 +213,8 @@ class Inflight:
             self._start(starting)
         return True
 
-    def _ran(self, seconds: float) -> None:
-        avg = self._run_avg
-        avg = seconds if avg is None else avg + (seconds - avg) * _RUN_WEIGHT
-        self._run_avg = avg
+    def _size(self, avg: float) -> None:
+        """The buffer for runs of ``avg`` seconds on average."""
         wanted = self.capacity * PREFETCH_WINDOW / avg if avg > 0 else self.prefetch
         self._buffer = min(self.prefetch, int(wanted))
         self._batch = max(1, self._buffer // 2)
