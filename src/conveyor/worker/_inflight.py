@@ -116,7 +116,8 @@ class Inflight:
             if attempt.state != RUNNING or attempt not in self._attempts:
                 return False
             if self._active < self.capacity and not self._halted:
-                self._slot(attempt)
+                attempt.slot = True  # _slot's lines, inline here and in _fill (every job)
+                self._active += 1
                 return True
             self._ready.append(attempt)
             return False
@@ -219,10 +220,6 @@ class Inflight:
         self._buffer = min(self.prefetch, int(wanted))
         self._batch = max(1, self._buffer // 2)
 
-    def _slot(self, attempt: Attempt) -> None:
-        attempt.slot = True
-        self._active += 1
-
     def _unslot(self, attempt: Attempt) -> None:
         if attempt.slot:
             attempt.slot = False
@@ -233,7 +230,8 @@ class Inflight:
         starting = []
         while self._ready and self._active < self.capacity and not self._halted:
             attempt = self._ready.popleft()
-            self._slot(attempt)
+            attempt.slot = True
+            self._active += 1
             starting.append(attempt)
         return starting
 
