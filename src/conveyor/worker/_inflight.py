@@ -112,15 +112,24 @@ class Inflight:
     def admit(self, attempt: Attempt) -> bool:
         """A vetted attempt wants to run: True if it took a run slot (start it now), False
         if it waits in the buffer (a completing run starts it) or is no longer running."""
+        return bool(self.admit_all([attempt]))
+
+    def admit_all(self, attempts: Iterable[Attempt]) -> list[Attempt]:
+        """``admit`` for a fetch's vetted attempts, in order, under one lock: those that
+        took a run slot (start them now); the rest wait in the buffer or no longer run."""
+        slotted = []
         with self._lock:
-            if attempt.state != RUNNING or attempt not in self._attempts:
-                return False
-            if self._active < self.capacity and not self._halted:
-                attempt.slot = True  # _slot's lines, inline here and in _fill (every job)
-                self._active += 1
-                return True
-            self._ready.append(attempt)
-            return False
+            held, ready = self._attempts, self._ready
+            for attempt in attempts:
+                if attempt.state != RUNNING or attempt not in held:
+                    continue
+                if self._active < self.capacity and not self._halted:
+                    attempt.slot = True  # _slot's lines, inline here and in _fill (every job)
+                    self._active += 1
+                    slotted.append(attempt)
+                else:
+                    ready.append(attempt)
+        return slotted
 
     def _room(self) -> int:
         """How many more deliveries may be fetched now."""
