@@ -246,3 +246,18 @@ def test_an_attempt_is_fetched_when_its_fetch_says_or_else_now() -> None:
     assert Attempt(d, 12.5).started == 12.5
     before = time.monotonic()
     assert before <= Attempt(d).started <= time.monotonic()
+
+
+def test_a_fetchs_vetted_jobs_take_run_slots_in_fetch_order_the_rest_wait() -> None:
+    """``Inflight.admit_all`` (one lock for a fetch's jobs) gives the free slots in fetch
+    order, buffers the rest for a completing run to start, and skips what is not held."""
+    inflight = Inflight(capacity=2, prefetch=4)
+    started: list[Attempt] = []
+    inflight.start = started.append
+    (a, _), (stray, _), (b, _), (c, _) = (outcome(i) for i in range(4))
+    inflight.hold([a, b, c])
+    assert inflight.admit_all([a, stray, b, c]) == [a, b]
+    assert inflight.active == 2 and not started
+    assert inflight.complete(a, ran=0.0001)
+    assert started == [c] and c.slot and inflight.active == 2
+    assert not inflight.admit(stray)

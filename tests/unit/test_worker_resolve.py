@@ -50,6 +50,28 @@ def test_registered_tasks_resolve_whatever_their_name() -> None:
     assert resolver.resolve("os:system").fn is mine.fn
 
 
+def test_a_registered_task_resolves_to_one_kept_resolved_and_follows_its_registry() -> None:
+    """The resolver keeps one ``Resolved`` per registered task (not one per job); another
+    task under that name in the registry is not hidden behind the kept one."""
+    app, other = Conveyor("memory://"), Conveyor("memory://")
+
+    @app.task(name="report")
+    def first() -> int:
+        return 1
+
+    @other.task(name="report")
+    async def second() -> int:
+        return 2
+
+    registry = dict(app.registry)
+    resolver = Resolver(registry, frozenset())
+    assert resolver.resolve("report") is resolver.resolve("report")
+    assert resolver.resolve("report").fn is first.fn
+    registry["report"] = other.registry["report"]
+    found = resolver.resolve("report")
+    assert found.fn is second.fn and found.is_async
+
+
 def test_a_task_its_module_registers_when_imported_resolves(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

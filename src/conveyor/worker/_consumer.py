@@ -181,15 +181,18 @@ class Consumer:
     # -- dispatch --------------------------------------------------------------------------
 
     def dispatch(self, deliveries: Sequence[Delivery]) -> None:
-        """Hold every delivery of a fetch (so all their leases are renewed), then start or
-        buffer each in turn."""
+        """Hold every delivery of a fetch (so all their leases are renewed), vet each, then
+        give run slots to the vetted ones in fetch order under one lock (not one per job)
+        and start those that got one; the rest are buffered. The job threads the first
+        starts wake would wait for the GIL while this thread dispatches anyway."""
         fetched = time.monotonic()  # once for the fetch, not once per delivery
         attempts = [Attempt(d, fetched) for d in deliveries]
         self.inflight.hold(attempts)
+        vetted = [attempt for attempt in attempts if self._ready(attempt)]
         alone = len(attempts) == 1
-        for attempt in attempts:
+        for attempt in self.inflight.admit_all(vetted):
             try:
-                self._start(attempt, alone)
+                self._launch(attempt, here=alone and self._runs_here(attempt))
             except Exception:
                 self._let_go(attempt)
 
@@ -215,8 +218,16 @@ class Consumer:
         attempt.lost = True
         self.inflight.drop([attempt])
 
-    def _start(self, attempt: Attempt, alone: bool = False) -> None:
-        assert self.executor is not None
+    def _ready(self, attempt: Attempt) -> bool:
+        """Whether a held job may take a run slot; if not, its outcome (dead, settled, or
+        put back for its rate limit) is recorded, or it is let go (a bug of ours)."""
+        try:
+            return self._vetted(attempt)
+        except Exception:
+            self._let_go(attempt)
+            return False
+
+    def _vetted(self, attempt: Attempt) -> bool:
         delivery = attempt.delivery
         try:
             self._vet(attempt)
@@ -227,17 +238,16 @@ class Consumer:
         except _Dead as dead:
             self.inflight.complete(attempt)
             self._record(attempt, self.outcomes.dead(delivery, str(dead), attempt.message))
-            return
+            return False
         except _Settled as settled:
             self.inflight.complete(attempt)
             self._record(attempt, self._settle(attempt, settled.outcome))
-            return
+            return False
         if wait > 0:
             self.inflight.complete(attempt)
             self._record(attempt, self._postpone(attempt, wait))
-            return
-        if self.inflight.admit(attempt):
-            self._launch(attempt, here=alone and self._runs_here(attempt))
+            return False
+        return True
 
     def _runs_here(self, attempt: Attempt) -> bool:
         """Whether this job runs in the consumer's thread (see the module docstring)."""

@@ -121,7 +121,12 @@ class WorkerEvents:
             attempt=message.attempt,
             deliveries=d.deliveries,
         )
-        self.add(_encode(event), wake=wake)
+        # add's lines, inline (a Python call with a keyword per job less)
+        self._pending.append(_encode(event))
+        if self._due is None:
+            self._due = time.monotonic() + FLUSH_AFTER
+            if wake:
+                self.wake()
 
     def outcome(self, attempt: Attempt, finish: Finish) -> Finish:
         """``finish`` with its job's event on it: set on that very ``Finish``, not on a copy.

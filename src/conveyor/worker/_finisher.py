@@ -13,7 +13,8 @@ runs are long or unknown, when only runs begun more than ``GATHER`` ago hold slo
 job among short ones: ``Inflight.long_runs``), and when the worker stops.
 
 Queuing an outcome takes no lock: a deque's ``append`` is atomic, and the thread is woken
-only when it waits for what was just queued (``_wake_at``), not for every outcome.
+only when it waits for what was just queued (``_wake_at``), not for every outcome, and once
+per wait, not by every outcome queued before it runs again.
 
 A lone outcome (``put(..., alone=True)``: no other delivery is held) while the thread is
 idle is written by the caller itself, which saves waking the thread on an idle worker's
@@ -93,6 +94,9 @@ class Finisher:
         # notify (which needs the lock) reaches the thread once it waits. A gathering
         # thread is also woken when only long runs (``Inflight.long_runs``), or none, hold
         # slots any more: nothing else is coming soon.
+        # Once per wait: the notifier sets _wake_at to _NEVER, so the puts that come before
+        # the woken thread runs (it waits for the GIL while job threads end runs) do not
+        # notify it again; the thread sets _wake_at afresh before it next reads the queue.
         queue = self._queue
         queue.append((attempt, finish))
         wake_at = self._wake_at
@@ -100,6 +104,7 @@ class Finisher:
             wake_at == GATHER_BATCH and self._inflight.active <= self._long_runs
         ):
             with self._cond:
+                self._wake_at = _NEVER
                 self._cond.notify()
 
     def _write_here(self, attempt: Attempt, finish: Finish) -> None:

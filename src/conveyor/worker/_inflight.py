@@ -60,6 +60,9 @@ class Inflight:
         self._buffer = min(prefetch, capacity)
         self._batch = max(1, self._buffer // 2)  # room worth a fetch while jobs are buffered
         self._run_avg: float | None = None  # seconds, moving average of run times
+        # Runs shorter than this on average get the full buffer (``_size``); half the
+        # threshold, so that no rounding at the threshold itself decides it.
+        self._full_below = capacity * PREFETCH_WINDOW / prefetch / 2 if prefetch else 0.0
         # Per-job methods take the lock itself (``with`` on a Condition is a Python call more).
         self._lock = lock = threading.Lock()
         self._cond = threading.Condition(lock)  # something finished (drain and stop wait)
@@ -109,14 +112,24 @@ class Inflight:
     def admit(self, attempt: Attempt) -> bool:
         """A vetted attempt wants to run: True if it took a run slot (start it now), False
         if it waits in the buffer (a completing run starts it) or is no longer running."""
+        return bool(self.admit_all([attempt]))
+
+    def admit_all(self, attempts: Iterable[Attempt]) -> list[Attempt]:
+        """``admit`` for a fetch's vetted attempts, in order, under one lock: those that
+        took a run slot (start them now); the rest wait in the buffer or no longer run."""
+        slotted = []
         with self._lock:
-            if attempt.state != RUNNING or attempt not in self._attempts:
-                return False
-            if self._active < self.capacity and not self._halted:
-                self._slot(attempt)
-                return True
-            self._ready.append(attempt)
-            return False
+            held, ready = self._attempts, self._ready
+            for attempt in attempts:
+                if attempt.state != RUNNING or attempt not in held:
+                    continue
+                if self._active < self.capacity and not self._halted:
+                    attempt.slot = True  # _slot's lines, inline here and in _fill (every job)
+                    self._active += 1
+                    slotted.append(attempt)
+                else:
+                    ready.append(attempt)
+        return slotted
 
     def _room(self) -> int:
         """How many more deliveries may be fetched now."""
@@ -195,7 +208,13 @@ class Inflight:
                 attempt.slot = False
                 self._active -= 1
                 if ran is not None and self.prefetch:
-                    self._ran(ran)
+                    # _ran's average, inline (every run ends here); the buffer is sized
+                    # again only when the average may have moved it off the full one.
+                    avg = self._run_avg
+                    avg = ran if avg is None else avg + (ran - avg) * _RUN_WEIGHT
+                    self._run_avg = avg
+                    if avg >= self._full_below or self._buffer != self.prefetch:
+                        self._size(avg)
             starting = self._fill() if self._ready else None
             if self._fetch_waits and self._worth_fetching():
                 self._fetch_waits = False  # woken: the next completion need not say it again
@@ -204,17 +223,11 @@ class Inflight:
             self._start(starting)
         return True
 
-    def _ran(self, seconds: float) -> None:
-        avg = self._run_avg
-        avg = seconds if avg is None else avg + (seconds - avg) * _RUN_WEIGHT
-        self._run_avg = avg
+    def _size(self, avg: float) -> None:
+        """The buffer for runs of ``avg`` seconds on average."""
         wanted = self.capacity * PREFETCH_WINDOW / avg if avg > 0 else self.prefetch
         self._buffer = min(self.prefetch, int(wanted))
         self._batch = max(1, self._buffer // 2)
-
-    def _slot(self, attempt: Attempt) -> None:
-        attempt.slot = True
-        self._active += 1
 
     def _unslot(self, attempt: Attempt) -> None:
         if attempt.slot:
@@ -226,7 +239,8 @@ class Inflight:
         starting = []
         while self._ready and self._active < self.capacity and not self._halted:
             attempt = self._ready.popleft()
-            self._slot(attempt)
+            attempt.slot = True
+            self._active += 1
             starting.append(attempt)
         return starting
 

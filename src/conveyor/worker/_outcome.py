@@ -40,8 +40,8 @@ class Outcomes:
         assert message is not None, "only decoded jobs run"
         delivery = attempt.delivery
         ttl = float(message.result_ttl)
-        if isinstance(result, Returned):
-            return Finish(delivery, JobStatus.SUCCEEDED, result.result, result_ttl=ttl)
+        if isinstance(result, Returned):  # the encoded outcome itself
+            return Finish(delivery, JobStatus.SUCCEEDED, result, result_ttl=ttl)
         if isinstance(result, Stopped):
             reason = f"cancelled while running ({result.why})"
             encoded = self._codec.encode_outcome(Outcome(reason=reason))

@@ -105,7 +105,12 @@ class Executor:
             self._loop.start()
 
     def submit(self, attempt: Attempt) -> None:
-        self._runner(attempt).submit(attempt)
+        # _runner's choice, inline: every job comes this way.
+        if self._procs is not None:
+            self._procs.submit(attempt)
+            return
+        assert self._threads is not None and self._loop is not None
+        (self._loop if attempt.is_async else self._threads).submit(attempt)
 
     def interrupt(self, attempt: Attempt, why: str) -> None:
         self._runner(attempt).interrupt(attempt, why)

@@ -45,11 +45,17 @@ def trusted_packages(module: str | None, *groups: Iterable[str]) -> frozenset[st
 
 
 class Resolved:
-    __slots__ = ("fn", "is_async")
+    __slots__ = ("fn", "is_async", "task")
 
-    def __init__(self, fn: Callable[..., Any], is_async: bool | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        is_async: bool | None = None,
+        task: Task[Any, Any] | None = None,
+    ) -> None:
         self.fn = fn
         self.is_async = inspect.iscoroutinefunction(fn) if is_async is None else is_async
+        self.task = task  # the registered task it was found for (None: imported by name)
 
 
 class Resolver:
@@ -60,11 +66,15 @@ class Resolver:
         self._registry = registry
         self.trusted = trusted
         self._cache: dict[str, Resolved] = {}
+        self._registered: dict[str, Resolved] = {}  # one per registered task, not one per job
 
     def resolve(self, name: str) -> Resolved:
         task = self._registry.get(name)
         if task is not None:
-            return Resolved(task.fn, task.is_async)
+            hit = self._registered.get(name)
+            if hit is None or hit.task is not task:  # first seen, or registered anew since
+                hit = self._registered[name] = Resolved(task.fn, task.is_async, task)
+            return hit
         hit = self._cache.get(name)
         if hit is None:
             hit = self._cache[name] = Resolved(self._import(name))
