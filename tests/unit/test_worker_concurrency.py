@@ -16,6 +16,7 @@ import secrets
 import threading
 import time
 from collections.abc import Sequence
+from typing import Any
 
 import msgspec
 import pytest
@@ -105,3 +106,32 @@ def test_jobs_running_at_once_never_exceed_concurrency(pool: str, kind: str, tok
     broker = BatchTokens() if tokens == "per-batch" else MemoryBroker()
     app = Conveyor(broker=broker)
     run_concurrently(app, pool, kind, concurrency=5, n=120)
+
+
+def test_a_fetchs_first_job_starts_while_its_later_jobs_wait_on_their_rate_limit(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A rate limit is checked in the broker (two round trips per job): the first job of a
+    fetch starts while the later ones are checked, not after the whole fetch's checks."""
+    app = Conveyor("memory://")
+    began: list[float] = []
+
+    @app.task(rate="1000/s")
+    def job(i: int) -> None:
+        began.append(time.monotonic())
+
+    for i in range(4):
+        job.delay(i)
+    kv = app.broker.kv
+    incr = kv.incr
+    asked: list[float] = []
+
+    def slow_incr(*args: Any, **kwargs: Any) -> int:
+        asked.append(time.monotonic())
+        time.sleep(0.05)  # a round trip to a distant broker
+        return incr(*args, **kwargs)
+
+    monkeypatch.setattr(kv, "incr", slow_incr)
+    Worker(app, concurrency=4).drain(timeout=10)
+    assert len(began) == 4 and len(asked) == 4
+    assert min(began) < asked[-1], "the first job waited for every job's rate limit"

@@ -106,6 +106,7 @@ class Consumer:
         self.events = events  # None: events are off, and nothing is built
         inflight.start = self._launch  # a buffered job that got a freed slot
         self._quick: dict[str, int] = {}  # task -> how many of its last runs were tiny
+        self._admitting: list[Attempt] = []  # the fetch's jobs vetted, not yet given a slot
         # Set for each run or drain (they are rebuilt each time):
         self.executor: Executor | None = None
         self.finisher: Finisher | None = None
@@ -184,13 +185,26 @@ class Consumer:
         """Hold every delivery of a fetch (so all their leases are renewed), vet each, then
         give run slots to the vetted ones in fetch order under one lock (not one per job)
         and start those that got one; the rest are buffered. The job threads the first
-        starts wake would wait for the GIL while this thread dispatches anyway."""
+        starts wake would wait for the GIL while this thread dispatches anyway; a job whose
+        vetting waits on the broker starts those vetted before it first (``_vet``)."""
         fetched = time.monotonic()  # once for the fetch, not once per delivery
         attempts = [Attempt(d, fetched) for d in deliveries]
         self.inflight.hold(attempts)
-        vetted = [attempt for attempt in attempts if self._ready(attempt)]
-        alone = len(attempts) == 1
-        for attempt in self.inflight.admit_all(vetted):
+        vetted = self._admitting
+        for attempt in attempts:
+            if self._ready(attempt):
+                vetted.append(attempt)
+        self._start_vetted(alone=len(attempts) == 1)
+
+    def _start_vetted(self, alone: bool = False) -> None:
+        """Give run slots to the jobs vetted so far, in fetch order, and start those that
+        got one."""
+        vetted = self._admitting
+        if not vetted:
+            return
+        admitted = self.inflight.admit_all(vetted)
+        vetted.clear()
+        for attempt in admitted:
             try:
                 self._launch(attempt, here=alone and self._runs_here(attempt))
             except Exception:
@@ -347,7 +361,12 @@ class Consumer:
             raise _Dead(f"undecodable payload: {text_of(exc)}") from exc
         # Only a workflow step, a collect step or a job with dependencies may be settled
         # without running: short_circuit's own checks, inline (a Python call per job less).
-        if message.workflow or message.task == workflows.COLLECT or message.depends_on:
+        step = message.workflow or message.task == workflows.COLLECT or message.depends_on
+        if step or message.rate is not None:
+            # Its checks (and a workflow's advance) are broker round trips: the jobs
+            # vetted before it start now, not after them.
+            self._start_vetted()
+        if step:
             settled = workflows.short_circuit(self.app, message)
             if settled is not None:
                 raise _Settled(settled)
