@@ -472,6 +472,30 @@ def test_bad_durations_say_how_to_write_one(text: str) -> None:
         parse_duration(text)
 
 
+def test_a_lone_jobs_enqueued_event_is_the_one_its_batch_would_carry() -> None:
+    """``enqueued`` builds a lone job's event (every ``task.delay()``) without the batch's
+    loop: the same bytes, eta (only a finite one still to come) and dependencies included."""
+    now = 1_796_554_761.5786914
+    envs = [
+        Envelope("j1", "q", b"p"),
+        Envelope("j2", "q", b"p", 3, now + 5.0000004, None, ("a", "b")),
+        Envelope("j3", "q", b"p", eta=now - 1),
+        Envelope("j4", "q", b"p", eta=float("inf")),
+    ]
+    batch = _events.enqueued(envs, ["m:f"] * 4, now)
+    assert [_events.enqueued([env], ["m:f"], now)[0] for env in envs] == batch
+    at = _events.stamp(now)
+    assert [_events.decode(e) for e in batch] == [
+        Event("job.enqueued", at, job_id="j1", task="m:f", queue="q", priority=0),
+        Event("job.enqueued", at, job_id="j2", task="m:f", queue="q", priority=3,
+              eta=_events.stamp(now + 5.0000004), depends_on=["a", "b"]),
+        Event("job.enqueued", at, job_id="j3", task="m:f", queue="q", priority=0),
+        Event("job.enqueued", at, job_id="j4", task="m:f", queue="q", priority=0),
+    ]  # fmt: skip
+    with pytest.raises(ValueError):
+        _events.enqueued(envs[:1], ["m:f", "m:g"], now)
+
+
 def test_the_human_format_is_one_line_per_event() -> None:
     at = 1_700_000_000.25
     lines = [

@@ -30,27 +30,28 @@ redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority
   'updated_at', ARGV[1] ~= '' and ARGV[1] or string.match(sid, '^%d+'))
 if ARGV[8] then  -- its event, numbered n: append_entries for one event
   local events, counter = tag .. 'events', tag .. 'events:n'
-  local n = redis.call('INCRBY', counter, 1)
-  for again = 0, 1 do
-    local added
-    if n % EVENTS_TRIM_EVERY == 0 or again == 1 then  -- moved (below): trimmed, as common.lua
-      added = redis.pcall('XADD', events, 'MINID', math.max(n - ARGV[7] + 1, 0), n .. '-0',
-        'e', ARGV[8])
-    else
-      added = redis.pcall('XADD', events, n .. '-0', 'e', ARGV[8])
-    end
-    if type(added) ~= 'table' or again == 1 then break end  -- written, or refused twice
-    -- Refused: the counter fell behind the stream (deleted by hand), and moves past its last
-    -- id (events_behind); or it is no stream (made another type by hand), and the event is
-    -- left out, not the job.
-    local ok, info = pcall(redis.call, 'XINFO', 'STREAM', events)
-    if not ok then break end
-    for i = 1, #info, 2 do
-      if info[i] == 'last-generated-id' then
-        n = tonumber(string.match(info[i + 1], '^(%d+)')) + 1
+  local n = redis.call('INCR', counter)
+  -- The usual append: no trim due (when the count passes a multiple of EVENTS_TRIM_EVERY,
+  -- as common.lua), the id given as the number n (`n` is `n-0`: no string made for it).
+  local added = n % EVENTS_TRIM_EVERY ~= 0 and redis.pcall('XADD', events, n, 'e', ARGV[8])
+  local repaired = false
+  while type(added) ~= 'string' do  -- a trim due, or refused
+    if added then  -- refused (an error table), once more after a repair: left out
+      if repaired then break end
+      -- The counter fell behind the stream (deleted by hand), and moves past its last id
+      -- (events_behind), the event then appended with a trim (append_entries); or it is no
+      -- stream (made another type by hand), and the event is left out, not the job.
+      local ok, info = pcall(redis.call, 'XINFO', 'STREAM', events)
+      if not ok then break end
+      for i = 1, #info, 2 do
+        if info[i] == 'last-generated-id' then
+          n = tonumber(string.match(info[i + 1], '^(%d+)')) + 1
+        end
       end
+      redis.call('SET', counter, n)
+      repaired = true
     end
-    redis.call('SET', counter, n)
+    added = redis.pcall('XADD', events, 'MINID', math.max(n - ARGV[7] + 1, 0), n, 'e', ARGV[8])
   end
 end
 if ARGV[6] == '1' then return redis.call('XLEN', stream) end
