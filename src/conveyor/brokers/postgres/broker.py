@@ -33,7 +33,7 @@ from .._port import Claimed, Finish, LeaseState
 from ._admin import PostgresAdmin
 from ._core import LIVE as _LIVE
 from ._core import Listening
-from ._db import Connection
+from ._db import BytesArray, Connection, TextArray
 from ._enqueue import ENQUEUE, ENQUEUE_ONE, enqueue_one_params, enqueue_params, enqueued
 
 _HELD_ELSEWHERE = 0.01  # a due row another transaction holds: look again this soon
@@ -207,21 +207,22 @@ class PostgresBroker(PostgresAdmin):
         return [held.get((d.id, d.token), LeaseState.LOST) for d in deliveries]
 
     def _finish(self, outcomes: Sequence[Finish], events: Sequence[bytes]) -> list[bool]:
+        # (a status is a StrEnum: its text is its value)
         ended = (
-            [f.delivery.id for f in outcomes],
-            [f.delivery.token for f in outcomes],
-            [f.status.value for f in outcomes],
-            [f.result for f in outcomes],
+            TextArray([f.delivery.id for f in outcomes]),
+            TextArray([f.delivery.token for f in outcomes]),
+            TextArray([f.status for f in outcomes]),
+            BytesArray([f.result for f in outcomes]),
             [f.result_ttl for f in outcomes],
-            [f.reason for f in outcomes],
-            [f.event for f in outcomes],
+            TextArray([f.reason for f in outcomes]),
+            BytesArray([f.event for f in outcomes]),
         )
         retries = [f.retry for f in outcomes]
         params: tuple[Any, ...]
         # what {s}.finish hands to finish_ended (the tests run older schema versions too)
         if len(outcomes) > 1 and not any(retries) and self._db.migrated[1] >= 3:
             sql = self._sql["finish_ended"]
-            params = (*ended, list(events), self.events_kept, self._now())
+            params = (*ended, BytesArray(events), self.events_kept, self._now())
         else:
             sql = self._sql["finish"]
             params = (
