@@ -101,3 +101,27 @@ def test_garbage_is_a_serialization_error() -> None:
     for garbage in (b"", b"\xff\xfe", b"{not json", b'{"id": 1}', b"[]"):
         with pytest.raises(SerializationError):
             Codec().decode_message(garbage)
+
+
+def test_an_unsigned_json_message_decodes_as_through_the_framing() -> None:
+    # Unsigned JSON bytes skip _decode and _unframe: the same Message, the same refusals.
+    codec = Codec()
+    good = codec.encode_message(Message(id="j1", task="m:f", args=[1, {"a": [2.5]}]))
+    signed = Codec(secret="k").encode_message(Message(id="j1", task="m:f"))
+    pickled = Codec("pickle", secret="k").encode_message(Message(id="j1", task="m:f"))
+    bare = pickle.dumps({"id": "j1", "task": "m:f"})
+    for data in (good, bytearray(good), signed, pickled, bare, b"{", b'{"id": 1}'):
+
+        def outcome(decode: object, data: object = data) -> object:
+            try:
+                return decode(data)  # type: ignore[operator]
+            except SerializationError as exc:
+                return ("refused", str(exc))
+
+        framed = outcome(lambda d: codec._decode(d, codec._msg_decoder, Message))
+        assert outcome(codec.decode_message) == framed
+    assert codec.decode_message(good) == Message(id="j1", task="m:f", args=[1, {"a": [2.5]}])
+    with pytest.raises(SerializationError, match="signed payload but this app has no secret"):
+        codec.decode_message(signed)
+    with pytest.raises(SerializationError, match="payload is pickle"):
+        codec.decode_message(bare)
