@@ -460,3 +460,28 @@ def test_a_batch_without_retries_is_finished_as_the_first_version_finished_it(
     assert seen[1][:3] == [[True, True, True, False], [True], [True, True]]
     assert seen[1][-1] == [b"s1", b"s2", b"o1", b"o0", b"f2"]
     assert seen[_schema.SCHEMA_VERSION] == seen[1]
+
+
+def test_the_finish_arrays_encode_text_as_psycopg_does_on_an_sql_ascii_connection() -> None:
+    """psycopg encodes text in UTF-8 where the client encoding is SQL_ASCII (no conversion
+    there); the finish's own text[] dumper must too, not raise UnicodeEncodeError."""
+    from conveyor.brokers.postgres._db import TextArray, _adapters
+    from postgres_server import ADMIN_URL, _admin_connect, _with_database
+
+    admin = _admin_connect()
+    name = "conveyor_test_ascii_" + new_job_id()[:8].lower()
+    admin.execute(
+        f"CREATE DATABASE \"{name}\" ENCODING 'SQL_ASCII' TEMPLATE template0 "
+        "LC_COLLATE 'C' LC_CTYPE 'C'"
+    )
+    try:
+        url = _with_database(ADMIN_URL, name)
+        with psycopg.connect(url, context=_adapters()) as conn:
+            assert conn.info.encoding == "ascii"
+            sql = "SELECT octet_length(x) FROM unnest(%b::text[]) x"
+            mine = conn.execute(sql, (TextArray(["naïve", "€"]),)).fetchall()
+            theirs = conn.execute(sql, (["naïve", "€"],)).fetchall()
+        assert mine == theirs == [(6,), (3,)]
+    finally:
+        admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()

@@ -104,8 +104,10 @@ class _TextArrayDumper(Dumper):
 
     def __init__(self, cls: type, context: psycopg.abc.AdaptContext | None = None) -> None:
         super().__init__(cls, context)
-        # the connection's client encoding, as psycopg's own text dumper takes it
-        self._encoding = self.connection.info.encoding if self.connection else "utf-8"
+        # the connection's client encoding, as psycopg's own text dumper takes it (UTF-8
+        # where that is SQL_ASCII, which converts nothing: psycopg names it "ascii")
+        encoding = self.connection.info.encoding if self.connection else "utf-8"
+        self._encoding = "utf-8" if encoding == "ascii" else encoding
 
     def dump(self, obj: list[str | None]) -> bytes:
         if self._encoding == "utf-8" and None not in obj:  # the usual case, element by element in C
