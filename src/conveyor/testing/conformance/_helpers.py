@@ -15,7 +15,11 @@ from ...brokers._port import Broker, Finish
 T = TypeVar("T")
 
 LONG = 600.0  # seconds: a lease or TTL no test outlives, on a fake or a real clock
-PROMPT = 0.3  # seconds: how soon a blocked wait or fetch must return once woken
+# Seconds: how soon a blocked wait or fetch must return once woken. Well under what is left
+# of a BLOCK after the tests' 0.1 s head start (0.8 s), so a wait that only returns when
+# its block ends still fails; 0.3 was missed by 0.06-0.09 s on a loaded 2-core machine
+# running four test processes (a woken PostgreSQL wait, a woken Redis event reader).
+PROMPT = 0.5
 BLOCK = 0.9  # seconds: the longest real-time block a test sets up (kept under 1 s)
 
 
