@@ -30,19 +30,7 @@ import uuid
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-
-def _server_cpu(data: str) -> float:
-    """CPU seconds of the server's processes alive now (``schedstat``: nanoseconds)."""
-    from pg_server import server_pids
-
-    total = 0
-    for pid in server_pids(data):
-        try:
-            with open(f"/proc/{pid}/schedstat") as f:
-                total += int(f.read().split()[0])
-        except OSError:
-            continue
-    return total / 1e9
+from pg_server import server_cpu  # noqa: E402
 
 
 def child(url: str, n: int, batch: int, data: str) -> dict[str, float]:
@@ -64,15 +52,15 @@ def child(url: str, n: int, batch: int, data: str) -> dict[str, float]:
     spent = {"fetch": 0.0, "finish": 0.0}
     done = 0
     while done < n:
-        before = _server_cpu(data)
+        before = server_cpu(data)
         got, _ = broker._claim(["default"], batch, 60.0)  # type: ignore[attr-defined]
-        claimed = _server_cpu(data)
+        claimed = server_cpu(data)
         if not got:
             break
         outcomes = [Finish(d, JobStatus.SUCCEEDED, b"r" * 20, event=event) for d in got]
         assert all(broker._finish(outcomes, [event] * len(got)))  # type: ignore[attr-defined]
         spent["fetch"] += claimed - before
-        spent["finish"] += _server_cpu(data) - claimed
+        spent["finish"] += server_cpu(data) - claimed
         done += len(got)
     app.close()
     return {k: v * 1e6 / done for k, v in spent.items()}
@@ -95,9 +83,9 @@ def child_append(url: str, calls: int, n: int, data: str) -> dict[str, float]:
                              duration=0.000123 if i % 2 else None))
                 for i in range(n)
             ]  # fmt: skip
-            before = _server_cpu(data)
+            before = server_cpu(data)
             conn.execute("SELECT conveyor.append_events(%b::bytea[], 10000)", (events,))
-            spent += _server_cpu(data) - before
+            spent += server_cpu(data) - before
     return {"append": spent * 1e6 / calls}
 
 

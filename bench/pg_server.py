@@ -152,6 +152,19 @@ def server_pids(data: str) -> list[int]:
     return found
 
 
+def server_cpu(data: str) -> float:
+    """CPU seconds the server's processes alive now have used (``schedstat``: nanoseconds;
+    time spent waiting for a CPU is not in it)."""
+    total = 0
+    for pid in server_pids(data):
+        try:
+            with open(f"/proc/{pid}/schedstat") as f:
+                total += int(f.read().split()[0])
+        except OSError:
+            continue
+    return total / 1e9
+
+
 @contextlib.contextmanager
 def private_postgres() -> Iterator[PostgresServer]:
     server = PostgresServer()

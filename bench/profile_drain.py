@@ -12,6 +12,8 @@ goes" in docs/architecture.md. Not part of bench/run.py (which compares against 
     .venv/bin/python bench/profile_drain.py --memory   # memory:// in process: the worker alone
     .venv/bin/python bench/profile_drain.py --rabbitmq   # the machine's RabbitMQ (a fresh vhost
         # per run; beam.smp's CPU too), the records in the private redis-server
+    .venv/bin/python bench/profile_drain.py --postgres --calls   # a private PostgreSQL (a fresh
+        # database per run; the CPU of all its processes: backends, WAL writer, ...)
     .venv/bin/py-spy record -r 500 -f raw -o /tmp/drain.txt -- \\
         .venv/bin/python bench/profile_drain.py --reps 1 -n 30000          # where the time goes
 
@@ -44,6 +46,7 @@ import redis
 from conveyor import Conveyor
 from conveyor.worker import Worker
 
+from pg_server import PostgresServer, private_postgres, server_cpu
 from rabbitmq_server import RabbitServer
 from redis_server import main_thread_cpu_usec, private_redis
 
@@ -164,9 +167,16 @@ def tickets_settled(app: Conveyor, timeout: float = 60.0) -> None:
 
 
 class Probe:
-    def __init__(self, n: int, admin: redis.Redis | None, rabbitmq: bool = False) -> None:
+    def __init__(
+        self,
+        n: int,
+        admin: redis.Redis | None,
+        rabbitmq: bool = False,
+        postgres: PostgresServer | None = None,
+    ) -> None:
         self.n = n
         self.admin = admin
+        self.postgres = postgres
         self.rabbitmq = rabbitmq
         self.beam = [0.0, 0.0]
         self.lock = threading.Lock()
@@ -196,6 +206,8 @@ class Probe:
         self.switches[i] = usage.ru_nvcsw + usage.ru_nivcsw
         if self.admin is not None:
             self.server[i] = main_thread_cpu_usec(self.admin) / 1e6
+        elif self.postgres is not None:
+            self.server[i] = server_cpu(self.postgres.data)
         if self.rabbitmq:
             self.beam[i] = beam_cpu()
         self.threads.append(thread_cpu())
@@ -215,6 +227,8 @@ class Probe:
         out = {"worker": total * us}
         if self.admin is not None:
             out["redis-server"] = (self.server[1] - self.server[0]) * us
+        elif self.postgres is not None:
+            out["postgres"] = (self.server[1] - self.server[0]) * us
         if self.rabbitmq:
             out["beam.smp"] = (self.beam[1] - self.beam[0]) * us
         out.update((role, cpu * us) for role, cpu in roles.items() if cpu > 0)
@@ -234,12 +248,15 @@ def one_run(
     calls: bool = False,
     events: bool = True,
     rabbitmq: RabbitServer | None = None,
+    postgres: PostgresServer | None = None,
 ) -> tuple[float, dict[str, float]]:
     store = {} if rabbitmq is None else {"store": url}
     if rabbitmq is not None:
         url = rabbitmq.fresh_vhost()
+    if postgres is not None:
+        url = postgres.fresh_database("drain")
     app = Conveyor(url, **store) if events else Conveyor(url, events=False, **store)
-    probe = Probe(n, admin, rabbitmq is not None)
+    probe = Probe(n, admin, rabbitmq is not None, postgres)
 
     @app.task(name="noop")
     def noop(i: int) -> int:
@@ -330,11 +347,20 @@ def main() -> None:
         action="store_true",
         help="the in-process memory:// broker (no server: the worker's own cost alone)",
     )
+    ap.add_argument(
+        "--postgres",
+        action="store_true",
+        help="a private PostgreSQL (bench/pg_server.py), a fresh database per run",
+    )
     args = ap.parse_args()
-    if args.memory and args.rabbitmq:
-        ap.error("--memory and --rabbitmq are exclusive")
+    if args.memory + args.rabbitmq + args.postgres > 1:
+        ap.error("--memory, --rabbitmq and --postgres are exclusive")
     rabbit = RabbitServer() if args.rabbitmq else None
-    with contextlib.nullcontext(None) if args.memory else private_redis() as server:
+    no_redis = args.memory or args.postgres
+    with (
+        contextlib.nullcontext(None) if no_redis else private_redis() as server,
+        private_postgres() if args.postgres else contextlib.nullcontext(None) as pg,
+    ):
         admin = None if server is None else redis.Redis(port=server.port)
         url = "memory://" if server is None else server.url
         rates, cpus = [], []
@@ -350,12 +376,14 @@ def main() -> None:
                 calls=args.calls,
                 events=args.events == "on",
                 rabbitmq=rabbit,
+                postgres=pg,
             )
             rates.append(rate)
             cpus.append(cpu)
             print(f"  {rate:,.0f} jobs/s; CPU µs/job: {_cpus(cpu)}", flush=True)
         medians = {k: statistics.median(c.get(k, 0.0) for c in cpus) for k in cpus[0]}
         where = " rabbitmq" if rabbit else " memory" if args.memory else ""
+        where = " postgres" if args.postgres else where
         print(
             f"median of {args.reps}: {statistics.median(rates):,.0f} jobs/s "
             f"({min(rates):,.0f}-{max(rates):,.0f}); CPU µs/job: {_cpus(medians)}; "
