@@ -231,7 +231,8 @@ def test_a_lone_job_writes_what_enqueue_lua_writes(
     # enqueue_one.lua writes out for one job what enqueue.lua and common.lua's helpers do
     # for any number: the same keys, records, entries, listing, event numbers and trims,
     # whatever the state it meets (first job at a priority, an id taken or expired, a done
-    # list alone, a purged stream, a lost event counter, an event log of another type).
+    # list alone, a purged stream, a lost event counter, event numbers of 15 digits, an
+    # event log of another type).
     # Each job goes to two prefixes, the usual way and through enqueue.lua, then compared.
     one, ref = unique_prefix(), unique_prefix()
     clock = FakeClock(1_800_000_000.0)
@@ -276,9 +277,11 @@ def test_a_lone_job_writes_what_enqueue_lua_writes(
         enqueue(env(), event=None)
         for _ in range(20):  # past a multiple of 16 events: a trim to the newest 5
             enqueue(env())
-        on_both("DEL", "{P}:events:n")  # the counter lost: moved past the log's last id
-        for _ in range(2):
-            enqueue(env())
+        # The counter lost (moved past the log's last id), and numbers of 15 digits.
+        for command in (["DEL"], ["SET", 10**14 - 2]):
+            on_both(command[0], "{P}:events:n", *command[1:])
+            for _ in range(3):
+                enqueue(env())
         # an ended record whose expiry passed, and its done list
         on_both("HSET", "{P}:job:" + expired.id, "status", "succeeded", "expires_at", "1")
         on_both("LPUSH", "{P}:done:" + expired.id, "1")
@@ -1426,6 +1429,27 @@ def test_an_event_log_that_cannot_be_written_costs_no_job(
     [d] = fetch(broker)
     assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r", event=b"done")], [b"s"]) == [True]
     assert broker.get([job.id])[0].status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+def test_event_numbers_past_10_to_the_14_are_written_whole(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # Lua writes a number of 15 digits or more as 1e+14 when made a string: such an entry
+    # id was refused, its events lost.
+    raw.set("{" + prefix + "}:events:n", str(10**14 - 2))
+    jobs = [env() for _ in range(3)]
+    broker.enqueue(jobs, [b"e%d" % i for i in range(3)])  # enqueue.lua
+    broker.enqueue([env()], [b"lone"])  # enqueue_one.lua
+    broker.publish([b"p"])
+    [d, *_] = fetch(broker)
+    broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r", event=b"done")], [b"s"])
+    first = 10**14 - 1
+    got = broker.read_events(str(first - 1), 0.0, 10)
+    wanted = [b"e0", b"e1", b"e2", b"lone", b"p", b"s", b"done"]
+    assert got == [(str(first + i), e) for i, e in enumerate(wanted)]
+    assert [i for i, _ in _event_entries(raw, prefix)] == [
+        f"{n}-0" for n in (first + 2, first + 3, first + 4, first + 6)
+    ]
 
 
 def test_an_entry_written_by_hand_is_not_taken_for_events(
