@@ -422,8 +422,9 @@ local function carried()
   return ARGV[#ARGV - 1], #ARGV - 2
 end
 
--- The counter fell behind the stream (deleted by hand): move it past the stream's last
--- id. Returns the new last number for `n` more events, or nil (no stream there).
+-- The counter fell behind the stream (deleted by hand), or holds no count: move it past
+-- the stream's last id. Returns the new last number for `n` more events, or nil (no
+-- stream there).
 local function events_behind(n)
   local ok, info = pcall(redis.call, 'XINFO', 'STREAM', EVENTS)
   if not ok then return nil end
@@ -451,13 +452,26 @@ end
 -- the count passes a multiple of EVENTS_TRIM_EVERY (so by every call of that many events
 -- or more): a trim walks the head entry's node, whose deleted entries Redis steps over
 -- one by one (1.5-2 µs of a lone job's enqueue when made by each call).
--- An entry id goes as a number, which Redis writes whole ('%.17g'; `n` reads as 'n-0'):
--- Lua's `..` would write 1e+14 from 10^14 on, an id Redis refuses.
+-- The counter's INCRBY is a redis.pcall too (no dearer than redis.call): a counter that
+-- holds no count (made text or another type by hand) failed the call after its writes
+-- (Redis does not undo them: a job queued, its caller told it was not), and is taken as
+-- lost instead: moved past the stream's last id (events_behind), or set to `total` when
+-- there is no stream. An entry id goes as a number, which Redis writes whole ('%.17g';
+-- `n` reads as 'n-0'): Lua's `..` would write 1e+14 from 10^14 on, an id Redis refuses.
 local function append_entries(cap, bodies, total)
   if total == 0 then return end
-  local last = redis.call('INCRBY', EVENTS_N, total)
-  local keep  -- the count passed a multiple of EVENTS_TRIM_EVERY
-  if last % EVENTS_TRIM_EVERY < total then keep = math.max(last - cap + 1, 0) end
+  local last = redis.pcall('INCRBY', EVENTS_N, total)
+  local keep  -- the count passed a multiple of EVENTS_TRIM_EVERY, or was set
+  if type(last) ~= 'number' then  -- no count: an error reply
+    last = events_behind(total)
+    if not last then
+      last = total
+      redis.call('SET', EVENTS_N, last)
+    end
+    keep = math.max(last - cap + 1, 0)
+  elseif last % EVENTS_TRIM_EVERY < total then
+    keep = math.max(last - cap + 1, 0)
+  end
   local first = last - total
   for k = 1, #bodies do
     local j = k * EVENTS_PER_ENTRY  -- events up to this entry's last
