@@ -231,7 +231,8 @@ def test_a_lone_job_writes_what_enqueue_lua_writes(
     # enqueue_one.lua writes out for one job what enqueue.lua and common.lua's helpers do
     # for any number: the same keys, records, entries, listing, event numbers and trims,
     # whatever the state it meets (first job at a priority, an id taken or expired, a done
-    # list alone, a purged stream, a lost event counter, an event log of another type).
+    # list alone, a purged stream, a lost event counter or one that is no count, event
+    # numbers of 15 digits, an event log of another type).
     # Each job goes to two prefixes, the usual way and through enqueue.lua, then compared.
     one, ref = unique_prefix(), unique_prefix()
     clock = FakeClock(1_800_000_000.0)
@@ -276,9 +277,12 @@ def test_a_lone_job_writes_what_enqueue_lua_writes(
         enqueue(env(), event=None)
         for _ in range(20):  # past a multiple of 16 events: a trim to the newest 5
             enqueue(env())
-        on_both("DEL", "{P}:events:n")  # the counter lost: moved past the log's last id
-        for _ in range(2):
-            enqueue(env())
+        # The counter lost (moved past the log's last id), no count (taken as lost), and
+        # numbers of 15 digits.
+        for command in (["DEL"], ["SET", "abc"], ["SET", 10**14 - 2]):
+            on_both(command[0], "{P}:events:n", *command[1:])
+            for _ in range(3):
+                enqueue(env())
         # an ended record whose expiry passed, and its done list
         on_both("HSET", "{P}:job:" + expired.id, "status", "succeeded", "expires_at", "1")
         on_both("LPUSH", "{P}:done:" + expired.id, "1")
@@ -289,6 +293,9 @@ def test_a_lone_job_writes_what_enqueue_lua_writes(
         enqueue(purged)
         on_both("DEL", "{P}:events")
         on_both("SET", "{P}:events", "not a stream")  # its event left out, not the job
+        enqueue(env())
+        on_both("DEL", "{P}:events:n")
+        on_both("RPUSH", "{P}:events:n", "x")  # and a counter that is no count
         enqueue(env())
         on_both("SADD", "{P}:paused", "default")
         enqueue(env())
@@ -1426,6 +1433,87 @@ def test_an_event_log_that_cannot_be_written_costs_no_job(
     [d] = fetch(broker)
     assert broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r", event=b"done")], [b"s"]) == [True]
     assert broker.get([job.id])[0].status is JobStatus.SUCCEEDED  # type: ignore[union-attr]
+
+
+def _spoil(raw: redis.Redis, key: str, kind: str) -> None:
+    """Make ``key`` what Conveyor never writes there: text, or a list (by hand)."""
+    raw.delete(key)
+    if kind == "text":
+        raw.set(key, "abc")
+    else:
+        raw.rpush(key, "x")
+
+
+@pytest.mark.parametrize("kind", ["text", "list"])
+def test_an_event_counter_written_by_hand_costs_no_job(
+    redis_server: RedisServer, raw: redis.Redis, prefix: str, kind: str
+) -> None:
+    # Its INCRBY failed after the job was written (a script is not rolled back): the caller
+    # was told an enqueue failed that had queued the job, and one that sent it again under
+    # a new id queued it twice. The counter is taken as lost: numbered on from the log.
+    from conveyor import Conveyor
+    from conveyor.testing import drain
+
+    counter = "{" + prefix + "}:events:n"
+    with Conveyor(redis_server.url, prefix=prefix) as app:
+
+        @app.task(name="add")
+        def add(a: int, b: int) -> int:
+            return a + b
+
+        add.delay(1, 2)  # its queue's first job: makes the stream
+        _spoil(raw, counter, kind)
+        lone = add.delay(3, 4)  # enqueue_one.lua
+        _spoil(raw, counter, kind)
+        batch = app.enqueue_many([add.s(5, 6), add.s(7, 8)])  # enqueue.lua
+        _spoil(raw, counter, kind)
+        assert drain(app).ran == 4  # finish.lua, publish.lua (the worker's events)
+        assert lone.result(0) == 7 and [j.result(0) for j in batch] == [11, 15]
+        _spoil(raw, counter, kind)
+        later = add.options(delay=60).delay(9, 10)
+        _spoil(raw, counter, kind)
+        assert later.cancel()  # cancel.lua
+        assert raw.xlen("{" + prefix + "}:q:default:s0") == 0  # each job queued once
+        events = app.read_events(None, limit=100)
+        assert [e.cursor for e in events] == [str(n) for n in range(1, len(events) + 1)]
+        kinds = Counter(e.type for e in events)
+        assert kinds["job.enqueued"] == 5 and kinds["job.succeeded"] == 4
+        assert kinds["job.cancelled"] == 1
+        _spoil(raw, counter, kind)  # where a follower starts: the log's last event
+        assert app.broker.events_tail() == events[-1].cursor
+
+
+def test_an_event_counter_that_cannot_be_repaired_costs_events_not_jobs(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    raw.set("{" + prefix + "}:events", "not a stream")
+    raw.set("{" + prefix + "}:events:n", "abc")
+    jobs = [env(), env()]
+    assert broker.enqueue(jobs[:1], [b"a"]) == [jobs[0].id]  # enqueue.lua
+    assert broker.enqueue(jobs[1:], [b"b"]) == [jobs[1].id]  # enqueue_one.lua
+    broker.publish([b"c"])
+    assert [d.id for d in fetch(broker)] == [j.id for j in jobs]
+
+
+def test_event_numbers_past_10_to_the_14_are_written_whole(
+    broker: RedisBroker, raw: redis.Redis, prefix: str
+) -> None:
+    # Lua writes a number of 15 digits or more as 1e+14 when made a string: such an entry
+    # id was refused, its events lost.
+    raw.set("{" + prefix + "}:events:n", str(10**14 - 2))
+    jobs = [env() for _ in range(3)]
+    broker.enqueue(jobs, [b"e%d" % i for i in range(3)])  # enqueue.lua
+    broker.enqueue([env()], [b"lone"])  # enqueue_one.lua
+    broker.publish([b"p"])
+    [d, *_] = fetch(broker)
+    broker.finish([Finish(d, JobStatus.SUCCEEDED, b"r", event=b"done")], [b"s"])
+    first = 10**14 - 1
+    got = broker.read_events(str(first - 1), 0.0, 10)
+    wanted = [b"e0", b"e1", b"e2", b"lone", b"p", b"s", b"done"]
+    assert got == [(str(first + i), e) for i, e in enumerate(wanted)]
+    assert [i for i, _ in _event_entries(raw, prefix)] == [
+        f"{n}-0" for n in (first + 2, first + 3, first + 4, first + 6)
+    ]
 
 
 def test_an_entry_written_by_hand_is_not_taken_for_events(

@@ -16,9 +16,12 @@ to the newest ``events_kept``, and the oldest events go, never a job. A cursor i
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Sequence
 from typing import Any
+
+import redis
 
 from .._admin import Events
 from .._base import Watch
@@ -84,5 +87,18 @@ class EventsMixin(RedisCore):
     def _events_tail(self) -> int:
         if not self._layout_checked:
             self._check_layout()
-        last = self._client.get(self._keys.events_counter)
-        return int(last) if last is not None else 0
+        try:
+            last = self._client.get(self._keys.events_counter)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("WRONGTYPE"):
+                raise
+            last = b""
+        if last is None:
+            return 0
+        with contextlib.suppress(ValueError):
+            return int(last)
+        # A counter that holds no count (made text or another type by hand) is taken as
+        # lost by the next append, numbered on from the log's last event (common.lua
+        # append_entries): that event is the tail.
+        newest = self._client.xrevrange(self._keys.events, count=1)
+        return int(text(newest[0][0]).partition("-")[0]) if newest else 0

@@ -422,8 +422,9 @@ local function carried()
   return ARGV[#ARGV - 1], #ARGV - 2
 end
 
--- The counter fell behind the stream (deleted by hand): move it past the stream's last
--- id. Returns the new last number for `n` more events, or nil (no stream there).
+-- The counter fell behind the stream (deleted by hand), or holds no count: move it past
+-- the stream's last id. Returns the new last number for `n` more events, or nil (no
+-- stream there).
 local function events_behind(n)
   local ok, info = pcall(redis.call, 'XINFO', 'STREAM', EVENTS)
   if not ok then return nil end
@@ -437,11 +438,12 @@ local function events_behind(n)
   return nil
 end
 
--- Append one entry of events, trimming the stream to the events from number `keep` on
--- (nil: no trim); false when it cannot be written (see append_entries).
-local function add_events_entry(id, body, keep)
-  if keep then return pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) end
-  return pcall(redis.call, 'XADD', EVENTS, id, 'e', body)
+-- Append one entry of events, numbered `n` (its last event's), trimming the stream to the
+-- events from number `keep` on (nil: no trim); false when it cannot be written (see
+-- append_entries).
+local function add_events_entry(n, body, keep)
+  if keep then return pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, n, 'e', body) end
+  return pcall(redis.call, 'XADD', EVENTS, n, 'e', body)
 end
 
 -- Append entries of framed events in order: `bodies`, each EVENTS_PER_ENTRY events joined
@@ -450,20 +452,35 @@ end
 -- the count passes a multiple of EVENTS_TRIM_EVERY (so by every call of that many events
 -- or more): a trim walks the head entry's node, whose deleted entries Redis steps over
 -- one by one (1.5-2 µs of a lone job's enqueue when made by each call).
+-- The counter's INCRBY is a redis.pcall too (no dearer than redis.call): a counter that
+-- holds no count (made text or another type by hand) failed the call after its writes
+-- (Redis does not undo them: a job queued, its caller told it was not), and is taken as
+-- lost instead: moved past the stream's last id (events_behind), or set to `total` when
+-- there is no stream. An entry id goes as a number, which Redis writes whole ('%.17g';
+-- `n` reads as 'n-0'): Lua's `..` would write 1e+14 from 10^14 on, an id Redis refuses.
 local function append_entries(cap, bodies, total)
   if total == 0 then return end
-  local last = redis.call('INCRBY', EVENTS_N, total)
-  local keep  -- the count passed a multiple of EVENTS_TRIM_EVERY
-  if last % EVENTS_TRIM_EVERY < total then keep = math.max(last - cap + 1, 0) end
+  local last = redis.pcall('INCRBY', EVENTS_N, total)
+  local keep  -- the count passed a multiple of EVENTS_TRIM_EVERY, or was set
+  if type(last) ~= 'number' then  -- no count: an error reply
+    last = events_behind(total)
+    if not last then
+      last = total
+      redis.call('SET', EVENTS_N, last)
+    end
+    keep = math.max(last - cap + 1, 0)
+  elseif last % EVENTS_TRIM_EVERY < total then
+    keep = math.max(last - cap + 1, 0)
+  end
   local first = last - total
   for k = 1, #bodies do
     local j = k * EVENTS_PER_ENTRY  -- events up to this entry's last
     if j > total then j = total end
-    if not add_events_entry((first + j) .. '-0', bodies[k], keep) then
+    if not add_events_entry(first + j, bodies[k], keep) then
       local healed = events_behind(total)
       if not healed then return end
       first, keep = healed - total, math.max(healed - cap + 1, 0)
-      add_events_entry((first + j) .. '-0', bodies[k], keep)
+      add_events_entry(first + j, bodies[k], keep)
     end
   end
 end

@@ -30,26 +30,37 @@ redis.call('HSET', key, 'status', 'queued', 'sid', sid, 'queue', name, 'priority
   'updated_at', ARGV[1] ~= '' and ARGV[1] or string.match(sid, '^%d+'))
 if ARGV[8] then  -- its event, numbered n: append_entries for one event
   local events, counter = tag .. 'events', tag .. 'events:n'
-  local n = redis.call('INCR', counter)
+  -- A counter that holds no count (made text or another type by hand) answers an error
+  -- table, not the job's failure (append_entries): it is set as a lost one is, below.
+  local n = redis.pcall('INCR', counter)
+  local counted = type(n) == 'number'
   -- The usual append: no trim due (when the count passes a multiple of EVENTS_TRIM_EVERY,
-  -- as common.lua), the id given as the number n (`n` is `n-0`: no string made for it).
-  local added = n % EVENTS_TRIM_EVERY ~= 0 and redis.pcall('XADD', events, n, 'e', ARGV[8])
+  -- as common.lua), the id given as the number n (`n` is `n-0`: no string made for it,
+  -- and Redis writes it whole where Lua would write 1e+14).
+  local added = counted and n % EVENTS_TRIM_EVERY ~= 0 and redis.pcall('XADD', events, n, 'e',
+    ARGV[8])
   local repaired = false
-  while type(added) ~= 'string' do  -- a trim due, or refused
-    if added then  -- refused (an error table), once more after a repair: left out
+  while type(added) ~= 'string' do  -- a trim due, refused, or no count
+    if added or not counted then  -- refused (an error table), once more after a repair
       if repaired then break end
-      -- The counter fell behind the stream (deleted by hand), and moves past its last id
-      -- (events_behind), the event then appended with a trim (append_entries); or it is no
-      -- stream (made another type by hand), and the event is left out, not the job.
+      -- The counter fell behind the stream (deleted by hand) or holds no count, and moves
+      -- past its last id (events_behind; to 1 with no stream), the event then appended
+      -- with a trim (append_entries); or it is no stream (made another type by hand), and
+      -- the event is left out, not the job.
       local ok, info = pcall(redis.call, 'XINFO', 'STREAM', events)
-      if not ok then break end
-      for i = 1, #info, 2 do
-        if info[i] == 'last-generated-id' then
-          n = tonumber(string.match(info[i + 1], '^(%d+)')) + 1
+      if ok then
+        for i = 1, #info, 2 do
+          if info[i] == 'last-generated-id' then
+            n = tonumber(string.match(info[i + 1], '^(%d+)')) + 1
+          end
         end
+      elseif counted then
+        break
+      else
+        n = 1
       end
       redis.call('SET', counter, n)
-      repaired = true
+      counted, repaired = true, true
     end
     added = redis.pcall('XADD', events, 'MINID', math.max(n - ARGV[7] + 1, 0), n, 'e', ARGV[8])
   end
