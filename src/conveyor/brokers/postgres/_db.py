@@ -7,8 +7,17 @@ process opens a pool of its own.
 
 Errors: nothing from psycopg leaves this module's context managers. A refused login or
 permission is ``BrokerAuthError`` (retrying cannot help); a server that cannot be reached,
-or no free connection within ``pool_timeout``, ``BrokerUnavailable``; the rest
-``BrokerError``. Messages never show the password.
+or no free connection within ``pool_timeout``, ``BrokerUnavailable``; text the database's
+encoding cannot hold ``InvalidName``; the rest ``BrokerError``. Messages never show the
+password.
+
+Encoding: the broker's own connections always speak UTF8 (``client_encoding``, whatever
+the URL, the role or the database say), so text comes back as ``str`` on any server
+encoding (psycopg hands out ``bytes`` where the client encoding is SQL_ASCII). A server in
+another encoding (LATIN1, ...) converts on its side and refuses what it cannot hold: user
+text (a unique key, a store key) is checked against it before anything is sent
+(``unstorable``); text the broker writes from what a task produced (a failure reason, a
+progress note) is made storable instead (``storable``), so no outcome is ever refused.
 """
 
 from __future__ import annotations
@@ -26,6 +35,8 @@ from ..._errors import (
     BrokerError,
     BrokerUnavailable,
     ConfigurationError,
+    ConveyorError,
+    InvalidName,
     InvalidURL,
 )
 from ._schema import SCHEMA_VERSION, instance, migrate, schema_version, sql
@@ -124,7 +135,56 @@ def _adapters() -> AdaptersMap:
     return adapters
 
 
-def translate(exc: BaseException, shown: str) -> BrokerError:
+def codec_of(encoding: str) -> str | None:
+    """The Python codec of the text a database in this server ``encoding`` stores, as the
+    broker reads it: UTF-8 for SQL_ASCII too, which stores the bytes it is sent (psycopg
+    sends UTF-8 there) and converts nothing. None: a codec Python does not have."""
+    if encoding == "SQL_ASCII":
+        return "utf-8"
+    try:  # psycopg's own table (not public API: without it, the server checks alone)
+        from psycopg._encodings import pg2pyenc
+
+        return pg2pyenc(encoding.encode())
+    except (ImportError, psycopg.NotSupportedError):
+        return None
+
+
+def unstorable(text: str, codec: str | None) -> bool:
+    """True if ``text`` cannot be sent to a database whose text is in ``codec`` (a character
+    the encoding lacks, a lone surrogate, a NUL, which no PostgreSQL text holds)."""
+    if "\x00" in text:
+        return True
+    if text.isascii() or codec is None:  # (a codec Python lacks: the server will tell)
+        return False
+    try:
+        text.encode(codec)
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def refusal(what: str, text: str, where: str, advice: str) -> InvalidName:
+    """The error for user text (``what``: "unique key", "store key") that ``where`` (the
+    database, a caller's connection) cannot take: ``advice`` says what to do instead."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        advice = "a lone surrogate (half of a UTF-16 pair) is no text: pass valid Unicode"
+    return InvalidName(
+        f"{what} {text[:100]!r} holds characters {where} cannot store: {advice}; nothing "
+        "was written"
+    )
+
+
+def encoding_advice(encoding: str) -> str:
+    """What to do about text a database in this server ``encoding`` cannot store."""
+    return (
+        f"its encoding is {encoding}. Use characters {encoding} holds (ASCII always works), "
+        "or keep Conveyor's tables in a database created with ENCODING 'UTF8'"
+    )
+
+
+def translate(exc: BaseException, shown: str) -> ConveyorError:
     """A psycopg (or pool) error as the Conveyor error that says what to do."""
     if isinstance(exc, psycopg_pool.PoolTimeout):
         return BrokerUnavailable(
@@ -149,6 +209,12 @@ def translate(exc: BaseException, shown: str) -> BrokerError:
         )
     if state.startswith(_AWAY) or (isinstance(exc, psycopg.OperationalError) and not state):
         return BrokerUnavailable(f"cannot reach PostgreSQL at {shown}: {text}")
+    if isinstance(exc, pg_errors.UntranslatableCharacter):  # user text (the rest is checked)
+        return InvalidName(
+            f"PostgreSQL at {shown} cannot store this text: {text}. Use characters the "
+            "database's encoding holds (ASCII always works), or keep Conveyor's tables in a "
+            "database created with ENCODING 'UTF8'; nothing was written"
+        )
     if isinstance(exc, pg_errors.UndefinedTable | pg_errors.UndefinedFunction):
         return BrokerError(
             f"PostgreSQL at {shown}: {text}. The Conveyor schema is missing or older than "
@@ -172,6 +238,8 @@ class Database:
             first = psycopg.connect(self.conninfo(), autocommit=True)
             try:
                 self.database = first.info.dbname
+                self.encoding = first.info.parameter_status("server_encoding") or "UTF8"
+                self.codec = codec_of(self.encoding)
                 self._check_worker_commit(first)
                 self.migrated = self._prepare(first, create)
                 self.instance = instance(first, self.schema)
@@ -191,6 +259,7 @@ class Database:
             ) from None
         params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
         params.setdefault("application_name", "conveyor")
+        params["client_encoding"] = "UTF8"  # text as str on every server encoding (see above)
         if self.url.worker_commit == "sync":  # read by the claim and finish functions
             params["options"] = f"{params.get('options') or ''} -c conveyor.worker_commit=sync"
         return psycopg.conninfo.make_conninfo("", **params)
@@ -252,6 +321,22 @@ class Database:
 
     def sql(self, text: str) -> str:
         return sql(text, self.schema)
+
+    def storable(self, text: str) -> str:
+        """Text the broker writes from what a task produced (a failure reason, a progress
+        note), with what the database cannot store replaced by ``?``: never refused."""
+        if text.isascii() and "\x00" not in text:
+            return text
+        codec = self.codec or "ascii"  # a codec Python lacks: ASCII is in every encoding
+        return text.encode(codec, "replace").decode(codec).replace("\x00", "?")
+
+    def check_text(self, text: str, what: str) -> str:
+        """User text (``what``: "unique key", "store key") the database can store, else
+        ``InvalidName`` before anything is sent."""
+        if unstorable(text, self.codec):
+            where = f"the PostgreSQL database {self.database!r}"
+            raise refusal(what, text, where, encoding_advice(self.encoding))
+        return text
 
     @contextmanager
     def translated(self) -> Iterator[None]:

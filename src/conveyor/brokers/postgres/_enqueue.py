@@ -3,7 +3,7 @@ own ``enqueue`` and the enqueue through a caller's connection (``_transactional`
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..._message import Envelope
@@ -44,14 +44,27 @@ def enqueue_params(
     )
 
 
+def check_keys(envelopes: Sequence[Envelope], check: Callable[[str, str], object]) -> None:
+    """Each unique key through ``check(key, "unique key")``, which raises for one the
+    database cannot store (ids and queue names are ASCII: every encoding holds them)."""
+    for e in envelopes:
+        if e.key is not None:
+            check(e.key, "unique key")
+
+
 def enqueued(row: tuple[Any, ...] | None) -> list[str]:
     """The ids ``{s}.enqueue`` answered; raises ``DependencyNotFound`` if it refused an
-    unknown dependency (it wrote nothing)."""
+    unknown dependency (it wrote nothing). A caller's connection whose client encoding is
+    SQL_ASCII reads text as bytes (psycopg decodes nothing there): ids are ASCII."""
     assert row is not None
     ids, missing_job, missing_dep = row
     if missing_job is not None:
-        raise unknown_dependency(missing_job, missing_dep)
-    return list(ids)
+        raise unknown_dependency(_str(missing_job), _str(missing_dep))
+    return [_str(i) for i in ids] if ids and isinstance(ids[0], bytes) else list(ids)
+
+
+def _str(text: str | bytes) -> str:
+    return text.decode() if isinstance(text, bytes) else text
 
 
 def enqueue_one_params(

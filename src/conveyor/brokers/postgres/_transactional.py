@@ -13,6 +13,10 @@ connection is checked once, the first time it is given: it must reach the databa
 schema the broker uses (the schema's ``instance`` number in ``meta`` must match), else a
 ``ConfigurationError`` says which database it reached. Nothing is written then, and the
 caller's transaction is left as it was.
+
+The caller's connection keeps its own ``client_encoding`` (nothing here changes it): a
+unique key that it cannot send, or the database cannot store, is an ``InvalidName`` before
+anything is sent, so the caller's transaction is left as it was then too.
 """
 
 from __future__ import annotations
@@ -27,8 +31,8 @@ from psycopg.rows import tuple_row
 
 from ..._errors import ConfigurationError
 from ..._message import Envelope
-from ._db import translate
-from ._enqueue import ENQUEUE, enqueue_params, enqueued
+from ._db import refusal, translate, unstorable
+from ._enqueue import ENQUEUE, check_keys, enqueue_params, enqueued
 from ._schema import sql
 from ._url import quoted
 
@@ -160,7 +164,26 @@ class Transactional:
                 "(nothing was enqueued)"
             )
         b = self._broker
+        check_keys(envelopes, lambda text, what: self._check_text(raw, text, what))
         return enqueue_params(envelopes, events, b.events_kept, b._now(), time.time())
+
+    def _check_text(self, raw: Raw, text: str, what: str) -> None:
+        """``text`` can go through the caller's connection into the broker's database: the
+        database stores it, and the connection's client encoding can send it as text the
+        broker reads back (psycopg sends UTF-8 on an SQL_ASCII connection; an SQL_ASCII
+        database keeps the bytes as sent, and the broker reads them as UTF-8)."""
+        db = self._broker._db
+        db.check_text(text, what)
+        sends = "utf-8" if raw.info.encoding == "ascii" else raw.info.encoding
+        if sends != "utf-8" and db.encoding == "SQL_ASCII":
+            sends = "ascii"
+        if unstorable(text, sends):
+            client = raw.info.parameter_status("client_encoding") or "?"
+            raise refusal(
+                what, text, f"this connection (client_encoding {client})",
+                f"SET client_encoding TO 'UTF8' on it (the database is in {db.encoding}), "
+                "or use ASCII",
+            )  # fmt: skip
 
     def _verify(self, found: tuple[Any, ...] | None, mark: tuple[Any, ...] | None) -> None:
         """The connection reaches the broker's database and schema (same ``instance``)."""
@@ -168,6 +191,8 @@ class Transactional:
         if found is not None and mark is not None and int(mark[0]) == b.instance:
             return
         database = found[0] if found else "?"
+        if isinstance(database, bytes):  # an SQL_ASCII connection reads text as bytes
+            database = database.decode(errors="replace")
         what = "other Conveyor tables than" if mark is not None else "no Conveyor tables, unlike"
         raise ConfigurationError(
             f"connection= reaches database {database!r}, where schema {b.schema!r} holds "

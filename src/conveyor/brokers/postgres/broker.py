@@ -34,7 +34,14 @@ from ._admin import PostgresAdmin
 from ._core import LIVE as _LIVE
 from ._core import Listening
 from ._db import BytesArray, Connection, TextArray
-from ._enqueue import ENQUEUE, ENQUEUE_ONE, enqueue_one_params, enqueue_params, enqueued
+from ._enqueue import (
+    ENQUEUE,
+    ENQUEUE_ONE,
+    check_keys,
+    enqueue_one_params,
+    enqueue_params,
+    enqueued,
+)
 
 _HELD_ELSEWHERE = 0.01  # a due row another transaction holds: look again this soon
 _SWEEP_EVERY = 30.0  # clock seconds between sweeps of expired rows
@@ -135,6 +142,7 @@ class PostgresBroker(PostgresAdmin):
 
     def _enqueue(self, envelopes: Sequence[Envelope], events: Sequence[bytes]) -> list[str]:
         kept, now, client_now = self.events_kept, self._now(), time.time()
+        check_keys(envelopes, self._db.check_text)
         if len(envelopes) == 1:
             event = events[0] if events else None
             one = enqueue_one_params(envelopes[0], event, kept, now, client_now)
@@ -207,14 +215,16 @@ class PostgresBroker(PostgresAdmin):
         return [held.get((d.id, d.token), LeaseState.LOST) for d in deliveries]
 
     def _finish(self, outcomes: Sequence[Finish], events: Sequence[bytes]) -> list[bool]:
-        # (a status is a StrEnum: its text is its value)
+        # (a status is a StrEnum: its text is its value; a reason comes from a task's
+        # exception: what the database cannot store is replaced, never refused)
+        storable = self._db.storable
         ended = (
             TextArray([f.delivery.id for f in outcomes]),
             TextArray([f.delivery.token for f in outcomes]),
             TextArray([f.status for f in outcomes]),
             BytesArray([f.result for f in outcomes]),
             [f.result_ttl for f in outcomes],
-            TextArray([f.reason for f in outcomes]),
+            TextArray([storable(f.reason) for f in outcomes]),
             BytesArray([f.event for f in outcomes]),
         )
         retries = [f.retry for f in outcomes]
@@ -274,6 +284,7 @@ class PostgresBroker(PostgresAdmin):
             return conn.execute(self._sql["promote"], args).fetchone() is not None
 
     def _progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
+        note = None if note is None else self._db.storable(note)
         args = (value, note, self._now(), delivery.id, delivery.token)
         return self._db.run(lambda conn: conn.execute(self._sql["progress"], args).rowcount == 1)
 
@@ -330,8 +341,8 @@ class PostgresBroker(PostgresAdmin):
             "ON CONFLICT (id) DO UPDATE SET info = excluded.info, "
             "expires_at = excluded.expires_at"
         )
-        args = {"id": info.id, "info": msgspec.json.encode(info).decode(), "now": self._now(),
-                "ttl": ttl}  # fmt: skip
+        text = self._db.storable(msgspec.json.encode(info).decode())  # names, hosts
+        args = {"id": info.id, "info": text, "now": self._now(), "ttl": ttl}
         self._db.run(lambda conn: conn.execute(sql, args))  # an upsert: safe to repeat
 
     def _forget_worker(self, worker_id: str) -> None:

@@ -65,6 +65,8 @@ class PostgresAccess(Protocol):
 
     def sql(self, text: str) -> str: ...
 
+    def check_text(self, text: str, what: str) -> str: ...
+
 
 class PostgresKV(KeyValue):
     def __init__(self, db: PostgresAccess, clock: Clock | None = None) -> None:
@@ -72,6 +74,10 @@ class PostgresKV(KeyValue):
         self._clock = clock or SystemClock()
         self._injected = not isinstance(self._clock, SystemClock)
         self._sql = {name: db.sql(text) for name, text in _SQL.items()}
+
+    def _key(self, key: str) -> str:
+        """A good key the database can store (its encoding may not hold every character)."""
+        return self._db.check_text(check_key(key), "store key")
 
     def _run(self, name: str, **args: Any) -> tuple[Any, ...] | None:
         """One statement; its first row (None: no row)."""
@@ -83,19 +89,19 @@ class PostgresKV(KeyValue):
     # -- the port ----------------------------------------------------------------------------
 
     def get(self, key: str) -> bytes | None:
-        row = self._run("get", key=check_key(key))
+        row = self._run("get", key=self._key(key))
         return None if row is None else bytes(row[0])
 
     def set(self, key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
         name = "set_nx" if nx else "set"
-        return self._run(name, key=check_key(key), value=value, ttl=ttl) is not None
+        return self._run(name, key=self._key(key), value=value, ttl=ttl) is not None
 
     def delete(self, key: str) -> bool:
-        row = self._run("delete", key=check_key(key))
+        row = self._run("delete", key=self._key(key))
         return row is not None and bool(row[0])
 
     def incr(self, key: str, amount: int = 1, ttl: float | None = None) -> int:
-        check_key(key)
+        self._key(key)
         while True:
             row = self._run("incr", key=key, amount=amount, ttl=ttl)
             if row is not None and row[0] is not None:
@@ -105,14 +111,14 @@ class PostgresKV(KeyValue):
             parse_counter(key, None if raw is None else bytes(raw[0]))
 
     def ttl(self, key: str) -> float | None:
-        row = self._run("ttl", key=check_key(key))
+        row = self._run("ttl", key=self._key(key))
         return None if row is None or row[0] is None else float(row[0])
 
     def update(
         self, key: str, fn: Updater, ttl: float | None = None, retries: int = 50
     ) -> bytes | None:
         return versioned_update(
-            check_key(key), fn, retries, lambda: self._read(key),
+            self._key(key), fn, retries, lambda: self._read(key),
             lambda seen, new: self._compare_and_set(key, seen, new, ttl),
         )  # fmt: skip
 
@@ -136,14 +142,14 @@ class PostgresKV(KeyValue):
         return self._run("swap", key=key, value=new, ttl=ttl, seen=seen) is not None
 
     def lock_acquire(self, name: str, token: str, ttl: float) -> int | None:
-        row = self._run("lock_acquire", key=check_key(name), token=token, ttl=ttl)
+        row = self._run("lock_acquire", key=self._key(name), token=token, ttl=ttl)
         return None if row is None else int(row[0])
 
     def lock_release(self, name: str, token: str) -> bool:
-        return self._rowcount("lock_release", key=check_key(name), token=token) == 1
+        return self._rowcount("lock_release", key=self._key(name), token=token) == 1
 
     def lock_extend(self, name: str, token: str, ttl: float) -> bool:
-        return self._rowcount("lock_extend", key=check_key(name), token=token, ttl=ttl) == 1
+        return self._rowcount("lock_extend", key=self._key(name), token=token, ttl=ttl) == 1
 
     def _rowcount(self, name: str, **args: Any) -> int:
         args["now"] = self._clock.time() if self._injected else None

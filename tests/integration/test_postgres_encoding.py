@@ -1,0 +1,198 @@
+"""The PostgreSQL broker on databases whose encoding is not UTF8 (docs/postgres.md, "Database
+encoding"): it works on SQL_ASCII and LATIN1 databases; a unique key or store key the
+database cannot store is refused at enqueue, through the broker and through a caller's
+connection alike, and nothing queued is lost; text a worker writes from what its tasks
+produced (a failure reason, a progress note) never blocks the outcomes of a batch.
+
+Each encoding gets a database of its own on the machine's PostgreSQL, dropped after; each
+test a schema of its own in it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+
+from conveyor import Conveyor, InvalidName, JobStatus, TaskFailed, current_job
+from conveyor.testing import drain
+from postgres_server import ADMIN_URL, _admin_connect, _with_database, schema_url
+
+pytestmark = pytest.mark.postgres
+
+EXOTIC = "boom 💥 中文 naïve"  # an emoji and CJK: no LATIN1; "ï": LATIN1, not ASCII
+
+
+@pytest.fixture(scope="module")
+def databases() -> Iterator[dict[str, str]]:
+    """A database in each encoding, created on first use (URL by encoding)."""
+    admin = _admin_connect()
+    made: dict[str, str] = {}
+    try:
+        yield made
+    finally:
+        for url in made.values():
+            name = url.rpartition("/")[2]
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.close()
+
+
+def _database(databases: dict[str, str], encoding: str) -> str:
+    if encoding not in databases:
+        name = f"conveyor_test_{encoding.lower()}_{uuid.uuid4().hex[:8]}"
+        with _admin_connect() as admin:
+            admin.execute(
+                f"CREATE DATABASE \"{name}\" ENCODING '{encoding}' LC_COLLATE 'C' "
+                "LC_CTYPE 'C' TEMPLATE template0"
+            )
+        databases[encoding] = _with_database(ADMIN_URL, name)
+    return databases[encoding]
+
+
+@pytest.fixture(params=["SQL_ASCII", "LATIN1", "UTF8"])
+def encoded(request: pytest.FixtureRequest, databases: dict[str, str]) -> tuple[str, str]:
+    """(encoding, a schema of the test's own in a database in it, dropped with it)."""
+    encoding = str(request.param)
+    return encoding, schema_url(_database(databases, encoding))
+
+
+@pytest.fixture
+def latin1(databases: dict[str, str]) -> str:
+    return _database(databases, "LATIN1")
+
+
+def _app(url: str) -> Conveyor:
+    app = Conveyor(url)
+
+    @app.task(name="echo")
+    def echo(text: str) -> str:
+        current_job().progress(0.5, f"at {text}")
+        return text
+
+    @app.task(name="fail", retries=0)
+    def fail(text: str) -> None:
+        raise ValueError(text)
+
+    return app
+
+
+@pytest.mark.timeout(60)
+def test_jobs_run_and_fail_with_any_text_on_a_database_not_in_utf8(
+    encoded: tuple[str, str],
+) -> None:
+    """A failure reason or progress note the database cannot hold (LATIN1: the emoji; any
+    database: a NUL) is stored with those characters replaced, in the same batch as other
+    jobs' outcomes; the result keeps the exact text. (Before: on SQL_ASCII every id came
+    back as bytes; on LATIN1, and on UTF8 for the NUL, the finisher retried the whole
+    batch forever.)"""
+    encoding, url = encoded
+    app = _app(url)
+    try:
+        fine = app.registry["echo"].delay("plain")
+        odd = app.registry["echo"].delay(EXOTIC)
+        failed = app.registry["fail"].delay(EXOTIC + " \x00 nul")
+        keyed = app.registry["echo"].options(key="clé").delay("keyed")  # in LATIN1 too
+        again = app.registry["echo"].options(key="clé").delay("again")
+        assert again.id == keyed.id  # deduplicated: the key reads back as it was written
+
+        report = drain(app, timeout=15)
+
+        assert report.ran == 4
+        assert fine.result(timeout=5) == "plain"
+        assert odd.result(timeout=5) == EXOTIC
+        assert keyed.result(timeout=5) == "keyed"
+        assert isinstance(odd.id, str) and odd.status is JobStatus.SUCCEEDED
+        with pytest.raises(TaskFailed) as caught:
+            failed.result(timeout=5)
+        assert caught.value.remote_message == EXOTIC + " \x00 nul"  # the result: exact
+        note = odd.progress[1]
+        record = app.broker.get([failed.id])[0]
+        assert record is not None and record.status is JobStatus.FAILED
+        if encoding == "LATIN1":
+            assert note == "at boom ? ?? naïve"
+            assert "boom ? ?? naïve ? nul" in record.reason
+        else:
+            assert note == f"at {EXOTIC}"
+            assert f"{EXOTIC} ? nul" in record.reason
+    finally:
+        app.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_key_a_latin1_database_cannot_store_is_refused_and_nothing_queued_is_lost(
+    latin1: str,
+) -> None:
+    app = _app(schema_url(latin1))
+    try:
+        kept = app.registry["echo"].delay("kept")
+        with pytest.raises(InvalidName, match=r"encoding is LATIN1.*ENCODING 'UTF8'"):
+            app.registry["echo"].options(key="key 💥").delay("refused")
+        sigs = [app.registry["echo"].s("a"), app.registry["echo"].options(key="中").s("b")]
+        with pytest.raises(InvalidName, match="unique key '中'"):
+            app.enqueue_many(sigs)
+        with pytest.raises(InvalidName, match=r"store key '.*cache:💥'.*LATIN1"):
+            app.store.set("cache:💥", 1)
+        app.store.set("cache:é", 1)
+        assert app.store.get("cache:é") == 1
+
+        assert drain(app, timeout=15).ran == 1  # the refused batch wrote nothing
+        assert kept.result(timeout=5) == "kept"
+    finally:
+        app.close()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("client", ["LATIN1", "UTF8"])
+def test_a_callers_connection_gets_the_same_refusal_and_keeps_its_transaction(
+    latin1: str, client: str
+) -> None:
+    """Through the caller's own connection, in its encoding (left as it was): refused before
+    anything is sent, so the caller's transaction goes on and commits its other jobs."""
+    url = schema_url(latin1)
+    app = _app(url)
+    app.open()
+    conn = psycopg.connect(latin1, client_encoding=client)
+    try:
+        echo = app.registry["echo"].options(connection=conn)
+        first = echo.delay("first")
+        with pytest.raises(InvalidName, match="LATIN1"):
+            app.registry["echo"].options(connection=conn, key="k 💥").delay("refused")
+        latin = app.registry["echo"].options(connection=conn, key="clé").delay("latin")
+        conn.commit()
+        assert conn.info.parameter_status("client_encoding") == client
+
+        assert drain(app, timeout=15).ran == 2
+        assert first.result(timeout=5) == "first"
+        assert latin.result(timeout=5) == "latin"
+    finally:
+        conn.close()
+        app.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_key_written_through_an_sql_ascii_connection_reads_back_as_the_brokers(
+    databases: dict[str, str],
+) -> None:
+    """On SQL_ASCII the server stores the bytes it is sent: a caller's connection (SQL_ASCII:
+    psycopg sends UTF-8) and the broker's write the same key alike; a connection in another
+    client encoding may only send ASCII keys there."""
+    database = _database(databases, "SQL_ASCII")
+    app = _app(schema_url(database))
+    app.open()
+    conn = psycopg.connect(database)
+    other = psycopg.connect(database, client_encoding="LATIN1")
+    try:
+        assert conn.info.encoding == "ascii"
+        theirs = app.registry["echo"].options(connection=conn, key="clé 💥").delay("theirs")
+        conn.commit()
+        mine = app.registry["echo"].options(key="clé 💥").delay("mine")
+        assert mine.id == theirs.id
+        with pytest.raises(InvalidName, match="client_encoding LATIN1"):
+            app.registry["echo"].options(connection=other, key="clé").delay("refused")
+        assert drain(app, timeout=15).ran == 1
+        assert theirs.result(timeout=5) == "theirs"
+    finally:
+        other.close()
+        conn.close()
+        app.close()
