@@ -1483,6 +1483,24 @@ def test_an_event_counter_written_by_hand_costs_no_job(
         assert app.broker.events_tail() == events[-1].cursor
 
 
+@pytest.mark.parametrize("value", [None, "007", "+3", " 9", "-2", str(2**63 - 1), str(2**64)])
+def test_a_follower_starts_after_the_last_event_whatever_the_counter_holds(
+    broker: RedisBroker, raw: redis.Redis, prefix: str, value: str | None
+) -> None:
+    # The scripts take such a counter as lost and number on from the log's last event; a
+    # follower that started at the counter's face value read old events again ("007": from
+    # 7), or none ever (2^63 - 1), or failed (2^64: no stream id).
+    broker.publish([b"e%d" % i for i in range(10)])
+    counter = "{" + prefix + "}:events:n"
+    raw.delete(counter)
+    if value is not None:
+        raw.set(counter, value)
+    tail = broker.events_tail()
+    assert tail == "10"
+    broker.publish([b"new"])
+    assert broker.read_events(tail, 0.0, 20) == [("11", b"new")]
+
+
 def test_an_event_counter_that_cannot_be_repaired_costs_events_not_jobs(
     broker: RedisBroker, raw: redis.Redis, prefix: str
 ) -> None:

@@ -16,8 +16,8 @@ to the newest ``events_kept``, and the oldest events go, never a job. A cursor i
 
 from __future__ import annotations
 
-import contextlib
 import math
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +30,10 @@ from . import _connect
 from ._core import RedisCore, text, to_ms
 
 _MORE_READS = 8  # XREADs one read_events makes at most to fill its page
+# A counter the scripts count on: what INCR takes (no sign, no leading zero), below 2^53,
+# which a Lua number holds exactly.
+_COUNT = re.compile(r"0|[1-9][0-9]*")
+_EXACT = 2**53
 
 
 class _Reading(Watch[Events]):
@@ -92,13 +96,12 @@ class EventsMixin(RedisCore):
         except redis.ResponseError as exc:
             if not str(exc).startswith("WRONGTYPE"):
                 raise
-            last = b""
-        if last is None:
-            return 0
-        with contextlib.suppress(ValueError):
-            return int(last)
-        # A counter that holds no count (made text or another type by hand) is taken as
-        # lost by the next append, numbered on from the log's last event (common.lua
-        # append_entries): that event is the tail.
+            last = None
+        if last is not None and _COUNT.fullmatch(count := text(last)) and int(count) < _EXACT:
+            return int(count)
+        # A counter that is gone (deleted by hand) or holds what the scripts do not count on
+        # (text, another type, "007", "+3", past what a Lua number holds exactly) is taken
+        # as lost by the next append, numbered on from the log's last event (common.lua
+        # append_entries, events_behind): that event is the tail (0 with no log yet).
         newest = self._client.xrevrange(self._keys.events, count=1)
         return int(text(newest[0][0]).partition("-")[0]) if newest else 0
