@@ -196,3 +196,73 @@ def test_a_key_written_through_an_sql_ascii_connection_reads_back_as_the_brokers
         other.close()
         conn.close()
         app.close()
+
+
+# Where Python's codec and the server disagree (EUC_JP: "〜" is in Python's euc_jp but not in
+# PostgreSQL's; "髙", "①" the other way round; EUC_KR: "똠" is in Python's euc_kr only).
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize(
+    ("encoding", "text"), [("EUC_JP", "期限切れ〜再試行 💥"), ("EUC_KR", "똠 실패 💥")]
+)
+def test_a_reason_the_server_refuses_never_blocks_the_batch(
+    databases: dict[str, str], encoding: str, text: str
+) -> None:
+    """A failure reason or progress note with a character Python's codec holds and the
+    server refuses is still written (made ASCII-safe), with the other outcomes of its batch.
+    (Before: the finisher retried the batch forever, the jobs stayed running.)"""
+    app = _app(schema_url(_database(databases, encoding)))
+    try:
+        fine = app.registry["echo"].delay("plain")
+        noted = app.registry["echo"].delay(text)
+        failed = app.registry["fail"].delay(text)
+
+        assert drain(app, timeout=20).ran == 3
+
+        assert fine.result(timeout=5) == "plain"
+        assert noted.result(timeout=5) == text  # the result: exact
+        with pytest.raises(TaskFailed) as caught:
+            failed.result(timeout=5)
+        assert caught.value.remote_message == text
+        record = app.broker.get([failed.id])[0]
+        assert record is not None and record.status is JobStatus.FAILED
+        assert record.reason is not None and "ValueError" in record.reason
+        assert noted.progress[0] == 0.5 and (noted.progress[1] or "").startswith("at ")
+    finally:
+        app.close()
+
+
+@pytest.mark.timeout(60)
+def test_keys_are_held_to_what_the_server_stores_not_what_python_encodes(
+    databases: dict[str, str],
+) -> None:
+    """EUC_JP stores "髙" and "①" (Python's euc_jp has neither); EUC_KR refuses "똠"
+    (Python's euc_kr has it): the server decides, before anything is written, through the
+    broker and through a caller's connection, whose transaction goes on."""
+    jp = _database(databases, "EUC_JP")
+    app = _app(schema_url(jp))
+    try:
+        keyed = app.registry["echo"].options(key="髙橋①").delay("keyed")
+        assert app.registry["echo"].options(key="髙橋①").delay("again").id == keyed.id
+        app.store.set("手順①", 1)
+        assert app.store.get("手順①") == 1
+        assert drain(app, timeout=15).ran == 1
+    finally:
+        app.close()
+    kr = _database(databases, "EUC_KR")
+    app = _app(schema_url(kr))
+    app.open()
+    conn = psycopg.connect(kr)
+    try:
+        with pytest.raises(InvalidName, match=r"unique key '똠'.*EUC_KR"):
+            app.registry["echo"].options(key="똠").delay("refused")
+        with pytest.raises(InvalidName, match=r"store key '.*똠'.*EUC_KR"):
+            app.store.set("똠", 1)
+        first = app.registry["echo"].options(connection=conn).delay("first")
+        with pytest.raises(InvalidName, match="EUC_KR"):
+            app.registry["echo"].options(connection=conn, key="똠").delay("refused")
+        conn.commit()
+        assert drain(app, timeout=15).ran == 1
+        assert first.result(timeout=5) == "first"
+    finally:
+        conn.close()
+        app.close()

@@ -16,8 +16,10 @@ the URL, the role or the database say), so text comes back as ``str`` on any ser
 encoding (psycopg hands out ``bytes`` where the client encoding is SQL_ASCII). A server in
 another encoding (LATIN1, ...) converts on its side and refuses what it cannot hold: user
 text (a unique key, a store key) is checked against it before anything is sent
-(``unstorable``); text the broker writes from what a task produced (a failure reason, a
-progress note) is made storable instead (``storable``), so no outcome is ever refused.
+(``check_text``: with Python's codec where it holds exactly what the server holds, else by
+asking the server); text the broker writes from what a task produced (a failure reason, a
+progress note) is made storable instead (``storable``, and ``run_storing`` once more in
+ASCII if the server still refuses it), so no outcome is ever refused.
 """
 
 from __future__ import annotations
@@ -135,18 +137,44 @@ def _adapters() -> AdaptersMap:
     return adapters
 
 
-def codec_of(encoding: str) -> str | None:
-    """The Python codec of the text a database in this server ``encoding`` stores, as the
-    broker reads it: UTF-8 for SQL_ASCII too, which stores the bytes it is sent (psycopg
-    sends UTF-8 there) and converts nothing. None: a codec Python does not have."""
-    if encoding == "SQL_ASCII":
-        return "utf-8"
+# Server encodings whose Python codec (psycopg's table) holds exactly the characters the
+# server's conversion from UTF8 holds: compared character by character over the whole BMP
+# (these have nothing beyond it). Not in it: EUC_JP, EUC_JIS_2004 and EUC_KR, where
+# Python and PostgreSQL map thousands of characters differently ("〜", "똠": Python only;
+# "髙", "①": PostgreSQL only), and EUC_TW and MULE_INTERNAL, which Python lacks.
+_EXACT = frozenset(
+    {"UTF8", "EUC_CN", "KOI8R", "KOI8U", "WIN866", "WIN874"}
+    | {f"LATIN{n}" for n in range(1, 11)}
+    | {f"ISO_8859_{n}" for n in range(5, 9)}
+    | {f"WIN{n}" for n in range(1250, 1259)}
+)
+
+
+def python_codec(encoding: str) -> str | None:
+    """The Python codec psycopg uses for this PostgreSQL ``encoding`` name (None: Python
+    has none), exact or not (see ``codec_of``)."""
     try:  # psycopg's own table (not public API: without it, the server checks alone)
         from psycopg._encodings import pg2pyenc
 
         return pg2pyenc(encoding.encode())
     except (ImportError, psycopg.NotSupportedError):
         return None
+
+
+def codec_of(encoding: str) -> str | None:
+    """The Python codec that tells exactly which text a database in this server
+    ``encoding`` stores, as the broker reads it: UTF-8 for SQL_ASCII too, which stores the
+    bytes it is sent (psycopg sends UTF-8 there) and converts nothing. None: no codec
+    agrees with the server's conversion (or Python has none): the server decides."""
+    if encoding == "SQL_ASCII":
+        return "utf-8"
+    return python_codec(encoding) if encoding in _EXACT else None
+
+
+def ascii_safe(text: str) -> str:
+    """``text`` with every character outside ASCII (and a NUL) replaced by ``?``: what
+    every encoding holds."""
+    return text.encode("ascii", "replace").decode().replace("\x00", "?")
 
 
 def unstorable(text: str, codec: str | None) -> bool:
@@ -239,7 +267,8 @@ class Database:
             try:
                 self.database = first.info.dbname
                 self.encoding = first.info.parameter_status("server_encoding") or "UTF8"
-                self.codec = codec_of(self.encoding)
+                self.codec = codec_of(self.encoding)  # exact, or None
+                self._guess = self.codec or python_codec(self.encoding)  # for ``storable``
                 self._check_worker_commit(first)
                 self.migrated = self._prepare(first, create)
                 self.instance = instance(first, self.schema)
@@ -324,19 +353,49 @@ class Database:
 
     def storable(self, text: str) -> str:
         """Text the broker writes from what a task produced (a failure reason, a progress
-        note), with what the database cannot store replaced by ``?``: never refused."""
+        note), with what the database cannot store replaced by ``?``. Where Python's codec
+        is not exact (``codec_of``) it is the best guess: ``run_storing`` makes it ASCII if
+        the server still refuses it."""
         if text.isascii() and "\x00" not in text:
             return text
-        codec = self.codec or "ascii"  # a codec Python lacks: ASCII is in every encoding
+        codec = self._guess or "ascii"  # a codec Python lacks: ASCII is in every encoding
         return text.encode(codec, "replace").decode(codec).replace("\x00", "?")
 
+    def run_storing(self, fn: Callable[[Connection, Callable[[str], str]], T]) -> T:
+        """``run(fn)``, where ``fn(conn, storable)`` passes the text a task produced through
+        ``storable``; if the server refuses a character of it all the same (an encoding
+        Python's codec maps otherwise), once more with that text made ASCII: the write is
+        never refused for its text."""
+        try:
+            return self.run(lambda conn: fn(conn, self.storable))
+        except InvalidName as exc:
+            if not isinstance(exc.__cause__, pg_errors.UntranslatableCharacter):
+                raise
+            log.info("PostgreSQL refused text a task produced (%s); writing it as ASCII", exc)
+        return self.run(lambda conn: fn(conn, ascii_safe))
+
     def check_text(self, text: str, what: str) -> str:
-        """User text (``what``: "unique key", "store key") the database can store, else
-        ``InvalidName`` before anything is sent."""
-        if unstorable(text, self.codec):
+        """User text (``what``: "unique key", "store key") the database can
+        store, else ``InvalidName`` before anything is written. Where no Python codec is
+        exact the server is asked, on a connection of the broker's own (a caller's
+        transaction is never touched)."""
+        if unstorable(text, self.codec) or (
+            self.codec is None and not text.isascii() and not self._holds(text)
+        ):
             where = f"the PostgreSQL database {self.database!r}"
             raise refusal(what, text, where, encoding_advice(self.encoding))
         return text
+
+    def _holds(self, text: str) -> bool:
+        """Whether the server converts ``text`` into its encoding (one round trip)."""
+        try:
+            with self.connection() as conn:
+                conn.execute("SELECT %s::text", (text,))
+        except InvalidName as exc:
+            if isinstance(exc.__cause__, pg_errors.UntranslatableCharacter):
+                return False
+            raise
+        return True
 
     @contextmanager
     def translated(self) -> Iterator[None]:

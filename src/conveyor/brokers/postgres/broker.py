@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -217,14 +217,13 @@ class PostgresBroker(PostgresAdmin):
     def _finish(self, outcomes: Sequence[Finish], events: Sequence[bytes]) -> list[bool]:
         # (a status is a StrEnum: its text is its value; a reason comes from a task's
         # exception: what the database cannot store is replaced, never refused)
-        storable = self._db.storable
         ended = (
             TextArray([f.delivery.id for f in outcomes]),
             TextArray([f.delivery.token for f in outcomes]),
             TextArray([f.status for f in outcomes]),
             BytesArray([f.result for f in outcomes]),
             [f.result_ttl for f in outcomes],
-            TextArray([storable(f.reason) for f in outcomes]),
+            [f.reason for f in outcomes],  # made storable below
             BytesArray([f.event for f in outcomes]),
         )
         retries = [f.retry for f in outcomes]
@@ -247,7 +246,13 @@ class PostgresBroker(PostgresAdmin):
                 time.time(),
                 self._now(),
             )
-        row = self._db.run(lambda conn: conn.execute(sql, params, binary=True).fetchone())
+        reasons = params[5]
+
+        def finish(conn: Connection, storable: Callable[[str], str]) -> Any:
+            args = (*params[:5], TextArray(map(storable, reasons)), *params[6:])
+            return conn.execute(sql, args, binary=True).fetchone()
+
+        row = self._db.run_storing(finish)
         return list(row[0]) if row is not None and row[0] is not None else []
 
     def _release(self, deliveries: Sequence[Delivery]) -> list[bool]:
@@ -284,9 +289,19 @@ class PostgresBroker(PostgresAdmin):
             return conn.execute(self._sql["promote"], args).fetchone() is not None
 
     def _progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
-        note = None if note is None else self._db.storable(note)
-        args = (value, note, self._now(), delivery.id, delivery.token)
-        return self._db.run(lambda conn: conn.execute(self._sql["progress"], args).rowcount == 1)
+        sql, now = self._sql["progress"], self._now()
+
+        def progress(conn: Connection, storable: Callable[[str], str]) -> bool:
+            args = (
+                value,
+                None if note is None else storable(note),
+                now,
+                delivery.id,
+                delivery.token,
+            )
+            return conn.execute(sql, args).rowcount == 1
+
+        return self._db.run_storing(progress)
 
     # -- job records -----------------------------------------------------------------------
 
@@ -341,9 +356,14 @@ class PostgresBroker(PostgresAdmin):
             "ON CONFLICT (id) DO UPDATE SET info = excluded.info, "
             "expires_at = excluded.expires_at"
         )
-        text = self._db.storable(msgspec.json.encode(info).decode())  # names, hosts
-        args = {"id": info.id, "info": text, "now": self._now(), "ttl": ttl}
-        self._db.run(lambda conn: conn.execute(sql, args))  # an upsert: safe to repeat
+        text = msgspec.json.encode(info).decode()  # names, hosts: made storable
+        now = self._now()
+
+        def beat(conn: Connection, storable: Callable[[str], str]) -> None:
+            args = {"id": info.id, "info": storable(text), "now": now, "ttl": ttl}
+            conn.execute(sql, args)
+
+        self._db.run_storing(beat)  # an upsert: safe to repeat
 
     def _forget_worker(self, worker_id: str) -> None:
         with self._db.connection() as conn:
