@@ -266,3 +266,25 @@ def test_keys_are_held_to_what_the_server_stores_not_what_python_encodes(
     finally:
         conn.close()
         app.close()
+
+
+@pytest.mark.timeout(60)
+def test_an_sql_ascii_connection_may_send_only_ascii_keys_to_a_latin1_database(
+    latin1: str,
+) -> None:
+    """A LATIN1 server converts nothing from an SQL_ASCII client: the UTF-8 bytes psycopg
+    sends would be stored as other characters ("clÃ©"), a key that never matches the
+    broker's. Refused with the advice to set the connection's client_encoding; ASCII goes."""
+    app = _app(schema_url(latin1))
+    app.open()
+    conn = psycopg.connect(latin1, client_encoding="SQL_ASCII")
+    try:
+        with pytest.raises(InvalidName, match=r"client_encoding SQL_ASCII.*SET client_encoding"):
+            app.registry["echo"].options(connection=conn, key="clé").delay("refused")
+        plain = app.registry["echo"].options(connection=conn, key="cle").delay("plain")
+        conn.commit()
+        assert app.registry["echo"].options(key="cle").delay("again").id == plain.id
+        assert drain(app, timeout=15).ran == 1
+    finally:
+        conn.close()
+        app.close()

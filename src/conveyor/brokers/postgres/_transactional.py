@@ -31,7 +31,7 @@ from psycopg.rows import tuple_row
 
 from ..._errors import ConfigurationError
 from ..._message import Envelope
-from ._db import refusal, translate, unstorable
+from ._db import codec_of, refusal, translate, unstorable
 from ._enqueue import ENQUEUE, check_keys, enqueue_params, enqueued
 from ._schema import sql
 from ._url import quoted
@@ -170,15 +170,20 @@ class Transactional:
     def _check_text(self, raw: Raw, text: str, what: str) -> None:
         """``text`` can go through the caller's connection into the broker's database: the
         database stores it, and the connection's client encoding can send it as text the
-        broker reads back (psycopg sends UTF-8 on an SQL_ASCII connection; an SQL_ASCII
-        database keeps the bytes as sent, and the broker reads them as UTF-8)."""
+        broker reads back. Where either side is SQL_ASCII nothing is converted: the bytes
+        psycopg sends (UTF-8 on an SQL_ASCII connection) are stored as they are, which is
+        the broker's text only if both sides are UTF8 or SQL_ASCII (else ASCII only).
+        Otherwise the server converts from the client encoding, whose Python codec must be
+        exact (``codec_of``; else ASCII only)."""
         db = self._broker._db
         db.check_text(text, what)
-        sends = "utf-8" if raw.info.encoding == "ascii" else raw.info.encoding
-        if sends != "utf-8" and db.encoding == "SQL_ASCII":
-            sends = "ascii"
+        client = raw.info.parameter_status("client_encoding") or "SQL_ASCII"
+        plain = ("SQL_ASCII", "UTF8")
+        if client == "SQL_ASCII" or db.encoding == "SQL_ASCII":
+            sends = "utf-8" if client in plain and db.encoding in plain else "ascii"
+        else:
+            sends = codec_of(client) or "ascii"
         if unstorable(text, sends):
-            client = raw.info.parameter_status("client_encoding") or "?"
             raise refusal(
                 what, text, f"this connection (client_encoding {client})",
                 f"SET client_encoding TO 'UTF8' on it (the database is in {db.encoding}), "
