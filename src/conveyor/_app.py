@@ -11,7 +11,7 @@ from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
-from . import _events
+from . import _events, ratelimit
 from ._checks import flag, names
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
@@ -516,6 +516,8 @@ class Conveyor:
         return message, eta
 
     def _seal(self, message: Message, eta: float | None) -> Envelope:
+        if message.rate_key is not None:  # what the workers' counters can hold
+            ratelimit.check_rate_key(self, message)
         payload = self.codec.encode_message(message)
         depends_on = tuple(message.depends_on) if message.depends_on else ()
         m = message

@@ -32,7 +32,7 @@ import math
 import re
 from typing import TYPE_CHECKING
 
-from ._errors import InvalidOption
+from ._errors import InvalidName, InvalidOption
 from ._message import Message
 from .stores._port import check_key
 
@@ -45,6 +45,7 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
 _MIN_WAIT = 0.01  # never ask for a zero delay on refusal: the worker would spin
 _PREFIX = "conveyor:rate:"
+_MAX_KEY = 512  # characters in a store key (``check_key``)
 _EPSILON = 1e-6  # float slack, so waiting exactly the time returned is enough
 
 
@@ -115,6 +116,25 @@ def parse_rate(text: str) -> Rate:
 def _bucket(message: Message, rate: Rate) -> str:
     name = message.rate_key if message.rate_key is not None else f"task:{message.task}"
     return check_key(f"{_PREFIX}{name}:{rate.period:g}")
+
+
+def check_rate_key(app: Conveyor, message: Message) -> None:
+    """At enqueue, for a job with a ``rate`` and a ``rate_key``: ``InvalidName`` unless the
+    workers can count it (its counters' keys within the store's 512 characters, its
+    characters ones the broker's store holds), so it is refused now rather than at every
+    delivery."""
+    if message.rate is None or message.rate_key is None:
+        return
+    rate = parse_rate(message.rate)
+    longest = f"{_PREFIX}{message.rate_key}:{rate.period:g}:{10**12}:refused"
+    if len(longest) > _MAX_KEY:
+        room = _MAX_KEY - len(longest) + len(message.rate_key)
+        raise InvalidName(
+            f"bad rate_key={message.rate_key[:100]!r}...: {len(message.rate_key)} characters; "
+            f"with rate={message.rate!r} its counters hold at most {room}: use a shorter key "
+            "(a hash of a long one, say); nothing was written"
+        )
+    app.broker.kv.check_text(message.rate_key, "rate key")
 
 
 def acquire(app: Conveyor, message: Message) -> float:

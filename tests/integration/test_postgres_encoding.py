@@ -288,3 +288,21 @@ def test_an_sql_ascii_connection_may_send_only_ascii_keys_to_a_latin1_database(
     finally:
         conn.close()
         app.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_rate_key_the_database_cannot_store_is_refused_at_enqueue(latin1: str) -> None:
+    app = _app(schema_url(latin1))
+
+    @app.task(name="limited", rate="10/s")
+    def limited(text: str) -> str:
+        return text
+
+    try:
+        with pytest.raises(InvalidName, match=r"rate key 'tenant:💥'.*LATIN1"):
+            limited.options(rate_key="tenant:💥").delay("refused")
+        kept = limited.options(rate_key="tenant:é").delay("kept")
+        assert drain(app, timeout=15).ran == 1
+        assert kept.result(timeout=5) == "kept"
+    finally:
+        app.close()

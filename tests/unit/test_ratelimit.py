@@ -9,7 +9,7 @@ import threading
 
 import pytest
 
-from conveyor import ConfigurationError, Conveyor
+from conveyor import ConfigurationError, Conveyor, InvalidName, JobStatus
 from conveyor._clock import FakeClock
 from conveyor._message import Message
 from conveyor.ratelimit import Rate, acquire, parse_rate
@@ -151,3 +151,31 @@ def test_a_rate_subclass_is_named_in_its_repr_and_may_add_attributes() -> None:
     assert tagged.tag == "billing"
     with pytest.raises(dataclasses.FrozenInstanceError):
         tagged.limit = 11
+
+
+def test_a_rate_key_too_long_for_its_counters_is_refused_at_enqueue(app: Conveyor) -> None:
+    @app.task(name="limited", rate="10/s")
+    def limited() -> None: ...
+
+    with pytest.raises(InvalidName, match="rate_key"):
+        limited.options(rate_key="k" * 505).delay()
+    limited.options(rate_key="k" * 400).delay()
+
+
+def test_a_job_whose_rate_key_the_store_refuses_is_dead_lettered_not_redelivered(
+    app: Conveyor,
+) -> None:
+    """A job enqueued before its rate key was checked (an older producer, another broker's
+    rules): the worker cannot count it, so it ends with a reason instead of coming back."""
+    from conveyor._message import Envelope
+    from conveyor.testing import drain
+
+    @app.task(name="limited", rate="10/s")
+    def limited() -> None: ...
+
+    message = Message(id="j-long", task="limited", rate="10/s", rate_key="k" * 505)
+    app.broker.enqueue([Envelope(message.id, message.queue, app.codec.encode_message(message))])
+    drain(app, timeout=10)
+    record = app.broker.get(["j-long"])[0]
+    assert record is not None and record.status is JobStatus.DEAD
+    assert "rate" in (record.reason or "")

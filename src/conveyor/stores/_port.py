@@ -72,6 +72,12 @@ def parse_counter(key: str, raw: bytes | None) -> int:
 
 
 class KeyValue(ABC):
+    def check_text(self, text: str, what: str) -> str:
+        """``text`` (part of a key: ``what`` names it, e.g. "rate key") if this store can
+        hold its characters, else ``InvalidName``, before anything is written. Every store
+        holds any text but the PostgreSQL one on a database not in UTF8."""
+        return text
+
     @abstractmethod
     def get(self, key: str) -> bytes | None:
         """The value, or None if absent or expired."""

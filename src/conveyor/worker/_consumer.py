@@ -29,6 +29,7 @@ from .._errors import (
     BrokerError,
     BrokerGone,
     ConfigurationError,
+    InvalidName,
     UntrustedTask,
 )
 from .._message import Delivery, Envelope, JobStatus, Outcome
@@ -304,6 +305,8 @@ class Consumer:
             return ratelimit.acquire(self.app, attempt.message)
         except ConfigurationError as exc:
             raise _Dead(f"bad rate limit: {exc}") from exc
+        except InvalidName as exc:  # a rate key its counters cannot take: never countable
+            raise _Dead(f"bad rate key: {exc}") from exc
 
     def _settle(self, attempt: Attempt, outcome: Outcome) -> Finish:
         assert attempt.message is not None

@@ -15,7 +15,7 @@ Encoding: the broker's own connections always speak UTF8 (``client_encoding``, w
 the URL, the role or the database say), so text comes back as ``str`` on any server
 encoding (psycopg hands out ``bytes`` where the client encoding is SQL_ASCII). A server in
 another encoding (LATIN1, ...) converts on its side and refuses what it cannot hold: user
-text (a unique key, a store key) is checked against it before anything is sent
+text (a unique key, a store key, a rate key) is checked against it before anything is sent
 (``check_text``: with Python's codec where it holds exactly what the server holds, else by
 asking the server); text the broker writes from what a task produced (a failure reason, a
 progress note) is made storable instead (``storable``, and ``run_storing`` once more in
@@ -192,8 +192,9 @@ def unstorable(text: str, codec: str | None) -> bool:
 
 
 def refusal(what: str, text: str, where: str, advice: str) -> InvalidName:
-    """The error for user text (``what``: "unique key", "store key") that ``where`` (the
-    database, a caller's connection) cannot take: ``advice`` says what to do instead."""
+    """The error for user text (``what``: "unique key", "store key", "rate key") that
+    ``where`` (the database, a caller's connection) cannot take: ``advice`` says what to do
+    instead."""
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
@@ -375,7 +376,7 @@ class Database:
         return self.run(lambda conn: fn(conn, ascii_safe))
 
     def check_text(self, text: str, what: str) -> str:
-        """User text (``what``: "unique key", "store key") the database can
+        """User text (``what``: "unique key", "store key", "rate key") the database can
         store, else ``InvalidName`` before anything is written. Where no Python codec is
         exact the server is asked, on a connection of the broker's own (a caller's
         transaction is never touched)."""

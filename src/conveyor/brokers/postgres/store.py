@@ -75,6 +75,9 @@ class PostgresKV(KeyValue):
         self._injected = not isinstance(self._clock, SystemClock)
         self._sql = {name: db.sql(text) for name, text in _SQL.items()}
 
+    def check_text(self, text: str, what: str) -> str:
+        return self._db.check_text(text, what)
+
     def _key(self, key: str) -> str:
         """A good key the database can store (its encoding may not hold every character)."""
         return self._db.check_text(check_key(key), "store key")
