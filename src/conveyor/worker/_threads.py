@@ -39,6 +39,8 @@ from ._joblog import log_job
 
 log = logging.getLogger("conveyor.worker")
 
+_MAIN = threading.main_thread().ident  # the thread signal handlers run on (KeyboardInterrupt)
+
 Done = Callable[[Attempt, Result], None]
 Report = Callable[[Attempt, float, str | None], None]
 Abandon = Callable[[Attempt], None]  # a job let go without an outcome
@@ -142,33 +144,44 @@ def _execute(attempt: Attempt, results: Results, report: Report) -> Result:
     ident = threading.get_ident()
     message = attempt.message
     job = make_current_job(message, attempt.delivery, lambda v, n: report(attempt, v, n))
-    # The first lock is a bare acquire and release, not ``with`` (~1,000 instructions per
-    # job): nothing is aimed at this thread before ``handle`` is set, under that lock, so no
-    # exception can arrive between the two. Once it is released one may, so the run's
-    # ``try`` follows at once; the second lock, taken while one may already wait, is ``with``.
+    # ``handle`` is set and cleared inside one ``try``: however the run ends, nothing is left
+    # aimed at this thread.
     lock = attempt.lock
     try:
-        lock.acquire()
-        stop = attempt.stop
-        if stop is None:
-            attempt.handle = ident
-            lock.release()
-            try:
-                result = call(attempt.fn, message, job, results)
-            finally:
+        try:
+            if ident != _MAIN:
+                # A bare acquire and release, not ``with`` (~1,000 instructions per job):
+                # nothing is aimed at this thread before ``handle`` is set, under this lock,
+                # and no signal handler runs on it, so nothing can land in between.
+                lock.acquire()
+                stop = attempt.stop
+                if stop is None:
+                    attempt.handle = ident
+                lock.release()
+            else:
+                # The main thread (``app.drain()`` runs a tiny job in the consumer's thread):
+                # a Ctrl-C's KeyboardInterrupt can land right after ``acquire`` returns, and
+                # left the lock held (a time limit then blocked the watchdog on it for
+                # ever), but not between ``with`` taking the lock and its block.
                 with lock:
-                    attempt.handle = None
-                    if attempt.stop is not None:
-                        _set_async_exc(ident, None)
-        else:
-            lock.release()
-            if stop == TIMEOUT:  # it waited for a thread past its deadline
-                return timed_out(raised(SoftTimeLimit()), message.timeout)
-            return Stopped(stop)
+                    stop = attempt.stop
+                    if stop is None:
+                        attempt.handle = ident
+            if stop is None:
+                result = call(attempt.fn, message, job, results)
+        finally:
+            with lock:
+                attempt.handle = None
+                if attempt.stop is not None:
+                    _set_async_exc(ident, None)
     except Interrupted:
         return Stopped(attempt.stop or "interrupted")
     except SoftTimeLimit as exc:  # raised in the instant between return and clear
         result = raised(exc)
+    if stop is not None:
+        if stop == TIMEOUT:  # it waited for a thread past its deadline
+            return timed_out(raised(SoftTimeLimit()), message.timeout)
+        return Stopped(stop)
     if attempt.stop == TIMEOUT:
         return timed_out(result, message.timeout)
     return result
