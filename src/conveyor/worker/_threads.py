@@ -10,6 +10,9 @@ hold regardless needs ``--pool processes``.
 The exception is aimed only while the task runs: the target thread is recorded under the
 attempt's lock just before the call and cleared just after, and clearing also cancels an
 exception that was set but not yet raised, so it can never hit the next job on that thread.
+What the task produced is encoded (or its exception described) only after the clear: an
+exception meant for the task never lands in the codec, which would take it for the value's
+fault. One that lands as the task returns, before the clear, is its failure.
 The same holds for ``run_here``: the consumer runs a tiny job in its own thread that way
 when the worker is otherwise idle (``_consumer.py``), and cancel and time limits reach it
 exactly as they reach a pool thread.
@@ -29,7 +32,7 @@ from ._attempt import (
     Result,
     Results,
     Stopped,
-    call,
+    invoke,
     make_current_job,
     raised,
     timed_out,
@@ -168,7 +171,7 @@ def _execute(attempt: Attempt, results: Results, report: Report) -> Result:
                     if stop is None:
                         attempt.handle = ident
             if stop is None:
-                result = call(attempt.fn, message, job, results)
+                value = invoke(attempt.fn, message, job)
         finally:
             with lock:
                 attempt.handle = None
@@ -176,12 +179,14 @@ def _execute(attempt: Attempt, results: Results, report: Report) -> Result:
                     _set_async_exc(ident, None)
     except Interrupted:
         return Stopped(attempt.stop or "interrupted")
-    except SoftTimeLimit as exc:  # raised in the instant between return and clear
-        result = raised(exc)
-    if stop is not None:
-        if stop == TIMEOUT:  # it waited for a thread past its deadline
-            return timed_out(raised(SoftTimeLimit()), message.timeout)
-        return Stopped(stop)
+    except BaseException as exc:  # the task's, or a SoftTimeLimit raised as it returned
+        result: Result = raised(exc)
+    else:
+        if stop is not None:
+            if stop == TIMEOUT:  # it waited for a thread past its deadline
+                return timed_out(raised(SoftTimeLimit()), message.timeout)
+            return Stopped(stop)
+        result = results.returned(message.task, value)
     if attempt.stop == TIMEOUT:
         return timed_out(result, message.timeout)
     return result
