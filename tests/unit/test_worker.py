@@ -24,9 +24,10 @@ from conveyor import (
 )
 from conveyor._clock import FakeClock
 from conveyor._context import CurrentJob
-from conveyor._message import Delivery, Envelope, Message, new_job_id
+from conveyor._message import Delivery, Envelope, Message, Outcome, new_job_id
 from conveyor.worker import Worker, drain
-from conveyor.worker._attempt import make_current_job
+from conveyor.worker._attempt import TIMEOUT, Attempt, make_current_job
+from conveyor.worker._threads import ThreadRunner
 
 
 @pytest.fixture
@@ -241,6 +242,44 @@ def test_soft_time_limit_raises_inside_the_task(app: Conveyor, clock: FakeClock)
         job.result(timeout=30)
     assert info.value.remote_type == "conveyor._errors.SoftTimeLimit"
     assert "time limit of 5.0 s" in info.value.remote_message
+
+
+@pytest.mark.parametrize("value", [42, {"answer": 42}], ids=["plain", "checked"])
+def test_a_time_limit_reached_while_the_result_is_encoded_keeps_the_result(
+    app: Conveyor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, value: object
+) -> None:
+    # Regression: the thread was a target until the result was encoded, and a SoftTimeLimit
+    # landing in the codec was taken for the value's fault: the job failed with "cannot be
+    # stored as its result" (a SerializationError), or the fast path for plain values
+    # swallowed it. The limit is the task's: once it has returned, its result is kept.
+    fired = threading.Event()
+    interrupt = ThreadRunner.interrupt
+
+    def interrupt_and_tell(self: ThreadRunner, attempt: Attempt, why: str) -> None:
+        interrupt(self, attempt, why)
+        if why == TIMEOUT:
+            fired.set()
+
+    monkeypatch.setattr(ThreadRunner, "interrupt", interrupt_and_tell)
+
+    @app.task(timeout=5)
+    def compute() -> object:
+        return value
+
+    job = compute.delay()
+    encoder = app.codec._encoder
+
+    class SlowEncoder:  # the result's encoding outlasts the job's time limit
+        def encode(self, obj: object) -> bytes:
+            if type(obj) is Outcome and not fired.is_set():
+                clock.advance(6)
+                fired.wait(30)
+            return encoder.encode(obj)
+
+    monkeypatch.setattr(app.codec, "_encoder", SlowEncoder())
+    drain(app, timeout=30)
+    assert fired.is_set()
+    assert job.result(timeout=30) == value
 
 
 def test_async_time_limit_cancels_the_coroutine(app: Conveyor, clock: FakeClock) -> None:

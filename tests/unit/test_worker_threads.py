@@ -1,13 +1,16 @@
 """The thread pool (``worker/_threads.py``): ``size`` jobs run at once, a queued job never
 waits behind a running one, including a job a completing run submits from its own thread
 (as ``Inflight.start`` does), and the pool never grows past ``size`` threads however many
-threads submit at once."""
+threads submit at once; a Ctrl-C in a job run on the main thread leaves its attempt free."""
 
 from __future__ import annotations
 
+import dis
+import sys
 import threading
 import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import pytest
@@ -15,8 +18,9 @@ import pytest
 from conveyor import Conveyor
 from conveyor._message import Delivery, Message
 from conveyor.brokers.memory import MemoryBroker
+from conveyor.worker import _threads
 from conveyor.worker._attempt import Attempt, Result, Results, Returned
-from conveyor.worker._threads import ThreadRunner
+from conveyor.worker._threads import ThreadRunner, run_here
 
 WAIT = 10.0  # seconds: a bound that only a broken pool reaches
 
@@ -210,3 +214,83 @@ def test_a_job_whose_thread_failed_to_start_runs_on_a_started_one(
         assert ran.wait(WAIT)
     finally:
         pool.runner.shutdown()
+
+
+class CtrlC:
+    """A trace function that raises ``KeyboardInterrupt`` in ``_threads._execute`` right
+    after the ``n``-th call made in its frame returns: where the interpreter checks for a
+    signal, so where a Ctrl-C can land when ``app.drain()`` runs a job on the main thread
+    (``run_here``)."""
+
+    _CALLS = ("CALL", "CALL_FUNCTION_EX")
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.raised = False
+        self._seen = 0
+        self._code = _threads._execute.__code__
+        self._ops = {i.offset: i.opname for i in dis.get_instructions(self._code)}
+        self._last = -1
+
+    def __call__(self, frame: FrameType, event: str, arg: object) -> Any:
+        if event != "call" or frame.f_code is not self._code:
+            return None
+        frame.f_trace_opcodes = True
+        self._last = -1
+        return self._step
+
+    def _step(self, frame: FrameType, event: str, arg: object) -> Any:
+        if event == "opcode":
+            if not self.raised and self._ops.get(self._last) in self._CALLS:
+                if self._seen == self.n:
+                    self.raised = True
+                    raise KeyboardInterrupt
+                self._seen += 1
+            self._last = frame.f_lasti
+        return self._step
+
+
+class _Unstick(BaseException):
+    pass
+
+
+def _unstick_eval_breaker() -> None:
+    """CPython 3.11: a thread clearing its pending async exception (a stopped job's, in
+    ``_execute``) leaves the interpreter's eval breaker set, and a traced call then spins
+    for ever; raising and catching one here resets it."""
+    try:
+        _threads._set_async_exc(threading.get_ident(), _Unstick)
+        for _ in range(10):
+            pass
+    except _Unstick:
+        pass
+
+
+def test_a_ctrl_c_in_a_job_on_the_main_thread_leaves_its_attempt_free() -> None:
+    # Regression: the first lock was a bare acquire and release, and a KeyboardInterrupt
+    # landing between them left the attempt's lock held for ever: a time limit firing
+    # after it blocked the watchdog thread (every job's time limits) on that lock. One
+    # landing right after the lock was released, before the run's try, left the thread
+    # aimed at: a later cancel or time limit raised into the drain's own code.
+    assert threading.current_thread() is threading.main_thread()  # where a Ctrl-C lands
+    results = Results(Conveyor(broker=MemoryBroker()).codec, 1 << 20)
+    _unstick_eval_breaker()
+    before = sys.gettrace()
+    n = 0
+    while True:  # each point in turn, until a run passes them all
+        attempt = _attempt(lambda: 7, n)
+        ended: list[Result] = []
+        ctrl_c = CtrlC(n)
+        sys.settrace(ctrl_c)
+        try:
+            run_here(attempt, results, lambda a, r, ended=ended: ended.append(r), lambda *a: None)
+        finally:
+            sys.settrace(before)
+        if not ctrl_c.raised:
+            assert ended == [b'{"value":7}']
+            break
+        assert len(ended) == 1 and not isinstance(ended[0], bytes), "it ended as a success"
+        assert not attempt.lock.locked(), f"a Ctrl-C after call {n} left the lock held"
+        assert attempt.handle is None, f"a Ctrl-C after call {n} left the thread aimed at"
+        n += 1
+    assert n >= 4  # the points tried: the lock's calls, the run's, the clear's

@@ -216,17 +216,23 @@ def make_current_job(
     return job
 
 
-def call(fn: Callable[..., Any], message: Message, job: CurrentJob, results: Results) -> Result:
-    """Run a sync task in this thread with ``current_job`` set. ``Interrupted`` propagates."""
+def invoke(fn: Callable[..., Any], message: Message, job: CurrentJob) -> Any:
+    """Call a sync task in this thread with ``current_job`` set; what it raises propagates."""
     set_current_job(job)
     try:
-        value = fn(*message.args, **message.kwargs)
+        return fn(*message.args, **message.kwargs)
+    finally:
+        set_current_job(None)
+
+
+def call(fn: Callable[..., Any], message: Message, job: CurrentJob, results: Results) -> Result:
+    """Run a sync task in this thread with ``current_job`` set. ``Interrupted`` propagates."""
+    try:
+        value = invoke(fn, message, job)
     except Interrupted:
         raise
     except BaseException as exc:  # SystemExit in a task is that task's failure, not ours
         return raised(exc)
-    finally:
-        set_current_job(None)
     return results.returned(message.task, value)
 
 

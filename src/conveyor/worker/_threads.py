@@ -10,6 +10,9 @@ hold regardless needs ``--pool processes``.
 The exception is aimed only while the task runs: the target thread is recorded under the
 attempt's lock just before the call and cleared just after, and clearing also cancels an
 exception that was set but not yet raised, so it can never hit the next job on that thread.
+What the task produced is encoded (or its exception described) only after the clear: an
+exception meant for the task never lands in the codec, which would take it for the value's
+fault. One that lands as the task returns, before the clear, is its failure.
 The same holds for ``run_here``: the consumer runs a tiny job in its own thread that way
 when the worker is otherwise idle (``_consumer.py``), and cancel and time limits reach it
 exactly as they reach a pool thread.
@@ -29,7 +32,7 @@ from ._attempt import (
     Result,
     Results,
     Stopped,
-    call,
+    invoke,
     make_current_job,
     raised,
     timed_out,
@@ -38,6 +41,8 @@ from ._describe import Interrupted
 from ._joblog import log_job
 
 log = logging.getLogger("conveyor.worker")
+
+_MAIN = threading.main_thread().ident  # the thread signal handlers run on (KeyboardInterrupt)
 
 Done = Callable[[Attempt, Result], None]
 Report = Callable[[Attempt, float, str | None], None]
@@ -142,33 +147,46 @@ def _execute(attempt: Attempt, results: Results, report: Report) -> Result:
     ident = threading.get_ident()
     message = attempt.message
     job = make_current_job(message, attempt.delivery, lambda v, n: report(attempt, v, n))
-    # The first lock is a bare acquire and release, not ``with`` (~1,000 instructions per
-    # job): nothing is aimed at this thread before ``handle`` is set, under that lock, so no
-    # exception can arrive between the two. Once it is released one may, so the run's
-    # ``try`` follows at once; the second lock, taken while one may already wait, is ``with``.
+    # ``handle`` is set and cleared inside one ``try``: however the run ends, nothing is left
+    # aimed at this thread.
     lock = attempt.lock
     try:
-        lock.acquire()
-        stop = attempt.stop
-        if stop is None:
-            attempt.handle = ident
-            lock.release()
-            try:
-                result = call(attempt.fn, message, job, results)
-            finally:
+        try:
+            if ident != _MAIN:
+                # A bare acquire and release, not ``with`` (~1,000 instructions per job):
+                # nothing is aimed at this thread before ``handle`` is set, under this lock,
+                # and no signal handler runs on it, so nothing can land in between.
+                lock.acquire()
+                stop = attempt.stop
+                if stop is None:
+                    attempt.handle = ident
+                lock.release()
+            else:
+                # The main thread (``app.drain()`` runs a tiny job in the consumer's thread):
+                # a Ctrl-C's KeyboardInterrupt can land right after ``acquire`` returns, and
+                # left the lock held (a time limit then blocked the watchdog on it for
+                # ever), but not between ``with`` taking the lock and its block.
                 with lock:
-                    attempt.handle = None
-                    if attempt.stop is not None:
-                        _set_async_exc(ident, None)
-        else:
-            lock.release()
+                    stop = attempt.stop
+                    if stop is None:
+                        attempt.handle = ident
+            if stop is None:
+                value = invoke(attempt.fn, message, job)
+        finally:
+            with lock:
+                attempt.handle = None
+                if attempt.stop is not None:
+                    _set_async_exc(ident, None)
+    except Interrupted:
+        return Stopped(attempt.stop or "interrupted")
+    except BaseException as exc:  # the task's, or a SoftTimeLimit raised as it returned
+        result: Result = raised(exc)
+    else:
+        if stop is not None:
             if stop == TIMEOUT:  # it waited for a thread past its deadline
                 return timed_out(raised(SoftTimeLimit()), message.timeout)
             return Stopped(stop)
-    except Interrupted:
-        return Stopped(attempt.stop or "interrupted")
-    except SoftTimeLimit as exc:  # raised in the instant between return and clear
-        result = raised(exc)
+        result = results.returned(message.task, value)
     if attempt.stop == TIMEOUT:
         return timed_out(result, message.timeout)
     return result
