@@ -364,3 +364,12 @@ def test_a_store_failure_while_planning_releases_the_ticks_already_claimed(
     monkeypatch.setattr(app.broker.kv, "get", real)
     assert {j.id.split(".")[1] for j in sched.tick()} == {"first", "second"}
 
+
+def test_a_rate_key_too_long_for_its_counters_is_refused_when_the_schedule_is_defined(
+    app: Conveyor,
+) -> None:
+    from conveyor import InvalidName
+
+    with pytest.raises(InvalidName, match="at most"):
+        app.periodic(every=10, name="t", rate="1/s", rate_key="t" * 480)(lambda: None)
+    assert app.schedules == []
