@@ -24,11 +24,12 @@ ASCII if the server still refuses it), so no outcome is ever refused.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -60,6 +61,8 @@ T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
 UniqueViolation = pg_errors.UniqueViolation
 
+_KNOWN_MAX = 4096  # texts whose answer the server gave are kept (``Database._ask``) ...
+_KNOWN_LENGTH = 512  # ... up to this length: keys, not failure reasons
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says connect_timeout=
 # SQLSTATE classes: 08 connection exception, 57P0x the server is shutting down or restarting.
 _AWAY = ("08", "57P01", "57P02", "57P03")
@@ -270,6 +273,7 @@ class Database:
                 self.encoding = first.info.parameter_status("server_encoding") or "UTF8"
                 self.codec = codec_of(self.encoding)  # exact, or None
                 self._guess = self.codec or python_codec(self.encoding)  # for ``storable``
+                self._known: dict[str, bool] = {}  # text -> the server holds it (``_ask``)
                 self._check_worker_commit(first)
                 self.migrated = self._prepare(first, create)
                 self.instance = instance(first, self.schema)
@@ -379,7 +383,7 @@ class Database:
         """User text (``what``: "unique key", "store key", "rate key") the database can
         store, else ``InvalidName`` before anything is written. Where no Python codec is
         exact the server is asked, on a connection of the broker's own (a caller's
-        transaction is never touched)."""
+        transaction is never touched), once per text (``_known``)."""
         if unstorable(text, self.codec) or (
             self.codec is None and not text.isascii() and not self._holds(text)
         ):
@@ -387,16 +391,48 @@ class Database:
             raise refusal(what, text, where, encoding_advice(self.encoding))
         return text
 
-    def _holds(self, text: str) -> bool:
-        """Whether the server converts ``text`` into its encoding (one round trip)."""
-        try:
+    def asks(self, text: str) -> bool:
+        """Whether ``check_text(text)`` would ask the server (a blocking round trip)."""
+        return self.codec is None and not text.isascii() and text not in self._known
+
+    def learn(self, texts: Iterable[str]) -> None:
+        """Ask the server, on one connection, about each of ``texts`` not known yet, so
+        ``check_text`` answers from memory: for an event loop to run in a thread first."""
+        unknown = [t for t in dict.fromkeys(texts) if self.asks(t) and "\x00" not in t]
+        if unknown:
             with self.connection() as conn:
-                conn.execute("SELECT %s::text", (text,))
-        except InvalidName as exc:
-            if isinstance(exc.__cause__, pg_errors.UntranslatableCharacter):
-                return False
-            raise
-        return True
+                for text in unknown:
+                    self._ask(conn, text)
+
+    async def learn_async(self, texts: Iterable[str]) -> None:
+        """``learn`` off the event loop, if there is anything to ask."""
+        given = list(texts)
+        if any(map(self.asks, given)):
+            await asyncio.to_thread(self.learn, given)
+
+    def _holds(self, text: str) -> bool:
+        """Whether the server converts ``text`` into its encoding (one round trip, the
+        first time)."""
+        held = self._known.get(text)
+        if held is None:
+            with self.connection() as conn:
+                held = self._ask(conn, text)
+        return held
+
+    def _ask(self, conn: Connection, text: str) -> bool:
+        """Whether the server converts ``text`` into its encoding, asked on ``conn`` (in
+        autocommit); a short text's answer is kept: what it holds today it holds tomorrow."""
+        try:
+            conn.execute("SELECT %s::text", (text,))
+        except (pg_errors.UntranslatableCharacter, UnicodeEncodeError):  # (a lone surrogate)
+            held = False
+        else:
+            held = True
+        if len(text) <= _KNOWN_LENGTH:  # keys; not a long failure reason
+            if len(self._known) >= _KNOWN_MAX:
+                self._known.clear()
+            self._known[text] = held
+        return held
 
     @contextmanager
     def translated(self) -> Iterator[None]:
