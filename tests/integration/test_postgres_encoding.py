@@ -368,3 +368,33 @@ def test_keys_the_server_decides_on_are_asked_about_once_and_never_on_the_event_
         assert asked.count(True) == 0 and len(asked) == 4  # 髙橋①, 手順①, 鈴木①, 佐藤①
     finally:
         app.close()
+
+
+@pytest.mark.timeout(60)
+def test_only_the_reason_the_server_refuses_is_made_ascii(databases: dict[str, str]) -> None:
+    """EUC_KR refuses "똠" (Python's euc_kr has it): a batch of outcomes with such a reason
+    is written again with that reason made ASCII-safe, the others of the batch as they are."""
+    from conveyor._message import Envelope
+    from conveyor.brokers._port import Finish
+
+    app = _app(schema_url(_database(databases, "EUC_KR")))
+    app.open()
+    broker = app.broker
+    try:
+        broker.enqueue([Envelope(id=i, queue="q", payload=b"x") for i in ("a", "b", "c")])
+        got = {d.id: d for d in broker.fetch(["q"], "c", 10, 30.0, 0.0)}
+        broker.finish(
+            [
+                Finish(got["a"], JobStatus.FAILED, b"r", reason="ValueError: 똠 실패"),
+                Finish(got["b"], JobStatus.FAILED, b"r", reason="ValueError: 결제 실패"),
+                Finish(got["c"], JobStatus.FAILED, b"r", reason="ValueError: 결제 실패"),
+            ]
+        )
+        reasons = {r.id: r.reason for r in broker.get(["a", "b", "c"]) if r is not None}
+        assert reasons == {
+            "a": "ValueError: ? ??",
+            "b": "ValueError: 결제 실패",
+            "c": "ValueError: 결제 실패",
+        }
+    finally:
+        app.close()

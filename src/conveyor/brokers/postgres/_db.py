@@ -17,9 +17,9 @@ encoding (psycopg hands out ``bytes`` where the client encoding is SQL_ASCII). A
 another encoding (LATIN1, ...) converts on its side and refuses what it cannot hold: user
 text (a unique key, a store key, a rate key) is checked against it before anything is sent
 (``check_text``: with Python's codec where it holds exactly what the server holds, else by
-asking the server); text the broker writes from what a task produced (a failure reason, a
-progress note) is made storable instead (``storable``, and ``run_storing`` once more in
-ASCII if the server still refuses it), so no outcome is ever refused.
+asking the server, once per text); text the broker writes from what a task produced (a
+failure reason, a progress note) is made storable instead (``storable``, and ``run_storing``
+once more with the texts the server still refuses in ASCII), so no outcome is ever refused.
 """
 
 from __future__ import annotations
@@ -368,16 +368,35 @@ class Database:
 
     def run_storing(self, fn: Callable[[Connection, Callable[[str], str]], T]) -> T:
         """``run(fn)``, where ``fn(conn, storable)`` passes the text a task produced through
-        ``storable``; if the server refuses a character of it all the same (an encoding
-        Python's codec maps otherwise), once more with that text made ASCII: the write is
-        never refused for its text."""
+        ``storable`` before it writes; if the server refuses a character of it all the same
+        (an encoding Python's codec maps otherwise), once more with the server asked about
+        each distinct non-ASCII text on that connection, and only the ones it refuses made
+        ASCII: the write is never refused for its text, and the rest keep theirs."""
         try:
             return self.run(lambda conn: fn(conn, self.storable))
         except InvalidName as exc:
             if not isinstance(exc.__cause__, pg_errors.UntranslatableCharacter):
                 raise
             log.info("PostgreSQL refused text a task produced (%s); writing it as ASCII", exc)
-        return self.run(lambda conn: fn(conn, ascii_safe))
+        return self.run(lambda conn: fn(conn, self._server_storable(conn)))
+
+    def _server_storable(self, conn: Connection) -> Callable[[str], str]:
+        """``storable``, with what the server refuses all the same made ASCII (asked on
+        ``conn``, in autocommit, once per distinct text)."""
+        answers: dict[str, str] = {}
+
+        def storable(text: str) -> str:
+            guess = self.storable(text)
+            if guess.isascii():
+                return guess
+            if guess not in answers:
+                held = self._known.get(guess)
+                if held is None:
+                    held = self._ask(conn, guess)
+                answers[guess] = guess if held else ascii_safe(text)
+            return answers[guess]
+
+        return storable
 
     def check_text(self, text: str, what: str) -> str:
         """User text (``what``: "unique key", "store key", "rate key") the database can
