@@ -550,6 +550,13 @@ class Conveyor:
 
     async def _send_async(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
         connection = _connection(sigs)
+        rate_keys = {
+            s.opts.rate_key
+            for s in sigs
+            if isinstance(s, Signature) and s.opts.rate_key is not None and s.opts.rate
+        }
+        if rate_keys:  # what _seal checks, asked of the store off the event loop, once each
+            await self.broker.kv.check_texts_async(rate_keys, "rate key")
         with self._sending() as sending:
             envelopes = [sending.envelope(s) for s in sigs]
             if not envelopes:

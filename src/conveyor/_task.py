@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 from ._checks import MAX_TIMESTAMP, flag, refuse, seconds, whole
 from ._errors import InvalidName, InvalidOption, ValidationError
 from ._message import DEFAULT_QUEUE, validate_job_id, validate_priority, validate_queue
-from .ratelimit import parse_rate
+from .ratelimit import check_rate_key_length, parse_rate
 from .stores._port import check_key
 
 if TYPE_CHECKING:
@@ -105,6 +105,8 @@ class Options:
                 "depends_on= cannot be combined with delay= or eta=: a job with dependencies "
                 "runs when the last of them ends; delay the dependencies instead"
             )
+        if self.rate is not None and self.rate_key is not None:
+            check_rate_key_length(self.rate, self.rate_key)  # fits its counters' keys
 
 
 # -- one rule per option: check the value given, return what Options keeps ----------------

@@ -118,6 +118,21 @@ def _bucket(message: Message, rate: Rate) -> str:
     return check_key(f"{_PREFIX}{name}:{rate.period:g}")
 
 
+def check_rate_key_length(rate: str, rate_key: str) -> None:
+    """``InvalidName`` unless the counters of ``rate_key`` under ``rate`` fit the store's
+    512-character keys: checked where both are first known (``Options``), so a mistake
+    shows at import, and again by the worker for a job queued without the check."""
+    period = f"{parse_rate(rate).period:g}"
+    # the longest counter key: f"{_PREFIX}{rate_key}:{period}:{window}:refused"
+    room = _MAX_KEY - len(_PREFIX) - len(period) - len(f"::{10**12}:refused")
+    if len(rate_key) > room:
+        raise InvalidName(
+            f"bad rate_key={rate_key[:40]!r}... ({len(rate_key)} characters): with "
+            f"rate={rate!r} its counters take a rate key of at most {room} characters; use "
+            "a shorter key (a hash of a long one, say)"
+        )
+
+
 def check_rate_key(app: Conveyor, message: Message) -> None:
     """At enqueue, for a job with a ``rate`` and a ``rate_key``: ``InvalidName`` unless the
     workers can count it (its counters' keys within the store's 512 characters, its
@@ -125,15 +140,7 @@ def check_rate_key(app: Conveyor, message: Message) -> None:
     delivery."""
     if message.rate is None or message.rate_key is None:
         return
-    rate = parse_rate(message.rate)
-    longest = f"{_PREFIX}{message.rate_key}:{rate.period:g}:{10**12}:refused"
-    if len(longest) > _MAX_KEY:
-        room = _MAX_KEY - len(longest) + len(message.rate_key)
-        raise InvalidName(
-            f"bad rate_key={message.rate_key[:100]!r}...: {len(message.rate_key)} characters; "
-            f"with rate={message.rate!r} its counters hold at most {room}: use a shorter key "
-            "(a hash of a long one, say); nothing was written"
-        )
+    check_rate_key_length(message.rate, message.rate_key)
     app.broker.kv.check_text(message.rate_key, "rate key")
 
 
@@ -143,6 +150,8 @@ def acquire(app: Conveyor, message: Message) -> float:
     if message.rate is None:
         return 0.0
     rate = parse_rate(message.rate)
+    if message.rate_key is not None:  # a job queued without the check: refused, briefly
+        check_rate_key_length(message.rate, message.rate_key)
     kv = app.broker.kv
     now = app.clock.time()
     window = math.floor(now / rate.period)

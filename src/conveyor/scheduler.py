@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import _checks
 from ._cron import next_fire, parse_cron, time_zone
-from ._errors import ConfigurationError
+from ._errors import BrokerError, ConfigurationError, ConveyorError
 from ._job import Job
 from ._message import Envelope
 from ._task import Signature, Task
@@ -218,24 +218,30 @@ class Scheduler:
         scheduler has; return the jobs this call enqueued."""
         now_ms = _ms(self.app.clock.time() if now is None else now)
         kv = self.app.broker.kv
+        plans: list[_Plan] = []
+        current: Schedule | None = None
         with self.app._sending() as sending:  # ticks go through the producer middleware
-            plans = [
-                plan
-                for s in list(self.app.schedules)
-                if now_ms >= self._next.get(s.name, 0)
-                and (plan := self._plan(kv, s, now_ms, sending))
-            ]
-            envelopes = [e for p in plans for e in p.envelopes]
-            events = self.app._announce(
-                envelopes, [p.schedule.name for p in plans for _ in p.envelopes]
-            )
             try:
+                for current in list(self.app.schedules):
+                    if now_ms < self._next.get(current.name, 0):
+                        continue
+                    plan = self._plan(kv, current, now_ms)
+                    if plan is not None and self._build(kv, plan, sending):
+                        plans.append(plan)
+                current = None
+                envelopes = [e for p in plans for e in p.envelopes]
+                events = self.app._announce(
+                    envelopes, [p.schedule.name for p in plans for _ in p.envelopes]
+                )
                 ids = self.app.broker.enqueue(envelopes, events) if envelopes else []
             except Exception:
-                for p in plans:  # let the next tick (ours or another scheduler's) retry them
+                # Let the next tick (ours or another scheduler's) retry them: a schedule
+                # listed before the failure must not lose its tick with the others.
+                if current is not None:
+                    self._next.pop(current.name, None)
+                for p in plans:
                     self._next.pop(p.schedule.name, None)
-                    for fire in p.fires:
-                        kv.delete(self._claim_key(p.schedule, fire))
+                    self._release(kv, p)
                 raise
         jobs: list[Job[Any]] = []
         got = iter(ids)
@@ -272,7 +278,7 @@ class Scheduler:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _plan(self, kv: KeyValue, s: Schedule, now: int, sending: Sending) -> _Plan | None:
+    def _plan(self, kv: KeyValue, s: Schedule, now: int) -> _Plan | None:
         last = self._last(kv, s, now)
         run, skipped = s.due(last, now)
         if not run:
@@ -293,7 +299,47 @@ class Scheduler:
                 len(run),
                 s.catch_up,
             )
-        return _Plan(s, claimed, [self._envelope(s, f, sending) for f in claimed], run[-1])
+        return _Plan(s, claimed, [], run[-1])
+
+    def _build(self, kv: KeyValue, plan: _Plan, sending: Sending) -> bool:
+        """Build the plan's jobs; False (logged, its ticks released) if one of them cannot
+        be built (a rate key the store refuses, a middleware that raises, ...): that
+        schedule is tried again at its next tick, where ``catch_up`` decides what runs,
+        and the other schedules' ticks go on."""
+        s = plan.schedule
+        try:
+            plan.envelopes = [self._envelope(s, f, sending) for f in plan.fires]
+        except BrokerError:
+            self._next.pop(s.name, None)  # the store failed, not the job: the next tick retries
+            self._release(kv, plan)
+            raise
+        except Exception as exc:
+            log.error(
+                "schedule %s: cannot build its job for the tick at %s, skipped; it is tried "
+                "again at its next tick (%s). Other schedules go on. Fix the task's options "
+                "or middleware: %s",
+                s.name,
+                _iso(plan.fires[0]),
+                _iso(self._next.get(s.name, plan.latest)),
+                exc,
+                exc_info=not isinstance(exc, ConveyorError),
+            )
+            self._release(kv, plan)
+            return False
+        return True
+
+    def _release(self, kv: KeyValue, plan: _Plan) -> None:
+        """Give up the plan's claimed ticks, so a tick can take them again."""
+        for fire in plan.fires:
+            try:
+                kv.delete(self._claim_key(plan.schedule, fire))
+            except Exception as exc:  # the claim expires by itself (CLAIM_TTL)
+                log.warning(
+                    "could not release the claim of %s at %s (it expires): %s",
+                    plan.schedule.name,
+                    _iso(fire),
+                    exc,
+                )
 
     def _last(self, kv: KeyValue, s: Schedule, now: int) -> int:
         key = f"{_PREFIX}{s.name}:last"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -304,5 +305,96 @@ def test_a_rate_key_the_database_cannot_store_is_refused_at_enqueue(latin1: str)
         kept = limited.options(rate_key="tenant:é").delay("kept")
         assert drain(app, timeout=15).ran == 1
         assert kept.result(timeout=5) == "kept"
+    finally:
+        app.close()
+
+
+def _server_checks(app: Conveyor, monkeypatch: pytest.MonkeyPatch) -> list[bool]:
+    """For each time the broker asks the server whether it holds a text: whether it asked
+    from the thread running an event loop (where the round trip would stall it)."""
+    import asyncio
+
+    db = app.broker._db  # type: ignore[attr-defined]
+    asked: list[bool] = []
+    real = db.connection
+
+    def connection() -> Any:
+        try:
+            asyncio.get_running_loop()
+            asked.append(True)
+        except RuntimeError:
+            asked.append(False)
+        return real()
+
+    monkeypatch.setattr(db, "connection", connection)
+    return asked
+
+
+@pytest.mark.timeout(90)
+def test_keys_the_server_decides_on_are_asked_about_once_and_never_on_the_event_loop(
+    databases: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """EUC_JP: Python's codec is not exact, so the server is asked about non-ASCII keys.
+    Once per distinct text (its answer does not change), and from the async paths in a
+    thread, not inside the event loop."""
+    import asyncio
+
+    jp = _database(databases, "EUC_JP")
+    app = _app(schema_url(jp))
+
+    @app.task(name="limited", rate="100/s")
+    def limited(i: int) -> int:
+        return i
+
+    app.open()
+    asked = _server_checks(app, monkeypatch)
+    try:
+        app.enqueue_many([limited.options(rate_key="髙橋①").s(i) for i in range(20)])
+        assert asked == [False]
+
+        async def produce() -> None:
+            await app.enqueue_many_async(
+                [limited.options(rate_key="手順①").s(i) for i in range(20)]
+            )
+            conn = await psycopg.AsyncConnection.connect(jp, client_encoding="UTF8")
+            try:
+                for key in ("鈴木①", "鈴木①", "佐藤①"):
+                    await app.registry["echo"].options(connection=conn, key=key).delay_async(key)
+                await conn.commit()
+            finally:
+                await conn.close()
+
+        asyncio.run(produce())
+        assert asked.count(True) == 0 and len(asked) == 4  # 髙橋①, 手順①, 鈴木①, 佐藤①
+    finally:
+        app.close()
+
+
+@pytest.mark.timeout(60)
+def test_only_the_reason_the_server_refuses_is_made_ascii(databases: dict[str, str]) -> None:
+    """EUC_KR refuses "똠" (Python's euc_kr has it): a batch of outcomes with such a reason
+    is written again with that reason made ASCII-safe, the others of the batch as they are."""
+    from conveyor._message import Envelope
+    from conveyor.brokers._port import Finish
+
+    app = _app(schema_url(_database(databases, "EUC_KR")))
+    app.open()
+    broker = app.broker
+    try:
+        broker.enqueue([Envelope(id=i, queue="q", payload=b"x") for i in ("a", "b", "c")])
+        got = {d.id: d for d in broker.fetch(["q"], "c", 10, 30.0, 0.0)}
+        broker.finish(
+            [
+                Finish(got["a"], JobStatus.FAILED, b"r", reason="ValueError: 똠 실패"),
+                Finish(got["b"], JobStatus.FAILED, b"r", reason="ValueError: 결제 실패"),
+                Finish(got["c"], JobStatus.FAILED, b"r", reason="ValueError: 결제 실패"),
+            ]
+        )
+        reasons = {r.id: r.reason for r in broker.get(["a", "b", "c"]) if r is not None}
+        assert reasons == {
+            "a": "ValueError: ? ??",
+            "b": "ValueError: 결제 실패",
+            "c": "ValueError: 결제 실패",
+        }
     finally:
         app.close()

@@ -178,4 +178,25 @@ def test_a_job_whose_rate_key_the_store_refuses_is_dead_lettered_not_redelivered
     drain(app, timeout=10)
     record = app.broker.get(["j-long"])[0]
     assert record is not None and record.status is JobStatus.DEAD
-    assert "rate" in (record.reason or "")
+    reason = record.reason or ""
+    assert "rate" in reason and "at most" in reason  # what to do, not the whole key
+    assert "k" * 100 not in reason and len(reason) < 300
+
+
+def test_a_rate_key_too_long_for_its_counters_is_refused_where_it_is_given(
+    app: Conveyor,
+) -> None:
+    with pytest.raises(InvalidName, match="at most"):
+        app.task(name="t1", rate="10/s", rate_key="k" * 480)
+
+    @app.task(name="limited2", rate="10/s")
+    def limited() -> None: ...
+
+    with pytest.raises(InvalidName, match="at most"):
+        limited.options(rate_key="k" * 480)  # before any enqueue
+
+    @app.task(name="keyed", rate_key="k" * 480)  # no rate: nothing is counted
+    def keyed() -> None: ...
+
+    with pytest.raises(InvalidName, match="at most"):
+        keyed.options(rate="1/m")

@@ -307,3 +307,69 @@ def test_each_tick_once_across_processes_sharing_a_sqlite_file(
     assert pending(schedulers[0].app) == len(created)
     for s in schedulers:
         s.app.close()
+
+
+def test_a_schedule_whose_job_cannot_be_built_does_not_cost_the_others_their_ticks(
+    app: Conveyor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    from conveyor import InvalidName
+
+    app.periodic(every=60, name="billing", overlap="allow")(lambda: None)
+    app.periodic(every=60, name="tenant_sync", rate="1/s", rate_key="tenant:bad")(lambda: None)
+    app.periodic(every=60, name="reports", overlap="allow")(lambda: None)
+    refused = {"tenant:bad"}
+
+    def check_text(text: str, what: str) -> str:
+        if text in refused:
+            raise InvalidName(f"{what} {text!r} holds characters the store cannot store")
+        return text
+
+    monkeypatch.setattr(app.broker.kv, "check_text", check_text)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(60)
+    fire = int(clock.time() * 1000)
+    with caplog.at_level(logging.ERROR, logger="conveyor.scheduler"):
+        jobs = sched.tick()
+    assert {j.id for j in jobs} == {
+        Schedule("billing", every=60.0, overlap="allow").job_id(fire),
+        Schedule("reports", every=60.0, overlap="allow").job_id(fire),
+    }
+    assert any("tenant_sync" in r.getMessage() for r in caplog.records)
+    assert app.broker.kv.get(f"conveyor:periodic:tenant_sync:claim:{fire}") is None
+    assert sched.tick() == []  # the others' ticks are done; the bad one waits for its next
+    refused.clear()  # fixed (say, the store now holds it): its next tick runs
+    clock.advance(60)
+    assert {j.id.split(".")[1] for j in sched.tick()} == {"billing", "tenant_sync", "reports"}
+
+
+def test_a_store_failure_while_planning_releases_the_ticks_already_claimed(
+    app: Conveyor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.periodic(every=60, name="first")(lambda: None)
+    app.periodic(every=60, name="second")(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(60)
+    real = app.broker.kv.get
+
+    def get(key: str) -> bytes | None:
+        if key == "conveyor:periodic:second:last":
+            raise ConnectionError("store down")
+        return real(key)
+
+    monkeypatch.setattr(app.broker.kv, "get", get)
+    with pytest.raises(ConnectionError):
+        sched.tick()
+    monkeypatch.setattr(app.broker.kv, "get", real)
+    assert {j.id.split(".")[1] for j in sched.tick()} == {"first", "second"}
+
+
+def test_a_rate_key_too_long_for_its_counters_is_refused_when_the_schedule_is_defined(
+    app: Conveyor,
+) -> None:
+    from conveyor import InvalidName
+
+    with pytest.raises(InvalidName, match="at most"):
+        app.periodic(every=10, name="t", rate="1/s", rate_key="t" * 480)(lambda: None)
+    assert app.schedules == []

@@ -15,7 +15,7 @@ import random
 import re
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from .._errors import InvalidName, TransactionConflict, ValidationError
 
@@ -77,6 +77,12 @@ class KeyValue(ABC):
         hold its characters, else ``InvalidName``, before anything is written. Every store
         holds any text but the PostgreSQL one on a database not in UTF8."""
         return text
+
+    async def check_texts_async(self, texts: Collection[str], what: str) -> None:
+        """``check_text`` for each of ``texts``, for asyncio code: a store that would ask its
+        server does so off the event loop."""
+        for text in texts:
+            self.check_text(text, what)
 
     @abstractmethod
     def get(self, key: str) -> bytes | None:

@@ -17,18 +17,19 @@ encoding (psycopg hands out ``bytes`` where the client encoding is SQL_ASCII). A
 another encoding (LATIN1, ...) converts on its side and refuses what it cannot hold: user
 text (a unique key, a store key, a rate key) is checked against it before anything is sent
 (``check_text``: with Python's codec where it holds exactly what the server holds, else by
-asking the server); text the broker writes from what a task produced (a failure reason, a
-progress note) is made storable instead (``storable``, and ``run_storing`` once more in
-ASCII if the server still refuses it), so no outcome is ever refused.
+asking the server, once per text); text the broker writes from what a task produced (a
+failure reason, a progress note) is made storable instead (``storable``, and ``run_storing``
+once more with the texts the server still refuses in ASCII), so no outcome is ever refused.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import struct
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -60,6 +61,8 @@ T = TypeVar("T")
 Connection = psycopg.Connection[tuple[Any, ...]]
 UniqueViolation = pg_errors.UniqueViolation
 
+_KNOWN_MAX = 4096  # texts whose answer the server gave are kept (``Database._ask``) ...
+_KNOWN_LENGTH = 512  # ... up to this length: keys, not failure reasons
 _CONNECT_TIMEOUT = 10  # seconds, unless the URL says connect_timeout=
 # SQLSTATE classes: 08 connection exception, 57P0x the server is shutting down or restarting.
 _AWAY = ("08", "57P01", "57P02", "57P03")
@@ -270,6 +273,7 @@ class Database:
                 self.encoding = first.info.parameter_status("server_encoding") or "UTF8"
                 self.codec = codec_of(self.encoding)  # exact, or None
                 self._guess = self.codec or python_codec(self.encoding)  # for ``storable``
+                self._known: dict[str, bool] = {}  # text -> the server holds it (``_ask``)
                 self._check_worker_commit(first)
                 self.migrated = self._prepare(first, create)
                 self.instance = instance(first, self.schema)
@@ -364,22 +368,41 @@ class Database:
 
     def run_storing(self, fn: Callable[[Connection, Callable[[str], str]], T]) -> T:
         """``run(fn)``, where ``fn(conn, storable)`` passes the text a task produced through
-        ``storable``; if the server refuses a character of it all the same (an encoding
-        Python's codec maps otherwise), once more with that text made ASCII: the write is
-        never refused for its text."""
+        ``storable`` before it writes; if the server refuses a character of it all the same
+        (an encoding Python's codec maps otherwise), once more with the server asked about
+        each distinct non-ASCII text on that connection, and only the ones it refuses made
+        ASCII: the write is never refused for its text, and the rest keep theirs."""
         try:
             return self.run(lambda conn: fn(conn, self.storable))
         except InvalidName as exc:
             if not isinstance(exc.__cause__, pg_errors.UntranslatableCharacter):
                 raise
             log.info("PostgreSQL refused text a task produced (%s); writing it as ASCII", exc)
-        return self.run(lambda conn: fn(conn, ascii_safe))
+        return self.run(lambda conn: fn(conn, self._server_storable(conn)))
+
+    def _server_storable(self, conn: Connection) -> Callable[[str], str]:
+        """``storable``, with what the server refuses all the same made ASCII (asked on
+        ``conn``, in autocommit, once per distinct text)."""
+        answers: dict[str, str] = {}
+
+        def storable(text: str) -> str:
+            guess = self.storable(text)
+            if guess.isascii():
+                return guess
+            if guess not in answers:
+                held = self._known.get(guess)
+                if held is None:
+                    held = self._ask(conn, guess)
+                answers[guess] = guess if held else ascii_safe(text)
+            return answers[guess]
+
+        return storable
 
     def check_text(self, text: str, what: str) -> str:
         """User text (``what``: "unique key", "store key", "rate key") the database can
         store, else ``InvalidName`` before anything is written. Where no Python codec is
         exact the server is asked, on a connection of the broker's own (a caller's
-        transaction is never touched)."""
+        transaction is never touched), once per text (``_known``)."""
         if unstorable(text, self.codec) or (
             self.codec is None and not text.isascii() and not self._holds(text)
         ):
@@ -387,16 +410,48 @@ class Database:
             raise refusal(what, text, where, encoding_advice(self.encoding))
         return text
 
-    def _holds(self, text: str) -> bool:
-        """Whether the server converts ``text`` into its encoding (one round trip)."""
-        try:
+    def asks(self, text: str) -> bool:
+        """Whether ``check_text(text)`` would ask the server (a blocking round trip)."""
+        return self.codec is None and not text.isascii() and text not in self._known
+
+    def learn(self, texts: Iterable[str]) -> None:
+        """Ask the server, on one connection, about each of ``texts`` not known yet, so
+        ``check_text`` answers from memory: for an event loop to run in a thread first."""
+        unknown = [t for t in dict.fromkeys(texts) if self.asks(t) and "\x00" not in t]
+        if unknown:
             with self.connection() as conn:
-                conn.execute("SELECT %s::text", (text,))
-        except InvalidName as exc:
-            if isinstance(exc.__cause__, pg_errors.UntranslatableCharacter):
-                return False
-            raise
-        return True
+                for text in unknown:
+                    self._ask(conn, text)
+
+    async def learn_async(self, texts: Iterable[str]) -> None:
+        """``learn`` off the event loop, if there is anything to ask."""
+        given = list(texts)
+        if any(map(self.asks, given)):
+            await asyncio.to_thread(self.learn, given)
+
+    def _holds(self, text: str) -> bool:
+        """Whether the server converts ``text`` into its encoding (one round trip, the
+        first time)."""
+        held = self._known.get(text)
+        if held is None:
+            with self.connection() as conn:
+                held = self._ask(conn, text)
+        return held
+
+    def _ask(self, conn: Connection, text: str) -> bool:
+        """Whether the server converts ``text`` into its encoding, asked on ``conn`` (in
+        autocommit); a short text's answer is kept: what it holds today it holds tomorrow."""
+        try:
+            conn.execute("SELECT %s::text", (text,))
+        except (pg_errors.UntranslatableCharacter, UnicodeEncodeError):  # (a lone surrogate)
+            held = False
+        else:
+            held = True
+        if len(text) <= _KNOWN_LENGTH:  # keys; not a long failure reason
+            if len(self._known) >= _KNOWN_MAX:
+                self._known.clear()
+            self._known[text] = held
+        return held
 
     @contextmanager
     def translated(self) -> Iterator[None]:

@@ -136,6 +136,8 @@ class Transactional:
         raw = await _async_raw(connection)
         if isinstance(raw, psycopg.Connection):
             return self.enqueue(raw, envelopes, events)
+        # What the server must say about the keys, asked in a thread (``_params`` checks).
+        await self._broker._db.learn_async(e.key for e in envelopes if e.key is not None)
         params = self._params(raw, envelopes, events)
         try:
             async with raw.cursor(row_factory=tuple_row) as cur:

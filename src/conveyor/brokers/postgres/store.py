@@ -9,6 +9,7 @@ compare-and-set on the row's ``version`` writes only if nobody wrote in between.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
@@ -67,6 +68,8 @@ class PostgresAccess(Protocol):
 
     def check_text(self, text: str, what: str) -> str: ...
 
+    async def learn_async(self, texts: Iterable[str]) -> None: ...
+
 
 class PostgresKV(KeyValue):
     def __init__(self, db: PostgresAccess, clock: Clock | None = None) -> None:
@@ -77,6 +80,11 @@ class PostgresKV(KeyValue):
 
     def check_text(self, text: str, what: str) -> str:
         return self._db.check_text(text, what)
+
+    async def check_texts_async(self, texts: Collection[str], what: str) -> None:
+        await self._db.learn_async(texts)  # what the server must answer, in a thread
+        for text in texts:
+            self._db.check_text(text, what)
 
     def _key(self, key: str) -> str:
         """A good key the database can store (its encoding may not hold every character)."""
