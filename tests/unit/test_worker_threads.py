@@ -6,6 +6,7 @@ threads submit at once; a Ctrl-C in a job run on the main thread leaves its atte
 from __future__ import annotations
 
 import dis
+import os
 import sys
 import threading
 import time
@@ -19,7 +20,7 @@ from conveyor import Conveyor
 from conveyor._message import Delivery, Message
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.worker import _threads
-from conveyor.worker._attempt import Attempt, Result, Results, Returned
+from conveyor.worker._attempt import CANCEL, TIMEOUT, Attempt, Result, Results, Returned
 from conveyor.worker._threads import ThreadRunner, run_here
 
 WAIT = 10.0  # seconds: a bound that only a broken pool reaches
@@ -294,3 +295,51 @@ def test_a_ctrl_c_in_a_job_on_the_main_thread_leaves_its_attempt_free() -> None:
         assert attempt.handle is None, f"a Ctrl-C after call {n} left the thread aimed at"
         n += 1
     assert n >= 4  # the points tried: the lock's calls, the run's, the clear's
+
+
+@pytest.mark.parametrize("stop", [CANCEL, TIMEOUT])
+def test_a_job_stopped_before_it_ran_clears_nothing_aimed_at_its_thread(
+    monkeypatch: pytest.MonkeyPatch, stop: str
+) -> None:
+    # Nothing was aimed at the thread (``handle`` was never set), so nothing is cleared:
+    # on CPython 3.11 a clear leaves the eval breaker set, and the next traced call in the
+    # process (a debugger, a coverage tool) spun for ever after a job cancelled or past its
+    # deadline while it waited for a thread.
+    cleared: list[tuple[int, object]] = []
+    monkeypatch.setattr(_threads, "_set_async_exc", lambda i, e: cleared.append((i, e)))
+    results = Results(Conveyor(broker=MemoryBroker()).codec, 1 << 20)
+    attempt = _attempt(lambda: 7)
+    attempt.stop = stop
+    ended: list[Result] = []
+    worker = threading.Thread(
+        target=run_here, args=(attempt, results, lambda a, r: ended.append(r), lambda *a: None)
+    )
+    worker.start()
+    worker.join(5)
+    assert len(ended) == 1 and not isinstance(ended[0], bytes)
+    assert cleared == [] and attempt.handle is None and not attempt.lock.locked()
+
+
+def test_a_child_forked_from_another_thread_knows_its_main_thread() -> None:
+    # A child forked from a thread other than the main one runs on that thread, its main
+    # thread now: a stale ``_MAIN`` took the bare lock there, and a Ctrl-C landing after
+    # the acquire made the run's ``finally`` wait for that lock for ever.
+    read, write = os.pipe()
+    pids: list[int] = []
+
+    def fork() -> None:
+        pid = os.fork()
+        if pid == 0:  # the child: one byte, then out at once
+            os.write(write, b"1" if threading.get_ident() == _threads._MAIN else b"0")
+            os._exit(0)
+        pids.append(pid)
+
+    forker = threading.Thread(target=fork)
+    forker.start()
+    forker.join(5)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"1"
+    finally:
+        os.close(read)
+        os.waitpid(pids[0], 0)

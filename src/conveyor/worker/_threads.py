@@ -21,6 +21,7 @@ exactly as they reach a pool thread.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 from collections.abc import Callable
@@ -43,6 +44,18 @@ from ._joblog import log_job
 log = logging.getLogger("conveyor.worker")
 
 _MAIN = threading.main_thread().ident  # the thread signal handlers run on (KeyboardInterrupt)
+
+
+def _main_after_fork() -> None:
+    # A child forked from another thread runs on that one, which is its main thread now
+    # (``threading``'s own after-fork hook, registered before this one, has made it so):
+    # with a stale ``_MAIN`` a Ctrl-C in its ``app.drain()`` could land after the bare
+    # acquire, and the run's ``finally`` then waited for that lock for ever.
+    global _MAIN
+    _MAIN = threading.main_thread().ident
+
+
+os.register_at_fork(after_in_child=_main_after_fork)
 
 Done = Callable[[Attempt, Result], None]
 Report = Callable[[Attempt, float, str | None], None]
@@ -174,9 +187,14 @@ def _execute(attempt: Attempt, results: Results, report: Report) -> Result:
                 value = invoke(attempt.fn, message, job)
         finally:
             with lock:
-                attempt.handle = None
-                if attempt.stop is not None:
-                    _set_async_exc(ident, None)
+                # Cleared only if it was aimed at (``handle`` set): on CPython 3.11 a clear
+                # leaves the eval breaker set, and the next traced call (a debugger, a
+                # coverage tool) then spins for ever, so a job stopped before it ran
+                # clears nothing.
+                if attempt.handle is not None:
+                    attempt.handle = None
+                    if attempt.stop is not None:
+                        _set_async_exc(ident, None)
     except Interrupted:
         return Stopped(attempt.stop or "interrupted")
     except BaseException as exc:  # the task's, or a SoftTimeLimit raised as it returned
