@@ -308,7 +308,8 @@ class Scheduler:
         and the other schedules' ticks go on."""
         s = plan.schedule
         try:
-            plan.envelopes = [self._envelope(s, f, sending) for f in plan.fires]
+            with sending.alone():  # the middleware hears it was not sent, and not otherwise
+                plan.envelopes = [self._envelope(s, f, sending) for f in plan.fires]
         except BrokerError:
             self._next.pop(s.name, None)  # the store failed, not the job: the next tick retries
             self._release(kv, plan)

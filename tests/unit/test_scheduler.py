@@ -373,3 +373,45 @@ def test_a_rate_key_too_long_for_its_counters_is_refused_when_the_schedule_is_de
     with pytest.raises(InvalidName, match="at most"):
         app.periodic(every=10, name="t", rate="1/s", rate_key="t" * 480)(lambda: None)
     assert app.schedules == []
+
+
+def refuse_rate_key(monkeypatch: pytest.MonkeyPatch, broker: MemoryBroker, key: str) -> set[str]:
+    """Make the store refuse ``key`` as a rate key (as a database whose encoding lacks one of
+    its characters does); clear the returned set to accept it again."""
+    from conveyor import InvalidName
+
+    refused = {key}
+
+    def check_text(text: str, what: str) -> str:
+        if text in refused:
+            raise InvalidName(f"{what} {text!r} holds characters the store cannot store")
+        return text
+
+    monkeypatch.setattr(broker.kv, "check_text", check_text)
+    return refused
+
+
+def test_the_middleware_hears_that_a_job_which_could_not_be_built_was_not_sent(
+    clock: FakeClock, broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor import InvalidName, Middleware
+    from conveyor.middleware import Message
+
+    heard: dict[str, BaseException | None] = {}
+
+    class Spy(Middleware):
+        def after_enqueue(self, message: Message, error: BaseException | None) -> None:
+            assert message.task not in heard, "after_enqueue called twice for one job"
+            heard[message.task] = error
+
+    app = Conveyor("memory://", clock=clock, broker=broker, middleware=[Spy()])
+    app.periodic(every=60, name="good", overlap="allow")(lambda: None)
+    app.periodic(every=60, name="bad", rate="1/s", rate_key="tenant:bad")(lambda: None)
+    refuse_rate_key(monkeypatch, broker, "tenant:bad")
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(60)
+    (job,) = sched.tick()
+    assert ".good." in job.id
+    assert heard["good"] is None
+    assert isinstance(heard["bad"], InvalidName)
