@@ -241,7 +241,7 @@ class Scheduler:
                     self._next.pop(current.name, None)
                 for p in plans:
                     self._next.pop(p.schedule.name, None)
-                    self._release(kv, p)
+                    self._release(kv, p.schedule, p.fires)
                 raise
         jobs: list[Job[Any]] = []
         got = iter(ids)
@@ -285,7 +285,14 @@ class Scheduler:
             self._next[s.name] = s._next_ms(max(last, now))
             return None
         self._next[s.name] = s._next_ms(run[-1])
-        claimed = [f for f in run if kv.set(self._claim_key(s, f), b"1", CLAIM_TTL, nx=True)]
+        claimed: list[int] = []
+        try:
+            for fire in run:
+                if kv.set(self._claim_key(s, fire), b"1", CLAIM_TTL, nx=True):
+                    claimed.append(fire)
+        except Exception:  # a store failure between two claims: no tick kept claimed
+            self._release(kv, s, claimed)
+            raise
         if not claimed:
             return None  # another scheduler has these ticks
         if skipped != 0:
@@ -312,7 +319,7 @@ class Scheduler:
                 plan.envelopes = [self._envelope(s, f, sending) for f in plan.fires]
         except BrokerError:
             self._next.pop(s.name, None)  # the store failed, not the job: the next tick retries
-            self._release(kv, plan)
+            self._release(kv, s, plan.fires)
             raise
         except Exception as exc:
             log.error(
@@ -325,19 +332,19 @@ class Scheduler:
                 exc,
                 exc_info=not isinstance(exc, ConveyorError),
             )
-            self._release(kv, plan)
+            self._release(kv, s, plan.fires)
             return False
         return True
 
-    def _release(self, kv: KeyValue, plan: _Plan) -> None:
-        """Give up the plan's claimed ticks, so a tick can take them again."""
-        for fire in plan.fires:
+    def _release(self, kv: KeyValue, s: Schedule, fires: list[int]) -> None:
+        """Give up these claimed ticks, so a tick can take them again."""
+        for fire in fires:
             try:
-                kv.delete(self._claim_key(plan.schedule, fire))
+                kv.delete(self._claim_key(s, fire))
             except Exception as exc:  # the claim expires by itself (CLAIM_TTL)
                 log.warning(
                     "could not release the claim of %s at %s (it expires): %s",
-                    plan.schedule.name,
+                    s.name,
                     _iso(fire),
                     exc,
                 )

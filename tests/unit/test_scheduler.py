@@ -415,3 +415,37 @@ def test_the_middleware_hears_that_a_job_which_could_not_be_built_was_not_sent(
     assert ".good." in job.id
     assert heard["good"] is None
     assert isinstance(heard["bad"], InvalidName)
+
+
+def test_a_store_failure_between_the_claims_of_one_schedule_releases_those_made(
+    app: Conveyor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor import BrokerUnavailable
+
+    app.periodic(every=60, name="s", catch_up=2, overlap="allow")(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(120)  # two ticks due
+    real = app.broker.kv.set
+    claims = 0
+
+    def flaky(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+        nonlocal claims
+        if ":claim:" in key:
+            claims += 1
+            if claims == 2:
+                raise BrokerUnavailable("store blip")
+        return real(key, value, ttl, nx=nx)
+
+    monkeypatch.setattr(app.broker.kv, "set", flaky)
+    with pytest.raises(BrokerUnavailable):
+        sched.tick()
+    monkeypatch.setattr(app.broker.kv, "set", real)
+    clock.advance(1)
+    fires = [_ms_of(START + 60), _ms_of(START + 120)]
+    s = Schedule("s", every=60.0, overlap="allow", catch_up=2)
+    assert [j.id for j in sched.tick()] == [s.job_id(f) for f in fires]
+
+
+def _ms_of(seconds: float) -> int:
+    return int(seconds * 1000)
