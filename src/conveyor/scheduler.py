@@ -24,8 +24,9 @@ once. How:
 
 Key-value keys::
 
-    conveyor:periodic:<name>:last         latest fire time handled, integer milliseconds
-    conveyor:periodic:<name>:claim:<ms>   who enqueues the tick at <ms> (expires, CLAIM_TTL)
+    conveyor:periodic:<name>:last         ticks up to it are handled, integer milliseconds
+    conveyor:periodic:<name>:claim:<ms>   who enqueues the tick at <ms> (expires, CLAIM_TTL;
+                                          one whose job cannot be built: before the next tick)
     conveyor:periodic:<name>              the uniqueness key of its jobs (overlap="skip")
 
 Job ids: ``periodic.<name, sanitized>.<hash of name>.<fire time in ms>`` (the fire time is
@@ -67,6 +68,7 @@ _PREFIX = "conveyor:periodic:"
 _NOT_ID = re.compile(r"[^A-Za-z0-9_.\-]")
 _SCAN_LIMIT = 2000  # cron ticks walked one by one before looking back from `now` instead
 _CRON_WINDOWS = (3600, 86400, 32 * 86400, 400 * 86400, 10 * 366 * 86400)  # seconds
+_HOLD_MARGIN = 1000  # ms: a failed tick's claim ends this long before the next tick
 _FORBIDDEN = ("delay", "eta", "job_id", "connection")
 
 
@@ -204,6 +206,7 @@ class _Plan:
     fires: list[int]  # claimed by this scheduler
     envelopes: list[Envelope]
     latest: int  # the latest due tick, run or skipped: where the schedule now stands
+    failed: int  # where it stands if its jobs cannot be built: the next tick may retry them
 
 
 class Scheduler:
@@ -226,7 +229,7 @@ class Scheduler:
                     if now_ms < self._next.get(current.name, 0):
                         continue
                     plan = self._plan(kv, current, now_ms)
-                    if plan is not None and self._build(kv, plan, sending):
+                    if plan is not None and self._build(kv, plan, sending, now_ms):
                         plans.append(plan)
                 current = None
                 envelopes = [e for p in plans for e in p.envelopes]
@@ -306,13 +309,16 @@ class Scheduler:
                 len(run),
                 s.catch_up,
             )
-        return _Plan(s, claimed, [], run[-1])
+        # Should its jobs fail to build, the next tick runs the latest catch_up ticks then,
+        # so it can retry only the latest catch_up - 1 of these: the older ones are done.
+        retry = run[max(len(run) - s.catch_up + 1, 0) :]
+        return _Plan(s, claimed, [], run[-1], retry[0] - 1 if retry else run[-1])
 
-    def _build(self, kv: KeyValue, plan: _Plan, sending: Sending) -> bool:
-        """Build the plan's jobs; False (logged, its ticks released) if one of them cannot
-        be built (a rate key the store refuses, a middleware that raises, ...): that
-        schedule is tried again at its next tick, where ``catch_up`` decides what runs,
-        and the other schedules' ticks go on."""
+    def _build(self, kv: KeyValue, plan: _Plan, sending: Sending, now: int) -> bool:
+        """Build the plan's jobs; False (logged once for all schedulers) if one of them
+        cannot be built (a rate key the store refuses, a middleware that raises, ...): that
+        schedule is tried again at its next tick, where ``catch_up`` decides whether these
+        ticks run too, and the other schedules' ticks go on."""
         s = plan.schedule
         try:
             with sending.alone():  # the middleware hears it was not sent, and not otherwise
@@ -322,17 +328,18 @@ class Scheduler:
             self._release(kv, s, plan.fires)
             raise
         except Exception as exc:
+            upcoming = self._next.get(s.name, plan.latest)
             log.error(
                 "schedule %s: cannot build its job for the tick at %s, skipped; it is tried "
-                "again at its next tick (%s). Other schedules go on. Fix the task's options "
-                "or middleware: %s",
+                "again at its next tick (%s), which runs this one too if catch_up allows. "
+                "Other schedules go on. Fix the task's options or middleware: %s",
                 s.name,
-                _iso(plan.fires[0]),
-                _iso(self._next.get(s.name, plan.latest)),
+                _iso(plan.fires[-1]),
+                _iso(upcoming),
                 exc,
                 exc_info=not isinstance(exc, ConveyorError),
             )
-            self._release(kv, s, plan.fires)
+            self._hold(kv, plan, max(upcoming - now, 1))
             return False
         return True
 
@@ -348,6 +355,20 @@ class Scheduler:
                     _iso(fire),
                     exc,
                 )
+
+    def _hold(self, kv: KeyValue, plan: _Plan, until_next: int) -> None:
+        """A plan whose jobs could not be built: keep its ticks claimed until just before
+        the schedule's next tick, so that no other scheduler tries (and logs) them again
+        meanwhile, and move the schedule past the ticks that next tick cannot retry (it
+        would count them missed, and a cron one would walk from them every time)."""
+        s = plan.schedule
+        ttl = max(until_next - _HOLD_MARGIN, until_next // 2, 1) / 1000
+        try:
+            for fire in plan.fires:
+                kv.set(self._claim_key(s, fire), b"1", ttl)
+            self._advance(kv, s, plan.failed)
+        except Exception as exc:  # the claims expire by themselves (CLAIM_TTL)
+            log.warning("could not record the failed tick of %s: %s", s.name, exc)
 
     def _last(self, kv: KeyValue, s: Schedule, now: int) -> int:
         key = f"{_PREFIX}{s.name}:last"

@@ -336,7 +336,10 @@ def test_a_schedule_whose_job_cannot_be_built_does_not_cost_the_others_their_tic
         Schedule("reports", every=60.0, overlap="allow").job_id(fire),
     }
     assert any("tenant_sync" in r.getMessage() for r in caplog.records)
-    assert app.broker.kv.get(f"conveyor:periodic:tenant_sync:claim:{fire}") is None
+    # Its tick stays claimed, so no other scheduler tries (and logs) it again, until just
+    # before its next tick, which may retry it (catch_up).
+    claim = f"conveyor:periodic:tenant_sync:claim:{fire}"
+    assert 0 < (app.broker.kv.ttl(claim) or 0) < 60
     assert sched.tick() == []  # the others' ticks are done; the bad one waits for its next
     refused.clear()  # fixed (say, the store now holds it): its next tick runs
     clock.advance(60)
@@ -449,3 +452,68 @@ def test_a_store_failure_between_the_claims_of_one_schedule_releases_those_made(
 
 def _ms_of(seconds: float) -> int:
     return int(seconds * 1000)
+
+
+def test_a_schedule_that_cannot_be_built_logs_once_per_tick_whatever_the_worker_count(
+    broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    refuse_rate_key(monkeypatch, broker, "tenant:bad")
+    schedulers = []
+    for _ in range(5):
+        app = Conveyor("memory://", clock=clock, broker=broker)
+        app.periodic(every=60, name="bad", rate="1/s", rate_key="tenant:bad")(lambda: None)
+        schedulers.append(Scheduler(app))
+    for s in schedulers:
+        s.tick()
+    for _ in range(3):
+        clock.advance(60)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="conveyor.scheduler"):
+            for s in schedulers:
+                assert s.tick() == []
+        # One ERROR for the tick across the workers; no "missed ticks" warning either:
+        # the tick is handled (failed), not missed.
+        assert [r.levelname for r in caplog.records] == ["ERROR"]
+    assert broker.kv.get("conveyor:periodic:bad:last") == str(_ms_of(clock.time())).encode()
+
+
+def test_a_failed_tick_is_run_at_the_next_one_if_catch_up_allows(
+    app: Conveyor, broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options: dict[str, Any] = {"rate": "1/s", "rate_key": "tenant:x", "overlap": "allow"}
+    app.periodic(every=60, name="s", catch_up=2, **options)(lambda: None)
+    refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
+    other = Scheduler(Conveyor("memory://", clock=clock, broker=broker))
+    other.app.periodic(every=60, name="s", catch_up=2, **options)(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    for _ in range(3):  # each tick retries the one before it, and fails again
+        clock.advance(60)
+        assert sched.tick() == [] and other.tick() == []
+    refused.clear()
+    clock.advance(60)
+    s = Schedule("s", every=60.0, overlap="allow", catch_up=2)
+    now = _ms_of(clock.time())
+    assert [j.id for j in other.tick() + sched.tick()] == [s.job_id(now - 60_000), s.job_id(now)]
+
+
+def test_a_cron_schedule_that_keeps_failing_stays_cheap(
+    app: Conveyor, broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.periodic(cron="* * * * *", name="c", rate="1/s", rate_key="tenant:x")(lambda: None)
+    refuse_rate_key(monkeypatch, broker, "tenant:x")
+    sched = Scheduler(app)
+    sched.tick()
+    walked = 0
+    real = Schedule._next_ms
+
+    def counting(self: Schedule, t: int) -> int:
+        nonlocal walked
+        walked += 1
+        return real(self, t)
+
+    monkeypatch.setattr(Schedule, "_next_ms", counting)
+    for _ in range(50):
+        clock.advance(60)
+        sched.tick()
+    assert walked < 50 * 4  # a few steps a tick, not a walk from the first failure
