@@ -316,7 +316,7 @@ class Scheduler:
 
     def _build(self, kv: KeyValue, plan: _Plan, sending: Sending, now: int) -> bool:
         """Build the plan's jobs; False (logged once for all schedulers) if one of them
-        cannot be built (a rate key the store refuses, a middleware that raises, ...): that
+        cannot be built (a rate key the store refuses, a payload too large, ...): that
         schedule is tried again at its next tick, where ``catch_up`` decides whether these
         ticks run too, and the other schedules' ticks go on."""
         s = plan.schedule
