@@ -69,6 +69,7 @@ _NOT_ID = re.compile(r"[^A-Za-z0-9_.\-]")
 _SCAN_LIMIT = 2000  # cron ticks walked one by one before looking back from `now` instead
 _CRON_WINDOWS = (3600, 86400, 32 * 86400, 400 * 86400, 10 * 366 * 86400)  # seconds
 _HOLD_MARGIN = 1000  # ms: a failed tick's claim ends this long before the next tick
+_RETELL = 600_000  # ms: a schedule's same build error is logged at ERROR at most this often
 _FORBIDDEN = ("delay", "eta", "job_id", "connection")
 
 
@@ -215,6 +216,9 @@ class Scheduler:
     def __init__(self, app: Conveyor) -> None:
         self.app = app
         self._next: dict[str, int] = {}  # a lower bound on each schedule's next due tick (ms)
+        # Per schedule whose jobs could not be built: the error, when it was last logged at
+        # ERROR, and how many times since (at DEBUG).
+        self._failing: dict[str, tuple[str, int, int]] = {}
 
     def tick(self, now: float | None = None) -> list[Job[Any]]:
         """Enqueue every tick due at ``now`` (default: the app's clock) that no other
@@ -329,18 +333,29 @@ class Scheduler:
             raise
         except Exception as exc:
             upcoming = self._next.get(s.name, plan.latest)
-            log.error(
-                "schedule %s: cannot build its job for the tick at %s, skipped; it is tried "
+            text = f"{type(exc).__name__}: {exc}"
+            told, at, since = self._failing.get(s.name, ("", 0, 0))
+            if told == text and now - at < _RETELL:  # told already: once a tick is spam
+                self._failing[s.name] = (told, at, since + 1)
+                level, again = logging.DEBUG, ""
+            else:
+                self._failing[s.name] = (text, now, 0)
+                level, again = logging.ERROR, f" ({since} more time(s) since)" if since else ""
+            log.log(
+                level,
+                "schedule %s: cannot build its job for the tick at %s, skipped%s; it is tried "
                 "again at its next tick (%s), which runs this one too if catch_up allows. "
                 "Other schedules go on. Fix the task's options or middleware: %s",
                 s.name,
                 _iso(plan.fires[-1]),
+                again,
                 _iso(upcoming),
                 exc,
-                exc_info=not isinstance(exc, ConveyorError),
+                exc_info=level == logging.ERROR and not isinstance(exc, ConveyorError),
             )
             self._hold(kv, plan, max(upcoming - now, 1))
             return False
+        self._failing.pop(s.name, None)
         return True
 
     def _release(self, kv: KeyValue, s: Schedule, fires: list[int]) -> None:

@@ -465,15 +465,17 @@ def test_a_schedule_that_cannot_be_built_logs_once_per_tick_whatever_the_worker_
         schedulers.append(Scheduler(app))
     for s in schedulers:
         s.tick()
+    levels = []
     for _ in range(3):
         clock.advance(60)
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="conveyor.scheduler"):
+        with caplog.at_level(logging.DEBUG, logger="conveyor.scheduler"):
             for s in schedulers:
                 assert s.tick() == []
-        # One ERROR for the tick across the workers; no "missed ticks" warning either:
-        # the tick is handled (failed), not missed.
-        assert [r.levelname for r in caplog.records] == ["ERROR"]
+        levels += [r.levelname for r in caplog.records]
+    # One record a tick across the workers (at ERROR the first time: the same error is not
+    # told again so soon), and no "missed ticks" warning: the tick is handled, not missed.
+    assert levels == ["ERROR", "DEBUG", "DEBUG"]
     assert broker.kv.get("conveyor:periodic:bad:last") == str(_ms_of(clock.time())).encode()
 
 
@@ -517,3 +519,30 @@ def test_a_cron_schedule_that_keeps_failing_stays_cheap(
         clock.advance(60)
         sched.tick()
     assert walked < 50 * 4  # a few steps a tick, not a walk from the first failure
+
+
+def test_a_frequent_schedule_that_keeps_failing_logs_the_same_error_every_ten_minutes(
+    app: Conveyor, broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.periodic(every=1, name="s", rate="1/s", rate_key="tenant:x")(lambda: None)
+    refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
+    sched = Scheduler(app)
+    sched.tick()
+    errors: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda r: errors.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("conveyor.scheduler").addHandler(handler)
+    try:
+        for _ in range(900):  # 15 minutes, a tick a second
+            clock.advance(1)
+            sched.tick()
+        assert len(errors) == 2 and "599 more time(s)" in errors[1]
+        refused.clear()
+        clock.advance(1)
+        assert len(sched.tick()) == 1  # fixed; should it fail again, it is logged at once
+        refused.add("tenant:x")
+        clock.advance(1)
+        sched.tick()
+        assert len(errors) == 3
+    finally:
+        logging.getLogger("conveyor.scheduler").removeHandler(handler)
