@@ -12,13 +12,14 @@ interruptions of a run. It is raised once every other middleware's hook has run,
 
 ``Sending`` is one enqueue call seen by the producer hooks: ``before_enqueue`` for each job
 as it is built, ``after_enqueue`` for each of them when the call ends, with its error if
-it failed.
+it failed (or, for jobs built in ``Sending.alone()`` that failed there, with that error then).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -199,6 +200,22 @@ class Sending:
         self._messages.append(message)  # from here on, after_enqueue is called for it
         self._hooks.before_enqueue(message)
         return self._app._seal(message, eta)
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        """Jobs that may fail apart from the call (the scheduler's, one schedule's): if the
+        block raises, ``after_enqueue`` hears at once, with that error, of the messages made
+        in it, and they leave the call (it goes on without them)."""
+        start = len(self._messages)
+        try:
+            yield
+        except BaseException as exc:
+            dropped = self._messages[start:]
+            del self._messages[start:]
+            if self._hooks is not None:
+                for message in dropped:
+                    self._hooks.after_enqueue(message, exc)
+            raise
 
     def __enter__(self) -> Sending:
         return self

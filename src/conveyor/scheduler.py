@@ -24,8 +24,9 @@ once. How:
 
 Key-value keys::
 
-    conveyor:periodic:<name>:last         latest fire time handled, integer milliseconds
-    conveyor:periodic:<name>:claim:<ms>   who enqueues the tick at <ms> (expires, CLAIM_TTL)
+    conveyor:periodic:<name>:last         ticks up to it are handled, integer milliseconds
+    conveyor:periodic:<name>:claim:<ms>   who enqueues the tick at <ms> (expires, CLAIM_TTL;
+                                          one whose job cannot be built: before the next tick)
     conveyor:periodic:<name>              the uniqueness key of its jobs (overlap="skip")
 
 Job ids: ``periodic.<name, sanitized>.<hash of name>.<fire time in ms>`` (the fire time is
@@ -67,6 +68,8 @@ _PREFIX = "conveyor:periodic:"
 _NOT_ID = re.compile(r"[^A-Za-z0-9_.\-]")
 _SCAN_LIMIT = 2000  # cron ticks walked one by one before looking back from `now` instead
 _CRON_WINDOWS = (3600, 86400, 32 * 86400, 400 * 86400, 10 * 366 * 86400)  # seconds
+_HOLD_MARGIN = 1000  # ms: a failed tick's claim ends this long before the next tick
+_RETELL = 600_000  # ms: a schedule's same build error is logged at ERROR at most this often
 _FORBIDDEN = ("delay", "eta", "job_id", "connection")
 
 
@@ -204,6 +207,7 @@ class _Plan:
     fires: list[int]  # claimed by this scheduler
     envelopes: list[Envelope]
     latest: int  # the latest due tick, run or skipped: where the schedule now stands
+    failed: int  # where it stands if its jobs cannot be built: the next tick may retry them
 
 
 class Scheduler:
@@ -212,6 +216,9 @@ class Scheduler:
     def __init__(self, app: Conveyor) -> None:
         self.app = app
         self._next: dict[str, int] = {}  # a lower bound on each schedule's next due tick (ms)
+        # Per schedule whose jobs could not be built: the error, when it was last logged at
+        # ERROR, and how many times since (at DEBUG).
+        self._failing: dict[str, tuple[str, int, int]] = {}
 
     def tick(self, now: float | None = None) -> list[Job[Any]]:
         """Enqueue every tick due at ``now`` (default: the app's clock) that no other
@@ -226,7 +233,7 @@ class Scheduler:
                     if now_ms < self._next.get(current.name, 0):
                         continue
                     plan = self._plan(kv, current, now_ms)
-                    if plan is not None and self._build(kv, plan, sending):
+                    if plan is not None and self._build(kv, plan, sending, now_ms):
                         plans.append(plan)
                 current = None
                 envelopes = [e for p in plans for e in p.envelopes]
@@ -241,7 +248,7 @@ class Scheduler:
                     self._next.pop(current.name, None)
                 for p in plans:
                     self._next.pop(p.schedule.name, None)
-                    self._release(kv, p)
+                    self._release(kv, p.schedule, p.fires)
                 raise
         jobs: list[Job[Any]] = []
         got = iter(ids)
@@ -285,7 +292,14 @@ class Scheduler:
             self._next[s.name] = s._next_ms(max(last, now))
             return None
         self._next[s.name] = s._next_ms(run[-1])
-        claimed = [f for f in run if kv.set(self._claim_key(s, f), b"1", CLAIM_TTL, nx=True)]
+        claimed: list[int] = []
+        try:
+            for fire in run:
+                if kv.set(self._claim_key(s, fire), b"1", CLAIM_TTL, nx=True):
+                    claimed.append(fire)
+        except Exception:  # a store failure between two claims: no tick kept claimed
+            self._release(kv, s, claimed)
+            raise
         if not claimed:
             return None  # another scheduler has these ticks
         if skipped != 0:
@@ -299,47 +313,77 @@ class Scheduler:
                 len(run),
                 s.catch_up,
             )
-        return _Plan(s, claimed, [], run[-1])
+        # Should its jobs fail to build, the next tick runs the latest catch_up ticks then,
+        # so it can retry only the latest catch_up - 1 of these: the older ones are done.
+        retry = run[max(len(run) - s.catch_up + 1, 0) :]
+        return _Plan(s, claimed, [], run[-1], retry[0] - 1 if retry else run[-1])
 
-    def _build(self, kv: KeyValue, plan: _Plan, sending: Sending) -> bool:
-        """Build the plan's jobs; False (logged, its ticks released) if one of them cannot
-        be built (a rate key the store refuses, a middleware that raises, ...): that
-        schedule is tried again at its next tick, where ``catch_up`` decides what runs,
-        and the other schedules' ticks go on."""
+    def _build(self, kv: KeyValue, plan: _Plan, sending: Sending, now: int) -> bool:
+        """Build the plan's jobs; False (logged once for all schedulers) if one of them
+        cannot be built (a rate key the store refuses, a payload too large, ...): that
+        schedule is tried again at its next tick, where ``catch_up`` decides whether these
+        ticks run too, and the other schedules' ticks go on."""
         s = plan.schedule
         try:
-            plan.envelopes = [self._envelope(s, f, sending) for f in plan.fires]
+            with sending.alone():  # the middleware hears it was not sent, and not otherwise
+                plan.envelopes = [self._envelope(s, f, sending) for f in plan.fires]
         except BrokerError:
             self._next.pop(s.name, None)  # the store failed, not the job: the next tick retries
-            self._release(kv, plan)
+            self._release(kv, s, plan.fires)
             raise
         except Exception as exc:
-            log.error(
-                "schedule %s: cannot build its job for the tick at %s, skipped; it is tried "
-                "again at its next tick (%s). Other schedules go on. Fix the task's options "
-                "or middleware: %s",
+            upcoming = self._next.get(s.name, plan.latest)
+            text = f"{type(exc).__name__}: {exc}"
+            told, at, since = self._failing.get(s.name, ("", 0, 0))
+            if told == text and now - at < _RETELL:  # told already: once a tick is spam
+                self._failing[s.name] = (told, at, since + 1)
+                level, again = logging.DEBUG, ""
+            else:
+                self._failing[s.name] = (text, now, 0)
+                level, again = logging.ERROR, f" ({since} more time(s) since)" if since else ""
+            log.log(
+                level,
+                "schedule %s: cannot build its job for the tick at %s, skipped%s; it is tried "
+                "again at its next tick (%s), which runs this one too if catch_up allows. "
+                "Other schedules go on. Fix the task's options or middleware: %s",
                 s.name,
-                _iso(plan.fires[0]),
-                _iso(self._next.get(s.name, plan.latest)),
+                _iso(plan.fires[-1]),
+                again,
+                _iso(upcoming),
                 exc,
-                exc_info=not isinstance(exc, ConveyorError),
+                exc_info=level == logging.ERROR and not isinstance(exc, ConveyorError),
             )
-            self._release(kv, plan)
+            self._hold(kv, plan, max(upcoming - now, 1))
             return False
+        self._failing.pop(s.name, None)
         return True
 
-    def _release(self, kv: KeyValue, plan: _Plan) -> None:
-        """Give up the plan's claimed ticks, so a tick can take them again."""
-        for fire in plan.fires:
+    def _release(self, kv: KeyValue, s: Schedule, fires: list[int]) -> None:
+        """Give up these claimed ticks, so a tick can take them again."""
+        for fire in fires:
             try:
-                kv.delete(self._claim_key(plan.schedule, fire))
+                kv.delete(self._claim_key(s, fire))
             except Exception as exc:  # the claim expires by itself (CLAIM_TTL)
                 log.warning(
                     "could not release the claim of %s at %s (it expires): %s",
-                    plan.schedule.name,
+                    s.name,
                     _iso(fire),
                     exc,
                 )
+
+    def _hold(self, kv: KeyValue, plan: _Plan, until_next: int) -> None:
+        """A plan whose jobs could not be built: keep its ticks claimed until just before
+        the schedule's next tick, so that no other scheduler tries (and logs) them again
+        meanwhile, and move the schedule past the ticks that next tick cannot retry (it
+        would count them missed, and a cron one would walk from them every time)."""
+        s = plan.schedule
+        ttl = max(until_next - _HOLD_MARGIN, until_next // 2, 1) / 1000
+        try:
+            for fire in plan.fires:
+                kv.set(self._claim_key(s, fire), b"1", ttl)
+            self._advance(kv, s, plan.failed)
+        except Exception as exc:  # the claims expire by themselves (CLAIM_TTL)
+            log.warning("could not record the failed tick of %s: %s", s.name, exc)
 
     def _last(self, kv: KeyValue, s: Schedule, now: int) -> int:
         key = f"{_PREFIX}{s.name}:last"

@@ -336,7 +336,10 @@ def test_a_schedule_whose_job_cannot_be_built_does_not_cost_the_others_their_tic
         Schedule("reports", every=60.0, overlap="allow").job_id(fire),
     }
     assert any("tenant_sync" in r.getMessage() for r in caplog.records)
-    assert app.broker.kv.get(f"conveyor:periodic:tenant_sync:claim:{fire}") is None
+    # Its tick stays claimed, so no other scheduler tries (and logs) it again, until just
+    # before its next tick, which may retry it (catch_up).
+    claim = f"conveyor:periodic:tenant_sync:claim:{fire}"
+    assert 0 < (app.broker.kv.ttl(claim) or 0) < 60
     assert sched.tick() == []  # the others' ticks are done; the bad one waits for its next
     refused.clear()  # fixed (say, the store now holds it): its next tick runs
     clock.advance(60)
@@ -373,3 +376,173 @@ def test_a_rate_key_too_long_for_its_counters_is_refused_when_the_schedule_is_de
     with pytest.raises(InvalidName, match="at most"):
         app.periodic(every=10, name="t", rate="1/s", rate_key="t" * 480)(lambda: None)
     assert app.schedules == []
+
+
+def refuse_rate_key(monkeypatch: pytest.MonkeyPatch, broker: MemoryBroker, key: str) -> set[str]:
+    """Make the store refuse ``key`` as a rate key (as a database whose encoding lacks one of
+    its characters does); clear the returned set to accept it again."""
+    from conveyor import InvalidName
+
+    refused = {key}
+
+    def check_text(text: str, what: str) -> str:
+        if text in refused:
+            raise InvalidName(f"{what} {text!r} holds characters the store cannot store")
+        return text
+
+    monkeypatch.setattr(broker.kv, "check_text", check_text)
+    return refused
+
+
+def test_the_middleware_hears_that_a_job_which_could_not_be_built_was_not_sent(
+    clock: FakeClock, broker: MemoryBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor import InvalidName, Middleware
+    from conveyor.middleware import Message
+
+    heard: dict[str, BaseException | None] = {}
+
+    class Spy(Middleware):
+        def after_enqueue(self, message: Message, error: BaseException | None) -> None:
+            assert message.task not in heard, "after_enqueue called twice for one job"
+            heard[message.task] = error
+
+    app = Conveyor("memory://", clock=clock, broker=broker, middleware=[Spy()])
+    app.periodic(every=60, name="good", overlap="allow")(lambda: None)
+    app.periodic(every=60, name="bad", rate="1/s", rate_key="tenant:bad")(lambda: None)
+    refuse_rate_key(monkeypatch, broker, "tenant:bad")
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(60)
+    (job,) = sched.tick()
+    assert ".good." in job.id
+    assert heard["good"] is None
+    assert isinstance(heard["bad"], InvalidName)
+
+
+def test_a_store_failure_between_the_claims_of_one_schedule_releases_those_made(
+    app: Conveyor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conveyor import BrokerUnavailable
+
+    app.periodic(every=60, name="s", catch_up=2, overlap="allow")(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(120)  # two ticks due
+    real = app.broker.kv.set
+    claims = 0
+
+    def flaky(key: str, value: bytes, ttl: float | None = None, *, nx: bool = False) -> bool:
+        nonlocal claims
+        if ":claim:" in key:
+            claims += 1
+            if claims == 2:
+                raise BrokerUnavailable("store blip")
+        return real(key, value, ttl, nx=nx)
+
+    monkeypatch.setattr(app.broker.kv, "set", flaky)
+    with pytest.raises(BrokerUnavailable):
+        sched.tick()
+    monkeypatch.setattr(app.broker.kv, "set", real)
+    clock.advance(1)
+    fires = [_ms_of(START + 60), _ms_of(START + 120)]
+    s = Schedule("s", every=60.0, overlap="allow", catch_up=2)
+    assert [j.id for j in sched.tick()] == [s.job_id(f) for f in fires]
+
+
+def _ms_of(seconds: float) -> int:
+    return int(seconds * 1000)
+
+
+def test_a_schedule_that_cannot_be_built_logs_once_per_tick_whatever_the_worker_count(
+    broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    refuse_rate_key(monkeypatch, broker, "tenant:bad")
+    schedulers = []
+    for _ in range(5):
+        app = Conveyor("memory://", clock=clock, broker=broker)
+        app.periodic(every=60, name="bad", rate="1/s", rate_key="tenant:bad")(lambda: None)
+        schedulers.append(Scheduler(app))
+    for s in schedulers:
+        s.tick()
+    levels = []
+    for _ in range(3):
+        clock.advance(60)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="conveyor.scheduler"):
+            for s in schedulers:
+                assert s.tick() == []
+        levels += [r.levelname for r in caplog.records]
+    # One record a tick across the workers (at ERROR the first time: the same error is not
+    # told again so soon), and no "missed ticks" warning: the tick is handled, not missed.
+    assert levels == ["ERROR", "DEBUG", "DEBUG"]
+    assert broker.kv.get("conveyor:periodic:bad:last") == str(_ms_of(clock.time())).encode()
+
+
+def test_a_failed_tick_is_run_at_the_next_one_if_catch_up_allows(
+    app: Conveyor, broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    options: dict[str, Any] = {"rate": "1/s", "rate_key": "tenant:x", "overlap": "allow"}
+    app.periodic(every=60, name="s", catch_up=2, **options)(lambda: None)
+    refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
+    other = Scheduler(Conveyor("memory://", clock=clock, broker=broker))
+    other.app.periodic(every=60, name="s", catch_up=2, **options)(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    for _ in range(3):  # each tick retries the one before it, and fails again
+        clock.advance(60)
+        assert sched.tick() == [] and other.tick() == []
+    refused.clear()
+    clock.advance(60)
+    s = Schedule("s", every=60.0, overlap="allow", catch_up=2)
+    now = _ms_of(clock.time())
+    assert [j.id for j in other.tick() + sched.tick()] == [s.job_id(now - 60_000), s.job_id(now)]
+
+
+def test_a_cron_schedule_that_keeps_failing_stays_cheap(
+    app: Conveyor, broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.periodic(cron="* * * * *", name="c", rate="1/s", rate_key="tenant:x")(lambda: None)
+    refuse_rate_key(monkeypatch, broker, "tenant:x")
+    sched = Scheduler(app)
+    sched.tick()
+    walked = 0
+    real = Schedule._next_ms
+
+    def counting(self: Schedule, t: int) -> int:
+        nonlocal walked
+        walked += 1
+        return real(self, t)
+
+    monkeypatch.setattr(Schedule, "_next_ms", counting)
+    for _ in range(50):
+        clock.advance(60)
+        sched.tick()
+    assert walked < 50 * 4  # a few steps a tick, not a walk from the first failure
+
+
+def test_a_frequent_schedule_that_keeps_failing_logs_the_same_error_every_ten_minutes(
+    app: Conveyor, broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app.periodic(every=1, name="s", rate="1/s", rate_key="tenant:x")(lambda: None)
+    refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
+    sched = Scheduler(app)
+    sched.tick()
+    errors: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda r: errors.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("conveyor.scheduler").addHandler(handler)
+    try:
+        for _ in range(900):  # 15 minutes, a tick a second
+            clock.advance(1)
+            sched.tick()
+        assert len(errors) == 2 and "599 more time(s)" in errors[1]
+        refused.clear()
+        clock.advance(1)
+        assert len(sched.tick()) == 1  # fixed; should it fail again, it is logged at once
+        refused.add("tenant:x")
+        clock.advance(1)
+        sched.tick()
+        assert len(errors) == 3
+    finally:
+        logging.getLogger("conveyor.scheduler").removeHandler(handler)
