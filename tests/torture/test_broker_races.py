@@ -436,7 +436,7 @@ def test_the_redis_adapter_never_trims_its_job_streams() -> None:
     }
     assert trims == {
         "redis.call('XADD', RESUMED, 'MAXLEN', 1, '*', 'queue', ARGV[5])",
-        "if keep then return pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, id, 'e', body) end",
+        "if keep then return pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, n, 'e', body) end",
         "added = redis.pcall('XADD', events, 'MINID', math.max(n - ARGV[7] + 1, 0), n, 'e', "
         "ARGV[8])",
     }, trims
