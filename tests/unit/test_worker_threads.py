@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dis
 import os
+import subprocess
 import sys
 import threading
 import time
@@ -343,3 +344,51 @@ def test_a_child_forked_from_another_thread_knows_its_main_thread() -> None:
     finally:
         os.close(read)
         os.waitpid(pids[0], 0)
+
+
+_TRACED_AFTER_A_STOP = """
+import sys, threading, time
+from conveyor import Conveyor
+from conveyor._message import Delivery, Message
+from conveyor.brokers.memory import MemoryBroker
+from conveyor.worker._attempt import CANCEL, Attempt, Results
+from conveyor.worker._threads import ThreadRunner, run_here
+
+results = Results(Conveyor(broker=MemoryBroker()).codec, 1 << 20)
+attempt = Attempt(Delivery("j", "default", b"", "tok", 1))
+attempt.message = Message(id="j", task="t")
+started = threading.Event()
+
+def task():
+    started.set()
+    while True:
+        time.sleep(0.001)
+
+attempt.fn = task
+ended = []
+thread = threading.Thread(target=run_here, args=(attempt, results, lambda a, r: ended.append(r),
+                                                  lambda *a: None))
+thread.start()
+started.wait()
+ThreadRunner(1, results, lambda *a: None, lambda *a: None).interrupt(attempt, CANCEL)
+thread.join()
+assert ended, "no outcome"
+
+def trace(frame, event, arg):
+    return trace
+
+sys.settrace(trace)
+(lambda: 1)()
+sys.settrace(None)
+print("traced", ended[0])
+"""
+
+
+def test_a_traced_call_after_a_job_was_stopped_returns() -> None:
+    # CPython 3.11: the thread's clear of what was aimed at it left the interpreter's
+    # pending-exception signal set, and every traced call after (a debugger, a coverage
+    # tool, in any thread) spun for ever. In a child process: a hang must not hang the tests.
+    script = [sys.executable, "-c", _TRACED_AFTER_A_STOP]
+    done = subprocess.run(script, check=False, capture_output=True, text=True, timeout=15)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "traced Stopped(why='cancel')"

@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 from collections.abc import Callable
 
@@ -60,6 +61,27 @@ os.register_at_fork(after_in_child=_main_after_fork)
 Done = Callable[[Attempt, Result], None]
 Report = Callable[[Attempt, float, str | None], None]
 Abandon = Callable[[Attempt], None]  # a job let go without an outcome
+
+
+class _Unstick(BaseException):
+    """Aimed by a thread at itself, and caught at once: see ``_clear_pending``."""
+
+
+def _clear_pending(ident: int) -> None:
+    """Cancel an exception aimed at this thread (``ident``, the caller's) and not raised yet.
+
+    On CPython 3.11 the clear leaves the interpreter's signal of a pending async exception
+    set (only delivering one resets it), and from then on a traced call in any thread (a
+    debugger, a coverage tool) spun for ever: so, there, one is aimed and delivered here,
+    at the backward jump of a short loop, where 3.11 checks for it."""
+    _set_async_exc(ident, None)
+    if sys.version_info[:2] == (3, 11):
+        try:
+            _set_async_exc(ident, _Unstick)
+            for _ in range(8):
+                pass
+        except _Unstick:
+            pass
 
 
 def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
@@ -187,14 +209,12 @@ def _execute(attempt: Attempt, results: Results, report: Report) -> Result:
                 value = invoke(attempt.fn, message, job)
         finally:
             with lock:
-                # Cleared only if it was aimed at (``handle`` set): on CPython 3.11 a clear
-                # leaves the eval breaker set, and the next traced call (a debugger, a
-                # coverage tool) then spins for ever, so a job stopped before it ran
-                # clears nothing.
+                # Cleared only if it was aimed at (``handle`` set): a job stopped before it
+                # ran clears nothing (a clear costs more on CPython 3.11: _clear_pending).
                 if attempt.handle is not None:
                     attempt.handle = None
                     if attempt.stop is not None:
-                        _set_async_exc(ident, None)
+                        _clear_pending(ident)
     except Interrupted:
         return Stopped(attempt.stop or "interrupted")
     except BaseException as exc:  # the task's, or a SoftTimeLimit raised as it returned
