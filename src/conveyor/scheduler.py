@@ -219,7 +219,8 @@ class Scheduler:
         self.app = app
         self._next: dict[str, int] = {}  # a lower bound on each schedule's next due tick (ms)
         # Per schedule whose jobs could not be built: the error, when it was last logged at
-        # ERROR, and how many times since (at DEBUG).
+        # ERROR, and how many times since (at DEBUG); until a job of it is built, here or by
+        # another scheduler.
         self._failing: dict[str, tuple[str, int, int]] = {}
 
     def tick(self, now: float | None = None) -> list[Job[Any]]:
@@ -289,6 +290,10 @@ class Scheduler:
 
     def _plan(self, kv: KeyValue, s: Schedule, now: int) -> _Plan | None:
         last = self._last(kv, s, now)
+        if s.name in self._failing and self._failed(kv, s) <= last:
+            # A scheduler (maybe another worker's) built a job since the latest failed
+            # tick: the error, should it come back, is news again.
+            del self._failing[s.name]
         run, skipped = s.due(last, now)
         if not run:
             self._next[s.name] = s._next_ms(max(last, now))

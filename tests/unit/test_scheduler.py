@@ -609,3 +609,30 @@ def test_a_failed_tick_is_retried_by_a_worker_that_did_not_build_it(
         clock.advance(10)
         jobs += workers[1].tick()
     assert [j.id for j in jobs] == [Schedule("r", cron="0 23 * * *").job_id(_ms_of(START + 3600))]
+
+
+def test_a_build_error_that_comes_back_after_another_worker_built_the_job_is_logged_again(
+    broker: MemoryBroker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
+    options: dict[str, Any] = {"overlap": "allow", "rate": "1/s", "rate_key": "tenant:x"}
+    a, b = (Scheduler(Conveyor("memory://", clock=clock, broker=broker)) for _ in range(2))
+    for s in (a, b):
+        s.app.periodic(every=60, name="sync", **options)(lambda: None)
+        s.tick()
+    levels = []
+    for fails, first, second in [(True, a, b), (False, b, a), (False, b, a), (True, a, b)]:
+        refused.clear()
+        if fails:
+            refused.add("tenant:x")
+        clock.advance(60)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="conveyor.scheduler"):
+            built = len(first.tick()) + len(second.tick())
+        levels.append(build_failures(caplog) or built)
+    # The second worker built the job twice between the first worker's two failures: the
+    # error is back, a new episode, and the first worker logs it at ERROR again.
+    assert levels == [["ERROR"], 1, 1, ["ERROR"]]
