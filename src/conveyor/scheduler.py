@@ -359,7 +359,9 @@ class Scheduler:
                 level, again = logging.DEBUG, ""
             else:
                 self._failing[s.name] = (text, now, 0)
-                level, again = logging.ERROR, f" ({since} more time(s) since)" if since else ""
+                level, again = logging.ERROR, ""
+                if since and told == text:  # the count is of this error, not another one
+                    again = f" ({since} more time(s) since)"
             log.log(
                 level,
                 "schedule %s: cannot build its job for the tick at %s%s; it is tried again at "

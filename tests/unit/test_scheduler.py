@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -522,31 +523,41 @@ def test_a_cron_schedule_that_keeps_failing_stays_cheap(
     assert walked < 50 * 6  # a few steps a tick, not a walk from the first failure
 
 
+@pytest.fixture
+def errors() -> Iterator[list[str]]:
+    """The messages the scheduler logs at ERROR meanwhile (without caplog's cost a record)."""
+    logged: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda r: logged.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("conveyor.scheduler").addHandler(handler)
+    try:
+        yield logged
+    finally:
+        logging.getLogger("conveyor.scheduler").removeHandler(handler)
+
+
 def test_a_frequent_schedule_that_keeps_failing_logs_the_same_error_every_ten_minutes(
-    app: Conveyor, broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    app: Conveyor,
+    broker: MemoryBroker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    errors: list[str],
 ) -> None:
     app.periodic(every=1, name="s", rate="1/s", rate_key="tenant:x")(lambda: None)
     refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
     sched = Scheduler(app)
     sched.tick()
-    errors: list[str] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = lambda r: errors.append(r.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("conveyor.scheduler").addHandler(handler)
-    try:
-        for _ in range(900):  # 15 minutes, a tick a second
-            clock.advance(1)
-            sched.tick()
-        assert len(errors) == 2 and "599 more time(s)" in errors[1]
-        refused.clear()
-        clock.advance(1)
-        assert len(sched.tick()) == 1  # fixed; should it fail again, it is logged at once
-        refused.add("tenant:x")
+    for _ in range(900):  # 15 minutes, a tick a second
         clock.advance(1)
         sched.tick()
-        assert len(errors) == 3
-    finally:
-        logging.getLogger("conveyor.scheduler").removeHandler(handler)
+    assert len(errors) == 2 and "599 more time(s)" in errors[1]
+    refused.clear()
+    clock.advance(1)
+    assert len(sched.tick()) == 1  # fixed; should it fail again, it is logged at once
+    refused.add("tenant:x")
+    clock.advance(1)
+    sched.tick()
+    assert len(errors) == 3
 
 
 def build_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -636,3 +647,25 @@ def test_a_build_error_that_comes_back_after_another_worker_built_the_job_is_log
     # The second worker built the job twice between the first worker's two failures: the
     # error is back, a new episode, and the first worker logs it at ERROR again.
     assert levels == [["ERROR"], 1, 1, ["ERROR"]]
+
+
+def test_a_new_build_error_is_logged_without_the_count_of_the_previous_one(
+    app: Conveyor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, errors: list[str]
+) -> None:
+    from conveyor import InvalidName
+
+    error = {"text": "error one"}
+
+    def check_text(text: str, what: str) -> str:
+        raise InvalidName(error["text"])
+
+    monkeypatch.setattr(app.broker.kv, "check_text", check_text)
+    app.periodic(every=60, name="s", rate="1/s", rate_key="tenant:x")(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    for text in ["error one"] * 3 + ["error two"]:
+        error["text"] = text
+        clock.advance(60)
+        sched.tick()
+    assert [e.rsplit(": ", 1)[1] for e in errors] == ["error one", "error two"]
+    assert "more time(s)" not in errors[1]  # error one recurred twice, error two did not
