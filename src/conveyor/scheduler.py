@@ -26,7 +26,8 @@ Key-value keys::
 
     conveyor:periodic:<name>:last         ticks up to it are handled, integer milliseconds
     conveyor:periodic:<name>:claim:<ms>   who enqueues the tick at <ms> (expires, CLAIM_TTL;
-                                          one whose job cannot be built: before the next tick)
+                                          one whose job cannot be built: when it is retried)
+    conveyor:periodic:<name>:failed       the latest tick whose job could not be built (ms)
     conveyor:periodic:<name>              the uniqueness key of its jobs (overlap="skip")
 
 Job ids: ``periodic.<name, sanitized>.<hash of name>.<fire time in ms>`` (the fire time is
@@ -68,7 +69,8 @@ _PREFIX = "conveyor:periodic:"
 _NOT_ID = re.compile(r"[^A-Za-z0-9_.\-]")
 _SCAN_LIMIT = 2000  # cron ticks walked one by one before looking back from `now` instead
 _CRON_WINDOWS = (3600, 86400, 32 * 86400, 400 * 86400, 10 * 366 * 86400)  # seconds
-_HOLD_MARGIN = 1000  # ms: a failed tick's claim ends this long before the next tick
+_HOLD_MARGIN = 1000  # ms: a failed tick's claim ends this long before it is retried
+_RETRY = 60_000  # ms: a tick whose job cannot be built is retried this often (or at each tick)
 _RETELL = 600_000  # ms: a schedule's same build error is logged at ERROR at most this often
 _FORBIDDEN = ("delay", "eta", "job_id", "connection")
 
@@ -207,7 +209,7 @@ class _Plan:
     fires: list[int]  # claimed by this scheduler
     envelopes: list[Envelope]
     latest: int  # the latest due tick, run or skipped: where the schedule now stands
-    failed: int  # where it stands if its jobs cannot be built: the next tick may retry them
+    failed: int  # where it stands if its jobs cannot be built: just before them, still due
 
 
 class Scheduler:
@@ -217,7 +219,8 @@ class Scheduler:
         self.app = app
         self._next: dict[str, int] = {}  # a lower bound on each schedule's next due tick (ms)
         # Per schedule whose jobs could not be built: the error, when it was last logged at
-        # ERROR, and how many times since (at DEBUG).
+        # ERROR, and how many times since (at DEBUG); until a job of it is built, here or by
+        # another scheduler.
         self._failing: dict[str, tuple[str, int, int]] = {}
 
     def tick(self, now: float | None = None) -> list[Job[Any]]:
@@ -287,11 +290,16 @@ class Scheduler:
 
     def _plan(self, kv: KeyValue, s: Schedule, now: int) -> _Plan | None:
         last = self._last(kv, s, now)
+        if s.name in self._failing and self._failed(kv, s) <= last:
+            # A scheduler (maybe another worker's) built a job since the latest failed
+            # tick: the error, should it come back, is news again.
+            del self._failing[s.name]
         run, skipped = s.due(last, now)
         if not run:
             self._next[s.name] = s._next_ms(max(last, now))
             return None
-        self._next[s.name] = s._next_ms(run[-1])
+        upcoming = s._next_ms(run[-1])
+        self._next[s.name] = upcoming
         claimed: list[int] = []
         try:
             for fire in run:
@@ -301,7 +309,17 @@ class Scheduler:
             self._release(kv, s, claimed)
             raise
         if not claimed:
-            return None  # another scheduler has these ticks
+            # Another scheduler has these ticks. Look again soon all the same: should it not
+            # build them (it keeps them claimed until it retries) or die, any worker retries.
+            self._next[s.name] = min(upcoming, now + _RETRY)
+            return None
+        if skipped != 0:
+            # Ticks whose jobs could not be built, left behind by catch_up, were not missed.
+            failed = self._failed(kv, s)
+            if failed > last and s._next_ms(failed) >= run[0]:
+                skipped = 0
+            elif failed > last:
+                last, skipped = failed, s.due(failed, now)[1]
         if skipped != 0:
             log.warning(
                 "schedule %s missed %s tick(s) between %s and %s (downtime?); "
@@ -313,16 +331,15 @@ class Scheduler:
                 len(run),
                 s.catch_up,
             )
-        # Should its jobs fail to build, the next tick runs the latest catch_up ticks then,
-        # so it can retry only the latest catch_up - 1 of these: the older ones are done.
-        retry = run[max(len(run) - s.catch_up + 1, 0) :]
-        return _Plan(s, claimed, [], run[-1], retry[0] - 1 if retry else run[-1])
+        # Should its jobs fail to build, they stay due: retried soon, and at the next tick
+        # as catch_up allows (the older ones are done then), as ticks missed for downtime.
+        return _Plan(s, claimed, [], run[-1], run[0] - 1)
 
     def _build(self, kv: KeyValue, plan: _Plan, sending: Sending, now: int) -> bool:
         """Build the plan's jobs; False (logged once for all schedulers) if one of them
-        cannot be built (a rate key the store refuses, a payload too large, ...): that
-        schedule is tried again at its next tick, where ``catch_up`` decides whether these
-        ticks run too, and the other schedules' ticks go on."""
+        cannot be built (a rate key the store refuses, a payload too large, ...): the other
+        schedules' ticks go on, and these stay due, retried by one of the schedulers about
+        every ``_RETRY`` (or at each tick if more often) while ``catch_up`` keeps them."""
         s = plan.schedule
         try:
             with sending.alone():  # the middleware hears it was not sent, and not otherwise
@@ -333,6 +350,8 @@ class Scheduler:
             raise
         except Exception as exc:
             upcoming = self._next.get(s.name, plan.latest)
+            retry = min(upcoming, now + _RETRY)
+            self._next[s.name] = retry
             text = f"{type(exc).__name__}: {exc}"
             told, at, since = self._failing.get(s.name, ("", 0, 0))
             if told == text and now - at < _RETELL:  # told already: once a tick is spam
@@ -340,20 +359,24 @@ class Scheduler:
                 level, again = logging.DEBUG, ""
             else:
                 self._failing[s.name] = (text, now, 0)
-                level, again = logging.ERROR, f" ({since} more time(s) since)" if since else ""
+                level, again = logging.ERROR, ""
+                if since and told == text:  # the count is of this error, not another one
+                    again = f" ({since} more time(s) since)"
             log.log(
                 level,
-                "schedule %s: cannot build its job for the tick at %s, skipped%s; it is tried "
-                "again at its next tick (%s), which runs this one too if catch_up allows. "
-                "Other schedules go on. Fix the task's options or middleware: %s",
+                "schedule %s: cannot build its job for the tick at %s%s; it is tried again at "
+                "%s, then about every minute (or at each tick) while catch_up=%d keeps it due "
+                "(next tick %s). Other schedules go on. Fix the task's options or middleware: %s",
                 s.name,
                 _iso(plan.fires[-1]),
                 again,
+                _iso(retry),
+                s.catch_up,
                 _iso(upcoming),
                 exc,
                 exc_info=level == logging.ERROR and not isinstance(exc, ConveyorError),
             )
-            self._hold(kv, plan, max(upcoming - now, 1))
+            self._hold(kv, plan, max(retry - now, 1))
             return False
         self._failing.pop(s.name, None)
         return True
@@ -371,17 +394,19 @@ class Scheduler:
                     exc,
                 )
 
-    def _hold(self, kv: KeyValue, plan: _Plan, until_next: int) -> None:
+    def _hold(self, kv: KeyValue, plan: _Plan, until_retry: int) -> None:
         """A plan whose jobs could not be built: keep its ticks claimed until just before
-        the schedule's next tick, so that no other scheduler tries (and logs) them again
-        meanwhile, and move the schedule past the ticks that next tick cannot retry (it
-        would count them missed, and a cron one would walk from them every time)."""
+        they are retried, so that no other scheduler tries (and logs) them again meanwhile;
+        move the schedule to just before them (the older ticks are done: a cron one would
+        walk from them every time), and note the latest failed tick (catch_up leaves it
+        behind as done, not missed)."""
         s = plan.schedule
-        ttl = max(until_next - _HOLD_MARGIN, until_next // 2, 1) / 1000
+        ttl = max(until_retry - _HOLD_MARGIN, until_retry // 2, 1) / 1000
         try:
             for fire in plan.fires:
                 kv.set(self._claim_key(s, fire), b"1", ttl)
             self._advance(kv, s, plan.failed)
+            self._advance(kv, s, plan.fires[-1], "failed")
         except Exception as exc:  # the claims expire by themselves (CLAIM_TTL)
             log.warning("could not record the failed tick of %s: %s", s.name, exc)
 
@@ -393,11 +418,15 @@ class Scheduler:
             raw = kv.get(key) or str(now).encode()
         return int(raw)
 
-    def _advance(self, kv: KeyValue, s: Schedule, fire: int) -> None:
+    def _advance(self, kv: KeyValue, s: Schedule, fire: int, what: str = "last") -> None:
         def forward(old: bytes | None) -> bytes:
             return str(max(int(old or b"0"), fire)).encode()
 
-        kv.update(f"{_PREFIX}{s.name}:last", forward)
+        kv.update(f"{_PREFIX}{s.name}:{what}", forward)
+
+    def _failed(self, kv: KeyValue, s: Schedule) -> int:
+        """The latest tick of ``s`` whose job could not be built (0: none)."""
+        return int(kv.get(f"{_PREFIX}{s.name}:failed") or b"0")
 
     def _claim_key(self, s: Schedule, fire: int) -> str:
         return f"{_PREFIX}{s.name}:claim:{fire}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -474,9 +475,10 @@ def test_a_schedule_that_cannot_be_built_logs_once_per_tick_whatever_the_worker_
                 assert s.tick() == []
         levels += [r.levelname for r in caplog.records]
     # One record a tick across the workers (at ERROR the first time: the same error is not
-    # told again so soon), and no "missed ticks" warning: the tick is handled, not missed.
+    # told again so soon), and no "missed ticks" warning: a failed tick that catch_up leaves
+    # behind was tried, not missed. The latest one stays due (retried).
     assert levels == ["ERROR", "DEBUG", "DEBUG"]
-    assert broker.kv.get("conveyor:periodic:bad:last") == str(_ms_of(clock.time())).encode()
+    assert broker.kv.get("conveyor:periodic:bad:last") == str(_ms_of(clock.time()) - 1).encode()
 
 
 def test_a_failed_tick_is_run_at_the_next_one_if_catch_up_allows(
@@ -518,31 +520,152 @@ def test_a_cron_schedule_that_keeps_failing_stays_cheap(
     for _ in range(50):
         clock.advance(60)
         sched.tick()
-    assert walked < 50 * 4  # a few steps a tick, not a walk from the first failure
+    assert walked < 50 * 6  # a few steps a tick, not a walk from the first failure
+
+
+@pytest.fixture
+def errors() -> Iterator[list[str]]:
+    """The messages the scheduler logs at ERROR meanwhile (without caplog's cost a record)."""
+    logged: list[str] = []
+    handler = logging.Handler(logging.ERROR)
+    handler.emit = lambda r: logged.append(r.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("conveyor.scheduler").addHandler(handler)
+    try:
+        yield logged
+    finally:
+        logging.getLogger("conveyor.scheduler").removeHandler(handler)
 
 
 def test_a_frequent_schedule_that_keeps_failing_logs_the_same_error_every_ten_minutes(
-    app: Conveyor, broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+    app: Conveyor,
+    broker: MemoryBroker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    errors: list[str],
 ) -> None:
     app.periodic(every=1, name="s", rate="1/s", rate_key="tenant:x")(lambda: None)
     refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
     sched = Scheduler(app)
     sched.tick()
-    errors: list[str] = []
-    handler = logging.Handler(logging.ERROR)
-    handler.emit = lambda r: errors.append(r.getMessage())  # type: ignore[method-assign]
-    logging.getLogger("conveyor.scheduler").addHandler(handler)
-    try:
-        for _ in range(900):  # 15 minutes, a tick a second
-            clock.advance(1)
-            sched.tick()
-        assert len(errors) == 2 and "599 more time(s)" in errors[1]
-        refused.clear()
-        clock.advance(1)
-        assert len(sched.tick()) == 1  # fixed; should it fail again, it is logged at once
-        refused.add("tenant:x")
+    for _ in range(900):  # 15 minutes, a tick a second
         clock.advance(1)
         sched.tick()
-        assert len(errors) == 3
-    finally:
-        logging.getLogger("conveyor.scheduler").removeHandler(handler)
+    assert len(errors) == 2 and "599 more time(s)" in errors[1]
+    refused.clear()
+    clock.advance(1)
+    assert len(sched.tick()) == 1  # fixed; should it fail again, it is logged at once
+    refused.add("tenant:x")
+    clock.advance(1)
+    sched.tick()
+    assert len(errors) == 3
+
+
+def build_failures(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.levelname for r in caplog.records if "cannot build" in r.getMessage()]
+
+
+@pytest.mark.parametrize("catch_up", [1, 2])
+def test_a_tick_that_failed_to_build_runs_soon_after_the_fix(
+    broker: MemoryBroker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    catch_up: int,
+) -> None:
+    """A daily report whose rate key the store refuses at 23:00 runs once the store takes it
+    (at 23:09), as it would after workers that were down at 23:00 came back: not a day later
+    (catch_up=2), not never (catch_up=1). Meanwhile the two workers, ticking every 20 s, try
+    it about once a minute between them, and each logs it at ERROR once."""
+    refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
+    options: dict[str, Any] = {"rate": "1/s", "rate_key": "tenant:x", "overlap": "allow"}
+    workers = []
+    for _ in range(2):
+        app = Conveyor("memory://", clock=clock, broker=broker)
+        app.periodic(cron="0 23 * * *", name="report", catch_up=catch_up, **options)(lambda: None)
+        workers.append(Scheduler(app))
+    enqueued: list[tuple[float, str]] = []
+    with caplog.at_level(logging.DEBUG, logger="conveyor.scheduler"):
+        while clock.time() < START + 3600 + 15 * 60:  # 22:00 to 23:15
+            if clock.time() >= START + 3600 + 9 * 60:
+                refused.clear()
+            workers.reverse()  # now one, now the other ticks first
+            for w in workers:
+                enqueued += [(clock.time(), j.id) for j in w.tick()]
+            clock.advance(20)
+    at_23 = Schedule("report", cron="0 23 * * *").job_id(_ms_of(START + 3600))
+    assert [i for _, i in enqueued] == [at_23]
+    assert START + 3600 + 9 * 60 <= enqueued[0][0] <= START + 3600 + 10 * 60
+    failed = build_failures(caplog)
+    assert failed.count("ERROR") == 2 and 9 <= len(failed) <= 10
+
+
+def test_a_failed_tick_is_retried_by_a_worker_that_did_not_build_it(
+    broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker that failed to build the tick is stopped (a new release replaces it); the
+    other one, which found the tick claimed, runs it once the store takes the rate key."""
+    refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
+    workers = []
+    for _ in range(2):
+        app = Conveyor("memory://", clock=clock, broker=broker)
+        app.periodic(cron="0 23 * * *", name="r", rate="1/s", rate_key="tenant:x")(lambda: None)
+        workers.append(Scheduler(app))
+    for w in workers:
+        w.tick()
+    clock.advance(3600)  # 23:00
+    assert workers[0].tick() == [] and workers[1].tick() == []  # failed; claimed
+    refused.clear()
+    jobs = []
+    for _ in range(12):  # only the second worker ticks on, every 10 s
+        clock.advance(10)
+        jobs += workers[1].tick()
+    assert [j.id for j in jobs] == [Schedule("r", cron="0 23 * * *").job_id(_ms_of(START + 3600))]
+
+
+def test_a_build_error_that_comes_back_after_another_worker_built_the_job_is_logged_again(
+    broker: MemoryBroker,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refused = refuse_rate_key(monkeypatch, broker, "tenant:x")
+    options: dict[str, Any] = {"overlap": "allow", "rate": "1/s", "rate_key": "tenant:x"}
+    a, b = (Scheduler(Conveyor("memory://", clock=clock, broker=broker)) for _ in range(2))
+    for s in (a, b):
+        s.app.periodic(every=60, name="sync", **options)(lambda: None)
+        s.tick()
+    levels = []
+    for fails, first, second in [(True, a, b), (False, b, a), (False, b, a), (True, a, b)]:
+        refused.clear()
+        if fails:
+            refused.add("tenant:x")
+        clock.advance(60)
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="conveyor.scheduler"):
+            built = len(first.tick()) + len(second.tick())
+        levels.append(build_failures(caplog) or built)
+    # The second worker built the job twice between the first worker's two failures: the
+    # error is back, a new episode, and the first worker logs it at ERROR again.
+    assert levels == [["ERROR"], 1, 1, ["ERROR"]]
+
+
+def test_a_new_build_error_is_logged_without_the_count_of_the_previous_one(
+    app: Conveyor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch, errors: list[str]
+) -> None:
+    from conveyor import InvalidName
+
+    error = {"text": "error one"}
+
+    def check_text(text: str, what: str) -> str:
+        raise InvalidName(error["text"])
+
+    monkeypatch.setattr(app.broker.kv, "check_text", check_text)
+    app.periodic(every=60, name="s", rate="1/s", rate_key="tenant:x")(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    for text in ["error one"] * 3 + ["error two"]:
+        error["text"] = text
+        clock.advance(60)
+        sched.tick()
+    assert [e.rsplit(": ", 1)[1] for e in errors] == ["error one", "error two"]
+    assert "more time(s)" not in errors[1]  # error one recurred twice, error two did not
