@@ -73,9 +73,11 @@ def _clear_pending(ident: int) -> None:
     On CPython 3.11 the clear leaves the interpreter's signal of a pending async exception
     set (only delivering one resets it), and from then on a traced call in any thread (a
     debugger, a coverage tool) spun for ever: so, there, one is aimed and delivered here,
-    at the backward jump of a short loop, where 3.11 checks for it."""
+    at the backward jump of a short loop, where 3.11 checks for it. Not on the main thread
+    (``app.drain()``'s job), where signal handlers run first at that check: a Ctrl-C left
+    it pending to fire later elsewhere, and a handler of the program's own was skipped."""
     _set_async_exc(ident, None)
-    if sys.version_info[:2] == (3, 11):
+    if sys.version_info[:2] == (3, 11) and ident != _MAIN:
         try:
             _set_async_exc(ident, _Unstick)
             for _ in range(8):
