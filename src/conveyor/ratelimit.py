@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 
 from ._errors import InvalidName, InvalidOption
 from ._message import Message
-from .stores._port import check_key
+from .stores._port import MAX_KEY, check_key
 
 if TYPE_CHECKING:
     from ._app import Conveyor
@@ -45,7 +45,6 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
 _MIN_WAIT = 0.01  # never ask for a zero delay on refusal: the worker would spin
 _PREFIX = "conveyor:rate:"
-_MAX_KEY = 512  # characters in a store key (``check_key``)
 _EPSILON = 1e-6  # float slack, so waiting exactly the time returned is enough
 
 
@@ -124,7 +123,7 @@ def check_rate_key_length(rate: str, rate_key: str) -> None:
     shows at import, and again by the worker for a job queued without the check."""
     period = f"{parse_rate(rate).period:g}"
     # the longest counter key: f"{_PREFIX}{rate_key}:{period}:{window}:refused"
-    room = _MAX_KEY - len(_PREFIX) - len(period) - len(f"::{10**12}:refused")
+    room = MAX_KEY - len(_PREFIX) - len(period) - len(f"::{10**12}:refused")
     if len(rate_key) > room:
         raise InvalidName(
             f"bad rate_key={rate_key[:40]!r}... ({len(rate_key)} characters): with "

@@ -19,7 +19,8 @@ from collections.abc import Callable, Collection
 
 from .._errors import InvalidName, TransactionConflict, ValidationError
 
-_KEY = re.compile(r"^[^\x00-\x1f\x7f]{1,512}$")
+MAX_KEY = 512  # characters in a key
+_KEY = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MAX_KEY}}}$")
 _COUNTER = re.compile(rb"^[+-]?[0-9]+$")
 
 Updater = Callable[[bytes | None], bytes | None]
@@ -54,7 +55,7 @@ def versioned_update(
 def check_key(key: str) -> str:
     if not isinstance(key, str) or not _KEY.match(key):
         raise InvalidName(
-            f"bad key {key!r}: use 1-512 printable characters (no control characters)"
+            f"bad key {key!r}: use 1-{MAX_KEY} printable characters (no control characters)"
         )
     return key
 

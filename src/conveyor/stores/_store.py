@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError, InvalidName, TransactionConflict, ValidationError
-from ._port import KeyValue, check_key
+from ._port import MAX_KEY, KeyValue, check_key
 
 if TYPE_CHECKING:
     from .._codec import Codec
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 __all__ = ["Store"]
 
 _PREFIX = "store:"
-_MAX_KEY = 512  # what ``check_key`` allows
 _INTEGER = re.compile(rb"-?[0-9]+")
 
 
@@ -131,7 +130,7 @@ class Store:
         except InvalidName:
             raise InvalidName(
                 f"store key {key[:40]!r}... is {len(key)} characters long: use at most "
-                f"{_MAX_KEY - len(_PREFIX)} (the broker's {_MAX_KEY} include the store's "
+                f"{MAX_KEY - len(_PREFIX)} (the broker's {MAX_KEY} include the store's "
                 f"{_PREFIX!r} namespace)"
             ) from None
 
