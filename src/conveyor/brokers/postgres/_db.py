@@ -390,10 +390,7 @@ class Database:
             if guess.isascii():
                 return guess
             if guess not in answers:
-                held = self._known.get(guess)
-                if held is None:
-                    held = self._ask(conn, guess)
-                answers[guess] = guess if held else ascii_safe(text)
+                answers[guess] = guess if self._ask(conn, guess) else ascii_safe(text)
             return answers[guess]
 
         return storable
@@ -439,8 +436,12 @@ class Database:
         return held
 
     def _ask(self, conn: Connection, text: str) -> bool:
-        """Whether the server converts ``text`` into its encoding, asked on ``conn`` (in
-        autocommit); a short text's answer is kept: what it holds today it holds tomorrow."""
+        """Whether the server converts ``text`` into its encoding: as known, else asked on
+        ``conn`` (in autocommit); a short text's answer is kept: what it holds today it
+        holds tomorrow."""
+        held = self._known.get(text)
+        if held is not None:
+            return held
         try:
             conn.execute("SELECT %s::text", (text,))
         except (pg_errors.UntranslatableCharacter, UnicodeEncodeError):  # (a lone surrogate)
