@@ -31,7 +31,8 @@ from psycopg.rows import tuple_row
 
 from ..._errors import ConfigurationError
 from ..._message import Envelope
-from ._db import codec_of, refusal, translate, unstorable
+from ._db import translate
+from ._encoding import codec_of, refusal, unstorable
 from ._enqueue import ENQUEUE, check_keys, enqueue_params, enqueued
 from ._schema import sql
 from ._url import quoted
