@@ -74,12 +74,19 @@ class _Probe:
             if t_enqueued is not None and t_enqueued > 0:
                 self.latencies.append(now - t_enqueued)
             self.dirty = True
-            if self.count % self.rss_every == 0:
-                self.rss_curve.append((self.count, _current_rss_kb()))
-            done = self.count == self.target
+            count = self.count
+            done = count == self.target
             if done:
                 self.cpu1 = time.process_time()
                 self.rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        # The RSS is a file read: outside the lock. Read under it, it released the GIL while
+        # holding the lock every N/20 jobs, and a threaded worker's job threads, all calling
+        # hit(), fell into a convoy behind it (~2 context switches per job, the worker's CPU
+        # per job up to twice): the instrument slowed what it measured.
+        if count % self.rss_every == 0:
+            rss = _current_rss_kb()
+            with self.lock:
+                self.rss_curve.append((count, rss))
         if done:
             self.write()
 
@@ -100,7 +107,7 @@ class _Probe:
                 "rss_kb": rss_kb or None,
                 "latencies": list(self.latencies),
                 "max_running": self.max_running,
-                "rss_curve": list(self.rss_curve),
+                "rss_curve": sorted(self.rss_curve),  # appended outside hit()'s lock
             }
 
     def write(self) -> None:
