@@ -25,6 +25,7 @@ from conveyor._message import Delivery, WorkerInfo
 from conveyor.brokers import Finish, LeaseState
 from conveyor.brokers.memory import MemoryBroker
 from conveyor.worker import Worker
+from conveyor.worker._worker import PREFETCH_LEAST, PREFETCH_SLOTS
 
 from .test_worker_concurrency import BatchTokens
 
@@ -133,6 +134,24 @@ def test_jobs_that_run_long_are_not_buffered(app: Conveyor, broker: Recording) -
     # Once runs are known to be long, a fetch asks for free slots only (a buffered job
     # started while the broker is away would run into the outage too).
     assert max(broker.fetch_counts[1:]) <= 2
+
+
+def test_a_single_slot_worker_buffers_more_than_4_tiny_jobs(
+    app: Conveyor, broker: Recording
+) -> None:
+    """The buffer's bound per slot (PREFETCH_SLOTS) is not a single-slot worker's whole
+    buffer: with tiny jobs it fetched 5 at a time and spent most of its time in calls."""
+
+    @app.task
+    def tiny(n: int) -> int:
+        return n
+
+    jobs = app.enqueue_many([tiny.s(i) for i in range(600)])
+    with background(Worker(app, concurrency=1)):
+        assert [j.result(timeout=30) for j in jobs] == list(range(600))
+    assert broker.fetch_counts[0] == 2  # run times unknown yet: its slot and one buffered
+    assert max(broker.fetch_counts) > 1 + PREFETCH_SLOTS  # once its runs are known short
+    assert max(broker.fetch_counts) <= 1 + PREFETCH_LEAST
 
 
 def test_buffered_jobs_are_handed_back_at_stop_not_run(app: Conveyor, broker: Recording) -> None:
@@ -250,14 +269,14 @@ def test_fetches_fill_slots_and_buffer_and_finishes_are_batched(
     with background(Worker(app, concurrency=8)):
         assert [j.result(timeout=10) for j in jobs] == list(range(200))
     assert broker.fetch_counts[0] == 16  # 8 run slots and 8 buffered: no run time known yet
-    # Known to be tiny, runs may buffer up to 4 per slot.
-    assert max(broker.fetch_counts) <= 8 + 4 * 8
+    # Known to be tiny, runs may buffer up to 4 per slot, and at least PREFETCH_LEAST.
+    assert max(broker.fetch_counts) <= 8 + max(PREFETCH_SLOTS * 8, PREFETCH_LEAST)
     assert sum(broker.finish_sizes) == 200
     assert len(broker.finish_sizes) < 60, broker.finish_sizes  # not one call per job
 
 
 def test_jobs_run_while_a_slow_finish_call_writes_their_predecessors(
-    app: Conveyor, broker: Recording
+    app: Conveyor, broker: Recording, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As many outcomes may await their write as deliveries may wait to run or run: while
     a finish call is out, the worker fetches and runs the next slots' and buffer's worth
@@ -282,6 +301,7 @@ def test_jobs_run_while_a_slow_finish_call_writes_their_predecessors(
 
     broker.finish = timed  # type: ignore[method-assign]
     broker.finish_delay = 0.2  # a slow broker: each call returns long after the runs end
+    monkeypatch.setattr("conveyor.worker._worker.PREFETCH_LEAST", 0)  # 4 per slot alone
     jobs = app.enqueue_many([tiny.s(i) for i in range(80)])
     with background(Worker(app, concurrency=2)):  # 2 slots, 8 buffered once runs are known
         assert [j.result(timeout=20) for j in jobs] == list(range(80))

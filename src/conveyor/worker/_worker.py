@@ -62,9 +62,25 @@ if TYPE_CHECKING:
 log = logging.getLogger("conveyor.worker")
 
 FETCH_BLOCK = 1.0  # longest a fetch blocks; a stop is noticed within this
-PREFETCH_SLOTS = 4  # the most a worker buffers, per run slot (see Inflight)
+PREFETCH_SLOTS = 4  # the most a worker buffers, per run slot (see Inflight)...
+PREFETCH_LEAST = 128  # ...or this many in all, if more: a worker of few slots
 BROKER_RETRY_CAP = 5.0  # longest pause between attempts while the broker is away
 _FINISH_PATIENCE = 2.0  # how long a stopping worker keeps trying to write results
+
+
+def prefetch_for(pool: str, concurrency: int) -> int:
+    """The most a worker of ``concurrency`` run slots buffers (``Inflight``'s prefetch).
+
+    Buffered jobs start from memory when a slot frees (not for child processes, whose jobs
+    are long enough that a fetch round trip does not matter). The buffer holds about
+    PREFETCH_WINDOW of runs, at most PREFETCH_SLOTS per slot: for tiny jobs, fetches and
+    finishes of ~70 instead of ~32 at -c 32 (server and worker ~2 µs less CPU per job
+    each, bench/profile_drain.py --calls); and up to PREFETCH_LEAST whatever the slots:
+    with 4 per slot, a single-slot worker fetched and finished ~5 tiny jobs a call and
+    spent ~55 µs of CPU per no-op job, against ~12 with 128 (docs/architecture.md)."""
+    if pool == "processes":
+        return 0
+    return max(PREFETCH_SLOTS * concurrency, PREFETCH_LEAST)
 
 
 class Worker:
@@ -125,13 +141,7 @@ class Worker:
         self._hard = threading.Event()
         self._stop_requested = 0.0
         self._gone: BrokerGone | None = None  # seen by the keeper: raised by the session
-        # Buffered jobs start from memory when a slot frees (not for child processes,
-        # whose jobs are long enough that a fetch round trip does not matter). The buffer
-        # holds about PREFETCH_WINDOW of runs, at most PREFETCH_SLOTS per slot: for tiny
-        # jobs, fetches and finishes of ~70 instead of ~32 at -c 32 (server and worker
-        # ~2 µs less CPU per job each, bench/profile_drain.py --calls).
-        prefetch = 0 if pool == "processes" else PREFETCH_SLOTS * concurrency
-        self._inflight = Inflight(concurrency, prefetch=prefetch)
+        self._inflight = Inflight(concurrency, prefetch=prefetch_for(pool, concurrency))
         self._events = WorkerEvents(self.id, app.clock) if app.events else None
         # The app's middleware as it is now; None: no middleware, and nothing on any path.
         self._hooks = Hooks(app.middleware) if app.middleware else None
