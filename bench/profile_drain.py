@@ -9,6 +9,8 @@ goes" in docs/architecture.md. Not part of bench/run.py (which compares against 
     .venv/bin/python bench/profile_drain.py --commandstats   # + the server's commands per job
     .venv/bin/python bench/profile_drain.py --calls    # + the worker's fetch and finish calls
     .venv/bin/python bench/profile_drain.py --events off   # Conveyor(events=False); default on
+    .venv/bin/python bench/profile_drain.py --log-line   # each job logs one INFO line through
+        # the worker's log setup (``conveyor worker``'s), stderr sent to a file for the runs
     .venv/bin/python bench/profile_drain.py --memory   # memory:// in process: the worker alone
     .venv/bin/python bench/profile_drain.py --rabbitmq   # the machine's RabbitMQ (a fresh vhost
         # per run; beam.smp's CPU too), the records in the private redis-server
@@ -32,12 +34,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 import statistics
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
@@ -51,6 +56,7 @@ from rabbitmq_server import RabbitServer
 from redis_server import main_thread_cpu_usec, private_redis
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+JOB_LOG = logging.getLogger("conveyor.bench")  # at INFO once --log-line configures logging
 # Voluntary and involuntary, of all the worker's threads (getrusage): each one a thread that
 # blocked (a hand-off it waited for) or was preempted, so this counts the wake-ups a job costs.
 SWITCHES = "switches"
@@ -249,6 +255,7 @@ def one_run(
     events: bool = True,
     rabbitmq: RabbitServer | None = None,
     postgres: PostgresServer | None = None,
+    log_line: bool = False,
 ) -> tuple[float, dict[str, float]]:
     store = {} if rabbitmq is None else {"store": url}
     if rabbitmq is not None:
@@ -262,6 +269,8 @@ def one_run(
     def noop(i: int) -> int:
         if sleep:
             time.sleep(sleep)
+        if log_line:
+            JOB_LOG.info("job %d ran", i)
         probe.hit()
         return i
 
@@ -352,7 +361,40 @@ def main() -> None:
         action="store_true",
         help="a private PostgreSQL (bench/pg_server.py), a fresh database per run",
     )
+    ap.add_argument(
+        "--log-line",
+        action="store_true",
+        help="each job logs one INFO line through the log setup of `conveyor worker` (stderr "
+        "sent to a temporary file meanwhile)",
+    )
     args = ap.parse_args()
+    if args.log_line:
+        with _stderr_to_file():
+            _main(ap, args)
+    else:
+        _main(ap, args)
+
+
+@contextlib.contextmanager
+def _stderr_to_file() -> Iterator[None]:
+    """File descriptor 2 sent to a temporary file, and logging set up as ``conveyor worker
+    --log-level info`` sets it: its handler writes to that descriptor."""
+    from conveyor import _logging
+
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as out:
+        os.dup2(out.fileno(), 2)
+        try:
+            _logging.configure("INFO", "text")
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            out.seek(0)
+            print(f"stderr meanwhile: {sum(1 for _ in out):,} lines")
+
+
+def _main(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     if args.memory + args.rabbitmq + args.postgres > 1:
         ap.error("--memory, --rabbitmq and --postgres are exclusive")
     rabbit = RabbitServer() if args.rabbitmq else None
@@ -377,6 +419,7 @@ def main() -> None:
                 events=args.events == "on",
                 rabbitmq=rabbit,
                 postgres=pg,
+                log_line=args.log_line,
             )
             rates.append(rate)
             cpus.append(cpu)
@@ -388,7 +431,7 @@ def main() -> None:
             f"median of {args.reps}: {statistics.median(rates):,.0f} jobs/s "
             f"({min(rates):,.0f}-{max(rates):,.0f}); CPU µs/job: {_cpus(medians)}; "
             f"n={args.n} c={args.concurrency} sleep={args.sleep} pool={args.pool} "
-            f"events={args.events}{where}"
+            f"events={args.events}{where}{' log-line' if args.log_line else ''}"
         )
         if rabbit is not None:
             rabbit.drop_vhost()
