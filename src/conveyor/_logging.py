@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import select
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -124,7 +126,51 @@ class JsonFormatter(logging.Formatter):
 
 
 class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The handler ``configure`` owns, so a second call replaces it instead of adding one."""
+    """The handler ``configure`` owns, so a second call replaces it instead of adding one.
+
+    A line goes to the stream's file descriptor in one ``write`` of its own, without the
+    handler's lock: a logging handler holds its lock around its write, and the write lets
+    the GIL go, so job threads that each logged a line queued up behind the lock one after
+    the other (a no-op job logging one line drained at ~18k jobs/s, ~28k so;
+    docs/architecture.md). Lines stay whole: the kernel writes each one at once, and a line
+    longer than a pipe writes at once (a traceback, say) is written under the lock, so two
+    such lines are never mixed in a pipe that fills up. A stream with no descriptor (one a
+    test captures) is written as ``StreamHandler`` does, under the lock."""
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        passed = self.filter(record)
+        if isinstance(passed, logging.LogRecord):  # Python 3.12: a filter may replace it
+            record = passed
+        if passed:
+            self.emit(record)
+        return bool(passed)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        stream = self.stream
+        try:
+            fd = stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation included
+            with self.lock:  # type: ignore[union-attr]  # made in __init__
+                super().emit(record)
+            return
+        try:
+            line = self.format(record) + self.terminator
+            data = line.encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
+            if len(data) <= _ATOMIC:
+                while data:  # the remainder of a short write, if ever
+                    data = data[_write(fd, data) :]
+            else:
+                with self.lock:  # type: ignore[union-attr]  # made in __init__
+                    while data:
+                        data = data[_write(fd, data) :]
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
+
+
+_write = os.write  # a name of this module's, so a test can slow one write down
+_ATOMIC = getattr(select, "PIPE_BUF", 512)  # the most a pipe takes in one piece
 
 
 class _Setup:

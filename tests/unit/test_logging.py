@@ -11,6 +11,7 @@ import pickle
 import re
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -238,6 +239,113 @@ def test_configure_twice_replaces_its_handler(capsys: pytest.CaptureFixture[str]
     logging.getLogger("conveyor.worker").debug("hello")
     lines = capsys.readouterr().err.splitlines()
     assert [json.loads(x)["message"] for x in lines] == ["hello"]
+
+
+def _configured_on(path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``configure`` with stderr a real file at ``path`` (a descriptor, as a worker's is)."""
+    stream = open(path, "w", encoding="utf-8")  # noqa: SIM115 - closed by the caller
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.configure("INFO", "text")
+    return stream
+
+
+def test_a_slow_write_of_a_line_does_not_hold_up_another_threads_line(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Job threads that log must not queue behind one another's writes (the handler's
+    lock held across a write that lets the GIL go made them run one by one)."""
+    stream = _configured_on(tmp_path / "err", monkeypatch)
+    writing, go_on = threading.Event(), threading.Event()
+    real = logs._write
+
+    def write(fd: int, data: bytes) -> int:
+        if b"first" in data:
+            writing.set()
+            go_on.wait(10)
+        return real(fd, data)
+
+    monkeypatch.setattr(logs, "_write", write)
+    log = logging.getLogger("conveyor.worker")
+    first = threading.Thread(target=log.info, args=("first",))
+    second = threading.Thread(target=log.info, args=("second",))
+    try:
+        first.start()
+        assert writing.wait(10)
+        second.start()
+        second.join(5)
+        assert not second.is_alive()  # written while the first line's write waits
+    finally:
+        go_on.set()
+        first.join(10)
+        second.join(10)
+        stream.close()
+    lines = (tmp_path / "err").read_text().splitlines()
+    assert [x.split(": ", 1)[1] for x in lines] == ["second", "first"]
+
+
+def test_lines_from_many_threads_stay_whole(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    stream = _configured_on(tmp_path / "err", monkeypatch)
+    log = logging.getLogger("conveyor.worker")
+    long = "x" * 5000  # longer than a pipe takes at once: written under the lock
+
+    def lines(t: int) -> None:
+        for i in range(200):
+            log.info("thread %d line %d %s", t, i, long if i % 50 == 0 else "é")
+
+    threads = [threading.Thread(target=lines, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    stream.close()
+    written = (tmp_path / "err").read_text(encoding="utf-8").splitlines()
+    assert len(written) == 8 * 200
+    found = {tuple(x.split(": ", 1)[1].split(" ")[1:4:2]) for x in written}
+    assert found == {(str(t), str(i)) for t in range(8) for i in range(200)}
+    assert all(x.endswith((long, "é")) for x in written)
+
+
+def test_lines_longer_than_a_pipe_takes_at_once_are_written_one_at_a_time(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipe that fills up may take a long write in pieces: two tracebacks written at once
+    could then be mixed, so those are written under the lock."""
+    stream = _configured_on(tmp_path / "err", monkeypatch)
+    real, busy, most = logs._write, [0], [0]
+    lock = threading.Lock()
+
+    def write(fd: int, data: bytes) -> int:
+        with lock:
+            busy[0] += 1
+            most[0] = max(most[0], busy[0])
+        time.sleep(0.005)  # lets the GIL go, as a write does
+        try:
+            return real(fd, data)
+        finally:
+            with lock:
+                busy[0] -= 1
+
+    monkeypatch.setattr(logs, "_write", write)
+    log = logging.getLogger("conveyor.worker")
+    long = "t" * logs._ATOMIC
+    threads = [
+        threading.Thread(target=lambda: [log.info("%s", long) for _ in range(5)]) for _ in range(4)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    stream.close()
+    assert most[0] == 1
+    assert len((tmp_path / "err").read_text().splitlines()) == 20
+
+
+def test_a_line_to_a_stream_without_a_descriptor_is_written_too(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    logs.configure("INFO", "text")  # capsys's stderr has no file descriptor
+    logging.getLogger("conveyor.worker").info("captured")
+    assert capsys.readouterr().err.endswith(": captured\n")
 
 
 def test_python_warnings_become_lines(capsys: pytest.CaptureFixture[str]) -> None:
