@@ -19,10 +19,12 @@ Nothing here runs per job: the worker sets the context variable around a run (it
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
 import select
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -131,11 +133,18 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     A line goes to the stream's file descriptor in one ``write`` of its own, without the
     handler's lock: a logging handler holds its lock around its write, and the write lets
     the GIL go, so job threads that each logged a line queued up behind the lock one after
-    the other (a no-op job logging one line drained at ~18k jobs/s, ~28k so;
-    docs/architecture.md). Lines stay whole: the kernel writes each one at once, and a line
-    longer than a pipe writes at once (a traceback, say) is written under the lock, so two
-    such lines are never mixed in a pipe that fills up. A stream with no descriptor (one a
-    test captures) is written as ``StreamHandler`` does, under the lock."""
+    the other (docs/architecture.md, "jobs that log"). Lines stay whole: the kernel writes
+    one of up to ``PIPE_BUF`` bytes at once, and a longer one (a traceback, say), which a
+    pipe that fills up takes in pieces, is written alone: the short lines wait for it, and
+    it for those being written. Only a plain file stream is written so (``sys.stderr`` as
+    Python makes it, a file ``open()`` made); any other (a test's capture, a compressing
+    wrapper, a notebook's stream) is written as ``StreamHandler`` writes it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._gate = threading.Condition(threading.Lock())
+        self._writing = 0  # short lines being written now
+        self._long = False  # a long line is being written (or waits to be): short ones wait
 
     def handle(self, record: logging.LogRecord) -> bool:
         passed = self.filter(record)
@@ -147,26 +156,71 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         stream = self.stream
-        try:
-            fd = stream.fileno()
-        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation included
+        fd = _descriptor(stream)
+        if fd is None:
             with self.lock:  # type: ignore[union-attr]  # made in __init__
                 super().emit(record)
             return
         try:
             line = self.format(record) + self.terminator
-            data = line.encode(getattr(stream, "encoding", None) or "utf-8", "backslashreplace")
+            data = line.encode(stream.encoding, stream.errors or "backslashreplace")
             if len(data) <= _ATOMIC:
-                while data:  # the remainder of a short write, if ever
-                    data = data[_write(fd, data) :]
+                self._short(fd, data)
             else:
-                with self.lock:  # type: ignore[union-attr]  # made in __init__
-                    while data:
-                        data = data[_write(fd, data) :]
+                self._alone(fd, data)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
+
+    def _short(self, fd: int, data: bytes) -> None:
+        gate = self._gate
+        with gate:
+            while self._long:
+                gate.wait()
+            self._writing += 1
+        try:
+            _write_all(fd, data)
+        finally:
+            with gate:
+                self._writing -= 1
+                if self._long and not self._writing:
+                    gate.notify_all()
+
+    def _alone(self, fd: int, data: bytes) -> None:
+        gate = self._gate
+        with self.lock:  # type: ignore[union-attr]  # one long line at a time
+            with gate:
+                self._long = True
+                while self._writing:
+                    gate.wait()
+            try:
+                _write_all(fd, data)
+            finally:
+                with gate:
+                    self._long = False
+                    gate.notify_all()
+
+
+def _descriptor(stream: Any) -> int | None:
+    """The descriptor of a text stream over an OS file, which a line may be written to
+    directly; None for any other stream."""
+    if type(stream) is not io.TextIOWrapper:
+        return None
+    raw = stream.buffer
+    if type(raw) is io.BufferedWriter:
+        raw = raw.raw
+    if type(raw) is not io.FileIO or raw.closed:
+        return None
+    return raw.fileno()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    while data:
+        wrote = _write(fd, data)
+        if not wrote:
+            raise OSError(f"no byte of {len(data)} written to file descriptor {fd}")
+        data = data[wrote:]
 
 
 _write = os.write  # a name of this module's, so a test can slow one write down

@@ -3,6 +3,7 @@ trip of a pool process's records to its parent. No worker, no sockets."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import logging
@@ -338,6 +339,59 @@ def test_lines_longer_than_a_pipe_takes_at_once_are_written_one_at_a_time(
     stream.close()
     assert most[0] == 1
     assert len((tmp_path / "err").read_text().splitlines()) == 20
+
+
+@pytest.mark.parametrize("first", ["long", "short"])
+def test_a_long_line_is_never_written_beside_another(
+    first: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pipe that fills up takes a line longer than PIPE_BUF in pieces, and another
+    writer's line could land between them: a long line waits for the lines being written,
+    and the lines after it wait for it."""
+    stream = _configured_on(tmp_path / "err", monkeypatch)
+    real, log = logs._write, logging.getLogger("conveyor.worker")
+    writing, go_on, started = threading.Event(), threading.Event(), []
+    texts = {"long": "l" * logs._ATOMIC, "short": "s"}
+
+    def write(fd: int, data: bytes) -> int:
+        started.append("long" if len(data) > logs._ATOMIC else "short")
+        if len(started) == 1:
+            writing.set()
+            go_on.wait(10)
+        return real(fd, data)
+
+    monkeypatch.setattr(logs, "_write", write)
+    second = "short" if first == "long" else "long"
+    one = threading.Thread(target=log.info, args=(texts[first],))
+    other = threading.Thread(target=log.info, args=(texts[second],))
+    try:
+        one.start()
+        assert writing.wait(10)
+        other.start()
+        other.join(0.3)
+        assert other.is_alive() and started == [first]  # waits for the first's write
+    finally:
+        go_on.set()
+        one.join(10)
+        other.join(10)
+        stream.close()
+    assert started == [first, second]
+    lines = (tmp_path / "err").read_text().splitlines()
+    assert [x.split(": ", 1)[1] for x in lines] == [texts[first], texts[second]]
+
+
+def test_a_stream_over_something_else_than_a_file_is_written_through(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A compressing text stream has a descriptor (its file's): a line written there
+    directly would bypass the compression."""
+    stream = gzip.open(tmp_path / "err.gz", "wt", encoding="utf-8")  # noqa: SIM115 - closed below
+    monkeypatch.setattr(sys, "stderr", stream)
+    logs.configure("INFO", "text")
+    logging.getLogger("conveyor.worker").info("squeezed")
+    stream.close()
+    with gzip.open(tmp_path / "err.gz", "rt", encoding="utf-8") as f:
+        assert f.read().endswith(": squeezed\n")
 
 
 def test_a_line_to_a_stream_without_a_descriptor_is_written_too(
