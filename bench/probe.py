@@ -87,6 +87,7 @@ class _Probe:
             rss = _current_rss_kb()
             with self.lock:
                 self.rss_curve.append((count, rss))
+                self.dirty = True  # written after the count's own report, maybe
         if done:
             self.write()
 
