@@ -29,7 +29,7 @@ import redis
 from conveyor import Conveyor, JobStatus, Signature
 from conveyor._errors import BrokerUnavailable
 from conveyor._message import JobRecord
-from conveyor.worker._worker import prefetch_for
+from conveyor.worker._worker import PREFETCH_SLOTS
 from redis_cluster import ClusterNode, RedisClusterServers, private_cluster
 from redis_server import unique_prefix
 
@@ -177,9 +177,10 @@ def test_a_shard_being_migrated_under_load_is_refused_until_it_is_settled(
         assert {app.broker.shard_of(t) for t in acknowledged} == set(range(SHARDS))
         _wait_ended(app, acknowledged)  # a result refused meanwhile is written on a retry
         # The jobs the worker held of that shard when it was refused (its 4 slots and its
-        # buffer) may run again: their results and lease renewals on it are refused too, so
-        # a lease may lapse. None ends twice.
-        held = 4 + prefetch_for("threads", 4)
+        # buffer: ~20 ms of its 10 ms runs, 8, within 4 per slot) may run again: their
+        # results and lease renewals on it are refused too, so a lease may lapse. None ends
+        # twice.
+        held = 4 * (1 + PREFETCH_SLOTS)
         assert_each_ran_once(cluster, app, acknowledged, 120, duplicates=held)
         assert "being migrated" in cluster.outputs()  # the worker was refused, and said why
         assert all(w.alive() for w in cluster.workers), cluster.outputs()

@@ -77,7 +77,9 @@ def prefetch_for(pool: str, concurrency: int) -> int:
     finishes of ~70 instead of ~32 at -c 32 (server and worker ~2 µs less CPU per job
     each, bench/profile_drain.py --calls); and up to PREFETCH_LEAST whatever the slots:
     with 4 per slot, a single-slot worker fetched and finished ~5 tiny jobs a call and
-    spent ~55 µs of CPU per no-op job, against ~12 with 128 (docs/architecture.md)."""
+    spent 48 µs of CPU per no-op job, against 14 with 128 (docs/architecture.md). Jobs
+    buffered while runs were short that long runs would hold up are handed back
+    (``Inflight._surplus``)."""
     if pool == "processes":
         return 0
     return max(PREFETCH_SLOTS * concurrency, PREFETCH_LEAST)
