@@ -136,15 +136,23 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
     the other (docs/architecture.md, "jobs that log"). Lines stay whole: the kernel writes
     one of up to ``PIPE_BUF`` bytes at once, and a longer one (a traceback, say), which a
     pipe that fills up takes in pieces, is written alone: the short lines wait for it, and
-    it for those being written. Only a plain file stream is written so (``sys.stderr`` as
-    Python makes it, a file ``open()`` made); any other (a test's capture, a compressing
-    wrapper, a notebook's stream) is written as ``StreamHandler`` writes it."""
+    it for those being written (up to ``_SHORT_WAIT``). Only a plain file stream is
+    written so (``sys.stderr`` as Python makes it, a file ``open()`` made); any other (a
+    test's capture, a compressing wrapper, a notebook's stream) is written as
+    ``StreamHandler`` writes it."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._gate = threading.Condition(threading.Lock())
-        self._writing = 0  # short lines being written now
-        self._long = False  # a long line is being written (or waits to be): short ones wait
+        # No lock of its own: a Python-level one (a Condition) could be left held by an
+        # exception the worker aims at a job thread, or be taken again by a signal handler
+        # that logs in the middle of a write. The GIL orders these plain operations.
+        self._long = False  # a long line is being written: short lines take the lock
+        self._writing: set[int] = set()  # the threads writing a short line now
+
+    def _at_fork_reinit(self) -> None:  # logging calls it in a forked child
+        super()._at_fork_reinit()  # type: ignore[misc]  # private to logging, in 3.9+
+        self._long = False
+        self._writing = set()
 
     def handle(self, record: logging.LogRecord) -> bool:
         passed = self.filter(record)
@@ -163,43 +171,48 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
             return
         try:
             line = self.format(record) + self.terminator
-            data = line.encode(stream.encoding, stream.errors or "backslashreplace")
-            if len(data) <= _ATOMIC:
-                self._short(fd, data)
-            else:
+            data = line.encode(stream.encoding, stream.errors)
+            if len(data) > _ATOMIC:
                 self._alone(fd, data)
+            elif self._long:
+                with self.lock:  # type: ignore[union-attr]  # after the long line
+                    _write_all(fd, data)
+            else:
+                self._short(fd, data)
         except RecursionError:
             raise
         except Exception:
             self.handleError(record)
 
     def _short(self, fd: int, data: bytes) -> None:
-        gate = self._gate
-        with gate:
-            while self._long:
-                gate.wait()
-            self._writing += 1
+        # Said before ``_long`` is read, as ``_alone`` sets it before it reads this: one of
+        # the two always sees the other.
+        me, writing = threading.get_ident(), self._writing
         try:
-            _write_all(fd, data)
+            writing.add(me)
+            if self._long:  # a long line began meanwhile: after it
+                writing.discard(me)
+                with self.lock:  # type: ignore[union-attr]
+                    _write_all(fd, data)
+            else:
+                _write_all(fd, data)
         finally:
-            with gate:
-                self._writing -= 1
-                if self._long and not self._writing:
-                    gate.notify_all()
+            writing.discard(me)
 
     def _alone(self, fd: int, data: bytes) -> None:
-        gate = self._gate
-        with self.lock:  # type: ignore[union-attr]  # one long line at a time
-            with gate:
-                self._long = True
-                while self._writing:
-                    gate.wait()
+        me = threading.get_ident()
+        with self.lock:  # type: ignore[union-attr]  # one long line at a time (reentrant)
             try:
+                self._long = True
+                # The short lines being written end first (not this thread's own, from a
+                # signal handler that logs while it writes one); the wait is bounded, so a
+                # thread stopped in the middle of one cannot stop the log.
+                deadline = time.monotonic() + _SHORT_WAIT
+                while self._writing - {me} and time.monotonic() < deadline:
+                    time.sleep(0.0001)
                 _write_all(fd, data)
             finally:
-                with gate:
-                    self._long = False
-                    gate.notify_all()
+                self._long = False
 
 
 def _descriptor(stream: Any) -> int | None:
@@ -225,6 +238,7 @@ def _write_all(fd: int, data: bytes) -> None:
 
 _write = os.write  # a name of this module's, so a test can slow one write down
 _ATOMIC = getattr(select, "PIPE_BUF", 512)  # the most a pipe takes in one piece
+_SHORT_WAIT = 0.5  # the longest a long line waits for the short ones being written
 
 
 class _Setup:

@@ -3,13 +3,16 @@ trip of a pool process's records to its parent. No worker, no sockets."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
 import logging
 import logging.config
+import os
 import pickle
 import re
+import signal
 import sys
 import threading
 import time
@@ -378,6 +381,104 @@ def test_a_long_line_is_never_written_beside_another(
     assert started == [first, second]
     lines = (tmp_path / "err").read_text().splitlines()
     assert [x.split(": ", 1)[1] for x in lines] == [texts[first], texts[second]]
+
+
+@pytest.mark.parametrize(("outer", "inner"), [("s", "L"), ("L", "s"), ("s", "s"), ("L", "L")])
+def test_a_line_logged_in_the_middle_of_a_write_is_written_too(
+    outer: str, inner: str, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signal handler that logs runs in the middle of the interrupted thread's write: its
+    line must not wait for that write, which waits for it."""
+    stream = _configured_on(tmp_path / "err", monkeypatch)
+    real, log = logs._write, logging.getLogger("conveyor.worker")
+    size = {"s": 1, "L": logs._ATOMIC}
+
+    def write(fd: int, data: bytes) -> int:
+        if b"outer" in data:
+            log.warning("inner %s", inner * size[inner])  # what the handler would log
+        return real(fd, data)
+
+    monkeypatch.setattr(logs, "_write", write)
+    thread = threading.Thread(target=log.info, args=("outer %s", outer * size[outer]))
+    thread.start()
+    thread.join(5)
+    assert not thread.is_alive()
+    stream.close()
+    words = [x.split(": ", 1)[1].split(" ")[0] for x in (tmp_path / "err").read_text().splitlines()]
+    assert words == ["inner", "outer"]
+
+
+def test_a_line_stopped_by_an_exception_in_its_write_stops_no_other_line(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker stops a job by raising an exception in its thread, wherever the thread
+    is: in the middle of a log line's write, say."""
+
+    class Stop(BaseException):
+        pass
+
+    stream = _configured_on(tmp_path / "err", monkeypatch)
+    real, log = logs._write, logging.getLogger("conveyor.worker")
+
+    def write(fd: int, data: bytes) -> int:
+        if b"stopped" in data:
+            raise Stop
+        return real(fd, data)
+
+    def stopped(text: str) -> None:
+        with contextlib.suppress(Stop):
+            log.info("stopped %s", text)
+
+    monkeypatch.setattr(logs, "_write", write)
+    for text in ("s", "L" * logs._ATOMIC):
+        stopped(text)
+    for text in ("after", "L" * logs._ATOMIC):
+        thread = threading.Thread(target=log.info, args=(text,))
+        thread.start()
+        thread.join(5)
+        assert not thread.is_alive()
+    stream.close()
+    assert len((tmp_path / "err").read_text().splitlines()) == 2
+
+
+def test_a_child_forked_while_a_line_is_written_can_log(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = _configured_on(tmp_path / "err", monkeypatch)
+    real, log = logs._write, logging.getLogger("conveyor.worker")
+    writing, go_on = threading.Event(), threading.Event()
+
+    def write(fd: int, data: bytes) -> int:
+        if b"parent" in data:
+            writing.set()
+            go_on.wait(10)
+        return real(fd, data)
+
+    monkeypatch.setattr(logs, "_write", write)
+    thread = threading.Thread(target=log.info, args=("parent",))
+    thread.start()
+    try:
+        assert writing.wait(10)
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's writing thread is not here
+            logs._write = real
+            log.error("child %s", "t" * logs._ATOMIC)
+            os._exit(0)
+        deadline = time.monotonic() + 10
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if done[0] == 0:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        assert done[0] == pid and os.waitstatus_to_exitcode(done[1]) == 0, "the child hung"
+    finally:
+        go_on.set()
+        thread.join(10)
+        stream.close()
+    assert sorted(x.split(": ", 1)[1][:5] for x in (tmp_path / "err").read_text().splitlines()) == [
+        "child",
+        "paren",
+    ]
 
 
 def test_a_stream_over_something_else_than_a_file_is_written_through(
