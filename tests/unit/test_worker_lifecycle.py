@@ -154,47 +154,6 @@ def test_a_single_slot_worker_buffers_more_than_4_tiny_jobs(
     assert max(broker.fetch_counts) <= 1 + PREFETCH_LEAST
 
 
-def test_buffered_jobs_that_long_runs_would_hold_up_are_handed_back(
-    app: Conveyor, broker: Recording, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A single-slot worker that filled its buffer while runs were tiny, then met long
-    ones, hands back the buffered jobs it would not start for a while (HAND_BACK_AFTER by
-    its new average), and another worker runs them; none runs twice."""
-    monkeypatch.setattr("conveyor.worker._inflight.HAND_BACK_AFTER", 0.1)
-    handed_back: list[int] = []
-    release = broker.release
-
-    def counted(deliveries: Sequence[Delivery]) -> list[bool]:
-        handed_back.append(len(deliveries))
-        return release(deliveries)
-
-    broker.release = counted  # type: ignore[method-assign]
-    runs: dict[int, int] = {}
-
-    @app.task
-    def tiny(n: int) -> int:
-        return n
-
-    @app.task
-    def slow(n: int) -> int:
-        runs[n] = runs.get(n, 0) + 1
-        time.sleep(0.2)
-        return n
-
-    quick = app.enqueue_many([tiny.s(i) for i in range(300)])
-    long = app.enqueue_many([slow.s(i) for i in range(20)])
-    with background(Worker(app, concurrency=1)):
-        assert [j.result(timeout=30) for j in quick] == list(range(300))
-        deadline = time.monotonic() + 10
-        while not handed_back and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert handed_back, "no buffered job was handed back"
-        with background(Worker(app, concurrency=8)):
-            assert [j.result(timeout=30) for j in long] == list(range(20))
-    assert sum(handed_back) >= 10  # of the 19 buffered behind the first long run
-    assert runs == dict.fromkeys(range(20), 1)
-
-
 def test_buffered_jobs_are_handed_back_at_stop_not_run(app: Conveyor, broker: Recording) -> None:
     started = threading.Event()
     runs: list[str] = []

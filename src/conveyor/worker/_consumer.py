@@ -106,7 +106,6 @@ class Consumer:
         self.pause = pause  # sleeps, but wakes early when the worker is told to stop
         self.events = events  # None: events are off, and nothing is built
         inflight.start = self._launch  # a buffered job that got a freed slot
-        inflight.give_back = self.release  # buffered jobs a turn to long runs would hold up
         self._quick: dict[str, int] = {}  # task -> how many of its last runs were tiny
         self._admitting: list[Attempt] = []  # the fetch's jobs vetted, not yet given a slot
         # Set for each run or drain (they are rebuilt each time):
@@ -159,9 +158,7 @@ class Consumer:
         return kept
 
     def release(self, attempts: Sequence[Attempt]) -> None:
-        """Hand held jobs back for immediate redelivery: what a stopping worker does with
-        those running and buffered, and a worker whose runs turned long with buffered ones
-        (``Inflight.give_back``, from the thread whose run ended)."""
+        """Hand running jobs back for immediate redelivery (what a stopping worker does)."""
         released = self.hand_back([a.delivery for a in attempts])
         if self.events is not None and released:
             self.events.handed_back(attempts, released)

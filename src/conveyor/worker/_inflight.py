@@ -41,7 +41,6 @@ from collections.abc import Callable, Iterable
 from ._attempt import COMPLETED, RELEASED, RUNNING, Attempt
 
 Start = Callable[[Attempt], None]
-GiveBack = Callable[[list[Attempt]], None]
 
 # The buffer holds what the run slots will ask for in about this many seconds (several fetch
 # round trips), at most ``prefetch``: a full buffer for short jobs, none for jobs that run
@@ -49,10 +48,6 @@ GiveBack = Callable[[list[Attempt]], None]
 # the outage too (its result cannot be written before its lease lapses, so it runs again),
 # so the buffer is kept to what a fetch round trip actually needs.
 PREFETCH_WINDOW = 0.02
-# A buffer filled while runs were short keeps its jobs when runs turn long; those the slots
-# would not start within this many seconds by the new average are handed back for another
-# worker (50 windows: the average's jitter between short runs never does it).
-HAND_BACK_AFTER = 1.0
 _RUN_WEIGHT = 0.1  # weight of the latest run in the moving average of run times
 
 
@@ -82,9 +77,6 @@ class Inflight:
         # Starts an attempt that got a slot on completion of another (set by the consumer;
         # called outside the lock, in the thread that completed the other one).
         self.start: Start | None = None
-        # Hands buffered attempts back to the broker (``_surplus``; set by the consumer,
-        # called as ``start`` is). None: they are kept.
-        self.give_back: GiveBack | None = None
 
     def __len__(self) -> int:
         with self._cond:
@@ -208,7 +200,6 @@ class Inflight:
         """The run ended (after ``ran`` seconds, if it ran); False if the job was handed
         back meanwhile (drop the result). Buffered deliveries that get the freed slot are
         started here."""
-        surplus = None
         with self._lock:
             if attempt.state != RUNNING:
                 return False
@@ -224,17 +215,12 @@ class Inflight:
                     self._run_avg = avg
                     if avg >= self._full_below or self._buffer != self.prefetch:
                         self._size(avg)
-                        if len(self._ready) > self._buffer:
-                            surplus = self._surplus(avg)
             starting = self._fill() if self._ready else None
             if self._fetch_waits and self._worth_fetching():
                 self._fetch_waits = False  # woken: the next completion need not say it again
                 self._fetch.notify()
         if starting:
             self._start(starting)
-        if surplus:
-            assert self.give_back is not None
-            self.give_back(surplus)
         return True
 
     def _size(self, avg: float) -> None:
@@ -242,24 +228,6 @@ class Inflight:
         wanted = self.capacity * PREFETCH_WINDOW / avg if avg > 0 else self.prefetch
         self._buffer = min(self.prefetch, int(wanted))
         self._batch = max(1, self._buffer // 2)
-
-    def _surplus(self, avg: float) -> list[Attempt] | None:
-        """The buffered attempts, newest first taken, that the run slots would not start
-        within ``HAND_BACK_AFTER`` at runs of ``avg`` seconds, marked released (for
-        ``give_back``); None if there are none, or nothing to give them to."""
-        if self.give_back is None or self._halted:
-            return None
-        keep = max(self._buffer, int(self.capacity * HAND_BACK_AFTER / avg) if avg > 0 else 0)
-        ready = self._ready
-        if len(ready) <= keep:
-            return None
-        surplus = []
-        while len(ready) > keep:
-            attempt = ready.pop()
-            attempt.state = RELEASED
-            surplus.append(attempt)
-        surplus.reverse()
-        return surplus
 
     def _unslot(self, attempt: Attempt) -> None:
         if attempt.slot:

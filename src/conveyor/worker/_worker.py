@@ -63,7 +63,7 @@ log = logging.getLogger("conveyor.worker")
 
 FETCH_BLOCK = 1.0  # longest a fetch blocks; a stop is noticed within this
 PREFETCH_SLOTS = 4  # the most a worker buffers, per run slot (see Inflight)...
-PREFETCH_LEAST = 128  # ...or this many in all, if more: a worker of few slots
+PREFETCH_LEAST = 32  # ...or this many in all, if more: a worker of few slots
 BROKER_RETRY_CAP = 5.0  # longest pause between attempts while the broker is away
 _FINISH_PATIENCE = 2.0  # how long a stopping worker keeps trying to write results
 
@@ -77,9 +77,9 @@ def prefetch_for(pool: str, concurrency: int) -> int:
     finishes of ~70 instead of ~32 at -c 32 (server and worker ~2 µs less CPU per job
     each, bench/profile_drain.py --calls); and up to PREFETCH_LEAST whatever the slots:
     with 4 per slot, a single-slot worker fetched and finished ~5 tiny jobs a call and
-    spent 48 µs of CPU per no-op job, against 14 with 128 (docs/architecture.md). Jobs
-    buffered while runs were short that long runs would hold up are handed back
-    (``Inflight._surplus``)."""
+    spent 48 µs of CPU per no-op job, against 19 with 32 and 13 with 128. Not more: a
+    buffer filled while runs were short keeps its jobs when runs turn long, each then
+    waiting behind the ones before it on this worker (docs/architecture.md)."""
     if pool == "processes":
         return 0
     return max(PREFETCH_SLOTS * concurrency, PREFETCH_LEAST)
