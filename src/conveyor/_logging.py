@@ -22,15 +22,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
 import select
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from ._context import _current
-from ._errors import ConfigurationError
+from ._errors import ConfigurationError, SoftTimeLimit
 
 FIELDS = ("job_id", "task", "queue", "attempt")
 _LEVELS = {
@@ -163,45 +163,51 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
         return bool(passed)
 
     def emit(self, record: logging.LogRecord) -> None:
-        stream = self.stream
-        fd = _descriptor(stream)
-        if fd is None:
-            with self.lock:  # type: ignore[union-attr]  # made in __init__
-                super().emit(record)
-            return
         try:
             line = self.format(record) + self.terminator
+            stream = self.stream  # after the format: a swap meanwhile is seen
+            raw = _direct(stream)
+            if raw is None:
+                with self.lock:  # type: ignore[union-attr]  # made in __init__
+                    stream.write(line)
+                    stream.flush()
+                return
             data = line.encode(stream.encoding, stream.errors)
             if len(data) > _ATOMIC:
-                self._alone(fd, data)
+                self._alone(raw, data)
             elif self._long:
                 with self.lock:  # type: ignore[union-attr]  # after the long line
-                    _write_all(fd, data)
+                    _write_all(raw, data)
             else:
-                self._short(fd, data)
-        except RecursionError:
+                self._short(raw, data)
+        except (RecursionError, SoftTimeLimit):  # a time limit is the job's, not the log's
             raise
         except Exception:
             self.handleError(record)
 
-    def _short(self, fd: int, data: bytes) -> None:
+    def _short(self, raw: io.FileIO, data: bytes) -> None:
         # Said before ``_long`` is read, as ``_alone`` sets it before it reads this: one of
-        # the two always sees the other.
+        # the two always sees the other. ``mine``: not already said by this thread's write
+        # that a signal handler logging now interrupted (that one takes it back itself).
         me, writing = threading.get_ident(), self._writing
+        mine = me not in writing
         try:
             writing.add(me)
             if self._long:  # a long line began meanwhile: after it
-                writing.discard(me)
+                if mine:
+                    writing.discard(me)
                 with self.lock:  # type: ignore[union-attr]
-                    _write_all(fd, data)
+                    _write_all(raw, data)
             else:
-                _write_all(fd, data)
+                _write_all(raw, data)
         finally:
-            writing.discard(me)
+            if mine:
+                writing.discard(me)
 
-    def _alone(self, fd: int, data: bytes) -> None:
+    def _alone(self, raw: io.FileIO, data: bytes) -> None:
         me = threading.get_ident()
         with self.lock:  # type: ignore[union-attr]  # one long line at a time (reentrant)
+            outer = not self._long  # else a signal handler's line inside this thread's own
             try:
                 self._long = True
                 # The short lines being written end first (not this thread's own, from a
@@ -210,33 +216,41 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
                 deadline = time.monotonic() + _SHORT_WAIT
                 while self._writing - {me} and time.monotonic() < deadline:
                     time.sleep(0.0001)
-                _write_all(fd, data)
+                _write_all(raw, data)
             finally:
-                self._long = False
+                if outer:
+                    self._long = False
 
 
-def _descriptor(stream: Any) -> int | None:
-    """The descriptor of a text stream over an OS file, which a line may be written to
-    directly; None for any other stream."""
-    if type(stream) is not io.TextIOWrapper:
+def _direct(stream: Any) -> io.FileIO | None:
+    """The OS file under a plain text stream, which a line may be written to directly
+    (its ``write`` is one system call and takes no lock; a closed one raises, where a bare
+    descriptor could be another file's by then); None for any other stream, and without
+    the GIL, which orders ``_short``'s and ``_alone``'s steps."""
+    if type(stream) is not io.TextIOWrapper or not _GIL:
         return None
     raw = stream.buffer
     if type(raw) is io.BufferedWriter:
         raw = raw.raw
     if type(raw) is not io.FileIO or raw.closed:
         return None
-    return raw.fileno()
+    return raw
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(raw: io.FileIO, data: bytes) -> None:
     while data:
-        wrote = _write(fd, data)
-        if not wrote:
-            raise OSError(f"no byte of {len(data)} written to file descriptor {fd}")
+        wrote = _write(raw, data)
+        if not wrote:  # None: it would block (a non-blocking descriptor)
+            raise OSError(f"no byte of {len(data)} could be written to {raw.name!r}")
         data = data[wrote:]
 
 
-_write = os.write  # a name of this module's, so a test can slow one write down
+def _write(raw: io.FileIO, data: bytes) -> int | None:
+    """A name of this module's, so that a test can slow one write down."""
+    return raw.write(data)
+
+
+_GIL = getattr(sys, "_is_gil_enabled", lambda: True)()
 _ATOMIC = getattr(select, "PIPE_BUF", 512)  # the most a pipe takes in one piece
 _SHORT_WAIT = 0.5  # the longest a long line waits for the short ones being written
 

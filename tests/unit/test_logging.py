@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 import conveyor
-from conveyor import ConfigurationError, CurrentJob
+from conveyor import ConfigurationError, CurrentJob, SoftTimeLimit
 from conveyor import _logging as logs
 from conveyor._context import set_current_job
 
@@ -393,9 +393,16 @@ def test_a_line_logged_in_the_middle_of_a_write_is_written_too(
     real, log = logs._write, logging.getLogger("conveyor.worker")
     size = {"s": 1, "L": logs._ATOMIC}
 
-    def write(fd: int, data: bytes) -> int:
+    (handler,) = ours()
+    after: list[object] = []
+
+    def write(fd: Any, data: bytes) -> int:
         if b"outer" in data:
             log.warning("inner %s", inner * size[inner])  # what the handler would log
+            # The outer write still counts for what the other threads wait for.
+            after.append(
+                threading.get_ident() in handler._writing if outer == "s" else handler._long
+            )  # type: ignore[attr-defined]
         return real(fd, data)
 
     monkeypatch.setattr(logs, "_write", write)
@@ -406,6 +413,45 @@ def test_a_line_logged_in_the_middle_of_a_write_is_written_too(
     stream.close()
     words = [x.split(": ", 1)[1].split(" ")[0] for x in (tmp_path / "err").read_text().splitlines()]
     assert words == ["inner", "outer"]
+    assert after == [True]
+
+
+def test_a_line_goes_to_the_stream_the_handler_has_when_it_writes(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream swapped (and the old one closed) while a line is formatted: the line goes to
+    the new one, not to a descriptor number another file may hold by then."""
+    old = _configured_on(tmp_path / "a", monkeypatch)
+    (handler,) = ours()
+    new = open(tmp_path / "b", "w", encoding="utf-8")  # noqa: SIM115 - closed below
+
+    class Swapping(logs.TextFormatter):
+        def format(self, record: logging.LogRecord) -> str:
+            if handler.setStream(new) is old:  # type: ignore[attr-defined]
+                old.close()
+            return super().format(record)
+
+    handler.setFormatter(Swapping())
+    logging.getLogger("conveyor.worker").info("moved")
+    new.close()
+    assert (tmp_path / "b").read_text().endswith(": moved\n")
+    assert (tmp_path / "a").read_text() == ""
+
+
+def test_a_time_limit_that_lands_in_a_write_reaches_the_job(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = _configured_on(tmp_path / "err", monkeypatch)
+
+    def write(raw: Any, data: bytes) -> int:
+        raise SoftTimeLimit()
+
+    monkeypatch.setattr(logs, "_write", write)
+    try:
+        with pytest.raises(SoftTimeLimit):
+            logging.getLogger("conveyor.worker").info("cut short")
+    finally:
+        stream.close()
 
 
 def test_a_line_stopped_by_an_exception_in_its_write_stops_no_other_line(
