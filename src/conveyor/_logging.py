@@ -169,8 +169,9 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
             raw = _direct(stream)
             if raw is None:
                 with self.lock:  # type: ignore[union-attr]  # made in __init__
-                    stream.write(line)
-                    stream.flush()
+                    stream.write(line)  # as StreamHandler.emit does
+                    if hasattr(stream, "flush"):
+                        stream.flush()
                 return
             data = line.encode(stream.encoding, stream.errors)
             if len(data) > _ATOMIC:
