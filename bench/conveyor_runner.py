@@ -18,6 +18,7 @@ and for W4-io-async).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sys
 import time
@@ -31,6 +32,7 @@ from peers import _env
 
 DIST = "conveyor"
 POOL = os.environ.get("BENCH_CONVEYOR_POOL", "threads")
+LOG = logging.getLogger("conveyor_runner")  # the worker's module: logged at its level
 VARIANT = os.environ.get("BENCH_LIB", "conveyor")
 if VARIANT not in ("conveyor", "conveyor-noevents", "conveyor-prometheus", "conveyor-classic"):
     raise SystemExit(f"conveyor_runner: unknown variant BENCH_LIB={VARIANT!r}")
@@ -61,6 +63,14 @@ else:
 
 @app.task(name="noop")
 def noop(i: int) -> int:
+    probe.hit()
+    return i
+
+
+@app.task(name="logline")
+def logline(i: int) -> int:
+    """A no-op that logs one INFO line (bench/worker_drain.py --log-line)."""
+    LOG.info("job %d ran", i)
     probe.hit()
     return i
 

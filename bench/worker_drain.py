@@ -1,7 +1,7 @@
 """Drain N queued jobs through one ``conveyor worker`` process, as ``bench/run.py``'s W2 does
-(a private redis-server, the bench's probe in the task), and print jobs/s, the worker's CPU
-µs and context switches per job: for what only shows in the worker command, not in an
-in-process worker (``bench/profile_drain.py``), such as how its own log handler writes.
+(a private redis-server, the bench's task module ``conveyor_runner``), and print jobs/s, the
+worker's CPU µs and context switches per job: for what only shows in the worker command,
+not in an in-process worker (``bench/profile_drain.py``), such as how its log handler writes.
 
     .venv/bin/python bench/worker_drain.py                  # no-op jobs, -c 32
     .venv/bin/python bench/worker_drain.py --log-line       # each job logs one INFO line
@@ -29,29 +29,6 @@ sys.path.insert(0, HERE)
 
 from redis_server import private_redis  # noqa: E402
 
-TASKS = """
-import logging
-
-import probe
-from conveyor import Conveyor
-
-app = Conveyor({url!r})
-log = logging.getLogger("drain_tasks")
-
-
-@app.task(name="noop")
-def noop(i: int) -> int:
-    probe.hit()
-    return i
-
-
-@app.task(name="logline")
-def logline(i: int) -> int:
-    log.info("job %d ran", i)
-    probe.hit()
-    return i
-"""
-
 
 def _switches(pid: int) -> int:
     """Context switches of all the process's threads so far."""
@@ -69,16 +46,16 @@ def _switches(pid: int) -> int:
 
 def one_run(url: str, work: str, n: int, concurrency: int, task: str) -> tuple[float, float, float]:
     probe_dir = tempfile.mkdtemp(dir=work)
-    env = dict(os.environ, BENCH_PROBE_DIR=probe_dir, BENCH_PROBE_N=str(n))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (work, HERE, env.get("PYTHONPATH")) if p)
+    env = dict(os.environ, BENCH_PROBE_DIR=probe_dir, BENCH_PROBE_N=str(n), BENCH_REDIS_URL=url)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, env.get("PYTHONPATH")) if p)
     fill = (
-        "import drain_tasks as t\n"
+        "import conveyor_runner as t\n"
         f"for s in range(0, {n}, 1000):\n"
         f"    t.app.enqueue_many([t.{task}.s(i) for i in range(s, min(s + 1000, {n}))])\n"
     )
     subprocess.run([sys.executable, "-c", fill], env=env, check=True)
-    command = [os.path.join(os.path.dirname(sys.executable), "conveyor"), "worker", "drain_tasks",
-               "--concurrency", str(concurrency)]  # fmt: skip
+    conveyor = os.path.join(os.path.dirname(sys.executable), "conveyor")
+    command = [conveyor, "worker", "conveyor_runner", "--concurrency", str(concurrency)]
     with open(os.path.join(work, "worker.log"), "ab") as log:
         proc = subprocess.Popen(command, env=env, stderr=log, start_new_session=True)
     try:
@@ -111,8 +88,6 @@ def main() -> None:
     args = ap.parse_args()
     task = "logline" if args.log_line else "noop"
     with private_redis() as server, tempfile.TemporaryDirectory() as work:
-        with open(os.path.join(work, "drain_tasks.py"), "w") as f:
-            f.write(TASKS.format(url=server.url))
         runs = []
         for _ in range(args.reps):
             server.flush()
