@@ -253,22 +253,31 @@ def _configured_on(path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     return stream
 
 
+def _held_write(
+    monkeypatch: pytest.MonkeyPatch, marker: bytes
+) -> tuple[threading.Event, threading.Event]:
+    """The handler's write of a line holding ``marker`` waits (``writing`` set) until
+    ``go_on`` is set; every other write goes through."""
+    writing, go_on = threading.Event(), threading.Event()
+    real = logs._write
+
+    def write(raw: Any, data: bytes) -> int | None:
+        if marker in data:
+            writing.set()
+            go_on.wait(10)
+        return real(raw, data)
+
+    monkeypatch.setattr(logs, "_write", write)
+    return writing, go_on
+
+
 def test_a_slow_write_of_a_line_does_not_hold_up_another_threads_line(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Job threads that log must not queue behind one another's writes (the handler's
     lock held across a write that lets the GIL go made them run one by one)."""
     stream = _configured_on(tmp_path / "err", monkeypatch)
-    writing, go_on = threading.Event(), threading.Event()
-    real = logs._write
-
-    def write(fd: int, data: bytes) -> int:
-        if b"first" in data:
-            writing.set()
-            go_on.wait(10)
-        return real(fd, data)
-
-    monkeypatch.setattr(logs, "_write", write)
+    writing, go_on = _held_write(monkeypatch, b"first")
     log = logging.getLogger("conveyor.worker")
     first = threading.Thread(target=log.info, args=("first",))
     second = threading.Thread(target=log.info, args=("second",))
@@ -492,15 +501,7 @@ def test_a_child_forked_while_a_line_is_written_can_log(
 ) -> None:
     stream = _configured_on(tmp_path / "err", monkeypatch)
     real, log = logs._write, logging.getLogger("conveyor.worker")
-    writing, go_on = threading.Event(), threading.Event()
-
-    def write(fd: int, data: bytes) -> int:
-        if b"parent" in data:
-            writing.set()
-            go_on.wait(10)
-        return real(fd, data)
-
-    monkeypatch.setattr(logs, "_write", write)
+    writing, go_on = _held_write(monkeypatch, b"parent")
     thread = threading.Thread(target=log.info, args=("parent",))
     thread.start()
     try:
