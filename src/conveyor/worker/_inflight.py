@@ -51,6 +51,18 @@ PREFETCH_WINDOW = 0.02
 _RUN_WEIGHT = 0.1  # weight of the latest run in the moving average of run times
 
 
+def _let_others_run() -> None:
+    """Give up the GIL for a moment, once per fetch this thread wakes the consumer for.
+
+    Job threads that end runs back to back keep the GIL among themselves: a thread woken
+    from a wait gets it only when they all block (or after the interpreter's 5 ms switch
+    interval). The consumer woken for a fetch at half a buffer's room so slept on until
+    the buffer ran dry (~1 ms), and fetched it all, while the job threads then waited for
+    that fetch (docs/architecture.md, "The consumer's wake-up"). ``time.sleep(0)`` lets the
+    GIL go across a system call; ``os.sched_yield`` measured less."""
+    time.sleep(0)
+
+
 class Inflight:
     def __init__(self, capacity: int, prefetch: int = 0) -> None:
         self.capacity = capacity
@@ -216,11 +228,14 @@ class Inflight:
                     if avg >= self._full_below or self._buffer != self.prefetch:
                         self._size(avg)
             starting = self._fill() if self._ready else None
-            if self._fetch_waits and self._worth_fetching():
+            woke = self._fetch_waits and self._worth_fetching()
+            if woke:
                 self._fetch_waits = False  # woken: the next completion need not say it again
                 self._fetch.notify()
         if starting:
             self._start(starting)
+        if woke:
+            _let_others_run()
         return True
 
     def _size(self, avg: float) -> None:

@@ -1,0 +1,71 @@
+"""The deliveries a worker holds: when a completing run wakes the consumer to fetch, it lets
+the consumer have the GIL at once, and only then (not on every run it ends)."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from conveyor._message import Delivery
+from conveyor.worker import _inflight
+from conveyor.worker._attempt import Attempt
+from conveyor.worker._inflight import Inflight
+
+
+def _held(n: int) -> tuple[Inflight, list[Attempt]]:
+    """Two run slots, up to four buffered, and ``n`` deliveries held, the first two running."""
+    inflight = Inflight(capacity=2, prefetch=4)
+    inflight.start = lambda attempt: None
+    held = [Attempt(Delivery(f"job-{i}", "default", b"", f"token-{i}", 1)) for i in range(n)]
+    inflight.hold(held)
+    assert inflight.admit_all(held) == held[:2]
+    return inflight, held
+
+
+@pytest.fixture
+def yields(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The threads that gave up the GIL for the consumer, by name."""
+    seen: list[str] = []
+    monkeypatch.setattr(_inflight, "_let_others_run",
+                        lambda: seen.append(threading.current_thread().name))  # fmt: skip
+    return seen
+
+
+def test_the_run_that_makes_a_fetch_worth_it_wakes_the_consumer_and_yields(
+    yields: list[str],
+) -> None:
+    # Two run slots and four buffered: nothing is worth fetching; a fetch becomes worth it
+    # once two more runs have ended (half the buffer's room), not before.
+    inflight, held = _held(7)
+    inflight.complete(held[0], ran=0.0001)  # a tiny run: the buffer grows to all four
+    assert inflight.free() == 0
+
+    room: list[int] = []
+    waiting = threading.Event()
+
+    def consumer() -> None:
+        waiting.set()
+        room.append(inflight.wait_free(30.0))
+
+    thread = threading.Thread(target=consumer, name="consumer")
+    thread.start()
+    assert waiting.wait(10)
+    while not inflight._fetch_waits:  # the consumer is in its wait
+        thread.join(0.001)
+    inflight.complete(held[1], ran=0.0001)  # room for one: not worth a call yet
+    assert yields == [] and inflight._fetch_waits
+    inflight.complete(held[2], ran=0.0001)  # for two: the consumer is woken, and given the GIL
+    thread.join(10)
+    assert not thread.is_alive()
+    assert room == [2]
+    assert yields == [threading.current_thread().name]
+
+
+def test_runs_that_end_while_the_consumer_is_not_waiting_do_not_yield(
+    yields: list[str],
+) -> None:
+    inflight, held = _held(4)
+    for attempt in held:
+        assert inflight.complete(attempt, ran=0.0001)
+    assert yields == []
