@@ -4,6 +4,7 @@ the consumer have the GIL at once, and only then (not on every run it ends)."""
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -12,10 +13,13 @@ from conveyor.worker import _inflight
 from conveyor.worker._attempt import Attempt
 from conveyor.worker._inflight import Inflight
 
+_made: list[Inflight] = []  # by _held, for the fake yield to look at their locks
+
 
 def _held(n: int) -> tuple[Inflight, list[Attempt]]:
     """Two run slots, up to four buffered, and ``n`` deliveries held, the first two running."""
     inflight = Inflight(capacity=2, prefetch=4)
+    _made.append(inflight)
     inflight.start = lambda attempt: None
     held = [Attempt(Delivery(f"job-{i}", "default", b"", f"token-{i}", 1)) for i in range(n)]
     inflight.hold(held)
@@ -24,16 +28,21 @@ def _held(n: int) -> tuple[Inflight, list[Attempt]]:
 
 
 @pytest.fixture
-def yields(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The threads that gave up the GIL for the consumer, by name."""
-    seen: list[str] = []
-    monkeypatch.setattr(_inflight, "_let_others_run",
-                        lambda: seen.append(threading.current_thread().name))  # fmt: skip
+def yields(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
+    """The threads that gave up the GIL for the consumer, by name, and whether an
+    ``Inflight``'s lock was held then (a yield under it would keep the consumer waiting)."""
+    seen: list[tuple[str, bool]] = []
+    _made.clear()
+
+    def let_others_run() -> None:
+        seen.append((threading.current_thread().name, any(i._lock.locked() for i in _made)))
+
+    monkeypatch.setattr(_inflight, "_let_others_run", let_others_run)
     return seen
 
 
 def test_the_run_that_makes_a_fetch_worth_it_wakes_the_consumer_and_yields(
-    yields: list[str],
+    yields: list[tuple[str, bool]],
 ) -> None:
     # Two run slots and four buffered: nothing is worth fetching; a fetch becomes worth it
     # once two more runs have ended (half the buffer's room), not before.
@@ -51,7 +60,9 @@ def test_the_run_that_makes_a_fetch_worth_it_wakes_the_consumer_and_yields(
     thread = threading.Thread(target=consumer, name="consumer")
     thread.start()
     assert waiting.wait(10)
+    deadline = time.monotonic() + 10
     while not inflight._fetch_waits:  # the consumer is in its wait
+        assert thread.is_alive() and time.monotonic() < deadline, "the consumer did not wait"
         thread.join(0.001)
     inflight.complete(held[1], ran=0.0001)  # room for one: not worth a call yet
     assert yields == [] and inflight._fetch_waits
@@ -59,11 +70,11 @@ def test_the_run_that_makes_a_fetch_worth_it_wakes_the_consumer_and_yields(
     thread.join(10)
     assert not thread.is_alive()
     assert room == [2]
-    assert yields == [threading.current_thread().name]
+    assert yields == [(threading.current_thread().name, False)]  # once, unlocked
 
 
 def test_runs_that_end_while_the_consumer_is_not_waiting_do_not_yield(
-    yields: list[str],
+    yields: list[tuple[str, bool]],
 ) -> None:
     inflight, held = _held(4)
     for attempt in held:
