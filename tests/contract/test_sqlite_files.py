@@ -467,3 +467,36 @@ def test_a_wal_left_by_a_deleted_database_is_not_read_into_a_new_one(
         assert _queued(db) == []
     assert f"removed {db}-wal: a database deleted under a process" in caplog.text
     assert f"removed {db}-shm" in caplog.text
+
+
+def test_openers_that_find_no_database_take_turns_making_it(
+    db: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two openers find no database at once. The second waits for the first to make it
+    (the folder's lock) and then finds it: were it to go on unguarded, it could take the
+    first one's new -wal, made in between, for an orphan and remove it ("disk I/O error"
+    in the first one's transaction, or its writes lost)."""
+    path = str(db)
+    real_link = _sqlite_file._link_new
+    linking, go_on = threading.Event(), threading.Event()
+
+    def held_link(p: str) -> bool:
+        linking.set()
+        assert go_on.wait(10)
+        return real_link(p)
+
+    made: dict[str, bool] = {}
+    monkeypatch.setattr(_sqlite_file, "_link_new", held_link)
+    first = threading.Thread(target=lambda: made.update(first=_sqlite_file.create_file(path)))
+    first.start()
+    assert linking.wait(10)
+    monkeypatch.setattr(_sqlite_file, "_link_new", real_link)
+    second = threading.Thread(target=lambda: made.update(second=_sqlite_file.create_file(path)))
+    second.start()
+    second.join(0.3)
+    assert second.is_alive()  # waiting for the first, not making a file of its own
+    go_on.set()
+    first.join(10)
+    second.join(10)
+    assert made == {"first": True, "second": False}
+    assert _queued(db) == []  # a database SQLite opens as any other
