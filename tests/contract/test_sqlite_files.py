@@ -5,6 +5,7 @@ where nobody looks."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -493,10 +494,29 @@ def test_openers_that_find_no_database_take_turns_making_it(
     monkeypatch.setattr(_sqlite_file, "_link_new", real_link)
     second = threading.Thread(target=lambda: made.update(second=_sqlite_file.create_file(path)))
     second.start()
-    second.join(0.3)
-    assert second.is_alive()  # waiting for the first, not making a file of its own
-    go_on.set()
-    first.join(10)
-    second.join(10)
+    try:
+        second.join(0.3)
+        assert second.is_alive()  # waiting for the first, not making a file of its own
+    finally:
+        go_on.set()
+        first.join(10)
+        second.join(10)
     assert made == {"first": True, "second": False}
     assert _queued(db) == []  # a database SQLite opens as any other
+
+
+def test_a_folder_lock_held_too_long_is_waited_for_then_gone_without(
+    db: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A child forked while a thread held the folder's lock holds it until it exits: the
+    next database there is made after ``CREATE_WAIT``, not never, and the log says why."""
+    monkeypatch.setattr(_sqlite_file, "CREATE_WAIT", 0.2)
+    held = os.open(db.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as that child's copy would
+        with caplog.at_level(logging.WARNING, logger="conveyor.sqlite"):
+            assert _sqlite_file.create_file(str(db))
+    finally:
+        os.close(held)
+    assert "stayed locked by another process" in caplog.text
+    assert _queued(db) == []

@@ -68,6 +68,7 @@ log = logging.getLogger("conveyor.sqlite")
 
 CHECK_EVERY = 1.0  # seconds between two looks at the files (a stat of each)
 COMPANIONS = ("-wal", "-shm")  # SQLite's own files beside the database
+CREATE_WAIT = 10.0  # seconds to wait for the folder's lock (_creating)
 
 _Identity = tuple[int, int]  # (st_dev, st_ino)
 
@@ -111,23 +112,50 @@ def create_file(path: str) -> bool:
 
 @contextlib.contextmanager
 def _creating(folder: str) -> Iterator[None]:
-    """Hold the folder's exclusive ``flock`` (every thread and process creating a database
-    there takes it). Without it, an opener could find no database, another create it and
-    start its ``-wal``, and the first then remove that live ``-wal`` as an orphan (seen as
-    "disk I/O error" in the other's first transaction: 2 of 1,000 races of 4 openers in
-    one run, which also logged the removal). A folder that takes no ``flock`` is created
-    in as before."""
-    try:
-        fd = os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+    """Hold the folder's exclusive ``flock`` while a database's files there are made or
+    removed (``create_file``, ``FileWatch.remove_companions``). Without it, an opener could
+    find no database, another create it and start its ``-wal``, and the first then remove
+    that live ``-wal`` as an orphan (seen as "disk I/O error" in the other's first
+    transaction: 2 of 1,000 races of 4 openers in one run, which also logged the removal).
+
+    Waited for up to ``CREATE_WAIT``: a child forked while a thread held it holds it too
+    until it exits, and a making that waited that long goes on without it (as everywhere
+    on a folder that takes no ``flock``), saying so."""
+    fd = _folder_fd(folder)
+    if fd < 0:
         yield
         return
     try:
-        with contextlib.suppress(OSError):  # no flock here: unguarded, as before
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        deadline = time.monotonic() + CREATE_WAIT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    log.warning(
+                        "the folder %s stayed locked by another process making or removing "
+                        "a database's files for %.0f s (a process forked while one was "
+                        "being made holds it until it exits); going on without the lock",
+                        folder,
+                        CREATE_WAIT,
+                    )
+                    break
+                time.sleep(0.002)
+            except OSError:  # no flock here: unguarded, as before
+                break
         yield
     finally:
         os.close(fd)  # and the lock with it
+
+
+def _folder_fd(folder: str) -> int:
+    """A descriptor of ``folder`` to lock, or -1 where it cannot be opened (a folder this
+    user may write but not read)."""
+    try:
+        return os.open(folder, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return -1
 
 
 def _link_new(path: str) -> bool:
@@ -298,13 +326,16 @@ class FileWatch:
 
     def remove_companions(self) -> None:
         """Remove the -wal and -shm at the path if they are still the ones this process had
-        open; another database's are left alone."""
-        for suffix in COMPANIONS:
-            expected = self._expected[suffix]
-            name = self._names[suffix]
-            if expected is not None and _identity(name) == expected:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(name)
+        open; another database's are left alone. Under the folder's lock (``_creating``): a
+        new database's opener could otherwise begin its own -wal between the look and the
+        removal."""
+        with _creating(os.path.dirname(self.path) or "."):
+            for suffix in COMPANIONS:
+                expected = self._expected[suffix]
+                name = self._names[suffix]
+                if expected is not None and _identity(name) == expected:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(name)
 
     def _look(self) -> str:
         """What happened to the files, or "" if nothing did."""
