@@ -15,7 +15,6 @@ Conveyor from there.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
@@ -27,6 +26,7 @@ import time
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
+import probe  # noqa: E402
 from redis_server import private_redis  # noqa: E402
 
 
@@ -65,13 +65,7 @@ def one_run(url: str, work: str, n: int, concurrency: int, task: str) -> tuple[f
             if time.monotonic() > deadline or proc.poll() is not None:
                 raise SystemExit(f"the worker did not run {n} jobs: see {work}/worker.log")
             time.sleep(0.02)
-            for name in os.listdir(probe_dir):
-                if name.endswith(".json"):
-                    try:
-                        with open(os.path.join(probe_dir, name)) as f:
-                            state = json.load(f)
-                    except (OSError, ValueError):  # being replaced
-                        pass
+            state = next(iter(probe.read_all(probe_dir)), state)  # one worker: one report
         switches = _switches(proc.pid)  # start-up's included: a few hundred
     finally:
         os.killpg(proc.pid, signal.SIGKILL)

@@ -176,9 +176,6 @@ class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
             data = line.encode(stream.encoding, stream.errors)
             if len(data) > _ATOMIC:
                 self._alone(raw, data)
-            elif self._long:
-                with self.lock:  # type: ignore[union-attr]  # after the long line
-                    _write_all(raw, data)
             else:
                 self._short(raw, data)
         except (RecursionError, SoftTimeLimit):  # a time limit is the job's, not the log's

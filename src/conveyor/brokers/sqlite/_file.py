@@ -103,7 +103,7 @@ def create_file(path: str) -> bool:
     """Create an empty database file at ``path``, 0600; False if one is there already."""
     if os.path.exists(path):
         return False
-    with _creating(os.path.dirname(path) or "."):
+    with _creating(path):
         if os.path.exists(path):  # made meanwhile by another opener
             return False
         _remove_orphans(path)
@@ -111,16 +111,18 @@ def create_file(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def _creating(folder: str) -> Iterator[None]:
-    """Hold the folder's exclusive ``flock`` while a database's files there are made or
-    removed (``create_file``, ``FileWatch.remove_companions``). Without it, an opener could
-    find no database, another create it and start its ``-wal``, and the first then remove
-    that live ``-wal`` as an orphan (seen as "disk I/O error" in the other's first
-    transaction: 2 of 1,000 races of 4 openers in one run, which also logged the removal).
+def _creating(path: str) -> Iterator[None]:
+    """Hold the exclusive ``flock`` of the folder of the database at ``path`` while its
+    files are made or removed (``create_file``, ``FileWatch.remove_companions``). Without
+    it, an opener could find no database, another create it and start its ``-wal``, and
+    the first then remove that live ``-wal`` as an orphan (seen as "disk I/O error" in the
+    other's first transaction: 2 of 1,000 races of 4 openers in one run, which also logged
+    the removal).
 
     Waited for up to ``CREATE_WAIT``: a child forked while a thread held it holds it too
     until it exits, and a making that waited that long goes on without it (as everywhere
     on a folder that takes no ``flock``), saying so."""
+    folder = os.path.dirname(path) or "."
     fd = _folder_fd(folder)
     if fd < 0:
         yield
@@ -329,7 +331,7 @@ class FileWatch:
         open; another database's are left alone. Under the folder's lock (``_creating``): a
         new database's opener could otherwise begin its own -wal between the look and the
         removal."""
-        with _creating(os.path.dirname(self.path) or "."):
+        with _creating(self.path):
             for suffix in COMPANIONS:
                 expected = self._expected[suffix]
                 name = self._names[suffix]
