@@ -1,5 +1,6 @@
 """The deliveries a worker holds: when a completing run wakes the consumer to fetch, it lets
-the consumer have the GIL at once, and only then (not on every run it ends)."""
+the consumer have the GIL at once, and only then (not on every run it ends); a buffer that
+waited too long for a run slot is given up whole."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pytest
 
 from conveyor._message import Delivery
 from conveyor.worker import _inflight
-from conveyor.worker._attempt import Attempt
+from conveyor.worker._attempt import RELEASED, RUNNING, Attempt
 from conveyor.worker._inflight import Inflight
 
 _made: list[Inflight] = []  # by _held, for the fake yield to look at their locks
@@ -80,3 +81,19 @@ def test_runs_that_end_while_the_consumer_is_not_waiting_do_not_yield(
     for attempt in held:
         assert inflight.complete(attempt, ran=0.0001)
     assert yields == []
+
+
+def test_a_buffer_that_waited_its_patience_is_given_up_whole_and_not_refilled_at_once() -> None:
+    inflight, held = _held(5)  # two running, three buffered
+    started: list[Attempt] = []
+    inflight.start = started.append
+    assert inflight.take_stale(60.0) == []  # not waited that long: kept
+    assert inflight.take_stale(0.0) == held[2:]  # oldest first, all of them
+    assert [a.state for a in held] == [RUNNING, RUNNING, RELEASED, RELEASED, RELEASED]
+    assert inflight.take_stale(0.0) == []  # nothing buffered any more
+    inflight.drop(held[2:])  # released (the consumer's release)
+    assert len(inflight) == 2
+    assert inflight.free() == 0  # both slots run: nothing is fetched to buffer again
+    assert inflight.complete(held[0], ran=0.0001)  # a run ended: its slot, and a buffer again
+    assert started == []  # nothing taken ever starts
+    assert inflight.free() == 1 + 4  # the free slot, and a full buffer for tiny runs

@@ -257,6 +257,46 @@ def test_stop_is_not_signal_based_off_the_main_thread(app: Conveyor) -> None:
 # -- batching --------------------------------------------------------------------------------
 
 
+def test_jobs_buffered_behind_runs_that_turned_long_go_to_a_free_worker(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker whose runs were tiny buffers many jobs; when its one slot then takes a long
+    job, the buffered ones are handed back once the oldest has waited the patience, and a
+    second, idle worker runs them while the long job still runs. The first worker takes
+    none back meanwhile (no buffer until a run ends), and every job runs once."""
+    monkeypatch.setattr("conveyor.worker._worker.BUFFER_PATIENCE", 1.0)
+    long_runs, release = threading.Event(), threading.Event()
+    ran: list[tuple[str, int]] = []  # (which job, the thread that ran it)
+
+    @app.task
+    def tiny(n: int) -> int:
+        ran.append((f"tiny-{n}", threading.get_ident()))
+        return n
+
+    @app.task
+    def long() -> str:
+        ran.append(("long", threading.get_ident()))
+        long_runs.set()
+        assert release.wait(30)
+        return "long"
+
+    warm = app.enqueue_many([tiny.s(i) for i in range(40)])  # its runs are known tiny
+    with background(Worker(app, concurrency=1)):
+        assert [j.result(timeout=30) for j in warm] == list(range(40))
+        # One fetch: the long job takes the slot, the tiny ones are buffered behind it.
+        batch = app.enqueue_many([long.s(), *(tiny.s(i) for i in range(40, 50))])
+        assert long_runs.wait(30)
+        assert {j.status for j in batch} == {JobStatus.RUNNING}  # the tiny ones: buffered
+        first = {t for _, t in ran}  # the first worker's threads, all still alive
+        with background(Worker(app, concurrency=1)):
+            assert [j.result(timeout=30) for j in batch[1:]] == list(range(40, 50))
+            assert not batch[0].done()  # the long job still runs
+            assert not first & {t for job, t in ran[41:]}  # the second worker ran them
+            release.set()
+            assert batch[0].result(timeout=30) == "long"
+    assert sorted(job for job, _ in ran) == sorted(["long", *(f"tiny-{i}" for i in range(50))])
+
+
 def test_fetches_fill_slots_and_buffer_and_finishes_are_batched(
     app: Conveyor, broker: Recording
 ) -> None:
@@ -442,7 +482,11 @@ def test_a_long_job_keeps_its_lease_and_runs_once() -> None:
     assert len(runs) == 1
 
 
-def test_a_buffered_job_keeps_its_lease_and_runs_once(caplog: pytest.LogCaptureFixture) -> None:
+def test_a_buffered_job_keeps_its_lease_and_runs_once(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Kept in the buffer past 4 leases (here it would be handed back after 1 s otherwise).
+    monkeypatch.setattr("conveyor.worker._worker.BUFFER_PATIENCE", 60.0)
     app = Conveyor("memory://")  # real time: the lease really runs out without renewal
     runs: list[str] = []
 

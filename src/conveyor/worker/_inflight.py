@@ -26,6 +26,12 @@ adapter may hand out one token for a whole fetched batch (tokens are unique per 
 and a worker that keyed its deliveries by token once counted a batch of 50 as one and ran
 201 jobs at once with ``--pool async -c 50``. Each attempt holds its own ``slot`` flag.
 
+A buffer is filled for the runs seen so far; when they turn long, its jobs would wait on
+this worker behind them while another worker sits idle. So once the oldest buffered delivery
+has waited ``BUFFER_PATIENCE`` for a run slot, ``take_stale`` gives up the whole buffer (the
+consumer hands it back to the broker for whichever worker is free) and nothing is buffered
+again until a run ends and sizes the buffer anew.
+
 Once ``halt()`` is called (the worker is stopping) no buffered delivery starts any more:
 ``take_running`` hands them back with whatever still runs.
 """
@@ -49,6 +55,10 @@ Start = Callable[[Attempt], None]
 # so the buffer is kept to what a fetch round trip actually needs.
 PREFETCH_WINDOW = 0.02
 _RUN_WEIGHT = 0.1  # weight of the latest run in the moving average of run times
+# The longest a buffered delivery waits for a run slot before the buffer is handed back:
+# fifty times the ~20 ms it is sized to wait (PREFETCH_WINDOW), so only runs that turned
+# long meanwhile make it wait so long.
+BUFFER_PATIENCE = 1.0
 
 
 def _let_others_run() -> None:
@@ -305,6 +315,22 @@ class Inflight:
                 a.slot = False
             self._active = 0
             self._ready.clear()
+            return taken
+
+    def take_stale(self, patience: float) -> list[Attempt]:
+        """Every buffered delivery, marked released, once the oldest has waited
+        ``patience`` seconds for a run slot (for ``release``), else none. The buffer stays
+        empty until a run ends (``complete`` sizes it again): a slot that frees meanwhile
+        fetches one job, and what runs long keeps no jobs from idle workers."""
+        with self._lock:
+            ready = self._ready
+            if not ready or ready[0].started > time.monotonic() - patience:
+                return []
+            taken = list(ready)
+            ready.clear()
+            for attempt in taken:
+                attempt.state = RELEASED
+            self._buffer, self._batch = 0, 1
             return taken
 
     def drop(self, attempts: list[Attempt]) -> None:

@@ -47,7 +47,7 @@ from ._consumer import Consumer
 from ._deadlines import Deadlines
 from ._events import WorkerEvents
 from ._finisher import Finisher
-from ._inflight import Inflight
+from ._inflight import BUFFER_PATIENCE, Inflight
 from ._lease import Keeper
 from ._leftovers import let_go
 from ._middleware import consumer_factory
@@ -333,6 +333,16 @@ class Worker:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"drain: the queues {self.queues} did not empty in time")
             free = inflight.wait_free(FETCH_BLOCK)
+            stale = inflight.take_stale(BUFFER_PATIENCE)
+            if stale:
+                log.info(
+                    "%d buffered job(s) waited %g s for a run slot (the runs turned long): "
+                    "handing them back for a free worker",
+                    len(stale),
+                    BUFFER_PATIENCE,
+                )
+                consumer.release(stale)
+                continue
             if free <= 0 or self._stopping.is_set():
                 continue
             # The first fetch does not block: what waits for it starts at once on an idle queue.
