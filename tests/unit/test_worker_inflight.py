@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conveyor._message import Delivery
+from conveyor._message import Delivery, Message
 from conveyor.worker import _inflight
 from conveyor.worker._attempt import RELEASED, RUNNING, Attempt
 from conveyor.worker._inflight import Inflight
@@ -83,10 +83,8 @@ def test_runs_that_end_while_the_consumer_is_not_waiting_do_not_yield(
     assert yields == []
 
 
-def test_a_buffer_that_waited_its_patience_is_given_up_whole_and_not_refilled_at_once() -> None:
+def test_a_buffer_that_waited_its_patience_is_given_up_and_not_refilled_at_once() -> None:
     inflight, held = _held(5)  # two running, three buffered
-    started: list[Attempt] = []
-    inflight.start = started.append
     assert inflight.take_stale(60.0) == []  # not waited that long: kept
     assert inflight.take_stale(0.0) == held[2:]  # oldest first, all of them
     assert [a.state for a in held] == [RUNNING, RUNNING, RELEASED, RELEASED, RELEASED]
@@ -95,5 +93,17 @@ def test_a_buffer_that_waited_its_patience_is_given_up_whole_and_not_refilled_at
     assert len(inflight) == 2
     assert inflight.free() == 0  # both slots run: nothing is fetched to buffer again
     assert inflight.complete(held[0], ran=0.0001)  # a run ended: its slot, and a buffer again
-    assert started == []  # nothing taken ever starts
     assert inflight.free() == 1 + 4  # the free slot, and a full buffer for tiny runs
+
+
+def test_rate_limited_jobs_stay_buffered_when_the_rest_is_given_up() -> None:
+    """The rate limit counted them when it let them through: handed back, they would be
+    counted again by whichever worker took them."""
+    inflight, held = _held(5)
+    for attempt, rate in zip(held, [None, None, "10/m", None, "10/m"], strict=True):
+        attempt.message = Message(id=attempt.delivery.id, task="t", rate=rate)
+    assert inflight.take_stale(0.0) == [held[3]]
+    assert held[2].state == held[4].state == RUNNING
+    assert inflight.take_stale(0.0) == []  # only they are left: nothing to give up
+    assert inflight.complete(held[0], ran=0.0001)  # a freed slot starts the oldest of them
+    assert held[2].slot and not held[4].slot

@@ -258,13 +258,18 @@ def test_stop_is_not_signal_based_off_the_main_thread(app: Conveyor) -> None:
 
 
 def test_jobs_buffered_behind_runs_that_turned_long_go_to_a_free_worker(
-    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     """A worker whose runs were tiny buffers many jobs; when its one slot then takes a long
     job, the buffered ones are handed back once the oldest has waited the patience, and a
     second, idle worker runs them while the long job still runs. The first worker takes
-    none back meanwhile (no buffer until a run ends), and every job runs once."""
-    monkeypatch.setattr("conveyor.worker._worker.BUFFER_PATIENCE", 1.0)
+    none back meanwhile (no buffer until a run ends: one hand-back), and every job runs
+    once."""
+    # Three seconds, for this test to see them buffered first on a loaded machine; and a
+    # full buffer (32) for the warm-up runs even if they are slow there.
+    monkeypatch.setattr("conveyor.worker._worker.BUFFER_PATIENCE", 3.0)
+    monkeypatch.setattr("conveyor.worker._inflight.PREFETCH_WINDOW", 1.0)
+    caplog.set_level(logging.INFO, "conveyor.worker")
     long_runs, release = threading.Event(), threading.Event()
     ran: list[tuple[str, int]] = []  # (which job, the thread that ran it)
 
@@ -295,6 +300,8 @@ def test_jobs_buffered_behind_runs_that_turned_long_go_to_a_free_worker(
             release.set()
             assert batch[0].result(timeout=30) == "long"
     assert sorted(job for job, _ in ran) == sorted(["long", *(f"tiny-{i}" for i in range(50))])
+    handed = [r.getMessage() for r in caplog.records if "handing them back" in r.getMessage()]
+    assert len(handed) == 1 and handed[0].startswith("10 buffered job(s)"), handed
 
 
 def test_fetches_fill_slots_and_buffer_and_finishes_are_batched(

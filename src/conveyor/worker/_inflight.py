@@ -28,9 +28,10 @@ and a worker that keyed its deliveries by token once counted a batch of 50 as on
 
 A buffer is filled for the runs seen so far; when they turn long, its jobs would wait on
 this worker behind them while another worker sits idle. So once the oldest buffered delivery
-has waited ``BUFFER_PATIENCE`` for a run slot, ``take_stale`` gives up the whole buffer (the
-consumer hands it back to the broker for whichever worker is free) and nothing is buffered
-again until a run ends and sizes the buffer anew.
+was fetched ``BUFFER_PATIENCE`` ago and still waits for a run slot, ``take_stale`` gives up
+the buffer (the consumer hands it back to the broker for whichever worker is free; jobs a
+rate limit let through stay) and nothing is buffered again until a run ends and sizes the
+buffer anew.
 
 Once ``halt()`` is called (the worker is stopping) no buffered delivery starts any more:
 ``take_running`` hands them back with whatever still runs.
@@ -55,9 +56,10 @@ Start = Callable[[Attempt], None]
 # so the buffer is kept to what a fetch round trip actually needs.
 PREFETCH_WINDOW = 0.02
 _RUN_WEIGHT = 0.1  # weight of the latest run in the moving average of run times
-# The longest a buffered delivery waits for a run slot before the buffer is handed back:
-# fifty times the ~20 ms it is sized to wait (PREFETCH_WINDOW), so only runs that turned
-# long meanwhile make it wait so long.
+# How long after its fetch a buffered delivery may still wait for a run slot before the
+# buffer is handed back (the worker's loop looks at least once a second, so 1-2 s): fifty
+# times the ~20 ms it is sized to wait (PREFETCH_WINDOW), so only runs that turned long
+# meanwhile make it wait so long.
 BUFFER_PATIENCE = 1.0
 
 
@@ -318,16 +320,22 @@ class Inflight:
             return taken
 
     def take_stale(self, patience: float) -> list[Attempt]:
-        """Every buffered delivery, marked released, once the oldest has waited
-        ``patience`` seconds for a run slot (for ``release``), else none. The buffer stays
-        empty until a run ends (``complete`` sizes it again): a slot that frees meanwhile
+        """The buffered deliveries, marked released, once the oldest was fetched
+        ``patience`` seconds ago and still waits for a run slot (for ``release``), else
+        none. A job of a rate-limited task stays: it spent its limit's budget when it was
+        let through, and would spend it again wherever it went. The buffer stays empty
+        until a run ends (``complete`` sizes it again): a slot that frees meanwhile
         fetches one job, and what runs long keeps no jobs from idle workers."""
         with self._lock:
             ready = self._ready
             if not ready or ready[0].started > time.monotonic() - patience:
                 return []
-            taken = list(ready)
+            taken = [a for a in ready if a.message is None or a.message.rate is None]
+            if not taken:
+                return []
+            kept = [a for a in ready if a.message is not None and a.message.rate is not None]
             ready.clear()
+            ready.extend(kept)
             for attempt in taken:
                 attempt.state = RELEASED
             self._buffer, self._batch = 0, 1

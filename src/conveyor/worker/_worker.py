@@ -79,7 +79,8 @@ def prefetch_for(pool: str, concurrency: int) -> int:
     with 4 per slot, a single-slot worker fetched and finished ~5 tiny jobs a call and
     spent 48 µs of CPU per no-op job, against 19 with 32 and 13 with 128. Not more: a
     buffer filled while runs were short keeps its jobs when runs turn long, each then
-    waiting behind the ones before it on this worker (docs/architecture.md)."""
+    waiting behind the ones before it on this worker until ``BUFFER_PATIENCE`` hands them
+    back (docs/architecture.md)."""
     if pool == "processes":
         return 0
     return max(PREFETCH_SLOTS * concurrency, PREFETCH_LEAST)
@@ -336,8 +337,8 @@ class Worker:
             stale = inflight.take_stale(BUFFER_PATIENCE)
             if stale:
                 log.info(
-                    "%d buffered job(s) waited %g s for a run slot (the runs turned long): "
-                    "handing them back for a free worker",
+                    "%d buffered job(s) still wait for a run slot %g s after their fetch (the "
+                    "runs turned long): handing them back for a free worker",
                     len(stale),
                     BUFFER_PATIENCE,
                 )
