@@ -107,3 +107,11 @@ def test_rate_limited_jobs_stay_buffered_when_the_rest_is_given_up() -> None:
     assert inflight.take_stale(0.0) == []  # only they are left: nothing to give up
     assert inflight.complete(held[0], ran=0.0001)  # a freed slot starts the oldest of them
     assert held[2].slot and not held[4].slot
+    # A job fetched now behind the one that stays is not given up for that one's wait.
+    fresh = Attempt(Delivery("job-5", "default", b"", "token-5", 1))
+    fresh.message = Message(id="job-5", task="t")
+    held[4].started -= 10.0
+    inflight.hold([fresh])
+    assert inflight.admit_all([fresh]) == []  # buffered behind held[4]
+    assert inflight.take_stale(5.0) == []
+    assert inflight.take_stale(0.0) == [fresh]

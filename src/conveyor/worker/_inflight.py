@@ -322,16 +322,18 @@ class Inflight:
     def take_stale(self, patience: float) -> list[Attempt]:
         """The buffered deliveries, marked released, once the oldest was fetched
         ``patience`` seconds ago and still waits for a run slot (for ``release``), else
-        none. A job of a rate-limited task stays: it spent its limit's budget when it was
-        let through, and would spend it again wherever it went. The buffer stays empty
-        until a run ends (``complete`` sizes it again): a slot that frees meanwhile
-        fetches one job, and what runs long keeps no jobs from idle workers."""
+        none. A job of a rate-limited task stays (and is not the one whose wait counts):
+        it spent its limit's budget when it was let through, and would spend it again
+        wherever it went. The buffer stays empty until a run ends (``complete`` sizes it
+        again): a slot that frees meanwhile fetches one job, and what runs long keeps no
+        jobs from idle workers."""
+        since = time.monotonic() - patience
         with self._lock:
             ready = self._ready
-            if not ready or ready[0].started > time.monotonic() - patience:
+            if not ready or ready[0].started > since:
                 return []
             taken = [a for a in ready if a.message is None or a.message.rate is None]
-            if not taken:
+            if not taken or taken[0].started > since:  # in fetch order: the oldest first
                 return []
             kept = [a for a in ready if a.message is not None and a.message.rate is not None]
             ready.clear()
