@@ -332,10 +332,13 @@ class Inflight:
             ready = self._ready
             if not ready or ready[0].started > since:
                 return []
-            taken = [a for a in ready if a.message is None or a.message.rate is None]
+            taken: list[Attempt] = []
+            kept: list[Attempt] = []
+            for attempt in ready:
+                limited = attempt.message is not None and attempt.message.rate is not None
+                (kept if limited else taken).append(attempt)
             if not taken or taken[0].started > since:  # in fetch order: the oldest first
                 return []
-            kept = [a for a in ready if a.message is not None and a.message.rate is not None]
             ready.clear()
             ready.extend(kept)
             for attempt in taken:
