@@ -1,16 +1,26 @@
 """Exponential backoff with jitter: pure functions of their inputs and an injected ``rand``.
 
-``rand`` returns a float in ``[0, 1)`` (``random.random`` or a seeded ``Random().random``), so
-tests pin every delay. Jitter spreads retries out so a thousand jobs failing together, or a
-hundred workers losing the broker together, do not all come back in the same millisecond
-(the "full" and "decorrelated" schemes of the AWS architecture blog's backoff study).
-"""
+``rand`` returns a float in ``[0, 1)`` (``RANDOM.random`` below, or a seeded
+``Random().random``), so tests pin every delay. Jitter spreads retries out so a thousand
+jobs failing together, or a hundred workers losing the broker together, do not all come
+back in the same millisecond (the "full" and "decorrelated" schemes of the AWS
+architecture blog's backoff study)."""
 
 from __future__ import annotations
 
+import os
+import random
 from collections.abc import Callable
 
 Rand = Callable[[], float]
+
+# Conveyor's own generator, for every jitter and random pick it makes: the random module's
+# global one belongs to the application (a program that seeds it for repeatable runs keeps
+# them; a property-based test, which checks that it stays untouched while it draws, is not
+# disturbed by a worker's background threads). Reseeded in a forked child, as the global
+# one is, so that forked workers do not all draw the same delays.
+RANDOM = random.Random()
+os.register_at_fork(after_in_child=RANDOM.seed)
 
 
 def exponential(attempt: int, base: float, cap: float) -> float:

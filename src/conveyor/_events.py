@@ -18,7 +18,6 @@ import fnmatch
 import functools
 import logging
 import math
-import random
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -26,7 +25,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 import msgspec
 
-from ._backoff import Backoff
+from ._backoff import RANDOM, Backoff
 from ._errors import BrokerAuthError, BrokerError, ConfigurationError
 from ._message import Envelope, JobStatus, WorkerInfo
 
@@ -231,7 +230,7 @@ def follow(
     it kept meanwhile is read when it is back); one that refuses the credentials
     (``BrokerAuthError``) is not."""
     patterns = check_types(types)
-    backoff = backoff or Backoff(0.1, 5.0, random.random)
+    backoff = backoff or Backoff(0.1, 5.0, RANDOM.random)
     after: str | None = None  # with since: from the oldest event kept
     while since is None and after is None:
         after = _retrying(backoff, broker.events_tail)

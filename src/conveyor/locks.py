@@ -18,7 +18,6 @@ import contextlib
 import logging
 import math
 import os
-import random
 import secrets
 import threading
 import time
@@ -27,6 +26,7 @@ from collections.abc import Iterator
 from types import TracebackType
 from typing import Any
 
+from ._backoff import RANDOM
 from ._errors import ConfigurationError, LockError, LockLost, LockTimeout
 from .stores._port import KeyValue, check_key
 
@@ -46,7 +46,7 @@ def backoff(first: float = 0.002, cap: float = 0.25) -> Iterator[float]:
     spin), never in lock-step with other waiters."""
     delay = first
     while True:
-        yield random.uniform(delay / 2, delay)
+        yield RANDOM.uniform(delay / 2, delay)
         delay = min(cap, delay * 2)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -40,3 +41,49 @@ def test_backoff_grows_to_the_cap_and_resets() -> None:
     b.reset()
     assert b.failures == 0
     assert b.next() <= 0.3  # back near the base: at most 3 x base
+
+
+def test_conveyor_leaves_the_programs_random_sequence_alone() -> None:
+    """A retry's jitter and a lock's waits draw from Conveyor's own generator: a program
+    that seeds the random module for repeatable runs gets the same sequence."""
+    from conveyor import Conveyor, LockTimeout
+    from conveyor.worker import drain
+
+    random.seed(1234)
+    expected = [random.random() for _ in range(3)]
+    random.seed(1234)
+    with Conveyor("memory://") as app:
+        calls = []
+
+        @app.task(retries=2, backoff=0.001)
+        def flaky() -> None:
+            calls.append(1)
+            raise RuntimeError("again")
+
+        job = flaky.delay()
+        for _ in range(50):
+            drain(app, timeout=5)
+            if job.status.terminal:
+                break
+        assert job.status.value == "failed" and len(calls) == 3
+        # A second holder waits a few jittered steps, then gives up.
+        with app.lock("report", ttl=30, timeout=5), pytest.raises(LockTimeout):
+            app.lock("report", ttl=30, timeout=0.05).acquire()
+        assert app.store.update("n", lambda n: (n or 0) + 1) == 1
+    assert [random.random() for _ in range(3)] == expected
+
+
+def test_a_forked_child_draws_other_delays_than_its_parent() -> None:
+    """Forked workers do not all back off in step: the child's generator is reseeded."""
+    from conveyor._backoff import RANDOM
+
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next draw, then out without pytest's clean-up
+        os.write(write, repr(RANDOM.random()).encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = float(os.read(read, 64).decode())
+    os.close(read)
+    assert child != RANDOM.random()

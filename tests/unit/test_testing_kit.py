@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime as dt
 import itertools
-import random
 import time
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from conveyor import (
     chord,
     group,
 )
+from conveyor._backoff import RANDOM
 from conveyor.testing import DrainIncomplete, FakeClock, drain, use_memory
 
 
@@ -85,7 +85,7 @@ def test_a_real_clock_backoff_past_the_bound_fails_at_once_and_says_what_to_do(
     # The retry's delay is drawn from [0, 600 s) (full jitter): one in five draws is within
     # the 120 s bound, which the drain then rightly waits for. The middle of the range is
     # past it every time.
-    monkeypatch.setattr(random, "random", lambda: 0.5)
+    monkeypatch.setattr(RANDOM, "random", lambda: 0.5)  # Conveyor's own generator
     job = fetch.delay()
     began = time.monotonic()
     with pytest.raises(DrainIncomplete) as info:

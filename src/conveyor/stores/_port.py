@@ -11,12 +11,12 @@ lock or its fencing counter.
 
 from __future__ import annotations
 
-import random
 import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Collection
 
+from .._backoff import RANDOM
 from .._errors import InvalidName, TransactionConflict, ValidationError
 
 MAX_KEY = 512  # characters in a key
@@ -45,7 +45,7 @@ def versioned_update(
         if write(seen, new):
             return new
         # Jittered backoff so that writers which collided do not collide again in step.
-        time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))
+        time.sleep(RANDOM.uniform(0, 0.0005 * min(attempt + 1, 20)))
     raise TransactionConflict(
         f"store.update({key!r}) conflicted with other writers {retries + 1} times: "
         "write this key less often from many places, or pass a larger retries="

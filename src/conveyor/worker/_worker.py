@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import os
-import random
 import secrets
 import signal
 import socket
@@ -35,7 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from .. import _logging
-from .._backoff import Backoff
+from .._backoff import RANDOM, Backoff
 from .._checks import names, refuse, seconds, whole
 from .._errors import BrokerError, BrokerGone
 from .._hooks import Hooks
@@ -139,7 +138,7 @@ class Worker:
         self.trusted = trusted_packages(module, app.trust, trust)
         self.id = f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
         self.started_at = 0.0
-        self._rand = rand or random.random
+        self._rand = rand or RANDOM.random
         self._stopping = threading.Event()
         self._hard = threading.Event()
         self._stop_requested = 0.0

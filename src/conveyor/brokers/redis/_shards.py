@@ -4,14 +4,15 @@ power of two choices, the shards' hash tags, event cursors over several logs, me
 from __future__ import annotations
 
 import itertools
-import random
 import re
 import zlib
 from collections.abc import Callable, Iterator, Sequence
+from random import Random
 from typing import Any, TypeVar
 
 import msgspec
 
+from ..._backoff import RANDOM
 from ..._errors import ConfigurationError
 from ..._message import new_job_id
 from ._cluster import slot_of
@@ -21,7 +22,6 @@ MAX_SHARDS = 256  # a look calls every shard: S calls (docs/cluster.md)
 _SUFFIX = re.compile(r"\.s(\d{1,4})$")
 _TAG_TRIES = 100_000
 T = TypeVar("T")
-_RANDOM = random.Random()
 
 
 def shard_of(job_id: str, shards: int) -> int:
@@ -43,11 +43,11 @@ def mint(shard: int) -> str:
     return f"{new_job_id()}.s{shard}"
 
 
-def pick(loads: Sequence[int], rng: random.Random | None = None) -> int:
+def pick(loads: Sequence[int], rng: Random | None = None) -> int:
     """Power of two choices: the less loaded of two random shards (either on a tie)."""
     if len(loads) == 1:
         return 0
-    a, b = (rng or _RANDOM).sample(range(len(loads)), 2)
+    a, b = (rng or RANDOM).sample(range(len(loads)), 2)
     return a if loads[a] <= loads[b] else b
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import random
 import sqlite3
 import threading
 import time
@@ -25,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from urllib.parse import quote
 
+from ..._backoff import RANDOM
 from ..._errors import BrokerError, ConfigurationError
 from . import _schema
 from ._file import FileWatch, not_found, prepare
@@ -131,7 +131,7 @@ class Database:
             except sqlite3.OperationalError as exc:
                 if "locked" not in str(exc) or time.monotonic() > deadline:
                     raise
-                time.sleep(0.005 + random.random() * 0.02)
+                time.sleep(0.005 + RANDOM.random() * 0.02)
         if str(mode).lower() != "wal":
             raise ConfigurationError(
                 f"{self.path} cannot use SQLite's WAL mode (journal mode stays {mode!r}): "
@@ -214,7 +214,7 @@ class Database:
                     deadline = now + self.busy_timeout
                 elif now >= deadline:
                     raise
-            time.sleep(random.uniform(pause / 2, pause))
+            time.sleep(RANDOM.uniform(pause / 2, pause))
             pause = min(pause * 2, _POLL_MAX)
 
     @contextmanager
