@@ -120,6 +120,7 @@ class Project:
         self.store = store  # the record store of an amqp:// broker
         self.runs_log = root / "runs.log"
         self.workers: list[WorkerProcess] = []
+        self.apps: list[Conveyor] = []
         (root / "jobs_app.py").write_text(textwrap.dedent(TASKS))
 
     def env(self) -> dict[str, str]:
@@ -132,8 +133,11 @@ class Project:
         return env
 
     def app(self) -> Conveyor:
-        """A producer on the project's broker (this process never imports ``jobs_app``)."""
-        return Conveyor(self.url, prefix=self.prefix, store=self.store)
+        """A producer on the project's broker (this process never imports ``jobs_app``),
+        closed with the project."""
+        app = Conveyor(self.url, prefix=self.prefix, store=self.store)
+        self.apps.append(app)
+        return app
 
     def worker(self, *args: str, ready: bool = True, module: str = "jobs_app") -> WorkerProcess:
         """Start ``conveyor worker MODULE ARGS`` with the project folder as cwd."""
@@ -164,6 +168,10 @@ class Project:
             if w.proc.poll() is None:
                 w.proc.send_signal(signal.SIGKILL)
                 w.proc.wait(10)
+        # An app left open keeps its connections: a RabbitMQ one retries every second, and
+        # says so, once the session's virtual host is deleted.
+        for app in self.apps:
+            app.close()
 
 
 def conveyor(
