@@ -46,6 +46,7 @@ from aio_pika.abc import (
     AbstractQueue,
     AbstractRobustConnection,
 )
+from aio_pika.connection import make_url
 
 from ._direct import Confirms, Direct, usable
 from ._url import RabbitURL
@@ -199,18 +200,24 @@ class Link:
 
     async def _open(self) -> tuple[AbstractRobustConnection, AbstractChannel]:
         # A connection the server never answers (seen on a loaded RabbitMQ 3.10: the
-        # handshake waits until the socket closes) is given up and made again.
+        # handshake waits until the socket closes) is given up and made again. An attempt
+        # that does not end in the link's connection (given up, its channel refused, the
+        # open cancelled) is closed: a robust connection goes on with a task of its own,
+        # which would connect later and then reconnect, beside the link's, for as long as
+        # the process lives.
         for attempt in range(CONNECT_ATTEMPTS):
+            connection = aio_pika.RobustConnection(make_url(self._url.connect))
             try:
-                connection = await asyncio.wait_for(
-                    aio_pika.connect_robust(self._url.connect, timeout=HANDSHAKE_TIMEOUT),
-                    HANDSHAKE_TIMEOUT,
+                await asyncio.wait_for(
+                    connection.connect(timeout=HANDSHAKE_TIMEOUT), HANDSHAKE_TIMEOUT
                 )
-                break
-            except TimeoutError:
-                if attempt == CONNECT_ATTEMPTS - 1:
+                return connection, await connection.channel(publisher_confirms=True)
+            except BaseException as exc:
+                with contextlib.suppress(Exception):
+                    await connection.close()
+                if not isinstance(exc, TimeoutError) or attempt == CONNECT_ATTEMPTS - 1:
                     raise
-        return connection, await connection.channel(publisher_confirms=True)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def name(self, queue: str) -> str:
         return f"{self._prefix}.{queue}"
