@@ -102,7 +102,12 @@ class Lock:
         self.name = check_key(name)
         self.ttl = _check_ttl(name, ttl)
         self.timeout = _check_timeout(name, timeout)
+        if not isinstance(auto_renew, bool):
+            raise ConfigurationError(
+                f"lock {name!r}: auto_renew takes True or False, got {auto_renew!r}"
+            )
         self.auto_renew = auto_renew
+        self._hold_ttl = self.ttl  # what renewals reset the time left to: extend(ttl) sets it
         self.token = secrets.token_hex(16)
         self._kv = kv
         self._fence: int | None = None
@@ -199,6 +204,7 @@ class Lock:
             self._forked_from = None
             # Measured from before the request: the broker's TTL started later, never earlier.
             self._valid_until = started + self.ttl
+            self._hold_ttl = self.ttl
             if self.auto_renew:
                 self._start_renewal()
         return True
@@ -248,7 +254,8 @@ class Lock:
 
     def extend(self, ttl: float | None = None) -> None:
         """Reset the time left to ``ttl`` seconds (default: the lock's ttl), if still ours;
-        raises ``LockLost`` otherwise."""
+        raises ``LockLost`` otherwise. With ``auto_renew``, the renewals keep that ttl from
+        then on (every ``ttl / 3``)."""
         new_ttl = self.ttl if ttl is None else _check_ttl(self.name, ttl)
         with self._mutex:
             self._check_held("extend")
@@ -256,6 +263,10 @@ class Lock:
                 started = time.monotonic()
                 if self._kv.lock_extend(self.name, self.token, new_ttl):
                     self._valid_until = started + new_ttl
+                    if self._renewal is not None and new_ttl != self._hold_ttl:
+                        self._hold_ttl = new_ttl
+                        self._stop_renewal()  # its wait was sized by the old ttl
+                        self._start_renewal()
                     return
                 self._lost = "its ttl ran out before extend"
             reason = self._lost
@@ -315,7 +326,7 @@ class Lock:
         self._renewal = weakref.finalize(self, stop.set)
         thread = threading.Thread(
             target=_renew_until_stopped,
-            args=(weakref.ref(self), stop, self.ttl / 3, os.getpid()),
+            args=(weakref.ref(self), stop, self._hold_ttl / 3, os.getpid()),
             name=f"conveyor-lock-renewal:{self.name}",
             daemon=True,
         )
@@ -333,7 +344,7 @@ class Lock:
                 return None
             started = time.monotonic()
             try:
-                renewed = self._kv.lock_extend(self.name, self.token, self.ttl)
+                renewed = self._kv.lock_extend(self.name, self.token, self._hold_ttl)
             except Exception as exc:
                 # The broker may be back before our TTL runs out: keep trying until then.
                 left = self._valid_until - time.monotonic()
@@ -342,13 +353,13 @@ class Lock:
                     log.warning("lock %r: %s", self.name, self._lost)
                     return None
                 log.warning("lock %r: renewal failed, retrying: %r", self.name, exc)
-                return min(self.ttl / 3, max(left / 4, _MIN_VALIDITY))
+                return min(self._hold_ttl / 3, max(left / 4, _MIN_VALIDITY))
             if not renewed:
                 self._lost = "its ttl ran out before it was renewed"
                 log.warning("lock %r (fence %s) was lost: %s", self.name, self._fence, self._lost)
                 return None
-            self._valid_until = started + self.ttl
-            return self.ttl / 3
+            self._valid_until = started + self._hold_ttl
+            return self._hold_ttl / 3
 
     # -- context managers ------------------------------------------------------------------
 

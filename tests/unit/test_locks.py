@@ -224,6 +224,30 @@ def test_a_failed_renewal_marks_the_lock_lost(fake_app: Conveyor, clock: FakeClo
         assert other.owned()
 
 
+def test_renewals_keep_the_ttl_that_extend_set(fake_app: Conveyor, clock: FakeClock) -> None:
+    """extend(60) on a renewed lock holds for 60 s: the renewals that follow do not set the
+    time left back to the lock's own 0.3 s."""
+    with fake_app.lock("long", ttl=0.3, auto_renew=True) as lk:
+        lk.extend(60)
+        time.sleep(0.5)  # the old renewal interval (0.1 s) passes several times
+        clock.advance(5)  # past 0.3 s, far from 60 s
+        with pytest.raises(LockTimeout):
+            fake_app.lock("long", ttl=1, timeout=0).acquire()
+        assert lk.owned()
+
+
+def test_renewals_come_sooner_after_extend_shortened_the_ttl(app: Conveyor) -> None:
+    """extend(0.6) on a lock renewed every 10 s (ttl 30): the renewals come every 0.2 s."""
+    with app.lock("short", ttl=30, auto_renew=True) as lk:
+        lk.extend(0.6)
+        time.sleep(1.5)  # over twice the new ttl
+        assert lk.owned()
+        with pytest.raises(LockTimeout):
+            app.lock("short", ttl=1, timeout=0).acquire()
+        assert len(_renewers("short")) == 1
+    assert _eventually(lambda: not _renewers("short"))
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_does_not_hold_its_parents_lock(app: Conveyor) -> None:
     with app.lock("forked", ttl=5, auto_renew=True) as lk:
@@ -365,6 +389,13 @@ def test_a_ttl_is_mandatory_and_positive(app: Conveyor, ttl: object) -> None:
 def test_a_bad_timeout_is_refused(app: Conveyor, timeout: object) -> None:
     with pytest.raises(ConfigurationError, match="timeout"):
         app.lock("x", ttl=1, timeout=timeout)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("auto_renew", ["no", 1, None])
+def test_a_bad_auto_renew_is_refused(app: Conveyor, auto_renew: object) -> None:
+    with pytest.raises(ConfigurationError, match="auto_renew takes True or False"):
+        app.lock("x", ttl=1, auto_renew=auto_renew)  # type: ignore[arg-type]
+    assert not _renewers("x")
 
 
 @pytest.mark.parametrize("name", ["", "a\nb", "x" * 513])
