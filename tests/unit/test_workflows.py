@@ -25,6 +25,7 @@ from conveyor import (
 from conveyor._clock import FakeClock
 from conveyor._message import Delivery, Message, Outcome, RemoteError
 from conveyor.brokers._port import Finish
+from conveyor.testing import drain
 from conveyor.workflows import COLLECT, advance, chain, chord, group, short_circuit
 
 
@@ -366,6 +367,26 @@ def test_a_dead_or_cancelled_step_fails_the_rest(
     with pytest.raises(TaskFailed, match="gave up") as info:
         job.result(timeout=0)
     assert info.value.remote_type.endswith(remote)
+
+
+def test_a_step_dead_lettered_for_its_deliveries_fails_the_rest(app: Conveyor) -> None:
+    """Workers died running the first step, one after another (a lease ran out each
+    time): the worker that gets it next dead-letters it unrun, and the chain's later step
+    fails as after any dead step, instead of waiting for ever."""
+    add = t(app, "add")
+    job = chain(add.s(1, 1), add.s(1)).delay()
+    clock = app.clock
+    assert isinstance(clock, FakeClock)
+    for _ in range(5):  # the worker's max_deliveries
+        (d,) = app.broker.fetch(["default"], "dying", 1, 30, 0)
+        assert d.id == job.steps[0]
+        clock.advance(31)
+    drain(app)
+    assert statuses(app, job.steps) == [JobStatus.DEAD, JobStatus.FAILED]
+    with pytest.raises(TaskFailed, match="delivered 6 times") as info:
+        job.result(timeout=0)
+    assert info.value.remote_type.endswith("JobDead")
+    assert settled(app) and no_links_left(app)
 
 
 def test_short_circuit_leaves_ordinary_jobs_alone(app: Conveyor) -> None:

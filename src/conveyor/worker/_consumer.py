@@ -15,6 +15,7 @@ the task "not quick" again). A busy worker never does it, so batching is unchang
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -354,6 +355,12 @@ class Consumer:
     def _vet(self, attempt: Attempt) -> None:
         delivery = attempt.delivery
         if delivery.deliveries > self.max_deliveries:
+            # Decoded only so that a workflow step's workflow moves on (its later steps
+            # fail), and only from JSON, which runs no code of the payload's: unpickling may
+            # be what crashes the worker every time.
+            if self.codec.serializer == "json":
+                with contextlib.suppress(Exception):
+                    attempt.message = self.codec.decode_message(delivery.payload)
             raise _Dead(
                 f"delivered {delivery.deliveries} times without finishing; "
                 "it may be crashing the worker"
