@@ -17,10 +17,17 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from . import _events
-from ._errors import ConfigurationError, JobNotEnded, JobNotFound, SerializationError
+from ._errors import (
+    ConfigurationError,
+    JobNotEnded,
+    JobNotFound,
+    SerializationError,
+    ValidationError,
+)
 from ._events import REQUEUED
 from ._message import JobRecord, JobStatus, validate_job_id, validate_queue
 from .brokers._port import REQUEUEABLE
+from .workflows import waits_for_inputs
 
 if TYPE_CHECKING:
     from ._app import Conveyor
@@ -44,6 +51,13 @@ class _Fresh(msgspec.Struct, frozen=True):
 def _fresh(app: Conveyor, job_id: str, payload: bytes) -> _Fresh:
     try:
         message = app.codec.decode_message(payload)
+        if message.workflow and waits_for_inputs(message):
+            raise ValidationError(
+                f"cannot requeue job {job_id}: it is a step of a workflow ({message.task}) "
+                "that ended before the steps it follows handed it their results, so it "
+                "would run without them. Send the workflow again (build it and call "
+                ".delay()); its other steps can be requeued"
+            )
         again = msgspec.structs.replace(message, attempt=0)
         payload = app.codec.encode_message(again)
         return _Fresh(job_id, payload, tuple(message.depends_on), message.task, message.queue)
@@ -145,7 +159,7 @@ def requeue_all(app: Conveyor, status: JobStatus, queue: str | None = None) -> i
         for entry in page:
             try:
                 jobs.append(_fresh(app, entry.id, entry.payload))
-            except SerializationError as exc:
+            except ValidationError as exc:  # undecodable, or a step without its inputs
                 log.warning("%s", exc)
                 skip += 1
         back, held = _requeue(app, jobs) if jobs else (0, 0)

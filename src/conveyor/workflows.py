@@ -78,7 +78,16 @@ if TYPE_CHECKING:
     from ._hooks import Sending
 
 __all__ = ["COLLECT", "Chain", "Chord", "Group", "Workflow"]
-__all__ += ["advance", "cancelled", "chain", "chord", "following", "group", "preceding"]
+__all__ += [
+    "advance",
+    "cancelled",
+    "chain",
+    "chord",
+    "following",
+    "group",
+    "preceding",
+    "waits_for_inputs",
+]
 __all__ += ["short_circuit"]
 
 R = TypeVar("R")
@@ -369,6 +378,15 @@ def preceding(message: Message) -> list[str]:
     return [str(i) for i in (message.workflow or {}).get("after", ())]
 
 
+def waits_for_inputs(message: Message) -> bool:
+    """Whether a workflow step still waits for what the steps before it hand on: it follows
+    some (``after``) and neither got their results nor their failure. Such a step ended
+    (cancelled with its workflow, or purged) before them; put back on its queue, it would
+    run without them."""
+    link = message.workflow or {}
+    return "after" in link and "promoted" not in link and "upstream_failed" not in link
+
+
 def following(app: Conveyor, message: Message) -> list[str]:
     """The ids of the jobs a workflow step starts when it ends: the next steps of its chain,
     or its chord's callback while the chord still waits for members (the link is deleted
@@ -509,6 +527,8 @@ def _promote(app: Conveyor, payload: bytes, value: Any, failure: RemoteError | N
     message = codec.decode_message(payload)
     if failure is None:
         message.args = [value, *message.args]
+        # Marked: it holds its inputs now (a requeue may put it back, see waits_for_inputs).
+        message.workflow = {**(message.workflow or {}), "promoted": 1}
         try:
             app.broker.promote(message.id, codec.encode_message(message))
             return

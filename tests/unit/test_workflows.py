@@ -21,6 +21,7 @@ from conveyor import (
     JobStatus,
     PayloadTooLarge,
     TaskFailed,
+    ValidationError,
 )
 from conveyor._clock import FakeClock
 from conveyor._message import Delivery, Message, Outcome, RemoteError
@@ -387,6 +388,36 @@ def test_a_step_dead_lettered_for_its_deliveries_fails_the_rest(app: Conveyor) -
         job.result(timeout=0)
     assert info.value.remote_type.endswith("JobDead")
     assert settled(app) and no_links_left(app)
+
+
+def test_a_step_cancelled_before_its_inputs_came_is_not_requeued(app: Conveyor) -> None:
+    """Requeued, a step cancelled while it waited for the step before it would run without
+    that step's result: it is refused (alone) and skipped (by status); the first step,
+    which has all it needs, goes back."""
+    add = t(app, "add")
+    job = chain(add.s(1, 1), add.s(1), add.s(2)).delay()
+    job.cancel()
+    first, second, _ = job.steps
+    with pytest.raises(ValidationError, match="Send the workflow again"):
+        app.requeue([first, second])
+    assert statuses(app, job.steps) == [JobStatus.CANCELLED] * 3  # nothing was requeued
+    assert app.requeue_all(JobStatus.CANCELLED) == 1
+    drain(app)
+    assert statuses(app, job.steps) == [JobStatus.SUCCEEDED, *[JobStatus.CANCELLED] * 2]
+
+
+def test_a_step_cancelled_after_its_inputs_came_is_requeued_with_them(app: Conveyor) -> None:
+    add = t(app, "add")
+    job = chain(add.s(1, 1), add.s(10)).delay()
+    second = job.steps[1]
+    (d,) = app.broker.fetch(["default"], "w", 1, 30, 0)
+    result = app.codec.encode_outcome(Outcome(value=2))
+    advance(app, app.codec.decode_message(d.payload), JobStatus.SUCCEEDED, result)
+    app.broker.finish([Finish(d, JobStatus.SUCCEEDED, result)])
+    app.job(second).cancel()
+    assert app.requeue([second]) == 1
+    drain(app)
+    assert job.result(timeout=0) == 12
 
 
 def test_short_circuit_leaves_ordinary_jobs_alone(app: Conveyor) -> None:
