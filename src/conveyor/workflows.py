@@ -183,7 +183,12 @@ class Group(Workflow[list[Any]]):
 
 class Chord(Workflow[R]):
     def __init__(self, header: Group | Iterable[Step], callback: Signature[R] | Workflow[R]):
-        self.header = header if isinstance(header, Group) else Group(header)
+        if isinstance(header, Signature | Workflow) and not isinstance(header, Group):
+            raise ConfigurationError(
+                f"chord takes a group (or a list of steps) and a callback, got {header!r} "
+                "first: write chord([step, ...], callback) or chord(group(...), callback)"
+            )
+        self.header = header if isinstance(header, Group) else Group(_iterable(header, "chord"))
         self.callback = _check_steps([callback], "chord callback")[0]
         self._app = _app_of([self.header, callback])
 
@@ -205,7 +210,7 @@ def group(*members: Step | Iterable[Step], app: Conveyor | None = None) -> Group
     An empty group is allowed first in a workflow (it yields ``[]``); ``app`` is needed only
     to ``delay()`` an empty group on its own."""
     if len(members) == 1 and not isinstance(members[0], Signature | Workflow):
-        return Group(members[0], app)
+        return Group(_iterable(members[0], "group"), app)
     return Group(members, app)  # type: ignore[arg-type]  # checked in _check_steps
 
 
@@ -225,9 +230,26 @@ def _check_steps(steps: Iterable[Any], what: str, allow_empty: bool = False) -> 
     return found
 
 
+def _iterable(steps: object, what: str) -> Iterable[Any]:
+    """``steps`` when it is an iterable; a task or another object given instead of the
+    list of steps is refused saying how to write it."""
+    if isinstance(steps, Iterable) and not isinstance(steps, str | bytes):
+        return steps
+    hint = " (use task.s(...) for a step)" if callable(steps) else ""
+    raise ConfigurationError(
+        f"{what} takes steps (signatures and workflows) or one iterable of them, got "
+        f"{steps!r}{hint}"
+    )
+
+
 def _app_of(steps: Iterable[Step]) -> Conveyor:
     found = [s._app if isinstance(s, Workflow) else s.app for s in steps]
     apps = {id(a): a for a in found if a is not None}
+    if not apps:  # only empty groups, none told its app
+        raise ConfigurationError(
+            "a workflow of empty groups only does not know its app: write "
+            "group([], app=app) for one of them"
+        )
     if len(apps) != 1:
         raise ConfigurationError("the steps of a workflow must all belong to one app")
     return next(iter(apps.values()))

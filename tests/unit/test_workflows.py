@@ -434,6 +434,14 @@ def test_bad_workflows_are_refused_when_built(app: Conveyor) -> None:
         chain()
     with pytest.raises(ConfigurationError, match=r"task\.s"):
         chain(add)
+    with pytest.raises(ConfigurationError, match=r"one iterable of them, got .*task\.s"):
+        group(add)
+    for header in (add.s(1, 1), chain(add.s(1, 1))):
+        with pytest.raises(ConfigurationError, match=r"chord\(\[step, \.\.\.\], callback\)"):
+            chord(header, t(app, "total").s())  # type: ignore[arg-type]
+    for empty in (lambda: chain(group([])), lambda: group(group([]))):
+        with pytest.raises(ConfigurationError, match=r"group\(\[\], app=app\)"):
+            empty().delay()
     with pytest.raises(ConfigurationError, match="one app"):
         chain(add.s(1, 1), other_add.s(1))
     with pytest.raises(ConfigurationError, match="key= and job_id="):
