@@ -228,7 +228,7 @@ def _number(expr: str, field: _Field, text: str, whole: str) -> int:
     low = text.lower()
     if field.names and low in field.names:
         return field.names.index(low) + field.name_base
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # not '²' nor '٣', which str.isdigit takes
         raise _bad(expr, field, whole, f"has {text!r}, which is not a number")
     value = int(text)
     if not field.low <= value <= field.high:
@@ -244,7 +244,7 @@ def _parse_field(expr: str, field: _Field, text: str) -> set[int]:
         base, _, step_text = part.partition("/")
         step = 1
         if step_text or part.endswith("/"):
-            if not step_text.isdigit() or int(step_text) == 0:
+            if not (step_text.isascii() and step_text.isdigit()) or int(step_text) == 0:
                 raise _bad(expr, field, text, f"has step {step_text!r}; use a positive number")
             step = int(step_text)
         if base == "*":

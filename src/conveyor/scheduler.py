@@ -79,6 +79,11 @@ def _ms(seconds: float) -> int:
     return math.floor(seconds * 1000)
 
 
+def _step_ms(every: float) -> int:
+    """An interval in whole ms, rounded: ``2.01`` is 2010 (``2.01 * 1000`` is 2009.99...)."""
+    return max(round(every * 1000), 1)
+
+
 @dataclass(frozen=True)
 class Schedule:
     """One periodic task. ``name`` is the task's registered name and the schedule's id;
@@ -97,7 +102,7 @@ class Schedule:
 
     def _next_ms(self, t: int) -> int:
         if self.every is not None:
-            step = _ms(self.every)
+            step = _step_ms(self.every)
             return (t // step + 1) * step
         assert self.cron is not None
         after = dt.datetime.fromtimestamp(t / 1000, dt.UTC)
@@ -107,7 +112,7 @@ class Schedule:
         """Fire times in ``(last, now]`` (ms) to run, the latest ``catch_up`` of them, and how
         many older ones are skipped (None: some, not counted)."""
         if self.every is not None:
-            step = _ms(self.every)
+            step = _step_ms(self.every)
             first, latest = (last // step + 1) * step, (now // step) * step
             if first > latest:
                 return [], 0
@@ -179,6 +184,13 @@ def periodic(
     if overlap not in ("skip", "allow"):
         raise ConfigurationError(f"overlap must be 'skip' or 'allow', got {overlap!r}")
     _checks.whole("catch_up", catch_up, 1, 1_000_000, "catch_up=1 (how many missed ticks to run)")
+    if catch_up > 1 and overlap == "skip":
+        raise ConfigurationError(
+            f"catch_up={catch_up} enqueues up to {catch_up} missed ticks at once, but "
+            "overlap='skip' (the default) lets one job of a schedule wait or run at a time, "
+            f"so only the oldest of them would run: pass overlap='allow' with catch_up={catch_up}, "
+            "or leave catch_up at 1 (the latest missed tick runs)"
+        )
     bad = [k for k in _FORBIDDEN if k in options]
     if overlap == "skip" and "key" in options:
         bad.append("key")

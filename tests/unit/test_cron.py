@@ -75,6 +75,9 @@ def test_naive_is_utc_and_other_zones_are_converted() -> None:
         ("5-1 * * * *", "minute"),
         ("1,,2 * * * *", "minute"),
         ("*/x * * * *", "minute"),
+        ("\u00b2 * * * *", "minute"),  # a superscript two: a digit to str.isdigit, not to int
+        ("\u0663 * * * *", "minute"),  # an Arabic-Indic three
+        ("*/\u0663 * * * *", "minute"),
         ("0 0 30 2 *", "day-of-month"),  # never fires
     ],
 )

@@ -90,6 +90,7 @@ def test_periodic_registers_the_task_and_its_schedule(app: Conveyor) -> None:
         ({"cron": "@daily", "catch_up": 0}, "catch_up"),
         ({"cron": "@daily", "key": "k"}, "key"),
         ({"cron": "@daily", "delay": 5}, "delay"),
+        ({"cron": "@daily", "catch_up": 3}, "pass overlap='allow' with catch_up=3"),
     ],
 )
 def test_bad_schedule_is_refused_at_definition(
@@ -98,6 +99,15 @@ def test_bad_schedule_is_refused_at_definition(
     with pytest.raises(ConfigurationError, match=match):
         app.periodic(**kwargs)(lambda: None)
     assert app.schedules == []
+
+
+@pytest.mark.parametrize("ms", [2010, 1005, 4030])
+def test_every_ticks_on_whole_multiples_of_its_interval(ms: int) -> None:
+    """2.01 s is 2,010 ms (2.01 * 1000 is 2009.99...): the ticks fall on its multiples."""
+    s = Schedule("s", every=ms / 1000)
+    assert [round(s.next_after((ms * k + 0.5) / 1000) * 1000) for k in range(4)] == [
+        ms * k for k in range(1, 5)
+    ]
 
 
 def test_a_schedule_name_is_unique(app: Conveyor) -> None:
