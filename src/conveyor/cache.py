@@ -22,12 +22,14 @@ import inspect
 import logging
 import math
 import time
+import types
+import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ._errors import ConfigurationError, SerializationError, ValidationError
 from .locks import Lock, backoff
-from .stores._port import KeyValue, check_key
+from .stores._port import MAX_KEY, KeyValue, check_key
 
 if TYPE_CHECKING:
     from ._codec import Codec
@@ -42,6 +44,11 @@ log = logging.getLogger("conveyor.cache")
 # this bounds only how long waiters wait for a caller that died mid-computation.
 _COMPUTE_TTL = 5.0
 _MISS: Any = object()
+_DIGEST = 64  # hex characters of a SHA-256: the longest part a call adds to the prefix
+
+# The cached functions alive in this process, by store and name: two different functions
+# under one name would share entries and serve each other's results.
+_NAMED: weakref.WeakValueDictionary[tuple[int, str], Cached[Any]] = weakref.WeakValueDictionary()
 
 
 def cached(
@@ -105,6 +112,12 @@ class Cached(Generic[F]):
         self._key_fn = key
         self._prefix = f"cache:{self.name}:"
         check_key(self._prefix)
+        if key is None and len(self._prefix) + _DIGEST > MAX_KEY:
+            raise ConfigurationError(
+                f"cached name {self.name!r} is too long: its keys (cache:<name>:<64-character "
+                f"digest>) would pass the store's {MAX_KEY} characters; give a shorter name="
+            )
+        self._claim_name(fn)
         try:
             self._signature: inspect.Signature | None = inspect.signature(fn)
         except (TypeError, ValueError):  # some builtins have none: key on the raw arguments
@@ -113,8 +126,29 @@ class Cached(Generic[F]):
         self._call = cast(F, wrapper)
         functools.update_wrapper(self, fn, updated=())
 
+    def _claim_name(self, fn: Callable[..., Any]) -> None:
+        """Refuse a name another live cached function of this store holds: the same
+        function decorated again may share it, not a second lambda of the module or a
+        closure that a factory made again over other values."""
+        held = _NAMED.get((id(self._kv), self.name))
+        if held is not None and held._kv is self._kv and not _same_function(held._fn, fn):
+            raise ConfigurationError(
+                f"@app.cached: {self.name!r} already names another cached function of this "
+                "app (a second lambda of its module, or a function that a factory made again "
+                "with other values): they would share entries and return each other's "
+                "results; give each its own name="
+            )
+        _NAMED[(id(self._kv), self.name)] = self
+
     def __repr__(self) -> str:
         return f"<Cached {self.name} ttl={self.ttl:g}>"
+
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        """As a method: calls, ``cache_key`` and ``invalidate`` take the instance as their
+        first argument (the ``key=`` function gets it too)."""
+        if obj is None:
+            return self
+        return _BoundCached(self, obj)
 
     @property
     def __call__(self) -> F:
@@ -208,3 +242,42 @@ class Cached(Generic[F]):
 
     def _store(self, key: str, value: Any) -> None:
         self._kv.set(key, self._codec.encode_value(value), self.ttl)
+
+
+class _BoundCached:
+    """A cached method of one instance (``Cached.__get__``)."""
+
+    __slots__ = ("__func__", "__self__")
+
+    def __init__(self, cached: Cached[Any], obj: object) -> None:
+        self.__func__ = cached
+        self.__self__ = obj
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.__func__._call(self.__self__, *args, **kwargs)
+
+    def cache_key(self, *args: Any, **kwargs: Any) -> str:
+        return self.__func__.cache_key(self.__self__, *args, **kwargs)
+
+    def invalidate(self, *args: Any, **kwargs: Any) -> bool:
+        return self.__func__.invalidate(self.__self__, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<bound {self.__func__!r} of {self.__self__!r}>"
+
+
+def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:
+    """One function, or the same code over the same values (a factory called again)."""
+    if a is b:
+        return True
+    if not isinstance(a, types.FunctionType) or not isinstance(b, types.FunctionType):
+        return False
+    if a.__code__ is not b.__code__:
+        return False
+    cells_a, cells_b = a.__closure__ or (), b.__closure__ or ()
+    try:
+        return all(
+            x.cell_contents is y.cell_contents for x, y in zip(cells_a, cells_b, strict=True)
+        )
+    except ValueError:  # an empty cell
+        return False

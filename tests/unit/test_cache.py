@@ -231,3 +231,77 @@ def test_a_bad_name_is_refused(app: Conveyor) -> None:
         @app.cached(ttl=1, name="bad\nname")
         def f() -> int:
             return 1
+
+
+def test_a_name_too_long_for_its_keys_is_refused_when_decorating(app: Conveyor) -> None:
+    with pytest.raises(ConfigurationError, match="too long"):
+        app.cached(ttl=1, name="n" * 460)(lambda x: x)
+    # with key=, the keys are the name and what the key function returns: it may be long
+    assert app.cached(ttl=1, name="n" * 460, key=str)(lambda x: x)(1) == 1
+
+
+def test_a_method_is_cached_per_what_its_key_takes_from_the_instance(app: Conveyor) -> None:
+    source = Source()
+
+    class Prices:
+        def __init__(self, region: str) -> None:
+            self.region = region
+
+        @app.cached(ttl=60, key=lambda self, sku: f"{self.region}:{sku}")
+        def price(self, sku: str) -> dict[str, Any]:
+            return source.fetch(f"{self.region}/{sku}", 1)
+
+    eu, us = Prices("eu"), Prices("us")
+    assert eu.price("a") == eu.price("a") == {"sku": "eu/a", "total": 2.5}
+    assert Prices("eu").price("a") == {"sku": "eu/a", "total": 2.5}  # same key: cached
+    assert us.price("a") == {"sku": "us/a", "total": 2.5}
+    assert source.calls == 2
+    assert eu.price.cache_key("a").endswith(":eu:a")
+    assert eu.price.invalidate("a") is True
+    assert eu.price("a") == {"sku": "eu/a", "total": 2.5} and source.calls == 3
+
+
+def test_a_method_without_a_key_function_says_to_give_one(app: Conveyor) -> None:
+    class Repo:
+        @app.cached(ttl=60)
+        def get(self, x: int) -> int:
+            return x
+
+    with pytest.raises(SerializationError, match="key="):
+        Repo().get(1)
+
+
+def test_an_async_method_is_cached_too(app: Conveyor) -> None:
+    calls = 0
+
+    class Repo:
+        @app.cached(ttl=60, key=lambda self, x: str(x))
+        async def get(self, x: int) -> int:
+            nonlocal calls
+            calls += 1
+            return x * 2
+
+    async def twice() -> list[int]:
+        return [await Repo().get(3), await Repo().get(3)]
+
+    assert asyncio.run(twice()) == [6, 6] and calls == 1
+
+
+def test_two_functions_under_one_name_are_refused(app: Conveyor) -> None:
+    """They would share entries: a factory's functions over other values, two lambdas."""
+
+    def make(factor: int) -> Any:
+        @app.cached(ttl=60)
+        def scale(n: int) -> int:
+            return n * factor
+
+        return scale
+
+    double = make(2)
+    with pytest.raises(ConfigurationError, match="give each its own name="):
+        make(3)
+    assert make(2)(5) == double(5) == 10  # the same values again: one function
+    app.cached(ttl=60)(lambda x: x + 1)
+    with pytest.raises(ConfigurationError, match="another cached function"):
+        app.cached(ttl=60)(lambda x: -x)
+    assert app.cached(ttl=60, name="neg")(lambda x: -x)(1) == -1
