@@ -96,8 +96,8 @@ def test_set_incr_and_update_share_one_counter(store: Store) -> None:
 
 def test_incr_refuses_a_non_integer(store: Store) -> None:
     store.set("doc", {"a": 1})
-    with pytest.raises(ConveyorError):
-        store.incr("doc")
+    with pytest.raises(ConveyorError, match="store key 'doc' holds a value that is not an"):
+        store.incr("doc")  # the key as the caller wrote it, which the advice applies to
     with pytest.raises(ValidationError):
         store.incr("n", 1.5)  # type: ignore[arg-type]
 
@@ -204,12 +204,20 @@ def test_store_keys_cannot_touch_locks(app: Conveyor) -> None:
         assert again.fence > lk.fence
 
 
-@pytest.mark.parametrize("key", ["", "a\x00b", "x" * 507])
+@pytest.mark.parametrize("key", ["", "a\x00b", "last\n", "half\udc80", "x" * 507])
 def test_keys_are_validated(store: Store, key: str) -> None:
     with pytest.raises(InvalidName):
         store.set(key, 1)
     with pytest.raises(InvalidName):
         store.get(key)
+
+
+@pytest.mark.parametrize("retries", [-1, 1.5, True, "3"])
+def test_update_takes_a_whole_number_of_retries(store: Store, retries: Any) -> None:
+    calls: list[Any] = []
+    with pytest.raises(ValidationError, match="retries= takes a whole number"):
+        store.update("k", lambda old: calls.append(old) or 1, retries=retries)
+    assert calls == [] and store.get("k") is None
 
 
 def test_the_longest_key_fits(store: Store) -> None:

@@ -20,8 +20,10 @@ from .._backoff import RANDOM
 from .._errors import InvalidName, TransactionConflict, ValidationError
 
 MAX_KEY = 512  # characters in a key
-_KEY = re.compile(rf"^[^\x00-\x1f\x7f]{{1,{MAX_KEY}}}$")
-_COUNTER = re.compile(rb"^[+-]?[0-9]+$")
+# (\Z, not $: $ also matches before a last newline. No lone surrogate: no broker can
+# store one.)
+_KEY = re.compile(rf"[^\x00-\x1f\x7f\ud800-\udfff]{{1,{MAX_KEY}}}\Z")
+_COUNTER = re.compile(rb"[+-]?[0-9]+\Z")
 
 Updater = Callable[[bytes | None], bytes | None]
 # What an optimistic ``update`` reads: the live value (None: absent or expired) and the
@@ -55,7 +57,8 @@ def versioned_update(
 def check_key(key: str) -> str:
     if not isinstance(key, str) or not _KEY.match(key):
         raise InvalidName(
-            f"bad key {key!r}: use 1-{MAX_KEY} printable characters (no control characters)"
+            f"bad key {key!r}: use 1-{MAX_KEY} printable characters (no control characters, "
+            "no lone surrogates)"
         )
     return key
 

@@ -76,7 +76,15 @@ class Store:
         value. ``ttl`` applies only when this call creates the counter."""
         if isinstance(amount, bool) or not isinstance(amount, int):
             raise ValidationError(f"incr amount must be an int, got {amount!r}")
-        return self._kv.incr(self._key(key), amount, _check_ttl(ttl))
+        try:
+            return self._kv.incr(self._key(key), amount, _check_ttl(ttl))
+        except ValidationError as exc:  # the broker's words name the key with its prefix
+            if not str(exc).startswith("store key "):
+                raise
+            raise ValidationError(
+                f"store key {key!r} holds a value that is not an integer, so incr cannot add "
+                "to it; delete it or use another key for the counter"
+            ) from None
 
     def ttl(self, key: str) -> float | None:
         """Seconds before ``key`` expires; None if it has no expiry *or* does not exist."""
@@ -103,6 +111,11 @@ class Store:
         """
         full = self._key(key)
         ttl = _check_ttl(ttl)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValidationError(
+                f"store.update retries= takes a whole number of 0 or more (how many times a "
+                f"conflicting write is tried again), got {retries!r}"
+            )
         last: list[Any] = [None]
 
         def step(old: bytes | None) -> bytes | None:

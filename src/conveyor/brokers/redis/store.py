@@ -56,6 +56,54 @@ local function write(k, v, ttl)
 end
 """
 )
+# A counter's sum in decimal digits, exact at any size as the other brokers' are (Lua's
+# numbers are doubles: past 2^53 they round, and '%d' of a sum past 2^63 wraps).
+_DECIMAL = """
+local function magnitude(s)  -- negative?, the digits without sign or leading zeros
+  local d = string.gsub(string.gsub(s, '^[+-]', ''), '^0+', '')
+  if d == '' then return false, '0' end
+  return string.sub(s, 1, 1) == '-', d
+end
+local function add_digits(a, b)
+  local out, carry, i, j = {}, 0, #a, #b
+  while i > 0 or j > 0 or carry > 0 do
+    local d = carry
+    if i > 0 then d = d + string.byte(a, i) - 48 end
+    if j > 0 then d = d + string.byte(b, j) - 48 end
+    out[#out + 1] = string.char(48 + d % 10)
+    carry = d >= 10 and 1 or 0
+    i, j = i - 1, j - 1
+  end
+  return string.reverse(table.concat(out))
+end
+local function sub_digits(a, b)  -- a >= b
+  local out, borrow, i, j = {}, 0, #a, #b
+  while i > 0 do
+    local d = string.byte(a, i) - 48 - borrow
+    if j > 0 then d = d - (string.byte(b, j) - 48) end
+    if d < 0 then d, borrow = d + 10, 1 else borrow = 0 end
+    out[#out + 1] = string.char(48 + d)
+    i, j = i - 1, j - 1
+  end
+  local r = string.gsub(string.reverse(table.concat(out)), '^0+', '')
+  if r == '' then return '0' end
+  return r
+end
+local function signed(negative, digits)
+  if negative and digits ~= '0' then return '-' .. digits end
+  return digits
+end
+local function add_decimal(a, b)
+  if #a < 16 and #b < 16 then  -- below 10^15 either way: a double sums them exactly
+    return string.format('%d', tonumber(a) + tonumber(b))
+  end
+  local na, da = magnitude(a)
+  local nb, db = magnitude(b)
+  if na == nb then return signed(na, add_digits(da, db)) end
+  if #da > #db or (#da == #db and da >= db) then return signed(na, sub_digits(da, db)) end
+  return signed(nb, sub_digits(db, da))
+end
+"""
 _SCRIPTS = {
     "get": "return (live(KEYS[1]))",
     "set": """
@@ -67,25 +115,23 @@ local v = live(KEYS[1])
 redis.call('DEL', KEYS[1])
 if v then return 1 end
 return 0""",
-    "incr": """
+    "incr": _DECIMAL
+    + """
 local v, x = live(KEYS[1])
-local cur = 0
-if v then
-  if not string.match(v, '^[+-]?%d+$') then return redis.error_reply('NOTINT not a counter') end
-  cur = tonumber(v)
+if v and not string.match(v, '^[+-]?%d+$') then
+  return redis.error_reply('NOTINT not a counter')
 end
-local new = cur + tonumber(ARGV[2])
-local s = string.format('%d', new)
+local s = add_decimal(v or '0', ARGV[2])
 if v then
   redis.call('HSET', KEYS[1], 'v', s)
 else
   write(KEYS[1], s, ARGV[3])
 end
-return new""",
+return s""",
     "ttl": """
 local v, x = live(KEYS[1])
 if not v or not x or x == '' then return -1 end
-return tostring(tonumber(x) - NOW)""",
+return string.format('%.0f', tonumber(x) - NOW)""",
     "lock_acquire": """
 if live(KEYS[1]) then return false end
 write(KEYS[1], ARGV[2], ARGV[3])

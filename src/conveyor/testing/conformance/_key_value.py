@@ -60,6 +60,11 @@ class KeyValueConformance:
         timeline.advance(6)
         assert kv.get("k") == b"v2"
 
+    def test_a_far_expiry_reads_back(self, kv: KeyValue) -> None:
+        assert kv.set("far", b"v", 2e11)  # some 6,000 years
+        left = kv.ttl("far")
+        assert left is not None and 1.99e11 < left <= 2e11
+
     def test_set_nx_writes_only_an_absent_key(self, kv: KeyValue, timeline: Timeline) -> None:
         assert kv.set("k", b"first", ttl=timeline.span(5), nx=True)
         assert not kv.set("k", b"second", nx=True)
@@ -93,6 +98,24 @@ class KeyValueConformance:
         assert kv.get("n") is None
         assert kv.incr("n", 5) == 5
         assert kv.ttl("n") is None
+
+    def test_incr_is_exact_past_64_bits(self, kv: KeyValue) -> None:
+        """A counter is a whole number of any size, added exactly (not through a float)."""
+        assert kv.incr("big", 2**53 + 1) == 2**53 + 1
+        assert kv.incr("big", 1) == 2**53 + 2
+        assert kv.incr("big", 2**63 - 2**53 - 3) == 2**63 - 1
+        assert kv.incr("big", 1) == 2**63
+        assert kv.incr("big", 10**30) == 10**30 + 2**63
+        assert kv.incr("big", -(10**30) - 2**64) == -(2**63)
+        assert kv.get("big") == str(-(2**63)).encode()
+        for stored, after in (
+            (b"+5", 6),
+            (b"007", 8),
+            (b"-0", 1),
+            (b"-10000000000000000000", -(10**19) + 1),
+        ):
+            kv.set("written", stored)
+            assert kv.incr("written", 1) == after
 
     def test_update_writes_and_returns_the_new_value(
         self, kv: KeyValue, timeline: Timeline
@@ -202,7 +225,9 @@ class KeyValueConformance:
 
     # -- names -----------------------------------------------------------------------------
 
-    @pytest.mark.parametrize("key", ["", "new\nline", "nul\x00", "del\x7f", "x" * 513])
+    @pytest.mark.parametrize(
+        "key", ["", "new\nline", "last\n", "nul\x00", "del\x7f", "half\ud800", "x" * 513]
+    )
     def test_bad_keys_are_refused(self, kv: KeyValue, key: str) -> None:
         calls: list[Callable[[], object]] = [
             lambda: kv.get(key),
