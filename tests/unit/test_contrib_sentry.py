@@ -106,6 +106,37 @@ def test_a_final_failure_is_reported_with_the_job_and_the_exception(
     assert exception["stacktrace"]["frames"]  # the real exception, with its stack
 
 
+def test_a_job_s_event_carries_what_it_set_and_nothing_an_earlier_job_set(
+    sent: list[dict[str, Any]],
+) -> None:
+    """Each run writes in a scope of its own: on one thread, a job that set a user, a tag
+    and a breadcrumb and succeeded leaves nothing for the next job's event."""
+    app = Conveyor("memory://", clock=FakeClock(), middleware=[SentryMiddleware()])
+
+    @app.task(name="signup")
+    def signup(user: str) -> None:
+        sentry_sdk.set_user({"id": user})
+        sentry_sdk.set_tag("tenant", "acme")
+        sentry_sdk.add_breadcrumb(message=f"signup of {user}")
+
+    @app.task(name="charge")
+    def charge(customer: str) -> None:
+        sentry_sdk.set_tag("customer", customer)
+        sentry_sdk.add_breadcrumb(message=f"charging {customer}")
+        raise ValueError("card declined")
+
+    signup.delay("u-1")
+    charge.delay("cus_42")
+    drain(app, concurrency=1)
+    (event,) = sent
+    assert event["tags"]["conveyor.task"] == "charge"
+    assert event["tags"]["customer"] == "cus_42" and "tenant" not in event["tags"]
+    assert "user" not in event
+    crumbs = [c["message"] for c in event["breadcrumbs"]["values"]]
+    assert crumbs == ["charging cus_42"]
+    assert sentry_sdk.Scope.get_isolation_scope()._user is None  # the thread's own scope untouched
+
+
 def test_arguments_can_be_left_out_and_retries_reported(sent: list[dict[str, Any]]) -> None:
     app = make_app(SentryMiddleware(include_args=False, report_retries=True))
     app.registry["billing.charge"].delay("cus_42", 1999)

@@ -19,6 +19,11 @@ its stack); with ``--pool processes``, or when a child was killed at its time li
 a ``TaskFailed`` whose remote traceback is in the context, grouped by task and remote
 exception type. A dead letter is a message event with its reason.
 
+Each run has a Sentry isolation scope of its own (forked from the one its thread or task
+had, as Sentry's own Celery integration does): what a task sets (``sentry_sdk.set_user``,
+``set_tag``, breadcrumbs) goes with that job's event, never with a later job's that runs on
+the same thread.
+
 Reports are made in the worker process (never in a child): ``sentry_sdk.init`` must run
 there, and it does when it sits next to the app. Sentry's logging integration also turns
 the worker's ERROR lines into events, a dead letter's among them; to have one event per
@@ -27,13 +32,17 @@ dead letter, ``sentry_sdk.integrations.logging.ignore_logger("conveyor.worker")`
 
 from __future__ import annotations
 
+import threading
+from contextlib import AbstractContextManager
 from typing import Any, cast
 
 from .._errors import TaskFailed
-from ..middleware import Message, Middleware, Outcome
+from ..middleware import Message, Middleware, Outcome, Run
 from . import INTERRUPTIONS, described, readable, require
 
 __all__ = ["SentryMiddleware"]
+
+_KEPT_MAX = 10_000  # runs' scopes kept for their outcome; past it the oldest go
 
 
 class SentryMiddleware(Middleware):
@@ -43,6 +52,28 @@ class SentryMiddleware(Middleware):
         self._sentry: Any = require("sentry_sdk", "sentry", user="conveyor.contrib.sentry")
         self.include_args = include_args
         self.report_retries = report_retries
+        # By job id: the scope a run entered (until it ends), then the scope it wrote in
+        # (until the worker reports its outcome, from another thread).
+        self._running: dict[str, tuple[AbstractContextManager[Any], Any]] = {}
+        self._kept: dict[str, Any] = {}
+        self._outcome = threading.local()  # (job id, its run's scope) of the outcome at hand
+
+    def before_run(self, message: Message) -> None:
+        entered = self._sentry.isolation_scope()
+        self._running[message.id] = (entered, entered.__enter__())
+
+    def after_run(self, message: Message, run: Run) -> None:
+        running = self._running.pop(message.id, None)
+        if running is None:
+            return
+        entered, kept = running
+        entered.__exit__(None, None, None)
+        if len(self._kept) >= _KEPT_MAX:  # outcomes never reported (a worker cut short)
+            del self._kept[next(iter(self._kept))]
+        self._kept[message.id] = kept
+
+    def on_outcome(self, message: Message | None, outcome: Outcome) -> None:
+        self._outcome.kept = (outcome.job_id, self._kept.pop(outcome.job_id, None))
 
     def on_failure(self, message: Message, outcome: Outcome) -> None:
         self._report(message, outcome, "error")
@@ -55,6 +86,14 @@ class SentryMiddleware(Middleware):
             self._report(message, outcome, "warning")
 
     def _report(self, message: Message | None, outcome: Outcome, level: str) -> None:
+        job_id, run_scope = getattr(self._outcome, "kept", (None, None))
+        if run_scope is not None and job_id == outcome.job_id:
+            with self._sentry.scope.use_isolation_scope(run_scope):
+                self._capture(message, outcome, level)
+        else:
+            self._capture(message, outcome, level)
+
+    def _capture(self, message: Message | None, outcome: Outcome, level: str) -> None:
         sentry = self._sentry
         task = outcome.task or "unknown"
         with sentry.new_scope() as scope:
