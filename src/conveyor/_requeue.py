@@ -27,7 +27,6 @@ from ._errors import (
 from ._events import REQUEUED
 from ._message import JobRecord, JobStatus, validate_job_id, validate_queue
 from .brokers._port import REQUEUEABLE
-from .workflows import waits_for_inputs
 
 if TYPE_CHECKING:
     from ._app import Conveyor
@@ -51,13 +50,16 @@ class _Fresh(msgspec.Struct, frozen=True):
 def _fresh(app: Conveyor, job_id: str, payload: bytes) -> _Fresh:
     try:
         message = app.codec.decode_message(payload)
-        if message.workflow and waits_for_inputs(message):
-            raise ValidationError(
-                f"cannot requeue job {job_id}: it is a step of a workflow ({message.task}) "
-                "that ended before the steps it follows handed it their results, so it "
-                "would run without them. Send the workflow again (build it and call "
-                ".delay()); its other steps can be requeued"
-            )
+        if message.workflow:
+            from .workflows import waits_for_inputs  # on first use: import conveyor is lean
+
+            if waits_for_inputs(message):
+                raise ValidationError(
+                    f"cannot requeue job {job_id}: it is a step of a workflow "
+                    f"({message.task}) that ended before the steps it follows handed it "
+                    "their results, so it would run without them. Send the workflow again "
+                    "(build it and call .delay()); its other steps can be requeued"
+                )
         again = msgspec.structs.replace(message, attempt=0)
         payload = app.codec.encode_message(again)
         return _Fresh(job_id, payload, tuple(message.depends_on), message.task, message.queue)
