@@ -50,19 +50,25 @@ DEFAULT_MAX_RESULT = 1024 * 1024  # bytes of an encoded result, like DEFAULT_MAX
 
 
 class _Sender:
-    """``app.options(...)``: the RQ-style ``enqueue`` with options bound."""
+    """``app.options(...)``: the RQ-style ``enqueue`` with options bound. They change the
+    app's defaults for a plain callable, and a task's own options for a task."""
 
-    def __init__(self, app: Conveyor, opts: Options) -> None:
+    def __init__(self, app: Conveyor, changes: dict[str, Any]) -> None:
         self._app = app
-        self._opts = opts
+        self._changes = changes
+        self._opts = app.defaults.merge(**changes)  # checked now, not at the enqueue
+
+    def _options(self, fn: Callable[..., Any]) -> Options:
+        return fn.opts.merge(**self._changes) if isinstance(fn, Task) else self._opts
 
     def enqueue(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
-        return self._app._send([self._app._signature(fn, args, kwargs, self._opts)])[0]
+        sig = self._app._signature(fn, args, kwargs, self._options(fn))
+        return self._app._send([sig])[0]
 
     async def enqueue_async(
         self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs
     ) -> Job[R]:
-        sig = self._app._signature(fn, args, kwargs, self._opts)
+        sig = self._app._signature(fn, args, kwargs, self._options(fn))
         return (await self._app._send_async([sig]))[0]
 
 
@@ -324,8 +330,10 @@ class Conveyor:
     # -- sending jobs ----------------------------------------------------------------------
 
     def options(self, **opts: Any) -> _Sender:
-        """Options for the next RQ-style ``enqueue``: ``app.options(queue="slow").enqueue(f)``."""
-        return _Sender(self, self.defaults.merge(**opts))
+        """Options for the next RQ-style ``enqueue``: ``app.options(queue="slow").enqueue(f)``.
+        They change the app's defaults for a plain callable, and a task's own options for a
+        task (what it does not name stays the task's)."""
+        return _Sender(self, opts)
 
     def enqueue(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> Job[R]:
         """Queue a call of any importable callable; the function need not know Conveyor."""
@@ -517,6 +525,12 @@ class Conveyor:
 
     def _seal(self, message: Message, eta: float | None) -> Envelope:
         if message.rate_key is not None:  # what the workers' counters can hold
+            if message.rate is None:  # a task may give one and the call the other: now
+                raise InvalidOption(
+                    f"rate_key={message.rate_key!r} without rate=: the key says whose budget "
+                    "a job counts against, rate= how large it is; give both, e.g. "
+                    f".options(rate='10/s', rate_key={message.rate_key!r})"
+                )
             ratelimit.check_rate_key(self, message)
         payload = self.codec.encode_message(message)
         depends_on = tuple(message.depends_on) if message.depends_on else ()

@@ -90,8 +90,10 @@ class Options:
                 "(delay= is how long from now, eta= the time to run at)"
             )
         checked = {name: _RULES[name](value) for name, value in changes.items()}
-        if checked.get("delay") is not None:
-            checked["eta"] = None  # the later of the two wins: a call's delay= over a task's eta=
+        # The later of the two wins: a call's delay= over a task's eta=. Read from what was
+        # given: delay=0 (now) is kept as None, and still replaces an eta.
+        if changes.get("delay") is not None:
+            checked["eta"] = None
         elif checked.get("eta") is not None:
             checked["delay"] = None
         merged = dataclasses.replace(self, **checked)

@@ -13,6 +13,7 @@ from conveyor import (
     ConfigurationError,
     Conveyor,
     InvalidName,
+    InvalidOption,
     InvalidURL,
     JobNotFound,
     JobStatus,
@@ -80,6 +81,50 @@ def test_options_delay_and_eta_schedule(app: Conveyor, clock: FakeClock) -> None
     assert f.options(delay=dt.timedelta(seconds=0)).delay().status is JobStatus.QUEUED
     clock.advance(31)
     assert [len(app.broker.fetch(["default"], "t", 10, 30, 0))] == [2]
+
+
+def test_a_later_delay_of_0_replaces_a_tasks_eta(app: Conveyor, clock: FakeClock) -> None:
+    eta = dt.datetime.fromtimestamp(clock.time() + 3600, dt.UTC)
+
+    @app.task(eta=eta)
+    def report() -> None: ...
+
+    assert report.delay().status is JobStatus.SCHEDULED
+    assert report.options(delay=0).delay().status is JobStatus.QUEUED  # 0 is now
+
+
+def test_app_options_change_a_tasks_own_options_not_the_apps(app: Conveyor) -> None:
+    """``app.options(...).enqueue(task)`` keeps what the task set and the options do not
+    name (its queue, retries, priority), as ``task.options(...)`` does."""
+
+    @app.task(queue="images", retries=3, priority=7)
+    def resize(x: int) -> int:
+        return x
+
+    app.options(delay=5).enqueue(resize, 1)
+    app.options(queue="fast").enqueue(resize, 2)
+    app.options(queue="fast").enqueue(os.path.join, "a")  # a plain callable: the app's
+    found = [
+        app.codec.decode_message(d.payload)
+        for q in ("images", "fast")
+        for d in app.broker.fetch([q], "t", 10, 30, 0)
+    ]
+    assert [(m.queue, m.retries, m.priority) for m in found] == [
+        ("fast", 3, 7),
+        ("fast", 0, 0),
+    ]
+    (scheduled,) = app.broker.entries(JobStatus.SCHEDULED, "images", 10, 0)
+    assert app.codec.decode_message(scheduled.payload).retries == 3
+
+
+def test_a_rate_key_without_a_rate_is_refused(app: Conveyor) -> None:
+    @app.task
+    def send(i: int) -> None: ...
+
+    with pytest.raises(InvalidOption, match="rate_key='tenant:1' without rate="):
+        send.options(rate_key="tenant:1").delay(1)
+    assert _depth(app) == 0
+    assert send.options(rate="10/s", rate_key="tenant:1").delay(1).status is JobStatus.QUEUED
 
 
 def test_rq_style_enqueue_of_any_importable_callable(app: Conveyor) -> None:

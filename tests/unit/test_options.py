@@ -176,7 +176,10 @@ def test_a_good_job_option_makes_a_job_a_worker_can_decode(
     app: Conveyor, data: st.DataObject, option: str
 ) -> None:
     value = data.draw(JOB_OPTIONS[option][1], label="value")
-    task = app.task(name="t.good")(_noop).options(**{option: value})
+    given = {option: value}
+    if option == "rate_key" and value is not None:
+        given["rate"] = "10/s"  # a rate_key counts against a rate: alone it is refused
+    task = app.task(name="t.good")(_noop).options(**given)
     payload = app.envelope(task.s()).payload
     message = app.codec.decode_message(payload)
     assert isinstance(message, Message)
