@@ -30,8 +30,9 @@ MAX_HEADERS_SIZE = 8192
 HeaderName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HEADER_KEY)]
 Headers = Annotated[dict[HeaderName, str], msgspec.Meta(max_length=MAX_HEADERS)]
 
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
-_JOB_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
+# (\Z, not $: $ also matches before a last newline.)
+_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
+_JOB_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}\Z")
 
 
 class JobStatus(enum.StrEnum):

@@ -232,7 +232,7 @@ def _importable_name(fn: Callable[..., Any]) -> str:
     return f"{fn.__module__}:{fn.__qualname__}"
 
 
-_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")  # what a worker resolves
+_DOTTED = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")  # what a worker resolves
 _MODULE_LEVEL = "define it with def at module level (or register it with @app.task)"
 
 

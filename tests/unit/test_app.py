@@ -168,6 +168,9 @@ def test_bad_input_in_a_batch_writes_nothing(app: Conveyor) -> None:
         f.delay("x" * 2_000_000)
     with pytest.raises(InvalidName):
         f.options(job_id="has space").delay(1)
+    for last_newline in ({"queue": "emails\n"}, {"job_id": "order-42\n"}):
+        with pytest.raises(InvalidName):  # on a queue no worker reads, a job id not found
+            f.options(**last_newline).delay(1)
     assert _depth(app) == 1  # only the first, good job
 
 

@@ -22,7 +22,7 @@ from ._hosts import ANY, host_allowed
 
 CSRF_COOKIE = "conveyor_csrf"
 CSRF_HEADER = "x-conveyor-csrf"
-_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{43}$")  # secrets.token_urlsafe(32)
+_TOKEN = re.compile(r"^[A-Za-z0-9_\-]{43}\Z")  # secrets.token_urlsafe(32)
 
 # No inline script or style may run, nothing loads from elsewhere, no page frames this one.
 HEADERS = [

@@ -19,8 +19,8 @@ from typing import Any
 from .._errors import ConveyorError, UntrustedTask
 from .._task import Task
 
-_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-_QUALNAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
+_MODULE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
+_QUALNAME = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
 
 
 class UnknownTask(ConveyorError):
