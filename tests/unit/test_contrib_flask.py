@@ -55,6 +55,23 @@ def test_without_the_config_key_the_url_given_stays() -> None:
         assert ext.flask_app is app
 
 
+def test_an_app_whose_config_names_no_broker_gets_the_url_given_not_the_last_apps(
+    tmp_path: Path,
+) -> None:
+    """An app factory that makes apps configured each their own way (as tests do)."""
+    store = "redis://127.0.0.1:1/0"
+    with FlaskConveyor(url="amqp://guest:guest@127.0.0.1:1/v", store=store) as ext:
+        ext.init_app(make_app(CONVEYOR_URL=f"sqlite:///{tmp_path}/a.db"))
+        assert ext.url == f"sqlite:///{tmp_path}/a.db" and ext.store_url is None
+        ext.init_app(Flask("plain"))  # no CONVEYOR_URL: the extension's own
+        assert ext.url == "amqp://guest:guest@127.0.0.1:1/v" and ext.store_url == store
+        other = "redis://127.0.0.1:2/0"
+        ext.init_app(make_app(CONVEYOR_URL=ext.url, CONVEYOR_STORE_URL=other))
+        assert ext.store_url == other
+        ext.init_app(Flask("plain3"))  # the store of the last app does not stay either
+        assert ext.store_url == store
+
+
 def test_a_bad_url_in_the_config_names_the_key(conveyor: FlaskConveyor) -> None:
     with pytest.raises(InvalidURL, match=r"app.config\['CONVEYOR_URL'\]: bad broker URL"):
         conveyor.init_app(make_app(CONVEYOR_URL="localhost:6379"))

@@ -86,6 +86,9 @@ class FlaskConveyor(Conveyor):
                 "FlaskConveyor(url=...) or app.config['CONVEYOR_URL']"
             )
         super().__init__(url, **options)
+        # What init_app falls back to for an app whose config names no broker or store (an
+        # app factory may make several apps, each configured its own way).
+        self._given = (self.url, options.get("store"))
         self.flask_app: Flask | None = None
         self.add_middleware(_AppContext(self))
         if app is not None:
@@ -97,8 +100,10 @@ class FlaskConveyor(Conveyor):
 
         The URL is taken only while the broker is not open: changing it after the first job
         was sent raises ``ConfigurationError`` (``close()`` first, as a test teardown does)."""
-        url = app.config.get("CONVEYOR_URL")
-        if url is not None and url != self.url:
+        given_url, given_store = self._given
+        url = app.config.get("CONVEYOR_URL") or given_url
+        store = app.config.get("CONVEYOR_STORE_URL") or (given_store if url == given_url else None)
+        if url != self.url:
             try:
                 load_adapter(url)
             except InvalidURL as exc:
@@ -110,10 +115,8 @@ class FlaskConveyor(Conveyor):
                     "first job is sent, or close() it first"
                 )
             self.url = url
-            self.store_url = None  # the record store given was for the other URL's broker
-        store = app.config.get("CONVEYOR_STORE_URL")
-        if store is not None:
-            self.store_url = store
+        if self._broker is None:
+            self.store_url = store  # what this app's config gives, else what was given
         self.pick_store()  # an amqp:// broker's record store, else CONVEYOR_STORE_URL
         self.flask_app = app
         app.extensions["conveyor"] = self
