@@ -9,20 +9,24 @@ Rates are ``"<n>/<unit>"`` or ``"<n>/<k><unit>"`` with unit ``s``, ``m`` or ``h`
 ``"100/m"``, ``"5/s"``, ``"1000/h"``, ``"10/30s"``.
 
 Algorithm: a **sliding window counter**. Time is cut into fixed windows of the rate's period;
-each window has a counter (``kv.incr`` with a TTL of two periods). A job may start when::
+each window has a counter (``kv.incr`` with a TTL of two periods). A job may start when
+fewer than ``n`` started in the last period before it, counting the previous window's
+starts by the share of it still inside that period::
 
-    current (this job included) + previous * (share of it still in the last period) <= n
+    current (before this job) + previous * (share of it still in the last period) < n
 
-Burst behaviour: an idle key admits up to ``n`` jobs at once; steady demand is held to ``n``
-per period. The previous window is assumed to have been spread evenly, so in the worst case
-(all of it at its very end) a period-long window can hold up to ``2 n`` starts — never more,
-and steady traffic stays within a few percent of ``n``. A job that is refused gives its count
-back. Cost: two key-value round trips for a rate-limited job (``incr`` and ``get``), one more
+Burst behaviour: an idle key admits up to ``n`` jobs at once; steady demand gets ``n`` per
+period, one every ``period / n`` (at ``1/m`` too). The previous window is assumed to have
+been spread evenly, so in the worst case (all of it at its very end) a period-long window
+can hold up to ``2 n`` starts, never more. A job that is refused gives its count back.
+Cost: two key-value round trips for a rate-limited job (``incr`` and ``get``), two more
 when it is refused; tasks without a rate cost nothing.
 
 ``acquire`` does not wait: it returns how long to wait, and the worker puts the job back with
-that delay (not counting an attempt). Refused jobs are spread out by their order of arrival
-within the window, so a backlog does not return all at once; the order among them is not FIFO.
+that delay (not counting an attempt). Jobs refused within one slot (``period / n``) are
+spread out, the k-th told to wait k-1 slots longer, so a backlog does not return all at
+once; a job refused once a slot (it asks again when told) is not held back further. The
+order among refused jobs is not FIFO.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ _UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smh])\s*$")
 _MIN_WAIT = 0.01  # never ask for a zero delay on refusal: the worker would spin
 _PREFIX = "conveyor:rate:"
+_SLOTS = 1_000_000  # refusal counters per window at most: "r" and 6 digits, as "refused"
 _EPSILON = 1e-6  # float slack, so waiting exactly the time returned is enough
 
 
@@ -122,7 +127,8 @@ def check_rate_key_length(rate: str, rate_key: str) -> None:
     512-character keys: checked where both are first known (``Options``), so a mistake
     shows at import, and again by the worker for a job queued without the check."""
     period = f"{parse_rate(rate).period:g}"
-    # the longest counter key: f"{_PREFIX}{rate_key}:{period}:{window}:refused"
+    # the longest counter key: f"{_PREFIX}{rate_key}:{period}:{window}:r{slot}", the slot
+    # of at most 6 digits (_SLOTS), as long as "refused"
     room = MAX_KEY - len(_PREFIX) - len(period) - len(f"::{10**12}:refused")
     if len(rate_key) > room:
         raise InvalidName(
@@ -159,25 +165,32 @@ def acquire(app: Conveyor, message: Message) -> float:
     ttl = 2 * rate.period  # the counter is "previous" for one more window, then dies
     current = kv.incr(f"{base}:{window}", 1, ttl)
     previous = int(kv.get(f"{base}:{window - 1}") or b"0")
-    if current + previous * (1.0 - elapsed) <= rate.limit + _EPSILON:
+    # Before this job, fewer than n starts in the last period (weighing the previous
+    # window's by its share still inside it): at a steady pace, one every period / n.
+    if (current - 1) + previous * (1.0 - elapsed) < rate.limit - _EPSILON:
         return 0.0
     kv.incr(f"{base}:{window}", -1, ttl)  # refused: give the slot back
-    refused = kv.incr(f"{base}:{window}:refused", 1, ttl)
+    # The k-th refusal within one slot (period / n) waits k-1 slots longer: a backlog
+    # refused at once comes back spread out, one a slot, while a job that asks again each
+    # time it is told (refused once a slot) is not held back further.
+    slot = rate.period / rate.limit
+    j = min(math.floor(elapsed * rate.limit), _SLOTS - 1)
+    refused = kv.incr(f"{base}:{window}:r{j}", 1, max(2 * slot, 1.0))
     wait = _free_in(rate, current - 1, previous, elapsed)
-    # The k-th refusal in this window waits k-1 slots longer, spreading the backlog out.
-    return max(wait + (refused - 1) * rate.period / rate.limit, _MIN_WAIT)
+    return max(wait + (refused - 1) * slot, _MIN_WAIT)
 
 
 def _free_in(rate: Rate, current: int, previous: int, elapsed: float) -> float:
     """Seconds until one more start fits, if nothing else starts meanwhile."""
-    room = rate.limit - current - 1  # what the previous window's weight must shrink to
-    if room >= 0 and previous > 0:
-        # previous * (1 - e) <= room  <=>  e >= 1 - room / previous
-        return max(0.0, (1.0 - room / previous) - elapsed) * rate.period
+    room = rate.limit - current  # what the previous window's weight must shrink below
+    if room > 0 and previous > 0:
+        # previous * (1 - e) < room  <=>  e > 1 - room / previous (and past the slack)
+        e = 1.0 - (room - 2 * _EPSILON) / previous
+        return max(0.0, e - elapsed) * rate.period
     # The current window alone is full: wait for the next one, where this window's count is
     # the weighted "previous" and needs (1 - e') * current <= limit - 1.
     until_next = (1.0 - elapsed) * rate.period
     if current <= 0:
         return until_next
-    shrink = max(0.0, 1.0 - (rate.limit - 1) / current)
+    shrink = max(0.0, 1.0 - (rate.limit - 2 * _EPSILON) / current)
     return until_next + shrink * rate.period

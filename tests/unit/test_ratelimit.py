@@ -82,6 +82,23 @@ def test_steady_rate_is_held_over_many_windows(app: Conveyor, clock: FakeClock) 
         assert in_window <= 40
 
 
+@pytest.mark.parametrize("rate", ["1/m", "3/m", "10/m", "100/m"])
+def test_a_job_that_asks_again_when_told_starts_n_times_a_period(
+    app: Conveyor, clock: FakeClock, rate: str
+) -> None:
+    """Sustained demand gets the whole rate: n starts a period (plus the first burst of an
+    idle key), at 1/m too, and its refusals (one each slot) do not push it further back."""
+    m, n = msg(rate), parse_rate(rate).limit
+    starts, end = 0, clock.time() + 3600
+    while clock.time() < end:
+        wait = acquire(app, m)
+        if wait == 0.0:
+            starts += 1
+        else:
+            clock.advance(wait)
+    assert 60 * n <= starts <= 60 * n + n
+
+
 def test_refusals_are_spread_and_give_their_slot_back(app: Conveyor) -> None:
     m = msg("2/s")
     assert acquire(app, m) == acquire(app, m) == 0.0
