@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -21,7 +22,7 @@ from sqlalchemy.orm import Session
 from conveyor import Conveyor, InvalidOption
 from conveyor._errors import ConfigurationError, DependencyNotFound
 from conveyor._message import JobStatus
-from postgres_server import drop_schema, schema_url, unique_schema
+from postgres_server import _admin_connect, _with_database, drop_schema, schema_url, unique_schema
 
 pytestmark = pytest.mark.postgres
 
@@ -169,6 +170,43 @@ def test_a_connection_to_another_database_is_refused_and_writes_nothing(
             shop.send_receipt.options(connection=other).delay(10)
         other.execute("SELECT 1")  # its transaction is still usable
     assert shop.app.broker.stats() == []
+
+
+def test_a_connection_to_a_copy_of_the_brokers_database_is_refused(postgres_url: str) -> None:
+    """A copy (``createdb -T``, a restored dump, a test runner's clone) holds the same
+    Conveyor tables, instance number included: jobs written there would never be run."""
+    admin = _admin_connect()
+    name = "conveyor_copy_" + uuid.uuid4().hex[:8]
+    admin.execute(f'CREATE DATABASE "{name}"')
+    original = _with_database(postgres_url, name)
+    try:
+        Conveyor(original).open().close()  # migrated, and no connection left to it
+        admin.execute(f'CREATE DATABASE "{name}_copy" TEMPLATE "{name}"')
+        with (
+            Conveyor(original) as app,
+            psycopg.connect(_with_database(postgres_url, f"{name}_copy")) as copy,
+        ):
+            with pytest.raises(ConfigurationError, match=f"reaches database '{name}_copy', a copy"):
+                app.options(connection=copy).enqueue(print, "lost")
+            copy.execute("SELECT 1")  # its transaction is still usable
+            assert app.broker.stats() == []
+    finally:
+        for db in (f"{name}_copy", name):
+            admin.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        admin.close()
+
+
+def test_a_connection_whose_cursors_or_list_dumper_differ_still_enqueues(shop: Shop) -> None:
+    """The caller's connection may make RawCursors (``$1`` placeholders) and send lists as
+    JSON: the job goes through a plain cursor that sends lists as arrays all the same."""
+    from psycopg.types.json import JsonbDumper
+
+    with psycopg.connect(shop.database, cursor_factory=psycopg.RawCursor) as raw:
+        raw.adapters.register_dumper(list, JsonbDumper)
+        with raw.transaction():
+            job = shop.send_receipt.options(connection=raw).delay(12)
+        assert raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    assert _status(shop.app, job.id) is JobStatus.QUEUED
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,7 @@ def test_conveyors_options_are_taken_out_and_the_rest_left_to_libpq() -> None:
         ("postgresql://u:s3cret@h/db?worker_commit=off", "it takes async or sync"),
         ("postgresql://u:s3c/ret@h/db", "an '@' after the host"),
         ("postgresql://u:s3cret@h/db#x", "a '#'"),
+        ("postgresql://u:s3cret@h/db?schema=pg_jobs", "not with pg_"),
     ],
 )
 def test_a_bad_url_says_what_to_write_without_the_password(url: str, says: str) -> None:
@@ -92,4 +93,20 @@ def test_an_option_libpq_does_not_know_is_named_before_any_connection() -> None:
 
     with pytest.raises(InvalidURL, match='invalid URI query parameter: "colour"') as caught:
         PostgresBroker("postgresql://u:s3cret@nowhere.invalid/db?colour=blue")
+    assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://u:s3cret%ZZ@nowhere.invalid/db",
+        "postgresql://u@nowhere.invalid/db?password=s3cret%00",
+    ],
+)
+def test_a_bad_percent_escape_in_the_password_is_not_shown(url: str) -> None:
+    """libpq quotes the token it cannot read: here, the password."""
+    from conveyor.brokers.postgres import PostgresBroker
+
+    with pytest.raises(InvalidURL, match="percent-e") as caught:
+        PostgresBroker(url)
     assert "s3cret" not in str(caught.value)

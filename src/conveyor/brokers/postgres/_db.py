@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator
@@ -133,6 +134,9 @@ class _TextArrayDumper(Dumper):
         return _array(self._element, [None if s is None else s.encode(encoding) for s in obj])
 
 
+_ESCAPED = re.compile(r'"[^"]*%[^"]*"')  # a token of the URL libpq quotes: maybe a password
+
+
 def _adapters() -> AdaptersMap:
     """psycopg's adapters, and the dumpers of ``BytesArray`` and ``TextArray``."""
     adapters = AdaptersMap(psycopg.adapters)
@@ -201,7 +205,7 @@ class Database:
                 self._known: dict[str, bool] = {}  # text -> the server holds it (``_ask``)
                 self._check_worker_commit(first)
                 self.migrated = self._prepare(first, create)
-                self.instance = instance(first, self.schema)
+                self.instance, self.server_database = instance(first, self.schema)
             finally:
                 first.close()
         self._pool = self._open_pool()
@@ -210,11 +214,14 @@ class Database:
         """The libpq conninfo (it holds the password: never shown)."""
         try:
             params = psycopg.conninfo.conninfo_to_dict(self.url.conninfo)
-        except psycopg.ProgrammingError as exc:  # names the option, never a value
+        except psycopg.ProgrammingError as exc:
+            # libpq quotes the token it could not read, which may be the password (a bad
+            # percent-escape in it): a quoted token with a '%' is not shown.
+            said = _ESCAPED.sub('"..."', " ".join(str(exc).split()))
             raise InvalidURL(
-                f"bad PostgreSQL URL {self.shown!r}: {str(exc).strip()}; Conveyor takes schema, "
-                "max_connections, pool_timeout and worker_commit, libpq its own connection "
-                "parameters"
+                f"bad PostgreSQL URL {self.shown!r}: {said}; check its percent-escapes (%XX, "
+                "never %00); Conveyor takes schema, max_connections, pool_timeout and "
+                "worker_commit, libpq its own connection parameters"
             ) from None
         params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
         params.setdefault("application_name", "conveyor")

@@ -226,7 +226,10 @@ def migrate(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> tuple[
     return old, SCHEMA_VERSION
 
 
-def instance(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> int:
-    """The schema's ``instance`` number (see ``meta``)."""
-    row = conn.execute(sql("SELECT value FROM {s}.meta WHERE name = 'instance'", schema)).fetchone()
-    return int(str(row[0])) if row else 0
+def instance(conn: psycopg.Connection[tuple[object, ...]], schema: str) -> tuple[int, str]:
+    """The schema's ``instance`` number (see ``meta``) and the database's name as the server
+    knows it (not as the URL gave it: a pooler may map a name onto another)."""
+    row = conn.execute(
+        sql("SELECT value, current_database() FROM {s}.meta WHERE name = 'instance'", schema)
+    ).fetchone()
+    return (int(str(row[0])), str(row[1])) if row else (0, "")

@@ -24,10 +24,11 @@ from __future__ import annotations
 import time
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import psycopg
 from psycopg.rows import tuple_row
+from psycopg.types.array import ListBinaryDumper, ListDumper
 
 from ..._errors import ConfigurationError
 from ..._message import Envelope
@@ -121,7 +122,7 @@ class Transactional:
             )
         params = self._params(raw, envelopes, events)
         try:
-            with raw.cursor(row_factory=tuple_row) as cur:
+            with _own(psycopg.Cursor(raw, row_factory=tuple_row)) as cur:
                 if raw not in self._checked:
                     found = cur.execute(*self._check).fetchone()
                     mark = cur.execute(self._instance).fetchone() if found and found[1] else None
@@ -141,7 +142,7 @@ class Transactional:
         await self._broker._db.learn_async(e.key for e in envelopes if e.key is not None)
         params = self._params(raw, envelopes, events)
         try:
-            async with raw.cursor(row_factory=tuple_row) as cur:
+            async with _own(psycopg.AsyncCursor(raw, row_factory=tuple_row)) as cur:
                 if raw not in self._checked:
                     found = await (await cur.execute(*self._check)).fetchone()
                     mark = None
@@ -194,19 +195,40 @@ class Transactional:
             )  # fmt: skip
 
     def _verify(self, found: tuple[Any, ...] | None, mark: tuple[Any, ...] | None) -> None:
-        """The connection reaches the broker's database and schema (same ``instance``)."""
+        """The connection reaches the broker's database and schema: the same ``instance``
+        in a database of the same name (a copy of the database, ``createdb -T``, has the
+        instance too; jobs written there would never reach the broker's workers)."""
         b = self._broker
-        if found is not None and mark is not None and int(mark[0]) == b.instance:
-            return
         database = found[0] if found else "?"
         if isinstance(database, bytes):  # an SQL_ASCII connection reads text as bytes
             database = database.decode(errors="replace")
+        same = mark is not None and int(mark[0]) == b.instance
+        if same and database == b._db.server_database:
+            return
+        if same:
+            raise ConfigurationError(
+                f"connection= reaches database {database!r}, a copy of the broker's "
+                f"({b._db.server_database!r}, {b.url}): pass a connection to the database "
+                "the broker uses, so the jobs commit with your writes (nothing was enqueued)"
+            )
         what = "other Conveyor tables than" if mark is not None else "no Conveyor tables, unlike"
         raise ConfigurationError(
             f"connection= reaches database {database!r}, where schema {b.schema!r} holds "
             f"{what} the broker's ({b.url}): pass a connection to the database the broker "
             "uses, so the jobs commit with your writes (nothing was enqueued)"
         )
+
+
+C = TypeVar("C", psycopg.Cursor[tuple[Any, ...]], psycopg.AsyncCursor[tuple[Any, ...]])
+
+
+def _own(cur: C) -> C:
+    """A plain cursor on the caller's connection, whatever cursor class the connection makes
+    (a ``RawCursor`` takes ``$1``, not ``%s``), that sends lists as arrays even where the
+    caller made the connection send them otherwise (as JSON, say)."""
+    cur.adapters.register_dumper(list, ListDumper)
+    cur.adapters.register_dumper(list, ListBinaryDumper)
+    return cur
 
 
 async def _async_raw(connection: Any) -> Raw:

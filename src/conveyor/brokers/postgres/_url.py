@@ -63,11 +63,11 @@ def _bad(shown: str, what: str, fix: str = f"write {_EXAMPLE}") -> InvalidURL:
 
 def check_schema(name: object, shown: str = "") -> str:
     """A schema name Conveyor can put in SQL without quoting surprises."""
-    if not isinstance(name, str) or not _SCHEMA.fullmatch(name):
+    if not isinstance(name, str) or not _SCHEMA.fullmatch(name) or name.startswith("pg_"):
         what = f"bad schema name {str(name)[:60]!r}"
         fix = (
-            "use 1-48 lower-case letters, digits and '_', starting with a letter or '_', "
-            "e.g. ?schema=conveyor_jobs"
+            "use 1-48 lower-case letters, digits and '_', starting with a letter or '_' "
+            "(not with pg_, which PostgreSQL keeps for itself), e.g. ?schema=conveyor_jobs"
         )
         if shown:
             raise _bad(shown, what, fix)
