@@ -177,12 +177,13 @@ class Project:
 def conveyor(
     project: Project, *args: str, code: int = 0, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``conveyor ARGS`` in the project folder (output at 80 columns); check its exit
-    code."""
+    """Run ``conveyor ARGS`` in the project folder (output at 80 columns, no input: as from
+    a script); check its exit code."""
     result = subprocess.run(
         [sys.executable, "-m", "conveyor", *args],
         cwd=project.root,
         env={**project.env(), "COLUMNS": "80", **(env or {})},
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=60,

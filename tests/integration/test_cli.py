@@ -538,6 +538,29 @@ def test_errors_are_one_line_and_never_show_a_password(tmp_path: Path) -> None:
     assert "lost" in unknown.stderr
 
 
+def test_bad_input_is_a_usage_error_that_says_what_to_do(tmp_path: Path) -> None:
+    project = Project(tmp_path)
+    (tmp_path / "needs_more.py").write_text("import not_installed_anywhere\n")
+    huge = conveyor(project, "jobs", "failed", "--limit", str(2**63), code=2)
+    assert "Traceback" not in huge.stderr and "--limit" in huge.stderr
+    empty = conveyor(project, "jobs", "failed", "-A", ":app", code=2)
+    assert "name a module to import" in empty.stderr and "Traceback" not in empty.stderr
+    dependency = conveyor(project, "jobs", "failed", "-A", "needs_more", code=2)
+    assert "It imports 'not_installed_anywhere', which is not installed" in dependency.stderr
+    # purge asks first; with no one to answer (input not a terminal), it says to pass --yes
+    unasked = conveyor(project, "purge", "images", code=2)
+    assert "pass --yes" in unasked.stderr
+
+
+def test_migrate_says_from_which_version_to_which_on_sqlite(tmp_path: Path) -> None:
+    project = Project(tmp_path)
+    url = f"sqlite:///{tmp_path}/new.db"
+    first = json.loads(conveyor(project, "migrate", "--url", url, "--json").stdout)
+    assert first["from_version"] == 0 and first["to_version"] >= 1 and first["changed"]
+    again = conveyor(project, "migrate", "--url", url).stdout
+    assert f"its tables are up to date (version {first['to_version']})" in again
+
+
 @pytest.mark.redis
 def test_redis_password_is_masked_in_output(
     tmp_path: Path, fresh_redis_server: RedisServer

@@ -96,12 +96,15 @@ def check_status(status: JobStatus | str) -> JobStatus:
         raise ConfigurationError(f"bad status {status!r}: use one of {names}") from None
 
 
+PAGE_MAX = 2**63 - 1  # a limit or offset past it is past what a database's integer holds
+
+
 def check_page(limit: int, offset: int) -> None:
     """``entries`` takes at least one job per page, after skipping none or more."""
-    if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:
-        raise ConfigurationError(f"bad limit {limit!r}: list at least 1 job per page")
-    if not isinstance(offset, int) or isinstance(offset, bool) or offset < 0:
-        raise ConfigurationError(f"bad offset {offset!r}: skip 0 or more jobs")
+    if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= PAGE_MAX:
+        raise ConfigurationError(f"bad limit {limit!r}: list from 1 to {PAGE_MAX} jobs per page")
+    if not isinstance(offset, int) or isinstance(offset, bool) or not 0 <= offset <= PAGE_MAX:
+        raise ConfigurationError(f"bad offset {offset!r}: skip from 0 to {PAGE_MAX} jobs")
 
 
 def check_kept(kept: int) -> int:

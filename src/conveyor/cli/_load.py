@@ -48,11 +48,20 @@ def load_app(spec: str) -> tuple[Conveyor, str]:
     Conveyor instance defined in the module.
     """
     module_name, _, attr = spec.partition(":")
+    if not module_name or module_name.startswith("."):
+        raise _usage(f"bad app {spec!r}: name a module to import, myapp.tasks or myapp.tasks:app")
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.insert(0, os.getcwd())  # like `python -m`: the current folder is importable
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
+        missing = getattr(exc, "name", None)
+        if missing and missing != module_name and not module_name.startswith(missing + "."):
+            raise _usage(  # the module was found; something it imports was not
+                f"cannot import {module_name!r}: {exc}. It imports {missing!r}, which is not "
+                "installed where this command runs: install it, or run from the environment "
+                "the app runs in."
+            ) from exc
         raise _usage(
             f"cannot import {module_name!r}: {exc}. Run from the folder that contains it, "
             "or set PYTHONPATH."

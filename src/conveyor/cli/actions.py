@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import click
@@ -133,9 +134,15 @@ def requeue(
 def purge(queue: str, yes: bool, as_json: bool, app_spec: str | None, url: str | None) -> None:
     """Delete every queued and scheduled job of QUEUE (running jobs are left alone)."""
     validate_queue(queue)
+    if not yes and not sys.stdin.isatty():
+        raise click.UsageError(
+            f"purge asks before it deletes, and nobody can answer here (its input is not a "
+            f"terminal): pass --yes to purge {queue!r}"
+        )
     app = open_app(app_spec, url)
-    if not yes:
-        click.confirm(f"Delete every queued and scheduled job in {queue!r}?", abort=True, err=True)
+    question = f"Delete every queued and scheduled job in {queue!r}?"
+    if not yes and not click.confirm(question, err=True):
+        raise click.ClickException(f"nothing was purged from {queue!r}")
     purged = app.broker.purge(queue)
     if as_json:
         emit_json({"queue": queue, "purged": purged})

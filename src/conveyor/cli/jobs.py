@@ -52,7 +52,7 @@ def undecodable_hint(problems: list[str]) -> str | None:
 )
 @click.option(
     "--limit",
-    type=click.IntRange(min=1),
+    type=click.IntRange(min=1, max=2**63 - 1),
     metavar="N",
     default=20,
     show_default=True,

@@ -25,7 +25,7 @@ def migrate(as_json: bool, app_spec: str | None, url: str | None) -> None:
     Redis keep no tables: there is nothing to do.
     """
     app = open_app(app_spec, url, create=True)
-    scheme = check_url(app.url)
+    check_url(app.url)
     broker = app.broker
     versions: tuple[int, int] | None = getattr(broker, "migrated", None)
     document: dict[str, Any] = {
@@ -39,17 +39,14 @@ def migrate(as_json: bool, app_spec: str | None, url: str | None) -> None:
     if as_json:
         emit_json(document)
     elif versions is None:
-        kept = "its tables are made and upgraded when it is opened: done"
-        click.echo(
-            f"{document['broker']}: " + (kept if scheme == "sqlite" else "nothing to migrate")
-        )
-    elif document["changed"]:
-        click.echo(
-            f"{document['broker']}: schema {document['schema']} migrated from version "
-            f"{versions[0]} to {versions[1]}"
-        )
+        click.echo(f"{document['broker']}: nothing to migrate")
     else:
-        click.echo(
-            f"{document['broker']}: schema {document['schema']} is up to date "
-            f"(version {versions[1]})"
-        )
+        schema = document["schema"]
+        tables, are = (f"schema {schema}", "is") if schema else ("its tables", "are")
+        if document["changed"]:
+            click.echo(
+                f"{document['broker']}: {tables} migrated from version {versions[0]} to "
+                f"{versions[1]}"
+            )
+        else:
+            click.echo(f"{document['broker']}: {tables} {are} up to date (version {versions[1]})")

@@ -103,6 +103,11 @@ class SQLiteCore(Broker):
         self._kv = SQLiteKV(self._db, self._clock)
         self._next_sweep = 0.0
 
+    @property
+    def migrated(self) -> tuple[int, int]:
+        """The file's schema versions before and after this broker opened it."""
+        return self._db.migrated
+
     @classmethod
     def from_url(cls, url: str, options: BrokerOptions) -> Self:
         return cls(

@@ -137,7 +137,8 @@ class Database:
                 f"{self.path} cannot use SQLite's WAL mode (journal mode stays {mode!r}): "
                 "put the database on a local disk, not a network share"
             )
-        _schema.migrate(conn, self.path, self._begin)
+        old = _schema.migrate(conn, self.path, self._begin)
+        self.migrated = (old, _schema.SCHEMA_VERSION)  # the versions before and after opening
 
     def _connect(self) -> sqlite3.Connection:
         self._watch.check(now=True)  # a new connection would open whatever the path names
