@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 from . import _checks
+from ._backoff import RANDOM, Backoff
 from ._cron import next_fire, parse_cron, time_zone
 from ._errors import BrokerError, ConfigurationError, ConveyorError
 from ._job import Job
@@ -63,6 +64,7 @@ __all__ = ["CLAIM_TTL", "Schedule", "Scheduler", "periodic"]
 
 R = TypeVar("R")
 log = logging.getLogger("conveyor.scheduler")
+_AWAY_MAX = 30.0  # seconds between a scheduler's tries at most, while the broker is away
 
 CLAIM_TTL = 300.0  # a claimer that dies before enqueueing delays its tick by at most this
 _PREFIX = "conveyor:periodic:"
@@ -284,12 +286,23 @@ class Scheduler:
         return jobs
 
     def run(self, stop: threading.Event, interval: float = 1.0) -> None:
-        """Tick until ``stop`` is set, at least every ``interval`` seconds (a worker thread)."""
+        """Tick until ``stop`` is set, at least every ``interval`` seconds (a worker thread).
+        While the broker is away, one line per try, the tries further apart each time (up
+        to ``_AWAY_MAX`` s), as the worker's fetch does."""
+        away = Backoff(interval, _AWAY_MAX, RANDOM.random)
         while not stop.is_set():
             try:
                 self.tick()
+            except BrokerError as exc:
+                delay = away.next()
+                log.warning("scheduler: cannot reach the broker, retrying in %.1f s: %s",
+                            delay, exc)  # fmt: skip
+                stop.wait(delay)
+                continue
             except Exception:
                 log.exception("scheduler tick failed; trying again in %.1f s", interval)
+            else:
+                away.reset()
             stop.wait(self._pause(interval))
 
     def _pause(self, interval: float) -> float:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import ConfigurationError, Conveyor, JobStatus
+from conveyor import BrokerError, ConfigurationError, Conveyor, JobStatus
 from conveyor._clock import FakeClock
 from conveyor._message import JobStatus as Status
 from conveyor._message import Outcome
@@ -289,6 +290,37 @@ def test_run_ticks_in_a_thread_until_stopped(app: Conveyor, clock: FakeClock) ->
         stop.set()
         thread.join(timeout=30)
     assert not thread.is_alive()
+
+
+def test_an_away_broker_is_one_warning_line_a_try_and_no_traceback(
+    app: Conveyor, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No traceback a second while the broker is down: a warning per try, and the tries
+    back off (from the interval, decorrelated), then tick again once it is back."""
+    tries: list[float] = []
+    back = threading.Event()
+
+    def tick(self: Scheduler) -> list[Any]:
+        tries.append(time.monotonic())
+        if len(tries) < 5:
+            raise BrokerError("connection refused")
+        back.set()
+        return []
+
+    monkeypatch.setattr(Scheduler, "tick", tick)
+    stop = threading.Event()
+    thread = threading.Thread(target=Scheduler(app).run, args=(stop, 0.02))
+    with caplog.at_level(logging.DEBUG, logger="conveyor.scheduler"):
+        thread.start()
+        try:
+            assert back.wait(30)
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+    away = [r for r in caplog.records if "cannot reach the broker" in r.getMessage()]
+    assert len(away) == 4 and all(r.exc_info is None and r.levelname == "WARNING" for r in away)
+    assert "connection refused" in away[0].getMessage()
+    assert not [r for r in caplog.records if r.exc_info]
 
 
 def test_each_tick_once_across_processes_sharing_a_sqlite_file(
