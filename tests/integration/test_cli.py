@@ -552,6 +552,41 @@ def test_bad_input_is_a_usage_error_that_says_what_to_do(tmp_path: Path) -> None
     assert "pass --yes" in unasked.stderr
 
 
+def test_job_json_is_valid_json_whatever_a_pickled_result_holds(tmp_path: Path) -> None:
+    """NaN, infinities and dict keys JSON has no form for (a tuple) come out as their repr:
+    the document stays one a strict JSON reader takes."""
+    project = Project(tmp_path)
+    url = f"sqlite:///{tmp_path}/pickled.db"
+    (tmp_path / "pickled_app.py").write_text(
+        "from conveyor import Conveyor\n"
+        f"app = Conveyor({url!r}, serializer='pickle', secret='s3cret')\n\n"
+        "@app.task\n"
+        "def odd() -> dict:\n"
+        "    return {(1, 2): float('nan'), 'inf': [float('inf')]}\n"
+    )
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import pickled_app
+
+        from conveyor.testing import drain
+
+        job = pickled_app.odd.delay()
+        drain(pickled_app.app)
+        pickled_app.app.close()
+    finally:
+        sys.path.remove(str(tmp_path))
+        sys.modules.pop("pickled_app", None)
+
+    def strict(name: str) -> None:
+        raise AssertionError(f"not JSON: {name}")
+
+    out = conveyor(project, "job", job.id, "-A", "pickled_app", "--url", url, "--json").stdout
+    document = json.loads(out, parse_constant=strict)
+    assert document["result"] == {"(1, 2)": "nan", "inf": ["inf"]}
+    shown = conveyor(project, "job", job.id, "-A", "pickled_app", "--url", url).stdout
+    assert '"(1, 2)": "nan"' in shown
+
+
 def test_migrate_says_from_which_version_to_which_on_sqlite(tmp_path: Path) -> None:
     project = Project(tmp_path)
     url = f"sqlite:///{tmp_path}/new.db"

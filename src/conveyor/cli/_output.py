@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 import time
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -36,8 +37,30 @@ def _fallback(value: object) -> object:
     return repr(value)
 
 
+def plain(value: Any) -> Any:
+    """``value`` as JSON can hold it: a float that is not finite, and a dict key JSON has
+    no form for (a tuple, from a pickled result), as their repr (``json.dumps`` writes
+    ``NaN``, which no JSON reader takes, and raises on the key)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, dict):
+        return {_key(k): plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value
+
+
+def _key(key: Any) -> Any:
+    if key is None or isinstance(key, str | int) or (isinstance(key, float) and math.isfinite(key)):
+        return key
+    return repr(key)
+
+
 def emit_json(document: dict[str, Any]) -> None:
-    click.echo(json.dumps(document, indent=2, ensure_ascii=False, default=_fallback))
+    text = json.dumps(
+        plain(document), indent=2, ensure_ascii=False, allow_nan=False, default=_fallback
+    )
+    click.echo(text)
 
 
 def console() -> Console:

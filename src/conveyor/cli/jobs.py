@@ -13,7 +13,7 @@ from rich.table import Table
 from .._inspect import Decoded, describe, find
 from .._message import JobEntry, JobStatus, validate_job_id, validate_queue
 from ._load import app_options, open_app
-from ._output import clock, console, emit_json, iso, json_option, span, table, text, when
+from ._output import clock, console, emit_json, iso, json_option, plain, span, table, text, when
 
 STATUSES = [s.value for s in JobStatus]  # queued, scheduled, running, ... in lifecycle order
 ENDED = ("failed", "dead", "cancelled")  # what requeue takes back; each keeps a reason
@@ -111,7 +111,7 @@ def jobs(
 
 
 def _compact(value: object) -> str:
-    return json.dumps(value, ensure_ascii=False, default=repr)
+    return json.dumps(plain(value), ensure_ascii=False, allow_nan=False, default=repr)
 
 
 def _attempt(info: dict[str, Any]) -> str:
