@@ -10,12 +10,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import re
 import shlex
 import socket
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -585,6 +587,40 @@ def test_job_json_is_valid_json_whatever_a_pickled_result_holds(tmp_path: Path) 
     assert document["result"] == {"(1, 2)": "nan", "inf": ["inf"]}
     shown = conveyor(project, "job", job.id, "-A", "pickled_app", "--url", url).stdout
     assert '"(1, 2)": "nan"' in shown
+
+
+def test_dashboard_on_a_port_in_use_says_so_and_port_0_takes_a_free_one(tmp_path: Path) -> None:
+    project = Project(tmp_path)
+    url = f"sqlite:///{tmp_path}/dash.db"
+    conveyor(project, "migrate", "--url", url)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        taken = conveyor(project, "dashboard", "--port", str(port), "--url", url, code=1)
+    assert taken.stderr.startswith(f"error: cannot serve the dashboard on 127.0.0.1:{port}")
+    assert "another --port" in taken.stderr and "Traceback" not in taken.stderr
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "conveyor", "dashboard", "--port", "0", "--url", url],
+        cwd=tmp_path, env=project.env(), stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert proc.stderr is not None
+        announced = proc.stderr.readline()
+        found = re.search(r"http://127\.0\.0\.1:(\d+)/", announced)
+        assert found and found[1] != "0", announced
+        wait_for(lambda: _answers(f"http://127.0.0.1:{found[1]}/"), 30, lambda: announced)
+    finally:
+        proc.terminate()
+        assert proc.wait(30) == 0
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return bool(response.status == 200)
+    except OSError:
+        return False
 
 
 def test_migrate_says_from_which_version_to_which_on_sqlite(tmp_path: Path) -> None:

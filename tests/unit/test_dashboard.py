@@ -549,12 +549,26 @@ def test_the_command_listens_on_an_ipv6_address_written_in_brackets(
 ) -> None:
     import uvicorn
 
+    from conveyor.cli import dashboard as command
+
     configs: list[uvicorn.Config] = []
-    monkeypatch.setattr(uvicorn.Server, "run", lambda server: configs.append(server.config))
+    bound: list[tuple[str, int]] = []
+
+    class Listener:  # no socket in a unit test: tests/integration/test_cli.py binds one
+        def getsockname(self) -> tuple[str, int, int, int]:
+            return ("::1", 8766, 0, 0)
+
+    def listen(host: str, port: int, shown: str) -> Listener:
+        bound.append((host, port))
+        return Listener()
+
+    monkeypatch.setattr(command, "_listen", listen)
+    monkeypatch.setattr(uvicorn.Server, "run", lambda s, sockets: configs.append(s.config))
     args = ["dashboard", "--url", "memory://", "--host", "[::1]", "--port", "8766"]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
-    assert configs[0].host == "::1" and "on http://[::1]:8766/ (" in result.output
+    assert bound == [("::1", 8766)] and configs[0].host == "::1"
+    assert "on http://[::1]:8766/ (" in result.output
 
 
 def test_the_command_listens_in_the_open_only_with_a_password() -> None:

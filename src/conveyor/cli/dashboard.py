@@ -7,6 +7,7 @@ cancel and purge must not be open to whoever reaches the port by accident.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from types import FrameType
 from typing import TYPE_CHECKING
@@ -127,6 +128,8 @@ def dashboard(
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]  # an IPv6 address as a URL writes it: uvicorn takes it bare
     shown = f"[{host}]" if ":" in host else host
+    listener = _listen(host, port, shown)  # before saying where: --port 0 takes a free one
+    port = listener.getsockname()[1]
     notes = [f"broker {redact_url(app.url)}"]
     notes += ["read-only"] if read_only else []
     notes += ["with a password"] if auth else []
@@ -144,7 +147,29 @@ def dashboard(
         root_path=root_path,
         timeout_graceful_shutdown=2,  # live pages hold a stream open: do not wait for them
     )
-    _stopping(uvicorn.Server, web.state.close_streams)(config).run()
+    _stopping(uvicorn.Server, web.state.close_streams)(config).run(sockets=[listener])
+
+
+def _listen(host: str, port: int, shown: str) -> socket.socket:
+    """The dashboard's listening socket, bound here so that a port in use is one line that
+    says what to do (uvicorn logs it and exits 3)."""
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+        listener = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot serve the dashboard on {shown}: {exc}") from None
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind(address)
+    except OSError as exc:
+        listener.close()
+        raise ConfigurationError(
+            f"cannot serve the dashboard on {shown}:{port} ({exc.strerror or exc}): another "
+            "process may listen there; choose another --port (0: any free one)"
+        ) from None
+    return listener
 
 
 def _stopping(server: type[uvicorn.Server], close: Callable[[], None]) -> type[uvicorn.Server]:
