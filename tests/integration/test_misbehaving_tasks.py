@@ -9,15 +9,17 @@ The tasks are ``tests/hostile.py``'s, appended to the project's ``jobs_app``.
 
 from __future__ import annotations
 
+import os
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
 from conftest import Project, WorkerProcess, wait_for
-from conveyor import Conveyor, JobStatus, Signature
+from conveyor import Conveyor, JobStatus, Signature, TaskFailed
 from hostile import TASKS, exception_specs, failure, stored, unprintable
 
 pytestmark = pytest.mark.slow
@@ -148,3 +150,67 @@ def test_sigterm_exits_0_within_grace_while_an_async_task_blocks_the_loop(
     assert "handed back 1 unfinished job" in worker.output()
     assert blocker.status is JobStatus.QUEUED  # handed back for another worker
     app.close()
+
+
+# -- the process pool's children ------------------------------------------------------------
+
+CHILD_TASKS = """
+
+import sys
+
+if sys.argv[0].endswith("_child.py") and os.environ.get("SLOW_CHILD_IMPORT"):
+    time.sleep(float(os.environ["SLOW_CHILD_IMPORT"]))  # a replacement child takes a while
+
+
+@app.task
+def limited(tag: str, seconds: float) -> str:
+    mark("start", tag)
+    time.sleep(seconds)
+    return tag
+"""
+
+
+def _children_of(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the parent's pid, after the state
+            found.add(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.timeout(120)
+def test_a_pool_process_that_died_idle_is_not_given_the_next_job(project: Project) -> None:
+    """Killed while it waited for work: its replacement runs the next job (the dead one was
+    still queued as free, took the job and held it for ever, its lease renewed)."""
+    app, worker = project.app(), project.worker("--pool", "processes", "-c", "1")
+    assert _send(app, "slow", "first", 0).result(timeout=30) == "first"
+    (child,) = _children_of(worker.pid)
+    os.kill(child, signal.SIGKILL)
+    wait_for(lambda: _children_of(worker.pid) - {child} != set(), 30, worker.output)
+    assert _send(app, "double", 21).result(timeout=30) == 42
+
+
+@pytest.mark.timeout(120)
+def test_a_time_limit_starts_when_a_pool_process_takes_the_job(
+    project: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job waiting for a replacement child (one killed at its time limit, the app slow to
+    import) is not charged that wait: it runs and succeeds, not ends cancelled."""
+    with open(project.root / "jobs_app.py", "a") as f:
+        f.write(CHILD_TASKS)
+    monkeypatch.setenv("SLOW_CHILD_IMPORT", "3")  # the project's processes inherit it
+    app = project.app()
+    worker = project.worker("--pool", "processes", "-c", "1")
+    limit = app.defaults.merge(timeout=1)  # what a producer that imports the task sends
+    first, second = (
+        app.enqueue_many([Signature(app, "jobs_app:limited", (tag, s), {}, limit)])[0]
+        for tag, s in (("long", 10), ("quick", 0))
+    )
+    assert second.result(timeout=60) == "quick"
+    with pytest.raises(TaskFailed, match="TimeoutError"):
+        first.result(timeout=60)
+    assert worker.proc.poll() is None

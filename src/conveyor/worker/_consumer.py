@@ -285,8 +285,12 @@ class Consumer:
             self.inflight.drop([attempt])
             return
         try:
-            if attempt.message.timeout and self.deadlines is not None:
-                self.deadlines.add(attempt, attempt.message.timeout)
+            timeout = attempt.message.timeout if self.deadlines is not None else None
+            # A process pool's submit may wait for a child (one replaced, still importing the
+            # app): its limit starts once a child has the job.
+            later = self.executor.pool == "processes"
+            if timeout and not later:
+                self.deadlines.add(attempt, timeout)  # type: ignore[union-attr]
             attempt.began = time.monotonic()
             if self.events is not None:  # here: its finish, right after, carries it
                 self.events.started(attempt, wake=not here)
@@ -294,6 +298,8 @@ class Consumer:
                 run_here(attempt, self.results, self.complete, self.progress)
             else:
                 self.executor.submit(attempt)
+                if timeout and later:  # a job that ended meanwhile is not interrupted
+                    self.deadlines.add(attempt, timeout)  # type: ignore[union-attr]
         except Exception:
             self._let_go(attempt)
 

@@ -100,6 +100,7 @@ class _Child:
         self.conn = conn
         self.attempt: Attempt | None = None
         self.killed: str | None = None  # why the parent killed it
+        self.gone = False  # it ended (its reader saw it): never given a job again
         self.jobs = 0  # jobs it has run to the end
         self.reader: threading.Thread | None = None
 
@@ -217,17 +218,27 @@ class ProcessRunner:
     # -- jobs ------------------------------------------------------------------------------
 
     def submit(self, attempt: Attempt) -> None:
-        child = self._take_idle()
-        if child is None:
-            return  # stopping, and no child came free: the shutdown hands the job back
-        with self._lock:
-            stop = attempt.stop
-            if stop is None:
-                child.attempt = attempt
-                attempt.handle = child
+        while True:
+            child = self._take_idle()
+            if child is None:
+                return  # stopping, and no child came free: the shutdown hands the job back
+            with self._lock:
+                # A child that died while idle is still in the queue (its replacement is
+                # coming): given the job, it would hold it with nobody to report it.
+                if child.gone:
+                    continue
+                stop = attempt.stop
+                if stop is None:
+                    child.attempt = attempt
+                    attempt.handle = child
+            break
         if stop is not None:
             self._idle.put(child)
-            self._done(attempt, Stopped(stop))
+            if stop == TIMEOUT:  # a timeout fails the job (and may retry it), as in a run
+                timeout = attempt.message.timeout if attempt.message else None
+                self._done(attempt, timed_out(synthetic(TimeoutError, ""), timeout, hard=True))
+            else:
+                self._done(attempt, Stopped(stop))
             return
         # If the child died just now, its reader reports the job and replaces the child.
         with contextlib.suppress(OSError):
@@ -331,6 +342,8 @@ class ProcessRunner:
         return None
 
     def _died(self, child: _Child) -> None:
+        with self._lock:
+            child.gone = True  # submit gives it no job from now on (one given is read below)
         try:
             child.proc.wait(5.0)
         except subprocess.TimeoutExpired:  # it closed its end but lingers: make sure
