@@ -48,8 +48,9 @@ class Options:
     """The first retry's delay in seconds (or a ``timedelta``); it doubles each retry, with
     jitter."""
     timeout: float | None = None
-    """A time limit in seconds: ``SoftTimeLimit`` is raised in the task (thread and async
-    pools), or its child process is killed (``--pool processes``)."""
+    """A time limit in seconds: ``SoftTimeLimit`` is raised in the task (thread pool), an
+    ``async def`` task is cancelled (``asyncio.CancelledError``; the job records
+    ``SoftTimeLimit``), or its child process is killed (``--pool processes``)."""
     result_ttl: int = 86400
     """Seconds an ended job's record and result are kept (one day)."""
     delay: float | None = None
