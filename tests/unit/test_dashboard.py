@@ -477,6 +477,24 @@ async def test_live_streams_send_the_overview_and_a_job(app: Conveyor) -> None:
     assert one["job"]["id"] == job.id and one["job"]["status"] == "queued"
 
 
+async def test_a_problem_says_its_status_and_a_missing_page_is_a_json_error(
+    app: Conveyor,
+) -> None:
+    """The live stream of a job that is not there says 404 (the page told "broker
+    unreachable" for every problem); a path or a method the dashboard does not have is a
+    JSON error, as the others are."""
+    web = asgi_app(app, refresh=0)
+    sent = await _events(web, "/api/live/job/no-such-job", lambda s: len(s) > 1)
+    assert sent[1].startswith(b"event: problem\ndata: ")
+    problem = json.loads(sent[1].split(b"data: ", 1)[1])
+    assert problem["status"] == 404 and "no job with id" in problem["error"]
+    web = client(app)
+    missing = await web.get("/api/nonexistent")
+    assert missing.status_code == 404 and missing.json()["error"].endswith("/api/nonexistent")
+    method = await web.get("/api/queue/default/pause")
+    assert method.status_code == 405 and "error" in method.json()
+
+
 async def test_a_live_stream_ends_by_itself_and_when_the_app_stops(
     app: Conveyor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -526,7 +544,7 @@ async def test_a_live_stream_outlives_any_error_and_logs_it_once(
         sent = await _events(web, f"/api/live/job/{job.id}", lambda s: s[-1].startswith(b"data"))
     assert sent[1] == (
         b"event: problem\ndata: "
-        b'{"error":"RuntimeError(\'lost redis://ops:***@db.internal:6379/0\')"}\n\n'
+        b'{"error":"RuntimeError(\'lost redis://ops:***@db.internal:6379/0\')","status":500}\n\n'
     )
     assert len(sent) == 3 and json.loads(sent[2][len(b"data: ") :])["job"]["id"] == job.id
     (record,) = [r for r in caplog.records if r.name == "conveyor.dashboard"]

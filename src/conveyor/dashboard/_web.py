@@ -23,6 +23,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
@@ -71,9 +72,26 @@ def _json(data: Any, status: int = 200) -> Response:
     return Response(ENCODER.encode(data), status, headers, "application/json")
 
 
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """A path or a method the dashboard does not have: JSON, as its other errors are."""
+    code = exc.status_code if isinstance(exc, HTTPException) else 400
+    detail = exc.detail if isinstance(exc, HTTPException) else ""
+    return _json({"error": f"{detail or 'error'}: {request.method} {request.url.path}"}, code)
+
+
+async def _server_error(request: Request, exc: Exception) -> Response:
+    """A bug: logged with its traceback by the server, never shown to the browser."""
+    response = _json({"error": "the dashboard failed on this request: see its log"}, 500)
+    response.headers["x-content-type-options"] = "nosniff"
+    return response
+
+
+def _status(exc: ConveyorError) -> int:
+    return next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
+
+
 def _problem(exc: ConveyorError) -> Response:
-    status = next((code for kind, code in _STATUS if isinstance(exc, kind)), 400)
-    return _json({"error": redact(str(exc))}, status)
+    return _json({"error": redact(str(exc))}, _status(exc))
 
 
 class _Assets:
@@ -212,7 +230,8 @@ async def _stream(
                 text = redact("".join(traceback.format_exception(exc)))
                 log.warning("a live page of the dashboard could not be read:\n%s", text)
                 logged = problem
-            error = ENCODER.encode({"error": problem})
+            status = _status(exc) if isinstance(exc, ConveyorError) else 500
+            error = ENCODER.encode({"error": problem, "status": status})
             chunk = b"event: problem\ndata: " + error + b"\n\n"
         if chunk != last:
             yield chunk
@@ -258,7 +277,10 @@ def build(dash: Dashboard, pair: tuple[str, str] | None, hosts: frozenset[str] |
             await run_in_threadpool(dash.monitor.stop)
 
     app = Starlette(
-        routes=routes, middleware=[Middleware(Guard, pair=pair, hosts=hosts)], lifespan=lifespan
+        routes=routes,
+        middleware=[Middleware(Guard, pair=pair, hosts=hosts)],
+        lifespan=lifespan,
+        exception_handlers={HTTPException: _http_error, 500: _server_error},
     )
     app.state.close_streams = web.closing.set  # for a server that stops (conveyor dashboard)
     return app

@@ -166,8 +166,10 @@
       render(JSON.parse(event.data));
     };
     source.addEventListener("problem", (event) => {
-      setLive("off", "broker unreachable");
-      toast(JSON.parse(event.data).error, true);
+      const problem = JSON.parse(event.data);
+      const why = { 503: "broker unreachable", 404: "not found" }[problem.status] || "error";
+      setLive("off", why);
+      toast(problem.error, true);
     });
     source.onerror = () => setLive("off", "reconnecting");
     return source;
