@@ -63,6 +63,17 @@ CONNECT_ATTEMPTS = 3
 CONNECT_TIMEOUT = 35.0  # seconds to connect (every attempt), declare, start consuming
 
 
+_DRAIN_TIMEOUT = 2.0  # seconds the loop's last tasks get to end when the link closes
+
+
+async def _cancel_the_rest() -> None:
+    """Cancel every task of the running loop but this one, and wait for them to end."""
+    rest = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in rest:
+        task.cancel()
+    await asyncio.gather(*rest, return_exceptions=True)
+
+
 def _channel_of(message: AbstractIncomingMessage) -> object | None:
     """The channel ``message`` came on; None once that channel has closed (aio-pika
     raises then), so a delivery of a channel gone since is never taken for one held now."""
@@ -412,6 +423,11 @@ class Link:
         self._stop()
 
     def _stop(self) -> None:
+        # What the client left running on the loop (a closed connection's callbacks) ends
+        # first, on the loop: a task left pending would be collected after the loop closed,
+        # and say so ("Event loop is closed") from wherever the collector runs.
+        with contextlib.suppress(Exception):
+            self._run(_cancel_the_rest(), _DRAIN_TIMEOUT)
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(CONNECT_TIMEOUT)
         if not self._thread.is_alive():
