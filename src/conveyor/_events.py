@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, TypeVar
 import msgspec
 
 from ._backoff import RANDOM, Backoff
-from ._errors import BrokerAuthError, BrokerError, ConfigurationError
+from ._errors import BrokerAuthError, BrokerError, BrokerGone, ConfigurationError
 from ._message import Envelope, JobStatus, WorkerInfo
 
 if TYPE_CHECKING:
@@ -230,6 +230,16 @@ def follow(
     it kept meanwhile is read when it is back); one that refuses the credentials
     (``BrokerAuthError``) is not."""
     patterns = check_types(types)
+    if since is not None and (
+        isinstance(since, bool)
+        or not isinstance(since, int | float)
+        or not math.isfinite(since)
+        or since < 0
+    ):
+        raise ConfigurationError(
+            f"bad since={since!r}: give the seconds of the recent past to read first, 0 or "
+            "more (since=300 or timedelta(minutes=5)), or None to read from now on"
+        )
     backoff = backoff or Backoff(0.1, 5.0, RANDOM.random)
     after: str | None = None  # with since: from the oldest event kept
     while since is None and after is None:
@@ -247,20 +257,51 @@ def _follow(
     block: float,
     backoff: Backoff,
 ) -> Iterator[Event]:
+    away = False
     while True:
         events = _retrying(backoff, functools.partial(read, broker, after, block, 500))
-        for event in events or ():
+        if events is None:
+            away = True
+            continue
+        if away:  # back: from where its log is, should it have gone back (see _behind)
+            away = False
+            behind = _behind(broker, after, backoff)
+            if behind != after:
+                after = behind
+                continue
+        for event in events:
             after = event.cursor
             if (oldest is None or event.time >= oldest) and matches(event, patterns):
                 yield event
+
+
+def _behind(broker: Broker, after: str | None, backoff: Backoff) -> str | None:
+    """Where to read on once the broker is back: ``after``, unless its log now ends before
+    it (a Redis restored from an older copy, failed over to a lagging replica, or emptied
+    numbers new events from there again, which a reader past them would never see): then
+    from the log's end, with a warning. (Cursors that are not plain numbers, a sharded
+    prefix's, are taken as they are.)"""
+    tail = _retrying(backoff, broker.events_tail)
+    if after is None or tail is None or not (after.isdigit() and tail.isdigit()):
+        return after
+    if int(tail) >= int(after):
+        return after
+    log.warning(
+        "the broker's event log now ends at event %s, before event %s that this reader had "
+        "read (restored from an older copy, or emptied): reading on from its end; what "
+        "it published before that while away may be missed",
+        tail,
+        after,
+    )
+    return tail
 
 
 def _retrying(backoff: Backoff, call: Callable[[], T]) -> T | None:
     """``call()``, or None after a broker error (logged, and waited out)."""
     try:
         out = call()
-    except BrokerAuthError:
-        raise  # the same credentials are refused again
+    except (BrokerAuthError, BrokerGone):
+        raise  # the same credentials are refused again; a deleted file stays deleted
     except BrokerError as exc:
         delay = backoff.next()
         log.warning("cannot read events from the broker, retrying in %.1f s: %s", delay, exc)

@@ -14,7 +14,19 @@ import msgspec
 import pytest
 
 from brokers import params
-from conveyor import ConfigurationError, Conveyor, Event, Job, JobStatus, TaskFailed, _events, chain
+from conveyor import (
+    BrokerError,
+    BrokerGone,
+    ConfigurationError,
+    Conveyor,
+    Event,
+    Job,
+    JobStatus,
+    TaskFailed,
+    _events,
+    chain,
+)
+from conveyor._backoff import Backoff
 from conveyor._clock import FakeClock, SystemClock
 from conveyor._events import check_types, parse_duration
 from conveyor._message import Delivery, Envelope, Message
@@ -449,6 +461,61 @@ def test_follow_events_reads_the_recent_past_then_waits_for_more() -> None:
     fresh = b.delay()
     assert next(only_new).job_id == fresh.id
     assert old.id not in {recent.id, fresh.id}
+
+
+@pytest.mark.parametrize("since", [-60, float("nan"), dt.timedelta(minutes=-1), "5m", True])
+def test_a_bad_since_is_refused_not_taken_to_hide_events(since: object) -> None:
+    app = Conveyor("memory://")
+    with pytest.raises(ConfigurationError, match="bad since="):
+        app.follow_events(since=since)  # type: ignore[arg-type]
+
+
+class _Log:
+    """An event log (what ``follow`` reads) that can be away, and come back shorter."""
+
+    def __init__(self, count: int) -> None:
+        self.bodies = {i: self.body(f"old-{i}") for i in range(1, count + 1)}
+        self.fail: BrokerError | None = None
+        self.then: list[str] = []  # jobs whose events come once the tail was asked again
+
+    @staticmethod
+    def body(job_id: str) -> bytes:
+        return _events.job_event("job.enqueued", 1.0, job_id, "t", "default")
+
+    def events_tail(self) -> str:
+        tail = max(self.bodies, default=0)
+        for n, job_id in enumerate(self.then, tail + 1):
+            self.bodies[n] = self.body(job_id)
+        self.then = []
+        return str(tail)
+
+    def read_events(self, after: str | None, block: float, limit: int) -> list[tuple[str, bytes]]:
+        if self.fail is not None:
+            fail, self.fail = self.fail, None
+            raise fail
+        return [(str(i), b) for i, b in sorted(self.bodies.items()) if i > int(after or 0)]
+
+
+def test_a_follower_reads_on_from_a_log_that_came_back_shorter(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A Redis restored from an older copy numbers new events from its older end: a reader
+    past that end reads on from it (with a warning), not only once the numbers catch up."""
+    log = _Log(50)
+    live = _events.follow(log, 0.0, block=0.01, backoff=Backoff(0.001, 0.01, lambda: 0.5))  # type: ignore[arg-type]
+    log.fail = BrokerError("cannot reach Redis")
+    log.bodies = {i: b for i, b in log.bodies.items() if i <= 30}  # the copy it came back from
+    log.then = ["new-1", "new-2"]  # numbered 31 and 32, below what the reader had read
+    assert [next(live).job_id, next(live).job_id] == ["new-1", "new-2"]
+    assert any("now ends at event 30, before event 50" in r.getMessage() for r in caplog.records)
+
+
+def test_a_follower_stops_on_a_broker_that_is_gone_for_good() -> None:
+    log = _Log(3)
+    live = _events.follow(log, 0.0, block=0.01, backoff=Backoff(0.001, 0.01, lambda: 0.5))  # type: ignore[arg-type]
+    log.fail = BrokerGone("the SQLite file was replaced: restart the process")
+    with pytest.raises(BrokerGone, match="restart"):
+        next(live)
 
 
 def test_type_globs_that_match_nothing_are_refused() -> None:
