@@ -227,8 +227,9 @@ def follow(
     ``since`` (seconds), first those kept from the last ``since`` seconds before ``now``.
     ``types``: globs of the types wanted (all when empty). Where to start is settled here,
     not at the first ``next()``. A broker that is away is waited for, with a warning (what
-    it kept meanwhile is read when it is back); one that refuses the credentials
-    (``BrokerAuthError``) is not."""
+    it kept meanwhile is read when it is back, or from its end if its log came back
+    shorter); one that refuses the credentials (``BrokerAuthError``), or is gone for good
+    (``BrokerGone``), is not: the error is raised."""
     patterns = check_types(types)
     if since is not None and (
         isinstance(since, bool)

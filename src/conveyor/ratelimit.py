@@ -188,7 +188,7 @@ def _free_in(rate: Rate, current: int, previous: int, elapsed: float) -> float:
         e = 1.0 - (room - 2 * _EPSILON) / previous
         return max(0.0, e - elapsed) * rate.period
     # The current window alone is full: wait for the next one, where this window's count is
-    # the weighted "previous" and needs (1 - e') * current <= limit - 1.
+    # the weighted "previous" and needs (1 - e') * current < limit.
     until_next = (1.0 - elapsed) * rate.period
     if current <= 0:
         return until_next
