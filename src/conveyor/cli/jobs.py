@@ -12,6 +12,7 @@ from rich.table import Table
 
 from .._inspect import Decoded, describe, find
 from .._message import JobEntry, JobStatus, validate_job_id, validate_queue
+from ..brokers._base import PAGE_MAX
 from ._load import app_options, open_app
 from ._output import clock, console, emit_json, iso, json_option, plain, span, table, text, when
 
@@ -52,7 +53,7 @@ def undecodable_hint(problems: list[str]) -> str | None:
 )
 @click.option(
     "--limit",
-    type=click.IntRange(min=1, max=2**63 - 1),
+    type=click.IntRange(min=1, max=PAGE_MAX),
     metavar="N",
     default=20,
     show_default=True,

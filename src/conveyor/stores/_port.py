@@ -63,15 +63,23 @@ def check_key(key: str) -> str:
     return key
 
 
+class NotACounter(ValidationError):
+    """``incr`` of a key whose value is not an integer (``key`` as the adapter knows it)."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"store key {key!r} holds a value that is not an integer, so incr cannot add to "
+            "it; delete it or use another key for the counter"
+        )
+        self.key = key
+
+
 def parse_counter(key: str, raw: bytes | None) -> int:
     """The integer a counter key holds (absent is 0), read the same way on every adapter."""
     if raw is None:
         return 0
     if not _COUNTER.match(raw):
-        raise ValidationError(
-            f"store key {key!r} holds a value that is not an integer, so incr cannot add to "
-            "it; delete it or use another key for the counter"
-        )
+        raise NotACounter(key)
     return int(raw)
 
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .._errors import ConfigurationError, InvalidName, TransactionConflict, ValidationError
-from ._port import MAX_KEY, KeyValue, check_key
+from ._port import MAX_KEY, KeyValue, NotACounter, check_key
 
 if TYPE_CHECKING:
     from .._codec import Codec
@@ -78,13 +78,8 @@ class Store:
             raise ValidationError(f"incr amount must be an int, got {amount!r}")
         try:
             return self._kv.incr(self._key(key), amount, _check_ttl(ttl))
-        except ValidationError as exc:  # the broker's words name the key with its prefix
-            if not str(exc).startswith("store key "):
-                raise
-            raise ValidationError(
-                f"store key {key!r} holds a value that is not an integer, so incr cannot add "
-                "to it; delete it or use another key for the counter"
-            ) from None
+        except NotACounter:  # named as the adapter knows it, with the store's prefix
+            raise NotACounter(key) from None
 
     def ttl(self, key: str) -> float | None:
         """Seconds before ``key`` expires; None if it has no expiry *or* does not exist."""

@@ -285,12 +285,12 @@ class Consumer:
             self.inflight.drop([attempt])
             return
         try:
-            timeout = attempt.message.timeout if self.deadlines is not None else None
+            deadlines, timeout = self.deadlines, attempt.message.timeout
             # A process pool's submit may wait for a child (one replaced, still importing the
             # app): its limit starts once a child has the job.
             later = self.executor.pool == "processes"
-            if timeout and not later:
-                self.deadlines.add(attempt, timeout)  # type: ignore[union-attr]
+            if timeout and deadlines is not None and not later:
+                deadlines.add(attempt, timeout)
             attempt.began = time.monotonic()
             if self.events is not None:  # here: its finish, right after, carries it
                 self.events.started(attempt, wake=not here)
@@ -298,8 +298,8 @@ class Consumer:
                 run_here(attempt, self.results, self.complete, self.progress)
             else:
                 self.executor.submit(attempt)
-                if timeout and later:  # a job that ended meanwhile is not interrupted
-                    self.deadlines.add(attempt, timeout)  # type: ignore[union-attr]
+                if timeout and deadlines is not None and later:  # one that ended: left be
+                    deadlines.add(attempt, timeout)
         except Exception:
             self._let_go(attempt)
 

@@ -234,11 +234,7 @@ class ProcessRunner:
             break
         if stop is not None:
             self._idle.put(child)
-            if stop == TIMEOUT:  # a timeout fails the job (and may retry it), as in a run
-                timeout = attempt.message.timeout if attempt.message else None
-                self._done(attempt, timed_out(synthetic(TimeoutError, ""), timeout, hard=True))
-            else:
-                self._done(attempt, Stopped(stop))
+            self._done(attempt, _stopped(attempt, stop))
             return
         # If the child died just now, its reader reports the job and replaces the child.
         with contextlib.suppress(OSError):
@@ -365,11 +361,8 @@ class ProcessRunner:
     def _ended(self, attempt: Attempt, child: _Child) -> None:
         """The child running ``attempt`` is gone without a result."""
         why = child.killed
-        if why == TIMEOUT:
-            timeout = attempt.message.timeout if attempt.message else None
-            self._done(attempt, timed_out(synthetic(TimeoutError, ""), timeout, hard=True))
-        elif why in (CANCEL, SHUTDOWN):
-            self._done(attempt, Stopped(why))
+        if why in (TIMEOUT, CANCEL, SHUTDOWN):
+            self._done(attempt, _stopped(attempt, why))
         else:
             log_job(
                 logging.WARNING,
@@ -402,6 +395,15 @@ class ProcessRunner:
             delay = self._backoff.next()
             log.error("cannot start a worker process (%s); retrying in %.1f s", error, delay)
             time.sleep(delay)
+
+
+def _stopped(attempt: Attempt, why: str) -> Result:
+    """How a job the worker stopped ends: a timeout fails it (its retries apply), as in a
+    run; a cancel or a shutdown stops it."""
+    if why == TIMEOUT:
+        timeout = attempt.message.timeout if attempt.message else None
+        return timed_out(synthetic(TimeoutError, ""), timeout, hard=True)
+    return Stopped(why)
 
 
 def _describe_exit(code: int | None) -> str:

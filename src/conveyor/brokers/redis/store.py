@@ -18,8 +18,8 @@ from typing import Any
 import redis
 
 from ..._clock import Clock, SystemClock
-from ..._errors import BrokerError, TransactionConflict, ValidationError
-from ...stores._port import KeyValue, Updater, check_key
+from ..._errors import BrokerError, TransactionConflict
+from ...stores._port import KeyValue, NotACounter, Updater, check_key
 from ._errors import TRANSLATE
 from ._keys import fence_key, kv_key, lock_key
 
@@ -202,10 +202,7 @@ class RedisKV(KeyValue):
             return int(self._run("incr", [self._key(key)], int(amount), _ttl_arg(ttl)))
         except BrokerError as exc:
             if "NOTINT" in str(exc):
-                raise ValidationError(
-                    f"store key {key!r} holds a value that is not an integer, so incr cannot "
-                    "add to it; delete it or use another key for the counter"
-                ) from None
+                raise NotACounter(key) from None
             raise
 
     def ttl(self, key: str) -> float | None:
