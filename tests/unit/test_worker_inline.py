@@ -4,6 +4,9 @@ still cancelled, time-limited and handed back like any other."""
 
 from __future__ import annotations
 
+import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor, JobCancelled, JobStatus, TaskFailed
+from conveyor import Conveyor, Job, JobCancelled, JobStatus, TaskFailed
 from conveyor.worker import Worker, _consumer
 
 from .test_worker_lifecycle import Recording
@@ -203,3 +206,58 @@ def test_a_tasks_tiny_runs_are_counted_up_to_quick_runs_and_a_slow_one_resets_th
     sometimes.delay(0)
     worker.drain(timeout=30)
     assert quick[sometimes.name] == 1
+
+
+@pytest.mark.parametrize("stuck", [False, True], ids=["in-python", "in-a-c-call"])
+def test_a_stop_keeps_its_grace_while_a_job_runs_in_the_consumer_thread(
+    stuck: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """``run`` from the main thread (``conveyor worker``), SIGTERM while a quick task turned
+    slow runs in the consumer's thread: the worker stops once the grace has run out and hands
+    the job back, whether the interrupt lands (Python code) or not (a C call). It waited for
+    the job's return: for ever, while that stayed in the C call."""
+    app = Conveyor("memory://")
+    started, release = threading.Event(), threading.Event()
+    ran_in: list[str] = []
+
+    @app.task
+    def step(slow: bool) -> str:
+        if slow:
+            ran_in.append(threading.current_thread().name)
+            started.set()
+            if stuck:
+                release.wait(60)  # a lock's wait: no async exception lands in it
+            while not release.is_set():
+                time.sleep(0.01)
+        return threading.current_thread().name
+
+    worker = Worker(app, grace=0.5)
+    sent: list[Job[str]] = []
+
+    def producer() -> None:
+        for _ in range(20):  # until one runs in the consumer's thread (warm_up's loop)
+            if step.delay(False).result(timeout=30) == "conveyor-worker":
+                break
+        job = step.delay(True)
+        sent.append(job)
+        if started.wait(30):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    thread = threading.Thread(target=producer, daemon=True)
+    thread.start()
+    caplog.set_level(logging.INFO, "conveyor.worker")
+    try:
+        worker.run()  # returns within the grace, the job still in the consumer's thread
+        returned = time.monotonic()
+        assert ran_in == ["conveyor-worker"]
+        (job,) = sent
+        assert job.status is JobStatus.QUEUED  # handed back
+        assert "runs in the worker's own thread past the stop's grace" in caplog.text
+    finally:
+        release.set()
+    thread.join(10)
+    for session in threading.enumerate():
+        if session.name == "conveyor-worker":  # once the job returns, it ends, running nothing
+            session.join(10)
+            assert not session.is_alive()
+    assert time.monotonic() - returned < 10

@@ -10,7 +10,9 @@ delivery, nothing else runs, the pool is ``threads``, and the task is sync and i
 between a delivery arriving and the task starting. The job is held, renewed, cancelled and
 time-limited exactly as on a pool thread (``_threads.run_here``); the cost of a task that
 turns slow is that the consumer fetches nothing until it returns (once: a slow run makes
-the task "not quick" again). A busy worker never does it, so batching is unchanged.
+the task "not quick" again), and a stop's grace that runs out while it runs is kept by
+``Worker.run``'s main thread, which shuts the worker down itself (``here`` says what runs).
+A busy worker never does it, so batching is unchanged.
 """
 
 from __future__ import annotations
@@ -109,6 +111,7 @@ class Consumer:
         inflight.start = self._launch  # a buffered job that got a freed slot
         self._quick: dict[str, int] = {}  # task -> how many of its last runs were tiny
         self._admitting: list[Attempt] = []  # the fetch's jobs vetted, not yet given a slot
+        self.here: Attempt | None = None  # the job running in this thread, if one does
         # Set for each run or drain (they are rebuilt each time):
         self.executor: Executor | None = None
         self.finisher: Finisher | None = None
@@ -295,7 +298,11 @@ class Consumer:
             if self.events is not None:  # here: its finish, right after, carries it
                 self.events.started(attempt, wake=not here)
             if here:
-                run_here(attempt, self.results, self.complete, self.progress)
+                self.here = attempt
+                try:
+                    run_here(attempt, self.results, self.complete, self.progress)
+                finally:
+                    self.here = None
             else:
                 self.executor.submit(attempt)
                 if timeout and deadlines is not None and later:  # one that ended: left be

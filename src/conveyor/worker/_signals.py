@@ -55,11 +55,17 @@ def stop_signals() -> Iterator[Received]:
 
 
 def wait_for(
-    thread: threading.Thread, received: Received, on_signal: Callable[[int, int], None]
+    thread: threading.Thread,
+    received: Received,
+    on_signal: Callable[[int, int], None],
+    give_up: Callable[[], bool] = lambda: False,
 ) -> None:
     """Join ``thread`` from the main thread, calling ``on_signal(signum, count)`` for each
-    stop signal outside the handler, within ``SIGNAL_LAG`` seconds of its coming."""
+    stop signal outside the handler, within ``SIGNAL_LAG`` seconds of its coming; or return
+    while it still runs, once ``give_up()`` says so (asked as often)."""
     while thread.is_alive():
         thread.join(SIGNAL_LAG)
         for signum, count in received.pending():
             on_signal(signum, count)
+        if give_up():
+            return

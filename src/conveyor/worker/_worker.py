@@ -85,6 +85,16 @@ def prefetch_for(pool: str, concurrency: int) -> int:
     return max(PREFETCH_SLOTS * concurrency, PREFETCH_LEAST)
 
 
+class _Ending:
+    """One session's shutdown, done once by whichever thread comes to it first."""
+
+    __slots__ = ("done", "lock")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = False
+
+
 class Worker:
     """Run jobs from ``queues`` of ``app``.
 
@@ -142,6 +152,7 @@ class Worker:
         self._stopping = threading.Event()
         self._hard = threading.Event()
         self._stop_requested = 0.0
+        self._ending = _Ending()  # the session's (each session has its own)
         self._gone: BrokerGone | None = None  # seen by the keeper: raised by the session
         self._inflight = Inflight(concurrency, prefetch=prefetch_for(pool, concurrency))
         self._events = WorkerEvents(self.id, app.clock) if app.events else None
@@ -209,9 +220,13 @@ class Worker:
                 errors.append(exc)
 
         with stop_signals() as received:
-            thread = threading.Thread(target=body, name="conveyor-worker")
+            # A daemon: should a job it runs itself outlast the grace, the process (which
+            # then shuts down without it, _take_over) does not wait for it at exit either.
+            thread = threading.Thread(target=body, name="conveyor-worker", daemon=True)
             thread.start()
-            wait_for(thread, received, self._on_signal)  # acts on signals outside handlers
+            wait_for(thread, received, self._on_signal, self._overdue)  # signals, handled
+            if thread.is_alive():
+                self._take_over()
         let_go(before, "the worker")  # threads tasks left must not keep this process alive
         if errors:
             raise errors[0]
@@ -243,18 +258,31 @@ class Worker:
     def _session(self, until_idle: bool, deadline: float | None) -> None:
         self._gone = None
         self._start(announce=not until_idle)
+        ending = self._ending = _Ending()
         try:
-            self._loop(until_idle, deadline)
+            self._loop(until_idle, deadline, ending)
             if self._gone is not None:
                 raise self._gone
         except BaseException:
             self._hard.set()  # a timed-out drain or a crash: hand back at once
             raise
         finally:
-            self._shutdown()
-            self._stopping.clear()
-            self._hard.clear()
-            self._inflight.reopen()
+            self._end(ending)
+
+    def _end(self, ending: _Ending) -> None:
+        """Shut the session down and ready the worker for another, once: from the session's
+        thread, or from ``run``'s main thread taking over (``_take_over``), whichever comes
+        first."""
+        with ending.lock:
+            if ending.done:
+                return
+            ending.done = True
+            try:
+                self._shutdown()
+            finally:
+                self._stopping.clear()
+                self._hard.clear()
+                self._inflight.reopen()
 
     def _start(self, announce: bool) -> None:
         app, consumer = self.app, self._consumer
@@ -327,9 +355,9 @@ class Worker:
         )
         self._scheduler.start()
 
-    def _loop(self, until_idle: bool, deadline: float | None) -> None:
+    def _loop(self, until_idle: bool, deadline: float | None, ending: _Ending) -> None:
         consumer, inflight = self._consumer, self._inflight
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not ending.done:
             if deadline is not None and time.monotonic() > deadline:
                 raise TimeoutError(f"drain: the queues {self.queues} did not empty in time")
             free = inflight.wait_free(FETCH_BLOCK)
@@ -412,6 +440,29 @@ class Worker:
         log.debug("worker %s stopped after %d job(s)", self.id, self.processed)
 
     # -- helpers ---------------------------------------------------------------------------
+
+    def _overdue(self) -> bool:
+        """A stop's grace (none for a second signal) ran out while a job runs in the
+        session's own thread (``Consumer.here``): nothing but its return would end the
+        session then."""
+        if self._consumer.here is None or not self._stopping.is_set():
+            return False
+        grace = 0.0 if self._hard.is_set() else self.grace
+        return time.monotonic() - self._stop_requested >= grace
+
+    def _take_over(self) -> None:
+        """Shut down from ``run``'s main thread, as the session would, while the session's
+        thread still runs a job (``_overdue``): the job is interrupted and handed back like
+        one on a pool thread, and the thread is not waited for."""
+        attempt = self._consumer.here
+        if attempt is not None:
+            log.warning(
+                "job %s (%s) runs in the worker's own thread past the stop's grace: handing "
+                "it back and stopping without it",
+                attempt.job_id,
+                attempt.name,
+            )
+        self._end(self._ending)
 
     def _on_signal(self, signum: int, count: int) -> None:
         name = signal.Signals(signum).name
