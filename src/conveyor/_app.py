@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from .middleware import Middleware
     from .scheduler import Schedule
     from .stores import Store
+    from .stores._port import KeyValue
 
 log = logging.getLogger("conveyor")
 
@@ -232,7 +233,11 @@ class Conveyor:
         """Cache a function's results for ``ttl`` seconds; one computation per key at a time."""
         from .cache import cached
 
-        return cached(self.broker.kv, self.codec, ttl, key=key, name=name)
+        return cached(self._kv, self.codec, ttl, key=key, name=name)  # opened at first call
+
+    def _kv(self) -> KeyValue:
+        """The store of the broker the app has now (``use_memory`` swaps it)."""
+        return self.broker.kv
 
     @property
     def store(self) -> Store:

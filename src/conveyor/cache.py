@@ -52,7 +52,7 @@ _NAMED: weakref.WeakValueDictionary[tuple[int, str], Cached[Any]] = weakref.Weak
 
 
 def cached(
-    kv: KeyValue,
+    kv: KeyValue | Callable[[], KeyValue],
     codec: Codec,
     ttl: float,
     *,
@@ -61,7 +61,9 @@ def cached(
 ) -> Callable[[F], Cached[F]]:
     """The decorator behind ``app.cached``: results of the decorated function are kept for
     ``ttl`` seconds. ``key(*args, **kwargs) -> str`` replaces the digest of the arguments;
-    ``name`` replaces the function's qualified name in the key."""
+    ``name`` replaces the function's qualified name in the key. ``kv`` is the store, or a
+    method that gives the one to use at each call (``app.cached``'s: the app's broker of the
+    moment, which ``use_memory`` swaps; a bound method's object owns the names)."""
     if (
         isinstance(ttl, bool)
         or not isinstance(ttl, int | float)
@@ -94,7 +96,7 @@ class Cached(Generic[F]):
 
     def __init__(
         self,
-        kv: KeyValue,
+        kv: KeyValue | Callable[[], KeyValue],
         codec: Codec,
         fn: F,
         ttl: float,
@@ -106,7 +108,12 @@ class Cached(Generic[F]):
             raise ConfigurationError(f"@app.cached decorates a function, got {fn!r}")
         self.name = name or f"{fn.__module__}.{fn.__qualname__}"
         self.ttl = ttl
-        self._kv = kv
+        if isinstance(kv, KeyValue):
+            self._owner: object = kv
+            self._kv: Callable[[], KeyValue] = lambda: kv
+        else:
+            self._owner = getattr(kv, "__self__", kv)  # names are per app, not per lookup
+            self._kv = kv
         self._codec = codec
         self._fn = fn
         self._key_fn = key
@@ -130,15 +137,15 @@ class Cached(Generic[F]):
         """Refuse a name another live cached function of this store holds: the same
         function decorated again may share it, not a second lambda of the module or a
         closure that a factory made again over other values."""
-        held = _NAMED.get((id(self._kv), self.name))
-        if held is not None and held._kv is self._kv and not _same_function(held._fn, fn):
+        held = _NAMED.get((id(self._owner), self.name))
+        if held is not None and held._owner is self._owner and not _same_function(held._fn, fn):
             raise ConfigurationError(
                 f"@app.cached: {self.name!r} already names another cached function of this "
                 "app (a second lambda of its module, or a function that a factory made again "
                 "with other values): they would share entries and return each other's "
                 "results; give each its own name="
             )
-        _NAMED[(id(self._kv), self.name)] = self
+        _NAMED[(id(self._owner), self.name)] = self
 
     def __repr__(self) -> str:
         return f"<Cached {self.name} ttl={self.ttl:g}>"
@@ -181,7 +188,7 @@ class Cached(Generic[F]):
 
     def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Forget the value cached for these arguments; True if there was one."""
-        return self._kv.delete(self.cache_key(*args, **kwargs))
+        return self._kv().delete(self.cache_key(*args, **kwargs))
 
     # -- calls -----------------------------------------------------------------------------
 
@@ -190,7 +197,7 @@ class Cached(Generic[F]):
         value = self._lookup(key)
         if value is not _MISS:
             return value
-        lock = Lock(self._kv, key, _COMPUTE_TTL, auto_renew=True)
+        lock = Lock(self._kv(), key, _COMPUTE_TTL, auto_renew=True)
         for delay in backoff(first=0.001, cap=0.05):
             if lock._try_acquire():
                 try:
@@ -212,7 +219,7 @@ class Cached(Generic[F]):
         value = await asyncio.to_thread(self._lookup, key)
         if value is not _MISS:
             return value
-        lock = Lock(self._kv, key, _COMPUTE_TTL, auto_renew=True)
+        lock = Lock(self._kv(), key, _COMPUTE_TTL, auto_renew=True)
         for delay in backoff(first=0.001, cap=0.05):
             if await lock._try_acquire_async():
                 try:
@@ -230,7 +237,7 @@ class Cached(Generic[F]):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _lookup(self, key: str) -> Any:
-        raw = self._kv.get(key)
+        raw = self._kv().get(key)
         if raw is None:
             return _MISS
         try:
@@ -241,7 +248,7 @@ class Cached(Generic[F]):
             return _MISS
 
     def _store(self, key: str, value: Any) -> None:
-        self._kv.set(key, self._codec.encode_value(value), self.ttl)
+        self._kv().set(key, self._codec.encode_value(value), self.ttl)
 
 
 class _BoundCached:

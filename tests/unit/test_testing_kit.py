@@ -413,3 +413,27 @@ def test_use_memory_runs_an_apps_own_tasks_and_gives_its_broker_back(tmp_path: P
     assert not database.exists()  # its own broker was never opened
     assert app.broker.url.startswith("sqlite://")
     app.close()
+
+
+def test_a_cached_function_uses_the_memory_broker_and_the_fake_clock(tmp_path: Path) -> None:
+    # Decorated at import, with the app on its real broker: it opened that broker there and
+    # kept it, so every test shared one cache, in the real file, on the real clock.
+    database = tmp_path / "prod.db"
+    app = Conveyor(f"sqlite:///{database}")
+    computed: list[int] = []
+
+    @app.cached(ttl=60)
+    def rate(x: int) -> int:
+        computed.append(x)
+        return len(computed)
+
+    assert not database.exists()  # decorating opens nothing
+    for _ in range(2):  # two tests: each its own cache
+        clock = FakeClock()
+        with use_memory(app, clock):
+            assert rate(1) == rate(1)
+            clock.advance(3600)  # expired on the test's clock
+            rate(1)
+    assert computed == [1, 1, 1, 1]
+    assert not database.exists()
+    app.close()
