@@ -7,6 +7,7 @@ import datetime as dt
 import itertools
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -437,3 +438,32 @@ def test_a_cached_function_uses_the_memory_broker_and_the_fake_clock(tmp_path: P
     assert computed == [1, 1, 1, 1]
     assert not database.exists()
     app.close()
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda app: drain(app, "emails"), "queues takes a list of names"),
+        (lambda app: drain(app, trust="reports"), "trust takes a list of names"),
+        (lambda app: drain(app, until=float("inf")), "finite number"),
+        (lambda app: drain(app, until=float("nan")), "finite number"),
+        (lambda app: app.clock.advance(float("nan")), "finite number of seconds"),
+        (lambda app: app.clock.set(float("inf")), "finite number of seconds"),
+        (lambda app: app.clock.advance("60"), "finite number of seconds"),
+    ],
+)
+def test_drain_and_the_fake_clock_refuse_what_they_would_misread(call: Any, message: str) -> None:
+    # drain(app, "emails") drained queues e, m, a, i, l, s and ran nothing; until=inf moved
+    # the clock to infinity and failed in the worker; until=nan ran to max_rounds.
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+
+    @app.task(queue="emails")
+    def send() -> None: ...
+
+    job = send.delay()
+    with pytest.raises(ConfigurationError, match=message):
+        call(app)
+    assert clock.time() == FakeClock().time()  # not moved
+    assert job.status is JobStatus.QUEUED  # nothing lost either
+    assert drain(app, ["emails"]).ran == 1

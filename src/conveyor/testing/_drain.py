@@ -23,12 +23,14 @@ time.
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from .._checks import names
 from .._clock import FakeClock
 from .._errors import ConfigurationError, DrainIncomplete
 from .._message import DEFAULT_QUEUE
@@ -93,6 +95,9 @@ def drain(
     Besides ``app.trust`` and ``trust``, the packages that define the app's registered tasks
     are trusted, as if a worker had been started with their module.
     """
+    if queues is not None:
+        queues = names("queues", queues, "drain(app, ['emails'])")
+    trust = names("trust", trust, "drain(app, trust=['reports'])")
     limit = _limit(until)
     fake = app.clock if isinstance(app.clock, FakeClock) else None
     _check(advance, limit, fake)
@@ -350,8 +355,10 @@ def _limit(until: float | dt.datetime | None) -> float | None:
                 "(datetime(..., tzinfo=UTC)) or epoch seconds"
             )
         return until.timestamp()
-    if isinstance(until, bool) or not isinstance(until, int | float):
-        raise ConfigurationError(f"until takes epoch seconds or an aware datetime, got {until!r}")
+    if isinstance(until, bool) or not isinstance(until, int | float) or not math.isfinite(until):
+        raise ConfigurationError(
+            f"until takes epoch seconds (a finite number) or an aware datetime, got {until!r}"
+        )
     return float(until)
 
 
