@@ -259,6 +259,27 @@ def test_headers_travel_with_the_job_and_its_retries(app: Conveyor, rec: Recorde
     assert [o.status for o in rec.hooks("on_outcome")] == ["retried", "succeeded"]
 
 
+def test_a_header_a_run_hook_wrote_does_not_go_out_with_the_retry() -> None:
+    # The message is read-only in the worker; one that a hook wrote a float header into
+    # went out as the retry's payload, which did not decode: the job died, not retried.
+    class Stamps(Middleware):
+        def before_run(self, message: Message) -> None:
+            message.headers["started"] = 1.5  # type: ignore[assignment]
+
+    app = Conveyor("memory://", clock=FakeClock(), middleware=[Stamps()])
+
+    @app.task(retries=1, backoff=0.01)
+    def flaky() -> str:
+        if current_job().attempt == 0:
+            raise ValueError("once")
+        return "ok"
+
+    job = flaky.delay()
+    drain(app)
+    assert job.result() == "ok"
+    assert job.status is JobStatus.SUCCEEDED
+
+
 def test_a_requeued_job_keeps_its_headers_and_is_not_sent_again(
     app: Conveyor, rec: Recorder
 ) -> None:

@@ -8,7 +8,6 @@ import msgspec
 from .._backoff import Rand, full_jitter
 from .._clock import Clock
 from .._codec import Codec
-from .._errors import ConveyorError
 from .._message import Delivery, Envelope, JobStatus, Message, Outcome
 from ..brokers._port import Finish
 from ._attempt import Attempt, Raised, Result, Returned, Stopped
@@ -47,7 +46,7 @@ class Outcomes:
             encoded = self._codec.encode_outcome(Outcome(reason=reason))
             return Finish(delivery, JobStatus.CANCELLED, encoded, result_ttl=ttl, reason=reason)
         if should_retry(message, result):
-            retry = self._retry(delivery, message)
+            retry = self._retry(delivery)
             if retry is not None:
                 return Finish(delivery, JobStatus.SCHEDULED, retry=retry, result_ttl=ttl)
         reason = f"{result.error.type}: {result.error.message}"
@@ -57,12 +56,16 @@ class Outcomes:
     def delay(self, message: Message) -> float:
         return full_jitter(message.attempt, message.backoff, RETRY_CAP, self._rand)
 
-    def _retry(self, delivery: Delivery, message: Message) -> Envelope | None:
-        again = msgspec.structs.replace(message, attempt=message.attempt + 1)
+    def _retry(self, delivery: Delivery) -> Envelope | None:
+        """The job again, one attempt on: what was delivered, decoded again, not the message
+        the run was given, which a hook (or the task) may have written to: a header that is
+        not a str went out in the retry, which then could not be decoded, and died."""
         try:
+            message = self._codec.decode_message(delivery.payload)
+            again = msgspec.structs.replace(message, attempt=message.attempt + 1)
             payload = self._codec.encode_message(again)
-        except ConveyorError:
-            return None  # cannot happen for a payload that was encodable a moment ago
+        except Exception:  # decoded a moment ago: a pickled class that changed since
+            return None
         eta = self._clock.time() + self.delay(message)
         return Envelope(
             id=delivery.id,
