@@ -213,8 +213,7 @@ class Sending:
             dropped = self._messages[start:]
             del self._messages[start:]
             if self._hooks is not None:
-                for message in dropped:
-                    self._hooks.after_enqueue(message, exc)
+                _after_each(self._hooks, dropped, exc)
             raise
 
     def __enter__(self) -> Sending:
@@ -224,5 +223,19 @@ class Sending:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._hooks is not None:
-            for message in self._messages:
-                self._hooks.after_enqueue(message, ev)
+            _after_each(self._hooks, self._messages, ev)
+
+
+def _after_each(hooks: Hooks, messages: Sequence[Message], error: BaseException | None) -> None:
+    """``after_enqueue`` for every message, also after one let an exception through (a
+    ``KeyboardInterrupt``): raised once the last has had its call. (The rest heard nothing,
+    and a tracing middleware's send spans stayed open for ever.)"""
+    through: BaseException | None = None
+    for message in messages:
+        try:
+            hooks.after_enqueue(message, error)
+        except BaseException as exc:
+            if through is None:
+                through = exc
+    if through is not None:
+        raise through

@@ -26,9 +26,9 @@ With ``--pool processes`` the run hooks run in the child, and everything the wor
 (``on_running`` to ``on_dead_letter``) in the worker itself, which sees every attempt end,
 including one whose child was killed by a hard time limit or died.
 
-Order: ``before_*`` and ``on_*`` hooks run in registration order, ``after_*`` hooks in the
-reverse order (like nested ``with`` blocks), and every ``after_*`` hook runs once for each
-``before_*``, even when one of them raised.
+Order: ``before_*`` and ``on_*`` hooks run in registration order, ``after_*`` hooks and
+``on_worker_stop`` in the reverse order (like nested ``with`` blocks), and every ``after_*``
+hook runs once for each ``before_*``, even when one of them raised.
 
 Errors: an exception raised by a hook is logged on ``conveyor.middleware`` with the
 middleware's name, and the job goes on as if the hook had returned: a middleware never

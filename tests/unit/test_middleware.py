@@ -522,6 +522,31 @@ def test_keyboard_interrupt_in_a_producer_hook_stops_the_send_after_every_after_
     assert app.broker.get([job_id]) == [None]
 
 
+def test_a_keyboard_interrupt_in_after_enqueue_leaves_no_job_of_a_batch_unheard(
+    rec: Recorder,
+) -> None:
+    # The interrupt of the first job's after_enqueue ended the loop: the batch's other jobs
+    # never got theirs (a tracing middleware's send spans stayed open).
+    class CtrlCOnce(Middleware):
+        raised = False
+
+        def after_enqueue(self, message: Message, error: BaseException | None) -> None:
+            if not self.raised:
+                self.raised = True
+                raise KeyboardInterrupt
+
+    app = Conveyor("memory://", middleware=[rec, CtrlCOnce()])
+
+    @app.task
+    def t(i: int) -> None: ...
+
+    with pytest.raises(KeyboardInterrupt):
+        app.enqueue_many([t.s(i) for i in range(5)])
+    heard = rec.hooks("after_enqueue")
+    assert len(heard) == 5 and all(error is None for _, error in heard)
+    assert len({job_id for job_id, _ in heard}) == 5
+
+
 def test_after_enqueue_gets_the_error_the_caller_gets(rec: Recorder) -> None:
     app = Conveyor("memory://", max_payload=200, middleware=[rec])
 
