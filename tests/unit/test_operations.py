@@ -20,6 +20,7 @@ from conveyor import (
     JobNotEnded,
     JobNotFound,
     JobStatus,
+    Middleware,
     SerializationError,
     Task,
     TaskFailed,
@@ -80,6 +81,30 @@ def test_requeue_runs_a_failed_job_with_its_retries_afresh(app: Conveyor) -> Non
         drain(app)
     assert _attempts(job_id) == [0, 1, 0, 1]  # both runs again: the retry was not used up
     assert app.job(job_id).status is JobStatus.FAILED
+
+
+def test_a_requeued_job_is_sent_afresh_from_the_moment_of_its_requeue() -> None:
+    # Its enqueued_at stayed the first send's: conveyor_job_wait_seconds measured the hours a
+    # dead letter sat, as if it had waited for a worker all that time.
+    sent: list[float] = []
+
+    class Sent(Middleware):
+        def on_running(self, message: Message) -> None:
+            sent.append(message.enqueued_at)
+
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock, middleware=[Sent()])
+
+    @app.task
+    def broken() -> None:
+        raise ValueError("broken")
+
+    job = broken.delay()
+    drain(app)
+    clock.advance(3600)
+    assert app.requeue([job.id]) == 1
+    drain(app)
+    assert sent == [clock.time() - 3600, clock.time()]
 
 
 def test_a_handle_held_across_a_requeue_follows_the_new_run(app: Conveyor) -> None:
