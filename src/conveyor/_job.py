@@ -143,7 +143,9 @@ class Job(Generic[R]):
 
     def cancel(self) -> bool:
         """Cancel the job. A queued or scheduled job is removed at once; a running one is
-        stopped by its worker at its next lease renewal. True unless it had already ended.
+        stopped by its worker at its next lease renewal. True if the job is cancelled (or
+        being cancelled) after the call, also when an earlier cancel did it; False if it
+        had ended otherwise.
 
         A workflow step's cancel ends the rest of its workflow (later steps of its chain
         fail with ``JobCancelled``; its chord's callback gets the error). The handle a

@@ -52,7 +52,8 @@ class Options:
     ``async def`` task is cancelled (``asyncio.CancelledError``; the job records
     ``SoftTimeLimit``), or its child process is killed (``--pool processes``)."""
     result_ttl: int = 86400
-    """Seconds an ended job's record and result are kept (one day)."""
+    """Seconds an ended job's record and result are kept (one day). A job cancelled before
+    it ran is kept one day whatever this says (the cancel does not read its options)."""
     delay: float | None = None
     """Seconds from now before the job may run (0 is now); not with ``eta``."""
     eta: float | None = None
