@@ -18,6 +18,7 @@ from pathlib import Path
 import msgspec
 import pytest
 
+from conveyor import Conveyor
 from conveyor._clock import FakeClock
 from conveyor._errors import BrokerError, ConfigurationError, InvalidURL, JobNotFound
 from conveyor._message import Envelope, JobStatus, new_job_id
@@ -271,6 +272,17 @@ def test_a_file_that_is_not_a_database_is_a_broker_error(tmp_path: Path) -> None
     junk.write_bytes(b"this is not an SQLite file" * 100)
     with pytest.raises(BrokerError, match=r"junk\.db"):
         SQLiteBroker(str(junk))
+
+
+def test_a_path_that_is_a_folder_is_refused_as_one(tmp_path: Path) -> None:
+    # It was "cannot open ...: check that this user may read and write it", to a user who
+    # may: the advice pointed the wrong way.
+    (tmp_path / "jobs.db").mkdir()
+    with pytest.raises(ConfigurationError, match=r"jobs\.db is a folder, not a file"):
+        SQLiteBroker(str(tmp_path / "jobs.db"))
+    app = Conveyor(f"sqlite:///{tmp_path / 'jobs.db'}")
+    with pytest.raises(ConfigurationError, match=r"jobs\.db/conveyor\.db"):
+        app.broker.stats()
 
 
 def test_a_folder_that_cannot_be_made_is_a_broker_error(tmp_path: Path) -> None:

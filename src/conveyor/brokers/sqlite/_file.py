@@ -199,6 +199,11 @@ def prepare(path: str, *, create: bool, given: str) -> None:
     """Make sure a database file is at ``path`` before SQLite opens it (it is opened with
     ``mode=rw``, which never creates one). ``create=False``: only say that none is there;
     ``given`` is the path as the URL wrote it."""
+    if os.path.isdir(path):  # SQLite's "unable to open" would read as a permission problem
+        raise ConfigurationError(
+            f"the SQLite database path {path} is a folder, not a file: point the URL at a "
+            f"file in it, e.g. sqlite:///{os.path.join(given, 'conveyor.db')}"
+        )
     if not create:
         if not os.path.exists(path):
             raise ConfigurationError(not_found(path, given, "no SQLite database at"))
