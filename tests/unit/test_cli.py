@@ -140,6 +140,20 @@ def test_usage_errors_exit_2() -> None:
         ["worker"],
         ["worker", "a.tasks", "-A", "b.tasks"],
         ["schedules"],
+        # A malformed id or queue name, and worker settings past the worker's bounds, were
+        # exit 1 with the library's words (concurrency=8 for -c), not usage errors.
+        ["job", "bad id!"],
+        ["cancel", "ok", "bad id!"],
+        ["delete", "bad id!"],
+        ["requeue", "bad id!"],
+        ["purge", "bad queue!", "--yes"],
+        ["queues", "pause", "bad queue!"],
+        ["jobs", "failed", "-q", "bad queue!"],
+        ["requeue", "--all", "-q", "bad queue!"],
+        ["worker", "a.tasks", "-c", "10001"],
+        ["worker", "a.tasks", "--max-deliveries", "10001"],
+        ["worker", "a.tasks", "--lease", "1e12"],
+        ["worker", "a.tasks", "--grace", "1e12"],
     ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from .._app import Conveyor
-from .._errors import ConfigurationError, InvalidURL
+from .._errors import ConfigurationError, InvalidName, InvalidURL
+from .._message import validate_job_id, validate_queue
 from ..brokers import check_url, load_adapter, redact_url
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -81,6 +82,24 @@ def load_app(spec: str) -> tuple[Conveyor, str]:
             f"name one as {module_name}:NAME"
         )
     return apps[0], module_name
+
+
+def job_id_argument(value: str) -> str:
+    """A job id given on the command line, checked: a malformed one is a usage error (exit 2,
+    docs/cli.md), not a broker's answer."""
+    return _argument(validate_job_id, value)
+
+
+def queue_argument(value: str) -> str:
+    """A queue name given on the command line, checked like ``job_id_argument``."""
+    return _argument(validate_queue, value)
+
+
+def _argument(check: Callable[[str], str], value: str) -> str:
+    try:
+        return check(value)
+    except InvalidName as exc:
+        raise _usage(str(exc)) from exc
 
 
 def _usage(message: str) -> Exception:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any
 
+from .._checks import MAX_SECONDS
 from ..worker import Worker
+from ..worker._worker import MAX_CONCURRENCY, MAX_DELIVERIES
 from ._load import on_broker
 
 if TYPE_CHECKING:
@@ -60,7 +62,17 @@ OPTIONS = (
         multiple=True,
         metavar="Q[,Q...]",
     ),
-    Option(("-c", "--concurrency"), "concurrency", "int", 8, "Jobs run at once.", low=1),
+    # The worker's own bounds, as the options' ranges: a value past one is a usage error
+    # (exit 2, with the option's name), not the worker's refusal in its argument's words.
+    Option(
+        ("-c", "--concurrency"),
+        "concurrency",
+        "int",
+        8,
+        "Jobs run at once.",
+        low=1,
+        high=MAX_CONCURRENCY,
+    ),
     Option(
         ("--pool",),
         "pool",
@@ -75,6 +87,7 @@ OPTIONS = (
         30.0,
         "Seconds a job stays ours between renewals; a dead worker's jobs return after it.",
         low=0.1,
+        high=MAX_SECONDS,
     ),
     Option(
         ("--grace",),
@@ -83,6 +96,7 @@ OPTIONS = (
         25.0,
         "Seconds running jobs get to finish on SIGTERM before they are handed back.",
         low=0,
+        high=MAX_SECONDS,
     ),
     Option(
         ("--trust",),
@@ -101,6 +115,7 @@ OPTIONS = (
         5,
         "Dead-letter a job delivered more often than this without finishing.",
         low=1,
+        high=MAX_DELIVERIES,
     ),
     Option(
         ("--max-jobs-per-child",),

@@ -9,15 +9,15 @@ import click
 
 from .._delete import kept
 from .._errors import JobNotEnded, JobNotFound
-from .._message import JobStatus, validate_job_id, validate_queue
-from ._load import app_options, open_app
+from .._message import JobStatus
+from ._load import app_options, job_id_argument, open_app, queue_argument
 from ._output import emit_json, json_option
 from .jobs import ENDED
 
 
 def _ids(job_ids: tuple[str, ...]) -> list[str]:
     """The ids as given, each once, each checked."""
-    return [validate_job_id(i) for i in dict.fromkeys(job_ids)]
+    return [job_id_argument(i) for i in dict.fromkeys(job_ids)]
 
 
 def _cancelled_line(result: dict[str, Any]) -> str:
@@ -106,7 +106,7 @@ def requeue(
     if job_ids and (status or queue):
         raise click.UsageError("--status and --queue go with --all; ids are requeued as given")
     if queue:
-        validate_queue(queue)
+        queue_argument(queue)
     ids = _ids(job_ids)
     app = open_app(app_spec, url)
     if all_:
@@ -133,7 +133,7 @@ def requeue(
 @app_options
 def purge(queue: str, yes: bool, as_json: bool, app_spec: str | None, url: str | None) -> None:
     """Delete every queued and scheduled job of QUEUE (running jobs are left alone)."""
-    validate_queue(queue)
+    queue_argument(queue)
     if not yes and not sys.stdin.isatty():
         raise click.UsageError(
             f"purge asks before it deletes, and nobody can answer here (its input is not a "

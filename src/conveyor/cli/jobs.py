@@ -11,9 +11,9 @@ import click
 from rich.table import Table
 
 from .._inspect import Decoded, describe, find
-from .._message import JobEntry, JobStatus, validate_job_id, validate_queue
+from .._message import JobEntry, JobStatus
 from ..brokers._base import PAGE_MAX
-from ._load import app_options, open_app
+from ._load import app_options, job_id_argument, open_app, queue_argument
 from ._output import clock, console, emit_json, iso, json_option, plain, span, table, text, when
 
 STATUSES = [s.value for s in JobStatus]  # queued, scheduled, running, ... in lifecycle order
@@ -79,7 +79,7 @@ def jobs(
     jobs of that task are found.
     """
     if queue:
-        validate_queue(queue)
+        queue_argument(queue)
     app = open_app(app_spec, url)
     found = find(app, JobStatus(status), queue, task, limit)
     if as_json:
@@ -177,7 +177,7 @@ def _show(info: dict[str, Any]) -> None:
 def job(job_id: str, as_json: bool, app_spec: str | None, url: str | None) -> None:
     """Show one job: task, arguments, status, attempts, times, progress, and its result
     or its error with the traceback."""
-    validate_job_id(job_id)
+    job_id_argument(job_id)
     app = open_app(app_spec, url)
     info = describe(app, job_id)
     if as_json:

@@ -8,9 +8,9 @@ import click
 from rich.table import Table
 
 from .._app import Conveyor
-from .._message import QueueStats, validate_queue
+from .._message import QueueStats
 from ..brokers import redact_url
-from ._load import app_options, open_app
+from ._load import app_options, open_app, queue_argument
 from ._output import console, counts_table, emit_json, json_option, text
 
 COUNTS = ("queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled")
@@ -60,7 +60,7 @@ def queues(ctx: click.Context, as_json: bool, app_spec: str | None, url: str | N
 
 def _open(ctx: click.Context, name: str, app_spec: str | None, url: str | None) -> Conveyor:
     """The app for pause and resume: their own -A/--url, else those given to ``queues``."""
-    validate_queue(name)
+    queue_argument(name)
     group = ctx.parent.params if ctx.parent is not None else {}
     return open_app(app_spec or group.get("app_spec"), url or group.get("url"))
 
