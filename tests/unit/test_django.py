@@ -78,6 +78,13 @@ def test_priorities_map_in_bands_of_twenty() -> None:
     assert bands == {-100: 0, -81: 0, -80: 1, -1: 4, 0: 5, 19: 5, 20: 6, 79: 8, 80: 9, 100: 9}
 
 
+def test_a_whole_float_priority_is_mapped_as_its_int(tasks: Any, app: Any) -> None:
+    result = tasks.add.using(priority=50.0).enqueue(1, 1)  # the framework takes 50.0
+    message = app.codec.decode_message(app.broker.payload(result.id))
+    assert message.priority == 7 and type(message.priority) is int
+    run_all(app)
+
+
 def test_a_failure_is_failed_with_the_exception_and_its_traceback(tasks: Any, app: Any) -> None:
     result = tasks.fail.enqueue("card declined")
     run_all(app)
@@ -122,6 +129,35 @@ def test_return_values_are_normalized_as_the_framework_does(tasks: Any, app: Any
     assert failed.status == "FAILED" and failed.errors[0].exception_class is TypeError
 
 
+@pytest.mark.parametrize(
+    ("kind", "error"),
+    [("nan", "SerializationError"), ("int_key", "SerializationError"), ("big", "ResultTooLarge")],
+)
+def test_a_return_value_the_worker_cannot_store_fails_before_task_finished(
+    tasks: Any, app: Any, kind: str, error: str
+) -> None:
+    """task_finished said SUCCESSFUL, then the worker failed the job on encoding its result."""
+    from django_tasks.signals import task_finished
+
+    import conveyor
+
+    finished: dict[str, str] = {}
+
+    def receiver(sender: type, task_result: Any, **kwargs: Any) -> None:
+        finished[task_result.id] = str(task_result.status)
+
+    task_finished.connect(receiver)
+    try:
+        result = tasks.unencodable.enqueue(kind)
+        run_all(app)
+    finally:
+        task_finished.disconnect(receiver)
+    result.refresh()
+    assert (finished[result.id], result.status) == ("FAILED", "FAILED")
+    assert result.errors[0].exception_class is getattr(conveyor, error)
+    assert app.job(result.id).status is conveyor.JobStatus.FAILED
+
+
 def test_run_after_schedules_the_job_and_a_cancel_fails_it(tasks: Any, app: Any) -> None:
     from django.utils import timezone
 
@@ -158,6 +194,34 @@ def test_on_commit_sends_when_the_transaction_commits_and_never_on_rollback(
     with transaction.atomic():  # the "now" backend: ENQUEUE "now"
         at_once = tasks.write_note.enqueue("now")
         assert tasks.write_note.get_result(at_once.id).status == "READY"
+    run_all(app)
+
+
+@pytest.mark.parametrize(
+    ("bad", "error"),
+    [
+        (float("nan"), "SerializationError"),
+        ({1: "a"}, "SerializationError"),
+        ("x" * (2**20 + 1), "PayloadTooLarge"),
+    ],
+    ids=["nan", "int_key", "too_big"],
+)
+def test_on_commit_refuses_a_bad_argument_at_enqueue_and_sends_the_rest(
+    tasks: Any, app: Any, bad: Any, error: str
+) -> None:
+    """Refused at the commit, the error came after the data was committed, and Django
+    dropped the transaction's later callbacks: the valid job after it was lost."""
+    from django.db import transaction
+
+    import conveyor
+
+    with transaction.atomic():
+        before = tasks.add.enqueue(1, 2)
+        with pytest.raises(getattr(conveyor, error)):
+            tasks.add.enqueue(bad, 1)
+        after = tasks.add.enqueue(3, 4)
+    assert tasks.add.get_result(before.id).status == "READY"
+    assert tasks.add.get_result(after.id).status == "READY"
     run_all(app)
 
 
@@ -230,11 +294,27 @@ def test_task_checks(tasks: Any) -> None:
     ("conveyor", "match"),
     [
         ({"URLL": "memory://"}, "unknown key.*URLL"),
-        ({"TRUST": "myapp"}, r"settings.CONVEYOR: bad trust='myapp'"),
-        ({"URL": "nope://x"}, "settings.CONVEYOR"),
+        ({"TRUST": "myapp"}, r"bad settings.CONVEYOR\['TRUST'\] \('myapp'\): it takes a list"),
+        ({"URL": "nope://x"}, r"settings.CONVEYOR\['URL'\]: .*nope"),
         ({"MIDDLEWARE": ["builtins.object"]}, "is not a conveyor.Middleware"),
         ({"MIDDLEWARE": "x.Y"}, "is a list"),
         ([("URL", "memory://")], "is a dict"),
+        ({"PREFIX": "bad prefix"}, r"settings.CONVEYOR\['PREFIX'\] \('bad prefix'\).*\"shop\""),
+        ({"PREFIX": 5}, r"settings.CONVEYOR\['PREFIX'\] \(5\)"),
+        ({"IMPORTS": "notes.tasks"}, r"settings.CONVEYOR\['IMPORTS'\].*a list of module names"),
+        ({"MAX_PAYLOAD": 0}, r"settings.CONVEYOR\['MAX_PAYLOAD'\] \(0\).*\"MAX_PAYLOAD\": 2\*\*20"),
+        ({"MAX_RESULT": 1.5}, r"settings.CONVEYOR\['MAX_RESULT'\] \(1.5\)"),
+        ({"EVENTS": "yes"}, r"settings.CONVEYOR\['EVENTS'\] \('yes'\): it takes True or False"),
+        ({"EVENTS_KEPT": 0}, r"settings.CONVEYOR\['EVENTS_KEPT'\] \(0\)"),
+        ({"SERIALIZER": "yaml"}, r"settings.CONVEYOR\['SERIALIZER'\] \('yaml'\)"),
+        ({"SERIALIZER": "pickle"}, r"'pickle', which needs settings.CONVEYOR\['SECRET'\]"),
+        ({"SECRET": 12345}, r"settings.CONVEYOR\['SECRET'\] \(of type int\)"),
+        ({"STORE": 5}, r"settings.CONVEYOR\['STORE'\] \(5\)"),
+        (
+            {"MIDDLEWARE": ["django_project.notes.middleware.Tagged"]},
+            r"'django_project.notes.middleware.Tagged' cannot be made without arguments "
+            r"\(missing a required argument: 'tag'\): put an instance in the list",
+        ),
     ],
 )
 def test_bad_conveyor_settings_say_what_to_write(conveyor: Any, match: str) -> None:
@@ -245,6 +325,42 @@ def test_bad_conveyor_settings_say_what_to_write(conveyor: Any, match: str) -> N
 
     with override_settings(CONVEYOR=conveyor), pytest.raises(ConfigurationError, match=match):
         build_app()
+
+
+@pytest.mark.parametrize(
+    ("module", "missing"),
+    [("django_project.nope", "django_project.nope"), ("nope.tasks", "nope")],
+)
+def test_a_missing_imports_module_is_named_when_the_worker_starts(
+    app: Any, monkeypatch: pytest.MonkeyPatch, module: str, missing: str
+) -> None:
+    from django.core.management import call_command
+    from django.test import override_settings
+
+    from conveyor import ConfigurationError
+    from conveyor.worker import Worker
+
+    monkeypatch.setattr(Worker, "run", lambda self: None)
+    monkeypatch.delenv("CONVEYOR_URL", raising=False)  # the command sets it: restored after
+    match = rf"settings.CONVEYOR\['IMPORTS'\] names '{module}'.*there is no module '{missing}'"
+    with (
+        override_settings(CONVEYOR={"URL": app.url, "IMPORTS": [module]}),
+        pytest.raises(ConfigurationError, match=match),
+    ):
+        call_command("conveyor_worker")
+
+
+def test_an_import_error_inside_an_imports_module_keeps_its_own(app: Any) -> None:
+    from django.test import override_settings
+
+    from conveyor.contrib.django._settings import load_tasks
+
+    imports = ["django_project.notes.broken"]
+    with (
+        override_settings(CONVEYOR={"URL": app.url, "IMPORTS": imports}),
+        pytest.raises(ModuleNotFoundError, match="no_such_dependency_of_notes"),
+    ):
+        load_tasks()
 
 
 def test_settings_make_the_app(django_project: Path) -> None:
@@ -286,6 +402,20 @@ def test_bad_backend_options_say_what_to_write(params: dict[str, Any], match: st
 
     with pytest.raises(ConfigurationError, match=match):
         ConveyorBackend("x", {"BACKEND": "conveyor.contrib.django.ConveyorBackend", **params})
+
+
+def test_transaction_mode_refuses_a_database_that_is_not_postgresql(
+    app: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The broker is PostgreSQL, but DATABASE is the project's SQLite database: refused
+    when the backend is made, not at the first enqueue about a connection= never written."""
+    from conveyor import ConfigurationError
+    from conveyor.contrib.django import ConveyorBackend
+
+    monkeypatch.setattr(app, "url", "postgresql://127.0.0.1/shop")
+    match = r"\['OPTIONS'\]\['DATABASE'\] \('default'\), a sqlite database: it takes the PostgreSQL"
+    with pytest.raises(ConfigurationError, match=match):
+        ConveyorBackend("x", {"OPTIONS": {"ENQUEUE": "transaction"}})
 
 
 def test_the_backend_says_what_it_supports() -> None:

@@ -59,6 +59,12 @@ def unstorable() -> object:
     return object()
 
 
+@task()
+def unencodable(kind: str) -> Any:
+    """A value the framework's normalization keeps and the worker's codec refuses."""
+    return {"nan": float("nan"), "int_key": {1: "a"}, "big": "y" * (2**20 + 1)}[kind]
+
+
 @task(backend="now")
 def write_note(text: str) -> int:
     return int(Note.objects.create(text=text).pk)

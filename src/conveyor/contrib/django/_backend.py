@@ -16,7 +16,8 @@ Sending on commit (``OPTIONS["ENQUEUE"] = "on_commit"``, the default) is Django'
 ``transaction.on_commit`` on ``OPTIONS["DATABASE"]``: inside ``atomic()`` the job is sent
 when the outermost block commits, and never if it rolls back; outside one it is sent at
 once. ``enqueue`` returns the ``TaskResult`` at once either way, with the id the job will
-have. ``"now"`` sends at once, inside a transaction too. ``"transaction"`` writes the job
+have; a job that cannot be encoded (an argument, its size) raises from ``enqueue`` in every
+mode. ``"now"`` sends at once, inside a transaction too. ``"transaction"`` writes the job
 through Django's own connection to ``DATABASE``, inside its open transaction: the PostgreSQL
 broker in that same database (``postgresql://``) only; workers see the job when the
 transaction commits, and a rollback takes it away with the rest.
@@ -67,7 +68,8 @@ def conveyor_priority(priority: int) -> int:
     """The framework's priority (-100 lowest to 100 highest, 0 by default) as Conveyor's (0
     lowest to 9 highest), in bands of 20: -100..-81 is 0, -20..-1 is 4, 0..19 is 5 (so the
     framework's default is 5), 80..100 is 9."""
-    return min((priority + 100) // 20, 9)
+    # The framework takes any whole number, 50.0 too; Conveyor's priority is an int.
+    return min((int(priority) + 100) // 20, 9)
 
 
 class ConveyorBackend(BaseTaskBackend):
@@ -110,6 +112,8 @@ class ConveyorBackend(BaseTaskBackend):
                 "settings.DATABASES: name the database whose transactions the jobs wait "
                 "for, or set 'ENQUEUE': 'now'"
             )
+        if self.enqueue_mode == "transaction":
+            _check_postgresql(where, self.database)
         for queue in self.queues:
             try:
                 validate_queue(queue)
@@ -140,6 +144,8 @@ class ConveyorBackend(BaseTaskBackend):
             job = job.options(connection=connection)
         send = _sender(self, job, result)
         if self.enqueue_mode == "on_commit":
+            if connections[self.database].in_atomic_block:  # else on_commit sends at once
+                _check(self.app, job, result)
             transaction.on_commit(send, using=self.database)
         else:
             send()
@@ -248,6 +254,29 @@ def _sender(
         task_enqueued.send(type(backend), task_result=result)
 
     return send
+
+
+def _check(app: Conveyor, job: ConveyorTask[..., Any], result: TaskResult[Any]) -> None:
+    """Encode the job as it will be sent, to refuse it now (``SerializationError``,
+    ``PayloadTooLarge``) as "now" does: raised from the commit, the error would come after
+    the data was committed, and Django would drop the transaction's later callbacks, jobs
+    that were fine included. The commit sends it through ``delay`` all the same, so that
+    the producer middleware sees it when it is sent, and never for a rollback."""
+    app.envelope(job.s(*result.args, **result.kwargs))
+
+
+def _check_postgresql(where: str, database: str) -> None:
+    """The mode "transaction" writes jobs through Django's connection to ``database``:
+    refused at start unless it is PostgreSQL, rather than at the first enqueue, with an
+    error about a ``connection=`` the project never wrote."""
+    vendor = connections[database].vendor  # the backend's class: nothing is opened
+    if vendor != "postgresql":
+        raise ConfigurationError(
+            f"{where}['OPTIONS']['ENQUEUE'] is 'transaction', which writes jobs through "
+            f"Django's connection to {where}['OPTIONS']['DATABASE'] ({database!r}), a "
+            f"{vendor} database: it takes the PostgreSQL database of settings.CONVEYOR"
+            "['URL']; name that alias in 'DATABASE', or use 'ENQUEUE': 'on_commit'"
+        )
 
 
 def _ran_name(outcome: Outcome | None) -> str | None:

@@ -10,7 +10,9 @@ the metrics. What is registered is a *runner* that does what the framework asks 
   hang on these signals);
 * the ``TaskContext`` for a task with ``takes_context=True``;
 * the return value normalized to JSON types as the framework does (a tuple becomes a list,
-  anything JSON cannot hold fails the task).
+  anything JSON cannot hold fails the task), then encoded as the worker will store it:
+  a value the codec refuses (``float('nan')``, a dict with int keys) or one over
+  ``MAX_RESULT`` fails the task, before ``task_finished``, which then says ``FAILED``.
 
 The job's result is a small record (``RESULT_KEYS``): the return value with the task's
 name, arguments, start time and worker, so ``get_result`` can answer on every broker (Redis
@@ -36,7 +38,8 @@ from django.db import connections
 from django.utils import timezone
 
 from ..._context import current_job
-from ..._errors import ConfigurationError
+from ..._errors import ConfigurationError, ResultTooLarge, SerializationError
+from ..._message import Outcome
 from ...worker._describe import describe
 from .. import INTERRUPTIONS
 from ._compat import (
@@ -74,7 +77,7 @@ def register(app: Conveyor, task: Task[Any, Any], sender: type) -> ConveyorTask[
     with _registering:  # two threads making their first copy of a task register it once
         found = app.registry.get(name)
         if found is None:
-            found = app.task(name=name)(_runner(task, sender))
+            found = app.task(name=name)(_runner(app, task, sender))
     known = django_task_of(found.fn)
     if known is None or known.func is not task.func:
         raise ConfigurationError(
@@ -83,8 +86,9 @@ def register(app: Conveyor, task: Task[Any, Any], sender: type) -> ConveyorTask[
     return found
 
 
-def _runner(task: Task[Any, Any], sender: type) -> Callable[..., Any]:
-    run = (_async_runner if inspect.iscoroutinefunction(task.func) else _sync_runner)(task, sender)
+def _runner(app: Conveyor, task: Task[Any, Any], sender: type) -> Callable[..., Any]:
+    make = _async_runner if inspect.iscoroutinefunction(task.func) else _sync_runner
+    run = make(app, task, sender)
     functools.update_wrapper(run, task.func)  # its module and name: logs, trust, describe
     setattr(run, _TASK, task)
     return run
@@ -96,7 +100,7 @@ def django_task_of(fn: Callable[..., Any]) -> Task[Any, Any] | None:
     return found if isinstance(found, Task) else None
 
 
-def _sync_runner(task: Task[Any, Any], sender: type) -> Callable[..., Any]:
+def _sync_runner(app: Conveyor, task: Task[Any, Any], sender: type) -> Callable[..., Any]:
     def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
         result = _started(task, sender, args, kwargs)
         try:
@@ -104,7 +108,7 @@ def _sync_runner(task: Task[Any, Any], sender: type) -> Callable[..., Any]:
                 value = task.call(TaskContext(task_result=result), *args, **kwargs)
             else:
                 value = task.call(*args, **kwargs)
-            return _succeeded(result, sender, value)
+            return _succeeded(app, result, sender, value)
         except INTERRUPTIONS:
             raise  # a cancel or a shutdown: the worker says what became of the job
         except BaseException as exc:
@@ -114,7 +118,7 @@ def _sync_runner(task: Task[Any, Any], sender: type) -> Callable[..., Any]:
     return run
 
 
-def _async_runner(task: Task[Any, Any], sender: type) -> Callable[..., Any]:
+def _async_runner(app: Conveyor, task: Task[Any, Any], sender: type) -> Callable[..., Any]:
     async def run(*args: Any, **kwargs: Any) -> dict[str, Any]:
         async with ThreadSensitiveContext():
             try:
@@ -124,7 +128,7 @@ def _async_runner(task: Task[Any, Any], sender: type) -> Callable[..., Any]:
                         value = await task.acall(TaskContext(task_result=result), *args, **kwargs)
                     else:
                         value = await task.acall(*args, **kwargs)
-                    return _succeeded(result, sender, value)
+                    return _succeeded(app, result, sender, value)
                 except INTERRUPTIONS:
                     raise
                 except BaseException as exc:
@@ -160,12 +164,11 @@ def _started(
     return result
 
 
-def _succeeded(result: TaskResult[Any], sender: type, value: Any) -> dict[str, Any]:
+def _succeeded(app: Conveyor, result: TaskResult[Any], sender: type, value: Any) -> dict[str, Any]:
+    """The job's result record; raises (and the runner says FAILED) if it cannot be stored."""
     value = normalize_json(value)
-    object.__setattr__(result, "_return_value", value)
-    _finish(result, sender, SUCCESSFUL)
     assert result.started_at is not None  # set by _started
-    return {
+    record = {
         "django_task": task_name(result.task),
         "args": result.args,
         "kwargs": result.kwargs,
@@ -173,6 +176,28 @@ def _succeeded(result: TaskResult[Any], sender: type, value: Any) -> dict[str, A
         "worker_id": result.worker_ids[-1],
         "return_value": value,
     }
+    _check_storable(app, record)
+    object.__setattr__(result, "_return_value", value)
+    _finish(result, sender, SUCCESSFUL)
+    return record
+
+
+def _check_storable(app: Conveyor, record: dict[str, Any]) -> None:
+    """Encode the record as the worker will: a value it would refuse after the task returned
+    (the job then fails) must fail it here, before task_finished says SUCCESSFUL."""
+    try:
+        data = app.codec.encode_outcome(Outcome(value=record))
+    except SerializationError as exc:
+        raise SerializationError(
+            f"the task returned a value that cannot be stored as its result: {exc}"
+        ) from exc
+    if len(data) > app.max_result:
+        raise ResultTooLarge(
+            f"the task's result encodes to {len(data):,} bytes, over the {app.max_result:,}-byte "
+            "cap on results (settings.CONVEYOR['MAX_RESULT']); store large results elsewhere "
+            "(a file, object store or app.store) and return their key, or raise "
+            "CONVEYOR['MAX_RESULT']"
+        )
 
 
 def _failed(result: TaskResult[Any], sender: type, exc: BaseException) -> None:

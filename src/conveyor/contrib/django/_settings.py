@@ -9,7 +9,8 @@ tasks registered with ``@get_app().task`` belong to the app they were defined wi
 from __future__ import annotations
 
 import importlib
-from collections.abc import Mapping
+import inspect
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from django.apps import apps
@@ -17,8 +18,9 @@ from django.conf import settings
 from django.utils.module_loading import autodiscover_modules, import_string
 
 from ..._app import Conveyor
-from ..._checks import names
-from ..._errors import ConfigurationError, ConveyorError
+from ..._errors import ConfigurationError, ConveyorError, InvalidName
+from ..._message import validate_queue
+from ...brokers import load_adapter
 from ...middleware import Middleware
 from ._connections import DatabaseConnections
 
@@ -37,6 +39,62 @@ ARGUMENTS = {
 }
 KEYS = (*ARGUMENTS, "MIDDLEWARE", "IMPORTS")
 APP_LABEL = "conveyor"
+
+
+def _text(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value != "")
+
+
+def _names(value: Any) -> bool:
+    # Not one str, which would be read as its letters.
+    return (
+        not isinstance(value, str | bytes)
+        and isinstance(value, Sequence | set | frozenset)
+        and all(isinstance(item, str) for item in value)
+    )
+
+
+def _prefix(value: Any) -> bool:
+    if value is None:
+        return True
+    try:
+        validate_queue(value)  # the rule of a key prefix (it becomes a Redis hash tag)
+    except InvalidName:
+        return False
+    return True
+
+
+def _whole(least: int, most: int | None = None) -> Callable[[Any], bool]:
+    def good(value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, int):
+            return False
+        return least <= value and (most is None or value <= most)
+
+    return good
+
+
+# settings.CONVEYOR key -> (is the value good?, what the key takes, a value to write)
+RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
+    "URL": (_text, "the broker's URL, a str", '"redis://localhost:6379/0"'),
+    "STORE": (_text, "the record store's URL, a str", '"redis://localhost:6379/0"'),
+    "TRUST": (_names, "a list of top-level package names", '["reports"]'),
+    "SERIALIZER": (lambda v: v in ("json", "pickle"), "'json' or 'pickle'", '"json"'),
+    "SECRET": (
+        lambda v: v is None or (isinstance(v, str | bytes) and len(v) > 0),
+        "a non-empty str or bytes, the same in every process",
+        'os.environ["CONVEYOR_SECRET"]',
+    ),
+    "PREFIX": (
+        _prefix,
+        "the broker's key prefix: 1 to 64 letters, digits, '_', '.', '-'",
+        '"shop"',
+    ),
+    "MAX_PAYLOAD": (_whole(1, 2**40), "a size in bytes, a whole number from 1 to 2**40", "2**20"),
+    "MAX_RESULT": (_whole(1, 2**40), "a size in bytes, a whole number from 1 to 2**40", "2**20"),
+    "EVENTS": (lambda v: isinstance(v, bool), "True or False", "True"),
+    "EVENTS_KEPT": (_whole(1), "how many events to keep, a whole number from 1", "10_000"),
+    "IMPORTS": (_names, "a list of module names", '["myproject.reports"]'),
+}
 
 
 def get_app() -> Conveyor:
@@ -77,12 +135,48 @@ def build_app() -> Conveyor:
     """A ``Conveyor`` made from ``settings.CONVEYOR``, ``DatabaseConnections`` first among
     its middleware (so its ``after_run`` runs last, once the others are done with a job)."""
     config = conveyor_settings()
+    for key, value in config.items():
+        if key in RULES:
+            check_setting(key, value)
+    _check_together(config)
     arguments = {ARGUMENTS[key]: value for key, value in config.items() if key in ARGUMENTS}
     middleware = [DatabaseConnections(), *_middleware(config.get("MIDDLEWARE", ()))]
     try:
         return Conveyor(middleware=middleware, **arguments)
     except ConveyorError as exc:
         raise ConfigurationError(f"settings.CONVEYOR: {exc}") from None
+
+
+def check_setting(key: str, value: Any) -> None:
+    """One key's value, refused in the setting's own terms (not ``Conveyor(...)``'s, which
+    a Django project never wrote); a secret is never shown."""
+    good, takes, example = RULES[key]
+    if not good(value):
+        shown = f"of type {type(value).__name__}" if key == "SECRET" else _shown(value)
+        raise ConfigurationError(
+            f"bad settings.CONVEYOR['{key}'] ({shown}): it takes {takes}; write "
+            f'CONVEYOR = {{..., "{key}": {example}}}'
+        )
+
+
+def _check_together(config: Mapping[str, Any]) -> None:
+    if config.get("SERIALIZER") == "pickle" and not config.get("SECRET"):
+        raise ConfigurationError(
+            "settings.CONVEYOR['SERIALIZER'] is 'pickle', which needs settings.CONVEYOR"
+            "['SECRET'] to sign messages (unsigned pickle lets anyone who can write to the "
+            'broker run code in your workers): write CONVEYOR = {..., "SECRET": '
+            'os.environ["CONVEYOR_SECRET"]}'
+        )
+    if config.get("URL") is not None:
+        try:
+            load_adapter(config["URL"])
+        except ConveyorError as exc:
+            raise ConfigurationError(f"settings.CONVEYOR['URL']: {exc}") from None
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _middleware(entries: Any) -> list[Middleware]:
@@ -102,6 +196,7 @@ def _middleware(entries: Any) -> list[Middleware]:
                     f"settings.CONVEYOR['MIDDLEWARE']: cannot import {entry!r} ({exc})"
                 ) from None
             if isinstance(item, type):
+                _check_made_bare(entry, item)
                 item = item()
         if not isinstance(item, Middleware):
             raise ConfigurationError(
@@ -112,15 +207,45 @@ def _middleware(entries: Any) -> list[Middleware]:
     return found
 
 
+def _check_made_bare(entry: str, cls: type) -> None:
+    """A dotted path names a class made without arguments: one whose constructor needs
+    some is refused here, rather than with a TypeError from Django's set-up. (Asked of its
+    signature, so that a TypeError its constructor raises keeps its own traceback.)"""
+    try:
+        inspect.signature(cls).bind()
+    except TypeError as exc:
+        name = cls.__name__
+        raise ConfigurationError(
+            f"settings.CONVEYOR['MIDDLEWARE']: {entry!r} cannot be made without arguments "
+            f"({exc}): put an instance in the list instead, e.g. "
+            f'CONVEYOR = {{"MIDDLEWARE": [{name}(...)]}} with {name} imported in settings.py'
+        ) from None
+    except ValueError:
+        pass  # no signature to read (a builtin): calling it tells
+
+
 def load_tasks() -> None:
     """Import every installed app's ``tasks`` module (where it has one) and the modules of
     ``settings.CONVEYOR["IMPORTS"]``: the tasks they define register with the app, so a
     worker knows them before its first job."""
     autodiscover_modules("tasks")
     modules = conveyor_settings().get("IMPORTS", ())
-    try:
-        modules = names("IMPORTS", modules, '["myproject.reports"]')
-    except ConveyorError as exc:
-        raise ConfigurationError(f"settings.CONVEYOR: {exc}") from None
+    check_setting("IMPORTS", modules)
     for module in modules:
+        _import(module)
+
+
+def _import(module: str) -> None:
+    """Import a module of ``IMPORTS``: one that does not exist is a mistake in the setting,
+    said so; an import that fails inside it keeps its own traceback."""
+    try:
         importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if not missing or not (module == missing or module.startswith(missing + ".")):
+            raise
+        raise ConfigurationError(
+            f"settings.CONVEYOR['IMPORTS'] names {module!r}, which cannot be imported: there "
+            f"is no module {missing!r}; fix the name (a dotted module path, as in an import "
+            "statement), or install the package that has it"
+        ) from None
