@@ -31,7 +31,7 @@ import msgspec
 from ._checks import whole
 from ._errors import ConfigurationError, InvalidOption, PayloadTooLarge, SerializationError
 from ._message import Message, Outcome
-from ._values import MAX_DEPTH, PLAIN, Trail, check, path, root
+from ._values import MAX_DEPTH, PLAIN, Trail, check, ints_bounded, path, root
 
 T = TypeVar("T")
 
@@ -59,7 +59,9 @@ class Codec:
                 "write to the broker run code in your workers"
             )
         self.serializer: Serializer = serializer
-        self._key = secret.encode() if isinstance(secret, str) else secret
+        # A str from os.environ may hold undecodable bytes as lone surrogates: they go back
+        # to those bytes, the same in every process.
+        self._key = secret.encode("utf-8", "surrogateescape") if isinstance(secret, str) else secret
         self._plain_json = serializer == "json" and not self._key  # the body is the frame
         self.max_payload = whole("max_payload", max_payload, 1, 2**40, "max_payload=2**20")
         self._encoder = msgspec.json.Encoder()
@@ -76,7 +78,7 @@ class Codec:
         return b"J" + data if self._key else data
 
     def _json(self, obj: Any) -> bytes:
-        if not _all_plain(obj):
+        if not _all_plain(obj) or not ints_bounded():
             for trail, value in _parts(obj):
                 check(value, trail)  # refuses what JSON would not bring back as it was
         try:
@@ -147,9 +149,11 @@ class Codec:
 
     # -- public ----------------------------------------------------------------------------
 
-    def encode_message(self, message: Message) -> bytes:
+    def encode_message(self, message: Message, *, capped: bool = True) -> bytes:
+        """The payload of ``message``; over ``max_payload`` it is refused, unless not
+        ``capped`` (a retry: the job that was let in, its attempt count a few bytes longer)."""
         data = self._frame(message)
-        if len(data) > self.max_payload:
+        if capped and len(data) > self.max_payload:
             raise PayloadTooLarge(
                 f"job {message.task} encodes to {len(data)} bytes, over the "
                 f"{self.max_payload}-byte cap; store large data elsewhere (a file, object store "
@@ -206,6 +210,14 @@ def _check_secret(secret: object) -> None:
             f"bad secret={secret!r}: an empty secret would leave payloads unsigned without a "
             "word; give a non-empty one, or secret=None for no signing"
         )
+    if isinstance(secret, str):
+        try:
+            secret.encode("utf-8", "surrogateescape")
+        except UnicodeEncodeError:
+            raise InvalidOption(
+                "bad secret: it holds a lone surrogate, text with no bytes to sign with; give "
+                "it as bytes, or read it from the environment (os.environ['CONVEYOR_SECRET'])"
+            ) from None
 
 
 _KINDS: dict[bytes, Serializer] = {b"J": "json", b"P": "pickle"}

@@ -13,7 +13,14 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 
 from ._checks import seconds
 from ._depends import DEPENDENCY_FAILED
-from ._errors import DependencyFailed, JobCancelled, JobDead, JobNotFound, TaskFailed
+from ._errors import (
+    DependencyFailed,
+    JobCancelled,
+    JobDead,
+    JobNotFound,
+    SerializationError,
+    TaskFailed,
+)
 from ._message import JobRecord, JobStatus
 
 if TYPE_CHECKING:
@@ -112,8 +119,19 @@ class Job(Generic[R]):
     def _error(self, record: JobRecord) -> Exception | None:
         if record.status is JobStatus.SUCCEEDED:
             return None
-        outcome = self._app.codec.decode_outcome(record.result) if record.result else None
-        reason = (outcome.reason if outcome else None) or ""
+        try:
+            outcome = self._app.codec.decode_outcome(record.result) if record.result else None
+        except SerializationError as exc:
+            # Written by a worker of another serializer or secret: often the very reason a
+            # job was dead-lettered, which its record keeps as text.
+            if record.status in (JobStatus.DEAD, JobStatus.CANCELLED) and record.reason:
+                outcome = None
+            else:
+                raise SerializationError(
+                    f"cannot read how job {self.id} ended: {exc}. Its worker's app has "
+                    "another serializer or secret than this one: give both the same"
+                ) from exc
+        reason = (outcome.reason if outcome else record.reason) or ""
         if record.status is JobStatus.CANCELLED:
             return JobCancelled(f"job {self.id} was cancelled{': ' + reason if reason else ''}")
         if record.status is JobStatus.DEAD:

@@ -11,8 +11,14 @@ docs/reliability.md: a tuple arrives as a list, and a member of a ``str`` or ``i
 (``StrEnum``, ``IntEnum``, ``IntFlag``) arrives as its value, which compares and hashes
 equal to it.
 
-Kept exactly: None, bool, int (any size), float (finite; -0.0 too), str (valid Unicode),
-list, dict with str keys, nested up to ``MAX_DEPTH`` levels.
+Kept exactly: None, bool, int (up to ``MAX_INT_DIGITS`` digits), float (finite; -0.0 too),
+str (valid Unicode), list, dict with str keys, nested up to ``MAX_DEPTH`` levels.
+
+An int past ``MAX_INT_DIGITS`` is refused too: the decoder refuses it whatever Python's own
+limit on int-to-str conversion says. Python's default limit has the encoder refuse it
+already, so ints are checked only after a failed encode, or on every value where that
+limit was raised or lifted (``sys.set_int_max_str_digits``): a job that encoded would
+otherwise be dead-lettered as undecodable.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import dataclasses
 import datetime as dt
 import decimal
 import enum
+import sys
 import uuid
 from typing import Any
 
@@ -30,8 +37,13 @@ from ._errors import SerializationError
 
 MAX_DEPTH = 200  # levels of lists and dicts within one value; the C encoder recurses
 
+MAX_INT_DIGITS = 4300  # the decoder's bound (and Python's default limit), whatever sys says
+_INT_BOUND = 10**MAX_INT_DIGITS
+
 PLAIN = frozenset({str, int, bool, type(None)})
 _PLAIN_BUT_STR = PLAIN - {str}
+_PLAIN_BUT_INT = PLAIN - {int}
+_PLAIN_BUT_STR_INT = PLAIN - {str, int}
 _CONTAINERS = frozenset({list, tuple, dict})
 _STR = frozenset({str})
 _NUMBERS = frozenset({int, bool, float})
@@ -49,7 +61,10 @@ def check(value: Any, trail: Trail, *, text: bool = False) -> None:
     be encoded as UTF-8); that costs a pass over non-ASCII text, so the codec asks for it
     only after the encoder failed, to say where.
     """
-    plain = _PLAIN_BUT_STR if text else PLAIN
+    if text or not ints_bounded():  # ints too
+        plain = _PLAIN_BUT_STR_INT if text else _PLAIN_BUT_INT
+    else:
+        plain = PLAIN
     kind = type(value)
     if kind in plain or (kind is float and value - value == 0.0):
         return
@@ -72,6 +87,7 @@ def check(value: Any, trail: Trail, *, text: bool = False) -> None:
         # item only if one is something else.
         if len(values) > 8:
             kinds = set(map(type, values))
+            # (A finite sum: no int near MAX_INT_DIGITS either.)
             if kinds <= plain or (kinds <= _NUMBERS and _finite(values)):
                 continue
         for key, item in obj.items() if type(obj) is dict else enumerate(obj):
@@ -88,6 +104,12 @@ def check(value: Any, trail: Trail, *, text: bool = False) -> None:
                 todo.append((item, depth + 1, (trail, key)))
                 continue
             _leaf_or_refuse(item, (trail, key))
+
+
+def ints_bounded() -> bool:
+    """Whether the encoder refuses an int past ``MAX_INT_DIGITS`` by itself (Python's limit
+    on int-to-str conversion is at most that), so ``check`` need not look at ints."""
+    return 0 < sys.get_int_max_str_digits() <= MAX_INT_DIGITS
 
 
 def root(name: str) -> Trail:
@@ -146,6 +168,13 @@ def _problem(value: Any) -> str | None:
         return (
             f"{value!r} would arrive as its value {value.value!r}; use its .value (or .name) "
             f"and look the member up in the task ({type(value).__name__}(value))"
+        )
+    if type(value) is int:
+        if -_INT_BOUND < value < _INT_BOUND:
+            return None
+        return (
+            f"an int of more than {MAX_INT_DIGITS:,} digits, which the worker cannot decode; "
+            "send str(n) and convert it back with int(s) (after sys.set_int_max_str_digits)"
         )
     if type(value) is float:
         return (

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import pickle
+from pathlib import Path
 
 import pytest
 
@@ -125,3 +126,93 @@ def test_an_unsigned_json_message_decodes_as_through_the_framing() -> None:
         codec.decode_message(signed)
     with pytest.raises(SerializationError, match="payload is pickle"):
         codec.decode_message(bare)
+
+
+# -- the codec through the app ---------------------------------------------------------------
+
+
+def test_a_job_let_in_at_the_payload_cap_is_retried() -> None:
+    # Its retry, a few bytes longer with its attempt count, was refused by the cap, and the
+    # job failed at its first error without a word.
+    from conveyor import Conveyor, current_job
+    from conveyor.testing import drain
+
+    app = Conveyor("memory://", max_payload=2000)
+
+    @app.task(retries=3, backoff=0.001)
+    def flaky(blob: str) -> int:
+        if current_job().attempt == 0:
+            raise OSError("transient")
+        return len(blob)
+
+    size = 2000
+    while True:  # the largest argument the cap lets in
+        try:
+            job = flaky.delay("x" * size)
+            break
+        except PayloadTooLarge:
+            size -= 1
+    drain(app)
+    assert job.result() == size
+
+
+@pytest.mark.parametrize("lifted", [False, True], ids=["python-default", "limit-lifted"])
+def test_an_int_past_4300_digits_is_refused_at_enqueue_with_its_path(lifted: bool) -> None:
+    # With Python's limit lifted (what the error advised) it went out, and the worker
+    # dead-lettered it as undecodable; with the default, the error had no path.
+    import sys
+
+    from conveyor import Conveyor
+    from conveyor.testing import drain
+
+    if lifted:
+        sys.set_int_max_str_digits(0)  # restored below
+    app = Conveyor("memory://")
+
+    @app.task
+    def echo(x: object) -> object:
+        return x
+
+    try:
+        with pytest.raises(SerializationError, match=r"args\[0\]\[1\]\[\"n\"\].*4,300 digits"):
+            echo.delay([1, {"n": 10**4300}])
+        assert app.broker.stats() == []  # nothing went out
+        fits = echo.delay(10**4300 - 1)  # 4,300 digits
+        drain(app)
+        assert fits.result() == 10**4300 - 1
+    finally:
+        sys.set_int_max_str_digits(4300)
+
+
+def test_a_dead_letter_written_with_another_secret_reads_as_dead(tmp_path: Path) -> None:
+    # The worker (no secret) dead-lettered the producer's signed job, and wrote its outcome
+    # unsigned: the producer's result() raised "payload is not signed" instead of JobDead.
+    from conveyor import Conveyor, JobDead
+    from conveyor.testing import drain
+
+    url = f"sqlite:///{tmp_path / 'jobs.db'}"
+    producer, worker = Conveyor(url, secret="A"), Conveyor(url)
+
+    for app in (producer, worker):
+
+        @app.task(name="t")
+        def t() -> None: ...
+
+    job = producer.registry["t"].delay()
+    drain(worker)
+    with pytest.raises(JobDead, match="signed"):
+        job.result()
+    assert isinstance(job.exception(), JobDead)
+    producer.close()
+    worker.close()
+
+
+def test_a_secret_from_the_environment_with_undecodable_bytes_signs() -> None:
+    # os.environ gives undecodable bytes as lone surrogates: str.encode() raised a raw
+    # UnicodeEncodeError; they now stand for those bytes.
+    codec = Codec("pickle", secret="k3y\udcff\udcfeabc")
+    same = Codec("pickle", secret=b"k3y\xff\xfeabc")
+    message = Message(id="a", task="t", args=[1])
+    assert same.decode_message(codec.encode_message(message)) == message
+    with pytest.raises(ConfigurationError, match="lone surrogate"):
+        Codec("json", secret="\ud800")

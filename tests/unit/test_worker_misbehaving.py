@@ -157,7 +157,7 @@ UNSTORABLE = [  # kind, n, what the failure says with JSON, and with pickle (Non
     ("big", CAP, "-byte cap on results", "-byte cap on results"),
     ("coroutine", 0, "returned a coroutine instead of a value", "returned a coroutine"),
     ("generator", 0, "generator objects have no JSON form", "cannot pickle 'generator' object"),
-    ("huge_int", 0, "Exceeds the limit (4300 digits)", None),
+    ("huge_int", 0, "an int of more than 4,300 digits", None),
     ("surrogate", 0, "which has no UTF-8 form", None),
 ]
 
@@ -226,7 +226,7 @@ UNSTORED_IN_A_WORKER = [  # kind, the failure's type, and what its message says
     ("weird", "SerializationError", "cannot be stored as its result: cannot encode result"),
     ("tz", "SerializationError", "a datetime would arrive as an ISO 8601 str"),
     ("hostile_tz", "SerializationError", "a datetime would arrive as an ISO 8601 str"),
-    ("huge_int", "SerializationError", "Exceeds the limit (4300 digits)"),
+    ("huge_int", "SerializationError", "an int of more than 4,300 digits"),
     ("self_ref", "SerializationError", "nested more than 200 levels deep"),
     ("deep", "SerializationError", "nested more than 200 levels deep"),
     ("surrogate", "SerializationError", "which has no UTF-8 form"),

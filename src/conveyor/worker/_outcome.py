@@ -3,6 +3,8 @@ cancellation, or the dead-letter queue."""
 
 from __future__ import annotations
 
+import logging
+
 import msgspec
 
 from .._backoff import Rand, full_jitter
@@ -11,6 +13,8 @@ from .._codec import Codec
 from .._message import Delivery, Envelope, JobStatus, Message, Outcome
 from ..brokers._port import Finish
 from ._attempt import Attempt, Raised, Result, Returned, Stopped
+
+log = logging.getLogger("conveyor.worker")
 
 RETRY_CAP = 3600.0  # the longest backoff between two attempts, in seconds
 _ANY = ("builtins.Exception",)
@@ -63,8 +67,10 @@ class Outcomes:
         try:
             message = self._codec.decode_message(delivery.payload)
             again = msgspec.structs.replace(message, attempt=message.attempt + 1)
-            payload = self._codec.encode_message(again)
-        except Exception:  # decoded a moment ago: a pickled class that changed since
+            # Not capped: a job let in at the cap is a few bytes longer with its attempt.
+            payload = self._codec.encode_message(again, capped=False)
+        except Exception as exc:  # decoded a moment ago: a pickled class that changed since
+            log.warning("job %s: cannot encode its retry (%s); it fails instead", delivery.id, exc)
             return None
         eta = self._clock.time() + self.delay(message)
         return Envelope(
