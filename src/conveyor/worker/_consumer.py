@@ -289,11 +289,8 @@ class Consumer:
             return
         try:
             deadlines, timeout = self.deadlines, attempt.message.timeout
-            # A process pool's submit may wait for a child (one replaced, still importing the
-            # app): its limit starts once a child has the job.
-            later = self.executor.pool == "processes"
-            if timeout and deadlines is not None and not later:
-                deadlines.add(attempt, timeout)
+            if timeout and deadlines is not None and not self.executor.arms(attempt):
+                deadlines.add(attempt, timeout)  # else once a child or thread has it (arm)
             attempt.began = time.monotonic()
             if self.events is not None:  # here: its finish, right after, carries it
                 self.events.started(attempt, wake=not here)
@@ -305,10 +302,16 @@ class Consumer:
                     self.here = None
             else:
                 self.executor.submit(attempt)
-                if timeout and deadlines is not None and later:  # one that ended: left be
-                    deadlines.add(attempt, timeout)
         except Exception:
             self._let_go(attempt)
+
+    def arm(self, attempt: Attempt) -> None:
+        """Start a job's time limit: called by its pool once a child or a thread has it
+        (``Executor.arms``)."""
+        assert attempt.message is not None
+        deadlines, timeout = self.deadlines, attempt.message.timeout
+        if timeout and deadlines is not None:
+            deadlines.add(attempt, timeout)
 
     def _rate_limit(self, attempt: Attempt) -> float:
         """Seconds the job must wait for its rate limit (0: run it now)."""

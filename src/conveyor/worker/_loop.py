@@ -9,6 +9,12 @@ A coroutine that blocks the loop (``time.sleep``, a busy loop, a blocking client
 interrupted: cancel, its time limit and other async jobs all wait until it awaits. The
 watch thread notices a loop that has not run its heartbeat for ``BLOCKED`` seconds and says
 at WARNING which job holds it, once per stall.
+
+Shutdown comes after the stop's grace, with the jobs still running cancelled: they and any
+task they started get ``CLEANUP`` seconds more for what they await on the way out
+(``finally: await conn.close()``), then the loop closes its async generators and its
+default executor (as ``asyncio.run`` does, each bounded too) and stops. A task that ignores
+its cancellation, or blocks the loop, is not waited for beyond that.
 """
 
 from __future__ import annotations
@@ -38,6 +44,7 @@ log = logging.getLogger("conveyor.worker")
 
 BEAT = 1.0  # seconds between the loop's heartbeats
 BLOCKED = 5.0  # seconds without a heartbeat after which a blocked loop is reported
+CLEANUP = 1.0  # seconds for each shutdown step: cancelled tasks, async generators, executor
 
 
 class LoopRunner:
@@ -137,9 +144,13 @@ class LoopRunner:
         with self._lock:
             loop, self._loop = self._loop, None
         if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
+            wind_down = _wind_down(loop)
+            try:
+                asyncio.run_coroutine_threadsafe(wind_down, loop)
+            except RuntimeError:  # its thread ended and closed it: nothing left to wind down
+                wind_down.close()
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(3 * CLEANUP + 1.0)
 
     async def _run(self, attempt: Attempt) -> None:
         try:
@@ -176,3 +187,31 @@ class LoopRunner:
             self._running.pop(task, None)
             with attempt.lock:
                 attempt.handle = None
+
+
+async def _wind_down(loop: asyncio.AbstractEventLoop) -> None:
+    """Let the loop's tasks finish their cancellation, close its async generators and its
+    default executor, each for up to ``CLEANUP`` seconds; then stop it."""
+    try:
+        tasks = asyncio.all_tasks(loop) - {asyncio.current_task(loop)}
+        for task in tasks:
+            # A job's task was cancelled already: cancelled again, its own cleanup (what it
+            # awaits in ``finally``) would be cut short. Tasks it started were not.
+            if not task.cancelling():
+                task.cancel()
+        if tasks and not await _within(tasks):
+            log.warning("async task(s) still running %.0f s after their cancellation; "
+                        "closing the event loop without them", CLEANUP)  # fmt: skip
+        for step in (loop.shutdown_asyncgens, loop.shutdown_default_executor):
+            if not await _within({loop.create_task(step())}):
+                log.warning("the event loop's %s did not finish within %.0f s",
+                            step.__name__, CLEANUP)  # fmt: skip
+    finally:
+        loop.stop()
+
+
+async def _within(tasks: set[asyncio.Task[Any]]) -> bool:
+    """Whether the tasks end within ``CLEANUP`` seconds. Not ``wait_for``: it cancels on
+    timeout and then waits for the cancellation, without a bound, for a task ignoring it."""
+    _, pending = await asyncio.wait(tasks, timeout=CLEANUP)
+    return not pending

@@ -58,10 +58,13 @@ class Executor:
         max_jobs_per_child: int | None = None,
         max_child_memory: int | None = None,
         worker: WorkerProcess | None = None,
+        arm: Callable[[Attempt], None] | None = None,
     ) -> None:
+        """``arm(attempt)`` starts a job's time limit where the pool does (``arms``)."""
         if pool not in POOLS:
             raise ConfigurationError(f"unknown pool {pool!r}: use threads, processes or async")
         self.pool = pool
+        self._arm = arm
         self._procs: Runner | None = None
         self._threads: Runner | None = None
         self._loop: LoopRunner | None = None
@@ -88,7 +91,9 @@ class Executor:
             )
         else:
             size = concurrency if pool == "threads" else min(concurrency, ASYNC_POOL_THREADS)
-            self._threads = ThreadRunner(size, results, done, report)
+            # The async pool's sync jobs may wait for one of its few threads.
+            waits = arm if pool == "async" else None
+            self._threads = ThreadRunner(size, results, done, report, waits)
             self._loop = LoopRunner(results, done, report)
 
     def _runner(self, attempt: Attempt) -> Runner:
@@ -104,10 +109,21 @@ class Executor:
         if self.pool == "async" and self._loop is not None:
             self._loop.start()
 
+    def arms(self, attempt: Attempt) -> bool:
+        """Whether the pool starts the job's time limit (``arm``) once it has a child or a
+        thread for it, rather than the consumer as it hands the job over: a job may wait
+        for one (a replaced child still importing the app; the async pool's threads), and
+        that wait is not its run."""
+        if self._arm is None:
+            return False
+        return self.pool == "processes" or (self.pool == "async" and not attempt.is_async)
+
     def submit(self, attempt: Attempt) -> None:
         # _runner's choice, inline: every job comes this way.
         if self._procs is not None:
-            self._procs.submit(attempt)
+            self._procs.submit(attempt)  # returns once a child has the job
+            if self._arm is not None:
+                self._arm(attempt)  # one that ended already is left be (Deadlines)
             return
         assert self._threads is not None and self._loop is not None
         (self._loop if attempt.is_async else self._threads).submit(attempt)

@@ -95,8 +95,20 @@ def _set_async_exc(ident: int, exc: type[BaseException] | None) -> None:
 
 
 class ThreadRunner:
-    def __init__(self, size: int, results: Results, done: Done, report: Report) -> None:
+    """``size`` threads that run the sync jobs ``submit`` queues. ``arm(attempt)``, if given,
+    is called as a thread takes a job: where jobs may wait for a thread (the async pool's
+    few threads), its time limit starts then, not while it waited."""
+
+    def __init__(
+        self,
+        size: int,
+        results: Results,
+        done: Done,
+        report: Report,
+        arm: Callable[[Attempt], None] | None = None,
+    ) -> None:
         self._size = size
+        self._arm = arm
         self._results = results
         self._done = done
         self._report = report
@@ -162,6 +174,8 @@ class ThreadRunner:
     def _work(self) -> None:
         while (attempt := self._queue.get()) is not None:
             try:
+                if self._arm is not None:
+                    self._arm(attempt)
                 run_here(attempt, self._results, self._done, self._report)
             except BaseException:  # whatever happened, the pool keeps this thread
                 log_job(logging.ERROR, attempt, "job %s: the thread pool failed to record it",

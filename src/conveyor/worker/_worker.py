@@ -305,6 +305,7 @@ class Worker:
             max_jobs_per_child=self.max_jobs_per_child,
             max_child_memory=self.max_child_memory,
             worker=self.process,
+            arm=consumer.arm,
         )
         executor.start()
         consumer.executor = executor
