@@ -28,7 +28,7 @@ from conveyor._errors import (
     ConveyorError,
     ValidationError,
 )
-from conveyor._message import Envelope
+from conveyor._message import Envelope, JobStatus
 from conveyor.brokers import Broker, open_broker
 from conveyor.brokers.redis import _shardfetch
 from conveyor.brokers.redis._shards import mint
@@ -152,6 +152,8 @@ def test_the_number_of_shards_is_fixed_when_the_prefix_is_first_used(
         lambda b: b.events_tail(),
         lambda b: b.wait(job.id, 0),
         lambda b: asyncio.run(b.wait_async(job.id, 0)),
+        lambda b: b.pause("default"),  # paused nothing, and said so
+        lambda b: b.purge("default"),  # purged nothing: "purged 0 job(s)"
     ):
         with (
             open_broker(redis_server.url, prefix=prefix) as plain_broker,
@@ -178,6 +180,22 @@ def test_the_number_of_shards_is_fixed_when_the_prefix_is_first_used(
         pytest.raises(ConfigurationError, match="holds the jobs of an unsharded queue"),
     ):
         late.broker.stats()
+
+
+def test_a_worker_on_a_plain_url_stops_on_a_sharded_prefix(redis_server: RedisServer) -> None:
+    # It took the refusal for an adapter bug: a traceback every few seconds, for ever,
+    # running nothing.
+    from conveyor.worker import Worker
+
+    prefix = unique_prefix()
+    sharded = Conveyor(f"{redis_server.url}?shards=3", prefix=prefix)
+    job = sharded.task(name="t")(lambda: None).delay()
+    with Conveyor(redis_server.url, prefix=prefix) as plain:
+        worker = Worker(plain)
+        with pytest.raises(ConfigurationError, match=r"add \?shards=3 to the broker URL"):
+            worker.run()  # off the main thread's signal handling: pytest's thread is main
+    assert job.status is JobStatus.QUEUED
+    sharded.close()
 
 
 def test_a_sleeping_fetch_blocks_once_per_shard_and_keeps_its_reads(

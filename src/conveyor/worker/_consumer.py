@@ -121,12 +121,13 @@ class Consumer:
 
     def fetch(self, count: int, block: float) -> list[Delivery] | None:
         """Up to ``count`` deliveries; None after a broker error (already backed off).
-        ``BrokerAuthError`` and ``BrokerGone`` are raised: no wait makes refused credentials
-        good, or brings back a deleted database file."""
+        ``BrokerAuthError``, ``BrokerGone`` and ``ConfigurationError`` are raised: no wait
+        makes refused credentials good, brings back a deleted database file, or mends a URL
+        that does not fit the broker's data (a plain URL on a sharded Redis prefix)."""
         sent = time.monotonic()
         try:
             deliveries = self.broker.fetch(self.queues, self.name, count, self.lease, block)
-        except (BrokerAuthError, BrokerGone):
+        except (BrokerAuthError, BrokerGone, ConfigurationError):
             raise  # the same call fails again: the worker stops (see Worker)
         except BrokerError as exc:
             delay = self.backoff.next()

@@ -201,9 +201,11 @@ class Worker:
         """Run until ``stop()`` or SIGTERM/SIGINT (handled only when called in the main thread).
 
         A broker that is away is waited for; one that refuses the credentials or a permission
-        (``BrokerAuthError``) is not: running jobs are handed back and the error is raised
-        (``conveyor worker`` exits 1 with its message). Nor is an SQLite file deleted or
-        replaced under the worker (``BrokerGone``): it stops at once and raises that. Called
+        (``BrokerAuthError``) is not, nor one whose data does not fit the URL
+        (``ConfigurationError``, e.g. a plain URL on a sharded Redis prefix): running jobs are
+        handed back and the error is raised (``conveyor worker`` exits 1 with its message).
+        Nor is an SQLite file deleted or replaced under the worker (``BrokerGone``): it stops
+        at once and raises that. Called
         in the main thread, it owns the process: threads that tasks started and left running
         are named at WARNING when it returns, and the interpreter does not wait for them at
         exit (see ``_leftovers``)."""

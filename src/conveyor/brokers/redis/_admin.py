@@ -173,12 +173,16 @@ class AdminMixin(RedisCore):
         return [text(r) or None for reply in replies for r in reply]
 
     def _pause(self, queue: str) -> None:
+        if not self._layout_checked:  # a plain SADD: on a sharded prefix it paused nothing
+            self._check_layout()
         self._client.sadd(self._keys.paused, queue)
 
     def _resume(self, queue: str) -> None:
         self._eval("resume", [self._keys.paused, self._keys.resumed], [*self._head(), queue])
 
     def _purge(self, queue: str) -> int:
+        if not self._layout_checked:  # the script is called directly, not through _run
+            self._check_layout()
         keys = [*self._keys.queue_keys(queue), self._keys.unique, *self._guard]
         total = 0
         more = 1
