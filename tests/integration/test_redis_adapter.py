@@ -460,6 +460,35 @@ def test_held_connections_are_bounded_and_go_back_to_the_pool_with_their_thread(
     assert not _in_use(client.connection_pool)
 
 
+@pytest.mark.parametrize("shards", [None, 4])
+def test_closing_an_app_closes_its_connections(
+    fresh_redis_server: RedisServer, shards: int | None
+) -> None:
+    # close() closed the client, which leaves a pool it was given open: every app a
+    # process opened and closed kept its sockets (2 each; 6 with 4 shards).
+    from conveyor import Conveyor
+
+    raw = fresh_redis_server.client()
+    url = fresh_redis_server.url + (f"?shards={shards}" if shards else "")
+
+    def others() -> int:
+        return len(raw.client_list()) - 1  # the raw client's own
+
+    for _ in range(3):
+        app = Conveyor(url, prefix=unique_prefix())
+
+        @app.task
+        def t() -> None: ...
+
+        t.delay()
+        app.broker.fetch(["default"], "c", 1, 30.0, 0.0)
+        app.broker.read_events(None, 0.05, 10)
+        assert others() > 0
+        app.close()
+        assert others() == 0
+    raw.close()
+
+
 def test_a_lone_command_on_a_held_connection_raises_its_error_and_survives_a_reset(
     broker: RedisBroker, prefix: str
 ) -> None:

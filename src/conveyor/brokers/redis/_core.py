@@ -315,7 +315,16 @@ class RedisCore(Broker):
 
     def _close(self) -> None:
         if not self._shared:  # the sharing broker closes it
-            self._client.close()
+            _close_client(self._client)
         store = getattr(self, "_store_client", None)  # a cluster's, once the store was used
         if store is not None:
-            store.close()
+            _close_client(store)
+
+
+def _close_client(client: Any) -> None:
+    """Close a client and its connections: a client given its pool (``_connect``) leaves
+    the pool's sockets open on ``close()``, for the pool's owner to close."""
+    client.close()
+    pool = getattr(client, "connection_pool", None)  # a cluster client closes its nodes'
+    if pool is not None:
+        pool.disconnect()
