@@ -112,6 +112,33 @@ def test_an_installed_adapters_check_refuses_a_bad_url_where_the_app_is_made(
     install("nothing")
     with pytest.raises(InvalidURL, match="bad nothing URL 'nothing://x/bad'"):
         Conveyor("nothing://x/bad")
+    # Its message quoted the URL whole, password and all; Conveyor shows it redacted.
+    for call in (Conveyor, open_broker):
+        with pytest.raises(InvalidURL) as info:
+            call("nothing://admin:hunter2@x/bad")
+        assert "hunter2" not in str(info.value) and "admin:***@x" in str(info.value)
+
+
+def test_an_adapter_imports_nothing_private() -> None:
+    # The types its primitives take and return were only in conveyor._message.
+    import conveyor.brokers
+
+    for name in ("Envelope", "Delivery", "JobRecord", "JobStatus", "JobEntry", "QueueStats",
+                 "WorkerInfo", "Events", "Claimed", "EVENTS_SLACK"):  # fmt: skip
+        assert name in conveyor.brokers.__all__ and hasattr(conveyor.brokers, name)
+
+
+@pytest.mark.parametrize(
+    ("lease", "block"), [(30.0, float("nan")), (30.0, -1.0), (-5.0, 0.0), (0.0, 0.0)]
+)
+def test_fetch_refuses_a_lease_or_block_it_would_misread(lease: float, block: float) -> None:
+    # block=nan waited for ever on an empty queue; lease=-5 handed out a job already
+    # expired, handed out again at the next fetch.
+    broker = MemoryBroker(FakeClock())
+    with pytest.raises(ConfigurationError, match=r"bad (lease|block)"):
+        broker.fetch(["default"], "c", 1, lease, block)
+    with pytest.raises(ConfigurationError, match="bad lease"):
+        broker.renew([], -1.0)
 
 
 def test_an_installed_package_cannot_take_a_builtin_scheme(

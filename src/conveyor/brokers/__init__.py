@@ -11,11 +11,14 @@ from __future__ import annotations
 
 from .._clock import Clock, SystemClock
 from .._errors import ConfigurationError, InvalidURL
+from .._message import Delivery, Envelope, JobEntry, JobRecord, JobStatus, QueueStats, WorkerInfo
+from ._admin import Events
 from ._base import (
     CANCELLED_PENDING,
     CANCELLED_TTL,
     CANCELLED_WORKER_STOPPED,
     EVENTS_KEPT,
+    EVENTS_SLACK,
     PARKED,
     REQUEUEABLE,
     AsyncWatch,
@@ -33,6 +36,7 @@ __all__ = [
     "CANCELLED_WORKER_STOPPED",
     "DEFAULT_URL",
     "EVENTS_KEPT",
+    "EVENTS_SLACK",
     "PARKED",
     "REQUEUEABLE",
     "Adapter",
@@ -40,9 +44,17 @@ __all__ = [
     "Broker",
     "BrokerOptions",
     "Claimed",
+    "Delivery",
+    "Envelope",
+    "Events",
     "Finish",
+    "JobEntry",
+    "JobRecord",
+    "JobStatus",
     "LeaseState",
+    "QueueStats",
     "Watch",
+    "WorkerInfo",
     "check_url",
     "load_adapter",
     "open_broker",
@@ -59,8 +71,17 @@ def check_url(url: str) -> str:
     whole where its adapter can (Redis: hosts, ports, database, options), so a bad one fails
     where the app is made; no message shows a password (see ``_url``)."""
     scheme, adapter = find(url)
-    adapter.check_url(url)
+    _checked(adapter, url)
     return scheme
+
+
+def _checked(adapter: Adapter, url: str) -> None:
+    """The adapter's own check of ``url``, its message redacted: a third party's check may
+    quote the URL whole, password and all."""
+    try:
+        adapter.check_url(url)
+    except InvalidURL as exc:
+        raise InvalidURL(str(exc).replace(url, redact_url(url))) from None
 
 
 def load_adapter(url: str) -> None:
@@ -128,7 +149,7 @@ def open_broker(
     likewise (no migration runs). Redis has nothing to create.
     """
     _, adapter = find(url)
-    adapter.check_url(url)
+    _checked(adapter, url)
     kept = EVENTS_KEPT if events_kept is None else events_kept
     store = record_store(url, store)
     options = BrokerOptions(clock or SystemClock(), prefix, create, kept, store)

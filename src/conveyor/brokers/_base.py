@@ -114,6 +114,18 @@ def check_kept(kept: int) -> int:
     return kept
 
 
+def check_lease(lease: float, block: float | None = None) -> None:
+    """A lease is a positive, finite number of seconds; a fetch blocks zero or more (without
+    end: ``math.inf``). A NaN block waited for ever on an empty queue; a negative lease
+    handed out a job already expired, to be handed out again at once."""
+    if not 0 < lease < math.inf:
+        raise ConfigurationError(
+            f"bad lease {lease!r}: a lease is a positive, finite number of seconds"
+        )
+    if block is not None and not block >= 0:
+        raise ConfigurationError(f"bad block {block!r}: wait zero or more seconds")
+
+
 def check_read(block: float, limit: int) -> None:
     """``read_events`` takes at least one event and a block of zero or more seconds."""
     if not isinstance(limit, int) or isinstance(limit, bool) or limit < 1:

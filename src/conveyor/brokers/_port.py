@@ -113,6 +113,7 @@ from ._base import (
     check_envelopes,
     check_events,
     check_kept,
+    check_lease,
     check_queues,
     job_not_found,
     purged_while_waiting,
@@ -239,6 +240,7 @@ class Broker(Admin):
         self, queues: Sequence[str], consumer: str, count: int, lease: float, block: float
     ) -> list[Delivery]:
         """Hand out up to ``count`` jobs under a lease; block up to ``block`` s if none."""
+        check_lease(lease, block)
         queues = check_queues(queues)
         if count <= 0 or not queues:
             return []
@@ -254,6 +256,7 @@ class Broker(Admin):
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         """Extend leases still owned by these deliveries."""
+        check_lease(lease)
         if not deliveries:
             return []
         with self._errors:

@@ -8,6 +8,7 @@ from typing import cast
 
 import pytest
 
+from ..._clock import FakeClock
 from ..._message import DEFAULT_QUEUE, Envelope, JobStatus
 from ...brokers._port import Broker
 from ._helpers import BLOCK, PROMPT, _Background, envelope, fetch, fetch_one, finish, status
@@ -121,6 +122,31 @@ class _EnqueueTests:
         start = time.monotonic()
         assert fetch(broker, block=0.2) == []
         assert 0.1 <= time.monotonic() - start < BLOCK
+
+    def test_a_blocked_fetch_returns_when_a_scheduled_job_comes_due(
+        self, broker: Broker, clock: FakeClock | None
+    ) -> None:
+        # Its look says when the next scheduled job is due, and the fetch sleeps no longer:
+        # one that said nothing started every delayed job (and retry) a whole block late.
+        if clock is not None:
+            pytest.skip("real time only: a fake clock's jump has no moment to wake at")
+        env = envelope(eta=time.time() + 0.3)
+        broker.enqueue([env])
+        start = time.monotonic()
+        assert [d.id for d in fetch(broker, block=3.0)] == [env.id]
+        assert time.monotonic() - start < 0.3 + PROMPT
+
+    def test_a_blocked_fetch_takes_a_job_whose_lease_ran_out(
+        self, broker: Broker, clock: FakeClock | None
+    ) -> None:
+        if clock is not None:
+            pytest.skip("real time only: a fake clock's jump has no moment to wake at")
+        env = envelope()
+        broker.enqueue([env])
+        assert [d.id for d in fetch(broker, lease=0.3)] == [env.id]
+        start = time.monotonic()
+        assert [d.id for d in fetch(broker, block=3.0)] == [env.id]
+        assert time.monotonic() - start < 0.3 + PROMPT
 
     def test_blocked_fetch_wakes_when_another_thread_enqueues(self, broker: Broker) -> None:
         env = envelope()

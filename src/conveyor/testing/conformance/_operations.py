@@ -7,6 +7,8 @@ import time
 from collections import Counter
 from functools import partial
 
+import pytest
+
 from ..._message import Delivery, JobStatus, QueueStats
 from ...brokers._port import Broker, Finish
 from ._helpers import LONG, Timeline, _Background, envelope, fetch, finish, status, worker_info
@@ -59,8 +61,12 @@ class _OperationsTests:
     def test_heartbeat_announces_a_worker_for_its_ttl(
         self, broker: Broker, timeline: Timeline
     ) -> None:
-        broker.heartbeat(worker_info("w1", timeline.now), timeline.span(5))
+        info = worker_info("w1", timeline.now)
+        broker.heartbeat(info, timeline.span(5))
         [seen] = broker.workers()
+        # When it was seen (what `conveyor info` shows as "last seen"), in what it reads back
+        # and in what it was given.
+        assert seen.seen_at == info.seen_at == pytest.approx(timeline.now, abs=timeline.span(1))
         assert (seen.id, seen.host, seen.pid, seen.queues, seen.concurrency, seen.pool) == (
             "w1",
             "host-1",
