@@ -22,6 +22,7 @@ from sqlalchemy.orm import Session
 from conveyor import Conveyor, InvalidOption
 from conveyor._errors import ConfigurationError, DependencyNotFound
 from conveyor._message import JobStatus
+from conveyor.testing import drain
 from postgres_server import _admin_connect, _with_database, drop_schema, schema_url, unique_schema
 
 pytestmark = pytest.mark.postgres
@@ -275,3 +276,47 @@ def test_djangos_connection_commits_or_rolls_back_the_job(
     kept, dropped = out.stdout.split()
     assert _status(shop.app, kept) is JobStatus.QUEUED
     assert _status(shop.app, dropped) is None
+
+
+def _pad_events_to(app: Conveyor, database: str, schema: str, target: int) -> None:
+    """Publish events until the schema's event sequence stands at ``target``."""
+    with psycopg.connect(database, autocommit=True) as conn:
+        while True:
+            row = conn.execute(f'SELECT last_value FROM "{schema}".events_seq_seq').fetchone()
+            last = int(row[0]) if row is not None else 0
+            if last >= target:
+                return
+            app.broker.publish([b'{"kind":"pad"}'] * min(32, target - last))
+
+
+def test_a_trim_in_an_open_transaction_never_holds_up_a_workers_finish(
+    postgres_url: str,
+) -> None:
+    """The enqueue that crosses a multiple of 1,024 events trims the log inside the
+    caller's transaction, which holds the rows it deleted until it commits: the next trim
+    (here a worker's) skips them instead of waiting, and the job ends."""
+    schema = unique_schema()
+    app = Conveyor(schema_url(postgres_url, schema), events_kept=10)
+
+    @app.task
+    def ok(x: int) -> int:
+        return x
+
+    app.open()  # migrates: the schema exists from here on
+    conn = psycopg.connect(postgres_url)
+    try:
+        _pad_events_to(app, postgres_url, schema, 1023)
+        with conn.transaction():
+            ok.options(connection=conn, queue="tb").delay(1)  # event 1,024: trims here
+            job = ok.options(queue="tb").delay(2)
+            _pad_events_to(app, postgres_url, schema, 2047)  # the worker crosses 2,048
+            worker = threading.Thread(target=lambda: drain(app, ["tb"], timeout=20), daemon=True)
+            worker.start()
+            worker.join(5)
+            ended = _status(app, job.id)
+        worker.join(20)  # (without the fix it went on once the transaction committed)
+        assert ended is JobStatus.SUCCEEDED
+    finally:
+        conn.close()
+        app.close()
+        drop_schema(postgres_url, schema)

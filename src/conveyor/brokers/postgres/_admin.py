@@ -75,9 +75,13 @@ class PostgresAdmin(PostgresCore):
         ]
 
     def _requeue(self, items: list[tuple[str, bytes]]) -> list[str | None]:
+        return self._db.run(lambda conn: self._requeue_in(conn, items))
+
+    def _requeue_in(self, conn: Connection, items: list[tuple[str, bytes]]) -> list[str | None]:
+        """One transaction (a repeat finds the jobs put back: it answers None for them)."""
         out: list[str | None] = []
         queues: list[str] = []
-        with self._db.transaction() as conn:
+        with conn.transaction():
             for job_id, payload in items:
                 found = self._requeue_one(conn, job_id, payload)
                 out.append(found[0] if found else None)
@@ -125,21 +129,28 @@ class PostgresAdmin(PostgresCore):
 
     def _pause(self, queue: str) -> None:
         sql = self._db.sql("INSERT INTO {s}.paused(queue) VALUES (%s) ON CONFLICT DO NOTHING")
-        with self._db.connection() as conn:
-            conn.execute(sql, (queue,))
+        self._db.run(lambda conn: conn.execute(sql, (queue,)))
 
     def _resume(self, queue: str) -> None:
         sql = self._db.sql("DELETE FROM {s}.paused WHERE queue = %s")
-        with self._db.transaction() as conn:
-            if conn.execute(sql, (queue,)).rowcount:
-                self._notify(conn, "q", [queue])
+
+        def resume(conn: Connection) -> None:
+            with conn.transaction():
+                if conn.execute(sql, (queue,)).rowcount:
+                    self._notify(conn, "q", [queue])
+
+        self._db.run(resume)
 
     def _purge(self, queue: str) -> int:
+        return self._db.run(lambda conn: self._purge_in(conn, queue))
+
+    def _purge_in(self, conn: Connection, queue: str) -> int:
+        """One transaction (a repeat finds the jobs gone: it counts 0 for them)."""
         sql = self._db.sql(
             "DELETE FROM {s}.jobs WHERE queue = %s AND status IN ('queued', 'scheduled') "
             "RETURNING id"
         )
-        with self._db.transaction() as conn:
+        with conn.transaction():
             gone = [i for (i,) in conn.execute(sql, (queue,)).fetchall()]
             # Gone like ended jobs: their dependents are counted down. A dependent in this
             # queue was queued or scheduled, so it went in the same DELETE.
@@ -148,6 +159,10 @@ class PostgresAdmin(PostgresCore):
         return len(gone)
 
     def _delete(self, job_ids: list[str]) -> list[JobStatus | None]:
+        return self._db.run(lambda conn: self._delete_in(conn, job_ids))
+
+    def _delete_in(self, conn: Connection, job_ids: list[str]) -> list[JobStatus | None]:
+        """One transaction (a repeat finds the jobs gone: it answers None for them)."""
         find = self._db.sql(
             "SELECT status, status = 'running' AND lease_until > {s}.clock(%(now)s) "
             f"FROM {{s}}.jobs WHERE id = %(id)s AND {LIVE} FOR UPDATE"
@@ -155,7 +170,7 @@ class PostgresAdmin(PostgresCore):
         drop = self._db.sql("DELETE FROM {s}.jobs WHERE id = %s")
         out: list[JobStatus | None] = []
         early: list[str] = []
-        with self._db.transaction() as conn:
+        with conn.transaction():
             for job_id in job_ids:
                 row = conn.execute(find, {"id": job_id, "now": self._now()}).fetchone()
                 if row is None or row[1]:  # unknown, expired, or its live worker's
@@ -205,8 +220,7 @@ class PostgresAdmin(PostgresCore):
     def _warnings(self) -> list[str]:
         """What the server's settings risk."""
         sql = "SELECT current_setting('synchronous_commit'), current_setting('autovacuum')"
-        with self._db.connection() as conn:
-            row = conn.execute(sql).fetchone()
+        row = self._db.run(lambda conn: conn.execute(sql).fetchone())
         synchronous, autovacuum = row if row is not None else ("on", "on")
         found = []
         if synchronous == "off":

@@ -27,10 +27,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import re
 import struct
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -134,7 +133,7 @@ class _TextArrayDumper(Dumper):
         return _array(self._element, [None if s is None else s.encode(encoding) for s in obj])
 
 
-_ESCAPED = re.compile(r'"[^"]*%[^"]*"')  # a token of the URL libpq quotes: maybe a password
+_HIDDEN = "***"
 
 
 def _adapters() -> AdaptersMap:
@@ -145,8 +144,21 @@ def _adapters() -> AdaptersMap:
     return adapters
 
 
-def translate(exc: BaseException, shown: str) -> ConveyorError:
-    """A psycopg (or pool) error as the Conveyor error that says what to do."""
+def libpq_text(exc: BaseException, secrets: Sequence[str] = ()) -> str:
+    """What a psycopg error says, on one line, with each of ``secrets`` (the password's
+    texts, ``PostgresURL.secrets``) masked: libpq quotes the password in some messages."""
+    text = str(exc)
+    for secret in secrets:  # longest first: a shorter form may be part of a longer one
+        text = text.replace(secret, _HIDDEN)
+    text = " ".join(text.split())  # (the secrets hold their folded forms too)
+    for secret in secrets:
+        text = text.replace(secret, _HIDDEN)
+    return text or type(exc).__name__
+
+
+def translate(exc: BaseException, shown: str, secrets: Sequence[str] = ()) -> ConveyorError:
+    """A psycopg (or pool) error as the Conveyor error that says what to do; ``secrets``:
+    texts never shown (the password)."""
     if isinstance(exc, psycopg_pool.PoolTimeout):
         return BrokerUnavailable(
             f"no free connection to {shown} within the pool timeout: every connection of "
@@ -154,7 +166,7 @@ def translate(exc: BaseException, shown: str) -> ConveyorError:
             "?pool_timeout=, or check the server"
         )
     state = getattr(exc, "sqlstate", None) or ""
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = libpq_text(exc, secrets)
     if not state and any(sign in text for sign in _REFUSED_LOGIN):
         state = "28000"  # a refused login reaches psycopg without its SQLSTATE
     if not state and "does not exist" in text and "database" in text:
@@ -215,13 +227,13 @@ class Database:
         try:
             params = psycopg.conninfo.conninfo_to_dict(self.url.conninfo)
         except psycopg.ProgrammingError as exc:
-            # libpq quotes the token it could not read, which may be the password (a bad
-            # percent-escape in it): a quoted token with a '%' is not shown.
-            said = _ESCAPED.sub('"..."', " ".join(str(exc).split()))
+            # libpq quotes the token it could not read, which may be the password
+            said = libpq_text(exc, self.url.secrets)
             raise InvalidURL(
                 f"bad PostgreSQL URL {self.shown!r}: {said}; check its percent-escapes (%XX, "
-                "never %00); Conveyor takes schema, max_connections, pool_timeout and "
-                "worker_commit, libpq its own connection parameters"
+                "never %00) and percent-encode spaces as %20; Conveyor takes schema, "
+                "max_connections, pool_timeout and worker_commit, libpq its own connection "
+                "parameters"
             ) from None
         params.setdefault("connect_timeout", _CONNECT_TIMEOUT)
         params.setdefault("application_name", "conveyor")
@@ -391,7 +403,7 @@ class Database:
         try:
             yield
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise translate(exc, self.shown) from exc
+            raise translate(exc, self.shown, self.url.secrets) from exc
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
@@ -403,7 +415,10 @@ class Database:
         """``fn`` on a pooled connection, and once more on another if the first turned out
         broken (the server restarted since it was pooled): for calls that are safe to
         repeat (enqueue is idempotent on job ids; fetch, finish, renew, release and progress
-        are fenced; heartbeats are upserts; reads). A transaction ``fn`` opens on the broken
+        are fenced; heartbeats and the store's set are upserts; reads; cancel, promote and
+        the admin calls find their own work done). Not for a call whose repeat, after a
+        first try that committed unseen, would write twice or answer wrongly (``store``'s
+        ``_ONCE``, ``publish``): those use ``connection``. A transaction ``fn`` opens on the broken
         connection never committed.
         The pool's other idle connections are checked then, so a restart costs each
         process one failed try, not one per pooled connection."""
@@ -413,10 +428,11 @@ class Database:
                 return fn(conn)
         except psycopg.OperationalError as exc:
             if conn is None or not conn.broken:
-                raise translate(exc, self.shown) from exc
-            log.info("a pooled connection was broken (%s); trying another", exc)
+                raise translate(exc, self.shown, self.url.secrets) from exc
+            text = libpq_text(exc, self.url.secrets)
+            log.info("a pooled connection was broken (%s); trying another", text)
         except (psycopg.Error, psycopg_pool.PoolTimeout) as exc:
-            raise translate(exc, self.shown) from exc
+            raise translate(exc, self.shown, self.url.secrets) from exc
         with self.translated():
             self._current().check()
             with self._current().connection() as conn:

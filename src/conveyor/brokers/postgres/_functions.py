@@ -885,3 +885,30 @@ FUNCTIONS_V5: tuple[str, ...] = (
     _READ_EVENTS_V5,
     _READ_EVENTS_TWO,
 )
+
+# -- migration 6 -----------------------------------------------------------------------------
+
+# The trim takes only the rows no other transaction holds (``SKIP LOCKED``): it runs in
+# whichever transaction crosses a multiple of _TRIM events, which may be a caller's own
+# (a transactional enqueue) that stays open as long as the caller likes, and the rows it
+# deleted stay locked until then; the next trim (a worker's finish) used to wait for them,
+# its job left running meanwhile. Rows skipped are taken by a later trim.
+_TRIM_WAITING = """
+        DELETE FROM {s}.events WHERE seq < (
+            SELECT k.seq FROM (
+                SELECT e.seq, sum(e.count) OVER (
+                    ORDER BY e.seq DESC) AS total
+                FROM {s}.events e) k
+            WHERE k.total >= p_kept ORDER BY k.seq DESC LIMIT 1);"""
+_TRIM_SKIPPING = """
+        DELETE FROM {s}.events WHERE seq IN (
+            SELECT t.seq FROM {s}.events t WHERE t.seq < (
+                SELECT k.seq FROM (
+                    SELECT e.seq, sum(e.count) OVER (ORDER BY e.seq DESC) AS total
+                    FROM {s}.events e) k
+                WHERE k.total >= p_kept ORDER BY k.seq DESC LIMIT 1)
+            FOR UPDATE OF t SKIP LOCKED);"""
+assert _APPEND_EVENTS_V5.count(_TRIM_WAITING) == 1
+_APPEND_EVENTS_V6 = _APPEND_EVENTS_V5.replace(_TRIM_WAITING, _TRIM_SKIPPING)
+
+FUNCTIONS_V6: tuple[str, ...] = (_APPEND_EVENTS_V6,)

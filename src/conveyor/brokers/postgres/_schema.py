@@ -54,7 +54,9 @@ clock was injected (tests), in which case the client passes its ``now`` to every
     reader already holds, and no writer waits for another (numbering at insert would make
     every writer wait for the previous one's commit). The appending transaction deletes
     the oldest rows beyond ``events_kept`` events about once every 1,024 events (64 before
-    version 5); ``read_events`` reads only the rows that hold the newest ``events_kept``.
+    version 5), leaving the rows another transaction holds to a later trim (since version
+    6: a caller's open transaction may hold the rows its enqueue's trim deleted);
+    ``read_events`` reads only the rows that hold the newest ``events_kept``.
 
 ``kv(key, value, expires_at, version)`` -- the key-value store; ``version`` comes from the
     sequence ``kv_version``, so ``update``'s compare-and-set cannot mistake a
@@ -76,7 +78,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..._errors import ConfigurationError
-from ._functions import FUNCTIONS_V1, FUNCTIONS_V2, FUNCTIONS_V3, FUNCTIONS_V4, FUNCTIONS_V5
+from ._functions import (
+    FUNCTIONS_V1,
+    FUNCTIONS_V2,
+    FUNCTIONS_V3,
+    FUNCTIONS_V4,
+    FUNCTIONS_V5,
+    FUNCTIONS_V6,
+)
 from ._url import channel, quoted
 
 if TYPE_CHECKING:
@@ -160,12 +169,15 @@ _V1_TABLES = (
 # 5: the claim updates the rows it locked by their ``ctid``; the event log is trimmed once
 # every 1,024 events, its readers read the newest ``events_kept``; a worker's claim and
 # finish commit without waiting for the disk unless ``conveyor.worker_commit`` is ``sync``.
+# 6: the trim of the event log skips the rows another transaction holds (it waited for a
+# caller's open transaction whose enqueue had trimmed before).
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (*_V1_TABLES, *FUNCTIONS_V1),
     FUNCTIONS_V2,
     FUNCTIONS_V3,
     FUNCTIONS_V4,
     FUNCTIONS_V5,
+    FUNCTIONS_V6,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -52,6 +52,7 @@ class PostgresURL:
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     pool_timeout: float = DEFAULT_POOL_TIMEOUT
     worker_commit: str = WORKER_COMMITS[0]
+    secrets: tuple[str, ...] = ()  # the password's texts (``password_texts``): never shown
 
     def __repr__(self) -> str:
         return f"PostgresURL({self.shown!r})"
@@ -84,6 +85,26 @@ def _positive(shown: str, name: str, text: str, kind: type[int] | type[float]) -
         what = f"bad value {text[:40]!r} for option {name!r}"
         raise _bad(shown, what, "it takes a number above 0")
     return value
+
+
+def password_texts(base: str, options: list[str]) -> tuple[str, ...]:
+    """The password as the URL writes it (in the authority of ``base``, or a ``password=``
+    of ``options``) and percent-decoded, longest first: libpq quotes it in some of its
+    messages (a space, a bad escape), which must not show it."""
+    authority = base.split("/", 1)[0]
+    userinfo, at, _ = authority.rpartition("@")
+    given = [userinfo.partition(":")[2]] if at and ":" in userinfo else []
+    for option in options:
+        name, _, value = option.partition("=")
+        if unquote(name) == "password":
+            given.append(value)
+    texts = {
+        form
+        for raw in given
+        for text in (raw, unquote(raw))
+        for form in (text, " ".join(text.split()))  # as a message shows it: blanks folded
+    }
+    return tuple(sorted((t for t in texts if t.strip()), key=len, reverse=True))
 
 
 def parse_postgres_url(url: str) -> PostgresURL:
@@ -138,6 +159,7 @@ def parse_postgres_url(url: str) -> PostgresURL:
         max_connections=max_connections,
         pool_timeout=pool_timeout,
         worker_commit=worker_commit,
+        secrets=password_texts(base, kept),
     )
 
 

@@ -20,6 +20,7 @@ The tables are in ``_schema``; the hot paths are single calls of the functions i
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from ..._errors import BrokerError
 from ..._message import Delivery, Envelope, JobRecord, JobStatus, WorkerInfo
 from .._base import CANCELLED_PENDING, CANCELLED_TTL, CANCELLED_WORKER_STOPPED
 from .._port import Claimed, Finish, LeaseState
@@ -42,6 +44,8 @@ from ._enqueue import (
     enqueue_params,
     enqueued,
 )
+
+log = logging.getLogger("conveyor.postgres")
 
 _HELD_ELSEWHERE = 0.01  # a due row another transaction holds: look again this soon
 _SWEEP_EVERY = 30.0  # clock seconds between sweeps of expired rows
@@ -195,18 +199,30 @@ class PostgresBroker(PostgresAdmin):
         return out, None
 
     def _sweep(self) -> None:
-        """Delete expired records (they already read as absent) now and then."""
+        """Delete expired records (they already read as absent) now and then. It runs
+        after a claim committed, so it never raises: the claimed deliveries must reach
+        their worker (else they stay running, held by nobody, until their lease runs out).
+        A failure is logged once per try, and the next try is ``_SWEEP_EVERY`` s away."""
         now = self._clock.time()
         if now < self._next_sweep:
             return
         self._next_sweep = now + _SWEEP_EVERY
-        with self._db.connection() as conn:
-            sweep = self._db.sql("SELECT {s}.sweep(%s, %s)")
-            for _ in range(_SWEEP_BATCHES):
-                row = conn.execute(sweep, (_SWEEP_BATCH, self._now())).fetchone()
-                if row is None or row[0] < _SWEEP_BATCH:
-                    return
-        self._next_sweep = now + 1.0  # a backlog: come back soon
+        try:
+            backlog = self._db.run(self._sweep_batches)  # deleting what expired: repeatable
+        except BrokerError as exc:
+            log.warning("expired job records not swept (next try in %.0f s): %s", _SWEEP_EVERY, exc)
+            return
+        if backlog:
+            self._next_sweep = now + 1.0  # come back soon
+
+    def _sweep_batches(self, conn: Connection) -> bool:
+        """Up to ``_SWEEP_BATCHES`` batches; whether expired rows are left."""
+        sweep = self._db.sql("SELECT {s}.sweep(%s, %s)")
+        for _ in range(_SWEEP_BATCHES):
+            row = conn.execute(sweep, (_SWEEP_BATCH, self._now())).fetchone()
+            if row is None or row[0] < _SWEEP_BATCH:
+                return False
+        return True
 
     def _renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         args = (self._now(), lease, [d.id for d in deliveries], [d.token for d in deliveries])
@@ -285,8 +301,8 @@ class PostgresBroker(PostgresAdmin):
 
     def _promote(self, job_id: str, payload: bytes) -> bool:
         args = {"payload": payload, "id": job_id, "now": self._now(), "channel": self._channel}
-        with self._db.connection() as conn:
-            return conn.execute(self._sql["promote"], args).fetchone() is not None
+        sql = self._sql["promote"]  # (a repeat of one that committed unseen answers False)
+        return self._db.run(lambda conn: conn.execute(sql, args).fetchone() is not None)
 
     def _progress(self, delivery: Delivery, value: float, note: str | None) -> bool:
         sql, now = self._sql["progress"], self._now()
@@ -325,11 +341,15 @@ class PostgresBroker(PostgresAdmin):
         return None if row is None else bytes(row[0])
 
     def _cancel(self, job_id: str, event: bytes | None) -> JobStatus | None:
+        return self._db.run(lambda conn: self._cancel_in(conn, job_id, event))
+
+    def _cancel_in(self, conn: Connection, job_id: str, event: bytes | None) -> JobStatus | None:
+        """One transaction (a repeat finds the job cancelled, or flagged: the same answer)."""
         now = self._now()
         find = self._db.sql(
             f"SELECT status FROM {{s}}.jobs WHERE id = %(id)s AND {_LIVE} FOR UPDATE"
         )
-        with self._db.transaction() as conn:
+        with conn.transaction():
             row = conn.execute(find, {"id": job_id, "now": now}).fetchone()
             if row is None:
                 return None
@@ -366,9 +386,10 @@ class PostgresBroker(PostgresAdmin):
         self._db.run_storing(beat)  # an upsert: safe to repeat
 
     def _forget_worker(self, worker_id: str) -> None:
-        with self._db.connection() as conn:
-            conn.execute(self._db.sql("DELETE FROM {s}.workers WHERE id = %s"), (worker_id,))
+        sql = self._db.sql("DELETE FROM {s}.workers WHERE id = %s")
+        self._db.run(lambda conn: conn.execute(sql, (worker_id,)))
 
     def _publish(self, events: Sequence[bytes]) -> None:
+        # Sent once: a repeat of an append that committed unseen would log its events twice.
         with self._db.connection() as conn:
             self._append(conn, events)

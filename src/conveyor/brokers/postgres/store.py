@@ -9,13 +9,14 @@ compare-and-set on the row's ``version`` writes only if nobody wrote in between.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from contextlib import AbstractContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ..._clock import Clock, SystemClock
 from ...stores._port import KeyValue, Updater, Versioned, check_key, parse_counter, versioned_update
 
+T = TypeVar("T")
 _LIVE = "(expires_at IS NULL OR expires_at > {s}.clock(%(now)s))"
 _UPSERT = """
 INSERT INTO {s}.kv(key, value, expires_at, version)
@@ -51,18 +52,42 @@ _SQL = {
             expires_at = excluded.expires_at, fence = {s}.locks.fence + 1
         WHERE {s}.locks.token IS NULL OR {s}.locks.expires_at <= {s}.clock(%(now)s)
         RETURNING fence""",
+    # A repeat (``_run``'s ``again``) after the connection broke: the first try's grant
+    # may have committed unseen, so the lock held by this very token is the grant.
+    "lock_acquire_again": """
+        INSERT INTO {s}.locks(name, token, expires_at, fence)
+        VALUES (%(key)s, %(token)s, {s}.clock(%(now)s) + %(ttl)s, 1)
+        ON CONFLICT (name) DO UPDATE SET token = excluded.token,
+            expires_at = excluded.expires_at,
+            fence = {s}.locks.fence + CASE WHEN {s}.locks.token = excluded.token
+                                           AND {s}.locks.expires_at > {s}.clock(%(now)s)
+                                      THEN 0 ELSE 1 END
+        WHERE {s}.locks.token IS NULL OR {s}.locks.expires_at <= {s}.clock(%(now)s)
+            OR {s}.locks.token = excluded.token
+        RETURNING fence""",
     "lock_release": """UPDATE {s}.locks SET token = NULL, expires_at = NULL
         WHERE name = %(key)s AND token = %(token)s AND expires_at > {s}.clock(%(now)s)""",
     "lock_extend": """UPDATE {s}.locks SET expires_at = {s}.clock(%(now)s) + %(ttl)s
         WHERE name = %(key)s AND token = %(token)s AND expires_at > {s}.clock(%(now)s)""",
 }
 
+# Sent once, never repeated on another connection when the first broke: if the server had
+# committed the first try before the connection dropped, the repeat would count twice
+# (incr), or answer False for a write that happened (set nx, delete, lock release, and the
+# compare-and-set of ``update``, which would then call its function again on the value it
+# wrote): the caller gets ``BrokerUnavailable`` instead (docs/postgres.md, "Operating
+# it"). Every other statement reads, or its repeat finds its own write and answers as the
+# first try would (set; lock_extend; lock_acquire, as ``lock_acquire_again``).
+_ONCE = frozenset({"incr", "set_nx", "delete", "create", "swap", "remove", "lock_release"})
+
 
 class PostgresAccess(Protocol):
     """What the store needs from the broker's ``Database``: pooled connections (autocommit,
-    errors translated) and its schema's SQL."""
+    errors translated), once or tried again on another if broken, and its schema's SQL."""
 
     def connection(self) -> AbstractContextManager[Any]: ...
+
+    def run(self, fn: Callable[[Any], T]) -> T: ...
 
     def sql(self, text: str) -> str: ...
 
@@ -90,12 +115,20 @@ class PostgresKV(KeyValue):
         """A good key the database can store (its encoding may not hold every character)."""
         return self._db.check_text(check_key(key), "store key")
 
-    def _run(self, name: str, **args: Any) -> tuple[Any, ...] | None:
-        """One statement; its first row (None: no row)."""
+    def _run(self, name: str, again: str | None = None, **args: Any) -> tuple[Any, ...] | None:
+        """One statement; its first row (None: no row). Tried once more on another
+        connection if the first broke (``Database.run``), as ``again`` if given: for the
+        statements whose repeat answers as the first try would (``_ONCE``: the others)."""
         args["now"] = self._clock.time() if self._injected else None
-        with self._db.connection() as conn:
-            row: tuple[Any, ...] | None = conn.execute(self._sql[name], args).fetchone()
-            return row
+        if name in _ONCE:
+            with self._db.connection() as conn:
+                return self._first_row(conn, name, args)
+        tries = iter((name, again or name))
+        return self._db.run(lambda conn: self._first_row(conn, next(tries), args))
+
+    def _first_row(self, conn: Any, name: str, args: dict[str, Any]) -> tuple[Any, ...] | None:
+        row: tuple[Any, ...] | None = conn.execute(self._sql[name], args).fetchone()
+        return row
 
     # -- the port ----------------------------------------------------------------------------
 
@@ -153,7 +186,8 @@ class PostgresKV(KeyValue):
         return self._run("swap", key=key, value=new, ttl=ttl, seen=seen) is not None
 
     def lock_acquire(self, name: str, token: str, ttl: float) -> int | None:
-        row = self._run("lock_acquire", key=self._key(name), token=token, ttl=ttl)
+        key = self._key(name)
+        row = self._run("lock_acquire", "lock_acquire_again", key=key, token=token, ttl=ttl)
         return None if row is None else int(row[0])
 
     def lock_release(self, name: str, token: str) -> bool:
@@ -163,6 +197,9 @@ class PostgresKV(KeyValue):
         return self._rowcount("lock_extend", key=self._key(name), token=token, ttl=ttl) == 1
 
     def _rowcount(self, name: str, **args: Any) -> int:
+        """How many rows one statement changed; tried as ``_run`` does."""
         args["now"] = self._clock.time() if self._injected else None
-        with self._db.connection() as conn:
-            return int(conn.execute(self._sql[name], args).rowcount)
+        if name in _ONCE:
+            with self._db.connection() as conn:
+                return int(conn.execute(self._sql[name], args).rowcount)
+        return self._db.run(lambda conn: int(conn.execute(self._sql[name], args).rowcount))
