@@ -10,9 +10,11 @@ server that cannot be reached (``BrokerUnavailable``).
 
 from __future__ import annotations
 
+import traceback
 from types import TracebackType
 
 import aiormq.exceptions
+from pamqp.commands import Connection
 
 from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable, ConveyorError
 
@@ -22,6 +24,9 @@ _REFUSED = (
     aiormq.exceptions.AuthenticationError,
     aiormq.exceptions.ChannelAccessRefused,
 )
+# The server's answer to opening a virtual host that is missing (530 NOT_ALLOWED) or not
+# the user's (530, or 403 ACCESS_REFUSED).
+_REFUSED_AT_OPEN = (403, 530)
 _UNAVAILABLE = (aiormq.exceptions.AMQPConnectionError, ConnectionError, TimeoutError, OSError)
 
 
@@ -30,12 +35,10 @@ def translate(exc: BaseException) -> ConveyorError | None:
     if isinstance(exc, ConveyorError):
         return None
     if isinstance(exc, _REFUSED):
-        return BrokerAuthError(
-            f"RabbitMQ refused the login or the virtual host ({type(exc).__name__}): check "
-            "the user and password in the amqp:// URL (percent-encode @ : / ? #), that the "
-            "virtual host exists (rabbitmqctl add_vhost NAME) and that the user may use it "
-            '(rabbitmqctl set_permissions -p NAME USER ".*" ".*" ".*")'
-        )
+        return _refused(type(exc).__name__)
+    closed = _closed_at_open(exc)
+    if closed is not None and closed.reply_code in _REFUSED_AT_OPEN:
+        return _refused(f"{closed.reply_code} {closed.reply_text}")
     if isinstance(exc, _UNAVAILABLE):
         return BrokerUnavailable(
             f"cannot reach RabbitMQ ({type(exc).__name__}: {exc}): check that it runs and "
@@ -43,6 +46,30 @@ def translate(exc: BaseException) -> ConveyorError | None:
         )
     if isinstance(exc, aiormq.exceptions.AMQPError):
         return BrokerError(f"RabbitMQ refused an operation ({type(exc).__name__}: {exc})")
+    return None
+
+
+def _refused(why: str) -> BrokerAuthError:
+    return BrokerAuthError(
+        f"RabbitMQ refused the login or the virtual host ({why}): check "
+        "the user and password in the amqp:// URL (percent-encode @ : / ? #), that the "
+        "virtual host exists (rabbitmqctl add_vhost NAME) and that the user may use it "
+        '(rabbitmqctl set_permissions -p NAME USER ".*" ".*" ".*")'
+    )
+
+
+def _closed_at_open(exc: BaseException) -> Connection.Close | None:
+    """The Connection.Close the server answered an open with: aiormq raises an
+    ``InvalidFrameError`` that names it only in its text (no reply code), so the frame is
+    read where aiormq held it, in its own code's frames of the traceback."""
+    if not isinstance(exc, aiormq.exceptions.InvalidFrameError):
+        return None
+    for frame, _ in traceback.walk_tb(exc.__traceback__):
+        if not str(frame.f_globals.get("__name__", "")).startswith("aiormq."):
+            continue  # the client's frames alone, all ended by now: never a running one's
+        for value in frame.f_locals.values():
+            if isinstance(value, Connection.Close):
+                return value
     return None
 
 

@@ -46,6 +46,7 @@ DEFAULT_CONFIRM_TIMEOUT = 5.0
 _PORTS = {"amqp": 5672, "amqps": 5671}
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 QUEUE_TYPES = ("quorum", "classic")
+CONVEYOR_OPTIONS = ("prefetch", "sweep", "queues", "confirm_timeout", "queue_type")
 CLIENT_OPTIONS = ("heartbeat", "connection_timeout", "name", "reconnect_interval")
 RECONNECT_INTERVAL = "reconnect_interval=1"  # seconds between reconnections (the client's: 5)
 _ENCODE = "percent-encode / ? # @ in a password as %2F %3F %23 %40, and / in a vhost as %2F"
@@ -107,13 +108,16 @@ def parse_amqp_url(url: str) -> RabbitURL:
     queues: str | None = None
     queue_type = "quorum"
     kept: list[str] = []
+    given: set[str] = set()
     for item in (p.query or "").split("&"):
         if not item:
             continue
         name, _, value = item.partition("=")
-        if name in ("prefetch", "sweep", "confirm_timeout"):
-            if name in options:
+        if name in CONVEYOR_OPTIONS:
+            if name in given:  # else the last would win, unsaid
                 raise _bad(shown, f"option {name!r} is given twice", "give it once")
+            given.add(name)
+        if name in ("prefetch", "sweep", "confirm_timeout"):
             options[name] = _positive(shown, name, unquote(value), whole=name == "prefetch")
         elif name == "queues":
             queues = unquote(value)

@@ -3,6 +3,7 @@ keeps; see the package docstring."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Self
 
@@ -146,6 +147,19 @@ class RabbitBroker(Broker):
         with self._s:
             self._waits.note([env for env in envelopes if env.depends_on])
             return self._store._enqueue_in(connection, envelopes, events)
+
+    async def _enqueue_in_async(
+        self, connection: object, envelopes: Sequence[Envelope], events: Sequence[bytes]
+    ) -> list[str]:
+        # The store's own: the base's would hand the asyncio connection to the blocking one.
+        if waiting := [env for env in envelopes if env.depends_on]:
+            await asyncio.to_thread(self._note, waiting)  # blocking calls: off the caller's loop
+        async with self._s:
+            return await self._store._enqueue_in_async(connection, envelopes, events)
+
+    def _note(self, waiting: list[Envelope]) -> None:
+        with self._s:
+            self._waits.note(waiting)
 
     def _fetch(self, queues: list[str], consumer: str, count: int, lease: float) -> Watch[Claimed]:
         return Fetching(

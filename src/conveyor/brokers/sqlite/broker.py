@@ -101,14 +101,21 @@ class SQLiteBroker(SQLiteAdmin):
     def _fetch(
         self, queues: list[str], consumer: str, count: int, lease: float
     ) -> Listening[Claimed]:
+        def first() -> Claimed:
+            # A look that claimed nothing says when the next job is due: a caller that
+            # sleeps on its own between looks (the RabbitMQ broker's fetch) wakes then.
+            got = self._claim(queues, count, lease)
+            return got, None if got else self._due_in(self._probe(queues)[1])
+
         def again() -> Claimed:  # after a sleep: a read first, the write lock only if needed
             ready, due = self._probe(queues)
             out = self._claim(queues, count, lease) if ready else []
-            return out, None if due is None else due - self._clock.time()
+            return out, self._due_in(due)
 
-        return Listening(
-            self._notify, FETCHERS, lambda: (self._claim(queues, count, lease), None), again
-        )
+        return Listening(self._notify, FETCHERS, first, again)
+
+    def _due_in(self, due: float | None) -> float | None:
+        return None if due is None else due - self._clock.time()
 
     def _probe(self, queues: list[str]) -> tuple[bool, float | None]:
         """Is there something to claim now (read only, no write lock)? When is the next due?"""
