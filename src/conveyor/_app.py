@@ -207,7 +207,10 @@ class Conveyor:
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
-        self.close()
+        broker = self._broker
+        if broker is not None:  # the loop's own connections closed on it, awaited
+            await broker.aclose()
+            self._broker = None
 
     # -- primitives next to the queue (every broker) ---------------------------------------
 

@@ -489,6 +489,30 @@ def test_closing_an_app_closes_its_connections(
     raw.close()
 
 
+def test_async_with_an_app_closes_its_asyncio_connections(fresh_redis_server: RedisServer) -> None:
+    # FastAPI's lifespan (`async with app`): the asyncio client of the loop stayed open, one
+    # connection more per lifespan, reaped by the GC with a ResourceWarning.
+    from conveyor import Conveyor
+
+    raw = fresh_redis_server.client()
+
+    async def lifespans() -> None:
+        for _ in range(3):
+            async with Conveyor(fresh_redis_server.url, prefix=unique_prefix()) as app:
+
+                @app.task
+                def t() -> None: ...
+
+                job = await t.delay_async()
+                with pytest.raises(TimeoutError):
+                    await job.result_async(timeout=0.05)
+                assert len(raw.client_list()) > 1
+            assert len(raw.client_list()) == 1  # the raw client's own
+
+    asyncio.run(lifespans())
+    raw.close()
+
+
 def test_a_lone_command_on_a_held_connection_raises_its_error_and_survives_a_reset(
     broker: RedisBroker, prefix: str
 ) -> None:

@@ -300,6 +300,16 @@ class BrokerBase(ABC):  # noqa: B024 - its abstract primitives are in _port and 
     def _close(self) -> None:  # noqa: B027 - an optional primitive
         """Release connections and files (nothing by default)."""
 
+    async def aclose(self) -> None:
+        """``close`` from async code (``async with app``): connections that belong to the
+        running event loop are closed on it, awaited, before the rest."""
+        with self._errors:
+            await self._aclose()
+        self.close()
+
+    async def _aclose(self) -> None:  # noqa: B027 - an optional primitive
+        """Close what belongs to the running event loop (nothing by default)."""
+
     def __enter__(self) -> Self:
         return self
 

@@ -8,9 +8,10 @@ An injected fake clock (tests) is passed to the scripts as ``now`` instead.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import weakref
-from asyncio import AbstractEventLoop, get_running_loop
+from asyncio import AbstractEventLoop, Task, get_running_loop, run_coroutine_threadsafe
 from collections.abc import Sequence
 from typing import Any
 
@@ -313,7 +314,18 @@ class RedisCore(Broker):
                 return res
         return None
 
+    async def _aclose(self) -> None:
+        with self._async_lock:
+            found = self._async.pop(get_running_loop(), None)
+        if found is not None:
+            await _aclose_client(found[0])
+
     def _close(self) -> None:
+        with self._async_lock:
+            clients = list(self._async.items())
+            self._async.clear()
+        for loop, (client, _) in clients:
+            _close_async(loop, client)
         if not self._shared:  # the sharing broker closes it
             _close_client(self._client)
         store = getattr(self, "_store_client", None)  # a cluster's, once the store was used
@@ -328,3 +340,32 @@ def _close_client(client: Any) -> None:
     pool = getattr(client, "connection_pool", None)  # a cluster client closes its nodes'
     if pool is not None:
         pool.disconnect()
+
+
+_CLOSING: set[Task[None]] = set()  # closes scheduled on a running loop, kept till they end
+
+
+def _close_async(loop: AbstractEventLoop, client: redis.asyncio.Redis) -> None:
+    """Close an asyncio client on its own loop, from ``close()``: scheduled there when it is
+    this thread's running loop (``aclose`` awaits it instead), awaited a moment when it runs
+    in another thread; a closed loop closed its sockets itself."""
+    if loop.is_closed() or not loop.is_running():
+        return
+    try:
+        running = get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        task = loop.create_task(_aclose_client(client))
+        _CLOSING.add(task)
+        task.add_done_callback(_CLOSING.discard)
+        return
+    done = run_coroutine_threadsafe(_aclose_client(client), loop)
+    with contextlib.suppress(Exception):  # a busy or stopping loop: its end closes them
+        done.result(1.0)
+
+
+async def _aclose_client(client: redis.asyncio.Redis) -> None:
+    """``_close_client`` for an asyncio client (its pool's sockets too)."""
+    await client.aclose()
+    await client.connection_pool.disconnect()
