@@ -9,6 +9,7 @@ pytest                              # the tests (no server, no worker process)
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -19,13 +20,16 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 from pydantic import BaseModel, Field
 from tasks import app, build_report, send_welcome
 
-from conveyor import ConveyorError, InvalidName, Job, JobNotFound, JobStatus
+from conveyor import ConveyorError, InvalidName, Job, JobNotFound
 
 
 @asynccontextmanager
 async def lifespan(api: FastAPI) -> AsyncIterator[None]:
     async with app:  # the broker is closed when the server stops
-        await asyncio.to_thread(app.open)  # a broker that is away fails the start, not a request
+        # One round trip (open() alone connects nowhere on Redis): a broker that is away
+        # fails the start, not a request; a Redis that may evict or refuse jobs says so.
+        for line in await asyncio.to_thread(lambda: app.open().warnings()):
+            logging.getLogger("main").warning("%s", line)
         yield
 
 
@@ -71,10 +75,13 @@ async def welcome(body: Welcome, wait: Annotated[float, Query(ge=0, le=30)] = 2.
 async def show_job(job: AJob) -> dict[str, Any]:
     status, (fraction, note) = await asyncio.to_thread(lambda: (job.status, job.progress))
     shown: dict[str, Any] = {"status": status.value, "progress": fraction, "note": note}
-    if status is JobStatus.SUCCEEDED:
-        shown["result"] = job.result()  # an ended job's record is kept: no round trip
-    elif status.terminal:
-        shown["error"] = str(job.exception())
+    if status.terminal:  # read again (a requeue may have run it since): not on the loop
+        try:
+            shown["result"] = await job.result_async(timeout=0)
+        except ConveyorError as exc:  # TaskFailed, JobCancelled, JobDead
+            shown["error"] = str(exc)
+        except TimeoutError:  # requeued between the two reads: it runs again
+            pass
     return shown
 
 
@@ -102,7 +109,8 @@ async def job_events(
             continue  # still running
         except JobNotFound as exc:  # purged meanwhile
             end = ServerSentEvent(event="gone", data={"error": str(exc)})
-        except ConveyorError as exc:  # TaskFailed, JobCancelled, JobDead: ended, status kept
-            end = ServerSentEvent(event=job.status.value, data={"error": str(exc)})
+        except ConveyorError as exc:  # TaskFailed, JobCancelled, JobDead: ended
+            status = await asyncio.to_thread(lambda: job.status)
+            end = ServerSentEvent(event=status.value, data={"error": str(exc)})
         else:
             end = ServerSentEvent(event="succeeded", data={"result": value})
