@@ -78,6 +78,16 @@ def postgres_url() -> Iterator[str]:
         admin.close()
 
 
+@pytest.fixture
+def schema(postgres_url: str) -> Iterator[str]:
+    """A schema name of this test's own in the session's database, dropped after it."""
+    name = unique_schema()
+    try:
+        yield name
+    finally:
+        drop_schema(postgres_url, name)
+
+
 def schema_url(url: str, schema: str | None = None) -> str:
     """``url`` with ``?schema=`` (a new unique one unless given)."""
     return f"{url}{'&' if '?' in url else '?'}schema={schema or unique_schema()}"

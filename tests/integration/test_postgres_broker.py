@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -22,15 +21,6 @@ from conveyor.cli import cli
 from postgres_server import drop_schema, schema_url, unique_schema
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def schema(postgres_url: str) -> Iterator[str]:
-    name = unique_schema()
-    try:
-        yield name
-    finally:
-        drop_schema(postgres_url, name)
 
 
 def _rows(url: str, schema: str, table: str) -> int:

@@ -19,18 +19,9 @@ from conveyor._errors import LockTimeout
 from conveyor._message import Envelope, JobStatus, new_job_id
 from conveyor.brokers._port import Finish
 from conveyor.brokers.postgres import PostgresBroker
-from postgres_server import drop_schema, schema_url, unique_schema
+from postgres_server import schema_url
 
 pytestmark = pytest.mark.postgres
-
-
-@pytest.fixture
-def schema(postgres_url: str) -> Iterator[str]:
-    name = unique_schema()
-    try:
-        yield name
-    finally:
-        drop_schema(postgres_url, name)
 
 
 def _replace_sweep(url: str, schema: str, body: str) -> None:

@@ -12,13 +12,14 @@ import contextlib
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 
 import pytest
 
 from conveyor import Conveyor, JobStatus, TaskFailed
 from conveyor.worker import Worker
 from conveyor.worker._pools import ASYNC_POOL_THREADS
+
+from .test_worker_lifecycle import background
 
 WAIT = 30.0  # seconds: only a broken worker takes this long
 
@@ -27,18 +28,6 @@ WAIT = 30.0  # seconds: only a broken worker takes this long
 def app() -> Iterator[Conveyor]:
     with Conveyor("memory://") as a:
         yield a
-
-
-@contextmanager
-def running(worker: Worker) -> Iterator[threading.Thread]:
-    thread = threading.Thread(target=worker.run, daemon=True)
-    thread.start()
-    try:
-        yield thread
-    finally:
-        worker.stop(graceful=False)
-        thread.join(WAIT)
-        assert not thread.is_alive()
 
 
 def stop(worker: Worker, thread: threading.Thread) -> float:
@@ -63,7 +52,7 @@ def test_sync_jobs_waiting_for_a_thread_keep_their_whole_time_limit(app: Conveyo
 
     n = ASYNC_POOL_THREADS + 2
     jobs = [work.delay(i) for i in range(n)]
-    with running(Worker(app, pool="async", concurrency=n, grace=0)):
+    with background(Worker(app, pool="async", concurrency=n, grace=0)):
         assert [job.result(timeout=WAIT) for job in jobs] == list(range(n))
 
 
@@ -84,7 +73,7 @@ def test_a_sync_job_that_waited_for_a_thread_is_still_stopped_at_its_limit(
 
     holds = [hold.delay() for _ in range(ASYNC_POOL_THREADS)]  # every thread, for 0.8 s
     job = endless.delay()
-    with running(Worker(app, pool="async", concurrency=ASYNC_POOL_THREADS + 1, grace=0)):
+    with background(Worker(app, pool="async", concurrency=ASYNC_POOL_THREADS + 1, grace=0)):
         with pytest.raises(TaskFailed) as info:
             job.result(timeout=WAIT)
         ended = time.monotonic()
@@ -116,7 +105,7 @@ def test_a_stopped_async_job_finishes_what_it_awaits_in_finally(app: Conveyor) -
 
     job = hold.delay()
     worker = Worker(app, pool="async", concurrency=2, grace=0.2)
-    with running(worker) as thread:
+    with background(worker) as thread:
         assert began.wait(WAIT)
         stop(worker, thread)
     assert log == ["cleanup started", "cleanup finished"]
@@ -152,7 +141,7 @@ def test_stopping_closes_open_async_generators_and_the_default_executor(
 
     hold.delay()
     worker = Worker(app, pool="async", concurrency=2, grace=0)
-    with running(worker) as thread:
+    with background(worker) as thread:
         assert began.wait(WAIT)
         stop(worker, thread)
     assert sorted(log) == ["executor call finished", "generator closed"]
@@ -172,7 +161,7 @@ def test_a_task_that_ignores_its_cancellation_does_not_hold_up_the_stop(
 
     stubborn.delay()
     worker = Worker(app, pool="async", concurrency=2, grace=0.2)
-    with running(worker) as thread:
+    with background(worker) as thread:
         assert began.wait(WAIT)
         took = stop(worker, thread)
     assert took < 3.0  # the grace, then a bounded wait for the loop's cleanup
