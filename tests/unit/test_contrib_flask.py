@@ -20,6 +20,7 @@ from flask.cli import FlaskGroup
 from flask.cli import cli as flask_cli
 
 from conveyor import ConfigurationError, InvalidURL, TaskFailed
+from conveyor.cli import cli as conveyor_cli
 from conveyor.contrib.flask import FlaskConveyor, flask_command
 from conveyor.testing import drain
 from conveyor.worker import Worker
@@ -195,7 +196,7 @@ def test_a_worker_without_a_flask_app_says_how_to_give_it_one(
 
 
 def test_a_worker_without_a_flask_app_loads_the_one_flask_app_names(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_package: Callable[[str], str]
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_package: Callable[..., str]
 ) -> None:
     name = write_package("loaded_shop")
     monkeypatch.setenv("FLASK_APP", f"{name}:create_app")
@@ -213,12 +214,14 @@ def test_a_worker_without_a_flask_app_loads_the_one_flask_app_names(
 
 SHOP = {
     "__init__.py": """
+        import os
         from flask import Flask
 
         def create_app() -> Flask:
             from .tasks import conveyor
             app = Flask(__name__)
-            app.config.update(SHOP_NAME="Conveyor Coffee", CONVEYOR_URL="memory://")
+            url = os.environ.get("SHOP_CONVEYOR_URL", "memory://")
+            app.config.update(SHOP_NAME="Conveyor Coffee", CONVEYOR_URL=url)
             conveyor.init_app(app)
             return app
     """,
@@ -235,13 +238,49 @@ SHOP = {
 }
 
 
-@pytest.fixture
-def write_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[[str], str]:
-    """``write_package(name)`` writes the SHOP package as ``name`` on ``sys.path``."""
+# An app that only enqueues plain functions, conveyor.enqueue(fn): no task registered.
+PLAIN = {
+    "__init__.py": """
+        from flask import Flask
+        from conveyor.contrib.flask import FlaskConveyor
 
-    def write(name: str) -> str:
+        conveyor = FlaskConveyor()
+
+        def create_app() -> Flask:
+            app = Flask(__name__)
+            app.config["CONVEYOR_URL"] = "memory://"
+            conveyor.init_app(app)
+            return app
+    """,
+    "jobs.py": """
+        from flask import current_app
+
+        def greet(name: str) -> str:
+            return f"hello {name} from {current_app.name}"
+    """,
+}
+
+# The extension made in the factory: no module holds it.
+UNHELD = {
+    "__init__.py": """
+        from flask import Flask
+        from conveyor.contrib.flask import FlaskConveyor
+
+        def create_app() -> Flask:
+            app = Flask(__name__)
+            FlaskConveyor(app, url="memory://")
+            return app
+    """,
+}
+
+
+@pytest.fixture
+def write_package(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Callable[..., str]:
+    """``write_package(name, files=SHOP)`` writes a package as ``name`` on ``sys.path``."""
+
+    def write(name: str, files: dict[str, str] = SHOP) -> str:
         (tmp_path / name).mkdir()
-        for file, source in SHOP.items():
+        for file, source in files.items():
             (tmp_path / name / file).write_text(textwrap.dedent(source))
         monkeypatch.syspath_prepend(str(tmp_path))
         return name
@@ -262,7 +301,7 @@ def captured(monkeypatch: pytest.MonkeyPatch) -> list[Worker]:
 
 
 def test_flask_conveyor_worker_runs_a_worker_with_the_options_of_conveyor_worker(
-    captured: list[Worker], write_package: Callable[[str], str]
+    captured: list[Worker], write_package: Callable[..., str]
 ) -> None:
     name = write_package("cli_shop")
     args = ["--app", name, "conveyor", "worker", "-q", "default,mail", "-c", "3", "--lease", "9"]
@@ -287,7 +326,7 @@ def test_flask_conveyor_worker_refuses_an_app_without_the_extension(
 
 
 def test_a_process_pool_needs_an_app_its_children_can_load(
-    captured: list[Worker], write_package: Callable[[str], str]
+    captured: list[Worker], write_package: Callable[..., str]
 ) -> None:
     name = write_package("factory_shop")
     group = FlaskGroup(create_app=importlib.import_module(name).create_app)
@@ -295,3 +334,103 @@ def test_a_process_pool_needs_an_app_its_children_can_load(
     assert result.exit_code == 2
     assert "set FLASK_APP" in result.output
     assert captured == []
+
+
+# -- conveyor worker shop.tasks, FLASK_APP=shop ------------------------------------------------
+
+
+@pytest.fixture
+def web_app_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """The broker the shop's config names, not the extension's default (./conveyor.db)."""
+    monkeypatch.chdir(tmp_path)  # where ./conveyor.db would be made
+    monkeypatch.delenv("CONVEYOR_URL", raising=False)
+    url = f"sqlite:///{tmp_path}/web.db"
+    monkeypatch.setenv("SHOP_CONVEYOR_URL", url)
+    return url
+
+
+def test_conveyor_worker_uses_the_broker_of_the_flask_app_flask_app_names(
+    captured: list[Worker], write_package: Callable[..., str], web_app_url: str, tmp_path: Path
+) -> None:
+    name = write_package("env_shop")
+    result = CliRunner(env={"FLASK_APP": name}).invoke(conveyor_cli, ["worker", f"{name}.tasks"])
+    assert result.exit_code == 0, result.output
+    (w,) = captured
+    ext = w.app
+    assert isinstance(ext, FlaskConveyor)
+    try:
+        assert ext.url == web_app_url and ext.broker.url == web_app_url
+        assert ext.flask_app is not None and ext.flask_app.name == name
+        assert not (tmp_path / "conveyor.db").exists()
+        job = importlib.import_module(f"{name}.tasks").shop_name.delay()
+        w.drain(timeout=30)
+        assert job.result() == "Conveyor Coffee"  # run in the app context
+    finally:
+        ext.close()
+
+
+def test_conveyor_worker_url_wins_over_the_flask_apps(
+    captured: list[Worker], write_package: Callable[..., str], web_app_url: str, tmp_path: Path
+) -> None:
+    name = write_package("url_shop")
+    other = f"sqlite:///{tmp_path}/other.db"
+    args = ["worker", f"{name}.tasks", "--url", other]
+    result = CliRunner(env={"FLASK_APP": name}).invoke(conveyor_cli, args)
+    assert result.exit_code == 0, result.output
+    (w,) = captured
+    try:
+        assert w.app.url == other and w.app.broker.url == other
+        assert isinstance(w.app, FlaskConveyor) and w.app.flask_app is not None
+    finally:
+        w.app.close()
+
+
+def test_conveyor_worker_refuses_a_flask_app_it_cannot_load(
+    captured: list[Worker], write_package: Callable[..., str], web_app_url: str
+) -> None:
+    name = write_package("lost_shop")
+    env = {"FLASK_APP": "no_such_shop_module"}
+    result = CliRunner(env=env).invoke(conveyor_cli, ["worker", f"{name}.tasks"])
+    assert isinstance(result.exception, ConfigurationError), result.output
+    message = str(result.exception)
+    assert "cannot load the one of FLASK_APP=no_such_shop_module" in message
+    assert "flask --app APP conveyor worker" in message
+    assert captured == []
+
+
+# -- flask conveyor worker, plain functions only -------------------------------------------
+
+
+@pytest.mark.parametrize("pool", ["threads", "processes"])
+def test_flask_conveyor_worker_runs_an_app_that_only_enqueues_plain_functions(
+    captured: list[Worker], write_package: Callable[..., str], pool: str
+) -> None:
+    name = write_package(f"plain_{pool}", PLAIN)
+    package = importlib.import_module(name)
+    package.create_app()
+    job = package.conveyor.enqueue(importlib.import_module(f"{name}.jobs").greet, "ada")
+    args = ["--app", name, "conveyor", "worker", "--pool", pool]
+    result = CliRunner().invoke(flask_cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (w,) = captured
+    assert w.module == f"{name}:conveyor"  # what a process-pool child imports
+    assert name in w.trusted
+    if pool == "threads":
+        w.drain(timeout=30)
+        assert job.result() == f"hello ada from {name}"
+    package.conveyor.close()
+
+
+def test_an_extension_no_module_holds_runs_on_threads_but_not_on_processes(
+    captured: list[Worker], write_package: Callable[..., str]
+) -> None:
+    name = write_package("unheld_shop", UNHELD)
+    args = ["--app", name, "conveyor", "worker"]
+    result = CliRunner().invoke(flask_cli, args, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    (w,) = captured
+    assert w.module == name and name in w.trusted
+    result = CliRunner().invoke(flask_cli, [*args, "--pool", "processes"])
+    assert result.exit_code == 2
+    assert "found no module that holds this app's FlaskConveyor" in result.output
+    assert len(captured) == 1

@@ -35,11 +35,13 @@ Each run of a task, in the worker, is inside an app context of the Flask app
 (``current_app``, ``g``, extensions such as Flask-SQLAlchemy): a middleware pushes a fresh
 one before the task and pops it after, which calls the app's ``teardown_appcontext``
 functions with the task's exception, as after a request. The Flask app is the one of the
-last ``init_app``. A worker that starts without one (``conveyor worker shop.tasks``, whose
-import calls no ``init_app``) loads the one ``FLASK_APP`` names, or warns and runs tasks
-without an app context; each child process of ``--pool processes`` loads it as the
-``flask`` command does: ``FLASK_APP``, else ``wsgi.py`` or ``app.py`` in the current folder
-(``flask conveyor worker`` passes its ``--app`` on to its children in ``FLASK_APP``).
+last ``init_app``. An extension that has no Flask app when it opens its broker (``conveyor
+worker shop.tasks``, whose import calls no ``init_app``) loads the one ``FLASK_APP`` names
+first, so the broker is that app's ``CONVEYOR_URL`` (``--url`` still wins); without
+``FLASK_APP`` a worker warns and runs tasks without an app context. Each child process of
+``--pool processes`` loads the app as the ``flask`` command does: ``FLASK_APP``, else
+``wsgi.py`` or ``app.py`` in the current folder (``flask conveyor worker`` passes its
+``--app`` on to its children in ``FLASK_APP``).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -55,13 +58,15 @@ import click
 from .._app import Conveyor
 from .._errors import ConfigurationError, ConveyorError, InvalidURL
 from .._inspect import redact
-from ..brokers import load_adapter, redact_url
+from ..brokers import Broker, load_adapter, redact_url
 from ..cli import _logs
 from ..cli.worker import run_worker, worker_options
 from ..middleware import Message, Middleware, Run, WorkerProcess
 from . import require
 
 if TYPE_CHECKING:
+    from collections.abc import Iterable
+
     from flask import Flask
     from flask.ctx import AppContext
 
@@ -90,6 +95,8 @@ class FlaskConveyor(Conveyor):
         # app factory may make several apps, each configured its own way).
         self._given = (self.url, options.get("store"))
         self.flask_app: Flask | None = None
+        self._loading = threading.RLock()  # one thread loads the Flask app; see open()
+        self._loading_now = False
         self.add_middleware(_AppContext(self))
         if app is not None:
             self.init_app(app)
@@ -122,13 +129,46 @@ class FlaskConveyor(Conveyor):
         app.extensions["conveyor"] = self
         app.cli.add_command(flask_command)
 
+    def open(self, *, create: bool = True) -> Broker:
+        """``Conveyor.open``; an extension that has no Flask app yet while ``FLASK_APP`` is
+        set (``conveyor worker shop.tasks``) first loads that app, so the broker opened is
+        the one its ``CONVEYOR_URL`` names, where the web app sends its jobs."""
+        if self._broker is None and self.flask_app is None and os.environ.get("FLASK_APP"):
+            self._load_before_open()
+        return super().open(create=create)
+
+    def _load_before_open(self) -> None:
+        with self._loading:
+            if self.flask_app is not None or self._loading_now:
+                return  # loaded by another thread, or the app factory itself sends a job
+            # A URL set since this extension was made (`conveyor worker --url`) wins over the
+            # app's config, as it does over any app's URL.
+            chosen = (self.url, self.store_url) if self.url != self._given[0] else None
+            self._loading_now = True
+            try:
+                self._load_flask_app()
+            finally:
+                self._loading_now = False
+            if chosen is not None and self._broker is None:
+                self.url, self.store_url = chosen
+
     def _load_flask_app(self) -> None:
         """Load the Flask app as the ``flask`` command finds it (``FLASK_APP``, else
         ``wsgi.py`` or ``app.py`` in the current folder); loading it must call ``init_app``
         on this extension."""
-        from flask.cli import ScriptInfo
+        from flask.cli import NoAppException, ScriptInfo
 
-        ScriptInfo(app_import_path=os.environ.get("FLASK_APP") or None).load_app()
+        named = os.environ.get("FLASK_APP") or None
+        try:
+            ScriptInfo(app_import_path=named).load_app()
+        except NoAppException as exc:
+            where = f"FLASK_APP={named}" if named else "wsgi.py or app.py in this folder"
+            why = exc.format_message().rstrip(".")
+            raise ConfigurationError(
+                f"this FlaskConveyor has no Flask app and cannot load the one of {where}: "
+                f"{why}. Set FLASK_APP to the app (or factory) that calls init_app on it, or "
+                "run the worker as `flask --app APP conveyor worker`"
+            ) from exc
         if self.flask_app is None:
             raise ConfigurationError(
                 "the Flask app found through FLASK_APP does not call init_app on this "
@@ -201,20 +241,51 @@ def _worker(ctx: click.Context, /, **options: Any) -> None:
         )
     _logs.setup(ctx, options.pop("log_level"), options.pop("log_format"))
     try:
-        run_worker(conveyor, _where(conveyor), **options)
+        run_worker(conveyor, _where(conveyor, options["pool"]), **options)
     except ConveyorError as exc:
         raise click.ClickException(redact(str(exc))) from exc
 
 
-def _where(conveyor: FlaskConveyor) -> str:
+def _where(conveyor: FlaskConveyor, pool: str) -> str:
     """``module:attribute`` of the extension, as process-pool children import it: the first
-    module of its tasks that holds it (so importing it registers tasks too)."""
-    for name in dict.fromkeys(task.fn.__module__ for task in conveyor.registry.values()):
+    module of its tasks that holds it (so importing it registers tasks too), else a module
+    that does (an app that only enqueues plain functions has no tasks). Its package is
+    trusted. A pool without children needs no such module: the Flask app's is trusted."""
+    tasks = dict.fromkeys(task.fn.__module__ for task in conveyor.registry.values())
+    found = _holder(conveyor, tasks) or _holder(conveyor, _by_closeness(conveyor))
+    if found is not None:
+        return found
+    app = conveyor.flask_app
+    if pool != "processes" and app is not None and app.import_name != "__main__":
+        return app.import_name
+    raise click.UsageError(
+        "found no module that holds this app's FlaskConveyor, which each child process of "
+        "--pool processes imports: make it a module-level name (conveyor = FlaskConveyor()) "
+        "of a module the app factory imports, or use --pool threads"
+    )
+
+
+def _holder(conveyor: FlaskConveyor, names: Iterable[str]) -> str | None:
+    """``module:attribute`` of the first of the modules ``names`` that holds ``conveyor``."""
+    for name in names:
         module = sys.modules.get(name)
-        for attribute, value in vars(module).items() if module is not None else ():
+        for attribute, value in list(getattr(module, "__dict__", {}).items()):
             if value is conveyor:
                 return f"{name}:{attribute}"
-    raise click.UsageError(
-        "found no module of this app's tasks that holds its FlaskConveyor: define the tasks "
-        "in a module that imports it, and import that module in the app factory"
-    )
+    return None
+
+
+def _by_closeness(conveyor: FlaskConveyor) -> list[str]:
+    """The imported modules a child could import again, those of the Flask app's package
+    first: the module named after the app, then its package's, then the others."""
+    app = conveyor.flask_app
+    home = app.import_name if app is not None else ""
+    package = home.partition(".")[0]
+
+    def rank(name: str) -> int:
+        if name == home:
+            return 0
+        return 1 if name.partition(".")[0] == package else 2
+
+    names = [n for n in list(sys.modules) if not n.startswith("__")]  # not __main__
+    return sorted(names, key=rank)
