@@ -6,11 +6,18 @@ code it interrupted holds, and a second SIGTERM close behind the first hung the 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import threading
 import time
+from typing import Any
 
+import pytest
+
+from conveyor import Conveyor
+from conveyor.worker import Worker
+from conveyor.worker import _worker as worker_module
 from conveyor.worker._signals import stop_signals, wait_for
 
 
@@ -45,3 +52,44 @@ def test_the_previous_handlers_come_back() -> None:
     with stop_signals():
         assert signal.getsignal(signal.SIGTERM) is not before
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("signals", [1, 2], ids=["sigterm", "sigterm-twice"])
+def test_a_stop_ends_run_when_the_broker_stops_answering(
+    signals: int, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A fetch (or a hand-back, a goodbye) held up by a broker that does not answer held the
+    stop up too: for the socket timeouts and retries of every call, 100 s and more, and a
+    second signal changed nothing. ``run`` now returns ``SHUTDOWN_SPARE`` after the grace."""
+    monkeypatch.setattr(worker_module, "SHUTDOWN_SPARE", 0.5)
+    app = Conveyor("memory://")
+    answering, release = threading.Event(), threading.Event()
+    real = app.broker.fetch
+
+    def fetch(*args: Any, **kwargs: Any) -> Any:
+        if not answering.is_set():  # the first answers; then the server stops
+            answering.set()
+            return real(*args, **kwargs)
+        release.wait(60)
+        return []
+
+    app.broker.fetch = fetch  # type: ignore[method-assign]
+    worker = Worker(app, grace=0.5)
+
+    def stop() -> None:
+        answering.wait(30)
+        time.sleep(0.2)  # in the fetch that does not answer
+        for _ in range(signals):
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.1)
+
+    threading.Thread(target=stop, daemon=True).start()
+    caplog.set_level(logging.INFO, "conveyor.worker")
+    began = time.monotonic()
+    try:
+        worker.run()
+        took = time.monotonic() - began
+    finally:
+        release.set()
+    assert took < 0.2 + 0.5 + 0.5 + 5  # its grace and the spare, not the broker's timeouts
+    assert "shutdown did not end 0.5 s after the stop's grace" in caplog.text

@@ -65,6 +65,7 @@ PREFETCH_SLOTS = 4  # the most a worker buffers, per run slot (see Inflight)...
 PREFETCH_LEAST = 32  # ...or this many in all, if more: a worker of few slots
 BROKER_RETRY_CAP = 5.0  # longest pause between attempts while the broker is away
 _FINISH_PATIENCE = 2.0  # how long a stopping worker keeps trying to write results
+SHUTDOWN_SPARE = 5.0  # seconds past the grace run() waits for the shutdown, then exits
 
 
 def prefetch_for(pool: str, concurrency: int) -> int:
@@ -222,13 +223,26 @@ class Worker:
                 errors.append(exc)
 
         with stop_signals() as received:
-            # A daemon: should a job it runs itself outlast the grace, the process (which
-            # then shuts down without it, _take_over) does not wait for it at exit either.
+            # A daemon: should it outlast the stop (a job it runs itself, a broker that does
+            # not answer), the process does not wait for it at exit either.
             thread = threading.Thread(target=body, name="conveyor-worker", daemon=True)
             thread.start()
             wait_for(thread, received, self._on_signal, self._overdue)  # signals, handled
+            if thread.is_alive() and self._consumer.here is not None and not self._out_of_time():
+                # Shut down as the session would, from a thread of its own: its calls to
+                # the broker are bounded by the time left too.
+                closer = threading.Thread(target=self._take_over, name="conveyor-shutdown")
+                closer.daemon = True
+                closer.start()
+                wait_for(closer, received, self._on_signal, self._out_of_time)
+                thread = closer
             if thread.is_alive():
-                self._take_over()
+                log.error(
+                    "the worker's shutdown did not end %g s after the stop's grace (the "
+                    "broker does not answer?): exiting without it; the jobs it held run again "
+                    "once their leases lapse",
+                    SHUTDOWN_SPARE,
+                )
         let_go(before, "the worker")  # threads tasks left must not keep this process alive
         if errors:
             raise errors[0]
@@ -446,12 +460,25 @@ class Worker:
 
     def _overdue(self) -> bool:
         """A stop's grace (none for a second signal) ran out while a job runs in the
-        session's own thread (``Consumer.here``): nothing but its return would end the
-        session then."""
-        if self._consumer.here is None or not self._stopping.is_set():
-            return False
+        session's own thread (``Consumer.here``), which nothing but its return would end;
+        or the session's shutdown overran it by ``SHUTDOWN_SPARE`` (``_out_of_time``)."""
+        late = self._past_grace()
+        return late is not None and (late >= SHUTDOWN_SPARE or self._consumer.here is not None)
+
+    def _out_of_time(self) -> bool:
+        """A stopping worker's own calls (results, hand-backs, goodbye) took the grace and
+        ``SHUTDOWN_SPARE`` more: a broker that stopped answering holds each one up for its
+        socket timeout and retries, and the process would outlive the platform's patience."""
+        late = self._past_grace()
+        return late is not None and late >= SHUTDOWN_SPARE
+
+    def _past_grace(self) -> float | None:
+        """Seconds since a requested stop's grace ran out (negative: within it); None
+        without a stop."""
+        if not self._stopping.is_set():
+            return None
         grace = 0.0 if self._hard.is_set() else self.grace
-        return time.monotonic() - self._stop_requested >= grace
+        return time.monotonic() - self._stop_requested - grace
 
     def _take_over(self) -> None:
         """Shut down from ``run``'s main thread, as the session would, while the session's
