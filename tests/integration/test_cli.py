@@ -534,8 +534,8 @@ def test_errors_are_one_line_and_never_show_a_password(tmp_path: Path) -> None:
     refused = conveyor(project, "info", "--url", url, code=1)
     assert refused.stdout == "" and refused.stderr.startswith("error: ")
     assert "Traceback" not in refused.stderr
-    bad_id = conveyor(project, "job", "no*such", "--url", f"sqlite:///{tmp_path}/x.db", code=1)
-    assert "no*such" in bad_id.stderr
+    bad_id = conveyor(project, "job", "no*such", "--url", f"sqlite:///{tmp_path}/x.db", code=2)
+    assert "no*such" in bad_id.stderr and "Traceback" not in bad_id.stderr
     unknown = conveyor(project, "jobs", "lost", code=2)
     assert "lost" in unknown.stderr
 
