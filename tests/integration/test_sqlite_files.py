@@ -264,3 +264,45 @@ def test_a_producer_ending_after_its_database_was_replaced_leaves_no_stale_wal(
     assert not Path(f"{db}-wal").exists()
     with Conveyor(project.url) as app:
         assert [s.queued for s in app.broker.stats()] == [2]
+
+
+READ_ONLY_FOR_A_WHILE = """
+import os, sys
+from conveyor import BrokerError, Conveyor
+
+db = sys.argv[1]
+app = Conveyor(f"sqlite:///{db}")
+t = app.task(name="t")(lambda: None)
+t.delay()  # the file made, writable
+app.close()
+os.chmod(db, 0o444)
+try:
+    t.delay()
+    print("written while read-only")
+except BrokerError as exc:
+    print("refused:", exc)
+for name in (db, db + "-wal", db + "-shm"):  # as the error says (SQLite made them 0444)
+    if os.path.exists(name):
+        os.chmod(name, 0o600)
+t.delay()
+print("written again")
+"""
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists("/usr/bin/setpriv"),
+    reason="needs root's setpriv to run without the capability that ignores file modes",
+)
+def test_a_database_writable_again_is_written_again(tmp_path: Path) -> None:
+    # SQLite opened the 0444 file read-only, and the connection stayed so: a worker started
+    # then never wrote again (its warnings told to make writable a file that was).
+    script = tmp_path / "readonly.py"
+    script.write_text(READ_ONLY_FOR_A_WHILE)
+    done = subprocess.run(
+        ["/usr/bin/setpriv", "--bounding-set", "-dac_override,-dac_read_search",
+         sys.executable, str(script), str(tmp_path / "jobs.db")],
+        check=False, capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "refused: cannot write the SQLite database" in done.stdout
+    assert done.stdout.rstrip().endswith("written again")

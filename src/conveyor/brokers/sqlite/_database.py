@@ -45,8 +45,8 @@ def broker_error(exc: sqlite3.Error, path: str, busy_timeout: float) -> BrokerEr
         )
     if "readonly" in text:
         return BrokerError(
-            f"cannot write the SQLite database {path}: make the file and its directory "
-            "writable by this user (SQLite creates -wal and -shm files next to it)"
+            f"cannot write the SQLite database {path}: make the file, its -wal and -shm files "
+            "(SQLite makes them with the file's mode) and its directory writable by this user"
         )
     if "unable to open" in text:
         return BrokerError(
@@ -180,7 +180,24 @@ class Database:
         try:
             yield
         except sqlite3.Error as exc:
+            if "readonly" in str(exc):
+                # SQLite opened a file it could not write read-only, and the connection
+                # stays so: the next call opens the file again, writable once it is.
+                self._forget_connection()
             raise broker_error(exc, self.path, self.busy_timeout) from exc
+
+    def _forget_connection(self) -> None:
+        """Close this thread's connection; its next call opens another."""
+        procs = self._current()
+        conn: sqlite3.Connection | None = getattr(procs.local, "conn", None)
+        if conn is None:
+            return
+        procs.local.conn = None
+        with self._mutex:
+            if procs.opened.get(threading.current_thread()) is conn:
+                del procs.opened[threading.current_thread()]
+        with contextlib.suppress(sqlite3.Error):
+            conn.close()
 
     def _busy_handler(self, conn: sqlite3.Connection, on: bool) -> None:
         """Let SQLite's busy handler wait (for up to ``busy_timeout``) or not, on this thread's
