@@ -40,6 +40,7 @@ class Recording(MemoryBroker):
         self.fail_fetches = 0
         self.refuse_fetches = False  # as a server refuses wrong credentials: every time
         self.fail_finishes = 0
+        self.fail_renewals = 0
         self.finish_delay = 0.0
         self.gone = ""  # as the SQLite broker refuses everything once its file is deleted
 
@@ -61,6 +62,9 @@ class Recording(MemoryBroker):
 
     def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
         self._refuse_if_gone()
+        if self.fail_renewals:
+            self.fail_renewals -= 1
+            raise BrokerUnavailable("connection refused (the broker is restarting)")
         return super().renew(deliveries, lease)
 
     def heartbeat(self, info: WorkerInfo, ttl: float) -> None:
@@ -388,6 +392,26 @@ def test_fetch_errors_back_off_and_the_worker_keeps_going(
         assert job.result(timeout=10) == "ok"
     assert time.monotonic() - began > 0.3  # it waited between attempts: no hot loop
     assert "cannot fetch from the broker" in caplog.text
+
+
+def test_renewals_that_fail_for_a_while_are_said_once(
+    app: Conveyor, broker: Recording, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A renewal is retried each second of an outage (its leases must not lapse): each try
+    # was a WARNING, dozens a minute for one outage.
+    @app.task
+    def slow() -> str:
+        time.sleep(1.5)
+        return "done"
+
+    broker.fail_renewals = 6
+    job = slow.delay()
+    with caplog.at_level(logging.DEBUG, "conveyor.worker"), background(Worker(app, lease=0.6)):
+        assert job.result(timeout=30) == "done"
+    tries = [r for r in caplog.records if r.getMessage().startswith("cannot renew")]
+    assert len(tries) >= 3 and broker.fail_renewals == 0  # retried, quickly
+    assert [r.levelno for r in tries] == [logging.WARNING] + [logging.DEBUG] * (len(tries) - 1)
+    assert "renewing leases again" in caplog.text
 
 
 def test_refused_credentials_stop_the_worker_and_hand_back_what_runs(

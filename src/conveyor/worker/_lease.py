@@ -50,6 +50,7 @@ class Keeper:
         self._every = heartbeat_every
         self._beat = beat  # told of each heartbeat sent (the worker's heartbeat event)
         self._stop = threading.Event()
+        self._failing = False  # the last renewal failed: its warning was said, once
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -86,11 +87,17 @@ class Keeper:
             self._gone(exc)
             return False
         except BrokerError as exc:
-            log.warning("cannot renew %d lease(s), retrying: %s", len(held), exc)
+            # Retried each second while the leases last: said once per outage, not each time.
+            level = logging.DEBUG if self._failing else logging.WARNING
+            log.log(level, "cannot renew %d lease(s), retrying: %s", len(held), exc)
+            self._failing = True
             return False
         except Exception:
             log.exception("renewing %d lease(s) failed unexpectedly", len(held))
             return False
+        if self._failing:
+            self._failing = False
+            log.info("renewing leases again")
         for attempt, state in zip(held, states, strict=True):
             if state is LeaseState.CANCELLED:
                 if attempt.stop is not None or attempt.state != RUNNING:
