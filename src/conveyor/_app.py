@@ -189,6 +189,11 @@ class Conveyor:
                     )
         return self._broker
 
+    def _serving(self) -> None:
+        """A worker command (``conveyor worker``) is about to serve this app: called before
+        its ``--url`` is applied and its broker opened (``FlaskConveyor`` loads its Flask
+        app here)."""
+
     def close(self) -> None:
         """Close the broker if it is open (the next use opens it again)."""
         if self._broker is not None:

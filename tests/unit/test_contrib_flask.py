@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from flask import Flask, current_app, g
 from flask.cli import FlaskGroup
 from flask.cli import cli as flask_cli
 
-from conveyor import ConfigurationError, InvalidURL, TaskFailed
+from conveyor import ConfigurationError, InvalidURL, JobStatus, TaskFailed
 from conveyor.cli import cli as conveyor_cli
 from conveyor.contrib.flask import FlaskConveyor, flask_command
 from conveyor.testing import drain
@@ -367,6 +368,22 @@ def test_conveyor_worker_uses_the_broker_of_the_flask_app_flask_app_names(
         assert job.result() == "Conveyor Coffee"  # run in the app context
     finally:
         ext.close()
+
+
+def test_an_extension_of_its_own_sends_on_its_own_url_whatever_flask_app_says(
+    write_package: Callable[..., str], web_app_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Loading FLASK_APP's app before the broker opens is the worker command's: a script or a
+    # test with an extension of its own (a shell or .flaskenv that sets FLASK_APP) ran the
+    # web app's factory at its first send, and was refused for not being its extension.
+    name = write_package("other_shop")
+    monkeypatch.setenv("FLASK_APP", f"{name}:create_app")
+    mine = FlaskConveyor(url="memory://")
+    add = mine.task(name="add")(lambda a, b: a + b)
+    job = add.delay(1, 2)
+    assert mine.broker.url == "memory://" and job.status is JobStatus.QUEUED
+    assert f"{name}" not in sys.modules  # the web app was never imported
+    mine.close()
 
 
 def test_conveyor_worker_url_wins_over_the_flask_apps(

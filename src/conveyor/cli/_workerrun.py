@@ -178,6 +178,7 @@ def run_worker(
     (``module`` or ``module:attribute``) is what process-pool children import to find the
     app, and its package is trusted. ``url`` (``--url``) points the app at another broker.
     Shared by ``conveyor worker`` and the commands of the framework integrations."""
+    app._serving()
     on_broker(app, url, spec, create=True)
     if url:
         # Process-pool children import the app themselves: an app that takes its URL from

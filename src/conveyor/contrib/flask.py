@@ -49,7 +49,6 @@ from __future__ import annotations
 import logging
 import os
 import sys
-import threading
 from contextvars import ContextVar
 from typing import TYPE_CHECKING, Any
 
@@ -58,7 +57,7 @@ import click
 from .._app import Conveyor
 from .._errors import ConfigurationError, ConveyorError, InvalidURL
 from .._inspect import redact
-from ..brokers import Broker, load_adapter, redact_url
+from ..brokers import load_adapter, redact_url
 from ..cli import _logs
 from ..cli.worker import run_worker, worker_options
 from ..middleware import Message, Middleware, Run, WorkerProcess
@@ -95,8 +94,6 @@ class FlaskConveyor(Conveyor):
         # app factory may make several apps, each configured its own way).
         self._given = (self.url, options.get("store"))
         self.flask_app: Flask | None = None
-        self._loading = threading.RLock()  # one thread loads the Flask app; see open()
-        self._loading_now = False
         self.add_middleware(_AppContext(self))
         if app is not None:
             self.init_app(app)
@@ -129,28 +126,14 @@ class FlaskConveyor(Conveyor):
         app.extensions["conveyor"] = self
         app.cli.add_command(flask_command)
 
-    def open(self, *, create: bool = True) -> Broker:
-        """``Conveyor.open``; an extension that has no Flask app yet while ``FLASK_APP`` is
-        set (``conveyor worker shop.tasks``) first loads that app, so the broker opened is
-        the one its ``CONVEYOR_URL`` names, where the web app sends its jobs."""
+    def _serving(self) -> None:
+        """A worker command is about to serve this extension (``conveyor worker
+        shop.tasks``): one that has no Flask app yet while ``FLASK_APP`` is set loads that
+        app first, so the broker it opens is the one the app's ``CONVEYOR_URL`` names,
+        where the web app sends its jobs (the command's ``--url`` is applied after, and
+        wins). Only there: a producer or a test of an extension of its own is left be."""
         if self._broker is None and self.flask_app is None and os.environ.get("FLASK_APP"):
-            self._load_before_open()
-        return super().open(create=create)
-
-    def _load_before_open(self) -> None:
-        with self._loading:
-            if self.flask_app is not None or self._loading_now:
-                return  # loaded by another thread, or the app factory itself sends a job
-            # A URL set since this extension was made (`conveyor worker --url`) wins over the
-            # app's config, as it does over any app's URL.
-            chosen = (self.url, self.store_url) if self.url != self._given[0] else None
-            self._loading_now = True
-            try:
-                self._load_flask_app()
-            finally:
-                self._loading_now = False
-            if chosen is not None and self._broker is None:
-                self.url, self.store_url = chosen
+            self._load_flask_app()
 
     def _load_flask_app(self) -> None:
         """Load the Flask app as the ``flask`` command finds it (``FLASK_APP``, else
