@@ -261,3 +261,38 @@ def test_a_stop_keeps_its_grace_while_a_job_runs_in_the_consumer_thread(
             session.join(10)
             assert not session.is_alive()
     assert time.monotonic() - returned < 10
+
+
+def test_a_job_in_the_consumer_thread_that_ends_within_the_grace_is_not_taken_over(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The takeover started at the first signal, with a warning that the grace was out.
+    app = Conveyor("memory://")
+    started = threading.Event()
+
+    @app.task
+    def step(seconds: float) -> str:
+        started.set()
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            time.sleep(0.01)
+        return threading.current_thread().name
+
+    worker = Worker(app, grace=5)
+    jobs: list[Job[str]] = []
+
+    def producer() -> None:
+        for _ in range(20):
+            if step.delay(0).result(timeout=30) == "conveyor-worker":
+                break
+        started.clear()
+        jobs.append(step.delay(0.5))
+        if started.wait(30):
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=producer, daemon=True).start()
+    caplog.set_level(logging.INFO, "conveyor.worker")
+    worker.run()
+    (job,) = jobs
+    assert job.result(timeout=0) == "conveyor-worker"  # ran here, and finished
+    assert "past the stop's grace" not in caplog.text

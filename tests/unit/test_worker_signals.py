@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from conveyor import Conveyor
+from conveyor import Conveyor, JobStatus
 from conveyor.worker import Worker
 from conveyor.worker import _worker as worker_module
 from conveyor.worker._signals import stop_signals, wait_for
@@ -93,3 +93,38 @@ def test_a_stop_ends_run_when_the_broker_stops_answering(
         release.set()
     assert took < 0.2 + 0.5 + 0.5 + 5  # its grace and the spare, not the broker's timeouts
     assert "shutdown did not end 0.5 s after the stop's grace" in caplog.text
+
+
+def test_a_second_signal_long_after_the_first_still_hands_back(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The spare was counted from the first signal with no grace: a second signal more than
+    ``SHUTDOWN_SPARE`` after the first made ``run`` return at once, the running job not
+    handed back (running until its lease lapsed)."""
+    monkeypatch.setattr(worker_module, "SHUTDOWN_SPARE", 0.5)
+    app = Conveyor("memory://")
+    started, release = threading.Event(), threading.Event()
+
+    @app.task
+    def long() -> None:
+        started.set()
+        while not release.is_set():
+            time.sleep(0.01)
+
+    job = long.delay()
+    worker = Worker(app, grace=30)
+
+    def signals() -> None:
+        started.wait(30)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(1.0)  # twice the spare
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=signals, daemon=True).start()
+    caplog.set_level(logging.INFO, "conveyor.worker")
+    try:
+        worker.run()
+    finally:
+        release.set()
+    assert job.status is JobStatus.QUEUED  # handed back for another worker
+    assert "did not end" not in caplog.text

@@ -153,6 +153,7 @@ class Worker:
         self._stopping = threading.Event()
         self._hard = threading.Event()
         self._stop_requested = 0.0
+        self._hard_requested = 0.0  # when a hard stop came (a second signal)
         self._ending = _Ending()  # the session's (each session has its own)
         self._gone: BrokerGone | None = None  # seen by the keeper: raised by the session
         self._inflight = Inflight(concurrency, prefetch=prefetch_for(pool, concurrency))
@@ -253,7 +254,7 @@ class Worker:
             self._stop_requested = time.monotonic()
         self._stopping.set()
         if not graceful:
-            self._hard.set()
+            self._harden()
         self._inflight.halt()  # buffered jobs do not start; they are handed back
         self._inflight.wake(close=not graceful)
 
@@ -280,7 +281,7 @@ class Worker:
             if self._gone is not None:
                 raise self._gone
         except BaseException:
-            self._hard.set()  # a timed-out drain or a crash: hand back at once
+            self._harden()  # a timed-out drain or a crash: hand back at once
             raise
         finally:
             self._end(ending)
@@ -463,7 +464,9 @@ class Worker:
         session's own thread (``Consumer.here``), which nothing but its return would end;
         or the session's shutdown overran it by ``SHUTDOWN_SPARE`` (``_out_of_time``)."""
         late = self._past_grace()
-        return late is not None and (late >= SHUTDOWN_SPARE or self._consumer.here is not None)
+        return late is not None and (
+            late >= SHUTDOWN_SPARE or (late >= 0 and self._consumer.here is not None)
+        )
 
     def _out_of_time(self) -> bool:
         """A stopping worker's own calls (results, hand-backs, goodbye) took the grace and
@@ -472,13 +475,21 @@ class Worker:
         late = self._past_grace()
         return late is not None and late >= SHUTDOWN_SPARE
 
+    def _harden(self) -> None:
+        """Hand back what runs at once (``_hard``), from now."""
+        if not self._hard.is_set():
+            self._hard_requested = time.monotonic()
+            self._hard.set()
+
     def _past_grace(self) -> float | None:
         """Seconds since a requested stop's grace ran out (negative: within it); None
-        without a stop."""
+        without a stop. A hard stop (a second signal) ends the grace when it comes."""
         if not self._stopping.is_set():
             return None
-        grace = 0.0 if self._hard.is_set() else self.grace
-        return time.monotonic() - self._stop_requested - grace
+        ended = self._stop_requested + self.grace
+        if self._hard.is_set():
+            ended = min(ended, self._hard_requested)
+        return time.monotonic() - ended
 
     def _take_over(self) -> None:
         """Shut down from ``run``'s main thread, as the session would, while the session's
