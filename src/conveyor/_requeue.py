@@ -63,7 +63,7 @@ def _fresh(app: Conveyor, job_id: str, payload: bytes) -> _Fresh:
         # A fresh send: its retries start again, and its wait (conveyor_job_wait_seconds)
         # from now, not from the first send, days ago for a dead letter.
         again = msgspec.structs.replace(message, attempt=0, enqueued_at=app.clock.time())
-        payload = app.codec.encode_message(again)
+        payload = app.codec.encode_message(again, capped=False)  # let in once, a retry's way
         return _Fresh(job_id, payload, tuple(message.depends_on), message.task, message.queue)
     except SerializationError as exc:
         raise SerializationError(

@@ -14,8 +14,11 @@ equal to it.
 Kept exactly: None, bool, int (up to ``MAX_INT_DIGITS`` digits), float (finite; -0.0 too),
 str (valid Unicode), list, dict with str keys, nested up to ``MAX_DEPTH`` levels.
 
-An int past ``MAX_INT_DIGITS`` is refused too: the decoder refuses it whatever Python's own
-limit on int-to-str conversion says. Python's default limit has the encoder refuse it
+An int past ``MAX_INT_DIGITS`` is refused too (a negative one counts its minus sign): the
+decoder refuses it whatever Python's own limit on int-to-str conversion says. The one int
+that gets through under Python's default limit is a negative one of exactly 4,300 digits
+(the limit does not count the sign, the decoder does): the job is dead-lettered as
+undecodable, with that reason. Python's default limit has the encoder refuse it
 already, so ints are checked only after a failed encode, or on every value where that
 limit was raised or lifted (``sys.set_int_max_str_digits``): a job that encoded would
 otherwise be dead-lettered as undecodable.
@@ -39,6 +42,7 @@ MAX_DEPTH = 200  # levels of lists and dicts within one value; the C encoder rec
 
 MAX_INT_DIGITS = 4300  # the decoder's bound (and Python's default limit), whatever sys says
 _INT_BOUND = 10**MAX_INT_DIGITS
+_NEGATIVE_BOUND = -(10 ** (MAX_INT_DIGITS - 1))  # the decoder counts the minus sign
 
 PLAIN = frozenset({str, int, bool, type(None)})
 _PLAIN_BUT_STR = PLAIN - {str}
@@ -170,7 +174,7 @@ def _problem(value: Any) -> str | None:
             f"and look the member up in the task ({type(value).__name__}(value))"
         )
     if type(value) is int:
-        if -_INT_BOUND < value < _INT_BOUND:
+        if _NEGATIVE_BOUND < value < _INT_BOUND:
             return None
         return (
             f"an int of more than {MAX_INT_DIGITS:,} digits, which the worker cannot decode; "

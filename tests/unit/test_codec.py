@@ -216,3 +216,38 @@ def test_a_secret_from_the_environment_with_undecodable_bytes_signs() -> None:
     assert same.decode_message(codec.encode_message(message)) == message
     with pytest.raises(ConfigurationError, match="lone surrogate"):
         Codec("json", secret="\ud800")
+
+
+def test_a_negative_int_counts_its_sign_and_a_requeue_is_not_capped() -> None:
+    # The decoder counts the minus sign: -(10**4300 - 1) has 4,300 digits and 4,301 signs.
+    # Refused where ints are looked at (with Python's limit lifted, or after a failed encode).
+    import sys
+
+    from conveyor import Conveyor
+    from conveyor._clock import FakeClock
+    from conveyor.testing import drain
+
+    clock = FakeClock(1_700_000_000.0)
+    app = Conveyor("memory://", clock=clock, max_payload=400)
+    sys.set_int_max_str_digits(0)
+    try:
+        with pytest.raises(SerializationError, match="4,300 digits"):
+            app.task(name="n")(lambda x: x).delay(-(10**4300 - 1))
+    finally:
+        sys.set_int_max_str_digits(4300)
+
+    # A job let in at the cap is requeued: its new enqueued_at may be longer by a few bytes.
+    @app.task(name="boom")
+    def boom(blob: str) -> None:
+        raise ValueError("boom")
+
+    size = 400
+    while True:
+        try:
+            job = boom.delay("x" * size)
+            break
+        except PayloadTooLarge:
+            size -= 1
+    drain(app)
+    clock.set(1_700_000_123.456789)
+    assert app.requeue([job.id]) == 1
