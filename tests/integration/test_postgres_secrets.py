@@ -34,3 +34,20 @@ def test_a_password_libpq_quotes_in_its_message_is_not_shown(password: str, wher
     assert "ter 2" not in said and "ter  2" not in said, said
     assert "secret" not in said and "sec%ZZ" not in said, said
     assert "***" in said and "%20" in said  # what to do is still said
+
+
+@pytest.mark.parametrize("password", ["shop", "1", "po", "postgres1"])
+def test_a_password_inside_another_name_is_left_there(password: str) -> None:
+    # Masked wherever it stood, it garbled the message (database "***_orders", server
+    # "***27.0.0.***") and where the mask fell told the password.
+    from conveyor.brokers.postgres._db import libpq_text
+
+    said = libpq_text(
+        Exception(
+            'connection to server at "127.0.0.1", port 5432 failed: FATAL: database '
+            '"shop_orders" does not exist (user postgres1x)'
+        ),
+        (password,),
+    )
+    assert "***" not in said
+    assert '"127.0.0.1", port 5432' in said and '"shop_orders"' in said

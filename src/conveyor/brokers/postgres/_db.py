@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 import struct
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -146,14 +147,20 @@ def _adapters() -> AdaptersMap:
 
 def libpq_text(exc: BaseException, secrets: Sequence[str] = ()) -> str:
     """What a psycopg error says, on one line, with each of ``secrets`` (the password's
-    texts, ``PostgresURL.secrets``) masked: libpq quotes the password in some messages."""
-    text = str(exc)
-    for secret in secrets:  # longest first: a shorter form may be part of a longer one
-        text = text.replace(secret, _HIDDEN)
+    texts, ``PostgresURL.secrets``) masked where it stands as a whole token: libpq quotes
+    the password in some messages. Not inside a longer name or number (a password "shop"
+    in a database "shop_orders", "1" in "127.0.0.1"): that garbled the message, and where
+    the mask fell told the password."""
+    text = _masked(str(exc), secrets)
     text = " ".join(text.split())  # (the secrets hold their folded forms too)
-    for secret in secrets:
-        text = text.replace(secret, _HIDDEN)
-    return text or type(exc).__name__
+    return _masked(text, secrets) or type(exc).__name__
+
+
+def _masked(text: str, secrets: Sequence[str]) -> str:
+    for secret in secrets:  # longest first: a shorter form may be part of a longer one
+        whole = rf"(?<![\w.%-]){re.escape(secret)}(?![\w.%-])"
+        text = re.sub(whole, _HIDDEN, text)
+    return text
 
 
 def translate(exc: BaseException, shown: str, secrets: Sequence[str] = ()) -> ConveyorError:
