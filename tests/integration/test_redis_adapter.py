@@ -496,7 +496,10 @@ def test_closing_an_app_closes_its_connections(
     raw.close()
 
 
-def test_async_with_an_app_closes_its_asyncio_connections(fresh_redis_server: RedisServer) -> None:
+@pytest.mark.parametrize("shards", [None, 2])
+def test_async_with_an_app_closes_its_asyncio_connections(
+    fresh_redis_server: RedisServer, shards: int | None
+) -> None:
     # FastAPI's lifespan (`async with app`): the asyncio client of the loop stayed open, one
     # connection more per lifespan, reaped by the GC with a ResourceWarning.
     from conveyor import Conveyor
@@ -505,7 +508,8 @@ def test_async_with_an_app_closes_its_asyncio_connections(fresh_redis_server: Re
 
     async def lifespans() -> None:
         for _ in range(3):
-            async with Conveyor(fresh_redis_server.url, prefix=unique_prefix()) as app:
+            url = fresh_redis_server.url + (f"?shards={shards}" if shards else "")
+            async with Conveyor(url, prefix=unique_prefix()) as app:
 
                 @app.task
                 def t() -> None: ...

@@ -87,6 +87,9 @@ class RabbitBroker(Broker):
     def _events_kept_changed(self) -> None:
         self._store.events_kept = self.events_kept
 
+    async def _aclose(self) -> None:
+        await self._store._aclose()  # the record store's connections of this loop
+
     def _close(self) -> None:
         try:
             self._link.close()

@@ -586,6 +586,10 @@ class ShardedRedisBroker(Broker):
                 found += [w for w in sub._warnings() if w not in found]
         return found
 
+    async def _aclose(self) -> None:
+        for sub in (*(self._subs or ()), self._home):  # each shard's client of this loop
+            await sub._aclose()
+
     def _close(self) -> None:
         with self._waiting_lock:
             for blockers, _ in self._waiting.values():
