@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -145,13 +146,7 @@ def test_a_job_let_in_at_the_payload_cap_is_retried() -> None:
             raise OSError("transient")
         return len(blob)
 
-    size = 2000
-    while True:  # the largest argument the cap lets in
-        try:
-            job = flaky.delay("x" * size)
-            break
-        except PayloadTooLarge:
-            size -= 1
+    job, size = _at_the_cap(flaky, 2000)
     drain(app)
     assert job.result() == size
 
@@ -241,13 +236,18 @@ def test_a_negative_int_counts_its_sign_and_a_requeue_is_not_capped() -> None:
     def boom(blob: str) -> None:
         raise ValueError("boom")
 
-    size = 400
-    while True:
-        try:
-            job = boom.delay("x" * size)
-            break
-        except PayloadTooLarge:
-            size -= 1
+    job, _ = _at_the_cap(boom, 400)
     drain(app)
     clock.set(1_700_000_123.456789)
     assert app.requeue([job.id]) == 1
+
+
+def _at_the_cap(task: Any, cap: int) -> tuple[Any, int]:
+    """A job of ``task`` sent with the longest str argument the payload cap lets in, and
+    that length."""
+    for size in range(cap, 0, -1):
+        try:
+            return task.delay("x" * size), size
+        except PayloadTooLarge:
+            continue
+    raise AssertionError("nothing fits under the cap")
