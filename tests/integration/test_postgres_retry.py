@@ -122,11 +122,17 @@ class Restarting:
         self.app.open()
 
     def drop_connections(self) -> None:
+        """Terminate the app's backends and wait until they are gone (the pool may open new
+        ones meanwhile, under the same name: those are not waited for)."""
         with psycopg.connect(self.url, autocommit=True) as conn:
-            mine = "FROM pg_stat_activity WHERE application_name = %s"
-            conn.execute(f"SELECT pg_terminate_backend(pid) {mine}", (self.name,))
+            found = conn.execute(
+                "SELECT pid FROM pg_stat_activity WHERE application_name = %s", (self.name,)
+            ).fetchall()
+            pids = [pid for (pid,) in found]
+            conn.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (pids,))
             deadline = time.monotonic() + 5
-            while conn.execute(f"SELECT count(*) {mine}", (self.name,)).fetchone() != (0,):
+            left = "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s::int[])"
+            while conn.execute(left, (pids,)).fetchone() != (0,):
                 assert time.monotonic() < deadline, "the backends did not go"
                 time.sleep(0.02)
 
