@@ -27,7 +27,7 @@ MAX_TIMESTAMP = dt.datetime(9999, 12, 31, 23, 59, 59, tzinfo=dt.UTC).timestamp()
 
 def refuse(name: str, value: Any, rule: str, example: str) -> InvalidOption:
     """``bad backoff=nan: <what it takes>; write backoff=2``."""
-    return InvalidOption(f"bad {name}={_shown(value)}: {rule}; write {example}")
+    return InvalidOption(f"bad {name}={shown(value)}: {rule}; write {example}")
 
 
 def seconds(
@@ -76,6 +76,7 @@ def names(name: str, value: Any, example: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut at 80 characters."""
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."

@@ -18,7 +18,7 @@ import types
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from ._checks import MAX_TIMESTAMP, flag, refuse, seconds, whole
+from ._checks import MAX_TIMESTAMP, flag, refuse, seconds, shown, whole
 from ._errors import InvalidName, InvalidOption, ValidationError
 from ._message import DEFAULT_QUEUE, validate_job_id, validate_priority, validate_queue
 from .ratelimit import check_rate_key_length, parse_rate
@@ -230,7 +230,7 @@ def callable_name(fn: Callable[..., Any]) -> str:
 def _importable_name(fn: Callable[..., Any]) -> str:
     why = _not_importable(fn)
     if why is not None:
-        raise ValidationError(f"cannot enqueue {_shown(fn)}: {why}")
+        raise ValidationError(f"cannot enqueue {shown(fn)}: {why}")
     return f"{fn.__module__}:{fn.__qualname__}"
 
 
@@ -285,14 +285,9 @@ def _not_importable(fn: Any) -> str | None:
     if found is fn or (isinstance(found, Task) and found.fn is fn) or found == fn:
         return None
     return (
-        f"its name {module}:{qualname} leads to {_shown(found)}, not to it, so a worker "
+        f"its name {module}:{qualname} leads to {shown(found)}, not to it, so a worker "
         "would run something else; enqueue what the module itself holds under that name"
     )
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 class Signature(Generic[R]):

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from django.apps import apps
@@ -18,7 +19,8 @@ from django.conf import settings
 from django.utils.module_loading import autodiscover_modules, import_string
 
 from ..._app import Conveyor
-from ..._errors import ConfigurationError, ConveyorError, InvalidName
+from ..._checks import names, shown, whole
+from ..._errors import ConfigurationError, ConveyorError
 from ..._message import validate_queue
 from ...brokers import load_adapter
 from ...middleware import Middleware
@@ -45,32 +47,25 @@ def _text(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value != "")
 
 
-def _names(value: Any) -> bool:
-    # Not one str, which would be read as its letters.
-    return (
-        not isinstance(value, str | bytes)
-        and isinstance(value, Sequence | set | frozenset)
-        and all(isinstance(item, str) for item in value)
-    )
+def _passes(check: Callable[[Any], object]) -> Callable[[Any], bool]:
+    """Whether a value passes one of the library's own checks (which raise, in its terms)."""
 
-
-def _prefix(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        validate_queue(value)  # the rule of a key prefix (it becomes a Redis hash tag)
-    except InvalidName:
-        return False
-    return True
-
-
-def _whole(least: int, most: int | None = None) -> Callable[[Any], bool]:
     def good(value: Any) -> bool:
-        if isinstance(value, bool) or not isinstance(value, int):
+        try:
+            check(value)
+        except ConveyorError:
             return False
-        return least <= value and (most is None or value <= most)
+        return True
 
     return good
+
+
+_names = _passes(lambda v: names("", v, ""))  # not one str, which would be read as letters
+_prefix = _passes(lambda v: v is None or validate_queue(v))  # a key prefix's rule
+
+
+def _whole(least: int, most: int = sys.maxsize) -> Callable[[Any], bool]:
+    return _passes(lambda v: whole("", v, least, most, ""))
 
 
 # settings.CONVEYOR key -> (is the value good?, what the key takes, a value to write)
@@ -152,9 +147,9 @@ def check_setting(key: str, value: Any) -> None:
     a Django project never wrote); a secret is never shown."""
     good, takes, example = RULES[key]
     if not good(value):
-        shown = f"of type {type(value).__name__}" if key == "SECRET" else _shown(value)
+        said = f"of type {type(value).__name__}" if key == "SECRET" else shown(value)
         raise ConfigurationError(
-            f"bad settings.CONVEYOR['{key}'] ({shown}): it takes {takes}; write "
+            f"bad settings.CONVEYOR['{key}'] ({said}): it takes {takes}; write "
             f'CONVEYOR = {{..., "{key}": {example}}}'
         )
 
@@ -172,11 +167,6 @@ def _check_together(config: Mapping[str, Any]) -> None:
             load_adapter(config["URL"])
         except ConveyorError as exc:
             raise ConfigurationError(f"settings.CONVEYOR['URL']: {exc}") from None
-
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _middleware(entries: Any) -> list[Middleware]:
