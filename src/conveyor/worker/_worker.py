@@ -232,8 +232,9 @@ class Worker:
             if thread.is_alive() and self._consumer.here is not None and not self._out_of_time():
                 # Shut down as the session would, from a thread of its own: its calls to
                 # the broker are bounded by the time left too.
-                closer = threading.Thread(target=self._take_over, name="conveyor-shutdown")
-                closer.daemon = True
+                closer = threading.Thread(
+                    target=self._take_over, name="conveyor-shutdown", daemon=True
+                )
                 closer.start()
                 wait_for(closer, received, self._on_signal, self._out_of_time)
                 thread = closer
@@ -492,9 +493,9 @@ class Worker:
         return time.monotonic() - ended
 
     def _take_over(self) -> None:
-        """Shut down from ``run``'s main thread, as the session would, while the session's
+        """Shut down from a thread ``run`` starts, as the session would, while the session's
         thread still runs a job (``_overdue``): the job is interrupted and handed back like
-        one on a pool thread, and the thread is not waited for."""
+        one on a pool thread, and the session's thread is not waited for."""
         attempt = self._consumer.here
         if attempt is not None:
             log.warning(
