@@ -43,10 +43,11 @@ def consuming(worker: Worker) -> Iterator[None]:
         assert not thread.is_alive()
 
 
-def warm_up(run: Callable[[], str]) -> None:
-    """Run quick jobs one at a time until one runs in the consumer's thread."""
+def warm_up(run: Callable[[], str], consumer: str = CONSUMER) -> None:
+    """Run quick jobs one at a time until one runs in the consumer's thread (``consumer``:
+    its name; ``conveyor-worker`` when ``run`` is called from the main thread)."""
     for _ in range(20):
-        if run() == CONSUMER:
+        if run() == consumer:
             return
     pytest.fail("a lone quick job never ran in the consumer's thread")
 
@@ -235,9 +236,7 @@ def test_a_stop_keeps_its_grace_while_a_job_runs_in_the_consumer_thread(
     sent: list[Job[str]] = []
 
     def producer() -> None:
-        for _ in range(20):  # until one runs in the consumer's thread (warm_up's loop)
-            if step.delay(False).result(timeout=30) == "conveyor-worker":
-                break
+        warm_up(lambda: step.delay(False).result(timeout=30), "conveyor-worker")
         job = step.delay(True)
         sent.append(job)
         if started.wait(30):
@@ -282,9 +281,7 @@ def test_a_job_in_the_consumer_thread_that_ends_within_the_grace_is_not_taken_ov
     jobs: list[Job[str]] = []
 
     def producer() -> None:
-        for _ in range(20):
-            if step.delay(0).result(timeout=30) == "conveyor-worker":
-                break
+        warm_up(lambda: step.delay(0).result(timeout=30), "conveyor-worker")
         started.clear()
         jobs.append(step.delay(0.5))
         if started.wait(30):
