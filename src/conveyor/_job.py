@@ -160,10 +160,11 @@ class Job(Generic[R]):
         return self.result_async().__await__()
 
     def cancel(self) -> bool:
-        """Cancel the job. A queued or scheduled job is removed at once; a running one is
-        stopped by its worker at its next lease renewal. True if the job is cancelled (or
-        being cancelled) after the call, also when an earlier cancel did it; False if it
-        had ended otherwise.
+        """Cancel the job. A queued or scheduled job is removed at once; a running one (or
+        one its worker holds for a free slot) is stopped by its worker at its next lease
+        renewal, at least once a second. True if the job is cancelled (or being cancelled)
+        after the call, also when an earlier cancel did it; False if it had ended otherwise.
+        A running job that ends before its worker hears of the cancel keeps its outcome.
 
         A workflow step's cancel ends the rest of its workflow (later steps of its chain
         fail with ``JobCancelled``; its chord's callback gets the error). The handle a

@@ -15,7 +15,9 @@ import pytest
 
 from conveyor import (
     Conveyor,
+    DependencyFailed,
     InvalidOption,
+    JobCancelled,
     JobDead,
     JobStatus,
     SoftTimeLimit,
@@ -467,6 +469,61 @@ def test_cancel_stops_a_running_async_job(app: Conveyor) -> None:
         with pytest.raises(Exception, match="cancelled"):
             job.result(timeout=30)
     assert job.status is JobStatus.CANCELLED
+
+
+def test_a_cancel_stops_a_job_within_about_a_second_whatever_the_lease() -> None:
+    # Regression: the worker heard of a cancel only at a renewal, each third of the lease:
+    # with the default 30 s lease a 4 s job cancelled as it started ran on and succeeded.
+    app = Conveyor("memory://")  # real time: the keeper's renewals carry the cancel
+    started, finished = threading.Event(), threading.Event()
+
+    @app.task
+    def four_seconds() -> None:
+        started.set()
+        for _ in range(400):
+            time.sleep(0.01)
+        finished.set()
+
+    job = four_seconds.delay()
+    with running(Worker(app)):  # the default lease
+        assert started.wait(30)
+        asked = time.monotonic()
+        assert job.cancel()
+        with pytest.raises(JobCancelled):
+            job.result(timeout=30)
+        took = time.monotonic() - asked
+    assert not finished.is_set()
+    assert job.status is JobStatus.CANCELLED
+    assert took < 3.0  # the keeper checks each second; the job alone would take 4 s
+
+
+def test_a_cancelled_job_waiting_in_the_buffer_does_not_run_nor_its_dependents() -> None:
+    app = Conveyor("memory://")
+    ran: list[str] = []
+    started = threading.Event()
+
+    @app.task
+    def slow() -> None:
+        started.set()
+        for _ in range(150):  # 1.5 s: past the keeper's first check, within the buffer's patience
+            time.sleep(0.01)
+
+    @app.task
+    def record(name: str) -> None:
+        ran.append(name)
+
+    first = slow.delay()
+    second = record.delay("second")
+    after = record.options(depends_on=second).delay("after")
+    with running(Worker(app, concurrency=1)):
+        assert started.wait(30)
+        assert second.cancel()
+        first.result(timeout=30)
+        with pytest.raises(JobCancelled):
+            second.result(timeout=30)
+        with pytest.raises(DependencyFailed):
+            after.result(timeout=30)
+    assert ran == []
 
 
 # -- drain -----------------------------------------------------------------------------------

@@ -1,5 +1,8 @@
 """The keeper thread: renews every held lease in one call, and announces the worker.
 
+Leases are renewed each third of the lease, and at least once a second (``CANCEL_CHECK``):
+a renewal's answer is how the worker hears of a cancel.
+
 It runs apart from the jobs, so a task that hogs its thread, blocks the event loop or
 spins in C cannot make its own lease lapse; only a dead or frozen worker process can.
 Renewal answers per delivery: ``lost`` (another worker has the job now; whatever we write
@@ -26,6 +29,11 @@ log = logging.getLogger("conveyor.worker")
 
 HEARTBEAT_EVERY = 5.0
 _RETRY_AFTER_ERROR = 1.0
+# A renewal is also how a worker hears that a job it holds was cancelled, so leases are
+# renewed at least this often (seconds), whatever the lease: with the default 30 s lease a
+# renewal each third of it (10 s) let a cancelled job run on, and end succeeded, for up to
+# 10 s. One call a second for all held jobs is a small cost to the broker.
+CANCEL_CHECK = 1.0
 
 
 class Keeper:
@@ -64,7 +72,7 @@ class Keeper:
             self._thread.join(5.0)
 
     def _run(self) -> None:
-        interval = self._lease / 3
+        interval = min(self._lease / 3, CANCEL_CHECK)
         next_renew = time.monotonic() + interval
         next_beat = time.monotonic()
         while True:

@@ -6,7 +6,8 @@ Threads of a running worker:
   the main thread, which then only waits and handles signals): fetches into free slots;
 * the **pool** (threads, an event loop, or child processes) runs the jobs;
 * the **finisher** writes outcomes in batches;
-* the **keeper** renews every held lease each ``lease / 3`` s and sends the heartbeat;
+* the **keeper** renews every held lease each ``lease / 3`` s (at least once a second: its
+  answers carry cancels) and sends the heartbeat;
 * the **deadline watchdog** enforces time limits.
 
 Stopping (docs/reliability.md, "Graceful stop"): ``stop()`` (or the first SIGTERM/SIGINT)
