@@ -29,14 +29,16 @@ def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str,
         FLASK_SHOP_NAME="Conveyor Coffee (worker)",  # what only the worker's app says
         PYTHONPATH=str(HERE),
     )
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "shop", "conveyor", "worker", "-c", "2",
-         "--pool", request.param],
-        cwd=HERE,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )  # fmt: skip
+    log = tmp_path / "worker.log"  # a file: a pipe nobody reads fills up and blocks the worker
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "flask", "--app", "shop", "conveyor", "worker", "-c", "2",
+             "--pool", request.param],
+            cwd=HERE,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )  # fmt: skip
     try:
         yield config
     finally:
@@ -47,8 +49,7 @@ def config(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str,
         except subprocess.TimeoutExpired:
             worker.kill()
             raise
-        log = worker.stdout.read().decode() if worker.stdout else ""
-        assert code == 0, log
+        assert code == 0, log.read_text()
 
 
 @pytest.mark.timeout(60)

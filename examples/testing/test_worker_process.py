@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from tasks import convert, fetch_rate
 
-from conveyor import Conveyor
+from conveyor import Conveyor, TaskFailed
 
 HERE = Path(__file__).resolve().parent
 
@@ -23,13 +23,17 @@ def worker_url(tmp_path: Path) -> Iterator[str]:
     """Start `conveyor worker tasks` on a SQLite file of its own; stop it with SIGTERM."""
     url = f"sqlite:///{tmp_path}/jobs.db"
     env = dict(os.environ, CONVEYOR_URL=url, PYTHONPATH=str(HERE))
-    worker = subprocess.Popen(
-        [sys.executable, "-m", "conveyor", "worker", "tasks", "-c", "2"],
-        cwd=HERE,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
+    # Its log goes to a file: a pipe nobody reads fills up (64 KiB: a few hundred failed
+    # jobs' tracebacks) and the worker then blocks on its next log line.
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        worker = subprocess.Popen(
+            [sys.executable, "-m", "conveyor", "worker", "tasks", "-c", "2"],
+            cwd=HERE,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         yield url
     finally:
@@ -39,8 +43,7 @@ def worker_url(tmp_path: Path) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             worker.kill()
             raise
-        log = worker.stdout.read().decode() if worker.stdout else ""
-        assert code == 0, log
+        assert code == 0, log.read_text()
 
 
 @pytest.mark.timeout(60)
@@ -49,3 +52,14 @@ def test_a_worker_process_runs_the_tasks(worker_url: str) -> None:
         rate = producer.enqueue(fetch_rate, "EUR")
         assert rate.result(timeout=30) == 1.0  # after a real retry, a real backoff
         assert producer.enqueue(convert, 1.08, 500).result(timeout=30) == 540
+
+
+@pytest.mark.timeout(90)
+def test_a_worker_that_logs_a_lot_keeps_going(worker_url: str) -> None:
+    """Each failed job logs its traceback: far more than a pipe holds (see the fixture)."""
+    with Conveyor(worker_url) as producer:
+        failed = producer.enqueue_many([convert.s("not a rate", 5) for _ in range(300)])
+        for job in failed:
+            with pytest.raises(TaskFailed):
+                job.result(timeout=30)
+        assert producer.enqueue(convert, 2.0, 5).result(timeout=30) == 10

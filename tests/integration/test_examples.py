@@ -122,7 +122,7 @@ def test_primitives(tmp_path: Path) -> None:
 def test_testing(tmp_path: Path) -> None:
     """The example's own tests: unit tests on the pytest plugin's fixtures, and one against
     a real `conveyor worker` process."""
-    _pytest_in(_copy("testing", tmp_path), "4 passed")
+    _pytest_in(_copy("testing", tmp_path), "5 passed")
 
 
 def _pytest_in(folder: Path, passed: str) -> None:
