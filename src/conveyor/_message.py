@@ -30,9 +30,10 @@ MAX_HEADERS_SIZE = 8192
 HeaderName = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_HEADER_KEY)]
 Headers = Annotated[dict[HeaderName, str], msgspec.Meta(max_length=MAX_HEADERS)]
 
-# (\Z, not $: $ also matches before a last newline.)
-_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}\Z")
-_JOB_ID = re.compile(r"^[A-Za-z0-9_.\-]{1,128}\Z")
+# (\Z, not $: $ also matches before a last newline.) Not dots alone: "." and ".." are
+# path steps in a URL, so the dashboard's /job/.. and /api/queue/../pause reached other pages.
+_NAME = re.compile(r"^(?!\.+\Z)[A-Za-z0-9_.\-]{1,64}\Z")
+_JOB_ID = re.compile(r"^(?!\.+\Z)[A-Za-z0-9_.\-]{1,128}\Z")
 
 
 class JobStatus(enum.StrEnum):
@@ -65,6 +66,7 @@ def validate_queue(name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
         raise InvalidName(
             f"bad queue name {name!r}: use 1-64 characters from letters, digits, '_', '.', '-'"
+            ", not dots alone"
         )
     return name
 
@@ -73,6 +75,7 @@ def validate_job_id(job_id: str) -> str:
     if not isinstance(job_id, str) or not _JOB_ID.match(job_id):
         raise InvalidName(
             f"bad job id {job_id!r}: use 1-128 characters from letters, digits, '_', '.', '-'"
+            ", not dots alone"
         )
     return job_id
 
