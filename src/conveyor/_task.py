@@ -127,11 +127,17 @@ def _eta(value: Any) -> float:
     if isinstance(value, dt.datetime):
         if value.tzinfo is None:
             raise refuse("eta", value, "eta must be timezone-aware", example)
-        return value.timestamp()
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    if number and math.isfinite(value) and 0 <= value <= MAX_TIMESTAMP:
-        return float(value)
-    rule = "eta takes a timezone-aware datetime or a Unix timestamp in seconds"
+        seconds = value.timestamp()  # the same range as a number's (1 AD was let through)
+    elif isinstance(value, int | float) and not isinstance(value, bool):
+        seconds = value
+    else:
+        seconds = math.nan
+    if math.isfinite(seconds) and 0 <= seconds <= MAX_TIMESTAMP:
+        return float(seconds)
+    rule = (
+        "eta takes a timezone-aware datetime or a Unix timestamp in seconds, from 1970 to "
+        "the end of the year 9999 (UTC)"
+    )
     raise refuse("eta", value, rule, example)
 
 

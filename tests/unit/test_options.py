@@ -93,10 +93,10 @@ def good_whole(least: int, most: int) -> Any:
     return st.integers(min_value=least, max_value=most)
 
 
-# Not a name: empty, or with a character outside letters, digits, '_', '.', '-' ("." and
-# "_" alone are names).
+# Not a name: empty, with a character outside letters, digits, '_', '.', '-', or dots alone
+# (URL path steps: "_" and ".a" alone are names).
 _BAD_NAME = st.text(max_size=3).filter(lambda s: not re.fullmatch(r"[A-Za-z0-9_.\-]+", s))
-_BAD_NAME |= st.integers()
+_BAD_NAME |= st.integers() | st.sampled_from([".", "..", "..."])
 _ASIDE_KEY = st.text(alphabet="\x00\x07\x1f\x7f", min_size=1, max_size=3) | st.just("")
 
 # option: (bad values, good values)
@@ -113,10 +113,17 @@ JOB_OPTIONS: dict[str, tuple[Any, Any]] = {
         | _NOT_FINITE
         | st.floats(max_value=0, exclude_max=True)
         | st.floats(min_value=MAX_TIMESTAMP, exclude_min=True)
-        | st.datetimes(timezones=st.none()),  # naive: which zone would it be?
+        | st.datetimes(timezones=st.none())  # naive: which zone would it be?
+        # Out of a number's range (before 1970; past 9999 in UTC, given in UTC-5).
+        | st.datetimes(max_value=dt.datetime(1969, 12, 31, 23), timezones=st.just(dt.UTC))
+        | st.just(dt.datetime(9999, 12, 31, 23, tzinfo=dt.timezone(dt.timedelta(hours=-5)))),
         st.none()
         | st.floats(min_value=0, max_value=MAX_TIMESTAMP)
-        | st.datetimes(min_value=dt.datetime(1971, 1, 1), timezones=st.just(dt.UTC)),
+        | st.datetimes(
+            min_value=dt.datetime(1971, 1, 1),
+            max_value=dt.datetime(9999, 12, 31, 23, 59, 59),
+            timezones=st.just(dt.UTC),
+        ),
     ),
     "key": (_ASIDE_KEY | st.integers() | st.just("k" * 513), st.none() | st.just("user:42")),
     "job_id": (_BAD_NAME | st.just("a b") | st.just("j" * 129), st.none() | st.just("job-1.a_B")),
