@@ -204,6 +204,28 @@ def test_jobs_outlasting_the_grace_period_are_handed_back(app: Conveyor) -> None
     assert again.id == job.id and again.deliveries == 1  # a release is not a delivery
 
 
+def test_a_stop_with_no_grace_left_says_no_negative_wait(
+    app: Conveyor, caplog: pytest.LogCaptureFixture
+) -> None:
+    started, gate = threading.Event(), threading.Event()
+
+    @app.task
+    def long() -> None:
+        started.set()
+        gate.wait(60)
+
+    long.delay()
+    worker = Worker(app, grace=0)
+    with caplog.at_level(logging.INFO, "conveyor.worker"), background(worker) as thread:
+        assert started.wait(30)
+        worker.stop()
+        thread.join(30)
+    gate.set()
+    said = caplog.text
+    assert "grace 0 s" in said
+    assert "waiting up to -" not in said
+
+
 def test_a_hard_stop_hands_back_at_once(app: Conveyor) -> None:
     started, gate = threading.Event(), threading.Event()
 

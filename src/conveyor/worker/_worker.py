@@ -431,8 +431,9 @@ class Worker:
         if not self._hard.is_set() and len(inflight):
             # The grace period counts from the stop request, not from when fetching ended.
             left = self.grace - (time.monotonic() - self._stop_requested)
-            log.info("waiting up to %.1f s for %d running job(s)", left, len(inflight))
-            inflight.wait_empty(left)
+            if left > 0:  # not "waiting up to -0.1 s": the grace was out as fetching ended
+                log.info("waiting up to %.1f s for %d running job(s)", left, len(inflight))
+                inflight.wait_empty(left)
         remaining = inflight.take_running()
         for attempt in remaining:
             consumer.executor.interrupt(attempt, SHUTDOWN)
@@ -561,8 +562,8 @@ class Worker:
 
     def _banner(self) -> None:
         log.info(
-            "conveyor worker %s: queues %s, pool %s, concurrency %d, lease %.0f s, "
-            "grace %.0f s, trusted packages %s, broker %s",
+            "conveyor worker %s: queues %s, pool %s, concurrency %d, lease %g s, "
+            "grace %g s, trusted packages %s, broker %s",
             self.id,
             ",".join(self.queues),
             self.pool,
