@@ -16,7 +16,7 @@ import pytest
 from click.testing import CliRunner
 
 from conveyor import Conveyor, JobStatus
-from conveyor._inspect import find, task_matches
+from conveyor._inspect import NOT_KEPT, Decoded, TaskNames, find, logged_tasks, task_matches
 from conveyor.cli import cli, redact
 from conveyor.cli._load import on_broker, use_url
 from conveyor.cli._output import iso, span
@@ -81,6 +81,17 @@ def test_task_filter_pages_until_it_has_enough(
     assert len(find(memory_app, JobStatus.QUEUED, "mail", "resize", 10)) == 3
     assert offsets == [0, 200, 400]  # the short last page ends the status
     assert find(memory_app, JobStatus.FAILED, None, "resize", 5) == []
+
+
+def test_a_job_without_a_payload_is_named_by_its_events(memory_app: Conveyor) -> None:
+    """What ``conveyor jobs`` reads where a succeeded job's payload is not kept (Redis):
+    the whole event log, page after page, once."""
+    send = memory_app.task(name="shop:send", queue="mail")(lambda to: to)
+    jobs = memory_app.enqueue_many([send.s(f"{i}@example.com") for i in range(1500)])
+    assert len(logged_tasks(memory_app)) == 1500
+    names, gone = TaskNames(memory_app), Decoded(None, NOT_KEPT)
+    assert names(jobs[0].id, gone) == names(jobs[-1].id, gone) == "shop:send"
+    assert names("0" * 26, gone) is None and names.unknown == {"0" * 26}
 
 
 def test_url_override_keeps_the_app_and_its_tasks(tmp_path: Path) -> None:

@@ -175,11 +175,35 @@ async def test_a_job_with_arguments_json_has_no_form_for_leaves_its_list_readabl
         shown = [j["args"] for j in page.json()["jobs"]]
         assert shown == [
             '{"(1, 2)":3}, "when":{"frozenset({1})":"eA=="}',
-            "(cannot be shown: RuntimeError)",
+            '"(cannot be shown: RuntimeError)"',
             '"plain"',
         ]
         job = (await web.get(f"/api/job/{page.json()['jobs'][0]['id']}")).json()["job"]
         assert job["args"] == [{"(1, 2)": 3}]
+
+
+async def test_a_job_whose_argument_cannot_be_shown_has_its_page_and_its_actions() -> None:
+    """A pickled argument whose repr raises made the job's page a 500 and its live stream
+    a problem: the page had no actions."""
+    with Conveyor("memory://", serializer="pickle", secret="k") as app:
+
+        @app.task(queue="mail")
+        def send(to: Any, **options: Any) -> None:
+            return None
+
+        job = send.delay(_Unprintable(), "plain", cc={"x": _Unprintable()})
+        web = client(app)
+        answer = await web.get(f"/api/job/{job.id}")
+        assert answer.status_code == 200, answer.text
+        shown = answer.json()["job"]
+        assert shown["args"] == ["(cannot be shown: RuntimeError)", "plain"]
+        assert shown["kwargs"] == {"cc": {"x": "(cannot be shown: RuntimeError)"}}
+        assert shown["can_cancel"] and shown["can_delete"] and shown["task"] == _name(app, "send")
+        live = await _first_event(asgi_app(app, refresh=0), f"/api/live/job/{job.id}")
+        assert live["job"]["args"] == shown["args"]
+        csrf = await acting(web)
+        assert (await web.post(f"/api/job/{job.id}/cancel", headers=csrf)).status_code == 200
+        assert app.job(job.id).status is JobStatus.CANCELLED
 
 
 async def test_job_page_has_the_traceback_the_timeline_and_the_workflow(app: Conveyor) -> None:

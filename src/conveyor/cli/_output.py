@@ -20,7 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .._inspect import iso
+from .._inspect import iso, safe_repr
 
 __all__ = ["clock", "console", "counts_table", "emit_json", "iso", "json_option", "span"]
 __all__ += ["table", "text", "when"]
@@ -31,10 +31,11 @@ json_option = click.option(
 
 
 def _fallback(value: object) -> object:
-    """Values JSON has no type for (pickled objects, bytes): their repr, never a crash."""
+    """Values JSON has no type for (pickled objects, bytes): their repr, never a crash (not
+    even from a repr that raises: ``safe_repr``)."""
     if isinstance(value, dt.datetime | dt.date | dt.time):
         return value.isoformat()
-    return repr(value)
+    return safe_repr(value)
 
 
 def plain(value: Any) -> Any:
@@ -53,7 +54,7 @@ def plain(value: Any) -> Any:
 def _key(key: Any) -> Any:
     if key is None or isinstance(key, str | int) or (isinstance(key, float) and math.isfinite(key)):
         return key
-    return repr(key)
+    return safe_repr(key)
 
 
 def emit_json(document: dict[str, Any]) -> None:

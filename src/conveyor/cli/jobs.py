@@ -10,7 +10,7 @@ from typing import Any
 import click
 from rich.table import Table
 
-from .._inspect import Decoded, describe, find
+from .._inspect import Decoded, TaskNames, describe, find, safe_repr
 from .._message import JobEntry, JobStatus
 from ..brokers._base import PAGE_MAX
 from ._load import app_options, job_id_argument, open_app, queue_argument
@@ -20,13 +20,13 @@ STATUSES = [s.value for s in JobStatus]  # queued, scheduled, running, ... in li
 ENDED = ("failed", "dead", "cancelled")  # what requeue takes back; each keeps a reason
 
 
-def _entry_json(entry: JobEntry, decoded: Decoded) -> dict[str, Any]:
+def _entry_json(entry: JobEntry, decoded: Decoded, task: str | None) -> dict[str, Any]:
     message = decoded.message
     return {
         "id": entry.id,
         "queue": entry.queue,
         "status": entry.status.value,
-        "task": decoded.task,
+        "task": task,
         "attempt": message.attempt if message is not None else None,
         "reason": entry.reason or None,
         "updated_at": iso(entry.at),
@@ -39,6 +39,15 @@ def undecodable_hint(problems: list[str]) -> str | None:
     if not bad:
         return None
     return f"{len(bad)} payload(s) {bad[0]}; pass -A MODULE so your app's codec and secret are used"
+
+
+def passed_over_note(status: str, passed: int) -> str:
+    """What --task could not see: jobs no payload nor event names the task of."""
+    return (
+        f"{passed} {status} job(s) passed over, their task unknown: their payload is not kept "
+        "on this broker and no event in its log names it (the log dropped their events, or "
+        "the app publishes none)"
+    )
 
 
 @click.command()
@@ -76,43 +85,51 @@ def jobs(
 
     Queued jobs come in the order workers take them, scheduled ones soonest first, the
     others most recently changed first. --task reads payloads page by page until --limit
-    jobs of that task are found.
+    jobs of that task are found; a job whose payload is not kept (succeeded, on Redis) is
+    named by its events in the broker's event log.
     """
     if queue:
         queue_argument(queue)
     app = open_app(app_spec, url)
-    found = find(app, JobStatus(status), queue, task, limit)
+    names = TaskNames(app)
+    found = find(app, JobStatus(status), queue, task, limit, task_of=names)
+    tasks = [names(e.id, d) for e, d in found]
+    passed = len(names.unknown) if task else 0  # unknown, so not matched: maybe of ``task``
     if as_json:
         emit_json(
             {
                 "status": status,
                 "queue": queue,
                 "task": task,
-                "jobs": [_entry_json(e, d) for e, d in found],
+                "passed_over": passed,
+                "jobs": [_entry_json(e, d, n) for (e, d), n in zip(found, tasks, strict=True)],
             }
         )
         return
     ended = status in ENDED
     columns = ("id", "queue", "task", *(("reason",) if ended else ()), "updated")
     grid = table(f"{status} jobs", [e.id for e, _ in found], columns, whole=("updated",))
-    for entry, decoded in found:
-        cells = [text(entry.id), text(entry.queue), text(decoded.label())]
+    for (entry, decoded), name in zip(found, tasks, strict=True):
+        cells = [text(entry.id), text(entry.queue), text(name or decoded.label())]
         if ended:
             cells.append(text(entry.reason))
         grid.add_row(*cells, when(entry.at))
-    if not found:
+    if found:
+        grid.caption = undecodable_hint([d.problem for _, d in found if d.problem])
+    elif not passed:  # with jobs passed over, "none" would not be true
         where = f" in queue {queue}" if queue else ""
         grid.caption = f"no {status} jobs{where}" + (f" of task {task}" if task else "")
-    else:
-        grid.caption = undecodable_hint([d.problem for _, d in found if d.problem])
-    console().print(grid)
+    out = console()
+    out.print(grid)
+    if passed:  # on a line of its own: a caption wraps at the table's width
+        out.print(text(passed_over_note(status, passed)))
 
 
 # -- one job ---------------------------------------------------------------------------------
 
 
 def _compact(value: object) -> str:
-    return json.dumps(plain(value), ensure_ascii=False, allow_nan=False, default=repr)
+    return json.dumps(plain(value), ensure_ascii=False, allow_nan=False, default=safe_repr)
 
 
 def _attempt(info: dict[str, Any]) -> str:

@@ -14,7 +14,17 @@ import msgspec
 
 from .._delete import kept
 from .._errors import ConfigurationError
-from .._inspect import Decoded, decode, document, iso, lookup, scan, worker_json
+from .._inspect import (
+    Decoded,
+    decode,
+    document,
+    iso,
+    lookup,
+    safe_repr,
+    scan,
+    unshowable,
+    worker_json,
+)
 from .._message import JobEntry, JobStatus, validate_queue
 from ..brokers import redact_url
 from ..brokers._port import REQUEUEABLE
@@ -33,8 +43,8 @@ MAX_OFFSET = 100_000
 COUNTS = ("queued", "scheduled", "running", "succeeded", "failed", "dead", "cancelled")
 _PREVIEW = 160  # characters of a job's arguments in a list
 # JSON of any value a codec decodes: what JSON has no form for (a pickled object, a tuple
-# as a dict's key) shows as its repr.
-ENCODER = msgspec.json.Encoder(enc_hook=repr)
+# as a dict's key) shows as its repr, or says it cannot be shown (a repr that raises).
+ENCODER = msgspec.json.Encoder(enc_hook=safe_repr)
 
 
 def _status(name: str) -> JobStatus:
@@ -58,12 +68,12 @@ def _preview(decoded: Decoded) -> str | None:
 
 
 def _inside(values: list[Any] | dict[str, Any]) -> str:
-    """The JSON of a list or dict without its brackets; one job's odd argument must not
+    """The JSON of a list or dict without its brackets; one job's odd arguments must not
     take its whole list page down."""
     try:
         return ENCODER.encode(values).decode()[1:-1]
-    except Exception as exc:  # a repr that raises
-        return f"(cannot be shown: {type(exc).__name__})"
+    except Exception as exc:  # what no repr helps with: a list that holds itself
+        return unshowable(exc)
 
 
 class Dashboard:
@@ -114,7 +124,9 @@ class Dashboard:
                 f"bad offset {offset}: skip from 0 to {MAX_OFFSET:,} jobs; to go deeper, "
                 "narrow the list by queue or task"
             )
-        stats = self.monitor.counts()
+        # A task filter names a job by its events when its payload is gone: the sample
+        # brings the monitor's copy of the event log up to date (counts alone do not).
+        stats = self.monitor.snapshot().stats if task else self.monitor.counts()
         chosen = [s for s in stats if queue is None or s.queue == queue]
         count = sum(getattr(s, which.value) for s in chosen)
         # Past the last job (by the counts just read) the broker is not asked: it would read
@@ -140,10 +152,17 @@ class Dashboard:
         self, which: JobStatus, queue: str | None, task: str | None, offset: int
     ) -> tuple[list[tuple[JobEntry, Decoded]], int | None]:
         if task:
-            return scan(self.app, which, queue, task, PAGE, offset=offset, most=SCAN)
+            return scan(
+                self.app, which, queue, task, PAGE, offset=offset, most=SCAN, task_of=self._task_of
+            )
         page = self.app.broker.entries(which, queue, PAGE + 1, offset)
         found = [(e, decode(self.app, e.payload)) for e in page[:PAGE]]
         return found, offset + PAGE if len(page) > PAGE else None
+
+    def _task_of(self, job_id: str, decoded: Decoded) -> str | None:
+        """The task a row, a job page and the task filter show: the payload's, else the one
+        the job's events name (a succeeded job's payload is not kept on Redis)."""
+        return decoded.task or self.monitor.task_of(job_id)
 
     def _row(self, entry: JobEntry, decoded: Decoded) -> dict[str, Any]:
         message = decoded.message
@@ -151,7 +170,7 @@ class Dashboard:
             "id": entry.id,
             "queue": entry.queue,
             "status": entry.status.value,
-            "task": decoded.task or self.monitor.task_of(entry.id),
+            "task": self._task_of(entry.id, decoded),
             "args": _preview(decoded),
             "attempt": message.attempt if message is not None else None,
             "reason": entry.reason or None,
@@ -162,7 +181,7 @@ class Dashboard:
         record = lookup(self.app, job_id)
         decoded = decode(self.app, self.app.broker.payload(job_id))
         info = document(self.app, record, decoded)
-        info["task"] = info["task"] or self.monitor.task_of(job_id)
+        info["task"] = self._task_of(job_id, decoded)
         info["timeline"] = [
             {
                 "type": e.type,
