@@ -497,8 +497,13 @@ def test_schedules_show_the_next_fire_time(shop: Shop) -> None:
     assert local == utc and local.utcoffset() == dt.timedelta(hours=9)
     assert local.hour == 3 and local.minute == 0  # the cron, read on Tokyo's wall clock
     assert len(nightly["upcoming"]) == 2
+    wide = conveyor(project, "schedules", "-A", "zoned:app", env={"COLUMNS": "120"}).stdout
+    assert "zoned:nightly" in wide and f"{local:%Y-%m-%d %H:%M:%S} JST" in wide
+    # At 80 columns (a pipe's) the times wrap rather than squeeze the schedule column to
+    # nothing, header and all, as they did.
     table = conveyor(project, "schedules", "-A", "zoned:app").stdout
-    assert "zoned:nightly" in table and f"{local:%Y-%m-%d %H:%M:%S} JST" in table
+    assert "schedule" in table and "cron 0 3 * * *" in table
+    assert f"{local:%Y-%m-%d}" in table and f"{local:%H:%M:%S}" in table
 
     usage = conveyor(project, "schedules", code=2)
     assert "-A MODULE" in usage.stderr

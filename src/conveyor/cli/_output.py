@@ -98,17 +98,26 @@ def text(value: object) -> Text:
     return Text("" if value is None else str(value))
 
 
+_FOLDED = 8  # the least width of a column that folds (its header's, if shorter)
+
+
 def table(
     title: str, ids: Iterable[str], columns: Sequence[str], *, whole: Sequence[str] = ()
 ) -> Table:
     """A table whose first column holds ids: never wrapped nor cut (people copy them into
     the next command); ``ids`` sizes it. The columns in ``whole`` (short values, such as
-    times) are not wrapped either; the others fold."""
+    times) wrap only at their spaces, and only where the table would not fit otherwise; the
+    others fold, down to their header's width at most ``_FOLDED``. (Times kept whole on a
+    narrow terminal squeezed another column to nothing, header and all: the schedule column
+    at 80 columns, queue and reason at 50.)"""
     widest = max((len(i) for i in ids), default=2)
     grid = Table(title=title)
     grid.add_column(columns[0], no_wrap=True, min_width=widest)
     for name in columns[1:]:
-        grid.add_column(name, overflow="fold", no_wrap=name in whole)
+        if name in whole:
+            grid.add_column(name, overflow="fold")
+        else:
+            grid.add_column(name, overflow="fold", min_width=min(len(name), _FOLDED))
     return grid
 
 
