@@ -3,7 +3,8 @@
 -- Queued jobs are the entries after each stream's last delivered id (see queued.lua).
 -- A deleted job's dependents are counted down as if it had ended (release_dependents); one
 -- released into this queue's streams after the loop below passed them is deleted by the
--- next call, so a call that released any says more may remain.
+-- next call, so a call that released any says more may remain. Whoever waits for a deleted
+-- job is woken and finds no record (as delete.lua).
 -- Returns {deleted, 1 if more may remain else 0}.
 local q = qkeys(1)
 local unique = KEYS[QK + 1]
@@ -22,7 +23,8 @@ local function drop(id, status, sid)
       released = true
     end
     forget_dependencies(job, id)
-    redis.call('DEL', key, DONE_PREFIX .. id)
+    redis.call('DEL', key)
+    if job.waited then notify(id) else redis.call('DEL', DONE_PREFIX .. id) end
     deleted = deleted + 1
   end
 end

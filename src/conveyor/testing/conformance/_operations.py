@@ -9,6 +9,7 @@ from functools import partial
 
 import pytest
 
+from ..._errors import JobNotFound
 from ..._message import Delivery, JobStatus, QueueStats
 from ...brokers._port import Broker, Finish
 from ._helpers import LONG, Timeline, _Background, envelope, fetch, finish, status, worker_info
@@ -40,6 +41,17 @@ class _OperationsTests:
         assert [e.id for e in broker.entries(JobStatus.FAILED, "doomed", 10)] == [failed.id]
         assert [d.id for d in fetch(broker, ["spared"])] == [bystander.id]
         assert broker.purge("doomed") == 0
+
+    def test_a_waiter_learns_at_once_its_job_was_purged(self, broker: Broker) -> None:
+        env = envelope("doomed")
+        broker.enqueue([env])
+        waiting = _Background(lambda: broker.wait(env.id, 5.0))
+        assert broker.wait(env.id, 0.2) is None  # the background one is waiting by now
+        assert broker.purge("doomed") == 1
+        purged_at = time.monotonic()
+        with pytest.raises(JobNotFound, match="purged"):
+            waiting.join()
+        assert waiting.returned_at - purged_at < 1.0  # woken, not left to its next look
 
     def test_stats_count_jobs_per_status_per_queue(
         self, broker: Broker, timeline: Timeline
