@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
 import re
 import sys
 import threading
@@ -522,6 +523,44 @@ def test_async_with_an_app_closes_its_asyncio_connections(
 
     asyncio.run(lifespans())
     raw.close()
+
+
+@pytest.mark.parametrize("shards", [None, 2])
+def test_a_closed_loops_asyncio_client_is_dropped_with_its_sockets(
+    fresh_redis_server: RedisServer, shards: int | None, recwarn: pytest.WarningsRecorder
+) -> None:
+    # Each asyncio.run is a loop of its own, with a client of its own: a closed loop's was
+    # kept (its connections hold the loop, so the weak key never went), its socket open
+    # (closing a loop closes none), one more per call; app.close() then left each to the
+    # GC, a ResourceWarning apiece.
+    from conveyor import Conveyor
+
+    url = fresh_redis_server.url + (f"?shards={shards}" if shards else "")
+    app = Conveyor(url, prefix=unique_prefix())
+
+    @app.task
+    def t() -> None: ...
+
+    job = t.delay()
+
+    async def look() -> None:
+        with pytest.raises(TimeoutError):
+            await job.result_async(0)
+
+    def fds() -> int:
+        return len(os.listdir("/proc/self/fd"))
+
+    b = app.broker
+    parts = [b] if shards is None else [*b._parts(), b._home]  # type: ignore[attr-defined]
+    asyncio.run(look())
+    before = fds()
+    for _ in range(100):
+        asyncio.run(look())
+    assert fds() <= before  # the last loop's client: one socket, and the one before it gone
+    assert [len(p._async) <= 1 for p in parts] == [True] * len(parts)
+    app.close()
+    gc.collect()
+    assert [str(w.message) for w in recwarn if w.category is ResourceWarning] == []
 
 
 def test_a_lone_command_on_a_held_connection_raises_its_error_and_survives_a_reset(

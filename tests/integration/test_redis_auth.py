@@ -11,6 +11,8 @@ with a password works, a multi-sentinel one included, and nothing prints the pas
 from __future__ import annotations
 
 import asyncio
+import gc
+import os
 import signal
 import subprocess
 import sys
@@ -25,7 +27,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import Project, WorkerProcess
-from conveyor import BrokerAuthError, BrokerUnavailable, Conveyor, Signature
+from conveyor import BrokerAuthError, BrokerUnavailable, Conveyor, Job, Signature
 from redis_server import (
     SERVER_BINARY,
     RedisSentinel,
@@ -300,5 +302,36 @@ def test_sentinels_with_a_password_of_their_own(locked: RedisServer, tmp_path: P
         assert app.job(job.id).status.value == "queued"
         assert "sentinel-secret-7" not in repr(app)
         app.close()
+    finally:
+        sentinel.stop()
+
+
+def test_closing_an_app_on_a_sentinel_url_closes_its_sentinel_connections(
+    locked: RedisServer, tmp_path: Path, recwarn: pytest.WarningsRecorder
+) -> None:
+    # close() closed the master's pool, not those of the clients that asked the sentinel
+    # for the master: a socket more per app closed, and per asyncio loop (each has its own).
+    sentinel = RedisSentinel(tmp_path / "sentinel", locked)
+    try:
+        url = f"redis+sentinel://:{ENCODED}@{sentinel.address}/mymaster/0"
+        before = len(os.listdir("/proc/self/fd"))
+        for _ in range(3):
+            app = Conveyor(url, prefix=unique_prefix())
+
+            @app.task
+            def t() -> None: ...
+
+            job = t.delay()
+
+            async def look(job: Job[None] = job) -> None:
+                with pytest.raises(TimeoutError):
+                    await job.result_async(0)
+
+            for _ in range(3):
+                asyncio.run(look())
+            app.close()
+        assert len(os.listdir("/proc/self/fd")) <= before
+        gc.collect()
+        assert [str(w.message) for w in recwarn if w.category is ResourceWarning] == []
     finally:
         sentinel.stop()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import threading
-import weakref
 from asyncio import AbstractEventLoop, Task, get_running_loop, run_coroutine_threadsafe
 from collections.abc import Sequence
 from typing import Any
@@ -123,9 +122,9 @@ class RedisCore(Broker):
         if share is not None and self._shared:
             self._scripts, self._pinned = share._scripts, share._pinned
         self._sweep_idle = sweep_idle
-        self._async: weakref.WeakKeyDictionary[
-            AbstractEventLoop, tuple[redis.asyncio.Redis, Scripts]
-        ] = weakref.WeakKeyDictionary()
+        # The asyncio clients by loop (``_aclient``). Not weak: a client's connections hold
+        # their loop, so its entry would never go; a closed loop's is dropped by hand.
+        self._async: dict[AbstractEventLoop, tuple[redis.asyncio.Redis, Scripts]] = {}
         self._async_lock = threading.Lock()
 
     # -- helpers (called inside TRANSLATE) ----------------------------------------------
@@ -252,11 +251,15 @@ class RedisCore(Broker):
 
     def _aclient(self) -> tuple[redis.asyncio.Redis, Scripts]:
         """The asyncio client of the running loop, created on first use (one per loop:
-        redis.asyncio connections belong to the loop that opened them)."""
+        redis.asyncio connections belong to the loop that opened them). A new loop's first
+        call drops the clients of the loops closed since, and closes their sockets
+        (``_close_dead``): each ``asyncio.run`` is a loop of its own."""
         loop = get_running_loop()
         with self._async_lock:
             found = self._async.get(loop)
             if found is None:
+                for dead in [x for x in self._async if x.is_closed()]:
+                    _close_dead(self._async.pop(dead)[0])
                 client = _connect.connect_async(self._target, self._owner)
                 found = (client, Scripts(client))
                 self._async[loop] = found
@@ -335,10 +338,9 @@ class RedisCore(Broker):
 
 def _close_client(client: Any) -> None:
     """Close a client and its connections: a client given its pool (``_connect``) leaves
-    the pool's sockets open on ``close()``, for the pool's owner to close."""
+    the pool's sockets open on ``close()``, for the pool's owner to close (``_pools``)."""
     client.close()
-    pool = getattr(client, "connection_pool", None)  # a cluster client closes its nodes'
-    if pool is not None:
+    for pool in _pools(client):
         pool.disconnect()
 
 
@@ -348,8 +350,11 @@ _CLOSING: set[Task[None]] = set()  # closes scheduled on a running loop, kept ti
 def _close_async(loop: AbstractEventLoop, client: redis.asyncio.Redis) -> None:
     """Close an asyncio client on its own loop, from ``close()``: scheduled there when it is
     this thread's running loop (``aclose`` awaits it instead), awaited a moment when it runs
-    in another thread; a closed loop closed its sockets itself."""
-    if loop.is_closed() or not loop.is_running():
+    in another thread, its sockets closed here when the loop is closed (``_close_dead``)."""
+    if loop.is_closed():
+        _close_dead(client)
+        return
+    if not loop.is_running():
         return
     try:
         running = get_running_loop()
@@ -365,7 +370,47 @@ def _close_async(loop: AbstractEventLoop, client: redis.asyncio.Redis) -> None:
         done.result(1.0)
 
 
+def _close_dead(client: redis.asyncio.Redis) -> None:
+    """Close the sockets of an asyncio client whose loop is closed. Closing a loop closes
+    none of its sockets, and ``aclose`` needs the loop: each connection is marked
+    disconnected and its transport closed here (``_close_transport``)."""
+    for pool in _pools(client):
+        for conn in [*pool._available_connections, *pool._in_use_connections]:
+            writer = conn._writer
+            conn._reader = conn._writer = None  # as a disconnect leaves it: nothing warns
+            if writer is not None:
+                _close_transport(writer.transport)
+
+
+def _close_transport(transport: Any) -> None:
+    """Close a transport of a closed loop: ``close()`` marks it closing (so neither it nor
+    its stream warns later) and leaves closing the socket to its loop, which refuses; that
+    step, the socket transport's ``_call_connection_lost``, is run here (a TLS transport's
+    is the socket transport under it)."""
+    with contextlib.suppress(RuntimeError):  # "Event loop is closed"
+        transport.close()
+    under: Any = getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+    for layer in (transport, under):
+        if getattr(layer, "_sock", None) is None:  # not a socket transport, or closed
+            continue
+        # Its protocol's callbacks need the loop and may raise; it closes the socket anyway.
+        with contextlib.suppress(Exception):
+            layer._call_connection_lost(None)
+
+
+def _pools(client: Any) -> list[Any]:
+    """A client's connection pools: its own (a cluster client has none: it closes its
+    nodes') and, on a Sentinel URL, those of the sentinels it asks for the master (each
+    asyncio loop's client has sentinel clients of its own)."""
+    pool = getattr(client, "connection_pool", None)
+    if pool is None:
+        return []
+    sentinels = getattr(getattr(pool, "sentinel_manager", None), "sentinels", ())
+    return [pool, *(s.connection_pool for s in sentinels)]
+
+
 async def _aclose_client(client: redis.asyncio.Redis) -> None:
-    """``_close_client`` for an asyncio client (its pool's sockets too)."""
+    """``_close_client`` for an asyncio client (its pools' sockets too, ``_pools``)."""
     await client.aclose()
-    await client.connection_pool.disconnect()
+    for pool in _pools(client):
+        await pool.disconnect()
