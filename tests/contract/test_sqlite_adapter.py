@@ -13,6 +13,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import msgspec
@@ -25,7 +26,9 @@ from conveyor._message import Envelope, JobStatus, new_job_id
 from conveyor.brokers import Finish, LeaseState, open_broker
 from conveyor.brokers.sqlite import SQLiteBroker, sqlite_path
 from conveyor.brokers.sqlite import _core as sqlite_core
+from conveyor.brokers.sqlite import _database as sqlite_database
 from conveyor.brokers.sqlite import _schema as schema
+from conveyor.brokers.sqlite import _sql as sqlite_sql
 
 # A wake-up must beat the 0.5 s safety net; the tests of wake-ups stretch it to 60 s (the
 # waiter's own timeout), so that one that is not woken sits out a minute, whatever the load.
@@ -258,13 +261,40 @@ def test_a_held_write_lock_becomes_a_broker_error_saying_what_to_do(db: str) -> 
     holder = sqlite3.connect(db, isolation_level=None)
     try:
         holder.execute("BEGIN IMMEDIATE")
-        with pytest.raises(BrokerError, match=r"stayed locked.*another process"):
+        said = r"stayed locked .*: another connection \(a long write transaction, a sqlite3"
+        with pytest.raises(BrokerError, match=said):
             b.enqueue([env()])
         holder.execute("ROLLBACK")
         assert len(b.enqueue([env()])) == 1
     finally:
         holder.close()
         b.close()
+
+
+def test_a_full_disk_is_a_broker_error_saying_to_free_space() -> None:
+    exc = sqlite3.OperationalError("database or disk is full")
+    said = str(sqlite_database.broker_error(exc, "/srv/app/jobs.db", 5.0))
+    assert said == (
+        "the filesystem holding /srv/app/jobs.db (and its -wal) is full: free space; queued "
+        "jobs are kept and workers resume by themselves once there is room"
+    )
+
+
+def test_a_full_database_refuses_a_job_keeps_the_others_and_takes_jobs_again_with_room(
+    broker: SQLiteBroker,
+) -> None:
+    kept = env()
+    broker.enqueue([kept])
+    with broker._db.read() as conn:  # this thread's connection: no page beyond those it has
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count = {pages}")
+    with pytest.raises(BrokerError, match=r"jobs\.db \(and its -wal\) is full: free space"):
+        broker.enqueue([Envelope(id=new_job_id(), queue="default", payload=b"x" * 100_000)])
+    with broker._db.read() as conn:
+        conn.execute("PRAGMA max_page_count = 1073741823")
+    later = env()
+    assert broker.enqueue([later]) == [later.id]
+    assert [d.id for d in broker.fetch(["default"], "c", 10, 30.0, 0.0)] == [kept.id, later.id]
 
 
 def test_a_file_that_is_not_a_database_is_a_broker_error(tmp_path: Path) -> None:
@@ -336,6 +366,122 @@ def test_expired_rows_are_deleted_lazily(db: str) -> None:
             assert conn.execute("SELECT count(*) FROM jobs").fetchone() == (0,)
             assert conn.execute("SELECT count(*) FROM kv").fetchone() == (0,)
     finally:
+        b.close()
+
+
+def _rows_per_transaction(broker: SQLiteBroker, monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The rows each write transaction of ``broker`` changes from now on, in order."""
+    changed: list[int] = []
+    write = broker._db.write
+
+    @contextmanager
+    def counted() -> Iterator[sqlite3.Connection]:
+        with write() as conn:
+            before = conn.total_changes
+            yield conn
+            changed.append(conn.total_changes - before)
+
+    monkeypatch.setattr(broker._db, "write", counted)
+    return changed
+
+
+def _count(db: str, table: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0])
+
+
+def test_a_backlog_of_expired_rows_is_swept_a_bounded_batch_per_transaction(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A sweep deleted every expired row in one statement inside the claim's transaction: a
+    # million of them held the write lock for seconds, and a producer's enqueue gave up.
+    clock = FakeClock()
+    b = SQLiteBroker(db, clock=clock)
+    try:
+        rows, per_sweep = sqlite_sql.SWEEP_ROWS, sqlite_core._SWEEP_BATCHES
+        backlog = 2 * per_sweep * rows + rows // 2  # two full sweeps, and half a batch
+        with sqlite3.connect(db) as conn:  # records that expired while no worker ran
+            conn.executemany(
+                "INSERT INTO jobs(id, queue, payload, status, seq, updated_at, expires_at, "
+                "result) VALUES (?, 'default', x'00', 'succeeded', 0, 0, ?, x'00')",
+                ((f"old-{i}", clock.time() - 1) for i in range(backlog)),
+            )
+        b.kv.set("k", b"v", ttl=1.0)
+        clock.advance(2)
+        jobs = [env() for _ in range(3)]
+        b.enqueue(jobs)
+        changed = _rows_per_transaction(b, monkeypatch)
+
+        left = []
+        for job in jobs:
+            assert [d.id for d in b.fetch(["default"], "w", 1, 60.0, 0.0)] == [job.id]
+            left.append((_count(db, "jobs") - len(jobs), _count(db, "kv")))
+            clock.advance(sqlite_core._SWEEP_AGAIN)  # the rest waits for the next sweep
+        assert left == [(backlog - per_sweep * rows, 1), (rows // 2, 1), (0, 0)]
+        assert max(changed) == rows  # no transaction deleted more than a batch
+        assert changed.count(rows) == 2 * per_sweep
+    finally:
+        b.close()
+
+
+def test_the_event_log_is_trimmed_a_bounded_batch_per_append(
+    db: str, broker: SQLiteBroker, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = sqlite_sql.TRIM_ROWS
+    backlog = 2 * rows + 500  # two appends trim a batch each, the third what is left
+    with sqlite3.connect(db) as conn:  # a long log kept under a larger events_kept
+        conn.executemany(
+            "INSERT INTO events(id, body) VALUES (?, ?)",
+            ((i, b"%d:e%d" % (len(str(i)) + 1, i)) for i in range(1, backlog + 1)),
+        )
+        conn.execute("UPDATE meta SET value = ? WHERE name = 'events'", (backlog,))
+    broker.events_kept = 10
+    changed = _rows_per_transaction(broker, monkeypatch)
+    sizes = []
+    for n in range(3):
+        broker.publish([b"new %d" % n])
+        sizes.append(_count(db, "events"))
+    assert sizes == [backlog + 1 - rows, backlog + 2 - 2 * rows, 10]
+    assert max(changed) <= rows + 2  # the trim, the appended row and the counter
+    assert [e for _, e in broker.read_events(None, 0.0, 100)][-3:] == [b"new 0", b"new 1", b"new 2"]
+
+
+def test_every_connection_limits_the_wal_and_a_burst_is_cut_back_after_a_checkpoint(
+    db: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The -wal grew to many times the database under contention, and stayed so while any
+    # process had the file open.
+    limit = 256 * 1024
+    monkeypatch.setattr(sqlite_database, "WAL_LIMIT", limit)
+    b = SQLiteBroker(db)
+    reader = sqlite3.connect(db, isolation_level=None)
+    try:
+
+        def read_limit() -> None:
+            with b._db.read() as conn:
+                limits.append(conn.execute("PRAGMA journal_size_limit").fetchone()[0])
+
+        limits: list[int] = []
+        read_limit()
+        other = threading.Thread(target=read_limit)  # another thread, its own connection
+        other.start()
+        other.join()
+        assert limits == [limit, limit]
+
+        reader.execute("BEGIN")  # a read that keeps every checkpoint from finishing
+        reader.execute("SELECT count(*) FROM jobs").fetchone()
+        for _ in range(20):
+            b.enqueue(
+                [Envelope(id=new_job_id(), queue="default", payload=b"x" * 2000) for _ in range(50)]
+            )
+        reader.execute("COMMIT")
+        assert os.path.getsize(db + "-wal") > 4 * limit
+        reader.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        b.enqueue([env()])  # the first write after a complete checkpoint starts the -wal over
+        assert os.path.getsize(db + "-wal") <= limit
+        assert _count(db, "jobs") == 20 * 50 + 1
+    finally:
+        reader.close()
         b.close()
 
 

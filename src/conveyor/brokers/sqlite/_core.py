@@ -1,5 +1,6 @@
-"""What every part of the SQLite broker shares: the file, the notifier, the clock, and the
-steps several operations take inside their transaction (dependents, events, the sweep)."""
+"""What every part of the SQLite broker shares: the file, the notifier, the clock, the
+steps several operations take inside their transaction (dependents, events), and the sweep
+of expired rows, in transactions of its own."""
 
 from __future__ import annotations
 
@@ -18,12 +19,29 @@ from .._eventlog import records
 from .._port import Broker
 from ._database import Database
 from ._notify import Notifier, job_waiters
-from ._sql import CHUNK, COUNT_DOWN, LIVE, TAKE_DEPENDENTS, placeholders, take_seq
+from ._sql import (
+    CHUNK,
+    COUNT_DOWN,
+    LIVE,
+    SWEEP,
+    SWEEP_ROWS,
+    TAKE_DEPENDENTS,
+    TRIM_EVENTS,
+    TRIM_ROWS,
+    placeholders,
+    take_seq,
+)
 from ._url import sqlite_path
 from .store import SQLiteKV
 
 _SAFETY_NET = 0.5  # longest sleep without looking at the table
 _SWEEP_EVERY = 30.0  # clock seconds between lazy deletions of expired rows
+# A sweep deletes at most this many batches of SWEEP_ROWS, each its own write transaction
+# with a pause between them in which another process's writer gets its turn; what is left
+# waits for the next sweep, _SWEEP_AGAIN clock seconds later.
+_SWEEP_BATCHES = 10
+_SWEEP_AGAIN = 1.0
+_SWEEP_PAUSE = 0.01  # seconds: a waiting writer tries again at least this often (_database)
 _EVENT_POLL = 0.05  # how often a blocked event reader looks at the table
 T = TypeVar("T")
 
@@ -178,17 +196,38 @@ class SQLiteCore(Broker):
             ).fetchone()[0]
         )
         conn.executemany("INSERT INTO events(id, body) VALUES (?, ?)", records(events, last))
-        conn.execute("DELETE FROM events WHERE id <= ?", (last - self.events_kept,))
+        # Bounded (TRIM_ROWS): what a lowered events_kept leaves goes over the next appends.
+        conn.execute(TRIM_EVENTS, (last - self.events_kept, TRIM_ROWS))
 
-    def _sweep(self, conn: sqlite3.Connection, now: float) -> bool:
-        """Delete expired rows now and then; every read already treats them as absent."""
+    # -- the sweep -----------------------------------------------------------------------------
+
+    def _sweep(self) -> None:
+        """Delete expired rows now and then (every read already treats them as absent), in
+        batches of ``SWEEP_ROWS``, each its own write transaction and none inside another:
+        a backlog (a million jobs whose records expired while no worker ran) holds the write
+        lock for a batch at a time, and one sweep deletes at most ``_SWEEP_BATCHES``."""
+        now = self._clock.time()
         if now < self._next_sweep:
-            return False
+            return
         self._next_sweep = now + _SWEEP_EVERY
-        conn.execute("DELETE FROM jobs WHERE expires_at <= ?", (now,))
-        conn.execute("DELETE FROM workers WHERE expires_at <= ?", (now,))
-        self._kv.sweep(conn, now)
-        return True
+        budget = _SWEEP_BATCHES
+        for table in ("jobs", "kv", "workers"):  # not locks: their rows carry the fences
+            budget -= self._sweep_table(table, now, budget)
+        if not budget:
+            self._next_sweep = now + _SWEEP_AGAIN  # rows may be left
+        self._notify.sweep()
+
+    def _sweep_table(self, table: str, now: float, budget: int) -> int:
+        """Delete ``table``'s rows expired at ``now``, up to ``budget`` batches; how many
+        batches it took."""
+        sql = SWEEP.format(table=table)
+        for used in range(budget):
+            if used:
+                time.sleep(_SWEEP_PAUSE)  # after a full batch: another process's turn
+            with self._db.write() as conn:
+                if conn.execute(sql, (now, SWEEP_ROWS)).rowcount < SWEEP_ROWS:
+                    return used + 1
+        return budget
 
     def _wake_ended(self, job_ids: Iterable[str]) -> None:
         for job_id in dict.fromkeys(job_ids):

@@ -19,10 +19,11 @@ One file holds everything (the broker's and the key-value store's tables), so on
     ``lease_until`` (running: reclaimable from then on), ``cancel_requested`` (0/1, read by
     renew), ``result`` (the encoded Outcome), ``reason`` (kept with failed and dead jobs),
     ``progress``, ``progress_note``, ``updated_at``, ``expires_at`` (terminal jobs: the row
-    is invisible from then on and deleted lazily), ``waiting`` (v2: how many of the job's
-    ``depends_on`` have not ended; a job above 0 is ``scheduled`` with a NULL ``eta``, so
-    nothing but the last of them ending makes it due), ``depends_on`` (v3: the ids the job
-    waits for, joined by ',', so ``requeue`` can wait for them again as enqueue did).
+    is invisible from then on and deleted lazily, by the sweep in ``_core``), ``waiting``
+    (v2: how many of the job's ``depends_on`` have not ended; a job above 0 is ``scheduled``
+    with a NULL ``eta``, so nothing but the last of them ending makes it due),
+    ``depends_on`` (v3: the ids the job waits for, joined by ',', so ``requeue`` can wait
+    for them again as enqueue did).
     ``rowid`` is insertion order (a row is only ever inserted once; an expired one is
     deleted before its id is reused), which breaks ties the way the memory adapter's dict
     does. The ``workers`` table keeps that order too (a heartbeat updates in place).
@@ -41,7 +42,8 @@ One file holds everything (the broker's and the key-value store's tables), so on
     and ``id`` is the number of its last event: meta's ``events`` counts every event ever
     appended, so ids never repeat, even after the rows before them were trimmed. The
     transaction that appends also deletes the rows whose events are all older than the
-    newest ``events_kept`` (one primary-key range ``DELETE``).
+    newest ``events_kept``, the oldest ``TRIM_ROWS`` of them at most (``_sql``): a log
+    left much longer by a lowered ``events_kept`` shrinks over the next appends.
 
 ``kv(key, value, expires_at, version)`` -- the ``KeyValue`` store's values and counters.
 

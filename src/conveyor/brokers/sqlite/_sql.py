@@ -12,6 +12,16 @@ from .._base import CANCELLED_TTL, CANCELLED_WORKER_STOPPED
 LIVE = "(expires_at IS NULL OR expires_at > ?)"
 RECORD = "id, status, queue, result, progress, progress_note, updated_at, deliveries, reason"
 CHUNK = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+# Deletions of a backlog go a bounded batch per statement: one unbounded DELETE of a
+# million expired jobs (and their six indexes' entries) held the write lock for seconds,
+# and a producer's enqueue gave up waiting for it. A batch of SWEEP_ROWS jobs takes
+# 10-30 ms; an events row has no index but its primary key, hence the larger TRIM_ROWS.
+SWEEP_ROWS = 1000
+TRIM_ROWS = 10_000
+SWEEP = """DELETE FROM {table} WHERE rowid IN
+    (SELECT rowid FROM {table} WHERE expires_at <= ? LIMIT ?)"""
+TRIM_EVENTS = """DELETE FROM events WHERE id IN
+    (SELECT id FROM events WHERE id <= ? ORDER BY id LIMIT ?)"""
 
 INSERT = """
 INSERT INTO jobs(id, queue, payload, priority, status, seq, eta, key, updated_at, waiting,

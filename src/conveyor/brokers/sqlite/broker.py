@@ -128,9 +128,9 @@ class SQLiteBroker(SQLiteAdmin):
         return bool(queued) or (due is not None and due <= self._clock.time()), due
 
     def _claim(self, queues: list[str], count: int, lease: float) -> list[Delivery]:
+        self._sweep()  # before the claim: an error then leaves no job claimed and unreturned
         with self._db.write() as conn:
             now = self._clock.time()
-            swept = self._sweep(conn, now)
             base = take_seq(conn, 0)
             moved = conn.execute(PROMOTE, (base, now)).rowcount
             reclaimed = conn.execute(RECLAIM, (now, now, base + moved, now)).fetchall()
@@ -143,8 +143,6 @@ class SQLiteBroker(SQLiteAdmin):
                 heads = " UNION ALL ".join([HEAD] * len(live))
                 args = [now + lease, now, *(x for q in live for x in (q, count)), count]
                 rows = conn.execute(CLAIM.format(heads=heads), args).fetchall()
-        if swept:
-            self._notify.sweep()
         self._wake_ended(i for i, st in reclaimed if st == JobStatus.CANCELLED)
         # RETURNING gives no order: restore the claim's.
         rows.sort(key=lambda r: (-r[5], r[6]))

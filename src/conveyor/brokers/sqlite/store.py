@@ -4,7 +4,9 @@ schema in ``_schema``).
 Every operation is one statement or one write transaction, so it is atomic across threads
 and processes. ``update`` is optimistic, as the port asks: the user's function runs outside
 any transaction (it may be slow, and must not hold the database's single write lock), then a
-compare-and-set on the row's ``version`` writes only if nobody wrote in between.
+compare-and-set on the row's ``version`` writes only if nobody wrote in between. An
+expired key reads as absent until it is overwritten or the broker's sweep deletes it
+(``_core``); lock rows are never swept: they carry the fencing counters.
 """
 
 from __future__ import annotations
@@ -162,8 +164,3 @@ class SQLiteKV(KeyValue):
         with self._db.write() as conn:
             sql = f"UPDATE locks SET expires_at = ? WHERE {_HELD}"
             return conn.execute(sql, (now + ttl, name, token, now)).rowcount == 1
-
-    def sweep(self, conn: sqlite3.Connection, now: float) -> None:
-        """Delete expired keys (they already read as absent); the broker calls this lazily.
-        Lock rows stay: they carry the fencing counters."""
-        conn.execute("DELETE FROM kv WHERE expires_at <= ?", (now,))
