@@ -63,10 +63,24 @@ def env(queue: str = "default", **kw: object) -> Envelope:
         ("sqlite:///sub/dir/x.db", "sub/dir/x.db"),
         ("sqlite:////abs/x.db", "/abs/x.db"),
         ("SQLite:////abs/my%20jobs.db", "/abs/my jobs.db"),
+        ("sqlite:////srv/app%232/what%3F/100%25/jobs.db", "/srv/app#2/what?/100%/jobs.db"),
     ],
 )
 def test_url_names_a_relative_or_absolute_file(url: str, path: str) -> None:
     assert sqlite_path(url) == path
+
+
+def test_a_relative_url_is_shown_by_the_absolute_path_of_its_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `conveyor worker` logged "broker sqlite:///./conveyor.db": which file, from which folder?
+    monkeypatch.chdir(tmp_path)
+    with open_broker("sqlite:///./conveyor.db") as b:
+        assert b.url == f"sqlite:///{tmp_path}/conveyor.db"
+    odd = tmp_path / "app#2" / "100%" / "jobs.db"
+    odd.parent.mkdir(parents=True)
+    with SQLiteBroker(str(odd)) as b:  # the URL shown opens the same file
+        assert sqlite_path(b.url) == str(odd)
 
 
 @pytest.mark.parametrize(
@@ -85,6 +99,15 @@ def test_url_names_a_relative_or_absolute_file(url: str, path: str) -> None:
 def test_bad_url_says_what_to_write(url: str, hint: str) -> None:
     with pytest.raises(InvalidURL, match=hint.replace("?", r"\?")):
         sqlite_path(url)
+
+
+@pytest.mark.parametrize("url", ["sqlite:////srv/app#2/jobs.db", "sqlite:////srv/what?/jobs.db"])
+def test_a_hash_or_question_mark_in_a_path_is_told_to_be_percent_encoded(url: str) -> None:
+    with pytest.raises(InvalidURL) as caught:
+        sqlite_path(url)
+    said = str(caught.value)
+    assert "a '#', '?' or '%' in a folder or file name is written percent-encoded" in said
+    assert "(%23, %3F, %25)" in said
 
 
 def test_the_factory_opens_a_relative_url_from_the_working_directory(

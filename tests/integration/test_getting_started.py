@@ -65,7 +65,7 @@ def test_the_getting_started_page_runs_as_written(tmp_path: Path) -> None:
     assert code == 0, log
     assert sent[0].startswith("queued ") and sent[1] == "a.png@640", sent
     assert "resizing a.png to 640 px" in log
-    assert "broker sqlite:///./conveyor.db" in log
+    assert f"broker sqlite:///{tmp_path}/conveyor.db" in log  # which file: the absolute path
 
     job_id = sent[0].removeprefix("queued ")
     shown = json.loads(run(tmp_path, env, "-m", "conveyor", "job", job_id, "--json"))

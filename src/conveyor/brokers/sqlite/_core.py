@@ -31,7 +31,7 @@ from ._sql import (
     placeholders,
     take_seq,
 )
-from ._url import sqlite_path
+from ._url import sqlite_path, sqlite_url
 from .store import SQLiteKV
 
 _SAFETY_NET = 0.5  # longest sleep without looking at the table
@@ -110,7 +110,7 @@ class SQLiteCore(Broker):
         create: bool = True,
         events_kept: int = EVENTS_KEPT,
     ):
-        super().__init__("sqlite:///" + path, clock=clock, events_kept=events_kept)
+        super().__init__(sqlite_url(path), clock=clock, events_kept=events_kept)
         self.path = os.path.abspath(path)  # threads open connections later, maybe elsewhere
         self._db = Database(self.path, busy_timeout, create=create, given=path)
         try:

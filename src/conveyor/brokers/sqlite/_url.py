@@ -1,7 +1,11 @@
-"""The ``sqlite://`` URL: three slashes before a relative path, four before an absolute one."""
+"""The ``sqlite://`` URL: three slashes before a relative path, four before an absolute one.
+The path is percent-decoded, so a ``#``, ``?`` or ``%`` in it is written ``%23``, ``%3F``,
+``%25``: unencoded, ``#`` and ``?`` would start a fragment or options (refused), and ``%41``
+reads as ``A``."""
 
 from __future__ import annotations
 
+import os
 from urllib.parse import unquote
 
 from ..._errors import InvalidURL
@@ -22,7 +26,17 @@ def sqlite_path(url: str) -> str:
         raise InvalidURL(f"bad SQLite URL {url!r}: a host is not allowed; {how}")
     path = unquote(rest[1:])
     if any(c in rest for c in "?#") or "\x00" in path:
-        raise InvalidURL(f"bad SQLite URL {url!r}: options are not supported; {how}")
+        raise InvalidURL(
+            f"bad SQLite URL {url!r}: options are not supported; a '#', '?' or '%' in a "
+            f"folder or file name is written percent-encoded (%23, %3F, %25); {how}"
+        )
     if not path or path.endswith("/"):
         raise InvalidURL(f"bad SQLite URL {url!r}: name a database file; {how}")
     return path
+
+
+def sqlite_url(path: str) -> str:
+    """The URL of the file at ``path``, made absolute (four slashes): what the broker shows,
+    so an operator sees which file a relative URL opened. ``sqlite_path`` reads it back."""
+    absolute = os.path.abspath(path)
+    return "sqlite:///" + absolute.replace("%", "%25").replace("?", "%3F").replace("#", "%23")
