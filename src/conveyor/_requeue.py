@@ -150,17 +150,27 @@ def requeue(app: Conveyor, job_ids: Sequence[str]) -> int:
 def requeue_all(app: Conveyor, status: JobStatus, queue: str | None = None) -> int:
     """``app.requeue_all``: page through ``entries`` and requeue each page. A job whose
     payload this app cannot decode is left where it is (logged), as is one whose unique
-    key another pending job holds; the pages skip them."""
+    key another pending job holds; the pages skip them.
+
+    Each job is taken once per call: one requeued here that ends in ``status`` again
+    meanwhile (a busy worker runs it and it fails at once) comes back at the top of the
+    newest-first listing, ahead of the jobs still to do, and is passed over like those left
+    where they were (it was requeued again and again, while workers ran)."""
     if status not in REQUEUEABLE:
         raise ConfigurationError(
             f"cannot requeue {status!r} jobs: requeue_all takes JobStatus.FAILED, DEAD or CANCELLED"
         )
     if queue is not None:
         validate_queue(queue)
-    total = skip = 0
+    total = skip = 0  # skip: the listing's head that stays; the jobs to do come after it
+    seen: set[str] = set()
     while page := app.broker.entries(status, queue, PAGE, skip):
         jobs = []
         for entry in page:
+            if entry.id in seen:  # left where it was, or requeued and ended again
+                skip += 1
+                continue
+            seen.add(entry.id)
             try:
                 jobs.append(_fresh(app, entry.id, entry.payload))
             except ValidationError as exc:  # undecodable, or a step without its inputs

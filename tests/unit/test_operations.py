@@ -222,6 +222,30 @@ def test_requeue_all_pages_through_every_failed_job(
         app.requeue_all(JobStatus.FAILED, "two words")
 
 
+def test_requeue_all_takes_each_job_once_though_it_fails_again_meanwhile(
+    app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the pages were read afresh after each requeue, and a job that failed
+    # again meanwhile (a busy worker) came back at the top of the newest-first listing and
+    # was requeued again, and again: 12 failed jobs were requeued 1,437 times.
+    monkeypatch.setattr(requeue_module, "PAGE", 3)
+    failed = _failed(app, 7)
+    requeued: list[str] = []
+    requeue_page = requeue_module._requeue
+
+    def then_failed_again(app: Conveyor, jobs: Any) -> tuple[int, int]:
+        out = requeue_page(app, jobs)
+        requeued.extend(j.id for j in jobs)
+        taken = app.broker.fetch(["default"], "fast-worker", 100, 30.0, 0.0)
+        app.broker.finish([Finish(d, JobStatus.FAILED, reason="again") for d in taken])
+        return out
+
+    monkeypatch.setattr(requeue_module, "_requeue", then_failed_again)
+    assert app.requeue_all(JobStatus.FAILED) == 7
+    assert sorted(requeued) == sorted(failed)  # each once
+    assert {app.job(i).status for i in failed} == {JobStatus.FAILED}
+
+
 def test_requeued_payload_keeps_everything_but_the_attempt(app: Conveyor) -> None:
     [job_id] = _failed(app, 1)
     before = app.codec.decode_message(app.broker.payload(job_id) or b"")
