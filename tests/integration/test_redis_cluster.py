@@ -10,6 +10,8 @@ a slot migrated) are in ``tests/torture/test_redis_cluster_faults.py``.
 from __future__ import annotations
 
 import asyncio
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -54,6 +56,22 @@ def test_a_prefix_lives_on_the_master_of_its_slot_and_prefixes_spread(
         app.close()
     # Twelve prefixes land on more than one master (1 in 3**11 that they do not).
     assert len({redis_cluster.master_of(p).port for p in prefixes}) > 1
+
+
+def test_a_dead_first_seed_is_passed_over_at_once(redis_cluster: RedisClusterServers) -> None:
+    # Regression: each slot owner asked a refused seed with redis-py's default retries
+    # (8.x), ~3.5 s each, and a prefix of 6 shards has 7 owners: 25 s before the first call.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]  # closed when the block ends: nothing listens there
+    live = redis_cluster.url.removeprefix("redis+cluster://")
+    app = Conveyor(f"redis+cluster://127.0.0.1:{dead},{live}/?shards=6", prefix=unique_prefix())
+    try:
+        began = time.monotonic()
+        app.broker.stats()
+        assert time.monotonic() - began < 3.0  # a refused connect each, not retried
+    finally:
+        app.close()
 
 
 def test_store_keys_spread_over_the_masters(redis_cluster: RedisClusterServers) -> None:
