@@ -14,7 +14,8 @@ import pytest
 
 from conveyor import Conveyor, JobStatus
 from conveyor._backoff import Backoff
-from conveyor._message import Delivery, Envelope
+from conveyor._clock import FakeClock
+from conveyor._message import Delivery, Envelope, new_job_id
 from conveyor.brokers import Finish
 from conveyor.worker import Worker, _finisher
 from conveyor.worker._attempt import Attempt
@@ -261,3 +262,20 @@ def test_a_fetchs_vetted_jobs_take_run_slots_in_fetch_order_the_rest_wait() -> N
     assert inflight.complete(a, ran=0.0001)
     assert started == [c] and c.slot and inflight.active == 2
     assert not inflight.admit(stray)
+
+
+def test_a_refused_outcome_says_whether_the_job_went_on_or_is_gone() -> None:
+    # Regression: every refusal said "another worker owns the job now", also for a job
+    # deleted, purged, or lost with a failed-over Redis master: no other worker to look for.
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+    gone, taken = new_job_id(), new_job_id()
+    app.broker.enqueue([Envelope(gone, "default", b"x"), Envelope(taken, "default", b"y")])
+    assert len(app.broker.fetch(["default"], "stalled", 2, 10.0, 0.0)) == 2
+    clock.advance(11)  # both leases lapsed
+    assert app.delete([gone]) == {gone: JobStatus.RUNNING}
+    assert [d.id for d in app.broker.fetch(["default"], "next", 1, 10.0, 0.0)] == [taken]
+    finisher = Finisher(app.broker, Inflight(1), Backoff(0.01, 0.1, random.random))
+    assert "no longer exists" in finisher._refused(gone)
+    said = finisher._refused(taken)
+    assert "went on without this worker (it is running now)" in said

@@ -224,21 +224,32 @@ class Finisher:
             self._cond.wait_for(lambda: self._stopping != stopping, delay)
         return False
 
+    def _refused(self, job_id: str) -> str:
+        """Why the broker refused an outcome, as its record says (one look; refusals are
+        rare): the job went on without this worker, or it is gone altogether."""
+        try:
+            [record] = self._broker.get([job_id])
+        except Exception:  # the look is for the log line only
+            return "its lease was lost, or the job no longer exists"
+        if record is None:
+            return (
+                "the job no longer exists (deleted, purged or expired, or lost with a "
+                "failed-over Redis master that had not passed it on)"
+            )
+        return (
+            "its lease was lost and the job went on without this worker (it is "
+            f"{record.status.value} now)"
+        )
+
     def _report(self, attempt: Attempt, finish: Finish, ok: bool) -> None:
         """One line per recorded outcome: a dead letter at ERROR with its reason, a failure
         (no retries left, or not retried) at WARNING with its traceback, the rest at DEBUG
         (a retry was logged at INFO when it was decided)."""
         status = finish.status
         if not ok:
-            log_job(
-                logging.WARNING,
-                attempt,
-                "job %s (%s): the %s outcome was refused: its lease was lost and another "
-                "worker owns the job now",
-                attempt.job_id,
-                attempt.name,
-                status,
-            )
+            why = self._refused(attempt.job_id)
+            log_job(logging.WARNING, attempt, "job %s (%s): the %s outcome was refused: %s",
+                    attempt.job_id, attempt.name, status, why)  # fmt: skip
             return
         if status is JobStatus.DEAD:
             log_job(logging.ERROR, attempt, "job %s (%s) was dead-lettered after %.0f ms: %s",
