@@ -3,6 +3,7 @@ a list; a test that opens a connection fails."""
 
 from __future__ import annotations
 
+import json
 import socket
 import sys
 from collections.abc import Callable, Iterator
@@ -148,6 +149,48 @@ def test_arguments_can_be_left_out_and_retries_reported(sent: list[dict[str, Any
         assert "args" not in event["contexts"]["conveyor job"]
         assert "kwargs" not in event["contexts"]["conveyor job"]
     assert "retry in" in retry["contexts"]["conveyor job"]
+
+
+MARKER = "4111-1111-1111-1111"  # a card number: it must reach no event
+
+
+@pytest.mark.parametrize("include_args", [False, True])
+def test_without_args_no_frame_of_the_event_carries_them(
+    sent: list[dict[str, Any]], include_args: bool
+) -> None:
+    """The SDK sends each frame's local variables by default (``include_local_variables``):
+    the task's frame holds its arguments, Conveyor's frames the message. Left out with
+    ``include_args=False``, everywhere in the event; the stack itself stays."""
+    app = Conveyor("memory://", clock=FakeClock(), middleware=[SentryMiddleware(include_args)])
+
+    @app.task(name="billing.charge", retries=0)
+    def charge(card: str, *, holder: str) -> None:
+        try:
+            raise LookupError("no such card")
+        except LookupError:
+            sentry_sdk.capture_exception()  # the task's own event, from inside the run
+        raise ValueError("card declined")
+
+    charge.delay(MARKER, holder=MARKER[::-1])
+    drain(app)
+    told, reported = sent
+    assert "tags" not in told and reported["tags"]["conveyor.status"] == "failed"
+    (own,) = told["exception"]["values"]
+    (exception,) = reported["exception"]["values"]
+    frames = exception["stacktrace"]["frames"]
+    assert frames[-1]["function"] == "charge" and frames[-1]["lineno"] > 0
+    assert any(frame["function"] == "invoke" for frame in frames)  # the worker's frames too
+    assert own["stacktrace"]["frames"][-1]["function"] == "charge"
+    blob = json.dumps(sent)
+    if include_args:  # the SDK's default: the arguments are in the frames (the context too)
+        assert frames[-1]["vars"]["card"] == repr(MARKER)
+        assert own["stacktrace"]["frames"][-1]["vars"]["card"] == repr(MARKER)
+        assert MARKER[::-1] in blob
+    else:
+        assert MARKER not in blob and MARKER[::-1] not in blob
+        for event in sent:
+            for value in event["exception"]["values"]:
+                assert not any("vars" in frame for frame in value["stacktrace"]["frames"])
 
 
 def test_a_dead_letter_is_reported_with_its_reason(sent: list[dict[str, Any]]) -> None:

@@ -14,6 +14,13 @@ dead letter, tagged ``conveyor.task``, ``.queue``, ``.status`` and ``.job_id``, 
 as the ``conveyor job`` context. An attempt that will
 be retried is not reported unless ``report_retries=True`` (then at level ``warning``).
 
+``include_args=False`` also keeps the arguments out of the stack: Sentry sends each frame's
+local variables (``include_local_variables``, on by default), and the task's frame holds
+its parameters, Conveyor's frames the job's message. So every frame of these reports, and
+of any event sent from inside a run (the task's own ``capture_exception``, a logged
+error), goes without its ``vars``; function names, files and line numbers stay. With
+``include_args=True`` frame locals follow Sentry's own setting.
+
 The exception reported is the one the task raised when it ran in the worker process (with
 its stack); with ``--pool processes``, or when a child was killed at its time limit, it is
 a ``TaskFailed`` whose remote traceback is in the context, grouped by task and remote
@@ -60,7 +67,10 @@ class SentryMiddleware(Middleware):
 
     def before_run(self, message: Message) -> None:
         entered = self._sentry.isolation_scope()
-        self._running[message.id] = (entered, entered.__enter__())
+        scope = entered.__enter__()
+        if not self.include_args:  # what the task sends itself has its arguments as locals
+            scope.add_event_processor(_without_locals)
+        self._running[message.id] = (entered, scope)
 
     def after_run(self, message: Message, run: Run) -> None:
         running = self._running.pop(message.id, None)
@@ -104,6 +114,8 @@ class SentryMiddleware(Middleware):
             scope.set_tag("conveyor.job_id", outcome.job_id)
             scope.set_context("conveyor job", self._context(message, outcome))
             scope.set_transaction_name(task)
+            if not self.include_args:
+                scope.add_event_processor(_without_locals)
             error = outcome.error
             if error is None:
                 what = {"dead": "was dead-lettered", "failed": "failed"}.get(outcome.status)
@@ -148,3 +160,17 @@ class SentryMiddleware(Middleware):
                 context["args"] = message.args
                 context["kwargs"] = message.kwargs
         return context
+
+
+def _without_locals(event: dict[str, Any], hint: dict[str, Any]) -> dict[str, Any]:
+    """``event`` without the local variables of its stack frames (``include_args=False``):
+    the task's frame holds its arguments, the worker's the message that carries them. The
+    frames keep their function, file and line."""
+    stacks = [event.get("stacktrace")]
+    for part in ("exception", "threads"):
+        values = (event.get(part) or {}).get("values") or ()
+        stacks.extend(value.get("stacktrace") for value in values)
+    for stack in stacks:
+        for frame in (stack or {}).get("frames") or ():
+            frame.pop("vars", None)
+    return event
