@@ -573,6 +573,7 @@ class Conveyor:
                 ids = self.broker.enqueue(envelopes, events)
             else:
                 ids = self.broker.enqueue_in(connection, envelopes, events)
+            sending.sent(envelopes, ids)  # a job deduplicated by its key was not sent
         return [Job(self, i) for i in ids]
 
     async def _send_async(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
@@ -593,6 +594,7 @@ class Conveyor:
                 ids = await self.broker.enqueue_async(envelopes, events)
             else:
                 ids = await self.broker.enqueue_in_async(connection, envelopes, events)
+            sending.sent(envelopes, ids)
         return [Job(self, i) for i in ids]
 
 

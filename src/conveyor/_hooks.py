@@ -12,7 +12,8 @@ interruptions of a run. It is raised once every other middleware's hook has run,
 
 ``Sending`` is one enqueue call seen by the producer hooks: ``before_enqueue`` for each job
 as it is built, ``after_enqueue`` for each of them when the call ends, with its error if
-it failed (or, for jobs built in ``Sending.alone()`` that failed there, with that error then).
+it failed (or, for jobs built in ``Sending.alone()`` that failed there, with that error then),
+or ``on_deduplicated`` for a job the broker did not write (``Sending.sent``).
 """
 
 from __future__ import annotations
@@ -45,9 +46,20 @@ def check_middleware(middleware: object) -> Middleware:
     return middleware
 
 
-def _bind(middleware: Sequence[Middleware], name: str, reverse: bool = False) -> Bound:
-    base = getattr(Middleware, name)
-    found = tuple((m, getattr(m, name)) for m in middleware if getattr(type(m), name) is not base)
+def _overrides(middleware: Middleware, name: str) -> bool:
+    return getattr(type(middleware), name) is not getattr(Middleware, name)
+
+
+def _bind(
+    middleware: Sequence[Middleware], name: str, reverse: bool = False, also: str = ""
+) -> Bound:
+    """The bound ``name`` of each middleware that overrides it (or ``also``, which its
+    default calls)."""
+    found = tuple(
+        (m, getattr(m, name))
+        for m in middleware
+        if _overrides(m, name) or (also and _overrides(m, also))
+    )
     return found[::-1] if reverse else found
 
 
@@ -113,6 +125,8 @@ class Hooks:
         ms = self.middleware
         self.before_enqueue_hooks = _bind(ms, "before_enqueue")
         self.after_enqueue_hooks = _bind(ms, "after_enqueue", reverse=True)
+        # Its place: the default calls after_enqueue, so those that override either hear.
+        self.deduplicated_hooks = _bind(ms, "on_deduplicated", reverse=True, also="after_enqueue")
         self.worker_start_hooks = _bind(ms, "on_worker_start")
         self.worker_stop_hooks = _bind(ms, "on_worker_stop", reverse=True)
         self.before_run_hooks = _bind(ms, "before_run")
@@ -150,6 +164,9 @@ class Hooks:
     def after_enqueue(self, message: Message, error: BaseException | None) -> None:
         call(self.after_enqueue_hooks, "after_enqueue", message, error, passthrough=PRODUCER)
 
+    def deduplicated(self, message: Message, job_id: str) -> None:
+        call(self.deduplicated_hooks, "on_deduplicated", message, job_id, passthrough=PRODUCER)
+
     # -- worker ------------------------------------------------------------------------------
 
     def worker_start(self, worker: WorkerProcess) -> None:
@@ -185,13 +202,25 @@ class Sending:
 
     Without middleware ``envelope`` is ``app.envelope``; with it, each job's message goes
     through ``before_enqueue`` before it is encoded, and leaving the block calls
-    ``after_enqueue`` for every one of them, with the exception the block raised (if any).
+    ``after_enqueue`` for every one of them, with the exception the block raised (if any),
+    or ``on_deduplicated`` for those ``sent`` found not written.
     """
 
     def __init__(self, app: Conveyor, hooks: Hooks | None) -> None:
         self._app = app
         self._hooks = hooks
         self._messages: list[Message] = []
+        self._deduplicated: dict[str, str] = {}  # message id -> the live job returned instead
+
+    def sent(self, envelopes: Sequence[Envelope], ids: Sequence[str]) -> None:
+        """The ids the broker returned for ``envelopes``: where one is not its envelope's,
+        the broker already held a live job with that key and wrote nothing. Comparing the
+        lists is all a batch whose jobs were all written pays."""
+        if self._hooks is None:
+            return
+        given = [e.id for e in envelopes]
+        if ids != given:
+            self._deduplicated.update((g, i) for g, i in zip(given, ids, strict=False) if g != i)
 
     def envelope(self, sig: Signature[Any]) -> Envelope:
         if self._hooks is None:
@@ -223,17 +252,27 @@ class Sending:
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
         if self._hooks is not None:
-            _after_each(self._hooks, self._messages, ev)
+            _after_each(self._hooks, self._messages, ev, self._deduplicated if ev is None else {})
 
 
-def _after_each(hooks: Hooks, messages: Sequence[Message], error: BaseException | None) -> None:
-    """``after_enqueue`` for every message, also after one let an exception through (a
-    ``KeyboardInterrupt``): raised once the last has had its call. (The rest heard nothing,
-    and a tracing middleware's send spans stayed open for ever.)"""
+def _after_each(
+    hooks: Hooks,
+    messages: Sequence[Message],
+    error: BaseException | None,
+    deduplicated: dict[str, str] | None = None,
+) -> None:
+    """``after_enqueue`` for every message (``on_deduplicated`` for one the broker did not
+    write), also after one let an exception through (a ``KeyboardInterrupt``): raised once
+    the last has had its call. (The rest heard nothing, and a tracing middleware's send
+    spans stayed open for ever.)"""
     through: BaseException | None = None
     for message in messages:
         try:
-            hooks.after_enqueue(message, error)
+            job_id = deduplicated.get(message.id) if deduplicated else None
+            if job_id is None:
+                hooks.after_enqueue(message, error)
+            else:
+                hooks.deduplicated(message, job_id)
         except BaseException as exc:
             if through is None:
                 through = exc

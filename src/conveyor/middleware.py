@@ -10,6 +10,10 @@ Where and when each hook runs:
   encoded; the place to add ``message.headers``.
 - ``after_enqueue``, in the producer: the broker took the job (``error`` is None) or the
   enqueue failed.
+- ``on_deduplicated``, in the producer, in place of ``after_enqueue``: nothing was written,
+  because the broker already held a live job with the message's ``key``; ``job_id`` is
+  that job's, the one the call returned. Unless overridden it calls
+  ``after_enqueue(message, None)``.
 - ``on_worker_start``, in the worker and in each child of ``--pool processes``: a worker
   session starts (``run`` or a drain), before its first job.
 - ``on_worker_stop``, in the worker and in each child: the session ended, after its last job.
@@ -26,9 +30,10 @@ With ``--pool processes`` the run hooks run in the child, and everything the wor
 (``on_running`` to ``on_dead_letter``) in the worker itself, which sees every attempt end,
 including one whose child was killed by a hard time limit or died.
 
-Order: ``before_*`` and ``on_*`` hooks run in registration order, ``after_*`` hooks and
-``on_worker_stop`` in the reverse order (like nested ``with`` blocks), and every ``after_*``
-hook runs once for each ``before_*``, even when one of them raised.
+Order: ``before_*`` and ``on_*`` hooks run in registration order, ``after_*`` hooks,
+``on_deduplicated`` and ``on_worker_stop`` in the reverse order (like nested ``with``
+blocks), and every ``after_*`` hook runs once for each ``before_*`` (``after_enqueue``, or
+``on_deduplicated`` in its place), even when one of them raised.
 
 Errors: an exception raised by a hook is logged on ``conveyor.middleware`` with the
 middleware's name, and the job goes on as if the hook had returned: a middleware never
@@ -153,6 +158,16 @@ class Middleware:
     def after_enqueue(self, message: Message, error: BaseException | None) -> None:
         """The broker took the job (``error`` is None), or sending it failed with ``error``
         (which the caller of ``delay``/``enqueue`` gets too)."""
+
+    def on_deduplicated(self, message: Message, job_id: str) -> None:
+        """Called instead of ``after_enqueue`` when the broker wrote nothing: it already
+        held a live job with the message's ``key`` (``job_id``, the job the caller got, not
+        ``message.id``). The default calls ``after_enqueue(message, None)``, so middleware
+        that does not override it hears of the job as sent; override it to tell the two
+        apart (a count of jobs sent, a span that names the job), and close there what
+        ``before_enqueue`` opened. (Not told apart: a periodic tick skipped for its
+        ``overlap``, and a ``job_id=`` that names a live job; docs/observability.md.)"""
+        self.after_enqueue(message, None)
 
     # -- worker lifecycle --------------------------------------------------------------------
 

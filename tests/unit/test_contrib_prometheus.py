@@ -61,6 +61,22 @@ def test_jobs_are_counted_by_task_queue_and_status() -> None:
     assert sample(registry, "conveyor_jobs_in_progress", queue="default") == 0
 
 
+def test_a_send_deduplicated_by_its_key_is_not_counted_as_enqueued() -> None:
+    registry = CollectorRegistry()
+    app = Conveyor("memory://", clock=FakeClock(), middleware=[PrometheusMiddleware(registry)])
+
+    @app.task(name="report")
+    def report(day: str) -> str:
+        return day
+
+    monday = report.options(key="report-mon")
+    first, again = monday.delay("mon"), monday.delay("mon")
+    assert again.id == first.id  # one job: the second send wrote nothing
+    report.delay("tue")
+    enqueued = sample(registry, "conveyor_jobs_enqueued_total", task="report", queue="default")
+    assert enqueued == 2
+
+
 def test_one_middleware_per_registry() -> None:
     registry = CollectorRegistry()
     PrometheusMiddleware(registry)

@@ -25,6 +25,7 @@ Metrics (``namespace`` prefixes them; ``conveyor`` unless set):
                                                 counts as waiting)
 ``conveyor_jobs_in_progress``         gauge     jobs running now, by ``queue``
 ``conveyor_jobs_enqueued_total``      counter   jobs this process sent, by ``task``, ``queue``
+                                                (not one deduplicated by its ``key``)
 ===================================== ========= ================================================
 
 and the broker's gauges, read from it at each scrape (``QueueMetrics``: the worker's
@@ -155,6 +156,9 @@ class PrometheusMiddleware(Middleware):
     def after_enqueue(self, message: Message, error: BaseException | None) -> None:
         if error is None:
             _child(self._enqueued, self.enqueued, (message.task, message.queue)).inc()
+
+    def on_deduplicated(self, message: Message, job_id: str) -> None:
+        """Not sent (the broker had a live job with its key): not counted."""
 
     def on_running(self, message: Message) -> None:
         queue = (message.queue,)
