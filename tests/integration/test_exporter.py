@@ -96,6 +96,69 @@ def test_one_exporter_follows_the_queue_and_the_workers(project: Project) -> Non
     assert "Traceback" not in exporter.stderr(), exporter.stderr()
 
 
+SHOP_APP = """
+from conveyor import Conveyor
+from conveyor.contrib.prometheus import PrometheusMiddleware
+
+app = Conveyor(middleware=[PrometheusMiddleware(namespace="shop")])  # CONVEYOR_URL
+"""
+
+
+@pytest.mark.timeout(60)
+def test_the_exporter_serves_the_names_the_app_s_workers_serve(tmp_path: Path) -> None:
+    """``-A`` an app whose ``PrometheusMiddleware`` has ``namespace="shop"``: its workers
+    serve ``shop_queue_jobs``, and so does the exporter (``max`` aggregates the two);
+    ``--namespace`` says otherwise."""
+    project = Project(tmp_path)
+    (tmp_path / "shop_app.py").write_text(SHOP_APP)
+    app = project.app()  # makes the database
+    _send(app, "double", 1)
+    try:
+        for args, prefix in [((), "shop"), (("--namespace", "fleet"), "fleet")]:
+            exporter = Exporter(tmp_path, project.env(), "-A", "shop_app", *args)
+            try:
+                metrics = exporter.scrape()
+                labels = frozenset({"queue": "default", "status": "queued"}.items())
+                assert metrics[(f"{prefix}_queue_jobs", labels)] == 1
+                assert metrics[(f"{prefix}_broker_up", frozenset())] == 1
+                assert not any(name.startswith("conveyor_") for name, _ in metrics)
+                assert exporter.stop() == 0
+            finally:
+                exporter.kill()
+            assert "Traceback" not in exporter.stderr(), exporter.stderr()
+    finally:
+        app.close()
+        project.cleanup()
+
+
+def test_serve_exporter_takes_a_namespace_and_else_the_app_s() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from conveyor.contrib.prometheus import PrometheusMiddleware, serve_exporter
+
+    middleware = PrometheusMiddleware(CollectorRegistry(), namespace="shop")
+    shop = Conveyor("memory://", middleware=[middleware])
+    plain = Conveyor("memory://")
+    for app in (shop, plain):
+        app.enqueue(print, "queued")
+    for app, namespace, stem in [
+        (plain, "shop", "shop_"),  # given
+        (shop, None, "shop_"),  # the app's middleware's, as its workers serve them
+        (shop, "fleet", "fleet_"),  # given wins
+        (plain, None, "conveyor_"),
+        (plain, "", ""),  # none: bare names, as prometheus_client makes them
+    ]:
+        server = serve_exporter(app, 0, namespace=namespace)
+        try:
+            with urllib.request.urlopen(server.url, timeout=10) as response:
+                text = response.read().decode()
+        finally:
+            server.close()
+        names = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+        gauges = {"queue_jobs", "queue_oldest_age_seconds", "workers", "broker_up"}
+        assert {n for n in names if not n.startswith("process_")} == {stem + g for g in gauges}
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

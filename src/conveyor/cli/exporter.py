@@ -31,6 +31,12 @@ from ._load import app_options, open_app
     metavar="HOST",
     help="The address to listen on; 0.0.0.0 for a Prometheus on another machine.",
 )
+@click.option(
+    "--namespace",
+    metavar="PREFIX",
+    help="The metric names' prefix (default: the namespace of the app's PrometheusMiddleware, "
+    "as its workers serve them, else conveyor).",
+)
 @_logs.level_option
 @_logs.format_option
 @app_options
@@ -40,6 +46,7 @@ def exporter(
     *,
     port: int,
     host: str,
+    namespace: str | None,
     log_level: str | None,
     log_format: str,
     app_spec: str | None,
@@ -53,10 +60,10 @@ def exporter(
     conveyor_broker_up 0 and logged; the exporter keeps serving.
     """
     _logs.setup(ctx, log_level, log_format)
-    from ..contrib.prometheus import QueueMetrics, serve_exporter
+    from ..contrib.prometheus import QueueMetrics, namespace_of, serve_exporter
 
     app = open_app(app_spec, url)
-    metrics = QueueMetrics(app)
+    metrics = QueueMetrics(app, namespace_of(app) if namespace is None else namespace)
     server = serve_exporter(app, port, host, metrics=metrics)  # a port taken: stop here
     try:  # a broker that does not answer yet is logged, and served as broker_up 0
         metrics.read_or_log(fatal=(BrokerAuthError, BrokerGone))

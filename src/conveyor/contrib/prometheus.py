@@ -10,7 +10,7 @@
 then ``conveyor worker myapp.tasks --metrics-port 9100`` serves ``/metrics`` (or call
 ``serve(app, 9100)`` yourself). ``--metrics-port`` adds the middleware if the app has none.
 ``conveyor exporter --port 9101`` (``serve_exporter``) serves the broker's gauges alone, one
-process for a whole fleet.
+process for a whole fleet, under the namespace of the app's middleware (the workers' names).
 
 Metrics (``namespace`` prefixes them; ``conveyor`` unless set):
 
@@ -76,6 +76,7 @@ __all__ = [
     "MetricsServer",
     "PrometheusMiddleware",
     "QueueMetrics",
+    "namespace_of",
     "register_queue_metrics",
     "serve",
     "serve_exporter",
@@ -218,18 +219,32 @@ def serve_exporter(
     port: int,
     host: str = "127.0.0.1",
     *,
+    namespace: str | None = None,
     metrics: QueueMetrics | None = None,
 ) -> MetricsServer:
-    """Serve the broker's gauges alone (``metrics``, a ``QueueMetrics(app)`` unless given,
-    and the serving process's own ``process_*`` metrics) at ``http://host:port/metrics``
-    from a daemon thread: what ``conveyor exporter`` runs, one process for every queue of
-    the broker whatever the number of workers. It serves a registry of its own, never the
-    default one: the job counts are the workers' to serve. ``port=0`` picks a free port."""
+    """Serve the broker's gauges alone (``metrics``, a ``QueueMetrics`` unless given, and
+    the serving process's own ``process_*`` metrics) at ``http://host:port/metrics`` from a
+    daemon thread: what ``conveyor exporter`` runs, one process for every queue of the
+    broker whatever the number of workers. It serves a registry of its own, never the
+    default one: the job counts are the workers' to serve. ``port=0`` picks a free port.
+
+    ``namespace`` prefixes the gauges' names; unless given, the app's
+    ``PrometheusMiddleware``'s (``namespace_of``), so that the exporter and the workers'
+    ``/metrics`` serve the same names. A ``metrics`` given carries its own."""
     prom = _prometheus()
     registry = prom.CollectorRegistry()
     prom.ProcessCollector(registry=registry)
-    registry.register(QueueMetrics(app) if metrics is None else metrics)
+    if metrics is None:
+        metrics = QueueMetrics(app, namespace_of(app) if namespace is None else namespace)
+    registry.register(metrics)
     return _listen(registry, port, host)
+
+
+def namespace_of(app: Conveyor) -> str:
+    """The ``namespace`` of ``app``'s ``PrometheusMiddleware`` (the first, if several),
+    else ``conveyor``: the prefix its workers' metrics have."""
+    found = (m.namespace for m in app.middleware if isinstance(m, PrometheusMiddleware))
+    return next(found, "conveyor")
 
 
 def _listen(registry: CollectorRegistry, port: int, host: str) -> MetricsServer:
@@ -320,18 +335,18 @@ class QueueMetrics:
     def _families(self, reading: _Reading | None, read: bool = False) -> Iterator[Any]:
         from prometheus_client.core import GaugeMetricFamily
 
-        ns = self._namespace
+        ns = f"{self._namespace}_" if self._namespace else ""  # as prometheus_client joins it
         depth = GaugeMetricFamily(
-            f"{ns}_queue_jobs", "Jobs in the broker, by queue and status.",
+            f"{ns}queue_jobs", "Jobs in the broker, by queue and status.",
             labels=["queue", "status"],
         )  # fmt: skip
         oldest = GaugeMetricFamily(
-            f"{ns}_queue_oldest_age_seconds",
+            f"{ns}queue_oldest_age_seconds",
             "How long the job next in line of each queue has been queued (0: none is).",
             labels=["queue"],
         )
-        workers = GaugeMetricFamily(f"{ns}_workers", "Live workers.")
-        up = GaugeMetricFamily(f"{ns}_broker_up", "1 if the broker answered the last read.")
+        workers = GaugeMetricFamily(f"{ns}workers", "Live workers.")
+        up = GaugeMetricFamily(f"{ns}broker_up", "1 if the broker answered the last read.")
         if read:
             up.add_metric([], 0 if reading is None else 1)
         if reading is not None:
