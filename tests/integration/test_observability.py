@@ -29,7 +29,7 @@ from conveyor.contrib.opentelemetry import OpenTelemetryMiddleware
 pytestmark = pytest.mark.slow
 
 TASKS = """
-import json, os
+import json, os, time
 from conveyor import Conveyor, current_job
 
 app = Conveyor()  # CONVEYOR_URL, set by the test
@@ -50,6 +50,11 @@ def flaky() -> int:
     if current_job().attempt == 0:
         raise ValueError("first attempt")
     return 1
+
+
+@app.task
+def slow() -> None:
+    time.sleep(2)
 
 
 SPANS = os.environ.get("OBS_SPANS")
@@ -202,6 +207,50 @@ def test_a_trace_goes_from_the_producer_into_the_worker(
     worker_pid = obs.workers[0].pid
     pids = {s["pid"] for s in ran.values()}
     assert (worker_pid in pids) == (pool == "threads")  # processes: recorded in the child
+    app.close()
+
+
+@pytest.mark.timeout(120)
+def test_a_child_killed_at_its_time_limit_leaves_one_run_span(
+    obs: Project, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--pool processes``, every process traced: a run the child ends records its span
+    there; a child killed at the job's time limit never ends its span, and the worker
+    records that run's span instead, once, as the child would have: ERROR, child of the
+    send span."""
+    spans_file = obs.root / "spans.jsonl"
+    monkeypatch.setenv("OBS_SPANS", str(spans_file))
+    obs.worker("--pool", "processes", "-c", "2", module="obs_tasks")
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    app = obs.app()
+    app.add_middleware(OpenTelemetryMiddleware(provider))
+    slow = send(app, "slow", timeout=0.3)  # the producer's options are the job's
+    failing, ok = send(app, "fail"), send(app, "ok", 1)
+    for job in (slow, failing):
+        with pytest.raises(TaskFailed):
+            job.result(timeout=60)
+    assert ok.result(timeout=60) == 1
+
+    def runs() -> list[dict[str, Any]]:
+        lines = spans_file.read_text().splitlines() if spans_file.exists() else []
+        return [s for s in map(json.loads, lines) if s["name"] == "process default"]
+
+    wait_for(lambda: len(runs()) >= 3, 10, lambda: str(runs()))
+    sent = {s.attributes["messaging.message.id"]: s for s in exporter.get_finished_spans()}
+    by_job = {job.id: [r for r in runs() if r["attributes"]["messaging.message.id"] == job.id]
+              for job in (slow, failing, ok)}  # fmt: skip
+    assert [len(found) for found in by_job.values()] == [1, 1, 1], by_job
+    ((killed,), (failed,), (ran,)) = by_job.values()
+    worker_pid = obs.workers[0].pid
+    assert killed["pid"] == worker_pid  # recorded by the worker: the child was killed
+    assert failed["pid"] != worker_pid and ran["pid"] != worker_pid  # by their children
+    assert killed["status"] == failed["status"] == "ERROR" and ran["status"] == "UNSET"
+    assert killed["events"] == ["exception"]
+    for job, span in zip((slow, failing, ok), (killed, failed, ran), strict=True):
+        assert span["parent_id"] == sent[job.id].context.span_id
+        assert span["trace_id"] == sent[job.id].context.trace_id
     app.close()
 
 
