@@ -4,16 +4,19 @@ workers, until SIGTERM or Ctrl-C (exit 0)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 from types import FrameType
+from typing import Any
 
 import click
 
-from .._errors import BrokerAuthError, BrokerGone, ConveyorError
+from .._app import Conveyor
+from .._errors import BrokerAuthError, BrokerGone, BrokerUnavailable, ConveyorError
 from ..brokers import redact_url
 from . import _logs
-from ._load import app_options, open_app
+from ._load import app_options, load_app, on_broker
 
 
 @click.command()
@@ -62,8 +65,19 @@ def exporter(
     _logs.setup(ctx, log_level, log_format)
     from ..contrib.prometheus import QueueMetrics, namespace_of, serve_exporter
 
-    app = open_app(app_spec, url)
-    metrics = QueueMetrics(app, namespace_of(app) if namespace is None else namespace)
+    class Opening(QueueMetrics):
+        """Opens the broker first, as a look (``create=False``), while it is not open: a
+        PostgreSQL or RabbitMQ broker is opened at start (Redis on first use), and one down
+        then is served as broker_up 0 until it answers, as one that goes down later."""
+
+        def read(self) -> Any:
+            self._app.open(create=False)
+            return super().read()
+
+    app = load_app(app_spec)[0] if app_spec else Conveyor(url)
+    with contextlib.suppress(BrokerUnavailable):  # said by the first read, below
+        on_broker(app, url, app_spec, create=False)
+    metrics = Opening(app, namespace_of(app) if namespace is None else namespace)
     server = serve_exporter(app, port, host, metrics=metrics)  # a port taken: stop here
     try:  # a broker that does not answer yet is logged, and served as broker_up 0
         metrics.read_or_log(fatal=(BrokerAuthError, BrokerGone))
