@@ -373,6 +373,34 @@ def test_expired_lease_is_reclaimed_and_the_stale_token_fenced_off(db: str) -> N
         b.close()
 
 
+def test_a_renewal_writes_a_lease_only_once_a_third_of_it_is_gone(db: str) -> None:
+    # A worker renews each second (the answer carries cancels): a write each time was a
+    # write transaction's pages per second per worker for nothing.
+    clock = FakeClock()
+    b = SQLiteBroker(db, clock=clock)
+    watcher = sqlite3.connect(db)
+    try:
+        b.enqueue([env()])
+        [d] = b.fetch(["default"], "w", 1, 30.0, 0.0)
+
+        def version() -> int:  # changes when another connection commits a change
+            return int(watcher.execute("PRAGMA data_version").fetchone()[0])
+
+        before = version()
+        for _ in range(5):
+            clock.advance(1)
+            assert b.renew([d], 30.0) == [LeaseState.OK]
+        assert version() == before
+        b.cancel(d.id)
+        changed = version()
+        clock.advance(6)  # 11 s into the lease: under two thirds left
+        assert b.renew([d], 30.0) == [LeaseState.CANCELLED]
+        assert version() != changed
+    finally:
+        watcher.close()
+        b.close()
+
+
 def test_expired_rows_are_deleted_lazily(db: str) -> None:
     clock = FakeClock()
     b = SQLiteBroker(db, clock=clock)

@@ -15,7 +15,7 @@ from conveyor import Conveyor
 from conveyor._clock import FakeClock
 from conveyor._errors import ConfigurationError
 from conveyor._message import Delivery, Envelope, JobStatus, new_job_id
-from conveyor.brokers._port import EVENTS_SLACK, Finish
+from conveyor.brokers._port import EVENTS_SLACK, Finish, LeaseState
 from conveyor.brokers.postgres import PostgresBroker, _schema
 from conveyor.cli import cli
 from postgres_server import drop_schema, schema_url, unique_schema
@@ -475,3 +475,39 @@ def test_the_finish_arrays_encode_text_as_psycopg_does_on_an_sql_ascii_connectio
     finally:
         admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
+
+
+def test_a_renewal_rewrites_a_lease_only_once_a_third_of_it_is_gone(
+    postgres_url: str, schema: str
+) -> None:
+    # A worker renews each second (its answer carries cancels); writing lease_until each
+    # time left a dead row version per held job per second, ten times a 30 s lease's third.
+    clock = FakeClock()
+    broker = PostgresBroker(schema_url(postgres_url, schema), clock=clock)
+    try:
+        broker.enqueue([Envelope(new_job_id(), "default", b"p")])
+        [held] = broker.fetch(["default"], "c", 1, 30, 0)
+
+        def version() -> tuple[str, float]:
+            with psycopg.connect(postgres_url) as conn:
+                row = conn.execute(
+                    f'SELECT xmin::text, lease_until FROM "{schema}".jobs WHERE id = %s',
+                    [held.id],
+                ).fetchone()
+            assert row is not None
+            return row[0], row[1]
+
+        first = version()
+        for _ in range(5):  # a second apart: the answer, but no new row version
+            clock.advance(1)
+            assert broker.renew([held], 30) == [LeaseState.OK]
+        assert version() == first
+        broker.cancel(held.id)
+        clock.advance(1)
+        assert broker.renew([held], 30) == [LeaseState.CANCELLED]  # read all the same
+        clock.advance(5)  # 11 s into the lease: under two thirds left, so written again
+        assert broker.renew([held], 30) == [LeaseState.CANCELLED]
+        written = version()
+        assert written[0] != first[0] and written[1] == first[1] + 11  # now + 30
+    finally:
+        broker.close()

@@ -32,7 +32,8 @@ _RETRY_AFTER_ERROR = 1.0
 # A renewal is also how a worker hears that a job it holds was cancelled, so leases are
 # renewed at least this often (seconds), whatever the lease: with the default 30 s lease a
 # renewal each third of it (10 s) let a cancelled job run on, and end succeeded, for up to
-# 10 s. One call a second for all held jobs is a small cost to the broker.
+# 10 s. One call a second for all held jobs is a small cost to the broker: PostgreSQL and
+# SQLite write a lease only once a third of it is gone (the calls between only read).
 CANCEL_CHECK = 1.0
 
 
