@@ -12,7 +12,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, Self, TypeVar, overload
 
 from . import _events, ratelimit
-from ._checks import flag, names
+from ._checks import flag, packages
 from ._clock import Clock, SystemClock
 from ._codec import DEFAULT_MAX_PAYLOAD, Codec, Serializer
 from ._delete import delete
@@ -114,7 +114,7 @@ class Conveyor:
         ``store=``, else ``CONVEYOR_STORE_URL``; None for the others."""
         self.events = flag("events", events)
         self.events_kept = None if events_kept is None else check_kept(events_kept)
-        self.trust = names("trust", trust, "trust=['myapp', 'shared']")
+        self.trust = packages("trust", trust, "trust=['myapp', 'shared']")
         self.prefix = prefix
         """The ``prefix`` argument (None: not given; the broker's ``prefix`` is the one used)."""
         self.clock: Clock = clock or SystemClock()

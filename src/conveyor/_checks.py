@@ -76,6 +76,24 @@ def names(name: str, value: Any, example: str) -> tuple[str, ...]:
     return tuple(value)
 
 
+def packages(name: str, value: Any, example: str) -> tuple[str, ...]:
+    """A list of Python package names, each dotted (``myapp.tasks``, whose top-level
+    package ``myapp`` is what counts) or a comma list of them. A name that is not one
+    (``"."``, ``".myapp"``, ``"my-app"``) names no package: ``"."`` stood for the package
+    ``""``, which the callables without a module (``sys.stderr.write``) seemed to be in."""
+    entries = names(name, value, example)
+    for entry in entries:
+        for part in entry.split(","):
+            package = part.strip()
+            if package and not all(p.isidentifier() for p in package.split(".")):
+                rule = (
+                    f"{name} takes Python package names, dotted identifiers such as myapp or "
+                    f"myapp.tasks, and {package!r} is not one"
+                )
+                raise refuse(name, value, rule, example)
+    return entries
+
+
 def shown(value: Any) -> str:
     """A value as an error message quotes it: its repr, cut at 80 characters."""
     text = repr(value)

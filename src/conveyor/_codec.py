@@ -7,6 +7,12 @@ refused before a single byte is unpickled. A secret may also be used with JSON, 
 producers holding it can enqueue. Either way an app decodes only its own serializer: a
 pickle body reaching a JSON app is refused, signed or not.
 
+The signature covers what the bytes are for, a job's message, a job's outcome or a stored
+value (``app.store``, the cache), so bytes signed for one are refused as another: a value
+stored with the app's secret (whose content a user may choose) copied into the broker as a
+job is not a job. A signature does not cover the job id the broker files the payload under;
+the worker checks that the message's own id is that one (``worker/_consumer.py``).
+
 Values are checked before they are encoded: with JSON, ``_values.check`` refuses what would
 not arrive as it was sent (NaN, bytes, sets, datetimes, int keys, ...); with pickle, what
 pickle refuses is reported with the path of the part it refused (``args[1]["x"]``).
@@ -14,8 +20,13 @@ pickle refuses is reported with the path of the part it refused (``args[1]["x"]`
 Wire format::
 
     JSON, unsigned:  <json>
-    signed:          b"CV1" + <32-byte HMAC-SHA256 of body> + body
+    signed:          b"CV2" + <32-byte HMAC-SHA256(secret, purpose + body)> + body
+                     purpose = b"msg", b"out" or b"val" (a message, outcome, value), then
+                     a NUL byte
                      body = b"J" + <json>  |  b"P" + <pickle>
+
+A frame of an earlier version (b"CV1", whose HMAC covered the body alone, whatever it was
+for) is refused with a reason that says so, never decoded: no published version wrote it.
 """
 
 from __future__ import annotations
@@ -36,8 +47,19 @@ from ._values import MAX_DEPTH, PLAIN, Trail, check, ints_bounded, path, root
 T = TypeVar("T")
 
 DEFAULT_MAX_PAYLOAD = 1024 * 1024
-_SIGNED = b"CV1"
+_SIGNED = b"CV2"
+_OLD_SIGNED = b"CV1"  # the body alone signed, whatever it was for: refused
 _MAC_LEN = 32
+# What the bytes are signed for, the start of what the HMAC covers (each 4 bytes, so no
+# purpose's tag and body reads as another's).
+_AS_MESSAGE = b"msg\0"
+_AS_OUTCOME = b"out\0"
+_AS_VALUE = b"val\0"
+_PURPOSES = {
+    _AS_MESSAGE: "a job",
+    _AS_OUTCOME: "a job's outcome",
+    _AS_VALUE: "a stored value (app.store or a cache)",
+}
 
 Serializer = Literal["json", "pickle"]
 
@@ -93,34 +115,53 @@ class Codec:
                 check(value, trail, text=True)  # says where, if it is a str's fault
             raise SerializationError(f"cannot encode {_what(obj)} as JSON: {exc}") from exc
 
-    def _frame(self, obj: Any) -> bytes:
+    def _frame(self, obj: Any, purpose: bytes) -> bytes:
         body = self._body(obj)
         if not self._key:
             return body
-        mac = hmac.digest(self._key, body, hashlib.sha256)
-        return _SIGNED + mac + body
+        return _SIGNED + _mac(self._key, purpose, body) + body
 
-    def _unframe(self, data: bytes) -> bytes:
-        """The body, after checking the signature when one is required and that it is in
-        the app's own format: an app decodes only the serializer it is configured for."""
+    def _unframe(self, data: bytes, purpose: bytes) -> bytes:
+        """The body, after checking the signature (for ``purpose``) when one is required
+        and that it is in the app's own format: an app decodes only the serializer it is
+        configured for."""
         if not self._key:
-            if data.startswith(_SIGNED):
+            if data.startswith((_SIGNED, _OLD_SIGNED)):
                 raise SerializationError("signed payload but this app has no secret configured")
             if data.startswith(_PICKLE_MAGIC):
                 raise SerializationError(self._foreign("pickle"))
             return data
+        if data.startswith(_OLD_SIGNED):
+            raise SerializationError(
+                "payload is signed in the frame of an earlier Conveyor version (CV1), which "
+                "does not say what it was signed for; refusing to decode it (send it again "
+                "with this version)"
+            )
         if not data.startswith(_SIGNED) or len(data) < len(_SIGNED) + _MAC_LEN + 1:
             raise SerializationError("payload is not signed; refusing to decode it")
         mac = data[len(_SIGNED) : len(_SIGNED) + _MAC_LEN]
         body = data[len(_SIGNED) + _MAC_LEN :]
-        if not hmac.compare_digest(mac, hmac.digest(self._key, body, hashlib.sha256)):
-            raise SerializationError("payload signature does not match; refusing to decode it")
+        if not hmac.compare_digest(mac, _mac(self._key, purpose, body)):
+            raise SerializationError(self._mismatch(mac, body, purpose))
         kind = _KINDS.get(body[:1])
         if kind is None:
             raise SerializationError("unknown payload body kind")
         if kind != self.serializer:
             raise SerializationError(self._foreign(kind))
         return body[1:]
+
+    def _mismatch(self, mac: bytes, body: bytes, purpose: bytes) -> str:
+        """Why a signature that does not match for ``purpose`` is refused: signed with this
+        secret for another purpose, or not with this secret at all."""
+        assert self._key is not None
+        for other, what in _PURPOSES.items():
+            if other != purpose and hmac.compare_digest(mac, _mac(self._key, other, body)):
+                return (
+                    f"payload is signed as {what}, not as {_PURPOSES[purpose]}; refusing to "
+                    "decode it (bytes signed with the app's secret for one use are not "
+                    "accepted for another)"
+                )
+        return "payload signature does not match; refusing to decode it"
 
     def _foreign(self, kind: str) -> str:
         return (
@@ -129,8 +170,10 @@ class Codec:
             "worker the same Conveyor(serializer=...))"
         )
 
-    def _decode(self, data: bytes, decoder: msgspec.json.Decoder[T], type_: type[T]) -> T:
-        body = self._unframe(data)
+    def _decode(
+        self, data: bytes, purpose: bytes, decoder: msgspec.json.Decoder[T], type_: type[T]
+    ) -> T:
+        body = self._unframe(data, purpose)
         try:
             if self.serializer == "pickle":
                 import pickle  # on first use: a JSON app's processes never load it (~2 ms)
@@ -152,7 +195,7 @@ class Codec:
     def encode_message(self, message: Message, *, capped: bool = True) -> bytes:
         """The payload of ``message``; over ``max_payload`` it is refused, unless not
         ``capped`` (a retry: the job that was let in, its attempt count a few bytes longer)."""
-        data = self._frame(message)
+        data = self._frame(message, _AS_MESSAGE)
         if capped and len(data) > self.max_payload:
             raise PayloadTooLarge(
                 f"job {message.task} encodes to {len(data)} bytes, over the "
@@ -160,6 +203,15 @@ class Codec:
                 "or app.store) and pass its key, or raise Conveyor(max_payload=...)"
             )
         return data
+
+    @property
+    def max_decoded(self) -> int:
+        """The largest payload a worker decodes: twice ``max_payload``. Every payload
+        Conveyor writes is capped but a retry's and a requeue's (``capped=False``), which
+        are a job that was let in, a few bytes longer (its attempt count, its enqueue
+        time); anything far over the cap was written into the broker by something else,
+        and decoding it could take the worker's memory (45 MB of empty lists: 1.2 GB)."""
+        return 2 * self.max_payload
 
     def decode_message(self, data: bytes) -> Message:
         # Every job's payload comes here: unsigned JSON bytes are decoded at once, without
@@ -172,7 +224,7 @@ class Codec:
                 return self._msg_decoder.decode(data)
             except Exception:
                 pass
-        return self._decode(data, self._msg_decoder, Message)
+        return self._decode(data, _AS_MESSAGE, self._msg_decoder, Message)
 
     def encode_outcome(self, outcome: Outcome) -> bytes:
         # Every job's result comes here: unsigned JSON with a plain value (None, bool, int,
@@ -184,16 +236,20 @@ class Codec:
                 return self._encoder.encode(outcome)
             except Exception:
                 pass
-        return self._frame(outcome)
+        return self._frame(outcome, _AS_OUTCOME)
 
     def decode_outcome(self, data: bytes) -> Outcome:
-        return self._decode(data, self._outcome_decoder, Outcome)
+        return self._decode(data, _AS_OUTCOME, self._outcome_decoder, Outcome)
 
     def encode_value(self, value: Any) -> bytes:
-        return self._frame(value)
+        return self._frame(value, _AS_VALUE)
 
     def decode_value(self, data: bytes) -> Any:
-        return self._decode(data, self._any_decoder, object)
+        return self._decode(data, _AS_VALUE, self._any_decoder, object)
+
+
+def _mac(key: bytes, purpose: bytes, body: bytes) -> bytes:
+    return hmac.digest(key, purpose + body, hashlib.sha256)
 
 
 def _check_secret(secret: object) -> None:

@@ -165,7 +165,8 @@ def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goe
     """Entries XADDed by hand with ``redis-cli`` (or redis-py's ``execute_command`` when no
     ``redis-cli`` binary exists): invalid bytes, no ``job``/``payload`` field at all, a JSON
     message naming ``os:system``, one naming an unknown task. Each is dead-lettered under
-    ``raw-<entry id>`` with its raw payload and a reason, ``os:system`` never runs, and a
+    ``raw-<entry id>`` with its raw payload and a reason (a message's: that it belongs to
+    the job it names, not to ``raw-<entry id>``), ``os:system`` never runs, and a
     normal job enqueued after them succeeds; one XADDed to a priority stream that did not
     exist yet gets its consumer group created, with a warning, and is dead-lettered too.
     Entries that name a job id (``job <id>``) are
@@ -219,8 +220,8 @@ def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goe
     assert entry["new_stream"].reason.startswith("undecodable payload")
     assert "consumer group(s) were missing" in worker.output()  # said loudly
     assert entry["missing"].reason.startswith("undecodable payload")
-    assert entry["system"].reason.startswith("untrusted callable 'os:system'")
-    assert entry["unknown"].reason.startswith("unknown task 'jobs_app:no_such_task'")
+    assert entry["system"].reason.startswith("the payload belongs to job 'forged-1'")
+    assert entry["unknown"].reason.startswith("the payload belongs to job 'forged-2'")
     assert not pwned.exists()
 
     # The CLI lists them too (a subprocess, like an operator at a terminal).
@@ -235,7 +236,7 @@ def test_garbage_written_into_the_stream_is_dead_lettered_raw_and_the_worker_goe
     listing = cli.stdout.decode(errors="replace")
     for job_id in dead_ids:
         assert job_id in listing, listing
-    assert "untrusted callable 'os:system'" in listing
+    assert "the payload belongs to job 'forged-1'" in listing
 
     # The entries naming a job: dropped, the finished job not run again, nothing left over.
     assert first.result(timeout=30) == "first"

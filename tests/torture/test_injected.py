@@ -213,8 +213,9 @@ def _json(job_id: str, **fields: object) -> bytes:
 
 
 def _signed_with(key: bytes, body: bytes) -> bytes:
-    """The codec's signed framing (``_codec.py``): b"CV1" + HMAC-SHA256(body) + body."""
-    return b"CV1" + hmac.digest(key, body, hashlib.sha256) + body
+    """The codec's signed framing of a job (``_codec.py``):
+    b"CV2" + HMAC-SHA256(key, b"msg\\0" + body) + body."""
+    return b"CV2" + hmac.digest(key, b"msg\0" + body, hashlib.sha256) + body
 
 
 def forgeries(markers: Path) -> dict[str, bytes]:

@@ -7,6 +7,7 @@ What a user sees end to end (subprocesses on SQLite and Redis) is in
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,35 @@ def test_url_override_keeps_the_app_and_its_tasks(tmp_path: Path) -> None:
         use_url(app, "nowhere")
     assert app.url == url  # a bad URL changes nothing
     app.close()
+
+
+@pytest.mark.parametrize("kind", ["list", "dict"])
+def test_job_shows_a_payload_nested_600_deep(tmp_path: Path, kind: str) -> None:
+    """A worker decodes a payload nested up to ~990 levels (written into the broker by
+    other means than Conveyor's enqueue): ``conveyor job`` and ``--json`` ended with a
+    ``RecursionError`` traceback from 500 levels on. What is deeper than the CLI shows is a
+    note; the rest of the job is as it is."""
+    from conveyor._message import Envelope
+    from conveyor.cli._output import DEEPEST
+
+    url = f"sqlite:///{tmp_path}/jobs.db"
+    opened, closed = (b"[", b"]") if kind == "list" else (b'{"k":', b"}")
+    deep = opened * 600 + (b"" if kind == "list" else b"1") + closed * 600
+    with Conveyor(url) as app:
+        payload = b'{"id":"deep","task":"m:f","args":[' + deep + b"]}"
+        app.broker.enqueue([Envelope("deep", "default", payload)])
+    shown = CliRunner().invoke(cli, ["job", "deep", "--url", url], terminal_width=100)
+    assert (shown.exit_code, shown.exception) == (0, None), shown.output
+    assert "Traceback" not in shown.output and "queued" in shown.output
+    out = CliRunner().invoke(cli, ["job", "deep", "--url", url, "--json"])
+    assert (out.exit_code, out.exception) == (0, None), out.output[-2000:]
+    document = json.loads(out.output)
+    assert (document["id"], document["task"], document["status"]) == ("deep", "m:f", "queued")
+    value, levels = document["args"], 1  # containers: the document, then args and in it
+    while isinstance(value, list | dict):
+        value = value[0] if isinstance(value, list) else value["k"]
+        levels += 1
+    assert (value, levels) == (f"(nested more than {DEEPEST} levels deep: not shown)", DEEPEST)
 
 
 HELP = [[], ["info"], ["jobs"], ["job"], ["cancel"], ["requeue"], ["delete"], ["purge"], ["queues"],

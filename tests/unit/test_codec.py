@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from conveyor import ConfigurationError, PayloadTooLarge, SerializationError
-from conveyor._codec import Codec
+from conveyor._codec import _AS_MESSAGE, _AS_OUTCOME, Codec
 from conveyor._message import Message, Outcome, RemoteError
 
 
@@ -49,7 +49,7 @@ def test_an_outcome_encodes_to_its_framed_body_whatever_path_it_takes(
 ) -> None:
     # A plain value without a secret skips the framing's calls: the bytes are the same.
     codec = Codec(secret=secret)
-    assert codec.encode_outcome(outcome) == codec._frame(outcome)
+    assert codec.encode_outcome(outcome) == codec._frame(outcome, _AS_OUTCOME)
     assert codec.decode_outcome(codec.encode_outcome(outcome)) == outcome
 
 
@@ -93,6 +93,51 @@ def test_unsigned_pickle_gadget_is_never_unpickled() -> None:
         Codec().decode_message(gadget)
 
 
+SHAPED_LIKE_A_JOB = {"id": "j", "task": "m:f", "args": ["chosen by whoever stored it"]}
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_bytes_signed_for_one_use_are_refused_as_another(serializer: Any) -> None:
+    """A stored value shaped like a message, signed with the app's secret, decoded as a
+    job: before, the signature covered the body alone, and it was one."""
+    codec = Codec(serializer, secret="s3cret")
+    message = Message(id="j", task="m:f", args=[1])
+    value = codec.encode_value(SHAPED_LIKE_A_JOB)
+    outcome = codec.encode_outcome(Outcome(value=SHAPED_LIKE_A_JOB))
+    job = codec.encode_message(message)
+    assert codec.decode_value(value) == SHAPED_LIKE_A_JOB  # each for its own use
+    assert codec.decode_outcome(outcome) == Outcome(value=SHAPED_LIKE_A_JOB)
+    assert codec.decode_message(job) == message
+    refused = [
+        (codec.decode_message, value, "a stored value (app.store or a cache), not as a job"),
+        (codec.decode_message, outcome, "a job's outcome, not as a job"),
+        (codec.decode_value, job, "a job, not as a stored value"),
+        (codec.decode_outcome, value, "a stored value (app.store or a cache), not as a job's"),
+    ]
+    for decode, data, says in refused:
+        with pytest.raises(SerializationError) as caught:
+            decode(data)
+        assert str(caught.value).startswith("payload is signed as " + says), caught.value
+    with pytest.raises(SerializationError, match="signature does not match"):
+        Codec(serializer, secret="other").decode_message(job)
+
+
+def test_a_payload_signed_in_the_earlier_frame_is_refused_saying_so() -> None:
+    """Frame CV1 signed the body alone, whatever it was for: never decoded now."""
+    import hashlib
+    import hmac
+
+    body = b"J" + b'{"id":"j","task":"m:f"}'
+    old = b"CV1" + hmac.digest(b"s3cret", body, hashlib.sha256) + body
+    with pytest.raises(SerializationError) as caught:
+        Codec(secret="s3cret").decode_message(old)
+    assert str(caught.value).startswith(
+        "payload is signed in the frame of an earlier Conveyor version (CV1)"
+    )
+    with pytest.raises(SerializationError, match="signed payload but this app has no secret"):
+        Codec().decode_message(old)
+
+
 def test_payload_cap() -> None:
     codec = Codec(max_payload=100)
     with pytest.raises(PayloadTooLarge, match="max_payload"):
@@ -120,7 +165,7 @@ def test_an_unsigned_json_message_decodes_as_through_the_framing() -> None:
             except SerializationError as exc:
                 return ("refused", str(exc))
 
-        framed = outcome(lambda d: codec._decode(d, codec._msg_decoder, Message))
+        framed = outcome(lambda d: codec._decode(d, _AS_MESSAGE, codec._msg_decoder, Message))
         assert outcome(codec.decode_message) == framed
     assert codec.decode_message(good) == Message(id="j1", task="m:f", args=[1, {"a": [2.5]}])
     with pytest.raises(SerializationError, match="signed payload but this app has no secret"):
@@ -240,6 +285,201 @@ def test_a_negative_int_counts_its_sign_and_a_requeue_is_not_capped() -> None:
     drain(app)
     clock.set(1_700_000_123.456789)
     assert app.requeue([job.id]) == 1
+
+
+# -- what a secret vouches for: a job of this app, under its own id --------------------------
+
+
+def _signed_app(broker: str, tmp_path: Path, serializer: Any = "json", **options: Any) -> Any:
+    from conveyor import Conveyor
+
+    url = "memory://" if broker == "memory" else f"sqlite:///{tmp_path / 'jobs.db'}"
+    return Conveyor(url, serializer=serializer, secret="s3cret", **options)
+
+
+def _recorder(app: Any, ran: list[Any]) -> Any:
+    @app.task(name="t.record")
+    def record(tag: Any, *more: Any) -> Any:
+        ran.append(tag)
+        return tag
+
+    return record
+
+
+def _dead_reason(app: Any, job_id: str) -> str:
+    from conveyor import JobDead
+
+    with pytest.raises(JobDead) as caught:
+        app.job(job_id).result(timeout=5)
+    return caught.value.reason
+
+
+@pytest.mark.parametrize("broker", ["memory", "sqlite"])
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_a_value_stored_with_the_secret_is_never_run_as_a_job(
+    broker: str, serializer: str, tmp_path: Path
+) -> None:
+    """Whoever can write the broker copied a stored value (its content chosen by a user: a
+    webhook body, say) into a job's payload: it ran as a job, with the arguments it held."""
+    from conveyor._message import Envelope
+    from conveyor.testing import drain
+
+    app, ran = _signed_app(broker, tmp_path, serializer), []
+    record = _recorder(app, ran)
+    app.store.set("webhook:last", {"id": "forged", "task": "t.record", "args": ["stored"]})
+    stored = app.broker.kv.get("store:webhook:last")
+    assert stored is not None
+    app.broker.enqueue([Envelope("forged", "default", stored)])
+    after = record.delay("after")
+    drain(app, timeout=30)
+    assert after.result(timeout=5) == "after"
+    assert ran == ["after"]
+    assert _dead_reason(app, "forged").startswith(
+        "undecodable payload: payload is signed as a stored value (app.store or a cache), "
+        "not as a job; refusing to decode it"
+    )
+    app.close()
+
+
+@pytest.mark.parametrize("broker", ["memory", "sqlite"])
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_a_signed_payload_replayed_under_another_id_is_dead_lettered(
+    broker: str, serializer: str, tmp_path: Path
+) -> None:
+    """A job's payload, captured from the broker and written again under a new id, ran
+    again: its signature is good, and nothing compared the id it names with the job's."""
+    from conveyor._message import Envelope
+    from conveyor.testing import drain
+
+    app, ran = _signed_app(broker, tmp_path, serializer), []
+    record = _recorder(app, ran)
+    job = record.delay("once")
+    payload = app.broker.payload(job.id)
+    assert payload is not None
+    app.broker.enqueue([Envelope("replayed", "default", payload)])
+    drain(app, timeout=30)
+    assert job.result(timeout=5) == "once"
+    assert ran == ["once"]
+    assert _dead_reason(app, "replayed") == (
+        f"the payload belongs to job {job.id!r}, not to this one: a job's payload written "
+        "into the broker under another id is not run"
+    )
+    app.close()
+
+
+def test_a_replayed_workflow_step_moves_no_workflow(tmp_path: Path) -> None:
+    """The replay is dead-lettered without its message: the workflow the payload names is
+    not failed (nor started) by it; the step it copies still waits for its time."""
+    from conveyor import JobStatus, chain
+    from conveyor._message import Envelope
+    from conveyor.testing import drain
+
+    app, ran = _signed_app("memory", tmp_path), []
+    record = _recorder(app, ran)
+    job = chain(record.options(delay=3600).s("first"), record.s("second")).delay()
+    first, second = job.steps
+    payload = app.broker.payload(first)
+    assert payload is not None
+    app.broker.enqueue([Envelope("replayed", "default", payload)])
+    drain(app, timeout=30, advance=False)  # what is due now: the replay alone
+    assert _dead_reason(app, "replayed").startswith(f"the payload belongs to job {first!r}")
+    assert ran == []
+    assert [app.job(i).status for i in (first, second)] == [JobStatus.SCHEDULED] * 2
+    app.close()
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_signed_jobs_retries_requeues_and_workflows_still_run(
+    serializer: str, tmp_path: Path
+) -> None:
+    from conveyor import JobStatus, chain, chord, current_job, group
+    from conveyor.testing import drain
+
+    app, ran = _signed_app("sqlite", tmp_path, serializer), []
+    record = _recorder(app, ran)
+
+    @app.task(name="t.flaky", retries=2, backoff=0.001)
+    def flaky(tag: str) -> str:
+        if current_job().attempt == 0:
+            raise OSError("transient")
+        return tag
+
+    @app.task(name="t.fails")
+    def fails() -> None:
+        ran.append("fails")
+        raise ValueError("no")
+
+    retried, failed = flaky.delay("retried"), fails.delay()
+    chained = chain(record.s("a"), record.s("b")).delay()  # ("a", "b") -> "a"
+    chorded = chord(group(record.s("c"), record.s("d")), record.s()).delay()
+    for _ in range(20):  # the retry's backoff is a millisecond
+        drain(app, timeout=30)
+        if retried.status is JobStatus.SUCCEEDED:
+            break
+    assert retried.result(timeout=5) == "retried"
+    assert chained.result(timeout=5) == "a"
+    assert chorded.result(timeout=5) == ["c", "d"]
+    assert failed.status is JobStatus.FAILED
+    assert app.requeue([failed.id]) == 1
+    drain(app, timeout=30)
+    assert ran.count("fails") == 2  # requeued, it ran again
+    app.close()
+
+
+def test_a_payload_far_over_max_payload_is_dead_lettered_undecoded(tmp_path: Path) -> None:
+    """Written straight into the broker, 45 MB of empty lists took a worker 1.2 GB and 11 s
+    to decode: the cap was only checked at enqueue."""
+    from conveyor import Conveyor
+    from conveyor._message import Envelope
+    from conveyor.testing import drain
+
+    app, ran = Conveyor(f"sqlite:///{tmp_path / 'jobs.db'}", max_payload=1000), []
+    record = _recorder(app, ran)
+    body = b'{"id":"huge","task":"t.record","args":[[' + b"[]," * 700 + b"[]]]}"
+    assert len(body) > 2000
+    app.broker.enqueue([Envelope("huge", "default", body)])
+    after = record.delay("after")
+    drain(app, timeout=30)
+    assert after.result(timeout=5) == "after"
+    assert ran == ["after"]  # a good task: decoded, it would have run
+    assert _dead_reason(app, "huge") == (
+        f"payload of {len(body)} bytes is over the 2000 bytes a worker decodes (twice "
+        "max_payload=1000); not decoded: the app enqueues at most max_payload bytes. If such "
+        "jobs are meant to run, raise Conveyor(max_payload=...) for the producer and the "
+        "workers alike"
+    )
+    app.close()
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_a_job_at_the_payload_cap_is_retried_and_requeued_and_runs(
+    serializer: str, tmp_path: Path
+) -> None:
+    """The bound a worker decodes leaves room for what a retry and a requeue add (its
+    attempt count, its enqueue time) to a job let in at the cap."""
+    from conveyor import JobStatus
+    from conveyor.testing import drain
+
+    app = _signed_app("sqlite", tmp_path, serializer, max_payload=600)
+    runs: list[int] = []
+
+    @app.task(name="t.boom", retries=1, backoff=0.001)
+    def boom(blob: str) -> None:
+        runs.append(len(blob))
+        raise ValueError("boom")
+
+    job, size = _at_the_cap(boom, 600)
+    for _ in range(20):
+        drain(app, timeout=30)
+        if job.status is JobStatus.FAILED:
+            break
+    assert app.requeue([job.id]) == 1
+    for _ in range(20):
+        drain(app, timeout=30)
+        if len(runs) == 4:
+            break
+    assert runs == [size] * 4  # run, retried, requeued, retried: never dead-lettered
+    app.close()
 
 
 def _at_the_cap(task: Any, cap: int) -> tuple[Any, int]:

@@ -364,11 +364,12 @@ def test_a_payload_nested_100000_deep_is_a_serialization_error(codec: str) -> No
             c.decode_outcome(b'{"value":' + deep + b"}")
 
 
-def _signed(body: bytes, key: bytes = b"s") -> bytes:
+def _signed(body: bytes, key: bytes = b"s", purpose: bytes = b"msg") -> bytes:
+    """The codec's signed frame (``_codec.py``), signed for ``purpose``: msg, out or val."""
     import hashlib
     import hmac
 
-    return b"CV1" + hmac.digest(key, body, hashlib.sha256) + body
+    return b"CV2" + hmac.digest(key, purpose + b"\0" + body, hashlib.sha256) + body
 
 
 def test_the_worker_dead_letters_a_hostile_deep_payload_and_goes_on(app: Conveyor) -> None:
@@ -430,9 +431,13 @@ def test_a_tuple_result_arrives_as_a_list(app: Conveyor) -> None:
 def test_a_json_app_with_a_secret_never_unpickles_a_signed_pickle(tmp_path: Path) -> None:
     marker = tmp_path / "unpickled"
     message = Message("j", "m:f", args=[Gadget(marker)])
-    forged = _signed(b"P" + pickle.dumps(message), b"shared")
     for codec in (Codec(secret="shared"), Codec()):
-        for decode in (codec.decode_message, codec.decode_outcome, codec.decode_value):
+        for decode, purpose in (
+            (codec.decode_message, b"msg"),
+            (codec.decode_outcome, b"out"),
+            (codec.decode_value, b"val"),
+        ):
+            forged = _signed(b"P" + pickle.dumps(message), b"shared", purpose)
             with pytest.raises(SerializationError, match="payload is pickle, but this app is"):
                 decode(forged if codec._key else pickle.dumps(message))
     assert not marker.exists()

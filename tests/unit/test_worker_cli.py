@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
+from conveyor import InvalidOption
 from conveyor.cli import cli
 from conveyor.worker import Worker
 
@@ -84,3 +85,13 @@ def test_two_different_apps_is_a_usage_error(captured: list[Worker]) -> None:
     result = CliRunner().invoke(cli, ["worker", "shopapp.tasks", "-A", "other.tasks"])
     assert result.exit_code == 2 and "give one" in result.output
     assert captured == []
+
+
+@pytest.mark.parametrize("entry", [".", ".shopapp", "shop-app"])
+def test_a_trust_that_names_no_package_is_refused(captured: list[Worker], entry: str) -> None:
+    """``--trust .`` trusted the package "", that of every callable without a module."""
+    result = CliRunner().invoke(cli, ["worker", "shopapp.tasks", "--trust", entry])
+    assert isinstance(result.exception, InvalidOption), result.output
+    assert "trust takes Python package names" in str(result.exception)
+    assert f"{entry!r} is not one" in str(result.exception)
+    assert captured == []  # no worker ran

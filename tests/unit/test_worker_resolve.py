@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from conveyor import Conveyor, UntrustedTask
+from conveyor import Conveyor, InvalidOption, JobDead, UntrustedTask
+from conveyor._message import Envelope
+from conveyor.testing import drain
+from conveyor.worker import Worker
 from conveyor.worker._resolve import Resolver, UnknownTask, trusted_packages
 
 
@@ -133,3 +136,85 @@ def test_untrusted_modules_are_not_imported(
 def test_unknown_names(pkg: str, name: str) -> None:
     with pytest.raises(UnknownTask, match="unknown task"):
         Resolver({}, frozenset({pkg})).resolve(name)
+
+
+def test_a_dunder_module_of_a_trusted_package_is_never_imported(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``entrypkg.__main__:x`` imported (ran) the package's entry point in the consumer's
+    thread: a server or a CLI loop there wedged the worker, and the next worker with it. A
+    module whose name has one leading underscore is a task module like any other."""
+    root, marker = tmp_path / "entrypkg", tmp_path / "main-ran"
+    root.mkdir()
+    (root / "__init__.py").write_text("")
+    (root / "__main__.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('ran')\n\ndef x():\n"
+        "    return 'x'\n"
+    )
+    (root / "_private.py").write_text("def job(tag):\n    return tag\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        resolver = Resolver({}, frozenset({"entrypkg"}))
+        for name in ("entrypkg.__main__:x", "entrypkg.__init__:x"):
+            with pytest.raises(UntrustedTask) as caught:
+                resolver.resolve(name)
+            module = name.partition(":")[0]
+            assert str(caught.value) == (
+                f"untrusted callable {name!r}: dunder modules are refused ({module} is not "
+                "imported)"
+            )
+        assert not marker.exists() and "entrypkg.__main__" not in sys.modules
+        assert resolver.resolve("entrypkg._private:job").fn("p") == "p"
+
+        app = Conveyor("memory://")  # and through a worker: dead-lettered, the next job runs
+        main = b'{"id":"main","task":"entrypkg.__main__:x"}'
+        after = b'{"id":"after","task":"entrypkg._private:job","args":["after"]}'
+        app.broker.enqueue([Envelope("main", "default", main)])
+        app.broker.enqueue([Envelope("after", "default", after)])
+        drain(app, timeout=30, trust=["entrypkg"])
+        with pytest.raises(JobDead, match="dunder modules are refused"):
+            app.job("main").result(timeout=5)
+        assert app.job("after").result(timeout=5) == "after"
+        assert not marker.exists()
+    finally:
+        for name in [m for m in sys.modules if m.partition(".")[0] == "entrypkg"]:
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize(
+    ("entry", "named"),
+    [(e, e) for e in (".", ".acme", "acme.", "acme..jobs", "my-app", "a b")] + [("acme, .", ".")],
+)
+def test_a_trust_entry_that_names_no_package_is_refused(entry: str, named: str) -> None:
+    """``trust=["."]`` (or ``--trust .``) trusted the package ``""``, which every callable
+    without a module seemed to be in: ``myapp.tasks:os.sys.stderr.write`` ran."""
+    with pytest.raises(InvalidOption) as caught:
+        trusted_packages(None, [entry])
+    text = str(caught.value)
+    assert "trust takes Python package names, dotted identifiers such as myapp" in text
+    assert text.endswith(f"{named!r} is not one; write trust=['myapp'] (--trust myapp)")
+    app = Conveyor("memory://")
+    with pytest.raises(InvalidOption, match="trust takes Python package names"):
+        Worker(app, trust=[entry])
+    with pytest.raises(InvalidOption, match="trust takes Python package names"):
+        Conveyor("memory://", trust=[entry])  # at once, not when a worker starts
+    assert trusted_packages(None, ["acme._jobs, shop", " reports "]) == {"acme", "shop", "reports"}
+
+
+@pytest.mark.parametrize("also", [(), ("",)], ids=["package", "and-empty"])
+@pytest.mark.parametrize("what", ["os.environ._data.clear", "os.sys.modules.clear"])
+def test_a_callable_without_a_module_is_refused_whatever_is_trusted(
+    pkg: str, what: str, also: tuple[str, ...]
+) -> None:
+    """A built-in object's method has no ``__module__``: it was taken to be in the package
+    ``""`` (trusted by ``trust=["."]``), else refused with the advice to start the worker
+    with ``--trust an unknown module``."""
+    resolver = Resolver({}, frozenset({pkg, *also}))
+    name = f"{pkg}.jobs:{what}"
+    with pytest.raises(UntrustedTask) as caught:
+        resolver.resolve(name)
+    assert str(caught.value) == (
+        f"untrusted callable {name!r}: it names a builtin_function_or_method that has no "
+        "module (__module__ is not set), so no trusted package can vouch for it; enqueue a "
+        "function defined in a module of a trusted package"
+    )

@@ -12,7 +12,7 @@ import datetime as dt
 import json
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -38,17 +38,63 @@ def _fallback(value: object) -> object:
     return safe_repr(value)
 
 
+# How deep ``plain`` follows lists and dicts. JSON values nest at most 200 levels when they
+# are enqueued, but a payload written into the broker by other means, or pickled, may nest
+# as deep as a worker decodes (~990): ``json.dumps``, which recurses, stops near 1000.
+DEEPEST = 500
+_TOO_DEEP = f"(nested more than {DEEPEST} levels deep: not shown)"
+_CYCLE = "(contains itself: not shown again)"
+
+_Frame = tuple[Iterator[tuple[Any, Any]], dict[Any, Any] | list[Any], int]
+
+
 def plain(value: Any) -> Any:
     """``value`` as JSON can hold it: a float that is not finite, and a dict key JSON has
     no form for (a tuple, from a pickled result), as their repr (``json.dumps`` writes
-    ``NaN``, which no JSON reader takes, and raises on the key)."""
+    ``NaN``, which no JSON reader takes, and raises on the key); what is nested deeper than
+    ``DEEPEST`` levels, or contains itself (pickle keeps such values), as a note. Without
+    recursion: a value nested 500 deep ended the command with a ``RecursionError``."""
+    top: list[Any] = [None]
+    frames: list[_Frame] = []  # the containers being converted, outermost first
+    inside: set[int] = set()  # their ids: one met again inside itself is a cycle
+    _put(top, 0, value, frames, inside)
+    while frames:
+        items, into, ident = frames[-1]
+        for key, item in items:
+            if _put(into, key, item, frames, inside):
+                break  # its items first; this container's go on after them
+        else:
+            frames.pop()
+            inside.discard(ident)
+    return top[0]
+
+
+def _put(into: Any, key: Any, value: Any, frames: list[_Frame], inside: set[int]) -> bool:
+    """Set ``into[key]`` to ``value`` as JSON can hold it; True if it is a list or dict whose
+    items are yet to be put (its frame is pushed)."""
     if isinstance(value, float):
-        return value if math.isfinite(value) else repr(value)
+        into[key] = value if math.isfinite(value) else repr(value)
+        return False
+    if not isinstance(value, dict | list | tuple):
+        into[key] = value
+        return False
+    if id(value) in inside:
+        into[key] = _CYCLE
+        return False
+    if len(frames) >= DEEPEST:
+        into[key] = _TOO_DEEP
+        return False
+    shell: dict[Any, Any] | list[Any]
     if isinstance(value, dict):
-        return {_key(k): plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [plain(v) for v in value]
-    return value
+        shell = {}
+        items: Iterator[tuple[Any, Any]] = ((_key(k), v) for k, v in value.items())
+    else:
+        shell = [None] * len(value)
+        items = enumerate(value)
+    into[key] = shell
+    frames.append((items, shell, id(value)))
+    inside.add(id(value))
+    return True
 
 
 def _key(key: Any) -> Any:

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from .. import ratelimit, workflows
 from .._backoff import Backoff
+from .._checks import shown
 from .._clock import Clock
 from .._codec import Codec
 from .._errors import (
@@ -371,21 +372,34 @@ class Consumer:
 
     def _vet(self, attempt: Attempt) -> None:
         delivery = attempt.delivery
+        if len(delivery.payload) > self.codec.max_decoded:
+            raise _Dead(self._oversized(len(delivery.payload)))
         if delivery.deliveries > self.max_deliveries:
             # Decoded only so that a workflow step's workflow moves on (its later steps
             # fail), and only from JSON, which runs no code of the payload's: unpickling may
             # be what crashes the worker every time.
             if self.codec.serializer == "json":
                 with contextlib.suppress(Exception):
-                    attempt.message = self.codec.decode_message(delivery.payload)
+                    message = self.codec.decode_message(delivery.payload)
+                    if message.id == delivery.id:
+                        attempt.message = message
             raise _Dead(
                 f"delivered {delivery.deliveries} times without finishing; "
                 "it may be crashing the worker"
             )
         try:
-            attempt.message = message = self.codec.decode_message(delivery.payload)
+            message = self.codec.decode_message(delivery.payload)
         except _USER_CODE_ERRORS as exc:  # unpickling runs the payload's classes' code
             raise _Dead(f"undecodable payload: {text_of(exc)}") from exc
+        if message.id != delivery.id:
+            # A signature covers the payload, not the id the broker files it under: a job's
+            # payload copied under another id (a replay) runs nothing, and moves no workflow
+            # (``attempt.message`` stays None).
+            raise _Dead(
+                f"the payload belongs to job {shown(message.id)}, not to this one: a job's "
+                "payload written into the broker under another id is not run"
+            )
+        attempt.message = message
         # Only a workflow step, a collect step or a job with dependencies may be settled
         # without running: short_circuit's own checks, inline (a Python call per job less).
         step = message.workflow or message.task == workflows.COLLECT or message.depends_on
@@ -405,6 +419,15 @@ class Consumer:
             why = f"{name_of(type(exc))}: {text_of(exc)}"
             raise _Dead(f"cannot load task {message.task!r}: {why}") from exc
         attempt.fn, attempt.is_async = found.fn, found.is_async
+
+    def _oversized(self, size: int) -> str:
+        limit, cap = self.codec.max_decoded, self.codec.max_payload
+        return (
+            f"payload of {size} bytes is over the {limit} bytes a worker decodes (twice "
+            f"max_payload={cap}); not decoded: the app enqueues at most max_payload bytes. "
+            "If such jobs are meant to run, raise Conveyor(max_payload=...) for the producer "
+            "and the workers alike"
+        )
 
     # -- callbacks from the pools ----------------------------------------------------------
 

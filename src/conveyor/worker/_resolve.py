@@ -16,6 +16,7 @@ import sys
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from .._checks import packages
 from .._errors import ConveyorError, UntrustedTask
 from .._task import Task
 
@@ -39,9 +40,13 @@ def trusted_packages(module: str | None, *groups: Iterable[str]) -> frozenset[st
     nothing else of Conveyor is a job to run by name."""
     found = {top_package(module)} if module and top_package(module) != "conveyor" else set()
     for group in groups:
-        for entry in group:
+        for entry in packages("trust", group, "trust=['myapp'] (--trust myapp)"):
             found.update(top_package(p.strip()) for p in entry.split(",") if p.strip())
     return frozenset(found)
+
+
+def _dunder(name: str) -> bool:
+    return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
 
 class Resolved:
@@ -87,6 +92,14 @@ class Resolver:
                 f"unknown task {name!r}: no task is registered under that name; start the "
                 "worker with the module that defines it (conveyor worker MODULE)"
             )
+        if any(_dunder(part) for part in module.split(".")):
+            # Importing ``myapp.__main__`` runs the package's entry point (a server, a CLI
+            # loop) in the consumer's thread; ``myapp.__init__`` runs the package again. No
+            # task lives in them. (``myapp._private`` is a task module like any other.)
+            raise UntrustedTask(
+                f"untrusted callable {name!r}: dunder modules are refused ({module} is not "
+                "imported)"
+            )
         if top_package(module) not in self.trusted:
             raise UntrustedTask(self._untrusted(name, module))
         if any(part.startswith("__") for part in qualname.split(".")):
@@ -106,10 +119,18 @@ class Resolver:
         if not callable(obj):
             kind = type(obj).__name__
             raise UnknownTask(f"unknown task {name!r}: it names a {kind}, not a function")
-        home = getattr(obj, "__module__", None) or ""
+        home = getattr(obj, "__module__", None)
+        if not isinstance(home, str) or not home:
+            # A built-in object's method (``myapp.tasks:os.sys.stderr.write``): whose code
+            # it is cannot be told, so it is no package's.
+            raise UntrustedTask(
+                f"untrusted callable {name!r}: it names a {type(obj).__name__} that has no "
+                "module (__module__ is not set), so no trusted package can vouch for it; "
+                "enqueue a function defined in a module of a trusted package"
+            )
         if top_package(home) not in self.trusted:
             # e.g. ``myapp.tasks:os.system`` when myapp.tasks did ``import os``
-            raise UntrustedTask(self._untrusted(name, home or "an unknown module"))
+            raise UntrustedTask(self._untrusted(name, home))
         return obj  # type: ignore[no-any-return]
 
     def _untrusted(self, name: str, module: str) -> str:
