@@ -198,3 +198,18 @@ def test_usage_errors_exit_2() -> None:
     ):
         result = runner.invoke(cli, args)
         assert result.exit_code == 2, (args, result.output)
+
+
+def test_the_demo_names_its_file_by_a_url_that_opens_it_from_anywhere(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the demo joined "sqlite:///" and the path, so in a folder named "q#1" its
+    # worker refused the URL (options are not supported), and in "p%41" it used "pA".
+    from conveyor.brokers.sqlite import sqlite_path
+    from conveyor.cli.demo import absolute
+
+    for name in ("q#1", "p%41", "with space"):
+        folder = tmp_path / name
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        assert sqlite_path(absolute("sqlite:///./conveyor.db")) == str(folder / "conveyor.db")

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from .._app import Conveyor
 from ..brokers import DEFAULT_URL, redact_url
+from ..brokers.sqlite._url import sqlite_url
 from ._load import on_broker, sqlite_file
 from ._output import table, text
 
@@ -47,7 +48,7 @@ def _stop_worker(proc: subprocess.Popen[bytes], console: Console) -> int:
 def absolute(url: str) -> str:
     """A SQLite URL with an absolute path, so the command printed next works from anywhere."""
     path = sqlite_file(url)
-    return url if path is None else "sqlite:///" + path
+    return url if path is None else sqlite_url(path)  # a '#' or '%' in it percent-encoded
 
 
 def conveyor_command() -> str:
