@@ -213,3 +213,31 @@ def test_the_demo_names_its_file_by_a_url_that_opens_it_from_anywhere(
         folder.mkdir()
         monkeypatch.chdir(folder)
         assert sqlite_path(absolute("sqlite:///./conveyor.db")) == str(folder / "conveyor.db")
+
+
+@pytest.mark.parametrize("width", [50, 55, 60, 64, 68, 80, 120])
+def test_a_listing_fits_the_terminal_with_every_column(
+    width: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: least widths for the folding columns pushed `updated` off a terminal of
+    # 55-64 columns; before them, times kept whole squeezed a column to nothing at 80.
+    from rich.console import Console
+
+    from conveyor.cli._output import table, text
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    ids = ["01a2525dee3c23c1ca0eddc059", "01a2525dee3c23c1ca0eddc05a"]
+    grid = table(
+        "failed jobs", ids, ("id", "queue", "task", "reason", "updated"), whole=("updated",)
+    )
+    reason = "builtins.ValueError: cannot identify image file 'x.png'"
+    for i in ids:
+        grid.add_row(text(i), text("default"), text("myapp.tasks:resize"), text(reason), "2m ago")
+    out = Console(width=width, record=True, highlight=False)
+    out.print(grid)
+    shown = out.export_text()
+    lines = shown.splitlines()
+    top = next(line for line in lines if line.startswith("┏"))
+    assert top.endswith("┓") and top.count("┳") == 4  # five columns, the last one whole
+    assert all(len(line) <= width for line in lines)
+    assert all(i in shown for i in ids)  # ids whole: people copy them

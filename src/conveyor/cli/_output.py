@@ -153,17 +153,19 @@ def table(
     """A table whose first column holds ids: never wrapped nor cut (people copy them into
     the next command); ``ids`` sizes it. The columns in ``whole`` (short values, such as
     times) wrap only at their spaces, and only where the table would not fit otherwise; the
-    others fold, down to their header's width at most ``_FOLDED``. (Times kept whole on a
-    narrow terminal squeezed another column to nothing, header and all: the schedule column
-    at 80 columns, queue and reason at 50.)"""
+    others fold, down to their header's width at most ``_FOLDED`` where all of that fits the
+    terminal. (Times kept whole squeezed another column to nothing, header and all: the
+    schedule column at 80 columns; least widths that do not fit push the last columns off a
+    narrow terminal instead.)"""
     widest = max((len(i) for i in ids), default=2)
+    least = {n: min(len(n), _FOLDED) for n in columns[1:] if n not in whole}
+    needed = widest + sum(least.values()) + sum(len(n) for n in whole) + 3 * len(columns) + 1
+    if needed + 4 > console().width:  # Rich then cuts every column alike, as it can
+        least = {}
     grid = Table(title=title)
     grid.add_column(columns[0], no_wrap=True, min_width=widest)
     for name in columns[1:]:
-        if name in whole:
-            grid.add_column(name, overflow="fold")
-        else:
-            grid.add_column(name, overflow="fold", min_width=min(len(name), _FOLDED))
+        grid.add_column(name, overflow="fold", min_width=least.get(name))
     return grid
 
 
