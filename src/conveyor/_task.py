@@ -136,7 +136,7 @@ def _eta(value: Any) -> float:
         return float(seconds)
     rule = (
         "eta takes a timezone-aware datetime or a Unix timestamp in seconds, from 1970 to "
-        "the end of the year 9999 (UTC)"
+        "9999-12-31 23:59:59 UTC"
     )
     raise refuse("eta", value, rule, example)
 
