@@ -36,12 +36,13 @@ _PAGE = 200  # entries read per call while looking for jobs of one task
 _EVENTS_PAGE = 1000  # events read per call while naming the jobs whose payload is gone
 NOT_KEPT = "payload not kept"  # a succeeded job's problem on Redis
 
-# user:password@ in any URL an error message carries
-_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)[^\s/@]+@")
+# user:password@ in any URL an error message carries, but for the placeholder PASSWORD of
+# the URLs our messages suggest (``redis://USER:PASSWORD@host``): masked, they read as nonsense
+_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s/:@]*:)(?!PASSWORD@)[^\s/@]+@")
 
 
 def redact(message: str) -> str:
-    """The message with any URL's password masked."""
+    """The message with any URL's password masked (the placeholder PASSWORD stays)."""
     return _CREDENTIALS.sub(r"\g<head>***@", message)
 
 

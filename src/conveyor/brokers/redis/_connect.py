@@ -12,7 +12,10 @@ seed nodes of a Redis Cluster: the broker's pool opens its connections to the ma
 serves the prefix's slot, and follows it (``_cluster``). hiredis is used by redis-py when
 installed.
 
-A refused login is not retried (``_Retry``): the same credentials are refused again.
+A refused login is not retried (``_Retry``): the same credentials are refused again. Nor is
+a timeout: a server that did not answer within the socket timeout is not a blip, each retry
+would wait as long again (a never-answering server held a one-shot command for 4 x 10 s),
+and a write it timed out on may have been applied.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from redis.retry import Retry
 
 from ..._errors import ConfigurationError
 from .._url import CLUSTER_SCHEMES, RedisURL, parse_redis_url
-from ._errors import TRANSLATE
+from ._errors import TRANSLATE, DatabaseOutOfRange, out_of_range
 
 if TYPE_CHECKING:
     from . import _cluster
@@ -81,9 +84,18 @@ class _Refused(Exception):
         self.error = error
 
 
+# What redis-py's retry sends again: connection errors only, not its default's timeouts
+# (see the module's docstring). Blocking reads never meet the socket timeout (block_slice).
+_RETRIED = (redis.ConnectionError,)
+
+
 class _Retry(Retry):
-    """redis-py's retry with backoff, except for a refused login: the same credentials are
-    refused again, and each attempt would only make the caller wait."""
+    """redis-py's retry with backoff for connection errors, except for a refused login: the
+    same credentials are refused again, and each attempt would only make the caller wait.
+    A timeout is raised at once."""
+
+    def __init__(self, backoff: Any, retries: int) -> None:
+        super().__init__(backoff, retries, supported_errors=_RETRIED)
 
     def call_with_retry(self, do: Callable[[], T], fail: Any, *args: Any, **kwargs: Any) -> T:
         def attempt() -> T:
@@ -100,6 +112,9 @@ class _Retry(Retry):
 
 class _AsyncRetry(redis.asyncio.retry.Retry):
     """``_Retry`` for redis.asyncio."""
+
+    def __init__(self, backoff: Any, retries: int) -> None:
+        super().__init__(backoff, retries, supported_errors=_RETRIED)
 
     async def call_with_retry(  # type: ignore[override,unused-ignore]
         self, do: Callable[[], Awaitable[T]], fail: Any, *args: Any, **kwargs: Any
@@ -119,8 +134,9 @@ class _AsyncRetry(redis.asyncio.retry.Retry):
 def _connection(target: RedisURL, retry: Any) -> dict[str, Any]:
     """Keyword arguments of every connection to the server (not to the sentinels)."""
     kwargs: dict[str, Any] = {
-        # Retrying is safe for every command we send: enqueue is idempotent on the job id
-        # and every other write is fenced by a token or idempotent by construction.
+        # Retrying a connection error is safe for every command we send: enqueue is
+        # idempotent on the job id and every other write is fenced by a token or idempotent
+        # by construction. Timeouts are not retried (_Retry).
         "retry": retry,
         "socket_connect_timeout": 5.0,
         "socket_timeout": DEFAULT_SOCKET_TIMEOUT,
@@ -154,11 +170,23 @@ _HANDSHAKE = hasattr(redis.Connection, "on_connect_check_health")  # else: the P
 
 
 def _handshake(conn: Any) -> None:
-    conn.on_connect_check_health(check_health=False)
+    """The handshake; its SELECT refusing the URL's database is raised with the number
+    (``_errors.DatabaseOutOfRange``), which the error's message names."""
+    try:
+        conn.on_connect_check_health(check_health=False)
+    except redis.ResponseError as exc:
+        if not out_of_range(exc):
+            raise
+        raise DatabaseOutOfRange(conn.db) from exc
 
 
 async def _handshake_async(conn: Any) -> None:
-    await conn.on_connect_check_health(check_health=False)
+    try:
+        await conn.on_connect_check_health(check_health=False)
+    except redis.ResponseError as exc:
+        if not out_of_range(exc):
+            raise
+        raise DatabaseOutOfRange(conn.db) from exc
 
 
 def _backoff() -> ExponentialWithJitterBackoff:
@@ -350,7 +378,7 @@ class Pinned:
     error (reset, refused, a restarted server) is sent again on the ordinary path, which
     reconnects and retries: use this only for commands that are safe to send twice. A
     timeout is raised at once: the server did not answer within the socket timeout, and
-    each of the ordinary path's retries would wait as long again."""
+    sending it again on the ordinary path would wait as long again."""
 
     def __init__(self, limit: int = MAX_HELD) -> None:
         self._local = threading.local()

@@ -3,9 +3,11 @@ Redis broker's ``_errors`` (every primitive runs inside it, see ``brokers._base`
 key-value store's.
 
 A refused login or a missing ACL permission is ``BrokerAuthError``: retrying cannot help,
-so neither redis-py's retry (``_connect._Retry``) nor the worker's retries it. A write
-refused because Redis is full says so, and what to do. A server that cannot be reached is
-``BrokerUnavailable``; anything else ``BrokerError`` with Redis's words.
+so neither redis-py's retry (``_connect._Retry``) nor the worker's retries it. Nor can it
+help a database number past the server's ``databases``: a ``ConfigurationError`` (the URL
+is wrong), on which a worker stops too. A write refused because Redis is full, or by a
+read-only replica, says so and what to do. A server that cannot be reached, or is loading
+its dataset, is ``BrokerUnavailable``; anything else ``BrokerError`` with Redis's words.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from types import TracebackType
 import redis
 import redis.exceptions
 
-from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable
+from ..._errors import BrokerAuthError, BrokerError, BrokerUnavailable, ConfigurationError
 
 # A full Redis refuses even the BLMOVE a waiter sleeps in (it may take memory): the waiter
 # reads the record this often instead, until Redis has room again.
@@ -89,6 +91,55 @@ def full(exc: BaseException) -> bool:
     return _FULL in str(exc)
 
 
+# Redis's words for a write refused by a replica (Redis 6.2 wraps them in its script error;
+# before Redis 5 they end in "slave").
+_READ_ONLY = ("can't write against a read only",)
+
+
+def replica(master: str | None = None) -> str:
+    """What to do about a read-only replica (of ``master``, ``host:port``, when known)."""
+    of = f" of {master}" if master else ""
+    return (
+        f"this Redis is a read-only replica{of}: point the URL at the master, or use "
+        "redis+sentinel:// (the sentinels name the current master); every enqueue and fetch "
+        "fails on a replica, see docs/redis.md"
+    )
+
+
+# Redis's words for a SELECT of a database number past its ``databases`` setting.
+_OUT_OF_RANGE = "DB index is out of range"
+
+
+class DatabaseOutOfRange(redis.ResponseError):
+    """The handshake's SELECT refused the URL's database number (``_connect._handshake``
+    raises it with the number; elsewhere Redis's own error arrives, without it)."""
+
+    def __init__(self, db: int) -> None:
+        super().__init__(_OUT_OF_RANGE)
+        self.db = db
+
+
+def out_of_range(exc: BaseException) -> bool:
+    """Redis refused the URL's database number."""
+    return _OUT_OF_RANGE in str(exc)
+
+
+def _out_of_range(exc: BaseException) -> ConfigurationError:
+    db = exc.db if isinstance(exc, DatabaseOutOfRange) else None
+    which = f"database {db}" if db is not None else "the database number"
+    return ConfigurationError(
+        f"{which} in the URL is above the server's `databases` setting (16 by default): "
+        "use /0 to /15"
+    )
+
+
+LOADING = (
+    "Redis is loading its dataset into memory (it has just started, or a replica is "
+    "syncing) and refuses commands until it is done: wait, then try again (workers wait "
+    "and go on by themselves)"
+)
+
+
 class SlotMigrating(redis.ConnectionError):
     """The Redis Cluster slot of the prefix is being migrated to another master (resharding);
     a ``ConnectionError``, so redis-py's retry sends the call again a few times first."""
@@ -106,7 +157,7 @@ MIGRATING = (
 )
 
 
-def _convert(exc: BaseException) -> BrokerError:
+def _convert(exc: BaseException) -> BrokerError | ConfigurationError:
     if isinstance(exc, redis.exceptions.RedisClusterException):  # redis-py's cluster client
         cause = exc.__cause__
         if isinstance(cause, redis.RedisError):  # what a node answered: a refused login...
@@ -120,6 +171,13 @@ def _convert(exc: BaseException) -> BrokerError:
         return refused
     if full(exc):
         return BrokerError(FULL)
+    text = str(exc)
+    if out_of_range(exc):
+        return _out_of_range(exc)
+    if isinstance(exc, redis.ReadOnlyError) or any(w in text for w in _READ_ONLY):
+        return BrokerError(replica())
+    if isinstance(exc, redis.BusyLoadingError):
+        return BrokerUnavailable(LOADING)
     if isinstance(exc, SlotMigrating):
         return BrokerUnavailable(MIGRATING.format(exc))
     if any(words in str(exc) for words in _NOT_LOCAL):

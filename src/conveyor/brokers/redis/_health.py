@@ -1,10 +1,11 @@
 """What the Redis broker tells about the server under it: settings that lose jobs, a full
 server, and a server that lost its data while workers ran. Workers announce themselves here.
 
-* ``warnings()``: an evicting ``maxmemory-policy`` (Redis drops keys when full, jobs among
-  them, without a word), a server that is full now, a policy it cannot read. The policy is
-  read from ``INFO memory``, never ``CONFIG GET``: managed services rename or refuse
-  ``CONFIG``, the least-privilege user may not run it, and INFO has the same value.
+* ``warnings()``: a replica (it refuses every write: the URL should name the master), an
+  evicting ``maxmemory-policy`` (Redis drops keys when full, jobs among them, without a
+  word), a server that is full now, a policy it cannot read. The role and the policy are
+  read from ``INFO``, never ``CONFIG GET``: managed services rename or refuse ``CONFIG``,
+  the least-privilege user may not run it, and INFO has the same values.
 * Lost data: ``{P}:epoch`` holds a random token, written by the first heartbeat that finds
   none (``heartbeat.lua``), never expiring. Each broker remembers the token it last saw; a
   different one means Redis lost everything in between (a restart without persistence, a
@@ -30,7 +31,7 @@ import redis
 from ..._message import WorkerInfo
 from .._url import redact_url
 from ._core import RedisCore, text, to_ms
-from ._errors import refusal
+from ._errors import refusal, replica
 
 log = logging.getLogger("conveyor.redis")
 
@@ -64,20 +65,16 @@ class HealthMixin(RedisCore):
     def _warnings(self) -> list[str]:
         """One line per setting of the server that loses jobs or refuses them, saying what
         to do; raises ``BrokerError`` when Redis cannot be reached."""
-        try:
-            memory = self._client.info("memory")
-        except redis.RedisError as exc:  # an ACL user without +info: Redis's words say so
-            if refusal(exc) is None:
-                raise
-            memory = {"refused": str(exc)}
+        found = self._replica()
+        memory = self._info("memory")
         policy = text(memory.get("maxmemory_policy") or "")
         if not policy:
             why = memory.get("refused", "it names no maxmemory_policy")
             return [
+                *found,
                 f"cannot read Redis's maxmemory-policy (INFO memory: {why}); make sure it is "
-                f"{_KEEPS}, and grant the broker's user +info so it is checked, see {_DOCS}"
+                f"{_KEEPS}, and grant the broker's user +info so it is checked, see {_DOCS}",
             ]
-        found = []
         limit = int(memory.get("maxmemory") or 0)
         if policy != _KEEPS:
             found.append(_evicting(policy, text(memory.get("maxmemory_human") or "?"), limit))
@@ -92,6 +89,30 @@ class HealthMixin(RedisCore):
                 f"memory or keep results for less time (result_ttl=), see {_DOCS}"
             )
         return found
+
+    def _info(self, section: str) -> dict[str, Any]:
+        """A section of INFO; ``{"refused": why}`` for an ACL user without +info."""
+        try:
+            return dict(self._client.info(section))
+        except redis.RedisError as exc:  # Redis's words say which permission is missing
+            if refusal(exc) is None:
+                raise
+            return {"refused": str(exc)}
+
+    def _replica(self) -> list[str]:
+        """A line when the server is a replica: every enqueue and fetch would be refused
+        (a writable one takes them, and loses them at its next sync with its master)."""
+        replication = self._info("replication")
+        if text(replication.get("role") or "") != "slave":  # Redis's word, even in 7
+            return []
+        master = f"{text(replication.get('master_host') or '?')}:{replication.get('master_port')}"
+        if str(replication.get("slave_read_only", 1)) != "0":
+            return [replica(master)]
+        return [
+            f"this Redis is a writable replica of {master} (replica-read-only no): what it "
+            "is given is lost when it next syncs with its master; point the URL at the "
+            f"master, or use redis+sentinel://, see {_DOCS}"
+        ]
 
     # -- the epoch: did Redis lose its data? -------------------------------------------------
 
