@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
 _PAGE = 200  # entries read per call while looking for jobs of one task
 _EVENTS_PAGE = 1000  # events read per call while naming the jobs whose payload is gone
+_LOG_MOST = 2_000_000  # events read at most while doing so (the log keeps 10,000 by default)
 NOT_KEPT = "payload not kept"  # a succeeded job's problem on Redis
 
 # user:password@ in any URL an error message carries, but for the placeholder PASSWORD of
@@ -132,10 +133,13 @@ class TaskNames:
 
 def logged_tasks(app: Conveyor) -> dict[str, str]:
     """Job id -> task, as the job events in the broker's log name it: the whole log, from
-    its oldest event, but at most twice what it keeps (workers may publish as it is read)."""
+    its oldest event to its newest. Not bounded by this app's ``events_kept``: a sharded
+    Redis prefix keeps that many per shard and one more, and the workers' apps may keep
+    more than this one, so a bound of twice it stopped short of the newest jobs and said
+    their events had left the log. ``_LOG_MOST`` only stops a read that workers outpace."""
     broker = app.broker
     names: dict[str, str] = {}
-    after, most = None, 2 * broker.events_kept
+    after, most = None, _LOG_MOST
     while most > 0:
         size = min(_EVENTS_PAGE, most)
         page = broker.read_events(after, 0, size)

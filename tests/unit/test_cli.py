@@ -95,6 +95,26 @@ def test_a_job_without_a_payload_is_named_by_its_events(memory_app: Conveyor) ->
     assert names("0" * 26, gone) is None and names.unknown == {"0" * 26}
 
 
+def test_the_newest_jobs_are_named_though_the_log_is_longer_than_this_app_keeps(
+    memory_app: Conveyor, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Regression: the read stopped at twice this app's events_kept, while a sharded Redis
+    # prefix keeps that per shard and workers may keep more: `--task` missed the newest
+    # jobs and said their events had left the log.
+    send = memory_app.task(name="shop:send", queue="mail")(lambda to: to)
+    jobs = memory_app.enqueue_many([send.s(f"{i}@example.com") for i in range(1500)])
+    log = memory_app.broker.read_events(None, 0, 5000)  # what the workers' log holds
+
+    def read(after: str | None, block: float, count: int) -> Any:
+        start = 0 if after is None else [n for n, _ in log].index(after) + 1
+        return log[start : start + count]
+
+    monkeypatch.setattr(memory_app.broker, "read_events", read)
+    monkeypatch.setattr(memory_app.broker, "events_kept", 100)  # this app keeps fewer
+    names = logged_tasks(memory_app)
+    assert names[jobs[-1].id] == "shop:send" and len(names) == 1500
+
+
 def test_url_override_keeps_the_app_and_its_tasks(tmp_path: Path) -> None:
     app = Conveyor("memory://", prefix="shop")
     double = app.task(name="shop:double")(lambda x: 2 * x)
