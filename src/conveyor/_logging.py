@@ -4,7 +4,8 @@ job runs carrying that job's id, task, queue and attempt.
 * ``configure(level, fmt)`` is what ``conveyor worker --log-level/--log-format`` calls: one
   handler on stderr, Conveyor's loggers (and those of the packages the worker runs code
   from, see ``attach``) at ``level``, everything else at WARNING or above, so ``-v`` shows
-  Conveyor's debug lines without redis-py's.
+  Conveyor's debug lines without redis-py's; the connection churn of the broker clients
+  (``quiet_clients``) is left to ``--log-level debug``.
 * ``JobContext`` (``conveyor.logging_filter()``) stamps ``job_id``, ``task``, ``queue`` and
   ``attempt`` on a record from the running job (``current_job()``'s context variable), None
   outside a job. ``configure`` puts it on its handler and a ``Worker`` on every root
@@ -37,6 +38,12 @@ _LEVELS = {
     name: getattr(logging, name) for name in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 }
 _QUIET = logging.WARNING  # the least a logger outside Conveyor and the app logs at
+# Clients that say a connection they lost and make again in their own words: a traceback,
+# then a line or two a second until the server is back (aiormq and aio-pika, RabbitMQ's;
+# psycopg's pool, PostgreSQL's). They recover by themselves, and Conveyor says it once in
+# its own (the RabbitMQ link's "lost the connection", the PostgreSQL broker's and the
+# worker's "..., retrying"), so theirs are for --log-level debug.
+CLIENTS = ("aiormq", "aio_pika", "psycopg.pool")
 # What every LogRecord has; anything else on a record came from ``extra=``.
 _STANDARD = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime", "taskName"}
 _NOT_EXTRA = _STANDARD | set(FIELDS)
@@ -292,10 +299,20 @@ def formatter(fmt: str) -> logging.Formatter:
     raise ConfigurationError(f"unknown log format {fmt!r}: write text or json")
 
 
+def quiet_clients(level: int = logging.WARNING) -> None:
+    """The loggers of ``CLIENTS`` at CRITICAL for ``level`` above DEBUG; at DEBUG, as any
+    other logger (their own level unset)."""
+    for name in CLIENTS:
+        logging.getLogger(name).setLevel(
+            logging.NOTSET if level <= logging.DEBUG else logging.CRITICAL
+        )
+
+
 def configure(level: str | int, fmt: str) -> None:
     """Log to stderr in ``fmt`` (``"text"`` or ``"json"``): Conveyor's loggers, and those
     of the packages a worker runs tasks from, at ``level`` (a name such as ``"INFO"`` or
-    ``"debug"``, or a number); every other logger at WARNING or above; Python warnings as
+    ``"debug"``, or a number); every other logger at WARNING or above, but the broker
+    clients' (``quiet_clients``) at CRITICAL unless ``level`` is DEBUG; Python warnings as
     lines of the ``py.warnings`` logger. Calling it again replaces the previous setup;
     handlers of your own are left alone. Raises ``ConfigurationError`` for a level or
     format it does not know, changing nothing."""
@@ -313,6 +330,7 @@ def configure(level: str | int, fmt: str) -> None:
     _setup.level = number
     for name in ("conveyor", *sorted(_setup.packages)):
         logging.getLogger(name).setLevel(number)
+    quiet_clients(number)
 
 
 def attach(packages: Iterable[str]) -> None:

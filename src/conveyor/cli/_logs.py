@@ -60,10 +60,12 @@ def setup(ctx: click.Context, level: str | None, fmt: str) -> None:
 def setup_from_env(verbose: bool) -> None:
     """Logging for the commands without log options, when asked for: -v, else
     CONVEYOR_LOG_LEVEL and CONVEYOR_LOG_FORMAT (to stderr: stdout stays the command's).
-    Otherwise Python's last resort still prints a warning or an error, and nothing else."""
+    Otherwise Python's last resort still prints a warning or an error, and nothing else,
+    but the broker clients' own (a connection lost and made again: Conveyor's line says it)."""
     level = os.environ.get("CONVEYOR_LOG_LEVEL")
     fmt = os.environ.get("CONVEYOR_LOG_FORMAT")
     if not verbose and not level and not fmt:
+        _logging.quiet_clients()
         return
     try:
         _logging.configure("debug" if verbose else level or "info", fmt or "text")
