@@ -1,18 +1,25 @@
-"""The RabbitMQ link's acknowledgements after a reconnection and its connection attempts
-(no sockets: aio-pika messages over mocked channels, stand-in connections)."""
+"""The RabbitMQ link's acknowledgements after a reconnection, its connection attempts and
+what it says of a connection lost (no sockets: aio-pika messages over mocked channels,
+stand-in connections, a stand-in look at the server)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 import types
 from collections import OrderedDict
 from unittest import mock
 
+import aiormq.exceptions
 import pytest
 from aio_pika.message import IncomingMessage
 
+from conveyor._errors import BrokerUnavailable
 from conveyor.brokers.rabbitmq import _link
+from conveyor.brokers.rabbitmq._errors import HandshakeTimeout, translate
 from conveyor.brokers.rabbitmq._link import Link
+from conveyor.brokers.rabbitmq._url import parse_amqp_url
 
 
 def _message(channel: mock.MagicMock, tag: int) -> IncomingMessage:
@@ -43,6 +50,8 @@ class _Attempt:
     def __init__(self, url: object) -> None:
         self.hangs = not _Attempt.made
         self.closed = False
+        self.close_callbacks: set[object] = set()
+        self.reconnect_callbacks: set[object] = set()
         _Attempt.made.append(self)
 
     async def connect(self, timeout: float) -> None:
@@ -56,36 +65,132 @@ class _Attempt:
         self.closed = True
 
 
+def _opening(url: str) -> Link:
+    """A link as far as ``_open`` needs it (no loop thread, no connection)."""
+    link = Link.__new__(Link)
+    link._url = parse_amqp_url(url)
+    return link
+
+
 def test_a_connection_attempt_given_up_is_closed_and_the_next_one_kept(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """An attempt whose handshake hangs is given up and closed (a robust connection left
-    open would connect later and reconnect forever beside the link's); the next is the
-    link's."""
-    monkeypatch.setattr(_link, "HANDSHAKE_TIMEOUT", 0.05)
+    """An attempt whose handshake hangs is given up (after the URL's connection_timeout)
+    and closed (a robust connection left open would connect later and reconnect forever
+    beside the link's); the next is the link's, and tells the link of its losses."""
     monkeypatch.setattr(_link.aio_pika, "RobustConnection", _Attempt)
     _Attempt.made = []
-    link = types.SimpleNamespace(_url=types.SimpleNamespace(connect="amqp://127.0.0.1/"))
-    connection, channel = asyncio.run(Link._open(link))  # type: ignore[arg-type]
+    link = _opening("amqp://127.0.0.1/?connection_timeout=0.05")
+    connection, channel = asyncio.run(link._open())
     hung, kept = _Attempt.made
     assert (hung.closed, kept.closed) == (True, False)
     assert connection is kept and channel == "channel"
+    assert kept.close_callbacks == {link._lost} and kept.reconnect_callbacks == {link._back}
 
 
-def test_every_attempt_given_up_is_closed_and_the_last_error_raised(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.mark.parametrize("takes", [True, False], ids=["accepted", "no-connection"])
+def test_every_attempt_given_up_is_closed_and_says_where_how_long_and_what_to_check(
+    monkeypatch: pytest.MonkeyPatch, takes: bool
 ) -> None:
-    monkeypatch.setattr(_link, "HANDSHAKE_TIMEOUT", 0.02)
+    """Not the bare TimeoutError of ``wait_for`` (its text is empty: the CLI said
+    "cannot reach RabbitMQ (TimeoutError: )"), but what happened: the server's address,
+    the time each attempt waited (the URL's connection_timeout), the number of attempts
+    and whether the server takes a TCP connection at all."""
+
+    async def probe(host: str | None, port: int | None) -> BaseException | None:
+        assert (host, port) == ("rabbit.example", 5999)
+        return None if takes else TimeoutError()
+
     monkeypatch.setattr(_link.aio_pika, "RobustConnection", _Attempt)
     monkeypatch.setattr(_Attempt, "__init__", _hanging_init)
+    monkeypatch.setattr(_link, "_probe", probe)
     _Attempt.made = []
-    link = types.SimpleNamespace(_url=types.SimpleNamespace(connect="amqp://127.0.0.1/"))
-    with pytest.raises(TimeoutError):
-        asyncio.run(Link._open(link))  # type: ignore[arg-type]
+    link = _opening("amqp://guest:s3cret@rabbit.example:5999/jobs?connection_timeout=0.02")
+    started = time.monotonic()
+    with pytest.raises(HandshakeTimeout) as caught:
+        asyncio.run(link._open())
+    assert time.monotonic() - started < 2
     assert len(_Attempt.made) == _link.CONNECT_ATTEMPTS
     assert all(a.closed for a in _Attempt.made)
+    found = translate(caught.value)
+    assert isinstance(found, BrokerUnavailable)
+    said = str(found)
+    assert said.startswith("RabbitMQ at rabbit.example:5999 ")
+    assert "within 0.02 s (3 tries)" in said and "s3cret" not in said
+    if takes:
+        assert "accepted the connection but did not answer the AMQP handshake" in said
+        assert "check that the port is RabbitMQ's and that the server is not overloaded" in said
+    else:
+        assert "does not take a connection now (TimeoutError: no answer in time)" in said
 
 
 def _hanging_init(self: _Attempt, url: object) -> None:
     self.hangs, self.closed = True, False
+    self.close_callbacks, self.reconnect_callbacks = set(), set()
     _Attempt.made.append(self)
+
+
+def test_a_bare_client_error_is_translated_with_a_reason_not_an_empty_one() -> None:
+    said = str(translate(TimeoutError()))
+    assert "(TimeoutError: no answer in time)" in said and "TimeoutError: )" not in said
+
+
+# -- a connection lost --------------------------------------------------------------------
+
+
+def _linked() -> Link:
+    """A link as far as its connection's callbacks need it."""
+    link = Link.__new__(Link)
+    link._url = parse_amqp_url("amqp://127.0.0.1/?sweep=2")
+    link._down_since, link._refusal_said, link._closing = None, False, False
+    return link
+
+
+def _said(caplog: pytest.LogCaptureFixture) -> list[tuple[int, str]]:
+    return [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "conveyor"]
+
+
+def test_a_lost_connection_is_one_warning_and_its_return_one_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client calls the close callback at the loss and at each failed attempt to
+    connect again (a second each): one warning, with the reason; the attempts are debug;
+    the reconnection one info line."""
+    link, client = _linked(), types.SimpleNamespace(reconnect_interval=1)
+    caplog.set_level(logging.DEBUG, logger="conveyor")
+    cut = aiormq.exceptions.AMQPConnectionError("Server connection unexpectedly closed")
+    link._lost(client, cut)
+    for _ in range(5):
+        link._lost(client, ConnectionRefusedError(111, "Connect call failed"))
+    link._back(client)
+    said = _said(caplog)
+    warnings = [text for level, text in said if level == logging.WARNING]
+    assert warnings == [
+        "lost the connection to RabbitMQ (AMQPConnectionError: Server connection unexpectedly "
+        "closed), reconnecting every 1 s: jobs are in the record store and workers find them "
+        "on their sweeps (every 2 s) until RabbitMQ is back"
+    ]
+    assert [level for level, _ in said].count(logging.DEBUG) == 5
+    assert said[-1][0] == logging.INFO and said[-1][1].startswith("reconnected to RabbitMQ after")
+    link._lost(client, cut)  # the next outage is said again
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 2
+
+
+def test_a_reconnection_refused_is_said_once_and_a_close_of_the_links_own_not_at_all(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    link, client = _linked(), types.SimpleNamespace()
+    caplog.set_level(logging.DEBUG, logger="conveyor")
+    link._lost(client, aiormq.exceptions.AMQPConnectionError("closed"))
+    for _ in range(3):
+        link._lost(client, aiormq.exceptions.ProbableAuthenticationError("ACCESS_REFUSED"))
+    warnings = [text for level, text in _said(caplog) if level == logging.WARNING]
+    assert len(warnings) == 2
+    assert warnings[1].startswith("reconnecting to RabbitMQ: RabbitMQ refused the login")
+    caplog.clear()
+    link._back(client)
+    link._closing = True
+    link._lost(client, aiormq.exceptions.AMQPConnectionError("closed"))
+    link._closing = False
+    link._lost(client, asyncio.CancelledError())  # the client's close of a connection
+    assert [level for level, _ in _said(caplog)] == [logging.INFO]

@@ -8,7 +8,11 @@ import pytest
 from conveyor import Conveyor
 from conveyor._errors import ConfigurationError, InvalidURL
 from conveyor.brokers import open_broker, record_store
-from conveyor.brokers.rabbitmq._url import DEFAULT_SWEEP, parse_amqp_url
+from conveyor.brokers.rabbitmq._url import (
+    DEFAULT_CONNECTION_TIMEOUT,
+    DEFAULT_SWEEP,
+    parse_amqp_url,
+)
 
 AMQP = "amqp://user:s3cret@rabbit:5672/jobs"
 
@@ -31,9 +35,20 @@ def test_the_url_is_read_with_its_options_and_shown_without_its_password() -> No
     assert parse_amqp_url(AMQP + "?queue_type=classic").queue_type == "classic"
 
 
+def test_connection_timeout_is_conveyors_seconds_not_passed_on() -> None:
+    """aio-pika does not read ``connection_timeout`` from the URL: the link waits it out
+    itself, for each attempt to connect (10 s unless given)."""
+    found = parse_amqp_url(AMQP + "?connection_timeout=1.5&heartbeat=30")
+    assert found.connection_timeout == 1.5
+    assert found.connect == "amqp://user:s3cret@rabbit:5672/jobs?heartbeat=30&reconnect_interval=1"
+    assert parse_amqp_url(AMQP).connection_timeout == DEFAULT_CONNECTION_TIMEOUT == 10
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [
+        (AMQP + "?connection_timeout=0", "seconds, above 0"),
+        (AMQP + "?connection_timeout=1&connection_timeout=2", "given twice"),
         (AMQP + "?prefetch=0", "it takes a whole number above 0"),
         (AMQP + "?sweep=nan", "seconds, above 0"),
         (AMQP + "?sweep=1&sweep=2", "given twice"),

@@ -5,7 +5,8 @@ own boundary, which the broker runs each store call in.
 Most AMQP failures never reach it: a ticket that could not be published or consumed is
 logged, and the job waits in the store for a sweep. What does reach it is opening the
 broker: a refused login or virtual host (``BrokerAuthError``: retrying cannot help), a
-server that cannot be reached (``BrokerUnavailable``).
+server that cannot be reached (``BrokerUnavailable``), or one that does not answer the
+handshake in time (``HandshakeTimeout``, the link's, which says where and how long).
 """
 
 from __future__ import annotations
@@ -30,6 +31,18 @@ _REFUSED_AT_OPEN = (403, 530)
 _UNAVAILABLE = (aiormq.exceptions.AMQPConnectionError, ConnectionError, TimeoutError, OSError)
 
 
+class HandshakeTimeout(TimeoutError):
+    """Every attempt to connect ran out of time (``_link``); the text says where, how long
+    and whether the server took the TCP connection, which a bare ``TimeoutError`` (empty,
+    as ``asyncio.wait_for`` raises it) does not."""
+
+
+def reason(exc: BaseException) -> str:
+    """``Type: text`` of a client error; a text it lacks (a bare ``TimeoutError``) is said."""
+    text = str(exc) or ("no answer in time" if isinstance(exc, TimeoutError) else "no reason given")
+    return f"{type(exc).__name__}: {text}"
+
+
 def translate(exc: BaseException) -> ConveyorError | None:
     """Conveyor's error for a client error (None: not one of the client's)."""
     if isinstance(exc, ConveyorError):
@@ -39,13 +52,15 @@ def translate(exc: BaseException) -> ConveyorError | None:
     closed = _closed_at_open(exc)
     if closed is not None and closed.reply_code in _REFUSED_AT_OPEN:
         return _refused(f"{closed.reply_code} {closed.reply_text}")
+    if isinstance(exc, HandshakeTimeout):
+        return BrokerUnavailable(str(exc))
     if isinstance(exc, _UNAVAILABLE):
         return BrokerUnavailable(
-            f"cannot reach RabbitMQ ({type(exc).__name__}: {exc}): check that it runs and "
+            f"cannot reach RabbitMQ ({reason(exc)}): check that it runs and "
             "that the amqp:// URL names its host and port"
         )
     if isinstance(exc, aiormq.exceptions.AMQPError):
-        return BrokerError(f"RabbitMQ refused an operation ({type(exc).__name__}: {exc})")
+        return BrokerError(f"RabbitMQ refused an operation ({reason(exc)})")
     return None
 
 

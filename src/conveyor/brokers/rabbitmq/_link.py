@@ -22,6 +22,11 @@ and the worker one delivery and acknowledgement per few jobs, and still wakes up
 ``TICKETS`` idle workers). A ticket held longer than ``HOLD`` seconds by a consumer that
 does not look (a busy worker, a paused queue) is handed back (``nack`` with requeue) for
 another worker.
+
+A connection lost is the client's to make again (every ``reconnect_interval`` s); the link
+says so once, with the reason (``_lost``), and once more when it is back (``_back``): the
+client's own lines about it (a traceback, then a line or two a second) are what
+``conveyor``'s logging keeps to ``--log-level debug`` (``_logging.quiet_clients``).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from collections import OrderedDict, deque
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import aio_pika
 from aio_pika.abc import (
@@ -48,7 +54,9 @@ from aio_pika.abc import (
 )
 from aio_pika.connection import make_url
 
+from ..._errors import BrokerAuthError
 from ._direct import Confirms, Direct, usable
+from ._errors import HandshakeTimeout, reason, translate
 from ._url import RabbitURL
 
 log = logging.getLogger("conveyor")
@@ -58,9 +66,14 @@ T = TypeVar("T")
 DELIVERY_LIMIT = 20  # RabbitMQ's own bound on a ticket's redeliveries (a safety net)
 TICKETS = 64  # tickets a publish to one queue makes at most (more jobs share them)
 HOLD = 60.0  # seconds a consumer keeps a ticket it has not settled before handing it back
-HANDSHAKE_TIMEOUT = 10.0  # seconds one attempt to connect waits for the server
-CONNECT_ATTEMPTS = 3
-CONNECT_TIMEOUT = 35.0  # seconds to connect (every attempt), declare, start consuming
+CONNECT_ATTEMPTS = 3  # each waits the URL's connection_timeout (10 s) for the server
+OPEN_SLACK = 5.0  # seconds an open gets beyond its attempts (its channel, the diagnosis)
+PROBE = 1.0  # seconds the look at whether a server that never answered takes a connection
+CONNECT_TIMEOUT = 35.0  # seconds to declare and start consuming, to close
+_SWEEPS = (
+    "jobs are in the record store and workers find them on their sweeps (every %g s) until "
+    "RabbitMQ is back"
+)
 
 
 _DRAIN_TIMEOUT = 2.0  # seconds the loop's last tasks get to end when the link closes
@@ -72,6 +85,17 @@ async def _cancel_the_rest() -> None:
     for task in rest:
         task.cancel()
     await asyncio.gather(*rest, return_exceptions=True)
+
+
+async def _probe(host: str | None, port: int | None) -> BaseException | None:
+    """None if ``host:port`` takes a TCP connection within ``PROBE`` seconds (closed at
+    once), else why not."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), PROBE)
+    except (OSError, TimeoutError) as exc:
+        return exc
+    writer.close()
+    return None
 
 
 def _channel_of(message: AbstractIncomingMessage) -> object | None:
@@ -190,13 +214,19 @@ class Link:
         # thread's alone): a run of them settled at once is acknowledged with one frame.
         self._held: OrderedDict[int, AbstractIncomingMessage] = OrderedDict()
         self._held_on: object = None  # their channel (a new one after a reconnection)
+        # The connection's state as its callbacks tell it (the loop thread's alone): since
+        # when it is lost (None: up), and whether a refusal was said in this outage.
+        self._down_since: float | None = None
+        self._refusal_said = False
+        self._closing = False  # by ``close``: the connection's end is no loss
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(
             target=self._loop.run_forever, name="conveyor-amqp", daemon=True
         )
         self._thread.start()
+        opening = CONNECT_ATTEMPTS * self._url.connection_timeout + OPEN_SLACK
         try:
-            self._connection, self._publisher = self._run(self._open(), CONNECT_TIMEOUT)
+            self._connection, self._publisher = self._run(self._open(), opening)
         except BaseException:
             self._stop()
             raise
@@ -215,20 +245,80 @@ class Link:
         # that does not end in the link's connection (given up, its channel refused, the
         # open cancelled) is closed: a robust connection goes on with a task of its own,
         # which would connect later and then reconnect, beside the link's, for as long as
-        # the process lives.
+        # the process lives. Every attempt given up: ``HandshakeTimeout`` says where and how
+        # long (``asyncio.wait_for``'s own TimeoutError has no text).
+        timeout = self._url.connection_timeout
         for attempt in range(CONNECT_ATTEMPTS):
             connection = aio_pika.RobustConnection(make_url(self._url.connect))
             try:
-                await asyncio.wait_for(
-                    connection.connect(timeout=HANDSHAKE_TIMEOUT), HANDSHAKE_TIMEOUT
-                )
-                return connection, await connection.channel(publisher_confirms=True)
+                await asyncio.wait_for(connection.connect(timeout=timeout), timeout)
+                channel = await connection.channel(publisher_confirms=True)
             except BaseException as exc:
                 with contextlib.suppress(Exception):
                     await connection.close()
-                if not isinstance(exc, TimeoutError) or attempt == CONNECT_ATTEMPTS - 1:
+                if not isinstance(exc, TimeoutError):
                     raise
+                if attempt == CONNECT_ATTEMPTS - 1:
+                    raise await self._unanswered() from exc
+            else:
+                connection.close_callbacks.add(self._lost)
+                connection.reconnect_callbacks.add(self._back)
+                return connection, channel
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    async def _unanswered(self) -> HandshakeTimeout:
+        """What every attempt running out of time means: the server's address, the time
+        waited, and whether the server takes a TCP connection at all (a look of ``PROBE``
+        seconds): a port that is not RabbitMQ's, or a server too loaded to answer, does;
+        a wrong host, or a firewall that drops the packets, does not."""
+        parts = urlsplit(self._url.connect)
+        where = parts.netloc.rpartition("@")[2]
+        waited = f"within {self._url.connection_timeout:g} s ({CONNECT_ATTEMPTS} tries)"
+        refused = await _probe(parts.hostname, parts.port)
+        if refused is not None:
+            return HandshakeTimeout(
+                f"RabbitMQ at {where} did not answer {waited}, and does not take a connection "
+                f"now ({reason(refused)}): check the host and port in the amqp:// URL, that "
+                "the server runs, and that no firewall drops the packets on the way"
+            )
+        handshake = "TLS and AMQP handshake" if parts.scheme == "amqps" else "AMQP handshake"
+        return HandshakeTimeout(
+            f"RabbitMQ at {where} accepted the connection but did not answer the {handshake} "
+            f"{waited}: check that the port is RabbitMQ's and that the server is not "
+            "overloaded (connection_timeout= in the URL sets how long an attempt waits)"
+        )
+
+    def _lost(self, connection: object, exc: BaseException | None = None) -> None:
+        """The connection's close callback (on the loop thread): called when it is lost,
+        then at each attempt to make it again that fails. The loss is said once, a refusal
+        of the login or the virtual host once more (retrying cannot help), the rest is
+        debug."""
+        if self._closing or isinstance(exc, asyncio.CancelledError):
+            return
+        why = reason(exc) if exc is not None else "closed by the server"
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            self._refusal_said = False
+            every = getattr(connection, "reconnect_interval", None)
+            log.warning(
+                "lost the connection to RabbitMQ (%s), reconnecting%s: " + _SWEEPS,
+                why,
+                f" every {every:g} s" if isinstance(every, int | float) else "",
+                self._url.sweep,
+            )
+            return
+        refused = translate(exc) if exc is not None else None
+        if isinstance(refused, BrokerAuthError) and not self._refusal_said:
+            self._refusal_said = True
+            log.warning("reconnecting to RabbitMQ: %s", refused)
+        else:
+            log.debug("reconnecting to RabbitMQ failed (%s)", why)
+
+    def _back(self, connection: object) -> None:
+        """The connection's reconnect callback (on the loop thread)."""
+        if self._down_since is not None:
+            log.info("reconnected to RabbitMQ after %.1f s", time.monotonic() - self._down_since)
+            self._down_since = None
 
     def name(self, queue: str) -> str:
         return f"{self._prefix}.{queue}"
@@ -402,12 +492,7 @@ class Link:
         now = time.monotonic()
         if now - self._warned > 30:  # once in a while, not once per job
             self._warned = now
-            log.warning(
-                "%s: jobs are in the record store and workers find them on their sweeps "
-                "(every %g s) until RabbitMQ is back",
-                what,
-                self._url.sweep,
-            )
+            log.warning("%s: " + _SWEEPS, what, self._url.sweep)
 
     def close(self) -> None:
         """Close the connection (RabbitMQ requeues the tickets not settled) and stop the
@@ -418,6 +503,7 @@ class Link:
         if self._loop.is_closed() or self._pid != os.getpid():
             return
         self._ager.cancel()
+        self._closing = True
         with contextlib.suppress(Exception):
             self._run(self._connection.close(), CONNECT_TIMEOUT)
         self._stop()

@@ -19,6 +19,9 @@ Conveyor's options (docs/rabbitmq.md):
 ``confirm_timeout``
     Seconds an enqueue waits for RabbitMQ's publisher confirms (default 5); past it, the
     job is in the store, and the sweep finds it.
+``connection_timeout``
+    Seconds one attempt to connect waits for RabbitMQ to answer (default 10); opening the
+    broker makes three attempts (``_link``).
 ``queue_type``
     ``quorum`` (the default: replicated, a ticket is delivered once a majority has it on
     disk) or ``classic`` (opt-in, for latency: tickets are transient, delivered and
@@ -43,11 +46,20 @@ SCHEMES = ("amqp", "amqps")
 EXAMPLE = "amqp://user:password@host:5672/vhost"
 DEFAULT_SWEEP = 2.0
 DEFAULT_CONFIRM_TIMEOUT = 5.0
+DEFAULT_CONNECTION_TIMEOUT = 10.0
 _PORTS = {"amqp": 5672, "amqps": 5671}
 _NAME = re.compile(r"[A-Za-z0-9_.-]{1,100}")
 QUEUE_TYPES = ("quorum", "classic")
-CONVEYOR_OPTIONS = ("prefetch", "sweep", "queues", "confirm_timeout", "queue_type")
-CLIENT_OPTIONS = ("heartbeat", "connection_timeout", "name", "reconnect_interval")
+CONVEYOR_OPTIONS = (
+    "prefetch",
+    "sweep",
+    "queues",
+    "confirm_timeout",
+    "connection_timeout",
+    "queue_type",
+)
+_SECONDS = ("sweep", "confirm_timeout", "connection_timeout")
+CLIENT_OPTIONS = ("heartbeat", "name", "reconnect_interval")
 RECONNECT_INTERVAL = "reconnect_interval=1"  # seconds between reconnections (the client's: 5)
 _ENCODE = "percent-encode / ? # @ in a password as %2F %3F %23 %40, and / in a vhost as %2F"
 
@@ -63,6 +75,7 @@ class RabbitURL:
     prefetch: int | None = None
     sweep: float = DEFAULT_SWEEP
     confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT
+    connection_timeout: float = DEFAULT_CONNECTION_TIMEOUT
     queues: str | None = None  # the queues' name prefix; None: the app's prefix
     queue_type: str = "quorum"
 
@@ -117,7 +130,7 @@ def parse_amqp_url(url: str) -> RabbitURL:
             if name in given:  # else the last would win, unsaid
                 raise _bad(shown, f"option {name!r} is given twice", "give it once")
             given.add(name)
-        if name in ("prefetch", "sweep", "confirm_timeout"):
+        if name == "prefetch" or name in _SECONDS:
             options[name] = _positive(shown, name, unquote(value), whole=name == "prefetch")
         elif name == "queues":
             queues = unquote(value)
@@ -137,7 +150,7 @@ def parse_amqp_url(url: str) -> RabbitURL:
             raise _bad(
                 shown,
                 f"unknown option {name[:40]!r}",
-                "Conveyor takes prefetch, sweep, queues, confirm_timeout and queue_type; "
+                "Conveyor takes " + ", ".join(CONVEYOR_OPTIONS) + "; "
                 "the client " + ", ".join(CLIENT_OPTIONS),
             )
     base = f"{p.scheme}://{p.userinfo + '@' if p.userinfo is not None else ''}{p.hosts}"
@@ -154,6 +167,7 @@ def parse_amqp_url(url: str) -> RabbitURL:
         prefetch=None if prefetch is None else int(prefetch),
         sweep=options.get("sweep", DEFAULT_SWEEP),
         confirm_timeout=options.get("confirm_timeout", DEFAULT_CONFIRM_TIMEOUT),
+        connection_timeout=options.get("connection_timeout", DEFAULT_CONNECTION_TIMEOUT),
         queues=queues,
         queue_type=queue_type,
     )
