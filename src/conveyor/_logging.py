@@ -299,13 +299,24 @@ def formatter(fmt: str) -> logging.Formatter:
     raise ConfigurationError(f"unknown log format {fmt!r}: write text or json")
 
 
+_QUIETED: set[str] = set()  # the CLIENTS loggers quiet_clients set (none had a level)
+
+
 def quiet_clients(level: int = logging.WARNING) -> None:
     """The loggers of ``CLIENTS`` at CRITICAL for ``level`` above DEBUG; at DEBUG, as any
-    other logger (their own level unset)."""
+    other logger. Only those whose level nobody set: a level the application gave one
+    (Django's ``LOGGING``, applied before the worker command's setup) is its own, and
+    stays."""
     for name in CLIENTS:
-        logging.getLogger(name).setLevel(
-            logging.NOTSET if level <= logging.DEBUG else logging.CRITICAL
-        )
+        logger = logging.getLogger(name)
+        if logger.level != logging.NOTSET and name not in _QUIETED:
+            continue  # the application's choice
+        if level <= logging.DEBUG:
+            logger.setLevel(logging.NOTSET)
+            _QUIETED.discard(name)
+        else:
+            logger.setLevel(logging.CRITICAL)
+            _QUIETED.add(name)
 
 
 def configure(level: str | int, fmt: str) -> None:

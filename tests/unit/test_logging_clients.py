@@ -73,3 +73,21 @@ def test_the_other_commands_quiet_the_clients_without_setting_up_logging(
     assert logging.getLogger("conveyor.rabbitmq").isEnabledFor(logging.WARNING)
     _logs.setup_from_env(verbose=True)  # -v: debug, the clients' lines too
     assert logging.getLogger("aiormq.connection").isEnabledFor(logging.WARNING)
+
+
+def test_a_level_the_application_gave_a_client_logger_stays(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Regression: the setup set these loggers whatever the application had (Django's
+    # LOGGING, applied before the worker command's setup), and hid its own pool warnings.
+    pool = logging.getLogger("psycopg.pool")
+    pool.setLevel(logging.WARNING)
+    try:
+        logs.configure("info", "text")
+        assert pool.level == logging.WARNING
+        logs.configure("debug", "text")
+        assert pool.level == logging.WARNING
+        pool.warning("error connecting in 'pool-1': refused")
+        assert "WARNING psycopg.pool: error connecting in 'pool-1'" in capsys.readouterr().err
+    finally:
+        pool.setLevel(logging.NOTSET)
