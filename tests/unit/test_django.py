@@ -295,6 +295,11 @@ def test_task_checks(tasks: Any) -> None:
     [
         ({"URLL": "memory://"}, "unknown key.*URLL"),
         ({"TRUST": "myapp"}, r"bad settings.CONVEYOR\['TRUST'\] \('myapp'\): it takes a list"),
+        (
+            {"TRUST": ["my-app"]},
+            r"bad settings.CONVEYOR\['TRUST'\] \(\['my-app'\]\): it takes a list of Python "
+            "package names",
+        ),
         ({"URL": "nope://x"}, r"settings.CONVEYOR\['URL'\]: .*nope"),
         ({"MIDDLEWARE": ["builtins.object"]}, "is not a conveyor.Middleware"),
         ({"MIDDLEWARE": "x.Y"}, "is a list"),

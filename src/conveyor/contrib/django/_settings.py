@@ -19,7 +19,7 @@ from django.conf import settings
 from django.utils.module_loading import autodiscover_modules, import_string
 
 from ..._app import Conveyor
-from ..._checks import names, shown, whole
+from ..._checks import names, packages, shown, whole
 from ..._errors import ConfigurationError, ConveyorError
 from ..._message import validate_queue
 from ...brokers import load_adapter
@@ -61,6 +61,7 @@ def _passes(check: Callable[[Any], object]) -> Callable[[Any], bool]:
 
 
 _names = _passes(lambda v: names("", v, ""))  # not one str, which would be read as letters
+_packages = _passes(lambda v: packages("", v, ""))  # the same, each a Python package name
 _prefix = _passes(lambda v: v is None or validate_queue(v))  # a key prefix's rule
 
 
@@ -72,7 +73,7 @@ def _whole(least: int, most: int = sys.maxsize) -> Callable[[Any], bool]:
 RULES: dict[str, tuple[Callable[[Any], bool], str, str]] = {
     "URL": (_text, "the broker's URL, a str", '"redis://localhost:6379/0"'),
     "STORE": (_text, "the record store's URL, a str", '"redis://localhost:6379/0"'),
-    "TRUST": (_names, "a list of top-level package names", '["reports"]'),
+    "TRUST": (_packages, "a list of Python package names", '["reports"]'),
     "SERIALIZER": (lambda v: v in ("json", "pickle"), "'json' or 'pickle'", '"json"'),
     "SECRET": (
         lambda v: v is None or (isinstance(v, str | bytes) and len(v) > 0),
