@@ -35,8 +35,8 @@ pytestmark = [
 ]
 
 OUT_OF_RANGE = (
-    "database 99 in the URL is above the server's `databases` setting (16 by default): "
-    "use /0 to /15"
+    "database 99 in the URL is not below the server's `databases` setting: use a number "
+    "below it (/0 to /15 with the default 16)"
 )
 
 

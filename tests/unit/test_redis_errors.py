@@ -118,8 +118,8 @@ def test_a_database_past_the_servers_databases_is_a_configuration_error() -> Non
             raise reply
         assert not isinstance(caught.value, BrokerError)
         assert str(caught.value) == (
-            f"{which} in the URL is above the server's `databases` setting (16 by default): "
-            "use /0 to /15"
+            f"{which} in the URL is not below the server's `databases` setting: use a number "
+            "below it (/0 to /15 with the default 16)"
         )
 
 

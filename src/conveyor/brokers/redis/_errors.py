@@ -128,8 +128,8 @@ def _out_of_range(exc: BaseException) -> ConfigurationError:
     db = exc.db if isinstance(exc, DatabaseOutOfRange) else None
     which = f"database {db}" if db is not None else "the database number"
     return ConfigurationError(
-        f"{which} in the URL is above the server's `databases` setting (16 by default): "
-        "use /0 to /15"
+        f"{which} in the URL is not below the server's `databases` setting: use a number "
+        "below it (/0 to /15 with the default 16)"
     )
 
 
