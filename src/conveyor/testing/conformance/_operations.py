@@ -76,9 +76,10 @@ class _OperationsTests:
         info = worker_info("w1", timeline.now)
         broker.heartbeat(info, timeline.span(5))
         [seen] = broker.workers()
-        # When it was seen (what `conveyor info` shows as "last seen"), in what it reads back
-        # and in what it was given.
-        assert seen.seen_at == info.seen_at == pytest.approx(timeline.now, abs=timeline.span(1))
+        # When it was seen (what `conveyor info` shows as "last seen"): what it was given,
+        # read back as it was (compared with the clock after the calls, it failed on a
+        # loaded machine that took longer than a unit over them).
+        assert seen.seen_at == info.seen_at
         assert (seen.id, seen.host, seen.pid, seen.queues, seen.concurrency, seen.pool) == (
             "w1",
             "host-1",
