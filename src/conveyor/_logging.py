@@ -299,7 +299,9 @@ def formatter(fmt: str) -> logging.Formatter:
     raise ConfigurationError(f"unknown log format {fmt!r}: write text or json")
 
 
-_QUIETED: set[str] = set()  # the CLIENTS loggers quiet_clients set (none had a level)
+# The CLIENTS loggers quiet_clients set, and the level it gave each: one found at another
+# level was set since by the application, and is left as it is.
+_QUIETED: dict[str, int] = {}
 
 
 def quiet_clients(level: int = logging.WARNING) -> None:
@@ -309,14 +311,15 @@ def quiet_clients(level: int = logging.WARNING) -> None:
     stays."""
     for name in CLIENTS:
         logger = logging.getLogger(name)
-        if logger.level != logging.NOTSET and name not in _QUIETED:
+        if logger.level != logging.NOTSET and _QUIETED.get(name) != logger.level:
+            _QUIETED.pop(name, None)
             continue  # the application's choice
         if level <= logging.DEBUG:
             logger.setLevel(logging.NOTSET)
-            _QUIETED.discard(name)
+            _QUIETED.pop(name, None)
         else:
             logger.setLevel(logging.CRITICAL)
-            _QUIETED.add(name)
+            _QUIETED[name] = logging.CRITICAL
 
 
 def configure(level: str | int, fmt: str) -> None:

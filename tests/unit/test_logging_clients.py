@@ -81,7 +81,8 @@ def test_a_level_the_application_gave_a_client_logger_stays(
     # Regression: the setup set these loggers whatever the application had (Django's
     # LOGGING, applied before the worker command's setup), and hid its own pool warnings.
     pool = logging.getLogger("psycopg.pool")
-    pool.setLevel(logging.WARNING)
+    logs.configure("info", "text")  # quieted by a setup before (another command, a test)
+    pool.setLevel(logging.WARNING)  # then the application's own choice
     try:
         logs.configure("info", "text")
         assert pool.level == logging.WARNING
