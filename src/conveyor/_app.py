@@ -212,10 +212,27 @@ class Conveyor:
     async def __aexit__(
         self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None
     ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """``close()`` from a coroutine: the running loop's own connections are closed on it,
+        awaited (a ``close()`` as ``asyncio.run``'s last step left them to a task the run
+        then cancelled). What ``async with app`` does on the way out."""
         broker = self._broker
-        if broker is not None:  # the loop's own connections closed on it, awaited
+        if broker is not None:
             await broker.aclose()
             self._broker = None
+
+    async def _abroker(self) -> Broker:
+        """The broker, for a coroutine: opened in a thread the first time (a PostgreSQL or
+        RabbitMQ broker connects as it opens, which froze the loop for as long as the
+        server took to answer: 10 s and 30 s for one that never does)."""
+        broker = self._broker
+        if broker is not None:
+            return broker
+        import asyncio  # loaded already: this runs on its loop (import conveyor stays lean)
+
+        return await asyncio.to_thread(self.open)
 
     # -- primitives next to the queue (every broker) ---------------------------------------
 
@@ -578,22 +595,23 @@ class Conveyor:
 
     async def _send_async(self, sigs: Sequence[Signature[R]]) -> list[Job[R]]:
         connection = _connection(sigs)
+        broker = await self._abroker()
         rate_keys = {
             s.opts.rate_key
             for s in sigs
             if isinstance(s, Signature) and s.opts.rate_key is not None and s.opts.rate
         }
         if rate_keys:  # what _seal checks, asked of the store off the event loop, once each
-            await self.broker.kv.check_texts_async(rate_keys, "rate key")
+            await broker.kv.check_texts_async(rate_keys, "rate key")
         with self._sending() as sending:
             envelopes = [sending.envelope(s) for s in sigs]
             if not envelopes:
                 return []
             events = self._announce(envelopes, [s.name for s in sigs])
             if connection is None:
-                ids = await self.broker.enqueue_async(envelopes, events)
+                ids = await broker.enqueue_async(envelopes, events)
             else:
-                ids = await self.broker.enqueue_in_async(connection, envelopes, events)
+                ids = await broker.enqueue_in_async(connection, envelopes, events)
             sending.sent(envelopes, ids)
         return [Job(self, i) for i in ids]
 

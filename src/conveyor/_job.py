@@ -96,7 +96,8 @@ class Job(Generic[R]):
 
     async def _wait_async(self, timeout: float | None) -> JobRecord:
         try:
-            record = await self._app.broker.wait_async(self.id, _timeout(timeout))
+            broker = await self._app._abroker()
+            record = await broker.wait_async(self.id, _timeout(timeout))
         except JobNotFound:
             if self._record is None:
                 raise
