@@ -8,7 +8,6 @@ import contextlib
 import signal
 import threading
 from types import FrameType
-from typing import Any
 
 import click
 
@@ -65,19 +64,12 @@ def exporter(
     _logs.setup(ctx, log_level, log_format)
     from ..contrib.prometheus import QueueMetrics, namespace_of, serve_exporter
 
-    class Opening(QueueMetrics):
-        """Opens the broker first, as a look (``create=False``), while it is not open: a
-        PostgreSQL or RabbitMQ broker is opened at start (Redis on first use), and one down
-        then is served as broker_up 0 until it answers, as one that goes down later."""
-
-        def read(self) -> Any:
-            self._app.open(create=False)
-            return super().read()
-
     app = load_app(app_spec)[0] if app_spec else Conveyor(url)
-    with contextlib.suppress(BrokerUnavailable):  # said by the first read, below
+    # A PostgreSQL or RabbitMQ broker is opened here (Redis on first use): one down now is
+    # said by the first read below, and opened again at a later scrape (QueueMetrics.read).
+    with contextlib.suppress(BrokerUnavailable):
         on_broker(app, url, app_spec, create=False)
-    metrics = Opening(app, namespace_of(app) if namespace is None else namespace)
+    metrics = QueueMetrics(app, namespace_of(app) if namespace is None else namespace)
     server = serve_exporter(app, port, host, metrics=metrics)  # a port taken: stop here
     try:  # a broker that does not answer yet is logged, and served as broker_up 0
         metrics.read_or_log(fatal=(BrokerAuthError, BrokerGone))

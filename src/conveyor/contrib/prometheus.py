@@ -319,8 +319,11 @@ class QueueMetrics:
         return reading
 
     def read(self) -> _Reading:
-        """The broker's numbers now (its errors propagate)."""
-        broker = self._app.broker
+        """The broker's numbers now (its errors propagate). A broker not open yet is opened
+        as a look (``create=False``: no SQLite file or PostgreSQL schema made), and again at
+        the next read while it cannot be: one down when the exporter started is served as
+        broker_up 0 until it answers, as one that goes down later."""
+        broker = self._app.open(create=False)
         stats = broker.stats()
         now = self._app.clock.time()
         oldest = []
