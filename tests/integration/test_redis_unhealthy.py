@@ -20,7 +20,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -40,6 +40,19 @@ OUT_OF_RANGE = (
 )
 
 
+def _calls(app: Conveyor) -> tuple[Callable[[], object], ...]:
+    """A read, an enqueue and an asyncio enqueue through ``app``, each a call to make."""
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    async def enqueue() -> None:
+        await add.delay_async(1, 2)
+
+    return app.broker.stats, lambda: add.delay(1, 2), lambda: asyncio.run(enqueue())
+
+
 # -- a server that never answers -----------------------------------------------------------
 
 
@@ -48,16 +61,9 @@ def test_a_server_that_never_answers_fails_a_call_within_one_socket_timeout() ->
         silent.bind(("127.0.0.1", 0))
         silent.listen(16)
         app = Conveyor(f"redis://127.0.0.1:{silent.getsockname()[1]}/0?socket_timeout=1")
-
-        @app.task
-        def add(a: int, b: int) -> int:
-            return a + b
-
-        async def enqueue() -> None:
-            await add.delay_async(1, 2)
-
+        stats, _, enqueue_async = _calls(app)
         try:
-            for call in (app.broker.stats, lambda: asyncio.run(enqueue())):
+            for call in (stats, enqueue_async):
                 started = time.monotonic()
                 with pytest.raises(BrokerUnavailable, match="Timeout"):
                     call()
@@ -122,16 +128,8 @@ def test_a_replica_is_named_with_its_master_and_a_refused_write_says_what_to_do(
 
 def test_a_database_past_databases_is_a_configuration_error(redis_server: RedisServer) -> None:
     app = Conveyor(f"redis://127.0.0.1:{redis_server.port}/99", prefix=unique_prefix())
-
-    @app.task
-    def add(a: int, b: int) -> int:
-        return a + b
-
-    async def enqueue() -> None:
-        await add.delay_async(1, 2)
-
     try:
-        for call in (app.broker.stats, lambda: add.delay(1, 2), lambda: asyncio.run(enqueue())):
+        for call in _calls(app):
             with pytest.raises(ConfigurationError) as caught:
                 call()
             assert str(caught.value) == OUT_OF_RANGE
