@@ -526,6 +526,50 @@ def test_async_with_an_app_closes_its_asyncio_connections(
 
 
 @pytest.mark.parametrize("shards", [None, 2])
+def test_many_async_waits_share_one_connection_and_leave_the_pool_to_enqueues(
+    fresh_redis_server: RedisServer, shards: int | None
+) -> None:
+    # Each result_async held a pooled connection in its BLMOVE while the job ran: with the
+    # pool's connections all waiting (128 by default, 8 here), an enqueue waited for one
+    # (?timeout=, 30 s by default) and then failed as if Redis were away.
+    from conveyor import Conveyor
+    from conveyor.worker import Worker
+
+    raw = fresh_redis_server.client()
+    shards_option = f"&shards={shards}" if shards else ""
+    url = f"{fresh_redis_server.url}?max_connections=8&timeout=3{shards_option}"
+    app = Conveyor(url, prefix=unique_prefix())
+
+    @app.task
+    def double(i: int) -> int:
+        return 2 * i
+
+    async def main() -> None:
+        jobs = [await double.delay_async(i) for i in range(40)]
+        waits = [asyncio.create_task(job.result_async(timeout=30)) for job in jobs]
+        await asyncio.sleep(0.3)  # every one asleep
+        blocked = [c for c in raw.client_list() if c["cmd"] in ("blpop", "blmove")]
+        assert len(blocked) <= 2  # a shard's blocked read each
+        await asyncio.wait_for(double.delay_async(-1), 2)
+        worker = Worker(app, concurrency=4)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            assert await asyncio.gather(*waits) == [2 * i for i in range(40)]
+            # One more, waited for alone once the others are done: woken as at once.
+            job = await double.delay_async(21)
+            assert await job.result_async(timeout=5) == 42
+        finally:
+            worker.stop()
+            thread.join(10)
+        await app.aclose()
+
+    asyncio.run(main())
+    app.close()
+    raw.close()
+
+
+@pytest.mark.parametrize("shards", [None, 2])
 def test_a_closed_loops_asyncio_client_is_dropped_with_its_sockets(
     fresh_redis_server: RedisServer, shards: int | None, recwarn: pytest.WarningsRecorder
 ) -> None:

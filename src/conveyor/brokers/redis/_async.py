@@ -9,7 +9,10 @@ keys and arguments through more layers.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import contextlib
+import secrets
+import weakref
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import redis
@@ -19,8 +22,8 @@ from ..._message import Envelope, JobRecord
 from .._base import AsyncWatch
 from . import _connect
 from ._calls import alone, enqueue_calls, enqueue_one_args, enqueue_reply
-from ._core import RECORD_FIELDS, RedisCore, to_ms
-from ._errors import FULL_POLL, full
+from ._core import RECORD_FIELDS, RedisCore, text, to_ms
+from ._errors import full
 
 
 async def _call(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> Any:
@@ -45,9 +48,114 @@ async def _call(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> Any:
     return await client.execute_command(*args)  # type: ignore[no-untyped-call]
 
 
+class _DoneLists:
+    """The done lists of every job waited for on one event loop, watched over one
+    connection (``wait_async``): a waiter per pooled connection would hold them all while
+    the jobs run, and the loop's enqueues would wait for one (128 waiters: for 30 s, then
+    fail as if Redis were away).
+
+    One ``BLPOP`` blocks on all of them and on a wake list of its own, which a waiter whose
+    list is not among the ``BLPOP``'s pushes to (once per ``BLPOP``): the next one takes it
+    in. A list popped is pushed again at once (other waiters, here or in other processes,
+    wake on it too; see _keys.py) and its waiters here are woken: they read the record."""
+
+    def __init__(self, wake: str) -> None:
+        self._wake = wake
+        self._waiting: dict[str, set[asyncio.Future[None]]] = {}
+        self._blocked_on: frozenset[str] | None = None  # the keys of the BLPOP in flight
+        self._poked = False  # the wake list was pushed since that BLPOP went out
+        self._task: asyncio.Task[None] | None = None
+
+    async def sleep(self, client: redis.asyncio.Redis, key: str, seconds: float) -> None:
+        """Until the list ``key`` is pushed to, or ``seconds`` pass (``client``: the loop's,
+        whose this is; not kept, as it is the key of ``_LISTS``). Raises what the ``BLPOP``
+        was refused with (a dropped connection only wakes the waiters)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        self._waiting.setdefault(key, set()).add(future)
+        try:
+            if self._task is None:
+                self._task = loop.create_task(self._run(client))
+            elif self._blocked_on is not None and key not in self._blocked_on:
+                await self._poke(client)
+            await asyncio.wait_for(future, seconds)
+        except TimeoutError:
+            pass
+        finally:
+            waiters = self._waiting.get(key)
+            if waiters is not None:
+                waiters.discard(future)
+                if not waiters:
+                    del self._waiting[key]
+
+    async def _poke(self, client: redis.asyncio.Redis) -> None:
+        """Push the wake list: the ``BLPOP`` in flight returns and the next one takes the
+        new list in. Not pushed (a full Redis, a dropped connection): the ``BLPOP`` takes
+        it in when its slice ends."""
+        if self._poked:
+            return
+        self._poked = True
+        with contextlib.suppress(redis.RedisError):
+            await _call(client, ("EVAL", _PUSH, 1, self._wake, _WAKE_TTL_MS))
+
+    async def _run(self, client: redis.asyncio.Redis) -> None:
+        pool = client.connection_pool
+        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
+        seconds = f"{_connect.block_slice(client):.3f}"
+        clean = False
+        try:
+            while self._waiting:
+                keys = [*self._waiting, self._wake]
+                self._blocked_on, self._poked = frozenset(keys), False
+                await conn.send_command("BLPOP", *keys, seconds)
+                reply = await conn.read_response()
+                self._blocked_on = None
+                if reply is None or text(reply[0]) == self._wake:
+                    continue
+                key = text(reply[0])
+                # Back at once, for every other waiter on it (no wait for the reply: the
+                # next BLPOP's comes after it, on this connection).
+                await conn.send_command("EVAL", _PUSH, 1, key, _NOTIFY_TTL_MS)
+                self._wake_up(self._waiting.pop(key, ()))
+                try:
+                    await conn.read_response()
+                except redis.ResponseError as exc:  # a full Redis: the others' slices end
+                    if not full(exc):
+                        raise
+            clean = True
+        except (redis.ConnectionError, redis.TimeoutError, OSError):
+            self._wake_up(self._everyone())  # they read the record: that call retries
+        except Exception as exc:
+            for future in self._everyone():
+                if not future.done():
+                    future.set_exception(exc)
+        finally:
+            self._task, self._blocked_on = None, None  # a waiter from now on starts anew
+            if not clean:
+                await conn.disconnect()
+            await pool.release(conn)
+
+    def _everyone(self) -> list[asyncio.Future[None]]:
+        return [future for waiters in self._waiting.values() for future in waiters]
+
+    @staticmethod
+    def _wake_up(futures: Iterable[asyncio.Future[None]]) -> None:
+        for future in futures:
+            if not future.done():  # one whose wait timed out is cancelled
+                future.set_result(None)
+
+
+# One list element, the list expiring: a done list's expiry as common.lua's notify gives it
+# (NOTIFY_TTL_MS), a wake list's in case its process is gone before its BLPOP pops it.
+_PUSH = "redis.call('LPUSH', KEYS[1], '1') redis.call('PEXPIRE', KEYS[1], ARGV[1])"
+_NOTIFY_TTL_MS = 300_000
+_WAKE_TTL_MS = 60_000
+_LISTS: weakref.WeakKeyDictionary[redis.asyncio.Redis, _DoneLists] = weakref.WeakKeyDictionary()
+
+
 class _AsyncWaiting(AsyncWatch[JobRecord | None]):
     """The ``AsyncWatch`` of ``wait_async``: each look marks the job as waited for and reads
-    its record (watch.lua), each sleep blocks on the job's done list (``wait``'s, awaited)."""
+    its record (watch.lua), each sleep waits for the job's done list (``_DoneLists``)."""
 
     def __init__(self, broker: AsyncMixin, job_id: str) -> None:
         self._broker, self._job_id = broker, job_id
@@ -57,16 +165,12 @@ class _AsyncWaiting(AsyncWatch[JobRecord | None]):
 
     async def sleep_then_look(self, seconds: float) -> JobRecord | None:
         client, _ = self._broker._aclient()
+        lists = _LISTS.get(client)
+        if lists is None:
+            wake = f"{self._broker._keys.tag}:wake:{secrets.token_hex(8)}"
+            lists = _LISTS[client] = _DoneLists(wake)
         done = self._broker._keys.done(self._job_id)
-        wait = min(seconds, _connect.block_slice(client))
-        # redis-py types the timeout as int; Redis takes fractional seconds.
-        timeout: Any = max(wait, 0.01)
-        try:
-            await client.blmove(done, done, timeout, "RIGHT", "LEFT")
-        except redis.ResponseError as exc:
-            if not full(exc):
-                raise
-            await asyncio.sleep(min(wait, FULL_POLL))  # a full Redis refused the BLMOVE
+        await lists.sleep(client, done, min(seconds, _connect.block_slice(client)))
         return await self.look()
 
 

@@ -51,7 +51,11 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:done:<id>           LIST    completion signal: one element pushed when the job ends,
                                     if somebody waits for it (job field waited, set by a
                                     waiter's first read in the same step: watch.lua);
-                                    waiters BLMOVE it onto itself (non-destructive, wakes all)
+                                    waiters BLMOVE it onto itself (non-destructive, wakes all);
+                                    an event loop's waiters BLPOP all theirs at once and
+                                    push a popped one back at once (``_async._DoneLists``)
+    {P}:wake:<random>       LIST    an event loop's wake-up for that BLPOP (a new list to
+                                    wait on), popped by it; expires after 60 s if not
     {P}:q:<q>:s<p>          STREAM  ready jobs of priority <p>: entries ``job <id> payload <p>``
                                     (enqueue) or ``job <id>`` (the payload is in the hash);
                                     consumer group ``conveyor``; pending entries = leased jobs;
