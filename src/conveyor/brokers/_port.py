@@ -90,9 +90,11 @@ from __future__ import annotations
 import asyncio
 import enum
 import math
+import threading
 import time
 from abc import abstractmethod
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import msgspec
 
@@ -119,8 +121,10 @@ from ._base import (
     purged_while_waiting,
 )
 
-# The longest a thread of ``wait_async`` waits at a time (see ``_wait_in_threads``).
+# The longest a thread of ``wait_async`` waits at a time, and how many such threads a broker
+# runs at most (see ``_wait_in_threads``).
 ASYNC_WAIT_SLICE = 1.0
+ASYNC_WAIT_THREADS = 64
 
 __all__ = [  # the port's names; the constants and check_kept are _base's, named here too
     "CANCELLED_PENDING",
@@ -167,6 +171,9 @@ class Finish(msgspec.Struct, frozen=True, gc=False):
 
 
 Claimed = tuple[list[Delivery], float | None]  # a fetch's look: deliveries, next due in (s)
+
+
+_WAIT_THREADS_LOCK = threading.Lock()
 
 
 class Broker(Admin):
@@ -340,13 +347,35 @@ class Broker(Admin):
         """``wait`` in a thread, in slices of at most ``ASYNC_WAIT_SLICE`` seconds: a
         cancelled await (``asyncio.wait_for``, a client gone) cannot stop the thread, which
         would otherwise wait until the job ends, and keep the event loop's executor (and
-        ``asyncio.run``'s exit) waiting with it. The result still arrives at once."""
+        ``asyncio.run``'s exit) waiting with it. The result still arrives at once.
+
+        The threads are the broker's own (``ASYNC_WAIT_THREADS`` at most), not the loop's
+        default executor, which the loop's enqueues take (``_enqueue_async``): a hundred
+        waits there held every enqueue up for as many seconds. Beyond that many waits at
+        once, each waits its turn for a slice."""
         deadline = math.inf if timeout is None else time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
         while True:
             left = min(ASYNC_WAIT_SLICE, max(deadline - time.monotonic(), 0.0))
-            record = await asyncio.to_thread(self.wait, job_id, left)
+            record = await loop.run_in_executor(self._wait_threads(), self.wait, job_id, left)
             if record is not None or time.monotonic() >= deadline:
                 return record
+
+    def _wait_threads(self) -> ThreadPoolExecutor:
+        with _WAIT_THREADS_LOCK:
+            pool: ThreadPoolExecutor | None = self.__dict__.get("_waiting_threads")
+            if pool is None:
+                pool = ThreadPoolExecutor(ASYNC_WAIT_THREADS, "conveyor-wait")
+                self.__dict__["_waiting_threads"] = pool
+            return pool
+
+    def close(self) -> None:
+        """Release connections and files (and the threads of ``wait_async``)."""
+        with _WAIT_THREADS_LOCK:
+            pool: ThreadPoolExecutor | None = self.__dict__.pop("_waiting_threads", None)
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+        super().close()
 
     def payload(self, job_id: str) -> bytes | None:
         """The job's current payload while it is pending or running, and after it failed,

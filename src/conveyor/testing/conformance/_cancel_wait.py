@@ -10,7 +10,7 @@ import pytest
 
 from ..._errors import JobNotFound
 from ..._message import Envelope, JobStatus, new_job_id
-from ...brokers._port import Broker, LeaseState
+from ...brokers._port import Broker, Finish, LeaseState
 from ._helpers import (
     BLOCK,
     LONG,
@@ -130,6 +130,31 @@ class _CancelWaitTests:
         record = asyncio.run(broker.wait_async(env.id, BLOCK))
         assert record is not None
         assert record.result == b"async"
+
+    def test_many_async_waits_leave_the_loop_free_to_enqueue(self, broker: Broker) -> None:
+        # A wait that held a thread of the loop's default executor (the enqueues' too), or
+        # a pooled connection, for as long as its job ran: with a hundred of them waiting,
+        # the loop's enqueue waited seconds, or failed.
+        envs = [envelope() for _ in range(100)]
+        broker.enqueue(envs)
+
+        async def main() -> None:
+            waits = [asyncio.ensure_future(broker.wait_async(e.id, 10 * BLOCK)) for e in envs]
+            await asyncio.sleep(0.2)  # every one waiting
+            started = time.monotonic()
+            await asyncio.wait_for(broker.enqueue_async([envelope()]), 10 * BLOCK)
+            assert time.monotonic() - started < PROMPT
+            left = {e.id for e in envs}
+            while left:  # a sharded broker hands out a shard's jobs at a time
+                deliveries = [d for d in fetch(broker, count=len(envs)) if d.id in left]
+                assert deliveries, f"{len(left)} job(s) were not handed out"
+                outcomes = [Finish(d, JobStatus.SUCCEEDED, b"r", LONG) for d in deliveries]
+                assert all(broker.finish(outcomes))
+                left -= {d.id for d in deliveries}
+            records = await asyncio.wait_for(asyncio.gather(*waits), 10 * BLOCK)
+            assert [r.status if r else None for r in records] == [JobStatus.SUCCEEDED] * len(envs)
+
+        asyncio.run(main())
 
     # -- unique keys -----------------------------------------------------------------------
 
