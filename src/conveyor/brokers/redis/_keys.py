@@ -11,11 +11,12 @@ Broker keys (all under the ``{P}`` tag)::
     {P}:paused              SET     names of the paused queues (pause): fetch reads it once per
                                     call (SISMEMBER, or SMISMEMBER for several queues) and
                                     hands out none of their jobs
-    {P}:resumed             STREAM  resume signal, entries ``queue <q>``, capped at one (only
-                                    its last id matters; no group, so nothing is ever pending
-                                    in it): a fetch that found a queue paused and
-                                    nothing to hand out blocks on it too, from the last id the
-                                    script saw, so resume wakes it at once
+    {P}:resumed             STREAM  look-again signal, entries ``queue <q>``, capped at one
+                                    (only its last id matters; no group, so nothing is ever
+                                    pending in it): a fetch with nothing to hand out blocks on
+                                    it too, from the last id the script saw, so a resume, or
+                                    a job scheduled to come due within a second
+                                    (common.lua due_soon), wakes it at once
     {P}:job:<id>            HASH    the job: status token deliveries payload queue priority sid
                                     consumer cancel key result reason progress note
                                     eta updated_at expires_at (times in ms, see "Times" below);

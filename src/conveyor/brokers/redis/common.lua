@@ -180,12 +180,25 @@ end
 -- `fields` (optional): more job hash fields, written in the same HSET as the status.
 -- Returns true when the job went into a stream that existed already (so its queue is
 -- listed in {P}:queues: see add_entry), false otherwise.
+-- A job scheduled to come due within a second: fetches asleep in their XREAD (an idle
+-- worker's sleeps a second at a time) do not know of it and would start it late by up to
+-- that much; the resume signal stream, which they read too (fetch.lua), wakes them to look
+-- again and learn the new due time. It keeps its last entry only (_keys.py).
+local SOON_MS = 1000
+local SIGNAL = string.sub(JOB_PREFIX, 1, #JOB_PREFIX - 4) .. 'resumed'
+local function due_soon(name, eta)
+  if tonumber(eta) < NOW + SOON_MS then
+    redis.call('XADD', SIGNAL, 'MAXLEN', 1, '*', 'queue', name)
+  end
+end
+
 local function place(q, key, id, prio, eta, fields)
   eta = eta_at(eta)
   fields = fields or {}
   if eta == 'parked' or (eta ~= '' and tonumber(eta) > NOW) then
     redis.call('HSET', key, 'status', 'scheduled', 'sid', '', 'eta', eta, unpack(fields))
     redis.call('ZADD', q.scheduled, eta == 'parked' and '+inf' or eta, id)
+    if eta ~= 'parked' then due_soon(q.name, eta) end
     return false
   end
   table.insert(fields, 'eta')

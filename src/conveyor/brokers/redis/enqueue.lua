@@ -107,6 +107,7 @@ local function enqueue_one(j, id, q, payload, prio, eta, ukey, deps)
       'after', deps, 'queue', q.name, 'payload', payload, 'priority', prio, 'deliveries', 0,
       'updated_at', DIGITS[NOW], 'key', ukey)
     redis.call('ZADD', q.scheduled, (eta == 'waiting' or eta == 'parked') and '+inf' or eta, id)
+    if eta ~= 'waiting' and eta ~= 'parked' then due_soon(q.name, eta) end
   else  -- due now: the payload rides in the stream entry
     last_stream = q.s[tonumber(prio)]
     existed = enter(last_stream, key, id, q.name, prio, payload, ukey, DIGITS[NOW])

@@ -16,8 +16,8 @@
 -- below, else '0'), then `count` fresh tokens.
 -- Returns {deliveries, ms until the next event (-1: none, or jobs were delivered), groups
 -- recreated, last entry ids or {}, levels}; a delivery is {id, queue, payload, token,
--- deliveries, priority}. The last ids are the queues' streams' (ten per queue) and, when a
--- queue was paused, one more: the resume signal stream's, for the caller to block on too.
+-- deliveries, priority}. The last ids are the queues' streams' (ten per queue) and one more:
+-- the resume signal stream's, for the caller to block on too.
 -- Every command a script sends costs the server a few µs more than the command itself
 -- (much more when the server sat idle: caches gone), so the usual calls are kept few.
 -- A full Redis (maxmemory, noeviction) must still let a worker fetch, so that finishing
@@ -49,12 +49,10 @@ local Q = {}
 for i = 1, NQ do Q[i] = qkeys(1 + (i - 1) * QK); Q[i].name = ARGV[11 + i] end
 
 -- Paused queues: one small read per call (several queues: which ones only when some queue
--- is paused). ANY_PAUSED: some of ours are (the resume signal's last id goes back); LIVE:
--- how many are not (none: no stream is read).
-local ANY_PAUSED, LIVE = false, NQ
+-- is paused). LIVE: how many are not (none: no stream is read).
+local LIVE = NQ
 if NQ == 1 then
-  ANY_PAUSED = redis.call('SISMEMBER', PAUSED, Q[1].name) == 1
-  Q[1].paused = ANY_PAUSED
+  Q[1].paused = redis.call('SISMEMBER', PAUSED, Q[1].name) == 1
 elseif redis.call('SCARD', PAUSED) > 0 then
   local names = {}
   for i = 1, NQ do names[i] = Q[i].name end
@@ -63,7 +61,7 @@ elseif redis.call('SCARD', PAUSED) > 0 then
   end
 end
 for i = 1, NQ do
-  if Q[i].paused then ANY_PAUSED, LIVE = true, LIVE - 1 end
+  if Q[i].paused then LIVE = LIVE - 1 end
 end
 
 local function promote(q)
@@ -393,8 +391,8 @@ for i = 1, NQ do
     table.insert(last_ids, top and top[1] or '0-0')
   end
 end
-if ANY_PAUSED then
-  local top = redis.call('XREVRANGE', RESUMED, '+', '-', 'COUNT', 1)[1]
-  table.insert(last_ids, top and top[1] or '0-0')
-end
+-- The resume signal stream's last id, for the caller to block on too: a paused queue's
+-- resume, and a job scheduled to come due soon (common.lua due_soon), wake it.
+local top = redis.call('XREVRANGE', RESUMED, '+', '-', 'COUNT', 1)[1]
+table.insert(last_ids, top and top[1] or '0-0')
 return {out, next_event(), recreated, last_ids, levels}

@@ -136,6 +136,22 @@ class _EnqueueTests:
         assert [d.id for d in fetch(broker, block=3.0)] == [env.id]
         assert time.monotonic() - start < 0.3 + PROMPT
 
+    def test_a_blocked_fetch_returns_a_job_scheduled_meanwhile_when_it_comes_due(
+        self, broker: Broker, clock: FakeClock | None
+    ) -> None:
+        # A job scheduled while the fetch sleeps (an enqueue with delay=, a retry's backoff)
+        # wakes it to learn the new due time: one that slept on started it up to a whole
+        # block late (an idle worker's block is a second).
+        if clock is not None:
+            pytest.skip("real time only: a fake clock's jump has no moment to wake at")
+        waiter = _Background(lambda: fetch(broker, block=3.0))
+        time.sleep(0.1)
+        env = envelope(eta=time.time() + 0.4)
+        due = time.monotonic() + 0.4
+        broker.enqueue([env])
+        assert [d.id for d in waiter.join()] == [env.id]
+        assert waiter.returned_at - due < PROMPT
+
     def test_a_blocked_fetch_takes_a_job_whose_lease_ran_out(
         self, broker: Broker, clock: FakeClock | None
     ) -> None:
