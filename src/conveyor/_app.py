@@ -131,6 +131,7 @@ class Conveyor:
         self.schedules: list[Schedule] = []
         """The periodic schedules ``@app.periodic`` added; every worker runs them."""
         self._broker = broker
+        self._pinned: Broker | None = None  # use_memory's broker: close() leaves it in place
         if broker is not None and self.events_kept is not None:
             broker.events_kept = self.events_kept
         self._broker_lock = threading.Lock()
@@ -178,7 +179,9 @@ class Conveyor:
         empty database (and its folder) being made there. A broker already open is kept."""
         if self._broker is None:
             with self._broker_lock:
-                if self._broker is None:
+                if self._pinned is not None:
+                    self._broker = self._pinned
+                elif self._broker is None:
                     self._broker = open_broker(
                         self.url,
                         clock=self.clock,
@@ -195,9 +198,12 @@ class Conveyor:
         app here)."""
 
     def close(self) -> None:
-        """Close the broker if it is open (the next use opens it again)."""
-        if self._broker is not None:
-            self._broker.close()
+        """Close the broker if it is open (the next use opens it again). Inside
+        ``use_memory`` it does nothing: the memory broker stays until the block ends, and the
+        app's own broker is not opened by the next use."""
+        broker = self._broker
+        if broker is not None and broker is not self._pinned:
+            broker.close()
             self._broker = None
 
     def __enter__(self) -> Self:
@@ -219,7 +225,7 @@ class Conveyor:
         awaited (a ``close()`` as ``asyncio.run``'s last step left them to a task the run
         then cancelled). What ``async with app`` does on the way out."""
         broker = self._broker
-        if broker is not None:
+        if broker is not None and broker is not self._pinned:
             await broker.aclose()
             self._broker = None
 

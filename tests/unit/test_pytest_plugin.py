@@ -58,6 +58,14 @@ def test_a_worker_thread_runs_jobs_and_schedules(conveyor_worker, conveyor_app, 
         time.sleep(0.2)
     assert beats
 
+def test_closing_the_app_in_the_code_under_test_keeps_the_memory_broker(conveyor_app):
+    job = add.delay(1, 2)
+    app.close()  # a web app's shutdown hook, run by the test client
+    later = add.delay(2, 2)
+    assert drain(app).ran == 2
+    assert (job.result(), later.result()) == (3, 4)
+    assert app.broker.url == "memory://"
+
 def test_the_app_gets_its_own_broker_back_after_a_test():
     assert app.clock.__class__.__name__ == "SystemClock"
     assert app._broker is None
@@ -117,8 +125,8 @@ def test_the_fixtures_run_a_projects_own_app(tmp_path: Path) -> None:
     folder = _project(tmp_path, "conveyor_app = myapp.tasks:app", test_app=USES_THE_APP)
     done = _pytest(folder, "-p", "no:randomly")
     assert done.returncode == 0, done.stdout + done.stderr
-    assert "4 passed" in done.stdout
-    assert not (folder / "production.db").exists()
+    assert "5 passed" in done.stdout
+    assert not (folder / "production.db").exists()  # not even after app.close()
 
 
 @pytest.mark.timeout(90)

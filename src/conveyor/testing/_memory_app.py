@@ -20,17 +20,19 @@ def use_memory(app: Conveyor, clock: Clock | None = None) -> Iterator[Conveyor]:
 
     Tasks keep the app they were defined on, so this is how a test runs an application's
     real tasks (``from myapp.tasks import app, resize``) without its SQLite file or Redis:
-    the app's own broker is neither opened nor touched. Not for an app that a worker is
+    the app's own broker is neither opened nor touched. The memory broker is pinned: an
+    ``app.close()`` in the code under test (a web app's shutdown hook) leaves it in place,
+    rather than the next use opening the app's own broker. Not for an app that a worker is
     running meanwhile."""
     memory = MemoryBroker(clock or app.clock)
     with app._broker_lock:
-        saved = app._broker, app.clock
-        app._broker = memory
+        saved = app._broker, app._pinned, app.clock
+        app._broker = app._pinned = memory
         if clock is not None:
             app.clock = clock
     try:
         yield app
     finally:
         with app._broker_lock:
-            app._broker, app.clock = saved
+            app._broker, app._pinned, app.clock = saved
         memory.close()
