@@ -3,8 +3,10 @@ there is to run, moves a ``FakeClock`` instead of sleeping, and never hangs."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import itertools
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,6 +17,7 @@ from conveyor import (
     ConfigurationError,
     Conveyor,
     DependencyFailed,
+    JobNotFound,
     JobStatus,
     TaskFailed,
     chain,
@@ -222,6 +225,34 @@ def test_until_leaves_jobs_due_after_it_and_says_so() -> None:
     assert job.status is JobStatus.SCHEDULED
 
 
+def test_until_out_of_rounds_counts_the_periodic_ticks_it_stops_at() -> None:
+    # Eight days of a minutely schedule are 11,520 stops: the message blamed jobs that
+    # keep failing and retrying, and did not say what max_rounds would do.
+    clock = FakeClock(1_800_000_000.0)
+    app = Conveyor("memory://", clock=clock)
+
+    @app.periodic(every=60)
+    def beat() -> None: ...
+
+    drain(app)
+    with pytest.raises(DrainIncomplete) as info:
+        drain(app, until=clock.time() + 8 * 86400, max_rounds=20)
+    message = str(info.value)
+    assert "until= stops the clock at every periodic tick" in message
+    assert "about 11,500 are left before until" in message
+    assert "beat every=60 s: 11,500" in message
+    assert "max_rounds=N) with N over 11,520" in message
+    assert "failing and retrying" not in message
+
+    @app.task
+    def poll() -> None:  # rounds that go to a job rescheduling itself, not to the ticks
+        poll.options(delay=1).delay()
+
+    poll.delay()
+    with pytest.raises(DrainIncomplete, match="jobs keep coming due"):
+        drain(app, until=clock.time() + 86400, max_rounds=20)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "clock", "match"),
     [
@@ -293,6 +324,34 @@ def test_a_failed_dependency_fails_its_dependent_in_the_same_drain() -> None:
         job.result()
 
 
+def test_a_drain_that_moves_the_clock_can_expire_the_results_it_made() -> None:
+    # docs/testing.md, "Results can expire within a drain": what happens, and both ways out.
+    app = Conveyor("memory://", clock=FakeClock())
+
+    @app.task
+    def reminder(user: str) -> str:
+        return f"reminded {user}"
+
+    @app.task
+    def signup(user: str) -> str:
+        reminder.options(delay=7 * 86400).delay(user)
+        return f"welcome {user}"
+
+    job = signup.delay("ann")
+    drain(app)  # a week later, past signup's result_ttl of a day
+    with pytest.raises(JobNotFound):
+        job.result()
+
+    job = signup.delay("bob")
+    drain(app, advance=False)
+    assert job.result() == "welcome bob"
+    drain(app)
+
+    job = signup.options(result_ttl=30 * 86400).delay("cy")
+    drain(app)
+    assert job.result() == "welcome cy"
+
+
 # -- the bounds: never a hang, never a silent partial drain -------------------------------
 
 
@@ -338,6 +397,52 @@ def test_a_stuck_job_stops_at_the_wall_clock_bound() -> None:
     assert time.monotonic() - began < 15  # not the job's 30 s; it was handed back, queued
 
 
+@pytest.mark.timeout(30)
+def test_a_stuck_job_with_a_time_limit_on_a_fake_clock_is_named() -> None:
+    # A time limit is read on app.clock, which a drain does not move while a job runs: the
+    # hung call that fails in production stalled the drain with no word about why.
+    app = Conveyor("memory://", clock=FakeClock())
+    release = threading.Event()
+
+    @app.task(timeout=0.5)
+    def hung() -> None:
+        while not release.wait(0.01):  # a call that never answers
+            pass
+
+    job = hung.delay()
+    try:
+        with pytest.raises(DrainIncomplete) as info:
+            drain(app, timeout=0.5)
+    finally:
+        release.set()
+    message = str(info.value)
+    assert "the time limit of " in message and "hung (timeout=0.5 s)" in message
+    assert "is on the FakeClock" in message and "it will not fire" in message
+    assert "clock.advance(seconds)" in message
+    assert job.status is JobStatus.QUEUED
+
+
+@pytest.mark.timeout(30)
+def test_a_time_limit_fires_when_the_mocked_slow_call_moves_the_fake_clock() -> None:
+    # docs/testing.md's recipe for testing a time limit on a FakeClock.
+    clock = FakeClock()
+    app = Conveyor("memory://", clock=clock)
+
+    def hangs() -> None:  # the slow call, mocked: it moves the clock past the limit
+        clock.advance(11)  # (not past the worker's 30 s lease, on the same clock)
+        while True:
+            time.sleep(0.01)
+
+    @app.task(timeout=10)
+    def fetch_report() -> None:
+        hangs()
+
+    job = fetch_report.delay()
+    drain(app)
+    with pytest.raises(TaskFailed, match="time limit of 10"):
+        job.result()
+
+
 def test_jobs_waiting_for_a_queue_not_drained_are_reported() -> None:
     app = Conveyor("memory://", clock=FakeClock())
 
@@ -353,6 +458,30 @@ def test_jobs_waiting_for_a_queue_not_drained_are_reported() -> None:
     job = second.options(depends_on=[dep]).delay()
     with pytest.raises(DrainIncomplete, match=r"wait for jobs that have not ended"):
         drain(app, ["default"])
+    assert drain(app).ran == 2
+    assert job.result() == 2
+
+
+def test_jobs_waiting_for_a_paused_queue_say_to_resume_it() -> None:
+    app = Conveyor("memory://", clock=FakeClock())
+
+    @app.task(queue="emails")
+    def send() -> int:
+        return 1
+
+    @app.task
+    def after() -> int:
+        return 2
+
+    app.pause("emails")
+    job = after.options(depends_on=[send.delay()]).delay()
+    with pytest.raises(DrainIncomplete) as info:
+        drain(app)
+    message = str(info.value)
+    assert "resume the paused queue(s) emails" in message
+    assert "app.resume('emails')" in message
+    assert "without queues=" not in message  # that is what was called
+    app.resume("emails")
     assert drain(app).ran == 2
     assert job.result() == 2
 
@@ -411,6 +540,36 @@ def test_use_memory_runs_an_apps_own_tasks_and_gives_its_broker_back(tmp_path: P
     assert app.clock is not clock
     with use_memory(app):
         assert app.broker.stats() == []  # each block starts empty
+    assert not database.exists()  # its own broker was never opened
+    assert app.broker.url.startswith("sqlite://")
+    app.close()
+
+
+@pytest.mark.parametrize("closing", ["close", "aclose"])
+def test_closing_the_app_inside_use_memory_keeps_the_memory_broker(
+    tmp_path: Path, closing: str
+) -> None:
+    # A web app's shutdown hook run by the test client closed the app: the next job opened
+    # the app's own broker (production's file or Redis), ran there on the FakeClock, and
+    # that broker was never closed.
+    database = tmp_path / "prod.db"
+    app = Conveyor(f"sqlite:///{database}")
+
+    @app.task
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    with use_memory(app, FakeClock()):
+        memory = app.broker
+        first = add.delay(1, 2)
+        if closing == "close":
+            app.close()
+        else:
+            asyncio.run(app.aclose())
+        second = add.delay(2, 2)
+        assert drain(app).ran == 2
+        assert app.broker is memory
+        assert (first.result(), second.result()) == (3, 4)
     assert not database.exists()  # its own broker was never opened
     assert app.broker.url.startswith("sqlite://")
     app.close()

@@ -35,7 +35,7 @@ from .._clock import FakeClock
 from .._errors import ConfigurationError, DrainIncomplete
 from .._message import DEFAULT_QUEUE
 from ..brokers import redact_url
-from ..scheduler import Scheduler
+from ..scheduler import Schedule, Scheduler
 from ..worker import Worker
 from ..worker._resolve import top_package
 from ._left import Left, left
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 _GUARD_EVERY = 0.005  # how often the guard looks at a running round's job count and time
 _POLL_FIRST, _POLL_CAP = 0.02, 0.5  # real-clock waits when the broker does not say when
 _LATE = 0.001  # wake a little after a job's eta, not at it
+_TICKS_COUNTED = 10_000  # a cron schedule's ticks left before until= are counted up to this
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,7 @@ class _Drain:
         self.ran = self.rounds = 0
         self.advanced = self.waited = 0.0
         self.poll = _POLL_FIRST
+        self.began = app.clock.time()
 
     def run(self, advance: bool) -> DrainReport:
         while True:
@@ -164,17 +166,13 @@ class _Drain:
 
     def _round(self) -> None:
         if self.rounds == self.max_rounds:
-            self._stop(
-                f"that is max_rounds={self.max_rounds} and jobs keep coming due (a task that "
-                "schedules itself again, or periodic ticks that keep failing and retrying)",
-                f"pass drain(app, max_rounds=N) with a larger N{self._until_hint()}",
-            )
+            self._stop(*self._ticks_left() or self._rounds_spent())
         self.rounds += 1
         if self.scheduler is not None:
             self.scheduler.tick()
         worker = self._worker()
         before = worker.processed
-        tripped = _guarded(worker, before + self.max_jobs - self.ran, self.deadline)
+        tripped, limited = _guarded(worker, before + self.max_jobs - self.ran, self.deadline)
         self.ran += worker.processed - before
         if tripped == "jobs":
             self._stop(
@@ -183,11 +181,55 @@ class _Drain:
                 "pass drain(app, max_jobs=N) with a larger N, or fix the loop",
             )
         if tripped == "time":
-            self._stop(
+            why = (
                 f"the queues did not empty within timeout={self.timeout:g} s of real time "
-                "(a job stuck on a sleep, a lock or another job's result?)",
-                "pass drain(app, timeout=N) to allow longer",
+                "(a job stuck on a sleep, a lock or another job's result?)"
             )
+            fix = "pass drain(app, timeout=N) to allow longer"
+            if limited and self.fake is not None:
+                why += (
+                    f"; the time limit of {', '.join(limited)} is on the FakeClock, which "
+                    "does not move while a job runs: it will not fire"
+                )
+                fix += (
+                    "; to test the time limit, have the mocked slow call move the clock "
+                    "past it (clock.advance(seconds))"
+                )
+            self._stop(why, fix)
+
+    def _rounds_spent(self) -> tuple[str, str]:
+        return (
+            f"that is max_rounds={self.max_rounds} and jobs keep coming due (a task that "
+            "schedules itself again, or periodic ticks that keep failing and retrying)",
+            f"pass drain(app, max_rounds=N) with a larger N{self._until_hint()}",
+        )
+
+    def _ticks_left(self) -> tuple[str, str] | None:
+        """Why ``until=`` ran out of rounds when the periodic ticks it stopped at (a round
+        each) took most of them, and the ``max_rounds`` that would reach it; else None."""
+        if self.limit is None:
+            return None
+        now = self.app.clock.time()
+        passed = sum(_ticks(s, self.began, now) for s in self.app.schedules)
+        if passed < self.max_rounds // 2:
+            return None  # the rounds went to something else: jobs that keep coming due
+        counts = sorted(
+            ((_ticks(s, now, self.limit), s) for s in self.app.schedules),
+            key=lambda c: -c[0],
+        )
+        total = sum(n for n, _ in counts)
+        if not total:
+            return None
+        named = "; ".join(f"{_schedule(s)}: {n:,}" for n, s in counts[:3] if n)
+        capped = any(s.every is None and n >= _TICKS_COUNTED for n, s in counts)
+        some = "at least" if capped else "about"
+        return (
+            f"that is max_rounds={self.max_rounds}, and until= stops the clock at every "
+            f"periodic tick (a round each): {some} {total:,} are left before until ({named})",
+            f"pass drain(app, until=..., max_rounds=N) with N over {self.max_rounds + total:,}; "
+            "or clock.advance(seconds) then drain(app), which runs only each schedule's "
+            "latest catch_up ticks",
+        )
 
     def _worker(self) -> Worker:
         queues = self._queues()
@@ -231,8 +273,7 @@ class _Drain:
             self._stop(
                 f"{rest.scheduled} job(s) wait for jobs that have not ended (depends_on, or "
                 "a later step of a workflow) and nothing else is left to run",
-                "drain the queues of the jobs they wait for too (drain(app) without queues= "
-                "drains every queue the app knows)",
+                self._waiting_hint(),
                 rest,
             )
         if self.fake is not None:  # a broker that does not say when its jobs are due
@@ -246,6 +287,27 @@ class _Drain:
             )
         self._wait_for(rest, None)
         return True
+
+    def _waiting_hint(self) -> str:
+        """What to do for jobs waiting on jobs no drained queue runs: resume the paused
+        queues (a drain leaves them alone), drain the queues left out."""
+        hints = []
+        if self.fixed is not None:
+            hints.append(
+                "drain the queues of the jobs they wait for too (drain(app) without queues= "
+                "drains every queue the app knows)"
+            )
+        paused = sorted(self.app.broker.paused())
+        if paused:
+            resume = "; ".join(f"app.resume({q!r})" for q in paused)
+            hints.append(
+                f"resume the paused queue(s) {', '.join(paused)}, whose jobs a drain leaves "
+                f"queued ({resume}), and drain again"
+            )
+        return "; or ".join(hints) or (
+            "enqueue or drain the jobs they wait for (drain(app) without queues= drains "
+            "every queue the app knows)"
+        )
 
     def _step_until(self, rest: Left, now: float) -> bool:
         """Move the clock to the next job or periodic tick before the limit, else to the
@@ -320,11 +382,13 @@ def worker_for_tests(
     )
 
 
-def _guarded(worker: Worker, most: int, deadline: float) -> str | None:
+def _guarded(worker: Worker, most: int, deadline: float) -> tuple[str | None, list[str]]:
     """Drain with ``worker`` until its queues are empty; stop it (and say why) once it has
-    finished more than ``most`` attempts in all or the real-time ``deadline`` has passed."""
+    finished more than ``most`` attempts in all or the real-time ``deadline`` has passed.
+    Past the deadline, also the jobs then running that have a time limit (``timeout=``)."""
     done = threading.Event()
     tripped: list[str] = []
+    limited: list[str] = []
 
     def guard() -> None:
         while not done.wait(_GUARD_EVERY):
@@ -332,6 +396,8 @@ def _guarded(worker: Worker, most: int, deadline: float) -> str | None:
             why = why or ("time" if time.monotonic() > deadline else None)
             if why is not None:
                 tripped.append(why)
+                if why == "time":
+                    limited.extend(_time_limited(worker))
                 worker.stop(graceful=False)
                 return
 
@@ -342,7 +408,31 @@ def _guarded(worker: Worker, most: int, deadline: float) -> str | None:
     finally:
         done.set()
         thread.join()
-    return tripped[0] if tripped else None
+    return (tripped[0] if tripped else None), limited
+
+
+def _time_limited(worker: Worker) -> list[str]:
+    """``task (timeout=5 s)`` for each job ``worker`` is running that has a time limit."""
+    running = [a.message for a in worker._inflight.holding() if a.slot and a.message]
+    return sorted({f"{m.task} (timeout={m.timeout:g} s)" for m in running if m.timeout})
+
+
+def _ticks(schedule: Schedule, start: float, end: float) -> int:
+    """How many ticks ``schedule`` has in ``(start, end]`` (a cron schedule's, counted up
+    to ``_TICKS_COUNTED``)."""
+    if schedule.every is not None:
+        return max(0, math.floor(end / schedule.every) - math.floor(start / schedule.every))
+    count, t = 0, schedule.next_after(start)
+    while t <= end and count < _TICKS_COUNTED:
+        count, t = count + 1, schedule.next_after(t)
+    return count
+
+
+def _schedule(schedule: Schedule) -> str:
+    """``minutely every=60 s`` or ``report cron='0 6 * * *'``, for messages."""
+    if schedule.every is not None:
+        return f"{schedule.name} every={schedule.every:g} s"
+    return f"{schedule.name} cron={schedule.cron!r}"
 
 
 def _limit(until: float | dt.datetime | None) -> float | None:

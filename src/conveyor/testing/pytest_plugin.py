@@ -65,8 +65,9 @@ def conveyor_app(request: pytest.FixtureRequest, conveyor_clock: FakeClock) -> I
 @pytest.fixture
 def conveyor_worker(conveyor_app: Conveyor) -> Iterator[Worker]:
     """A ``Worker`` running on ``conveyor_app`` in a thread: every queue the app's tasks
-    use, 4 threads, and the app's periodic schedules. Stopped at teardown (a job still
-    running is interrupted); an error that stopped it fails the test."""
+    use (those registered when it starts: a task the test defines later on a queue of its
+    own is not served), 4 threads, and the app's periodic schedules. Stopped at teardown (a
+    job still running is interrupted); an error that stopped it fails the test."""
     from conveyor.testing._drain import task_queues, worker_for_tests
 
     queues = task_queues(conveyor_app)
