@@ -29,6 +29,7 @@ from typing import Any
 from ._backoff import RANDOM
 from ._errors import ConfigurationError, LockError, LockLost, LockTimeout
 from .stores._port import KeyValue, check_key
+from .stores._store import MAX_TTL
 
 __all__ = ["Lock", "backoff"]
 
@@ -55,12 +56,12 @@ def _check_ttl(name: str, ttl: object) -> float:
         isinstance(ttl, bool)
         or not isinstance(ttl, int | float)
         or not math.isfinite(ttl)
-        or ttl < _MIN_VALIDITY
+        or not _MIN_VALIDITY <= ttl <= MAX_TTL
     ):
         raise ConfigurationError(
-            f"lock {name!r} needs a finite ttl of at least {_MIN_VALIDITY} s (got {ttl!r}): a lock "
-            "without one would stay held forever once its holder crashed. Pick a ttl longer "
-            "than the work, or a short one with auto_renew=True"
+            f"lock {name!r} needs a ttl of {_MIN_VALIDITY} s to {MAX_TTL} s (ten years), got "
+            f"{ttl!r}: without one, or with a longer one, a crashed holder's lock would stay "
+            "held for good. Pick a ttl longer than the work, or a short one with auto_renew=True"
         )
     return float(ttl)
 

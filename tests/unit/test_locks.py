@@ -24,6 +24,7 @@ from conveyor import (
 )
 from conveyor._clock import FakeClock
 from conveyor.locks import Lock, backoff
+from conveyor.stores._store import MAX_TTL
 
 
 def _url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
@@ -383,6 +384,22 @@ def test_a_waiter_gets_the_lock_soon_after_release(app: Conveyor) -> None:
 def test_a_ttl_is_mandatory_and_positive(app: Conveyor, ttl: object) -> None:
     with pytest.raises(ConfigurationError, match="ttl"):
         app.lock("x", ttl=ttl)  # type: ignore[arg-type]
+
+
+def test_a_ttl_is_at_most_ten_years_and_a_longer_one_is_refused_before_any_grant(
+    app: Conveyor,
+) -> None:
+    """Past ten years a ttl is "forever" in practice (and Redis once failed one half-written,
+    the lock held by nobody for ages): refused, with the bound, before the broker is asked."""
+    with app.lock("far", ttl=MAX_TTL, timeout=0) as lk:
+        assert lk.ttl == MAX_TTL
+        with pytest.raises(ConfigurationError, match="315360000 s"):
+            lk.extend(MAX_TTL * 1.01)
+    for ttl in (MAX_TTL + 1, 1e15):
+        with pytest.raises(ConfigurationError, match=r"315360000 s \(ten years\)"):
+            app.lock("far", ttl=ttl)
+    with app.lock("far", ttl=1, timeout=0):  # nothing was left held
+        pass
 
 
 @pytest.mark.parametrize("timeout", [-1, float("nan"), "5"])

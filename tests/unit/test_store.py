@@ -17,6 +17,7 @@ from conveyor import (
 )
 from conveyor._clock import FakeClock
 from conveyor.stores import Store
+from conveyor.stores._store import MAX_TTL
 
 
 @pytest.fixture
@@ -231,6 +232,20 @@ def test_a_ttl_must_be_positive(store: Store, ttl: Any) -> None:
         store.set("k", 1, ttl=ttl)
     with pytest.raises(ConfigurationError):
         store.update("k", lambda old: 1, ttl=ttl)
+
+
+def test_a_ttl_is_at_most_ten_years_and_a_longer_one_writes_nothing(store: Store) -> None:
+    store.set("far", 1, ttl=MAX_TTL)
+    far = store.ttl("far")
+    assert far is not None and MAX_TTL - 60 < far <= MAX_TTL
+    for ttl in (MAX_TTL + 1, 1e15, 1e20):
+        with pytest.raises(ConfigurationError, match=r"up to 315360000 \(ten years\)"):
+            store.set("k", 1, ttl=ttl)
+        with pytest.raises(ConfigurationError, match="ten years"):
+            store.update("k", lambda old: 1, ttl=ttl)
+        with pytest.raises(ConfigurationError, match="ten years"):
+            store.incr("k", ttl=ttl)
+    assert store.get("k") is None
 
 
 def test_a_signed_codec_signs_values_and_still_counts() -> None:

@@ -25,6 +25,9 @@ __all__ = ["Store"]
 
 _PREFIX = "store:"
 _INTEGER = re.compile(rb"-?[0-9]+")
+# The longest TTL the store, locks and the cache take: ten years (315,360,000 s). Longer is
+# "never" in practice, and more likely a unit mistake (ms for s) than a wish.
+MAX_TTL = 10 * 365 * 86400
 
 
 def _check_ttl(ttl: float | None) -> float | None:
@@ -34,10 +37,11 @@ def _check_ttl(ttl: float | None) -> float | None:
         isinstance(ttl, bool)
         or not isinstance(ttl, int | float)
         or not math.isfinite(ttl)
-        or ttl <= 0
+        or not 0 < ttl <= MAX_TTL
     ):
         raise ConfigurationError(
-            f"ttl must be a positive number of seconds, or None for no expiry; got {ttl!r}"
+            f"ttl must be a positive number of seconds up to {MAX_TTL} (ten years), or None "
+            f"for no expiry; got {ttl!r}"
         )
     return float(ttl)
 

@@ -24,6 +24,10 @@ from ._errors import TRANSLATE
 from ._keys import fence_key, kv_key, lock_key
 
 _GRACE_MS = 60000
+# The longest real PEXPIRE we set (2^53 ms, some 285,000 years): exact in Lua's doubles, and
+# far from the server's limit. A longer TTL still expires by its ``x``; only the garbage
+# collection of its key comes earlier, which nothing alive can notice.
+_MAX_PEXPIRE_MS = 2**53
 # ARGV[1] is the injected clock's now in ms, or '' for the server's own TIME.
 _NOW = """
 local NOW
@@ -36,6 +40,7 @@ end
 """
 _LIVE = (
     _NOW
+    + f"local GRACE_MS, MAX_PEXPIRE_MS = {_GRACE_MS}, {_MAX_PEXPIRE_MS}\n"
     + """
 local function live(k)
   local r = redis.call('HMGET', k, 'v', 'x')
@@ -50,8 +55,11 @@ local function write(k, v, ttl)
   redis.call('DEL', k)
   redis.call('HSET', k, 'v', v)
   if ttl ~= '' then
-    redis.call('HSET', k, 'x', NOW + tonumber(ttl))
-    redis.call('PEXPIRE', k, tonumber(ttl) + 60000)
+    -- Whole numbers as digits (a number argument would go as '1e+18', which PEXPIRE
+    -- refuses after the HSETs took effect), and a PEXPIRE the server can always set.
+    local ms = tonumber(ttl)
+    redis.call('HSET', k, 'x', string.format('%.0f', NOW + ms))
+    redis.call('PEXPIRE', k, string.format('%.0f', math.min(ms + GRACE_MS, MAX_PEXPIRE_MS)))
   end
 end
 """
@@ -236,7 +244,7 @@ class RedisKV(KeyValue):
             if ttl is not None:
                 ms = max(round(ttl * 1000), 0)
                 pipe.hset(k, "x", now + ms)
-                pipe.pexpire(k, ms + _GRACE_MS)
+                pipe.pexpire(k, min(ms + _GRACE_MS, _MAX_PEXPIRE_MS))
         pipe.execute()
         return new
 
