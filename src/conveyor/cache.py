@@ -3,14 +3,18 @@
 A call's key is ``cache:<name>:<digest>``: the function's qualified name (or ``name=``) and a
 SHA-256 of its arguments as the app's codec encodes them (after binding them to the
 signature, so ``f(1)``, ``f(x=1)`` and a defaulted ``f()`` share an entry), or what the
-``key=`` function returns. Values are stored through the same codec as jobs.
+``key=`` function returns for the arguments bound the same way. Values are stored through
+the same codec as jobs, and a call returns them as the cache gives them back, on a miss as
+on a hit.
 
 Under a stampede (many callers missing the same key at once) one caller computes: it takes a
 short lock on the key, renewed while it computes, and the others poll for the value with a
-small backoff. If the computing caller dies, its lock runs out after ``_COMPUTE_TTL`` seconds
-and a waiter computes instead. The cache is not a source of truth: an entry may be evicted,
-expire or be invalidated at any time, and ``invalidate`` cannot stop a computation already
-under way from storing its (older) result right after.
+small backoff. If that computation ends without a value (the function raised, or its caller
+died and its lock ran out after ``_COMPUTE_TTL`` seconds), the callers that waited for it
+compute themselves, together rather than queued on the lock one after another. The cache is
+not a source of truth: an entry may be evicted, expire or be invalidated at any time, and
+``invalidate`` cannot stop a computation already under way from storing its (older) result
+right after.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast
 from ._errors import ConfigurationError, SerializationError, ValidationError
 from .locks import Lock, backoff
 from .stores._port import MAX_KEY, KeyValue, check_key
+from .stores._store import MAX_TTL
 
 if TYPE_CHECKING:
     from ._codec import Codec
@@ -60,19 +65,22 @@ def cached(
     name: str | None = None,
 ) -> Callable[[F], Cached[F]]:
     """The decorator behind ``app.cached``: results of the decorated function are kept for
-    ``ttl`` seconds. ``key(*args, **kwargs) -> str`` replaces the digest of the arguments;
-    ``name`` replaces the function's qualified name in the key. ``kv`` is the store, or a
-    method that gives the one to use at each call (``app.cached``'s: the app's broker of the
-    moment, which ``use_memory`` swaps; a bound method's object owns the names)."""
+    ``ttl`` seconds. ``key(...) -> str`` replaces the digest of the arguments: it gets them
+    bound to the function's signature, as many by position as it takes by position and the
+    others by name (so ``key=lambda user, **_: ...`` serves ``f(u, True)`` and
+    ``f(user=u, verbose=True)`` alike); ``name`` replaces the function's qualified name in
+    the key. ``kv`` is the store, or a method that gives the one to use at each call
+    (``app.cached``'s: the app's broker of the moment, which ``use_memory`` swaps; a bound
+    method's object owns the names)."""
     if (
         isinstance(ttl, bool)
         or not isinstance(ttl, int | float)
         or not math.isfinite(ttl)
-        or ttl <= 0
+        or not 0 < ttl <= MAX_TTL
     ):
         raise ConfigurationError(
-            f"cached(ttl=...) needs a positive number of seconds, got {ttl!r}: a cache entry "
-            "that never expires would serve stale data forever"
+            f"cached(ttl=...) needs a positive number of seconds up to {MAX_TTL} (ten years), "
+            f"got {ttl!r}: a cache entry that never expires would serve stale data forever"
         )
     if key is not None and not callable(key):
         raise ConfigurationError(f"cached(key=...) must be a function returning a str, got {key!r}")
@@ -117,6 +125,7 @@ class Cached(Generic[F]):
         self._codec = codec
         self._fn = fn
         self._key_fn = key
+        self._key_positional = None if key is None else _positional_slots(key)
         self._prefix = f"cache:{self.name}:"
         check_key(self._prefix)
         if key is None and len(self._prefix) + _DIGEST > MAX_KEY:
@@ -166,7 +175,8 @@ class Cached(Generic[F]):
     def cache_key(self, *args: Any, **kwargs: Any) -> str:
         """The key-value key these arguments are cached under."""
         if self._key_fn is not None:
-            part = self._key_fn(*args, **kwargs)
+            key_args, key_kwargs = self._key_arguments(args, kwargs)
+            part = self._key_fn(*key_args, **key_kwargs)
             if not isinstance(part, str):
                 raise ValidationError(
                     f"the key function of cached {self.name} returned {part!r}; it must "
@@ -186,6 +196,29 @@ class Cached(Generic[F]):
             ) from exc
         return self._prefix + hashlib.sha256(encoded).hexdigest()
 
+    def _key_arguments(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        """The call's arguments for the key function, bound to the signature so that it sees
+        them alike however the caller passed them: as many by position as it takes by
+        position, the others by name."""
+        if self._signature is None:
+            return args, kwargs
+        bound = self._signature.bind(*args, **kwargs)
+        args, kwargs = bound.args, bound.kwargs
+        cut = self._key_positional
+        if cut is None or len(args) <= cut:
+            return args, kwargs
+        params = list(self._signature.parameters.values())[cut : len(args)]
+        # Only a positional-or-keyword parameter has a name to pass it by (not a /-only one,
+        # nor the items of a *args): else the key function gets them as the function does.
+        if len(params) != len(args) - cut or any(
+            p.kind is not p.POSITIONAL_OR_KEYWORD for p in params
+        ):
+            return args, kwargs
+        named = {p.name: value for p, value in zip(params, args[cut:], strict=True)}
+        return args[:cut], {**named, **kwargs}
+
     def invalidate(self, *args: Any, **kwargs: Any) -> bool:
         """Forget the value cached for these arguments; True if there was one."""
         return self._kv().delete(self.cache_key(*args, **kwargs))
@@ -198,16 +231,22 @@ class Cached(Generic[F]):
         if value is not _MISS:
             return value
         lock = Lock(self._kv(), key, _COMPUTE_TTL, auto_renew=True)
+        waited = False
         for delay in backoff(first=0.001, cap=0.05):
             if lock._try_acquire():
                 try:
                     value = self._lookup(key)  # filled between our miss and our grant?
-                    if value is _MISS:
-                        value = self._fn(*args, **kwargs)
-                        self._store(key, value)
-                    return value
+                    if value is not _MISS:
+                        return value
+                    if not waited:
+                        return self._store(key, self._fn(*args, **kwargs))
                 finally:
                     lock._release_quietly()
+                # The computation we waited for ended without a value (it raised, or its
+                # caller died): compute off the lock, so the other waiters do too, at once,
+                # rather than each wait for the one before to fail.
+                return self._store(key, self._fn(*args, **kwargs))
+            waited = True
             time.sleep(delay)
             value = self._lookup(key)
             if value is not _MISS:
@@ -220,16 +259,22 @@ class Cached(Generic[F]):
         if value is not _MISS:
             return value
         lock = Lock(self._kv(), key, _COMPUTE_TTL, auto_renew=True)
+        waited = False
         for delay in backoff(first=0.001, cap=0.05):
             if await lock._try_acquire_async():
                 try:
                     value = await asyncio.to_thread(self._lookup, key)
-                    if value is _MISS:
+                    if value is not _MISS:
+                        return value
+                    if not waited:
                         value = await self._fn(*args, **kwargs)
-                        await asyncio.to_thread(self._store, key, value)
-                    return value
+                        return await asyncio.to_thread(self._store, key, value)
                 finally:
                     await asyncio.shield(asyncio.to_thread(lock._release_quietly))
+                # As in _sync_call: the computation we waited for ended without a value.
+                value = await self._fn(*args, **kwargs)
+                return await asyncio.to_thread(self._store, key, value)
+            waited = True
             await asyncio.sleep(delay)
             value = await asyncio.to_thread(self._lookup, key)
             if value is not _MISS:
@@ -247,8 +292,12 @@ class Cached(Generic[F]):
             log.warning("cached %s: ignoring an entry that does not decode: %s", self.name, exc)
             return _MISS
 
-    def _store(self, key: str, value: Any) -> None:
-        self._kv().set(key, self._codec.encode_value(value), self.ttl)
+    def _store(self, key: str, value: Any) -> Any:
+        """Cache ``value``; return it as a hit would (decoded: with JSON, a tuple comes
+        back a list), so a caller gets the same from a miss as from a hit."""
+        encoded = self._codec.encode_value(value)
+        self._kv().set(key, encoded, self.ttl)
+        return self._codec.decode_value(encoded)
 
 
 class _BoundCached:
@@ -271,6 +320,18 @@ class _BoundCached:
 
     def __repr__(self) -> str:
         return f"<bound {self.__func__!r} of {self.__self__!r}>"
+
+
+def _positional_slots(fn: Callable[..., Any]) -> int | None:
+    """How many arguments ``fn`` takes by position; None for any number (a ``*args``, or a
+    builtin without a signature)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return None
+    return sum(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) for p in params)
 
 
 def _same_function(a: Callable[..., Any], b: Callable[..., Any]) -> bool:

@@ -12,6 +12,7 @@ import pytest
 
 from conveyor import ConfigurationError, Conveyor, InvalidName, SerializationError
 from conveyor._clock import FakeClock
+from conveyor.stores._store import MAX_TTL
 
 
 class Source:
@@ -134,6 +135,82 @@ def test_waiters_compute_themselves_when_the_computing_caller_died(
     assert square(7) == 49
 
 
+def test_waiters_of_a_computation_that_raised_do_not_queue_one_after_another(
+    app: Conveyor,
+) -> None:
+    """Each waiter of a failed computation computes (and fails) at once: queued on the lock,
+    the last of 20 callers of a function failing after 0.3 s would wait 20 x 0.3 = 6 s."""
+    source = Source(delay=0.3)
+
+    @app.cached(ttl=60)
+    def fetch(sku: str) -> dict[str, Any]:
+        source.fetch(sku, 1)
+        raise ConnectionError("backend down")
+
+    start = threading.Barrier(20)
+    waits: list[float] = []
+    failed: list[ConnectionError] = []
+
+    def caller() -> None:
+        start.wait()
+        began = time.monotonic()
+        try:
+            fetch("a")
+        except ConnectionError as exc:
+            failed.append(exc)
+        waits.append(time.monotonic() - began)
+
+    threads = [threading.Thread(target=caller) for _ in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert len(failed) == 20
+    assert max(waits) < 3.0, sorted(waits)
+    assert source.calls <= 20
+
+
+def test_async_waiters_of_a_computation_that_raised_do_not_queue_either(app: Conveyor) -> None:
+    calls = 0
+
+    @app.cached(ttl=60)
+    async def fetch(sku: str) -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.3)
+        raise ConnectionError("backend down")
+
+    async def caller() -> float:
+        began = time.monotonic()
+        with pytest.raises(ConnectionError):
+            await fetch("a")
+        return time.monotonic() - began
+
+    async def main() -> list[float]:
+        return await asyncio.gather(*(caller() for _ in range(20)))
+
+    waits = asyncio.run(main())
+    assert max(waits) < 3.0, sorted(waits)
+    assert calls <= 20
+
+
+def test_a_miss_returns_what_a_hit_will_the_value_as_the_codec_gives_it_back(
+    app: Conveyor,
+) -> None:
+    @app.cached(ttl=60)
+    def pair() -> tuple[int, int]:
+        return (1, 2)
+
+    @app.cached(ttl=60)
+    async def nested() -> dict[str, Any]:
+        return {"a": (1, (2, 3))}
+
+    assert pair() == [1, 2]  # JSON has no tuple: the hit below gives a list, and so does this
+    assert pair() == [1, 2]
+    assert asyncio.run(nested()) == {"a": [1, [2, 3]]}
+    assert asyncio.run(nested()) == {"a": [1, [2, 3]]}
+
+
 def test_async_functions_are_cached_and_stampedes_compute_once(app: Conveyor) -> None:
     calls = 0
 
@@ -166,7 +243,39 @@ def test_a_key_function_names_the_entry(app: Conveyor) -> None:
 
     assert profile.cache_key({"id": 3}) == "cache:profile:user:3"
     assert profile({"id": 3}) == profile({"id": 3}, verbose=True) == "profile 3"
+    assert profile({"id": 3}, True) == profile(user={"id": 3}) == "profile 3"
     assert calls == 1
+
+
+def test_a_key_function_gets_the_arguments_alike_however_they_were_passed(
+    app: Conveyor,
+) -> None:
+    """Bound to the signature: as many by position as the key function takes by position,
+    the others by name; a key function with a *args gets them all by position."""
+    seen: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+
+    def record(*args: Any, **kwargs: Any) -> str:
+        seen.append((args, kwargs))
+        return "k"
+
+    @app.cached(ttl=60, key=lambda a, b=0, **rest: f"{a}:{b}:{sorted(rest.items())}")
+    def named(a: int, b: int = 0, c: int = 0, *, d: int = 0) -> int:
+        return a + b + c + d
+
+    assert (
+        named.cache_key(1, 2, 3)
+        == named.cache_key(c=3, b=2, a=1)
+        == f"cache:{named.name}:1:2:[('c', 3)]"
+    )
+    assert named.cache_key(1, c=3, d=4).endswith(":1:0:[('c', 3), ('d', 4)]")
+
+    @app.cached(ttl=60, key=record)
+    def spread(a: int, /, b: int, *more: int, e: int = 0) -> int:
+        return a
+
+    spread.cache_key(1, 2, 3, 4, e=5)
+    spread.cache_key(1, b=2)
+    assert seen == [((1, 2, 3, 4), {"e": 5}), ((1, 2), {})]
 
 
 def test_keys_differ_per_function_and_per_argument(app: Conveyor) -> None:
@@ -223,6 +332,13 @@ def test_the_wrapper_keeps_the_functions_name_and_doc(app: Conveyor) -> None:
 def test_ttl_must_be_positive(app: Conveyor, ttl: object) -> None:
     with pytest.raises(ConfigurationError, match="ttl"):
         app.cached(ttl=ttl)  # type: ignore[arg-type]
+
+
+def test_ttl_is_at_most_ten_years(app: Conveyor) -> None:
+    assert app.cached(ttl=MAX_TTL, name="far")(lambda: 1)() == 1
+    for ttl in (MAX_TTL + 1, 1e15):
+        with pytest.raises(ConfigurationError, match=r"up to 315360000 \(ten years\)"):
+            app.cached(ttl=ttl)
 
 
 def test_a_bad_name_is_refused(app: Conveyor) -> None:
