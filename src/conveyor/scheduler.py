@@ -39,6 +39,7 @@ from __future__ import annotations
 import collections
 import datetime as dt
 import hashlib
+import inspect
 import logging
 import math
 import re
@@ -54,6 +55,7 @@ from ._errors import BrokerError, ConfigurationError, ConveyorError
 from ._job import Job
 from ._message import Envelope
 from ._task import Signature, Task
+from .stores._port import MAX_KEY, check_key
 
 if TYPE_CHECKING:
     from ._app import Conveyor
@@ -75,6 +77,7 @@ _HOLD_MARGIN = 1000  # ms: a failed tick's claim ends this long before it is ret
 _RETRY = 60_000  # ms: a tick whose job cannot be built is retried this often (or at each tick)
 _RETELL = 600_000  # ms: a schedule's same build error is logged at ERROR at most this often
 _FORBIDDEN = ("delay", "eta", "job_id", "connection")
+_TICK_DIGITS = 13  # a fire time in ms, up to the year 2286: the longest key is a claim's
 
 
 def _ms(seconds: float) -> int:
@@ -126,8 +129,14 @@ class Schedule:
         kept, count, complete = self._scan(last, now, _SCAN_LIMIT)
         if complete:
             return kept, count - len(kept)
+        first, end = self._next_ms(last), now  # the ticks in (end, now] are counted
+        kept, count = [], 0
         for window in _CRON_WINDOWS:
-            kept, _, _ = self._scan(max(last, now - window * 1000), now, None)
+            start = max(last, now - window * 1000)
+            older, n, _ = self._scan(start, end, None)  # each tick is walked once
+            kept, count, end = (older + kept)[-self.catch_up :], count + n, start
+            if first > start:  # the window holds every due tick: the count is exact
+                return kept, count - len(kept)
             if len(kept) == self.catch_up:
                 break
         return kept, None
@@ -205,16 +214,49 @@ def periodic(
     mode: Literal["skip", "allow"] = "skip" if overlap == "skip" else "allow"
 
     def decorator(fn: Callable[[], R]) -> Task[[], R]:
-        task_name = name or f"{fn.__module__}:{fn.__qualname__}"
+        task_name = name if name is not None else f"{fn.__module__}:{fn.__qualname__}"
         if any(s.name == task_name for s in app.schedules):
             raise ConfigurationError(
                 f"a schedule named {task_name!r} already exists; pass @app.periodic(name=...)"
             )
+        _check_keys(task_name)
+        _check_no_arguments(fn, task_name)
         task: Task[[], R] = app._register(fn, task_name, opts)
         app.schedules.append(Schedule(task.name, cron, seconds, mode, catch_up, tz))
         return task
 
     return decorator
+
+
+def _check_keys(name: object) -> None:
+    """Refuse a schedule name the store cannot hold in its keys, when it is defined: else
+    every tick of it would fail (its longest key is a tick's claim)."""
+    if not isinstance(name, str):
+        return  # registering the task refuses it, as for @app.task(name=...)
+    try:
+        check_key(f"{_PREFIX}{name}:claim:{'0' * _TICK_DIGITS}")
+    except ConveyorError:
+        most = MAX_KEY - len(f"{_PREFIX}:claim:") - _TICK_DIGITS
+        raise ConfigurationError(
+            f"periodic task {name!r} cannot be scheduled: its name goes into store keys "
+            f"({_PREFIX}<name>:claim:<ms>), which take at most {MAX_KEY} printable "
+            f"characters; pass @app.periodic(name=...) a shorter name (at most {most} "
+            f"characters, this one has {len(name)}) without control characters"
+        ) from None
+
+
+def _check_no_arguments(fn: Callable[..., object], name: object) -> None:
+    """The scheduler calls a periodic task with no arguments: one that needs some is
+    refused when it is defined, rather than failing at every tick."""
+    try:
+        inspect.signature(fn).bind()
+    except TypeError as exc:
+        raise ConfigurationError(
+            f"periodic task {name!r} requires arguments ({exc}), but each tick calls it with "
+            "none: wrap the call in a function of no arguments and schedule that one"
+        ) from None
+    except ValueError:
+        pass  # no signature to read (a builtin): calling it tells
 
 
 @dataclass
@@ -249,7 +291,7 @@ class Scheduler:
                 for current in list(self.app.schedules):
                     if now_ms < self._next.get(current.name, 0):
                         continue
-                    plan = self._plan(kv, current, now_ms)
+                    plan = self._plan_alone(kv, current, now_ms)
                     if plan is not None and self._build(kv, plan, sending, now_ms):
                         plans.append(plan)
                 current = None
@@ -312,6 +354,27 @@ class Scheduler:
         return min(interval, max(gap, 0.05))
 
     # -- internals -------------------------------------------------------------------------
+
+    def _plan_alone(self, kv: KeyValue, s: Schedule, now: int) -> _Plan | None:
+        """``_plan``, but a schedule that cannot be planned (a key the store refuses, ...)
+        costs the others nothing: logged, and tried again in about ``_RETRY``. A broker
+        failure is the broker's, not the schedule's: it stops the tick (all retry)."""
+        try:
+            return self._plan(kv, s, now)
+        except BrokerError:
+            raise
+        except Exception as exc:
+            self._next[s.name] = now + _RETRY
+            log.error(
+                "schedule %s: cannot plan its ticks at %s; it is tried again at %s. Other "
+                "schedules go on: %s",
+                s.name,
+                _iso(now),
+                _iso(now + _RETRY),
+                exc,
+                exc_info=not isinstance(exc, ConveyorError),
+            )
+            return None
 
     def _plan(self, kv: KeyValue, s: Schedule, now: int) -> _Plan | None:
         last = self._last(kv, s, now)

@@ -392,6 +392,10 @@ def test_a_schedule_whose_job_cannot_be_built_does_not_cost_the_others_their_tic
 def test_a_store_failure_while_planning_releases_the_ticks_already_claimed(
     app: Conveyor, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """The store fails (adapters raise a BrokerError: redis.* and sqlite3.* never leak) while
+    a later schedule is planned: the tick stops, and the next one enqueues both."""
+    from conveyor import BrokerUnavailable
+
     app.periodic(every=60, name="first")(lambda: None)
     app.periodic(every=60, name="second")(lambda: None)
     sched = Scheduler(app)
@@ -401,11 +405,11 @@ def test_a_store_failure_while_planning_releases_the_ticks_already_claimed(
 
     def get(key: str) -> bytes | None:
         if key == "conveyor:periodic:second:last":
-            raise ConnectionError("store down")
+            raise BrokerUnavailable("store down")
         return real(key)
 
     monkeypatch.setattr(app.broker.kv, "get", get)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(BrokerUnavailable):
         sched.tick()
     monkeypatch.setattr(app.broker.kv, "get", real)
     assert {j.id.split(".")[1] for j in sched.tick()} == {"first", "second"}
@@ -711,3 +715,127 @@ def test_a_new_build_error_is_logged_without_the_count_of_the_previous_one(
         sched.tick()
     assert [e.rsplit(": ", 1)[1] for e in errors] == ["error one", "error two"]
     assert "more time(s)" not in errors[1]  # error one recurred twice, error two did not
+
+
+@pytest.mark.parametrize(
+    ("name", "match"),
+    [
+        ("n" * 475, "at most 474 characters, this one has 475"),
+        ("billing\tnightly", "without control characters"),
+        ("bad\x00name", "without control characters"),
+    ],
+)
+def test_a_schedule_name_the_store_cannot_hold_is_refused_at_definition(
+    app: Conveyor, name: str, match: str
+) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        app.periodic(every=60, name=name)(lambda: None)
+    assert app.schedules == [] and name not in app.registry
+    app.periodic(every=60, name="n" * 474)(lambda: None)  # the longest the keys can hold
+
+
+def test_a_schedule_that_cannot_be_planned_does_not_cost_the_others_their_ticks(
+    app: Conveyor, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A schedule whose keys the store refuses (put in app.schedules by hand, past the
+    decorator's checks; or a name the database's encoding lacks) is logged and retried about
+    once a minute; the other schedules' ticks are enqueued all the same."""
+    app.periodic(every=1, name="before", overlap="allow")(lambda: None)
+    app.schedules.append(Schedule("bad\tname", every=1.0))
+    app.periodic(every=1, name="after", overlap="allow")(lambda: None)
+    sched = Scheduler(app)
+    with caplog.at_level(logging.ERROR, logger="conveyor.scheduler"):
+        sched.tick()
+        enqueued = []
+        for _ in range(61):
+            clock.advance(1)
+            enqueued += [j.id.split(".")[1] for j in sched.tick()]
+    assert enqueued == ["before", "after"] * 61
+    planned = [r for r in caplog.records if "cannot plan" in r.getMessage()]
+    assert len(planned) == 2  # at the first tick, then a minute later
+    assert "bad\tname" in planned[0].getMessage() and "bad key" in planned[0].getMessage()
+
+
+def test_a_periodic_task_that_requires_arguments_is_refused_at_definition(app: Conveyor) -> None:
+    def sync_tenant(tenant: str) -> str:
+        return tenant
+
+    with pytest.raises(ConfigurationError, match=r"'sync'.* wrap the call in a function of no"):
+        app.periodic(every=60, name="sync")(sync_tenant)  # type: ignore[arg-type]
+    assert app.schedules == [] and "sync" not in app.registry
+
+    def defaults(tenant: str = "all", *more: str, **extra: str) -> None: ...
+
+    app.periodic(every=60, name="defaults")(defaults)  # callable with no arguments
+
+
+def test_an_empty_schedule_name_is_refused_as_a_task_name_is(app: Conveyor) -> None:
+    from conveyor import InvalidOption
+
+    with pytest.raises(InvalidOption, match="non-empty str"):
+        app.task(name="")(lambda: None)
+    with pytest.raises(InvalidOption, match="non-empty str"):
+        app.periodic(every=60, name="")(lambda: None)
+    assert app.schedules == []
+
+
+@pytest.mark.parametrize(("catch_up", "skipped"), [(5000, 0), (4320, 0), (3000, 1320), (1, None)])
+def test_a_cron_catch_up_past_the_scan_limit_counts_what_it_skips(
+    catch_up: int, skipped: int | None
+) -> None:
+    """4,320 minutes missed (three days), more than one walk from `last` takes: the count of
+    skipped ticks is exact once a window reaches back to `last`, and "some" (None) only when
+    catch_up is filled by a window that does not (not walked, to stay cheap)."""
+    s = Schedule("m", cron="* * * * *", overlap="allow", catch_up=catch_up)
+    last = _ms_of(START)
+    run, count = s.due(last, last + 3 * 86_400_000)
+    assert count == skipped
+    assert run == [last + 60_000 * k for k in range(4321 - len(run), 4321)]
+    assert len(run) == min(catch_up, 4320)
+
+
+def test_a_cron_catch_up_that_runs_every_missed_tick_warns_of_none(
+    app: Conveyor, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.periodic(cron="* * * * *", name="m", overlap="allow", catch_up=5000)(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(3 * 86400)
+    with caplog.at_level(logging.WARNING, logger="conveyor.scheduler"):
+        assert len(sched.tick()) == 4320
+    assert "missed" not in caplog.text
+
+
+def test_a_cron_catch_up_past_the_scan_limit_warns_of_what_it_skips(
+    app: Conveyor, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    app.periodic(cron="* * * * *", name="m", overlap="allow", catch_up=3000)(lambda: None)
+    sched = Scheduler(app)
+    sched.tick()
+    clock.advance(3 * 86400)
+    with caplog.at_level(logging.WARNING, logger="conveyor.scheduler"):
+        jobs = sched.tick()
+    since, first_run = (
+        dt.datetime.fromtimestamp(t, dt.UTC).isoformat() for t in (START, START + 1321 * 60)
+    )
+    assert len(jobs) == 3000
+    assert f"missed 1320 tick(s) between {since} and {first_run}" in caplog.text
+
+
+def test_a_long_cron_catch_up_walks_each_tick_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = Schedule("m", cron="* * * * *", overlap="allow", catch_up=5000)
+    walked = 0
+    real = Schedule._next_ms
+
+    def counting(self: Schedule, t: int) -> int:
+        nonlocal walked
+        walked += 1
+        return real(self, t)
+
+    monkeypatch.setattr(Schedule, "_next_ms", counting)
+    last = _ms_of(START)
+    s.due(last, last + 3 * 86_400_000)
+    # The first walk from `last` (2,000 ticks), then each of the 4,320 ticks once more.
+    assert walked < 2000 + 4320 + 20
