@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
@@ -97,12 +97,13 @@ def _dependencies_first(jobs: Sequence[_Fresh]) -> list[_Fresh]:
     return out
 
 
-def _requeue(app: Conveyor, jobs: Sequence[_Fresh]) -> tuple[int, int]:
-    """Requeue; (how many went back, how many stayed: another pending job holds the key)."""
+def _requeue(app: Conveyor, jobs: Sequence[_Fresh]) -> tuple[list[str], dict[str, str | None]]:
+    """Requeue; the ids that went back, in the order given, and each one that stayed with
+    the id of the pending job holding its unique key (None: it changed meanwhile)."""
     ordered = _dependencies_first(jobs)
-    found = app.broker.requeue([(j.id, j.payload) for j in ordered])
-    back = [j for got, j in zip(found, ordered, strict=True) if got == j.id]
-    held = sum(got is not None and got != j.id for got, j in zip(found, ordered, strict=True))
+    answers = app.broker.requeue([(j.id, j.payload) for j in ordered])
+    found = {j.id: got for j, got in zip(ordered, answers, strict=True)}
+    back = [j for j in ordered if found[j.id] == j.id]
     if back and app.events:  # each job this call put back (a requeue answers which)
         now = app.clock.time()
         app._publish(
@@ -111,7 +112,8 @@ def _requeue(app: Conveyor, jobs: Sequence[_Fresh]) -> tuple[int, int]:
                 for j in back
             ]
         )
-    return len(back), held
+    left = {j.id: found[j.id] for j in jobs if found[j.id] != j.id}
+    return [j.id for j in jobs if j.id not in left], left
 
 
 def known(app: Conveyor, job_ids: Sequence[str], done: str) -> tuple[list[str], list[JobRecord]]:
@@ -130,10 +132,24 @@ def known(app: Conveyor, job_ids: Sequence[str], done: str) -> tuple[list[str], 
     return ids, [r for r in records if r is not None]
 
 
+class Requeued(NamedTuple):
+    """What ``requeue_ids`` did: the ids that went back, in the order given, and each one
+    left as it was with the id of the pending job holding its unique key (None: it changed
+    meanwhile: requeued, deleted, purged or expired by someone else)."""
+
+    back: list[str]
+    left: dict[str, str | None]
+
+
 def requeue(app: Conveyor, job_ids: Sequence[str]) -> int:
-    """``app.requeue``: every id is checked (known, ended, decodable) before any is
-    requeued; returns how many went back (a job whose unique key another pending job
-    holds stays as it is, as an enqueue would be deduplicated)."""
+    """``app.requeue``: how many of ``requeue_ids`` went back."""
+    return len(requeue_ids(app, job_ids).back)
+
+
+def requeue_ids(app: Conveyor, job_ids: Sequence[str]) -> Requeued:
+    """Every id is checked (known, ended, decodable) before any is requeued; a job whose
+    unique key another pending job holds stays as it is, as an enqueue would be
+    deduplicated."""
     ids, records = known(app, job_ids, "requeued")
     for job_id, record in zip(ids, records, strict=True):
         if record.status not in REQUEUEABLE:
@@ -144,13 +160,20 @@ def requeue(app: Conveyor, job_ids: Sequence[str]) -> int:
         if payload is None:
             raise JobNotFound(f"job {job_id!r} expired meanwhile; nothing was requeued")
         jobs.append(_fresh(app, job_id, payload))
-    return _requeue(app, jobs)[0] if jobs else 0
+    return Requeued(*_requeue(app, jobs)) if jobs else Requeued([], {})
 
 
 def requeue_all(app: Conveyor, status: JobStatus, queue: str | None = None) -> int:
-    """``app.requeue_all``: page through ``entries`` and requeue each page. A job whose
-    payload this app cannot decode is left where it is (logged), as is one whose unique
-    key another pending job holds; the pages skip them.
+    """``app.requeue_all``: how many of ``requeue_all_counts`` went back."""
+    return requeue_all_counts(app, status, queue)[0]
+
+
+def requeue_all_counts(
+    app: Conveyor, status: JobStatus, queue: str | None = None
+) -> tuple[int, int]:
+    """Page through ``entries`` and requeue each page; (how many went back, how many were
+    left). A job whose payload this app cannot decode is left where it is, as is one whose
+    unique key another pending job holds (each logged); the pages skip them.
 
     Each job is taken once per call: one requeued here that ends in ``status`` again
     meanwhile (a busy worker runs it and it fails at once) comes back at the top of the
@@ -162,7 +185,8 @@ def requeue_all(app: Conveyor, status: JobStatus, queue: str | None = None) -> i
         )
     if queue is not None:
         validate_queue(queue)
-    total = skip = 0  # skip: the listing's head that stays; the jobs to do come after it
+    total = left = 0
+    skip = 0  # the listing's head that stays; the jobs to do come after it
     seen: set[str] = set()
     while page := app.broker.entries(status, queue, PAGE, skip):
         jobs = []
@@ -175,8 +199,21 @@ def requeue_all(app: Conveyor, status: JobStatus, queue: str | None = None) -> i
                 jobs.append(_fresh(app, entry.id, entry.payload))
             except ValidationError as exc:  # undecodable, or a step without its inputs
                 log.warning("%s", exc)
+                left += 1
                 skip += 1
-        back, held = _requeue(app, jobs) if jobs else (0, 0)
-        total += back
-        skip += held
-    return total
+        back, held = _requeue(app, jobs) if jobs else ([], {})
+        for job_id, holder in held.items():
+            if holder is not None:  # None: it left the listing meanwhile
+                log.warning("%s", held_message(job_id, holder))
+                left += 1
+                skip += 1
+        total += len(back)
+    return total, left
+
+
+def held_message(job_id: str, holder: str) -> str:
+    """Why a job whose unique key another pending job holds was not requeued."""
+    return (
+        f"job {job_id} was not requeued: its unique key is held by pending job {holder} (an "
+        "enqueue would be deduplicated the same way); requeue it once that job ended"
+    )

@@ -210,6 +210,24 @@ def _check_info(project: Project, jobs: dict[str, Job[Any]]) -> None:
     assert (images["scheduled"], images["cancelled"], images["paused"]) == (1, 1, False)
 
 
+def test_jobs_takes_the_largest_limit_its_help_shows(shop: Shop) -> None:
+    # Regression: on Redis a --limit above 2**53 (9223372036854775807, the maximum --help
+    # shows, or 1e17) reached its scripts as the float 1e+17: "value is not an integer or
+    # out of range" instead of the jobs.
+    project = shop.project
+    waiting = shop.send.delay("a@example.com")
+    later = shop.send.options(delay=3600).delay("b@example.com")
+    gone = shop.send.delay("c@example.com")
+    gone.cancel()
+    for status, job in (("queued", waiting), ("scheduled", later), ("cancelled", gone)):
+        for limit in (str(2**63 - 1), str(10**17)):
+            assert ids(as_json(project, "jobs", status, "--limit", limit)) == [job.id]
+        listed = shop.app.broker.entries(JobStatus(status), "mail", 2**63 - 1)
+        assert [e.id for e in listed] == [job.id]
+        for offset in (1, 2**53, 2**63 - 1):  # past the last job, however far
+            assert shop.app.broker.entries(JobStatus(status), None, 2**63 - 1, offset) == []
+
+
 def test_task_filter_pages_through_a_status(shop: Shop) -> None:
     project = shop.project
     shop.app.enqueue_many([shop.send.s(f"{i}@example.com") for i in range(230)])
@@ -245,17 +263,59 @@ def test_requeue_checks_every_id_first(shop: Shop) -> None:
     assert bad.status is JobStatus.FAILED  # nothing was requeued
 
     assert as_json(project, "requeue", bad.id) == {
-        "requeued": 1, "ids": [bad.id], "status": None, "queue": None,
+        "requeued": 1, "ids": [bad.id], "status": None, "queue": None, "left": 0,
+        "left_jobs": [],
     }  # fmt: skip
     assert shop.app.job(bad.id).status is JobStatus.QUEUED
     moved = as_json(project, "requeue", "--all", "--status", "dead", "--queue", "images")
-    assert moved == {"requeued": 1, "ids": None, "status": "dead", "queue": "images"}
+    assert moved == {"requeued": 1, "ids": None, "status": "dead", "queue": "images",
+                     "left": 0, "left_jobs": None}  # fmt: skip
     assert shop.app.job(ghost.id).status is JobStatus.QUEUED
     line = conveyor(project, "requeue", "--all", "--status", "cancelled", "-A", "jobs_app")
     assert line.stdout.strip() == "requeued 1 cancelled job(s)"
     assert shop.app.job(doomed.id).status is JobStatus.QUEUED
     both = conveyor(project, "requeue", "--all", bad.id, "-A", "jobs_app", code=2)
     assert "not both" in both.stderr
+
+
+def test_requeue_says_which_jobs_stayed_and_why(shop: Shop) -> None:
+    # Regression: a job whose unique key another pending job held stayed cancelled while
+    # `requeue ID` printed "requeued 0 job(s): ID" and exited 0, and `--all` said
+    # "requeued": 0 and exited 0, nothing saying a job was left.
+    project = shop.project
+    nightly = shop.send.options(key="nightly")
+    first, free = nightly.delay("a@example.com"), shop.send.delay("b@example.com")
+    first.cancel()
+    free.cancel()
+    holder = nightly.delay("c@example.com")  # pending (no worker): it holds the key now
+    assert holder.id != first.id
+
+    text = conveyor(project, "requeue", first.id, free.id, "-A", "jobs_app", code=1).stdout
+    requeued, why = text.splitlines()
+    assert requeued == f"requeued 1 job(s): {free.id}"
+    assert why.startswith(f"job {first.id} was not requeued: its unique key is held by "
+                          f"pending job {holder.id}")  # fmt: skip
+    document = json.loads(
+        conveyor(project, "requeue", first.id, "-A", "jobs_app", "--json", code=1).stdout
+    )
+    (left,) = document.pop("left_jobs")
+    assert document == {"requeued": 0, "ids": [], "status": None, "queue": None, "left": 1}
+    assert (left["id"], left["held_by"]) == (first.id, holder.id)
+    assert "is held by pending job" in left["message"]
+
+    every = conveyor(project, "requeue", "--all", "--status", "cancelled", "-A", "jobs_app",
+                     code=1)  # fmt: skip
+    assert every.stdout.startswith("requeued 0 cancelled job(s); 1 left as they were")
+    assert f"is held by pending job {holder.id}" in every.stderr  # logged
+    moved = json.loads(conveyor(project, "requeue", "--all", "--status", "cancelled", "--json",
+                                "-A", "jobs_app", code=1).stdout)  # fmt: skip
+    assert moved == {"requeued": 0, "ids": None, "status": "cancelled", "queue": None,
+                     "left": 1, "left_jobs": None}  # fmt: skip
+    assert shop.app.job(first.id).status is JobStatus.CANCELLED
+    holder.cancel()  # the key is free again: first goes back, and nothing is left
+    done = as_json(project, "requeue", first.id)
+    assert (done["ids"], done["left"], done["left_jobs"]) == ([first.id], 0, [])
+    assert shop.app.job(first.id).status is JobStatus.QUEUED
 
 
 def test_cancel_says_what_happened_to_each(shop: Shop) -> None:
@@ -363,6 +423,25 @@ def test_ping_gives_up_on_a_broker_that_never_answers(tmp_path: Path) -> None:
     assert elapsed < 20, elapsed  # start-up and the 1 s timeout, not redis-py's 4 x 10 s
     answer = json.loads(hung.stdout)
     assert answer["ok"] is False and "did not answer within 1 s" in answer["error"]
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///{root}/missing.db",
+        "postgresql://bob:pw@127.0.0.1:1/x",
+        "redis://:pw@127.0.0.1:1/0",
+    ],
+    ids=["sqlite", "postgres", "redis"],
+)
+def test_ping_names_the_broker_it_could_not_reach(tmp_path: Path, url: str) -> None:
+    # Regression: `broker` was null where the broker connects as it opens (SQLite,
+    # PostgreSQL), though docs/cli.md shows it filled, as it was on Redis.
+    project = Project(tmp_path)
+    url = url.format(root=tmp_path)
+    answer = json.loads(conveyor(project, "ping", "--url", url, "--json", code=1).stdout)
+    assert answer["ok"] is False and answer["error"]
+    assert answer["broker"] == url.replace(":pw@", ":***@")
 
 
 READ_ONLY = [

@@ -176,6 +176,29 @@ def test_a_job_whose_key_is_held_stays_where_it_is(app: Conveyor) -> None:
     assert app.job(first.id).status is JobStatus.FAILED
 
 
+def test_requeue_says_which_jobs_it_left_and_why(
+    app: Conveyor, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Regression: `conveyor requeue ID` printed the ids given, whatever went back, and
+    # requeue_all only logged the jobs it left (undecodable, or their key held), so
+    # `conveyor requeue --all` exited 0 saying "requeued 0".
+    keyed = app.registry["flaky"].options(key="nightly")
+    first = keyed.delay()
+    [other, fine] = _failed(app, 2)  # first fails with them
+    garbage = new_job_id()  # a payload written by hand: no app can decode it
+    app.broker.enqueue([Envelope(garbage, "junk", b"\x00 not a message")])
+    [d] = app.broker.fetch(["junk"], "w", 10, 30.0, 0.0)
+    assert app.broker.finish([Finish(d, JobStatus.FAILED, reason="junk")]) == [True]
+    second = keyed.delay()  # pending: it holds the key
+    done = requeue_module.requeue_ids(app, [first.id, other])
+    assert done == requeue_module.Requeued([other], {first.id: second.id})
+    assert requeue_module.requeue_all_counts(app, JobStatus.FAILED) == (1, 2)
+    assert app.job(fine).status is JobStatus.QUEUED
+    assert {app.job(i).status for i in (first.id, garbage)} == {JobStatus.FAILED}
+    assert f"{first.id} was not requeued: its unique key is held by pending job" in caplog.text
+    assert f"cannot requeue job {garbage}" in caplog.text
+
+
 def test_requeue_puts_a_dependency_back_before_its_dependents(app: Conveyor) -> None:
     flaky, fine = app.registry["flaky"], app.registry["fine"]
     parent = flaky.delay()
@@ -233,7 +256,7 @@ def test_requeue_all_takes_each_job_once_though_it_fails_again_meanwhile(
     requeued: list[str] = []
     requeue_page = requeue_module._requeue
 
-    def then_failed_again(app: Conveyor, jobs: Any) -> tuple[int, int]:
+    def then_failed_again(app: Conveyor, jobs: Any) -> Any:
         out = requeue_page(app, jobs)
         requeued.extend(j.id for j in jobs)
         taken = app.broker.fetch(["default"], "fast-worker", 100, 30.0, 0.0)

@@ -10,6 +10,7 @@ import click
 from .._delete import kept
 from .._errors import JobNotEnded, JobNotFound
 from .._message import JobStatus
+from .._requeue import held_message, requeue_all_counts, requeue_ids
 from ._load import app_options, job_id_argument, open_app, queue_argument
 from ._output import emit_json, json_option
 from .jobs import ENDED
@@ -91,7 +92,7 @@ def requeue(
     as_json: bool,
     app_spec: str | None,
     url: str | None,
-) -> None:
+) -> int:
     """Put ended jobs back on their queue with their retries afresh.
 
     \b
@@ -99,7 +100,8 @@ def requeue(
     conveyor requeue --all        every dead job (--status failed|dead|cancelled, --queue Q)
 
     Every id is checked first: if one is unknown or has not ended (or succeeded), nothing
-    is requeued.
+    is requeued. The exit code is 1 if any job was left as it was (another pending job
+    holds its unique key; with --all, also one whose payload this app cannot decode).
     """
     if bool(job_ids) == all_:
         raise click.UsageError("give job ids or --all (not both)")
@@ -111,19 +113,42 @@ def requeue(
     app = open_app(app_spec, url)
     if all_:
         which = JobStatus(status or "dead")
-        moved = app.requeue_all(which, queue)
+        moved, left = requeue_all_counts(app, which, queue)
         where = f" of queue {queue}" if queue else ""
         line = f"requeued {moved} {which.value} job(s){where}"
+        if left:
+            line += (
+                f"; {left} left as they were, each logged with why (most often a payload this "
+                "app cannot decode: pass -A MODULE; or a unique key another pending job holds)"
+            )
         document: dict[str, Any] = {"requeued": moved, "ids": None, "status": which.value,
-                                    "queue": queue}  # fmt: skip
+                                    "queue": queue, "left": left, "left_jobs": None}  # fmt: skip
+        lines = [line]
     else:
-        moved = app.requeue(ids)
-        line = f"requeued {moved} job(s): {', '.join(ids)}"
-        document = {"requeued": moved, "ids": ids, "status": None, "queue": None}
+        done = requeue_ids(app, ids)
+        moved, left = len(done.back), len(done.left)
+        kept = [_left(i, holder) for i, holder in done.left.items()]
+        document = {"requeued": moved, "ids": done.back, "status": None, "queue": None,
+                    "left": left, "left_jobs": kept}  # fmt: skip
+        lines = [f"requeued {moved} job(s)" + (f": {', '.join(done.back)}" if moved else "")]
+        lines += [k["message"] for k in kept]
     if as_json:
         emit_json(document)
     else:
-        click.echo(line)
+        click.echo("\n".join(lines))
+    return 1 if left else 0
+
+
+def _left(job_id: str, holder: str | None) -> dict[str, Any]:
+    """One id ``requeue`` left as it was, and why."""
+    if holder is not None:
+        message = held_message(job_id, holder)
+    else:
+        message = (
+            f"job {job_id} was not requeued: it changed meanwhile (requeued, deleted, purged "
+            "or expired by someone else)"
+        )
+    return {"id": job_id, "held_by": holder, "message": message}
 
 
 @click.command()

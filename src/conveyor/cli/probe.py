@@ -15,9 +15,10 @@ from typing import Any
 
 import click
 
+from .._app import Conveyor
 from .._errors import ConveyorError
 from ..brokers import redact_url
-from ._load import app_options, open_app
+from ._load import app_options, load_app, on_broker
 from ._output import emit_json, json_option
 
 
@@ -34,8 +35,10 @@ class _Probe:
 
 def _ask(probe: _Probe, app_spec: str | None, url: str | None) -> None:
     try:
-        app = open_app(app_spec, url)
-        probe.broker = redact_url(app.url)
+        app = load_app(app_spec)[0] if app_spec else Conveyor(url)
+        # Named before the broker opens: SQLite and PostgreSQL connect as they open.
+        probe.broker = redact_url(url or app.url)  # --url wins, as on_broker makes it
+        on_broker(app, url, app_spec, create=False)
         probe.workers = len(app.broker.workers())
         probe.warnings = app.broker.warnings()
         app.close()

@@ -20,6 +20,9 @@ _QUEUED_CHUNK = 100  # queues per queued script call (ten streams each)
 _FORGET_CHUNK = 100  # queues per forget script call (ten streams each)
 _REQUEUE_CHUNK = 200  # jobs per requeue script call (a call blocks Redis while it runs)
 _ENTRY_FIELDS = (*PAYLOAD_FIELDS, "reason", "updated_at", "status")
+# Past 2**53 a count is a Lua float that reaches Redis as 1e+17, which XRANGE and ZREVRANGE
+# refuse: no Redis holds that many jobs, so a page ends there.
+_COUNT_MAX = 2**53
 
 
 def _entry_order(sid: Any) -> tuple[int, int]:
@@ -118,7 +121,8 @@ class AdminMixin(RedisCore):
         if not self._layout_checked:
             self._check_layout()
         queues = [queue] if queue is not None else self._known_queues()
-        if not queues:
+        limit = min(limit, _COUNT_MAX - offset)
+        if not queues or limit < 1:
             return []
         want = offset + limit
         # Only the page is read, in its order, but for running jobs (a few per worker):
