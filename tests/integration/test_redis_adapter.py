@@ -569,6 +569,58 @@ def test_many_async_waits_share_one_connection_and_leave_the_pool_to_enqueues(
     raw.close()
 
 
+def test_an_async_wait_is_woken_after_the_shared_read_failed_to_connect(
+    fresh_redis_server: RedisServer,
+) -> None:
+    # The loop's shared read (_async._DoneLists) that failed to get its connection (a
+    # restarting Redis, a full pool) stayed marked as running: every later result_async of
+    # the loop waited out its whole slice or timeout though its job had ended.
+    import inspect
+
+    from conveyor import Conveyor
+    from conveyor.worker import Worker
+
+    app = Conveyor(fresh_redis_server.url, prefix=unique_prefix())
+
+    @app.task
+    def one() -> int:
+        return 1
+
+    async def main() -> None:
+        job = await one.delay_async()
+        client, _ = app.broker._aclient()  # type: ignore[attr-defined]
+        pool = client.connection_pool
+        real, failed = pool.get_connection, []
+
+        async def once(*args: Any, **kwargs: Any) -> Any:
+            stack = inspect.stack()
+            if not failed and any(
+                f.function == "_run" and f.filename == _async.__file__ for f in stack
+            ):
+                failed.append(True)
+                raise redis.ConnectionError("connection refused (injected)")
+            return await real(*args, **kwargs)
+
+        pool.get_connection = once
+        with pytest.raises(TimeoutError):
+            await job.result_async(timeout=0.5)
+        assert failed
+        worker = Worker(app, concurrency=1)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        try:
+            started = time.monotonic()
+            assert await job.result_async(timeout=5) == 1
+            assert time.monotonic() - started < 2.0
+        finally:
+            worker.stop()
+            thread.join(10)
+        await app.aclose()
+
+    asyncio.run(main())
+    app.close()
+
+
 @pytest.mark.parametrize("shards", [None, 2])
 def test_a_closed_loops_asyncio_client_is_dropped_with_its_sockets(
     fresh_redis_server: RedisServer, shards: int | None, recwarn: pytest.WarningsRecorder

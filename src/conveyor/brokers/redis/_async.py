@@ -74,7 +74,7 @@ class _DoneLists:
         future: asyncio.Future[None] = loop.create_future()
         self._waiting.setdefault(key, set()).add(future)
         try:
-            if self._task is None:
+            if self._task is None or self._task.done():
                 self._task = loop.create_task(self._run(client))
             elif self._blocked_on is not None and key not in self._blocked_on:
                 await self._poke(client)
@@ -100,10 +100,11 @@ class _DoneLists:
 
     async def _run(self, client: redis.asyncio.Redis) -> None:
         pool = client.connection_pool
-        conn = await pool.get_connection()  # type: ignore[no-untyped-call]
         seconds = f"{_connect.block_slice(client):.3f}"
+        conn: Any = None
         clean = False
         try:
+            conn = await pool.get_connection()  # type: ignore[no-untyped-call]
             while self._waiting:
                 keys = [*self._waiting, self._wake]
                 self._blocked_on, self._poked = frozenset(keys), False
@@ -131,9 +132,10 @@ class _DoneLists:
                     future.set_exception(exc)
         finally:
             self._task, self._blocked_on = None, None  # a waiter from now on starts anew
-            if not clean:
-                await conn.disconnect()
-            await pool.release(conn)
+            if conn is not None:
+                if not clean:
+                    await conn.disconnect()
+                await pool.release(conn)
 
     def _everyone(self) -> list[asyncio.Future[None]]:
         return [future for waiters in self._waiting.values() for future in waiters]
