@@ -357,7 +357,11 @@ class Broker(Admin):
         loop = asyncio.get_running_loop()
         while True:
             left = min(ASYNC_WAIT_SLICE, max(deadline - time.monotonic(), 0.0))
-            record = await loop.run_in_executor(self._wait_threads(), self.wait, job_id, left)
+            try:
+                waited = loop.run_in_executor(self._wait_threads(), self.wait, job_id, left)
+            except RuntimeError:  # closed between the two: the threads of the next pool
+                waited = loop.run_in_executor(self._wait_threads(), self.wait, job_id, left)
+            record = await waited
             if record is not None or time.monotonic() >= deadline:
                 return record
 
@@ -373,8 +377,8 @@ class Broker(Admin):
         """Release connections and files (and the threads of ``wait_async``)."""
         with _WAIT_THREADS_LOCK:
             pool: ThreadPoolExecutor | None = self.__dict__.pop("_waiting_threads", None)
-        if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+        if pool is not None:  # the waits under way end as a wait on a closed broker does
+            pool.shutdown(wait=False)
         super().close()
 
     def payload(self, job_id: str) -> bytes | None:
