@@ -421,7 +421,8 @@ def test_the_redis_adapter_never_trims_its_job_streams() -> None:
     tail). So trimming can never drop a pending entry. Whoever adds trimming must replace
     this test with one showing that a pending entry survives it. Two streams are trimmed,
     and no job is ever in either and no group reads them: the resume signal
-    ``{P}:resumed`` and the event log ``{P}:events`` (common.lua ``publish``, and
+    ``{P}:resumed`` (``RESUMED`` in resume.lua, ``SIGNAL`` in common.lua ``due_soon``) and
+    the event log ``{P}:events`` (common.lua ``publish``, and
     enqueue_one.lua's copy of it for a lone job's event), whose trimming leaves every job
     stream alone (the test below)."""
     folder = Path(_scripts.__file__).parent
@@ -436,6 +437,7 @@ def test_the_redis_adapter_never_trims_its_job_streams() -> None:
     }
     assert trims == {
         "redis.call('XADD', RESUMED, 'MAXLEN', 1, '*', 'queue', ARGV[5])",
+        "redis.call('XADD', SIGNAL, 'MAXLEN', 1, '*', 'queue', name)",
         "if keep then return pcall(redis.call, 'XADD', EVENTS, 'MINID', keep, n, 'e', body) end",
         "added = redis.pcall('XADD', events, 'MINID', math.max(n - ARGV[7] + 1, 0), n, 'e', "
         "ARGV[8])",
