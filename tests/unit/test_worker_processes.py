@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -88,6 +89,73 @@ def crash() -> None:
 async def coro(x: int) -> int:
     await asyncio.sleep(0.01)
     return x + 1
+
+def _note_pid(path: str, pid: int) -> None:
+    with open(path, "a") as f:
+        f.write(f"{pid}\\n")
+
+@app.task(timeout=0.5)
+def fork_then_hang(path: str) -> None:
+    import multiprocessing  # a helper process forked from the child, as libraries do
+    helper = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+    helper.start()
+    _note_pid(path, helper.pid)
+    time.sleep(60)
+
+@app.task
+def fork_then_die(path: str) -> None:
+    helper = os.fork()
+    if helper == 0:  # it holds every descriptor the child held
+        time.sleep(60)
+        os._exit(0)
+    _note_pid(path, helper)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@app.task
+def exec_helper() -> int:
+    import subprocess  # close_fds=False: every inheritable descriptor goes with it
+    return subprocess.Popen(["sleep", "60"], close_fds=False).pid
+
+@app.task
+def stop_helpers() -> list[int | None]:
+    import multiprocessing, subprocess
+    exec_ed = subprocess.Popen(["sleep", "60"])
+    time.sleep(0.2)
+    exec_ed.terminate()
+    try:
+        codes: list[int | None] = [exec_ed.wait(5)]
+    except subprocess.TimeoutExpired:
+        exec_ed.kill()
+        codes = [None]
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        forked = multiprocessing.get_context("fork").Process(target=time.sleep, args=(60,))
+        forked.start()
+        time.sleep(0.2)
+        os.kill(forked.pid, sig)
+        forked.join(5)
+        codes.append(forked.exitcode)
+        if forked.exitcode is None:
+            forked.kill()
+    return codes
+
+@app.task
+def progress_later(started: str, reported: str) -> None:
+    import threading  # left running: it reports once the next job runs in this child
+    job = current_job()
+    def later() -> None:
+        while not os.path.exists(started):
+            time.sleep(0.02)
+        job.progress(0.99, "from the job before")
+        open(reported, "w").close()
+    threading.Thread(target=later, daemon=True).start()
+
+@app.task
+def progress_next(started: str, reported: str) -> str:
+    open(started, "w").close()
+    while not os.path.exists(reported):
+        time.sleep(0.02)
+    time.sleep(0.3)  # the leftover thread's message reached the worker before this result
+    return "next"
 """
 
 
@@ -343,3 +411,118 @@ def test_the_cli_options_reach_the_worker(
     result = CliRunner().invoke(cli, ["worker", "proc_tasks", "--max-child-memory", "512"])
     assert isinstance(result.exception, ConfigurationError)  # `conveyor` prints it, exit 1
     assert "add --pool processes" in str(result.exception)
+
+
+def _kill_noted(path: Path) -> None:
+    """End the helper processes a task noted in ``path``: they outlive its child."""
+    for pid in path.read_text().split() if path.exists() else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(int(pid), signal.SIGKILL)
+
+
+def test_a_time_limit_is_kept_though_the_job_forked_a_process_that_lives_on(
+    tasks: ModuleType, tmp_path: Path
+) -> None:
+    """The forked helper holds the child's end of the job socket, so that socket never
+    closes: the worker sees the killed child end all the same, and its slot comes back."""
+    helpers = tmp_path / "helpers"
+    hung = tasks.fork_then_hang.delay(str(helpers))
+    after = tasks.pid.delay()
+    try:
+        with pool(tasks):
+            with pytest.raises(TaskFailed) as info:
+                hung.result(timeout=15)
+            assert after.result(timeout=30) > 0
+    finally:
+        _kill_noted(helpers)
+    assert info.value.remote_type == "builtins.TimeoutError"
+
+
+def test_a_child_dying_mid_job_is_seen_though_a_process_it_forked_lives_on(
+    tasks: ModuleType, tmp_path: Path
+) -> None:
+    helpers = tmp_path / "helpers"
+    killed = tasks.fork_then_die.delay(str(helpers))
+    after = tasks.pid.delay()
+    try:
+        with pool(tasks, lease=0.6, max_deliveries=1):
+            assert after.result(timeout=15) > 0
+            with pytest.raises(JobDead) as info:
+                killed.result(timeout=15)
+    finally:
+        _kill_noted(helpers)
+    assert info.value.reason.startswith("delivered 2 times without finishing")
+    assert len(helpers.read_text().split()) == 1  # the second delivery was the one too many
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc/<pid>/fd")
+def test_a_program_a_job_starts_does_not_hold_the_job_socket(tasks: ModuleType) -> None:
+    with pool(tasks):
+        helper = tasks.exec_helper.delay().result(timeout=30)
+    try:
+        links = [os.readlink(fd) for fd in Path(f"/proc/{helper}/fd").iterdir()]
+    finally:
+        os.kill(helper, signal.SIGKILL)
+    assert not [link for link in links if link.startswith("socket:")], links
+
+
+def test_processes_a_job_starts_stop_on_sigterm_and_sigint(tasks: ModuleType) -> None:
+    """A child does not act on the stop signals (``test_children_ignore_stop_signals...``),
+    but what its job starts, exec'd or forked, does: ``terminate()`` ends it, and SIGINT
+    raises KeyboardInterrupt in a forked Python."""
+    with pool(tasks):
+        codes = tasks.stop_helpers.delay().result(timeout=30)
+    assert codes == [-signal.SIGTERM, -signal.SIGTERM, 1]
+
+
+def test_progress_from_a_thread_the_job_before_left_is_not_the_next_jobs(
+    tasks: ModuleType, tmp_path: Path
+) -> None:
+    started, reported = str(tmp_path / "started"), str(tmp_path / "reported")
+    before = tasks.progress_later.delay(started, reported)
+    after = tasks.progress_next.delay(started, reported)  # same child: one slot
+    with pool(tasks):
+        assert after.result(timeout=30) == "next"
+    assert before.status is JobStatus.SUCCEEDED
+    assert after.progress == (None, None)
+
+
+SLOW_IMPORT = """
+import os, sys, time
+from conveyor import Conveyor
+
+app = Conveyor("memory://")
+
+if sys.argv[0].endswith("_child.py"):  # only a pool process's import takes a minute
+    with open({pids!r}, "a") as f:
+        f.write(f"{{os.getpid()}}\\n")
+    time.sleep(60)
+"""
+
+
+def test_a_stop_while_the_children_import_the_app_kills_them_and_ends_the_run(
+    write_module: Callable[[str, str], ModuleType], tmp_path: Path
+) -> None:
+    pids = tmp_path / "pids"
+    slow = write_module("proc_slow", SLOW_IMPORT.format(pids=str(pids)))
+    worker = Worker(slow.app, pool="processes", concurrency=2, module="proc_slow")
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(_noted(pids)) < 2:
+            time.sleep(0.05)
+        assert len(_noted(pids)) == 2
+        began = time.monotonic()
+        worker.stop()
+        thread.join(10)
+        assert not thread.is_alive()
+        assert time.monotonic() - began < 5
+        assert not any(alive(pid) for pid in _noted(pids))
+    finally:
+        _kill_noted(pids)
+        thread.join(10)
+
+
+def _noted(path: Path) -> list[int]:
+    return [int(pid) for pid in path.read_text().split()] if path.exists() else []

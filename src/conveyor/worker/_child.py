@@ -23,6 +23,7 @@ import signal
 import sys
 import threading
 from multiprocessing.connection import Connection
+from types import FrameType
 from typing import Any
 
 import msgspec
@@ -56,9 +57,9 @@ def import_app(spec: str) -> Conveyor:
 
 
 def main(fd: int) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _leave_stop_signals_to_the_worker()
     signal.pthread_sigmask(signal.SIG_SETMASK, set())  # the parent blocked them to start us
+    os.set_inheritable(fd, False)  # a program a task starts must not keep the socket open
     conn = Connection(fd)
     send_lock = threading.Lock()
 
@@ -90,6 +91,27 @@ def main(fd: int) -> None:
     if hooks is not None:
         hooks.worker_stop(me)
     let_go(before, f"worker process {os.getpid()}")
+
+
+def _leave_stop_signals_to_the_worker() -> None:
+    """SIGINT and SIGTERM do nothing here: Heroku and a terminal's Ctrl-C signal the whole
+    process group, and the worker decides what happens to the job. A handler rather than
+    ``SIG_IGN``, which every process a task starts would inherit (``Popen.terminate()``
+    would not end a helper): exec resets a handler to the default, and a fork gets the
+    defaults back below."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _ignore)
+        signal.siginterrupt(signum, False)  # restart system calls, as when ignored
+    os.register_at_fork(after_in_child=_default_stop_signals)
+
+
+def _ignore(signum: int, frame: FrameType | None) -> None:
+    pass
+
+
+def _default_stop_signals() -> None:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def _me(worker: WorkerProcess | None) -> WorkerProcess:
@@ -127,7 +149,8 @@ def _run(
     if hooks is not None:
         fn = wrap(hooks, fn, message)
     delivery = Delivery(message.id, message.queue, b"", "", deliveries)
-    job = make_current_job(message, delivery, lambda v, n: send(("progress", v, n)))
+    # The job's id goes along: a thread this job leaves running may report during the next.
+    job = make_current_job(message, delivery, lambda v, n: send(("progress", message.id, v, n)))
     if inspect.iscoroutinefunction(fn):
         try:
             return asyncio.run(acall(fn, message, job, results))

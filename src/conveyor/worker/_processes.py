@@ -11,9 +11,14 @@ threads here wait for, poll and kill them, and ``subprocess`` serialises its ``w
 calls, so a child reaped by one thread is never mistaken for a live one (and its pid never
 signalled after reuse) by another.
 
-Children ignore SIGINT and SIGTERM: Heroku and a terminal's Ctrl-C signal the whole process
-group, and the parent decides what happens to the jobs. A child whose parent dies sees its
-socket close and exits at once, abandoning its job to lease expiry like any crashed worker.
+Children do nothing on SIGINT and SIGTERM: Heroku and a terminal's Ctrl-C signal the whole
+process group, and the parent decides what happens to the jobs (the processes their tasks
+start get the default behaviour back). A child whose parent dies sees its socket close and
+exits at once, abandoning its job to lease expiry like any crashed worker.
+
+The parent learns that a child ended from the process, not only from its socket closing: a
+process the child's task forked keeps every descriptor the child had, its end of the socket
+too, and may outlive it by hours.
 
 A child that dies by itself in the middle of a job (SIGKILL from the out-of-memory killer, a
 segfault, ``os._exit``) is treated exactly like a worker that died: the job gets no outcome,
@@ -56,6 +61,8 @@ from ._threads import Abandon, Done, Report
 log = logging.getLogger("conveyor.worker")
 
 _READY_TIMEOUT = 120.0  # importing a big app in a fresh interpreter can take a while
+_WATCH = 0.5  # how often a wait for a child's message looks whether it ended, or the worker stops
+_HALTED = "the worker stops"
 # How long a retired child may take to exit (atexit handlers, threads a task left running)
 # before it is killed: it holds no job by then, and its replacement waits for its exit.
 RETIRE_PATIENCE = 10.0
@@ -142,12 +149,25 @@ class ProcessRunner:
     def start(self) -> None:
         self._closing = False
         starting = [self._spawn() for _ in range(self._size)]
-        for child in starting:
-            error = self._await_ready(child)
+        for i, child in enumerate(starting):
+            error = self._await_ready(child, stoppable=True)
+            if error is _HALTED:  # a stop while the app imports: no job will come
+                self._drop(starting[i:])
+                return
             if error is not None:
                 self.shutdown()
                 raise ConfigurationError(f"a worker process could not load {self._spec!r}: {error}")
             self._adopt(child)
+
+    def _drop(self, children: list[_Child]) -> None:
+        """Kill children that have not started; the adopted ones end with ``shutdown``."""
+        for child in children:
+            child.proc.kill()
+        for child in children:
+            child.proc.wait()
+            child.conn.close()
+        with self._lock:
+            self._children.difference_update(children)
 
     def shutdown(self) -> None:
         with self._lock:
@@ -175,8 +195,8 @@ class ProcessRunner:
         ours, theirs = socket.socketpair()
         cmd = [sys.executable, "-m", "conveyor.worker._child", str(theirs.fileno())]
         # Block the stop signals while starting, so one sent to the process group cannot
-        # reach the child before it has set them to ignored (the mask survives exec; a
-        # signal pending when the child ignores it is discarded).
+        # reach the child before its own handlers are set (the mask survives exec; a signal
+        # pending then reaches those handlers).
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             proc = subprocess.Popen(cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL)
@@ -192,12 +212,17 @@ class ProcessRunner:
             self._children.add(child)
         return child
 
-    def _await_ready(self, child: _Child) -> str | None:
-        """None once the child has imported the app; else why it could not."""
+    def _await_ready(self, child: _Child, *, stoppable: bool = False) -> str | None:
+        """None once the child has imported the app; else why it could not (``_HALTED`` if
+        ``stoppable`` and the worker stops meanwhile)."""
         deadline = time.monotonic() + _READY_TIMEOUT
         try:
             while True:
-                if not child.conn.poll(max(deadline - time.monotonic(), 0.0)):
+                if not child.conn.poll(min(max(deadline - time.monotonic(), 0.0), _WATCH)):
+                    if stoppable and self._halted():
+                        return _HALTED
+                    if time.monotonic() < deadline:
+                        continue
                     child.proc.kill()
                     return f"no answer within {_READY_TIMEOUT:.0f} s"
                 kind, detail = child.conn.recv()
@@ -263,9 +288,11 @@ class ProcessRunner:
 
     def _read(self, child: _Child) -> None:
         while True:
+            if not child.conn.poll(_WATCH) and not _ended(child):
+                continue
             try:
                 kind, *rest = child.conn.recv()
-            except (EOFError, OSError):
+            except (EOFError, OSError):  # or BlockingIOError: it ended, all it sent was read
                 break
             except BaseException as exc:  # read whole, so the next message is in step
                 log.warning("worker process %s sent a message that cannot be read here "
@@ -281,8 +308,10 @@ class ProcessRunner:
         self._died(child)
 
     def _handle(self, child: _Child, kind: str, rest: list[Any]) -> None:
-        if kind == "progress" and child.attempt is not None:
-            self._report(child.attempt, rest[0], rest[1])
+        if kind == "progress":
+            attempt = child.attempt  # not a job before it, whose thread may still report
+            if attempt is not None and attempt.job_id == rest[0]:
+                self._report(attempt, rest[1], rest[2])
         elif kind == "done":
             self._finished(child, rest[0])
         elif kind == "log":
@@ -395,6 +424,16 @@ class ProcessRunner:
             delay = self._backoff.next()
             log.error("cannot start a worker process (%s); retrying in %.1f s", error, delay)
             time.sleep(delay)
+
+
+def _ended(child: _Child) -> bool:
+    """Whether ``child``'s process ended, though its end of the socket may still be open (a
+    process its task forked holds it): if so, what it sent is read from now on without
+    waiting for more, and a message it was killed in the middle of ends the reading."""
+    if child.proc.poll() is None:
+        return False
+    os.set_blocking(child.conn.fileno(), False)
+    return True
 
 
 def _stopped(attempt: Attempt, why: str) -> Result:
