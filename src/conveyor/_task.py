@@ -45,8 +45,9 @@ class Options:
     retry_on: tuple[type[BaseException], ...] = ()
     """The exception classes that are retried, one or a list; empty: any ``Exception``."""
     backoff: float = 1.0
-    """The first retry's delay in seconds (or a ``timedelta``); it doubles each retry, with
-    jitter."""
+    """The scale of the retries' delays in seconds (or a ``timedelta``): retry n waits a
+    random time below ``backoff * 2**n`` (full jitter, capped at an hour), so the first one
+    waits less than ``backoff``, and no minimum wait is guaranteed."""
     timeout: float | None = None
     """A time limit in seconds: ``SoftTimeLimit`` is raised in the task (thread pool), an
     ``async def`` task is cancelled (``asyncio.CancelledError``; the job records
@@ -199,7 +200,9 @@ _RULES: dict[str, Callable[[Any], Any]] = {
     "priority": validate_priority,
     "retries": lambda v: whole("retries", v, 0, MAX_RETRIES, "retries=3"),
     "retry_on": _retry_on,
-    "backoff": lambda v: seconds("backoff", v, example="backoff=2 (the first retry's delay)"),
+    "backoff": lambda v: seconds(
+        "backoff", v, example="backoff=2 (the first retry waits a random time below it)"
+    ),
     "timeout": _optional(
         lambda v: seconds("timeout", v, strictly=True, example="timeout=30, or None for none")
     ),
