@@ -77,13 +77,22 @@ _FINISH_ENDED = (
 # leaves a dead row version, and renewing every held job each second made ten times the
 # row versions of a renewal each third of a 30 s lease. The states are read either way,
 # from the statement's snapshot (the UPDATE changes none of what is read).
+# A row another transaction holds is left for the next renewal, not waited for: an open
+# transaction that enqueued a job depending on this one holds it (FOR SHARE, till it ends),
+# and waiting held up the renewal of every other job of the batch, whose leases ran out and
+# whose jobs ran again elsewhere. Nobody takes the held job meanwhile: the reclaim skips
+# locked rows too.
 _RENEW = """
 WITH d AS (SELECT * FROM unnest(%(ids)s::text[], %(tokens)s::text[]) AS d(id, token)),
+due AS (
+    SELECT j.id FROM {s}.jobs j JOIN d ON j.id = d.id
+    WHERE j.status = 'running' AND j.token = d.token
+        AND j.lease_until < {s}.clock(%(now)s) + %(lease)s * 2 / 3
+    FOR NO KEY UPDATE OF j SKIP LOCKED
+),
 renewed AS (
     UPDATE {s}.jobs j SET lease_until = {s}.clock(%(now)s) + %(lease)s
-    FROM d
-    WHERE j.id = d.id AND j.status = 'running' AND j.token = d.token
-        AND j.lease_until < {s}.clock(%(now)s) + %(lease)s * 2 / 3
+    FROM due WHERE j.id = due.id
 )
 SELECT j.id, j.token, j.cancel_requested FROM {s}.jobs j JOIN d ON j.id = d.id
 WHERE j.status = 'running' AND j.token = d.token
