@@ -25,7 +25,7 @@ from ._errors import (
     ValidationError,
 )
 from ._events import Event
-from ._hooks import Hooks, Sending, check_middleware
+from ._hooks import Hooks, Sending, check_middleware, check_middleware_list
 from ._job import Job
 from ._message import Envelope, JobStatus, Message, validate_job_id, validate_queue
 from ._requeue import requeue, requeue_all
@@ -138,7 +138,7 @@ class Conveyor:
         self.middleware: tuple[Middleware, ...] = ()
         """The middleware, in registration order."""
         self._hooks: Hooks | None = None  # None: no middleware, and no cost on any path
-        for m in middleware:
+        for m in check_middleware_list(middleware):
             self.add_middleware(m)
         if broker is None:
             # Parse now so a bad URL fails where the app is made, not at the first job; and

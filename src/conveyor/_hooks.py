@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
@@ -38,12 +38,41 @@ Bound = tuple[tuple[Middleware, Callable[..., None]], ...]
 
 
 def check_middleware(middleware: object) -> Middleware:
+    if isinstance(middleware, type) and issubclass(middleware, Middleware):
+        name = middleware.__name__
+        raise ConfigurationError(
+            f"{name} is a Middleware class: pass an instance, {name}(), not the class"
+        )
     if not isinstance(middleware, Middleware):
         raise ConfigurationError(
             f"{middleware!r} is not a conveyor.Middleware: subclass it and override the hooks "
-            "you need (docs/observability.md)"
+            "you need, then pass an instance (docs/observability.md)"
         )
     return middleware
+
+
+def check_middleware_list(given: object) -> list[Middleware]:
+    """``middleware=``: a list of instances (any iterable but a string). A middleware on
+    its own, its name or its class would otherwise be iterated, or fail to be."""
+    if isinstance(given, Middleware | str | bytes) or not isinstance(given, Iterable):
+        raise ConfigurationError(
+            f"middleware= takes a list of instances, as middleware=[{_example(given)}], "
+            f"not {given!r}"
+        )
+    return [check_middleware(m) for m in given]
+
+
+def _example(given: object) -> str:
+    """The call that makes the middleware ``given`` seems to mean."""
+    if isinstance(given, Middleware):
+        name = type(given).__name__
+    elif isinstance(given, type) and issubclass(given, Middleware):
+        name = given.__name__
+    elif isinstance(given, str) and given.rpartition(".")[2].isidentifier():
+        name = given.rpartition(".")[2]  # "pkg.M": import M, then make one
+    else:
+        name = "MyMiddleware"
+    return f"{name}()"
 
 
 def _overrides(middleware: Middleware, name: str) -> bool:

@@ -107,7 +107,8 @@ class Outcome(msgspec.Struct, frozen=True):
       payload, an unknown or untrusted task). It may never have run, and its message may
       be unreadable: then the hook's ``message`` is None and ``task`` is None here;
     * ``released``: the worker let go of it without an outcome (handed back when the worker
-      stopped, or its process died); the job runs again.
+      stopped, or its process died), or the run ended after the worker had lost the job's
+      lease (it stalled past it) and the job went on elsewhere; the job runs again, or ran.
 
     ``duration`` is the seconds from handing the job to the pool to the end of its run
     (None if it did not run). ``error`` is what failed it: the exception the task raised

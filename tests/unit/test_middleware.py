@@ -9,7 +9,7 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
@@ -33,7 +33,9 @@ from conveyor import (
     current_job,
 )
 from conveyor._clock import FakeClock
-from conveyor._message import Envelope
+from conveyor._message import Delivery, Envelope
+from conveyor.brokers import LeaseState
+from conveyor.brokers.memory import MemoryBroker
 from conveyor.middleware import (
     MAX_HEADER_KEY,
     MAX_HEADERS,
@@ -222,6 +224,27 @@ def test_only_middleware_can_be_added() -> None:
     app = Conveyor("memory://")
     with pytest.raises(ConfigurationError, match="subclass it"):
         app.add_middleware(print)  # type: ignore[arg-type]
+    assert app.middleware == ()
+
+
+def test_a_middleware_given_the_wrong_way_says_how_to_give_it() -> None:
+    class M(Middleware):
+        pass
+
+    # Not a list of instances: the middleware itself, its class, its name, not iterable.
+    for given, example in [(M(), "M"), (M, "M"), ("pkg.M", "M"), (42, "MyMiddleware")]:
+        with pytest.raises(
+            ConfigurationError, match=rf"list of instances, as middleware=\[{example}\(\)\]"
+        ):
+            Conveyor("memory://", middleware=given)  # type: ignore[arg-type]
+    # The class, not an instance of it.
+    with pytest.raises(ConfigurationError, match=r"pass an instance, M\(\), not the class"):
+        Conveyor("memory://", middleware=[M])  # type: ignore[list-item]
+    app = Conveyor("memory://")
+    with pytest.raises(ConfigurationError, match=r"pass an instance, M\(\), not the class"):
+        app.add_middleware(M)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match=r"not a conveyor\.Middleware"):
+        app.add_middleware("pkg.M")  # type: ignore[arg-type]
     assert app.middleware == ()
 
 
@@ -767,6 +790,95 @@ def test_a_job_handed_back_at_shutdown_is_released(rec: Recorder) -> None:
     assert outcome.duration is not None
     assert worker.app.job(job_id).status is JobStatus.QUEUED  # back for the next worker
     assert [h for _, h, _ in rec.calls][-1] == "on_worker_stop"
+
+
+class Reclaimed(MemoryBroker):
+    """A memory broker that says when a renewal found a lease lost."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.lost = threading.Event()
+
+    def renew(self, deliveries: Sequence[Delivery], lease: float) -> list[LeaseState]:
+        states = super().renew(deliveries, lease)
+        if LeaseState.LOST in states:
+            self.lost.set()
+        return states
+
+
+@pytest.mark.parametrize("ends", ["raises", "returns"])
+def test_a_run_whose_lease_was_lost_is_released_not_reported(
+    rec: Recorder, ends: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    clock = FakeClock()
+    broker = Reclaimed(clock)
+    app = Conveyor(broker=broker, clock=clock, middleware=[rec])
+    stolen: list[Delivery] = []
+
+    @app.task(retries=1)
+    def stalls() -> str:
+        clock.advance(100)  # the worker "froze" past its lease...
+        stolen.extend(app.broker.fetch(["default"], "other-worker", 1, 30, 0))  # ...reclaimed
+        assert broker.lost.wait(10)  # and its next renewal heard so
+        if ends == "raises":
+            raise ValueError("late")
+        return "late"
+
+    job = stalls.delay()
+    worker = Worker(app, lease=0.3, concurrency=1)  # one slot: it cannot reclaim it itself
+    with caplog.at_level(logging.WARNING, "conveyor.worker"), running(worker):
+        deadline = time.monotonic() + 10
+        while "was refused" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.02)
+    assert len(stolen) == 1 and job.status is JobStatus.RUNNING  # the other worker's now
+    (outcome,) = rec.hooks("on_outcome")
+    assert outcome.status == "released" and outcome.job_id == job.id
+    assert outcome.error is None and outcome.duration is not None
+    assert rec.hooks("on_retry") == rec.hooks("on_failure") == []
+
+
+class OutcomesOnly(Middleware):
+    """Only ``on_outcome``: the worker keeps the run's error without run hooks."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[Outcome] = []
+
+    def on_outcome(self, message: Message | None, outcome: Outcome) -> None:
+        self.outcomes.append(outcome)
+
+
+@pytest.mark.parametrize("pool", ["threads", "async"])
+@pytest.mark.parametrize("hooks", ["runs", "outcomes"])
+def test_a_time_limit_reaches_the_hooks_described(pool: str, hooks: str) -> None:
+    rec = Recorder()
+    only = OutcomesOnly()
+    app = Conveyor("memory://", middleware=[rec if hooks == "runs" else only])
+
+    if pool == "async":
+
+        @app.task(timeout=0.2)
+        async def long_async() -> None:
+            await asyncio.sleep(30)
+
+        job = long_async.delay()
+    else:
+
+        @app.task(timeout=0.2)
+        def long_sync() -> None:
+            for _ in range(600):
+                time.sleep(0.05)
+
+        job = long_sync.delay()
+    with running(Worker(app, pool=pool)), pytest.raises(TaskFailed, match="time limit") as info:
+        job.result(timeout=30)
+    described = info.value.remote_message
+    assert described == "the job ran past its time limit of 0.2 s; it was interrupted"
+    errors = [o.error for o in (rec.hooks("on_outcome") or only.outcomes)]
+    if hooks == "runs":
+        errors += [run.error for _, run in rec.hooks("after_run")]
+    assert len(errors) == (2 if hooks == "runs" else 1)
+    for error in errors:
+        assert type(error) is SoftTimeLimit and str(error) == described
 
 
 def test_every_on_running_gets_one_outcome_under_load(rec: Recorder) -> None:

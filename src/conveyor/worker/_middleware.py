@@ -12,7 +12,9 @@ uses ``HookedConsumer``, which calls the hooks at the points where the plain one
 * ``_record`` (every outcome passes there before the finisher writes it): ``on_outcome``
   and then ``on_retry``, ``on_failure`` or ``on_dead_letter``.
 * ``release``, ``abandon``, ``_let_go`` and a buffered job dropped at its turn: a
-  ``released`` outcome for a job that was running.
+  ``released`` outcome for a job that was running. So is a run that ends after its lease
+  was lost (``attempt.lost``): the broker refuses its outcome and the job goes on
+  elsewhere, so its late end is no retry, failure or success of the job's.
 
 Each job that got ``on_running`` gets exactly one outcome: ``_held`` holds it until one
 path claims it.
@@ -114,7 +116,7 @@ def _keeping(fn: Callable[..., Any], attempt: Attempt) -> Callable[..., Any]:
             try:
                 return await fn(*args, **kwargs)
             except BaseException as exc:
-                attempt.run = Run(error=exc)
+                attempt.run = Run(error=_seen(exc, attempt))
                 raise
 
         return run_async
@@ -123,22 +125,28 @@ def _keeping(fn: Callable[..., Any], attempt: Attempt) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except BaseException as exc:
-            attempt.run = Run(error=exc)
+            attempt.run = Run(error=_seen(exc, attempt))
             raise
 
     return run_sync
 
 
 def _seen(exc: BaseException, attempt: Attempt | None) -> BaseException:
-    """What ``after_run`` is told ended the run: the worker's own stop signals are shown as
-    what they mean, not as the private exceptions that carry them."""
+    """What the hooks are told ended the run: the worker's own stop signals are shown as
+    what they mean, with the words the job's result has, not as the private exceptions
+    (or, from the thread pool, the bare ``SoftTimeLimit`` class) that carry them."""
     why = attempt.stop if attempt is not None else None
-    # issubclass of the real type: isinstance() would ask a task's exception its __class__
-    if why is None or not issubclass(type(exc), Interrupted | asyncio.CancelledError):
+    if why is None:
+        return exc
+    kind = type(exc)  # the real type: isinstance() would ask a task's exception its __class__
+    bare = why == TIMEOUT and kind is SoftTimeLimit and not exc.args
+    if not (bare or issubclass(kind, Interrupted | asyncio.CancelledError)):
         return exc
     if why == TIMEOUT:
         assert attempt is not None and attempt.message is not None
-        return SoftTimeLimit(f"the job ran past its time limit of {attempt.message.timeout} s")
+        return SoftTimeLimit(
+            f"the job ran past its time limit of {attempt.message.timeout} s; it was interrupted"
+        )
     return JobCancelled(f"the worker stopped the run ({why})")
 
 
@@ -171,8 +179,11 @@ class HookedConsumer(Consumer):
     def _record(self, attempt: Attempt, finish: Finish) -> None:
         if self._reports:
             try:
-                outcome = self._outcome(attempt, finish)
-                if outcome is not None and (outcome.duration is None or self._claim(attempt)):
+                if attempt.lost:  # its outcome will be refused: the job went on elsewhere
+                    self._released(attempt)
+                elif (outcome := self._outcome(attempt, finish)) is not None and (
+                    outcome.duration is None or self._claim(attempt)
+                ):
                     self.hooks.outcome(attempt.message, outcome)
             except Exception:  # a bug here must not cost the job its outcome
                 log_job(logging.ERROR, attempt, "job %s: cannot tell the middleware its outcome",
