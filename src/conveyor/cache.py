@@ -204,7 +204,10 @@ class Cached(Generic[F]):
         position, the others by name."""
         if self._signature is None:
             return args, kwargs
-        bound = self._signature.bind(*args, **kwargs)
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError:  # e.g. a decorator's wrapper that supplies an argument itself
+            return args, kwargs  # (its signature is the wrapped function's): as called
         args, kwargs = bound.args, bound.kwargs
         cut = self._key_positional
         if cut is None or len(args) <= cut:
@@ -296,8 +299,13 @@ class Cached(Generic[F]):
         """Cache ``value``; return it as a hit would (decoded: with JSON, a tuple comes
         back a list), so a caller gets the same from a miss as from a hit."""
         encoded = self._codec.encode_value(value)
+        try:
+            decoded = self._codec.decode_value(encoded)
+        except SerializationError as exc:  # a value pickle writes but cannot read back
+            log.warning("cached %s: not caching a value that does not decode: %s", self.name, exc)
+            return value
         self._kv().set(key, encoded, self.ttl)
-        return self._codec.decode_value(encoded)
+        return decoded
 
 
 class _BoundCached:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 from pathlib import Path
@@ -276,6 +277,50 @@ def test_a_key_function_gets_the_arguments_alike_however_they_were_passed(
     spread.cache_key(1, 2, 3, 4, e=5)
     spread.cache_key(1, b=2)
     assert seen == [((1, 2, 3, 4), {"e": 5}), ((1, 2), {})]
+
+
+def test_a_key_function_gets_the_call_as_made_when_the_signature_does_not_fit_it(
+    app: Conveyor,
+) -> None:
+    # A decorator's wrapper that supplies an argument itself (functools.wraps: its
+    # signature is the wrapped function's) could not be bound: every call raised TypeError.
+    def with_db(fn: Any) -> Any:
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn("db", *args, **kwargs)
+
+        return wrapper
+
+    @app.cached(ttl=60, key=lambda user_id: f"u{user_id}")
+    @with_db
+    def load_user(db: str, user_id: int) -> int:
+        return user_id * 10
+
+    assert load_user(5) == load_user(5) == 50
+    assert load_user.cache_key(5) == f"cache:{load_user.name}:u5"
+
+
+class _TwoArguments(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"{code}: {detail}")
+
+
+def test_a_value_the_codec_cannot_read_back_is_returned_and_not_cached() -> None:
+    # With pickle, a value can encode and fail to decode (an exception whose __init__
+    # takes other arguments): returning the decoded copy made every call fail, and the
+    # entry that cannot be read was written anyway.
+    with Conveyor("memory://", serializer="pickle", secret="s3") as app:
+        calls = 0
+
+        @app.cached(ttl=60)
+        def check(x: int) -> _TwoArguments:
+            nonlocal calls
+            calls += 1
+            return _TwoArguments(x, "bad")
+
+        assert str(check(1)) == str(check(1)) == "1: bad"
+        assert calls == 2
+        assert app.broker.kv.get(check.cache_key(1)) is None  # nothing written
 
 
 def test_keys_differ_per_function_and_per_argument(app: Conveyor) -> None:
