@@ -9,18 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
+import psycopg.errors
 import pytest
 import sqlalchemy
 from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 from conveyor import Conveyor, InvalidOption
-from conveyor._errors import ConfigurationError, DependencyNotFound
+from conveyor._errors import BrokerError, BrokerUnavailable, ConfigurationError, DependencyNotFound
 from conveyor._message import JobStatus
 from conveyor.testing import drain
 from postgres_server import _admin_connect, _with_database, drop_schema, schema_url, unique_schema
@@ -316,6 +318,179 @@ def test_a_trim_in_an_open_transaction_never_holds_up_a_workers_finish(
             ended = _status(app, job.id)
         worker.join(20)  # (without the fix it went on once the transaction committed)
         assert ended is JobStatus.SUCCEEDED
+    finally:
+        conn.close()
+        app.close()
+        drop_schema(postgres_url, schema)
+
+
+def _database_name(url: str) -> str:
+    return url.rsplit("/", 1)[1].split("?", maxsplit=1)[0]
+
+
+def _told_as_callers(exc: BrokerError, shop: Shop) -> None:
+    """Said of the caller's connection and database, not of the broker and its URL."""
+    said = str(exc)
+    assert f"your connection (database '{_database_name(shop.database)}')" in said
+    assert "postgresql://" not in said and "PL/pgSQL" not in said and "CONTEXT" not in said
+    assert not isinstance(exc, BrokerUnavailable)
+
+
+def test_an_error_of_the_callers_own_statement_is_told_as_the_callers(shop: Shop) -> None:
+    """In pipeline mode the error of the application's own statement comes back with the
+    enqueue: it is not the broker's, and `conveyor migrate` would not help."""
+    shop.send_receipt.options(connection=shop.conn).delay(1)  # checked
+    shop.conn.rollback()
+    with pytest.raises(BrokerError) as caught, shop.conn.pipeline():
+        shop.conn.execute("INSERT INTO no_such_orders VALUES (1)")
+        shop.send_receipt.options(connection=shop.conn).delay(2)
+    _told_as_callers(caught.value, shop)
+    assert isinstance(caught.value.__cause__, psycopg.errors.UndefinedTable)
+    assert 'relation "no_such_orders" does not exist' in str(caught.value)
+    assert "roll it back" in str(caught.value) and "migrate" not in str(caught.value)
+    shop.conn.rollback()
+
+
+@pytest.mark.parametrize("gone", ["function", "schema"])
+def test_conveyors_own_missing_function_or_schema_still_says_migrate(shop: Shop, gone: str) -> None:
+    shop.send_receipt.options(connection=shop.conn).delay(1)  # checked
+    shop.conn.rollback()
+    with psycopg.connect(shop.database, autocommit=True) as admin:
+        if gone == "function":
+            admin.execute(f'ALTER FUNCTION "{shop.schema}".enqueue RENAME TO enqueue_old')
+        else:
+            admin.execute(f'ALTER SCHEMA "{shop.schema}" RENAME TO "{shop.schema}_old"')
+    try:
+        with pytest.raises(BrokerError, match="run `conveyor migrate`") as caught:
+            shop.send_receipt.options(connection=shop.conn).delay(2)
+        _told_as_callers(caught.value, shop)
+        shop.conn.rollback()
+    finally:
+        with psycopg.connect(shop.database, autocommit=True) as admin:
+            if gone == "function":
+                admin.execute(f'ALTER FUNCTION "{shop.schema}".enqueue_old RENAME TO enqueue')
+            else:
+                admin.execute(f'ALTER SCHEMA "{shop.schema}_old" RENAME TO "{shop.schema}"')
+
+
+def test_a_serialization_failure_keeps_psycopgs_error_and_says_to_retry_the_transaction(
+    shop: Shop,
+) -> None:
+    """A REPEATABLE READ transaction enqueueing a unique key another transaction committed
+    after its snapshot: `except psycopg.errors.SerializationFailure` (on `__cause__`) can
+    retry it, and the message says to run the whole transaction again."""
+    with psycopg.connect(shop.database) as late:
+        late.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        late.execute("SELECT 1")  # its snapshot
+        with shop.conn.transaction():
+            shop.send_receipt.options(connection=shop.conn, key="receipt-1").delay(1)
+        with pytest.raises(BrokerError) as caught:
+            shop.send_receipt.options(connection=late, key="receipt-1").delay(1)
+        late.rollback()
+    _told_as_callers(caught.value, shop)
+    assert isinstance(caught.value.__cause__, psycopg.errors.SerializationFailure)
+    assert "SerializationFailure (SQLSTATE 40001)" in str(caught.value)
+    assert "roll it back, then run the whole transaction again" in str(caught.value)
+
+
+@pytest.mark.parametrize("autocommit", [False, True])
+def test_a_read_only_transaction_says_the_transaction_failed(shop: Shop, autocommit: bool) -> None:
+    with psycopg.connect(shop.database, autocommit=autocommit) as conn:
+        conn.execute("SET default_transaction_read_only = on")
+        conn.commit()  # the next transaction is read-only
+        with pytest.raises(BrokerError) as caught:
+            shop.send_receipt.options(connection=conn).delay(1)
+        _told_as_callers(caught.value, shop)
+        assert isinstance(caught.value.__cause__, psycopg.errors.ReadOnlySqlTransaction)
+        said = str(caught.value)
+        if autocommit:  # the statement was a transaction of its own
+            assert "Nothing was written" in said and "transaction failed" not in said
+        else:
+            assert "Your transaction failed" in said and "roll it back" in said
+    assert shop.app.broker.stats() == []
+
+
+def test_an_async_connections_error_is_told_as_the_callers(shop: Shop) -> None:
+    async def main() -> BrokerError:
+        conn = await psycopg.AsyncConnection.connect(shop.database)
+        try:
+            await conn.execute("SET TRANSACTION READ ONLY")
+            with pytest.raises(BrokerError) as caught:
+                await shop.send_receipt.options(connection=conn).delay_async(1)
+            await conn.rollback()
+        finally:
+            await conn.close()
+        return caught.value
+
+    failed = asyncio.run(main())
+    _told_as_callers(failed, shop)
+    assert "Your transaction failed" in str(failed)
+
+
+def test_a_lost_caller_connection_says_the_transaction_did_not_commit(shop: Shop) -> None:
+    """Not `BrokerUnavailable`, whose advice (send again with the same job_id=) cannot
+    bring back the caller's lost transaction."""
+    conn = psycopg.connect(shop.database)
+    try:
+        shop.order(conn, 1)  # the transaction the connection takes down with it
+        pid = conn.info.backend_pid
+        with psycopg.connect(shop.database, autocommit=True) as admin:
+            admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+            while admin.execute(gone, (pid,)).fetchone() != (0,):
+                time.sleep(0.01)
+        with pytest.raises(BrokerError) as caught:
+            shop.send_receipt.options(connection=conn).delay(1)
+    finally:
+        conn.close()
+    _told_as_callers(caught.value, shop)
+    said = str(caught.value)
+    assert "was lost" in said and "Your transaction did not commit" in said
+    assert "job_id=" not in said
+    assert isinstance(caught.value.__cause__, psycopg.OperationalError)
+
+
+def test_a_blocking_send_with_a_sqlalchemy_asyncio_connection_says_to_send_async(
+    shop: Shop,
+) -> None:
+    async def main() -> list[str]:
+        url = shop.database.replace("postgresql://", "postgresql+psycopg://", 1)
+        engine = create_async_engine(url)
+        said = []
+        try:
+            async with AsyncSession(engine) as session, engine.connect() as conn:
+                for given in (session, conn):
+                    with pytest.raises(ConfigurationError) as caught:
+                        shop.send_receipt.options(connection=given).delay(1)
+                    said.append(str(caught.value))
+        finally:
+            await engine.dispose()
+        return said
+
+    for said in asyncio.run(main()):
+        assert "got an asyncio connection: send with delay_async or enqueue_async" in said
+
+
+def test_a_snapshot_older_than_the_schema_says_so(postgres_url: str) -> None:
+    """A REPEATABLE READ transaction that began before the broker created its schema sees
+    the tables but not their rows: the right database, refused for what it is; the next
+    transaction on the connection enqueues."""
+    schema = unique_schema()
+    app = Conveyor(schema_url(postgres_url, schema))
+    conn = psycopg.connect(postgres_url)
+    conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+    try:
+        conn.execute("SELECT 1")  # its snapshot, before the schema
+        app.open()  # migrates: creates the schema
+        with pytest.raises(ConfigurationError) as caught:
+            app.options(connection=conn).enqueue(print, "early")
+        said = str(caught.value)
+        assert "REPEATABLE READ transaction that began before schema" in said
+        assert "conveyor migrate" in said and "pass a connection to the database" not in said
+        conn.rollback()
+        with conn.transaction():
+            job = app.options(connection=conn).enqueue(print, "later")
+        assert _status(app, job.id) is JobStatus.QUEUED
     finally:
         conn.close()
         app.close()

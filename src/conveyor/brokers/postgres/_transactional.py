@@ -14,6 +14,13 @@ schema the broker uses (the schema's ``instance`` number in ``meta`` must match)
 ``ConfigurationError`` says which database it reached. Nothing is written then, and the
 caller's transaction is left as it was.
 
+An error on the caller's connection is told as one (``_failure``): a ``BrokerError`` that
+names that connection's database, not the broker's URL, says what became of the caller's
+transaction (aborted: roll it back, and run it again whole after a serialization failure
+or a deadlock; lost with the connection: it did not commit), and has psycopg's error as
+its ``__cause__``. The broker's own advice (send again with ``job_id=``, run ``conveyor
+migrate``) is not given where it cannot help.
+
 The caller's connection keeps its own ``client_encoding`` (nothing here changes it): a
 unique key that it cannot send, or the database cannot store, is an ``InvalidName`` before
 anything is sent, so the caller's transaction is left as it was then too.
@@ -30,9 +37,9 @@ import psycopg
 from psycopg.rows import tuple_row
 from psycopg.types.array import ListBinaryDumper, ListDumper
 
-from ..._errors import ConfigurationError
+from ..._errors import BrokerError, ConfigurationError
 from ..._message import Envelope
-from ._db import translate
+from ._db import libpq_text
 from ._encoding import codec_of, refusal, unstorable
 from ._enqueue import ENQUEUE, check_keys, enqueue_params, enqueued
 from ._schema import sql
@@ -47,8 +54,22 @@ _KINDS = (
     "a psycopg 3 connection, a SQLAlchemy Session or Connection on postgresql+psycopg://, "
     "or Django's connection"
 )
-_CHECK = "SELECT current_database(), to_regclass(%s) IS NOT NULL"
+_CHECK = (
+    "SELECT current_database(), to_regclass(%s) IS NOT NULL, "
+    "current_setting('transaction_isolation')"
+)
 _INSTANCE = "SELECT value FROM {s}.meta WHERE name = 'instance'"
+_ASYNC = (
+    "connection= got an asyncio connection: send with delay_async or enqueue_async (or pass "
+    "a blocking connection)"
+)
+_SNAPSHOT = ("repeatable read", "serializable")  # one snapshot for the whole transaction
+_RETRY = ("40001", "40P01")  # serialization failure, deadlock: the whole transaction again
+_MISSING = (
+    psycopg.errors.UndefinedTable,
+    psycopg.errors.UndefinedFunction,
+    psycopg.errors.InvalidSchemaName,
+)
 
 
 def _sqlalchemy(connection: Any) -> Any:
@@ -114,13 +135,13 @@ class Transactional:
     def enqueue(
         self, connection: Any, envelopes: Sequence[Envelope], events: Sequence[bytes]
     ) -> list[str]:
+        if type(connection).__module__.startswith("sqlalchemy.ext.asyncio"):
+            raise ConfigurationError(_ASYNC)  # before SQLAlchemy is asked anything
         raw = raw_connection(connection)
         if isinstance(raw, psycopg.AsyncConnection):
-            raise ConfigurationError(
-                "connection= got an asyncio connection: send with delay_async or "
-                "enqueue_async (or pass a blocking connection)"
-            )
+            raise ConfigurationError(_ASYNC)
         params = self._params(raw, envelopes, events)
+        alone = _alone(raw)
         try:
             with _own(psycopg.Cursor(raw, row_factory=tuple_row)) as cur:
                 if raw not in self._checked:
@@ -130,7 +151,7 @@ class Transactional:
                     self._checked.add(raw)
                 return enqueued(cur.execute(self._enqueue, params).fetchone())
         except psycopg.Error as exc:
-            raise translate(exc, self._broker.url) from exc
+            raise self._failure(exc, raw, alone) from exc
 
     async def enqueue_async(
         self, connection: Any, envelopes: Sequence[Envelope], events: Sequence[bytes]
@@ -141,6 +162,7 @@ class Transactional:
         # What the server must say about the keys, asked in a thread (``_params`` checks).
         await self._broker._db.learn_async(e.key for e in envelopes if e.key is not None)
         params = self._params(raw, envelopes, events)
+        alone = _alone(raw)
         try:
             async with _own(psycopg.AsyncCursor(raw, row_factory=tuple_row)) as cur:
                 if raw not in self._checked:
@@ -152,7 +174,7 @@ class Transactional:
                     self._checked.add(raw)
                 return enqueued(await (await cur.execute(self._enqueue, params)).fetchone())
         except psycopg.Error as exc:
-            raise translate(exc, self._broker.url) from exc
+            raise self._failure(exc, raw, alone) from exc
 
     def _params(
         self, raw: Raw, envelopes: Sequence[Envelope], events: Sequence[bytes]
@@ -197,11 +219,18 @@ class Transactional:
     def _verify(self, found: tuple[Any, ...] | None, mark: tuple[Any, ...] | None) -> None:
         """The connection reaches the broker's database and schema: the same ``instance``
         in a database of the same name (a copy of the database, ``createdb -T``, has the
-        instance too; jobs written there would never reach the broker's workers)."""
+        instance too; jobs written there would never reach the broker's workers). The
+        ``meta`` table there without its rows is a snapshot taken before they were written
+        (a REPEATABLE READ or SERIALIZABLE transaction begun before the first migration)."""
         b = self._broker
-        database = found[0] if found else "?"
-        if isinstance(database, bytes):  # an SQL_ASCII connection reads text as bytes
-            database = database.decode(errors="replace")
+        database, isolation = (_text(found[0]), _text(found[2])) if found else ("?", "")
+        if found and found[1] and mark is None and isolation in _SNAPSHOT:
+            raise ConfigurationError(
+                f"connection= is in a {isolation.upper()} transaction that began before "
+                f"schema {b.schema!r} was created, so it sees Conveyor's tables empty: "
+                "commit or roll it back and send in a new transaction, or run `conveyor "
+                "migrate` before the application starts (nothing was enqueued)"
+            )
         same = mark is not None and int(mark[0]) == b.instance
         if same and database == b._db.server_database:
             return
@@ -217,6 +246,61 @@ class Transactional:
             f"{what} the broker's ({b.url}): pass a connection to the database the broker "
             "uses, so the jobs commit with your writes (nothing was enqueued)"
         )
+
+    def _failure(self, exc: psycopg.Error, raw: Raw, alone: bool) -> BrokerError:
+        """An error on the caller's connection, told as one: which connection, what became
+        of the caller's transaction, what to do. ``alone``: the statement was a transaction
+        of its own (an autocommit connection outside ``transaction()``)."""
+        state = exc.sqlstate or ""
+        said = exc.diag.message_primary or str(exc)  # without PL/pgSQL's CONTEXT lines
+        text = libpq_text(psycopg.Error(said), self._broker._db.url.secrets)
+        code = f" (SQLSTATE {state})" if state else ""
+        where = f"your connection (database {_text(raw.info.dbname)!r})"
+        what = f"{type(exc).__module__}.{type(exc).__qualname__}{code}: {text}"
+        if raw.broken or raw.closed:
+            then = (
+                "The job may have been written or not: send it again with the same job_id= "
+                "(a job that was written is not written twice)"
+                if alone
+                else "Your transaction did not commit, the job neither: connect again and "
+                "run the whole transaction again"
+            )
+            return BrokerError(f"{where} was lost: {what}. {then}")
+        retry = state in _RETRY  # a serialization failure or a deadlock passes on a retry
+        if alone:
+            then = "Nothing was written" + ("; send it again" if retry else "")
+        else:
+            then = "Your transaction failed (none of it commits, the job neither): roll it back"
+            then += ", then run the whole transaction again" if retry else ""
+        if isinstance(exc, _MISSING) and _ours(exc, self._broker.schema):
+            then += (
+                ". The Conveyor schema is missing or older than this Conveyor: run "
+                "`conveyor migrate`"
+            )
+        return BrokerError(f"PostgreSQL error on {where}: {what}. {then}")
+
+
+def _alone(raw: Raw) -> bool:
+    """The statement about to run on ``raw`` commits by itself."""
+    idle = raw.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    return raw.autocommit and idle
+
+
+def _ours(exc: psycopg.Error, schema: str) -> bool:
+    """What is missing is Conveyor's, not a relation of the caller's own statement (in
+    pipeline mode, its error comes back with the enqueue's): PostgreSQL names Conveyor's
+    schema or function in the message, or, for what the function reads, in the context."""
+    said, context = exc.diag.message_primary or "", exc.diag.context or ""
+    return (
+        f'schema "{schema}"' in said
+        or f"function {schema}.enqueue(" in said
+        or any(f"function {name}." in context for name in (schema, f'"{schema}"'))
+    )
+
+
+def _text(value: str | bytes) -> str:
+    """Text read through the caller's connection (bytes where it is SQL_ASCII)."""
+    return value.decode(errors="replace") if isinstance(value, bytes) else value
 
 
 C = TypeVar("C", psycopg.Cursor[tuple[Any, ...]], psycopg.AsyncCursor[tuple[Any, ...]])
