@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -525,6 +526,21 @@ def test_async_with_an_app_closes_its_asyncio_connections(
     raw.close()
 
 
+@contextlib.contextmanager
+def _worker_thread(app: Any, concurrency: int) -> Iterator[None]:
+    """A worker of ``app`` running in a thread while the block runs."""
+    from conveyor.worker import Worker
+
+    worker = Worker(app, concurrency=concurrency)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        worker.stop()
+        thread.join(10)
+
+
 @pytest.mark.parametrize("shards", [None, 2])
 def test_many_async_waits_share_one_connection_and_leave_the_pool_to_enqueues(
     fresh_redis_server: RedisServer, shards: int | None
@@ -533,7 +549,6 @@ def test_many_async_waits_share_one_connection_and_leave_the_pool_to_enqueues(
     # pool's connections all waiting (128 by default, 8 here), an enqueue waited for one
     # (?timeout=, 30 s by default) and then failed as if Redis were away.
     from conveyor import Conveyor
-    from conveyor.worker import Worker
 
     raw = fresh_redis_server.client()
     shards_option = f"&shards={shards}" if shards else ""
@@ -551,17 +566,11 @@ def test_many_async_waits_share_one_connection_and_leave_the_pool_to_enqueues(
         blocked = [c for c in raw.client_list() if c["cmd"] in ("blpop", "blmove")]
         assert len(blocked) <= 2  # a shard's blocked read each
         await asyncio.wait_for(double.delay_async(-1), 2)
-        worker = Worker(app, concurrency=4)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        try:
+        with _worker_thread(app, 4):
             assert await asyncio.gather(*waits) == [2 * i for i in range(40)]
             # One more, waited for alone once the others are done: woken as at once.
             job = await double.delay_async(21)
             assert await job.result_async(timeout=5) == 42
-        finally:
-            worker.stop()
-            thread.join(10)
         await app.aclose()
 
     asyncio.run(main())
@@ -578,7 +587,6 @@ def test_an_async_wait_is_woken_after_the_shared_read_failed_to_connect(
     import inspect
 
     from conveyor import Conveyor
-    from conveyor.worker import Worker
 
     app = Conveyor(fresh_redis_server.url, prefix=unique_prefix())
 
@@ -608,16 +616,10 @@ def test_an_async_wait_is_woken_after_the_shared_read_failed_to_connect(
             if failed:
                 break
         assert failed
-        worker = Worker(app, concurrency=1)
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        try:
+        with _worker_thread(app, 1):
             started = time.monotonic()
             assert await job.result_async(timeout=5) == 1
             assert time.monotonic() - started < 2.0
-        finally:
-            worker.stop()
-            thread.join(10)
         await app.aclose()
 
     asyncio.run(main())
