@@ -247,9 +247,11 @@ def _check_keys(name: object) -> None:
 
 def _check_no_arguments(fn: Callable[..., object], name: object) -> None:
     """The scheduler calls a periodic task with no arguments: one that needs some is
-    refused when it is defined, rather than failing at every tick."""
+    refused when it is defined, rather than failing at every tick. The signature read is
+    the function's own, not the one it wraps (a decorator's wrapper may supply the wrapped
+    function's arguments)."""
     try:
-        inspect.signature(fn).bind()
+        inspect.signature(fn, follow_wrapped=False).bind()
     except TypeError as exc:
         raise ConfigurationError(
             f"periodic task {name!r} requires arguments ({exc}), but each tick calls it with "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import threading
 import time
@@ -767,6 +768,20 @@ def test_a_periodic_task_that_requires_arguments_is_refused_at_definition(app: C
     def defaults(tenant: str = "all", *more: str, **extra: str) -> None: ...
 
     app.periodic(every=60, name="defaults")(defaults)  # callable with no arguments
+
+    def with_db(fn: Any) -> Any:  # a decorator that supplies the argument itself
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            return fn("db", *args, **kwargs)
+
+        return wrapper
+
+    @app.periodic(every=60, name="cleanup")
+    @with_db
+    def cleanup(db: str) -> str:
+        return db
+
+    assert cleanup() == "db"
 
 
 def test_an_empty_schedule_name_is_refused_as_a_task_name_is(app: Conveyor) -> None:
