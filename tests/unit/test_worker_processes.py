@@ -112,6 +112,19 @@ def fork_then_die(path: str) -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 @app.task
+def fork_then_die_mid_message(path: str) -> None:
+    import struct, sys
+    helper = os.fork()
+    if helper == 0:  # it holds every descriptor the child held
+        time.sleep(60)
+        os._exit(0)
+    _note_pid(path, helper)
+    # The start of a message to the worker (multiprocessing's 4-byte length, then part of
+    # what it promises), as a child killed while it sends a big log record leaves it.
+    os.write(int(sys.argv[1]), struct.pack("!i", 1_000_000) + b"x" * 1000)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+@app.task
 def exec_helper() -> int:
     import subprocess  # close_fds=False: every inheritable descriptor goes with it
     return subprocess.Popen(["sleep", "60"], close_fds=False).pid
@@ -453,6 +466,23 @@ def test_a_child_dying_mid_job_is_seen_though_a_process_it_forked_lives_on(
         _kill_noted(helpers)
     assert info.value.reason.startswith("delivered 2 times without finishing")
     assert len(helpers.read_text().split()) == 1  # the second delivery was the one too many
+
+
+def test_a_child_killed_mid_message_is_seen_though_a_process_it_forked_lives_on(
+    tasks: ModuleType, tmp_path: Path
+) -> None:
+    # The worker's reader waited for the rest of the message for ever: the forked helper
+    # holds the socket, so no end of file came, and the job and the slot were stuck.
+    helpers = tmp_path / "helpers"
+    killed = tasks.fork_then_die_mid_message.delay(str(helpers))
+    after = tasks.pid.delay()
+    try:
+        with pool(tasks, lease=0.6, max_deliveries=1):
+            assert after.result(timeout=20) > 0
+            with pytest.raises(JobDead):
+                killed.result(timeout=20)
+    finally:
+        _kill_noted(helpers)
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").exists(), reason="reads /proc/<pid>/fd")

@@ -62,6 +62,7 @@ log = logging.getLogger("conveyor.worker")
 
 _READY_TIMEOUT = 120.0  # importing a big app in a fresh interpreter can take a while
 _WATCH = 0.5  # how often a wait for a child's message looks whether it ended, or the worker stops
+_EXIT_GRACE = 2.0  # seconds a reader has, once its child ended, before its read is ended (_watch)
 _HALTED = "the worker stops"
 # How long a retired child may take to exit (atexit handlers, threads a task left running)
 # before it is killed: it holds no job by then, and its replacement waits for its exit.
@@ -105,6 +106,7 @@ class _Child:
     def __init__(self, proc: subprocess.Popen[bytes], conn: Connection) -> None:
         self.proc = proc
         self.conn = conn
+        self.closing = threading.Lock()  # held to close conn, and to shut it down (_watch)
         self.attempt: Attempt | None = None
         self.killed: str | None = None  # why the parent killed it
         self.gone = False  # it ended (its reader saw it): never given a job again
@@ -238,7 +240,30 @@ class ProcessRunner:
             target=self._read, args=(child,), name="conveyor-child-reader", daemon=True
         )
         child.reader.start()
+        threading.Thread(
+            target=self._watch, args=(child,), name="conveyor-child-watch", daemon=True
+        ).start()
         self._idle.put(child)
+
+    def _watch(self, child: _Child) -> None:
+        """Once the child's process has ended, give its reader a moment to read what it
+        sent. A reader still waiting then is in the middle of a message the child was
+        killed in, and a process the child forked holds the socket, so no end of file
+        comes: shutting the socket down ends that read (and so the job)."""
+        child.proc.wait()
+        reader = child.reader
+        if reader is None:
+            return
+        reader.join(_EXIT_GRACE)
+        with child.closing:
+            if reader.is_alive() and not child.conn.closed:
+                sock = socket.socket(fileno=child.conn.fileno())  # the same descriptor
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                finally:
+                    sock.detach()  # conn keeps it, and closes it
 
     # -- jobs ------------------------------------------------------------------------------
 
@@ -381,7 +406,8 @@ class ProcessRunner:
                 attempt.handle = None
             self._children.discard(child)
             replace = not self._closing and child.killed != SHUTDOWN
-        child.conn.close()
+        with child.closing:
+            child.conn.close()
         if attempt is not None:
             self._ended(attempt, child)
         if replace:
@@ -429,7 +455,8 @@ class ProcessRunner:
 def _ended(child: _Child) -> bool:
     """Whether ``child``'s process ended, though its end of the socket may still be open (a
     process its task forked holds it): if so, what it sent is read from now on without
-    waiting for more, and a message it was killed in the middle of ends the reading."""
+    waiting for more, and a message it was killed in the middle of ends the reading (one
+    the reader was already waiting in is ended by ``_watch``)."""
     if child.proc.poll() is None:
         return False
     os.set_blocking(child.conn.fileno(), False)
