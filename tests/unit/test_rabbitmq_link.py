@@ -5,10 +5,14 @@ stand-in connections, a stand-in look at the server)."""
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
+import os
 import time
 import types
 from collections import OrderedDict
+from collections.abc import Coroutine
+from typing import Any
 from unittest import mock
 
 import aiormq.exceptions
@@ -194,3 +198,90 @@ def test_a_reconnection_refused_is_said_once_and_a_close_of_the_links_own_not_at
     link._closing = False
     link._lost(client, asyncio.CancelledError())  # the client's close of a connection
     assert [level for level, _ in _said(caplog)] == [logging.INFO]
+
+
+# -- a publish or a consume that failed -----------------------------------------------------
+
+
+def _refusing() -> Link:
+    """A link as far as its warnings about a publish or a consume need it."""
+    link = Link.__new__(Link)
+    link._url = parse_amqp_url("amqp://conveyor:s3cret@127.0.0.1/jobs?sweep=2")
+    link._prefix, link._warned, link._pid, link._consumed = "app", 0.0, os.getpid(), set()
+    link.confirm_timeout = 5.0
+    return link
+
+
+_ACCESS = aiormq.exceptions.ChannelAccessRefused(
+    "ACCESS_REFUSED - access to queue 'app.default' in vhost 'jobs' refused for user 'conveyor'"
+)
+_MISMATCH = aiormq.exceptions.ChannelPreconditionFailed(
+    "PRECONDITION_FAILED - inequivalent arg 'x-queue-type' for queue 'app.default' in vhost "
+    "'jobs': received 'classic' but current is 'quorum'"
+)
+
+
+@pytest.mark.parametrize(
+    ("exc", "says"),
+    [
+        (
+            _ACCESS,
+            "the user may not use the queues of the virtual host: give it the rights "
+            "(rabbitmqctl set_permissions -p jobs conveyor '.*' '.*' '.*'); until then, jobs "
+            "are in the record store and workers find them on their sweeps (every 2 s)",
+        ),
+        (
+            _MISMATCH,
+            "the queue was declared with other arguments (another queue_type): every producer "
+            "and worker of a virtual host and prefix must use the same queue_type; to switch, "
+            "stop them and delete the queues (rabbitmqctl delete_queue -p jobs app.QUEUE), or "
+            "use another queues= prefix; until then, jobs are in the record store and workers "
+            "find them on their sweeps (every 2 s)",
+        ),
+        (
+            aiormq.exceptions.ConnectionChannelError("connection closed"),
+            "jobs are in the record store and workers find them on their sweeps (every 2 s) "
+            "until RabbitMQ is back",
+        ),
+        (
+            None,  # no confirm in time
+            "jobs are in the record store and workers find them on their sweeps (every 2 s) "
+            "until RabbitMQ is back",
+        ),
+    ],
+    ids=["access-refused", "precondition-failed", "connection", "no-confirm"],
+)
+def test_a_refusal_says_how_to_mend_it_and_a_lost_connection_to_wait(
+    exc: BaseException | None, says: str
+) -> None:
+    """A user without the rights on the virtual host's queues was told that the jobs wait
+    "until RabbitMQ is back", which it was all along: a refusal that waiting does not mend
+    says what to do (the commands docs/rabbitmq.md gives), in the vhost's and user's names,
+    and never shows the password."""
+    link = _refusing()
+    said = _link.advice(exc, link._url, link._prefix)
+    assert said == says and "s3cret" not in said
+
+
+def test_a_consume_and_a_publish_refused_say_so_in_their_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    link = _refusing()
+    caplog.set_level(logging.WARNING, logger="conveyor")
+
+    def refuse(coro: Coroutine[Any, Any, object], timeout: float) -> object:
+        coro.close()
+        raise _ACCESS
+
+    link._run = refuse  # type: ignore[method-assign]
+    link.consume(["default"], 1)
+    link._warned = 0.0  # once in 30 s: the next one is said too
+    refused: concurrent.futures.Future[None] = concurrent.futures.Future()
+    refused.set_exception(_MISMATCH)
+    assert not _link.Sending(link, refused, [("default", "job1")]).confirmed()
+    consume, publish = [text for _, text in _said(caplog)]
+    assert consume.startswith("consuming from RabbitMQ failed (<ChannelAccessRefused: ")
+    assert "rabbitmqctl set_permissions -p jobs conveyor '.*' '.*' '.*'" in consume
+    assert publish.startswith("publishing 1 ticket(s) to RabbitMQ failed (")
+    assert "rabbitmqctl delete_queue -p jobs app.QUEUE" in publish
+    assert "until RabbitMQ is back" not in consume + publish

@@ -44,6 +44,23 @@ def test_connection_timeout_is_conveyors_seconds_not_passed_on() -> None:
     assert parse_amqp_url(AMQP).connection_timeout == DEFAULT_CONNECTION_TIMEOUT == 10
 
 
+def test_reconnect_interval_and_heartbeat_reach_the_client_as_it_reads_them() -> None:
+    """The client reads a value it cannot parse as 0 (``reconnect_interval=abc`` or ``-1``
+    reconnected without a pause, 20,000 times in 3 s; ``heartbeat=30s`` turned heartbeats
+    off): the URL's values are checked (refused below) and written so it reads them right
+    (``1e3``, without a dot, it takes for 0)."""
+    aiormq = pytest.importorskip("aiormq.connection")
+    found = parse_amqp_url(AMQP + "?reconnect_interval=1e3&heartbeat=0&name=app")
+    assert found.connect == AMQP + "?reconnect_interval=1000.0&heartbeat=0&name=app"
+    for given, read in [("0.25", 0.25), ("2", 2), ("1e3", 1000), ("1e-3", 0.001)]:
+        connect = parse_amqp_url(AMQP + "?reconnect_interval=" + given).connect
+        assert aiormq.parse_timeout(connect.rpartition("=")[2]) == read
+    for beat in ("0", "30", "65534"):
+        connect = parse_amqp_url(AMQP + "?heartbeat=" + beat).connect
+        passed = connect.partition("heartbeat=")[2].partition("&")[0]
+        assert aiormq.parse_heartbeat(passed) == int(beat)
+
+
 @pytest.mark.parametrize(
     ("url", "says"),
     [
@@ -54,6 +71,14 @@ def test_connection_timeout_is_conveyors_seconds_not_passed_on() -> None:
         (AMQP + "?sweep=1&sweep=2", "given twice"),
         (AMQP + "?colour=red", "unknown option 'colour'"),
         (AMQP + "?queue_type=stream", "use quorum (default) or classic"),
+        (AMQP + "?reconnect_interval=abc", "value 'abc' for option 'reconnect_interval'; it "),
+        (AMQP + "?reconnect_interval=-1", "it takes seconds, above 0"),
+        (AMQP + "?reconnect_interval=1&reconnect_interval=2", "given twice"),
+        (AMQP + "?heartbeat=30s", "value '30s' for option 'heartbeat'; it takes whole seconds"),
+        (AMQP + "?heartbeat=abc", "from 0 (no heartbeats) to 65534"),
+        (AMQP + "?heartbeat=100000", "from 0 (no heartbeats) to 65534"),
+        (AMQP + "?heartbeat=65535", "from 0 (no heartbeats) to 65534"),
+        (AMQP + "?heartbeat=30&heartbeat=60", "given twice"),
         ("amqp://user:s3cret@rabbit:99999/jobs", "a bad host or port"),
         ("amqp://user:s3cret@rabbit/a/b", "a '/' inside the virtual host"),
         ("amqp://user:s3cret@/jobs", "one host is needed"),

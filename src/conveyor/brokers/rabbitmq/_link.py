@@ -37,15 +37,17 @@ import contextlib
 import functools
 import logging
 import os
+import shlex
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Coroutine, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
+import aiormq.exceptions
 from aio_pika.abc import (
     AbstractChannel,
     AbstractIncomingMessage,
@@ -70,13 +72,34 @@ CONNECT_ATTEMPTS = 3  # each waits the URL's connection_timeout (10 s) for the s
 OPEN_SLACK = 5.0  # seconds an open gets beyond its attempts (its channel, the diagnosis)
 PROBE = 1.0  # seconds the look at whether a server that never answered takes a connection
 CONNECT_TIMEOUT = 35.0  # seconds to declare and start consuming, to close
-_SWEEPS = (
-    "jobs are in the record store and workers find them on their sweeps (every %g s) until "
-    "RabbitMQ is back"
-)
+_SWEEPS = "jobs are in the record store and workers find them on their sweeps (every %g s)"
+_UNTIL_BACK = _SWEEPS + " until RabbitMQ is back"
 
 
 _DRAIN_TIMEOUT = 2.0  # seconds the loop's last tasks get to end when the link closes
+
+
+def advice(exc: BaseException | None, url: RabbitURL, prefix: str) -> str:
+    """What a publish or a consume that failed with ``exc`` leaves, and what to do: a
+    refusal that waiting does not mend (the user's rights, a queue declared with other
+    arguments) says how to mend it; anything else (the connection lost, no confirm in
+    time) mends itself once RabbitMQ is back."""
+    sweeps = _SWEEPS % url.sweep
+    vhost = shlex.quote(url.vhost)
+    if isinstance(exc, aiormq.exceptions.ChannelAccessRefused):
+        user = shlex.quote(unquote(urlsplit(url.connect).username or "guest"))
+        return (
+            f"the user may not use the queues of the virtual host: give it the rights "
+            f"(rabbitmqctl set_permissions -p {vhost} {user} '.*' '.*' '.*'); until then, " + sweeps
+        )
+    if isinstance(exc, aiormq.exceptions.ChannelPreconditionFailed):
+        return (
+            "the queue was declared with other arguments (another queue_type): every "
+            "producer and worker of a virtual host and prefix must use the same queue_type; "
+            "to switch, stop them and delete the queues (rabbitmqctl delete_queue -p "
+            f"{vhost} {prefix}.QUEUE), or use another queues= prefix; until then, " + sweeps
+        )
+    return _UNTIL_BACK % url.sweep
 
 
 async def _cancel_the_rest() -> None:
@@ -167,7 +190,9 @@ class Sending:
             self._future.result(link.confirm_timeout if timeout is None else timeout)
         except Exception as exc:
             self._future.cancel()
-            link._warn(f"publishing {len(self._tickets)} ticket(s) to RabbitMQ failed ({exc!r})")
+            link._warn(
+                f"publishing {len(self._tickets)} ticket(s) to RabbitMQ failed ({exc!r})", exc
+            )
             return False
         return True
 
@@ -301,7 +326,7 @@ class Link:
             self._refusal_said = False
             every = getattr(connection, "reconnect_interval", None)
             log.warning(
-                "lost the connection to RabbitMQ (%s), reconnecting%s: " + _SWEEPS,
+                "lost the connection to RabbitMQ (%s), reconnecting%s: " + _UNTIL_BACK,
                 why,
                 f" every {every:g} s" if isinstance(every, int | float) else "",
                 self._url.sweep,
@@ -352,7 +377,7 @@ class Link:
             self._forked()
             future = asyncio.run_coroutine_threadsafe(self._publish(tickets), self._loop)
         except Exception as exc:
-            self._warn(f"publishing {len(tickets)} ticket(s) to RabbitMQ failed ({exc!r})")
+            self._warn(f"publishing {len(tickets)} ticket(s) to RabbitMQ failed ({exc!r})", exc)
             return Sending(self, None, tickets)  # not confirmed
         return Sending(self, future, tickets)
 
@@ -392,7 +417,7 @@ class Link:
         try:
             self._run(self._consume(new, self._url.prefetch or max(prefetch, 1)), CONNECT_TIMEOUT)
         except Exception as exc:
-            self._warn(f"consuming from RabbitMQ failed ({exc!r})")
+            self._warn(f"consuming from RabbitMQ failed ({exc!r})", exc)
 
     async def _consume(self, queues: list[str], prefetch: int) -> None:
         if self._consumer is None:
@@ -488,11 +513,11 @@ class Link:
         if not self._loop.is_closed():
             asyncio.run_coroutine_threadsafe(coro, self._loop)
 
-    def _warn(self, what: str) -> None:
+    def _warn(self, what: str, exc: BaseException | None = None) -> None:
         now = time.monotonic()
         if now - self._warned > 30:  # once in a while, not once per job
             self._warned = now
-            log.warning("%s: " + _SWEEPS, what, self._url.sweep)
+            log.warning("%s: %s", what, advice(exc, self._url, self._prefix))
 
     def close(self) -> None:
         """Close the connection (RabbitMQ requeues the tickets not settled) and stop the

@@ -28,8 +28,10 @@ Conveyor's options (docs/rabbitmq.md):
     confirmed without a disk write, lost on a restart of RabbitMQ, and live on one node;
     docs/rabbitmq.md says what that gives up).
 
-The client's own options (``CLIENT_OPTIONS``) are passed to it; ``reconnect_interval`` is
-1 s unless given.
+The client's own options (``CLIENT_OPTIONS``) are passed to it, two of them checked first
+(the client reads a value it cannot parse as 0): ``reconnect_interval``, seconds above 0
+(1 unless given; 0 reconnects without a pause, thousands of times a second), and
+``heartbeat``, whole seconds from 0 (none) to ``HEARTBEAT_MAX`` (0 turns heartbeats off).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from decimal import Decimal
 from urllib.parse import unquote
 
 from ..._errors import InvalidURL
@@ -60,6 +63,8 @@ CONVEYOR_OPTIONS = (
 )
 _SECONDS = ("sweep", "confirm_timeout", "connection_timeout")
 CLIENT_OPTIONS = ("heartbeat", "name", "reconnect_interval")
+_CHECKED = ("heartbeat", "reconnect_interval")  # the client's, given once each too
+HEARTBEAT_MAX = 65534  # the client reads 65535 as 0, like any value it cannot parse
 RECONNECT_INTERVAL = "reconnect_interval=1"  # seconds between reconnections (the client's: 5)
 _ENCODE = "percent-encode / ? # @ in a password as %2F %3F %23 %40, and / in a vhost as %2F"
 
@@ -98,6 +103,27 @@ def _positive(shown: str, name: str, text: str, whole: bool) -> float:
     return value
 
 
+def _client_option(shown: str, item: str) -> str:
+    """The client's option ``item`` (``name=value``) as the client gets it: checked where
+    the client would read a bad value as 0, and the seconds written out in full (it reads
+    a value without a dot as a whole number, ``1e3`` as 0)."""
+    name, _, value = item.partition("=")
+    text = unquote(value)
+    if name == "reconnect_interval":
+        seconds = _positive(shown, name, text, whole=False)
+        return f"{name}={format(Decimal(repr(seconds)), 'f')}"
+    if name == "heartbeat":
+        beat = int(text) if re.fullmatch("[0-9]{1,5}", text) else -1
+        if not 0 <= beat <= HEARTBEAT_MAX:
+            raise _bad(
+                shown,
+                f"bad value {text[:40]!r} for option {name!r}",
+                f"it takes whole seconds from 0 (no heartbeats) to {HEARTBEAT_MAX}",
+            )
+        return f"{name}={beat}"
+    return item
+
+
 def parse_amqp_url(url: str) -> RabbitURL:
     """Check an ``amqp://`` or ``amqps://`` URL and read Conveyor's options out of it;
     ``InvalidURL`` says what is wrong and what to write, without the password."""
@@ -126,7 +152,7 @@ def parse_amqp_url(url: str) -> RabbitURL:
         if not item:
             continue
         name, _, value = item.partition("=")
-        if name in CONVEYOR_OPTIONS:
+        if name in CONVEYOR_OPTIONS or name in _CHECKED:
             if name in given:  # else the last would win, unsaid
                 raise _bad(shown, f"option {name!r} is given twice", "give it once")
             given.add(name)
@@ -145,7 +171,7 @@ def parse_amqp_url(url: str) -> RabbitURL:
                     shown, f"bad queue_type {queue_type[:40]!r}", "use quorum (default) or classic"
                 )
         elif name in CLIENT_OPTIONS:
-            kept.append(item)  # the client's own
+            kept.append(_client_option(shown, item))
         else:
             raise _bad(
                 shown,
@@ -156,7 +182,7 @@ def parse_amqp_url(url: str) -> RabbitURL:
     base = f"{p.scheme}://{p.userinfo + '@' if p.userinfo is not None else ''}{p.hosts}"
     if port is None:
         base += f":{_PORTS[scheme]}"
-    if not any(item.startswith("reconnect_interval=") for item in kept):
+    if "reconnect_interval" not in given:
         kept.append(RECONNECT_INTERVAL)
     connect = base + "/" + path + "?" + "&".join(kept)
     prefetch = options.get("prefetch")
