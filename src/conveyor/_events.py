@@ -264,7 +264,11 @@ def _follow(
         if events is None:
             away = True
             continue
-        if away:  # back: from where its log is, should it have gone back (see _behind)
+        # Back, or nothing came in a block: from where its log is, should it have gone back
+        # (see _behind). Not only after an error: a restart quick enough for the client's
+        # own retries (redis-py's) raises none, and left a reader past the emptied log's end
+        # reading nothing until the new numbers caught up.
+        if away or not events:
             away = False
             behind = _behind(broker, after, backoff)
             if behind != after:

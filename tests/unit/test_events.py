@@ -510,6 +510,19 @@ def test_a_follower_reads_on_from_a_log_that_came_back_shorter(
     assert any("now ends at event 30, before event 50" in r.getMessage() for r in caplog.records)
 
 
+def test_a_follower_reads_on_from_a_log_that_came_back_shorter_without_an_error(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A restart quick enough for the client's own retries raises nothing: the reader, past
+    the emptied log's end, read nothing until its numbers caught up (millions of events)."""
+    log = _Log(50)
+    live = _events.follow(log, 0.0, block=0.01, backoff=Backoff(0.001, 0.01, lambda: 0.5))  # type: ignore[arg-type]
+    log.bodies = {}  # emptied, and no read failed
+    log.then = ["new-1", "new-2"]  # numbered 1 and 2
+    assert [next(live).job_id, next(live).job_id] == ["new-1", "new-2"]
+    assert any("now ends at event 0, before event 50" in r.getMessage() for r in caplog.records)
+
+
 def test_a_follower_stops_on_a_broker_that_is_gone_for_good() -> None:
     log = _Log(3)
     live = _events.follow(log, 0.0, block=0.01, backoff=Backoff(0.001, 0.01, lambda: 0.5))  # type: ignore[arg-type]
