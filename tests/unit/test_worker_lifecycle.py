@@ -658,3 +658,13 @@ def test_bad_settings_are_refused(app: Conveyor) -> None:
         Worker(app, queues=["no spaces"])
     with pytest.raises(ConfigurationError, match="module"):
         Worker(app, pool="processes").drain(timeout=1)
+
+
+def test_the_stop_signal_line_gives_a_grace_under_a_second_as_it_is(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # "%.0f s": a 0.3 s grace was announced as 0 s.
+    worker = Worker(Conveyor("memory://"), grace=0.3)
+    with caplog.at_level(logging.INFO, logger="conveyor.worker"):
+        worker._on_signal(signal.SIGTERM, 1)
+    assert "running jobs have 0.3 s to finish" in caplog.text

@@ -512,7 +512,7 @@ class Worker:
         name = signal.Signals(signum).name
         if count == 1:
             log.info(
-                "%s: stopping; running jobs have %.0f s to finish (send it again to stop now)",
+                "%s: stopping; running jobs have %g s to finish (send it again to stop now)",
                 name,
                 self.grace,
             )
