@@ -193,6 +193,19 @@ def conveyor(
     return result
 
 
+def children_of(pid: int) -> set[int]:
+    """The pids of the live processes whose parent is ``pid`` (read from /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:  # the parent's pid, after the state
+            found.add(int(stat.parent.name))
+    return found
+
+
 def wait_for(
     condition: Callable[[], bool], timeout: float, describe: Callable[[], str] = str
 ) -> None:

@@ -12,13 +12,12 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from conftest import Project, WorkerProcess, wait_for
+from conftest import Project, WorkerProcess, children_of, wait_for
 from conveyor import Conveyor, JobStatus, Signature, TaskFailed
 from hostile import TASKS, exception_specs, failure, stored, unprintable
 
@@ -170,27 +169,15 @@ def limited(tag: str, seconds: float) -> str:
 """
 
 
-def _children_of(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:  # the parent's pid, after the state
-            found.add(int(stat.parent.name))
-    return found
-
-
 @pytest.mark.timeout(120)
 def test_a_pool_process_that_died_idle_is_not_given_the_next_job(project: Project) -> None:
     """Killed while it waited for work: its replacement runs the next job (the dead one was
     still queued as free, took the job and held it for ever, its lease renewed)."""
     app, worker = project.app(), project.worker("--pool", "processes", "-c", "1")
     assert _send(app, "slow", "first", 0).result(timeout=30) == "first"
-    (child,) = _children_of(worker.pid)
+    (child,) = children_of(worker.pid)
     os.kill(child, signal.SIGKILL)
-    wait_for(lambda: _children_of(worker.pid) - {child} != set(), 30, worker.output)
+    wait_for(lambda: children_of(worker.pid) - {child} != set(), 30, worker.output)
     assert _send(app, "double", 21).result(timeout=30) == 42
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from brokers import by_name
-from conftest import Project, wait_for
+from conftest import Project, children_of, wait_for
 
 pytestmark = pytest.mark.skipif(not Path("/proc").exists(), reason="finds children in /proc")
 
@@ -25,18 +25,6 @@ if sys.argv[0].endswith("_child.py"):  # only a pool process's import takes a mi
 """
 
 
-def _children_of(pid: int) -> set[int]:
-    found = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:  # the parent's pid, after the state
-            found.add(int(stat.parent.name))
-    return found
-
-
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("broker_kind", [by_name("sqlite")], ids=["sqlite"], indirect=True)
 def test_sigterm_while_pool_processes_import_the_app_kills_them_and_exits_0(
@@ -45,8 +33,8 @@ def test_sigterm_while_pool_processes_import_the_app_kills_them_and_exits_0(
     with open(project.root / "jobs_app.py", "a") as f:
         f.write(SLOW_CHILD_IMPORT)
     worker = project.worker("--pool", "processes", "-c", "2", "--grace", "1", ready=False)
-    wait_for(lambda: len(_children_of(worker.proc.pid)) == 2, 30, worker.output)
-    children = _children_of(worker.proc.pid)
+    wait_for(lambda: len(children_of(worker.proc.pid)) == 2, 30, worker.output)
+    children = children_of(worker.proc.pid)
     began = time.monotonic()
     worker.signal(signal.SIGTERM)
     assert worker.wait(30) == 0, worker.output()
