@@ -548,6 +548,19 @@ def test_a_failed_tick_is_run_at_the_next_one_if_catch_up_allows(
     assert [j.id for j in other.tick() + sched.tick()] == [s.job_id(now - 60_000), s.job_id(now)]
 
 
+def _count_steps(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, ``[n]``: how many steps cron schedules have walked (``_next_ms``)."""
+    walked = [0]
+    real = Schedule._next_ms
+
+    def counting(self: Schedule, t: int) -> int:
+        walked[0] += 1
+        return real(self, t)
+
+    monkeypatch.setattr(Schedule, "_next_ms", counting)
+    return walked
+
+
 def test_a_cron_schedule_that_keeps_failing_stays_cheap(
     app: Conveyor, broker: MemoryBroker, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -555,19 +568,11 @@ def test_a_cron_schedule_that_keeps_failing_stays_cheap(
     refuse_rate_key(monkeypatch, broker, "tenant:x")
     sched = Scheduler(app)
     sched.tick()
-    walked = 0
-    real = Schedule._next_ms
-
-    def counting(self: Schedule, t: int) -> int:
-        nonlocal walked
-        walked += 1
-        return real(self, t)
-
-    monkeypatch.setattr(Schedule, "_next_ms", counting)
+    walked = _count_steps(monkeypatch)
     for _ in range(50):
         clock.advance(60)
         sched.tick()
-    assert walked < 50 * 6  # a few steps a tick, not a walk from the first failure
+    assert walked[0] < 50 * 6  # a few steps a tick, not a walk from the first failure
 
 
 @pytest.fixture
@@ -841,16 +846,8 @@ def test_a_long_cron_catch_up_walks_each_tick_once(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     s = Schedule("m", cron="* * * * *", overlap="allow", catch_up=5000)
-    walked = 0
-    real = Schedule._next_ms
-
-    def counting(self: Schedule, t: int) -> int:
-        nonlocal walked
-        walked += 1
-        return real(self, t)
-
-    monkeypatch.setattr(Schedule, "_next_ms", counting)
+    walked = _count_steps(monkeypatch)
     last = _ms_of(START)
     s.due(last, last + 3 * 86_400_000)
     # The first walk from `last` (2,000 ticks), then each of the 4,320 ticks once more.
-    assert walked < 2000 + 4320 + 20
+    assert walked[0] < 2000 + 4320 + 20
