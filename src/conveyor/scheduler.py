@@ -105,6 +105,15 @@ class Schedule:
         """The first fire time strictly after ``t`` (epoch seconds)."""
         return self._next_ms(_ms(t)) / 1000
 
+    def ticks_between(self, start: float, end: float, limit: int | None = None) -> int:
+        """How many fire times there are in ``(start, end]`` (epoch seconds), counted as
+        ``due`` counts them (a cron schedule's walked, up to ``limit``)."""
+        first, last = _ms(start), _ms(end)
+        if self.every is not None:
+            step = _step_ms(self.every)
+            return max(0, last // step - first // step)
+        return self._scan(first, last, limit)[1]
+
     def _next_ms(self, t: int) -> int:
         if self.every is not None:
             step = _step_ms(self.every)

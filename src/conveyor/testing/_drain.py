@@ -210,11 +210,11 @@ class _Drain:
         if self.limit is None:
             return None
         now = self.app.clock.time()
-        passed = sum(_ticks(s, self.began, now) for s in self.app.schedules)
+        passed = sum(s.ticks_between(self.began, now, _TICKS_COUNTED) for s in self.app.schedules)
         if passed < self.max_rounds // 2:
             return None  # the rounds went to something else: jobs that keep coming due
         counts = sorted(
-            ((_ticks(s, now, self.limit), s) for s in self.app.schedules),
+            ((s.ticks_between(now, self.limit, _TICKS_COUNTED), s) for s in self.app.schedules),
             key=lambda c: -c[0],
         )
         total = sum(n for n, _ in counts)
@@ -415,17 +415,6 @@ def _time_limited(worker: Worker) -> list[str]:
     """``task (timeout=5 s)`` for each job ``worker`` is running that has a time limit."""
     running = [a.message for a in worker._inflight.holding() if a.slot and a.message]
     return sorted({f"{m.task} (timeout={m.timeout:g} s)" for m in running if m.timeout})
-
-
-def _ticks(schedule: Schedule, start: float, end: float) -> int:
-    """How many ticks ``schedule`` has in ``(start, end]`` (a cron schedule's, counted up
-    to ``_TICKS_COUNTED``)."""
-    if schedule.every is not None:
-        return max(0, math.floor(end / schedule.every) - math.floor(start / schedule.every))
-    count, t = 0, schedule.next_after(start)
-    while t <= end and count < _TICKS_COUNTED:
-        count, t = count + 1, schedule.next_after(t)
-    return count
 
 
 def _schedule(schedule: Schedule) -> str:
