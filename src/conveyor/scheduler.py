@@ -237,15 +237,20 @@ def periodic(
     return decorator
 
 
+def _claim_key(name: str, fire: int) -> str:
+    """The store key that claims a schedule's tick at ``fire`` (ms) for one scheduler."""
+    return f"{_PREFIX}{name}:claim:{fire}"
+
+
 def _check_keys(name: object) -> None:
     """Refuse a schedule name the store cannot hold in its keys, when it is defined: else
     every tick of it would fail (its longest key is a tick's claim)."""
     if not isinstance(name, str):
         return  # registering the task refuses it, as for @app.task(name=...)
     try:
-        check_key(f"{_PREFIX}{name}:claim:{'0' * _TICK_DIGITS}")
+        check_key(_claim_key(name, 10**_TICK_DIGITS - 1))
     except ConveyorError:
-        most = MAX_KEY - len(f"{_PREFIX}:claim:") - _TICK_DIGITS
+        most = MAX_KEY - len(_claim_key("", 10**_TICK_DIGITS - 1))
         raise ConfigurationError(
             f"periodic task {name!r} cannot be scheduled: its name goes into store keys "
             f"({_PREFIX}<name>:claim:<ms>), which take at most {MAX_KEY} printable "
@@ -402,7 +407,7 @@ class Scheduler:
         claimed: list[int] = []
         try:
             for fire in run:
-                if kv.set(self._claim_key(s, fire), b"1", CLAIM_TTL, nx=True):
+                if kv.set(_claim_key(s.name, fire), b"1", CLAIM_TTL, nx=True):
                     claimed.append(fire)
         except Exception:  # a store failure between two claims: no tick kept claimed
             self._release(kv, s, claimed)
@@ -484,7 +489,7 @@ class Scheduler:
         """Give up these claimed ticks, so a tick can take them again."""
         for fire in fires:
             try:
-                kv.delete(self._claim_key(s, fire))
+                kv.delete(_claim_key(s.name, fire))
             except Exception as exc:  # the claim expires by itself (CLAIM_TTL)
                 log.warning(
                     "could not release the claim of %s at %s (it expires): %s",
@@ -503,7 +508,7 @@ class Scheduler:
         ttl = max(until_retry - _HOLD_MARGIN, until_retry // 2, 1) / 1000
         try:
             for fire in plan.fires:
-                kv.set(self._claim_key(s, fire), b"1", ttl)
+                kv.set(_claim_key(s.name, fire), b"1", ttl)
             self._advance(kv, s, plan.failed)
             self._advance(kv, s, plan.fires[-1], "failed")
         except Exception as exc:  # the claims expire by themselves (CLAIM_TTL)
@@ -526,9 +531,6 @@ class Scheduler:
     def _failed(self, kv: KeyValue, s: Schedule) -> int:
         """The latest tick of ``s`` whose job could not be built (0: none)."""
         return int(kv.get(f"{_PREFIX}{s.name}:failed") or b"0")
-
-    def _claim_key(self, s: Schedule, fire: int) -> str:
-        return f"{_PREFIX}{s.name}:claim:{fire}"
 
     def _envelope(self, s: Schedule, fire: int, sending: Sending) -> Envelope:
         task = self.app.registry.get(s.name)
