@@ -51,15 +51,16 @@ def check_middleware(middleware: object) -> Middleware:
     return middleware
 
 
-def check_middleware_list(given: object) -> list[Middleware]:
-    """``middleware=``: a list of instances (any iterable but a string). A middleware on
-    its own, its name or its class would otherwise be iterated, or fail to be."""
+def check_middleware_list(given: object) -> list[Any]:
+    """``middleware=``: a list (any iterable but a string), of instances that
+    ``add_middleware`` checks one by one. A middleware on its own, its name or its class
+    would otherwise be iterated, or fail to be."""
     if isinstance(given, Middleware | str | bytes) or not isinstance(given, Iterable):
         raise ConfigurationError(
             f"middleware= takes a list of instances, as middleware=[{_example(given)}], "
             f"not {given!r}"
         )
-    return [check_middleware(m) for m in given]
+    return list(given)
 
 
 def _example(given: object) -> str:
