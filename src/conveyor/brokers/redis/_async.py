@@ -24,6 +24,7 @@ from . import _connect
 from ._calls import alone, enqueue_calls, enqueue_one_args, enqueue_reply
 from ._core import RECORD_FIELDS, RedisCore, text, to_ms
 from ._errors import full
+from ._scripts import NOTIFY_TTL_MS
 
 
 async def _call(client: redis.asyncio.Redis, args: tuple[Any, ...]) -> Any:
@@ -116,7 +117,7 @@ class _DoneLists:
                 key = text(reply[0])
                 # Back at once, for every other waiter on it (no wait for the reply: the
                 # next BLPOP's comes after it, on this connection).
-                await conn.send_command("EVAL", _PUSH, 1, key, _NOTIFY_TTL_MS)
+                await conn.send_command("EVAL", _PUSH, 1, key, NOTIFY_TTL_MS)
                 self._wake_up(self._waiting.pop(key, ()))
                 try:
                     await conn.read_response()
@@ -150,7 +151,6 @@ class _DoneLists:
 # One list element, the list expiring: a done list's expiry as common.lua's notify gives it
 # (NOTIFY_TTL_MS), a wake list's in case its process is gone before its BLPOP pops it.
 _PUSH = "redis.call('LPUSH', KEYS[1], '1') redis.call('PEXPIRE', KEYS[1], ARGV[1])"
-_NOTIFY_TTL_MS = 300_000
 _WAKE_TTL_MS = 60_000
 _LISTS: weakref.WeakKeyDictionary[redis.asyncio.Redis, _DoneLists] = weakref.WeakKeyDictionary()
 

@@ -98,10 +98,15 @@ def _lua(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-# Values the scripts share with the Python side, defined once there (brokers/_base.py):
-# put before common.lua, so its head (which every script carries) defines them.
+# How long a job's done list outlives the push that ends its wait (common.lua notify; the
+# asyncio waits push one back, _async).
+NOTIFY_TTL_MS = 300_000
+
+# Values the scripts share with the Python side, defined once there (brokers/_base.py, and
+# above): put before common.lua, so its head (which every script carries) defines them.
 CONSTANTS = (
     f"local CANCELLED_TTL_MS = {round(CANCELLED_TTL * 1000)}\n"
+    f"local NOTIFY_TTL_MS = {NOTIFY_TTL_MS}\n"
     f"local CANCELLED_PENDING = {_lua(CANCELLED_PENDING)}\n"
     f"local CANCELLED_WORKER_STOPPED = {_lua(CANCELLED_WORKER_STOPPED)}\n"
 )

@@ -10,7 +10,6 @@ local JOB_PREFIX = ARGV[3]
 local DONE_PREFIX = ARGV[4]
 local QK = 18
 local GC_GRACE_MS = 60000  -- real TTLs outlive logical expiry: they only collect garbage
-local NOTIFY_TTL_MS = 300000
 -- Values passed at once with unpack() (Lua's stack takes ~8,000): more go in slices.
 local UNPACK_MAX = 1000
 
