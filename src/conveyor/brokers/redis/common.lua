@@ -175,22 +175,29 @@ local function eta_at(eta)
   return NOW + tonumber(string.sub(eta, 2))
 end
 
+-- Keys beyond the declared ones, under the broker's tag "{P}:" (so in the slot of every
+-- declared key), computed here as job keys are: a job's dependents are not known up front.
+local TAG = string.sub(JOB_PREFIX, 1, #JOB_PREFIX - 4)
+
+-- A job scheduled to come due within a second: fetches asleep in their XREAD (an idle
+-- worker's sleeps a second at a time) do not know of it and would start it late by up to
+-- that much; the resume signal stream, which they read too (fetch.lua), wakes them to look
+-- again and learn the new due time. It keeps its last entry only (_keys.py), and the
+-- fetches are woken once the script ends, so one entry a call does (`signalled`).
+local SOON_MS = 1000
+local SIGNAL = TAG .. 'resumed'
+local signalled = false
+local function due_soon(name, eta)
+  if not signalled and tonumber(eta) < NOW + SOON_MS then
+    redis.call('XADD', SIGNAL, 'MAXLEN', 1, '*', 'queue', name)
+    signalled = true
+  end
+end
+
 -- Queued now, or scheduled until eta ('parked': until promote; scored +inf, never due).
 -- `fields` (optional): more job hash fields, written in the same HSET as the status.
 -- Returns true when the job went into a stream that existed already (so its queue is
 -- listed in {P}:queues: see add_entry), false otherwise.
--- A job scheduled to come due within a second: fetches asleep in their XREAD (an idle
--- worker's sleeps a second at a time) do not know of it and would start it late by up to
--- that much; the resume signal stream, which they read too (fetch.lua), wakes them to look
--- again and learn the new due time. It keeps its last entry only (_keys.py).
-local SOON_MS = 1000
-local SIGNAL = string.sub(JOB_PREFIX, 1, #JOB_PREFIX - 4) .. 'resumed'
-local function due_soon(name, eta)
-  if tonumber(eta) < NOW + SOON_MS then
-    redis.call('XADD', SIGNAL, 'MAXLEN', 1, '*', 'queue', name)
-  end
-end
-
 local function place(q, key, id, prio, eta, fields)
   eta = eta_at(eta)
   fields = fields or {}
@@ -234,9 +241,6 @@ local function notify(id)
   redis.call('PEXPIRE', done, NOTIFY_TTL_MS)
 end
 
--- Keys beyond the declared ones, under the broker's tag "{P}:" (so in the slot of every
--- declared key), computed here as job keys are: a job's dependents are not known up front.
-local TAG = string.sub(JOB_PREFIX, 1, #JOB_PREFIX - 4)
 local DEPS_PREFIX = TAG .. 'deps:'
 
 -- Let the rest of the script run on a full Redis (used memory over maxmemory, policy
