@@ -286,8 +286,10 @@ def _behind(broker: Broker, after: str | None, backoff: Backoff) -> str | None:
     numbers new events from there again, which a reader past them would never see): then
     from the log's end, with a warning. (Cursors that are not plain numbers, a sharded
     prefix's, are taken as they are.)"""
+    if after is None or not after.isdigit():
+        return after
     tail = _retrying(backoff, broker.events_tail)
-    if after is None or tail is None or not (after.isdigit() and tail.isdigit()):
+    if tail is None or not tail.isdigit():
         return after
     if int(tail) >= int(after):
         return after
