@@ -286,15 +286,14 @@ class RedisBroker(AdminMixin, HealthMixin, AsyncMixin, EventsMixin):
         """Sleep in Redis until any of the queues' streams gets a new entry, or ``wait``
         passes, then fetch. The sleep is a plain XREAD from the last ids the script saw:
         nothing is delivered by it, and an entry added since the script ran wakes it at
-        once (no lost wake-up); when a queue was paused, the script also gave the resume
-        signal stream's last id, and ``resume`` wakes the XREAD the same way. On the real
+        once (no lost wake-up); the script also gave the resume signal stream's last id,
+        and a ``resume``, or a job scheduled to come due soon, wakes the XREAD the same
+        way. On the real
         clock the fetch script is sent right behind it in the same round trip, and Redis
         runs it the moment the XREAD returns: a job reaching an idle worker is delivered
         without a second round trip. (On an injected clock the script's ``now`` must be read
         after the sleep, so it is sent after.)"""
-        streams = [s for q in queues for s in self._keys.streams(q)]
-        if len(last_ids) > len(streams):  # a queue is paused: its resume wakes us too
-            streams.append(self._keys.resumed)
+        streams = [*(s for q in queues for s in self._keys.streams(q)), self._keys.resumed]
         xread = ["XREAD", "COUNT", 1, "BLOCK", max(1, to_ms(wait)), "STREAMS", *streams, *last_ids]
         if not self._real_time:
             self._pinned.call(self._client, *xread)
