@@ -97,7 +97,7 @@ def _dependencies_first(jobs: Sequence[_Fresh]) -> list[_Fresh]:
     return out
 
 
-def _requeue(app: Conveyor, jobs: Sequence[_Fresh]) -> tuple[list[str], dict[str, str | None]]:
+def _requeue(app: Conveyor, jobs: Sequence[_Fresh]) -> Requeued:
     """Requeue; the ids that went back, in the order given, and each one that stayed with
     the id of the pending job holding its unique key (None: it changed meanwhile)."""
     ordered = _dependencies_first(jobs)
@@ -113,7 +113,7 @@ def _requeue(app: Conveyor, jobs: Sequence[_Fresh]) -> tuple[list[str], dict[str
             ]
         )
     left = {j.id: found[j.id] for j in jobs if found[j.id] != j.id}
-    return [j.id for j in jobs if j.id not in left], left
+    return Requeued([j.id for j in jobs if j.id not in left], left)
 
 
 def known(app: Conveyor, job_ids: Sequence[str], done: str) -> tuple[list[str], list[JobRecord]]:
@@ -160,7 +160,7 @@ def requeue_ids(app: Conveyor, job_ids: Sequence[str]) -> Requeued:
         if payload is None:
             raise JobNotFound(f"job {job_id!r} expired meanwhile; nothing was requeued")
         jobs.append(_fresh(app, job_id, payload))
-    return Requeued(*_requeue(app, jobs)) if jobs else Requeued([], {})
+    return _requeue(app, jobs) if jobs else Requeued([], {})
 
 
 def requeue_all(app: Conveyor, status: JobStatus, queue: str | None = None) -> int:
@@ -201,7 +201,7 @@ def requeue_all_counts(
                 log.warning("%s", exc)
                 left += 1
                 skip += 1
-        back, held = _requeue(app, jobs) if jobs else ([], {})
+        back, held = _requeue(app, jobs) if jobs else Requeued([], {})
         for job_id, holder in held.items():
             if holder is not None:  # None: it left the listing meanwhile
                 log.warning("%s", held_message(job_id, holder))
