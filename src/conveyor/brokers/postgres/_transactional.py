@@ -255,7 +255,7 @@ class Transactional:
         said = exc.diag.message_primary or str(exc)  # without PL/pgSQL's CONTEXT lines
         text = libpq_text(psycopg.Error(said), self._broker._db.url.secrets)
         code = f" (SQLSTATE {state})" if state else ""
-        where = f"your connection (database {_text(raw.info.dbname)!r})"
+        where = f"your connection (database {raw.info.dbname!r})"
         what = f"{type(exc).__module__}.{type(exc).__qualname__}{code}: {text}"
         if raw.broken or raw.closed:
             then = (
